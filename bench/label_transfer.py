@@ -1,0 +1,107 @@
+"""Label-transfer benchmark: reference -> query tasks from ../shared/data, DESIGN.md metrics.
+
+Usage::
+
+    .venv/bin/python bench/label_transfer.py                         # clams, both tasks, seed 0
+    .venv/bin/python bench/label_transfer.py --models clams jem resnet --seeds 5
+    .venv/bin/python bench/label_transfer.py --tasks kang_ctrl --hparam ood_score=maxprob
+
+Prints one line per run, then per task and model the median and spread (min-max) over seeds
+of acc_in, f1_in, ece_in, auroc_ood, acc_open, reject_in, reject_novel, diverged and train
+seconds, plus the AUROC of every novelty score and per novel type. ``--json FILE`` saves all runs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+DATA = Path(os.environ.get("CELLANNOT_SHARED_DATA", ROOT.parent / "shared" / "data"))
+TASKS = {
+    "kang_ctrl": ("kang_pbmc_ctrl_8684.h5ad", "pbmc3k_seurat_2638.h5ad"),
+    "kang_sce": ("kang_pbmc_example_sce_1556.h5ad", "pbmc3k_seurat_2638.h5ad"),
+    "pbmc3k_to_kang_sce": ("pbmc3k_seurat_2638.h5ad", "kang_pbmc_example_sce_1556.h5ad"),
+}
+LABEL_KEY = "cell_type_harmonized"
+METRICS = ("acc_in", "f1_in", "ece_in", "auroc_ood", "acc_open", "reject_in", "reject_novel")
+
+
+def run_one(task: str, model: str, seed: int, hparams: dict, accept: float, max_epochs: int | None) -> dict:
+    from cellannot_core.data import read_dataset
+    from cellannot_core.metrics import auroc
+    from cellannot_core.pipeline import AnnotateOptions, predict, prepare_data, query_metrics, train_model
+
+    ref_f, q_f = TASKS[task]
+    ref, q = read_dataset(DATA / ref_f, name="reference"), read_dataset(DATA / q_f, name="query")
+    opts = AnnotateOptions(label_key=LABEL_KEY, query_label_key=LABEL_KEY, model=model, hparams=dict(hparams),
+                           seed=seed, device="auto", accept=accept, max_epochs=max_epochs)
+    prep = prepare_data(ref, q, opts)
+    t0 = time.time()
+    m = train_model(prep, opts)
+    secs = time.time() - t0
+    p = predict(m, prep.query.X)
+    qm = query_metrics(prep, p, m.classes)
+    labels = prep.query.labels
+    known = labels != ""
+    novel = ~np.isin(labels, m.classes) & known
+    score_auroc = {k: auroc(v[known], novel[known]) for k, v in p.scores.items()}
+    return {"task": task, "model": model, "seed": seed, "train_seconds": round(secs, 1),
+            "diverged": bool(m.history.get("diverged", False)), "recoveries": m.history.get("recoveries", 0),
+            "epochs": len(m.history.get("epochs", [])), "ood_method": m.ood_method,
+            **{k: qm.get(k) for k in METRICS}, "per_type_auroc": qm.get("per_type_auroc", {}),
+            "score_auroc": score_auroc, "temperature": m.temperature}
+
+
+def fmt(v) -> str:
+    return "  nan" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.3f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tasks", nargs="+", default=["kang_ctrl", "kang_sce"], choices=list(TASKS))
+    ap.add_argument("--models", nargs="+", default=["clams"])
+    ap.add_argument("--seeds", type=int, default=1, help="number of seeds (0..N-1)")
+    ap.add_argument("--hparam", action="append", default=[], metavar="NAME=VALUE")
+    ap.add_argument("--accept", type=float, default=0.95)
+    ap.add_argument("--max-epochs", type=int, default=None)
+    ap.add_argument("--json", default=None, help="write all runs to this JSON file")
+    args = ap.parse_args()
+    if not DATA.is_dir():
+        sys.exit(f"error: benchmark data not found in {DATA}; set CELLANNOT_SHARED_DATA")
+    hparams = dict(h.split("=", 1) for h in args.hparam)
+    runs = []
+    print("task       model   seed " + " ".join(f"{k:>12s}" for k in METRICS) + "  diverged  train_s  epochs")
+    for task in args.tasks:
+        for model in args.models:
+            for seed in range(args.seeds):
+                r = run_one(task, model, seed, hparams, args.accept, args.max_epochs)
+                runs.append(r)
+                print(f"{task:10s} {model:7s} {seed:4d} " + " ".join(f"{fmt(r[k]):>12s}" for k in METRICS)
+                      + f"  {str(r['diverged']):>8s} {r['train_seconds']:8.1f} {r['epochs']:7d}", flush=True)
+                print("    novelty-score AUROC: " + "  ".join(f"{k} {fmt(v)}" for k, v in r["score_auroc"].items())
+                      + "  | per novel type (" + r["ood_method"] + "): "
+                      + "  ".join(f"{k} {fmt(v)}" for k, v in r["per_type_auroc"].items()), flush=True)
+    print("\nmedian [min, max] over seeds")
+    for task in args.tasks:
+        for model in args.models:
+            rs = [r for r in runs if r["task"] == task and r["model"] == model]
+            cells = []
+            for k in METRICS + ("train_seconds",):
+                v = np.array([r[k] if r[k] is not None else np.nan for r in rs], dtype=float)
+                cells.append(f"{k} {np.nanmedian(v):.3f} [{np.nanmin(v):.3f}, {np.nanmax(v):.3f}]")
+            div = sum(r["diverged"] for r in rs)
+            print(f"{task} {model} (n={len(rs)}, diverged {div}/{len(rs)}): " + "; ".join(cells))
+    if args.json:
+        Path(args.json).write_text(json.dumps(runs, indent=1, default=float))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""Every key the project writes or reads, in one place.
+
+AnnData fields of the annotate contract (DESIGN.md), run-directory file names and the
+label used for rejected cells live here; nothing else spells them out.
+"""
+from __future__ import annotations
+
+UNKNOWN = "Unknown"
+
+
+class OutKeys:
+    """Fields of the annotated query AnnData (the annotate contract)."""
+
+    LABEL = "cellannot_label"
+    LABEL_RAW = "cellannot_label_raw"
+    CONFIDENCE = "cellannot_confidence"
+    OOD_SCORE = "cellannot_ood_score"
+    IS_UNKNOWN = "cellannot_is_unknown"
+    PROBA = "cellannot_proba"  # obsm
+    LATENT = "X_cellannot"  # obsm
+    UNS = "cellannot"  # uns: the run card
+    CLASSES = "classes"  # uns['cellannot']['classes']
+
+
+class RunFiles:
+    """File names inside a run directory (see runs.py)."""
+
+    CARD = "run_card.json"
+    STATUS = "status.json"
+    HISTORY = "history.json"
+    MODEL_DIR = "model"
+    WEIGHTS = "weights.safetensors"
+    CONFIG = "config.json"
+    ANNOTATED = "annotated.h5ad"
+    PREDICTIONS = "predictions.csv"
+    ARRAYS = "arrays.npz"  # latent/val scores etc. for the app's views (no pickle)
+    LOG = "log.txt"
+
+
+DEFAULT_MODEL = "clams"

@@ -1,0 +1,184 @@
+"""Command line: ``python -m cellannot_core annotate|train|predict|models``.
+
+Bad input exits with status 2 and one line on stderr (what is wrong, what to do); no traceback
+unless ``--debug``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from ._constants import DEFAULT_MODEL
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _hparams(pairs: Sequence[str]) -> dict[str, str]:
+    from .errors import ConfigError
+
+    out = {}
+    for p in pairs or []:
+        if "=" not in p:
+            raise ConfigError(f"--hparam takes NAME=VALUE, got {p!r}")
+        k, v = p.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def _add_common(p: argparse.ArgumentParser, *, query_required: bool) -> None:
+    p.add_argument("--reference", required=True, help="labelled reference (.h5ad, .h5, 10x folder/.zip/.tar.gz, .csv/.tsv)")
+    p.add_argument("--query", required=query_required, help="query cells to label (same formats)")
+    p.add_argument("--label-key", required=True, help="obs column of the reference holding the cell types")
+    p.add_argument("--query-label-key", default=None, help="optional query obs column with known labels (for metrics)")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="model name (see `models`); default: %(default)s")
+    p.add_argument("--hparam", action="append", default=[], metavar="NAME=VALUE", help="model hyper-parameter (repeatable)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--max-epochs", type=int, default=None)
+    p.add_argument("--n-top-genes", type=int, default=2000, help="highly variable genes chosen on the reference")
+    p.add_argument("--min-cells-per-class", type=int, default=10, help="smaller reference classes are dropped")
+    p.add_argument("--min-shared-genes", type=int, default=200, help="refuse when fewer genes are shared")
+    p.add_argument("--accept", type=float, default=0.95,
+                   help="share of reference validation cells accepted; sets the Unknown threshold")
+    p.add_argument("--threshold", type=float, default=None, help="override the novelty-score threshold")
+    p.add_argument("--runs-dir", default=None, help="also write a full run directory here (reopen it in the app)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m cellannot_core",
+                                 description="Single-cell label transfer with calibrated confidence and novelty detection.")
+    ap.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = ap.add_subparsers(dest="command", required=True)
+    a = sub.add_parser("annotate", help="train on the reference and label the query")
+    _add_common(a, query_required=True)
+    a.add_argument("--out", required=True, help="annotated query .h5ad to write")
+    a.add_argument("--save-model", default=None, help="also save the trained model bundle to this directory")
+    t = sub.add_parser("train", help="train on the reference and save a model bundle (query optional)")
+    _add_common(t, query_required=False)
+    t.add_argument("--save-model", required=True, help="directory for the model bundle")
+    pr = sub.add_parser("predict", help="label a query with a saved model bundle")
+    pr.add_argument("--model", required=True, dest="model_dir", help="model bundle directory (from train / --save-model)")
+    pr.add_argument("--query", required=True)
+    pr.add_argument("--out", required=True)
+    pr.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    pr.add_argument("--threshold", type=float, default=None)
+    sub.add_parser("models", help="list the models and their hyper-parameters")
+    return ap
+
+
+def _options(args) -> "AnnotateOptions":
+    from .pipeline import AnnotateOptions
+
+    return AnnotateOptions(label_key=args.label_key, query_label_key=args.query_label_key, model=args.model,
+                           hparams=_hparams(args.hparam), seed=args.seed, device=args.device,
+                           max_epochs=args.max_epochs, n_top_genes=args.n_top_genes,
+                           min_cells_per_class=args.min_cells_per_class, min_shared_genes=args.min_shared_genes,
+                           accept=args.accept, threshold=args.threshold)
+
+
+def _summary(res) -> None:
+    card = res.card
+    _log(f"labelled {card['n_query']} query cells; Unknown: {card['unknown_fraction']:.1%}; "
+         f"temperature {card['temperature']:.3f}; threshold {card['rejection']['threshold']:.4g} "
+         f"({card['rejection']['method']})")
+    qm = card.get("query_metrics") or {}
+    if qm:
+        keys = ("acc_in", "f1_in", "ece_in", "auroc_ood", "acc_open", "reject_in", "reject_novel")
+        _log("query metrics: " + "  ".join(f"{k} {qm[k]:.3f}" for k in keys if k in qm))
+
+
+def cmd_annotate(args) -> int:
+    from .models import get_spec
+    from .pipeline import annotate
+    from .runs import RunDir, RunProgress
+    from .train import PrintProgress
+
+    opts = _options(args)
+    get_spec(opts.model)  # fail fast on a bad model name
+    out = Path(args.out)
+    if out.suffix != ".h5ad":
+        from .errors import ConfigError
+
+        raise ConfigError(f"--out must end in .h5ad, got {out.name}")
+    callbacks = [PrintProgress(_log)]
+    rd = None
+    if args.runs_dir:
+        rd = RunDir.create(args.runs_dir, model=opts.model)
+        callbacks.append(RunProgress(rd))
+        _log(f"run directory: {rd.path}")
+    res = annotate(args.reference, args.query, opts, out=out, run_dir=rd, save_model=args.save_model,
+                   callbacks=callbacks, log=_log)
+    _summary(res)
+    _log(f"wrote {out}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .data import read_dataset
+    from .pipeline import prepare_data, save_bundle, train_model
+    from .train import PrintProgress
+
+    opts = _options(args)
+    ref = read_dataset(args.reference, name="reference")
+    qry = read_dataset(args.query, name="query") if args.query else ref
+    prepared = prepare_data(ref, qry, opts)
+    model = train_model(prepared, opts, [PrintProgress(_log)])
+    d = save_bundle(Path(args.save_model), model, prepared, opts)
+    cal = model.calibration
+    _log(f"validation accuracy {cal.get('val_accuracy', float('nan')):.4f}, ECE {cal.get('ece_after', float('nan')):.4f}; "
+         f"saved model to {d}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .pipeline import predict_with_bundle
+
+    res = predict_with_bundle(args.model_dir, args.query, out=Path(args.out), device=args.device,
+                              threshold=args.threshold, log=_log)
+    _log(f"labelled {res.n_obs} cells; Unknown: {res.obs['cellannot_is_unknown'].mean():.1%}; wrote {args.out}")
+    return 0
+
+
+def cmd_models(args) -> int:
+    from .models import MODELS, model_names
+
+    for name in model_names():
+        s = MODELS[name]
+        print(f"{name}{' (default)' if name == DEFAULT_MODEL else ''}: {s.description}")
+        for k, h in s.hparams.items():
+            print(f"    {k} = {h.default!r}  {h.help}")
+    return 0
+
+
+COMMANDS = {"annotate": cmd_annotate, "train": cmd_train, "predict": cmd_predict, "models": cmd_models}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from .errors import CellannotError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except CellannotError as err:
+        if args.debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - the user gets one line, --debug shows the traceback
+        if args.debug:
+            raise
+        print(f"error: internal error ({type(err).__name__}: {err}); rerun with --debug and report it",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""Containers passed from data preparation to models (plain arrays, no AnnData)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+
+@dataclass
+class Split:
+    """One set of cells aligned to the model genes.
+
+    Attributes
+    ----------
+    X
+        Dense float32 (cells x genes): library-size normalised (target 1e4) + log1p.
+    counts
+        CSR float32 raw counts of the same cells and genes (for count models).
+    y
+        int64 class indices into ``Prepared.classes``; -1 where unknown/unlabelled; None if no labels.
+    obs_names
+        Cell names, in order.
+    labels
+        The original label strings (for the query: its own label column if present, else None).
+    index
+        Optional int64 row positions of these cells in the input AnnData (reference or query),
+        so results can be mapped back even when QC removed cells or cell names were made unique.
+    """
+
+    X: np.ndarray
+    counts: sp.csr_matrix
+    y: np.ndarray | None
+    obs_names: np.ndarray
+    labels: np.ndarray | None = None
+    index: np.ndarray | None = None
+
+    @property
+    def n_obs(self) -> int:
+        return int(self.X.shape[0])
+
+
+@dataclass
+class Prepared:
+    """Reference (train/val) and query aligned to one gene list, plus a JSON-able report."""
+
+    train: Split
+    val: Split
+    query: Split
+    classes: list[str]
+    genes: list[str]
+    report: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_genes(self) -> int:
+        return len(self.genes)

@@ -1,0 +1,473 @@
+"""Reading single-cell count data from the formats biologists actually have.
+
+Every reader returns an :class:`anndata.AnnData` with cells in rows and ``X`` as CSR float32.
+Anything that cannot be read raises :class:`~cellannot_core.errors.DataError` with one line
+naming the file and the supported formats. Nothing is downloaded.
+
+A short note on how the file was read is stored in ``adata.uns["cellannot_input"]``
+(format and, for tables, the orientation and why it was chosen) so the app can show it.
+"""
+from __future__ import annotations
+
+import gzip
+import re
+import shutil
+import tarfile
+import tempfile
+import warnings
+import zipfile
+from pathlib import Path, PurePosixPath
+from typing import Literal
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from cellannot_core.errors import DataError
+
+__all__ = [
+    "SUPPORTED_FORMATS",
+    "SUPPORTED_EXTENSIONS",
+    "INPUT_UNS_KEY",
+    "read_dataset",
+    "read_uploaded",
+    "sanitize_filename",
+]
+
+SUPPORTED_FORMATS = (
+    "AnnData .h5ad; 10x Genomics HDF5 .h5; a 10x matrix folder "
+    "(matrix.mtx[.gz] + features.tsv[.gz] or genes.tsv[.gz] + barcodes.tsv[.gz]) "
+    "or a .zip / .tar.gz / .tgz of one; a table .csv / .tsv / .txt (optionally .gz), "
+    "cells x genes or genes x cells"
+)
+
+# Longest first, so ".tar.gz" wins over ".gz" style endings.
+SUPPORTED_EXTENSIONS = (
+    ".csv.gz", ".tsv.gz", ".txt.gz", ".tar.gz",
+    ".h5ad", ".hdf5", ".tgz", ".zip", ".tar", ".csv", ".tsv", ".txt", ".h5",
+)
+
+INPUT_UNS_KEY = "cellannot_input"
+
+Orientation = Literal["auto", "cells_x_genes", "genes_x_cells"]
+
+# Archives: refuse to unpack more than this (declared) size, a guard against zip bombs.
+_MAX_EXTRACT_BYTES = 20 * 1024**3
+
+
+# --------------------------------------------------------------------------------------------
+# public entry points
+# --------------------------------------------------------------------------------------------
+
+
+def read_dataset(
+    path: str | Path,
+    *,
+    name: str = "dataset",
+    orientation: Orientation = "auto",
+) -> ad.AnnData:
+    """Read a single-cell dataset from disk.
+
+    Parameters
+    ----------
+    path
+        A ``.h5ad`` file, a 10x ``.h5`` file, a 10x matrix folder, a ``.zip`` / ``.tar.gz`` /
+        ``.tgz`` / ``.tar`` archive holding one such folder, or a ``.csv`` / ``.tsv`` /
+        ``.txt`` table (optionally gzipped) whose first column holds row names.
+    name
+        What the dataset is called in error messages (e.g. ``"reference"``).
+    orientation
+        Only for tables: ``"auto"`` (default) guesses whether rows are cells or genes (see
+        :func:`_guess_orientation`), ``"cells_x_genes"`` or ``"genes_x_cells"`` force it.
+
+    Returns
+    -------
+    anndata.AnnData
+        Cells x genes, ``X`` CSR float32, string obs/var names. Gene names are kept as in
+        the file (duplicates are resolved later, in validation).
+
+    Raises
+    ------
+    DataError
+        The file is missing, of an unknown type, truncated or otherwise unreadable.
+    """
+    path = Path(path)
+    if orientation not in ("auto", "cells_x_genes", "genes_x_cells"):
+        raise DataError(
+            f"orientation must be 'auto', 'cells_x_genes' or 'genes_x_cells', not {orientation!r}. "
+            "Pick one of these."
+        )
+    if not path.exists():
+        raise DataError(f"{name} file '{path}' does not exist. Check the path.")
+    label = f"{name} file '{path.name}'"
+    if path.is_dir():
+        kind = "10x matrix folder"
+    else:
+        kind = _kind_of(path.name)
+        if kind is None:
+            raise DataError(
+                f"{label} has an unsupported file type. Supported formats: {SUPPORTED_FORMATS}."
+            )
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*names are not unique.*")
+            if kind == "10x matrix folder":
+                adata = _read_mtx_dir(_find_matrix_dir(path, label), label)
+            elif kind == "h5ad":
+                adata = ad.read_h5ad(path)
+            elif kind == "10x h5":
+                adata = _read_10x_h5(path)
+            elif kind == "archive":
+                adata = _read_archive(path, label)
+            else:  # table
+                adata = _read_table(path, label, orientation)
+    except DataError:
+        raise
+    except Exception as exc:  # anything a reader throws on a corrupt/truncated file
+        raise DataError(
+            f"could not read {label} as {kind}: {_one_line(exc)}. The file may be truncated or "
+            f"not what its name says; supported formats: {SUPPORTED_FORMATS}."
+        ) from None
+    return _finalise(adata, label, kind)
+
+
+def sanitize_filename(filename: str) -> str:
+    """Return a safe file name for an uploaded file.
+
+    Keeps only the last path component, replaces every character outside
+    ``[A-Za-z0-9._-]`` with ``_``, removes leading dots and keeps a supported extension.
+
+    Raises
+    ------
+    DataError
+        The name does not end in a supported extension.
+    """
+    base = re.split(r"[\\/]", str(filename))[-1]
+    base = re.sub(r"[^A-Za-z0-9._-]", "_", base)
+    ext = next((e for e in SUPPORTED_EXTENSIONS if base.lower().endswith(e)), None)
+    if ext is None:
+        raise DataError(
+            f"uploaded file '{base[:80]}' has an unsupported file type. "
+            f"Supported formats: {SUPPORTED_FORMATS}."
+        )
+    stem = base[: len(base) - len(ext)].lstrip(".")[:100].strip(".") or "upload"
+    return stem + ext
+
+
+def read_uploaded(
+    data: bytes, filename: str, *, name: str = "dataset", orientation: Orientation = "auto"
+) -> ad.AnnData:
+    """Read an uploaded file (bytes) from the web app.
+
+    The bytes are written to a fresh temporary directory under :func:`sanitize_filename`
+    of the uploaded name (the name is never used as a path as given), read with
+    :func:`read_dataset`, and the directory is removed.
+
+    Parameters
+    ----------
+    data
+        The file's content.
+    filename
+        The name the browser sent; only used for its extension and a readable stem.
+    name, orientation
+        As in :func:`read_dataset`.
+
+    Returns
+    -------
+    anndata.AnnData
+        Fully in memory (nothing refers to the deleted temporary file).
+    """
+    safe = sanitize_filename(filename)
+    if not data:
+        raise DataError(f"uploaded {name} file '{safe}' is empty. Upload the file again.")
+    tmp = Path(tempfile.mkdtemp(prefix="cellannot_upload_"))
+    try:
+        target = tmp / safe
+        target.write_bytes(data)
+        adata = read_dataset(target, name=name, orientation=orientation)
+        adata.uns.setdefault(INPUT_UNS_KEY, {})["file"] = safe
+        return adata
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:300].rstrip(".")
+
+
+def _kind_of(filename: str) -> str | None:
+    low = filename.lower()
+    if low.endswith(".h5ad"):
+        return "h5ad"
+    if low.endswith((".h5", ".hdf5")):
+        return "10x h5"
+    if low.endswith((".zip", ".tar.gz", ".tgz", ".tar")):
+        return "archive"
+    if low.endswith((".csv", ".tsv", ".txt", ".csv.gz", ".tsv.gz", ".txt.gz")):
+        return "table"
+    if re.search(r"\.mtx(\.gz)?$", low):
+        return "10x matrix folder"  # a matrix.mtx file: read the folder around it
+    return None
+
+
+def _finalise(adata: ad.AnnData, label: str, kind: str) -> ad.AnnData:
+    """CSR float32 X, string names, and a note of how it was read."""
+    if adata.X is None:
+        raise DataError(
+            f"{label} has no expression matrix (X is empty). Save the counts in X and try again."
+        )
+    X = adata.X
+    if not sp.issparse(X):
+        X = sp.csr_matrix(np.asarray(X))
+    X = sp.csr_matrix(X, dtype=np.float32)
+    X.sort_indices()
+    adata.X = X
+    adata.obs_names = adata.obs_names.astype(str)
+    adata.var_names = adata.var_names.astype(str)
+    info = dict(adata.uns.get(INPUT_UNS_KEY, {}) or {})
+    info.setdefault("format", kind)
+    adata.uns[INPUT_UNS_KEY] = info
+    return adata
+
+
+def _read_10x_h5(path: Path) -> ad.AnnData:
+    """A Cell Ranger HDF5 file (v3, or v2 with one genome); an AnnData saved as .h5 also works."""
+    import h5py
+    import scanpy as sc
+
+    with h5py.File(path, "r") as f:
+        keys = set(f.keys())
+    if "matrix" not in keys and {"X", "obs", "var"} <= keys:
+        return ad.read_h5ad(path)
+    return sc.read_10x_h5(path)
+
+
+def _open_text(path: Path):
+    if path.name.lower().endswith(".gz"):
+        return gzip.open(path, "rt", encoding="utf-8", errors="replace")
+    return open(path, encoding="utf-8", errors="replace")
+
+
+def _first_existing(folder: Path, stems: tuple[str, ...]) -> Path | None:
+    for stem in stems:
+        for suffix in ("", ".gz"):
+            cand = folder / f"{stem}{suffix}"
+            if cand.is_file():
+                return cand
+    return None
+
+
+def _is_matrix_dir(folder: Path) -> bool:
+    return _first_existing(folder, ("matrix.mtx",)) is not None
+
+
+def _find_matrix_dir(path: Path, label: str) -> Path:
+    """The folder holding matrix.mtx[.gz]: ``path`` itself, the folder of a .mtx file, or one
+    folder below ``path`` (searched recursively, ignoring macOS metadata folders)."""
+    if path.is_file():
+        return path.parent
+    if _is_matrix_dir(path):
+        return path
+    found = sorted(
+        {p.parent for p in path.rglob("matrix.mtx*") if "__MACOSX" not in p.parts and _is_matrix_dir(p.parent)}
+    )
+    if not found:
+        raise DataError(
+            f"{label} contains no matrix.mtx or matrix.mtx.gz. A 10x matrix folder needs "
+            "matrix.mtx[.gz], features.tsv[.gz] (or genes.tsv[.gz]) and barcodes.tsv[.gz]."
+        )
+    if len(found) > 1:
+        names = ", ".join(str(p.relative_to(path)) for p in found[:5])
+        raise DataError(
+            f"{label} contains {len(found)} matrix folders ({names}). Provide one dataset at a time."
+        )
+    return found[0]
+
+
+def _read_mtx_dir(folder: Path, label: str) -> ad.AnnData:
+    """Read a Cell Ranger matrix folder (v3 features.tsv or v2 genes.tsv, gzipped or not)."""
+    from scipy.io import mmread
+
+    mtx = _first_existing(folder, ("matrix.mtx",))
+    feats = _first_existing(folder, ("features.tsv", "genes.tsv"))
+    bcs = _first_existing(folder, ("barcodes.tsv",))
+    missing = [n for n, p in (("features.tsv/genes.tsv", feats), ("barcodes.tsv", bcs)) if p is None]
+    if missing:
+        raise DataError(
+            f"{label}: the matrix folder lacks {' and '.join(missing)}. A 10x matrix folder needs "
+            "matrix.mtx[.gz], features.tsv[.gz] (or genes.tsv[.gz]) and barcodes.tsv[.gz]."
+        )
+    if mtx.name.endswith(".gz"):
+        with gzip.open(mtx, "rb") as fh:
+            M = mmread(fh)
+    else:
+        M = mmread(str(mtx))
+    M = sp.csr_matrix(M, dtype=np.float32)
+    features = pd.read_csv(feats, sep="\t", header=None, dtype=str, quoting=3, keep_default_na=False)
+    barcodes = pd.read_csv(bcs, sep="\t", header=None, dtype=str, quoting=3, keep_default_na=False)
+    n_f, n_b = len(features), len(barcodes)
+    if M.shape == (n_f, n_b):
+        X = M.T.tocsr()  # the 10x layout: genes x cells
+    elif M.shape == (n_b, n_f):
+        X = M
+    else:
+        raise DataError(
+            f"{label}: matrix.mtx is {M.shape[0]} x {M.shape[1]} but there are {n_f} features and "
+            f"{n_b} barcodes. Check that the three files belong to the same dataset."
+        )
+    ids = features.iloc[:, 0].to_numpy(dtype=str)
+    symbols = features.iloc[:, 1].to_numpy(dtype=str) if features.shape[1] > 1 else ids
+    var = pd.DataFrame({"gene_ids": ids}, index=pd.Index(symbols, name=None))
+    if features.shape[1] > 2:
+        var["feature_types"] = features.iloc[:, 2].to_numpy(dtype=str)
+        gex = var["feature_types"].to_numpy() == "Gene Expression"
+        if gex.any() and not gex.all():  # as scanpy's read_10x_h5: keep gene expression only
+            X = X[:, gex]
+            var = var.iloc[gex]
+    obs = pd.DataFrame(index=pd.Index(barcodes.iloc[:, 0].to_numpy(dtype=str), name=None))
+    return ad.AnnData(X=X, obs=obs, var=var)
+
+
+def _check_member(name: str, label: str) -> None:
+    parts = PurePosixPath(name.replace("\\", "/")).parts
+    if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name) or ".." in parts:
+        raise DataError(
+            f"{label} contains an unsafe path '{name[:100]}' (absolute or with '..'). "
+            "Re-create the archive from the matrix folder itself."
+        )
+
+
+def _read_archive(path: Path, label: str) -> ad.AnnData:
+    """Extract safely into a temporary folder, then read the matrix folder inside it."""
+    with tempfile.TemporaryDirectory(prefix="cellannot_archive_") as tmp:
+        dest = Path(tmp)
+        if path.name.lower().endswith(".zip"):
+            with zipfile.ZipFile(path) as zf:
+                infos = zf.infolist()
+                for info in infos:
+                    _check_member(info.filename, label)
+                if sum(i.file_size for i in infos) > _MAX_EXTRACT_BYTES:
+                    raise DataError(f"{label} unpacks to more than 20 GB. Upload the data uncompressed.")
+                zf.extractall(dest)
+        else:
+            with tarfile.open(path, "r:*") as tf:
+                members = tf.getmembers()
+                for m in members:
+                    _check_member(m.name, label)
+                    if not (m.isfile() or m.isdir()):
+                        raise DataError(
+                            f"{label} contains a link or special file '{m.name[:100]}'. "
+                            "Re-create the archive with regular files only."
+                        )
+                if sum(m.size for m in members) > _MAX_EXTRACT_BYTES:
+                    raise DataError(f"{label} unpacks to more than 20 GB. Upload the data uncompressed.")
+                tf.extractall(dest, filter="data")
+        return _read_mtx_dir(_find_matrix_dir(dest, label), label)
+
+
+_ENSEMBL_RE = re.compile(r"^ENS[A-Z]*G\d{6,}(\.\d+)?$")
+_BARCODE_RE = re.compile(r"[ACGTN]{8,}")
+_CELLNAME_RE = re.compile(r"^(cell|bc|barcode|sample|s)[\W_]*\d+", re.IGNORECASE)
+_GENEWORD_RE = re.compile(
+    r"^(MT-|mt-|RP[LS]\d|Rp[ls]\d|ACTB$|Actb$|GAPDH$|Gapdh$|MALAT1$|Malat1$|B2M$|B2m$|"
+    r"HLA-|CD\d|Cd\d|ENS[A-Z]*G\d)"
+)
+
+
+def _frac(names: pd.Index, pattern: re.Pattern, *, search: bool = False, n: int = 2000) -> float:
+    if len(names) > n:  # evenly spaced sample: gene lists are often sorted alphabetically
+        names = names[np.linspace(0, len(names) - 1, n).astype(int)]
+    vals = [str(v) for v in names]
+    if not vals:
+        return 0.0
+    f = pattern.search if search else pattern.match
+    return sum(1 for v in vals if f(v)) / len(vals)
+
+
+def _guess_orientation(rows: pd.Index, cols: pd.Index) -> tuple[str, str]:
+    """Guess whether a table's rows are cells or genes.
+
+    Heuristic, from the strongest signal to the weakest:
+
+    1. cell-like names: 10x-style barcodes (a run of 8+ of ``ACGTN``) or names like
+       ``cell12`` / ``bc_3``; whichever axis has clearly more of them (by 0.3 of the
+       fraction) holds the cells;
+    2. gene-like names: Ensembl IDs and ubiquitous genes (``MT-``, ``RPL``/``RPS``,
+       ``ACTB``, ``GAPDH``, ``MALAT1``, ``B2M``, ``HLA-``, ``CD<digit>``); an axis where at
+       least 0.3% of the names are such genes and 5 times more than on the other axis holds
+       the genes (a real gene list always contains some of them, cell names never do);
+    3. shape: if there are at least 4 times more rows than columns, rows are genes
+       (gene panels are large; a table with many more cells than genes is rare);
+    4. otherwise cells x genes (the AnnData convention).
+
+    Returns
+    -------
+    (orientation, reason)
+    """
+    def cellish(names: pd.Index) -> float:
+        return max(_frac(names, _BARCODE_RE, search=True), _frac(names, _CELLNAME_RE))
+
+    def geneish(names: pd.Index) -> float:
+        return max(_frac(names, _ENSEMBL_RE), _frac(names, _GENEWORD_RE))
+
+    c_rows, c_cols = cellish(rows), cellish(cols)
+    if c_rows - c_cols >= 0.3:
+        return "cells_x_genes", "row names look like cell barcodes"
+    if c_cols - c_rows >= 0.3:
+        return "genes_x_cells", "column names look like cell barcodes"
+    g_rows, g_cols = geneish(rows), geneish(cols)
+    if g_rows >= 0.003 and g_rows > 5 * g_cols:
+        return "genes_x_cells", "row names look like genes"
+    if g_cols >= 0.003 and g_cols > 5 * g_rows:
+        return "cells_x_genes", "column names look like genes"
+    if len(rows) >= 4 * len(cols):
+        return "genes_x_cells", "far more rows than columns"
+    return "cells_x_genes", "no clear signal; assumed cells in rows"
+
+
+def _read_table(path: Path, label: str, orientation: str) -> ad.AnnData:
+    """A delimited table whose first column holds row names and first row column names."""
+    with _open_text(path) as fh:
+        first = fh.readline()
+    if not first.strip():
+        raise DataError(f"{label} is empty. Provide a table with a header row and row names.")
+    if "\t" in first:
+        sep: str = "\t"
+    elif "," in first:
+        sep = ","
+    else:
+        sep = r"\s+"
+    df = pd.read_csv(path, sep=sep, index_col=0)
+    if df.shape[0] == 0 or df.shape[1] == 0:
+        raise DataError(
+            f"{label} has no data rows or columns. Provide a table with a header row, "
+            "row names in the first column and one number per cell and gene."
+        )
+    non_numeric = [str(c) for c, t in df.dtypes.items() if not pd.api.types.is_numeric_dtype(t)]
+    if non_numeric:
+        raise DataError(
+            f"{label} has {len(non_numeric)} non-numeric columns (e.g. '{non_numeric[0][:40]}'). "
+            "A table must hold only numbers apart from the first column (row names) and the header."
+        )
+    rows, cols = df.index.astype(str), df.columns.astype(str)
+    if orientation == "auto":
+        orientation, reason = _guess_orientation(rows, cols)
+    else:
+        reason = "set by the user"
+    values = df.to_numpy(dtype=np.float32)
+    if orientation == "genes_x_cells":
+        values, rows, cols = values.T, cols, rows
+    adata = ad.AnnData(
+        X=sp.csr_matrix(values),
+        obs=pd.DataFrame(index=pd.Index(rows, name=None)),
+        var=pd.DataFrame(index=pd.Index(cols, name=None)),
+    )
+    adata.uns[INPUT_UNS_KEY] = {"format": "table", "orientation": orientation, "orientation_reason": reason}
+    return adata

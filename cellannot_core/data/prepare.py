@@ -1,0 +1,562 @@
+"""From two AnnData objects to model-ready arrays: validate, match genes, normalise, select
+genes, split.
+
+Preprocessing (recorded in ``Prepared.report['preprocessing']``):
+
+1. raw counts are taken from X, ``layers['counts']`` or ``.raw`` (:func:`get_counts`);
+2. optional QC removes cells (both datasets) by genes detected, total counts, % mitochondrial;
+3. each dataset is library-size normalised to 1e4 and log1p-transformed using **all** of its
+   genes for the library size (as ``sc.pp.normalize_total(target_sum=1e4)`` +
+   ``sc.pp.log1p`` on the full matrix), and only then subset to the genes it shares with the
+   other dataset, so a query measuring fewer genes is not inflated;
+4. highly variable genes are chosen on the reference among the shared genes
+   (``sc.pp.highly_variable_genes(flavor="seurat")`` on the log data: no extra packages);
+   all shared genes are kept when there are at most ``n_top_genes``; genes keep reference order;
+5. the reference is split into train / val, stratified by class, every class in both.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from cellannot_core.errors import ConfigError, DataError
+
+from ._types import Prepared, Split
+from .genes import is_ensembl, match_genes
+from .validate import (
+    missing_label_mask,
+    check_label_column,
+    check_not_empty,
+    check_values,
+    clean_labels,
+    make_unique,
+    zero_total_cells,
+)
+from .values import detect_value_state, get_counts
+
+__all__ = ["QC_KEYS", "TARGET_SUM", "prepare", "summarize_dataset", "stratified_split", "lognormalize"]
+
+TARGET_SUM = 1e4
+QC_KEYS = ("min_genes", "min_counts", "max_pct_mito")
+_SYMBOL_COLUMNS = ("gene_symbols", "gene_symbol", "feature_name", "gene_name", "symbol", "symbols")
+_LABEL_HINTS = ("cell_type", "celltype", "cell type", "cell.type", "label", "annotation", "annot", "type", "cluster")
+
+
+@dataclass
+class _Loaded:
+    """One dataset after validation: full-gene matrix, names, positions into the input."""
+
+    X: sp.csr_matrix  # counts (or log-normalised values when state == "lognorm"), all genes
+    var: pd.DataFrame
+    obs_names: pd.Index
+    index: np.ndarray
+    obs: pd.DataFrame
+    state: str
+    report: dict[str, Any]
+
+    def take(self, keep: np.ndarray) -> None:
+        self.X = self.X[keep]
+        self.obs_names = self.obs_names[keep]
+        self.index = self.index[keep]
+        self.obs = self.obs.iloc[keep]
+
+
+def lognormalize(X: sp.csr_matrix, cols: np.ndarray, *, state: str = "counts",
+                 total_cols: np.ndarray | None = None) -> sp.csr_matrix:
+    """Library-size normalise to :data:`TARGET_SUM`, log1p, keep ``cols``.
+
+    The library size is summed over ``total_cols`` (default: all columns).
+
+    Parameters
+    ----------
+    X
+        Cells x all genes (counts).
+    cols
+        Columns to return.
+    state
+        ``"lognorm"``: ``X`` is already log-normalised and is only subset.
+
+    Returns
+    -------
+    scipy.sparse.csr_matrix
+        float32, cells x ``len(cols)``; cells without counts stay all-zero.
+    """
+    sub = X[:, cols]
+    if state == "lognorm":
+        return sp.csr_matrix(sub, dtype=np.float32)
+    lib = X if total_cols is None else X[:, total_cols]
+    total = np.asarray(lib.sum(axis=1), dtype=np.float64).ravel()
+    scale = np.divide(TARGET_SUM, total, out=np.zeros_like(total), where=total > 0)
+    out = sp.csr_matrix(sp.diags(scale) @ sub, dtype=np.float32)
+    out.data = np.log1p(out.data)
+    return out
+
+
+def stratified_split(y: np.ndarray, val_fraction: float, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of train and val cells, stratified by ``y``.
+
+    Each class contributes ``round(val_fraction * n_k)`` cells to val, clipped to
+    ``[1, n_k - 1]``, so every class with at least 2 cells is in both sets (scikit-learn's
+    ``train_test_split(stratify=...)`` can leave a small class out of val). Seeded;
+    positions are returned sorted.
+    """
+    rng = np.random.default_rng(seed)
+    val = []
+    for k in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == k))
+        n_val = int(np.clip(round(val_fraction * len(idx)), 1, max(len(idx) - 1, 1)))
+        val.append(idx[:n_val])
+    val_idx = np.sort(np.concatenate(val)) if val else np.zeros(0, dtype=np.int64)
+    train_idx = np.setdiff1d(np.arange(len(y)), val_idx)
+    return train_idx.astype(np.int64), val_idx.astype(np.int64)
+
+
+def _symbols(var: pd.DataFrame) -> np.ndarray:
+    names = var.index.astype(str)
+    if is_ensembl(names):
+        lower = {str(c).lower(): c for c in var.columns}
+        for c in _SYMBOL_COLUMNS:
+            if c in lower:
+                return var[lower[c]].astype(str).to_numpy()
+    return np.asarray(names)
+
+
+def _qc_mask(d: _Loaded, qc: dict[str, Any], name: str, warns: list[str]) -> np.ndarray:
+    X = d.X
+    keep = np.ones(X.shape[0], dtype=bool)
+    if qc.get("min_genes") is not None:
+        n_genes = np.asarray((X > 0).sum(axis=1)).ravel()
+        keep &= n_genes >= float(qc["min_genes"])
+    lognorm = d.state == "lognorm"
+    if lognorm and (qc.get("min_counts") is not None or qc.get("max_pct_mito") is not None):
+        warns.append(f"the {name} has no raw counts, so min_counts / max_pct_mito were not applied")
+        return keep
+    total = np.asarray(X.sum(axis=1), dtype=np.float64).ravel()
+    if qc.get("min_counts") is not None:
+        keep &= total >= float(qc["min_counts"])
+    if qc.get("max_pct_mito") is not None:
+        sym = pd.Series(_symbols(d.var))
+        mito = sym.str.upper().str.startswith("MT-").to_numpy()
+        if not mito.any():
+            warns.append(f"no mitochondrial genes (MT- / mt-) found in the {name}; max_pct_mito not applied")
+        else:
+            mt = np.asarray(X[:, np.flatnonzero(mito)].sum(axis=1), dtype=np.float64).ravel()
+            pct = np.divide(100.0 * mt, total, out=np.zeros_like(total), where=total > 0)
+            keep &= pct <= float(qc["max_pct_mito"])
+    return keep
+
+
+def _load(
+    adata: ad.AnnData, *, name: str, allow_lognorm: bool, qc: dict[str, Any] | None, warns: list[str]
+) -> _Loaded:
+    """Checks common to both datasets, names made unique, optional QC."""
+    if not isinstance(adata, ad.AnnData):
+        raise DataError(f"the {name} is not an AnnData object. Read it with read_dataset first.")
+    check_not_empty(adata.n_obs, adata.n_vars, name=name)
+    counts = get_counts(adata, name=name, allow_lognorm=allow_lognorm)
+    check_not_empty(adata.n_obs, counts.X.shape[1], name=name)
+    check_values(counts.X, name=name, state=counts.state)
+    if counts.state == "lognorm":
+        warns.append(f"the {name} has no raw counts: its log-normalised X is used as it is")
+    obs_names, msg = make_unique(adata.obs_names, what="cell", name=name)
+    if msg:
+        warns.append(msg)
+    var = counts.var.copy()
+    var.index, msg = make_unique(var.index, what="gene", name=name)
+    if msg:
+        warns.append(msg)
+    obs = adata.obs.copy()
+    obs.index = obs_names
+    d = _Loaded(
+        X=counts.X, var=var, obs_names=obs_names, index=np.arange(adata.n_obs, dtype=np.int64),
+        obs=obs, state=counts.state,
+        report={
+            "n_cells_input": int(adata.n_obs),
+            "n_genes": int(counts.X.shape[1]),
+            "value_state": detect_value_state(adata.X) if adata.X is not None else "none",
+            "counts_source": counts.source,
+        },
+    )
+    if qc:
+        keep = _qc_mask(d, qc, name, warns)
+        n_removed = int((~keep).sum())
+        d.report["qc_removed"] = n_removed
+        if n_removed == len(keep):
+            raise DataError(
+                f"quality control removed all {len(keep)} {name} cells ({_qc_text(qc)}). Loosen the QC thresholds."
+            )
+        if n_removed:
+            warns.append(f"quality control ({_qc_text(qc)}) removed {n_removed} of {len(keep)} {name} cells")
+            if name == "query":
+                d.report["qc_removed_obs_names"] = [str(v) for v in d.obs_names[~keep]]
+            d.take(keep)
+    return d
+
+
+def _qc_text(qc: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in qc.items() if v is not None)
+
+
+def _check_options(n_top_genes: int, val_fraction: float, min_cells_per_class: int, qc) -> dict | None:
+    if not (isinstance(n_top_genes, (int, np.integer)) and n_top_genes > 0):
+        raise ConfigError(f"n_top_genes must be a positive integer, not {n_top_genes!r}. Use e.g. 2000.")
+    if not 0.0 < float(val_fraction) < 1.0:
+        raise ConfigError(f"val_fraction must be between 0 and 1 (exclusive), not {val_fraction!r}. Use e.g. 0.15.")
+    if min_cells_per_class < 2:
+        raise ConfigError(
+            f"min_cells_per_class must be at least 2 (a class needs cells in train and val), not {min_cells_per_class}."
+        )
+    if not qc:
+        return None
+    unknown = sorted(set(qc) - set(QC_KEYS))
+    if unknown:
+        raise ConfigError(f"unknown QC option(s) {', '.join(unknown)}. Valid: {', '.join(QC_KEYS)}.")
+    return {k: qc[k] for k in QC_KEYS if qc.get(k) is not None} or None
+
+
+def _select_hvg(ref_log: sp.csr_matrix, n_top_genes: int) -> np.ndarray:
+    """Positions (sorted) of the reference's top variable genes among its columns."""
+    n = ref_log.shape[1]
+    if n <= n_top_genes:
+        return np.arange(n, dtype=np.int64)
+    import scanpy as sc
+
+    tmp = ad.AnnData(X=ref_log)
+    sc.pp.highly_variable_genes(tmp, flavor="seurat", n_top_genes=n_top_genes, subset=False)
+    return np.flatnonzero(tmp.var["highly_variable"].to_numpy()).astype(np.int64)
+
+
+def _shared_fraction(X: sp.csr_matrix, cols: np.ndarray) -> float:
+    """Median over cells of the fraction of their counts on ``cols`` (cells with counts only)."""
+    total = np.asarray(X.sum(axis=1), dtype=np.float64).ravel()
+    shared = np.asarray(X[:, cols].sum(axis=1), dtype=np.float64).ravel()
+    ok = total > 0
+    return round(float(np.median(shared[ok] / total[ok])), 4) if ok.any() else 0.0
+
+
+def _split(X: sp.csr_matrix, counts: sp.csr_matrix, rows, y, obs_names, labels, index) -> Split:
+    return Split(
+        X=np.asarray(X[rows].toarray(), dtype=np.float32),
+        counts=sp.csr_matrix(counts[rows], dtype=np.float32),
+        y=None if y is None else np.asarray(y[rows], dtype=np.int64),
+        obs_names=np.asarray(obs_names[rows]).astype(str),
+        labels=None if labels is None else np.asarray(labels[rows], dtype=object),
+        index=np.asarray(index[rows], dtype=np.int64),
+    )
+
+
+def prepare(
+    reference: ad.AnnData,
+    query: ad.AnnData,
+    *,
+    label_key: str,
+    query_label_key: str | None = None,
+    n_top_genes: int = 2000,
+    val_fraction: float = 0.15,
+    min_cells_per_class: int = 10,
+    min_shared_genes: int = 200,
+    seed: int = 0,
+    qc: dict[str, Any] | None = None,
+    allow_lognorm: bool = False,
+    normalize_on: str = "shared",
+) -> Prepared:
+    """Validate a labelled reference and a query and turn them into model inputs.
+
+    Parameters
+    ----------
+    reference
+        Labelled cells (raw counts in X, ``layers['counts']`` or ``.raw``).
+    query
+        Cells to label. All are kept, in input order, unless ``qc`` removes some
+        (``Prepared.query.index`` gives the positions of the kept cells in ``query``).
+    label_key
+        Reference obs column with the cell types.
+    query_label_key
+        Optional query obs column with known labels (for evaluation): ``query.y`` holds the
+        class index where the label is a reference class, -1 otherwise (novel or missing);
+        ``query.labels`` keeps the strings (missing labels as ``""``).
+    n_top_genes
+        Highly variable genes to keep (all shared genes when there are fewer).
+    val_fraction
+        Share of each reference class held out for validation (at least one cell per class).
+    min_cells_per_class
+        Reference classes with fewer cells are dropped (reported).
+    min_shared_genes
+        Fewest shared genes accepted (see :func:`match_genes`).
+    seed
+        Seed of the train/val split.
+    qc
+        Optional cell filters applied to both datasets: ``min_genes``, ``min_counts``,
+        ``max_pct_mito`` (genes starting with ``MT-`` / ``mt-``).
+    allow_lognorm
+        Accept a dataset that only has log-normalised values (then used as they are, and
+        its ``counts`` hold those values: ``report['counts_available']`` is False).
+    normalize_on
+        ``"shared"`` (default): each cell's library size is summed over the genes shared by
+        reference and query, so both datasets are normalised on the same genes (a query with
+        many more genes is otherwise shifted down on the shared ones); ``"all"``: over all
+        of each dataset's genes (scanpy's ``normalize_total`` on the full matrix).
+
+    Returns
+    -------
+    Prepared
+        ``train`` / ``val`` / ``query`` splits on the same genes (``genes``, reference
+        spelling), ``classes`` (sorted reference class names) and a JSON-serialisable
+        ``report``.
+
+    Raises
+    ------
+    DataError
+        A problem with the data (one line: what is wrong, what to do).
+    ConfigError
+        An invalid option.
+    """
+    t0 = time.perf_counter()
+    qc = _check_options(n_top_genes, val_fraction, min_cells_per_class, qc)
+    warns: list[str] = []
+
+    ref = _load(reference, name="reference", allow_lognorm=allow_lognorm, qc=qc, warns=warns)
+    qry = _load(query, name="query", allow_lognorm=allow_lognorm, qc=qc, warns=warns)
+
+    # reference labels: missing and small classes dropped; cells without counts dropped
+    check_label_column(ref.obs, label_key, name="reference")
+    zero = zero_total_cells(ref.X)
+    if zero.any():
+        warns.append(f"{int(zero.sum())} reference cells have no counts at all and were left out")
+        ref.take(~zero)
+        ref.report["zero_count_cells_removed"] = int(zero.sum())
+    keep, label_info, lw = clean_labels(
+        ref.obs[label_key].to_numpy(), label_key=label_key, min_cells_per_class=min_cells_per_class
+    )
+    warns.extend(lw)
+    ref.take(keep)
+    ref.report.update(label_info, label_key=label_key)
+    ref_labels = ref.obs[label_key].astype(str).str.strip().to_numpy(dtype=object)
+    classes = sorted(label_info["class_counts"])
+    class_idx = {c: i for i, c in enumerate(classes)}
+    ref_y = np.array([class_idx[c] for c in ref_labels], dtype=np.int64)
+
+    n_zero_q = int(zero_total_cells(qry.X).sum())
+    if n_zero_q:
+        warns.append(f"{n_zero_q} query cells have no counts at all; they are kept but carry no information")
+        qry.report["zero_count_cells"] = n_zero_q
+
+    q_labels = q_y = None
+    if query_label_key is not None:
+        check_label_column(qry.obs, query_label_key, name="query")
+        col = qry.obs[query_label_key]
+        missing = missing_label_mask(col)
+        q_labels = col.astype(str).str.strip().to_numpy(dtype=object)
+        q_labels[missing] = ""
+        q_y = np.array([class_idx.get(v, -1) for v in q_labels], dtype=np.int64)
+        in_ref = q_y >= 0
+        qry.report.update(
+            label_key=query_label_key,
+            n_missing_labels=int(missing.sum()),
+            n_labels_in_reference=int(in_ref.sum()),
+            labels_not_in_reference={
+                str(k): int(v) for k, v in pd.Series(q_labels[~in_ref & ~missing]).value_counts().items()
+            },
+        )
+
+    # genes
+    gm = match_genes(ref.var, qry.var, min_shared=min_shared_genes)
+    if gm.approximate:
+        warns.append(f"genes were matched ignoring case ({gm.n_shared} genes): check both datasets are the same species")
+    for d, cols in ((ref, gm.ref_idx), (qry, gm.query_idx)):
+        d.report["median_fraction_counts_on_shared_genes"] = _shared_fraction(d.X, cols)
+    f_ref = ref.report["median_fraction_counts_on_shared_genes"]
+    f_q = qry.report["median_fraction_counts_on_shared_genes"]
+    if normalize_on not in ("shared", "all"):
+        raise ConfigError(f"normalize_on must be 'shared' or 'all', got {normalize_on!r}")
+    if normalize_on == "all" and min(f_ref, f_q) < 0.7 * max(f_ref, f_q):
+        warns.append(
+            f"a typical cell has {f_ref:.0%} of its reference counts but {f_q:.0%} of its query counts on "
+            "the shared genes; since each dataset is normalised on all its genes, expression levels of the "
+            "two may be shifted"
+        )
+    shared_only = normalize_on == "shared"
+    ref_log = lognormalize(ref.X, gm.ref_idx, state=ref.state, total_cols=gm.ref_idx if shared_only else None)
+    hvg = _select_hvg(ref_log, n_top_genes)
+    ref_cols, q_cols = gm.ref_idx[hvg], gm.query_idx[hvg]
+    genes = [gm.names[i] for i in hvg]
+    ref_log = ref_log[:, hvg]
+    q_log = lognormalize(qry.X, gm.query_idx, state=qry.state,
+                         total_cols=gm.query_idx if shared_only else None)[:, hvg]
+    ref_counts = ref.X[:, ref_cols]
+    q_counts = qry.X[:, q_cols]
+
+    # split
+    train_idx, val_idx = stratified_split(ref_y, val_fraction, seed=seed)
+    ref_names = np.asarray(ref.obs_names)
+    train = _split(ref_log, ref_counts, train_idx, ref_y, ref_names, ref_labels, ref.index)
+    val = _split(ref_log, ref_counts, val_idx, ref_y, ref_names, ref_labels, ref.index)
+    all_q = np.arange(q_log.shape[0])
+    qsplit = _split(q_log, q_counts, all_q, q_y, np.asarray(qry.obs_names), q_labels, qry.index)
+
+    for d in (ref, qry):
+        d.report["n_cells"] = int(d.X.shape[0])
+    report: dict[str, Any] = {
+        "reference": ref.report,
+        "query": qry.report,
+        "genes": {
+            "message": gm.message,
+            "mode": gm.mode,
+            "approximate": gm.approximate,
+            "n_shared": gm.n_shared,
+            "n_ref": gm.n_ref,
+            "n_query": gm.n_query,
+            "ref_key": gm.ref_key,
+            "query_key": gm.query_key,
+            "n_hvg": len(genes),
+            "hvg": (
+                f"top {len(genes)} highly variable reference genes (scanpy flavor 'seurat')"
+                if len(genes) < gm.n_shared else f"all {len(genes)} shared genes"
+            ),
+        },
+        "classes": classes,
+        "n_classes": len(classes),
+        "n_train": train.n_obs,
+        "n_val": val.n_obs,
+        "n_query": qsplit.n_obs,
+        "val_class_counts": {c: int((val.y == i).sum()) for i, c in enumerate(classes)},
+        "preprocessing": (
+            f"library-size normalisation to {TARGET_SUM:g} counts per cell on "
+            + ("the genes shared by both datasets" if shared_only else "all genes of each dataset")
+            + ", log1p, then the selected shared genes"
+        ),
+        "normalize_on": normalize_on,
+        "norm_genes": [str(g) for g in gm.names] if shared_only else None,
+        "counts_available": ref.state == "counts" and qry.state == "counts",
+        "options": {
+            "label_key": label_key, "query_label_key": query_label_key, "n_top_genes": int(n_top_genes),
+            "val_fraction": float(val_fraction), "min_cells_per_class": int(min_cells_per_class),
+            "min_shared_genes": int(min_shared_genes), "seed": int(seed), "qc": qc,
+            "allow_lognorm": bool(allow_lognorm), "normalize_on": normalize_on,
+        },
+        "warnings": warns,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    return Prepared(train=train, val=val, query=qsplit, classes=classes, genes=genes, report=report)
+
+
+def _label_candidates(obs: pd.DataFrame, n_cells: int, max_classes: int = 100) -> list[dict[str, Any]]:
+    out = []
+    for col in obs.columns:
+        s = obs[col]
+        kind = s.dtype.kind if not isinstance(s.dtype, pd.CategoricalDtype) else "O"
+        if kind == "f":  # QC metrics, coordinates
+            continue
+        if kind in "iu" and s.nunique() > 50:
+            continue
+        vc = s[~missing_label_mask(s)].astype(str).value_counts()
+        if not 2 <= len(vc) <= max_classes or len(vc) > 0.5 * n_cells:
+            continue
+        low = str(col).lower()
+        hint = next((i for i, h in enumerate(_LABEL_HINTS) if h in low), len(_LABEL_HINTS))
+        out.append({
+            "key": str(col),
+            "n_classes": int(len(vc)),
+            "counts": {str(k): int(v) for k, v in vc.head(50).items()},
+            "_rank": (hint, kind in "iub", -len(vc)),
+        })
+    out.sort(key=lambda d: d["_rank"])
+    for d in out:
+        del d["_rank"]
+    return out
+
+
+def summarize_dataset(adata: ad.AnnData, *, name: str = "dataset") -> dict[str, Any]:
+    """Describe a dataset for the data page (never raises on data problems).
+
+    Parameters
+    ----------
+    adata
+        The dataset.
+    name
+        ``"reference"`` / ``"query"``, for messages.
+
+    Returns
+    -------
+    dict
+        JSON-serialisable: ``name``, ``n_cells``, ``n_genes``, ``value_state`` (of X),
+        ``counts_source`` (None if no counts were found), ``gene_ids`` (``"Ensembl IDs"``
+        or ``"symbols"``), ``example_genes``, ``obs_columns``, ``label_candidates`` (obs
+        columns with 2-100 categories, most likely cell-type columns first, each with
+        ``key``, ``n_classes`` and ``counts``), ``suggested_label_key`` and ``problems``
+        (one-line messages of what would stop :func:`prepare`).
+    """
+    problems: list[str] = []
+    source = None
+    n_genes = int(adata.n_vars)
+    try:
+        c = get_counts(adata, name=name)
+        source, n_genes = c.source, int(c.X.shape[1])
+        check_values(c.X, name=name)
+    except DataError as exc:
+        problems.append(str(exc))
+    if adata.n_obs == 0 or adata.n_vars == 0:
+        problems.insert(0, f"the {name} is empty ({adata.n_obs} cells x {adata.n_vars} genes).")
+    cands = _label_candidates(adata.obs, adata.n_obs)
+    return {
+        "name": name,
+        "n_cells": int(adata.n_obs),
+        "n_genes": n_genes,
+        "value_state": detect_value_state(adata.X) if adata.X is not None else "none",
+        "counts_source": source,
+        "gene_ids": "Ensembl IDs" if is_ensembl(adata.var_names) else "symbols",
+        "example_genes": [str(v) for v in adata.var_names[:5]],
+        "obs_columns": [str(c) for c in adata.obs.columns],
+        "label_candidates": cands,
+        "suggested_label_key": cands[0]["key"] if cands else None,
+        "problems": problems,
+    }
+
+
+def prepare_query(
+    query: ad.AnnData,
+    *,
+    genes: list[str],
+    norm_genes: list[str] | None = None,
+    min_shared_genes: int = 200,
+    allow_lognorm: bool = False,
+) -> tuple[Split, dict[str, Any]]:
+    """Align a new query to the genes of a trained model (for ``predict --model``).
+
+    Genes of the model missing from the query are filled with zeros (reported). The library
+    size is summed over ``norm_genes`` found in the query (the genes the reference was
+    normalised on) or over all query genes when ``norm_genes`` is None.
+
+    Returns
+    -------
+    (Split, report)
+        ``Split.X`` is cells x ``len(genes)`` in the model's gene order; ``report['message']``
+        says how many model genes the query has.
+    """
+    warns: list[str] = []
+    qry = _load(query, name="query", allow_lognorm=allow_lognorm, qc=None, warns=warns)
+    model_var = pd.DataFrame(index=pd.Index([str(g) for g in genes]))
+    gm = match_genes(model_var, qry.var, min_shared=min_shared_genes)
+    total_cols = None
+    if norm_genes is not None:
+        nm = match_genes(pd.DataFrame(index=pd.Index([str(g) for g in norm_genes])), qry.var,
+                         min_shared=min_shared_genes)
+        total_cols = nm.query_idx
+    logx = lognormalize(qry.X, gm.query_idx, state=qry.state, total_cols=total_cols)
+    X = np.zeros((qry.X.shape[0], len(genes)), dtype=np.float32)
+    X[:, gm.ref_idx] = logx.toarray()
+    counts = sp.lil_matrix((qry.X.shape[0], len(genes)), dtype=np.float32)
+    counts[:, gm.ref_idx] = qry.X[:, gm.query_idx]
+    split = Split(X=X, counts=sp.csr_matrix(counts), y=None, obs_names=np.asarray(qry.obs_names), labels=None)
+    split.index = qry.index
+    message = f"{gm.n_shared} of {len(genes)} model genes found in the query ({gm.mode})"
+    if gm.n_shared < len(genes):
+        warns.append(f"{len(genes) - gm.n_shared} model genes are missing from the query and were set to zero")
+    return split, {"message": message, "n_shared": gm.n_shared, "n_model_genes": len(genes),
+                   "approximate": gm.approximate, "warnings": warns, **qry.report}

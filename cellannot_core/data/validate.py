@@ -1,0 +1,272 @@
+"""Checks on the input data, each failing with one clear :class:`DataError` line.
+
+Fatal problems raise; fixable ones are fixed and described in a list of warning strings
+(never printed), which :func:`validate_dataset` and :func:`~cellannot_core.data.prepare.prepare`
+put in their report. Decisions:
+
+- duplicate cell names are made unique (``obs_names_make_unique`` style: the first keeps its
+  name, later ones get ``-1``, ``-2``...) with a warning;
+- duplicate gene names are made unique the same way, so only the first of each is matched
+  across datasets (summing would be wrong for log-normalised input and hides the problem);
+- reference cells with a missing label (NaN, empty, ``"nan"``, ``"NA"``, ``"None"``) are dropped;
+- reference classes with fewer than ``min_cells_per_class`` cells are dropped (reported);
+  fewer than 2 remaining classes is an error;
+- cells whose counts are all zero are dropped from the reference and kept (with a warning)
+  in the query, whose cells must all come back in input order.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from cellannot_core.errors import DataError
+
+from .values import detect_value_state, get_counts
+
+__all__ = [
+    "MISSING_LABELS",
+    "check_not_empty",
+    "check_values",
+    "make_unique",
+    "check_label_column",
+    "missing_label_mask",
+    "clean_labels",
+    "zero_total_cells",
+    "validate_dataset",
+]
+
+MISSING_LABELS = frozenset({"", "nan", "na", "n/a", "none", "null"})
+
+
+def check_not_empty(n_obs: int, n_vars: int, *, name: str = "dataset") -> None:
+    """Raise if there are no cells or no genes."""
+    if n_obs == 0 or n_vars == 0:
+        raise DataError(
+            f"the {name} is empty ({n_obs} cells x {n_vars} genes). "
+            "Check that the right file was chosen and that it holds an expression matrix."
+        )
+
+
+def check_values(X, *, name: str = "dataset", state: str = "counts") -> None:
+    """Raise on NaN / Inf, on negative counts, and on a matrix without any counts.
+
+    Parameters
+    ----------
+    X
+        Cells x genes (sparse or dense).
+    name
+        For messages.
+    state
+        ``"counts"`` (negatives are an error) or ``"lognorm"``.
+    """
+    vals = X.data if sp.issparse(X) else np.asarray(X).ravel()
+    n_nan = int(np.isnan(vals).sum()) if vals.dtype.kind == "f" else 0
+    n_inf = int(np.isinf(vals).sum()) if vals.dtype.kind == "f" else 0
+    if n_nan or n_inf:
+        what = " and ".join(
+            t for t in (f"{n_nan} NaN" if n_nan else "", f"{n_inf} infinite" if n_inf else "") if t
+        )
+        raise DataError(
+            f"the {name} matrix contains {what} values. Replace them (missing counts are 0) "
+            "or export the raw counts again."
+        )
+    if state == "counts" and vals.size and vals.min() < 0:
+        raise DataError(
+            f"the {name} counts contain {int((vals < 0).sum())} negative values. "
+            "Counts cannot be negative: provide the raw (unscaled) counts."
+        )
+    if vals.size == 0 or not np.any(vals):
+        raise DataError(
+            f"the {name} has no usable counts: every value is zero. "
+            "Check that the matrix holds the expression data (not an empty or placeholder layer)."
+        )
+
+
+def make_unique(names: pd.Index, *, what: str = "cell", name: str = "dataset") -> tuple[pd.Index, str | None]:
+    """Make names unique, keeping the first occurrence as it is.
+
+    Returns
+    -------
+    (names, warning)
+        The unique names and a warning sentence (``None`` when nothing changed).
+    """
+    names = pd.Index(names.astype(str))
+    dup = names.duplicated()
+    if not dup.any():
+        return names, None
+    new = pd.Index(ad.utils.make_index_unique(names.copy()))
+    examples = ", ".join(pd.unique(names[dup])[:3])
+    if what == "gene":
+        msg = (
+            f"the {name} has {int(dup.sum())} duplicate gene names (e.g. {examples}); they were made "
+            "unique (var_names_make_unique), so only the first of each is matched to the other dataset"
+        )
+    else:
+        msg = (
+            f"the {name} has {int(dup.sum())} duplicate cell names (e.g. {examples}); they were made "
+            "unique (obs_names_make_unique: later copies get -1, -2, ...)"
+        )
+    return new, msg
+
+
+def check_label_column(obs: pd.DataFrame, label_key: str, *, name: str = "reference") -> None:
+    """Raise if ``label_key`` is not a column of ``obs``, listing the columns there are."""
+    if label_key not in obs.columns:
+        cols = ", ".join(map(str, obs.columns[:30])) or "none"
+        more = f" (and {len(obs.columns) - 30} more)" if len(obs.columns) > 30 else ""
+        raise DataError(
+            f"the {name} has no label column '{label_key}'. "
+            f"Choose one of its obs columns: {cols}{more}."
+        )
+
+
+def missing_label_mask(labels: pd.Series) -> np.ndarray:
+    s = pd.Series(labels, copy=False)
+    miss = s.isna().to_numpy()
+    text = s.astype(str).str.strip().str.lower()
+    return miss | text.isin(MISSING_LABELS).to_numpy()
+
+
+def clean_labels(
+    labels: pd.Series | np.ndarray,
+    *,
+    label_key: str,
+    min_cells_per_class: int = 10,
+    name: str = "reference",
+) -> tuple[np.ndarray, dict[str, Any], list[str]]:
+    """Decide which reference cells keep their labels.
+
+    Cells with a missing label are dropped, then classes with fewer than
+    ``min_cells_per_class`` cells.
+
+    Parameters
+    ----------
+    labels
+        One label per cell.
+    label_key
+        The column name, for messages.
+    min_cells_per_class
+        Smallest class kept.
+    name
+        For messages.
+
+    Returns
+    -------
+    (keep, info, warnings)
+        ``keep``: bool mask over the cells; ``info``: ``n_missing_labels``,
+        ``dropped_classes`` (class -> cells) and ``class_counts`` (kept class -> cells);
+        ``warnings``: sentences for the report.
+
+    Raises
+    ------
+    DataError
+        All labels missing, a single class, or fewer than 2 classes big enough.
+    """
+    s = pd.Series(np.asarray(labels, dtype=object))
+    missing = missing_label_mask(s)
+    warns: list[str] = []
+    if missing.all():
+        raise DataError(
+            f"the {name} label column '{label_key}' has no labels (all {len(s)} are missing). "
+            "Choose the column that holds the cell types."
+        )
+    if missing.any():
+        warns.append(
+            f"{int(missing.sum())} {name} cells have no label in '{label_key}' and were left out"
+        )
+    text = s.astype(str).str.strip()
+    counts = text[~missing].value_counts()
+    if len(counts) < 2:
+        raise DataError(
+            f"the {name} label column '{label_key}' has a single class ('{counts.index[0]}'). "
+            "A reference needs at least 2 cell types: choose another label column."
+        )
+    small = counts[counts < min_cells_per_class]
+    kept = counts[counts >= min_cells_per_class]
+    if len(kept) < 2:
+        raise DataError(
+            f"only {len(kept)} class(es) in the {name} label column '{label_key}' have at least "
+            f"{min_cells_per_class} cells ({len(counts)} classes in all). Lower min_cells_per_class "
+            "or use a larger reference."
+        )
+    if len(small):
+        desc = ", ".join(f"{k} ({v})" for k, v in small.items())
+        warns.append(
+            f"{len(small)} {name} classes with fewer than {min_cells_per_class} cells were dropped: "
+            f"{desc}; {int(small.sum())} cells"
+        )
+    keep = ~missing & text.isin(kept.index).to_numpy()
+    info = {
+        "n_missing_labels": int(missing.sum()),
+        "dropped_classes": {str(k): int(v) for k, v in small.items()},
+        "class_counts": {str(k): int(v) for k, v in kept.sort_index().items()},
+    }
+    return keep, info, warns
+
+
+def zero_total_cells(X) -> np.ndarray:
+    """Bool mask of cells (rows) whose values are all zero."""
+    totals = np.asarray(X.sum(axis=1)).ravel()
+    return totals <= 0
+
+
+def validate_dataset(
+    adata: ad.AnnData,
+    *,
+    name: str = "dataset",
+    label_key: str | None = None,
+    min_cells_per_class: int = 10,
+    allow_lognorm: bool = False,
+) -> dict[str, Any]:
+    """Check one dataset without changing it; raise on fatal problems.
+
+    Runs the checks :func:`~cellannot_core.data.prepare.prepare` runs on each dataset
+    (for a data page that wants to say early what is wrong).
+
+    Parameters
+    ----------
+    adata
+        The dataset.
+    name
+        ``"reference"`` or ``"query"`` (for messages).
+    label_key
+        Label column to check (reference), or None.
+    min_cells_per_class, allow_lognorm
+        As in :func:`~cellannot_core.data.prepare.prepare`.
+
+    Returns
+    -------
+    dict
+        JSON-serialisable: ``n_cells``, ``n_genes``, ``value_state``, ``counts_source``,
+        ``warnings`` and, with ``label_key``, the label info of :func:`clean_labels`.
+    """
+    check_not_empty(adata.n_obs, adata.n_vars, name=name)
+    counts = get_counts(adata, name=name, allow_lognorm=allow_lognorm)
+    check_values(counts.X, name=name, state=counts.state)
+    warns: list[str] = []
+    for index, what in ((adata.obs_names, "cell"), (counts.var_names, "gene")):
+        _, msg = make_unique(index, what=what, name=name)
+        if msg:
+            warns.append(msg)
+    n_zero = int(zero_total_cells(counts.X).sum())
+    if n_zero:
+        warns.append(f"{n_zero} {name} cells have no counts at all")
+    report: dict[str, Any] = {
+        "n_cells": int(adata.n_obs),
+        "n_genes": int(counts.X.shape[1]),
+        "value_state": detect_value_state(adata.X),
+        "counts_source": counts.source,
+    }
+    if label_key is not None:
+        check_label_column(adata.obs, label_key, name=name)
+        _, info, lw = clean_labels(
+            adata.obs[label_key], label_key=label_key, min_cells_per_class=min_cells_per_class, name=name
+        )
+        report.update(info)
+        warns.extend(lw)
+    report["warnings"] = warns
+    return report

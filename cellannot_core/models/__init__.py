@@ -1,0 +1,7 @@
+"""Models: one file per method, each registered in MODELS (see registry.py)."""
+from . import energy  # noqa: F401  (registers clams, jem, resnet)
+from ._base import Model, load_model
+from .registry import MODELS, HParam, ModelSpec, Supports, create_model, get_spec, model_names, resolve_hparams
+
+__all__ = ["MODELS", "HParam", "Model", "ModelSpec", "Supports", "create_model", "get_spec", "load_model",
+           "model_names", "resolve_hparams"]

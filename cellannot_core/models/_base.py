@@ -1,0 +1,204 @@
+"""The one model interface shared by the CLI, the app and the benchmarks.
+
+A model is built from ``(n_features, classes, seed, device, hparams)``; it is fitted on
+prepared reference splits, then answers ``predict_proba``, ``ood_score``, ``latent`` and,
+where the method can, ``sample`` and ``explain``. ``calibrate`` fits the temperature and the
+rejection threshold on reference validation cells. ``save``/``load`` write weights as
+safetensors plus a JSON config: nothing is unpickled on load.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, ClassVar, Sequence
+
+import numpy as np
+
+from .._constants import RunFiles
+from ..calibration import fit_temperature, softmax, threshold_for_acceptance
+from ..data._types import Split
+from ..errors import ConfigError
+from ..novelty import OOD_METHODS, LatentReference, energy_score, maxprob_score
+from .registry import get_spec, resolve_hparams
+
+FORMAT_VERSION = 1
+
+
+class Model:
+    """Base class; subclasses implement ``fit``, ``logits`` and ``latent`` (and optionally more)."""
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, n_features: int, classes: Sequence[str], *, seed: int = 0,
+                 device: str = "auto", hparams: dict[str, Any] | None = None) -> None:
+        self.spec = get_spec(self.name)
+        self.hparams = resolve_hparams(self.name, hparams)
+        self.n_features = int(n_features)
+        self.classes = list(classes)
+        self.seed = int(seed)
+        self.device_name = device
+        self.temperature = 1.0
+        self.threshold = float("inf")
+        self.ood_method = str(self.hparams.get("ood_score", "maxprob"))
+        self.history: dict[str, Any] = {}
+        self.calibration: dict[str, Any] = {}
+        self.reference: LatentReference | None = None
+
+    # ---- to implement -------------------------------------------------------------------
+    def fit(self, train: Split, val: Split, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def logits(self, X: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def latent(self, X: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def sample(self, n_per_class: int) -> tuple[np.ndarray, np.ndarray]:
+        """Generated cells (log-expression, genes as in training) and their class indices."""
+        raise NotImplementedError(f"model {self.name} cannot generate cells")
+
+    def explain(self, X: np.ndarray) -> np.ndarray:
+        raise NotImplementedError(f"model {self.name} has no explain matrices")
+
+    def _state_arrays(self) -> dict[str, np.ndarray]:
+        """Weights and other arrays to save (names -> arrays)."""
+        return {}
+
+    def _load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        pass
+
+    # ---- shared behaviour -----------------------------------------------------------------
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """Calibrated class probabilities (softmax of logits / temperature)."""
+        return softmax(self.logits(X), self.temperature)
+
+    def fit_reference(self, train: Split) -> None:
+        """Keep reference latents for distance-based novelty scores."""
+        self.reference = LatentReference(self.latent(train.X), train.y, k=int(self.hparams.get("knn_k", 10)),
+                                         seed=self.seed)
+
+    def ood_scores(self, X: np.ndarray, methods: Sequence[str] = OOD_METHODS, *,
+                   logits: np.ndarray | None = None, latent: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Several novelty scores at once (higher = more novel); reuses logits/latent if given."""
+        out: dict[str, np.ndarray] = {}
+        for m in methods:
+            if m in ("energy", "maxprob"):
+                if logits is None:
+                    logits = self.logits(X)
+                out[m] = energy_score(logits) if m == "energy" else maxprob_score(logits, self.temperature)
+            elif m in ("knn", "mahalanobis"):
+                if self.reference is None:
+                    raise RuntimeError("distance-based novelty needs fit_reference() after fit")
+                if latent is None:
+                    latent = self.latent(X)
+                out[m] = self.reference.knn(latent) if m == "knn" else self.reference.mahalanobis(latent)
+            else:
+                raise ConfigError(f"unknown novelty score {m!r}; choose one of {', '.join(OOD_METHODS)}")
+        return out
+
+    def ood_score(self, X: np.ndarray) -> np.ndarray:
+        """The model's chosen novelty score (``self.ood_method``)."""
+        return self.ood_scores(X, [self.ood_method])[self.ood_method]
+
+    def calibrate(self, val: Split, *, accept: float = 0.95) -> dict[str, Any]:
+        """Fit the temperature on validation logits and the threshold accepting ``accept`` of them."""
+        from ..metrics import ece
+
+        logits = self.logits(val.X)
+        self.temperature = fit_temperature(logits, val.y)
+        p0, p1 = softmax(logits, 1.0), softmax(logits, self.temperature)
+        correct = p1.argmax(1) == val.y
+        scores = self.ood_scores(val.X, [self.ood_method], logits=logits)[self.ood_method]
+        self.threshold = threshold_for_acceptance(scores, accept)
+        self.calibration = {
+            "temperature": self.temperature,
+            "ece_before": float(ece(p0.max(1), p0.argmax(1) == val.y)),
+            "ece_after": float(ece(p1.max(1), correct)),
+            "val_accuracy": float(correct.mean()),
+            "accept": accept,
+            "threshold": self.threshold,
+            "ood_method": self.ood_method,
+            "n_val": int(len(val.y)),
+        }
+        return self.calibration
+
+    def set_threshold(self, threshold: float) -> None:
+        self.threshold = float(threshold)
+
+    # ---- persistence ----------------------------------------------------------------------
+    def config(self) -> dict[str, Any]:
+        return {
+            "format_version": FORMAT_VERSION, "model": self.name, "n_features": self.n_features,
+            "classes": self.classes, "seed": self.seed, "hparams": self.hparams,
+            "temperature": self.temperature, "threshold": self.threshold, "ood_method": self.ood_method,
+            "calibration": self.calibration, "history": self.history,
+        }
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write ``config.json`` + ``weights.safetensors`` into ``directory`` (atomically per file)."""
+        from safetensors.numpy import save_file
+
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        arrays = {f"state.{k}": np.ascontiguousarray(v) for k, v in self._state_arrays().items()}
+        if self.reference is not None:
+            arrays.update({f"reference.{k}": np.ascontiguousarray(v) for k, v in self.reference.arrays().items()})
+        tmp = d / (RunFiles.WEIGHTS + ".tmp")
+        save_file(arrays, str(tmp))
+        os.replace(tmp, d / RunFiles.WEIGHTS)
+        write_json_atomic(d / RunFiles.CONFIG, self.config())
+        return d
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = Path(str(path) + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=_json_default, allow_nan=True))
+    os.replace(tmp, path)
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def load_model(directory: str | os.PathLike, *, device: str = "auto") -> Model:
+    """Load a saved model: JSON config + safetensors arrays (no pickle)."""
+    from safetensors.numpy import load_file
+
+    from ..errors import DataError
+
+    d = Path(directory)
+    cfg_path, w_path = d / RunFiles.CONFIG, d / RunFiles.WEIGHTS
+    if not cfg_path.is_file() or not w_path.is_file():
+        raise DataError(f"{d} is not a saved model (needs {RunFiles.CONFIG} and {RunFiles.WEIGHTS}); "
+                        "pass the directory written by --save-model or `train`")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+        arrays = load_file(str(w_path))
+    except Exception as err:  # noqa: BLE001 - any corruption is a user-facing data problem
+        raise DataError(f"cannot read the saved model in {d} ({type(err).__name__}); it may be damaged: train it again") from None
+    spec = get_spec(cfg["model"])
+    model = spec.cls(cfg["n_features"], cfg["classes"], seed=cfg["seed"], device=device, hparams=cfg["hparams"])
+    model._load_state_arrays({k[6:]: v for k, v in arrays.items() if k.startswith("state.")})
+    if "reference.ref_latent" in arrays:
+        model.reference = LatentReference(arrays["reference.ref_latent"], arrays["reference.ref_y"],
+                                          k=int(model.hparams.get("knn_k", 10)), seed=model.seed)
+    model.temperature = float(cfg["temperature"])
+    model.threshold = float(cfg["threshold"])
+    model.ood_method = cfg["ood_method"]
+    model.calibration = cfg.get("calibration", {})
+    model.history = cfg.get("history", {})
+    return model

@@ -1,0 +1,276 @@
+"""Energy-based classifiers: CLAMS, JEM and the discriminative ResNet baseline.
+
+JEM (Grathwohl et al. 2019) reads a classifier's logits f(x) as an energy model:
+log p(x) = logsumexp_y f(x)[y] - log Z, p(y|x) = softmax(f(x)). Training maximises
+log p(y|x) (cross-entropy) + log p(x), whose gradient is estimated by contrastive divergence
+against SGLD samples drawn through a replay buffer:
+
+    L = CE(f(x), y) + w * L_px,   L_px = -(mean f_lse(x_data) - mean f_lse(x_sgld))
+
+CLAMS (Liu, Fradkin, Atanackovic, Lee, MLCB 2022) regularises the generative loss L_px:
+  (i)  loss clipping with an exponential linear unit: L_px <- ELU(L_px), bounded below by -1,
+       which removes the run-away regime in which the data energy is pushed down without limit;
+  (ii) stochastic regularisation with p = 0.25. Neither equation is in the public code; we read
+       it (``stochastic_mode="apply"``, default) as: at each step the generative term (and its
+       SGLD sampling) is included with probability p; ``"drop"`` reads it as dropped with
+       probability p. Both are options.
+JEM is the same code without (i) and (ii); it is known to diverge, and the training loop
+stops it cleanly. CLAMS recovers from its last good checkpoint instead.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data._types import Split
+from ..nn import mlp, resnet
+from ..novelty import OOD_METHODS
+from ..samplers import NoiseInit, ReplayBuffer, sgld_sample
+from ..train import TrainConfig
+from ._torch import TorchModel
+from .registry import HParam, Supports, register
+
+BUFFER_KEEP = 1000  # replay-buffer chains saved with the model (float16) to seed sample()
+
+
+def _ints(text: str, what: str) -> list[int]:
+    from ..errors import ConfigError
+
+    try:
+        vals = [int(v) for v in str(text).replace(" ", "").split(",") if v]
+    except ValueError:
+        raise ConfigError(f"{what} must be comma-separated integers, e.g. 1200,600,200; got {text!r}") from None
+    if not vals or min(vals) < 1:
+        raise ConfigError(f"{what} must be comma-separated positive integers; got {text!r}")
+    return vals
+
+
+class EnergyNet(nn.Module):
+    """Backbone -> latent; linear head -> logits."""
+
+    def __init__(self, backbone: nn.Module, latent_dim: int, n_classes: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(latent_dim, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+
+_COMMON = {
+    "max_epochs": HParam(30, "maximum training epochs (early stopping on validation loss)", low=1, high=1000),
+    "batch_size": HParam(64, "mini-batch size", low=8, high=4096),
+    "lr": HParam(1e-3, "Adam learning rate", low=1e-6, high=1.0),
+    "weight_decay": HParam(0.0, "Adam weight decay", low=0.0, high=1.0, advanced=True),
+    "patience": HParam(5, "early stopping: epochs without validation improvement (0 = off)", low=0, high=1000),
+    "activation": HParam("elu", "activation function", choices=("elu", "relu", "leaky_relu", "silu"), advanced=True),
+    "dropout": HParam(0.0, "dropout rate", low=0.0, high=0.9, advanced=True),
+    "input_noise": HParam(0.03, "Gaussian noise added to standardised inputs during training (JEM's sigma)",
+                          low=0.0, high=2.0, advanced=True),
+    "gene_dropout": HParam(0.0, "training augmentation: each gene's expression is set to zero with this "
+                           "probability (mimics detection differences between technologies)", low=0.0, high=0.9,
+                           advanced=True),
+    "ood_score": HParam("knn", "novelty score used for rejection", choices=OOD_METHODS),
+    "knn_k": HParam(10, "neighbours for the kNN novelty score", low=1, high=200, advanced=True),
+}
+
+_SGLD = {
+    "px_weight": HParam(1.0, "weight of the generative loss L[p(x)]", low=0.0, high=100.0),
+    "sgld_steps": HParam(20, "SGLD steps per training iteration (JEM: 20)", low=1, high=1000),
+    "sgld_lr": HParam(1.0, "SGLD step size (JEM: 1)", low=0.0, high=100.0),
+    "sgld_std": HParam(0.01, "SGLD noise standard deviation (JEM: 0.01)", low=0.0, high=10.0),
+    "buffer_size": HParam(10000, "replay-buffer size (JEM: 10,000)", low=100, high=200000, advanced=True),
+    "reinit_freq": HParam(0.05, "share of chains re-initialised from noise per draw (JEM: 0.05)",
+                          low=0.0, high=1.0, advanced=True),
+    "sgld_init": HParam("marginal", "noise for new chains: per-gene reference marginals, N(0,1) or U(-1,1) "
+                        "on the standardised scale", choices=NoiseInit.KINDS, advanced=True),
+    "sample_steps": HParam(40, "conditional SGLD steps when generating cells after training", low=1, high=5000,
+                           advanced=True),
+}
+
+
+class EnergyClassifier(TorchModel):
+    """Shared implementation; subclasses set the backbone and the regularisers."""
+
+    generative: bool = True
+    recover: bool = False
+
+    def build_net(self) -> nn.Module:
+        h = self.hparams
+        widths = _ints(h["hidden"], "hidden")
+        if h.get("blocks"):
+            blocks = _ints(h["blocks"], "blocks")
+            if len(blocks) != len(widths):
+                from ..errors import ConfigError
+
+                raise ConfigError("blocks must give one number per hidden width, e.g. hidden 800,200 blocks 2,4")
+            backbone = resnet(self.n_features, widths, blocks, act=h["activation"], dropout=h["dropout"])
+        else:
+            backbone = mlp(self.n_features, widths, act=h["activation"], dropout=h["dropout"])
+        self.buffer: ReplayBuffer | None = None
+        return EnergyNet(backbone, widths[-1], self.n_classes)
+
+    # ---- training --------------------------------------------------------------------------
+    def train_config(self) -> TrainConfig:
+        cfg = super().train_config()
+        cfg.recover_on_divergence = self.recover
+        return cfg
+
+    def fit(self, train: Split, val: Split, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
+        if self.generative:
+            self.scaler.fit(np.asarray(train.X))
+            ref = self.scaler(torch.as_tensor(np.asarray(train.X, dtype=np.float32), device=self.device)).cpu()
+            self._init = NoiseInit(self.hparams["sgld_init"], self.n_features, ref)
+            self.buffer = ReplayBuffer(self.hparams["buffer_size"], self._init,
+                                       reinit_freq=self.hparams["reinit_freq"], generator=self.generator)
+        return self.run_loop(train, val, callbacks, self.train_config())
+
+    def _use_generative(self) -> bool:
+        if not self.generative:
+            return False
+        p = float(self.hparams.get("stochastic_p", 1.0))
+        if p >= 1.0 and self.hparams.get("stochastic_mode", "apply") == "apply":
+            return True
+        u = float(torch.rand(1, generator=self.generator))
+        return u < p if self.hparams.get("stochastic_mode", "apply") == "apply" else u >= p
+
+    def _gen(self) -> torch.Generator | None:
+        return self.generator if self.device.type == "cpu" else None
+
+    def _sample_q(self, n: int) -> torch.Tensor:
+        x0, idx = self.buffer.sample(n)
+        self.net.eval()
+        xq = sgld_sample(lambda x: self.net(x).logsumexp(1), x0.to(self.device), n_steps=self.hparams["sgld_steps"],
+                         step_size=self.hparams["sgld_lr"], noise_std=self.hparams["sgld_std"], generator=self._gen())
+        self.net.train()
+        self.buffer.update(idx, xq.cpu())
+        return xq
+
+    def training_step(self, xb: torch.Tensor, yb: torch.Tensor, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        h = self.hparams
+        self.net.train()
+        if h["gene_dropout"] > 0:
+            drop = torch.rand(xb.shape, generator=self._gen(), device=xb.device) < h["gene_dropout"]
+            xb = torch.where(drop, self.scaler(torch.zeros_like(xb[:1])), xb)
+        if h["input_noise"] > 0:
+            xb = xb + h["input_noise"] * torch.randn(xb.shape, generator=self._gen(), device=xb.device)
+        logits = self.net(xb)
+        l_ce = F.cross_entropy(logits, yb)
+        loss = l_ce
+        logs = {"loss_ce": float(l_ce.detach())}
+        if self._use_generative():
+            xq = self._sample_q(xb.shape[0])
+            f_data = logits.logsumexp(1).mean()
+            f_q = self.net(xq).logsumexp(1).mean()
+            l_px = -(f_data - f_q)
+            logs["energy_gap"] = float((f_data - f_q).detach())
+            if h.get("elu_clip", False):
+                l_px = F.elu(l_px)
+            loss = loss + h["px_weight"] * l_px
+            logs["loss_px"] = float(l_px.detach())
+        logs["loss"] = float(loss.detach())
+        return loss, logs
+
+    def validation_metrics(self) -> dict[str, float]:
+        X, y = self._val
+        self.net.eval()
+        logits = torch.cat([self.net(X[i:i + 4096]) for i in range(0, X.shape[0], 4096)])
+        return {"val_loss": float(F.cross_entropy(logits, y)), "val_acc": float((logits.argmax(1) == y).float().mean())}
+
+    def train_state(self) -> dict[str, Any]:
+        state = super().train_state()
+        if self.buffer is not None:
+            state["buffer"] = self.buffer.state_dict()
+        return state
+
+    def load_train_state(self, state: dict[str, Any]) -> None:
+        super().load_train_state(state)
+        if self.buffer is not None and "buffer" in state:
+            self.buffer.load_state_dict(state["buffer"])
+
+    def on_recover(self) -> None:
+        if self.buffer is not None:
+            self.buffer.reset()
+
+    # ---- inference -------------------------------------------------------------------------
+    def logits(self, X: np.ndarray) -> np.ndarray:
+        return self._batched(X, self.net)
+
+    def latent(self, X: np.ndarray) -> np.ndarray:
+        return self._batched(X, self.net.backbone)
+
+    def sample(self, n_per_class: int) -> tuple[np.ndarray, np.ndarray]:
+        """Class-conditional SGLD on f(x)[y], started from replay-buffer chains (or noise)."""
+        if not self.generative:
+            raise NotImplementedError(f"model {self.name} is discriminative and cannot generate cells")
+        k = self.n_classes
+        y = torch.arange(k).repeat_interleave(int(n_per_class))
+        if self.buffer is not None:
+            x0, _ = self.buffer.sample(len(y))
+        else:
+            x0 = torch.randn(len(y), self.n_features, generator=self.generator)
+        x0, yd = x0.to(self.device), y.to(self.device)
+        self.net.eval()
+        xs = sgld_sample(lambda x: self.net(x).gather(1, yd[:, None]).squeeze(1), x0,
+                         n_steps=self.hparams["sample_steps"], step_size=self.hparams["sgld_lr"],
+                         noise_std=self.hparams["sgld_std"], generator=self._gen())
+        with torch.no_grad():
+            xs = self.scaler.inverse(xs.clamp(-10, 10))
+        return xs.cpu().numpy().astype(np.float32), y.numpy()
+
+    # ---- persistence: keep a few buffer chains so a loaded model can still generate cells ----
+    def _state_arrays(self) -> dict[str, np.ndarray]:
+        out = super()._state_arrays()
+        if self.buffer is not None:
+            out["buffer"] = self.buffer.buffer[:BUFFER_KEEP].numpy().astype(np.float16)
+        return out
+
+    def _load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        super()._load_state_arrays(arrays)
+        if "buffer" in arrays:
+            chains = torch.as_tensor(arrays["buffer"].astype(np.float32))
+            init = NoiseInit("normal", self.n_features)
+            self.buffer = ReplayBuffer(chains.shape[0], init, reinit_freq=0.0, generator=self.generator)
+            self.buffer.load_state_dict({"buffer": chains})
+
+
+@register("clams", order=0, supports=Supports(latent=True, samples=True),
+          description="CLAMS: energy-based classifier (JEM with ELU loss clipping and stochastic "
+                      "regularisation); calibrated, stable, generates cells with SGLD.",
+          hparams={
+              "hidden": HParam("1200,600,200", "MLP hidden widths (input -> ... -> latent)"),
+              **_COMMON, **_SGLD,
+              "elu_clip": HParam(True, "CLAMS regulariser (i): clip the generative loss with an ELU", advanced=True),
+              "stochastic_p": HParam(0.25, "CLAMS regulariser (ii): probability p of the stochastic regularisation",
+                                     low=0.0, high=1.0),
+              "stochastic_mode": HParam("apply", "how p is read: 'apply' = the generative term is used with "
+                                        "probability p; 'drop' = it is dropped with probability p",
+                                        choices=("apply", "drop"), advanced=True),
+          })
+class Clams(EnergyClassifier):
+    generative = True
+    recover = True
+
+
+@register("jem", order=1, supports=Supports(latent=True, samples=True),
+          description="JEM: joint energy-based model (classifier + SGLD contrastive divergence), without "
+                      "CLAMS' regularisers; may diverge (then it stops cleanly and says so).",
+          hparams={"hidden": HParam("1200,600,200", "MLP hidden widths (input -> ... -> latent)"),
+                   **_COMMON, **_SGLD})
+class Jem(EnergyClassifier):
+    generative = True
+    recover = False
+
+
+@register("resnet", order=2, supports=Supports(latent=True, samples=False),
+          description="ResNet: the same kind of backbone with residual blocks, cross-entropy only "
+                      "(the discriminative baseline of the CLAMS table).",
+          hparams={"hidden": HParam("800,200", "widths of the residual stages"),
+                   "blocks": HParam("2,4", "residual blocks per stage"), **_COMMON})
+class ResNetClassifier(EnergyClassifier):
+    generative = False
+    recover = False

@@ -1,0 +1,121 @@
+"""The one model registry: name -> class, description, capabilities, hyper-parameters.
+
+The CLI, the app's forms and the benchmarks read everything from here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ..errors import ConfigError
+
+
+@dataclass(frozen=True)
+class HParam:
+    """One hyper-parameter: default, help text and optional bounds / choices."""
+
+    default: Any
+    help: str
+    choices: tuple | None = None
+    low: float | None = None
+    high: float | None = None
+    advanced: bool = False
+
+    @property
+    def type(self) -> type:
+        return type(self.default)
+
+    def validate(self, name: str, value: Any) -> Any:
+        t = self.type
+        try:
+            if t is bool:
+                if isinstance(value, str):
+                    if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                        raise ValueError
+                    value = value.lower() in ("true", "1", "yes")
+                else:
+                    value = bool(value)
+            elif t is int:
+                if isinstance(value, float) and not value.is_integer():
+                    raise ValueError
+                value = int(value)
+            elif t is float:
+                value = float(value)
+            else:
+                value = str(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"hyper-parameter {name} must be a {t.__name__}, got {value!r}") from None
+        if self.choices is not None and value not in self.choices:
+            raise ConfigError(f"hyper-parameter {name} must be one of {', '.join(map(str, self.choices))}, got {value!r}")
+        if self.low is not None and value < self.low:
+            raise ConfigError(f"hyper-parameter {name} must be >= {self.low}, got {value}")
+        if self.high is not None and value > self.high:
+            raise ConfigError(f"hyper-parameter {name} must be <= {self.high}, got {value}")
+        return value
+
+
+@dataclass(frozen=True)
+class Supports:
+    latent: bool = True
+    samples: bool = False
+    explain: bool = False
+    needs_counts: bool = False
+
+
+@dataclass
+class ModelSpec:
+    name: str
+    cls: type
+    description: str
+    supports: Supports
+    hparams: dict[str, HParam] = field(default_factory=dict)
+    order: int = 100
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        return {k: h.default for k, h in self.hparams.items()}
+
+
+MODELS: dict[str, ModelSpec] = {}
+
+
+def register(name: str, *, description: str, supports: Supports, hparams: dict[str, HParam],
+             order: int = 100) -> Callable[[type], type]:
+    """Class decorator adding a model to :data:`MODELS`."""
+
+    def deco(cls: type) -> type:
+        if name in MODELS:
+            raise ValueError(f"model {name!r} is registered twice")
+        cls.name = name
+        MODELS[name] = ModelSpec(name, cls, description, supports, dict(hparams), order)
+        return cls
+
+    return deco
+
+
+def get_spec(name: str) -> ModelSpec:
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(model_names())}") from None
+
+
+def model_names() -> list[str]:
+    return [s.name for s in sorted(MODELS.values(), key=lambda s: (s.order, s.name))]
+
+
+def resolve_hparams(name: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Defaults of ``name`` updated with validated ``overrides``; unknown keys are an error."""
+    spec = get_spec(name)
+    out = spec.defaults
+    for k, v in (overrides or {}).items():
+        if k not in spec.hparams:
+            raise ConfigError(f"model {name} has no hyper-parameter {k!r}; valid: {', '.join(spec.hparams)}")
+        out[k] = spec.hparams[k].validate(k, v)
+    return out
+
+
+def create_model(name: str, n_features: int, classes: list[str], *, seed: int = 0,
+                 device: str = "auto", hparams: dict[str, Any] | None = None):
+    spec = get_spec(name)
+    return spec.cls(n_features, list(classes), seed=seed, device=device, hparams=hparams)

@@ -1,0 +1,69 @@
+"""Shared network blocks: MLP and residual backbones (CLAMS' clamsnet.py shapes)."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+ACTIVATIONS = {"elu": nn.ELU, "relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "silu": nn.SiLU}
+
+
+def activation(name: str) -> nn.Module:
+    try:
+        return ACTIVATIONS[name]()
+    except KeyError:
+        raise ValueError(f"unknown activation {name!r}; choose one of {', '.join(ACTIVATIONS)}") from None
+
+
+def mlp(in_dim: int, hidden: Sequence[int], *, act: str = "elu", dropout: float = 0.0,
+        batch_norm: bool = False) -> nn.Sequential:
+    """``Linear -> [BatchNorm] -> act -> [Dropout]`` per hidden width (CLAMS' MLP)."""
+    layers: list[nn.Module] = []
+    d = in_dim
+    for h in hidden:
+        layers.append(nn.Linear(d, h))
+        if batch_norm:
+            layers.append(nn.BatchNorm1d(h))
+        layers.append(activation(act))
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        d = h
+    return nn.Sequential(*layers)
+
+
+class ResBlock(nn.Module):
+    """``act(side(x) + x)``, side = FC -> [BN] -> act -> [drop] -> FC -> [BN] -> [drop]."""
+
+    def __init__(self, dim: int, *, act: str = "elu", dropout: float = 0.0, batch_norm: bool = False):
+        super().__init__()
+        side: list[nn.Module] = [nn.Linear(dim, dim)]
+        if batch_norm:
+            side.append(nn.BatchNorm1d(dim))
+        side.append(activation(act))
+        if dropout > 0:
+            side.append(nn.Dropout(dropout))
+        side.append(nn.Linear(dim, dim))
+        if batch_norm:
+            side.append(nn.BatchNorm1d(dim))
+        if dropout > 0:
+            side.append(nn.Dropout(dropout))
+        self.side = nn.Sequential(*side)
+        self.act = activation(act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.side(x) + x)
+
+
+def resnet(in_dim: int, widths: Sequence[int], blocks: Sequence[int], *, act: str = "elu",
+           dropout: float = 0.0, batch_norm: bool = False) -> nn.Sequential:
+    """Per stage: ``Linear(d -> width) -> act`` then ``blocks`` residual blocks of that width."""
+    if len(widths) != len(blocks):
+        raise ValueError("widths and blocks must have the same length")
+    layers: list[nn.Module] = []
+    d = in_dim
+    for w, nb in zip(widths, blocks):
+        layers += [nn.Linear(d, w), activation(act)]
+        layers += [ResBlock(w, act=act, dropout=dropout, batch_norm=batch_norm) for _ in range(nb)]
+        d = w
+    return nn.Sequential(*layers)

@@ -1,0 +1,357 @@
+"""The annotate workflow shared by the CLI, the app and the benchmarks.
+
+``annotate`` = read -> prepare -> train (+ calibrate) -> predict -> write, as in DESIGN.md's
+annotate contract. Each step is a function the app calls on its own.
+"""
+from __future__ import annotations
+
+import io
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from . import __version__
+from ._constants import DEFAULT_MODEL, UNKNOWN, OutKeys, RunFiles
+from .data._types import Prepared, Split
+from .errors import CellannotError, ConfigError
+
+REF_LATENT_KEEP = 4000  # reference cells kept for the latent-space views
+
+
+@dataclass
+class AnnotateOptions:
+    """Everything a run depends on besides the data (recorded in the run card)."""
+
+    label_key: str
+    query_label_key: str | None = None
+    model: str = DEFAULT_MODEL
+    hparams: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    device: str = "auto"
+    max_epochs: int | None = None
+    n_top_genes: int = 2000
+    val_fraction: float = 0.15
+    min_cells_per_class: int = 10
+    min_shared_genes: int = 200
+    accept: float = 0.95
+    threshold: float | None = None
+    n_generate: int = 100
+    qc: dict[str, float] | None = None
+
+    def model_hparams(self) -> dict[str, Any]:
+        hp = dict(self.hparams)
+        if self.max_epochs is not None:
+            hp["max_epochs"] = int(self.max_epochs)
+        return hp
+
+
+@dataclass
+class Predictions:
+    logits: np.ndarray
+    proba: np.ndarray
+    label_raw: np.ndarray
+    label: np.ndarray
+    confidence: np.ndarray
+    ood_score: np.ndarray
+    is_unknown: np.ndarray
+    latent: np.ndarray
+    scores: dict[str, np.ndarray]
+
+
+def prepare_data(reference, query, opts: AnnotateOptions) -> Prepared:
+    """Validate and align a reference / query pair (paths or AnnData)."""
+    from .data import prepare, read_dataset
+
+    ref = reference if not isinstance(reference, (str, Path)) else read_dataset(reference, name="reference")
+    qry = query if not isinstance(query, (str, Path)) else read_dataset(query, name="query")
+    return prepare(ref, qry, label_key=opts.label_key, query_label_key=opts.query_label_key,
+                   n_top_genes=opts.n_top_genes, val_fraction=opts.val_fraction,
+                   min_cells_per_class=opts.min_cells_per_class, min_shared_genes=opts.min_shared_genes,
+                   seed=opts.seed, qc=opts.qc)
+
+
+def train_model(prepared: Prepared, opts: AnnotateOptions, callbacks: Sequence[Any] = ()):
+    """Build the model from the registry, fit it, then calibrate on reference validation."""
+    from .models import create_model, get_spec
+
+    spec = get_spec(opts.model)
+    if spec.supports.needs_counts and prepared.report.get("reference", {}).get("value_state") != "counts":
+        raise ConfigError(f"model {opts.model} needs raw counts but the reference has none; pick another model")
+    model = create_model(opts.model, prepared.n_genes, prepared.classes, seed=opts.seed, device=opts.device,
+                         hparams=opts.model_hparams())
+    model.fit(prepared.train, prepared.val, callbacks)
+    model.calibrate(prepared.val, accept=opts.accept)
+    if opts.threshold is not None:
+        model.set_threshold(opts.threshold)
+    return model
+
+
+def predict(model, X: np.ndarray, *, threshold: float | None = None) -> Predictions:
+    """Label cells: calibrated probabilities, novelty scores (all methods) and rejection."""
+    from .calibration import softmax
+    from .novelty import OOD_METHODS
+
+    logits = model.logits(X)
+    latent = model.latent(X)
+    scores = model.ood_scores(X, OOD_METHODS, logits=logits, latent=latent)
+    proba = softmax(logits, model.temperature)
+    classes = np.asarray(model.classes, dtype=object)
+    label_raw = classes[proba.argmax(1)].astype(str)
+    ood = scores[model.ood_method]
+    thr = model.threshold if threshold is None else float(threshold)
+    unknown = ood > thr
+    label = np.where(unknown, UNKNOWN, label_raw)
+    return Predictions(logits, proba, label_raw, label, proba.max(1), ood, unknown, latent, scores)
+
+
+def run_card(model, prepared: Prepared, opts: AnnotateOptions, preds: Predictions, *,
+             train_seconds: float, query_metrics: dict[str, Any] | None = None) -> dict[str, Any]:
+    import torch
+
+    try:
+        import scanpy as sc
+        scanpy_v = sc.__version__
+    except Exception:  # noqa: BLE001
+        scanpy_v = "unknown"
+    hist = model.history or {}
+    return {
+        "cellannot_version": __version__,
+        "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "model": model.name,
+        "hparams": model.hparams,
+        "seed": opts.seed,
+        "device": str(getattr(model, "device", "cpu")),
+        "options": {k: v for k, v in asdict(opts).items() if k != "hparams"},
+        "versions": {"python": platform.python_version(), "torch": torch.__version__, "scanpy": scanpy_v,
+                     "numpy": np.__version__},
+        OutKeys.CLASSES: list(model.classes),
+        "genes": list(prepared.genes),
+        "n_genes": prepared.n_genes,
+        "preprocessing": prepared.report.get("preprocessing", "") + "; highly variable genes chosen on the "
+                         "reference among genes shared with the query; model input standardised per gene "
+                         "with reference mean/std (clipped to +-10)",
+        "data_report": prepared.report,
+        "n_train": prepared.train.n_obs, "n_val": prepared.val.n_obs, "n_query": prepared.query.n_obs,
+        "temperature": model.temperature,
+        "rejection": {"method": model.ood_method, "threshold": model.threshold,
+                      "accept_fraction_on_validation": opts.accept,
+                      "threshold_overridden": opts.threshold is not None},
+        "validation": model.calibration,
+        "training": {k: v for k, v in hist.items() if k != "epochs"} | {"n_epochs": len(hist.get("epochs", [])),
+                                                                       "seconds": round(train_seconds, 2)},
+        "unknown_fraction": float(np.mean(preds.is_unknown)) if len(preds.is_unknown) else 0.0,
+        "predicted_counts": pd.Series(preds.label).value_counts().to_dict(),
+        "query_metrics": query_metrics or {},
+    }
+
+
+def query_metrics(prepared: Prepared, preds: Predictions, classes: Sequence[str]) -> dict[str, Any]:
+    """DESIGN.md metrics when the query carries labels (else empty)."""
+    from .metrics import label_transfer_metrics, per_type_ood_auroc
+
+    labels = prepared.query.labels
+    if labels is None:
+        return {}
+    m = label_transfer_metrics(labels, preds.label_raw, preds.label, preds.confidence, preds.ood_score, classes)
+    m["per_type_auroc"] = per_type_ood_auroc(labels, preds.ood_score, classes)
+    return m
+
+
+def _h5_safe(obj: Any) -> Any:
+    """Make a run card storable in .uns (no None, homogeneous lists as arrays)."""
+    if isinstance(obj, dict):
+        return {str(k): _h5_safe(v) for k, v in obj.items()}
+    if obj is None:
+        return "None"
+    if isinstance(obj, (list, tuple)):
+        if all(isinstance(v, str) for v in obj):
+            return np.asarray(obj, dtype=object) if obj else np.zeros(0)
+        if all(isinstance(v, (int, float, np.number, bool)) for v in obj):
+            return np.asarray(obj)
+        return {str(i): _h5_safe(v) for i, v in enumerate(obj)}
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return str(obj)
+    return obj
+
+
+def annotated_query(query_adata, prepared: Prepared, preds: Predictions, card: dict[str, Any]):
+    """The query AnnData (cells in input order) with the annotate contract's fields."""
+    qa = query_adata[np.asarray(prepared.query.obs_names)].copy() if query_adata.n_obs != prepared.query.n_obs \
+        else query_adata.copy()
+    qa.obs[OutKeys.LABEL] = pd.Categorical(preds.label)
+    qa.obs[OutKeys.LABEL_RAW] = pd.Categorical(preds.label_raw)
+    qa.obs[OutKeys.CONFIDENCE] = preds.confidence.astype(np.float32)
+    qa.obs[OutKeys.OOD_SCORE] = preds.ood_score.astype(np.float32)
+    qa.obs[OutKeys.IS_UNKNOWN] = preds.is_unknown.astype(bool)
+    qa.obsm[OutKeys.PROBA] = preds.proba.astype(np.float32)
+    qa.obsm[OutKeys.LATENT] = preds.latent.astype(np.float32)
+    qa.uns[OutKeys.UNS] = _h5_safe(card)
+    return qa
+
+
+def predictions_table(obs_names: Sequence[str], preds: Predictions, classes: Sequence[str]) -> pd.DataFrame:
+    df = pd.DataFrame({"cell": np.asarray(obs_names), OutKeys.LABEL: preds.label, OutKeys.LABEL_RAW: preds.label_raw,
+                       OutKeys.CONFIDENCE: preds.confidence, OutKeys.OOD_SCORE: preds.ood_score,
+                       OutKeys.IS_UNKNOWN: preds.is_unknown})
+    for j, c in enumerate(classes):
+        df[f"p_{c}"] = preds.proba[:, j]
+    return df
+
+
+def write_h5ad_atomic(adata, path: Path) -> None:
+    import os
+    import secrets
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp.h5ad")
+    adata.write_h5ad(tmp, compression="gzip")
+    os.replace(tmp, path)
+
+
+def save_bundle(directory: Path, model, prepared: Prepared, opts: AnnotateOptions) -> Path:
+    """Model weights + config, plus what a new query needs: the genes and preprocessing."""
+    from .runs import write_json_atomic
+
+    d = model.save(directory)
+    write_json_atomic(d / "bundle.json", {"genes": list(prepared.genes), "label_key": opts.label_key,
+                                          "classes": list(model.classes), "model": model.name,
+                                          "min_shared_genes": opts.min_shared_genes,
+                                          "norm_genes": prepared.report.get("norm_genes"),
+                                          "preprocessing": prepared.report.get("preprocessing", "")})
+    return d
+
+
+def view_arrays(model, prepared: Prepared, preds: Predictions, opts: AnnotateOptions,
+                log: Callable[[str], None] = lambda s: None) -> dict[str, np.ndarray]:
+    """Arrays behind the app's views: validation logits/scores, latents, generated cells."""
+    from .novelty import OOD_METHODS
+
+    val_logits = model.logits(prepared.val.X)
+    val_scores = model.ood_scores(prepared.val.X, OOD_METHODS, logits=val_logits)
+    rng = np.random.default_rng(opts.seed)
+    n_ref = prepared.train.n_obs
+    keep = np.sort(rng.choice(n_ref, min(n_ref, REF_LATENT_KEEP), replace=False))
+    arrays: dict[str, np.ndarray] = {
+        "val_logits": val_logits.astype(np.float32), "val_y": prepared.val.y.astype(np.int64),
+        "query_logits": preds.logits.astype(np.float32), "query_latent": preds.latent.astype(np.float32),
+        "ref_latent": model.latent(prepared.train.X[keep]).astype(np.float32),
+        "ref_y": prepared.train.y[keep].astype(np.int64),
+    }
+    for k, v in val_scores.items():
+        arrays[f"val_score_{k}"] = v.astype(np.float32)
+    for k, v in preds.scores.items():
+        arrays[f"query_score_{k}"] = v.astype(np.float32)
+    if opts.n_generate > 0 and model.spec.supports.samples:
+        log(f"generating {opts.n_generate} cells per class")
+        xs, ys = model.sample(opts.n_generate)
+        arrays["gen_latent"] = model.latent(xs).astype(np.float32)
+        arrays["gen_y"] = ys.astype(np.int64)
+        arrays["gen_X"] = xs.astype(np.float16)
+    return arrays
+
+
+@dataclass
+class AnnotateResult:
+    model: Any
+    prepared: Prepared
+    predictions: Predictions
+    card: dict[str, Any]
+    adata: Any
+
+
+def annotate(reference, query, opts: AnnotateOptions, *, out: str | Path | None = None, run_dir=None,
+             save_model: str | Path | None = None, callbacks: Sequence[Any] = (),
+             log: Callable[[str], None] = lambda s: None) -> AnnotateResult:
+    """Read, prepare, train, calibrate, predict and write (the whole annotate contract).
+
+    ``run_dir`` (a :class:`~cellannot_core.runs.RunDir`) receives every artifact and live status.
+    """
+    from .data import read_dataset
+
+    try:
+        log("reading data")
+        ref = reference if not isinstance(reference, (str, Path)) else read_dataset(reference, name="reference")
+        qry = query if not isinstance(query, (str, Path)) else read_dataset(query, name="query")
+        log("preparing data")
+        prepared = prepare_data(ref, qry, opts)
+        for w in prepared.report.get("warnings", []):
+            log(f"warning: {w}")
+        if run_dir is not None:
+            run_dir.set_status("running", model=opts.model, message="training", progress=0.0)
+        t0 = time.time()
+        model = train_model(prepared, opts, callbacks)
+        train_seconds = time.time() - t0
+        hist = model.history or {}
+        if hist.get("diverged"):
+            log(f"warning: {opts.model} diverged ({hist.get('divergence_message')}); results use the last good "
+                f"checkpoint")
+        log("labelling the query")
+        preds = predict(model, prepared.query.X)
+        qm = query_metrics(prepared, preds, model.classes)
+        card = run_card(model, prepared, opts, preds, train_seconds=train_seconds, query_metrics=qm)
+        adata = annotated_query(qry, prepared, preds, card)
+        if out is not None:
+            write_h5ad_atomic(adata, Path(out))
+        if save_model is not None:
+            save_bundle(Path(save_model), model, prepared, opts)
+        if run_dir is not None:
+            from .runs import write_json_atomic
+
+            save_bundle(run_dir.model_dir, model, prepared, opts)
+            run_dir.save_arrays(view_arrays(model, prepared, preds, opts, log))
+            write_h5ad_atomic(adata, run_dir.file(RunFiles.ANNOTATED))
+            buf = io.StringIO()
+            predictions_table(prepared.query.obs_names, preds, model.classes).to_csv(buf, index=False)
+            from .runs import write_bytes_atomic
+
+            write_bytes_atomic(run_dir.file(RunFiles.PREDICTIONS), buf.getvalue().encode())
+            write_json_atomic(run_dir.file(RunFiles.HISTORY), hist.get("epochs", []))
+            write_json_atomic(run_dir.file(RunFiles.CARD), card)
+            run_dir.set_status("done", message="finished", progress=1.0)
+        return AnnotateResult(model, prepared, preds, card, adata)
+    except CellannotError as err:
+        if run_dir is not None:
+            from .errors import Cancelled
+
+            run_dir.set_status("cancelled" if isinstance(err, Cancelled) else "failed", message=str(err))
+        raise
+    except Exception as err:
+        if run_dir is not None:
+            run_dir.set_status("failed", message=f"internal error: {type(err).__name__}: {err}")
+        raise
+
+
+def predict_with_bundle(model_dir: str | Path, query, *, out: str | Path | None = None, device: str = "auto",
+                        threshold: float | None = None, log: Callable[[str], None] = lambda s: None):
+    """Label a new query with a saved bundle (model + genes); returns the annotated AnnData."""
+    from .data import prepare_query, read_dataset
+    from .errors import DataError
+    from .models import load_model
+    from .runs import read_json
+
+    bundle = read_json(Path(model_dir) / "bundle.json")
+    if not bundle or "genes" not in bundle:
+        raise DataError(f"{model_dir} has no bundle.json; pass a directory written by `train` or --save-model")
+    model = load_model(model_dir, device=device)
+    qry = query if not isinstance(query, (str, Path)) else read_dataset(query, name="query")
+    split, report = prepare_query(qry, genes=bundle["genes"], norm_genes=bundle.get("norm_genes"),
+                                  min_shared_genes=int(bundle.get("min_shared_genes", 200)))
+    log(report.get("message", ""))
+    preds = predict(model, split.X, threshold=threshold)
+    card = {"model": model.name, "hparams": model.hparams, "classes": list(model.classes),
+            "temperature": model.temperature, "rejection": {"method": model.ood_method,
+                                                             "threshold": model.threshold if threshold is None else threshold},
+            "model_dir": str(model_dir), "query_report": report, "cellannot_version": __version__,
+            "unknown_fraction": float(np.mean(preds.is_unknown)) if len(preds.is_unknown) else 0.0}
+    qa = qry[np.asarray(split.obs_names)].copy() if qry.n_obs != split.n_obs else qry.copy()
+    fake = Prepared(split, split, split, list(model.classes), list(bundle["genes"]), {})
+    adata = annotated_query(qa, fake, preds, card)
+    if out is not None:
+        write_h5ad_atomic(adata, Path(out))
+    return adata

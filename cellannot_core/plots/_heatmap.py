@@ -1,0 +1,171 @@
+"""Label-transfer contingency heatmap (predicted reference labels x query labels or clusters)."""
+from __future__ import annotations
+
+from typing import Literal, Sequence
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from numpy.typing import ArrayLike
+
+from cellannot_core.plots._style import base_layout, category_order
+
+__all__ = ["contingency_table", "label_heatmap"]
+
+Normalize = Literal["row", "col", "all"]
+
+
+def contingency_table(
+    row_labels: ArrayLike,
+    col_labels: ArrayLike,
+    *,
+    normalize: Normalize = "row",
+    row_order: Sequence[str] | None = None,
+    col_order: Sequence[str] | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Counts of cells per (row label, column label) and the matching percentages.
+
+    Parameters
+    ----------
+    row_labels
+        One label per cell for the rows (e.g. the predicted reference label, ``Unknown``
+        included).
+    col_labels
+        One label per cell for the columns (e.g. the query's own labels or clusters).
+    normalize
+        ``"row"``: each row sums to 100; ``"col"``: each column sums to 100; ``"all"``: the
+        whole table sums to 100.  Empty rows/columns give 0, not NaN.
+    row_order, col_order
+        Explicit order (labels not listed are appended in the default order).  Default:
+        pandas categorical order, else natural sort, ``Unknown`` last.
+
+    Returns
+    -------
+    counts : pandas.DataFrame
+        Integer counts; index = row labels, columns = column labels.
+    percent : pandas.DataFrame
+        Same shape, percentages according to ``normalize``.
+    """
+    r = np.asarray(row_labels, dtype=object).reshape(-1).astype(str)
+    c = np.asarray(col_labels, dtype=object).reshape(-1).astype(str)
+    if r.size != c.size:
+        raise ValueError(f"row_labels has {r.size} entries but col_labels has {c.size}")
+    if normalize not in ("row", "col", "all"):
+        raise ValueError(f"normalize must be 'row', 'col' or 'all', not {normalize!r}")
+
+    def _order(given: Sequence[str] | None, original: ArrayLike, as_str: np.ndarray) -> list[str]:
+        categorical = hasattr(original, "categories") or hasattr(original, "cat")
+        default = category_order(original if categorical else as_str)
+        if given is None:
+            return default
+        listed = [str(g) for g in given]
+        return listed + [d for d in default if d not in set(listed)]
+
+    rows = _order(row_order, row_labels, r)
+    cols = _order(col_order, col_labels, c)
+    counts = (
+        pd.crosstab(pd.Series(r, name="row"), pd.Series(c, name="col"))
+        .reindex(index=rows, columns=cols, fill_value=0)
+        .astype(np.int64)
+    )
+    counts.index.name = None
+    counts.columns.name = None
+    values = counts.to_numpy(dtype=float)
+    if normalize == "row":
+        denom = values.sum(axis=1, keepdims=True)
+    elif normalize == "col":
+        denom = values.sum(axis=0, keepdims=True)
+    else:
+        denom = np.full((1, 1), values.sum())
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pct = np.where(denom > 0, 100.0 * values / np.where(denom > 0, denom, 1.0), 0.0)
+    percent = pd.DataFrame(pct, index=counts.index, columns=counts.columns)
+    return counts, percent
+
+
+def _cell_text(count: int, pct: float) -> str:
+    if count == 0:
+        return ""
+    return f"{count:,}<br>{pct:.0f}%" if pct >= 9.95 else f"{count:,}<br>{pct:.1f}%"
+
+
+def label_heatmap(
+    row_labels: ArrayLike,
+    col_labels: ArrayLike,
+    *,
+    normalize: Normalize = "row",
+    row_title: str = "Reference label (predicted)",
+    col_title: str = "Query label",
+    title: str | None = "Label transfer",
+    row_order: Sequence[str] | None = None,
+    col_order: Sequence[str] | None = None,
+    annotate: bool | None = None,
+) -> go.Figure:
+    """Contingency heatmap: colour = percentage, text = count and percentage per cell.
+
+    Rows are the predicted reference labels (``Unknown`` last), columns the query's labels or
+    clusters, as in the CLAMS poster (Figure 2).  The table itself comes from
+    :func:`contingency_table` (offer that for download).
+
+    Parameters
+    ----------
+    row_labels, col_labels
+        One label per cell.
+    normalize
+        See :func:`contingency_table`; ``"row"`` colours each predicted label by where its
+        cells come from.
+    row_title, col_title
+        Axis titles.
+    title
+        Figure title.
+    row_order, col_order
+        Explicit label orders.
+    annotate
+        Write count and percent in every cell; default: only when the table has at most
+        1,000 cells (beyond that the text is unreadable).
+
+    Returns
+    -------
+    plotly.graph_objects.Figure
+        One ``go.Heatmap`` trace; ``z`` holds the percentages, ``customdata`` the counts.
+    """
+    counts, percent = contingency_table(
+        row_labels, col_labels, normalize=normalize, row_order=row_order, col_order=col_order
+    )
+    n_rows, n_cols = counts.shape
+    if annotate is None:
+        annotate = n_rows * n_cols <= 1000
+    text = [
+        [_cell_text(int(counts.iat[i, j]), float(percent.iat[i, j])) for j in range(n_cols)]
+        for i in range(n_rows)
+    ]
+    norm_word = {"row": "% of row", "col": "% of column", "all": "% of cells"}[normalize]
+    heat = go.Heatmap(
+        z=percent.to_numpy(),
+        x=[str(c) for c in counts.columns],
+        y=[str(r) for r in counts.index],
+        customdata=counts.to_numpy(),
+        text=text,
+        texttemplate="%{text}" if annotate else None,
+        textfont=dict(size=11),
+        zmin=0.0,
+        zmax=100.0,
+        colorscale="Blues",
+        colorbar=dict(title=dict(text=norm_word), ticksuffix="%"),
+        xgap=1,
+        ygap=1,
+        hovertemplate=(
+            f"{row_title}: %{{y}}<br>{col_title}: %{{x}}<br>"
+            f"cells: %{{customdata:,}}<br>{norm_word}: %{{z:.1f}}%<extra></extra>"
+        ),
+    )
+    fig = go.Figure(heat)
+    base_layout(
+        fig,
+        title=title,
+        height=max(320, 120 + 32 * n_rows),
+        xaxis=dict(title=dict(text=col_title), type="category", tickangle=-45 if n_cols > 8 else 0,
+                   side="bottom", showgrid=False),
+        yaxis=dict(title=dict(text=row_title), type="category", autorange="reversed", showgrid=False),
+    )
+    return fig

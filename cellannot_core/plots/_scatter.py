@@ -1,0 +1,300 @@
+"""Latent-space scatter (UMAP / t-SNE / PCA coordinates), WebGL for large point clouds."""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from numpy.typing import ArrayLike
+
+from cellannot_core._constants import UNKNOWN
+from cellannot_core.plots._style import (
+    SEQUENTIAL,
+    UNKNOWN_COLOR,
+    base_layout,
+    category_colors,
+    category_order,
+    natural_key,
+)
+
+__all__ = ["latent_scatter", "subsample_indices"]
+
+#: Marker symbols handed out to the values of ``symbol`` (the primary value gets circles).
+SYMBOLS = ("circle", "diamond", "x", "square", "triangle-up", "cross", "star")
+#: A ``symbol`` value with this name is the primary one (drawn first, as plain circles).
+PRIMARY_SYMBOL = "real"
+
+
+def subsample_indices(
+    n: int,
+    max_points: int,
+    *,
+    seed: int = 0,
+    priority: np.ndarray | None = None,
+) -> np.ndarray:
+    """Sorted indices of at most ``max_points`` of ``n`` points, seeded.
+
+    Parameters
+    ----------
+    n
+        Number of points.
+    max_points
+        Upper bound on the number returned.
+    seed
+        Seed of the random choice.
+    priority
+        Optional boolean mask of points kept first (e.g. generated cells, usually few); the
+        remaining slots are filled uniformly at random from the others.
+
+    Returns
+    -------
+    numpy.ndarray
+        Sorted int64 indices; ``arange(n)`` when ``n <= max_points``.
+    """
+    if n <= max_points:
+        return np.arange(n, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    if priority is None or not np.any(priority):
+        return np.sort(rng.choice(n, size=max_points, replace=False)).astype(np.int64)
+    pri = np.flatnonzero(priority)
+    rest = np.flatnonzero(~np.asarray(priority, dtype=bool))
+    if pri.size >= max_points:
+        return np.sort(rng.choice(pri, size=max_points, replace=False)).astype(np.int64)
+    fill = rng.choice(rest, size=max_points - pri.size, replace=False)
+    return np.sort(np.concatenate([pri, fill])).astype(np.int64)
+
+
+def _hover_text(hover: Any, n: int) -> np.ndarray | None:
+    """Per-point hover strings from an array of strings or a dict/DataFrame of columns."""
+    if hover is None:
+        return None
+    if isinstance(hover, (pd.DataFrame, Mapping)):
+        frame = pd.DataFrame(hover)
+        if len(frame) != n:
+            raise ValueError(f"hover has {len(frame)} rows but coords has {n}")
+        parts = [f"{col}: " + frame[col].astype(str).to_numpy(dtype=object) for col in frame.columns]
+        out = parts[0]
+        for p in parts[1:]:
+            out = out + "<br>" + p
+        return np.asarray(out, dtype=object)
+    arr = np.asarray(hover, dtype=object).reshape(-1).astype(str)
+    if arr.size != n:
+        raise ValueError(f"hover has {arr.size} entries but coords has {n}")
+    return arr
+
+
+def _auto_size(n: int) -> float:
+    return 6.0 if n <= 2_000 else 4.0 if n <= 20_000 else 3.0
+
+
+def latent_scatter(
+    coords: ArrayLike,
+    color: ArrayLike,
+    *,
+    symbol: ArrayLike | None = None,
+    hover: Any = None,
+    title: str | None = "Latent space",
+    continuous: bool = False,
+    max_points: int = 50_000,
+    seed: int = 0,
+    color_title: str = "Label",
+    color_map: Mapping[str, str] | None = None,
+    categories: Sequence[str] | None = None,
+    marker_size: float | None = None,
+    x_title: str = "Dim 1",
+    y_title: str = "Dim 2",
+) -> go.Figure:
+    """2-D scatter of cells coloured by label (legend) or by a value (colour bar).
+
+    Parameters
+    ----------
+    coords
+        (n, 2) coordinates, e.g. from :func:`cellannot_core.embed.embed`.
+    color
+        One value per point: labels (categorical, ``Unknown`` grey) or numbers
+        (``continuous=True``, e.g. confidence or OOD score).
+    symbol
+        Optional second grouping drawn with different markers, e.g. ``"real"`` /
+        ``"generated"``.  ``"real"`` (else the first value) gets plain circles and is drawn
+        first; other values get larger outlined markers (diamond, x, ...) on top.
+    hover
+        Extra hover text: an array of strings, or a dict/DataFrame of columns (one line each).
+    title
+        Figure title.  When points are subsampled a second line says
+        ``"showing 50,000 of 120,000 cells"``.
+    continuous
+        Colour by value with a colour bar instead of by category.
+    max_points
+        Above this many points a seeded random subset is drawn (points of a non-primary
+        ``symbol``, e.g. generated cells, are kept first).
+    seed
+        Seed of the subsample.
+    color_title
+        Legend / colour-bar title.
+    color_map
+        Explicit ``{category: colour}``; ``Unknown`` stays grey regardless.
+    categories
+        Category order for colours and legend (pass the reference classes to keep colours
+        identical across figures); default: categorical order or natural sort, ``Unknown`` last.
+    marker_size
+        Marker size; default depends on the number of points drawn.
+    x_title, y_title
+        Axis titles (e.g. ``"UMAP 1"``).
+
+    Returns
+    -------
+    plotly.graph_objects.Figure
+        ``go.Scattergl`` traces: categorical: one per (category, symbol) present, plus one
+        legend-only key entry per symbol value when there are several (those have no points);
+        continuous: one per symbol value sharing a colour axis, plus a grey trace for missing
+        values if any.  ``layout.meta`` holds ``{"n_total", "n_shown"}``.
+    """
+    xy = np.asarray(coords, dtype=float)
+    if xy.ndim != 2 or xy.shape[1] != 2:
+        raise ValueError(f"coords must have shape (n, 2), got {xy.shape}")
+    n = xy.shape[0]
+    col_raw = np.asarray(color, dtype=object).reshape(-1)
+    if col_raw.size != n:
+        raise ValueError(f"color has {col_raw.size} entries but coords has {n}")
+    sym = None if symbol is None else np.asarray(symbol, dtype=object).reshape(-1).astype(str)
+    if sym is not None and sym.size != n:
+        raise ValueError(f"symbol has {sym.size} entries but coords has {n}")
+    text = _hover_text(hover, n)
+
+    # symbol values: primary first
+    if sym is not None:
+        sym_values = sorted(set(sym.tolist()), key=natural_key)
+        if PRIMARY_SYMBOL in sym_values:
+            sym_values.remove(PRIMARY_SYMBOL)
+            sym_values.insert(0, PRIMARY_SYMBOL)
+    else:
+        sym_values = [""]
+    primary = sym_values[0]
+
+    # subsample
+    priority = None if sym is None else sym != primary
+    idx = subsample_indices(n, max_points, seed=seed, priority=priority)
+    n_shown = idx.size
+    xy_s = xy[idx]
+    text_s = None if text is None else text[idx]
+    sym_s = np.full(n_shown, "", dtype=object) if sym is None else sym[idx]
+
+    size = marker_size if marker_size is not None else _auto_size(n_shown)
+    base_opacity = 0.8 if n_shown <= 20_000 else 0.6
+    sym_style = {
+        v: dict(symbol=SYMBOLS[k % len(SYMBOLS)], size=size if k == 0 else size + 4,
+                opacity=base_opacity if k == 0 else 0.95)
+        for k, v in enumerate(sym_values)
+    }
+    several_symbols = len(sym_values) > 1
+
+    def _marker(style: dict[str, Any], **extra: Any) -> dict[str, Any]:
+        m = dict(symbol=style["symbol"], size=style["size"], opacity=style["opacity"], **extra)
+        if style["symbol"] != SYMBOLS[0]:
+            m["line"] = dict(color="#222222", width=1)
+        return m
+
+    fig = go.Figure()
+    if not continuous:
+        labels = col_raw.astype(str)
+        order = list(categories) if categories is not None else category_order(
+            color if (hasattr(color, "categories") or hasattr(color, "cat")) else labels
+        )
+        order = [str(c) for c in order]
+        present = set(labels[idx].tolist())
+        order = order + [c for c in category_order(labels) if c not in set(order)]
+        colors = category_colors(order, color_map)
+        rank = {c: (10_000 if c == UNKNOWN else i) for i, c in enumerate(order)}
+        labels_s = labels[idx]
+        # draw Unknown first (underneath), legend keeps it last via legendrank
+        draw_order = ([UNKNOWN] if UNKNOWN in order else []) + [c for c in order if c != UNKNOWN]
+        for sv in sym_values:
+            for cat in draw_order:
+                if cat not in present:
+                    continue
+                sel = (labels_s == cat) & (sym_s == sv)
+                if not sel.any():
+                    continue
+                first_for_cat = sv == primary or not np.any((labels_s == cat) & (sym_s == primary))
+                fig.add_trace(
+                    go.Scattergl(
+                        x=xy_s[sel, 0], y=xy_s[sel, 1], mode="markers",
+                        name=cat if not (several_symbols and not first_for_cat) else f"{cat} ({sv})",
+                        legendgroup=cat, showlegend=bool(first_for_cat), legendrank=rank[cat],
+                        marker=_marker(sym_style[sv], color=colors[cat]),
+                        text=None if text_s is None else text_s[sel],
+                        hovertemplate=(
+                            ("%{text}<br>" if text_s is not None else "")
+                            + f"{color_title}: {cat}" + (f"<br>{sv}" if several_symbols else "")
+                            + "<extra></extra>"
+                        ),
+                    )
+                )
+        legend_title = color_title
+    else:
+        vals = np.asarray(col_raw, dtype=float)[idx]
+        finite = np.isfinite(vals)
+        for sv in sym_values:
+            sel = (sym_s == sv) & finite
+            if not sel.any():
+                continue
+            fig.add_trace(
+                go.Scattergl(
+                    x=xy_s[sel, 0], y=xy_s[sel, 1], mode="markers",
+                    name=sv if several_symbols else color_title,
+                    showlegend=several_symbols,
+                    marker=_marker(sym_style[sv], color=vals[sel], coloraxis="coloraxis"),
+                    text=None if text_s is None else text_s[sel],
+                    hovertemplate=(
+                        ("%{text}<br>" if text_s is not None else "")
+                        + f"{color_title}: " + "%{marker.color:.3g}"
+                        + (f"<br>{sv}" if several_symbols else "") + "<extra></extra>"
+                    ),
+                )
+            )
+        if not finite.all():
+            sel = ~finite
+            fig.add_trace(
+                go.Scattergl(
+                    x=xy_s[sel, 0], y=xy_s[sel, 1], mode="markers", name="no value",
+                    marker=dict(color=UNKNOWN_COLOR, size=size, opacity=base_opacity),
+                    hovertemplate="no value<extra></extra>",
+                )
+            )
+        fig.update_layout(
+            coloraxis=dict(colorscale=SEQUENTIAL, colorbar=dict(title=dict(text=color_title)))
+        )
+        legend_title = None
+
+    if several_symbols and not continuous:
+        # legend key for the marker styles (legend-only entries, no points)
+        for k, sv in enumerate(sym_values):
+            if not np.any(sym_s == sv):
+                continue
+            fig.add_trace(
+                go.Scattergl(
+                    x=[None], y=[None], mode="markers", name=sv, legendgroup="__symbols__",
+                    legendgrouptitle=dict(text="Cells") if k == 0 else None,
+                    legendrank=20_000 + k,
+                    marker=_marker(dict(sym_style[sv], size=max(sym_style[sv]["size"], 8)), color="#555555"),
+                    hoverinfo="skip",
+                )
+            )
+
+    full_title = title or ""
+    if n_shown < n:
+        note = f"showing {n_shown:,} of {n:,} cells (random subsample)"
+        full_title = f"{full_title}<br><sup>{note}</sup>" if full_title else note
+    base_layout(
+        fig,
+        title=full_title or None,
+        height=600,
+        meta=dict(n_total=int(n), n_shown=int(n_shown)),
+        legend=dict(title=dict(text=legend_title) if legend_title else None, itemsizing="constant",
+                    tracegroupgap=2),
+        xaxis=dict(title=dict(text=x_title), showticklabels=False, zeroline=False, showgrid=False),
+        yaxis=dict(title=dict(text=y_title), showticklabels=False, zeroline=False, showgrid=False,
+                   scaleanchor="x", scaleratio=1),
+    )
+    return fig

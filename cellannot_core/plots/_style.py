@@ -1,0 +1,113 @@
+"""Shared look of every figure: template, colour-blind-friendly palette, Unknown in grey."""
+from __future__ import annotations
+
+import re
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import plotly.graph_objects as go
+
+from cellannot_core._constants import UNKNOWN
+
+__all__ = [
+    "TEMPLATE",
+    "PALETTE",
+    "UNKNOWN_COLOR",
+    "SEQUENTIAL",
+    "category_colors",
+    "category_order",
+    "natural_key",
+    "base_layout",
+]
+
+TEMPLATE = "plotly_white"
+
+#: Okabe & Ito (2008) without black and grey, then Paul Tol's "muted" and "light" sets
+#: (both designed for colour-vision deficiencies).  Cycles beyond 24 categories.
+PALETTE: tuple[str, ...] = (
+    # Okabe-Ito
+    "#0072B2", "#E69F00", "#009E73", "#D55E00", "#56B4E9", "#CC79A7", "#F0E442",
+    # Tol muted
+    "#332288", "#88CCEE", "#44AA99", "#117733", "#999933", "#DDCC77", "#CC6677",
+    "#882255", "#AA4499",
+    # Tol light
+    "#77AADD", "#EE8866", "#EEDD88", "#FFAABB", "#99DDFF", "#44BB99", "#BBCC33", "#AAAA00",
+)
+
+#: Unknown (rejected) cells are always this grey, in every figure.
+UNKNOWN_COLOR = "#9E9E9E"
+
+#: Sequential colour scale for heatmaps and continuous values (perceptually uniform, CVD-safe).
+SEQUENTIAL = "Viridis"
+
+
+def natural_key(s: str) -> tuple:
+    """Sort key putting ``"2"`` before ``"10"`` (cluster ids) and comparing text case-insensitively."""
+    return tuple((0, int(t), "") if t.isdigit() else (1, 0, t.lower()) for t in re.split(r"(\d+)", s) if t)
+
+
+def category_order(values: Iterable[Any]) -> list[str]:
+    """Categories of ``values`` as strings: pandas categorical order if any, else natural sort.
+
+    ``Unknown`` always comes last.
+    """
+    cats = getattr(values, "cat", None)
+    if cats is not None:  # pandas Series of dtype category
+        order = [str(c) for c in values.cat.categories]
+        present = set(np.asarray(values, dtype=object).astype(str).tolist())
+        order = [c for c in order if c in present]
+    elif hasattr(values, "categories"):  # pandas Categorical
+        present = set(np.asarray(values, dtype=object).astype(str).tolist())
+        order = [str(c) for c in values.categories if str(c) in present]
+    else:
+        order = sorted(
+            set(np.asarray(values, dtype=object).reshape(-1).astype(str).tolist()), key=natural_key
+        )
+    return [c for c in order if c != UNKNOWN] + ([UNKNOWN] if UNKNOWN in order else [])
+
+
+def category_colors(
+    categories: Iterable[Any],
+    color_map: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """Colour for every category, in the given order; ``Unknown`` is always grey.
+
+    Parameters
+    ----------
+    categories
+        Category names, in the order colours should be handed out (pass the full reference
+        class list to keep colours identical across figures).
+    color_map
+        Explicit colours that take precedence (except for ``Unknown``).
+
+    Returns
+    -------
+    dict
+        ``{category: colour}``.
+    """
+    out: dict[str, str] = {}
+    i = 0
+    for c in categories:
+        c = str(c)
+        if c in out:
+            continue
+        if c == UNKNOWN:
+            out[c] = UNKNOWN_COLOR
+        elif color_map is not None and c in color_map:
+            out[c] = color_map[c]
+        else:
+            out[c] = PALETTE[i % len(PALETTE)]
+            i += 1
+    return out
+
+
+def base_layout(fig: go.Figure, *, title: str | None = None, **kwargs: Any) -> go.Figure:
+    """Apply the common template, title and margins."""
+    fig.update_layout(
+        template=TEMPLATE,
+        title=dict(text=title, x=0.01, xanchor="left") if title else None,
+        margin=dict(l=60, r=20, t=70 if title else 30, b=50),
+        font=dict(size=13),
+        **kwargs,
+    )
+    return fig

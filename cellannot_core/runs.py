@@ -1,0 +1,195 @@
+"""Run directories: everything a training run makes, written atomically, reopened later.
+
+Layout of ``<root>/<run_id>/``::
+
+    status.json        state (queued/running/done/failed/cancelled), progress, message; updated live
+    history.json       per-epoch logs (live)
+    run_card.json      the run card (model, hyper-parameters, seed, versions, genes, metrics, ...)
+    model/             the model bundle (config.json + weights.safetensors + bundle.json)
+    annotated.h5ad     the annotated query (the annotate contract)
+    predictions.csv    per-cell labels, confidence, novelty score and per-class probabilities
+    arrays.npz         arrays for the app's views (no pickle)
+
+Every file is written to a temporary name and renamed, so a reader never sees half a file.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._constants import RunFiles
+from .errors import DataError
+
+RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,120}$")
+STATES = ("queued", "running", "done", "failed", "cancelled")
+
+
+def default_root() -> Path:
+    """``$CELLANNOT_RUNS`` or ``./runs``."""
+    return Path(os.environ.get("CELLANNOT_RUNS", "runs")).resolve()
+
+
+def new_run_id(model: str) -> str:
+    safe = re.sub(r"[^A-Za-z0-9_-]", "", model)[:20] or "run"
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{safe}-{secrets.token_hex(3)}"
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    from .models._base import _json_default
+
+    write_bytes_atomic(path, json.dumps(obj, indent=1, default=_json_default).encode())
+
+
+def read_json(path: Path, default: Any = None) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return default
+
+
+@dataclass
+class RunDir:
+    path: Path
+
+    @classmethod
+    def create(cls, root: Path | str | None = None, *, model: str = "run", run_id: str | None = None) -> "RunDir":
+        root = Path(root) if root is not None else default_root()
+        rid = run_id or new_run_id(model)
+        if not RUN_ID_RE.match(rid):
+            raise DataError(f"invalid run id {rid!r}; use letters, digits, '.', '_' or '-'")
+        path = root / rid
+        path.mkdir(parents=True, exist_ok=False)
+        rd = cls(path)
+        rd.set_status("queued")
+        return rd
+
+    @classmethod
+    def open(cls, root: Path | str, run_id: str) -> "RunDir":
+        """Open an existing run by id (the id is validated, never used as a free path)."""
+        if not RUN_ID_RE.match(run_id or ""):
+            raise DataError(f"invalid run id {run_id!r}")
+        path = Path(root) / run_id
+        if not (path / RunFiles.STATUS).is_file():
+            raise DataError(f"no run {run_id!r} in {root}")
+        return cls(path)
+
+    @property
+    def id(self) -> str:
+        return self.path.name
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def model_dir(self) -> Path:
+        return self.path / RunFiles.MODEL_DIR
+
+    def status(self) -> dict[str, Any]:
+        return read_json(self.file(RunFiles.STATUS), {"state": "failed", "message": "status unreadable"})
+
+    def set_status(self, state: str, **fields: Any) -> None:
+        if state not in STATES:
+            raise ValueError(state)
+        cur = read_json(self.file(RunFiles.STATUS), {}) or {}
+        cur.update(fields)
+        cur["state"] = state
+        cur["updated"] = time.time()
+        cur.setdefault("created", cur["updated"])
+        write_json_atomic(self.file(RunFiles.STATUS), cur)
+
+    def card(self) -> dict[str, Any] | None:
+        return read_json(self.file(RunFiles.CARD))
+
+    def history(self) -> list[dict[str, Any]]:
+        return read_json(self.file(RunFiles.HISTORY), []) or []
+
+    def save_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        tmp = self.path / f".arrays.{secrets.token_hex(4)}.npz"
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **arrays)
+        os.replace(tmp, self.file(RunFiles.ARRAYS))
+
+    def load_arrays(self) -> dict[str, np.ndarray]:
+        with np.load(self.file(RunFiles.ARRAYS), allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+
+
+def list_runs(root: Path | str | None = None) -> list[dict[str, Any]]:
+    """Runs under ``root``, newest first: id, state, model, created, message and key metrics."""
+    root = Path(root) if root is not None else default_root()
+    out = []
+    if not root.is_dir():
+        return out
+    for p in root.iterdir():
+        if not p.is_dir() or not RUN_ID_RE.match(p.name) or not (p / RunFiles.STATUS).is_file():
+            continue
+        st = read_json(p / RunFiles.STATUS, {}) or {}
+        card = read_json(p / RunFiles.CARD, {}) or {}
+        out.append({"id": p.name, "state": st.get("state"), "model": st.get("model", card.get("model")),
+                    "created": st.get("created", 0), "message": st.get("message", ""),
+                    "n_query": card.get("n_query"), "unknown_fraction": card.get("unknown_fraction")})
+    return sorted(out, key=lambda r: r["created"] or 0, reverse=True)
+
+
+class RunProgress:
+    """Training callback writing live progress into a run directory (status + history).
+
+    Used by the app's background jobs and by the CLI when a run directory is given; never
+    touches any UI. Status holds ``progress`` (0-1), ``elapsed``, ``eta`` seconds and ``epoch``.
+    """
+
+    def __init__(self, run_dir: RunDir, *, every_seconds: float = 1.0) -> None:
+        self.run_dir = run_dir
+        self.every = every_seconds
+        self.t0 = time.time()
+        self._last = 0.0
+        self.epochs: list[dict[str, Any]] = []
+        self.total_steps = 1
+        self.max_epochs = 0
+
+    def on_train_begin(self, info: dict[str, Any]) -> None:
+        self.t0 = time.time()
+        self.max_epochs = int(info.get("max_epochs", 0))
+        self.total_steps = max(1, int(info.get("steps_per_epoch", 1)) * max(1, self.max_epochs))
+        self.run_dir.set_status("running", message="training", progress=0.0, elapsed=0.0, eta=None, epoch=0,
+                                max_epochs=self.max_epochs)
+
+    def on_step(self, step: int, total_steps: int, logs: dict[str, float]) -> None:
+        now = time.time()
+        if now - self._last < self.every:
+            return
+        self._last = now
+        frac = min(1.0, step / max(1, total_steps))
+        elapsed = now - self.t0
+        eta = elapsed * (1 - frac) / frac if frac > 0 else None
+        self.run_dir.set_status("running", message="training", progress=frac, elapsed=elapsed, eta=eta)
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
+        if "recovered_from_divergence" in logs:
+            self.run_dir.set_status("running", message=f"recovered from divergence ({int(logs['recovered_from_divergence'])}x); "
+                                    "continuing from the last good checkpoint")
+            return
+        self.epochs.append({"epoch": epoch + 1, **{k: float(v) for k, v in logs.items()}})
+        write_json_atomic(self.run_dir.file(RunFiles.HISTORY), self.epochs)
+        elapsed = time.time() - self.t0
+        self.run_dir.set_status("running", message=f"epoch {epoch + 1} of at most {self.max_epochs}",
+                                epoch=epoch + 1, elapsed=elapsed,
+                                progress=min(1.0, (epoch + 1) / max(1, self.max_epochs)))
+
+    def on_train_end(self, logs: dict[str, Any]) -> None:
+        self.run_dir.set_status("running", message="calibrating and labelling the query", progress=1.0,
+                                elapsed=time.time() - self.t0, eta=0.0)

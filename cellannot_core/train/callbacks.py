@@ -1,0 +1,62 @@
+"""Training callbacks: how long work reports progress and is cancelled (no UI code here)."""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Callable, Protocol, Sequence
+
+
+class Callback(Protocol):
+    """Every hook is optional; the loop calls those present."""
+
+    def on_train_begin(self, info: dict[str, Any]) -> None: ...
+    def on_step(self, step: int, total_steps: int, logs: dict[str, float]) -> None: ...
+    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None: ...
+    def on_train_end(self, logs: dict[str, Any]) -> None: ...
+    def should_stop(self) -> bool: ...
+
+
+def call(callbacks: Sequence[Any], hook: str, *args: Any) -> None:
+    """Call ``hook`` on every callback that defines it."""
+    for cb in callbacks:
+        fn = getattr(cb, hook, None)
+        if fn is not None:
+            fn(*args)
+
+
+def any_stop(callbacks: Sequence[Any]) -> bool:
+    return any(bool(getattr(cb, "should_stop", lambda: False)()) for cb in callbacks)
+
+
+class CancelToken:
+    """Thread-safe cancel flag; pass it as a callback."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    def should_stop(self) -> bool:
+        return self._event.is_set()
+
+
+class PrintProgress:
+    """Prints one line per epoch (for the CLI)."""
+
+    def __init__(self, printer: Callable[[str], None] = print) -> None:
+        self.printer = printer
+        self.t0 = time.time()
+        self.max_epochs = 0
+
+    def on_train_begin(self, info: dict[str, Any]) -> None:
+        self.t0 = time.time()
+        self.max_epochs = int(info.get("max_epochs", 0))
+        self.printer(
+            f"training {info.get('model')} on {info.get('n_train')} cells x {info.get('n_genes')} genes, "
+            f"{info.get('n_classes')} classes, device {info.get('device')}"
+        )
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
+        parts = [f"{k} {v:.4g}" for k, v in logs.items() if isinstance(v, (int, float))]
+        self.printer(f"epoch {epoch + 1}/{self.max_epochs}  " + "  ".join(parts) + f"  ({time.time() - self.t0:.0f}s)")

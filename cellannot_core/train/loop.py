@@ -1,0 +1,156 @@
+"""The one training loop: mini-batches, validation, early stopping, divergence guard, cancel.
+
+Every neural model implements :class:`Trainable`; the loop owns the optimiser, epochs,
+best-state keeping, progress callbacks and what happens when the loss diverges.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import Cancelled, TrainingDiverged
+from .callbacks import any_stop, call
+
+DIVERGENCE_BOUND = 1e8
+
+
+class Trainable(Protocol):
+    def parameters(self): ...
+    def training_step(self, xb: torch.Tensor, yb: torch.Tensor, step: int) -> tuple[torch.Tensor, dict[str, float]]: ...
+    def validation_metrics(self) -> dict[str, float]: ...
+    def train_state(self) -> dict[str, Any]: ...
+    def load_train_state(self, state: dict[str, Any]) -> None: ...
+    def on_recover(self) -> None: ...
+
+
+@dataclass
+class TrainConfig:
+    max_epochs: int = 20
+    batch_size: int = 64
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    patience: int = 5  # epochs without improvement of the monitored metric; 0 = off
+    monitor: str = "val_loss"  # minimised
+    min_delta: float = 1e-4
+    grad_clip: float = 0.0  # 0 = off
+    recover_on_divergence: bool = False
+    max_recoveries: int = 3
+    recover_lr_factor: float = 0.5
+    divergence_bound: float = DIVERGENCE_BOUND
+
+
+@dataclass
+class History:
+    epochs: list[dict[str, float]] = field(default_factory=list)
+    diverged: bool = False
+    divergence_message: str = ""
+    recoveries: int = 0
+    best_epoch: int = -1
+    stopped_early: bool = False
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "epochs": self.epochs, "diverged": self.diverged,
+            "divergence_message": self.divergence_message, "recoveries": self.recoveries,
+            "best_epoch": self.best_epoch, "stopped_early": self.stopped_early,
+            "seconds": round(self.seconds, 2),
+        }
+
+
+def _check_finite(loss: torch.Tensor, bound: float, epoch: int, step: int) -> None:
+    v = float(loss.detach())
+    if not math.isfinite(v) or abs(v) > bound:
+        raise TrainingDiverged(
+            f"training diverged at epoch {epoch + 1}, step {step}: loss = {v:.3g}", epoch=epoch, step=step)
+
+
+def fit(module: Trainable, X: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, *,
+        callbacks: Sequence[Any] = (), generator: torch.Generator | None = None,
+        info: dict[str, Any] | None = None) -> History:
+    """Train ``module`` on ``(X, y)`` (tensors already on the device).
+
+    Early stopping monitors ``module.validation_metrics()[cfg.monitor]`` and restores the best
+    state at the end. On divergence (non-finite loss or ``|loss| > 1e8``) the last good state
+    (end of the previous epoch) is restored; with ``recover_on_divergence`` training continues
+    from it (learning rate scaled by ``recover_lr_factor``, ``module.on_recover()`` called) up
+    to ``max_recoveries`` times, otherwise training stops and ``History.diverged`` is set.
+    Cancellation (a callback's ``should_stop()``) raises :class:`Cancelled`.
+    """
+    t0 = time.time()
+    hist = History()
+    params = [p for p in module.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    n = X.shape[0]
+    steps_per_epoch = max(1, math.ceil(n / cfg.batch_size))
+    total_steps = steps_per_epoch * cfg.max_epochs
+    call(callbacks, "on_train_begin", {**(info or {}), "max_epochs": cfg.max_epochs,
+                                       "steps_per_epoch": steps_per_epoch})
+    good = {"module": copy.deepcopy(module.train_state()), "opt": copy.deepcopy(opt.state_dict())}
+    best_val, best_state, bad_epochs = math.inf, None, 0
+    step = 0
+    epoch = 0
+    while epoch < cfg.max_epochs:
+        t_epoch = time.time()
+        perm = torch.randperm(n, generator=generator).to(X.device)
+        sums: dict[str, float] = {}
+        try:
+            for b in range(steps_per_epoch):
+                if any_stop(callbacks):
+                    raise Cancelled("training was cancelled")
+                idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+                if idx.numel() < 2:
+                    continue
+                loss, logs = module.training_step(X[idx], y[idx], step)
+                _check_finite(loss, cfg.divergence_bound, epoch, step)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                opt.step()
+                step += 1
+                for k, v in logs.items():
+                    sums[k] = sums.get(k, 0.0) + float(v)
+                call(callbacks, "on_step", step, total_steps, logs)
+        except TrainingDiverged as err:
+            module.load_train_state(copy.deepcopy(good["module"]))
+            opt.load_state_dict(copy.deepcopy(good["opt"]))
+            if cfg.recover_on_divergence and hist.recoveries < cfg.max_recoveries:
+                hist.recoveries += 1
+                for g in opt.param_groups:
+                    g["lr"] *= cfg.recover_lr_factor
+                module.on_recover()
+                call(callbacks, "on_epoch_end", epoch, {"recovered_from_divergence": float(hist.recoveries)})
+                continue  # redo this epoch from the last good state
+            hist.diverged = True
+            hist.divergence_message = str(err)
+            break
+        logs = {k: v / steps_per_epoch for k, v in sums.items()}
+        with torch.no_grad():
+            logs.update(module.validation_metrics())
+        logs["epoch_seconds"] = time.time() - t_epoch
+        hist.epochs.append({"epoch": epoch + 1, **logs})
+        call(callbacks, "on_epoch_end", epoch, logs)
+        good = {"module": copy.deepcopy(module.train_state()), "opt": copy.deepcopy(opt.state_dict())}
+        cur = logs.get(cfg.monitor, math.nan)
+        if np.isfinite(cur) and cur < best_val - cfg.min_delta:
+            best_val, best_state, bad_epochs = cur, copy.deepcopy(good["module"]), 0
+            hist.best_epoch = epoch + 1
+        else:
+            bad_epochs += 1
+            if cfg.patience and bad_epochs >= cfg.patience:
+                hist.stopped_early = True
+                epoch += 1
+                break
+        epoch += 1
+    if best_state is not None:
+        module.load_train_state(best_state)
+    hist.seconds = time.time() - t0
+    call(callbacks, "on_train_end", hist.to_dict())
+    return hist

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Set up (first time) and serve the cellannot app on http://127.0.0.1:8501 .
+# Usage: bash run_app.sh [--port N]
+set -euo pipefail
+cd "$(dirname "$0")"
+PORT=8501
+if [ "${1:-}" = "--port" ]; then PORT="$2"; fi
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+if ! .venv/bin/python -c "import streamlit, torch, scanpy, umap, plotly, safetensors" 2>/dev/null; then
+  echo "installing dependencies into .venv (first run only) ..."
+  .venv/bin/pip install --disable-pip-version-check -q -r requirements.txt
+fi
+exec .venv/bin/streamlit run app.py --server.address 127.0.0.1 --server.port "$PORT" --server.headless true

@@ -1,0 +1,76 @@
+"""Shared fixtures: small synthetic NB-count datasets (a few hundred cells) and markers."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+os.environ.setdefault("CELLANNOT_NUM_THREADS", "2")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true", default=False, help="run tests marked slow")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--runslow"):
+        return
+    skip = pytest.mark.skip(reason="slow: pass --runslow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+def make_synthetic(
+    n_cells: int = 300,
+    n_genes: int = 120,
+    n_classes: int = 3,
+    *,
+    seed: int = 0,
+    class_names: list[str] | None = None,
+    gene_prefix: str = "GENE",
+    markers_per_class: int = 8,
+):
+    """NB counts with class-specific marker genes; obs['cell_type'] holds the label."""
+    import anndata as ad
+    import pandas as pd
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(seed)
+    names = class_names or [f"type{k}" for k in range(n_classes)]
+    y = rng.integers(0, len(names), size=n_cells)
+    base = rng.gamma(2.0, 0.5, size=n_genes)
+    mu = np.tile(base, (n_cells, 1))
+    for k in range(len(names)):
+        genes = np.arange(k * markers_per_class, (k + 1) * markers_per_class) % n_genes
+        mu[np.ix_(y == k, genes)] *= 8.0
+    lib = rng.lognormal(0.0, 0.3, size=(n_cells, 1))
+    mu = mu * lib
+    theta = 5.0
+    counts = rng.negative_binomial(theta, theta / (theta + mu)).astype(np.float32)
+    obs = pd.DataFrame(
+        {"cell_type": pd.Categorical([names[i] for i in y])},
+        index=[f"cell{i}" for i in range(n_cells)],
+    )
+    var = pd.DataFrame(index=[f"{gene_prefix}{j}" for j in range(n_genes)])
+    return ad.AnnData(X=sp.csr_matrix(counts), obs=obs, var=var)
+
+
+@pytest.fixture
+def synthetic_adata():
+    return make_synthetic()
+
+
+@pytest.fixture
+def synthetic_pair():
+    """Reference with 3 types; query with the same 3 plus a novel 4th type (shared genes)."""
+    ref = make_synthetic(400, 120, 3, seed=1)
+    q = make_synthetic(240, 120, 4, seed=2)
+    return ref, q

@@ -1,0 +1,113 @@
+"""Gene matching across naming schemes."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cellannot_core.data import match_genes
+from cellannot_core.data.genes import strip_ensembl_version
+from cellannot_core.errors import DataError
+
+SYMBOLS = [f"GENE{j}" for j in range(300)]
+ENSEMBL = [f"ENSG{j:011d}" for j in range(300)]
+
+
+def _var(index, **cols) -> pd.DataFrame:
+    return pd.DataFrame(cols, index=pd.Index(index))
+
+
+def _check_pairs(m, ref_var, q_var, ref_key=None, q_key=None):
+    """Every matched pair names the same gene."""
+    r = ref_var.index if ref_key is None else ref_var[ref_key]
+    q = q_var.index if q_key is None else q_var[q_key]
+    assert len(m.ref_idx) == len(m.query_idx) == len(m.names)
+    for i, j in zip(m.ref_idx, m.query_idx):
+        assert str(r[i]).split(".")[0].upper() == str(q[j]).split(".")[0].upper()
+    assert list(m.names) == [str(ref_var.index[i]) for i in m.ref_idx]
+
+
+def test_exact_match_subset_and_order():
+    ref = _var(SYMBOLS)
+    q = _var(SYMBOLS[::-1][:250] + ["OTHER1", "OTHER2"])  # shuffled order, some missing
+    m = match_genes(ref, q)
+    assert m.mode == "exact" and not m.approximate
+    assert m.n_shared == 250 and m.n_ref == 300 and m.n_query == 252
+    assert m.message == "250 of 300 reference genes found in the query (exact symbols)"
+    assert np.all(np.diff(m.ref_idx) > 0)  # reference order
+    _check_pairs(m, ref, q)
+
+
+def test_ensembl_version_stripped():
+    ref = _var([f"{e}.{j % 7 + 1}" for j, e in enumerate(ENSEMBL)])
+    q = _var(ENSEMBL)
+    m = match_genes(ref, q)
+    assert m.mode == "ensembl" and m.n_shared == 300
+    assert m.names[0] == "ENSG00000000000.1"  # reference spelling kept
+    assert strip_ensembl_version(["ENSG00000141510.12", "TP53", "ENSMUSG00000059552.3"]).tolist() == [
+        "ENSG00000141510", "TP53", "ENSMUSG00000059552"
+    ]
+    _check_pairs(m, ref, q)
+
+
+def test_ensembl_vs_symbols_through_var_column():
+    ref = _var(SYMBOLS)  # symbols only
+    perm = np.random.default_rng(0).permutation(300)
+    q = _var([ENSEMBL[k] + ".5" for k in perm], gene_symbols=[SYMBOLS[k] for k in perm])
+    m = match_genes(ref, q)
+    assert m.n_shared == 300 and m.mode == "exact"
+    assert m.query_key == "var['gene_symbols']"
+    assert "query var['gene_symbols']" in m.message
+    _check_pairs(m, ref, q, q_key="gene_symbols")
+    # the other way round: reference symbols with an Ensembl column vs an Ensembl query
+    ref2 = _var(SYMBOLS, ensembl=ENSEMBL)
+    q2 = _var(ENSEMBL[:250])
+    m2 = match_genes(ref2, q2)
+    assert m2.n_shared == 250 and m2.mode == "ensembl" and m2.names[:2] == ["GENE0", "GENE1"]
+
+
+def test_case_insensitive_mouse_vs_human():
+    human = ["CD3E", "CD19", "LYZ", "MS4A1"] + [f"HG{j}" for j in range(296)]
+    mouse = [g.capitalize() for g in human]
+    m = match_genes(_var(mouse), _var(human))
+    assert m.approximate and m.mode == "case-insensitive symbols"
+    assert m.n_shared == 300 and m.names[0] == "Cd3e"
+    assert "approximate" in m.message
+
+
+def test_few_case_differences_stay_exact():
+    ref = SYMBOLS[:290] + [f"C{j}orf1" for j in range(10)]
+    q = SYMBOLS[:290] + [f"C{j}ORF1" for j in range(10)]
+    m = match_genes(_var(ref), _var(q))
+    assert m.mode == "exact" and not m.approximate and m.n_shared == 290
+
+
+def test_duplicates_keep_first():
+    ref = _var(["A", "B", "A"] + SYMBOLS)
+    q = _var(["B", "A", "B"] + SYMBOLS)
+    m = match_genes(ref, q, min_shared=10)
+    assert m.n_shared == 302
+    pairs = dict(zip(m.ref_idx.tolist(), m.query_idx.tolist()))
+    assert pairs[0] == 1 and pairs[1] == 0 and 2 not in pairs
+    assert len(set(m.query_idx.tolist())) == m.n_shared
+
+
+def test_too_few_shared_genes():
+    ref = _var([f"G{j}" for j in range(2000)])
+    q = _var([f"G{j}" for j in range(12)] + [f"X{j}" for j in range(2000)])
+    with pytest.raises(DataError) as e:
+        match_genes(ref, q)
+    msg = str(e.value)
+    assert msg.startswith("only 12 of 2000 reference genes found in the query")
+    assert "symbols vs Ensembl IDs" in msg and "species" in msg
+
+
+def test_small_panels_that_match_fully_pass():
+    m = match_genes(_var(SYMBOLS[:120]), _var(SYMBOLS[:120]), min_shared=200)
+    assert m.n_shared == 120
+
+
+def test_accepts_anndata(synthetic_pair):
+    ref, q = synthetic_pair
+    m = match_genes(ref, q)
+    assert m.n_shared == ref.n_vars

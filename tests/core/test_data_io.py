@@ -1,0 +1,378 @@
+"""Reading every supported format, safely, with clear errors."""
+from __future__ import annotations
+
+import gzip
+import io
+import shutil
+import tarfile
+import tempfile
+import zipfile
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.io
+import scipy.sparse as sp
+
+from cellannot_core.data import SUPPORTED_FORMATS, read_dataset, read_uploaded, sanitize_filename
+from cellannot_core.errors import DataError
+from tests.conftest import make_synthetic
+
+
+@pytest.fixture
+def small():
+    a = make_synthetic(60, 40, 3, seed=3)
+    a.var["gene_ids"] = [f"ENSG{j:011d}" for j in range(a.n_vars)]
+    return a
+
+
+def _dense(a) -> np.ndarray:
+    return np.asarray(a.X.toarray())
+
+
+def _assert_same(got, expected):
+    assert sp.isspmatrix_csr(got.X) or isinstance(got.X, sp.csr_array)
+    assert got.X.dtype == np.float32
+    assert list(got.obs_names) == list(expected.obs_names)
+    assert list(got.var_names) == list(expected.var_names)
+    np.testing.assert_array_equal(_dense(got), _dense(expected))
+
+
+def _write_gz(path: Path, data: bytes) -> None:
+    with gzip.open(path, "wb") as fh:
+        fh.write(data)
+
+
+def write_mtx_dir(a, folder: Path, *, v3: bool = True, gz: bool = True) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    scipy.io.mmwrite(buf, sp.coo_matrix(a.X.T.astype(np.int64)), field="integer")
+    ids = a.var["gene_ids"].to_numpy()
+    if v3:
+        feats = "".join(f"{i}\t{n}\tGene Expression\n" for i, n in zip(ids, a.var_names))
+        fname = "features.tsv"
+    else:
+        feats = "".join(f"{i}\t{n}\n" for i, n in zip(ids, a.var_names))
+        fname = "genes.tsv"
+    bcs = "".join(f"{b}\n" for b in a.obs_names)
+    files = {"matrix.mtx": buf.getvalue(), fname: feats.encode(), "barcodes.tsv": bcs.encode()}
+    for n, data in files.items():
+        if gz:
+            _write_gz(folder / f"{n}.gz", data)
+        else:
+            (folder / n).write_bytes(data)
+    return folder
+
+
+def write_10x_h5(a, path: Path, *, extra_antibody: bool = True) -> Path:
+    """The Cell Ranger v3 HDF5 layout: a genes x cells CSC matrix under /matrix."""
+    X = sp.csr_matrix(a.X.astype(np.int32))  # cells x genes CSR == genes x cells CSC
+    ids = list(a.var["gene_ids"])
+    names = list(a.var_names)
+    types = ["Gene Expression"] * a.n_vars
+    if extra_antibody:  # one antibody-capture feature that must be dropped
+        X = sp.hstack([X, sp.csr_matrix(np.full((a.n_obs, 1), 7, dtype=np.int32))]).tocsr()
+        ids.append("CD3_TotalSeqB")
+        names.append("CD3_TotalSeqB")
+        types.append("Antibody Capture")
+    with h5py.File(path, "w") as f:
+        m = f.create_group("matrix")
+        m.create_dataset("data", data=X.data.astype(np.int32))
+        m.create_dataset("indices", data=X.indices.astype(np.int64))
+        m.create_dataset("indptr", data=X.indptr.astype(np.int64))
+        m.create_dataset("shape", data=np.array([X.shape[1], X.shape[0]], dtype=np.int32))
+        m.create_dataset("barcodes", data=np.array(list(a.obs_names), dtype="S"))
+        ft = m.create_group("features")
+        ft.create_dataset("id", data=np.array(ids, dtype="S"))
+        ft.create_dataset("name", data=np.array(names, dtype="S"))
+        ft.create_dataset("feature_type", data=np.array(types, dtype="S"))
+        ft.create_dataset("genome", data=np.array(["GRCh38"] * len(ids), dtype="S"))
+        ft.create_dataset("_all_tag_keys", data=np.array([b"genome"]))
+    return path
+
+
+def test_h5ad(tmp_path, small):
+    p = tmp_path / "d.h5ad"
+    small.write_h5ad(p)
+    got = read_dataset(p)
+    _assert_same(got, small)
+    assert list(got.obs["cell_type"]) == list(small.obs["cell_type"])
+    assert got.uns["cellannot_input"]["format"] == "h5ad"
+
+
+def test_h5ad_saved_as_h5(tmp_path, small):
+    p = tmp_path / "d.h5"
+    small.write_h5ad(p)
+    _assert_same(read_dataset(p), small)
+
+
+def test_h5ad_dense_x_becomes_csr_float32(tmp_path, small):
+    small.X = small.X.toarray().astype(np.float64)
+    p = tmp_path / "d.h5ad"
+    small.write_h5ad(p)
+    got = read_dataset(p)
+    assert sp.issparse(got.X) and got.X.dtype == np.float32
+    np.testing.assert_array_equal(got.X.toarray(), small.X)
+
+
+def test_10x_h5(tmp_path, small):
+    got = read_dataset(write_10x_h5(small, tmp_path / "filtered_feature_bc_matrix.h5"))
+    _assert_same(got, small)  # antibody feature dropped
+    assert list(got.var["gene_ids"]) == list(small.var["gene_ids"])
+
+
+@pytest.mark.parametrize("v3,gz", [(True, True), (False, False), (True, False)])
+def test_mtx_folder(tmp_path, small, v3, gz):
+    folder = write_mtx_dir(small, tmp_path / "filtered", v3=v3, gz=gz)
+    got = read_dataset(folder)
+    _assert_same(got, small)
+    assert list(got.var["gene_ids"]) == list(small.var["gene_ids"])
+    # the matrix file itself points at its folder
+    got2 = read_dataset(folder / ("matrix.mtx.gz" if gz else "matrix.mtx"))
+    _assert_same(got2, small)
+
+
+def test_mtx_folder_shape_mismatch(tmp_path, small):
+    folder = write_mtx_dir(small, tmp_path / "m", v3=False, gz=False)
+    (folder / "barcodes.tsv").write_text("".join(f"b{i}\n" for i in range(5)))
+    with pytest.raises(DataError, match="same dataset"):
+        read_dataset(folder)
+
+
+def test_mtx_folder_missing_barcodes(tmp_path, small):
+    folder = write_mtx_dir(small, tmp_path / "m", v3=True, gz=True)
+    (folder / "barcodes.tsv.gz").unlink()
+    with pytest.raises(DataError, match="barcodes.tsv"):
+        read_dataset(folder)
+
+
+def test_zip_and_tar_of_folder(tmp_path, small):
+    src = write_mtx_dir(small, tmp_path / "src" / "sample1" / "filtered_feature_bc_matrix")
+    zpath = tmp_path / "data.zip"
+    with zipfile.ZipFile(zpath, "w") as zf:
+        for f in src.iterdir():
+            zf.write(f, f"sample1/filtered_feature_bc_matrix/{f.name}")
+        zf.writestr("__MACOSX/._junk", b"junk")
+    _assert_same(read_dataset(zpath), small)
+    for ext, mode in ((".tar.gz", "w:gz"), (".tgz", "w:gz"), (".tar", "w")):
+        tpath = tmp_path / f"data{ext}"
+        with tarfile.open(tpath, mode) as tf:
+            tf.add(src, arcname="filtered_feature_bc_matrix")
+        _assert_same(read_dataset(tpath), small)
+
+
+def test_zip_path_traversal_rejected(tmp_path, small):
+    src = write_mtx_dir(small, tmp_path / "src")
+    zpath = tmp_path / "evil.zip"
+    with zipfile.ZipFile(zpath, "w") as zf:
+        for f in src.iterdir():
+            zf.write(f, f.name)
+        zf.writestr("../evil", b"owned")
+    with pytest.raises(DataError, match=r"unsafe path '\.\./evil'"):
+        read_dataset(zpath)
+    assert not (tmp_path / "evil").exists()
+    assert not (Path(tempfile.gettempdir()) / "evil").exists()
+
+
+def test_tar_absolute_and_symlink_rejected(tmp_path, small):
+    src = write_mtx_dir(small, tmp_path / "src")
+    t1 = tmp_path / "abs.tar.gz"
+    data = (src / "matrix.mtx.gz").read_bytes()
+    with tarfile.open(t1, "w:gz") as tf:
+        info = tarfile.TarInfo("/tmp/matrix.mtx.gz")  # tf.add would strip the leading '/'
+        info.size = len(data)
+        tf.addfile(info, io.BytesIO(data))
+    with pytest.raises(DataError, match="unsafe path"):
+        read_dataset(t1)
+    t2 = tmp_path / "link.tar.gz"
+    with tarfile.open(t2, "w:gz") as tf:
+        info = tarfile.TarInfo("m/matrix.mtx.gz")
+        info.type = tarfile.SYMTYPE
+        info.linkname = "/etc/passwd"
+        tf.addfile(info)
+    with pytest.raises(DataError, match="link or special file"):
+        read_dataset(t2)
+
+
+def test_zip_without_matrix(tmp_path):
+    zpath = tmp_path / "nothing.zip"
+    with zipfile.ZipFile(zpath, "w") as zf:
+        zf.writestr("readme.txt", b"hi")
+    with pytest.raises(DataError, match="no matrix.mtx"):
+        read_dataset(zpath)
+
+
+def test_csv_cells_x_genes(tmp_path, small):
+    df = pd.DataFrame(_dense(small), index=small.obs_names, columns=small.var_names)
+    p = tmp_path / "counts.csv"
+    df.to_csv(p)
+    got = read_dataset(p)
+    _assert_same(got, small)
+    assert got.uns["cellannot_input"]["orientation"] == "cells_x_genes"
+
+
+def test_csv_genes_x_cells_transposed(tmp_path, small):
+    df = pd.DataFrame(_dense(small).T, index=small.var_names, columns=small.obs_names)
+    p = tmp_path / "counts.csv"
+    df.to_csv(p)
+    got = read_dataset(p)
+    _assert_same(got, small)
+    assert got.uns["cellannot_input"]["orientation"] == "genes_x_cells"
+
+
+def test_tsv_gz_genes_x_cells_with_real_looking_names(tmp_path):
+    rng = np.random.default_rng(0)
+    genes = ["MT-CO1", "ACTB", "CD3E", "RPL13", "GAPDH", "MS4A1", "LYZ", "NKG7"] + [f"LINC{i:05d}" for i in range(40)]
+    cells = ["".join(rng.choice(list("ACGT"), 14)) + "-1" for _ in range(30)]
+    X = rng.poisson(1.0, size=(len(genes), len(cells)))
+    p = tmp_path / "expr.tsv.gz"
+    pd.DataFrame(X, index=genes, columns=cells).to_csv(p, sep="\t")
+    got = read_dataset(p)
+    assert got.shape == (30, len(genes))
+    assert list(got.var_names) == genes
+    np.testing.assert_array_equal(got.X.toarray(), X.T)
+    # the override wins over the guess
+    forced = read_dataset(p, orientation="cells_x_genes")
+    assert forced.shape == (len(genes), 30)
+    assert forced.uns["cellannot_input"]["orientation_reason"] == "set by the user"
+
+
+def test_txt_whitespace(tmp_path, small):
+    df = pd.DataFrame(_dense(small), index=small.obs_names, columns=small.var_names)
+    p = tmp_path / "counts.txt"
+    df.to_csv(p, sep=" ")
+    _assert_same(read_dataset(p), small)
+
+
+def test_csv_non_numeric(tmp_path, small):
+    df = pd.DataFrame(_dense(small), index=small.obs_names, columns=small.var_names)
+    df["cell_type"] = "x"
+    p = tmp_path / "counts.csv"
+    df.to_csv(p)
+    with pytest.raises(DataError, match="non-numeric columns .*'cell_type'"):
+        read_dataset(p)
+
+
+def test_truncated_h5ad(tmp_path, small):
+    p = tmp_path / "full.h5ad"
+    small.write_h5ad(p)
+    cut = tmp_path / "cut.h5ad"
+    data = p.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError) as e:
+        read_dataset(cut, name="reference")
+    msg = str(e.value)
+    assert "reference file 'cut.h5ad'" in msg and "truncated" in msg and SUPPORTED_FORMATS in msg
+    assert "\n" not in msg
+
+
+def test_truncated_gz_table(tmp_path, small):
+    df = pd.DataFrame(_dense(small), index=small.obs_names, columns=small.var_names)
+    p = tmp_path / "c.csv.gz"
+    df.to_csv(p)
+    data = p.read_bytes()
+    p.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match="could not read dataset file 'c.csv.gz'"):
+        read_dataset(p)
+
+
+def test_unknown_extension_and_missing_file(tmp_path):
+    p = tmp_path / "data.xlsx"
+    p.write_bytes(b"PK")
+    with pytest.raises(DataError, match="unsupported file type. Supported formats: AnnData .h5ad"):
+        read_dataset(p)
+    with pytest.raises(DataError, match="does not exist"):
+        read_dataset(tmp_path / "nope.h5ad")
+
+
+def test_empty_csv(tmp_path):
+    p = tmp_path / "e.csv"
+    p.write_text("")
+    with pytest.raises(DataError, match="is empty"):
+        read_dataset(p)
+
+
+@pytest.mark.parametrize(
+    "raw,expected",
+    [
+        ("../../etc/passwd.h5ad", "passwd.h5ad"),
+        ("..\\..\\windows\\x.csv.gz", "x.csv.gz"),
+        ("my data (v2)$.tar.gz", "my_data__v2__.tar.gz"),
+        ("..h5ad", "upload.h5ad"),
+        (".hidden.zip", "hidden.zip"),
+        ("/abs/path/Sample.H5AD", "Sample.h5ad"),  # extension lower-cased
+    ],
+)
+def test_sanitize_filename(raw, expected):
+    assert sanitize_filename(raw) == expected
+
+
+def test_sanitize_rejects_unknown_extension():
+    with pytest.raises(DataError, match="unsupported file type"):
+        sanitize_filename("../evil.sh")
+
+
+def test_read_uploaded(tmp_path, small, monkeypatch):
+    p = tmp_path / "d.h5ad"
+    small.write_h5ad(p)
+    made = []
+    real = tempfile.mkdtemp
+
+    def spy(*a, **k):
+        d = real(*a, **k)
+        made.append(Path(d))
+        return d
+
+    monkeypatch.setattr(tempfile, "mkdtemp", spy)
+    got = read_uploaded(p.read_bytes(), "../../etc/passwd.h5ad")
+    _assert_same(got, small)
+    assert got.uns["cellannot_input"]["file"] == "passwd.h5ad"
+    assert made and not made[0].exists()  # temp dir removed
+    assert not Path("/etc/passwd.h5ad").exists()
+
+
+def test_read_uploaded_zip_and_errors(tmp_path, small):
+    src = write_mtx_dir(small, tmp_path / "src")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for f in src.iterdir():
+            zf.write(f, f"x/{f.name}")
+    _assert_same(read_uploaded(buf.getvalue(), "pbmc.zip"), small)
+    with pytest.raises(DataError, match="is empty"):
+        read_uploaded(b"", "a.h5ad")
+    with pytest.raises(DataError, match="could not read"):
+        read_uploaded(b"not an hdf5 file", "a.h5ad")
+
+
+def test_bad_orientation_value(tmp_path, small):
+    p = tmp_path / "d.h5ad"
+    small.write_h5ad(p)
+    with pytest.raises(DataError, match="orientation must be"):
+        read_dataset(p, orientation="rows")
+
+
+def test_tar_extract_leaves_no_temp(tmp_path, small, monkeypatch):
+    src = write_mtx_dir(small, tmp_path / "src")
+    tpath = tmp_path / "d.tar.gz"
+    with tarfile.open(tpath, "w:gz") as tf:
+        tf.add(src, arcname="m")
+    before = set(Path(tempfile.gettempdir()).glob("cellannot_archive_*"))
+    read_dataset(tpath)
+    assert set(Path(tempfile.gettempdir()).glob("cellannot_archive_*")) == before
+    shutil.rmtree(src)
+
+
+def test_orientation_guess_on_real_names():
+    import anndata as ad
+
+    from cellannot_core.data.io import _guess_orientation
+
+    a = ad.read_h5ad(Path(__file__).resolve().parents[1] / "data" / "pbmc3k_small.h5ad")
+    genes, cells = a.var_names, a.obs_names  # symbols; 10x barcodes
+    numbered = pd.Index([str(i) for i in range(a.n_obs)])
+    assert _guess_orientation(genes, cells)[0] == "genes_x_cells"
+    assert _guess_orientation(cells, genes)[0] == "cells_x_genes"
+    assert _guess_orientation(genes, numbered) == ("genes_x_cells", "row names look like genes")
+    assert _guess_orientation(numbered, genes) == ("cells_x_genes", "column names look like genes")

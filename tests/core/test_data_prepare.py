@@ -1,0 +1,214 @@
+"""prepare(): end to end on synthetic data and on a small real subset."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scanpy as sc
+import scipy.sparse as sp
+
+from cellannot_core.data import Prepared, Split, prepare, read_dataset, stratified_split, summarize_dataset
+from cellannot_core.errors import ConfigError, DataError
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+
+
+@pytest.fixture
+def prepared(synthetic_pair) -> Prepared:
+    ref, q = synthetic_pair
+    return prepare(ref, q, label_key="cell_type", query_label_key="cell_type", n_top_genes=60, seed=0)
+
+
+def test_shapes_genes_and_types(prepared, synthetic_pair):
+    ref, q = synthetic_pair
+    p = prepared
+    assert p.n_genes == 60 and len(set(p.genes)) == 60
+    # genes are reference genes, in reference order
+    pos = [ref.var_names.get_loc(g) for g in p.genes]
+    assert pos == sorted(pos)
+    for s in (p.train, p.val, p.query):
+        assert isinstance(s, Split)
+        assert s.X.dtype == np.float32 and isinstance(s.X, np.ndarray)
+        assert sp.issparse(s.counts) and s.counts.format == "csr" and s.counts.dtype == np.float32
+        assert s.X.shape == s.counts.shape == (s.n_obs, 60)
+        assert s.y.dtype == np.int64 and len(s.obs_names) == s.n_obs
+    assert p.train.n_obs + p.val.n_obs == ref.n_obs
+    assert p.classes == ["type0", "type1", "type2"]
+    assert p.report["n_train"] == p.train.n_obs and p.report["n_val"] == p.val.n_obs
+
+
+def test_query_order_and_labels(prepared, synthetic_pair):
+    _, q = synthetic_pair
+    p = prepared
+    assert list(p.query.obs_names) == list(q.obs_names)
+    np.testing.assert_array_equal(p.query.index, np.arange(q.n_obs))
+    truth = q.obs["cell_type"].astype(str).to_numpy()
+    assert list(p.query.labels) == list(truth)
+    expected = np.array([p.classes.index(t) if t in p.classes else -1 for t in truth])
+    np.testing.assert_array_equal(p.query.y, expected)
+    assert (p.query.y == -1).sum() == (truth == "type3").sum() > 0
+    assert p.report["query"]["labels_not_in_reference"] == {"type3": int((truth == "type3").sum())}
+
+
+def test_values_are_lognorm_of_full_library(prepared, synthetic_pair):
+    ref, q = synthetic_pair
+    p = prepared
+    for ad_, split in ((q, p.query), (ref, p.train)):
+        expected = ad_.copy()
+        sc.pp.normalize_total(expected, target_sum=1e4)  # on ALL genes
+        sc.pp.log1p(expected)
+        rows = [ad_.obs_names.get_loc(n) for n in split.obs_names]
+        cols = [ad_.var_names.get_loc(g) for g in p.genes]
+        np.testing.assert_allclose(split.X, expected.X[rows][:, cols].toarray(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(split.counts.toarray(), ad_.X[rows][:, cols].toarray())
+
+
+def test_stratified_split_every_class_in_val(prepared, synthetic_pair):
+    ref, _ = synthetic_pair
+    p = prepared
+    assert set(p.val.y) == set(p.train.y) == {0, 1, 2}
+    assert not set(p.train.obs_names) & set(p.val.obs_names)
+    frac = p.val.n_obs / ref.n_obs
+    assert 0.12 < frac < 0.18
+    # labels/y agree with the reference obs
+    truth = ref.obs["cell_type"].astype(str)
+    for s in (p.train, p.val):
+        assert [p.classes[k] for k in s.y] == list(truth[s.obs_names])
+        assert list(s.labels) == list(truth[s.obs_names])
+    # small classes still get a val cell
+    y = np.array([0] * 100 + [1] * 3 + [2] * 2)
+    tr, va = stratified_split(y, 0.15, seed=1)
+    assert set(y[va]) == {0, 1, 2} and set(y[tr]) == {0, 1, 2}
+    assert len(tr) + len(va) == len(y)
+
+
+def test_seeded_and_reproducible(synthetic_pair):
+    ref, q = synthetic_pair
+    a = prepare(ref, q, label_key="cell_type", seed=3)
+    b = prepare(ref, q, label_key="cell_type", seed=3)
+    c = prepare(ref, q, label_key="cell_type", seed=4)
+    assert list(a.val.obs_names) == list(b.val.obs_names)
+    assert list(a.val.obs_names) != list(c.val.obs_names)
+    assert a.genes == b.genes == list(ref.var_names)  # 120 shared genes <= 2000: all kept
+    assert a.report["genes"]["hvg"] == "all 120 shared genes"
+
+
+def test_hvg_prefers_marker_genes(prepared):
+    # the synthetic markers (GENE0..GENE23 for 3 classes x 8) vary the most
+    markers = {f"GENE{j}" for j in range(24)}
+    assert len(markers & set(prepared.genes)) >= 22
+    assert prepared.report["genes"]["n_hvg"] == 60
+
+
+def test_query_with_fewer_genes_and_different_order(synthetic_pair):
+    ref, q = synthetic_pair
+    q2 = q[:, q.var_names[::-1][:100]].copy()
+    p = prepare(ref, q2, label_key="cell_type", min_shared_genes=50)
+    assert p.report["genes"]["n_shared"] == 100
+    assert p.n_genes == 100
+    cols = [q2.var_names.get_loc(g) for g in p.genes]
+    np.testing.assert_array_equal(p.query.counts.toarray(), q2.X[:, cols].toarray())
+
+
+def test_counts_in_raw_with_lognorm_x(synthetic_pair):
+    ref, q = synthetic_pair
+    r = ref.copy()
+    sc.pp.normalize_total(r)
+    sc.pp.log1p(r)
+    r.raw = ref
+    r = r[:, 20:].copy()  # X has fewer genes than raw
+    p = prepare(r, q, label_key="cell_type")
+    assert "adata.raw.X" in p.report["reference"]["counts_source"]
+    assert p.report["reference"]["value_state"] == "lognorm"
+    assert p.n_genes == 120  # all raw genes usable
+
+
+def test_report_is_json(prepared):
+    rep = prepared.report
+    json.dumps(rep)
+    for k in ("n_cells", "n_genes", "value_state", "counts_source"):
+        assert k in rep["reference"] and k in rep["query"]
+    assert rep["genes"]["message"] == "120 of 120 reference genes found in the query (exact symbols)"
+    assert rep["genes"]["mode"] == "exact" and rep["genes"]["approximate"] is False
+    assert rep["reference"]["dropped_classes"] == {}
+    assert rep["warnings"] == []
+    assert sum(rep["reference"]["class_counts"].values()) == rep["n_train"] + rep["n_val"]
+
+
+def test_qc(synthetic_pair):
+    ref, q = synthetic_pair
+    q = q.copy()
+    names = list(q.var_names)
+    names[100:103] = ["MT-CO1", "MT-ND1", "MT-ATP6"]
+    q.var_names = names
+    X = q.X.toarray()
+    X[[3, 7], 100] = 5000  # mostly mitochondrial cells
+    q.X = sp.csr_matrix(X)
+    p = prepare(ref, q, label_key="cell_type", qc={"max_pct_mito": 20, "min_genes": 1})
+    assert p.report["query"]["qc_removed"] == 2
+    assert p.report["query"]["qc_removed_obs_names"] == ["cell3", "cell7"]
+    assert p.query.n_obs == q.n_obs - 2
+    keep = np.setdiff1d(np.arange(q.n_obs), [3, 7])
+    np.testing.assert_array_equal(p.query.index, keep)
+    assert list(p.query.obs_names) == list(q.obs_names[keep])
+    assert any("no mitochondrial genes" in w for w in p.report["warnings"])  # reference has none
+    with pytest.raises(DataError, match="quality control removed all"):
+        prepare(ref, q, label_key="cell_type", qc={"min_counts": 1e9})
+    with pytest.raises(ConfigError, match="unknown QC option"):
+        prepare(ref, q, label_key="cell_type", qc={"max_mito": 5})
+
+
+@pytest.mark.parametrize(
+    "kw,match",
+    [({"val_fraction": 0.0}, "val_fraction"), ({"n_top_genes": 0}, "n_top_genes"), ({"min_cells_per_class": 1}, "min_cells_per_class")],
+)
+def test_bad_options(synthetic_pair, kw, match):
+    ref, q = synthetic_pair
+    with pytest.raises(ConfigError, match=match):
+        prepare(ref, q, label_key="cell_type", **kw)
+
+
+def test_summarize_dataset(synthetic_adata):
+    a = synthetic_adata.copy()
+    a.obs["donor"] = ["d1", "d2"] * 150
+    a.obs["n_counts"] = np.asarray(a.X.sum(1)).ravel()
+    a.obs["barcode"] = a.obs_names
+    s = summarize_dataset(a, name="reference")
+    json.dumps(s)
+    assert s["n_cells"] == 300 and s["n_genes"] == 120 and s["value_state"] == "counts"
+    assert s["counts_source"].startswith("raw counts from X")
+    assert [c["key"] for c in s["label_candidates"]] == ["cell_type", "donor"]
+    assert s["suggested_label_key"] == "cell_type"
+    assert s["label_candidates"][0]["counts"] == a.obs["cell_type"].value_counts().to_dict()
+    assert s["problems"] == [] and s["gene_ids"] == "symbols"
+    b = a.copy()
+    sc.pp.normalize_total(b)
+    sc.pp.log1p(b)
+    s2 = summarize_dataset(b, name="query")
+    assert s2["counts_source"] is None and "no raw counts" in s2["problems"][0]
+
+
+def test_real_subset_end_to_end():
+    """A real pbmc3k subset (tests/data): reference = half the cells without DC, query = rest."""
+    a = read_dataset(DATA / "pbmc3k_small.h5ad", name="reference")
+    rng = np.random.default_rng(0)
+    is_ref = rng.random(a.n_obs) < 0.5
+    lab = a.obs["cell_type_harmonized"].astype(str)
+    plate = np.flatnonzero((lab == "Platelet").to_numpy())
+    is_ref[plate] = False
+    is_ref[plate[:5]] = True  # 5 platelets: below min_cells_per_class, dropped
+    ref = a[is_ref & (lab != "DC").to_numpy()].copy()
+    q = a[~is_ref].copy()
+    p = prepare(ref, q, label_key="cell_type_harmonized", query_label_key="cell_type_harmonized", n_top_genes=500)
+    assert p.n_genes == 500
+    assert "Platelet" not in p.classes and p.report["reference"]["dropped_classes"] == {"Platelet": 5}
+    assert "DC" not in p.classes and (p.query.y[p.query.labels == "DC"] == -1).all()
+    assert list(p.query.obs_names) == list(q.obs_names)
+    assert {"MALAT1", "LYZ", "CD74"} & set(p.genes)
+    # a nearest-centroid classifier on the prepared data already works on real PBMCs
+    cent = np.stack([p.train.X[p.train.y == k].mean(0) for k in range(len(p.classes))])
+    inq = p.query.y >= 0
+    d = ((p.query.X[inq, None, :] - cent[None]) ** 2).sum(-1)
+    assert (d.argmin(1) == p.query.y[inq]).mean() > 0.6

@@ -1,0 +1,207 @@
+"""Every bad input gives one clear DataError line (or a reported fix)."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from cellannot_core.data import prepare, validate_dataset
+from cellannot_core.data.validate import clean_labels
+from cellannot_core.errors import DataError
+from tests.conftest import make_synthetic
+
+
+def _with_x(a, fn):
+    X = a.X.toarray()
+    fn(X)
+    a.X = sp.csr_matrix(X)
+    return a
+
+
+def _prep(ref, q=None, **kw):
+    q = q if q is not None else make_synthetic(100, 120, 3, seed=9)
+    kw.setdefault("label_key", "cell_type")
+    return prepare(ref, q, **kw)
+
+
+def _one_line(exc) -> str:
+    msg = str(exc.value)
+    assert "\n" not in msg and "Traceback" not in msg
+    return msg
+
+
+def test_empty():
+    a = make_synthetic(50, 30)
+    with pytest.raises(DataError) as e:
+        validate_dataset(a[:0].copy(), name="reference")
+    assert "the reference is empty (0 cells x 30 genes)" in _one_line(e)
+    with pytest.raises(DataError, match=r"query is empty \(50 cells x 0 genes\)"):
+        _prep(make_synthetic(), a[:, :0].copy())
+
+
+@pytest.mark.parametrize("value,word", [(np.nan, "1 NaN"), (np.inf, "1 infinite")])
+def test_nan_inf(value, word):
+    a = _with_x(make_synthetic(), lambda X: X.__setitem__((3, 4), value))
+    with pytest.raises(DataError) as e:
+        _prep(a)
+    assert f"the reference matrix contains {word} values" in _one_line(e)
+
+
+def test_negative_counts():
+    a = _with_x(make_synthetic(), lambda X: X.__setitem__((0, 0), -2))
+    with pytest.raises(DataError) as e:
+        validate_dataset(a, name="reference")
+    assert "counts in X contain 1 negative values" in _one_line(e)
+
+
+def test_negative_in_counts_layer_found_by_full_check():
+    from cellannot_core.data.validate import check_values
+
+    X = sp.csr_matrix(np.array([[1.0, 2.0], [0.0, -1.0]]))
+    with pytest.raises(DataError, match="1 negative values"):
+        check_values(X, name="query")
+    check_values(X, name="query", state="lognorm")  # allowed there
+
+
+def test_no_usable_counts():
+    a = make_synthetic()
+    a.X = sp.csr_matrix(a.shape, dtype=np.float32)
+    with pytest.raises(DataError) as e:
+        _prep(make_synthetic(), a)
+    assert "the query has no usable counts: every value is zero" in _one_line(e)
+
+
+def test_duplicate_cell_and_gene_names_are_fixed_and_reported():
+    ref = make_synthetic(300, 120, 3, seed=1)
+    q = make_synthetic(100, 120, 3, seed=2)
+    q.obs_names = ["c0"] * 3 + [f"c{i}" for i in range(3, 100)]
+    names = list(ref.var_names)
+    names[5] = names[4]
+    ref.var_names = names
+    p = _prep(ref, q)
+    w = " | ".join(p.report["warnings"])
+    assert "the query has 2 duplicate cell names (e.g. c0)" in w
+    assert "the reference has 1 duplicate gene names (e.g. GENE4)" in w
+    assert list(p.query.obs_names[:4]) == ["c0", "c0-1", "c0-2", "c3"]
+    assert len(set(p.query.obs_names)) == 100
+    assert "GENE4-1" not in p.genes and "GENE5" not in p.genes  # only the first GENE4 matched
+    rep = validate_dataset(q, name="query")
+    assert any("duplicate cell names" in x for x in rep["warnings"])
+
+
+def test_missing_label_column_lists_columns():
+    ref = make_synthetic()
+    ref.obs["donor"] = "d1"
+    with pytest.raises(DataError) as e:
+        _prep(ref, label_key="celltype")
+    msg = _one_line(e)
+    assert "the reference has no label column 'celltype'" in msg and "cell_type, donor" in msg
+    with pytest.raises(DataError, match="the query has no label column 'truth'"):
+        _prep(make_synthetic(), query_label_key="truth")
+
+
+def test_single_class():
+    ref = make_synthetic(100, 120, 1)
+    with pytest.raises(DataError) as e:
+        _prep(ref)
+    assert "has a single class ('type0')" in _one_line(e) and "at least 2 cell types" in str(e.value)
+
+
+def test_small_classes_dropped_and_reported():
+    ref = make_synthetic(300, 120, 3, seed=1)
+    labels = ref.obs["cell_type"].astype(str).to_numpy()
+    labels[:4] = "rare"
+    ref.obs["cell_type"] = labels
+    p = _prep(ref, min_cells_per_class=10)
+    assert "rare" not in p.classes and p.classes == ["type0", "type1", "type2"]
+    assert p.report["reference"]["dropped_classes"] == {"rare": 4}
+    assert any("classes with fewer than 10 cells were dropped: rare (4); 4 cells" in w for w in p.report["warnings"])
+    assert p.train.n_obs + p.val.n_obs == 296
+    assert "cell0" not in set(p.train.obs_names) | set(p.val.obs_names)
+
+
+def test_too_few_classes_after_dropping():
+    ref = make_synthetic(100, 120, 2, seed=1)
+    labels = ref.obs["cell_type"].astype(str).to_numpy()
+    labels[:5] = "type1"
+    labels[5:] = "type0"
+    ref.obs["cell_type"] = labels
+    with pytest.raises(DataError) as e:
+        _prep(ref, min_cells_per_class=10)
+    assert "only 1 class(es) in the reference label column 'cell_type' have at least 10 cells" in _one_line(e)
+
+
+def test_missing_labels_dropped():
+    ref = make_synthetic(300, 120, 3, seed=1)
+    lab = ref.obs["cell_type"].astype(object).to_numpy()
+    lab[0], lab[1], lab[2], lab[3] = np.nan, "", "nan", " "
+    ref.obs["cell_type"] = lab
+    p = _prep(ref)
+    assert p.report["reference"]["n_missing_labels"] == 4
+    assert p.classes == ["type0", "type1", "type2"]
+    kept = set(p.train.obs_names) | set(p.val.obs_names)
+    assert not {"cell0", "cell1", "cell2", "cell3"} & kept and len(kept) == 296
+    assert any("4 reference cells have no label in 'cell_type'" in w for w in p.report["warnings"])
+
+
+def test_all_labels_missing():
+    keep_s = pd.Series([None, np.nan, ""])
+    with pytest.raises(DataError, match="has no labels"):
+        clean_labels(keep_s, label_key="ct")
+
+
+def test_zero_count_cells():
+    ref = _with_x(make_synthetic(300, 120, 3, seed=1), lambda X: X.__setitem__(slice(0, 2), 0))
+    q = _with_x(make_synthetic(100, 120, 3, seed=2), lambda X: X.__setitem__(slice(5, 8), 0))
+    p = _prep(ref, q)
+    assert p.report["reference"]["zero_count_cells_removed"] == 2
+    assert p.report["query"]["zero_count_cells"] == 3
+    assert p.query.n_obs == 100  # query keeps them
+    assert np.all(p.query.X[5:8] == 0)
+
+
+def test_validate_report_ok(synthetic_adata):
+    rep = validate_dataset(synthetic_adata, name="reference", label_key="cell_type")
+    assert rep["n_cells"] == 300 and rep["value_state"] == "counts"
+    assert rep["class_counts"] == synthetic_adata.obs["cell_type"].value_counts().sort_index().to_dict()
+    assert rep["warnings"] == []
+    import json
+
+    json.dumps(rep)
+
+
+def test_not_anndata():
+    with pytest.raises(DataError, match="not an AnnData"):
+        prepare(np.zeros((3, 3)), make_synthetic(), label_key="cell_type")
+
+
+def test_lognorm_x_without_counts_in_prepare():
+    import scanpy as sc
+
+    q = make_synthetic(100, 120, 3, seed=2)
+    sc.pp.normalize_total(q, target_sum=1e4)
+    sc.pp.log1p(q)
+    ref = make_synthetic(300, 120, 3, seed=1)
+    with pytest.raises(DataError, match="the query holds log-normalised values"):
+        _prep(ref, q)
+    p = _prep(ref, q, allow_lognorm=True)
+    assert p.report["counts_available"] is False
+    assert any("no raw counts" in w for w in p.report["warnings"])
+    np.testing.assert_allclose(p.query.X, q.X.toarray()[:, [q.var_names.get_loc(g) for g in p.genes]], rtol=1e-6)
+
+
+def test_adata_input_not_modified():
+    ref = make_synthetic(300, 120, 3, seed=1)
+    ref.obs_names = ["x"] * 300
+    before = ref.X.toarray().copy()
+    _prep(ref)
+    assert list(ref.obs_names[:2]) == ["x", "x"]
+    np.testing.assert_array_equal(ref.X.toarray(), before)
+
+
+def test_genes_do_not_match():
+    q = make_synthetic(100, 120, 3, seed=2, gene_prefix="OTHER")
+    with pytest.raises(DataError) as e:
+        _prep(make_synthetic(), q)
+    assert _one_line(e).startswith("only 0 of 120 reference genes found in the query")

@@ -1,0 +1,112 @@
+"""Value-state detection and finding the raw counts."""
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pytest
+import scanpy as sc
+import scipy.sparse as sp
+
+from cellannot_core.data import detect_value_state, get_counts
+from cellannot_core.errors import DataError
+from tests.conftest import make_synthetic
+
+pytestmark = pytest.mark.filterwarnings("ignore:zero-centering")
+
+
+def _lognorm(a):
+    b = a.copy()
+    sc.pp.normalize_total(b, target_sum=1e4)
+    sc.pp.log1p(b)
+    return b
+
+
+def test_detect_counts_lognorm_scaled(synthetic_adata):
+    a = synthetic_adata
+    assert detect_value_state(a.X) == "counts"
+    assert detect_value_state(a.X.toarray()) == "counts"
+    b = _lognorm(a)
+    assert detect_value_state(b.X) == "lognorm"
+    sc.pp.scale(b)
+    assert detect_value_state(b.X) == "scaled"
+    assert detect_value_state(sp.csr_matrix((5, 4))) == "counts"
+    # non-integer but large (CPM / estimated counts): treated as counts
+    assert detect_value_state(np.array([[0.5, 1500.25], [3.3, 0.0]])) == "counts"
+    assert detect_value_state(np.array([[0.5, 2.25], [3.3, 0.0]])) == "lognorm"
+    # float round-off on counts is tolerated
+    assert detect_value_state(np.array([[1.0000001, 2.0], [3.0, 0.0]], dtype=np.float32)) == "counts"
+
+
+def test_detect_uses_a_sample_but_is_stable():
+    rng = np.random.default_rng(0)
+    X = sp.random(5000, 50, density=0.1, format="csr", random_state=1, data_rvs=lambda n: rng.poisson(3, n) + 1.0)
+    assert detect_value_state(X, n_rows=100) == "counts"
+    X2 = X.copy()
+    X2.data = np.log1p(X2.data)
+    assert detect_value_state(X2, n_rows=100) == "lognorm"
+
+
+def test_counts_from_x(synthetic_adata):
+    c = get_counts(synthetic_adata, name="reference")
+    assert c.state == "counts" and "from X" in c.source
+    assert c.X.dtype == np.float32 and sp.isspmatrix_csr(c.X)
+    assert list(c.var_names) == list(synthetic_adata.var_names)
+
+
+def test_counts_from_layers(synthetic_adata):
+    a = _lognorm(synthetic_adata)
+    a.layers["counts"] = synthetic_adata.X.copy()
+    c = get_counts(a, name="query")
+    assert "layers['counts']" in c.source and "lognorm" in c.source
+    np.testing.assert_array_equal(c.X.toarray(), synthetic_adata.X.toarray())
+
+
+def test_counts_from_raw_with_more_genes(synthetic_adata):
+    full = synthetic_adata
+    a = _lognorm(full)
+    a.raw = full  # raw keeps all genes and counts
+    a = a[:, 10:50].copy()  # X now has fewer genes than raw
+    sc.pp.scale(a)
+    c = get_counts(a, name="reference")
+    assert "adata.raw.X" in c.source and f"({full.n_vars} genes)" in c.source
+    assert list(c.var_names) == list(full.var_names)
+    assert c.X.shape == full.shape
+    np.testing.assert_array_equal(c.X.toarray(), full.X.toarray())
+
+
+def test_no_counts_lognorm_raises_or_allowed(synthetic_adata):
+    a = _lognorm(synthetic_adata)
+    with pytest.raises(DataError, match="log-normalised values in X and no raw counts.*Provide raw counts in X, layers"):
+        get_counts(a, name="query")
+    c = get_counts(a, name="query", allow_lognorm=True)
+    assert c.state == "lognorm"
+    np.testing.assert_allclose(c.X.toarray(), a.X.toarray())
+
+
+def test_scaled_without_counts_raises(synthetic_adata):
+    a = _lognorm(synthetic_adata)
+    sc.pp.scale(a)
+    with pytest.raises(DataError, match="scaled values"):
+        get_counts(a, name="reference", allow_lognorm=True)
+
+
+def test_layer_that_is_not_counts_is_skipped(synthetic_adata):
+    a = _lognorm(synthetic_adata)
+    a.layers["counts"] = a.X.copy()  # mislabelled layer
+    with pytest.raises(DataError, match="no raw counts"):
+        get_counts(a, name="reference")
+
+
+def test_negative_integer_counts_message():
+    a = make_synthetic(50, 30)
+    X = a.X.toarray()
+    X[0, 0] = -3
+    a.X = sp.csr_matrix(X)
+    with pytest.raises(DataError, match="counts in X contain 1 negative values"):
+        get_counts(a, name="reference")
+
+
+def test_empty_anndata_x_none():
+    a = ad.AnnData(obs=None, var=None, shape=(3, 4))
+    with pytest.raises(DataError, match="no expression matrix"):
+        get_counts(a, name="query")

@@ -1,0 +1,274 @@
+"""Metrics against scikit-learn / straightforward reference implementations and hand examples."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    f1_score,
+    roc_auc_score,
+    silhouette_score,
+)
+
+from cellannot_core._constants import UNKNOWN
+from cellannot_core.metrics import (
+    LABEL_TRANSFER_KEYS,
+    RELIABILITY_COLUMNS,
+    accuracy,
+    accuracy_coverage_curve,
+    asw,
+    auroc,
+    balanced_accuracy,
+    ece,
+    label_transfer_metrics,
+    macro_f1,
+    median_f1,
+    per_class_f1,
+    per_type_ood_auroc,
+    reliability_curve,
+)
+
+
+# --------------------------------------------------------------------------- references
+def ece_reference(conf, correct, n_bins=15):
+    """Loop over bins [lo, hi) (last bin closed), sum_b n_b/N |acc_b - conf_b|."""
+    conf = np.asarray(conf, dtype=float)
+    correct = np.asarray(correct, dtype=float)
+    total = 0.0
+    for b in range(n_bins):
+        lo, hi = b / n_bins, (b + 1) / n_bins
+        if b == n_bins - 1:
+            in_bin = [(lo <= c <= hi) for c in conf]
+        else:
+            in_bin = [(lo <= c < hi) for c in conf]
+        idx = [i for i, flag in enumerate(in_bin) if flag]
+        if not idx:
+            continue
+        acc_b = sum(correct[i] for i in idx) / len(idx)
+        conf_b = sum(conf[i] for i in idx) / len(idx)
+        total += len(idx) / len(conf) * abs(acc_b - conf_b)
+    return total
+
+
+def median_f1_reference(truth, pred, unknown=UNKNOWN):
+    """Abdelaal et al.: drop cells predicted Unknown, per-class F1, 0 if never predicted."""
+    pairs = [(t, p) for t, p in zip(truth, pred) if p != unknown and t != unknown]
+    f1s = []
+    for c in sorted(set(truth) - {unknown}):
+        tp = sum(1 for t, p in pairs if t == c and p == c)
+        fp = sum(1 for t, p in pairs if t != c and p == c)
+        fn = sum(1 for t, p in pairs if t == c and p != c)
+        f1s.append(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
+    return float(np.median(f1s))
+
+
+@pytest.fixture
+def rand_labels():
+    rng = np.random.default_rng(0)
+    classes = np.array(["a", "b", "c", "d"])
+    truth = classes[rng.integers(0, 4, 400)]
+    pred = np.where(rng.random(400) < 0.7, truth, classes[rng.integers(0, 4, 400)]).astype(object)
+    pred[rng.random(400) < 0.1] = UNKNOWN
+    return truth, pred
+
+
+# --------------------------------------------------------------------------- classification
+@pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")
+def test_accuracy_balanced_macro_match_sklearn(rand_labels):
+    t, p = rand_labels
+    assert accuracy(t, p) == pytest.approx(accuracy_score(t, p))
+    assert balanced_accuracy(t, p) == pytest.approx(balanced_accuracy_score(t, p.astype(str)))
+    assert macro_f1(t, p) == pytest.approx(
+        f1_score(t, p.astype(str), labels=["a", "b", "c", "d"], average="macro", zero_division=0)
+    )
+
+
+def test_classification_edge_cases():
+    assert accuracy(["a", "b"], ["a", "b"]) == 1.0
+    assert macro_f1(["a", "b"], ["a", "b"]) == 1.0
+    assert median_f1(["a", "b"], ["a", "b"]) == 1.0
+    assert balanced_accuracy(["a", "a"], ["a", "a"]) == 1.0  # one class
+    assert macro_f1(["a", "a", "a"], ["a", "b", "a"]) == pytest.approx(0.8)  # labels = truth only
+    assert math.isnan(accuracy([], []))
+    assert math.isnan(macro_f1([], []))
+    assert math.isnan(median_f1([], []))
+    assert math.isnan(balanced_accuracy([], []))
+    with pytest.raises(ValueError):
+        accuracy(["a"], ["a", "b"])
+    # pandas categoricals work
+    assert accuracy(pd.Categorical(["a", "b"]), pd.Series(["a", "c"])) == 0.5
+
+
+def test_median_f1_hand_example():
+    truth = ["a", "a", "a", "b", "b", "c"]
+    pred = ["a", "a", UNKNOWN, "b", "a", UNKNOWN]
+    # kept: (a,a) (a,a) (b,b) (b,a); a: TP2 FP1 FN0 -> 0.8; b: TP1 FN1 -> 2/3; c never predicted -> 0
+    f1 = per_class_f1(truth, pred)
+    assert f1 == pytest.approx({"a": 0.8, "b": 2 / 3, "c": 0.0})
+    assert median_f1(truth, pred) == pytest.approx(2 / 3)
+    # without the exclusion Unknown counts as a miss: a -> 2*2/(4+1+1)
+    assert per_class_f1(truth, pred, unknown=None)["a"] == pytest.approx(4 / 6)
+    assert median_f1(["a", "a"], [UNKNOWN, UNKNOWN]) == 0.0
+
+
+def test_median_f1_matches_reference(rand_labels):
+    t, p = rand_labels
+    assert median_f1(t, p) == pytest.approx(median_f1_reference(list(t), list(p)))
+
+
+# --------------------------------------------------------------------------- calibration
+def test_ece_hand_example():
+    # bins (15): 0.0 -> bin 0, 0.8 -> bin 12, 0.9 -> bin 13, 1.0 -> bin 14 (last)
+    conf = [0.9, 0.8, 1.0, 0.0]
+    correct = [1, 0, 1, 0]
+    # gaps: |1-0.9| = 0.1, |0-0.8| = 0.8, |1-1| = 0, |0-0| = 0 -> (0.1 + 0.8) / 4
+    assert ece(conf, correct) == pytest.approx(0.225)
+    # two cells sharing a bin: |0.5 - 0.75| with both in [0.7333, 0.8)
+    assert ece([0.74, 0.76], [1, 0]) == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize("n_bins", [1, 5, 15, 20])
+def test_ece_matches_loop(n_bins):
+    rng = np.random.default_rng(n_bins)
+    conf = rng.random(300)
+    conf[:5] = [0.0, 1.0, 0.5, 1 / 3, 2 / 3]
+    correct = rng.random(300) < conf
+    assert ece(conf, correct, n_bins=n_bins) == pytest.approx(ece_reference(conf, correct, n_bins))
+
+
+def test_ece_edge_cases():
+    assert ece([1.0, 1.0, 1.0], [True, True, True]) == 0.0  # all correct, fully confident
+    assert ece([0.0, 0.0], [False, False]) == 0.0
+    assert ece([1.0, 1.0], [False, False]) == pytest.approx(1.0)
+    assert math.isnan(ece([], []))
+    with pytest.raises(ValueError):
+        ece([1.2], [1])
+    with pytest.raises(ValueError):
+        ece([np.nan], [1])
+
+
+def test_reliability_curve():
+    conf = np.array([0.0, 1.0, 0.05, 0.95, 0.96, 0.5])
+    correct = np.array([0, 1, 1, 1, 0, 1])
+    curve = reliability_curve(conf, correct, n_bins=10)
+    assert tuple(curve.columns) == RELIABILITY_COLUMNS
+    assert len(curve) == 10
+    assert curve["lower"].iloc[0] == 0.0 and curve["upper"].iloc[-1] == 1.0
+    assert curve["count"].sum() == 6
+    assert curve["count"].iloc[0] == 2  # 0.0 and 0.05 in the first bin
+    assert curve["count"].iloc[-1] == 3  # 0.95, 0.96 and exactly 1.0 in the last bin
+    assert curve["accuracy"].iloc[0] == pytest.approx(0.5)
+    assert curve["mean_confidence"].iloc[-1] == pytest.approx((0.95 + 0.96 + 1.0) / 3)
+    assert curve["accuracy"].iloc[-1] == pytest.approx(2 / 3)
+    assert curve["count"].iloc[5] == 1  # 0.5 -> [0.5, 0.6)
+    assert np.isnan(curve["accuracy"].iloc[2]) and curve["count"].iloc[2] == 0
+
+
+# --------------------------------------------------------------------------- ranking
+def test_auroc_matches_sklearn_and_nan_for_one_class():
+    rng = np.random.default_rng(1)
+    y = rng.random(200) < 0.3
+    s = rng.normal(size=200) + y
+    s[:10] = 0.0  # ties
+    assert auroc(s, y) == pytest.approx(roc_auc_score(y, s))
+    assert auroc([0.1, 0.9], [False, True]) == 1.0
+    assert math.isnan(auroc([0.1, 0.2], [False, False]))
+    assert math.isnan(auroc([0.1, 0.2], [True, True]))
+    assert math.isnan(auroc([], []))
+
+
+def test_accuracy_coverage_curve_matches_brute_force():
+    rng = np.random.default_rng(2)
+    s = np.round(rng.random(100), 1)  # many ties
+    c = rng.random(100) < s
+    curve = accuracy_coverage_curve(s, c)
+    thresholds = np.sort(np.unique(s))[::-1]
+    assert np.allclose(curve["threshold"], thresholds)
+    for t, cov, acc, k in curve.itertuples(index=False):
+        kept = s >= t
+        assert cov == pytest.approx(kept.mean())
+        assert acc == pytest.approx(c[kept].mean())
+        assert k == kept.sum()
+    assert curve["coverage"].iloc[-1] == 1.0
+    # reversed direction: OOD score, low = confident
+    rev = accuracy_coverage_curve(-s, c, higher_is_confident=False)
+    assert np.allclose(rev["accuracy"], curve["accuracy"])
+    assert len(accuracy_coverage_curve([], [])) == 0
+
+
+# --------------------------------------------------------------------------- latent
+def test_asw_matches_sklearn_and_subsamples():
+    rng = np.random.default_rng(3)
+    Z = np.vstack([rng.normal(0, 1, (60, 5)), rng.normal(3, 1, (60, 5))])
+    y = np.repeat(["a", "b"], 60)
+    assert asw(Z, y) == pytest.approx((silhouette_score(Z, y) + 1) / 2)
+    far = np.vstack([rng.normal(0, 0.01, (30, 2)), rng.normal(100, 0.01, (30, 2))])
+    assert asw(far, np.repeat(["a", "b"], 30)) > 0.99
+    # subsampling: seeded, deterministic, close to the full value
+    a1 = asw(Z, y, max_cells=50, seed=0)
+    assert a1 == asw(Z, y, max_cells=50, seed=0)
+    assert 0 <= a1 <= 1 and abs(a1 - asw(Z, y)) < 0.1
+    assert math.isnan(asw(Z, np.repeat("a", 120)))  # one label
+
+
+# --------------------------------------------------------------------------- label transfer
+@pytest.fixture
+def hand_case():
+    classes = ["A", "B", "C"]
+    #        --------------- in-distribution (8) ---------------  --- novel (3) ---
+    truth = ["A", "A", "A", "A", "B", "B", "B", "C", "X", "X", "Y"]
+    raw = ["A", "A", "B", "A", "B", "B", "B", "A", "A", "B", "C"]
+    final = ["A", "A", UNKNOWN, "A", "B", "B", UNKNOWN, UNKNOWN, UNKNOWN, "B", UNKNOWN]
+    conf = [0.95, 0.95, 0.5, 0.95, 0.7, 0.7, 0.7, 0.5, 0.99, 0.2, 0.3]
+    ood = [0.1, 0.2, 0.5, 0.1, 0.3, 0.3, 0.6, 0.9, 0.8, 0.4, 0.95]
+    return truth, raw, final, conf, ood, classes
+
+
+def test_label_transfer_metrics_by_hand(hand_case):
+    m = label_transfer_metrics(*hand_case)
+    assert tuple(m) == LABEL_TRANSFER_KEYS
+    assert m["n_in"] == 8 and m["n_novel"] == 3
+    assert m["acc_in"] == pytest.approx(6 / 8)
+    # A: TP3 FP1 FN1 -> 6/8; B: TP3 FP1 FN0 -> 6/7; C: never predicted -> 0
+    assert m["f1_in"] == pytest.approx((0.75 + 6 / 7 + 0) / 3)
+    assert m["median_f1_in"] == pytest.approx(0.75)
+    assert m["balanced_acc_in"] == pytest.approx((3 / 4 + 1 + 0) / 3)
+    # bins: 0.95 x3 (all right): gap .05; 0.5 x2 (both wrong): gap .5; 0.7 x3 (right): gap .3
+    assert m["ece_in"] == pytest.approx(3 / 8 * 0.05 + 2 / 8 * 0.5 + 3 / 8 * 0.3)
+    # novel 0.8 beats 7 of 8 in-dist, 0.4 beats 5, 0.95 beats 8 -> 20/24
+    assert m["auroc_ood"] == pytest.approx(20 / 24)
+    # truth_open A A A A B B B C U U U vs final: right at cells 1,2,4,5,6,9,11
+    assert m["acc_open"] == pytest.approx(7 / 11)
+    assert m["reject_in"] == pytest.approx(3 / 8)
+    assert m["reject_novel"] == pytest.approx(2 / 3)
+
+
+def test_per_type_ood_auroc_by_hand(hand_case):
+    truth, _, _, _, ood, classes = hand_case
+    assert per_type_ood_auroc(truth, ood, classes) == pytest.approx({"X": 12 / 16, "Y": 1.0})
+    assert per_type_ood_auroc(truth[:8], ood[:8], classes) == {}
+
+
+def test_label_transfer_no_novel_and_all_correct():
+    truth = ["A", "B", "A", "B"]
+    m = label_transfer_metrics(truth, truth, truth, [1.0, 1.0, 1.0, 1.0], [0.1, 0.2, 0.3, 0.4], ["A", "B"])
+    assert m["n_novel"] == 0
+    assert math.isnan(m["auroc_ood"]) and math.isnan(m["reject_novel"])
+    assert m["acc_in"] == m["f1_in"] == m["acc_open"] == m["balanced_acc_in"] == m["median_f1_in"] == 1.0
+    assert m["ece_in"] == 0.0 and m["reject_in"] == 0.0
+
+
+def test_label_transfer_only_novel():
+    m = label_transfer_metrics(["X", "Y"], ["A", "A"], [UNKNOWN, "A"], [0.5, 0.9], [0.9, 0.1], ["A"])
+    assert m["n_in"] == 0 and m["n_novel"] == 2
+    assert math.isnan(m["acc_in"]) and math.isnan(m["ece_in"]) and math.isnan(m["auroc_ood"])
+    assert m["acc_open"] == 0.5 and m["reject_novel"] == 0.5
+
+
+def test_label_transfer_length_mismatch():
+    with pytest.raises(ValueError, match="confidence"):
+        label_transfer_metrics(["A"], ["A"], ["A"], [0.5, 0.5], [0.1], ["A"])

@@ -1,0 +1,259 @@
+"""Figure builders: trace counts, point counts and data checked against independent maths."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import plotly.io as pio
+import pytest
+from sklearn.metrics import roc_auc_score, roc_curve
+
+from cellannot_core._constants import UNKNOWN
+from cellannot_core.metrics import accuracy_coverage_curve, ece, reliability_curve
+from cellannot_core.plots import (
+    PALETTE,
+    UNKNOWN_COLOR,
+    accuracy_coverage_figure,
+    category_colors,
+    class_counts_bar,
+    contingency_table,
+    label_heatmap,
+    latent_scatter,
+    reliability_diagram,
+    roc_curve_figure,
+    score_histogram,
+    training_curves,
+)
+
+
+def _is_white(fig: go.Figure) -> bool:
+    return fig.layout.template == pio.templates["plotly_white"]
+
+
+def _n_points(fig: go.Figure) -> int:
+    """Points drawn (legend-only key traces have x == (None,))."""
+    return sum(len(t.x) for t in fig.data if t.x is not None and not (len(t.x) == 1 and t.x[0] is None))
+
+
+@pytest.fixture
+def pred_query():
+    rng = np.random.default_rng(0)
+    pred = rng.choice(["T cell", "B cell", "NK", UNKNOWN], size=300, p=[0.4, 0.3, 0.2, 0.1])
+    query = rng.choice(["c2", "c10", "c1"], size=300)
+    return pred, query
+
+
+# --------------------------------------------------------------------------- palette
+def test_palette_unknown_grey_and_distinct():
+    colors = category_colors(["b", UNKNOWN, "a", "c"])
+    assert colors[UNKNOWN] == UNKNOWN_COLOR
+    assert colors["b"] == PALETTE[0] and colors["a"] == PALETTE[1]
+    assert UNKNOWN_COLOR not in PALETTE and len(set(PALETTE)) == len(PALETTE)
+    assert category_colors([UNKNOWN], {UNKNOWN: "#ff0000"})[UNKNOWN] == UNKNOWN_COLOR
+
+
+# --------------------------------------------------------------------------- heatmap
+def test_contingency_table(pred_query):
+    pred, query = pred_query
+    counts, pct = contingency_table(pred, query)
+    assert list(counts.index) == ["B cell", "NK", "T cell", UNKNOWN]  # Unknown last
+    assert list(counts.columns) == ["c1", "c2", "c10"]  # natural order
+    for r in counts.index:
+        for c in counts.columns:
+            assert counts.loc[r, c] == np.sum((pred == r) & (query == c))
+    assert np.allclose(pct.sum(axis=1), 100.0)
+    _, pct_col = contingency_table(pred, query, normalize="col")
+    assert np.allclose(pct_col.sum(axis=0), 100.0)
+    _, pct_all = contingency_table(pred, query, normalize="all")
+    assert pct_all.to_numpy().sum() == pytest.approx(100.0)
+    c2, _ = contingency_table(pred, query, row_order=["NK", "ghost"])
+    assert list(c2.index)[:2] == ["NK", "ghost"] and c2.loc["ghost"].sum() == 0
+    _, p2 = contingency_table(pred, query, row_order=["ghost"])
+    assert (p2.loc["ghost"] == 0).all()  # empty row -> 0, not NaN
+    with pytest.raises(ValueError):
+        contingency_table(["a"], ["a", "b"])
+
+
+def test_label_heatmap_values(pred_query):
+    pred, query = pred_query
+    fig = label_heatmap(pred, query)
+    assert isinstance(fig, go.Figure) and _is_white(fig)
+    assert len(fig.data) == 1 and isinstance(fig.data[0], go.Heatmap)
+    h = fig.data[0]
+    rows, cols = list(h.y), list(h.x)
+    assert rows[-1] == UNKNOWN
+    expected = np.zeros((len(rows), len(cols)))
+    for i, r in enumerate(rows):
+        n_r = np.sum(pred == r)
+        for j, c in enumerate(cols):
+            expected[i, j] = 100.0 * np.sum((pred == r) & (query == c)) / n_r
+    assert np.allclose(np.asarray(h.z, dtype=float), expected)
+    # text annotations carry the counts and percents
+    n00 = int(np.sum((pred == rows[0]) & (query == cols[0])))
+    assert h.text[0][0].startswith(f"{n00:,}<br>") and h.text[0][0].endswith("%")
+    assert h.texttemplate == "%{text}"
+    assert fig.layout.yaxis.title.text == "Reference label (predicted)"
+    assert fig.layout.xaxis.title.text == "Query label"
+    assert fig.layout.yaxis.autorange == "reversed"
+
+
+# --------------------------------------------------------------------------- calibration
+def test_reliability_diagram():
+    rng = np.random.default_rng(1)
+    conf = rng.random(400)
+    correct = rng.random(400) < conf**2
+    curves = {"before": reliability_curve(conf, correct), "after": reliability_curve(conf**2, correct)}
+    e_before = ece(conf, correct)
+    fig = reliability_diagram(curves, {"before": e_before})
+    assert _is_white(fig)
+    assert len(fig.data) == 1 + 2 * 2  # diagonal + line and bars per curve
+    assert list(fig.data[0].x) == [0, 1] and list(fig.data[0].y) == [0, 1]
+    line = fig.data[1]
+    filled = curves["before"][curves["before"]["count"] > 0]
+    assert np.allclose(line.y, filled["accuracy"]) and np.allclose(line.x, filled["mean_confidence"])
+    assert f"ECE {e_before:.3f}" in line.name
+    # ECE computed from the curve when not given
+    assert f"ECE {ece(conf**2, correct):.3f}" in fig.data[2].name
+    bars = [t for t in fig.data if isinstance(t, go.Bar)]
+    assert len(bars) == 2 and np.sum(bars[0].y) == 400
+    assert fig.layout.xaxis2.title.text == "Confidence" and fig.layout.yaxis.title.text == "Accuracy"
+
+
+def test_score_histogram():
+    rng = np.random.default_rng(2)
+    scores = {"reference validation": rng.normal(size=100), "query": np.r_[rng.normal(1, 1, 80), np.nan]}
+    fig = score_histogram(scores, 0.7, title="OOD score", x_title="Energy")
+    assert len(fig.data) == 2 and all(isinstance(t, go.Histogram) for t in fig.data)
+    assert len(fig.data[0].x) == 100 and len(fig.data[1].x) == 80  # NaN dropped
+    assert all(t.histnorm == "probability" for t in fig.data)
+    assert fig.data[0].xbins.size == fig.data[1].xbins.size  # shared bins
+    assert len(fig.layout.shapes) == 1 and fig.layout.shapes[0].x0 == 0.7
+    assert fig.layout.xaxis.title.text == "Energy" and "OOD score" in fig.layout.title.text
+    assert len(score_histogram(scores, None).layout.shapes) == 0
+
+
+def test_roc_curve_figure():
+    rng = np.random.default_rng(3)
+    y = rng.random(200) < 0.3
+    s = rng.normal(size=200) + 1.5 * y
+    fig = roc_curve_figure(s, y, name="energy")
+    assert len(fig.data) == 2  # chance + curve
+    auc = roc_auc_score(y, s)
+    assert fig.data[1].name == f"energy (AUROC {auc:.3f})"
+    fpr, tpr, _ = roc_curve(y, s)
+    assert np.allclose(fig.data[1].x, fpr) and np.allclose(fig.data[1].y, tpr)
+    fig2 = roc_curve_figure({"a": (s, y), "b": (-s, y), "none": (s, np.zeros(200, bool))})
+    assert len(fig2.data) == 3
+    assert "AUROC n/a" in fig2.layout.annotations[0].text
+    with pytest.raises(ValueError):
+        roc_curve_figure(s)
+
+
+def test_accuracy_coverage_figure():
+    rng = np.random.default_rng(4)
+    conf = rng.random(150)
+    correct = rng.random(150) < conf
+    fig = accuracy_coverage_figure(conf, correct, name="model", threshold=0.5)
+    curve = accuracy_coverage_curve(conf, correct)
+    assert len(fig.data) == 2
+    assert np.allclose(fig.data[0].x, curve["coverage"]) and np.allclose(fig.data[0].y, curve["accuracy"])
+    kept = conf >= 0.5
+    assert fig.data[1].x[0] == pytest.approx(kept.mean())
+    assert fig.data[1].y[0] == pytest.approx(correct[kept].mean())
+    assert len(accuracy_coverage_figure({"a": (conf, correct), "b": (conf**2, correct)}).data) == 2
+
+
+# --------------------------------------------------------------------------- latent scatter
+def test_latent_scatter_categorical():
+    rng = np.random.default_rng(5)
+    xy = rng.normal(size=(500, 2))
+    lab = rng.choice(["B cell", "T cell", UNKNOWN], size=500)
+    fig = latent_scatter(xy, lab, title="UMAP", hover={"cell": np.arange(500)})
+    assert _is_white(fig)
+    assert all(isinstance(t, go.Scattergl) for t in fig.data)
+    assert len(fig.data) == 3 and _n_points(fig) == 500
+    by_name = {t.name: t for t in fig.data}
+    assert by_name[UNKNOWN].marker.color == UNKNOWN_COLOR
+    assert by_name["T cell"].marker.color != UNKNOWN_COLOR
+    assert len(by_name["B cell"].x) == np.sum(lab == "B cell")
+    sel = lab == "B cell"
+    assert np.allclose(np.sort(by_name["B cell"].x), np.sort(xy[sel, 0]))
+    assert by_name["B cell"].text[0].startswith("cell: ")
+    assert "showing" not in fig.layout.title.text
+    assert fig.layout.meta == {"n_total": 500, "n_shown": 500}
+    # Unknown last in the legend
+    assert by_name[UNKNOWN].legendrank > by_name["T cell"].legendrank
+
+
+def test_latent_scatter_subsample_note_and_seed():
+    rng = np.random.default_rng(6)
+    xy = rng.normal(size=(1200, 2))
+    lab = rng.choice(list("abc"), size=1200)
+    fig = latent_scatter(xy, lab, title="Latent", max_points=1000, seed=1)
+    assert _n_points(fig) == 1000
+    assert "showing 1,000 of 1,200 cells" in fig.layout.title.text
+    again = latent_scatter(xy, lab, title="Latent", max_points=1000, seed=1)
+    assert np.array_equal(fig.data[0].x, again.data[0].x)
+
+
+def test_latent_scatter_generated_symbols():
+    rng = np.random.default_rng(7)
+    xy = rng.normal(size=(600, 2))
+    lab = rng.choice(["a", "b"], size=600)
+    sym = np.where(np.arange(600) < 40, "generated", "real")
+    fig = latent_scatter(xy, lab, symbol=sym, max_points=300)
+    real = [t for t in fig.data if t.x is not None and t.marker.symbol == "circle" and t.x[0] is not None]
+    gen = [t for t in fig.data if t.x is not None and t.marker.symbol == "diamond" and t.x[0] is not None]
+    assert sum(len(t.x) for t in gen) == 40  # generated cells kept when subsampling
+    assert sum(len(t.x) for t in real) == 260
+    assert _n_points(fig) == 300
+    assert all(t.marker.opacity > real[0].marker.opacity for t in gen)
+    keys = [t.name for t in fig.data if t.legendgroup == "__symbols__"]
+    assert keys == ["real", "generated"]
+
+
+def test_latent_scatter_continuous():
+    rng = np.random.default_rng(8)
+    xy = rng.normal(size=(200, 2))
+    val = rng.random(200)
+    val[0] = np.nan
+    fig = latent_scatter(xy, val, continuous=True, color_title="confidence")
+    assert len(fig.data) == 2  # values + "no value"
+    assert np.allclose(fig.data[0].marker.color, val[1:])
+    assert fig.data[0].marker.coloraxis == "coloraxis"
+    assert fig.layout.coloraxis.colorbar.title.text == "confidence"
+    assert fig.data[1].marker.color == UNKNOWN_COLOR and len(fig.data[1].x) == 1
+    with pytest.raises(ValueError):
+        latent_scatter(xy[:, :1], val)
+
+
+# --------------------------------------------------------------------------- training, counts
+def test_training_curves():
+    hist = [{"loss": 1.0, "val_loss": 1.2, "val_acc": 0.5, "lr": 1e-3},
+            {"loss": 0.6, "val_loss": 0.9, "val_acc": 0.7, "lr": 1e-3},
+            {"loss": 0.4, "val_loss": 0.8, "val_acc": 0.8, "lr": 1e-3}]
+    fig = training_curves(hist)
+    assert [t.name for t in fig.data] == ["loss", "val_loss", "val_acc"]
+    assert list(fig.data[0].x) == [1, 2, 3] and list(fig.data[2].y) == [0.5, 0.7, 0.8]
+    assert fig.data[2].yaxis == "y2" and fig.layout.xaxis2.title.text == "Epoch"
+    only_loss = training_curves([{"loss": 1.0}, {"loss": float("nan")}])
+    assert len(only_loss.data) == 1 and np.isnan(only_loss.data[0].y[1])
+
+
+def test_class_counts_bar():
+    lab = ["b"] * 5 + ["a"] * 7 + [UNKNOWN] * 9 + ["c"]
+    fig = class_counts_bar(lab)
+    bar = fig.data[0]
+    assert list(bar.x) == ["a", "b", "c", UNKNOWN]  # by count, Unknown last
+    assert list(bar.y) == [7, 5, 1, 9]
+    assert bar.marker.color[-1] == UNKNOWN_COLOR
+    grouped = class_counts_bar({"reference": lab, "query": ["a", "d"]})
+    assert len(grouped.data) == 2 and [t.name for t in grouped.data] == ["reference", "query"]
+    q = dict(zip(grouped.data[1].x, grouped.data[1].y))
+    assert q["a"] == 1 and q["d"] == 1 and q["b"] == 0
+
+
+def test_all_figures_serialise(pred_query):
+    pred, query = pred_query
+    for fig in (label_heatmap(pred, query), class_counts_bar(pred)):
+        assert isinstance(pio.to_json(fig), str)

@@ -1,0 +1,112 @@
+"""Session-state keys (constants), their defaults in one dict, and ``init_state()``.
+
+Only small things live in the session: the loaded datasets (AnnData objects, per session),
+the chosen columns/options and the *id* of the current run. Everything about a run (status,
+progress, results) lives in its run directory, so it survives reruns, page switches and a
+browser refresh.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import streamlit as st
+
+
+class StateKeys:
+    """Session-state keys that persist across pages (never used as widget keys)."""
+
+    REFERENCE = "reference_adata"  # AnnData
+    QUERY = "query_adata"  # AnnData
+    REFERENCE_INFO = "reference_info"  # dict: id, name, source
+    QUERY_INFO = "query_info"
+    LABEL_KEY = "label_key"  # reference obs column
+    QUERY_LABEL_KEY = "query_label_key"  # query obs column or None
+    QC = "qc"  # dict(min_genes=, min_counts=, max_pct_mito=) or None
+    DEMO = "demo_loaded"  # bool
+    RUN_ID = "current_run_id"  # id of the run the result pages show
+
+
+class WidgetKeys:
+    """Keys of widgets that tests (and callbacks) address; prefixed so they never clash."""
+
+    DEMO_BUTTON = "w_demo"
+    UPLOAD = "w_upload_{role}"
+    PATH = "w_path_{role}"
+    PATH_BUTTON = "w_path_load_{role}"
+    LABEL_PICKER = "w_label_key"
+    QUERY_LABEL_PICKER = "w_query_label_key"
+    QC_ON = "w_qc_on"
+    QC_MIN_GENES = "w_qc_min_genes"
+    QC_MIN_COUNTS = "w_qc_min_counts"
+    QC_MAX_MITO = "w_qc_max_mito"
+    CHECK_BUTTON = "w_check_pair"
+    MODEL = "w_model"
+    HPARAM = "w_hp_{model}_{name}"
+    DEVICE = "w_device"
+    SEED = "w_seed"
+    QUICK = "w_quick"
+    QUICK_EPOCHS = "w_quick_epochs"
+    N_TOP_GENES = "w_n_top_genes"
+    ACCEPT = "w_accept"
+    N_GENERATE = "w_n_generate"
+    START = "w_start"
+    CANCEL = "w_cancel"
+    RUN_PICKER = "w_run_pick"
+    OPEN_RUN = "w_open_run"
+    NORMALIZE = "w_heat_norm"
+    FILTER_LABELS = "w_filter_labels"
+    FILTER_CONF = "w_filter_conf"
+    FILTER_UNKNOWN = "w_filter_unknown"
+    EMBED_METHOD = "w_embed_method"
+    COLOR_BY = "w_color_by"
+    SHOW_GENERATED = "w_show_generated"
+    SCORE_METHOD = "w_score_method"
+    THRESHOLD = "w_threshold_{run}_{method}"
+
+
+DEFAULTS: dict[str, Any] = {
+    StateKeys.REFERENCE: None,
+    StateKeys.QUERY: None,
+    StateKeys.REFERENCE_INFO: None,
+    StateKeys.QUERY_INFO: None,
+    StateKeys.LABEL_KEY: None,
+    StateKeys.QUERY_LABEL_KEY: None,
+    StateKeys.QC: None,
+    StateKeys.DEMO: False,
+    StateKeys.RUN_ID: None,
+}
+
+ROLES = ("reference", "query")
+DATA_KEY = {"reference": StateKeys.REFERENCE, "query": StateKeys.QUERY}
+INFO_KEY = {"reference": StateKeys.REFERENCE_INFO, "query": StateKeys.QUERY_INFO}
+
+
+def init_state() -> None:
+    """Set every missing key to its default (idempotent; call at the top of every page)."""
+    for key, value in DEFAULTS.items():
+        if key not in st.session_state:
+            st.session_state[key] = copy.deepcopy(value)
+
+
+def get(key: str) -> Any:
+    return st.session_state.get(key, DEFAULTS.get(key))
+
+
+def put(key: str, value: Any) -> None:
+    st.session_state[key] = value
+
+
+def data_loaded() -> bool:
+    """Both datasets are in the session."""
+    return get(StateKeys.REFERENCE) is not None and get(StateKeys.QUERY) is not None
+
+
+def require_data() -> None:
+    """Stop the page with a pointer to the Data page when data or the label column are missing."""
+    if not data_loaded():
+        st.info("Load data first on the **Data** page (or click *Try the demo* on Home).")
+        st.stop()
+    if not get(StateKeys.LABEL_KEY):
+        st.info("Pick the reference label column on the **Data** page first.")
+        st.stop()
