@@ -34,7 +34,8 @@ LABEL_KEY = "cell_type_harmonized"
 METRICS = ("acc_in", "f1_in", "ece_in", "auroc_ood", "acc_open", "reject_in", "reject_novel")
 
 
-def run_one(task: str, model: str, seed: int, hparams: dict, accept: float, max_epochs: int | None) -> dict:
+def run_one(task: str, model: str, seed: int, hparams: dict, accept: float, max_epochs: int | None,
+            shift_correction: str = "median") -> dict:
     from cellannot_core.data import read_dataset
     from cellannot_core.metrics import auroc
     from cellannot_core.pipeline import AnnotateOptions, predict, prepare_data, query_metrics, train_model
@@ -42,12 +43,13 @@ def run_one(task: str, model: str, seed: int, hparams: dict, accept: float, max_
     ref_f, q_f = TASKS[task]
     ref, q = read_dataset(DATA / ref_f, name="reference"), read_dataset(DATA / q_f, name="query")
     opts = AnnotateOptions(label_key=LABEL_KEY, query_label_key=LABEL_KEY, model=model, hparams=dict(hparams),
-                           seed=seed, device="auto", accept=accept, max_epochs=max_epochs)
+                           seed=seed, device="auto", accept=accept, max_epochs=max_epochs,
+                           shift_correction=shift_correction)
     prep = prepare_data(ref, q, opts)
     t0 = time.time()
     m = train_model(prep, opts)
     secs = time.time() - t0
-    p = predict(m, prep.query.X)
+    p = predict(m, prep.query.X)  # validation threshold with the default shift correction
     qm = query_metrics(prep, p, m.classes)
     labels = prep.query.labels
     known = labels != ""
@@ -57,7 +59,7 @@ def run_one(task: str, model: str, seed: int, hparams: dict, accept: float, max_
             "diverged": bool(m.history.get("diverged", False)), "recoveries": m.history.get("recoveries", 0),
             "epochs": len(m.history.get("epochs", [])), "ood_method": m.ood_method,
             **{k: qm.get(k) for k in METRICS}, "per_type_auroc": qm.get("per_type_auroc", {}),
-            "score_auroc": score_auroc, "temperature": m.temperature}
+            "score_auroc": score_auroc, "temperature": m.temperature, "shift_factor": p.shift_factor}
 
 
 def fmt(v) -> str:
@@ -72,6 +74,7 @@ def main() -> None:
     ap.add_argument("--hparam", action="append", default=[], metavar="NAME=VALUE")
     ap.add_argument("--accept", type=float, default=0.95)
     ap.add_argument("--max-epochs", type=int, default=None)
+    ap.add_argument("--shift-correction", default="median", choices=("median", "none"))
     ap.add_argument("--json", default=None, help="write all runs to this JSON file")
     args = ap.parse_args()
     if not DATA.is_dir():
@@ -82,7 +85,7 @@ def main() -> None:
     for task in args.tasks:
         for model in args.models:
             for seed in range(args.seeds):
-                r = run_one(task, model, seed, hparams, args.accept, args.max_epochs)
+                r = run_one(task, model, seed, hparams, args.accept, args.max_epochs, args.shift_correction)
                 runs.append(r)
                 print(f"{task:10s} {model:7s} {seed:4d} " + " ".join(f"{fmt(r[k]):>12s}" for k in METRICS)
                       + f"  {str(r['diverged']):>8s} {r['train_seconds']:8.1f} {r['epochs']:7d}", flush=True)

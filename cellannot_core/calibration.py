@@ -5,6 +5,9 @@ import numpy as np
 import torch
 
 
+T_MIN, T_MAX = 0.05, 100.0
+
+
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     z = np.asarray(logits, dtype=np.float64) / float(temperature)
     z = z - z.max(axis=1, keepdims=True)
@@ -32,7 +35,9 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray, *, max_iter: int = 200) -
 
     opt.step(closure)
     t = float(log_t.detach().exp())
-    return t if np.isfinite(t) and t > 0 else 1.0
+    # With (near-)perfect validation accuracy the NLL keeps falling as T -> 0, which would make
+    # every confidence 1.0; keep T in a sane range.
+    return float(np.clip(t, T_MIN, T_MAX)) if np.isfinite(t) and t > 0 else 1.0
 
 
 def threshold_for_acceptance(val_scores: np.ndarray, accept: float = 0.95) -> float:

@@ -39,6 +39,7 @@ class AnnotateOptions:
     min_cells_per_class: int = 10
     min_shared_genes: int = 200
     accept: float = 0.95
+    shift_correction: str = "median"
     threshold: float | None = None
     n_generate: int = 100
     qc: dict[str, float] | None = None
@@ -56,6 +57,8 @@ class Predictions:
     proba: np.ndarray
     label_raw: np.ndarray
     label: np.ndarray
+    threshold: float
+    shift_factor: float
     confidence: np.ndarray
     ood_score: np.ndarray
     is_unknown: np.ndarray
@@ -85,9 +88,7 @@ def train_model(prepared: Prepared, opts: AnnotateOptions, callbacks: Sequence[A
     model = create_model(opts.model, prepared.n_genes, prepared.classes, seed=opts.seed, device=opts.device,
                          hparams=opts.model_hparams())
     model.fit(prepared.train, prepared.val, callbacks)
-    model.calibrate(prepared.val, accept=opts.accept)
-    if opts.threshold is not None:
-        model.set_threshold(opts.threshold)
+    model.calibrate(prepared.val, accept=opts.accept, shift_correction=opts.shift_correction)
     return model
 
 
@@ -103,10 +104,13 @@ def predict(model, X: np.ndarray, *, threshold: float | None = None) -> Predicti
     classes = np.asarray(model.classes, dtype=object)
     label_raw = classes[proba.argmax(1)].astype(str)
     ood = scores[model.ood_method]
-    thr = model.threshold if threshold is None else float(threshold)
+    if threshold is None:
+        thr, factor = model.query_threshold(ood)
+    else:
+        thr, factor = float(threshold), 1.0
     unknown = ood > thr
     label = np.where(unknown, UNKNOWN, label_raw)
-    return Predictions(logits, proba, label_raw, label, proba.max(1), ood, unknown, latent, scores)
+    return Predictions(logits, proba, label_raw, label, thr, factor, proba.max(1), ood, unknown, latent, scores)
 
 
 def run_card(model, prepared: Prepared, opts: AnnotateOptions, preds: Predictions, *,
@@ -127,7 +131,7 @@ def run_card(model, prepared: Prepared, opts: AnnotateOptions, preds: Prediction
         "seed": opts.seed,
         "device": str(getattr(model, "device", "cpu")),
         "options": {k: v for k, v in asdict(opts).items() if k != "hparams"},
-        "versions": {"python": platform.python_version(), "torch": torch.__version__, "scanpy": scanpy_v,
+        "versions": {"python": platform.python_version(), "torch": str(torch.__version__), "scanpy": scanpy_v,
                      "numpy": np.__version__},
         OutKeys.CLASSES: list(model.classes),
         "genes": list(prepared.genes),
@@ -138,9 +142,16 @@ def run_card(model, prepared: Prepared, opts: AnnotateOptions, preds: Prediction
         "data_report": prepared.report,
         "n_train": prepared.train.n_obs, "n_val": prepared.val.n_obs, "n_query": prepared.query.n_obs,
         "temperature": model.temperature,
-        "rejection": {"method": model.ood_method, "threshold": model.threshold,
+        "rejection": {"method": model.ood_method, "threshold": preds.threshold,
+                      "validation_threshold": model.threshold,
                       "accept_fraction_on_validation": opts.accept,
-                      "threshold_overridden": opts.threshold is not None},
+                      "shift_correction": model.shift_correction, "shift_factor": preds.shift_factor,
+                      "threshold_overridden": opts.threshold is not None,
+                      "how": (f"Cells whose {model.ood_method} novelty score exceeds the threshold are Unknown. "
+                              f"The threshold accepts {opts.accept:.0%} of reference validation cells"
+                              + (f", scaled by {preds.shift_factor:.3f} = median(query score) / median(validation "
+                                 "score) to allow for the study/technology shift" if preds.shift_factor != 1.0 else "")
+                              + ("; overridden by the user" if opts.threshold is not None else "") + ".")},
         "validation": model.calibration,
         "training": {k: v for k, v in hist.items() if k != "epochs"} | {"n_epochs": len(hist.get("epochs", [])),
                                                                        "seconds": round(train_seconds, 2)},
@@ -157,8 +168,12 @@ def query_metrics(prepared: Prepared, preds: Predictions, classes: Sequence[str]
     labels = prepared.query.labels
     if labels is None:
         return {}
-    m = label_transfer_metrics(labels, preds.label_raw, preds.label, preds.confidence, preds.ood_score, classes)
-    m["per_type_auroc"] = per_type_ood_auroc(labels, preds.ood_score, classes)
+    known = np.asarray(labels) != ""  # missing query labels are neither known nor novel
+    labels = np.asarray(labels)[known]
+    m = label_transfer_metrics(labels, preds.label_raw[known], preds.label[known], preds.confidence[known],
+                               preds.ood_score[known], classes)
+    m["per_type_auroc"] = per_type_ood_auroc(labels, preds.ood_score[known], classes)
+    m["n_unlabelled"] = int((~known).sum())
     return m
 
 
@@ -168,6 +183,8 @@ def _h5_safe(obj: Any) -> Any:
         return {str(k): _h5_safe(v) for k, v in obj.items()}
     if obj is None:
         return "None"
+    if isinstance(obj, str):
+        return str(obj)
     if isinstance(obj, (list, tuple)):
         if all(isinstance(v, str) for v in obj):
             return np.asarray(obj, dtype=object) if obj else np.zeros(0)
@@ -181,7 +198,8 @@ def _h5_safe(obj: Any) -> Any:
 
 def annotated_query(query_adata, prepared: Prepared, preds: Predictions, card: dict[str, Any]):
     """The query AnnData (cells in input order) with the annotate contract's fields."""
-    qa = query_adata[np.asarray(prepared.query.obs_names)].copy() if query_adata.n_obs != prepared.query.n_obs \
+    idx = getattr(prepared.query, "index", None)
+    qa = query_adata[np.asarray(idx)].copy() if idx is not None and query_adata.n_obs != prepared.query.n_obs \
         else query_adata.copy()
     qa.obs[OutKeys.LABEL] = pd.Categorical(preds.label)
     qa.obs[OutKeys.LABEL_RAW] = pd.Categorical(preds.label_raw)
@@ -292,7 +310,7 @@ def annotate(reference, query, opts: AnnotateOptions, *, out: str | Path | None 
             log(f"warning: {opts.model} diverged ({hist.get('divergence_message')}); results use the last good "
                 f"checkpoint")
         log("labelling the query")
-        preds = predict(model, prepared.query.X)
+        preds = predict(model, prepared.query.X, threshold=opts.threshold)
         qm = query_metrics(prepared, preds, model.classes)
         card = run_card(model, prepared, opts, preds, train_seconds=train_seconds, query_metrics=qm)
         adata = annotated_query(qry, prepared, preds, card)
@@ -345,11 +363,12 @@ def predict_with_bundle(model_dir: str | Path, query, *, out: str | Path | None 
     log(report.get("message", ""))
     preds = predict(model, split.X, threshold=threshold)
     card = {"model": model.name, "hparams": model.hparams, "classes": list(model.classes),
-            "temperature": model.temperature, "rejection": {"method": model.ood_method,
-                                                             "threshold": model.threshold if threshold is None else threshold},
+            "temperature": model.temperature, "rejection": {"method": model.ood_method, "threshold": preds.threshold,
+                                                             "validation_threshold": model.threshold,
+                                                             "shift_factor": preds.shift_factor},
             "model_dir": str(model_dir), "query_report": report, "cellannot_version": __version__,
             "unknown_fraction": float(np.mean(preds.is_unknown)) if len(preds.is_unknown) else 0.0}
-    qa = qry[np.asarray(split.obs_names)].copy() if qry.n_obs != split.n_obs else qry.copy()
+    qa = qry
     fake = Prepared(split, split, split, list(model.classes), list(bundle["genes"]), {})
     adata = annotated_query(qa, fake, preds, card)
     if out is not None:

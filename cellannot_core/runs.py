@@ -68,11 +68,14 @@ class RunDir:
     @classmethod
     def create(cls, root: Path | str | None = None, *, model: str = "run", run_id: str | None = None) -> "RunDir":
         root = Path(root) if root is not None else default_root()
-        rid = run_id or new_run_id(model)
+        rid = new_run_id(model) if run_id is None else run_id
         if not RUN_ID_RE.match(rid):
             raise DataError(f"invalid run id {rid!r}; use letters, digits, '.', '_' or '-'")
         path = root / rid
-        path.mkdir(parents=True, exist_ok=False)
+        try:
+            path.mkdir(parents=True, exist_ok=False)
+        except FileExistsError:
+            raise DataError(f"a run {rid!r} already exists in {root}; choose another id") from None
         rd = cls(path)
         rd.set_status("queued")
         return rd

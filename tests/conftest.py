@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-os.environ.setdefault("CELLANNOT_NUM_THREADS", "2")
+os.environ.setdefault("CELLANNOT_NUM_THREADS", "1")  # tiny test models run fastest single-threaded
 
 
 def pytest_addoption(parser):

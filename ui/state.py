@@ -77,6 +77,7 @@ DEFAULTS: dict[str, Any] = {
     StateKeys.RUN_ID: None,
 }
 
+RUN_PARAM = "run"  # URL query parameter holding the current run id
 ROLES = ("reference", "query")
 DATA_KEY = {"reference": StateKeys.REFERENCE, "query": StateKeys.QUERY}
 INFO_KEY = {"reference": StateKeys.REFERENCE_INFO, "query": StateKeys.QUERY_INFO}
@@ -87,6 +88,26 @@ def init_state() -> None:
     for key, value in DEFAULTS.items():
         if key not in st.session_state:
             st.session_state[key] = copy.deepcopy(value)
+    sync_run_param()
+
+
+def sync_run_param() -> None:
+    """Mirror the current run id in the URL (``?run=...``) so a browser refresh (a new session)
+    reopens it; an id from the URL is only taken when that run exists."""
+    run_id = st.session_state.get(StateKeys.RUN_ID)
+    from_url = st.query_params.get(RUN_PARAM)
+    if run_id is None and from_url:
+        from cellannot_core.errors import CellannotError
+        from cellannot_core.runs import RunDir, default_root
+
+        try:
+            RunDir.open(default_root(), from_url)
+        except CellannotError:
+            del st.query_params[RUN_PARAM]
+            return
+        st.session_state[StateKeys.RUN_ID] = from_url
+    elif run_id and from_url != run_id:
+        st.query_params[RUN_PARAM] = run_id
 
 
 def get(key: str) -> Any:
@@ -110,3 +131,9 @@ def require_data() -> None:
     if not get(StateKeys.LABEL_KEY):
         st.info("Pick the reference label column on the **Data** page first.")
         st.stop()
+
+
+def set_run(run_id: str) -> None:
+    """Make ``run_id`` the session's current run (and put it in the URL)."""
+    st.session_state[StateKeys.RUN_ID] = run_id
+    st.query_params[RUN_PARAM] = run_id

@@ -23,6 +23,7 @@ from ..novelty import OOD_METHODS, LatentReference, energy_score, maxprob_score
 from .registry import get_spec, resolve_hparams
 
 FORMAT_VERSION = 1
+SHIFT_CORRECTIONS = ("median", "none")
 
 
 class Model:
@@ -40,6 +41,8 @@ class Model:
         self.device_name = device
         self.temperature = 1.0
         self.threshold = float("inf")
+        self.val_score_median = float("nan")
+        self.shift_correction = "median"
         self.ood_method = str(self.hparams.get("ood_score", "maxprob"))
         self.history: dict[str, Any] = {}
         self.calibration: dict[str, Any] = {}
@@ -106,8 +109,14 @@ class Model:
         """The model's chosen novelty score (``self.ood_method``)."""
         return self.ood_scores(X, [self.ood_method])[self.ood_method]
 
-    def calibrate(self, val: Split, *, accept: float = 0.95) -> dict[str, Any]:
-        """Fit the temperature on validation logits and the threshold accepting ``accept`` of them."""
+    def calibrate(self, val: Split, *, accept: float = 0.95, shift_correction: str = "median") -> dict[str, Any]:
+        """Fit the temperature on validation logits and the threshold accepting ``accept`` of them.
+
+        ``shift_correction="median"``: see :meth:`query_threshold`.
+        """
+        if shift_correction not in SHIFT_CORRECTIONS:
+            raise ConfigError(f"shift_correction must be one of {', '.join(SHIFT_CORRECTIONS)}, got {shift_correction!r}")
+        self.shift_correction = shift_correction
         from ..metrics import ece
 
         logits = self.logits(val.X)
@@ -116,6 +125,7 @@ class Model:
         correct = p1.argmax(1) == val.y
         scores = self.ood_scores(val.X, [self.ood_method], logits=logits)[self.ood_method]
         self.threshold = threshold_for_acceptance(scores, accept)
+        self.val_score_median = float(np.median(scores)) if len(scores) else float("nan")
         self.calibration = {
             "temperature": self.temperature,
             "ece_before": float(ece(p0.max(1), p0.argmax(1) == val.y)),
@@ -124,9 +134,29 @@ class Model:
             "accept": accept,
             "threshold": self.threshold,
             "ood_method": self.ood_method,
+            "val_score_median": self.val_score_median,
+            "shift_correction": shift_correction,
             "n_val": int(len(val.y)),
         }
         return self.calibration
+
+    def query_threshold(self, query_scores: np.ndarray) -> tuple[float, float]:
+        """Threshold for a query's novelty scores, and the shift factor applied.
+
+        Distances grow for every query cell when the query comes from another study or
+        technology, so a threshold taken on reference validation cells alone rejects many
+        known cells. With ``shift_correction="median"`` the threshold is scaled by
+        ``median(query scores) / median(validation scores)`` (never below 1): the bulk of the
+        query is assumed to be known cell types (true while novel cells are under half of the
+        query). Only distance scores (kNN, Mahalanobis) are positive and scale this way; other
+        scores and ``"none"`` keep the validation threshold.
+        """
+        s = np.asarray(query_scores, dtype=np.float64)
+        if (self.shift_correction != "median" or self.ood_method not in ("knn", "mahalanobis") or s.size == 0
+                or not np.isfinite(self.val_score_median) or self.val_score_median <= 0):
+            return self.threshold, 1.0
+        factor = max(1.0, float(np.median(s)) / self.val_score_median)
+        return self.threshold * factor, factor
 
     def set_threshold(self, threshold: float) -> None:
         self.threshold = float(threshold)
@@ -137,6 +167,7 @@ class Model:
             "format_version": FORMAT_VERSION, "model": self.name, "n_features": self.n_features,
             "classes": self.classes, "seed": self.seed, "hparams": self.hparams,
             "temperature": self.temperature, "threshold": self.threshold, "ood_method": self.ood_method,
+            "val_score_median": self.val_score_median, "shift_correction": self.shift_correction,
             "calibration": self.calibration, "history": self.history,
         }
 
@@ -190,15 +221,23 @@ def load_model(directory: str | os.PathLike, *, device: str = "auto") -> Model:
         arrays = load_file(str(w_path))
     except Exception as err:  # noqa: BLE001 - any corruption is a user-facing data problem
         raise DataError(f"cannot read the saved model in {d} ({type(err).__name__}); it may be damaged: train it again") from None
+    if not isinstance(cfg, dict) or "model" not in cfg:
+        raise DataError(f"{cfg_path} is not a cellannot model config; it may be damaged: train the model again")
     spec = get_spec(cfg["model"])
-    model = spec.cls(cfg["n_features"], cfg["classes"], seed=cfg["seed"], device=device, hparams=cfg["hparams"])
-    model._load_state_arrays({k[6:]: v for k, v in arrays.items() if k.startswith("state.")})
+    try:
+        model = spec.cls(cfg["n_features"], cfg["classes"], seed=cfg["seed"], device=device, hparams=cfg["hparams"])
+        model._load_state_arrays({k[6:]: v for k, v in arrays.items() if k.startswith("state.")})
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise DataError(f"the saved model in {d} does not match its config ({type(err).__name__}); it may be "
+                        "damaged: train it again") from None
     if "reference.ref_latent" in arrays:
         model.reference = LatentReference(arrays["reference.ref_latent"], arrays["reference.ref_y"],
                                           k=int(model.hparams.get("knn_k", 10)), seed=model.seed)
     model.temperature = float(cfg["temperature"])
     model.threshold = float(cfg["threshold"])
     model.ood_method = cfg["ood_method"]
+    model.val_score_median = float(cfg.get("val_score_median", float("nan")))
+    model.shift_correction = cfg.get("shift_correction", "none")
     model.calibration = cfg.get("calibration", {})
     model.history = cfg.get("history", {})
     return model

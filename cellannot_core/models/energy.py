@@ -219,7 +219,7 @@ class EnergyClassifier(TorchModel):
                          n_steps=self.hparams["sample_steps"], step_size=self.hparams["sgld_lr"],
                          noise_std=self.hparams["sgld_std"], generator=self._gen())
         with torch.no_grad():
-            xs = self.scaler.inverse(xs.clamp(-10, 10))
+            xs = self.scaler.inverse(xs.clamp(-10, 10)).clamp_min(0.0)  # log-expression is >= 0
         return xs.cpu().numpy().astype(np.float32), y.numpy()
 
     # ---- persistence: keep a few buffer chains so a loaded model can still generate cells ----

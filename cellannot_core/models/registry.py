@@ -4,6 +4,7 @@ The CLI, the app's forms and the benchmarks read everything from here.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -41,6 +42,8 @@ class HParam:
                 value = int(value)
             elif t is float:
                 value = float(value)
+                if math.isnan(value) or (math.isinf(value) and self.low is None and self.high is None):
+                    raise ValueError
             else:
                 value = str(value)
         except (TypeError, ValueError):

@@ -10,14 +10,8 @@ import plotly.graph_objects as go
 from numpy.typing import ArrayLike
 from plotly.subplots import make_subplots
 
-from cellannot_core.plots._style import (
-    PALETTE,
-    UNKNOWN_COLOR,
-    base_layout,
-    category_colors,
-    category_order,
-)
 from cellannot_core._constants import UNKNOWN
+from cellannot_core.plots._style import PALETTE, base_layout, category_colors, category_order
 
 __all__ = ["training_curves", "class_counts_bar"]
 
@@ -104,7 +98,8 @@ def training_curves(
         vals = np.concatenate([_series(history, k) for k in metric_keys])
         vals = vals[np.isfinite(vals)]
         in_unit = vals.size > 0 and vals.min() >= 0 and vals.max() <= 1
-        fig.update_yaxes(title_text="Validation metric", row=2, col=1,
+        all_acc = all("acc" in k.lower() for k in metric_keys)
+        fig.update_yaxes(title_text="Accuracy" if all_acc else "Metric", row=2, col=1,
                          **(dict(range=[0, 1.02], tickformat=".0%") if in_unit else {}))
     return fig
 

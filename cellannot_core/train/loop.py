@@ -100,6 +100,7 @@ def fit(module: Trainable, X: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, *
         t_epoch = time.time()
         perm = torch.randperm(n, generator=generator).to(X.device)
         sums: dict[str, float] = {}
+        n_run = 0
         try:
             for b in range(steps_per_epoch):
                 if any_stop(callbacks):
@@ -115,6 +116,7 @@ def fit(module: Trainable, X: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, *
                     torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
                 opt.step()
                 step += 1
+                n_run += 1
                 for k, v in logs.items():
                     sums[k] = sums.get(k, 0.0) + float(v)
                 call(callbacks, "on_step", step, total_steps, logs)
@@ -131,7 +133,7 @@ def fit(module: Trainable, X: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, *
             hist.diverged = True
             hist.divergence_message = str(err)
             break
-        logs = {k: v / steps_per_epoch for k, v in sums.items()}
+        logs = {k: v / max(1, n_run) for k, v in sums.items()}
         with torch.no_grad():
             logs.update(module.validation_metrics())
         logs["epoch_seconds"] = time.time() - t_epoch

@@ -1,0 +1,20 @@
+"""cellannot web app: page config, navigation, session state. Nothing else (pages live in pages/)."""
+import streamlit as st
+
+from ui.state import init_state
+
+st.set_page_config(page_title="cellannot", page_icon=":material/biotech:", layout="wide")
+init_state()
+nav = st.navigation({
+    "": [st.Page("pages/home.py", title="Home", icon=":material/home:", default=True)],
+    "Workflow": [
+        st.Page("pages/data.py", title="Data", icon=":material/folder_open:"),
+        st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
+    ],
+    "Results": [
+        st.Page("pages/results.py", title="Label transfer", icon=":material/label:"),
+        st.Page("pages/latent.py", title="Latent space", icon=":material/scatter_plot:"),
+        st.Page("pages/calibration.py", title="Calibration & novelty", icon=":material/tune:"),
+    ],
+})
+nav.run()

@@ -1,0 +1,59 @@
+"""Calibration & novelty: reliability, novelty scores, the Unknown threshold, ROC, coverage."""
+import streamlit as st
+
+from cellannot_core._constants import UNKNOWN
+from cellannot_core.novelty import OOD_HELP
+from cellannot_core.plots import (accuracy_coverage_figure, label_heatmap, reliability_diagram,
+                                  roc_curve_figure, score_histogram)
+from ui import calibration as cal
+from ui import results as res
+from ui.state import WidgetKeys, init_state
+from ui.widgets import plot
+
+init_state()
+st.title("Calibration & novelty")
+run = res.require_run()
+
+st.subheader("Are the confidences honest?")
+curves, eces = cal.reliability(run)
+plot(reliability_diagram(curves, eces, title=None), key="reliability")
+st.caption("Temperature scaling divides the logits by one number T fitted on reference validation cells; "
+           "ECE = expected calibration error (15 bins), lower is better.")
+
+st.subheader("Unknown calls")
+st.markdown(cal.threshold_story(run))
+methods = run.score_methods()
+card_method = run.rejection.get("method")
+method = st.selectbox("Novelty score", methods, index=methods.index(card_method) if card_method in methods else 0,
+                      key=WidgetKeys.SCORE_METHOD, format_func=lambda m: f"{m}" + (" (used by the model)" if m == card_method else ""))
+st.caption(OOD_HELP.get(method, ""))
+lo, hi = cal.threshold_range(run, method)
+start = min(max(res.default_threshold(run, method), lo), hi)
+thr = st.slider("Threshold (cells scoring above it are called Unknown)", lo, hi, start, (hi - lo) / 500,
+                format="%.4g", key=WidgetKeys.THRESHOLD.format(run=run.run_id, method=method))
+summ = cal.unknown_summary(run, method, thr)
+m = st.columns(3)
+m[0].metric("Unknown query cells", f"{summ['n_unknown']:,}")
+m[1].metric("Share of the query", f"{summ['share_unknown']:.1%}")
+m[2].metric("Reference validation accepted", f"{summ['val_accepted']:.1%}")
+val, q = run.scores(method)
+plot(score_histogram({"reference validation": val, "query": q}, thr, title=None,
+                     x_title=f"{method} novelty score (higher = more novel)"), key="novelty_hist")
+
+labels = res.relabel(run, method, thr)
+cols_labels, col_title = res.comparison_columns(run)
+plot(label_heatmap(labels, cols_labels, row_title="Predicted label", col_title=col_title,
+                   row_order=run.classes + [UNKNOWN], title="Label transfer at this threshold"), key="cal_heatmap")
+st.download_button("Predictions at this threshold (.csv)", lambda: res.relabelled_csv(run, method, thr),
+                   file_name=f"{run.run_id}_predictions_{method}.csv", mime="text/csv", key="dl_thr")
+
+c1, c2 = st.columns(2)
+with c1:
+    pairs = cal.roc_pairs(run)
+    if pairs:
+        plot(roc_curve_figure(pairs, title="Novel vs known query cells"), key="roc")
+    else:
+        st.info("The ROC of novel vs known cells needs query labels with both reference and novel types.")
+with c2:
+    plot(accuracy_coverage_figure(cal.coverage_pairs(run, method), threshold=thr, higher_is_confident=False,
+                                  title="Accuracy vs coverage (rejecting by novelty)"), key="coverage")

@@ -1,0 +1,98 @@
+"""Data: load reference and query, pick the label column, check gene overlap, optional QC."""
+import json
+
+import streamlit as st
+
+from cellannot_core.data import SUPPORTED_FORMATS
+from ui import data as data_ui
+from ui.state import DATA_KEY, INFO_KEY, ROLES, StateKeys, WidgetKeys, data_loaded, get, init_state, put
+from ui.widgets import dataset_summary, gene_overlap_report, label_counts_table
+
+init_state()
+st.title("Data")
+st.caption(f"Formats: {SUPPORTED_FORMATS}. Upload limit: {data_ui.upload_limit_mb():,} MB per file "
+           "(`server.maxUploadSize` in `.streamlit/config.toml`); larger files: give a path on the server.")
+
+cols = st.columns(2)
+for role, col in zip(ROLES, cols):
+    with col:
+        st.subheader("Reference (labelled)" if role == "reference" else "Query (to label)")
+        up_tab, path_tab = st.tabs(["Upload", "Path on the server"])
+        with up_tab:
+            up = st.file_uploader(f"{role} file", key=WidgetKeys.UPLOAD.format(role=role))
+            if up is not None and data_ui.uploaded_is_new(role, up.file_id):
+                with st.spinner(f"Reading {up.name}..."):
+                    err = data_ui.handle_upload(role, up.getvalue(), up.name, upload_id=up.file_id)
+                if err:
+                    st.error(err)
+        with path_tab:
+            path = st.text_input("File or 10x folder", key=WidgetKeys.PATH.format(role=role),
+                                 placeholder="/data/pbmc.h5ad")
+            if st.button("Load", key=WidgetKeys.PATH_BUTTON.format(role=role)):
+                with st.spinner(f"Reading {path}..."):
+                    err = data_ui.handle_path(role, path)
+                if err:
+                    st.error(err)
+        adata, info = get(DATA_KEY[role]), get(INFO_KEY[role])
+        if adata is None:
+            st.info(f"No {role} loaded yet.")
+            continue
+        summ = data_ui.summary(info["id"], role, adata)
+        dataset_summary(info, summ)
+        cands = summ["label_candidates"]
+        keys = [c["key"] for c in cands] or summ["obs_columns"]
+        if role == "reference":
+            cur = get(StateKeys.LABEL_KEY) or summ["suggested_label_key"]
+            if not keys:
+                st.error("The reference has no obs column that looks like cell-type labels (2-100 classes).")
+                continue
+            pick = st.selectbox("Label column (cell types)", keys, key=WidgetKeys.LABEL_PICKER,
+                                index=keys.index(cur) if cur in keys else 0)
+            put(StateKeys.LABEL_KEY, pick)
+        else:
+            options = ["(none: the query is unlabelled)"] + keys
+            cur = get(StateKeys.QUERY_LABEL_KEY)
+            pick = st.selectbox("Query labels, if known (for evaluation only)", options,
+                                key=WidgetKeys.QUERY_LABEL_PICKER, index=options.index(cur) if cur in options else 0)
+            pick = None if pick == options[0] else pick
+            put(StateKeys.QUERY_LABEL_KEY, pick)
+        if pick:
+            label_counts_table(cands, pick)
+
+if not data_loaded():
+    st.stop()
+ref, qry = get(StateKeys.REFERENCE), get(StateKeys.QUERY)
+ref_id, q_id = get(StateKeys.REFERENCE_INFO)["id"], get(StateKeys.QUERY_INFO)["id"]
+st.divider()
+gene_overlap_report(data_ui.gene_overlap(ref_id, q_id, 200, ref, qry))
+novel = data_ui.labels_missing_from_reference(ref, qry, get(StateKeys.LABEL_KEY), get(StateKeys.QUERY_LABEL_KEY))
+if novel:
+    st.info(f"Query types the reference lacks: {', '.join(f'{k} ({v:,})' for k, v in novel.items())}: "
+            f"{sum(novel.values()):,} cells a good model calls *Unknown*.")
+
+with st.expander("Quality control (optional): remove low-quality cells from both datasets"):
+    qc_on = st.checkbox("Apply QC filters", key=WidgetKeys.QC_ON, value=get(StateKeys.QC) is not None)
+    c1, c2, c3 = st.columns(3)
+    prev = get(StateKeys.QC) or {}
+    min_genes = c1.number_input("Min genes per cell (0 = off)", 0, 100_000, int(prev.get("min_genes") or 200),
+                                key=WidgetKeys.QC_MIN_GENES, disabled=not qc_on)
+    min_counts = c2.number_input("Min counts per cell (0 = off)", 0, 10_000_000, int(prev.get("min_counts") or 0),
+                                 key=WidgetKeys.QC_MIN_COUNTS, disabled=not qc_on)
+    max_mito = c3.number_input("Max % mitochondrial (100 = off)", 0.0, 100.0,
+                               float(prev.get("max_pct_mito") or 20.0), key=WidgetKeys.QC_MAX_MITO,
+                               disabled=not qc_on)
+    put(StateKeys.QC, data_ui.qc_options(qc_on, min_genes, min_counts, max_mito))
+
+st.markdown("#### Check before training")
+st.caption("Runs the same validation, gene matching and split as training, so problems show up now.")
+if st.button("Check the pair", key=WidgetKeys.CHECK_BUTTON) and get(StateKeys.LABEL_KEY):
+    rep = data_ui.check_pair(ref_id, q_id, get(StateKeys.LABEL_KEY), get(StateKeys.QUERY_LABEL_KEY),
+                             json.dumps(get(StateKeys.QC) or {}), ref, qry)
+    if not rep["ok"]:
+        st.error(rep["error"])
+    else:
+        st.success(f"Ready: {rep['n_train']:,} training + {rep['n_val']:,} validation reference cells, "
+                   f"{len(rep['classes'])} classes, {rep['n_query']:,} query cells; {rep['hvg']}.")
+        for w in rep["warnings"]:
+            st.warning(w)
+        st.page_link("pages/train.py", label="Go to training", icon=":material/arrow_forward:")

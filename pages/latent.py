@@ -1,0 +1,41 @@
+"""Latent space: UMAP / t-SNE / PCA of the model's latent space, reference + query (+ generated)."""
+import streamlit as st
+
+from ui import latent as lat
+from ui import results as res
+from ui.state import WidgetKeys, init_state
+from ui.widgets import plot
+
+init_state()
+st.title("Latent space")
+run = res.require_run()
+has_gen = "gen_latent" in run.arrays and len(run.arrays["gen_latent"]) > 0
+
+c1, c2, c3 = st.columns([2, 2, 1], vertical_alignment="bottom")
+method = c1.radio("Embedding", list(lat.METHODS), format_func=lat.METHODS.get, horizontal=True,
+                  key=WidgetKeys.EMBED_METHOD)
+color_by = c2.selectbox("Colour by", list(lat.COLOR_BY), format_func=lat.COLOR_BY.get, key=WidgetKeys.COLOR_BY)
+show_gen = c3.toggle("Generated cells", value=has_gen, disabled=not has_gen, key=WidgetKeys.SHOW_GENERATED,
+                     help="Cells sampled from the model (SGLD for energy models), drawn as outlined markers"
+                     if has_gen else "This run has no generated cells (the model cannot generate, or 0 were asked)")
+show_gen = bool(show_gen and has_gen)
+
+n_ref, n_q = len(run.arrays["ref_latent"]), len(run.arrays["query_latent"])
+n_total = n_ref + n_q + (len(run.arrays["gen_latent"]) if show_gen else 0)
+if method != "pca" and not lat.is_cached(run, method, show_gen):
+    wait = " The first UMAP of this server compiles numba code (up to a minute)." if method == "umap" else ""
+    with st.spinner(f"Computing the {lat.METHODS[method]} of {n_total:,} cells (cached afterwards).{wait}"):
+        coords = lat.coordinates(run.root, run.run_id, method, show_gen)
+else:
+    coords = lat.coordinates(run.root, run.run_id, method, show_gen)
+
+notes = [f"{n_ref:,} reference cells (a random subset of the training cells is stored with the run), "
+         f"{n_q:,} query cells" + (f", {n_total - n_ref - n_q:,} generated cells" if show_gen else "")]
+if method != "pca" and n_ref + n_q > lat.MAX_FIT:
+    notes.append(f"{lat.METHODS[method]} was fitted on {lat.MAX_FIT:,} cells and the others placed in the same space")
+if n_total > lat.MAX_POINTS:
+    notes.append(f"showing a random subsample of {lat.MAX_POINTS:,} of {n_total:,} points")
+st.caption("; ".join(notes) + ".")
+
+df = lat.point_table(run, coords, show_gen)
+plot(lat.figure(df, color_by, method, run.classes), key="latent")

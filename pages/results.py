@@ -1,0 +1,63 @@
+"""Label transfer: predicted label x query label (or cluster), counts, confidence, cells, downloads."""
+import streamlit as st
+
+from cellannot_core._constants import UNKNOWN, OutKeys, RunFiles
+from cellannot_core.plots import class_counts_bar, label_heatmap, score_histogram
+from ui import results as res
+from ui.state import WidgetKeys, init_state
+from ui.widgets import plot
+
+init_state()
+st.title("Label transfer")
+run = res.require_run()
+card, obs = run.card, run.obs
+st.caption(f"Run `{run.run_id}`: model {card.get('model')}, {card.get('n_query', len(obs)):,} query cells, "
+           f"{len(run.classes)} reference classes")
+
+qm = card.get("query_metrics") or {}
+m = st.columns(4)
+m[0].metric("Query cells", f"{len(obs):,}")
+m[1].metric("Called Unknown", f"{obs[OutKeys.IS_UNKNOWN].mean():.1%}")
+m[2].metric("Median confidence", f"{obs[OutKeys.CONFIDENCE].median():.2f}")
+if qm.get("acc_in") is not None:
+    m[3].metric("Accuracy on known types", f"{qm['acc_in']:.1%}",
+                help="Against the query's own labels, cells of reference types only")
+
+st.subheader("Predicted label × query " + ("label" if run.query_labels is not None else "cluster"))
+cols_labels, col_title = res.comparison_columns(run)
+norm = st.radio("Percentages", ["row", "col"], horizontal=True, key=WidgetKeys.NORMALIZE,
+                format_func={"row": "of each predicted label (row)", "col": "of each query group (column)"}.get)
+pred = obs[OutKeys.LABEL].astype(str).to_numpy()
+plot(label_heatmap(pred, cols_labels, normalize=norm, row_title="Predicted label", col_title=col_title,
+                   row_order=run.classes + [UNKNOWN], title=None), key="heatmap")
+
+c1, c2 = st.columns(2)
+with c1:
+    plot(class_counts_bar(pred, title="Cells per predicted label", x_title="Predicted label"), key="counts")
+with c2:
+    conf = obs[OutKeys.CONFIDENCE].to_numpy(float)
+    unk = obs[OutKeys.IS_UNKNOWN].to_numpy(bool)
+    plot(score_histogram({"labelled": conf[~unk], UNKNOWN: conf[unk]}, title="Confidence",
+                         x_title="Calibrated confidence (max class probability)"), key="confidence")
+
+st.subheader("Cells")
+f1, f2, f3 = st.columns([3, 2, 1], vertical_alignment="bottom")
+labels = f1.multiselect("Predicted label", sorted(set(pred)), key=WidgetKeys.FILTER_LABELS)
+min_conf = f2.slider("Min confidence", 0.0, 1.0, 0.0, 0.01, key=WidgetKeys.FILTER_CONF)
+unknown_only = f3.checkbox("Unknown only", key=WidgetKeys.FILTER_UNKNOWN)
+table = res.cell_table(run, labels=labels, min_conf=min_conf, unknown_only=unknown_only)
+st.caption(f"{len(table):,} of {len(obs):,} cells" + (" (first 5,000 shown)" if len(table) > 5000 else ""))
+st.dataframe(table.head(5000), hide_index=True, height=320)
+
+st.subheader("Downloads")
+d = st.columns(4)
+root, rid = run.root, run.run_id
+d[0].download_button("Annotated query (.h5ad)", lambda: res.file_bytes(root, rid, RunFiles.ANNOTATED),
+                     file_name=f"{rid}_annotated.h5ad", mime="application/octet-stream", key="dl_h5ad")
+d[1].download_button("Predictions (.csv)", lambda: res.file_bytes(root, rid, RunFiles.PREDICTIONS),
+                     file_name=f"{rid}_predictions.csv", mime="text/csv", key="dl_csv",
+                     help="Label, raw label, confidence, novelty score and per-class probabilities")
+d[2].download_button("Model bundle (.zip)", lambda: res.model_zip(root, rid), file_name=f"{rid}_model.zip",
+                     mime="application/zip", key="dl_model")
+d[3].download_button("Run card (.json)", res.card_json(run), file_name=f"{rid}_run_card.json",
+                     mime="application/json", key="dl_card")

@@ -1,0 +1,33 @@
+"""Train: the current run (live), a new training from the registry-built form, past runs."""
+import streamlit as st
+
+from ui import train as train_ui
+from ui.state import StateKeys, data_loaded, get, init_state
+
+init_state()
+st.title("Train")
+
+run_id = get(StateKeys.RUN_ID)
+if run_id:
+    st.subheader("Current run")
+    train_ui.run_panel(run_id)
+
+st.subheader("New training")
+if not data_loaded() or not get(StateKeys.LABEL_KEY):
+    st.info("Load data first on the **Data** page (or click *Try the demo* on Home), and pick the "
+            "reference label column.")
+else:
+    ref_info, q_info = get(StateKeys.REFERENCE_INFO), get(StateKeys.QUERY_INFO)
+    st.caption(f"Reference `{ref_info['name']}` ({ref_info['n_cells']:,} cells, labels "
+               f"`{get(StateKeys.LABEL_KEY)}`) → query `{q_info['name']}` ({q_info['n_cells']:,} cells)")
+    with st.container(border=True):
+        opts = train_ui.training_form()
+    if opts is not None:
+        err = train_ui.start(opts)
+        if err:
+            st.error(err)
+        else:
+            st.rerun()  # show the new run's live panel at the top
+
+st.subheader("Past runs")
+train_ui.past_runs_section()

@@ -1,0 +1,121 @@
+"""Data page: uploads (handler and widget), bad files, server paths, label picker, gene overlap, QC."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from ui import data as data_ui
+from ui.state import StateKeys, WidgetKeys
+
+ROOT = Path(__file__).resolve().parents[2]
+APP = str(ROOT / "app.py")
+SMALL = ROOT / "tests" / "data" / "pbmc3k_small.h5ad"
+DATA_PAGE = "pages/data.py"
+
+
+@pytest.fixture(autouse=True)
+def _runs(tmp_path, monkeypatch):
+    monkeypatch.setenv("CELLANNOT_RUNS", str(tmp_path / "runs"))
+    monkeypatch.delenv("CELLANNOT_DATA_ROOT", raising=False)
+
+
+def _data_page() -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    return at.switch_page(DATA_PAGE).run()
+
+
+def _errors(at: AppTest) -> str:
+    return " | ".join(e.value for e in at.error)
+
+
+def test_empty_data_page_says_what_to_do():
+    at = _data_page()
+    assert not at.exception
+    assert any("No reference loaded" in i.value for i in at.info)
+    assert any("2,000 MB" in c.value for c in at.caption)  # the upload limit is stated
+
+
+def test_upload_handler_reports_garbage_in_plain_words():
+    at = AppTest.from_string(
+        "from ui.data import handle_upload\n"
+        "import streamlit as st\n"
+        "err = handle_upload('reference', b'this is not hdf5 at all', 'x.h5ad')\n"
+        "st.error(err) if err else st.success('loaded')\n", default_timeout=30).run()
+    assert not at.exception
+    msg = _errors(at)
+    assert "could not read reference file 'x.h5ad'" in msg and "Traceback" not in msg
+
+
+def test_garbage_upload_through_the_widget_shows_error_not_traceback():
+    at = _data_page()
+    at.file_uploader(key=WidgetKeys.UPLOAD.format(role="reference")).set_value(
+        ("x.h5ad", b"\x00garbage" * 10, "application/octet-stream"))
+    at.run()
+    assert not at.exception
+    assert "could not read reference file 'x.h5ad'" in _errors(at)
+    assert at.session_state[StateKeys.REFERENCE] is None
+
+
+def test_unsupported_extension_and_bad_path():
+    assert "unsupported file type" in data_ui.handle_upload("query", b"abc", "cells.docx")
+    at = _data_page()
+    at.text_input(key=WidgetKeys.PATH.format(role="query")).set_value("/nonexistent/q.h5ad")
+    at.button(key=WidgetKeys.PATH_BUTTON.format(role="query")).click().run()
+    assert not at.exception
+    assert "does not exist" in _errors(at)
+
+
+def test_upload_and_path_load_then_picker_overlap_and_check():
+    at = _data_page()
+    at.file_uploader(key=WidgetKeys.UPLOAD.format(role="reference")).set_value(
+        ("ref.h5ad", (ROOT / "assets" / "kang_pbmc_example_sce_1556.h5ad").read_bytes(), "application/octet-stream"))
+    at.run()
+    assert not at.exception, at.exception
+    assert at.session_state[StateKeys.REFERENCE].n_obs == 1556
+    # the label picker offers the candidate columns and defaults to the best guess
+    picker = at.selectbox(key=WidgetKeys.LABEL_PICKER)
+    assert "cell_type_harmonized" in picker.options
+    picker.set_value("cell_type_harmonized").run()
+    assert at.session_state[StateKeys.LABEL_KEY] == "cell_type_harmonized"
+    assert any(df.value.shape[0] == 5 for df in at.dataframe)  # class counts of the reference
+    # the query from a server path
+    at.text_input(key=WidgetKeys.PATH.format(role="query")).set_value(str(SMALL))
+    at.button(key=WidgetKeys.PATH_BUTTON.format(role="query")).click().run()
+    assert not at.exception, at.exception
+    assert at.session_state[StateKeys.QUERY] is not None
+    md = " ".join(m.value for m in at.markdown)
+    assert "Gene overlap" in md and "Good overlap" in md
+    assert any("reference genes found in the query" in c.value for c in at.caption)
+    # QC options flow into the state used for training
+    at.checkbox(key=WidgetKeys.QC_ON).check().run()
+    assert at.session_state[StateKeys.QC] == {"min_genes": 200, "min_counts": None, "max_pct_mito": 20.0}
+    at.button(key=WidgetKeys.CHECK_BUTTON).click().run()
+    assert not at.exception
+    assert any(s.value.startswith("Ready:") for s in at.success), _errors(at)
+
+
+def test_check_shows_core_validation_message():
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    at.button(key=WidgetKeys.DEMO_BUTTON).click().run()
+    at.switch_page(DATA_PAGE).run()
+    at.selectbox(key=WidgetKeys.LABEL_PICKER).set_value("group_id").run()  # 2 classes: fine
+    at.checkbox(key=WidgetKeys.QC_ON).check().run()
+    at.number_input(key=WidgetKeys.QC_MIN_GENES).set_value(100_000).run()  # removes every cell
+    at.button(key=WidgetKeys.CHECK_BUTTON).click().run()
+    assert not at.exception
+    assert "quality control removed all" in _errors(at)
+
+
+def test_traffic_light_thresholds():
+    assert data_ui.traffic_light(0.9) == "green"
+    assert data_ui.traffic_light(0.9, approximate=True) == "yellow"
+    assert data_ui.traffic_light(0.3) == "yellow"
+    assert data_ui.traffic_light(0.05) == "red"
+    assert data_ui.traffic_light(0.9, ok=False) == "red"
+
+
+def test_path_outside_data_root_is_refused(monkeypatch, tmp_path):
+    monkeypatch.setenv("CELLANNOT_DATA_ROOT", str(tmp_path))
+    assert "only reads files under" in data_ui.allowed_path(SMALL)

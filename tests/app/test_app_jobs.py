@@ -1,0 +1,87 @@
+"""The job runner (ui/jobs.py) without a browser: concurrent jobs keep their own run directory,
+status, history and results; cancel hits only its own job; orphaned runs are flagged."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pytest
+
+from cellannot_core.pipeline import AnnotateOptions
+from cellannot_core.runs import RunDir, list_runs
+from ui import jobs
+
+ROOT = Path(__file__).resolve().parents[2]
+LABEL = "cell_type_harmonized"
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return (ad.read_h5ad(ROOT / "assets" / "kang_pbmc_example_sce_1556.h5ad"),
+            ad.read_h5ad(ROOT / "assets" / "pbmc3k_seurat_2638.h5ad"))
+
+
+def _subset(adata, n, seed):
+    rng = np.random.default_rng(seed)
+    return adata[np.sort(rng.choice(adata.n_obs, n, replace=False))].copy()
+
+
+def _opts(model, epochs, **kw):
+    hp = {"hidden": "32,16", **({"blocks": "1,1"} if model == "resnet" else {})}
+    return AnnotateOptions(label_key=LABEL, model=model, hparams=hp, max_epochs=epochs, n_top_genes=200,
+                           n_generate=0, **kw)
+
+
+@pytest.fixture(autouse=True)
+def _runs(tmp_path, monkeypatch):
+    monkeypatch.setenv("CELLANNOT_RUNS", str(tmp_path / "runs"))
+
+
+def test_two_concurrent_jobs_do_not_mix(demo):
+    ref, qry = demo
+    id_a = jobs.start_job(_subset(ref, 300, 1), _subset(qry, 150, 1), _opts("resnet", 6, seed=1))
+    id_b = jobs.start_job(_subset(ref, 300, 2), _subset(qry, 250, 2), _opts("clams", 4, seed=2,
+                                                                               query_label_key=LABEL))
+    assert id_a != id_b
+    assert {id_a, id_b} <= set(jobs.active_jobs())  # both threads alive at once
+    both_running = False
+    deadline = time.time() + 240
+    while time.time() < deadline and set(jobs.active_jobs()) & {id_a, id_b}:
+        states = {jobs.run_status(i)["state"] for i in (id_a, id_b)}
+        both_running |= states == {"running"}
+        time.sleep(0.05)
+    sa, sb = jobs.wait(id_a, 60), jobs.wait(id_b, 60)
+    assert sa["state"] == sb["state"] == "done", (sa, sb)
+    assert both_running, "the two trainings never ran at the same time"
+    ja, jb = jobs.get_job(id_a), jobs.get_job(id_b)
+    assert max(ja.started, jb.started) < min(ja.finished, jb.finished)
+    # each run directory holds its own job's results
+    ra, rb = RunDir.open(jobs.runs_root(), id_a), RunDir.open(jobs.runs_root(), id_b)
+    ca, cb = ra.card(), rb.card()
+    assert (ca["model"], ca["n_query"], ca["seed"]) == ("resnet", 150, 1)
+    assert (cb["model"], cb["n_query"], cb["seed"]) == ("clams", 250, 2)
+    assert ca["query_metrics"] == {} and "acc_in" in cb["query_metrics"]
+    assert len(ra.load_arrays()["query_latent"]) == 150 and len(rb.load_arrays()["query_latent"]) == 250
+    assert 1 <= len(ra.history()) <= 6 and 1 <= len(rb.history()) <= 4
+    assert sa["model"] == "resnet" and sb["model"] == "clams"
+    assert {r["id"] for r in list_runs(jobs.runs_root())} == {id_a, id_b}
+
+
+def test_cancel_only_stops_its_own_job(demo):
+    ref, qry = demo
+    keep = jobs.start_job(_subset(ref, 300, 3), _subset(qry, 100, 3), _opts("resnet", 3))
+    stop = jobs.start_job(_subset(ref, 300, 4), _subset(qry, 100, 4), _opts("clams", 500))
+    assert jobs.cancel(stop)
+    assert jobs.wait(stop, 120)["state"] == "cancelled"
+    assert jobs.wait(keep, 240)["state"] == "done"
+    assert not jobs.cancel(stop)  # nothing left to cancel
+    assert "cancel" in jobs.run_status(stop)["message"]
+
+
+def test_orphaned_active_run_is_flagged(tmp_path):
+    rd = RunDir.create(jobs.runs_root(), model="clams")
+    rd.set_status("running", message="training")
+    s = jobs.run_status(rd.id)
+    assert s["stale"] and not s["live"] and "restarted" in s["stale_note"]

@@ -1,0 +1,56 @@
+"""Latent space page: PCA (fast) of reference + query + generated cells, every colouring."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from test_app_results import make_run  # noqa: E402  (tests/app is on sys.path under pytest)
+from ui.state import StateKeys, WidgetKeys
+from ui import latent as lat
+
+ROOT = Path(__file__).resolve().parents[2]
+APP = str(ROOT / "app.py")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    return root, make_run(root, query_labels=True, model="clams", n_generate=5)
+
+
+@pytest.fixture(autouse=True)
+def _env(run, monkeypatch):
+    monkeypatch.setenv("CELLANNOT_RUNS", str(run[0]))
+
+
+def test_latent_page_pca_all_colourings(run):
+    root, run_id = run
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    at.session_state[StateKeys.RUN_ID] = run_id
+    at.session_state[WidgetKeys.EMBED_METHOD] = "pca"
+    at.switch_page("pages/latent.py").run()
+    assert not at.exception
+    assert at.toggle(key=WidgetKeys.SHOW_GENERATED).value is True
+    for color in lat.COLOR_BY:
+        at.selectbox(key=WidgetKeys.COLOR_BY).set_value(color).run()
+        assert not at.exception, color
+    at.toggle(key=WidgetKeys.SHOW_GENERATED).set_value(False).run()
+    assert not at.exception
+    caches = {p.name for p in (root / run_id / "embeddings").glob("*.npy")}
+    assert caches == {f"{lat.cache_path_key('pca', True)}.npy", f"{lat.cache_path_key('pca', False)}.npy"}
+
+
+def test_point_table_has_generated_cells_as_markers(run):
+    from ui.results import Run, _load_arrays, _load_card, _load_obs
+
+    root, run_id = str(run[0]), run[1]
+    r = Run(root, run_id, _load_card(root, run_id), _load_arrays(root, run_id), _load_obs(root, run_id))
+    coords = lat.coordinates(root, run_id, "pca", True)
+    df = lat.point_table(r, coords, True)
+    assert df["marker"].value_counts().to_dict() == {"real": len(r.arrays["ref_y"]) + 250, "generated": 25}
+    assert df["dataset"].value_counts()["query"] == 250
+    assert df.loc[df["dataset"] == "reference", "confidence"].isna().all()
+    fig = lat.figure(df, "predicted", "pca", r.classes)
+    assert all(t.type == "scattergl" for t in fig.data)

@@ -1,0 +1,96 @@
+"""Label transfer page: heatmap (query labels, or Leiden clusters without them), counts,
+confidence, the filterable cell table and the downloads."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from cellannot_core._constants import OutKeys
+from cellannot_core.pipeline import AnnotateOptions, annotate
+from cellannot_core.runs import RunDir
+from ui.state import StateKeys, WidgetKeys
+
+ROOT = Path(__file__).resolve().parents[2]
+APP = str(ROOT / "app.py")
+LABEL = "cell_type_harmonized"
+
+
+def make_run(root: Path, *, query_labels: bool, model: str = "resnet", n_generate: int = 0, seed: int = 0) -> str:
+    """A finished tiny run (300 reference, 250 query demo cells) in ``root``."""
+    rng = np.random.default_rng(seed)
+    ref = ad.read_h5ad(ROOT / "assets" / "kang_pbmc_example_sce_1556.h5ad")
+    qry = ad.read_h5ad(ROOT / "assets" / "pbmc3k_seurat_2638.h5ad")
+    ref = ref[np.sort(rng.choice(ref.n_obs, 300, replace=False))].copy()
+    qry = qry[np.sort(rng.choice(qry.n_obs, 250, replace=False))].copy()
+    hp = {"hidden": "32,16", **({"blocks": "1,1"} if model == "resnet" else {})}
+    rd = RunDir.create(root, model=model)
+    annotate(ref, qry, AnnotateOptions(label_key=LABEL, query_label_key=LABEL if query_labels else None,
+                                       model=model, hparams=hp, max_epochs=2, n_top_genes=200,
+                                       n_generate=n_generate, seed=seed), run_dir=rd)
+    return rd.id
+
+
+@pytest.fixture(scope="module")
+def runs_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    return root, make_run(root, query_labels=True), make_run(root, query_labels=False, seed=1)
+
+
+@pytest.fixture(autouse=True)
+def _env(runs_root, monkeypatch):
+    monkeypatch.setenv("CELLANNOT_RUNS", str(runs_root[0]))
+
+
+def page(run_id: str | None) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    at.session_state[StateKeys.RUN_ID] = run_id
+    return at.switch_page("pages/results.py").run()
+
+
+def test_needs_a_run():
+    at = page(None)
+    assert not at.exception
+    assert "Train a model" in at.info[0].value
+
+
+def test_with_query_labels(runs_root):
+    at = page(runs_root[1])
+    assert not at.exception
+    assert any("Predicted label × query label" in h.value for h in at.subheader)
+    assert "Accuracy on known types" in [m.label for m in at.metric]
+    n_all = len(at.dataframe[0].value)
+    assert n_all == 250
+    # filters: unknown only, then a confidence floor
+    at.checkbox(key=WidgetKeys.FILTER_UNKNOWN).check().run()
+    unk = at.dataframe[0].value
+    assert len(unk) < n_all and unk[OutKeys.IS_UNKNOWN].all()
+    at.checkbox(key=WidgetKeys.FILTER_UNKNOWN).uncheck().run()
+    at.slider(key=WidgetKeys.FILTER_CONF).set_value(0.9).run()
+    assert (at.dataframe[0].value[OutKeys.CONFIDENCE] >= 0.9).all()
+    at.radio(key=WidgetKeys.NORMALIZE).set_value("col").run()
+    assert not at.exception
+    labels = {b.label for b in at.get("download_button")}
+    assert {"Annotated query (.h5ad)", "Predictions (.csv)", "Model bundle (.zip)", "Run card (.json)"} <= labels
+
+
+def test_without_query_labels_uses_leiden_clusters(runs_root):
+    at = page(runs_root[2])
+    assert not at.exception
+    assert any("Predicted label × query cluster" in h.value for h in at.subheader)
+    assert "Accuracy on known types" not in [m.label for m in at.metric]
+
+
+def test_model_zip_and_clusters(runs_root):
+    import io
+    import zipfile
+
+    from ui import results as res
+
+    z = zipfile.ZipFile(io.BytesIO(res.model_zip(str(runs_root[0]), runs_root[2])))
+    assert "model/bundle.json" in z.namelist()
+    clusters = res.leiden_clusters(str(runs_root[0]), runs_root[2])
+    assert len(clusters) == 250 and len(set(clusters)) >= 2

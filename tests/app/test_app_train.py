@@ -1,0 +1,137 @@
+"""Train page: a background job started from the form, live panel, failure and cancel in plain
+words, past runs; then the result pages render the finished run from the same session state."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from ui import jobs
+from ui.state import StateKeys, WidgetKeys
+
+ROOT = Path(__file__).resolve().parents[2]
+APP = str(ROOT / "app.py")
+LABEL = "cell_type_harmonized"
+
+
+@pytest.fixture(scope="module")
+def tiny_pair():
+    """~300-cell subsets of the demo pair (fast CPU training)."""
+    rng = np.random.default_rng(0)
+    ref = ad.read_h5ad(ROOT / "assets" / "kang_pbmc_example_sce_1556.h5ad")
+    qry = ad.read_h5ad(ROOT / "assets" / "pbmc3k_seurat_2638.h5ad")
+    ref = ref[np.sort(rng.choice(ref.n_obs, 300, replace=False))].copy()
+    qry = qry[np.sort(rng.choice(qry.n_obs, 300, replace=False))].copy()
+    return ref, qry
+
+
+@pytest.fixture(autouse=True)
+def _runs(tmp_path, monkeypatch):
+    monkeypatch.setenv("CELLANNOT_RUNS", str(tmp_path / "runs"))
+
+
+def _train_page(pair, label_key: str = LABEL) -> AppTest:
+    ref, qry = pair
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    at.session_state[StateKeys.REFERENCE] = ref
+    at.session_state[StateKeys.QUERY] = qry
+    for key, a, name in ((StateKeys.REFERENCE_INFO, ref, "ref"), (StateKeys.QUERY_INFO, qry, "query")):
+        at.session_state[key] = {"id": f"tiny-{name}", "name": name, "source": "test",
+                                 "n_cells": a.n_obs, "n_genes": a.n_vars}
+    at.session_state[StateKeys.LABEL_KEY] = label_key
+    at.session_state[StateKeys.QUERY_LABEL_KEY] = LABEL
+    return at.switch_page("pages/train.py").run()
+
+
+def _tiny_settings(at: AppTest, model: str = "resnet", epochs: int = 2) -> None:
+    at.selectbox(key=WidgetKeys.MODEL).set_value(model).run()
+    at.text_input(key=WidgetKeys.HPARAM.format(model=model, name="hidden")).set_value("32,16")
+    if model == "resnet":
+        at.text_input(key=WidgetKeys.HPARAM.format(model=model, name="blocks")).set_value("1,1")
+    at.toggle(key=WidgetKeys.QUICK).set_value(True).run()
+    at.number_input(key=WidgetKeys.QUICK_EPOCHS).set_value(epochs)
+    at.number_input(key=WidgetKeys.N_TOP_GENES).set_value(200)
+
+
+def test_train_page_needs_data():
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    at.switch_page("pages/train.py").run()
+    assert not at.exception
+    assert any("Load data first" in i.value for i in at.info)
+
+
+def test_form_comes_from_the_registry(tiny_pair):
+    from cellannot_core.models import MODELS
+
+    at = _train_page(tiny_pair)
+    assert not at.exception
+    from cellannot_core.models import model_names
+
+    assert [o.split()[0] for o in at.selectbox(key=WidgetKeys.MODEL).options] == model_names()
+    spec = MODELS[at.selectbox(key=WidgetKeys.MODEL).value]
+    for name, hp in spec.hparams.items():  # every hyper-parameter has a widget with its default
+        assert at.get_by_key(WidgetKeys.HPARAM.format(model=spec.name, name=name)).value == hp.default, name
+    assert "cpu" in at.selectbox(key=WidgetKeys.DEVICE).options
+    # an invalid value is refused with the registry's message, no job is started
+    at.text_input(key=WidgetKeys.HPARAM.format(model=spec.name, name="hidden")).set_value("abc")
+    at.button(key=WidgetKeys.START).click().run()
+    assert not at.exception
+    assert at.error and "hidden" in at.error[0].value
+    assert at.session_state[StateKeys.RUN_ID] is None
+
+
+def test_training_job_then_result_pages(tiny_pair):
+    at = _train_page(tiny_pair)
+    _tiny_settings(at)
+    at.button(key=WidgetKeys.START).click().run()
+    assert not at.exception
+    run_id = at.session_state[StateKeys.RUN_ID]
+    assert run_id
+    assert any(f"Run `{run_id}`" in m.value for m in at.markdown)  # the live panel
+    status = jobs.wait(run_id, timeout=300)
+    assert status["state"] == "done", status
+    at.run()
+    assert not at.exception
+    labels = [m.label for m in at.metric]
+    assert "Validation accuracy" in labels and "Called Unknown" in labels
+    assert any(run_id in df.value["id"].tolist() for df in at.dataframe)  # past runs list
+    # result pages, state carried by the session
+    at.session_state[WidgetKeys.EMBED_METHOD] = "pca"
+    for page in ("pages/results.py", "pages/latent.py", "pages/calibration.py", "pages/home.py"):
+        at.switch_page(page).run()
+        assert not at.exception, (page, at.exception)
+        assert not at.info or "Train a model" not in at.info[0].value, page
+
+
+def test_failure_is_shown_in_plain_words(tiny_pair):
+    at = _train_page(tiny_pair, label_key="no_such_column")
+    _tiny_settings(at)
+    at.button(key=WidgetKeys.START).click().run()
+    run_id = at.session_state[StateKeys.RUN_ID]
+    assert jobs.wait(run_id, timeout=120)["state"] == "failed"
+    at.run()
+    assert not at.exception
+    msg = " ".join(e.value for e in at.error)
+    assert msg.startswith("Training failed:") and "no_such_column" in msg and "Traceback" not in msg
+
+
+def test_cancel_button_stops_the_job_and_past_runs_reopen(tiny_pair):
+    at = _train_page(tiny_pair)
+    _tiny_settings(at, model="clams", epochs=100)
+    at.button(key=WidgetKeys.START).click().run()
+    run_id = at.session_state[StateKeys.RUN_ID]
+    at.run()
+    at.button(key=WidgetKeys.CANCEL).click().run()
+    assert jobs.wait(run_id, timeout=120)["state"] == "cancelled"
+    at.run()
+    assert not at.exception
+    assert any("cancelled" in w.value for w in at.warning)
+    # reopening: point the session elsewhere, then pick the run from the list
+    at.session_state[StateKeys.RUN_ID] = None
+    at.run()
+    at.selectbox(key=WidgetKeys.RUN_PICKER).set_value(run_id)
+    at.button(key=WidgetKeys.OPEN_RUN).click().run()
+    assert at.session_state[StateKeys.RUN_ID] == run_id

@@ -1,0 +1,175 @@
+"""Temperature scaling and rejection thresholds (calibration.py); novelty scores (novelty.py)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.spatial.distance import mahalanobis as scipy_mahalanobis
+
+from cellannot_core.calibration import fit_temperature, softmax, threshold_for_acceptance
+from cellannot_core.novelty import OOD_HELP, OOD_METHODS, LatentReference, energy_score, maxprob_score
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(monkeypatch):
+    """Tiny tensors: one thread (two threads on a loaded 2-core machine are much slower)."""
+    n = torch.get_num_threads()
+    monkeypatch.setenv("CELLANNOT_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _nll(logits, y, t):
+    p = softmax(logits, t)
+    return float(-np.log(p[np.arange(len(y)), y]).mean())
+
+
+def _sample_labels(logits, t, rng):
+    p = softmax(logits, t)
+    u = rng.random((len(p), 1))
+    return (u > np.cumsum(p, axis=1)).sum(1).clip(0, p.shape[1] - 1)
+
+
+# ---- softmax ------------------------------------------------------------------------------------
+
+def test_softmax_matches_definition_and_is_stable():
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(20, 4))
+    ref = np.exp(z / 2.0) / np.exp(z / 2.0).sum(1, keepdims=True)
+    np.testing.assert_allclose(softmax(z, 2.0), ref, rtol=1e-12)
+    big = np.array([[1000.0, 999.0, -1000.0]])
+    p = softmax(big)
+    assert np.isfinite(p).all()
+    np.testing.assert_allclose(p[0, :2], [1 / (1 + np.exp(-1)), np.exp(-1) / (1 + np.exp(-1))], rtol=1e-12)
+
+
+# ---- temperature ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("t_true, tol", [(2.5, 0.15), (0.5, 0.05)])
+def test_fit_temperature_recovers_known_temperature(t_true, tol):
+    rng = np.random.default_rng(1)
+    logits = rng.normal(scale=3.0, size=(20000, 5))
+    y = _sample_labels(logits, t_true, rng)
+    t = fit_temperature(logits, y)
+    assert abs(t - t_true) < tol
+    # the fitted T minimises the NLL: better than T = 1 and than small moves around it
+    assert _nll(logits, y, t) < _nll(logits, y, 1.0) - 0.01
+    assert _nll(logits, y, t) <= _nll(logits, y, t * 1.05) + 1e-9
+    assert _nll(logits, y, t) <= _nll(logits, y, t / 1.05) + 1e-9
+
+
+def test_fit_temperature_calibrated_logits_give_one():
+    rng = np.random.default_rng(2)
+    logits = rng.normal(scale=2.0, size=(20000, 4))
+    y = _sample_labels(logits, 1.0, rng)
+    assert fit_temperature(logits, y) == pytest.approx(1.0, abs=0.07)
+
+
+def test_fit_temperature_empty_and_argmax_unchanged():
+    assert fit_temperature(np.zeros((0, 3)), np.zeros(0, dtype=int)) == 1.0
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(500, 3))
+    y = _sample_labels(logits, 2.0, rng)
+    t = fit_temperature(logits, y)
+    assert t > 0
+    np.testing.assert_array_equal(softmax(logits, t).argmax(1), logits.argmax(1))
+
+
+# ---- rejection threshold ---------------------------------------------------------------------------
+
+def test_threshold_accepts_requested_fraction_exactly():
+    s = np.arange(100, dtype=float)
+    thr = threshold_for_acceptance(s, 0.95)
+    assert (s > thr).sum() == 5  # cells with score > threshold are Unknown
+    assert (s <= thr).mean() == 0.95
+    rng = np.random.default_rng(0)
+    s = rng.normal(size=1000)
+    for accept in (0.5, 0.8, 0.9, 0.99):
+        thr = threshold_for_acceptance(s, accept)
+        assert (s <= thr).mean() == pytest.approx(accept, abs=1e-12)
+
+
+def test_threshold_edge_cases():
+    s = np.array([0.1, 0.5, np.nan, np.inf, 0.3])
+    thr = threshold_for_acceptance(s, 1.0)  # non-finite ignored; accept all finite
+    assert thr == pytest.approx(0.5)
+    assert threshold_for_acceptance(np.array([np.nan]), 0.9) == float("inf")
+    assert threshold_for_acceptance(np.array([]), 0.9) == float("inf")
+    for bad in (0.0, -0.1, 1.5):
+        with pytest.raises(ValueError):
+            threshold_for_acceptance(np.arange(5.0), bad)
+
+
+# ---- novelty scores -----------------------------------------------------------------------------------
+
+def test_energy_is_minus_logsumexp():
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(50, 6))
+    np.testing.assert_allclose(energy_score(z), -np.log(np.exp(z).sum(1)), rtol=1e-12)
+    big = np.array([[1000.0, 1000.0]])
+    np.testing.assert_allclose(energy_score(big), [-(1000.0 + np.log(2))])
+
+
+def test_maxprob_score():
+    z = np.array([[2.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    np.testing.assert_allclose(maxprob_score(z), 1 - softmax(z).max(1))
+    np.testing.assert_allclose(maxprob_score(z)[1], 2 / 3)
+    # higher temperature = less confident = more novel
+    assert maxprob_score(z, 3.0)[0] > maxprob_score(z, 1.0)[0]
+
+
+def test_knn_score_equals_brute_force():
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(300, 5)).astype(np.float32)
+    y = rng.integers(0, 3, 300)
+    q = rng.normal(scale=2.0, size=(40, 5)).astype(np.float32)
+    lr = LatentReference(ref, y, k=7)
+    d = np.sqrt(((q[:, None, :].astype(np.float64) - ref[None].astype(np.float64)) ** 2).sum(-1))
+    expect = np.sort(d, axis=1)[:, :7].mean(1)
+    np.testing.assert_allclose(lr.knn(q), expect, rtol=1e-4, atol=1e-5)
+    # far-away cells score higher
+    assert lr.knn(q + 50).min() > lr.knn(q).max()
+
+
+def test_knn_k_capped_by_reference_size():
+    ref = np.array([[0.0, 0.0], [3.0, 4.0]], dtype=np.float32)
+    lr = LatentReference(ref, np.array([0, 1]), k=10)
+    assert lr.k == 2
+    np.testing.assert_allclose(lr.knn(np.array([[0.0, 0.0]])), [2.5], rtol=1e-6)
+
+
+def test_mahalanobis_equals_direct_computation():
+    rng = np.random.default_rng(1)
+    A = rng.normal(size=(4, 4))
+    means = np.array([[0, 0, 0, 0], [5, 0, 0, 0], [0, 5, 5, 0]], dtype=float)
+    y = rng.integers(0, 3, 600)
+    ref = (means[y] + rng.normal(size=(600, 4)) @ A).astype(np.float32)
+    q = rng.normal(scale=4.0, size=(30, 4))
+    lr = LatentReference(ref, y, k=5)
+    # direct: tied covariance of class-centred reference (+ 1e-3 I ridge), min over classes
+    r = ref.astype(np.float64)
+    mu = np.stack([r[y == c].mean(0) for c in range(3)])
+    centred = r - mu[y]
+    cov = centred.T @ centred / (len(r) - 1) + 1e-3 * np.eye(4)
+    prec = np.linalg.inv(cov)
+    expect = np.array([min(scipy_mahalanobis(z, m, prec) for m in mu) for z in q])
+    np.testing.assert_allclose(lr.mahalanobis(q), expect, rtol=1e-4)
+    # the class mean itself is at distance ~0
+    np.testing.assert_allclose(lr.mahalanobis(mu), 0.0, atol=1e-3)
+
+
+def test_latent_reference_subsamples_consistently():
+    latent = np.repeat(np.arange(50, dtype=np.float32)[:, None], 2, axis=1)  # row i = (i, i)
+    y = np.arange(50) % 4
+    lr = LatentReference(latent, y, max_cells=20, seed=3)
+    assert lr.latent.shape == (20, 2) and lr.y.shape == (20,)
+    rows = lr.latent[:, 0].astype(int)
+    np.testing.assert_array_equal(lr.y, rows % 4)  # labels stay with their cells
+    assert np.all(np.diff(rows) > 0)
+    arr = lr.arrays()
+    assert set(arr) == {"ref_latent", "ref_y"} and arr["ref_y"].dtype == np.int64
+
+
+def test_every_ood_method_has_help():
+    assert set(OOD_METHODS) == set(OOD_HELP)

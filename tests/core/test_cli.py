@@ -1,0 +1,262 @@
+"""The command line (cli.py): bad input gives exit code 2 and one `error:` line, no traceback;
+annotate / train / predict / models work."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import torch
+
+import cellannot_core.pipeline as pipeline
+from cellannot_core._constants import OutKeys, RunFiles
+from cellannot_core.cli import main
+from conftest import make_synthetic
+
+ROOT = Path(__file__).resolve().parents[2]
+LABEL = "cell_type"
+FAST = ["--model", "resnet", "--hparam", "hidden=8,4", "--hparam", "blocks=1,1", "--max-epochs", "1",
+        "--n-top-genes", "50", "--min-shared-genes", "20", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    n, old = torch.get_num_threads(), os.environ.get("CELLANNOT_NUM_THREADS")
+    os.environ["CELLANNOT_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+    if old is None:
+        os.environ.pop("CELLANNOT_NUM_THREADS", None)
+    else:
+        os.environ["CELLANNOT_NUM_THREADS"] = old
+
+
+
+def _write(adata: ad.AnnData, path: Path) -> Path:
+    adata.write_h5ad(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    ref = make_synthetic(240, 60, 3, seed=1)
+    q = make_synthetic(80, 60, 3, seed=2)
+    f = {"dir": d, "ref": _write(ref, d / "ref.h5ad"), "query": _write(q, d / "query.h5ad")}
+
+    raw = f["ref"].read_bytes()
+    (d / "truncated.h5ad").write_bytes(raw[: len(raw) // 3])
+    f["truncated"] = d / "truncated.h5ad"
+    (d / "text.h5ad").write_text("this is not an HDF5 file\n")
+    f["not_h5"] = d / "text.h5ad"
+
+    empty = ad.AnnData(X=sp.csr_matrix((0, 60), dtype=np.float32),
+                       obs=pd.DataFrame({LABEL: pd.Categorical([])}, index=pd.Index([], dtype=str)),
+                       var=ref.var.copy())
+    f["empty"] = _write(empty, d / "empty.h5ad")
+
+    X = ref.X.toarray()
+    X[0, 0] = np.nan
+    f["nan"] = _write(ad.AnnData(X=sp.csr_matrix(X), obs=ref.obs.copy(), var=ref.var.copy()), d / "nan.h5ad")
+    X = ref.X.toarray()
+    X[1, 2] = -3
+    f["negative"] = _write(ad.AnnData(X=sp.csr_matrix(X), obs=ref.obs.copy(), var=ref.var.copy()), d / "neg.h5ad")
+    zero = ad.AnnData(X=sp.csr_matrix(ref.shape, dtype=np.float32), obs=ref.obs.copy(), var=ref.var.copy())
+    f["zeros"] = _write(zero, d / "zeros.h5ad")
+
+    one = ref.copy()
+    one.obs[LABEL] = pd.Categorical(["T"] * one.n_obs)
+    f["single_class"] = _write(one, d / "single.h5ad")
+    small = make_synthetic(15, 60, 3, seed=4)  # about 5 cells per class, fewer than 10
+    f["small_classes"] = _write(small, d / "small.h5ad")
+
+    other = make_synthetic(80, 60, 3, seed=2, gene_prefix="OTHER")
+    f["other_genes"] = _write(other, d / "other_genes.h5ad")
+
+    dup = q.copy()
+    dup.obs_names = [f"c{i % 40}" for i in range(dup.n_obs)]
+    f["dup_query"] = _write(dup, d / "dup_query.h5ad")
+    return f
+
+
+def run_main(capsys, *argv) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    cap = capsys.readouterr()
+    return code, cap.out, cap.err
+
+
+def assert_one_error(code: int, err: str, match: str) -> str:
+    assert code == 2, err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    assert len(errors) == 1, err
+    assert lines[-1] == errors[0]  # the error is the last thing said
+    assert "internal error" not in errors[0]
+    assert match.lower() in errors[0].lower(), errors[0]
+    return errors[0]
+
+
+def annotate_args(f, ref="ref", query="query", out=None, extra=()):
+    ref_path = f[ref] if ref in f else ref
+    q_path = f[query] if query in f else query
+    return ["annotate", "--reference", ref_path, "--query", q_path, "--label-key", LABEL,
+            "--out", out or f["dir"] / "out.h5ad", *FAST, *extra]
+
+
+# ---- bad input: exit 2, one line ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("ref, query, match", [
+    ("/no/such/ref.h5ad", "query", "does not exist"),
+    ("ref", "/no/such/query.h5ad", "does not exist"),
+    ("truncated", "query", "could not read"),
+    ("not_h5", "query", "could not read"),
+    ("empty", "query", "empty"),
+    ("ref", "empty", "empty"),
+    ("nan", "query", "NaN"),
+    ("ref", "nan", "NaN"),
+    ("negative", "query", "negative"),
+    ("zeros", "query", "no usable counts"),
+    ("ref", "zeros", "no usable counts"),
+    ("single_class", "query", "single class"),
+    ("small_classes", "query", "at least 10 cells"),
+    ("ref", "other_genes", "genes"),
+])
+def test_bad_data_is_one_line_exit_2(capsys, files, ref, query, match):
+    code, _, err = run_main(capsys, *annotate_args(files, ref, query))
+    assert_one_error(code, err, match)
+    assert not (files["dir"] / "out.h5ad").exists()
+
+
+def test_missing_label_column(capsys, files):
+    args = annotate_args(files)
+    args[args.index("--label-key") + 1] = "celltype_typo"
+    line = assert_one_error(*run_main(capsys, *args)[::2], match="celltype_typo")
+    assert LABEL in line  # lists the columns there are
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["--model", "nope"], "clams"),
+    (["--hparam", "lr=abc"], "lr"),
+    (["--hparam", "no_equals_sign"], "NAME=VALUE"),
+    (["--hparam", "bogus=1"], "bogus"),
+    (["--hparam", "hidden=8,x"], "hidden"),
+])
+def test_bad_options(capsys, files, extra, match):
+    code, _, err = run_main(capsys, *annotate_args(files, extra=extra))
+    assert_one_error(code, err, match)
+
+
+def test_cuda_without_gpu(capsys, files):
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is available")
+    code, _, err = run_main(capsys, *annotate_args(files, extra=["--device", "cuda"]))
+    assert_one_error(code, err, "cuda")
+
+
+def test_out_must_be_h5ad(capsys, files):
+    code, _, err = run_main(capsys, *annotate_args(files, out=files["dir"] / "out.csv"))
+    assert_one_error(code, err, ".h5ad")
+    assert not (files["dir"] / "out.csv").exists()
+
+
+def test_predict_with_non_model_directory(capsys, files, tmp_path):
+    code, _, err = run_main(capsys, "predict", "--model", tmp_path, "--query", files["query"],
+                            "--out", tmp_path / "p.h5ad")
+    assert_one_error(code, err, "bundle")
+    code, _, err = run_main(capsys, "predict", "--model", tmp_path / "missing", "--query", files["query"],
+                            "--out", tmp_path / "p.h5ad")
+    assert_one_error(code, err, "")
+
+
+def test_no_traceback_in_a_real_process(files):
+    """One real `python -m cellannot_core` run: the error reaches the user as one line."""
+    env = {**os.environ, "CELLANNOT_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "cellannot_core", *map(str, annotate_args(files, "truncated"))],
+                          cwd=ROOT, capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: ") and "could not read" in lines[-1]
+    assert sum(ln.startswith("error:") for ln in lines) == 1
+    assert proc.stdout == ""
+
+
+def test_debug_shows_traceback(files):
+    from cellannot_core.errors import DataError
+
+    with pytest.raises(DataError):
+        main(["--debug", *map(str, annotate_args(files, "/no/such/file.h5ad"))])
+
+
+# ---- success paths -----------------------------------------------------------------------------------------
+
+def test_models_lists_registry(capsys):
+    code, out, _ = run_main(capsys, "models")
+    assert code == 0
+    heads = [ln for ln in out.splitlines() if not ln.startswith(" ")]
+    assert [h.split(":")[0].split(" ")[0] for h in heads][:3] == ["clams", "jem", "resnet"]
+    assert heads[0].startswith("clams (default):")
+    assert "    sgld_steps = 20" in out and "    blocks = '2,4'" in out
+
+
+def test_annotate_writes_output(capsys, files, tmp_path):
+    out = tmp_path / "annot.h5ad"
+    code, _, err = run_main(capsys, *annotate_args(files, out=out, extra=[
+        "--save-model", tmp_path / "model", "--runs-dir", tmp_path / "runs", "--seed", "3"]))
+    assert code == 0, err
+    assert "error:" not in err and f"wrote {out}" in err and "labelled 80 query cells" in err
+    a = ad.read_h5ad(out)
+    assert a.n_obs == 80 and list(a.obs_names) == [f"cell{i}" for i in range(80)]
+    for k in (OutKeys.LABEL, OutKeys.LABEL_RAW, OutKeys.CONFIDENCE, OutKeys.OOD_SCORE, OutKeys.IS_UNKNOWN):
+        assert k in a.obs
+    assert a.obsm[OutKeys.PROBA].shape == (80, 3) and a.obsm[OutKeys.LATENT].shape == (80, 4)
+    card = a.uns[OutKeys.UNS]
+    assert card["model"] == "resnet" and int(card["seed"]) == 3 and card["hparams"]["hidden"] == "8,4"
+    assert int(card["hparams"]["max_epochs"]) == 1
+    assert (tmp_path / "model" / "bundle.json").is_file()
+    runs = list((tmp_path / "runs").iterdir())
+    assert len(runs) == 1 and json.loads((runs[0] / RunFiles.STATUS).read_text())["state"] == "done"
+
+
+def test_duplicate_cell_names_warn_not_fail(capsys, files, tmp_path):
+    out = tmp_path / "dup.h5ad"
+    code, _, err = run_main(capsys, *annotate_args(files, query="dup_query", out=out))
+    assert code == 0, err
+    assert "warning:" in err and "duplicate cell names" in err
+    a = ad.read_h5ad(out)
+    assert a.n_obs == 80 and list(a.obs_names) == [f"c{i % 40}" for i in range(80)]  # input order and names
+
+
+def test_train_then_predict(capsys, files, tmp_path):
+    model_dir = tmp_path / "bundle"
+    code, _, err = run_main(capsys, "train", "--reference", files["ref"], "--label-key", LABEL,
+                            "--save-model", model_dir, *FAST, "--max-epochs", "5", "--hparam", "lr=0.01")
+    assert code == 0, err
+    assert "validation accuracy" in err and "error:" not in err
+    cfg = json.loads((model_dir / RunFiles.CONFIG).read_text())
+    assert cfg["model"] == "resnet" and cfg["hparams"]["hidden"] == "8,4" and cfg["hparams"]["max_epochs"] == 5
+    assert cfg["hparams"]["lr"] == 0.01
+    out = tmp_path / "pred.h5ad"
+    code, _, err = run_main(capsys, "predict", "--model", model_dir, "--query", files["query"], "--out", out,
+                            "--device", "cpu")
+    assert code == 0, err
+    assert "labelled 80 cells" in err
+    a = ad.read_h5ad(out)
+    assert a.n_obs == 80 and a.obsm[OutKeys.PROBA].shape == (80, 3)
+    assert set(a.obs[OutKeys.LABEL_RAW].astype(str)) <= {"type0", "type1", "type2"}
+    # well above chance (1/3); the synthetic query has its own baseline expression, so not perfect
+    acc = (a.obs[OutKeys.LABEL_RAW].astype(str) == a.obs[LABEL].astype(str)).mean()
+    assert acc > 0.6
+    # predicting on a query with other gene names fails cleanly
+    code, _, err = run_main(capsys, "predict", "--model", model_dir, "--query", files["other_genes"],
+                            "--out", tmp_path / "x.h5ad", "--device", "cpu")
+    assert_one_error(code, err, "genes")

@@ -1,0 +1,321 @@
+"""The energy models (clams, jem, resnet) through the common model interface, on synthetic data."""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from cellannot_core._constants import RunFiles
+from cellannot_core.calibration import softmax
+from cellannot_core.data import prepare
+from cellannot_core.errors import ConfigError, DataError
+from cellannot_core.metrics import auroc
+from cellannot_core.models import create_model, load_model
+from cellannot_core.novelty import OOD_METHODS
+from conftest import make_synthetic
+
+TINY = {"hidden": "32,16", "sgld_steps": 2, "buffer_size": 200, "max_epochs": 5, "batch_size": 32}
+TINY_RESNET = {"hidden": "32,16", "blocks": "1,1", "max_epochs": 5, "batch_size": 32}
+NAMES = ["clams", "jem", "resnet"]
+
+
+def tiny(name: str, **kw) -> dict:
+    return {**(TINY_RESNET if name == "resnet" else TINY), **kw}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny networks: one thread (two threads on a loaded 2-core machine are far slower)."""
+    n, old = torch.get_num_threads(), os.environ.get("CELLANNOT_NUM_THREADS")
+    os.environ["CELLANNOT_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+    if old is None:
+        os.environ.pop("CELLANNOT_NUM_THREADS", None)
+    else:
+        os.environ["CELLANNOT_NUM_THREADS"] = old
+
+
+@pytest.fixture(scope="module")
+def prep():
+    ref = make_synthetic(400, 120, 3, seed=1)
+    q = make_synthetic(240, 120, 4, seed=2)  # type3 is novel
+    return prepare(ref, q, label_key="cell_type", query_label_key="cell_type", n_top_genes=100,
+                   min_shared_genes=50, seed=0)
+
+
+def _fit(name, prep, seed=0, **kw):
+    m = create_model(name, prep.n_genes, prep.classes, seed=seed, device="cpu", hparams=tiny(name, **kw))
+    hist = m.fit(prep.train, prep.val)
+    m.calibrate(prep.val)
+    return m, hist
+
+
+@pytest.fixture(scope="module")
+def fitted(prep):
+    return {name: _fit(name, prep) for name in NAMES}
+
+
+@pytest.fixture(scope="module")
+def saved(fitted, tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    return {name: fitted[name][0].save(root / name) for name in NAMES}
+
+
+# ---- fit / predict -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", NAMES)
+def test_fit_predict_shapes_and_accuracy(name, prep, fitted):
+    m, hist = fitted[name]
+    Xq = prep.query.X
+    n, K = Xq.shape[0], len(prep.classes)
+    assert hist is m.history and hist["diverged"] is False
+    assert 1 <= len(hist["epochs"]) <= 5 and "val_loss" in hist["epochs"][0]
+
+    proba = m.predict_proba(Xq)
+    assert proba.shape == (n, K) and np.all(proba >= 0)
+    np.testing.assert_allclose(proba.sum(1), 1.0, atol=1e-6)
+    logits = m.logits(Xq)
+    assert logits.shape == (n, K) and np.isfinite(logits).all()
+    np.testing.assert_allclose(proba, softmax(logits, m.temperature), atol=1e-7)
+
+    z = m.latent(Xq)
+    assert z.shape == (n, 16) and np.isfinite(z).all()  # the backbone's last width
+
+    ood = m.ood_score(Xq)
+    assert ood.shape == (n,) and np.isfinite(ood).all()
+    scores = m.ood_scores(Xq)
+    assert set(scores) == set(OOD_METHODS)
+    np.testing.assert_allclose(ood, scores[m.ood_method])
+    assert m.ood_method == "knn"
+
+    # synthetic classes are easy: well above chance (1/3) on in-distribution query cells
+    ind = prep.query.y >= 0
+    acc = float((proba.argmax(1)[ind] == prep.query.y[ind]).mean())
+    assert acc > 0.9, acc
+    # the novel type scores higher than the known ones (energy score, AUROC)
+    assert auroc(scores["energy"], ~ind) > 0.75
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_calibration_fields(name, prep, fitted):
+    m, _ = fitted[name]
+    cal = m.calibration
+    assert cal["temperature"] == m.temperature > 0
+    assert cal["threshold"] == m.threshold and np.isfinite(m.threshold)
+    assert cal["n_val"] == prep.val.n_obs and cal["ood_method"] == "knn" and cal["accept"] == 0.95
+    assert 0.9 <= cal["val_accuracy"] <= 1.0
+    # the threshold accepts 95% of validation cells (one cell of slack for 60 cells)
+    accepted = float((m.ood_score(prep.val.X) <= m.threshold).mean())
+    assert abs(accepted - 0.95) <= 1.0 / prep.val.n_obs + 1e-9
+    assert cal["ece_after"] <= cal["ece_before"] + 0.02
+
+
+def test_query_threshold_shift_correction(prep, fitted):
+    m, _ = fitted["clams"]  # knn score, default "median" shift correction
+    val = m.ood_score(prep.val.X)
+    assert m.val_score_median == pytest.approx(float(np.median(val)), rel=1e-6)
+    thr, factor = m.query_threshold(3.0 * val)  # a query whose distances are all 3x larger
+    assert factor == pytest.approx(3.0, rel=1e-6) and thr == pytest.approx(3.0 * m.threshold, rel=1e-6)
+    assert m.query_threshold(0.5 * val) == (m.threshold, 1.0)  # never below the validation threshold
+
+
+def test_ood_scores_unknown_method(fitted, prep):
+    with pytest.raises(ConfigError, match="knn"):
+        fitted["clams"][0].ood_scores(prep.query.X[:3], ["bogus"])
+
+
+def test_knn_score_needs_reference():
+    m = create_model("resnet", 10, ["a", "b"], device="cpu", hparams=tiny("resnet"))
+    with pytest.raises(RuntimeError):
+        m.ood_scores(np.zeros((2, 10), np.float32), ["knn"])
+    assert m.ood_scores(np.zeros((2, 10), np.float32), ["energy"])["energy"].shape == (2,)
+
+
+# ---- save / load -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", NAMES)
+def test_save_load_round_trip(name, prep, fitted, saved, monkeypatch):
+    m, _ = fitted[name]
+    d = saved[name]
+    assert (d / RunFiles.CONFIG).is_file() and (d / RunFiles.WEIGHTS).is_file()
+    assert not list(d.glob("*.tmp"))
+    cfg = json.loads((d / RunFiles.CONFIG).read_text())
+    assert cfg["model"] == name and cfg["classes"] == prep.classes and cfg["n_features"] == prep.n_genes
+
+    # loading must not unpickle anything
+    def no_pickle(*a, **k):
+        raise AssertionError("load_model used pickle")
+
+    monkeypatch.setattr(pickle, "load", no_pickle)
+    monkeypatch.setattr(pickle, "loads", no_pickle)
+    monkeypatch.setattr(torch, "load", no_pickle)
+    m2 = load_model(d, device="cpu")
+    monkeypatch.undo()
+
+    assert type(m2) is type(m) and m2.name == name
+    assert m2.classes == m.classes and m2.hparams == m.hparams and m2.seed == m.seed
+    assert m2.temperature == pytest.approx(m.temperature, abs=1e-12)
+    assert m2.threshold == pytest.approx(m.threshold, abs=1e-12)
+    assert m2.ood_method == m.ood_method
+    q_scores = m.ood_score(prep.query.X)
+    assert m2.query_threshold(q_scores) == pytest.approx(m.query_threshold(q_scores))
+    assert m2.calibration == pytest.approx(m.calibration)
+    assert m2.history["epochs"] == m.history["epochs"]
+    X = prep.query.X
+    np.testing.assert_allclose(m2.logits(X), m.logits(X), atol=1e-5)
+    np.testing.assert_allclose(m2.predict_proba(X), m.predict_proba(X), atol=1e-5)
+    np.testing.assert_allclose(m2.latent(X), m.latent(X), atol=1e-5)
+    s1, s2 = m.ood_scores(X), m2.ood_scores(X)
+    for k in OOD_METHODS:
+        np.testing.assert_allclose(s2[k], s1[k], atol=1e-5, rtol=1e-5, err_msg=k)
+
+
+def test_weights_file_is_safetensors(saved):
+    from safetensors.numpy import load_file
+
+    raw = (saved["clams"] / RunFiles.WEIGHTS).read_bytes()
+    header_len = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + header_len])
+    assert any(k.startswith("state.net.") for k in header)
+    arrays = load_file(str(saved["clams"] / RunFiles.WEIGHTS))
+    assert "reference.ref_latent" in arrays and "state.scaler.mean" in arrays
+    assert arrays["state.buffer"].shape == (200, 100)  # replay chains kept so a loaded model can sample
+
+
+def _copy(src, tmp_path):
+    dst = tmp_path / "copy"
+    shutil.copytree(src, dst)
+    return dst
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "empty"])
+def test_damaged_weights_are_data_errors(saved, tmp_path, damage):
+    d = _copy(saved["clams"], tmp_path)
+    w = d / RunFiles.WEIGHTS
+    raw = w.read_bytes()
+    w.write_bytes({"garbage": b"\x80\x04not a safetensors file" * 10, "truncated": raw[: len(raw) // 2],
+                   "empty": b""}[damage])
+    with pytest.raises(DataError, match="damaged"):
+        load_model(d, device="cpu")
+
+
+def test_pickled_weights_are_refused(saved, tmp_path):
+    d = _copy(saved["resnet"], tmp_path)
+    torch.save({"evil": torch.zeros(2)}, d / RunFiles.WEIGHTS)  # a pickle, not safetensors
+    with pytest.raises(DataError):
+        load_model(d, device="cpu")
+
+
+def test_config_errors_on_load(saved, tmp_path):
+    d = _copy(saved["clams"], tmp_path)
+    cfg = json.loads((d / RunFiles.CONFIG).read_text())
+    (d / RunFiles.CONFIG).write_text(json.dumps({**cfg, "model": "no_such_model"}))
+    with pytest.raises(ConfigError, match="clams"):
+        load_model(d, device="cpu")
+    (d / RunFiles.CONFIG).write_text("{not json")
+    with pytest.raises(DataError):
+        load_model(d, device="cpu")
+    (d / RunFiles.CONFIG).unlink()
+    with pytest.raises(DataError, match="not a saved model"):
+        load_model(d, device="cpu")
+    with pytest.raises(DataError, match="not a saved model"):
+        load_model(tmp_path / "does_not_exist", device="cpu")
+
+
+@pytest.mark.parametrize("edit", ["drop_model_key", "not_a_dict", "wrong_n_features"])
+def test_foreign_config_is_data_error(saved, tmp_path, edit):
+    d = _copy(saved["clams"], tmp_path)
+    cfg = json.loads((d / RunFiles.CONFIG).read_text())
+    if edit == "drop_model_key":
+        del cfg["model"]
+    elif edit == "not_a_dict":
+        cfg = [1, 2, 3]
+    else:
+        cfg["n_features"] = 7
+    (d / RunFiles.CONFIG).write_text(json.dumps(cfg))
+    with pytest.raises(DataError):
+        load_model(d, device="cpu")
+
+
+# ---- sampling ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["clams", "jem"])
+def test_sample_shapes_and_class_balance(name, prep, fitted):
+    m, _ = fitted[name]
+    xs, ys = m.sample(4)
+    K = len(prep.classes)
+    assert xs.shape == (4 * K, prep.n_genes) and xs.dtype == np.float32
+    assert np.isfinite(xs).all()
+    np.testing.assert_array_equal(np.bincount(ys, minlength=K), [4] * K)
+    np.testing.assert_array_equal(ys, np.repeat(np.arange(K), 4))
+    # class-conditional: the model itself assigns most generated cells to their class
+    assert float((m.predict_proba(xs).argmax(1) == ys).mean()) >= 0.8
+
+
+def test_loaded_clams_can_sample(prep, saved):
+    m2 = load_model(saved["clams"], device="cpu")
+    xs, ys = m2.sample(3)
+    K = len(prep.classes)
+    assert xs.shape == (3 * K, prep.n_genes) and np.isfinite(xs).all()
+    np.testing.assert_array_equal(np.bincount(ys, minlength=K), [3] * K)
+
+
+def test_resnet_cannot_sample_or_explain(fitted, saved):
+    m, _ = fitted["resnet"]
+    with pytest.raises(NotImplementedError):
+        m.sample(2)
+    with pytest.raises(NotImplementedError):
+        load_model(saved["resnet"], device="cpu").sample(2)
+    with pytest.raises(NotImplementedError):
+        m.explain(np.zeros((2, m.n_features), np.float32))
+
+
+# ---- reproducibility -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["clams", "resnet"])
+def test_seeded_runs_reproduce_exactly(name, prep, fitted):
+    m0, _ = fitted[name]
+    X = prep.query.X
+    again, _ = _fit(name, prep, seed=0)
+    np.testing.assert_array_equal(again.logits(X), m0.logits(X))
+    assert again.temperature == m0.temperature and again.threshold == m0.threshold
+    other, _ = _fit(name, prep, seed=1)
+    assert not np.allclose(other.logits(X), m0.logits(X))
+
+
+# ---- divergence --------------------------------------------------------------------------------------------
+
+# Runaway generative term: JEM's energy gap explodes past 1e8 within a few steps; CLAMS'
+# ELU clipping and stochastic regularisation keep it (after at most a recovery) trainable.
+EXTREME = {"lr": 1.0, "px_weight": 100.0, "sgld_lr": 1.0, "sgld_init": "uniform"}
+
+
+def test_jem_divergence_is_reported_not_raised(prep):
+    m, hist = _fit("jem", prep, **EXTREME)
+    assert hist["diverged"] is True and hist["recoveries"] == 0
+    assert "diverged" in hist["divergence_message"] and "step" in hist["divergence_message"]
+    # the model was restored to its last good state: predictions stay usable
+    X = prep.query.X
+    assert np.isfinite(m.logits(X)).all() and np.isfinite(m.ood_score(X)).all()
+    np.testing.assert_allclose(m.predict_proba(X).sum(1), 1.0, atol=1e-6)
+
+
+def test_clams_survives_the_same_setting(prep):
+    _, hist = _fit("clams", prep, **EXTREME)
+    assert hist["diverged"] is False
+    assert len(hist["epochs"]) == 5 or hist["stopped_early"]
+
+
+def test_clams_recovers_where_jem_gives_up(prep):
+    harsher = {"lr": 1.0, "px_weight": 100.0, "sgld_lr": 100.0}
+    _, hist_jem = _fit("jem", prep, **harsher)
+    _, hist_clams = _fit("clams", prep, **harsher)
+    assert hist_jem["diverged"] and hist_jem["recoveries"] == 0
+    assert hist_clams["recoveries"] >= 1

@@ -1,0 +1,305 @@
+"""annotate() end to end on a subset of the real demo pair: the annotate contract field by field,
+the run directory, the saved bundle and predict_with_bundle()."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import cellannot_core.pipeline as pipeline
+from cellannot_core._constants import DEFAULT_MODEL, UNKNOWN, OutKeys, RunFiles
+from cellannot_core.errors import Cancelled, DataError
+from cellannot_core.pipeline import AnnotateOptions, annotate, predict_with_bundle
+from cellannot_core.runs import RunDir, RunProgress
+from cellannot_core.train import CancelToken
+from conftest import make_synthetic
+
+ROOT = Path(__file__).resolve().parents[2]
+ASSETS = ROOT / "assets"
+LABEL = "cell_type_harmonized"
+TINY = {"hidden": "32,16", "sgld_steps": 2, "buffer_size": 200, "batch_size": 32}
+NOVEL = {"NK", "DC", "Platelet"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    n, old = torch.get_num_threads(), os.environ.get("CELLANNOT_NUM_THREADS")
+    os.environ["CELLANNOT_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+    if old is None:
+        os.environ.pop("CELLANNOT_NUM_THREADS", None)
+    else:
+        os.environ["CELLANNOT_NUM_THREADS"] = old
+
+
+@pytest.fixture(scope="module")
+def demo_pair():
+    ref = ad.read_h5ad(ASSETS / "kang_pbmc_example_sce_1556.h5ad")
+    q = ad.read_h5ad(ASSETS / "pbmc3k_seurat_2638.h5ad")
+    rng = np.random.default_rng(0)
+    lab = ref.obs[LABEL].astype(str).to_numpy()
+    keep = np.sort(np.concatenate([rng.choice(np.flatnonzero(lab == c), 80, replace=False)
+                                   for c in np.unique(lab)]))  # 400 cells, stratified
+    ref = ref[keep].copy()
+    # 300 query cells, shuffled (not sorted) so "input order" is a real check
+    q = q[rng.choice(q.n_obs, 300, replace=False)].copy()
+    assert NOVEL & set(q.obs[LABEL].astype(str))
+    return ref, q
+
+
+@pytest.fixture(scope="module")
+def run(demo_pair, tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    ref, q = demo_pair
+    tmp = tmp_path_factory.mktemp("annotate")
+    opts = AnnotateOptions(label_key=LABEL, query_label_key=LABEL, model="clams", hparams=dict(TINY), seed=0,
+                           device="cpu", max_epochs=3, n_top_genes=500, n_generate=5)
+    rd = RunDir.create(tmp / "runs")
+    logs: list[str] = []
+    q_before = q.copy()
+    try:
+        res = annotate(ref, q, opts, out=tmp / "out.h5ad", run_dir=rd, save_model=tmp / "model",
+                       callbacks=[RunProgress(rd, every_seconds=0.0)], log=logs.append)
+    finally:
+        mp.undo()
+    return {"res": res, "tmp": tmp, "rd": rd, "opts": opts, "q": q, "q_before": q_before, "logs": logs,
+            "out": ad.read_h5ad(tmp / "out.h5ad")}
+
+
+# ---- the output h5ad ---------------------------------------------------------------------------------
+
+def test_output_cells_in_input_order(run):
+    out, q = run["out"], run["q"]
+    assert out.n_obs == q.n_obs == 300
+    assert list(out.obs_names) == list(q.obs_names)
+    assert list(out.var_names) == list(q.var_names)  # the query as given, all its genes
+    assert (out.X != q.X).nnz == 0
+    pd.testing.assert_series_equal(out.obs[LABEL].astype(str), q.obs[LABEL].astype(str))
+    # the caller's AnnData was not modified
+    assert list(run["q"].obs.columns) == list(run["q_before"].obs.columns)
+    assert OutKeys.PROBA not in run["q"].obsm
+
+
+def test_output_obs_fields(run):
+    out = run["out"]
+    obs = out.obs
+    classes = [str(c) for c in out.uns[OutKeys.UNS][OutKeys.CLASSES]]
+    assert classes == sorted(["B", "CD14 Mono", "CD4 T", "CD8 T", "FCGR3A Mono"])
+    label = obs[OutKeys.LABEL].astype(str).to_numpy()
+    raw = obs[OutKeys.LABEL_RAW].astype(str).to_numpy()
+    conf = obs[OutKeys.CONFIDENCE].to_numpy()
+    ood = obs[OutKeys.OOD_SCORE].to_numpy()
+    unk = obs[OutKeys.IS_UNKNOWN].to_numpy()
+    assert obs[OutKeys.IS_UNKNOWN].dtype == bool
+    assert set(raw) <= set(classes)
+    assert set(label) <= set(classes) | {UNKNOWN}
+    np.testing.assert_array_equal(unk, label == UNKNOWN)
+    np.testing.assert_array_equal(label[~unk], raw[~unk])
+    assert np.isfinite(conf).all() and conf.min() >= 0 and conf.max() <= 1
+    assert np.isfinite(ood).all()
+    # rejection is the threshold rule on the chosen novelty score
+    thr = float(out.uns[OutKeys.UNS]["rejection"]["threshold"])
+    np.testing.assert_array_equal(unk, ood > thr)
+    assert 0 < unk.mean() < 1
+
+
+def test_output_obsm_fields(run):
+    out = run["out"]
+    classes = list(out.uns[OutKeys.UNS][OutKeys.CLASSES])
+    proba = out.obsm[OutKeys.PROBA]
+    assert proba.shape == (300, len(classes))
+    np.testing.assert_allclose(proba.sum(1), 1.0, atol=1e-5)
+    raw = out.obs[OutKeys.LABEL_RAW].astype(str).to_numpy()
+    np.testing.assert_array_equal(np.asarray(classes)[proba.argmax(1)], raw)
+    np.testing.assert_allclose(out.obs[OutKeys.CONFIDENCE].to_numpy(), proba.max(1), atol=1e-6)
+    z = out.obsm[OutKeys.LATENT]
+    assert z.shape == (300, 16) and np.isfinite(z).all()
+
+
+def test_output_run_card(run):
+    card = run["out"].uns[OutKeys.UNS]
+    assert card["model"] == "clams"
+    assert card["seed"] == 0
+    hp = card["hparams"]
+    assert hp["hidden"] == "32,16" and int(hp["max_epochs"]) == 3 and int(hp["sgld_steps"]) == 2
+    genes = [str(g) for g in card["genes"]]
+    assert len(genes) == int(card["n_genes"]) and 200 <= len(genes) <= 500 and len(set(genes)) == len(genes)
+    assert set(genes) <= set(run["q"].var_names)
+    t = float(card["temperature"])
+    assert np.isfinite(t) and t > 0
+    rej = card["rejection"]
+    assert rej["method"] == "knn" and np.isfinite(float(rej["threshold"]))
+    assert float(rej["accept_fraction_on_validation"]) == 0.95
+    val = card["validation"]
+    for k in ("val_accuracy", "ece_before", "ece_after", "temperature", "threshold", "n_val"):
+        assert k in val, k
+    assert float(val["val_accuracy"]) > 0.6
+    assert float(val["temperature"]) == pytest.approx(t)
+    assert {"python", "torch", "numpy", "scanpy"} <= set(card["versions"])
+    assert isinstance(card["preprocessing"], str) and "log1p" in card["preprocessing"]
+    assert int(card["n_query"]) == 300 and int(card["n_train"]) + int(card["n_val"]) == 400
+    assert int(card["training"]["n_epochs"]) <= 3
+    # query labels were given: the DESIGN.md metrics are in the card, well above chance
+    qm = card["query_metrics"]
+    assert int(qm["n_novel"]) == int(run["q"].obs[LABEL].isin(NOVEL).sum())
+    assert float(qm["acc_in"]) > 0.6
+    assert float(qm["auroc_ood"]) > 0.6
+    for k in ("f1_in", "ece_in", "acc_open", "reject_in", "reject_novel"):
+        assert 0 <= float(qm[k]) <= 1, k
+
+
+def test_result_object_matches_file(run):
+    res, out = run["res"], run["out"]
+    np.testing.assert_array_equal(res.predictions.label, out.obs[OutKeys.LABEL].astype(str).to_numpy())
+    np.testing.assert_allclose(res.predictions.proba, out.obsm[OutKeys.PROBA], atol=1e-6)
+    assert res.model.name == "clams" and res.prepared.query.n_obs == 300
+    assert "labelling the query" in run["logs"]
+
+
+# ---- the run directory -----------------------------------------------------------------------------------
+
+def test_run_dir_status_and_card(run):
+    rd = run["rd"]
+    st = rd.status()
+    assert st["state"] == "done" and st["progress"] == 1.0
+    card = json.loads(rd.file(RunFiles.CARD).read_text())
+    assert card["model"] == "clams" and card["classes"] == list(run["out"].uns[OutKeys.UNS]["classes"])
+    assert rd.card() == card
+    hist = rd.history()
+    assert 1 <= len(hist) <= 3 and hist[0]["epoch"] == 1 and "val_loss" in hist[0]
+    assert not [p for p in rd.path.rglob("*") if ".tmp" in p.name]
+    ann = ad.read_h5ad(rd.file(RunFiles.ANNOTATED))
+    assert list(ann.obs_names) == list(run["out"].obs_names)
+
+
+def test_run_dir_predictions_csv(run):
+    rd, out = run["rd"], run["out"]
+    df = pd.read_csv(rd.file(RunFiles.PREDICTIONS))
+    classes = [str(c) for c in out.uns[OutKeys.UNS]["classes"]]
+    assert list(df["cell"].astype(str)) == list(out.obs_names)
+    assert [c for c in df.columns if c.startswith("p_")] == [f"p_{c}" for c in classes]
+    np.testing.assert_allclose(df[[f"p_{c}" for c in classes]].to_numpy(), out.obsm[OutKeys.PROBA], atol=1e-5)
+    np.testing.assert_array_equal(df[OutKeys.LABEL].astype(str), out.obs[OutKeys.LABEL].astype(str))
+    np.testing.assert_array_equal(df[OutKeys.IS_UNKNOWN].astype(bool), out.obs[OutKeys.IS_UNKNOWN].to_numpy())
+    np.testing.assert_allclose(df[OutKeys.CONFIDENCE], out.obs[OutKeys.CONFIDENCE], atol=1e-5)
+
+
+def test_run_dir_arrays(run):
+    rd = run["rd"]
+    with np.load(rd.file(RunFiles.ARRAYS), allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    assert arrays == {} or set(arrays) == set(rd.load_arrays())
+    K = len(run["res"].model.classes)
+    n_val = run["res"].prepared.val.n_obs
+    assert arrays["gen_latent"].shape == (5 * K, 16)
+    np.testing.assert_array_equal(np.bincount(arrays["gen_y"], minlength=K), [5] * K)
+    assert arrays["gen_X"].shape == (5 * K, run["res"].prepared.n_genes)
+    assert arrays["val_logits"].shape == (n_val, K) and arrays["val_y"].shape == (n_val,)
+    assert arrays["query_latent"].shape == (300, 16) and arrays["query_logits"].shape == (300, K)
+    assert arrays["ref_latent"].shape[0] == arrays["ref_y"].shape[0] == run["res"].prepared.train.n_obs
+    for m in ("knn", "mahalanobis", "maxprob", "energy"):
+        assert arrays[f"val_score_{m}"].shape == (n_val,) and arrays[f"query_score_{m}"].shape == (300,)
+    np.testing.assert_allclose(arrays["query_score_knn"], run["out"].obs[OutKeys.OOD_SCORE], rtol=1e-5)
+    for v in arrays.values():
+        assert v.dtype != object
+
+
+def test_bundles_saved(run):
+    for d in (run["tmp"] / "model", run["rd"].model_dir):
+        assert {RunFiles.CONFIG, RunFiles.WEIGHTS, "bundle.json"} <= {p.name for p in d.iterdir()}
+        bundle = json.loads((d / "bundle.json").read_text())
+        assert bundle["genes"] == [str(g) for g in run["out"].uns[OutKeys.UNS]["genes"]]
+        assert bundle["label_key"] == LABEL and bundle["model"] == "clams"
+
+
+def test_predict_with_bundle_reproduces_annotate(run, tmp_path):
+    out = run["out"]
+    adata = predict_with_bundle(run["tmp"] / "model", run["q"], device="cpu", out=tmp_path / "pred.h5ad")
+    assert list(adata.obs_names) == list(out.obs_names)
+    np.testing.assert_array_equal(adata.obs[OutKeys.LABEL].astype(str), out.obs[OutKeys.LABEL].astype(str))
+    np.testing.assert_array_equal(adata.obs[OutKeys.LABEL_RAW].astype(str), out.obs[OutKeys.LABEL_RAW].astype(str))
+    np.testing.assert_allclose(adata.obsm[OutKeys.PROBA], out.obsm[OutKeys.PROBA], atol=1e-5)
+    np.testing.assert_allclose(adata.obs[OutKeys.OOD_SCORE], out.obs[OutKeys.OOD_SCORE], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(adata.obsm[OutKeys.LATENT], out.obsm[OutKeys.LATENT], atol=1e-5)
+    written = ad.read_h5ad(tmp_path / "pred.h5ad")
+    assert list(written.obs[OutKeys.LABEL].astype(str)) == list(out.obs[OutKeys.LABEL].astype(str))
+    # a threshold override changes only the rejection
+    adata2 = predict_with_bundle(run["tmp"] / "model", run["q"], device="cpu", threshold=float("inf"))
+    assert not adata2.obs[OutKeys.IS_UNKNOWN].any()
+    np.testing.assert_array_equal(adata2.obs[OutKeys.LABEL].astype(str), out.obs[OutKeys.LABEL_RAW].astype(str))
+
+
+def test_predict_with_bundle_needs_a_bundle(tmp_path, run):
+    with pytest.raises(DataError, match="bundle"):
+        predict_with_bundle(tmp_path, run["q"], device="cpu")
+
+
+# ---- synthetic, fast: defaults, failures, cancel -----------------------------------------------------------
+
+def _syn_opts(**kw):
+    base = dict(label_key="cell_type", model="resnet", hparams={"hidden": "8,4", "blocks": "1,1"}, max_epochs=1,
+                n_top_genes=50, min_shared_genes=20, device="cpu", n_generate=0)
+    base.update(kw)
+    return AnnotateOptions(**base)
+
+
+def test_default_model_is_the_recommended_one():
+    assert AnnotateOptions(label_key="x").model == DEFAULT_MODEL == "clams"
+    assert _syn_opts(max_epochs=7, hparams={"lr": 0.01}).model_hparams() == {"lr": 0.01, "max_epochs": 7}
+
+
+def test_annotate_writes_h5ad_as_is(tmp_path):
+    ref, q = make_synthetic(200, 60, 3, seed=1), make_synthetic(60, 60, 3, seed=2)
+    annotate(ref, q, _syn_opts(), out=tmp_path / "o.h5ad")
+    assert ad.read_h5ad(tmp_path / "o.h5ad").n_obs == 60
+
+
+def test_failure_is_recorded_in_run_dir(tmp_path):
+    ref, q = make_synthetic(200, 60, 3, seed=1), make_synthetic(60, 60, 3, seed=2)
+    rd = RunDir.create(tmp_path)
+    with pytest.raises(DataError, match="no_such_column"):
+        annotate(ref, q, _syn_opts(label_key="no_such_column"), run_dir=rd)
+    st = rd.status()
+    assert st["state"] == "failed" and "no_such_column" in st["message"]
+
+
+def test_cancel_is_recorded_in_run_dir(tmp_path):
+    ref, q = make_synthetic(200, 60, 3, seed=1), make_synthetic(60, 60, 3, seed=2)
+    rd = RunDir.create(tmp_path)
+    token = CancelToken()
+    token.cancel()
+    with pytest.raises(Cancelled):
+        annotate(ref, q, _syn_opts(), run_dir=rd, callbacks=[token])
+    assert rd.status()["state"] == "cancelled"
+    assert not rd.file(RunFiles.CARD).exists()
+
+
+def test_qc_removes_query_cells_keeps_order():
+    ref, q = make_synthetic(200, 60, 3, seed=1), make_synthetic(60, 60, 3, seed=2)
+    X = q.X.toarray()
+    X[[3, 10], :] = 0
+    X[[3, 10], 0] = 5  # one detected gene: removed by min_genes=3
+    q.X = X
+    res = annotate(ref, q, _syn_opts(qc={"min_genes": 3}))
+    expect = [n for i, n in enumerate(q.obs_names) if i not in (3, 10)]
+    assert list(res.adata.obs_names) == expect
+    np.testing.assert_array_equal(res.prepared.query.index, [i for i in range(60) if i not in (3, 10)])
+
+
+def test_qc_with_duplicate_query_names():
+    ref, q = make_synthetic(200, 60, 3, seed=1), make_synthetic(60, 60, 3, seed=2)
+    q.obs_names = [f"c{i % 30}" for i in range(60)]
+    X = q.X.toarray()
+    X[3, :] = 0
+    X[3, 0] = 5
+    q.X = X
+    res = annotate(ref, q, _syn_opts(qc={"min_genes": 3}))
+    assert res.adata.n_obs == 59

@@ -1,0 +1,66 @@
+"""Layering: the core never imports streamlit, and heavy optional libraries (umap) are imported
+lazily, inside the functions that need them."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CORE = ROOT / "cellannot_core"
+
+_PROBE = r"""
+import importlib, json, pkgutil, sys
+import cellannot_core
+names = []
+for info in pkgutil.walk_packages(cellannot_core.__path__, "cellannot_core."):
+    if info.name.endswith("__main__"):
+        continue  # runs the CLI
+    importlib.import_module(info.name)
+    names.append(info.name)
+import cellannot_core.embed  # noqa: F401  (explicitly: it wraps umap)
+print(json.dumps({"imported": names,
+                  "streamlit": sorted(m for m in sys.modules if m == "streamlit" or m.startswith("streamlit.")),
+                  "umap": sorted(m for m in sys.modules if m == "umap" or m.startswith("umap.")),
+                  "pynndescent": "pynndescent" in sys.modules}))
+"""
+
+
+def test_core_imports_without_streamlit_or_umap():
+    env = {**os.environ, "CELLANNOT_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", _PROBE], cwd=ROOT, capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    imported = set(res["imported"])
+    # every subpackage was really imported
+    subpackages = {f"cellannot_core.{p.name}" for p in CORE.iterdir() if (p / "__init__.py").is_file()}
+    assert subpackages and subpackages <= imported, subpackages - imported
+    for mod in ("cellannot_core.embed", "cellannot_core.pipeline", "cellannot_core.cli", "cellannot_core.runs",
+                "cellannot_core.models.energy", "cellannot_core.samplers.sgld", "cellannot_core.train.loop"):
+        assert mod in imported, mod
+    assert res["streamlit"] == [], res["streamlit"]
+    assert res["umap"] == [], f"umap imported at import time: {res['umap']}"
+    assert res["pynndescent"] is False
+
+
+def test_core_source_never_mentions_streamlit_imports():
+    offenders = []
+    for path in CORE.rglob("*.py"):
+        for i, line in enumerate(path.read_text().splitlines(), 1):
+            s = line.strip()
+            if s.startswith(("import streamlit", "from streamlit")) or "import_module(\"streamlit" in s:
+                offenders.append(f"{path.relative_to(ROOT)}:{i}")
+    assert offenders == []
+
+
+def test_umap_only_imported_inside_functions():
+    """A module-level `import umap` would compile numba code at import (20-60 s)."""
+    offenders = []
+    for path in CORE.rglob("*.py"):
+        for i, line in enumerate(path.read_text().splitlines(), 1):
+            if line.startswith(("import umap", "from umap")):  # column 0 = module level
+                offenders.append(f"{path.relative_to(ROOT)}:{i}")
+    assert offenders == []

@@ -1,0 +1,86 @@
+"""Calibration & novelty view: reliability before/after temperature scaling, novelty scores,
+threshold exploration, ROC and accuracy-coverage (arrays from the run, maths from the core)."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from cellannot_core._constants import OutKeys
+from ui.results import Run
+
+
+def reliability(run: Run) -> tuple[dict[str, Any], dict[str, float]]:
+    """Reliability curves + ECE: reference validation before/after temperature scaling, query."""
+    from cellannot_core.calibration import softmax
+    from cellannot_core.metrics import ece, reliability_curve
+
+    logits, y = run.arrays["val_logits"], run.arrays["val_y"]
+    curves, eces = {}, {}
+    for name, t in (("validation, before scaling (T=1)", 1.0),
+                    (f"validation, after scaling (T={run.temperature:.2f})", run.temperature)):
+        p = softmax(logits, t)
+        conf, correct = p.max(1), p.argmax(1) == y
+        curves[name], eces[name] = reliability_curve(conf, correct), ece(conf, correct)
+    truth = run.query_labels
+    if truth is not None:
+        known = np.isin(truth, run.classes)
+        if known.any():
+            conf = run.obs[OutKeys.CONFIDENCE].to_numpy(float)[known]
+            correct = run.obs[OutKeys.LABEL_RAW].astype(str).to_numpy()[known] == truth[known]
+            name = "query, known types"
+            curves[name], eces[name] = reliability_curve(conf, correct), ece(conf, correct)
+    return curves, eces
+
+
+def threshold_range(run: Run, method: str) -> tuple[float, float]:
+    val, q = run.scores(method)
+    pooled = np.concatenate([val[np.isfinite(val)], q[np.isfinite(q)]])
+    lo, hi = float(pooled.min()), float(pooled.max())
+    return (lo, hi) if hi > lo else (lo, lo + 1.0)
+
+
+def unknown_summary(run: Run, method: str, threshold: float) -> dict[str, float]:
+    val, q = run.scores(method)
+    n_unknown = int((q > threshold).sum())
+    return {"n_unknown": n_unknown, "share_unknown": n_unknown / max(1, len(q)),
+            "val_accepted": float((val <= threshold).mean()) if len(val) else float("nan")}
+
+
+def novel_mask(run: Run) -> np.ndarray | None:
+    """Query cells whose true type the reference lacks (needs query labels)."""
+    truth = run.query_labels
+    return None if truth is None else ~np.isin(truth, run.classes)
+
+
+def roc_pairs(run: Run) -> dict[str, tuple[np.ndarray, np.ndarray]] | None:
+    novel = novel_mask(run)
+    if novel is None or novel.all() or not novel.any():
+        return None
+    return {m: (run.scores(m)[1], novel) for m in run.score_methods()}
+
+
+def coverage_pairs(run: Run, method: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Accuracy vs coverage when rejecting by the novelty score: validation, and query with labels
+    (a novel cell counts as wrong whatever it is called, so rejecting it helps)."""
+    val, q = run.scores(method)
+    logits, y = run.arrays["val_logits"], run.arrays["val_y"]
+    pairs = {"reference validation": (val, logits.argmax(1) == y)}
+    truth = run.query_labels
+    if truth is not None:
+        raw = run.obs[OutKeys.LABEL_RAW].astype(str).to_numpy()
+        pairs["query"] = (q, raw == truth)
+    return pairs
+
+
+def threshold_story(run: Run) -> str:
+    rej = run.rejection
+    accept = float(rej.get("accept_fraction_on_validation", 0.95))
+    text = (f"The model's threshold on the **{rej.get('method')}** novelty score is "
+            f"**{float(rej.get('threshold', float('nan'))):.4g}**: the score value below which "
+            f"{accept:.0%} of held-out reference validation cells fall, so about {1 - accept:.0%} of "
+            "cells of *known* types are expected to be called Unknown.")
+    if rej.get("threshold_overridden"):
+        text += " (The threshold was set by hand for this run.)"
+    return text
+

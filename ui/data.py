@@ -1,0 +1,208 @@
+"""Loading datasets into the session (demo, upload, server path) and the Data page's checks.
+
+Upload and path handling are plain functions returning an error message (or ``None``) so they
+can be tested without a browser. Summaries, the gene-overlap report and the dry-run check are
+cached with ``st.cache_data`` keyed by dataset ids (the AnnData arguments are ``_``-prefixed,
+hence not hashed).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from cellannot_core.errors import CellannotError, DataError
+from ui.state import DATA_KEY, INFO_KEY, StateKeys, get, put
+
+ROOT = Path(__file__).resolve().parents[1]
+ASSETS = ROOT / "assets"
+
+DEMO = {
+    "reference": ASSETS / "kang_pbmc_example_sce_1556.h5ad",
+    "query": ASSETS / "pbmc3k_seurat_2638.h5ad",
+    "label_key": "cell_type_harmonized",
+    "query_label_key": "cell_type_harmonized",
+    "note": (
+        "**Reference:** Kang et al. 2018 (Nat Biotech; GEO GSE96583), 1,556 PBMCs (10x), control and "
+        "IFN-beta stimulated, via the muscat R package (GPL-3). **Query:** 10x Genomics pbmc3k "
+        "(CC BY 4.0), 2,638 PBMCs with the Seurat tutorial QC and annotation, counts rebuilt from the "
+        "clustifyr R package (MIT). The query holds NK cells, dendritic cells and platelets that the "
+        "reference lacks (201 cells): a good model calls them *Unknown*. Details: `assets/README.md`."
+    ),
+}
+
+# Shared-gene fraction (of the reference genes) for the traffic light.
+GREEN_AT = 0.5
+YELLOW_AT = 0.2
+
+
+# ------------------------------------------------------------------------------ loading
+
+
+@st.cache_resource(show_spinner="Reading the demo data...")
+def _read_demo(path: str, role: str):
+    """The demo files, read once per server and shared read-only by every session."""
+    from cellannot_core.data import read_dataset
+
+    return read_dataset(path, name=role)
+
+
+def set_dataset(role: str, adata: Any, *, name: str, source: str, dataset_id: str) -> None:
+    """Put a dataset into the session (and forget choices that depended on the old one)."""
+    put(DATA_KEY[role], adata)
+    put(INFO_KEY[role], {"id": dataset_id, "name": name, "source": source,
+                         "n_cells": int(adata.n_obs), "n_genes": int(adata.n_vars)})
+    if role == "reference":
+        put(StateKeys.LABEL_KEY, None)
+    else:
+        put(StateKeys.QUERY_LABEL_KEY, None)
+    put(StateKeys.DEMO, False)
+
+
+def load_demo() -> None:
+    """Load the bundled reference/query pair and set the label columns."""
+    for role in ("reference", "query"):
+        path = DEMO[role]
+        set_dataset(role, _read_demo(str(path), role), name=path.name, source="demo",
+                    dataset_id=f"demo-{role}")
+    put(StateKeys.LABEL_KEY, DEMO["label_key"])
+    put(StateKeys.QUERY_LABEL_KEY, DEMO["query_label_key"])
+    put(StateKeys.QC, None)
+    put(StateKeys.DEMO, True)
+
+
+def handle_upload(role: str, data: bytes, filename: str, *, upload_id: str | None = None) -> str | None:
+    """Read uploaded bytes into the session as ``role``; return an error message or ``None``."""
+    from cellannot_core.data import read_uploaded, sanitize_filename
+
+    try:
+        adata = read_uploaded(data, filename, name=role)
+        name = sanitize_filename(filename)
+    except CellannotError as err:
+        return str(err)
+    digest = hashlib.sha1(data).hexdigest()[:16]
+    set_dataset(role, adata, name=name, source="upload", dataset_id=f"{role}-upload-{digest}")
+    info = get(INFO_KEY[role])
+    info["upload_id"] = upload_id
+    return None
+
+
+def allowed_path(path: Path) -> str | None:
+    """With ``$CELLANNOT_DATA_ROOT`` set, only paths inside it may be read (shared servers)."""
+    root = os.environ.get("CELLANNOT_DATA_ROOT")
+    if not root:
+        return None
+    try:
+        path.resolve().relative_to(Path(root).resolve())
+    except ValueError:
+        return f"this server only reads files under {root}; '{path}' is outside it"
+    return None
+
+
+def handle_path(role: str, path_text: str) -> str | None:
+    """Read a file or 10x folder on the server into the session; return an error or ``None``."""
+    from cellannot_core.data import read_dataset
+
+    text = (path_text or "").strip().strip("'\"")
+    if not text:
+        return "enter the path of a file or 10x folder on the server"
+    path = Path(text).expanduser()
+    problem = allowed_path(path)
+    if problem:
+        return problem
+    try:
+        adata = read_dataset(path, name=role)
+    except CellannotError as err:
+        return str(err)
+    st_ = path.stat()
+    key = hashlib.sha1(f"{path.resolve()}|{st_.st_mtime_ns}|{st_.st_size}".encode()).hexdigest()[:16]
+    set_dataset(role, adata, name=path.name, source=f"server path {path}", dataset_id=f"{role}-path-{key}")
+    return None
+
+
+def uploaded_is_new(role: str, upload_id: str) -> bool:
+    """The uploader returns the same file on every rerun: read it only once."""
+    info = get(INFO_KEY[role]) or {}
+    return info.get("upload_id") != upload_id
+
+
+# ------------------------------------------------------------------------------ reports
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def summary(dataset_id: str, role: str, _adata: Any) -> dict[str, Any]:
+    """:func:`cellannot_core.data.summarize_dataset`, cached per dataset id."""
+    from cellannot_core.data import summarize_dataset
+
+    return summarize_dataset(_adata, name=role)
+
+
+def traffic_light(fraction: float, *, approximate: bool = False, ok: bool = True) -> str:
+    """``green`` / ``yellow`` / ``red`` for a shared-gene fraction."""
+    if not ok or fraction < YELLOW_AT:
+        return "red"
+    if fraction < GREEN_AT or approximate:
+        return "yellow"
+    return "green"
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def gene_overlap(ref_id: str, query_id: str, min_shared: int, _ref: Any, _query: Any) -> dict[str, Any]:
+    """Shared genes of the pair with a traffic light (never raises on data problems)."""
+    from cellannot_core.data import match_genes
+
+    n_ref, n_query = int(_ref.n_vars), int(_query.n_vars)
+    try:
+        gm = match_genes(_ref, _query, min_shared=min_shared)
+    except DataError as err:
+        return {"ok": False, "message": str(err), "n_shared": 0, "n_ref": n_ref, "n_query": n_query,
+                "fraction": 0.0, "light": "red", "approximate": False}
+    frac = gm.n_shared / max(1, gm.n_ref)
+    return {"ok": True, "message": gm.message, "n_shared": gm.n_shared, "n_ref": gm.n_ref,
+            "n_query": gm.n_query, "fraction": frac, "approximate": gm.approximate, "mode": gm.mode,
+            "light": traffic_light(frac, approximate=gm.approximate)}
+
+
+@st.cache_data(show_spinner="Checking the pair (validation, gene matching, split)...", max_entries=8)
+def check_pair(ref_id: str, query_id: str, label_key: str, query_label_key: str | None, qc_json: str,
+               _ref: Any, _query: Any) -> dict[str, Any]:
+    """Dry run of the preparation step: every validation message the training would hit."""
+    from cellannot_core.data import prepare
+
+    try:
+        prep = prepare(_ref, _query, label_key=label_key, query_label_key=query_label_key,
+                       qc=json.loads(qc_json) or None)
+    except CellannotError as err:
+        return {"ok": False, "error": str(err), "warnings": []}
+    rep = prep.report
+    return {"ok": True, "error": None, "warnings": list(rep.get("warnings", [])),
+            "n_train": rep["n_train"], "n_val": rep["n_val"], "n_query": rep["n_query"],
+            "classes": list(prep.classes), "genes": rep["genes"]["message"], "hvg": rep["genes"]["hvg"],
+            "counts_available": rep.get("counts_available")}
+
+
+def qc_options(enabled: bool, min_genes: float, min_counts: float, max_pct_mito: float) -> dict | None:
+    """QC widget values -> ``AnnotateOptions.qc`` (0 / 100 mean "off")."""
+    if not enabled:
+        return None
+    qc = {"min_genes": int(min_genes) if min_genes > 0 else None,
+          "min_counts": int(min_counts) if min_counts > 0 else None,
+          "max_pct_mito": float(max_pct_mito) if max_pct_mito < 100 else None}
+    return qc if any(v is not None for v in qc.values()) else None
+
+
+def upload_limit_mb() -> int:
+    return int(st.get_option("server.maxUploadSize"))
+
+
+def labels_missing_from_reference(ref: Any, query: Any, label_key: str | None, query_label_key: str | None) -> dict:
+    """Query label -> cells, for query labels the reference does not have (expected Unknown)."""
+    if not label_key or not query_label_key or label_key not in ref.obs or query_label_key not in query.obs:
+        return {}
+    known = set(ref.obs[label_key].astype(str).str.strip())
+    counts = query.obs[query_label_key].astype(str).str.strip().value_counts()
+    return {str(k): int(v) for k, v in counts.items() if k not in known and k not in ("", "nan", "None")}

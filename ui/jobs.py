@@ -1,0 +1,228 @@
+"""Background training jobs: one thread per run, a process-global job table keyed by run id.
+
+How it works
+------------
+* :func:`start_job` creates a run directory (``RunDir.create``), registers a :class:`Job`
+  (thread + :class:`~cellannot_core.train.CancelToken`) in the process-global table under the
+  run id, and starts a daemon thread running :func:`cellannot_core.pipeline.annotate` with
+  ``callbacks=[RunProgress(run_dir), token]``.
+* The worker never touches Streamlit: progress, history, the final status and every result
+  file go to the run directory (atomic writes), which the pages poll.
+* The table is a module-level dict guarded by a lock. It is shared by every browser session of
+  this server process, but sessions only ever look up the run id they store in their own
+  session state, so two sessions training at once cannot see each other's jobs.
+* At most :data:`MAX_PARALLEL` trainings run at once (``$CELLANNOT_MAX_JOBS``, default 2);
+  further jobs wait in state ``queued`` and can be cancelled while they wait.
+
+Nothing here imports streamlit.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cellannot_core._constants import RunFiles
+from cellannot_core.errors import CellannotError
+from cellannot_core.runs import RunDir, RunProgress, default_root
+
+MAX_PARALLEL = max(1, int(os.environ.get("CELLANNOT_MAX_JOBS", "2")))
+ACTIVE_STATES = ("queued", "running")
+FINAL_STATES = ("done", "failed", "cancelled")
+
+
+@dataclass
+class Job:
+    """One training run owned by this server process."""
+
+    run_id: str
+    run_dir: RunDir
+    token: Any  # CancelToken
+    thread: threading.Thread | None = None
+    started: float = field(default_factory=time.time)
+    finished: float | None = None
+    error: str | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self.thread is not None and self.thread.is_alive()
+
+    def log(self, line: str) -> None:
+        """Append a timestamped line to the run's log file (never raises)."""
+        try:
+            with open(self.run_dir.file(RunFiles.LOG), "a", encoding="utf-8") as fh:
+                fh.write(f"{time.strftime('%H:%M:%S')} {line}\n")
+        except OSError:
+            pass
+
+
+_LOCK = threading.Lock()
+_JOBS: dict[str, Job] = {}
+_SLOTS = threading.BoundedSemaphore(MAX_PARALLEL)
+
+
+def runs_root() -> Path:
+    """Where runs live: ``$CELLANNOT_RUNS`` or ``./runs`` (read on every call, for tests)."""
+    return default_root()
+
+
+def get_job(run_id: str | None) -> Job | None:
+    if not run_id:
+        return None
+    with _LOCK:
+        return _JOBS.get(run_id)
+
+
+def active_jobs() -> list[str]:
+    """Run ids of jobs whose thread is still alive."""
+    with _LOCK:
+        return [rid for rid, j in _JOBS.items() if j.alive]
+
+
+def _acquire_slot(job: Job) -> bool:
+    """Wait for a free training slot; False when cancelled while waiting."""
+    said = False
+    while not _SLOTS.acquire(timeout=0.5):
+        if job.token.should_stop():
+            return False
+        if not said:
+            job.run_dir.set_status("queued", message="waiting for another training to finish")
+            said = True
+    if job.token.should_stop():
+        _SLOTS.release()
+        return False
+    return True
+
+
+def _worker(job: Job, reference: Any, query: Any, opts: Any) -> None:
+    """Thread body: run the annotate workflow into the run directory. No Streamlit here."""
+    from cellannot_core.pipeline import annotate
+
+    rd = job.run_dir
+    try:
+        if not _acquire_slot(job):
+            rd.set_status("cancelled", message="cancelled before training started")
+            job.error = "cancelled"
+            return
+        try:
+            job.log(f"starting {opts.model} (seed {opts.seed}, device {opts.device})")
+            annotate(reference, query, opts, run_dir=rd, callbacks=[RunProgress(rd), job.token], log=job.log)
+            job.log("finished")
+        finally:
+            _SLOTS.release()
+    except CellannotError as err:  # annotate already wrote failed/cancelled + message
+        job.error = str(err)
+        job.log(f"stopped: {err}")
+    except BaseException as err:  # noqa: BLE001 - a worker must never die silently
+        job.error = f"internal error: {type(err).__name__}: {err}"
+        job.log(job.error)
+        job.log(traceback.format_exc())
+        if rd.status().get("state") in ACTIVE_STATES:
+            rd.set_status("failed", message=job.error)
+    finally:
+        job.finished = time.time()
+        if rd.status().get("state") in ACTIVE_STATES:  # e.g. an unexpected early return
+            rd.set_status("failed", message=job.error or "the training thread ended unexpectedly")
+
+
+def warm_imports() -> None:
+    """Import, in the calling thread, every heavy module the worker imports lazily.
+
+    Two threads importing the same extension package at once (the worker and a page drawing
+    a figure) can see it half-initialised ("cannot import name ... from partially initialized
+    module" in scikit-learn); importing up-front removes the race.
+    """
+    import anndata  # noqa: F401
+    import scanpy  # noqa: F401
+    import sklearn.metrics  # noqa: F401
+    import sklearn.neighbors  # noqa: F401
+    import torch  # noqa: F401
+
+    import cellannot_core.calibration  # noqa: F401
+    import cellannot_core.data  # noqa: F401
+    import cellannot_core.metrics  # noqa: F401
+    import cellannot_core.models  # noqa: F401
+    import cellannot_core.novelty  # noqa: F401
+    import cellannot_core.pipeline  # noqa: F401
+    import cellannot_core.plots  # noqa: F401
+    import cellannot_core.train  # noqa: F401
+
+
+def start_job(reference: Any, query: Any, opts: Any, *, root: str | Path | None = None) -> str:
+    """Start training in a background thread; return the new run id.
+
+    Parameters
+    ----------
+    reference, query
+        AnnData objects (or paths) as accepted by :func:`cellannot_core.pipeline.annotate`.
+        The worker only reads them.
+    opts
+        :class:`cellannot_core.pipeline.AnnotateOptions`.
+    root
+        Runs directory (default :func:`runs_root`).
+    """
+    warm_imports()
+    from cellannot_core.train import CancelToken
+
+    rd = RunDir.create(root if root is not None else runs_root(), model=opts.model)
+    rd.set_status("queued", model=opts.model, message="starting")
+    job = Job(run_id=rd.id, run_dir=rd, token=CancelToken())
+    job.thread = threading.Thread(target=_worker, args=(job, reference, query, opts), daemon=True,
+                                  name=f"cellannot-train-{rd.id}")
+    with _LOCK:
+        _JOBS[rd.id] = job
+    job.thread.start()
+    return rd.id
+
+
+def cancel(run_id: str) -> bool:
+    """Ask a job of this process to stop; True when there was a live job to cancel."""
+    job = get_job(run_id)
+    if job is None or not job.alive:
+        return False
+    job.token.cancel()
+    job.log("cancel requested")
+    return True
+
+
+def run_status(run_id: str, root: str | Path | None = None) -> dict[str, Any]:
+    """Status of a run from its directory, plus whether this process is running it.
+
+    Adds ``live`` (a thread of this server works on it) and, for an active state without a
+    live thread, ``stale=True`` with a plain explanation (server restarted, or started by the
+    command line in another process).
+    """
+    rd = RunDir.open(root if root is not None else runs_root(), run_id)
+    status = dict(rd.status())
+    job = get_job(run_id)
+    status["live"] = bool(job and job.alive)
+    status["stale"] = False
+    if status.get("state") in ACTIVE_STATES and not status["live"]:
+        age = time.time() - float(status.get("updated") or 0)
+        status["stale"] = True
+        status["stale_note"] = (
+            f"no training thread of this app works on this run (last update {age:.0f} s ago): it was "
+            "started by another process, or the server restarted and the run was interrupted"
+        )
+    return status
+
+
+def read_log(run_id: str, root: str | Path | None = None, *, tail: int = 30) -> list[str]:
+    rd = RunDir.open(root if root is not None else runs_root(), run_id)
+    try:
+        lines = rd.file(RunFiles.LOG).read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return []
+    return [ln for ln in lines if not ln.startswith(("Traceback", "  "))][-tail:]
+
+
+def wait(run_id: str, timeout: float | None = None) -> dict[str, Any]:
+    """Block until the job ends (for tests and scripts); returns its final status."""
+    job = get_job(run_id)
+    if job is not None and job.thread is not None:
+        job.thread.join(timeout)
+    return job.run_dir.status() if job is not None else {}

@@ -1,0 +1,91 @@
+"""Latent-space view: 2-D embeddings of reference + query (+ generated) latents, cached per run
+on disk (``<run>/embeddings/*.npy`` via ``cached_embedding``) and in memory (``st.cache_data``)."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from cellannot_core._constants import UNKNOWN, OutKeys
+from cellannot_core.runs import RunDir
+from ui.results import Run, _load_arrays
+
+METHODS = {"umap": "UMAP", "tsne": "t-SNE", "pca": "PCA (fast)"}
+COLOR_BY = {
+    "dataset": "Dataset",
+    "true": "True label",
+    "predicted": "Predicted label",
+    "confidence": "Confidence",
+    "novelty": "Novelty score",
+    "unknown": "Unknown or not",
+}
+CONTINUOUS = ("confidence", "novelty")
+MAX_FIT = 20_000  # UMAP / t-SNE are fitted on at most this many cells; the rest are placed
+MAX_POINTS = 50_000  # drawn points (WebGL); above: a seeded subsample, with a note
+EMBED_VERSION = "v1"
+
+
+def cache_path_key(method: str, with_generated: bool) -> str:
+    return f"{method}_{'with_generated' if with_generated else 'real'}_seed0_fit{MAX_FIT}_{EMBED_VERSION}"
+
+
+def is_cached(run: Run, method: str, with_generated: bool) -> bool:
+    return (run.rd.path / "embeddings" / f"{cache_path_key(method, with_generated)}.npy").is_file()
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def coordinates(root: str, run_id: str, method: str, with_generated: bool) -> np.ndarray:
+    """(reference + query [+ generated]) x 2 coordinates, in that order."""
+    from cellannot_core.embed import cached_embedding, embed, embed_with_extra
+
+    arrays = _load_arrays(root, run_id)
+    X = np.vstack([arrays["ref_latent"], arrays["query_latent"]])
+    gen = arrays.get("gen_latent") if with_generated else None
+
+    def compute() -> np.ndarray:
+        if gen is not None and len(gen):
+            y, y_gen = embed_with_extra(X, gen, method=method, seed=0, max_cells=MAX_FIT)
+            return np.vstack([y, y_gen])
+        return embed(X, method=method, seed=0, max_cells=MAX_FIT)
+
+    cache_dir = RunDir.open(root, run_id).path / "embeddings"
+    return cached_embedding(cache_dir, cache_path_key(method, gen is not None), compute)
+
+
+def point_table(run: Run, coords: np.ndarray, with_generated: bool) -> pd.DataFrame:
+    """One row per drawn cell: x, y, dataset, labels, confidence, novelty, Unknown, marker."""
+    a = run.arrays
+    classes = np.asarray(run.classes, dtype=object)
+    n_ref, n_q = len(a["ref_y"]), len(a["query_latent"])
+    gen = with_generated and "gen_y" in a and len(a["gen_y"]) > 0
+    n_gen = len(a["gen_y"]) if gen else 0
+    obs = run.obs
+    q_true = run.query_labels if run.query_labels is not None else np.full(n_q, "(query, unlabelled)")
+    q_unknown = obs[OutKeys.IS_UNKNOWN].to_numpy().astype(bool)
+    parts = {
+        "dataset": ["reference"] * n_ref + ["query"] * n_q + ["generated"] * n_gen,
+        "true": list(classes[a["ref_y"]]) + list(q_true) + (list(classes[a["gen_y"]]) if gen else []),
+        "predicted": ["(reference)"] * n_ref + list(obs[OutKeys.LABEL].astype(str)) + ["(generated)"] * n_gen,
+        "confidence": np.r_[np.full(n_ref, np.nan), obs[OutKeys.CONFIDENCE].to_numpy(float), np.full(n_gen, np.nan)],
+        "novelty": np.r_[np.full(n_ref, np.nan), obs[OutKeys.OOD_SCORE].to_numpy(float), np.full(n_gen, np.nan)],
+        "unknown": ["reference"] * n_ref + list(np.where(q_unknown, UNKNOWN, "known type")) + ["generated"] * n_gen,
+        "marker": ["real"] * (n_ref + n_q) + ["generated"] * n_gen,
+    }
+    df = pd.DataFrame(parts)
+    df["x"], df["y"] = coords[: len(df), 0], coords[: len(df), 1]
+    return df
+
+
+def figure(df: pd.DataFrame, color_by: str, method: str, classes: list[str]) -> Any:
+    from cellannot_core.plots import latent_scatter
+
+    cont = color_by in CONTINUOUS
+    cats = classes if color_by in ("true", "predicted") else None
+    hover = df[["dataset", "true", "predicted"]].rename(columns={"true": "true label", "predicted": "predicted"})
+    name = METHODS[method].split(" ")[0]
+    return latent_scatter(df[["x", "y"]].to_numpy(), df[color_by].to_numpy(), symbol=df["marker"].to_numpy(),
+                          hover=hover, continuous=cont, max_points=MAX_POINTS, color_title=COLOR_BY[color_by],
+                          categories=cats, title=f"Latent space ({name})", x_title=f"{name} 1",
+                          y_title=f"{name} 2")

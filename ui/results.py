@@ -1,0 +1,232 @@
+"""Cached access to a finished run's results (keyed by runs root + run id).
+
+A finished run directory never changes, so ``st.cache_data`` keyed by ``(root, run_id)`` is
+safe. Everything returned is plain data (arrays, frames, dicts); figures are built by the
+pages from these with ``cellannot_core.plots``.
+"""
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from cellannot_core._constants import UNKNOWN, OutKeys, RunFiles
+from cellannot_core.errors import CellannotError
+from cellannot_core.runs import RunDir
+from ui.jobs import run_status, runs_root
+from ui.state import StateKeys, get
+
+OOD_NAMES = ("knn", "mahalanobis", "maxprob", "energy")
+SKLEARN_KNN_MAX = 30_000
+
+
+@dataclass
+class Run:
+    """What the result pages need of one finished run."""
+
+    root: str
+    run_id: str
+    card: dict[str, Any]
+    arrays: dict[str, np.ndarray]
+    obs: pd.DataFrame  # the annotated query's obs (predictions + the query's own columns)
+
+    @property
+    def rd(self) -> RunDir:
+        return RunDir.open(self.root, self.run_id)
+
+    @property
+    def classes(self) -> list[str]:
+        return [str(c) for c in self.card.get(OutKeys.CLASSES, [])]
+
+    @property
+    def query_label_key(self) -> str | None:
+        key = (self.card.get("options") or {}).get("query_label_key")
+        return key if key and key in self.obs.columns else None
+
+    @property
+    def query_labels(self) -> np.ndarray | None:
+        key = self.query_label_key
+        return None if key is None else self.obs[key].astype(str).to_numpy()
+
+    @property
+    def rejection(self) -> dict[str, Any]:
+        return self.card.get("rejection") or {}
+
+    @property
+    def temperature(self) -> float:
+        return float(self.card.get("temperature", 1.0))
+
+    def scores(self, method: str) -> tuple[np.ndarray, np.ndarray]:
+        """(reference validation, query) novelty scores of ``method``."""
+        return self.arrays[f"val_score_{method}"], self.arrays[f"query_score_{method}"]
+
+    def score_methods(self) -> list[str]:
+        return [m for m in OOD_NAMES if f"query_score_{m}" in self.arrays and f"val_score_{m}" in self.arrays]
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _load_card(root: str, run_id: str) -> dict[str, Any]:
+    return RunDir.open(root, run_id).card() or {}
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _load_arrays(root: str, run_id: str) -> dict[str, np.ndarray]:
+    return RunDir.open(root, run_id).load_arrays()
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _load_obs(root: str, run_id: str) -> pd.DataFrame:
+    import anndata as ad
+
+    path = RunDir.open(root, run_id).file(RunFiles.ANNOTATED)
+    a = ad.read_h5ad(path, backed="r")
+    try:
+        return a.obs.copy()
+    finally:
+        a.file.close()
+
+
+def current_run() -> Run | None:
+    """The session's current run when it finished successfully, else ``None`` (no UI output)."""
+    run_id = get(StateKeys.RUN_ID)
+    if not run_id:
+        return None
+    root = str(runs_root())
+    try:
+        if run_status(run_id, root).get("state") != "done":
+            return None
+        return Run(root, run_id, _load_card(root, run_id), _load_arrays(root, run_id), _load_obs(root, run_id))
+    except (OSError, ValueError, KeyError, CellannotError):
+        return None
+
+
+def require_run() -> Run:
+    """Stop the page with a pointer to the Train page unless a finished run is selected."""
+    run_id = get(StateKeys.RUN_ID)
+    if not run_id:
+        st.info("Train a model (or reopen a past run) on the **Train** page first.")
+        st.stop()
+    run = current_run()
+    if run is None:
+        try:
+            state = run_status(run_id).get("state")
+        except CellannotError:
+            state = "missing"
+        st.info(f"Run `{run_id}` is {state}; results appear here once it is done (see the **Train** page).")
+        st.stop()
+    return run
+
+
+# ------------------------------------------------------------------------------ derived data
+
+
+def relabel(run: Run, method: str, threshold: float) -> np.ndarray:
+    """Final labels of the query for a novelty score and threshold (score > threshold: Unknown)."""
+    raw = run.obs[OutKeys.LABEL_RAW].astype(str).to_numpy()
+    _, q = run.scores(method)
+    return np.where(q > threshold, UNKNOWN, raw)
+
+
+def default_threshold(run: Run, method: str) -> float:
+    """The card's threshold for its own method; else the same acceptance rule on validation."""
+    from cellannot_core.calibration import threshold_for_acceptance
+
+    rej = run.rejection
+    if method == rej.get("method") and rej.get("threshold") is not None:
+        return float(rej["threshold"])
+    val, _ = run.scores(method)
+    return threshold_for_acceptance(val, float(rej.get("accept_fraction_on_validation", 0.95)))
+
+
+@st.cache_data(show_spinner="Clustering the query (Leiden)...", max_entries=8)
+def leiden_clusters(root: str, run_id: str, resolution: float = 1.0) -> np.ndarray:
+    """Leiden clusters of the query cells with scanpy (normalise, log1p, HVG, PCA, kNN, Leiden).
+
+    Up to :data:`SKLEARN_KNN_MAX` cells the kNN graph comes from scikit-learn (no numba
+    compilation on first use); above, from ``sc.pp.neighbors``.
+    """
+    import anndata as ad
+    import scanpy as sc
+
+    a = ad.read_h5ad(RunDir.open(root, run_id).file(RunFiles.ANNOTATED))
+    a = ad.AnnData(X=a.X.copy(), obs=a.obs[[]].copy(), var=a.var[[]].copy())
+    n = a.n_obs
+    if n < 3:
+        return np.full(n, "0").astype(str)
+    sc.pp.normalize_total(a, target_sum=1e4)
+    sc.pp.log1p(a)
+    if a.n_vars > 2000:
+        sc.pp.highly_variable_genes(a, n_top_genes=2000, subset=True)
+    sc.pp.pca(a, n_comps=max(2, min(50, n - 1, a.n_vars - 1)))
+    k = min(15, n - 1)
+    leiden = dict(resolution=resolution, key_added="leiden", flavor="igraph", n_iterations=2, directed=False)
+    if n <= SKLEARN_KNN_MAX:
+        from sklearn.neighbors import kneighbors_graph
+
+        g = kneighbors_graph(a.obsm["X_pca"], n_neighbors=k, mode="connectivity", include_self=False)
+        sc.tl.leiden(a, adjacency=g.maximum(g.T).tocsr(), **leiden)
+    else:
+        sc.pp.neighbors(a, n_neighbors=k)
+        sc.tl.leiden(a, **leiden)
+    return a.obs["leiden"].astype(str).to_numpy()
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def file_bytes(root: str, run_id: str, name: str) -> bytes:
+    return RunDir.open(root, run_id).file(name).read_bytes()
+
+
+def model_zip(root: str, run_id: str) -> bytes:
+    """The model bundle (``model/``) as a zip (built when the download is clicked)."""
+    model_dir = RunDir.open(root, run_id).model_dir
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for p in sorted(model_dir.rglob("*")):
+            if p.is_file():
+                zf.write(p, Path("model") / p.relative_to(model_dir))
+    return buf.getvalue()
+
+
+def card_json(run: Run) -> str:
+    return json.dumps(run.card, indent=1, default=str)
+
+
+def cell_table(run: Run, *, labels: list[str] | None, min_conf: float, unknown_only: bool) -> pd.DataFrame:
+    """The per-cell table filtered as on the Label transfer page."""
+    obs = run.obs
+    cols = [OutKeys.LABEL, OutKeys.LABEL_RAW, OutKeys.CONFIDENCE, OutKeys.OOD_SCORE, OutKeys.IS_UNKNOWN]
+    if run.query_label_key:
+        cols.insert(0, run.query_label_key)
+    df = obs[cols].copy()
+    df.insert(0, "cell", obs.index.astype(str))
+    keep = df[OutKeys.CONFIDENCE].to_numpy() >= min_conf
+    if labels:
+        keep &= df[OutKeys.LABEL].astype(str).isin(labels).to_numpy()
+    if unknown_only:
+        keep &= df[OutKeys.IS_UNKNOWN].to_numpy().astype(bool)
+    return df[keep].reset_index(drop=True)
+
+
+def relabelled_csv(run: Run, method: str, threshold: float) -> bytes:
+    """Predictions CSV at a user-chosen novelty score and threshold."""
+    labels = relabel(run, method, threshold)
+    _, q = run.scores(method)
+    df = pd.DataFrame({"cell": run.obs.index.astype(str), OutKeys.LABEL: labels,
+                       OutKeys.LABEL_RAW: run.obs[OutKeys.LABEL_RAW].astype(str).to_numpy(),
+                       OutKeys.CONFIDENCE: run.obs[OutKeys.CONFIDENCE].to_numpy(),
+                       f"ood_score_{method}": q, OutKeys.IS_UNKNOWN: labels == UNKNOWN})
+    return df.to_csv(index=False).encode()
+
+
+def comparison_columns(run: Run) -> tuple[np.ndarray, str]:
+    """Columns of the label-transfer heatmap: the query's own labels, else its Leiden clusters."""
+    if run.query_labels is not None:
+        return run.query_labels, f"Query label ({run.query_label_key})"
+    return leiden_clusters(run.root, run.run_id), "Query cluster (Leiden)"

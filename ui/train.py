@@ -1,0 +1,210 @@
+"""Train page helpers: options from the form, the live run panel (polling the run directory)
+and the list of past runs."""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from cellannot_core.errors import CellannotError
+from ui import jobs
+from ui.state import StateKeys, WidgetKeys, get, set_run
+from ui.widgets import fmt_seconds, hparam_form, plot, status_text
+
+QUICK_EPOCHS = 3
+
+
+def build_options(*, model: str, hparams: dict[str, Any], device: str, seed: int, max_epochs: int | None,
+                  n_top_genes: int, accept: float, n_generate: int) -> Any:
+    """``AnnotateOptions`` from the form and the Data page's choices (validates hyper-parameters)."""
+    from cellannot_core.models import create_model
+    from cellannot_core.pipeline import AnnotateOptions
+    from cellannot_core.train import resolve_device
+
+    resolve_device(device)
+    # A throw-away build on a tiny input checks every hyper-parameter (types, bounds, and the
+    # string ones such as layer widths) now, with the model's own one-line ConfigError.
+    create_model(model, 8, ["a", "b"], seed=int(seed), device="cpu", hparams=hparams)
+    return AnnotateOptions(label_key=get(StateKeys.LABEL_KEY), query_label_key=get(StateKeys.QUERY_LABEL_KEY),
+                           model=model, hparams=dict(hparams), seed=int(seed), device=device,
+                           max_epochs=max_epochs, n_top_genes=int(n_top_genes), accept=float(accept),
+                           n_generate=int(n_generate), qc=get(StateKeys.QC))
+
+
+def start(opts: Any) -> str | None:
+    """Start a background job on the session's datasets; returns an error message or ``None``."""
+    try:
+        run_id = jobs.start_job(get(StateKeys.REFERENCE), get(StateKeys.QUERY), opts)
+    except (CellannotError, OSError) as err:
+        return str(err)
+    set_run(run_id)
+    return None
+
+
+def device_choices() -> tuple[list[str], str]:
+    from cellannot_core.train import available_devices
+
+    avail = available_devices()
+    note = "available here: " + ", ".join(avail) + ("" if "cuda" in avail else " (no CUDA GPU found)")
+    return ["auto"] + avail, note
+
+
+def training_form() -> Any | None:
+    """Model picker, registry-built hyper-parameters, device, seed, quick run and run options.
+
+    Returns validated ``AnnotateOptions`` when *Start training* was clicked (else ``None``);
+    invalid settings are reported with ``st.error`` in the model's own words.
+    """
+    from cellannot_core.models import get_spec, model_names
+
+    names = model_names()
+    model = st.selectbox("Model", names, key=WidgetKeys.MODEL,
+                         format_func=lambda n: n + ("  (recommended)" if n == names[0] else ""))
+    spec = get_spec(model)
+    st.markdown(spec.description)
+    sup = spec.supports
+    st.caption(" · ".join(f"{':material/check:' if ok else ':material/remove:'} {what}" for what, ok in (
+        ("latent space", sup.latent), ("generates cells", sup.samples), ("explain matrices", sup.explain),
+        ("needs raw counts", sup.needs_counts))))
+    hparams = hparam_form(spec)
+    c1, c2, c3 = st.columns(3)
+    devices, device_note = device_choices()
+    device = c1.selectbox("Device", devices, key=WidgetKeys.DEVICE, help=device_note)
+    c1.caption(device_note)
+    seed = c2.number_input("Seed", 0, 2**31 - 1, 0, key=WidgetKeys.SEED)
+    quick = c3.toggle("Quick run (few epochs)", key=WidgetKeys.QUICK,
+                      help="Caps the number of epochs (overrides max epochs) to try things out fast.")
+    quick_epochs = c3.number_input("Epochs for a quick run", 1, 100, QUICK_EPOCHS, key=WidgetKeys.QUICK_EPOCHS,
+                                   disabled=not quick)
+    with st.expander("Run options"):
+        o1, o2, o3 = st.columns(3)
+        n_top = o1.number_input("Highly variable genes", 50, 20_000, 2000, step=100, key=WidgetKeys.N_TOP_GENES)
+        accept = o2.slider("Accept share of reference validation cells", 0.5, 1.0, 0.95, 0.01, key=WidgetKeys.ACCEPT,
+                           help="Sets the Unknown threshold on the novelty score.")
+        n_gen = o3.number_input("Generated cells per class", 0, 1000, 100 if sup.samples else 0,
+                                key=WidgetKeys.N_GENERATE, disabled=not sup.samples,
+                                help="Sampled from the model after training, shown in the latent space")
+    if not st.button("Start training", type="primary", key=WidgetKeys.START, icon=":material/play_arrow:"):
+        return None
+    try:
+        return build_options(model=model, hparams=hparams, device=device, seed=seed,
+                             max_epochs=int(quick_epochs) if quick else None, n_top_genes=n_top, accept=accept,
+                             n_generate=n_gen if sup.samples else 0)
+    except CellannotError as err:
+        st.error(str(err))
+        return None
+
+
+# ------------------------------------------------------------------------------ live panel
+
+
+def _progress_line(s: dict[str, Any]) -> str:
+    parts = []
+    if s.get("max_epochs"):
+        parts.append(f"epoch {s.get('epoch', 0)} of at most {s['max_epochs']}")
+    parts.append(f"elapsed {fmt_seconds(s.get('elapsed'))}")
+    if s.get("state") == "running" and s.get("eta") is not None:
+        parts.append(f"about {fmt_seconds(s['eta'])} left")
+    return " · ".join(parts)
+
+
+def _done_summary(run_id: str) -> None:
+    from cellannot_core.runs import RunDir
+
+    card = RunDir.open(jobs.runs_root(), run_id).card() or {}
+    val = card.get("validation") or {}
+    qm = card.get("query_metrics") or {}
+    c = st.columns(4)
+    c[0].metric("Validation accuracy", f"{val.get('val_accuracy', float('nan')):.1%}")
+    c[1].metric("Query cells", f"{card.get('n_query', 0):,}")
+    c[2].metric("Called Unknown", f"{card.get('unknown_fraction', 0):.1%}")
+    if qm.get("acc_in") is not None:
+        c[3].metric("Query accuracy (known types)", f"{qm['acc_in']:.1%}")
+    tr = card.get("training") or {}
+    if tr.get("diverged"):
+        st.warning(f"Training diverged ({tr.get('divergence_message')}); the results use the last good "
+                   "checkpoint. Try a lower learning rate or fewer SGLD steps.")
+    st.page_link("pages/results.py", label="See the label transfer", icon=":material/arrow_forward:")
+
+
+def _panel_body(run_id: str, was_active: bool) -> None:
+    try:
+        s = jobs.run_status(run_id)
+    except CellannotError as err:
+        st.error(str(err))
+        return
+    state = s.get("state")
+    st.markdown(f"Run `{run_id}` ({s.get('model', '')})")
+    st.markdown(status_text(s))
+    st.progress(float(min(1.0, max(0.0, s.get("progress") or 0.0))), text=_progress_line(s))
+    if s.get("stale"):
+        st.warning(s["stale_note"])
+    if state in jobs.ACTIVE_STATES and s.get("live"):
+        if st.button("Cancel training", key=WidgetKeys.CANCEL, icon=":material/stop:"):
+            jobs.cancel(run_id)
+            st.toast("Cancelling: training stops after the current mini-batch.")
+    if state == "failed":
+        st.error(f"Training failed: {s.get('message')}")
+    elif state == "cancelled":
+        st.warning(f"Training was cancelled ({s.get('message')}).")
+    from cellannot_core.plots import training_curves
+    from cellannot_core.runs import RunDir
+
+    hist = RunDir.open(jobs.runs_root(), run_id).history()
+    if hist:
+        plot(training_curves(hist, title="Loss and validation accuracy"), key=f"curves_{run_id}")
+    if state == "done":
+        _done_summary(run_id)
+    log = jobs.read_log(run_id)
+    if log:
+        with st.expander("Log"):
+            st.code("\n".join(log), language=None)
+    if was_active and state not in jobs.ACTIVE_STATES:
+        st.rerun()  # the whole page: stop polling, enable the result pages
+
+
+def run_panel(run_id: str) -> None:
+    """Status, progress, curves and Cancel of a run; polls every second while it is active."""
+    try:
+        active = jobs.run_status(run_id).get("state") in jobs.ACTIVE_STATES
+    except CellannotError as err:
+        st.error(str(err))
+        return
+
+    @st.fragment(run_every=1.0 if active else None)
+    def _panel() -> None:
+        _panel_body(run_id, active)
+
+    _panel()
+
+
+# ------------------------------------------------------------------------------ past runs
+
+
+def past_runs() -> pd.DataFrame:
+    from cellannot_core.runs import list_runs
+
+    rows = list_runs(jobs.runs_root())
+    df = pd.DataFrame(rows, columns=["id", "state", "model", "created", "n_query", "unknown_fraction", "message"])
+    if len(df):
+        df["created"] = [time.strftime("%Y-%m-%d %H:%M", time.localtime(t)) if t else "" for t in df["created"]]
+    return df
+
+
+def past_runs_section() -> None:
+    df = past_runs()
+    if df.empty:
+        st.caption(f"No runs yet in `{jobs.runs_root()}`.")
+        return
+    st.dataframe(df, hide_index=True, column_config={
+        "unknown_fraction": st.column_config.NumberColumn("Unknown", format="percent"),
+        "n_query": st.column_config.NumberColumn("query cells")})
+    ids = df["id"].tolist()
+    cur = get(StateKeys.RUN_ID)
+    c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
+    pick = c1.selectbox("Run", ids, index=ids.index(cur) if cur in ids else 0, key=WidgetKeys.RUN_PICKER)
+    if c2.button("Open this run", key=WidgetKeys.OPEN_RUN):
+        set_run(pick)
+        st.rerun()

@@ -1,0 +1,130 @@
+"""Reusable widgets: the registry-driven hyper-parameter form, dataset summaries, traffic light,
+the live run panel and small formatting helpers."""
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from ui.state import WidgetKeys
+
+LIGHT = {"green": ":green[●] Good overlap", "yellow": ":orange[●] Partial overlap",
+         "red": ":red[●] Too little overlap"}
+
+
+def plot(fig: Any, key: str | None = None) -> None:
+    """Show a plotly figure at full width."""
+    st.plotly_chart(fig, width="stretch", key=key)
+
+
+def fmt_seconds(s: float | None) -> str:
+    if s is None:
+        return "-"
+    s = float(s)
+    if s < 60:
+        return f"{s:.0f} s"
+    if s < 3600:
+        return f"{int(s // 60)} min {int(s % 60):02d} s"
+    return f"{int(s // 3600)} h {int(s % 3600 // 60):02d} min"
+
+
+# ------------------------------------------------------------------------------ hyper-parameters
+
+
+def hparam_widget(model: str, name: str, hp: Any) -> Any:
+    """One widget for a registry ``HParam``: selectbox for choices, checkbox for bools,
+    number_input for numbers (bounded by low/high), text_input for strings."""
+    key = WidgetKeys.HPARAM.format(model=model, name=name)
+    label, helptext = name.replace("_", " "), hp.help
+    t = type(hp.default)
+    if hp.choices is not None:
+        choices = list(hp.choices)
+        return st.selectbox(label, choices, index=choices.index(hp.default) if hp.default in choices else 0,
+                            help=helptext, key=key)
+    if t is bool:
+        return st.checkbox(label, value=hp.default, help=helptext, key=key)
+    if t is int:
+        return int(st.number_input(label, value=int(hp.default), step=1, help=helptext, key=key,
+                                   min_value=None if hp.low is None else int(hp.low),
+                                   max_value=None if hp.high is None else int(hp.high)))
+    if t is float:
+        d = float(hp.default)
+        fmt = "%.2e" if d != 0 and (abs(d) < 1e-2 or abs(d) >= 1e4) else "%.4g"
+        return float(st.number_input(label, value=d, help=helptext, key=key, format=fmt,
+                                     min_value=None if hp.low is None else float(hp.low),
+                                     max_value=None if hp.high is None else float(hp.high)))
+    return st.text_input(label, value=str(hp.default), help=helptext, key=key)
+
+
+def hparam_form(spec: Any, *, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Widgets for every hyper-parameter of a registry entry; advanced ones in an expander.
+
+    Returns only the values that differ from the defaults (the run card records all).
+    """
+    values: dict[str, Any] = {}
+    basic = {k: h for k, h in spec.hparams.items() if not h.advanced and k not in skip}
+    advanced = {k: h for k, h in spec.hparams.items() if h.advanced and k not in skip}
+    cols = st.columns(3)
+    for i, (name, hp) in enumerate(basic.items()):
+        with cols[i % 3]:
+            values[name] = hparam_widget(spec.name, name, hp)
+    if advanced:
+        with st.expander(f"Advanced hyper-parameters ({len(advanced)})"):
+            cols = st.columns(3)
+            for i, (name, hp) in enumerate(advanced.items()):
+                with cols[i % 3]:
+                    values[name] = hparam_widget(spec.name, name, hp)
+    return {k: v for k, v in values.items() if v != spec.hparams[k].default}
+
+
+# ------------------------------------------------------------------------------ data page
+
+
+def dataset_summary(info: dict[str, Any], summ: dict[str, Any]) -> None:
+    """Cells, genes, value state and what will be used, plus problems in plain words."""
+    st.caption(f"`{info['name']}` ({info['source']})")
+    c1, c2, c3 = st.columns(3)
+    c1.metric("Cells", f"{summ['n_cells']:,}")
+    c2.metric("Genes", f"{summ['n_genes']:,}")
+    c3.metric("Values in X", str(summ["value_state"]))
+    used = summ.get("counts_source") or "no raw counts found"
+    st.markdown(f"**Will use:** {used}; gene identifiers: {summ.get('gene_ids')} "
+                f"(e.g. {', '.join(summ.get('example_genes', [])[:3])})")
+    for p in summ.get("problems", []):
+        st.error(p)
+
+
+def label_counts_table(candidates: list[dict[str, Any]], key: str | None) -> None:
+    cand = next((c for c in candidates if c["key"] == key), None)
+    if cand is None:
+        return
+    df = pd.DataFrame({"class": list(cand["counts"]), "cells": list(cand["counts"].values())})
+    st.dataframe(df, hide_index=True, height=min(300, 38 + 35 * len(df)))
+
+
+def gene_overlap_report(rep: dict[str, Any]) -> None:
+    st.markdown(f"#### Gene overlap  {LIGHT[rep['light']]}")
+    if rep["ok"]:
+        st.progress(min(1.0, rep["fraction"]),
+                    text=f"{rep['n_shared']:,} of {rep['n_ref']:,} reference genes found in the query "
+                         f"({rep['fraction']:.0%}); the query has {rep['n_query']:,} genes")
+        st.caption(rep["message"])
+        if rep.get("approximate"):
+            st.warning("Genes matched only when ignoring upper/lower case: check both datasets are the same species.")
+        if rep["light"] == "red":
+            st.warning("Few genes are shared: predictions may be poor. Check gene identifiers (symbols vs Ensembl).")
+    else:
+        st.error(rep["message"])
+
+
+# ------------------------------------------------------------------------------ train page
+
+STATE_ICON = {"queued": ":material/hourglass_empty:", "running": ":material/autorenew:",
+              "done": ":green[:material/check_circle:]", "failed": ":red[:material/error:]",
+              "cancelled": ":orange[:material/stop_circle:]"}
+
+
+def status_text(status: dict[str, Any]) -> str:
+    state = status.get("state", "?")
+    return f"{STATE_ICON.get(state, '')} **{state}**: {status.get('message', '')}"
