@@ -117,10 +117,11 @@ def run_card(model, prepared: Prepared, opts: AnnotateOptions, preds: Prediction
              train_seconds: float, query_metrics: dict[str, Any] | None = None) -> dict[str, Any]:
     import torch
 
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
-        import scanpy as sc
-        scanpy_v = sc.__version__
-    except Exception:  # noqa: BLE001
+        scanpy_v = version("scanpy")
+    except PackageNotFoundError:
         scanpy_v = "unknown"
     hist = model.history or {}
     return {

@@ -74,13 +74,19 @@ def coverage_pairs(run: Run, method: str) -> dict[str, tuple[np.ndarray, np.ndar
 
 
 def threshold_story(run: Run) -> str:
+    """How the run's Unknown threshold was chosen, from the run card."""
     rej = run.rejection
     accept = float(rej.get("accept_fraction_on_validation", 0.95))
-    text = (f"The model's threshold on the **{rej.get('method')}** novelty score is "
-            f"**{float(rej.get('threshold', float('nan'))):.4g}**: the score value below which "
-            f"{accept:.0%} of held-out reference validation cells fall, so about {1 - accept:.0%} of "
-            "cells of *known* types are expected to be called Unknown.")
+    val_thr = rej.get("validation_threshold", rej.get("threshold"))
+    text = (f"The model calls a cell **Unknown** when its **{rej.get('method')}** novelty score is above "
+            f"**{float(rej.get('threshold', float('nan'))):.4g}**. On held-out reference validation cells, "
+            f"{float(val_thr):.4g} accepts {accept:.0%} of them (so about {1 - accept:.0%} of cells of *known* "
+            "types are expected to be called Unknown)")
+    factor = float(rej.get("shift_factor", 1.0) or 1.0)
+    if factor != 1.0:
+        text += (f"; it was then scaled by {factor:.3f} = median(query score) / median(validation score) to "
+                 "allow for the shift between the studies")
+    text += "."
     if rej.get("threshold_overridden"):
         text += " (The threshold was set by hand for this run.)"
     return text
-

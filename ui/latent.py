@@ -10,7 +10,7 @@ import streamlit as st
 
 from cellannot_core._constants import UNKNOWN, OutKeys
 from cellannot_core.runs import RunDir
-from ui.results import Run, _load_arrays
+from ui.results import Run, load_arrays
 
 METHODS = {"umap": "UMAP", "tsne": "t-SNE", "pca": "PCA (fast)"}
 COLOR_BY = {
@@ -40,7 +40,7 @@ def coordinates(root: str, run_id: str, method: str, with_generated: bool) -> np
     """(reference + query [+ generated]) x 2 coordinates, in that order."""
     from cellannot_core.embed import cached_embedding, embed, embed_with_extra
 
-    arrays = _load_arrays(root, run_id)
+    arrays = load_arrays(root, run_id)
     X = np.vstack([arrays["ref_latent"], arrays["query_latent"]])
     gen = arrays.get("gen_latent") if with_generated else None
 

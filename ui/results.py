@@ -25,6 +25,7 @@ from ui.state import StateKeys, get
 
 OOD_NAMES = ("knn", "mahalanobis", "maxprob", "energy")
 SKLEARN_KNN_MAX = 30_000
+SHIFTED_SCORES = ("knn", "mahalanobis")  # scores the query-shift correction rescales
 
 
 @dataclass
@@ -72,17 +73,17 @@ class Run:
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def _load_card(root: str, run_id: str) -> dict[str, Any]:
+def load_card(root: str, run_id: str) -> dict[str, Any]:
     return RunDir.open(root, run_id).card() or {}
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
-def _load_arrays(root: str, run_id: str) -> dict[str, np.ndarray]:
+def load_arrays(root: str, run_id: str) -> dict[str, np.ndarray]:
     return RunDir.open(root, run_id).load_arrays()
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
-def _load_obs(root: str, run_id: str) -> pd.DataFrame:
+def load_obs(root: str, run_id: str) -> pd.DataFrame:
     import anndata as ad
 
     path = RunDir.open(root, run_id).file(RunFiles.ANNOTATED)
@@ -91,6 +92,11 @@ def _load_obs(root: str, run_id: str) -> pd.DataFrame:
         return a.obs.copy()
     finally:
         a.file.close()
+
+
+def load_run(root: str, run_id: str) -> Run:
+    """A finished run's card, arrays and annotated obs (cached)."""
+    return Run(root, run_id, load_card(root, run_id), load_arrays(root, run_id), load_obs(root, run_id))
 
 
 def current_run() -> Run | None:
@@ -102,7 +108,7 @@ def current_run() -> Run | None:
     try:
         if run_status(run_id, root).get("state") != "done":
             return None
-        return Run(root, run_id, _load_card(root, run_id), _load_arrays(root, run_id), _load_obs(root, run_id))
+        return load_run(root, run_id)
     except (OSError, ValueError, KeyError, CellannotError):
         return None
 
@@ -135,14 +141,24 @@ def relabel(run: Run, method: str, threshold: float) -> np.ndarray:
 
 
 def default_threshold(run: Run, method: str) -> float:
-    """The card's threshold for its own method; else the same acceptance rule on validation."""
+    """The card's threshold for its own method; for another stored score, the same rule: accept
+    the card's share of validation cells, then the card's query-shift correction.
+
+    The shift correction mirrors ``Model.query_threshold`` (distance scores only: times
+    ``max(1, median(query) / median(validation))``).
+    """
     from cellannot_core.calibration import threshold_for_acceptance
 
     rej = run.rejection
     if method == rej.get("method") and rej.get("threshold") is not None:
         return float(rej["threshold"])
-    val, _ = run.scores(method)
-    return threshold_for_acceptance(val, float(rej.get("accept_fraction_on_validation", 0.95)))
+    val, q = run.scores(method)
+    thr = threshold_for_acceptance(val, float(rej.get("accept_fraction_on_validation", 0.95)))
+    if rej.get("shift_correction") == "median" and method in SHIFTED_SCORES and len(q):
+        med = float(np.median(val[np.isfinite(val)])) if np.isfinite(val).any() else float("nan")
+        if np.isfinite(med) and med > 0:
+            thr *= max(1.0, float(np.median(q)) / med)
+    return thr
 
 
 @st.cache_data(show_spinner="Clustering the query (Leiden)...", max_entries=8)

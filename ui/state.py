@@ -123,16 +123,6 @@ def data_loaded() -> bool:
     return get(StateKeys.REFERENCE) is not None and get(StateKeys.QUERY) is not None
 
 
-def require_data() -> None:
-    """Stop the page with a pointer to the Data page when data or the label column are missing."""
-    if not data_loaded():
-        st.info("Load data first on the **Data** page (or click *Try the demo* on Home).")
-        st.stop()
-    if not get(StateKeys.LABEL_KEY):
-        st.info("Pick the reference label column on the **Data** page first.")
-        st.stop()
-
-
 def set_run(run_id: str) -> None:
     """Make ``run_id`` the session's current run (and put it in the URL)."""
     st.session_state[StateKeys.RUN_ID] = run_id

@@ -3,7 +3,8 @@ and the list of past runs."""
 from __future__ import annotations
 
 import time
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import pandas as pd
 import streamlit as st
@@ -25,12 +26,30 @@ def build_options(*, model: str, hparams: dict[str, Any], device: str, seed: int
 
     resolve_device(device)
     # A throw-away build on a tiny input checks every hyper-parameter (types, bounds, and the
-    # string ones such as layer widths) now, with the model's own one-line ConfigError.
-    create_model(model, 8, ["a", "b"], seed=int(seed), device="cpu", hparams=hparams)
+    # string ones such as layer widths) now, with the model's own one-line ConfigError. Models
+    # seed the global RNGs when built, so their states are restored afterwards.
+    with _rng_preserved():
+        create_model(model, 8, ["a", "b"], seed=int(seed), device="cpu", hparams=hparams)
     return AnnotateOptions(label_key=get(StateKeys.LABEL_KEY), query_label_key=get(StateKeys.QUERY_LABEL_KEY),
                            model=model, hparams=dict(hparams), seed=int(seed), device=device,
                            max_epochs=max_epochs, n_top_genes=int(n_top_genes), accept=float(accept),
                            n_generate=int(n_generate), qc=get(StateKeys.QC))
+
+
+@contextmanager
+def _rng_preserved() -> Iterator[None]:
+    import random
+
+    import numpy as np
+    import torch
+
+    py, npy, pt = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
+    try:
+        yield
+    finally:
+        random.setstate(py)
+        np.random.set_state(npy)
+        torch.random.set_rng_state(pt)
 
 
 def start(opts: Any) -> str | None:
@@ -43,12 +62,15 @@ def start(opts: Any) -> str | None:
     return None
 
 
-def device_choices() -> tuple[list[str], str]:
+def device_choices() -> tuple[list[str], dict[str, str], str]:
+    """``auto``, ``cpu``, ``cuda`` with labels saying what this machine has."""
     from cellannot_core.train import available_devices
 
     avail = available_devices()
+    labels = {"auto": f"auto ({'cuda' if 'cuda' in avail else 'cpu'} here)", "cpu": "cpu",
+              "cuda": "cuda" if "cuda" in avail else "cuda (not available here)"}
     note = "available here: " + ", ".join(avail) + ("" if "cuda" in avail else " (no CUDA GPU found)")
-    return ["auto"] + avail, note
+    return ["auto", "cpu", "cuda"], labels, note
 
 
 def training_form() -> Any | None:
@@ -70,8 +92,8 @@ def training_form() -> Any | None:
         ("needs raw counts", sup.needs_counts))))
     hparams = hparam_form(spec)
     c1, c2, c3 = st.columns(3)
-    devices, device_note = device_choices()
-    device = c1.selectbox("Device", devices, key=WidgetKeys.DEVICE, help=device_note)
+    devices, device_labels, device_note = device_choices()
+    device = c1.selectbox("Device", devices, key=WidgetKeys.DEVICE, help=device_note, format_func=device_labels.get)
     c1.caption(device_note)
     seed = c2.number_input("Seed", 0, 2**31 - 1, 0, key=WidgetKeys.SEED)
     quick = c3.toggle("Quick run (few epochs)", key=WidgetKeys.QUICK,

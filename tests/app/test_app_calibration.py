@@ -1,6 +1,7 @@
 """Calibration & novelty page: reliability, the threshold slider updates the Unknown count."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -34,30 +35,39 @@ def test_threshold_slider_changes_unknown_count(run):
     at.session_state[StateKeys.RUN_ID] = run_id
     at.switch_page("pages/calibration.py").run()
     assert not at.exception
-    card = (root / run_id / "run_card.json").read_text()
+    card = json.loads((root / run_id / "run_card.json").read_text())
     method = at.selectbox(key=WidgetKeys.SCORE_METHOD).value
-    assert f'"method": "{method}"' in card
+    assert method == card["rejection"]["method"]
     slider = at.slider(key=WidgetKeys.THRESHOLD.format(run=run_id, method=method))
+    assert slider.value == pytest.approx(card["rejection"]["threshold"])  # starts at the card's threshold
     before = int(_metric(at, "Unknown query cells").replace(",", ""))
+    assert before == round(card["unknown_fraction"] * 250)  # same calls as the run's predictions
     assert 0 < before < 250
+    assert "accepts 95%" in " ".join(m.value for m in at.markdown)  # how the threshold was chosen
     slider.set_value(slider.max).run()
     assert int(_metric(at, "Unknown query cells").replace(",", "")) == 0
     assert _metric(at, "Reference validation accepted") == "100.0%"
     at.slider(key=WidgetKeys.THRESHOLD.format(run=run_id, method=method)).set_value(slider.min).run()
     assert int(_metric(at, "Unknown query cells").replace(",", "")) > before
-    # another stored score, its own default threshold
+    # another stored score: its own slider, starting at the same acceptance rule
     other = next(m for m in ("knn", "mahalanobis", "maxprob", "energy") if m != method)
     at.selectbox(key=WidgetKeys.SCORE_METHOD).set_value(other).run()
     assert not at.exception
-    assert "accept" in " ".join(m.value for m in at.markdown) or "validation" in " ".join(m.value for m in at.markdown)
+    from ui import calibration as cal
+    from ui.results import default_threshold, load_run
+
+    r = load_run(str(root), run_id)
+    lo, hi = cal.threshold_range(r, other)
+    expected = min(max(default_threshold(r, other), lo), hi)
+    assert at.slider(key=WidgetKeys.THRESHOLD.format(run=run_id, method=other)).value == pytest.approx(expected)
 
 
 def test_reliability_recomputed_from_arrays(run):
     from ui import calibration as cal
-    from ui.results import Run, _load_arrays, _load_card, _load_obs
+    from ui.results import load_run
 
     root, run_id = str(run[0]), run[1]
-    r = Run(root, run_id, _load_card(root, run_id), _load_arrays(root, run_id), _load_obs(root, run_id))
+    r = load_run(root, run_id)
     curves, eces = cal.reliability(r)
     assert len(curves) == 3  # before, after, query known types
     before, after = list(eces.values())[:2]

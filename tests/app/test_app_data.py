@@ -119,3 +119,12 @@ def test_traffic_light_thresholds():
 def test_path_outside_data_root_is_refused(monkeypatch, tmp_path):
     monkeypatch.setenv("CELLANNOT_DATA_ROOT", str(tmp_path))
     assert "only reads files under" in data_ui.allowed_path(SMALL)
+
+
+def test_demo_pair_reports_types_missing_from_reference():
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    at.button(key=WidgetKeys.DEMO_BUTTON).click().run()
+    at.switch_page(DATA_PAGE).run()
+    assert not at.exception
+    assert any("NK (155), DC (32), Platelet (14)" in i.value and "201 cells" in i.value for i in at.info)
+    assert at.selectbox(key=WidgetKeys.QUERY_LABEL_PICKER).value == "cell_type_harmonized"

@@ -43,10 +43,10 @@ def test_latent_page_pca_all_colourings(run):
 
 
 def test_point_table_has_generated_cells_as_markers(run):
-    from ui.results import Run, _load_arrays, _load_card, _load_obs
+    from ui.results import load_run
 
     root, run_id = str(run[0]), run[1]
-    r = Run(root, run_id, _load_card(root, run_id), _load_arrays(root, run_id), _load_obs(root, run_id))
+    r = load_run(root, run_id)
     coords = lat.coordinates(root, run_id, "pca", True)
     df = lat.point_table(r, coords, True)
     assert df["marker"].value_counts().to_dict() == {"real": len(r.arrays["ref_y"]) + 250, "generated": 25}

@@ -135,3 +135,33 @@ def test_cancel_button_stops_the_job_and_past_runs_reopen(tiny_pair):
     at.selectbox(key=WidgetKeys.RUN_PICKER).set_value(run_id)
     at.button(key=WidgetKeys.OPEN_RUN).click().run()
     assert at.session_state[StateKeys.RUN_ID] == run_id
+
+
+def test_unavailable_cuda_is_refused_in_plain_words(tiny_pair):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is present")
+    at = _train_page(tiny_pair)
+    at.selectbox(key=WidgetKeys.DEVICE).set_value("cuda").run()
+    at.button(key=WidgetKeys.START).click().run()
+    assert not at.exception
+    assert "no CUDA GPU is available" in at.error[0].value
+    assert at.session_state[StateKeys.RUN_ID] is None
+
+
+def test_two_sessions_keep_their_own_runs(tiny_pair):
+    a, b = _train_page(tiny_pair), _train_page(tiny_pair)
+    _tiny_settings(a, "resnet", 2)
+    _tiny_settings(b, "clams", 2)
+    a.button(key=WidgetKeys.START).click().run()
+    b.button(key=WidgetKeys.START).click().run()
+    ra, rb = a.session_state[StateKeys.RUN_ID], b.session_state[StateKeys.RUN_ID]
+    assert ra != rb
+    assert jobs.wait(ra, 240)["state"] == "done" and jobs.wait(rb, 240)["state"] == "done"
+    for at, mine, other, model in ((a, ra, rb, "resnet"), (b, rb, ra, "clams")):
+        at.run()
+        text = " ".join(m.value for m in at.markdown)
+        assert f"Run `{mine}` ({model})" in text and f"Run `{other}`" not in text
+        at.switch_page("pages/results.py").run()
+        assert f"model {model}" in at.caption[0].value and mine in at.caption[0].value
