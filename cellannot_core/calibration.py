@@ -52,3 +52,30 @@ def threshold_for_acceptance(val_scores: np.ndarray, accept: float = 0.95) -> fl
     if s.size == 0:
         return float("inf")
     return float(np.quantile(s, accept))
+
+
+SHIFTABLE_SCORES = ("knn", "mahalanobis")  # positive distances: a study/technology shift scales them
+
+
+def shift_factor(val_scores_median: float, query_scores: np.ndarray) -> float:
+    """``max(1, median(query scores) / median(validation scores))``; 1 when undefined.
+
+    Distances grow for every query cell when the query comes from another study or technology,
+    so a threshold taken on reference validation cells alone rejects many known cells. Scaling
+    it by this factor assumes the bulk of the query is known cell types (true while novel cells
+    are under half of the query); it never lowers the threshold.
+    """
+    s = np.asarray(query_scores, dtype=np.float64)
+    s = s[np.isfinite(s)]
+    if s.size == 0 or not np.isfinite(val_scores_median) or val_scores_median <= 0:
+        return 1.0
+    return max(1.0, float(np.median(s)) / float(val_scores_median))
+
+
+def query_threshold(threshold: float, method: str, correction: str, val_scores_median: float,
+                    query_scores: np.ndarray) -> tuple[float, float]:
+    """The threshold applied to a query's novelty scores, and the shift factor used."""
+    if correction != "median" or method not in SHIFTABLE_SCORES:
+        return float(threshold), 1.0
+    f = shift_factor(val_scores_median, query_scores)
+    return float(threshold) * f, f

@@ -292,12 +292,19 @@ def annotate(reference, query, opts: AnnotateOptions, *, out: str | Path | None 
     ``run_dir`` (a :class:`~cellannot_core.runs.RunDir`) receives every artifact and live status.
     """
     from .data import read_dataset
+    from .errors import Cancelled
+    from .train.callbacks import any_stop
+
+    def checkpoint(step: str) -> None:
+        if any_stop(callbacks):
+            raise Cancelled(f"cancelled before {step}")
+        log(step)
 
     try:
-        log("reading data")
+        checkpoint("reading data")
         ref = reference if not isinstance(reference, (str, Path)) else read_dataset(reference, name="reference")
         qry = query if not isinstance(query, (str, Path)) else read_dataset(query, name="query")
-        log("preparing data")
+        checkpoint("preparing data")
         prepared = prepare_data(ref, qry, opts)
         for w in prepared.report.get("warnings", []):
             log(f"warning: {w}")
@@ -310,11 +317,12 @@ def annotate(reference, query, opts: AnnotateOptions, *, out: str | Path | None 
         if hist.get("diverged"):
             log(f"warning: {opts.model} diverged ({hist.get('divergence_message')}); results use the last good "
                 f"checkpoint")
-        log("labelling the query")
+        checkpoint("labelling the query")
         preds = predict(model, prepared.query.X, threshold=opts.threshold)
         qm = query_metrics(prepared, preds, model.classes)
         card = run_card(model, prepared, opts, preds, train_seconds=train_seconds, query_metrics=qm)
         adata = annotated_query(qry, prepared, preds, card)
+        checkpoint("writing results")
         if out is not None:
             write_h5ad_atomic(adata, Path(out))
         if save_model is not None:

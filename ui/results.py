@@ -25,7 +25,6 @@ from ui.state import StateKeys, get
 
 OOD_NAMES = ("knn", "mahalanobis", "maxprob", "energy")
 SKLEARN_KNN_MAX = 30_000
-SHIFTED_SCORES = ("knn", "mahalanobis")  # scores the query-shift correction rescales
 
 
 @dataclass
@@ -147,18 +146,15 @@ def default_threshold(run: Run, method: str) -> float:
     The shift correction mirrors ``Model.query_threshold`` (distance scores only: times
     ``max(1, median(query) / median(validation))``).
     """
-    from cellannot_core.calibration import threshold_for_acceptance
+    from cellannot_core.calibration import query_threshold, threshold_for_acceptance
 
     rej = run.rejection
     if method == rej.get("method") and rej.get("threshold") is not None:
         return float(rej["threshold"])
     val, q = run.scores(method)
     thr = threshold_for_acceptance(val, float(rej.get("accept_fraction_on_validation", 0.95)))
-    if rej.get("shift_correction") == "median" and method in SHIFTED_SCORES and len(q):
-        med = float(np.median(val[np.isfinite(val)])) if np.isfinite(val).any() else float("nan")
-        if np.isfinite(med) and med > 0:
-            thr *= max(1.0, float(np.median(q)) / med)
-    return thr
+    med = float(np.median(val[np.isfinite(val)])) if np.isfinite(val).any() else float("nan")
+    return query_threshold(thr, method, str(rej.get("shift_correction", "none")), med, q)[0]
 
 
 @st.cache_data(show_spinner="Clustering the query (Leiden)...", max_entries=8)

@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Sequence
 import numpy as np
 
 from .._constants import RunFiles
-from ..calibration import fit_temperature, softmax, threshold_for_acceptance
+from ..calibration import fit_temperature, query_threshold, softmax, threshold_for_acceptance
 from ..data._types import Split
 from ..errors import ConfigError
 from ..novelty import OOD_METHODS, LatentReference, energy_score, maxprob_score
@@ -151,12 +151,8 @@ class Model:
         query). Only distance scores (kNN, Mahalanobis) are positive and scale this way; other
         scores and ``"none"`` keep the validation threshold.
         """
-        s = np.asarray(query_scores, dtype=np.float64)
-        if (self.shift_correction != "median" or self.ood_method not in ("knn", "mahalanobis") or s.size == 0
-                or not np.isfinite(self.val_score_median) or self.val_score_median <= 0):
-            return self.threshold, 1.0
-        factor = max(1.0, float(np.median(s)) / self.val_score_median)
-        return self.threshold * factor, factor
+        return query_threshold(self.threshold, self.ood_method, self.shift_correction, self.val_score_median,
+                               query_scores)
 
     def set_threshold(self, threshold: float) -> None:
         self.threshold = float(threshold)

@@ -42,7 +42,11 @@ class TorchModel(Model):
         self.device = resolve_device(self.device_name)
         self.generator = seed_everything(self.seed)
         self.scaler = Standardizer(self.n_features).to(self.device)
-        self.net = self.build_net().to(self.device)
+        # weights are initialised from this model's seed, not from whatever the global RNG holds
+        # (several jobs may build models concurrently in one server)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            self.net = self.build_net().to(self.device)
 
     def build_net(self) -> nn.Module:
         raise NotImplementedError

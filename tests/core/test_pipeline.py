@@ -303,3 +303,22 @@ def test_qc_with_duplicate_query_names():
     q.X = X
     res = annotate(ref, q, _syn_opts(qc={"min_genes": 3}))
     assert res.adata.n_obs == 59
+
+
+def test_cancel_outside_training_stops_the_run(tmp_path, synthetic_pair):
+    """A Cancel pressed during data preparation (before training) ends the run as cancelled."""
+    from cellannot_core.errors import Cancelled
+    from cellannot_core.pipeline import AnnotateOptions, annotate
+    from cellannot_core.runs import RunDir
+    from cellannot_core.train import CancelToken
+
+    ref, q = synthetic_pair
+    token = CancelToken()
+    token.cancel()
+    rd = RunDir.create(tmp_path, model="resnet")
+    opts = AnnotateOptions(label_key="cell_type", model="resnet", hparams={"hidden": "8,4", "blocks": "1,1"},
+                           max_epochs=1, n_top_genes=50)
+    with pytest.raises(Cancelled):
+        annotate(ref, q, opts, run_dir=rd, callbacks=[token])
+    assert rd.status()["state"] == "cancelled"
+    assert not rd.file("annotated.h5ad").exists()
