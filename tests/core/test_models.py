@@ -15,7 +15,7 @@ from cellannot_core.calibration import softmax
 from cellannot_core.data import prepare
 from cellannot_core.errors import ConfigError, DataError
 from cellannot_core.metrics import auroc
-from cellannot_core.models import create_model, load_model
+from cellannot_core.models import MODELS, create_model, load_model
 from cellannot_core.novelty import OOD_METHODS
 from conftest import make_synthetic
 
@@ -93,7 +93,7 @@ def test_fit_predict_shapes_and_accuracy(name, prep, fitted):
     scores = m.ood_scores(Xq)
     assert set(scores) == set(OOD_METHODS)
     np.testing.assert_allclose(ood, scores[m.ood_method])
-    assert m.ood_method == "knn"
+    assert m.ood_method == MODELS[m.name].hparams["ood_score"].default
 
     # synthetic classes are easy: well above chance (1/3) on in-distribution query cells
     ind = prep.query.y >= 0
@@ -109,7 +109,7 @@ def test_calibration_fields(name, prep, fitted):
     cal = m.calibration
     assert cal["temperature"] == m.temperature > 0
     assert cal["threshold"] == m.threshold and np.isfinite(m.threshold)
-    assert cal["n_val"] == prep.val.n_obs and cal["ood_method"] == "knn" and cal["accept"] == 0.95
+    assert cal["n_val"] == prep.val.n_obs and cal["ood_method"] == m.ood_method and cal["accept"] == 0.95
     assert 0.9 <= cal["val_accuracy"] <= 1.0
     # the threshold accepts 95% of validation cells (one cell of slack for 60 cells)
     accepted = float((m.ood_score(prep.val.X) <= m.threshold).mean())

@@ -136,7 +136,7 @@ def test_output_run_card(run):
     t = float(card["temperature"])
     assert np.isfinite(t) and t > 0
     rej = card["rejection"]
-    assert rej["method"] == "knn" and np.isfinite(float(rej["threshold"]))
+    assert rej["method"] == run["res"].model.ood_method and np.isfinite(float(rej["threshold"]))
     assert float(rej["accept_fraction_on_validation"]) == 0.95
     val = card["validation"]
     for k in ("val_accuracy", "ece_before", "ece_after", "temperature", "threshold", "n_val"):
@@ -207,7 +207,7 @@ def test_run_dir_arrays(run):
     assert arrays["ref_latent"].shape[0] == arrays["ref_y"].shape[0] == run["res"].prepared.train.n_obs
     for m in ("knn", "mahalanobis", "maxprob", "energy"):
         assert arrays[f"val_score_{m}"].shape == (n_val,) and arrays[f"query_score_{m}"].shape == (300,)
-    np.testing.assert_allclose(arrays["query_score_knn"], run["out"].obs[OutKeys.OOD_SCORE], rtol=1e-5)
+    np.testing.assert_allclose(arrays[f"query_score_{run['res'].model.ood_method}"], run["out"].obs[OutKeys.OOD_SCORE], rtol=1e-5)
     for v in arrays.values():
         assert v.dtype != object
 
