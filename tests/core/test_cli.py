@@ -66,6 +66,8 @@ def files(tmp_path_factory):
     X = ref.X.toarray()
     X[0, 0] = np.nan
     f["nan"] = _write(ad.AnnData(X=sp.csr_matrix(X), obs=ref.obs.copy(), var=ref.var.copy()), d / "nan.h5ad")
+    X[0, 0] = np.inf
+    f["inf"] = _write(ad.AnnData(X=sp.csr_matrix(X), obs=ref.obs.copy(), var=ref.var.copy()), d / "inf.h5ad")
     X = ref.X.toarray()
     X[1, 2] = -3
     f["negative"] = _write(ad.AnnData(X=sp.csr_matrix(X), obs=ref.obs.copy(), var=ref.var.copy()), d / "neg.h5ad")
@@ -123,6 +125,7 @@ def annotate_args(f, ref="ref", query="query", out=None, extra=()):
     ("ref", "empty", "empty"),
     ("nan", "query", "NaN"),
     ("ref", "nan", "NaN"),
+    ("inf", "query", "infinite"),
     ("negative", "query", "negative"),
     ("zeros", "query", "no usable counts"),
     ("ref", "zeros", "no usable counts"),
