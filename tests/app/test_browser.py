@@ -1,0 +1,316 @@
+"""Real-browser end-to-end test: the click path of a new user, in headless Debian chromium.
+
+A real ``streamlit run app.py`` server (runs in a temporary ``$CELLANNOT_RUNS``) is driven with
+Playwright: Home -> *Try the demo* -> Train (CLAMS, quick run of 3 epochs) -> Label transfer ->
+Latent space (PCA, generated cells) -> Calibration & novelty -> download of the annotated
+``.h5ad``, which is opened with anndata. Every page is checked for Streamlit exception and
+error boxes, and full-page screenshots are written to ``assets/screenshots/`` (shown in the
+README).
+
+Uses the system chromium (``/usr/bin/chromium``); ``playwright install`` is never needed.
+"""
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = Path("/usr/bin/chromium")
+STREAMLIT = Path(sys.executable).with_name("streamlit")
+SHOTS = ROOT / "assets" / "screenshots"
+VIEWPORT = {"width": 1400, "height": 1000}
+N_QUERY = 2638  # cells of the demo query (pbmc3k_seurat_2638)
+TRAIN_TIMEOUT_S = 300  # 3 CLAMS epochs on 1,556 cells + scoring + generation, on a loaded 2-core box
+PAGE_TIMEOUT_MS = 120_000  # a page's first render (the first UMAP compiles numba code)
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.is_file(), reason="Debian chromium not installed at /usr/bin/chromium "
+                                                      "(run_tests.sh installs it with apt-get when root)"),
+]
+sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed")
+
+
+# ------------------------------------------------------------------------------ server + browser
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _tail(path: Path, n: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return "(no server log)"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """``streamlit run app.py`` on a free local port with a fresh runs directory; yields its URL."""
+    if not STREAMLIT.is_file():
+        pytest.skip(f"streamlit executable not found next to {sys.executable}")
+    tmp = tmp_path_factory.mktemp("browser")
+    port = _free_port()
+    env = dict(os.environ, CELLANNOT_RUNS=str(tmp / "runs"), PYTHONUNBUFFERED="1")
+    env.setdefault("CELLANNOT_NUM_THREADS", "1")  # the machine is shared with the browser
+    log_path = tmp / "server.log"
+    log = open(log_path, "w")
+    proc = subprocess.Popen(
+        [str(STREAMLIT), "run", "app.py", "--server.address", "127.0.0.1", "--server.port", str(port),
+         "--server.headless", "true", "--server.fileWatcherType", "none",
+         "--browser.gatherUsageStats", "false"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"streamlit exited with code {proc.returncode}:\n{_tail(log_path)}")
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                    if r.status == 200 and r.read().strip() == b"ok":
+                        break
+            except OSError:
+                pass
+            if time.time() > deadline:
+                pytest.fail(f"streamlit did not answer /_stcore/health within 120 s:\n{_tail(log_path)}")
+            time.sleep(0.5)
+        yield {"url": url, "log": log_path, "tmp": tmp}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                               args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                                     "--disable-background-networking"])
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+def _key(key: str) -> str:
+    """CSS selector of the element container Streamlit gives a widget/element with ``key=``."""
+    return f".st-key-{key}"
+
+
+def wait_idle(page, timeout_ms: int = PAGE_TIMEOUT_MS) -> None:
+    """Wait until the script run finished (the app root reports ``notRunning``) and no spinner
+    is showing. Call it after waiting for something the run must produce: right after a click
+    the rerun may not have started yet."""
+    page.wait_for_function(
+        """() => { const app = document.querySelector('[data-testid="stApp"]');
+                   return app && app.getAttribute('data-test-script-state') === 'notRunning'
+                          && !document.querySelector('[data-testid="stSpinner"]'); }""",
+        timeout=timeout_ms)
+    page.wait_for_timeout(300)  # let the last deltas paint
+
+
+def assert_no_errors(page, where: str) -> None:
+    exc = page.locator('[data-testid="stException"]')
+    assert exc.count() == 0, f"{where}: Streamlit exception box: {exc.first.inner_text()}"
+    err = page.locator('[data-testid="stAlertContentError"]')
+    assert err.count() == 0, f"{where}: error box: {err.first.inner_text()}"
+
+
+def wait_plot(page, key: str, timeout_ms: int = PAGE_TIMEOUT_MS):
+    """The plotly chart of ``st.plotly_chart(key=...)`` (or of a CSS selector starting with
+    ``[``), once plotly drew its SVG."""
+    chart = page.locator(f'{key if key.startswith("[") else _key(key)} [data-testid="stPlotlyChart"]')
+    chart.locator(".main-svg").first.wait_for(state="visible", timeout=timeout_ms)
+    return chart
+
+
+def screenshot(page, name: str) -> None:
+    """Full-page screenshot. Streamlit scrolls inside its main container (the document is one
+    viewport high), so the viewport is stretched to the content height for the shot."""
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.mouse.move(VIEWPORT["width"] - 5, VIEWPORT["height"] - 5)  # no hover effects in the shot
+    height = page.evaluate(
+        """() => { const m = document.querySelector('[data-testid="stMain"]');
+                   return m ? m.scrollHeight : document.body.scrollHeight; }""")
+    page.set_viewport_size({"width": VIEWPORT["width"], "height": max(VIEWPORT["height"], min(int(height), 8000))})
+    page.wait_for_timeout(800)  # plotly re-lays out to the new size
+    try:
+        page.screenshot(path=str(SHOTS / name), full_page=True)
+    finally:
+        page.set_viewport_size(VIEWPORT)
+
+
+def goto_page(page, title: str) -> None:
+    """Open a page from the sidebar navigation (client-side: the session is kept)."""
+    page.locator('[data-testid="stSidebarNav"] a', has_text=title).first.click()
+    page.get_by_role("heading", name=title, exact=False).first.wait_for(timeout=PAGE_TIMEOUT_MS)
+
+
+# ------------------------------------------------------------------------------ the click path
+
+
+def test_new_user_click_path(server, browser, tmp_path):
+    import anndata as ad
+
+    t0 = time.time()
+    ctx = browser.new_context(viewport=VIEWPORT, accept_downloads=True)
+    page = ctx.new_page()
+    page.set_default_timeout(60_000)
+    try:
+        _click_path(page, server["url"], tmp_path, ad)
+    except Exception as err:  # add the server's side of the story to any failure
+        try:
+            page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
+        except Exception:  # noqa: BLE001
+            pass
+        raise AssertionError(f"{err}\n--- server log (tail) ---\n{_tail(server['log'])}\n"
+                             f"(failure screenshot: {tmp_path / 'failure.png'})") from err
+    finally:
+        ctx.close()
+    log = server["log"].read_text(errors="replace")
+    assert "Traceback" not in log, f"the server logged an exception:\n{_tail(server['log'], 80)}"
+    print(f"\nbrowser click path: {time.time() - t0:.0f} s")
+
+
+def _click_path(page, url: str, tmp_path: Path, ad) -> None:
+    t0 = time.time()
+
+    def step(name: str) -> None:
+        print(f"  {time.time() - t0:6.1f} s  {name}")
+
+    page.goto(url)
+
+    # 1. Home: the pitch, the workflow, "Try the demo".
+    page.get_by_role("heading", name="cellannot").first.wait_for(timeout=PAGE_TIMEOUT_MS)
+    wait_idle(page)
+    assert_no_errors(page, "Home")
+    page.locator(f"{_key('w_demo')} button").click()
+    page.get_by_text("Demo data loaded").wait_for(timeout=PAGE_TIMEOUT_MS)
+    wait_idle(page)
+    assert_no_errors(page, "Home after the demo")
+    screenshot(page, "home.png")
+    step("home + demo")
+
+    # 2. Train: CLAMS (the default), quick run of 3 epochs, start, wait until done.
+    page.locator('[data-testid="stPageLink"] a', has_text="Go to training").first.click()
+    page.get_by_role("heading", name="New training").wait_for(timeout=PAGE_TIMEOUT_MS)
+    wait_idle(page)
+    assert_no_errors(page, "Train")
+    assert page.locator(f"{_key('w_model')} input").input_value().startswith("clams")
+    page.get_by_text("1,556 cells").first.wait_for()  # the demo pair is what will be trained on
+    page.get_by_text("2,638 cells").first.wait_for()
+    quick = page.locator(f'{_key("w_quick")} input[type="checkbox"]')
+    if not quick.is_checked():
+        page.locator(f"{_key('w_quick')} label").first.click()
+    page.wait_for_function(
+        """() => { const i = document.querySelector('.st-key-w_quick_epochs input');
+                   return i && !i.disabled; }""")
+    epochs = page.locator(f"{_key('w_quick_epochs')} input")
+    epochs.fill("3")
+    epochs.press("Enter")
+    wait_idle(page)
+    assert epochs.input_value() == "3"
+    page.locator(f"{_key('w_start')} button").click()
+    page.get_by_role("heading", name="Current run").wait_for(timeout=PAGE_TIMEOUT_MS)
+    done = page.get_by_text("See the label transfer")
+    failed = page.get_by_text("Training failed").or_(page.get_by_text("Training was cancelled"))
+    done.or_(failed).first.wait_for(timeout=TRAIN_TIMEOUT_S * 1000)
+    assert failed.count() == 0, f"training did not finish: {failed.first.inner_text()}"
+    wait_idle(page)
+    assert_no_errors(page, "Train after the run")
+    panel = page.locator('[data-testid="stMain"]').inner_text()
+    assert "done" in panel and "epoch" in panel
+    wait_plot(page, '[class*="st-key-curves_"]')  # loss / accuracy curves of the run
+    screenshot(page, "train.png")
+    step("trained (CLAMS, 3 epochs)")
+
+    # 3. Label transfer: heatmap with the Unknown row, counts, cells table.
+    page.locator('[data-testid="stPageLink"] a', has_text="See the label transfer").first.click()
+    page.get_by_role("heading", name="Label transfer").first.wait_for(timeout=PAGE_TIMEOUT_MS)
+    heat = wait_plot(page, "heatmap")
+    wait_plot(page, "counts")
+    wait_plot(page, "confidence")
+    wait_idle(page)
+    assert_no_errors(page, "Label transfer")
+    assert heat.locator("text", has_text="Unknown").count() > 0, "no Unknown row in the heatmap"
+    assert page.get_by_text("Called Unknown").first.is_visible()
+    assert page.get_by_text(f"{N_QUERY:,} of {N_QUERY:,} cells").first.is_visible()
+    screenshot(page, "label_transfer.png")
+    step("label transfer")
+
+    # 4. Latent space: PCA (the fast one), generated cells on.
+    goto_page(page, "Latent space")
+    page.locator(_key("w_embed_method")).get_by_text("PCA (fast)").click()
+    page.wait_for_function(
+        """() => [...document.querySelectorAll('.st-key-latent .gtitle')]
+                 .some(t => t.textContent.includes('PCA'))""", timeout=PAGE_TIMEOUT_MS * 2)
+    wait_idle(page, PAGE_TIMEOUT_MS * 2)
+    gen = page.locator(f'{_key("w_show_generated")} input[type="checkbox"]')
+    if not gen.is_checked():
+        page.locator(f"{_key('w_show_generated')} label").first.click()
+        page.get_by_text("generated cells", exact=False).first.wait_for()
+        wait_idle(page)
+    assert gen.is_checked()
+    latent = wait_plot(page, "latent")
+    assert_no_errors(page, "Latent space")
+    caption = page.locator('[data-testid="stCaptionContainer"]', has_text="query cells").first.inner_text()
+    assert f"{N_QUERY:,} query cells" in caption and "generated cells" in caption, caption
+    legend = latent.locator(".legendtext")
+    for name in ("reference", "query", "generated"):
+        assert legend.filter(has_text=name).count() > 0, f"no '{name}' in the latent legend"
+    screenshot(page, "latent.png")
+    step("latent space (PCA)")
+
+    # 5. Calibration & novelty: reliability diagram and the Unknown count.
+    goto_page(page, "Calibration & novelty")
+    rel = wait_plot(page, "reliability")
+    wait_plot(page, "novelty_hist")
+    wait_plot(page, "cal_heatmap")
+    wait_idle(page)
+    assert_no_errors(page, "Calibration & novelty")
+    assert rel.locator("text", has_text=re.compile("ECE|calibrat", re.I)).count() > 0
+    metric = page.locator('[data-testid="stMetric"]', has_text="Unknown query cells")
+    n_unknown = int(metric.locator('[data-testid="stMetricValue"]').inner_text().replace(",", ""))
+    assert 0 < n_unknown < N_QUERY
+    screenshot(page, "calibration.png")
+    step("calibration & novelty")
+
+    # 6. Back to Label transfer: download the annotated query and open it.
+    goto_page(page, "Label transfer")
+    wait_plot(page, "heatmap")
+    wait_idle(page)
+    with page.expect_download(timeout=PAGE_TIMEOUT_MS) as dl_info:
+        page.locator(f"{_key('dl_h5ad')} button").click()
+    dl = dl_info.value
+    assert dl.suggested_filename.endswith("_annotated.h5ad")
+    out = tmp_path / dl.suggested_filename
+    dl.save_as(out)
+    assert dl.failure() is None
+    a = ad.read_h5ad(out)
+    assert a.n_obs == N_QUERY
+    assert "cellannot_label" in a.obs
+    labels = a.obs["cellannot_label"].astype(str)
+    assert (labels == "Unknown").sum() > 0
+    assert (labels == "Unknown").sum() == n_unknown  # same calls as the Calibration page's default
+    assert_no_errors(page, "Label transfer after the download")
+    step(f"downloaded {out.name}: {a.n_obs:,} cells, {n_unknown:,} Unknown")
