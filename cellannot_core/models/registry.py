@@ -63,6 +63,7 @@ class Supports:
     samples: bool = False
     explain: bool = False
     needs_counts: bool = False
+    semi_supervised: bool = False  # fit() takes unlabelled=<query Split> (pipeline.train_model passes it)
 
 
 @dataclass
@@ -73,24 +74,33 @@ class ModelSpec:
     supports: Supports
     hparams: dict[str, HParam] = field(default_factory=dict)
     order: int = 100
+    available: Callable[[], str | None] | None = None  # returns why the model cannot run here, or None
 
     @property
     def defaults(self) -> dict[str, Any]:
         return {k: h.default for k, h in self.hparams.items()}
+
+    def unavailable_reason(self) -> str | None:
+        """``None`` when the model can run on this machine, else a one-line reason."""
+        return None if self.available is None else self.available()
 
 
 MODELS: dict[str, ModelSpec] = {}
 
 
 def register(name: str, *, description: str, supports: Supports, hparams: dict[str, HParam],
-             order: int = 100) -> Callable[[type], type]:
-    """Class decorator adding a model to :data:`MODELS`."""
+             order: int = 100, available: Callable[[], str | None] | None = None) -> Callable[[type], type]:
+    """Class decorator adding a model to :data:`MODELS`.
+
+    ``available`` (optional) is called to check the model can run here (e.g. an external R
+    installation); it returns ``None`` or the reason it cannot.
+    """
 
     def deco(cls: type) -> type:
         if name in MODELS:
             raise ValueError(f"model {name!r} is registered twice")
         cls.name = name
-        MODELS[name] = ModelSpec(name, cls, description, supports, dict(hparams), order)
+        MODELS[name] = ModelSpec(name, cls, description, supports, dict(hparams), order, available)
         return cls
 
     return deco
@@ -121,4 +131,7 @@ def resolve_hparams(name: str, overrides: dict[str, Any] | None = None) -> dict[
 def create_model(name: str, n_features: int, classes: list[str], *, seed: int = 0,
                  device: str = "auto", hparams: dict[str, Any] | None = None):
     spec = get_spec(name)
+    reason = spec.unavailable_reason()
+    if reason:
+        raise ConfigError(f"model {name} is unavailable here: {reason}")
     return spec.cls(n_features, list(classes), seed=seed, device=device, hparams=hparams)

@@ -1,0 +1,444 @@
+"""Generative (VAE-family) label-transfer models on raw counts, and the plain ``vae``.
+
+Shared by ``vae``, ``gmvae``, ``scanvi`` and ``m2flow`` (:class:`GenerativeModel`):
+
+Inputs. The encoders read the log1p-normalised expression ``X`` (counts scaled to 1e4 per
+cell, log1p), not scVI's log1p of raw counts: ``logits(X)``, ``latent(X)`` and the novelty
+scores receive only ``X`` through the one model interface, and generated cells must embed
+beside real ones. The likelihood scores the raw counts of the model genes with the
+*observed* library size (sum of those counts; no library latent), mean = library x
+softmax(decoder) as in scVI; the continuous Bernoulli scores ``X`` divided by the per-gene
+reference maximum (clipped to [0, 1]).
+
+Semi-supervised training. ``fit(train, val, callbacks, unlabelled=query)`` adds the query
+cells, with label -1 (their labels, if any, are never read), to the training rows; each
+model's bound marginalises the class of unlabelled cells. The one training loop shuffles
+row indices and :meth:`GenerativeModel.training_step` looks the rows up. With
+``batch_covariate`` the decoder receives a one-hot dataset covariate (reference = 0,
+query = 1) in every hidden layer; the encoders never see it.
+
+KL warm-up: the KL terms are weighted by min(1, epoch / kl_warmup_epochs), computed per step.
+
+Generated cells (``sample``): decoded expression proportions rho (rows sum to 1, zero
+inflation left out) are put on the scale of ``X``: log1p(s rho), where s is the median over
+reference cells of sum_g expm1(X_g) (1e4 times the share of a cell's counts on the model
+genes, since ``X`` was normalised on all shared genes). Continuous-Bernoulli models output
+their mean times the per-gene maximum. Decoding uses the reference covariate. With
+``sample_noise`` the cells are instead drawn from the likelihood (counts at the median
+reference library, normalised like ``X``): sparse like real cells, and their latents fall
+closer to real cells (scanvi on kang_ctrl: median distance to the nearest reference latent
+0.74 vs 1.10 noise-free; 0.50 between real cells). Sampling is seeded by the model's seed.
+
+Novelty score ``"elbo"``: the negative ELBO of a cell, evaluated at the posterior means
+(no sampling: deterministic), on pseudo-counts rebuilt from ``X`` at the median reference
+library size (``X`` does not carry the library): c = expm1(X) / sum(expm1(X)) * L_ref. With a
+dataset covariate the smaller value over the covariate's levels is used (``X`` does not say
+which dataset a cell came from). Asking for all the base scores (``OOD_METHODS``) also returns
+``"elbo"``.
+
+``vae``: a VAE with a classifier on the posterior mean, trained jointly with
+classification_ratio x cross-entropy on labelled cells. It has no class structure in its
+prior, so ``sample`` draws z from one Gaussian per reference class, moment-matched to the
+aggregate posterior of that class's training cells (covariance of posterior means plus the
+mean posterior variance), then decodes.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data._types import Split
+from ..distributions import LIKELIHOOD_HELP, get_likelihood, likelihood_names
+from ..errors import ConfigError
+from ..nn.vae import Classifier, CountDecoder, GaussianEncoder, kl_standard_normal, reparameterize
+from ..novelty import OOD_METHODS
+from ..train import TrainConfig
+from ._torch import TorchModel
+from .registry import HParam, Supports, register
+
+ELBO = "elbo"
+GEN_OOD_METHODS = OOD_METHODS + (ELBO,)
+N_BATCH = 2  # dataset covariate levels: reference, query
+REFERENCE, QUERY = 0, 1
+GEN_SUPPORTS = Supports(latent=True, samples=True, needs_counts=True, semi_supervised=True)
+
+
+def _likelihood_help() -> str:
+    return "likelihood of the expression: " + "; ".join(f"{k} = {v}" for k, v in LIKELIHOOD_HELP.items())
+
+
+def common_hparams(*, likelihood: str = "zinb", max_epochs: int = 40, kl_warmup: int = 10,
+                   classification_ratio: float = 50.0, ood_score: str = "mahalanobis") -> dict[str, HParam]:
+    """Hyper-parameters shared by the generative models (each model picks its defaults)."""
+    return {
+        "likelihood": HParam(likelihood, _likelihood_help(), choices=likelihood_names()),
+        "n_latent": HParam(10, "latent dimensions", low=2, high=256),
+        "n_hidden": HParam(128, "units per hidden layer", low=8, high=4096),
+        "n_layers": HParam(1, "hidden layers of encoder and decoder", low=1, high=8),
+        "dropout": HParam(0.1, "dropout rate in the encoders and the classifier", low=0.0, high=0.9, advanced=True),
+        "classification_ratio": HParam(classification_ratio, "weight of the cross-entropy on labelled cells "
+                                       "(scANVI: 50)", low=0.0, high=1e5),
+        "use_query": HParam(True, "semi-supervised: train the generative part on the unlabelled query cells too"),
+        "batch_covariate": HParam(True, "condition the decoder on the dataset (reference / query), one-hot "
+                                  "in every decoder layer", advanced=True),
+        "kl_warmup_epochs": HParam(kl_warmup, "epochs over which the KL weight rises linearly from 0 to 1 "
+                                   "(0 = no warm-up)", low=0, high=10000, advanced=True),
+        "max_epochs": HParam(max_epochs, "maximum training epochs", low=1, high=10000),
+        "batch_size": HParam(128, "mini-batch size", low=8, high=4096),
+        "lr": HParam(1e-3, "Adam learning rate", low=1e-6, high=1.0),
+        "weight_decay": HParam(1e-6, "Adam weight decay", low=0.0, high=1.0, advanced=True),
+        "patience": HParam(10, "early stopping on the validation loss (negative ELBO + weighted cross-entropy): "
+                           "epochs without improvement (0 = off)", low=0, high=10000, advanced=True),
+        "ood_score": HParam(ood_score, "novelty score used for rejection; 'elbo' = negative ELBO of the cell",
+                            choices=GEN_OOD_METHODS),
+        "knn_k": HParam(10, "neighbours for the kNN novelty score", low=1, high=200, advanced=True),
+        "sample_noise": HParam(False, "generated cells: False = the decoded expression (noise-free); True = a "
+                               "draw from the likelihood at the median reference library (sparse, like real cells)",
+                               advanced=True),
+    }
+
+
+# ---- data ------------------------------------------------------------------------------------------
+
+class _Rows:
+    """Everything a loss needs for a set of cells, as device tensors indexed by row."""
+
+    def __init__(self, x: torch.Tensor, target: torch.Tensor, library: torch.Tensor, batch: torch.Tensor,
+                 y: torch.Tensor) -> None:
+        self.x, self.target, self.library, self.batch, self.y = x, target, library, batch, y
+
+    def __getitem__(self, idx: torch.Tensor) -> "_Rows":
+        return _Rows(self.x[idx], self.target[idx], self.library[idx], self.batch[idx], self.y[idx])
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+
+def _is_counts(split: Split) -> bool:
+    c = split.counts
+    data = c.data if hasattr(c, "data") else np.asarray(c).ravel()
+    return bool(np.all(data >= 0) and np.all(np.abs(data - np.round(data)) < 1e-3))
+
+
+# ---- the network base ------------------------------------------------------------------------------
+
+class GenerativeNet(nn.Module):
+    """Base of the per-model networks: the scaling buffers and the methods models call.
+
+    Subclasses implement ``loss``, ``classify``, ``latent``, ``neg_elbo`` and ``sample_z``.
+    """
+
+    def __init__(self, n_genes: int, n_classes: int, hp: dict[str, Any]) -> None:
+        super().__init__()
+        self.n_genes, self.n_classes = n_genes, n_classes
+        self.n_latent, self.n_hidden, self.n_layers = int(hp["n_latent"]), int(hp["n_hidden"]), int(hp["n_layers"])
+        self.dropout = float(hp["dropout"])
+        self.alpha = float(hp["classification_ratio"])
+        self.n_batch = N_BATCH if hp["batch_covariate"] else 1
+        self.likelihood = hp["likelihood"]
+        self.domain = get_likelihood(self.likelihood).domain
+        self.register_buffer("gene_max", torch.ones(n_genes))  # per-gene max of reference X (unit domain)
+        self.register_buffer("expr_scale", torch.tensor(1e4))  # median sum_g expm1(X_g) of reference cells
+        self.register_buffer("ref_library", torch.tensor(1e3))  # median library (counts on the model genes)
+        self.register_buffer("log_prior", torch.full((n_classes,), -float(np.log(n_classes))))  # uniform p(c)
+
+    def decoder(self, n_cats: Sequence[int] = ()) -> CountDecoder:
+        return CountDecoder(self.n_latent, self.n_genes, self.likelihood, n_cats=[self.n_batch, *n_cats],
+                            n_layers=self.n_layers, n_hidden=self.n_hidden)
+
+    def batch_cov(self, batch: torch.Tensor) -> torch.Tensor | None:
+        return batch if self.n_batch > 1 else None
+
+    def ce(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        lab = y >= 0
+        if not bool(lab.any()):
+            return logits.sum() * 0.0
+        return F.cross_entropy(logits[lab], y[lab])
+
+    def to_log_expression(self, expr: torch.Tensor) -> torch.Tensor:
+        """Decoder expression -> the scale of ``X`` (see the module docstring)."""
+        if self.domain == "unit":
+            return expr * self.gene_max
+        return torch.log1p(expr * self.expr_scale)
+
+    # to implement
+    def loss(self, rows: _Rows, kl_weight: float, gen: torch.Generator | None) -> tuple[torch.Tensor, dict]:
+        raise NotImplementedError
+
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def latent(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def neg_elbo(self, x: torch.Tensor, target: torch.Tensor, library: torch.Tensor,
+                 batch: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def sample_z(self, y: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+        """Latents (the decoder's input) of new cells of classes ``y``, drawn from the model."""
+        raise NotImplementedError
+
+    def generate(self, y: torch.Tensor, gen: torch.Generator | None, noise: bool = False) -> torch.Tensor:
+        """New cells of classes ``y`` on the scale of ``X``, decoded with the reference covariate.
+
+        ``noise=False``: the decoded expression (proportions rho, or the unit-domain mean);
+        ``noise=True``: a draw from the likelihood (counts at the median reference library,
+        then normalised like ``X``; unit domain: a draw times the per-gene maximum).
+        """
+        z = self.sample_z(y, gen)
+        cov = self.batch_cov(torch.full_like(y, REFERENCE))
+        if not noise:
+            return self.to_log_expression(self.dec.expression(z, cov))
+        x = self.dec(z, self.ref_library.expand(y.shape[0], 1), cov).sample()
+        if self.domain == "unit":
+            return x * self.gene_max
+        return torch.log1p(x / x.sum(1, keepdim=True).clamp_min(1.0) * self.expr_scale)
+
+
+# ---- the model base --------------------------------------------------------------------------------
+
+class GenerativeModel(TorchModel):
+    """Shared plumbing of the VAE-family models (data, loop bridge, sampling, ELBO score)."""
+
+    net_cls: type[GenerativeNet] = GenerativeNet
+
+    def build_net(self) -> nn.Module:
+        return self.net_cls(self.n_features, self.n_classes, self.hparams)
+
+    # ---- data --------------------------------------------------------------------------------------
+    def _target(self, X: np.ndarray, counts: Any) -> torch.Tensor:
+        if self.net.domain == "unit":
+            x = torch.as_tensor(np.asarray(X, dtype=np.float32), device=self.device)
+            return (x / self.net.gene_max).clamp(0.0, 1.0)
+        dense = counts.toarray() if hasattr(counts, "toarray") else np.asarray(counts)
+        return torch.as_tensor(np.asarray(dense, dtype=np.float32), device=self.device)
+
+    def _rows(self, splits: Sequence[Split], batches: Sequence[int], labelled: Sequence[bool]) -> _Rows:
+        xs, targets, libs, bs, ys = [], [], [], [], []
+        for s, b, lab in zip(splits, batches, labelled):
+            n = s.n_obs
+            xs.append(torch.as_tensor(np.asarray(s.X, dtype=np.float32), device=self.device))
+            targets.append(self._target(s.X, s.counts))
+            lib = np.asarray(s.counts.sum(axis=1), dtype=np.float32).reshape(n, 1)
+            libs.append(torch.as_tensor(np.maximum(lib, 1.0), device=self.device))
+            bs.append(torch.full((n,), b, dtype=torch.long, device=self.device))
+            y = np.asarray(s.y, dtype=np.int64) if lab and s.y is not None else np.full(n, -1, dtype=np.int64)
+            ys.append(torch.as_tensor(y, device=self.device))
+        cat = lambda t: torch.cat(t) if len(t) > 1 else t[0]  # noqa: E731
+        return _Rows(cat(xs), cat(targets), cat(libs), cat(bs), cat(ys))
+
+    def _fit_buffers(self, train: Split) -> None:
+        X = np.asarray(train.X, dtype=np.float32)
+        net = self.net
+        net.gene_max.copy_(torch.as_tensor(np.maximum(X.max(0), 1e-3)))
+        net.expr_scale.copy_(torch.tensor(float(np.median(np.expm1(X).sum(1)))))
+        lib = np.asarray(train.counts.sum(axis=1), dtype=np.float64).ravel()
+        net.ref_library.copy_(torch.tensor(float(max(np.median(lib), 1.0))))
+
+    # ---- training ----------------------------------------------------------------------------------
+    def train_config(self) -> TrainConfig:
+        cfg = super().train_config()
+        cfg.monitor = "val_loss"
+        return cfg
+
+    def fit(self, train: Split, val: Split, callbacks: Sequence[Any] = (), *,
+            unlabelled: Split | None = None) -> dict[str, Any]:
+        """Train on the labelled reference (``train``) and, semi-supervised, the ``unlabelled`` cells.
+
+        ``val`` (labelled reference cells) drives early stopping. Unlabelled cells whose
+        counts are not raw counts are left out (``history['unlabelled_used']`` says so).
+        """
+        h = self.hparams
+        self._fit_buffers(train)
+        use_u = bool(h["use_query"]) and unlabelled is not None and unlabelled.n_obs > 0
+        note = ""
+        if use_u and self.net.domain == "counts" and not _is_counts(unlabelled):
+            use_u, note = False, "the unlabelled cells have no raw counts; trained on the reference only"
+        splits = [train] + ([unlabelled] if use_u else [])
+        rows = self._rows(splits, [REFERENCE, QUERY][:len(splits)], [True, False][:len(splits)])
+        self._train_rows = rows
+        self._val_rows = self._rows([val], [REFERENCE], [True])
+        cfg = self.train_config()
+        self._steps_per_epoch = max(1, int(np.ceil(len(rows) / cfg.batch_size)))
+        from ..train import fit as train_loop
+
+        info = {"model": self.name, "n_train": int(train.n_obs), "n_unlabelled": int(len(rows) - train.n_obs),
+                "n_genes": self.n_features, "n_classes": self.n_classes, "device": str(self.device)}
+        idx = torch.arange(len(rows), device=self.device)
+        # dropout draws from the global RNG: seed it for this fit only, then restore it
+        with torch.random.fork_rng(devices=[] if self.device.type == "cpu" else [self.device]):
+            torch.manual_seed(self.seed)
+            hist = train_loop(self, idx, rows.y, cfg, callbacks=callbacks, generator=self.generator, info=info)
+        self.history = hist.to_dict()
+        self.history["unlabelled_used"] = use_u
+        self.history["n_unlabelled"] = int(len(rows) - train.n_obs)
+        if note:
+            self.history["note"] = note
+        del self._train_rows, self._val_rows
+        self._after_fit(train)
+        self.fit_reference(train)
+        return self.history
+
+    def _after_fit(self, train: Split) -> None:
+        pass
+
+    def _gen(self) -> torch.Generator | None:
+        return self.generator if self.device.type == "cpu" else None
+
+    def kl_weight(self, step: int) -> float:
+        w = int(self.hparams["kl_warmup_epochs"])
+        return 1.0 if w <= 0 else min(1.0, step / (w * self._steps_per_epoch))
+
+    def training_step(self, idx: torch.Tensor, yb: torch.Tensor, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        self.net.train()
+        rows = self._train_rows[idx]
+        loss, logs = self.net.loss(rows, self.kl_weight(step), self._gen())
+        logs = {k: float(v) for k, v in logs.items()}
+        logs["loss"] = float(loss.detach())
+        return loss, logs
+
+    def validation_metrics(self) -> dict[str, float]:
+        r = self._val_rows
+        self.net.eval()
+        logits, nelbo = [], []
+        for i in range(0, len(r), 2048):
+            b = r[slice(i, i + 2048)]
+            logits.append(self.net.classify(b.x))
+            nelbo.append(self.net.neg_elbo(b.x, b.target, b.library, b.batch))
+        logits, nelbo = torch.cat(logits), torch.cat(nelbo)
+        ce = F.cross_entropy(logits, r.y)
+        val_elbo = float(nelbo.mean())
+        return {"val_loss": val_elbo + self.net.alpha * float(ce), "val_neg_elbo": val_elbo, "val_ce": float(ce),
+                "val_acc": float((logits.argmax(1) == r.y).float().mean())}
+
+    # ---- inference ---------------------------------------------------------------------------------
+    def logits(self, X: np.ndarray) -> np.ndarray:
+        return self._batched(X, self.net.classify)
+
+    def latent(self, X: np.ndarray) -> np.ndarray:
+        return self._batched(X, self.net.latent)
+
+    def sample(self, n_per_class: int) -> tuple[np.ndarray, np.ndarray]:
+        """Generated cells (log1p-normalised, like ``X``) and their class indices, n_per_class each."""
+        y = torch.arange(self.n_classes).repeat_interleave(int(n_per_class))
+        gen = torch.Generator().manual_seed(self.seed)
+        noise = bool(self.hparams["sample_noise"])
+        self.net.eval()
+        outs = []
+        # likelihood draws use the global RNG: seeded here, restored afterwards
+        with torch.no_grad(), torch.random.fork_rng(devices=[] if self.device.type == "cpu" else [self.device]):
+            torch.manual_seed(self.seed)
+            for i in range(0, len(y), 2048):
+                yb = y[i:i + 2048].to(self.device)
+                outs.append(self.net.generate(yb, gen, noise).cpu())
+        xs = torch.cat(outs) if outs else torch.zeros(0, self.n_features)
+        return xs.numpy().astype(np.float32), y.numpy()
+
+    def _pseudo_rows(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Target and library for cells known only by ``X`` (see the module docstring)."""
+        net = self.net
+        if net.domain == "unit":
+            return (x / net.gene_max).clamp(0.0, 1.0), torch.ones(x.shape[0], 1, device=x.device)
+        e = torch.expm1(x).clamp_min(0.0)
+        tot = e.sum(1, keepdim=True)
+        counts = torch.where(tot > 0, e / tot.clamp_min(1e-12) * net.ref_library, torch.zeros_like(e))
+        return counts, net.ref_library.expand(x.shape[0], 1)
+
+    def elbo_score(self, X: np.ndarray) -> np.ndarray:
+        """Negative ELBO (higher = less likely under the model = more novel)."""
+        net = self.net
+
+        def fn(x: torch.Tensor) -> torch.Tensor:
+            target, lib = self._pseudo_rows(x)
+            vals = [net.neg_elbo(x, target, lib, torch.full((x.shape[0],), b, dtype=torch.long, device=x.device))
+                    for b in range(net.n_batch)]
+            return torch.stack(vals).min(0).values
+
+        return self._batched(X, fn).astype(np.float64)
+
+    def ood_scores(self, X: np.ndarray, methods: Sequence[str] = GEN_OOD_METHODS, *,
+                   logits: np.ndarray | None = None, latent: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """The base scores plus ``"elbo"``; asking for every base score returns ``"elbo"`` too."""
+        methods = list(methods)
+        if set(OOD_METHODS) <= set(methods) and ELBO not in methods:
+            methods.append(ELBO)
+        out = super().ood_scores(X, [m for m in methods if m != ELBO], logits=logits, latent=latent)
+        if ELBO in methods:
+            out[ELBO] = self.elbo_score(X)
+        return out
+
+
+# ---- vae ---------------------------------------------------------------------------------------------
+
+class VAENet(GenerativeNet):
+    """q(z|x) Gaussian, p(z) = N(0, I), p(x|z[, dataset]); classifier on E[z|x]."""
+
+    def __init__(self, n_genes: int, n_classes: int, hp: dict[str, Any]) -> None:
+        super().__init__(n_genes, n_classes, hp)
+        self.encoder = GaussianEncoder(n_genes, self.n_latent, n_layers=self.n_layers, n_hidden=self.n_hidden,
+                                       dropout=self.dropout)
+        self.dec = self.decoder()
+        self.classifier = Classifier(self.n_latent, n_classes, n_hidden=self.n_hidden, dropout=self.dropout)
+        # per-class Gaussians of the aggregate posterior, fitted after training (for sample())
+        self.register_buffer("class_mean", torch.zeros(n_classes, self.n_latent))
+        self.register_buffer("class_chol", torch.eye(self.n_latent).repeat(n_classes, 1, 1))
+
+    def _elbo_terms(self, x, target, library, batch, z=None, mu=None, var=None):
+        if mu is None:
+            mu, var, _ = self.encoder(x)
+        z = mu if z is None else z
+        rec = -self.dec(z, library, self.batch_cov(batch)).log_prob(target).sum(-1)
+        return rec, kl_standard_normal(mu, var), mu
+
+    def loss(self, rows: _Rows, kl_weight: float, gen: torch.Generator | None) -> tuple[torch.Tensor, dict]:
+        mu, var, _ = self.encoder(rows.x)
+        z = reparameterize(mu, var, gen)
+        rec, kl, _ = self._elbo_terms(rows.x, rows.target, rows.library, rows.batch, z=z, mu=mu, var=var)
+        ce = self.ce(self.classifier(mu), rows.y)
+        loss = (rec + kl_weight * kl).mean() + self.alpha * ce
+        return loss, {"reconstruction": rec.mean().detach(), "kl": kl.mean().detach(), "ce": ce.detach(),
+                      "kl_weight": kl_weight}
+
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.encoder(x)[0])
+
+    def latent(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x)[0]
+
+    def neg_elbo(self, x, target, library, batch) -> torch.Tensor:
+        rec, kl, _ = self._elbo_terms(x, target, library, batch)
+        return rec + kl
+
+    def sample_z(self, y: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+        eps = torch.randn(y.shape[0], self.n_latent, generator=gen).to(y.device)
+        return self.class_mean[y] + torch.einsum("nij,nj->ni", self.class_chol[y], eps)
+
+
+@register("vae", order=20, supports=GEN_SUPPORTS,
+          description="VAE on raw counts (scVI-style decoder, five likelihoods) with a classifier on the "
+                      "latent mean; semi-supervised on the query; generates cells from per-class latent Gaussians.",
+          hparams=common_hparams(likelihood="nb", max_epochs=40))
+class VAE(GenerativeModel):
+    net_cls = VAENet
+
+    def _after_fit(self, train: Split) -> None:
+        """Per-class Gaussian of the aggregate posterior: cov(posterior means) + mean posterior variance."""
+        net = self.net
+        stats = self._batched(train.X, lambda x: torch.cat(net.encoder(x)[:2], dim=1))
+        d = net.n_latent
+        mu, var = stats[:, :d].astype(np.float64), stats[:, d:].astype(np.float64)
+        means, chols = [], []
+        for k in range(self.n_classes):
+            sel = train.y == k
+            m = mu[sel].mean(0) if sel.any() else np.zeros(d)
+            cov = (np.cov(mu[sel], rowvar=False) if sel.sum() > 1 else np.zeros((d, d))) + np.diag(
+                var[sel].mean(0) if sel.any() else np.ones(d))
+            means.append(m)
+            chols.append(np.linalg.cholesky(cov + 1e-6 * np.eye(d)))
+        net.class_mean.copy_(torch.as_tensor(np.stack(means), dtype=torch.float32))
+        net.class_chol.copy_(torch.as_tensor(np.stack(chols), dtype=torch.float32))
