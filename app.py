@@ -15,6 +15,8 @@ nav = st.navigation({
         st.Page("pages/results.py", title="Label transfer", icon=":material/label:"),
         st.Page("pages/latent.py", title="Latent space", icon=":material/scatter_plot:"),
         st.Page("pages/calibration.py", title="Calibration & novelty", icon=":material/tune:"),
+        st.Page("pages/explain.py", title="Explain", icon=":material/psychology:"),
+        st.Page("pages/compare.py", title="Compare models", icon=":material/leaderboard:"),
     ],
 })
 nav.run()

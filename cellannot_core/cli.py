@@ -1,4 +1,4 @@
-"""Command line: ``python -m cellannot_core annotate|train|predict|models``.
+"""Command line: ``python -m cellannot_core annotate|train|predict|models|benchmark``.
 
 Bad input exits with status 2 and one line on stderr (what is wrong, what to do); no traceback
 unless ``--debug``.
@@ -68,6 +68,23 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     pr.add_argument("--threshold", type=float, default=None)
     sub.add_parser("models", help="list the models and their hyper-parameters")
+    b = sub.add_parser("benchmark", help="train several models on one reference/query pair and compare them")
+    b.add_argument("--reference", required=True, help="labelled reference (same formats as annotate)")
+    b.add_argument("--query", required=True, help="query cells (with --query-label-key the metrics use its labels)")
+    b.add_argument("--label-key", required=True, help="obs column of the reference holding the cell types")
+    b.add_argument("--query-label-key", default=None,
+                   help="query obs column with known labels; without it models are scored on reference validation")
+    b.add_argument("--models", nargs="+", required=True, metavar="MODEL", help="models to compare (see `models`)")
+    b.add_argument("--hparam", action="append", default=[], metavar="MODEL.NAME=VALUE",
+                   help="hyper-parameter of one model, e.g. tabnet.n_steps=4 (repeatable)")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    b.add_argument("--max-epochs", type=int, default=None, help="cap the epochs of models that have epochs")
+    b.add_argument("--n-top-genes", type=int, default=2000)
+    b.add_argument("--min-cells-per-class", type=int, default=10)
+    b.add_argument("--min-shared-genes", type=int, default=200)
+    b.add_argument("--accept", type=float, default=0.95)
+    b.add_argument("--out", default=None, help="write the table to this .csv")
     return ap
 
 
@@ -155,7 +172,47 @@ def cmd_models(args) -> int:
     return 0
 
 
-COMMANDS = {"annotate": cmd_annotate, "train": cmd_train, "predict": cmd_predict, "models": cmd_models}
+def cmd_benchmark(args) -> int:
+    from .compare import compare_models
+    from .errors import ConfigError
+    from .models import get_spec
+    from .pipeline import AnnotateOptions, prepare_data
+    from .train import PrintProgress
+
+    for name in args.models:  # fail fast: unknown or unavailable models, before reading data
+        reason = get_spec(name).unavailable_reason()
+        if reason:
+            raise ConfigError(f"model {name} is unavailable here: {reason}")
+    by_model: dict[str, dict[str, str]] = {}
+    for k, v in _hparams(args.hparam).items():
+        model, _, name = k.partition(".")
+        if not name or model not in args.models:
+            raise ConfigError(f"--hparam takes MODEL.NAME=VALUE with MODEL among --models, got {k}={v}")
+        by_model.setdefault(model, {})[name] = v
+    if args.out and not args.out.endswith(".csv"):
+        raise ConfigError(f"--out must end in .csv, got {args.out}")
+    opts = AnnotateOptions(label_key=args.label_key, query_label_key=args.query_label_key, seed=args.seed,
+                           n_top_genes=args.n_top_genes, min_cells_per_class=args.min_cells_per_class,
+                           min_shared_genes=args.min_shared_genes, accept=args.accept)
+    prepared = prepare_data(args.reference, args.query, opts)
+    table = compare_models(prepared, args.models, seed=args.seed, device=args.device, hparams_by_model=by_model,
+                           max_epochs=args.max_epochs, accept=args.accept, callbacks=[PrintProgress(_log)], log=_log)
+    where = table["evaluated_on"].dropna().unique()
+    _log(f"metrics on: {', '.join(where) if len(where) else 'nothing (every model failed)'}")
+    import pandas as pd
+
+    with pd.option_context("display.width", 200, "display.max_columns", None, "display.precision", 3):
+        print(table.to_string(index=False))
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        table.to_csv(out, index=False)
+        _log(f"wrote {out}")
+    return 0 if (table["status"] == "ok").any() or table["status"].str.startswith("diverged").any() else 2
+
+
+COMMANDS = {"annotate": cmd_annotate, "train": cmd_train, "predict": cmd_predict, "models": cmd_models,
+            "benchmark": cmd_benchmark}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

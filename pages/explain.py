@@ -1,0 +1,83 @@
+"""Explain: which genes TabNet's masks used, per cell, per class and overall (SIMS)."""
+import streamlit as st
+
+from cellannot_core.errors import CellannotError
+from ui import explain as ex
+from ui import results as res
+from ui.state import init_state
+from ui.widgets import plot
+
+init_state()
+st.title("Explain")
+run = res.require_run()
+model = run.card.get("model")
+if not ex.run_can_explain(run):
+    names = ", ".join(f"**{n}**" for n in ex.explain_models()) or "none"
+    st.info(f"Run `{run.run_id}` used **{model}**, which has no explain matrices. Models that can explain "
+            f"their predictions: {names}. Train one on the **Train** page.")
+    st.stop()
+
+try:
+    data = ex.explain_data(run.root, run.run_id)
+except (CellannotError, OSError) as err:
+    st.error(f"Cannot compute the explain matrices of this run: {err}")
+    st.stop()
+
+st.caption(f"Run `{run.run_id}` ({model}): TabNet's attention masks for {len(data['cells']):,} query cells x "
+           f"{len(data['genes']):,} genes. A cell's explain row is Σ_steps (step output) × (step mask): the "
+           "genes its prediction used.")
+c1, c2 = st.columns([2, 1])
+group_by = c1.radio("Group cells by", ["predicted", "query"], horizontal=True, key=ex.ExplainKeys.GROUP_BY,
+                    format_func={"predicted": "predicted class", "query": "query label"}.get,
+                    disabled=run.query_labels is None,
+                    help=None if run.query_labels is not None else "The query of this run has no labels")
+n_top = int(c2.number_input("Top genes per class", 5, 100, 20, key=ex.ExplainKeys.N_TOP))
+labels = ex.group_labels(run, data, group_by)
+order = ex.group_order(run, labels)
+summ = ex.summaries(data, labels, order, n_top)
+
+st.subheader("Top genes per class")
+st.caption("Explain rows are normalised per cell, averaged per class, then each gene is divided by its maximum "
+           "over classes (SIMS thesis). Genes are ranked by mean mask × that normalised value: used a lot by "
+           "the class, and more than by the other classes.")
+plot(ex.class_heatmap(summ["normalized"], summ["heat_genes"]), key="explain_classes")
+top = summ["top"]
+wide = top.pivot(index="rank", columns="class", values="gene")[[c for c in order if c in set(top["class"])]]
+st.dataframe(wide, height=min(600, 38 + 35 * len(wide)))
+d1, d2 = st.columns(2)
+d1.download_button("Top genes per class (.csv)", top.to_csv(index=False).encode(),
+                   file_name=f"{run.run_id}_explain_top_genes.csv", mime="text/csv", key="dl_explain_top")
+d2.download_button("Per-class importance, all genes (.csv)",
+                   lambda: summ["normalized"].T.rename_axis("gene").to_csv().encode(),
+                   file_name=f"{run.run_id}_explain_per_class.csv", mime="text/csv", key="dl_explain_class")
+
+st.subheader("Explain matrix")
+rows = ex.heatmap_cells(labels, order)
+mat = ex.cell_matrix(data, rows, summ["heat_genes"])
+if len(rows) < len(labels):
+    st.caption(f"A random subsample of {len(rows):,} of {len(labels):,} cells, balanced over groups; columns are "
+               f"each class's top {ex.GENES_PER_CLASS} genes.")
+plot(ex.cells_heatmap(mat, labels[rows], order), key="explain_cells")
+d1, d2 = st.columns(2)
+d1.download_button("Shown cells x genes (.csv)", mat.rename_axis("cell").to_csv().encode(),
+                   file_name=f"{run.run_id}_explain_shown.csv", mime="text/csv", key="dl_explain_shown")
+d2.download_button("All cells x all genes (.csv)", lambda: ex.full_matrix_csv(data),
+                   file_name=f"{run.run_id}_explain_matrix.csv", mime="text/csv", key="dl_explain_all")
+
+st.subheader("Overall importance")
+plot(ex.global_bar(summ["global"]), key="explain_global")
+st.download_button("Global importance (.csv)", summ["global"].rename_axis("gene").to_csv().encode(),
+                   file_name=f"{run.run_id}_explain_global.csv", mime="text/csv", key="dl_explain_global")
+
+st.subheader("One cell")
+c1, c2 = st.columns(2)
+cls = c1.selectbox("Class", order, key=ex.ExplainKeys.CLASS)
+cells = data["cells"][labels == cls]
+cell = c2.selectbox("Cell", cells.tolist(), key=ex.ExplainKeys.CELL)
+if cell is not None:
+    i = int((data["cells"] == cell).argmax())
+    st.caption(f"Predicted **{data['predicted'][i]}** with confidence {data['confidence'][i]:.2f}.")
+    mask = ex.cell_mask(data, cell)
+    plot(ex.cell_bar(mask, cell), key="explain_cell")
+    st.download_button("This cell's mask (.csv)", mask.to_csv(index=False).encode(),
+                       file_name=f"{run.run_id}_explain_{cell}.csv", mime="text/csv", key="dl_explain_cell")

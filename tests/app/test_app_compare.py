@@ -1,0 +1,102 @@
+"""Compare page: models picked from the registry (unavailable ones greyed out), the comparison
+as a background job with its table and charts, and the leave-one-class-out self-check."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from cellannot_core.compare import EVAL_QUERY
+from cellannot_core.models import MODELS
+from ui import compare as cmp
+from ui.state import StateKeys
+
+ROOT = Path(__file__).resolve().parents[2]
+APP = str(ROOT / "app.py")
+LABEL = "cell_type_harmonized"
+
+
+@pytest.fixture(scope="module")
+def pair():
+    rng = np.random.default_rng(0)
+    ref = ad.read_h5ad(ROOT / "assets" / "kang_pbmc_example_sce_1556.h5ad")
+    qry = ad.read_h5ad(ROOT / "assets" / "pbmc3k_seurat_2638.h5ad")
+    ref = ref[np.sort(rng.choice(ref.n_obs, 300, replace=False))].copy()
+    qry = qry[np.sort(rng.choice(qry.n_obs, 200, replace=False))].copy()
+    return ref, qry
+
+
+def page(pair=None) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    if pair is not None:
+        ref, qry = pair
+        at.session_state[StateKeys.REFERENCE] = ref
+        at.session_state[StateKeys.QUERY] = qry
+        for key, a, name in ((StateKeys.REFERENCE_INFO, ref, "ref"), (StateKeys.QUERY_INFO, qry, "query")):
+            at.session_state[key] = {"id": f"tiny-{name}", "name": name, "source": "test",
+                                     "n_cells": a.n_obs, "n_genes": a.n_vars}
+        at.session_state[StateKeys.LABEL_KEY] = LABEL
+        at.session_state[StateKeys.QUERY_LABEL_KEY] = LABEL
+    return at.switch_page("pages/compare.py").run()
+
+
+def test_needs_data():
+    at = page()
+    assert not at.exception and "Load data first" in at.info[0].value
+
+
+def test_compare_job_table_and_charts(pair):
+    at = page(pair)
+    assert not at.exception
+    boxes = {c.label: c for c in at.checkbox}
+    assert set(MODELS) <= set(boxes)  # every registry model is listed
+    for name, spec in MODELS.items():
+        reason = spec.unavailable_reason()
+        assert boxes[name].disabled == (reason is not None)
+        if reason:
+            assert any(reason in c.value for c in at.caption)
+    assert at.button(key=cmp.CompareKeys.START).disabled  # nothing ticked yet
+    at.checkbox(key=cmp.CompareKeys.MODEL.format(name="logreg")).check()
+    at.checkbox(key=cmp.CompareKeys.MODEL.format(name="knn")).check().run()
+    at.button(key=cmp.CompareKeys.START).click().run()
+    assert not at.exception
+    job_id = at.session_state[cmp.CompareKeys.JOB["compare"]]
+    snap = cmp.wait(job_id, timeout=120)
+    assert snap["state"] == "done", snap
+    at.run()
+    assert not at.exception
+    table = at.dataframe[0].value
+    assert table["Model"].tolist() == ["logreg", "knn"]
+    assert (table["Evaluated on"] == EVAL_QUERY).all() and table["Accuracy"].between(0, 1).all()
+    assert len(at.get("plotly_chart")) == 2
+    assert "Comparison table (.csv)" in {b.label for b in at.get("download_button")}
+
+
+def test_novelty_self_check_job(pair):
+    at = page(pair)
+    at.selectbox(key=cmp.CompareKeys.LOCO_MODEL).set_value("knn")
+    at.multiselect(key=cmp.CompareKeys.LOCO_CLASSES).set_value(["B"]).run()
+    at.button(key=cmp.CompareKeys.LOCO_START).click().run()
+    assert not at.exception
+    job_id = at.session_state[cmp.CompareKeys.JOB["loco"]]
+    assert cmp.wait(job_id, timeout=120)["state"] == "done"
+    at.run()
+    assert not at.exception
+    df = next(d.value for d in at.dataframe if "held_out" in d.value.columns)
+    assert df["held_out"].tolist() == ["B"] and df["auroc_maxprob"].between(0, 1).all()
+    assert len(at.get("plotly_chart")) == 1
+
+
+def test_cancel_and_failure_are_plain_words(pair):
+    from cellannot_core.pipeline import AnnotateOptions
+
+    ref, qry = pair
+    bad = cmp.start("compare", ref, qry, AnnotateOptions(label_key="no_such_column"), models=["knn"])
+    snap = cmp.wait(bad, timeout=60)
+    assert snap["state"] == "failed" and "no_such_column" in snap["error"] and "Traceback" not in snap["error"]
+    job = cmp.start("loco", ref, qry, AnnotateOptions(label_key=LABEL), model="tabnet", classes=["B", "CD4 T"])
+    cmp.cancel(job)
+    assert cmp.wait(job, timeout=60)["state"] == "cancelled"

@@ -1,0 +1,96 @@
+"""Explain page: TabNet masks of an injected tabnet run (heatmaps, top genes, one cell,
+downloads), and a plain message for runs of models without explain matrices."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from cellannot_core.pipeline import AnnotateOptions, annotate
+from cellannot_core.runs import RunDir
+from ui import explain as ex
+from ui.state import StateKeys
+
+ROOT = Path(__file__).resolve().parents[2]
+APP = str(ROOT / "app.py")
+LABEL = "cell_type_harmonized"
+
+
+def _run(root: Path, model: str, hparams: dict) -> str:
+    rng = np.random.default_rng(0)
+    ref = ad.read_h5ad(ROOT / "assets" / "kang_pbmc_example_sce_1556.h5ad")
+    qry = ad.read_h5ad(ROOT / "assets" / "pbmc3k_seurat_2638.h5ad")
+    ref = ref[np.sort(rng.choice(ref.n_obs, 300, replace=False))].copy()
+    qry = qry[np.sort(rng.choice(qry.n_obs, 200, replace=False))].copy()
+    rd = RunDir.create(root, model=model)
+    annotate(ref, qry, AnnotateOptions(label_key=LABEL, query_label_key=LABEL, model=model, hparams=hparams,
+                                       n_top_genes=200, n_generate=0), run_dir=rd)
+    return rd.id
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    return root, _run(root, "tabnet", {"n_d": 8, "n_a": 8, "batch_size": 32, "max_epochs": 2}), _run(root, "knn", {})
+
+
+@pytest.fixture(autouse=True)
+def _env(runs, monkeypatch):
+    monkeypatch.setenv("CELLANNOT_RUNS", str(runs[0]))
+
+
+def page(run_id: str | None) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    at.session_state[StateKeys.RUN_ID] = run_id
+    return at.switch_page("pages/explain.py").run()
+
+
+def test_explain_page_for_a_tabnet_run(runs):
+    at = page(runs[1])
+    assert not at.exception, at.exception
+    heads = [h.value for h in at.subheader]
+    assert heads == ["Top genes per class", "Explain matrix", "Overall importance", "One cell"]
+    labels = {b.label for b in at.get("download_button")}
+    assert {"Top genes per class (.csv)", "Per-class importance, all genes (.csv)", "Shown cells x genes (.csv)",
+            "All cells x all genes (.csv)", "Global importance (.csv)", "This cell's mask (.csv)"} <= labels
+    assert len(at.get("plotly_chart")) == 4
+    top = at.dataframe[0].value
+    assert len(top) == 20 and len(top.columns) >= 2  # ranks x predicted classes
+    # group by the query's own labels, fewer top genes, another class and cell
+    at.radio(key=ex.ExplainKeys.GROUP_BY).set_value("query").run()
+    at.number_input(key=ex.ExplainKeys.N_TOP).set_value(5).run()
+    assert not at.exception and len(at.dataframe[0].value) == 5
+    cls = at.selectbox(key=ex.ExplainKeys.CLASS).options[-1]
+    at.selectbox(key=ex.ExplainKeys.CLASS).set_value(cls).run()
+    cell = at.selectbox(key=ex.ExplainKeys.CELL).options[0]
+    at.selectbox(key=ex.ExplainKeys.CELL).set_value(cell).run()
+    assert not at.exception
+    assert any("Predicted" in c.value for c in at.caption)
+
+
+def test_explain_data_matches_the_model(runs):
+    from cellannot_core.models import load_model
+
+    root, run_id = str(runs[0]), runs[1]
+    data = ex.compute_explain(root, run_id)
+    M = data["M"]
+    assert M.shape == (200, len(data["genes"])) and (M >= 0).all()
+    model = load_model(RunDir.open(root, run_id).model_dir)
+    assert model.name == "tabnet"
+    csv = ex.full_matrix_csv(data).decode().splitlines()
+    assert len(csv) == 201 and csv[0].startswith("cell,")
+
+
+def test_models_without_explain_get_a_message(runs):
+    at = page(runs[2])
+    assert not at.exception
+    msg = at.info[0].value
+    assert "knn" in msg and "tabnet" in msg and "no explain" in msg
+
+
+def test_needs_a_run():
+    at = page(None)
+    assert not at.exception and "Train a model" in at.info[0].value

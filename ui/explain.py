@@ -1,0 +1,217 @@
+"""Explain view: TabNet (SIMS) gene masks of a finished run's query cells.
+
+The explain matrix is computed on demand from the run's saved model and its annotated query
+(``model/`` + ``annotated.h5ad``), cached per run (``st.cache_resource`` for the model,
+``st.cache_data`` for the matrix). Summaries follow the SIMS thesis: global importances
+(column sums normalised to 1), per-class mean masks normalised per gene by their maximum over
+classes, and the top genes of each class.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from cellannot_core._constants import OutKeys
+from ui.results import Run
+
+MAX_HEATMAP_CELLS = 600  # rows of the cells x genes heatmap (seeded subsample, balanced over groups)
+GENES_PER_CLASS = 5  # columns of the heatmaps: each class's top genes, merged
+
+
+class ExplainKeys:
+    """Widget keys of the Explain page."""
+
+    GROUP_BY = "w_explain_group_by"
+    N_TOP = "w_explain_n_top"
+    CLASS = "w_explain_class"
+    CELL = "w_explain_cell"
+
+
+def explain_models() -> list[str]:
+    """Registry names of the models with explain matrices."""
+    from cellannot_core.models import MODELS, model_names
+
+    return [n for n in model_names() if MODELS[n].supports.explain]
+
+
+def run_can_explain(run: Run) -> bool:
+    from cellannot_core.errors import CellannotError
+    from cellannot_core.models import get_spec
+
+    try:
+        return bool(get_spec(str(run.card.get("model"))).supports.explain)
+    except CellannotError:
+        return False
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def load_run_model(root: str, run_id: str) -> Any:
+    from cellannot_core.models import load_model
+    from cellannot_core.runs import RunDir
+
+    return load_model(RunDir.open(root, run_id).model_dir, device="cpu")
+
+
+def compute_explain(root: str, run_id: str) -> dict[str, Any]:
+    """Explain matrix of every query cell (no Streamlit): model + annotated query -> arrays."""
+    import anndata as ad
+
+    from cellannot_core._constants import RunFiles
+    from cellannot_core.data import prepare_query
+    from cellannot_core.errors import DataError
+    from cellannot_core.runs import RunDir, read_json
+
+    rd = RunDir.open(root, run_id)
+    bundle = read_json(rd.model_dir / "bundle.json") or {}
+    if "genes" not in bundle:
+        raise DataError(f"run {run_id} has no model bundle; train it again to see explain matrices")
+    model = load_run_model(root, run_id)
+    qa = ad.read_h5ad(rd.file(RunFiles.ANNOTATED))
+    split, _ = prepare_query(qa, genes=bundle["genes"], norm_genes=bundle.get("norm_genes"),
+                             min_shared_genes=min(int(bundle.get("min_shared_genes", 200)), len(bundle["genes"])),
+                             allow_lognorm=True)
+    M = model.explain(split.X).astype(np.float32)
+    rows = np.asarray(split.index) if split.index is not None else np.arange(qa.n_obs)
+    obs = qa.obs.iloc[rows]
+    return {"M": M, "genes": list(bundle["genes"]), "cells": obs.index.astype(str).to_numpy(), "rows": rows,
+            "predicted": obs[OutKeys.LABEL_RAW].astype(str).to_numpy(),
+            "confidence": obs[OutKeys.CONFIDENCE].to_numpy(dtype=float)}
+
+
+@st.cache_data(show_spinner="Computing the explain matrices of the query cells...", max_entries=4)
+def explain_data(root: str, run_id: str) -> dict[str, Any]:
+    return compute_explain(root, run_id)
+
+
+# ------------------------------------------------------------------------------ summaries (pure)
+
+
+def group_labels(run: Run, data: dict[str, Any], group_by: str) -> np.ndarray:
+    """Predicted class of each explained cell, or its own query label (``group_by="query"``)."""
+    if group_by == "query" and run.query_labels is not None:
+        return np.asarray(run.query_labels)[data["rows"]]
+    return data["predicted"]
+
+
+def group_order(run: Run, labels: np.ndarray) -> list[str]:
+    present = set(labels.tolist())
+    order = [c for c in run.classes if c in present]
+    return order + sorted(present - set(order))
+
+
+def summaries(data: dict[str, Any], labels: np.ndarray, order: list[str], n_top: int) -> dict[str, Any]:
+    """Global importances, per-class importances (raw and normalised per gene), top genes."""
+    from cellannot_core.models.tabnet import class_importance, global_importance, normalize_per_gene, top_genes_per_class
+
+    M, genes = data["M"], data["genes"]
+    per_class = class_importance(M, labels, genes, classes=order)
+    norm = normalize_per_gene(per_class)
+    top = top_genes_per_class(per_class, n_top)
+    heat_genes = list(dict.fromkeys(top[top["rank"] <= GENES_PER_CLASS]["gene"]))
+    return {"global": global_importance(M, genes), "per_class": per_class, "normalized": norm, "top": top,
+            "heat_genes": heat_genes}
+
+
+def heatmap_cells(labels: np.ndarray, order: list[str], max_cells: int = MAX_HEATMAP_CELLS, seed: int = 0) -> np.ndarray:
+    """Row positions of a seeded subsample, at most ``max_cells``, shared fairly between the
+    groups, ordered by group (``order``)."""
+    rng = np.random.default_rng(seed)
+    per = max(1, max_cells // max(1, len(order)))
+    rows = []
+    for g in order:
+        idx = np.flatnonzero(labels == g)
+        if len(idx) > per:
+            idx = np.sort(rng.choice(idx, per, replace=False))
+        rows.append(idx)
+    return np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
+
+
+def cell_matrix(data: dict[str, Any], rows: np.ndarray, genes: list[str]) -> pd.DataFrame:
+    """Row-normalised explain values of cells ``rows`` for ``genes`` (cells x genes)."""
+    from cellannot_core.models.tabnet import row_normalize
+
+    col = [data["genes"].index(g) for g in genes]
+    R = row_normalize(data["M"][rows])[:, col]
+    return pd.DataFrame(R, index=data["cells"][rows], columns=genes)
+
+
+def cell_mask(data: dict[str, Any], cell: str, n: int = 20) -> pd.DataFrame:
+    """One cell's explain weights (row-normalised), top ``n`` genes."""
+    from cellannot_core.models.tabnet import row_normalize
+
+    i = int(np.flatnonzero(data["cells"] == cell)[0])
+    w = row_normalize(data["M"][i:i + 1])[0]
+    top = np.argsort(-w, kind="stable")[:n]
+    return pd.DataFrame({"gene": [data["genes"][j] for j in top], "importance": w[top]})
+
+
+def full_matrix_csv(data: dict[str, Any]) -> bytes:
+    """Every query cell x gene (row-normalised explain matrix) as CSV (built on click)."""
+    from cellannot_core.models.tabnet import row_normalize
+
+    df = pd.DataFrame(row_normalize(data["M"]).astype(np.float32), index=data["cells"], columns=data["genes"])
+    df.index.name = "cell"
+    return df.to_csv(float_format="%.5g").encode()
+
+
+# ------------------------------------------------------------------------------ figures
+
+
+def _layout(fig: go.Figure, title: str | None, height: int) -> go.Figure:
+    from cellannot_core.plots import TEMPLATE
+
+    fig.update_layout(template=TEMPLATE, title=title, height=height, margin=dict(l=10, r=10, t=50 if title else 20, b=10))
+    return fig
+
+
+def global_bar(global_imp: pd.Series, n: int = 30) -> go.Figure:
+    top = global_imp.head(n)[::-1]
+    fig = go.Figure(go.Bar(x=top.to_numpy(), y=top.index.tolist(), orientation="h", marker_color="#0072B2",
+                           hovertemplate="%{y}: %{x:.4f}<extra></extra>"))
+    fig.update_xaxes(title="share of all mask weight")
+    return _layout(fig, f"Global gene importance (top {len(top)})", max(300, 18 * len(top) + 80))
+
+
+def class_heatmap(normalized: pd.DataFrame, genes: list[str]) -> go.Figure:
+    z = normalized[genes]
+    fig = go.Figure(go.Heatmap(z=z.to_numpy(), x=genes, y=z.index.tolist(), colorscale="Viridis", zmin=0, zmax=1,
+                               colorbar=dict(title="normalised<br>mask"),
+                               hovertemplate="class %{y}<br>gene %{x}<br>%{z:.3f}<extra></extra>"))
+    fig.update_yaxes(autorange="reversed")
+    fig.update_xaxes(tickangle=-60)
+    return _layout(fig, "Mean mask per class, each gene divided by its maximum over classes",
+                   max(300, 30 * len(z) + 160))
+
+
+def cells_heatmap(mat: pd.DataFrame, groups: np.ndarray, order: list[str]) -> go.Figure:
+    """Cells (rows, grouped) x genes; group names as y ticks at the middle of each block."""
+    n = len(mat)
+    fig = go.Figure(go.Heatmap(z=mat.to_numpy(), x=mat.columns.tolist(), y=np.arange(n), colorscale="Viridis",
+                               zmin=0, colorbar=dict(title="mask<br>weight"), customdata=np.c_[mat.index, groups],
+                               hovertemplate="cell %{customdata[0]}<br>group %{customdata[1]}<br>gene %{x}"
+                                             "<br>%{z:.4f}<extra></extra>"))
+    ticks, text, start = [], [], 0
+    for g in order:
+        k = int((groups == g).sum())
+        if k == 0:
+            continue
+        ticks.append(start + (k - 1) / 2)
+        text.append(g)
+        if start > 0:
+            fig.add_hline(y=start - 0.5, line_color="white", line_width=2)
+        start += k
+    fig.update_yaxes(tickvals=ticks, ticktext=text, autorange="reversed", title=None)
+    fig.update_xaxes(tickangle=-60)
+    return _layout(fig, f"Explain matrix: {n} cells x {mat.shape[1]} genes (rows sum to 1 over all genes)", 560)
+
+
+def cell_bar(mask: pd.DataFrame, cell: str) -> go.Figure:
+    d = mask[::-1]
+    fig = go.Figure(go.Bar(x=d["importance"], y=d["gene"], orientation="h", marker_color="#E69F00",
+                           hovertemplate="%{y}: %{x:.4f}<extra></extra>"))
+    fig.update_xaxes(title="share of the cell's mask weight")
+    return _layout(fig, f"Cell {cell}: top {len(d)} genes", max(300, 18 * len(d) + 80))
