@@ -45,8 +45,11 @@ class AnnotateOptions:
     qc: dict[str, float] | None = None
 
     def model_hparams(self) -> dict[str, Any]:
+        """The hyper-parameter overrides; ``max_epochs`` caps only models that train in epochs."""
+        from .models import get_spec
+
         hp = dict(self.hparams)
-        if self.max_epochs is not None:
+        if self.max_epochs is not None and "max_epochs" in get_spec(self.model).hparams:
             hp["max_epochs"] = int(self.max_epochs)
         return hp
 
@@ -87,7 +90,8 @@ def train_model(prepared: Prepared, opts: AnnotateOptions, callbacks: Sequence[A
         raise ConfigError(f"model {opts.model} needs raw counts but the reference has none; pick another model")
     model = create_model(opts.model, prepared.n_genes, prepared.classes, seed=opts.seed, device=opts.device,
                          hparams=opts.model_hparams())
-    model.fit(prepared.train, prepared.val, callbacks)
+    model.fit(prepared.train, prepared.val, callbacks,
+              **({"unlabelled": prepared.query} if spec.supports.semi_supervised else {}))
     model.calibrate(prepared.val, accept=opts.accept, shift_correction=opts.shift_correction)
     return model
 
@@ -159,7 +163,19 @@ def run_card(model, prepared: Prepared, opts: AnnotateOptions, preds: Prediction
         "unknown_fraction": float(np.mean(preds.is_unknown)) if len(preds.is_unknown) else 0.0,
         "predicted_counts": pd.Series(preds.label).value_counts().to_dict(),
         "query_metrics": query_metrics or {},
+        "latent_quality": latent_quality_of(model, prepared, preds),
     }
+
+
+def latent_quality_of(model, prepared: Prepared, preds: Predictions) -> dict[str, Any]:
+    """Label ASW (reference validation; query by its labels) and active latent dimensions."""
+    from .metrics import latent_quality
+
+    if not model.spec.supports.latent or prepared.val.n_obs == 0:
+        return {}
+    val_labels = np.asarray(model.classes, dtype=object)[prepared.val.y]
+    return latent_quality(model.latent(prepared.val.X), val_labels, preds.latent, prepared.query.labels,
+                          seed=0)
 
 
 def query_metrics(prepared: Prepared, preds: Predictions, classes: Sequence[str]) -> dict[str, Any]:

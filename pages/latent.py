@@ -20,6 +20,18 @@ show_gen = c3.toggle("Generated cells", value=has_gen, disabled=not has_gen, key
                      if has_gen else "This run has no generated cells (the model cannot generate, or 0 were asked)")
 show_gen = bool(show_gen and has_gen)
 
+lq = run.card.get("latent_quality") or {}
+if lq:
+    m1, m2, m3 = st.columns(3)
+    m1.metric("Label ASW, reference", lat.fmt_quality(lq.get("asw_reference")),
+              help="Average silhouette width of the cell types among held-out reference cells in the latent "
+                   "space, rescaled to [0, 1] (scib): 1 = compact, separated types; 0.5 = overlapping.")
+    m2.metric("Label ASW, query", lat.fmt_quality(lq.get("asw_query")),
+              help="The same for the query cells by the query's own labels (blank when it has none).")
+    m3.metric("Active latent dimensions", f"{lq.get('active_dims', 0)} of {lq.get('n_latent', 0)}",
+              help=f"Dimensions whose posterior mean varies across cells (variance > {lq.get('active_threshold')}); "
+                   "the rest collapsed to the prior (VAEs) or carry nothing.")
+
 n_ref, n_q = len(run.arrays["ref_latent"]), len(run.arrays["query_latent"])
 n_total = n_ref + n_q + (len(run.arrays["gen_latent"]) if show_gen else 0)
 if method != "pca" and not lat.is_cached(run, method, show_gen):

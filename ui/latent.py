@@ -89,3 +89,12 @@ def figure(df: pd.DataFrame, color_by: str, method: str, classes: list[str]) -> 
                           hover=hover, continuous=cont, max_points=MAX_POINTS, color_title=COLOR_BY[color_by],
                           categories=cats, title=f"Latent space ({name})", x_title=f"{name} 1",
                           y_title=f"{name} 2")
+
+
+def fmt_quality(v) -> str:
+    """A latent-quality number for st.metric (``—`` when missing or undefined)."""
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        return "—"
+    return f"{v:.3f}" if np.isfinite(v) else "—"

@@ -93,6 +93,20 @@ def dataset_summary(info: dict[str, Any], summ: dict[str, Any]) -> None:
                 f"(e.g. {', '.join(summ.get('example_genes', [])[:3])})")
     for p in summ.get("problems", []):
         st.error(p)
+    if not summ.get("counts_source"):
+        count_models = count_model_names()
+        if count_models:
+            st.warning(f"No raw counts in this dataset (X holds {summ['value_state']} values and there is no "
+                       "`.raw` or `layers['counts']` with counts). The count models "
+                       f"({', '.join(count_models)}) model integer counts and cannot use it: pick another model, "
+                       "or load the file that still holds the raw counts.")
+
+
+def count_model_names() -> list[str]:
+    """Registered models that need raw counts (from the registry, so new models appear here)."""
+    from cellannot_core.models import MODELS
+
+    return [n for n, spec in MODELS.items() if spec.supports.needs_counts]
 
 
 def label_counts_table(candidates: list[dict[str, Any]], key: str | None) -> None:

@@ -18,7 +18,7 @@ from cellannot_core.metrics._label_transfer import (
     label_transfer_metrics,
     per_type_ood_auroc,
 )
-from cellannot_core.metrics._latent import asw
+from cellannot_core.metrics._latent import active_dims, asw, latent_quality
 from cellannot_core.metrics._ranking import accuracy_coverage_curve, auroc
 
 __all__ = [
@@ -26,11 +26,13 @@ __all__ = [
     "RELIABILITY_COLUMNS",
     "accuracy",
     "accuracy_coverage_curve",
+    "active_dims",
     "asw",
     "auroc",
     "balanced_accuracy",
     "ece",
     "label_transfer_metrics",
+    "latent_quality",
     "macro_f1",
     "median_f1",
     "per_class_f1",

@@ -1,11 +1,11 @@
-"""Latent-space quality: average silhouette width (scib-style, rescaled to [0, 1])."""
+"""Latent-space quality: average silhouette width (scib-style, rescaled to [0, 1]) and active dimensions."""
 from __future__ import annotations
 
 import numpy as np
 from numpy.typing import ArrayLike
 from sklearn.metrics import silhouette_score
 
-__all__ = ["asw"]
+__all__ = ["active_dims", "asw", "latent_quality"]
 
 
 def asw(
@@ -55,3 +55,42 @@ def asw(
         return float("nan")
     s = silhouette_score(Z, y, metric=metric)
     return float((s + 1.0) / 2.0)
+
+
+def active_dims(latent: ArrayLike, threshold: float = 0.01) -> int:
+    """Number of active latent dimensions: variance over cells of each coordinate > ``threshold``.
+
+    For a VAE ``latent`` is the posterior mean, and this is Burda et al.'s (2016) activity
+    criterion Var_x(E_q[z_d | x]) > 0.01: inactive dimensions collapsed to the prior.
+    """
+    Z = np.asarray(latent, dtype=float)
+    if Z.ndim == 1:
+        Z = Z[:, None]
+    if Z.shape[0] < 2:
+        return 0
+    return int((Z.var(axis=0) > threshold).sum())
+
+
+def latent_quality(ref_latent: ArrayLike, ref_labels: ArrayLike, query_latent: ArrayLike | None = None,
+                   query_labels: ArrayLike | None = None, *, threshold: float = 0.01, seed: int = 0) -> dict:
+    """Latent-space quality of one model, JSON-able.
+
+    ``asw_reference``: label ASW of the (held-out) reference cells; ``asw_query``: of the query
+    cells by their own labels when given (cells with an empty label are left out);
+    ``active_dims`` of ``n_latent``: over reference and query cells together.
+    """
+    R = np.asarray(ref_latent, dtype=float)
+    out = {"n_latent": int(R.shape[1]) if R.ndim == 2 else 1,
+           "asw_reference": asw(R, ref_labels, seed=seed), "asw_query": float("nan")}
+    both = R
+    if query_latent is not None:
+        Q = np.asarray(query_latent, dtype=float)
+        both = np.vstack([R, Q]) if Q.size else R
+        if query_labels is not None:
+            ql = np.asarray(query_labels, dtype=object).astype(str)
+            keep = ql != ""
+            if keep.sum() >= 3:
+                out["asw_query"] = asw(Q[keep], ql[keep], seed=seed)
+    out["active_dims"] = active_dims(both, threshold)
+    out["active_threshold"] = threshold
+    return out

@@ -128,3 +128,30 @@ def test_demo_pair_reports_types_missing_from_reference():
     assert not at.exception
     assert any("NK (155), DC (32), Platelet (14)" in i.value and "201 cells" in i.value for i in at.info)
     assert at.selectbox(key=WidgetKeys.QUERY_LABEL_PICKER).value == "cell_type_harmonized"
+
+
+def test_count_models_warning_for_data_without_counts(tmp_path):
+    """A log-normalised file with no raw counts anywhere: the data page says the count models
+    cannot use it (and names them, from the registry); a counts file gets no such warning."""
+    import anndata as ad
+    import scanpy as sc
+
+    from ui.widgets import count_model_names
+
+    a = ad.read_h5ad(SMALL)
+    sc.pp.normalize_total(a, target_sum=1e4)
+    sc.pp.log1p(a)
+    a.raw = None
+    a.layers.clear()
+    a.write_h5ad(tmp_path / "lognorm.h5ad")
+    at = _data_page()
+    at.file_uploader(key=WidgetKeys.UPLOAD.format(role="reference")).set_value(
+        ("lognorm.h5ad", (tmp_path / "lognorm.h5ad").read_bytes(), "application/octet-stream"))
+    at.run()
+    assert not at.exception, at.exception
+    warned = [w.value for w in at.warning if "No raw counts" in w.value]
+    assert len(warned) == 1 and count_model_names() and all(n in warned[0] for n in count_model_names())
+    at.file_uploader(key=WidgetKeys.UPLOAD.format(role="query")).set_value(
+        ("counts.h5ad", SMALL.read_bytes(), "application/octet-stream"))
+    at.run()
+    assert len([w for w in at.warning if "No raw counts" in w.value]) == 1  # only the reference warns

@@ -33,6 +33,10 @@ def test_latent_page_pca_all_colourings(run):
     at.switch_page("pages/latent.py").run()
     assert not at.exception
     assert at.toggle(key=WidgetKeys.SHOW_GENERATED).value is True
+    shown = {m.label: m.value for m in at.metric}  # latent quality from the run card
+    assert set(shown) == {"Label ASW, reference", "Label ASW, query", "Active latent dimensions"}
+    assert 0.0 <= float(shown["Label ASW, reference"]) <= 1.0
+    assert shown["Active latent dimensions"].endswith(f"of {int(make_card_latent_dim(root, run_id))}")
     for color in lat.COLOR_BY:
         at.selectbox(key=WidgetKeys.COLOR_BY).set_value(color).run()
         assert not at.exception, color
@@ -54,3 +58,9 @@ def test_point_table_has_generated_cells_as_markers(run):
     assert df.loc[df["dataset"] == "reference", "confidence"].isna().all()
     fig = lat.figure(df, "predicted", "pca", r.classes)
     assert all(t.type == "scattergl" for t in fig.data)
+
+
+def make_card_latent_dim(root, run_id) -> int:
+    from ui.results import load_run
+
+    return load_run(str(root), run_id).arrays["query_latent"].shape[1]

@@ -20,11 +20,13 @@ from cellannot_core.metrics import (
     RELIABILITY_COLUMNS,
     accuracy,
     accuracy_coverage_curve,
+    active_dims,
     asw,
     auroc,
     balanced_accuracy,
     ece,
     label_transfer_metrics,
+    latent_quality,
     macro_f1,
     median_f1,
     per_class_f1,
@@ -272,3 +274,29 @@ def test_label_transfer_only_novel():
 def test_label_transfer_length_mismatch():
     with pytest.raises(ValueError, match="confidence"):
         label_transfer_metrics(["A"], ["A"], ["A"], [0.5, 0.5], [0.1], ["A"])
+
+
+def test_active_dims_counts_coordinates_that_vary():
+    rng = np.random.default_rng(0)
+    Z = np.c_[rng.normal(0, 1, 500), rng.normal(0, 0.2, 500), rng.normal(0, 0.05, 500), np.full(500, 3.0)]
+    # variances ~1, 0.04, 0.0025, 0: two above 0.01
+    assert active_dims(Z) == 2
+    assert active_dims(Z, threshold=0.001) == 3
+    assert active_dims(Z[:1]) == 0
+
+
+def test_latent_quality_summary():
+    rng = np.random.default_rng(1)
+    R = np.vstack([rng.normal(0, 1, (40, 3)), rng.normal(5, 1, (40, 3))])
+    R[:, 2] = 0.0  # a collapsed dimension
+    ref_y = np.repeat(["a", "b"], 40)
+    Q = np.vstack([rng.normal(0, 1, (20, 3)), rng.normal(5, 1, (20, 3))])
+    Q[:, 2] = 0.0
+    q_y = np.repeat(["a", ""], 20)  # unlabelled query cells are left out of the query ASW
+    q = latent_quality(R, ref_y, Q, q_y)
+    assert q["n_latent"] == 3 and q["active_dims"] == 2
+    assert q["asw_reference"] == pytest.approx(asw(R, ref_y))
+    assert math.isnan(q["asw_query"])  # one label left among the labelled query cells
+    q2 = latent_quality(R, ref_y, Q, np.repeat(["a", "b"], 20))
+    assert q2["asw_query"] == pytest.approx(asw(Q, np.repeat(["a", "b"], 20)))
+    assert math.isnan(latent_quality(R, ref_y)["asw_query"])

@@ -147,6 +147,9 @@ def test_output_run_card(run):
     assert isinstance(card["preprocessing"], str) and "log1p" in card["preprocessing"]
     assert int(card["n_query"]) == 300 and int(card["n_train"]) + int(card["n_val"]) == 400
     assert int(card["training"]["n_epochs"]) <= 3
+    lq = card["latent_quality"]  # label ASW + active dimensions of the 16-d latent
+    assert int(lq["n_latent"]) == 16 and 1 <= int(lq["active_dims"]) <= 16
+    assert 0.5 < float(lq["asw_reference"]) <= 1.0 and 0.0 <= float(lq["asw_query"]) <= 1.0
     # query labels were given: the DESIGN.md metrics are in the card, well above chance
     qm = card["query_metrics"]
     assert int(qm["n_novel"]) == int(run["q"].obs[LABEL].isin(NOVEL).sum())

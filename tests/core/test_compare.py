@@ -1,0 +1,152 @@
+"""Model comparison, leave-one-class-out and the `benchmark` command (compare.py, cli.py)."""
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from cellannot_core.compare import COMPARE_COLUMNS, EVAL_QUERY, EVAL_VAL, compare_models, leave_one_class_out, \
+    without_class
+from cellannot_core.data import prepare
+from cellannot_core.errors import Cancelled, ConfigError
+from conftest import make_synthetic
+
+TABNET = {"n_d": 8, "n_a": 8, "batch_size": 32}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    n, old = torch.get_num_threads(), os.environ.get("CELLANNOT_NUM_THREADS")
+    os.environ["CELLANNOT_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+    if old is None:
+        os.environ.pop("CELLANNOT_NUM_THREADS", None)
+    else:
+        os.environ["CELLANNOT_NUM_THREADS"] = old
+
+
+@pytest.fixture(scope="module")
+def prep():
+    ref = make_synthetic(400, 120, 4, seed=1)
+    q = make_synthetic(240, 120, 5, seed=2)  # type4 is novel
+    return prepare(ref, q, label_key="cell_type", query_label_key="cell_type", n_top_genes=100,
+                   min_shared_genes=50, seed=0)
+
+
+def test_compare_models_on_a_labelled_query(prep):
+    events = []
+
+    class Spy:
+        def on_progress(self, frac, text):
+            events.append(frac)
+
+        def on_model_end(self, name, row):
+            events.append(name)
+
+    df = compare_models(prep, ["logreg", "knn", "tabnet"], seed=0, device="cpu",
+                        hparams_by_model={"tabnet": TABNET}, max_epochs=3, callbacks=[Spy()])
+    assert list(df.columns) == list(COMPARE_COLUMNS)
+    assert df["model"].tolist() == ["logreg", "knn", "tabnet"]
+    assert (df["status"] == "ok").all(), df["status"].tolist()
+    assert (df["evaluated_on"] == EVAL_QUERY).all()
+    assert (df["n_novel"] > 0).all() and df["novelty_auroc"].between(0, 1).all()
+    for c in ("accuracy", "balanced_accuracy", "median_f1", "ece"):
+        assert df[c].between(0, 1).all(), c
+    assert df.loc[df["model"] == "logreg", "accuracy"].item() > 0.9
+    assert df.loc[df["model"] == "tabnet", "n_epochs"].item() <= 3  # max_epochs reaches models with epochs only
+    assert (df["train_seconds"] > 0).all()
+    assert events[-1] == 1.0 and "knn" in events
+
+
+def test_compare_without_query_labels_uses_validation_and_reports_failures(prep):
+    unlabelled = replace(prep, query=replace(prep.query, labels=None))
+    df = compare_models(unlabelled, ["knn", "seurat", "logreg"], device="cpu",
+                        hparams_by_model={"logreg": {"C": -1}})
+    by = df.set_index("model")
+    assert by.loc["knn", "status"] == "ok" and by.loc["knn", "evaluated_on"] == EVAL_VAL
+    assert by.loc["knn", "n_cells"] == prep.val.n_obs and np.isnan(by.loc["knn", "novelty_auroc"])
+    if by.loc["seurat", "status"] != "ok":
+        assert "unavailable" in by.loc["seurat", "status"] and np.isnan(by.loc["seurat", "accuracy"])
+    assert "C" in by.loc["logreg", "status"] and np.isnan(by.loc["logreg", "accuracy"])
+    with pytest.raises(ConfigError, match="unknown model"):
+        compare_models(prep, ["knn", "nope"])
+
+
+def test_compare_can_be_cancelled(prep):
+    from cellannot_core.train import CancelToken
+
+    tok = CancelToken()
+    tok.cancel()
+    with pytest.raises(Cancelled):
+        compare_models(prep, ["knn"], callbacks=[tok])
+
+
+def test_without_class_reindexes(prep):
+    sub, held = without_class(prep, "type1")
+    assert sub.classes == ["type0", "type2", "type3"]
+    assert set(np.unique(sub.train.y)) == {0, 1, 2} and set(np.unique(sub.val.y)) == {0, 1, 2}
+    assert len(held) == (prep.val.y == 1).sum() and sub.train.n_obs == (prep.train.y != 1).sum()
+    # labels follow: old class 2 (type2) is now 1
+    np.testing.assert_array_equal(sub.val.X, prep.val.X[prep.val.y != 1])
+    with pytest.raises(ConfigError):
+        without_class(prep, "not_a_class")
+
+
+def test_leave_one_class_out(prep):
+    df = leave_one_class_out(prep, "knn", ["type0", "type2"], device="cpu")
+    assert df["held_out"].tolist() == ["type0", "type2"]
+    for k in ("knn", "mahalanobis", "maxprob", "energy"):
+        assert df[f"auroc_{k}"].between(0, 1).all()
+    assert (df["model_score"] == "mahalanobis").all()  # the knn model's default novelty score
+    assert (df["acc_known"] > 0.9).all() and (df["n_held_out"] > 0).all()
+    # distinct synthetic types: the distance scores flag the unseen class well
+    assert df["auroc_mahalanobis"].min() > 0.8
+
+
+# ------------------------------------------------------------------------------ CLI
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("bench")
+    ref = make_synthetic(240, 60, 3, seed=1)
+    q = make_synthetic(90, 60, 4, seed=2)
+    ref.write_h5ad(d / "ref.h5ad")
+    q.write_h5ad(d / "query.h5ad")
+    return d
+
+
+def test_cli_benchmark_writes_the_table(files, capsys):
+    from cellannot_core.cli import main
+
+    out = files / "table.csv"
+    rc = main(["benchmark", "--reference", str(files / "ref.h5ad"), "--query", str(files / "query.h5ad"),
+               "--label-key", "cell_type", "--query-label-key", "cell_type", "--models", "logreg", "knn",
+               "--hparam", "knn.n_neighbors=5", "--n-top-genes", "50", "--min-shared-genes", "20",
+               "--device", "cpu", "--out", str(out)])
+    assert rc == 0
+    df = pd.read_csv(out)
+    assert list(df.columns) == list(COMPARE_COLUMNS) and df["model"].tolist() == ["logreg", "knn"]
+    assert (df["evaluated_on"] == EVAL_QUERY).all()
+    cap = capsys.readouterr()
+    assert "logreg" in cap.out and "metrics on: query" in cap.err
+
+
+@pytest.mark.parametrize("extra, msg", [
+    (["--models", "knn", "--hparam", "n_neighbors=5"], "MODEL.NAME=VALUE"),
+    (["--models", "knn", "--out", "table.txt"], ".csv"),
+    (["--models", "nope"], "unknown model"),
+])
+def test_cli_benchmark_bad_input_is_one_line(files, capsys, extra, msg):
+    from cellannot_core.cli import main
+
+    rc = main(["benchmark", "--reference", str(files / "ref.h5ad"), "--query", str(files / "query.h5ad"),
+               "--label-key", "cell_type", *extra])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("error:") and msg in err and "\n" not in err and "Traceback" not in err

@@ -1,0 +1,348 @@
+"""Compare page helpers: model comparison and the leave-one-class-out novelty self-check as
+background jobs, plus their tables and figures.
+
+Jobs follow ``ui/jobs.py``: a daemon thread per job in a process-global table (guarded by a
+lock) keyed by a job id that the session keeps; the worker never calls Streamlit, reports
+progress through callbacks into the job's status dict, shares the training slots of
+``ui.jobs`` (at most ``CELLANNOT_MAX_JOBS`` trainings at once) and stops at the next
+mini-batch when cancelled. Results (a DataFrame) stay in memory for the server's lifetime.
+The panels at the bottom (the only Streamlit code here) poll a job while it runs.
+"""
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from cellannot_core.errors import Cancelled, CellannotError
+
+KINDS = ("compare", "loco")
+ACTIVE = ("queued", "running")
+BAR_METRICS = {"accuracy": "Accuracy", "balanced_accuracy": "Balanced accuracy", "median_f1": "Median F1",
+               "novelty_auroc": "Novelty AUROC", "latent_asw": "Latent ASW (reference)"}
+
+
+class CompareKeys:
+    """Session-state and widget keys of the Compare page."""
+
+    JOB = {"compare": "compare_job_id", "loco": "loco_job_id"}  # session state: the job shown
+    MODEL = "w_cmp_model_{name}"  # one checkbox per registry model
+    QUICK = "w_cmp_quick"
+    EPOCHS = "w_cmp_epochs"
+    START = "w_cmp_start"
+    CANCEL = "w_cmp_cancel_{kind}"
+    LOCO_MODEL = "w_loco_model"
+    LOCO_CLASSES = "w_loco_classes"
+    LOCO_START = "w_loco_start"
+
+
+@dataclass
+class CompareJob:
+    id: str
+    kind: str
+    params: dict[str, Any]
+    token: Any
+    thread: threading.Thread | None = None
+    state: str = "queued"
+    progress: float = 0.0
+    message: str = "waiting to start"
+    result: pd.DataFrame | None = None
+    partial: list[dict[str, Any]] = field(default_factory=list)
+    error: str | None = None
+    started: float = field(default_factory=time.time)
+    finished: float | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self.thread is not None and self.thread.is_alive()
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"id": self.id, "kind": self.kind, "state": self.state, "progress": self.progress,
+                "message": self.message, "error": self.error, "elapsed": (self.finished or time.time()) - self.started,
+                "live": self.alive, "params": dict(self.params)}
+
+
+_LOCK = threading.Lock()
+_JOBS: dict[str, CompareJob] = {}
+
+
+class _Reporter:
+    """Callback: progress and per-model rows into the job (no Streamlit)."""
+
+    def __init__(self, job: CompareJob) -> None:
+        self.job = job
+
+    def on_progress(self, fraction: float, text: str) -> None:
+        self.job.progress = float(min(1.0, max(0.0, fraction)))
+        self.job.message = f"training {text}"
+
+    def on_model_end(self, name: str, row: dict[str, Any]) -> None:
+        self.job.partial.append(dict(row))
+
+
+def _worker(job: CompareJob, reference: Any, query: Any, opts: Any) -> None:
+    from cellannot_core.compare import compare_models, leave_one_class_out
+    from cellannot_core.pipeline import prepare_data
+    from ui import jobs
+
+    p = job.params
+    try:
+        said = False
+        while not jobs._SLOTS.acquire(timeout=0.5):  # share the training slots of ui.jobs
+            if job.token.should_stop():
+                raise Cancelled("cancelled before training started")
+            if not said:
+                job.message = "waiting for another training to finish"
+                said = True
+        try:
+            if job.token.should_stop():
+                raise Cancelled("cancelled before training started")
+            job.state, job.message = "running", "preparing the data"
+            prepared = prepare_data(reference, query, opts)
+            cbs = [_Reporter(job), job.token]
+            if job.kind == "compare":
+                job.result = compare_models(prepared, p["models"], seed=opts.seed, device=opts.device,
+                                            max_epochs=p.get("max_epochs"), accept=opts.accept, callbacks=cbs)
+            else:
+                job.result = leave_one_class_out(prepared, p["model"], p["classes"], seed=opts.seed,
+                                                 device=opts.device, max_epochs=p.get("max_epochs"),
+                                                 accept=opts.accept, callbacks=cbs)
+        finally:
+            jobs._SLOTS.release()
+        job.state, job.progress, job.message = "done", 1.0, "finished"
+    except Cancelled as err:
+        job.state, job.message = "cancelled", str(err)
+    except CellannotError as err:
+        job.state, job.error, job.message = "failed", str(err), str(err)
+    except BaseException as err:  # noqa: BLE001 - a worker must never die silently
+        job.state = "failed"
+        job.error = job.message = f"internal error: {type(err).__name__}: {err}"
+        job.params["traceback"] = traceback.format_exc()
+    finally:
+        job.finished = time.time()
+
+
+def start(kind: str, reference: Any, query: Any, opts: Any, **params: Any) -> str:
+    """Start a comparison (``kind="compare"``, params ``models``, ``max_epochs``) or a
+    leave-one-class-out check (``kind="loco"``, params ``model``, ``classes``, ``max_epochs``)
+    in a background thread; returns the job id."""
+    from cellannot_core.train import CancelToken
+    from ui.jobs import warm_imports
+
+    if kind not in KINDS:
+        raise ValueError(f"unknown job kind {kind!r}")
+    warm_imports()
+    import cellannot_core.compare  # noqa: F401  (import in this thread, see warm_imports)
+
+    job = CompareJob(id=f"{kind}-{time.strftime('%H%M%S')}-{secrets.token_hex(3)}", kind=kind, params=params,
+                     token=CancelToken())
+    job.thread = threading.Thread(target=_worker, args=(job, reference, query, opts), daemon=True,
+                                  name=f"cellannot-{job.id}")
+    with _LOCK:
+        _JOBS[job.id] = job
+    job.thread.start()
+    return job.id
+
+
+def get(job_id: str | None) -> CompareJob | None:
+    if not job_id:
+        return None
+    with _LOCK:
+        return _JOBS.get(job_id)
+
+
+def cancel(job_id: str) -> bool:
+    job = get(job_id)
+    if job is None or not job.alive:
+        return False
+    job.token.cancel()
+    job.message = "cancelling after the current mini-batch"
+    return True
+
+
+def wait(job_id: str, timeout: float | None = None) -> dict[str, Any]:
+    """Block until the job ends (tests and scripts); returns its snapshot."""
+    job = get(job_id)
+    if job is None:
+        return {}
+    if job.thread is not None:
+        job.thread.join(timeout)
+    return job.snapshot()
+
+
+# ------------------------------------------------------------------------------ model choices
+
+
+def model_choices() -> list[tuple[str, str, str | None]]:
+    """``(name, description, reason unavailable or None)`` for every registry model."""
+    from cellannot_core.models import MODELS, model_names
+
+    return [(n, MODELS[n].description, MODELS[n].unavailable_reason()) for n in model_names()]
+
+
+def options_from_session(get_state: Any, *, seed: int = 0, device: str = "auto") -> Any:
+    from cellannot_core.pipeline import AnnotateOptions
+    from ui.state import StateKeys
+
+    return AnnotateOptions(label_key=get_state(StateKeys.LABEL_KEY), query_label_key=get_state(StateKeys.QUERY_LABEL_KEY),
+                           seed=seed, device=device, qc=get_state(StateKeys.QC))
+
+
+# ------------------------------------------------------------------------------ tables and figures
+
+
+def display_table(df: pd.DataFrame) -> pd.DataFrame:
+    """The comparison table with readable column names (numbers kept numeric)."""
+    cols = {"model": "Model", "status": "Status", "evaluated_on": "Evaluated on", "n_cells": "Cells",
+            "accuracy": "Accuracy", "balanced_accuracy": "Balanced acc.", "median_f1": "Median F1",
+            "macro_f1": "Macro F1", "ece": "ECE", "novelty_auroc": "Novelty AUROC", "ood_method": "Novelty score",
+            "n_novel": "Novel cells", "unknown_fraction": "Unknown", "latent_asw": "Latent ASW",
+            "active_dims": "Active dims", "train_seconds": "Train s", "n_epochs": "Epochs"}
+    return df[[c for c in cols if c in df.columns]].rename(columns=cols)
+
+
+def _palette(n: int) -> list[str]:
+    from cellannot_core.plots import PALETTE
+
+    return [PALETTE[i % len(PALETTE)] for i in range(n)]
+
+
+def metrics_figure(df: pd.DataFrame) -> go.Figure:
+    """Grouped bars: models x (accuracy, balanced accuracy, median F1, novelty AUROC)."""
+    from cellannot_core.plots import TEMPLATE
+
+    ok = df[df["status"].astype(str).isin(["ok"]) | df["status"].astype(str).str.startswith("diverged")]
+    fig = go.Figure()
+    metrics = [m for m in BAR_METRICS if m in ok.columns and ok[m].notna().any()]
+    for m, color in zip(metrics, _palette(len(metrics))):
+        fig.add_bar(name=BAR_METRICS[m], x=ok["model"], y=ok[m], marker_color=color,
+                    hovertemplate="%{x}: %{y:.3f}<extra>" + BAR_METRICS[m] + "</extra>")
+    where = ", ".join(ok["evaluated_on"].dropna().unique())
+    fig.update_layout(template=TEMPLATE, barmode="group", yaxis=dict(range=[0, 1.02], title="score"),
+                      title=f"Models compared on {where}" if where else "Models compared", height=420,
+                      legend=dict(orientation="h", y=-0.15))
+    return fig
+
+
+def seconds_figure(df: pd.DataFrame) -> go.Figure:
+    from cellannot_core.plots import TEMPLATE
+
+    fig = go.Figure(go.Bar(x=df["model"], y=df["train_seconds"], marker_color="#009E73",
+                           hovertemplate="%{x}: %{y:.1f} s<extra></extra>"))
+    fig.update_layout(template=TEMPLATE, title="Training time (s)", yaxis_title="seconds", height=320)
+    return fig
+
+
+def loco_figure(df: pd.DataFrame) -> go.Figure:
+    """Grouped bars: held-out class x novelty score AUROC."""
+    from cellannot_core.novelty import OOD_METHODS
+    from cellannot_core.plots import TEMPLATE
+
+    fig = go.Figure()
+    for k, color in zip(OOD_METHODS, _palette(len(OOD_METHODS))):
+        col = f"auroc_{k}"
+        if col in df.columns:
+            fig.add_bar(name=k, x=df["held_out"], y=df[col], marker_color=color,
+                        hovertemplate="without %{x}: %{y:.3f}<extra>" + k + "</extra>")
+    fig.add_hline(y=0.5, line_dash="dot", line_color="#9E9E9E")
+    fig.update_layout(template=TEMPLATE, barmode="group", yaxis=dict(range=[0, 1.02], title="AUROC"),
+                      xaxis_title="class left out of training", height=400,
+                      title="Does each novelty score flag a class the model never saw?",
+                      legend=dict(orientation="h", y=-0.2))
+    return fig
+
+
+def loco_summary(df: pd.DataFrame) -> pd.DataFrame:
+    """Mean AUROC of each novelty score over the left-out classes."""
+    cols = [c for c in df.columns if c.startswith("auroc_") and c != "auroc_model_score"]
+    return pd.DataFrame({"novelty score": [c[6:] for c in cols],
+                         "mean AUROC": [float(np.nanmean(df[c])) if df[c].notna().any() else np.nan for c in cols]})
+
+
+# ------------------------------------------------------------------------------ panels (Streamlit)
+
+
+def start_from_page(kind: str, reference: Any, query: Any, get_state: Any, **params: Any) -> None:
+    """Start a job on the session's data, remember its id, rerun (errors shown in plain words)."""
+    try:
+        job_id = start(kind, reference, query, options_from_session(get_state), **params)
+    except (CellannotError, OSError) as err:
+        st.error(str(err))
+        return
+    st.session_state[CompareKeys.JOB[kind]] = job_id
+    st.rerun()
+
+
+def is_busy(kind: str) -> bool:
+    job = get(st.session_state.get(CompareKeys.JOB[kind]))
+    return job is not None and job.state in ACTIVE
+
+
+def job_panel(kind: str) -> None:
+    """Status, progress, Cancel and (when done) the results of this session's job of ``kind``;
+    polls every second while the job runs."""
+    from ui.widgets import fmt_seconds
+
+    job = get(st.session_state.get(CompareKeys.JOB[kind]))
+    if job is None:
+        return
+    was_active = job.state in ACTIVE
+
+    @st.fragment(run_every=1.0 if was_active else None)
+    def _panel() -> None:
+        s = job.snapshot()
+        st.markdown(f"Job `{s['id']}`: **{s['state']}**, {s['message']} ({fmt_seconds(s['elapsed'])})")
+        if s["state"] in ACTIVE:
+            st.progress(s["progress"])
+            if st.button("Cancel", key=CompareKeys.CANCEL.format(kind=kind), icon=":material/stop:"):
+                cancel(job.id)
+                st.toast("Cancelling: stops after the current mini-batch.")
+            if job.partial:
+                part = pd.DataFrame(job.partial)
+                st.dataframe(display_table(part) if kind == "compare" else part, hide_index=True)
+        elif s["state"] == "failed":
+            st.error(f"Failed: {s['error']}")
+        elif s["state"] == "cancelled":
+            st.warning(f"Cancelled ({s['message']}).")
+        elif s["state"] == "done" and job.result is not None:
+            (compare_results if kind == "compare" else loco_results)(job.result, job.id)
+        if was_active and s["state"] not in ACTIVE:
+            st.rerun()
+
+    _panel()
+
+
+def compare_results(df: pd.DataFrame, job_id: str) -> None:
+    from ui.widgets import plot
+
+    st.dataframe(display_table(df), hide_index=True, column_config={
+        "Unknown": st.column_config.NumberColumn(format="percent"),
+        "Train s": st.column_config.NumberColumn(format="%.1f")})
+    status = df["status"].astype(str)
+    for _, r in df[~((status == "ok") | status.str.startswith("diverged"))].iterrows():
+        st.warning(f"{r['model']}: {r['status']}")
+    plot(metrics_figure(df), key=f"cmp_metrics_{job_id}")
+    plot(seconds_figure(df), key=f"cmp_seconds_{job_id}")
+    st.download_button("Comparison table (.csv)", df.to_csv(index=False).encode(), file_name=f"{job_id}.csv",
+                       mime="text/csv", key=f"dl_{job_id}")
+
+
+def loco_results(df: pd.DataFrame, job_id: str) -> None:
+    from ui.widgets import plot
+
+    st.dataframe(df, hide_index=True)
+    c1, c2 = st.columns([3, 1])
+    with c1:
+        plot(loco_figure(df), key=f"loco_fig_{job_id}")
+    with c2:
+        st.dataframe(loco_summary(df), hide_index=True)
+    st.download_button("Self-check table (.csv)", df.to_csv(index=False).encode(), file_name=f"{job_id}.csv",
+                       mime="text/csv", key=f"dl_{job_id}")
