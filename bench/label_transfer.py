@@ -5,6 +5,12 @@ Usage::
     .venv/bin/python bench/label_transfer.py                         # clams, both tasks, seed 0
     .venv/bin/python bench/label_transfer.py --models clams jem resnet --seeds 5
     .venv/bin/python bench/label_transfer.py --tasks kang_ctrl --hparam ood_score=maxprob
+    .venv/bin/python bench/label_transfer.py --models clams scanvi --hparam scanvi.max_epochs=20
+    .venv-bench/bin/python bench/label_transfer.py --tasks kang_ctrl --models scanvi scvi-tools-scanvi
+
+``--hparam NAME=VALUE`` applies to every model; ``--hparam MODEL.NAME=VALUE`` to one.
+``scvi-tools-scanvi`` is scvi-tools' SCANVI on the same prepared data (needs the bench extra,
+see bench/scvi_tools_scanvi.py).
 
 Prints one line per run, then per task and model the median and spread (min-max) over seeds
 of acc_in, f1_in, ece_in, auroc_ood, acc_open, reject_in, reject_novel, diverged and train
@@ -23,6 +29,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+import scvi_tools_scanvi  # noqa: E402
 
 DATA = Path(os.environ.get("CELLANNOT_SHARED_DATA", ROOT.parent / "shared" / "data"))
 TASKS = {
@@ -42,6 +50,11 @@ def run_one(task: str, model: str, seed: int, hparams: dict, accept: float, max_
 
     ref_f, q_f = TASKS[task]
     ref, q = read_dataset(DATA / ref_f, name="reference"), read_dataset(DATA / q_f, name="query")
+    if model == scvi_tools_scanvi.NAME:
+        opts = AnnotateOptions(label_key=LABEL_KEY, query_label_key=LABEL_KEY, seed=seed)
+        return {"task": task, **scvi_tools_scanvi.run(prepare_data(ref, q, opts), seed, accept,
+                                                       scvi_epochs=int(hparams.get("scvi_epochs", 100)),
+                                                       scanvi_epochs=int(hparams.get("scanvi_epochs", 20)))}
     opts = AnnotateOptions(label_key=LABEL_KEY, query_label_key=LABEL_KEY, model=model, hparams=dict(hparams),
                            seed=seed, device="auto", accept=accept, max_epochs=max_epochs,
                            shift_correction=shift_correction)
@@ -79,15 +92,26 @@ def main() -> None:
     args = ap.parse_args()
     if not DATA.is_dir():
         sys.exit(f"error: benchmark data not found in {DATA}; set CELLANNOT_SHARED_DATA")
-    hparams = dict(h.split("=", 1) for h in args.hparam)
+    pairs = [h.split("=", 1) for h in args.hparam]
+    if any(len(p) != 2 for p in pairs):
+        sys.exit("error: --hparam takes NAME=VALUE or MODEL.NAME=VALUE")
+
+    def hparams_for(model: str) -> dict:
+        out = {k: v for k, v in pairs if "." not in k}
+        out.update({k.split(".", 1)[1]: v for k, v in pairs if k.startswith(model + ".")})
+        return out
+
+    for model in args.models:
+        if model == scvi_tools_scanvi.NAME and (why := scvi_tools_scanvi.available()):
+            sys.exit(f"error: {why}")
     runs = []
-    print("task       model   seed " + " ".join(f"{k:>12s}" for k in METRICS) + "  diverged  train_s  epochs")
+    print("task       model             seed " + " ".join(f"{k:>12s}" for k in METRICS) + "  diverged  train_s  epochs")
     for task in args.tasks:
         for model in args.models:
             for seed in range(args.seeds):
-                r = run_one(task, model, seed, hparams, args.accept, args.max_epochs, args.shift_correction)
+                r = run_one(task, model, seed, hparams_for(model), args.accept, args.max_epochs, args.shift_correction)
                 runs.append(r)
-                print(f"{task:10s} {model:7s} {seed:4d} " + " ".join(f"{fmt(r[k]):>12s}" for k in METRICS)
+                print(f"{task:10s} {model:17s} {seed:4d} " + " ".join(f"{fmt(r[k]):>12s}" for k in METRICS)
                       + f"  {str(r['diverged']):>8s} {r['train_seconds']:8.1f} {r['epochs']:7d}", flush=True)
                 print("    novelty-score AUROC: " + "  ".join(f"{k} {fmt(v)}" for k, v in r["score_auroc"].items())
                       + "  | per novel type (" + r["ood_method"] + "): "
