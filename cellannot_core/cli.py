@@ -6,7 +6,6 @@ unless ``--debug``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Sequence

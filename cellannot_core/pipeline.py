@@ -17,7 +17,7 @@ import pandas as pd
 
 from . import __version__
 from ._constants import DEFAULT_MODEL, UNKNOWN, OutKeys, RunFiles
-from .data._types import Prepared, Split
+from .data._types import Prepared
 from .errors import CellannotError, ConfigError
 
 REF_LATENT_KEEP = 4000  # reference cells kept for the latent-space views
@@ -360,8 +360,6 @@ def annotate(reference, query, opts: AnnotateOptions, *, out: str | Path | None 
         return AnnotateResult(model, prepared, preds, card, adata)
     except CellannotError as err:
         if run_dir is not None:
-            from .errors import Cancelled
-
             run_dir.set_status("cancelled" if isinstance(err, Cancelled) else "failed", message=str(err))
         raise
     except Exception as err:

@@ -74,3 +74,26 @@ def synthetic_pair():
     ref = make_synthetic(400, 120, 3, seed=1)
     q = make_synthetic(240, 120, 4, seed=2)
     return ref, q
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """Tiny test networks run fastest on one thread (two threads on a loaded 2-core machine are far
+    slower); the models read CELLANNOT_NUM_THREADS, this covers torch code called directly."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def make_prepared(n_ref_classes: int = 3):
+    """A prepared synthetic pair: 400 reference cells of ``n_ref_classes`` types, 240 query cells
+    with one more type (novel), 100 genes; what the model tests train on."""
+    from cellannot_core.data import prepare
+
+    ref = make_synthetic(400, 120, n_ref_classes, seed=1)
+    q = make_synthetic(240, 120, n_ref_classes + 1, seed=2)
+    return prepare(ref, q, label_key="cell_type", query_label_key="cell_type", n_top_genes=100,
+                   min_shared_genes=50, seed=0)

@@ -53,7 +53,6 @@ from torch import nn
 
 from ..data._types import Split
 from ..distributions import LIKELIHOOD_HELP, get_likelihood, likelihood_names
-from ..errors import ConfigError
 from ..nn.vae import Classifier, CountDecoder, GaussianEncoder, kl_standard_normal, reparameterize
 from ..novelty import OOD_METHODS
 from ..train import TrainConfig

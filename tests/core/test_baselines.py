@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 
 import numpy as np
 import pytest
 
 from cellannot_core._constants import RunFiles
-from cellannot_core.data import prepare
 from cellannot_core.errors import ConfigError
 from cellannot_core.models import MODELS, create_model, load_model
 from cellannot_core.models.baselines import seurat_unavailable
-from conftest import make_synthetic
+from conftest import make_prepared
 
 NAMES = ["svm_reject", "scpred", "ingest", "logreg", "knn"]
 FAST = {"ingest": {"backend": "exact"}}  # scanpy's backend compiles numba code (tested under --runslow)
@@ -22,10 +20,7 @@ FAST = {"ingest": {"backend": "exact"}}  # scanpy's backend compiles numba code 
 
 @pytest.fixture(scope="module")
 def prep():
-    ref = make_synthetic(400, 120, 3, seed=1)
-    q = make_synthetic(240, 120, 4, seed=2)  # type3 is novel
-    return prepare(ref, q, label_key="cell_type", query_label_key="cell_type", n_top_genes=100,
-                   min_shared_genes=50, seed=0)
+    return make_prepared(3)  # type3 of the query is novel
 
 
 @pytest.fixture(scope="module")

@@ -3,21 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from scipy.spatial.distance import mahalanobis as scipy_mahalanobis
 
 from cellannot_core.calibration import fit_temperature, softmax, threshold_for_acceptance
 from cellannot_core.novelty import OOD_HELP, OOD_METHODS, LatentReference, energy_score, maxprob_score
-
-
-@pytest.fixture(autouse=True)
-def _one_thread(monkeypatch):
-    """Tiny tensors: one thread (two threads on a loaded 2-core machine are much slower)."""
-    n = torch.get_num_threads()
-    monkeypatch.setenv("CELLANNOT_NUM_THREADS", "1")
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _nll(logits, y, t):

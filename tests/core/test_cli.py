@@ -15,7 +15,6 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-import cellannot_core.pipeline as pipeline
 from cellannot_core._constants import OutKeys, RunFiles
 from cellannot_core.cli import main
 from conftest import make_synthetic
@@ -24,20 +23,6 @@ ROOT = Path(__file__).resolve().parents[2]
 LABEL = "cell_type"
 FAST = ["--model", "resnet", "--hparam", "hidden=8,4", "--hparam", "blocks=1,1", "--max-epochs", "1",
         "--n-top-genes", "50", "--min-shared-genes", "20", "--device", "cpu"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n, old = torch.get_num_threads(), os.environ.get("CELLANNOT_NUM_THREADS")
-    os.environ["CELLANNOT_NUM_THREADS"] = "1"
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-    if old is None:
-        os.environ.pop("CELLANNOT_NUM_THREADS", None)
-    else:
-        os.environ["CELLANNOT_NUM_THREADS"] = old
-
 
 
 def _write(adata: ad.AnnData, path: Path) -> Path:

@@ -1,42 +1,23 @@
 """Model comparison, leave-one-class-out and the `benchmark` command (compare.py, cli.py)."""
 from __future__ import annotations
 
-import os
 from dataclasses import replace
 
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from cellannot_core.compare import COMPARE_COLUMNS, EVAL_QUERY, EVAL_VAL, compare_models, leave_one_class_out, \
     without_class
-from cellannot_core.data import prepare
 from cellannot_core.errors import Cancelled, ConfigError
-from conftest import make_synthetic
+from conftest import make_prepared, make_synthetic
 
 TABNET = {"n_d": 8, "n_a": 8, "batch_size": 32}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n, old = torch.get_num_threads(), os.environ.get("CELLANNOT_NUM_THREADS")
-    os.environ["CELLANNOT_NUM_THREADS"] = "1"
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-    if old is None:
-        os.environ.pop("CELLANNOT_NUM_THREADS", None)
-    else:
-        os.environ["CELLANNOT_NUM_THREADS"] = old
-
-
 @pytest.fixture(scope="module")
 def prep():
-    ref = make_synthetic(400, 120, 4, seed=1)
-    q = make_synthetic(240, 120, 5, seed=2)  # type4 is novel
-    return prepare(ref, q, label_key="cell_type", query_label_key="cell_type", n_top_genes=100,
-                   min_shared_genes=50, seed=0)
+    return make_prepared(4)  # type4 of the query is novel
 
 
 def test_compare_models_on_a_labelled_query(prep):

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import shutil
 
@@ -12,12 +11,11 @@ import torch
 
 from cellannot_core._constants import RunFiles
 from cellannot_core.calibration import softmax
-from cellannot_core.data import prepare
 from cellannot_core.errors import ConfigError, DataError
 from cellannot_core.metrics import auroc
 from cellannot_core.models import MODELS, create_model, load_model
 from cellannot_core.novelty import OOD_METHODS
-from conftest import make_synthetic
+from conftest import make_prepared
 
 TINY = {"hidden": "32,16", "sgld_steps": 2, "buffer_size": 200, "max_epochs": 5, "batch_size": 32}
 TINY_RESNET = {"hidden": "32,16", "blocks": "1,1", "max_epochs": 5, "batch_size": 32}
@@ -28,26 +26,9 @@ def tiny(name: str, **kw) -> dict:
     return {**(TINY_RESNET if name == "resnet" else TINY), **kw}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny networks: one thread (two threads on a loaded 2-core machine are far slower)."""
-    n, old = torch.get_num_threads(), os.environ.get("CELLANNOT_NUM_THREADS")
-    os.environ["CELLANNOT_NUM_THREADS"] = "1"
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-    if old is None:
-        os.environ.pop("CELLANNOT_NUM_THREADS", None)
-    else:
-        os.environ["CELLANNOT_NUM_THREADS"] = old
-
-
 @pytest.fixture(scope="module")
 def prep():
-    ref = make_synthetic(400, 120, 3, seed=1)
-    q = make_synthetic(240, 120, 4, seed=2)  # type3 is novel
-    return prepare(ref, q, label_key="cell_type", query_label_key="cell_type", n_top_genes=100,
-                   min_shared_genes=50, seed=0)
+    return make_prepared(3)  # type3 of the query is novel
 
 
 def _fit(name, prep, seed=0, **kw):

@@ -3,16 +3,13 @@ the run directory, the saved bundle and predict_with_bundle()."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
-import cellannot_core.pipeline as pipeline
 from cellannot_core._constants import DEFAULT_MODEL, UNKNOWN, OutKeys, RunFiles
 from cellannot_core.errors import Cancelled, DataError
 from cellannot_core.pipeline import AnnotateOptions, annotate, predict_with_bundle
@@ -25,19 +22,6 @@ ASSETS = ROOT / "assets"
 LABEL = "cell_type_harmonized"
 TINY = {"hidden": "32,16", "sgld_steps": 2, "buffer_size": 200, "batch_size": 32}
 NOVEL = {"NK", "DC", "Platelet"}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n, old = torch.get_num_threads(), os.environ.get("CELLANNOT_NUM_THREADS")
-    os.environ["CELLANNOT_NUM_THREADS"] = "1"
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-    if old is None:
-        os.environ.pop("CELLANNOT_NUM_THREADS", None)
-    else:
-        os.environ["CELLANNOT_NUM_THREADS"] = old
 
 
 @pytest.fixture(scope="module")

@@ -7,16 +7,6 @@ import torch
 from cellannot_core.samplers import NoiseInit, ReplayBuffer, sgld_sample, sgld_step
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(monkeypatch):
-    """Tiny tensors: one thread (two threads on a loaded 2-core machine are much slower)."""
-    n = torch.get_num_threads()
-    monkeypatch.setenv("CELLANNOT_NUM_THREADS", "1")
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def gauss_score(x: torch.Tensor) -> torch.Tensor:
     """log N(0, I) up to a constant: -0.5 ||x||^2, gradient -x."""
     return -0.5 * (x**2).sum(1)

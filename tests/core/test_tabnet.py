@@ -3,11 +3,9 @@ training above chance on synthetic cells, explain matrices, save/load, the SIMS 
 and marker genes on the real demo reference."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
@@ -21,19 +19,6 @@ from conftest import make_synthetic
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = {"n_d": 8, "n_a": 8, "max_epochs": 10, "batch_size": 32}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n, old = torch.get_num_threads(), os.environ.get("CELLANNOT_NUM_THREADS")
-    os.environ["CELLANNOT_NUM_THREADS"] = "1"
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-    if old is None:
-        os.environ.pop("CELLANNOT_NUM_THREADS", None)
-    else:
-        os.environ["CELLANNOT_NUM_THREADS"] = old
 
 
 def _simplex_projection(z: np.ndarray) -> np.ndarray:

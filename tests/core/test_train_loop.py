@@ -11,16 +11,6 @@ from cellannot_core.errors import Cancelled
 from cellannot_core.train import DIVERGENCE_BOUND, CancelToken, TrainConfig, fit
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(monkeypatch):
-    """Tiny tensors: one thread (two threads on a loaded 2-core machine are much slower)."""
-    n = torch.get_num_threads()
-    monkeypatch.setenv("CELLANNOT_NUM_THREADS", "1")
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class Toy:
     """Linear regression with scripted failures and scripted validation metrics.
 

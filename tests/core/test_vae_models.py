@@ -3,46 +3,27 @@ on small synthetic NB counts: semi-supervised fit, accuracy, save/load, sampling
 novelty score, seeds, the planar flow's log-determinant and the shared blocks."""
 from __future__ import annotations
 
-import os
 import pickle
 
 import numpy as np
 import pytest
 import torch
 
-from cellannot_core.data import prepare
 from cellannot_core.data._types import Split
 from cellannot_core.errors import ConfigError
-from cellannot_core.metrics import auroc
 from cellannot_core.models import MODELS, create_model, load_model
 from cellannot_core.models.vae import ELBO, GEN_OOD_METHODS
 from cellannot_core.nn.vae import FCLayers, PlanarFlow, kl_normal, kl_standard_normal, log_normal
 from cellannot_core.novelty import OOD_METHODS
-from conftest import make_synthetic
+from conftest import make_prepared
 
 NAMES = ["vae", "gmvae", "scanvi", "m2flow"]
 TINY = {"max_epochs": 30, "n_hidden": 64, "n_latent": 8, "batch_size": 64, "kl_warmup_epochs": 3}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n, old = torch.get_num_threads(), os.environ.get("CELLANNOT_NUM_THREADS")
-    os.environ["CELLANNOT_NUM_THREADS"] = "1"
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-    if old is None:
-        os.environ.pop("CELLANNOT_NUM_THREADS", None)
-    else:
-        os.environ["CELLANNOT_NUM_THREADS"] = old
-
-
 @pytest.fixture(scope="module")
 def prep():
-    ref = make_synthetic(400, 120, 3, seed=1)
-    q = make_synthetic(240, 120, 4, seed=2)  # type3 is novel
-    return prepare(ref, q, label_key="cell_type", query_label_key="cell_type", n_top_genes=100,
-                   min_shared_genes=50, seed=0)
+    return make_prepared(3)  # type3 of the query is novel
 
 
 def _fit(name, prep, seed=0, unlabelled="query", **kw):
