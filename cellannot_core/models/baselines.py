@@ -540,10 +540,21 @@ ref <- ScaleData(ref, verbose = FALSE)
 ref <- RunPCA(ref, npcs = max(dims), verbose = FALSE)
 anchors <- FindTransferAnchors(reference = ref, query = qry, dims = dims, k.anchor = k_anchor,
                                reference.reduction = "pca", verbose = FALSE)
+# few query cells give few anchors: k.weight must not exceed the anchor cells it searches
+k_weight <- max(2, min(k_weight, length(unique(anchors@anchors[, "cell2"])) - 1))
 pred <- TransferData(anchorset = anchors, refdata = ref$label, dims = dims, k.weight = k_weight,
                      verbose = FALSE)
 write.csv(pred, file.path(d, "predictions.csv"))
 """
+
+
+def r_error(stderr: str) -> str:
+    """The R error in ``stderr`` on one line (from the first "Error" line; R's last line is only
+    "Execution halted")."""
+    lines = [ln.strip() for ln in stderr.strip().splitlines() if ln.strip()]
+    start = next((i for i, ln in enumerate(lines) if ln.startswith("Error")), None)
+    picked = lines[start:start + 3] if start is not None else lines[-1:]
+    return " ".join(ln for ln in picked if ln != "Execution halted") or "no message"
 
 
 @functools.lru_cache(maxsize=1)
@@ -615,8 +626,7 @@ class Seurat(SklearnModel):
             proc = subprocess.run([shutil.which("Rscript") or "Rscript", str(d / "seurat_transfer.R"), str(d)],
                                   capture_output=True, text=True, timeout=h["timeout"])
             if proc.returncode != 0:
-                last = (proc.stderr.strip().splitlines() or ["no message"])[-1]
-                raise DataError(f"Seurat label transfer failed in R: {last}")
+                raise DataError(f"Seurat label transfer failed in R: {r_error(proc.stderr)}")
             pred = pd.read_csv(d / "predictions.csv", index_col=0)
         p = np.zeros((len(X), self.n_classes))
         for c in range(self.n_classes):

@@ -10,6 +10,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from cellannot_core._constants import OutKeys
+from cellannot_core.models import get_spec
 from cellannot_core.pipeline import AnnotateOptions, annotate
 from cellannot_core.runs import RunDir
 from ui.state import StateKeys, WidgetKeys
@@ -17,6 +18,9 @@ from ui.state import StateKeys, WidgetKeys
 ROOT = Path(__file__).resolve().parents[2]
 APP = str(ROOT / "app.py")
 LABEL = "cell_type_harmonized"
+# small networks for whichever model has the hyper-parameter; ingest's exact kNN (scanpy's backend
+# compiles numba code for minutes: tested under --runslow in tests/core/test_baselines.py)
+TINY = {"hidden": "32,16", "blocks": "1,1", "n_hidden": 32, "n_d": 8, "n_a": 8, "batch_size": 32, "backend": "exact"}
 
 
 def make_run(root: Path, *, query_labels: bool, model: str = "resnet", n_generate: int = 0, seed: int = 0) -> str:
@@ -26,7 +30,7 @@ def make_run(root: Path, *, query_labels: bool, model: str = "resnet", n_generat
     qry = ad.read_h5ad(ROOT / "assets" / "pbmc3k_seurat_2638.h5ad")
     ref = ref[np.sort(rng.choice(ref.n_obs, 300, replace=False))].copy()
     qry = qry[np.sort(rng.choice(qry.n_obs, 250, replace=False))].copy()
-    hp = {"hidden": "32,16", **({"blocks": "1,1"} if model == "resnet" else {})}
+    hp = {k: v for k, v in TINY.items() if k in get_spec(model).hparams}
     rd = RunDir.create(root, model=model)
     annotate(ref, qry, AnnotateOptions(label_key=LABEL, query_label_key=LABEL if query_labels else None,
                                        model=model, hparams=hp, max_epochs=2, n_top_genes=200,
