@@ -55,16 +55,6 @@ class M2FlowNet(HierarchicalNet):
         kl = log_qz1 + nlp + kl_rest
         return rec + kl_weight * kl, {"reconstruction": rec.mean().detach(), "kl": kl.mean().detach()}, z1_mean
 
-    def loss(self, rows: _Rows, kl_weight: float, gen: torch.Generator | None) -> tuple[torch.Tensor, dict]:
-        neg, logs, z1_mean = self.bound(rows, kl_weight, gen)
-        ce = self.ce(self.classifier(z1_mean), rows.y)
-        logs.update(ce=ce.detach(), kl_weight=kl_weight)
-        return neg.mean() + self.alpha * ce, logs
-
-    def neg_elbo(self, x, target, library, batch) -> torch.Tensor:
-        rows = _Rows(x, target, library, batch, torch.full((x.shape[0],), -1, dtype=torch.long, device=x.device))
-        return self.bound(rows, 1.0, "mean")[0]
-
 
 @register("m2flow", order=23, supports=GEN_SUPPORTS,
           description="M2 + flow: Kingma's semi-supervised M2 on an M1 latent, with planar normalising-flow "

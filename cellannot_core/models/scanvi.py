@@ -110,16 +110,23 @@ class HierarchicalNet(GenerativeNet):
         return pm + pv.sqrt() * torch.randn(pm.shape, generator=gen).to(pm.device)
 
 
-class SCANVINet(HierarchicalNet):
+    # the bound per cell, its logs and the latent mean that feeds the classifier (M2 + flow overrides)
+    def bound(self, rows: _Rows, kl_weight: float, gen) -> tuple[torch.Tensor, dict, torch.Tensor]:
+        return self.scanvi_bound(rows, kl_weight, gen)
+
     def loss(self, rows: _Rows, kl_weight: float, gen: torch.Generator | None) -> tuple[torch.Tensor, dict]:
-        neg, logs, mu1 = self.scanvi_bound(rows, kl_weight, gen)
-        ce = self.ce(self.classifier(mu1), rows.y)
+        neg, logs, latent_mean = self.bound(rows, kl_weight, gen)
+        ce = self.ce(self.classifier(latent_mean), rows.y)
         logs.update(ce=ce.detach(), kl_weight=kl_weight)
         return neg.mean() + self.alpha * ce, logs
 
     def neg_elbo(self, x, target, library, batch) -> torch.Tensor:
         rows = _Rows(x, target, library, batch, torch.full((x.shape[0],), -1, dtype=torch.long, device=x.device))
-        return self.scanvi_bound(rows, 1.0, "mean")[0]
+        return self.bound(rows, 1.0, "mean")[0]
+
+
+class SCANVINet(HierarchicalNet):
+    """scANVI: the hierarchical network with scvi-tools' bound (every cell scored as unlabelled)."""
 
 
 @register("scanvi", order=22, supports=GEN_SUPPORTS,
