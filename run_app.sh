@@ -8,7 +8,9 @@ if [ "${1:-}" = "--port" ]; then PORT="$2"; fi
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
-if ! .venv/bin/python -c "import streamlit, torch, scanpy, umap, plotly, safetensors" 2>/dev/null; then
+# find_spec, not import: importing umap compiles numba code (half a minute) before the server starts
+if ! .venv/bin/python -c "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in
+    ('streamlit', 'torch', 'scanpy', 'umap', 'plotly', 'safetensors')))" 2>/dev/null; then
   echo "installing dependencies into .venv (first run only) ..."
   .venv/bin/pip install --disable-pip-version-check -q -r requirements.txt
 fi

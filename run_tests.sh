@@ -6,7 +6,8 @@ cd "$(dirname "$0")"
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv || exit 1
 fi
-if ! .venv/bin/python -c "import streamlit, torch, scanpy, umap, plotly, safetensors, pytest, playwright" 2>/dev/null; then
+if ! .venv/bin/python -c "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in
+    ('streamlit', 'torch', 'scanpy', 'umap', 'plotly', 'safetensors', 'pytest', 'playwright')))" 2>/dev/null; then
   .venv/bin/pip install --disable-pip-version-check -q -r requirements-dev.txt || exit 1
 fi
 # Real-browser tests use Debian's chromium (never `playwright install`).
