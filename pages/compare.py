@@ -13,7 +13,7 @@ if not data_loaded() or not get(StateKeys.LABEL_KEY):
     st.stop()
 ref, label_key = get(StateKeys.REFERENCE), get(StateKeys.LABEL_KEY)
 q_label = get(StateKeys.QUERY_LABEL_KEY)
-st.caption(f"Every model is trained on the same genes, split and seed. Metrics are computed on "
+st.caption("Every model is trained on the same genes, split and seed. Metrics are computed on "
            + (f"the query's cells of reference types (query labels `{q_label}`)" if q_label else
               "the reference validation cells (the query has no label column chosen on the Data page)") + ".")
 
