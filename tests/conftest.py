@@ -97,3 +97,16 @@ def make_prepared(n_ref_classes: int = 3):
     q = make_synthetic(240, 120, n_ref_classes + 1, seed=2)
     return prepare(ref, q, label_key="cell_type", query_label_key="cell_type", n_top_genes=100,
                    min_shared_genes=50, seed=0)
+
+
+def demo_subset(n_ref: int = 300, n_query: int = 300, seed: int = 0):
+    """Random subsets of the bundled demo pair (reference, query): small enough for fast CPU
+    training in app tests. One generator draws the reference cells, then the query cells."""
+    import anndata as ad
+
+    rng = np.random.default_rng(seed)
+    ref = ad.read_h5ad(ROOT / "assets" / "kang_pbmc_example_sce_1556.h5ad")
+    qry = ad.read_h5ad(ROOT / "assets" / "pbmc3k_seurat_2638.h5ad")
+    ref = ref[np.sort(rng.choice(ref.n_obs, n_ref, replace=False))].copy()
+    qry = qry[np.sort(rng.choice(qry.n_obs, n_query, replace=False))].copy()
+    return ref, qry

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import anndata as ad
-import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from cellannot_core.pipeline import AnnotateOptions, annotate
 from cellannot_core.runs import RunDir
 from ui import explain as ex
+from conftest import demo_subset
 from ui.state import StateKeys
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -20,11 +19,7 @@ LABEL = "cell_type_harmonized"
 
 
 def _run(root: Path, model: str, hparams: dict) -> str:
-    rng = np.random.default_rng(0)
-    ref = ad.read_h5ad(ROOT / "assets" / "kang_pbmc_example_sce_1556.h5ad")
-    qry = ad.read_h5ad(ROOT / "assets" / "pbmc3k_seurat_2638.h5ad")
-    ref = ref[np.sort(rng.choice(ref.n_obs, 300, replace=False))].copy()
-    qry = qry[np.sort(rng.choice(qry.n_obs, 200, replace=False))].copy()
+    ref, qry = demo_subset(300, 200)
     rd = RunDir.create(root, model=model)
     annotate(ref, qry, AnnotateOptions(label_key=LABEL, query_label_key=LABEL, model=model, hparams=hparams,
                                        n_top_genes=200, n_generate=0), run_dir=rd)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import anndata as ad
-import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -13,6 +11,7 @@ from cellannot_core._constants import OutKeys
 from cellannot_core.models import get_spec
 from cellannot_core.pipeline import AnnotateOptions, annotate
 from cellannot_core.runs import RunDir
+from conftest import demo_subset
 from ui.state import StateKeys, WidgetKeys
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,11 +24,7 @@ TINY = {"hidden": "32,16", "blocks": "1,1", "n_hidden": 32, "n_d": 8, "n_a": 8, 
 
 def make_run(root: Path, *, query_labels: bool, model: str = "resnet", n_generate: int = 0, seed: int = 0) -> str:
     """A finished tiny run (300 reference, 250 query demo cells) in ``root``."""
-    rng = np.random.default_rng(seed)
-    ref = ad.read_h5ad(ROOT / "assets" / "kang_pbmc_example_sce_1556.h5ad")
-    qry = ad.read_h5ad(ROOT / "assets" / "pbmc3k_seurat_2638.h5ad")
-    ref = ref[np.sort(rng.choice(ref.n_obs, 300, replace=False))].copy()
-    qry = qry[np.sort(rng.choice(qry.n_obs, 250, replace=False))].copy()
+    ref, qry = demo_subset(300, 250, seed)
     hp = {k: v for k, v in TINY.items() if k in get_spec(model).hparams}
     rd = RunDir.create(root, model=model)
     annotate(ref, qry, AnnotateOptions(label_key=LABEL, query_label_key=LABEL if query_labels else None,

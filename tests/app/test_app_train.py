@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import anndata as ad
-import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from ui import jobs
+from conftest import demo_subset
 from ui.state import StateKeys, WidgetKeys
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -20,12 +19,7 @@ LABEL = "cell_type_harmonized"
 @pytest.fixture(scope="module")
 def tiny_pair():
     """~300-cell subsets of the demo pair (fast CPU training)."""
-    rng = np.random.default_rng(0)
-    ref = ad.read_h5ad(ROOT / "assets" / "kang_pbmc_example_sce_1556.h5ad")
-    qry = ad.read_h5ad(ROOT / "assets" / "pbmc3k_seurat_2638.h5ad")
-    ref = ref[np.sort(rng.choice(ref.n_obs, 300, replace=False))].copy()
-    qry = qry[np.sort(rng.choice(qry.n_obs, 300, replace=False))].copy()
-    return ref, qry
+    return demo_subset(300, 300)
 
 
 @pytest.fixture(autouse=True)
