@@ -2,6 +2,7 @@
 from . import energy  # noqa: F401  (registers clams, jem, resnet)
 from . import gmvae, m2flow, scanvi, vae  # noqa: F401  (registers the generative count models)
 from . import baselines, tabnet  # noqa: F401  (registers tabnet (SIMS) and the classical baselines)
+from . import hybrid  # noqa: F401  (registers scanvi_svm, the recommended default)
 from ._base import Model, load_model
 from .registry import MODELS, HParam, ModelSpec, Supports, create_model, get_spec, model_names, resolve_hparams
 

@@ -1,0 +1,64 @@
+"""``scanvi_svm`` (the recommended default): SVM labels, latent-model novelty, save/load, and the
+fallback to CLAMS' latent space when there are no raw counts."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from cellannot_core.metrics import auroc
+from cellannot_core.models import create_model, load_model
+from conftest import make_prepared
+
+TINY = {"max_epochs": 20}
+
+
+@pytest.fixture(scope="module")
+def prep():
+    return make_prepared(3)  # type3 of the query is novel
+
+
+@pytest.fixture(scope="module")
+def fitted(prep):
+    m = create_model("scanvi_svm", prep.n_genes, prep.classes, seed=0, device="cpu", hparams=TINY)
+    m.fit(prep.train, prep.val, unlabelled=prep.query)
+    m.calibrate(prep.val)
+    return m
+
+
+def test_labels_come_from_the_svm_and_the_latent_from_scanvi(prep, fitted):
+    assert fitted.hparams["latent_model"] == "scanvi" and fitted.history["latent_model"] == "scanvi"
+    assert fitted.latent_model.name == "scanvi" and fitted.ood_method == "knn"
+    svm = create_model("svm_reject", prep.n_genes, prep.classes, seed=0, device="cpu")
+    svm.fit(prep.train, prep.val)
+    np.testing.assert_allclose(fitted.logits(prep.query.X), svm.logits(prep.query.X))
+    np.testing.assert_array_equal(fitted.latent(prep.query.X), fitted.latent_model.latent(prep.query.X))
+    assert fitted.history["epochs"] and fitted.history["unlabelled_used"]  # scANVI saw the query
+    known = np.isin(prep.query.labels, prep.classes)
+    acc = (np.asarray(prep.classes)[fitted.predict_proba(prep.query.X).argmax(1)] == prep.query.labels)[known].mean()
+    assert acc > 0.9
+    assert auroc(fitted.ood_score(prep.query.X), ~known) > 0.8  # the novel type is far in scANVI's latent space
+
+
+def test_save_load_round_trip(prep, fitted, tmp_path):
+    fitted.save(tmp_path / "m")
+    m2 = load_model(tmp_path / "m", device="cpu")
+    assert m2.name == "scanvi_svm" and m2.hparams["latent_model"] == "scanvi"
+    np.testing.assert_allclose(m2.predict_proba(prep.query.X), fitted.predict_proba(prep.query.X))
+    np.testing.assert_allclose(m2.ood_score(prep.query.X), fitted.ood_score(prep.query.X), rtol=1e-5)
+    assert m2.threshold == fitted.threshold
+    x, y = m2.sample(4)
+    assert x.shape == (4 * len(prep.classes), prep.n_genes) and np.all(np.isfinite(x))
+
+
+def test_without_raw_counts_the_latent_model_is_clams(prep):
+    def no_counts(s):
+        return dataclasses.replace(s, counts=sp.csr_matrix(np.asarray(s.X, dtype=np.float32)))  # log values
+
+    m = create_model("scanvi_svm", prep.n_genes, prep.classes, seed=0, device="cpu",
+                     hparams={"max_epochs": 1})
+    hist = m.fit(no_counts(prep.train), no_counts(prep.val), unlabelled=no_counts(prep.query))
+    assert m.hparams["latent_model"] == "clams" and hist["latent_model"] == "clams"
+    assert m.latent(prep.query.X).shape[0] == prep.query.n_obs
