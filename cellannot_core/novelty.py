@@ -9,9 +9,12 @@ from scipy.special import logsumexp
 
 from .calibration import softmax
 
-OOD_METHODS = ("knn", "mahalanobis", "maxprob", "energy")
+OOD_METHODS = ("knn", "knn_graph", "mahalanobis", "maxprob", "energy")
+GRAPH_K = 15  # neighbours of the smoothing graph (scanpy's default n_neighbors)
 OOD_HELP = {
     "knn": "mean distance to the k nearest reference cells in the model's latent space",
+    "knn_graph": f"the kNN score averaged over the cell's {GRAPH_K} nearest neighbours among the cells scored "
+                 "together (the query's own neighbourhood graph): novel types form groups, noise averages out",
     "mahalanobis": "Mahalanobis distance to the nearest reference class centre in latent space (tied covariance)",
     "maxprob": "1 - calibrated maximum class probability",
     "energy": "energy E(x) = -logsumexp(logits) (= -log p(x) up to a constant)",
@@ -51,6 +54,26 @@ class LatentReference:
         d, _ = self._nn.kneighbors(np.asarray(z, dtype=np.float32))
         return d.mean(axis=1)
 
+    def knn_graph(self, z: np.ndarray, *, k: int = GRAPH_K) -> np.ndarray:
+        """:meth:`knn` averaged over each cell's ``k`` nearest neighbours among the rows of ``z``
+        (itself included): a property of the cells scored *together* (e.g. one query)."""
+        return graph_smooth(z, self.knn(z), k=k)
+
+    def knn_graph_reference(self, z_val: np.ndarray, *, k: int = GRAPH_K) -> np.ndarray:
+        """The same score for reference validation cells, as the null of :meth:`knn_graph`.
+
+        A validation cell's kNN score is averaged over its ``k`` nearest neighbours among the
+        validation *and* reference training cells, the training cells scored leave-one-out
+        (distance to the other training cells), so the neighbourhoods are as dense as a query's
+        and every cell in them is scored like a new cell.
+        """
+        s_val = self.knn(z_val)
+        self.knn(z_val[:1])  # builds the index
+        d, _ = self._nn.kneighbors(self.latent, n_neighbors=min(self.k + 1, len(self.latent)))
+        s_ref = d[:, 1:].mean(axis=1) if d.shape[1] > 1 else d[:, 0]
+        pool = np.concatenate([self.latent, np.asarray(z_val, dtype=np.float32)])
+        return graph_smooth(z_val, np.concatenate([s_ref, s_val]), k=k, pool=pool)
+
     def mahalanobis(self, z: np.ndarray) -> np.ndarray:
         if self._maha is None:
             classes = np.unique(self.y)
@@ -65,3 +88,19 @@ class LatentReference:
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {"ref_latent": self.latent, "ref_y": self.y}
+
+
+def graph_smooth(z: np.ndarray, scores: np.ndarray, *, k: int = GRAPH_K, pool: np.ndarray | None = None) -> np.ndarray:
+    """Mean of ``scores`` over each row of ``z``'s ``k`` nearest neighbours (Euclidean) in
+    ``pool`` (default: ``z`` itself, so each cell is its own nearest neighbour); ``scores``
+    are per row of the pool. ``k`` shrinks to the pool size."""
+    from sklearn.neighbors import NearestNeighbors
+
+    z = np.asarray(z, dtype=np.float32)
+    pool = z if pool is None else np.asarray(pool, dtype=np.float32)
+    scores = np.asarray(scores, dtype=np.float64)
+    if len(z) == 0:
+        return np.zeros(0)
+    k = int(max(1, min(k, len(pool))))
+    _, idx = NearestNeighbors(n_neighbors=k).fit(pool).kneighbors(z)
+    return scores[idx].mean(axis=1)

@@ -268,7 +268,7 @@ def view_arrays(model, prepared: Prepared, preds: Predictions, opts: AnnotateOpt
     from .novelty import OOD_METHODS
 
     val_logits = model.logits(prepared.val.X)
-    val_scores = model.ood_scores(prepared.val.X, OOD_METHODS, logits=val_logits)
+    val_scores = model.validation_scores(prepared.val.X, OOD_METHODS, logits=val_logits)
     rng = np.random.default_rng(opts.seed)
     n_ref = prepared.train.n_obs
     keep = np.sort(rng.choice(n_ref, min(n_ref, REF_LATENT_KEEP), replace=False))

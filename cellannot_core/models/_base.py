@@ -95,14 +95,29 @@ class Model:
                 if logits is None:
                     logits = self.logits(X)
                 out[m] = energy_score(logits) if m == "energy" else maxprob_score(logits, self.temperature)
-            elif m in ("knn", "mahalanobis"):
+            elif m in ("knn", "knn_graph", "mahalanobis"):
                 if self.reference is None:
                     raise RuntimeError("distance-based novelty needs fit_reference() after fit")
                 if latent is None:
                     latent = self.latent(X)
-                out[m] = self.reference.knn(latent) if m == "knn" else self.reference.mahalanobis(latent)
+                out[m] = getattr(self.reference, m)(latent)
             else:
                 raise ConfigError(f"unknown novelty score {m!r}; choose one of {', '.join(OOD_METHODS)}")
+        return out
+
+    def validation_scores(self, X: np.ndarray, methods: Sequence[str] = OOD_METHODS, *,
+                          logits: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """:meth:`ood_scores` of reference validation cells, the null the threshold comes from.
+
+        The same as for a query, except ``knn_graph``: a validation cell is smoothed over its
+        neighbours among reference training and validation cells (see
+        :meth:`~cellannot_core.novelty.LatentReference.knn_graph_reference`), since the
+        validation cells alone are too few and too sparse to stand for a query's graph.
+        """
+        latent = self.latent(X) if any(m in ("knn", "knn_graph", "mahalanobis") for m in methods) else None
+        out = self.ood_scores(X, methods, logits=logits, latent=latent)
+        if "knn_graph" in out:
+            out["knn_graph"] = self.reference.knn_graph_reference(latent)
         return out
 
     def ood_score(self, X: np.ndarray) -> np.ndarray:
@@ -123,7 +138,7 @@ class Model:
         self.temperature = fit_temperature(logits, val.y)
         p0, p1 = softmax(logits, 1.0), softmax(logits, self.temperature)
         correct = p1.argmax(1) == val.y
-        scores = self.ood_scores(val.X, [self.ood_method], logits=logits)[self.ood_method]
+        scores = self.validation_scores(val.X, [self.ood_method], logits=logits)[self.ood_method]
         self.threshold = threshold_for_acceptance(scores, accept)
         self.val_score_median = float(np.median(scores)) if len(scores) else float("nan")
         self.calibration = {

@@ -6,7 +6,8 @@ import pytest
 from scipy.spatial.distance import mahalanobis as scipy_mahalanobis
 
 from cellannot_core.calibration import fit_temperature, softmax, threshold_for_acceptance
-from cellannot_core.novelty import OOD_HELP, OOD_METHODS, LatentReference, energy_score, maxprob_score
+from cellannot_core.novelty import (GRAPH_K, OOD_HELP, OOD_METHODS, LatentReference, energy_score, graph_smooth,
+                                    maxprob_score)
 
 
 def _nll(logits, y, t):
@@ -119,6 +120,39 @@ def test_knn_score_equals_brute_force():
     np.testing.assert_allclose(lr.knn(q), expect, rtol=1e-4, atol=1e-5)
     # far-away cells score higher
     assert lr.knn(q + 50).min() > lr.knn(q).max()
+
+
+def _brute_knn(a, b, k, skip_self=False):
+    d = np.sqrt(((a[:, None, :].astype(np.float64) - b[None].astype(np.float64)) ** 2).sum(-1))
+    return np.sort(d, axis=1)[:, int(skip_self):k + int(skip_self)].mean(1), np.argsort(d, axis=1, kind="stable")
+
+
+def test_knn_graph_is_knn_averaged_over_the_query_graph():
+    rng = np.random.default_rng(1)
+    ref = rng.normal(size=(200, 4)).astype(np.float32)
+    lr = LatentReference(ref, rng.integers(0, 2, 200), k=5)
+    q = np.vstack([rng.normal(size=(30, 4)), rng.normal(loc=6.0, size=(10, 4))]).astype(np.float32)
+    raw, _ = _brute_knn(q, ref, 5)
+    _, order = _brute_knn(q, q, 5)
+    np.testing.assert_allclose(lr.knn_graph(q, k=4), raw[order[:, :4]].mean(1), rtol=1e-4)
+    assert graph_smooth(q, raw, k=1) == pytest.approx(raw)  # each cell is its own nearest neighbour
+    # a group of novel cells stays far, and the graph removes the noise of single cells
+    g = lr.knn_graph(q, k=GRAPH_K)
+    assert g[30:].min() > g[:30].max() and g[:30].std() < raw[:30].std()
+    assert graph_smooth(q[:3], raw[:3], k=GRAPH_K).shape == (3,)  # k shrinks to the cells there are
+
+
+def test_knn_graph_reference_scores_training_cells_leave_one_out():
+    rng = np.random.default_rng(2)
+    ref = rng.normal(size=(120, 3)).astype(np.float32)
+    val = rng.normal(size=(25, 3)).astype(np.float32)
+    lr = LatentReference(ref, rng.integers(0, 2, 120), k=6)
+    s_ref, _ = _brute_knn(ref, ref, 6, skip_self=True)  # not 0 for the cell itself
+    s_val, _ = _brute_knn(val, ref, 6)
+    pool = np.vstack([ref, val])
+    _, order = _brute_knn(val, pool, 10)
+    expect = np.r_[s_ref, s_val][order[:, :10]].mean(1)
+    np.testing.assert_allclose(lr.knn_graph_reference(val, k=10), expect, rtol=1e-4)
 
 
 def test_knn_k_capped_by_reference_size():
