@@ -87,6 +87,15 @@ def threshold_story(run: Run) -> str:
         text += (f"; it was then scaled by {factor:.3f} = median(query score) / median(validation score) to "
                  "allow for the shift between the studies")
     text += "."
+    from cellannot_core.novelty import GRAPH_K, OOD_HELP
+
+    method = str(rej.get("method"))
+    if method in OOD_HELP:
+        text += f" The {method} score is the {OOD_HELP[method]}."
+    if method == "knn_graph":
+        text += (f" Its validation scores are smoothed the same way, over each validation cell's {GRAPH_K} "
+                 "nearest reference cells (those scored leave-one-out), so the threshold is set on the "
+                 "same kind of score.")
     if rej.get("threshold_overridden"):
         text += " (The threshold was set by hand for this run.)"
     return text

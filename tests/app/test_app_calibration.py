@@ -75,3 +75,17 @@ def test_reliability_recomputed_from_arrays(run):
     assert before == pytest.approx(val["ece_before"], abs=1e-6)
     assert after == pytest.approx(val["ece_after"], abs=1e-6)
     assert cal.roc_pairs(r) is not None  # the query has novel types (NK, DC, platelets)
+
+
+def test_threshold_story_explains_the_score_and_its_null():
+    from types import SimpleNamespace
+
+    from ui.calibration import threshold_story
+
+    rej = {"method": "knn_graph", "threshold": 2.5, "validation_threshold": 2.0, "shift_factor": 1.25,
+           "accept_fraction_on_validation": 0.95}
+    text = threshold_story(SimpleNamespace(rejection=rej))
+    assert "**knn_graph**" in text and "2.5" in text and "1.250" in text and "95%" in text
+    assert "neighbourhood graph" in text and "leave-one-out" in text
+    other = threshold_story(SimpleNamespace(rejection={**rej, "method": "maxprob", "shift_factor": 1.0}))
+    assert "calibrated maximum class probability" in other and "leave-one-out" not in other
