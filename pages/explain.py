@@ -2,6 +2,7 @@
 import streamlit as st
 
 from cellannot_core.errors import CellannotError
+from cellannot_core.models.tabnet import DEFAULT_RANKING, RANKINGS
 from ui import explain as ex
 from ui import results as res
 from ui.state import init_state
@@ -26,6 +27,10 @@ except (CellannotError, OSError) as err:
 st.caption(f"Run `{run.run_id}` ({model}): TabNet's attention masks for {len(data['cells']):,} query cells x "
            f"{len(data['genes']):,} genes. A cell's explain row is Σ_steps (step output) × (step mask): the "
            "genes its prediction used.")
+ranking = st.radio("Gene ranking", list(RANKINGS), index=list(RANKINGS).index(DEFAULT_RANKING), horizontal=True,
+                   key=ex.ExplainKeys.RANKING, format_func=ex.RANKING_LABELS.get,
+                   help="Every table, figure and download below follows this choice.")
+st.caption(f"Ranking by {RANKINGS[ranking]}.")
 c1, c2 = st.columns([2, 1])
 group_by = c1.radio("Group cells by", ["predicted", "query"], horizontal=True, key=ex.ExplainKeys.GROUP_BY,
                     format_func={"predicted": "predicted class", "query": "query label"}.get,
@@ -34,40 +39,43 @@ group_by = c1.radio("Group cells by", ["predicted", "query"], horizontal=True, k
 n_top = int(c2.number_input("Top genes per class", 5, 100, 20, key=ex.ExplainKeys.N_TOP))
 labels = ex.group_labels(run, data, group_by)
 order = ex.group_order(run, labels)
-summ = ex.summaries(data, labels, order, n_top)
+summ = ex.summaries(data, labels, order, n_top, ranking)
 
 st.subheader("Top genes per class")
-st.caption("Explain rows are normalised per cell, averaged per class, then each gene is divided by its maximum "
-           "over classes (SIMS thesis). Genes are ranked by mean mask × that normalised value: used a lot by "
-           "the class, and more than by the other classes.")
+st.caption("Explain rows are normalised per cell"
+           + (", multiplied by each gene's standardised expression where it is above the reference mean (0 below)"
+              if ranking == "positive" else "")
+           + ", averaged per class, then each gene is divided by its maximum over classes (SIMS thesis). Genes "
+           "are ranked by the class's mean weight × that normalised value: weighed a lot by the class, and more "
+           "than by the other classes.")
 plot(ex.class_heatmap(summ["normalized"], summ["heat_genes"]), key="explain_classes")
 top = summ["top"]
 wide = top.pivot(index="rank", columns="class", values="gene")[[c for c in order if c in set(top["class"])]]
 st.dataframe(wide, height=min(600, 38 + 35 * len(wide)))
 d1, d2 = st.columns(2)
 d1.download_button("Top genes per class (.csv)", top.to_csv(index=False).encode(),
-                   file_name=f"{run.run_id}_explain_top_genes.csv", mime="text/csv", key="dl_explain_top")
+                   file_name=f"{run.run_id}_explain_top_genes_{ranking}.csv", mime="text/csv", key="dl_explain_top")
 d2.download_button("Per-class importance, all genes (.csv)",
                    lambda: summ["normalized"].T.rename_axis("gene").to_csv().encode(),
-                   file_name=f"{run.run_id}_explain_per_class.csv", mime="text/csv", key="dl_explain_class")
+                   file_name=f"{run.run_id}_explain_per_class_{ranking}.csv", mime="text/csv", key="dl_explain_class")
 
 st.subheader("Explain matrix")
 rows = ex.heatmap_cells(labels, order)
-mat = ex.cell_matrix(data, rows, summ["heat_genes"])
+mat = ex.cell_matrix(data, rows, summ["heat_genes"], ranking)
 if len(rows) < len(labels):
     st.caption(f"A random subsample of {len(rows):,} of {len(labels):,} cells, balanced over groups; columns are "
                f"each class's top {ex.GENES_PER_CLASS} genes.")
-plot(ex.cells_heatmap(mat, labels[rows], order), key="explain_cells")
+plot(ex.cells_heatmap(mat, labels[rows], order, ranking), key="explain_cells")
 d1, d2 = st.columns(2)
 d1.download_button("Shown cells x genes (.csv)", mat.rename_axis("cell").to_csv().encode(),
-                   file_name=f"{run.run_id}_explain_shown.csv", mime="text/csv", key="dl_explain_shown")
-d2.download_button("All cells x all genes (.csv)", lambda: ex.full_matrix_csv(data),
-                   file_name=f"{run.run_id}_explain_matrix.csv", mime="text/csv", key="dl_explain_all")
+                   file_name=f"{run.run_id}_explain_shown_{ranking}.csv", mime="text/csv", key="dl_explain_shown")
+d2.download_button("All cells x all genes (.csv)", lambda: ex.full_matrix_csv(data, ranking),
+                   file_name=f"{run.run_id}_explain_matrix_{ranking}.csv", mime="text/csv", key="dl_explain_all")
 
 st.subheader("Overall importance")
-plot(ex.global_bar(summ["global"]), key="explain_global")
+plot(ex.global_bar(summ["global"], ranking), key="explain_global")
 st.download_button("Global importance (.csv)", summ["global"].rename_axis("gene").to_csv().encode(),
-                   file_name=f"{run.run_id}_explain_global.csv", mime="text/csv", key="dl_explain_global")
+                   file_name=f"{run.run_id}_explain_global_{ranking}.csv", mime="text/csv", key="dl_explain_global")
 
 st.subheader("One cell")
 c1, c2 = st.columns(2)
@@ -77,7 +85,7 @@ cell = c2.selectbox("Cell", cells.tolist(), key=ex.ExplainKeys.CELL)
 if cell is not None:
     i = int((data["cells"] == cell).argmax())
     st.caption(f"Predicted **{data['predicted'][i]}** with confidence {data['confidence'][i]:.2f}.")
-    mask = ex.cell_mask(data, cell)
-    plot(ex.cell_bar(mask, cell), key="explain_cell")
+    mask = ex.cell_mask(data, cell, ranking)
+    plot(ex.cell_bar(mask, cell, ranking), key="explain_cell")
     st.download_button("This cell's mask (.csv)", mask.to_csv(index=False).encode(),
-                       file_name=f"{run.run_id}_explain_{cell}.csv", mime="text/csv", key="dl_explain_cell")
+                       file_name=f"{run.run_id}_explain_{cell}_{ranking}.csv", mime="text/csv", key="dl_explain_cell")

@@ -2,9 +2,12 @@
 
 The explain matrix is computed on demand from the run's saved model and its annotated query
 (``model/`` + ``annotated.h5ad``), cached per run (``st.cache_resource`` for the model,
-``st.cache_data`` for the matrix). Summaries follow the SIMS thesis: global importances
-(column sums normalised to 1), per-class mean masks normalised per gene by their maximum over
-classes, and the top genes of each class.
+``st.cache_data`` for the matrix). Every view and download shows one per-cell gene weight,
+chosen by the page's gene ranking (``cellannot_core.models.tabnet.gene_weights``): positive
+evidence (default: the cell's mask share times the positive part of the gene's standardised
+expression) or attention (the mask share alone, as the SIMS thesis). Summaries follow the SIMS
+thesis: global importances (column sums normalised to 1), per-class mean weights normalised per
+gene by their maximum over classes, and the top genes of each class.
 """
 from __future__ import annotations
 
@@ -18,6 +21,8 @@ import streamlit as st
 from cellannot_core._constants import OutKeys
 from ui.results import Run
 
+RANKING_LABELS = {"positive": "positive evidence", "attention": "attention (SIMS)"}  # radio labels
+WEIGHT_UNITS = {"positive": "mask share x max(z, 0)", "attention": "share of the cell's mask"}  # axis titles
 MAX_HEATMAP_CELLS = 600  # rows of the cells x genes heatmap (seeded subsample, balanced over groups)
 GENES_PER_CLASS = 5  # columns of the heatmaps: each class's top genes, merged
 
@@ -26,6 +31,7 @@ class ExplainKeys:
     """Widget keys of the Explain page."""
 
     GROUP_BY = "w_explain_group_by"
+    RANKING = "w_explain_ranking"
     N_TOP = "w_explain_n_top"
     CLASS = "w_explain_class"
     CELL = "w_explain_cell"
@@ -75,9 +81,10 @@ def compute_explain(root: str, run_id: str) -> dict[str, Any]:
                              min_shared_genes=min(int(bundle.get("min_shared_genes", 200)), len(bundle["genes"])),
                              allow_lognorm=True)
     M = model.explain(split.X).astype(np.float32)
+    Z = model.standardized(split.X)
     rows = np.asarray(split.index) if split.index is not None else np.arange(qa.n_obs)
     obs = qa.obs.iloc[rows]
-    return {"M": M, "genes": list(bundle["genes"]), "cells": obs.index.astype(str).to_numpy(), "rows": rows,
+    return {"M": M, "Z": Z, "genes": list(bundle["genes"]), "cells": obs.index.astype(str).to_numpy(), "rows": rows,
             "predicted": obs[OutKeys.LABEL_RAW].astype(str).to_numpy(),
             "confidence": obs[OutKeys.CONFIDENCE].to_numpy(dtype=float)}
 
@@ -103,16 +110,24 @@ def group_order(run: Run, labels: np.ndarray) -> list[str]:
     return order + sorted(present - set(order))
 
 
-def summaries(data: dict[str, Any], labels: np.ndarray, order: list[str], n_top: int) -> dict[str, Any]:
-    """Global importances, per-class importances (raw and normalised per gene), top genes."""
-    from cellannot_core.models.tabnet import class_importance, global_importance, normalize_per_gene, top_genes_per_class
+def weights(data: dict[str, Any], ranking: str, rows: np.ndarray | slice = slice(None)) -> np.ndarray:
+    """Gene weights of the explained cells ``rows`` under ``ranking`` (cells x genes; see
+    ``cellannot_core.models.tabnet.gene_weights``)."""
+    from cellannot_core.models.tabnet import gene_weights
 
-    M, genes = data["M"], data["genes"]
-    per_class = class_importance(M, labels, genes, classes=order)
+    return gene_weights(data["M"][rows], data["Z"][rows], ranking)
+
+
+def summaries(data: dict[str, Any], labels: np.ndarray, order: list[str], n_top: int, ranking: str) -> dict[str, Any]:
+    """Global importances, per-class importances (raw and normalised per gene), top genes."""
+    from cellannot_core.models.tabnet import class_mean, global_importance, normalize_per_gene, top_genes_per_class
+
+    W, genes = weights(data, ranking), data["genes"]
+    per_class = class_mean(W, labels, genes, classes=order)
     norm = normalize_per_gene(per_class)
     top = top_genes_per_class(per_class, n_top)
     heat_genes = list(dict.fromkeys(top[top["rank"] <= GENES_PER_CLASS]["gene"]))
-    return {"global": global_importance(M, genes), "per_class": per_class, "normalized": norm, "top": top,
+    return {"global": global_importance(W, genes), "per_class": per_class, "normalized": norm, "top": top,
             "heat_genes": heat_genes}
 
 
@@ -130,30 +145,23 @@ def heatmap_cells(labels: np.ndarray, order: list[str], max_cells: int = MAX_HEA
     return np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
 
 
-def cell_matrix(data: dict[str, Any], rows: np.ndarray, genes: list[str]) -> pd.DataFrame:
-    """Row-normalised explain values of cells ``rows`` for ``genes`` (cells x genes)."""
-    from cellannot_core.models.tabnet import row_normalize
-
+def cell_matrix(data: dict[str, Any], rows: np.ndarray, genes: list[str], ranking: str) -> pd.DataFrame:
+    """Gene weights of cells ``rows`` for ``genes`` under ``ranking`` (cells x genes)."""
     col = [data["genes"].index(g) for g in genes]
-    R = row_normalize(data["M"][rows])[:, col]
-    return pd.DataFrame(R, index=data["cells"][rows], columns=genes)
+    return pd.DataFrame(weights(data, ranking, rows)[:, col], index=data["cells"][rows], columns=genes)
 
 
-def cell_mask(data: dict[str, Any], cell: str, n: int = 20) -> pd.DataFrame:
-    """One cell's explain weights (row-normalised), top ``n`` genes."""
-    from cellannot_core.models.tabnet import row_normalize
-
+def cell_mask(data: dict[str, Any], cell: str, ranking: str, n: int = 20) -> pd.DataFrame:
+    """One cell's gene weights under ``ranking``, top ``n`` genes."""
     i = int(np.flatnonzero(data["cells"] == cell)[0])
-    w = row_normalize(data["M"][i:i + 1])[0]
+    w = weights(data, ranking, slice(i, i + 1))[0]
     top = np.argsort(-w, kind="stable")[:n]
     return pd.DataFrame({"gene": [data["genes"][j] for j in top], "importance": w[top]})
 
 
-def full_matrix_csv(data: dict[str, Any]) -> bytes:
-    """Every query cell x gene (row-normalised explain matrix) as CSV (built on click)."""
-    from cellannot_core.models.tabnet import row_normalize
-
-    df = pd.DataFrame(row_normalize(data["M"]).astype(np.float32), index=data["cells"], columns=data["genes"])
+def full_matrix_csv(data: dict[str, Any], ranking: str) -> bytes:
+    """Every query cell x gene (gene weights under ``ranking``) as CSV (built on click)."""
+    df = pd.DataFrame(weights(data, ranking).astype(np.float32), index=data["cells"], columns=data["genes"])
     df.index.name = "cell"
     return df.to_csv(float_format="%.5g").encode()
 
@@ -168,30 +176,30 @@ def _layout(fig: go.Figure, title: str | None, height: int) -> go.Figure:
     return fig
 
 
-def global_bar(global_imp: pd.Series, n: int = 30) -> go.Figure:
+def global_bar(global_imp: pd.Series, ranking: str, n: int = 30) -> go.Figure:
     top = global_imp.head(n)[::-1]
     fig = go.Figure(go.Bar(x=top.to_numpy(), y=top.index.tolist(), orientation="h", marker_color="#0072B2",
                            hovertemplate="%{y}: %{x:.4f}<extra></extra>"))
-    fig.update_xaxes(title="share of all mask weight")
+    fig.update_xaxes(title=f"share of all weight ({WEIGHT_UNITS[ranking]})")
     return _layout(fig, f"Global gene importance (top {len(top)})", max(300, 18 * len(top) + 80))
 
 
 def class_heatmap(normalized: pd.DataFrame, genes: list[str]) -> go.Figure:
     z = normalized[genes]
     fig = go.Figure(go.Heatmap(z=z.to_numpy(), x=genes, y=z.index.tolist(), colorscale="Viridis", zmin=0, zmax=1,
-                               colorbar=dict(title="normalised<br>mask"),
+                               colorbar=dict(title="normalised<br>weight"),
                                hovertemplate="class %{y}<br>gene %{x}<br>%{z:.3f}<extra></extra>"))
     fig.update_yaxes(autorange="reversed")
     fig.update_xaxes(tickangle=-60)
-    return _layout(fig, "Mean mask per class, each gene divided by its maximum over classes",
+    return _layout(fig, "Mean weight per class, each gene divided by its maximum over classes",
                    max(300, 30 * len(z) + 160))
 
 
-def cells_heatmap(mat: pd.DataFrame, groups: np.ndarray, order: list[str]) -> go.Figure:
+def cells_heatmap(mat: pd.DataFrame, groups: np.ndarray, order: list[str], ranking: str) -> go.Figure:
     """Cells (rows, grouped) x genes; group names as y ticks at the middle of each block."""
     n = len(mat)
     fig = go.Figure(go.Heatmap(z=mat.to_numpy(), x=mat.columns.tolist(), y=np.arange(n), colorscale="Viridis",
-                               zmin=0, colorbar=dict(title="mask<br>weight"), customdata=np.c_[mat.index, groups],
+                               zmin=0, colorbar=dict(title="weight"), customdata=np.c_[mat.index, groups],
                                hovertemplate="cell %{customdata[0]}<br>group %{customdata[1]}<br>gene %{x}"
                                              "<br>%{z:.4f}<extra></extra>"))
     ticks, text, start = [], [], 0
@@ -206,12 +214,12 @@ def cells_heatmap(mat: pd.DataFrame, groups: np.ndarray, order: list[str]) -> go
         start += k
     fig.update_yaxes(tickvals=ticks, ticktext=text, autorange="reversed", title=None)
     fig.update_xaxes(tickangle=-60)
-    return _layout(fig, f"Explain matrix: {n} cells x {mat.shape[1]} genes (rows sum to 1 over all genes)", 560)
+    return _layout(fig, f"Explain matrix: {n} cells x {mat.shape[1]} genes ({WEIGHT_UNITS[ranking]})", 560)
 
 
-def cell_bar(mask: pd.DataFrame, cell: str) -> go.Figure:
+def cell_bar(mask: pd.DataFrame, cell: str, ranking: str) -> go.Figure:
     d = mask[::-1]
     fig = go.Figure(go.Bar(x=d["importance"], y=d["gene"], orientation="h", marker_color="#E69F00",
                            hovertemplate="%{y}: %{x:.4f}<extra></extra>"))
-    fig.update_xaxes(title="share of the cell's mask weight")
+    fig.update_xaxes(title=WEIGHT_UNITS[ranking])
     return _layout(fig, f"Cell {cell}: top {len(d)} genes", max(300, 18 * len(d) + 80))

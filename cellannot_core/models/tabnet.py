@@ -30,9 +30,11 @@ for plain SIMS):
   plain TabNet masks without it: 0.91-0.97, with a quarter of the CD14 monocytes called B).
 
 ``latent`` is the aggregated decision output ``sum_i d_i`` (n_d dims); ``explain`` the
-per-cell x gene matrix ``M_explain = sum_i eta_i M_i``. The helpers at the bottom summarise
-an explain matrix as in the SIMS thesis (global importances, per-class mean masks normalised
-per gene by their maximum, top genes per class).
+per-cell x gene matrix ``M_explain = sum_i eta_i M_i``; ``standardized`` the inputs as the
+network sees them (z-scores over the reference training cells). The helpers at the bottom
+summarise an explain matrix per class under one of two gene rankings (:data:`RANKINGS`): the
+SIMS thesis' mean mask ("attention") and the default "positive evidence", which keeps only
+the mask weight of genes expressed above their reference mean in the cell.
 """
 from __future__ import annotations
 
@@ -45,6 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data._types import Split
+from ..errors import ConfigError
 from ..nn.tabnet import TabNet
 from ..novelty import OOD_METHODS
 from ..train import TrainConfig
@@ -103,8 +106,6 @@ class TabNetModel(TorchModel):
     def build_net(self) -> nn.Module:
         h = self.hparams
         if h["n_shared"] == 0 and h["n_independent"] == 0:
-            from ..errors import ConfigError
-
             raise ConfigError("n_shared and n_independent cannot both be 0")
         self._weights: torch.Tensor | None = None
         return TabNet(self.n_features, self.n_classes, n_d=h["n_d"], n_a=h["n_a"], n_steps=h["n_steps"],
@@ -162,6 +163,11 @@ class TabNetModel(TorchModel):
             out = row_normalize(out)
         return out
 
+    def standardized(self, X: np.ndarray) -> np.ndarray:
+        """The inputs as the network sees them: each gene's log-normalised expression minus its
+        mean over the reference training cells, over their std (clipped to +-10; float32)."""
+        return self._batched(X, lambda z: z).astype(np.float32)
+
     def masks(self, X: np.ndarray) -> list[np.ndarray]:
         """The per-step masks ``M_i`` (each cells x genes, rows sum to 1)."""
         n = self.hparams["n_steps"]
@@ -188,18 +194,72 @@ def global_importance(M: np.ndarray, genes: Sequence[str]) -> pd.Series:
     return pd.Series(col, index=list(genes), name="importance").sort_values(ascending=False)
 
 
-def class_importance(M: np.ndarray, labels: Sequence[str], genes: Sequence[str], *,
-                     classes: Sequence[str] | None = None, normalize_rows: bool = True) -> pd.DataFrame:
-    """Mean explain row per class (classes x genes), as in the SIMS thesis (Figs. 13-14).
+RANKINGS: dict[str, str] = {
+    "positive": "positive evidence: mask weight of the genes the cell expresses above their reference "
+                "mean, times how far above (mask x max(z, 0))",
+    "attention": "attention (SIMS thesis): all mask weight, including genes used because they are absent "
+                 "or low in the cell",
+}
+DEFAULT_RANKING = "positive"
 
-    Rows of ``M`` are first divided by their sums (``normalize_rows``) so every cell weighs the
-    same; the per-class means are *not* yet normalised per gene (see :func:`normalize_per_gene`).
+
+def gene_weights(M: np.ndarray, Z: np.ndarray | None = None, ranking: str = DEFAULT_RANKING) -> np.ndarray:
+    """Per-cell x gene weights that the per-class summaries average (float64).
+
+    Rows of ``M`` (the explain matrix) are first divided by their sums, so every cell weighs the
+    same. ``ranking="attention"`` stops there. That is the SIMS thesis' view (Figs. 13-14:
+    "partitioned the sample-wise explain matrices by class, then averaged the rows ... normalized
+    each column (gene) by dividing by its maximum"; jlehrer1/SIMS and pytorch-tabnet, METHODS.md
+    4.2-4.3, only map masks to genes and optionally row-normalise): it looks at masks alone. A
+    mask says a gene was *used*, not in which direction, and TabNet uses absent genes as much as
+    present ones: on kang_ctrl -> pbmc3k (seed 0) the CD14 monocytes' attention top genes start
+    GZMB, FCER1G, NKG7, with CD3D 7th, genes whose absence rules out NK and T cells; on the demo
+    reference their top 20 holds CD79A and MS4A1. Such lists are not the genes a class expresses.
+
+    ``ranking="positive"`` (default) multiplies each weight by the positive part of the gene's
+    z-score in that cell, ``Z`` (:meth:`TabNetModel.standardized`: standardised over the
+    reference training cells, what the network sees): weight = mask x max(z, 0), "attended and
+    above its reference mean in this cell, by how much". Genes used by their absence (z < 0)
+    weigh 0, so a class's top genes are ones it expresses *and* the model attends to; per-class
+    means and the per-gene normalisation are then the SIMS thesis' ones. The magnitude of z, not
+    only its sign, keeps genes hovering around their mean from counting fully (on the demo
+    reference the sign alone ranks more ribosomal genes). Not in SIMS or TabNet.
+
+    Either ranking only reweights what the masks use: a marker the masks ignore cannot rank (on
+    kang_ctrl, seed 0, every class puts < 1e-4 of its mask on LYZ, S100A8, S100A9 and CD14, and
+    the monocytes are told apart by FCER1G, TYROBP, CST3, ...).
     """
-    R = row_normalize(M) if normalize_rows else np.asarray(M, dtype=np.float64)
+    if ranking not in RANKINGS:
+        raise ConfigError(f"unknown gene ranking {ranking!r}; choose one of {', '.join(RANKINGS)}")
+    R = row_normalize(M)
+    if ranking == "attention":
+        return R
+    if Z is None:
+        raise ValueError("the positive-evidence ranking needs the standardised expression Z of the same cells")
+    Z = np.asarray(Z)
+    if Z.shape != R.shape:
+        raise ValueError(f"Z has shape {Z.shape}, the explain matrix {R.shape}")
+    return R * np.maximum(Z, 0)
+
+
+def class_mean(W: np.ndarray, labels: Sequence[str], genes: Sequence[str], *,
+               classes: Sequence[str] | None = None) -> pd.DataFrame:
+    """Mean row of ``W`` per class (classes x genes; NaN rows for classes without cells)."""
+    W = np.asarray(W, dtype=np.float64)
     labels = np.asarray(labels).astype(str)
     order = [str(c) for c in (classes if classes is not None else sorted(set(labels.tolist())))]
-    rows = [R[labels == c].mean(axis=0) if (labels == c).any() else np.full(R.shape[1], np.nan) for c in order]
-    return pd.DataFrame(np.vstack(rows) if rows else np.zeros((0, R.shape[1])), index=order, columns=list(genes))
+    rows = [W[labels == c].mean(axis=0) if (labels == c).any() else np.full(W.shape[1], np.nan) for c in order]
+    return pd.DataFrame(np.vstack(rows) if rows else np.zeros((0, W.shape[1])), index=order, columns=list(genes))
+
+
+def class_importance(M: np.ndarray, labels: Sequence[str], genes: Sequence[str], *, Z: np.ndarray | None = None,
+                     ranking: str = DEFAULT_RANKING, classes: Sequence[str] | None = None) -> pd.DataFrame:
+    """Mean of :func:`gene_weights` per class (classes x genes): the SIMS thesis' per-class
+    mean mask (Figs. 13-14) for ``ranking="attention"``; the default ``"positive"`` needs ``Z``.
+
+    The per-class means are *not* yet normalised per gene (see :func:`normalize_per_gene`).
+    """
+    return class_mean(gene_weights(M, Z, ranking), labels, genes, classes=classes)
 
 
 def normalize_per_gene(per_class: pd.DataFrame) -> pd.DataFrame:
@@ -213,10 +273,10 @@ def normalize_per_gene(per_class: pd.DataFrame) -> pd.DataFrame:
 def top_genes_per_class(per_class: pd.DataFrame, n: int = 20) -> pd.DataFrame:
     """Long table of each class's top ``n`` genes.
 
-    Genes are ranked by ``mean_mask * normalized`` (the class's mean mask weight times the
-    same value normalised per gene by its maximum over classes): high when the class uses the
-    gene a lot *and* more than the other classes do. Columns: class, rank, gene, mean_mask,
-    normalized, score.
+    Genes are ranked by ``mean_weight * normalized`` (the class's mean weight from
+    :func:`class_importance` times the same value normalised per gene by its maximum over
+    classes): high when the class weighs the gene a lot *and* more than the other classes do.
+    Columns: class, rank, gene, mean_weight, normalized, score.
     """
     norm = normalize_per_gene(per_class)
     rows = []
@@ -225,6 +285,6 @@ def top_genes_per_class(per_class: pd.DataFrame, n: int = 20) -> pd.DataFrame:
         nv = norm.loc[c].to_numpy(dtype=np.float64)
         score = np.nan_to_num(mean * nv)
         for r, j in enumerate(np.argsort(-score, kind="stable")[:n], 1):
-            rows.append({"class": c, "rank": r, "gene": per_class.columns[j], "mean_mask": mean[j],
+            rows.append({"class": c, "rank": r, "gene": per_class.columns[j], "mean_weight": mean[j],
                          "normalized": nv[j], "score": score[j]})
-    return pd.DataFrame(rows, columns=["class", "rank", "gene", "mean_mask", "normalized", "score"])
+    return pd.DataFrame(rows, columns=["class", "rank", "gene", "mean_weight", "normalized", "score"])

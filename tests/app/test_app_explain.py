@@ -1,12 +1,15 @@
 """Explain page: TabNet masks of an injected tabnet run (heatmaps, top genes, one cell,
-downloads), and a plain message for runs of models without explain matrices."""
+downloads) under both gene rankings, and a plain message for runs of models without explain
+matrices."""
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from cellannot_core.models.tabnet import RANKINGS, class_importance, gene_weights
 from cellannot_core.pipeline import AnnotateOptions, annotate
 from cellannot_core.runs import RunDir
 from ui import explain as ex
@@ -46,6 +49,8 @@ def page(run_id: str | None) -> AppTest:
 def test_explain_page_for_a_tabnet_run(runs):
     at = page(runs[1])
     assert not at.exception, at.exception
+    assert at.radio(key=ex.ExplainKeys.RANKING).value == "positive"  # the default ranking, explained
+    assert any(RANKINGS["positive"] in c.value for c in at.caption)
     heads = [h.value for h in at.subheader]
     assert heads == ["Top genes per class", "Explain matrix", "Overall importance", "One cell"]
     labels = {b.label for b in at.get("download_button")}
@@ -64,6 +69,11 @@ def test_explain_page_for_a_tabnet_run(runs):
     at.selectbox(key=ex.ExplainKeys.CELL).set_value(cell).run()
     assert not at.exception
     assert any("Predicted" in c.value for c in at.caption)
+    # the SIMS thesis' ranking: every view follows
+    at.radio(key=ex.ExplainKeys.RANKING).set_value("attention").run()
+    assert not at.exception, at.exception
+    assert any(RANKINGS["attention"] in c.value for c in at.caption)
+    assert len(at.dataframe[0].value) == 5 and len(at.get("plotly_chart")) == 4
 
 
 def test_explain_data_matches_the_model(runs):
@@ -71,12 +81,25 @@ def test_explain_data_matches_the_model(runs):
 
     root, run_id = str(runs[0]), runs[1]
     data = ex.compute_explain(root, run_id)
-    M = data["M"]
-    assert M.shape == (200, len(data["genes"])) and (M >= 0).all()
+    M, Z = data["M"], data["Z"]
+    assert M.shape == (200, len(data["genes"])) and (M >= 0).all() and Z.shape == M.shape
     model = load_model(RunDir.open(root, run_id).model_dir)
     assert model.name == "tabnet"
-    csv = ex.full_matrix_csv(data).decode().splitlines()
-    assert len(csv) == 201 and csv[0].startswith("cell,")
+    for ranking in RANKINGS:  # the downloads and the summaries follow the ranking, through gene_weights
+        W = gene_weights(M, Z, ranking)
+        csv = ex.full_matrix_csv(data, ranking).decode().splitlines()
+        assert len(csv) == 201 and csv[0].startswith("cell,")
+        first = np.array(csv[1].split(",")[1:], dtype=float)
+        np.testing.assert_allclose(first, W[0], rtol=1e-4, atol=1e-6)
+        labels = data["predicted"]
+        order = sorted(set(labels.tolist()))
+        summ = ex.summaries(data, labels, order, 10, ranking)
+        np.testing.assert_allclose(summ["per_class"].to_numpy(),
+                                   class_importance(M, labels, data["genes"], Z=Z, ranking=ranking,
+                                                    classes=order).to_numpy())
+        rows = np.arange(5)
+        np.testing.assert_allclose(ex.cell_matrix(data, rows, data["genes"][:3], ranking).to_numpy(), W[:5, :3])
+    np.testing.assert_allclose(gene_weights(M, Z, "attention").sum(1), 1.0)
 
 
 def test_models_without_explain_get_a_message(runs):

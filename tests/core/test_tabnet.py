@@ -1,6 +1,6 @@
 """TabNet / SIMS (models/tabnet.py, nn/tabnet.py): sparsemax against the simplex projection,
-training above chance on synthetic cells, explain matrices, save/load, the SIMS summaries,
-and marker genes on the real demo reference."""
+training above chance on synthetic cells, explain matrices, save/load, the SIMS summaries and
+the positive-evidence gene ranking, and marker genes on the real demo reference."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,9 +12,10 @@ import torch
 from cellannot_core.data import prepare
 from cellannot_core.errors import ConfigError
 from cellannot_core.models import MODELS, create_model, load_model
-from cellannot_core.models.tabnet import (balanced_class_weights, class_importance, global_importance,
-                                          normalize_per_gene, top_genes_per_class)
+from cellannot_core.models.tabnet import (DEFAULT_RANKING, RANKINGS, balanced_class_weights, class_importance,
+                                          gene_weights, global_importance, normalize_per_gene, top_genes_per_class)
 from cellannot_core.nn.tabnet import GhostBatchNorm, TabNet, sparsemax
+from cellannot_core.novelty import OOD_METHODS
 from conftest import make_synthetic
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -117,8 +118,13 @@ def test_trains_above_chance_with_explain(fitted):
     assert len(masks) == m.hparams["n_steps"]
     np.testing.assert_allclose(masks[0].sum(1), 1.0, atol=1e-5)
     assert m.latent(prep.query.X).shape == (prep.query.n_obs, TINY["n_d"])
+    Z = m.standardized(prep.query.X)  # the network's input: z-scores over the reference training cells
+    assert Z.shape == E.shape and Z.dtype == np.float32
+    sc = m.scaler
+    np.testing.assert_allclose(Z, np.clip((prep.query.X - sc.mean.numpy()) / sc.std.numpy(), -10, 10), atol=1e-5)
+    np.testing.assert_allclose(m.standardized(prep.train.X).mean(0), 0, atol=1e-3)
     scores = m.ood_scores(prep.query.X)
-    assert set(scores) == {"knn", "mahalanobis", "maxprob", "energy"}
+    assert set(scores) == set(OOD_METHODS)
 
 
 def test_save_load_round_trip(fitted):
@@ -138,33 +144,80 @@ def test_sims_summaries_by_hand():
     g = global_importance(M, genes)
     assert g.index.tolist() == ["g2", "g0", "g1"] or g.index.tolist() == ["g2", "g1", "g0"]
     np.testing.assert_allclose(g.loc[["g0", "g1", "g2"]], [0.3, 0.3, 0.4])  # column sums / total
-    ci = class_importance(M, ["a", "a", "b"], genes, classes=["a", "b"])
+    ci = class_importance(M, ["a", "a", "b"], genes, ranking="attention", classes=["a", "b"])
     np.testing.assert_allclose(ci.loc["a"], [0.5, 0.0, 0.5])
     np.testing.assert_allclose(ci.loc["b"], [0.0, 0.75, 0.25])
     norm = normalize_per_gene(ci)
     np.testing.assert_allclose(norm.loc["a"], [1.0, 0.0, 1.0])
     np.testing.assert_allclose(norm.loc["b"], [0.0, 1.0, 0.5])
     top = top_genes_per_class(ci, 2)
-    assert list(top.columns) == ["class", "rank", "gene", "mean_mask", "normalized", "score"]
+    assert list(top.columns) == ["class", "rank", "gene", "mean_weight", "normalized", "score"]
     assert top[top["class"] == "b"]["gene"].tolist() == ["g1", "g2"]
     assert top[top["class"] == "a"]["gene"].tolist() == ["g0", "g2"]
 
 
+def test_positive_evidence_ranking_by_hand():
+    """A gene a class attends to but does not express (TabNet's evidence by absence) is top under
+    the SIMS attention ranking and absent from that class's top under positive evidence."""
+    genes = ["absent_in_a", "marker_a", "marker_b"]
+    labels = ["a", "a", "b", "b"]
+    M = np.array([[6.0, 3.0, 1.0],  # class a attends most to a gene it lacks (z < 0) ...
+                  [6.0, 3.0, 1.0],  # ... and less to its own marker (z > 0)
+                  [1.0, 1.0, 2.0],
+                  [1.0, 1.0, 2.0]])
+    Z = np.array([[-1.0, 2.0, -0.5],
+                  [-1.5, 1.0, -0.5],
+                  [1.0, -1.0, 3.0],
+                  [2.0, -1.0, 1.0]])
+    R = M / M.sum(1, keepdims=True)
+    np.testing.assert_allclose(gene_weights(M, ranking="attention"), R)
+    np.testing.assert_allclose(gene_weights(M, Z), R * np.maximum(Z, 0))  # the default is positive evidence
+    assert DEFAULT_RANKING == "positive" and set(RANKINGS) == {"positive", "attention"}
+    attention = top_genes_per_class(class_importance(M, labels, genes, ranking="attention", classes=["a", "b"]), 1)
+    assert attention.set_index("class").loc["a", "gene"] == "absent_in_a"
+    ci = class_importance(M, labels, genes, Z=Z, classes=["a", "b"])
+    np.testing.assert_allclose(ci.loc["a"], [0.0, 0.3 * 1.5, 0.0])  # mean over a of (3/10) * z
+    np.testing.assert_allclose(ci.loc["b"], [0.25 * 1.5, 0.0, 0.5 * 2.0])
+    top = top_genes_per_class(ci, 3)
+    top_a = top[(top["class"] == "a") & (top["score"] > 0)]["gene"].tolist()
+    assert top_a == ["marker_a"]  # "absent_in_a" scores 0 for a
+    assert top[top["class"] == "b"]["gene"].tolist()[:2] == ["marker_b", "absent_in_a"]
+    with pytest.raises(ValueError, match="standardised expression"):
+        gene_weights(M)
+    with pytest.raises(ValueError, match="shape"):
+        gene_weights(M, Z[:2])
+    with pytest.raises(ConfigError, match="ranking"):
+        gene_weights(M, Z, "negative")
+
+
+# canonical PBMC markers (Seurat PBMC 3k tutorial) that are among the demo reference's 1,267 genes
+DEMO_MARKERS = {"B": {"MS4A1", "CD79A"}, "CD14 Mono": {"LYZ", "S100A8", "S100A9", "CD14"},
+                "FCGR3A Mono": {"FCGR3A", "MS4A7"}}
+
+
 def test_marker_genes_on_the_demo_reference():
-    """SIMS' per-class top genes on the real demo reference (Kang et al. PBMC, 1,556 cells) are
-    canonical markers: MS4A1 or CD79A for B cells, LYZ or S100A8 for CD14 monocytes."""
+    """Per-class top 20 genes under the default (positive-evidence) ranking on the real demo
+    reference (Kang et al. PBMC, 1,556 cells, 5 classes) hold each class's canonical markers,
+    and no class other than B has a B-cell marker, no lymphocyte class a monocyte marker. Under
+    the SIMS attention ranking the second check fails (CD14 monocytes attend to CD79A and MS4A1,
+    absent in them)."""
     import anndata as ad
 
     ref = ad.read_h5ad(ROOT / "assets" / "kang_pbmc_example_sce_1556.h5ad")
     prep = prepare(ref, ref, label_key="cell_type_harmonized", n_top_genes=2000, seed=0)
+    assert {g for ms in DEMO_MARKERS.values() for g in ms} <= set(prep.genes)
     m = create_model("tabnet", prep.n_genes, prep.classes, seed=0, device="cpu",
                      hparams={"max_epochs": 10, "batch_size": 32})
     m.fit(prep.train, prep.val)
     assert m.history["epochs"][-1]["val_acc"] > 0.85
-    M = m.explain(prep.train.X)
-    per_class = class_importance(M, np.asarray(prep.classes)[prep.train.y], prep.genes, classes=prep.classes)
+    X = prep.train.X
+    per_class = class_importance(m.explain(X), np.asarray(prep.classes)[prep.train.y], prep.genes,
+                                 Z=m.standardized(X), classes=prep.classes)
     top = top_genes_per_class(per_class, 20)
-    top_b = set(top[top["class"] == "B"]["gene"])
-    top_mono = set(top[top["class"] == "CD14 Mono"]["gene"])
-    assert top_b & {"MS4A1", "CD79A"}, sorted(top_b)
-    assert top_mono & {"LYZ", "S100A8"}, sorted(top_mono)
+    tops = {c: set(top[top["class"] == c]["gene"]) for c in prep.classes}
+    for cls, markers in DEMO_MARKERS.items():
+        assert tops[cls] & markers, (cls, sorted(tops[cls]))
+    for cls in set(prep.classes) - {"B"}:
+        assert not tops[cls] & DEMO_MARKERS["B"], (cls, sorted(tops[cls]))
+    for cls in {"B", "CD4 T", "CD8 T"}:
+        assert not tops[cls] & DEMO_MARKERS["CD14 Mono"], (cls, sorted(tops[cls]))
