@@ -37,4 +37,4 @@ class RunFiles:
     LOG = "log.txt"
 
 
-DEFAULT_MODEL = "clams"
+DEFAULT_MODEL = "scanvi_svm"

@@ -70,7 +70,8 @@ def test_form_comes_from_the_registry(tiny_pair):
         assert at.get_by_key(WidgetKeys.HPARAM.format(model=spec.name, name=name)).value == hp.default, name
     assert "cpu" in at.selectbox(key=WidgetKeys.DEVICE).options
     # an invalid value is refused with the registry's message, no job is started
-    at.text_input(key=WidgetKeys.HPARAM.format(model=spec.name, name="hidden")).set_value("abc")
+    at.selectbox(key=WidgetKeys.MODEL).set_value("clams").run()
+    at.text_input(key=WidgetKeys.HPARAM.format(model="clams", name="hidden")).set_value("abc")
     at.button(key=WidgetKeys.START).click().run()
     assert not at.exception
     assert at.error and "hidden" in at.error[0].value

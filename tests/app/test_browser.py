@@ -1,7 +1,7 @@
 """Real-browser end-to-end test: the click path of a new user, in headless Debian chromium.
 
 A real ``streamlit run app.py`` server (runs in a temporary ``$CELLANNOT_RUNS``) is driven with
-Playwright: Home -> *Try the demo* -> Train (CLAMS, quick run of 3 epochs) -> Label transfer ->
+Playwright: Home -> *Try the demo* -> Train (the default scanvi_svm, quick run of 3 epochs) -> Label transfer ->
 Latent space (PCA, generated cells) -> Calibration & novelty -> download of the annotated
 ``.h5ad``, which is opened with anndata. Every page is checked for Streamlit exception and
 error boxes, and full-page screenshots are written to ``assets/screenshots/`` (shown in the
@@ -28,7 +28,7 @@ STREAMLIT = Path(sys.executable).with_name("streamlit")
 SHOTS = ROOT / "assets" / "screenshots"
 VIEWPORT = {"width": 1400, "height": 1000}
 N_QUERY = 2638  # cells of the demo query (pbmc3k_seurat_2638)
-TRAIN_TIMEOUT_S = 300  # 3 CLAMS epochs on 1,556 cells + scoring + generation, on a loaded 2-core box
+TRAIN_TIMEOUT_S = 300  # 3 latent-model epochs on 1,556 + 2,638 cells + scoring + generation, on a loaded 2-core box
 PAGE_TIMEOUT_MS = 120_000  # a page's first render (the first UMAP compiles numba code)
 
 pytestmark = [
@@ -211,12 +211,12 @@ def _click_path(page, url: str, tmp_path: Path, ad) -> None:
     screenshot(page, "home.png")
     step("home + demo")
 
-    # 2. Train: CLAMS (the default), quick run of 3 epochs, start, wait until done.
+    # 2. Train: scanvi_svm (the default), quick run of 3 epochs, start, wait until done.
     page.locator('[data-testid="stPageLink"] a', has_text="Go to training").first.click()
     page.get_by_role("heading", name="New training").wait_for(timeout=PAGE_TIMEOUT_MS)
     wait_idle(page)
     assert_no_errors(page, "Train")
-    assert page.locator(f"{_key('w_model')} input").input_value().startswith("clams")
+    assert page.locator(f"{_key('w_model')} input").input_value().startswith("scanvi_svm")
     page.get_by_text("1,556 cells").first.wait_for()  # the demo pair is what will be trained on
     page.get_by_text("2,638 cells").first.wait_for()
     quick = page.locator(f'{_key("w_quick")} input[type="checkbox"]')
@@ -242,7 +242,7 @@ def _click_path(page, url: str, tmp_path: Path, ad) -> None:
     assert "done" in panel and "epoch" in panel
     wait_plot(page, '[class*="st-key-curves_"]')  # loss / accuracy curves of the run
     screenshot(page, "train.png")
-    step("trained (CLAMS, 3 epochs)")
+    step("trained (scanvi_svm, 3 epochs)")
 
     # 3. Label transfer: heatmap with the Unknown row, counts, cells table.
     page.locator('[data-testid="stPageLink"] a', has_text="See the label transfer").first.click()

@@ -191,8 +191,8 @@ def test_models_lists_registry(capsys):
     code, out, _ = run_main(capsys, "models")
     assert code == 0
     heads = [ln for ln in out.splitlines() if not ln.startswith(" ")]
-    assert [h.split(":")[0].split(" ")[0] for h in heads][:3] == ["clams", "jem", "resnet"]
-    assert heads[0].startswith("clams (default):")
+    assert [h.split(":")[0].split(" ")[0] for h in heads][:4] == ["scanvi_svm", "clams", "jem", "resnet"]
+    assert heads[0].startswith("scanvi_svm (default):")
     assert "    sgld_steps = 20" in out and "    blocks = '2,4'" in out
 
 

@@ -239,7 +239,7 @@ def _syn_opts(**kw):
 
 
 def test_default_model_is_the_recommended_one():
-    assert AnnotateOptions(label_key="x").model == DEFAULT_MODEL == "clams"
+    assert AnnotateOptions(label_key="x").model == DEFAULT_MODEL == "scanvi_svm"
     assert _syn_opts(max_epochs=7, hparams={"lr": 0.01}).model_hparams() == {"lr": 0.01, "max_epochs": 7}
 
 
