@@ -18,6 +18,7 @@ OOD_HELP = {
     "mahalanobis": "Mahalanobis distance to the nearest reference class centre in latent space (tied covariance)",
     "maxprob": "1 - calibrated maximum class probability",
     "energy": "energy E(x) = -logsumexp(logits) (= -log p(x) up to a constant)",
+    "elbo": "negative evidence lower bound of the cell's counts under the generative model (VAE family)",
 }
 
 

@@ -23,7 +23,6 @@ from cellannot_core.runs import RunDir
 from ui.jobs import run_status, runs_root
 from ui.state import StateKeys, get
 
-OOD_NAMES = ("knn", "mahalanobis", "maxprob", "energy")
 SKLEARN_KNN_MAX = 30_000
 
 
@@ -68,7 +67,14 @@ class Run:
         return self.arrays[f"val_score_{method}"], self.arrays[f"query_score_{method}"]
 
     def score_methods(self) -> list[str]:
-        return [m for m in OOD_NAMES if f"query_score_{m}" in self.arrays and f"val_score_{m}" in self.arrays]
+        """Every novelty score the run stored for both validation and query cells, in the core's
+        order (:data:`~cellannot_core.novelty.OOD_METHODS`), model-specific ones (e.g. elbo) last."""
+        from cellannot_core.novelty import OOD_METHODS
+
+        names = [k[len("query_score_"):] for k in self.arrays if k.startswith("query_score_")]
+        names = [m for m in names if f"val_score_{m}" in self.arrays]
+        rank = {m: i for i, m in enumerate(OOD_METHODS)}
+        return sorted(names, key=lambda m: (rank.get(m, len(rank)), m))
 
 
 @st.cache_data(show_spinner=False, max_entries=16)

@@ -43,5 +43,14 @@ def test_model_run_opens_in_every_page(name, root, monkeypatch):
             # generated cells exactly when the model can generate; latent quality for every model
             assert at.toggle(key=WidgetKeys.SHOW_GENERATED).value is bool(supports.samples), name
             assert len(at.metric) == 3, name
+        if page == "pages/calibration.py":
+            # the page opens on the model's own score and threshold: the same Unknown calls as the run
+            from ui.results import load_run
+
+            run = load_run(str(root), run_id)
+            assert at.selectbox(key=WidgetKeys.SCORE_METHOD).value == run.rejection["method"], name
+            n_unknown = int(run.obs["cellannot_is_unknown"].astype(bool).sum())
+            shown = next(m.value for m in at.metric if m.label == "Unknown query cells")
+            assert int(shown.replace(",", "")) == n_unknown, (name, shown, n_unknown)
         if page == "pages/explain.py" and not supports.explain:
             assert any("has no explain matrices" in i.value for i in at.info), name
