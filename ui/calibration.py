@@ -91,7 +91,7 @@ def threshold_story(run: Run) -> str:
 
     method = str(rej.get("method"))
     if method in OOD_HELP:
-        text += f" The {method} score is the {OOD_HELP[method]}."
+        text += f" {method}: {OOD_HELP[method]}."
     if method == "knn_graph":
         text += (f" Its validation scores are smoothed the same way, over each validation cell's {GRAPH_K} "
                  "nearest reference cells (those scored leave-one-out), so the threshold is set on the "
