@@ -37,6 +37,9 @@ TASKS = {
     "kang_ctrl": ("kang_pbmc_ctrl_8684.h5ad", "pbmc3k_seurat_2638.h5ad"),
     "kang_sce": ("kang_pbmc_example_sce_1556.h5ad", "pbmc3k_seurat_2638.h5ad"),
     "pbmc3k_to_kang_sce": ("pbmc3k_seurat_2638.h5ad", "kang_pbmc_example_sce_1556.h5ad"),
+    # another tissue and species: mouse pancreas, donor 1 -> donor 2; reference classes under the
+    # minimum class size (alpha 9 cells, the immune and rare types) are dropped, so they are novel
+    "baron_mouse": ("baron_mouse1_pancreas_822.h5ad", "baron_mouse2_pancreas_1064.h5ad"),
 }
 LABEL_KEY = "cell_type_harmonized"
 METRICS = ("acc_in", "f1_in", "ece_in", "auroc_ood", "acc_open", "reject_in", "reject_novel")
@@ -68,11 +71,34 @@ def run_one(task: str, model: str, seed: int, hparams: dict, accept: float, max_
     known = labels != ""
     novel = ~np.isin(labels, m.classes) & known
     score_auroc = {k: auroc(v[known], novel[known]) for k, v in p.scores.items()}
+    score_acc_open = open_accuracy_per_score(m, prep, p, accept, shift_correction)
     return {"task": task, "model": model, "seed": seed, "train_seconds": round(secs, 1),
             "diverged": bool(m.history.get("diverged", False)), "recoveries": m.history.get("recoveries", 0),
             "epochs": len(m.history.get("epochs", [])), "ood_method": m.ood_method,
             **{k: qm.get(k) for k in METRICS}, "per_type_auroc": qm.get("per_type_auroc", {}),
-            "score_auroc": score_auroc, "temperature": m.temperature, "shift_factor": p.shift_factor}
+            "score_auroc": score_auroc, "score_acc_open": score_acc_open, "temperature": m.temperature,
+            "shift_factor": p.shift_factor}
+
+
+def open_accuracy_per_score(m, prep, p, accept: float, shift_correction: str) -> dict[str, float]:
+    """acc_open had each novelty score been the model's: the same rule (accept ``accept`` of the
+    validation scores, the shift correction for distance scores) on that score."""
+    from cellannot_core.calibration import query_threshold, threshold_for_acceptance
+    from cellannot_core.metrics import label_transfer_metrics
+
+    val = m.validation_scores(prep.val.X, list(p.scores))
+    known = np.asarray(prep.query.labels) != ""
+    out = {}
+    for k, q in p.scores.items():
+        if k == m.ood_method:
+            thr = p.threshold
+        else:
+            v = val[k]
+            thr = query_threshold(threshold_for_acceptance(v, accept), k, shift_correction, float(np.median(v)), q)[0]
+        final = np.where(q > thr, "Unknown", p.label_raw)
+        out[k] = label_transfer_metrics(np.asarray(prep.query.labels)[known], p.label_raw[known], final[known],
+                                        p.confidence[known], q[known], m.classes)["acc_open"]
+    return out
 
 
 def fmt(v) -> str:
@@ -113,6 +139,7 @@ def main() -> None:
                 runs.append(r)
                 print(f"{task:10s} {model:17s} {seed:4d} " + " ".join(f"{fmt(r[k]):>12s}" for k in METRICS)
                       + f"  {str(r['diverged']):>8s} {r['train_seconds']:8.1f} {r['epochs']:7d}", flush=True)
+                print("    acc_open by score: " + "  ".join(f"{k} {fmt(v)}" for k, v in r["score_acc_open"].items()))
                 print("    novelty-score AUROC: " + "  ".join(f"{k} {fmt(v)}" for k, v in r["score_auroc"].items())
                       + "  | per novel type (" + r["ood_method"] + "): "
                       + "  ".join(f"{k} {fmt(v)}" for k, v in r["per_type_auroc"].items()), flush=True)

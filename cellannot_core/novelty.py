@@ -9,12 +9,16 @@ from scipy.special import logsumexp
 
 from .calibration import softmax
 
-OOD_METHODS = ("knn", "knn_graph", "mahalanobis", "maxprob", "energy")
+OOD_METHODS = ("knn", "knn_graph", "knn_class", "mahalanobis", "maxprob", "energy")
 GRAPH_K = 15  # neighbours of the smoothing graph (scanpy's default n_neighbors)
+CLASS_UNIT = 0.95  # knn_class: 1 = this quantile of the reference cells of the predicted class
 OOD_HELP = {
     "knn": "mean distance to the k nearest reference cells in the model's latent space",
     "knn_graph": f"the kNN score averaged over the cell's {GRAPH_K} nearest neighbours among the cells scored "
                  "together (the query's own neighbourhood graph): novel types form groups, noise averages out",
+    "knn_class": "knn_graph relative to the cell's predicted class: 1 = the 95th percentile of that class's "
+                 "reference cells (scored leave-one-out, smoothed the same way), raised by how much the query's "
+                 "cells of that class are shifted (median ratio); above 1 = more unusual than 95% of its class",
     "mahalanobis": "Mahalanobis distance to the nearest reference class centre in latent space (tied covariance)",
     "maxprob": "1 - calibrated maximum class probability",
     "energy": "energy E(x) = -logsumexp(logits) (= -log p(x) up to a constant)",
@@ -46,6 +50,7 @@ class LatentReference:
         self.k = int(min(k, len(latent)))
         self._nn = None
         self._maha = None
+        self._null: tuple[np.ndarray, np.ndarray] | None = None
 
     def knn(self, z: np.ndarray) -> np.ndarray:
         from sklearn.neighbors import NearestNeighbors
@@ -74,6 +79,49 @@ class LatentReference:
         s_ref = d[:, 1:].mean(axis=1) if d.shape[1] > 1 else d[:, 0]
         pool = np.concatenate([self.latent, np.asarray(z_val, dtype=np.float32)])
         return graph_smooth(z_val, np.concatenate([s_ref, s_val]), k=k, pool=pool)
+
+    def _class_null(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per class: the :data:`CLASS_UNIT` quantile and the median of the reference cells'
+        knn_graph scores (each scored leave-one-out, smoothed among reference cells)."""
+        if self._null is None:
+            self.knn(self.latent[:1])  # builds the index
+            d, _ = self._nn.kneighbors(self.latent, n_neighbors=min(self.k + 1, len(self.latent)))
+            loo = d[:, 1:].mean(axis=1) if d.shape[1] > 1 else d[:, 0]
+            null = graph_smooth(self.latent, loo)
+            n_cls = int(self.y.max()) + 1 if len(self.y) else 0
+            unit, med = np.full(n_cls, np.nan), np.full(n_cls, np.nan)
+            for c in range(n_cls):
+                if (self.y == c).any():
+                    unit[c], med[c] = np.quantile(null[self.y == c], CLASS_UNIT), np.median(null[self.y == c])
+            fallback_u, fallback_m = float(np.quantile(null, CLASS_UNIT)), float(np.median(null))
+            unit = np.where(np.isfinite(unit) & (unit > 0), unit, fallback_u)
+            med = np.where(np.isfinite(med) & (med > 0), med, fallback_m)
+            self._null = (unit, med)
+        return self._null
+
+    def knn_class(self, z: np.ndarray, pred: np.ndarray, *, graph: np.ndarray | None = None) -> np.ndarray:
+        """``knn_graph / t_c`` with ``c`` the cell's predicted class and
+        ``t_c = unit_c * max(1, median(knn_graph of the cells predicted c) / median_c)``.
+
+        Class-conditional: a known type that the query shifts more than the others (e.g. monocytes
+        between studies) is measured against its own shift instead of crossing a global threshold
+        as a group. ``graph`` reuses already computed :meth:`knn_graph` scores of ``z``.
+        """
+        unit, med = self._class_null()
+        g = self.knn_graph(z) if graph is None else np.asarray(graph, dtype=np.float64)
+        pred = np.asarray(pred, dtype=np.int64)
+        t = unit.copy()
+        for c in range(len(unit)):
+            sel = pred == c
+            if sel.any():
+                t[c] = unit[c] * max(1.0, float(np.median(g[sel])) / med[c])
+        return g / t[pred]
+
+    def knn_class_reference(self, z_val: np.ndarray, pred_val: np.ndarray) -> np.ndarray:
+        """The same score for reference validation cells (the threshold's null): their
+        :meth:`knn_graph_reference` over the class units, with no query shift."""
+        unit, _ = self._class_null()
+        return self.knn_graph_reference(z_val) / unit[np.asarray(pred_val, dtype=np.int64)]
 
     def mahalanobis(self, z: np.ndarray) -> np.ndarray:
         if self._maha is None:

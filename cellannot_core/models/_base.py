@@ -95,12 +95,17 @@ class Model:
                 if logits is None:
                     logits = self.logits(X)
                 out[m] = energy_score(logits) if m == "energy" else maxprob_score(logits, self.temperature)
-            elif m in ("knn", "knn_graph", "mahalanobis"):
+            elif m in ("knn", "knn_graph", "knn_class", "mahalanobis"):
                 if self.reference is None:
                     raise RuntimeError("distance-based novelty needs fit_reference() after fit")
                 if latent is None:
                     latent = self.latent(X)
-                out[m] = getattr(self.reference, m)(latent)
+                if m == "knn_class":
+                    if logits is None:
+                        logits = self.logits(X)
+                    out[m] = self.reference.knn_class(latent, logits.argmax(1), graph=out.get("knn_graph"))
+                else:
+                    out[m] = getattr(self.reference, m)(latent)
             else:
                 raise ConfigError(f"unknown novelty score {m!r}; choose one of {', '.join(OOD_METHODS)}")
         return out
@@ -109,15 +114,20 @@ class Model:
                           logits: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """:meth:`ood_scores` of reference validation cells, the null the threshold comes from.
 
-        The same as for a query, except ``knn_graph``: a validation cell is smoothed over its
-        neighbours among reference training and validation cells (see
+        The same as for a query, except ``knn_graph`` and ``knn_class``: a validation cell is
+        smoothed over its neighbours among reference training and validation cells (see
         :meth:`~cellannot_core.novelty.LatentReference.knn_graph_reference`), since the
-        validation cells alone are too few and too sparse to stand for a query's graph.
+        validation cells alone are too few and too sparse to stand for a query's graph, and
+        ``knn_class`` gets no query-shift factor.
         """
-        latent = self.latent(X) if any(m in ("knn", "knn_graph", "mahalanobis") for m in methods) else None
+        latent = self.latent(X) if any(m in ("knn", "knn_graph", "knn_class", "mahalanobis") for m in methods) else None
+        if logits is None and "knn_class" in methods:
+            logits = self.logits(X)
         out = self.ood_scores(X, methods, logits=logits, latent=latent)
         if "knn_graph" in out:
             out["knn_graph"] = self.reference.knn_graph_reference(latent)
+        if "knn_class" in out:
+            out["knn_class"] = self.reference.knn_class_reference(latent, logits.argmax(1))
         return out
 
     def ood_score(self, X: np.ndarray) -> np.ndarray:

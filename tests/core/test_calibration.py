@@ -195,4 +195,30 @@ def test_latent_reference_subsamples_consistently():
 
 
 def test_every_ood_method_has_help():
-    assert set(OOD_METHODS) == set(OOD_HELP)
+    assert set(OOD_METHODS) | {"elbo"} == set(OOD_HELP)  # elbo: the generative models' extra score
+
+
+def test_knn_class_measures_each_class_against_its_own_shift():
+    rng = np.random.default_rng(3)
+    centres = np.array([[0.0, 0.0], [10.0, 0.0]])
+    ref_y = np.repeat([0, 1], 300)
+    ref = (centres[ref_y] + rng.normal(size=(600, 2))).astype(np.float32)
+    lr = LatentReference(ref, ref_y, k=10)
+    # query: class 0 spread wider than in the reference (a shifted known type), class 1 as in the
+    # reference (twice as many cells), and a small novel group next to class 1
+    q0 = centres[0] + rng.normal(scale=2.5, size=(200, 2))
+    q1 = centres[1] + rng.normal(size=(400, 2))
+    qn = np.array([10.0, 7.0]) + rng.normal(size=(40, 2))
+    q = np.vstack([q0, q1, qn]).astype(np.float32)
+    pred = np.r_[np.zeros(200), np.ones(440)].astype(int)  # the novel cells look most like class 1
+    s = lr.knn_class(q, pred)
+    assert np.mean(s[:200] > 1) < 0.2 and np.mean(s[200:600] > 1) < 0.2 and np.mean(s[600:] > 1) > 0.8
+    # a global threshold on knn_graph (95% of the reference null, median shift) rejects class 0 as a group
+    g = lr.knn_graph(q)
+    null = lr.knn_graph_reference(ref[:50])
+    t = np.quantile(null, 0.95) * max(1.0, np.median(g) / np.median(null))
+    assert np.mean(g[:200] > t) > 0.5
+    # the reference cells' own scores sit at the unit: ~95% of each class below 1
+    sv = lr.knn_class_reference(ref, ref_y)
+    assert 0.85 < np.mean(sv[ref_y == 0] <= 1) <= 1.0 and 0.85 < np.mean(sv[ref_y == 1] <= 1) <= 1.0
+    np.testing.assert_allclose(lr.knn_class(q, pred, graph=g), s)

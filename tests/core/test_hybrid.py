@@ -30,7 +30,7 @@ def fitted(prep):
 
 def test_labels_come_from_the_svm_and_the_latent_from_scanvi(prep, fitted):
     assert fitted.hparams["latent_model"] == "scanvi" and fitted.history["latent_model"] == "scanvi"
-    assert fitted.latent_model.name == "scanvi" and fitted.ood_method == "knn_graph"
+    assert fitted.latent_model.name == "scanvi" and fitted.ood_method == "knn_class"
     svm = create_model("svm_reject", prep.n_genes, prep.classes, seed=0, device="cpu")
     svm.fit(prep.train, prep.val)
     np.testing.assert_allclose(fitted.logits(prep.query.X), svm.logits(prep.query.X))
@@ -40,7 +40,7 @@ def test_labels_come_from_the_svm_and_the_latent_from_scanvi(prep, fitted):
     acc = (np.asarray(prep.classes)[fitted.predict_proba(prep.query.X).argmax(1)] == prep.query.labels)[known].mean()
     assert acc > 0.9
     scores = fitted.ood_scores(prep.query.X)
-    assert {"knn", "knn_graph", "mahalanobis", "maxprob", "energy", "elbo"} <= set(scores)
+    assert {"knn", "knn_graph", "knn_class", "mahalanobis", "maxprob", "energy", "elbo"} <= set(scores)
     assert auroc(scores["knn_graph"], ~known) > 0.8  # the novel type is far in scANVI's latent space
 
 
