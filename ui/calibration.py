@@ -92,10 +92,13 @@ def threshold_story(run: Run) -> str:
     method = str(rej.get("method"))
     if method in OOD_HELP:
         text += f" {method}: {OOD_HELP[method]}."
-    if method == "knn_graph":
+    if method in ("knn_graph", "knn_class"):
         text += (f" Its validation scores are smoothed the same way, over each validation cell's {GRAPH_K} "
                  "nearest reference cells (those scored leave-one-out), so the threshold is set on the "
                  "same kind of score.")
+    if method == "knn_class":
+        text += (" The score already allows for the shift of each predicted class between the studies, so "
+                 "the threshold is not scaled again.")
     if rej.get("threshold_overridden"):
         text += " (The threshold was set by hand for this run.)"
     return text

@@ -14,7 +14,9 @@ Averaging it over the query's 15-NN graph (``knn_graph``) raised the AUROC (0.90
 kang_ctrl, median of 5 seeds 0.94 on kang_sce) but not robustly the open-set accuracy: in 3 of 5
 kang_sce seeds the query's CD14 monocytes, shifted more than the other known types, crossed the
 threshold as a group (up to 65% of them called Unknown), since smoothing removes the noise that
-spreads a shifted type around the threshold. So ``knn`` is the default; ``knn_graph`` is a choice.
+spreads a shifted type around the threshold. Measuring each cell against its predicted class
+(``knn_class``: the class's own reference 95th percentile, raised by the query's shift of that
+class) kept the graph's gain without that failure, so it is the default.
 
 The latent model is scANVI when the reference has raw counts (``latent_model="auto"``) and
 CLAMS otherwise (its latent space, trained on log-expression); ``history['latent_model']`` says

@@ -87,5 +87,7 @@ def test_threshold_story_explains_the_score_and_its_null():
     text = threshold_story(SimpleNamespace(rejection=rej))
     assert "**knn_graph**" in text and "2.5" in text and "1.250" in text and "95%" in text
     assert "neighbourhood graph" in text and "leave-one-out" in text
+    cls = threshold_story(SimpleNamespace(rejection={**rej, "method": "knn_class", "shift_factor": 1.0}))
+    assert "leave-one-out" in cls and "predicted class" in cls and "not scaled again" in cls
     other = threshold_story(SimpleNamespace(rejection={**rej, "method": "maxprob", "shift_factor": 1.0}))
     assert "calibrated maximum class probability" in other and "leave-one-out" not in other
