@@ -29,7 +29,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..data import Split
-from ..novelty import OOD_METHODS
+from ..calibration import softmax
+from ..novelty import GRAPH_K, OOD_METHODS, graph_smooth
 from ._base import Model
 from .baselines import SvmReject
 from .registry import HParam, Supports, create_model, register
@@ -53,6 +54,9 @@ def _has_counts(split: Split) -> bool:
                                      choices=LATENT_MODELS),
               "max_epochs": HParam(0, "training epochs of the latent model (0 = its own default: scanvi 40, "
                                    "clams 30)", low=0, high=10000),
+              "smooth_k": HParam(GRAPH_K, "class probabilities of a cell = the mean SVM probabilities of its k "
+                                 "nearest neighbours (itself included) in the latent space, among the cells "
+                                 "labelled together (0 = the cell's own)", low=0, high=200),
               "C": HParam(1.0, "LinearSVC regularisation C of the labeller", low=1e-6, high=1e6),
               "cv": HParam(5, "folds of CalibratedClassifierCV", low=2, high=20, advanced=True),
               "ood_score": HParam("knn_class", "novelty score used for rejection (bench: the kNN distance in "
@@ -101,7 +105,15 @@ class ScanviSvm(Model):
         return self.history
 
     def logits(self, X: np.ndarray) -> np.ndarray:
-        return self.labeller.logits(X)
+        """Log of the SVM's calibrated probabilities, averaged over each cell's ``smooth_k``
+        nearest neighbours in the latent space among the rows of ``X`` (a query is labelled as a
+        whole: neighbours of one type agree, single-cell noise averages out)."""
+        k = int(self.hparams["smooth_k"])
+        if k <= 1 or len(X) < 2:
+            return self.labeller.logits(X)
+        proba = softmax(self.labeller.logits(X))
+        smoothed = graph_smooth(self.latent(X), proba, k=k)
+        return np.log(np.clip(smoothed, 1e-12, 1.0))
 
     def latent(self, X: np.ndarray) -> np.ndarray:
         return self._latent().latent(X)

@@ -222,3 +222,16 @@ def test_knn_class_measures_each_class_against_its_own_shift():
     sv = lr.knn_class_reference(ref, ref_y)
     assert 0.85 < np.mean(sv[ref_y == 0] <= 1) <= 1.0 and 0.85 < np.mean(sv[ref_y == 1] <= 1) <= 1.0
     np.testing.assert_allclose(lr.knn_class(q, pred, graph=g), s)
+
+
+def test_knn_class_unit_is_never_stricter_than_the_pooled_reference():
+    rng = np.random.default_rng(4)
+    y = np.repeat([0, 1], 200)
+    ref = (np.array([[0.0, 0.0], [20.0, 0.0]])[y] + rng.normal(size=(400, 2)) * np.where(y == 0, 0.2, 2.0)[:, None])
+    lr = LatentReference(ref.astype(np.float32), y, k=10)
+    unit, _ = lr._class_null()
+    d = np.sqrt(((ref[:, None] - ref[None]) ** 2).sum(-1))
+    loo = np.sort(d, axis=1)[:, 1:11].mean(1)
+    pooled = np.quantile(graph_smooth(ref.astype(np.float32), loo), 0.95)
+    assert unit[0] == pytest.approx(pooled, rel=1e-4)  # the tight class takes the pooled unit
+    assert unit[1] > pooled  # the wide class keeps its own, larger one

@@ -7,7 +7,9 @@ import dataclasses
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from sklearn.neighbors import NearestNeighbors
 
+from cellannot_core.calibration import softmax
 from cellannot_core.metrics import auroc
 from cellannot_core.models import create_model, load_model
 from conftest import make_prepared
@@ -33,7 +35,15 @@ def test_labels_come_from_the_svm_and_the_latent_from_scanvi(prep, fitted):
     assert fitted.latent_model.name == "scanvi" and fitted.ood_method == "knn_class"
     svm = create_model("svm_reject", prep.n_genes, prep.classes, seed=0, device="cpu")
     svm.fit(prep.train, prep.val)
-    np.testing.assert_allclose(fitted.logits(prep.query.X), svm.logits(prep.query.X))
+    # probabilities: the SVM's, averaged over each cell's 15 nearest query cells in the latent space
+    z, p_svm = fitted.latent(prep.query.X), softmax(svm.logits(prep.query.X))
+    _, idx = NearestNeighbors(n_neighbors=15).fit(z).kneighbors(z)
+    np.testing.assert_allclose(np.exp(fitted.logits(prep.query.X)), p_svm[idx].mean(1), rtol=1e-6, atol=1e-9)
+    fitted.hparams["smooth_k"] = 0
+    try:
+        np.testing.assert_allclose(fitted.logits(prep.query.X), svm.logits(prep.query.X))
+    finally:
+        fitted.hparams["smooth_k"] = 15
     np.testing.assert_array_equal(fitted.latent(prep.query.X), fitted.latent_model.latent(prep.query.X))
     assert fitted.history["epochs"] and fitted.history["unlabelled_used"]  # scANVI saw the query
     known = np.isin(prep.query.labels, prep.classes)
