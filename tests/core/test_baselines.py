@@ -12,6 +12,7 @@ from cellannot_core._constants import RunFiles
 from cellannot_core.errors import ConfigError
 from cellannot_core.models import MODELS, create_model, load_model
 from cellannot_core.models.baselines import seurat_unavailable
+from cellannot_core.novelty import OOD_METHODS
 from conftest import make_prepared
 
 NAMES = ["svm_reject", "scpred", "ingest", "logreg", "knn"]
@@ -48,7 +49,7 @@ def test_fit_predict_and_round_trip(name, prep, fitted):
     z = m.latent(X)
     assert z.shape == (n, 50)  # 50 reference principal components
     scores = m.ood_scores(X)
-    assert set(scores) == {"knn", "mahalanobis", "maxprob", "energy"} and all(len(v) == n for v in scores.values())
+    assert set(scores) == set(OOD_METHODS) and all(len(v) == n for v in scores.values())
     assert m.history["epochs"][0]["val_acc"] > 0.9 and not m.history["diverged"]
     # saved as arrays + JSON, nothing pickled
     assert sorted(p.name for p in d.iterdir()) == sorted([RunFiles.CONFIG, RunFiles.WEIGHTS])
