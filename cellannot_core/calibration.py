@@ -54,7 +54,7 @@ def threshold_for_acceptance(val_scores: np.ndarray, accept: float = 0.95) -> fl
     return float(np.quantile(s, accept))
 
 
-SHIFTABLE_SCORES = ("knn", "knn_graph", "mahalanobis")  # positive distances: a study/technology shift scales them
+SHIFTABLE_SCORES = ("knn", "knn_graph", "mahalanobis", "knn_logit")  # positive distances: a study/technology shift scales them
 
 
 def shift_factor(val_scores_median: float, query_scores: np.ndarray) -> float:

@@ -9,8 +9,9 @@ from scipy.special import logsumexp
 
 from .calibration import softmax
 
-OOD_METHODS = ("knn", "knn_graph", "knn_class", "mahalanobis", "maxprob", "energy")
+OOD_METHODS = ("knn", "knn_graph", "knn_class", "mahalanobis", "knn_logit", "maxprob", "energy")
 GRAPH_K = 15  # neighbours of the smoothing graph (scanpy's default n_neighbors)
+LOGIT_K = 50  # knn_logit: the k-th nearest reference cell (Sun et al. 2022 used k = 50 on CIFAR-10)
 CLASS_UNIT = 0.95  # knn_class: 1 = this quantile of the reference cells of the predicted class
 OOD_HELP = {
     "knn": "mean distance to the k nearest reference cells in the model's latent space",
@@ -20,6 +21,9 @@ OOD_HELP = {
                  "reference cells (scored leave-one-out, smoothed the same way; at least that of all reference "
                  "cells), raised by how much the query's cells of that class are shifted (median ratio)",
     "mahalanobis": "Mahalanobis distance to the nearest reference class centre in latent space (tied covariance)",
+    "knn_logit": f"distance to the {LOGIT_K}th nearest reference cell once every cell's logit vector is scaled to "
+                 "unit length (deep nearest neighbours, Sun et al. 2022, on the logits): high for a cell whose mix "
+                 "of class evidence few reference cells share, e.g. a type between two known ones",
     "maxprob": "1 - calibrated maximum class probability",
     "energy": "energy E(x) = -logsumexp(logits) (= -log p(x) up to a constant)",
     "elbo": "negative evidence lower bound of the cell's counts under the generative model (VAE family)",
@@ -35,20 +39,25 @@ def maxprob_score(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
 
 
 class LatentReference:
-    """Reference latents (subsampled) for distance-based novelty scores."""
+    """Reference latents (subsampled) for distance-based novelty scores, and optionally the
+    reference cells' logits (for :meth:`knn_logit`)."""
 
-    def __init__(self, latent: np.ndarray, y: np.ndarray, *, k: int = 10, max_cells: int = 10000,
-                 seed: int = 0) -> None:
+    def __init__(self, latent: np.ndarray, y: np.ndarray, *, logits: np.ndarray | None = None, k: int = 10,
+                 max_cells: int = 10000, seed: int = 0) -> None:
         latent = np.asarray(latent, dtype=np.float32)
         y = np.asarray(y)
+        logits = None if logits is None else np.asarray(logits, dtype=np.float32)
         if latent.shape[0] > max_cells:
             rng = np.random.default_rng(seed)
             keep = np.sort(rng.choice(latent.shape[0], max_cells, replace=False))
             latent, y = latent[keep], y[keep]
+            logits = None if logits is None else logits[keep]
         self.latent = latent
         self.y = y.astype(np.int64)
+        self.logits = logits
         self.k = int(min(k, len(latent)))
         self._nn = None
+        self._logit_nn = None
         self._maha = None
         self._null: tuple[np.ndarray, np.ndarray] | None = None
 
@@ -139,8 +148,34 @@ class LatentReference:
         d = np.stack([np.einsum("ij,jk,ik->i", z - m, prec, z - m) for m in means], axis=1)
         return np.sqrt(np.maximum(d.min(axis=1), 0))
 
+    def knn_logit(self, logits: np.ndarray, *, k: int = LOGIT_K) -> np.ndarray:
+        """Euclidean distance between unit-length logit vectors (a monotone map of the cosine
+        distance) to the ``k``-th nearest reference cell (``k`` shrinks to the reference size)."""
+        from sklearn.neighbors import NearestNeighbors
+
+        if self.logits is None:
+            raise ValueError("this reference keeps no logits (a model saved before the knn_logit score): "
+                             "train the model again to use knn_logit")
+        k = int(max(1, min(k, len(self.logits))))
+        if self._logit_nn is None or self._logit_nn.n_neighbors != k:
+            self._logit_nn = NearestNeighbors(n_neighbors=k).fit(unit_rows(self.logits))
+        d, _ = self._logit_nn.kneighbors(unit_rows(logits))
+        return d[:, -1].astype(np.float64)
+
     def arrays(self) -> dict[str, np.ndarray]:
-        return {"ref_latent": self.latent, "ref_y": self.y}
+        out = {"ref_latent": self.latent, "ref_y": self.y}
+        if self.logits is not None:
+            out["ref_logits"] = self.logits
+        return out
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit Euclidean length, as Sun et al. (2022) normalise features, not
+    centred (for an energy model the common level of the logits is log p(x), part of the
+    evidence; centring measured worse on kang_ctrl, see the README); all-zero rows stay zero."""
+    x = np.asarray(x, dtype=np.float32)
+    n = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.divide(x, n, out=np.zeros_like(x), where=n > 0)
 
 
 def graph_smooth(z: np.ndarray, scores: np.ndarray, *, k: int = GRAPH_K, pool: np.ndarray | None = None) -> np.ndarray:

@@ -83,8 +83,8 @@ class Model:
 
     def fit_reference(self, train: Split) -> None:
         """Keep reference latents for distance-based novelty scores."""
-        self.reference = LatentReference(self.latent(train.X), train.y, k=int(self.hparams.get("knn_k", 10)),
-                                         seed=self.seed)
+        self.reference = LatentReference(self.latent(train.X), train.y, logits=self.logits(train.X),
+                                         k=int(self.hparams.get("knn_k", 10)), seed=self.seed)
 
     def ood_scores(self, X: np.ndarray, methods: Sequence[str] = OOD_METHODS, *,
                    logits: np.ndarray | None = None, latent: np.ndarray | None = None) -> dict[str, np.ndarray]:
@@ -95,6 +95,17 @@ class Model:
                 if logits is None:
                     logits = self.logits(X)
                 out[m] = energy_score(logits) if m == "energy" else maxprob_score(logits, self.temperature)
+            elif m == "knn_logit":
+                if self.reference is None:
+                    raise RuntimeError("distance-based novelty needs fit_reference() after fit")
+                if self.reference.logits is None:  # a model saved before this score: skip it unless asked for
+                    if m == self.ood_method or len(methods) == 1:
+                        raise ConfigError("this saved model keeps no reference logits (it predates the knn_logit "
+                                          "score): train it again or choose another novelty score")
+                    continue
+                if logits is None:
+                    logits = self.logits(X)
+                out[m] = self.reference.knn_logit(logits)
             elif m in ("knn", "knn_graph", "knn_class", "mahalanobis"):
                 if self.reference is None:
                     raise RuntimeError("distance-based novelty needs fit_reference() after fit")
@@ -253,6 +264,7 @@ def load_model(directory: str | os.PathLike, *, device: str = "auto") -> Model:
                         "damaged: train it again") from None
     if "reference.ref_latent" in arrays:
         model.reference = LatentReference(arrays["reference.ref_latent"], arrays["reference.ref_y"],
+                                          logits=arrays.get("reference.ref_logits"),
                                           k=int(model.hparams.get("knn_k", 10)), seed=model.seed)
     model.temperature = float(cfg["temperature"])
     model.threshold = float(cfg["threshold"])

@@ -6,8 +6,8 @@ import pytest
 from scipy.spatial.distance import mahalanobis as scipy_mahalanobis
 
 from cellannot_core.calibration import fit_temperature, softmax, threshold_for_acceptance
-from cellannot_core.novelty import (GRAPH_K, OOD_HELP, OOD_METHODS, LatentReference, energy_score, graph_smooth,
-                                    maxprob_score)
+from cellannot_core.novelty import (GRAPH_K, LOGIT_K, OOD_HELP, OOD_METHODS, LatentReference, energy_score,
+                                    graph_smooth, maxprob_score)
 
 
 def _nll(logits, y, t):
@@ -192,6 +192,39 @@ def test_latent_reference_subsamples_consistently():
     assert np.all(np.diff(rows) > 0)
     arr = lr.arrays()
     assert set(arr) == {"ref_latent", "ref_y"} and arr["ref_y"].dtype == np.int64
+    # logits, when kept, follow their cells through the subsample and are saved with them
+    lr = LatentReference(latent, y, logits=latent * 3.0, max_cells=20, seed=3)
+    np.testing.assert_array_equal(lr.logits, lr.latent * 3.0)
+    assert set(lr.arrays()) == {"ref_latent", "ref_y", "ref_logits"}
+
+
+def test_knn_logit_equals_brute_force():
+    rng = np.random.default_rng(5)
+    ref_logits = rng.normal(size=(300, 4)).astype(np.float32)
+    lr = LatentReference(rng.normal(size=(300, 2)).astype(np.float32), rng.integers(0, 4, 300), logits=ref_logits)
+    q = rng.normal(size=(25, 4)).astype(np.float32)
+    unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)  # noqa: E731
+    d = np.sqrt(((unit(q)[:, None] - unit(ref_logits)[None]) ** 2).sum(-1))
+    np.testing.assert_allclose(lr.knn_logit(q), np.sort(d, axis=1)[:, LOGIT_K - 1], rtol=1e-5)
+    np.testing.assert_allclose(lr.knn_logit(q, k=3), np.sort(d, axis=1)[:, 2], rtol=1e-5)
+    # only the direction of a logit vector counts, and k shrinks to the reference size
+    np.testing.assert_allclose(lr.knn_logit(5.0 * q), lr.knn_logit(q), rtol=1e-5)
+    np.testing.assert_allclose(lr.knn_logit(q, k=1000), np.sort(d, axis=1)[:, -1], rtol=1e-5)
+
+
+def test_knn_logit_flags_a_mix_of_class_evidence_the_reference_lacks():
+    """Cells between two known types (evidence for both, as CD8 T cells between the reference's
+    CD4 T and NK cells) score high although their largest logit is as large as a known cell's."""
+    rng = np.random.default_rng(6)
+    y = np.repeat([0, 1, 2], 200)
+    ref_logits = (np.eye(3)[y] * 6.0 + rng.normal(scale=0.5, size=(600, 3))).astype(np.float32)
+    lr = LatentReference(np.zeros((600, 1), np.float32), y, logits=ref_logits)
+    known = (np.eye(3)[rng.integers(0, 3, 100)] * 6.0 + rng.normal(scale=0.5, size=(100, 3))).astype(np.float32)
+    between = (np.array([6.0, 6.0, 0.0]) + rng.normal(scale=0.5, size=(100, 3))).astype(np.float32)
+    sk, sb = lr.knn_logit(known), lr.knn_logit(between)
+    assert np.quantile(sk, 0.95) < np.quantile(sb, 0.05)
+    with pytest.raises(ValueError, match="train the model again"):
+        LatentReference(np.zeros((5, 1), np.float32), np.zeros(5)).knn_logit(known)
 
 
 def test_every_ood_method_has_help():

@@ -112,6 +112,20 @@ def test_ood_scores_unknown_method(fitted, prep):
         fitted["clams"][0].ood_scores(prep.query.X[:3], ["bogus"])
 
 
+def test_models_saved_without_reference_logits_skip_knn_logit(fitted, prep):
+    """A model saved before the knn_logit score (no reference logits) still labels a query with
+    its own score; asking for knn_logit itself says to retrain."""
+    import copy
+
+    m = copy.deepcopy(fitted["resnet"][0])
+    m.reference.logits = None
+    m.ood_method = "mahalanobis"
+    scores = m.ood_scores(prep.query.X)
+    assert "knn_logit" not in scores and set(scores) == set(OOD_METHODS) - {"knn_logit"}
+    with pytest.raises(ConfigError, match="train it again"):
+        m.ood_scores(prep.query.X, ["knn_logit"])
+
+
 def test_knn_score_needs_reference():
     m = create_model("resnet", 10, ["a", "b"], device="cpu", hparams=tiny("resnet"))
     with pytest.raises(RuntimeError):

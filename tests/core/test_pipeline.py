@@ -12,6 +12,7 @@ import pytest
 
 from cellannot_core._constants import DEFAULT_MODEL, UNKNOWN, OutKeys, RunFiles
 from cellannot_core.errors import Cancelled, DataError
+from cellannot_core.novelty import OOD_METHODS
 from cellannot_core.pipeline import AnnotateOptions, annotate, predict_with_bundle
 from cellannot_core.runs import RunDir, RunProgress
 from cellannot_core.train import CancelToken
@@ -192,7 +193,7 @@ def test_run_dir_arrays(run):
     assert arrays["val_logits"].shape == (n_val, K) and arrays["val_y"].shape == (n_val,)
     assert arrays["query_latent"].shape == (300, 16) and arrays["query_logits"].shape == (300, K)
     assert arrays["ref_latent"].shape[0] == arrays["ref_y"].shape[0] == run["res"].prepared.train.n_obs
-    for m in ("knn", "mahalanobis", "maxprob", "energy"):
+    for m in OOD_METHODS:
         assert arrays[f"val_score_{m}"].shape == (n_val,) and arrays[f"query_score_{m}"].shape == (300,)
     np.testing.assert_allclose(arrays[f"query_score_{run['res'].model.ood_method}"], run["out"].obs[OutKeys.OOD_SCORE], rtol=1e-5)
     for v in arrays.values():
