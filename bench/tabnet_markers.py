@@ -4,6 +4,7 @@ Usage::
 
     CELLANNOT_NUM_THREADS=1 .venv/bin/python bench/tabnet_markers.py              # kang_ctrl reference
     CELLANNOT_NUM_THREADS=1 .venv/bin/python bench/tabnet_markers.py --task kang_sce --top 20
+    CELLANNOT_NUM_THREADS=1 .venv/bin/python bench/tabnet_markers.py --seed 1 --hparam gene_dropout=0.3
 
 Trains ``tabnet`` with its defaults on the task's reference exactly as ``annotate`` does, takes
 the explain matrix of the reference training cells and prints, under each gene ranking
@@ -41,13 +42,17 @@ def main() -> int:
     ap.add_argument("--task", default="kang_ctrl", choices=list(TASKS))
     ap.add_argument("--top", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--hparam", action="append", default=[], metavar="NAME=VALUE", help="a tabnet setting")
     args = ap.parse_args()
+    pairs = [h.split("=", 1) for h in args.hparam]
+    if any(len(p) != 2 for p in pairs):
+        sys.exit("error: --hparam takes NAME=VALUE")
 
     from cellannot_core.models.tabnet import DEFAULT_RANKING, RANKINGS, class_importance, top_genes_per_class
     from cellannot_core.pipeline import AnnotateOptions, prepare_data, train_model
 
     ref_f, q_f = TASKS[args.task]
-    opts = AnnotateOptions(label_key=LABEL_KEY, model="tabnet", seed=args.seed)
+    opts = AnnotateOptions(label_key=LABEL_KEY, model="tabnet", seed=args.seed, hparams=dict(pairs))
     prep = prepare_data(DATA / ref_f, DATA / q_f, opts)
     m = train_model(prep, opts)
     acc = float(np.mean(m.predict_proba(prep.val.X).argmax(1) == prep.val.y))
