@@ -82,8 +82,11 @@ def balanced_class_weights(y: np.ndarray, n_classes: int) -> np.ndarray:
               "virtual_batch_size": HParam(128, "ghost batch norm: rows per virtual batch", low=2, high=4096,
                                            advanced=True),
               "momentum": HParam(0.02, "batch-norm momentum", low=0.0, high=1.0, advanced=True),
-              "gene_dropout": HParam(0.1, "training augmentation (not in SIMS): each gene's expression is set to "
-                                     "zero with this probability", low=0.0, high=0.9, advanced=True),
+              "gene_dropout": HParam(0.3, "training augmentation (not in SIMS): each gene's expression is set to "
+                                     "zero with this probability; it also spreads the masks over correlated marker "
+                                     "genes (bench/tabnet_markers.py, kang_ctrl: with 0.1 one seed of 3 put no mask "
+                                     "weight on LYZ, S100A8, S100A9 or CD14 in monocytes; with 0.3 none)",
+                                     low=0.0, high=0.9, advanced=True),
               "input_noise": HParam(0.0, "training augmentation (not in SIMS): Gaussian noise added to the "
                                     "standardised inputs", low=0.0, high=2.0, advanced=True),
               "class_weights": HParam(True, "weight the loss by inverse class frequency (sklearn 'balanced')",
