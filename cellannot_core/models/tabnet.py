@@ -85,7 +85,7 @@ def balanced_class_weights(y: np.ndarray, n_classes: int) -> np.ndarray:
               "gene_dropout": HParam(0.3, "training augmentation (not in SIMS): each gene's expression is set to "
                                      "zero with this probability; it also spreads the masks over correlated marker "
                                      "genes (bench/tabnet_markers.py, kang_ctrl: with 0.1 one seed of 3 put no mask "
-                                     "weight on LYZ, S100A8, S100A9 or CD14 in monocytes; with 0.3 none)",
+                                     "weight on LYZ, S100A8, S100A9 or CD14 in monocytes; with 0.3 no seed of 5)",
                                      low=0.0, high=0.9, advanced=True),
               "input_noise": HParam(0.0, "training augmentation (not in SIMS): Gaussian noise added to the "
                                     "standardised inputs", low=0.0, high=2.0, advanced=True),
