@@ -98,8 +98,8 @@ class Model:
             elif m == "knn_logit":
                 if self.reference is None:
                     raise RuntimeError("distance-based novelty needs fit_reference() after fit")
-                if self.reference.logits is None:  # a model saved before this score: skip it unless asked for
-                    if m == self.ood_method or len(methods) == 1:
+                if self.reference.logits is None:  # a model saved before this score: left out of "every score"
+                    if m == self.ood_method or not set(OOD_METHODS) <= set(methods):
                         raise ConfigError("this saved model keeps no reference logits (it predates the knn_logit "
                                           "score): train it again or choose another novelty score")
                     continue

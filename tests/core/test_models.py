@@ -122,8 +122,9 @@ def test_models_saved_without_reference_logits_skip_knn_logit(fitted, prep):
     m.ood_method = "mahalanobis"
     scores = m.ood_scores(prep.query.X)
     assert "knn_logit" not in scores and set(scores) == set(OOD_METHODS) - {"knn_logit"}
-    with pytest.raises(ConfigError, match="train it again"):
-        m.ood_scores(prep.query.X, ["knn_logit"])
+    for asked in (["knn_logit"], ["knn_logit", "maxprob"]):
+        with pytest.raises(ConfigError, match="train it again"):
+            m.ood_scores(prep.query.X, asked)
 
 
 def test_knn_score_needs_reference():
