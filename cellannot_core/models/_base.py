@@ -95,20 +95,19 @@ class Model:
                 if logits is None:
                     logits = self.logits(X)
                 out[m] = energy_score(logits) if m == "energy" else maxprob_score(logits, self.temperature)
-            elif m == "knn_logit":
+            elif m in ("knn", "knn_graph", "knn_class", "mahalanobis", "knn_logit"):
                 if self.reference is None:
                     raise RuntimeError("distance-based novelty needs fit_reference() after fit")
-                if self.reference.logits is None:  # a model saved before this score: left out of "every score"
-                    if m == self.ood_method or not set(OOD_METHODS) <= set(methods):
-                        raise ConfigError("this saved model keeps no reference logits (it predates the knn_logit "
-                                          "score): train it again or choose another novelty score")
+                if m == "knn_logit":
+                    if self.reference.logits is None:  # a model saved before this score: left out of "every score"
+                        if m == self.ood_method or not set(OOD_METHODS) <= set(methods):
+                            raise ConfigError("this saved model keeps no reference logits (it predates the "
+                                              "knn_logit score): train it again or choose another novelty score")
+                        continue
+                    if logits is None:
+                        logits = self.logits(X)
+                    out[m] = self.reference.knn_logit(logits)
                     continue
-                if logits is None:
-                    logits = self.logits(X)
-                out[m] = self.reference.knn_logit(logits)
-            elif m in ("knn", "knn_graph", "knn_class", "mahalanobis"):
-                if self.reference is None:
-                    raise RuntimeError("distance-based novelty needs fit_reference() after fit")
                 if latent is None:
                     latent = self.latent(X)
                 if m == "knn_class":
