@@ -13,13 +13,18 @@ OOD_METHODS = ("knn", "knn_graph", "knn_class", "mahalanobis", "knn_logit", "max
 GRAPH_K = 15  # neighbours of the smoothing graph (scanpy's default n_neighbors)
 LOGIT_K = 50  # knn_logit: the k-th nearest reference cell (CLAMS kang_ctrl: k = 10 / 20 / 100 did no better)
 CLASS_UNIT = 0.95  # knn_class: 1 = this quantile of the reference cells of the predicted class
+SINGLE_CELL_UNIT = 0.99  # knn_class: a cell of an accepted query cluster is Unknown beyond this reference quantile
+SHIFT_QUANTILE = 0.25  # knn_class: the query shift compares this quantile of query and reference (breakdown 75%)
 OOD_HELP = {
     "knn": "mean distance to the k nearest reference cells in the model's latent space",
     "knn_graph": f"the kNN score averaged over the cell's {GRAPH_K} nearest neighbours among the cells scored "
                  "together (the query's own neighbourhood graph): novel types form groups, noise averages out",
     "knn_class": "knn_graph relative to the cell's predicted class: 1 = the 95th percentile of that class's "
                  "reference cells (scored leave-one-out, smoothed the same way; at least that of all reference "
-                 "cells), raised by how much the query's cells of that class are shifted (median ratio)",
+                 "cells), times one shift factor for the whole query (its lower quartile against the "
+                 "reference's: novel cells cannot move it unless they are over three quarters of the query); "
+                 "decided by group: a query cluster (Leiden) whose median cell is above 1 is Unknown as a group, "
+                 "a cell of another cluster only beyond the reference's 99th percentile",
     "mahalanobis": "Mahalanobis distance to the nearest reference class centre in latent space (tied covariance)",
     "knn_logit": f"distance to the {LOGIT_K}th nearest reference cell once every cell's logit vector is scaled to "
                  "unit length (deep nearest neighbours, Sun et al. 2022, on the logits): high for a cell whose mix "
@@ -60,6 +65,7 @@ class LatentReference:
         self._logit_nn = None
         self._maha = None
         self._null: tuple[np.ndarray, np.ndarray] | None = None
+        self._null_scores: np.ndarray | None = None
 
     def knn(self, z: np.ndarray) -> np.ndarray:
         from sklearn.neighbors import NearestNeighbors
@@ -98,6 +104,7 @@ class LatentReference:
             d, _ = self._nn.kneighbors(self.latent, n_neighbors=min(self.k + 1, len(self.latent)))
             loo = d[:, 1:].mean(axis=1) if d.shape[1] > 1 else d[:, 0]
             null = graph_smooth(self.latent, loo)
+            self._null_scores = null
             n_cls = int(self.y.max()) + 1 if len(self.y) else 0
             unit, med = np.full(n_cls, np.nan), np.full(n_cls, np.nan)
             for c in range(n_cls):
@@ -112,23 +119,76 @@ class LatentReference:
             self._null = (unit, med)
         return self._null
 
-    def knn_class(self, z: np.ndarray, pred: np.ndarray, *, graph: np.ndarray | None = None) -> np.ndarray:
-        """``knn_graph / t_c`` with ``c`` the cell's predicted class and
-        ``t_c = unit_c * max(1, median(knn_graph of the cells predicted c) / median_c)``.
+    def query_shift(self, graph: np.ndarray, pred: np.ndarray) -> float:
+        """How much farther from the reference the query's known cells are than reference cells:
+        ``max(1, Q(graph / median_c(pred)) / Q(null / median_c(y)))`` with ``Q`` the
+        :data:`SHIFT_QUANTILE` quantile over *all* query cells (each scaled by its predicted
+        class's reference median) and over the reference cells' leave-one-out null.
 
-        Class-conditional: a known type that the query shifts more than the others (e.g. monocytes
-        between studies) is measured against its own shift instead of crossing a global threshold
-        as a group. ``graph`` reuses already computed :meth:`knn_graph` scores of ``z``.
+        One factor for the whole query, from its lower quartile: a quarter of the query's cells
+        must be known for the estimate to hold, so novel cells cannot move it until they are over
+        three quarters of the query, however they are spread over the predicted classes. A
+        per-class factor (the rule before) is estimated from the cells predicted as that class,
+        which a large novel population predicted as one class *is*: it raised that class's
+        threshold until the novel cells were accepted (bench/novelty_stress.py).
         """
-        unit, med = self._class_null()
+        _, med = self._class_null()
+        g = np.asarray(graph, dtype=np.float64)
+        pred = np.asarray(pred, dtype=np.int64)
+        if len(g) == 0:
+            return 1.0
+        null = self._null_scores / med[self.y]
+        ratio = float(np.quantile(g / med[pred], SHIFT_QUANTILE)) / float(np.quantile(null, SHIFT_QUANTILE))
+        return max(1.0, ratio) if np.isfinite(ratio) else 1.0
+
+    def knn_class(self, z: np.ndarray, pred: np.ndarray, *, graph: np.ndarray | None = None) -> np.ndarray:
+        """``knn_graph / (unit_c * F)`` with ``c`` the cell's predicted class, ``unit_c`` the
+        :data:`CLASS_UNIT` quantile of that class's reference cells (at least that of all
+        reference cells) and ``F`` the query's :meth:`query_shift`.
+
+        Class-conditional units keep a wide reference type from flooding the others' threshold
+        and a tight one from rejecting its own natural variation; the shift between the studies
+        is one robust factor for the whole query. ``graph`` reuses already computed
+        :meth:`knn_graph` scores of ``z``.
+        """
+        unit, _ = self._class_null()
         g = self.knn_graph(z) if graph is None else np.asarray(graph, dtype=np.float64)
         pred = np.asarray(pred, dtype=np.int64)
-        t = unit.copy()
+        s = g / (unit[pred] * self.query_shift(g, pred))
+        if len(s) < 2 * GRAPH_K:
+            return s
+        # decisions by group: a query cluster whose median cell is beyond the unit is novel as a
+        # group; a cell of an accepted cluster needs to be beyond the reference's 99th percentile
+        # (its neighbours vouch for it), so the tail of a shifted known type is not cut off cell by cell
+        cl = query_clusters(z)
+        med = np.array([np.median(s[cl == c]) for c in range(cl.max() + 1)])
+        return np.maximum(med[cl], s * self.single_cell_scale())
+
+    def single_cell_scale(self) -> float:
+        """``Q95 / Q99`` of the reference's unit-scaled null: a lone cell counts as Unknown at
+        the 99th percentile of the reference cells instead of the 95th."""
+        unit, _ = self._class_null()
+        r = self._null_scores / unit[self.y]
+        return float(np.quantile(r, CLASS_UNIT) / np.quantile(r, SINGLE_CELL_UNIT))
+
+    def class_table(self, graph: np.ndarray, pred: np.ndarray, threshold: float) -> list[dict]:
+        """Per reference class: reference cells, the unit, the query shift, the effective
+        threshold on ``knn_graph`` (``unit * shift * threshold``), query cells predicted as the
+        class. For the app's "why Unknown" table and the run card (which adds the run's own
+        Unknown count per class: with the group decisions of :meth:`knn_class` a cell below its
+        class's threshold can be Unknown with its cluster, and one above it kept)."""
+        unit, med = self._class_null()
+        g = np.asarray(graph, dtype=np.float64)
+        pred = np.asarray(pred, dtype=np.int64)
+        f = self.query_shift(g, pred)
+        rows = []
         for c in range(len(unit)):
             sel = pred == c
-            if sel.any():
-                t[c] = unit[c] * max(1.0, float(np.median(g[sel])) / med[c])
-        return g / t[pred]
+            t = float(unit[c] * f * threshold)
+            rows.append({"class": c, "n_reference": int((self.y == c).sum()), "unit": float(unit[c]),
+                         "reference_median": float(med[c]), "shift": f, "threshold_knn_graph": t,
+                         "n_predicted": int(sel.sum()), "n_above_threshold": int((g[sel] > t).sum())})
+        return rows
 
     def knn_class_reference(self, z_val: np.ndarray, pred_val: np.ndarray) -> np.ndarray:
         """The same score for reference validation cells (the threshold's null): their
@@ -192,3 +252,28 @@ def graph_smooth(z: np.ndarray, scores: np.ndarray, *, k: int = GRAPH_K, pool: n
     k = int(max(1, min(k, len(pool))))
     _, idx = NearestNeighbors(n_neighbors=k).fit(pool).kneighbors(z)
     return scores[idx].mean(axis=1)
+
+
+
+def query_clusters(z: np.ndarray, *, k: int = GRAPH_K, resolution: float = 1.0, seed: int = 0) -> np.ndarray:
+    """Leiden clusters (modularity, igraph) of the symmetrised ``k``-NN graph of ``z``; labels 0..K-1."""
+    import igraph as ig
+    from sklearn.neighbors import kneighbors_graph
+
+    z = np.asarray(z, dtype=np.float32)
+    if len(z) < 3:
+        return np.zeros(len(z), dtype=np.int64)
+    a = kneighbors_graph(z, n_neighbors=int(min(k, len(z) - 1)), include_self=False)
+    a = a.maximum(a.T).tocoo()
+    keep = a.row < a.col
+    graph = ig.Graph(n=len(z), edges=np.column_stack([a.row[keep], a.col[keep]]).tolist())
+    import random
+
+    state = random.getstate()
+    random.seed(seed)  # igraph draws from Python's random module
+    try:
+        member = graph.community_leiden(objective_function="modularity", resolution=resolution,
+                                        n_iterations=2).membership
+    finally:
+        random.setstate(state)
+    return np.unique(np.asarray(member), return_inverse=True)[1].astype(np.int64)

@@ -158,6 +158,7 @@ def run_card(model, prepared: Prepared, opts: AnnotateOptions, preds: Prediction
                                  "score) to allow for the study/technology shift" if preds.shift_factor != 1.0 else "")
                               + ("; overridden by the user" if opts.threshold is not None else "") + ".")},
         "validation": model.calibration,
+        "unknown_by_class": unknown_by_class(model, preds),
         "training": {k: v for k, v in hist.items() if k != "epochs"} | {"n_epochs": len(hist.get("epochs", [])),
                                                                        "seconds": round(train_seconds, 2)},
         "unknown_fraction": float(np.mean(preds.is_unknown)) if len(preds.is_unknown) else 0.0,
@@ -165,6 +166,25 @@ def run_card(model, prepared: Prepared, opts: AnnotateOptions, preds: Prediction
         "query_metrics": query_metrics or {},
         "latent_quality": latent_quality_of(model, prepared, preds),
     }
+
+
+def unknown_by_class(model, preds: Predictions) -> list[dict[str, Any]]:
+    """Per predicted class: query cells, how many are Unknown and, for ``knn_class``, how that
+    class's threshold was made (reference cells, the unit, the query shift, the threshold on the
+    kNN distance); for other scores the one threshold applies to every class."""
+    classes = list(model.classes)
+    pred = preds.proba.argmax(1) if len(preds.proba) else np.zeros(0, dtype=int)
+    rows: list[dict[str, Any]]
+    if model.ood_method == "knn_class" and model.reference is not None and "knn_graph" in preds.scores:
+        rows = model.reference.class_table(preds.scores["knn_graph"], pred, preds.threshold)
+    else:
+        rows = [{"class": c} for c in range(len(classes))]
+    for r in rows:
+        sel = pred == r["class"]
+        r["class"] = classes[r["class"]]
+        r["n_predicted"] = int(sel.sum())
+        r["n_unknown"] = int(preds.is_unknown[sel].sum())  # the run's own calls (group decisions included)
+    return rows
 
 
 def latent_quality_of(model, prepared: Prepared, preds: Predictions) -> dict[str, Any]:

@@ -22,6 +22,14 @@ st.caption("Temperature scaling divides the logits by one number T fitted on ref
 
 st.subheader("Unknown calls")
 st.markdown(cal.threshold_story(run))
+table = cal.class_table(run)
+if table is not None:
+    st.markdown("**Why cells were called Unknown, by predicted class**: a cell is measured against the "
+                "reference cells of the class it looks most like; the threshold is that class's 95th percentile "
+                "in the reference, times the query's shift factor.")
+    st.dataframe(table, hide_index=True, key="unknown_by_class",
+                 column_config={"Share Unknown": st.column_config.ProgressColumn(format="percent", min_value=0,
+                                                                                 max_value=1)})
 methods = run.score_methods()
 card_method = run.rejection.get("method")
 method = st.selectbox("Novelty score", methods, index=methods.index(card_method) if card_method in methods else 0,

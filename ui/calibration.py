@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from cellannot_core._constants import OutKeys
 from ui.results import Run
@@ -97,8 +98,35 @@ def threshold_story(run: Run) -> str:
                  "nearest reference cells (those scored leave-one-out), so the threshold is set on the "
                  "same kind of score.")
     if method == "knn_class":
-        text += (" The score already allows for the shift of each predicted class between the studies, so "
-                 "the threshold is not scaled again.")
+        text += (" The score already allows for the shift between the studies (one factor for the whole query, "
+                 "from its lower quartile, so a large novel population cannot raise it), so the threshold is not "
+                 "scaled again. Cells are judged in groups: a cluster of query cells whose typical cell is beyond "
+                 "the threshold is Unknown as a whole, while a single cell in an accepted cluster is Unknown only "
+                 "beyond the reference's 99th percentile. The table below gives each class's numbers.")
     if rej.get("threshold_overridden"):
         text += " (The threshold was set by hand for this run.)"
     return text
+
+
+CLASS_TABLE_COLUMNS = {
+    "class": "Predicted class",
+    "n_predicted": "Query cells",
+    "n_unknown": "Called Unknown",
+    "share_unknown": "Share Unknown",
+    "n_reference": "Reference cells",
+    "unit": "Reference 95th percentile",
+    "shift": "Query shift factor",
+    "threshold_knn_graph": "Threshold (kNN distance)",
+}
+
+
+def class_table(run: Run) -> pd.DataFrame | None:
+    """The run card's Unknown calls per predicted class, with how each class's threshold was made
+    (``knn_class``), as a display table; None for runs made before the card kept it."""
+    rows = run.card.get("unknown_by_class")
+    if not rows:
+        return None
+    df = pd.DataFrame(rows)
+    df["share_unknown"] = df["n_unknown"] / df["n_predicted"].where(df["n_predicted"] > 0)
+    cols = [c for c in CLASS_TABLE_COLUMNS if c in df.columns]
+    return df[cols].rename(columns=CLASS_TABLE_COLUMNS)

@@ -91,3 +91,23 @@ def test_threshold_story_explains_the_score_and_its_null():
     assert "leave-one-out" in cls and "predicted class" in cls and "not scaled again" in cls
     other = threshold_story(SimpleNamespace(rejection={**rej, "method": "maxprob", "shift_factor": 1.0}))
     assert "calibrated maximum class probability" in other and "leave-one-out" not in other
+
+
+def test_unknown_calls_by_class_say_how_each_threshold_was_made(tmp_path, monkeypatch):
+    monkeypatch.setenv("CELLANNOT_RUNS", str(tmp_path))
+    run_id = make_run(tmp_path, query_labels=True, hparams={"ood_score": "knn_class"})
+    card = json.loads((tmp_path / run_id / "run_card.json").read_text())
+    rows = card["unknown_by_class"]
+    assert [r["class"] for r in rows] == card["classes"]
+    assert sum(r["n_predicted"] for r in rows) == 250
+    assert sum(r["n_unknown"] for r in rows) == round(card["unknown_fraction"] * 250)
+    assert all(r["threshold_knn_graph"] == pytest.approx(r["unit"] * r["shift"] * card["rejection"]["threshold"])
+               for r in rows)
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    at.session_state[StateKeys.RUN_ID] = run_id
+    at.switch_page("pages/calibration.py").run()
+    assert not at.exception
+    table = next(d.value for d in at.dataframe if "Query shift factor" in d.value.columns)
+    assert list(table["Predicted class"]) == card["classes"]
+    assert list(table["Called Unknown"]) == [r["n_unknown"] for r in rows]
+    assert "cannot raise it" in " ".join(m.value for m in at.markdown)

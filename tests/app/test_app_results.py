@@ -22,10 +22,11 @@ LABEL = "cell_type_harmonized"
 TINY = {"hidden": "32,16", "blocks": "1,1", "n_hidden": 32, "n_d": 8, "n_a": 8, "batch_size": 32, "backend": "exact"}
 
 
-def make_run(root: Path, *, query_labels: bool, model: str = "resnet", n_generate: int = 0, seed: int = 0) -> str:
+def make_run(root: Path, *, query_labels: bool, model: str = "resnet", n_generate: int = 0, seed: int = 0,
+             hparams: dict | None = None) -> str:
     """A finished tiny run (300 reference, 250 query demo cells) in ``root``."""
     ref, qry = demo_subset(300, 250, seed)
-    hp = {k: v for k, v in TINY.items() if k in get_spec(model).hparams}
+    hp = {k: v for k, v in TINY.items() if k in get_spec(model).hparams} | (hparams or {})
     rd = RunDir.create(root, model=model)
     annotate(ref, qry, AnnotateOptions(label_key=LABEL, query_label_key=LABEL if query_labels else None,
                                        model=model, hparams=hp, max_epochs=2, n_top_genes=200,

@@ -231,30 +231,78 @@ def test_every_ood_method_has_help():
     assert set(OOD_METHODS) | {"elbo"} == set(OOD_HELP)  # elbo: the generative models' extra score
 
 
-def test_knn_class_measures_each_class_against_its_own_shift():
-    rng = np.random.default_rng(3)
-    centres = np.array([[0.0, 0.0], [10.0, 0.0]])
-    ref_y = np.repeat([0, 1], 300)
-    ref = (centres[ref_y] + rng.normal(size=(600, 2))).astype(np.float32)
+def _blobs(rng, n_per_class, centres, scale=1.0, dim=8):
+    y = np.repeat(np.arange(len(centres)), n_per_class)
+    return (np.asarray(centres)[y] + rng.normal(scale=scale, size=(len(y), dim))).astype(np.float32), y
+
+
+def _centres(dim=8):
+    c = np.zeros((4, dim))
+    c[1, 0], c[2, 1], c[3, 0] = 12.0, 12.0, 5.0  # class 3 is not in the reference: a novel type next to class 0
+    c[3, 2] = 5.0
+    return c
+
+
+def test_knn_class_a_large_novel_group_predicted_as_one_class_is_unknown():
+    """Issue 12: 40% of the query is a type the reference lacks and is predicted as class 0. The
+    rule before (each class's threshold raised by the median shift of the cells predicted as that
+    class) let the novel group raise class 0's threshold until it was accepted."""
+    rng = np.random.default_rng(5)
+    centres = _centres()
+    ref, ref_y = _blobs(rng, 300, centres[:3])
     lr = LatentReference(ref, ref_y, k=10)
-    # query: class 0 spread wider than in the reference (a shifted known type), class 1 as in the
-    # reference (twice as many cells), and a small novel group next to class 1
-    q0 = centres[0] + rng.normal(scale=2.5, size=(200, 2))
-    q1 = centres[1] + rng.normal(size=(400, 2))
-    qn = np.array([10.0, 7.0]) + rng.normal(size=(40, 2))
-    q = np.vstack([q0, q1, qn]).astype(np.float32)
-    pred = np.r_[np.zeros(200), np.ones(440)].astype(int)  # the novel cells look most like class 1
+    known, known_y = _blobs(rng, 200, centres[:3], scale=1.15)  # the other study: slightly wider
+    novel, _ = _blobs(rng, 400, centres[3:], scale=1.15)
+    q = np.vstack([known, novel])
+    pred = np.r_[known_y, np.zeros(400, dtype=int)]
     s = lr.knn_class(q, pred)
-    assert np.mean(s[:200] > 1) < 0.2 and np.mean(s[200:600] > 1) < 0.2 and np.mean(s[600:] > 1) > 0.8
-    # a global threshold on knn_graph (95% of the reference null, median shift) rejects class 0 as a group
+    assert np.mean(s[600:] > 1) > 0.9  # the novel group is Unknown
+    assert np.mean(s[:600] > 1) < 0.1  # the known cells are not
+    # the old rule's class factor, from the cells predicted as class 0, would accept most of them
     g = lr.knn_graph(q)
-    null = lr.knn_graph_reference(ref[:50])
-    t = np.quantile(null, 0.95) * max(1.0, np.median(g) / np.median(null))
-    assert np.mean(g[:200] > t) > 0.5
+    unit, med = lr._class_null()
+    old = g / (unit[pred] * np.maximum(1.0, np.array([np.median(g[pred == c]) for c in range(3)]) / med)[pred])
+    assert np.mean(old[600:] > 1) < 0.5
+
+
+def test_knn_class_closed_set_with_a_study_shift_rejects_almost_nothing():
+    rng = np.random.default_rng(6)
+    centres = _centres()
+    ref, ref_y = _blobs(rng, 300, centres[:3])
+    lr = LatentReference(ref, ref_y, k=10)
+    # every known type wider and displaced in the query (another study), nothing novel
+    q, qy = _blobs(rng, 300, centres[:3] + 0.3, scale=1.15)
+    s = lr.knn_class(q, qy)
+    assert lr.query_shift(lr.knn_graph(q), qy) > 1.1  # the shift is seen ...
+    assert np.mean(s > 1) < 0.08  # ... and allowed for
+    # deciding by query cluster halves what a per-cell cut at the same unit rejects
+    g = lr.knn_graph(q)
+    unit, _ = lr._class_null()
+    assert np.mean(s > 1) < 0.5 * np.mean(g / (unit[qy] * lr.query_shift(g, qy)) > 1)
+    np.testing.assert_allclose(lr.knn_class(q, qy, graph=lr.knn_graph(q)), s)
     # the reference cells' own scores sit at the unit: ~95% of each class below 1
     sv = lr.knn_class_reference(ref, ref_y)
-    assert 0.85 < np.mean(sv[ref_y == 0] <= 1) <= 1.0 and 0.85 < np.mean(sv[ref_y == 1] <= 1) <= 1.0
-    np.testing.assert_allclose(lr.knn_class(q, pred, graph=g), s)
+    for c in range(3):
+        assert 0.85 < np.mean(sv[ref_y == c] <= 1) <= 1.0
+
+
+def test_knn_class_shift_breaks_down_only_past_three_quarters_novel():
+    rng = np.random.default_rng(7)
+    centres = _centres()
+    ref, ref_y = _blobs(rng, 300, centres[:3])
+    lr = LatentReference(ref, ref_y, k=10)
+    known, known_y = _blobs(rng, 100, centres[:3])
+    for n_novel in (100, 300, 600):  # 25%, 50%, 67% of the query
+        novel, _ = _blobs(rng, n_novel, centres[3:])
+        q = np.vstack([known, novel])
+        pred = np.r_[known_y, np.zeros(n_novel, dtype=int)]
+        f = lr.query_shift(lr.knn_graph(q), pred)
+        assert f < 1.3, n_novel  # the known cells fix the shift
+        assert np.mean(lr.knn_class(q, pred)[300:] > 1) > 0.9
+    table = lr.class_table(lr.knn_graph(q), pred, 1.0)
+    assert [r["n_predicted"] for r in table] == [100 + 600, 100, 100]
+    assert table[0]["n_above_threshold"] >= 0.9 * 600 and table[1]["n_above_threshold"] <= 10
+    assert all(r["shift"] == pytest.approx(f) and r["n_reference"] == 300 for r in table)
 
 
 def test_knn_class_unit_is_never_stricter_than_the_pooled_reference():

@@ -1,0 +1,140 @@
+"""Candidate rejection rules compared by bench/novelty_stress.py on the same trained models.
+
+Each rule takes the model's :class:`~cellannot_core.novelty.LatentReference`, the query's latent
+coordinates, predicted classes, calibrated probabilities and stored novelty scores, and returns
+``(score, unknown)``. ``class_median`` is the rule before issue 12 (a per-class shift from the
+median of the cells predicted as that class); ``global_q25`` is the one the default model now
+uses (``knn_class``: one shift for the whole query from its lower quartile).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from cellannot_core.novelty import GRAPH_K, LatentReference
+def _rule_class_factor(ref: LatentReference, g: np.ndarray, pred: np.ndarray, how: str) -> np.ndarray:
+    unit, med = ref._class_null()
+    null, y = ref._null_scores, ref.y
+    t = unit.copy()
+    if how == "none":
+        return t
+    if how in ("global_median", "global_q25"):
+        r_q, r_n = g / med[pred], null / med[y]
+        if how == "global_median":
+            f = max(1.0, float(np.median(r_q)))
+        else:
+            f = max(1.0, float(np.quantile(r_q, 0.25)) / float(np.quantile(r_n, 0.25)))
+        return t * f
+    for c in range(len(unit)):
+        sel = pred == c
+        if not sel.any():
+            continue
+        if how == "class_median":
+            t[c] = unit[c] * max(1.0, float(np.median(g[sel])) / med[c])
+        elif how == "class_q25":
+            nc = null[y == c] if (y == c).any() else null
+            t[c] = unit[c] * max(1.0, float(np.quantile(g[sel], 0.25)) / float(np.quantile(nc, 0.25)))
+    return t
+
+
+def _make_rule(how: str, maxprob_below: float | None = None):
+    def rule(ref, latent, pred, proba, scores):
+        g = scores["knn_graph"] if "knn_graph" in scores else ref.knn_graph(latent)
+        pred = np.asarray(pred, dtype=np.int64)
+        s = g / _rule_class_factor(ref, g, pred, how)[pred]
+        unknown = s > 1.0
+        if maxprob_below is not None:
+            unknown |= proba.max(1) < maxprob_below
+        return s, unknown
+    return rule
+
+
+def _bh(p: np.ndarray, alpha: float) -> np.ndarray:
+    """Benjamini-Hochberg rejections at level ``alpha``."""
+    m = len(p)
+    order = np.argsort(p)
+    ok = p[order] <= alpha * np.arange(1, m + 1) / m
+    out = np.zeros(m, dtype=bool)
+    if ok.any():
+        out[order[: np.flatnonzero(ok).max() + 1]] = True
+    return out
+
+
+def _make_bh_rule(alpha: float, shift: str = "q25", or_unit: bool = False):
+    def rule(ref, latent, pred, proba, scores):
+        g = scores["knn_graph"] if "knn_graph" in scores else ref.knn_graph(latent)
+        pred = np.asarray(pred, dtype=np.int64)
+        unit, _ = ref._class_null()
+        r_q, r_n = g / unit[pred], np.sort(ref._null_scores / unit[ref.y])
+        q = 0.25 if shift == "q25" else 0.5
+        f = max(1.0, float(np.quantile(r_q, q)) / float(np.quantile(r_n, q)))
+        s = r_q / f
+        pv = (1.0 + len(r_n) - np.searchsorted(r_n, s, side="left")) / (len(r_n) + 1.0)
+        unknown = _bh(pv, alpha)
+        if or_unit:
+            unknown |= s > float(np.quantile(r_n, 0.95)) / float(np.quantile(r_n, 0.95))
+        return s, unknown
+    return rule
+
+
+def _leiden(z: np.ndarray, k: int = GRAPH_K, resolution: float = 1.0, seed: int = 0) -> np.ndarray:
+    import igraph as ig
+    from sklearn.neighbors import kneighbors_graph
+
+    g = kneighbors_graph(np.asarray(z, dtype=np.float32), n_neighbors=min(k, len(z) - 1), include_self=False)
+    g = g.maximum(g.T).tocoo()
+    keep = g.row < g.col
+    graph = ig.Graph(n=len(z), edges=list(zip(g.row[keep].tolist(), g.col[keep].tolist())))
+    import random
+    random.seed(seed)
+    return np.asarray(graph.community_leiden(objective_function="modularity", resolution=resolution,
+                                             n_iterations=2).membership)
+
+
+def _make_vote_rule(keep_minority: bool):
+    base = _make_rule("global_q25")
+
+    def rule(ref, latent, pred, proba, scores):
+        s, unknown = base(ref, latent, pred, proba, scores)
+        cl = _leiden(latent)
+        out = unknown.copy() if keep_minority else np.zeros_like(unknown)
+        for c in np.unique(cl):
+            sel = cl == c
+            if np.median(s[sel]) > 1.0:
+                out[sel] = True
+        return s, out
+    return rule
+
+
+def _make_vote_q99_rule():
+    base = _make_rule("global_q25")
+
+    def rule(ref, latent, pred, proba, scores):
+        s, unknown = base(ref, latent, pred, proba, scores)
+        unit, _ = ref._class_null()
+        bar = float(np.quantile(ref._null_scores / unit[ref.y], 0.99)) / float(np.quantile(ref._null_scores / unit[ref.y], 0.95))
+        out = s > bar
+        cl = _leiden(latent)
+        for c in np.unique(cl):
+            sel = cl == c
+            if np.median(s[sel]) > 1.0:
+                out[sel] = True
+        return s, out
+    return rule
+
+
+RULES = {
+    "q25+vote+q99": _make_vote_q99_rule(),
+    "q25+vote_all": _make_vote_rule(False),
+    "q25+vote_keep": _make_vote_rule(True),
+    "bh05_q25": _make_bh_rule(0.05),
+    "bh10_q25": _make_bh_rule(0.10),
+    "bh10_q50": _make_bh_rule(0.10, "median"),
+    "bh10_q25|unit": _make_bh_rule(0.10, or_unit=True),
+    "class_median": _make_rule("class_median"),
+    "class_none": _make_rule("none"),
+    "class_q25": _make_rule("class_q25"),
+    "global_median": _make_rule("global_median"),
+    "global_q25": _make_rule("global_q25"),
+    "global_q25|p<0.5": _make_rule("global_q25", 0.5),
+    "class_q25|p<0.5": _make_rule("class_q25", 0.5),
+}

@@ -1,0 +1,287 @@
+"""Novelty stress suite: leave-out experiments built from every public pair in ../shared/data.
+
+Usage::
+
+    CELLANNOT_NUM_THREADS=2 .venv/bin/python bench/novelty_stress.py                 # every experiment
+    .venv/bin/python bench/novelty_stress.py --pairs kang_sce baron_1to2 --list      # what would run
+    .venv/bin/python bench/novelty_stress.py --models scanvi_svm --only "kang_sce:drop CD14 Mono"
+
+From each reference -> query pair it builds (see :func:`experiments`):
+
+* ``base``: the pair as it is (its query-only types are novel);
+* ``drop T``: every reference type ``T`` with at least ``--min-drop`` cells in both the
+  reference and the query left out of the reference (novel share from a few % to over 40%);
+* ``drop <group>``: related types left out together (T cells, monocytes, non-beta endocrine);
+* ``rare T``: a known type cut to ``--rare-n`` reference cells while common in the query;
+* ``closed``: the query without its novel types (nothing should be called Unknown).
+
+Large datasets are subsampled (reference <= ``--max-ref``, query <= ``--max-query`` cells,
+seeded) so that the suite runs on a 2-core CPU. Each trained model is cached under
+``bench/results/stress_cache`` (``--retrain`` ignores the cache): a changed rejection rule is
+re-measured by re-calibrating the cached model, without training again.
+
+For each experiment and model it prints acc_in, ece_in, auroc_ood, acc_open, reject_in,
+reject_novel, then per model the median and the worst case over the suite (worst = min of
+acc_in, auroc_ood, acc_open, reject_novel; max of ece_in, reject_in), the median reject_novel
+where the novel share is >= 20% and the median reject_in on closed sets.  For the default
+model it also prints every candidate rejection rule of ``bench/novelty_rules.py``
+on the same trained model.  ``logreg_05`` is the CellTypist-style baseline: logistic regression
+rejecting below 0.5 calibrated max probability.  ``seurat`` runs where R with Seurat is present.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+DATA = Path(os.environ.get("CELLANNOT_SHARED_DATA", ROOT.parent / "shared" / "data"))
+CACHE = ROOT / "bench" / "results" / "stress_cache"
+LABEL_KEY = "cell_type_harmonized"
+PAIRS = {
+    "kang_ctrl": ("kang_pbmc_ctrl_8684.h5ad", "pbmc3k_seurat_2638.h5ad"),
+    "kang_sce": ("kang_pbmc_example_sce_1556.h5ad", "pbmc3k_seurat_2638.h5ad"),
+    "pbmc3k_to_kang_ctrl": ("pbmc3k_seurat_2638.h5ad", "kang_pbmc_ctrl_8684.h5ad"),
+    "pbmc3k_to_kang_sce": ("pbmc3k_seurat_2638.h5ad", "kang_pbmc_example_sce_1556.h5ad"),
+    "baron_1to2": ("baron_mouse1_pancreas_822.h5ad", "baron_mouse2_pancreas_1064.h5ad"),
+    "baron_2to1": ("baron_mouse2_pancreas_1064.h5ad", "baron_mouse1_pancreas_822.h5ad"),
+}
+GROUPS = {  # related types left out together (only when at least two of them are in the reference)
+    "T cells": ("CD4 T", "CD8 T"),
+    "monocytes": ("CD14 Mono", "FCGR3A Mono"),
+    "non-beta endocrine": ("alpha", "delta", "gamma"),
+    "stellate": ("quiescent_stellate", "activated_stellate"),
+}
+METRICS = ("acc_in", "ece_in", "auroc_ood", "acc_open", "reject_in", "reject_novel")
+WORST_IS_MAX = ("ece_in", "reject_in")
+MODELS = ("scanvi_svm", "svm_reject", "logreg", "logreg_05", "seurat")
+
+
+@dataclass
+class Experiment:
+    pair: str
+    kind: str  # base | drop | group | rare | closed
+    what: tuple[str, ...] = ()
+    n_rare: int = 0
+    info: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        label = {"base": "base", "closed": "closed"}.get(self.kind)
+        if label is None:
+            label = f"{'rare' if self.kind == 'rare' else 'drop'} {self.info.get('group') or ', '.join(self.what)}"
+        return f"{self.pair}:{label}"
+
+
+def _load(path: Path, max_cells: int, seed: int):
+    import anndata as ad
+
+    a = ad.read_h5ad(path)
+    if a.n_obs > max_cells:
+        rng = np.random.default_rng(seed)
+        a = a[np.sort(rng.choice(a.n_obs, max_cells, replace=False))].copy()
+    return a
+
+
+def experiments(pair: str, ref, qry, *, min_drop: int, rare_n: int, min_cells: int = 10) -> list[Experiment]:
+    rc = ref.obs[LABEL_KEY].astype(str).value_counts()
+    qc = qry.obs[LABEL_KEY].astype(str).value_counts()
+    known = set(rc[rc >= min_cells].index)
+    out = [Experiment(pair, "base")]
+    for t in rc.index:
+        if rc[t] >= min_drop and qc.get(t, 0) >= min_drop and len(known - {t}) >= 2:
+            out.append(Experiment(pair, "drop", (t,)))
+    for g, types in GROUPS.items():
+        present = tuple(t for t in types if t in known)
+        if len(present) >= 2 and sum(qc.get(t, 0) for t in present) >= min_drop and len(known - set(present)) >= 2:
+            out.append(Experiment(pair, "group", present, info={"group": g}))
+    rare = [t for t in qc.index if t in known and rc[t] >= 4 * rare_n and qc[t] >= 4 * rare_n]
+    for t in rare[:2]:  # the two commonest query types that the reference has plenty of
+        out.append(Experiment(pair, "rare", (t,), n_rare=rare_n))
+    if set(qc.index) - known:
+        out.append(Experiment(pair, "closed"))
+    seen, unique = set(), []
+    for e in out:  # a group whose query has one of its types is the same experiment as that type's drop
+        novel = frozenset(t for t in qc.index if t not in known or t in e.what) if e.kind != "rare" else e.name
+        if novel not in seen or e.kind == "closed":
+            seen.add(novel)
+            unique.append(e)
+    return unique
+
+
+def make_data(exp: Experiment, ref, qry, seed: int):
+    lab = ref.obs[LABEL_KEY].astype(str).to_numpy()
+    if exp.kind in ("drop", "group"):
+        ref = ref[~np.isin(lab, exp.what)].copy()
+    elif exp.kind == "rare":
+        rng = np.random.default_rng(seed)
+        idx = np.flatnonzero(lab == exp.what[0])
+        drop = np.setdiff1d(idx, rng.choice(idx, exp.n_rare, replace=False))
+        ref = ref[~np.isin(np.arange(ref.n_obs), drop)].copy()
+    elif exp.kind == "closed":
+        rc = ref.obs[LABEL_KEY].astype(str).value_counts()
+        known = rc[rc >= 10].index
+        qry = qry[qry.obs[LABEL_KEY].astype(str).isin(known).to_numpy()].copy()
+    return ref, qry
+
+
+def _has_seurat() -> bool:
+    import subprocess
+
+    if shutil.which("Rscript") is None:
+        return False
+    return subprocess.run(["Rscript", "-e", "library(Seurat)"], capture_output=True).returncode == 0
+
+
+def train_or_load(exp: Experiment, model: str, prep, seed: int, retrain: bool):
+    """A trained, calibrated model for this experiment (from the cache when there)."""
+    from cellannot_core.models import load_model
+    from cellannot_core.pipeline import AnnotateOptions, train_model
+
+    name = "logreg" if model == "logreg_05" else model
+    key = CACHE / exp.name.replace(":", "__").replace(" ", "_").replace(",", "") / f"{name}-s{seed}"
+    if (key / "config.json").is_file() and not retrain:
+        m = load_model(key, device="cpu")
+        m.calibrate(prep.val, accept=0.95, shift_correction="median")
+        return m, float(m.history.get("_bench_train_seconds", float("nan")))
+    opts = AnnotateOptions(label_key=LABEL_KEY, query_label_key=LABEL_KEY, model=name, seed=seed, device="auto")
+    t0 = time.time()
+    m = train_model(prep, opts)
+    secs = time.time() - t0
+    m.history["_bench_train_seconds"] = round(secs, 1)
+    m.save(key)
+    return m, secs
+
+
+def evaluate(m, prep, *, threshold: float | None = None, rules: bool = False) -> dict:
+    from cellannot_core.metrics import label_transfer_metrics
+    from cellannot_core.pipeline import predict
+
+    p = predict(m, prep.query.X, threshold=threshold)
+    labels = np.asarray(prep.query.labels)
+    known = labels != ""
+    res = label_transfer_metrics(labels[known], p.label_raw[known], p.label[known], p.confidence[known],
+                                 p.ood_score[known], m.classes)
+    out = {k: res[k] for k in METRICS} | {"n_in": res["n_in"], "n_novel": res["n_novel"]}
+    if rules:
+        out["rules"] = rule_metrics(m, prep, p)
+    return out
+
+
+def rule_metrics(m, prep, p) -> dict[str, dict]:
+    """Every candidate rejection rule of ``novelty.RULES`` on the model's latent space."""
+    from cellannot_core._constants import UNKNOWN
+    from cellannot_core.metrics import label_transfer_metrics
+    from novelty_rules import RULES
+
+    labels = np.asarray(prep.query.labels)
+    known = labels != ""
+    out = {}
+    for name, rule in RULES.items():
+        score, unknown = rule(m.reference, p.latent, p.logits.argmax(1), p.proba, p.scores)
+        final = np.where(unknown, UNKNOWN, p.label_raw)
+        r = label_transfer_metrics(labels[known], p.label_raw[known], final[known], p.confidence[known],
+                                   score[known], m.classes)
+        out[name] = {k: r[k] for k in ("auroc_ood", "acc_open", "reject_in", "reject_novel")}
+    return out
+
+
+def summarise(rows: list[dict], key_fn, title: str) -> None:
+    print(f"\n{title}")
+    print(f"{'model':22s} {'n':>3s} " + " ".join(f"{k + ' med':>16s} {'worst':>6s}" for k in METRICS)
+          + f" {'rej_nov>=20% med':>17s} {'rej_in closed med':>18s}")
+    for name in dict.fromkeys(key_fn(r)[0] for r in rows if key_fn(r) is not None):
+        rs = [key_fn(r)[1] | {"share": r["novel_share"], "kind": r["kind"]} for r in rows
+              if key_fn(r) is not None and key_fn(r)[0] == name]
+        cells = []
+        for k in METRICS:
+            v = np.array([x.get(k, np.nan) for x in rs], dtype=float)
+            v = v[np.isfinite(v)]
+            if v.size == 0:
+                cells.append(f"{'':>16s} {'':>6s}")
+                continue
+            worst = v.max() if k in WORST_IS_MAX else v.min()
+            cells.append(f"{np.median(v):16.3f} {worst:6.3f}")
+        big = [x["reject_novel"] for x in rs if x["share"] >= 0.2 and np.isfinite(x.get("reject_novel", np.nan))]
+        closed = [x["reject_in"] for x in rs if x["share"] == 0]
+        print(f"{name:22s} {len(rs):3d} " + " ".join(cells)
+              + f" {np.median(big) if big else np.nan:17.3f} {np.median(closed) if closed else np.nan:18.3f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pairs", nargs="+", default=list(PAIRS), choices=list(PAIRS))
+    ap.add_argument("--models", nargs="+", default=list(MODELS))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--min-drop", type=int, default=50, help="a type is left out when it has this many cells in both")
+    ap.add_argument("--rare-n", type=int, default=25, help="reference cells kept of a type in a 'rare' experiment")
+    ap.add_argument("--max-ref", type=int, default=4000)
+    ap.add_argument("--max-query", type=int, default=3000)
+    ap.add_argument("--only", nargs="+", default=None, help="experiment names (as printed) to run")
+    ap.add_argument("--list", action="store_true", help="list the experiments and their novel shares, then stop")
+    ap.add_argument("--retrain", action="store_true", help="train again even when a cached model exists")
+    ap.add_argument("--json", default=None, help="write every row to this JSON file")
+    args = ap.parse_args()
+    if not DATA.is_dir():
+        sys.exit(f"error: benchmark data not found in {DATA}; set CELLANNOT_SHARED_DATA")
+    from cellannot_core.pipeline import AnnotateOptions, prepare_data
+
+    models = list(args.models)
+    if "seurat" in models and not _has_seurat():
+        print("note: seurat skipped (R with Seurat is not installed on this machine)")
+        models.remove("seurat")
+    rows: list[dict] = []
+    print(f"{'experiment':42s} {'novel':>6s} {'model':12s} " + " ".join(f"{k:>12s}" for k in METRICS) + "  train_s")
+    for pair in args.pairs:
+        ref0, q0 = _load(DATA / PAIRS[pair][0], args.max_ref, args.seed), _load(DATA / PAIRS[pair][1], args.max_query, args.seed)
+        for exp in experiments(pair, ref0, q0, min_drop=args.min_drop, rare_n=args.rare_n):
+            if args.only and exp.name not in args.only:
+                continue
+            ref, qry = make_data(exp, ref0, q0, args.seed)
+            opts = AnnotateOptions(label_key=LABEL_KEY, query_label_key=LABEL_KEY, seed=args.seed)
+            prep = prepare_data(ref, qry, opts)
+            novel = ~np.isin(prep.query.labels, prep.classes)
+            share = float(novel.mean())
+            if args.list:
+                print(f"{exp.name:42s} {share:6.1%}  ref {prep.train.n_obs + prep.val.n_obs} query {prep.query.n_obs} "
+                      f"novel types {sorted(set(prep.query.labels[novel]))}")
+                continue
+            for model in models:
+                m, secs = train_or_load(exp, model, prep, args.seed, args.retrain)
+                thr = 0.5 if model == "logreg_05" else None
+                if model == "logreg_05":
+                    m.ood_method = "maxprob"
+                r = evaluate(m, prep, threshold=thr, rules=model == models[0])
+                row = {"experiment": exp.name, "pair": pair, "kind": exp.kind, "novel_share": share, "model": model,
+                       "train_seconds": secs, **r}
+                rows.append(row)
+                print(f"{exp.name:42s} {share:6.1%} {model:12s} " + " ".join(f"{r[k]:12.3f}" for k in METRICS)
+                      + f"  {secs:7.1f}", flush=True)
+                for name, rr in r.get("rules", {}).items():
+                    print(f"{'':42s} {'':6s}   rule {name:18s} auroc {rr['auroc_ood']:.3f} acc_open {rr['acc_open']:.3f}"
+                          f" reject_in {rr['reject_in']:.3f} reject_novel {rr['reject_novel']:.3f}")
+    if args.list or not rows:
+        return
+    summarise(rows, lambda r: (r["model"], r), "per model over the suite: median and worst case")
+    first = models[0]
+    rule_names = list(next((r["rules"] for r in rows if "rules" in r), {}))
+    summarise([r | {"_rule": n} for r in rows if r["model"] == first for n in rule_names],
+              lambda r: (f"{first}/{r['_rule']}", {"acc_in": r["acc_in"], "ece_in": r["ece_in"], **r["rules"][r["_rule"]]}),
+              f"{first}: every candidate rejection rule (same trained models)")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(rows, indent=1, default=float))
+
+
+if __name__ == "__main__":
+    main()
