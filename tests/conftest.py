@@ -19,6 +19,32 @@ def pytest_addoption(parser):
     parser.addoption("--runslow", action="store_true", default=False, help="run tests marked slow")
 
 
+def _tracked_changes() -> str | None:
+    """``git status`` of the tracked files (None outside a git checkout)."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout if out.returncode == 0 else None
+
+
+def pytest_sessionstart(session):
+    session.config._tracked_before = _tracked_changes()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Tests must not modify tracked files (the screenshots once were rewritten by every run)."""
+    before = getattr(session.config, "_tracked_before", None)
+    after = _tracked_changes()
+    if before is not None and after is not None and after != before:
+        changed = sorted(set(after.splitlines()) - set(before.splitlines()))
+        print("\nerror: the test run modified tracked files:\n  " + "\n  ".join(changed), file=sys.stderr)
+        session.exitstatus = 1
+
+
 def pytest_collection_modifyitems(config, items):
     if config.getoption("--runslow"):
         return

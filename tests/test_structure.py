@@ -64,3 +64,15 @@ def test_umap_only_imported_inside_functions():
             if line.startswith(("import umap", "from umap")):  # column 0 = module level
                 offenders.append(f"{path.relative_to(ROOT)}:{i}")
     assert offenders == []
+
+
+def test_server_config_binds_locally_and_watches_no_files():
+    """`streamlit run app.py` alone (not only run_app.sh) listens on 127.0.0.1, and no file watcher
+    keeps a core busy while the app sits idle (bench/idle_cpu.py: 18.5 CPU-s per 20 s with the
+    watcher, 0.08 without)."""
+    import tomllib
+
+    cfg = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())["server"]
+    assert cfg["address"] == "127.0.0.1"
+    assert cfg["fileWatcherType"] == "none"
+    assert cfg.get("runOnSave", False) is False

@@ -4,8 +4,9 @@ A real ``streamlit run app.py`` server (runs in a temporary ``$CELLANNOT_RUNS``)
 Playwright: Home -> *Try the demo* -> Train (the default scanvi_svm, quick run of 3 epochs) -> Label transfer ->
 Latent space (PCA, generated cells) -> Calibration & novelty -> download of the annotated
 ``.h5ad``, which is opened with anndata. Every page is checked for Streamlit exception and
-error boxes, and full-page screenshots are written to ``assets/screenshots/`` (shown in the
-README).
+error boxes, and full-page screenshots are written to ``$CELLANNOT_SCREENSHOTS`` when set (the
+README's images: ``bash bench/screenshots.sh``), else to a temporary folder, so a test run never
+changes tracked files.
 
 Uses the system chromium (``/usr/bin/chromium``); ``playwright install`` is never needed.
 """
@@ -16,6 +17,7 @@ import re
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -25,7 +27,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
 STREAMLIT = Path(sys.executable).with_name("streamlit")
-SHOTS = ROOT / "assets" / "screenshots"
+SHOTS = Path(os.environ.get("CELLANNOT_SCREENSHOTS") or tempfile.mkdtemp(prefix="cellannot_screenshots_"))
 VIEWPORT = {"width": 1400, "height": 1000}
 N_QUERY = 2638  # cells of the demo query (pbmc3k_seurat_2638)
 TRAIN_TIMEOUT_S = 600  # 3 latent-model epochs on 1,556 + 2,638 cells: ~50 s quiet, 4+ min on a loaded 2-core box
