@@ -35,9 +35,34 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray, *, max_iter: int = 200) -
 
     opt.step(closure)
     t = float(log_t.detach().exp())
-    # With (near-)perfect validation accuracy the NLL keeps falling as T -> 0, which would make
-    # every confidence 1.0; keep T in a sane range.
-    return float(np.clip(t, T_MIN, T_MAX)) if np.isfinite(t) and t > 0 else 1.0
+    t = float(np.clip(t, T_MIN, T_MAX)) if np.isfinite(t) and t > 0 else 1.0
+    return _no_more_confident_than_shown(np.asarray(logits, dtype=np.float64), np.asarray(y), t)
+
+
+def _no_more_confident_than_shown(logits: np.ndarray, y: np.ndarray, t: float) -> float:
+    """Raise ``t`` until the mean confidence on the validation cells is at most
+    ``(correct + 1) / (n + 2)`` (Laplace's rule of succession).
+
+    On a validation set the model fits perfectly the NLL keeps falling as T -> 0 (``logreg``
+    once fitted T = 0.05, so every cell, novel ones included, got confidence 1.0). ``n`` correct
+    calls out of ``n`` show an accuracy of about ``(n + 1) / (n + 2)``, not 1: confidences may not
+    claim more than the validation set can show.
+    """
+    n = len(y)
+    bound = (float((logits.argmax(1) == y).sum()) + 1.0) / (n + 2.0)
+
+    def mean_conf(temp: float) -> float:
+        return float(softmax(logits, temp).max(1).mean())
+
+    if n == 0 or mean_conf(t) <= bound:
+        return t
+    lo, hi = np.log(t), np.log(T_MAX)
+    if mean_conf(T_MAX) > bound:
+        return T_MAX
+    for _ in range(60):  # mean confidence falls as T grows: bisection on log T
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if mean_conf(float(np.exp(mid))) > bound else (lo, mid)
+    return float(np.exp(hi))
 
 
 def threshold_for_acceptance(val_scores: np.ndarray, accept: float = 0.95) -> float:

@@ -66,6 +66,19 @@ def test_fit_temperature_empty_and_argmax_unchanged():
     np.testing.assert_array_equal(softmax(logits, t).argmax(1), logits.argmax(1))
 
 
+def test_fit_temperature_cannot_collapse_on_a_perfectly_fitted_validation_set():
+    """Issue 13: logreg fitted T = 0.05 on validation cells it called all correctly, so every
+    query cell (novel ones too) got confidence 1.0."""
+    rng = np.random.default_rng(8)
+    y = rng.integers(0, 4, size=400)
+    logits = rng.normal(size=(400, 4))
+    logits[np.arange(400), y] += 6.0  # every validation cell correct, with a wide margin
+    t = fit_temperature(logits, y)
+    assert t > 0.5
+    assert softmax(logits, t).max(1).mean() <= (400 + 1) / (400 + 2) + 1e-9
+    assert softmax(logits, t).max(1).mean() == pytest.approx((400 + 1) / (400 + 2), abs=1e-4)
+
+
 # ---- rejection threshold ---------------------------------------------------------------------------
 
 def test_threshold_accepts_requested_fraction_exactly():
