@@ -84,8 +84,9 @@ with st.expander("Quality control (optional): remove low-quality cells from both
     put(StateKeys.QC, data_ui.qc_options(qc_on, min_genes, min_counts, max_mito))
 
 st.markdown("#### Check before training")
-st.caption("Runs the same validation, gene matching and split as training, so problems show up now.")
-if st.button("Check the pair", key=WidgetKeys.CHECK_BUTTON) and get(StateKeys.LABEL_KEY):
+st.caption("The same validation, gene matching and split as training, run as soon as the pair is loaded, so "
+           "problems show up now (the Train page keeps *Start* disabled until they are solved).")
+if get(StateKeys.LABEL_KEY):
     rep = data_ui.check_pair(ref_id, q_id, get(StateKeys.LABEL_KEY), get(StateKeys.QUERY_LABEL_KEY),
                              json.dumps(get(StateKeys.QC) or {}), ref, qry)
     if not rep["ok"]:

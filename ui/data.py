@@ -182,7 +182,8 @@ def check_pair(ref_id: str, query_id: str, label_key: str, query_label_key: str 
     return {"ok": True, "error": None, "warnings": list(rep.get("warnings", [])),
             "n_train": rep["n_train"], "n_val": rep["n_val"], "n_query": rep["n_query"],
             "classes": list(prep.classes), "genes": rep["genes"]["message"], "hvg": rep["genes"]["hvg"],
-            "counts_available": rep.get("counts_available")}
+            "counts_available": rep.get("counts_available"),
+            "reference_counts": rep.get("reference", {}).get("value_state") == "counts"}
 
 
 def qc_options(enabled: bool, min_genes: float, min_counts: float, max_pct_mito: float) -> dict | None:

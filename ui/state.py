@@ -40,7 +40,6 @@ class WidgetKeys:
     QC_MIN_GENES = "w_qc_min_genes"
     QC_MIN_COUNTS = "w_qc_min_counts"
     QC_MAX_MITO = "w_qc_max_mito"
-    CHECK_BUTTON = "w_check_pair"
     MODEL = "w_model"
     HPARAM = "w_hp_{model}_{name}"
     DEVICE = "w_device"

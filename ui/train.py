@@ -73,6 +73,35 @@ def device_choices() -> tuple[list[str], dict[str, str], str]:
     return ["auto", "cpu", "cuda"], labels, note
 
 
+def preflight(model: str) -> str | None:
+    """Why *Start training* is disabled for ``model`` on the loaded pair (None: it can start).
+
+    The same checks as training, run before it: the model can run on this machine (e.g. R for
+    seurat), the pair passes preparation (shared genes, at least two reference classes big
+    enough, ...), and count models get raw counts.
+    """
+    import json
+
+    from cellannot_core.models import get_spec
+    from ui import data as data_ui
+
+    spec = get_spec(model)
+    reason = spec.unavailable_reason()
+    if reason:
+        return f"{model} cannot run on this server: {reason}"
+    ref, qry = get(StateKeys.REFERENCE), get(StateKeys.QUERY)
+    if ref is None or qry is None or not get(StateKeys.LABEL_KEY):
+        return "load a reference and a query and pick the reference label column on the Data page"
+    rep = data_ui.check_pair(get(StateKeys.REFERENCE_INFO)["id"], get(StateKeys.QUERY_INFO)["id"],
+                             get(StateKeys.LABEL_KEY), get(StateKeys.QUERY_LABEL_KEY),
+                             json.dumps(get(StateKeys.QC) or {}), ref, qry)
+    if not rep["ok"]:
+        return rep["error"]
+    if spec.supports.needs_counts and not rep.get("reference_counts"):
+        return f"{model} needs raw counts but the reference has none: pick another model"
+    return None
+
+
 def training_form() -> Any | None:
     """Model picker, registry-built hyper-parameters, device, seed, quick run and run options.
 
@@ -82,8 +111,10 @@ def training_form() -> Any | None:
     from cellannot_core.models import get_spec, model_names
 
     names = model_names()
+    unavailable = {n for n in names if get_spec(n).unavailable_reason()}
     model = st.selectbox("Model", names, key=WidgetKeys.MODEL,
-                         format_func=lambda n: n + ("  (recommended)" if n == names[0] else ""))
+                         format_func=lambda n: n + ("  (recommended)" if n == names[0] else "")
+                         + ("  (unavailable here)" if n in unavailable else ""))
     spec = get_spec(model)
     st.markdown(spec.description)
     sup = spec.supports
@@ -108,7 +139,11 @@ def training_form() -> Any | None:
         n_gen = o3.number_input("Generated cells per class", 0, 1000, 100 if sup.samples else 0,
                                 key=WidgetKeys.N_GENERATE, disabled=not sup.samples,
                                 help="Sampled from the model after training, shown in the latent space")
-    if not st.button("Start training", type="primary", key=WidgetKeys.START, icon=":material/play_arrow:"):
+    blocked = preflight(model)
+    if blocked:
+        st.warning(f"Training cannot start: {blocked}", icon=":material/block:")
+    if not st.button("Start training", type="primary", key=WidgetKeys.START, icon=":material/play_arrow:",
+                     disabled=blocked is not None):
         return None
     try:
         return build_options(model=model, hparams=hparams, device=device, seed=seed,

@@ -33,7 +33,7 @@ def _train_page(pair, label_key: str = LABEL) -> AppTest:
     at.session_state[StateKeys.REFERENCE] = ref
     at.session_state[StateKeys.QUERY] = qry
     for key, a, name in ((StateKeys.REFERENCE_INFO, ref, "ref"), (StateKeys.QUERY_INFO, qry, "query")):
-        at.session_state[key] = {"id": f"tiny-{name}", "name": name, "source": "test",
+        at.session_state[key] = {"id": f"tiny-{name}-{id(a)}", "name": name, "source": "test",
                                  "n_cells": a.n_obs, "n_genes": a.n_vars}
     at.session_state[StateKeys.LABEL_KEY] = label_key
     at.session_state[StateKeys.QUERY_LABEL_KEY] = LABEL
@@ -102,15 +102,54 @@ def test_training_job_then_result_pages(tiny_pair):
 
 
 def test_failure_is_shown_in_plain_words(tiny_pair):
-    at = _train_page(tiny_pair, label_key="no_such_column")
-    _tiny_settings(at)
-    at.button(key=WidgetKeys.START).click().run()
-    run_id = at.session_state[StateKeys.RUN_ID]
+    """A run that fails in training (here: started behind the form's back with a label column the
+    reference lacks, which preflight would have refused) says why in plain words."""
+    from cellannot_core.pipeline import AnnotateOptions
+
+    ref, qry = tiny_pair
+    run_id = jobs.start_job(ref, qry, AnnotateOptions(label_key="no_such_column", model="resnet", max_epochs=1))
     assert jobs.wait(run_id, timeout=120)["state"] == "failed"
+    at = _train_page(tiny_pair)
+    at.session_state[StateKeys.RUN_ID] = run_id
     at.run()
     assert not at.exception
     msg = " ".join(e.value for e in at.error)
     assert msg.startswith("Training failed:") and "no_such_column" in msg and "Traceback" not in msg
+
+
+def _start_blocked(at: AppTest, *words: str) -> None:
+    assert not at.exception
+    assert at.button(key=WidgetKeys.START).disabled
+    warn = " ".join(w.value for w in at.warning)
+    assert warn.startswith("Training cannot start:") and all(w in warn for w in words), warn
+
+
+def test_preflight_keeps_start_disabled_until_the_pair_can_train(tiny_pair):
+    """Issue 13: a missing label column, a single-class label column or a pair without shared genes
+    started a run that then failed; now Start stays disabled with the reason shown."""
+    _start_blocked(_train_page(tiny_pair, label_key="no_such_column"), "no_such_column")
+    ref, qry = tiny_pair
+    one = ref.copy()
+    one.obs["one_type"] = "T cell"
+    _start_blocked(_train_page((one, qry), label_key="one_type"), "single class")
+    other = qry.copy()
+    other.var_names = [f"OTHER{i}" for i in range(other.n_vars)]
+    at = _train_page((ref, other))
+    _start_blocked(at, "genes")
+    at = _train_page(tiny_pair)  # a pair that can train: enabled, no warning
+    assert not at.button(key=WidgetKeys.START).disabled and not at.warning
+
+
+def test_models_that_cannot_run_here_are_not_startable(tiny_pair, monkeypatch):
+    from cellannot_core.models import get_spec
+
+    spec = get_spec("resnet")
+    monkeypatch.setattr(type(spec), "unavailable_reason",
+                        lambda self: "R is not installed" if self.name == "resnet" else None)
+    at = _train_page(tiny_pair)
+    at.selectbox(key=WidgetKeys.MODEL).set_value("resnet").run()
+    _start_blocked(at, "resnet cannot run on this server", "R is not installed")
+    assert "resnet  (unavailable here)" in at.selectbox(key=WidgetKeys.MODEL).format_func("resnet")
 
 
 def test_cancel_button_stops_the_job_and_past_runs_reopen(tiny_pair):
