@@ -66,39 +66,52 @@ def category_order(values: Iterable[Any]) -> list[str]:
     return [c for c in order if c != UNKNOWN] + ([UNKNOWN] if UNKNOWN in order else [])
 
 
+def _slot(name: str) -> int:
+    """A palette slot fixed by the category's name (stable across processes, unlike ``hash``)."""
+    import zlib
+
+    return zlib.crc32(name.strip().lower().encode()) % len(PALETTE)
+
+
 def category_colors(
     categories: Iterable[Any],
     color_map: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """Colour for every category, in the given order; ``Unknown`` is always grey.
+    """Colour for every category, fixed by its name; ``Unknown`` is always grey.
+
+    A category gets the palette colour its name hashes to, so "CD14 Mono" has the same colour in
+    every figure of every run (issue 13: colours followed the order of the classes and changed
+    between runs). When two categories of one figure hash to the same colour, the one later in
+    natural order takes the next free colour; beyond 24 categories colours repeat.
 
     Parameters
     ----------
     categories
-        Category names, in the order colours should be handed out (pass the full reference
-        class list to keep colours identical across figures).
+        Category names.
     color_map
         Explicit colours that take precedence (except for ``Unknown``).
 
     Returns
     -------
     dict
-        ``{category: colour}``.
+        ``{category: colour}``, in the order given.
     """
+    names = list(dict.fromkeys(str(c) for c in categories))
     out: dict[str, str] = {}
-    i = 0
-    for c in categories:
-        c = str(c)
-        if c in out:
-            continue
+    taken: set[int] = set()
+    for c in sorted(names, key=natural_key):
         if c == UNKNOWN:
             out[c] = UNKNOWN_COLOR
         elif color_map is not None and c in color_map:
             out[c] = color_map[c]
         else:
-            out[c] = PALETTE[i % len(PALETTE)]
-            i += 1
-    return out
+            i = _slot(c)
+            if len(taken) < len(PALETTE):
+                while i in taken:
+                    i = (i + 1) % len(PALETTE)
+            taken.add(i)
+            out[c] = PALETTE[i]
+    return {c: out[c] for c in names}
 
 
 def base_layout(fig: go.Figure, *, title: str | None = None, **kwargs: Any) -> go.Figure:

@@ -46,9 +46,18 @@ def pred_query():
 def test_palette_unknown_grey_and_distinct():
     colors = category_colors(["b", UNKNOWN, "a", "c"])
     assert colors[UNKNOWN] == UNKNOWN_COLOR
-    assert colors["b"] == PALETTE[0] and colors["a"] == PALETTE[1]
+    assert len({colors[c] for c in "abc"}) == 3 and list(colors) == ["b", UNKNOWN, "a", "c"]
     assert UNKNOWN_COLOR not in PALETTE and len(set(PALETTE)) == len(PALETTE)
     assert category_colors([UNKNOWN], {UNKNOWN: "#ff0000"})[UNKNOWN] == UNKNOWN_COLOR
+
+
+def test_a_category_keeps_its_colour_across_runs():
+    """Issue 13: the same category changed colour between runs (colours followed class order)."""
+    a = category_colors(["CD4 T", "CD14 Mono", "B", "NK"])
+    b = category_colors(["NK", "B", "CD14 Mono", "CD8 T", "CD4 T", "DC"])
+    assert all(a[c] == b[c] for c in a)
+    many = [f"type {i}" for i in range(24)]
+    assert len(set(category_colors(many).values())) == 24  # collisions take the next free colour
 
 
 # --------------------------------------------------------------------------- heatmap
