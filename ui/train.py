@@ -210,8 +210,11 @@ def _panel_body(run_id: str, was_active: bool) -> None:
     from cellannot_core.runs import RunDir
 
     hist = RunDir.open(jobs.runs_root(), run_id).history()
-    if hist:
+    if len(hist) >= 2:
         plot(training_curves(hist, title="Loss and validation accuracy"), key=f"curves_{run_id}")
+    elif hist and state == "done":  # one fit, no epochs (e.g. logreg): a curve would be one dot
+        st.caption("This model is fitted in one step, so there are no training curves; its validation "
+                   "accuracy is below.")
     if state == "done":
         _done_summary(run_id)
     log = jobs.read_log(run_id)

@@ -199,3 +199,18 @@ def test_two_sessions_keep_their_own_runs(tiny_pair):
         assert f"Run `{mine}` ({model})" in text and f"Run `{other}`" not in text
         at.switch_page("pages/results.py").run()
         assert f"model {model}" in at.caption[0].value and mine in at.caption[0].value
+
+
+def test_a_model_fitted_in_one_step_shows_no_one_dot_curve(tiny_pair):
+    """Issue 13: logreg's training plot was one dot on a 0-2 axis."""
+    from cellannot_core.pipeline import AnnotateOptions
+
+    ref, qry = tiny_pair
+    run_id = jobs.start_job(ref, qry, AnnotateOptions(label_key=LABEL, model="logreg", n_top_genes=200))
+    assert jobs.wait(run_id, timeout=120)["state"] == "done"
+    at = _train_page(tiny_pair)
+    at.session_state[StateKeys.RUN_ID] = run_id
+    at.run()
+    assert not at.exception
+    assert not [c for c in at.get("plotly_chart")]
+    assert any("fitted in one step" in c.value for c in at.caption)
