@@ -115,8 +115,10 @@ def read_dataset(
             if kind == "10x matrix folder":
                 adata = _read_mtx_dir(_find_matrix_dir(path, label), label)
             elif kind == "h5ad":
+                guard_hdf5(path, label)
                 adata = ad.read_h5ad(path)
             elif kind == "10x h5":
+                guard_hdf5(path, label)
                 adata = _read_10x_h5(path)
             elif kind == "archive":
                 adata = _read_archive(path, label)
@@ -235,6 +237,71 @@ def _finalise(adata: ad.AnnData, label: str, kind: str) -> ad.AnnData:
     info.setdefault("format", kind)
     adata.uns[INPUT_UNS_KEY] = info
     return adata
+
+
+def memory_limit_bytes() -> int:
+    """The most a dataset may expand to in memory: ``$CELLANNOT_MEMORY_LIMIT_GB`` (GiB), by
+    default half of this machine's memory."""
+    import os
+
+    env = os.environ.get("CELLANNOT_MEMORY_LIMIT_GB")
+    if env:
+        try:
+            return int(float(env) * 1024**3)
+        except ValueError:
+            pass
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2)
+    except (ValueError, OSError, AttributeError):
+        return 8 * 1024**3
+
+
+def guard_hdf5(path: Path, label: str) -> None:
+    """Refuse an HDF5 file (``.h5ad``, 10x ``.h5``) that reaches outside itself or expands past
+    :func:`memory_limit_bytes`, before anndata or scanpy read a byte of its data.
+
+    External links, datasets stored in external files and virtual datasets can point h5py at any
+    file on the server (``/etc/passwd``, another user's data), which the annotated download
+    would then hand to the visitor. Their decompressed size is summed from the datasets' shapes
+    (compressed zeros expand ~900x).
+    """
+    import h5py
+
+    limit = memory_limit_bytes()
+    total = 0
+    problem: list[str] = []
+
+    def visit(name: str, link) -> None:
+        nonlocal total
+        if problem:
+            return
+        if isinstance(link, h5py.ExternalLink):
+            problem.append(f"an external link ('{name[:60]}') to another file")
+            return
+        if isinstance(link, h5py.SoftLink):
+            return  # a path inside this file; its target is visited on its own
+        obj = f.get(name)
+        if isinstance(obj, h5py.Dataset):
+            if obj.external:
+                problem.append(f"a dataset ('{name[:60]}') stored in external files")
+            elif obj.is_virtual:
+                problem.append(f"a virtual dataset ('{name[:60]}') that maps other files")
+            else:
+                total += int(np.prod(obj.shape, dtype=np.float64)) * obj.dtype.itemsize if obj.shape else 0
+
+    try:
+        with h5py.File(path, "r") as f:
+            f.visititems_links(visit)
+    except OSError:
+        raise DataError(f"{label} is not a readable HDF5 file; it may be truncated or not what its name says.") from None
+    if problem:
+        raise DataError(f"{label} is refused: it contains {problem[0]}. Files that point outside themselves are not "
+                        "read on this server; save the data into one self-contained file (e.g. anndata's "
+                        "write_h5ad) and load that.")
+    if total > limit:
+        raise DataError(f"{label} expands to {total / 1024**3:.1f} GiB in memory, above this server's limit of "
+                        f"{limit / 1024**3:.1f} GiB (CELLANNOT_MEMORY_LIMIT_GB): subsample the cells or keep fewer "
+                        "genes, or run it on a machine with more memory.")
 
 
 def _read_10x_h5(path: Path) -> ad.AnnData:

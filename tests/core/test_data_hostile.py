@@ -1,0 +1,122 @@
+"""Hostile HDF5 files (issue 14): external links, external storage, virtual datasets and
+decompression bombs are refused before anndata or scanpy read them, with one line that never
+quotes the file they point at."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from cellannot_core.data import read_dataset
+from cellannot_core.errors import DataError
+from conftest import make_synthetic
+
+ROOT = Path(__file__).resolve().parents[2]
+SECRET = "SECRET_TOKEN_do_not_leak"
+
+
+@pytest.fixture()
+def plain(tmp_path):
+    a = make_synthetic(60, 30, 2)
+    p = tmp_path / "plain.h5ad"
+    a.write_h5ad(p)
+    return p
+
+
+@pytest.fixture()
+def secret_file(tmp_path):
+    p = tmp_path / "server_secret.txt"
+    p.write_bytes((SECRET + "\n").encode() * 64)
+    return p
+
+
+def _check_refused(path: Path, what: str) -> str:
+    with pytest.raises(DataError) as err:
+        read_dataset(path, name="reference")
+    msg = str(err.value)
+    assert "refused" in msg and what in msg and "\n" not in msg
+    assert SECRET not in msg and "server_secret" not in msg
+    return msg
+
+
+def test_external_storage_pointing_at_a_server_file_is_refused(plain, secret_file, tmp_path):
+    evil = tmp_path / "evil_external.h5ad"
+    evil.write_bytes(plain.read_bytes())
+    with h5py.File(evil, "a") as f:
+        del f["X"]
+        f.create_dataset("X", shape=(60, 30), dtype="uint8", external=[(str(secret_file), 0, 60 * 30)])
+        f["X"].attrs["encoding-type"] = "array"
+        f["X"].attrs["encoding-version"] = "0.2.0"
+    _check_refused(evil, "external files")
+
+
+def test_external_link_to_another_file_is_refused(plain, tmp_path):
+    other = tmp_path / "other_users_data.h5ad"
+    other.write_bytes(plain.read_bytes())
+    evil = tmp_path / "evil_link.h5ad"
+    evil.write_bytes(plain.read_bytes())
+    with h5py.File(evil, "a") as f:
+        del f["X"]
+        f["X"] = h5py.ExternalLink(str(other), "/X")
+    _check_refused(evil, "external link")
+
+
+def test_virtual_dataset_is_refused(plain, secret_file, tmp_path):
+    src = tmp_path / "src.h5"
+    with h5py.File(src, "w") as f:
+        f.create_dataset("d", data=np.ones((60, 30), dtype=np.float32))
+    evil = tmp_path / "evil_virtual.h5ad"
+    evil.write_bytes(plain.read_bytes())
+    layout = h5py.VirtualLayout(shape=(60, 30), dtype=np.float32)
+    layout[:] = h5py.VirtualSource(str(src), "d", shape=(60, 30))
+    with h5py.File(evil, "a") as f:
+        del f["X"]
+        f.create_virtual_dataset("X", layout)
+    _check_refused(evil, "virtual dataset")
+
+
+def test_tenx_h5_goes_through_the_same_guard(plain, tmp_path):
+    other = tmp_path / "other.h5"
+    other.write_bytes(plain.read_bytes())
+    evil = tmp_path / "evil.h5"
+    evil.write_bytes(plain.read_bytes())
+    with h5py.File(evil, "a") as f:
+        del f["X"]
+        f["X"] = h5py.ExternalLink(str(other), "/X")
+    _check_refused(evil, "external link")
+
+
+def test_a_compressed_bomb_is_refused_by_its_decompressed_size(tmp_path, monkeypatch):
+    import anndata as ad
+
+    a = ad.AnnData(X=np.zeros((4000, 2000), dtype=np.float32))  # 32 MB of zeros, a few kB gzipped
+    p = tmp_path / "bomb.h5ad"
+    a.write_h5ad(p, compression="gzip")
+    assert p.stat().st_size < 2_000_000
+    monkeypatch.setenv("CELLANNOT_MEMORY_LIMIT_GB", "0.01")
+    with pytest.raises(DataError, match=r"expands to .* GiB in memory, above this server's limit"):
+        read_dataset(p, name="query")
+
+
+def test_a_plain_file_still_reads(plain):
+    assert read_dataset(plain, name="reference").n_obs == 60
+
+
+def test_the_cli_gives_one_line_for_a_hostile_file(plain, tmp_path):
+    other = tmp_path / "other.h5ad"
+    other.write_bytes(plain.read_bytes())
+    evil = tmp_path / "evil.h5ad"
+    evil.write_bytes(plain.read_bytes())
+    with h5py.File(evil, "a") as f:
+        del f["X"]
+        f["X"] = h5py.ExternalLink(str(other), "/X")
+    r = subprocess.run([sys.executable, "-m", "cellannot_core", "annotate", "--reference", str(evil), "--query",
+                        str(plain), "--label-key", "cell_type", "--out", str(tmp_path / "out.h5ad")],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr and "refused" in r.stderr
+    assert not (tmp_path / "out.h5ad").exists()
