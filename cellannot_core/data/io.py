@@ -289,11 +289,8 @@ def guard_hdf5(path: Path, label: str) -> None:
             else:
                 total += int(np.prod(obj.shape, dtype=np.float64)) * obj.dtype.itemsize if obj.shape else 0
 
-    try:
-        with h5py.File(path, "r") as f:
-            f.visititems_links(visit)
-    except OSError:
-        raise DataError(f"{label} is not a readable HDF5 file; it may be truncated or not what its name says.") from None
+    with h5py.File(path, "r") as f:  # a file h5py cannot open fails here, as read_dataset reports it
+        f.visititems_links(visit)
     if problem:
         raise DataError(f"{label} is refused: it contains {problem[0]}. Files that point outside themselves are not "
                         "read on this server; save the data into one self-contained file (e.g. anndata's "
