@@ -91,15 +91,29 @@ def handle_upload(role: str, data: bytes, filename: str, *, upload_id: str | Non
     return None
 
 
+LOCAL_ADDRESSES = ("127.0.0.1", "localhost", "::1")
+
+
+def server_is_local() -> bool:
+    """Whether the app listens on this machine only (then its visitor is the machine's user)."""
+    return str(st.get_option("server.address") or "") in LOCAL_ADDRESSES
+
+
 def allowed_path(path: Path) -> str | None:
-    """With ``$CELLANNOT_DATA_ROOT`` set, only paths inside it may be read (shared servers)."""
+    """"Path on the server" reads only under ``$CELLANNOT_DATA_ROOT`` when it is set; without it,
+    only while the app listens on 127.0.0.1 (a server shared with a lab needs the root: otherwise
+    any visitor could read any file the server's user can). The answer never says whether the
+    path exists."""
     root = os.environ.get("CELLANNOT_DATA_ROOT")
     if not root:
-        return None
+        if server_is_local():
+            return None
+        return ("reading files by their path on the server is off on a shared server; upload the file, or ask "
+                "the administrator to allow a data folder with CELLANNOT_DATA_ROOT")
     try:
         path.resolve().relative_to(Path(root).resolve())
-    except ValueError:
-        return f"this server only reads files under {root}; '{path}' is outside it"
+    except (ValueError, OSError, RuntimeError):
+        return f"this server only reads files under {root}: give a path inside it"
     return None
 
 

@@ -514,10 +514,11 @@ def _read_table(path: Path, label: str, orientation: str) -> ad.AnnData:
             f"{label} has no data rows or columns. Provide a table with a header row, "
             "row names in the first column and one number per cell and gene."
         )
-    non_numeric = [str(c) for c, t in df.dtypes.items() if not pd.api.types.is_numeric_dtype(t)]
+    non_numeric = [i for i, t in enumerate(df.dtypes) if not pd.api.types.is_numeric_dtype(t)]
     if non_numeric:
+        # the column is named by its position, never by its text: an error must not echo file contents
         raise DataError(
-            f"{label} has {len(non_numeric)} non-numeric columns (e.g. '{non_numeric[0][:40]}'). "
+            f"{label} has {len(non_numeric)} non-numeric columns (the first is column {non_numeric[0] + 2}). "
             "A table must hold only numbers apart from the first column (row names) and the header."
         )
     rows, cols = df.index.astype(str), df.columns.astype(str)

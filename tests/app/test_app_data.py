@@ -117,6 +117,20 @@ def test_traffic_light_thresholds():
 def test_path_outside_data_root_is_refused(monkeypatch, tmp_path):
     monkeypatch.setenv("CELLANNOT_DATA_ROOT", str(tmp_path))
     assert "only reads files under" in data_ui.allowed_path(SMALL)
+    assert data_ui.allowed_path(tmp_path / "inside.h5ad") is None
+    # the answer is the same whether or not the path exists
+    assert data_ui.allowed_path(Path("/etc/passwd")) == data_ui.allowed_path(Path("/etc/no_such_file"))
+
+
+def test_server_paths_are_off_on_a_shared_server_without_a_data_root(monkeypatch):
+    """Issue 14: with CELLANNOT_DATA_ROOT unset, 'Path on the server' read any file of the server."""
+    monkeypatch.delenv("CELLANNOT_DATA_ROOT", raising=False)
+    monkeypatch.setattr(data_ui, "server_is_local", lambda: True)
+    assert data_ui.allowed_path(SMALL) is None  # one person on their own machine
+    monkeypatch.setattr(data_ui, "server_is_local", lambda: False)
+    msg = data_ui.allowed_path(Path("/etc/passwd"))
+    assert "off on a shared server" in msg and "CELLANNOT_DATA_ROOT" in msg
+    assert data_ui.handle_path("reference", "/etc/passwd") == msg
 
 
 def test_demo_pair_reports_types_missing_from_reference():
