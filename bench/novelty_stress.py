@@ -163,7 +163,7 @@ def train_or_load(exp: Experiment, model: str, prep, seed: int, retrain: bool):
     return m, secs
 
 
-def evaluate(m, prep, *, threshold: float | None = None, rules: bool = False) -> dict:
+def evaluate(m, prep, *, threshold: float | None = None, rules: bool = False, all_rules: bool = False) -> dict:
     from cellannot_core.metrics import label_transfer_metrics
     from cellannot_core.pipeline import predict
 
@@ -174,20 +174,20 @@ def evaluate(m, prep, *, threshold: float | None = None, rules: bool = False) ->
                                  p.ood_score[known], m.classes)
     out = {k: res[k] for k in METRICS} | {"n_in": res["n_in"], "n_novel": res["n_novel"]}
     if rules:
-        out["rules"] = rule_metrics(m, prep, p)
+        out["rules"] = rule_metrics(m, prep, p, all_rules)
     return out
 
 
-def rule_metrics(m, prep, p) -> dict[str, dict]:
-    """Every candidate rejection rule of ``novelty.RULES`` on the model's latent space."""
+def rule_metrics(m, prep, p, all_rules: bool = False) -> dict[str, dict]:
+    """Candidate rejection rules of ``bench/novelty_rules.py`` on the model's latent space."""
     from cellannot_core._constants import UNKNOWN
     from cellannot_core.metrics import label_transfer_metrics
-    from novelty_rules import RULES
+    from novelty_rules import CANDIDATES, RULES
 
     labels = np.asarray(prep.query.labels)
     known = labels != ""
     out = {}
-    for name, rule in RULES.items():
+    for name, rule in (CANDIDATES if all_rules else RULES).items():
         score, unknown = rule(m.reference, p.latent, p.logits.argmax(1), p.proba, p.scores)
         final = np.where(unknown, UNKNOWN, p.label_raw)
         r = label_transfer_metrics(labels[known], p.label_raw[known], final[known], p.confidence[known],
@@ -231,6 +231,7 @@ def main() -> None:
     ap.add_argument("--list", action="store_true", help="list the experiments and their novel shares, then stop")
     ap.add_argument("--retrain", action="store_true", help="train again even when a cached model exists")
     ap.add_argument("--json", default=None, help="write every row to this JSON file")
+    ap.add_argument("--all-rules", action="store_true", help="every candidate rule measured so far (slower)")
     args = ap.parse_args()
     if not DATA.is_dir():
         sys.exit(f"error: benchmark data not found in {DATA}; set CELLANNOT_SHARED_DATA")
@@ -261,7 +262,7 @@ def main() -> None:
                 thr = 0.5 if model == "logreg_05" else None
                 if model == "logreg_05":
                     m.ood_method = "maxprob"
-                r = evaluate(m, prep, threshold=thr, rules=model == models[0])
+                r = evaluate(m, prep, threshold=thr, rules=model == models[0], all_rules=args.all_rules)
                 row = {"experiment": exp.name, "pair": pair, "kind": exp.kind, "novel_share": share, "model": model,
                        "train_seconds": secs, **r}
                 rows.append(row)

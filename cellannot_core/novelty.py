@@ -14,6 +14,7 @@ GRAPH_K = 15  # neighbours of the smoothing graph (scanpy's default n_neighbors)
 LOGIT_K = 50  # knn_logit: the k-th nearest reference cell (CLAMS kang_ctrl: k = 10 / 20 / 100 did no better)
 CLASS_UNIT = 0.95  # knn_class: 1 = this quantile of the reference cells of the predicted class
 SINGLE_CELL_UNIT = 0.99  # knn_class: a cell of an accepted query cluster is Unknown beyond this reference quantile
+WHOLE_CLASS = True  # knn_class step 3 (see its docstring)
 SHIFT_QUANTILE = 0.25  # knn_class: the query shift compares this quantile of query and reference (breakdown 75%)
 OOD_HELP = {
     "knn": "mean distance to the k nearest reference cells in the model's latent space",
@@ -66,6 +67,7 @@ class LatentReference:
         self._maha = None
         self._null: tuple[np.ndarray, np.ndarray] | None = None
         self._null_scores: np.ndarray | None = None
+        self.last_decision: dict | None = None  # knn_class's shifts of the cells it scored last (class_table)
 
     def knn(self, z: np.ndarray) -> np.ndarray:
         from sklearn.neighbors import NearestNeighbors
@@ -141,28 +143,60 @@ class LatentReference:
         ratio = float(np.quantile(g / med[pred], SHIFT_QUANTILE)) / float(np.quantile(null, SHIFT_QUANTILE))
         return max(1.0, ratio) if np.isfinite(ratio) else 1.0
 
-    def knn_class(self, z: np.ndarray, pred: np.ndarray, *, graph: np.ndarray | None = None) -> np.ndarray:
-        """``knn_graph / (unit_c * F)`` with ``c`` the cell's predicted class, ``unit_c`` the
-        :data:`CLASS_UNIT` quantile of that class's reference cells (at least that of all
-        reference cells) and ``F`` the query's :meth:`query_shift`.
+    def class_shifts(self, graph: np.ndarray, pred: np.ndarray, *, whole: np.ndarray | None = None) -> np.ndarray:
+        """Per class, the shift its threshold is scaled by: the query's :meth:`query_shift`, or for
+        the classes in ``whole`` (shifted as a whole, see :meth:`knn_class`) the median shift of the
+        cells predicted as that class, never below the query's."""
+        _, med = self._class_null()
+        g = np.asarray(graph, dtype=np.float64)
+        pred = np.asarray(pred, dtype=np.int64)
+        f = np.full(len(med), self.query_shift(g, pred))
+        for c in np.flatnonzero(whole) if whole is not None else ():
+            sel = pred == c
+            if sel.any():
+                f[c] = max(f[c], float(np.median(g[sel])) / med[c])
+        return f
 
-        Class-conditional units keep a wide reference type from flooding the others' threshold
-        and a tight one from rejecting its own natural variation; the shift between the studies
-        is one robust factor for the whole query. ``graph`` reuses already computed
-        :meth:`knn_graph` scores of ``z``.
+    def knn_class(self, z: np.ndarray, pred: np.ndarray, *, graph: np.ndarray | None = None,
+                  threshold: float = 1.0) -> np.ndarray:
+        """The default rejection score; a cell is Unknown when it is above ``threshold``.
+
+        1. ``s = knn_graph / (unit_c * F)``: ``c`` the cell's predicted class, ``unit_c`` the
+           :data:`CLASS_UNIT` quantile of that class's reference cells (at least that of all
+           reference cells), ``F`` the query's :meth:`query_shift` (one robust factor).
+        2. Decisions by group (queries of more than ``2 * GRAPH_K`` cells): a query cluster
+           (:func:`query_clusters`) whose median ``s`` is above ``threshold`` is novel as a
+           group; a cell of an accepted cluster only beyond the reference's
+           :data:`SINGLE_CELL_UNIT` quantile (its neighbours vouch for it).
+        3. A predicted class none of whose cells is accepted is shifted as a whole (the query
+           has none of its cells near the reference, e.g. monocytes between studies): its cells
+           are measured against the median shift of that class instead of the query's.
+
+        ``graph`` reuses already computed :meth:`knn_graph` scores of ``z``.
         """
-        unit, _ = self._class_null()
         g = self.knn_graph(z) if graph is None else np.asarray(graph, dtype=np.float64)
         pred = np.asarray(pred, dtype=np.int64)
-        s = g / (unit[pred] * self.query_shift(g, pred))
+        unit, _ = self._class_null()
+        f = self.class_shifts(g, pred)
+        s = g / (unit[pred] * f[pred])
+        self.last_decision = {"n": len(g), "shifts": f, "whole": np.zeros(len(unit), dtype=bool)}
         if len(s) < 2 * GRAPH_K:
             return s
-        # decisions by group: a query cluster whose median cell is beyond the unit is novel as a
-        # group; a cell of an accepted cluster needs to be beyond the reference's 99th percentile
-        # (its neighbours vouch for it), so the tail of a shifted known type is not cut off cell by cell
         cl = query_clusters(z)
-        med = np.array([np.median(s[cl == c]) for c in range(cl.max() + 1)])
-        return np.maximum(med[cl], s * self.single_cell_scale())
+        scale = self.single_cell_scale()
+
+        def grouped(s: np.ndarray) -> np.ndarray:
+            med = np.array([np.median(s[cl == k]) for k in range(cl.max() + 1)])
+            return np.maximum(med[cl], s * scale)
+
+        out = grouped(s)
+        whole = np.array([(pred == c).any() and not (out[pred == c] <= threshold).any() for c in range(len(unit))])
+        whole &= WHOLE_CLASS
+        if whole.any():
+            f = self.class_shifts(g, pred, whole=whole)
+            out = grouped(g / (unit[pred] * f[pred]))
+        self.last_decision = {"n": len(g), "shifts": f, "whole": whole}
+        return out
 
     def single_cell_scale(self) -> float:
         """``Q95 / Q99`` of the reference's unit-scaled null: a lone cell counts as Unknown at
@@ -172,21 +206,27 @@ class LatentReference:
         return float(np.quantile(r, CLASS_UNIT) / np.quantile(r, SINGLE_CELL_UNIT))
 
     def class_table(self, graph: np.ndarray, pred: np.ndarray, threshold: float) -> list[dict]:
-        """Per reference class: reference cells, the unit, the query shift, the effective
-        threshold on ``knn_graph`` (``unit * shift * threshold``), query cells predicted as the
-        class. For the app's "why Unknown" table and the run card (which adds the run's own
-        Unknown count per class: with the group decisions of :meth:`knn_class` a cell below its
-        class's threshold can be Unknown with its cluster, and one above it kept)."""
+        """Per reference class: reference cells, the unit, the shift its threshold is scaled by
+        (the query's, or its own when :meth:`knn_class` found the class shifted as a whole), the
+        effective threshold on ``knn_graph`` (``unit * shift * threshold``), query cells predicted
+        as the class and how many of them are above that threshold. Uses the last
+        :meth:`knn_class` call's shifts when it scored these cells. For the app's "why Unknown"
+        table and the run card."""
         unit, med = self._class_null()
         g = np.asarray(graph, dtype=np.float64)
         pred = np.asarray(pred, dtype=np.int64)
-        f = self.query_shift(g, pred)
+        last = self.last_decision
+        if last is not None and last["n"] == len(g):
+            f, whole = last["shifts"], last["whole"]
+        else:
+            f, whole = self.class_shifts(g, pred), np.zeros(len(unit), dtype=bool)
         rows = []
         for c in range(len(unit)):
             sel = pred == c
-            t = float(unit[c] * f * threshold)
+            t = float(unit[c] * f[c] * threshold)
             rows.append({"class": c, "n_reference": int((self.y == c).sum()), "unit": float(unit[c]),
-                         "reference_median": float(med[c]), "shift": f, "threshold_knn_graph": t,
+                         "reference_median": float(med[c]), "shift": float(f[c]),
+                         "shifted_as_a_whole": bool(whole[c]), "threshold_knn_graph": t,
                          "n_predicted": int(sel.sum()), "n_above_threshold": int((g[sel] > t).sum())})
         return rows
 

@@ -102,7 +102,9 @@ def threshold_story(run: Run) -> str:
                  "from its lower quartile, so a large novel population cannot raise it), so the threshold is not "
                  "scaled again. Cells are judged in groups: a cluster of query cells whose typical cell is beyond "
                  "the threshold is Unknown as a whole, while a single cell in an accepted cluster is Unknown only "
-                 "beyond the reference's 99th percentile. The table below gives each class's numbers.")
+                 "beyond the reference's 99th percentile. A class none of whose query cells is near the reference "
+                 "(the other study moved it as a whole) is measured against its own shift instead. The table below "
+                 "gives each class's numbers.")
     if rej.get("threshold_overridden"):
         text += " (The threshold was set by hand for this run.)"
     return text
@@ -116,6 +118,7 @@ CLASS_TABLE_COLUMNS = {
     "n_reference": "Reference cells",
     "unit": "Reference 95th percentile",
     "shift": "Query shift factor",
+    "shifted_as_a_whole": "Shifted as a whole",
     "threshold_knn_graph": "Threshold (kNN distance)",
 }
 

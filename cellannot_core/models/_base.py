@@ -113,7 +113,9 @@ class Model:
                 if m == "knn_class":
                     if logits is None:
                         logits = self.logits(X)
-                    out[m] = self.reference.knn_class(latent, logits.argmax(1), graph=out.get("knn_graph"))
+                    thr = self.threshold if np.isfinite(self.threshold) else 1.0
+                    out[m] = self.reference.knn_class(latent, logits.argmax(1), graph=out.get("knn_graph"),
+                                                      threshold=thr)
                 else:
                     out[m] = getattr(self.reference, m)(latent)
             else:

@@ -318,6 +318,32 @@ def test_knn_class_shift_breaks_down_only_past_three_quarters_novel():
     assert all(r["shift"] == pytest.approx(f) and r["n_reference"] == 300 for r in table)
 
 
+def test_knn_class_a_class_shifted_as_a_whole_is_not_unknown(monkeypatch):
+    """A known type that the other study moved far more than the rest (no cell of it near the
+    reference) keeps its label; a novel group predicted as a class whose own cells sit near the
+    reference does not."""
+    rng = np.random.default_rng(9)
+    centres = _centres()
+    ref, ref_y = _blobs(rng, 300, centres[:3])
+    lr = LatentReference(ref, ref_y, k=10)
+    far = centres[:3].copy()
+    far[2, 3] += 4.0  # class 2 moved as a whole
+    known, known_y = _blobs(rng, 200, far)
+    novel, _ = _blobs(rng, 200, centres[3:])  # next to class 0, predicted as class 0
+    q = np.vstack([known, novel])
+    pred = np.r_[known_y, np.zeros(200, dtype=int)]
+    s = lr.knn_class(q, pred)
+    assert np.mean(s[400:600] > 1) < 0.15  # class 2: shifted as a whole, kept
+    assert np.mean(s[:400] > 1) < 0.1 and np.mean(s[600:] > 1) > 0.9
+    assert list(lr.last_decision["whole"]) == [False, False, True]
+    rows = lr.class_table(lr.knn_graph(q), pred, 1.0)
+    assert rows[2]["shifted_as_a_whole"] and rows[2]["shift"] > rows[0]["shift"]
+    import cellannot_core.novelty as nov
+
+    monkeypatch.setattr(nov, "WHOLE_CLASS", False)  # without that step the whole class is Unknown
+    assert np.mean(lr.knn_class(q, pred)[400:600] > 1) > 0.9
+
+
 def test_knn_class_unit_is_never_stricter_than_the_pooled_reference():
     rng = np.random.default_rng(4)
     y = np.repeat([0, 1], 200)
