@@ -39,7 +39,7 @@ def default_root() -> Path:
 
 def new_run_id(model: str) -> str:
     safe = re.sub(r"[^A-Za-z0-9_-]", "", model)[:20] or "run"
-    return f"{time.strftime('%Y%m%d-%H%M%S')}-{safe}-{secrets.token_hex(3)}"
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{safe}-{secrets.token_hex(8)}"  # 64 random bits: not guessable
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
@@ -66,7 +66,10 @@ class RunDir:
     path: Path
 
     @classmethod
-    def create(cls, root: Path | str | None = None, *, model: str = "run", run_id: str | None = None) -> "RunDir":
+    def create(cls, root: Path | str | None = None, *, model: str = "run", run_id: str | None = None,
+               owner: str | None = None) -> "RunDir":
+        """A new run directory; ``owner`` (the app's hashed browser-session id) limits who lists
+        and opens it in the app; runs without an owner are the command line's."""
         root = Path(root) if root is not None else default_root()
         rid = new_run_id(model) if run_id is None else run_id
         if not RUN_ID_RE.match(rid):
@@ -77,7 +80,7 @@ class RunDir:
         except FileExistsError:
             raise DataError(f"a run {rid!r} already exists in {root}; choose another id") from None
         rd = cls(path)
-        rd.set_status("queued")
+        rd.set_status("queued", **({"owner": owner} if owner else {}))
         return rd
 
     @classmethod
@@ -93,6 +96,10 @@ class RunDir:
     @property
     def id(self) -> str:
         return self.path.name
+
+    @property
+    def owner(self) -> str | None:
+        return self.status().get("owner")
 
     def file(self, name: str) -> Path:
         return self.path / name
@@ -131,8 +138,16 @@ class RunDir:
             return {k: z[k] for k in z.files}
 
 
-def list_runs(root: Path | str | None = None) -> list[dict[str, Any]]:
-    """Runs under ``root``, newest first: id, state, model, created, message and key metrics."""
+ANY_OWNER = object()
+
+
+def list_runs(root: Path | str | None = None, *, owner: Any = ANY_OWNER,
+              include_unowned: bool = True) -> list[dict[str, Any]]:
+    """Runs under ``root``, newest first: id, state, model, created, message and key metrics.
+
+    ``owner``: only the runs of this owner (the app passes its hashed session id), plus the
+    command line's runs (no owner) when ``include_unowned``; by default every run.
+    """
     root = Path(root) if root is not None else default_root()
     out = []
     if not root.is_dir():
@@ -141,6 +156,10 @@ def list_runs(root: Path | str | None = None) -> list[dict[str, Any]]:
         if not p.is_dir() or not RUN_ID_RE.match(p.name) or not (p / RunFiles.STATUS).is_file():
             continue
         st = read_json(p / RunFiles.STATUS, {}) or {}
+        if owner is not ANY_OWNER:
+            run_owner = st.get("owner")
+            if not (run_owner == owner or (run_owner is None and include_unowned)):
+                continue
         card = read_json(p / RunFiles.CARD, {}) or {}
         out.append({"id": p.name, "state": st.get("state"), "model": st.get("model", card.get("model")),
                     "created": st.get("created", 0), "message": st.get("message", ""),

@@ -13,6 +13,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 os.environ.setdefault("CELLANNOT_NUM_THREADS", "1")  # tiny test models run fastest single-threaded
+# runs and browser-session data of tests that do not choose a folder go to a temporary one, never ./runs
+os.environ.setdefault("CELLANNOT_RUNS", __import__("tempfile").mkdtemp(prefix="cellannot_test_runs_"))
 
 
 def pytest_addoption(parser):

@@ -16,6 +16,7 @@ from typing import Any
 import streamlit as st
 
 from cellannot_core.errors import CellannotError, DataError
+from ui.session import remember_dataset, server_is_local
 from ui.state import DATA_KEY, INFO_KEY, StateKeys, get, put
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,8 +52,16 @@ def _read_demo(path: str, role: str):
     return read_dataset(path, name=role)
 
 
-def set_dataset(role: str, adata: Any, *, name: str, source: str, dataset_id: str) -> None:
-    """Put a dataset into the session (and forget choices that depended on the old one)."""
+def demo_dataset(role: str) -> Any:
+    return _read_demo(str(DEMO[role]), role)
+
+
+def set_dataset(role: str, adata: Any, *, name: str, source: str, dataset_id: str, data: bytes | None = None,
+                path: str | None = None) -> None:
+    """Put a dataset into the session (and forget choices that depended on the old one); the
+    session remembers how to bring it back after a reload (:mod:`ui.session`)."""
+    remember_dataset(role, "upload" if source == "upload" else "path" if path else source, name=name,
+                     dataset_id=dataset_id, data=data, path=path)
     put(DATA_KEY[role], adata)
     put(INFO_KEY[role], {"id": dataset_id, "name": name, "source": source,
                          "n_cells": int(adata.n_obs), "n_genes": int(adata.n_vars)})
@@ -67,8 +76,7 @@ def load_demo() -> None:
     """Load the bundled reference/query pair and set the label columns."""
     for role in ("reference", "query"):
         path = DEMO[role]
-        set_dataset(role, _read_demo(str(path), role), name=path.name, source="demo",
-                    dataset_id=f"demo-{role}")
+        set_dataset(role, demo_dataset(role), name=path.name, source="demo", dataset_id=f"demo-{role}")
     put(StateKeys.LABEL_KEY, DEMO["label_key"])
     put(StateKeys.QUERY_LABEL_KEY, DEMO["query_label_key"])
     put(StateKeys.QC, None)
@@ -85,18 +93,10 @@ def handle_upload(role: str, data: bytes, filename: str, *, upload_id: str | Non
     except CellannotError as err:
         return str(err)
     digest = hashlib.sha1(data).hexdigest()[:16]
-    set_dataset(role, adata, name=name, source="upload", dataset_id=f"{role}-upload-{digest}")
+    set_dataset(role, adata, name=name, source="upload", dataset_id=f"{role}-upload-{digest}", data=data)
     info = get(INFO_KEY[role])
     info["upload_id"] = upload_id
     return None
-
-
-LOCAL_ADDRESSES = ("127.0.0.1", "localhost", "::1")
-
-
-def server_is_local() -> bool:
-    """Whether the app listens on this machine only (then its visitor is the machine's user)."""
-    return str(st.get_option("server.address") or "") in LOCAL_ADDRESSES
 
 
 def allowed_path(path: Path) -> str | None:
@@ -134,7 +134,8 @@ def handle_path(role: str, path_text: str) -> str | None:
         return str(err)
     st_ = path.stat()
     key = hashlib.sha1(f"{path.resolve()}|{st_.st_mtime_ns}|{st_.st_size}".encode()).hexdigest()[:16]
-    set_dataset(role, adata, name=path.name, source=f"server path {path}", dataset_id=f"{role}-path-{key}")
+    set_dataset(role, adata, name=path.name, source=f"server path {path}", dataset_id=f"{role}-path-{key}",
+                path=str(path.resolve()))
     return None
 
 

@@ -152,7 +152,8 @@ def warm_imports() -> None:
     import cellannot_core.train  # noqa: F401
 
 
-def start_job(reference: Any, query: Any, opts: Any, *, root: str | Path | None = None) -> str:
+def start_job(reference: Any, query: Any, opts: Any, *, root: str | Path | None = None,
+              owner: str | None = None) -> str:
     """Start training in a background thread; return the new run id.
 
     Parameters
@@ -164,11 +165,14 @@ def start_job(reference: Any, query: Any, opts: Any, *, root: str | Path | None 
         :class:`cellannot_core.pipeline.AnnotateOptions`.
     root
         Runs directory (default :func:`runs_root`).
+    owner
+        The browser session's hashed id (:func:`ui.session.owner_id`): only that session lists
+        and opens the run.
     """
     warm_imports()
     from cellannot_core.train import CancelToken
 
-    rd = RunDir.create(root if root is not None else runs_root(), model=opts.model)
+    rd = RunDir.create(root if root is not None else runs_root(), model=opts.model, owner=owner)
     rd.set_status("queued", model=opts.model, message="starting")
     job = Job(run_id=rd.id, run_dir=rd, token=CancelToken())
     job.thread = threading.Thread(target=_worker, args=(job, reference, query, opts), daemon=True,

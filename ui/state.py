@@ -78,30 +78,36 @@ DEFAULTS: dict[str, Any] = {
 
 RUN_PARAM = "run"  # URL query parameter holding the current run id
 ROLES = ("reference", "query")
+CHOICE_KEYS = (StateKeys.LABEL_KEY, StateKeys.QUERY_LABEL_KEY, StateKeys.QC, StateKeys.DEMO)  # kept across reloads
 DATA_KEY = {"reference": StateKeys.REFERENCE, "query": StateKeys.QUERY}
 INFO_KEY = {"reference": StateKeys.REFERENCE_INFO, "query": StateKeys.QUERY_INFO}
 
 
 def init_state() -> None:
     """Set every missing key to its default (idempotent; call at the top of every page)."""
+    from ui import session
+
+    fresh = StateKeys.RUN_ID not in st.session_state
     for key, value in DEFAULTS.items():
         if key not in st.session_state:
             st.session_state[key] = copy.deepcopy(value)
+    session.token()
+    if fresh:  # a new browser session (first visit, reload, restart): bring back its datasets
+        session.restore()
+    if st.session_state[StateKeys.REFERENCE] is not None or st.session_state[StateKeys.QUERY] is not None:
+        session.remember_choices({k: st.session_state[k] for k in CHOICE_KEYS})
     sync_run_param()
 
 
 def sync_run_param() -> None:
     """Mirror the current run id in the URL (``?run=...``) so a browser refresh (a new session)
-    reopens it; an id from the URL is only taken when that run exists."""
+    reopens it; an id from the URL is only taken when that run exists and is this session's."""
+    from ui.session import can_open
+
     run_id = st.session_state.get(StateKeys.RUN_ID)
     from_url = st.query_params.get(RUN_PARAM)
     if run_id is None and from_url:
-        from cellannot_core.errors import CellannotError
-        from cellannot_core.runs import RunDir, default_root
-
-        try:
-            RunDir.open(default_root(), from_url)
-        except CellannotError:
+        if not can_open(from_url):  # not this session's run (or none): as if it did not exist
             del st.query_params[RUN_PARAM]
             return
         st.session_state[StateKeys.RUN_ID] = from_url

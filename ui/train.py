@@ -55,7 +55,9 @@ def _rng_preserved() -> Iterator[None]:
 def start(opts: Any) -> str | None:
     """Start a background job on the session's datasets; returns an error message or ``None``."""
     try:
-        run_id = jobs.start_job(get(StateKeys.REFERENCE), get(StateKeys.QUERY), opts)
+        from ui.session import owner_id
+
+        run_id = jobs.start_job(get(StateKeys.REFERENCE), get(StateKeys.QUERY), opts, owner=owner_id())
     except (CellannotError, OSError) as err:
         return str(err)
     set_run(run_id)
@@ -246,7 +248,10 @@ def run_panel(run_id: str) -> None:
 def past_runs() -> pd.DataFrame:
     from cellannot_core.runs import list_runs
 
-    rows = list_runs(jobs.runs_root())
+    from ui.session import owner_id, server_is_local
+
+    # the session's own runs, and the command line's while the app serves this machine only
+    rows = list_runs(jobs.runs_root(), owner=owner_id(), include_unowned=server_is_local())
     df = pd.DataFrame(rows, columns=["id", "state", "model", "created", "n_query", "unknown_fraction", "message"])
     if len(df):
         df["created"] = [time.strftime("%Y-%m-%d %H:%M", time.localtime(t)) if t else "" for t in df["created"]]

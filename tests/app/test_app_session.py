@@ -1,0 +1,95 @@
+"""Browser sessions (issues 13 and 14): a visitor lists and opens only their own runs; a reload
+(a new Streamlit session with the same private link) brings back the datasets and the run."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from cellannot_core.pipeline import AnnotateOptions
+from conftest import demo_subset
+from ui import jobs
+from ui.session import SESSION_PARAM, TOKEN_KEY, owner_id
+from ui.state import RUN_PARAM, StateKeys, WidgetKeys
+
+ROOT = Path(__file__).resolve().parents[2]
+APP = str(ROOT / "app.py")
+LABEL = "cell_type_harmonized"
+
+
+@pytest.fixture(autouse=True)
+def _runs(tmp_path, monkeypatch):
+    monkeypatch.setenv("CELLANNOT_RUNS", str(tmp_path / "runs"))
+
+
+def _visit(token: str | None = None, run: str | None = None, page: str = "pages/train.py") -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=60)
+    if token:
+        at.query_params[SESSION_PARAM] = token
+    if run:
+        at.query_params[RUN_PARAM] = run
+    at.run()
+    return at.switch_page(page).run()
+
+
+def _tiny_run(token: str) -> str:
+    ref, qry = demo_subset(200, 150)
+    run_id = jobs.start_job(ref, qry, AnnotateOptions(label_key=LABEL, model="logreg", n_top_genes=200),
+                            owner=owner_id(token))
+    assert jobs.wait(run_id, timeout=120)["state"] == "done"
+    return run_id
+
+
+def test_a_visitor_sees_only_their_own_runs():
+    alice = _visit()
+    tok_a = alice.session_state[TOKEN_KEY]
+    run_a = _tiny_run(tok_a)
+    bob = _visit()
+    tok_b = bob.session_state[TOKEN_KEY]
+    assert tok_b != tok_a and len(tok_a) >= 22
+    # Bob's run list does not show Alice's run, and her run's link does not open it for him
+    assert not [sb for sb in bob.selectbox if sb.key == WidgetKeys.RUN_PICKER]
+    bob = _visit(tok_b, run=run_a)
+    assert bob.session_state[StateKeys.RUN_ID] is None
+    assert RUN_PARAM not in bob.query_params
+    bob.switch_page("pages/results.py").run()
+    assert any("Train a model" in i.value for i in bob.info)
+    # Alice's own link (token + run) opens it, and her list has it
+    alice = _visit(tok_a, run=run_a)
+    assert alice.session_state[StateKeys.RUN_ID] == run_a
+    assert run_a in alice.selectbox(key=WidgetKeys.RUN_PICKER).options
+    # the server keeps only a hash of the token
+    status = (Path(jobs.runs_root()) / run_a / "status.json").read_text()
+    assert owner_id(tok_a) in status and tok_a not in status
+
+
+def test_a_reload_keeps_the_datasets_and_the_run():
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    at.button(key=WidgetKeys.DEMO_BUTTON).click().run()
+    tok = at.session_state[TOKEN_KEY]
+    n_ref, n_q = at.session_state[StateKeys.REFERENCE].n_obs, at.session_state[StateKeys.QUERY].n_obs
+    run = _tiny_run(tok)
+    again = _visit(tok, run=run)  # a reload: a new session with the same link
+    assert again.session_state[StateKeys.REFERENCE] is not None
+    assert again.session_state[StateKeys.REFERENCE].n_obs == n_ref and again.session_state[StateKeys.QUERY].n_obs == n_q
+    assert again.session_state[StateKeys.LABEL_KEY] == LABEL
+    assert again.session_state[StateKeys.RUN_ID] == run
+    assert not again.button(key=WidgetKeys.START).disabled  # ready to train the next model
+    other = _visit()  # another visitor gets none of it
+    assert other.session_state[StateKeys.REFERENCE] is None
+
+
+def test_an_uploaded_dataset_comes_back_after_a_reload():
+    from ui import data as data_ui
+
+    small = (ROOT / "tests" / "data" / "pbmc3k_small.h5ad").read_bytes()
+    at = _visit(page="pages/data.py")
+    tok = at.session_state[TOKEN_KEY]
+    with pytest.MonkeyPatch.context() as mp:  # what the Data page's uploader calls, in this session
+        mp.setattr(data_ui.st, "session_state", at.session_state)
+        mp.setattr(data_ui.st, "query_params", {SESSION_PARAM: tok})
+        assert data_ui.handle_upload("query", small, "my cells.h5ad") is None
+    again = _visit(tok, page="pages/data.py")
+    assert again.session_state[StateKeys.QUERY] is not None
+    assert again.session_state[StateKeys.QUERY_INFO]["name"] == "my_cells.h5ad"
