@@ -168,8 +168,8 @@ class LatentReference:
            (:func:`query_clusters`) whose median ``s`` is above ``threshold`` is novel as a
            group; a cell of an accepted cluster only beyond the reference's
            :data:`SINGLE_CELL_UNIT` quantile (its neighbours vouch for it).
-        3. A predicted class none of whose cells is accepted is shifted as a whole (the query
-           has none of its cells near the reference, e.g. monocytes between studies): its cells
+        3. A predicted class that leads no accepted cluster is shifted as a whole (the query has
+           no group of its cells near the reference, e.g. monocytes between studies): its cells
            are measured against the median shift of that class instead of the query's.
 
         ``graph`` reuses already computed :meth:`knn_graph` scores of ``z``.
@@ -190,7 +190,10 @@ class LatentReference:
             return np.maximum(med[cl], s * scale)
 
         out = grouped(s)
-        whole = np.array([(pred == c).any() and not (out[pred == c] <= threshold).any() for c in range(len(unit))])
+        # the classes that lead no accepted cluster (a few stray accepted cells do not count)
+        led = {int(np.bincount(pred[cl == k]).argmax()) for k in range(cl.max() + 1)
+               if np.median(out[cl == k]) <= threshold}
+        whole = np.array([(pred == c).any() and c not in led for c in range(len(unit))])
         whole &= WHOLE_CLASS
         if whole.any():
             f = self.class_shifts(g, pred, whole=whole)
