@@ -29,7 +29,22 @@ from ._constants import RunFiles
 from .errors import DataError
 
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,120}$")
-STATES = ("queued", "running", "done", "failed", "cancelled")
+STATES = ("queued", "running", "done", "failed", "cancelled", "interrupted")
+ACTIVE = ("queued", "running")
+
+
+def _process_start(pid: int) -> str | None:
+    """The start time of process ``pid`` (clock ticks since boot, from /proc), None when it is gone:
+    with the pid it tells the same process from a later one that reused the number."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _this_process() -> dict[str, Any]:
+    pid = os.getpid()
+    return {"pid": pid, "pid_start": _process_start(pid)}
 
 
 def default_root() -> Path:
@@ -116,10 +131,39 @@ class RunDir:
             raise ValueError(state)
         cur = read_json(self.file(RunFiles.STATUS), {}) or {}
         cur.update(fields)
+        if state in ACTIVE:
+            cur.update(_this_process())  # who works on it, so a killed process is detected (worker_alive)
         cur["state"] = state
         cur["updated"] = time.time()
         cur.setdefault("created", cur["updated"])
         write_json_atomic(self.file(RunFiles.STATUS), cur)
+
+    def worker_alive(self) -> bool:
+        """Whether the process that last marked this run queued/running still exists."""
+        st = self.status()
+        pid = st.get("pid")
+        if not isinstance(pid, int):
+            return False
+        start = _process_start(pid)
+        return start is not None and (st.get("pid_start") is None or start == st.get("pid_start"))
+
+    def check_interrupted(self) -> dict[str, Any]:
+        """The status, with a queued/running run whose process is gone marked ``interrupted``
+        (written, so it stays marked): detected from the process, not guessed from a timeout."""
+        st = self.status()
+        if st.get("state") in ACTIVE and not self.worker_alive():
+            self.set_status("interrupted", message="the process training it stopped (killed, or the server "
+                            "restarted) before it finished: delete it or train again")
+            st = self.status()
+        return st
+
+    def delete(self) -> None:
+        """Remove the run directory (refused while its process still works on it)."""
+        import shutil
+
+        if self.status().get("state") in ACTIVE and self.worker_alive():
+            raise DataError(f"run {self.id} is still training: cancel it first")
+        shutil.rmtree(self.path)
 
     def card(self) -> dict[str, Any] | None:
         return read_json(self.file(RunFiles.CARD))
@@ -156,6 +200,8 @@ def list_runs(root: Path | str | None = None, *, owner: Any = ANY_OWNER,
         if not p.is_dir() or not RUN_ID_RE.match(p.name) or not (p / RunFiles.STATUS).is_file():
             continue
         st = read_json(p / RunFiles.STATUS, {}) or {}
+        if st.get("state") in ACTIVE:
+            st = RunDir(p).check_interrupted()
         if owner is not ANY_OWNER:
             run_owner = st.get("owner")
             if not (run_owner == owner or (run_owner is None and include_unowned)):

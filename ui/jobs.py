@@ -201,16 +201,16 @@ def run_status(run_id: str, root: str | Path | None = None) -> dict[str, Any]:
     command line in another process).
     """
     rd = RunDir.open(root if root is not None else runs_root(), run_id)
-    status = dict(rd.status())
     job = get_job(run_id)
-    status["live"] = bool(job and job.alive)
+    live = bool(job and job.alive)
+    status = dict(rd.status() if live else rd.check_interrupted())
+    status["live"] = live
     status["stale"] = False
     if status.get("state") in ACTIVE_STATES and not status["live"]:
         age = time.time() - float(status.get("updated") or 0)
         status["stale"] = True
         status["stale_note"] = (
-            f"no training thread of this app works on this run (last update {age:.0f} s ago): it was "
-            "started by another process, or the server restarted and the run was interrupted"
+            f"another process (e.g. the command line) works on this run (last update {age:.0f} s ago)"
         )
     return status
 

@@ -53,6 +53,7 @@ class WidgetKeys:
     CANCEL = "w_cancel"
     RUN_PICKER = "w_run_pick"
     OPEN_RUN = "w_open_run"
+    DELETE_RUN = "w_delete_run"
     NORMALIZE = "w_heat_norm"
     FILTER_LABELS = "w_filter_labels"
     FILTER_CONF = "w_filter_conf"
@@ -128,7 +129,11 @@ def data_loaded() -> bool:
     return get(StateKeys.REFERENCE) is not None and get(StateKeys.QUERY) is not None
 
 
-def set_run(run_id: str) -> None:
-    """Make ``run_id`` the session's current run (and put it in the URL)."""
+def set_run(run_id: str | None) -> None:
+    """Make ``run_id`` the session's current run (and put it in the URL); None: no current run."""
     st.session_state[StateKeys.RUN_ID] = run_id
-    st.query_params[RUN_PARAM] = run_id
+    if run_id is None:
+        if RUN_PARAM in st.query_params:
+            del st.query_params[RUN_PARAM]
+    else:
+        st.query_params[RUN_PARAM] = run_id

@@ -208,6 +208,8 @@ def _panel_body(run_id: str, was_active: bool) -> None:
         st.error(f"Training failed: {s.get('message')}")
     elif state == "cancelled":
         st.warning(f"Training was cancelled ({s.get('message')}).")
+    elif state == "interrupted":
+        st.warning(f"Training was interrupted: {s.get('message')}.")
     from cellannot_core.plots import training_curves
     from cellannot_core.runs import RunDir
 
@@ -268,8 +270,19 @@ def past_runs_section() -> None:
         "n_query": st.column_config.NumberColumn("query cells")})
     ids = df["id"].tolist()
     cur = get(StateKeys.RUN_ID)
-    c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
+    c1, c2, c3 = st.columns([3, 1, 1], vertical_alignment="bottom")
     pick = c1.selectbox("Run", ids, index=ids.index(cur) if cur in ids else 0, key=WidgetKeys.RUN_PICKER)
     if c2.button("Open this run", key=WidgetKeys.OPEN_RUN):
         set_run(pick)
         st.rerun()
+    if c3.button("Delete this run", key=WidgetKeys.DELETE_RUN, icon=":material/delete:"):
+        from cellannot_core.runs import RunDir
+
+        try:
+            RunDir.open(jobs.runs_root(), pick).delete()
+        except CellannotError as err:
+            st.error(str(err))
+        else:
+            if cur == pick:
+                set_run(None)
+            st.rerun()

@@ -136,7 +136,7 @@ def gene_overlap_report(rep: dict[str, Any]) -> None:
 
 STATE_ICON = {"queued": ":material/hourglass_empty:", "running": ":material/autorenew:",
               "done": ":green[:material/check_circle:]", "failed": ":red[:material/error:]",
-              "cancelled": ":orange[:material/stop_circle:]"}
+              "cancelled": ":orange[:material/stop_circle:]", "interrupted": ":orange[:material/warning:]"}
 
 
 def status_text(status: dict[str, Any]) -> str:

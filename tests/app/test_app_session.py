@@ -93,3 +93,25 @@ def test_an_uploaded_dataset_comes_back_after_a_reload():
     again = _visit(tok, page="pages/data.py")
     assert again.session_state[StateKeys.QUERY] is not None
     assert again.session_state[StateKeys.QUERY_INFO]["name"] == "my_cells.h5ad"
+
+
+def test_an_interrupted_run_is_shown_as_such_and_can_be_deleted():
+    """Issue 14: a run whose process died showed 'about 2 min left' forever and could not be removed."""
+    import json
+
+    from cellannot_core.runs import RunDir
+
+    at = _visit()
+    tok = at.session_state[TOKEN_KEY]
+    rd = RunDir.create(jobs.runs_root(), model="clams", owner=owner_id(tok))
+    status = json.loads(rd.file("status.json").read_text())
+    status.update(state="running", eta=120, pid=2**22 + 12345, pid_start="1")  # a process that is gone
+    rd.file("status.json").write_text(json.dumps(status))
+    at = _visit(tok, run=rd.id)
+    assert not at.exception
+    assert any("interrupted" in w.value for w in at.warning)
+    assert rd.status()["state"] == "interrupted"
+    at.selectbox(key=WidgetKeys.RUN_PICKER).set_value(rd.id)
+    at.button(key=WidgetKeys.DELETE_RUN).click().run()
+    assert not at.exception
+    assert not rd.path.exists() and at.session_state[StateKeys.RUN_ID] is None

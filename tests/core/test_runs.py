@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -256,3 +257,34 @@ def test_run_progress_with_the_training_loop(tmp_path):
     assert [e["epoch"] for e in h] == [1, 2, 3]
     assert [e["val_loss"] for e in h] == pytest.approx([e["val_loss"] for e in hist.epochs])
     assert rd.status()["progress"] == 1.0
+
+
+def test_a_killed_training_process_leaves_its_run_marked_interrupted(tmp_path):
+    """Issue 14: a training process killed with SIGKILL left a run 'about 2 min left' forever."""
+    import signal
+    import subprocess
+    import sys
+    import time as _time
+
+    from cellannot_core.runs import RunDir
+
+    root = tmp_path / "runs"
+    code = ("import sys, time; sys.path.insert(0, %r)\n"
+            "from cellannot_core.runs import RunDir\n"
+            "rd = RunDir.create(%r, model='clams', run_id='r1')\n"
+            "rd.set_status('running', message='training', eta=120)\n"
+            "print('ready', flush=True); time.sleep(600)\n") % (str(Path(__file__).resolve().parents[2]), str(root))
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    rd = RunDir.open(root, "r1")
+    assert rd.worker_alive() and rd.check_interrupted()["state"] == "running"
+    with pytest.raises(DataError, match="still training"):
+        rd.delete()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    _time.sleep(0.1)
+    st = rd.check_interrupted()
+    assert st["state"] == "interrupted" and "stopped" in st["message"]
+    assert RunDir.open(root, "r1").status()["state"] == "interrupted"  # written, not only reported
+    rd.delete()
+    assert not (root / "r1").exists()
