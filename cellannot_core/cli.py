@@ -121,6 +121,9 @@ def cmd_annotate(args) -> int:
         from .errors import ConfigError
 
         raise ConfigError(f"--out must end in .h5ad, got {out.name}")
+    from .pipeline import check_writable
+
+    check_writable(out, what="annotated query")  # before training, not after
     callbacks = [PrintProgress(_log)]
     rd = None
     if args.runs_dir:
@@ -152,8 +155,9 @@ def cmd_train(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from .pipeline import predict_with_bundle
+    from .pipeline import check_writable, predict_with_bundle
 
+    check_writable(args.out, what="annotated query")
     res = predict_with_bundle(args.model_dir, args.query, out=Path(args.out), device=args.device,
                               threshold=args.threshold, log=_log)
     _log(f"labelled {res.n_obs} cells; Unknown: {res.obs['cellannot_is_unknown'].mean():.1%}; wrote {args.out}")

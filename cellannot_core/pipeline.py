@@ -258,15 +258,50 @@ def predictions_table(obs_names: Sequence[str], preds: Predictions, classes: Seq
     return df
 
 
+def check_writable(path: str | Path, *, what: str = "output") -> Path:
+    """Fail now, in one line, when ``path`` cannot be written (before hours of training): its
+    folder is created and a probe file written and removed there."""
+    import errno
+    import secrets
+
+    from .errors import DataError
+
+    path = Path(path)
+    if path.is_dir():
+        raise DataError(f"the {what} path {path} is a folder: give a file name")
+    probe = path.parent / f".{path.name}.{secrets.token_hex(4)}.probe"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"0")
+        probe.unlink()
+    except OSError as err:
+        reason = "the disk is full" if err.errno == errno.ENOSPC else (err.strerror or type(err).__name__).lower()
+        raise DataError(f"cannot write the {what} to {path}: {reason}. Choose another place.") from None
+    return path
+
+
 def write_h5ad_atomic(adata, path: Path) -> None:
+    """Write to a temporary name and rename; on any failure (disk full, permissions) the
+    temporary file is removed and one plain line is raised."""
+    import errno
     import os
     import secrets
 
+    from .errors import DataError
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp.h5ad")
-    adata.write_h5ad(tmp, compression="gzip")
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        adata.write_h5ad(tmp, compression="gzip")
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        reason = "the disk is full" if err.errno == errno.ENOSPC else (err.strerror or type(err).__name__).lower()
+        raise DataError(f"cannot write {path}: {reason}. Free some space or choose another place.") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def save_bundle(directory: Path, model, prepared: Prepared, opts: AnnotateOptions) -> Path:

@@ -248,3 +248,36 @@ def test_train_then_predict(capsys, files, tmp_path):
     code, _, err = run_main(capsys, "predict", "--model", model_dir, "--query", files["other_genes"],
                             "--out", tmp_path / "x.h5ad", "--device", "cpu")
     assert_one_error(code, err, "genes")
+
+
+def test_an_unwritable_output_fails_before_training_in_one_line(tmp_path):
+    """Issue 14: writability was checked only after training; PermissionError / FileExistsError
+    came out as 'internal error'."""
+    import subprocess
+    import sys as _sys
+
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("x")
+    r = subprocess.run([_sys.executable, "-m", "cellannot_core", "annotate", "--reference", "/nonexistent_never.h5ad",
+                        "--query", "/nonexistent_never.h5ad", "--label-key", "cell_type",
+                        "--out", str(blocker / "out.h5ad")],
+                       cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "internal error" not in r.stderr
+    assert "cannot write the annotated query" in r.stderr  # said before the data is even read
+
+
+def test_a_failed_write_leaves_no_temporary_file(tmp_path, monkeypatch):
+    import anndata as ad
+    import errno
+
+    from cellannot_core.errors import DataError
+    from cellannot_core.pipeline import write_h5ad_atomic
+
+    def full_disk(self, path, **kw):
+        Path(path).write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ad.AnnData, "write_h5ad", full_disk)
+    with pytest.raises(DataError, match="the disk is full"):
+        write_h5ad_atomic(ad.AnnData(np.zeros((2, 2), np.float32)), tmp_path / "out.h5ad")
+    assert list(tmp_path.iterdir()) == []
