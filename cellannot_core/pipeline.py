@@ -432,9 +432,13 @@ def predict_with_bundle(model_dir: str | Path, query, *, out: str | Path | None 
     from .runs import read_json
 
     bundle = read_json(Path(model_dir) / "bundle.json")
-    if not bundle or "genes" not in bundle:
+    if not isinstance(bundle, dict) or "genes" not in bundle:
         raise DataError(f"{model_dir} has no bundle.json; pass a directory written by `train` or --save-model")
     model = load_model(model_dir, device=device)
+    genes = bundle["genes"]
+    if not isinstance(genes, list) or len(genes) != model.n_features or not all(isinstance(g, str) for g in genes):
+        raise DataError(f"the saved model in {model_dir} is damaged (bundle.json's genes do not match the model's "
+                        f"{model.n_features} inputs); train it again")
     qry = query if not isinstance(query, (str, Path)) else read_dataset(query, name="query")
     split, report = prepare_query(qry, genes=bundle["genes"], norm_genes=bundle.get("norm_genes"),
                                   min_shared_genes=int(bundle.get("min_shared_genes", 200)))

@@ -238,6 +238,37 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
+MAX_FEATURES = 200_000  # more genes than any transcriptome: a config asking for more is damaged or hostile
+
+
+def _validate_config(cfg: dict[str, Any], d: Path) -> None:
+    """Types, ranges, known names and sizes of a saved model's config, before anything is built
+    from it (a config is as untrusted as any file: ``n_features`` 1e9 once cost 82 s and 8 GB)."""
+    import math
+
+    from ..errors import DataError
+
+    def bad(what: str) -> DataError:
+        return DataError(f"the saved model in {d} is damaged or not a cellannot model ({what}); train it again")
+
+    n = cfg.get("n_features")  # (an unknown model name is get_spec's, which lists the models)
+    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_FEATURES:
+        raise bad("n_features must be a whole number of genes between 1 and 200,000")
+    classes = cfg.get("classes")
+    if not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(c, str) for c in classes):
+        raise bad("classes must be a list of at least two names")
+    if not isinstance(cfg.get("hparams"), dict) or not isinstance(cfg.get("seed"), int):
+        raise bad("hparams / seed")
+    t = cfg.get("temperature")
+    if not isinstance(t, (int, float)) or isinstance(t, bool) or not math.isfinite(t) or t <= 0:
+        raise bad("the temperature must be a positive number")
+    thr = cfg.get("threshold")
+    if not isinstance(thr, (int, float)) or isinstance(thr, bool) or math.isnan(thr):
+        raise bad("the threshold must be a number")
+    if cfg.get("ood_method") not in tuple(OOD_METHODS) + ("elbo",):
+        raise bad(f"unknown novelty score {str(cfg.get('ood_method'))[:40]!r}")
+
+
 def load_model(directory: str | os.PathLike, *, device: str = "auto") -> Model:
     """Load a saved model: JSON config + safetensors arrays (no pickle)."""
     from safetensors.numpy import load_file
@@ -256,6 +287,7 @@ def load_model(directory: str | os.PathLike, *, device: str = "auto") -> Model:
         raise DataError(f"cannot read the saved model in {d} ({type(err).__name__}); it may be damaged: train it again") from None
     if not isinstance(cfg, dict) or "model" not in cfg:
         raise DataError(f"{cfg_path} is not a cellannot model config; it may be damaged: train the model again")
+    _validate_config(cfg, d)
     spec = get_spec(cfg["model"])
     try:
         model = spec.cls(cfg["n_features"], cfg["classes"], seed=cfg["seed"], device=device, hparams=cfg["hparams"])

@@ -281,3 +281,36 @@ def test_a_failed_write_leaves_no_temporary_file(tmp_path, monkeypatch):
     with pytest.raises(DataError, match="the disk is full"):
         write_h5ad_atomic(ad.AnnData(np.zeros((2, 2), np.float32)), tmp_path / "out.h5ad")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("temperature", 0, "temperature"),
+    ("temperature", "hot", "temperature"),
+    ("ood_method", "no_such_score", "novelty score"),
+    ("n_features", 10**9, "n_features"),
+    ("classes", ["only one"], "classes"),
+    ("genes", None, "genes"),
+])
+def test_a_tampered_bundle_is_refused_in_one_line(capsys, files, tmp_path, field, value, words):
+    """Issue 14: temperature 0 gave exit 0 with every confidence NaN; n_features 1e9 cost 82 s and
+    8 GB; an unknown ood_method or genes null came out as 'internal error'."""
+    import shutil
+    import time as _time
+
+    base = tmp_path.parent / "tamper_base"
+    if not base.exists():
+        code, _, err = run_main(capsys, "train", "--reference", files["ref"], "--label-key", LABEL,
+                                "--save-model", base, *FAST, "--max-epochs", "1")
+        assert code == 0, err
+    d = tmp_path / "bundle"
+    shutil.copytree(base, d)
+    name = "bundle.json" if field == "genes" else RunFiles.CONFIG
+    cfg = json.loads((d / name).read_text())
+    cfg[field] = value
+    (d / name).write_text(json.dumps(cfg))
+    t0 = _time.time()
+    code, _, err = run_main(capsys, "predict", "--model", d, "--query", files["query"], "--out", tmp_path / "o.h5ad",
+                            "--device", "cpu")
+    assert_one_error(code, err, words)
+    assert "damaged" in err and _time.time() - t0 < 30
+    assert not (tmp_path / "o.h5ad").exists()
