@@ -227,7 +227,7 @@ def _finalise(adata: ad.AnnData, label: str, kind: str) -> ad.AnnData:
         )
     X = adata.X
     if not sp.issparse(X):
-        X = sp.csr_matrix(np.asarray(X))
+        X = sp.csr_matrix(np.asarray(X, dtype=np.float32))  # float16 and other dtypes scipy cannot hold
     X = sp.csr_matrix(X, dtype=np.float32)
     X.sort_indices()
     adata.X = X
@@ -313,8 +313,17 @@ def _read_10x_h5(path: Path) -> ad.AnnData:
     return sc.read_10x_h5(path)
 
 
+def _is_gzip(path: Path) -> bool:
+    """gzip by its first two bytes, whatever the file is called (a gzipped table named .csv)."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(2) == b"\x1f\x8b"
+    except OSError:
+        return False
+
+
 def _open_text(path: Path):
-    if path.name.lower().endswith(".gz"):
+    if path.name.lower().endswith(".gz") or _is_gzip(path):
         return gzip.open(path, "rt", encoding="utf-8", errors="replace")
     return open(path, encoding="utf-8", errors="replace")
 
@@ -508,7 +517,7 @@ def _read_table(path: Path, label: str, orientation: str) -> ad.AnnData:
         sep = ","
     else:
         sep = r"\s+"
-    df = pd.read_csv(path, sep=sep, index_col=0)
+    df = pd.read_csv(path, sep=sep, index_col=0, compression="gzip" if _is_gzip(path) else "infer")
     if df.shape[0] == 0 or df.shape[1] == 0:
         raise DataError(
             f"{label} has no data rows or columns. Provide a table with a header row, "

@@ -377,3 +377,20 @@ def test_orientation_guess_on_real_names():
     assert _guess_orientation(cells, genes)[0] == "cells_x_genes"
     assert _guess_orientation(genes, numbered) == ("genes_x_cells", "row names look like genes")
     assert _guess_orientation(numbered, genes) == ("cells_x_genes", "column names look like genes")
+
+
+def test_float16_x_and_a_gzipped_table_named_csv_are_read(tmp_path, small):
+    """Issue 14: float16 X surfaced as 'internal error'; a gzip file named .csv as a utf-8 error."""
+    import gzip
+
+    a = small.copy()
+    a.X = np.asarray(_dense(small), dtype=np.float16)
+    p = tmp_path / "half.h5ad"
+    a.write_h5ad(p)
+    got = read_dataset(p)
+    assert got.X.dtype == np.float32 and got.n_obs == small.n_obs
+    df = pd.DataFrame(_dense(small), index=small.obs_names, columns=small.var_names)
+    q = tmp_path / "counts.csv"
+    with gzip.open(q, "wt") as fh:
+        df.to_csv(fh)
+    _assert_same(read_dataset(q), small)
