@@ -364,6 +364,37 @@ def _find_matrix_dir(path: Path, label: str) -> Path:
     return found[0]
 
 
+def _guard_mtx_header(mtx: Path, label: str) -> None:
+    """Refuse a Matrix Market file whose header asks for more memory than this server allows
+    (a header declaring a 40,000 x 40,000 dense array asks for 12 GiB), before reading it."""
+    opener = gzip.open if mtx.name.endswith(".gz") or _is_gzip(mtx) else open
+    try:
+        with opener(mtx, "rt", encoding="ascii", errors="replace") as fh:
+            banner = fh.readline().lower()
+            line = fh.readline()
+            while line.startswith("%"):
+                line = fh.readline()
+    except (OSError, EOFError):
+        return  # mmread reports the unreadable file
+    parts = line.split()
+    try:
+        dims = [int(x) for x in parts[:3]]
+    except ValueError:
+        return
+    if "array" in banner and len(dims) >= 2:
+        need = dims[0] * dims[1] * 8
+    elif len(dims) == 3:
+        need = dims[2] * 24 + (dims[0] + dims[1]) * 8  # coordinates + values, then CSR
+    else:
+        return
+    limit = memory_limit_bytes()
+    if need > limit:
+        raise DataError(f"{label}: matrix.mtx declares {dims[0]:,} x {dims[1]:,}"
+                        + (f" with {dims[2]:,} entries" if len(dims) == 3 and "array" not in banner else "")
+                        + f", about {need / 1024**3:.1f} GiB in memory, above this server's limit of "
+                        f"{limit / 1024**3:.1f} GiB (CELLANNOT_MEMORY_LIMIT_GB): subsample it or use a bigger machine.")
+
+
 def _read_mtx_dir(folder: Path, label: str) -> ad.AnnData:
     """Read a Cell Ranger matrix folder (v3 features.tsv or v2 genes.tsv, gzipped or not)."""
     from scipy.io import mmread
@@ -377,6 +408,7 @@ def _read_mtx_dir(folder: Path, label: str) -> ad.AnnData:
             f"{label}: the matrix folder lacks {' and '.join(missing)}. A 10x matrix folder needs "
             "matrix.mtx[.gz], features.tsv[.gz] (or genes.tsv[.gz]) and barcodes.tsv[.gz]."
         )
+    _guard_mtx_header(mtx, label)
     if mtx.name.endswith(".gz"):
         with gzip.open(mtx, "rb") as fh:
             M = mmread(fh)

@@ -120,3 +120,15 @@ def test_the_cli_gives_one_line_for_a_hostile_file(plain, tmp_path):
     assert r.returncode != 0
     assert "Traceback" not in r.stderr and "refused" in r.stderr
     assert not (tmp_path / "out.h5ad").exists()
+
+
+def test_an_mtx_header_asking_for_too_much_memory_is_refused(tmp_path, monkeypatch):
+    """Issue 14: a header declaring 40000 x 40000 asked for 11.9 GiB."""
+    d = tmp_path / "tenx"
+    d.mkdir()
+    (d / "matrix.mtx").write_text("%%MatrixMarket matrix array real general\n40000 40000\n1\n")
+    (d / "features.tsv").write_text("".join(f"g{i}\tG{i}\n" for i in range(3)))
+    (d / "barcodes.tsv").write_text("".join(f"c{i}\n" for i in range(3)))
+    monkeypatch.setenv("CELLANNOT_MEMORY_LIMIT_GB", "4")
+    with pytest.raises(DataError, match=r"declares 40,000 x 40,000, about 11.9 GiB in memory"):
+        read_dataset(d, name="query")
