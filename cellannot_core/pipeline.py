@@ -370,6 +370,8 @@ def annotate(reference, query, opts: AnnotateOptions, *, out: str | Path | None 
         if any_stop(callbacks):
             raise Cancelled(f"cancelled before {step}")
         log(step)
+        if run_dir is not None:  # progress shows from the first second, not only once training starts
+            run_dir.set_status("running", model=opts.model, message=step)
 
     try:
         checkpoint("reading data")

@@ -31,6 +31,7 @@ from .errors import DataError
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,120}$")
 STATES = ("queued", "running", "done", "failed", "cancelled", "interrupted")
 ACTIVE = ("queued", "running")
+ETA_MIN_FRACTION, ETA_MIN_SECONDS = 0.05, 5.0  # RunProgress: when a time-left estimate is shown
 
 
 def _process_start(pid: int) -> str | None:
@@ -243,7 +244,9 @@ class RunProgress:
         self._last = now
         frac = min(1.0, step / max(1, total_steps))
         elapsed = now - self.t0
-        eta = elapsed * (1 - frac) / frac if frac > 0 else None
+        # no estimate until it can be honest: at least 5% done and 5 s of training seen (the first
+        # steps are slow: threads start, caches fill), then the steps' own rate
+        eta = elapsed * (1 - frac) / frac if frac >= ETA_MIN_FRACTION and elapsed >= ETA_MIN_SECONDS else None
         self.run_dir.set_status("running", message="training", progress=frac, elapsed=elapsed, eta=eta)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:

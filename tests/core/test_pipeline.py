@@ -259,6 +259,23 @@ def test_failure_is_recorded_in_run_dir(tmp_path):
     assert st["state"] == "failed" and "no_such_column" in st["message"]
 
 
+def test_the_run_shows_each_step_from_the_first_second(tmp_path, monkeypatch):
+    """Issue 13: nothing was shown for the first 30 s (reading and preparing the data)."""
+    ref, q = make_synthetic(200, 60, 3, seed=1), make_synthetic(60, 60, 3, seed=2)
+    rd = RunDir.create(tmp_path)
+    seen = []
+    orig = RunDir.set_status
+
+    def spy(self, state, **fields):
+        seen.append((state, fields.get("message")))
+        return orig(self, state, **fields)
+
+    monkeypatch.setattr(RunDir, "set_status", spy)
+    annotate(ref, q, _syn_opts(), run_dir=rd)
+    msgs = [m for _, m in seen]
+    assert seen[0] == ("running", "reading data") and msgs.index("preparing data") < msgs.index("training")
+
+
 def test_cancel_is_recorded_in_run_dir(tmp_path):
     ref, q = make_synthetic(200, 60, 3, seed=1), make_synthetic(60, 60, 3, seed=2)
     rd = RunDir.create(tmp_path)

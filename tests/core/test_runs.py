@@ -195,8 +195,13 @@ def test_run_progress_writes_status_and_history(tmp_path):
     st = rd.status()
     assert st["state"] == "running" and st["progress"] == 0.0 and st["max_epochs"] == 4 and st["epoch"] == 0
     p.on_step(10, 20, {"loss": 1.0})
+    assert rd.status()["eta"] is None  # under 5 s of training: no estimate yet (issue 13: "1 h 02 min left")
+    p.t0 -= 10.0
+    p.on_step(0, 100, {"loss": 1.0})
+    assert rd.status()["eta"] is None  # under 5% done: no estimate either
+    p.on_step(10, 20, {"loss": 1.0})
     st = rd.status()
-    assert st["progress"] == 0.5 and st["eta"] is not None and st["eta"] >= 0
+    assert st["progress"] == 0.5 and st["eta"] == pytest.approx(10.0, abs=1.0)
     p.on_epoch_end(0, {"loss": 1.5, "val_loss": 1.2})
     st = rd.status()
     assert st["epoch"] == 1 and st["progress"] == 0.25 and "epoch 1 of at most 4" in st["message"]
