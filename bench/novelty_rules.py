@@ -10,20 +10,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from cellannot_core.novelty import GRAPH_K, LatentReference
+from cellannot_core.novelty import GRAPH_K, LatentReference, query_clusters
 def _rule_class_factor(ref: LatentReference, g: np.ndarray, pred: np.ndarray, how: str) -> np.ndarray:
     unit, med = ref._class_null()
     null, y = ref._null_scores, ref.y
     t = unit.copy()
     if how == "none":
         return t
-    if how in ("global_median", "global_q25"):
-        r_q, r_n = g / med[pred], null / med[y]
-        if how == "global_median":
-            f = max(1.0, float(np.median(r_q)))
-        else:
-            f = max(1.0, float(np.quantile(r_q, 0.25)) / float(np.quantile(r_n, 0.25)))
-        return t * f
+    if how == "global_median":
+        return t * max(1.0, float(np.median(g / med[pred])))
+    if how == "global_q25":
+        return t * ref.query_shift(g, pred)  # the default rule's own shift
     for c in range(len(unit)):
         sel = pred == c
         if not sel.any():
@@ -76,18 +73,18 @@ def _make_bh_rule(alpha: float, shift: str = "q25", or_unit: bool = False):
     return rule
 
 
-def _leiden(z: np.ndarray, k: int = GRAPH_K, resolution: float = 1.0, seed: int = 0) -> np.ndarray:
-    import igraph as ig
-    from sklearn.neighbors import kneighbors_graph
+def _leiden(z: np.ndarray) -> np.ndarray:
+    """The default rule's own query clusters (Leiden on the 15-NN graph)."""
+    return query_clusters(z)
 
-    g = kneighbors_graph(np.asarray(z, dtype=np.float32), n_neighbors=min(k, len(z) - 1), include_self=False)
-    g = g.maximum(g.T).tocoo()
-    keep = g.row < g.col
-    graph = ig.Graph(n=len(z), edges=list(zip(g.row[keep].tolist(), g.col[keep].tolist())))
-    import random
-    random.seed(seed)
-    return np.asarray(graph.community_leiden(objective_function="modularity", resolution=resolution,
-                                             n_iterations=2).membership)
+
+def _vote(s: np.ndarray, cl: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Every cluster whose median score is above 1 is Unknown as a whole (``out`` changed in place)."""
+    for c in np.unique(cl):
+        sel = cl == c
+        if np.median(s[sel]) > 1.0:
+            out[sel] = True
+    return out
 
 
 def _make_vote_rule(keep_minority: bool):
@@ -95,13 +92,8 @@ def _make_vote_rule(keep_minority: bool):
 
     def rule(ref, latent, pred, proba, scores):
         s, unknown = base(ref, latent, pred, proba, scores)
-        cl = _leiden(latent)
         out = unknown.copy() if keep_minority else np.zeros_like(unknown)
-        for c in np.unique(cl):
-            sel = cl == c
-            if np.median(s[sel]) > 1.0:
-                out[sel] = True
-        return s, out
+        return s, _vote(s, _leiden(latent), out)
     return rule
 
 
@@ -112,13 +104,7 @@ def _make_vote_q99_rule():
         s, unknown = base(ref, latent, pred, proba, scores)
         unit, _ = ref._class_null()
         bar = float(np.quantile(ref._null_scores / unit[ref.y], 0.99)) / float(np.quantile(ref._null_scores / unit[ref.y], 0.95))
-        out = s > bar
-        cl = _leiden(latent)
-        for c in np.unique(cl):
-            sel = cl == c
-            if np.median(s[sel]) > 1.0:
-                out[sel] = True
-        return s, out
+        return s, _vote(s, _leiden(latent), s > bar)
     return rule
 
 
@@ -175,12 +161,7 @@ def _make_shift_rule(kind: str, vote: bool = True):
         if not vote:
             return s, s > 1.0
         r0 = ref._null_scores / unit[ref.y]
-        out = s > float(np.quantile(r0, 0.99) / np.quantile(r0, 0.95))
-        cl = _leiden(latent)
-        for c in np.unique(cl):
-            if np.median(s[cl == c]) > 1.0:
-                out[cl == c] = True
-        return s, out
+        return s, _vote(s, _leiden(latent), s > float(np.quantile(r0, 0.99) / np.quantile(r0, 0.95)))
     return rule
 
 
@@ -198,11 +179,7 @@ def _make_whole_class_rule(min_accepted: float = 0.0):
 
         def decide(f):
             s = g / (unit[pred] * f[pred])
-            out = s > bar
-            for c in np.unique(cl):
-                if np.median(s[cl == c]) > 1.0:
-                    out[cl == c] = True
-            return s, out
+            return s, _vote(s, cl, s > bar)
         f = np.full(len(unit), F)
         s, out = decide(f)
         for c in range(len(unit)):

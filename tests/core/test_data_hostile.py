@@ -54,15 +54,20 @@ def test_external_storage_pointing_at_a_server_file_is_refused(plain, secret_fil
     _check_refused(evil, "external files")
 
 
-def test_external_link_to_another_file_is_refused(plain, tmp_path):
-    other = tmp_path / "other_users_data.h5ad"
+def _linked_copy(plain: Path, tmp_path: Path, suffix: str) -> Path:
+    """A copy of ``plain`` whose X is an external link to another file of the server."""
+    other = tmp_path / f"other_users_data{suffix}"
     other.write_bytes(plain.read_bytes())
-    evil = tmp_path / "evil_link.h5ad"
+    evil = tmp_path / f"evil_link{suffix}"
     evil.write_bytes(plain.read_bytes())
     with h5py.File(evil, "a") as f:
         del f["X"]
         f["X"] = h5py.ExternalLink(str(other), "/X")
-    _check_refused(evil, "external link")
+    return evil
+
+
+def test_external_link_to_another_file_is_refused(plain, tmp_path):
+    _check_refused(_linked_copy(plain, tmp_path, ".h5ad"), "external link")
 
 
 def test_virtual_dataset_is_refused(plain, secret_file, tmp_path):
@@ -80,14 +85,7 @@ def test_virtual_dataset_is_refused(plain, secret_file, tmp_path):
 
 
 def test_tenx_h5_goes_through_the_same_guard(plain, tmp_path):
-    other = tmp_path / "other.h5"
-    other.write_bytes(plain.read_bytes())
-    evil = tmp_path / "evil.h5"
-    evil.write_bytes(plain.read_bytes())
-    with h5py.File(evil, "a") as f:
-        del f["X"]
-        f["X"] = h5py.ExternalLink(str(other), "/X")
-    _check_refused(evil, "external link")
+    _check_refused(_linked_copy(plain, tmp_path, ".h5"), "external link")
 
 
 def test_a_compressed_bomb_is_refused_by_its_decompressed_size(tmp_path, monkeypatch):
@@ -107,13 +105,7 @@ def test_a_plain_file_still_reads(plain):
 
 
 def test_the_cli_gives_one_line_for_a_hostile_file(plain, tmp_path):
-    other = tmp_path / "other.h5ad"
-    other.write_bytes(plain.read_bytes())
-    evil = tmp_path / "evil.h5ad"
-    evil.write_bytes(plain.read_bytes())
-    with h5py.File(evil, "a") as f:
-        del f["X"]
-        f["X"] = h5py.ExternalLink(str(other), "/X")
+    evil = _linked_copy(plain, tmp_path, ".h5ad")
     r = subprocess.run([sys.executable, "-m", "cellannot_core", "annotate", "--reference", str(evil), "--query",
                         str(plain), "--label-key", "cell_type", "--out", str(tmp_path / "out.h5ad")],
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
