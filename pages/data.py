@@ -11,7 +11,8 @@ from ui.widgets import dataset_summary, gene_overlap_report, label_counts_table
 init_state()
 st.title("Data")
 st.caption(f"Formats: {SUPPORTED_FORMATS}. Upload limit: {data_ui.upload_limit_mb():,} MB per file "
-           "(`server.maxUploadSize` in `.streamlit/config.toml`); larger files: give a path on the server.")
+           "(`server.maxUploadSize`, at most a third of the memory budget `CELLANNOT_MEMORY_LIMIT_GB`); "
+           "larger files: give a path on the server.")
 
 cols = st.columns(2)
 for role, col in zip(ROLES, cols):
@@ -19,7 +20,8 @@ for role, col in zip(ROLES, cols):
         st.subheader("Reference (labelled)" if role == "reference" else "Query (to label)")
         up_tab, path_tab = st.tabs(["Upload", "Path on the server"])
         with up_tab:
-            up = st.file_uploader(f"{role} file", key=WidgetKeys.UPLOAD.format(role=role))
+            up = st.file_uploader(f"{role} file", key=WidgetKeys.UPLOAD.format(role=role),
+                                  max_upload_size=data_ui.upload_limit_mb())
             if up is not None and data_ui.uploaded_is_new(role, up.file_id):
                 with st.spinner(f"Reading {up.name}..."):
                     err = data_ui.handle_upload(role, up.getvalue(), up.name, upload_id=up.file_id)

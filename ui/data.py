@@ -87,6 +87,10 @@ def handle_upload(role: str, data: bytes, filename: str, *, upload_id: str | Non
     """Read uploaded bytes into the session as ``role``; return an error message or ``None``."""
     from cellannot_core.data import read_uploaded, sanitize_filename
 
+    limit = upload_limit_mb()
+    if len(data) > limit * 1024**2:  # the uploader refuses these already; a second line of defence
+        return (f"the {role} file is {len(data) / 1024**2:,.0f} MB, above this server's upload limit of {limit:,} MB "
+                "(a third of its memory budget, CELLANNOT_MEMORY_LIMIT_GB): give a path on the server instead")
     try:
         adata = read_uploaded(data, filename, name=role)
         name = sanitize_filename(filename)
@@ -212,7 +216,12 @@ def qc_options(enabled: bool, min_genes: float, min_counts: float, max_pct_mito:
 
 
 def upload_limit_mb() -> int:
-    return int(st.get_option("server.maxUploadSize"))
+    """Largest upload this server accepts, in MB: ``server.maxUploadSize``, lowered to a third of
+    the memory budget (:func:`cellannot_core.data.io.memory_limit_bytes`), since an upload is held
+    in memory by Streamlit, copied to a temporary file and then parsed (a 2 GB upload cost ~4 GB)."""
+    from cellannot_core.data.io import memory_limit_bytes
+
+    return max(1, min(int(st.get_option("server.maxUploadSize")), memory_limit_bytes() // (3 * 1024**2)))
 
 
 def labels_missing_from_reference(ref: Any, query: Any, label_key: str | None, query_label_key: str | None) -> dict:

@@ -16,6 +16,7 @@ import tarfile
 import tempfile
 import warnings
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
@@ -52,8 +53,9 @@ INPUT_UNS_KEY = "cellannot_input"
 
 Orientation = Literal["auto", "cells_x_genes", "genes_x_cells"]
 
-# Archives: refuse to unpack more than this (declared) size, a guard against zip bombs.
-_MAX_EXTRACT_BYTES = 20 * 1024**3
+# A table's numbers parse into float64 (8 bytes) from as little as two characters ("0,"): a
+# table may need up to this many bytes of memory per byte of (decompressed) text.
+_TABLE_BYTES_PER_CHAR = 4
 
 
 # --------------------------------------------------------------------------------------------
@@ -409,6 +411,8 @@ def _read_mtx_dir(folder: Path, label: str) -> ad.AnnData:
             "matrix.mtx[.gz], features.tsv[.gz] (or genes.tsv[.gz]) and barcodes.tsv[.gz]."
         )
     _guard_mtx_header(mtx, label)
+    for listing in (feats, bcs):  # one Python string per line: ~10 bytes of memory per byte of text
+        _guard_text(listing, label, 10)
     if mtx.name.endswith(".gz"):
         with gzip.open(mtx, "rb") as fh:
             M = mmread(fh)
@@ -450,7 +454,13 @@ def _check_member(name: str, label: str) -> None:
 
 
 def _read_archive(path: Path, label: str) -> ad.AnnData:
-    """Extract safely into a temporary folder, then read the matrix folder inside it."""
+    """Extract safely into a temporary folder, then read the matrix folder inside it.
+
+    Members are checked before anything is written: no absolute paths, no ``..``, no links or
+    special files, and their total (declared, and enforced by zipfile and tarfile while
+    extracting) size within :func:`memory_limit_bytes`.
+    """
+    limit = memory_limit_bytes()
     with tempfile.TemporaryDirectory(prefix="cellannot_archive_") as tmp:
         dest = Path(tmp)
         if path.name.lower().endswith(".zip"):
@@ -458,8 +468,7 @@ def _read_archive(path: Path, label: str) -> ad.AnnData:
                 infos = zf.infolist()
                 for info in infos:
                     _check_member(info.filename, label)
-                if sum(i.file_size for i in infos) > _MAX_EXTRACT_BYTES:
-                    raise DataError(f"{label} unpacks to more than 20 GB. Upload the data uncompressed.")
+                _check_unpacked_size(sum(i.file_size for i in infos), limit, label)
                 zf.extractall(dest)
         else:
             with tarfile.open(path, "r:*") as tf:
@@ -471,10 +480,40 @@ def _read_archive(path: Path, label: str) -> ad.AnnData:
                             f"{label} contains a link or special file '{m.name[:100]}'. "
                             "Re-create the archive with regular files only."
                         )
-                if sum(m.size for m in members) > _MAX_EXTRACT_BYTES:
-                    raise DataError(f"{label} unpacks to more than 20 GB. Upload the data uncompressed.")
+                _check_unpacked_size(sum(m.size for m in members), limit, label)
                 tf.extractall(dest, filter="data")
         return _read_mtx_dir(_find_matrix_dir(dest, label), label)
+
+
+def _check_unpacked_size(total: int, limit: int, label: str) -> None:
+    if total > limit:
+        raise DataError(f"{label} unpacks to {total / 1024**3:.1f} GiB, above this server's limit of "
+                        f"{limit / 1024**3:.1f} GiB (CELLANNOT_MEMORY_LIMIT_GB): give the unpacked matrix folder "
+                        "by its path on the server, or subsample the data.")
+
+
+def _guard_text(path: Path, label: str, bytes_per_char: float) -> None:
+    """Refuse a text file (a table, a 10x features/barcodes list) whose decompressed text would
+    need more memory than :func:`memory_limit_bytes` once parsed. A gzipped file is measured by
+    streaming it (a few kB can hold gigabytes of zeros), stopping as soon as it is too big."""
+    limit = memory_limit_bytes()
+    max_chars = int(limit / bytes_per_char)
+    if _is_gzip(path):
+        n = 0
+        try:
+            with gzip.open(path, "rb") as fh:
+                while chunk := fh.read(1 << 22):
+                    n += len(chunk)
+                    if n > max_chars:
+                        break
+        except (OSError, EOFError, zlib.error):
+            return  # the reader reports the corrupt stream in its own words
+    else:
+        n = path.stat().st_size
+    if n > max_chars:
+        raise DataError(f"{label} holds more than {n / 1024**3:.1f} GiB of text, which would need more memory than "
+                        f"this server's limit of {limit / 1024**3:.1f} GiB (CELLANNOT_MEMORY_LIMIT_GB): save it as "
+                        ".h5ad or a 10x matrix folder (sparse), or subsample the cells.")
 
 
 _ENSEMBL_RE = re.compile(r"^ENS[A-Z]*G\d{6,}(\.\d+)?$")
@@ -539,6 +578,7 @@ def _guess_orientation(rows: pd.Index, cols: pd.Index) -> tuple[str, str]:
 
 def _read_table(path: Path, label: str, orientation: str) -> ad.AnnData:
     """A delimited table whose first column holds row names and first row column names."""
+    _guard_text(path, label, _TABLE_BYTES_PER_CHAR)
     with _open_text(path) as fh:
         first = fh.readline()
     if not first.strip():

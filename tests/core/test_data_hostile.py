@@ -124,3 +124,45 @@ def test_an_mtx_header_asking_for_too_much_memory_is_refused(tmp_path, monkeypat
     monkeypatch.setenv("CELLANNOT_MEMORY_LIMIT_GB", "4")
     with pytest.raises(DataError, match=r"declares 40,000 x 40,000, about 11.9 GiB in memory"):
         read_dataset(d, name="query")
+
+
+def test_an_archive_bigger_than_the_memory_budget_is_refused_before_unpacking(tmp_path, monkeypatch):
+    """Issue 14: archives were limited by a fixed 20 GB, whatever the server's memory."""
+    import zipfile
+
+    z = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(z, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("tenx/matrix.mtx", b"%%MatrixMarket matrix coordinate real general\n" + b"0" * 30_000_000)
+    assert z.stat().st_size < 200_000
+    monkeypatch.setenv("CELLANNOT_MEMORY_LIMIT_GB", "0.01")
+    with pytest.raises(DataError, match=r"unpacks to 0\.0 GiB, above this server's limit"):
+        read_dataset(z, name="query")
+
+
+def test_a_gzipped_table_bomb_is_refused_by_its_text_size(tmp_path, monkeypatch):
+    """A few kB of gzip can hold gigabytes of zeros that pandas would parse into float64."""
+    import gzip
+
+    p = tmp_path / "table.csv"  # named .csv on purpose: sniffed by its bytes
+    with gzip.open(p, "wb") as fh:
+        fh.write(b"cell," + b",".join(f"G{i}".encode() for i in range(1000)) + b"\n")
+        row = b"," + b",".join([b"0"] * 1000) + b"\n"
+        for i in range(2000):
+            fh.write(f"c{i}".encode() + row)
+    assert p.stat().st_size < 200_000
+    monkeypatch.setenv("CELLANNOT_MEMORY_LIMIT_GB", "0.01")
+    with pytest.raises(DataError, match=r"text, which would need more memory than this server's limit"):
+        read_dataset(p, name="query")
+    monkeypatch.setenv("CELLANNOT_MEMORY_LIMIT_GB", "1")
+    assert read_dataset(p, name="query").shape == (2000, 1000)
+
+
+def test_uploads_are_limited_to_a_third_of_the_memory_budget(monkeypatch):
+    from ui import data as data_ui
+
+    monkeypatch.setenv("CELLANNOT_MEMORY_LIMIT_GB", "3")
+    assert data_ui.upload_limit_mb() == 1024
+    monkeypatch.setenv("CELLANNOT_MEMORY_LIMIT_GB", "0.003")  # ~1 MB
+    assert data_ui.upload_limit_mb() == 1
+    err = data_ui.handle_upload("reference", b"x" * (2 * 1024**2), "big.h5ad")
+    assert "above this server's upload limit of 1 MB" in err and "path on the server" in err
