@@ -228,7 +228,13 @@ def _finalise(adata: ad.AnnData, label: str, kind: str) -> ad.AnnData:
             f"{label} has no expression matrix (X is empty). Save the counts in X and try again."
         )
     X = adata.X
-    if not sp.issparse(X):
+    if sp.issparse(X):
+        try:  # indices out of range or a wrong indptr would crash scipy's C code (the whole server) below
+            X.check_format(full_check=True)
+        except (ValueError, TypeError) as exc:
+            raise DataError(f"{label} has a corrupt sparse matrix X ({_one_line(exc)}). Write the file again "
+                            "from the original data.") from None
+    else:
         X = sp.csr_matrix(np.asarray(X, dtype=np.float32))  # float16 and other dtypes scipy cannot hold
     X = sp.csr_matrix(X, dtype=np.float32)
     X.sort_indices()
