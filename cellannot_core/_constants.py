@@ -35,6 +35,7 @@ class RunFiles:
     PREDICTIONS = "predictions.csv"
     ARRAYS = "arrays.npz"  # latent/val scores etc. for the app's views (no pickle)
     LOG = "log.txt"
+    REQUEST = "request.json"  # the options and dataset ids a run was started with (to run it again)
 
 
 DEFAULT_MODEL = "scanvi_svm"

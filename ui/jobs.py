@@ -22,13 +22,13 @@ import os
 import threading
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cellannot_core._constants import RunFiles
 from cellannot_core.errors import CellannotError
-from cellannot_core.runs import RunDir, RunProgress, default_root
+from cellannot_core.runs import RunDir, RunProgress, default_root, read_json, write_json_atomic
 
 MAX_PARALLEL = max(1, int(os.environ.get("CELLANNOT_MAX_JOBS", "2")))
 ACTIVE_STATES = ("queued", "running")
@@ -153,7 +153,7 @@ def warm_imports() -> None:
 
 
 def start_job(reference: Any, query: Any, opts: Any, *, root: str | Path | None = None,
-              owner: str | None = None) -> str:
+              owner: str | None = None, datasets: dict[str, str] | None = None) -> str:
     """Start training in a background thread; return the new run id.
 
     Parameters
@@ -168,12 +168,16 @@ def start_job(reference: Any, query: Any, opts: Any, *, root: str | Path | None 
     owner
         The browser session's hashed id (:func:`ui.session.owner_id`): only that session lists
         and opens the run.
+    datasets
+        Role -> dataset id of the session's data; recorded with the options in the run's
+        ``request.json`` so a failed or interrupted run can be started again (:func:`request`).
     """
     warm_imports()
     from cellannot_core.train import CancelToken
 
     rd = RunDir.create(root if root is not None else runs_root(), model=opts.model, owner=owner)
     rd.set_status("queued", model=opts.model, message="starting")
+    write_json_atomic(rd.file(RunFiles.REQUEST), {"options": asdict(opts), "datasets": dict(datasets or {})})
     job = Job(run_id=rd.id, run_dir=rd, token=CancelToken())
     job.thread = threading.Thread(target=_worker, args=(job, reference, query, opts), daemon=True,
                                   name=f"cellannot-train-{rd.id}")
@@ -181,6 +185,22 @@ def start_job(reference: Any, query: Any, opts: Any, *, root: str | Path | None 
         _JOBS[rd.id] = job
     job.thread.start()
     return rd.id
+
+
+def request(run_id: str, root: str | Path | None = None) -> dict[str, Any] | None:
+    """What a run was started with: ``{"options": AnnotateOptions, "datasets": {role: id}}``, or
+    ``None`` for runs that did not record it (command-line runs, older runs)."""
+    from cellannot_core.pipeline import AnnotateOptions
+
+    rd = RunDir.open(root if root is not None else runs_root(), run_id)
+    req = read_json(rd.file(RunFiles.REQUEST))
+    if not isinstance(req, dict) or not isinstance(req.get("options"), dict):
+        return None
+    try:
+        opts = AnnotateOptions(**req["options"])
+    except TypeError:  # written by another version
+        return None
+    return {"options": opts, "datasets": dict(req.get("datasets") or {})}
 
 
 def cancel(run_id: str) -> bool:

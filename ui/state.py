@@ -54,6 +54,7 @@ class WidgetKeys:
     RUN_PICKER = "w_run_pick"
     OPEN_RUN = "w_open_run"
     DELETE_RUN = "w_delete_run"
+    RERUN = "w_rerun"
     NORMALIZE = "w_heat_norm"
     FILTER_LABELS = "w_filter_labels"
     FILTER_CONF = "w_filter_conf"

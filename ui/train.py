@@ -57,11 +57,33 @@ def start(opts: Any) -> str | None:
     try:
         from ui.session import owner_id
 
-        run_id = jobs.start_job(get(StateKeys.REFERENCE), get(StateKeys.QUERY), opts, owner=owner_id())
+        run_id = jobs.start_job(get(StateKeys.REFERENCE), get(StateKeys.QUERY), opts, owner=owner_id(),
+                                datasets=session_datasets())
     except (CellannotError, OSError) as err:
         return str(err)
     set_run(run_id)
     return None
+
+
+def session_datasets() -> dict[str, str]:
+    """Role -> id of the datasets loaded in this session."""
+    return {role: (get(key) or {}).get("id") for role, key in (("reference", StateKeys.REFERENCE_INFO),
+                                                                ("query", StateKeys.QUERY_INFO)) if get(key)}
+
+
+def rerun_problem(run_id: str) -> tuple[Any, str | None]:
+    """The options to run ``run_id`` again, and why it cannot be (``None``: it can): the run must
+    have recorded its request, and the session must hold the same reference and query."""
+    try:
+        req = jobs.request(run_id)
+    except CellannotError as err:
+        return None, str(err)
+    if req is None:
+        return None, "this run did not record its settings (started from the command line or by an older version)"
+    if req["datasets"] and req["datasets"] != session_datasets():
+        return None, ("the data loaded now is not the data this run was trained on: load the same reference and "
+                      "query on the Data page to run it again")
+    return req["options"], None
 
 
 def device_choices() -> tuple[list[str], dict[str, str], str]:
@@ -210,6 +232,8 @@ def _panel_body(run_id: str, was_active: bool) -> None:
         st.warning(f"Training was cancelled ({s.get('message')}).")
     elif state == "interrupted":
         st.warning(f"Training was interrupted: {s.get('message')}.")
+    if state in ("failed", "cancelled", "interrupted"):
+        _rerun_button(run_id)
     from cellannot_core.plots import training_curves
     from cellannot_core.runs import RunDir
 
@@ -227,6 +251,19 @@ def _panel_body(run_id: str, was_active: bool) -> None:
             st.code("\n".join(log), language=None)
     if was_active and state not in jobs.ACTIVE_STATES:
         st.rerun()  # the whole page: stop polling, enable the result pages
+
+
+def _rerun_button(run_id: str) -> None:
+    opts, problem = rerun_problem(run_id)
+    if st.button("Run again with the same settings", key=WidgetKeys.RERUN, icon=":material/replay:",
+                 disabled=problem is not None, help=problem):
+        err = start(opts)
+        if err:
+            st.error(err)
+        else:
+            st.rerun()
+    if problem:
+        st.caption(f"Cannot run again here: {problem}.")
 
 
 def run_panel(run_id: str) -> None:

@@ -163,6 +163,20 @@ def test_cancel_button_stops_the_job_and_past_runs_reopen(tiny_pair):
     at.run()
     assert not at.exception
     assert any("cancelled" in w.value for w in at.warning)
+    # a stopped run can be started again with the same settings (issue 14), on the same data only
+    again = at.button(key=WidgetKeys.RERUN)
+    assert not again.disabled
+    again.click().run()
+    rerun_id = at.session_state[StateKeys.RUN_ID]
+    assert rerun_id != run_id
+    assert jobs.request(rerun_id)["options"] == jobs.request(run_id)["options"]
+    assert jobs.request(rerun_id)["options"].max_epochs == 100 and jobs.request(rerun_id)["options"].model == "clams"
+    at.button(key=WidgetKeys.CANCEL).click().run()
+    assert jobs.wait(rerun_id, timeout=120)["state"] == "cancelled"
+    at.session_state[StateKeys.QUERY_INFO] = {**at.session_state[StateKeys.QUERY_INFO], "id": "another-query"}
+    at.run()
+    assert at.button(key=WidgetKeys.RERUN).disabled
+    assert any("not the data this run was trained on" in c.value for c in at.caption)
     # reopening: point the session elsewhere, then pick the run from the list
     at.session_state[StateKeys.RUN_ID] = None
     at.run()
