@@ -53,7 +53,7 @@ cols_labels, col_title = res.comparison_columns(run)
 plot(label_heatmap(labels, cols_labels, row_title="Predicted label", col_title=col_title,
                    row_order=run.classes + [UNKNOWN], title="Label transfer at this threshold"), key="cal_heatmap")
 st.download_button("Predictions at this threshold (.csv)", lambda: res.relabelled_csv(run, method, thr),
-                   file_name=f"{run.run_id}_predictions_{method}.csv", mime="text/csv", key="dl_thr")
+                   file_name=f"{run.run_id}_predictions_{method}.csv", mime="text/csv", key="dl_thr", on_click="ignore")
 
 c1, c2 = st.columns(2)
 with c1:

@@ -54,10 +54,12 @@ wide = top.pivot(index="rank", columns="class", values="gene")[[c for c in order
 st.dataframe(wide, height=min(600, 38 + 35 * len(wide)))
 d1, d2 = st.columns(2)
 d1.download_button("Top genes per class (.csv)", top.to_csv(index=False).encode(),
-                   file_name=f"{run.run_id}_explain_top_genes_{ranking}.csv", mime="text/csv", key="dl_explain_top")
+                   file_name=f"{run.run_id}_explain_top_genes_{ranking}.csv", mime="text/csv", key="dl_explain_top",
+                   on_click="ignore")
 d2.download_button("Per-class importance, all genes (.csv)",
                    lambda: summ["normalized"].T.rename_axis("gene").to_csv().encode(),
-                   file_name=f"{run.run_id}_explain_per_class_{ranking}.csv", mime="text/csv", key="dl_explain_class")
+                   file_name=f"{run.run_id}_explain_per_class_{ranking}.csv", mime="text/csv", key="dl_explain_class",
+                   on_click="ignore")
 
 st.subheader("Explain matrix")
 rows = ex.heatmap_cells(labels, order)
@@ -68,14 +70,17 @@ if len(rows) < len(labels):
 plot(ex.cells_heatmap(mat, labels[rows], order, ranking), key="explain_cells")
 d1, d2 = st.columns(2)
 d1.download_button("Shown cells x genes (.csv)", mat.rename_axis("cell").to_csv().encode(),
-                   file_name=f"{run.run_id}_explain_shown_{ranking}.csv", mime="text/csv", key="dl_explain_shown")
+                   file_name=f"{run.run_id}_explain_shown_{ranking}.csv", mime="text/csv", key="dl_explain_shown",
+                   on_click="ignore")
 d2.download_button("All cells x all genes (.csv)", lambda: ex.full_matrix_csv(data, ranking),
-                   file_name=f"{run.run_id}_explain_matrix_{ranking}.csv", mime="text/csv", key="dl_explain_all")
+                   file_name=f"{run.run_id}_explain_matrix_{ranking}.csv", mime="text/csv", key="dl_explain_all",
+                   on_click="ignore")
 
 st.subheader("Overall importance")
 plot(ex.global_bar(summ["global"], ranking), key="explain_global")
 st.download_button("Global importance (.csv)", summ["global"].rename_axis("gene").to_csv().encode(),
-                   file_name=f"{run.run_id}_explain_global_{ranking}.csv", mime="text/csv", key="dl_explain_global")
+                   file_name=f"{run.run_id}_explain_global_{ranking}.csv", mime="text/csv", key="dl_explain_global",
+                   on_click="ignore")
 
 st.subheader("One cell")
 c1, c2 = st.columns(2)
@@ -88,4 +93,5 @@ if cell is not None:
     mask = ex.cell_mask(data, cell, ranking)
     plot(ex.cell_bar(mask, cell, ranking), key="explain_cell")
     st.download_button("This cell's mask (.csv)", mask.to_csv(index=False).encode(),
-                       file_name=f"{run.run_id}_explain_{cell}_{ranking}.csv", mime="text/csv", key="dl_explain_cell")
+                       file_name=f"{run.run_id}_explain_{cell}_{ranking}.csv", mime="text/csv", key="dl_explain_cell",
+                       on_click="ignore")

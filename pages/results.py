@@ -53,11 +53,12 @@ st.subheader("Downloads")
 d = st.columns(4)
 root, rid = run.root, run.run_id
 d[0].download_button("Annotated query (.h5ad)", lambda: res.file_bytes(root, rid, RunFiles.ANNOTATED),
-                     file_name=f"{rid}_annotated.h5ad", mime="application/octet-stream", key="dl_h5ad")
+                     file_name=f"{rid}_annotated.h5ad", mime="application/octet-stream", key="dl_h5ad",
+                     on_click="ignore")
 d[1].download_button("Predictions (.csv)", lambda: res.file_bytes(root, rid, RunFiles.PREDICTIONS),
                      file_name=f"{rid}_predictions.csv", mime="text/csv", key="dl_csv",
-                     help="Label, raw label, confidence, novelty score and per-class probabilities")
+                     help="Label, raw label, confidence, novelty score and per-class probabilities", on_click="ignore")
 d[2].download_button("Model bundle (.zip)", lambda: res.model_zip(root, rid), file_name=f"{rid}_model.zip",
-                     mime="application/zip", key="dl_model")
+                     mime="application/zip", key="dl_model", on_click="ignore")
 d[3].download_button("Run card (.json)", res.card_json(run), file_name=f"{rid}_run_card.json",
-                     mime="application/json", key="dl_card")
+                     mime="application/json", key="dl_card", on_click="ignore")

@@ -332,7 +332,7 @@ def compare_results(df: pd.DataFrame, job_id: str) -> None:
     plot(metrics_figure(df), key=f"cmp_metrics_{job_id}")
     plot(seconds_figure(df), key=f"cmp_seconds_{job_id}")
     st.download_button("Comparison table (.csv)", df.to_csv(index=False).encode(), file_name=f"{job_id}.csv",
-                       mime="text/csv", key=f"dl_{job_id}")
+                       mime="text/csv", key=f"dl_{job_id}", on_click="ignore")
 
 
 def loco_results(df: pd.DataFrame, job_id: str) -> None:
@@ -345,4 +345,4 @@ def loco_results(df: pd.DataFrame, job_id: str) -> None:
     with c2:
         st.dataframe(loco_summary(df), hide_index=True)
     st.download_button("Self-check table (.csv)", df.to_csv(index=False).encode(), file_name=f"{job_id}.csv",
-                       mime="text/csv", key=f"dl_{job_id}")
+                       mime="text/csv", key=f"dl_{job_id}", on_click="ignore")

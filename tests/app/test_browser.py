@@ -316,3 +316,192 @@ def _click_path(page, url: str, tmp_path: Path, ad) -> None:
     assert (labels == "Unknown").sum() == n_unknown  # same calls as the Calibration page's default
     assert_no_errors(page, "Label transfer after the download")
     step(f"downloaded {out.name}: {a.n_obs:,} cells, {n_unknown:,} Unknown")
+
+
+# ------------------------------------------------------------------------------ sessions: isolation, reload, load
+
+
+LOAD_SESSIONS = 5
+QUICK_MODEL = "logreg"  # fitted in seconds: the load test is about the server, not the model
+
+
+def _launch(pw):
+    return pw.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                              args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                                    "--disable-background-networking"])
+
+
+def _param(url: str, name: str) -> str | None:
+    from urllib.parse import parse_qs, urlparse
+
+    vals = parse_qs(urlparse(url).query).get(name)
+    return vals[0] if vals else None
+
+
+def _select(page, key: str, option: str) -> None:
+    page.locator(f"{_key(key)} input").first.click()
+    page.get_by_role("option", name=re.compile(rf"^{re.escape(option)}")).first.click()
+    wait_idle(page)
+
+
+def _demo_and_quick_run(page, url: str, model: str = QUICK_MODEL) -> str:
+    """Home -> demo -> Train -> ``model`` -> Start -> done; returns the run id (from ``?run=``)."""
+    page.goto(url)
+    page.get_by_role("heading", name="cellannot").first.wait_for(timeout=PAGE_TIMEOUT_MS)
+    wait_idle(page)
+    page.locator(f"{_key('w_demo')} button").click()
+    page.get_by_text("Demo data loaded").wait_for(timeout=PAGE_TIMEOUT_MS)
+    wait_idle(page)
+    page.locator('[data-testid="stPageLink"] a', has_text="Go to training").first.click()
+    page.get_by_role("heading", name="New training").wait_for(timeout=PAGE_TIMEOUT_MS)
+    wait_idle(page)
+    _select(page, "w_model", model)
+    start = page.locator(f"{_key('w_start')} button")
+    page.wait_for_function("() => { const b = document.querySelector('.st-key-w_start button');"
+                           " return b && !b.disabled; }", timeout=PAGE_TIMEOUT_MS)
+    start.click()
+    page.get_by_role("heading", name="Current run").wait_for(timeout=PAGE_TIMEOUT_MS)
+    done = page.get_by_text("See the label transfer")
+    failed = page.get_by_text("Training failed").or_(page.get_by_text("Training was cancelled"))
+    done.or_(failed).first.wait_for(timeout=TRAIN_TIMEOUT_S * 1000)
+    assert failed.count() == 0, f"training did not finish: {failed.first.inner_text()}"
+    wait_idle(page)
+    assert_no_errors(page, "Train after the run")
+    run_id = _param(page.url, "run")
+    assert run_id and page.get_by_text(run_id).count() > 0, page.url
+    return run_id
+
+
+RUN_ID_IN_TEXT = re.compile(r"\d{8}-\d{6}-[a-z0-9_]+?-[0-9a-f]{16}")
+
+
+def _listed_runs(page) -> set[str]:
+    """The run ids in the Train page's Past runs table (its grid's accessible text)."""
+    table = page.locator('[data-testid="stDataFrame"]')
+    table.or_(page.get_by_text("No runs yet")).first.wait_for(timeout=PAGE_TIMEOUT_MS)
+    if table.count():
+        page.wait_for_function("() => /\\d{8}-\\d{6}-/.test(document.querySelector("
+                               "'[data-testid=\"stDataFrame\"]').textContent)", timeout=PAGE_TIMEOUT_MS)
+    text = " ".join(page.locator('[data-testid="stDataFrame"]').all_text_contents())
+    return set(RUN_ID_IN_TEXT.findall(text))
+
+
+def _open_train(page, url: str) -> None:
+    page.goto(url)
+    page.get_by_role("heading", name="New training").wait_for(timeout=PAGE_TIMEOUT_MS)
+    wait_idle(page)
+
+
+def test_two_sessions_never_see_each_other_and_a_reload_keeps_data_and_run(server, browser):
+    """Issue 14: a second browser listed and opened the first one's runs by ``?run=``. Issue 13:
+    a reload lost the uploaded data. Session A trains; B sees none of it, not even by A's run
+    link; A's private link (``?s=``) brings back its data and its run after a reload."""
+    url = server["url"]
+    a_ctx = browser.new_context(viewport=VIEWPORT, accept_downloads=True)
+    b_ctx = browser.new_context(viewport=VIEWPORT)
+    try:
+        a = a_ctx.new_page()
+        a.set_default_timeout(60_000)
+        rid = _demo_and_quick_run(a, url)
+        token = _param(a.url, "s")
+        assert token
+        b = b_ctx.new_page()
+        b.set_default_timeout(60_000)
+        _open_train(b, f"{url}/train")
+        assert rid not in _listed_runs(b)
+        assert b.get_by_text(rid).count() == 0
+        _open_train(b, f"{url}/train?run={rid}")  # A's run link without A's session
+        assert b.get_by_text(rid).count() == 0 and _param(b.url, "run") is None
+        assert b.get_by_role("heading", name="Current run").count() == 0
+        b.goto(f"{url}/data")
+        b.get_by_text("No reference loaded yet").wait_for(timeout=PAGE_TIMEOUT_MS)
+        b.get_by_text("No query loaded yet").wait_for(timeout=PAGE_TIMEOUT_MS)
+        wait_idle(b)
+        assert b.locator('[data-testid="stMetric"]').count() == 0
+        # A reloads (a new browser tab on its private link): data and run come back
+        a.reload()
+        a.get_by_role("heading", name="Current run").wait_for(timeout=PAGE_TIMEOUT_MS)
+        wait_idle(a)
+        assert a.get_by_text(rid).count() > 0 and rid in _listed_runs(a)
+        a.goto(f"{url}/data?s={token}")
+        cells = a.locator('[data-testid="stMetric"]', has_text="Cells").locator('[data-testid="stMetricValue"]')
+        cells.nth(1).wait_for(timeout=PAGE_TIMEOUT_MS)
+        assert cells.all_inner_texts() == ["1,556", f"{N_QUERY:,}"]
+        assert a.get_by_text("(restored)").count() == 2
+        assert_no_errors(a, "Data after reload")
+    finally:
+        a_ctx.close()
+        b_ctx.close()
+    assert "Traceback" not in server["log"].read_text(errors="replace"), _tail(server["log"], 80)
+
+
+def _load_session(url: str, out_dir: Path, result: dict) -> None:
+    """One visitor of the load test, in its own thread with its own browser."""
+    import anndata as ad
+
+    t0 = time.time()
+    try:
+        with sync_api.sync_playwright() as pw:
+            b = _launch(pw)
+            try:
+                ctx = b.new_context(viewport=VIEWPORT, accept_downloads=True)
+                page = ctx.new_page()
+                page.set_default_timeout(TRAIN_TIMEOUT_S * 1000)
+                rid = _demo_and_quick_run(page, url)
+                result["run_id"], result["token"] = rid, _param(page.url, "s")
+                page.locator('[data-testid="stPageLink"] a', has_text="See the label transfer").first.click()
+                wait_plot(page, "heatmap", TRAIN_TIMEOUT_S * 1000)
+                wait_idle(page, TRAIN_TIMEOUT_S * 1000)
+                assert_no_errors(page, "Label transfer")
+                with page.expect_download(timeout=120_000) as dl_info:  # one click must do it
+                    page.locator(f"{_key('dl_h5ad')} button").click()
+                dl = dl_info.value
+                result["file"] = dl.suggested_filename
+                path = out_dir / f"{rid}.h5ad"
+                dl.save_as(path)
+                result["n_obs"] = ad.read_h5ad(path).n_obs
+            finally:
+                b.close()
+    except Exception as err:  # noqa: BLE001 - reported by the test
+        result["error"] = f"{type(err).__name__}: {err}"
+    result["seconds"] = time.time() - t0
+
+
+def test_five_concurrent_sessions_load_train_and_download_without_cross_talk(server, browser, tmp_path):
+    """Issue 14's load test: five visitors at once load the demo, train a quick model and
+    download the annotated query; none sees an error, each gets its own run, and each lists only
+    its own runs.
+
+    It found that a download could fail under load ("Deferred file ... not found", or the
+    download cancelled): clicking a download button reran the page, and another session's run
+    then collected the file being downloaded. Download buttons now use ``on_click="ignore"``."""
+    import threading
+
+    url = server["url"]
+    results = [dict() for _ in range(LOAD_SESSIONS)]
+    threads = [threading.Thread(target=_load_session, args=(url, tmp_path, r), daemon=True) for r in results]
+    t0 = time.time()
+    for t in threads:
+        t.start()
+        time.sleep(2)  # visitors arrive a little apart, as people do
+    for t in threads:
+        t.join(timeout=TRAIN_TIMEOUT_S * 3)
+    errors = [r.get("error") for r in results if r.get("error") or "n_obs" not in r]
+    assert not errors, errors
+    ids = [r["run_id"] for r in results]
+    assert len(set(ids)) == LOAD_SESSIONS and len({r["token"] for r in results}) == LOAD_SESSIONS
+    for r in results:
+        assert r["file"] == f"{r['run_id']}_annotated.h5ad" and r["n_obs"] == N_QUERY
+    ctx = browser.new_context(viewport=VIEWPORT)
+    try:
+        page = ctx.new_page()
+        page.set_default_timeout(60_000)
+        for r in results:  # each visitor's private link lists its run and nobody else's
+            _open_train(page, f"{url}/train?s={r['token']}")
+            listed = _listed_runs(page)
+            assert r["run_id"] in listed and not (listed & (set(ids) - {r["run_id"]})), (r["run_id"], listed)
+    finally:
+        ctx.close()
+    each = ", ".join(f"{r['seconds']:.0f}" for r in results)
+    print(f"\n{LOAD_SESSIONS} concurrent sessions: {time.time() - t0:.0f} s (each {each} s)")
+    assert "Traceback" not in server["log"].read_text(errors="replace"), _tail(server["log"], 80)
