@@ -10,8 +10,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # find_spec, not import: importing umap compiles numba code (half a minute) before the server starts
 if ! .venv/bin/python -c "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in
-    ('streamlit', 'torch', 'scanpy', 'umap', 'plotly', 'safetensors')))" 2>/dev/null; then
-  echo "installing dependencies into .venv (first run only) ..."
-  .venv/bin/pip install --disable-pip-version-check -q -r requirements.txt
+    ('cellannot_core', 'streamlit', 'torch', 'scanpy', 'umap', 'plotly', 'safetensors')))" 2>/dev/null \
+    || [ ! -x .venv/bin/cellannot ]; then
+  echo "installing cellannot and its dependencies into .venv (first run only) ..."
+  .venv/bin/pip install --disable-pip-version-check -q -e .
 fi
-exec .venv/bin/streamlit run app.py --server.address 127.0.0.1 --server.port "$PORT" --server.headless true
+exec .venv/bin/cellannot app --address 127.0.0.1 --port "$PORT"

@@ -22,8 +22,6 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from label_transfer import DATA, LABEL_KEY, TASKS  # noqa: E402
 
 MARKERS = {  # canonical PBMC markers (Seurat PBMC 3k tutorial)

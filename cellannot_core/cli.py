@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from ._constants import DEFAULT_MODEL
 
@@ -49,8 +49,11 @@ def _add_common(p: argparse.ArgumentParser, *, query_required: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m cellannot_core",
+    from . import __version__
+
+    ap = argparse.ArgumentParser(prog="cellannot",
                                  description="Single-cell label transfer with calibrated confidence and novelty detection.")
+    ap.add_argument("--version", action="version", version=f"cellannot {__version__}")
     ap.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = ap.add_subparsers(dest="command", required=True)
     a = sub.add_parser("annotate", help="train on the reference and label the query")
@@ -67,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     pr.add_argument("--threshold", type=float, default=None)
     sub.add_parser("models", help="list the models and their hyper-parameters")
+    ap_app = sub.add_parser("app", help="serve the web app (on 127.0.0.1 unless told otherwise)")
+    ap_app.add_argument("--port", type=int, default=8501)
+    ap_app.add_argument("--address", default="127.0.0.1",
+                        help="listen address; anything but 127.0.0.1 serves a lab: read the README's security "
+                             "section first (set CELLANNOT_DATA_ROOT to allow reading files by server path)")
+    ap_app.add_argument("--runs-dir", default=None, help="where runs are kept (default: $CELLANNOT_RUNS or ./runs)")
     b = sub.add_parser("benchmark", help="train several models on one reference/query pair and compare them")
     b.add_argument("--reference", required=True, help="labelled reference (same formats as annotate)")
     b.add_argument("--query", required=True, help="query cells (with --query-label-key the metrics use its labels)")
@@ -112,7 +121,7 @@ def cmd_annotate(args) -> int:
     from .models import get_spec
     from .pipeline import annotate
     from .runs import RunDir, RunProgress
-    from .train import PrintProgress
+    from .training import PrintProgress
 
     opts = _options(args)
     get_spec(opts.model)  # fail fast on a bad model name
@@ -139,15 +148,15 @@ def cmd_annotate(args) -> int:
 
 def cmd_train(args) -> int:
     from .data import read_dataset
-    from .pipeline import prepare_data, save_bundle, train_model
-    from .train import PrintProgress
+    from .pipeline import bundle_info, prepare_data, save_bundle, train_model
+    from .training import PrintProgress
 
     opts = _options(args)
     ref = read_dataset(args.reference, name="reference")
     qry = read_dataset(args.query, name="query") if args.query else ref
     prepared = prepare_data(ref, qry, opts)
     model = train_model(prepared, opts, [PrintProgress(_log)])
-    d = save_bundle(Path(args.save_model), model, prepared, opts)
+    d = save_bundle(Path(args.save_model), model, bundle_info(model, prepared, opts))
     cal = model.calibration
     _log(f"validation accuracy {cal.get('val_accuracy', float('nan')):.4f}, ECE {cal.get('ece_after', float('nan')):.4f}; "
          f"saved model to {d}")
@@ -180,7 +189,7 @@ def cmd_benchmark(args) -> int:
     from .errors import ConfigError
     from .models import get_spec
     from .pipeline import AnnotateOptions, prepare_data
-    from .train import PrintProgress
+    from .training import PrintProgress
 
     for name in args.models:  # fail fast: unknown or unavailable models, before reading data
         reason = get_spec(name).unavailable_reason()
@@ -214,8 +223,58 @@ def cmd_benchmark(args) -> int:
     return 0 if (table["status"] == "ok").any() or table["status"].str.startswith("diverged").any() else 2
 
 
+def app_script() -> Path:
+    """The app's entry ``app.py``: in the installed ``cellannot_app`` package, else beside this
+    package in a source checkout."""
+    import importlib.util
+
+    from .errors import ConfigError
+
+    spec = importlib.util.find_spec("cellannot_app")
+    candidates = [Path(p) / "app.py" for p in (spec.submodule_search_locations or [])] if spec else []
+    candidates.append(Path(__file__).resolve().parents[1] / "app.py")
+    for cand in candidates:
+        if cand.is_file():
+            return cand
+    raise ConfigError("the web app is not installed with this copy of cellannot; install it from the project "
+                      "folder with `pip install .`")
+
+
+def app_command(script: Path, *, address: str, port: int) -> list[str]:
+    """``streamlit run`` with the app's own ``.streamlit/config.toml`` given as flags (so the
+    settings hold whatever folder the app is started from), then address and port."""
+    import tomllib
+
+    options: dict[str, Any] = {}
+    cfg_path = script.parent / ".streamlit" / "config.toml"
+    if cfg_path.is_file():
+        with open(cfg_path, "rb") as fh:
+            for section, table in tomllib.load(fh).items():
+                options.update({f"{section}.{key}": value for key, value in table.items()})
+    options.update({"server.address": address, "server.port": port})
+    flags = [f"--{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in options.items()]
+    return [sys.executable, "-m", "streamlit", "run", str(script), *flags]
+
+
+def cmd_app(args) -> int:
+    import os
+    import subprocess
+
+    env = dict(os.environ)
+    if args.runs_dir:
+        env["CELLANNOT_RUNS"] = str(Path(args.runs_dir).resolve())
+    if args.address not in ("127.0.0.1", "localhost", "::1"):
+        _log(f"warning: serving on {args.address}: everyone who can reach it can use the app; see the README's "
+             "security section")
+    _log(f"serving the app on http://{args.address}:{args.port} (Ctrl+C stops it)")
+    try:
+        return subprocess.call(app_command(app_script(), address=args.address, port=args.port), env=env)
+    except KeyboardInterrupt:
+        return 0
+
+
 COMMANDS = {"annotate": cmd_annotate, "train": cmd_train, "predict": cmd_predict, "models": cmd_models,
-            "benchmark": cmd_benchmark}
+            "benchmark": cmd_benchmark, "app": cmd_app}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -240,5 +299,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-if __name__ == "__main__":
+def main_exit() -> None:
+    """The ``cellannot`` console script."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    main_exit()

@@ -91,30 +91,30 @@ class _ModelProgress:
         self.callbacks, self.i, self.n, self.name = list(callbacks), i, n, name
 
     def should_stop(self) -> bool:
-        from .train.callbacks import any_stop
+        from .training.callbacks import any_stop
 
         return any_stop(self.callbacks)
 
     def on_train_begin(self, info: dict[str, Any]) -> None:
-        from .train.callbacks import call
+        from .training.callbacks import call
 
         call(self.callbacks, "on_model_begin", self.name, self.i, self.n)
         call(self.callbacks, "on_train_begin", info)
 
     def on_step(self, step: int, total: int, logs: dict[str, float]) -> None:
-        from .train.callbacks import call
+        from .training.callbacks import call
 
         call(self.callbacks, "on_step", step, total, logs)
         call(self.callbacks, "on_progress", (self.i + min(1.0, step / max(1, total))) / self.n,
              f"{self.name} ({self.i + 1}/{self.n})")
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
-        from .train.callbacks import call
+        from .training.callbacks import call
 
         call(self.callbacks, "on_epoch_end", epoch, logs)
 
     def on_train_end(self, logs: dict[str, Any]) -> None:
-        from .train.callbacks import call
+        from .training.callbacks import call
 
         call(self.callbacks, "on_train_end", logs)
 
@@ -154,7 +154,7 @@ def compare_models(prepared: Prepared, models: Sequence[str], *, seed: int = 0, 
         ``status`` = the one-line reason and NaN metrics; cancelling raises :class:`Cancelled`.
     """
     from .models import get_spec
-    from .train.callbacks import any_stop, call
+    from .training.callbacks import any_stop, call
 
     rows = []
     names = list(dict.fromkeys(models))
@@ -246,7 +246,7 @@ def leave_one_class_out(prepared: Prepared, model: str, classes: Sequence[str], 
         at the model's threshold) and ``train_seconds``.
     """
     from .metrics import auroc
-    from .train.callbacks import any_stop, call
+    from .training.callbacks import any_stop, call
 
     classes = list(dict.fromkeys(classes))
     if not classes:

@@ -233,19 +233,54 @@ def _h5_safe(obj: Any) -> Any:
     return obj
 
 
+def annotation_keys(key_added: str = OutKeys.UNS) -> dict[str, str]:
+    """Where the annotations go: ``obs`` columns ``{key_added}_label``, ``_label_raw``,
+    ``_confidence``, ``_ood_score``, ``_is_unknown``; ``obsm`` ``{key_added}_proba`` and
+    ``X_{key_added}`` (the latent space); ``uns[key_added]`` (the run card). With the default
+    ``"cellannot"`` these are :class:`OutKeys`."""
+    base = {"LABEL": OutKeys.LABEL, "LABEL_RAW": OutKeys.LABEL_RAW, "CONFIDENCE": OutKeys.CONFIDENCE,
+            "OOD_SCORE": OutKeys.OOD_SCORE, "IS_UNKNOWN": OutKeys.IS_UNKNOWN, "PROBA": OutKeys.PROBA}
+    keys = {k: key_added + v[len(OutKeys.UNS):] for k, v in base.items()}
+    keys["LATENT"] = f"X_{key_added}"
+    keys["UNS"] = key_added
+    return keys
+
+
+def write_annotations(adata, preds: Predictions, card: dict[str, Any], *, index: np.ndarray | None = None,
+                      key_added: str = OutKeys.UNS) -> None:
+    """Write the predictions into ``adata`` in place (keys: :func:`annotation_keys`).
+
+    ``index`` gives the rows of ``adata`` the predictions belong to (cells removed by QC get no
+    label: ``NaN`` label and confidence, ``is_unknown`` False); ``None``: all rows, in order.
+    """
+    k = annotation_keys(key_added)
+    n = adata.n_obs
+    rows = np.arange(n) if index is None else np.asarray(index, dtype=np.int64)
+
+    def full(values: np.ndarray, fill: Any, dtype: Any) -> np.ndarray:
+        if index is None:
+            return np.asarray(values).astype(dtype)
+        out = np.full((n,) + np.shape(values)[1:], fill, dtype=dtype)
+        out[rows] = values
+        return out
+
+    adata.obs[k["LABEL"]] = pd.Categorical(full(preds.label, None, object))
+    adata.obs[k["LABEL_RAW"]] = pd.Categorical(full(preds.label_raw, None, object))
+    adata.obs[k["CONFIDENCE"]] = full(preds.confidence, np.nan, np.float32)
+    adata.obs[k["OOD_SCORE"]] = full(preds.ood_score, np.nan, np.float32)
+    adata.obs[k["IS_UNKNOWN"]] = full(preds.is_unknown, False, bool)
+    adata.obsm[k["PROBA"]] = full(preds.proba, np.nan, np.float32)
+    adata.obsm[k["LATENT"]] = full(preds.latent, np.nan, np.float32)
+    adata.uns[k["UNS"]] = _h5_safe(card)
+
+
 def annotated_query(query_adata, prepared: Prepared, preds: Predictions, card: dict[str, Any]):
-    """The query AnnData (cells in input order) with the annotate contract's fields."""
+    """A copy of the query AnnData (cells in input order; cells removed by QC left out) with the
+    annotate contract's fields."""
     idx = getattr(prepared.query, "index", None)
     qa = query_adata[np.asarray(idx)].copy() if idx is not None and query_adata.n_obs != prepared.query.n_obs \
         else query_adata.copy()
-    qa.obs[OutKeys.LABEL] = pd.Categorical(preds.label)
-    qa.obs[OutKeys.LABEL_RAW] = pd.Categorical(preds.label_raw)
-    qa.obs[OutKeys.CONFIDENCE] = preds.confidence.astype(np.float32)
-    qa.obs[OutKeys.OOD_SCORE] = preds.ood_score.astype(np.float32)
-    qa.obs[OutKeys.IS_UNKNOWN] = preds.is_unknown.astype(bool)
-    qa.obsm[OutKeys.PROBA] = preds.proba.astype(np.float32)
-    qa.obsm[OutKeys.LATENT] = preds.latent.astype(np.float32)
-    qa.uns[OutKeys.UNS] = _h5_safe(card)
+    write_annotations(qa, preds, card)
     return qa
 
 
@@ -304,17 +339,37 @@ def write_h5ad_atomic(adata, path: Path) -> None:
         raise
 
 
-def save_bundle(directory: Path, model, prepared: Prepared, opts: AnnotateOptions) -> Path:
-    """Model weights + config, plus what a new query needs: the genes and preprocessing."""
+def bundle_info(model, prepared: Prepared, opts: AnnotateOptions) -> dict[str, Any]:
+    """What a new query needs besides the weights: the genes and their preprocessing."""
+    return {"genes": list(prepared.genes), "label_key": opts.label_key, "classes": list(model.classes),
+            "model": model.name, "min_shared_genes": opts.min_shared_genes,
+            "norm_genes": prepared.report.get("norm_genes"), "preprocessing": prepared.report.get("preprocessing", "")}
+
+
+def save_bundle(directory: Path, model, info: dict[str, Any]) -> Path:
+    """Model weights + config (safetensors + JSON, no pickle) and ``bundle.json`` (:func:`bundle_info`)."""
     from .runs import write_json_atomic
 
     d = model.save(directory)
-    write_json_atomic(d / "bundle.json", {"genes": list(prepared.genes), "label_key": opts.label_key,
-                                          "classes": list(model.classes), "model": model.name,
-                                          "min_shared_genes": opts.min_shared_genes,
-                                          "norm_genes": prepared.report.get("norm_genes"),
-                                          "preprocessing": prepared.report.get("preprocessing", "")})
+    write_json_atomic(d / "bundle.json", info)
     return d
+
+
+def load_bundle(model_dir: str | Path, *, device: str = "auto") -> tuple[Any, dict[str, Any]]:
+    """The model and its ``bundle.json`` from a directory written by :func:`save_bundle`."""
+    from .errors import DataError
+    from .models import load_model
+    from .runs import read_json
+
+    bundle = read_json(Path(model_dir) / "bundle.json")
+    if not isinstance(bundle, dict) or "genes" not in bundle:
+        raise DataError(f"{model_dir} has no bundle.json; pass a directory written by `train` or --save-model")
+    model = load_model(model_dir, device=device)
+    genes = bundle["genes"]
+    if not isinstance(genes, list) or len(genes) != model.n_features or not all(isinstance(g, str) for g in genes):
+        raise DataError(f"the saved model in {model_dir} is damaged (bundle.json's genes do not match the model's "
+                        f"{model.n_features} inputs); train it again")
+    return model, bundle
 
 
 def view_arrays(model, prepared: Prepared, preds: Predictions, opts: AnnotateOptions,
@@ -348,11 +403,20 @@ def view_arrays(model, prepared: Prepared, preds: Predictions, opts: AnnotateOpt
 
 @dataclass
 class AnnotateResult:
+    """What :func:`annotate` made; ``adata`` (the annotated copy of the query) is built on first use."""
+
     model: Any
     prepared: Prepared
     predictions: Predictions
     card: dict[str, Any]
-    adata: Any
+    query: Any
+    _adata: Any = field(default=None, repr=False)
+
+    @property
+    def adata(self):
+        if self._adata is None:
+            self._adata = annotated_query(self.query, self.prepared, self.predictions, self.card)
+        return self._adata
 
 
 def annotate(reference, query, opts: AnnotateOptions, *, out: str | Path | None = None, run_dir=None,
@@ -364,7 +428,7 @@ def annotate(reference, query, opts: AnnotateOptions, *, out: str | Path | None 
     """
     from .data import read_dataset
     from .errors import Cancelled
-    from .train.callbacks import any_stop
+    from .training.callbacks import any_stop
 
     def checkpoint(step: str) -> None:
         if any_stop(callbacks):
@@ -394,18 +458,18 @@ def annotate(reference, query, opts: AnnotateOptions, *, out: str | Path | None 
         preds = predict(model, prepared.query.X, threshold=opts.threshold)
         qm = query_metrics(prepared, preds, model.classes)
         card = run_card(model, prepared, opts, preds, train_seconds=train_seconds, query_metrics=qm)
-        adata = annotated_query(qry, prepared, preds, card)
+        res = AnnotateResult(model, prepared, preds, card, qry)
         checkpoint("writing results")
         if out is not None:
-            write_h5ad_atomic(adata, Path(out))
+            write_h5ad_atomic(res.adata, Path(out))
         if save_model is not None:
-            save_bundle(Path(save_model), model, prepared, opts)
+            save_bundle(Path(save_model), model, bundle_info(model, prepared, opts))
         if run_dir is not None:
             from .runs import write_json_atomic
 
-            save_bundle(run_dir.model_dir, model, prepared, opts)
+            save_bundle(run_dir.model_dir, model, bundle_info(model, prepared, opts))
             run_dir.save_arrays(view_arrays(model, prepared, preds, opts, log))
-            write_h5ad_atomic(adata, run_dir.file(RunFiles.ANNOTATED))
+            write_h5ad_atomic(res.adata, run_dir.file(RunFiles.ANNOTATED))
             buf = io.StringIO()
             predictions_table(prepared.query.obs_names, preds, model.classes).to_csv(buf, index=False)
             from .runs import write_bytes_atomic
@@ -414,7 +478,7 @@ def annotate(reference, query, opts: AnnotateOptions, *, out: str | Path | None 
             write_json_atomic(run_dir.file(RunFiles.HISTORY), hist.get("epochs", []))
             write_json_atomic(run_dir.file(RunFiles.CARD), card)
             run_dir.set_status("done", message="finished", progress=1.0)
-        return AnnotateResult(model, prepared, preds, card, adata)
+        return res
     except CellannotError as err:
         if run_dir is not None:
             run_dir.set_status("cancelled" if isinstance(err, Cancelled) else "failed", message=str(err))
@@ -425,22 +489,13 @@ def annotate(reference, query, opts: AnnotateOptions, *, out: str | Path | None 
         raise
 
 
-def predict_with_bundle(model_dir: str | Path, query, *, out: str | Path | None = None, device: str = "auto",
-                        threshold: float | None = None, log: Callable[[str], None] = lambda s: None):
-    """Label a new query with a saved bundle (model + genes); returns the annotated AnnData."""
+def predict_query(model, bundle: dict[str, Any], query, *, threshold: float | None = None,
+                  log: Callable[[str], None] = lambda s: None) -> tuple[Predictions, dict[str, Any]]:
+    """Label a query with a trained model and its bundle info: genes matched by name and put in
+    the model's order (missing genes are zero), the reference's normalisation. Returns the
+    predictions and a run card."""
     from .data import prepare_query, read_dataset
-    from .errors import DataError
-    from .models import load_model
-    from .runs import read_json
 
-    bundle = read_json(Path(model_dir) / "bundle.json")
-    if not isinstance(bundle, dict) or "genes" not in bundle:
-        raise DataError(f"{model_dir} has no bundle.json; pass a directory written by `train` or --save-model")
-    model = load_model(model_dir, device=device)
-    genes = bundle["genes"]
-    if not isinstance(genes, list) or len(genes) != model.n_features or not all(isinstance(g, str) for g in genes):
-        raise DataError(f"the saved model in {model_dir} is damaged (bundle.json's genes do not match the model's "
-                        f"{model.n_features} inputs); train it again")
     qry = query if not isinstance(query, (str, Path)) else read_dataset(query, name="query")
     split, report = prepare_query(qry, genes=bundle["genes"], norm_genes=bundle.get("norm_genes"),
                                   min_shared_genes=int(bundle.get("min_shared_genes", 200)))
@@ -450,11 +505,22 @@ def predict_with_bundle(model_dir: str | Path, query, *, out: str | Path | None 
             "temperature": model.temperature, "rejection": {"method": model.ood_method, "threshold": preds.threshold,
                                                              "validation_threshold": model.threshold,
                                                              "shift_factor": preds.shift_factor},
-            "model_dir": str(model_dir), "query_report": report, "cellannot_version": __version__,
+            "query_report": report, "cellannot_version": __version__,
             "unknown_fraction": float(np.mean(preds.is_unknown)) if len(preds.is_unknown) else 0.0}
-    qa = qry
-    fake = Prepared(split, split, split, list(model.classes), list(bundle["genes"]), {})
-    adata = annotated_query(qa, fake, preds, card)
+    return preds, card
+
+
+def predict_with_bundle(model_dir: str | Path, query, *, out: str | Path | None = None, device: str = "auto",
+                        threshold: float | None = None, log: Callable[[str], None] = lambda s: None):
+    """Label a new query with a saved bundle (model + genes); returns the annotated AnnData."""
+    from .data import read_dataset
+
+    model, bundle = load_bundle(model_dir, device=device)
+    qry = query if not isinstance(query, (str, Path)) else read_dataset(query, name="query")
+    preds, card = predict_query(model, bundle, qry, threshold=threshold, log=log)
+    card["model_dir"] = str(model_dir)
+    adata = qry.copy()
+    write_annotations(adata, preds, card)
     if out is not None:
         write_h5ad_atomic(adata, Path(out))
     return adata

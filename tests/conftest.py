@@ -9,8 +9,6 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 os.environ.setdefault("CELLANNOT_NUM_THREADS", "1")  # tiny test models run fastest single-threaded
 # runs and browser-session data of tests that do not choose a folder go to a temporary one, never ./runs

@@ -39,7 +39,7 @@ def test_core_imports_without_streamlit_or_umap():
     subpackages = {f"cellannot_core.{p.name}" for p in CORE.iterdir() if (p / "__init__.py").is_file()}
     assert subpackages and subpackages <= imported, subpackages - imported
     for mod in ("cellannot_core.embed", "cellannot_core.pipeline", "cellannot_core.cli", "cellannot_core.runs",
-                "cellannot_core.models.energy", "cellannot_core.samplers.sgld", "cellannot_core.train.loop"):
+                "cellannot_core.models.energy", "cellannot_core.samplers.sgld", "cellannot_core.training.loop"):
         assert mod in imported, mod
     assert res["streamlit"] == [], res["streamlit"]
     assert res["umap"] == [], f"umap imported at import time: {res['umap']}"

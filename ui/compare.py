@@ -134,7 +134,7 @@ def start(kind: str, reference: Any, query: Any, opts: Any, **params: Any) -> st
     """Start a comparison (``kind="compare"``, params ``models``, ``max_epochs``) or a
     leave-one-class-out check (``kind="loco"``, params ``model``, ``classes``, ``max_epochs``)
     in a background thread; returns the job id."""
-    from cellannot_core.train import CancelToken
+    from cellannot_core.training import CancelToken
     from ui.jobs import warm_imports
 
     if kind not in KINDS:

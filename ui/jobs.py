@@ -3,7 +3,7 @@
 How it works
 ------------
 * :func:`start_job` creates a run directory (``RunDir.create``), registers a :class:`Job`
-  (thread + :class:`~cellannot_core.train.CancelToken`) in the process-global table under the
+  (thread + :class:`~cellannot_core.training.CancelToken`) in the process-global table under the
   run id, and starts a daemon thread running :func:`cellannot_core.pipeline.annotate` with
   ``callbacks=[RunProgress(run_dir), token]``.
 * The worker never touches Streamlit: progress, history, the final status and every result
@@ -149,7 +149,7 @@ def warm_imports() -> None:
     import cellannot_core.novelty  # noqa: F401
     import cellannot_core.pipeline  # noqa: F401
     import cellannot_core.plots  # noqa: F401
-    import cellannot_core.train  # noqa: F401
+    import cellannot_core.training  # noqa: F401
 
 
 def start_job(reference: Any, query: Any, opts: Any, *, root: str | Path | None = None,
@@ -173,7 +173,7 @@ def start_job(reference: Any, query: Any, opts: Any, *, root: str | Path | None 
         ``request.json`` so a failed or interrupted run can be started again (:func:`request`).
     """
     warm_imports()
-    from cellannot_core.train import CancelToken
+    from cellannot_core.training import CancelToken
 
     rd = RunDir.create(root if root is not None else runs_root(), model=opts.model, owner=owner)
     rd.set_status("queued", model=opts.model, message="starting")

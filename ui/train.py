@@ -22,7 +22,7 @@ def build_options(*, model: str, hparams: dict[str, Any], device: str, seed: int
     """``AnnotateOptions`` from the form and the Data page's choices (validates hyper-parameters)."""
     from cellannot_core.models import create_model
     from cellannot_core.pipeline import AnnotateOptions
-    from cellannot_core.train import resolve_device
+    from cellannot_core.training import resolve_device
 
     resolve_device(device)
     # A throw-away build on a tiny input checks every hyper-parameter (types, bounds, and the
@@ -88,7 +88,7 @@ def rerun_problem(run_id: str) -> tuple[Any, str | None]:
 
 def device_choices() -> tuple[list[str], dict[str, str], str]:
     """``auto``, ``cpu``, ``cuda`` with labels saying what this machine has."""
-    from cellannot_core.train import available_devices
+    from cellannot_core.training import available_devices
 
     avail = available_devices()
     labels = {"auto": f"auto ({'cuda' if 'cuda' in avail else 'cpu'} here)", "cpu": "cpu",

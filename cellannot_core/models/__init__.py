@@ -8,3 +8,18 @@ from .registry import MODELS, HParam, ModelSpec, Supports, create_model, get_spe
 
 __all__ = ["MODELS", "HParam", "Model", "ModelSpec", "Supports", "create_model", "get_spec", "load_model",
            "model_names", "resolve_hparams"]
+
+
+class _CallableRegistry(__import__("types").ModuleType):
+    """This package is also ``ca.models``: calling it, ``ca.models()``, lists the registry as a
+    table (:func:`cellannot_core.api.models`), while ``ca.models.MODELS`` etc. stay as they are.
+    (An attribute of a package is replaced by its subpackage of the same name once that is
+    imported, so the API function and this package could not both be ``ca.models``.)"""
+
+    def __call__(self):
+        from ..api import models as table
+
+        return table()
+
+
+__import__("sys").modules[__name__].__class__ = _CallableRegistry

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..data._types import Split
-from ..train import TrainConfig, fit, resolve_device, seed_everything
+from ..training import TrainConfig, fit, resolve_device, seed_everything
 from ._base import Model
 
 SCALE_CLIP = 10.0

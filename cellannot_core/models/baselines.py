@@ -39,7 +39,7 @@ import numpy as np
 from ..data._types import Split
 from ..errors import Cancelled, ConfigError, DataError
 from ..novelty import OOD_METHODS
-from ..train.callbacks import any_stop, call
+from ..training.callbacks import any_stop, call
 from ._base import Model
 from .registry import HParam, Supports, register
 
@@ -101,7 +101,7 @@ class SklearnModel(Model):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if self.device_name not in ("auto", "cpu"):
-            from ..train import resolve_device
+            from ..training import resolve_device
 
             resolve_device(self.device_name)  # a clear error for cuda without a GPU
         self.device = "cpu"

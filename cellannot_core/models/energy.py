@@ -30,7 +30,7 @@ from ..data._types import Split
 from ..nn import mlp, resnet
 from ..novelty import OOD_METHODS
 from ..samplers import NoiseInit, ReplayBuffer, sgld_sample
-from ..train import TrainConfig
+from ..training import TrainConfig
 from ._torch import TorchModel
 from .registry import HParam, Supports, register
 

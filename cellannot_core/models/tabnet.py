@@ -50,7 +50,7 @@ from ..data._types import Split
 from ..errors import ConfigError
 from ..nn.tabnet import TabNet
 from ..novelty import OOD_METHODS
-from ..train import TrainConfig
+from ..training import TrainConfig
 from ._torch import TorchModel
 from .registry import HParam, Supports, register
 

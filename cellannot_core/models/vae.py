@@ -55,7 +55,7 @@ from ..data._types import Split
 from ..distributions import LIKELIHOOD_HELP, get_likelihood, likelihood_names
 from ..nn.vae import Classifier, CountDecoder, GaussianEncoder, kl_standard_normal, reparameterize
 from ..novelty import OOD_METHODS
-from ..train import TrainConfig
+from ..training import TrainConfig
 from ._torch import TorchModel
 from .registry import HParam, Supports, register
 
@@ -264,7 +264,7 @@ class GenerativeModel(TorchModel):
         self._val_rows = self._rows([val], [REFERENCE], [True])
         cfg = self.train_config()
         self._steps_per_epoch = max(1, int(np.ceil(len(rows) / cfg.batch_size)))
-        from ..train import fit as train_loop
+        from ..training import fit as train_loop
 
         info = {"model": self.name, "n_train": int(train.n_obs), "n_unlabelled": int(len(rows) - train.n_obs),
                 "n_genes": self.n_features, "n_classes": self.n_classes, "device": str(self.device)}

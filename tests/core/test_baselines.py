@@ -129,7 +129,7 @@ def test_baselines_report_one_epoch_to_callbacks(prep):
 
 def test_cancel_before_fitting(prep):
     from cellannot_core.errors import Cancelled
-    from cellannot_core.train import CancelToken
+    from cellannot_core.training import CancelToken
 
     tok = CancelToken()
     tok.cancel()

@@ -60,7 +60,7 @@ def test_compare_without_query_labels_uses_validation_and_reports_failures(prep)
 
 
 def test_compare_can_be_cancelled(prep):
-    from cellannot_core.train import CancelToken
+    from cellannot_core.training import CancelToken
 
     tok = CancelToken()
     tok.cancel()

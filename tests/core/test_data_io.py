@@ -18,7 +18,7 @@ import scipy.sparse as sp
 
 from cellannot_core.data import SUPPORTED_FORMATS, read_dataset, read_uploaded, sanitize_filename
 from cellannot_core.errors import DataError
-from tests.conftest import make_synthetic
+from conftest import make_synthetic
 
 
 @pytest.fixture

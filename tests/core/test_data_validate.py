@@ -9,7 +9,7 @@ import scipy.sparse as sp
 from cellannot_core.data import prepare, validate_dataset
 from cellannot_core.data.validate import clean_labels
 from cellannot_core.errors import DataError
-from tests.conftest import make_synthetic
+from conftest import make_synthetic
 
 
 def _with_x(a, fn):

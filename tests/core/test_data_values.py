@@ -9,7 +9,7 @@ import scipy.sparse as sp
 
 from cellannot_core.data import detect_value_state, get_counts
 from cellannot_core.errors import DataError
-from tests.conftest import make_synthetic
+from conftest import make_synthetic
 
 pytestmark = pytest.mark.filterwarnings("ignore:zero-centering")
 

@@ -15,7 +15,7 @@ from cellannot_core.errors import Cancelled, DataError
 from cellannot_core.novelty import OOD_METHODS
 from cellannot_core.pipeline import AnnotateOptions, annotate, predict_with_bundle
 from cellannot_core.runs import RunDir, RunProgress
-from cellannot_core.train import CancelToken
+from cellannot_core.training import CancelToken
 from conftest import make_synthetic
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -315,7 +315,7 @@ def test_cancel_outside_training_stops_the_run(tmp_path, synthetic_pair):
     from cellannot_core.errors import Cancelled
     from cellannot_core.pipeline import AnnotateOptions, annotate
     from cellannot_core.runs import RunDir
-    from cellannot_core.train import CancelToken
+    from cellannot_core.training import CancelToken
 
     ref, q = synthetic_pair
     token = CancelToken()

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cellannot_core.errors import Cancelled
-from cellannot_core.train import DIVERGENCE_BOUND, CancelToken, TrainConfig, fit
+from cellannot_core.training import DIVERGENCE_BOUND, CancelToken, TrainConfig, fit
 
 
 class Toy:

@@ -1,0 +1,220 @@
+"""The Python API, in scanpy's conventions: AnnData first, keyword-only options, results written
+into documented keys of the query (or into a copy with ``copy=True``).
+
+>>> import anndata as ad, cellannot_core as ca
+>>> ref = ad.read_h5ad("assets/kang_pbmc_example_sce_1556.h5ad")
+>>> query = ad.read_h5ad("assets/pbmc3k_seurat_2638.h5ad")
+>>> ca.annotate(ref, query, label_key="cell_type_harmonized", model="logreg")  # doctest: +SKIP
+>>> query.obs["cellannot_label"].value_counts()  # doctest: +SKIP
+
+Keys written (``key_added="cellannot"``; see :func:`cellannot_core.pipeline.annotation_keys`):
+
+======================================  ==============================================================
+``obs["{key}_label"]``                   the label, or ``"Unknown"`` for cells of types the reference
+                                         lacks
+``obs["{key}_label_raw"]``               the most probable reference type, before rejection
+``obs["{key}_confidence"]``              calibrated probability of the raw label
+``obs["{key}_ood_score"]``               novelty score (higher: further from the reference)
+``obs["{key}_is_unknown"]``              the score is above the threshold
+``obsm["{key}_proba"]``                  calibrated probabilities, one column per reference type
+                                         (order: ``uns[key]["classes"]``)
+``obsm["X_{key}"]``                      the model's latent space (or its input, for models without one)
+``uns[key]``                             the run card: model, settings, threshold, versions, metrics
+======================================  ==============================================================
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+
+from ._constants import DEFAULT_MODEL, OutKeys
+
+__all__ = ["annotate", "train", "Annotator", "models"]
+
+
+def _options(label_key: str, model: str | None, **kw: Any):
+    from .pipeline import AnnotateOptions
+
+    hp = kw.pop("hparams", None)
+    return AnnotateOptions(label_key=label_key, model=model or DEFAULT_MODEL, hparams=dict(hp or {}), **kw)
+
+
+def annotate(
+    adata_ref,
+    adata_query,
+    *,
+    label_key: str,
+    model: str | None = None,
+    key_added: str = OutKeys.UNS,
+    copy: bool = False,
+    query_label_key: str | None = None,
+    hparams: dict[str, Any] | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    max_epochs: int | None = None,
+    n_top_genes: int = 2000,
+    accept: float = 0.95,
+    log: Callable[[str], None] | None = None,
+):
+    """Train ``model`` on a labelled reference and label every cell of the query.
+
+    Parameters
+    ----------
+    adata_ref
+        Labelled reference (cells x genes; raw counts in ``X``, ``layers["counts"]`` or ``raw``).
+    adata_query
+        Cells to label; genes are matched to the reference's by name.
+    label_key
+        ``adata_ref.obs`` column holding the cell types.
+    model
+        A name from :func:`models`; ``None``: the recommended model (``scanvi_svm``).
+    key_added
+        Prefix of the keys written (table in the module docstring).
+    copy
+        Return an annotated copy instead of writing into ``adata_query``.
+    query_label_key
+        Optional ``adata_query.obs`` column with known labels: only used for the metrics in
+        ``uns[key_added]["query_metrics"]``.
+    hparams
+        Model hyper-parameters (see ``models()``), e.g. ``{"max_epochs": 50}``.
+    seed, device
+        Random seed; ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``.
+    max_epochs
+        Caps the epochs of models that train in epochs (a quick run).
+    n_top_genes
+        Highly variable genes chosen on the reference.
+    accept
+        Share of reference validation cells the Unknown threshold accepts.
+    log
+        Called with one line per step (e.g. ``print``); default: silent.
+
+    Returns
+    -------
+    ``None`` (keys written into ``adata_query``), or the annotated copy when ``copy=True``.
+    """
+    from .pipeline import annotate as run_annotate
+    from .pipeline import write_annotations
+
+    opts = _options(label_key, model, query_label_key=query_label_key, hparams=hparams, seed=seed, device=device,
+                    max_epochs=max_epochs, n_top_genes=n_top_genes, accept=accept)
+    res = run_annotate(adata_ref, adata_query, opts, log=log or (lambda s: None))
+    target = adata_query.copy() if copy else adata_query
+    write_annotations(target, res.predictions, res.card, index=res.prepared.query.index, key_added=key_added)
+    return target if copy else None
+
+
+class Annotator:
+    """A trained model with what a new query needs (its genes and their normalisation).
+
+    Made by :func:`train` or :meth:`load`; :meth:`predict` labels any query whose genes overlap
+    the reference's (matched by name and put in the model's order, as scvi-tools'
+    ``prepare_query_anndata`` does; missing genes count as zero).
+    """
+
+    def __init__(self, model: Any, bundle: dict[str, Any]) -> None:
+        self.model = model
+        self.bundle = bundle
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.model.classes)
+
+    @property
+    def genes(self) -> list[str]:
+        return list(self.bundle["genes"])
+
+    def __repr__(self) -> str:
+        return (f"Annotator(model={self.model.name!r}, {len(self.classes)} classes, {len(self.genes)} genes, "
+                f"label_key={self.bundle.get('label_key')!r})")
+
+    def predict(self, adata, *, key_added: str = OutKeys.UNS, copy: bool = False, threshold: float | None = None):
+        """Label the cells of ``adata`` (keys as :func:`annotate`).
+
+        Parameters
+        ----------
+        adata
+            Cells x genes, raw counts or normalised values as the reference had.
+        key_added, copy
+            As in :func:`annotate`.
+        threshold
+            Override the novelty-score threshold (default: the model's, with its shift correction).
+
+        Returns
+        -------
+        ``None``, or the annotated copy when ``copy=True``.
+        """
+        from .pipeline import predict_query, write_annotations
+
+        preds, card = predict_query(self.model, self.bundle, adata, threshold=threshold)
+        target = adata.copy() if copy else adata
+        write_annotations(target, preds, card, key_added=key_added)
+        return target if copy else None
+
+    def save(self, path: str | Path) -> Path:
+        """Write the model (safetensors + JSON, no pickle) and its genes to the directory ``path``;
+        the same bundle as ``cellannot train --save-model`` (``cellannot predict`` reads it)."""
+        from .pipeline import save_bundle
+
+        return save_bundle(Path(path), self.model, self.bundle)
+
+    @classmethod
+    def load(cls, path: str | Path, *, device: str = "auto") -> "Annotator":
+        """A bundle written by :meth:`save`, ``cellannot train`` or an app run's ``model`` folder."""
+        from .pipeline import load_bundle
+
+        return cls(*load_bundle(path, device=device))
+
+
+def train(
+    adata_ref,
+    *,
+    label_key: str,
+    model: str | None = None,
+    adata_query=None,
+    hparams: dict[str, Any] | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    max_epochs: int | None = None,
+    n_top_genes: int = 2000,
+    accept: float = 0.95,
+) -> Annotator:
+    """Train a model on a labelled reference; label queries later with :meth:`Annotator.predict`.
+
+    Parameters
+    ----------
+    adata_ref, label_key, model, hparams, seed, device, max_epochs, n_top_genes, accept
+        As in :func:`annotate`.
+    adata_query
+        Optional: genes are then restricted to those the query shares, and semi-supervised
+        models (``scanvi``, ``scanvi_svm``, ``m2flow``) also learn from its cells. Without it
+        the model uses all reference genes.
+
+    Returns
+    -------
+    Annotator
+    """
+    from .pipeline import bundle_info, prepare_data, train_model
+
+    opts = _options(label_key, model, hparams=hparams, seed=seed, device=device, max_epochs=max_epochs,
+                    n_top_genes=n_top_genes, accept=accept)
+    prepared = prepare_data(adata_ref, adata_query if adata_query is not None else adata_ref, opts)
+    fitted = train_model(prepared, opts)
+    return Annotator(fitted, bundle_info(fitted, prepared, opts))
+
+
+def models() -> pd.DataFrame:
+    """The registered models: name, what they support, whether they run here, description
+    (the recommended one first)."""
+    from .models import get_spec, model_names
+
+    rows = []
+    for name in model_names():
+        spec = get_spec(name)
+        sup = spec.supports
+        rows.append({"model": name, "recommended": name == DEFAULT_MODEL, "latent": sup.latent,
+                     "generates_cells": sup.samples, "explain": sup.explain, "needs_counts": sup.needs_counts,
+                     "semi_supervised": sup.semi_supervised, "available": spec.unavailable_reason() is None,
+                     "description": spec.description})
+    return pd.DataFrame(rows)
