@@ -1,0 +1,125 @@
+"""The Python API (issue 16): ``ca.annotate`` / ``ca.train`` / ``Annotator`` / ``ca.models()`` in
+scanpy's conventions (AnnData first, keyword-only options, documented keys, ``copy``)."""
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+import pytest
+
+import cellannot_core as ca
+from cellannot_core import api
+from cellannot_core.pipeline import annotation_keys
+from conftest import make_synthetic
+
+FAST = "logreg"
+
+
+@pytest.fixture(scope="module")
+def pair():
+    ref = make_synthetic(300, 120, 3, seed=0)
+    query = make_synthetic(200, 120, 4, seed=1)  # type3: a type the reference lacks
+    return ref, query
+
+
+def _opts():
+    return {"label_key": "cell_type", "model": FAST, "n_top_genes": 100}
+
+
+def test_annotate_writes_the_documented_keys_in_place(pair):
+    ref, query = pair
+    q = query.copy()
+    assert ca.annotate(ref, q, **_opts()) is None
+    keys = annotation_keys("cellannot")
+    for k in ("LABEL", "LABEL_RAW", "CONFIDENCE", "OOD_SCORE", "IS_UNKNOWN"):
+        assert keys[k] in q.obs, keys[k]
+    assert q.obsm["cellannot_proba"].shape == (q.n_obs, 3) and "X_cellannot" in q.obsm
+    assert list(q.uns["cellannot"]["classes"]) == ["type0", "type1", "type2"]
+    assert keys["LABEL"] == "cellannot_label" and keys["PROBA"] == "cellannot_proba"
+    labels = q.obs["cellannot_label"].astype(str)
+    known = q.obs["cell_type"] != "type3"
+    assert (labels[known] == q.obs["cell_type"][known].astype(str)).mean() > 0.9
+    np.testing.assert_allclose(q.obsm["cellannot_proba"].sum(1), 1, atol=1e-4)
+
+
+def test_copy_leaves_the_input_alone_and_key_added_renames_everything(pair):
+    ref, query = pair
+    q = query.copy()
+    out = ca.annotate(ref, q, key_added="ct", copy=True, **_opts())
+    assert out is not q and "ct_label" not in q.obs and not q.obsm
+    assert {"ct_label", "ct_label_raw", "ct_confidence", "ct_ood_score", "ct_is_unknown"} <= set(out.obs)
+    assert {"ct_proba", "X_ct"} <= set(out.obsm) and "ct" in out.uns
+
+
+def test_train_then_predict_matches_genes_by_name(pair, tmp_path):
+    ref, query = pair
+    annotator = ca.train(ref, **_opts())
+    assert annotator.classes == ["type0", "type1", "type2"] and "logreg" in repr(annotator)
+    a = annotator.predict(query, copy=True)
+    # the same cells with genes in another order and a few model genes missing: matched by name
+    rng = np.random.default_rng(0)
+    order = rng.permutation(query.n_vars)
+    drop = {g for g in annotator.genes if int(g.removeprefix("GENE")) >= 100}  # not marker genes (those are 0-31)
+    assert drop
+    shuffled = query[:, [i for i in order if query.var_names[i] not in drop]].copy()
+    b = annotator.predict(shuffled, copy=True)
+    agree = (a.obs["cellannot_label_raw"].astype(str) == b.obs["cellannot_label_raw"].astype(str)).mean()
+    assert agree > 0.95, agree
+    assert annotator.predict(query[:, order].copy(), copy=True).obs["cellannot_label"].equals(a.obs["cellannot_label"])
+    # save -> load: the same calls, as the CLI's bundle
+    path = annotator.save(tmp_path / "bundle")
+    assert (path / "bundle.json").is_file()
+    loaded = ca.Annotator.load(path, device="cpu")
+    c = loaded.predict(query, copy=True)
+    np.testing.assert_array_equal(a.obs["cellannot_label"].astype(str), c.obs["cellannot_label"].astype(str))
+    np.testing.assert_allclose(a.obsm["cellannot_proba"], c.obsm["cellannot_proba"], rtol=1e-5, atol=1e-6)
+
+
+def test_predict_in_place_and_threshold_override(pair):
+    ref, query = pair
+    annotator = ca.train(ref, **_opts())
+    q = query.copy()
+    assert annotator.predict(q, threshold=float("inf")) is None
+    assert not q.obs["cellannot_is_unknown"].any()
+
+
+def test_models_lists_the_registry():
+    table = ca.models()
+    from cellannot_core.models import MODELS
+
+    assert list(table["model"])[0] == "scanvi_svm" and bool(table["recommended"].iloc[0])
+    assert set(table["model"]) == set(MODELS)
+    assert {"latent", "generates_cells", "needs_counts", "available", "description"} <= set(table.columns)
+
+
+def test_bad_input_is_one_clear_error(pair):
+    from cellannot_core.errors import CellannotError
+
+    ref, query = pair
+    with pytest.raises(CellannotError, match="no_such_column"):
+        ca.annotate(ref, query.copy(), label_key="no_such_column", model=FAST)
+
+
+# ------------------------------------------------------------------------------ conventions (as scanpy's tests)
+
+DATA_ARGS = {"self", "cls", "adata", "adata_ref", "adata_query", "path"}
+
+
+def _public_callables():
+    for name in api.__all__:
+        obj = getattr(api, name)
+        if inspect.isclass(obj):
+            for meth_name, meth in vars(obj).items():
+                if not meth_name.startswith("_") and callable(getattr(obj, meth_name)):
+                    yield f"{name}.{meth_name}", getattr(obj, meth_name)
+        else:
+            yield name, obj
+
+
+@pytest.mark.parametrize("name, fn", list(_public_callables()))
+def test_public_functions_take_options_by_keyword_only(name, fn):
+    params = list(inspect.signature(fn).parameters.values())
+    for p in params:
+        if p.name not in DATA_ARGS:  # data may come by position (or by keyword when optional), options never
+            assert p.kind == p.KEYWORD_ONLY, f"{name}: option {p.name!r} must be keyword-only"
+    assert fn.__doc__ and len(fn.__doc__.strip()) > 20, f"{name} has no docstring"
