@@ -176,11 +176,17 @@ def cmd_predict(args) -> int:
 def cmd_models(args) -> int:
     from .models import MODELS, model_names
 
+    from .novelty import OOD_METHODS, score_help
+
     for name in model_names():
         s = MODELS[name]
         print(f"{name}{' (default)' if name == DEFAULT_MODEL else ''}: {s.description}")
         for k, h in s.hparams.items():
-            print(f"    {k} = {h.default!r}  {h.help}")
+            choices = f" (one of: {', '.join(map(str, h.choices))})" if h.choices is not None else ""
+            print(f"    {k} = {h.default!r}  {h.help}{choices}")
+    print("\nnovelty scores (the ood_score hyper-parameter; every run computes them all):")
+    for m in OOD_METHODS:
+        print(f"    {m}: {score_help(m)}")
     return 0
 
 

@@ -4,36 +4,131 @@ Scores that need the reference (kNN, Mahalanobis) are fitted on reference traini
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Callable
+
 import numpy as np
 from scipy.special import logsumexp
 
 from .calibration import softmax
 
-OOD_METHODS = ("knn", "knn_graph", "knn_class", "mahalanobis", "knn_logit", "maxprob", "energy")
 GRAPH_K = 15  # neighbours of the smoothing graph (scanpy's default n_neighbors)
 LOGIT_K = 50  # knn_logit: the k-th nearest reference cell (CLAMS kang_ctrl: k = 10 / 20 / 100 did no better)
 CLASS_UNIT = 0.95  # knn_class: 1 = this quantile of the reference cells of the predicted class
 SINGLE_CELL_UNIT = 0.99  # knn_class: a cell of an accepted query cluster is Unknown beyond this reference quantile
 WHOLE_CLASS = True  # knn_class step 3 (see its docstring)
 SHIFT_QUANTILE = 0.25  # knn_class: the query shift compares this quantile of query and reference (breakdown 75%)
-OOD_HELP = {
-    "knn": "mean distance to the k nearest reference cells in the model's latent space",
-    "knn_graph": f"the kNN score averaged over the cell's {GRAPH_K} nearest neighbours among the cells scored "
-                 "together (the query's own neighbourhood graph): novel types form groups, noise averages out",
-    "knn_class": "knn_graph relative to the cell's predicted class: 1 = the 95th percentile of that class's "
-                 "reference cells (scored leave-one-out, smoothed the same way; at least that of all reference "
-                 "cells), times one shift factor for the whole query (its lower quartile against the "
-                 "reference's: novel cells cannot move it unless they are over three quarters of the query); "
-                 "decided by group: a query cluster (Leiden) whose median cell is above 1 is Unknown as a group, "
-                 "a cell of another cluster only beyond the reference's 99th percentile",
-    "mahalanobis": "Mahalanobis distance to the nearest reference class centre in latent space (tied covariance)",
-    "knn_logit": f"distance to the {LOGIT_K}th nearest reference cell once every cell's logit vector is scaled to "
-                 "unit length (deep nearest neighbours, Sun et al. 2022, on the logits): high for a cell whose mix "
-                 "of class evidence few reference cells share, e.g. a type between two known ones",
-    "maxprob": "1 - calibrated maximum class probability",
-    "energy": "energy E(x) = -logsumexp(logits) (= -log p(x) up to a constant)",
+
+
+# --------------------------------------------------------------------------------------------
+# the registry of novelty scores: one function per score, registered like models
+# --------------------------------------------------------------------------------------------
+
+
+class ScoreUnavailable(Exception):
+    """A score this model cannot compute (e.g. a saved model predating it); left out when every
+    score is asked for, an error when this score is asked for by name."""
+
+
+class ScoreInputs:
+    """What a score function gets: the model, the cells, and their logits and latent codes
+    (computed on first use and shared by every score of one call), plus the scores computed so
+    far in ``scores`` (``knn_class`` builds on ``knn_graph``)."""
+
+    def __init__(self, model: Any, X: np.ndarray, *, logits: np.ndarray | None = None,
+                 latent: np.ndarray | None = None) -> None:
+        self.model, self.X = model, X
+        self._logits, self._latent = logits, latent
+        self.scores: dict[str, np.ndarray] = {}
+
+    @property
+    def logits(self) -> np.ndarray:
+        if self._logits is None:
+            self._logits = self.model.logits(self.X)
+        return self._logits
+
+    @property
+    def latent(self) -> np.ndarray:
+        if self._latent is None:
+            self._latent = self.model.latent(self.X)
+        return self._latent
+
+    @property
+    def reference(self) -> "LatentReference":
+        if self.model.reference is None:
+            raise RuntimeError("distance-based novelty needs fit_reference() after fit")
+        return self.model.reference
+
+
+ScoreFn = Callable[[ScoreInputs], np.ndarray]
+
+
+@dataclass(frozen=True)
+class NoveltyScore:
+    """A registered score: ``fn`` scores query cells; ``validation`` scores reference validation
+    cells (the null the threshold comes from) when that differs, e.g. graph-smoothed scores."""
+
+    name: str
+    fn: ScoreFn
+    help: str
+    validation: ScoreFn | None = None
+
+
+NOVELTY_SCORES: dict[str, NoveltyScore] = {}
+
+
+def register_score(name: str, *, help: str, validation: ScoreFn | None = None) -> Callable[[ScoreFn], ScoreFn]:
+    """Decorator: register ``fn(inputs: ScoreInputs) -> scores`` (higher = more novel) as ``name``.
+    It is then computed for every run, offered wherever a novelty score is chosen (the models'
+    ``ood_score`` hyper-parameter, the app's pages, ``cellannot models``) and compared in the bench."""
+    def deco(fn: ScoreFn) -> ScoreFn:
+        if name in NOVELTY_SCORES:
+            raise ValueError(f"novelty score {name!r} is already registered")
+        NOVELTY_SCORES[name] = NoveltyScore(name, fn, help, validation)
+        return fn
+    return deco
+
+
+class _ScoreNames(Sequence):
+    """The registered score names, in registration order, always current (a new registration is
+    seen by every ``choices=OOD_METHODS``), plus fixed model-specific extras."""
+
+    def __init__(self, extra: tuple[str, ...] = ()) -> None:
+        self.extra = tuple(extra)
+
+    def _names(self) -> tuple[str, ...]:
+        return tuple(NOVELTY_SCORES) + self.extra
+
+    def __getitem__(self, i):
+        return self._names()[i]
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+    def __add__(self, other) -> "_ScoreNames":
+        return _ScoreNames(self.extra + tuple(other))
+
+    def __repr__(self) -> str:
+        return repr(self._names())
+
+
+OOD_METHODS = _ScoreNames()
+MODEL_SCORE_HELP = {  # scores some models add themselves (not in the registry)
     "elbo": "negative evidence lower bound of the cell's counts under the generative model (VAE family)",
 }
+
+
+def score_help(name: str) -> str:
+    """One line on what a score measures ('' for an unknown name)."""
+    spec = NOVELTY_SCORES.get(name)
+    return spec.help if spec else MODEL_SCORE_HELP.get(name, "")
+
+
+def asks_every_score(methods: Sequence[str]) -> bool:
+    """Whether ``methods`` asks for every registered score (the bench and the app do; then
+    models add their own scores, such as ``elbo``, too)."""
+    return set(NOVELTY_SCORES) <= set(methods)
 
 
 def energy_score(logits: np.ndarray) -> np.ndarray:
@@ -320,3 +415,62 @@ def query_clusters(z: np.ndarray, *, k: int = GRAPH_K, resolution: float = 1.0, 
     finally:
         random.setstate(state)
     return np.unique(np.asarray(member), return_inverse=True)[1].astype(np.int64)
+
+
+# --------------------------------------------------------------------------------------------
+# the built-in scores (registration order = display order)
+# --------------------------------------------------------------------------------------------
+
+
+@register_score("knn", help="mean distance to the k nearest reference cells in the model's latent space")
+def _knn(inp: ScoreInputs) -> np.ndarray:
+    return inp.reference.knn(inp.latent)
+
+
+@register_score("knn_graph", help=f"the kNN score averaged over the cell's {GRAPH_K} nearest neighbours among the "
+                                  "cells scored together (the query's own neighbourhood graph): novel types form "
+                                  "groups, noise averages out",
+                validation=lambda inp: inp.reference.knn_graph_reference(inp.latent))
+def _knn_graph(inp: ScoreInputs) -> np.ndarray:
+    return inp.reference.knn_graph(inp.latent)
+
+
+@register_score("knn_class", help="knn_graph relative to the cell's predicted class: 1 = the 95th percentile of "
+                                  "that class's reference cells (scored leave-one-out, smoothed the same way; at "
+                                  "least that of all reference cells), times one shift factor for the whole query "
+                                  "(its lower quartile against the reference's: novel cells cannot move it unless "
+                                  "they are over three quarters of the query); decided by group: a query cluster "
+                                  "(Leiden) whose median cell is above 1 is Unknown as a group, a cell of another "
+                                  "cluster only beyond the reference's 99th percentile",
+                validation=lambda inp: inp.reference.knn_class_reference(inp.latent, inp.logits.argmax(1)))
+def _knn_class(inp: ScoreInputs) -> np.ndarray:
+    thr = inp.model.threshold if np.isfinite(inp.model.threshold) else 1.0
+    return inp.reference.knn_class(inp.latent, inp.logits.argmax(1), graph=inp.scores.get("knn_graph"),
+                                   threshold=thr)
+
+
+@register_score("mahalanobis", help="Mahalanobis distance to the nearest reference class centre in latent space "
+                                    "(tied covariance)")
+def _mahalanobis(inp: ScoreInputs) -> np.ndarray:
+    return inp.reference.mahalanobis(inp.latent)
+
+
+@register_score("knn_logit", help=f"distance to the {LOGIT_K}th nearest reference cell once every cell's logit vector "
+                                  "is scaled to unit length (deep nearest neighbours, Sun et al. 2022, on the "
+                                  "logits): high for a cell whose mix of class evidence few reference cells share, "
+                                  "e.g. a type between two known ones")
+def _knn_logit(inp: ScoreInputs) -> np.ndarray:
+    if inp.reference.logits is None:
+        raise ScoreUnavailable("this saved model keeps no reference logits (it predates the knn_logit score): "
+                               "train it again or choose another novelty score")
+    return inp.reference.knn_logit(inp.logits)
+
+
+@register_score("maxprob", help="1 - calibrated maximum class probability")
+def _maxprob(inp: ScoreInputs) -> np.ndarray:
+    return maxprob_score(inp.logits, inp.model.temperature)
+
+
+@register_score("energy", help="energy E(x) = -logsumexp(logits) (= -log p(x) up to a constant)")
+def _energy(inp: ScoreInputs) -> np.ndarray:
+    return energy_score(inp.logits)

@@ -2,7 +2,7 @@
 import streamlit as st
 
 from cellannot_core._constants import UNKNOWN
-from cellannot_core.novelty import OOD_HELP
+from cellannot_core.novelty import score_help
 from cellannot_core.plots import (accuracy_coverage_figure, label_heatmap, reliability_diagram,
                                   roc_curve_figure, score_histogram)
 from ui import calibration as cal
@@ -34,7 +34,7 @@ methods = run.score_methods()
 card_method = run.rejection.get("method")
 method = st.selectbox("Novelty score", methods, index=methods.index(card_method) if card_method in methods else 0,
                       key=WidgetKeys.SCORE_METHOD, format_func=lambda m: f"{m}" + (" (used by the model)" if m == card_method else ""))
-st.caption(OOD_HELP.get(method, ""))
+st.caption(score_help(method))
 lo, hi = cal.threshold_range(run, method)
 start = min(max(res.default_threshold(run, method), lo), hi)
 thr = st.slider("Threshold (cells scoring above it are called Unknown)", lo, hi, start, (hi - lo) / 500,

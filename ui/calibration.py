@@ -88,11 +88,11 @@ def threshold_story(run: Run) -> str:
         text += (f"; it was then scaled by {factor:.3f} = median(query score) / median(validation score) to "
                  "allow for the shift between the studies")
     text += "."
-    from cellannot_core.novelty import GRAPH_K, OOD_HELP
+    from cellannot_core.novelty import GRAPH_K, score_help
 
     method = str(rej.get("method"))
-    if method in OOD_HELP:
-        text += f" {method}: {OOD_HELP[method]}."
+    if score_help(method):
+        text += f" {method}: {score_help(method)}."
     if method in ("knn_graph", "knn_class"):
         text += (f" Its validation scores are smoothed the same way, over each validation cell's {GRAPH_K} "
                  "nearest reference cells (those scored leave-one-out), so the threshold is set on the "

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 
@@ -19,7 +19,8 @@ from .._constants import RunFiles
 from ..calibration import fit_temperature, query_threshold, softmax, threshold_for_acceptance
 from ..data._types import Split
 from ..errors import ConfigError
-from ..novelty import OOD_METHODS, LatentReference, energy_score, maxprob_score
+from ..novelty import (NOVELTY_SCORES, OOD_METHODS, LatentReference, ScoreInputs, ScoreUnavailable,
+                       asks_every_score)
 from .registry import get_spec, resolve_hparams
 
 FORMAT_VERSION = 1
@@ -88,59 +89,44 @@ class Model:
 
     def ood_scores(self, X: np.ndarray, methods: Sequence[str] = OOD_METHODS, *,
                    logits: np.ndarray | None = None, latent: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        """Several novelty scores at once (higher = more novel); reuses logits/latent if given."""
-        out: dict[str, np.ndarray] = {}
-        for m in methods:
-            if m in ("energy", "maxprob"):
-                if logits is None:
-                    logits = self.logits(X)
-                out[m] = energy_score(logits) if m == "energy" else maxprob_score(logits, self.temperature)
-            elif m in ("knn", "knn_graph", "knn_class", "mahalanobis", "knn_logit"):
-                if self.reference is None:
-                    raise RuntimeError("distance-based novelty needs fit_reference() after fit")
-                if m == "knn_logit":
-                    if self.reference.logits is None:  # a model saved before this score: left out of "every score"
-                        if m == self.ood_method or not set(OOD_METHODS) <= set(methods):
-                            raise ConfigError("this saved model keeps no reference logits (it predates the "
-                                              "knn_logit score): train it again or choose another novelty score")
-                        continue
-                    if logits is None:
-                        logits = self.logits(X)
-                    out[m] = self.reference.knn_logit(logits)
-                    continue
-                if latent is None:
-                    latent = self.latent(X)
-                if m == "knn_class":
-                    if logits is None:
-                        logits = self.logits(X)
-                    thr = self.threshold if np.isfinite(self.threshold) else 1.0
-                    out[m] = self.reference.knn_class(latent, logits.argmax(1), graph=out.get("knn_graph"),
-                                                      threshold=thr)
-                else:
-                    out[m] = getattr(self.reference, m)(latent)
-            else:
-                raise ConfigError(f"unknown novelty score {m!r}; choose one of {', '.join(OOD_METHODS)}")
-        return out
+        """Several novelty scores at once (higher = more novel), each from the registry
+        (:data:`~cellannot_core.novelty.NOVELTY_SCORES`); logits and latent are computed once
+        (or reused if given)."""
+        return self._scores(ScoreInputs(self, X, logits=logits, latent=latent), methods, validation=False)
 
     def validation_scores(self, X: np.ndarray, methods: Sequence[str] = OOD_METHODS, *,
                           logits: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """:meth:`ood_scores` of reference validation cells, the null the threshold comes from.
 
-        The same as for a query, except ``knn_graph`` and ``knn_class``: a validation cell is
-        smoothed over its neighbours among reference training and validation cells (see
+        The same as for a query, except scores registered with their own ``validation`` form:
+        ``knn_graph`` and ``knn_class`` smooth a validation cell over its neighbours among
+        reference training and validation cells (see
         :meth:`~cellannot_core.novelty.LatentReference.knn_graph_reference`), since the
         validation cells alone are too few and too sparse to stand for a query's graph, and
         ``knn_class`` gets no query-shift factor.
         """
-        latent = self.latent(X) if any(m in ("knn", "knn_graph", "knn_class", "mahalanobis") for m in methods) else None
-        if logits is None and "knn_class" in methods:
-            logits = self.logits(X)
-        out = self.ood_scores(X, methods, logits=logits, latent=latent)
-        if "knn_graph" in out:
-            out["knn_graph"] = self.reference.knn_graph_reference(latent)
-        if "knn_class" in out:
-            out["knn_class"] = self.reference.knn_class_reference(latent, logits.argmax(1))
-        return out
+        return self._scores(ScoreInputs(self, X, logits=logits), methods, validation=True)
+
+    def model_scores(self) -> dict[str, Callable[[ScoreInputs], np.ndarray]]:
+        """Scores only this model can compute (e.g. the VAE family's ``elbo``), by name; computed
+        beside the registry's when every score is asked for."""
+        return {}
+
+    def _scores(self, inputs: ScoreInputs, methods: Sequence[str], *, validation: bool) -> dict[str, np.ndarray]:
+        own = self.model_scores()
+        every = asks_every_score(methods)
+        methods = list(methods) + ([m for m in own if m not in methods] if every else [])
+        for m in methods:
+            spec = NOVELTY_SCORES.get(m)
+            if spec is None and m not in own:
+                raise ConfigError(f"unknown novelty score {m!r}; choose one of {', '.join(list(OOD_METHODS) + list(own))}")
+            fn = own[m] if spec is None else spec.validation if validation and spec.validation is not None else spec.fn
+            try:
+                inputs.scores[m] = np.asarray(fn(inputs))
+            except ScoreUnavailable as err:  # left out of "every score", an error when asked for by name
+                if m == self.ood_method or not every:
+                    raise ConfigError(str(err)) from None
+        return dict(inputs.scores)
 
     def ood_score(self, X: np.ndarray) -> np.ndarray:
         """The model's chosen novelty score (``self.ood_method``)."""

@@ -122,15 +122,10 @@ class ScanviSvm(Model):
     def latent(self, X: np.ndarray) -> np.ndarray:
         return self._latent().latent(X)
 
-    def ood_scores(self, X: np.ndarray, methods: Sequence[str] = OOD_METHODS, *,
-                   logits: np.ndarray | None = None, latent: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        """The base scores, plus the latent model's ``"elbo"`` when it is generative and every base
-        score is asked for (so the bench and the app compare it too)."""
-        out = super().ood_scores(X, [m for m in methods if m != ELBO], logits=logits, latent=latent)
+    def model_scores(self) -> dict[str, Any]:
+        """The latent model's ``"elbo"`` when it is generative (so the bench and the app compare it too)."""
         lm = self._latent()
-        if isinstance(lm, GenerativeModel) and (ELBO in methods or set(OOD_METHODS) <= set(methods)):
-            out[ELBO] = lm.elbo_score(X)
-        return out
+        return {ELBO: lambda inp: lm.elbo_score(inp.X)} if isinstance(lm, GenerativeModel) else {}
 
     def sample(self, n_per_class: int) -> tuple[np.ndarray, np.ndarray]:
         return self._latent().sample(n_per_class)

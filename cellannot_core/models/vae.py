@@ -360,16 +360,9 @@ class GenerativeModel(TorchModel):
 
         return self._batched(X, fn).astype(np.float64)
 
-    def ood_scores(self, X: np.ndarray, methods: Sequence[str] = GEN_OOD_METHODS, *,
-                   logits: np.ndarray | None = None, latent: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        """The base scores plus ``"elbo"``; asking for every base score returns ``"elbo"`` too."""
-        methods = list(methods)
-        if set(OOD_METHODS) <= set(methods) and ELBO not in methods:
-            methods.append(ELBO)
-        out = super().ood_scores(X, [m for m in methods if m != ELBO], logits=logits, latent=latent)
-        if ELBO in methods:
-            out[ELBO] = self.elbo_score(X)
-        return out
+    def model_scores(self) -> dict[str, Any]:
+        """``"elbo"`` beside the registry's scores (asking for every score returns it too)."""
+        return {ELBO: lambda inp: self.elbo_score(inp.X)}
 
 
 # ---- vae ---------------------------------------------------------------------------------------------
