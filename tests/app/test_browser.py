@@ -162,6 +162,18 @@ def screenshot(page, name: str) -> None:
         page.set_viewport_size(VIEWPORT)
 
 
+def start_and_wait(page) -> None:
+    """Click *Start training* and wait until the run is done (fails on a failed or cancelled run)."""
+    page.locator(f"{_key('w_start')} button").click()
+    page.get_by_role("heading", name="Current run").wait_for(timeout=PAGE_TIMEOUT_MS)
+    done = page.get_by_text("See the label transfer")
+    failed = page.get_by_text("Training failed").or_(page.get_by_text("Training was cancelled"))
+    done.or_(failed).first.wait_for(timeout=TRAIN_TIMEOUT_S * 1000)
+    assert failed.count() == 0, f"training did not finish: {failed.first.inner_text()}"
+    wait_idle(page)
+    assert_no_errors(page, "Train after the run")
+
+
 def goto_page(page, title: str) -> None:
     """Open a page from the sidebar navigation (client-side: the session is kept)."""
     page.locator('[data-testid="stSidebarNav"] a', has_text=title).first.click()
@@ -232,14 +244,7 @@ def _click_path(page, url: str, tmp_path: Path, ad) -> None:
     epochs.press("Enter")
     wait_idle(page)
     assert epochs.input_value() == "3"
-    page.locator(f"{_key('w_start')} button").click()
-    page.get_by_role("heading", name="Current run").wait_for(timeout=PAGE_TIMEOUT_MS)
-    done = page.get_by_text("See the label transfer")
-    failed = page.get_by_text("Training failed").or_(page.get_by_text("Training was cancelled"))
-    done.or_(failed).first.wait_for(timeout=TRAIN_TIMEOUT_S * 1000)
-    assert failed.count() == 0, f"training did not finish: {failed.first.inner_text()}"
-    wait_idle(page)
-    assert_no_errors(page, "Train after the run")
+    start_and_wait(page)
     panel = page.locator('[data-testid="stMain"]').inner_text()
     assert "done" in panel and "epoch" in panel
     wait_plot(page, '[class*="st-key-curves_"]')  # loss / accuracy curves of the run
@@ -356,17 +361,9 @@ def _demo_and_quick_run(page, url: str, model: str = QUICK_MODEL) -> str:
     page.get_by_role("heading", name="New training").wait_for(timeout=PAGE_TIMEOUT_MS)
     wait_idle(page)
     _select(page, "w_model", model)
-    start = page.locator(f"{_key('w_start')} button")
     page.wait_for_function("() => { const b = document.querySelector('.st-key-w_start button');"
                            " return b && !b.disabled; }", timeout=PAGE_TIMEOUT_MS)
-    start.click()
-    page.get_by_role("heading", name="Current run").wait_for(timeout=PAGE_TIMEOUT_MS)
-    done = page.get_by_text("See the label transfer")
-    failed = page.get_by_text("Training failed").or_(page.get_by_text("Training was cancelled"))
-    done.or_(failed).first.wait_for(timeout=TRAIN_TIMEOUT_S * 1000)
-    assert failed.count() == 0, f"training did not finish: {failed.first.inner_text()}"
-    wait_idle(page)
-    assert_no_errors(page, "Train after the run")
+    start_and_wait(page)
     run_id = _param(page.url, "run")
     assert run_id and page.get_by_text(run_id).count() > 0, page.url
     return run_id
