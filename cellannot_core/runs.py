@@ -65,9 +65,20 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    from .models._base import _json_default
+    """JSON (numpy scalars and arrays, paths allowed) written atomically: the one JSON writer."""
+    write_bytes_atomic(Path(path), json.dumps(obj, indent=1, default=_json_default).encode())
 
-    write_bytes_atomic(path, json.dumps(obj, indent=1, default=_json_default).encode())
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
 def read_json(path: Path, default: Any = None) -> Any:

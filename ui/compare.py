@@ -1,11 +1,11 @@
 """Compare page helpers: model comparison and the leave-one-class-out novelty self-check as
 background jobs, plus their tables and figures.
 
-Jobs follow ``ui/jobs.py``: a daemon thread per job in a process-global table (guarded by a
-lock) keyed by a job id that the session keeps; the worker never calls Streamlit, reports
-progress through callbacks into the job's status dict, shares the training slots of
-``ui.jobs`` (at most ``CELLANNOT_MAX_JOBS`` trainings at once) and stops at the next
-mini-batch when cancelled. Results (a DataFrame) stay in memory for the server's lifetime.
+Jobs run through ``ui.jobs`` (:func:`ui.jobs.launch`: one thread per job in the one
+process-global job table, keyed by a job id that the session keeps); the worker never calls
+Streamlit, reports progress through callbacks into the job, holds one of the training slots
+(:func:`ui.jobs.training_slot`, at most ``CELLANNOT_MAX_JOBS`` trainings at once) and stops at
+the next mini-batch when cancelled. Results (a DataFrame) stay in memory for the server's lifetime.
 The panels at the bottom (the only Streamlit code here) poll a job while it runs.
 """
 from __future__ import annotations
@@ -23,6 +23,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from cellannot_core.errors import Cancelled, CellannotError
+from ui import jobs
 
 KINDS = ("compare", "loco")
 ACTIVE = ("queued", "running")
@@ -70,10 +71,6 @@ class CompareJob:
                 "live": self.alive, "params": dict(self.params)}
 
 
-_LOCK = threading.Lock()
-_JOBS: dict[str, CompareJob] = {}
-
-
 class _Reporter:
     """Callback: progress and per-model rows into the job (no Streamlit)."""
 
@@ -91,20 +88,11 @@ class _Reporter:
 def _worker(job: CompareJob, reference: Any, query: Any, opts: Any) -> None:
     from cellannot_core.compare import compare_models, leave_one_class_out
     from cellannot_core.pipeline import prepare_data
-    from ui import jobs
 
     p = job.params
     try:
-        said = False
-        while not jobs._SLOTS.acquire(timeout=0.5):  # share the training slots of ui.jobs
-            if job.token.should_stop():
-                raise Cancelled("cancelled before training started")
-            if not said:
-                job.message = "waiting for another training to finish"
-                said = True
-        try:
-            if job.token.should_stop():
-                raise Cancelled("cancelled before training started")
+        with jobs.training_slot(job.token.should_stop,
+                                lambda: setattr(job, "message", "waiting for another training to finish")):
             job.state, job.message = "running", "preparing the data"
             prepared = prepare_data(reference, query, opts)
             cbs = [_Reporter(job), job.token]
@@ -115,8 +103,6 @@ def _worker(job: CompareJob, reference: Any, query: Any, opts: Any) -> None:
                 job.result = leave_one_class_out(prepared, p["model"], p["classes"], seed=opts.seed,
                                                  device=opts.device, max_epochs=p.get("max_epochs"),
                                                  accept=opts.accept, callbacks=cbs)
-        finally:
-            jobs._SLOTS.release()
         job.state, job.progress, job.message = "done", 1.0, "finished"
     except Cancelled as err:
         job.state, job.message = "cancelled", str(err)
@@ -135,28 +121,19 @@ def start(kind: str, reference: Any, query: Any, opts: Any, **params: Any) -> st
     leave-one-class-out check (``kind="loco"``, params ``model``, ``classes``, ``max_epochs``)
     in a background thread; returns the job id."""
     from cellannot_core.training import CancelToken
-    from ui.jobs import warm_imports
 
     if kind not in KINDS:
         raise ValueError(f"unknown job kind {kind!r}")
-    warm_imports()
-    import cellannot_core.compare  # noqa: F401  (import in this thread, see warm_imports)
+    import cellannot_core.compare  # noqa: F401  (import in this thread, see jobs.warm_imports)
 
-    job = CompareJob(id=f"{kind}-{time.strftime('%H%M%S')}-{secrets.token_hex(3)}", kind=kind, params=params,
+    job = CompareJob(id=f"{kind}-{time.strftime('%H%M%S')}-{secrets.token_hex(8)}", kind=kind, params=params,
                      token=CancelToken())
-    job.thread = threading.Thread(target=_worker, args=(job, reference, query, opts), daemon=True,
-                                  name=f"cellannot-{job.id}")
-    with _LOCK:
-        _JOBS[job.id] = job
-    job.thread.start()
-    return job.id
+    return jobs.launch(job.id, job, _worker, reference, query, opts)
 
 
 def get(job_id: str | None) -> CompareJob | None:
-    if not job_id:
-        return None
-    with _LOCK:
-        return _JOBS.get(job_id)
+    job = jobs.get_job(job_id)
+    return job if isinstance(job, CompareJob) else None
 
 
 def cancel(job_id: str) -> bool:

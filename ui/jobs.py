@@ -2,10 +2,12 @@
 
 How it works
 ------------
-* :func:`start_job` creates a run directory (``RunDir.create``), registers a :class:`Job`
-  (thread + :class:`~cellannot_core.training.CancelToken`) in the process-global table under the
-  run id, and starts a daemon thread running :func:`cellannot_core.pipeline.annotate` with
-  ``callbacks=[RunProgress(run_dir), token]``.
+* :func:`launch` is the one way to run a background job (training runs here, comparisons in
+  ``ui.compare``): it registers the job in the process-global table and starts its daemon
+  thread; :func:`training_slot` is the one limit on concurrent trainings.
+* :func:`start_job` creates a run directory (``RunDir.create``) and launches a :class:`Job`
+  (thread + :class:`~cellannot_core.training.CancelToken`) under the run id, running
+  :func:`cellannot_core.pipeline.annotate` with ``callbacks=[RunProgress(run_dir), token]``.
 * The worker never touches Streamlit: progress, history, the final status and every result
   file go to the run directory (atomic writes), which the pages poll.
 * The table is a module-level dict guarded by a lock. It is shared by every browser session of
@@ -22,12 +24,13 @@ import os
 import threading
 import time
 import traceback
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 from cellannot_core._constants import RunFiles
-from cellannot_core.errors import CellannotError
+from cellannot_core.errors import Cancelled, CellannotError
 from cellannot_core.runs import RunDir, RunProgress, default_root, read_json, write_json_atomic
 
 MAX_PARALLEL = max(1, int(os.environ.get("CELLANNOT_MAX_JOBS", "2")))
@@ -61,7 +64,7 @@ class Job:
 
 
 _LOCK = threading.Lock()
-_JOBS: dict[str, Job] = {}
+_JOBS: dict[str, Any] = {}  # every background job of this process: training runs (Job) and comparisons
 _SLOTS = threading.BoundedSemaphore(MAX_PARALLEL)
 
 
@@ -83,19 +86,35 @@ def active_jobs() -> list[str]:
         return [rid for rid, j in _JOBS.items() if j.alive]
 
 
-def _acquire_slot(job: Job) -> bool:
-    """Wait for a free training slot; False when cancelled while waiting."""
+@contextmanager
+def training_slot(should_stop: Callable[[], bool], on_wait: Callable[[], None]) -> Iterator[None]:
+    """Hold one of the :data:`MAX_PARALLEL` training slots (shared by training runs and
+    comparisons) while the block runs; ``on_wait`` is called once if the job has to wait, and
+    :class:`~cellannot_core.errors.Cancelled` is raised when ``should_stop()`` while waiting."""
     said = False
     while not _SLOTS.acquire(timeout=0.5):
-        if job.token.should_stop():
-            return False
+        if should_stop():
+            raise Cancelled("cancelled before training started")
         if not said:
-            job.run_dir.set_status("queued", message="waiting for another training to finish")
+            on_wait()
             said = True
-    if job.token.should_stop():
+    try:
+        if should_stop():
+            raise Cancelled("cancelled before training started")
+        yield
+    finally:
         _SLOTS.release()
-        return False
-    return True
+
+
+def launch(job_id: str, job: Any, target: Callable[..., None], *args: Any) -> str:
+    """The one way to run a background job: register ``job`` (anything with a ``thread``
+    attribute) under ``job_id`` and run ``target(job, *args)`` in a daemon thread."""
+    warm_imports()
+    job.thread = threading.Thread(target=target, args=(job, *args), daemon=True, name=f"cellannot-{job_id}")
+    with _LOCK:
+        _JOBS[job_id] = job
+    job.thread.start()
+    return job_id
 
 
 def _worker(job: Job, reference: Any, query: Any, opts: Any) -> None:
@@ -104,19 +123,16 @@ def _worker(job: Job, reference: Any, query: Any, opts: Any) -> None:
 
     rd = job.run_dir
     try:
-        if not _acquire_slot(job):
-            rd.set_status("cancelled", message="cancelled before training started")
-            job.error = "cancelled"
-            return
-        try:
+        with training_slot(job.token.should_stop,
+                           lambda: rd.set_status("queued", message="waiting for another training to finish")):
             job.log(f"starting {opts.model} (seed {opts.seed}, device {opts.device})")
             annotate(reference, query, opts, run_dir=rd, callbacks=[RunProgress(rd), job.token], log=job.log)
             job.log("finished")
-        finally:
-            _SLOTS.release()
-    except CellannotError as err:  # annotate already wrote failed/cancelled + message
+    except CellannotError as err:  # annotate already wrote failed/cancelled + message (not if cancelled waiting)
         job.error = str(err)
         job.log(f"stopped: {err}")
+        if rd.status().get("state") in ACTIVE_STATES:
+            rd.set_status("cancelled" if isinstance(err, Cancelled) else "failed", message=str(err))
     except BaseException as err:  # noqa: BLE001 - a worker must never die silently
         job.error = f"internal error: {type(err).__name__}: {err}"
         job.log(job.error)
@@ -172,19 +188,12 @@ def start_job(reference: Any, query: Any, opts: Any, *, root: str | Path | None 
         Role -> dataset id of the session's data; recorded with the options in the run's
         ``request.json`` so a failed or interrupted run can be started again (:func:`request`).
     """
-    warm_imports()
     from cellannot_core.training import CancelToken
 
     rd = RunDir.create(root if root is not None else runs_root(), model=opts.model, owner=owner)
     rd.set_status("queued", model=opts.model, message="starting")
     write_json_atomic(rd.file(RunFiles.REQUEST), {"options": asdict(opts), "datasets": dict(datasets or {})})
-    job = Job(run_id=rd.id, run_dir=rd, token=CancelToken())
-    job.thread = threading.Thread(target=_worker, args=(job, reference, query, opts), daemon=True,
-                                  name=f"cellannot-train-{rd.id}")
-    with _LOCK:
-        _JOBS[rd.id] = job
-    job.thread.start()
-    return rd.id
+    return launch(rd.id, Job(run_id=rd.id, run_dir=rd, token=CancelToken()), _worker, reference, query, opts)
 
 
 def request(run_id: str, root: str | Path | None = None) -> dict[str, Any] | None:

@@ -19,6 +19,7 @@ from .._constants import RunFiles
 from ..calibration import fit_temperature, query_threshold, softmax, threshold_for_acceptance
 from ..data._types import Split
 from ..errors import ConfigError
+from ..runs import write_json_atomic
 from ..novelty import (NOVELTY_SCORES, OOD_METHODS, LatentReference, ScoreInputs, ScoreUnavailable,
                        asks_every_score)
 from .registry import get_spec, resolve_hparams
@@ -206,22 +207,6 @@ class Model:
         return d
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = Path(str(path) + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=_json_default, allow_nan=True))
-    os.replace(tmp, path)
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
 MAX_FEATURES = 200_000  # more genes than any transcriptome: a config asking for more is damaged or hostile
