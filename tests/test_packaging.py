@@ -75,6 +75,10 @@ def test_the_wheel_installs_and_its_requirements_hold(installed):
     r = _run([installed["py"], "-c", "import cellannot_core, cellannot_app; print(cellannot_core.__file__); "
               "print(list(cellannot_app.__path__))"], cwd=installed["work"], env=installed["env"])
     assert all(str(installed["venv"]) in line for line in r.stdout.splitlines()), r.stdout  # not the checkout
+    r = _run([installed["py"], "-c", "from cellannot_core.models.baselines.seurat import R_SCRIPT; "
+              "print(R_SCRIPT.is_file(), R_SCRIPT.read_text().count('FindTransferAnchors'))"],
+             cwd=installed["work"], env=installed["env"])
+    assert r.stdout.split() == ["True", "2"], r.stdout  # seurat's R script ships as a package file
 
 
 def test_cellannot_version_and_models(installed):

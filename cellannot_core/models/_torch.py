@@ -11,12 +11,11 @@ from torch import nn
 from ..data._types import Split
 from ..training import TrainConfig, fit, resolve_device, seed_everything
 from ._base import Model
-
-SCALE_CLIP = 10.0
-
+from ._scaling import SCALE_CLIP, Scaler
 
 class Standardizer(nn.Module):
-    """Per-gene z-score with reference mean/std (std floored), clipped to +-10 as in sc.pp.scale."""
+    """The z-score of :mod:`._scaling` as a torch module (its mean and std are buffers, saved
+    with the weights)."""
 
     def __init__(self, n_features: int) -> None:
         super().__init__()
@@ -24,8 +23,9 @@ class Standardizer(nn.Module):
         self.register_buffer("std", torch.ones(n_features))
 
     def fit(self, X: np.ndarray) -> None:
-        self.mean.copy_(torch.as_tensor(X.mean(0), dtype=torch.float32))
-        self.std.copy_(torch.as_tensor(np.maximum(X.std(0), 1e-2), dtype=torch.float32))
+        s = Scaler().fit(X)
+        self.mean.copy_(torch.as_tensor(s.mean, dtype=torch.float32))
+        self.std.copy_(torch.as_tensor(s.std, dtype=torch.float32))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return ((x - self.mean) / self.std).clamp(-SCALE_CLIP, SCALE_CLIP)

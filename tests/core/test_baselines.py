@@ -1,4 +1,4 @@
-"""Classical baselines (models/baselines.py) through the one model interface: fit, predict,
+"""Classical baselines (models/baselines/) through the one model interface: fit, predict,
 novelty scores, latent, save/load round trip (arrays only), and their specific rules."""
 from __future__ import annotations
 
