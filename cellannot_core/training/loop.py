@@ -1,7 +1,14 @@
 """The one training loop: mini-batches, validation, early stopping, divergence guard, cancel.
 
-Every neural model implements :class:`Trainable`; the loop owns the optimiser, epochs,
+Every neural model implements :class:`Trainable`; the loop owns the optimisers, epochs,
 best-state keeping, progress callbacks and what happens when the loss diverges.
+
+One optimiser or several: a module that trains parts of itself on different losses (an energy
+model beside its generator, as VERA; a GAN-like pair) declares ``param_groups()`` (name ->
+parameters, or ``{"params": ..., "lr": ...}``), and its ``training_step`` returns, instead of
+one loss, a dict ``{group name: loss}``. Each group is stepped in that order with its own Adam,
+and a value may be a zero-argument callable, evaluated only after the groups before it have
+stepped (so the generator's loss sees the updated energy).
 """
 from __future__ import annotations
 
@@ -9,7 +16,7 @@ import copy
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -21,8 +28,11 @@ DIVERGENCE_BOUND = 1e8
 
 
 class Trainable(Protocol):
+    """What the loop needs of a model. ``param_groups()`` is optional (default: one group,
+    ``"main"``, of every trainable parameter)."""
+
     def parameters(self): ...
-    def training_step(self, xb: torch.Tensor, yb: torch.Tensor, step: int) -> tuple[torch.Tensor, dict[str, float]]: ...
+    def training_step(self, xb: torch.Tensor, yb: torch.Tensor, step: int) -> tuple[Any, dict[str, float]]: ...
     def validation_metrics(self) -> dict[str, float]: ...
     def train_state(self) -> dict[str, Any]: ...
     def load_train_state(self, state: dict[str, Any]) -> None: ...
@@ -71,6 +81,41 @@ def _check_finite(loss: torch.Tensor, bound: float, epoch: int, step: int) -> No
             f"training diverged at epoch {epoch + 1}, step {step}: loss = {v:.3g}", epoch=epoch, step=step)
 
 
+def _optimizers(module: Trainable, cfg: TrainConfig) -> dict[str, tuple[torch.optim.Optimizer, list]]:
+    """One Adam per parameter group (name -> (optimiser, its parameters))."""
+    groups = module.param_groups() if hasattr(module, "param_groups") else {"main": list(module.parameters())}
+    out = {}
+    for name, g in groups.items():
+        spec = g if isinstance(g, dict) else {"params": g}
+        params = [p for p in spec["params"] if p.requires_grad]
+        out[name] = (torch.optim.Adam(params, lr=float(spec.get("lr", cfg.lr)), weight_decay=cfg.weight_decay),
+                     params)
+    return out
+
+
+def _opt_state(opts: dict[str, tuple[torch.optim.Optimizer, list]]) -> dict[str, Any]:
+    return {name: copy.deepcopy(opt.state_dict()) for name, (opt, _) in opts.items()}
+
+
+def _step(opts: dict[str, tuple[torch.optim.Optimizer, list]], losses: Any, cfg: TrainConfig, epoch: int,
+          step: int) -> None:
+    """Backward and step each group's loss in turn (a callable loss is evaluated when its turn comes)."""
+    if not isinstance(losses, dict):
+        losses = {next(iter(opts)): losses}
+    for name, loss in losses.items():
+        if name not in opts:
+            raise KeyError(f"training_step returned a loss for {name!r}, which is not a parameter group")
+        loss = loss() if callable(loss) else loss
+        _check_finite(loss, cfg.divergence_bound, epoch, step)
+        opt, params = opts[name]
+        for other, _ in opts.values():  # no group keeps gradients of another group's loss
+            other.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+
+
 def fit(module: Trainable, X: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, *,
         callbacks: Sequence[Any] = (), generator: torch.Generator | None = None,
         info: dict[str, Any] | None = None) -> History:
@@ -85,14 +130,13 @@ def fit(module: Trainable, X: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, *
     """
     t0 = time.time()
     hist = History()
-    params = [p for p in module.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opts = _optimizers(module, cfg)
     n = X.shape[0]
     steps_per_epoch = max(1, math.ceil(n / cfg.batch_size))
     total_steps = steps_per_epoch * cfg.max_epochs
     call(callbacks, "on_train_begin", {**(info or {}), "max_epochs": cfg.max_epochs,
                                        "steps_per_epoch": steps_per_epoch})
-    good = {"module": copy.deepcopy(module.train_state()), "opt": copy.deepcopy(opt.state_dict())}
+    good = {"module": copy.deepcopy(module.train_state()), "opt": _opt_state(opts)}
     best_val, best_state, bad_epochs = math.inf, None, 0
     step = 0
     epoch = 0
@@ -108,13 +152,8 @@ def fit(module: Trainable, X: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, *
                 idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
                 if idx.numel() < 2:
                     continue
-                loss, logs = module.training_step(X[idx], y[idx], step)
-                _check_finite(loss, cfg.divergence_bound, epoch, step)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                opt.step()
+                losses, logs = module.training_step(X[idx], y[idx], step)
+                _step(opts, losses, cfg, epoch, step)
                 step += 1
                 n_run += 1
                 for k, v in logs.items():
@@ -122,11 +161,13 @@ def fit(module: Trainable, X: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, *
                 call(callbacks, "on_step", step, total_steps, logs)
         except TrainingDiverged as err:
             module.load_train_state(copy.deepcopy(good["module"]))
-            opt.load_state_dict(copy.deepcopy(good["opt"]))
+            for name, (opt, _) in opts.items():
+                opt.load_state_dict(copy.deepcopy(good["opt"][name]))
             if cfg.recover_on_divergence and hist.recoveries < cfg.max_recoveries:
                 hist.recoveries += 1
-                for g in opt.param_groups:
-                    g["lr"] *= cfg.recover_lr_factor
+                for opt, _ in opts.values():
+                    for g in opt.param_groups:
+                        g["lr"] *= cfg.recover_lr_factor
                 module.on_recover()
                 call(callbacks, "on_epoch_end", epoch, {"recovered_from_divergence": float(hist.recoveries)})
                 continue  # redo this epoch from the last good state
@@ -139,7 +180,7 @@ def fit(module: Trainable, X: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, *
         logs["epoch_seconds"] = time.time() - t_epoch
         hist.epochs.append({"epoch": epoch + 1, **logs})
         call(callbacks, "on_epoch_end", epoch, logs)
-        good = {"module": copy.deepcopy(module.train_state()), "opt": copy.deepcopy(opt.state_dict())}
+        good = {"module": copy.deepcopy(module.train_state()), "opt": _opt_state(opts)}
         cur = logs.get(cfg.monitor, math.nan)
         if np.isfinite(cur) and cur < best_val - cfg.min_delta:
             best_val, best_state, bad_epochs = cur, copy.deepcopy(good["module"]), 0

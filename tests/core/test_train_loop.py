@@ -300,3 +300,63 @@ def test_training_actually_learns_and_history_serialises():
     torch.testing.assert_close(toy.w.detach(), torch.tensor([1.0, -2.0, 0.5]), atol=0.05, rtol=0)
     d = json.loads(json.dumps(hist.to_dict()))
     assert d["diverged"] is False and len(d["epochs"]) == 30 and math.isfinite(d["seconds"])
+
+
+class TwoParts:
+    """A "critic" ``a`` and a "generator" ``b`` trained on their own losses with their own
+    optimisers (as VERA's energy model and generator): ``b``'s loss depends on ``a`` and is a
+    callable, so it must see ``a`` after ``a``'s step, and must not move ``a``."""
+
+    def __init__(self):
+        self.a = torch.nn.Parameter(torch.tensor([0.0]))
+        self.b = torch.nn.Parameter(torch.tensor([0.0]))
+        self.a_seen_by_b: list[tuple[float, float]] = []
+
+    def parameters(self):
+        return [self.a, self.b]
+
+    def param_groups(self):
+        return {"critic": {"params": [self.a], "lr": 0.1}, "generator": {"params": [self.b], "lr": 0.05}}
+
+    def training_step(self, xb, yb, step):
+        a_before = float(self.a.detach())
+
+        def generator_loss():
+            self.a_seen_by_b.append((a_before, float(self.a.detach())))
+            return ((self.b - self.a) ** 2).sum()  # b chases a; its gradient must not reach a
+
+        return {"critic": ((self.a - 3.0) ** 2).sum(), "generator": generator_loss}, {}
+
+    def validation_metrics(self):
+        return {}
+
+    def train_state(self):
+        return {"a": self.a.detach().clone(), "b": self.b.detach().clone()}
+
+    def load_train_state(self, state):
+        with torch.no_grad():
+            self.a.copy_(state["a"])
+            self.b.copy_(state["b"])
+
+    def on_recover(self):
+        pass
+
+
+def test_several_optimisers_each_step_their_own_group_in_order():
+    m = TwoParts()
+    X, y = torch.zeros(8, 1), torch.zeros(8)
+    fit(m, X, y, TrainConfig(max_epochs=200, batch_size=8, patience=0))
+    assert abs(float(m.a.detach()) - 3.0) < 0.05  # the critic reached its own optimum (the generator's loss did not pull it)
+    assert abs(float(m.b.detach()) - float(m.a.detach())) < 0.2  # the generator followed the critic
+    assert all(after != before for before, after in m.a_seen_by_b[:5])  # the callable saw the stepped critic
+    first = m.a_seen_by_b[0]
+    assert first[0] == 0.0 and abs(first[1] - 0.1) < 1e-6  # Adam's first step is lr (0.1) for the critic
+
+
+def test_a_loss_for_an_unknown_group_is_an_error():
+    class Bad(TwoParts):
+        def training_step(self, xb, yb, step):
+            return {"nobody": (self.a ** 2).sum()}, {}
+
+    with pytest.raises(KeyError, match="nobody"):
+        fit(Bad(), torch.zeros(4, 1), torch.zeros(4), TrainConfig(max_epochs=1, batch_size=4))
