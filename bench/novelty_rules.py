@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cellannot_core.novelty import GRAPH_K, LatentReference, query_clusters
+from cellannot_core.novelty import LatentReference, query_clusters
 def _rule_class_factor(ref: LatentReference, g: np.ndarray, pred: np.ndarray, how: str) -> np.ndarray:
     unit, med = ref._class_null()
     null, y = ref._null_scores, ref.y

@@ -28,6 +28,7 @@ from torch import nn
 
 from ..data._types import Split
 from ..nn import mlp, resnet
+from ..nn.energy import EnergyNet
 from ..novelty import OOD_METHODS
 from ..samplers import NoiseInit, ReplayBuffer, sgld_sample
 from ..training import TrainConfig
@@ -47,18 +48,6 @@ def _ints(text: str, what: str) -> list[int]:
     if not vals or min(vals) < 1:
         raise ConfigError(f"{what} must be comma-separated positive integers; got {text!r}")
     return vals
-
-
-class EnergyNet(nn.Module):
-    """Backbone -> latent; linear head -> logits."""
-
-    def __init__(self, backbone: nn.Module, latent_dim: int, n_classes: int) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.head = nn.Linear(latent_dim, n_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x))
 
 
 _COMMON = {
