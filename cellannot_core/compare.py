@@ -281,3 +281,62 @@ def leave_one_class_out(prepared: Prepared, model: str, classes: Sequence[str], 
         call(callbacks, "on_model_end", f"{model} without {cls}", row)
     call(callbacks, "on_progress", 1.0, "done")
     return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------------------------
+# comparing runs that exist (no training)
+# --------------------------------------------------------------------------------------------
+
+#: Query metrics shown for runs whose query carried labels (from the run card).
+RUN_LABELLED_COLUMNS = ("acc_in", "acc_open", "auroc_ood", "ece_in", "reject_in", "reject_novel")
+
+
+def compare_runs(runs: Sequence[tuple[str, dict[str, Any], pd.DataFrame | None]]) -> dict[str, Any]:
+    """Compare finished runs from their run cards and predictions, training nothing.
+
+    Parameters
+    ----------
+    runs
+        ``(run id, run card, predictions table or None)`` per run (the table of
+        :func:`cellannot_core.pipeline.predictions_table`: ``cell``, ``cellannot_label``, ...).
+
+    Returns
+    -------
+    dict
+        ``table``: one row per run: model, query cells, Unknown share, and, only for runs whose
+        query had labels, the query metrics (:data:`RUN_LABELLED_COLUMNS`); the reference
+        validation accuracy is kept apart (``val_accuracy_reference``) and never stands for the
+        query. ``agreement``: runs x runs, the share of the cells two runs share on which they
+        give the same label (Unknown included): with an unlabelled query, agreement between
+        models and the Unknown shares are the evidence there is. ``unknown_by_label``: per run,
+        the share of Unknown among the cells of each raw label (where each model hesitates).
+        ``labelled``: whether every run had query labels.
+    """
+    rows, labels = [], {}
+    for rid, card, pred in runs:
+        qm = card.get("query_metrics") or {}
+        row = {"run": rid, "model": card.get("model"), "created": card.get("created"), "query_cells": card.get("n_query"),
+               "unknown_fraction": card.get("unknown_fraction"),
+               "val_accuracy_reference": (card.get("validation") or {}).get("val_accuracy"),
+               "query_labelled": bool(qm)}
+        row.update({k: qm.get(k) for k in RUN_LABELLED_COLUMNS} if qm else {})
+        rows.append(row)
+        if pred is not None and {"cell", "cellannot_label"} <= set(pred.columns):
+            labels[rid] = pred.set_index("cell")
+    table = pd.DataFrame(rows)
+    ids = [r["run"] for r in rows]
+    agreement = pd.DataFrame(np.nan, index=ids, columns=ids)
+    for a in labels:
+        for b in labels:
+            common = labels[a].index.intersection(labels[b].index)
+            if len(common):
+                same = labels[a].loc[common, "cellannot_label"].astype(str).to_numpy() == \
+                    labels[b].loc[common, "cellannot_label"].astype(str).to_numpy()
+                agreement.loc[a, b] = float(same.mean())
+    unknown_by_label = {}
+    for rid, df in labels.items():
+        if "cellannot_label_raw" in df.columns and "cellannot_is_unknown" in df.columns:
+            unknown_by_label[rid] = df.groupby(df["cellannot_label_raw"].astype(str))["cellannot_is_unknown"].mean()
+    return {"table": table, "agreement": agreement,
+            "unknown_by_label": pd.DataFrame(unknown_by_label) if unknown_by_label else pd.DataFrame(),
+            "labelled": bool(len(table)) and bool(table["query_labelled"].all())}

@@ -18,8 +18,17 @@ st.caption("Every model is trained on the same genes, split and seed. Metrics ar
               "the reference validation cells (the query has no label column chosen on the Data page)") + ".")
 
 
+# ------------------------------------------------------------------------------ runs that exist
+st.subheader("Your runs")
+st.caption("Compare runs you already trained (nothing is retrained).")
+cmp.runs_section()
+
 # ------------------------------------------------------------------------------ comparison
-st.subheader("Models")
+st.subheader("Train and compare models")
+have = {r["model"] for r in cmp.finished_runs() if r["same_data"]}
+if have:
+    st.caption(f"Models with a finished run on this data ({', '.join(sorted(have))}) can be compared above without "
+               "training them again.")
 choices = cmp.model_choices()
 cols = st.columns(3)
 picked = []

@@ -40,6 +40,7 @@ class CompareKeys:
     EPOCHS = "w_cmp_epochs"
     START = "w_cmp_start"
     CANCEL = "w_cmp_cancel_{kind}"
+    RUNS = "w_cmp_runs"  # multiselect of the session's finished runs
     LOCO_MODEL = "w_loco_model"
     LOCO_CLASSES = "w_loco_classes"
     LOCO_START = "w_loco_start"
@@ -183,6 +184,11 @@ def display_table(df: pd.DataFrame) -> pd.DataFrame:
             "macro_f1": "Macro F1", "ece": "ECE", "novelty_auroc": "Novelty AUROC", "ood_method": "Novelty score",
             "n_novel": "Novel cells", "unknown_fraction": "Unknown", "latent_asw": "Latent ASW",
             "active_dims": "Active dims", "train_seconds": "Train s", "n_epochs": "Epochs"}
+    from cellannot_core.compare import EVAL_VAL
+
+    if "evaluated_on" in df.columns and (df["evaluated_on"] == EVAL_VAL).all():  # no query labels
+        for k in ("accuracy", "balanced_accuracy", "median_f1", "macro_f1", "ece"):
+            cols[k] = f"{cols[k]} (reference validation)"
     return df[[c for c in cols if c in df.columns]].rename(columns=cols)
 
 
@@ -300,6 +306,13 @@ def job_panel(kind: str) -> None:
 def compare_results(df: pd.DataFrame, job_id: str) -> None:
     from ui.widgets import plot
 
+    from cellannot_core.compare import EVAL_VAL
+
+    if "evaluated_on" in df.columns and (df["evaluated_on"] == EVAL_VAL).all():
+        st.info("The query has no labels: these figures are on reference validation cells and say how well each "
+                "model knows the reference, not how well it labels the query or finds its novel cells. Compare the "
+                "runs' agreement and Unknown shares above, and run the novelty self-check below.",
+                icon=":material/info:")
     st.dataframe(display_table(df), hide_index=True, column_config={
         "Unknown": st.column_config.NumberColumn(format="percent"),
         "Train s": st.column_config.NumberColumn(format="%.1f")})
@@ -323,3 +336,92 @@ def loco_results(df: pd.DataFrame, job_id: str) -> None:
         st.dataframe(loco_summary(df), hide_index=True)
     st.download_button("Self-check table (.csv)", df.to_csv(index=False).encode(), file_name=f"{job_id}.csv",
                        mime="text/csv", key=f"dl_{job_id}", on_click="ignore")
+
+
+# ------------------------------------------------------------------------------ comparing existing runs
+
+
+def finished_runs() -> list[dict[str, Any]]:
+    """The session's finished runs (its own, and the command line's on a local server), newest
+    first, each with ``same_data``: trained on the datasets loaded now."""
+    from cellannot_core.runs import list_runs
+
+    from ui.session import owner_id, server_is_local
+    from ui.train import session_datasets
+
+    now = session_datasets()
+    out = []
+    for r in list_runs(jobs.runs_root(), owner=owner_id(), include_unowned=server_is_local()):
+        if r["state"] != "done":
+            continue
+        try:
+            req = jobs.request(r["id"])
+        except CellannotError:
+            req = None
+        out.append({**r, "same_data": bool(req and req["datasets"] and req["datasets"] == now)})
+    return out
+
+
+def load_runs(run_ids: list[str]) -> list[tuple[str, dict[str, Any], pd.DataFrame | None]]:
+    """``(run id, card, predictions)`` of each run, for :func:`cellannot_core.compare.compare_runs`."""
+    from cellannot_core._constants import RunFiles
+    from cellannot_core.runs import RunDir
+
+    out = []
+    for rid in run_ids:
+        rd = RunDir.open(jobs.runs_root(), rid)
+        path = rd.file(RunFiles.PREDICTIONS)
+        pred = pd.read_csv(path) if path.is_file() else None
+        out.append((rid, rd.card() or {}, pred))
+    return out
+
+
+RUN_COLUMNS = {"model": "Model", "run": "Run", "query_cells": "Query cells", "unknown_fraction": "Unknown",
+               "acc_in": "Accuracy (known types)", "acc_open": "Open-set accuracy", "auroc_ood": "Novelty AUROC",
+               "ece_in": "ECE", "reject_in": "Known called Unknown", "reject_novel": "Novel called Unknown",
+               "val_accuracy_reference": "Reference validation accuracy"}
+
+
+def runs_section() -> None:
+    """Compare runs that exist: the query's own metrics where it has labels, else label-free
+    evidence only (agreement between the runs, Unknown shares)."""
+    from cellannot_core.compare import compare_runs
+    from ui.widgets import plot
+
+    runs = finished_runs()
+    if not runs:
+        st.caption("No finished runs yet: train models on the Train page (or below), then compare them here.")
+        return
+    label = {r["id"]: f"{r['model']} · {r['id']}" + ("" if r["same_data"] else " (other data)") for r in runs}
+    default = [r["id"] for r in runs if r["same_data"]][:4]
+    picked = st.multiselect("Runs to compare", list(label), default=default, format_func=label.get,
+                            key=CompareKeys.RUNS)
+    if not picked:
+        return
+    res = compare_runs(load_runs(picked))
+    table = res["table"]
+    if res["labelled"]:
+        st.caption("Every run's query carried labels: these are the query's own figures (cells of reference types "
+                   "for accuracy and ECE; novel cells for the novelty columns).")
+        cols = [c for c in RUN_COLUMNS if c in table.columns]
+    else:
+        st.info("The query has no labels, so nothing here can say which model labels it best. What there is: how "
+                "often the models agree (below) and how many cells each calls Unknown. Reference validation accuracy "
+                "only says how well each model knows the reference.", icon=":material/info:")
+        cols = ["model", "run", "query_cells", "unknown_fraction", "val_accuracy_reference"]
+    st.dataframe(table[cols].rename(columns=RUN_COLUMNS), hide_index=True, column_config={
+        c: st.column_config.NumberColumn(format="percent") for c in ("Unknown", "Known called Unknown",
+                                                                     "Novel called Unknown")})
+    agree = res["agreement"]
+    if len(picked) > 1 and agree.notna().any().any():
+        names = [f"{m} ({rid[-6:]})" for m, rid in zip(table["model"], table["run"])]
+        fig = go.Figure(go.Heatmap(z=agree.to_numpy(), x=names, y=names, zmin=0, zmax=1, colorscale="Blues",
+                                   text=np.round(agree.to_numpy(), 3), texttemplate="%{text}",
+                                   hovertemplate="%{y} vs %{x}: %{z:.1%} of shared cells get the same label"
+                                                 "<extra></extra>"))
+        fig.update_layout(title="Agreement: share of cells labelled the same (Unknown included)", height=380)
+        plot(fig, key="cmp_runs_agreement")
+    if not res["unknown_by_label"].empty:
+        ubl = res["unknown_by_label"].rename(columns=dict(zip(table["run"], table["model"])))
+        st.markdown("**Unknown share by the label each model would have given** (where each model hesitates)")
+        st.dataframe(ubl.style.format("{:.0%}"), column_config={"_index": "Most likely type"})

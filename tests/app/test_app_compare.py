@@ -10,6 +10,7 @@ from streamlit.testing.v1 import AppTest
 from cellannot_core.compare import EVAL_QUERY
 from cellannot_core.models import MODELS
 from ui import compare as cmp
+from ui import jobs
 from conftest import demo_subset
 from ui.state import StateKeys
 
@@ -94,3 +95,40 @@ def test_cancel_and_failure_are_plain_words(pair):
     job = cmp.start("loco", ref, qry, AnnotateOptions(label_key=LABEL), model="tabnet", classes=["B", "CD4 T"])
     cmp.cancel(job)
     assert cmp.wait(job, timeout=60)["state"] == "cancelled"
+
+
+def _two_runs(pair, query_label_key):
+    from cellannot_core.pipeline import AnnotateOptions
+
+    ref, qry = pair
+    ids = []
+    for model in ("logreg", "knn"):
+        rid = jobs.start_job(ref, qry, AnnotateOptions(label_key=LABEL, query_label_key=query_label_key, model=model,
+                                                       n_top_genes=300),
+                             datasets={"reference": "tiny-ref", "query": "tiny-query"})
+        assert jobs.wait(rid, timeout=300)["state"] == "done"
+        ids.append(rid)
+    return ids
+
+
+def test_compare_uses_existing_runs_without_training(pair, tmp_path, monkeypatch):
+    """Issue 13: Compare retrained models that already had runs, and with an unlabelled query it
+    scored reference validation only (logreg 'won' with accuracy 1.000)."""
+    monkeypatch.setenv("CELLANNOT_RUNS", str(tmp_path / "labelled"))
+    ids = _two_runs(pair, LABEL)
+    at = page(pair)
+    assert not at.exception
+    assert at.multiselect(key=cmp.CompareKeys.RUNS).value == ids[::-1]  # newest first, both on this data
+    table = at.dataframe[0].value
+    assert {"Open-set accuracy", "Novelty AUROC", "Unknown"} <= set(table.columns) and len(table) == 2
+    assert any("same label" in str(c.proto) for c in at.get("plotly_chart"))  # the agreement heatmap
+    assert "can be compared above without training them again" in " ".join(c.value for c in at.caption)
+
+    monkeypatch.setenv("CELLANNOT_RUNS", str(tmp_path / "unlabelled"))
+    _two_runs(pair, None)
+    at = page(pair)
+    assert not at.exception
+    assert any("The query has no labels" in i.value for i in at.info)
+    table = at.dataframe[0].value
+    assert "Open-set accuracy" not in table.columns and "Accuracy (known types)" not in table.columns
+    assert "Reference validation accuracy" in table.columns and "Unknown" in table.columns

@@ -131,3 +131,25 @@ def test_cli_benchmark_bad_input_is_one_line(files, capsys, extra, msg):
                "--label-key", "cell_type", *extra])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.startswith("error:") and msg in err and "\n" not in err and "Traceback" not in err
+
+
+def test_compare_runs_from_cards_and_predictions():
+    import pandas as pd
+
+    from cellannot_core.compare import compare_runs
+
+    cells = [f"c{i}" for i in range(4)]
+    a = pd.DataFrame({"cell": cells, "cellannot_label": ["B", "T", "Unknown", "T"],
+                      "cellannot_label_raw": ["B", "T", "T", "T"], "cellannot_is_unknown": [False, False, True, False]})
+    b = pd.DataFrame({"cell": cells[1:], "cellannot_label": ["T", "T", "B"],
+                      "cellannot_label_raw": ["T", "T", "B"], "cellannot_is_unknown": [False, False, False]})
+    card_a = {"model": "m1", "n_query": 4, "unknown_fraction": 0.25, "validation": {"val_accuracy": 0.9},
+              "query_metrics": {"acc_in": 0.8, "acc_open": 0.7}}
+    card_b = {"model": "m2", "n_query": 3, "unknown_fraction": 0.0, "validation": {"val_accuracy": 1.0}}
+    res = compare_runs([("ra", card_a, a), ("rb", card_b, b)])
+    t = res["table"].set_index("run")
+    assert t.loc["ra", "acc_open"] == 0.7 and pd.isna(t.loc["rb", "acc_open"])  # only labelled runs have query metrics
+    assert not res["labelled"] and t.loc["rb", "val_accuracy_reference"] == 1.0
+    ag = res["agreement"]
+    assert ag.loc["ra", "ra"] == 1.0 and ag.loc["ra", "rb"] == pytest.approx(1 / 3)  # c1 agrees; c2 Unknown vs T; c3 T vs B
+    assert res["unknown_by_label"].loc["T", "ra"] == pytest.approx(1 / 3)
