@@ -1,0 +1,69 @@
+"""The demo's quick run against its full run (issue 13): wall time of train + annotate for the
+recommended model on the bundled demo pair, open-set accuracy, and the Unknown share of each type
+the reference lacks (NK, DC, platelets).
+
+    .venv/bin/python bench/quick_run.py [--model scanvi_svm] [--quick-epochs 3] [--seeds 1]
+
+The quick run is what the app's *Quick run* toggle does (``max_epochs`` capped, default 3
+epochs); the full run uses the model's own epoch budget. Threads: ``CELLANNOT_NUM_THREADS`` or
+all cores. Prints one row per run and the gap in acc_open.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+LABEL = "cell_type_harmonized"
+NOVEL = ("NK", "DC", "Platelet")
+
+
+def run(model: str, max_epochs: int | None, seed: int) -> dict:
+    import anndata as ad
+
+    from cellannot_core.pipeline import AnnotateOptions, annotate
+
+    ref = ad.read_h5ad(ROOT / "assets" / "kang_pbmc_example_sce_1556.h5ad")
+    qry = ad.read_h5ad(ROOT / "assets" / "pbmc3k_seurat_2638.h5ad")
+    t0 = time.perf_counter()
+    res = annotate(ref, qry, AnnotateOptions(label_key=LABEL, query_label_key=LABEL, model=model, seed=seed,
+                                             max_epochs=max_epochs, device="cpu"))
+    secs = time.perf_counter() - t0
+    qm = res.card["query_metrics"]
+    truth = qry.obs[LABEL].astype(str).to_numpy()
+    unknown = res.predictions.is_unknown
+    row = {"run": f"quick ({max_epochs} epochs)" if max_epochs else "full", "seed": seed, "seconds": secs,
+           "epochs": res.card["training"]["n_epochs"], "acc_open": qm["acc_open"], "acc_in": qm["acc_in"],
+           "auroc_ood": qm["auroc_ood"], "reject_in": qm["reject_in"]}
+    for t in NOVEL:
+        row[f"unknown_{t}"] = float(unknown[truth == t].mean())
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="scanvi_svm")
+    ap.add_argument("--quick-epochs", type=int, default=3)
+    ap.add_argument("--seeds", type=int, default=1)
+    args = ap.parse_args()
+    rows = []
+    for seed in range(args.seeds):
+        for epochs in (args.quick_epochs, None):
+            rows.append(run(args.model, epochs, seed))
+            r = rows[-1]
+            print(f"{r['run']:>17} seed {seed}: {r['seconds']:6.1f} s, {r['epochs']} epochs, acc_open {r['acc_open']:.3f}, "
+                  f"acc_in {r['acc_in']:.3f}, auroc {r['auroc_ood']:.3f}, known->Unknown {r['reject_in']:.3f}, "
+                  + ", ".join(f"{t} Unknown {r[f'unknown_{t}']:.0%}" for t in NOVEL), flush=True)
+    quick = [r for r in rows if r["run"] != "full"]
+    full = [r for r in rows if r["run"] == "full"]
+    gap = np.median([f["acc_open"] - q["acc_open"] for q, f in zip(quick, full)])
+    print(f"\n{args.model}: quick run median {np.median([r['seconds'] for r in quick]):.1f} s "
+          f"(target < 90 s), full run {np.median([r['seconds'] for r in full]):.1f} s; "
+          f"acc_open full - quick = {gap:+.3f} (target within 0.02)")
+
+
+if __name__ == "__main__":
+    main()
