@@ -48,6 +48,9 @@ if method != "pca" and n_ref + n_q > lat.MAX_FIT:
 if n_total > lat.MAX_POINTS:
     notes.append(f"showing a random subsample of {lat.MAX_POINTS:,} of {n_total:,} points")
 st.caption("; ".join(notes) + ".")
+if show_gen:
+    level, text = lat.placement_note(lat.placement(run.root, run.run_id), len(run.classes))
+    (st.warning if level == "warning" else st.caption)(text)
 
 df = lat.point_table(run, coords, show_gen)
 plot(lat.figure(df, color_by, method, run.classes), key="latent")

@@ -98,3 +98,27 @@ def fmt_quality(v) -> str:
     except (TypeError, ValueError):
         return "—"
     return f"{v:.3f}" if np.isfinite(v) else "—"
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def placement(root: str, run_id: str) -> dict[str, Any]:
+    """Where the run's generated cells sit among the real reference cells (latent space)."""
+    from cellannot_core.metrics import generated_placement
+
+    a = load_arrays(root, run_id)
+    return generated_placement(a["gen_latent"], a["gen_y"], a["ref_latent"], a["ref_y"])
+
+
+def placement_note(p: dict[str, Any], n_classes: int) -> tuple[str, str]:
+    """``(level, text)`` for the page: "warning" when the samples are poor, else "caption"."""
+    agree, ratio = p.get("class_agreement", float("nan")), p.get("distance_ratio", float("nan"))
+    text = (f"Generated cells: {agree:.0%} land among real reference cells of their own class (chance: about "
+            f"{1 / max(n_classes, 1):.0%}); their distance to the nearest real cell is {ratio:.1f}x the real cells' "
+            "own spacing.")
+    if p.get("apart"):
+        return "warning", ("This model's generated cells sit apart from every real cluster, so they show little about "
+                           "the classes. " + text)
+    if agree < 0.5:
+        return "warning", ("Most of this model's generated cells land among real cells of other classes: its samples "
+                           "are poor. " + text)
+    return "caption", text

@@ -18,7 +18,7 @@ from cellannot_core.metrics._label_transfer import (
     label_transfer_metrics,
     per_type_ood_auroc,
 )
-from cellannot_core.metrics._latent import active_dims, asw, latent_quality
+from cellannot_core.metrics._latent import active_dims, asw, generated_placement, latent_quality
 from cellannot_core.metrics._ranking import accuracy_coverage_curve, auroc
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "accuracy_coverage_curve",
     "active_dims",
     "asw",
+    "generated_placement",
     "auroc",
     "balanced_accuracy",
     "ece",

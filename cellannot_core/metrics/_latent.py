@@ -5,7 +5,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from sklearn.metrics import silhouette_score
 
-__all__ = ["active_dims", "asw", "latent_quality"]
+__all__ = ["active_dims", "asw", "generated_placement", "latent_quality"]
 
 
 def asw(
@@ -94,3 +94,40 @@ def latent_quality(ref_latent: ArrayLike, ref_labels: ArrayLike, query_latent: A
     out["active_dims"] = active_dims(both, threshold)
     out["active_threshold"] = threshold
     return out
+
+
+#: Generated cells "sit apart" when their typical distance to the nearest real cell is more than
+#: this many times the real cells' own typical nearest-neighbour distance.
+APART_RATIO = 3.0
+
+
+def generated_placement(gen_latent: ArrayLike, gen_labels: ArrayLike, ref_latent: ArrayLike, ref_labels: ArrayLike,
+                        *, k: int = 15) -> dict[str, float]:
+    """Where a model's generated cells land among the real reference cells, in its latent space.
+
+    Returns
+    -------
+    dict
+        ``class_agreement``: the share of generated cells whose ``k`` nearest real cells are
+        mostly of the generated cell's own class (1 = every sample among its class; about
+        1/classes = samples placed anywhere). ``distance_ratio``: median distance of a generated
+        cell to its nearest real cell over the median nearest-neighbour distance among real
+        cells (about 1: among the real cells; above :data:`APART_RATIO`: apart from all of them).
+        ``apart``: ``distance_ratio > APART_RATIO``. ``n``: generated cells scored.
+    """
+    from sklearn.neighbors import NearestNeighbors
+
+    g, r = np.asarray(gen_latent, dtype=np.float64), np.asarray(ref_latent, dtype=np.float64)
+    gy, ry = np.asarray(gen_labels), np.asarray(ref_labels)
+    if len(g) == 0 or len(r) < 2:
+        return {"class_agreement": float("nan"), "distance_ratio": float("nan"), "apart": False, "n": int(len(g))}
+    k = int(min(k, len(r) - 1))
+    nn = NearestNeighbors(n_neighbors=k + 1).fit(r)
+    d_ref, _ = nn.kneighbors(r, n_neighbors=2)  # itself, then its nearest other real cell
+    d_gen, idx = nn.kneighbors(g, n_neighbors=k)
+    votes = ry[idx]
+    agree = np.array([np.mean(v == y) > 0.5 for v, y in zip(votes, gy)])
+    base = float(np.median(d_ref[:, 1]))
+    ratio = float(np.median(d_gen[:, 0]) / base) if base > 0 else float("inf")
+    return {"class_agreement": float(agree.mean()), "distance_ratio": ratio, "apart": bool(ratio > APART_RATIO),
+            "n": int(len(g))}

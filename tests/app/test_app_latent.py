@@ -64,3 +64,30 @@ def make_card_latent_dim(root, run_id) -> int:
     from ui.results import load_run
 
     return load_run(str(root), run_id).arrays["query_latent"].shape[1]
+
+
+def test_the_page_says_when_generated_cells_sit_apart(run, tmp_path):
+    """Issue 13: generated cells formed one blob away from every real cluster and the page did not
+    say so. Here the run's generated latents are moved far from every real cell."""
+    import shutil
+
+    import numpy as np
+
+    from cellannot_core.runs import RunDir
+
+    root, run_id = run
+    copy_id = run_id[:-4] + "beef"
+    shutil.copytree(root / run_id, root / copy_id)
+    rd = RunDir.open(root, copy_id)
+    arrays = rd.load_arrays()
+    arrays["gen_latent"] = arrays["gen_latent"] + 100.0 * np.abs(arrays["ref_latent"]).max()
+    rd.save_arrays(arrays)
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    at.session_state[StateKeys.RUN_ID] = copy_id
+    at.session_state[WidgetKeys.EMBED_METHOD] = "pca"
+    at.switch_page("pages/latent.py").run()
+    assert not at.exception
+    assert any("sit apart from every real cluster" in w.value for w in at.warning)
+    at.session_state[StateKeys.RUN_ID] = run_id  # the real run: a plain note, whatever its quality
+    at.run()
+    assert any("Generated cells:" in c.value for c in at.caption) or any("Generated cells" in w.value for w in at.warning)

@@ -300,3 +300,19 @@ def test_latent_quality_summary():
     q2 = latent_quality(R, ref_y, Q, np.repeat(["a", "b"], 20))
     assert q2["asw_query"] == pytest.approx(asw(Q, np.repeat(["a", "b"], 20)))
     assert math.isnan(latent_quality(R, ref_y)["asw_query"])
+
+
+def test_generated_placement_tells_good_samples_from_poor_ones():
+    from cellannot_core.metrics import generated_placement
+
+    rng = np.random.default_rng(0)
+    centres = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    ref_y = np.repeat(np.arange(3), 200)
+    ref = centres[ref_y] + rng.normal(size=(600, 2))
+    gen_y = np.repeat(np.arange(3), 20)
+    good = generated_placement(centres[gen_y] + rng.normal(size=(60, 2)), gen_y, ref, ref_y)
+    assert good["class_agreement"] > 0.95 and good["distance_ratio"] < 2 and not good["apart"]
+    wrong = generated_placement(centres[(gen_y + 1) % 3] + rng.normal(size=(60, 2)), gen_y, ref, ref_y)
+    assert wrong["class_agreement"] < 0.05 and not wrong["apart"]
+    blob = generated_placement(np.full((60, 2), 50.0) + rng.normal(size=(60, 2)), gen_y, ref, ref_y)
+    assert blob["apart"] and blob["distance_ratio"] > 10
