@@ -43,6 +43,7 @@ class AnnotateOptions:
     threshold: float | None = None
     n_generate: int = 100
     qc: dict[str, float] | None = None
+    max_train_seconds: float | None = None  # a quick run: training ends after the epoch that passes this
 
     def model_hparams(self) -> dict[str, Any]:
         """The hyper-parameter overrides; ``max_epochs`` caps only models that train in epochs."""
@@ -90,6 +91,10 @@ def train_model(prepared: Prepared, opts: AnnotateOptions, callbacks: Sequence[A
         raise ConfigError(f"model {opts.model} needs raw counts but the reference has none; pick another model")
     model = create_model(opts.model, prepared.n_genes, prepared.classes, seed=opts.seed, device=opts.device,
                          hparams=opts.model_hparams())
+    if opts.max_train_seconds is not None:
+        from .training import TimeBudget
+
+        callbacks = [*callbacks, TimeBudget(opts.max_train_seconds)]
     model.fit(prepared.train, prepared.val, callbacks,
               **({"unlabelled": prepared.query} if spec.supports.semi_supervised else {}))
     model.calibrate(prepared.val, accept=opts.accept, shift_correction=opts.shift_correction)

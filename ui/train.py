@@ -14,11 +14,11 @@ from ui import jobs
 from ui.state import StateKeys, WidgetKeys, get, set_run
 from ui.widgets import fmt_seconds, hparam_form, plot, status_text
 
-QUICK_EPOCHS = 3
+QUICK_SECONDS = 60  # a quick run's training time budget (the demo's recommended model trains fully in ~20 s)
 
 
 def build_options(*, model: str, hparams: dict[str, Any], device: str, seed: int, max_epochs: int | None,
-                  n_top_genes: int, accept: float, n_generate: int) -> Any:
+                  n_top_genes: int, accept: float, n_generate: int, max_train_seconds: float | None = None) -> Any:
     """``AnnotateOptions`` from the form and the Data page's choices (validates hyper-parameters)."""
     from cellannot_core.models import create_model
     from cellannot_core.pipeline import AnnotateOptions
@@ -33,7 +33,8 @@ def build_options(*, model: str, hparams: dict[str, Any], device: str, seed: int
     return AnnotateOptions(label_key=get(StateKeys.LABEL_KEY), query_label_key=get(StateKeys.QUERY_LABEL_KEY),
                            model=model, hparams=dict(hparams), seed=int(seed), device=device,
                            max_epochs=max_epochs, n_top_genes=int(n_top_genes), accept=float(accept),
-                           n_generate=int(n_generate), qc=get(StateKeys.QC))
+                           n_generate=int(n_generate), qc=get(StateKeys.QC),
+                           max_train_seconds=None if max_train_seconds is None else float(max_train_seconds))
 
 
 @contextmanager
@@ -151,13 +152,15 @@ def training_form() -> Any | None:
     device = c1.selectbox("Device", devices, key=WidgetKeys.DEVICE, help=device_note, format_func=device_labels.get)
     c1.caption(device_note)
     seed = c2.number_input("Seed", 0, 2**31 - 1, 0, key=WidgetKeys.SEED)
-    quick = c3.toggle("Quick run (few epochs)", key=WidgetKeys.QUICK,
-                      help="Caps the number of epochs (overrides max epochs) to try things out fast.")
-    quick_epochs = c3.number_input("Epochs for a quick run", 1, 100, QUICK_EPOCHS, key=WidgetKeys.QUICK_EPOCHS,
-                                   disabled=not quick)
+    quick = c3.toggle("Quick run (time budget)", key=WidgetKeys.QUICK,
+                      help="Training ends after the epoch that passes this many seconds, keeping the best state so far "
+                           "(as early stopping does): a model that trains fully within the budget gives its full result.")
+    quick_seconds = c3.number_input("Training time budget (s)", 5, 3600, QUICK_SECONDS, step=5,
+                                    key=WidgetKeys.QUICK_SECONDS, disabled=not quick)
     with st.expander("Run options"):
         o1, o2, o3 = st.columns(3)
         n_top = o1.number_input("Highly variable genes", 50, 20_000, 2000, step=100, key=WidgetKeys.N_TOP_GENES)
+        cap = o1.number_input("Cap the epochs (0 = the model's own budget)", 0, 10_000, 0, key=WidgetKeys.MAX_EPOCHS)
         accept = o2.slider("Accept share of reference validation cells", 0.5, 1.0, 0.95, 0.01, key=WidgetKeys.ACCEPT,
                            help="Sets the Unknown threshold on the novelty score.")
         n_gen = o3.number_input("Generated cells per class", 0, 1000, 100 if sup.samples else 0,
@@ -171,8 +174,9 @@ def training_form() -> Any | None:
         return None
     try:
         return build_options(model=model, hparams=hparams, device=device, seed=seed,
-                             max_epochs=int(quick_epochs) if quick else None, n_top_genes=n_top, accept=accept,
-                             n_generate=n_gen if sup.samples else 0)
+                             max_epochs=int(cap) or None, n_top_genes=n_top, accept=accept,
+                             n_generate=n_gen if sup.samples else 0,
+                             max_train_seconds=float(quick_seconds) if quick else None)
     except CellannotError as err:
         st.error(str(err))
         return None

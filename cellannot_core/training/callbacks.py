@@ -14,6 +14,7 @@ class Callback(Protocol):
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None: ...
     def on_train_end(self, logs: dict[str, Any]) -> None: ...
     def should_stop(self) -> bool: ...
+    def should_finish(self) -> bool: ...
 
 
 def call(callbacks: Sequence[Any], hook: str, *args: Any) -> None:
@@ -26,6 +27,28 @@ def call(callbacks: Sequence[Any], hook: str, *args: Any) -> None:
 
 def any_stop(callbacks: Sequence[Any]) -> bool:
     return any(bool(getattr(cb, "should_stop", lambda: False)()) for cb in callbacks)
+
+
+def any_finish(callbacks: Sequence[Any]) -> bool:
+    """Whether a callback asks training to end now, keeping what it learned (unlike a cancel)."""
+    return any(bool(getattr(cb, "should_finish", lambda: False)()) for cb in callbacks)
+
+
+class TimeBudget:
+    """Ends training (gracefully: the best state so far is kept, as with early stopping) once
+    ``seconds`` have passed since it began, at the end of the epoch under way. The app's *quick
+    run* is a time budget, not a cut in epochs: a model that trains fully within the budget
+    gives its full result, and a large dataset still comes back in bounded time."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = float(seconds)
+        self.t0: float | None = None
+
+    def on_train_begin(self, info: dict[str, Any]) -> None:
+        self.t0 = time.time()
+
+    def should_finish(self) -> bool:
+        return self.t0 is not None and time.time() - self.t0 > self.seconds
 
 
 class CancelToken:

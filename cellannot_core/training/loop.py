@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ..errors import Cancelled, TrainingDiverged
-from .callbacks import any_stop, call
+from .callbacks import any_finish, any_stop, call
 
 DIVERGENCE_BOUND = 1e8
 
@@ -63,13 +63,14 @@ class History:
     recoveries: int = 0
     best_epoch: int = -1
     stopped_early: bool = False
+    stop_reason: str = ""
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "epochs": self.epochs, "diverged": self.diverged,
             "divergence_message": self.divergence_message, "recoveries": self.recoveries,
-            "best_epoch": self.best_epoch, "stopped_early": self.stopped_early,
+            "best_epoch": self.best_epoch, "stopped_early": self.stopped_early, "stop_reason": self.stop_reason,
             "seconds": round(self.seconds, 2),
         }
 
@@ -192,6 +193,10 @@ def fit(module: Trainable, X: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, *
                 epoch += 1
                 break
         epoch += 1
+        if epoch < cfg.max_epochs and any_finish(callbacks):  # e.g. a quick run's time budget
+            hist.stopped_early = True
+            hist.stop_reason = "time budget"
+            break
     if best_state is not None:
         module.load_train_state(best_state)
     hist.seconds = time.time() - t0

@@ -45,8 +45,7 @@ def _tiny_settings(at: AppTest, model: str = "resnet", epochs: int = 2) -> None:
     at.text_input(key=WidgetKeys.HPARAM.format(model=model, name="hidden")).set_value("32,16")
     if model == "resnet":
         at.text_input(key=WidgetKeys.HPARAM.format(model=model, name="blocks")).set_value("1,1")
-    at.toggle(key=WidgetKeys.QUICK).set_value(True).run()
-    at.number_input(key=WidgetKeys.QUICK_EPOCHS).set_value(epochs)
+    at.number_input(key=WidgetKeys.MAX_EPOCHS).set_value(epochs)
     at.number_input(key=WidgetKeys.N_TOP_GENES).set_value(200)
 
 

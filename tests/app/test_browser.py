@@ -1,7 +1,7 @@
 """Real-browser end-to-end test: the click path of a new user, in headless Debian chromium.
 
 A real ``streamlit run app.py`` server (runs in a temporary ``$CELLANNOT_RUNS``) is driven with
-Playwright: Home -> *Try the demo* -> Train (the default scanvi_svm, quick run of 3 epochs) -> Label transfer ->
+Playwright: Home -> *Try the demo* -> Train (the default scanvi_svm, quick run: a 60 s training budget) -> Label transfer ->
 Latent space (PCA, generated cells) -> Calibration & novelty -> download of the annotated
 ``.h5ad``, which is opened with anndata. Every page is checked for Streamlit exception and
 error boxes, and full-page screenshots are written to ``$CELLANNOT_SCREENSHOTS`` when set (the
@@ -225,7 +225,7 @@ def _click_path(page, url: str, tmp_path: Path, ad) -> None:
     screenshot(page, "home.png")
     step("home + demo")
 
-    # 2. Train: scanvi_svm (the default), quick run of 3 epochs, start, wait until done.
+    # 2. Train: scanvi_svm (the default), quick run (60 s budget), start, wait until done.
     page.locator('[data-testid="stPageLink"] a', has_text="Go to training").first.click()
     page.get_by_role("heading", name="New training").wait_for(timeout=PAGE_TIMEOUT_MS)
     wait_idle(page)
@@ -237,19 +237,17 @@ def _click_path(page, url: str, tmp_path: Path, ad) -> None:
     if not quick.is_checked():
         page.locator(f"{_key('w_quick')} label").first.click()
     page.wait_for_function(
-        """() => { const i = document.querySelector('.st-key-w_quick_epochs input');
+        """() => { const i = document.querySelector('.st-key-w_quick_seconds input');
                    return i && !i.disabled; }""")
-    epochs = page.locator(f"{_key('w_quick_epochs')} input")
-    epochs.fill("3")
-    epochs.press("Enter")
+    budget = page.locator(f"{_key('w_quick_seconds')} input")
+    assert budget.input_value() == "60"  # a quick run is a time budget, not a cut in epochs
     wait_idle(page)
-    assert epochs.input_value() == "3"
     start_and_wait(page)
     panel = page.locator('[data-testid="stMain"]').inner_text()
     assert "done" in panel and "epoch" in panel
     wait_plot(page, '[class*="st-key-curves_"]')  # loss / accuracy curves of the run
     screenshot(page, "train.png")
-    step("trained (scanvi_svm, 3 epochs)")
+    step("trained (scanvi_svm, quick run)")
 
     # 3. Label transfer: heatmap with the Unknown row, counts, cells table.
     page.locator('[data-testid="stPageLink"] a', has_text="See the label transfer").first.click()

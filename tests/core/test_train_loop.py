@@ -360,3 +360,23 @@ def test_a_loss_for_an_unknown_group_is_an_error():
 
     with pytest.raises(KeyError, match="nobody"):
         fit(Bad(), torch.zeros(4, 1), torch.zeros(4), TrainConfig(max_epochs=1, batch_size=4))
+
+
+def test_a_time_budget_ends_training_gracefully_and_keeps_the_best_state():
+    from cellannot_core.training import TimeBudget
+
+    class Slow(Toy):
+        def training_step(self, xb, yb, step):
+            import time as _t
+
+            _t.sleep(0.01)
+            return super().training_step(xb, yb, step)
+
+    m = Slow()
+    hist = fit(m, m.X, m.y, TrainConfig(max_epochs=1000, batch_size=8, lr=0.05, patience=0),
+               callbacks=[TimeBudget(0.3)])
+    assert hist.stopped_early and hist.stop_reason == "time budget" and 1 <= len(hist.epochs) < 1000
+    assert hist.seconds < 5
+    full = fit(Toy(), m.X, m.y, TrainConfig(max_epochs=3, batch_size=8, lr=0.05, patience=0),
+               callbacks=[TimeBudget(60)])
+    assert len(full.epochs) == 3 and not full.stopped_early  # within the budget: the whole run
