@@ -393,6 +393,12 @@ def view_arrays(model, prepared: Prepared, preds: Predictions, opts: AnnotateOpt
         "ref_latent": model.latent(prepared.train.X[keep]).astype(np.float32),
         "ref_y": prepared.train.y[keep].astype(np.int64),
     }
+    from .evidence import class_means
+
+    K = len(model.classes)
+    arrays["ref_class_mean"] = class_means(prepared.train.X, prepared.train.y, K)  # "why this label" (evidence.py)
+    raw_idx = pd.Categorical(preds.label_raw, categories=list(model.classes)).codes
+    arrays["query_raw_mean"] = class_means(prepared.query.X, raw_idx, K)
     for k, v in val_scores.items():
         arrays[f"val_score_{k}"] = v.astype(np.float32)
     for k, v in preds.scores.items():

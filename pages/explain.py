@@ -1,4 +1,4 @@
-"""Explain: which genes TabNet's masks used, per cell, per class and overall (SIMS)."""
+"""Explain: why a cell got its label (every model), then TabNet's gene masks per cell, class and overall (SIMS)."""
 import streamlit as st
 
 from cellannot_core.errors import CellannotError
@@ -12,10 +12,16 @@ init_state()
 st.title("Explain")
 run = res.require_run()
 model = run.card.get("model")
+st.subheader("Why a cell got its label")
+st.caption("For every model: the cell's class probabilities, its novelty score against the Unknown threshold, and the "
+           "reference's marker genes of the type it would be given, with whether the query cells given that type "
+           "express them (means of log-expression over the model's genes).")
+ex.why_section(run)
+st.subheader("The model's own explanation")
 if not ex.run_can_explain(run):
     names = ", ".join(f"**{n}**" for n in ex.explain_models()) or "none"
-    st.info(f"Run `{run.run_id}` used **{model}**, which has no explain matrices. Models that can explain "
-            f"their predictions: {names}. Train one on the **Train** page.")
+    st.info(f"Run `{run.run_id}` used **{model}**, which has no explain matrices of its own (the evidence above works "
+            f"for every model). Models with gene masks: {names}.")
     st.stop()
 
 try:

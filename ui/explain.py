@@ -35,6 +35,7 @@ class ExplainKeys:
     N_TOP = "w_explain_n_top"
     CLASS = "w_explain_class"
     CELL = "w_explain_cell"
+    WHY_CELL = "w_why_cell"
 
 
 def explain_models() -> list[str]:
@@ -223,3 +224,95 @@ def cell_bar(mask: pd.DataFrame, cell: str, ranking: str) -> go.Figure:
                            hovertemplate="%{y}: %{x:.4f}<extra></extra>"))
     fig.update_xaxes(title=WEIGHT_UNITS[ranking])
     return _layout(fig, f"Cell {cell}: top {len(d)} genes", max(300, 18 * len(d) + 80))
+
+
+# ------------------------------------------------------------------------------ why this label (every model)
+
+WHY_MAX_CHOICES = 500  # cells offered in the picker (Unknown cells first)
+
+
+def why_choices(run: Run) -> list[str]:
+    """Cells to pick from: the Unknown ones first, then the rest (at most WHY_MAX_CHOICES)."""
+    obs = run.obs
+    unknown = obs.index[obs[OutKeys.IS_UNKNOWN].astype(bool).to_numpy()]
+    known = obs.index[~obs[OutKeys.IS_UNKNOWN].astype(bool).to_numpy()]
+    return [str(c) for c in list(unknown[:WHY_MAX_CHOICES]) + list(known[:max(0, WHY_MAX_CHOICES - len(unknown))])]
+
+
+def cell_probabilities(run: Run, cell: str, n: int = 6) -> pd.DataFrame:
+    """The cell's calibrated class probabilities (highest first)."""
+    from cellannot_core.calibration import softmax
+
+    i = run.obs.index.get_loc(cell)
+    p = softmax(run.arrays["query_logits"][i:i + 1], float(run.card.get("temperature", 1.0)))[0]
+    order = np.argsort(-p)[:n]
+    return pd.DataFrame({"type": [run.classes[j] for j in order], "probability": p[order]})
+
+
+def why_text(run: Run, cell: str) -> str:
+    """The decision in words: label, most likely type, confidence, novelty score against the threshold."""
+    row = run.obs.loc[cell]
+    rej = run.rejection
+    thr = rej.get("threshold")
+    score = float(row[OutKeys.OOD_SCORE])
+    raw, conf = str(row[OutKeys.LABEL_RAW]), float(row[OutKeys.CONFIDENCE])
+    method = rej.get("method", "novelty")
+    ratio = f" ({score / thr:.2f} x the threshold)" if thr not in (None, 0) and np.isfinite(thr) else ""
+    if bool(row[OutKeys.IS_UNKNOWN]):
+        how = (" Its score is decided with its query cluster: the cluster's typical cell is beyond the threshold, or the "
+               "cell itself is beyond the reference's 99th percentile." if method == "knn_class" else "")
+        return (f"**Unknown**: its {method} novelty score is {score:.3g}, above the threshold {thr:.3g}{ratio}.{how} "
+                f"Had it been labelled, it would be **{raw}** (probability {conf:.0%}).")
+    return (f"**{raw}** with probability {conf:.0%}; its {method} novelty score {score:.3g} is within the "
+            f"threshold {thr:.3g}{ratio}.")
+
+
+def why_markers(run: Run, label: str, n: int = 10) -> pd.DataFrame | None:
+    """The reference markers of ``label`` and whether the query cells given that type express
+    them (:func:`cellannot_core.evidence.marker_evidence`); None for runs that predate it."""
+    from cellannot_core.evidence import marker_evidence
+
+    a = run.arrays
+    if "ref_class_mean" not in a or "query_raw_mean" not in a or label not in run.classes:
+        return None
+    c = run.classes.index(label)
+    return marker_evidence(a["ref_class_mean"], a["query_raw_mean"][c], run.card.get("genes", []), run.classes, label,
+                           n=n)
+
+
+def why_section(run: Run) -> None:
+    """For any model: pick a cell and see why it got its label."""
+    from ui.widgets import plot
+
+    choices = why_choices(run)
+    if not choices:
+        return
+    cell = st.selectbox(f"Cell (Unknown cells first; {len(choices):,} offered)", choices, key=ExplainKeys.WHY_CELL)
+    st.markdown(why_text(run, cell))
+    c1, c2 = st.columns([1, 2])
+    probs = cell_probabilities(run, cell)
+    fig = go.Figure(go.Bar(x=probs["probability"], y=probs["type"], orientation="h", marker_color="#0072B2",
+                           hovertemplate="%{y}: %{x:.1%}<extra></extra>"))
+    fig.update_layout(xaxis=dict(range=[0, 1], title="calibrated probability"), yaxis=dict(autorange="reversed"),
+                      height=260, margin=dict(l=10, r=10, t=30, b=10), title="Class probabilities")
+    with c1:
+        plot(fig, key="why_probs")
+    raw = str(run.obs.loc[cell, OutKeys.LABEL_RAW])
+    markers = why_markers(run, raw)
+    with c2:
+        if markers is None:
+            st.caption("This run predates the marker evidence: train it again to see it.")
+        elif markers.empty:
+            st.caption(f"No gene marks {raw} out from every other reference type among the model's genes.")
+        else:
+            n_sup = int(markers["supports"].sum())
+            st.markdown(f"**{raw}'s reference markers** in the query cells given that type: {n_sup} of {len(markers)} "
+                        "expressed (at least half the reference level)" + ("" if n_sup >= len(markers) / 2 else
+                                                                         ": weak evidence for this label"))
+            st.dataframe(markers.rename(columns={"gene": "Gene", "reference_class_mean": f"{raw} (reference)",
+                                                 "other_classes_max": "Highest other type",
+                                                 "query_group_mean": "Query cells given this type",
+                                                 "supports": "Supports"}),
+                         hide_index=True, height=260, column_config={
+                             c: st.column_config.NumberColumn(format="%.2f") for c in
+                             (f"{raw} (reference)", "Highest other type", "Query cells given this type")})

@@ -52,17 +52,18 @@ def test_explain_page_for_a_tabnet_run(runs):
     assert at.radio(key=ex.ExplainKeys.RANKING).value == "positive"  # the default ranking, explained
     assert any(RANKINGS["positive"] in c.value for c in at.caption)
     heads = [h.value for h in at.subheader]
-    assert heads == ["Top genes per class", "Explain matrix", "Overall importance", "One cell"]
+    assert heads == ["Why a cell got its label", "The model's own explanation", "Top genes per class",
+                     "Explain matrix", "Overall importance", "One cell"]
     labels = {b.label for b in at.get("download_button")}
     assert {"Top genes per class (.csv)", "Per-class importance, all genes (.csv)", "Shown cells x genes (.csv)",
             "All cells x all genes (.csv)", "Global importance (.csv)", "This cell's mask (.csv)"} <= labels
-    assert len(at.get("plotly_chart")) == 4
-    top = at.dataframe[0].value
+    assert len(at.get("plotly_chart")) == 5  # the cell's probabilities, then TabNet's four
+    top = at.dataframe[1].value  # [0]: the markers of the picked cell's type
     assert len(top) == 20 and len(top.columns) >= 2  # ranks x predicted classes
     # group by the query's own labels, fewer top genes, another class and cell
     at.radio(key=ex.ExplainKeys.GROUP_BY).set_value("query").run()
     at.number_input(key=ex.ExplainKeys.N_TOP).set_value(5).run()
-    assert not at.exception and len(at.dataframe[0].value) == 5
+    assert not at.exception and len(at.dataframe[1].value) == 5
     cls = at.selectbox(key=ex.ExplainKeys.CLASS).options[-1]
     at.selectbox(key=ex.ExplainKeys.CLASS).set_value(cls).run()
     cell = at.selectbox(key=ex.ExplainKeys.CELL).options[0]
@@ -73,7 +74,7 @@ def test_explain_page_for_a_tabnet_run(runs):
     at.radio(key=ex.ExplainKeys.RANKING).set_value("attention").run()
     assert not at.exception, at.exception
     assert any(RANKINGS["attention"] in c.value for c in at.caption)
-    assert len(at.dataframe[0].value) == 5 and len(at.get("plotly_chart")) == 4
+    assert len(at.dataframe[1].value) == 5 and len(at.get("plotly_chart")) == 5
 
 
 def test_explain_data_matches_the_model(runs):
@@ -107,6 +108,35 @@ def test_models_without_explain_get_a_message(runs):
     assert not at.exception
     msg = at.info[0].value
     assert "knn" in msg and "tabnet" in msg and "no explain" in msg
+
+
+@pytest.mark.parametrize("which", [1, 2])
+def test_why_a_cell_got_its_label_for_every_model(runs, which):
+    """Issue 13: Explain was empty for every model but tabnet, and nothing said why a cell was
+    Unknown. Every run now shows, for a picked cell (Unknown cells first), the decision in words,
+    its class probabilities and the reference markers of its type in the query cells given it."""
+    from ui.results import load_run
+
+    root, run_id = str(runs[0]), runs[which]
+    at = page(run_id)
+    assert not at.exception
+    run = load_run(root, run_id)
+    cells = ex.why_choices(run)
+    first = cells[0]
+    assert at.selectbox(key=ex.ExplainKeys.WHY_CELL).value == first
+    n_unknown = int(run.obs["cellannot_is_unknown"].sum())
+    if n_unknown:
+        assert bool(run.obs.loc[first, "cellannot_is_unknown"])  # the Unknown cells come first
+    text = " ".join(m.value for m in at.markdown)
+    assert ("**Unknown**" in text) == bool(run.obs.loc[first, "cellannot_is_unknown"])
+    assert "novelty score" in text and "threshold" in text
+    probs = ex.cell_probabilities(run, first)
+    assert probs["probability"].is_monotonic_decreasing and probs["probability"].sum() <= 1.0 + 1e-6
+    raw = str(run.obs.loc[first, "cellannot_label_raw"])
+    markers = ex.why_markers(run, raw)
+    assert markers is not None and len(markers) > 0 and set(markers["gene"]) <= set(run.card["genes"])
+    assert (markers["reference_class_mean"] > markers["other_classes_max"]).all()  # markers mark the type out
+    assert any("reference markers" in m.value for m in at.markdown)
 
 
 def test_needs_a_run():

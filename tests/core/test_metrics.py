@@ -316,3 +316,16 @@ def test_generated_placement_tells_good_samples_from_poor_ones():
     assert wrong["class_agreement"] < 0.05 and not wrong["apart"]
     blob = generated_placement(np.full((60, 2), 50.0) + rng.normal(size=(60, 2)), gen_y, ref, ref_y)
     assert blob["apart"] and blob["distance_ratio"] > 10
+
+
+def test_marker_evidence_supports_a_right_label_and_not_a_wrong_one():
+    from cellannot_core.evidence import class_means, marker_evidence
+
+    genes = [f"g{i}" for i in range(6)]
+    X = np.array([[5, 5, 0, 0, 0, 0]] * 10 + [[0, 0, 5, 5, 0, 0]] * 10 + [[0, 0, 0, 0, 5, 5]] * 10, dtype=float)
+    y = np.repeat([0, 1, 2], 10)
+    ref = class_means(X, y, 3)
+    right = marker_evidence(ref, np.array([4.0, 4.5, 0, 0, 0, 0]), genes, ["A", "B", "C"], "A", n=2)
+    assert list(right["gene"]) in (["g0", "g1"], ["g1", "g0"]) and right["supports"].all()
+    wrong = marker_evidence(ref, np.array([0, 0, 0, 0, 5, 5.0]), genes, ["A", "B", "C"], "A", n=2)
+    assert not wrong["supports"].any()
