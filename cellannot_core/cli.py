@@ -8,9 +8,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from ._constants import DEFAULT_MODEL
+
+if TYPE_CHECKING:
+    from .pipeline import AnnotateOptions
 
 
 def _log(msg: str) -> None:
