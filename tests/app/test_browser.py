@@ -3,7 +3,8 @@
 A real ``streamlit run app.py`` server (runs in a temporary ``$CELLANNOT_RUNS``) is driven with
 Playwright: Home -> *Try the demo* -> Train (the default scanvi_svm, quick run: a 60 s training budget) -> Label transfer ->
 Latent space (PCA, generated cells) -> Calibration & novelty -> download of the annotated
-``.h5ad``, which is opened with anndata. Every page is checked for Streamlit exception and
+``.h5ad``, which is opened with anndata -> reload (data and run still there) -> every result page
+-> a second model -> Compare using both existing runs. Every page is checked for Streamlit exception and
 error boxes, and full-page screenshots are written to ``$CELLANNOT_SCREENSHOTS`` when set (the
 README's images: ``bash bench/screenshots.sh``), else to a temporary folder, so a test run never
 changes tracked files.
@@ -162,9 +163,18 @@ def screenshot(page, name: str) -> None:
         page.set_viewport_size(VIEWPORT)
 
 
-def start_and_wait(page) -> None:
-    """Click *Start training* and wait until the run is done (fails on a failed or cancelled run)."""
+def start_and_wait(page, previous: str | None = None, runs_dir: Path | None = None) -> None:
+    """Click *Start training* and wait until the run is done (fails on a failed or cancelled run);
+    ``previous``: the run shown before (then the new run's status is read from ``runs_dir``, since
+    the previous run's panel also says it is done)."""
     page.locator(f"{_key('w_start')} button").click()
+    if previous:  # the new run's panel replaces the previous run's (whose "done" must not count)
+        page.wait_for_function("p => { const r = new URLSearchParams(location.search).get('run');"
+                               " return r && r !== p; }", arg=previous, timeout=PAGE_TIMEOUT_MS)
+        status = runs_dir / _param(page.url, "run") / "status.json"
+        deadline = time.time() + TRAIN_TIMEOUT_S
+        while '"done"' not in (status.read_text() if status.is_file() else "") and time.time() < deadline:
+            time.sleep(1)
     page.get_by_role("heading", name="Current run").wait_for(timeout=PAGE_TIMEOUT_MS)
     done = page.get_by_text("See the label transfer")
     failed = page.get_by_text("Training failed").or_(page.get_by_text("Training was cancelled"))
@@ -191,7 +201,7 @@ def test_new_user_click_path(server, browser, tmp_path):
     page = ctx.new_page()
     page.set_default_timeout(60_000)
     try:
-        _click_path(page, server["url"], tmp_path, ad)
+        _click_path(page, server["url"], tmp_path, ad, server["tmp"] / "runs")
     except Exception as err:  # add the server's side of the story to any failure
         try:
             page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
@@ -206,7 +216,7 @@ def test_new_user_click_path(server, browser, tmp_path):
     print(f"\nbrowser click path: {time.time() - t0:.0f} s")
 
 
-def _click_path(page, url: str, tmp_path: Path, ad) -> None:
+def _click_path(page, url: str, tmp_path: Path, ad, runs_dir: Path) -> None:
     t0 = time.time()
 
     def step(name: str) -> None:
@@ -320,6 +330,42 @@ def _click_path(page, url: str, tmp_path: Path, ad) -> None:
     assert_no_errors(page, "Label transfer after the download")
     step(f"downloaded {out.name}: {a.n_obs:,} cells, {n_unknown:,} Unknown")
 
+    # 7. Reload (a new browser session on the private link): data and run are still there; every
+    #    result page opens, Explain included (it explains any model's calls).
+    first_run = _param(page.url, "run")
+    page.reload()
+    page.get_by_role("heading", name="Label transfer").first.wait_for(timeout=PAGE_TIMEOUT_MS)
+    wait_plot(page, "heatmap")
+    wait_idle(page)
+    assert _param(page.url, "run") == first_run
+    for title in ("Latent space", "Calibration & novelty", "Explain"):
+        goto_page(page, title)
+        wait_idle(page, PAGE_TIMEOUT_MS * 2)
+        assert_no_errors(page, f"{title} after the reload")
+    page.get_by_text("reference markers").first.wait_for(timeout=PAGE_TIMEOUT_MS)
+    step("reload: run and every result page")
+
+    # 8. A second model on the same (restored) data, then Compare with both existing runs.
+    goto_page(page, "Train")
+    wait_idle(page)
+    _select(page, "w_model", "logreg")
+    page.wait_for_function("() => { const b = document.querySelector('.st-key-w_start button');"
+                           " return b && !b.disabled; }", timeout=PAGE_TIMEOUT_MS)
+    start_and_wait(page, previous=first_run, runs_dir=runs_dir)
+    second_run = _param(page.url, "run")
+    assert second_run and second_run != first_run
+    goto_page(page, "Compare models")
+    wait_idle(page)
+    table = page.locator('[data-testid="stDataFrame"]').first
+    table.wait_for(timeout=PAGE_TIMEOUT_MS)
+    page.wait_for_function("() => { const t = document.querySelector('[data-testid=\"stDataFrame\"]');"
+                           " return t && /Open-set accuracy/.test(t.textContent); }", timeout=PAGE_TIMEOUT_MS)
+    assert set(RUN_ID_IN_TEXT.findall(table.text_content())) == {first_run, second_run}
+    wait_plot(page, '[class*="st-key-cmp_runs_agreement"]')
+    assert_no_errors(page, "Compare with both runs")
+    screenshot(page, "compare.png")
+    step("second model (logreg) and Compare of both runs")
+
 
 # ------------------------------------------------------------------------------ sessions: isolation, reload, load
 
@@ -342,8 +388,19 @@ def _param(url: str, name: str) -> str | None:
 
 
 def _select(page, key: str, option: str) -> None:
-    page.locator(f"{_key(key)} input").first.click()
-    page.get_by_role("option", name=re.compile(rf"^{re.escape(option)}")).first.click()
+    """Pick ``option`` in a selectbox (the list is opened again if a rerun closed it)."""
+    wait_idle(page)
+    box = page.locator(f"{_key(key)} input").first
+    choice = page.get_by_role("option", name=re.compile(rf"^{re.escape(option)}")).first
+    for attempt in range(3):
+        box.click()
+        try:
+            choice.wait_for(timeout=10_000)
+            break
+        except sync_api.TimeoutError:
+            page.keyboard.press("Escape")
+            wait_idle(page)
+    choice.click()
     wait_idle(page)
 
 
