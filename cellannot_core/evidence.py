@@ -60,3 +60,34 @@ def marker_evidence(ref_mean: np.ndarray, group_mean: np.ndarray, genes: Sequenc
                      "query_group_mean": grp, "supports": bool(grp >= SUPPORT_FRACTION * ref_c)})
     return pd.DataFrame(rows, columns=["gene", "reference_class_mean", "other_classes_max", "query_group_mean",
                                        "supports"])
+
+
+def nearest_types(z: np.ndarray, ref_latent: np.ndarray, ref_y: np.ndarray, classes: Sequence[str], *,
+                  k: int = 10, quantile: float = 0.95) -> pd.DataFrame:
+    """Where one cell sits among the reference types in the model's latent space.
+
+    For each type: its share of the cell's ``k`` nearest reference cells, the cell's mean
+    distance to the type's ``k`` nearest cells, and that distance over the type's own usual one
+    (the ``quantile`` of the same distance for the type's reference cells to the rest of the
+    type): at most 1 = as close as the type's own cells usually are; well above 1 = far from it.
+    Sorted by that ratio.
+    """
+    from sklearn.neighbors import NearestNeighbors
+
+    z = np.asarray(z, dtype=np.float64).reshape(1, -1)
+    r, y = np.asarray(ref_latent, dtype=np.float64), np.asarray(ref_y)
+    kk = int(min(k, len(r)))
+    _, idx = NearestNeighbors(n_neighbors=kk).fit(r).kneighbors(z)
+    rows = []
+    for c, name in enumerate(classes):
+        rc = r[y == c]
+        if len(rc) < 2:
+            continue
+        kc = int(min(k, len(rc) - 1))
+        nn = NearestNeighbors(n_neighbors=kc + 1).fit(rc)
+        d_cell = float(nn.kneighbors(z, n_neighbors=kc)[0].mean())
+        d_own = nn.kneighbors(rc, n_neighbors=kc + 1)[0][:, 1:].mean(1)  # leave the cell itself out
+        usual = float(np.quantile(d_own, quantile))
+        rows.append({"type": str(name), "share_of_neighbours": float(np.mean(y[idx[0]] == c)), "distance": d_cell,
+                     "usual_distance": usual, "ratio": d_cell / usual if usual > 0 else float("inf")})
+    return pd.DataFrame(rows).sort_values("ratio").reset_index(drop=True)

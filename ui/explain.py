@@ -280,6 +280,17 @@ def why_markers(run: Run, label: str, n: int = 10) -> pd.DataFrame | None:
                            n=n)
 
 
+def why_nearest(run: Run, cell: str) -> pd.DataFrame | None:
+    """The cell's nearest reference types (:func:`cellannot_core.evidence.nearest_types`)."""
+    from cellannot_core.evidence import nearest_types
+
+    a = run.arrays
+    if "query_latent" not in a or "ref_latent" not in a:
+        return None
+    i = run.obs.index.get_loc(cell)
+    return nearest_types(a["query_latent"][i], a["ref_latent"], a["ref_y"], run.classes)
+
+
 def why_section(run: Run) -> None:
     """For any model: pick a cell and see why it got its label."""
     from ui.widgets import plot
@@ -297,6 +308,17 @@ def why_section(run: Run) -> None:
                       height=260, margin=dict(l=10, r=10, t=30, b=10), title="Class probabilities")
     with c1:
         plot(fig, key="why_probs")
+    with c1:
+        near = why_nearest(run, cell)
+        if near is not None:
+            st.markdown("**Nearest reference types** (latent space; distance over the type's usual, 1 = as close as "
+                        "its own cells)")
+            st.dataframe(near.rename(columns={"type": "Type", "share_of_neighbours": "Of 10 nearest",
+                                              "ratio": "Distance / usual"})[["Type", "Of 10 nearest",
+                                                                             "Distance / usual"]].head(5),
+                         hide_index=True, column_config={
+                             "Of 10 nearest": st.column_config.NumberColumn(format="percent"),
+                             "Distance / usual": st.column_config.NumberColumn(format="%.2f")})
     raw = str(run.obs.loc[cell, OutKeys.LABEL_RAW])
     markers = why_markers(run, raw)
     with c2:

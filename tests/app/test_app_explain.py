@@ -58,12 +58,12 @@ def test_explain_page_for_a_tabnet_run(runs):
     assert {"Top genes per class (.csv)", "Per-class importance, all genes (.csv)", "Shown cells x genes (.csv)",
             "All cells x all genes (.csv)", "Global importance (.csv)", "This cell's mask (.csv)"} <= labels
     assert len(at.get("plotly_chart")) == 5  # the cell's probabilities, then TabNet's four
-    top = at.dataframe[1].value  # [0]: the markers of the picked cell's type
+    top = at.dataframe[2].value  # [0], [1]: the picked cell's nearest types and its type's markers
     assert len(top) == 20 and len(top.columns) >= 2  # ranks x predicted classes
     # group by the query's own labels, fewer top genes, another class and cell
     at.radio(key=ex.ExplainKeys.GROUP_BY).set_value("query").run()
     at.number_input(key=ex.ExplainKeys.N_TOP).set_value(5).run()
-    assert not at.exception and len(at.dataframe[1].value) == 5
+    assert not at.exception and len(at.dataframe[2].value) == 5
     cls = at.selectbox(key=ex.ExplainKeys.CLASS).options[-1]
     at.selectbox(key=ex.ExplainKeys.CLASS).set_value(cls).run()
     cell = at.selectbox(key=ex.ExplainKeys.CELL).options[0]
@@ -74,7 +74,7 @@ def test_explain_page_for_a_tabnet_run(runs):
     at.radio(key=ex.ExplainKeys.RANKING).set_value("attention").run()
     assert not at.exception, at.exception
     assert any(RANKINGS["attention"] in c.value for c in at.caption)
-    assert len(at.dataframe[1].value) == 5 and len(at.get("plotly_chart")) == 5
+    assert len(at.dataframe[2].value) == 5 and len(at.get("plotly_chart")) == 5
 
 
 def test_explain_data_matches_the_model(runs):
@@ -137,6 +137,10 @@ def test_why_a_cell_got_its_label_for_every_model(runs, which):
     assert markers is not None and len(markers) > 0 and set(markers["gene"]) <= set(run.card["genes"])
     assert (markers["reference_class_mean"] > markers["other_classes_max"]).all()  # markers mark the type out
     assert any("reference markers" in m.value for m in at.markdown)
+    near = ex.why_nearest(run, first)
+    assert set(near["type"]) == set(run.classes) and near["ratio"].is_monotonic_increasing
+    assert abs(near["share_of_neighbours"].sum() - 1.0) < 1e-9
+    assert any("Nearest reference types" in m.value for m in at.markdown)
 
 
 def test_needs_a_run():

@@ -329,3 +329,17 @@ def test_marker_evidence_supports_a_right_label_and_not_a_wrong_one():
     assert list(right["gene"]) in (["g0", "g1"], ["g1", "g0"]) and right["supports"].all()
     wrong = marker_evidence(ref, np.array([0, 0, 0, 0, 5, 5.0]), genes, ["A", "B", "C"], "A", n=2)
     assert not wrong["supports"].any()
+
+
+def test_nearest_types_places_a_cell_among_its_own_type_and_far_from_a_foreign_one():
+    from cellannot_core.evidence import nearest_types
+
+    rng = np.random.default_rng(0)
+    centres = np.array([[0.0, 0.0], [20.0, 0.0]])
+    y = np.repeat([0, 1], 100)
+    ref = centres[y] + rng.normal(size=(200, 2))
+    inside = nearest_types(np.array([0.2, -0.1]), ref, y, ["A", "B"])
+    assert inside.loc[0, "type"] == "A" and inside.loc[0, "ratio"] < 1.2 and inside.loc[0, "share_of_neighbours"] == 1
+    assert inside.loc[1, "ratio"] > 5
+    novel = nearest_types(np.array([10.0, 15.0]), ref, y, ["A", "B"])
+    assert (novel["ratio"] > 5).all()  # far from every type: what an Unknown cell looks like
