@@ -267,7 +267,6 @@ def app_command(script: Path, *, address: str, port: int) -> list[str]:
 
 def cmd_app(args) -> int:
     import os
-    import subprocess
 
     env = dict(os.environ)
     if args.runs_dir:
@@ -275,11 +274,12 @@ def cmd_app(args) -> int:
     if args.address not in ("127.0.0.1", "localhost", "::1"):
         _log(f"warning: serving on {args.address}: everyone who can reach it can use the app; see the README's "
              "security section")
+    cmd = app_command(app_script(), address=args.address, port=args.port)
     _log(f"serving the app on http://{args.address}:{args.port} (Ctrl+C stops it)")
-    try:
-        return subprocess.call(app_command(app_script(), address=args.address, port=args.port), env=env)
-    except KeyboardInterrupt:
-        return 0
+    sys.stdout.flush()
+    # become the server (not its parent): a stop signal sent to `cellannot app` reaches Streamlit itself
+    os.execve(cmd[0], cmd, env)
+    return 0  # not reached
 
 
 COMMANDS = {"annotate": cmd_annotate, "train": cmd_train, "predict": cmd_predict, "models": cmd_models,

@@ -141,8 +141,14 @@ def test_cellannot_app_serves_the_packaged_app(installed):
             finally:
                 b.close()
     finally:
-        proc.terminate()
+        proc.terminate()  # `cellannot app` is the server itself: the stop reaches Streamlit
         proc.wait(timeout=30)
+    time.sleep(1)
+    try:
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2)
+        pytest.fail("the app still answers after `cellannot app` was stopped (an orphaned server)")
+    except OSError:
+        pass
     text = log.read_text()
     assert "Traceback" not in text, text[-3000:]
     assert "127.0.0.1" in text
