@@ -21,11 +21,12 @@ st.caption("Every model is trained on the same genes, split and seed. Metrics ar
 # ------------------------------------------------------------------------------ runs that exist
 st.subheader("Your runs")
 st.caption("Compare runs you already trained (nothing is retrained).")
-cmp.runs_section()
+runs = cmp.finished_runs()
+cmp.runs_section(runs)
 
 # ------------------------------------------------------------------------------ comparison
 st.subheader("Train and compare models")
-have = {r["model"] for r in cmp.finished_runs() if r["same_data"]}
+have = {r["model"] for r in runs if r["same_data"]}
 if have:
     st.caption(f"Models with a finished run on this data ({', '.join(sorted(have))}) can be compared above without "
                "training them again.")

@@ -382,13 +382,12 @@ RUN_COLUMNS = {"model": "Model", "run": "Run", "query_cells": "Query cells", "un
                "val_accuracy_reference": "Reference validation accuracy"}
 
 
-def runs_section() -> None:
-    """Compare runs that exist: the query's own metrics where it has labels, else label-free
-    evidence only (agreement between the runs, Unknown shares)."""
+def runs_section(runs: list[dict[str, Any]]) -> None:
+    """Compare runs that exist (``runs``: :func:`finished_runs`): the query's own metrics where it
+    has labels, else label-free evidence only (agreement between the runs, Unknown shares)."""
     from cellannot_core.compare import compare_runs
     from ui.widgets import plot
 
-    runs = finished_runs()
     if not runs:
         st.caption("No finished runs yet: train models on the Train page (or below), then compare them here.")
         return

@@ -282,13 +282,18 @@ def why_markers(run: Run, label: str, n: int = 10) -> pd.DataFrame | None:
 
 def why_nearest(run: Run, cell: str) -> pd.DataFrame | None:
     """The cell's nearest reference types (:func:`cellannot_core.evidence.nearest_types`)."""
-    from cellannot_core.evidence import nearest_types
-
-    a = run.arrays
-    if "query_latent" not in a or "ref_latent" not in a:
+    if "query_latent" not in run.arrays or "ref_latent" not in run.arrays:
         return None
-    i = run.obs.index.get_loc(cell)
-    return nearest_types(a["query_latent"][i], a["ref_latent"], a["ref_y"], run.classes)
+    return _nearest(run.root, run.run_id, int(run.obs.index.get_loc(cell)), tuple(run.classes))
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _nearest(root: str, run_id: str, row: int, classes: tuple[str, ...]) -> pd.DataFrame:
+    from cellannot_core.evidence import nearest_types
+    from ui.results import load_arrays
+
+    a = load_arrays(root, run_id)
+    return nearest_types(a["query_latent"][row], a["ref_latent"], a["ref_y"], list(classes))
 
 
 def why_section(run: Run) -> None:
