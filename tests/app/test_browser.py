@@ -175,7 +175,7 @@ def start_and_wait(page, previous: str | None = None, runs_dir: Path | None = No
         deadline = time.time() + TRAIN_TIMEOUT_S
         while '"done"' not in (status.read_text() if status.is_file() else "") and time.time() < deadline:
             time.sleep(1)
-    page.get_by_role("heading", name="Current run").wait_for(timeout=PAGE_TIMEOUT_MS)
+    page.get_by_role("heading", name="Current run").wait_for()  # the page's default timeout (longer under load)
     done = page.get_by_text("See the label transfer")
     failed = page.get_by_text("Training failed").or_(page.get_by_text("Training was cancelled"))
     done.or_(failed).first.wait_for(timeout=TRAIN_TIMEOUT_S * 1000)
@@ -495,6 +495,7 @@ def _load_session(url: str, out_dir: Path, result: dict) -> None:
     try:
         with sync_api.sync_playwright() as pw:
             b = _launch(pw)
+            page = None
             try:
                 ctx = b.new_context(viewport=VIEWPORT, accept_downloads=True)
                 page = ctx.new_page()
@@ -512,10 +513,16 @@ def _load_session(url: str, out_dir: Path, result: dict) -> None:
                 path = out_dir / f"{rid}.h5ad"
                 dl.save_as(path)
                 result["n_obs"] = ad.read_h5ad(path).n_obs
+            except Exception:
+                if page is not None:  # what this visitor saw, for the report
+                    shot = out_dir / f"failure_{int(t0 * 1000)}.png"
+                    page.screenshot(path=str(shot), full_page=True)
+                    result["screenshot"] = str(shot)
+                raise
             finally:
                 b.close()
     except Exception as err:  # noqa: BLE001 - reported by the test
-        result["error"] = f"{type(err).__name__}: {err}"
+        result["error"] = f"{type(err).__name__}: {err} (screenshot: {result.get('screenshot')})"
     result["seconds"] = time.time() - t0
 
 
