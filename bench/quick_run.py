@@ -35,6 +35,7 @@ def run(model: str, max_epochs: int | None, seed: int, budget: float | None = No
                                              max_epochs=max_epochs, max_train_seconds=budget, device="cpu"))
     secs = time.perf_counter() - t0
     qm = res.card["query_metrics"]
+    mixing = ref_share_among_query_neighbours(res)
     truth = qry.obs[LABEL].astype(str).to_numpy()
     unknown = res.predictions.is_unknown
     name = f"quick ({budget:g} s budget)" if budget else f"quick ({max_epochs} epochs)" if max_epochs else "full"
@@ -43,7 +44,23 @@ def run(model: str, max_epochs: int | None, seed: int, budget: float | None = No
            "auroc_ood": qm["auroc_ood"], "reject_in": qm["reject_in"]}
     for t in NOVEL:
         row[f"unknown_{t}"] = float(unknown[truth == t].mean())
+    row["mixing"], row["mixing_if_mixed"] = mixing
     return row
+
+
+def ref_share_among_query_neighbours(res, k: int = 15) -> tuple[float, float]:
+    """Reference/query integration in the model's latent space: the share of reference cells
+    among each query cell's ``k`` nearest neighbours (reference sample + query), and what it
+    would be if the two were fully mixed (the reference's share of the pool)."""
+    from sklearn.neighbors import NearestNeighbors
+
+    from cellannot_core.pipeline import AnnotateOptions, view_arrays
+
+    a = view_arrays(res.model, res.prepared, res.predictions, AnnotateOptions(label_key=LABEL, n_generate=0))
+    R, Q = a["ref_latent"], a["query_latent"]
+    is_ref = np.r_[np.ones(len(R)), np.zeros(len(Q))]
+    idx = NearestNeighbors(n_neighbors=k + 1).fit(np.vstack([R, Q])).kneighbors(Q, return_distance=False)[:, 1:]
+    return float(is_ref[idx].mean()), float(len(R) / (len(R) + len(Q)))
 
 
 def main() -> None:
@@ -61,7 +78,9 @@ def main() -> None:
             r = rows[-1]
             print(f"{r['run']:>17} seed {seed}: {r['seconds']:6.1f} s, {r['epochs']} epochs, acc_open {r['acc_open']:.3f}, "
                   f"acc_in {r['acc_in']:.3f}, auroc {r['auroc_ood']:.3f}, known->Unknown {r['reject_in']:.3f}, "
-                  + ", ".join(f"{t} Unknown {r[f'unknown_{t}']:.0%}" for t in NOVEL), flush=True)
+                  + ", ".join(f"{t} Unknown {r[f'unknown_{t}']:.0%}" for t in NOVEL)
+                  + f", reference share among query neighbours {r['mixing']:.3f} (mixed: {r['mixing_if_mixed']:.3f})",
+                  flush=True)
     quick = [r for r in rows if r["run"] != "full"]
     full = [r for r in rows if r["run"] == "full"]
     gap = np.median([f["acc_open"] - q["acc_open"] for q, f in zip(quick, full)])

@@ -145,8 +145,26 @@ def _worker(job: Job, reference: Any, query: Any, opts: Any) -> None:
             rd.set_status("failed", message=job.error or "the training thread ended unexpectedly")
 
 
+_BLAS_LIMITED = False
+
+
+def _limit_blas_threads() -> None:
+    """One BLAS thread for the whole server process (once). Several trainings run here at once
+    in threads; OpenBLAS' own thread pool, called while OpenMP regions (torch, scikit-learn's
+    neighbour search) are active, warned "Detect OpenMP Loop and this application may hang" and
+    did hang: two runs stayed in "writing results" at 100% CPU and the queue behind them never
+    moved (the load test). torch keeps its own intra-op threads."""
+    global _BLAS_LIMITED
+    if not _BLAS_LIMITED:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=1, user_api="blas")
+        _BLAS_LIMITED = True
+
+
 def warm_imports() -> None:
-    """Import, in the calling thread, every heavy module the worker imports lazily.
+    """Import, in the calling thread, every heavy module the worker imports lazily (and limit
+    BLAS to one thread, :func:`_limit_blas_threads`).
 
     Two threads importing the same extension package at once (the worker and a page drawing
     a figure) can see it half-initialised ("cannot import name ... from partially initialized
@@ -166,6 +184,8 @@ def warm_imports() -> None:
     import cellannot_core.pipeline  # noqa: F401
     import cellannot_core.plots  # noqa: F401
     import cellannot_core.training  # noqa: F401
+
+    _limit_blas_threads()  # after the imports: every BLAS library loaded by now is limited
 
 
 def start_job(reference: Any, query: Any, opts: Any, *, root: str | Path | None = None,
