@@ -52,13 +52,12 @@ st.dataframe(table.head(5000), hide_index=True, height=320)
 st.subheader("Downloads")
 d = st.columns(4)
 root, rid = run.root, run.run_id
-d[0].download_button("Annotated query (.h5ad)", lambda: res.file_bytes(root, rid, RunFiles.ANNOTATED),
-                     file_name=f"{rid}_annotated.h5ad", mime="application/octet-stream", key="dl_h5ad",
-                     on_click="ignore")
-d[1].download_button("Predictions (.csv)", lambda: res.file_bytes(root, rid, RunFiles.PREDICTIONS),
-                     file_name=f"{rid}_predictions.csv", mime="text/csv", key="dl_csv",
-                     help="Label, raw label, confidence, novelty score and per-class probabilities", on_click="ignore")
-d[2].download_button("Model bundle (.zip)", lambda: res.model_zip(root, rid), file_name=f"{rid}_model.zip",
-                     mime="application/zip", key="dl_model", on_click="ignore")
+res.prepared_download(d[0], "Annotated query (.h5ad)", lambda: res.file_bytes(root, rid, RunFiles.ANNOTATED),
+                     file_name=f"{rid}_annotated.h5ad", mime="application/octet-stream", key=f"dl_h5ad_{rid}")
+res.prepared_download(d[1], "Predictions (.csv)", lambda: res.file_bytes(root, rid, RunFiles.PREDICTIONS),
+                     file_name=f"{rid}_predictions.csv", mime="text/csv", key=f"dl_csv_{rid}",
+                     help="Label, raw label, confidence, novelty score and per-class probabilities")
+res.prepared_download(d[2], "Model bundle (.zip)", lambda: res.model_zip(root, rid), file_name=f"{rid}_model.zip",
+                     mime="application/zip", key=f"dl_model_{rid}")
 d[3].download_button("Run card (.json)", res.card_json(run), file_name=f"{rid}_run_card.json",
                      mime="application/json", key="dl_card", on_click="ignore")

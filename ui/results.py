@@ -248,3 +248,17 @@ def comparison_columns(run: Run) -> tuple[np.ndarray, str]:
     if run.query_labels is not None:
         return run.query_labels, f"Query label ({run.query_label_key})"
     return leiden_clusters(run.root, run.run_id), "Query cluster (Leiden)"
+
+
+def prepared_download(col: Any, label: str, make: Any, *, file_name: str, mime: str, key: str,
+                      help: str | None = None) -> None:
+    """A download whose file is read only when the visitor asks (*Prepare*), then offered as bytes
+    bound to this page. Streamlit's deferred downloads (``data=callable``) lost the file under
+    load: another session's script run collected it between the click and the transfer
+    (the load test: "Download.save_as: canceled" for 2 of 5 visitors)."""
+    ready = st.session_state.setdefault("prepared_downloads", set())
+    if key in ready:
+        col.download_button(label, make(), file_name=file_name, mime=mime, key=key, help=help, on_click="ignore")
+    elif col.button(f"Prepare: {label}", key=f"{key}_prepare", help=help, icon=":material/download:"):
+        ready.add(key)
+        st.rerun()

@@ -74,7 +74,13 @@ def test_with_query_labels(runs_root):
     at.radio(key=WidgetKeys.NORMALIZE).set_value("col").run()
     assert not at.exception
     labels = {b.label for b in at.get("download_button")}
-    assert {"Annotated query (.h5ad)", "Predictions (.csv)", "Model bundle (.zip)", "Run card (.json)"} <= labels
+    assert "Run card (.json)" in labels  # small: offered at once
+    prepare = {b.label: b for b in at.button}
+    for name in ("Annotated query (.h5ad)", "Predictions (.csv)", "Model bundle (.zip)"):  # read on request
+        assert f"Prepare: {name}" in prepare and name not in labels
+    prepare["Prepare: Annotated query (.h5ad)"].click().run()
+    assert not at.exception
+    assert "Annotated query (.h5ad)" in {b.label for b in at.get("download_button")}
 
 
 def test_without_query_labels_uses_leiden_clusters(runs_root):

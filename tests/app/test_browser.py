@@ -184,6 +184,17 @@ def start_and_wait(page, previous: str | None = None, runs_dir: Path | None = No
     assert_no_errors(page, "Train after the run")
 
 
+def download_annotated(page, run_id: str, timeout_ms: int):
+    """Label transfer page: *Prepare* the annotated query, then download it (one click each)."""
+    page.locator(f"{_key(f'dl_h5ad_{run_id}_prepare')} button").click()
+    button = page.locator(f"{_key(f'dl_h5ad_{run_id}')} button")
+    button.wait_for(timeout=timeout_ms)
+    wait_idle(page, timeout_ms)
+    with page.expect_download(timeout=timeout_ms) as dl_info:
+        button.click()
+    return dl_info.value
+
+
 def goto_page(page, title: str) -> None:
     """Open a page from the sidebar navigation (client-side: the session is kept)."""
     page.locator('[data-testid="stSidebarNav"] a', has_text=title).first.click()
@@ -314,9 +325,7 @@ def _click_path(page, url: str, tmp_path: Path, ad, runs_dir: Path) -> None:
     goto_page(page, "Label transfer")
     wait_plot(page, "heatmap")
     wait_idle(page)
-    with page.expect_download(timeout=PAGE_TIMEOUT_MS) as dl_info:
-        page.locator(f"{_key('dl_h5ad')} button").click()
-    dl = dl_info.value
+    dl = download_annotated(page, _param(page.url, "run"), PAGE_TIMEOUT_MS)
     assert dl.suggested_filename.endswith("_annotated.h5ad")
     out = tmp_path / dl.suggested_filename
     dl.save_as(out)
@@ -506,9 +515,7 @@ def _load_session(url: str, out_dir: Path, result: dict) -> None:
                 wait_plot(page, "heatmap", TRAIN_TIMEOUT_S * 1000)
                 wait_idle(page, TRAIN_TIMEOUT_S * 1000)
                 assert_no_errors(page, "Label transfer")
-                with page.expect_download(timeout=120_000) as dl_info:  # one click must do it
-                    page.locator(f"{_key('dl_h5ad')} button").click()
-                dl = dl_info.value
+                dl = download_annotated(page, rid, 120_000)
                 result["file"] = dl.suggested_filename
                 path = out_dir / f"{rid}.h5ad"
                 dl.save_as(path)
@@ -532,8 +539,9 @@ def test_five_concurrent_sessions_load_train_and_download_without_cross_talk(ser
     its own runs.
 
     It found that a download could fail under load ("Deferred file ... not found", or the
-    download cancelled): clicking a download button reran the page, and another session's run
-    then collected the file being downloaded. Download buttons now use ``on_click="ignore"``."""
+    download cancelled): another session's script run collected the file of a deferred download
+    between the click and the transfer. Large downloads are now prepared on request and offered
+    as bytes bound to the page (``ui.results.prepared_download``)."""
     import threading
 
     url = server["url"]
