@@ -20,12 +20,11 @@ SUPPORT_FRACTION = 0.5  # a marker supports the label when the group's mean reac
 
 def class_means(X: np.ndarray, y: np.ndarray, n_classes: int) -> np.ndarray:
     """Mean of the rows of ``X`` per class ``0..n_classes-1`` (NaN rows for absent classes)."""
-    X = np.asarray(X, dtype=np.float64)
     out = np.full((n_classes, X.shape[1]), np.nan)
     for c in range(n_classes):
         rows = np.asarray(y) == c
-        if rows.any():
-            out[c] = X[rows].mean(0)
+        if rows.any():  # accumulate in float64 without copying the whole matrix
+            out[c] = X[rows].mean(0, dtype=np.float64)
     return out.astype(np.float32)
 
 
