@@ -141,18 +141,22 @@ def _has_seurat() -> bool:
     return subprocess.run(["Rscript", "-e", "library(Seurat)"], capture_output=True).returncode == 0
 
 
-def train_or_load(exp: Experiment, model: str, prep, seed: int, retrain: bool):
-    """A trained, calibrated model for this experiment (from the cache when there)."""
+def train_or_load(exp: Experiment, model: str, prep, seed: int, retrain: bool, hparams: dict | None = None):
+    """A trained, calibrated model for this experiment (from the cache when there; a model with
+    changed hyper-parameters has its own cache entry)."""
     from cellannot_core.models import load_model
     from cellannot_core.pipeline import AnnotateOptions, train_model
 
     name = "logreg" if model == "logreg_05" else model
-    key = CACHE / exp.name.replace(":", "__").replace(" ", "_").replace(",", "") / f"{name}-s{seed}"
+    hparams = dict(hparams or {})
+    tag = "".join(f"+{k}={v}" for k, v in sorted(hparams.items()))
+    key = CACHE / exp.name.replace(":", "__").replace(" ", "_").replace(",", "") / f"{name}{tag}-s{seed}"
     if (key / "config.json").is_file() and not retrain:
         m = load_model(key, device="cpu")
         m.calibrate(prep.val, accept=0.95, shift_correction="median")
         return m, float(m.history.get("_bench_train_seconds", float("nan")))
-    opts = AnnotateOptions(label_key=LABEL_KEY, query_label_key=LABEL_KEY, model=name, seed=seed, device="auto")
+    opts = AnnotateOptions(label_key=LABEL_KEY, query_label_key=LABEL_KEY, model=name, seed=seed, device="auto",
+                           hparams=hparams)
     t0 = time.time()
     m = train_model(prep, opts)
     secs = time.time() - t0
@@ -171,9 +175,23 @@ def evaluate(m, prep, *, threshold: float | None = None, rules: bool = False, al
     res = label_transfer_metrics(labels[known], p.label_raw[known], p.label[known], p.confidence[known],
                                  p.ood_score[known], m.classes)
     out = {k: res[k] for k in METRICS} | {"n_in": res["n_in"], "n_novel": res["n_novel"]}
+    if p.latent is not None and getattr(m, "reference", None) is not None:
+        out["mixing"] = mixing(m.reference.latent, p.latent[known])
     if rules:
         out["rules"] = rule_metrics(m, prep, p, all_rules)
     return out
+
+
+def mixing(ref_latent: np.ndarray, query_latent: np.ndarray, k: int = 15) -> float:
+    """Reference/query integration in the latent space: the share of reference cells among the
+    k nearest neighbours of the query's known cells in the pooled latents, divided by the share
+    expected if the two were fully mixed (1 = mixed, 0 = apart)."""
+    from sklearn.neighbors import NearestNeighbors
+
+    pool = np.vstack([ref_latent, query_latent])
+    _, idx = NearestNeighbors(n_neighbors=k + 1).fit(pool).kneighbors(query_latent)
+    share = float((idx[:, 1:] < len(ref_latent)).mean())
+    return share / (len(ref_latent) / len(pool))
 
 
 def rule_metrics(m, prep, p, all_rules: bool = False) -> dict[str, dict]:
@@ -230,7 +248,12 @@ def main() -> None:
     ap.add_argument("--retrain", action="store_true", help="train again even when a cached model exists")
     ap.add_argument("--json", default=None, help="write every row to this JSON file")
     ap.add_argument("--all-rules", action="store_true", help="every candidate rule measured so far (slower)")
+    ap.add_argument("--hparam", action="append", default=[], metavar="NAME=VALUE",
+                    help="a hyper-parameter of the first model (its own cache entry); repeatable")
     args = ap.parse_args()
+    hp = dict(h.split("=", 1) for h in args.hparam if "=" in h)
+    if len(hp) != len(args.hparam):
+        sys.exit("error: --hparam takes NAME=VALUE")
     if not DATA.is_dir():
         sys.exit(f"error: benchmark data not found in {DATA}; set CELLANNOT_SHARED_DATA")
     from cellannot_core.pipeline import AnnotateOptions, prepare_data
@@ -256,7 +279,7 @@ def main() -> None:
                       f"novel types {sorted(set(prep.query.labels[novel]))}")
                 continue
             for model in models:
-                m, secs = train_or_load(exp, model, prep, args.seed, args.retrain)
+                m, secs = train_or_load(exp, model, prep, args.seed, args.retrain, hp if model == models[0] else None)
                 thr = 0.5 if model == "logreg_05" else None
                 if model == "logreg_05":
                     m.ood_method = "maxprob"
@@ -265,7 +288,7 @@ def main() -> None:
                        "train_seconds": secs, **r}
                 rows.append(row)
                 print(f"{exp.name:42s} {share:6.1%} {model:12s} " + " ".join(f"{r[k]:12.3f}" for k in METRICS)
-                      + f"  {secs:7.1f}", flush=True)
+                      + f"  {secs:7.1f}" + (f"  mixing {r['mixing']:.2f}" if "mixing" in r else ""), flush=True)
                 for name, rr in r.get("rules", {}).items():
                     print(f"{'':42s} {'':6s}   rule {name:18s} auroc {rr['auroc_ood']:.3f} acc_open {rr['acc_open']:.3f}"
                           f" reject_in {rr['reject_in']:.3f} reject_novel {rr['reject_novel']:.3f}")

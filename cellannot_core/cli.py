@@ -167,12 +167,13 @@ def cmd_train(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from .pipeline import check_writable, predict_with_bundle
+    from .pipeline import check_writable
+    from .streaming import predict_file
 
     check_writable(args.out, what="annotated query")
-    res = predict_with_bundle(args.model_dir, args.query, out=Path(args.out), device=args.device,
-                              threshold=args.threshold, log=_log)
-    _log(f"labelled {res.n_obs} cells; Unknown: {res.obs['cellannot_is_unknown'].mean():.1%}; wrote {args.out}")
+    res = predict_file(args.model_dir, args.query, out=Path(args.out), device=args.device, threshold=args.threshold,
+                       log=_log)
+    _log(f"labelled {res['n_obs']} cells; Unknown: {res['unknown_fraction']:.1%}; wrote {args.out}")
     return 0
 
 

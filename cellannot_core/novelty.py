@@ -4,6 +4,8 @@ Scores that need the reference (kNN, Mahalanobis) are fitted on reference traini
 """
 from __future__ import annotations
 
+import hashlib
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -36,11 +38,21 @@ class ScoreInputs:
     (computed on first use and shared by every score of one call), plus the scores computed so
     far in ``scores`` (``knn_class`` builds on ``knn_graph``)."""
 
-    def __init__(self, model: Any, X: np.ndarray, *, logits: np.ndarray | None = None,
+    def __init__(self, model: Any, X: np.ndarray | None, *, logits: np.ndarray | None = None,
                  latent: np.ndarray | None = None) -> None:
-        self.model, self.X = model, X
+        self._X = X
+        self.model = model
         self._logits, self._latent = logits, latent
         self.scores: dict[str, np.ndarray] = {}
+
+    @property
+    def X(self) -> np.ndarray:
+        """The cells' expression; ``None`` when a query is labelled in chunks
+        (:mod:`cellannot_core.streaming`), where a score that needs it is unavailable."""
+        if self._X is None:
+            raise ScoreUnavailable("this novelty score needs every cell's expression at once, which a query read in "
+                                   "chunks does not keep; choose a score of the latent space or the logits")
+        return self._X
 
     @property
     def logits(self) -> np.ndarray:
@@ -378,43 +390,129 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
 
 def graph_smooth(z: np.ndarray, scores: np.ndarray, *, k: int = GRAPH_K, pool: np.ndarray | None = None) -> np.ndarray:
     """Mean of ``scores`` over each row of ``z``'s ``k`` nearest neighbours (Euclidean) in
-    ``pool`` (default: ``z`` itself, so each cell is its own nearest neighbour); ``scores``
-    are per row of the pool (1-D, or 2-D: one column per quantity). ``k`` shrinks to the pool size."""
+    ``pool`` (default: ``z`` itself, through :func:`query_graph`, so each cell is its own
+    nearest neighbour and a large query uses its neighbour pool); ``scores`` are per row of the
+    pool (1-D, or 2-D: one column per quantity). ``k`` shrinks to the pool size."""
     from sklearn.neighbors import NearestNeighbors
 
-    z = np.asarray(z, dtype=np.float32)
-    pool = z if pool is None else np.asarray(pool, dtype=np.float32)
     scores = np.asarray(scores, dtype=np.float64)
     if len(z) == 0:
         return np.zeros((0,) + scores.shape[1:])
+    if pool is None:
+        return query_graph(z, k=k).smooth(scores, k=k)
+    z = np.asarray(z, dtype=np.float32)
+    pool = np.asarray(pool, dtype=np.float32)
     k = int(max(1, min(k, len(pool))))
     _, idx = NearestNeighbors(n_neighbors=k).fit(pool).kneighbors(z)
     return scores[idx].mean(axis=1)
 
 
+QUERY_POOL_MAX = 50_000  # a larger query finds its cells' neighbours among a seeded subsample this large
 
-def query_clusters(z: np.ndarray, *, k: int = GRAPH_K, resolution: float = 1.0, seed: int = 0) -> np.ndarray:
-    """Leiden clusters (modularity, igraph) of the symmetrised ``k``-NN graph of ``z``; labels 0..K-1."""
-    import igraph as ig
-    from sklearn.neighbors import kneighbors_graph
 
+class QueryGraph:
+    """The query's own k-NN graph in a latent space, computed once and shared by the label
+    smoothing, ``knn_graph`` and the cluster decisions of ``knn_class`` (:func:`query_graph`).
+
+    Up to :data:`QUERY_POOL_MAX` cells every cell's neighbours are its nearest query cells
+    (itself included). A larger query draws its neighbours from a seeded random subsample of
+    that many cells (the *pool*): each cell is averaged over its nearest pool cells, clusters
+    are found on the pool's graph and every other cell joins the cluster of its nearest pool
+    cell. Time and memory then grow linearly with the query (an atlas-sized query of a million
+    cells needs one search against 50,000 cells, not a million-node graph), and the
+    neighbourhoods stay dense enough to average a type's noise: 50,000 cells hold a
+    thousand cells of a type making 2% of the query.
+    """
+
+    def __init__(self, z: np.ndarray, *, k: int = GRAPH_K, pool_max: int = QUERY_POOL_MAX, seed: int = 0) -> None:
+        from sklearn.neighbors import NearestNeighbors
+
+        z = np.asarray(z, dtype=np.float32)
+        n = len(z)
+        self.n, self.k = n, int(k)
+        self.pool = None if n <= pool_max else np.sort(np.random.default_rng(seed).choice(n, pool_max, replace=False))
+        P = z if self.pool is None else z[self.pool]
+        kk = int(max(1, min(self.k + 1, len(P))))
+        self.idx = NearestNeighbors(n_neighbors=kk).fit(P).kneighbors(z)[1].astype(np.int64)  # rows of P
+        self._clusters: dict[tuple[float, int], np.ndarray] = {}
+
+    @property
+    def n_pool(self) -> int:
+        return self.n if self.pool is None else len(self.pool)
+
+    def smooth(self, values: np.ndarray, *, k: int = GRAPH_K) -> np.ndarray:
+        """Mean of ``values`` (per query cell) over each cell's ``k`` nearest pool cells."""
+        values = np.asarray(values, dtype=np.float64)
+        v = values if self.pool is None else values[self.pool]
+        k = int(max(1, min(k, self.idx.shape[1])))
+        return v[self.idx[:, :k]].mean(axis=1)
+
+    def clusters(self, *, resolution: float = 1.0, seed: int = 0) -> np.ndarray:
+        """Leiden clusters (modularity, igraph) of the pool's symmetrised ``k``-NN graph (self
+        excluded); labels 0..K-1 for every query cell."""
+        key = (float(resolution), int(seed))
+        if key not in self._clusters:
+            self._clusters[key] = self._leiden(resolution, seed)
+        return self._clusters[key]
+
+    def _leiden(self, resolution: float, seed: int) -> np.ndarray:
+        import random
+
+        import igraph as ig
+
+        m = self.n_pool
+        if m < 3:
+            return np.zeros(self.n, dtype=np.int64)
+        nb = self.idx if self.pool is None else self.idx[self.pool]  # the pool cells' neighbours among the pool
+        kk = min(self.k, m - 1)
+        rows = np.arange(m)[:, None]
+        is_self = nb == rows
+        # drop each cell itself (or, where a duplicate took its place, the farthest neighbour)
+        drop = np.where(is_self.any(1), is_self.argmax(1), nb.shape[1] - 1)
+        keep = np.ones_like(nb, dtype=bool)
+        keep[np.arange(m), drop] = False
+        nb = nb[keep].reshape(m, -1)[:, :kk]
+        a, b = np.repeat(np.arange(m), nb.shape[1]), nb.ravel()
+        pairs = np.unique(np.minimum(a, b) * m + np.maximum(a, b))
+        pairs = pairs[pairs // m != pairs % m]
+        graph = ig.Graph(n=m, edges=np.column_stack([pairs // m, pairs % m]).tolist())
+        state = random.getstate()
+        random.seed(seed)  # igraph draws from Python's random module
+        try:
+            member = graph.community_leiden(objective_function="modularity", resolution=resolution,
+                                            n_iterations=2).membership
+        finally:
+            random.setstate(state)
+        member = np.unique(np.asarray(member), return_inverse=True)[1].astype(np.int64)
+        return member if self.pool is None else member[self.idx[:, 0]]
+
+
+_GRAPHS: dict[tuple, QueryGraph] = {}
+_GRAPHS_LOCK = threading.Lock()
+
+
+def query_graph(z: np.ndarray, *, k: int = GRAPH_K) -> QueryGraph:
+    """The :class:`QueryGraph` of ``z`` (at least :data:`GRAPH_K` neighbours), reused while the
+    same latent codes are asked for again (the last one is kept, keyed by their content): one
+    query's labelling, novelty score and clusters search its neighbours once."""
+    z = np.ascontiguousarray(z, dtype=np.float32)
+    key = (z.shape, max(int(k), GRAPH_K), hashlib.blake2b(memoryview(z).cast("B"), digest_size=16).digest())
+    with _GRAPHS_LOCK:
+        g = _GRAPHS.get(key)
+    if g is None:
+        g = QueryGraph(z, k=key[1])
+        with _GRAPHS_LOCK:
+            _GRAPHS.clear()
+            _GRAPHS[key] = g
+    return g
+
+
+def query_clusters(z: np.ndarray, *, resolution: float = 1.0, seed: int = 0) -> np.ndarray:
+    """Leiden clusters of the query's :data:`GRAPH_K`-NN graph (see :class:`QueryGraph`); labels 0..K-1."""
     z = np.asarray(z, dtype=np.float32)
     if len(z) < 3:
         return np.zeros(len(z), dtype=np.int64)
-    a = kneighbors_graph(z, n_neighbors=int(min(k, len(z) - 1)), include_self=False)
-    a = a.maximum(a.T).tocoo()
-    keep = a.row < a.col
-    graph = ig.Graph(n=len(z), edges=np.column_stack([a.row[keep], a.col[keep]]).tolist())
-    import random
-
-    state = random.getstate()
-    random.seed(seed)  # igraph draws from Python's random module
-    try:
-        member = graph.community_leiden(objective_function="modularity", resolution=resolution,
-                                        n_iterations=2).membership
-    finally:
-        random.setstate(state)
-    return np.unique(np.asarray(member), return_inverse=True)[1].astype(np.int64)
+    return query_graph(z).clusters(resolution=resolution, seed=seed)
 
 
 # --------------------------------------------------------------------------------------------

@@ -103,12 +103,20 @@ def train_model(prepared: Prepared, opts: AnnotateOptions, callbacks: Sequence[A
 
 def predict(model, X: np.ndarray, *, threshold: float | None = None) -> Predictions:
     """Label cells: calibrated probabilities, novelty scores (all methods) and rejection."""
-    from .calibration import softmax
     from .novelty import OOD_METHODS
 
     logits = model.logits(X)
     latent = model.latent(X)
     scores = model.ood_scores(X, OOD_METHODS, logits=logits, latent=latent)
+    return decide(model, logits, latent, scores, threshold=threshold)
+
+
+def decide(model, logits: np.ndarray, latent: np.ndarray, scores: dict[str, np.ndarray], *,
+           threshold: float | None = None) -> Predictions:
+    """Probabilities, labels and Unknown calls from a query's logits and novelty scores
+    (``scores[model.ood_method]`` is compared with the query's threshold)."""
+    from .calibration import softmax
+
     proba = softmax(logits, model.temperature)
     classes = np.asarray(model.classes, dtype=object)
     label_raw = classes[proba.argmax(1)].astype(str)
@@ -321,8 +329,13 @@ def check_writable(path: str | Path, *, what: str = "output") -> Path:
 
 
 def write_h5ad_atomic(adata, path: Path) -> None:
-    """Write to a temporary name and rename; on any failure (disk full, permissions) the
-    temporary file is removed and one plain line is raised."""
+    """Write to a temporary name and rename (:func:`write_atomic`)."""
+    write_atomic(path, lambda tmp: adata.write_h5ad(tmp, compression="gzip"))
+
+
+def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """``write(tmp)`` a file at a temporary name beside ``path``, then rename it to ``path``; on any
+    failure (disk full, permissions) the temporary file is removed and one plain line is raised."""
     import errno
     import os
     import secrets
@@ -330,10 +343,10 @@ def write_h5ad_atomic(adata, path: Path) -> None:
     from .errors import DataError
 
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp.h5ad")
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp{path.suffix}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        adata.write_h5ad(tmp, compression="gzip")
+        write(tmp)
         os.replace(tmp, path)
     except OSError as err:
         tmp.unlink(missing_ok=True)
@@ -512,13 +525,17 @@ def predict_query(model, bundle: dict[str, Any], query, *, threshold: float | No
                                   min_shared_genes=int(bundle.get("min_shared_genes", 200)))
     log(report.get("message", ""))
     preds = predict(model, split.X, threshold=threshold)
-    card = {"model": model.name, "hparams": model.hparams, "classes": list(model.classes),
+    return preds, prediction_card(model, preds, report)
+
+
+def prediction_card(model, preds: Predictions, report: dict[str, Any]) -> dict[str, Any]:
+    """The run card of a query labelled with a saved model."""
+    return {"model": model.name, "hparams": model.hparams, "classes": list(model.classes),
             "temperature": model.temperature, "rejection": {"method": model.ood_method, "threshold": preds.threshold,
                                                              "validation_threshold": model.threshold,
                                                              "shift_factor": preds.shift_factor},
             "query_report": report, "cellannot_version": __version__,
             "unknown_fraction": float(np.mean(preds.is_unknown)) if len(preds.is_unknown) else 0.0}
-    return preds, card
 
 
 def predict_with_bundle(model_dir: str | Path, query, *, out: str | Path | None = None, device: str = "auto",

@@ -264,9 +264,12 @@ def memory_limit_bytes() -> int:
         return 8 * 1024**3
 
 
-def guard_hdf5(path: Path, label: str) -> None:
+def guard_hdf5(path: Path, label: str, *, whole: tuple[str, ...] | None = None) -> None:
     """Refuse an HDF5 file (``.h5ad``, 10x ``.h5``) that reaches outside itself or expands past
     :func:`memory_limit_bytes`, before anndata or scanpy read a byte of its data.
+
+    ``whole``: only these members (e.g. ``("obs", "var")``) count against the limit,
+    for a reader that reads them whole and the rest in bounded chunks (:mod:`.stream`).
 
     External links, datasets stored in external files and virtual datasets can point h5py at any
     file on the server (``/etc/passwd``, another user's data), which the annotated download
@@ -294,7 +297,7 @@ def guard_hdf5(path: Path, label: str) -> None:
                 problem.append(f"a dataset ('{name[:60]}') stored in external files")
             elif obj.is_virtual:
                 problem.append(f"a virtual dataset ('{name[:60]}') that maps other files")
-            else:
+            elif whole is None or any(name == w or name.startswith(w + "/") for w in whole):
                 total += int(np.prod(obj.shape, dtype=np.float64)) * obj.dtype.itemsize if obj.shape else 0
 
     with h5py.File(path, "r") as f:  # a file h5py cannot open fails here, as read_dataset reports it

@@ -60,6 +60,16 @@ class Model:
     def latent(self, X: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    # a query labelled in chunks (streaming.predict_file): logits(X) of a whole query equals
+    # query_logits(cell_logits(X), latent(X)); the cell part can be computed chunk by chunk
+    def cell_logits(self, X: np.ndarray) -> np.ndarray:
+        """The part of :meth:`logits` that each cell gets on its own (default: all of it)."""
+        return self.logits(X)
+
+    def query_logits(self, cell_logits: np.ndarray, latent: np.ndarray) -> np.ndarray:
+        """The query-level step after :meth:`cell_logits` (default: none)."""
+        return cell_logits
+
     def sample(self, n_per_class: int) -> tuple[np.ndarray, np.ndarray]:
         """Generated cells (log-expression, genes as in training) and their class indices."""
         raise NotImplementedError(f"model {self.name} cannot generate cells")

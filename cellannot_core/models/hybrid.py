@@ -112,11 +112,20 @@ class ScanviSvm(Model):
         """Log of the SVM's calibrated probabilities, averaged over each cell's ``smooth_k``
         nearest neighbours in the latent space among the rows of ``X`` (a query is labelled as a
         whole: neighbours of one type agree, single-cell noise averages out)."""
-        k = int(self.hparams["smooth_k"])
-        if k <= 1 or len(X) < 2:
+        if int(self.hparams["smooth_k"]) <= 1 or len(X) < 2:
             return self.labeller.logits(X)
-        proba = softmax(self.labeller.logits(X))
-        smoothed = graph_smooth(self.latent(X), proba, k=k)
+        return self.query_logits(self.cell_logits(X), self.latent(X))
+
+    def cell_logits(self, X: np.ndarray) -> np.ndarray:
+        """The SVM's log-probabilities of each cell on its own."""
+        return self.labeller.logits(X)
+
+    def query_logits(self, cell_logits: np.ndarray, latent: np.ndarray) -> np.ndarray:
+        """The smoothing of :meth:`logits` over the query's latent neighbours (:func:`graph_smooth`)."""
+        k = int(self.hparams["smooth_k"])
+        if k <= 1 or len(cell_logits) < 2:
+            return cell_logits
+        smoothed = graph_smooth(latent, softmax(cell_logits), k=k)
         return np.log(np.clip(smoothed, 1e-12, 1.0))
 
     def latent(self, X: np.ndarray) -> np.ndarray:

@@ -64,6 +64,9 @@ class Supports:
     explain: bool = False
     needs_counts: bool = False
     semi_supervised: bool = False  # fit() takes unlabelled=<query Split> (pipeline.train_model passes it)
+    # a cell's cell_logits and latent do not depend on the other cells given, so a query can be
+    # labelled in chunks (streaming.predict_file); False: the model needs the whole query in memory
+    per_cell: bool = True
 
 
 @dataclass

@@ -34,7 +34,7 @@ class _VoteModel(SklearnModel):
         self._index = None
 
 
-@register("ingest", order=32, supports=Supports(latent=True),
+@register("ingest", order=32, supports=Supports(latent=True, per_cell=False),
           description="scanpy ingest: query projected on the reference PCA, majority vote of the 15 nearest "
                       "reference cells; confidence = the vote share.",
           hparams={

@@ -43,7 +43,7 @@ def seurat_unavailable() -> str | None:
     return None
 
 
-@register("seurat", order=35, supports=Supports(latent=True), available=seurat_unavailable,
+@register("seurat", order=35, supports=Supports(latent=True, per_cell=False), available=seurat_unavailable,
           description="Seurat v4 anchors (FindTransferAnchors + TransferData) via Rscript; needs R with Seurat.",
           hparams={
               "dims": HParam(30, "PCA dimensions used for anchors", low=2, high=100),

@@ -1,0 +1,140 @@
+"""Atlas-scale figures (issue 15): wall time and peak memory of ``cellannot predict`` with a saved
+default-model bundle over a series of query sizes, and the fitted growth exponent.
+
+    CELLANNOT_NUM_THREADS=2 .venv/bin/python bench/scale.py                       # 10k, 100k, 1M cells
+    .venv/bin/python bench/scale.py --sizes 10000 100000                          # a shorter series
+
+The bundle is the default model (``scanvi_svm``) trained on kang_ctrl (8,684 cells) with pbmc3k
+as its query (cached in ``bench/results/scale/bundle``). Query files are made by resampling
+pbmc3k's 2,638 cells with replacement and thinning each new cell's counts binomially (a
+per-cell keep rate drawn from U(0.5, 1), so no two cells are equal and libraries vary), all
+13,714 genes kept, written as CSR ``.h5ad`` without compression in chunks (cached in
+``bench/results/scale/``; about 5 GB at a million cells). Each ``predict`` runs in its own
+process (``python -m cellannot_core predict``); peak RSS is that process's maximum resident
+set (``wait4``), time is its wall time, both printed per size, then the exponent ``b`` of the
+least-squares fit ``time = a * n^b`` over the series.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("CELLANNOT_SHARED_DATA", ROOT.parent / "shared" / "data"))
+OUT = ROOT / "bench" / "results" / "scale"
+LABEL_KEY = "cell_type_harmonized"
+
+
+def bundle(seed: int = 0) -> Path:
+    d = OUT / "bundle"
+    if (d / "bundle.json").is_file():
+        return d
+    from cellannot_core.pipeline import AnnotateOptions, bundle_info, prepare_data, save_bundle, train_model
+
+    opts = AnnotateOptions(label_key=LABEL_KEY, seed=seed)
+    t0 = time.time()
+    prep = prepare_data(str(DATA / "kang_pbmc_ctrl_8684.h5ad"), str(DATA / "pbmc3k_seurat_2638.h5ad"), opts)
+    model = train_model(prep, opts)
+    save_bundle(d, model, bundle_info(model, prep, opts))
+    print(f"trained the bundle in {time.time() - t0:.0f} s", flush=True)
+    return d
+
+
+def make_query(n: int, seed: int = 0, chunk: int = 50_000) -> Path:
+    """``n`` cells resampled from pbmc3k with binomial thinning, as a CSR .h5ad (cached)."""
+    import anndata as ad
+    import h5py
+    import pandas as pd
+    from anndata.io import write_elem
+
+    path = OUT / f"query_{n}.h5ad"
+    if path.is_file():
+        return path
+    src = ad.read_h5ad(DATA / "pbmc3k_seurat_2638.h5ad")
+    X = src.X.tocsr().astype(np.float32)
+    rng = np.random.default_rng(seed)
+    tmp = path.with_suffix(".tmp")
+    OUT.mkdir(parents=True, exist_ok=True)
+    with h5py.File(tmp, "w") as f:
+        f.attrs["encoding-type"], f.attrs["encoding-version"] = "anndata", "0.1.0"
+        g = f.create_group("X")
+        g.attrs["encoding-type"], g.attrs["encoding-version"] = "csr_matrix", "0.1.0"
+        g.attrs["shape"] = (n, X.shape[1])
+        data = g.create_dataset("data", shape=(0,), maxshape=(None,), dtype="f4", chunks=(1 << 18,))
+        indices = g.create_dataset("indices", shape=(0,), maxshape=(None,), dtype="i4", chunks=(1 << 18,))
+        indptr = g.create_dataset("indptr", shape=(n + 1,), dtype="i8")
+        indptr[0] = 0
+        nnz = 0
+        for start in range(0, n, chunk):
+            m = min(chunk, n - start)
+            rows = X[rng.integers(0, X.shape[0], m)]
+            keep = np.repeat(rng.uniform(0.5, 1.0, m), np.diff(rows.indptr))
+            rows.data = rng.binomial(rows.data.astype(np.int64), keep).astype(np.float32)
+            rows.eliminate_zeros()
+            data.resize((nnz + rows.nnz,))
+            indices.resize((nnz + rows.nnz,))
+            data[nnz:] = rows.data
+            indices[nnz:] = rows.indices
+            indptr[start + 1:start + m + 1] = nnz + rows.indptr[1:]
+            nnz += rows.nnz
+        write_elem(f, "obs", pd.DataFrame(index=pd.Index([f"cell{i}" for i in range(n)])))
+        write_elem(f, "var", pd.DataFrame(index=src.var_names.copy()))
+        for key in ("obsm", "varm", "obsp", "varp", "layers", "uns"):
+            write_elem(f, key, {})
+    os.replace(tmp, path)
+    return path
+
+
+def run_predict(model_dir: Path, query: Path, out: Path) -> tuple[float, float, str]:
+    """Wall seconds, peak RSS (GB) and the last log line of one ``predict`` process."""
+    t0 = time.time()
+    p = subprocess.Popen([sys.executable, "-m", "cellannot_core", "predict", "--model", str(model_dir),
+                          "--query", str(query), "--out", str(out), "--device", "cpu"],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    assert p.stdout is not None
+    for line in p.stdout:
+        lines.append(line.rstrip())
+    _, status, usage = os.wait4(p.pid, 0)
+    secs = time.time() - t0
+    p.returncode = os.waitstatus_to_exitcode(status)
+    if p.returncode != 0:
+        print("\n".join(lines[-20:]))
+        raise SystemExit(f"predict failed on {query.name} (exit {p.returncode})")
+    return secs, usage.ru_maxrss / 1024 ** 2, lines[-1] if lines else ""
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    ap.add_argument("--keep-outputs", action="store_true", help="keep the annotated files (large)")
+    args = ap.parse_args()
+    if not DATA.is_dir():
+        sys.exit(f"error: benchmark data not found in {DATA}; set CELLANNOT_SHARED_DATA")
+    model_dir = bundle()
+    rows = []
+    print(f"{'query cells':>12s} {'file GB':>8s} {'wall s':>8s} {'peak RSS GB':>12s} {'us/cell':>8s}  result", flush=True)
+    for n in args.sizes:
+        q = make_query(n)
+        out = OUT / f"annotated_{n}.h5ad"
+        secs, rss, last = run_predict(model_dir, q, out)
+        if not args.keep_outputs:
+            out.unlink(missing_ok=True)
+        rows.append((n, secs, rss))
+        print(f"{n:12,d} {q.stat().st_size / 1e9:8.2f} {secs:8.1f} {rss:12.2f} {secs / n * 1e6:8.1f}  {last}",
+              flush=True)
+    if len(rows) >= 2:
+        n, t = np.log([r[0] for r in rows]), np.log([r[1] for r in rows])
+        b = np.polyfit(n, t, 1)[0]
+        print(f"\nfitted time ~ n^{b:.2f} over {', '.join(f'{r[0]:,}' for r in rows)} cells; "
+              f"peak RSS max {max(r[2] for r in rows):.2f} GB")
+
+
+if __name__ == "__main__":
+    main()

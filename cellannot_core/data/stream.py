@@ -1,0 +1,145 @@
+"""An ``.h5ad`` query read in row chunks, never whole (issue 15: atlas-sized queries).
+
+:class:`H5adRows` opens the file with h5py (after :func:`~.io.guard_hdf5`: nothing outside
+the file is followed) and reads its raw counts a block of rows at a time through anndata's
+``sparse_dataset`` (CSR) or h5py slicing (dense). It reads ``obs`` and ``var`` whole; those
+count against the memory limit, the matrices do not (a chunk of 20,000 cells of a 2,000-gene
+model is 160 MB dense). The counts are found where :func:`~.values.get_counts` looks (``X``,
+then ``layers['counts']`` and the other count layers, then ``raw/X``), judged on the first
+rows. A matrix stored by columns (CSC) cannot be read by rows without reading it whole:
+:class:`NotStreamable` says so and the caller reads the file the usual way.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from ..errors import DataError
+from .io import guard_hdf5
+from .values import COUNT_LAYERS, detect_value_state
+
+__all__ = ["CHUNK_CELLS", "H5adRows", "NotStreamable"]
+
+CHUNK_CELLS = 20_000
+
+
+class NotStreamable(Exception):
+    """This file cannot be read by rows (the reason is the message); read it whole instead."""
+
+
+class H5adRows:
+    """Row chunks of an ``.h5ad``'s raw counts, with its cell and gene names.
+
+    ``obs_names`` (str), ``var`` (a DataFrame indexed by the gene names the counts' columns
+    carry), ``source`` (where the counts were found) and ``n_obs``; :meth:`chunks` yields
+    ``(start, csr float32 chunk)``. Use as a context manager or call :meth:`close`.
+    """
+
+    def __init__(self, path: str | Path, *, name: str = "query") -> None:
+        import h5py
+        from anndata.io import read_elem
+
+        path = Path(path)
+        label = f"{name} file '{path.name}'"
+        self.name = name
+        if not path.is_file():
+            raise DataError(f"{name} file '{path}' does not exist. Check the path.")
+        if not path.name.lower().endswith(".h5ad"):
+            raise NotStreamable("only .h5ad files are read in chunks")
+        guard_hdf5(path, label, whole=("obs", "var", "raw/var"))
+        try:
+            self._f = h5py.File(path, "r")
+        except Exception as exc:
+            raise DataError(f"could not read {label} as h5ad: {type(exc).__name__}. The file may be truncated.") from None
+        try:
+            f = self._f
+            self.obs = read_elem(f["obs"])
+            var = read_elem(f["var"])
+            candidates = [("X", f.get("X"), var, "X")]
+            candidates += [(f"layers['{k}']", f["layers"].get(k), var, k) for k in COUNT_LAYERS
+                           if "layers" in f and k in f["layers"]]
+            if "raw" in f and "X" in f["raw"] and "var" in f["raw"]:
+                candidates.append(("raw.X", f["raw"]["X"], read_elem(f["raw"]["var"]), "raw"))
+        except Exception as exc:
+            self.close()
+            raise DataError(f"could not read {label} as h5ad: {type(exc).__name__}. The file may be truncated or "
+                            "not an AnnData file.") from None
+        self.n_obs = len(self.obs)
+        self._matrix = None
+        try:
+            for where, elem, v, _ in candidates:
+                if elem is None:
+                    continue
+                m = self._open(elem, label)
+                if m.shape[0] != self.n_obs or m.shape[1] != len(v):
+                    raise DataError(f"{label} is damaged: its {where} has shape {m.shape} for {self.n_obs} cells "
+                                    f"and {len(v)} genes. Save it again with anndata.")
+                if detect_value_state(self._read(m, 0, min(self.n_obs, 1000))) == "counts":
+                    self._matrix, self.var, self.source = m, v, f"raw counts from {where} ({len(v)} genes)"
+                    break
+        except (DataError, NotStreamable):
+            self.close()
+            raise
+        except Exception as exc:
+            self.close()
+            raise DataError(f"could not read {label} as h5ad: {type(exc).__name__}. The file may be truncated or "
+                            "damaged.") from None
+        if self._matrix is None:
+            self.close()
+            raise DataError(f"the {name} has no raw counts (looked in X, layers {', '.join(COUNT_LAYERS)} and raw.X). "
+                            "Predicting needs the raw counts: load the unnormalised data.")
+        self.var.index = pd.Index([str(g) for g in self.var.index])
+        self.obs_names = np.asarray([str(c) for c in self.obs.index], dtype=object)
+
+    def _open(self, elem, label: str):
+        import h5py
+        from anndata.io import sparse_dataset
+
+        if isinstance(elem, h5py.Dataset):
+            if elem.ndim != 2:
+                raise DataError(f"{label} is damaged: its matrix is not two-dimensional. Save it again with anndata.")
+            return elem
+        enc = elem.attrs.get("encoding-type", "")
+        enc = enc.decode() if isinstance(enc, bytes) else str(enc)
+        if enc == "csc_matrix":
+            raise NotStreamable("the counts are stored by columns (CSC)")
+        if enc != "csr_matrix":
+            raise DataError(f"{label} holds a matrix of an unknown kind ({enc[:40] or 'no encoding'}). "
+                            "Save it again with anndata.")
+        return sparse_dataset(elem)
+
+    @staticmethod
+    def _read(m, start: int, stop: int) -> sp.csr_matrix:
+        block = m[start:stop]
+        out = sp.csr_matrix(block, dtype=np.float32) if sp.issparse(block) else sp.csr_matrix(
+            np.asarray(block, dtype=np.float32))
+        return out
+
+    def chunks(self, size: int = CHUNK_CELLS) -> Iterator[tuple[int, sp.csr_matrix]]:
+        """``(first row, CSR float32 counts)`` for consecutive blocks of ``size`` cells."""
+        size = max(1, int(size))
+        for start in range(0, self.n_obs, size):
+            stop = min(self.n_obs, start + size)
+            try:
+                block = self._read(self._matrix, start, stop)
+                block.check_format(full_check=True)
+            except Exception as exc:
+                raise DataError(f"could not read cells {start}-{stop} of the {self.name}: {type(exc).__name__}. "
+                                "The file may be truncated or damaged.") from None
+            yield start, block
+
+    def close(self) -> None:
+        f = getattr(self, "_f", None)
+        if f is not None:
+            f.close()
+            self._f = None
+
+    def __enter__(self) -> "H5adRows":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

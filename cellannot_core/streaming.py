@@ -1,0 +1,139 @@
+"""Labelling a query file too large for memory, a chunk of cells at a time (issue 15).
+
+:func:`predict_file` reads an ``.h5ad`` query in row chunks (:class:`~.data.stream.H5adRows`),
+normalises each chunk as :func:`~.data.prepare_query` does (the same functions), and keeps per
+cell only what the decision needs: the model's per-cell logits (:meth:`Model.cell_logits`),
+the latent codes and the novelty score. The query-level steps then run on those small arrays:
+the label smoothing and the novelty rule use the query's neighbour graph in the latent space,
+which for a large query searches a fixed pool of cells (:class:`~.novelty.QueryGraph`), so
+time and memory grow linearly with the cells. The result is written into a copy of the input
+file (obs columns, obsm, uns as :func:`~.pipeline.write_annotations` puts them), also without
+reading the matrices. Peak memory: the model, one chunk (``chunk_cells`` x model genes dense
+float32, 160 MB at 20,000 cells and 2,000 genes) and a few dozen numbers per cell.
+
+Models whose labels of a cell depend on the other cells in a way that needs their expression
+(``Supports.per_cell`` False: ``seurat``, ``ingest``), files that are not ``.h5ad`` or store
+their counts by columns are read whole instead (:func:`~.pipeline.predict_with_bundle`), within
+the memory limit, and the log says why.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .data.stream import CHUNK_CELLS, H5adRows, NotStreamable
+
+__all__ = ["predict_file", "stream_predictions", "write_annotations_file"]
+
+
+def stream_predictions(model, bundle: dict[str, Any], rows: H5adRows, *, threshold: float | None = None,
+                       chunk_cells: int = CHUNK_CELLS, log: Callable[[str], None] = lambda s: None):
+    """Predictions (:class:`~.pipeline.Predictions`, with only the model's own novelty score) and
+    the query report for the cells of ``rows``, read ``chunk_cells`` at a time."""
+    import pandas as pd
+
+    from .data import lognormalize, match_genes
+    from .data.validate import check_not_empty, check_values
+    from .pipeline import decide
+
+    genes = [str(g) for g in bundle["genes"]]
+    min_shared = int(bundle.get("min_shared_genes", 200))
+    check_not_empty(rows.n_obs, len(rows.var), name="query")
+    gm = match_genes(pd.DataFrame(index=pd.Index(genes)), rows.var, min_shared=min_shared)
+    total_cols = None
+    if bundle.get("norm_genes") is not None:
+        nm = match_genes(pd.DataFrame(index=pd.Index([str(g) for g in bundle["norm_genes"]])), rows.var,
+                         min_shared=min_shared)
+        total_cols = nm.query_idx
+    own = model.model_scores()
+    method = model.ood_method
+    logits, latent, chunk_scores = [], [], []
+    for start, counts in rows.chunks(chunk_cells):
+        check_values(counts, name="query", state="counts")
+        logx = lognormalize(counts, gm.query_idx, total_cols=total_cols)
+        X = np.zeros((counts.shape[0], len(genes)), dtype=np.float32)
+        X[:, gm.ref_idx] = logx.toarray()
+        cl, z = model.cell_logits(X), model.latent(X)
+        logits.append(np.asarray(cl, dtype=np.float32))
+        latent.append(np.asarray(z, dtype=np.float32))
+        if method in own:  # a model's own score (e.g. elbo) is per cell and needs the expression
+            chunk_scores.append(model.ood_scores(X, [method], logits=cl, latent=z)[method])
+        log(f"read and encoded {start + counts.shape[0]:,} of {rows.n_obs:,} cells")
+    logits_all = np.concatenate(logits) if logits else np.zeros((0, model.n_classes), dtype=np.float32)
+    latent_all = np.concatenate(latent) if latent else np.zeros((0, 0), dtype=np.float32)
+    del logits, latent
+    query_logits = model.query_logits(logits_all, latent_all)
+    if method in own:
+        scores = {method: np.concatenate(chunk_scores)}
+    else:
+        scores = model.ood_scores(None, [method], logits=query_logits, latent=latent_all)
+    preds = decide(model, query_logits, latent_all, scores, threshold=threshold)
+    warns = [] if gm.n_shared == len(genes) else [
+        f"{len(genes) - gm.n_shared} model genes are missing from the query and were set to zero"]
+    report = {"message": f"{gm.n_shared} of {len(genes)} model genes found in the query ({gm.mode})",
+              "n_shared": gm.n_shared, "n_model_genes": len(genes), "approximate": gm.approximate,
+              "warnings": warns, "n_cells_input": rows.n_obs, "n_genes": len(rows.var), "counts_source": rows.source,
+              "read_in_chunks_of": int(chunk_cells)}
+    return preds, report
+
+
+def write_annotations_file(src: Path, out: Path, preds, card: dict[str, Any]) -> None:
+    """A copy of the ``.h5ad`` at ``src`` with the annotations of :func:`~.pipeline.write_annotations`
+    (its obs columns, obsm arrays and uns card), written at ``out`` atomically; the matrices are
+    copied as bytes, never read."""
+    import anndata as ad
+    import h5py
+    from anndata.io import read_elem, write_elem
+
+    from .pipeline import write_annotations, write_atomic
+
+    def write(tmp: Path) -> None:
+        shutil.copyfile(src, tmp)
+        with h5py.File(tmp, "r+") as f:
+            holder = ad.AnnData(obs=read_elem(f["obs"]))
+            write_annotations(holder, preds, card)
+            del f["obs"]
+            write_elem(f, "obs", holder.obs)
+            for group, values in (("obsm", holder.obsm), ("uns", holder.uns)):
+                if group not in f:
+                    write_elem(f, group, {})
+                for key, value in values.items():
+                    if key in f[group]:
+                        del f[group][key]
+                    write_elem(f[group], key, value)
+
+    write_atomic(Path(out), write)
+
+
+def predict_file(model_dir: str | Path, query: str | Path, *, out: str | Path, device: str = "auto",
+                 threshold: float | None = None, chunk_cells: int = CHUNK_CELLS,
+                 log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+    """Label the query file ``query`` with the saved bundle in ``model_dir`` and write the
+    annotated query to ``out``, in chunks when the model and the file allow (see the module
+    docstring), else whole. Returns ``{"n_obs", "unknown_fraction", "streamed"}``."""
+    from .pipeline import load_bundle, predict_with_bundle, prediction_card
+
+    model, bundle = load_bundle(model_dir, device=device)
+    reason = None if model.spec.supports.per_cell else f"{model.name} labels a query as a whole"
+    rows = None
+    if reason is None:
+        try:
+            rows = H5adRows(query, name="query")
+        except NotStreamable as err:
+            reason = str(err)
+    if rows is None:
+        log(f"reading the whole query into memory ({reason})")
+        adata = predict_with_bundle(model_dir, query, out=out, device=device, threshold=threshold, log=log)
+        return {"n_obs": adata.n_obs, "unknown_fraction": float(adata.obs["cellannot_is_unknown"].mean()),
+                "streamed": False}
+    with rows:
+        preds, report = stream_predictions(model, bundle, rows, threshold=threshold, chunk_cells=chunk_cells,
+                                           log=log)
+    log(report["message"])
+    card = prediction_card(model, preds, report)
+    card["model_dir"] = str(model_dir)
+    write_annotations_file(Path(query), Path(out), preds, card)
+    return {"n_obs": len(preds.label), "unknown_fraction": card["unknown_fraction"], "streamed": True}
