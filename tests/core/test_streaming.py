@@ -1,0 +1,129 @@
+"""A query labelled in chunks from its file (issue 15): the same labels as the whole query in
+memory, the file's matrices untouched, the query graph's pool for large queries, and the files
+that cannot be read by rows falling back to the whole read."""
+from __future__ import annotations
+
+import anndata as ad
+import h5py
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from cellannot_core._constants import OutKeys
+from cellannot_core.data.stream import H5adRows, NotStreamable
+from cellannot_core.errors import DataError
+from cellannot_core.novelty import QueryGraph, graph_smooth, query_clusters
+from cellannot_core.pipeline import (AnnotateOptions, bundle_info, predict_with_bundle, prepare_data, save_bundle,
+                                     train_model)
+from cellannot_core.streaming import predict_file
+from conftest import demo_subset
+
+LABEL = "cell_type_harmonized"
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    ref, qry = demo_subset(300, 400, seed=3)
+    opts = AnnotateOptions(label_key=LABEL, seed=0, device="cpu", max_epochs=3, n_top_genes=400)
+    prep = prepare_data(ref, qry, opts)
+    model = train_model(prep, opts)
+    d = tmp_path_factory.mktemp("bundle") / "model"
+    save_bundle(d, model, bundle_info(model, prep, opts))
+    q = tmp_path_factory.mktemp("query") / "query.h5ad"
+    qry.X = sp.csr_matrix(qry.X)
+    qry.write_h5ad(q)
+    return d, q, qry
+
+
+def _labels(a: ad.AnnData, key: str = OutKeys.LABEL) -> list[str]:
+    return [str(v) for v in a.obs[key]]
+
+
+def test_streamed_predict_equals_the_whole_query(bundle, tmp_path):
+    d, q, qry = bundle
+    whole = predict_with_bundle(d, q, device="cpu")
+    logs: list[str] = []
+    res = predict_file(d, q, out=tmp_path / "out.h5ad", device="cpu", chunk_cells=70, log=logs.append)
+    assert res["streamed"] and res["n_obs"] == qry.n_obs
+    assert sum("read and encoded" in s for s in logs) == int(np.ceil(qry.n_obs / 70))  # really in chunks
+    out = ad.read_h5ad(tmp_path / "out.h5ad")
+    assert list(out.obs_names) == list(qry.obs_names)
+    assert _labels(out) == _labels(whole) and _labels(out, OutKeys.LABEL_RAW) == _labels(whole, OutKeys.LABEL_RAW)
+    np.testing.assert_allclose(out.obs[OutKeys.OOD_SCORE], whole.obs[OutKeys.OOD_SCORE], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(out.obsm[OutKeys.PROBA], whole.obsm[OutKeys.PROBA], atol=1e-5)
+    np.testing.assert_allclose(out.obsm[OutKeys.LATENT], whole.obsm[OutKeys.LATENT], atol=1e-5)
+    assert (out.X != qry.X).nnz == 0 and list(out.var_names) == list(qry.var_names)  # the file's data untouched
+    assert list(out.obs[LABEL].astype(str)) == list(qry.obs[LABEL].astype(str))  # its own obs kept
+    card = out.uns[OutKeys.UNS]
+    assert card["query_report"]["read_in_chunks_of"] == 70
+    assert card["unknown_fraction"] == pytest.approx(float(np.mean(whole.obs[OutKeys.IS_UNKNOWN])))
+
+
+def test_counts_found_in_a_layer_beside_lognormalised_X(bundle, tmp_path):
+    d, q, qry = bundle
+    a = qry.copy()
+    a.layers["counts"] = a.X.copy()
+    a.X = a.X.copy()
+    a.X.data = np.log1p(a.X.data / 3.0).astype(np.float32)
+    p = tmp_path / "layer.h5ad"
+    a.write_h5ad(p)
+    with H5adRows(p) as rows:
+        assert "layers['counts']" in rows.source
+    predict_file(d, p, out=tmp_path / "o1.h5ad", device="cpu", chunk_cells=150)
+    predict_file(d, q, out=tmp_path / "o2.h5ad", device="cpu", chunk_cells=150)
+    assert _labels(ad.read_h5ad(tmp_path / "o1.h5ad")) == _labels(ad.read_h5ad(tmp_path / "o2.h5ad"))
+
+
+def test_a_column_stored_matrix_is_read_whole_instead(bundle, tmp_path):
+    d, q, qry = bundle
+    a = qry.copy()
+    a.X = sp.csc_matrix(a.X)
+    p = tmp_path / "csc.h5ad"
+    a.write_h5ad(p)
+    with pytest.raises(NotStreamable):
+        H5adRows(p)
+    logs: list[str] = []
+    res = predict_file(d, p, out=tmp_path / "o.h5ad", device="cpu", log=logs.append)
+    assert not res["streamed"] and any("by columns" in s for s in logs)
+    assert _labels(ad.read_h5ad(tmp_path / "o.h5ad")) == _labels(predict_with_bundle(d, q, device="cpu"))
+
+
+def test_unreadable_query_files_get_one_line(bundle, tmp_path):
+    d, q, qry = bundle
+    a = qry.copy()
+    a.X.data = np.log1p(a.X.data).astype(np.float32)  # no counts anywhere
+    p = tmp_path / "lognorm.h5ad"
+    a.write_h5ad(p)
+    with pytest.raises(DataError, match="no raw counts"):
+        predict_file(d, p, out=tmp_path / "o.h5ad", device="cpu")
+    linked = tmp_path / "linked.h5ad"
+    qry.write_h5ad(linked)
+    with h5py.File(linked, "a") as f:
+        f["uns"]["secret"] = h5py.ExternalLink("/etc/passwd", "/")
+    with pytest.raises(DataError, match="external link"):
+        predict_file(d, linked, out=tmp_path / "o.h5ad", device="cpu")
+    assert not (tmp_path / "o.h5ad").exists()
+
+
+def test_query_graph_pool_for_large_queries():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(4, 6)) * 6
+    y = rng.integers(0, 4, 3000)
+    z = (centres[y] + rng.normal(size=(3000, 6))).astype(np.float32)
+    exact = QueryGraph(z)
+    assert exact.pool is None and exact.n_pool == 3000
+    pooled = QueryGraph(z, pool_max=500)
+    assert pooled.n_pool == 500 and len(np.unique(pooled.pool)) == 500
+    assert pooled.idx.shape == (3000, 16) and pooled.idx.max() < 500
+    # the pool's neighbours are real neighbours: smoothed type indicators stay with the type
+    onehot = np.eye(4)[y]
+    agree = (pooled.smooth(onehot).argmax(1) == y).mean()
+    assert agree > 0.99 and (exact.smooth(onehot).argmax(1) == y).mean() > 0.99
+    # clusters cover every cell and follow the types
+    cl = pooled.clusters()
+    assert cl.shape == (3000,)
+    purity = sum(np.bincount(y[cl == k]).max() for k in np.unique(cl)) / len(y)
+    assert purity > 0.98
+    # graph_smooth and query_clusters use the shared graph: the same values as the exact one
+    np.testing.assert_allclose(graph_smooth(z, onehot), exact.smooth(onehot))
+    np.testing.assert_array_equal(query_clusters(z), exact.clusters())
