@@ -154,11 +154,17 @@ def cmd_train(args) -> int:
     from .pipeline import bundle_info, prepare_data, save_bundle, train_model
     from .training import PrintProgress
 
+    from .training import distributed
+
+    args.device = distributed.init_from_env(args.device)  # under torchrun: join the process group
+    main_process = distributed.is_main()
     opts = _options(args)
     ref = read_dataset(args.reference, name="reference")
     qry = read_dataset(args.query, name="query") if args.query else ref
     prepared = prepare_data(ref, qry, opts)
-    model = train_model(prepared, opts, [PrintProgress(_log)])
+    model = train_model(prepared, opts, [PrintProgress(_log)] if main_process else [])
+    if not main_process:  # rank 0 writes the bundle
+        return 0
     d = save_bundle(Path(args.save_model), model, bundle_info(model, prepared, opts))
     cal = model.calibration
     _log(f"validation accuracy {cal.get('val_accuracy', float('nan')):.4f}, ECE {cal.get('ece_after', float('nan')):.4f}; "
@@ -291,6 +297,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .errors import CellannotError
 
     args = build_parser().parse_args(argv)
+    from .training.distributed import launched
+
+    if launched() and args.command != "train":
+        print(f"error: `{args.command}` runs in one process; under torchrun use `train` (then `predict` with the "
+              "saved model)", file=sys.stderr)
+        return 2
     try:
         return COMMANDS[args.command](args)
     except CellannotError as err:

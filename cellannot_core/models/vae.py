@@ -173,7 +173,9 @@ class GenerativeModel(TorchModel):
         self._train_rows = rows
         self._val_rows = self._rows([val], [REFERENCE], [True])
         cfg = self.train_config()
-        self._steps_per_epoch = max(1, int(np.ceil(len(rows) / cfg.batch_size)))
+        from ..training.distributed import steps_per_epoch
+
+        self._steps_per_epoch = steps_per_epoch(len(rows), cfg.batch_size)
         from ..training import fit as train_loop
 
         info = {"model": self.name, "n_train": int(train.n_obs), "n_unlabelled": int(len(rows) - train.n_obs),

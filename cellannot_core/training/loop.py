@@ -1,7 +1,8 @@
 """The one training loop: mini-batches, validation, early stopping, divergence guard, cancel.
 
 Every neural model implements :class:`Trainable`; the loop owns the optimisers, epochs,
-best-state keeping, progress callbacks and what happens when the loss diverges.
+best-state keeping, progress callbacks and what happens when the loss diverges. Under ``torchrun`` it trains data-parallel
+(:mod:`.distributed`): each process takes its shard of every epoch and gradients are averaged.
 
 One optimiser or several: a module that trains parts of itself on different losses (an energy
 model beside its generator, as VERA; a GAN-like pair) declares ``param_groups()`` (name ->
@@ -23,6 +24,8 @@ import torch
 
 from ..errors import Cancelled, TrainingDiverged
 from .callbacks import any_finish, any_stop, call
+from .distributed import any_rank, average_gradients, broadcast_buffers, local_batch, shard, world
+from .distributed import steps_per_epoch as distributed_steps
 
 DIVERGENCE_BOUND = 1e8
 
@@ -103,15 +106,19 @@ def _step(opts: dict[str, tuple[torch.optim.Optimizer, list]], losses: Any, cfg:
     """Backward and step each group's loss in turn (a callable loss is evaluated when its turn comes)."""
     if not isinstance(losses, dict):
         losses = {next(iter(opts)): losses}
+    distributed = world()[1] > 1
     for name, loss in losses.items():
         if name not in opts:
             raise KeyError(f"training_step returned a loss for {name!r}, which is not a parameter group")
         loss = loss() if callable(loss) else loss
-        _check_finite(loss, cfg.divergence_bound, epoch, step)
+        if not distributed:
+            _check_finite(loss, cfg.divergence_bound, epoch, step)
         opt, params = opts[name]
         for other, _ in opts.values():  # no group keeps gradients of another group's loss
             other.zero_grad(set_to_none=True)
         loss.backward()
+        if distributed:  # DDP's gradient average; the averaged loss is checked alike on every process
+            _check_finite(average_gradients(params, loss), cfg.divergence_bound, epoch, step)
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
@@ -132,8 +139,10 @@ def fit(module: Trainable, X: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, *
     t0 = time.time()
     hist = History()
     opts = _optimizers(module, cfg)
+    n_proc = world()[1]
     n = X.shape[0]
-    steps_per_epoch = max(1, math.ceil(n / cfg.batch_size))
+    steps_per_epoch = distributed_steps(n, cfg.batch_size)
+    batch = local_batch(cfg.batch_size)  # this process's share of the mini-batch
     total_steps = steps_per_epoch * cfg.max_epochs
     call(callbacks, "on_train_begin", {**(info or {}), "max_epochs": cfg.max_epochs,
                                        "steps_per_epoch": steps_per_epoch})
@@ -143,14 +152,14 @@ def fit(module: Trainable, X: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, *
     epoch = 0
     while epoch < cfg.max_epochs:
         t_epoch = time.time()
-        perm = torch.randperm(n, generator=generator).to(X.device)
+        perm = shard(torch.randperm(n, generator=generator)).to(X.device)  # the same order on every process
         sums: dict[str, float] = {}
         n_run = 0
         try:
             for b in range(steps_per_epoch):
                 if any_stop(callbacks):
                     raise Cancelled("training was cancelled")
-                idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+                idx = perm[b * batch:(b + 1) * batch]
                 if idx.numel() < 2:
                     continue
                 losses, logs = module.training_step(X[idx], y[idx], step)
@@ -176,6 +185,9 @@ def fit(module: Trainable, X: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, *
             hist.divergence_message = str(err)
             break
         logs = {k: v / max(1, n_run) for k, v in sums.items()}
+        net = getattr(module, "net", None)
+        if n_proc > 1 and isinstance(net, torch.nn.Module):
+            broadcast_buffers(net)
         with torch.no_grad():
             logs.update(module.validation_metrics())
         logs["epoch_seconds"] = time.time() - t_epoch
@@ -193,7 +205,7 @@ def fit(module: Trainable, X: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, *
                 epoch += 1
                 break
         epoch += 1
-        if epoch < cfg.max_epochs and any_finish(callbacks):  # e.g. a quick run's time budget
+        if epoch < cfg.max_epochs and any_rank(any_finish(callbacks)):  # e.g. a quick run's time budget
             hist.stopped_early = True
             hist.stop_reason = "time budget"
             break
