@@ -14,7 +14,8 @@ see bench/scvi_tools_scanvi.py).
 
 Prints one line per run, then per task and model the median and spread (min-max) over seeds
 of acc_in, f1_in, ece_in, auroc_ood, acc_open, reject_in, reject_novel, diverged and train
-seconds, plus the AUROC of every novelty score and per novel type. ``--json FILE`` saves all runs.
+seconds, and with ``seurat`` among the models each model's prepare + train + label seconds as a
+multiple of Seurat's (issue 15: ``--models scanvi_svm seurat --tasks kang_ctrl``), plus the AUROC of every novelty score and per novel type. ``--json FILE`` saves all runs.
 """
 from __future__ import annotations
 
@@ -59,11 +60,13 @@ def run_one(task: str, model: str, seed: int, hparams: dict, accept: float, max_
     opts = AnnotateOptions(label_key=LABEL_KEY, query_label_key=LABEL_KEY, model=model, hparams=dict(hparams),
                            seed=seed, device="auto", accept=accept, max_epochs=max_epochs,
                            shift_correction=shift_correction)
+    t_start = time.time()
     prep = prepare_data(ref, q, opts)
     t0 = time.time()
     m = train_model(prep, opts)
     secs = time.time() - t0
     p = predict(m, prep.query.X)  # validation threshold with the default shift correction
+    total = time.time() - t_start  # prepare + train + label the query: what annotate costs
     qm = query_metrics(prep, p, m.classes)
     labels = prep.query.labels
     known = labels != ""
@@ -71,6 +74,7 @@ def run_one(task: str, model: str, seed: int, hparams: dict, accept: float, max_
     score_auroc = {k: auroc(v[known], novel[known]) for k, v in p.scores.items()}
     score_acc_open = open_accuracy_per_score(m, prep, p, accept, shift_correction)
     return {"task": task, "model": model, "seed": seed, "train_seconds": round(secs, 1),
+            "annotate_seconds": round(total, 1),
             "diverged": bool(m.history.get("diverged", False)), "recoveries": m.history.get("recoveries", 0),
             "epochs": len(m.history.get("epochs", [])), "ood_method": m.ood_method,
             **{k: qm.get(k) for k in METRICS}, "per_type_auroc": qm.get("per_type_auroc", {}),
@@ -151,6 +155,13 @@ def main() -> None:
                 cells.append(f"{k} {np.nanmedian(v):.3f} [{np.nanmin(v):.3f}, {np.nanmax(v):.3f}]")
             div = sum(r["diverged"] for r in rs)
             print(f"{task} {model} (n={len(rs)}, diverged {div}/{len(rs)}): " + "; ".join(cells))
+        by_model = {m: [r["annotate_seconds"] for r in runs if r["task"] == task and r["model"] == m
+                        and "annotate_seconds" in r] for m in args.models}
+        if "seurat" in by_model and by_model["seurat"]:
+            ref_s = float(np.median(by_model["seurat"]))
+            print(f"{task} prepare + train + label, median seconds (runs back to back in this process): "
+                  + "; ".join(f"{m} {np.median(v):.1f} (x{np.median(v) / ref_s:.2f} Seurat's)"
+                              for m, v in by_model.items() if v))
     if args.json:
         Path(args.json).write_text(json.dumps(runs, indent=1, default=float))
 
