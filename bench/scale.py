@@ -3,6 +3,7 @@ default-model bundle over a series of query sizes, and the fitted growth exponen
 
     CELLANNOT_NUM_THREADS=2 .venv/bin/python bench/scale.py                       # 10k, 100k, 1M cells
     .venv/bin/python bench/scale.py --sizes 10000 100000                          # a shorter series
+    .venv/bin/python bench/scale.py --sizes --train-sizes 10000 50000 100000      # training only
 
 The bundle is the default model (``scanvi_svm``) trained on kang_ctrl (8,684 cells) with pbmc3k
 as its query (cached in ``bench/results/scale/bundle``). Query files are made by resampling
@@ -130,13 +131,72 @@ def run_predict(model_dir: Path, query: Path, out: Path) -> tuple[float, float, 
     return secs, usage.ru_maxrss / 1024 ** 2, lines[-1] if lines else ""
 
 
+def make_reference(n: int, seed: int = 0) -> Path:
+    """``n`` labelled cells resampled from kang_ctrl with binomial thinning (cached .h5ad)."""
+    import anndata as ad
+
+    path = OUT / f"reference_{n}.h5ad"
+    if path.is_file():
+        return path
+    src = ad.read_h5ad(DATA / "kang_pbmc_ctrl_8684.h5ad")
+    rng = np.random.default_rng(seed)
+    pick = rng.integers(0, src.n_obs, n)
+    X = src.X.tocsr()[pick].astype(np.float32)
+    keep = np.repeat(rng.uniform(0.5, 1.0, n), np.diff(X.indptr))
+    X.data = rng.binomial(X.data.astype(np.int64), keep).astype(np.float32)
+    X.eliminate_zeros()
+    out = ad.AnnData(X, obs=src.obs.iloc[pick][[LABEL_KEY]].reset_index(drop=True), var=src.var[[]].copy())
+    out.obs_names = [f"ref{i}" for i in range(n)]
+    OUT.mkdir(parents=True, exist_ok=True)
+    out.write_h5ad(path)
+    return path
+
+
+def run_train(ref: Path, out: Path) -> tuple[float, float, dict]:
+    """Wall seconds and peak RSS (GB) of one ``train`` process (the default model, pbmc3k as its
+    query), and the saved model's history."""
+    import json
+
+    t0 = time.time()
+    p = subprocess.Popen([sys.executable, "-m", "cellannot_core", "train", "--reference", str(ref), "--query",
+                          str(DATA / "pbmc3k_seurat_2638.h5ad"), "--label-key", LABEL_KEY, "--device", "cpu",
+                          "--save-model", str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert p.stdout is not None
+    lines = [line.rstrip() for line in p.stdout]
+    _, status, usage = os.wait4(p.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        print("\n".join(lines[-20:]))
+        raise SystemExit(f"train failed on {ref.name}")
+    hist = json.loads((out / "config.json").read_text())["history"]
+    return time.time() - t0, usage.ru_maxrss / 1024 ** 2, hist
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    ap.add_argument("--sizes", type=int, nargs="*", default=[10_000, 100_000, 1_000_000])
     ap.add_argument("--keep-outputs", action="store_true", help="keep the annotated files (large)")
+    ap.add_argument("--train-sizes", type=int, nargs="*", default=[],
+                    help="also train the default model on references of these sizes (kang_ctrl resampled), e.g. "
+                         "10000 50000 100000: wall time, peak RSS, epochs (the cells budget) and seconds per epoch")
     args = ap.parse_args()
     if not DATA.is_dir():
         sys.exit(f"error: benchmark data not found in {DATA}; set CELLANNOT_SHARED_DATA")
+    if args.train_sizes:
+        print(f"{'reference':>10s} {'wall s':>8s} {'peak RSS GB':>12s} {'epochs':>7s} {'s/epoch':>8s} "
+              f"{'us/cell/epoch':>14s} {'val_acc':>8s}", flush=True)
+        per_epoch = []
+        for n in args.train_sizes:
+            secs, rss, hist = run_train(make_reference(n), OUT / f"trained_{n}")
+            ep = hist["epochs"]
+            spe = float(np.median([e["epoch_seconds"] for e in ep]))
+            per_epoch.append((n, spe))
+            print(f"{n:10,d} {secs:8.1f} {rss:12.2f} {len(ep):7d} {spe:8.2f} {spe / (n + 2638) * 1e6:14.1f} "
+                  f"{ep[-1].get('val_acc', float('nan')):8.3f}", flush=True)
+        if len(per_epoch) >= 2:
+            b = np.polyfit(np.log([r[0] for r in per_epoch]), np.log([r[1] for r in per_epoch]), 1)[0]
+            print(f"seconds per epoch ~ n^{b:.2f}\n")
+    if not args.sizes:
+        return
     model_dir = bundle()
     rows = []
     import json

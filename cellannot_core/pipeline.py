@@ -91,6 +91,8 @@ def train_model(prepared: Prepared, opts: AnnotateOptions, callbacks: Sequence[A
         raise ConfigError(f"model {opts.model} needs raw counts but the reference has none; pick another model")
     model = create_model(opts.model, prepared.n_genes, prepared.classes, seed=opts.seed, device=opts.device,
                          hparams=opts.model_hparams())
+    if not spec.supports.sparse:
+        prepared = densified(prepared, opts.model)
     if opts.max_train_seconds is not None:
         from .training import TimeBudget
 
@@ -101,10 +103,35 @@ def train_model(prepared: Prepared, opts: AnnotateOptions, callbacks: Sequence[A
     return model
 
 
+def densified(prepared: Prepared, model_name: str) -> Prepared:
+    """``prepared`` with dense splits, for a model that needs its data dense; a sparse (large)
+    dataset is expanded only when it fits the memory limit, else one line says what to do."""
+    import dataclasses
+
+    from .data import dense
+    from .data.io import memory_limit_bytes
+    from .errors import DataError
+
+    splits = {k: getattr(prepared, k) for k in ("train", "val", "query")}
+    if not any(s.is_sparse for s in splits.values()):
+        return prepared
+    need = sum(s.n_obs for s in splits.values() if s.is_sparse) * prepared.n_genes * 4
+    if need > memory_limit_bytes():
+        raise DataError(f"model {model_name} needs the data dense in memory ({need / 1024**3:.1f} GiB), above this "
+                        f"server's limit of {memory_limit_bytes() / 1024**3:.1f} GiB (CELLANNOT_MEMORY_LIMIT_GB): "
+                        "use scanvi_svm or another model that reads large data sparse, or subsample the cells")
+    out = {k: dataclasses.replace(s, X=dense(s.X)) if s.is_sparse else s for k, s in splits.items()}
+    return dataclasses.replace(prepared, **out)
+
+
 def predict(model, X: np.ndarray, *, threshold: float | None = None) -> Predictions:
     """Label cells: calibrated probabilities, novelty scores (all methods) and rejection."""
     from .novelty import OOD_METHODS
 
+    if hasattr(X, "toarray") and not model.spec.supports.sparse:
+        from .data import dense
+
+        X = dense(X)
     logits = model.logits(X)
     latent = model.latent(X)
     scores = model.ood_scores(X, OOD_METHODS, logits=logits, latent=latent)

@@ -9,7 +9,7 @@ Typical use::
 """
 from __future__ import annotations
 
-from ._types import Prepared, Split
+from ._types import Prepared, Split, dense
 from .genes import GeneMatch, match_genes
 from .io import SUPPORTED_EXTENSIONS, SUPPORTED_FORMATS, read_dataset, read_uploaded, sanitize_filename
 from .prepare import QC_KEYS, TARGET_SUM, lognormalize, prepare, prepare_query, stratified_split, summarize_dataset
@@ -25,6 +25,7 @@ __all__ = [
     "GeneMatch",
     "Prepared",
     "Split",
+    "dense",
     "detect_value_state",
     "get_counts",
     "lognormalize",

@@ -15,7 +15,9 @@ class Split:
     Attributes
     ----------
     X
-        Dense float32 (cells x genes): library-size normalised (target 1e4) + log1p.
+        float32 (cells x genes): library-size normalised (target 1e4) + log1p. Dense, or CSR for
+        a large dataset (:data:`~cellannot_core.data.prepare.DENSE_LIMIT_BYTES`); models that
+        declare ``Supports.sparse`` read it as it is, the others get it dense (:func:`dense`).
     counts
         CSR float32 raw counts of the same cells and genes (for count models).
     y
@@ -39,6 +41,23 @@ class Split:
     @property
     def n_obs(self) -> int:
         return int(self.X.shape[0])
+
+    @property
+    def is_sparse(self) -> bool:
+        return sp.issparse(self.X)
+
+    def rows(self, idx: np.ndarray) -> "Split":
+        """The cells at positions ``idx`` (a new Split; X dense)."""
+        idx = np.asarray(idx, dtype=np.int64)
+        pick = lambda v: None if v is None else v[idx]  # noqa: E731
+        return Split(X=dense(self.X[idx]), counts=sp.csr_matrix(self.counts[idx]), y=pick(self.y),
+                     obs_names=self.obs_names[idx], labels=pick(self.labels), index=pick(self.index))
+
+
+def dense(X: Any) -> np.ndarray:
+    """``X`` as a dense float32 array (sparse matrices are expanded)."""
+    X = X.toarray() if hasattr(X, "toarray") else X
+    return np.asarray(X, dtype=np.float32)
 
 
 @dataclass

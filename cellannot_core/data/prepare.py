@@ -240,9 +240,14 @@ def _shared_fraction(X: sp.csr_matrix, cols: np.ndarray) -> float:
     return round(float(np.median(shared[ok] / total[ok])), 4) if ok.any() else 0.0
 
 
+DENSE_LIMIT_BYTES = 2 * 1024**3  # a split whose dense X would be larger keeps X sparse (CSR)
+
+
 def _split(X: sp.csr_matrix, counts: sp.csr_matrix, rows, y, obs_names, labels, index) -> Split:
+    sub = X[rows]
+    big = sub.shape[0] * sub.shape[1] * 4 > DENSE_LIMIT_BYTES
     return Split(
-        X=np.asarray(X[rows].toarray(), dtype=np.float32),
+        X=sp.csr_matrix(sub, dtype=np.float32) if big else np.asarray(sub.toarray(), dtype=np.float32),
         counts=sp.csr_matrix(counts[rows], dtype=np.float32),
         y=None if y is None else np.asarray(y[rows], dtype=np.int64),
         obs_names=np.asarray(obs_names[rows]).astype(str),

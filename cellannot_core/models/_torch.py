@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data._types import Split
+from ..data._types import Split, dense
 from ..training import TrainConfig, fit, resolve_device, seed_everything
 from ._base import Model
 from ._scaling import SCALE_CLIP, Scaler
@@ -57,7 +57,7 @@ class TorchModel(Model):
         outs = []
         with torch.no_grad():
             for i in range(0, X.shape[0], batch):
-                xb = torch.as_tensor(np.asarray(X[i:i + batch], dtype=np.float32), device=self.device)
+                xb = torch.as_tensor(dense(X[i:i + batch]), device=self.device)
                 outs.append(fn(self.scaler(xb)).cpu().numpy())
         return np.concatenate(outs) if outs else np.zeros((0, 0), dtype=np.float32)
 

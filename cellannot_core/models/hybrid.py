@@ -32,7 +32,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..data import Split
+from ..data import Split, dense
 from ..calibration import softmax
 from ..novelty import GRAPH_K, OOD_METHODS, graph_smooth
 from ._base import Model
@@ -43,11 +43,37 @@ from .vae import ELBO, GenerativeModel, _is_counts
 LATENT_MODELS = ("auto", "scanvi", "clams")
 
 
+LABELLER_MAX = 50_000  # the SVM labeller learns from at most this many reference cells (stratified)
+
+
+def _dense_split(split: Split) -> Split:
+    import dataclasses
+
+    return dataclasses.replace(split, X=dense(split.X)) if split.is_sparse else split
+
+
+def _capped(split: Split, n_max: int, seed: int) -> Split:
+    """``split`` itself when it has at most ``n_max`` cells, else a seeded subsample keeping each
+    class's share (at least 50 cells of each, or all it has), dense. A linear SVM on 2,000 genes
+    needs tens of thousands of cells, not an atlas: this bounds its memory and time (one dense
+    copy of ``n_max`` cells) for a reference of any size; smaller references are unchanged."""
+    if split.n_obs <= n_max:
+        return split
+    rng = np.random.default_rng(seed)
+    y = np.asarray(split.y)
+    keep = []
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        k = min(len(idx), max(50, int(round(n_max * len(idx) / len(y)))))
+        keep.append(rng.choice(idx, k, replace=False))
+    return split.rows(np.sort(np.concatenate(keep)))
+
+
 def _has_counts(split: Split) -> bool:
     return split.counts is not None and split.n_obs > 0 and _is_counts(split)
 
 
-@register("scanvi_svm", order=-1, supports=Supports(latent=True, samples=True, semi_supervised=True),
+@register("scanvi_svm", order=-1, supports=Supports(latent=True, samples=True, semi_supervised=True, sparse=True),
           description="Recommended. Labels from a calibrated linear SVM on log-expression (best accuracy and "
                       "calibration in the bench); Unknown by the kNN distance to reference cells in scANVI's "
                       "latent space, trained on reference + query counts (best novelty detection). Without raw "
@@ -99,9 +125,9 @@ class ScanviSvm(Model):
         lm = self._latent()
         if lm.spec.supports.semi_supervised:
             lm.fit(train, val, callbacks, unlabelled=unlabelled)
-        else:
-            lm.fit(train, val, callbacks)
-        self.labeller.fit(train, val)
+        else:  # clams reads dense data
+            lm.fit(_dense_split(train), _dense_split(val), callbacks)
+        self.labeller.fit(_capped(train, LABELLER_MAX, self.seed), _capped(val, LABELLER_MAX // 4, self.seed))
         self.history = dict(lm.history)
         self.history["latent_model"] = self.hparams["latent_model"]
         self.history["labeller_val_acc"] = self.labeller.history["epochs"][-1]["val_acc"]
@@ -112,7 +138,7 @@ class ScanviSvm(Model):
         """Log of the SVM's calibrated probabilities, averaged over each cell's ``smooth_k``
         nearest neighbours in the latent space among the rows of ``X`` (a query is labelled as a
         whole: neighbours of one type agree, single-cell noise averages out)."""
-        if int(self.hparams["smooth_k"]) <= 1 or len(X) < 2:
+        if int(self.hparams["smooth_k"]) <= 1 or X.shape[0] < 2:
             return self.labeller.logits(X)
         return self.query_logits(self.cell_logits(X), self.latent(X))
 

@@ -67,6 +67,9 @@ class Supports:
     # a cell's cell_logits and latent do not depend on the other cells given, so a query can be
     # labelled in chunks (streaming.predict_file); False: the model needs the whole query in memory
     per_cell: bool = True
+    # fit/logits/latent take a CSR Split.X (a large reference stays sparse, densified a mini-batch at
+    # a time); False: pipeline.train_model gives the model dense splits, within the memory limit
+    sparse: bool = False
 
 
 @dataclass

@@ -53,15 +53,16 @@ from torch import nn
 
 from ..data._types import Split
 from ..distributions import LIKELIHOOD_HELP, likelihood_names
-from ..nn.generative import QUERY, REFERENCE, GenerativeNet, Rows, VAENet
+from ..nn.generative import QUERY, REFERENCE, GenerativeNet, Rows, SparseRows, VAENet
 from ..novelty import OOD_METHODS
 from ..training import TrainConfig
 from ._torch import TorchModel
 from .registry import HParam, Supports, register
 
 ELBO = "elbo"
+CELLS_BUDGET = 40 * 20_000  # cells_budget: 40 epochs of 20,000 cells
 GEN_OOD_METHODS = OOD_METHODS + (ELBO,)
-GEN_SUPPORTS = Supports(latent=True, samples=True, needs_counts=True, semi_supervised=True)
+GEN_SUPPORTS = Supports(latent=True, samples=True, needs_counts=True, semi_supervised=True, sparse=True)
 
 
 def _likelihood_help() -> str:
@@ -85,6 +86,12 @@ def common_hparams(*, likelihood: str = "zinb", max_epochs: int = 40, kl_warmup:
         "kl_warmup_epochs": HParam(kl_warmup, "epochs over which the KL weight rises linearly from 0 to 1 "
                                    "(0 = no warm-up)", low=0, high=10000, advanced=True),
         "max_epochs": HParam(max_epochs, "maximum training epochs", low=1, high=10000),
+        "cells_budget": HParam(CELLS_BUDGET, "an epoch budget that follows the data size: at most this many cells "
+                               "are passed through training (epochs = min(max_epochs, ceil(budget / training "
+                               "cells)); the default, 40 epochs of 20,000 cells, changes nothing below 20,000 "
+                               "cells and keeps the number of gradient steps of a large reference about that of "
+                               "a 20,000-cell one, as scvi-tools' rule does; 0 = off)", low=0, high=10**12,
+                               advanced=True),
         "batch_size": HParam(128, "mini-batch size", low=8, high=4096),
         "lr": HParam(1e-3, "Adam learning rate", low=1e-6, high=1.0),
         "weight_decay": HParam(1e-6, "Adam weight decay", low=0.0, high=1.0, advanced=True),
@@ -127,7 +134,9 @@ class GenerativeModel(TorchModel):
         dense = counts.toarray() if hasattr(counts, "toarray") else np.asarray(counts)
         return torch.as_tensor(np.asarray(dense, dtype=np.float32), device=self.device)
 
-    def _rows(self, splits: Sequence[Split], batches: Sequence[int], labelled: Sequence[bool]) -> Rows:
+    def _rows(self, splits: Sequence[Split], batches: Sequence[int], labelled: Sequence[bool]) -> Rows | SparseRows:
+        if any(s.is_sparse for s in splits):
+            return self._sparse_rows(splits, batches, labelled)
         xs, targets, libs, bs, ys = [], [], [], [], []
         for s, b, lab in zip(splits, batches, labelled):
             n = s.n_obs
@@ -141,11 +150,33 @@ class GenerativeModel(TorchModel):
         cat = lambda t: torch.cat(t) if len(t) > 1 else t[0]  # noqa: E731
         return Rows(cat(xs), cat(targets), cat(libs), cat(bs), cat(ys))
 
+    def _sparse_rows(self, splits: Sequence[Split], batches: Sequence[int], labelled: Sequence[bool]) -> SparseRows:
+        """A large dataset's rows, kept sparse and densified per mini-batch (:class:`SparseRows`)."""
+        import scipy.sparse as sp
+
+        X = sp.vstack([sp.csr_matrix(s.X, dtype=np.float32) for s in splits], format="csr")
+        counts = sp.vstack([sp.csr_matrix(s.counts, dtype=np.float32) for s in splits], format="csr")
+        lib = np.maximum(np.asarray(counts.sum(axis=1), dtype=np.float32).reshape(-1, 1), 1.0)
+        b = np.concatenate([np.full(s.n_obs, v, dtype=np.int64) for s, v in zip(splits, batches)])
+        y = np.concatenate([np.asarray(s.y, dtype=np.int64) if lab and s.y is not None
+                            else np.full(s.n_obs, -1, dtype=np.int64) for s, lab in zip(splits, labelled)])
+        dev = self.device
+        return SparseRows(X, counts, torch.as_tensor(lib, device=dev), torch.as_tensor(b, device=dev),
+                          torch.as_tensor(y, device=dev),
+                          unit_max=self.net.gene_max if self.net.domain == "unit" else None, device=dev)
+
     def _fit_buffers(self, train: Split) -> None:
-        X = np.asarray(train.X, dtype=np.float32)
+        X = train.X if train.is_sparse else np.asarray(train.X, dtype=np.float32)
         net = self.net
-        net.gene_max.copy_(torch.as_tensor(np.maximum(X.max(0), 1e-3)))
-        net.expr_scale.copy_(torch.tensor(float(np.median(np.expm1(X).sum(1)))))
+        if train.is_sparse:  # the same statistics without expanding the matrix
+            gmax = np.asarray(X.max(axis=0).toarray()).ravel()
+            e = X.copy()
+            e.data = np.expm1(e.data)
+            expr = float(np.median(np.asarray(e.sum(axis=1)).ravel()))
+        else:
+            gmax, expr = X.max(0), float(np.median(np.expm1(X).sum(1)))
+        net.gene_max.copy_(torch.as_tensor(np.maximum(gmax, 1e-3), dtype=torch.float32))
+        net.expr_scale.copy_(torch.tensor(expr))
         lib = np.asarray(train.counts.sum(axis=1), dtype=np.float64).ravel()
         net.ref_library.copy_(torch.tensor(float(max(np.median(lib), 1.0))))
 
@@ -173,6 +204,9 @@ class GenerativeModel(TorchModel):
         self._train_rows = rows
         self._val_rows = self._rows([val], [REFERENCE], [True])
         cfg = self.train_config()
+        budget = int(h.get("cells_budget", 0))
+        if budget > 0:
+            cfg.max_epochs = min(cfg.max_epochs, max(1, -(-budget // len(rows))))
         from ..training.distributed import steps_per_epoch
 
         self._steps_per_epoch = steps_per_epoch(len(rows), cfg.batch_size)

@@ -17,9 +17,6 @@ N_BATCH = 2  # dataset covariate levels: reference, query
 REFERENCE, QUERY = 0, 1
 
 
-N_BATCH = 2  # dataset covariate levels: reference, query
-
-
 class Rows:
     """Everything a loss needs for a set of cells, as device tensors indexed by row."""
 
@@ -32,6 +29,30 @@ class Rows:
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
+
+
+class SparseRows:
+    """:class:`Rows` of a large dataset kept sparse: the log-expression and counts as CSR
+    matrices (on the CPU), densified a mini-batch at a time on indexing (the target is the
+    counts, or for a unit-domain likelihood ``X / gene_max`` clipped to [0, 1])."""
+
+    def __init__(self, X, counts, library: torch.Tensor, batch: torch.Tensor, y: torch.Tensor, *,
+                 unit_max: torch.Tensor | None, device: torch.device) -> None:
+        self.X, self.counts, self.library, self.batch, self.y = X, counts, library, batch, y
+        self.unit_max, self.device = unit_max, device
+
+    def __getitem__(self, idx) -> Rows:
+        rows = np.arange(len(self))[idx] if isinstance(idx, slice) else idx.detach().cpu().numpy()
+        x = torch.as_tensor(self.X[rows].toarray(), dtype=torch.float32, device=self.device)
+        if self.unit_max is not None:
+            target = (x / self.unit_max).clamp(0.0, 1.0)
+        else:
+            target = torch.as_tensor(self.counts[rows].toarray(), dtype=torch.float32, device=self.device)
+        t = torch.as_tensor(rows, device=self.library.device)
+        return Rows(x, target, self.library[t], self.batch[t], self.y[t])
+
+    def __len__(self) -> int:
+        return int(self.X.shape[0])
 
 
 class GenerativeNet(nn.Module):

@@ -7,7 +7,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ...data._types import Split
+from ...data._types import Split, dense
 from ...errors import Cancelled
 from ...novelty import OOD_METHODS
 from ...training.callbacks import any_stop, call
@@ -20,9 +20,9 @@ PROB_FLOOR = 1e-4  # log-probabilities of vote/probability models are floored he
 # ------------------------------------------------------------------------------ shared helpers
 
 
-def _dense(X: Any) -> np.ndarray:
-    X = X.toarray() if hasattr(X, "toarray") else X
-    return np.asarray(X, dtype=np.float32)
+_dense = dense  # the shared rule (data._types.dense)
+
+LOGITS_CHUNK = 20_000  # cells per block when labelling (a large reference is labelled in blocks)
 
 
 def _log_proba(p: np.ndarray) -> np.ndarray:
@@ -104,8 +104,13 @@ class SklearnModel(Model):
         return self.history
 
     def logits(self, X: np.ndarray) -> np.ndarray:
-        """Log-probabilities (floored at 1e-4), so ``softmax(logits)`` = the probabilities."""
-        return _log_proba(self._proba(_dense(X)))
+        """Log-probabilities (floored at 1e-4), so ``softmax(logits)`` = the probabilities; a
+        large matrix is labelled in blocks of :data:`LOGITS_CHUNK` cells (models whose labels
+        depend on the other cells given, ``Supports.per_cell`` False, take it whole)."""
+        if X.shape[0] <= LOGITS_CHUNK or not self.spec.supports.per_cell:
+            return _log_proba(self._proba(_dense(X)))
+        return np.concatenate([_log_proba(self._proba(_dense(X[i:i + LOGITS_CHUNK])))
+                               for i in range(0, X.shape[0], LOGITS_CHUNK)])
 
     def latent(self, X: np.ndarray) -> np.ndarray:
         if self.pca_comps is None:
