@@ -61,6 +61,8 @@ class _Loaded:
     report: dict[str, Any]
 
     def take(self, keep: np.ndarray) -> None:
+        if keep.dtype == bool and keep.all():
+            return  # nothing to drop: no copy of a large matrix
         self.X = self.X[keep]
         self.obs_names = self.obs_names[keep]
         self.index = self.index[keep]
@@ -90,12 +92,30 @@ def lognormalize(X: sp.csr_matrix, cols: np.ndarray, *, state: str = "counts",
     sub = X[:, cols]
     if state == "lognorm":
         return sp.csr_matrix(sub, dtype=np.float32)
-    lib = X if total_cols is None else X[:, total_cols]
-    total = np.asarray(lib.sum(axis=1), dtype=np.float64).ravel()
+    total = row_sums(X, total_cols)
     scale = np.divide(TARGET_SUM, total, out=np.zeros_like(total), where=total > 0)
-    out = sp.csr_matrix(sp.diags(scale) @ sub, dtype=np.float32)
-    out.data = np.log1p(out.data)
+    out = sp.csr_matrix(sub, dtype=np.float32)
+    # in place, a block of rows at a time (a large matrix is not copied): the float64 product of
+    # the row's scale and each value, cast to float32, then log1p
+    per_row = np.diff(out.indptr)
+    for a in range(0, out.shape[0], _BLOCK_ROWS):
+        b = min(out.shape[0], a + _BLOCK_ROWS)
+        lo, hi = out.indptr[a], out.indptr[b]
+        vals = out.data[lo:hi].astype(np.float64) * np.repeat(scale[a:b], per_row[a:b])
+        out.data[lo:hi] = np.log1p(vals.astype(np.float32))
     return out
+
+
+_BLOCK_ROWS = 50_000
+
+
+def row_sums(X: sp.csr_matrix, cols: np.ndarray | None = None) -> np.ndarray:
+    """Each row's sum over ``cols`` (all columns when None), float64, without copying ``X``."""
+    if cols is None:
+        return np.asarray(X.sum(axis=1), dtype=np.float64).ravel()
+    pick = np.zeros(X.shape[1], dtype=X.dtype)
+    pick[np.asarray(cols)] = 1
+    return np.asarray(X @ pick, dtype=np.float64).ravel()
 
 
 def stratified_split(y: np.ndarray, val_fraction: float, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -220,6 +240,9 @@ def _check_options(n_top_genes: int, val_fraction: float, min_cells_per_class: i
     return {k: qc[k] for k in QC_KEYS if qc.get(k) is not None} or None
 
 
+HVG_MAX_CELLS = 100_000  # a larger reference chooses its variable genes on a seeded sample this large
+
+
 def _select_hvg(ref_log: sp.csr_matrix, n_top_genes: int) -> np.ndarray:
     """Positions (sorted) of the reference's top variable genes among its columns."""
     n = ref_log.shape[1]
@@ -227,6 +250,9 @@ def _select_hvg(ref_log: sp.csr_matrix, n_top_genes: int) -> np.ndarray:
         return np.arange(n, dtype=np.int64)
     import scanpy as sc
 
+    if ref_log.shape[0] > HVG_MAX_CELLS:  # per-gene means and dispersions from a seeded sample
+        rows = np.sort(np.random.default_rng(0).choice(ref_log.shape[0], HVG_MAX_CELLS, replace=False))
+        ref_log = ref_log[rows]
     tmp = ad.AnnData(X=ref_log)
     sc.pp.highly_variable_genes(tmp, flavor="seurat", n_top_genes=n_top_genes, subset=False)
     return np.flatnonzero(tmp.var["highly_variable"].to_numpy()).astype(np.int64)
@@ -234,8 +260,8 @@ def _select_hvg(ref_log: sp.csr_matrix, n_top_genes: int) -> np.ndarray:
 
 def _shared_fraction(X: sp.csr_matrix, cols: np.ndarray) -> float:
     """Median over cells of the fraction of their counts on ``cols`` (cells with counts only)."""
-    total = np.asarray(X.sum(axis=1), dtype=np.float64).ravel()
-    shared = np.asarray(X[:, cols].sum(axis=1), dtype=np.float64).ravel()
+    total = row_sums(X)
+    shared = row_sums(X, cols)
     ok = total > 0
     return round(float(np.median(shared[ok] / total[ok])), 4) if ok.any() else 0.0
 
@@ -396,6 +422,9 @@ def prepare(
                          total_cols=gm.query_idx if shared_only else None)[:, hvg]
     ref_counts = ref.X[:, ref_cols]
     q_counts = qry.X[:, q_cols]
+    for d in (ref, qry):
+        d.report["n_cells"] = int(d.X.shape[0])
+    ref.X = qry.X = None  # the full matrices are not needed past here (a large reference's copy is freed)
 
     # split
     train_idx, val_idx = stratified_split(ref_y, val_fraction, seed=seed)
@@ -405,8 +434,6 @@ def prepare(
     all_q = np.arange(q_log.shape[0])
     qsplit = _split(q_log, q_counts, all_q, q_y, np.asarray(qry.obs_names), q_labels, qry.index)
 
-    for d in (ref, qry):
-        d.report["n_cells"] = int(d.X.shape[0])
     report: dict[str, Any] = {
         "reference": ref.report,
         "query": qry.report,
