@@ -1,4 +1,4 @@
-"""Energy-based classifiers: CLAMS, JEM and the discriminative ResNet baseline.
+"""Energy-based classifiers: CLAMS, JEM, HDGE, HDGE + JEM and the discriminative ResNet baseline.
 
 JEM (Grathwohl et al. 2019) reads a classifier's logits f(x) as an energy model:
 log p(x) = logsumexp_y f(x)[y] - log Z, p(y|x) = softmax(f(x)). Training maximises
@@ -16,6 +16,18 @@ CLAMS (Liu, Fradkin, Atanackovic, Lee, MLCB 2022) regularises the generative los
        probability p. Both are options.
 JEM is the same code without (i) and (ii); it is known to diverge, and the training loop
 stops it cleanly. CLAMS recovers from its last good checkpoint instead.
+
+HDGE (Liu & Abbeel, ICML 2020, "Hybrid discriminative-generative training via contrastive
+learning"; METHODS.md 1.4) replaces the MCMC estimate of the generative term by a contrastive
+one: log p(x|y) is normalised over *samples* instead of over x-space,
+
+    L_con(x_i, y_i) = -f(x_i)[y_i] + log sum_{x' in batch and memory} exp(f(x')[y_i]),
+
+with the memory the logits of the previous ``memory_size`` training cells (detached, as MoCo's
+queue; the paper keeps a memory of negatives too), and L = CE + contrast_weight * L_con. No
+sampling, so it cannot diverge the way JEM does (CLAMS poster: HDGE diverged 0/5). HDGE + JEM
+(``hdge_jem``) adds JEM's SGLD term L_px on top (the poster: diverged 5/5; the loop stops it
+cleanly and says so).
 """
 from __future__ import annotations
 
@@ -87,11 +99,19 @@ _SGLD = {
 }
 
 
+_CONTRAST = {
+    "contrast_weight": HParam(1.0, "weight of HDGE's contrastive log p(x|y) term", low=0.0, high=100.0),
+    "memory_size": HParam(1024, "HDGE: logits of this many earlier training cells join each batch's "
+                          "normaliser over samples (0 = the batch alone)", low=0, high=100000, advanced=True),
+}
+
+
 class EnergyClassifier(TorchModel):
     """Shared implementation; subclasses set the backbone and the regularisers."""
 
     generative: bool = True
     recover: bool = False
+    contrastive: bool = False  # HDGE's contrastive estimate of log p(x|y)
 
     def build_net(self) -> nn.Module:
         h = self.hparams
@@ -156,6 +176,10 @@ class EnergyClassifier(TorchModel):
         l_ce = F.cross_entropy(logits, yb)
         loss = l_ce
         logs = {"loss_ce": float(l_ce.detach())}
+        if self.contrastive:
+            l_con = self._contrastive(logits, yb)
+            loss = loss + h["contrast_weight"] * l_con
+            logs["loss_contrast"] = float(l_con.detach())
         if self._use_generative():
             xq = self._sample_q(xb.shape[0])
             f_data = logits.logsumexp(1).mean()
@@ -168,6 +192,17 @@ class EnergyClassifier(TorchModel):
             logs["loss_px"] = float(l_px.detach())
         logs["loss"] = float(loss.detach())
         return loss, logs
+
+    def _contrastive(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """HDGE's L_con, the mean over the batch (see the module docstring); updates the memory."""
+        mem = getattr(self, "_memory", None)
+        pool = logits if mem is None or len(mem) == 0 else torch.cat([logits, mem.to(logits.device)])
+        cols = pool[:, y]  # f(x_j)[y_i] for every sample j (rows) and batch cell i (columns)
+        l_con = -logits.gather(1, y[:, None]).squeeze(1) + torch.logsumexp(cols, dim=0)
+        keep = int(self.hparams["memory_size"])
+        if keep > 0:
+            self._memory = pool.detach()[:keep]
+        return l_con.mean()
 
     def validation_metrics(self) -> dict[str, float]:
         X, y = self._val
@@ -189,6 +224,7 @@ class EnergyClassifier(TorchModel):
     def on_recover(self) -> None:
         if self.buffer is not None:
             self.buffer.reset()
+        self._memory = None
 
     # ---- inference -------------------------------------------------------------------------
     def logits(self, X: np.ndarray) -> np.ndarray:
@@ -268,3 +304,25 @@ class Jem(EnergyClassifier):
 class ResNetClassifier(EnergyClassifier):
     generative = False
     recover = False
+
+
+@register("hdge", order=3, supports=Supports(latent=True, samples=False),
+          description="HDGE: the classifier's logits as an energy model trained with cross-entropy plus a "
+                      "contrastive estimate of log p(x|y) (normalised over samples, no MCMC); cannot diverge.",
+          hparams={"hidden": HParam("1200,600,200", "MLP hidden widths (input -> ... -> latent)"),
+                   **_COMMON, **_CONTRAST})
+class Hdge(EnergyClassifier):
+    generative = False
+    recover = False
+    contrastive = True
+
+
+@register("hdge_jem", order=4, supports=Supports(latent=True, samples=True),
+          description="HDGE + JEM: HDGE's contrastive log p(x|y) plus JEM's SGLD log p(x) term; may diverge "
+                      "(then it stops cleanly and says so); generates cells with SGLD.",
+          hparams={"hidden": HParam("1200,600,200", "MLP hidden widths (input -> ... -> latent)"),
+                   **_COMMON, **_CONTRAST, **_SGLD})
+class HdgeJem(EnergyClassifier):
+    generative = True
+    recover = False
+    contrastive = True
