@@ -21,10 +21,11 @@ HDGE (Liu & Abbeel, ICML 2020, "Hybrid discriminative-generative training via co
 learning"; METHODS.md 1.4) replaces the MCMC estimate of the generative term by a contrastive
 one: log p(x|y) is normalised over *samples* instead of over x-space,
 
-    L_con(x_i, y_i) = -f(x_i)[y_i] + log sum_{x' in batch and memory} exp(f(x')[y_i]),
+    L_con(x_i, y_i) = -u(x_i)[y_i] / t + log sum_{x' in batch and memory} exp(u(x')[y_i] / t),
 
-with the memory the logits of the previous ``memory_size`` training cells (detached, as MoCo's
-queue; the paper keeps a memory of negatives too), and L = CE + contrast_weight * L_con. No
+with u(x) = f(x) / |f(x)| (unit-length logit vectors and a temperature t, as the authors' code
+does), the memory the vectors of the previous ``memory_size`` training cells (detached, as
+MoCo's queue), and L = CE + contrast_weight * L_con. No
 sampling, so it cannot diverge the way JEM does (CLAMS poster: HDGE diverged 0/5). HDGE + JEM
 (``hdge_jem``) adds JEM's SGLD term L_px on top (the poster: diverged 5/5; the loop stops it
 cleanly and says so).
@@ -101,6 +102,8 @@ _SGLD = {
 
 _CONTRAST = {
     "contrast_weight": HParam(1.0, "weight of HDGE's contrastive log p(x|y) term", low=0.0, high=100.0),
+    "contrast_t": HParam(0.1, "HDGE: temperature of the contrastive term (on unit-length logit vectors, as the "
+                         "HDGE code)", low=1e-3, high=10.0, advanced=True),
     "memory_size": HParam(1024, "HDGE: logits of this many earlier training cells join each batch's "
                           "normaliser over samples (0 = the batch alone)", low=0, high=100000, advanced=True),
 }
@@ -196,9 +199,11 @@ class EnergyClassifier(TorchModel):
     def _contrastive(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """HDGE's L_con, the mean over the batch (see the module docstring); updates the memory."""
         mem = getattr(self, "_memory", None)
-        pool = logits if mem is None or len(mem) == 0 else torch.cat([logits, mem.to(logits.device)])
-        cols = pool[:, y]  # f(x_j)[y_i] for every sample j (rows) and batch cell i (columns)
-        l_con = -logits.gather(1, y[:, None]).squeeze(1) + torch.logsumexp(cols, dim=0)
+        unit = F.normalize(logits, dim=1)  # as the HDGE code: unit-length logit vectors, a temperature
+        pool = unit if mem is None or len(mem) == 0 else torch.cat([unit, mem.to(logits.device)])
+        t = float(self.hparams["contrast_t"])
+        cols = pool[:, y] / t  # f(x_j)[y_i] for every sample j (rows) and batch cell i (columns)
+        l_con = -unit.gather(1, y[:, None]).squeeze(1) / t + torch.logsumexp(cols, dim=0)
         keep = int(self.hparams["memory_size"])
         if keep > 0:
             self._memory = pool.detach()[:keep]
