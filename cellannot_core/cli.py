@@ -66,6 +66,17 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train on the reference and save a model bundle (query optional)")
     _add_common(t, query_required=False)
     t.add_argument("--save-model", required=True, help="directory for the model bundle")
+    sw = sub.add_parser("sweep", help="search a model's hyper-parameters with Optuna (resumable)")
+    _add_common(sw, query_required=True)
+    sw.add_argument("--trials", type=int, default=20, help="finished trials the sweep should have")
+    sw.add_argument("--objective", default="val_accuracy", help="val_accuracy, val_ece or val_nll (no query labels)")
+    sw.add_argument("--sampler", default="tpe", choices=("tpe", "random", "grid"))
+    sw.add_argument("--param", action="append", default=[], metavar="NAME[=v1,v2]",
+                    help="a hyper-parameter to vary: its registry range, or these values (repeatable; default: "
+                         "the model's main ones)")
+    sw.add_argument("--storage", default="sweep.db", help="SQLite file or any database URL Optuna supports "
+                                                           "(several machines can share one sweep)")
+    sw.add_argument("--study", default=None, help="study name (default: sweep-<model>); the same name resumes it")
     pr = sub.add_parser("predict", help="label a query with a saved model bundle")
     pr.add_argument("--model", required=True, dest="model_dir", help="model bundle directory (from train / --save-model)")
     pr.add_argument("--query", required=True)
@@ -169,6 +180,32 @@ def cmd_train(args) -> int:
     cal = model.calibration
     _log(f"validation accuracy {cal.get('val_accuracy', float('nan')):.4f}, ECE {cal.get('ece_after', float('nan')):.4f}; "
          f"saved model to {d}")
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from .sweep import OBJECTIVES, run_sweep, trial_rows
+
+    opts = _options(args)
+    if args.objective not in OBJECTIVES:
+        from .errors import ConfigError
+
+        raise ConfigError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {args.objective!r}")
+
+    def show(row: dict) -> None:
+        params = ", ".join(f"{k[6:]}={v:.4g}" if isinstance(v, float) else f"{k[6:]}={v}"
+                           for k, v in row.items() if k.startswith("param "))
+        _log(f"trial {row['trial']}: {args.objective} {row['value']:.4f}  ({params})"
+             + (f"  run {row['run_id']}" if row.get("run_id") else ""))
+
+    study = run_sweep(args.reference, args.query, opts, storage=args.storage,
+                      study_name=args.study or f"sweep-{opts.model}", n_trials=args.trials, objective=args.objective,
+                      sampler=args.sampler, params=args.param, runs_dir=args.runs_dir, log=_log, on_trial=show)
+    done = [r for r in trial_rows(study) if r["state"] == "COMPLETE"]
+    best = study.best_trial if done else None
+    if best is not None:
+        _log(f"best of {len(done)} trials: trial {best.number}, {args.objective} {best.value:.4f}, "
+             + ", ".join(f"{k}={v}" for k, v in best.params.items()))
     return 0
 
 
@@ -289,7 +326,7 @@ def cmd_app(args) -> int:
     return 0  # not reached
 
 
-COMMANDS = {"annotate": cmd_annotate, "train": cmd_train, "predict": cmd_predict, "models": cmd_models,
+COMMANDS = {"annotate": cmd_annotate, "train": cmd_train, "predict": cmd_predict, "sweep": cmd_sweep, "models": cmd_models,
             "benchmark": cmd_benchmark, "app": cmd_app}
 
 

@@ -1,0 +1,207 @@
+"""Hyper-parameter sweeps on Optuna (issue 17).
+
+A sweep searches a model's registry hyper-parameters (their ranges and choices are the
+registry's, so nothing is declared twice) with Optuna's TPE, random or grid sampler, for an
+objective that needs no query labels:
+
+* ``val_accuracy`` (maximise): accuracy on the held-out reference cells, after calibration;
+* ``val_ece`` (minimise): their expected calibration error;
+* ``val_nll`` (minimise): their negative log-likelihood at the fitted temperature.
+
+Every trial is a normal run (:func:`~cellannot_core.pipeline.annotate`: run card, arrays,
+predictions) when ``runs_dir`` is given, so the app opens it like any other; the trial keeps
+the run id and the metrics as user attributes. The study lives in Optuna's storage: SQLite by
+default (one file), or any database URL Optuna supports, so several machines can work on one
+sweep. Starting the same sweep again resumes it: finished trials count towards ``n_trials``,
+and trials left running by a killed process are marked failed after a heartbeat grace period.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .errors import ConfigError
+
+OBJECTIVES = {
+    "val_accuracy": ("maximize", "accuracy on held-out reference cells (calibrated)"),
+    "val_ece": ("minimize", "expected calibration error on held-out reference cells"),
+    "val_nll": ("minimize", "negative log-likelihood of held-out reference cells at the fitted temperature"),
+}
+SAMPLERS = ("tpe", "random", "grid")
+SKIP = ("ood_score", "latent_model", "max_epochs", "patience", "knn_k", "sample_steps", "sample_noise", "cv")
+HEARTBEAT_SECONDS = 30
+
+
+def search_space(model: str, params: Sequence[str] = ()) -> dict[str, tuple[str, Any]]:
+    """What a sweep of ``model`` varies: ``{name: (kind, spec)}`` with kind ``"choice"`` (spec =
+    the values) or ``"int"`` / ``"float"`` (spec = ``(low, high, log)``).
+
+    ``params``: ``NAME`` (the registry's range or choices) or ``NAME=v1,v2,...`` (these values).
+    Empty: every hyper-parameter that has a range or choices and is not advanced, except those
+    that do not shape the model (the novelty score, epochs caps, ...).
+    """
+    from .models import get_spec
+
+    hps = get_spec(model).hparams
+    wanted = list(params) or [k for k, h in hps.items() if not h.advanced and k not in SKIP
+                              and (h.choices is not None or h.low is not None or isinstance(h.default, bool))]
+    out: dict[str, tuple[str, Any]] = {}
+    for p in wanted:
+        name, _, values = p.partition("=")
+        name = name.strip()
+        if name not in hps:
+            raise ConfigError(f"model {model} has no hyper-parameter {name!r}; see `cellannot models`")
+        h = hps[name]
+        if values:
+            out[name] = ("choice", [_value(h.default, v.strip()) for v in values.split(",") if v.strip()])
+        elif h.choices is not None:
+            out[name] = ("choice", list(h.choices))
+        elif isinstance(h.default, bool):
+            out[name] = ("choice", [True, False])
+        elif h.low is not None and h.high is not None:
+            low, high = float(h.low), float(h.high)
+            log = low > 0 and high / low >= 100
+            kind = "int" if isinstance(h.default, int) else "float"
+            out[name] = (kind, (int(low), int(high), log) if kind == "int" else (low, high, log))
+        else:
+            raise ConfigError(f"hyper-parameter {name} has no range; give its values: --param {name}=v1,v2")
+    if not out:
+        raise ConfigError(f"model {model} has nothing to sweep; name the hyper-parameters with --param")
+    return out
+
+
+def _value(default: Any, text: str) -> Any:
+    if isinstance(default, bool):
+        return text.lower() in ("1", "true", "yes")
+    if isinstance(default, int):
+        return int(float(text))
+    if isinstance(default, float):
+        return float(text)
+    return text
+
+
+def _suggest(trial, space: dict[str, tuple[str, Any]]) -> dict[str, Any]:
+    hp = {}
+    for name, (kind, spec) in space.items():
+        if kind == "choice":
+            hp[name] = trial.suggest_categorical(name, spec)
+        elif kind == "int":
+            hp[name] = trial.suggest_int(name, spec[0], spec[1], log=spec[2])
+        else:
+            hp[name] = trial.suggest_float(name, spec[0], spec[1], log=spec[2])
+    return hp
+
+
+def _sampler(kind: str, space: dict[str, tuple[str, Any]], seed: int):
+    import optuna
+
+    if kind == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    if kind == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if kind == "grid":
+        ranged = [n for n, (k, _) in space.items() if k != "choice"]
+        if ranged:
+            raise ConfigError(f"a grid needs values for {', '.join(ranged)}: --param NAME=v1,v2,...")
+        return optuna.samplers.GridSampler({n: spec for n, (_, spec) in space.items()}, seed=seed)
+    raise ConfigError(f"sampler must be one of {', '.join(SAMPLERS)}, got {kind!r}")
+
+
+def storage_url(storage: str | Path) -> str:
+    """A database URL for Optuna: a path becomes a SQLite file."""
+    s = str(storage)
+    return s if "://" in s else f"sqlite:///{Path(s).resolve()}"
+
+
+def _nll(model, val) -> float:
+    from .calibration import softmax
+
+    p = softmax(model.logits(val.X), model.temperature)
+    return float(-np.mean(np.log(np.clip(p[np.arange(len(val.y)), val.y], 1e-12, 1.0))))
+
+
+def run_sweep(reference, query, opts, *, storage: str | Path, study_name: str, n_trials: int,
+              objective: str = "val_accuracy", sampler: str = "tpe", params: Sequence[str] = (),
+              runs_dir: str | Path | None = None, owner: str | None = None, callbacks: Sequence[Any] = (),
+              log: Callable[[str], None] = lambda s: None, on_trial: Callable[[dict], None] | None = None):
+    """Run (or resume) the sweep; returns the Optuna study. ``reference`` / ``query``: paths or
+    AnnData, read once. ``on_trial`` gets each finished trial's row (see :func:`trial_rows`)."""
+    import dataclasses
+
+    import optuna
+
+    from .data import read_dataset
+    from .pipeline import annotate, prepare_data, train_model
+    from .runs import RunDir, write_json_atomic
+
+    if objective not in OBJECTIVES:
+        raise ConfigError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+    if n_trials < 1:
+        raise ConfigError("a sweep needs at least one trial (--trials)")
+    space = search_space(opts.model, params)
+    ref = reference if not isinstance(reference, (str, Path)) else read_dataset(reference, name="reference")
+    qry = query if not isinstance(query, (str, Path)) else read_dataset(query, name="query")
+    prepared = None if runs_dir is not None else prepare_data(ref, qry, opts)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with warnings.catch_warnings():  # the heartbeat is marked experimental; it is what makes resuming safe
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        rdb = optuna.storages.RDBStorage(storage_url(storage), heartbeat_interval=HEARTBEAT_SECONDS,
+                                         grace_period=3 * HEARTBEAT_SECONDS)
+        study = optuna.create_study(study_name=study_name, storage=rdb, load_if_exists=True,
+                                    direction=OBJECTIVES[objective][0], sampler=_sampler(sampler, space, opts.seed))
+        optuna.storages.fail_stale_trials(study)
+    study.set_user_attr("model", opts.model)
+    study.set_user_attr("objective", objective)
+
+    def complete() -> int:
+        return sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.get_trials(deepcopy=False))
+
+    def run_trial(trial) -> float:
+        hp = _suggest(trial, space)
+        o = dataclasses.replace(opts, hparams={**opts.hparams, **hp})
+        log(f"trial {trial.number}: {', '.join(f'{k}={v}' for k, v in hp.items())}")
+        if runs_dir is not None:
+            rd = RunDir.create(runs_dir, model=o.model, owner=owner)
+            write_json_atomic(rd.file("sweep.json"), {"study": study_name, "storage": storage_url(storage), "trial": trial.number,
+                                         "objective": objective, "params": hp})
+            res = annotate(ref, qry, o, run_dir=rd, callbacks=callbacks)
+            model, val = res.model, res.prepared.val
+            trial.set_user_attr("run_id", rd.id)
+        else:
+            model = train_model(prepared, o, callbacks)
+            val = prepared.val
+        cal = model.calibration
+        values = {"val_accuracy": float(cal["val_accuracy"]), "val_ece": float(cal["ece_after"]),
+                  "val_nll": _nll(model, val)}
+        for k, v in values.items():
+            trial.set_user_attr(k, v)
+        if not math.isfinite(values[objective]):
+            raise optuna.TrialPruned(f"{objective} is not finite")
+        return values[objective]
+
+    def after(study, frozen) -> None:
+        if on_trial is not None and frozen.state == optuna.trial.TrialState.COMPLETE:
+            on_trial(trial_row(frozen))
+
+    remaining = n_trials - complete()
+    if remaining <= 0:
+        log(f"the sweep {study_name!r} already has {n_trials} finished trials")
+        return study
+    log(f"sweep {study_name!r}: {remaining} of {n_trials} trials to run ({objective}, {sampler}; "
+        f"{', '.join(space)})")
+    study.optimize(run_trial, n_trials=remaining, callbacks=[after], catch=(ConfigError,))
+    return study
+
+
+def trial_row(t) -> dict[str, Any]:
+    """One finished trial as a flat row: number, state, value, parameters and metrics."""
+    return {"trial": t.number, "state": t.state.name, "value": t.value, **{f"param {k}": v for k, v in t.params.items()},
+            **{k: v for k, v in t.user_attrs.items()}}
+
+
+def trial_rows(study) -> list[dict[str, Any]]:
+    return [trial_row(t) for t in study.get_trials(deepcopy=False)]

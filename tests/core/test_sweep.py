@@ -1,0 +1,81 @@
+"""Hyper-parameter sweeps on Optuna (issue 17): the search space comes from the registry, every
+trial is a normal run, and a sweep interrupted mid-way resumes from its storage."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+
+from cellannot_core.errors import ConfigError
+from cellannot_core.pipeline import AnnotateOptions
+from cellannot_core.runs import RunDir
+from cellannot_core.sweep import run_sweep, search_space, storage_url
+from conftest import demo_subset
+
+LABEL = "cell_type_harmonized"
+
+
+def test_search_space_comes_from_the_registry():
+    space = search_space("svm_reject", ["C", "reject_below=0.3,0.5"])
+    assert space["C"][0] == "float" and space["C"][1][2]  # a wide positive range is searched on a log scale
+    assert space["reject_below"] == ("choice", [0.3, 0.5])
+    assert search_space("scanvi")  # defaults: the main hyper-parameters
+    with pytest.raises(ConfigError, match="no hyper-parameter"):
+        search_space("svm_reject", ["nope"])
+
+
+def test_every_trial_is_a_run_with_its_card(tmp_path):
+    ref, q = demo_subset(300, 200, seed=2)
+    opts = AnnotateOptions(label_key=LABEL, model="logreg", seed=0, device="cpu", n_top_genes=300)
+    rows = []
+    study = run_sweep(ref, q, opts, storage=tmp_path / "s.db", study_name="t", n_trials=3, sampler="random",
+                      params=["C"], runs_dir=tmp_path / "runs", on_trial=rows.append)
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == 3 and len(rows) == 3
+    for t in done:
+        rd = RunDir.open(tmp_path / "runs", t.user_attrs["run_id"])
+        assert rd.status()["state"] == "done"
+        assert 0.0 <= t.user_attrs["val_ece"] <= 1.0 and t.value == t.user_attrs["val_accuracy"]
+    # the same sweep again: already complete, nothing retrained
+    again = run_sweep(ref, q, opts, storage=tmp_path / "s.db", study_name="t", n_trials=3, sampler="random",
+                      params=["C"], runs_dir=tmp_path / "runs")
+    assert len(again.trials) == 3
+
+
+def test_an_interrupted_sweep_resumes_from_its_storage(tmp_path):
+    ref, q = demo_subset(300, 200, seed=4)
+    ref.write_h5ad(tmp_path / "ref.h5ad")
+    q.write_h5ad(tmp_path / "q.h5ad")
+    db = tmp_path / "sweep.db"
+    cmd = [sys.executable, "-m", "cellannot_core", "sweep", "--reference", str(tmp_path / "ref.h5ad"), "--query",
+           str(tmp_path / "q.h5ad"), "--label-key", LABEL, "--model", "clams", "--max-epochs", "2", "--device", "cpu",
+           "--hparam", "hidden=64,16", "--hparam", "sgld_steps=2", "--param", "lr", "--param", "px_weight",
+           "--trials", "4", "--storage", str(db), "--study", "resume", "--sampler", "random"]
+    env = dict(os.environ, CELLANNOT_NUM_THREADS="1")
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+
+    def finished() -> list:
+        try:
+            s = optuna.load_study(study_name="resume", storage=storage_url(db))
+        except Exception:
+            return []
+        return [t for t in s.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+
+    deadline = time.time() + 300
+    while not finished() and time.time() < deadline and p.poll() is None:
+        time.sleep(0.3)
+    first = finished()
+    assert first and len(first) < 4, "the first process should be interrupted mid-sweep"
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "trials to run" in r.stdout + r.stderr
+    done = finished()
+    assert len(done) == 4
+    assert {t.number for t in first} <= {t.number for t in done}  # the earlier trials were kept
