@@ -67,3 +67,34 @@ if st.button("Run the self-check", key=cmp.CompareKeys.LOCO_START, disabled=not 
     cmp.start_from_page("loco", ref, get(StateKeys.QUERY), get, model=loco_model, classes=left_out,
                         max_epochs=epochs if quick else None)
 cmp.job_panel("loco")
+
+# ------------------------------------------------------------------------------ hyper-parameter sweep
+st.subheader("Hyper-parameter sweep")
+st.caption("Optuna searches the chosen model's hyper-parameters (their ranges come from the model registry) for "
+           "an objective on held-out reference cells, so no query labels are needed. Every trial is a run of "
+           "yours; the sweep is kept in the runs folder's SQLite file, and starting the same sweep again resumes "
+           "it. The command line does the same: `cellannot sweep`.")
+from cellannot_core.sweep import OBJECTIVES, search_space  # noqa: E402
+
+c1, c2, c3 = st.columns([2, 1, 2])
+sweep_model = c1.selectbox("Model", available, key=cmp.CompareKeys.SWEEP_MODEL)
+trials = int(c2.number_input("Trials", 1, 200, 8, key=cmp.CompareKeys.SWEEP_TRIALS))
+objective = c3.selectbox("Objective", list(OBJECTIVES), key=cmp.CompareKeys.SWEEP_OBJECTIVE,
+                         format_func=lambda k: f"{k}: {OBJECTIVES[k][1]} ({OBJECTIVES[k][0]})")
+try:
+    default_space = list(search_space(sweep_model))
+except Exception:  # noqa: BLE001 - a model without default search space: the user names the parameters
+    default_space = []
+from cellannot_core.models import get_spec  # noqa: E402
+
+swept = st.multiselect("Hyper-parameters to vary", list(get_spec(sweep_model).hparams), default=default_space,
+                       key=cmp.CompareKeys.SWEEP_PARAMS)
+if st.button("Start the sweep", key=cmp.CompareKeys.SWEEP_START, disabled=not swept or cmp.is_busy("sweep"),
+             icon=":material/tune:"):
+    from ui.session import owner_id
+
+    cmp.start_from_page("sweep", ref, get(StateKeys.QUERY), get, model=sweep_model, trials=trials,
+                        objective=objective, params=swept, owner=owner_id(),
+                        study=f"{owner_id()[:12]}-{sweep_model}-{objective}-{'-'.join(sorted(swept))}",
+                        max_epochs=epochs if quick else None)
+cmp.job_panel("sweep")

@@ -25,7 +25,8 @@ import streamlit as st
 from cellannot_core.errors import Cancelled, CellannotError
 from ui import jobs
 
-KINDS = ("compare", "loco")
+KINDS = ("compare", "loco", "sweep")
+SWEEP_DB = "sweeps.db"  # Optuna's SQLite storage, beside the runs
 ACTIVE = ("queued", "running")
 BAR_METRICS = {"accuracy": "Accuracy", "balanced_accuracy": "Balanced accuracy", "median_f1": "Median F1",
                "novelty_auroc": "Novelty AUROC", "latent_asw": "Latent ASW (reference)"}
@@ -34,7 +35,7 @@ BAR_METRICS = {"accuracy": "Accuracy", "balanced_accuracy": "Balanced accuracy",
 class CompareKeys:
     """Session-state and widget keys of the Compare page."""
 
-    JOB = {"compare": "compare_job_id", "loco": "loco_job_id"}  # session state: the job shown
+    JOB = {"compare": "compare_job_id", "loco": "loco_job_id", "sweep": "sweep_job_id"}  # the job shown
     MODEL = "w_cmp_model_{name}"  # one checkbox per registry model
     QUICK = "w_cmp_quick"
     EPOCHS = "w_cmp_epochs"
@@ -44,6 +45,11 @@ class CompareKeys:
     LOCO_MODEL = "w_loco_model"
     LOCO_CLASSES = "w_loco_classes"
     LOCO_START = "w_loco_start"
+    SWEEP_MODEL = "w_sweep_model"
+    SWEEP_TRIALS = "w_sweep_trials"
+    SWEEP_OBJECTIVE = "w_sweep_objective"
+    SWEEP_PARAMS = "w_sweep_params"
+    SWEEP_START = "w_sweep_start"
 
 
 @dataclass
@@ -95,9 +101,11 @@ def _worker(job: CompareJob, reference: Any, query: Any, opts: Any) -> None:
         with jobs.training_slot(job.token.should_stop,
                                 lambda: setattr(job, "message", "waiting for another training to finish")):
             job.state, job.message = "running", "preparing the data"
-            prepared = prepare_data(reference, query, opts)
+            prepared = prepare_data(reference, query, opts) if job.kind != "sweep" else None
             cbs = [_Reporter(job), job.token]
-            if job.kind == "compare":
+            if job.kind == "sweep":
+                job.result = _sweep(job, reference, query, opts, cbs)
+            elif job.kind == "compare":
                 job.result = compare_models(prepared, p["models"], seed=opts.seed, device=opts.device,
                                             max_epochs=p.get("max_epochs"), accept=opts.accept, callbacks=cbs)
             else:
@@ -115,6 +123,29 @@ def _worker(job: CompareJob, reference: Any, query: Any, opts: Any) -> None:
         job.params["traceback"] = traceback.format_exc()
     finally:
         job.finished = time.time()
+
+
+def _sweep(job: CompareJob, reference: Any, query: Any, opts: Any, cbs: list) -> pd.DataFrame:
+    """A sweep (:func:`cellannot_core.sweep.run_sweep`): every trial a run of the session's own,
+    the study in the runs folder's SQLite file; one row per trial comes in as it finishes."""
+    import dataclasses
+
+    from cellannot_core.sweep import run_sweep, trial_rows
+
+    p = job.params
+    o = dataclasses.replace(opts, model=p["model"], max_epochs=p.get("max_epochs"))
+
+    def on_trial(row: dict[str, Any]) -> None:
+        job.partial.append(row)
+        job.progress = min(1.0, len(job.partial) / max(1, p["trials"]))
+        job.message = f"{len(job.partial)} of {p['trials']} trials finished"
+
+    study = run_sweep(reference, query, o, storage=jobs.runs_root() / SWEEP_DB, study_name=p["study"],
+                      n_trials=int(p["trials"]), objective=p["objective"], sampler=p.get("sampler", "tpe"),
+                      params=p.get("params") or (), runs_dir=jobs.runs_root(), owner=p.get("owner"),
+                      callbacks=[cb for cb in cbs if not isinstance(cb, _Reporter)], on_trial=on_trial,
+                      log=lambda s: setattr(job, "message", s))
+    return pd.DataFrame([r for r in trial_rows(study) if r["state"] == "COMPLETE"])
 
 
 def start(kind: str, reference: Any, query: Any, opts: Any, **params: Any) -> str:
@@ -291,16 +322,70 @@ def job_panel(kind: str) -> None:
             if job.partial:
                 part = pd.DataFrame(job.partial)
                 st.dataframe(display_table(part) if kind == "compare" else part, hide_index=True)
+            if kind == "sweep" and len(job.partial) >= 2:  # follow the sweep while it runs
+                for i, fig in enumerate(sweep_figures(pd.DataFrame(job.partial), job.params["objective"])[:-1]):
+                    st.plotly_chart(fig, key=f"sweep_live_{job.id}_{i}_{len(job.partial)}")
         elif s["state"] == "failed":
             st.error(f"Failed: {s['error']}")
         elif s["state"] == "cancelled":
             st.warning(f"Cancelled ({s['message']}).")
         elif s["state"] == "done" and job.result is not None:
-            (compare_results if kind == "compare" else loco_results)(job.result, job.id)
+            {"compare": compare_results, "loco": loco_results, "sweep": sweep_results}[kind](job.result, job.id)
         if was_active and s["state"] not in ACTIVE:
             st.rerun()
 
     _panel()
+
+
+def sweep_figures(df: pd.DataFrame, objective: str) -> list[go.Figure]:
+    """The objective against each swept parameter (one scatter each), and parallel coordinates
+    over the parameters and the objective (numeric parameters; choices as their index)."""
+    from cellannot_core.plots import TEMPLATE
+
+    params = [c for c in df.columns if c.startswith("param ")]
+    figs = []
+    for c in params:
+        fig = go.Figure(go.Scatter(x=df[c], y=df["value"], mode="markers", marker=dict(size=9, color="#0072B2"),
+                                   text=[f"trial {t}" for t in df["trial"]],
+                                   hovertemplate="%{text}: " + c[6:] + " %{x}, " + objective + " %{y:.4f}<extra></extra>"))
+        numeric = pd.api.types.is_numeric_dtype(df[c])
+        positive = numeric and (df[c] > 0).all()
+        log_x = bool(positive and df[c].max() / max(df[c].min(), 1e-300) >= 100)
+        fig.update_layout(template=TEMPLATE, title=f"{objective} against {c[6:]}", xaxis_title=c[6:],
+                          yaxis_title=objective, height=320, xaxis_type="log" if log_x else None)
+        figs.append(fig)
+    dims = []
+    for c in params:
+        if pd.api.types.is_numeric_dtype(df[c]):
+            dims.append(dict(label=c[6:], values=df[c]))
+        else:
+            cats = sorted(df[c].astype(str).unique())
+            dims.append(dict(label=c[6:], values=[cats.index(v) for v in df[c].astype(str)],
+                             tickvals=list(range(len(cats))), ticktext=cats))
+    dims.append(dict(label=objective, values=df["value"]))
+    pc = go.Figure(go.Parcoords(line=dict(color=df["value"], colorscale="Viridis", showscale=True), dimensions=dims))
+    pc.update_layout(template=TEMPLATE, title="Trials in parallel coordinates", height=380)
+    return figs + [pc]
+
+
+def sweep_results(df: pd.DataFrame, job_id: str) -> None:
+    from ui.widgets import plot
+
+    job = get(job_id)
+    objective = job.params["objective"] if job is not None else "value"
+    if df.empty:
+        st.warning("No trial finished.")
+        return
+    best = df.loc[df["value"].idxmax() if objective == "val_accuracy" else df["value"].idxmin()]
+    st.success(f"Best: trial {int(best['trial'])}, {objective} {best['value']:.4f} ("
+               + ", ".join(f"{c[6:]} = {best[c]:.4g}" if isinstance(best[c], float) else f"{c[6:]} = {best[c]}"
+                           for c in df.columns if c.startswith("param ")) + f"); run `{best.get('run_id', '')}`. "
+               "Every trial is a run of yours: open it on the Label transfer page or compare it above.")
+    st.dataframe(df.drop(columns=["state"], errors="ignore"), hide_index=True)
+    for i, fig in enumerate(sweep_figures(df, objective)):
+        plot(fig, key=f"sweep_fig_{job_id}_{i}")
+    st.download_button("Sweep trials (.csv)", df.to_csv(index=False).encode(), file_name=f"{job_id}.csv",
+                       mime="text/csv", key=f"dl_{job_id}", on_click="ignore")
 
 
 def compare_results(df: pd.DataFrame, job_id: str) -> None:

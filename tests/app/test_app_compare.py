@@ -132,3 +132,29 @@ def test_compare_uses_existing_runs_without_training(pair, tmp_path, monkeypatch
     table = at.dataframe[0].value
     assert "Open-set accuracy" not in table.columns and "Accuracy (known types)" not in table.columns
     assert "Reference validation accuracy" in table.columns and "Unknown" in table.columns
+
+
+def test_a_sweep_is_launched_followed_and_compared(pair, tmp_path, monkeypatch):
+    """Issue 17: a sweep from the app, as a background job; every trial a run of the session's."""
+    from cellannot_core.runs import list_runs
+
+    monkeypatch.setenv("CELLANNOT_RUNS", str(tmp_path / "runs"))
+    at = page(pair)
+    assert not at.exception
+    at.selectbox(key=cmp.CompareKeys.SWEEP_MODEL).set_value("logreg").run()
+    at.number_input(key=cmp.CompareKeys.SWEEP_TRIALS).set_value(3)
+    at.multiselect(key=cmp.CompareKeys.SWEEP_PARAMS).set_value(["C"]).run()
+    at.button(key=cmp.CompareKeys.SWEEP_START).click().run()
+    assert not at.exception
+    job_id = at.session_state[cmp.CompareKeys.JOB["sweep"]]
+    snap = cmp.wait(job_id, timeout=300)
+    assert snap["state"] == "done", snap
+    at.run()
+    assert not at.exception
+    table = next(d.value for d in at.dataframe if "param C" in d.value.columns)
+    assert len(table) == 3 and table["value"].between(0, 1).all()
+    assert any("Best: trial" in s.value for s in at.success)
+    assert len(at.get("plotly_chart")) >= 2  # value against C, parallel coordinates
+    runs = list_runs(tmp_path / "runs", include_unowned=True)
+    assert {r["id"] for r in runs} == set(table["run_id"])  # every trial is a run
+    assert all(r["state"] == "done" for r in runs)
