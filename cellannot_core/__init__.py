@@ -6,18 +6,15 @@ Never imports streamlit. Heavy libraries (torch, scanpy, umap) are imported by t
 need them.
 """
 import os as _os
-import sys as _sys
 from importlib.metadata import PackageNotFoundError, version as _version
 
-# numba (scanpy's highly variable genes, umap) runs its parallel code on an OpenMP runtime by
-# default; once that runtime has run, torch's own OpenMP threads train at half speed (the default
-# model on kang_ctrl: 17.8 s for 4 epochs against 9.5 s; bench/label_transfer.py). numba's own
-# thread pool ("workqueue") avoids the clash. A user's explicit choice is kept.
-_os.environ.setdefault("NUMBA_THREADING_LAYER", "workqueue")
-if "numba" in _sys.modules:  # imported before us: its layer is chosen at its first parallel run
-    _cfg = _sys.modules["numba"].config
-    if getattr(_cfg, "THREADING_LAYER", "default") == "default":
-        _cfg.THREADING_LAYER = "workqueue"
+# numba (scanpy's highly variable genes, umap) runs its parallel code on an OpenMP runtime whose
+# idle threads keep spinning; after that step torch's own OpenMP threads trained at half speed
+# (the default model on kang_ctrl: 17.4 s for 4 epochs, 10.7 s with idle threads asleep;
+# bench/label_transfer.py). Idle OpenMP threads sleep unless the user chose otherwise. (numba's
+# own "workqueue" pool was as fast but aborts when two threads run numba code at once, as the
+# app's concurrent jobs do.) Read by each OpenMP runtime when it loads, so set before them.
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 try:
     __version__ = _version("cellannot")

@@ -1,4 +1,4 @@
-"""Energy-based classifiers: CLAMS, JEM, HDGE, HDGE + JEM and the discriminative ResNet baseline.
+"""Energy-based classifiers: CLAMS, JEM, VERA, HDGE, HDGE + JEM and the discriminative ResNet baseline.
 
 JEM (Grathwohl et al. 2019) reads a classifier's logits f(x) as an energy model:
 log p(x) = logsumexp_y f(x)[y] - log Z, p(y|x) = softmax(f(x)). Training maximises
@@ -29,6 +29,18 @@ MoCo's queue), and L = CE + contrast_weight * L_con. No
 sampling, so it cannot diverge the way JEM does (CLAMS poster: HDGE diverged 0/5). HDGE + JEM
 (``hdge_jem``) adds JEM's SGLD term L_px on top (the poster: diverged 5/5; the loop stops it
 cleanly and says so).
+
+VERA (Grathwohl, Kelly et al., ICLR 2021, "No MCMC for me"; METHODS.md 1.3) replaces JEM's SGLD
+samples by a generator q(x) (h ~ N(0, I), x = g(h) + sigma * eps): the energy model learns from
+
+    L_e = CE + px_weight * ( -(mean f_lse(x_data) - mean f_lse(x_gen)) + pg_control * |grad_x f_lse(x_data)|^2 )
+
+and the generator maximises mean f_lse(x_gen) + ent_weight * H(q), the entropy's gradient
+estimated as in the authors' code: the score (x - g(h')) / sigma^2 averaged over importance-
+weighted posterior samples h' ~ N(h, post_sigma^2) (20 per cell), whose spread is learned on its
+own optimiser; sigma is clamped to [min_sigma, max_sigma]. Three parameter groups with their own
+Adam (energy, generator, posterior), stepped in that order by the one training loop. Generated
+cells start from generator samples and are refined by class-conditional SGLD, as for CLAMS.
 """
 from __future__ import annotations
 
@@ -41,7 +53,7 @@ from torch import nn
 
 from ..data._types import Split
 from ..nn import mlp, resnet
-from ..nn.energy import EnergyNet
+from ..nn.energy import EnergyNet, VeraGenerator
 from ..novelty import OOD_METHODS
 from ..samplers import NoiseInit, ReplayBuffer, sgld_sample
 from ..training import TrainConfig
@@ -170,11 +182,7 @@ class EnergyClassifier(TorchModel):
     def training_step(self, xb: torch.Tensor, yb: torch.Tensor, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         h = self.hparams
         self.net.train()
-        if h["gene_dropout"] > 0:
-            drop = torch.rand(xb.shape, generator=self._gen(), device=xb.device) < h["gene_dropout"]
-            xb = torch.where(drop, self.scaler(torch.zeros_like(xb[:1])), xb)
-        if h["input_noise"] > 0:
-            xb = xb + h["input_noise"] * torch.randn(xb.shape, generator=self._gen(), device=xb.device)
+        xb = self._augment(xb)
         logits = self.net(xb)
         l_ce = F.cross_entropy(logits, yb)
         loss = l_ce
@@ -195,6 +203,16 @@ class EnergyClassifier(TorchModel):
             logs["loss_px"] = float(l_px.detach())
         logs["loss"] = float(loss.detach())
         return loss, logs
+
+    def _augment(self, xb: torch.Tensor) -> torch.Tensor:
+        """Training augmentation: gene dropout, then Gaussian input noise (see the hyper-parameters)."""
+        h = self.hparams
+        if h["gene_dropout"] > 0:
+            drop = torch.rand(xb.shape, generator=self._gen(), device=xb.device) < h["gene_dropout"]
+            xb = torch.where(drop, self.scaler(torch.zeros_like(xb[:1])), xb)
+        if h["input_noise"] > 0:
+            xb = xb + h["input_noise"] * torch.randn(xb.shape, generator=self._gen(), device=xb.device)
+        return xb
 
     def _contrastive(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """HDGE's L_con, the mean over the batch (see the module docstring); updates the memory."""
@@ -240,14 +258,11 @@ class EnergyClassifier(TorchModel):
 
     def sample(self, n_per_class: int) -> tuple[np.ndarray, np.ndarray]:
         """Class-conditional SGLD on f(x)[y], started from replay-buffer chains (or noise)."""
-        if not self.generative:
+        if not self.spec.supports.samples:
             raise NotImplementedError(f"model {self.name} is discriminative and cannot generate cells")
         k = self.n_classes
         y = torch.arange(k).repeat_interleave(int(n_per_class))
-        if self.buffer is not None:
-            x0, _ = self.buffer.sample(len(y))
-        else:
-            x0 = torch.randn(len(y), self.n_features, generator=self.generator)
+        x0 = self._initial_chains(len(y))
         x0, yd = x0.to(self.device), y.to(self.device)
         self.net.eval()
         xs = sgld_sample(lambda x: self.net(x).gather(1, yd[:, None]).squeeze(1), x0,
@@ -256,6 +271,12 @@ class EnergyClassifier(TorchModel):
         with torch.no_grad():
             xs = self.scaler.inverse(xs.clamp(-10, 10)).clamp_min(0.0)  # log-expression is >= 0
         return xs.cpu().numpy().astype(np.float32), y.numpy()
+
+    def _initial_chains(self, n: int) -> torch.Tensor:
+        """Where generated cells' SGLD chains start: replay-buffer chains, else noise."""
+        if self.buffer is not None:
+            return self.buffer.sample(n)[0]
+        return torch.randn(n, self.n_features, generator=self.generator)
 
     # ---- persistence: keep a few buffer chains so a loaded model can still generate cells ----
     def _state_arrays(self) -> dict[str, np.ndarray]:
@@ -331,3 +352,85 @@ class HdgeJem(EnergyClassifier):
     generative = True
     recover = False
     contrastive = True
+
+
+@register("vera", order=5, supports=Supports(latent=True, samples=True),
+          description="VERA: the classifier's logits as an energy model trained against a generator with an "
+                      "entropy regulariser instead of SGLD (no MCMC in training); generates cells from the "
+                      "generator refined by SGLD.",
+          hparams={"hidden": HParam("1200,600,200", "MLP hidden widths (input -> ... -> latent)"),
+                   **_COMMON,
+                   "px_weight": HParam(1.0, "weight of the generative loss", low=0.0, high=100.0),
+                   "pg_control": HParam(0.1, "gradient penalty on the data's energy (VERA: 0.1)", low=0.0, high=10.0,
+                                        advanced=True),
+                   "ent_weight": HParam(1e-4, "weight of the generator's entropy (VERA's JEM runs: 1e-4)",
+                                        low=0.0, high=10.0),
+                   "noise_dim": HParam(32, "generator noise dimensions", low=1, high=1024, advanced=True),
+                   "gen_hidden": HParam("200,600", "generator hidden widths (noise -> ... -> genes)", advanced=True),
+                   "glr": HParam(1e-3, "generator learning rate (VERA's code default)", low=1e-6, high=1.0,
+                                 advanced=True),
+                   "post_lr": HParam(0.02, "learning rate of the posterior spread (VERA's code default)",
+                                     low=1e-6, high=1.0, advanced=True),
+                   "max_sigma": HParam(0.3, "largest generator noise sigma (VERA: 0.3)", low=1e-3, high=10.0,
+                                       advanced=True),
+                   "min_sigma": HParam(0.01, "smallest generator noise sigma (VERA: 0.01)", low=1e-4, high=1.0,
+                                       advanced=True),
+                   "sgld_lr": _SGLD["sgld_lr"], "sgld_std": _SGLD["sgld_std"], "sample_steps": _SGLD["sample_steps"],
+                   })
+class Vera(EnergyClassifier):
+    generative = False  # no SGLD replay buffer: the generator replaces it
+    recover = False
+
+    def build_net(self) -> nn.Module:
+        net = super().build_net()
+        net.gen = VeraGenerator(self.n_features, int(self.hparams["noise_dim"]),
+                                _ints(self.hparams["gen_hidden"], "gen_hidden"), act=self.hparams["activation"])
+        return net
+
+    def param_groups(self) -> dict[str, Any]:
+        gen = self.net.gen
+        own = {id(p) for p in gen.parameters()}
+        return {"energy": [p for p in self.net.parameters() if id(p) not in own],
+                "generator": {"params": [*gen.g.parameters(), gen.logsigma], "lr": float(self.hparams["glr"])},
+                "posterior": {"params": [gen.post_logsigma], "lr": float(self.hparams["post_lr"])}}
+
+    def training_step(self, xb: torch.Tensor, yb: torch.Tensor, step: int) -> tuple[Any, dict[str, float]]:
+        import math
+
+        h, net, gen = self.hparams, self.net, self.net.gen
+        with torch.no_grad():
+            gen.logsigma.clamp_(math.log(h["min_sigma"]), math.log(h["max_sigma"]))
+        net.train()
+        x = self._augment(xb)
+        pg = float(h["pg_control"])
+        if pg > 0:
+            x = x.detach().requires_grad_(True)
+        logits = net(x)
+        l_ce = F.cross_entropy(logits, yb)
+        ld = logits.logsumexp(1)
+        xg, _ = gen.sample(xb.shape[0], self._gen())
+        lg = net(xg.detach()).logsumexp(1)
+        l_px = -(ld.mean() - lg.mean())
+        if pg > 0:
+            grad = torch.autograd.grad(ld.sum(), x, create_graph=True)[0]
+            l_px = l_px + pg * grad.pow(2).sum(1).mean()
+        loss_e = l_ce + h["px_weight"] * l_px
+        last: dict[str, torch.Tensor] = {}
+
+        def generator_loss() -> torch.Tensor:
+            xg2, hg2 = gen.sample(xb.shape[0], self._gen())
+            last["x"], last["h"] = xg2.detach(), hg2.detach()
+            ent = gen.entropy_surrogate(xg2, hg2, gen=self._gen())
+            return -(net(xg2).logsumexp(1).mean() + h["ent_weight"] * ent)
+
+        def posterior_loss() -> torch.Tensor:
+            return gen.posterior_loss(last["x"], last["h"], self._gen())
+
+        logs = {"loss_ce": float(l_ce.detach()), "loss_px": float(l_px.detach()),
+                "energy_gap": float((ld.mean() - lg.mean()).detach()), "sigma": float(gen.logsigma.detach().exp()),
+                "loss": float(loss_e.detach())}
+        return {"energy": loss_e, "generator": generator_loss, "posterior": posterior_loss}, logs
+
+    def _initial_chains(self, n: int) -> torch.Tensor:
+        with torch.no_grad():
+            return self.net.gen.sample(n, self.generator)[0].cpu()
