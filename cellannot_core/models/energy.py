@@ -75,6 +75,7 @@ def _ints(text: str, what: str) -> list[int]:
     return vals
 
 
+_MLP = {"hidden": HParam("1200,600,200", "MLP hidden widths (input -> ... -> latent)")}
 _COMMON = {
     "max_epochs": HParam(30, "maximum training epochs (early stopping on validation loss)", low=1, high=1000),
     "batch_size": HParam(64, "mini-batch size", low=8, high=4096),
@@ -298,8 +299,7 @@ class EnergyClassifier(TorchModel):
           description="CLAMS: energy-based classifier (JEM with ELU loss clipping and stochastic "
                       "regularisation); calibrated, stable, generates cells with SGLD.",
           hparams={
-              "hidden": HParam("1200,600,200", "MLP hidden widths (input -> ... -> latent)"),
-              **_COMMON, **_SGLD,
+              **_MLP, **_COMMON, **_SGLD,
               "elu_clip": HParam(True, "CLAMS regulariser (i): clip the generative loss with an ELU", advanced=True),
               "stochastic_p": HParam(0.25, "CLAMS regulariser (ii): probability p of the stochastic regularisation",
                                      low=0.0, high=1.0),
@@ -315,7 +315,7 @@ class Clams(EnergyClassifier):
 @register("jem", order=1, supports=Supports(latent=True, samples=True),
           description="JEM: joint energy-based model (classifier + SGLD contrastive divergence), without "
                       "CLAMS' regularisers; may diverge (then it stops cleanly and says so).",
-          hparams={"hidden": HParam("1200,600,200", "MLP hidden widths (input -> ... -> latent)"),
+          hparams={**_MLP,
                    **_COMMON, **_SGLD})
 class Jem(EnergyClassifier):
     generative = True
@@ -335,7 +335,7 @@ class ResNetClassifier(EnergyClassifier):
 @register("hdge", order=3, supports=Supports(latent=True, samples=False),
           description="HDGE: the classifier's logits as an energy model trained with cross-entropy plus a "
                       "contrastive estimate of log p(x|y) (normalised over samples, no MCMC); cannot diverge.",
-          hparams={"hidden": HParam("1200,600,200", "MLP hidden widths (input -> ... -> latent)"),
+          hparams={**_MLP,
                    **_COMMON, **_CONTRAST})
 class Hdge(EnergyClassifier):
     generative = False
@@ -346,7 +346,7 @@ class Hdge(EnergyClassifier):
 @register("hdge_jem", order=4, supports=Supports(latent=True, samples=True),
           description="HDGE + JEM: HDGE's contrastive log p(x|y) plus JEM's SGLD log p(x) term; may diverge "
                       "(then it stops cleanly and says so); generates cells with SGLD.",
-          hparams={"hidden": HParam("1200,600,200", "MLP hidden widths (input -> ... -> latent)"),
+          hparams={**_MLP,
                    **_COMMON, **_CONTRAST, **_SGLD})
 class HdgeJem(EnergyClassifier):
     generative = True
@@ -358,7 +358,7 @@ class HdgeJem(EnergyClassifier):
           description="VERA: the classifier's logits as an energy model trained against a generator with an "
                       "entropy regulariser instead of SGLD (no MCMC in training); generates cells from the "
                       "generator refined by SGLD.",
-          hparams={"hidden": HParam("1200,600,200", "MLP hidden widths (input -> ... -> latent)"),
+          hparams={**_MLP,
                    **_COMMON,
                    "px_weight": HParam(1.0, "weight of the generative loss", low=0.0, high=100.0),
                    "pg_control": HParam(0.1, "gradient penalty on the data's energy (VERA: 0.1)", low=0.0, high=10.0,
