@@ -152,6 +152,14 @@ class Annotator:
         write_annotations(target, preds, card, key_added=key_added)
         return target if copy else None
 
+    def predict_file(self, path: str | Path, *, out: str | Path, threshold: float | None = None) -> dict[str, Any]:
+        """Label the ``.h5ad`` file at ``path`` without loading it (a block of cells at a time;
+        any size, see :mod:`cellannot_core.streaming`) and write the annotated copy to ``out``
+        (keys as :func:`annotate`). Returns ``{"n_obs", "unknown_fraction", "streamed"}``."""
+        from .streaming import label_file
+
+        return label_file(self.model, self.bundle, path, out=out, threshold=threshold)
+
     def save(self, path: str | Path) -> Path:
         """Write the model (safetensors + JSON, no pickle) and its genes to the directory ``path``;
         the same bundle as ``cellannot train --save-model`` (``cellannot predict`` reads it)."""

@@ -26,7 +26,7 @@ import numpy as np
 
 from .data.stream import CHUNK_CELLS, H5adRows, NotStreamable
 
-__all__ = ["predict_file", "stream_predictions", "write_annotations_file"]
+__all__ = ["label_file", "predict_file", "stream_predictions", "write_annotations_file"]
 
 
 def stream_predictions(model, bundle: dict[str, Any], rows: H5adRows, *, threshold: float | None = None,
@@ -114,9 +114,19 @@ def predict_file(model_dir: str | Path, query: str | Path, *, out: str | Path, d
     """Label the query file ``query`` with the saved bundle in ``model_dir`` and write the
     annotated query to ``out``, in chunks when the model and the file allow (see the module
     docstring), else whole. Returns ``{"n_obs", "unknown_fraction", "streamed"}``."""
-    from .pipeline import load_bundle, predict_with_bundle, prediction_card
+    from .pipeline import load_bundle
 
     model, bundle = load_bundle(model_dir, device=device)
+    return label_file(model, bundle, query, out=out, threshold=threshold, chunk_cells=chunk_cells, log=log,
+                      model_dir=model_dir)
+
+
+def label_file(model, bundle: dict[str, Any], query: str | Path, *, out: str | Path, threshold: float | None = None,
+               chunk_cells: int = CHUNK_CELLS, log: Callable[[str], None] = lambda s: None,
+               model_dir: str | Path | None = None) -> dict[str, Any]:
+    """:func:`predict_file` with a model and bundle already in memory (``Annotator.predict_file``)."""
+    from .pipeline import predict_query, prediction_card, write_annotations, write_h5ad_atomic
+
     reason = None if model.spec.supports.per_cell else f"{model.name} labels a query as a whole"
     rows = None
     if reason is None:
@@ -125,15 +135,22 @@ def predict_file(model_dir: str | Path, query: str | Path, *, out: str | Path, d
         except NotStreamable as err:
             reason = str(err)
     if rows is None:
+        from .data import read_dataset
+
         log(f"reading the whole query into memory ({reason})")
-        adata = predict_with_bundle(model_dir, query, out=out, device=device, threshold=threshold, log=log)
-        return {"n_obs": adata.n_obs, "unknown_fraction": float(adata.obs["cellannot_is_unknown"].mean()),
-                "streamed": False}
+        adata = read_dataset(query, name="query")
+        preds, card = predict_query(model, bundle, adata, threshold=threshold, log=log)
+        if model_dir is not None:
+            card["model_dir"] = str(model_dir)
+        write_annotations(adata, preds, card)
+        write_h5ad_atomic(adata, Path(out))
+        return {"n_obs": adata.n_obs, "unknown_fraction": card["unknown_fraction"], "streamed": False}
     with rows:
         preds, report = stream_predictions(model, bundle, rows, threshold=threshold, chunk_cells=chunk_cells,
                                            log=log)
     log(report["message"])
     card = prediction_card(model, preds, report)
-    card["model_dir"] = str(model_dir)
+    if model_dir is not None:
+        card["model_dir"] = str(model_dir)
     write_annotations_file(Path(query), Path(out), preds, card)
     return {"n_obs": len(preds.label), "unknown_fraction": card["unknown_fraction"], "streamed": True}

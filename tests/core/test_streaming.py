@@ -127,3 +127,14 @@ def test_query_graph_pool_for_large_queries():
     # graph_smooth and query_clusters use the shared graph: the same values as the exact one
     np.testing.assert_allclose(graph_smooth(z, onehot), exact.smooth(onehot))
     np.testing.assert_array_equal(query_clusters(z), exact.clusters())
+
+
+def test_the_api_labels_a_file_in_chunks(bundle, tmp_path):
+    import cellannot_core as ca
+
+    d, q, qry = bundle
+    ann = ca.Annotator.load(d, device="cpu")
+    res = ann.predict_file(q, out=tmp_path / "api.h5ad")
+    assert res["streamed"] and res["n_obs"] == qry.n_obs
+    predict_file(d, q, out=tmp_path / "cli.h5ad", device="cpu")
+    assert _labels(ad.read_h5ad(tmp_path / "api.h5ad")) == _labels(ad.read_h5ad(tmp_path / "cli.h5ad"))
