@@ -65,3 +65,28 @@ def test_labeller_learns_from_a_capped_stratified_subsample(pair, monkeypatch):
     assert set(np.unique(capped.y)) == set(np.unique(prep.train.y))  # every class kept
     m = train_model(prep, opts)
     assert m.labeller.history["epochs"][-1]["val_acc"] > 0.5
+
+
+def test_epochs_follow_the_data_size(pair, monkeypatch):
+    """cells_budget: at most this many cells pass through training (epochs = ceil(budget / rows))."""
+    prep, opts = _prepare(pair, monkeypatch, sparse=False, model="scanvi", max_epochs=10)
+    rows = prep.train.n_obs + prep.query.n_obs
+    opts.hparams = {"cells_budget": 3 * rows - 1}
+    m = train_model(prep, opts)
+    assert len(m.history["epochs"]) == 3
+    opts.hparams = {"cells_budget": 0}  # off: max_epochs
+    assert len(train_model(prep, opts).history["epochs"]) == 10
+
+
+def test_idle_openmp_threads_sleep_unless_chosen():
+    import os
+    import subprocess
+    import sys
+
+    code = "import cellannot_core, os; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env).stdout.strip()
+    assert out == "PASSIVE"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**env, "OMP_WAIT_POLICY": "ACTIVE"}).stdout.strip()
+    assert out == "ACTIVE"
