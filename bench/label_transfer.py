@@ -47,11 +47,18 @@ METRICS = ("acc_in", "f1_in", "ece_in", "auroc_ood", "acc_open", "reject_in", "r
 def run_one(task: str, model: str, seed: int, hparams: dict, accept: float, max_epochs: int | None,
             shift_correction: str = "median") -> dict:
     from cellannot_core.data import read_dataset
-    from cellannot_core.metrics import auroc
-    from cellannot_core.pipeline import AnnotateOptions, predict, prepare_data, query_metrics, train_model
 
     ref_f, q_f = TASKS[task]
     ref, q = read_dataset(DATA / ref_f, name="reference"), read_dataset(DATA / q_f, name="query")
+    return run_pair(ref, q, task, model, seed, hparams, accept, max_epochs, shift_correction)
+
+
+def run_pair(ref, q, task: str, model: str, seed: int, hparams: dict, accept: float = 0.95,
+             max_epochs: int | None = None, shift_correction: str = "median") -> dict:
+    """:func:`run_one` on a reference and a query in memory (e.g. with a type left out)."""
+    from cellannot_core.metrics import auroc
+    from cellannot_core.pipeline import AnnotateOptions, predict, prepare_data, query_metrics, train_model
+
     if model == scvi_tools_scanvi.NAME:
         opts = AnnotateOptions(label_key=LABEL_KEY, query_label_key=LABEL_KEY, seed=seed)
         return {"task": task, **scvi_tools_scanvi.run(prepare_data(ref, q, opts), seed, accept,
@@ -79,7 +86,7 @@ def run_one(task: str, model: str, seed: int, hparams: dict, accept: float, max_
             "epochs": len(m.history.get("epochs", [])), "ood_method": m.ood_method,
             **{k: qm.get(k) for k in METRICS}, "per_type_auroc": qm.get("per_type_auroc", {}),
             "score_auroc": score_auroc, "score_acc_open": score_acc_open, "temperature": m.temperature,
-            "shift_factor": p.shift_factor}
+            "shift_factor": p.shift_factor, "_scores": p.scores, "_labels": np.asarray(labels)}
 
 
 def open_accuracy_per_score(m, prep, p, accept: float, shift_correction: str) -> dict[str, float]:
@@ -163,7 +170,8 @@ def main() -> None:
                   + "; ".join(f"{m} {np.median(v):.1f} (x{np.median(v) / ref_s:.2f} Seurat's)"
                               for m, v in by_model.items() if v))
     if args.json:
-        Path(args.json).write_text(json.dumps(runs, indent=1, default=float))
+        Path(args.json).write_text(json.dumps([{k: v for k, v in r.items() if not k.startswith("_")} for r in runs],
+                                              indent=1, default=float))
 
 
 if __name__ == "__main__":

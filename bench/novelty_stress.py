@@ -182,16 +182,12 @@ def evaluate(m, prep, *, threshold: float | None = None, rules: bool = False, al
     return out
 
 
-def mixing(ref_latent: np.ndarray, query_latent: np.ndarray, k: int = 15) -> float:
-    """Reference/query integration in the latent space: the share of reference cells among the
-    k nearest neighbours of the query's known cells in the pooled latents, divided by the share
-    expected if the two were fully mixed (1 = mixed, 0 = apart)."""
-    from sklearn.neighbors import NearestNeighbors
+def mixing(ref_latent: np.ndarray, query_latent: np.ndarray) -> float:
+    """Reference/query integration in the latent space (1 = mixed, 0 = apart):
+    :func:`cellannot_core.metrics.dataset_mixing` of the query's known cells."""
+    from cellannot_core.metrics import dataset_mixing
 
-    pool = np.vstack([ref_latent, query_latent])
-    _, idx = NearestNeighbors(n_neighbors=k + 1).fit(pool).kneighbors(query_latent)
-    share = float((idx[:, 1:] < len(ref_latent)).mean())
-    return share / (len(ref_latent) / len(pool))
+    return dataset_mixing(ref_latent, query_latent)
 
 
 def rule_metrics(m, prep, p, all_rules: bool = False) -> dict[str, dict]:

@@ -36,6 +36,7 @@ def run(model: str, max_epochs: int | None, seed: int, budget: float | None = No
     secs = time.perf_counter() - t0
     qm = res.card["query_metrics"]
     mixing = ref_share_among_query_neighbours(res)
+    on_map = map_placement(res, qry.obs[LABEL].astype(str).to_numpy())
     truth = qry.obs[LABEL].astype(str).to_numpy()
     unknown = res.predictions.is_unknown
     name = f"quick ({budget:g} s budget)" if budget else f"quick ({max_epochs} epochs)" if max_epochs else "full"
@@ -44,23 +45,42 @@ def run(model: str, max_epochs: int | None, seed: int, budget: float | None = No
            "auroc_ood": qm["auroc_ood"], "reject_in": qm["reject_in"]}
     for t in NOVEL:
         row[f"unknown_{t}"] = float(unknown[truth == t].mean())
-    row["mixing"], row["mixing_if_mixed"] = mixing
+    row["mixing"] = mixing
+    row.update(on_map)
     return row
 
 
-def ref_share_among_query_neighbours(res, k: int = 15) -> tuple[float, float]:
-    """Reference/query integration in the model's latent space: the share of reference cells
-    among each query cell's ``k`` nearest neighbours (reference sample + query), and what it
-    would be if the two were fully mixed (the reference's share of the pool)."""
-    from sklearn.neighbors import NearestNeighbors
-
+def ref_share_among_query_neighbours(res) -> float:
+    """Reference/query integration in the model's latent space (1 = as mixed as random, 0 = apart):
+    :func:`cellannot_core.metrics.dataset_mixing` of the query cells not called Unknown."""
+    from cellannot_core.metrics import dataset_mixing
     from cellannot_core.pipeline import AnnotateOptions, view_arrays
 
     a = view_arrays(res.model, res.prepared, res.predictions, AnnotateOptions(label_key=LABEL, n_generate=0))
-    R, Q = a["ref_latent"], a["query_latent"]
-    is_ref = np.r_[np.ones(len(R)), np.zeros(len(Q))]
-    idx = NearestNeighbors(n_neighbors=k + 1).fit(np.vstack([R, Q])).kneighbors(Q, return_distance=False)[:, 1:]
-    return float(is_ref[idx].mean()), float(len(R) / (len(R) + len(Q)))
+    return dataset_mixing(a["ref_latent"], a["query_latent"][~res.predictions.is_unknown])
+
+
+def map_placement(res, truth: np.ndarray) -> dict:
+    """The Latent page's two UMAP layouts (ui/latent.py): where the query's cells of reference types
+    land, by their true type. ``*_agree``: the share whose 15 nearest reference cells on the map are
+    mostly of their own type; ``*_ratio``: their median distance to the nearest reference cell over
+    the reference cells' own spacing (about 1 = among them)."""
+    from cellannot_core.embed import embed, embed_onto
+    from cellannot_core.metrics import generated_placement
+    from cellannot_core.pipeline import AnnotateOptions, view_arrays
+
+    a = view_arrays(res.model, res.prepared, res.predictions, AnnotateOptions(label_key=LABEL, n_generate=0))
+    R, Q, ry = a["ref_latent"], a["query_latent"], a["ref_y"]
+    classes = list(res.model.classes)
+    known = np.isin(truth, classes)
+    qy = np.array([classes.index(t) for t in truth[known]])
+    joint = embed(np.vstack([R, Q]), method="umap", seed=0)
+    y_ref, y_q = embed_onto(R, Q, method="umap", seed=0)
+    out = {}
+    for name, (r2, q2) in (("joint", (joint[:len(R)], joint[len(R):])), ("map", (y_ref, y_q))):
+        p = generated_placement(q2[known], qy, r2, ry)
+        out[f"{name}_agree"], out[f"{name}_ratio"] = p["class_agreement"], p["distance_ratio"]
+    return out
 
 
 def main() -> None:
@@ -79,7 +99,9 @@ def main() -> None:
             print(f"{r['run']:>17} seed {seed}: {r['seconds']:6.1f} s, {r['epochs']} epochs, acc_open {r['acc_open']:.3f}, "
                   f"acc_in {r['acc_in']:.3f}, auroc {r['auroc_ood']:.3f}, known->Unknown {r['reject_in']:.3f}, "
                   + ", ".join(f"{t} Unknown {r[f'unknown_{t}']:.0%}" for t in NOVEL)
-                  + f", reference share among query neighbours {r['mixing']:.3f} (mixed: {r['mixing_if_mixed']:.3f})",
+                  + f", reference/query mixing {r['mixing']:.2f} (1 = mixed, 0 = apart); query cells of reference "
+                  f"types among reference cells of their type: joint UMAP {r['joint_agree']:.0%} (distance ratio "
+                  f"{r['joint_ratio']:.1f}), reference map {r['map_agree']:.0%} ({r['map_ratio']:.1f})",
                   flush=True)
     quick = [r for r in rows if r["run"] != "full"]
     full = [r for r in rows if r["run"] == "full"]

@@ -43,6 +43,7 @@ from numpy.typing import ArrayLike
 __all__ = [
     "METHODS",
     "embed",
+    "embed_onto",
     "embed_with_extra",
     "cached_embedding",
     "embedding_key",
@@ -350,6 +351,35 @@ def embed_with_extra(
     Y[rest_idx] = Y_rest
     _say(progress, "Embedding done")
     return Y, np.asarray(Y_extra, dtype=float).reshape(m, 2)
+
+
+def embed_onto(
+    X_ref: ArrayLike,
+    X_new: ArrayLike,
+    *,
+    method: Method = "umap",
+    seed: int = 0,
+    max_cells: int | None = None,
+    progress: Progress | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A map of the reference with new cells placed on it, as a mapped query is shown (Azimuth,
+    scanpy's ``ingest``): ``method`` is fitted on ``X_ref`` only (:func:`embed`, same arguments),
+    and each row of ``X_new`` is put at the inverse-distance-weighted mean position of its
+    nearest reference cells, found in the input space (e.g. the latent space), whatever the
+    method. New cells therefore always land among the reference cells they resemble most, even
+    when the input space keeps the two datasets apart; how far they are is for other views
+    (e.g. a novelty score) to say.
+
+    Returns ``(Y_ref, Y_new)``, (cells, 2) each, rows in input order.
+    """
+    _check_method(method)
+    A = _as_dense(X_ref, "X_ref")
+    B = _as_dense(X_new, "X_new").reshape(-1, A.shape[1])
+    Y_ref = embed(A, method=method, seed=seed, max_cells=max_cells, progress=progress)
+    if not B.shape[0] or not A.shape[0]:
+        return Y_ref, np.zeros((B.shape[0], 2))
+    _say(progress, f"Placing {B.shape[0]:,} cells by their nearest reference cells")
+    return Y_ref, _knn_place(A, Y_ref, B)
 
 
 # ----------------------------------------------------------------------------- caching

@@ -11,7 +11,9 @@ st.title("Latent space")
 run = res.require_run()
 has_gen = "gen_latent" in run.arrays and len(run.arrays["gen_latent"]) > 0
 
-c1, c2, c3 = st.columns([2, 2, 1], vertical_alignment="bottom")
+c0, c1, c2, c3 = st.columns([2, 2, 2, 1], vertical_alignment="bottom")
+layout = c0.radio("Layout", list(lat.LAYOUTS), format_func=lat.LAYOUTS.get, horizontal=True,
+                  key=WidgetKeys.EMBED_LAYOUT, help=lat.LAYOUT_HELP)
 method = c1.radio("Embedding", list(lat.METHODS), format_func=lat.METHODS.get, horizontal=True,
                   key=WidgetKeys.EMBED_METHOD)
 color_by = c2.selectbox("Colour by", list(lat.COLOR_BY), format_func=lat.COLOR_BY.get, key=WidgetKeys.COLOR_BY)
@@ -34,20 +36,25 @@ if lq:
 
 n_ref, n_q = len(run.arrays["ref_latent"]), len(run.arrays["query_latent"])
 n_total = n_ref + n_q + (len(run.arrays["gen_latent"]) if show_gen else 0)
-if method != "pca" and not lat.is_cached(run, method, show_gen):
+if method != "pca" and not lat.is_cached(run, method, show_gen, layout):
     wait = " The first UMAP of this server compiles numba code (up to a minute)." if method == "umap" else ""
     with st.spinner(f"Computing the {lat.METHODS[method]} of {n_total:,} cells (cached afterwards).{wait}"):
-        coords = lat.coordinates(run.root, run.run_id, method, show_gen)
+        coords = lat.coordinates(run.root, run.run_id, method, show_gen, layout)
 else:
-    coords = lat.coordinates(run.root, run.run_id, method, show_gen)
+    coords = lat.coordinates(run.root, run.run_id, method, show_gen, layout)
 
 notes = [f"{n_ref:,} reference cells (a random subset of the training cells is stored with the run), "
          f"{n_q:,} query cells" + (f", {n_total - n_ref - n_q:,} generated cells" if show_gen else "")]
-if method != "pca" and n_ref + n_q > lat.MAX_FIT:
+if layout == "reference":
+    notes.append("the map is fitted on the reference cells; query cells are placed by their nearest reference cells")
+if method != "pca" and (n_ref if layout == "reference" else n_ref + n_q) > lat.MAX_FIT:
     notes.append(f"{lat.METHODS[method]} was fitted on {lat.MAX_FIT:,} cells and the others placed in the same space")
 if n_total > lat.MAX_POINTS:
     notes.append(f"showing a random subsample of {lat.MAX_POINTS:,} of {n_total:,} points")
 st.caption("; ".join(notes) + ".")
+level, text = lat.mixing_note(lat.mixing(run.root, run.run_id), layout)
+if text:
+    (st.warning if level == "warning" else st.caption)(text)
 if show_gen:
     level, text = lat.placement_note(lat.placement(run.root, run.run_id), len(run.classes))
     (st.warning if level == "warning" else st.caption)(text)

@@ -10,7 +10,7 @@ import streamlit as st
 
 from cellannot_core._constants import UNKNOWN, OutKeys
 from cellannot_core.runs import RunDir
-from ui.results import Run, load_arrays
+from ui.results import Run, load_arrays, load_obs
 
 METHODS = {"umap": "UMAP", "tsne": "t-SNE", "pca": "PCA (fast)"}
 COLOR_BY = {
@@ -22,36 +22,98 @@ COLOR_BY = {
     "unknown": "Unknown or not",
 }
 CONTINUOUS = ("confidence", "novelty")
+LAYOUTS = {
+    "reference": "Reference map",
+    "joint": "Joint",
+}
+LAYOUT_HELP = ("Reference map: the map is fitted on the reference cells and each query cell is placed by its "
+               "nearest reference cells in the latent space (as Azimuth and scanpy's ingest show a mapped query): "
+               "shared types overlap, and a novel population lands next to the reference cells it resembles most. "
+               "Colour by novelty score to see which cells are far from every reference cell. Joint: reference and "
+               "query embedded together, so the map shows how far the latent space itself integrates the two "
+               "datasets.")
 MAX_FIT = 20_000  # UMAP / t-SNE are fitted on at most this many cells; the rest are placed
 MAX_POINTS = 50_000  # drawn points (WebGL); above: a seeded subsample, with a note
 EMBED_VERSION = "v1"
 
 
-def cache_path_key(method: str, with_generated: bool) -> str:
-    return f"{method}_{'with_generated' if with_generated else 'real'}_seed0_fit{MAX_FIT}_{EMBED_VERSION}"
+def cache_path_key(method: str, with_generated: bool, layout: str = "joint") -> str:
+    base = f"{method}_{'with_generated' if with_generated else 'real'}_seed0_fit{MAX_FIT}_{EMBED_VERSION}"
+    return base if layout == "joint" else f"{layout}_{base}"  # joint: the key runs made before layouts used
 
 
-def is_cached(run: Run, method: str, with_generated: bool) -> bool:
-    return (run.rd.path / "embeddings" / f"{cache_path_key(method, with_generated)}.npy").is_file()
+def is_cached(run: Run, method: str, with_generated: bool, layout: str = "joint") -> bool:
+    return (run.rd.path / "embeddings" / f"{cache_path_key(method, with_generated, layout)}.npy").is_file()
+
+
+def layout_coordinates(ref: np.ndarray, query: np.ndarray, gen: np.ndarray | None, method: str,
+                       layout: str) -> np.ndarray:
+    """(reference + query [+ generated]) x 2 coordinates, in that order.
+
+    ``"joint"``: every cell fitted together (generated cells too, so poor samples stay visible as
+    islands; above :data:`MAX_FIT` real cells a subsample is fitted and the rest placed).
+    ``"reference"``: fitted on the reference cells only (at most :data:`MAX_FIT`); query and
+    generated cells are placed at the mean position of their nearest reference cells in the
+    latent space (:func:`cellannot_core.embed.embed_onto`).
+    """
+    from cellannot_core.embed import embed, embed_onto, embed_with_extra
+
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {list(LAYOUTS)}, not {layout!r}")
+    gen = gen if gen is not None and len(gen) else None
+    if layout == "reference":
+        extra = query if gen is None else np.vstack([query, gen])
+        y_ref, y_extra = embed_onto(ref, extra, method=method, seed=0, max_cells=MAX_FIT)
+        return np.vstack([y_ref, y_extra])
+    X = np.vstack([ref, query])
+    if gen is not None:
+        y, y_gen = embed_with_extra(X, gen, method=method, seed=0, max_cells=MAX_FIT)
+        return np.vstack([y, y_gen])
+    return embed(X, method=method, seed=0, max_cells=MAX_FIT)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def coordinates(root: str, run_id: str, method: str, with_generated: bool) -> np.ndarray:
-    """(reference + query [+ generated]) x 2 coordinates, in that order."""
-    from cellannot_core.embed import cached_embedding, embed, embed_with_extra
+def coordinates(root: str, run_id: str, method: str, with_generated: bool, layout: str = "joint") -> np.ndarray:
+    """:func:`layout_coordinates` of a run's arrays, cached on disk with the run."""
+    from cellannot_core.embed import cached_embedding
 
     arrays = load_arrays(root, run_id)
-    X = np.vstack([arrays["ref_latent"], arrays["query_latent"]])
     gen = arrays.get("gen_latent") if with_generated else None
-
-    def compute() -> np.ndarray:
-        if gen is not None and len(gen):
-            y, y_gen = embed_with_extra(X, gen, method=method, seed=0, max_cells=MAX_FIT)
-            return np.vstack([y, y_gen])
-        return embed(X, method=method, seed=0, max_cells=MAX_FIT)
-
+    gen = gen if gen is not None and len(gen) else None
     cache_dir = RunDir.open(root, run_id).path / "embeddings"
-    return cached_embedding(cache_dir, cache_path_key(method, gen is not None), compute)
+    return cached_embedding(cache_dir, cache_path_key(method, gen is not None, layout),
+                            lambda: layout_coordinates(arrays["ref_latent"], arrays["query_latent"], gen, method,
+                                                       layout))
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def mixing(root: str, run_id: str) -> float:
+    """:func:`cellannot_core.metrics.dataset_mixing` of the run's latent space, over the query
+    cells the run did not call Unknown."""
+    from cellannot_core.metrics import dataset_mixing
+
+    a = load_arrays(root, run_id)
+    unknown = load_obs(root, run_id)[OutKeys.IS_UNKNOWN].to_numpy().astype(bool)
+    return dataset_mixing(a["ref_latent"], a["query_latent"][~unknown])
+
+
+def mixing_note(value: float, layout: str) -> tuple[str, str]:
+    """``(level, text)`` for the page: how far the latent space integrates reference and query."""
+    from cellannot_core.metrics import MIXED_ENOUGH
+
+    if not np.isfinite(value):
+        return "caption", ""
+    text = (f"Reference-query mixing in this model's latent space: {value:.2f} (1 = the query's known cells have "
+            "as many reference neighbours as if the two datasets were one, 0 = none).")
+    if value >= MIXED_ENOUGH:
+        return "caption", text
+    if layout == "joint":
+        return "warning", (text + " This latent space keeps the two datasets apart (the studies differ more than "
+                           "the model removed), so in the joint map the query forms its own islands even where its "
+                           "types match the reference. The Reference map layout places each query cell by its "
+                           "nearest reference cells.")
+    return "caption", (text + " The latent space keeps the two datasets apart; this map places each query cell by "
+                       "its nearest reference cells (switch to Joint to see the separation).")
 
 
 def point_table(run: Run, coords: np.ndarray, with_generated: bool) -> pd.DataFrame:

@@ -61,6 +61,7 @@ class WidgetKeys:
     FILTER_CONF = "w_filter_conf"
     FILTER_UNKNOWN = "w_filter_unknown"
     EMBED_METHOD = "w_embed_method"
+    EMBED_LAYOUT = "w_embed_layout"
     COLOR_BY = "w_color_by"
     SHOW_GENERATED = "w_show_generated"
     SCORE_METHOD = "w_score_method"

@@ -18,7 +18,8 @@ from cellannot_core.metrics._label_transfer import (
     label_transfer_metrics,
     per_type_ood_auroc,
 )
-from cellannot_core.metrics._latent import active_dims, asw, generated_placement, latent_quality
+from cellannot_core.metrics._latent import (MIXED_ENOUGH, active_dims, asw, dataset_mixing, generated_placement,
+                                            latent_quality)
 from cellannot_core.metrics._ranking import accuracy_coverage_curve, auroc
 
 __all__ = [
@@ -29,6 +30,8 @@ __all__ = [
     "active_dims",
     "asw",
     "generated_placement",
+    "dataset_mixing",
+    "MIXED_ENOUGH",
     "auroc",
     "balanced_accuracy",
     "ece",

@@ -96,6 +96,38 @@ def latent_quality(ref_latent: ArrayLike, ref_labels: ArrayLike, query_latent: A
     return out
 
 
+#: Reference and query "sit apart" in a latent space when :func:`dataset_mixing` is below this.
+MIXED_ENOUGH = 0.5
+
+
+def dataset_mixing(ref_latent: ArrayLike, query_latent: ArrayLike, *, k: int = 15, max_cells: int = 20_000,
+                   seed: int = 0) -> float:
+    """How far a latent space integrates a reference and a query: the share of reference cells
+    among the ``k`` nearest neighbours of each query cell in the pooled latents, divided by the
+    share expected if the two were fully mixed (the reference's share of the pool).
+
+    1 = mixed as well as random; 0 = the query's neighbours are all query cells (the two datasets
+    sit apart). Pass the query cells of reference types only (e.g. those not called Unknown):
+    novel types are not meant to mix. Above ``max_cells`` cells of either, a seeded subsample of
+    that size is used. ``nan`` when either side has fewer than 2 cells.
+    """
+    from sklearn.neighbors import NearestNeighbors
+
+    R, Q = np.asarray(ref_latent, dtype=np.float64), np.asarray(query_latent, dtype=np.float64)
+    if len(R) < 2 or len(Q) < 2:
+        return float("nan")
+    rng = np.random.default_rng(seed)
+    if len(R) > max_cells:
+        R = R[rng.choice(len(R), max_cells, replace=False)]
+    if len(Q) > max_cells:
+        Q = Q[rng.choice(len(Q), max_cells, replace=False)]
+    pool = np.vstack([R, Q])
+    k = int(min(k, len(pool) - 1))
+    idx = NearestNeighbors(n_neighbors=k + 1).fit(pool).kneighbors(Q, return_distance=False)[:, 1:]
+    share = float((idx < len(R)).mean())
+    return share / (len(R) / len(pool))
+
+
 #: Generated cells "sit apart" when their typical distance to the nearest real cell is more than
 #: this many times the real cells' own typical nearest-neighbour distance.
 APART_RATIO = 3.0

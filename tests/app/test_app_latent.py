@@ -42,8 +42,12 @@ def test_latent_page_pca_all_colourings(run):
         assert not at.exception, color
     at.toggle(key=WidgetKeys.SHOW_GENERATED).set_value(False).run()
     assert not at.exception
+    assert at.radio(key=WidgetKeys.EMBED_LAYOUT).value == "reference"  # the default: the reference map
+    at.radio(key=WidgetKeys.EMBED_LAYOUT).set_value("joint").run()
+    assert not at.exception
     caches = {p.name for p in (root / run_id / "embeddings").glob("*.npy")}
-    assert caches == {f"{lat.cache_path_key('pca', True)}.npy", f"{lat.cache_path_key('pca', False)}.npy"}
+    assert caches == {f"{lat.cache_path_key('pca', g, lay)}.npy" for g, lay in
+                      ((True, "reference"), (False, "reference"), (False, "joint"))}
 
 
 def test_point_table_has_generated_cells_as_markers(run):
@@ -91,3 +95,47 @@ def test_the_page_says_when_generated_cells_sit_apart(run, tmp_path):
     at.session_state[StateKeys.RUN_ID] = run_id  # the real run: a plain note, whatever its quality
     at.run()
     assert any("Generated cells:" in c.value for c in at.caption) or any("Generated cells" in w.value for w in at.warning)
+
+
+def test_a_query_the_latent_space_keeps_apart_is_mapped_onto_the_reference_and_the_page_says_so(run):
+    """Issue 13: after the demo run the reference and query did not overlap at all in the latent
+    view. The default layout is now the reference map (query cells placed by their nearest reference
+    cells), and the page measures the latent space's mixing and says when it keeps the datasets apart."""
+    import shutil
+
+    import numpy as np
+
+    from cellannot_core.metrics import generated_placement
+    from cellannot_core.runs import RunDir
+    from ui.results import load_run
+
+    root, run_id = run
+    copy_id = run_id[:-4] + "a9a9"
+    shutil.copytree(root / run_id, root / copy_id)
+    for f in (root / copy_id / "embeddings").glob("*.npy"):
+        f.unlink()
+    rd = RunDir.open(root, copy_id)
+    arrays = rd.load_arrays()
+    spread = float(np.ptp(arrays["ref_latent"], axis=0).max())
+    arrays["query_latent"] = arrays["query_latent"] + 0.5 * spread  # a study effect the model kept
+    rd.save_arrays(arrays)
+
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    at.session_state[StateKeys.RUN_ID] = copy_id
+    at.session_state[WidgetKeys.EMBED_METHOD] = "pca"
+    at.switch_page("pages/latent.py").run()
+    assert not at.exception
+    assert any("Reference-query mixing" in c.value and "places each query cell" in c.value for c in at.caption)
+    at.radio(key=WidgetKeys.EMBED_LAYOUT).set_value("joint").run()
+    assert any("keeps the two datasets apart" in w.value for w in at.warning)
+
+    r = load_run(str(root), copy_id)
+    ref_y = r.arrays["ref_y"]
+    index = {c: i for i, c in enumerate(r.classes)}
+    pred = np.array([index[c] for c in r.obs["cellannot_label_raw"].astype(str)])
+    joint = lat.coordinates(str(root), copy_id, "pca", False, "joint")
+    mapped = lat.coordinates(str(root), copy_id, "pca", False, "reference")
+    n = len(ref_y)
+    on_map = generated_placement(mapped[n:], pred, mapped[:n], ref_y)
+    beside = generated_placement(joint[n:], pred, joint[:n], ref_y)
+    assert on_map["distance_ratio"] < 2 < beside["distance_ratio"]

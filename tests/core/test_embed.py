@@ -147,3 +147,27 @@ def test_umap_fit_and_transform():
     assert Yu.shape == (120, 2) and Yue.shape == (8, 2)
     Ym = embed(X, method="umap", max_cells=80, seed=0)
     assert Ym.shape == (120, 2) and _knn_agreement(Ym, y) > 0.95
+
+
+def test_embed_onto_places_a_shifted_query_among_the_reference_cells_of_its_type():
+    """Issue 13: when the latent space keeps reference and query apart (a study effect the model did
+    not remove), a joint map shows two separate islands; the reference map places each query cell
+    by its nearest reference cells, so query cells land on the reference cells of their own type."""
+    from cellannot_core.embed import embed_onto
+    from cellannot_core.metrics import dataset_mixing, generated_placement
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(scale=8.0, size=(3, 10))
+    ref_y, q_y = rng.integers(0, 3, 300), rng.integers(0, 3, 200)
+    ref = centres[ref_y] + rng.normal(size=(300, 10))
+    shift = np.r_[6.0, np.zeros(9)]  # a study effect smaller than the distance between types
+    query = centres[q_y] + rng.normal(size=(200, 10)) + shift
+    assert dataset_mixing(ref, query) < 0.3  # apart in the input space
+    y_ref, y_q = embed_onto(ref, query, method="pca")
+    np.testing.assert_allclose(y_ref, embed(ref, method="pca"))  # the reference's own map
+    placed = generated_placement(y_q, q_y, y_ref, ref_y)  # where the query cells land on the map
+    assert placed["class_agreement"] > 0.95 and placed["distance_ratio"] < 1.5
+    apart = generated_placement(query, q_y, ref, ref_y)  # in the input space: beside, not among
+    assert apart["distance_ratio"] > 2 * placed["distance_ratio"]
+    y0, y_empty = embed_onto(ref, np.zeros((0, 10)), method="pca")
+    assert y_empty.shape == (0, 2)

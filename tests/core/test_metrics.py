@@ -318,6 +318,17 @@ def test_generated_placement_tells_good_samples_from_poor_ones():
     assert blob["apart"] and blob["distance_ratio"] > 10
 
 
+def test_dataset_mixing_is_one_when_mixed_and_zero_when_apart():
+    from cellannot_core.metrics import dataset_mixing
+
+    rng = np.random.default_rng(0)
+    ref, query = rng.normal(size=(400, 5)), rng.normal(size=(200, 5))
+    assert dataset_mixing(ref, query) == pytest.approx(1.0, abs=0.15)
+    assert dataset_mixing(ref, query + 20.0) == 0.0
+    assert dataset_mixing(ref, query, max_cells=100) == pytest.approx(1.0, abs=0.25)
+    assert math.isnan(dataset_mixing(ref, query[:1]))
+
+
 def test_marker_evidence_supports_a_right_label_and_not_a_wrong_one():
     from cellannot_core.evidence import class_means, marker_evidence
 
