@@ -10,6 +10,7 @@ nav = st.navigation({
     "Workflow": [
         st.Page("pages/data.py", title="Data", icon=":material/folder_open:"),
         st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
+        st.Page("pages/runs.py", title="Runs", icon=":material/history:"),
     ],
     "Results": [
         st.Page("pages/results.py", title="Label transfer", icon=":material/label:"),

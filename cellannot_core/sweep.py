@@ -34,6 +34,7 @@ OBJECTIVES = {
 SAMPLERS = ("tpe", "random", "grid")
 SKIP = ("ood_score", "latent_model", "max_epochs", "patience", "knn_k", "sample_steps", "sample_noise", "cv")
 HEARTBEAT_SECONDS = 30
+SWEEP_FILE = "sweep.json"  # in a trial's run directory: its study, trial number, parameters and scores
 
 
 def search_space(model: str, params: Sequence[str] = ()) -> dict[str, tuple[str, Any]]:
@@ -136,7 +137,7 @@ def run_sweep(reference, query, opts, *, storage: str | Path, study_name: str, n
 
     from .data import read_dataset
     from .pipeline import annotate, prepare_data, train_model
-    from .runs import RunDir, write_json_atomic
+    from .runs import RunDir, read_json, write_json_atomic
 
     if objective not in OBJECTIVES:
         raise ConfigError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
@@ -166,7 +167,7 @@ def run_sweep(reference, query, opts, *, storage: str | Path, study_name: str, n
         log(f"trial {trial.number}: {', '.join(f'{k}={v}' for k, v in hp.items())}")
         if runs_dir is not None:
             rd = RunDir.create(runs_dir, model=o.model, owner=owner)
-            write_json_atomic(rd.file("sweep.json"), {"study": study_name, "storage": storage_url(storage), "trial": trial.number,
+            write_json_atomic(rd.file(SWEEP_FILE), {"study": study_name, "storage": storage_url(storage), "trial": trial.number,
                                          "objective": objective, "params": hp})
             res = annotate(ref, qry, o, run_dir=rd, callbacks=callbacks)
             model, val = res.model, res.prepared.val
@@ -179,6 +180,9 @@ def run_sweep(reference, query, opts, *, storage: str | Path, study_name: str, n
                   "val_nll": _nll(model, val)}
         for k, v in values.items():
             trial.set_user_attr(k, v)
+        if runs_dir is not None:  # the run says which sweep it belongs to and what it scored
+            write_json_atomic(rd.file(SWEEP_FILE), {**read_json(rd.file(SWEEP_FILE), {}), "values": values,
+                                                    "value": values[objective]})
         if not math.isfinite(values[objective]):
             raise optuna.TrialPruned(f"{objective} is not finite")
         return values[objective]

@@ -1,4 +1,4 @@
-"""Train: the current run (live), a new training from the registry-built form, past runs."""
+"""Train: the current run (live) and a new training from the registry-built form (past runs: the Runs page)."""
 import streamlit as st
 
 from ui import train as train_ui
@@ -29,5 +29,5 @@ else:
         else:
             st.rerun()  # show the new run's live panel at the top
 
-st.subheader("Past runs")
-train_ui.past_runs_section()
+st.page_link("pages/runs.py", label="All your runs: parameters, metrics, sweeps; open, run again, export, delete",
+             icon=":material/history:")

@@ -2,16 +2,14 @@
 and the list of past runs."""
 from __future__ import annotations
 
-import time
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-import pandas as pd
 import streamlit as st
 
 from cellannot_core.errors import CellannotError
 from ui import jobs
-from ui.state import StateKeys, WidgetKeys, get, set_run
+from ui.state import StateKeys, WidgetKeys, data_loaded, get, set_run
 from ui.widgets import fmt_seconds, hparam_form, plot, status_text
 
 QUICK_SECONDS = 60  # a quick run's training time budget (the demo's recommended model trains fully in ~20 s)
@@ -81,6 +79,8 @@ def rerun_problem(run_id: str) -> tuple[Any, str | None]:
         return None, str(err)
     if req is None:
         return None, "this run did not record its settings (started from the command line or by an older version)"
+    if not data_loaded():
+        return None, "no data is loaded in this session: load the reference and query it was trained on"
     if req["datasets"] and req["datasets"] != session_datasets():
         return None, ("the data loaded now is not the data this run was trained on: load the same reference and "
                       "query on the Data page to run it again")
@@ -283,47 +283,3 @@ def run_panel(run_id: str) -> None:
         _panel_body(run_id, active)
 
     _panel()
-
-
-# ------------------------------------------------------------------------------ past runs
-
-
-def past_runs() -> pd.DataFrame:
-    from cellannot_core.runs import list_runs
-
-    from ui.session import owner_id, server_is_local
-
-    # the session's own runs, and the command line's while the app serves this machine only
-    rows = list_runs(jobs.runs_root(), owner=owner_id(), include_unowned=server_is_local())
-    df = pd.DataFrame(rows, columns=["id", "state", "model", "created", "n_query", "unknown_fraction", "message"])
-    if len(df):
-        df["created"] = [time.strftime("%Y-%m-%d %H:%M", time.localtime(t)) if t else "" for t in df["created"]]
-    return df
-
-
-def past_runs_section() -> None:
-    df = past_runs()
-    if df.empty:
-        st.caption(f"No runs yet in `{jobs.runs_root()}`.")
-        return
-    st.dataframe(df, hide_index=True, column_config={
-        "unknown_fraction": st.column_config.NumberColumn("Unknown", format="percent"),
-        "n_query": st.column_config.NumberColumn("query cells")})
-    ids = df["id"].tolist()
-    cur = get(StateKeys.RUN_ID)
-    c1, c2, c3 = st.columns([3, 1, 1], vertical_alignment="bottom")
-    pick = c1.selectbox("Run", ids, index=ids.index(cur) if cur in ids else 0, key=WidgetKeys.RUN_PICKER)
-    if c2.button("Open this run", key=WidgetKeys.OPEN_RUN):
-        set_run(pick)
-        st.rerun()
-    if c3.button("Delete this run", key=WidgetKeys.DELETE_RUN, icon=":material/delete:"):
-        from cellannot_core.runs import RunDir
-
-        try:
-            RunDir.open(jobs.runs_root(), pick).delete()
-        except CellannotError as err:
-            st.error(str(err))
-        else:
-            if cur == pick:
-                set_run(None)
-            st.rerun()

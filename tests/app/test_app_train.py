@@ -176,9 +176,9 @@ def test_cancel_button_stops_the_job_and_past_runs_reopen(tiny_pair):
     at.run()
     assert at.button(key=WidgetKeys.RERUN).disabled
     assert any("not the data this run was trained on" in c.value for c in at.caption)
-    # reopening: point the session elsewhere, then pick the run from the list
+    # reopening: point the session elsewhere, then pick the run from the Runs page's list
     at.session_state[StateKeys.RUN_ID] = None
-    at.run()
+    at.switch_page("pages/runs.py").run()
     at.selectbox(key=WidgetKeys.RUN_PICKER).set_value(run_id)
     at.button(key=WidgetKeys.OPEN_RUN).click().run()
     assert at.session_state[StateKeys.RUN_ID] == run_id

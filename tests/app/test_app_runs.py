@@ -1,0 +1,77 @@
+"""The Runs page (issue 17): every run of the session's own with its parameters and metrics, a
+sweep's trials side by side, and open / run again / export the card / delete for one run."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from cellannot_core.pipeline import AnnotateOptions
+from conftest import demo_subset
+from ui import jobs
+from ui.session import SESSION_PARAM, TOKEN_KEY, owner_id
+from ui.state import StateKeys, WidgetKeys
+
+ROOT = Path(__file__).resolve().parents[2]
+APP = str(ROOT / "app.py")
+LABEL = "cell_type_harmonized"
+
+
+@pytest.fixture(autouse=True)
+def _runs(tmp_path, monkeypatch):
+    monkeypatch.setenv("CELLANNOT_RUNS", str(tmp_path / "runs"))
+
+
+def _visit(token: str | None = None) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=60)
+    if token:
+        at.query_params[SESSION_PARAM] = token
+    at.run()
+    return at.switch_page("pages/runs.py").run()
+
+
+def test_runs_page_lists_parameters_metrics_and_a_sweep_and_acts_on_one_run(tmp_path):
+    from cellannot_core._constants import RunFiles
+    from cellannot_core.runs import RunDir
+    from cellannot_core.sweep import run_sweep
+
+    at = _visit()
+    assert any("No runs yet" in i.value for i in at.info)
+    tok = at.session_state[TOKEN_KEY]
+    ref, qry = demo_subset(200, 150)
+    opts = AnnotateOptions(label_key=LABEL, query_label_key=LABEL, model="logreg", n_top_genes=200)
+    plain = jobs.start_job(ref, qry, opts, owner=owner_id(tok))
+    assert jobs.wait(plain, timeout=120)["state"] == "done"
+    run_sweep(ref, qry, opts, storage=Path(jobs.runs_root()) / "sweeps.db", study_name="my-sweep", n_trials=3,
+              sampler="random", params=["C"], runs_dir=jobs.runs_root(), owner=owner_id(tok))
+    someone_else = jobs.start_job(ref, qry, opts, owner=owner_id("another visitor's token 0123456789"))
+    assert jobs.wait(someone_else, timeout=120)["state"] == "done"
+
+    at = _visit(tok)
+    assert not at.exception
+    table = at.dataframe[0].value
+    assert len(table) == 4 and someone_else not in set(table["id"])  # the session's own runs only
+    assert table["val_accuracy"].between(0, 1).all() and table["acc_in"].between(0, 1).all()
+    trials = table[table["sweep"] == "my-sweep"]
+    assert len(trials) == 3 and trials["changed"].str.startswith("C=").all()
+    assert table.loc[table["id"] == plain, "changed"].iloc[0] == ""
+    # the sweep's trials side by side: objective against C, and parallel coordinates
+    assert at.selectbox(key=WidgetKeys.RUNS_SWEEP).value == "my-sweep"
+    shown = at.dataframe[1].value
+    assert len(shown) == 3 and shown["value"].between(0, 1).all() and (shown["param C"] > 0).all()
+    assert len(at.get("plotly_chart")) == 2
+    # one run: export its card, open it, delete it
+    at.selectbox(key=WidgetKeys.RUN_PICKER).set_value(plain).run()
+    card = at.get("download_button")
+    assert any(getattr(b, "label", "") == "Export its card (.json)" for b in card)
+    assert json.loads(RunDir.open(jobs.runs_root(), plain).file(RunFiles.CARD).read_text())["model"] == "logreg"
+    at.button(key=WidgetKeys.OPEN_RUN).click().run()
+    assert at.session_state[StateKeys.RUN_ID] == plain
+    # run again needs the data it was trained on in the session: this session has none loaded
+    assert at.button(key=WidgetKeys.RUNS_RERUN).disabled
+    at.button(key=WidgetKeys.DELETE_RUN).click().run()
+    assert not at.exception
+    assert not (Path(jobs.runs_root()) / plain).exists() and at.session_state[StateKeys.RUN_ID] is None
+    assert len(at.dataframe[0].value) == 3

@@ -1,0 +1,93 @@
+"""Runs page helpers: every run of the session's own in one table (parameters and metrics), the
+plots of a sweep's trials, and the actions on one run (open, run again, export its card, delete).
+
+Everything comes from the run directories (status, card, ``sweep.json`` of sweep trials), so the
+page shows the same after a reload or a server restart. Only the session's own runs are listed
+(and the command line's while the app serves this machine only), as everywhere in the app.
+"""
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pandas as pd
+
+from cellannot_core.errors import CellannotError
+from ui import jobs
+
+METRICS = {  # column -> (label, where in the card)
+    "val_accuracy": ("Validation accuracy (reference)", ("validation", "val_accuracy")),
+    "val_ece": ("Validation ECE (reference)", ("validation", "ece_after")),
+    "acc_in": ("Query accuracy (known types)", ("query_metrics", "acc_in")),
+    "acc_open": ("Query open-set accuracy", ("query_metrics", "acc_open")),
+    "auroc_ood": ("Query novelty AUROC", ("query_metrics", "auroc_ood")),
+    "unknown_fraction": ("Unknown", ("unknown_fraction",)),
+    "train_seconds": ("Training seconds", ("training", "seconds")),
+    "epochs": ("Epochs", ("training", "n_epochs")),
+}
+PARAM = "param "  # prefix of hyper-parameter columns
+
+
+def _dig(d: Any, path: tuple[str, ...]) -> Any:
+    for k in path:
+        if not isinstance(d, dict):
+            return None
+        d = d.get(k)
+    return d
+
+
+def _changed_hparams(model: str | None, hparams: dict[str, Any]) -> dict[str, Any]:
+    """The hyper-parameters that differ from the model's registry defaults."""
+    from cellannot_core.models import get_spec
+
+    try:
+        spec = get_spec(model) if model else None
+    except (KeyError, CellannotError):
+        spec = None
+    if spec is None:
+        return dict(hparams)
+    return {k: v for k, v in hparams.items() if k not in spec.hparams or spec.hparams[k].default != v}
+
+
+def runs_table() -> pd.DataFrame:
+    """One row per run of this session: id, state, model, created, seed, its metrics (columns of
+    :data:`METRICS`), the hyper-parameters changed from the model's defaults (``param <name>``
+    columns and a short ``changed`` text), and for a sweep's trial its study, trial and score."""
+    from cellannot_core.runs import RunDir, list_runs, read_json
+    from cellannot_core.sweep import SWEEP_FILE
+
+    from ui.session import owner_id, server_is_local
+
+    rows = []
+    for r in list_runs(jobs.runs_root(), owner=owner_id(), include_unowned=server_is_local()):
+        rd = RunDir.open(jobs.runs_root(), r["id"])
+        card = rd.card() or {}
+        sweep = read_json(rd.file(SWEEP_FILE), {}) or {}
+        changed = _changed_hparams(r["model"], card.get("hparams") or {})
+        if sweep.get("params"):
+            changed = {**changed, **sweep["params"]}
+        row = {"id": r["id"], "state": r["state"], "model": r["model"] or "(not recorded)",
+               "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(r["created"])) if r["created"] else "",
+               "seed": card.get("seed"), "message": r["message"] if r["state"] != "done" else "",
+               "sweep": sweep.get("study", ""), "trial": sweep.get("trial"), "objective": sweep.get("objective", ""),
+               "value": sweep.get("value"),
+               "changed": ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in changed.items())}
+        row.update({k: _dig(card, path) for k, (_, path) in METRICS.items()})
+        row.update({PARAM + k: v for k, v in changed.items()})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def sweep_table(df: pd.DataFrame, study: str) -> pd.DataFrame:
+    """The finished trials of one sweep, in the shape of :func:`ui.compare.sweep_figures`."""
+    t = df[(df["sweep"] == study) & (df["state"] == "done") & df["value"].notna()].copy()
+    t = t.rename(columns={"id": "run_id"}).sort_values("trial")
+    keep = [c for c in t.columns if c.startswith(PARAM) and t[c].notna().all()]
+    return t[["trial", "value", "run_id", *keep]].reset_index(drop=True)
+
+
+def card_bytes(run_id: str) -> bytes:
+    from cellannot_core.runs import RunDir
+
+    return json.dumps(RunDir.open(jobs.runs_root(), run_id).card() or {}, indent=2, default=str).encode()
