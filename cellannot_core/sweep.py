@@ -128,9 +128,11 @@ def _nll(model, val) -> float:
 def run_sweep(reference, query, opts, *, storage: str | Path, study_name: str, n_trials: int,
               objective: str = "val_accuracy", sampler: str = "tpe", params: Sequence[str] = (),
               runs_dir: str | Path | None = None, owner: str | None = None, callbacks: Sequence[Any] = (),
-              log: Callable[[str], None] = lambda s: None, on_trial: Callable[[dict], None] | None = None):
+              log: Callable[[str], None] = lambda s: None, on_trial: Callable[[dict], None] | None = None,
+              on_run: Callable[[Any, Any], None] | None = None):
     """Run (or resume) the sweep; returns the Optuna study. ``reference`` / ``query``: paths or
-    AnnData, read once. ``on_trial`` gets each finished trial's row (see :func:`trial_rows`)."""
+    AnnData, read once. ``on_trial`` gets each finished trial's row (see :func:`trial_rows`);
+    ``on_run(run_dir, options)`` each trial's new run directory (with ``runs_dir``) before it trains."""
     import dataclasses
 
     import optuna
@@ -167,6 +169,8 @@ def run_sweep(reference, query, opts, *, storage: str | Path, study_name: str, n
         log(f"trial {trial.number}: {', '.join(f'{k}={v}' for k, v in hp.items())}")
         if runs_dir is not None:
             rd = RunDir.create(runs_dir, model=o.model, owner=owner)
+            if on_run is not None:
+                on_run(rd, o)
             write_json_atomic(rd.file(SWEEP_FILE), {"study": study_name, "storage": storage_url(storage), "trial": trial.number,
                                          "objective": objective, "params": hp})
             res = annotate(ref, qry, o, run_dir=rd, callbacks=callbacks)

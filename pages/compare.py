@@ -92,9 +92,10 @@ swept = st.multiselect("Hyper-parameters to vary", list(get_spec(sweep_model).hp
 if st.button("Start the sweep", key=cmp.CompareKeys.SWEEP_START, disabled=not swept or cmp.is_busy("sweep"),
              icon=":material/tune:"):
     from ui.session import owner_id
+    from ui.train import session_datasets as train_session_datasets
 
     cmp.start_from_page("sweep", ref, get(StateKeys.QUERY), get, model=sweep_model, trials=trials,
-                        objective=objective, params=swept, owner=owner_id(),
+                        objective=objective, params=swept, owner=owner_id(), datasets=train_session_datasets(),
                         study=f"{owner_id()[:12]}-{sweep_model}-{objective}-{'-'.join(sorted(swept))}",
                         max_epochs=epochs if quick else None)
 cmp.job_panel("sweep")

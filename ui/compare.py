@@ -144,7 +144,8 @@ def _sweep(job: CompareJob, reference: Any, query: Any, opts: Any, cbs: list) ->
                       n_trials=int(p["trials"]), objective=p["objective"], sampler=p.get("sampler", "tpe"),
                       params=p.get("params") or (), runs_dir=jobs.runs_root(), owner=p.get("owner"),
                       callbacks=[cb for cb in cbs if not isinstance(cb, _Reporter)], on_trial=on_trial,
-                      log=lambda s: setattr(job, "message", s))
+                      log=lambda s: setattr(job, "message", s),
+                      on_run=lambda rd, trial_opts: jobs.write_request(rd, trial_opts, p.get("datasets")))
     return pd.DataFrame([r for r in trial_rows(study) if r["state"] == "COMPLETE"])
 
 
@@ -506,6 +507,7 @@ def runs_section(runs: list[dict[str, Any]]) -> None:
         fig.update_layout(title="Agreement: share of cells labelled the same (Unknown included)", height=380)
         plot(fig, key="cmp_runs_agreement")
     if not res["unknown_by_label"].empty:
-        ubl = res["unknown_by_label"].rename(columns=dict(zip(table["run"], table["model"])))
+        # one column per run, named by its model and the end of its id (runs of one model must stay apart)
+        ubl = res["unknown_by_label"].rename(columns={r: f"{m} ({r[-6:]})" for r, m in zip(table["run"], table["model"])})
         st.markdown("**Unknown share by the label each model would have given** (where each model hesitates)")
         st.dataframe(ubl.style.format("{:.0%}"), column_config={"_index": "Most likely type"})

@@ -212,8 +212,13 @@ def start_job(reference: Any, query: Any, opts: Any, *, root: str | Path | None 
 
     rd = RunDir.create(root if root is not None else runs_root(), model=opts.model, owner=owner)
     rd.set_status("queued", model=opts.model, message="starting")
-    write_json_atomic(rd.file(RunFiles.REQUEST), {"options": asdict(opts), "datasets": dict(datasets or {})})
+    write_request(rd, opts, datasets)
     return launch(rd.id, Job(run_id=rd.id, run_dir=rd, token=CancelToken()), _worker, reference, query, opts)
+
+
+def write_request(rd: RunDir, opts: Any, datasets: dict[str, str] | None) -> None:
+    """Record what a run is started with (read back by :func:`request`, for *Run again*)."""
+    write_json_atomic(rd.file(RunFiles.REQUEST), {"options": asdict(opts), "datasets": dict(datasets or {})})
 
 
 def request(run_id: str, root: str | Path | None = None) -> dict[str, Any] | None:

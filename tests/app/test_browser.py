@@ -376,6 +376,72 @@ def _click_path(page, url: str, tmp_path: Path, ad, runs_dir: Path) -> None:
     step("second model (logreg) and Compare of both runs")
 
 
+# ------------------------------------------------------------------------------ a sweep from the app
+
+SWEEP_TRIALS = 8
+
+
+def test_a_sweep_of_eight_trials_is_launched_followed_and_compared(server, browser):
+    """Issue 17: a sweep of 8 trials launched from the Compare page, followed while it runs
+    (progress, the trials' table and plots growing) and compared when done (best trial, objective
+    against each parameter, parallel coordinates), then on the Runs page where every trial is a run."""
+    ctx = browser.new_context(viewport=VIEWPORT)
+    t0 = time.time()
+    try:
+        page = ctx.new_page()
+        page.set_default_timeout(60_000)
+        page.goto(server["url"])
+        page.get_by_role("heading", name="cellannot").first.wait_for(timeout=PAGE_TIMEOUT_MS)
+        wait_idle(page)
+        page.locator(f"{_key('w_demo')} button").click()
+        page.get_by_text("Demo data loaded").wait_for(timeout=PAGE_TIMEOUT_MS)
+        wait_idle(page)
+        goto_page(page, "Compare models")
+        wait_idle(page)
+        page.get_by_role("heading", name="Hyper-parameter sweep").wait_for()
+        _select(page, "w_sweep_model", QUICK_MODEL)
+        assert page.locator(f"{_key('w_sweep_trials')} input").input_value() == str(SWEEP_TRIALS)
+        start = page.locator(f"{_key('w_sweep_start')} button")
+        page.wait_for_function("() => { const b = document.querySelector('.st-key-w_sweep_start button');"
+                               " return b && !b.disabled; }", timeout=PAGE_TIMEOUT_MS)
+        start.click()
+        # followed: the job runs with a progress bar, then the finished trials and their plots grow
+        page.get_by_text(re.compile(r"Job sweep-\d+-[0-9a-f]+: running")).first.wait_for(timeout=PAGE_TIMEOUT_MS)
+        assert page.locator('[data-testid="stProgress"]').count() > 0
+        cancel = page.locator(".st-key-w_cmp_cancel_sweep button")
+        assert cancel.count() == 1 and cancel.is_enabled()
+        wait_plot(page, '[class*="st-key-sweep_live_"]', TRAIN_TIMEOUT_S * 1000)  # >= 2 trials finished
+        assert_no_errors(page, "Compare while the sweep runs")
+        # compared: the best trial, the table of all 8, objective against each parameter, parallel coordinates
+        best = page.get_by_text(re.compile(r"Best: trial \d+, val_accuracy"))
+        best.wait_for(timeout=TRAIN_TIMEOUT_S * 1000)
+        wait_idle(page)
+        assert_no_errors(page, "Compare after the sweep")
+        figs = page.locator('[class*="st-key-sweep_fig_"] [data-testid="stPlotlyChart"]')
+        figs.last.locator(".main-svg").first.wait_for(state="visible", timeout=PAGE_TIMEOUT_MS)
+        titles = " ".join(figs.locator(".gtitle").all_text_contents())
+        assert "val_accuracy against C" in titles, titles  # the objective against a swept parameter
+        assert figs.locator(".parcoords").count() == 1  # and every trial in parallel coordinates
+        runs = set(RUN_ID_IN_TEXT.findall(page.locator('[data-testid="stMain"]').text_content()))
+        # the Runs page: every trial is a run of this session, with the sweep's plots
+        goto_page(page, "Runs")
+        listed = _listed_runs(page)
+        assert len(listed) == SWEEP_TRIALS and runs <= listed, (runs, listed)
+        wait_plot(page, '[class*="st-key-runs_sweep_"]')
+        page.wait_for_function("() => { const t = document.querySelectorAll('[data-testid=\"stDataFrame\"]');"
+                               " return t.length >= 2 && /param C/.test(t[1].textContent); }",
+                               timeout=PAGE_TIMEOUT_MS)  # the sweep's trials, side by side
+        # a trial can be run again with its own settings (the session holds the data it was trained on)
+        page.wait_for_function("() => { const b = document.querySelector('.st-key-w_runs_rerun button');"
+                               " return b && !b.disabled; }", timeout=PAGE_TIMEOUT_MS)
+        assert_no_errors(page, "Runs with the sweep")
+        screenshot(page, "runs.png")
+    finally:
+        ctx.close()
+    print(f"\nsweep of {SWEEP_TRIALS} trials from the app: {time.time() - t0:.0f} s")
+    assert "Traceback" not in server["log"].read_text(errors="replace"), _tail(server["log"], 80)
+
+
 # ------------------------------------------------------------------------------ sessions: isolation, reload, load
 
 
@@ -437,7 +503,7 @@ RUN_ID_IN_TEXT = re.compile(r"\d{8}-\d{6}-[a-z0-9_]+?-[0-9a-f]{16}")
 
 
 def _listed_runs(page) -> set[str]:
-    """The run ids in the Train page's Past runs table (its grid's accessible text)."""
+    """The run ids in the Runs page's table (its grid's accessible text)."""
     table = page.locator('[data-testid="stDataFrame"]')
     table.or_(page.get_by_text("No runs yet")).first.wait_for(timeout=PAGE_TIMEOUT_MS)
     if table.count():
@@ -450,6 +516,12 @@ def _listed_runs(page) -> set[str]:
 def _open_train(page, url: str) -> None:
     page.goto(url)
     page.get_by_role("heading", name="New training").wait_for(timeout=PAGE_TIMEOUT_MS)
+    wait_idle(page)
+
+
+def _open_runs(page, url: str) -> None:
+    page.goto(url)
+    page.get_by_role("heading", name="Runs", exact=True).wait_for(timeout=PAGE_TIMEOUT_MS)
     wait_idle(page)
 
 
@@ -468,7 +540,7 @@ def test_two_sessions_never_see_each_other_and_a_reload_keeps_data_and_run(serve
         assert token
         b = b_ctx.new_page()
         b.set_default_timeout(60_000)
-        _open_train(b, f"{url}/train")
+        _open_runs(b, f"{url}/runs")
         assert rid not in _listed_runs(b)
         assert b.get_by_text(rid).count() == 0
         _open_train(b, f"{url}/train?run={rid}")  # A's run link without A's session
@@ -483,7 +555,9 @@ def test_two_sessions_never_see_each_other_and_a_reload_keeps_data_and_run(serve
         a.reload()
         a.get_by_role("heading", name="Current run").wait_for(timeout=PAGE_TIMEOUT_MS)
         wait_idle(a)
-        assert a.get_by_text(rid).count() > 0 and rid in _listed_runs(a)
+        assert a.get_by_text(rid).count() > 0
+        goto_page(a, "Runs")
+        assert rid in _listed_runs(a)
         a.goto(f"{url}/data?s={token}")
         cells = a.locator('[data-testid="stMetric"]', has_text="Cells").locator('[data-testid="stMetricValue"]')
         cells.nth(1).wait_for(timeout=PAGE_TIMEOUT_MS)
@@ -564,7 +638,7 @@ def test_five_concurrent_sessions_load_train_and_download_without_cross_talk(ser
         page = ctx.new_page()
         page.set_default_timeout(60_000)
         for r in results:  # each visitor's private link lists its run and nobody else's
-            _open_train(page, f"{url}/train?s={r['token']}")
+            _open_runs(page, f"{url}/runs?s={r['token']}")
             listed = _listed_runs(page)
             assert r["run_id"] in listed and not (listed & (set(ids) - {r["run_id"]})), (r["run_id"], listed)
     finally:
