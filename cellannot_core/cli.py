@@ -69,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw = sub.add_parser("sweep", help="search a model's hyper-parameters with Optuna (resumable)")
     _add_common(sw, query_required=True)
     sw.add_argument("--trials", type=int, default=20, help="finished trials the sweep should have")
-    sw.add_argument("--objective", default="val_accuracy", help="val_accuracy, val_ece or val_nll (no query labels)")
+    sw.add_argument("--objective", default="val_accuracy", help="val_accuracy, val_ece, val_nll or loo_auroc (none needs query labels; loo_auroc "
+                    "trains 3 more models per trial: the novelty AUROC with a reference type left out)")
     sw.add_argument("--sampler", default="tpe", choices=("tpe", "random", "grid"))
     sw.add_argument("--param", action="append", default=[], metavar="NAME[=v1,v2]",
                     help="a hyper-parameter to vary: its registry range, or these values (repeatable; default: "

@@ -6,7 +6,14 @@ objective that needs no query labels:
 
 * ``val_accuracy`` (maximise): accuracy on the held-out reference cells, after calibration;
 * ``val_ece`` (minimise): their expected calibration error;
-* ``val_nll`` (minimise): their negative log-likelihood at the fitted temperature.
+* ``val_nll`` (minimise): their negative log-likelihood at the fitted temperature;
+* ``loo_auroc`` (maximise): the leave-one-type-out novelty AUROC of CLAMS' self-check
+  (:func:`cellannot_core.compare.leave_one_class_out`): for each of the reference's
+  :data:`LOO_TYPES` largest types, the trial's settings are trained again without that type,
+  and the model's own novelty score must separate the type's held-out reference cells from the
+  other held-out cells; the objective is the median over those types. It judges the Unknown
+  calls, not only the labels, still without query labels, at the cost of :data:`LOO_TYPES` more
+  trainings per trial.
 
 Every trial is a normal run (:func:`~cellannot_core.pipeline.annotate`: run card, arrays,
 predictions) when ``runs_dir`` is given, so the app opens it like any other; the trial keeps
@@ -30,7 +37,10 @@ OBJECTIVES = {
     "val_accuracy": ("maximize", "accuracy on held-out reference cells (calibrated)"),
     "val_ece": ("minimize", "expected calibration error on held-out reference cells"),
     "val_nll": ("minimize", "negative log-likelihood of held-out reference cells at the fitted temperature"),
+    "loo_auroc": ("maximize", "novelty AUROC when a reference type is left out (median over the largest types; "
+                  "held-out reference cells)"),
 }
+LOO_TYPES = 3  # loo_auroc leaves out each of the reference's 3 largest types in turn
 SAMPLERS = ("tpe", "random", "grid")
 SKIP = ("ood_score", "latent_model", "max_epochs", "patience", "knn_k", "sample_steps", "sample_noise", "cv")
 HEARTBEAT_SECONDS = 30
@@ -182,6 +192,8 @@ def run_sweep(reference, query, opts, *, storage: str | Path, study_name: str, n
         cal = model.calibration
         values = {"val_accuracy": float(cal["val_accuracy"]), "val_ece": float(cal["ece_after"]),
                   "val_nll": _nll(model, val)}
+        if objective == "loo_auroc":
+            values["loo_auroc"] = _loo_auroc(res.prepared if runs_dir is not None else prepared, o, callbacks)
         for k, v in values.items():
             trial.set_user_attr(k, v)
         if runs_dir is not None:  # the run says which sweep it belongs to and what it scored
@@ -203,6 +215,24 @@ def run_sweep(reference, query, opts, *, storage: str | Path, study_name: str, n
         f"{', '.join(space)})")
     study.optimize(run_trial, n_trials=remaining, callbacks=[after], catch=(ConfigError,))
     return study
+
+
+def _loo_auroc(prepared, opts, callbacks: Sequence[Any]) -> float:
+    """The ``loo_auroc`` objective: median AUROC of the model's own novelty score over the
+    reference's :data:`LOO_TYPES` largest types, each left out in turn (``nan`` when none could be
+    scored)."""
+    from .compare import leave_one_class_out
+
+    y = np.asarray(prepared.train.y)
+    counts = np.bincount(y[y >= 0], minlength=len(prepared.classes))
+    if (counts > 0).sum() < 3:  # leaving one out must leave at least two types to classify
+        raise ConfigError("the loo_auroc objective needs a reference with at least 3 cell types")
+    largest = [prepared.classes[i] for i in np.argsort(-counts, kind="stable")[:LOO_TYPES]]
+    df = leave_one_class_out(prepared, opts.model, largest, seed=opts.seed, device=opts.device,
+                             hparams=opts.hparams, max_epochs=opts.max_epochs, accept=opts.accept,
+                             callbacks=[cb for cb in callbacks if hasattr(cb, "should_stop")])
+    vals = df["auroc_model_score"].to_numpy(dtype=float)
+    return float(np.nanmedian(vals)) if np.isfinite(vals).any() else float("nan")
 
 
 def trial_row(t) -> dict[str, Any]:

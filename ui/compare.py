@@ -377,7 +377,10 @@ def sweep_results(df: pd.DataFrame, job_id: str) -> None:
     if df.empty:
         st.warning("No trial finished.")
         return
-    best = df.loc[df["value"].idxmax() if objective == "val_accuracy" else df["value"].idxmin()]
+    from cellannot_core.sweep import OBJECTIVES
+
+    maximize = OBJECTIVES.get(objective, ("maximize",))[0] == "maximize"
+    best = df.loc[df["value"].idxmax() if maximize else df["value"].idxmin()]
     st.success(f"Best: trial {int(best['trial'])}, {objective} {best['value']:.4f} ("
                + ", ".join(f"{c[6:]} = {best[c]:.4g}" if isinstance(best[c], float) else f"{c[6:]} = {best[c]}"
                            for c in df.columns if c.startswith("param ")) + f"); run `{best.get('run_id', '')}`. "

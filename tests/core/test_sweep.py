@@ -47,6 +47,30 @@ def test_every_trial_is_a_run_with_its_card(tmp_path):
     assert len(again.trials) == 3
 
 
+def test_the_leave_one_type_out_objective_scores_novelty_without_query_labels(tmp_path):
+    """Issue 17: a sweep objective that judges the Unknown calls with no query labels: each of the
+    reference's largest types is left out in turn and must be found novel among held-out cells."""
+    from cellannot_core.compare import leave_one_class_out
+    from cellannot_core.pipeline import prepare_data
+    from cellannot_core.sweep import LOO_TYPES
+
+    ref, q = demo_subset(300, 200, seed=3)
+    q.obs = q.obs.drop(columns=[LABEL])  # the query's labels are never needed
+    opts = AnnotateOptions(label_key=LABEL, model="logreg", seed=0, device="cpu", n_top_genes=300)
+    study = run_sweep(ref, q, opts, storage=tmp_path / "s.db", study_name="loo", n_trials=2, sampler="random",
+                      params=["C"], objective="loo_auroc")
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == 2 and study.direction == optuna.study.StudyDirection.MAXIMIZE
+    # the value is the median self-check AUROC of the trial's settings over the largest types
+    t = done[0]
+    prepared = prepare_data(ref, q, opts)
+    counts = ref.obs[LABEL].astype(str).value_counts()
+    largest = [c for c in counts.index if c in prepared.classes][:LOO_TYPES]
+    df = leave_one_class_out(prepared, "logreg", largest, seed=0, device="cpu", hparams={"C": t.params["C"]})
+    assert t.value == pytest.approx(float(df["auroc_model_score"].median()))
+    assert 0.5 < t.value <= 1.0 and t.user_attrs["loo_auroc"] == t.value
+
+
 def test_an_interrupted_sweep_resumes_from_its_storage(tmp_path):
     ref, q = demo_subset(300, 200, seed=4)
     ref.write_h5ad(tmp_path / "ref.h5ad")
