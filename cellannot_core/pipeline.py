@@ -437,7 +437,10 @@ def view_arrays(model, prepared: Prepared, preds: Predictions, opts: AnnotateOpt
 
     K = len(model.classes)
     arrays["ref_class_mean"] = class_means(prepared.train.X, prepared.train.y, K)  # "why this label" (evidence.py)
-    raw_idx = pd.Categorical(preds.label_raw, categories=list(model.classes)).codes
+    raw = preds.label_raw
+    if len(raw) != prepared.query.n_obs:  # a query read in chunks: the class means of its sample
+        raw = np.asarray(model.classes, dtype=object)[model.logits(prepared.query.X).argmax(1)]
+    raw_idx = pd.Categorical(raw, categories=list(model.classes)).codes
     arrays["query_raw_mean"] = class_means(prepared.query.X, raw_idx, K)
     for k, v in val_scores.items():
         arrays[f"val_score_{k}"] = v.astype(np.float32)
@@ -492,6 +495,11 @@ def annotate(reference, query, opts: AnnotateOptions, *, out: str | Path | None 
         checkpoint("reading data")
         ref = reference if not isinstance(reference, (str, Path)) else read_dataset(reference, name="reference")
         qry = query if not isinstance(query, (str, Path)) else read_dataset(query, name="query")
+        from .data.stream import stream_source
+
+        source = stream_source(qry)  # a sample of a query too large to hold: every cell is labelled in chunks
+        if source is not None:
+            _check_streamable(opts, source)
         checkpoint("preparing data")
         prepared = prepare_data(ref, qry, opts)
         for w in prepared.report.get("warnings", []):
@@ -505,24 +513,45 @@ def annotate(reference, query, opts: AnnotateOptions, *, out: str | Path | None 
         if hist.get("diverged"):
             log(f"warning: {opts.model} diverged ({hist.get('divergence_message')}); results use the last good "
                 f"checkpoint")
-        checkpoint("labelling the query")
-        preds = predict(model, prepared.query.X, threshold=opts.threshold)
-        qm = query_metrics(prepared, preds, model.classes)
-        card = run_card(model, prepared, opts, preds, train_seconds=train_seconds, query_metrics=qm)
-        res = AnnotateResult(model, prepared, preds, card, qry)
+        if source is None:
+            checkpoint("labelling the query")
+            preds = predict(model, prepared.query.X, threshold=opts.threshold)
+            view_prep, all_prep = prepared, prepared
+        else:
+            checkpoint(f"labelling the query's {source['n_obs']:,} cells in chunks")
+            preds, all_prep, all_obs = _label_whole_file(model, prepared, opts, source, run_dir, log)
+            view_prep = prepared
+        qm = query_metrics(all_prep, preds, model.classes)
+        card = run_card(model, all_prep, opts, preds, train_seconds=train_seconds, query_metrics=qm)
+        if source is not None:
+            card["query_read_in_chunks"] = {k: v for k, v in source.items() if k != "path"} | {
+                "note": f"the pair checks and the training used a seeded sample of {source['n_sample']:,} of the "
+                        f"query's {source['n_obs']:,} cells; every cell was labelled, {CHUNK_NOTE}"}
+            import anndata as ad
+
+            res = AnnotateResult(model, prepared, preds, card, qry,
+                                 _adata=ad.AnnData(obs=all_obs, var=pd.DataFrame(index=pd.Index(prepared.genes))))
+            write_annotations(res._adata, preds, card)
+        else:
+            res = AnnotateResult(model, prepared, preds, card, qry)
         checkpoint("writing results")
         if out is not None:
-            write_h5ad_atomic(res.adata, Path(out))
+            if source is not None:  # the whole file with the annotations, its matrices copied, never read
+                from .streaming import write_annotations_file
+
+                write_annotations_file(Path(source["path"]), Path(out), preds, card)
+            else:
+                write_h5ad_atomic(res.adata, Path(out))
         if save_model is not None:
             save_bundle(Path(save_model), model, bundle_info(model, prepared, opts))
         if run_dir is not None:
             from .runs import write_json_atomic
 
             save_bundle(run_dir.model_dir, model, bundle_info(model, prepared, opts))
-            run_dir.save_arrays(view_arrays(model, prepared, preds, opts, log))
+            run_dir.save_arrays(view_arrays(model, view_prep, preds, opts, log))
             write_h5ad_atomic(res.adata, run_dir.file(RunFiles.ANNOTATED))
             buf = io.StringIO()
-            predictions_table(prepared.query.obs_names, preds, model.classes).to_csv(buf, index=False)
+            predictions_table(all_prep.query.obs_names, preds, model.classes).to_csv(buf, index=False)
             from .runs import write_bytes_atomic
 
             write_bytes_atomic(run_dir.file(RunFiles.PREDICTIONS), buf.getvalue().encode())
@@ -538,6 +567,59 @@ def annotate(reference, query, opts: AnnotateOptions, *, out: str | Path | None 
         if run_dir is not None:
             run_dir.set_status("failed", message=f"internal error: {type(err).__name__}: {err}")
         raise
+
+
+CHUNK_NOTE = "reading its file a chunk of cells at a time (the annotated file of the run holds the annotations, not the matrices)"
+
+
+def _check_streamable(opts: AnnotateOptions, source: dict[str, Any]) -> None:
+    """A query held as a sample of its file: the model must label cells one by one and nothing may
+    need the whole query in memory."""
+    from .models import get_spec
+
+    n = f"{source['n_obs']:,}"
+    if not get_spec(opts.model).supports.per_cell:
+        raise ConfigError(f"{opts.model} labels a query as a whole, and this query ({n} cells) is read a chunk at a "
+                          "time: choose another model (the default labels any number of cells)")
+    if opts.qc:
+        raise ConfigError(f"the quality filters need the whole query in memory, and this query ({n} cells) is read a "
+                          "chunk at a time: filter its cells before loading it, or turn the filters off")
+
+
+def _label_whole_file(model, prepared: Prepared, opts: AnnotateOptions, source: dict[str, Any], run_dir,
+                      log: Callable[[str], None]):
+    """Every cell of the query file ``source['path']`` labelled in chunks
+    (:func:`~.streaming.stream_predictions`); returns the predictions, ``prepared`` with its query
+    replaced by all the file's cells (names and labels only: their expression is never held) and
+    the file's obs."""
+    import dataclasses
+
+    import scipy.sparse as sp
+
+    from .data._types import Split
+    from .data.stream import H5adRows
+    from .streaming import stream_predictions
+
+    def progress(msg: str) -> None:
+        log(msg)
+        if run_dir is not None:
+            run_dir.set_status("running", model=opts.model, message=f"labelling the query: {msg}")
+
+    with H5adRows(source["path"], name="query") as rows:
+        preds, report = stream_predictions(model, bundle_info(model, prepared, opts), rows, threshold=opts.threshold,
+                                           log=progress)
+        obs = rows.obs.copy()
+        obs.index = pd.Index(rows.obs_names.astype(str))
+    labels = None
+    if opts.query_label_key:
+        if opts.query_label_key not in obs:
+            raise ConfigError(f"the query has no column {opts.query_label_key!r}")
+        col = obs[opts.query_label_key]
+        labels = np.where(col.isna(), "", col.astype(str)).astype(object)
+    n = len(obs)
+    query = Split(X=sp.csr_matrix((n, prepared.n_genes), dtype=np.float32), counts=None, y=None,
+                  obs_names=obs.index.to_numpy(dtype=object), labels=labels, index=np.arange(n, dtype=np.int64))
+    return preds, dataclasses.replace(prepared, query=query), obs
 
 
 def predict_query(model, bundle: dict[str, Any], query, *, threshold: float | None = None,

@@ -22,9 +22,34 @@ from ..errors import DataError
 from .io import guard_hdf5
 from .values import COUNT_LAYERS, detect_value_state
 
-__all__ = ["CHUNK_CELLS", "H5adRows", "NotStreamable"]
+__all__ = ["CHUNK_CELLS", "H5adRows", "NotStreamable", "STREAM_KEY", "large_query_bytes", "read_sample",
+           "stream_source"]
 
 CHUNK_CELLS = 20_000
+#: A query held as a sample of its file (:func:`read_sample`) carries its source here, in ``uns``.
+STREAM_KEY = "cellannot_stream"
+#: Cells of that sample: what the pair checks and the semi-supervised training see of the query.
+SAMPLE_CELLS = 20_000
+
+
+def large_query_bytes() -> int:
+    """Query ``.h5ad`` files larger than this are not read whole by the app: a sample of
+    :data:`SAMPLE_CELLS` cells stands in for the checks and the training, and every cell is
+    labelled in chunks (``CELLANNOT_STREAM_QUERY_MB``, default 1,024 MB)."""
+    import os
+
+    try:
+        mb = float(os.environ.get("CELLANNOT_STREAM_QUERY_MB", "1024"))
+    except ValueError:
+        mb = 1024.0
+    return int(mb * 1024**2)
+
+
+def stream_source(adata) -> dict | None:
+    """``{"path", "n_obs", "n_sample", "seed"}`` when ``adata`` is a sample of a larger file
+    (:func:`read_sample`), else ``None``."""
+    src = getattr(adata, "uns", {}).get(STREAM_KEY) if adata is not None else None
+    return dict(src) if isinstance(src, dict) and "path" in src else None
 
 
 class NotStreamable(Exception):
@@ -132,6 +157,21 @@ class H5adRows:
                                 "The file may be truncated or damaged.") from None
             yield start, block
 
+    def rows_at(self, idx: np.ndarray) -> sp.csr_matrix:
+        """CSR float32 counts of the cells at the sorted positions ``idx`` (read a chunk at a time)."""
+        idx = np.asarray(idx, dtype=np.int64)
+        parts = []
+        for start in range(0, len(idx), CHUNK_CELLS):
+            part = idx[start:start + CHUNK_CELLS]
+            try:
+                block = self._matrix[part]
+            except Exception as exc:
+                raise DataError(f"could not read the {self.name}'s cells: {type(exc).__name__}. The file may be "
+                                "truncated or damaged.") from None
+            parts.append(sp.csr_matrix(block, dtype=np.float32) if sp.issparse(block)
+                         else sp.csr_matrix(np.asarray(block, dtype=np.float32)))
+        return sp.vstack(parts, format="csr") if parts else sp.csr_matrix((0, len(self.var)), dtype=np.float32)
+
     def close(self) -> None:
         f = getattr(self, "_f", None)
         if f is not None:
@@ -143,3 +183,24 @@ class H5adRows:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def read_sample(path: str | Path, *, n: int = SAMPLE_CELLS, seed: int = 0, name: str = "query"):
+    """A seeded sample of ``n`` cells of the ``.h5ad`` at ``path`` as an in-memory AnnData (raw
+    counts in ``X``, the cells' obs, the genes' var), for a file too large to read whole. Its
+    ``uns[STREAM_KEY]`` says where the whole query is (:func:`stream_source`):
+    :func:`cellannot_core.pipeline.annotate` trains with the sample and labels every cell of the
+    file in chunks. The whole file's obs is read (its columns name the labels); the matrices are
+    read only for the sampled rows."""
+    import anndata as ad
+
+    with H5adRows(path, name=name) as rows:
+        k = min(int(n), rows.n_obs)
+        idx = np.sort(np.random.default_rng(seed).choice(rows.n_obs, size=k, replace=False))
+        X = rows.rows_at(idx)
+        obs = rows.obs.iloc[idx].copy()
+        obs.index = pd.Index(rows.obs_names[idx].astype(str))
+        out = ad.AnnData(X=X, obs=obs, var=rows.var.copy())
+        out.uns[STREAM_KEY] = {"path": str(Path(path).resolve()), "n_obs": int(rows.n_obs), "n_sample": int(k),
+                               "seed": int(seed), "source": rows.source}
+    return out

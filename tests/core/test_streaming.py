@@ -138,3 +138,48 @@ def test_the_api_labels_a_file_in_chunks(bundle, tmp_path):
     assert res["streamed"] and res["n_obs"] == qry.n_obs
     predict_file(d, q, out=tmp_path / "cli.h5ad", device="cpu")
     assert _labels(ad.read_h5ad(tmp_path / "api.h5ad")) == _labels(ad.read_h5ad(tmp_path / "cli.h5ad"))
+
+
+def test_annotate_a_query_held_as_a_sample_labels_every_cell_of_its_file(tmp_path):
+    """Issue 15 (the app at scale): a query file too large to hold is loaded as a seeded sample of its
+    cells (read_sample); annotate checks and trains with the sample and labels every cell of the file
+    in chunks, with the same labels the saved model gives the whole file (predict_file)."""
+    from cellannot_core.data.stream import read_sample, stream_source
+    from cellannot_core.errors import ConfigError
+    from cellannot_core.pipeline import annotate
+    from cellannot_core.runs import RunDir
+
+    ref, qry = demo_subset(300, 500, seed=5)
+    qry.X = sp.csr_matrix(qry.X)
+    path = tmp_path / "big_query.h5ad"
+    qry.write_h5ad(path)
+    sample = read_sample(path, n=150, seed=0)
+    assert sample.n_obs == 150 and stream_source(sample)["n_obs"] == 500
+    assert set(sample.obs_names) <= set(qry.obs_names)
+    row = list(qry.obs_names).index(sample.obs_names[0])  # the sample's counts are the file's
+    np.testing.assert_array_equal(sample.X[0].toarray(), qry.X[row].toarray())
+    opts = AnnotateOptions(label_key=LABEL, query_label_key=LABEL, model="logreg", seed=0, device="cpu",
+                           n_top_genes=300)
+    rd = RunDir.create(tmp_path / "runs", model="logreg")
+    res = annotate(ref, sample, opts, run_dir=rd, out=tmp_path / "annotated.h5ad")
+    assert len(res.predictions.label) == 500 and res.card["n_query"] == 500
+    assert res.card["query_metrics"]["n_in"] + res.card["query_metrics"]["n_novel"] == 500
+    assert res.card["query_read_in_chunks"]["n_sample"] == 150
+    assert res.prepared.query.n_obs == 150  # trained with the sample only
+    from cellannot_core._constants import RunFiles
+
+    run_obs = ad.read_h5ad(rd.file(RunFiles.ANNOTATED), backed="r").obs
+    assert list(run_obs.index) == list(qry.obs_names) and OutKeys.LABEL in run_obs
+    full = ad.read_h5ad(tmp_path / "annotated.h5ad")  # --out: the whole file, annotated
+    assert full.n_obs == 500 and (full.X != qry.X).nnz == 0
+    model_dir = tmp_path / "model"
+    save_bundle(model_dir, res.model, bundle_info(res.model, res.prepared, opts))
+    again = predict_file(model_dir, path, out=tmp_path / "again.h5ad", device="cpu")
+    assert again["streamed"]
+    assert _labels(ad.read_h5ad(tmp_path / "again.h5ad")) == _labels(full)
+    assert rd.load_arrays()["query_latent"].shape[0] == 500
+    # what needs the whole query is refused in one line
+    for bad, msg in ((dict(model="seurat"), "labels a query as a whole"),
+                     (dict(qc={"min_genes": 10}), "quality filters need the whole query")):
+        with pytest.raises(ConfigError, match=msg):
+            annotate(ref, sample, AnnotateOptions(**{**opts.__dict__, **bad}))
