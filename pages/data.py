@@ -41,6 +41,8 @@ for role, col in zip(ROLES, cols):
             continue
         summ = data_ui.summary(info["id"], role, adata)
         dataset_summary(info, summ)
+        if (note := data_ui.stream_note(adata)) is not None:
+            st.info(note, icon=":material/dataset:")
         cands = summ["label_candidates"]
         keys = [c["key"] for c in cands] or summ["obs_columns"]
         if role == "reference":

@@ -34,7 +34,8 @@ if lq:
               help=f"Dimensions whose posterior mean varies across cells (variance > {lq.get('active_threshold')}); "
                    "the rest collapsed to the prior (VAEs) or carry nothing.")
 
-n_ref, n_q = len(run.arrays["ref_latent"]), len(run.arrays["query_latent"])
+n_ref, n_q_all = len(run.arrays["ref_latent"]), len(run.arrays["query_latent"])
+n_q = len(lat.query_view(n_q_all))
 n_total = n_ref + n_q + (len(run.arrays["gen_latent"]) if show_gen else 0)
 if method != "pca" and not lat.is_cached(run, method, show_gen, layout):
     wait = " The first UMAP of this server compiles numba code (up to a minute)." if method == "umap" else ""
@@ -44,7 +45,9 @@ else:
     coords = lat.coordinates(run.root, run.run_id, method, show_gen, layout)
 
 notes = [f"{n_ref:,} reference cells (a random subset of the training cells is stored with the run), "
-         f"{n_q:,} query cells" + (f", {n_total - n_ref - n_q:,} generated cells" if show_gen else "")]
+         f"{n_q:,} query cells" + (f" (a seeded random subsample of the query's {n_q_all:,}; every cell is labelled, "
+                                   "this view draws a sample)" if n_q < n_q_all else "")
+         + (f", {n_total - n_ref - n_q:,} generated cells" if show_gen else "")]
 if layout == "reference":
     notes.append("the map is fitted on the reference cells; query cells are placed by their nearest reference cells")
 if method != "pca" and (n_ref if layout == "reference" else n_ref + n_q) > lat.MAX_FIT:

@@ -63,8 +63,11 @@ def set_dataset(role: str, adata: Any, *, name: str, source: str, dataset_id: st
     remember_dataset(role, "upload" if source == "upload" else "path" if path else source, name=name,
                      dataset_id=dataset_id, data=data, path=path)
     put(DATA_KEY[role], adata)
+    from cellannot_core.data.stream import stream_source
+
+    src = stream_source(adata)
     put(INFO_KEY[role], {"id": dataset_id, "name": name, "source": source,
-                         "n_cells": int(adata.n_obs), "n_genes": int(adata.n_vars)})
+                         "n_cells": int(src["n_obs"] if src else adata.n_obs), "n_genes": int(adata.n_vars)})
     if role == "reference":
         put(StateKeys.LABEL_KEY, None)
     else:
@@ -133,7 +136,7 @@ def handle_path(role: str, path_text: str) -> str | None:
     if problem:
         return problem
     try:
-        adata = read_dataset(path, name=role)
+        adata = read_large_query(path) if role == "query" and is_large_query(path) else read_dataset(path, name=role)
     except CellannotError as err:
         return str(err)
     st_ = path.stat()
@@ -141,6 +144,42 @@ def handle_path(role: str, path_text: str) -> str | None:
     set_dataset(role, adata, name=path.name, source=f"server path {path}", dataset_id=f"{role}-path-{key}",
                 path=str(path.resolve()))
     return None
+
+
+def is_large_query(path: Path) -> bool:
+    """An ``.h5ad`` query file larger than :func:`cellannot_core.data.stream.large_query_bytes`."""
+    from cellannot_core.data.stream import large_query_bytes
+
+    try:
+        return path.is_file() and path.name.lower().endswith(".h5ad") and path.stat().st_size > large_query_bytes()
+    except OSError:
+        return False
+
+
+def read_large_query(path: Path) -> Any:
+    """A seeded sample of a large query file (the checks and the training use it; every cell is
+    labelled in chunks by the run): :func:`cellannot_core.data.stream.read_sample`. A file that
+    cannot be read by rows is read whole, within the memory limit."""
+    from cellannot_core.data import read_dataset
+    from cellannot_core.data.stream import NotStreamable, read_sample
+
+    try:
+        return read_sample(path, seed=0)
+    except NotStreamable:
+        return read_dataset(path, name="query")
+
+
+def stream_note(adata: Any) -> str | None:
+    """What the Data and Train pages say about a query held as a sample of its file."""
+    from cellannot_core.data.stream import stream_source
+
+    src = stream_source(adata)
+    if src is None:
+        return None
+    return (f"This query has {src['n_obs']:,} cells, more than is read into memory: the checks, the summary and the "
+            f"semi-supervised training use a seeded sample of {src['n_sample']:,} cells, and training labels every "
+            "cell of the file a chunk at a time. Result pages draw a documented subsample of cells where a view "
+            "would be too large.")
 
 
 def uploaded_is_new(role: str, upload_id: str) -> bool:

@@ -34,11 +34,21 @@ LAYOUT_HELP = ("Reference map: the map is fitted on the reference cells and each
                "datasets.")
 MAX_FIT = 20_000  # UMAP / t-SNE are fitted on at most this many cells; the rest are placed
 MAX_POINTS = 50_000  # drawn points (WebGL); above: a seeded subsample, with a note
+QUERY_VIEW_MAX = 30_000  # query cells embedded and drawn; a larger query shows a seeded subsample (noted)
 EMBED_VERSION = "v1"
+
+
+def query_view(n_query: int) -> np.ndarray:
+    """Rows of the query the latent views embed and draw: all of them up to :data:`QUERY_VIEW_MAX`,
+    else a seeded random subsample of that many (sorted), the same on every visit."""
+    if n_query <= QUERY_VIEW_MAX:
+        return np.arange(n_query)
+    return np.sort(np.random.default_rng(0).choice(n_query, QUERY_VIEW_MAX, replace=False))
 
 
 def cache_path_key(method: str, with_generated: bool, layout: str = "joint") -> str:
     base = f"{method}_{'with_generated' if with_generated else 'real'}_seed0_fit{MAX_FIT}_{EMBED_VERSION}"
+    base += f"_qv{QUERY_VIEW_MAX}"
     return base if layout == "joint" else f"{layout}_{base}"  # joint: the key runs made before layouts used
 
 
@@ -81,9 +91,9 @@ def coordinates(root: str, run_id: str, method: str, with_generated: bool, layou
     gen = arrays.get("gen_latent") if with_generated else None
     gen = gen if gen is not None and len(gen) else None
     cache_dir = RunDir.open(root, run_id).path / "embeddings"
+    query = arrays["query_latent"][query_view(len(arrays["query_latent"]))]
     return cached_embedding(cache_dir, cache_path_key(method, gen is not None, layout),
-                            lambda: layout_coordinates(arrays["ref_latent"], arrays["query_latent"], gen, method,
-                                                       layout))
+                            lambda: layout_coordinates(arrays["ref_latent"], query, gen, method, layout))
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
@@ -120,11 +130,12 @@ def point_table(run: Run, coords: np.ndarray, with_generated: bool) -> pd.DataFr
     """One row per drawn cell: x, y, dataset, labels, confidence, novelty, Unknown, marker."""
     a = run.arrays
     classes = np.asarray(run.classes, dtype=object)
-    n_ref, n_q = len(a["ref_y"]), len(a["query_latent"])
+    view = query_view(len(a["query_latent"]))
+    n_ref, n_q = len(a["ref_y"]), len(view)
     gen = with_generated and "gen_y" in a and len(a["gen_y"]) > 0
     n_gen = len(a["gen_y"]) if gen else 0
-    obs = run.obs
-    q_true = run.query_labels if run.query_labels is not None else np.full(n_q, "(query, unlabelled)")
+    obs = run.obs.iloc[view]
+    q_true = run.query_labels[view] if run.query_labels is not None else np.full(n_q, "(query, unlabelled)")
     q_unknown = obs[OutKeys.IS_UNKNOWN].to_numpy().astype(bool)
     parts = {
         "dataset": ["reference"] * n_ref + ["query"] * n_q + ["generated"] * n_gen,

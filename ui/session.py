@@ -99,6 +99,7 @@ def restore() -> list[str]:
     """Bring back the session's datasets and choices after a reload or a restart; returns the
     roles restored (a dataset that can no longer be read is skipped, never raised)."""
     from cellannot_core.errors import CellannotError
+    from cellannot_core.data.stream import stream_source
     from cellannot_core.runs import read_json
     from ui import data as data_ui
     from ui.state import DATA_KEY, INFO_KEY, StateKeys, put
@@ -123,14 +124,17 @@ def restore() -> list[str]:
             elif meta.get("kind") == "path" and not data_ui.allowed_path(Path(str(meta.get("path")))):
                 from cellannot_core.data import read_dataset
 
-                adata = read_dataset(Path(str(meta.get("path"))), name=role)
+                path = Path(str(meta.get("path")))
+                adata = data_ui.read_large_query(path) if role == "query" and data_ui.is_large_query(path) \
+                    else read_dataset(path, name=role)
             else:
                 continue
         except (CellannotError, OSError):
             continue
         put(DATA_KEY[role], adata)
         put(INFO_KEY[role], {"id": str(meta.get("dataset_id")), "name": str(meta.get("name")),
-                             "source": f"{meta.get('kind')} (restored)", "n_cells": int(adata.n_obs),
+                             "source": f"{meta.get('kind')} (restored)",
+                             "n_cells": int((stream_source(adata) or {}).get("n_obs", adata.n_obs)),
                              "n_genes": int(adata.n_vars)})
         restored.append(role)
     if restored:

@@ -118,6 +118,10 @@ def reliability_diagram(
     return fig
 
 
+#: Above this many values a histogram is binned on the server (:func:`score_histogram`).
+HIST_RAW_MAX = 50_000
+
+
 def score_histogram(
     scores: Mapping[str, ArrayLike],
     threshold: float | None = None,
@@ -146,8 +150,9 @@ def score_histogram(
     Returns
     -------
     plotly.graph_objects.Figure
-        One ``go.Histogram`` per entry (``histnorm="probability"``); the threshold is a
-        layout shape.
+        One trace per entry: a ``go.Histogram`` (``histnorm="probability"``), or above
+        :data:`HIST_RAW_MAX` values a ``go.Bar`` of the same fractions binned here, so a
+        million cells do not travel to the browser; the threshold is a layout shape.
     """
     arrays = {str(k): np.asarray(v, dtype=float).reshape(-1) for k, v in scores.items()}
     arrays = {k: v[np.isfinite(v)] for k, v in arrays.items()}
@@ -163,6 +168,14 @@ def score_histogram(
         size = (hi - lo) / max(int(nbins), 1)
         xbins = dict(start=lo, end=hi + 1e-9 * max(1.0, abs(hi)), size=size)
     for i, (name, v) in enumerate(arrays.items()):
+        if v.size > HIST_RAW_MAX and xbins is not None:  # the same bins, counted here
+            edges = np.arange(xbins["start"], xbins["end"] + xbins["size"], xbins["size"])
+            counts, edges = np.histogram(v, bins=edges)
+            fig.add_trace(go.Bar(
+                x=(edges[:-1] + edges[1:]) / 2, y=counts / max(v.size, 1), width=xbins["size"],
+                name=f"{name} (n={v.size:,})", marker=dict(color=PALETTE[i % len(PALETTE)]), opacity=0.55,
+                hovertemplate="%{x}<br>%{y:.1%} of cells<extra>" + name + "</extra>"))
+            continue
         fig.add_trace(
             go.Histogram(
                 x=v, name=f"{name} (n={v.size:,})", histnorm="probability", xbins=xbins,

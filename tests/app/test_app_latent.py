@@ -139,3 +139,29 @@ def test_a_query_the_latent_space_keeps_apart_is_mapped_onto_the_reference_and_t
     on_map = generated_placement(mapped[n:], pred, mapped[:n], ref_y)
     beside = generated_placement(joint[n:], pred, joint[:n], ref_y)
     assert on_map["distance_ratio"] < 2 < beside["distance_ratio"]
+
+
+def test_a_large_query_is_drawn_as_a_documented_subsample(run, monkeypatch):
+    """Issue 15: the views of a run with a very large query embed and draw a seeded subsample of its
+    cells and say so (here the limit is lowered to 100 of the run's 250 query cells)."""
+    import shutil
+
+    from ui.results import load_run
+
+    root, run_id = run
+    copy_id = run_id[:-4] + "b1b1"
+    shutil.copytree(root / run_id, root / copy_id)
+    for f in (root / copy_id / "embeddings").glob("*.npy"):
+        f.unlink()
+    monkeypatch.setattr(lat, "QUERY_VIEW_MAX", 100)
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    at.session_state[StateKeys.RUN_ID] = copy_id
+    at.session_state[WidgetKeys.EMBED_METHOD] = "pca"
+    at.switch_page("pages/latent.py").run()
+    assert not at.exception
+    assert any("100 query cells (a seeded random subsample of the query's 250" in c.value for c in at.caption)
+    r = load_run(str(root), copy_id)
+    df = lat.point_table(r, lat.coordinates(str(root), copy_id, "pca", False, "reference"), False)
+    assert (df["dataset"] == "query").sum() == 100
+    view = lat.query_view(250)
+    assert list(df.loc[df["dataset"] == "query", "predicted"]) == list(r.obs["cellannot_label"].astype(str).iloc[view])

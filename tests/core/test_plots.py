@@ -138,6 +138,13 @@ def test_score_histogram():
     assert len(fig.layout.shapes) == 1 and fig.layout.shapes[0].x0 == 0.7
     assert fig.layout.xaxis.title.text == "Energy" and "OOD score" in fig.layout.title.text
     assert len(score_histogram(scores, None).layout.shapes) == 0
+    # a million values are binned here (the browser gets 50 bars, not the values), same fractions
+    from cellannot_core.plots._scores import HIST_RAW_MAX
+
+    big = {"query": rng.normal(size=HIST_RAW_MAX + 1), "small": rng.normal(size=200)}
+    fig = score_histogram(big, 0.0, nbins=50)
+    assert isinstance(fig.data[0], go.Bar) and len(fig.data[0].y) in (50, 51)
+    assert abs(sum(fig.data[0].y) - 1.0) < 1e-9 and isinstance(fig.data[1], go.Histogram)
 
 
 def test_roc_curve_figure():
