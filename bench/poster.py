@@ -107,7 +107,7 @@ def table2(models, seeds: int, ref, qry, min_cells: int) -> None:
                 r["pyx"] = _auroc(r["_scores"], labels, pos, neg, PYX)
                 r["own"] = _auroc(r["_scores"], labels, pos, neg, r["ood_method"])
                 rows.setdefault(model, []).append(r)
-                print(f"  table 2 {model} without {t} seed {seed}: auroc p(x) {r['px']:.3f} p(y|x) {r['pyx']:.3f} "
+                print(f"  table 2 {model} without {t} seed {seed}: auroc p(x) {pf(r['px'], 3)} p(y|x) {r['pyx']:.3f} "
                       f"default ({r['ood_method']}) {r['own']:.3f} diverged {r['diverged']}", flush=True)
     print(f"\nTable 2: leave one type out of kang_ctrl ({', '.join(types)}) -> pbmc3k, {seeds} seed(s) each; "
           "AUROC of the left-out type's query cells against the remaining types', median [min, max]; poster after the slash")
