@@ -64,6 +64,17 @@ def test_point_table_has_generated_cells_as_markers(run):
     assert all(t.type == "scattergl" for t in fig.data)
 
 
+def _copy_run(root, run_id: str, tag: str) -> str:
+    """A copy of the run under another id (ending in ``tag``), without its cached embeddings."""
+    import shutil
+
+    copy_id = run_id[:-4] + tag
+    shutil.copytree(root / run_id, root / copy_id)
+    for f in (root / copy_id / "embeddings").glob("*.npy"):
+        f.unlink()
+    return copy_id
+
+
 def make_card_latent_dim(root, run_id) -> int:
     from ui.results import load_run
 
@@ -73,15 +84,12 @@ def make_card_latent_dim(root, run_id) -> int:
 def test_the_page_says_when_generated_cells_sit_apart(run, tmp_path):
     """Issue 13: generated cells formed one blob away from every real cluster and the page did not
     say so. Here the run's generated latents are moved far from every real cell."""
-    import shutil
-
     import numpy as np
 
     from cellannot_core.runs import RunDir
 
     root, run_id = run
-    copy_id = run_id[:-4] + "beef"
-    shutil.copytree(root / run_id, root / copy_id)
+    copy_id = _copy_run(root, run_id, "beef")
     rd = RunDir.open(root, copy_id)
     arrays = rd.load_arrays()
     arrays["gen_latent"] = arrays["gen_latent"] + 100.0 * np.abs(arrays["ref_latent"]).max()
@@ -101,8 +109,6 @@ def test_a_query_the_latent_space_keeps_apart_is_mapped_onto_the_reference_and_t
     """Issue 13: after the demo run the reference and query did not overlap at all in the latent
     view. The default layout is now the reference map (query cells placed by their nearest reference
     cells), and the page measures the latent space's mixing and says when it keeps the datasets apart."""
-    import shutil
-
     import numpy as np
 
     from cellannot_core.metrics import generated_placement
@@ -110,10 +116,7 @@ def test_a_query_the_latent_space_keeps_apart_is_mapped_onto_the_reference_and_t
     from ui.results import load_run
 
     root, run_id = run
-    copy_id = run_id[:-4] + "a9a9"
-    shutil.copytree(root / run_id, root / copy_id)
-    for f in (root / copy_id / "embeddings").glob("*.npy"):
-        f.unlink()
+    copy_id = _copy_run(root, run_id, "a9a9")
     rd = RunDir.open(root, copy_id)
     arrays = rd.load_arrays()
     spread = float(np.ptp(arrays["ref_latent"], axis=0).max())
@@ -144,15 +147,10 @@ def test_a_query_the_latent_space_keeps_apart_is_mapped_onto_the_reference_and_t
 def test_a_large_query_is_drawn_as_a_documented_subsample(run, monkeypatch):
     """Issue 15: the views of a run with a very large query embed and draw a seeded subsample of its
     cells and say so (here the limit is lowered to 100 of the run's 250 query cells)."""
-    import shutil
-
     from ui.results import load_run
 
     root, run_id = run
-    copy_id = run_id[:-4] + "b1b1"
-    shutil.copytree(root / run_id, root / copy_id)
-    for f in (root / copy_id / "embeddings").glob("*.npy"):
-        f.unlink()
+    copy_id = _copy_run(root, run_id, "b1b1")
     monkeypatch.setattr(lat, "QUERY_VIEW_MAX", 100)
     at = AppTest.from_file(APP, default_timeout=120).run()
     at.session_state[StateKeys.RUN_ID] = copy_id
