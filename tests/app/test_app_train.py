@@ -91,7 +91,9 @@ def test_training_job_then_result_pages(tiny_pair):
     assert not at.exception
     labels = [m.label for m in at.metric]
     assert "Validation accuracy" in labels and "Called Unknown" in labels
-    assert any(run_id in df.value["id"].tolist() for df in at.dataframe)  # past runs list
+    at.switch_page("pages/runs.py").run()  # the list of past runs
+    assert not at.exception
+    assert any(run_id in df.value["id"].tolist() for df in at.dataframe)
     # result pages, state carried by the session
     at.session_state[WidgetKeys.EMBED_METHOD] = "pca"
     for page in ("pages/results.py", "pages/latent.py", "pages/calibration.py", "pages/home.py"):
