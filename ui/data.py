@@ -126,7 +126,6 @@ def allowed_path(path: Path) -> str | None:
 
 def handle_path(role: str, path_text: str) -> str | None:
     """Read a file or 10x folder on the server into the session; return an error or ``None``."""
-    from cellannot_core.data import read_dataset
 
     text = (path_text or "").strip().strip("'\"")
     if not text:
@@ -136,7 +135,7 @@ def handle_path(role: str, path_text: str) -> str | None:
     if problem:
         return problem
     try:
-        adata = read_large_query(path) if role == "query" and is_large_query(path) else read_dataset(path, name=role)
+        adata = read_path(role, path)
     except CellannotError as err:
         return str(err)
     st_ = path.stat()
@@ -154,6 +153,14 @@ def is_large_query(path: Path) -> bool:
         return path.is_file() and path.name.lower().endswith(".h5ad") and path.stat().st_size > large_query_bytes()
     except OSError:
         return False
+
+
+def read_path(role: str, path: Path) -> Any:
+    """A dataset on the server: a large query as a sample of its file (:func:`read_large_query`),
+    anything else read whole (:func:`cellannot_core.data.read_dataset`)."""
+    from cellannot_core.data import read_dataset
+
+    return read_large_query(path) if role == "query" and is_large_query(path) else read_dataset(path, name=role)
 
 
 def read_large_query(path: Path) -> Any:

@@ -122,11 +122,7 @@ def restore() -> list[str]:
 
                 adata = read_uploaded((d / f"{role}.upload").read_bytes(), str(meta.get("name")), name=role)
             elif meta.get("kind") == "path" and not data_ui.allowed_path(Path(str(meta.get("path")))):
-                from cellannot_core.data import read_dataset
-
-                path = Path(str(meta.get("path")))
-                adata = data_ui.read_large_query(path) if role == "query" and data_ui.is_large_query(path) \
-                    else read_dataset(path, name=role)
+                adata = data_ui.read_path(role, Path(str(meta.get("path"))))
             else:
                 continue
         except (CellannotError, OSError):

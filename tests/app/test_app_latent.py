@@ -27,10 +27,7 @@ def _env(run, monkeypatch):
 
 def test_latent_page_pca_all_colourings(run):
     root, run_id = run
-    at = AppTest.from_file(APP, default_timeout=120).run()
-    at.session_state[StateKeys.RUN_ID] = run_id
-    at.session_state[WidgetKeys.EMBED_METHOD] = "pca"
-    at.switch_page("pages/latent.py").run()
+    at = _latent_page(run_id)
     assert not at.exception
     assert at.toggle(key=WidgetKeys.SHOW_GENERATED).value is True
     shown = {m.label: m.value for m in at.metric}  # latent quality from the run card
@@ -64,6 +61,14 @@ def test_point_table_has_generated_cells_as_markers(run):
     assert all(t.type == "scattergl" for t in fig.data)
 
 
+def _latent_page(run_id: str) -> AppTest:
+    """The Latent space page of ``run_id`` (PCA, the fast embedding), rendered once."""
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    at.session_state[StateKeys.RUN_ID] = run_id
+    at.session_state[WidgetKeys.EMBED_METHOD] = "pca"
+    return at.switch_page("pages/latent.py").run()
+
+
 def _copy_run(root, run_id: str, tag: str) -> str:
     """A copy of the run under another id (ending in ``tag``), without its cached embeddings."""
     import shutil
@@ -94,10 +99,7 @@ def test_the_page_says_when_generated_cells_sit_apart(run, tmp_path):
     arrays = rd.load_arrays()
     arrays["gen_latent"] = arrays["gen_latent"] + 100.0 * np.abs(arrays["ref_latent"]).max()
     rd.save_arrays(arrays)
-    at = AppTest.from_file(APP, default_timeout=120).run()
-    at.session_state[StateKeys.RUN_ID] = copy_id
-    at.session_state[WidgetKeys.EMBED_METHOD] = "pca"
-    at.switch_page("pages/latent.py").run()
+    at = _latent_page(copy_id)
     assert not at.exception
     assert any("sit apart from every real cluster" in w.value for w in at.warning)
     at.session_state[StateKeys.RUN_ID] = run_id  # the real run: a plain note, whatever its quality
@@ -123,10 +125,7 @@ def test_a_query_the_latent_space_keeps_apart_is_mapped_onto_the_reference_and_t
     arrays["query_latent"] = arrays["query_latent"] + 0.5 * spread  # a study effect the model kept
     rd.save_arrays(arrays)
 
-    at = AppTest.from_file(APP, default_timeout=120).run()
-    at.session_state[StateKeys.RUN_ID] = copy_id
-    at.session_state[WidgetKeys.EMBED_METHOD] = "pca"
-    at.switch_page("pages/latent.py").run()
+    at = _latent_page(copy_id)
     assert not at.exception
     assert any("Reference-query mixing" in c.value and "places each query cell" in c.value for c in at.caption)
     at.radio(key=WidgetKeys.EMBED_LAYOUT).set_value("joint").run()
@@ -152,10 +151,7 @@ def test_a_large_query_is_drawn_as_a_documented_subsample(run, monkeypatch):
     root, run_id = run
     copy_id = _copy_run(root, run_id, "b1b1")
     monkeypatch.setattr(lat, "QUERY_VIEW_MAX", 100)
-    at = AppTest.from_file(APP, default_timeout=120).run()
-    at.session_state[StateKeys.RUN_ID] = copy_id
-    at.session_state[WidgetKeys.EMBED_METHOD] = "pca"
-    at.switch_page("pages/latent.py").run()
+    at = _latent_page(copy_id)
     assert not at.exception
     assert any("100 query cells (a seeded random subsample of the query's 250" in c.value for c in at.caption)
     r = load_run(str(root), copy_id)
