@@ -133,6 +133,12 @@ def make_data(exp: Experiment, ref, qry, seed: int):
     return ref, qry
 
 
+def _hparams_of(model: str) -> dict:
+    from cellannot_core.models import get_spec
+
+    return get_spec("logreg" if model == "logreg_05" else model).hparams
+
+
 def _has_seurat() -> bool:
     import subprocess
 
@@ -141,7 +147,8 @@ def _has_seurat() -> bool:
     return subprocess.run(["Rscript", "-e", "library(Seurat)"], capture_output=True).returncode == 0
 
 
-def train_or_load(exp: Experiment, model: str, prep, seed: int, retrain: bool, hparams: dict | None = None):
+def train_or_load(exp: Experiment, model: str, prep, seed: int, retrain: bool, hparams: dict | None = None,
+                  batch_key: str | None = None):
     """A trained, calibrated model for this experiment (from the cache when there; a model with
     changed hyper-parameters has its own cache entry)."""
     from cellannot_core.models import load_model
@@ -149,14 +156,14 @@ def train_or_load(exp: Experiment, model: str, prep, seed: int, retrain: bool, h
 
     name = "logreg" if model == "logreg_05" else model
     hparams = dict(hparams or {})
-    tag = "".join(f"+{k}={v}" for k, v in sorted(hparams.items()))
+    tag = "".join(f"+{k}={v}" for k, v in sorted(hparams.items())) + (f"+batch={batch_key}" if batch_key else "")
     key = CACHE / exp.name.replace(":", "__").replace(" ", "_").replace(",", "") / f"{name}{tag}-s{seed}"
     if (key / "config.json").is_file() and not retrain:
         m = load_model(key, device="cpu")
         m.calibrate(prep.val, accept=0.95, shift_correction="median")
         return m, float(m.history.get("_bench_train_seconds", float("nan")))
     opts = AnnotateOptions(label_key=LABEL_KEY, query_label_key=LABEL_KEY, model=name, seed=seed, device="auto",
-                           hparams=hparams)
+                           hparams=hparams, batch_key=batch_key)
     t0 = time.time()
     m = train_model(prep, opts)
     secs = time.time() - t0
@@ -244,6 +251,9 @@ def main() -> None:
     ap.add_argument("--retrain", action="store_true", help="train again even when a cached model exists")
     ap.add_argument("--json", default=None, help="write every row to this JSON file")
     ap.add_argument("--all-rules", action="store_true", help="every candidate rule measured so far (slower)")
+    ap.add_argument("--batch-key", default=None,
+                    help="obs column of each cell's sample (e.g. sample_id), where a dataset has it: the "
+                         "generative models' batch covariate (its own cache entries)")
     ap.add_argument("--hparam", action="append", default=[], metavar="NAME=VALUE",
                     help="a hyper-parameter of the first model (its own cache entry); repeatable")
     args = ap.parse_args()
@@ -266,7 +276,8 @@ def main() -> None:
             if args.only and exp.name not in args.only:
                 continue
             ref, qry = make_data(exp, ref0, q0, args.seed)
-            opts = AnnotateOptions(label_key=LABEL_KEY, query_label_key=LABEL_KEY, seed=args.seed)
+            key = args.batch_key if args.batch_key and (args.batch_key in ref.obs or args.batch_key in qry.obs) else None
+            opts = AnnotateOptions(label_key=LABEL_KEY, query_label_key=LABEL_KEY, seed=args.seed, batch_key=key)
             prep = prepare_data(ref, qry, opts)
             novel = ~np.isin(prep.query.labels, prep.classes)
             share = float(novel.mean())
@@ -275,7 +286,8 @@ def main() -> None:
                       f"novel types {sorted(set(prep.query.labels[novel]))}")
                 continue
             for model in models:
-                m, secs = train_or_load(exp, model, prep, args.seed, args.retrain, hp if model == models[0] else None)
+                m, secs = train_or_load(exp, model, prep, args.seed, args.retrain, hp if model == models[0] else None,
+                                        key if "n_batches" in _hparams_of(model) else None)
                 thr = 0.5 if model == "logreg_05" else None
                 if model == "logreg_05":
                     m.ood_method = "maxprob"

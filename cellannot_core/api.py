@@ -50,6 +50,7 @@ def annotate(
     key_added: str = OutKeys.UNS,
     copy: bool = False,
     query_label_key: str | None = None,
+    batch_key: str | None = None,
     hparams: dict[str, Any] | None = None,
     seed: int = 0,
     device: str = "auto",
@@ -77,6 +78,11 @@ def annotate(
     query_label_key
         Optional ``adata_query.obs`` column with known labels: only used for the metrics in
         ``uns[key_added]["query_metrics"]``.
+    batch_key
+        Optional ``obs`` column (of the reference, the query or both) naming each cell's sample
+        or batch, as in scvi-tools' ``setup_anndata``: the generative models' decoder (``scanvi``,
+        the latent space of ``scanvi_svm``) is conditioned on each batch, so donors or conditions
+        inside a dataset are not mistaken for new cell types. Other models ignore it.
     hparams
         Model hyper-parameters (see ``models()``), e.g. ``{"max_epochs": 50}``.
     seed, device
@@ -98,7 +104,7 @@ def annotate(
     from .pipeline import write_annotations
 
     opts = _options(label_key, model, query_label_key=query_label_key, hparams=hparams, seed=seed, device=device,
-                    max_epochs=max_epochs, n_top_genes=n_top_genes, accept=accept)
+                    max_epochs=max_epochs, n_top_genes=n_top_genes, accept=accept, batch_key=batch_key)
     res = run_annotate(adata_ref, adata_query, opts, log=log or (lambda s: None))
     target = adata_query.copy() if copy else adata_query
     write_annotations(target, res.predictions, res.card, index=res.prepared.query.index, key_added=key_added)
@@ -181,6 +187,7 @@ def train(
     label_key: str,
     model: str | None = None,
     adata_query=None,
+    batch_key: str | None = None,
     hparams: dict[str, Any] | None = None,
     seed: int = 0,
     device: str = "auto",
@@ -192,7 +199,7 @@ def train(
 
     Parameters
     ----------
-    adata_ref, label_key, model, hparams, seed, device, max_epochs, n_top_genes, accept
+    adata_ref, label_key, model, batch_key, hparams, seed, device, max_epochs, n_top_genes, accept
         As in :func:`annotate`.
     adata_query
         Optional: genes are then restricted to those the query shares, and semi-supervised
@@ -206,7 +213,7 @@ def train(
     from .pipeline import bundle_info, prepare_data, train_model
 
     opts = _options(label_key, model, hparams=hparams, seed=seed, device=device, max_epochs=max_epochs,
-                    n_top_genes=n_top_genes, accept=accept)
+                    n_top_genes=n_top_genes, accept=accept, batch_key=batch_key)
     prepared = prepare_data(adata_ref, adata_query if adata_query is not None else adata_ref, opts)
     fitted = train_model(prepared, opts)
     return Annotator(fitted, bundle_info(fitted, prepared, opts))

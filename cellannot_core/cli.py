@@ -37,6 +37,7 @@ def _add_common(p: argparse.ArgumentParser, *, query_required: bool) -> None:
     p.add_argument("--query", required=query_required, help="query cells to label (same formats)")
     p.add_argument("--label-key", required=True, help="obs column of the reference holding the cell types")
     p.add_argument("--query-label-key", default=None, help="optional query obs column with known labels (for metrics)")
+    p.add_argument("--batch-key", default=None, help="optional obs column naming each cell's sample or batch (reference, query or both): the generative models' decoder is conditioned on it, so donors or conditions inside a dataset do not look novel")
     p.add_argument("--model", default=DEFAULT_MODEL, help="model name (see `models`); default: %(default)s")
     p.add_argument("--hparam", action="append", default=[], metavar="NAME=VALUE", help="model hyper-parameter (repeatable)")
     p.add_argument("--seed", type=int, default=0)
@@ -97,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--label-key", required=True, help="obs column of the reference holding the cell types")
     b.add_argument("--query-label-key", default=None,
                    help="query obs column with known labels; without it models are scored on reference validation")
+    b.add_argument("--batch-key", default=None, help="optional obs column naming each cell's sample or batch (reference, query or both): the generative models' decoder is conditioned on it, so donors or conditions inside a dataset do not look novel")
     b.add_argument("--models", nargs="+", required=True, metavar="MODEL", help="models to compare (see `models`)")
     b.add_argument("--hparam", action="append", default=[], metavar="MODEL.NAME=VALUE",
                    help="hyper-parameter of one model, e.g. tabnet.n_steps=4 (repeatable)")
@@ -118,7 +120,7 @@ def _options(args) -> "AnnotateOptions":
                            hparams=_hparams(args.hparam), seed=args.seed, device=args.device,
                            max_epochs=args.max_epochs, n_top_genes=args.n_top_genes,
                            min_cells_per_class=args.min_cells_per_class, min_shared_genes=args.min_shared_genes,
-                           accept=args.accept, threshold=args.threshold)
+                           accept=args.accept, threshold=args.threshold, batch_key=args.batch_key)
 
 
 def _summary(res) -> None:
@@ -231,7 +233,7 @@ def cmd_models(args) -> int:
         print(f"{name}{' (default)' if name == DEFAULT_MODEL else ''}: {s.description}")
         for k, h in s.hparams.items():
             choices = f" (one of: {', '.join(map(str, h.choices))})" if h.choices is not None else ""
-            print(f"    {k} = {h.default!r}  {h.help}{choices}")
+            print(f"    {k} = {h.default!r}  {h.help}{choices}{' (set from the data)' if h.internal else ''}")
     print("\nnovelty scores (the ood_score hyper-parameter; every run computes them all):")
     for m in OOD_METHODS:
         print(f"    {m}: {score_help(m)}")
@@ -259,7 +261,7 @@ def cmd_benchmark(args) -> int:
         raise ConfigError(f"--out must end in .csv, got {args.out}")
     opts = AnnotateOptions(label_key=args.label_key, query_label_key=args.query_label_key, seed=args.seed,
                            n_top_genes=args.n_top_genes, min_cells_per_class=args.min_cells_per_class,
-                           min_shared_genes=args.min_shared_genes, accept=args.accept)
+                           min_shared_genes=args.min_shared_genes, accept=args.accept, batch_key=args.batch_key)
     prepared = prepare_data(args.reference, args.query, opts)
     table = compare_models(prepared, args.models, seed=args.seed, device=args.device, hparams_by_model=by_model,
                            max_epochs=args.max_epochs, accept=args.accept, callbacks=[PrintProgress(_log)], log=_log)

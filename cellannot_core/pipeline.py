@@ -44,6 +44,7 @@ class AnnotateOptions:
     n_generate: int = 100
     qc: dict[str, float] | None = None
     max_train_seconds: float | None = None  # a quick run: training ends after the epoch that passes this
+    batch_key: str | None = None  # obs column of each cell's sample / batch (decoder covariate of generative models)
 
     def model_hparams(self) -> dict[str, Any]:
         """The hyper-parameter overrides; ``max_epochs`` caps only models that train in epochs."""
@@ -79,7 +80,7 @@ def prepare_data(reference, query, opts: AnnotateOptions) -> Prepared:
     return prepare(ref, qry, label_key=opts.label_key, query_label_key=opts.query_label_key,
                    n_top_genes=opts.n_top_genes, val_fraction=opts.val_fraction,
                    min_cells_per_class=opts.min_cells_per_class, min_shared_genes=opts.min_shared_genes,
-                   seed=opts.seed, qc=opts.qc)
+                   seed=opts.seed, qc=opts.qc, batch_key=opts.batch_key)
 
 
 def train_model(prepared: Prepared, opts: AnnotateOptions, callbacks: Sequence[Any] = ()):
@@ -89,8 +90,11 @@ def train_model(prepared: Prepared, opts: AnnotateOptions, callbacks: Sequence[A
     spec = get_spec(opts.model)
     if spec.supports.needs_counts and prepared.report.get("reference", {}).get("value_state") != "counts":
         raise ConfigError(f"model {opts.model} needs raw counts but the reference has none; pick another model")
+    hparams = opts.model_hparams()
+    if prepared.batches is not None and "n_batches" in spec.hparams:  # the decoder's batch covariate levels
+        hparams["n_batches"] = len(prepared.batches)
     model = create_model(opts.model, prepared.n_genes, prepared.classes, seed=opts.seed, device=opts.device,
-                         hparams=opts.model_hparams())
+                         hparams=hparams)
     if not spec.supports.sparse:
         prepared = densified(prepared, opts.model)
     if opts.max_train_seconds is not None:

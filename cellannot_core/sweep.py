@@ -58,7 +58,7 @@ def search_space(model: str, params: Sequence[str] = ()) -> dict[str, tuple[str,
     from .models import get_spec
 
     hps = get_spec(model).hparams
-    wanted = list(params) or [k for k, h in hps.items() if not h.advanced and k not in SKIP
+    wanted = list(params) or [k for k, h in hps.items() if not h.advanced and not h.internal and k not in SKIP
                               and (h.choices is not None or h.low is not None or isinstance(h.default, bool))]
     out: dict[str, tuple[str, Any]] = {}
     for p in wanted:
@@ -67,6 +67,8 @@ def search_space(model: str, params: Sequence[str] = ()) -> dict[str, tuple[str,
         if name not in hps:
             raise ConfigError(f"model {model} has no hyper-parameter {name!r}; see `cellannot models`")
         h = hps[name]
+        if h.internal:
+            raise ConfigError(f"{name} of model {model} is set from the data ({h.help}); it cannot be swept")
         if values:
             out[name] = ("choice", [_value(h.default, v.strip()) for v in values.split(",") if v.strip()])
         elif h.choices is not None:

@@ -74,6 +74,16 @@ if novel:
     st.info(f"Query types the reference lacks: {', '.join(f'{k} ({v:,})' for k, v in novel.items())}: "
             f"{sum(novel.values()):,} cells a good model calls *Unknown*.")
 
+choices = data_ui.batch_choices(ref, qry, get(StateKeys.LABEL_KEY), get(StateKeys.QUERY_LABEL_KEY))
+cur = get(StateKeys.BATCH_KEY)
+pick = st.selectbox("Batch / sample column (optional)", choices, key=WidgetKeys.BATCH_PICKER,
+                    index=choices.index(cur) if cur in choices else 0,
+                    help="The column naming each cell's sample, donor or batch (in the reference, the query or "
+                         "both). The latent space is then trained to set these differences aside, so a query of "
+                         "several donors or conditions does not look unlike the reference (scvi-tools' batch_key). "
+                         "Used by scANVI and the recommended model; other models ignore it.")
+put(StateKeys.BATCH_KEY, None if pick == data_ui.NO_BATCH else pick)
+
 with st.expander("Quality control (optional): remove low-quality cells from both datasets"):
     qc_on = st.checkbox("Apply QC filters", key=WidgetKeys.QC_ON, value=get(StateKeys.QC) is not None)
     c1, c2, c3 = st.columns(3)
@@ -92,12 +102,14 @@ st.caption("The same validation, gene matching and split as training, run as soo
            "problems show up now (the Train page keeps *Start* disabled until they are solved).")
 if get(StateKeys.LABEL_KEY):
     rep = data_ui.check_pair(ref_id, q_id, get(StateKeys.LABEL_KEY), get(StateKeys.QUERY_LABEL_KEY),
-                             json.dumps(get(StateKeys.QC) or {}), ref, qry)
+                             json.dumps(get(StateKeys.QC) or {}), ref, qry, get(StateKeys.BATCH_KEY))
     if not rep["ok"]:
         st.error(rep["error"])
     else:
         st.success(f"Ready: {rep['n_train']:,} training + {rep['n_val']:,} validation reference cells, "
-                   f"{len(rep['classes'])} classes, {rep['n_query']:,} query cells; {rep['hvg']}.")
+                   f"{len(rep['classes'])} classes, {rep['n_query']:,} query cells; {rep['hvg']}"
+                   + (f"; {len(rep['batches'])} batches of `{get(StateKeys.BATCH_KEY)}`" if rep.get("batches") else "")
+                   + ".")
         for w in rep["warnings"]:
             st.warning(w)
         st.page_link("pages/train.py", label="Go to training", icon=":material/arrow_forward:")

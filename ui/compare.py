@@ -203,7 +203,7 @@ def options_from_session(get_state: Any, *, seed: int = 0, device: str = "auto")
     from ui.state import StateKeys
 
     return AnnotateOptions(label_key=get_state(StateKeys.LABEL_KEY), query_label_key=get_state(StateKeys.QUERY_LABEL_KEY),
-                           seed=seed, device=device, qc=get_state(StateKeys.QC))
+                           seed=seed, device=device, qc=get_state(StateKeys.QC), batch_key=get_state(StateKeys.BATCH_KEY))
 
 
 # ------------------------------------------------------------------------------ tables and figures

@@ -72,6 +72,7 @@ def set_dataset(role: str, adata: Any, *, name: str, source: str, dataset_id: st
         put(StateKeys.LABEL_KEY, None)
     else:
         put(StateKeys.QUERY_LABEL_KEY, None)
+    put(StateKeys.BATCH_KEY, None)
     put(StateKeys.DEMO, False)
 
 
@@ -82,6 +83,7 @@ def load_demo() -> None:
         set_dataset(role, demo_dataset(role), name=path.name, source="demo", dataset_id=f"demo-{role}")
     put(StateKeys.LABEL_KEY, DEMO["label_key"])
     put(StateKeys.QUERY_LABEL_KEY, DEMO["query_label_key"])
+    put(StateKeys.BATCH_KEY, None)
     put(StateKeys.QC, None)
     put(StateKeys.DEMO, True)
 
@@ -234,13 +236,13 @@ def gene_overlap(ref_id: str, query_id: str, min_shared: int, _ref: Any, _query:
 
 @st.cache_data(show_spinner="Checking the pair (validation, gene matching, split)...", max_entries=8)
 def check_pair(ref_id: str, query_id: str, label_key: str, query_label_key: str | None, qc_json: str,
-               _ref: Any, _query: Any) -> dict[str, Any]:
+               _ref: Any, _query: Any, batch_key: str | None = None) -> dict[str, Any]:
     """Dry run of the preparation step: every validation message the training would hit."""
     from cellannot_core.data import prepare
 
     try:
         prep = prepare(_ref, _query, label_key=label_key, query_label_key=query_label_key,
-                       qc=json.loads(qc_json) or None)
+                       qc=json.loads(qc_json) or None, batch_key=batch_key)
     except CellannotError as err:
         return {"ok": False, "error": str(err), "warnings": []}
     rep = prep.report
@@ -248,7 +250,20 @@ def check_pair(ref_id: str, query_id: str, label_key: str, query_label_key: str 
             "n_train": rep["n_train"], "n_val": rep["n_val"], "n_query": rep["n_query"],
             "classes": list(prep.classes), "genes": rep["genes"]["message"], "hvg": rep["genes"]["hvg"],
             "counts_available": rep.get("counts_available"),
-            "reference_counts": rep.get("reference", {}).get("value_state") == "counts"}
+            "reference_counts": rep.get("reference", {}).get("value_state") == "counts",
+            "batches": (rep.get("batches") or {}).get("cells")}
+
+
+NO_BATCH = "(none: each dataset is one batch)"
+
+
+def batch_choices(ref: Any, query: Any, label_key: str | None, query_label_key: str | None) -> list[str]:
+    """The batch-key choices of the Data page: none, then the obs columns that could name each
+    cell's sample or batch (:func:`cellannot_core.data.batch_candidates`)."""
+    from cellannot_core.data import batch_candidates
+
+    exclude = tuple(k for k in (label_key, query_label_key) if k)
+    return [NO_BATCH] + batch_candidates(ref.obs, query.obs, exclude=exclude)
 
 
 def qc_options(enabled: bool, min_genes: float, min_counts: float, max_pct_mito: float) -> dict | None:

@@ -102,7 +102,7 @@ def restore() -> list[str]:
     from cellannot_core.data.stream import stream_source
     from cellannot_core.runs import read_json
     from ui import data as data_ui
-    from ui.state import DATA_KEY, INFO_KEY, StateKeys, put
+    from ui.state import CHOICE_KEYS, DATA_KEY, INFO_KEY, put
 
     d = session_dir()
     if not d.is_dir():
@@ -135,7 +135,7 @@ def restore() -> list[str]:
         restored.append(role)
     if restored:
         choices = read_json(d / "choices.json") or {}
-        for key in (StateKeys.LABEL_KEY, StateKeys.QUERY_LABEL_KEY, StateKeys.QC, StateKeys.DEMO):
+        for key in CHOICE_KEYS:
             if key in choices:
                 put(key, choices[key])
         st.session_state[SAVED_CHOICES_KEY] = dict(choices)

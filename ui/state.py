@@ -22,6 +22,7 @@ class StateKeys:
     QUERY_INFO = "query_info"
     LABEL_KEY = "label_key"  # reference obs column
     QUERY_LABEL_KEY = "query_label_key"  # query obs column or None
+    BATCH_KEY = "batch_key"  # obs column naming each cell's sample / batch, or None
     QC = "qc"  # dict(min_genes=, min_counts=, max_pct_mito=) or None
     DEMO = "demo_loaded"  # bool
     RUN_ID = "current_run_id"  # id of the run the result pages show
@@ -36,6 +37,7 @@ class WidgetKeys:
     PATH_BUTTON = "w_path_load_{role}"
     LABEL_PICKER = "w_label_key"
     QUERY_LABEL_PICKER = "w_query_label_key"
+    BATCH_PICKER = "w_batch_key"
     QC_ON = "w_qc_on"
     QC_MIN_GENES = "w_qc_min_genes"
     QC_MIN_COUNTS = "w_qc_min_counts"
@@ -80,6 +82,7 @@ DEFAULTS: dict[str, Any] = {
     StateKeys.QUERY_INFO: None,
     StateKeys.LABEL_KEY: None,
     StateKeys.QUERY_LABEL_KEY: None,
+    StateKeys.BATCH_KEY: None,
     StateKeys.QC: None,
     StateKeys.DEMO: False,
     StateKeys.RUN_ID: None,
@@ -87,7 +90,7 @@ DEFAULTS: dict[str, Any] = {
 
 RUN_PARAM = "run"  # URL query parameter holding the current run id
 ROLES = ("reference", "query")
-CHOICE_KEYS = (StateKeys.LABEL_KEY, StateKeys.QUERY_LABEL_KEY, StateKeys.QC, StateKeys.DEMO)  # kept across reloads
+CHOICE_KEYS = (StateKeys.LABEL_KEY, StateKeys.QUERY_LABEL_KEY, StateKeys.BATCH_KEY, StateKeys.QC, StateKeys.DEMO)  # kept across reloads
 DATA_KEY = {"reference": StateKeys.REFERENCE, "query": StateKeys.QUERY}
 INFO_KEY = {"reference": StateKeys.REFERENCE_INFO, "query": StateKeys.QUERY_INFO}
 

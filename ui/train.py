@@ -31,7 +31,7 @@ def build_options(*, model: str, hparams: dict[str, Any], device: str, seed: int
     return AnnotateOptions(label_key=get(StateKeys.LABEL_KEY), query_label_key=get(StateKeys.QUERY_LABEL_KEY),
                            model=model, hparams=dict(hparams), seed=int(seed), device=device,
                            max_epochs=max_epochs, n_top_genes=int(n_top_genes), accept=float(accept),
-                           n_generate=int(n_generate), qc=get(StateKeys.QC),
+                           n_generate=int(n_generate), qc=get(StateKeys.QC), batch_key=get(StateKeys.BATCH_KEY),
                            max_train_seconds=None if max_train_seconds is None else float(max_train_seconds))
 
 
@@ -119,7 +119,7 @@ def preflight(model: str) -> str | None:
         return "load a reference and a query and pick the reference label column on the Data page"
     rep = data_ui.check_pair(get(StateKeys.REFERENCE_INFO)["id"], get(StateKeys.QUERY_INFO)["id"],
                              get(StateKeys.LABEL_KEY), get(StateKeys.QUERY_LABEL_KEY),
-                             json.dumps(get(StateKeys.QC) or {}), ref, qry)
+                             json.dumps(get(StateKeys.QC) or {}), ref, qry, get(StateKeys.BATCH_KEY))
     if not rep["ok"]:
         return rep["error"]
     if spec.supports.needs_counts and not rep.get("reference_counts"):

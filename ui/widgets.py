@@ -63,8 +63,9 @@ def hparam_form(spec: Any, *, skip: tuple[str, ...] = ()) -> dict[str, Any]:
     Returns only the values that differ from the defaults (the run card records all).
     """
     values: dict[str, Any] = {}
-    basic = {k: h for k, h in spec.hparams.items() if not h.advanced and k not in skip}
-    advanced = {k: h for k, h in spec.hparams.items() if h.advanced and k not in skip}
+    shown = {k: h for k, h in spec.hparams.items() if not h.internal and k not in skip}  # internal: set from the data
+    basic = {k: h for k, h in shown.items() if not h.advanced}
+    advanced = {k: h for k, h in shown.items() if h.advanced}
     cols = st.columns(3)
     for i, (name, hp) in enumerate(basic.items()):
         with cols[i % 3]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from ._types import Prepared, Split, dense
 from .genes import GeneMatch, match_genes
 from .io import SUPPORTED_EXTENSIONS, SUPPORTED_FORMATS, read_dataset, read_uploaded, sanitize_filename
-from .prepare import QC_KEYS, TARGET_SUM, lognormalize, prepare, prepare_query, stratified_split, summarize_dataset
+from .prepare import QC_KEYS, TARGET_SUM, batch_candidates, lognormalize, prepare, prepare_query, stratified_split, summarize_dataset
 from .validate import validate_dataset
 from .values import Counts, detect_value_state, get_counts
 
@@ -21,6 +21,7 @@ __all__ = [
     "SUPPORTED_EXTENSIONS",
     "QC_KEYS",
     "TARGET_SUM",
+    "batch_candidates",
     "Counts",
     "GeneMatch",
     "Prepared",

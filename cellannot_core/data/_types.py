@@ -7,6 +7,8 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+MAX_BATCHES = 1000  # batch-key values (reference + query); more looks like a per-cell column, not batches
+
 
 @dataclass
 class Split:
@@ -29,6 +31,9 @@ class Split:
     index
         Optional int64 row positions of these cells in the input AnnData (reference or query),
         so results can be mapped back even when QC removed cells or cell names were made unique.
+    batch
+        Optional int64 codes into ``Prepared.batches`` (the batch key's values, when one is
+        given): the decoder covariate of the generative models.
     """
 
     X: np.ndarray
@@ -37,6 +42,7 @@ class Split:
     obs_names: np.ndarray
     labels: np.ndarray | None = None
     index: np.ndarray | None = None
+    batch: np.ndarray | None = None
 
     @property
     def n_obs(self) -> int:
@@ -51,7 +57,8 @@ class Split:
         idx = np.asarray(idx, dtype=np.int64)
         pick = lambda v: None if v is None else v[idx]  # noqa: E731
         return Split(X=dense(self.X[idx]), counts=sp.csr_matrix(self.counts[idx]), y=pick(self.y),
-                     obs_names=self.obs_names[idx], labels=pick(self.labels), index=pick(self.index))
+                     obs_names=self.obs_names[idx], labels=pick(self.labels), index=pick(self.index),
+                     batch=pick(self.batch))
 
 
 def dense(X: Any) -> np.ndarray:
@@ -62,7 +69,9 @@ def dense(X: Any) -> np.ndarray:
 
 @dataclass
 class Prepared:
-    """Reference (train/val) and query aligned to one gene list, plus a JSON-able report."""
+    """Reference (train/val) and query aligned to one gene list, plus a JSON-able report.
+    ``batches``: the names of the batch key's values (``Split.batch`` codes index them), or
+    ``None`` without a batch key (then each dataset is one batch)."""
 
     train: Split
     val: Split
@@ -70,6 +79,7 @@ class Prepared:
     classes: list[str]
     genes: list[str]
     report: dict[str, Any] = field(default_factory=dict)
+    batches: list[str] | None = None
 
     @property
     def n_genes(self) -> int:

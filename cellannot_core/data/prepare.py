@@ -27,7 +27,7 @@ import scipy.sparse as sp
 
 from cellannot_core.errors import ConfigError, DataError
 
-from ._types import Prepared, Split
+from ._types import MAX_BATCHES, Prepared, Split
 from .genes import is_ensembl, match_genes
 from .validate import (
     missing_label_mask,
@@ -269,7 +269,38 @@ def _shared_fraction(X: sp.csr_matrix, cols: np.ndarray) -> float:
 DENSE_LIMIT_BYTES = 2 * 1024**3  # a split whose dense X would be larger keeps X sparse (CSR)
 
 
-def _split(X: sp.csr_matrix, counts: sp.csr_matrix, rows, y, obs_names, labels, index) -> Split:
+def batch_codes(ref_obs: pd.DataFrame, q_obs: pd.DataFrame, batch_key: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """The batches of ``batch_key`` (an obs column of the reference, the query or both): their
+    names (``"reference: v"`` / ``"query: v"``, reference first; a dataset without the column, or
+    a cell without a value, is in its dataset's batch ``"reference"`` / ``"query"``) and each
+    cell's code. The same value in both datasets is two batches: the datasets differ anyway."""
+    if batch_key not in ref_obs.columns and batch_key not in q_obs.columns:
+        cols = sorted(set(map(str, ref_obs.columns)) | set(map(str, q_obs.columns)))
+        shown = ", ".join(cols[:20]) + (" ..." if len(cols) > 20 else "")
+        raise DataError(f"batch key {batch_key!r} is a column of neither the reference's nor the query's cell "
+                        f"table; columns: {shown or 'none'}. Choose the column naming each cell's sample or "
+                        "batch, or none")
+    names: list[str] = []
+    codes = []
+    for obs, tag in ((ref_obs, "reference"), (q_obs, "query")):
+        if batch_key in obs.columns:
+            col = obs[batch_key]
+            miss = missing_label_mask(col)
+            vals = np.where(miss, tag, np.array([f"{tag}: {v}" for v in col.astype(str).str.strip()], dtype=object))
+        else:
+            vals = np.full(len(obs), tag, dtype=object)
+        levels, inv = np.unique(vals.astype(str), return_inverse=True)
+        codes.append(inv.astype(np.int64) + len(names))
+        names.extend(str(v) for v in levels)
+    if len(names) > MAX_BATCHES:
+        raise DataError(f"batch key {batch_key!r} has {len(names)} values over the two datasets (at most "
+                        f"{MAX_BATCHES}): that looks like a per-cell column, not samples or batches; choose the "
+                        "sample column")
+    return names, codes[0], codes[1]
+
+
+def _split(X: sp.csr_matrix, counts: sp.csr_matrix, rows, y, obs_names, labels, index,
+           batch: np.ndarray | None = None) -> Split:
     sub = X[rows]
     big = sub.shape[0] * sub.shape[1] * 4 > DENSE_LIMIT_BYTES
     return Split(
@@ -279,6 +310,7 @@ def _split(X: sp.csr_matrix, counts: sp.csr_matrix, rows, y, obs_names, labels, 
         obs_names=np.asarray(obs_names[rows]).astype(str),
         labels=None if labels is None else np.asarray(labels[rows], dtype=object),
         index=np.asarray(index[rows], dtype=np.int64),
+        batch=None if batch is None else np.asarray(batch[rows], dtype=np.int64),
     )
 
 
@@ -296,6 +328,7 @@ def prepare(
     qc: dict[str, Any] | None = None,
     allow_lognorm: bool = False,
     normalize_on: str = "shared",
+    batch_key: str | None = None,
 ) -> Prepared:
     """Validate a labelled reference and a query and turn them into model inputs.
 
@@ -333,6 +366,12 @@ def prepare(
         reference and query, so both datasets are normalised on the same genes (a query with
         many more genes is otherwise shifted down on the shared ones); ``"all"``: over all
         of each dataset's genes (scanpy's ``normalize_total`` on the full matrix).
+    batch_key
+        Optional obs column naming each cell's sample or batch (in the reference, the query or
+        both), as scvi-tools' ``setup_anndata(batch_key=...)``: the generative models' decoder
+        is then conditioned on each batch instead of on the dataset alone, so that donors,
+        conditions or runs inside a dataset do not make known cells look unlike the reference
+        (``Split.batch``, ``Prepared.batches``).
 
     Returns
     -------
@@ -426,13 +465,17 @@ def prepare(
         d.report["n_cells"] = int(d.X.shape[0])
     ref.X = qry.X = None  # the full matrices are not needed past here (a large reference's copy is freed)
 
+    batches = ref_b = q_b = None
+    if batch_key:
+        batches, ref_b, q_b = batch_codes(ref.obs, qry.obs, batch_key)
+
     # split
     train_idx, val_idx = stratified_split(ref_y, val_fraction, seed=seed)
     ref_names = np.asarray(ref.obs_names)
-    train = _split(ref_log, ref_counts, train_idx, ref_y, ref_names, ref_labels, ref.index)
-    val = _split(ref_log, ref_counts, val_idx, ref_y, ref_names, ref_labels, ref.index)
+    train = _split(ref_log, ref_counts, train_idx, ref_y, ref_names, ref_labels, ref.index, ref_b)
+    val = _split(ref_log, ref_counts, val_idx, ref_y, ref_names, ref_labels, ref.index, ref_b)
     all_q = np.arange(q_log.shape[0])
-    qsplit = _split(q_log, q_counts, all_q, q_y, np.asarray(qry.obs_names), q_labels, qry.index)
+    qsplit = _split(q_log, q_counts, all_q, q_y, np.asarray(qry.obs_names), q_labels, qry.index, q_b)
 
     report: dict[str, Any] = {
         "reference": ref.report,
@@ -470,12 +513,43 @@ def prepare(
             "label_key": label_key, "query_label_key": query_label_key, "n_top_genes": int(n_top_genes),
             "val_fraction": float(val_fraction), "min_cells_per_class": int(min_cells_per_class),
             "min_shared_genes": int(min_shared_genes), "seed": int(seed), "qc": qc,
-            "allow_lognorm": bool(allow_lognorm), "normalize_on": normalize_on,
+            "allow_lognorm": bool(allow_lognorm), "normalize_on": normalize_on, "batch_key": batch_key or None,
         },
         "warnings": warns,
         "seconds": round(time.perf_counter() - t0, 3),
     }
-    return Prepared(train=train, val=val, query=qsplit, classes=classes, genes=genes, report=report)
+    if batches is not None:
+        n = np.bincount(np.r_[ref_b, q_b], minlength=len(batches))
+        report["batches"] = {"key": batch_key, "cells": {b: int(k) for b, k in zip(batches, n)}}
+    return Prepared(train=train, val=val, query=qsplit, classes=classes, genes=genes, report=report,
+                    batches=batches)
+
+
+_BATCH_HINTS = ("sample", "donor", "batch", "orig.ident", "individual", "patient", "subject", "library", "run",
+                "replicate", "condition", "group")
+
+
+def batch_candidates(ref_obs: pd.DataFrame, q_obs: pd.DataFrame, *, exclude: tuple[str, ...] = (),
+                     max_levels: int = 200) -> list[str]:
+    """Obs columns of either dataset that could name each cell's sample or batch (2 to
+    ``max_levels`` values in at least one dataset, not decimals), likeliest first by name
+    (sample, donor, batch, ...); for the Data page's batch-key choice."""
+    out = []
+    for col in dict.fromkeys([*map(str, ref_obs.columns), *map(str, q_obs.columns)]):
+        if col in exclude:
+            continue
+        levels = []
+        for obs in (ref_obs, q_obs):
+            if col in obs.columns:
+                s = obs[col]
+                kind = s.dtype.kind if not isinstance(s.dtype, pd.CategoricalDtype) else "O"
+                levels.append(-1 if kind == "f" else int(s[~missing_label_mask(s)].astype(str).nunique()))
+        if any(n < 0 for n in levels) or not any(2 <= n <= max_levels for n in levels):
+            continue
+        low = col.lower()
+        hint = next((i for i, h in enumerate(_BATCH_HINTS) if h in low), len(_BATCH_HINTS))
+        out.append((hint, -len(levels), col))
+    return [c for *_, c in sorted(out)]
 
 
 def _label_candidates(obs: pd.DataFrame, n_cells: int, max_classes: int = 100) -> list[dict[str, Any]]:

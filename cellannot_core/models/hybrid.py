@@ -33,11 +33,13 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..data import Split, dense
+from ..data._types import MAX_BATCHES
 from ..calibration import softmax
 from ..novelty import GRAPH_K, OOD_METHODS, graph_smooth
 from ._base import Model
 from .baselines import SvmReject
-from .registry import HParam, Supports, create_model, register
+from ..nn.generative import N_BATCH
+from .registry import HParam, Supports, create_model, get_spec, register
 from .vae import ELBO, GenerativeModel, _is_counts
 
 LATENT_MODELS = ("auto", "scanvi", "clams")
@@ -95,6 +97,8 @@ def _has_counts(split: Split) -> bool:
                                   "the cell's predicted class (knn_class) it beat the plain kNN distance)",
                                   choices=OOD_METHODS),
               "knn_k": HParam(10, "neighbours for the kNN novelty score", low=1, high=200, advanced=True),
+              "n_batches": HParam(N_BATCH, "levels of scANVI's batch covariate (set from the batch key, see the "
+                                  "generative models)", low=1, high=MAX_BATCHES, internal=True),
           })
 class ScanviSvm(Model):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -110,6 +114,8 @@ class ScanviSvm(Model):
         hp: dict[str, Any] = {"knn_k": self.hparams["knn_k"]}
         if self.hparams["max_epochs"] > 0:
             hp["max_epochs"] = self.hparams["max_epochs"]
+        if "n_batches" in get_spec(name).hparams:
+            hp["n_batches"] = self.hparams["n_batches"]
         return create_model(name, self.n_features, self.classes, seed=self.seed, device=self.device_name, hparams=hp)
 
     def _latent(self) -> Model:

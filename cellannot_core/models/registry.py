@@ -21,6 +21,7 @@ class HParam:
     low: float | None = None
     high: float | None = None
     advanced: bool = False
+    internal: bool = False  # set by the pipeline from the data (e.g. n_batches): never a widget, never swept
 
     @property
     def type(self) -> type:

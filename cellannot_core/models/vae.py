@@ -51,15 +51,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data._types import Split
+from ..data._types import MAX_BATCHES, Split
 from ..distributions import LIKELIHOOD_HELP, likelihood_names
-from ..nn.generative import QUERY, REFERENCE, GenerativeNet, Rows, SparseRows, VAENet
+from ..nn.generative import N_BATCH, QUERY, REFERENCE, GenerativeNet, Rows, SparseRows, VAENet
 from ..novelty import OOD_METHODS
 from ..training import TrainConfig
 from ._torch import TorchModel
 from .registry import HParam, Supports, register
 
 ELBO = "elbo"
+ELBO_BATCHES = 8  # elbo_score: decoder batches tried per cell (the best one counts)
 CELLS_BUDGET = 40 * 20_000  # cells_budget: 40 epochs of 20,000 cells
 GEN_OOD_METHODS = OOD_METHODS + (ELBO,)
 GEN_SUPPORTS = Supports(latent=True, samples=True, needs_counts=True, semi_supervised=True, sparse=True)
@@ -81,8 +82,12 @@ def common_hparams(*, likelihood: str = "zinb", max_epochs: int = 40, kl_warmup:
         "classification_ratio": HParam(classification_ratio, "weight of the cross-entropy on labelled cells "
                                        "(scANVI: 50)", low=0.0, high=1e5),
         "use_query": HParam(True, "semi-supervised: train the generative part on the unlabelled query cells too"),
-        "batch_covariate": HParam(True, "condition the decoder on the dataset (reference / query), one-hot "
-                                  "in every decoder layer", advanced=True),
+        "batch_covariate": HParam(True, "condition the decoder on the dataset (reference / query), or on each "
+                                  "batch of the batch key when one is given, one-hot in every decoder layer",
+                                  advanced=True),
+        "n_batches": HParam(N_BATCH, "levels of the decoder's batch covariate: the reference's and the query's "
+                            "batches of the batch key (set from the data), 2 (reference / query) without one",
+                            low=1, high=MAX_BATCHES, internal=True),
         "kl_warmup_epochs": HParam(kl_warmup, "epochs over which the KL weight rises linearly from 0 to 1 "
                                    "(0 = no warm-up)", low=0, high=10000, advanced=True),
         "max_epochs": HParam(max_epochs, "maximum training epochs", low=1, high=10000),
@@ -135,6 +140,8 @@ class GenerativeModel(TorchModel):
         return torch.as_tensor(np.asarray(dense, dtype=np.float32), device=self.device)
 
     def _rows(self, splits: Sequence[Split], batches: Sequence[int], labelled: Sequence[bool]) -> Rows | SparseRows:
+        """The training rows of ``splits``; each cell's decoder batch is its split's batch-key code
+        (``Split.batch``) when the data have a batch key, else ``batches`` (reference / query)."""
         if any(s.is_sparse for s in splits):
             return self._sparse_rows(splits, batches, labelled)
         xs, targets, libs, bs, ys = [], [], [], [], []
@@ -144,7 +151,7 @@ class GenerativeModel(TorchModel):
             targets.append(self._target(s.X, s.counts))
             lib = np.asarray(s.counts.sum(axis=1), dtype=np.float32).reshape(n, 1)
             libs.append(torch.as_tensor(np.maximum(lib, 1.0), device=self.device))
-            bs.append(torch.full((n,), b, dtype=torch.long, device=self.device))
+            bs.append(torch.as_tensor(_batch_codes(s, b), dtype=torch.long, device=self.device))
             y = np.asarray(s.y, dtype=np.int64) if lab and s.y is not None else np.full(n, -1, dtype=np.int64)
             ys.append(torch.as_tensor(y, device=self.device))
         cat = lambda t: torch.cat(t) if len(t) > 1 else t[0]  # noqa: E731
@@ -157,7 +164,7 @@ class GenerativeModel(TorchModel):
         X = sp.vstack([sp.csr_matrix(s.X, dtype=np.float32) for s in splits], format="csr")
         counts = sp.vstack([sp.csr_matrix(s.counts, dtype=np.float32) for s in splits], format="csr")
         lib = np.maximum(np.asarray(counts.sum(axis=1), dtype=np.float32).reshape(-1, 1), 1.0)
-        b = np.concatenate([np.full(s.n_obs, v, dtype=np.int64) for s, v in zip(splits, batches)])
+        b = np.concatenate([_batch_codes(s, v) for s, v in zip(splits, batches)])
         y = np.concatenate([np.asarray(s.y, dtype=np.int64) if lab and s.y is not None
                             else np.full(s.n_obs, -1, dtype=np.int64) for s, lab in zip(splits, labelled)])
         dev = self.device
@@ -295,13 +302,15 @@ class GenerativeModel(TorchModel):
         return counts, net.ref_library.expand(x.shape[0], 1)
 
     def elbo_score(self, X: np.ndarray) -> np.ndarray:
-        """Negative ELBO (higher = less likely under the model = more novel)."""
+        """Negative ELBO (higher = less likely under the model = more novel), under the decoder
+        batch that fits the cell best among the first :data:`ELBO_BATCHES` (the reference's
+        batches come first; one pass per batch, so a batch key of hundreds of samples is capped)."""
         net = self.net
 
         def fn(x: torch.Tensor) -> torch.Tensor:
             target, lib = self._pseudo_rows(x)
             vals = [net.neg_elbo(x, target, lib, torch.full((x.shape[0],), b, dtype=torch.long, device=x.device))
-                    for b in range(net.n_batch)]
+                    for b in range(min(net.n_batch, ELBO_BATCHES))]
             return torch.stack(vals).min(0).values
 
         return self._batched(X, fn).astype(np.float64)
@@ -336,3 +345,11 @@ class VAE(GenerativeModel):
             chols.append(np.linalg.cholesky(cov + 1e-6 * np.eye(d)))
         net.class_mean.copy_(torch.as_tensor(np.stack(means), dtype=torch.float32))
         net.class_chol.copy_(torch.as_tensor(np.stack(chols), dtype=torch.float32))
+
+
+def _batch_codes(split: Split, default: int) -> np.ndarray:
+    """Each cell's decoder batch: the batch key's codes of ``split`` (:func:`~cellannot_core.data.prepare.prepare`
+    with ``batch_key``), else ``default`` for every cell (reference = 0, query = 1)."""
+    if split.batch is not None:
+        return np.asarray(split.batch, dtype=np.int64)
+    return np.full(split.n_obs, default, dtype=np.int64)

@@ -13,7 +13,7 @@ from torch import nn
 from ..distributions import get_likelihood
 from .vae import Classifier, CountDecoder, GaussianEncoder, kl_standard_normal, reparameterize
 
-N_BATCH = 2  # dataset covariate levels: reference, query
+N_BATCH = 2  # dataset covariate levels without a batch key: reference, query
 REFERENCE, QUERY = 0, 1
 
 
@@ -67,7 +67,7 @@ class GenerativeNet(nn.Module):
         self.n_latent, self.n_hidden, self.n_layers = int(hp["n_latent"]), int(hp["n_hidden"]), int(hp["n_layers"])
         self.dropout = float(hp["dropout"])
         self.alpha = float(hp["classification_ratio"])
-        self.n_batch = N_BATCH if hp["batch_covariate"] else 1
+        self.n_batch = int(hp.get("n_batches", N_BATCH)) if hp["batch_covariate"] else 1
         self.likelihood = hp["likelihood"]
         self.domain = get_likelihood(self.likelihood).domain
         self.register_buffer("gene_max", torch.ones(n_genes))  # per-gene max of reference X (unit domain)

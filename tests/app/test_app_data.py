@@ -167,3 +167,30 @@ def test_count_models_warning_for_data_without_counts(tmp_path):
         ("counts.h5ad", SMALL.read_bytes(), "application/octet-stream"))
     at.run()
     assert len([w for w in at.warning if "No raw counts" in w.value]) == 1  # only the reference warns
+
+
+def test_batch_column_is_offered_checked_and_passed_to_training(tmp_path):
+    """The demo reference has four samples (two donors, control and IFN-beta stimulated): the
+    Data page offers its sample column as the batch key, the check counts the batches, and the
+    Train page's options carry it (a run's request records it, so it is run again the same way)."""
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    at.button(key=WidgetKeys.DEMO_BUTTON).click().run()
+    at.switch_page(DATA_PAGE).run()
+    picker = at.selectbox(key=WidgetKeys.BATCH_PICKER)
+    assert picker.value == data_ui.NO_BATCH and picker.options[1] == "sample_id", picker.options
+    assert at.session_state[StateKeys.BATCH_KEY] is None
+    picker.set_value("sample_id").run()
+    assert not at.exception
+    assert at.session_state[StateKeys.BATCH_KEY] == "sample_id"
+    assert any("5 batches of `sample_id`" in s.value for s in at.success), [s.value for s in at.success]
+    at.switch_page("pages/train.py").run()
+    at.selectbox(key=WidgetKeys.MODEL).set_value("logreg").run()
+    at.button(key=WidgetKeys.START).click().run()
+    assert not at.exception
+    import json
+
+    requests = list((tmp_path / "runs").glob("*/request.json"))
+    assert len(requests) == 1 and json.loads(requests[0].read_text())["options"]["batch_key"] == "sample_id"
+    from ui import jobs
+
+    assert jobs.wait(requests[0].parent.name, timeout=120)["state"] == "done"

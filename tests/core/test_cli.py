@@ -137,6 +137,7 @@ def test_missing_label_column(capsys, files):
     (["--hparam", "no_equals_sign"], "NAME=VALUE"),
     (["--hparam", "bogus=1"], "bogus"),
     (["--hparam", "hidden=8,x"], "hidden"),
+    (["--batch-key", "donor_typo"], "batch key 'donor_typo' is a column of neither"),
 ])
 def test_bad_options(capsys, files, extra, match):
     code, _, err = run_main(capsys, *annotate_args(files, extra=extra))

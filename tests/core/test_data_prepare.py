@@ -212,3 +212,49 @@ def test_real_subset_end_to_end():
     inq = p.query.y >= 0
     d = ((p.query.X[inq, None, :] - cent[None]) ** 2).sum(-1)
     assert (d.argmin(1) == p.query.y[inq]).mean() > 0.6
+
+
+def test_batch_key_codes_each_datasets_batches(synthetic_pair):
+    """scvi-tools' batch_key: the column's values become batches, per dataset (the reference's
+    first); a dataset without the column, or a cell without a value, is its dataset's batch."""
+    ref, q = synthetic_pair
+    ref, q = ref.copy(), q.copy()
+    q.obs["sample"] = np.where(np.arange(q.n_obs) % 3 == 0, "B", "A")
+    q.obs.loc[q.obs_names[1], "sample"] = None
+    p = prepare(ref, q, label_key="cell_type", batch_key="sample", n_top_genes=100, min_shared_genes=50)
+    assert p.batches == ["reference", "query", "query: A", "query: B"]
+    assert set(p.train.batch) == set(p.val.batch) == {0}
+    want = np.where(np.arange(q.n_obs) % 3 == 0, 3, 2)
+    want[1] = 1
+    np.testing.assert_array_equal(p.query.batch, want[p.query.index])
+    assert p.report["batches"]["cells"]["query: B"] == int((want == 3).sum())
+    assert p.report["options"]["batch_key"] == "sample"
+    json.dumps(p.report)
+    plain = prepare(ref, q, label_key="cell_type", n_top_genes=100, min_shared_genes=50)
+    assert plain.batches is None and plain.query.batch is None and "batches" not in plain.report
+    rows = p.query.rows(np.array([0, 3]))
+    np.testing.assert_array_equal(rows.batch, p.query.batch[[0, 3]])
+
+
+def test_batch_key_problems_are_one_clear_error(synthetic_pair):
+    ref, q = synthetic_pair
+    with pytest.raises(DataError, match="batch key 'donor' is a column of neither.*cell_type"):
+        prepare(ref, q, label_key="cell_type", batch_key="donor", n_top_genes=100, min_shared_genes=50)
+    q = q.copy()
+    q.obs["barcode"] = q.obs_names.astype(str)  # one value per cell
+    big = __import__("anndata").concat([q] * 5, keys=list("abcde"), index_unique="-")
+    big.obs["barcode"] = big.obs_names.astype(str)
+    with pytest.raises(DataError, match="per-cell column"):
+        prepare(ref, big, label_key="cell_type", batch_key="barcode", n_top_genes=100, min_shared_genes=50)
+
+
+def test_batch_candidates_rank_sample_columns_first(synthetic_pair):
+    from cellannot_core.data import batch_candidates
+
+    ref, q = synthetic_pair
+    ref, q = ref.copy(), q.copy()
+    q.obs["donor_id"] = np.where(np.arange(q.n_obs) % 2 == 0, "d1", "d2")
+    q.obs["qc_score"] = np.linspace(0, 1, q.n_obs)  # decimals: never a batch
+    ref.obs["lane"] = "L1"  # one value in the reference, absent from the query: no choice
+    got = batch_candidates(ref.obs, q.obs, exclude=("cell_type",))
+    assert got[0] == "donor_id" and "qc_score" not in got and "lane" not in got and "cell_type" not in got

@@ -74,3 +74,39 @@ def test_without_raw_counts_the_latent_model_is_clams(prep):
     hist = m.fit(no_counts(prep.train), no_counts(prep.val), unlabelled=no_counts(prep.query))
     assert m.hparams["latent_model"] == "clams" and hist["latent_model"] == "clams"
     assert m.latent(prep.query.X).shape[0] == prep.query.n_obs
+
+
+def test_a_batch_key_keeps_a_batch_of_known_cells_from_looking_novel(tmp_path):
+    """A query sample with a strong gene-wise batch effect: without a batch key the recommended
+    model calls it Unknown (it is unlike the reference); given the batch key, scANVI's decoder
+    takes the sample as a covariate and its known cells are labelled. The model keeps its batch
+    levels through save / load."""
+    import scipy.sparse as sp
+
+    from cellannot_core.models import load_model
+    from cellannot_core.pipeline import AnnotateOptions, predict, prepare_data, train_model
+    from conftest import make_synthetic
+
+    ref = make_synthetic(400, 120, 3, seed=1)
+    q = make_synthetic(400, 120, 3, seed=2)
+    rng = np.random.default_rng(5)
+    side = rng.integers(0, 2, q.n_obs)
+    X = q.X.toarray()
+    X[side == 1] = rng.poisson(X[side == 1] * np.exp(rng.normal(0, 1.5, q.n_vars)))
+    q.X = sp.csr_matrix(X.astype(np.float32))
+    q.obs["sample"] = np.where(side == 1, "B", "A")
+    unknown_b = {}
+    for key in (None, "sample"):
+        opts = AnnotateOptions(label_key="cell_type", query_label_key="cell_type", model="scanvi_svm", seed=0,
+                               batch_key=key, n_top_genes=100, min_shared_genes=50, hparams={"max_epochs": 60})
+        prep = prepare_data(ref, q, opts)
+        m = train_model(prep, opts)
+        p = predict(m, prep.query.X)
+        b = side[prep.query.index] == 1
+        unknown_b[key] = float(p.is_unknown[b].mean())
+    assert unknown_b[None] > 0.9 and unknown_b["sample"] < 0.5, unknown_b
+    assert m.hparams["n_batches"] == 3 and m.latent_model.net.n_batch == 3
+    m.save(tmp_path / "m")
+    back = load_model(tmp_path / "m", device="cpu")
+    assert back.latent_model.net.n_batch == 3
+    np.testing.assert_allclose(back.latent(prep.query.X), m.latent(prep.query.X), atol=1e-5)
