@@ -19,7 +19,8 @@ if not data_loaded() or not get(StateKeys.LABEL_KEY):
 else:
     ref_info, q_info = get(StateKeys.REFERENCE_INFO), get(StateKeys.QUERY_INFO)
     st.caption(f"Reference `{ref_info['name']}` ({ref_info['n_cells']:,} cells, labels "
-               f"`{get(StateKeys.LABEL_KEY)}`) → query `{q_info['name']}` ({q_info['n_cells']:,} cells)")
+               f"`{get(StateKeys.LABEL_KEY)}`) → query `{q_info['name']}` ({q_info['n_cells']:,} cells)"
+               + (f"; batches: `{get(StateKeys.BATCH_KEY)}`" if get(StateKeys.BATCH_KEY) else ""))
     with st.container(border=True):
         opts = train_ui.training_form()
     if opts is not None:
