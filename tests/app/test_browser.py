@@ -164,7 +164,7 @@ def screenshot(page, name: str) -> None:
 
 
 STALL_S = 90  # a run finished on disk this long ago that the page still does not show: its websocket was lost
-RELOADS: list[str] = []  # runs whose page had to be reloaded (printed by the load test)
+RELOADS: list[str] = []  # pages a load-test visitor had to reload (printed by the load test)
 
 
 def _wait_or_reload(page, shown, runs_root: Path) -> None:
@@ -522,9 +522,21 @@ def _select(page, key: str, option: str) -> None:
 
 
 def _demo_and_quick_run(page, url: str, model: str = QUICK_MODEL, runs_root: Path | None = None) -> str:
-    """Home -> demo -> Train -> ``model`` -> Start -> done; returns the run id (from ``?run=``)."""
+    """Home -> demo -> Train -> ``model`` -> Start -> done; returns the run id (from ``?run=``).
+    With ``runs_root`` (the load test) a first page that never got past Streamlit's loading
+    skeleton is reloaded once, as a visitor would (seen once under the five-session load; recorded
+    in :data:`RELOADS`)."""
     page.goto(url)
-    page.get_by_role("heading", name="cellannot").first.wait_for(timeout=PAGE_TIMEOUT_MS)
+    home = page.get_by_role("heading", name="cellannot").first
+    if runs_root is None:
+        home.wait_for(timeout=PAGE_TIMEOUT_MS)
+    else:
+        try:
+            home.wait_for(timeout=PAGE_TIMEOUT_MS // 2)
+        except sync_api.TimeoutError:
+            RELOADS.append("first page")
+            page.reload()
+            home.wait_for(timeout=PAGE_TIMEOUT_MS)
     wait_idle(page)
     page.locator(f"{_key('w_demo')} button").click()
     page.get_by_text("Demo data loaded").wait_for(timeout=PAGE_TIMEOUT_MS)
@@ -686,6 +698,6 @@ def test_five_concurrent_sessions_load_train_and_download_without_cross_talk(ser
     finally:
         ctx.close()
     each = ", ".join(f"{r['seconds']:.0f}" for r in results)
-    print(f"\n{LOAD_SESSIONS} concurrent sessions: {time.time() - t0:.0f} s (each {each} s); pages reloaded after "
-          f"their run finished unseen: {len(RELOADS)}")
+    print(f"\n{LOAD_SESSIONS} concurrent sessions: {time.time() - t0:.0f} s (each {each} s); pages a visitor had to "
+          f"reload (stuck loading, or a finished run shown as queued): {RELOADS or 'none'}")
     assert "Traceback" not in server["log"].read_text(errors="replace"), _tail(server["log"], 80)
