@@ -74,7 +74,7 @@ if novel:
     st.info(f"Query types the reference lacks: {', '.join(f'{k} ({v:,})' for k, v in novel.items())}: "
             f"{sum(novel.values()):,} cells a good model calls *Unknown*.")
 
-choices = data_ui.batch_choices(ref, qry, get(StateKeys.LABEL_KEY), get(StateKeys.QUERY_LABEL_KEY))
+choices = data_ui.batch_choices(ref_id, q_id, get(StateKeys.LABEL_KEY), get(StateKeys.QUERY_LABEL_KEY), ref, qry)
 cur = get(StateKeys.BATCH_KEY)
 pick = st.selectbox("Batch / sample column (optional)", choices, key=WidgetKeys.BATCH_PICKER,
                     index=choices.index(cur) if cur in choices else 0,

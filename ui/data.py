@@ -257,13 +257,15 @@ def check_pair(ref_id: str, query_id: str, label_key: str, query_label_key: str 
 NO_BATCH = "(none: each dataset is one batch)"
 
 
-def batch_choices(ref: Any, query: Any, label_key: str | None, query_label_key: str | None) -> list[str]:
+@st.cache_data(show_spinner=False, max_entries=8)
+def batch_choices(ref_id: str, query_id: str, label_key: str | None, query_label_key: str | None,
+                  _ref: Any, _query: Any) -> list[str]:
     """The batch-key choices of the Data page: none, then the obs columns that could name each
-    cell's sample or batch (:func:`cellannot_core.data.batch_candidates`)."""
+    cell's sample or batch (:func:`cellannot_core.data.batch_candidates`); once per pair of datasets."""
     from cellannot_core.data import batch_candidates
 
     exclude = tuple(k for k in (label_key, query_label_key) if k)
-    return [NO_BATCH] + batch_candidates(ref.obs, query.obs, exclude=exclude)
+    return [NO_BATCH] + batch_candidates(_ref.obs, _query.obs, exclude=exclude)
 
 
 def qc_options(enabled: bool, min_genes: float, min_counts: float, max_pct_mito: float) -> dict | None:

@@ -285,13 +285,13 @@ def batch_codes(ref_obs: pd.DataFrame, q_obs: pd.DataFrame, batch_key: str) -> t
     for obs, tag in ((ref_obs, "reference"), (q_obs, "query")):
         if batch_key in obs.columns:
             col = obs[batch_key]
-            miss = missing_label_mask(col)
-            vals = np.where(miss, tag, np.array([f"{tag}: {v}" for v in col.astype(str).str.strip()], dtype=object))
+            vals = col.astype(str).str.strip().to_numpy(dtype=object)
+            vals[missing_label_mask(col)] = None  # the dataset's own batch, named by its tag
         else:
-            vals = np.full(len(obs), tag, dtype=object)
-        levels, inv = np.unique(vals.astype(str), return_inverse=True)
-        codes.append(inv.astype(np.int64) + len(names))
-        names.extend(str(v) for v in levels)
+            vals = np.full(len(obs), None, dtype=object)
+        levels, inv = np.unique(np.where(vals == None, "", vals).astype(str), return_inverse=True)  # noqa: E711
+        codes.append(inv.astype(np.int64).ravel() + len(names))
+        names.extend(f"{tag}: {v}" if v else tag for v in levels)
     if len(names) > MAX_BATCHES:
         raise DataError(f"batch key {batch_key!r} has {len(names)} values over the two datasets (at most "
                         f"{MAX_BATCHES}): that looks like a per-cell column, not samples or batches; choose the "
