@@ -32,12 +32,17 @@ def _hparams(pairs: Sequence[str]) -> dict[str, str]:
     return out
 
 
+BATCH_KEY_HELP = ("optional obs column naming each cell's sample or batch (reference, query or both): the "
+                  "generative models' decoder is conditioned on it, so donors or conditions inside a dataset do "
+                  "not look novel")
+
+
 def _add_common(p: argparse.ArgumentParser, *, query_required: bool) -> None:
     p.add_argument("--reference", required=True, help="labelled reference (.h5ad, .h5, 10x folder/.zip/.tar.gz, .csv/.tsv)")
     p.add_argument("--query", required=query_required, help="query cells to label (same formats)")
     p.add_argument("--label-key", required=True, help="obs column of the reference holding the cell types")
     p.add_argument("--query-label-key", default=None, help="optional query obs column with known labels (for metrics)")
-    p.add_argument("--batch-key", default=None, help="optional obs column naming each cell's sample or batch (reference, query or both): the generative models' decoder is conditioned on it, so donors or conditions inside a dataset do not look novel")
+    p.add_argument("--batch-key", default=None, help=BATCH_KEY_HELP)
     p.add_argument("--model", default=DEFAULT_MODEL, help="model name (see `models`); default: %(default)s")
     p.add_argument("--hparam", action="append", default=[], metavar="NAME=VALUE", help="model hyper-parameter (repeatable)")
     p.add_argument("--seed", type=int, default=0)
@@ -98,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--label-key", required=True, help="obs column of the reference holding the cell types")
     b.add_argument("--query-label-key", default=None,
                    help="query obs column with known labels; without it models are scored on reference validation")
-    b.add_argument("--batch-key", default=None, help="optional obs column naming each cell's sample or batch (reference, query or both): the generative models' decoder is conditioned on it, so donors or conditions inside a dataset do not look novel")
+    b.add_argument("--batch-key", default=None, help=BATCH_KEY_HELP)
     b.add_argument("--models", nargs="+", required=True, metavar="MODEL", help="models to compare (see `models`)")
     b.add_argument("--hparam", action="append", default=[], metavar="MODEL.NAME=VALUE",
                    help="hyper-parameter of one model, e.g. tabnet.n_steps=4 (repeatable)")
