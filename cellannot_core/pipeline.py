@@ -220,7 +220,8 @@ def unknown_by_class(model, preds: Predictions) -> list[dict[str, Any]]:
     pred = preds.proba.argmax(1) if len(preds.proba) else np.zeros(0, dtype=int)
     rows: list[dict[str, Any]]
     if model.ood_method == "knn_class" and model.reference is not None and "knn_graph" in preds.scores:
-        rows = model.reference.class_table(preds.scores["knn_graph"], pred, preds.threshold)
+        rows = model.reference.class_table(preds.scores["knn_graph"], pred, preds.threshold,
+                                           confidence=preds.confidence)
     else:
         rows = [{"class": c} for c in range(len(classes))]
     for r in rows:

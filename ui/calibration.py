@@ -119,7 +119,7 @@ CLASS_TABLE_COLUMNS = {
     "unit": "Reference 95th percentile",
     "shift": "Query shift factor",
     "shifted_as_a_whole": "Shifted as a whole",
-    "threshold_knn_graph": "Threshold (kNN distance)",
+    "threshold_knn_graph": "Threshold (kNN distance x (2 - confidence))",
 }
 
 

@@ -346,6 +346,32 @@ def test_knn_class_a_class_shifted_as_a_whole_is_not_unknown(monkeypatch):
     assert np.mean(lr.knn_class(q, pred)[400:600] > 1) > 0.9
 
 
+def test_knn_class_a_novel_group_the_labeller_hesitates_over_counts_farther():
+    """A novel group as close to the reference as the other study's known cells (the distance
+    alone accepts most of it), over which the labeller hesitates (p = 0.5 against 0.95): with the
+    labeller's confidence it is Unknown (pbmc3k -> kang: NK and T cells sit that close)."""
+    rng = np.random.default_rng(11)
+    centres = _centres()
+    ref, ref_y = _blobs(rng, 300, centres[:3])
+    lr = LatentReference(ref, ref_y, k=10)
+    known, known_y = _blobs(rng, 200, centres[:3] + 0.3, scale=1.15)
+    near = centres[:1].copy()
+    near[0, 2] += 2.0
+    novel, _ = _blobs(rng, 300, near)
+    q = np.vstack([known, novel])
+    pred = np.r_[known_y, np.zeros(300, dtype=int)]
+    conf = np.r_[np.full(600, 0.95), np.full(300, 0.5)]
+    assert np.mean(lr.knn_class(q, pred)[600:] > 1) < 0.3  # the distance alone lets it through
+    s = lr.knn_class(q, pred, confidence=conf)
+    assert np.mean(s[600:] > 1) > 0.9 and np.mean(s[:600] > 1) < 0.12
+    rows = lr.class_table(lr.knn_graph(q), pred, 1.0, confidence=conf)
+    assert rows[0]["n_above_threshold"] >= 0.9 * 300
+    # a sure labeller changes nothing
+    np.testing.assert_allclose(lr.knn_class(q, pred, confidence=np.ones(900)), lr.knn_class(q, pred))
+    with pytest.raises(ValueError, match="one value per cell"):
+        lr.knn_class(q, pred, confidence=np.ones(3))
+
+
 def test_knn_class_unit_is_never_stricter_than_the_pooled_reference():
     rng = np.random.default_rng(4)
     y = np.repeat([0, 1], 200)
