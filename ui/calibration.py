@@ -98,6 +98,9 @@ def threshold_story(run: Run) -> str:
                  "nearest reference cells (those scored leave-one-out), so the threshold is set on the "
                  "same kind of score.")
     if method == "knn_class":
+        text += (" A query cell's distance counts (2 - confidence) times: a cell the labeller cannot place "
+                 "counts up to twice as far (the validation cells' distances do not: the threshold is the "
+                 "distance a cell the labeller is sure of may have).")
         text += (" The score already allows for the shift between the studies (one factor for the whole query, "
                  "from its lower quartile, so a large novel population cannot raise it), so the threshold is not "
                  "scaled again. Cells are judged in groups: a cluster of query cells whose typical cell is beyond "

@@ -259,8 +259,9 @@ def why_text(run: Run, cell: str) -> str:
     method = rej.get("method", "novelty")
     ratio = f" ({score / thr:.2f} x the threshold)" if thr not in (None, 0) and np.isfinite(thr) else ""
     if bool(row[OutKeys.IS_UNKNOWN]):
-        how = (" Its score is decided with its query cluster: the cluster's typical cell is beyond the threshold, or the "
-               "cell itself is beyond the reference's 99th percentile." if method == "knn_class" else "")
+        how = (f" Its distance counted {2 - conf:.2f} times (2 - its probability), and its score is decided with its "
+               "query cluster: the cluster's typical cell is beyond the threshold, or the cell itself is beyond the "
+               "reference's 99th percentile." if method == "knn_class" else "")
         return (f"**Unknown**: its {method} novelty score is {score:.3g}, above the threshold {thr:.3g}{ratio}.{how} "
                 f"Had it been labelled, it would be **{raw}** (probability {conf:.0%}).")
     return (f"**{raw}** with probability {conf:.0%}; its {method} novelty score {score:.3g} is within the "
