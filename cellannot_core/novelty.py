@@ -577,7 +577,7 @@ def _knn_class(inp: ScoreInputs) -> np.ndarray:
 
 def label_confidence(inp: ScoreInputs) -> np.ndarray:
     """The model's calibrated probability of each cell's label (its temperature applied)."""
-    return softmax(inp.logits, inp.model.temperature).max(axis=1)
+    return 1.0 - maxprob_score(inp.logits, inp.model.temperature)
 
 
 @register_score("mahalanobis", help="Mahalanobis distance to the nearest reference class centre in latent space "
