@@ -31,13 +31,15 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import novelty_stress as ns  # noqa: E402
 
-MODES = ("ratio", "up", "down", "half", "minabs", "logdiff")
+MODES = ("ratio", "up", "down", "half", "minabs", "logdiff", "matched")
 
 
 def shared_shift(Xr: np.ndarray, ry: np.ndarray, Xq: np.ndarray, qpred: np.ndarray, *, mode: str,
-                 eps: float, min_cells: int) -> np.ndarray:
+                 eps: float, min_cells: int, nn: np.ndarray | None = None) -> np.ndarray:
     """Per gene, the shift (log scale) shared by the classes with ``min_cells`` cells on both sides;
-    zeros when fewer than three classes qualify."""
+    zeros when fewer than three classes qualify. ``matched``: each class's reference mean is that of
+    the reference cells of the class among the query cells' nearest reference neighbours ``nn``
+    (so a reference of two conditions is compared condition by condition)."""
     er, eq = np.expm1(Xr), np.expm1(Xq)
     rows = []
     for c in np.unique(ry):
@@ -45,6 +47,11 @@ def shared_shift(Xr: np.ndarray, ry: np.ndarray, Xq: np.ndarray, qpred: np.ndarr
         if qm.sum() >= min_cells and rm.sum() >= min_cells:
             if mode == "logdiff":
                 rows.append(Xq[qm].mean(0) - Xr[rm].mean(0))
+            elif mode == "matched":
+                idx = nn[qm].ravel()
+                idx = idx[ry[idx] == c]
+                if len(idx) >= min_cells:
+                    rows.append(np.log((eq[qm].mean(0) + eps) / (er[idx].mean(0) + eps)))
             else:
                 rows.append(np.log((eq[qm].mean(0) + eps) / (er[rm].mean(0) + eps)))
     if len(rows) < 3:
@@ -85,8 +92,13 @@ def main() -> None:
             Xq = np.asarray(dense(prep.query.X), dtype=np.float32)
             p = predict(m, Xq)
             pred = p.logits.argmax(1)
+            nn = None
+            if args.mode == "matched":  # the reference rows are the training cells, in order
+                assert len(m.reference.latent) == prep.train.n_obs
+                m.reference.knn(p.latent[:1])
+                nn = m.reference._nn.kneighbors(p.latent, return_distance=False)
             shift = shared_shift(np.asarray(dense(prep.train.X), dtype=np.float32), prep.train.y, Xq, pred,
-                                 mode=args.mode, eps=args.eps, min_cells=args.min_cells)
+                                 mode=args.mode, eps=args.eps, min_cells=args.min_cells, nn=nn)
             labels = np.asarray(prep.query.labels)
             known = labels != ""
             share = float((~np.isin(labels, m.classes)).mean())
