@@ -75,6 +75,8 @@ def main() -> None:
     ap.add_argument("--mode", choices=MODES, default="ratio")
     ap.add_argument("--eps", type=float, default=0.05, help="added to both means (normalised to 1e4 per cell)")
     ap.add_argument("--min-cells", type=int, default=20)
+    ap.add_argument("--model-threshold", action="store_true",
+                    help="decide at the model's own (validation) threshold, as the app does, instead of 1")
     ap.add_argument("--pairs", nargs="+", default=list(ns.PAIRS), choices=list(ns.PAIRS))
     args = ap.parse_args()
     from cellannot_core._constants import UNKNOWN
@@ -104,8 +106,11 @@ def main() -> None:
             share = float((~np.isin(labels, m.classes)).mean())
             out = {}
             for name, z in (("as trained", p.latent), ("shared shift removed", m.latent(corrected(Xq, shift, args.mode)))):
-                s = m.reference.knn_class(z, pred, confidence=p.confidence)
-                final = np.where(s > 1.0, UNKNOWN, p.label_raw)
+                thr = m.threshold if args.model_threshold and np.isfinite(m.threshold) else 1.0
+                s = m.reference.knn_class(z, pred, threshold=thr, confidence=p.confidence)
+                if args.model_threshold:
+                    thr = m.query_threshold(s)[0]
+                final = np.where(s > thr, UNKNOWN, p.label_raw)
                 r = label_transfer_metrics(labels[known], p.label_raw[known], final[known], p.confidence[known],
                                            s[known], m.classes)
                 out[name] = r
@@ -114,7 +119,7 @@ def main() -> None:
                 f"{n[:10]:10s} auroc {r['auroc_ood']:.3f} acc_open {r['acc_open']:.3f} reject_in {r['reject_in']:.3f}"
                 f" reject_novel {r['reject_novel']:.3f}" for n, r in out.items()), flush=True)
     ns.summarise(rows, lambda r: (r["model"], r),
-                 f"knn_class at threshold 1, mode {args.mode}, eps {args.eps}, min cells {args.min_cells}")
+                 f"knn_class at {'the model threshold' if args.model_threshold else 'threshold 1'}, mode {args.mode}, eps {args.eps}, min cells {args.min_cells}")
 
 
 if __name__ == "__main__":
