@@ -160,6 +160,11 @@ def train_or_load(exp: Experiment, model: str, prep, seed: int, retrain: bool, h
     key = CACHE / exp.name.replace(":", "__").replace(" ", "_").replace(",", "") / f"{name}{tag}-s{seed}"
     if (key / "config.json").is_file() and not retrain:
         m = load_model(key, device="cpu")
+        if m.reference is not None and m.reference.expression is None and len(m.reference.y) == prep.train.n_obs:
+            # cached before models kept their reference cells' expression: the same cells, in order
+            import scipy.sparse as sp
+
+            m.reference.expression = sp.csr_matrix(prep.train.X, dtype=np.float32)
         m.calibrate(prep.val, accept=0.95, shift_correction="median")
         return m, float(m.history.get("_bench_train_seconds", float("nan")))
     opts = AnnotateOptions(label_key=LABEL_KEY, query_label_key=LABEL_KEY, model=name, seed=seed, device="auto",

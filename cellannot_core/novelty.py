@@ -21,6 +21,10 @@ CLASS_UNIT = 0.95  # knn_class: 1 = this quantile of the reference cells of the 
 SINGLE_CELL_UNIT = 0.99  # knn_class: a cell of an accepted query cluster is Unknown beyond this reference quantile
 WHOLE_CLASS = True  # knn_class step 3 (see its docstring)
 SHIFT_QUANTILE = 0.25  # knn_class: the query shift compares this quantile of query and reference (breakdown 75%)
+# knn_class: the study shift shared by the query's classes (see LatentReference.shared_shift)
+STUDY_SHIFT_EPS = 0.05  # normalised counts (per 1e4) added to both means: a pseudo-count for unexpressed genes
+STUDY_SHIFT_MIN_CELLS = 20  # a class counts with this many query cells and matched reference cells
+STUDY_SHIFT_MIN_CLASSES = 3  # the median over classes needs at least three (one class cannot move it)
 
 
 # --------------------------------------------------------------------------------------------
@@ -156,18 +160,27 @@ class LatentReference:
     reference cells' logits (for :meth:`knn_logit`)."""
 
     def __init__(self, latent: np.ndarray, y: np.ndarray, *, logits: np.ndarray | None = None, k: int = 10,
-                 max_cells: int = 10000, seed: int = 0) -> None:
+                 max_cells: int = 10000, seed: int = 0, expression: Any = None) -> None:
+        import scipy.sparse as sp
+
         latent = np.asarray(latent, dtype=np.float32)
         y = np.asarray(y)
         logits = None if logits is None else np.asarray(logits, dtype=np.float32)
+        expr = expression
         if latent.shape[0] > max_cells:
             rng = np.random.default_rng(seed)
             keep = np.sort(rng.choice(latent.shape[0], max_cells, replace=False))
             latent, y = latent[keep], y[keep]
             logits = None if logits is None else logits[keep]
+            expr = None if expr is None else expr[keep]
+        expr = None if expr is None else sp.csr_matrix(expr, dtype=np.float32)
+        if expr is not None and expr.shape[0] != latent.shape[0]:
+            raise ValueError(f"reference expression has {expr.shape[0]} rows for {latent.shape[0]} cells")
         self.latent = latent
         self.y = y.astype(np.int64)
         self.logits = logits
+        # the reference cells' log1p-normalised expression (the model's input), for shared_shift
+        self.expression = expr
         self.k = int(min(k, len(latent)))
         self._nn = None
         self._logit_nn = None
@@ -285,13 +298,13 @@ class LatentReference:
 
         ``graph`` reuses already computed :meth:`knn_graph` scores of ``z``.
         """
-        g = self.knn_graph(z) if graph is None else np.asarray(graph, dtype=np.float64)
-        g = g * doubt_factor(confidence, len(g))
+        g_raw = self.knn_graph(z) if graph is None else np.asarray(graph, dtype=np.float64)
+        g = g_raw * doubt_factor(confidence, len(g_raw))
         pred = np.asarray(pred, dtype=np.int64)
         unit, _ = self._class_null()
         f = self.class_shifts(g, pred)
         s = g / (unit[pred] * f[pred])
-        self.last_decision = {"n": len(g), "shifts": f, "whole": np.zeros(len(unit), dtype=bool)}
+        self.last_decision = {"n": len(g), "shifts": f, "whole": np.zeros(len(unit), dtype=bool), "graph": g_raw}
         if len(s) < 2 * GRAPH_K:
             return s
         cl = query_clusters(z)
@@ -310,8 +323,22 @@ class LatentReference:
         if whole.any():
             f = self.class_shifts(g, pred, whole=whole)
             out = grouped(g / (unit[pred] * f[pred]))
-        self.last_decision = {"n": len(g), "shifts": f, "whole": whole}
+        self.last_decision = {"n": len(g), "shifts": f, "whole": whole, "graph": g_raw}
         return out
+
+    def study_shift_summary(self) -> dict[str, Any]:
+        """For the run card: whether the last :meth:`knn_class` call measured the query with the
+        study shift its classes share removed (:func:`_knn_class`), and how many genes it moved
+        more than twofold."""
+        shift = (self.last_decision or {}).get("study_shift")
+        if shift is None:
+            return {"removed": False,
+                    "how": "not removed: it needs the reference cells' expression (kept by models trained since "
+                           f"2026-12-03) and {STUDY_SHIFT_MIN_CLASSES} predicted classes with "
+                           f"{STUDY_SHIFT_MIN_CELLS} query cells and as many matching reference cells"}
+        return {"removed": True, "n_genes_moved_2x": int(np.sum(np.abs(shift) > np.log(2))),
+                "how": "the per-gene shift the query's predicted classes share (their median) was divided out of "
+                       "the query before its distances to the reference were measured"}
 
     def single_cell_scale(self) -> float:
         """``Q95 / Q99`` of the reference's unit-scaled null: a lone cell counts as Unknown at
@@ -329,9 +356,11 @@ class LatentReference:
         :meth:`knn_class` call's shifts when it scored these cells. For the app's "why Unknown"
         table and the run card."""
         unit, med = self._class_null()
+        last = self.last_decision
+        if last is not None and last["n"] == len(graph) and last.get("graph") is not None:
+            graph = last["graph"]  # the distances knn_class decided on (after the study shift was removed)
         g = np.asarray(graph, dtype=np.float64) * doubt_factor(confidence, len(graph))
         pred = np.asarray(pred, dtype=np.int64)
-        last = self.last_decision
         if last is not None and last["n"] == len(g):
             f, whole = last["shifts"], last["whole"]
         else:
@@ -383,7 +412,112 @@ class LatentReference:
         out = {"ref_latent": self.latent, "ref_y": self.y}
         if self.logits is not None:
             out["ref_logits"] = self.logits
+        if self.expression is not None:
+            e = self.expression
+            out.update({"ref_expr_data": e.data, "ref_expr_indices": e.indices.astype(np.int64),
+                        "ref_expr_indptr": e.indptr.astype(np.int64), "ref_expr_shape": np.asarray(e.shape, np.int64)})
         return out
+
+    @staticmethod
+    def expression_from_arrays(arrays: dict[str, np.ndarray]) -> Any:
+        """The reference expression saved by :meth:`arrays` (keys without their prefix), or None."""
+        import scipy.sparse as sp
+
+        if "ref_expr_data" not in arrays:
+            return None
+        return sp.csr_matrix((arrays["ref_expr_data"], arrays["ref_expr_indices"], arrays["ref_expr_indptr"]),
+                             shape=tuple(int(v) for v in arrays["ref_expr_shape"]))
+
+    def shared_shift(self, z: np.ndarray, X: Any, pred: np.ndarray) -> np.ndarray | None:
+        """The study shift the query's predicted classes share, per gene (log scale), or None.
+
+        A technology, culture or stimulation effect moves every cell type's genes the same way;
+        a novel type differs from its predicted class in its own genes. Per predicted class with
+        :data:`STUDY_SHIFT_MIN_CELLS` query cells: the log ratio of the query cells' mean
+        normalised expression and that of the reference cells *of that class among their nearest
+        reference neighbours* (so a reference of two conditions is compared with the query
+        condition by condition; the class needs as many reference cells, and as many among those
+        neighbours, counted with repeats), :data:`STUDY_SHIFT_EPS` added to both; the shift is the median
+        over those classes (at least :data:`STUDY_SHIFT_MIN_CLASSES`, so the class a novel
+        population lands on cannot move it). None without reference expression or enough classes.
+        """
+        if X is None or self.expression is None or self.expression.shape[1] != X.shape[1]:
+            return None
+        pred = np.asarray(pred, dtype=np.int64)
+        matched = self.matched_means(z, pred)
+        if matched is None:
+            return None
+        classes, ref_mean = matched
+        sums = class_expression_sums(X, pred, classes)
+        counts = np.array([(pred == c).sum() for c in classes], dtype=np.float64)
+        return shift_from_means(sums / counts[:, None], ref_mean)
+
+    def matched_means(self, z: np.ndarray, pred: np.ndarray) -> tuple[list[int], np.ndarray] | None:
+        """The reference side of :meth:`shared_shift`: the classes that count and, per class, the
+        mean normalised expression of its reference cells among the query cells' nearest reference
+        neighbours (counted with repeats); None when fewer than :data:`STUDY_SHIFT_MIN_CLASSES` count
+        or the model kept no reference expression."""
+        import scipy.sparse as sp
+
+        if self.expression is None:
+            return None
+        pred = np.asarray(pred, dtype=np.int64)
+        self.knn(np.asarray(z[:1], dtype=np.float32))  # builds the index
+        nn = self._nn.kneighbors(np.asarray(z, dtype=np.float32), return_distance=False)
+        classes, weights = [], []
+        for c in np.unique(pred):
+            if (pred == c).sum() < STUDY_SHIFT_MIN_CELLS or (self.y == c).sum() < STUDY_SHIFT_MIN_CELLS:
+                continue
+            idx = nn[pred == c].ravel()
+            idx = idx[self.y[idx] == c]
+            if len(idx) >= STUDY_SHIFT_MIN_CELLS:
+                classes.append(int(c))
+                weights.append(np.bincount(idx, minlength=len(self.y)))
+        if len(classes) < STUDY_SHIFT_MIN_CLASSES:
+            return None
+        ref_e = self.expression.copy()
+        ref_e.data = np.expm1(ref_e.data)
+        w = np.stack(weights).astype(np.float64)
+        return classes, np.asarray((sp.csr_matrix(w / w.sum(1, keepdims=True)) @ ref_e).todense())
+
+
+def class_expression_sums(X: Any, pred: np.ndarray, classes: Sequence[int]) -> np.ndarray:
+    """Per class in ``classes``, the sum over the cells predicted as it of their normalised
+    expression (``expm1`` of the log1p ``X``, dense or sparse): a query read in chunks adds these up."""
+    import scipy.sparse as sp
+
+    pred = np.asarray(pred, dtype=np.int64)
+    out = np.zeros((len(classes), X.shape[1]), dtype=np.float64)
+    for i, c in enumerate(classes):
+        sel = np.flatnonzero(pred == c)
+        if len(sel) == 0:
+            continue
+        if sp.issparse(X):
+            part = sp.csr_matrix(X)[sel].astype(np.float64)
+            part.data = np.expm1(part.data)
+            out[i] = np.asarray(part.sum(axis=0)).ravel()
+        else:
+            out[i] = np.expm1(np.asarray(X[sel], dtype=np.float64)).sum(axis=0)
+    return out
+
+
+def shift_from_means(query_mean: np.ndarray, ref_mean: np.ndarray) -> np.ndarray:
+    """Per gene, the median over classes of ``log((query mean + eps) / (reference mean + eps))``."""
+    return np.median(np.log((query_mean + STUDY_SHIFT_EPS) / (ref_mean + STUDY_SHIFT_EPS)), axis=0)
+
+
+def remove_shift(X: Any, shift: np.ndarray) -> Any:
+    """Log1p-normalised expression ``X`` with a per-gene shift (log scale,
+    :meth:`LatentReference.shared_shift`) divided out of its normalised values; zeros stay zero
+    (a sparse ``X`` stays sparse)."""
+    import scipy.sparse as sp
+
+    f = np.exp(-np.asarray(shift, dtype=np.float64))
+    if sp.issparse(X):
+        out = sp.csr_matrix(X, dtype=np.float32, copy=True)
+        out.data = np.log1p(np.expm1(out.data) * f[out.indices]).astype(np.float32)
+        return out
+    return np.log1p(np.expm1(np.asarray(X, dtype=np.float64)) * f).astype(np.float32)
 
 
 def doubt_factor(confidence: np.ndarray | None, n: int) -> np.ndarray | float:
@@ -570,9 +704,19 @@ def _knn_graph(inp: ScoreInputs) -> np.ndarray:
                                   "cluster only beyond the reference's 99th percentile",
                 validation=lambda inp: inp.reference.knn_class_reference(inp.latent, inp.logits.argmax(1)))
 def _knn_class(inp: ScoreInputs) -> np.ndarray:
+    """:meth:`LatentReference.knn_class`, on the query re-encoded without the study shift its
+    classes share (:meth:`LatentReference.shared_shift`) when the model kept its reference cells'
+    expression and the query's expression is at hand (a query read in chunks has it done by
+    :mod:`cellannot_core.streaming`, which passes the re-encoded latent codes and no expression)."""
     thr = inp.model.threshold if np.isfinite(inp.model.threshold) else 1.0
-    return inp.reference.knn_class(inp.latent, inp.logits.argmax(1), graph=inp.scores.get("knn_graph"),
-                                   threshold=thr, confidence=label_confidence(inp))
+    ref, pred = inp.reference, inp.logits.argmax(1)
+    z, graph = inp.latent, inp.scores.get("knn_graph")
+    shift = ref.shared_shift(z, inp._X, pred)
+    if shift is not None:
+        z, graph = np.asarray(inp.model.latent(remove_shift(inp._X, shift)), dtype=np.float32), None
+    out = ref.knn_class(z, pred, graph=graph, threshold=thr, confidence=label_confidence(inp))
+    ref.last_decision["study_shift"] = shift
+    return out
 
 
 def label_confidence(inp: ScoreInputs) -> np.ndarray:

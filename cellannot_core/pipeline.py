@@ -200,7 +200,8 @@ def run_card(model, prepared: Prepared, opts: AnnotateOptions, preds: Prediction
                               f"The threshold accepts {opts.accept:.0%} of reference validation cells"
                               + (f", scaled by {preds.shift_factor:.3f} = median(query score) / median(validation "
                                  "score) to allow for the study/technology shift" if preds.shift_factor != 1.0 else "")
-                              + ("; overridden by the user" if opts.threshold is not None else "") + ".")},
+                              + ("; overridden by the user" if opts.threshold is not None else "") + "."),
+                      **study_shift_of(model)},
         "validation": model.calibration,
         "unknown_by_class": unknown_by_class(model, preds),
         "training": {k: v for k, v in hist.items() if k != "epochs"} | {"n_epochs": len(hist.get("epochs", [])),
@@ -210,6 +211,13 @@ def run_card(model, prepared: Prepared, opts: AnnotateOptions, preds: Prediction
         "query_metrics": query_metrics or {},
         "latent_quality": latent_quality_of(model, prepared, preds),
     }
+
+
+def study_shift_of(model) -> dict[str, Any]:
+    """``{"study_shift": ...}`` for the card's rejection entry when the rule is ``knn_class``."""
+    if model.ood_method != "knn_class" or getattr(model, "reference", None) is None:
+        return {}
+    return {"study_shift": model.reference.study_shift_summary()}
 
 
 def unknown_by_class(model, preds: Predictions) -> list[dict[str, Any]]:
@@ -647,7 +655,8 @@ def prediction_card(model, preds: Predictions, report: dict[str, Any]) -> dict[s
     return {"model": model.name, "hparams": model.hparams, "classes": list(model.classes),
             "temperature": model.temperature, "rejection": {"method": model.ood_method, "threshold": preds.threshold,
                                                              "validation_threshold": model.threshold,
-                                                             "shift_factor": preds.shift_factor},
+                                                             "shift_factor": preds.shift_factor,
+                                                             **study_shift_of(model)},
             "query_report": report, "cellannot_version": __version__,
             "unknown_fraction": float(np.mean(preds.is_unknown)) if len(preds.is_unknown) else 0.0}
 

@@ -50,12 +50,17 @@ def stream_predictions(model, bundle: dict[str, Any], rows: H5adRows, *, thresho
         total_cols = nm.query_idx
     own = model.model_scores()
     method = model.ood_method
+
+    def chunks():  # (first row, the chunk's model input), normalised as prepare_query does
+        for start, counts in rows.chunks(chunk_cells):
+            check_values(counts, name="query", state="counts")
+            logx = lognormalize(counts, gm.query_idx, total_cols=total_cols)
+            X = np.zeros((counts.shape[0], len(genes)), dtype=np.float32)
+            X[:, gm.ref_idx] = logx.toarray()
+            yield start, counts, X
+
     logits, latent, chunk_scores = [], [], []
-    for start, counts in rows.chunks(chunk_cells):
-        check_values(counts, name="query", state="counts")
-        logx = lognormalize(counts, gm.query_idx, total_cols=total_cols)
-        X = np.zeros((counts.shape[0], len(genes)), dtype=np.float32)
-        X[:, gm.ref_idx] = logx.toarray()
+    for start, counts, X in chunks():
         cl, z = model.cell_logits(X), model.latent(X)
         logits.append(np.asarray(cl, dtype=np.float32))
         latent.append(np.asarray(z, dtype=np.float32))
@@ -69,7 +74,16 @@ def stream_predictions(model, bundle: dict[str, Any], rows: H5adRows, *, thresho
     if method in own:
         scores = {method: np.concatenate(chunk_scores)}
     else:
-        scores = model.ood_scores(None, [method], logits=query_logits, latent=latent_all)
+        shift, scored = _shared_shift(model, method, query_logits, latent_all, chunks, log), latent_all
+        if shift is not None:  # the query's shared study shift, removed as knn_class does for a whole query
+            from .novelty import remove_shift
+
+            scored = np.concatenate([np.asarray(model.latent(remove_shift(X, shift)), dtype=np.float32)
+                                     for _, _, X in chunks()]) if len(latent_all) else latent_all
+            log("encoded the query again without the study shift its types share")
+        scores = model.ood_scores(None, [method], logits=query_logits, latent=scored)
+        if shift is not None:
+            model.reference.last_decision["study_shift"] = shift
     preds = decide(model, query_logits, latent_all, scores, threshold=threshold)
     warns = [] if gm.n_shared == len(genes) else [
         f"{len(genes) - gm.n_shared} model genes are missing from the query and were set to zero"]
@@ -78,6 +92,27 @@ def stream_predictions(model, bundle: dict[str, Any], rows: H5adRows, *, thresho
               "warnings": warns, "n_cells_input": rows.n_obs, "n_genes": len(rows.var), "counts_source": rows.source,
               "read_in_chunks_of": int(chunk_cells)}
     return preds, report
+
+
+def _shared_shift(model, method: str, query_logits: np.ndarray, latent: np.ndarray, chunks, log) -> np.ndarray | None:
+    """:meth:`~.novelty.LatentReference.shared_shift` of a query read in chunks: the reference side
+    from the latent codes, the query's class means from one more pass over its chunks."""
+    from .novelty import class_expression_sums, shift_from_means
+
+    ref = getattr(model, "reference", None)
+    if method != "knn_class" or ref is None or ref.expression is None or len(latent) == 0:
+        return None
+    pred = query_logits.argmax(1)
+    matched = ref.matched_means(latent, pred)
+    if matched is None:
+        return None
+    classes, ref_mean = matched
+    sums = np.zeros_like(ref_mean)
+    for start, _, X in chunks():
+        sums += class_expression_sums(X, pred[start:start + X.shape[0]], classes)
+    log("measured the study shift the query's types share (one more pass over the chunks)")
+    counts = np.array([(pred == c).sum() for c in classes], dtype=np.float64)
+    return shift_from_means(sums / counts[:, None], ref_mean)
 
 
 def write_annotations_file(src: Path, out: Path, preds, card: dict[str, Any]) -> None:

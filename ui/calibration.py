@@ -101,7 +101,16 @@ def threshold_story(run: Run) -> str:
         text += (" A query cell's distance counts (2 - confidence) times: a cell the labeller cannot place "
                  "counts up to twice as far (the validation cells' distances do not: the threshold is the "
                  "distance a cell the labeller is sure of may have).")
-        text += (" The score already allows for the shift between the studies (one factor for the whole query, "
+        study = rej.get("study_shift") or {}
+        if study.get("removed"):
+            text += (" Before the distances were measured, the shift the query's predicted types share (per gene, "
+                     "the median over the types of the query's expression against that of the reference cells it "
+                     f"is nearest to; {study.get('n_genes_moved_2x', 0)} genes moved more than twofold) was divided "
+                     "out of the query: a technology, culture or stimulation effect moves every type's genes the "
+                     "same way, a novel type differs from its predicted type in its own genes.")
+        elif study:
+            text += f" The shift the query's types share was {study.get('how', 'not removed')}."
+        text += (" The score also allows for the shift between the studies (one factor for the whole query, "
                  "from its lower quartile, so a large novel population cannot raise it), so the threshold is not "
                  "scaled again. Cells are judged in groups: a cluster of query cells whose typical cell is beyond "
                  "the threshold is Unknown as a whole, while a single cell in an accepted cluster is Unknown only "

@@ -96,7 +96,7 @@ class Model:
     def fit_reference(self, train: Split) -> None:
         """Keep reference latents for distance-based novelty scores."""
         self.reference = LatentReference(self.latent(train.X), train.y, logits=self.logits(train.X),
-                                         k=int(self.hparams.get("knn_k", 10)), seed=self.seed)
+                                         k=int(self.hparams.get("knn_k", 10)), seed=self.seed, expression=train.X)
 
     def ood_scores(self, X: np.ndarray, methods: Sequence[str] = OOD_METHODS, *,
                    logits: np.ndarray | None = None, latent: np.ndarray | None = None) -> dict[str, np.ndarray]:
@@ -277,9 +277,15 @@ def load_model(directory: str | os.PathLike, *, device: str = "auto") -> Model:
         raise DataError(f"the saved model in {d} does not match its config ({type(err).__name__}); it may be "
                         "damaged: train it again") from None
     if "reference.ref_latent" in arrays:
-        model.reference = LatentReference(arrays["reference.ref_latent"], arrays["reference.ref_y"],
-                                          logits=arrays.get("reference.ref_logits"),
-                                          k=int(model.hparams.get("knn_k", 10)), seed=model.seed)
+        ref_arrays = {k[len("reference."):]: v for k, v in arrays.items() if k.startswith("reference.")}
+        try:
+            model.reference = LatentReference(arrays["reference.ref_latent"], arrays["reference.ref_y"],
+                                              logits=arrays.get("reference.ref_logits"),
+                                              k=int(model.hparams.get("knn_k", 10)), seed=model.seed,
+                                              expression=LatentReference.expression_from_arrays(ref_arrays))
+        except (KeyError, TypeError, ValueError) as err:
+            raise DataError(f"the saved model in {d} has a damaged reference ({type(err).__name__}): train it "
+                            "again") from None
     model.temperature = float(cfg["temperature"])
     model.threshold = float(cfg["threshold"])
     model.ood_method = cfg["ood_method"]

@@ -89,6 +89,13 @@ def test_threshold_story_explains_the_score_and_its_null():
     assert "neighbourhood graph" in text and "leave-one-out" in text
     cls = threshold_story(SimpleNamespace(rejection={**rej, "method": "knn_class", "shift_factor": 1.0}))
     assert "leave-one-out" in cls and "predicted class" in cls and "not scaled again" in cls
+    assert "divided out" not in cls  # a run card from before the study shift says nothing of it
+    shifted = threshold_story(SimpleNamespace(rejection={**rej, "method": "knn_class", "shift_factor": 1.0,
+                                                         "study_shift": {"removed": True, "n_genes_moved_2x": 37}}))
+    assert "divided out of the query" in shifted and "37 genes" in shifted
+    kept = threshold_story(SimpleNamespace(rejection={**rej, "method": "knn_class", "shift_factor": 1.0,
+                                                      "study_shift": {"removed": False, "how": "not removed: chunks"}}))
+    assert "was not removed: chunks" in kept
     other = threshold_story(SimpleNamespace(rejection={**rej, "method": "maxprob", "shift_factor": 1.0}))
     assert "calibrated maximum class probability" in other and "leave-one-out" not in other
 
@@ -110,4 +117,7 @@ def test_unknown_calls_by_class_say_how_each_threshold_was_made(tmp_path, monkey
     table = next(d.value for d in at.dataframe if "Query shift factor" in d.value.columns)
     assert list(table["Predicted class"]) == card["classes"]
     assert list(table["Called Unknown"]) == [r["n_unknown"] for r in rows]
-    assert "cannot raise it" in " ".join(m.value for m in at.markdown)
+    md = " ".join(m.value for m in at.markdown)
+    assert "cannot raise it" in md
+    study = card["rejection"]["study_shift"]  # the card says whether the shared study shift was removed
+    assert ("divided out of the query" in md) == study["removed"] and ("was not removed" in md) != study["removed"]

@@ -61,6 +61,9 @@ def test_save_load_round_trip(prep, fitted, tmp_path):
     np.testing.assert_allclose(m2.predict_proba(prep.query.X), fitted.predict_proba(prep.query.X))
     np.testing.assert_allclose(m2.ood_score(prep.query.X), fitted.ood_score(prep.query.X), rtol=1e-5)
     assert m2.threshold == fitted.threshold
+    # the reference cells' expression (for the shared study shift) survives, without pickle
+    assert fitted.reference.expression is not None
+    assert (m2.reference.expression != fitted.reference.expression).nnz == 0
     x, y = m2.sample(4)
     assert x.shape == (4 * len(prep.classes), prep.n_genes) and np.all(np.isfinite(x))
 

@@ -56,6 +56,9 @@ def test_streamed_predict_equals_the_whole_query(bundle, tmp_path):
     assert list(out.obs[LABEL].astype(str)) == list(qry.obs[LABEL].astype(str))  # its own obs kept
     card = out.uns[OutKeys.UNS]
     assert card["query_report"]["read_in_chunks_of"] == 70
+    # the study shift the query's types share was removed in both (two more passes over the chunks)
+    assert card["rejection"]["study_shift"]["removed"] and whole.uns[OutKeys.UNS]["rejection"]["study_shift"]["removed"]
+    assert sum("without the study shift" in s for s in logs) == 1
     assert card["unknown_fraction"] == pytest.approx(float(np.mean(whole.obs[OutKeys.IS_UNKNOWN])))
 
 
