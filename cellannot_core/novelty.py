@@ -425,8 +425,14 @@ class LatentReference:
 
         if "ref_expr_data" not in arrays:
             return None
-        return sp.csr_matrix((arrays["ref_expr_data"], arrays["ref_expr_indices"], arrays["ref_expr_indptr"]),
-                             shape=tuple(int(v) for v in arrays["ref_expr_shape"]))
+        data, idx, ptr = arrays["ref_expr_data"], arrays["ref_expr_indices"], arrays["ref_expr_indptr"]
+        shape = tuple(int(v) for v in np.asarray(arrays["ref_expr_shape"]).ravel())
+        # a model file is untrusted: every index in range before scipy touches it
+        if (len(shape) != 2 or min(shape) < 0 or len(ptr) != shape[0] + 1 or ptr[0] != 0 or ptr[-1] != len(idx)
+                or len(data) != len(idx) or np.any(np.diff(ptr) < 0)
+                or (len(idx) and (idx.min() < 0 or idx.max() >= shape[1])) or not np.all(np.isfinite(data))):
+            raise ValueError("reference expression arrays are inconsistent")
+        return sp.csr_matrix((data.astype(np.float32), idx.astype(np.int64), ptr.astype(np.int64)), shape=shape)
 
     def shared_shift(self, z: np.ndarray, X: Any, pred: np.ndarray) -> np.ndarray | None:
         """The study shift the query's predicted classes share, per gene (log scale), or None.

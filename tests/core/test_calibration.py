@@ -504,3 +504,20 @@ def test_knn_class_removes_the_shared_study_shift_and_still_calls_the_novel_type
     s_before = _knn_class_scores(model, X, pred)
     assert model.reference.last_decision["study_shift"] is None
     assert np.mean(s_before[:400][stim] > 1) > 0.8 and np.mean(s_before[400:] > 1) > 0.9
+
+
+def test_reference_expression_from_a_model_file_is_checked_before_use():
+    """A model file is untrusted: inconsistent sparse arrays are refused, not handed to scipy."""
+    import scipy.sparse as sp
+
+    from cellannot_core.novelty import LatentReference
+
+    e = sp.random(5, 7, density=0.4, format="csr", random_state=0, dtype=np.float32)
+    lr = LatentReference(np.zeros((5, 2), np.float32), np.zeros(5, int), expression=e)
+    arrays = lr.arrays()
+    back = LatentReference.expression_from_arrays(arrays)
+    assert (back != e).nnz == 0
+    for key, bad in (("ref_expr_indices", arrays["ref_expr_indices"] + 7), ("ref_expr_shape", np.array([5, 3])),
+                     ("ref_expr_indptr", arrays["ref_expr_indptr"][::-1])):
+        with pytest.raises(ValueError, match="inconsistent"):
+            LatentReference.expression_from_arrays({**arrays, key: bad})
