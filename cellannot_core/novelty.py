@@ -21,10 +21,6 @@ CLASS_UNIT = 0.95  # knn_class: 1 = this quantile of the reference cells of the 
 SINGLE_CELL_UNIT = 0.99  # knn_class: a cell of an accepted query cluster is Unknown beyond this reference quantile
 WHOLE_CLASS = True  # knn_class step 3 (see its docstring)
 SHIFT_QUANTILE = 0.25  # knn_class: the query shift compares this quantile of query and reference (breakdown 75%)
-# knn_class step 5: a rejected query cluster that its predicted class's reference cells reach, among
-# their GRAPH_K nearest query cells, at least this share of what its size among the class's query cells
-# would give, is a shifted state of the class (a novel population is passed over for the true one)
-REACH_MIN = 0.5
 # knn_class: the study shift shared by the query's classes (see LatentReference.shared_shift)
 STUDY_SHIFT_EPS = 0.05  # normalised counts (per 1e4) added to both means: a pseudo-count for unexpressed genes
 STUDY_SHIFT_MIN_CELLS = 20  # a class counts with this many query cells and matched reference cells
@@ -299,12 +295,6 @@ class LatentReference:
         3. A predicted class that leads no accepted cluster is shifted as a whole (the query has
            no group of its cells near the reference, e.g. monocytes between studies): its cells
            are measured against the median shift of that class instead of the query's.
-        4. A cluster still beyond the threshold is measured against its own median shift (of the
-           distances alone: the doubt factor still applies), cell by cell at the reference's :data:`SINGLE_CELL_UNIT` quantile, when its predicted class's
-           reference cells reach it (:meth:`reach`) at least :data:`REACH_MIN` times as often as
-           its size gives: a shifted state of a known type (e.g. a subset the other study moves
-           more), not a new type, which the class's reference cells pass over for the class's
-           true query cells.
 
         ``graph`` reuses already computed :meth:`knn_graph` scores of ``z``.
         """
@@ -333,50 +323,7 @@ class LatentReference:
         if whole.any():
             f = self.class_shifts(g, pred, whole=whole)
             out = grouped(g / (unit[pred] * f[pred]))
-        reach = self.reach(z, pred, cl)
-        rejected = np.array([np.median(out[cl == k]) > threshold for k in range(cl.max() + 1)])
-        reached = rejected & (reach >= REACH_MIN)
-        _, med = self._class_null()
-        for k in np.flatnonzero(reached):  # measured against its own shift, cell by cell
-            sel = cl == k
-            # the shift of its distances alone: the labeller's doubt still counts on top (a novel
-            # group lying over a known type's cells is reached too, but the labeller hesitates)
-            own = max(float(np.median(g_raw[sel] / med[pred[sel]])), 1.0)
-            out[sel] = g[sel] / (unit[pred[sel]] * np.maximum(f[pred[sel]], own)) * scale
-        self.last_decision = {"n": len(g), "shifts": f, "whole": whole, "graph": g_raw,
-                              "clusters": cl, "reach": reach, "reached": reached, "rejected": rejected & ~reached}
-        return out
-
-    def reach(self, z: np.ndarray, pred: np.ndarray, clusters: np.ndarray, *, k: int = GRAPH_K) -> np.ndarray:
-        """Per query cluster: the share of the ``k`` nearest query cells of its predicted class's
-        reference cells (the class most of its cells are predicted as) that fall in the cluster,
-        over the cluster's share of the query cells predicted as that class (1 = the class's
-        reference cells reach it as often as its size gives; 0 for a class without reference cells).
-
-        A shifted state of a known type is still where its type's reference cells find their
-        nearest query cells; a novel population predicted as a known class is passed over for
-        that class's true query cells, which are nearer (mutual neighbours, as in MNN batch
-        correction, Haghverdi et al. 2018). A large query counts the cells of its
-        :class:`QueryGraph` pool only."""
-        from sklearn.neighbors import NearestNeighbors
-
-        cl = np.asarray(clusters, dtype=np.int64)
-        pred = np.asarray(pred, dtype=np.int64)
-        n_cl = int(cl.max()) + 1 if len(cl) else 0
-        out = np.zeros(n_cl)
-        if n_cl == 0 or len(self.latent) == 0:
-            return out
-        qg = query_graph(z)
-        pool = np.arange(len(z)) if qg.pool is None else qg.pool
-        P = np.asarray(z, dtype=np.float32)[pool]
-        nn = NearestNeighbors(n_neighbors=int(min(k, len(P)))).fit(P).kneighbors(self.latent, return_distance=False)
-        hit = cl[pool][nn]  # the clusters of each reference cell's nearest query cells
-        cl_p, pred_p = cl[pool], pred[pool]
-        for j in range(n_cl):
-            c = int(np.bincount(pred[cl == j]).argmax())
-            ref_c, in_c = self.y == c, (pred_p == c).sum()
-            if ref_c.any() and in_c and (cl_p == j).any():
-                out[j] = float((hit[ref_c] == j).mean()) / ((cl_p == j).sum() / in_c)
+        self.last_decision = {"n": len(g), "shifts": f, "whole": whole, "graph": g_raw}
         return out
 
     def study_shift_summary(self) -> dict[str, Any]:
@@ -418,14 +365,6 @@ class LatentReference:
             f, whole = last["shifts"], last["whole"]
         else:
             f, whole = self.class_shifts(g, pred), np.zeros(len(unit), dtype=bool)
-        # the query clusters each class leads, and which of them its reference cells reached (step 4)
-        n_beyond, n_reached = np.zeros(len(unit), dtype=int), np.zeros(len(unit), dtype=int)
-        if last is not None and last["n"] == len(g) and last.get("clusters") is not None:
-            cl = last["clusters"]
-            for k in range(len(last["reached"])):
-                c = int(np.bincount(pred[cl == k]).argmax())
-                n_beyond[c] += int(last["rejected"][k] or last["reached"][k])
-                n_reached[c] += int(last["reached"][k])
         rows = []
         for c in range(len(unit)):
             sel = pred == c
@@ -433,8 +372,7 @@ class LatentReference:
             rows.append({"class": c, "n_reference": int((self.y == c).sum()), "unit": float(unit[c]),
                          "reference_median": float(med[c]), "shift": float(f[c]),
                          "shifted_as_a_whole": bool(whole[c]), "threshold_knn_graph": t,
-                         "n_predicted": int(sel.sum()), "n_above_threshold": int((g[sel] > t).sum()),
-                         "n_clusters_beyond": int(n_beyond[c]), "n_clusters_reached": int(n_reached[c])})
+                         "n_predicted": int(sel.sum()), "n_above_threshold": int((g[sel] > t).sum())})
         return rows
 
     def knn_class_reference(self, z_val: np.ndarray, pred_val: np.ndarray) -> np.ndarray:

@@ -115,10 +115,7 @@ def threshold_story(run: Run) -> str:
                  "scaled again. Cells are judged in groups: a cluster of query cells whose typical cell is beyond "
                  "the threshold is Unknown as a whole, while a single cell in an accepted cluster is Unknown only "
                  "beyond the reference's 99th percentile. A class none of whose query cells is near the reference "
-                 "(the other study moved it as a whole) is measured against its own shift instead. A cluster beyond "
-                 "the threshold is still judged cell by cell when the reference cells of its predicted class find "
-                 "their nearest query cells in it at least half as often as its size gives: a shifted state of a "
-                 "known type (a novel type is passed over for the type's true query cells). The table below "
+                 "(the other study moved it as a whole) is measured against its own shift instead. The table below "
                  "gives each class's numbers.")
     if rej.get("threshold_overridden"):
         text += " (The threshold was set by hand for this run.)"
@@ -135,8 +132,6 @@ CLASS_TABLE_COLUMNS = {
     "shift": "Query shift factor",
     "shifted_as_a_whole": "Shifted as a whole",
     "threshold_knn_graph": "Threshold (kNN distance x (2 - confidence))",
-    "n_clusters_beyond": "Query clusters beyond the threshold",
-    "n_clusters_reached": "... kept: its reference cells reach them",
 }
 
 
