@@ -449,8 +449,11 @@ def test_a_sweep_of_eight_trials_is_launched_followed_and_compared(server, brows
         start.click()
         # followed: the job runs with a progress bar, then the finished trials and their plots grow
         page.get_by_text(re.compile(r"Job sweep-\d+-[0-9a-f]+: running")).first.wait_for(timeout=PAGE_TIMEOUT_MS)
-        assert page.locator('[data-testid="stProgress"]').count() > 0
+        # the bar may arrive in a later message than the status line (seen once the server answered
+        # at once, with its post-run garbage collection off)
+        page.locator('[data-testid="stProgress"]').first.wait_for(state="attached", timeout=PAGE_TIMEOUT_MS)
         cancel = page.locator(".st-key-w_cmp_cancel_sweep button")
+        cancel.wait_for(state="visible", timeout=PAGE_TIMEOUT_MS)
         assert cancel.count() == 1 and cancel.is_enabled()
         wait_plot(page, '[class*="st-key-sweep_live_"]', TRAIN_TIMEOUT_S * 1000)  # >= 2 trials finished
         assert_no_errors(page, "Compare while the sweep runs")
