@@ -304,7 +304,9 @@ class LatentReference:
         unit, _ = self._class_null()
         f = self.class_shifts(g, pred)
         s = g / (unit[pred] * f[pred])
-        self.last_decision = {"n": len(g), "shifts": f, "whole": np.zeros(len(unit), dtype=bool), "graph": g_raw}
+        z = np.asarray(z, dtype=np.float32)
+        self.last_decision = {"n": len(g), "shifts": f, "whole": np.zeros(len(unit), dtype=bool), "graph": g_raw,
+                              "latent": z}
         if len(s) < 2 * GRAPH_K:
             return s
         cl = query_clusters(z)
@@ -323,8 +325,17 @@ class LatentReference:
         if whole.any():
             f = self.class_shifts(g, pred, whole=whole)
             out = grouped(g / (unit[pred] * f[pred]))
-        self.last_decision = {"n": len(g), "shifts": f, "whole": whole, "graph": g_raw}
+        self.last_decision = {"n": len(g), "shifts": f, "whole": whole, "graph": g_raw, "latent": z}
         return out
+
+    def measured_latent(self, n: int) -> np.ndarray | None:
+        """The query's latent codes the last :meth:`knn_class` call measured when it removed the
+        study shift (the query re-encoded without it, :meth:`shared_shift`), if that call scored
+        ``n`` cells; else None (the model's own codes are what it measured). For the latent page."""
+        last = self.last_decision or {}
+        if last.get("study_shift") is None or last.get("n") != n or last.get("latent") is None:
+            return None
+        return last["latent"]
 
     def study_shift_summary(self) -> dict[str, Any]:
         """For the run card: whether the last :meth:`knn_class` call measured the query with the

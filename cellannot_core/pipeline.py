@@ -446,6 +446,10 @@ def view_arrays(model, prepared: Prepared, preds: Predictions, opts: AnnotateOpt
         "ref_latent": model.latent(prepared.train.X[keep]).astype(np.float32),
         "ref_y": prepared.train.y[keep].astype(np.int64),
     }
+    if study_shift_of(model):  # the query as knn_class measured it (the study shift its types share removed)
+        measured = model.reference.measured_latent(len(preds.latent))
+        if measured is not None:
+            arrays["query_latent_measured"] = np.asarray(measured, dtype=np.float32)
     from .evidence import class_means
 
     K = len(model.classes)

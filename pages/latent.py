@@ -11,7 +11,8 @@ st.title("Latent space")
 run = res.require_run()
 has_gen = "gen_latent" in run.arrays and len(run.arrays["gen_latent"]) > 0
 
-c0, c1, c2, c3 = st.columns([2, 2, 2, 1], vertical_alignment="bottom")
+can_measure = lat.has_measured(run.arrays)
+c0, c1, c2, c3, c4 = st.columns([2, 2, 2, 1, 1], vertical_alignment="bottom")
 layout = c0.radio("Layout", list(lat.LAYOUTS), format_func=lat.LAYOUTS.get, horizontal=True,
                   key=WidgetKeys.EMBED_LAYOUT, help=lat.LAYOUT_HELP)
 method = c1.radio("Embedding", list(lat.METHODS), format_func=lat.METHODS.get, horizontal=True,
@@ -21,6 +22,12 @@ show_gen = c3.toggle("Generated cells", value=has_gen, disabled=not has_gen, key
                      help="Cells sampled from the model (SGLD for energy models), drawn as outlined markers"
                      if has_gen else "This run has no generated cells (the model cannot generate, or 0 were asked)")
 show_gen = bool(show_gen and has_gen)
+measured = c4.toggle("Study shift removed", value=can_measure, disabled=not can_measure,
+                     key=WidgetKeys.SHOW_MEASURED,
+                     help=lat.MEASURED_HELP if can_measure else
+                     "The Unknown rule measured the query as the model encoded it: this run's rule removed no "
+                     "study shift (another novelty score, too few shared types, or a model saved before it).")
+measured = bool(measured and can_measure)
 
 lq = run.card.get("latent_quality") or {}
 if lq:
@@ -37,17 +44,19 @@ if lq:
 n_ref, n_q_all = len(run.arrays["ref_latent"]), len(run.arrays["query_latent"])
 n_q = len(lat.query_view(n_q_all))
 n_total = n_ref + n_q + (len(run.arrays["gen_latent"]) if show_gen else 0)
-if method != "pca" and not lat.is_cached(run, method, show_gen, layout):
+if method != "pca" and not lat.is_cached(run, method, show_gen, layout, measured):
     wait = " The first UMAP of this server compiles numba code (up to a minute)." if method == "umap" else ""
     with st.spinner(f"Computing the {lat.METHODS[method]} of {n_total:,} cells (cached afterwards).{wait}"):
-        coords = lat.coordinates(run.root, run.run_id, method, show_gen, layout)
+        coords = lat.coordinates(run.root, run.run_id, method, show_gen, layout, measured)
 else:
-    coords = lat.coordinates(run.root, run.run_id, method, show_gen, layout)
+    coords = lat.coordinates(run.root, run.run_id, method, show_gen, layout, measured)
 
 notes = [f"{n_ref:,} reference cells (a random subset of the training cells is stored with the run), "
          f"{n_q:,} query cells" + (f" (a seeded random subsample of the query's {n_q_all:,}; every cell is labelled, "
                                    "this view draws a sample)" if n_q < n_q_all else "")
          + (f", {n_total - n_ref - n_q:,} generated cells" if show_gen else "")]
+if measured:
+    notes.append("query cells placed as the Unknown rule measured them (the study shift their types share removed)")
 if layout == "reference":
     notes.append("the map is fitted on the reference cells; query cells are placed by their nearest reference cells")
 if method != "pca" and (n_ref if layout == "reference" else n_ref + n_q) > lat.MAX_FIT:
@@ -55,7 +64,7 @@ if method != "pca" and (n_ref if layout == "reference" else n_ref + n_q) > lat.M
 if n_total > lat.MAX_POINTS:
     notes.append(f"showing a random subsample of {lat.MAX_POINTS:,} of {n_total:,} points")
 st.caption("; ".join(notes) + ".")
-level, text = lat.mixing_note(lat.mixing(run.root, run.run_id), layout)
+level, text = lat.mixing_note(lat.mixing(run.root, run.run_id, measured), layout)
 if text:
     (st.warning if level == "warning" else st.caption)(text)
 if show_gen:

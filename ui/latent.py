@@ -46,14 +46,32 @@ def query_view(n_query: int) -> np.ndarray:
     return np.sort(np.random.default_rng(0).choice(n_query, QUERY_VIEW_MAX, replace=False))
 
 
-def cache_path_key(method: str, with_generated: bool, layout: str = "joint") -> str:
+MEASURED = "query_latent_measured"  # the query as knn_class measured it (pipeline.view_arrays)
+MEASURED_HELP = ("On: query cells are placed where the Unknown rule measured them, re-encoded with the study "
+                 "shift their types share (technology, culture, stimulation) divided out, so a group far from "
+                 "every reference cell here is what was called Unknown. Off: the model's own encoding of the "
+                 "query, which its labels come from.")
+
+
+def cache_path_key(method: str, with_generated: bool, layout: str = "joint", measured: bool = False) -> str:
     base = f"{method}_{'with_generated' if with_generated else 'real'}_seed0_fit{MAX_FIT}_{EMBED_VERSION}"
-    base += f"_qv{QUERY_VIEW_MAX}"
+    base += f"_qv{QUERY_VIEW_MAX}" + ("_measured" if measured else "")
     return base if layout == "joint" else f"{layout}_{base}"  # joint: the key runs made before layouts used
 
 
-def is_cached(run: Run, method: str, with_generated: bool, layout: str = "joint") -> bool:
-    return (run.rd.path / "embeddings" / f"{cache_path_key(method, with_generated, layout)}.npy").is_file()
+def is_cached(run: Run, method: str, with_generated: bool, layout: str = "joint", measured: bool = False) -> bool:
+    key = cache_path_key(method, with_generated, layout, measured)
+    return (run.rd.path / "embeddings" / f"{key}.npy").is_file()
+
+
+def has_measured(arrays: dict[str, np.ndarray]) -> bool:
+    """Whether the run keeps the query as the Unknown rule measured it (the study shift removed)."""
+    return MEASURED in arrays and len(arrays[MEASURED]) == len(arrays["query_latent"])
+
+
+def query_latent(arrays: dict[str, np.ndarray], measured: bool) -> np.ndarray:
+    """The query's latent codes to draw: as measured by the Unknown rule when asked and kept, else as encoded."""
+    return arrays[MEASURED] if measured and has_measured(arrays) else arrays["query_latent"]
 
 
 def layout_coordinates(ref: np.ndarray, query: np.ndarray, gen: np.ndarray | None, method: str,
@@ -83,28 +101,32 @@ def layout_coordinates(ref: np.ndarray, query: np.ndarray, gen: np.ndarray | Non
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def coordinates(root: str, run_id: str, method: str, with_generated: bool, layout: str = "joint") -> np.ndarray:
-    """:func:`layout_coordinates` of a run's arrays, cached on disk with the run."""
+def coordinates(root: str, run_id: str, method: str, with_generated: bool, layout: str = "joint",
+                measured: bool = False) -> np.ndarray:
+    """:func:`layout_coordinates` of a run's arrays, cached on disk with the run; ``measured``: the
+    query as the Unknown rule measured it (:func:`query_latent`)."""
     from cellannot_core.embed import cached_embedding
 
     arrays = load_arrays(root, run_id)
     gen = arrays.get("gen_latent") if with_generated else None
     gen = gen if gen is not None and len(gen) else None
     cache_dir = RunDir.open(root, run_id).path / "embeddings"
-    query = arrays["query_latent"][query_view(len(arrays["query_latent"]))]
-    return cached_embedding(cache_dir, cache_path_key(method, gen is not None, layout),
+    measured = measured and has_measured(arrays)
+    q = query_latent(arrays, measured)
+    query = q[query_view(len(q))]
+    return cached_embedding(cache_dir, cache_path_key(method, gen is not None, layout, measured),
                             lambda: layout_coordinates(arrays["ref_latent"], query, gen, method, layout))
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def mixing(root: str, run_id: str) -> float:
-    """:func:`cellannot_core.metrics.dataset_mixing` of the run's latent space, over the query
-    cells the run did not call Unknown."""
+def mixing(root: str, run_id: str, measured: bool = False) -> float:
+    """:func:`cellannot_core.metrics.dataset_mixing` of the run's latent space (the query as drawn,
+    :func:`query_latent`), over the query cells the run did not call Unknown."""
     from cellannot_core.metrics import dataset_mixing
 
     a = load_arrays(root, run_id)
     unknown = load_obs(root, run_id)[OutKeys.IS_UNKNOWN].to_numpy().astype(bool)
-    return dataset_mixing(a["ref_latent"], a["query_latent"][~unknown])
+    return dataset_mixing(a["ref_latent"], query_latent(a, measured)[~unknown])
 
 
 def mixing_note(value: float, layout: str) -> tuple[str, str]:

@@ -71,6 +71,7 @@ class WidgetKeys:
     EMBED_LAYOUT = "w_embed_layout"
     COLOR_BY = "w_color_by"
     SHOW_GENERATED = "w_show_generated"
+    SHOW_MEASURED = "w_show_measured"
     SCORE_METHOD = "w_score_method"
     THRESHOLD = "w_threshold_{run}_{method}"
 

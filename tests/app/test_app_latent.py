@@ -159,3 +159,48 @@ def test_a_large_query_is_drawn_as_a_documented_subsample(run, monkeypatch):
     assert (df["dataset"] == "query").sum() == 100
     view = lat.query_view(250)
     assert list(df.loc[df["dataset"] == "query", "predicted"]) == list(r.obs["cellannot_label"].astype(str).iloc[view])
+
+
+def test_the_query_is_drawn_where_the_unknown_rule_measured_it(tmp_path, monkeypatch):
+    """Issue 12: knn_class measures the query re-encoded without the study shift its types share,
+    while the page drew the model's own encoding, so a group called Unknown need not look far from
+    the reference there. The run keeps the measured codes; the page draws them by default (a toggle
+    goes back to the encoding the labels come from) and says so; a run whose rule removed no shift
+    has the toggle off and disabled."""
+    import json
+
+    import numpy as np
+
+    from cellannot_core.runs import RunDir
+
+    monkeypatch.setenv("CELLANNOT_RUNS", str(tmp_path))
+    run_id = make_run(tmp_path, query_labels=True, hparams={"ood_score": "knn_class"})
+    card = json.loads((tmp_path / run_id / "run_card.json").read_text())
+    assert card["rejection"]["study_shift"]["removed"]  # the demo's two studies: the shift is removed
+    arrays = RunDir.open(tmp_path, run_id).load_arrays()
+    assert lat.has_measured(arrays) and arrays[lat.MEASURED].shape == arrays["query_latent"].shape
+    assert np.abs(arrays[lat.MEASURED] - arrays["query_latent"]).max() > 1e-3
+
+    at = _latent_page(run_id)
+    assert not at.exception
+    assert at.toggle(key=WidgetKeys.SHOW_MEASURED).value is True
+    assert any("as the Unknown rule measured them" in c.value for c in at.caption)
+    n = len(arrays["ref_y"])
+    shown = lat.coordinates(str(tmp_path), run_id, "pca", False, "joint", True)
+    encoded = lat.coordinates(str(tmp_path), run_id, "pca", False, "joint", False)
+    assert shown.shape == encoded.shape and np.abs(shown[n:] - encoded[n:]).max() > 1e-3
+    at.toggle(key=WidgetKeys.SHOW_MEASURED).set_value(False).run()
+    assert not at.exception
+    assert not any("as the Unknown rule measured them" in c.value for c in at.caption)
+    names = {p.name for p in (tmp_path / run_id / "embeddings").glob("*.npy")}
+    assert f"{lat.cache_path_key('pca', False, 'reference', True)}.npy" in names
+    assert f"{lat.cache_path_key('pca', False, 'reference', False)}.npy" in names
+
+    copy_id = _copy_run(tmp_path, run_id, "c0de")  # a run whose rule measured the query as encoded
+    rd = RunDir.open(tmp_path, copy_id)
+    del arrays[lat.MEASURED]
+    rd.save_arrays(arrays)
+    at = _latent_page(copy_id)
+    assert not at.exception
+    toggle = at.toggle(key=WidgetKeys.SHOW_MEASURED)
+    assert toggle.value is False and toggle.disabled

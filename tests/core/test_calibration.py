@@ -500,9 +500,17 @@ def test_knn_class_removes_the_shared_study_shift_and_still_calls_the_novel_type
     s = _knn_class_scores(model, X, pred)
     assert model.reference.last_decision["study_shift"] is not None
     assert np.mean(s[:400] > 1) < 0.1 and np.mean(s[400:] > 1) > 0.9
+    # the latent page can draw the query where the rule measured it: re-encoded without the shift
+    from cellannot_core.novelty import remove_shift
+
+    measured = model.reference.measured_latent(len(X))
+    np.testing.assert_allclose(measured, model.latent(remove_shift(X, model.reference.last_decision["study_shift"])),
+                               rtol=1e-5, atol=1e-6)
+    assert np.abs(measured - model.latent(X)).max() > 0.1 and model.reference.measured_latent(len(X) - 1) is None
     model.reference.expression = None
     s_before = _knn_class_scores(model, X, pred)
     assert model.reference.last_decision["study_shift"] is None
+    assert model.reference.measured_latent(len(X)) is None  # measured as encoded: nothing else to draw
     assert np.mean(s_before[:400][stim] > 1) > 0.8 and np.mean(s_before[400:] > 1) > 0.9
 
 
