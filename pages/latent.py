@@ -12,7 +12,7 @@ run = res.require_run()
 has_gen = "gen_latent" in run.arrays and len(run.arrays["gen_latent"]) > 0
 
 can_measure = lat.has_measured(run.arrays)
-c0, c1, c2, c3, c4 = st.columns([2, 2, 2, 1, 1], vertical_alignment="bottom")
+c0, c1, c2, c3 = st.columns([2, 2, 2, 2], vertical_alignment="bottom")
 layout = c0.radio("Layout", list(lat.LAYOUTS), format_func=lat.LAYOUTS.get, horizontal=True,
                   key=WidgetKeys.EMBED_LAYOUT, help=lat.LAYOUT_HELP)
 method = c1.radio("Embedding", list(lat.METHODS), format_func=lat.METHODS.get, horizontal=True,
@@ -22,7 +22,7 @@ show_gen = c3.toggle("Generated cells", value=has_gen, disabled=not has_gen, key
                      help="Cells sampled from the model (SGLD for energy models), drawn as outlined markers"
                      if has_gen else "This run has no generated cells (the model cannot generate, or 0 were asked)")
 show_gen = bool(show_gen and has_gen)
-measured = c4.toggle("Study shift removed", value=can_measure, disabled=not can_measure,
+measured = c3.toggle("Study shift removed", value=can_measure, disabled=not can_measure,
                      key=WidgetKeys.SHOW_MEASURED,
                      help=lat.MEASURED_HELP if can_measure else
                      "The Unknown rule measured the query as the model encoded it: this run's rule removed no "
