@@ -15,6 +15,9 @@ From each reference -> query pair it builds (see :func:`experiments`):
 * ``rare T``: a known type cut to ``--rare-n`` reference cells while common in the query;
 * ``closed``: the query without its novel types (nothing should be called Unknown).
 
+``--thin F`` keeps each query UMI with probability ``F`` (a shallower query; its models are cached
+apart, trained on the thinned query).
+
 Large datasets are subsampled (reference <= ``--max-ref``, query <= ``--max-query`` cells,
 seeded) so that the suite runs on a 2-core CPU. Each trained model is cached under
 ``bench/results/stress_cache`` (``--retrain`` ignores the cache): a changed rejection rule is
@@ -133,6 +136,21 @@ def make_data(exp: Experiment, ref, qry, seed: int):
     return ref, qry
 
 
+def thin_counts(adata, fraction: float, seed: int):
+    """``adata`` with each UMI count kept with probability ``fraction`` (binomial thinning, seeded):
+    the same cells sequenced less deeply."""
+    import scipy.sparse as sp
+
+    if fraction >= 1:
+        return adata
+    out = adata.copy()
+    X = sp.csr_matrix(out.X, dtype=np.float64)
+    X.data = np.random.default_rng(seed).binomial(np.rint(X.data).astype(np.int64), fraction).astype(np.float64)
+    X.eliminate_zeros()
+    out.X = X.astype(np.float32)
+    return out
+
+
 def _hparams_of(model: str) -> dict:
     from cellannot_core.models import get_spec
 
@@ -148,7 +166,7 @@ def _has_seurat() -> bool:
 
 
 def train_or_load(exp: Experiment, model: str, prep, seed: int, retrain: bool, hparams: dict | None = None,
-                  batch_key: str | None = None):
+                  batch_key: str | None = None, thin: float = 1.0):
     """A trained, calibrated model for this experiment (from the cache when there; a model with
     changed hyper-parameters has its own cache entry)."""
     from cellannot_core.models import load_model
@@ -157,6 +175,7 @@ def train_or_load(exp: Experiment, model: str, prep, seed: int, retrain: bool, h
     name = "logreg" if model == "logreg_05" else model
     hparams = dict(hparams or {})
     tag = "".join(f"+{k}={v}" for k, v in sorted(hparams.items())) + (f"+batch={batch_key}" if batch_key else "")
+    tag += f"+thin={thin:g}" if thin < 1 else ""  # a model trained with a thinned query has its own entry
     key = CACHE / exp.name.replace(":", "__").replace(" ", "_").replace(",", "") / f"{name}{tag}-s{seed}"
     if (key / "config.json").is_file() and not retrain:
         m = load_model(key, device="cpu")
@@ -255,6 +274,8 @@ def main() -> None:
     ap.add_argument("--list", action="store_true", help="list the experiments and their novel shares, then stop")
     ap.add_argument("--retrain", action="store_true", help="train again even when a cached model exists")
     ap.add_argument("--json", default=None, help="write every row to this JSON file")
+    ap.add_argument("--thin", type=float, default=1.0,
+                    help="keep each query UMI with this probability (a shallower query; models cached apart)")
     ap.add_argument("--all-rules", action="store_true", help="every candidate rule measured so far (slower)")
     ap.add_argument("--batch-key", default=None,
                     help="obs column of each cell's sample (e.g. sample_id), where a dataset has it: the "
@@ -281,6 +302,7 @@ def main() -> None:
             if args.only and exp.name not in args.only:
                 continue
             ref, qry = make_data(exp, ref0, q0, args.seed)
+            qry = thin_counts(qry, args.thin, args.seed)
             key = args.batch_key if args.batch_key and (args.batch_key in ref.obs or args.batch_key in qry.obs) else None
             opts = AnnotateOptions(label_key=LABEL_KEY, query_label_key=LABEL_KEY, seed=args.seed, batch_key=key)
             prep = prepare_data(ref, qry, opts)
@@ -292,7 +314,7 @@ def main() -> None:
                 continue
             for model in models:
                 m, secs = train_or_load(exp, model, prep, args.seed, args.retrain, hp if model == models[0] else None,
-                                        key if "n_batches" in _hparams_of(model) else None)
+                                        key if "n_batches" in _hparams_of(model) else None, args.thin)
                 thr = 0.5 if model == "logreg_05" else None
                 if model == "logreg_05":
                     m.ood_method = "maxprob"
