@@ -240,6 +240,51 @@ def unknown_by_class(model, preds: Predictions) -> list[dict[str, Any]]:
     return rows
 
 
+SAMPLE_MIN_CELLS = 50  # a sample's Unknown share counts with this many labelled cells (binomial SE <= 0.07)
+SAMPLE_SPREAD = 0.25  # Unknown shares this far apart between two samples are worth a word
+
+
+def unknown_by_sample(obs: pd.DataFrame, is_unknown: np.ndarray, opts: AnnotateOptions) -> dict[str, Any] | None:
+    """When no batch key was given and the query's Unknown calls differ by sample: the first query
+    column named like a sample / donor / condition (:func:`~.data.batch_candidates`) whose groups of
+    at least :data:`SAMPLE_MIN_CELLS` cells have Unknown shares :data:`SAMPLE_SPREAD` or more apart,
+    with those shares and a note saying what it may mean; else None.
+
+    A condition or technology that only some query samples have (e.g. a stimulated half) makes
+    their known cells unlike the reference, and the rejection rule cannot tell that from novelty
+    (bench/novelty_stress.py, kang_ctrl -> kang_sce: 69% of the stimulated known cells Unknown, 6% of
+    the control ones; 4% of all known cells with ``--batch-key sample_id``). A sample holding a type
+    the others lack differs too: the note says both."""
+    import shlex
+
+    from .data import batch_candidates
+
+    unk = np.asarray(is_unknown, dtype=bool)
+    if opts.batch_key or len(obs) != len(unk) or len(unk) == 0:
+        return None
+    exclude = tuple(k for k in (opts.label_key, opts.query_label_key) if k)
+    for col in batch_candidates(pd.DataFrame(), obs, exclude=exclude, max_levels=50, named_only=True):
+        groups = obs[col].astype(str).to_numpy()
+        names, inverse, counts = np.unique(groups, return_inverse=True, return_counts=True)
+        keep = counts >= SAMPLE_MIN_CELLS
+        if keep.sum() < 2:
+            continue
+        shares = np.bincount(inverse, weights=unk, minlength=len(names)) / counts
+        hi, lo = np.flatnonzero(keep)[np.argmax(shares[keep])], np.flatnonzero(keep)[np.argmin(shares[keep])]
+        if shares[hi] - shares[lo] < SAMPLE_SPREAD:
+            continue
+        return {"column": col,
+                "shares": {str(names[i]): round(float(shares[i]), 4) for i in np.flatnonzero(keep)},
+                "cells": {str(names[i]): int(counts[i]) for i in np.flatnonzero(keep)},
+                "note": f"Unknown calls differ between the query's {col!r} groups ({names[hi]}: {shares[hi]:.0%} "
+                        f"Unknown, {names[lo]}: {shares[lo]:.0%}). If these samples differ in condition or "
+                        f"technology rather than in cell types, train again with {col!r} as the batch column (CLI "
+                        f"--batch-key {shlex.quote(col)}; the Data page's \"Batch / sample column\"): the model then sets that "
+                        "difference aside. If some samples hold cell types the others lack, the difference is "
+                        "expected."}
+    return None
+
+
 def latent_quality_of(model, prepared: Prepared, preds: Predictions) -> dict[str, Any]:
     """Label ASW (reference validation; query by its labels) and active latent dimensions."""
     from .metrics import latent_quality
@@ -327,12 +372,22 @@ def write_annotations(adata, preds: Predictions, card: dict[str, Any], *, index:
     adata.uns[k["UNS"]] = _h5_safe(card)
 
 
+def _kept_rows(query_adata, prepared: Prepared) -> np.ndarray | None:
+    """The query's rows ``prepared`` kept (cells removed by QC left out), in order; None: all."""
+    idx = getattr(prepared.query, "index", None)
+    return np.asarray(idx) if idx is not None and query_adata.n_obs != prepared.query.n_obs else None
+
+
+def _kept_obs(query_adata, prepared: Prepared) -> pd.DataFrame:
+    rows = _kept_rows(query_adata, prepared)
+    return query_adata.obs if rows is None else query_adata.obs.iloc[rows]
+
+
 def annotated_query(query_adata, prepared: Prepared, preds: Predictions, card: dict[str, Any]):
     """A copy of the query AnnData (cells in input order; cells removed by QC left out) with the
     annotate contract's fields."""
-    idx = getattr(prepared.query, "index", None)
-    qa = query_adata[np.asarray(idx)].copy() if idx is not None and query_adata.n_obs != prepared.query.n_obs \
-        else query_adata.copy()
+    rows = _kept_rows(query_adata, prepared)
+    qa = query_adata.copy() if rows is None else query_adata[rows].copy()
     write_annotations(qa, preds, card)
     return qa
 
@@ -540,6 +595,11 @@ def annotate(reference, query, opts: AnnotateOptions, *, out: str | Path | None 
             view_prep = prepared
         qm = query_metrics(all_prep, preds, model.classes)
         card = run_card(model, all_prep, opts, preds, train_seconds=train_seconds, query_metrics=qm)
+        q_obs = all_obs if source is not None else _kept_obs(qry, prepared)
+        by_sample = unknown_by_sample(q_obs, preds.is_unknown, opts)
+        if by_sample is not None:
+            card["unknown_by_sample"] = by_sample
+            log(f"note: {by_sample['note']}")
         if source is not None:
             card["query_read_in_chunks"] = {k: v for k, v in source.items() if k != "path"} | {
                 "note": f"the pair checks and the training used a seeded sample of {source['n_sample']:,} of the "

@@ -23,6 +23,9 @@ if qm.get("acc_in") is not None:
     m[3].metric("Accuracy on known types", f"{qm['acc_in']:.1%}",
                 help="Against the query's own labels, cells of reference types only")
 
+if card.get("unknown_by_sample"):
+    st.info(card["unknown_by_sample"]["note"], icon=":material/lightbulb:")
+
 st.subheader("Predicted label × query " + ("label" if run.query_labels is not None else "cluster"))
 cols_labels, col_title = res.comparison_columns(run)
 norm = st.radio("Percentages", ["row", "col"], horizontal=True, key=WidgetKeys.NORMALIZE,

@@ -530,10 +530,11 @@ _BATCH_HINTS = ("sample", "donor", "batch", "orig.ident", "individual", "patient
 
 
 def batch_candidates(ref_obs: pd.DataFrame, q_obs: pd.DataFrame, *, exclude: tuple[str, ...] = (),
-                     max_levels: int = 200) -> list[str]:
+                     max_levels: int = 200, named_only: bool = False) -> list[str]:
     """Obs columns of either dataset that could name each cell's sample or batch (2 to
     ``max_levels`` values in at least one dataset, not decimals), likeliest first by name
-    (sample, donor, batch, ...); for the Data page's batch-key choice."""
+    (sample, donor, batch, ...); for the Data page's batch-key choice. ``named_only``: only the
+    columns whose name says so."""
     out = []
     for col in dict.fromkeys([*map(str, ref_obs.columns), *map(str, q_obs.columns)]):
         if col in exclude:
@@ -548,6 +549,8 @@ def batch_candidates(ref_obs: pd.DataFrame, q_obs: pd.DataFrame, *, exclude: tup
             continue
         low = col.lower()
         hint = next((i for i, h in enumerate(_BATCH_HINTS) if h in low), len(_BATCH_HINTS))
+        if named_only and hint == len(_BATCH_HINTS):
+            continue
         out.append((hint, -len(levels), col))
     return [c for *_, c in sorted(out)]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from cellannot_core._constants import OutKeys
+from cellannot_core._constants import OutKeys, RunFiles
 from cellannot_core.models import get_spec
 from cellannot_core.pipeline import AnnotateOptions, annotate
 from cellannot_core.runs import RunDir
@@ -100,3 +100,25 @@ def test_model_zip_and_clusters(runs_root):
     assert "model/bundle.json" in z.namelist()
     clusters = res.leiden_clusters(str(runs_root[0]), runs_root[2])
     assert len(clusters) == 250 and len(set(clusters)) >= 2
+
+
+def test_the_page_says_when_unknown_calls_differ_by_sample(runs_root):
+    """A run whose card holds the uneven-Unknown hint (``pipeline.unknown_by_sample``) shows it at
+    the top of the page; a run without it shows no such note."""
+    import json
+    import shutil
+
+    root, rid, _ = runs_root
+    copy = f"{rid}-bysample"
+    shutil.copytree(root / rid, root / copy)
+    card_path = root / copy / RunFiles.CARD
+    card = json.loads(card_path.read_text())
+    note = "Unknown calls differ between the query's 'sample_id' groups (stim: 69% Unknown, ctrl: 6%)."
+    card["unknown_by_sample"] = {"column": "sample_id", "shares": {"stim": 0.69, "ctrl": 0.06},
+                                 "cells": {"stim": 500, "ctrl": 500}, "note": note}
+    card_path.write_text(json.dumps(card))
+    at = page(copy)
+    assert not at.exception
+    assert any(note in i.value for i in at.info)
+    at = page(rid)
+    assert not at.exception and not any("differ between the query" in i.value for i in at.info)

@@ -81,13 +81,14 @@ def test_without_raw_counts_the_latent_model_is_clams(prep):
 
 def test_a_batch_key_keeps_a_batch_of_known_cells_from_looking_novel(tmp_path):
     """A query sample with a strong gene-wise batch effect: without a batch key the recommended
-    model calls it Unknown (it is unlike the reference); given the batch key, scANVI's decoder
-    takes the sample as a covariate and its known cells are labelled. The model keeps its batch
-    levels through save / load."""
+    model calls it Unknown (it is unlike the reference) and the run card says the Unknown calls
+    differ by sample and that the batch key may help; given the batch key, scANVI's decoder
+    takes the sample as a covariate, its known cells are labelled and the card says nothing. The
+    model keeps its batch levels through save / load."""
     import scipy.sparse as sp
 
     from cellannot_core.models import load_model
-    from cellannot_core.pipeline import AnnotateOptions, predict, prepare_data, train_model
+    from cellannot_core.pipeline import AnnotateOptions, annotate
     from conftest import make_synthetic
 
     ref = make_synthetic(400, 120, 3, seed=1)
@@ -98,16 +99,20 @@ def test_a_batch_key_keeps_a_batch_of_known_cells_from_looking_novel(tmp_path):
     X[side == 1] = rng.poisson(X[side == 1] * np.exp(rng.normal(0, 1.5, q.n_vars)))
     q.X = sp.csr_matrix(X.astype(np.float32))
     q.obs["sample"] = np.where(side == 1, "B", "A")
-    unknown_b = {}
+    unknown_b, hint = {}, {}
     for key in (None, "sample"):
         opts = AnnotateOptions(label_key="cell_type", query_label_key="cell_type", model="scanvi_svm", seed=0,
                                batch_key=key, n_top_genes=100, min_shared_genes=50, hparams={"max_epochs": 60})
-        prep = prepare_data(ref, q, opts)
-        m = train_model(prep, opts)
-        p = predict(m, prep.query.X)
+        res = annotate(ref, q, opts)
+        m, prep, p = res.model, res.prepared, res.predictions
         b = side[prep.query.index] == 1
         unknown_b[key] = float(p.is_unknown[b].mean())
+        hint[key] = res.card.get("unknown_by_sample")
     assert unknown_b[None] > 0.9 and unknown_b["sample"] < 0.5, unknown_b
+    assert hint["sample"] is None
+    assert hint[None]["column"] == "sample" and hint[None]["shares"]["B"] == pytest.approx(unknown_b[None], abs=1e-3)
+    assert hint[None]["shares"]["A"] < 0.5 and "--batch-key sample" in hint[None]["note"], hint[None]
+    assert res.adata.uns["cellannot"].get("unknown_by_sample") is None  # the run with the key
     assert m.hparams["n_batches"] == 3 and m.latent_model.net.n_batch == 3
     m.save(tmp_path / "m")
     back = load_model(tmp_path / "m", device="cpu")

@@ -327,3 +327,25 @@ def test_cancel_outside_training_stops_the_run(tmp_path, synthetic_pair):
         annotate(ref, q, opts, run_dir=rd, callbacks=[token])
     assert rd.status()["state"] == "cancelled"
     assert not rd.file("annotated.h5ad").exists()
+
+
+def test_unknown_by_sample_names_the_sample_whose_cells_are_called_unknown():
+    """The run card's hint: the first column named like a sample whose groups (>= 50 cells) differ
+    by >= 25 points of Unknown share; groups too small to say, label columns and unnamed columns
+    do not count; nothing when the shares are close or a batch key was given."""
+    from cellannot_core.pipeline import AnnotateOptions, unknown_by_sample
+
+    rng = np.random.default_rng(0)
+    obs = pd.DataFrame({"cell_type": ["T"] * 210,  # a label column: excluded even though uneven
+                        "leiden": np.repeat(["0", "1", "2"], 70),  # not named like a sample: never used
+                        "sample_id": ["ctrl"] * 100 + ["stim"] * 100 + ["tiny"] * 10})
+    unk = np.r_[rng.random(100) < 0.05, rng.random(100) < 0.7, np.ones(10, bool)]
+    opts = AnnotateOptions(label_key="cell_type", query_label_key="cell_type")
+    hint = unknown_by_sample(obs, unk, opts)
+    assert hint["column"] == "sample_id" and set(hint["shares"]) == {"ctrl", "stim"}  # "tiny": 10 cells
+    assert hint["shares"]["stim"] == pytest.approx(unk[100:200].mean()) and hint["cells"] == {"ctrl": 100, "stim": 100}
+    assert "stim: " in hint["note"] and "--batch-key sample_id" in hint["note"]
+    assert unknown_by_sample(obs, unk, AnnotateOptions(label_key="cell_type", batch_key="sample_id")) is None
+    even = np.r_[rng.random(100) < 0.3, rng.random(100) < 0.4, np.zeros(10, bool)]
+    assert unknown_by_sample(obs, even, opts) is None
+    assert unknown_by_sample(obs[["leiden"]], unk, opts) is None
