@@ -19,7 +19,10 @@ Keys written (``key_added="cellannot"``; see :func:`cellannot_core.pipeline.anno
 ``obsm["{key}_proba"]``                  calibrated probabilities, one column per reference type
                                          (order: ``uns[key]["classes"]``)
 ``obsm["X_{key}"]``                      the model's latent space (or its input, for models without one)
-``uns[key]``                             the run card: model, settings, threshold, versions, metrics
+``uns[key]``                             the run card: model, settings, threshold, versions, metrics;
+                                         ``["unknown_by_sample"]`` when Unknown calls differ by query
+                                         sample and no ``batch_key`` was given (its ``"note"`` says
+                                         which column to try as the batch key)
 ======================================  ==============================================================
 """
 from __future__ import annotations
