@@ -335,8 +335,9 @@ def main() -> None:
     if args.list or not rows:
         return
     summarise(rows, lambda r: (r["model"], r), "per model over the suite: median and worst case")
-    for title, part in (("the six pairs the default's rule was chosen on", [r for r in rows if r["pair"] not in LATER_PAIRS]),
-                        (f"the pairs added after it ({', '.join(LATER_PAIRS)})", [r for r in rows if r["pair"] in LATER_PAIRS])):
+    later = [r for r in rows if r["pair"] in LATER_PAIRS]
+    for title, part in (("the six pairs the default's rule was chosen on", [r for r in rows if r not in later]),
+                        (f"the pairs added after it ({', '.join(LATER_PAIRS)})", later)):
         if part and len(part) < len(rows):
             summarise(part, lambda r: (r["model"], r), f"per model, {title}")
     first = models[0]

@@ -266,22 +266,22 @@ def unknown_by_sample(obs: pd.DataFrame, is_unknown: np.ndarray, opts: AnnotateO
     for col in batch_candidates(pd.DataFrame(), obs, exclude=exclude, max_levels=50, named_only=True):
         groups = obs[col].astype(str).to_numpy()
         names, inverse, counts = np.unique(groups, return_inverse=True, return_counts=True)
-        keep = counts >= SAMPLE_MIN_CELLS
-        if keep.sum() < 2:
+        kept = np.flatnonzero(counts >= SAMPLE_MIN_CELLS)
+        if len(kept) < 2:
             continue
         shares = np.bincount(inverse, weights=unk, minlength=len(names)) / counts
-        hi, lo = np.flatnonzero(keep)[np.argmax(shares[keep])], np.flatnonzero(keep)[np.argmin(shares[keep])]
+        hi, lo = kept[np.argmax(shares[kept])], kept[np.argmin(shares[kept])]
         if shares[hi] - shares[lo] < SAMPLE_SPREAD:
             continue
         return {"column": col,
-                "shares": {str(names[i]): round(float(shares[i]), 4) for i in np.flatnonzero(keep)},
-                "cells": {str(names[i]): int(counts[i]) for i in np.flatnonzero(keep)},
+                "shares": {str(names[i]): round(float(shares[i]), 4) for i in kept},
+                "cells": {str(names[i]): int(counts[i]) for i in kept},
                 "note": f"Unknown calls differ between the query's {col!r} groups ({names[hi]}: {shares[hi]:.0%} "
                         f"Unknown, {names[lo]}: {shares[lo]:.0%}). If these samples differ in condition or "
-                        f"technology rather than in cell types, train again with {col!r} as the batch column (CLI "
-                        f"--batch-key {shlex.quote(col)}; the Data page's \"Batch / sample column\"): the model then sets that "
-                        "difference aside. If some samples hold cell types the others lack, the difference is "
-                        "expected."}
+                        f"technology rather than in cell types, train again with {col!r} as the batch column "
+                        f"(CLI --batch-key {shlex.quote(col)}; the Data page's \"Batch / sample column\"): the model "
+                        "then sets that difference aside. If some samples hold cell types the others lack, the "
+                        "difference is expected."}
     return None
 
 
