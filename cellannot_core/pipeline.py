@@ -258,18 +258,20 @@ def unknown_by_sample(obs: pd.DataFrame, is_unknown: np.ndarray, opts: AnnotateO
     import shlex
 
     from .data import batch_candidates
+    from .data.validate import missing_label_mask
 
     unk = np.asarray(is_unknown, dtype=bool)
     if opts.batch_key or len(obs) != len(unk) or len(unk) == 0:
         return None
     exclude = tuple(k for k in (opts.label_key, opts.query_label_key) if k)
     for col in batch_candidates(pd.DataFrame(), obs, exclude=exclude, max_levels=50, named_only=True):
-        groups = obs[col].astype(str).to_numpy()
+        named = ~missing_label_mask(obs[col])  # a cell without a sample is in no group
+        groups = obs[col][named].astype(str).to_numpy()
         names, inverse, counts = np.unique(groups, return_inverse=True, return_counts=True)
         kept = np.flatnonzero(counts >= SAMPLE_MIN_CELLS)
         if len(kept) < 2:
             continue
-        shares = np.bincount(inverse, weights=unk, minlength=len(names)) / counts
+        shares = np.bincount(inverse, weights=unk[named], minlength=len(names)) / counts
         hi, lo = kept[np.argmax(shares[kept])], kept[np.argmin(shares[kept])]
         if shares[hi] - shares[lo] < SAMPLE_SPREAD:
             continue

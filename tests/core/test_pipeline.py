@@ -349,3 +349,5 @@ def test_unknown_by_sample_names_the_sample_whose_cells_are_called_unknown():
     even = np.r_[rng.random(100) < 0.3, rng.random(100) < 0.4, np.zeros(10, bool)]
     assert unknown_by_sample(obs, even, opts) is None
     assert unknown_by_sample(obs[["leiden"]], unk, opts) is None
+    blank = obs.assign(sample_id=np.r_[["ctrl"] * 100, [None] * 100, ["tiny"] * 10])  # cells without a sample
+    assert unknown_by_sample(blank, unk, opts) is None  # one group left: nothing to compare
