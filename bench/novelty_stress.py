@@ -18,6 +18,11 @@ From each reference -> query pair it builds (see :func:`experiments`):
 ``--thin F`` keeps each query UMI with probability ``F`` (a shallower query; its models are cached
 apart, trained on the thinned query).
 
+``--enrich-sample F`` checks the per-sample shift against a novel population concentrated in one
+sample: in each ``drop`` / ``group`` experiment whose query has samples, the sample with the most
+novel cells keeps all of them and a fraction ``F`` of its other cells (so it is mostly novel); the
+cached model, trained on the whole query, labels the rest.
+
 Large datasets are subsampled (reference <= ``--max-ref``, query <= ``--max-query`` cells,
 seeded) so that the suite runs on a 2-core CPU. Each trained model is cached under
 ``bench/results/stress_cache`` (``--retrain`` ignores the cache): a changed rejection rule is
@@ -201,11 +206,37 @@ def train_or_load(exp: Experiment, model: str, prep, seed: int, retrain: bool, h
     return m, secs
 
 
-def evaluate(m, prep, *, threshold: float | None = None, rules: bool = False, all_rules: bool = False) -> dict:
+def samples_of(qry, prep, batch_key: str | None = None):
+    """The query's samples as ``annotate`` finds them (:func:`~cellannot_core.pipeline.query_samples`)."""
+    from cellannot_core.pipeline import query_samples
+
+    idx = prep.query.index
+    obs = qry.obs if idx is None else qry.obs.iloc[np.asarray(idx)]
+    return query_samples(obs, batch_key=batch_key, exclude=(LABEL_KEY,))
+
+
+def enrich_sample(name: str, prep, samples, novel: np.ndarray, frac: float, seed: int):
+    """``prep`` with the query sample holding the most novel cells cut to those and ``frac`` of its
+    other cells (seeded): the experiment's name, the prepared data and the samples of the cells kept."""
+    import dataclasses
+
+    from cellannot_core.pipeline import QuerySamples
+
+    codes = samples.codes
+    s1 = int(np.argmax([(novel & (codes == s)).sum() for s in range(len(samples.names))]))
+    other = np.flatnonzero((codes == s1) & ~novel)
+    kept_other = np.random.default_rng(seed).choice(other, int(frac * len(other)), replace=False)
+    keep = np.sort(np.r_[np.flatnonzero(codes != s1), np.flatnonzero((codes == s1) & novel), kept_other])
+    return (f"{name} +{samples.names[s1]} enriched", dataclasses.replace(prep, query=prep.query.rows(keep)),
+            QuerySamples(samples.column, codes[keep], samples.names))
+
+
+def evaluate(m, prep, *, threshold: float | None = None, rules: bool = False, all_rules: bool = False,
+             samples=None) -> dict:
     from cellannot_core.metrics import label_transfer_metrics
     from cellannot_core.pipeline import predict
 
-    p = predict(m, prep.query.X, threshold=threshold)
+    p = predict(m, prep.query.X, threshold=threshold, samples=samples)
     labels = np.asarray(prep.query.labels)
     known = labels != ""
     res = label_transfer_metrics(labels[known], p.label_raw[known], p.label[known], p.confidence[known],
@@ -282,6 +313,12 @@ def main() -> None:
     ap.add_argument("--thin", type=float, default=1.0,
                     help="keep each query UMI with this probability (a shallower query; models cached apart)")
     ap.add_argument("--all-rules", action="store_true", help="every candidate rule measured so far (slower)")
+    ap.add_argument("--enrich-sample", type=float, default=None, metavar="F",
+                    help="only drop/group experiments, with the query sample holding the most novel cells cut to "
+                         "them and this fraction of its other cells (see the module docstring)")
+    ap.add_argument("--no-samples", action="store_true",
+                    help="measure every query sample against the whole query's shift (the rule before "
+                         "2026-12-04), not each sample against its own")
     ap.add_argument("--batch-key", default=None,
                     help="obs column of each cell's sample (e.g. sample_id), where a dataset has it: the "
                          "generative models' batch covariate (its own cache entries)")
@@ -317,17 +354,25 @@ def main() -> None:
                 print(f"{exp.name:42s} {share:6.1%}  ref {prep.train.n_obs + prep.val.n_obs} query {prep.query.n_obs} "
                       f"novel types {sorted(set(prep.query.labels[novel]))}")
                 continue
+            samples = samples_of(qry, prep, key)
+            name, scored = exp.name, prep
+            if args.enrich_sample is not None:
+                if exp.kind not in ("drop", "group") or samples is None:
+                    continue
+                name, scored, samples = enrich_sample(exp.name, prep, samples, novel, args.enrich_sample, args.seed)
+                share = float(np.mean(~np.isin(scored.query.labels, prep.classes)))
             for model in models:
                 m, secs = train_or_load(exp, model, prep, args.seed, args.retrain, hp if model == models[0] else None,
                                         key if "n_batches" in _hparams_of(model) else None, args.thin)
                 thr = 0.5 if model == "logreg_05" else None
                 if model == "logreg_05":
                     m.ood_method = "maxprob"
-                r = evaluate(m, prep, threshold=thr, rules=model == models[0], all_rules=args.all_rules)
-                row = {"experiment": exp.name, "pair": pair, "kind": exp.kind, "novel_share": share, "model": model,
+                r = evaluate(m, scored, threshold=thr, rules=model == models[0], all_rules=args.all_rules,
+                             samples=None if args.no_samples else samples)
+                row = {"experiment": name, "pair": pair, "kind": exp.kind, "novel_share": share, "model": model,
                        "train_seconds": secs, **r}
                 rows.append(row)
-                print(f"{exp.name:42s} {share:6.1%} {model:12s} " + " ".join(f"{r[k]:12.3f}" for k in METRICS)
+                print(f"{name:42s} {share:6.1%} {model:12s} " + " ".join(f"{r[k]:12.3f}" for k in METRICS)
                       + f"  {secs:7.1f}" + (f"  mixing {r['mixing']:.2f}" if "mixing" in r else ""), flush=True)
                 for name, rr in r.get("rules", {}).items():
                     print(f"{'':42s} {'':6s}   rule {name:18s} auroc {rr['auroc_ood']:.3f} acc_open {rr['acc_open']:.3f}"

@@ -20,6 +20,9 @@ Keys written (``key_added="cellannot"``; see :func:`cellannot_core.pipeline.anno
                                          (order: ``uns[key]["classes"]``)
 ``obsm["X_{key}"]``                      the model's latent space (or its input, for models without one)
 ``uns[key]``                             the run card: model, settings, threshold, versions, metrics;
+                                         ``["rejection"]["sample_shifts"]`` when each query sample was
+                                         measured against its own shift (``knn_class``: the column
+                                         and each sample's factor);
                                          ``["unknown_by_sample"]`` when Unknown calls differ by query
                                          sample and no ``batch_key`` was given (its ``"note"`` says
                                          which column to try as the batch key)
@@ -85,7 +88,9 @@ def annotate(
         Optional ``obs`` column (of the reference, the query or both) naming each cell's sample
         or batch, as in scvi-tools' ``setup_anndata``: the generative models' decoder (``scanvi``,
         the latent space of ``scanvi_svm``) is conditioned on each batch, so donors or conditions
-        inside a dataset are not mistaken for new cell types. Other models ignore it.
+        inside a dataset are not mistaken for new cell types. Other models ignore it. The
+        Unknown rule ``knn_class`` measures each query sample against its own shift, by this
+        column or, without one, by the first query column named like a sample / donor / batch.
     hparams
         Model hyper-parameters (see ``models()``), e.g. ``{"max_epochs": 50}``.
     seed, device

@@ -25,6 +25,7 @@ SHIFT_QUANTILE = 0.25  # knn_class: the query shift compares this quantile of qu
 STUDY_SHIFT_EPS = 0.05  # normalised counts (per 1e4) added to both means: a pseudo-count for unexpressed genes
 STUDY_SHIFT_MIN_CELLS = 20  # a class counts with this many query cells and matched reference cells
 STUDY_SHIFT_MIN_CLASSES = 3  # the median over classes needs at least three (one class cannot move it)
+SAMPLE_MIN_CELLS = 50  # a query sample with this many cells gets its own shift (knn_class) and Unknown share (run card)
 
 
 # --------------------------------------------------------------------------------------------
@@ -43,9 +44,10 @@ class ScoreInputs:
     far in ``scores`` (``knn_class`` builds on ``knn_graph``)."""
 
     def __init__(self, model: Any, X: np.ndarray | None, *, logits: np.ndarray | None = None,
-                 latent: np.ndarray | None = None) -> None:
+                 latent: np.ndarray | None = None, samples: np.ndarray | None = None) -> None:
         self._X = X
         self.model = model
+        self.samples = samples  # per cell, its query sample's code (-1: none), for knn_class; or None
         self._logits, self._latent = logits, latent
         self.scores: dict[str, np.ndarray] = {}
 
@@ -277,8 +279,42 @@ class LatentReference:
                 f[c] = max(f[c], float(np.median(g[sel])) / med[c])
         return f
 
+    def sample_shifts(self, graph: np.ndarray, pred: np.ndarray, samples: np.ndarray | None) -> tuple[np.ndarray, dict[int, float]]:
+        """Per cell, the query shift of its sample, and the factor of each sample that has its own.
+
+        Samples of one query may differ in condition or depth (a stimulated half, a deeper run):
+        one factor for the whole query then rejects the known cells of the farther samples as a
+        group. A sample with :data:`SAMPLE_MIN_CELLS` cells gets ``max(1, F * m)``, ``F`` the
+        query's :meth:`query_shift` and ``m`` the median, over the predicted classes with
+        :data:`STUDY_SHIFT_MIN_CELLS` of its cells (at least :data:`STUDY_SHIFT_MIN_CLASSES`), of
+        the ratio of the class's :data:`SHIFT_QUANTILE` quantile in the sample to that in the
+        whole query. A condition moves every type of a sample; a novel population moves the one
+        class it lands on, which the median over classes cannot follow (a sample of mostly novel
+        cells has too few classes and keeps ``F``). Other cells keep ``F``."""
+        g = np.asarray(graph, dtype=np.float64)
+        pred = np.asarray(pred, dtype=np.int64)
+        F = self.query_shift(g, pred)
+        out, per = np.full(len(g), F), {}
+        if samples is None or len(g) == 0:
+            return out, per
+        samples = np.asarray(samples, dtype=np.int64)
+        if samples.shape != g.shape:
+            raise ValueError(f"samples must hold one code per cell ({len(g)}), got shape {samples.shape}")
+        whole_q = {int(c): float(np.quantile(g[pred == c], SHIFT_QUANTILE)) for c in np.unique(pred)}
+        for s in np.unique(samples[samples >= 0]):
+            sel = samples == s
+            if sel.sum() < SAMPLE_MIN_CELLS:
+                continue
+            ratios = [float(np.quantile(g[sel & (pred == c)], SHIFT_QUANTILE)) / whole_q[int(c)]
+                      for c in np.unique(pred[sel]) if (sel & (pred == c)).sum() >= STUDY_SHIFT_MIN_CELLS
+                      and whole_q[int(c)] > 0]
+            if len(ratios) >= STUDY_SHIFT_MIN_CLASSES:
+                out[sel] = per[int(s)] = max(1.0, F * float(np.median(ratios)))
+        return out, per
+
     def knn_class(self, z: np.ndarray, pred: np.ndarray, *, graph: np.ndarray | None = None,
-                  threshold: float = 1.0, confidence: np.ndarray | None = None) -> np.ndarray:
+                  threshold: float = 1.0, confidence: np.ndarray | None = None,
+                  samples: np.ndarray | None = None) -> np.ndarray:
         """The default rejection score; a cell is Unknown when it is above ``threshold``.
 
         1. ``s = knn_graph * (2 - p) / (unit_c * F)``: ``c`` the cell's predicted class, ``p`` the
@@ -287,14 +323,16 @@ class LatentReference:
            reference cells), ``F`` the query's :meth:`query_shift` (one robust factor) of these
            scaled distances. The labeller's doubt is a second sign of novelty, independent of the
            distance: a cell far from the reference *and* unlike any one reference type counts up
-           to twice as far (:func:`doubt_factor`).
+           to twice as far (:func:`doubt_factor`). With ``samples`` (each cell's query sample), a
+           sample's cells are measured against their sample's own shift (:meth:`sample_shifts`).
         2. Decisions by group (queries of more than ``2 * GRAPH_K`` cells): a query cluster
            (:func:`query_clusters`) whose median ``s`` is above ``threshold`` is novel as a
            group; a cell of an accepted cluster only beyond the reference's
            :data:`SINGLE_CELL_UNIT` quantile (its neighbours vouch for it).
         3. A predicted class that leads no accepted cluster is shifted as a whole (the query has
            no group of its cells near the reference, e.g. monocytes between studies): its cells
-           are measured against the median shift of that class instead of the query's.
+           are measured against the median shift of that class instead of the query's (or their
+           sample's, when that is larger).
 
         ``graph`` reuses already computed :meth:`knn_graph` scores of ``z``.
         """
@@ -303,10 +341,12 @@ class LatentReference:
         pred = np.asarray(pred, dtype=np.int64)
         unit, _ = self._class_null()
         f = self.class_shifts(g, pred)
-        s = g / (unit[pred] * f[pred])
+        fc, per_sample = self.sample_shifts(g, pred, samples)
+        s = g / (unit[pred] * fc)
         z = np.asarray(z, dtype=np.float32)
+        each = {"query_shift": float(f[0]) if len(f) else 1.0, "cell_shifts": fc, "sample_shifts": per_sample}
         self.last_decision = {"n": len(g), "shifts": f, "whole": np.zeros(len(unit), dtype=bool), "graph": g_raw,
-                              "latent": z}
+                              "latent": z, **each}
         if len(s) < 2 * GRAPH_K:
             return s
         cl = query_clusters(z)
@@ -324,8 +364,9 @@ class LatentReference:
         whole &= WHOLE_CLASS
         if whole.any():
             f = self.class_shifts(g, pred, whole=whole)
-            out = grouped(g / (unit[pred] * f[pred]))
-        self.last_decision = {"n": len(g), "shifts": f, "whole": whole, "graph": g_raw, "latent": z}
+            fc = np.where(whole[pred], np.maximum(f[pred], fc), fc)
+            out = grouped(g / (unit[pred] * fc))
+        self.last_decision = {"n": len(g), "shifts": f, "whole": whole, "graph": g_raw, "latent": z, **each}
         return out
 
     def measured_latent(self, n: int) -> np.ndarray | None:
@@ -374,8 +415,10 @@ class LatentReference:
         pred = np.asarray(pred, dtype=np.int64)
         if last is not None and last["n"] == len(g):
             f, whole = last["shifts"], last["whole"]
+            fc = last.get("cell_shifts", f[pred])
         else:
             f, whole = self.class_shifts(g, pred), np.zeros(len(unit), dtype=bool)
+            fc = f[pred]
         rows = []
         for c in range(len(unit)):
             sel = pred == c
@@ -383,7 +426,8 @@ class LatentReference:
             rows.append({"class": c, "n_reference": int((self.y == c).sum()), "unit": float(unit[c]),
                          "reference_median": float(med[c]), "shift": float(f[c]),
                          "shifted_as_a_whole": bool(whole[c]), "threshold_knn_graph": t,
-                         "n_predicted": int(sel.sum()), "n_above_threshold": int((g[sel] > t).sum())})
+                         "n_predicted": int(sel.sum()),
+                         "n_above_threshold": int((g[sel] > unit[c] * fc[sel] * threshold).sum())})
         return rows
 
     def knn_class_reference(self, z_val: np.ndarray, pred_val: np.ndarray) -> np.ndarray:
@@ -716,7 +760,8 @@ def _knn_graph(inp: ScoreInputs) -> np.ndarray:
                                   "that class's reference cells (scored leave-one-out, smoothed the same way; at "
                                   "least that of all reference cells), times one shift factor for the whole query "
                                   "(its lower quartile against the reference's: novel cells cannot move it unless "
-                                  "they are over three quarters of the query); decided by group: a query cluster "
+                                  "they are over three quarters of the query), or each query sample's own (the "
+                                  "median over its predicted classes); decided by group: a query cluster "
                                   "(Leiden) whose median cell is above 1 is Unknown as a group, a cell of another "
                                   "cluster only beyond the reference's 99th percentile",
                 validation=lambda inp: inp.reference.knn_class_reference(inp.latent, inp.logits.argmax(1)))
@@ -731,7 +776,7 @@ def _knn_class(inp: ScoreInputs) -> np.ndarray:
     shift = ref.shared_shift(z, inp._X, pred)
     if shift is not None:
         z, graph = np.asarray(inp.model.latent(remove_shift(inp._X, shift)), dtype=np.float32), None
-    out = ref.knn_class(z, pred, graph=graph, threshold=thr, confidence=label_confidence(inp))
+    out = ref.knn_class(z, pred, graph=graph, threshold=thr, confidence=label_confidence(inp), samples=inp.samples)
     ref.last_decision["study_shift"] = shift
     return out
 

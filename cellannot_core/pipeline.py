@@ -128,8 +128,10 @@ def densified(prepared: Prepared, model_name: str) -> Prepared:
     return dataclasses.replace(prepared, **out)
 
 
-def predict(model, X: np.ndarray, *, threshold: float | None = None) -> Predictions:
-    """Label cells: calibrated probabilities, novelty scores (all methods) and rejection."""
+def predict(model, X: np.ndarray, *, threshold: float | None = None, samples: QuerySamples | None = None) -> Predictions:
+    """Label cells: calibrated probabilities, novelty scores (all methods) and rejection.
+    ``samples`` (:func:`query_samples`): each cell's query sample, for a rule that allows for each
+    sample's own shift (``knn_class``)."""
     from .novelty import OOD_METHODS
 
     if hasattr(X, "toarray") and not model.spec.supports.sparse:
@@ -138,7 +140,8 @@ def predict(model, X: np.ndarray, *, threshold: float | None = None) -> Predicti
         X = dense(X)
     logits = model.logits(X)
     latent = model.latent(X)
-    scores = model.ood_scores(X, OOD_METHODS, logits=logits, latent=latent)
+    scores = model.ood_scores(X, OOD_METHODS, logits=logits, latent=latent,
+                              samples=None if samples is None else samples.codes)
     return decide(model, logits, latent, scores, threshold=threshold)
 
 
@@ -162,7 +165,8 @@ def decide(model, logits: np.ndarray, latent: np.ndarray, scores: dict[str, np.n
 
 
 def run_card(model, prepared: Prepared, opts: AnnotateOptions, preds: Predictions, *,
-             train_seconds: float, query_metrics: dict[str, Any] | None = None) -> dict[str, Any]:
+             train_seconds: float, query_metrics: dict[str, Any] | None = None,
+             samples: QuerySamples | None = None) -> dict[str, Any]:
     import torch
 
     from importlib.metadata import PackageNotFoundError, version
@@ -201,7 +205,7 @@ def run_card(model, prepared: Prepared, opts: AnnotateOptions, preds: Prediction
                               + (f", scaled by {preds.shift_factor:.3f} = median(query score) / median(validation "
                                  "score) to allow for the study/technology shift" if preds.shift_factor != 1.0 else "")
                               + ("; overridden by the user" if opts.threshold is not None else "") + "."),
-                      **study_shift_of(model)},
+                      **study_shift_of(model, samples)},
         "validation": model.calibration,
         "unknown_by_class": unknown_by_class(model, preds),
         "training": {k: v for k, v in hist.items() if k != "epochs"} | {"n_epochs": len(hist.get("epochs", [])),
@@ -213,11 +217,66 @@ def run_card(model, prepared: Prepared, opts: AnnotateOptions, preds: Prediction
     }
 
 
-def study_shift_of(model) -> dict[str, Any]:
-    """``{"study_shift": ...}`` for the card's rejection entry when the rule is ``knn_class``."""
+def study_shift_of(model, samples: QuerySamples | None = None) -> dict[str, Any]:
+    """``{"study_shift": ..., "sample_shifts": ...}`` for the card's rejection entry when the rule
+    is ``knn_class`` (``sample_shifts`` when the query's samples got shifts of their own)."""
     if model.ood_method != "knn_class" or getattr(model, "reference", None) is None:
         return {}
-    return {"study_shift": model.reference.study_shift_summary()}
+    out: dict[str, Any] = {"study_shift": model.reference.study_shift_summary()}
+    last = model.reference.last_decision or {}
+    per = last.get("sample_shifts") or {}
+    if samples is not None and per and last.get("n") == len(samples.codes):
+        out["sample_shifts"] = {
+            "column": samples.column,
+            "query_shift": round(float(last["query_shift"]), 4),
+            "factors": {samples.names[c]: round(float(f), 4) for c, f in sorted(per.items())},
+            "how": f"the query's {samples.column!r} samples were each measured against their own shift (the median "
+                   "over the predicted classes of how much farther the sample's cells are than the whole query's), "
+                   "so a sample in another condition or of another depth is not rejected as a group"}
+    return out
+
+
+@dataclass(frozen=True)
+class QuerySamples:
+    """Each query cell's sample: the obs ``column``, per cell a code into ``names`` (-1: none)."""
+
+    column: str
+    codes: np.ndarray
+    names: list[str]
+
+
+def _sample_groups(values: pd.Series) -> tuple[list[str], np.ndarray]:
+    """The named values of an obs column and, per cell, its value's code (-1: missing)."""
+    from .data.validate import missing_label_mask
+
+    named = ~missing_label_mask(values)
+    names, inverse = np.unique(values[named].astype(str).to_numpy(), return_inverse=True)
+    codes = np.full(len(values), -1, dtype=np.int64)
+    codes[np.asarray(named)] = inverse
+    return [str(n) for n in names], codes
+
+
+def query_samples(obs: pd.DataFrame, *, batch_key: str | None = None,
+                  exclude: Sequence[str] = ()) -> QuerySamples | None:
+    """Each query cell's sample, for :meth:`~.novelty.LatentReference.sample_shifts`: the batch
+    key's column when the query has it, else the first column named like a sample / donor / batch
+    / condition (:func:`~.data.batch_candidates`) with two or more values of
+    :data:`~.novelty.SAMPLE_MIN_CELLS` cells; None when there is none."""
+    from .data import batch_candidates
+    from .novelty import SAMPLE_MIN_CELLS
+
+    if len(obs) == 0:
+        return None
+    if batch_key:
+        cols = [batch_key] if batch_key in obs else []
+    else:
+        cols = batch_candidates(pd.DataFrame(), obs, exclude=tuple(k for k in exclude if k), max_levels=50,
+                                named_only=True)
+    for col in cols:
+        names, codes = _sample_groups(obs[col])
+        if (np.bincount(codes[codes >= 0], minlength=len(names)) >= SAMPLE_MIN_CELLS).sum() >= 2:
+            return QuerySamples(str(col), codes, names)
+    return None
 
 
 def unknown_by_class(model, preds: Predictions) -> list[dict[str, Any]]:
@@ -240,38 +299,38 @@ def unknown_by_class(model, preds: Predictions) -> list[dict[str, Any]]:
     return rows
 
 
-SAMPLE_MIN_CELLS = 50  # a sample's Unknown share counts with this many labelled cells (binomial SE <= 0.07)
 SAMPLE_SPREAD = 0.25  # Unknown shares this far apart between two samples are worth a word
 
 
 def unknown_by_sample(obs: pd.DataFrame, is_unknown: np.ndarray, opts: AnnotateOptions) -> dict[str, Any] | None:
     """When no batch key was given and the query's Unknown calls differ by sample: the first query
     column named like a sample / donor / condition (:func:`~.data.batch_candidates`) whose groups of
-    at least :data:`SAMPLE_MIN_CELLS` cells have Unknown shares :data:`SAMPLE_SPREAD` or more apart,
-    with those shares and a note saying what it may mean; else None.
+    at least :data:`~.novelty.SAMPLE_MIN_CELLS` cells have Unknown shares :data:`SAMPLE_SPREAD` or
+    more apart, with those shares and a note saying what it may mean; else None.
 
     A condition or technology that only some query samples have (e.g. a stimulated half) makes
-    their known cells unlike the reference, and the rejection rule cannot tell that from novelty
-    (bench/novelty_stress.py, kang_ctrl -> kang_sce: 69% of the stimulated known cells Unknown, 6% of
-    the control ones; 4% of all known cells with ``--batch-key sample_id``). A sample holding a type
-    the others lack differs too: the note says both."""
+    their known cells unlike the reference. ``knn_class`` measures each sample against its own
+    shift (:func:`query_samples`), which keeps most of them (bench/novelty_stress.py, kang_ctrl ->
+    kang_sce, nothing novel: 37.5% of the known cells Unknown with one shift for the whole query,
+    2.5% with each sample's own); what it cannot set aside still shows here, and so does a sample
+    holding a type the others lack: the note says both."""
     import shlex
 
     from .data import batch_candidates
-    from .data.validate import missing_label_mask
+    from .novelty import SAMPLE_MIN_CELLS
 
     unk = np.asarray(is_unknown, dtype=bool)
     if opts.batch_key or len(obs) != len(unk) or len(unk) == 0:
         return None
     exclude = tuple(k for k in (opts.label_key, opts.query_label_key) if k)
     for col in batch_candidates(pd.DataFrame(), obs, exclude=exclude, max_levels=50, named_only=True):
-        named = ~missing_label_mask(obs[col])  # a cell without a sample is in no group
-        groups = obs[col][named].astype(str).to_numpy()
-        names, inverse, counts = np.unique(groups, return_inverse=True, return_counts=True)
+        names, codes = _sample_groups(obs[col])  # a cell without a sample is in no group
+        named = codes >= 0
+        counts = np.bincount(codes[named], minlength=len(names))
         kept = np.flatnonzero(counts >= SAMPLE_MIN_CELLS)
         if len(kept) < 2:
             continue
-        shares = np.bincount(inverse, weights=unk[named], minlength=len(names)) / counts
+        shares = np.bincount(codes[named], weights=unk[named], minlength=len(names)) / counts
         hi, lo = kept[np.argmax(shares[kept])], kept[np.argmin(shares[kept])]
         if shares[hi] - shares[lo] < SAMPLE_SPREAD:
             continue
@@ -457,7 +516,7 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
 def bundle_info(model, prepared: Prepared, opts: AnnotateOptions) -> dict[str, Any]:
     """What a new query needs besides the weights: the genes and their preprocessing."""
     return {"genes": list(prepared.genes), "label_key": opts.label_key, "classes": list(model.classes),
-            "model": model.name, "min_shared_genes": opts.min_shared_genes,
+            "model": model.name, "batch_key": opts.batch_key, "min_shared_genes": opts.min_shared_genes,
             "norm_genes": prepared.report.get("norm_genes"), "preprocessing": prepared.report.get("preprocessing", "")}
 
 
@@ -589,15 +648,20 @@ def annotate(reference, query, opts: AnnotateOptions, *, out: str | Path | None 
                 f"checkpoint")
         if source is None:
             checkpoint("labelling the query")
-            preds = predict(model, prepared.query.X, threshold=opts.threshold)
+            q_obs = _kept_obs(qry, prepared)
+            samples = query_samples(q_obs, batch_key=opts.batch_key, exclude=(opts.label_key, opts.query_label_key))
+            preds = predict(model, prepared.query.X, threshold=opts.threshold, samples=samples)
             view_prep, all_prep = prepared, prepared
         else:
             checkpoint(f"labelling the query's {source['n_obs']:,} cells in chunks")
-            preds, all_prep, all_obs = _label_whole_file(model, prepared, opts, source, run_dir, log)
+            preds, all_prep, q_obs, samples = _label_whole_file(model, prepared, opts, source, run_dir, log)
             view_prep = prepared
         qm = query_metrics(all_prep, preds, model.classes)
-        card = run_card(model, all_prep, opts, preds, train_seconds=train_seconds, query_metrics=qm)
-        q_obs = all_obs if source is not None else _kept_obs(qry, prepared)
+        card = run_card(model, all_prep, opts, preds, train_seconds=train_seconds, query_metrics=qm, samples=samples)
+        by_shift = card["rejection"].get("sample_shifts")
+        if by_shift:
+            log(f"each query {by_shift['column']!r} sample measured against its own shift (the whole query's "
+                f"{by_shift['query_shift']:.2f}): " + ", ".join(f"{k} {v:.2f}" for k, v in by_shift["factors"].items()))
         by_sample = unknown_by_sample(q_obs, preds.is_unknown, opts)
         if by_sample is not None:
             card["unknown_by_sample"] = by_sample
@@ -609,7 +673,7 @@ def annotate(reference, query, opts: AnnotateOptions, *, out: str | Path | None 
             import anndata as ad
 
             res = AnnotateResult(model, prepared, preds, card, qry,
-                                 _adata=ad.AnnData(obs=all_obs, var=pd.DataFrame(index=pd.Index(prepared.genes))))
+                                 _adata=ad.AnnData(obs=q_obs, var=pd.DataFrame(index=pd.Index(prepared.genes))))
             write_annotations(res._adata, preds, card)
         else:
             res = AnnotateResult(model, prepared, preds, card, qry)
@@ -685,10 +749,11 @@ def _label_whole_file(model, prepared: Prepared, opts: AnnotateOptions, source: 
             run_dir.set_status("running", model=opts.model, message=f"labelling the query: {msg}")
 
     with H5adRows(source["path"], name="query") as rows:
-        preds, report = stream_predictions(model, bundle_info(model, prepared, opts), rows, threshold=opts.threshold,
-                                           log=progress)
         obs = rows.obs.copy()
         obs.index = pd.Index(rows.obs_names.astype(str))
+        samples = query_samples(obs, batch_key=opts.batch_key, exclude=(opts.label_key, opts.query_label_key))
+        preds, report = stream_predictions(model, bundle_info(model, prepared, opts), rows, threshold=opts.threshold,
+                                           log=progress, samples=samples)
     labels = None
     if opts.query_label_key:
         if opts.query_label_key not in obs:
@@ -698,7 +763,7 @@ def _label_whole_file(model, prepared: Prepared, opts: AnnotateOptions, source: 
     n = len(obs)
     query = Split(X=sp.csr_matrix((n, prepared.n_genes), dtype=np.float32), counts=None, y=None,
                   obs_names=obs.index.to_numpy(dtype=object), labels=labels, index=np.arange(n, dtype=np.int64))
-    return preds, dataclasses.replace(prepared, query=query), obs
+    return preds, dataclasses.replace(prepared, query=query), obs, samples
 
 
 def predict_query(model, bundle: dict[str, Any], query, *, threshold: float | None = None,
@@ -712,17 +777,24 @@ def predict_query(model, bundle: dict[str, Any], query, *, threshold: float | No
     split, report = prepare_query(qry, genes=bundle["genes"], norm_genes=bundle.get("norm_genes"),
                                   min_shared_genes=int(bundle.get("min_shared_genes", 200)))
     log(report.get("message", ""))
-    preds = predict(model, split.X, threshold=threshold)
-    return preds, prediction_card(model, preds, report)
+    samples = bundle_samples(bundle, qry.obs)
+    preds = predict(model, split.X, threshold=threshold, samples=samples)
+    return preds, prediction_card(model, preds, report, samples)
 
 
-def prediction_card(model, preds: Predictions, report: dict[str, Any]) -> dict[str, Any]:
+def bundle_samples(bundle: dict[str, Any], obs: pd.DataFrame) -> QuerySamples | None:
+    """:func:`query_samples` of a new query labelled with a saved model (its batch key, if any)."""
+    return query_samples(obs, batch_key=bundle.get("batch_key"), exclude=(bundle.get("label_key"),))
+
+
+def prediction_card(model, preds: Predictions, report: dict[str, Any],
+                    samples: QuerySamples | None = None) -> dict[str, Any]:
     """The run card of a query labelled with a saved model."""
     return {"model": model.name, "hparams": model.hparams, "classes": list(model.classes),
             "temperature": model.temperature, "rejection": {"method": model.ood_method, "threshold": preds.threshold,
                                                              "validation_threshold": model.threshold,
                                                              "shift_factor": preds.shift_factor,
-                                                             **study_shift_of(model)},
+                                                             **study_shift_of(model, samples)},
             "query_report": report, "cellannot_version": __version__,
             "unknown_fraction": float(np.mean(preds.is_unknown)) if len(preds.is_unknown) else 0.0}
 

@@ -30,9 +30,11 @@ __all__ = ["label_file", "predict_file", "stream_predictions", "write_annotation
 
 
 def stream_predictions(model, bundle: dict[str, Any], rows: H5adRows, *, threshold: float | None = None,
-                       chunk_cells: int = CHUNK_CELLS, log: Callable[[str], None] = lambda s: None):
+                       chunk_cells: int = CHUNK_CELLS, log: Callable[[str], None] = lambda s: None,
+                       samples=None):
     """Predictions (:class:`~.pipeline.Predictions`, with only the model's own novelty score) and
-    the query report for the cells of ``rows``, read ``chunk_cells`` at a time."""
+    the query report for the cells of ``rows``, read ``chunk_cells`` at a time; ``samples``
+    (:func:`~.pipeline.query_samples` of ``rows.obs``) as for :func:`~.pipeline.predict`."""
     import pandas as pd
 
     from .data import lognormalize, match_genes
@@ -81,7 +83,8 @@ def stream_predictions(model, bundle: dict[str, Any], rows: H5adRows, *, thresho
             scored = np.concatenate([np.asarray(model.latent(remove_shift(X, shift)), dtype=np.float32)
                                      for _, _, X in chunks()]) if len(latent_all) else latent_all
             log("encoded the query again without the study shift its types share")
-        scores = model.ood_scores(None, [method], logits=query_logits, latent=scored)
+        scores = model.ood_scores(None, [method], logits=query_logits, latent=scored,
+                                  samples=None if samples is None else samples.codes)
         if shift is not None:
             model.reference.last_decision["study_shift"] = shift
     preds = decide(model, query_logits, latent_all, scores, threshold=threshold)
@@ -160,7 +163,7 @@ def label_file(model, bundle: dict[str, Any], query: str | Path, *, out: str | P
                chunk_cells: int = CHUNK_CELLS, log: Callable[[str], None] = lambda s: None,
                model_dir: str | Path | None = None) -> dict[str, Any]:
     """:func:`predict_file` with a model and bundle already in memory (``Annotator.predict_file``)."""
-    from .pipeline import predict_query, prediction_card, write_annotations, write_h5ad_atomic
+    from .pipeline import bundle_samples, predict_query, prediction_card, write_annotations, write_h5ad_atomic
 
     reason = None if model.spec.supports.per_cell else f"{model.name} labels a query as a whole"
     rows = None
@@ -181,10 +184,11 @@ def label_file(model, bundle: dict[str, Any], query: str | Path, *, out: str | P
         write_h5ad_atomic(adata, Path(out))
         return {"n_obs": adata.n_obs, "unknown_fraction": card["unknown_fraction"], "streamed": False}
     with rows:
+        samples = bundle_samples(bundle, rows.obs)
         preds, report = stream_predictions(model, bundle, rows, threshold=threshold, chunk_cells=chunk_cells,
-                                           log=log)
+                                           log=log, samples=samples)
     log(report["message"])
-    card = prediction_card(model, preds, report)
+    card = prediction_card(model, preds, report, samples)
     if model_dir is not None:
         card["model_dir"] = str(model_dir)
     write_annotations_file(Path(query), Path(out), preds, card)

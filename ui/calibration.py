@@ -117,6 +117,14 @@ def threshold_story(run: Run) -> str:
                  "beyond the reference's 99th percentile. A class none of whose query cells is near the reference "
                  "(the other study moved it as a whole) is measured against its own shift instead. The table below "
                  "gives each class's numbers.")
+        by_sample = rej.get("sample_shifts") or {}
+        if by_sample.get("factors"):
+            each = ", ".join(f"{name} {float(f):.2f}" for name, f in by_sample["factors"].items())
+            text += (f" Each of the query's **{by_sample.get('column')}** samples was measured against its own shift "
+                     f"(the whole query's: {float(by_sample.get('query_shift', 1.0)):.2f}; {each}): samples in "
+                     "another condition or of another depth are farther from the reference as a whole, and one factor "
+                     "would call their known cells Unknown as a group. A sample's factor is the median over its "
+                     "predicted types, so a novel population that lands on one type cannot raise it.")
     if rej.get("threshold_overridden"):
         text += " (The threshold was set by hand for this run.)"
     return text

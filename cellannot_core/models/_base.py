@@ -99,11 +99,14 @@ class Model:
                                          k=int(self.hparams.get("knn_k", 10)), seed=self.seed, expression=train.X)
 
     def ood_scores(self, X: np.ndarray, methods: Sequence[str] = OOD_METHODS, *,
-                   logits: np.ndarray | None = None, latent: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                   logits: np.ndarray | None = None, latent: np.ndarray | None = None,
+                   samples: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Several novelty scores at once (higher = more novel), each from the registry
         (:data:`~cellannot_core.novelty.NOVELTY_SCORES`); logits and latent are computed once
-        (or reused if given)."""
-        return self._scores(ScoreInputs(self, X, logits=logits, latent=latent), methods, validation=False)
+        (or reused if given). ``samples``: each cell's query sample code (-1: none), for the
+        scores that allow for each sample's own shift (``knn_class``)."""
+        return self._scores(ScoreInputs(self, X, logits=logits, latent=latent, samples=samples), methods,
+                            validation=False)
 
     def validation_scores(self, X: np.ndarray, methods: Sequence[str] = OOD_METHODS, *,
                           logits: np.ndarray | None = None) -> dict[str, np.ndarray]:

@@ -95,7 +95,12 @@ def test_threshold_story_explains_the_score_and_its_null():
     assert "divided out of the query" in shifted and "37 genes" in shifted
     kept = threshold_story(SimpleNamespace(rejection={**rej, "method": "knn_class", "shift_factor": 1.0,
                                                       "study_shift": {"removed": False, "how": "not removed: chunks"}}))
-    assert "was not removed: chunks" in kept
+    assert "was not removed: chunks" in kept and "own shift (the whole query" not in kept
+    by_sample = threshold_story(SimpleNamespace(rejection={**rej, "method": "knn_class", "shift_factor": 1.0,
+                                                           "sample_shifts": {"column": "sample_id", "query_shift": 1.3,
+                                                                             "factors": {"ctrl": 1.1, "stim": 2.4}}}))
+    assert "**sample_id** samples was measured against its own shift" in by_sample
+    assert "the whole query's: 1.30; ctrl 1.10, stim 2.40" in by_sample
     other = threshold_story(SimpleNamespace(rejection={**rej, "method": "maxprob", "shift_factor": 1.0}))
     assert "calibrated maximum class probability" in other and "leave-one-out" not in other
 

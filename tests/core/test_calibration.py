@@ -529,3 +529,54 @@ def test_reference_expression_from_a_model_file_is_checked_before_use():
                      ("ref_expr_indptr", arrays["ref_expr_indptr"][::-1])):
         with pytest.raises(ValueError, match="inconsistent"):
             LatentReference.expression_from_arrays({**arrays, key: bad})
+
+
+def test_knn_class_a_sample_in_another_condition_is_measured_against_its_own_shift():
+    """A query of two samples, the second in another condition (every type farther from the
+    reference, as kang_sce's IFN-beta stimulated half): one shift for the whole query rejects
+    the second sample's known cells as a group; with each cell's sample, that sample gets its own
+    shift and keeps them, while the first sample's threshold does not move."""
+    rng = np.random.default_rng(11)
+    centres = _centres()
+    ref, ref_y = _blobs(rng, 300, centres[:3])
+    lr = LatentReference(ref, ref_y, k=10)
+    calm, calm_y = _blobs(rng, 150, centres[:3], scale=1.05)
+    moved, moved_y = _blobs(rng, 150, centres[:3] + 2.0, scale=1.1)
+    q, pred = np.vstack([calm, moved]), np.r_[calm_y, moved_y]
+    samples = np.repeat([0, 1], 450)
+    one = lr.knn_class(q, pred)
+    assert np.mean(one[450:] > 1) > 0.9  # one factor: the stimulated sample looks novel
+    own = lr.knn_class(q, pred, samples=samples)
+    assert np.mean(own[450:] > 1) < 0.08 and np.mean(own[:450] > 1) < 0.08
+    per = lr.last_decision["sample_shifts"]
+    assert per[1] > 1.2 * lr.last_decision["query_shift"] and per[1] > per[0]
+    table = lr.class_table(lr.knn_graph(q), pred, 1.0)  # counts each cell at its own sample's threshold
+    assert sum(r["n_above_threshold"] for r in table) < 0.1 * len(q)
+    # cells without a sample (-1) and samples under SAMPLE_MIN_CELLS keep the query's shift
+    lone = lr.knn_class(q, pred, samples=np.where(np.arange(900) < 450, -1, 1))
+    assert set(lr.last_decision["sample_shifts"]) == {1}
+    assert np.mean(lone[450:] > 1) < 0.08
+    np.testing.assert_allclose(lr.knn_class(q, pred, samples=np.zeros(900, dtype=int)), one, rtol=1e-6)
+    with pytest.raises(ValueError, match="one code per cell"):
+        lr.knn_class(q, pred, samples=samples[:10])
+
+
+def test_knn_class_a_novel_population_cannot_give_its_sample_a_shift_of_its_own():
+    """A sample's own shift is a median over its predicted classes: a novel group that makes up
+    most of one sample, predicted as one class, cannot raise it (nor can a sample of almost
+    nothing but novel cells, which has too few classes and keeps the query's shift)."""
+    rng = np.random.default_rng(12)
+    centres = _centres()
+    ref, ref_y = _blobs(rng, 300, centres[:3])
+    lr = LatentReference(ref, ref_y, k=10)
+    a, a_y = _blobs(rng, 150, centres[:3], scale=1.1)
+    for n_known in (30, 2):  # per class in sample B, beside 300 novel cells predicted as class 0
+        b, b_y = _blobs(rng, n_known, centres[:3], scale=1.1)
+        novel, _ = _blobs(rng, 300, centres[3:], scale=1.1)
+        q = np.vstack([a, b, novel])
+        pred = np.r_[a_y, b_y, np.zeros(300, dtype=int)]
+        samples = np.r_[np.zeros(450, dtype=int), np.ones(3 * n_known + 300, dtype=int)]
+        s = lr.knn_class(q, pred, samples=samples)
+        assert np.mean(s[-300:] > 1) > 0.9, n_known
+        assert np.mean(s[:450 + 3 * n_known] > 1) < 0.1, n_known
+        assert lr.last_decision["sample_shifts"].get(1, 1.0) < 1.2 * lr.last_decision["query_shift"], n_known

@@ -79,39 +79,50 @@ def test_without_raw_counts_the_latent_model_is_clams(prep):
     assert m.latent(prep.query.X).shape[0] == prep.query.n_obs
 
 
-def test_a_batch_key_keeps_a_batch_of_known_cells_from_looking_novel(tmp_path):
-    """A query sample with a strong gene-wise batch effect: without a batch key the recommended
-    model calls it Unknown (it is unlike the reference) and the run card says the Unknown calls
-    differ by sample and that the batch key may help; given the batch key, scANVI's decoder
-    takes the sample as a covariate, its known cells are labelled and the card says nothing. The
-    model keeps its batch levels through save / load."""
+def test_a_query_sample_in_another_condition_gets_its_own_shift_and_a_novel_type_still_shows(tmp_path):
+    """A query sample B with a strong gene-wise batch effect and a cell type the reference lacks.
+    One shift for the whole query calls B's known cells Unknown as a group (they are unlike the
+    reference); measured against B's own shift (the query's ``sample`` column, found by its name)
+    they are labelled, the novel type stays Unknown, and the run card says which sample shifts
+    were used and that the Unknown calls differ by sample (the novel type, or a batch key to try).
+    Given the batch key, scANVI's decoder takes the sample as a covariate, the card says nothing
+    more, and the model keeps its batch levels through save / load."""
     import scipy.sparse as sp
 
     from cellannot_core.models import load_model
-    from cellannot_core.pipeline import AnnotateOptions, annotate
+    from cellannot_core.pipeline import AnnotateOptions, annotate, predict
     from conftest import make_synthetic
 
     ref = make_synthetic(400, 120, 3, seed=1)
-    q = make_synthetic(400, 120, 3, seed=2)
+    q = make_synthetic(500, 120, 4, seed=2)  # type3 is not in the reference
     rng = np.random.default_rng(5)
-    side = rng.integers(0, 2, q.n_obs)
+    novel_all = (q.obs["cell_type"] == "type3").to_numpy()
+    side = np.where(novel_all, 1, rng.integers(0, 2, q.n_obs))  # the novel type only in sample B
     X = q.X.toarray()
     X[side == 1] = rng.poisson(X[side == 1] * np.exp(rng.normal(0, 1.5, q.n_vars)))
     q.X = sp.csr_matrix(X.astype(np.float32))
     q.obs["sample"] = np.where(side == 1, "B", "A")
-    unknown_b, hint = {}, {}
     for key in (None, "sample"):
         opts = AnnotateOptions(label_key="cell_type", query_label_key="cell_type", model="scanvi_svm", seed=0,
                                batch_key=key, n_top_genes=100, min_shared_genes=50, hparams={"max_epochs": 60})
-        res = annotate(ref, q, opts)
+        logs: list[str] = []
+        res = annotate(ref, q, opts, log=logs.append)
         m, prep, p = res.model, res.prepared, res.predictions
-        b = side[prep.query.index] == 1
-        unknown_b[key] = float(p.is_unknown[b].mean())
-        hint[key] = res.card.get("unknown_by_sample")
-    assert unknown_b[None] > 0.9 and unknown_b["sample"] < 0.5, unknown_b
-    assert hint["sample"] is None
-    assert hint[None]["column"] == "sample" and hint[None]["shares"]["B"] == pytest.approx(unknown_b[None], abs=1e-3)
-    assert hint[None]["shares"]["A"] < 0.5 and "--batch-key sample" in hint[None]["note"], hint[None]
+        b, novel = side[prep.query.index] == 1, novel_all[prep.query.index]
+        truth = np.asarray(prep.query.labels)
+        hint, shifts = res.card.get("unknown_by_sample"), res.card["rejection"].get("sample_shifts")
+        assert p.is_unknown[b & ~novel].mean() < 0.2, key  # B's known cells labelled ...
+        assert (p.label_raw[b & ~novel] == truth[b & ~novel]).mean() > 0.9, key  # ... rightly
+        assert p.is_unknown[novel].mean() > 0.8, key  # the novel type stays Unknown
+        if key is None:
+            assert shifts["column"] == "sample" and shifts["factors"]["B"] > 1.5 * shifts["factors"]["A"], shifts
+            assert any("'sample' sample measured against its own shift" in line for line in logs)  # the CLI's log
+            one = predict(m, prep.query.X)  # one shift for the whole query: B's known cells rejected as a group
+            assert one.is_unknown[b & ~novel].mean() > 0.8
+            assert hint["column"] == "sample" and hint["shares"]["B"] > hint["shares"]["A"] + 0.25, hint
+            assert "--batch-key sample" in hint["note"]
+        else:
+            assert hint is None and shifts["column"] == "sample"
     assert res.adata.uns["cellannot"].get("unknown_by_sample") is None  # the run with the key
     assert m.hparams["n_batches"] == 3 and m.latent_model.net.n_batch == 3
     m.save(tmp_path / "m")

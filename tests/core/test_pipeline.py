@@ -351,3 +351,22 @@ def test_unknown_by_sample_names_the_sample_whose_cells_are_called_unknown():
     assert unknown_by_sample(obs[["leiden"]], unk, opts) is None
     blank = obs.assign(sample_id=np.r_[["ctrl"] * 100, [None] * 100, ["tiny"] * 10])  # cells without a sample
     assert unknown_by_sample(blank, unk, opts) is None  # one group left: nothing to compare
+
+
+def test_query_samples_finds_the_sample_column_a_rule_can_use():
+    """The query's samples for knn_class's per-sample shift: the batch key's column when the query
+    has it, else the first column named like a sample with two values of >= 50 cells; label
+    columns, unnamed columns and cells without a value (code -1) stay out."""
+    from cellannot_core.pipeline import query_samples
+
+    obs = pd.DataFrame({"cell_type": np.repeat(["T", "B"], 100),
+                        "leiden": np.repeat(["0", "1"], 100),  # not named like a sample
+                        "batch": ["x"] * 190 + ["y"] * 10,  # named, but only one value with 50 cells
+                        "donor": [None] * 20 + ["d1"] * 90 + ["d2"] * 90})
+    s = query_samples(obs, exclude=("cell_type",))
+    assert s.column == "donor" and s.names == ["d1", "d2"]
+    assert list(s.codes[:20]) == [-1] * 20 and set(s.codes[20:110]) == {0} and set(s.codes[110:]) == {1}
+    assert query_samples(obs, batch_key="leiden").column == "leiden"  # the user's batch key wins
+    assert query_samples(obs, batch_key="missing") is None  # a key the query lacks: no samples
+    assert query_samples(obs[["cell_type", "leiden", "batch"]]) is None
+    assert query_samples(obs.iloc[:0]) is None

@@ -62,6 +62,32 @@ def test_streamed_predict_equals_the_whole_query(bundle, tmp_path):
     assert card["unknown_fraction"] == pytest.approx(float(np.mean(whole.obs[OutKeys.IS_UNKNOWN])))
 
 
+def test_streamed_predict_measures_each_query_sample_against_its_own_shift(bundle, tmp_path):
+    """A query with a sample column: read in chunks or whole, each sample gets the same shift of
+    its own (the column found by its name) and the same labels; one half's counts thinned (a
+    shallower run) gets the larger shift."""
+    d, _, qry = bundle
+    a = qry.copy()
+    rng = np.random.default_rng(0)
+    half = rng.random(a.n_obs) < 0.5
+    X = a.X.tocsr(copy=True)
+    rows = np.repeat(np.arange(X.shape[0]), np.diff(X.indptr))
+    X.data = np.where(half[rows], rng.binomial(X.data.astype(np.int64), 0.3), X.data).astype(np.float32)
+    X.eliminate_zeros()
+    a.X = X
+    a.obs["donor"] = np.where(half, "shallow", "deep")
+    p = tmp_path / "samples.h5ad"
+    a.write_h5ad(p)
+    whole = predict_with_bundle(d, p, device="cpu")
+    predict_file(d, p, out=tmp_path / "out.h5ad", device="cpu", chunk_cells=70)
+    out = ad.read_h5ad(tmp_path / "out.h5ad")
+    shifts = out.uns[OutKeys.UNS]["rejection"]["sample_shifts"]
+    assert shifts == whole.uns[OutKeys.UNS]["rejection"]["sample_shifts"]
+    assert shifts["column"] == "donor" and shifts["factors"]["shallow"] > shifts["factors"]["deep"], shifts
+    assert _labels(out) == _labels(whole)
+    np.testing.assert_allclose(out.obs[OutKeys.OOD_SCORE], whole.obs[OutKeys.OOD_SCORE], rtol=1e-4, atol=1e-5)
+
+
 def test_counts_found_in_a_layer_beside_lognormalised_X(bundle, tmp_path):
     d, q, qry = bundle
     a = qry.copy()
