@@ -290,7 +290,9 @@ class LatentReference:
         the ratio of the class's :data:`SHIFT_QUANTILE` quantile in the sample to that in the
         whole query. A condition moves every type of a sample; a novel population moves the one
         class it lands on, which the median over classes cannot follow (a sample of mostly novel
-        cells has too few classes and keeps ``F``). Other cells keep ``F``."""
+        cells has too few classes and keeps ``F``). A column that groups cell types rather than
+        samples changes nothing: a class wholly inside one group has the ratio 1. Other cells
+        keep ``F``."""
         g = np.asarray(graph, dtype=np.float64)
         pred = np.asarray(pred, dtype=np.int64)
         F = self.query_shift(g, pred)
