@@ -175,8 +175,11 @@ def _has_seurat() -> bool:
     return subprocess.run(["Rscript", "-e", "library(Seurat)"], capture_output=True).returncode == 0
 
 
+MAX_REF, MAX_QUERY = 4000, 3000  # the suite's subsampling (--max-ref, --max-query)
+
+
 def train_or_load(exp: Experiment, model: str, prep, seed: int, retrain: bool, hparams: dict | None = None,
-                  batch_key: str | None = None, thin: float = 1.0):
+                  batch_key: str | None = None, thin: float = 1.0, sizes: tuple[int, int] = (MAX_REF, MAX_QUERY)):
     """A trained, calibrated model for this experiment (from the cache when there; a model with
     changed hyper-parameters has its own cache entry)."""
     from cellannot_core.models import load_model
@@ -186,6 +189,7 @@ def train_or_load(exp: Experiment, model: str, prep, seed: int, retrain: bool, h
     hparams = dict(hparams or {})
     tag = "".join(f"+{k}={v}" for k, v in sorted(hparams.items())) + (f"+batch={batch_key}" if batch_key else "")
     tag += f"+thin={thin:g}" if thin < 1 else ""  # a model trained with a thinned query has its own entry
+    tag += "" if tuple(sizes) == (MAX_REF, MAX_QUERY) else f"+ref={sizes[0]}+query={sizes[1]}"  # other subsamples
     key = CACHE / exp.name.replace(":", "__").replace(" ", "_").replace(",", "") / f"{name}{tag}-s{seed}"
     if (key / "config.json").is_file() and not retrain:
         m = load_model(key, device="cpu")
@@ -304,8 +308,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--min-drop", type=int, default=50, help="a type is left out when it has this many cells in both")
     ap.add_argument("--rare-n", type=int, default=25, help="reference cells kept of a type in a 'rare' experiment")
-    ap.add_argument("--max-ref", type=int, default=4000)
-    ap.add_argument("--max-query", type=int, default=3000)
+    ap.add_argument("--max-ref", type=int, default=MAX_REF, help="reference cells kept (seeded subsample; "
+                    "other sizes have their own cache entries)")
+    ap.add_argument("--max-query", type=int, default=MAX_QUERY)
     ap.add_argument("--only", nargs="+", default=None, help="experiment names (as printed) to run")
     ap.add_argument("--list", action="store_true", help="list the experiments and their novel shares, then stop")
     ap.add_argument("--retrain", action="store_true", help="train again even when a cached model exists")
@@ -363,7 +368,8 @@ def main() -> None:
                 share = float(np.mean(~np.isin(scored.query.labels, prep.classes)))
             for model in models:
                 m, secs = train_or_load(exp, model, prep, args.seed, args.retrain, hp if model == models[0] else None,
-                                        key if "n_batches" in _hparams_of(model) else None, args.thin)
+                                        key if "n_batches" in _hparams_of(model) else None, args.thin,
+                                        (args.max_ref, args.max_query))
                 thr = 0.5 if model == "logreg_05" else None
                 if model == "logreg_05":
                     m.ood_method = "maxprob"
