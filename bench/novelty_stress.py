@@ -327,6 +327,9 @@ def main() -> None:
     ap.add_argument("--batch-key", default=None,
                     help="obs column of each cell's sample (e.g. sample_id), where a dataset has it: the "
                          "generative models' batch covariate (its own cache entries)")
+    ap.add_argument("--threshold-scale", type=float, action="append", default=None, metavar="T",
+                    help="the first model's Unknown threshold times T (repeatable: one summary per T; the "
+                         "trade-off between rejecting novel cells and keeping known ones)")
     ap.add_argument("--hparam", action="append", default=[], metavar="NAME=VALUE",
                     help="a hyper-parameter of the first model (its own cache entry); repeatable")
     args = ap.parse_args()
@@ -373,16 +376,22 @@ def main() -> None:
                 thr = 0.5 if model == "logreg_05" else None
                 if model == "logreg_05":
                     m.ood_method = "maxprob"
-                r = evaluate(m, scored, threshold=thr, rules=model == models[0], all_rules=args.all_rules,
-                             samples=None if args.no_samples else samples)
-                row = {"experiment": name, "pair": pair, "kind": exp.kind, "novel_share": share, "model": model,
-                       "train_seconds": secs, **r}
-                rows.append(row)
-                print(f"{name:42s} {share:6.1%} {model:12s} " + " ".join(f"{r[k]:12.3f}" for k in METRICS)
-                      + f"  {secs:7.1f}" + (f"  mixing {r['mixing']:.2f}" if "mixing" in r else ""), flush=True)
-                for name, rr in r.get("rules", {}).items():
-                    print(f"{'':42s} {'':6s}   rule {name:18s} auroc {rr['auroc_ood']:.3f} acc_open {rr['acc_open']:.3f}"
-                          f" reject_in {rr['reject_in']:.3f} reject_novel {rr['reject_novel']:.3f}")
+                scales = args.threshold_scale if model == models[0] and args.threshold_scale else [None]
+                base_thr = m.threshold
+                for t in scales:
+                    label = model if t is None else f"{model}*{t:g}"
+                    if t is not None:
+                        m.set_threshold(base_thr * t)
+                    r = evaluate(m, scored, threshold=thr, rules=model == models[0] and t is None,
+                                 all_rules=args.all_rules, samples=None if args.no_samples else samples)
+                    row = {"experiment": name, "pair": pair, "kind": exp.kind, "novel_share": share, "model": label,
+                           "train_seconds": secs, **r}
+                    rows.append(row)
+                    print(f"{name:42s} {share:6.1%} {label:12s} " + " ".join(f"{r[k]:12.3f}" for k in METRICS)
+                          + f"  {secs:7.1f}" + (f"  mixing {r['mixing']:.2f}" if "mixing" in r else ""), flush=True)
+                    for rname, rr in r.get("rules", {}).items():
+                        print(f"{'':42s} {'':6s}   rule {rname:18s} auroc {rr['auroc_ood']:.3f} acc_open "
+                              f"{rr['acc_open']:.3f} reject_in {rr['reject_in']:.3f} reject_novel {rr['reject_novel']:.3f}")
     if args.list or not rows:
         return
     summarise(rows, lambda r: (r["model"], r), "per model over the suite: median and worst case")

@@ -10,7 +10,7 @@ most of ``c``'s markers was probably labelled ``c`` for want of a better class.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -90,3 +90,78 @@ def nearest_types(z: np.ndarray, ref_latent: np.ndarray, ref_y: np.ndarray, clas
         rows.append({"type": str(name), "share_of_neighbours": float(np.mean(y[idx[0]] == c)), "distance": d_cell,
                      "usual_distance": usual, "ratio": d_cell / usual if usual > 0 else float("inf")})
     return pd.DataFrame(rows).sort_values("ratio").reset_index(drop=True)
+
+
+GROUP_MIN_CELLS = 10  # an Unknown group smaller than this is not described
+GROUP_MIN_ACCEPTED = 20  # accepted query cells of the class needed to compare a group with them
+GROUP_MAX = 20  # groups described in a run card (the largest)
+
+
+def _means_of_rows(X: Any, masks: list[np.ndarray]) -> list[np.ndarray]:
+    """The mean row of ``X`` over each boolean mask: ``X`` a matrix (dense or sparse), or a
+    function returning an iterator of ``(first row, chunk)`` (a query read in chunks: one pass)."""
+    if not callable(X):
+        return [np.asarray(X[np.flatnonzero(m)].mean(0, dtype=np.float64)).ravel() for m in masks]
+    sums = None
+    for start, chunk in X():
+        if sums is None:
+            sums = np.zeros((len(masks), chunk.shape[1]))
+        for j, m in enumerate(masks):
+            rows = np.flatnonzero(m[start:start + chunk.shape[0]])
+            if len(rows):
+                sums[j] += np.asarray(chunk[rows].sum(0, dtype=np.float64)).ravel()
+    return [sums[j] / max(1, int(m.sum())) for j, m in enumerate(masks)]
+
+
+def unknown_groups(X: Any, groups: np.ndarray, is_unknown: np.ndarray, pred: np.ndarray, classes: Sequence[str],
+                   genes: Sequence[str], ref_mean: np.ndarray, *, n_genes: int = 8) -> list[dict[str, Any]]:
+    """What sets each group of Unknown cells apart from the type it looks most like.
+
+    A rejection rule can tell that a group of query cells is unlike every reference type; it
+    cannot tell a type the reference lacks from a *state* of a known type the reference lacks
+    (dissociation stress, activation, interferon response: pbmc3k -> kang_ctrl in the stress suite
+    rejects kang CD4 T clusters whose top genes are UBB / UBC / CACYBP / NFKBIA and GAPDH / SRGN /
+    ANXA1). The genes tell, and a biologist reads them at a glance.
+
+    ``X``: the query's log-normalised expression (a matrix, or for a query read in chunks a
+    function returning an iterator of ``(first row, chunk)``: read once). ``groups``: per cell, the
+    query cluster the rule decided on (or any grouping, e.g. the predicted class). For each group
+    with at least :data:`GROUP_MIN_CELLS` Unknown cells, most of its cells Unknown: the class most
+    of them were predicted as (``pred``, indices into ``classes``), and the ``n_genes`` genes most
+    raised and most lowered (``genes_up`` / ``up_by``, ``genes_down`` / ``down_by``: difference of
+    mean log-normalised expression) against the *accepted* query cells of that class when there
+    are :data:`GROUP_MIN_ACCEPTED` of them (same study, so its shift cancels), else against the
+    reference cells of that class (``ref_mean``, the study shift included). Largest first, at
+    most :data:`GROUP_MAX`.
+    """
+    groups = np.asarray(groups)
+    unk = np.asarray(is_unknown, dtype=bool)
+    pred = np.asarray(pred, dtype=np.int64)
+    genes = np.asarray(genes, dtype=object)
+    found = []  # (group, its Unknown cells, the class they look most like)
+    for g in np.unique(groups):
+        cells = groups == g
+        u = cells & unk
+        if u.sum() >= GROUP_MIN_CELLS and u.sum() * 2 >= cells.sum():
+            found.append((g, u, int(np.bincount(pred[u], minlength=len(classes)).argmax())))
+    found = sorted(found, key=lambda f: -int(f[1].sum()))[:GROUP_MAX]
+    accepted = {c: (pred == c) & ~unk for c in {f[2] for f in found}}
+    compared = {c: a for c, a in accepted.items() if a.sum() >= GROUP_MIN_ACCEPTED}
+    means = _means_of_rows(X, [f[1] for f in found] + list(compared.values())) if found else []
+    base_of = dict(zip(compared, means[len(found):]))
+    rows = []
+    for (g, u, c), mean in zip(found, means):
+        if c in base_of:
+            base, against = base_of[c], f"the query's {int(accepted[c].sum())} accepted {classes[c]} cells"
+        else:
+            base, against = np.nan_to_num(np.asarray(ref_mean[c], dtype=np.float64)), \
+                f"the reference's {classes[c]} cells (too few accepted in the query)"
+        diff = mean - base
+        order = np.argsort(-diff)
+        up = [int(i) for i in order[:n_genes] if diff[i] > 0]
+        down = [int(i) for i in order[::-1][:n_genes] if diff[i] < 0]
+        rows.append({"group": int(g) if np.issubdtype(groups.dtype, np.integer) else str(g), "n_cells": int(u.sum()),
+                     "predicted_as": str(classes[c]), "compared_with": against,
+                     "genes_up": [str(genes[i]) for i in up], "up_by": [round(float(diff[i]), 2) for i in up],
+                     "genes_down": [str(genes[i]) for i in down], "down_by": [round(float(diff[i]), 2) for i in down]})
+    return rows

@@ -368,7 +368,8 @@ class LatentReference:
             f = self.class_shifts(g, pred, whole=whole)
             fc = np.where(whole[pred], np.maximum(f[pred], fc), fc)
             out = grouped(g / (unit[pred] * fc))
-        self.last_decision = {"n": len(g), "shifts": f, "whole": whole, "graph": g_raw, "latent": z, **each}
+        self.last_decision = {"n": len(g), "shifts": f, "whole": whole, "graph": g_raw, "latent": z, "clusters": cl,
+                              **each}
         return out
 
     def measured_latent(self, n: int) -> np.ndarray | None:

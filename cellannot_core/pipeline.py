@@ -299,6 +299,41 @@ def unknown_by_class(model, preds: Predictions) -> list[dict[str, Any]]:
     return rows
 
 
+def unknown_groups_of(model, X: Any, preds: Predictions, ref_mean: np.ndarray | None = None,
+                      genes: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """:func:`~.evidence.unknown_groups` of a labelled query (``X``: its log-normalised expression,
+    one row per prediction, or a function returning its chunks): the query clusters ``knn_class``
+    decided on, or for other scores the predicted classes; ``ref_mean`` the reference's class means
+    (default: from the reference cells the model kept, if any). ``[]`` when ``X`` does not hold the
+    predicted cells."""
+    from .evidence import class_means, unknown_groups
+
+    n = len(preds.is_unknown)
+    n_genes = len(genes) if genes is not None else (None if callable(X) else X.shape[1])
+    if X is None or n_genes is None or (not callable(X) and X.shape[0] != n) or n == 0 or not preds.is_unknown.any():
+        return []
+    pred = preds.proba.argmax(1)
+    K = len(model.classes)
+    last = getattr(getattr(model, "reference", None), "last_decision", None) or {}
+    groups = last["clusters"] if last.get("n") == n and last.get("clusters") is not None else pred
+    if ref_mean is None:
+        ref = getattr(model, "reference", None)
+        if ref is not None and ref.expression is not None and ref.expression.shape[1] == n_genes:
+            ref_mean = class_means(ref.expression, ref.y, K)
+        else:
+            ref_mean = np.full((K, n_genes), np.nan, dtype=np.float32)
+    names = list(genes) if genes is not None else [f"gene {i}" for i in range(n_genes)]
+    return unknown_groups(X, groups, preds.is_unknown, pred, list(model.classes), names, ref_mean)
+
+
+def log_unknown_groups(groups: list[dict[str, Any]], log: Callable[[str], None], *, n: int = 3) -> None:
+    """The largest Unknown groups and their top genes, one line each (CLI / run log)."""
+    for g in groups[:n]:
+        up = ", ".join(g["genes_up"][:5]) or "none"
+        log(f"Unknown group of {g['n_cells']:,} cells looking most like {g['predicted_as']}: up {up} "
+            f"(against {g['compared_with']})")
+
+
 SAMPLE_SPREAD = 0.25  # Unknown shares this far apart between two samples are worth a word
 
 
@@ -654,10 +689,18 @@ def annotate(reference, query, opts: AnnotateOptions, *, out: str | Path | None 
             view_prep, all_prep = prepared, prepared
         else:
             checkpoint(f"labelling the query's {source['n_obs']:,} cells in chunks")
-            preds, all_prep, q_obs, samples = _label_whole_file(model, prepared, opts, source, run_dir, log)
+            preds, all_prep, q_obs, samples, groups = _label_whole_file(model, prepared, opts, source, run_dir, log)
             view_prep = prepared
         qm = query_metrics(all_prep, preds, model.classes)
         card = run_card(model, all_prep, opts, preds, train_seconds=train_seconds, query_metrics=qm, samples=samples)
+        if source is None:
+            from .evidence import class_means
+
+            groups = unknown_groups_of(model, prepared.query.X, preds,
+                                       class_means(prepared.train.X, prepared.train.y, len(model.classes)),
+                                       prepared.genes)
+        card["unknown_groups"] = groups
+        log_unknown_groups(groups, log)
         by_shift = card["rejection"].get("sample_shifts")
         if by_shift:
             log(f"each query {by_shift['column']!r} sample measured against its own shift (the whole query's "
@@ -733,8 +776,8 @@ def _label_whole_file(model, prepared: Prepared, opts: AnnotateOptions, source: 
                       log: Callable[[str], None]):
     """Every cell of the query file ``source['path']`` labelled in chunks
     (:func:`~.streaming.stream_predictions`); returns the predictions, ``prepared`` with its query
-    replaced by all the file's cells (names and labels only: their expression is never held) and
-    the file's obs."""
+    replaced by all the file's cells (names and labels only: their expression is never held), the
+    file's obs, its samples and its Unknown groups (:func:`unknown_groups_of`, one more pass)."""
     import dataclasses
 
     import scipy.sparse as sp
@@ -763,7 +806,7 @@ def _label_whole_file(model, prepared: Prepared, opts: AnnotateOptions, source: 
     n = len(obs)
     query = Split(X=sp.csr_matrix((n, prepared.n_genes), dtype=np.float32), counts=None, y=None,
                   obs_names=obs.index.to_numpy(dtype=object), labels=labels, index=np.arange(n, dtype=np.int64))
-    return preds, dataclasses.replace(prepared, query=query), obs, samples
+    return preds, dataclasses.replace(prepared, query=query), obs, samples, report.get("unknown_groups", [])
 
 
 def predict_query(model, bundle: dict[str, Any], query, *, threshold: float | None = None,
@@ -779,7 +822,10 @@ def predict_query(model, bundle: dict[str, Any], query, *, threshold: float | No
     log(report.get("message", ""))
     samples = bundle_samples(bundle, qry.obs)
     preds = predict(model, split.X, threshold=threshold, samples=samples)
-    return preds, prediction_card(model, preds, report, samples)
+    card = prediction_card(model, preds, report, samples)
+    card["unknown_groups"] = unknown_groups_of(model, split.X, preds, genes=bundle["genes"])
+    log_unknown_groups(card["unknown_groups"], log)
+    return preds, card
 
 
 def bundle_samples(bundle: dict[str, Any], obs: pd.DataFrame) -> QuerySamples | None:

@@ -39,7 +39,7 @@ def stream_predictions(model, bundle: dict[str, Any], rows: H5adRows, *, thresho
 
     from .data import lognormalize, match_genes
     from .data.validate import check_not_empty, check_values
-    from .pipeline import decide
+    from .pipeline import decide, unknown_groups_of
 
     genes = [str(g) for g in bundle["genes"]]
     min_shared = int(bundle.get("min_shared_genes", 200))
@@ -88,12 +88,15 @@ def stream_predictions(model, bundle: dict[str, Any], rows: H5adRows, *, thresho
         if shift is not None:
             model.reference.last_decision["study_shift"] = shift
     preds = decide(model, query_logits, latent_all, scores, threshold=threshold)
+    groups = unknown_groups_of(model, lambda: ((start, X) for start, _, X in chunks()), preds, genes=genes)
+    if groups:
+        log("described the Unknown groups (one more pass over the chunks)")
     warns = [] if gm.n_shared == len(genes) else [
         f"{len(genes) - gm.n_shared} model genes are missing from the query and were set to zero"]
     report = {"message": f"{gm.n_shared} of {len(genes)} model genes found in the query ({gm.mode})",
               "n_shared": gm.n_shared, "n_model_genes": len(genes), "approximate": gm.approximate,
               "warnings": warns, "n_cells_input": rows.n_obs, "n_genes": len(rows.var), "counts_source": rows.source,
-              "read_in_chunks_of": int(chunk_cells)}
+              "read_in_chunks_of": int(chunk_cells), "unknown_groups": groups}
     return preds, report
 
 
@@ -163,7 +166,8 @@ def label_file(model, bundle: dict[str, Any], query: str | Path, *, out: str | P
                chunk_cells: int = CHUNK_CELLS, log: Callable[[str], None] = lambda s: None,
                model_dir: str | Path | None = None) -> dict[str, Any]:
     """:func:`predict_file` with a model and bundle already in memory (``Annotator.predict_file``)."""
-    from .pipeline import bundle_samples, predict_query, prediction_card, write_annotations, write_h5ad_atomic
+    from .pipeline import (bundle_samples, log_unknown_groups, predict_query, prediction_card, write_annotations,
+                           write_h5ad_atomic)
 
     reason = None if model.spec.supports.per_cell else f"{model.name} labels a query as a whole"
     rows = None
@@ -188,7 +192,9 @@ def label_file(model, bundle: dict[str, Any], query: str | Path, *, out: str | P
         preds, report = stream_predictions(model, bundle, rows, threshold=threshold, chunk_cells=chunk_cells,
                                            log=log, samples=samples)
     log(report["message"])
-    card = prediction_card(model, preds, report, samples)
+    groups = report.pop("unknown_groups", [])
+    card = prediction_card(model, preds, report, samples) | {"unknown_groups": groups}
+    log_unknown_groups(groups, log)
     if model_dir is not None:
         card["model_dir"] = str(model_dir)
     write_annotations_file(Path(query), Path(out), preds, card)

@@ -31,6 +31,16 @@ if table is not None:
     st.dataframe(table, hide_index=True, key="unknown_by_class",
                  column_config={"Share Unknown": st.column_config.ProgressColumn(format="percent", min_value=0,
                                                                                  max_value=1)})
+groups = cal.unknown_groups_table(run)
+if groups is not None:
+    st.markdown("**What sets each Unknown group apart**: the query cells called Unknown together, the type they look "
+                "most like, and the genes they express more and less than that type's accepted query cells (or its "
+                "reference cells, when few were accepted). A group that keeps its type's genes and adds stress, "
+                "activation or interferon genes (e.g. heat-shock and ubiquitin genes, FOS / JUN / NFKBIA, ISG15 / "
+                "IFIT) is probably a *state* of a known type that the reference lacks; a group expressing another "
+                "lineage's genes is probably a type the reference lacks. The rule cannot tell these apart; the genes "
+                "can.")
+    st.dataframe(groups, hide_index=True, key="unknown_groups")
 methods = run.score_methods()
 card_method = run.rejection.get("method")
 method = st.selectbox("Novelty score", methods, index=methods.index(card_method) if card_method in methods else 0,

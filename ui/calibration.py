@@ -153,3 +153,20 @@ def class_table(run: Run) -> pd.DataFrame | None:
     df["share_unknown"] = df["n_unknown"] / df["n_predicted"].where(df["n_predicted"] > 0)
     cols = [c for c in CLASS_TABLE_COLUMNS if c in df.columns]
     return df[cols].rename(columns=CLASS_TABLE_COLUMNS)
+
+
+def unknown_groups_table(run: Run) -> pd.DataFrame | None:
+    """The run card's Unknown groups (:func:`cellannot_core.evidence.unknown_groups`) as a
+    display table; None when the card has none (runs made before it, streamed queries, nothing
+    Unknown)."""
+    rows = run.card.get("unknown_groups")
+    if not rows:
+        return None
+
+    def genes(names, by):
+        return ", ".join(f"{n} {v:+.2f}" for n, v in zip(names, by))
+
+    return pd.DataFrame({"Cells": [r["n_cells"] for r in rows], "Looks most like": [r["predicted_as"] for r in rows],
+                         "Genes up (log-expression difference)": [genes(r["genes_up"], r["up_by"]) for r in rows],
+                         "Genes down": [genes(r["genes_down"], r["down_by"]) for r in rows],
+                         "Compared with": [r["compared_with"] for r in rows]})

@@ -126,3 +126,33 @@ def test_unknown_calls_by_class_say_how_each_threshold_was_made(tmp_path, monkey
     assert "cannot raise it" in md
     study = card["rejection"]["study_shift"]  # the card says whether the shared study shift was removed
     assert ("divided out of the query" in md) == study["removed"] and ("was not removed" in md) != study["removed"]
+
+
+def test_unknown_groups_show_what_sets_each_group_apart(tmp_path, monkeypatch):
+    """A run whose threshold calls every cell Unknown: each of knn_class's query clusters is an
+    Unknown group, described against the reference's cells of the type it looks most like (no
+    accepted query cells to compare with); the page lists them with their genes."""
+    from cellannot_core.models import get_spec
+    from cellannot_core.pipeline import AnnotateOptions, annotate
+    from cellannot_core.runs import RunDir
+    from conftest import demo_subset
+    from test_app_results import LABEL, TINY
+
+    monkeypatch.setenv("CELLANNOT_RUNS", str(tmp_path))
+    ref, qry = demo_subset(300, 250, 0)
+    hp = {k: v for k, v in TINY.items() if k in get_spec("resnet").hparams} | {"ood_score": "knn_class"}
+    rd = RunDir.create(tmp_path, model="resnet")
+    annotate(ref, qry, AnnotateOptions(label_key=LABEL, query_label_key=LABEL, model="resnet", hparams=hp,
+                                       max_epochs=2, n_top_genes=200, seed=0, threshold=0.0), run_dir=rd)
+    card = json.loads((tmp_path / rd.id / "run_card.json").read_text())
+    groups = card["unknown_groups"]
+    assert len(groups) >= 2 and sum(g["n_cells"] for g in groups) == 250  # every cluster, every cell
+    assert all("reference's" in g["compared_with"] and set(g["genes_up"]) <= set(card["genes"]) for g in groups)
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    at.session_state[StateKeys.RUN_ID] = rd.id
+    at.switch_page("pages/calibration.py").run()
+    assert not at.exception
+    table = next(d.value for d in at.dataframe if "Looks most like" in d.value.columns)
+    assert list(table["Cells"]) == [g["n_cells"] for g in groups]
+    assert table["Genes up (log-expression difference)"].iloc[0].startswith(f"{groups[0]['genes_up'][0]} +")
+    assert "What sets each Unknown group apart" in " ".join(m.value for m in at.markdown)

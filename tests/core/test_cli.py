@@ -245,6 +245,13 @@ def test_train_then_predict(capsys, files, tmp_path):
     # well above chance (1/3); the synthetic query has its own baseline expression, so not perfect
     acc = (a.obs[OutKeys.LABEL_RAW].astype(str) == a.obs[LABEL].astype(str)).mean()
     assert acc > 0.6
+    # a threshold that calls every cell Unknown: the log and the card name what sets each group apart
+    code, _, err = run_main(capsys, "predict", "--model", model_dir, "--query", files["query"], "--out", out,
+                            "--device", "cpu", "--threshold=-1e9")
+    assert code == 0, err
+    groups = ad.read_h5ad(out).uns[OutKeys.UNS]["unknown_groups"]
+    assert sum(int(g["n_cells"]) for g in groups.values()) == 80  # grouped by predicted class (not knn_class)
+    assert "Unknown group of" in err and "against the reference's" in err
     # predicting on a query with other gene names fails cleanly
     code, _, err = run_main(capsys, "predict", "--model", model_dir, "--query", files["other_genes"],
                             "--out", tmp_path / "x.h5ad", "--device", "cpu")

@@ -114,6 +114,10 @@ def test_a_query_sample_in_another_condition_gets_its_own_shift_and_a_novel_type
         assert p.is_unknown[b & ~novel].mean() < 0.2, key  # B's known cells labelled ...
         assert (p.label_raw[b & ~novel] == truth[b & ~novel]).mean() > 0.9, key  # ... rightly
         assert p.is_unknown[novel].mean() > 0.8, key  # the novel type stays Unknown
+        # what sets the novel cells apart: type3's own marker genes (GENE24-31), named in the card and the log
+        big = res.card["unknown_groups"][0]
+        assert big["n_cells"] >= 0.5 * novel.sum() and set(big["genes_up"][:4]) <= {f"GENE{i}" for i in range(24, 32)}
+        assert any(line.startswith(f"Unknown group of {big['n_cells']:,} cells") for line in logs)
         if key is None:
             assert shifts["column"] == "sample" and shifts["factors"]["B"] > 1.5 * shifts["factors"]["A"], shifts
             assert any("'sample' sample measured against its own shift" in line for line in logs)  # the CLI's log
@@ -124,6 +128,7 @@ def test_a_query_sample_in_another_condition_gets_its_own_shift_and_a_novel_type
         else:
             assert hint is None and shifts["column"] == "sample"
     assert res.adata.uns["cellannot"].get("unknown_by_sample") is None  # the run with the key
+    assert list(res.adata.uns["cellannot"]["unknown_groups"]["0"]["genes_up"]) == big["genes_up"]  # stored in .uns
     assert m.hparams["n_batches"] == 3 and m.latent_model.net.n_batch == 3
     m.save(tmp_path / "m")
     back = load_model(tmp_path / "m", device="cpu")

@@ -354,3 +354,37 @@ def test_nearest_types_places_a_cell_among_its_own_type_and_far_from_a_foreign_o
     assert inside.loc[1, "ratio"] > 5
     novel = nearest_types(np.array([10.0, 15.0]), ref, y, ["A", "B"])
     assert (novel["ratio"] > 5).all()  # far from every type: what an Unknown cell looks like
+
+
+def test_unknown_groups_name_the_genes_that_set_each_group_apart():
+    """A group of Unknown cells predicted A that keeps A's genes and adds a stress program (a state
+    of A), and one that has another lineage's genes instead (a type the reference lacks): each
+    group's genes up are what it added, against the *accepted* A cells of the query (so a shift
+    the whole query shares cancels); with too few accepted cells, against the reference's A cells.
+    Small or mostly accepted groups are not described; largest first."""
+    import scipy.sparse as sp
+
+    from cellannot_core.evidence import unknown_groups
+
+    genes = [f"g{i}" for i in range(10)]
+    rng = np.random.default_rng(0)
+    a = np.array([5, 5, 0, 0, 0, 0, 0, 0, 0, 0.0])
+    stressed = a + np.array([0, 0, 0, 0, 0, 0, 3, 2, 0, 0])  # g6, g7: a stress program on top of A
+    novel = np.array([0, 0.5, 0, 0, 0, 0, 0, 0, 4, 6])  # g8, g9 instead of A's g0 (g1 kept a little)
+    X = np.vstack([a + rng.normal(0, 0.1, (60, 10)), stressed + rng.normal(0, 0.1, (30, 10)),
+                   novel + rng.normal(0, 0.1, (40, 10)), a + rng.normal(0, 0.1, (8, 10))]) + 1.0  # the query's shift
+    groups = np.repeat([0, 1, 2, 3], [60, 30, 40, 8])
+    unk = groups > 0
+    pred = np.zeros(len(X), dtype=int)
+    ref_mean = np.vstack([a, np.full(10, 0.0)])
+    rows = unknown_groups(sp.csr_matrix(X), groups, unk, pred, ["A", "B"], genes, ref_mean, n_genes=2)
+    assert [r["group"] for r in rows] == [2, 1]  # largest first; group 3 (8 cells) too small, group 0 accepted
+    nov, st = rows
+    assert nov["genes_up"] == ["g9", "g8"] and nov["up_by"][0] == pytest.approx(6, abs=0.2)
+    assert nov["genes_down"][0] == "g0" and nov["down_by"][0] == pytest.approx(-5, abs=0.2)
+    assert st["genes_up"] == ["g6", "g7"] and st["up_by"] == pytest.approx([3, 2], abs=0.2)
+    assert st["predicted_as"] == "A" and "60 accepted A cells" in st["compared_with"]
+    few = unknown_groups(X, groups, groups != 3, pred, ["A", "B"], genes, ref_mean, n_genes=2)  # 8 accepted only
+    st_ref = next(r for r in few if r["group"] == 1)
+    assert "reference's A cells" in st_ref["compared_with"]
+    assert st_ref["genes_up"] == ["g6", "g7"] and st_ref["up_by"][0] == pytest.approx(4, abs=0.2)  # + the shift

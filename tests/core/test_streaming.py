@@ -60,6 +60,15 @@ def test_streamed_predict_equals_the_whole_query(bundle, tmp_path):
     assert card["rejection"]["study_shift"]["removed"] and whole.uns[OutKeys.UNS]["rejection"]["study_shift"]["removed"]
     assert sum("without the study shift" in s for s in logs) == 1
     assert card["unknown_fraction"] == pytest.approx(float(np.mean(whole.obs[OutKeys.IS_UNKNOWN])))
+    # what sets each Unknown group apart: the same from the chunks (one more pass) as from the whole query
+    every = predict_with_bundle(d, q, device="cpu", threshold=-1e9).uns[OutKeys.UNS]["unknown_groups"]
+    predict_file(d, q, out=tmp_path / "all.h5ad", device="cpu", chunk_cells=70, threshold=-1e9, log=logs.append)
+    streamed = ad.read_h5ad(tmp_path / "all.h5ad").uns[OutKeys.UNS]["unknown_groups"]
+    assert len(every) >= 2 and sum(int(g["n_cells"]) for g in every.values()) == qry.n_obs
+    for k, g in every.items():
+        assert streamed[k]["n_cells"] == g["n_cells"] and list(streamed[k]["genes_up"]) == list(g["genes_up"])
+        np.testing.assert_allclose(streamed[k]["up_by"], g["up_by"], atol=0.011)
+    assert sum("described the Unknown groups" in s for s in logs) == 1
 
 
 def test_streamed_predict_measures_each_query_sample_against_its_own_shift(bundle, tmp_path):
@@ -195,6 +204,9 @@ def test_annotate_a_query_held_as_a_sample_labels_every_cell_of_its_file(tmp_pat
     assert res.card["query_metrics"]["n_in"] + res.card["query_metrics"]["n_novel"] == 500
     assert res.card["query_read_in_chunks"]["n_sample"] == 150
     assert res.prepared.query.n_obs == 150  # trained with the sample only
+    # the Unknown groups are described from every cell of the file, not the sample (all Unknown here)
+    every = annotate(ref, sample, AnnotateOptions(**{**opts.__dict__, "threshold": -1e9})).card["unknown_groups"]
+    assert sum(g["n_cells"] for g in every) == 500 and all(g["genes_up"] for g in every)
     from cellannot_core._constants import RunFiles
 
     run_obs = ad.read_h5ad(rd.file(RunFiles.ANNOTATED), backed="r").obs
