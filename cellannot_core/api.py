@@ -25,7 +25,10 @@ Keys written (``key_added="cellannot"``; see :func:`cellannot_core.pipeline.anno
                                          and each sample's factor);
                                          ``["unknown_by_sample"]`` when Unknown calls differ by query
                                          sample and no ``batch_key`` was given (its ``"note"`` says
-                                         which column to try as the batch key)
+                                         which column to try as the batch key);
+                                         ``["unknown_groups"]``: each group of Unknown cells, the type
+                                         it looks most like and its genes up / down against that
+                                         type's accepted cells (a state or a new type?)
 ======================================  ==============================================================
 """
 from __future__ import annotations
