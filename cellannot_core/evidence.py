@@ -138,13 +138,14 @@ def unknown_groups(X: Any, groups: np.ndarray, is_unknown: np.ndarray, pred: np.
     unk = np.asarray(is_unknown, dtype=bool)
     pred = np.asarray(pred, dtype=np.int64)
     genes = np.asarray(genes, dtype=object)
-    found = []  # (group, its Unknown cells, the class they look most like)
-    for g in np.unique(groups):
-        cells = groups == g
-        u = cells & unk
-        if u.sum() >= GROUP_MIN_CELLS and u.sum() * 2 >= cells.sum():
-            found.append((g, u, int(np.bincount(pred[u], minlength=len(classes)).argmax())))
-    found = sorted(found, key=lambda f: -int(f[1].sum()))[:GROUP_MAX]
+    names, code = np.unique(groups, return_inverse=True)
+    size, n_unk = np.bincount(code, minlength=len(names)), np.bincount(code[unk], minlength=len(names))
+    keep = np.flatnonzero((n_unk >= GROUP_MIN_CELLS) & (2 * n_unk >= size))
+    keep = keep[np.argsort(-n_unk[keep], kind="stable")][:GROUP_MAX]
+    found = []  # (group, its Unknown cells, the class they look most like), largest first
+    for j in keep:
+        u = (code == j) & unk
+        found.append((names[j], u, int(np.bincount(pred[u], minlength=len(classes)).argmax())))
     accepted = {c: (pred == c) & ~unk for c in {f[2] for f in found}}
     compared = {c: a for c, a in accepted.items() if a.sum() >= GROUP_MIN_ACCEPTED}
     means = _means_of_rows(X, [f[1] for f in found] + list(compared.values())) if found else []
