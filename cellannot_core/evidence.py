@@ -92,6 +92,42 @@ def nearest_types(z: np.ndarray, ref_latent: np.ndarray, ref_y: np.ndarray, clas
     return pd.DataFrame(rows).sort_values("ratio").reset_index(drop=True)
 
 
+# Gene programs that mark a cell *state* rather than a type (human symbols; mouse ones match case-
+# insensitively): a group of Unknown cells whose genes up are mostly one of these is likely a known
+# type in a state the reference lacks. Names or, ending in "*", prefixes.
+STATE_PROGRAMS: dict[str, tuple[str, ...]] = {
+    "heat shock / stress": ("HSPA*", "HSPH1", "HSPD1", "HSPE1", "HSPB1", "HSP90*", "DNAJ*", "UBB", "UBC", "CACYBP",
+                            "BAG3", "CHORDC1", "STIP1"),
+    "immediate early (dissociation, activation)": ("FOS", "FOSB", "JUN", "JUNB", "JUND", "EGR1", "EGR2", "EGR3",
+                                                   "IER2", "IER3", "IER5", "ATF3", "NR4A1", "NR4A2", "NR4A3",
+                                                   "ZFP36", "ZFP36L1", "DUSP1", "NFKBIA", "PPP1R15A", "CYR61",
+                                                   "CCN1", "KLF2", "KLF4", "KLF6", "CD69"),
+    "interferon response": ("ISG15", "ISG20", "IFI6", "IFI27", "IFI35", "IFI44", "IFI44L", "IFIT*", "IFITM*",
+                            "MX1", "MX2", "OAS1", "OAS2", "OAS3", "OASL", "RSAD2", "STAT1", "IRF7", "XAF1",
+                            "HERC5", "CXCL10", "CXCL11", "LY6E", "BST2", "EPSTI1", "SAMD9L", "PLSCR1", "TNFSF10",
+                            "APOBEC3A", "SIGLEC1", "GBP1", "GBP4", "GBP5", "SP110", "PARP9", "DDX58", "IFIH1"),
+    "cell cycle": ("MKI67", "TOP2A", "CDK1", "CCNB1", "CCNB2", "CCNA2", "BIRC5", "TYMS", "PCNA", "MCM*", "STMN1",
+                   "CENPF", "UBE2C", "NUSAP1", "PTTG1", "CDC20", "RRM2", "TK1", "HIST1H*"),
+    "mitochondrial": ("MT-*",),
+    "ribosomal": ("RPL*", "RPS*"),
+}
+STATE_MIN_GENES = 2  # genes of one program among a group's genes up to name it
+
+
+def state_programs(genes: Sequence[str]) -> list[str]:
+    """The :data:`STATE_PROGRAMS` with at least :data:`STATE_MIN_GENES` of ``genes`` (a group's
+    genes up), most genes first."""
+    up = [str(g).upper() for g in genes]
+    hits = []
+    for name, members in STATE_PROGRAMS.items():
+        exact = {m for m in members if not m.endswith("*")}
+        prefixes = tuple(m[:-1] for m in members if m.endswith("*"))
+        n = sum(g in exact or g.startswith(prefixes) for g in up)
+        if n >= STATE_MIN_GENES:
+            hits.append((n, name))
+    return [name for _, name in sorted(hits, key=lambda h: -h[0])]
+
+
 GROUP_MIN_CELLS = 10  # an Unknown group smaller than this is not described
 GROUP_MIN_ACCEPTED = 20  # accepted query cells of the class needed to compare a group with them
 GROUP_MAX = 20  # groups described in a run card (the largest)
@@ -131,8 +167,8 @@ def unknown_groups(X: Any, groups: np.ndarray, is_unknown: np.ndarray, pred: np.
     raised and most lowered (``genes_up`` / ``up_by``, ``genes_down`` / ``down_by``: difference of
     mean log-normalised expression) against the *accepted* query cells of that class when there
     are :data:`GROUP_MIN_ACCEPTED` of them (same study, so its shift cancels), else against the
-    reference cells of that class (``ref_mean``, the study shift included). Largest first, at
-    most :data:`GROUP_MAX`.
+    reference cells of that class (``ref_mean``, the study shift included), and the state programs
+    among its genes up (:func:`state_programs`). Largest first, at most :data:`GROUP_MAX`.
     """
     groups = np.asarray(groups)
     unk = np.asarray(is_unknown, dtype=bool)
@@ -164,5 +200,6 @@ def unknown_groups(X: Any, groups: np.ndarray, is_unknown: np.ndarray, pred: np.
         rows.append({"group": int(g) if np.issubdtype(groups.dtype, np.integer) else str(g), "n_cells": int(u.sum()),
                      "predicted_as": str(classes[c]), "compared_with": against,
                      "genes_up": [str(genes[i]) for i in up], "up_by": [round(float(diff[i]), 2) for i in up],
-                     "genes_down": [str(genes[i]) for i in down], "down_by": [round(float(diff[i]), 2) for i in down]})
+                     "genes_down": [str(genes[i]) for i in down], "down_by": [round(float(diff[i]), 2) for i in down],
+                     "state_programs": state_programs([genes[i] for i in up])})
     return rows

@@ -330,8 +330,9 @@ def log_unknown_groups(groups: list[dict[str, Any]], log: Callable[[str], None],
     """The largest Unknown groups and their top genes, one line each (CLI / run log)."""
     for g in groups[:n]:
         up = ", ".join(g["genes_up"][:5]) or "none"
+        programs = f"{' and '.join(g['state_programs'])} genes; " if g.get("state_programs") else ""
         log(f"Unknown group of {g['n_cells']:,} cells looking most like {g['predicted_as']}: up {up} "
-            f"(against {g['compared_with']})")
+            f"({programs}against {g['compared_with']})")
 
 
 SAMPLE_SPREAD = 0.25  # Unknown shares this far apart between two samples are worth a word

@@ -39,7 +39,8 @@ if groups is not None:
                 "activation or interferon genes (e.g. heat-shock and ubiquitin genes, FOS / JUN / NFKBIA, ISG15 / "
                 "IFIT) is probably a *state* of a known type that the reference lacks; a group expressing another "
                 "lineage's genes is probably a type the reference lacks. The rule cannot tell these apart; the genes "
-                "can.")
+                "can. *State programs* names the stress, immediate-early, interferon, cell-cycle, mitochondrial or "
+                "ribosomal genes found among the genes up (two or more of one program).")
     st.dataframe(groups, hide_index=True, key="unknown_groups")
 methods = run.score_methods()
 card_method = run.rejection.get("method")

@@ -168,5 +168,6 @@ def unknown_groups_table(run: Run) -> pd.DataFrame | None:
 
     return pd.DataFrame({"Cells": [r["n_cells"] for r in rows], "Looks most like": [r["predicted_as"] for r in rows],
                          "Genes up (log-expression difference)": [genes(r["genes_up"], r["up_by"]) for r in rows],
+                         "State programs among the genes up": [", ".join(r.get("state_programs", [])) for r in rows],
                          "Genes down": [genes(r["genes_down"], r["down_by"]) for r in rows],
                          "Compared with": [r["compared_with"] for r in rows]})

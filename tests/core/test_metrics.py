@@ -388,3 +388,16 @@ def test_unknown_groups_name_the_genes_that_set_each_group_apart():
     st_ref = next(r for r in few if r["group"] == 1)
     assert "reference's A cells" in st_ref["compared_with"]
     assert st_ref["genes_up"] == ["g6", "g7"] and st_ref["up_by"][0] == pytest.approx(4, abs=0.2)  # + the shift
+
+
+def test_state_programs_name_the_state_genes_among_a_groups_genes_up():
+    """The bundled pair's two Unknown groups (README): interferon-stimulated monocytes and
+    heat-shock-stressed T cells; mouse symbols match; a lineage's own genes name no program."""
+    from cellannot_core.evidence import state_programs
+
+    assert state_programs(["CCL2", "ISG15", "RSAD2", "APOBEC3A", "CXCL10"]) == ["interferon response"]
+    assert state_programs(["UBB", "HSPA8", "HSP90AB1", "SRSF2", "DNAJA1"]) == ["heat shock / stress"]
+    assert state_programs(["Hspa1a", "Dnajb1", "Fos"]) == ["heat shock / stress"]  # one immediate-early gene: not named
+    assert state_programs(["Fos", "Jun", "Egr1", "Hspa1a", "Ier2"]) == ["immediate early (dissociation, activation)"]
+    assert state_programs(["S100A9", "S100A8", "LYZ", "TYROBP", "CST3"]) == []
+    assert state_programs(["MT-CO1", "mt-Nd1", "RPL13", "RPS3", "RPS27"]) == ["ribosomal", "mitochondrial"]
