@@ -203,3 +203,14 @@ def unknown_groups(X: Any, groups: np.ndarray, is_unknown: np.ndarray, pred: np.
                      "genes_down": [str(genes[i]) for i in down], "down_by": [round(float(diff[i]), 2) for i in down],
                      "state_programs": state_programs([genes[i] for i in up])})
     return rows
+
+
+def unknown_group_members(groups: np.ndarray, is_unknown: np.ndarray, rows: list[dict[str, Any]]) -> np.ndarray:
+    """Per cell, the position in ``rows`` (:func:`unknown_groups`, same ``groups`` and
+    ``is_unknown``) of the described group it is an Unknown cell of; -1 for the others."""
+    groups = np.asarray(groups)
+    unk = np.asarray(is_unknown, dtype=bool)
+    out = np.full(len(unk), -1, dtype=np.int32)
+    for j, r in enumerate(rows):
+        out[(groups.astype(str) == str(r["group"])) & unk] = j
+    return out

@@ -314,8 +314,7 @@ def unknown_groups_of(model, X: Any, preds: Predictions, ref_mean: np.ndarray | 
         return []
     pred = preds.proba.argmax(1)
     K = len(model.classes)
-    last = getattr(getattr(model, "reference", None), "last_decision", None) or {}
-    groups = last["clusters"] if last.get("n") == n and last.get("clusters") is not None else pred
+    groups = rule_groups(model, preds)
     if ref_mean is None:
         ref = getattr(model, "reference", None)
         if ref is not None and ref.expression is not None and ref.expression.shape[1] == n_genes:
@@ -324,6 +323,24 @@ def unknown_groups_of(model, X: Any, preds: Predictions, ref_mean: np.ndarray | 
             ref_mean = np.full((K, n_genes), np.nan, dtype=np.float32)
     names = list(genes) if genes is not None else [f"gene {i}" for i in range(n_genes)]
     return unknown_groups(X, groups, preds.is_unknown, pred, list(model.classes), names, ref_mean)
+
+
+def rule_groups(model, preds: Predictions) -> np.ndarray:
+    """Per cell, the group :func:`unknown_groups_of` describes it with: the query cluster the last
+    ``knn_class`` decision used when it scored these cells, else the predicted class."""
+    n = len(preds.is_unknown)
+    last = getattr(getattr(model, "reference", None), "last_decision", None) or {}
+    if last.get("n") == n and last.get("clusters") is not None:
+        return np.asarray(last["clusters"])
+    return preds.proba.argmax(1) if n else np.zeros(0, dtype=np.int64)
+
+
+def unknown_group_arrays(model, preds: Predictions, groups: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """``{"query_unknown_group": ...}`` for the run's arrays: per cell, its Unknown group's position
+    in the card's ``unknown_groups`` (-1: none), so the app can accept a group as its type."""
+    from .evidence import unknown_group_members
+
+    return {"query_unknown_group": unknown_group_members(rule_groups(model, preds), preds.is_unknown, groups)}
 
 
 def log_unknown_groups(groups: list[dict[str, Any]], log: Callable[[str], None], *, n: int = 3) -> None:
@@ -701,6 +718,7 @@ def annotate(reference, query, opts: AnnotateOptions, *, out: str | Path | None 
                                        class_means(prepared.train.X, prepared.train.y, len(model.classes)),
                                        prepared.genes)
         card["unknown_groups"] = groups
+        group_arrays = unknown_group_arrays(model, preds, groups)  # before anything scores again
         log_unknown_groups(groups, log)
         by_shift = card["rejection"].get("sample_shifts")
         if by_shift:
@@ -735,7 +753,7 @@ def annotate(reference, query, opts: AnnotateOptions, *, out: str | Path | None 
             from .runs import write_json_atomic
 
             save_bundle(run_dir.model_dir, model, bundle_info(model, prepared, opts))
-            run_dir.save_arrays(view_arrays(model, view_prep, preds, opts, log))
+            run_dir.save_arrays(view_arrays(model, view_prep, preds, opts, log) | group_arrays)
             write_h5ad_atomic(res.adata, run_dir.file(RunFiles.ANNOTATED))
             buf = io.StringIO()
             predictions_table(all_prep.query.obs_names, preds, model.classes).to_csv(buf, index=False)

@@ -42,6 +42,10 @@ if groups is not None:
                 "can. *State programs* names the stress, immediate-early, interferon, cell-cycle, mitochondrial or "
                 "ribosomal genes found among the genes up (two or more of one program).")
     st.dataframe(groups, hide_index=True, key="unknown_groups")
+accepted = st.multiselect("Accept these Unknown groups as the type they look most like (your call: e.g. a known type "
+                          "in a state the reference lacks); the heatmap and the download below follow",
+                          cal.group_choices(run), format_func=lambda j: cal.group_name(run, j),
+                          key=WidgetKeys.ACCEPT_GROUPS.format(run=run.run_id)) if groups is not None else []
 methods = run.score_methods()
 card_method = run.rejection.get("method")
 method = st.selectbox("Novelty score", methods, index=methods.index(card_method) if card_method in methods else 0,
@@ -60,11 +64,15 @@ val, q = run.scores(method)
 plot(score_histogram({"reference validation": val, "query": q}, thr, title=None,
                      x_title=f"{method} novelty score (higher = more novel)"), key="novelty_hist")
 
-labels = res.relabel(run, method, thr)
+labels = cal.accept_groups(run, res.relabel(run, method, thr), accepted)
+if accepted:
+    n_acc = int(sum(run.card["unknown_groups"][j]["n_cells"] for j in accepted))
+    st.caption(f"{n_acc:,} cells of {len(accepted)} accepted group(s) carry the type they look most like; "
+               f"{int((labels == UNKNOWN).sum()):,} cells stay Unknown.")
 cols_labels, col_title = res.comparison_columns(run)
 plot(label_heatmap(labels, cols_labels, row_title="Predicted label", col_title=col_title,
                    row_order=run.classes + [UNKNOWN], title="Label transfer at this threshold"), key="cal_heatmap")
-st.download_button("Predictions at this threshold (.csv)", lambda: res.relabelled_csv(run, method, thr),
+st.download_button("Predictions at this threshold (.csv)", lambda: res.relabelled_csv(run, method, thr, labels),
                    file_name=f"{run.run_id}_predictions_{method}.csv", mime="text/csv", key="dl_thr", on_click="ignore")
 
 c1, c2 = st.columns(2)

@@ -171,3 +171,29 @@ def unknown_groups_table(run: Run) -> pd.DataFrame | None:
                          "State programs among the genes up": [", ".join(r.get("state_programs", [])) for r in rows],
                          "Genes down": [genes(r["genes_down"], r["down_by"]) for r in rows],
                          "Compared with": [r["compared_with"] for r in rows]})
+
+
+def group_choices(run: Run) -> list[int]:
+    """The card's Unknown groups a visitor can accept as their type: those whose cells the run's
+    arrays mark (runs made before 2026-12-04 have none)."""
+    rows = run.card.get("unknown_groups") or []
+    members = run.arrays.get("query_unknown_group")
+    if members is None or len(members) != len(run.obs):
+        return []
+    return [j for j in range(len(rows)) if (members == j).any()]
+
+
+def group_name(run: Run, j: int) -> str:
+    r = run.card["unknown_groups"][j]
+    programs = f" ({', '.join(r['state_programs'])})" if r.get("state_programs") else ""
+    return f"{r['n_cells']:,} cells looking like {r['predicted_as']}{programs}: {', '.join(r['genes_up'][:3])}"
+
+
+def accept_groups(run: Run, labels: np.ndarray, accepted: list[int]) -> np.ndarray:
+    """``labels`` with the cells of the ``accepted`` Unknown groups given the type each looks most
+    like (their raw label): the biologist's call that a group is a state of a known type."""
+    if not accepted:
+        return labels
+    members = run.arrays["query_unknown_group"]
+    raw = run.obs[OutKeys.LABEL_RAW].astype(str).to_numpy()
+    return np.where(np.isin(members, accepted), raw, labels)

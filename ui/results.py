@@ -232,9 +232,10 @@ def cell_table(run: Run, *, labels: list[str] | None, min_conf: float, unknown_o
     return df[keep].reset_index(drop=True)
 
 
-def relabelled_csv(run: Run, method: str, threshold: float) -> bytes:
-    """Predictions CSV at a user-chosen novelty score and threshold."""
-    labels = relabel(run, method, threshold)
+def relabelled_csv(run: Run, method: str, threshold: float, labels: np.ndarray | None = None) -> bytes:
+    """Predictions CSV at a user-chosen novelty score and threshold (``labels``: the final labels
+    when the visitor changed more than the threshold, e.g. accepted an Unknown group)."""
+    labels = relabel(run, method, threshold) if labels is None else labels
     _, q = run.scores(method)
     df = pd.DataFrame({"cell": run.obs.index.astype(str), OutKeys.LABEL: labels,
                        OutKeys.LABEL_RAW: run.obs[OutKeys.LABEL_RAW].astype(str).to_numpy(),

@@ -74,6 +74,7 @@ class WidgetKeys:
     SHOW_MEASURED = "w_show_measured"
     SCORE_METHOD = "w_score_method"
     THRESHOLD = "w_threshold_{run}_{method}"
+    ACCEPT_GROUPS = "w_accept_groups_{run}"
 
 
 DEFAULTS: dict[str, Any] = {

@@ -156,3 +156,20 @@ def test_unknown_groups_show_what_sets_each_group_apart(tmp_path, monkeypatch):
     assert list(table["Cells"]) == [g["n_cells"] for g in groups]
     assert table["Genes up (log-expression difference)"].iloc[0].startswith(f"{groups[0]['genes_up'][0]} +")
     assert "What sets each Unknown group apart" in " ".join(m.value for m in at.markdown)
+    # the biologist accepts the largest group as the type it looks like: its cells take their raw label
+    from ui import calibration as cal
+    from ui import results as res
+
+    run = res.load_run(str(tmp_path), rd.id)
+    members = run.arrays["query_unknown_group"]
+    assert [int((members == j).sum()) for j in range(len(groups))] == [g["n_cells"] for g in groups]
+    box = at.multiselect(key=WidgetKeys.ACCEPT_GROUPS.format(run=rd.id))
+    assert box.options and box.options[0].startswith(f"{groups[0]['n_cells']:,} cells looking like")
+    at = box.select(box.options[0]).run()
+    assert not at.exception
+    assert any(f"{groups[0]['n_cells']:,} cells of 1 accepted group(s)" in c.value for c in at.caption)
+    labels = cal.accept_groups(run, res.relabel(run, "knn_class", 0.0), [0])
+    raw = run.obs["cellannot_label_raw"].astype(str).to_numpy()
+    assert (labels[members == 0] == raw[members == 0]).all() and (labels[members != 0] == "Unknown").all()
+    csv = res.relabelled_csv(run, "knn_class", 0.0, labels).decode()
+    assert csv.count(",Unknown,") == 250 - groups[0]["n_cells"]
