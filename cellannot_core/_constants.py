@@ -16,6 +16,7 @@ class OutKeys:
     CONFIDENCE = "cellannot_confidence"
     OOD_SCORE = "cellannot_ood_score"
     IS_UNKNOWN = "cellannot_is_unknown"
+    UNKNOWN_GROUP = "cellannot_unknown_group"  # position in uns['cellannot']['unknown_groups'], -1: none
     PROBA = "cellannot_proba"  # obsm
     LATENT = "X_cellannot"  # obsm
     UNS = "cellannot"  # uns: the run card

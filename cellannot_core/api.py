@@ -16,6 +16,10 @@ Keys written (``key_added="cellannot"``; see :func:`cellannot_core.pipeline.anno
 ``obs["{key}_confidence"]``              calibrated probability of the raw label
 ``obs["{key}_ood_score"]``               novelty score (higher: further from the reference)
 ``obs["{key}_is_unknown"]``              the score is above the threshold
+``obs["{key}_unknown_group"]``           the cell's Unknown group (its position in
+                                         ``uns[key]["unknown_groups"]``), -1 for the others: e.g.
+                                         accept group 0 as its type with ``label[g == 0] =
+                                         label_raw[g == 0]``
 ``obsm["{key}_proba"]``                  calibrated probabilities, one column per reference type
                                          (order: ``uns[key]["classes"]``)
 ``obsm["X_{key}"]``                      the model's latent space (or its input, for models without one)

@@ -69,6 +69,8 @@ class Predictions:
     is_unknown: np.ndarray
     latent: np.ndarray
     scores: dict[str, np.ndarray]
+    # per cell, its group's position in the card's ``unknown_groups`` (-1: none); set by attach_unknown_groups
+    unknown_group: np.ndarray | None = None
 
 
 def prepare_data(reference, query, opts: AnnotateOptions) -> Prepared:
@@ -302,10 +304,9 @@ def unknown_by_class(model, preds: Predictions) -> list[dict[str, Any]]:
 def unknown_groups_of(model, X: Any, preds: Predictions, ref_mean: np.ndarray | None = None,
                       genes: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """:func:`~.evidence.unknown_groups` of a labelled query (``X``: its log-normalised expression,
-    one row per prediction, or a function returning its chunks): the query clusters ``knn_class``
-    decided on, or for other scores the predicted classes; ``ref_mean`` the reference's class means
-    (default: from the reference cells the model kept, if any). ``[]`` when ``X`` does not hold the
-    predicted cells."""
+    one row per prediction, or a function returning its chunks), grouped by :func:`rule_groups`;
+    ``ref_mean`` the reference's class means (default: from the reference cells the model kept, if
+    any). ``[]`` when ``X`` does not hold the predicted cells."""
     from .evidence import class_means, unknown_groups
 
     n = len(preds.is_unknown)
@@ -327,20 +328,25 @@ def unknown_groups_of(model, X: Any, preds: Predictions, ref_mean: np.ndarray | 
 
 def rule_groups(model, preds: Predictions) -> np.ndarray:
     """Per cell, the group :func:`unknown_groups_of` describes it with: the query cluster the last
-    ``knn_class`` decision used when it scored these cells, else the predicted class."""
+    ``knn_class`` decision used when it scored these cells; for other scores (decided cell by cell)
+    the Unknown cells' predicted class, each accepted cell a group of its own class apart (code
+    ``-1 - class``), so that a class's Unknown cells form one group however many of it are accepted."""
     n = len(preds.is_unknown)
     last = getattr(getattr(model, "reference", None), "last_decision", None) or {}
-    if last.get("n") == n and last.get("clusters") is not None:
+    if getattr(model, "ood_method", None) == "knn_class" and last.get("n") == n and last.get("clusters") is not None:
         return np.asarray(last["clusters"])
-    return preds.proba.argmax(1) if n else np.zeros(0, dtype=np.int64)
+    pred = preds.proba.argmax(1) if n else np.zeros(0, dtype=np.int64)
+    return np.where(preds.is_unknown, pred, -1 - pred)
 
 
-def unknown_group_arrays(model, preds: Predictions, groups: list[dict[str, Any]]) -> dict[str, np.ndarray]:
-    """``{"query_unknown_group": ...}`` for the run's arrays: per cell, its Unknown group's position
-    in the card's ``unknown_groups`` (-1: none), so the app can accept a group as its type."""
+def attach_unknown_groups(model, preds: Predictions, groups: list[dict[str, Any]]) -> None:
+    """Set ``preds.unknown_group``: per cell, its Unknown group's position in ``groups`` (the card's
+    ``unknown_groups``; -1: none), written as ``obs["{key}_unknown_group"]`` and kept in the run's
+    arrays, so a script or the app can accept a group as its type. Call it right after
+    :func:`unknown_groups_of`, before anything scores again."""
     from .evidence import unknown_group_members
 
-    return {"query_unknown_group": unknown_group_members(rule_groups(model, preds), preds.is_unknown, groups)}
+    preds.unknown_group = unknown_group_members(rule_groups(model, preds), preds.is_unknown, groups)
 
 
 def log_unknown_groups(groups: list[dict[str, Any]], log: Callable[[str], None], *, n: int = 3) -> None:
@@ -447,11 +453,12 @@ def _h5_safe(obj: Any) -> Any:
 
 def annotation_keys(key_added: str = OutKeys.UNS) -> dict[str, str]:
     """Where the annotations go: ``obs`` columns ``{key_added}_label``, ``_label_raw``,
-    ``_confidence``, ``_ood_score``, ``_is_unknown``; ``obsm`` ``{key_added}_proba`` and
+    ``_confidence``, ``_ood_score``, ``_is_unknown``, ``_unknown_group``; ``obsm`` ``{key_added}_proba`` and
     ``X_{key_added}`` (the latent space); ``uns[key_added]`` (the run card). With the default
     ``"cellannot"`` these are :class:`OutKeys`."""
     base = {"LABEL": OutKeys.LABEL, "LABEL_RAW": OutKeys.LABEL_RAW, "CONFIDENCE": OutKeys.CONFIDENCE,
-            "OOD_SCORE": OutKeys.OOD_SCORE, "IS_UNKNOWN": OutKeys.IS_UNKNOWN, "PROBA": OutKeys.PROBA}
+            "OOD_SCORE": OutKeys.OOD_SCORE, "IS_UNKNOWN": OutKeys.IS_UNKNOWN, "UNKNOWN_GROUP": OutKeys.UNKNOWN_GROUP,
+            "PROBA": OutKeys.PROBA}
     keys = {k: key_added + v[len(OutKeys.UNS):] for k, v in base.items()}
     keys["LATENT"] = f"X_{key_added}"
     keys["UNS"] = key_added
@@ -481,6 +488,8 @@ def write_annotations(adata, preds: Predictions, card: dict[str, Any], *, index:
     adata.obs[k["CONFIDENCE"]] = full(preds.confidence, np.nan, np.float32)
     adata.obs[k["OOD_SCORE"]] = full(preds.ood_score, np.nan, np.float32)
     adata.obs[k["IS_UNKNOWN"]] = full(preds.is_unknown, False, bool)
+    if preds.unknown_group is not None:
+        adata.obs[k["UNKNOWN_GROUP"]] = full(preds.unknown_group, -1, np.int32)
     adata.obsm[k["PROBA"]] = full(preds.proba, np.nan, np.float32)
     adata.obsm[k["LATENT"]] = full(preds.latent, np.nan, np.float32)
     adata.uns[k["UNS"]] = _h5_safe(card)
@@ -718,7 +727,7 @@ def annotate(reference, query, opts: AnnotateOptions, *, out: str | Path | None 
                                        class_means(prepared.train.X, prepared.train.y, len(model.classes)),
                                        prepared.genes)
         card["unknown_groups"] = groups
-        group_arrays = unknown_group_arrays(model, preds, groups)  # before anything scores again
+        attach_unknown_groups(model, preds, groups)
         log_unknown_groups(groups, log)
         by_shift = card["rejection"].get("sample_shifts")
         if by_shift:
@@ -753,7 +762,8 @@ def annotate(reference, query, opts: AnnotateOptions, *, out: str | Path | None 
             from .runs import write_json_atomic
 
             save_bundle(run_dir.model_dir, model, bundle_info(model, prepared, opts))
-            run_dir.save_arrays(view_arrays(model, view_prep, preds, opts, log) | group_arrays)
+            run_dir.save_arrays(view_arrays(model, view_prep, preds, opts, log)
+                                | {"query_unknown_group": preds.unknown_group})
             write_h5ad_atomic(res.adata, run_dir.file(RunFiles.ANNOTATED))
             buf = io.StringIO()
             predictions_table(all_prep.query.obs_names, preds, model.classes).to_csv(buf, index=False)
@@ -843,6 +853,7 @@ def predict_query(model, bundle: dict[str, Any], query, *, threshold: float | No
     preds = predict(model, split.X, threshold=threshold, samples=samples)
     card = prediction_card(model, preds, report, samples)
     card["unknown_groups"] = unknown_groups_of(model, split.X, preds, genes=bundle["genes"])
+    attach_unknown_groups(model, preds, card["unknown_groups"])
     log_unknown_groups(card["unknown_groups"], log)
     return preds, card
 

@@ -31,7 +31,7 @@ def test_annotate_writes_the_documented_keys_in_place(pair):
     q = query.copy()
     assert ca.annotate(ref, q, **_opts()) is None
     keys = annotation_keys("cellannot")
-    for k in ("LABEL", "LABEL_RAW", "CONFIDENCE", "OOD_SCORE", "IS_UNKNOWN"):
+    for k in ("LABEL", "LABEL_RAW", "CONFIDENCE", "OOD_SCORE", "IS_UNKNOWN", "UNKNOWN_GROUP"):
         assert keys[k] in q.obs, keys[k]
     assert q.obsm["cellannot_proba"].shape == (q.n_obs, 3) and "X_cellannot" in q.obsm
     assert list(q.uns["cellannot"]["classes"]) == ["type0", "type1", "type2"]
@@ -47,7 +47,7 @@ def test_copy_leaves_the_input_alone_and_key_added_renames_everything(pair):
     q = query.copy()
     out = ca.annotate(ref, q, key_added="ct", copy=True, **_opts())
     assert out is not q and "ct_label" not in q.obs and not q.obsm
-    assert {"ct_label", "ct_label_raw", "ct_confidence", "ct_ood_score", "ct_is_unknown"} <= set(out.obs)
+    assert {"ct_label", "ct_label_raw", "ct_confidence", "ct_ood_score", "ct_is_unknown", "ct_unknown_group"} <= set(out.obs)
     assert {"ct_proba", "X_ct"} <= set(out.obsm) and "ct" in out.uns
 
 
@@ -123,3 +123,24 @@ def test_public_functions_take_options_by_keyword_only(name, fn):
         if p.name not in DATA_ARGS:  # data may come by position (or by keyword when optional), options never
             assert p.kind == p.KEYWORD_ONLY, f"{name}: option {p.name!r} must be keyword-only"
     assert fn.__doc__ and len(fn.__doc__.strip()) > 20, f"{name} has no docstring"
+
+
+def test_a_script_reads_the_unknown_groups_and_accepts_one(pair):
+    """The documented recipe: each Unknown group's cells are marked in obs (its position in
+    ``uns["cellannot"]["unknown_groups"]``), so a script accepts a group as the type it looks like.
+    Accepting half the validation cells makes enough Unknown cells for groups (logreg decides cell by
+    cell: its groups are the Unknown cells of each predicted type)."""
+    ref, query = pair
+    q = query.copy()
+    ca.annotate(ref, q, accept=0.5, **_opts())
+    groups, g = q.uns["cellannot"]["unknown_groups"], q.obs["cellannot_unknown_group"].to_numpy()
+    assert isinstance(groups, dict) and groups  # stored in .uns as {"0": ..., "1": ...}
+    rows = [groups[str(j)] for j in range(len(groups))]
+    assert [int((g == j).sum()) for j in range(len(rows))] == [int(r["n_cells"]) for r in rows]
+    unk = q.obs["cellannot_is_unknown"].to_numpy()
+    assert unk[g >= 0].all() and g.min() >= -1
+    raw = q.obs["cellannot_label_raw"].astype(str).to_numpy()
+    assert (raw[g == 0] == str(rows[0]["predicted_as"])).all()  # the Unknown cells of one predicted type
+    label = q.obs["cellannot_label"].astype(str).to_numpy()
+    label[g == 0] = raw[g == 0]  # accept group 0 as its type
+    assert (label == "Unknown").sum() == unk.sum() - int(rows[0]["n_cells"])
