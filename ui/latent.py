@@ -20,6 +20,7 @@ COLOR_BY = {
     "confidence": "Confidence",
     "novelty": "Novelty score",
     "unknown": "Unknown or not",
+    "group": "Unknown group",
 }
 CONTINUOUS = ("confidence", "novelty")
 LAYOUTS = {
@@ -166,11 +167,26 @@ def point_table(run: Run, coords: np.ndarray, with_generated: bool) -> pd.DataFr
         "confidence": np.r_[np.full(n_ref, np.nan), obs[OutKeys.CONFIDENCE].to_numpy(float), np.full(n_gen, np.nan)],
         "novelty": np.r_[np.full(n_ref, np.nan), obs[OutKeys.OOD_SCORE].to_numpy(float), np.full(n_gen, np.nan)],
         "unknown": ["reference"] * n_ref + list(np.where(q_unknown, UNKNOWN, "known type")) + ["generated"] * n_gen,
+        "group": ["reference"] * n_ref + group_names(run, view, q_unknown) + ["generated"] * n_gen,
         "marker": ["real"] * (n_ref + n_q) + ["generated"] * n_gen,
     }
     df = pd.DataFrame(parts)
     df["x"], df["y"] = coords[: len(df), 0], coords[: len(df), 1]
     return df
+
+
+def group_names(run: Run, view: np.ndarray, unknown: np.ndarray) -> list[str]:
+    """Per drawn query cell, its Unknown group as the Calibration page lists it ("group 1: 240 cells
+    like FCGR3A Mono"), "known type" or "Unknown, in no group"; runs made before groups were
+    recorded say so."""
+    members = run.arrays.get("query_unknown_group")
+    if members is None or len(members) != len(run.obs):
+        return ["(not recorded for this run)"] * len(view)
+    rows = run.card.get("unknown_groups") or []
+    names = [f"group {j + 1}: {r['n_cells']:,} cells like {r['predicted_as']}" for j, r in enumerate(rows)]
+    m = np.asarray(members)[view]
+    return [names[g] if 0 <= g < len(names) else (f"{UNKNOWN}, in no group" if u else "known type")
+            for g, u in zip(m, unknown)]
 
 
 def figure(df: pd.DataFrame, color_by: str, method: str, classes: list[str]) -> Any:

@@ -173,3 +173,9 @@ def test_unknown_groups_show_what_sets_each_group_apart(tmp_path, monkeypatch):
     assert (labels[members == 0] == raw[members == 0]).all() and (labels[members != 0] == "Unknown").all()
     csv = res.relabelled_csv(run, "knn_class", 0.0, labels).decode()
     assert csv.count(",Unknown,") == 250 - groups[0]["n_cells"]
+    # the Latent page colours cells by the same groups
+    from ui import latent as lat
+
+    q = lat.point_table(run, lat.coordinates(str(tmp_path), rd.id, "pca", False), False).query("dataset == 'query'")
+    first = f"group 1: {groups[0]['n_cells']:,} cells like {groups[0]['predicted_as']}"
+    assert (q["group"] == first).sum() == groups[0]["n_cells"] and q["group"].str.startswith("group ").all()
