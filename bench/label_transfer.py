@@ -58,7 +58,9 @@ def run_pair(ref, q, task: str, model: str, seed: int, hparams: dict, accept: fl
     """:func:`run_one` on a reference and a query in memory (e.g. with a type left out);
     ``batch_key`` is used where either dataset has that column."""
     from cellannot_core.metrics import auroc
-    from cellannot_core.pipeline import AnnotateOptions, predict, prepare_data, query_metrics, train_model
+    from cellannot_core.evidence import class_means
+    from cellannot_core.pipeline import AnnotateOptions, label_query, prepare_data, query_metrics, train_model
+    from novelty_stress import samples_of
 
     if model == scvi_tools_scanvi.NAME:
         opts = AnnotateOptions(label_key=LABEL_KEY, query_label_key=LABEL_KEY, seed=seed)
@@ -74,7 +76,9 @@ def run_pair(ref, q, task: str, model: str, seed: int, hparams: dict, accept: fl
     t0 = time.time()
     m = train_model(prep, opts)
     secs = time.time() - t0
-    p = predict(m, prep.query.X)  # validation threshold with the default shift correction
+    # as annotate decides: validation threshold, the query's samples, handling states accepted
+    p, _ = label_query(m, prep.query.X, genes=prep.genes, samples=samples_of(q, prep, opts.batch_key),
+                       ref_mean=class_means(prep.train.X, prep.train.y, len(m.classes)))
     total = time.time() - t_start  # prepare + train + label the query: what annotate costs
     qm = query_metrics(prep, p, m.classes)
     labels = prep.query.labels

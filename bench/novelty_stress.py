@@ -236,11 +236,18 @@ def enrich_sample(name: str, prep, samples, novel: np.ndarray, frac: float, seed
 
 
 def evaluate(m, prep, *, threshold: float | None = None, rules: bool = False, all_rules: bool = False,
-             samples=None) -> dict:
+             samples=None, handling: bool = True) -> dict:
+    """The metrics of one model on one experiment, decided as ``cellannot annotate`` decides
+    (the Unknown groups described, handling-state groups accepted; ``handling=False``: not)."""
+    from cellannot_core.evidence import class_means
     from cellannot_core.metrics import label_transfer_metrics
-    from cellannot_core.pipeline import predict
+    from cellannot_core.pipeline import label_query, predict
 
-    p = predict(m, prep.query.X, threshold=threshold, samples=samples)
+    if handling:
+        p, _ = label_query(m, prep.query.X, genes=prep.genes, threshold=threshold, samples=samples,
+                           ref_mean=class_means(prep.train.X, prep.train.y, len(m.classes)))
+    else:
+        p = predict(m, prep.query.X, threshold=threshold, samples=samples)
     labels = np.asarray(prep.query.labels)
     known = labels != ""
     res = label_transfer_metrics(labels[known], p.label_raw[known], p.label[known], p.confidence[known],
@@ -327,6 +334,9 @@ def main() -> None:
     ap.add_argument("--batch-key", default=None,
                     help="obs column of each cell's sample (e.g. sample_id), where a dataset has it: the "
                          "generative models' batch covariate (its own cache entries)")
+    ap.add_argument("--no-handling-states", action="store_true",
+                    help="do not accept the Unknown groups that look like a known type after a rougher "
+                         "dissociation (the rule before 2026-12-04, second session)")
     ap.add_argument("--threshold-scale", type=float, action="append", default=None, metavar="T",
                     help="the first model's Unknown threshold times T (repeatable: one summary per T; the "
                          "trade-off between rejecting novel cells and keeping known ones)")
@@ -383,7 +393,8 @@ def main() -> None:
                     if t is not None:
                         m.set_threshold(base_thr * t)
                     r = evaluate(m, scored, threshold=thr, rules=model == models[0] and t is None,
-                                 all_rules=args.all_rules, samples=None if args.no_samples else samples)
+                                 all_rules=args.all_rules, samples=None if args.no_samples else samples,
+                                 handling=not args.no_handling_states)
                     row = {"experiment": name, "pair": pair, "kind": exp.kind, "novel_share": share, "model": label,
                            "train_seconds": secs, **r}
                     rows.append(row)

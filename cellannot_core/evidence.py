@@ -112,6 +112,12 @@ STATE_PROGRAMS: dict[str, tuple[str, ...]] = {
     "ribosomal": ("RPL*", "RPS*"),
 }
 STATE_MIN_GENES = 2  # genes of one program among a group's genes up to name it
+# programs of sample handling, not of biology: enzymatic dissociation at 37 C raises heat-shock and
+# immediate-early genes in every cell type (van den Brink et al. 2017, Nat Methods 14:935); the
+# interferon response, the cell cycle and ribosomal content are biology and also tell types apart
+# (IFITM genes mark FCGR3A monocytes), so they are named but never accepted on
+HANDLING_PROGRAMS = ("heat shock / stress", "immediate early (dissociation, activation)")
+HANDLING_MIN_MARKERS = 0.8  # share of its type's top-10 reference markers a handling-state group keeps
 
 
 def state_programs(genes: Sequence[str]) -> list[str]:
@@ -169,6 +175,12 @@ def unknown_groups(X: Any, groups: np.ndarray, is_unknown: np.ndarray, pred: np.
     are :data:`GROUP_MIN_ACCEPTED` of them (same study, so its shift cancels), else against the
     reference cells of that class (``ref_mean``, the study shift included), and the state programs
     among its genes up (:func:`state_programs`). Largest first, at most :data:`GROUP_MAX`.
+
+    ``markers_kept`` of ``n_markers``: the class's top reference markers (:func:`class_markers`)
+    on which the group reaches :data:`SUPPORT_FRACTION` of the compared cells' mean.
+    ``handling_state``: compared with accepted query cells, a :data:`HANDLING_PROGRAMS` program
+    among the genes up and :data:`HANDLING_MIN_MARKERS` of the markers kept: a known type after
+    a rougher dissociation, which ``pipeline.accept_handling_states`` accepts as that type.
     """
     groups = np.asarray(groups)
     unk = np.asarray(is_unknown, dtype=bool)
@@ -182,6 +194,7 @@ def unknown_groups(X: Any, groups: np.ndarray, is_unknown: np.ndarray, pred: np.
     for j in keep:
         u = (code == j) & unk
         found.append((names[j], u, int(np.bincount(pred[u], minlength=len(classes)).argmax())))
+    markers = class_markers(ref_mean, genes, classes)
     accepted = {c: (pred == c) & ~unk for c in {f[2] for f in found}}
     compared = {c: a for c, a in accepted.items() if a.sum() >= GROUP_MIN_ACCEPTED}
     means = _means_of_rows(X, [f[1] for f in found] + list(compared.values())) if found else []
@@ -197,11 +210,16 @@ def unknown_groups(X: Any, groups: np.ndarray, is_unknown: np.ndarray, pred: np.
         order = np.argsort(-diff)
         up = [int(i) for i in order[:n_genes] if diff[i] > 0]
         down = [int(i) for i in order[::-1][:n_genes] if diff[i] < 0]
+        programs = state_programs([genes[i] for i in up])
+        idx = markers[str(classes[c])]
+        kept = int(np.sum(mean[idx] >= SUPPORT_FRACTION * base[idx])) if idx else 0
         rows.append({"group": int(g) if np.issubdtype(groups.dtype, np.integer) else str(g), "n_cells": int(u.sum()),
                      "predicted_as": str(classes[c]), "compared_with": against,
                      "genes_up": [str(genes[i]) for i in up], "up_by": [round(float(diff[i]), 2) for i in up],
                      "genes_down": [str(genes[i]) for i in down], "down_by": [round(float(diff[i]), 2) for i in down],
-                     "state_programs": state_programs([genes[i] for i in up])})
+                     "state_programs": programs, "markers_kept": kept, "n_markers": len(idx),
+                     "handling_state": bool(c in base_of and idx and kept >= HANDLING_MIN_MARKERS * len(idx)
+                                            and any(p in HANDLING_PROGRAMS for p in programs))})
     return rows
 
 

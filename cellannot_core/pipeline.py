@@ -147,6 +147,19 @@ def predict(model, X: np.ndarray, *, threshold: float | None = None, samples: Qu
     return decide(model, logits, latent, scores, threshold=threshold)
 
 
+def label_query(model, X: Any, *, genes: Sequence[str] | None = None, ref_mean: np.ndarray | None = None,
+                threshold: float | None = None,
+                samples: QuerySamples | None = None) -> tuple[Predictions, list[dict[str, Any]]]:
+    """Label a query held in memory as ``annotate`` does: :func:`predict`, the Unknown groups
+    described (:func:`unknown_groups_of`, :func:`attach_unknown_groups`) and the handling states
+    among them accepted (:func:`accept_handling_states`). Returns the predictions and the groups."""
+    preds = predict(model, X, threshold=threshold, samples=samples)
+    groups = unknown_groups_of(model, X, preds, ref_mean, genes)
+    attach_unknown_groups(model, preds, groups)
+    accept_handling_states(model, preds, groups)
+    return preds, groups
+
+
 def decide(model, logits: np.ndarray, latent: np.ndarray, scores: dict[str, np.ndarray], *,
            threshold: float | None = None) -> Predictions:
     """Probabilities, labels and Unknown calls from a query's logits and novelty scores
@@ -347,6 +360,28 @@ def attach_unknown_groups(model, preds: Predictions, groups: list[dict[str, Any]
     from .evidence import unknown_group_members
 
     preds.unknown_group = unknown_group_members(rule_groups(model, preds), preds.is_unknown, groups)
+
+
+def accept_handling_states(model, preds: Predictions, groups: list[dict[str, Any]]) -> int:
+    """Give the Unknown cells of each ``handling_state`` group (:func:`~.evidence.unknown_groups`)
+    the type they look most like, and mark the group ``accepted``; returns the cells accepted.
+
+    The rule measures distance to the reference; a known type whose cells went through a rougher
+    dissociation (heat-shock and immediate-early genes up against the type's accepted query cells)
+    is as far as a missing type, but keeps the type's markers. Only for ``knn_class``'s query
+    clusters (the groups it was measured on, bench/novelty_stress.py); call it after
+    :func:`attach_unknown_groups` (the group's cells keep their group code)."""
+    if not groups or preds.unknown_group is None or getattr(model, "ood_method", None) != "knn_class":
+        return 0
+    n = 0
+    for j, g in enumerate(groups):
+        g["accepted"] = bool(g.get("handling_state"))
+        if g["accepted"]:
+            cells = (preds.unknown_group == j) & preds.is_unknown
+            preds.is_unknown[cells] = False
+            preds.label[cells] = preds.label_raw[cells]
+            n += int(cells.sum())
+    return n
 
 
 def log_unknown_groups(groups: list[dict[str, Any]], log: Callable[[str], None], *, n: int = 3) -> None:
@@ -712,7 +747,11 @@ def annotate(reference, query, opts: AnnotateOptions, *, out: str | Path | None 
             checkpoint("labelling the query")
             q_obs = _kept_obs(qry, prepared)
             samples = query_samples(q_obs, batch_key=opts.batch_key, exclude=(opts.label_key, opts.query_label_key))
-            preds = predict(model, prepared.query.X, threshold=opts.threshold, samples=samples)
+            from .evidence import class_means
+
+            preds, groups = label_query(model, prepared.query.X, genes=prepared.genes, threshold=opts.threshold,
+                                        ref_mean=class_means(prepared.train.X, prepared.train.y,
+                                                             len(model.classes)), samples=samples)
             view_prep, all_prep = prepared, prepared
         else:
             checkpoint(f"labelling the query's {source['n_obs']:,} cells in chunks")
@@ -720,14 +759,7 @@ def annotate(reference, query, opts: AnnotateOptions, *, out: str | Path | None 
             view_prep = prepared
         qm = query_metrics(all_prep, preds, model.classes)
         card = run_card(model, all_prep, opts, preds, train_seconds=train_seconds, query_metrics=qm, samples=samples)
-        if source is None:
-            from .evidence import class_means
-
-            groups = unknown_groups_of(model, prepared.query.X, preds,
-                                       class_means(prepared.train.X, prepared.train.y, len(model.classes)),
-                                       prepared.genes)
         card["unknown_groups"] = groups
-        attach_unknown_groups(model, preds, groups)
         log_unknown_groups(groups, log)
         by_shift = card["rejection"].get("sample_shifts")
         if by_shift:
@@ -850,11 +882,9 @@ def predict_query(model, bundle: dict[str, Any], query, *, threshold: float | No
                                   min_shared_genes=int(bundle.get("min_shared_genes", 200)))
     log(report.get("message", ""))
     samples = bundle_samples(bundle, qry.obs)
-    preds = predict(model, split.X, threshold=threshold, samples=samples)
-    card = prediction_card(model, preds, report, samples)
-    card["unknown_groups"] = unknown_groups_of(model, split.X, preds, genes=bundle["genes"])
-    attach_unknown_groups(model, preds, card["unknown_groups"])
-    log_unknown_groups(card["unknown_groups"], log)
+    preds, groups = label_query(model, split.X, genes=bundle["genes"], threshold=threshold, samples=samples)
+    card = prediction_card(model, preds, report, samples) | {"unknown_groups": groups}
+    log_unknown_groups(groups, log)
     return preds, card
 
 

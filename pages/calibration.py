@@ -40,11 +40,15 @@ if groups is not None:
                 "IFIT) is probably a *state* of a known type that the reference lacks; a group expressing another "
                 "lineage's genes is probably a type the reference lacks. The rule cannot tell these apart; the genes "
                 "can. *State programs* names the stress, immediate-early, interferon, cell-cycle, mitochondrial or "
-                "ribosomal genes found among the genes up (two or more of one program).")
+                "ribosomal genes found among the genes up (two or more of one program). A group with heat-shock or "
+                "immediate-early genes up that keeps at least 8 of its type's 10 reference markers is a known type "
+                "after a rougher dissociation: the rule has already given it that type (ticked below; untick it to "
+                "see it as Unknown).")
     st.dataframe(groups, hide_index=True, key="unknown_groups")
 accepted = st.multiselect("Accept these Unknown groups as the type they look most like (your call: e.g. a known type "
                           "in a state the reference lacks); the heatmap and the download below follow",
-                          cal.group_choices(run), format_func=lambda j: cal.group_name(run, j),
+                          cal.group_choices(run), default=cal.rule_accepted_groups(run),
+                          format_func=lambda j: cal.group_name(run, j),
                           key=WidgetKeys.ACCEPT_GROUPS.format(run=run.run_id)) if groups is not None else []
 methods = run.score_methods()
 card_method = run.rejection.get("method")

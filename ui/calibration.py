@@ -170,7 +170,15 @@ def unknown_groups_table(run: Run) -> pd.DataFrame | None:
                          "Genes up (log-expression difference)": [genes(r["genes_up"], r["up_by"]) for r in rows],
                          "State programs among the genes up": [", ".join(r.get("state_programs", [])) for r in rows],
                          "Genes down": [genes(r["genes_down"], r["down_by"]) for r in rows],
-                         "Compared with": [r["compared_with"] for r in rows]})
+                         "Compared with": [r["compared_with"] for r in rows],
+                         "Accepted by the rule (handling state)": [bool(r.get("accepted")) for r in rows]})
+
+
+def rule_accepted_groups(run: Run) -> list[int]:
+    """The card's Unknown groups the rule itself accepted as their type (``handling_state``: heat-shock
+    or immediate-early genes up, the type's markers kept; ``pipeline.accept_handling_states``)."""
+    rows = run.card.get("unknown_groups") or []
+    return [j for j in group_choices(run) if rows[j].get("accepted")]
 
 
 def group_choices(run: Run) -> list[int]:

@@ -179,3 +179,38 @@ def test_unknown_groups_show_what_sets_each_group_apart(tmp_path, monkeypatch):
     q = lat.point_table(run, lat.coordinates(str(tmp_path), rd.id, "pca", False), False).query("dataset == 'query'")
     first = f"group 1: {groups[0]['n_cells']:,} cells like {groups[0]['predicted_as']}"
     assert (q["group"] == first).sum() == groups[0]["n_cells"] and q["group"].str.startswith("group ").all()
+
+
+def test_groups_the_rule_accepted_as_handling_states_come_ticked(tmp_path, monkeypatch):
+    """A group the rule accepted (a known type after a rougher dissociation,
+    ``pipeline.accept_handling_states``) is ticked in the page's "Accept these Unknown groups" box,
+    so the heatmap and the download keep the run's own calls; unticking it shows it Unknown."""
+    from cellannot_core.models import get_spec
+    from cellannot_core.pipeline import AnnotateOptions, annotate
+    from cellannot_core.runs import RunDir
+    from conftest import demo_subset
+    from test_app_results import LABEL, TINY
+
+    monkeypatch.setenv("CELLANNOT_RUNS", str(tmp_path))
+    ref, qry = demo_subset(300, 250, 0)
+    hp = {k: v for k, v in TINY.items() if k in get_spec("resnet").hparams} | {"ood_score": "knn_class"}
+    rd = RunDir.create(tmp_path, model="resnet")
+    annotate(ref, qry, AnnotateOptions(label_key=LABEL, query_label_key=LABEL, model="resnet", hparams=hp,
+                                       max_epochs=2, n_top_genes=200, seed=0, threshold=0.0), run_dir=rd)
+    path = tmp_path / rd.id / "run_card.json"
+    card = json.loads(path.read_text())
+    assert not any(g["accepted"] for g in card["unknown_groups"])  # compared with reference cells: never accepted
+    card["unknown_groups"][0]["accepted"] = True  # as the rule marks a handling state
+    path.write_text(json.dumps(card))
+    n0 = card["unknown_groups"][0]["n_cells"]
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    at.session_state[StateKeys.RUN_ID] = rd.id
+    at.switch_page("pages/calibration.py").run()
+    assert not at.exception
+    table = next(d.value for d in at.dataframe if "Looks most like" in d.value.columns)
+    assert list(table["Accepted by the rule (handling state)"]) == [j == 0 for j in range(len(table))]
+    box = at.multiselect(key=WidgetKeys.ACCEPT_GROUPS.format(run=rd.id))
+    assert box.value == [0]
+    assert any(f"{n0:,} cells of 1 accepted group(s)" in c.value for c in at.caption)
+    at = box.unselect(0).run()
+    assert not at.exception and not any("accepted group(s)" in c.value for c in at.caption)

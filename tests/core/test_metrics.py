@@ -401,3 +401,53 @@ def test_state_programs_name_the_state_genes_among_a_groups_genes_up():
     assert state_programs(["Fos", "Jun", "Egr1", "Hspa1a", "Ier2"]) == ["immediate early (dissociation, activation)"]
     assert state_programs(["S100A9", "S100A8", "LYZ", "TYROBP", "CST3"]) == []
     assert state_programs(["MT-CO1", "mt-Nd1", "RPL13", "RPS3", "RPS27"]) == ["ribosomal", "mitochondrial"]
+
+
+def test_a_known_type_after_rougher_dissociation_is_a_handling_state_a_new_type_is_not():
+    """Three Unknown groups predicted A against the query's accepted A cells: A's markers kept with
+    heat-shock genes up (a handling state: accepted), the same heat-shock genes on a type that lost
+    A's markers (not), and A's markers kept with interferon genes up (biology: named, not accepted).
+    Then ``accept_handling_states`` gives only the first group's cells their type, and only for
+    ``knn_class``'s groups."""
+    import types
+
+    from cellannot_core.evidence import unknown_groups
+    from cellannot_core.pipeline import Predictions, accept_handling_states, attach_unknown_groups
+
+    genes = [f"A{i}" for i in range(10)] + ["B0", "B1", "HSPA1A", "DNAJB1", "ISG15", "IFIT1", "NEW1", "NEW2"]
+    G = len(genes)
+    a = np.zeros(G)
+    a[:10] = 3.0  # A's ten markers
+    b = np.zeros(G)
+    b[10:12] = 3.0
+    heat, ifn, own = np.zeros(G), np.zeros(G), np.zeros(G)
+    heat[12:14], ifn[14:16], own[16:18] = 3.0, 3.0, 4.0
+    lost = a.copy()
+    lost[:5] = 0.0  # half of A's markers gone
+    rng = np.random.default_rng(0)
+    blocks = [(a, 80), (a + heat, 40), (lost + heat + own, 40), (a + ifn, 40), (b, 50)]
+    X = np.vstack([m + rng.normal(0, 0.1, (n, G)) for m, n in blocks]) + 0.5  # the query's shift
+    groups = np.repeat(np.arange(5), [n for _, n in blocks])
+    pred = np.where(groups == 4, 1, 0)
+    unk = np.isin(groups, [1, 2, 3])
+    rows = unknown_groups(X, groups, unk, pred, ["A", "B"], genes, np.vstack([a, b]), n_genes=4)
+    by = {r["group"]: r for r in rows}
+    assert by[1]["handling_state"] and by[1]["markers_kept"] == 10 and by[1]["n_markers"] == 10
+    assert "heat shock / stress" in by[2]["state_programs"] and not by[2]["handling_state"]
+    assert by[2]["markers_kept"] == 5
+    assert by[3]["state_programs"] == ["interferon response"] and not by[3]["handling_state"]
+
+    n = len(X)
+    label_raw = np.where(pred == 0, "A", "B").astype(object)
+    preds = Predictions(np.zeros((n, 2)), np.eye(2)[pred], label_raw, np.where(unk, "Unknown", label_raw),
+                        1.0, 1.0, np.ones(n), unk.astype(float), unk.copy(), np.zeros((n, 2)), {})
+    model = types.SimpleNamespace(ood_method="knn_class",
+                                  reference=types.SimpleNamespace(last_decision={"n": n, "clusters": groups}))
+    attach_unknown_groups(model, preds, rows)
+    assert accept_handling_states(model, preds, rows) == 40
+    assert not preds.is_unknown[groups == 1].any() and (preds.label[groups == 1] == "A").all()
+    assert preds.is_unknown[np.isin(groups, [2, 3])].all() and (preds.label[groups == 2] == "Unknown").all()
+    assert [r["accepted"] for r in rows] == [r["group"] == 1 for r in rows]
+    assert (preds.unknown_group[groups == 1] >= 0).all()  # the accepted cells keep their group
+    other = types.SimpleNamespace(ood_method="maxprob", reference=None)
+    assert accept_handling_states(other, preds, rows) == 0
