@@ -449,5 +449,11 @@ def test_a_known_type_after_rougher_dissociation_is_a_handling_state_a_new_type_
     assert preds.is_unknown[np.isin(groups, [2, 3])].all() and (preds.label[groups == 2] == "Unknown").all()
     assert [r["accepted"] for r in rows] == [r["group"] == 1 for r in rows]
     assert (preds.unknown_group[groups == 1] >= 0).all()  # the accepted cells keep their group
+    from cellannot_core.pipeline import log_unknown_groups
+
+    lines: list[str] = []
+    log_unknown_groups(rows, lines.append)
+    assert [("accepted as A, a handling state keeping 10 of its 10 markers" in line) for line in lines] == \
+        [r["group"] == 1 for r in rows[:3]]
     other = types.SimpleNamespace(ood_method="maxprob", reference=None)
     assert accept_handling_states(other, preds, rows) == 0
