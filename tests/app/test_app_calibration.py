@@ -128,10 +128,8 @@ def test_unknown_calls_by_class_say_how_each_threshold_was_made(tmp_path, monkey
     assert ("divided out of the query" in md) == study["removed"] and ("was not removed" in md) != study["removed"]
 
 
-def test_unknown_groups_show_what_sets_each_group_apart(tmp_path, monkeypatch):
-    """A run whose threshold calls every cell Unknown: each of knn_class's query clusters is an
-    Unknown group, described against the reference's cells of the type it looks most like (no
-    accepted query cells to compare with); the page lists them with their genes."""
+def _all_unknown_run(tmp_path, monkeypatch):
+    """A resnet + knn_class run on 250 demo query cells whose threshold calls every cell Unknown."""
     from cellannot_core.models import get_spec
     from cellannot_core.pipeline import AnnotateOptions, annotate
     from cellannot_core.runs import RunDir
@@ -144,6 +142,14 @@ def test_unknown_groups_show_what_sets_each_group_apart(tmp_path, monkeypatch):
     rd = RunDir.create(tmp_path, model="resnet")
     annotate(ref, qry, AnnotateOptions(label_key=LABEL, query_label_key=LABEL, model="resnet", hparams=hp,
                                        max_epochs=2, n_top_genes=200, seed=0, threshold=0.0), run_dir=rd)
+    return rd
+
+
+def test_unknown_groups_show_what_sets_each_group_apart(tmp_path, monkeypatch):
+    """A run whose threshold calls every cell Unknown: each of knn_class's query clusters is an
+    Unknown group, described against the reference's cells of the type it looks most like (no
+    accepted query cells to compare with); the page lists them with their genes."""
+    rd = _all_unknown_run(tmp_path, monkeypatch)
     card = json.loads((tmp_path / rd.id / "run_card.json").read_text())
     groups = card["unknown_groups"]
     assert len(groups) >= 2 and sum(g["n_cells"] for g in groups) == 250  # every cluster, every cell
@@ -185,18 +191,7 @@ def test_groups_the_rule_accepted_as_handling_states_come_ticked(tmp_path, monke
     """A group the rule accepted (a known type after a rougher dissociation,
     ``pipeline.accept_handling_states``) is ticked in the page's "Accept these Unknown groups" box,
     so the heatmap and the download keep the run's own calls; unticking it shows it Unknown."""
-    from cellannot_core.models import get_spec
-    from cellannot_core.pipeline import AnnotateOptions, annotate
-    from cellannot_core.runs import RunDir
-    from conftest import demo_subset
-    from test_app_results import LABEL, TINY
-
-    monkeypatch.setenv("CELLANNOT_RUNS", str(tmp_path))
-    ref, qry = demo_subset(300, 250, 0)
-    hp = {k: v for k, v in TINY.items() if k in get_spec("resnet").hparams} | {"ood_score": "knn_class"}
-    rd = RunDir.create(tmp_path, model="resnet")
-    annotate(ref, qry, AnnotateOptions(label_key=LABEL, query_label_key=LABEL, model="resnet", hparams=hp,
-                                       max_epochs=2, n_top_genes=200, seed=0, threshold=0.0), run_dir=rd)
+    rd = _all_unknown_run(tmp_path, monkeypatch)
     path = tmp_path / rd.id / "run_card.json"
     card = json.loads(path.read_text())
     assert not any(g["accepted"] for g in card["unknown_groups"])  # compared with reference cells: never accepted
