@@ -210,6 +210,17 @@ def train_or_load(exp: Experiment, model: str, prep, seed: int, retrain: bool, h
     return m, secs
 
 
+def cap_reference(m, prep, cap: int, seed: int) -> None:
+    """The model's novelty index rebuilt with at most ``cap`` reference cells, as ``fit_reference``
+    builds it for a reference larger than its cap, and the threshold calibrated again."""
+    from cellannot_core.novelty import LatentReference
+
+    r = m.reference
+    m.reference = LatentReference(r.latent, r.y, logits=r.logits, k=r.k, max_cells=cap, seed=seed,
+                                  expression=r.expression)
+    m.calibrate(prep.val, accept=0.95, shift_correction="median")
+
+
 def samples_of(qry, prep, batch_key: str | None = None):
     """The query's samples as ``annotate`` finds them (:func:`~cellannot_core.pipeline.query_samples`)."""
     from cellannot_core.pipeline import query_samples
@@ -340,6 +351,9 @@ def main() -> None:
     ap.add_argument("--threshold-scale", type=float, action="append", default=None, metavar="T",
                     help="the first model's Unknown threshold times T (repeatable: one summary per T; the "
                          "trade-off between rejecting novel cells and keeping known ones)")
+    ap.add_argument("--reference-cap", type=int, default=None, metavar="N",
+                    help="keep N reference cells in each model's novelty index (as a reference many times the "
+                         "index's cap would; the threshold calibrated again)")
     ap.add_argument("--hparam", action="append", default=[], metavar="NAME=VALUE",
                     help="a hyper-parameter of the first model (its own cache entry); repeatable")
     args = ap.parse_args()
@@ -383,6 +397,8 @@ def main() -> None:
                 m, secs = train_or_load(exp, model, prep, args.seed, args.retrain, hp if model == models[0] else None,
                                         key if "n_batches" in _hparams_of(model) else None, args.thin,
                                         (args.max_ref, args.max_query))
+                if args.reference_cap and m.reference is not None:
+                    cap_reference(m, prep, args.reference_cap, args.seed)
                 thr = 0.5 if model == "logreg_05" else None
                 if model == "logreg_05":
                     m.ood_method = "maxprob"
