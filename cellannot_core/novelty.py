@@ -170,7 +170,8 @@ class LatentReference:
         logits = None if logits is None else np.asarray(logits, dtype=np.float32)
         expr = expression
         if latent.shape[0] > max_cells:
-            keep = subsample_every_type(y, max_cells, seed)
+            rng = np.random.default_rng(seed)
+            keep = np.sort(rng.choice(latent.shape[0], max_cells, replace=False))
             latent, y = latent[keep], y[keep]
             logits = None if logits is None else logits[keep]
             expr = None if expr is None else expr[keep]
@@ -542,29 +543,6 @@ class LatentReference:
         ref_e.data = np.expm1(ref_e.data)
         w = np.stack(weights).astype(np.float64)
         return classes, np.asarray((sp.csr_matrix(w / w.sum(1, keepdims=True)) @ ref_e).todense())
-
-
-def subsample_every_type(y: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
-    """Sorted indices of ``n`` of the cells labelled ``y``: each type first keeps up to
-    ``n // (2 * types)`` of its cells, the rest of ``n`` is drawn from the remaining cells at random.
-
-    A uniform draw keeps a type in proportion to its size: from an atlas many times the cap, a type
-    of a hundred cells would keep one or two, and its query cells, far from them, would be called
-    Unknown. Half the budget guarantees every type a floor; the other half keeps the reference's
-    composition."""
-    y = np.asarray(y)
-    if n >= len(y):
-        return np.arange(len(y))
-    rng = np.random.default_rng(seed)
-    types = np.unique(y)
-    floor = n // (2 * len(types))
-    taken = np.zeros(len(y), dtype=bool)
-    for t in types:
-        idx = np.flatnonzero(y == t)
-        taken[rng.choice(idx, min(len(idx), floor), replace=False)] = True
-    rest = np.flatnonzero(~taken)
-    taken[rng.choice(rest, n - int(taken.sum()), replace=False)] = True
-    return np.flatnonzero(taken)
 
 
 def class_expression_sums(X: Any, pred: np.ndarray, classes: Sequence[int]) -> np.ndarray:

@@ -7,7 +7,7 @@ from scipy.spatial.distance import mahalanobis as scipy_mahalanobis
 
 from cellannot_core.calibration import fit_temperature, softmax, threshold_for_acceptance
 from cellannot_core.novelty import (GRAPH_K, LOGIT_K, OOD_METHODS, LatentReference, energy_score,
-                                    graph_smooth, maxprob_score, subsample_every_type)
+                                    graph_smooth, maxprob_score)
 
 
 def _nll(logits, y, t):
@@ -209,25 +209,6 @@ def test_latent_reference_subsamples_consistently():
     lr = LatentReference(latent, y, logits=latent * 3.0, max_cells=20, seed=3)
     np.testing.assert_array_equal(lr.logits, lr.latent * 3.0)
     assert set(lr.arrays()) == {"ref_latent", "ref_y", "ref_logits"}
-
-
-def test_a_type_rare_in_a_large_reference_keeps_its_cells_in_the_index_and_its_query_cells_known():
-    """An atlas many times the index's cap: a uniform draw would keep 20 of a type's 400 cells
-    (1%), and over half of that type's query cells, drawn like its reference cells, came out
-    Unknown; every type first keeps up to ``cap / (2 * types)`` of its cells."""
-    rng = np.random.default_rng(4)
-    ref = np.vstack([rng.normal(size=(39600, 2)), rng.normal(loc=6.0, size=(400, 2))]).astype(np.float32)
-    y = np.r_[np.zeros(39600, dtype=int), np.ones(400, dtype=int)]
-    lr = LatentReference(ref, y, max_cells=2000, seed=0)
-    assert len(lr.y) == 2000 and (lr.y == 1).sum() == 400  # the floor is 500: the rare type keeps all
-    q = np.vstack([rng.normal(size=(400, 2)), rng.normal(loc=6.0, size=(400, 2))]).astype(np.float32)
-    s = lr.knn_class(q, np.r_[np.zeros(400, dtype=int), np.ones(400, dtype=int)])
-    assert (s[400:] > 1).mean() < 0.05 and (s[:400] > 1).mean() < 0.05
-    # the rest of the budget keeps the reference's composition; the floor never exceeds a type
-    keep = subsample_every_type(np.r_[np.zeros(900), np.ones(90), np.full(10, 2)], 300, seed=1)
-    counts = np.bincount(np.r_[np.zeros(900), np.ones(90), np.full(10, 2)].astype(int)[keep])
-    assert len(keep) == 300 and counts[2] == 10 and counts[1] >= 50 and counts[0] > counts[1]
-    assert np.all(np.diff(keep) > 0)
 
 
 def test_knn_logit_equals_brute_force():
