@@ -198,7 +198,7 @@ def train_or_load(exp: Experiment, model: str, prep, seed: int, retrain: bool, h
             import scipy.sparse as sp
 
             m.reference.expression = sp.csr_matrix(prep.train.X, dtype=np.float32)
-        m.calibrate(prep.val, accept=0.95, shift_correction="median")
+        calibrate(m, prep)
         return m, float(m.history.get("_bench_train_seconds", float("nan")))
     opts = AnnotateOptions(label_key=LABEL_KEY, query_label_key=LABEL_KEY, model=name, seed=seed, device="auto",
                            hparams=hparams, batch_key=batch_key)
@@ -218,7 +218,15 @@ def cap_reference(m, prep, cap: int, seed: int) -> None:
     r = m.reference
     m.reference = LatentReference(r.latent, r.y, logits=r.logits, k=r.k, max_cells=cap, seed=seed,
                                   expression=r.expression)
-    m.calibrate(prep.val, accept=0.95, shift_correction="median")
+    calibrate(m, prep)
+
+
+def calibrate(m, prep) -> None:
+    """Calibrate on the reference's validation cells as ``annotate`` does by default."""
+    from cellannot_core.pipeline import AnnotateOptions
+
+    opts = AnnotateOptions(label_key=LABEL_KEY)
+    m.calibrate(prep.val, accept=opts.accept, shift_correction=opts.shift_correction)
 
 
 def samples_of(qry, prep, batch_key: str | None = None):
