@@ -154,10 +154,18 @@ def label_query(model, X: Any, *, genes: Sequence[str] | None = None, ref_mean: 
     described (:func:`unknown_groups_of`, :func:`attach_unknown_groups`) and the handling states
     among them accepted (:func:`accept_handling_states`). Returns the predictions and the groups."""
     preds = predict(model, X, threshold=threshold, samples=samples)
+    return preds, describe_unknown_groups(model, X, preds, ref_mean, genes)
+
+
+def describe_unknown_groups(model, X: Any, preds: Predictions, ref_mean: np.ndarray | None = None,
+                            genes: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """The steps after the Unknown calls, in one order for every path (in memory or in chunks: ``X``
+    as :func:`unknown_groups_of` takes it): the groups described, their codes attached to ``preds``
+    and the handling states among them accepted. Returns the groups."""
     groups = unknown_groups_of(model, X, preds, ref_mean, genes)
     attach_unknown_groups(model, preds, groups)
     accept_handling_states(model, preds, groups)
-    return preds, groups
+    return groups
 
 
 def decide(model, logits: np.ndarray, latent: np.ndarray, scores: dict[str, np.ndarray], *,

@@ -39,7 +39,7 @@ def stream_predictions(model, bundle: dict[str, Any], rows: H5adRows, *, thresho
 
     from .data import lognormalize, match_genes
     from .data.validate import check_not_empty, check_values
-    from .pipeline import accept_handling_states, attach_unknown_groups, decide, unknown_groups_of
+    from .pipeline import decide, describe_unknown_groups
 
     genes = [str(g) for g in bundle["genes"]]
     min_shared = int(bundle.get("min_shared_genes", 200))
@@ -88,9 +88,7 @@ def stream_predictions(model, bundle: dict[str, Any], rows: H5adRows, *, thresho
         if shift is not None:
             model.reference.last_decision["study_shift"] = shift
     preds = decide(model, query_logits, latent_all, scores, threshold=threshold)
-    groups = unknown_groups_of(model, lambda: ((start, X) for start, _, X in chunks()), preds, genes=genes)
-    attach_unknown_groups(model, preds, groups)
-    accept_handling_states(model, preds, groups)
+    groups = describe_unknown_groups(model, lambda: ((start, X) for start, _, X in chunks()), preds, genes=genes)
     if groups:
         log("described the Unknown groups (one more pass over the chunks)")
     warns = [] if gm.n_shared == len(genes) else [
