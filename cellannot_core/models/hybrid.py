@@ -93,6 +93,8 @@ def _has_counts(split: Split) -> bool:
                                      choices=LATENT_MODELS),
               "max_epochs": HParam(0, "training epochs of the latent model (0 = its own default: scanvi 40, "
                                    "clams 30)", low=0, high=10000),
+              "n_latent": HParam(0, "latent dimensions of scANVI (0 = its own default, 10; clams' latent "
+                                 "space keeps its width)", low=0, high=256, advanced=True),
               "smooth_k": HParam(GRAPH_K, "class probabilities of a cell = the mean SVM probabilities of its k "
                                  "nearest neighbours (itself included) in the latent space, among the cells "
                                  "labelled together (0 = the cell's own)", low=0, high=200),
@@ -121,6 +123,8 @@ class ScanviSvm(Model):
         hp: dict[str, Any] = {"knn_k": self.hparams["knn_k"]}
         if self.hparams["max_epochs"] > 0:
             hp["max_epochs"] = self.hparams["max_epochs"]
+        if self.hparams["n_latent"] > 0 and "n_latent" in get_spec(name).hparams:
+            hp["n_latent"] = self.hparams["n_latent"]
         if "n_batches" in get_spec(name).hparams:
             hp["n_batches"] = self.hparams["n_batches"]
         return create_model(name, self.n_features, self.classes, seed=self.seed, device=self.device_name, hparams=hp)

@@ -134,3 +134,13 @@ def test_a_query_sample_in_another_condition_gets_its_own_shift_and_a_novel_type
     back = load_model(tmp_path / "m", device="cpu")
     assert back.latent_model.net.n_batch == 3
     np.testing.assert_allclose(back.latent(prep.query.X), m.latent(prep.query.X), atol=1e-5)
+
+
+def test_latent_dimensions_reach_the_latent_model(prep, fitted, tmp_path):
+    assert fitted.latent(prep.query.X).shape[1] == 10  # n_latent = 0: scANVI's own default
+    m = create_model("scanvi_svm", prep.n_genes, prep.classes, seed=0, device="cpu",
+                     hparams={"max_epochs": 1, "n_latent": 6})
+    m.fit(prep.train, prep.val, unlabelled=prep.query)
+    assert m.latent_model.hparams["n_latent"] == 6 and m.latent(prep.query.X).shape[1] == 6
+    m.save(tmp_path / "m")
+    assert load_model(tmp_path / "m", device="cpu").latent(prep.query.X).shape[1] == 6
