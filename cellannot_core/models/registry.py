@@ -48,7 +48,8 @@ class HParam:
             else:
                 value = str(value)
         except (TypeError, ValueError):
-            raise ConfigError(f"hyper-parameter {name} must be a {t.__name__}, got {value!r}") from None
+            kind = {bool: "true or false", int: "a whole number", float: "a number"}.get(t, "text")
+            raise ConfigError(f"hyper-parameter {name} must be {kind}, got {value!r}") from None
         if self.choices is not None and value not in self.choices:
             raise ConfigError(f"hyper-parameter {name} must be one of {', '.join(map(str, self.choices))}, got {value!r}")
         if self.low is not None and value < self.low:

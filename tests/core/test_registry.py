@@ -43,17 +43,17 @@ def test_unknown_hparam_lists_valid_ones():
 
 
 @pytest.mark.parametrize("name, value, match", [
-    ("lr", "abc", "float"),
+    ("lr", "abc", "must be a number"),
     ("lr", 10.0, "<="),
     ("lr", 0.0, ">="),
     ("stochastic_p", 2, "<="),
     ("stochastic_p", -0.1, ">="),
-    ("max_epochs", 2.5, "int"),
-    ("max_epochs", "2.5", "int"),
-    ("max_epochs", "ten", "int"),
+    ("max_epochs", 2.5, "whole number"),
+    ("max_epochs", "2.5", "whole number"),
+    ("max_epochs", "ten", "whole number"),
     ("max_epochs", 0, ">="),
     ("sgld_steps", 0, ">="),
-    ("elu_clip", "maybe", "bool"),
+    ("elu_clip", "maybe", "true or false"),
     ("activation", "tanh", "one of"),
     ("ood_score", "bogus", "one of"),
     ("sgld_init", "gaussian", "one of"),
