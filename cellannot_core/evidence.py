@@ -206,21 +206,61 @@ def unknown_groups(X: Any, groups: np.ndarray, is_unknown: np.ndarray, pred: np.
         else:
             base, against = np.nan_to_num(np.asarray(ref_mean[c], dtype=np.float64)), \
                 f"the reference's {classes[c]} cells (too few accepted in the query)"
-        diff = mean - base
-        order = np.argsort(-diff)
-        up = [int(i) for i in order[:n_genes] if diff[i] > 0]
-        down = [int(i) for i in order[::-1][:n_genes] if diff[i] < 0]
-        programs = state_programs([genes[i] for i in up])
-        idx = markers[str(classes[c])]
-        kept = int(np.sum(mean[idx] >= SUPPORT_FRACTION * base[idx])) if idx else 0
+        d = _difference(mean, base, markers[str(classes[c])], genes, n_genes)
         rows.append({"group": int(g) if np.issubdtype(groups.dtype, np.integer) else str(g), "n_cells": int(u.sum()),
-                     "predicted_as": str(classes[c]), "compared_with": against,
-                     "genes_up": [str(genes[i]) for i in up], "up_by": [round(float(diff[i]), 2) for i in up],
-                     "genes_down": [str(genes[i]) for i in down], "down_by": [round(float(diff[i]), 2) for i in down],
-                     "state_programs": programs, "markers_kept": kept, "n_markers": len(idx),
-                     "handling_state": bool(c in base_of and idx and kept >= HANDLING_MIN_MARKERS * len(idx)
-                                            and any(p in HANDLING_PROGRAMS for p in programs))})
+                     "predicted_as": str(classes[c]), "compared_with": against, **d,
+                     "handling_state": bool(c in base_of and d["n_markers"]
+                                            and d["markers_kept"] >= HANDLING_MIN_MARKERS * d["n_markers"]
+                                            and any(p in HANDLING_PROGRAMS for p in d["state_programs"]))})
     return rows
+
+
+def _difference(mean: np.ndarray, base: np.ndarray, markers: list[int], genes: np.ndarray,
+                n_genes: int) -> dict[str, Any]:
+    """A group's mean expression against the cells it is compared with: the ``n_genes`` genes most
+    raised and lowered, the state programs among the raised ones and the class markers it keeps at
+    :data:`SUPPORT_FRACTION` of the compared cells' level."""
+    diff = mean - base
+    order = np.argsort(-diff)
+    up = [int(i) for i in order[:n_genes] if diff[i] > 0]
+    down = [int(i) for i in order[::-1][:n_genes] if diff[i] < 0]
+    kept = int(np.sum(mean[markers] >= SUPPORT_FRACTION * base[markers])) if markers else 0
+    return {"genes_up": [str(genes[i]) for i in up], "up_by": [round(float(diff[i]), 2) for i in up],
+            "genes_down": [str(genes[i]) for i in down], "down_by": [round(float(diff[i]), 2) for i in down],
+            "state_programs": state_programs([genes[i] for i in up]), "markers_kept": kept, "n_markers": len(markers)}
+
+
+def shifted_class_evidence(X: Any, pred: np.ndarray, is_unknown: np.ndarray, classes: Sequence[str],
+                           genes: Sequence[str], ref_mean: np.ndarray, shifted: Sequence[int], *,
+                           n_genes: int = 8) -> list[dict[str, Any]]:
+    """What the query cells accepted as a class *measured against its own shift* look like.
+
+    ``knn_class`` (step 3) measures a predicted class none of whose query clusters lies as near the
+    reference as the query's other types against that class's own shift: a known type another study
+    moved as a whole keeps its label (pbmc3k -> kang: monocytes). A type the reference lacks that is
+    predicted as a class the query does not have is accepted the same way, and the rule cannot tell
+    the two apart (bench/novelty_stress.py: kang_ctrl -> kang_sce without CD14 monocytes, the
+    query's monocytes accepted as NK, a type that query lacks). The genes can: for each class in
+    ``shifted`` with at least :data:`GROUP_MIN_CELLS` accepted cells, those cells' genes most raised
+    and lowered against the reference's cells of the class (``ref_mean``; the study's shift
+    included, since no query cells of the class are near the reference to compare with), the state
+    programs among them and the class's markers kept (:func:`_difference`). ``X`` as in
+    :func:`unknown_groups` (read once). Largest first."""
+    unk = np.asarray(is_unknown, dtype=bool)
+    pred = np.asarray(pred, dtype=np.int64)
+    genes = np.asarray(genes, dtype=object)
+    masks = {int(c): (pred == c) & ~unk for c in shifted}
+    masks = {c: m for c, m in masks.items() if m.sum() >= GROUP_MIN_CELLS}
+    if not masks:
+        return []
+    markers = class_markers(ref_mean, genes, classes)
+    rows = []
+    for (c, m), mean in zip(masks.items(), _means_of_rows(X, list(masks.values()))):
+        base = np.nan_to_num(np.asarray(ref_mean[c], dtype=np.float64))
+        rows.append({"class": str(classes[c]), "n_cells": int(m.sum()), "n_predicted": int((pred == c).sum()),
+                     "compared_with": f"the reference's {classes[c]} cells",
+                     **_difference(mean, base, markers[str(classes[c])], genes, n_genes)})
+    return sorted(rows, key=lambda r: -r["n_cells"])
 
 
 def unknown_group_members(groups: np.ndarray, is_unknown: np.ndarray, rows: list[dict[str, Any]]) -> np.ndarray:

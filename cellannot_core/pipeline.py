@@ -71,6 +71,8 @@ class Predictions:
     scores: dict[str, np.ndarray]
     # per cell, its group's position in the card's ``unknown_groups`` (-1: none); set by attach_unknown_groups
     unknown_group: np.ndarray | None = None
+    # the card's ``accepted_on_class_shift`` (:func:`shifted_classes_of`); set by describe_unknown_groups
+    shifted_classes: list[dict[str, Any]] | None = None
 
 
 def prepare_data(reference, query, opts: AnnotateOptions) -> Prepared:
@@ -165,6 +167,7 @@ def describe_unknown_groups(model, X: Any, preds: Predictions, ref_mean: np.ndar
     groups = unknown_groups_of(model, X, preds, ref_mean, genes)
     attach_unknown_groups(model, preds, groups)
     accept_handling_states(model, preds, groups)
+    preds.shifted_classes = shifted_classes_of(model, X, preds, ref_mean, genes)
     return groups
 
 
@@ -231,6 +234,7 @@ def run_card(model, prepared: Prepared, opts: AnnotateOptions, preds: Prediction
                       **study_shift_of(model, samples)},
         "validation": model.calibration,
         "unknown_by_class": unknown_by_class(model, preds),
+        "accepted_on_class_shift": preds.shifted_classes or [],
         "training": {k: v for k, v in hist.items() if k != "epochs"} | {"n_epochs": len(hist.get("epochs", [])),
                                                                        "seconds": round(train_seconds, 2)},
         "unknown_fraction": float(np.mean(preds.is_unknown)) if len(preds.is_unknown) else 0.0,
@@ -328,23 +332,75 @@ def unknown_groups_of(model, X: Any, preds: Predictions, ref_mean: np.ndarray | 
     one row per prediction, or a function returning its chunks), grouped by :func:`rule_groups`;
     ``ref_mean`` the reference's class means (default: from the reference cells the model kept, if
     any). ``[]`` when ``X`` does not hold the predicted cells."""
-    from .evidence import class_means, unknown_groups
+    from .evidence import unknown_groups
 
+    n_genes = _n_genes(X, preds, genes)
+    if n_genes is None or not preds.is_unknown.any():
+        return []
+
+    ref_mean, names = _reference_means(model, ref_mean, genes, n_genes)
+    return unknown_groups(X, rule_groups(model, preds), preds.is_unknown, preds.proba.argmax(1), list(model.classes),
+                          names, ref_mean)
+
+
+def _n_genes(X: Any, preds: Predictions, genes: Sequence[str] | None) -> int | None:
+    """The genes of ``X`` when it holds the predicted cells (a matrix of one row each, or a function
+    returning its chunks with ``genes`` given); else None."""
     n = len(preds.is_unknown)
     n_genes = len(genes) if genes is not None else (None if callable(X) else X.shape[1])
-    if X is None or n_genes is None or (not callable(X) and X.shape[0] != n) or n == 0 or not preds.is_unknown.any():
-        return []
-    pred = preds.proba.argmax(1)
+    if X is None or n_genes is None or (not callable(X) and X.shape[0] != n) or n == 0:
+        return None
+    return n_genes
+
+
+def _reference_means(model, ref_mean: np.ndarray | None, genes: Sequence[str] | None,
+                     n_genes: int) -> tuple[np.ndarray, list[str]]:
+    """The reference's class means (given, or from the reference cells the model kept, or NaN) and
+    the gene names."""
+    from .evidence import class_means
+
     K = len(model.classes)
-    groups = rule_groups(model, preds)
     if ref_mean is None:
         ref = getattr(model, "reference", None)
         if ref is not None and ref.expression is not None and ref.expression.shape[1] == n_genes:
             ref_mean = class_means(ref.expression, ref.y, K)
         else:
             ref_mean = np.full((K, n_genes), np.nan, dtype=np.float32)
-    names = list(genes) if genes is not None else [f"gene {i}" for i in range(n_genes)]
-    return unknown_groups(X, groups, preds.is_unknown, pred, list(model.classes), names, ref_mean)
+    return ref_mean, list(genes) if genes is not None else [f"gene {i}" for i in range(n_genes)]
+
+
+def shifted_classes_of(model, X: Any, preds: Predictions, ref_mean: np.ndarray | None = None,
+                       genes: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """The predicted classes ``knn_class`` measured against their own shift when it scored these
+    cells (step 3: no query cluster of the class near the reference), their accepted cells described
+    against the reference's cells of the class (:func:`~.evidence.shifted_class_evidence`: genes up
+    and down, markers kept), each with a ``note`` for the run log. ``[]`` for other scores, or
+    when no class was. For a query read in chunks it is one more pass over them, only then."""
+    from .evidence import shifted_class_evidence
+
+    last = getattr(getattr(model, "reference", None), "last_decision", None) or {}
+    whole = last.get("whole")
+    n_genes = _n_genes(X, preds, genes)
+    if (getattr(model, "ood_method", None) != "knn_class" or whole is None or not np.any(whole)
+            or last.get("n") != len(preds.is_unknown) or n_genes is None):
+        return []
+    ref_mean, names = _reference_means(model, ref_mean, genes, n_genes)
+    rows = shifted_class_evidence(X, preds.proba.argmax(1), preds.is_unknown, list(model.classes), names, ref_mean,
+                                  np.flatnonzero(whole))
+    for r in rows:
+        c, up, down = r["class"], ", ".join(r["genes_up"][:5]) or "none", ", ".join(r["genes_down"][:5]) or "none"
+        r["note"] = (f"{r['n_cells']:,} cells were accepted as {c} against {c}'s own shift (no group of the query's "
+                     f"{r['n_predicted']:,} {c} cells lies near the reference). They keep {r['markers_kept']} of "
+                     f"{c}'s {r['n_markers']} reference markers; against its reference cells, up {up}; down {down}. "
+                     f"A type another study moved as a whole looks like this, and so does a type the reference "
+                     f"lacks if the query has no {c} cells: these genes tell which.")
+    return rows
+
+
+def log_shifted_classes(rows: list[dict[str, Any]], log: Callable[[str], None]) -> None:
+    """One line per class accepted against its own shift (:func:`shifted_classes_of`)."""
+    for r in rows:
+        log(f"note: {r['note']}")
 
 
 def rule_groups(model, preds: Predictions) -> np.ndarray:
@@ -771,6 +827,7 @@ def annotate(reference, query, opts: AnnotateOptions, *, out: str | Path | None 
         card = run_card(model, all_prep, opts, preds, train_seconds=train_seconds, query_metrics=qm, samples=samples)
         card["unknown_groups"] = groups
         log_unknown_groups(groups, log)
+        log_shifted_classes(card["accepted_on_class_shift"], log)
         by_shift = card["rejection"].get("sample_shifts")
         if by_shift:
             log(f"each query {by_shift['column']!r} sample measured against its own shift (the whole query's "
@@ -895,6 +952,7 @@ def predict_query(model, bundle: dict[str, Any], query, *, threshold: float | No
     preds, groups = label_query(model, split.X, genes=bundle["genes"], threshold=threshold, samples=samples)
     card = prediction_card(model, preds, report, samples) | {"unknown_groups": groups}
     log_unknown_groups(groups, log)
+    log_shifted_classes(card["accepted_on_class_shift"], log)
     return preds, card
 
 
@@ -912,6 +970,7 @@ def prediction_card(model, preds: Predictions, report: dict[str, Any],
                                                              "shift_factor": preds.shift_factor,
                                                              **study_shift_of(model, samples)},
             "query_report": report, "cellannot_version": __version__,
+            "accepted_on_class_shift": preds.shifted_classes or [],
             "unknown_fraction": float(np.mean(preds.is_unknown)) if len(preds.is_unknown) else 0.0}
 
 

@@ -155,6 +155,13 @@ def class_table(run: Run) -> pd.DataFrame | None:
     return df[cols].rename(columns=CLASS_TABLE_COLUMNS)
 
 
+def shifted_class_notes(run: Run) -> list[str]:
+    """The run card's notes on classes whose cells were accepted against the class's own shift
+    (``pipeline.shifted_classes_of``: the rule's blind spot, with the genes that tell); [] for runs
+    made before the card kept them."""
+    return [str(r["note"]) for r in run.card.get("accepted_on_class_shift") or [] if r.get("note")]
+
+
 def unknown_groups_table(run: Run) -> pd.DataFrame | None:
     """The run card's Unknown groups (:func:`cellannot_core.evidence.unknown_groups`) as a
     display table; None when the card has none (runs made before it, streamed queries, nothing

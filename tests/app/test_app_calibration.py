@@ -126,6 +126,10 @@ def test_unknown_calls_by_class_say_how_each_threshold_was_made(tmp_path, monkey
     assert "cannot raise it" in md
     study = card["rejection"]["study_shift"]  # the card says whether the shared study shift was removed
     assert ("divided out of the query" in md) == study["removed"] and ("was not removed" in md) != study["removed"]
+    # the classes accepted against their own shift (knn_class's step 3) get a warning each, with their genes
+    # (this run has one, CD8 T)
+    shifted = card["accepted_on_class_shift"]
+    assert [w.value for w in at.warning if "own shift" in w.value] == [r["note"] for r in shifted]
 
 
 def _all_unknown_run(tmp_path, monkeypatch):

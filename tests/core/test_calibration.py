@@ -346,6 +346,59 @@ def test_knn_class_a_class_shifted_as_a_whole_is_not_unknown(monkeypatch):
     assert np.mean(lr.knn_class(q, pred)[400:600] > 1) > 0.9
 
 
+@pytest.mark.parametrize("novel", [False, True])
+def test_cells_accepted_against_their_class_shift_are_described_with_their_genes(novel):
+    """Step 3's blind spot, shown: class 2's query cells lie far from the reference as a group, so
+    knn_class accepts them against class 2's own shift. A known type another study moved keeps class
+    2's genes; a type the reference lacks, predicted as class 2 (a class the query does not have),
+    has other genes. The rule accepts both; the run's note on them names their markers kept and
+    their genes up and down against the reference's class 2 cells, which tell the two apart."""
+    import types
+
+    from cellannot_core.pipeline import Predictions, log_shifted_classes, shifted_classes_of
+
+    rng = np.random.default_rng(9)
+    centres = _centres()
+    ref, ref_y = _blobs(rng, 300, centres[:3])
+    lr = LatentReference(ref, ref_y, k=10)
+    far = centres[:3].copy()
+    far[2, 3] += 4.0  # class 2 moved as a whole
+    q, pred = _blobs(rng, 200, far)
+    genes = [f"m{c}_{i}" for c in range(3) for i in range(10)] + ["new1", "new2"]
+    ref_mean = np.zeros((3, len(genes)))
+    for c in range(3):
+        ref_mean[c, 10 * c:10 * c + 10] = 3.0
+    expr = ref_mean[pred].copy()
+    if novel:  # the class-2 cells are another type: its own genes, none of class 2's
+        expr[pred == 2, 20:30] = 0.0
+        expr[pred == 2, 30:] = 4.0
+    X = expr + rng.normal(0, 0.1, expr.shape) + 0.2
+    lr.knn_class(q, pred)
+    assert list(lr.last_decision["whole"]) == [False, False, True]
+    n = len(q)
+    label_raw = np.array(["A", "B", "C"], dtype=object)[pred]
+    unk = np.zeros(n, dtype=bool)
+    preds = Predictions(np.zeros((n, 3)), np.eye(3)[pred], label_raw, label_raw.copy(), 1.0, 1.0, np.ones(n),
+                        np.zeros(n), unk, q, {})
+    model = types.SimpleNamespace(ood_method="knn_class", reference=lr, classes=["A", "B", "C"])
+    rows = shifted_classes_of(model, X, preds, ref_mean, genes)
+    assert [r["class"] for r in rows] == ["C"] and rows[0]["n_cells"] == 200 and rows[0]["n_markers"] == 10
+    r = rows[0]
+    if novel:
+        assert r["markers_kept"] == 0 and set(r["genes_up"][:2]) == {"new1", "new2"}
+        assert set(r["genes_down"][:8]) <= {f"m2_{i}" for i in range(10)}
+    else:
+        assert r["markers_kept"] == 10 and "new1" not in r["genes_up"]
+    assert "accepted as C against C's own shift" in r["note"] and f"keep {r['markers_kept']} of C's 10" in r["note"]
+    lines: list[str] = []
+    log_shifted_classes(rows, lines.append)
+    assert lines == [f"note: {r['note']}"]
+    other = types.SimpleNamespace(ood_method="maxprob", reference=lr, classes=["A", "B", "C"])
+    assert shifted_classes_of(other, X, preds, ref_mean, genes) == []
+    lr.knn_class(q[pred != 2], pred[pred != 2])  # a later decision on other cells: nothing to say about these
+    assert shifted_classes_of(model, X, preds, ref_mean, genes) == []
+
+
 def test_knn_class_a_novel_group_the_labeller_hesitates_over_counts_farther():
     """A novel group as close to the reference as the other study's known cells (the distance
     alone accepts most of it), over which the labeller hesitates (p = 0.5 against 0.95): with the
