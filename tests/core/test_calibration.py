@@ -320,16 +320,21 @@ def test_knn_class_shift_breaks_down_only_past_three_quarters_novel():
     assert all(r["shift"] == pytest.approx(f) and r["n_reference"] == 300 for r in table)
 
 
+def _one_class_moved(rng):
+    """A reference of classes 0-2 and its index, and the class centres with class 2 moved as a whole."""
+    centres = _centres()
+    ref, ref_y = _blobs(rng, 300, centres[:3])
+    far = centres[:3].copy()
+    far[2, 3] += 4.0  # class 2 moved as a whole
+    return LatentReference(ref, ref_y, k=10), centres, far
+
+
 def test_knn_class_a_class_shifted_as_a_whole_is_not_unknown(monkeypatch):
     """A known type that the other study moved far more than the rest (no cell of it near the
     reference) keeps its label; a novel group predicted as a class whose own cells sit near the
     reference does not."""
     rng = np.random.default_rng(9)
-    centres = _centres()
-    ref, ref_y = _blobs(rng, 300, centres[:3])
-    lr = LatentReference(ref, ref_y, k=10)
-    far = centres[:3].copy()
-    far[2, 3] += 4.0  # class 2 moved as a whole
+    lr, centres, far = _one_class_moved(rng)
     known, known_y = _blobs(rng, 200, far)
     novel, _ = _blobs(rng, 200, centres[3:])  # next to class 0, predicted as class 0
     q = np.vstack([known, novel])
@@ -358,11 +363,7 @@ def test_cells_accepted_against_their_class_shift_are_described_with_their_genes
     from cellannot_core.pipeline import Predictions, log_shifted_classes, shifted_classes_of
 
     rng = np.random.default_rng(9)
-    centres = _centres()
-    ref, ref_y = _blobs(rng, 300, centres[:3])
-    lr = LatentReference(ref, ref_y, k=10)
-    far = centres[:3].copy()
-    far[2, 3] += 4.0  # class 2 moved as a whole
+    lr, centres, far = _one_class_moved(rng)
     q, pred = _blobs(rng, 200, far)
     genes = [f"m{c}_{i}" for c in range(3) for i in range(10)] + ["new1", "new2"]
     ref_mean = np.zeros((3, len(genes)))
