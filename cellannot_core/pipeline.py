@@ -337,7 +337,6 @@ def unknown_groups_of(model, X: Any, preds: Predictions, ref_mean: np.ndarray | 
     n_genes = _n_genes(X, preds, genes)
     if n_genes is None or not preds.is_unknown.any():
         return []
-
     ref_mean, names = _reference_means(model, ref_mean, genes, n_genes)
     return unknown_groups(X, rule_groups(model, preds), preds.is_unknown, preds.proba.argmax(1), list(model.classes),
                           names, ref_mean)
