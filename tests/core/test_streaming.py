@@ -60,6 +60,12 @@ def test_streamed_predict_equals_the_whole_query(bundle, tmp_path):
     assert card["rejection"]["study_shift"]["removed"] and whole.uns[OutKeys.UNS]["rejection"]["study_shift"]["removed"]
     assert sum("without the study shift" in s for s in logs) == 1
     assert card["unknown_fraction"] == pytest.approx(float(np.mean(whole.obs[OutKeys.IS_UNKNOWN])))
+    # the classes accepted against their own shift (here CD14 and FCGR3A Mono): the same from the chunks (one
+    # more pass) as from the whole query
+    def shifted(c):
+        return {k: (str(v["class"]), int(v["n_cells"]), list(v["genes_up"]))
+                for k, v in dict(c.get("accepted_on_class_shift") or {}).items()}
+    assert shifted(card) == shifted(whole.uns[OutKeys.UNS])
     # what sets each Unknown group apart: the same from the chunks (one more pass) as from the whole query
     every = predict_with_bundle(d, q, device="cpu", threshold=-1e9).uns[OutKeys.UNS]["unknown_groups"]
     predict_file(d, q, out=tmp_path / "all.h5ad", device="cpu", chunk_cells=70, threshold=-1e9, log=logs.append)
