@@ -274,6 +274,13 @@ def evaluate(m, prep, *, threshold: float | None = None, rules: bool = False, al
     out = {k: res[k] for k in METRICS} | {"n_in": res["n_in"], "n_novel": res["n_novel"]}
     if p.latent is not None and getattr(m, "reference", None) is not None:
         out["mixing"] = mixing(m.reference.latent, p.latent[known])
+    # the classes accepted against their own shift (the run's note): each one's accepted cells, and the
+    # share of those, among the labelled ones, of types the reference lacks
+    novel = known & ~np.isin(labels, m.classes)
+    pred = p.proba.argmax(1)
+    out["shifted"] = [(r["class"], r["n_cells"], float(novel[sel & known].sum() / max(1, (sel & known).sum())))
+                      for r in p.shifted_classes or []
+                      for sel in [(pred == list(m.classes).index(r["class"])) & ~p.is_unknown]]
     if rules:
         out["rules"] = rule_metrics(m, prep, p, all_rules)
     return out
@@ -436,6 +443,14 @@ def main() -> None:
         if part and len(part) < len(rows):
             summarise(part, lambda r: (r["model"], r), f"per model, {title}")
     first = models[0]
+    shifted = [(r["experiment"], *c) for r in rows if r["model"] == first for c in r.get("shifted", [])]
+    if shifted:
+        kinds = {"known": [c for c in shifted if c[3] < 0.2], "novel": [c for c in shifted if c[3] >= 0.8],
+                 "mixed": [c for c in shifted if 0.2 <= c[3] < 0.8]}
+        print(f"\n{first}: classes accepted against their own shift (the run's note), {len(shifted)} in "
+              f"{len({c[0] for c in shifted})} experiments: " + "; ".join(
+                  f"{k} {len(v)} ({sum(c[2] for c in v):,} cells)" for k, v in kinds.items())
+              + " (novel: >= 80% of the class's accepted cells of types the reference lacks; known: < 20%)")
     rule_names = list(next((r["rules"] for r in rows if "rules" in r), {}))
     summarise([r | {"_rule": n} for r in rows if r["model"] == first for n in rule_names],
               lambda r: (f"{first}/{r['_rule']}", {"acc_in": r["acc_in"], "ece_in": r["ece_in"], **r["rules"][r["_rule"]]}),
