@@ -178,6 +178,17 @@ def _has_seurat() -> bool:
 MAX_REF, MAX_QUERY = 4000, 3000  # the suite's subsampling (--max-ref, --max-query)
 
 
+def _trained_otherwise(m, name: str, hparams: dict) -> bool:
+    """Whether a cached model was trained with other hyper-parameters than ``name`` with
+    ``hparams`` would be now (a spec's default changed since); values the fit resolves (``auto``)
+    and those set from the data are not compared."""
+    from cellannot_core.models.registry import get_spec, resolve_hparams
+
+    spec = get_spec(name)
+    return any(m.hparams.get(k) != v for k, v in resolve_hparams(name, hparams).items()
+               if v != "auto" and not spec.hparams[k].internal)
+
+
 def train_or_load(exp: Experiment, model: str, prep, seed: int, retrain: bool, hparams: dict | None = None,
                   batch_key: str | None = None, thin: float = 1.0, sizes: tuple[int, int] = (MAX_REF, MAX_QUERY)):
     """A trained, calibrated model for this experiment (from the cache when there; a model with
@@ -191,8 +202,11 @@ def train_or_load(exp: Experiment, model: str, prep, seed: int, retrain: bool, h
     tag += f"+thin={thin:g}" if thin < 1 else ""  # a model trained with a thinned query has its own entry
     tag += "" if tuple(sizes) == (MAX_REF, MAX_QUERY) else f"+ref={sizes[0]}+query={sizes[1]}"  # other subsamples
     key = CACHE / exp.name.replace(":", "__").replace(" ", "_").replace(",", "") / f"{name}{tag}-s{seed}"
-    if (key / "config.json").is_file() and not retrain:
-        m = load_model(key, device="cpu")
+    m = load_model(key, device="cpu") if (key / "config.json").is_file() and not retrain else None
+    if m is not None and _trained_otherwise(m, name, hparams):  # cached under a default since changed
+        print(f"  {key.name}: cached with other hyper-parameters than {name}'s now; training again", flush=True)
+        m = None
+    if m is not None:
         if m.reference is not None and m.reference.expression is None and len(m.reference.y) == prep.train.n_obs:
             # cached before models kept their reference cells' expression: the same cells, in order
             import scipy.sparse as sp
