@@ -274,9 +274,7 @@ def load_model(directory: str | os.PathLike, *, device: str = "auto") -> Model:
     _validate_config(cfg, d)
     spec = get_spec(cfg["model"])
     try:
-        hparams = {k: h.saved_before for k, h in spec.hparams.items() if h.saved_before is not None}
-        hparams.update(cfg["hparams"])
-        model = spec.cls(cfg["n_features"], cfg["classes"], seed=cfg["seed"], device=device, hparams=hparams)
+        model = spec.cls(cfg["n_features"], cfg["classes"], seed=cfg["seed"], device=device, hparams=cfg["hparams"])
         model._load_state_arrays({k[6:]: v for k, v in arrays.items() if k.startswith("state.")})
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         raise DataError(f"the saved model in {d} does not match its config ({type(err).__name__}); it may be "

@@ -22,9 +22,6 @@ class HParam:
     high: float | None = None
     advanced: bool = False
     internal: bool = False  # set by the pipeline from the data (e.g. n_batches): never a widget, never swept
-    # the value of a model saved before this key was written to its config (a default that changed
-    # must not change a saved model): ``load_model`` fills it in where the saved config lacks the key
-    saved_before: Any = None
 
     @property
     def type(self) -> type:
