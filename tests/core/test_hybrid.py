@@ -111,6 +111,7 @@ def test_a_query_sample_in_another_condition_gets_its_own_shift_and_a_novel_type
         b, novel = side[prep.query.index] == 1, novel_all[prep.query.index]
         truth = np.asarray(prep.query.labels)
         hint, shifts = res.card.get("unknown_by_sample"), res.card["rejection"].get("sample_shifts")
+        assert p.is_unknown[~b].mean() < 0.2, key  # A (no shift, nothing novel) keeps its labels
         assert p.is_unknown[b & ~novel].mean() < 0.2, key  # B's known cells labelled ...
         assert (p.label_raw[b & ~novel] == truth[b & ~novel]).mean() > 0.9, key  # ... rightly
         assert p.is_unknown[novel].mean() > 0.8, key  # the novel type stays Unknown
