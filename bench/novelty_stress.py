@@ -15,6 +15,9 @@ From each reference -> query pair it builds (see :func:`experiments`):
 * ``rare T``: a known type cut to ``--rare-n`` reference cells while common in the query;
 * ``closed``: the query without its novel types (nothing should be called Unknown).
 
+``--genes N`` keeps N highly variable genes (``n_top_genes``) instead of annotate's default: a
+gene-poor pair, as a targeted panel or two species sharing few genes give (models cached apart).
+
 ``--thin F`` keeps each query UMI with probability ``F`` (a shallower query; its models are cached
 apart, trained on the thinned query).
 
@@ -190,7 +193,8 @@ def _trained_otherwise(m, name: str, hparams: dict) -> bool:
 
 
 def train_or_load(exp: Experiment, model: str, prep, seed: int, retrain: bool, hparams: dict | None = None,
-                  batch_key: str | None = None, thin: float = 1.0, sizes: tuple[int, int] = (MAX_REF, MAX_QUERY)):
+                  batch_key: str | None = None, thin: float = 1.0, sizes: tuple[int, int] = (MAX_REF, MAX_QUERY),
+                  genes: int | None = None):
     """A trained, calibrated model for this experiment (from the cache when there; a model with
     changed hyper-parameters has its own cache entry)."""
     from cellannot_core.models import load_model
@@ -200,6 +204,7 @@ def train_or_load(exp: Experiment, model: str, prep, seed: int, retrain: bool, h
     hparams = dict(hparams or {})
     tag = "".join(f"+{k}={v}" for k, v in sorted(hparams.items())) + (f"+batch={batch_key}" if batch_key else "")
     tag += f"+thin={thin:g}" if thin < 1 else ""  # a model trained with a thinned query has its own entry
+    tag += f"+genes={genes}" if genes else ""  # and one trained on fewer genes
     tag += "" if tuple(sizes) == (MAX_REF, MAX_QUERY) else f"+ref={sizes[0]}+query={sizes[1]}"  # other subsamples
     key = CACHE / exp.name.replace(":", "__").replace(" ", "_").replace(",", "") / f"{name}{tag}-s{seed}"
     m = load_model(key, device="cpu") if (key / "config.json").is_file() and not retrain else None
@@ -362,6 +367,9 @@ def main() -> None:
     ap.add_argument("--list", action="store_true", help="list the experiments and their novel shares, then stop")
     ap.add_argument("--retrain", action="store_true", help="train again even when a cached model exists")
     ap.add_argument("--json", default=None, help="write every row to this JSON file")
+    ap.add_argument("--genes", type=int, default=None, metavar="N",
+                    help="keep N highly variable genes instead of annotate's default (a gene-poor query, e.g. a "
+                         "targeted panel; models cached apart)")
     ap.add_argument("--thin", type=float, default=1.0,
                     help="keep each query UMI with this probability (a shallower query; models cached apart)")
     ap.add_argument("--all-rules", action="store_true", help="every candidate rule measured so far (slower)")
@@ -407,7 +415,8 @@ def main() -> None:
             ref, qry = make_data(exp, ref0, q0, args.seed)
             qry = thin_counts(qry, args.thin, args.seed)
             key = args.batch_key if args.batch_key and (args.batch_key in ref.obs or args.batch_key in qry.obs) else None
-            opts = AnnotateOptions(label_key=LABEL_KEY, query_label_key=LABEL_KEY, seed=args.seed, batch_key=key)
+            opts = AnnotateOptions(label_key=LABEL_KEY, query_label_key=LABEL_KEY, seed=args.seed, batch_key=key,
+                                   **({"n_top_genes": args.genes} if args.genes else {}))
             prep = prepare_data(ref, qry, opts)
             novel = ~np.isin(prep.query.labels, prep.classes)
             share = float(novel.mean())
@@ -425,7 +434,7 @@ def main() -> None:
             for model in models:
                 m, secs = train_or_load(exp, model, prep, args.seed, args.retrain, hp if model == models[0] else None,
                                         key if "n_batches" in _hparams_of(model) else None, args.thin,
-                                        (args.max_ref, args.max_query))
+                                        (args.max_ref, args.max_query), args.genes)
                 if args.reference_cap and m.reference is not None:
                     cap_reference(m, prep, args.reference_cap, args.seed)
                 thr = 0.5 if model == "logreg_05" else None
