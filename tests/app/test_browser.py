@@ -238,8 +238,15 @@ def download_annotated(page, run_id: str, timeout_ms: int):
 
 
 def goto_page(page, title: str) -> None:
-    """Open a page from the sidebar navigation (client-side: the session is kept)."""
-    page.locator('[data-testid="stSidebarNav"] a', has_text=title).first.click()
+    """Open a page from the sidebar navigation (client-side: the session is kept). The page's URL
+    is waited for first: a heading of the page left can hold the title's words (Compare models'
+    headings name runs), and the Runs page was once read while Compare models was still shown."""
+    from urllib.parse import urlparse
+
+    link = page.locator('[data-testid="stSidebarNav"] a', has_text=title).first
+    path = urlparse(link.get_attribute("href") or "").path.rstrip("/")
+    link.click()
+    page.wait_for_url(lambda url: urlparse(url).path.rstrip("/").endswith(path), timeout=PAGE_TIMEOUT_MS)
     page.get_by_role("heading", name=title, exact=False).first.wait_for(timeout=PAGE_TIMEOUT_MS)
 
 
@@ -601,7 +608,9 @@ RUN_ID_IN_TEXT = re.compile(r"\d{8}-\d{6}-[a-z0-9_]+?-[0-9a-f]{16}")
 
 
 def _listed_runs(page) -> set[str]:
-    """The run ids in the Runs page's table (its grid's accessible text)."""
+    """The run ids in the Runs page's table (its grid's accessible text), once the page's run
+    has finished (no table of the page left is read)."""
+    wait_idle(page)
     table = page.locator('[data-testid="stDataFrame"]')
     table.or_(page.get_by_text("No runs yet")).first.wait_for(timeout=PAGE_TIMEOUT_MS)
     if table.count():
