@@ -12,7 +12,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 os.environ.setdefault("CELLANNOT_NUM_THREADS", "1")  # tiny test models run fastest single-threaded
 # runs and browser-session data of tests that do not choose a folder go to a temporary one, never ./runs
-os.environ.setdefault("CELLANNOT_RUNS", __import__("tempfile").mkdtemp(prefix="cellannot_test_runs_"))
+if "CELLANNOT_RUNS" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+
+    os.environ["CELLANNOT_RUNS"] = tempfile.mkdtemp(prefix="cellannot_test_runs_")
+    atexit.register(shutil.rmtree, os.environ["CELLANNOT_RUNS"], ignore_errors=True)  # removed when pytest ends
 
 
 def pytest_addoption(parser):
