@@ -205,6 +205,9 @@ def train_or_load(exp: Experiment, model: str, prep, seed: int, retrain: bool, h
     tag = "".join(f"+{k}={v}" for k, v in sorted(hparams.items())) + (f"+batch={batch_key}" if batch_key else "")
     tag += f"+thin={thin:g}" if thin < 1 else ""  # a model trained with a thinned query has its own entry
     tag += f"+genes={genes}" if genes else ""  # and one trained on fewer genes
+    hvg = (prep.report["options"]["hvg_flavor"], prep.report["options"]["hvg_from"])
+    if hvg != ("seurat", "reference") and len(prep.genes) < prep.report["genes"]["n_shared"]:
+        tag += "+hvg={}-{}".format(*hvg)  # and one whose genes were chosen otherwise (where that changes them)
     tag += "" if tuple(sizes) == (MAX_REF, MAX_QUERY) else f"+ref={sizes[0]}+query={sizes[1]}"  # other subsamples
     key = CACHE / exp.name.replace(":", "__").replace(" ", "_").replace(",", "") / f"{name}{tag}-s{seed}"
     m = load_model(key, device="cpu") if (key / "config.json").is_file() and not retrain else None
@@ -370,6 +373,12 @@ def main() -> None:
     ap.add_argument("--genes", type=int, default=None, metavar="N",
                     help="keep N highly variable genes instead of annotate's default (a gene-poor query, e.g. a "
                          "targeted panel; models cached apart)")
+    ap.add_argument("--hvg-from", choices=("reference", "both"), default="reference",
+                    help="where the variable genes are chosen: the reference alone (annotate's default) or the "
+                         "genes ranked highest in the reference or the query (models cached apart)")
+    ap.add_argument("--hvg-flavor", choices=("seurat", "seurat_v3"), default="seurat",
+                    help="how genes are ranked: scanpy's 'seurat' (annotate's default) or 'seurat_v3' on counts "
+                         "(models cached apart)")
     ap.add_argument("--thin", type=float, default=1.0,
                     help="keep each query UMI with this probability (a shallower query; models cached apart)")
     ap.add_argument("--all-rules", action="store_true", help="every candidate rule measured so far (slower)")
@@ -416,6 +425,7 @@ def main() -> None:
             qry = thin_counts(qry, args.thin, args.seed)
             key = args.batch_key if args.batch_key and (args.batch_key in ref.obs or args.batch_key in qry.obs) else None
             opts = AnnotateOptions(label_key=LABEL_KEY, query_label_key=LABEL_KEY, seed=args.seed, batch_key=key,
+                                   hvg_from=args.hvg_from, hvg_flavor=args.hvg_flavor,
                                    **({"n_top_genes": args.genes} if args.genes else {}))
             prep = prepare_data(ref, qry, opts)
             novel = ~np.isin(prep.query.labels, prep.classes)

@@ -45,6 +45,8 @@ class AnnotateOptions:
     qc: dict[str, float] | None = None
     max_train_seconds: float | None = None  # a quick run: training ends after the epoch that passes this
     batch_key: str | None = None  # obs column of each cell's sample / batch (decoder covariate of generative models)
+    hvg_from: str = "reference"  # variable genes chosen on the reference alone or "both" (reference or query)
+    hvg_flavor: str = "seurat"  # how genes are ranked: scanpy's "seurat" (log values) or "seurat_v3" (counts)
 
     def model_hparams(self) -> dict[str, Any]:
         """The hyper-parameter overrides; ``max_epochs`` caps only models that train in epochs."""
@@ -84,7 +86,8 @@ def prepare_data(reference, query, opts: AnnotateOptions) -> Prepared:
     return prepare(ref, qry, label_key=opts.label_key, query_label_key=opts.query_label_key,
                    n_top_genes=opts.n_top_genes, val_fraction=opts.val_fraction,
                    min_cells_per_class=opts.min_cells_per_class, min_shared_genes=opts.min_shared_genes,
-                   seed=opts.seed, qc=opts.qc, batch_key=opts.batch_key)
+                   seed=opts.seed, qc=opts.qc, batch_key=opts.batch_key, hvg_from=opts.hvg_from,
+                   hvg_flavor=opts.hvg_flavor)
 
 
 def train_model(prepared: Prepared, opts: AnnotateOptions, callbacks: Sequence[Any] = ()):

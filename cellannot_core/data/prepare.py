@@ -10,7 +10,8 @@ Preprocessing (recorded in ``Prepared.report['preprocessing']``):
    ``sc.pp.log1p`` on the full matrix), and only then subset to the genes it shares with the
    other dataset, so a query measuring fewer genes is not inflated;
 4. highly variable genes are chosen on the reference among the shared genes
-   (``sc.pp.highly_variable_genes(flavor="seurat")`` on the log data: no extra packages);
+   (``sc.pp.highly_variable_genes(flavor="seurat")`` on the log data; ``hvg_from="both"``: those
+   ranked highest in the reference or the query; ``hvg_flavor="seurat_v3"``: ranked on counts);
    all shared genes are kept when there are at most ``n_top_genes``; genes keep reference order;
 5. the reference is split into train / val, stratified by class, every class in both.
 """
@@ -240,22 +241,69 @@ def _check_options(n_top_genes: int, val_fraction: float, min_cells_per_class: i
     return {k: qc[k] for k in QC_KEYS if qc.get(k) is not None} or None
 
 
-HVG_MAX_CELLS = 100_000  # a larger reference chooses its variable genes on a seeded sample this large
+HVG_MAX_CELLS = 100_000  # a larger dataset chooses its variable genes on a seeded sample this large
+HVG_FROM = ("reference", "both")  # where the variable genes are chosen (prepare's ``hvg_from``)
+HVG_FLAVORS = ("seurat", "seurat_v3")  # how they are ranked (prepare's ``hvg_flavor``)
 
 
-def _select_hvg(ref_log: sp.csr_matrix, n_top_genes: int) -> np.ndarray:
-    """Positions (sorted) of the reference's top variable genes among its columns."""
-    n = ref_log.shape[1]
-    if n <= n_top_genes:
-        return np.arange(n, dtype=np.int64)
+def _variability_rank(X: sp.csr_matrix, *, flavor: str, n_top_genes: int) -> tuple[np.ndarray, str]:
+    """Each column's rank (0 = most variable) and the scanpy flavor that ranked them.
+
+    ``"seurat_v3"`` (``X``: counts): the variance of each gene's counts standardised by the variance
+    its mean predicts (a loess fit; no mean bins); a loess that cannot be fitted falls back to
+    ``"seurat"``. ``"seurat"`` (``X``: log values): the normalised dispersion within mean bins, which
+    puts a gene alone in its bin (the most expressed genes: hormones, haemoglobin) at a fixed rank
+    whatever its dispersion.
+    """
+    import warnings
+
     import scanpy as sc
 
-    if ref_log.shape[0] > HVG_MAX_CELLS:  # per-gene means and dispersions from a seeded sample
-        rows = np.sort(np.random.default_rng(0).choice(ref_log.shape[0], HVG_MAX_CELLS, replace=False))
-        ref_log = ref_log[rows]
-    tmp = ad.AnnData(X=ref_log)
-    sc.pp.highly_variable_genes(tmp, flavor="seurat", n_top_genes=n_top_genes, subset=False)
-    return np.flatnonzero(tmp.var["highly_variable"].to_numpy()).astype(np.int64)
+    if flavor == "seurat_v3":
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # non-integer counts (e.g. ambient-corrected) are ranked too
+                df = sc.pp.highly_variable_genes(ad.AnnData(X=X), flavor="seurat_v3",
+                                                 n_top_genes=min(n_top_genes, X.shape[1]), inplace=False)
+            v = df["variances_norm"].to_numpy(dtype=np.float64)
+        except (ValueError, RuntimeError, ImportError):
+            X, flavor = lognormalize(X, np.arange(X.shape[1])), "seurat"
+    if flavor == "seurat":
+        df = sc.pp.highly_variable_genes(ad.AnnData(X=X), flavor="seurat", inplace=False)
+        v = df["dispersions_norm"].to_numpy(dtype=np.float64)
+    rank = np.empty(len(v), dtype=np.int64)
+    rank[np.argsort(-np.nan_to_num(v, nan=-np.inf), kind="stable")] = np.arange(len(v))
+    return rank, flavor
+
+
+def _select_hvg(datasets: list[tuple[sp.csr_matrix, np.ndarray]], n_top_genes: int, *,
+                flavor: str) -> tuple[np.ndarray, str]:
+    """Positions (sorted) among the shared genes of the ``n_top_genes`` most variable ones, and
+    the flavor that ranked them.
+
+    ``datasets``: (cells x genes, the shared genes' columns) of the reference and, when the genes
+    are chosen on both, the query; counts for ``"seurat_v3"``, log values for ``"seurat"``. With
+    two, a gene's rank is its better rank of the two (ties: the other), so that a cell type only
+    the query has brings the genes that mark it, as the reference's types bring theirs.
+    """
+    import scanpy as sc
+
+    n = len(datasets[0][1])
+    if n <= n_top_genes:
+        return np.arange(n, dtype=np.int64), "all"
+    parts = []
+    for i, (X, cols) in enumerate(datasets):
+        if X.shape[0] > HVG_MAX_CELLS:  # per-gene statistics from a seeded sample
+            X = X[np.sort(np.random.default_rng(i).choice(X.shape[0], HVG_MAX_CELLS, replace=False))]
+        parts.append(sp.csr_matrix(X[:, cols]))
+    if flavor == "seurat" and len(parts) == 1:  # scanpy's own cut (genes tied at it included)
+        tmp = ad.AnnData(X=parts[0])
+        sc.pp.highly_variable_genes(tmp, flavor="seurat", n_top_genes=n_top_genes, subset=False)
+        return np.flatnonzero(tmp.var["highly_variable"].to_numpy()).astype(np.int64), "seurat"
+    ranked = [_variability_rank(p, flavor=flavor, n_top_genes=n_top_genes) for p in parts]
+    r = np.stack([x[0] for x in ranked])
+    order = np.lexsort((r.max(axis=0), r.min(axis=0)))
+    return np.sort(order[:n_top_genes]).astype(np.int64), "seurat" if any(x[1] == "seurat" for x in ranked) else flavor
 
 
 def _shared_fraction(X: sp.csr_matrix, cols: np.ndarray) -> float:
@@ -329,6 +377,8 @@ def prepare(
     allow_lognorm: bool = False,
     normalize_on: str = "shared",
     batch_key: str | None = None,
+    hvg_from: str = "reference",
+    hvg_flavor: str = "seurat",
 ) -> Prepared:
     """Validate a labelled reference and a query and turn them into model inputs.
 
@@ -373,6 +423,16 @@ def prepare(
         conditions or runs inside a dataset do not make known cells look unlike the reference
         (``Split.batch``, ``Prepared.batches``).
 
+    hvg_from
+        Where the ``n_top_genes`` are chosen: ``"reference"`` (default), on the reference alone;
+        ``"both"``, the genes ranked highest in *either* the reference or the query (each gene by
+        its better rank), so that a type only the query has keeps the genes that mark it.
+    hvg_flavor
+        How genes are ranked: ``"seurat"`` (default), scanpy's normalised dispersion of the log
+        values within mean bins; ``"seurat_v3"``, the variance of standardised counts (on log
+        values when a dataset has no counts: ``"seurat"``). ``"seurat"`` ranks every gene alone in
+        its mean bin, the most expressed of a tissue (hormones in pancreas), at one fixed place.
+
     Returns
     -------
     Prepared
@@ -389,6 +449,10 @@ def prepare(
     """
     t0 = time.perf_counter()
     qc = _check_options(n_top_genes, val_fraction, min_cells_per_class, qc)
+    if hvg_from not in HVG_FROM:
+        raise ConfigError(f"hvg_from must be one of {', '.join(HVG_FROM)}, not {hvg_from!r}")
+    if hvg_flavor not in HVG_FLAVORS:
+        raise ConfigError(f"hvg_flavor must be one of {', '.join(HVG_FLAVORS)}, not {hvg_flavor!r}")
     warns: list[str] = []
 
     ref = _load(reference, name="reference", allow_lognorm=allow_lognorm, qc=qc, warns=warns)
@@ -453,7 +517,15 @@ def prepare(
         )
     shared_only = normalize_on == "shared"
     ref_log = lognormalize(ref.X, gm.ref_idx, state=ref.state, total_cols=gm.ref_idx if shared_only else None)
-    hvg = _select_hvg(ref_log, n_top_genes)
+    on_query = hvg_from == "both" and query is not reference  # train() without a query passes the reference twice
+    if hvg_flavor == "seurat_v3" and ref.state == "counts" and qry.state == "counts":
+        chosen_on = [(ref.X, gm.ref_idx)] + ([(qry.X, gm.query_idx)] if on_query else [])
+    else:  # normalised dispersion of the log values (as the models see them)
+        chosen_on = [(ref_log, np.arange(len(gm.ref_idx)))] + (
+            [(lognormalize(qry.X, gm.query_idx, state=qry.state, total_cols=gm.query_idx if shared_only else None),
+              np.arange(len(gm.query_idx)))] if on_query else [])
+    hvg, ranked_by = _select_hvg(chosen_on, n_top_genes, flavor="seurat_v3" if chosen_on[0][0] is ref.X else "seurat")
+    del chosen_on
     ref_cols, q_cols = gm.ref_idx[hvg], gm.query_idx[hvg]
     genes = [gm.names[i] for i in hvg]
     ref_log = ref_log[:, hvg]
@@ -491,9 +563,12 @@ def prepare(
             "query_key": gm.query_key,
             "n_hvg": len(genes),
             "hvg": (
-                f"top {len(genes)} highly variable reference genes (scanpy flavor 'seurat')"
+                f"top {len(genes)} highly variable genes of the "
+                + ("reference or the query (each gene by its better rank; " if on_query else "reference (")
+                + f"scanpy flavor '{ranked_by}')"
                 if len(genes) < gm.n_shared else f"all {len(genes)} shared genes"
             ),
+            "hvg_flavor": ranked_by,
         },
         "classes": classes,
         "n_classes": len(classes),
@@ -514,6 +589,7 @@ def prepare(
             "val_fraction": float(val_fraction), "min_cells_per_class": int(min_cells_per_class),
             "min_shared_genes": int(min_shared_genes), "seed": int(seed), "qc": qc,
             "allow_lognorm": bool(allow_lognorm), "normalize_on": normalize_on, "batch_key": batch_key or None,
+            "hvg_from": hvg_from, "hvg_flavor": hvg_flavor,
         },
         "warnings": warns,
         "seconds": round(time.perf_counter() - t0, 3),

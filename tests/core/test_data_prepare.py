@@ -102,6 +102,35 @@ def test_hvg_prefers_marker_genes(prepared):
     assert prepared.report["genes"]["n_hvg"] == 60
 
 
+def test_a_type_only_the_query_has_keeps_its_marker_genes(synthetic_pair):
+    # the query's novel type3 is marked by GENE24..GENE31, which do not vary in the reference
+    ref, q = synthetic_pair
+    novel = {f"GENE{j}" for j in range(24, 32)}
+    both = prepare(ref, q, label_key="cell_type", n_top_genes=32, seed=0, hvg_from="both", hvg_flavor="seurat_v3")
+    alone = prepare(ref, q, label_key="cell_type", n_top_genes=32, seed=0, hvg_flavor="seurat_v3")
+    assert len(novel & set(both.genes)) >= len(novel & set(alone.genes)) + 4  # 5 against 0
+    assert len({f"GENE{j}" for j in range(24)} & set(both.genes)) >= 20  # the reference's markers stay (23 of 24)
+    assert "reference or the query" in both.report["genes"]["hvg"] and both.report["genes"]["hvg_flavor"] == "seurat_v3"
+    assert both.report["options"]["hvg_from"] == "both" and both.report["options"]["hvg_flavor"] == "seurat_v3"
+    # trained without a query (the reference given twice): the reference's own choice
+    assert prepare(ref, ref, label_key="cell_type", n_top_genes=32, seed=0, hvg_from="both",
+                   hvg_flavor="seurat_v3").genes == alone.genes
+    # the default: scanpy's seurat flavor on the reference, exactly as scanpy cuts it
+    import anndata as ad
+
+    default = prepare(ref, q, label_key="cell_type", n_top_genes=32, seed=0)
+    from cellannot_core.data import lognormalize
+
+    log = ad.AnnData(X=lognormalize(sp.csr_matrix(ref.X), np.arange(ref.n_vars)), var=ref.var)
+    sc.pp.highly_variable_genes(log, flavor="seurat", n_top_genes=32)
+    assert default.genes == list(ref.var_names[log.var["highly_variable"].to_numpy()])
+    assert default.report["genes"]["hvg_flavor"] == "seurat" and "reference (" in default.report["genes"]["hvg"]
+    with pytest.raises(ConfigError, match="hvg_from"):
+        prepare(ref, q, label_key="cell_type", hvg_from="query")
+    with pytest.raises(ConfigError, match="hvg_flavor"):
+        prepare(ref, q, label_key="cell_type", hvg_flavor="pearson")
+
+
 def test_query_with_fewer_genes_and_different_order(synthetic_pair):
     ref, q = synthetic_pair
     q2 = q[:, q.var_names[::-1][:100]].copy()
