@@ -69,6 +69,7 @@ def annotate(
     device: str = "auto",
     max_epochs: int | None = None,
     n_top_genes: int = 2000,
+    hvg_flavor: str = "seurat",
     accept: float = 0.95,
     log: Callable[[str], None] | None = None,
 ):
@@ -106,6 +107,10 @@ def annotate(
         Caps the epochs of models that train in epochs (a quick run).
     n_top_genes
         Highly variable genes chosen on the reference.
+    hvg_flavor
+        How they are ranked: scanpy's ``"seurat"`` (log values, within mean bins) or ``"seurat_v3"``
+        (counts). ``"seurat"`` ranks every gene alone in its mean bin (the most expressed of a tissue,
+        e.g. pancreatic hormones) at one fixed place, so with few genes they may be left out.
     accept
         Share of reference validation cells the Unknown threshold accepts.
     log
@@ -119,7 +124,8 @@ def annotate(
     from .pipeline import write_annotations
 
     opts = _options(label_key, model, query_label_key=query_label_key, hparams=hparams, seed=seed, device=device,
-                    max_epochs=max_epochs, n_top_genes=n_top_genes, accept=accept, batch_key=batch_key)
+                    max_epochs=max_epochs, n_top_genes=n_top_genes, accept=accept, batch_key=batch_key,
+                    hvg_flavor=hvg_flavor)
     res = run_annotate(adata_ref, adata_query, opts, log=log or (lambda s: None))
     target = adata_query.copy() if copy else adata_query
     write_annotations(target, res.predictions, res.card, index=res.prepared.query.index, key_added=key_added)
@@ -208,13 +214,14 @@ def train(
     device: str = "auto",
     max_epochs: int | None = None,
     n_top_genes: int = 2000,
+    hvg_flavor: str = "seurat",
     accept: float = 0.95,
 ) -> Annotator:
     """Train a model on a labelled reference; label queries later with :meth:`Annotator.predict`.
 
     Parameters
     ----------
-    adata_ref, label_key, model, batch_key, hparams, seed, device, max_epochs, n_top_genes, accept
+    adata_ref, label_key, model, batch_key, hparams, seed, device, max_epochs, n_top_genes, hvg_flavor, accept
         As in :func:`annotate`.
     adata_query
         Optional: genes are then restricted to those the query shares, and semi-supervised
@@ -228,7 +235,7 @@ def train(
     from .pipeline import bundle_info, prepare_data, train_model
 
     opts = _options(label_key, model, hparams=hparams, seed=seed, device=device, max_epochs=max_epochs,
-                    n_top_genes=n_top_genes, accept=accept, batch_key=batch_key)
+                    n_top_genes=n_top_genes, accept=accept, batch_key=batch_key, hvg_flavor=hvg_flavor)
     prepared = prepare_data(adata_ref, adata_query if adata_query is not None else adata_ref, opts)
     fitted = train_model(prepared, opts)
     return Annotator(fitted, bundle_info(fitted, prepared, opts))

@@ -49,6 +49,9 @@ def _add_common(p: argparse.ArgumentParser, *, query_required: bool) -> None:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--max-epochs", type=int, default=None)
     p.add_argument("--n-top-genes", type=int, default=2000, help="highly variable genes chosen on the reference")
+    p.add_argument("--hvg-flavor", default="seurat", choices=("seurat", "seurat_v3"),
+                   help="how genes are ranked: scanpy's 'seurat' (log values, mean bins) or 'seurat_v3' (counts; "
+                        "keeps the most expressed markers, e.g. hormones, that 'seurat' ranks at one fixed place)")
     p.add_argument("--min-cells-per-class", type=int, default=10, help="smaller reference classes are dropped")
     p.add_argument("--min-shared-genes", type=int, default=200, help="refuse when fewer genes are shared")
     p.add_argument("--accept", type=float, default=0.95,
@@ -125,7 +128,8 @@ def _options(args) -> "AnnotateOptions":
                            hparams=_hparams(args.hparam), seed=args.seed, device=args.device,
                            max_epochs=args.max_epochs, n_top_genes=args.n_top_genes,
                            min_cells_per_class=args.min_cells_per_class, min_shared_genes=args.min_shared_genes,
-                           accept=args.accept, threshold=args.threshold, batch_key=args.batch_key)
+                           accept=args.accept, threshold=args.threshold, batch_key=args.batch_key,
+                           hvg_flavor=args.hvg_flavor)
 
 
 def _summary(res) -> None:

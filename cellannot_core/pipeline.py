@@ -218,8 +218,9 @@ def run_card(model, prepared: Prepared, opts: AnnotateOptions, preds: Prediction
         OutKeys.CLASSES: list(model.classes),
         "genes": list(prepared.genes),
         "n_genes": prepared.n_genes,
-        "preprocessing": prepared.report.get("preprocessing", "") + "; highly variable genes chosen on the "
-                         "reference among genes shared with the query; model input standardised per gene "
+        "preprocessing": prepared.report.get("preprocessing", "") + "; "
+                         + prepared.report.get("genes", {}).get("hvg", "highly variable genes of the reference")
+                         + " among the genes shared with the query; model input standardised per gene "
                          "with reference mean/std (clipped to +-10)",
         "data_report": prepared.report,
         "n_train": prepared.train.n_obs, "n_val": prepared.val.n_obs, "n_query": prepared.query.n_obs,

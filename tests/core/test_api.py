@@ -9,6 +9,7 @@ import pytest
 
 import cellannot_core as ca
 from cellannot_core import api
+from cellannot_core.errors import ConfigError
 from cellannot_core.pipeline import annotation_keys
 from conftest import make_synthetic
 
@@ -40,6 +41,19 @@ def test_annotate_writes_the_documented_keys_in_place(pair):
     known = q.obs["cell_type"] != "type3"
     assert (labels[known] == q.obs["cell_type"][known].astype(str)).mean() > 0.9
     np.testing.assert_allclose(q.obsm["cellannot_proba"].sum(1), 1, atol=1e-4)
+
+
+def test_the_gene_ranking_is_an_option_and_the_run_card_says_which(pair):
+    ref, query = pair
+    out = ca.annotate(ref, query, copy=True, **(_opts() | {"n_top_genes": 40, "hvg_flavor": "seurat_v3"}))
+    card = out.uns["cellannot"]
+    assert card["options"]["hvg_flavor"] == "seurat_v3" and card["data_report"]["genes"]["hvg_flavor"] == "seurat_v3"
+    assert "top 40 highly variable genes of the reference (scanpy flavor 'seurat_v3')" in card["preprocessing"]
+    default = ca.annotate(ref, query, copy=True, **(_opts() | {"n_top_genes": 40}))
+    assert "flavor 'seurat')" in default.uns["cellannot"]["preprocessing"]
+    assert list(default.uns["cellannot"]["genes"]) != list(card["genes"])
+    with pytest.raises(ConfigError, match="hvg_flavor"):
+        ca.annotate(ref, query, copy=True, **(_opts() | {"hvg_flavor": "pearson"}))
 
 
 def test_copy_leaves_the_input_alone_and_key_added_renames_everything(pair):
