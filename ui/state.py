@@ -50,6 +50,7 @@ class WidgetKeys:
     QUICK_SECONDS = "w_quick_seconds"
     MAX_EPOCHS = "w_max_epochs"
     N_TOP_GENES = "w_n_top_genes"
+    HVG_FLAVOR = "w_hvg_flavor"
     ACCEPT = "w_accept"
     N_GENERATE = "w_n_generate"
     START = "w_start"

@@ -16,7 +16,8 @@ QUICK_SECONDS = 60  # a quick run's training time budget (the demo's recommended
 
 
 def build_options(*, model: str, hparams: dict[str, Any], device: str, seed: int, max_epochs: int | None,
-                  n_top_genes: int, accept: float, n_generate: int, max_train_seconds: float | None = None) -> Any:
+                  n_top_genes: int, accept: float, n_generate: int, max_train_seconds: float | None = None,
+                  hvg_flavor: str = "seurat") -> Any:
     """``AnnotateOptions`` from the form and the Data page's choices (validates hyper-parameters)."""
     from cellannot_core.models import create_model
     from cellannot_core.pipeline import AnnotateOptions
@@ -30,8 +31,8 @@ def build_options(*, model: str, hparams: dict[str, Any], device: str, seed: int
         create_model(model, 8, ["a", "b"], seed=int(seed), device="cpu", hparams=hparams)
     return AnnotateOptions(label_key=get(StateKeys.LABEL_KEY), query_label_key=get(StateKeys.QUERY_LABEL_KEY),
                            model=model, hparams=dict(hparams), seed=int(seed), device=device,
-                           max_epochs=max_epochs, n_top_genes=int(n_top_genes), accept=float(accept),
-                           n_generate=int(n_generate), qc=get(StateKeys.QC), batch_key=get(StateKeys.BATCH_KEY),
+                           max_epochs=max_epochs, n_top_genes=int(n_top_genes), hvg_flavor=hvg_flavor,
+                           accept=float(accept), n_generate=int(n_generate), qc=get(StateKeys.QC), batch_key=get(StateKeys.BATCH_KEY),
                            max_train_seconds=None if max_train_seconds is None else float(max_train_seconds))
 
 
@@ -160,6 +161,12 @@ def training_form() -> Any | None:
     with st.expander("Run options"):
         o1, o2, o3 = st.columns(3)
         n_top = o1.number_input("Highly variable genes", 50, 20_000, 2000, step=100, key=WidgetKeys.N_TOP_GENES)
+        hvg_flavor = o1.selectbox(
+            "Rank genes by", ["seurat", "seurat_v3"], key=WidgetKeys.HVG_FLAVOR,
+            format_func={"seurat": "dispersion of log values (scanpy 'seurat')",
+                         "seurat_v3": "variance of counts (scanpy 'seurat_v3')"}.get,
+            help="'seurat' ranks the most expressed genes of a tissue (e.g. pancreatic hormones) at one fixed place, "
+                 "so with few genes they can be left out; 'seurat_v3' ranks them by their variance.")
         cap = o1.number_input("Cap the epochs (0 = the model's own budget)", 0, 10_000, 0, key=WidgetKeys.MAX_EPOCHS)
         accept = o2.slider("Accept share of reference validation cells", 0.5, 1.0, 0.95, 0.01, key=WidgetKeys.ACCEPT,
                            help="Sets the Unknown threshold on the novelty score.")
@@ -174,7 +181,7 @@ def training_form() -> Any | None:
         return None
     try:
         return build_options(model=model, hparams=hparams, device=device, seed=seed,
-                             max_epochs=int(cap) or None, n_top_genes=n_top, accept=accept,
+                             max_epochs=int(cap) or None, n_top_genes=n_top, hvg_flavor=hvg_flavor, accept=accept,
                              n_generate=n_gen if sup.samples else 0,
                              max_train_seconds=float(quick_seconds) if quick else None)
     except CellannotError as err:
