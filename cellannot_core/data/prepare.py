@@ -518,13 +518,14 @@ def prepare(
     shared_only = normalize_on == "shared"
     ref_log = lognormalize(ref.X, gm.ref_idx, state=ref.state, total_cols=gm.ref_idx if shared_only else None)
     on_query = hvg_from == "both" and query is not reference  # train() without a query passes the reference twice
-    if hvg_flavor == "seurat_v3" and ref.state == "counts" and qry.state == "counts":
+    on_counts = hvg_flavor == "seurat_v3" and ref.state == "counts" and qry.state == "counts"
+    if on_counts:
         chosen_on = [(ref.X, gm.ref_idx)] + ([(qry.X, gm.query_idx)] if on_query else [])
     else:  # normalised dispersion of the log values (as the models see them)
         chosen_on = [(ref_log, np.arange(len(gm.ref_idx)))] + (
             [(lognormalize(qry.X, gm.query_idx, state=qry.state, total_cols=gm.query_idx if shared_only else None),
               np.arange(len(gm.query_idx)))] if on_query else [])
-    hvg, ranked_by = _select_hvg(chosen_on, n_top_genes, flavor="seurat_v3" if chosen_on[0][0] is ref.X else "seurat")
+    hvg, ranked_by = _select_hvg(chosen_on, n_top_genes, flavor="seurat_v3" if on_counts else "seurat")
     del chosen_on
     ref_cols, q_cols = gm.ref_idx[hvg], gm.query_idx[hvg]
     genes = [gm.names[i] for i in hvg]
