@@ -189,6 +189,9 @@ def test_lognorm_x_without_counts_in_prepare():
     assert p.report["counts_available"] is False
     assert any("no raw counts" in w for w in p.report["warnings"])
     np.testing.assert_allclose(p.query.X, q.X.toarray()[:, [q.var_names.get_loc(g) for g in p.genes]], rtol=1e-6)
+    # without counts, a counts ranking falls back to the log values' dispersion, and says so
+    v3 = _prep(ref, q, allow_lognorm=True, n_top_genes=60, hvg_flavor="seurat_v3", hvg_from="both")
+    assert v3.n_genes == 60 and v3.report["genes"]["hvg_flavor"] == "seurat"
 
 
 def test_adata_input_not_modified():
