@@ -45,16 +45,17 @@ METRICS = ("acc_in", "f1_in", "ece_in", "auroc_ood", "acc_open", "reject_in", "r
 
 
 def run_one(task: str, model: str, seed: int, hparams: dict, accept: float, max_epochs: int | None,
-            shift_correction: str = "median", batch_key: str | None = None) -> dict:
+            shift_correction: str = "median", batch_key: str | None = None, hvg_flavor: str = "seurat") -> dict:
     from cellannot_core.data import read_dataset
 
     ref_f, q_f = TASKS[task]
     ref, q = read_dataset(DATA / ref_f, name="reference"), read_dataset(DATA / q_f, name="query")
-    return run_pair(ref, q, task, model, seed, hparams, accept, max_epochs, shift_correction, batch_key)
+    return run_pair(ref, q, task, model, seed, hparams, accept, max_epochs, shift_correction, batch_key, hvg_flavor)
 
 
 def run_pair(ref, q, task: str, model: str, seed: int, hparams: dict, accept: float = 0.95,
-             max_epochs: int | None = None, shift_correction: str = "median", batch_key: str | None = None) -> dict:
+             max_epochs: int | None = None, shift_correction: str = "median", batch_key: str | None = None,
+             hvg_flavor: str = "seurat") -> dict:
     """:func:`run_one` on a reference and a query in memory (e.g. with a type left out);
     ``batch_key`` is used where either dataset has that column."""
     from cellannot_core.metrics import auroc
@@ -69,7 +70,7 @@ def run_pair(ref, q, task: str, model: str, seed: int, hparams: dict, accept: fl
                                                        scanvi_epochs=int(hparams.get("scanvi_epochs", 20)))}
     opts = AnnotateOptions(label_key=LABEL_KEY, query_label_key=LABEL_KEY, model=model, hparams=dict(hparams),
                            seed=seed, device="auto", accept=accept, max_epochs=max_epochs,
-                           shift_correction=shift_correction,
+                           shift_correction=shift_correction, hvg_flavor=hvg_flavor,
                            batch_key=batch_key if batch_key and (batch_key in ref.obs or batch_key in q.obs) else None)
     t_start = time.time()
     prep = prepare_data(ref, q, opts)
@@ -131,6 +132,8 @@ def main() -> None:
     ap.add_argument("--shift-correction", default="median", choices=("median", "none"))
     ap.add_argument("--json", default=None, help="write all runs to this JSON file")
     ap.add_argument("--batch-key", default=None, help="obs column of each cell's sample, where a dataset has it")
+    ap.add_argument("--hvg-flavor", default="seurat", choices=("seurat", "seurat_v3"),
+                    help="how the variable genes are ranked (annotate's --hvg-flavor)")
     args = ap.parse_args()
     if not DATA.is_dir():
         sys.exit(f"error: benchmark data not found in {DATA}; set CELLANNOT_SHARED_DATA")
@@ -152,7 +155,7 @@ def main() -> None:
         for model in args.models:
             for seed in range(args.seeds):
                 r = run_one(task, model, seed, hparams_for(model), args.accept, args.max_epochs, args.shift_correction,
-                            args.batch_key)
+                            args.batch_key, args.hvg_flavor)
                 runs.append(r)
                 print(f"{task:10s} {model:17s} {seed:4d} " + " ".join(f"{fmt(r[k]):>12s}" for k in METRICS)
                       + f"  {str(r['diverged']):>8s} {r['train_seconds']:8.1f} {r['epochs']:7d}", flush=True)
