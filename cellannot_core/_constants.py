@@ -40,3 +40,6 @@ class RunFiles:
 
 
 DEFAULT_MODEL = "scanvi_svm"
+DEFAULT_N_TOP_GENES = 2000  # highly variable genes kept (prepare, annotate, the CLI, the Train page)
+HVG_FLAVORS = ("seurat", "seurat_v3")  # how genes are ranked (prepare's ``hvg_flavor``)
+DEFAULT_HVG_FLAVOR = "seurat"  # the ranking used unless asked otherwise

@@ -42,7 +42,7 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from ._constants import DEFAULT_MODEL, OutKeys
+from ._constants import DEFAULT_HVG_FLAVOR, DEFAULT_MODEL, DEFAULT_N_TOP_GENES, OutKeys
 
 __all__ = ["annotate", "train", "Annotator", "models"]
 
@@ -68,8 +68,8 @@ def annotate(
     seed: int = 0,
     device: str = "auto",
     max_epochs: int | None = None,
-    n_top_genes: int = 2000,
-    hvg_flavor: str = "seurat",
+    n_top_genes: int = DEFAULT_N_TOP_GENES,
+    hvg_flavor: str = DEFAULT_HVG_FLAVOR,
     accept: float = 0.95,
     log: Callable[[str], None] | None = None,
 ):
@@ -213,8 +213,8 @@ def train(
     seed: int = 0,
     device: str = "auto",
     max_epochs: int | None = None,
-    n_top_genes: int = 2000,
-    hvg_flavor: str = "seurat",
+    n_top_genes: int = DEFAULT_N_TOP_GENES,
+    hvg_flavor: str = DEFAULT_HVG_FLAVOR,
     accept: float = 0.95,
 ) -> Annotator:
     """Train a model on a labelled reference; label queries later with :meth:`Annotator.predict`.

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from ._constants import DEFAULT_MODEL
+from ._constants import DEFAULT_HVG_FLAVOR, DEFAULT_MODEL, DEFAULT_N_TOP_GENES, HVG_FLAVORS
 
 if TYPE_CHECKING:
     from .pipeline import AnnotateOptions
@@ -48,8 +48,8 @@ def _add_common(p: argparse.ArgumentParser, *, query_required: bool) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--max-epochs", type=int, default=None)
-    p.add_argument("--n-top-genes", type=int, default=2000, help="highly variable genes chosen on the reference")
-    p.add_argument("--hvg-flavor", default="seurat", choices=("seurat", "seurat_v3"),
+    p.add_argument("--n-top-genes", type=int, default=DEFAULT_N_TOP_GENES, help="highly variable genes chosen on the reference")
+    p.add_argument("--hvg-flavor", default=DEFAULT_HVG_FLAVOR, choices=HVG_FLAVORS,
                    help="how genes are ranked: scanpy's 'seurat' (log values, mean bins) or 'seurat_v3' (counts; "
                         "keeps the most expressed markers, e.g. hormones, that 'seurat' ranks at one fixed place)")
     p.add_argument("--min-cells-per-class", type=int, default=10, help="smaller reference classes are dropped")
@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     b.add_argument("--max-epochs", type=int, default=None, help="cap the epochs of models that have epochs")
-    b.add_argument("--n-top-genes", type=int, default=2000)
+    b.add_argument("--n-top-genes", type=int, default=DEFAULT_N_TOP_GENES)
     b.add_argument("--min-cells-per-class", type=int, default=10)
     b.add_argument("--min-shared-genes", type=int, default=200)
     b.add_argument("--accept", type=float, default=0.95)

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from . import __version__
-from ._constants import DEFAULT_MODEL, UNKNOWN, OutKeys, RunFiles
+from ._constants import DEFAULT_HVG_FLAVOR, DEFAULT_MODEL, DEFAULT_N_TOP_GENES, UNKNOWN, OutKeys, RunFiles
 from .data._types import Prepared
 from .errors import CellannotError, ConfigError
 
@@ -34,7 +34,7 @@ class AnnotateOptions:
     seed: int = 0
     device: str = "auto"
     max_epochs: int | None = None
-    n_top_genes: int = 2000
+    n_top_genes: int = DEFAULT_N_TOP_GENES
     val_fraction: float = 0.15
     min_cells_per_class: int = 10
     min_shared_genes: int = 200
@@ -46,7 +46,7 @@ class AnnotateOptions:
     max_train_seconds: float | None = None  # a quick run: training ends after the epoch that passes this
     batch_key: str | None = None  # obs column of each cell's sample / batch (decoder covariate of generative models)
     hvg_from: str = "reference"  # variable genes chosen on the reference alone or "both" (reference or query)
-    hvg_flavor: str = "seurat"  # how genes are ranked: scanpy's "seurat" (log values) or "seurat_v3" (counts)
+    hvg_flavor: str = DEFAULT_HVG_FLAVOR  # how genes are ranked: scanpy's "seurat" (log values) or "seurat_v3" (counts)
 
     def model_hparams(self) -> dict[str, Any]:
         """The hyper-parameter overrides; ``max_epochs`` caps only models that train in epochs."""

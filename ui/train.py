@@ -7,6 +7,7 @@ from typing import Any, Iterator
 
 import streamlit as st
 
+from cellannot_core._constants import DEFAULT_HVG_FLAVOR, DEFAULT_N_TOP_GENES, HVG_FLAVORS
 from cellannot_core.errors import CellannotError
 from ui import jobs
 from ui.state import StateKeys, WidgetKeys, data_loaded, get, set_run
@@ -17,7 +18,7 @@ QUICK_SECONDS = 60  # a quick run's training time budget (the demo's recommended
 
 def build_options(*, model: str, hparams: dict[str, Any], device: str, seed: int, max_epochs: int | None,
                   n_top_genes: int, accept: float, n_generate: int, max_train_seconds: float | None = None,
-                  hvg_flavor: str = "seurat") -> Any:
+                  hvg_flavor: str = DEFAULT_HVG_FLAVOR) -> Any:
     """``AnnotateOptions`` from the form and the Data page's choices (validates hyper-parameters)."""
     from cellannot_core.models import create_model
     from cellannot_core.pipeline import AnnotateOptions
@@ -160,9 +161,9 @@ def training_form() -> Any | None:
                                     key=WidgetKeys.QUICK_SECONDS, disabled=not quick)
     with st.expander("Run options"):
         o1, o2, o3 = st.columns(3)
-        n_top = o1.number_input("Highly variable genes", 50, 20_000, 2000, step=100, key=WidgetKeys.N_TOP_GENES)
+        n_top = o1.number_input("Highly variable genes", 50, 20_000, DEFAULT_N_TOP_GENES, step=100, key=WidgetKeys.N_TOP_GENES)
         hvg_flavor = o1.selectbox(
-            "Rank genes by", ["seurat", "seurat_v3"], key=WidgetKeys.HVG_FLAVOR,
+            "Rank genes by", list(HVG_FLAVORS), index=HVG_FLAVORS.index(DEFAULT_HVG_FLAVOR), key=WidgetKeys.HVG_FLAVOR,
             format_func={"seurat": "dispersion of log values (scanpy 'seurat')",
                          "seurat_v3": "variance of counts (scanpy 'seurat_v3')"}.get,
             help="'seurat' ranks the most expressed genes of a tissue (e.g. pancreatic hormones) at one fixed place, "

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from cellannot_core._constants import DEFAULT_HVG_FLAVOR, DEFAULT_N_TOP_GENES, HVG_FLAVORS
 from cellannot_core.errors import ConfigError, DataError
 
 from ._types import MAX_BATCHES, Prepared, Split
@@ -243,7 +244,6 @@ def _check_options(n_top_genes: int, val_fraction: float, min_cells_per_class: i
 
 HVG_MAX_CELLS = 100_000  # a larger dataset chooses its variable genes on a seeded sample this large
 HVG_FROM = ("reference", "both")  # where the variable genes are chosen (prepare's ``hvg_from``)
-HVG_FLAVORS = ("seurat", "seurat_v3")  # how they are ranked (prepare's ``hvg_flavor``)
 
 
 def _variability_rank(X: sp.csr_matrix, *, flavor: str, n_top_genes: int) -> tuple[np.ndarray, str]:
@@ -368,7 +368,7 @@ def prepare(
     *,
     label_key: str,
     query_label_key: str | None = None,
-    n_top_genes: int = 2000,
+    n_top_genes: int = DEFAULT_N_TOP_GENES,
     val_fraction: float = 0.15,
     min_cells_per_class: int = 10,
     min_shared_genes: int = 200,
@@ -378,7 +378,7 @@ def prepare(
     normalize_on: str = "shared",
     batch_key: str | None = None,
     hvg_from: str = "reference",
-    hvg_flavor: str = "seurat",
+    hvg_flavor: str = DEFAULT_HVG_FLAVOR,
 ) -> Prepared:
     """Validate a labelled reference and a query and turn them into model inputs.
 
