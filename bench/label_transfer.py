@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cellannot_core._constants import DEFAULT_HVG_FLAVOR, HVG_FLAVORS
+
 ROOT = Path(__file__).resolve().parents[1]
 import scvi_tools_scanvi  # noqa: E402
 
@@ -45,7 +47,7 @@ METRICS = ("acc_in", "f1_in", "ece_in", "auroc_ood", "acc_open", "reject_in", "r
 
 
 def run_one(task: str, model: str, seed: int, hparams: dict, accept: float, max_epochs: int | None,
-            shift_correction: str = "median", batch_key: str | None = None, hvg_flavor: str = "seurat") -> dict:
+            shift_correction: str = "median", batch_key: str | None = None, hvg_flavor: str = DEFAULT_HVG_FLAVOR) -> dict:
     from cellannot_core.data import read_dataset
 
     ref_f, q_f = TASKS[task]
@@ -55,7 +57,7 @@ def run_one(task: str, model: str, seed: int, hparams: dict, accept: float, max_
 
 def run_pair(ref, q, task: str, model: str, seed: int, hparams: dict, accept: float = 0.95,
              max_epochs: int | None = None, shift_correction: str = "median", batch_key: str | None = None,
-             hvg_flavor: str = "seurat") -> dict:
+             hvg_flavor: str = DEFAULT_HVG_FLAVOR) -> dict:
     """:func:`run_one` on a reference and a query in memory (e.g. with a type left out);
     ``batch_key`` is used where either dataset has that column."""
     from cellannot_core.metrics import auroc
@@ -132,8 +134,8 @@ def main() -> None:
     ap.add_argument("--shift-correction", default="median", choices=("median", "none"))
     ap.add_argument("--json", default=None, help="write all runs to this JSON file")
     ap.add_argument("--batch-key", default=None, help="obs column of each cell's sample, where a dataset has it")
-    ap.add_argument("--hvg-flavor", default="seurat", choices=("seurat", "seurat_v3"),
-                    help="how the variable genes are ranked (annotate's --hvg-flavor)")
+    ap.add_argument("--hvg-flavor", default=DEFAULT_HVG_FLAVOR, choices=HVG_FLAVORS,
+                    help="how the variable genes are ranked (annotate's --hvg-flavor; 'seurat' before 2026-12-05)")
     args = ap.parse_args()
     if not DATA.is_dir():
         sys.exit(f"error: benchmark data not found in {DATA}; set CELLANNOT_SHARED_DATA")

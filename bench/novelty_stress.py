@@ -52,6 +52,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cellannot_core._constants import DEFAULT_HVG_FLAVOR, HVG_FLAVORS
+
 ROOT = Path(__file__).resolve().parents[1]
 
 DATA = Path(os.environ.get("CELLANNOT_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -376,8 +378,9 @@ def main() -> None:
     ap.add_argument("--hvg-from", choices=("reference", "both"), default="reference",
                     help="where the variable genes are chosen: the reference alone (annotate's default) or the "
                          "genes ranked highest in the reference or the query (models cached apart)")
-    ap.add_argument("--hvg-flavor", choices=("seurat", "seurat_v3"), default="seurat",
-                    help="how genes are ranked: scanpy's 'seurat' (annotate's default) or 'seurat_v3' on counts "
+    ap.add_argument("--hvg-flavor", choices=HVG_FLAVORS, default=DEFAULT_HVG_FLAVOR,
+                    help="how genes are ranked: scanpy's 'seurat_v3' on counts (annotate's default since 2026-12-05) "
+                         "or 'seurat' (the default before; untagged in the cache) "
                          "(models cached apart)")
     ap.add_argument("--thin", type=float, default=1.0,
                     help="keep each query UMI with this probability (a shallower query; models cached apart)")

@@ -108,8 +108,8 @@ def annotate(
     n_top_genes
         Highly variable genes chosen on the reference.
     hvg_flavor
-        How they are ranked: scanpy's ``"seurat"`` (log values, within mean bins) or ``"seurat_v3"``
-        (counts). ``"seurat"`` ranks every gene alone in its mean bin (the most expressed of a tissue,
+        How they are ranked: scanpy's ``"seurat_v3"`` (counts; the default) or ``"seurat"`` (log
+        values, within mean bins). ``"seurat"`` ranks every gene alone in its mean bin (the most expressed of a tissue,
         e.g. pancreatic hormones) at one fixed place, so with few genes they may be left out.
     accept
         Share of reference validation cells the Unknown threshold accepts.

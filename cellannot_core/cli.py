@@ -50,8 +50,8 @@ def _add_common(p: argparse.ArgumentParser, *, query_required: bool) -> None:
     p.add_argument("--max-epochs", type=int, default=None)
     p.add_argument("--n-top-genes", type=int, default=DEFAULT_N_TOP_GENES, help="highly variable genes chosen on the reference")
     p.add_argument("--hvg-flavor", default=DEFAULT_HVG_FLAVOR, choices=HVG_FLAVORS,
-                   help="how genes are ranked: scanpy's 'seurat' (log values, mean bins) or 'seurat_v3' (counts; "
-                        "keeps the most expressed markers, e.g. hormones, that 'seurat' ranks at one fixed place)")
+                   help="how genes are ranked: scanpy's 'seurat_v3' (counts; the default) or 'seurat' (log values, "
+                        "mean bins: ranks the most expressed markers, e.g. hormones, at one fixed place)")
     p.add_argument("--min-cells-per-class", type=int, default=10, help="smaller reference classes are dropped")
     p.add_argument("--min-shared-genes", type=int, default=200, help="refuse when fewer genes are shared")
     p.add_argument("--accept", type=float, default=0.95,

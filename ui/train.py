@@ -166,8 +166,9 @@ def training_form() -> Any | None:
             "Rank genes by", list(HVG_FLAVORS), index=HVG_FLAVORS.index(DEFAULT_HVG_FLAVOR), key=WidgetKeys.HVG_FLAVOR,
             format_func={"seurat": "dispersion of log values (scanpy 'seurat')",
                          "seurat_v3": "variance of counts (scanpy 'seurat_v3')"}.get,
-            help="'seurat' ranks the most expressed genes of a tissue (e.g. pancreatic hormones) at one fixed place, "
-                 "so with few genes they can be left out; 'seurat_v3' ranks them by their variance.")
+            help="'seurat_v3' (the default) ranks genes by the variance of their counts; 'seurat' ranks the most "
+                 "expressed genes of a tissue (e.g. pancreatic hormones) at one fixed place, so with few genes they "
+                 "can be left out. Data without counts is ranked with 'seurat'.")
         cap = o1.number_input("Cap the epochs (0 = the model's own budget)", 0, 10_000, 0, key=WidgetKeys.MAX_EPOCHS)
         accept = o2.slider("Accept share of reference validation cells", 0.5, 1.0, 0.95, 0.01, key=WidgetKeys.ACCEPT,
                            help="Sets the Unknown threshold on the novelty score.")

@@ -10,8 +10,9 @@ Preprocessing (recorded in ``Prepared.report['preprocessing']``):
    ``sc.pp.log1p`` on the full matrix), and only then subset to the genes it shares with the
    other dataset, so a query measuring fewer genes is not inflated;
 4. highly variable genes are chosen on the reference among the shared genes
-   (``sc.pp.highly_variable_genes(flavor="seurat")`` on the log data; ``hvg_from="both"``: those
-   ranked highest in the reference or the query; ``hvg_flavor="seurat_v3"``: ranked on counts);
+   (``sc.pp.highly_variable_genes(flavor="seurat_v3")`` on the counts, ``flavor="seurat"`` on the
+   log data when a dataset has no counts or ``hvg_flavor="seurat"``; ``hvg_from="both"``: those
+   ranked highest in the reference or the query);
    all shared genes are kept when there are at most ``n_top_genes``; genes keep reference order;
 5. the reference is split into train / val, stratified by class, every class in both.
 """
@@ -428,10 +429,11 @@ def prepare(
         ``"both"``, the genes ranked highest in *either* the reference or the query (each gene by
         its better rank), so that a type only the query has keeps the genes that mark it.
     hvg_flavor
-        How genes are ranked: ``"seurat"`` (default), scanpy's normalised dispersion of the log
-        values within mean bins; ``"seurat_v3"``, the variance of standardised counts (on log
-        values when a dataset has no counts: ``"seurat"``). ``"seurat"`` ranks every gene alone in
-        its mean bin, the most expressed of a tissue (hormones in pancreas), at one fixed place.
+        How genes are ranked: ``"seurat_v3"`` (default since 2026-12-05), the variance of
+        standardised counts (on log values when a dataset has no counts: ``"seurat"``);
+        ``"seurat"``, scanpy's normalised dispersion of the log values within mean bins, which ranks
+        every gene alone in its mean bin, the most expressed of a tissue (hormones in pancreas), at
+        one fixed place, so that with few genes they are left out.
 
     Returns
     -------

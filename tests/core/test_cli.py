@@ -200,7 +200,7 @@ def test_models_lists_registry(capsys):
 def test_annotate_writes_output(capsys, files, tmp_path):
     out = tmp_path / "annot.h5ad"
     code, _, err = run_main(capsys, *annotate_args(files, out=out, extra=[
-        "--save-model", tmp_path / "model", "--runs-dir", tmp_path / "runs", "--seed", "3", "--hvg-flavor", "seurat_v3"]))
+        "--save-model", tmp_path / "model", "--runs-dir", tmp_path / "runs", "--seed", "3", "--hvg-flavor", "seurat"]))  # not the default
     assert code == 0, err
     assert "error:" not in err and f"wrote {out}" in err and "labelled 80 query cells" in err
     a = ad.read_h5ad(out)
@@ -211,7 +211,7 @@ def test_annotate_writes_output(capsys, files, tmp_path):
     card = a.uns[OutKeys.UNS]
     assert card["model"] == "resnet" and int(card["seed"]) == 3 and card["hparams"]["hidden"] == "8,4"
     assert int(card["hparams"]["max_epochs"]) == 1
-    assert card["options"]["hvg_flavor"] == "seurat_v3" and "flavor 'seurat_v3'" in card["preprocessing"]
+    assert card["options"]["hvg_flavor"] == "seurat" and "flavor 'seurat')" in card["preprocessing"]
     assert (tmp_path / "model" / "bundle.json").is_file()
     runs = list((tmp_path / "runs").iterdir())
     assert len(runs) == 1 and json.loads((runs[0] / RunFiles.STATUS).read_text())["state"] == "done"

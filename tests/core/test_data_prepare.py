@@ -115,16 +115,23 @@ def test_a_type_only_the_query_has_keeps_its_marker_genes(synthetic_pair):
     # trained without a query (the reference given twice): the reference's own choice
     assert prepare(ref, ref, label_key="cell_type", n_top_genes=32, seed=0, hvg_from="both",
                    hvg_flavor="seurat_v3").genes == alone.genes
-    # the default: scanpy's seurat flavor on the reference, exactly as scanpy cuts it
+    # the default ranks the reference's counts (seurat_v3), as scanpy ranks them
+    default = prepare(ref, q, label_key="cell_type", n_top_genes=32, seed=0)
+    assert default.genes == alone.genes and default.report["options"]["hvg_flavor"] == "seurat_v3"
+    counts = ref.copy()
+    counts.X = sp.csr_matrix(counts.X)
+    v3 = sc.pp.highly_variable_genes(counts, flavor="seurat_v3", n_top_genes=32, inplace=False)
+    assert set(default.genes) == set(ref.var_names[v3["highly_variable"].to_numpy()])
+    # seurat (the default before 2026-12-05): scanpy's flavor on the reference's log values, exactly as scanpy cuts it
     import anndata as ad
 
-    default = prepare(ref, q, label_key="cell_type", n_top_genes=32, seed=0)
+    old = prepare(ref, q, label_key="cell_type", n_top_genes=32, seed=0, hvg_flavor="seurat")
     from cellannot_core.data import lognormalize
 
     log = ad.AnnData(X=lognormalize(sp.csr_matrix(ref.X), np.arange(ref.n_vars)), var=ref.var)
     sc.pp.highly_variable_genes(log, flavor="seurat", n_top_genes=32)
-    assert default.genes == list(ref.var_names[log.var["highly_variable"].to_numpy()])
-    assert default.report["genes"]["hvg_flavor"] == "seurat" and "reference (" in default.report["genes"]["hvg"]
+    assert old.genes == list(ref.var_names[log.var["highly_variable"].to_numpy()])
+    assert old.report["genes"]["hvg_flavor"] == "seurat" and "reference (" in old.report["genes"]["hvg"]
     with pytest.raises(ConfigError, match="hvg_from"):
         prepare(ref, q, label_key="cell_type", hvg_from="query")
     with pytest.raises(ConfigError, match="hvg_flavor"):

@@ -123,7 +123,9 @@ def test_a_query_sample_in_another_condition_gets_its_own_shift_and_a_novel_type
             assert shifts["column"] == "sample" and shifts["factors"]["B"] > 1.5 * shifts["factors"]["A"], shifts
             assert any("'sample' sample measured against its own shift" in line for line in logs)  # the CLI's log
             one = predict(m, prep.query.X)  # one shift for the whole query: B's known cells rejected as a group
-            assert one.is_unknown[b & ~novel].mean() > 0.8
+            # (most of them: 0.69 with the seurat_v3 genes, over 0.8 with the seurat genes before 2026-12-05;
+            # against their own sample's shift under 0.2, above)
+            assert one.is_unknown[b & ~novel].mean() > 0.5
             assert hint["column"] == "sample" and hint["shares"]["B"] > hint["shares"]["A"] + 0.25, hint
             assert "--batch-key sample" in hint["note"]
         else:
