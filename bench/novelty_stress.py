@@ -52,7 +52,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cellannot_core._constants import DEFAULT_HVG_FLAVOR, HVG_FLAVORS
+from cellannot_core._constants import DEFAULT_HVG_FLAVOR, DEFAULT_HVG_FROM, HVG_FLAVORS, HVG_FROM
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -375,7 +375,7 @@ def main() -> None:
     ap.add_argument("--genes", type=int, default=None, metavar="N",
                     help="keep N highly variable genes instead of annotate's default (a gene-poor query, e.g. a "
                          "targeted panel; models cached apart)")
-    ap.add_argument("--hvg-from", choices=("reference", "both"), default="reference",
+    ap.add_argument("--hvg-from", choices=HVG_FROM, default=DEFAULT_HVG_FROM,
                     help="where the variable genes are chosen: the reference alone (annotate's default) or the "
                          "genes ranked highest in the reference or the query (models cached apart)")
     ap.add_argument("--hvg-flavor", choices=HVG_FLAVORS, default=DEFAULT_HVG_FLAVOR,

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from . import __version__
-from ._constants import DEFAULT_HVG_FLAVOR, DEFAULT_MODEL, DEFAULT_N_TOP_GENES, UNKNOWN, OutKeys, RunFiles
+from ._constants import DEFAULT_HVG_FLAVOR, DEFAULT_HVG_FROM, DEFAULT_MODEL, DEFAULT_N_TOP_GENES, UNKNOWN, OutKeys, RunFiles
 from .data._types import Prepared
 from .errors import CellannotError, ConfigError
 
@@ -45,7 +45,7 @@ class AnnotateOptions:
     qc: dict[str, float] | None = None
     max_train_seconds: float | None = None  # a quick run: training ends after the epoch that passes this
     batch_key: str | None = None  # obs column of each cell's sample / batch (decoder covariate of generative models)
-    hvg_from: str = "reference"  # variable genes chosen on the reference alone or "both" (reference or query)
+    hvg_from: str = DEFAULT_HVG_FROM  # variable genes chosen on the reference alone or "both" (reference or query)
     hvg_flavor: str = DEFAULT_HVG_FLAVOR  # how genes are ranked: scanpy's "seurat" (log values) or "seurat_v3" (counts)
 
     def model_hparams(self) -> dict[str, Any]:

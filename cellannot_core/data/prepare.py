@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from cellannot_core._constants import DEFAULT_HVG_FLAVOR, DEFAULT_N_TOP_GENES, HVG_FLAVORS
+from cellannot_core._constants import DEFAULT_HVG_FLAVOR, DEFAULT_HVG_FROM, DEFAULT_N_TOP_GENES, HVG_FLAVORS, HVG_FROM
 from cellannot_core.errors import ConfigError, DataError
 
 from ._types import MAX_BATCHES, Prepared, Split
@@ -244,7 +244,6 @@ def _check_options(n_top_genes: int, val_fraction: float, min_cells_per_class: i
 
 
 HVG_MAX_CELLS = 100_000  # a larger dataset chooses its variable genes on a seeded sample this large
-HVG_FROM = ("reference", "both")  # where the variable genes are chosen (prepare's ``hvg_from``)
 
 
 def _variability_rank(X: sp.csr_matrix, *, flavor: str, n_top_genes: int) -> tuple[np.ndarray, str]:
@@ -378,7 +377,7 @@ def prepare(
     allow_lognorm: bool = False,
     normalize_on: str = "shared",
     batch_key: str | None = None,
-    hvg_from: str = "reference",
+    hvg_from: str = DEFAULT_HVG_FROM,
     hvg_flavor: str = DEFAULT_HVG_FLAVOR,
 ) -> Prepared:
     """Validate a labelled reference and a query and turn them into model inputs.
