@@ -18,6 +18,9 @@ from .calibration import softmax
 GRAPH_K = 15  # neighbours of the smoothing graph (scanpy's default n_neighbors)
 LOGIT_K = 50  # knn_logit: the k-th nearest reference cell (CLAMS kang_ctrl: k = 10 / 20 / 100 did no better)
 CLASS_UNIT = 0.95  # knn_class: 1 = this quantile of the reference cells of the predicted class
+#: a class with fewer reference cells than this cannot bound its own CLASS_UNIT quantile: the chance that all of
+#: its cells fall below that quantile, CLASS_UNIT ** n, is over 5% (59 for the 95th percentile)
+FEW_REFERENCE_CELLS = int(np.ceil(np.log(0.05) / np.log(CLASS_UNIT)))
 SINGLE_CELL_UNIT = 0.99  # knn_class: a cell of an accepted query cluster is Unknown beyond this reference quantile
 WHOLE_CLASS = True  # knn_class step 3 (see its docstring)
 SHIFT_QUANTILE = 0.25  # knn_class: the query shift compares this quantile of query and reference (breakdown 75%)

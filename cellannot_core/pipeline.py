@@ -237,8 +237,7 @@ def run_card(model, prepared: Prepared, opts: AnnotateOptions, preds: Prediction
                               + ("; overridden by the user" if opts.threshold is not None else "") + "."),
                       **study_shift_of(model, samples)},
         "validation": model.calibration,
-        "unknown_by_class": unknown_by_class(model, preds),
-        "accepted_on_class_shift": preds.shifted_classes or [],
+        **class_notes(model, preds),
         "training": {k: v for k, v in hist.items() if k != "epochs"} | {"n_epochs": len(hist.get("epochs", [])),
                                                                        "seconds": round(train_seconds, 2)},
         "unknown_fraction": float(np.mean(preds.is_unknown)) if len(preds.is_unknown) else 0.0,
@@ -310,6 +309,14 @@ def query_samples(obs: pd.DataFrame, *, batch_key: str | None = None,
     return None
 
 
+def class_notes(model, preds: Predictions) -> dict[str, Any]:
+    """The run card's per-class entries: the Unknown calls by class (:func:`unknown_by_class`), the
+    classes accepted against their own shift and those with few reference cells."""
+    rows = unknown_by_class(model, preds)
+    return {"unknown_by_class": rows, "accepted_on_class_shift": preds.shifted_classes or [],
+            "few_reference_cells": few_reference_classes(rows)}
+
+
 def unknown_by_class(model, preds: Predictions) -> list[dict[str, Any]]:
     """Per predicted class: query cells, how many are Unknown and, for ``knn_class``, how that
     class's threshold was made (reference cells, the unit, the query shift, the threshold on the
@@ -317,9 +324,12 @@ def unknown_by_class(model, preds: Predictions) -> list[dict[str, Any]]:
     classes = list(model.classes)
     pred = preds.proba.argmax(1) if len(preds.proba) else np.zeros(0, dtype=int)
     rows: list[dict[str, Any]]
-    if model.ood_method == "knn_class" and model.reference is not None and "knn_graph" in preds.scores:
-        rows = model.reference.class_table(preds.scores["knn_graph"], pred, preds.threshold,
-                                           confidence=preds.confidence)
+    graph = preds.scores.get("knn_graph")
+    last = getattr(model.reference, "last_decision", None) or {}
+    if graph is None and last.get("n") == len(pred):  # a query read in chunks keeps only the rule's own score
+        graph = last.get("graph")
+    if model.ood_method == "knn_class" and model.reference is not None and graph is not None:
+        rows = model.reference.class_table(graph, pred, preds.threshold, confidence=preds.confidence)
     else:
         rows = [{"class": c} for c in range(len(classes))]
     for r in rows:
@@ -328,6 +338,33 @@ def unknown_by_class(model, preds: Predictions) -> list[dict[str, Any]]:
         r["n_predicted"] = int(sel.sum())
         r["n_unknown"] = int(preds.is_unknown[sel].sum())  # the run's own calls (group decisions included)
     return rows
+
+
+def few_reference_classes(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows of :func:`unknown_by_class` whose class has fewer than
+    :data:`~.novelty.FEW_REFERENCE_CELLS` reference cells (in the novelty index) and at least
+    :data:`~.evidence.GROUP_MIN_CELLS` query cells called Unknown, each with a ``note``: the threshold
+    of such a class is its reference cells' 95th percentile, which so few cells cannot pin down, so
+    the rule may call the query's own cells of a type rare in the reference Unknown (the issue's
+    pancreas pair: a stellate type of 27 reference cells lost all its query cells)."""
+    from .evidence import GROUP_MIN_CELLS
+    from .novelty import FEW_REFERENCE_CELLS
+
+    out = []
+    for r in rows:
+        n_ref, n_unk = r.get("n_reference"), int(r.get("n_unknown", 0))
+        if n_ref is None or n_ref >= FEW_REFERENCE_CELLS or n_unk < GROUP_MIN_CELLS:
+            continue
+        c = r["class"]
+        note = (f"{n_unk:,} of the {int(r['n_predicted']):,} query cells that look most like {c} were called Unknown, "
+                f"and the reference has only {int(n_ref)} {c} cells: too few to tell how far {c} cells may lie (the "
+                f"threshold is their 95th percentile, and with fewer than {FEW_REFERENCE_CELLS} cells even the farthest "
+                f"may fall short of it). A type rare in the reference looks like this, and so does a type the reference "
+                f"lacks that resembles {c}: the Unknown groups' genes tell which; accept the groups that keep {c}'s "
+                f"genes.")
+        out.append({"class": c, "n_reference": int(n_ref), "n_predicted": int(r["n_predicted"]), "n_unknown": n_unk,
+                    "note": note})
+    return out
 
 
 def unknown_groups_of(model, X: Any, preds: Predictions, ref_mean: np.ndarray | None = None,
@@ -400,8 +437,15 @@ def shifted_classes_of(model, X: Any, preds: Predictions, ref_mean: np.ndarray |
     return rows
 
 
+def log_class_notes(card: dict[str, Any], log: Callable[[str], None]) -> None:
+    """One line per class the card has a note on: accepted against its own shift (:func:`shifted_classes_of`)
+    or with few reference cells and Unknown query cells (:func:`few_reference_classes`)."""
+    log_shifted_classes(card.get("accepted_on_class_shift") or [], log)
+    log_shifted_classes(card.get("few_reference_cells") or [], log)
+
+
 def log_shifted_classes(rows: list[dict[str, Any]], log: Callable[[str], None]) -> None:
-    """One line per class accepted against its own shift (:func:`shifted_classes_of`)."""
+    """One line per row's ``note`` (:func:`shifted_classes_of`, :func:`few_reference_classes`)."""
     for r in rows:
         log(f"note: {r['note']}")
 
@@ -830,7 +874,7 @@ def annotate(reference, query, opts: AnnotateOptions, *, out: str | Path | None 
         card = run_card(model, all_prep, opts, preds, train_seconds=train_seconds, query_metrics=qm, samples=samples)
         card["unknown_groups"] = groups
         log_unknown_groups(groups, log)
-        log_shifted_classes(card["accepted_on_class_shift"], log)
+        log_class_notes(card, log)
         by_shift = card["rejection"].get("sample_shifts")
         if by_shift:
             log(f"each query {by_shift['column']!r} sample measured against its own shift (the whole query's "
@@ -955,7 +999,7 @@ def predict_query(model, bundle: dict[str, Any], query, *, threshold: float | No
     preds, groups = label_query(model, split.X, genes=bundle["genes"], threshold=threshold, samples=samples)
     card = prediction_card(model, preds, report, samples) | {"unknown_groups": groups}
     log_unknown_groups(groups, log)
-    log_shifted_classes(card["accepted_on_class_shift"], log)
+    log_class_notes(card, log)
     return preds, card
 
 
@@ -973,7 +1017,7 @@ def prediction_card(model, preds: Predictions, report: dict[str, Any],
                                                              "shift_factor": preds.shift_factor,
                                                              **study_shift_of(model, samples)},
             "query_report": report, "cellannot_version": __version__,
-            "accepted_on_class_shift": preds.shifted_classes or [],
+            **class_notes(model, preds),
             "unknown_fraction": float(np.mean(preds.is_unknown)) if len(preds.is_unknown) else 0.0}
 
 

@@ -166,8 +166,8 @@ def label_file(model, bundle: dict[str, Any], query: str | Path, *, out: str | P
                chunk_cells: int = CHUNK_CELLS, log: Callable[[str], None] = lambda s: None,
                model_dir: str | Path | None = None) -> dict[str, Any]:
     """:func:`predict_file` with a model and bundle already in memory (``Annotator.predict_file``)."""
-    from .pipeline import (bundle_samples, log_unknown_groups, predict_query, prediction_card, write_annotations,
-                           write_h5ad_atomic)
+    from .pipeline import (bundle_samples, log_class_notes, log_unknown_groups, predict_query, prediction_card,
+                           write_annotations, write_h5ad_atomic)
 
     reason = None if model.spec.supports.per_cell else f"{model.name} labels a query as a whole"
     rows = None
@@ -195,6 +195,7 @@ def label_file(model, bundle: dict[str, Any], query: str | Path, *, out: str | P
     groups = report.pop("unknown_groups", [])
     card = prediction_card(model, preds, report, samples) | {"unknown_groups": groups}
     log_unknown_groups(groups, log)
+    log_class_notes(card, log)
     if model_dir is not None:
         card["model_dir"] = str(model_dir)
     write_annotations_file(Path(query), Path(out), preds, card)

@@ -31,7 +31,7 @@ if table is not None:
     st.dataframe(table, hide_index=True, key="unknown_by_class",
                  column_config={"Share Unknown": st.column_config.ProgressColumn(format="percent", min_value=0,
                                                                                  max_value=1)})
-for note in cal.shifted_class_notes(run):
+for note in cal.shifted_class_notes(run) + cal.few_reference_notes(run):
     st.warning(note, icon=":material/help:")
 groups = cal.unknown_groups_table(run)
 if groups is not None:

@@ -159,7 +159,18 @@ def shifted_class_notes(run: Run) -> list[str]:
     """The run card's notes on classes whose cells were accepted against the class's own shift
     (``pipeline.shifted_classes_of``: the rule's blind spot, with the genes that tell); [] for runs
     made before the card kept them."""
-    return [str(r["note"]) for r in run.card.get("accepted_on_class_shift") or [] if r.get("note")]
+    return _notes(run, "accepted_on_class_shift")
+
+
+def few_reference_notes(run: Run) -> list[str]:
+    """The run card's notes on classes with too few reference cells to bound their threshold whose
+    query cells were called Unknown (``pipeline.few_reference_classes``); [] for runs made before
+    the card kept them."""
+    return _notes(run, "few_reference_cells")
+
+
+def _notes(run: Run, key: str) -> list[str]:
+    return [str(r["note"]) for r in run.card.get(key) or [] if r.get("note")]
 
 
 def unknown_groups_table(run: Run) -> pd.DataFrame | None:

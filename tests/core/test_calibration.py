@@ -634,3 +634,44 @@ def test_knn_class_a_novel_population_cannot_give_its_sample_a_shift_of_its_own(
         assert np.mean(s[-300:] > 1) > 0.9, n_known
         assert np.mean(s[:450 + 3 * n_known] > 1) < 0.1, n_known
         assert lr.last_decision["sample_shifts"].get(1, 1.0) < 1.2 * lr.last_decision["query_shift"], n_known
+
+
+def test_a_class_with_few_reference_cells_and_unknown_query_cells_gets_a_note():
+    """Issue 12's second failure: a type rare in the reference (25 cells) but common in the query,
+    whose query cells spread wider than those few reference cells show, loses query cells to
+    Unknown. The rule cannot bound a 95th percentile from so few cells; the run says so for that
+    class (with the cells called Unknown) and not for the classes with enough reference cells."""
+    import types
+
+    from cellannot_core.novelty import CLASS_UNIT, FEW_REFERENCE_CELLS
+    from cellannot_core.pipeline import Predictions, class_notes, few_reference_classes, log_class_notes
+
+    # the smallest n whose cells all fall below their 95th percentile with chance 5% or less
+    assert FEW_REFERENCE_CELLS == 59 and CLASS_UNIT ** 59 <= 0.05 < CLASS_UNIT ** 58
+    rng = np.random.default_rng(3)
+    centres = _centres()[:3]
+    big, big_y = _blobs(rng, 300, centres[:2])
+    rare, _ = _blobs(rng, 25, centres[2:])
+    lr = LatentReference(np.vstack([big, rare]), np.r_[big_y, np.full(25, 2)], k=10)
+    q, qy = _blobs(rng, 300, centres)
+    q[qy == 2] = centres[2] + rng.normal(scale=1.6, size=(300, 8))  # the query's cells of the rare type: wider
+    s = lr.knn_class(q, qy)
+    unk = s > 1
+    assert unk[qy == 2].sum() >= 10 and unk[qy != 2].mean() < 0.1
+    n = len(q)
+    label = np.array(["A", "B", "C"], dtype=object)[qy]
+    preds = Predictions(np.zeros((n, 3)), np.eye(3)[qy], label, label.copy(), 1.0, 1.0, np.ones(n), s, unk, q,
+                        {"knn_graph": lr.knn_graph(q)})
+    model = types.SimpleNamespace(ood_method="knn_class", reference=lr, classes=["A", "B", "C"])
+    notes = class_notes(model, preds)
+    rows = notes["few_reference_cells"]
+    assert [(r["class"], r["n_reference"], r["n_predicted"], r["n_unknown"]) for r in rows] == \
+        [("C", 25, 300, int(unk[qy == 2].sum()))]
+    assert "only 25 C cells" in rows[0]["note"] and f"{int(unk[qy == 2].sum()):,} of the 300" in rows[0]["note"]
+    lines: list[str] = []
+    log_class_notes(notes, lines.append)
+    assert lines == [f"note: {rows[0]['note']}"]
+    # a class with enough reference cells gets none, however many of its cells are Unknown; nor does one
+    # with fewer than ten Unknown cells
+    table = notes["unknown_by_class"]
+    assert few_reference_classes([{**table[0], "n_unknown": 200}, {**table[2], "n_unknown": 9}]) == []

@@ -66,10 +66,24 @@ def test_streamed_predict_equals_the_whole_query(bundle, tmp_path):
         return {k: (str(v["class"]), int(v["n_cells"]), list(v["genes_up"]))
                 for k, v in dict(c.get("accepted_on_class_shift") or {}).items()}
     assert shifted(card) == shifted(whole.uns[OutKeys.UNS])
+    # the Unknown calls by class, and the classes with few reference cells among them: the same too
+    def by_class(c, key):  # .uns keeps a list of rows as {"0": row, ...} and an empty one as an empty array
+        rows = c.get(key) if isinstance(c.get(key), dict) else {}
+        return [(str(v["class"]), v.get("n_reference"), int(v["n_predicted"]), int(v["n_unknown"]))
+                for _, v in sorted(rows.items(), key=lambda kv: int(kv[0]))]
+    assert len(by_class(card, "unknown_by_class")) == len(card["classes"])
+    for key in ("unknown_by_class", "few_reference_cells"):
+        assert by_class(card, key) == by_class(whole.uns[OutKeys.UNS], key)
+    assert sum(s.startswith("note: ") and "too few to tell" in s for s in logs) == len(by_class(card, "few_reference_cells"))
     # what sets each Unknown group apart: the same from the chunks (one more pass) as from the whole query
-    every = predict_with_bundle(d, q, device="cpu", threshold=-1e9).uns[OutKeys.UNS]["unknown_groups"]
+    every_card = predict_with_bundle(d, q, device="cpu", threshold=-1e9).uns[OutKeys.UNS]
     predict_file(d, q, out=tmp_path / "all.h5ad", device="cpu", chunk_cells=70, threshold=-1e9, log=logs.append)
-    streamed = ad.read_h5ad(tmp_path / "all.h5ad").uns[OutKeys.UNS]["unknown_groups"]
+    streamed_card = ad.read_h5ad(tmp_path / "all.h5ad").uns[OutKeys.UNS]
+    every, streamed = every_card["unknown_groups"], streamed_card["unknown_groups"]
+    # every cell Unknown: each class with fewer than 59 reference cells and ten query cells gets its note, in both
+    few = by_class(every_card, "few_reference_cells")
+    assert few == by_class(streamed_card, "few_reference_cells") and len(few) >= 1
+    assert all(n_ref < 59 and n_unk == n_pred >= 10 for _, n_ref, n_pred, n_unk in few)
     assert len(every) >= 2 and sum(int(g["n_cells"]) for g in every.values()) == qry.n_obs
     for k, g in every.items():
         assert streamed[k]["n_cells"] == g["n_cells"] and list(streamed[k]["genes_up"]) == list(g["genes_up"])
