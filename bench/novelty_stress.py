@@ -21,6 +21,10 @@ gene-poor pair, as a targeted panel or two species sharing few genes give (model
 ``--thin F`` keeps each query UMI with probability ``F`` (a shallower query; its models are cached
 apart, trained on the thinned query).
 
+``--gene-shift S`` gives each query gene a seeded capture factor ``exp(S * N(0, 1) - S^2 / 2)``
+(mean 1) and redraws the query's counts as Poisson of count times factor: another technology's
+gene-wise efficiency on the same cells, as between two studies (models cached apart).
+
 ``--enrich-sample F`` checks the per-sample shift against a novel population concentrated in one
 sample: in each ``drop`` / ``group`` experiment whose query has samples, the sample with the most
 novel cells keeps all of them and a fraction ``F`` of its other cells (so it is mostly novel); the
@@ -166,6 +170,23 @@ def thin_counts(adata, fraction: float, seed: int):
     return out
 
 
+def shift_genes(adata, sigma: float, seed: int):
+    """``adata`` with each gene's counts scaled by a seeded log-normal factor of log-sd ``sigma``
+    (mean 1) and redrawn as Poisson counts: a gene-wise technology shift of the same cells."""
+    import scipy.sparse as sp
+
+    if sigma <= 0:
+        return adata
+    rng = np.random.default_rng([seed, 7])
+    factor = np.exp(sigma * rng.standard_normal(adata.n_vars) - sigma ** 2 / 2)
+    out = adata.copy()
+    X = sp.csr_matrix(out.X, dtype=np.float64)
+    X.data = rng.poisson(X.data * factor[X.indices]).astype(np.float64)
+    X.eliminate_zeros()
+    out.X = X.astype(np.float32)
+    return out
+
+
 def _hparams_of(model: str) -> dict:
     from cellannot_core.models import get_spec
 
@@ -196,7 +217,7 @@ def _trained_otherwise(m, name: str, hparams: dict) -> bool:
 
 def train_or_load(exp: Experiment, model: str, prep, seed: int, retrain: bool, hparams: dict | None = None,
                   batch_key: str | None = None, thin: float = 1.0, sizes: tuple[int, int] = (MAX_REF, MAX_QUERY),
-                  genes: int | None = None):
+                  genes: int | None = None, gene_shift: float = 0.0):
     """A trained, calibrated model for this experiment (from the cache when there; a model with
     changed hyper-parameters has its own cache entry)."""
     from cellannot_core.models import load_model
@@ -207,6 +228,7 @@ def train_or_load(exp: Experiment, model: str, prep, seed: int, retrain: bool, h
     tag = "".join(f"+{k}={v}" for k, v in sorted(hparams.items())) + (f"+batch={batch_key}" if batch_key else "")
     tag += f"+thin={thin:g}" if thin < 1 else ""  # a model trained with a thinned query has its own entry
     tag += f"+genes={genes}" if genes else ""  # and one trained on fewer genes
+    tag += f"+geneshift={gene_shift:g}" if gene_shift > 0 else ""  # and one whose query was shifted gene-wise
     hvg = (prep.report["options"]["hvg_flavor"], prep.report["options"]["hvg_from"])
     if hvg != ("seurat", "reference") and len(prep.genes) < prep.report["genes"]["n_shared"]:
         tag += "+hvg={}-{}".format(*hvg)  # and one whose genes were chosen otherwise (where that changes them)
@@ -382,6 +404,9 @@ def main() -> None:
                     help="how genes are ranked: scanpy's 'seurat_v3' on counts (annotate's default since 2026-12-05) "
                          "or 'seurat' (the default before; untagged in the cache) "
                          "(models cached apart)")
+    ap.add_argument("--gene-shift", type=float, default=0.0, metavar="S",
+                    help="each query gene's counts scaled by a seeded log-normal factor of log-sd S, then Poisson "
+                         "(a gene-wise technology shift; models cached apart)")
     ap.add_argument("--thin", type=float, default=1.0,
                     help="keep each query UMI with this probability (a shallower query; models cached apart)")
     ap.add_argument("--all-rules", action="store_true", help="every candidate rule measured so far (slower)")
@@ -425,7 +450,7 @@ def main() -> None:
             if args.only and exp.name not in args.only:
                 continue
             ref, qry = make_data(exp, ref0, q0, args.seed)
-            qry = thin_counts(qry, args.thin, args.seed)
+            qry = shift_genes(thin_counts(qry, args.thin, args.seed), args.gene_shift, args.seed)
             key = args.batch_key if args.batch_key and (args.batch_key in ref.obs or args.batch_key in qry.obs) else None
             opts = AnnotateOptions(label_key=LABEL_KEY, query_label_key=LABEL_KEY, seed=args.seed, batch_key=key,
                                    hvg_from=args.hvg_from, hvg_flavor=args.hvg_flavor,
@@ -447,7 +472,7 @@ def main() -> None:
             for model in models:
                 m, secs = train_or_load(exp, model, prep, args.seed, args.retrain, hp if model == models[0] else None,
                                         key if "n_batches" in _hparams_of(model) else None, args.thin,
-                                        (args.max_ref, args.max_query), args.genes)
+                                        (args.max_ref, args.max_query), args.genes, args.gene_shift)
                 if args.reference_cap and m.reference is not None:
                     cap_reference(m, prep, args.reference_cap, args.seed)
                 thr = 0.5 if model == "logreg_05" else None
