@@ -139,20 +139,33 @@ GROUP_MIN_ACCEPTED = 20  # accepted query cells of the class needed to compare a
 GROUP_MAX = 20  # groups described in a run card (the largest)
 
 
-def _means_of_rows(X: Any, masks: list[np.ndarray]) -> list[np.ndarray]:
-    """The mean row of ``X`` over each boolean mask: ``X`` a matrix (dense or sparse), or a
-    function returning an iterator of ``(first row, chunk)`` (a query read in chunks: one pass)."""
+def _means_of_rows(X: Any, masks: list[np.ndarray], *, skip_empty: bool = False) -> tuple[list[np.ndarray], list[int]]:
+    """The mean row of ``X`` over each boolean mask, and the rows each mean is over: ``X`` a matrix
+    (dense or sparse), or a function returning an iterator of ``(first row, chunk)`` (a query read in
+    chunks: one pass). ``skip_empty``: rows that are all zero are left out (a cell without counts on
+    these genes says nothing about them)."""
     if not callable(X):
-        return [np.asarray(X[np.flatnonzero(m)].mean(0, dtype=np.float64)).ravel() for m in masks]
-    sums = None
+        rows = [np.flatnonzero(m) for m in masks]
+        if skip_empty:
+            nonzero = np.asarray(abs(X).sum(1)).ravel() > 0 if len(masks) else None
+            rows = [r[nonzero[r]] for r in rows]
+        return ([np.asarray(X[r].mean(0, dtype=np.float64)).ravel() if len(r) else np.zeros(X.shape[1]) for r in rows],
+                [len(r) for r in rows])
+    sums, n = None, np.zeros(len(masks), dtype=np.int64)
     for start, chunk in X():
         if sums is None:
             sums = np.zeros((len(masks), chunk.shape[1]))
+        nonzero = np.asarray(abs(chunk).sum(1)).ravel() > 0 if skip_empty else None
         for j, m in enumerate(masks):
             rows = np.flatnonzero(m[start:start + chunk.shape[0]])
+            if skip_empty:
+                rows = rows[nonzero[rows]]
             if len(rows):
                 sums[j] += np.asarray(chunk[rows].sum(0, dtype=np.float64)).ravel()
-    return [sums[j] / max(1, int(m.sum())) for j, m in enumerate(masks)]
+                n[j] += len(rows)
+    if sums is None:
+        return [], []
+    return [sums[j] / max(1, int(n[j])) for j in range(len(masks))], [int(v) for v in n]
 
 
 def unknown_groups(X: Any, groups: np.ndarray, is_unknown: np.ndarray, pred: np.ndarray, classes: Sequence[str],
@@ -174,7 +187,10 @@ def unknown_groups(X: Any, groups: np.ndarray, is_unknown: np.ndarray, pred: np.
     mean log-normalised expression) against the *accepted* query cells of that class when there
     are :data:`GROUP_MIN_ACCEPTED` of them (same study, so its shift cancels), else against the
     reference cells of that class (``ref_mean``, the study shift included), and the state programs
-    among its genes up (:func:`state_programs`). Largest first, at most :data:`GROUP_MAX`.
+    among its genes up (:func:`state_programs`). Largest first, at most :data:`GROUP_MAX`. Cells
+    without counts on these genes are called Unknown too (nothing places them) but say nothing about
+    a group's genes: the means leave them out, ``n_without_counts`` counts them, and a group with
+    fewer than :data:`GROUP_MIN_CELLS` other cells lists no genes.
 
     ``markers_kept`` of ``n_markers``: the class's top reference markers (:func:`class_markers`)
     on which the group reaches :data:`SUPPORT_FRACTION` of the compared cells' mean.
@@ -197,19 +213,25 @@ def unknown_groups(X: Any, groups: np.ndarray, is_unknown: np.ndarray, pred: np.
     markers = class_markers(ref_mean, genes, classes)
     accepted = {c: (pred == c) & ~unk for c in {f[2] for f in found}}
     compared = {c: a for c, a in accepted.items() if a.sum() >= GROUP_MIN_ACCEPTED}
-    means = _means_of_rows(X, [f[1] for f in found] + list(compared.values())) if found else []
-    base_of = dict(zip(compared, means[len(found):]))
+    means, used = _means_of_rows(X, [f[1] for f in found] + list(compared.values()), skip_empty=True) \
+        if found else ([], [])
+    base_of = {c: (m, k) for c, m, k in zip(compared, means[len(found):], used[len(found):])
+               if k >= GROUP_MIN_ACCEPTED}
     rows = []
-    for (g, u, c), mean in zip(found, means):
+    for (g, u, c), mean, k in zip(found, means, used):
         if c in base_of:
-            base, against = base_of[c], f"the query's {int(accepted[c].sum())} accepted {classes[c]} cells"
+            base, against = base_of[c][0], f"the query's {base_of[c][1]} accepted {classes[c]} cells"
         else:
             base, against = np.nan_to_num(np.asarray(ref_mean[c], dtype=np.float64)), \
                 f"the reference's {classes[c]} cells (too few accepted in the query)"
         d = _difference(mean, base, markers[str(classes[c])], genes, n_genes)
+        if k < GROUP_MIN_CELLS:  # mostly cells without counts on these genes: the rest are too few to describe
+            d = {**d, "genes_up": [], "up_by": [], "genes_down": [], "down_by": [], "state_programs": [],
+                 "markers_kept": 0}
         rows.append({"group": int(g) if np.issubdtype(groups.dtype, np.integer) else str(g), "n_cells": int(u.sum()),
+                     "n_without_counts": int(u.sum()) - k,
                      "predicted_as": str(classes[c]), "compared_with": against, **d,
-                     "handling_state": bool(c in base_of and d["n_markers"]
+                     "handling_state": bool(c in base_of and k >= GROUP_MIN_CELLS and d["n_markers"]
                                             and d["markers_kept"] >= HANDLING_MIN_MARKERS * d["n_markers"]
                                             and any(p in HANDLING_PROGRAMS for p in d["state_programs"]))})
     return rows
@@ -255,7 +277,7 @@ def shifted_class_evidence(X: Any, pred: np.ndarray, is_unknown: np.ndarray, cla
         return []
     markers = class_markers(ref_mean, genes, classes)
     rows = []
-    for (c, m), mean in zip(masks.items(), _means_of_rows(X, list(masks.values()))):
+    for (c, m), mean in zip(masks.items(), _means_of_rows(X, list(masks.values()))[0]):
         base = np.nan_to_num(np.asarray(ref_mean[c], dtype=np.float64))
         rows.append({"class": str(classes[c]), "n_cells": int(m.sum()), "n_predicted": int((pred == c).sum()),
                      "compared_with": f"the reference's {classes[c]} cells",

@@ -502,8 +502,10 @@ def log_unknown_groups(groups: list[dict[str, Any]], log: Callable[[str], None],
         programs = f"{' and '.join(g['state_programs'])} genes; " if g.get("state_programs") else ""
         accepted = (f"; accepted as {g['predicted_as']}, a handling state keeping {g['markers_kept']} of its "
                     f"{g['n_markers']} markers" if g.get("accepted") else "")
+        empty = g.get("n_without_counts", 0)
+        empty = f"; {empty:,} of its cells have no counts on the model's genes" if empty else ""
         log(f"Unknown group of {g['n_cells']:,} cells looking most like {g['predicted_as']}: up {up} "
-            f"({programs}against {g['compared_with']}){accepted}")
+            f"({programs}against {g['compared_with']}){empty}{accepted}")
 
 
 SAMPLE_SPREAD = 0.25  # Unknown shares this far apart between two samples are worth a word

@@ -184,7 +184,9 @@ def unknown_groups_table(run: Run) -> pd.DataFrame | None:
     def genes(names, by):
         return ", ".join(f"{n} {v:+.2f}" for n, v in zip(names, by))
 
-    return pd.DataFrame({"Cells": [r["n_cells"] for r in rows], "Looks most like": [r["predicted_as"] for r in rows],
+    empty = {"Cells without counts on the model's genes": [r.get("n_without_counts", 0) for r in rows]} \
+        if any(r.get("n_without_counts") for r in rows) else {}
+    return pd.DataFrame({"Cells": [r["n_cells"] for r in rows], **empty, "Looks most like": [r["predicted_as"] for r in rows],
                          "Genes up (log-expression difference)": [genes(r["genes_up"], r["up_by"]) for r in rows],
                          "State programs among the genes up": [", ".join(r.get("state_programs", [])) for r in rows],
                          "Genes down": [genes(r["genes_down"], r["down_by"]) for r in rows],

@@ -535,6 +535,14 @@ def prepare(
                          total_cols=gm.query_idx if shared_only else None)[:, hvg]
     ref_counts = ref.X[:, ref_cols]
     q_counts = qry.X[:, q_cols]
+    # cells with counts, but none on the genes the model uses: as empty to the model as cells without any
+    for name, d, sub, before in (("reference", ref, ref_counts, 0), ("query", qry, q_counts, n_zero_q)):
+        n_off = int(zero_total_cells(sub).sum()) - before
+        if n_off > 0:
+            warns.append(f"{n_off} {name} cells have counts but none on the {len(genes)} genes the model uses; "
+                         + ("they add nothing to training" if name == "reference" else
+                            "they carry no information for it and will likely be called Unknown"))
+            d.report["cells_without_counts_on_model_genes"] = n_off
     for d in (ref, qry):
         d.report["n_cells"] = int(d.X.shape[0])
     ref.X = qry.X = None  # the full matrices are not needed past here (a large reference's copy is freed)

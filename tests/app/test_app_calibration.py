@@ -220,3 +220,21 @@ def test_groups_the_rule_accepted_as_handling_states_come_ticked(tmp_path, monke
     assert any(f"{n0:,} cells of 1 accepted group(s)" in c.value for c in at.caption)
     at = box.unselect(0).run()
     assert not at.exception and not any("accepted group(s)" in c.value for c in at.caption)
+
+
+def test_the_groups_table_counts_cells_without_counts_only_when_a_group_has_them():
+    """The Unknown-groups table gets a column for cells without counts on the model's genes when a
+    group has some (a group of mostly empty cells lists no genes), and none otherwise."""
+    import types
+
+    from ui import calibration as cal
+
+    row = {"n_cells": 54, "predicted_as": "A", "genes_up": [], "up_by": [], "genes_down": [], "down_by": [],
+           "compared_with": "the query's 40 accepted A cells", "state_programs": []}
+    col = "Cells without counts on the model's genes"
+    with_empty = cal.unknown_groups_table(types.SimpleNamespace(card={"unknown_groups": [row | {"n_without_counts": 50}]}))
+    assert list(with_empty[col]) == [50] and with_empty["Genes up (log-expression difference)"].iloc[0] == ""
+    plain = cal.unknown_groups_table(types.SimpleNamespace(card={"unknown_groups": [row | {"n_without_counts": 0}]}))
+    assert col not in plain.columns
+    older = cal.unknown_groups_table(types.SimpleNamespace(card={"unknown_groups": [row]}))  # runs made before
+    assert col not in older.columns

@@ -161,6 +161,26 @@ def test_zero_count_cells():
     assert np.all(p.query.X[5:8] == 0)
 
 
+def test_query_cells_without_counts_on_the_models_genes_are_named():
+    """Cells with counts only on genes the model does not use are as empty to it as cells without
+    any: one warning says so (the "no counts at all" one does not count them)."""
+    ref = make_synthetic(300, 120, 3, seed=1)
+    q = make_synthetic(100, 120, 3, seed=2)
+    genes = set(_prep(ref, q, n_top_genes=40).genes)
+    unused = next(i for i, g in enumerate(q.var_names) if g not in genes)
+
+    def off_genes(X):
+        X[10:14] = 0
+        X[10:14, unused] = 7
+        X[20:22] = 0  # no counts at all
+
+    p = _prep(ref, _with_x(q, off_genes), n_top_genes=40)
+    assert p.report["query"]["cells_without_counts_on_model_genes"] == 4
+    assert p.report["query"]["zero_count_cells"] == 2
+    assert any(w.startswith("4 query cells have counts but none on the 40 genes") for w in p.report["warnings"])
+    assert "cells_without_counts_on_model_genes" not in p.report["reference"]
+
+
 def test_validate_report_ok(synthetic_adata):
     rep = validate_dataset(synthetic_adata, name="reference", label_key="cell_type")
     assert rep["n_cells"] == 300 and rep["value_state"] == "counts"

@@ -390,6 +390,41 @@ def test_unknown_groups_name_the_genes_that_set_each_group_apart():
     assert st_ref["genes_up"] == ["g6", "g7"] and st_ref["up_by"][0] == pytest.approx(4, abs=0.2)  # + the shift
 
 
+def test_cells_without_counts_do_not_describe_an_unknown_group():
+    """Cells without counts on the model's genes are called Unknown (nothing places them); a group
+    of them with a few other cells must not list those few cells' genes as the group's, and a group
+    with some empty cells is described by the others (in a matrix and read in chunks alike)."""
+    import scipy.sparse as sp
+
+    from cellannot_core.evidence import unknown_groups
+    from cellannot_core.pipeline import log_unknown_groups
+
+    genes = [f"g{i}" for i in range(6)]
+    rng = np.random.default_rng(0)
+    a = np.array([4, 4, 0, 0, 0, 0.0])
+    other = np.array([0, 0, 0, 0, 5, 5.0])
+    X = np.vstack([a + rng.normal(0, 0.1, (40, 6)), np.zeros((50, 6)), other + rng.normal(0, 0.1, (4, 6)),
+                   np.zeros((10, 6)), other + rng.normal(0, 0.1, (30, 6))]).clip(0)
+    groups = np.repeat([0, 1, 1, 2, 2], [40, 50, 4, 10, 30])
+    unk, pred = groups > 0, np.zeros(len(X), dtype=int)
+    ref_mean = np.vstack([a, np.zeros(6)])
+    Xs = sp.csr_matrix(X)
+
+    def chunks():
+        for start in range(0, Xs.shape[0], 25):
+            yield start, Xs[start:start + 25]
+
+    for data in (Xs, chunks):
+        rows = {r["group"]: r for r in unknown_groups(data, groups, unk, pred, ["A", "B"], genes, ref_mean, n_genes=2)}
+        assert rows[1]["n_cells"] == 54 and rows[1]["n_without_counts"] == 50
+        assert rows[1]["genes_up"] == [] and rows[1]["genes_down"] == []  # 4 cells with counts: too few
+        assert rows[2]["n_without_counts"] == 10 and sorted(rows[2]["genes_up"]) == ["g4", "g5"]
+        assert rows[2]["up_by"][0] == pytest.approx(5, abs=0.2)  # the 30 cells with counts, not diluted by 10
+    lines: list[str] = []
+    log_unknown_groups(list(rows.values()), lines.append)
+    assert any("up none" in line and "50 of its cells have no counts" in line for line in lines)
+
+
 def test_state_programs_name_the_state_genes_among_a_groups_genes_up():
     """The bundled pair's two Unknown groups (README): interferon-stimulated monocytes and
     heat-shock-stressed T cells; mouse symbols match; a lineage's own genes name no program."""
