@@ -15,6 +15,8 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from .data.validate import zero_total_cells
+
 SUPPORT_FRACTION = 0.5  # a marker supports the label when the group's mean reaches this share of the class's
 
 
@@ -147,7 +149,7 @@ def _means_of_rows(X: Any, masks: list[np.ndarray], *, skip_empty: bool = False)
     if not callable(X):
         rows = [np.flatnonzero(m) for m in masks]
         if skip_empty:
-            nonzero = np.asarray(abs(X).sum(1)).ravel() > 0 if len(masks) else None
+            nonzero = ~zero_total_cells(X)
             rows = [r[nonzero[r]] for r in rows]
         return ([np.asarray(X[r].mean(0, dtype=np.float64)).ravel() if len(r) else np.zeros(X.shape[1]) for r in rows],
                 [len(r) for r in rows])
@@ -155,7 +157,7 @@ def _means_of_rows(X: Any, masks: list[np.ndarray], *, skip_empty: bool = False)
     for start, chunk in X():
         if sums is None:
             sums = np.zeros((len(masks), chunk.shape[1]))
-        nonzero = np.asarray(abs(chunk).sum(1)).ravel() > 0 if skip_empty else None
+        nonzero = ~zero_total_cells(chunk) if skip_empty else None
         for j, m in enumerate(masks):
             rows = np.flatnonzero(m[start:start + chunk.shape[0]])
             if skip_empty:
