@@ -32,7 +32,10 @@ Keys written (``key_added="cellannot"``; see :func:`cellannot_core.pipeline.anno
                                          which column to try as the batch key);
                                          ``["unknown_groups"]``: each group of Unknown cells, the type
                                          it looks most like and its genes up / down against that
-                                         type's accepted cells (a state or a new type?)
+                                         type's accepted cells (a state or a new type?); with query
+                                         samples, ``absent_from`` and, when a known type's cells are
+                                         missing where the group is, ``short_class`` (a hint: accept
+                                         group j as it with ``label[g == j] = short_class``)
 ======================================  ==============================================================
 """
 from __future__ import annotations

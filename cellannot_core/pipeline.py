@@ -159,19 +159,39 @@ def label_query(model, X: Any, *, genes: Sequence[str] | None = None, ref_mean: 
     described (:func:`unknown_groups_of`, :func:`attach_unknown_groups`) and the handling states
     among them accepted (:func:`accept_handling_states`). Returns the predictions and the groups."""
     preds = predict(model, X, threshold=threshold, samples=samples)
-    return preds, describe_unknown_groups(model, X, preds, ref_mean, genes)
+    return preds, describe_unknown_groups(model, X, preds, ref_mean, genes, samples=samples)
 
 
 def describe_unknown_groups(model, X: Any, preds: Predictions, ref_mean: np.ndarray | None = None,
-                            genes: Sequence[str] | None = None) -> list[dict[str, Any]]:
+                            genes: Sequence[str] | None = None, *,
+                            samples: QuerySamples | None = None) -> list[dict[str, Any]]:
     """The steps after the Unknown calls, in one order for every path (in memory or in chunks: ``X``
-    as :func:`unknown_groups_of` takes it): the groups described, their codes attached to ``preds``
-    and the handling states among them accepted. Returns the groups."""
+    as :func:`unknown_groups_of` takes it): the groups described, their codes attached to ``preds``,
+    the handling states among them accepted and, with the query's ``samples``, where each group that
+    stays Unknown is among them (:func:`add_sample_evidence`). Returns the groups."""
     groups = unknown_groups_of(model, X, preds, ref_mean, genes)
     attach_unknown_groups(model, preds, groups)
     accept_handling_states(model, preds, groups)
+    add_sample_evidence(preds, groups, samples)
     preds.shifted_classes = shifted_classes_of(model, X, preds, ref_mean, genes)
     return groups
+
+
+def add_sample_evidence(preds: Predictions, groups: list[dict[str, Any]], samples: QuerySamples | None) -> None:
+    """Each Unknown group not accepted gets :func:`~.evidence.sample_evidence` (the samples it is
+    absent from and the known type it may stand in for there) and the column it was read from
+    (``sample_column``); nothing without samples. Call it after :func:`accept_handling_states`
+    (the composition is that of the cells accepted)."""
+    from .evidence import sample_evidence
+    from .novelty import SAMPLE_MIN_CELLS
+
+    if samples is None or preds.unknown_group is None:
+        return
+    for j, g in enumerate(groups):
+        if g.get("accepted"):
+            continue
+        g.update(sample_evidence(preds.unknown_group == j, samples.codes, samples.names, preds.label_raw,
+                                 preds.is_unknown, min_cells=SAMPLE_MIN_CELLS), sample_column=samples.column)
 
 
 def decide(model, logits: np.ndarray, latent: np.ndarray, scores: dict[str, np.ndarray], *,
@@ -505,7 +525,23 @@ def log_unknown_groups(groups: list[dict[str, Any]], log: Callable[[str], None],
         empty = g.get("n_without_counts", 0)
         empty = f"; {empty:,} of its cells have no counts on the model's genes" if empty else ""
         log(f"Unknown group of {g['n_cells']:,} cells looking most like {g['predicted_as']}: up {up} "
-            f"({programs}against {g['compared_with']}){empty}{accepted}")
+            f"({programs}against {g['compared_with']}){empty}{accepted}{samples_note(g)}")
+
+
+def samples_note(group: dict[str, Any]) -> str:
+    """The clause of :func:`log_unknown_groups` (and the Calibration page's table) on where an
+    Unknown group is among the query's samples (:func:`add_sample_evidence`); '' when it is in
+    every one."""
+    absent = group.get("absent_from") or []
+    if not absent:
+        return ""
+    col = group.get("sample_column", "sample")
+    note = f"; absent from {col} {', '.join(absent)}"
+    if group.get("short_class"):
+        note += (f"; where it is, {group['short_by']:,} {group['short_class']} cells are missing against the others' "
+                 f"make-up, about the {group['state_would_leave']:,} a state of {group['short_class']} would leave "
+                 f"(a hint: a type the reference lacks can do the same)")
+    return note
 
 
 SAMPLE_SPREAD = 0.25  # Unknown shares this far apart between two samples are worth a word

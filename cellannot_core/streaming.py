@@ -88,7 +88,8 @@ def stream_predictions(model, bundle: dict[str, Any], rows: H5adRows, *, thresho
         if shift is not None:
             model.reference.last_decision["study_shift"] = shift
     preds = decide(model, query_logits, latent_all, scores, threshold=threshold)
-    groups = describe_unknown_groups(model, lambda: ((start, X) for start, _, X in chunks()), preds, genes=genes)
+    groups = describe_unknown_groups(model, lambda: ((start, X) for start, _, X in chunks()), preds, genes=genes,
+                                    samples=samples)
     if groups:
         log("described the Unknown groups (one more pass over the chunks)")
     warns = [] if gm.n_shared == len(genes) else [

@@ -45,13 +45,21 @@ if groups is not None:
                 "ribosomal genes found among the genes up (two or more of one program). A group with heat-shock or "
                 "immediate-early genes up that keeps at least 8 of its type's 10 reference markers is a known type "
                 "after a rougher dissociation: the rule has already given it that type (ticked below; untick it to "
-                "see it as Unknown).")
+                "see it as Unknown). *Samples* (a query with samples) names those a group is absent from and, "
+                "where a known type's accepted cells are missing by about the group's size in the samples it is "
+                "in, that type: perhaps the type in a condition of those samples (a treated state), though a type "
+                "the reference lacks whose untreated cells were accepted as a known type can look the same.")
     st.dataframe(groups, hide_index=True, key="unknown_groups")
 accepted = st.multiselect("Accept these Unknown groups as the type they look most like (your call: e.g. a known type "
                           "in a state the reference lacks); the heatmap and the download below follow",
                           cal.group_choices(run), default=cal.rule_accepted_groups(run),
                           format_func=lambda j: cal.group_name(run, j),
                           key=WidgetKeys.ACCEPT_GROUPS.format(run=run.run_id)) if groups is not None else []
+shorts = cal.short_class_choices(run) if groups is not None else []
+as_short = st.multiselect("Accept these Unknown groups as the type their samples point to (its cells missing where "
+                          "the group is; your call, after reading the group's genes)", shorts,
+                          format_func=lambda j: cal.short_group_name(run, j),
+                          key=WidgetKeys.ACCEPT_SHORT.format(run=run.run_id)) if shorts else []
 methods = run.score_methods()
 card_method = run.rejection.get("method")
 method = st.selectbox("Novelty score", methods, index=methods.index(card_method) if card_method in methods else 0,
@@ -70,11 +78,12 @@ val, q = run.scores(method)
 plot(score_histogram({"reference validation": val, "query": q}, thr, title=None,
                      x_title=f"{method} novelty score (higher = more novel)"), key="novelty_hist")
 
-labels = cal.accept_groups(run, res.relabel(run, method, thr), accepted)
-if accepted:
-    n_acc = int(sum(run.card["unknown_groups"][j]["n_cells"] for j in accepted))
-    st.caption(f"{n_acc:,} cells of {len(accepted)} accepted group(s) carry the type they look most like; "
-               f"{int((labels == UNKNOWN).sum()):,} cells stay Unknown.")
+labels = cal.accept_groups(run, res.relabel(run, method, thr), accepted, as_short)
+if accepted or as_short:
+    picked = sorted(set(accepted) | set(as_short))
+    n_acc = int(sum(run.card["unknown_groups"][j]["n_cells"] for j in picked))
+    st.caption(f"{n_acc:,} cells of {len(picked)} accepted group(s) carry the type they look most like or, where "
+               f"chosen, the type their samples point to; {int((labels == UNKNOWN).sum()):,} cells stay Unknown.")
 cols_labels, col_title = res.comparison_columns(run)
 plot(label_heatmap(labels, cols_labels, row_title="Predicted label", col_title=col_title,
                    row_order=run.classes + [UNKNOWN], title="Label transfer at this threshold"), key="cal_heatmap")

@@ -184,13 +184,17 @@ def unknown_groups_table(run: Run) -> pd.DataFrame | None:
     def genes(names, by):
         return ", ".join(f"{n} {v:+.2f}" for n, v in zip(names, by))
 
+    from cellannot_core.pipeline import samples_note
+
     empty = {"Cells without counts on the model's genes": [r.get("n_without_counts", 0) for r in rows]} \
         if any(r.get("n_without_counts") for r in rows) else {}
+    where = {"Samples": [samples_note(r).removeprefix("; ") for r in rows]} \
+        if any(r.get("absent_from") for r in rows) else {}
     return pd.DataFrame({"Cells": [r["n_cells"] for r in rows], **empty, "Looks most like": [r["predicted_as"] for r in rows],
                          "Genes up (log-expression difference)": [genes(r["genes_up"], r["up_by"]) for r in rows],
                          "State programs among the genes up": [", ".join(r.get("state_programs", [])) for r in rows],
                          "Genes down": [genes(r["genes_down"], r["down_by"]) for r in rows],
-                         "Compared with": [r["compared_with"] for r in rows],
+                         "Compared with": [r["compared_with"] for r in rows], **where,
                          "Accepted by the rule (handling state)": [bool(r.get("accepted")) for r in rows]})
 
 
@@ -217,11 +221,31 @@ def group_name(run: Run, j: int) -> str:
     return f"{r['n_cells']:,} cells looking like {r['predicted_as']}{programs}: {', '.join(r['genes_up'][:3])}"
 
 
-def accept_groups(run: Run, labels: np.ndarray, accepted: list[int]) -> np.ndarray:
+def short_class_choices(run: Run) -> list[int]:
+    """The card's Unknown groups a visitor can accept as the type their samples point to
+    (``short_class``: absent from some query samples, that type's cells missing where it is;
+    :func:`cellannot_core.evidence.sample_evidence`)."""
+    rows = run.card.get("unknown_groups") or []
+    return [j for j in group_choices(run) if rows[j].get("short_class")]
+
+
+def short_group_name(run: Run, j: int) -> str:
+    r = run.card["unknown_groups"][j]
+    return (f"{r['n_cells']:,} cells looking like {r['predicted_as']}, absent from {', '.join(r['absent_from'])}: "
+            f"as {r['short_class']}")
+
+
+def accept_groups(run: Run, labels: np.ndarray, accepted: list[int], as_short: list[int] = ()) -> np.ndarray:
     """``labels`` with the cells of the ``accepted`` Unknown groups given the type each looks most
-    like (their raw label): the biologist's call that a group is a state of a known type."""
-    if not accepted:
+    like (their raw label), and those of the ``as_short`` groups the type their samples point to
+    (:func:`short_class_choices`; it wins where a group is in both): the biologist's call that a
+    group is a state of a known type."""
+    if not accepted and not as_short:
         return labels
     members = run.arrays["query_unknown_group"]
     raw = run.obs[OutKeys.LABEL_RAW].astype(str).to_numpy()
-    return np.where(np.isin(members, accepted), raw, labels)
+    out = np.where(np.isin(members, accepted), raw, labels)
+    rows = run.card["unknown_groups"]
+    for j in as_short:
+        out = np.where(members == j, str(rows[j]["short_class"]), out)
+    return out

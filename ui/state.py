@@ -76,6 +76,7 @@ class WidgetKeys:
     SCORE_METHOD = "w_score_method"
     THRESHOLD = "w_threshold_{run}_{method}"
     ACCEPT_GROUPS = "w_accept_groups_{run}"
+    ACCEPT_SHORT = "w_accept_short_{run}"
 
 
 DEFAULTS: dict[str, Any] = {

@@ -238,3 +238,56 @@ def test_the_groups_table_counts_cells_without_counts_only_when_a_group_has_them
     assert col not in plain.columns
     older = cal.unknown_groups_table(types.SimpleNamespace(card={"unknown_groups": [row]}))  # runs made before
     assert col not in older.columns
+
+
+def test_the_groups_table_says_where_a_group_is_among_the_samples():
+    """A Samples column appears when a group is absent from some query samples (with the type it may
+    stand in for), and not for runs whose groups are in every sample or were made before."""
+    import types
+
+    from ui import calibration as cal
+
+    row = {"n_cells": 232, "predicted_as": "FCGR3A Mono", "genes_up": [], "up_by": [], "genes_down": [],
+           "down_by": [], "compared_with": "the query's 193 accepted FCGR3A Mono cells", "state_programs": []}
+    placed = row | {"absent_from": ["ctrl101", "ctrl107"], "sample_column": "sample_id", "short_class": "CD14 Mono",
+                    "short_by": 156, "state_would_leave": 166}
+    table = cal.unknown_groups_table(types.SimpleNamespace(card={"unknown_groups": [placed, row | {"absent_from": []}]}))
+    where = list(table["Samples"])
+    assert where[0].startswith("absent from sample_id ctrl101, ctrl107") and "156 CD14 Mono cells" in where[0]
+    assert where[1] == ""
+    everywhere = cal.unknown_groups_table(types.SimpleNamespace(card={"unknown_groups": [row | {"absent_from": []}]}))
+    assert "Samples" not in everywhere.columns
+    assert "Samples" not in cal.unknown_groups_table(types.SimpleNamespace(card={"unknown_groups": [row]})).columns
+
+
+def test_a_group_can_be_accepted_as_the_type_its_samples_point_to(tmp_path, monkeypatch):
+    """A group whose samples name a type (absent from the control samples, that type's cells missing
+    where it is) can be accepted as that type, not the one it looks most like: the page offers it in
+    a second box and the labels follow; a run without such a group shows no second box."""
+    from ui import calibration as cal
+    from ui import results as res
+
+    rd = _all_unknown_run(tmp_path, monkeypatch)
+    assert cal.short_class_choices(res.load_run(str(tmp_path), rd.id)) == []  # no group placed among samples
+    key = WidgetKeys.ACCEPT_SHORT.format(run=rd.id)
+    path = tmp_path / rd.id / "run_card.json"
+    card = json.loads(path.read_text())
+    g0 = card["unknown_groups"][0]
+    other = next(c for c in card["classes"] if c != g0["predicted_as"])
+    g0 |= {"absent_from": ["ctrl1"], "sample_column": "sample", "short_class": other, "short_by": 30,
+           "state_would_leave": 28}
+    path.write_text(json.dumps(card))
+    res.load_card.clear()  # the card was read (and cached) above
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    at.session_state[StateKeys.RUN_ID] = rd.id
+    at.switch_page("pages/calibration.py").run()
+    assert not at.exception
+    box = at.multiselect(key=key)
+    assert box.options == [f"{g0['n_cells']:,} cells looking like {g0['predicted_as']}, absent from ctrl1: as {other}"]
+    at = box.select(box.options[0]).run()
+    assert not at.exception
+    assert any(f"{g0['n_cells']:,} cells of 1 accepted group(s)" in c.value for c in at.caption)
+    run = res.load_run(str(tmp_path), rd.id)
+    members = run.arrays["query_unknown_group"]
+    labels = cal.accept_groups(run, res.relabel(run, "knn_class", 0.0), [0], [0])  # both: the samples' type wins
+    assert (labels[members == 0] == other).all() and (labels[members != 0] == "Unknown").all()

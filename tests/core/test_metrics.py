@@ -390,6 +390,68 @@ def test_unknown_groups_name_the_genes_that_set_each_group_apart():
     assert st_ref["genes_up"] == ["g6", "g7"] and st_ref["up_by"][0] == pytest.approx(4, abs=0.2)  # + the shift
 
 
+def _design_query(group_cells: dict[str, int], stim_a: int):
+    """Two control and two treated samples: control samples hold 80 A, 80 B and 40 C cells each;
+    treated ones ``stim_a`` A cells, 80 B, 40 C and ``group_cells[name]`` cells of an Unknown group
+    in the samples named. Returns codes, names, labels, is_unknown and the group's cells."""
+    names = ["ctrl1", "ctrl2", "stim1", "stim2"]
+    codes, labels, group = [], [], []
+    for s, name in enumerate(names):
+        n_a = 80 if name.startswith("ctrl") else stim_a
+        n_g = group_cells.get(name, 0)
+        labs = ["A"] * n_a + ["B"] * 80 + ["C"] * 40 + ["C"] * n_g  # the group looks most like C
+        codes += [s] * len(labs)
+        labels += labs
+        group += [False] * (n_a + 120) + [True] * n_g
+    group = np.array(group)
+    return np.array(codes), names, np.array(labels, dtype=object), group.copy(), group
+
+
+def test_an_unknown_group_is_placed_among_the_query_samples():
+    """A group found only in the treated samples whose cells are missing from type A there is
+    named as possibly A in a treated state (half of A's cells turned into it); a type the reference
+    lacks added to the treated samples leaves no type short, so none is named; a group in every
+    sample is absent from none. Samples too small to judge are not called absent."""
+    from cellannot_core.evidence import sample_evidence
+
+    codes, names, labels, unk, g = _design_query({"stim1": 40, "stim2": 40}, stim_a=40)  # 40 of 80 A turned
+    ev = sample_evidence(g, codes, names, labels, unk, min_cells=50)
+    assert ev["absent_from"] == ["ctrl1", "ctrl2"]
+    # accepted in the treated samples: 80 A, 160 B, 80 C of 320; control make-up 40% A: 128 expected
+    assert ev["short_class"] == "A" and ev["short_by"] == 48 and ev["state_would_leave"] == 48
+
+    codes, names, labels, unk, g = _design_query({"stim1": 40, "stim2": 40}, stim_a=80)  # a new type, added
+    ev = sample_evidence(g, codes, names, labels, unk, min_cells=50)
+    assert ev["absent_from"] == ["ctrl1", "ctrl2"] and "short_class" not in ev
+
+    codes, names, labels, unk, g = _design_query({n: 20 for n in ["ctrl1", "ctrl2", "stim1", "stim2"]}, stim_a=80)
+    assert sample_evidence(g, codes, names, labels, unk, min_cells=50) == {"absent_from": []}
+    codes, names, labels, unk, g = _design_query({"stim1": 40, "stim2": 40}, stim_a=40)
+    assert sample_evidence(g, codes, names, labels, unk, min_cells=1000)["absent_from"] == []  # none big enough
+
+
+def test_the_sample_evidence_reaches_the_groups_and_the_log():
+    """``add_sample_evidence`` places each Unknown group the rule did not accept (an accepted
+    handling state is left alone), names the sample column, and the run log says it."""
+    import types
+
+    from cellannot_core.pipeline import QuerySamples, add_sample_evidence, log_unknown_groups
+
+    codes, names, labels, unk, g = _design_query({"stim1": 40, "stim2": 40}, stim_a=40)
+    preds = types.SimpleNamespace(unknown_group=np.where(g, 0, -1), label_raw=labels, is_unknown=unk)
+    groups = [{"n_cells": 80, "predicted_as": "C", "genes_up": ["ISG15"], "compared_with": "x"},
+              {"n_cells": 12, "predicted_as": "B", "genes_up": [], "compared_with": "x", "accepted": True,
+               "markers_kept": 9, "n_markers": 10}]
+    add_sample_evidence(preds, groups, QuerySamples("condition_sample", codes, names))
+    assert groups[0]["short_class"] == "A" and groups[0]["sample_column"] == "condition_sample"
+    assert "absent_from" not in groups[1]
+    lines = []
+    log_unknown_groups(groups, lines.append)
+    assert "absent from condition_sample ctrl1, ctrl2" in lines[0] and "48 A cells are missing" in lines[0]
+    add_sample_evidence(preds, [row := {"n_cells": 1}], None)  # a query without samples: nothing added
+    assert row == {"n_cells": 1}
+
+
 def test_cells_without_counts_do_not_describe_an_unknown_group():
     """Cells without counts on the model's genes are called Unknown (nothing places them); a group
     of them with a few other cells must not list those few cells' genes as the group's, and a group
