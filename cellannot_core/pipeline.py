@@ -532,7 +532,7 @@ def samples_note(group: dict[str, Any]) -> str:
     """The clause of :func:`log_unknown_groups` (and the Calibration page's table) on where an
     Unknown group is among the query's samples (:func:`add_sample_evidence`); '' when it is in
     every one."""
-    absent = group.get("absent_from") or []
+    absent = [str(a) for a in group.get("absent_from", [])]  # a list, or an array when read back from .uns
     if not absent:
         return ""
     col = group.get("sample_column", "sample")
