@@ -315,9 +315,10 @@ def evaluate(m, prep, *, threshold: float | None = None, rules: bool = False, al
     from cellannot_core.metrics import label_transfer_metrics
     from cellannot_core.pipeline import label_query, predict
 
+    groups = []
     if handling:
-        p, _ = label_query(m, prep.query.X, genes=prep.genes, threshold=threshold, samples=samples,
-                           ref_mean=class_means(prep.train.X, prep.train.y, len(m.classes)))
+        p, groups = label_query(m, prep.query.X, genes=prep.genes, threshold=threshold, samples=samples,
+                                ref_mean=class_means(prep.train.X, prep.train.y, len(m.classes)))
     else:
         p = predict(m, prep.query.X, threshold=threshold, samples=samples)
     labels = np.asarray(prep.query.labels)
@@ -334,6 +335,11 @@ def evaluate(m, prep, *, threshold: float | None = None, rules: bool = False, al
     out["shifted"] = [(r["class"], r["n_cells"], float(novel[sel & known].sum() / max(1, (sel & known).sum())))
                       for r in p.shifted_classes or []
                       for sel in [(pred == list(m.classes).index(r["class"])) & ~p.is_unknown]]
+    # the Unknown groups placed among the query's samples (evidence.sample_evidence): per group, whether it
+    # is absent from some sample and, where it names a type, its cells, those of that type and the novel ones
+    out["placed"] = [(bool(g.get("absent_from")), g.get("short_class"), int(cells.sum()),
+                      int((labels[cells] == g.get("short_class")).sum()), int(novel[cells].sum()))
+                     for j, g in enumerate(groups) if "absent_from" in g for cells in [p.unknown_group == j]]
     if rules:
         out["rules"] = rule_metrics(m, prep, p, all_rules)
     return out
@@ -521,6 +527,14 @@ def main() -> None:
               f"{len({c[0] for c in shifted})} experiments: " + "; ".join(
                   f"{k} {len(v)} ({sum(c[2] for c in v):,} cells)" for k, v in kinds.items())
               + " (novel: >= 80% of the class's accepted cells of types the reference lacks; known: < 20%)")
+    placed = [(r["experiment"], *g) for r in rows if r["model"] == first for g in r.get("placed", [])]
+    if placed:
+        named = [g for g in placed if g[2]]
+        print(f"\n{first}: Unknown groups placed among the query's samples (the run's hint), {len(placed)} in "
+              f"{len({g[0] for g in placed})} experiments: {sum(g[1] for g in placed)} absent from some sample, "
+              f"{len(named)} name a type ({sum(g[3] for g in named):,} cells): the cells' own type for "
+              f"{sum(g[4] for g in named):,}, a type the reference lacks for {sum(g[5] for g in named):,} "
+              f"({sum(g[4] > g[3] / 2 for g in named)} groups mostly right)")
     rule_names = list(next((r["rules"] for r in rows if "rules" in r), {}))
     summarise([r | {"_rule": n} for r in rows if r["model"] == first for n in rule_names],
               lambda r: (f"{first}/{r['_rule']}", {"acc_in": r["acc_in"], "ece_in": r["ece_in"], **r["rules"][r["_rule"]]}),

@@ -323,8 +323,8 @@ def sample_evidence(member: np.ndarray, codes: np.ndarray, names: Sequence[str],
     split by the design (control cells in one group, treated in another) names a type too once its
     control half was accepted as one: on the novelty stress suite (seeds 0 / 1, its queries with samples)
     30 / 29 of 91 / 77 Unknown groups were absent from some sample and 22 / 16 named a type, the right one
-    for 1,597 of 3,530 / 1,497 of 2,788 of their cells (README, "A state that replaces its type in some
-    samples")."""
+    for 1,597 of 3,530 / 1,497 of 2,788 of their cells (``bench/novelty_stress.py`` prints the tally; README,
+    "Where a group is among the query's samples")."""
     member = np.asarray(member, dtype=bool)
     codes = np.asarray(codes, dtype=np.int64)
     unk = np.asarray(is_unknown, dtype=bool)
