@@ -1014,8 +1014,10 @@ def _label_whole_file(model, prepared: Prepared, opts: AnnotateOptions, source: 
     if opts.query_label_key:
         if opts.query_label_key not in obs:
             raise ConfigError(f"the query has no column {opts.query_label_key!r}")
+        from .data.validate import untyped_label_mask
+
         col = obs[opts.query_label_key]
-        labels = np.where(col.isna(), "", col.astype(str)).astype(object)
+        labels = np.where(untyped_label_mask(col), "", col.astype(str).str.strip()).astype(object)
     n = len(obs)
     query = Split(X=sp.csr_matrix((n, prepared.n_genes), dtype=np.float32), counts=None, y=None,
                   obs_names=obs.index.to_numpy(dtype=object), labels=labels, index=np.arange(n, dtype=np.int64))

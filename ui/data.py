@@ -15,6 +15,7 @@ from typing import Any
 
 import streamlit as st
 
+from cellannot_core.data.validate import untyped_label_mask
 from cellannot_core.errors import CellannotError, DataError
 from ui.session import remember_dataset, server_is_local
 from ui.state import DATA_KEY, INFO_KEY, StateKeys, get, put
@@ -291,6 +292,7 @@ def labels_missing_from_reference(ref: Any, query: Any, label_key: str | None, q
     """Query label -> cells, for query labels the reference does not have (expected Unknown)."""
     if not label_key or not query_label_key or label_key not in ref.obs or query_label_key not in query.obs:
         return {}
-    known = set(ref.obs[label_key].astype(str).str.strip())
-    counts = query.obs[query_label_key].astype(str).str.strip().value_counts()
-    return {str(k): int(v) for k, v in counts.items() if k not in known and k not in ("", "nan", "None")}
+    ref_col, q_col = ref.obs[label_key], query.obs[query_label_key]
+    known = set(ref_col[~untyped_label_mask(ref_col)].astype(str).str.strip())
+    counts = q_col[~untyped_label_mask(q_col)].astype(str).str.strip().value_counts()
+    return {str(k): int(v) for k, v in counts.items() if k not in known}

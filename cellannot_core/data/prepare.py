@@ -34,6 +34,7 @@ from ._types import MAX_BATCHES, Prepared, Split
 from .genes import is_ensembl, match_genes
 from .validate import (
     missing_label_mask,
+    untyped_label_mask,
     check_label_column,
     check_not_empty,
     check_values,
@@ -486,7 +487,7 @@ def prepare(
     if query_label_key is not None:
         check_label_column(qry.obs, query_label_key, name="query")
         col = qry.obs[query_label_key]
-        missing = missing_label_mask(col)
+        missing = untyped_label_mask(col)
         q_labels = col.astype(str).str.strip().to_numpy(dtype=object)
         q_labels[missing] = ""
         q_y = np.array([class_idx.get(v, -1) for v in q_labels], dtype=np.int64)
@@ -650,7 +651,7 @@ def _label_candidates(obs: pd.DataFrame, n_cells: int, max_classes: int = 100) -
             continue
         if kind in "iu" and s.nunique() > 50:
             continue
-        vc = s[~missing_label_mask(s)].astype(str).value_counts()
+        vc = s[~untyped_label_mask(s)].astype(str).value_counts()
         if not 2 <= len(vc) <= max_classes or len(vc) > 0.5 * n_cells:
             continue
         low = str(col).lower()

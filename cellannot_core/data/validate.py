@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from cellannot_core._constants import UNKNOWN
 from cellannot_core.errors import DataError
 
 from .values import detect_value_state, get_counts
@@ -34,12 +35,17 @@ __all__ = [
     "make_unique",
     "check_label_column",
     "missing_label_mask",
+    "untyped_label_mask",
     "clean_labels",
     "zero_total_cells",
     "validate_dataset",
 ]
 
 MISSING_LABELS = frozenset({"", "nan", "na", "n/a", "none", "null"})
+#: cell-type labels that name no type: a reference class called "Unknown" would be predicted under the
+#: name cellannot gives the cells the reference lacks, and a query cell so labelled is not of a novel type
+NO_TYPE_LABELS = frozenset({UNKNOWN.lower(), "unassigned", "unclassified", "unlabeled", "unlabelled",
+                            "unannotated", "undefined", "undetermined"})
 
 
 def check_not_empty(n_obs: int, n_vars: int, *, name: str = "dataset") -> None:
@@ -131,6 +137,14 @@ def missing_label_mask(labels: pd.Series) -> np.ndarray:
     return miss | text.isin(MISSING_LABELS).to_numpy()
 
 
+def untyped_label_mask(labels: pd.Series) -> np.ndarray:
+    """:func:`missing_label_mask` of a cell-type column, plus the labels that name no type
+    (:data:`NO_TYPE_LABELS`, any case)."""
+    s = pd.Series(labels, copy=False)
+    text = s.astype(str).str.strip().str.lower()
+    return missing_label_mask(s) | text.isin(NO_TYPE_LABELS).to_numpy()
+
+
 def clean_labels(
     labels: pd.Series | np.ndarray,
     *,
@@ -140,8 +154,8 @@ def clean_labels(
 ) -> tuple[np.ndarray, dict[str, Any], list[str]]:
     """Decide which reference cells keep their labels.
 
-    Cells with a missing label are dropped, then classes with fewer than
-    ``min_cells_per_class`` cells.
+    Cells with a missing label or one naming no type (:data:`NO_TYPE_LABELS`, e.g. "Unknown")
+    are dropped, then classes with fewer than ``min_cells_per_class`` cells.
 
     Parameters
     ----------
@@ -167,16 +181,24 @@ def clean_labels(
         All labels missing, a single class, or fewer than 2 classes big enough.
     """
     s = pd.Series(np.asarray(labels, dtype=object))
-    missing = missing_label_mask(s)
+    blank = missing_label_mask(s)
+    missing = untyped_label_mask(s)
     warns: list[str] = []
     if missing.all():
         raise DataError(
-            f"the {name} label column '{label_key}' has no labels (all {len(s)} are missing). "
-            "Choose the column that holds the cell types."
+            f"the {name} label column '{label_key}' has no labels (all {len(s)} are missing or name no "
+            "cell type). Choose the column that holds the cell types."
         )
-    if missing.any():
+    if blank.any():
         warns.append(
-            f"{int(missing.sum())} {name} cells have no label in '{label_key}' and were left out"
+            f"{int(blank.sum())} {name} cells have no label in '{label_key}' and were left out"
+        )
+    untyped = missing & ~blank
+    if untyped.any():
+        names = ", ".join(sorted(set(s[untyped].astype(str).str.strip())))
+        warns.append(
+            f"{int(untyped.sum())} {name} cells labelled {names} in '{label_key}' name no cell type and were "
+            f"left out: '{UNKNOWN}' is what cellannot calls a cell of a type the reference lacks"
         )
     text = s.astype(str).str.strip()
     counts = text[~missing].value_counts()

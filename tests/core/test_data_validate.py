@@ -145,6 +145,28 @@ def test_missing_labels_dropped():
     assert any("4 reference cells have no label in 'cell_type'" in w for w in p.report["warnings"])
 
 
+
+def test_a_reference_class_named_unknown_is_no_type():
+    """An atlas's "Unknown" / "unassigned" cells are not a class: trained as one, its name would be
+    predicted beside the Unknown cellannot gives a type the reference lacks (cellannot_label
+    "Unknown" with cellannot_is_unknown False). In the query's own labels they are no novel type."""
+    ref = make_synthetic(300, 120, 3, seed=1)
+    lab = ref.obs["cell_type"].astype(object).to_numpy()
+    lab[:20], lab[20:32] = "Unknown", " unassigned"
+    ref.obs["cell_type"] = lab
+    q = make_synthetic(100, 120, 3, seed=9)
+    qlab = q.obs["cell_type"].astype(object).to_numpy()
+    qlab[:7] = "UNKNOWN"
+    q.obs["cell_type"] = qlab
+    p = _prep(ref, q, query_label_key="cell_type")
+    assert p.classes == ["type0", "type1", "type2"]
+    assert len(set(p.train.obs_names) | set(p.val.obs_names)) == 268
+    assert p.report["reference"]["n_missing_labels"] == 32
+    assert any("32 reference cells labelled Unknown, unassigned in 'cell_type' name no cell type" in w
+               for w in p.report["warnings"])
+    assert p.report["query"]["n_missing_labels"] == 7 and "UNKNOWN" not in p.report["query"]["labels_not_in_reference"]
+    assert list(p.query.labels[:7]) == [""] * 7 and (p.query.y[:7] == -1).all()
+
 def test_all_labels_missing():
     keep_s = pd.Series([None, np.nan, ""])
     with pytest.raises(DataError, match="has no labels"):
