@@ -224,9 +224,10 @@ def _trained_otherwise(m, name: str, hparams: dict) -> bool:
 
 def train_or_load(exp: Experiment, model: str, prep, seed: int, retrain: bool, hparams: dict | None = None,
                   batch_key: str | None = None, thin: float = 1.0, sizes: tuple[int, int] = (MAX_REF, MAX_QUERY),
-                  genes: int | None = None, gene_shift: float = 0.0):
+                  genes: int | None = None, gene_shift: float = 0.0, inductive: bool = False):
     """A trained, calibrated model for this experiment (from the cache when there; a model with
-    changed hyper-parameters has its own cache entry)."""
+    changed hyper-parameters has its own cache entry; ``inductive``: one trained on the reference
+    alone, as ``ca.train`` trains it)."""
     from cellannot_core.models import load_model
     from cellannot_core.pipeline import AnnotateOptions, train_model
 
@@ -240,6 +241,7 @@ def train_or_load(exp: Experiment, model: str, prep, seed: int, retrain: bool, h
     if hvg != ("seurat", "reference") and len(prep.genes) < prep.report["genes"]["n_shared"]:
         tag += "+hvg={}-{}".format(*hvg)  # and one whose genes were chosen otherwise (where that changes them)
     tag += "" if tuple(sizes) == (MAX_REF, MAX_QUERY) else f"+ref={sizes[0]}+query={sizes[1]}"  # other subsamples
+    tag += "+inductive" if inductive else ""  # trained without the query's cells
     key = CACHE / exp.name.replace(":", "__").replace(" ", "_").replace(",", "") / f"{name}{tag}-s{seed}"
     m = load_model(key, device="cpu") if (key / "config.json").is_file() and not retrain else None
     if m is not None and _trained_otherwise(m, name, hparams):  # cached under a default since changed
@@ -261,6 +263,26 @@ def train_or_load(exp: Experiment, model: str, prep, seed: int, retrain: bool, h
     m.history["_bench_train_seconds"] = round(secs, 1)
     m.save(key)
     return m, secs
+
+
+def inductive_data(ref, qry, opts):
+    """The experiment as ``ca.train(ref)`` + ``Annotator.predict(qry)`` see it: the reference
+    prepared on its own (its genes, its cells as the semi-supervised models' unlabelled cells too),
+    and the query aligned to the model's genes as ``predict`` aligns it (missing genes are zero),
+    with its labels (those naming no type blank, as ``prepare`` keeps them). Returns the prepared
+    data to train on (its query: the reference's cells) and the same with the query to score."""
+    import dataclasses
+
+    from cellannot_core.data import prepare_query
+    from cellannot_core.data.validate import untyped_label_mask
+    from cellannot_core.pipeline import prepare_data
+
+    prep = prepare_data(ref, ref, dataclasses.replace(opts, query_label_key=None))
+    split, _ = prepare_query(qry, genes=prep.genes, norm_genes=prep.report.get("norm_genes"))
+    col = qry.obs[LABEL_KEY]
+    labels = np.where(untyped_label_mask(col), "", col.astype(str).str.strip()).astype(object)
+    idx = np.arange(qry.n_obs) if split.index is None else np.asarray(split.index)
+    return prep, dataclasses.replace(prep, query=dataclasses.replace(split, labels=labels[idx], index=idx))
 
 
 def cap_reference(m, prep, cap: int, seed: int) -> None:
@@ -342,6 +364,32 @@ def evaluate(m, prep, *, threshold: float | None = None, rules: bool = False, al
                      for j, g in enumerate(groups) if "absent_from" in g for cells in [p.unknown_group == j]]
     if rules:
         out["rules"] = rule_metrics(m, prep, p, all_rules)
+    return out
+
+
+def single_type_rows(m, scored, samples, *, min_cells: int = 50) -> list[dict]:
+    """The query cut to the cells of one type, for each type with ``min_cells`` (and to all its
+    novel cells together, when there are that many and more than one novel type): each scored as a
+    query of its own (a sorted population), with the model trained on the whole query. Per query:
+    its type(s), whether novel, cells and the share called Unknown."""
+    import dataclasses
+
+    from cellannot_core.pipeline import QuerySamples
+
+    labels = np.asarray(scored.query.labels)
+    novel = (labels != "") & ~np.isin(labels, m.classes)
+    queries = [(t, labels == t) for t in sorted(set(labels[labels != ""])) if (labels == t).sum() >= min_cells]
+    if novel.sum() >= min_cells and len(set(labels[novel])) > 1:
+        queries.append(("+".join(sorted(set(labels[novel]))), novel))
+    out = []
+    for what, keep in queries:
+        idx = np.flatnonzero(keep)
+        sub = dataclasses.replace(scored, query=scored.query.rows(idx))
+        s_sub = None if samples is None else QuerySamples(samples.column, samples.codes[idx], samples.names)
+        r = evaluate(m, sub, samples=s_sub)
+        is_novel = bool(novel[idx].all())
+        out.append({"type": what, "novel": is_novel, "n": int(len(idx)),
+                    "unknown": r["reject_novel"] if is_novel else r["reject_in"]})
     return out
 
 
@@ -442,6 +490,15 @@ def main() -> None:
     ap.add_argument("--reference-cap", type=int, default=None, metavar="N",
                     help="keep N reference cells in each model's novelty index (as a reference many times the "
                          "index's cap would; the threshold calibrated again)")
+    ap.add_argument("--inductive", action="store_true",
+                    help="train each model on the reference alone and label the query as `predict` does (ca.train + "
+                         "Annotator.predict, cellannot train + predict; models cached apart)")
+    ap.add_argument("--single-type", action="store_true",
+                    help="also score, with the first model, the query cut to each of its types (and to its novel "
+                         "types together): a sorted population as the query")
+    ap.add_argument("--shift-min-classes", type=int, default=None, metavar="N",
+                    help="knn_class estimates the query's own shift only from N predicted types (default: "
+                         "novelty.SHIFT_MIN_CLASSES; 1: from any query, the rule before 2026-12-05)")
     ap.add_argument("--hparam", action="append", default=[], metavar="NAME=VALUE",
                     help="a hyper-parameter of the first model (its own cache entry); repeatable")
     args = ap.parse_args()
@@ -451,6 +508,11 @@ def main() -> None:
     if not DATA.is_dir():
         sys.exit(f"error: benchmark data not found in {DATA}; set CELLANNOT_SHARED_DATA")
     from cellannot_core.pipeline import AnnotateOptions, prepare_data
+
+    if args.shift_min_classes is not None:
+        import cellannot_core.novelty as novelty
+
+        novelty.SHIFT_MIN_CLASSES = args.shift_min_classes
 
     models = list(args.models)
     if "seurat" in models and not _has_seurat():
@@ -470,24 +532,26 @@ def main() -> None:
             opts = AnnotateOptions(label_key=LABEL_KEY, query_label_key=LABEL_KEY, seed=args.seed, batch_key=key,
                                    hvg_from=args.hvg_from, hvg_flavor=args.hvg_flavor,
                                    **({"n_top_genes": args.genes} if args.genes else {}))
-            prep = prepare_data(ref, qry, opts)
-            novel = ~np.isin(prep.query.labels, prep.classes)
+            prep = scored = prepare_data(ref, qry, opts) if not args.inductive else None
+            if args.inductive:  # trained on prep (the reference alone), the query scored in `scored`
+                prep, scored = inductive_data(ref, qry, opts)
+            novel = ~np.isin(scored.query.labels, prep.classes)
             share = float(novel.mean())
             if args.list:
-                print(f"{exp.name:42s} {share:6.1%}  ref {prep.train.n_obs + prep.val.n_obs} query {prep.query.n_obs} "
-                      f"novel types {sorted(set(prep.query.labels[novel]))}")
+                print(f"{exp.name:42s} {share:6.1%}  ref {prep.train.n_obs + prep.val.n_obs} query {scored.query.n_obs} "
+                      f"novel types {sorted(set(scored.query.labels[novel]))}")
                 continue
-            samples = samples_of(qry, prep, key)
-            name, scored = exp.name, prep
+            samples = samples_of(qry, scored, key)
+            name = exp.name
             if args.enrich_sample is not None:
                 if exp.kind not in ("drop", "group") or samples is None:
                     continue
-                name, scored, samples = enrich_sample(exp.name, prep, samples, novel, args.enrich_sample, args.seed)
+                name, scored, samples = enrich_sample(exp.name, scored, samples, novel, args.enrich_sample, args.seed)
                 share = float(np.mean(~np.isin(scored.query.labels, prep.classes)))
             for model in models:
                 m, secs = train_or_load(exp, model, prep, args.seed, args.retrain, hp if model == models[0] else None,
                                         key if "n_batches" in _hparams_of(model) else None, args.thin,
-                                        (args.max_ref, args.max_query), args.genes, args.gene_shift)
+                                        (args.max_ref, args.max_query), args.genes, args.gene_shift, args.inductive)
                 if args.reference_cap and m.reference is not None:
                     cap_reference(m, prep, args.reference_cap, args.seed)
                 thr = 0.5 if model == "logreg_05" else None
@@ -507,6 +571,11 @@ def main() -> None:
                     rows.append(row)
                     print(f"{name:42s} {share:6.1%} {label:12s} " + " ".join(f"{r[k]:12.3f}" for k in METRICS)
                           + f"  {secs:7.1f}" + (f"  mixing {r['mixing']:.2f}" if "mixing" in r else ""), flush=True)
+                    if args.single_type and model == models[0] and t is None:
+                        row["single_type"] = single_type_rows(m, scored, samples)
+                        for q in row["single_type"]:
+                            print(f"{'':42s} {'':6s}   only {q['type']:24s} {'novel' if q['novel'] else 'known'} "
+                                  f"{q['n']:5d} cells, Unknown {q['unknown']:.3f}", flush=True)
                     for rname, rr in r.get("rules", {}).items():
                         print(f"{'':42s} {'':6s}   rule {rname:18s} auroc {rr['auroc_ood']:.3f} acc_open "
                               f"{rr['acc_open']:.3f} reject_in {rr['reject_in']:.3f} reject_novel {rr['reject_novel']:.3f}")
@@ -535,6 +604,14 @@ def main() -> None:
               f"{len(named)} name a type ({sum(g[3] for g in named):,} cells): the cells' own type for "
               f"{sum(g[4] for g in named):,}, a type the reference lacks for {sum(g[5] for g in named):,} "
               f"({sum(g[4] > g[3] / 2 for g in named)} groups mostly right)")
+    single = [q for r in rows for q in r.get("single_type", [])]
+    if single:
+        print(f"\n{first}: the query cut to one type (or to its novel types together), scored alone (a sorted "
+              "population), share called Unknown, median / worst:")
+        for kind, worst in (("known", max), ("novel", min)):
+            v = [q["unknown"] for q in single if q["novel"] == (kind == "novel")]
+            if v:
+                print(f"  {kind:5s} {len(v):3d} queries: {np.median(v):.3f} / {worst(v):.3f}")
     rule_names = list(next((r["rules"] for r in rows if "rules" in r), {}))
     summarise([r | {"_rule": n} for r in rows if r["model"] == first for n in rule_names],
               lambda r: (f"{first}/{r['_rule']}", {"acc_in": r["acc_in"], "ece_in": r["ece_in"], **r["rules"][r["_rule"]]}),

@@ -124,12 +124,18 @@ def annotate(
     ``None`` (keys written into ``adata_query``), or the annotated copy when ``copy=True``.
     """
     from .pipeline import annotate as run_annotate
-    from .pipeline import write_annotations
 
     opts = _options(label_key, model, query_label_key=query_label_key, hparams=hparams, seed=seed, device=device,
                     max_epochs=max_epochs, n_top_genes=n_top_genes, accept=accept, batch_key=batch_key,
                     hvg_flavor=hvg_flavor)
     res = run_annotate(adata_ref, adata_query, opts, log=log or (lambda s: None))
+    return _write_result(res, adata_query, key_added=key_added, copy=copy)
+
+
+def _write_result(res, adata_query, *, key_added: str, copy: bool):
+    """The annotate contract's keys of a finished run written into the query (or an annotated copy)."""
+    from .pipeline import write_annotations
+
     target = adata_query.copy() if copy else adata_query
     write_annotations(target, res.predictions, res.card, index=res.prepared.query.index, key_added=key_added)
     return target if copy else None
@@ -159,7 +165,8 @@ class Annotator:
         return (f"Annotator(model={self.model.name!r}, {len(self.classes)} classes, {len(self.genes)} genes, "
                 f"label_key={self.bundle.get('label_key')!r})")
 
-    def predict(self, adata, *, key_added: str = OutKeys.UNS, copy: bool = False, threshold: float | None = None):
+    def predict(self, adata, *, key_added: str = OutKeys.UNS, copy: bool = False, threshold: float | None = None,
+                adapt: bool = False, log: Callable[[str], None] | None = None):
         """Label the cells of ``adata`` (keys as :func:`annotate`).
 
         Parameters
@@ -170,25 +177,42 @@ class Annotator:
             As in :func:`annotate`.
         threshold
             Override the novelty-score threshold (default: the model's, with its shift correction).
+        adapt
+            Train the model again on the reference cells it kept (at most 10,000) with these cells
+            unlabelled, as :func:`annotate` trains it, before labelling them (minutes, like
+            ``annotate``). For the models that learn their latent space from the query too
+            (``scanvi_svm``, ``scanvi``, the VAE family): without it a type the reference lacks is
+            called Unknown less often (README, "A query the model was not trained with"); the
+            labels then come from a model of this query, not the saved one.
+        log
+            Called with one line per step; default: silent.
 
         Returns
         -------
         ``None``, or the annotated copy when ``copy=True``.
         """
-        from .pipeline import predict_query, write_annotations
+        from .pipeline import annotate_adapted, predict_query, write_annotations
 
-        preds, card = predict_query(self.model, self.bundle, adata, threshold=threshold)
+        if adapt:
+            res = annotate_adapted(self.model, self.bundle, adata, threshold=threshold,
+                                   device=self.model.device_name, log=log or (lambda s: None))
+            return _write_result(res, adata, key_added=key_added, copy=copy)
+        preds, card = predict_query(self.model, self.bundle, adata, threshold=threshold, log=log or (lambda s: None))
         target = adata.copy() if copy else adata
         write_annotations(target, preds, card, key_added=key_added)
         return target if copy else None
 
-    def predict_file(self, path: str | Path, *, out: str | Path, threshold: float | None = None) -> dict[str, Any]:
+    def predict_file(self, path: str | Path, *, out: str | Path, threshold: float | None = None,
+                     adapt: bool = False, log: Callable[[str], None] | None = None) -> dict[str, Any]:
         """Label the ``.h5ad`` file at ``path`` without loading it (a block of cells at a time;
         any size, see :mod:`cellannot_core.streaming`) and write the annotated copy to ``out``
-        (keys as :func:`annotate`). Returns ``{"n_obs", "unknown_fraction", "streamed"}``."""
+        (keys as :func:`annotate`). ``adapt``: as in :meth:`predict` (a large file trains on a
+        seeded sample of its cells, as ``annotate`` does). Returns ``{"n_obs", "unknown_fraction",
+        "streamed"}``."""
         from .streaming import label_file
 
-        return label_file(self.model, self.bundle, path, out=out, threshold=threshold)
+        return label_file(self.model, self.bundle, path, out=out, threshold=threshold, adapt=adapt,
+                          log=log or (lambda s: None))
 
     def save(self, path: str | Path) -> Path:
         """Write the model (safetensors + JSON, no pickle) and its genes to the directory ``path``;

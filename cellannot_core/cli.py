@@ -93,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", required=True)
     pr.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     pr.add_argument("--threshold", type=float, default=None)
+    pr.add_argument("--adapt", action="store_true",
+                    help="train the model again on the reference cells it kept, with this query unlabelled, before "
+                         "labelling it (as annotate trains; minutes): a model that learns its latent space from the "
+                         "query too finds the query's types the reference lacks more often")
     sub.add_parser("models", help="list the models and their hyper-parameters")
     ap_app = sub.add_parser("app", help="serve the web app (on 127.0.0.1 unless told otherwise)")
     ap_app.add_argument("--port", type=int, default=8501)
@@ -227,7 +231,7 @@ def cmd_predict(args) -> int:
 
     check_writable(args.out, what="annotated query")
     res = predict_file(args.model_dir, args.query, out=Path(args.out), device=args.device, threshold=args.threshold,
-                       log=_log)
+                       adapt=args.adapt, log=_log)
     _log(f"labelled {res['n_obs']} cells; Unknown: {res['unknown_fraction']:.1%}; wrote {args.out}")
     return 0
 

@@ -29,6 +29,21 @@ STUDY_SHIFT_EPS = 0.05  # normalised counts (per 1e4) added to both means: a pse
 STUDY_SHIFT_MIN_CELLS = 20  # a class counts with this many query cells and matched reference cells
 STUDY_SHIFT_MIN_CLASSES = 3  # the median over classes needs at least three (one class cannot move it)
 SAMPLE_MIN_CELLS = 50  # a query sample with this many cells gets its own shift (knn_class) and Unknown share (run card)
+#: knn_class: the query's own shift (its factor F and step 3's whole-class shifts) is estimated only when this many
+#: predicted classes have STUDY_SHIFT_MIN_CELLS cells: the lower quartile of a query predicted as one type is
+#: that type's own distance, which a population the reference lacks *is* (a query of one novel type accepted
+#: itself whole, however far it was); with two types, as with more, it takes three quarters of the query;
+#: 1: always (the rule before 2026-12-05)
+SHIFT_MIN_CLASSES = 2
+
+
+def shift_estimable(pred: np.ndarray) -> bool:
+    """Whether a query predicted as ``pred`` has the types to estimate its own shift from
+    (:data:`SHIFT_MIN_CLASSES`)."""
+    if SHIFT_MIN_CLASSES <= 1:
+        return True
+    counts = np.bincount(np.asarray(pred, dtype=np.int64)) if len(pred) else np.zeros(0, dtype=np.int64)
+    return int((counts >= STUDY_SHIFT_MIN_CELLS).sum()) >= SHIFT_MIN_CLASSES
 
 
 # --------------------------------------------------------------------------------------------
@@ -165,27 +180,35 @@ class LatentReference:
     reference cells' logits (for :meth:`knn_logit`)."""
 
     def __init__(self, latent: np.ndarray, y: np.ndarray, *, logits: np.ndarray | None = None, k: int = 10,
-                 max_cells: int = 10000, seed: int = 0, expression: Any = None) -> None:
+                 max_cells: int = 10000, seed: int = 0, expression: Any = None,
+                 count_scale: np.ndarray | None = None) -> None:
         import scipy.sparse as sp
 
         latent = np.asarray(latent, dtype=np.float32)
         y = np.asarray(y)
         logits = None if logits is None else np.asarray(logits, dtype=np.float32)
         expr = expression
+        scale = None if count_scale is None or expr is None else np.asarray(count_scale, dtype=np.float64).ravel()
         if latent.shape[0] > max_cells:
             rng = np.random.default_rng(seed)
             keep = np.sort(rng.choice(latent.shape[0], max_cells, replace=False))
             latent, y = latent[keep], y[keep]
             logits = None if logits is None else logits[keep]
             expr = None if expr is None else expr[keep]
+            scale = None if scale is None else scale[keep]
         expr = None if expr is None else sp.csr_matrix(expr, dtype=np.float32)
         if expr is not None and expr.shape[0] != latent.shape[0]:
             raise ValueError(f"reference expression has {expr.shape[0]} rows for {latent.shape[0]} cells")
+        if scale is not None and (scale.shape != (latent.shape[0],) or not np.all(np.isfinite(scale)) or np.any(scale < 0)):
+            raise ValueError("reference count scale must hold one finite, non-negative number per cell")
         self.latent = latent
         self.y = y.astype(np.int64)
         self.logits = logits
         # the reference cells' log1p-normalised expression (the model's input), for shared_shift
         self.expression = expr
+        # per cell, its counts over expm1(expression) (library size / 1e4): the counts come back
+        # from the expression (reference_counts), for a model trained again with a new query
+        self.count_scale = scale
         self.k = int(min(k, len(latent)))
         self._nn = None
         self._logit_nn = None
@@ -257,12 +280,14 @@ class LatentReference:
         three quarters of the query, however they are spread over the predicted classes. A
         per-class factor (the rule before) is estimated from the cells predicted as that class,
         which a large novel population predicted as one class *is*: it raised that class's
-        threshold until the novel cells were accepted (bench/novelty_stress.py).
+        threshold until the novel cells were accepted (bench/novelty_stress.py). Likewise a query
+        of fewer than :data:`SHIFT_MIN_CLASSES` predicted types (:func:`shift_estimable`) gets 1:
+        its quartile would be those types' own distance.
         """
         _, med = self._class_null()
         g = np.asarray(graph, dtype=np.float64)
         pred = np.asarray(pred, dtype=np.int64)
-        if len(g) == 0:
+        if len(g) == 0 or not shift_estimable(pred):
             return 1.0
         null = self._null_scores / med[self.y]
         ratio = float(np.quantile(g / med[pred], SHIFT_QUANTILE)) / float(np.quantile(null, SHIFT_QUANTILE))
@@ -339,6 +364,10 @@ class LatentReference:
            are measured against the median shift of that class instead of the query's (or their
            sample's, when that is larger).
 
+        Steps 1 and 3 estimate the query's shift from its own cells, which needs
+        :data:`SHIFT_MIN_CLASSES` predicted types (:func:`shift_estimable`); a query of fewer types
+        is measured against the reference as it is (``F`` = 1, no step 3).
+
         ``graph`` reuses already computed :meth:`knn_graph` scores of ``z``.
         """
         g_raw = self.knn_graph(z) if graph is None else np.asarray(graph, dtype=np.float64)
@@ -349,7 +378,8 @@ class LatentReference:
         fc, per_sample = self.sample_shifts(g, pred, samples)
         s = g / (unit[pred] * fc)
         z = np.asarray(z, dtype=np.float32)
-        each = {"query_shift": float(f[0]) if len(f) else 1.0, "cell_shifts": fc, "sample_shifts": per_sample}
+        each = {"query_shift": float(f[0]) if len(f) else 1.0, "cell_shifts": fc, "sample_shifts": per_sample,
+                "shift_estimated": shift_estimable(pred)}
         self.last_decision = {"n": len(g), "shifts": f, "whole": np.zeros(len(unit), dtype=bool), "graph": g_raw,
                               "latent": z, **each}
         if len(s) < 2 * GRAPH_K:
@@ -366,7 +396,7 @@ class LatentReference:
         led = {int(np.bincount(pred[cl == k]).argmax()) for k in range(cl.max() + 1)
                if np.median(out[cl == k]) <= threshold}
         whole = np.array([(pred == c).any() and c not in led for c in range(len(unit))])
-        whole &= WHOLE_CLASS
+        whole &= WHOLE_CLASS and each["shift_estimated"]
         if whole.any():
             f = self.class_shifts(g, pred, whole=whole)
             fc = np.where(whole[pred], np.maximum(f[pred], fc), fc)
@@ -477,7 +507,40 @@ class LatentReference:
             e = self.expression
             out.update({"ref_expr_data": e.data, "ref_expr_indices": e.indices.astype(np.int64),
                         "ref_expr_indptr": e.indptr.astype(np.int64), "ref_expr_shape": np.asarray(e.shape, np.int64)})
+        if self.count_scale is not None:
+            out["ref_count_scale"] = self.count_scale
         return out
+
+    def reference_counts(self) -> Any | None:
+        """The kept reference cells' raw counts on the model genes (CSR), or None when the model
+        kept no count scale (trained before 2026-12-05, or on log-normalised data)."""
+        if self.expression is None or self.count_scale is None:
+            return None
+        c = self.expression.copy()
+        c.data = np.rint(np.expm1(c.data.astype(np.float64)) * np.repeat(self.count_scale, np.diff(c.indptr)))
+        c = c.astype(np.float32)
+        c.eliminate_zeros()
+        return c
+
+    @staticmethod
+    def count_scale_of(expression: Any, counts: Any) -> np.ndarray | None:
+        """Per cell, its counts over ``expm1`` of its log1p-normalised ``expression`` (the same
+        cells and genes): ``library size / target sum``. None without counts (none given, or
+        values that are not whole numbers: the data came log-normalised)."""
+        if counts is None or expression is None:
+            return None
+        vals = counts.data if hasattr(counts, "data") and hasattr(counts, "indptr") else np.asarray(counts)
+        if not np.array_equal(vals, np.rint(vals)):
+            return None
+        num = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
+        e = expression.copy() if hasattr(expression, "tocsr") else np.array(expression, dtype=np.float64)
+        if hasattr(e, "tocsr"):
+            e = e.tocsr().astype(np.float64)
+            e.data = np.expm1(e.data)
+        else:
+            e = np.expm1(e)
+        den = np.asarray(e.sum(axis=1), dtype=np.float64).ravel()
+        return np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0)
 
     @staticmethod
     def expression_from_arrays(arrays: dict[str, np.ndarray]) -> Any:

@@ -270,10 +270,20 @@ def run_card(model, prepared: Prepared, opts: AnnotateOptions, preds: Prediction
 def study_shift_of(model, samples: QuerySamples | None = None) -> dict[str, Any]:
     """``{"study_shift": ..., "sample_shifts": ...}`` for the card's rejection entry when the rule
     is ``knn_class`` (``sample_shifts`` when the query's samples got shifts of their own)."""
+    from . import novelty
+
     if model.ood_method != "knn_class" or getattr(model, "reference", None) is None:
         return {}
     out: dict[str, Any] = {"study_shift": model.reference.study_shift_summary()}
     last = model.reference.last_decision or {}
+    if last.get("shift_estimated") is False:
+        out["query_shift_not_estimated"] = (
+            f"the query's cells were predicted as fewer than {novelty.SHIFT_MIN_CLASSES} types with "
+            f"{novelty.STUDY_SHIFT_MIN_CELLS} cells each, so its shift from the reference was not estimated from them "
+            "(one type's own distance is what a population the reference lacks would show): they were measured "
+            "against the reference as it is, and a type another study moved may be Unknown as a whole. Label such "
+            "a population together with cells of other types (a whole sample), or accept its Unknown group as the "
+            "type it looks like (Calibration page) when it is that type")
     per = last.get("sample_shifts") or {}
     if samples is not None and per and last.get("n") == len(samples.codes):
         out["sample_shifts"] = {
@@ -459,9 +469,15 @@ def shifted_classes_of(model, X: Any, preds: Predictions, ref_mean: np.ndarray |
 
 def log_class_notes(card: dict[str, Any], log: Callable[[str], None]) -> None:
     """One line per class the card has a note on: accepted against its own shift (:func:`shifted_classes_of`)
-    or with few reference cells and Unknown query cells (:func:`few_reference_classes`)."""
+    or with few reference cells and Unknown query cells (:func:`few_reference_classes`); the
+    note of a query labelled by a model not trained with it (:func:`unseen_query_note`), and of a
+    query of too few types to estimate its shift from (:func:`study_shift_of`)."""
     log_shifted_classes(card.get("accepted_on_class_shift") or [], log)
     log_shifted_classes(card.get("few_reference_cells") or [], log)
+    if card.get("unseen_query"):
+        log(f"note: {card['unseen_query']}")
+    if (card.get("rejection") or {}).get("query_shift_not_estimated"):
+        log(f"note: {card['rejection']['query_shift_not_estimated']}")
 
 
 def log_shifted_classes(rows: list[dict[str, Any]], log: Callable[[str], None]) -> None:
@@ -1057,17 +1073,75 @@ def prediction_card(model, preds: Predictions, report: dict[str, Any],
                                                              "shift_factor": preds.shift_factor,
                                                              **study_shift_of(model, samples)},
             "query_report": report, "cellannot_version": __version__,
+            **({"unseen_query": note} if (note := unseen_query_note(model)) else {}),
             **class_notes(model, preds),
             "unknown_fraction": float(np.mean(preds.is_unknown)) if len(preds.is_unknown) else 0.0}
 
 
+def unseen_query_note(model) -> str | None:
+    """What ``predict`` says when its model learns its latent space from the query's cells too (the
+    semi-supervised models), since a query it was not trained with is labelled without that; None
+    for the other models."""
+    from .models import get_spec
+
+    if not get_spec(model.name).supports.semi_supervised:
+        return None
+    return (f"{model.name} learns its latent space from the query's cells too: a query it was not trained with gets "
+            "fewer Unknown calls for types the reference lacks than annotate, which trains with the query (README, "
+            "'A query the model was not trained with'); adapt=True (cellannot predict --adapt) trains it again on its "
+            "reference cells with this query")
+
+
+def bundle_reference(model, bundle: dict[str, Any]):
+    """The reference cells a saved model kept (its training cells, at most 10,000: those of the
+    novelty index) as an AnnData of raw counts on the model's genes with their labels, to train
+    the model again with a new query (``adapt``)."""
+    import anndata as ad
+    import scipy.sparse as sp
+
+    ref = getattr(model, "reference", None)
+    counts = None if ref is None else ref.reference_counts()
+    if counts is None:
+        raise ConfigError(f"this saved {model.name} model keeps no reference counts (saved before 2026-12-05, trained "
+                          "on log-normalised data, or a model without a latent space), so it cannot be trained again "
+                          "with a new query: label without adapt, or run annotate with the reference")
+    classes = list(model.classes)
+    obs = pd.DataFrame({bundle["label_key"]: pd.Categorical([classes[i] for i in ref.y], categories=classes)},
+                       index=[f"reference_cell_{i}" for i in range(len(ref.y))])
+    return ad.AnnData(X=sp.csr_matrix(counts), obs=obs, var=pd.DataFrame(index=pd.Index(bundle["genes"], dtype=str)))
+
+
+def annotate_adapted(model, bundle: dict[str, Any], query, *, threshold: float | None = None, device: str = "auto",
+                     out: str | Path | None = None, log: Callable[[str], None] = lambda s: None) -> AnnotateResult:
+    """``predict`` with ``adapt``: the saved model trained again, as :func:`annotate` trains it, on
+    its kept reference cells (:func:`bundle_reference`) with ``query`` (an AnnData, or a path read
+    as ``annotate`` reads it, a large ``.h5ad`` a chunk at a time): its model, hyper-parameters,
+    seed and batch key, every one of its genes the query has. The query's own types then shape
+    the latent space, which a model trained without them cannot give them."""
+    from .models import get_spec
+
+    spec = get_spec(model.name)
+    hparams = {k: v for k, v in model.hparams.items() if k in spec.hparams and not spec.hparams[k].internal}
+    opts = AnnotateOptions(label_key=bundle["label_key"], model=model.name, hparams=hparams,
+                           seed=int(model.seed), device=device, n_top_genes=len(bundle["genes"]), threshold=threshold,
+                           batch_key=bundle.get("batch_key"),
+                           min_shared_genes=int(bundle.get("min_shared_genes", AnnotateOptions.min_shared_genes)))
+    reference = bundle_reference(model, bundle)
+    log(f"adapt: training {model.name} again on the {reference.n_obs:,} reference cells the model kept, with the query")
+    return annotate(reference, query, opts, out=out, log=log)
+
+
 def predict_with_bundle(model_dir: str | Path, query, *, out: str | Path | None = None, device: str = "auto",
-                        threshold: float | None = None, log: Callable[[str], None] = lambda s: None):
-    """Label a new query with a saved bundle (model + genes); returns the annotated AnnData."""
+                        threshold: float | None = None, adapt: bool = False, log: Callable[[str], None] = lambda s: None):
+    """Label a new query with a saved bundle (model + genes); returns the annotated AnnData.
+    ``adapt``: train the model again on its kept reference cells with this query first
+    (:func:`bundle_reference`; as ``annotate`` trains, so the query's own types shape the latent space)."""
     from .data import read_dataset
 
     model, bundle = load_bundle(model_dir, device=device)
     qry = query if not isinstance(query, (str, Path)) else read_dataset(query, name="query")
+    if adapt:
+        return annotate_adapted(model, bundle, qry, threshold=threshold, device=device, out=out, log=log).adata
     preds, card = predict_query(model, bundle, qry, threshold=threshold, log=log)
     card["model_dir"] = str(model_dir)
     adata = qry.copy()

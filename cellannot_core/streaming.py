@@ -151,24 +151,31 @@ def write_annotations_file(src: Path, out: Path, preds, card: dict[str, Any]) ->
 
 
 def predict_file(model_dir: str | Path, query: str | Path, *, out: str | Path, device: str = "auto",
-                 threshold: float | None = None, chunk_cells: int = CHUNK_CELLS,
+                 threshold: float | None = None, chunk_cells: int = CHUNK_CELLS, adapt: bool = False,
                  log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     """Label the query file ``query`` with the saved bundle in ``model_dir`` and write the
     annotated query to ``out``, in chunks when the model and the file allow (see the module
-    docstring), else whole. Returns ``{"n_obs", "unknown_fraction", "streamed"}``."""
+    docstring), else whole. ``adapt``: the model trained again with this query first
+    (:func:`~.pipeline.annotate_adapted`). Returns ``{"n_obs", "unknown_fraction", "streamed"}``."""
     from .pipeline import load_bundle
 
     model, bundle = load_bundle(model_dir, device=device)
     return label_file(model, bundle, query, out=out, threshold=threshold, chunk_cells=chunk_cells, log=log,
-                      model_dir=model_dir)
+                      model_dir=model_dir, adapt=adapt)
 
 
 def label_file(model, bundle: dict[str, Any], query: str | Path, *, out: str | Path, threshold: float | None = None,
                chunk_cells: int = CHUNK_CELLS, log: Callable[[str], None] = lambda s: None,
-               model_dir: str | Path | None = None) -> dict[str, Any]:
+               model_dir: str | Path | None = None, adapt: bool = False) -> dict[str, Any]:
     """:func:`predict_file` with a model and bundle already in memory (``Annotator.predict_file``)."""
-    from .pipeline import (bundle_samples, log_class_notes, log_unknown_groups, predict_query, prediction_card,
-                           write_annotations, write_h5ad_atomic)
+    from .pipeline import (annotate_adapted, bundle_samples, log_class_notes, log_unknown_groups, predict_query,
+                           prediction_card, write_annotations, write_h5ad_atomic)
+
+    if adapt:
+        res = annotate_adapted(model, bundle, Path(query), threshold=threshold, device=model.device_name, out=out,
+                               log=log)
+        return {"n_obs": len(res.predictions.label), "unknown_fraction": res.card["unknown_fraction"],
+                "streamed": "query_read_in_chunks" in res.card}
 
     reason = None if model.spec.supports.per_cell else f"{model.name} labels a query as a whole"
     rows = None

@@ -125,6 +125,8 @@ def threshold_story(run: Run) -> str:
                      "another condition or of another depth are farther from the reference as a whole, and one factor "
                      "would call their known cells Unknown as a group. A sample's factor is the median over its "
                      "predicted types, so a novel population that lands on one type cannot raise it.")
+    if rej.get("query_shift_not_estimated"):
+        text += f" **Not estimated here:** {rej['query_shift_not_estimated']}."
     if rej.get("threshold_overridden"):
         text += " (The threshold was set by hand for this run.)"
     return text

@@ -96,7 +96,8 @@ class Model:
     def fit_reference(self, train: Split) -> None:
         """Keep reference latents for distance-based novelty scores."""
         self.reference = LatentReference(self.latent(train.X), train.y, logits=self.logits(train.X),
-                                         k=int(self.hparams.get("knn_k", 10)), seed=self.seed, expression=train.X)
+                                         k=int(self.hparams.get("knn_k", 10)), seed=self.seed, expression=train.X,
+                                         count_scale=LatentReference.count_scale_of(train.X, train.counts))
 
     def ood_scores(self, X: np.ndarray, methods: Sequence[str] = OOD_METHODS, *,
                    logits: np.ndarray | None = None, latent: np.ndarray | None = None,
@@ -285,7 +286,8 @@ def load_model(directory: str | os.PathLike, *, device: str = "auto") -> Model:
             model.reference = LatentReference(arrays["reference.ref_latent"], arrays["reference.ref_y"],
                                               logits=arrays.get("reference.ref_logits"),
                                               k=int(model.hparams.get("knn_k", 10)), seed=model.seed,
-                                              expression=LatentReference.expression_from_arrays(ref_arrays))
+                                              expression=LatentReference.expression_from_arrays(ref_arrays),
+                                              count_scale=ref_arrays.get("ref_count_scale"))
         except (KeyError, TypeError, ValueError) as err:
             raise DataError(f"the saved model in {d} has a damaged reference ({type(err).__name__}): train it "
                             "again") from None

@@ -103,6 +103,9 @@ def test_threshold_story_explains_the_score_and_its_null():
     assert "the whole query's: 1.30; ctrl 1.10, stim 2.40" in by_sample
     other = threshold_story(SimpleNamespace(rejection={**rej, "method": "maxprob", "shift_factor": 1.0}))
     assert "calibrated maximum class probability" in other and "leave-one-out" not in other
+    one_type = threshold_story(SimpleNamespace(rejection={**rej, "method": "knn_class", "shift_factor": 1.0,
+                                                          "query_shift_not_estimated": "too few types: as it is"}))
+    assert "**Not estimated here:** too few types: as it is." in one_type and "Not estimated" not in cls
 
 
 def test_unknown_calls_by_class_say_how_each_threshold_was_made(tmp_path, monkeypatch):

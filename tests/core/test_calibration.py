@@ -320,6 +320,33 @@ def test_knn_class_shift_breaks_down_only_past_three_quarters_novel():
     assert all(r["shift"] == pytest.approx(f) and r["n_reference"] == 300 for r in table)
 
 
+def test_knn_class_a_query_of_one_novel_type_does_not_accept_itself(monkeypatch):
+    """A query of one type the reference lacks (a sorted population), predicted as one class: its
+    lower quartile is its own distance, so the query shift estimated from it accepted it whole (the
+    rule before 2026-12-05, SHIFT_MIN_CLASSES = 1). With one predicted type the shift is not
+    estimated: it is Unknown, and the decision says so. A query of two types keeps its estimate."""
+    import cellannot_core.novelty as nov
+
+    rng = np.random.default_rng(13)
+    centres = _centres()
+    ref, ref_y = _blobs(rng, 300, centres[:3])
+    lr = LatentReference(ref, ref_y, k=10)
+    novel, _ = _blobs(rng, 300, centres[3:])
+    pred = np.zeros(300, dtype=int)
+    assert np.mean(lr.knn_class(novel, pred) > 1) > 0.95
+    assert lr.last_decision["shift_estimated"] is False and lr.query_shift(lr.knn_graph(novel), pred) == 1.0
+    monkeypatch.setattr(nov, "SHIFT_MIN_CLASSES", 1)
+    assert np.mean(lr.knn_class(novel, pred) > 1) < 0.3  # the rule before: it talked its way out
+    # a query of two predicted types is decided as before
+    known, _ = _blobs(rng, 150, centres[1:2], scale=1.3)
+    q = np.vstack([known, novel[:100]])
+    pred2 = np.r_[np.ones(150, dtype=int), np.zeros(100, dtype=int)]
+    before = lr.knn_class(q, pred2)
+    monkeypatch.setattr(nov, "SHIFT_MIN_CLASSES", 2)
+    np.testing.assert_array_equal(lr.knn_class(q, pred2), before)
+    assert lr.last_decision["shift_estimated"] is True and lr.last_decision["query_shift"] > 1.05
+
+
 def _one_class_moved(rng):
     """A reference of classes 0-2 and its index, and the class centres with class 2 moved as a whole."""
     centres = _centres()
