@@ -253,7 +253,8 @@ def train(
     adata_query
         Optional: genes are then restricted to those the query shares, and semi-supervised
         models (``scanvi``, ``scanvi_svm``, ``m2flow``) also learn from its cells. Without it
-        the model uses all reference genes.
+        the model uses all reference genes, and such a model calls a type the reference lacks
+        Unknown less often in a query it never saw (:meth:`Annotator.predict`'s ``adapt``).
 
     Returns
     -------
