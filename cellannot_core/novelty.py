@@ -525,9 +525,9 @@ class LatentReference:
     @staticmethod
     def count_scale_of(expression: Any, counts: Any) -> np.ndarray | None:
         """Per cell, its counts over ``expm1`` of its log1p-normalised ``expression`` (the same
-        cells and genes): ``library size / target sum``. None without counts (none given, or
-        values that are not whole numbers: the data came log-normalised)."""
-        if counts is None or expression is None:
+        cells and genes): ``library size / target sum``. None without counts of these cells (none
+        given, another shape, or values that are not whole numbers: the data came log-normalised)."""
+        if counts is None or expression is None or counts.shape != expression.shape:
             return None
         vals = counts.data if hasattr(counts, "data") and hasattr(counts, "indptr") else np.asarray(counts)
         if not np.array_equal(vals, np.rint(vals)):
