@@ -181,7 +181,7 @@ class LatentReference:
 
     def __init__(self, latent: np.ndarray, y: np.ndarray, *, logits: np.ndarray | None = None, k: int = 10,
                  max_cells: int = 10000, seed: int = 0, expression: Any = None,
-                 count_scale: np.ndarray | None = None) -> None:
+                 count_scale: np.ndarray | None = None, counts: Any = None) -> None:
         import scipy.sparse as sp
 
         latent = np.asarray(latent, dtype=np.float32)
@@ -189,6 +189,8 @@ class LatentReference:
         logits = None if logits is None else np.asarray(logits, dtype=np.float32)
         expr = expression
         scale = None if count_scale is None or expr is None else np.asarray(count_scale, dtype=np.float64).ravel()
+        if counts is not None and (expr is None or counts.shape != expr.shape):
+            counts = None  # the counts of other cells (a split cut without them) give no scale
         if latent.shape[0] > max_cells:
             rng = np.random.default_rng(seed)
             keep = np.sort(rng.choice(latent.shape[0], max_cells, replace=False))
@@ -196,7 +198,10 @@ class LatentReference:
             logits = None if logits is None else logits[keep]
             expr = None if expr is None else expr[keep]
             scale = None if scale is None else scale[keep]
+            counts = None if counts is None else counts[keep]
         expr = None if expr is None else sp.csr_matrix(expr, dtype=np.float32)
+        if scale is None and counts is not None:  # from the training cells' counts (those kept only)
+            scale = self.count_scale_of(expr, counts)
         if expr is not None and expr.shape[0] != latent.shape[0]:
             raise ValueError(f"reference expression has {expr.shape[0]} rows for {latent.shape[0]} cells")
         if scale is not None and (scale.shape != (latent.shape[0],) or not np.all(np.isfinite(scale)) or np.any(scale < 0)):
@@ -526,19 +531,18 @@ class LatentReference:
     def count_scale_of(expression: Any, counts: Any) -> np.ndarray | None:
         """Per cell, its counts over ``expm1`` of its log1p-normalised ``expression`` (the same
         cells and genes): ``library size / target sum``. None without counts of these cells (none
-        given, another shape, or values that are not whole numbers: the data came log-normalised)."""
+        given, another shape, or values that are not whole numbers: the data came log-normalised).
+        :class:`LatentReference` takes it of the cells it keeps only (at most ``max_cells``)."""
+        import scipy.sparse as sp
+
         if counts is None or expression is None or counts.shape != expression.shape:
             return None
-        vals = counts.data if hasattr(counts, "data") and hasattr(counts, "indptr") else np.asarray(counts)
+        vals = counts.data if sp.issparse(counts) else np.asarray(counts)
         if not np.array_equal(vals, np.rint(vals)):
             return None
         num = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
-        e = expression.copy() if hasattr(expression, "tocsr") else np.array(expression, dtype=np.float64)
-        if hasattr(e, "tocsr"):
-            e = e.tocsr().astype(np.float64)
-            e.data = np.expm1(e.data)
-        else:
-            e = np.expm1(e)
+        e = sp.csr_matrix(expression, dtype=np.float64)  # a copy
+        e.data = np.expm1(e.data)
         den = np.asarray(e.sum(axis=1), dtype=np.float64).ravel()
         return np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0)
 

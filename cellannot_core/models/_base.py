@@ -97,7 +97,7 @@ class Model:
         """Keep reference latents for distance-based novelty scores."""
         self.reference = LatentReference(self.latent(train.X), train.y, logits=self.logits(train.X),
                                          k=int(self.hparams.get("knn_k", 10)), seed=self.seed, expression=train.X,
-                                         count_scale=LatentReference.count_scale_of(train.X, train.counts))
+                                         counts=train.counts)
 
     def ood_scores(self, X: np.ndarray, methods: Sequence[str] = OOD_METHODS, *,
                    logits: np.ndarray | None = None, latent: np.ndarray | None = None,

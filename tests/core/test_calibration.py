@@ -209,6 +209,19 @@ def test_latent_reference_subsamples_consistently():
     lr = LatentReference(latent, y, logits=latent * 3.0, max_cells=20, seed=3)
     np.testing.assert_array_equal(lr.logits, lr.latent * 3.0)
     assert set(lr.arrays()) == {"ref_latent", "ref_y", "ref_logits"}
+    # counts, when given, leave a count scale of the kept cells: their counts come back exactly
+    import scipy.sparse as sp
+
+    from cellannot_core.data.prepare import lognormalize
+
+    counts = sp.csr_matrix(np.random.default_rng(1).poisson(3.0, size=(50, 30)).astype(np.float32))
+    expr = lognormalize(counts, np.arange(30), state="counts").toarray()
+    lr = LatentReference(latent, y, max_cells=20, seed=3, expression=expr, counts=counts)
+    np.testing.assert_array_equal(lr.reference_counts().toarray(), counts[lr.latent[:, 0].astype(int)].toarray())
+    assert set(lr.arrays()) == {"ref_latent", "ref_y", "ref_count_scale"} | {f"ref_expr_{k}" for k in
+                                                                           ("data", "indices", "indptr", "shape")}
+    assert LatentReference(latent, y, expression=expr, counts=counts[:10]).count_scale is None  # other cells' counts
+    assert LatentReference(latent, y, expression=expr, counts=sp.csr_matrix(expr)).count_scale is None  # not counts
 
 
 def test_knn_logit_equals_brute_force():
