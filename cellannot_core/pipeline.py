@@ -1115,16 +1115,24 @@ def annotate_adapted(model, bundle: dict[str, Any], query, *, threshold: float |
                      out: str | Path | None = None, log: Callable[[str], None] = lambda s: None) -> AnnotateResult:
     """``predict`` with ``adapt``: the saved model trained again, as :func:`annotate` trains it, on
     its kept reference cells (:func:`bundle_reference`) with ``query`` (an AnnData, or a path read
-    as ``annotate`` reads it, a large ``.h5ad`` a chunk at a time): its model, hyper-parameters,
+    as the app reads it, a large ``.h5ad`` as a sample of its cells, every cell labelled a chunk at a
+    time): its model, hyper-parameters,
     seed and batch key, every one of its genes the query has. The query's own types then shape
-    the latent space, which a model trained without them cannot give them."""
+    the latent space, which a model trained without them cannot give them. The model's batch key
+    counts where the query has that column (the kept reference cells carry no batches)."""
+    from .data.stream import read_query
     from .models import get_spec
 
+    query = query if not isinstance(query, (str, Path)) else read_query(query)
+    batch_key = bundle.get("batch_key")
+    if batch_key and batch_key not in query.obs:
+        log(f"the model's batch key {batch_key!r} is not a column of the query: its cells are one batch")
+        batch_key = None
     spec = get_spec(model.name)
     hparams = {k: v for k, v in model.hparams.items() if k in spec.hparams and not spec.hparams[k].internal}
     opts = AnnotateOptions(label_key=bundle["label_key"], model=model.name, hparams=hparams,
                            seed=int(model.seed), device=device, n_top_genes=len(bundle["genes"]), threshold=threshold,
-                           batch_key=bundle.get("batch_key"),
+                           batch_key=batch_key,
                            min_shared_genes=int(bundle.get("min_shared_genes", AnnotateOptions.min_shared_genes)))
     reference = bundle_reference(model, bundle)
     log(f"adapt: training {model.name} again on the {reference.n_obs:,} reference cells the model kept, with the query")

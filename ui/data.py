@@ -148,35 +148,13 @@ def handle_path(role: str, path_text: str) -> str | None:
     return None
 
 
-def is_large_query(path: Path) -> bool:
-    """An ``.h5ad`` query file larger than :func:`cellannot_core.data.stream.large_query_bytes`."""
-    from cellannot_core.data.stream import large_query_bytes
-
-    try:
-        return path.is_file() and path.name.lower().endswith(".h5ad") and path.stat().st_size > large_query_bytes()
-    except OSError:
-        return False
-
-
 def read_path(role: str, path: Path) -> Any:
-    """A dataset on the server: a large query as a sample of its file (:func:`read_large_query`),
-    anything else read whole (:func:`cellannot_core.data.read_dataset`)."""
+    """A dataset on the server: a large query as a sample of its file
+    (:func:`cellannot_core.data.stream.read_query`), anything else read whole."""
     from cellannot_core.data import read_dataset
+    from cellannot_core.data.stream import read_query
 
-    return read_large_query(path) if role == "query" and is_large_query(path) else read_dataset(path, name=role)
-
-
-def read_large_query(path: Path) -> Any:
-    """A seeded sample of a large query file (the checks and the training use it; every cell is
-    labelled in chunks by the run): :func:`cellannot_core.data.stream.read_sample`. A file that
-    cannot be read by rows is read whole, within the memory limit."""
-    from cellannot_core.data import read_dataset
-    from cellannot_core.data.stream import NotStreamable, read_sample
-
-    try:
-        return read_sample(path, seed=0)
-    except NotStreamable:
-        return read_dataset(path, name="query")
+    return read_query(path) if role == "query" else read_dataset(path, name=role)
 
 
 def stream_note(adata: Any) -> str | None:

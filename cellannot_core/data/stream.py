@@ -45,6 +45,30 @@ def large_query_bytes() -> int:
     return int(mb * 1024**2)
 
 
+def is_large_query(path: str | Path) -> bool:
+    """An ``.h5ad`` query file larger than :func:`large_query_bytes`."""
+    path = Path(path)
+    try:
+        return path.is_file() and path.name.lower().endswith(".h5ad") and path.stat().st_size > large_query_bytes()
+    except OSError:
+        return False
+
+
+def read_query(path: str | Path, *, name: str = "query"):
+    """A query file as the app and ``predict(adapt=True)`` hold it: a large ``.h5ad``
+    (:func:`is_large_query`) as a seeded sample of its cells (:func:`read_sample`; the checks and
+    the training use it, :func:`cellannot_core.pipeline.annotate` labels every cell in chunks),
+    anything else, or a file that cannot be read by rows, whole (within the memory limit)."""
+    from .io import read_dataset
+
+    if is_large_query(path):
+        try:
+            return read_sample(path, n=SAMPLE_CELLS, seed=0, name=name)
+        except NotStreamable:
+            pass
+    return read_dataset(path, name=name)
+
+
 def stream_source(adata) -> dict | None:
     """``{"path", "n_obs", "n_sample", "seed"}`` when ``adata`` is a sample of a larger file
     (:func:`read_sample`), else ``None``."""

@@ -96,3 +96,28 @@ def test_a_query_of_one_type_is_measured_against_the_reference_as_it_is(saved):
     assert why.startswith("the query's cells were predicted as fewer than 2 types")
     assert f"note: {why}" in lines
     assert "query_shift_not_estimated" not in ann.predict(query, copy=True).uns["cellannot"]["rejection"]
+
+
+def test_a_large_query_file_adapts_on_a_sample_and_labels_every_cell(saved, tmp_path, monkeypatch):
+    """``predict_file(..., adapt=True)`` with a file over the large-query size (here every file):
+    trained on a seeded sample of its cells, as the app holds such a query, every cell labelled a
+    chunk at a time into the written copy."""
+    import anndata as ad
+
+    from cellannot_core.data import stream
+
+    _, query, d = saved
+    qf = tmp_path / "q.h5ad"
+    query.write_h5ad(qf)
+    monkeypatch.setenv("CELLANNOT_STREAM_QUERY_MB", "0")
+    monkeypatch.setattr(stream, "SAMPLE_CELLS", 120)
+    read = []
+    monkeypatch.setattr(stream, "read_sample", lambda *a, **k: read.append(k) or _sample(*a, **k))
+    res = ca.Annotator.load(d, device="cpu").predict_file(qf, out=tmp_path / "o.h5ad", adapt=True)
+    assert read and res["streamed"] and res["n_obs"] == query.n_obs
+    out = ad.read_h5ad(tmp_path / "o.h5ad")
+    assert out.n_obs == query.n_obs and out.obs["cellannot_label"].notna().all()
+    assert out.uns["cellannot"]["query_read_in_chunks"]["n_sample"] == 120
+
+
+_sample = __import__("cellannot_core.data.stream", fromlist=["read_sample"]).read_sample
