@@ -532,9 +532,8 @@ def main() -> None:
             opts = AnnotateOptions(label_key=LABEL_KEY, query_label_key=LABEL_KEY, seed=args.seed, batch_key=key,
                                    hvg_from=args.hvg_from, hvg_flavor=args.hvg_flavor,
                                    **({"n_top_genes": args.genes} if args.genes else {}))
-            prep = scored = prepare_data(ref, qry, opts) if not args.inductive else None
-            if args.inductive:  # trained on prep (the reference alone), the query scored in `scored`
-                prep, scored = inductive_data(ref, qry, opts)
+            # trained on prep, the query scored in `scored` (the same but with --inductive: the reference alone)
+            prep, scored = inductive_data(ref, qry, opts) if args.inductive else (prepare_data(ref, qry, opts),) * 2
             novel = ~np.isin(scored.query.labels, prep.classes)
             share = float(novel.mean())
             if args.list:
