@@ -8,6 +8,7 @@ import scipy.sparse as sp
 
 import cellannot_core as ca
 from cellannot_core.cli import main
+from cellannot_core.data.stream import read_sample as _sample
 from cellannot_core.errors import ConfigError
 from cellannot_core.pipeline import AnnotateOptions, bundle_reference, prepare_data
 from conftest import make_synthetic
@@ -119,5 +120,3 @@ def test_a_large_query_file_adapts_on_a_sample_and_labels_every_cell(saved, tmp_
     assert out.n_obs == query.n_obs and out.obs["cellannot_label"].notna().all()
     assert out.uns["cellannot"]["query_read_in_chunks"]["n_sample"] == 120
 
-
-_sample = __import__("cellannot_core.data.stream", fromlist=["read_sample"]).read_sample
