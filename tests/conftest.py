@@ -124,6 +124,16 @@ def _one_torch_thread():
     torch.set_num_threads(n)
 
 
+def not_of_counts(X, seed: int = 0):
+    """``X`` (log-normalised) with each stored value moved by a seeded factor in [0.8, 1.2]: values
+    that are not a function of counts (imputed, corrected), which no inversion turns back into them."""
+    import scipy.sparse as sp
+
+    X = sp.csr_matrix(X, dtype=np.float32, copy=True)
+    X.data *= np.random.default_rng(seed).uniform(0.8, 1.2, X.data.size).astype(np.float32)
+    return X
+
+
 def make_prepared(n_ref_classes: int = 3):
     """A prepared synthetic pair: 400 reference cells of ``n_ref_classes`` types, 240 query cells
     with one more type (novel), 100 genes; what the model tests train on."""

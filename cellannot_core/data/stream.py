@@ -20,7 +20,7 @@ import scipy.sparse as sp
 
 from ..errors import DataError
 from .io import guard_hdf5
-from .values import COUNT_LAYERS, detect_value_state
+from .values import COUNT_LAYERS, RECOVER_MIN_CELLS, detect_value_state, recover_counts, recover_rows
 
 __all__ = ["CHUNK_CELLS", "H5adRows", "NotStreamable", "STREAM_KEY", "large_query_bytes", "read_sample",
            "stream_source"]
@@ -119,6 +119,8 @@ class H5adRows:
                             "not an AnnData file.") from None
         self.n_obs = len(self.obs)
         self._matrix = None
+        self._recover_base = None  # the log base when the counts are recovered from log-normalised values
+        lognorm: list = []
         try:
             for where, elem, v, _ in candidates:
                 if elem is None:
@@ -127,8 +129,21 @@ class H5adRows:
                 if m.shape[0] != self.n_obs or m.shape[1] != len(v):
                     raise DataError(f"{label} is damaged: its {where} has shape {m.shape} for {self.n_obs} cells "
                                     f"and {len(v)} genes. Save it again with anndata.")
-                if detect_value_state(self._read(m, 0, min(self.n_obs, 1000))) == "counts":
+                head = self._read(m, 0, min(self.n_obs, 1000))
+                state = detect_value_state(head)
+                if state == "counts":
                     self._matrix, self.var, self.source = m, v, f"raw counts from {where} ({len(v)} genes)"
+                    break
+                if state == "lognorm":
+                    lognorm.append((where, m, v, head))
+            # no counts: log-normalised values turned back into counts, raw.X (all genes) first
+            lognorm = [] if self._matrix is not None else sorted(lognorm, key=lambda c: c[0] != "raw.X")
+            for where, m, v, head in lognorm:
+                got = recover_counts(head)
+                if got is not None:
+                    self._matrix, self.var, self._recover_base = m, v, got[1]
+                    self.source = (f"raw counts recovered from the log-normalised values of {where} ({len(v)} genes), "
+                                   "a chunk at a time")
                     break
         except (DataError, NotStreamable):
             self.close()
@@ -139,8 +154,9 @@ class H5adRows:
                             "damaged.") from None
         if self._matrix is None:
             self.close()
-            raise DataError(f"the {name} has no raw counts (looked in X, layers {', '.join(COUNT_LAYERS)} and raw.X). "
-                            "Predicting needs the raw counts: load the unnormalised data.")
+            raise DataError(f"the {name} has no raw counts (looked in X, layers {', '.join(COUNT_LAYERS)} and raw.X), "
+                            "nor log-normalised values that can be turned back into counts. Predicting needs the "
+                            "raw counts: load the unnormalised data.")
         self.var.index = pd.Index([str(g) for g in self.var.index])
         self.obs_names = np.asarray([str(c) for c in self.obs.index], dtype=object)
 
@@ -168,6 +184,16 @@ class H5adRows:
             np.asarray(block, dtype=np.float32))
         return out
 
+    def _counts(self, block: sp.csr_matrix, where: str) -> sp.csr_matrix:
+        """``block`` as counts: as read, or turned back from log-normalised values."""
+        if self._recover_base is None:
+            return block
+        counts, whole = recover_rows(block, self._recover_base)
+        if whole.mean() < RECOVER_MIN_CELLS:
+            raise DataError(f"the {self.name}'s {where} could not be turned back into counts like its first cells "
+                            "(its values are not log1p of normalised counts there). Provide the raw counts.")
+        return counts
+
     def chunks(self, size: int = CHUNK_CELLS) -> Iterator[tuple[int, sp.csr_matrix]]:
         """``(first row, CSR float32 counts)`` for consecutive blocks of ``size`` cells."""
         size = max(1, int(size))
@@ -179,7 +205,7 @@ class H5adRows:
             except Exception as exc:
                 raise DataError(f"could not read cells {start}-{stop} of the {self.name}: {type(exc).__name__}. "
                                 "The file may be truncated or damaged.") from None
-            yield start, block
+            yield start, self._counts(block, f"cells {start}-{stop}")
 
     def rows_at(self, idx: np.ndarray) -> sp.csr_matrix:
         """CSR float32 counts of the cells at the sorted positions ``idx`` (read a chunk at a time)."""
@@ -192,8 +218,8 @@ class H5adRows:
             except Exception as exc:
                 raise DataError(f"could not read the {self.name}'s cells: {type(exc).__name__}. The file may be "
                                 "truncated or damaged.") from None
-            parts.append(sp.csr_matrix(block, dtype=np.float32) if sp.issparse(block)
-                         else sp.csr_matrix(np.asarray(block, dtype=np.float32)))
+            parts.append(self._counts(sp.csr_matrix(block, dtype=np.float32) if sp.issparse(block)
+                                      else sp.csr_matrix(np.asarray(block, dtype=np.float32)), "sampled cells"))
         return sp.vstack(parts, format="csr") if parts else sp.csr_matrix((0, len(self.var)), dtype=np.float32)
 
     def close(self) -> None:

@@ -10,7 +10,8 @@ import scipy.sparse as sp
 
 from cellannot_core.errors import DataError
 
-__all__ = ["COUNT_LAYERS", "LOGNORM_MAX", "Counts", "detect_value_state", "get_counts"]
+__all__ = ["COUNT_LAYERS", "LOGNORM_MAX", "Counts", "detect_value_state", "get_counts", "recover_counts",
+           "recover_rows"]
 
 #: layers searched for raw counts, in order, after X
 COUNT_LAYERS = ("counts", "raw_counts", "raw", "umi_counts")
@@ -74,6 +75,85 @@ def detect_value_state(X, *, n_rows: int = 1000, seed: int = 0) -> str:
     return "lognorm" if float(vals.max()) < LOGNORM_MAX else "counts"
 
 
+#: bases of the logarithm tried when turning log-normalised values back into counts (scanpy's and
+#: Seurat's natural log1p first, then log2(x + 1) and log10(x + 1))
+LOG_BASES = (np.e, 2.0, 10.0)
+#: a recovered count is taken as an integer within this distance (float32 storage of log1p values
+#: of up to ~1e6-normalised data loses about 1e-3 of a count)
+RECOVER_TOL = 0.02
+#: multiples of the smallest value tried as one count, for a cell with no gene at one count
+RECOVER_MULTIPLES = (1, 2, 3, 4)
+#: share of the cells (with any value) whose counts must come back whole for the recovery to hold
+RECOVER_MIN_CELLS = 0.99
+RECOVER_CHUNK = 20_000  # rows turned back at a time
+
+
+def recover_rows(X, base: float) -> tuple[sp.csr_matrix, np.ndarray]:
+    """Log-normalised rows turned back into counts for one logarithm ``base``: ``v = base**x - 1``
+    is each cell's counts times its size factor (``target / total``, the same for every gene of the
+    cell), so the cell's smallest positive ``v`` is one count (or two, three, four in a cell with no
+    gene at one count: the smallest multiple that makes every value whole). Rows are independent,
+    so a file can be recovered a chunk at a time. Returns the rounded counts (CSR float32) and, per
+    row, whether it came back whole (rows of zeros do)."""
+    X = sp.csr_matrix(X, dtype=np.float64, copy=True) if sp.issparse(X) else sp.csr_matrix(
+        np.asarray(X, dtype=np.float64))
+    X.sum_duplicates()
+    X.eliminate_zeros()
+    data = np.expm1(X.data) if base == np.e else np.power(base, X.data) - 1.0
+    lengths = np.diff(X.indptr)
+    filled = lengths > 0
+    whole = np.ones(X.shape[0], dtype=bool)
+    out = np.zeros_like(data)
+    if data.size:
+        starts = X.indptr[:-1][filled]
+        low = np.minimum.reduceat(data, starts)
+        ok_low = low > 0
+        c = data / np.repeat(np.where(ok_low, low, 1.0), lengths[filled])
+        done = np.zeros(len(starts), dtype=bool)
+        for k in RECOVER_MULTIPLES:
+            ck = c * k
+            dev = np.maximum.reduceat(np.abs(ck - np.round(ck)), starts)
+            take = ok_low & ~done & (dev <= RECOVER_TOL)
+            out = np.where(np.repeat(take, lengths[filled]), np.round(ck), out)
+            done |= take
+        out = np.where(np.repeat(done, lengths[filled]), out, np.round(c))
+        whole[np.flatnonzero(filled)] = done
+    v = sp.csr_matrix((out, X.indices, X.indptr), shape=X.shape)
+    return sp.csr_matrix(v, dtype=np.float32), whole
+
+
+def recover_counts(X, *, n_rows: int = 1000, seed: int = 0) -> tuple[sp.csr_matrix, float] | None:
+    """Raw counts from log-normalised values (``log1p`` of library-size-normalised counts, as
+    ``sc.pp.normalize_total`` + ``sc.pp.log1p`` or Seurat's ``NormalizeData`` leave them), or None
+    when they are not that. The inversion is exact for such data: each cell's values are its counts
+    times one factor, after the log (:func:`recover_rows`); it is taken only when, for one of
+    :data:`LOG_BASES`, at least :data:`RECOVER_MIN_CELLS` of a seeded sample of cells and then of
+    all cells come back as whole numbers, which values of any other kind do not. Returns the counts
+    and the logarithm's base."""
+    vals = _sample_values(X, n_rows, seed)
+    if vals.size == 0 or vals.min() < 0:
+        return None
+    n = X.shape[0]
+    rows = np.sort(np.random.default_rng(seed).choice(n, n_rows, replace=False)) if n > n_rows else None
+    for base in LOG_BASES:
+        sample = X[rows] if rows is not None else X
+        _, ok = recover_rows(sample, base)
+        if ok.mean() < RECOVER_MIN_CELLS:
+            continue
+        parts, ok = [], []
+        for start in range(0, n, RECOVER_CHUNK):  # a block of rows at a time: float64 copies stay small
+            c, w = recover_rows(X[start:start + RECOVER_CHUNK], base)
+            parts.append(c)
+            ok.append(w)
+        if np.concatenate(ok).mean() >= RECOVER_MIN_CELLS:
+            return sp.vstack(parts, format="csr"), float(base)
+    return None
+
+
+def _base_name(base: float) -> str:
+    return {2.0: "log2(x + 1)", 10.0: "log10(x + 1)"}.get(base, "log1p")
+
+
 class Counts(NamedTuple):
     """Raw counts of a dataset and where they were found.
 
@@ -110,8 +190,9 @@ def get_counts(adata: ad.AnnData, *, name: str = "dataset", allow_lognorm: bool 
 
     Looks, in order, at ``X``, ``layers['counts']`` (then ``'raw_counts'``, ``'raw'``,
     ``'umi_counts'``) and ``adata.raw.X``; the first whose values are counts (see
-    :func:`detect_value_state`) is used. Library-size normalisation needs counts, and
-    log-normalised values cannot be turned back into counts reliably.
+    :func:`detect_value_state`) is used. Without counts, log-normalised values in ``adata.raw.X``
+    (scanpy's usual place for them, with all genes) or ``X`` are turned back into counts when they
+    are log1p of library-size-normalised counts (:func:`recover_counts`, exact for such data).
 
     Parameters
     ----------
@@ -145,7 +226,8 @@ def get_counts(adata: ad.AnnData, *, name: str = "dataset", allow_lognorm: bool 
                 "counts",
             )
     raw = adata.raw
-    if raw is not None and raw.X is not None and detect_value_state(raw.X) == "counts":
+    raw_state = detect_value_state(raw.X) if raw is not None and raw.X is not None else None
+    if raw_state == "counts":
         var = raw.var.copy()
         var.index = pd.Index(raw.var_names.astype(str))
         return Counts(
@@ -153,6 +235,21 @@ def get_counts(adata: ad.AnnData, *, name: str = "dataset", allow_lognorm: bool 
             f"raw counts from adata.raw.X ({raw.n_vars} genes); X holds {x_state} values",
             "counts",
         )
+    candidates = ([("adata.raw.X", raw.X, raw.var, raw.var_names)] if raw_state == "lognorm" else [])
+    if x_state == "lognorm":
+        candidates.append(("X", adata.X, adata.var, adata.var_names))
+    for where_from, M, var, names in candidates:
+        got = recover_counts(M)
+        if got is not None:
+            counts, base = got
+            var = var.copy()
+            var.index = pd.Index(names.astype(str))
+            return Counts(
+                counts, var,
+                f"raw counts recovered from the {_base_name(base)} values of {where_from} ({counts.shape[1]} genes): "
+                "each cell's values were its counts times one factor",
+                "counts",
+            )
     where = "X, layers['counts'] or .raw"
     if x_state == "lognorm":
         if allow_lognorm:
@@ -163,7 +260,8 @@ def get_counts(adata: ad.AnnData, *, name: str = "dataset", allow_lognorm: bool 
             )
         raise DataError(
             f"the {name} holds log-normalised values in X and no raw counts (looked in X, layers "
-            f"and .raw). Provide raw counts in {where}, or explicitly allow log-normalised input."
+            f"and .raw), and they are not log1p of library-size-normalised counts, so they cannot be turned "
+            f"back into counts. Provide raw counts in {where}."
         )
     if x_state == "scaled":
         vals = _sample_values(adata.X, 1000, 0)

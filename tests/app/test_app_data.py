@@ -148,11 +148,13 @@ def test_count_models_warning_for_data_without_counts(tmp_path):
     import anndata as ad
     import scanpy as sc
 
+    from conftest import not_of_counts
     from ui.widgets import count_model_names
 
     a = ad.read_h5ad(SMALL)
     sc.pp.normalize_total(a, target_sum=1e4)
     sc.pp.log1p(a)
+    a.X = not_of_counts(a.X)  # not log1p of counts: they cannot be recovered
     a.raw = None
     a.layers.clear()
     a.write_h5ad(tmp_path / "lognorm.h5ad")
@@ -167,6 +169,28 @@ def test_count_models_warning_for_data_without_counts(tmp_path):
         ("counts.h5ad", SMALL.read_bytes(), "application/octet-stream"))
     at.run()
     assert len([w for w in at.warning if "No raw counts" in w.value]) == 1  # only the reference warns
+
+
+def test_a_log_normalised_file_gets_its_counts_back_and_says_so(tmp_path):
+    """A file saved after normalize_total + log1p, with no counts anywhere: the data page says the
+    counts were recovered from those values, and no count-model warning appears."""
+    import anndata as ad
+    import scanpy as sc
+
+    a = ad.read_h5ad(SMALL)
+    sc.pp.normalize_total(a, target_sum=1e4)
+    sc.pp.log1p(a)
+    a.raw = None
+    a.layers.clear()
+    a.write_h5ad(tmp_path / "lognorm.h5ad")
+    at = _data_page()
+    at.file_uploader(key=WidgetKeys.UPLOAD.format(role="reference")).set_value(
+        ("lognorm.h5ad", (tmp_path / "lognorm.h5ad").read_bytes(), "application/octet-stream"))
+    at.run()
+    assert not at.exception, at.exception
+    assert any("Will use:** raw counts recovered from the log1p values of X" in m.value for m in at.markdown), \
+        [m.value for m in at.markdown]
+    assert not [w for w in at.warning if "No raw counts" in w.value]
 
 
 def test_batch_column_is_offered_checked_and_passed_to_training(tmp_path):

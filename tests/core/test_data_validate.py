@@ -221,9 +221,12 @@ def test_not_anndata():
 def test_lognorm_x_without_counts_in_prepare():
     import scanpy as sc
 
+    from conftest import not_of_counts
+
     q = make_synthetic(100, 120, 3, seed=2)
     sc.pp.normalize_total(q, target_sum=1e4)
     sc.pp.log1p(q)
+    q.X = not_of_counts(q.X)  # not log1p of counts: nothing to recover
     ref = make_synthetic(300, 120, 3, seed=1)
     with pytest.raises(DataError, match="the query holds log-normalised values"):
         _prep(ref, q)

@@ -9,7 +9,7 @@ import scipy.sparse as sp
 
 from cellannot_core.data import detect_value_state, get_counts
 from cellannot_core.errors import DataError
-from conftest import make_synthetic
+from conftest import make_synthetic, not_of_counts
 
 pytestmark = pytest.mark.filterwarnings("ignore:zero-centering")
 
@@ -76,6 +76,7 @@ def test_counts_from_raw_with_more_genes(synthetic_adata):
 
 def test_no_counts_lognorm_raises_or_allowed(synthetic_adata):
     a = _lognorm(synthetic_adata)
+    a.X = not_of_counts(a.X)  # log-scale values that are not log1p of normalised counts
     with pytest.raises(DataError, match="log-normalised values in X and no raw counts.*Provide raw counts in X, layers"):
         get_counts(a, name="query")
     c = get_counts(a, name="query", allow_lognorm=True)
@@ -92,6 +93,7 @@ def test_scaled_without_counts_raises(synthetic_adata):
 
 def test_layer_that_is_not_counts_is_skipped(synthetic_adata):
     a = _lognorm(synthetic_adata)
+    a.X = not_of_counts(a.X)
     a.layers["counts"] = a.X.copy()  # mislabelled layer
     with pytest.raises(DataError, match="no raw counts"):
         get_counts(a, name="reference")
@@ -110,3 +112,61 @@ def test_empty_anndata_x_none():
     a = ad.AnnData(obs=None, var=None, shape=(3, 4))
     with pytest.raises(DataError, match="no expression matrix"):
         get_counts(a, name="query")
+
+
+@pytest.mark.parametrize("target, base", [(1e4, None), (1e6, None), (None, None), (1e4, 2)])
+def test_counts_recovered_exactly_from_log_normalised_x(synthetic_adata, target, base):
+    """log1p of library-size-normalised counts (scanpy's normalize_total + log1p, Seurat's
+    NormalizeData; any target, natural or base-2 log, stored as float32) is each cell's counts
+    times one factor after the log: the counts come back exactly, and the source says so."""
+    a = synthetic_adata.copy()
+    sc.pp.normalize_total(a, target_sum=target)
+    sc.pp.log1p(a, base=base)
+    a.X = sp.csr_matrix(a.X, dtype=np.float32)
+    c = get_counts(a, name="query")
+    assert c.state == "counts" and "recovered" in c.source and ("log2" in c.source) == (base == 2)
+    np.testing.assert_array_equal(c.X.toarray(), synthetic_adata.X.toarray())
+
+
+def test_counts_recovered_from_the_scanpy_tutorial_layout(synthetic_adata):
+    """The usual scanpy object: log-normalised values of all genes in .raw, X cut to a few genes
+    and scaled (negatives): the counts of all genes come back from .raw."""
+    full = synthetic_adata
+    a = _lognorm(full)
+    a.raw = a
+    a = a[:, 10:50].copy()
+    sc.pp.scale(a)
+    c = get_counts(a, name="reference")
+    assert "recovered" in c.source and "adata.raw.X" in c.source and c.X.shape == full.shape
+    np.testing.assert_array_equal(c.X.toarray(), full.X.toarray())
+
+
+def test_a_cell_with_no_gene_at_one_count_is_recovered_whole():
+    """A cell whose smallest count is 2 or 3 (a few genes kept after normalising): the smallest
+    multiple that makes every value whole is taken, not counts divided by 2."""
+    from cellannot_core.data.values import recover_rows
+
+    counts = sp.csr_matrix(np.array([[2.0, 4.0, 6.0, 0.0], [3.0, 5.0, 0.0, 7.0], [1.0, 0.0, 9.0, 2.0],
+                                     [0.0, 0.0, 0.0, 0.0]]))
+    x = counts.multiply(1e4 / np.maximum(counts.sum(1), 1)).tocsr()
+    x.data = np.log1p(x.data)
+    got, whole = recover_rows(x, np.e)
+    assert whole.all()
+    np.testing.assert_array_equal(got.toarray()[1:], counts.toarray()[1:])
+    np.testing.assert_array_equal(got.toarray()[0], [1, 2, 3, 0])  # all even: its depth halves, its profile holds
+
+
+def test_values_that_are_not_of_counts_are_not_recovered(synthetic_adata):
+    """Log-scale values moved cell by cell and gene by gene (imputed, corrected) do not come back
+    as whole numbers: no counts are made up, the message says what to provide."""
+    from cellannot_core.data.values import recover_counts
+
+    a = _lognorm(synthetic_adata)
+    assert recover_counts(a.X) is not None
+    assert recover_counts(not_of_counts(a.X)) is None
+    b = synthetic_adata.copy()
+    b.X = sp.csr_matrix(b.X, dtype=np.float32)
+    b.X.data = np.sqrt(b.X.data) / 3  # another transform, on the log scale's range
+    assert detect_value_state(b.X) == "lognorm" and recover_counts(b.X) is None
+    with pytest.raises(DataError, match="cannot be turned back into counts. Provide raw counts"):
+        get_counts(b, name="query")

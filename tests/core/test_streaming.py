@@ -16,7 +16,7 @@ from cellannot_core.novelty import QueryGraph, graph_smooth, query_clusters
 from cellannot_core.pipeline import (AnnotateOptions, bundle_info, predict_with_bundle, prepare_data, save_bundle,
                                      train_model)
 from cellannot_core.streaming import predict_file
-from conftest import demo_subset
+from conftest import demo_subset, not_of_counts
 
 LABEL = "cell_type_harmonized"
 
@@ -132,6 +132,31 @@ def test_counts_found_in_a_layer_beside_lognormalised_X(bundle, tmp_path):
     assert _labels(ad.read_h5ad(tmp_path / "o1.h5ad")) == _labels(ad.read_h5ad(tmp_path / "o2.h5ad"))
 
 
+def test_counts_recovered_a_chunk_at_a_time_from_a_scanpy_processed_file(bundle, tmp_path):
+    """A query saved the scanpy way (log-normalised values of all genes in .raw, X cut to a few
+    genes and scaled) is read in chunks with its counts turned back exactly, and labelled as the
+    file of counts is."""
+    import scanpy as sc
+
+    d, q, qry = bundle
+    a = qry.copy()
+    sc.pp.normalize_total(a, target_sum=1e4)
+    sc.pp.log1p(a)
+    a.raw = a
+    a = a[:, :50].copy()
+    a.X = a.X.toarray()
+    sc.pp.scale(a)
+    p = tmp_path / "processed.h5ad"
+    a.write_h5ad(p)
+    with H5adRows(p) as rows:
+        assert "recovered" in rows.source and "raw.X" in rows.source
+        got = sp.vstack([x for _, x in rows.chunks(90)])
+    assert (got != sp.csr_matrix(qry.X, dtype=np.float32)).nnz == 0
+    predict_file(d, p, out=tmp_path / "o1.h5ad", device="cpu", chunk_cells=90)
+    predict_file(d, q, out=tmp_path / "o2.h5ad", device="cpu", chunk_cells=90)
+    assert _labels(ad.read_h5ad(tmp_path / "o1.h5ad")) == _labels(ad.read_h5ad(tmp_path / "o2.h5ad"))
+
+
 def test_a_column_stored_matrix_is_read_whole_instead(bundle, tmp_path):
     d, q, qry = bundle
     a = qry.copy()
@@ -149,7 +174,8 @@ def test_a_column_stored_matrix_is_read_whole_instead(bundle, tmp_path):
 def test_unreadable_query_files_get_one_line(bundle, tmp_path):
     d, q, qry = bundle
     a = qry.copy()
-    a.X.data = np.log1p(a.X.data).astype(np.float32)  # no counts anywhere
+    a.X.data = np.log1p(a.X.data).astype(np.float32)
+    a.X = not_of_counts(a.X)  # no counts anywhere, nor values to recover them from
     p = tmp_path / "lognorm.h5ad"
     a.write_h5ad(p)
     with pytest.raises(DataError, match="no raw counts"):
