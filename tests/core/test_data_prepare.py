@@ -223,7 +223,12 @@ def test_summarize_dataset(synthetic_adata):
     sc.pp.normalize_total(b)
     sc.pp.log1p(b)
     s2 = summarize_dataset(b, name="query")
-    assert s2["counts_source"] is None and "no raw counts" in s2["problems"][0]
+    assert s2["counts_source"].startswith("raw counts recovered from the log1p values of X") and not s2["problems"]
+    from conftest import not_of_counts
+
+    b.X = not_of_counts(b.X)  # not log1p of counts: nothing to recover
+    s3 = summarize_dataset(b, name="query")
+    assert s3["counts_source"] is None and "no raw counts" in s3["problems"][0]
 
 
 def test_real_subset_end_to_end():
