@@ -142,19 +142,20 @@ def test_demo_pair_reports_types_missing_from_reference():
     assert at.selectbox(key=WidgetKeys.QUERY_LABEL_PICKER).value == "cell_type_harmonized"
 
 
-def test_count_models_warning_for_data_without_counts(tmp_path):
-    """A log-normalised file with no raw counts anywhere: the data page says the count models
-    cannot use it (and names them, from the registry); a counts file gets no such warning."""
+def _log_normalised_reference_uploaded(tmp_path, *, of_counts: bool):
+    """The data page with a log-normalised reference file uploaded, no counts anywhere in it;
+    ``of_counts``: log1p of normalised counts as scanpy leaves them (else values moved cell by cell
+    and gene by gene, which cannot be turned back into counts)."""
     import anndata as ad
     import scanpy as sc
 
     from conftest import not_of_counts
-    from ui.widgets import count_model_names
 
     a = ad.read_h5ad(SMALL)
     sc.pp.normalize_total(a, target_sum=1e4)
     sc.pp.log1p(a)
-    a.X = not_of_counts(a.X)  # not log1p of counts: they cannot be recovered
+    if not of_counts:
+        a.X = not_of_counts(a.X)
     a.raw = None
     a.layers.clear()
     a.write_h5ad(tmp_path / "lognorm.h5ad")
@@ -163,6 +164,15 @@ def test_count_models_warning_for_data_without_counts(tmp_path):
         ("lognorm.h5ad", (tmp_path / "lognorm.h5ad").read_bytes(), "application/octet-stream"))
     at.run()
     assert not at.exception, at.exception
+    return at
+
+
+def test_count_models_warning_for_data_without_counts(tmp_path):
+    """A log-normalised file with no raw counts anywhere: the data page says the count models
+    cannot use it (and names them, from the registry); a counts file gets no such warning."""
+    from ui.widgets import count_model_names
+
+    at = _log_normalised_reference_uploaded(tmp_path, of_counts=False)
     warned = [w.value for w in at.warning if "No raw counts" in w.value]
     assert len(warned) == 1 and count_model_names() and all(n in warned[0] for n in count_model_names())
     at.file_uploader(key=WidgetKeys.UPLOAD.format(role="query")).set_value(
@@ -174,20 +184,7 @@ def test_count_models_warning_for_data_without_counts(tmp_path):
 def test_a_log_normalised_file_gets_its_counts_back_and_says_so(tmp_path):
     """A file saved after normalize_total + log1p, with no counts anywhere: the data page says the
     counts were recovered from those values, and no count-model warning appears."""
-    import anndata as ad
-    import scanpy as sc
-
-    a = ad.read_h5ad(SMALL)
-    sc.pp.normalize_total(a, target_sum=1e4)
-    sc.pp.log1p(a)
-    a.raw = None
-    a.layers.clear()
-    a.write_h5ad(tmp_path / "lognorm.h5ad")
-    at = _data_page()
-    at.file_uploader(key=WidgetKeys.UPLOAD.format(role="reference")).set_value(
-        ("lognorm.h5ad", (tmp_path / "lognorm.h5ad").read_bytes(), "application/octet-stream"))
-    at.run()
-    assert not at.exception, at.exception
+    at = _log_normalised_reference_uploaded(tmp_path, of_counts=True)
     assert any("Will use:** raw counts recovered from the log1p values of X" in m.value for m in at.markdown), \
         [m.value for m in at.markdown]
     assert not [w for w in at.warning if "No raw counts" in w.value]
