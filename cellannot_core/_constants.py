@@ -5,7 +5,27 @@ label used for rejected cells live here; nothing else spells them out.
 """
 from __future__ import annotations
 
+import os
+
 UNKNOWN = "Unknown"
+
+#: environment variable: threads for torch and for the neighbour searches (unset: all cores)
+NUM_THREADS_ENV = "CELLANNOT_NUM_THREADS"
+
+
+def num_threads() -> int | None:
+    """The thread count set by :data:`NUM_THREADS_ENV` (None when unset or not a number)."""
+    env = os.environ.get(NUM_THREADS_ENV)
+    try:
+        return max(1, int(env)) if env else None
+    except ValueError:
+        return None
+
+
+def nn_jobs() -> int:
+    """``n_jobs`` for scikit-learn's neighbour searches: :func:`num_threads`, or every core (the
+    queries are split over threads; the neighbours found are the same)."""
+    return num_threads() or -1
 
 
 class OutKeys:

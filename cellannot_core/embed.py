@@ -40,6 +40,8 @@ import numpy as np
 import scipy.sparse as sp
 from numpy.typing import ArrayLike
 
+from ._constants import num_threads
+
 __all__ = [
     "METHODS",
     "embed",
@@ -61,14 +63,6 @@ PCA_DIMS = 50
 MIN_CELLS_NONLINEAR = 10
 #: Neighbours used to place points when the method cannot transform new data.
 KNN_PLACE = 10
-
-
-def _n_threads() -> int | None:
-    env = os.environ.get("CELLANNOT_NUM_THREADS")
-    try:
-        return max(1, int(env)) if env else None
-    except ValueError:
-        return None
 
 
 def _say(progress: Progress | None, msg: str) -> None:
@@ -185,7 +179,7 @@ def _fit_place(
         openTSNE = None
     if openTSNE is not None:
         _say(progress, f"Running t-SNE (openTSNE) on {n_fit:,} cells")
-        emb = openTSNE.TSNE(perplexity=perp, random_state=seed, n_jobs=_n_threads() or 1,
+        emb = openTSNE.TSNE(perplexity=perp, random_state=seed, n_jobs=num_threads() or 1,
                             verbose=False).fit(X_fit)
         Y_place = np.empty((0, 2))
         if X_place.shape[0]:

@@ -13,6 +13,7 @@ from typing import Any, Callable
 import numpy as np
 from scipy.special import logsumexp
 
+from ._constants import nn_jobs
 from .calibration import softmax
 
 GRAPH_K = 15  # neighbours of the smoothing graph (scanpy's default n_neighbors)
@@ -226,7 +227,7 @@ class LatentReference:
         from sklearn.neighbors import NearestNeighbors
 
         if self._nn is None:
-            self._nn = NearestNeighbors(n_neighbors=self.k).fit(self.latent)
+            self._nn = NearestNeighbors(n_neighbors=self.k, n_jobs=nn_jobs()).fit(self.latent)
         d, _ = self._nn.kneighbors(np.asarray(z, dtype=np.float32))
         return d.mean(axis=1)
 
@@ -258,7 +259,9 @@ class LatentReference:
             self.knn(self.latent[:1])  # builds the index
             d, _ = self._nn.kneighbors(self.latent, n_neighbors=min(self.k + 1, len(self.latent)))
             loo = d[:, 1:].mean(axis=1) if d.shape[1] > 1 else d[:, 0]
-            null = graph_smooth(self.latent, loo)
+            # the reference's own graph, built apart: through query_graph's cache it would push out the
+            # query's graph, which the cluster decisions then had to search again
+            null = QueryGraph(self.latent).smooth(loo)
             self._null_scores = null
             n_cls = int(self.y.max()) + 1 if len(self.y) else 0
             unit, med = np.full(n_cls, np.nan), np.full(n_cls, np.nan)
@@ -500,7 +503,7 @@ class LatentReference:
                              "train the model again to use knn_logit")
         k = int(max(1, min(k, len(self.logits))))
         if self._logit_nn is None or self._logit_nn.n_neighbors != k:
-            self._logit_nn = NearestNeighbors(n_neighbors=k).fit(unit_rows(self.logits))
+            self._logit_nn = NearestNeighbors(n_neighbors=k, n_jobs=nn_jobs()).fit(unit_rows(self.logits))
         d, _ = self._logit_nn.kneighbors(unit_rows(logits))
         return d[:, -1].astype(np.float64)
 
@@ -697,7 +700,7 @@ def graph_smooth(z: np.ndarray, scores: np.ndarray, *, k: int = GRAPH_K, pool: n
     z = np.asarray(z, dtype=np.float32)
     pool = np.asarray(pool, dtype=np.float32)
     k = int(max(1, min(k, len(pool))))
-    _, idx = NearestNeighbors(n_neighbors=k).fit(pool).kneighbors(z)
+    _, idx = NearestNeighbors(n_neighbors=k, n_jobs=nn_jobs()).fit(pool).kneighbors(z)
     return scores[idx].mean(axis=1)
 
 
@@ -727,7 +730,8 @@ class QueryGraph:
         self.pool = None if n <= pool_max else np.sort(np.random.default_rng(seed).choice(n, pool_max, replace=False))
         P = z if self.pool is None else z[self.pool]
         kk = int(max(1, min(self.k + 1, len(P))))
-        self.idx = NearestNeighbors(n_neighbors=kk).fit(P).kneighbors(z)[1].astype(np.int64)  # rows of P
+        nn = NearestNeighbors(n_neighbors=kk, n_jobs=nn_jobs()).fit(P)
+        self.idx = nn.kneighbors(z)[1].astype(np.int64)  # rows of P
         self._clusters: dict[tuple[float, int], np.ndarray] = {}
 
     @property
@@ -785,19 +789,25 @@ _GRAPHS: dict[tuple, QueryGraph] = {}
 _GRAPHS_LOCK = threading.Lock()
 
 
+GRAPHS_KEPT = 2  # the query as encoded (label smoothing) and as encoded again without the study shift
+
+
 def query_graph(z: np.ndarray, *, k: int = GRAPH_K) -> QueryGraph:
     """The :class:`QueryGraph` of ``z`` (at least :data:`GRAPH_K` neighbours), reused while the
-    same latent codes are asked for again (the last one is kept, keyed by their content): one
-    query's labelling, novelty score and clusters search its neighbours once."""
+    same latent codes are asked for again (the last :data:`GRAPHS_KEPT` are kept, keyed by their
+    content): one query's labelling, novelty score and clusters search its neighbours once."""
     z = np.ascontiguousarray(z, dtype=np.float32)
     key = (z.shape, max(int(k), GRAPH_K), hashlib.blake2b(memoryview(z).cast("B"), digest_size=16).digest())
     with _GRAPHS_LOCK:
-        g = _GRAPHS.get(key)
+        g = _GRAPHS.pop(key, None)
+        if g is not None:
+            _GRAPHS[key] = g  # most recently used last
     if g is None:
         g = QueryGraph(z, k=key[1])
         with _GRAPHS_LOCK:
-            _GRAPHS.clear()
             _GRAPHS[key] = g
+            while len(_GRAPHS) > GRAPHS_KEPT:
+                _GRAPHS.pop(next(iter(_GRAPHS)))
     return g
 
 

@@ -1,11 +1,12 @@
 """Device choice and seeding (device-agnostic: CUDA when present, else CPU)."""
 from __future__ import annotations
 
-import os
 import random
 
 import numpy as np
 import torch
+
+from .._constants import num_threads
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -33,9 +34,9 @@ def seed_everything(seed: int) -> torch.Generator:
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
-    n = os.environ.get("CELLANNOT_NUM_THREADS")
+    n = num_threads()
     if n:
-        torch.set_num_threads(int(n))
+        torch.set_num_threads(n)
     g = torch.Generator()
     g.manual_seed(seed)
     return g
