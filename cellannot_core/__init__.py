@@ -8,12 +8,22 @@ need them.
 import os as _os
 from importlib.metadata import PackageNotFoundError, version as _version
 
-# numba (scanpy's highly variable genes, umap) runs its parallel code on an OpenMP runtime whose
-# idle threads keep spinning; after that step torch's own OpenMP threads trained at half speed
-# (the default model on kang_ctrl: 17.4 s for 4 epochs, 10.7 s with idle threads asleep;
-# bench/label_transfer.py). Idle OpenMP threads sleep unless the user chose otherwise. (numba's
-# own "workqueue" pool was as fast but aborts when two threads run numba code at once, as the
-# app's concurrent jobs do.) Read by each OpenMP runtime when it loads, so set before them.
+# Two OpenMP runtimes share the process: torch's own (torch/lib/libgomp.so.1) and the system's
+# libgomp.so.1, which numba loads for its parallel code (scanpy's highly variable genes, umap). Each
+# reads OMP_WAIT_POLICY when it loads. numba's idle threads must sleep: spinning, they took the
+# cores from torch, which then trained at half speed (the default model on kang_ctrl, 4 epochs:
+# 17.4 s, 10.7 s with idle threads asleep; 2026-12-03). torch's own threads must not: woken for each
+# of a training step's many small parallel regions, they train slower. And torch must load its
+# runtime first: imported after the system's libgomp.so.1 is loaded, it binds to that one. So torch
+# is imported here, before anything can load the other runtime, and only then is the policy set for
+# the runtimes that load later (unless the user chose one). The same 4 epochs after the data
+# preparation (CELLANNOT_NUM_THREADS=2, a script outside the repository, 2026-12-05, a noisy
+# machine): 12.7-17.1 s in 6 runs, against 17.2-24.0 s in 6 runs with torch imported later (bound to
+# the system's runtime) and 19.1-20.8 s in 2 runs with torch's own threads asleep too. (numba's own
+# "workqueue" pool was tried on 2026-12-03 and aborts when two threads run numba code at once, as
+# the app's concurrent jobs do.)
+import torch as _torch  # noqa: E402,F401
+
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 try:

@@ -90,3 +90,29 @@ def test_idle_openmp_threads_sleep_unless_chosen():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={**env, "OMP_WAIT_POLICY": "ACTIVE"}).stdout.strip()
     assert out == "ACTIVE"
+
+
+def test_torch_keeps_its_own_openmp_runtime_after_numba_has_run():
+    """torch is imported by ``import cellannot_core`` before the policy is set: it runs on its own
+    OpenMP runtime at its default policy, even after numba's parallel code has loaded the system's
+    (imported later, torch bound to that one and trained slower: the comment in __init__)."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import cellannot_core, numba, numpy as np, threadpoolctl\n"
+            "@numba.njit(parallel=True)\n"
+            "def total(x):\n"
+            "    s = 0.0\n"
+            "    for i in numba.prange(x.shape[0]):\n"
+            "        s += x[i]\n"
+            "    return s\n"
+            "total(np.ones(10_000))  # numba's OpenMP pool: the system's libgomp.so.1\n"
+            "import torch\n"
+            "(torch.randn(64, 64) @ torch.randn(64, 64)).sum()\n"
+            "print([l['filepath'] for l in threadpoolctl.threadpool_info() if l['internal_api'] == 'openmp'])")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    torch_dir = os.path.dirname(__import__("torch").__file__)
+    assert os.path.join(torch_dir, "lib") in out.stdout, out.stdout
