@@ -97,8 +97,9 @@ def dataset_summary(info: dict[str, Any], summ: dict[str, Any]) -> None:
     if not summ.get("counts_source"):
         count_models = count_model_names()
         if count_models:
-            st.warning(f"No raw counts in this dataset (X holds {summ['value_state']} values and there is no "
-                       "`.raw` or `layers['counts']` with counts). The count models "
+            st.warning(f"No raw counts in this dataset (X holds {summ['value_state']} values, there is no "
+                       "`.raw` or `layers['counts']` with counts, and the values are not log1p of normalised "
+                       "counts, which would give them back). The count models "
                        f"({', '.join(count_models)}) model integer counts and cannot use it: pick another model, "
                        "or load the file that still holds the raw counts.")
 
