@@ -20,7 +20,7 @@ import scipy.sparse as sp
 
 from ..errors import DataError
 from .io import guard_hdf5
-from .values import COUNT_LAYERS, RECOVER_MIN_CELLS, detect_value_state, recover_counts, recover_rows
+from .values import COUNT_LAYERS, RECOVER_MIN_CELLS, detect_value_state, log_name, recover_counts, recover_rows
 
 __all__ = ["CHUNK_CELLS", "H5adRows", "NotStreamable", "STREAM_KEY", "large_query_bytes", "read_sample",
            "stream_source"]
@@ -142,7 +142,7 @@ class H5adRows:
                 got = recover_counts(head)
                 if got is not None:
                     self._matrix, self.var, self._recover_base = m, v, got[1]
-                    self.source = (f"raw counts recovered from the log-normalised values of {where} ({len(v)} genes), "
+                    self.source = (f"raw counts recovered from the {log_name(got[1])} values of {where} ({len(v)} genes), "
                                    "a chunk at a time")
                     break
         except (DataError, NotStreamable):

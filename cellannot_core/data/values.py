@@ -10,7 +10,7 @@ import scipy.sparse as sp
 
 from cellannot_core.errors import DataError
 
-__all__ = ["COUNT_LAYERS", "LOGNORM_MAX", "Counts", "detect_value_state", "get_counts", "recover_counts",
+__all__ = ["COUNT_LAYERS", "LOGNORM_MAX", "Counts", "detect_value_state", "get_counts", "log_name", "recover_counts",
            "recover_rows"]
 
 #: layers searched for raw counts, in order, after X
@@ -150,7 +150,8 @@ def recover_counts(X, *, n_rows: int = 1000, seed: int = 0) -> tuple[sp.csr_matr
     return None
 
 
-def _base_name(base: float) -> str:
+def log_name(base: float) -> str:
+    """How the values were logged, for messages: ``log1p``, ``log2(x + 1)`` or ``log10(x + 1)``."""
     return {2.0: "log2(x + 1)", 10.0: "log10(x + 1)"}.get(base, "log1p")
 
 
@@ -246,7 +247,7 @@ def get_counts(adata: ad.AnnData, *, name: str = "dataset", allow_lognorm: bool 
             var.index = pd.Index(names.astype(str))
             return Counts(
                 counts, var,
-                f"raw counts recovered from the {_base_name(base)} values of {where_from} ({counts.shape[1]} genes): "
+                f"raw counts recovered from the {log_name(base)} values of {where_from} ({counts.shape[1]} genes): "
                 "each cell's values were its counts times one factor",
                 "counts",
             )
