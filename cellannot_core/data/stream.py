@@ -142,8 +142,8 @@ class H5adRows:
                 got = recover_counts(head)
                 if got is not None:
                     self._matrix, self.var, self._recover_base = m, v, got[1]
-                    self.source = (f"raw counts recovered from the {log_name(got[1])} values of {where} ({len(v)} genes), "
-                                   "a chunk at a time")
+                    self.source = (f"raw counts recovered from the {log_name(got[1])} values of {where} "
+                                   f"({len(v)} genes), a chunk at a time")
                     break
         except (DataError, NotStreamable):
             self.close()
