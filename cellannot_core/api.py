@@ -132,11 +132,16 @@ def annotate(
     return _write_result(res, adata_query, key_added=key_added, copy=copy)
 
 
+def _copy(adata):
+    """An in-memory copy (anndata copies a backed object only into another file)."""
+    return adata.to_memory() if getattr(adata, "isbacked", False) else adata.copy()
+
+
 def _write_result(res, adata_query, *, key_added: str, copy: bool):
     """The annotate contract's keys of a finished run written into the query (or an annotated copy)."""
     from .pipeline import write_annotations
 
-    target = adata_query.copy() if copy else adata_query
+    target = _copy(adata_query) if copy else adata_query
     write_annotations(target, res.predictions, res.card, index=res.prepared.query.index, key_added=key_added)
     return target if copy else None
 
@@ -198,7 +203,7 @@ class Annotator:
                                    device=self.model.device_name, log=log or (lambda s: None))
             return _write_result(res, adata, key_added=key_added, copy=copy)
         preds, card = predict_query(self.model, self.bundle, adata, threshold=threshold, log=log or (lambda s: None))
-        target = adata.copy() if copy else adata
+        target = _copy(adata) if copy else adata
         write_annotations(target, preds, card, key_added=key_added)
         return target if copy else None
 

@@ -176,12 +176,32 @@ def _qc_mask(d: _Loaded, qc: dict[str, Any], name: str, warns: list[str]) -> np.
     return keep
 
 
+def in_memory(adata: ad.AnnData, *, name: str) -> ad.AnnData:
+    """``adata`` itself, or, when it is backed (``read_h5ad(path, backed="r")``, a scanpy user's way
+    into a large file), its data read into memory within :func:`~.io.memory_limit_bytes`; above it
+    one message says how to label a file of any size."""
+    if not getattr(adata, "isbacked", False):
+        return adata
+    from pathlib import Path
+
+    from .io import guard_hdf5
+
+    path = Path(adata.filename)
+    try:
+        guard_hdf5(path, f"the {name} (opened backed from {path.name})")
+    except DataError as e:
+        raise DataError(f"{e} A query of any size is labelled from its file a chunk at a time: "
+                        "Annotator.predict_file(path, out=...) or `cellannot predict`.") from None
+    return adata.to_memory()
+
+
 def _load(
     adata: ad.AnnData, *, name: str, allow_lognorm: bool, qc: dict[str, Any] | None, warns: list[str]
 ) -> _Loaded:
     """Checks common to both datasets, names made unique, optional QC."""
     if not isinstance(adata, ad.AnnData):
         raise DataError(f"the {name} is not an AnnData object. Read it with read_dataset first.")
+    adata = in_memory(adata, name=name)
     check_not_empty(adata.n_obs, adata.n_vars, name=name)
     counts = get_counts(adata, name=name, allow_lognorm=allow_lognorm)
     check_not_empty(adata.n_obs, counts.X.shape[1], name=name)

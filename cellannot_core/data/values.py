@@ -182,8 +182,8 @@ class Counts(NamedTuple):
 
 
 def _csr32(X) -> sp.csr_matrix:
-    X = sp.csr_matrix(X) if sp.issparse(X) else sp.csr_matrix(np.asarray(X))
-    return sp.csr_matrix(X, dtype=np.float32)
+    """CSR float32 of any matrix (dense float16, which scipy.sparse cannot hold, included)."""
+    return sp.csr_matrix(X, dtype=np.float32) if sp.issparse(X) else sp.csr_matrix(np.asarray(X, dtype=np.float32))
 
 
 def get_counts(adata: ad.AnnData, *, name: str = "dataset", allow_lognorm: bool = False) -> Counts:

@@ -100,6 +100,34 @@ def test_predict_in_place_and_threshold_override(pair):
     assert not q.obs["cellannot_is_unknown"].any()
 
 
+def test_backed_and_float16_data_are_read_as_a_scanpy_user_opens_them(pair, tmp_path, monkeypatch):
+    """``read_h5ad(path, backed="r")`` (scanpy's way into a large file) for reference and query, in
+    place and with copy=True, and a dense float16 X (which scipy.sparse cannot hold): the same
+    labels as from the data in memory; above the memory limit, one message naming predict_file."""
+    import anndata as ad
+
+    from cellannot_core.errors import DataError
+
+    ref, query = pair
+    expected = ca.annotate(ref, query, copy=True, **_opts()).obs["cellannot_label"].to_numpy()
+    ref.write_h5ad(tmp_path / "ref.h5ad")
+    query.write_h5ad(tmp_path / "query.h5ad")
+    backed_ref = ad.read_h5ad(tmp_path / "ref.h5ad", backed="r")
+    copied = ca.annotate(backed_ref, ad.read_h5ad(tmp_path / "query.h5ad", backed="r"), copy=True, **_opts())
+    assert (copied.obs["cellannot_label"].to_numpy() == expected).all()
+    in_place = ad.read_h5ad(tmp_path / "query.h5ad", backed="r")
+    annotator = ca.train(backed_ref, **_opts())
+    assert annotator.predict(in_place) is None and in_place.isbacked
+    assert in_place.obs["cellannot_label"].notna().all()
+    assert in_place.obsm["cellannot_proba"].shape == (query.n_obs, 3)
+    half = query.copy()
+    half.X = np.asarray(half.X.toarray() if hasattr(half.X, "toarray") else half.X, dtype=np.float16)
+    assert (ca.annotate(ref, half, copy=True, **_opts()).obs["cellannot_label"].to_numpy() == expected).all()
+    monkeypatch.setenv("CELLANNOT_MEMORY_LIMIT_GB", "0.00001")
+    with pytest.raises(DataError, match="opened backed from query.h5ad.*predict_file"):
+        ca.annotate(ref, ad.read_h5ad(tmp_path / "query.h5ad", backed="r"), copy=True, **_opts())
+
+
 def test_models_lists_the_registry():
     table = ca.models()
     from cellannot_core.models import MODELS
