@@ -20,6 +20,17 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def _device(text: str) -> str:
+    """``--device``'s value as torch spells it; whether this machine has it is checked when used."""
+    from .errors import ConfigError
+    from .training.device import device_name
+
+    try:
+        return device_name(text)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _hparams(pairs: Sequence[str]) -> dict[str, str]:
     from .errors import ConfigError
 
@@ -46,7 +57,7 @@ def _add_common(p: argparse.ArgumentParser, *, query_required: bool) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL, help="model name (see `models`); default: %(default)s")
     p.add_argument("--hparam", action="append", default=[], metavar="NAME=VALUE", help="model hyper-parameter (repeatable)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--device", default="auto", type=_device, help="auto (CUDA when present), cpu, cuda or cuda:N")
     p.add_argument("--max-epochs", type=int, default=None)
     p.add_argument("--n-top-genes", type=int, default=DEFAULT_N_TOP_GENES, help="highly variable genes chosen on the reference")
     p.add_argument("--hvg-flavor", default=DEFAULT_HVG_FLAVOR, choices=HVG_FLAVORS,
@@ -91,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--model", required=True, dest="model_dir", help="model bundle directory (from train / --save-model)")
     pr.add_argument("--query", required=True)
     pr.add_argument("--out", required=True)
-    pr.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    pr.add_argument("--device", default="auto", type=_device, help="auto (CUDA when present), cpu, cuda or cuda:N")
     pr.add_argument("--threshold", type=float, default=None)
     pr.add_argument("--adapt", action="store_true",
                     help="train the model again on the reference cells it kept, with this query unlabelled, before "
@@ -115,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--hparam", action="append", default=[], metavar="MODEL.NAME=VALUE",
                    help="hyper-parameter of one model, e.g. tabnet.n_steps=4 (repeatable)")
     b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    b.add_argument("--device", default="auto", type=_device, help="auto (CUDA when present), cpu, cuda or cuda:N")
     b.add_argument("--max-epochs", type=int, default=None, help="cap the epochs of models that have epochs")
     b.add_argument("--n-top-genes", type=int, default=DEFAULT_N_TOP_GENES)
     b.add_argument("--min-cells-per-class", type=int, default=10)

@@ -268,7 +268,9 @@ class LatentReference:
             for c in range(n_cls):
                 if (self.y == c).any():
                     unit[c], med[c] = np.quantile(null[self.y == c], CLASS_UNIT), np.median(null[self.y == c])
-            fallback_u, fallback_m = float(np.quantile(null, CLASS_UNIT)), float(np.median(null))
+            # never 0 (a denominator): with very few genes many reference cells share one latent point
+            tiny = float(null[null > 0].min()) if (null > 0).any() else 1.0
+            fallback_u, fallback_m = max(float(np.quantile(null, CLASS_UNIT)), tiny), max(float(np.median(null)), tiny)
             # never stricter than the pooled reference: a large, homogeneous type has a tight null
             # and would otherwise reject a query's natural within-type variation (mouse pancreas
             # donor 1 -> 2: 11% of the query's beta cells)
@@ -297,8 +299,10 @@ class LatentReference:
         pred = np.asarray(pred, dtype=np.int64)
         if len(g) == 0 or not shift_estimable(pred):
             return 1.0
-        null = self._null_scores / med[self.y]
-        ratio = float(np.quantile(g / med[pred], SHIFT_QUANTILE)) / float(np.quantile(null, SHIFT_QUANTILE))
+        null = float(np.quantile(self._null_scores / med[self.y], SHIFT_QUANTILE))
+        if not null > 0:  # a quarter of the reference at distance 0 (cells alike in very few genes)
+            return 1.0
+        ratio = float(np.quantile(g / med[pred], SHIFT_QUANTILE)) / null
         return max(1.0, ratio) if np.isfinite(ratio) else 1.0
 
     def class_shifts(self, graph: np.ndarray, pred: np.ndarray, *, whole: np.ndarray | None = None) -> np.ndarray:

@@ -48,6 +48,29 @@ class AnnotateOptions:
     hvg_from: str = DEFAULT_HVG_FROM  # variable genes chosen on the reference alone or "both" (reference or query)
     hvg_flavor: str = DEFAULT_HVG_FLAVOR  # how genes are ranked: scanpy's "seurat" (log values) or "seurat_v3" (counts)
 
+    def __post_init__(self) -> None:
+        """Options a run cannot use are one clear error here, before any data is read."""
+        from .training.device import device_name
+
+        def number(value: Any) -> float | None:
+            try:
+                return float(value)
+            except (TypeError, ValueError):
+                return None
+
+        accept = number(self.accept)
+        if accept is None or not 0 < accept <= 1:
+            raise ConfigError(f"accept is the share of the reference's held-out cells the Unknown threshold keeps, in "
+                              f"(0, 1], e.g. 0.95; not {self.accept!r}")
+        if self.max_epochs is not None and (number(self.max_epochs) is None or number(self.max_epochs) < 1
+                                            or number(self.max_epochs) != int(number(self.max_epochs))):
+            raise ConfigError(f"max_epochs must be a whole number of at least 1 (or None for the model's own); "
+                              f"not {self.max_epochs!r}")
+        seconds = number(self.max_train_seconds) if self.max_train_seconds is not None else 1.0
+        if seconds is None or not seconds > 0:
+            raise ConfigError(f"max_train_seconds must be a positive number of seconds; not {self.max_train_seconds!r}")
+        self.device = device_name(self.device)
+
     def model_hparams(self) -> dict[str, Any]:
         """The hyper-parameter overrides; ``max_epochs`` caps only models that train in epochs."""
         from .models import get_spec

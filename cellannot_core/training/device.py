@@ -16,17 +16,34 @@ def available_devices() -> list[str]:
     return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
-def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` picks CUDA when present; asking for CUDA without one is a clear error."""
+def device_name(device: str) -> str:
+    """The device's name as torch spells it (``auto``, ``cpu``, ``cuda`` or ``cuda:N``, any case
+    given), or a clear error for another."""
     from ..errors import ConfigError
 
-    if device not in DEVICES:
-        raise ConfigError(f"unknown device {device!r}; use one of {', '.join(DEVICES)}")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' was requested but no CUDA GPU is available; use --device cpu or auto")
-    return torch.device(device)
+    name = str(device).strip().lower()
+    base, colon, index = name.partition(":")
+    if base not in DEVICES or (colon and not (base == "cuda" and index.isdigit())):
+        raise ConfigError(f"unknown device {device!r}; use one of {', '.join(DEVICES)} (or cuda:N for GPU N)")
+    return name
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when present; ``cuda:N`` one GPU of several (``cuda``: the current one).
+    Asking for a GPU this machine lacks is a clear error."""
+    from ..errors import ConfigError
+
+    name = device_name(device)
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {device!r} was requested but no CUDA GPU is available; use --device cpu or auto")
+        index = name.partition(":")[2]
+        if index and int(index) >= torch.cuda.device_count():
+            n = torch.cuda.device_count()
+            raise ConfigError(f"device {device!r}: this machine has {n} CUDA GPU(s), numbered 0 to {n - 1}")
+    return torch.device(name)
 
 
 def seed_everything(seed: int) -> torch.Generator:

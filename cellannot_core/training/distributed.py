@@ -56,7 +56,7 @@ def init_from_env(device: str = "auto") -> str:
 
     if not launched() or dist.is_initialized():
         return device
-    cuda = torch.cuda.is_available() and device in ("auto", "cuda")
+    cuda = torch.cuda.is_available() and (device == "auto" or str(device).lower().startswith("cuda"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if cuda:
         torch.cuda.set_device(local)

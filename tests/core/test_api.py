@@ -128,6 +128,25 @@ def test_backed_and_float16_data_are_read_as_a_scanpy_user_opens_them(pair, tmp_
         ca.annotate(ref, ad.read_h5ad(tmp_path / "query.h5ad", backed="r"), copy=True, **_opts())
 
 
+@pytest.mark.parametrize("option, value, words", [
+    ("accept", 1.5, "accept is the share"), ("accept", "most", "accept is the share"),
+    ("max_epochs", 0, "max_epochs must be a whole number"), ("max_epochs", 2.5, "max_epochs must be a whole number"),
+    ("device", "gpu", "unknown device 'gpu'"), ("device", "cuda:x", "unknown device"),
+])
+def test_options_a_run_cannot_use_are_one_clear_error(pair, option, value, words):
+    ref, query = pair
+    with pytest.raises(ConfigError, match=words):
+        ca.annotate(ref, query, copy=True, **(_opts() | {option: value}))
+
+
+def test_a_handful_of_genes_still_gives_finite_scores(pair):
+    """With very few genes many cells share one latent point (distance 0 to their neighbours):
+    the novelty scores' scales must stay positive, not divide by zero."""
+    ref, query = pair
+    out = ca.annotate(ref, query, copy=True, **(_opts() | {"n_top_genes": 3, "device": "CPU"}))
+    assert np.isfinite(out.obs["cellannot_ood_score"]).all() and out.uns["cellannot"]["options"]["device"] == "cpu"
+
+
 def test_models_lists_the_registry():
     table = ca.models()
     from cellannot_core.models import MODELS

@@ -138,6 +138,8 @@ def test_missing_label_column(capsys, files):
     (["--hparam", "bogus=1"], "bogus"),
     (["--hparam", "hidden=8,x"], "hidden"),
     (["--batch-key", "donor_typo"], "batch key 'donor_typo' is a column of neither"),
+    (["--accept", "1.5"], "accept is the share"),
+    (["--max-epochs", "0"], "max_epochs must be a whole number of at least 1"),
 ])
 def test_bad_options(capsys, files, extra, match):
     code, _, err = run_main(capsys, *annotate_args(files, extra=extra))
@@ -149,6 +151,22 @@ def test_cuda_without_gpu(capsys, files):
         pytest.skip("a CUDA GPU is available")
     code, _, err = run_main(capsys, *annotate_args(files, extra=["--device", "cuda"]))
     assert_one_error(code, err, "cuda")
+
+
+def test_devices_are_spelled_as_torch_spells_them(capsys, files):
+    """``cuda:N`` (one GPU of several) and any case are accepted; another name is refused by name."""
+    from cellannot_core.cli import build_parser
+
+    def parsed(device: str):
+        return build_parser().parse_args([str(a) for a in annotate_args(files, extra=["--device", device])])
+
+    assert parsed("CPU").device == "cpu" and parsed("cuda:1").device == "cuda:1"
+    with pytest.raises(SystemExit):
+        parsed("gpu")
+    assert "unknown device 'gpu'" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        code, _, err = run_main(capsys, *annotate_args(files, extra=["--device", "cuda:1"]))
+        assert_one_error(code, err, "no CUDA GPU")
 
 
 def test_out_must_be_h5ad(capsys, files):
