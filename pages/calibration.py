@@ -21,7 +21,11 @@ st.caption("Temperature scaling divides the logits by one number T fitted on ref
            "ECE = expected calibration error (15 bins), lower is better.")
 
 st.subheader("Unknown calls")
-st.markdown(cal.threshold_story(run))
+summary, details = cal.threshold_parts(run)
+st.markdown(summary)
+if details:
+    with st.expander("How the score and its threshold are made"):
+        st.markdown(details)
 table = cal.class_table(run)
 if table is not None:
     st.markdown("**Why cells were called Unknown, by predicted class**: a cell is measured against the "

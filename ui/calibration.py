@@ -75,7 +75,14 @@ def coverage_pairs(run: Run, method: str) -> dict[str, tuple[np.ndarray, np.ndar
 
 
 def threshold_story(run: Run) -> str:
-    """How the run's Unknown threshold was chosen, from the run card."""
+    """How the run's Unknown threshold was chosen, from the run card (:func:`threshold_parts` in one)."""
+    summary, details = threshold_parts(run)
+    return f"{summary} {details}".strip()
+
+
+def threshold_parts(run: Run) -> tuple[str, str]:
+    """The Unknown threshold in two parts: what it is and what stands out about this run (the page
+    shows it), and how the score and its threshold are made (the page folds it away)."""
     rej = run.rejection
     accept = float(rej.get("accept_fraction_on_validation", 0.95))
     val_thr = rej.get("validation_threshold", rej.get("threshold"))
@@ -88,11 +95,16 @@ def threshold_story(run: Run) -> str:
         text += (f"; it was then scaled by {factor:.3f} = median(query score) / median(validation score) to "
                  "allow for the shift between the studies")
     text += "."
+    if rej.get("query_shift_not_estimated"):
+        text += f" **Not estimated here:** {rej['query_shift_not_estimated']}."
+    if rej.get("threshold_overridden"):
+        text += " (The threshold was set by hand for this run.)"
+    summary, text = text, ""
     from cellannot_core.novelty import GRAPH_K, score_help
 
     method = str(rej.get("method"))
     if score_help(method):
-        text += f" {method}: {score_help(method)}."
+        text += f"{method}: {score_help(method)}."
     if method in ("knn_graph", "knn_class"):
         text += (f" Its validation scores are smoothed the same way, over each validation cell's {GRAPH_K} "
                  "nearest reference cells (those scored leave-one-out), so the threshold is set on the "
@@ -120,16 +132,12 @@ def threshold_story(run: Run) -> str:
         by_sample = rej.get("sample_shifts") or {}
         if by_sample.get("factors"):
             each = ", ".join(f"{name} {float(f):.2f}" for name, f in by_sample["factors"].items())
-            text += (f" Each of the query's **{by_sample.get('column')}** samples was measured against its own shift "
-                     f"(the whole query's: {float(by_sample.get('query_shift', 1.0)):.2f}; {each}): samples in "
-                     "another condition or of another depth are farther from the reference as a whole, and one factor "
-                     "would call their known cells Unknown as a group. A sample's factor is the median over its "
-                     "predicted types, so a novel population that lands on one type cannot raise it.")
-    if rej.get("query_shift_not_estimated"):
-        text += f" **Not estimated here:** {rej['query_shift_not_estimated']}."
-    if rej.get("threshold_overridden"):
-        text += " (The threshold was set by hand for this run.)"
-    return text
+            summary += (f" Each of the query's **{by_sample.get('column')}** samples was measured against its own "
+                        f"shift (the whole query's: {float(by_sample.get('query_shift', 1.0)):.2f}; {each}): samples "
+                        "in another condition or of another depth are farther from the reference as a whole, and one "
+                        "factor would call their known cells Unknown as a group. A sample's factor is the median over "
+                        "its predicted types, so a novel population that lands on one type cannot raise it.")
+    return summary, text.strip()
 
 
 CLASS_TABLE_COLUMNS = {

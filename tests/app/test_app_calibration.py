@@ -44,6 +44,8 @@ def test_threshold_slider_changes_unknown_count(run):
     assert before == round(card["unknown_fraction"] * 250)  # same calls as the run's predictions
     assert 0 < before < 250
     assert "accepts 95%" in " ".join(m.value for m in at.markdown)  # how the threshold was chosen
+    how = [e for e in at.expander if e.label == "How the score and its threshold are made"]
+    assert how and f"{method}: " in " ".join(m.value for m in how[0].markdown)  # the score explained, folded
     slider.set_value(slider.max).run()
     assert int(_metric(at, "Unknown query cells").replace(",", "")) == 0
     assert _metric(at, "Reference validation accepted") == "100.0%"
