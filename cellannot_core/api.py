@@ -40,6 +40,7 @@ Keys written (``key_added="cellannot"``; see :func:`cellannot_core.pipeline.anno
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Callable
 
@@ -48,6 +49,20 @@ import pandas as pd
 from ._constants import DEFAULT_HVG_FLAVOR, DEFAULT_MODEL, DEFAULT_N_TOP_GENES, OutKeys
 
 __all__ = ["annotate", "train", "Annotator", "models"]
+
+
+_LOGGER = logging.getLogger("cellannot")
+
+
+def _default_log(line: str) -> None:
+    """Without ``log=``: a run's warnings and notes (labels left out, counts recovered, classes
+    accepted against their own shift...) reach the user as Python's logging shows a warning, on
+    stderr unless configured; its steps are INFO (``logging.basicConfig(level=logging.INFO)``
+    shows them, ``logging.getLogger("cellannot").setLevel(logging.ERROR)`` silences all)."""
+    if line.startswith(("warning:", "note:")):
+        _LOGGER.warning(line)
+    else:
+        _LOGGER.info(line)
 
 
 def _options(label_key: str, model: str | None, **kw: Any):
@@ -117,7 +132,8 @@ def annotate(
     accept
         Share of reference validation cells the Unknown threshold accepts.
     log
-        Called with one line per step (e.g. ``print``); default: silent.
+        Called with one line per step (e.g. ``print``); default: the ``"cellannot"`` logger, which
+        shows the run's warnings and notes and keeps its steps at INFO.
 
     Returns
     -------
@@ -128,7 +144,7 @@ def annotate(
     opts = _options(label_key, model, query_label_key=query_label_key, hparams=hparams, seed=seed, device=device,
                     max_epochs=max_epochs, n_top_genes=n_top_genes, accept=accept, batch_key=batch_key,
                     hvg_flavor=hvg_flavor)
-    res = run_annotate(adata_ref, adata_query, opts, log=log or (lambda s: None))
+    res = run_annotate(adata_ref, adata_query, opts, log=log or _default_log)
     return _write_result(res, adata_query, key_added=key_added, copy=copy)
 
 
@@ -200,9 +216,9 @@ class Annotator:
 
         if adapt:
             res = annotate_adapted(self.model, self.bundle, adata, threshold=threshold,
-                                   device=self.model.device_name, log=log or (lambda s: None))
+                                   device=self.model.device_name, log=log or _default_log)
             return _write_result(res, adata, key_added=key_added, copy=copy)
-        preds, card = predict_query(self.model, self.bundle, adata, threshold=threshold, log=log or (lambda s: None))
+        preds, card = predict_query(self.model, self.bundle, adata, threshold=threshold, log=log or _default_log)
         target = _copy(adata) if copy else adata
         write_annotations(target, preds, card, key_added=key_added)
         return target if copy else None
@@ -217,7 +233,7 @@ class Annotator:
         from .streaming import label_file
 
         return label_file(self.model, self.bundle, path, out=out, threshold=threshold, adapt=adapt,
-                          log=log or (lambda s: None))
+                          log=log or _default_log)
 
     def save(self, path: str | Path) -> Path:
         """Write the model (safetensors + JSON, no pickle) and its genes to the directory ``path``;
@@ -248,12 +264,13 @@ def train(
     n_top_genes: int = DEFAULT_N_TOP_GENES,
     hvg_flavor: str = DEFAULT_HVG_FLAVOR,
     accept: float = 0.95,
+    log: Callable[[str], None] | None = None,
 ) -> Annotator:
     """Train a model on a labelled reference; label queries later with :meth:`Annotator.predict`.
 
     Parameters
     ----------
-    adata_ref, label_key, model, batch_key, hparams, seed, device, max_epochs, n_top_genes, hvg_flavor, accept
+    adata_ref, label_key, model, batch_key, hparams, seed, device, max_epochs, n_top_genes, hvg_flavor, accept, log
         As in :func:`annotate`.
     adata_query
         Optional: genes are then restricted to those the query shares, and semi-supervised
@@ -269,7 +286,12 @@ def train(
 
     opts = _options(label_key, model, hparams=hparams, seed=seed, device=device, max_epochs=max_epochs,
                     n_top_genes=n_top_genes, accept=accept, batch_key=batch_key, hvg_flavor=hvg_flavor)
+    say = log or _default_log
+    say("preparing data")
     prepared = prepare_data(adata_ref, adata_query if adata_query is not None else adata_ref, opts)
+    for w in prepared.report.get("warnings", []):
+        say(f"warning: {w}")
+    say(f"training {opts.model}")
     fitted = train_model(prepared, opts)
     return Annotator(fitted, bundle_info(fitted, prepared, opts))
 

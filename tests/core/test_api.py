@@ -147,6 +147,29 @@ def test_a_handful_of_genes_still_gives_finite_scores(pair):
     assert np.isfinite(out.obs["cellannot_ood_score"]).all() and out.uns["cellannot"]["options"]["device"] == "cpu"
 
 
+def test_a_runs_warnings_reach_a_script_without_a_log_function(pair, caplog):
+    """Without ``log=`` a scanpy user still hears what was done to their data (here: cells whose
+    label names no type left out), through the ``cellannot`` logger at WARNING; the steps are INFO."""
+    import logging
+
+    ref, query = pair
+    r = ref.copy()
+    labels = r.obs["cell_type"].astype(str).to_numpy().copy()
+    labels[:20] = "unassigned"
+    r.obs["cell_type"] = labels
+    for call in (lambda: ca.annotate(r, query, copy=True, **_opts()), lambda: ca.train(r, **_opts())):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="cellannot"):
+            call()
+        warned = [x for x in caplog.records if x.name == "cellannot" and x.levelno == logging.WARNING]
+        assert any("20 reference cells labelled unassigned" in x.getMessage() for x in warned), caplog.text
+        assert any(x.levelno == logging.INFO for x in caplog.records if x.name == "cellannot")
+    lines: list[str] = []
+    caplog.clear()
+    ca.annotate(r, query, copy=True, log=lines.append, **_opts())
+    assert any("unassigned" in ln for ln in lines) and not [x for x in caplog.records if x.name == "cellannot"]
+
+
 def test_models_lists_the_registry():
     table = ca.models()
     from cellannot_core.models import MODELS
