@@ -26,6 +26,36 @@ import torch as _torch  # noqa: E402,F401
 
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+
+def _foreign_openmp() -> str | None:
+    """The system's ``libgomp.so.1`` when torch is bound to it instead of its own bundled runtime
+    (another library, numba through scanpy's functions, loaded it before torch was imported: the
+    loader then reuses it for torch). None when torch has its own, bundles none, or on a system
+    without /proc."""
+    import glob
+
+    lib = _os.path.join(_os.path.dirname(_torch.__file__), "lib")
+    if not glob.glob(_os.path.join(lib, "libgomp*")):
+        return None
+    try:
+        with open("/proc/self/maps") as fh:
+            mapped = {line.split()[-1] for line in fh if "libgomp" in line and "/" in line}
+    except OSError:
+        return None
+    if any(p.startswith(lib + _os.sep) for p in mapped):
+        return None
+    return next((p for p in sorted(mapped) if _os.path.basename(p).startswith("libgomp.so.1")), None)
+
+
+if _foreign_openmp():
+    import warnings as _warnings
+
+    # measured on the demo pair, annotate with the default model (2026-12-05): 69-72 s against 29-33 s
+    _warnings.warn("torch shares an OpenMP runtime another library loaded before it (numba's, e.g. through "
+                   "scanpy's highly_variable_genes) and trains about half as fast: import cellannot_core (or "
+                   "torch) before calling scanpy's functions, e.g. at the top of the notebook, and restart it",
+                   RuntimeWarning, stacklevel=2)
+
 try:
     __version__ = _version("cellannot")
 except PackageNotFoundError:  # a source checkout that was not installed

@@ -116,3 +116,12 @@ def test_torch_keeps_its_own_openmp_runtime_after_numba_has_run():
     assert out.returncode == 0, out.stderr[-2000:]
     torch_dir = os.path.dirname(__import__("torch").__file__)
     assert os.path.join(torch_dir, "lib") in out.stdout, out.stdout
+    assert "OpenMP runtime" not in out.stderr  # no warning when the order is right
+
+    # the other order, as a notebook that ran scanpy's functions first: torch is bound to the system's
+    # runtime (slower), and the import says so and what to do
+    later = code.replace("import cellannot_core, numba", "import numba").replace("import torch\n", "import cellannot_core, torch\n")
+    out = subprocess.run([sys.executable, "-c", later], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert os.path.join(torch_dir, "lib") not in out.stdout, out.stdout
+    assert "import cellannot_core (or torch) before calling scanpy's functions" in out.stderr, out.stderr[-2000:]
