@@ -62,8 +62,8 @@ class AnnotateOptions:
         if accept is None or not 0 < accept <= 1:
             raise ConfigError(f"accept is the share of the reference's held-out cells the Unknown threshold keeps, in "
                               f"(0, 1], e.g. 0.95; not {self.accept!r}")
-        if self.max_epochs is not None and (number(self.max_epochs) is None or number(self.max_epochs) < 1
-                                            or number(self.max_epochs) != int(number(self.max_epochs))):
+        epochs = number(self.max_epochs) if self.max_epochs is not None else 1.0
+        if epochs is None or epochs < 1 or epochs != int(epochs):
             raise ConfigError(f"max_epochs must be a whole number of at least 1 (or None for the model's own); "
                               f"not {self.max_epochs!r}")
         seconds = number(self.max_train_seconds) if self.max_train_seconds is not None else 1.0

@@ -74,12 +74,6 @@ def coverage_pairs(run: Run, method: str) -> dict[str, tuple[np.ndarray, np.ndar
     return pairs
 
 
-def threshold_story(run: Run) -> str:
-    """How the run's Unknown threshold was chosen, from the run card (:func:`threshold_parts` in one)."""
-    summary, details = threshold_parts(run)
-    return f"{summary} {details}".strip()
-
-
 def threshold_parts(run: Run) -> tuple[str, str]:
     """The Unknown threshold in two parts: what it is and what stands out about this run (the page
     shows it), and how the score and its threshold are made (the page folds it away)."""

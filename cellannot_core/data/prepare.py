@@ -190,6 +190,8 @@ def in_memory(adata: ad.AnnData, *, name: str) -> ad.AnnData:
     try:
         guard_hdf5(path, f"the {name} (opened backed from {path.name})")
     except DataError as e:
+        if name != "query":
+            raise
         raise DataError(f"{e} A query of any size is labelled from its file a chunk at a time: "
                         "Annotator.predict_file(path, out=...) or `cellannot predict`.") from None
     return adata.to_memory()

@@ -82,7 +82,10 @@ def test_reliability_recomputed_from_arrays(run):
 def test_threshold_story_explains_the_score_and_its_null():
     from types import SimpleNamespace
 
-    from ui.calibration import threshold_story
+    from ui.calibration import threshold_parts
+
+    def threshold_story(run) -> str:  # the page's two parts, as one text
+        return " ".join(threshold_parts(run))
 
     rej = {"method": "knn_graph", "threshold": 2.5, "validation_threshold": 2.0, "shift_factor": 1.25,
            "accept_fraction_on_validation": 0.95}
