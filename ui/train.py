@@ -90,14 +90,17 @@ def rerun_problem(run_id: str) -> tuple[Any, str | None]:
 
 
 def device_choices() -> tuple[list[str], dict[str, str], str]:
-    """``auto``, ``cpu``, ``cuda`` with labels saying what this machine has."""
+    """``auto``, ``cpu``, ``cuda`` (and ``cuda:N`` for each GPU of several) with labels saying what
+    this machine has."""
     from cellannot_core.training import available_devices
 
     avail = available_devices()
+    gpus = [d for d in avail if d.startswith("cuda:")]
     labels = {"auto": f"auto ({'cuda' if 'cuda' in avail else 'cpu'} here)", "cpu": "cpu",
-              "cuda": "cuda" if "cuda" in avail else "cuda (not available here)"}
+              "cuda": ("cuda (the current GPU)" if gpus else "cuda") if "cuda" in avail else "cuda (not available here)",
+              **{d: f"{d} (GPU {d.partition(':')[2]})" for d in gpus}}
     note = "available here: " + ", ".join(avail) + ("" if "cuda" in avail else " (no CUDA GPU found)")
-    return ["auto", "cpu", "cuda"], labels, note
+    return ["auto", "cpu", "cuda", *gpus], labels, note
 
 
 def preflight(model: str) -> str | None:

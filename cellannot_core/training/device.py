@@ -12,8 +12,12 @@ DEVICES = ("auto", "cpu", "cuda")
 
 
 def available_devices() -> list[str]:
-    """Devices usable on this machine, e.g. ``['cpu']`` or ``['cpu', 'cuda']``."""
-    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    """Devices usable on this machine, e.g. ``['cpu']``, ``['cpu', 'cuda']``, or with several GPUs
+    ``['cpu', 'cuda', 'cuda:0', 'cuda:1']`` (``cuda``: the current one)."""
+    if not torch.cuda.is_available():
+        return ["cpu"]
+    n = torch.cuda.device_count()
+    return ["cpu", "cuda"] + ([f"cuda:{i}" for i in range(n)] if n > 1 else [])
 
 
 def device_name(device: str) -> str:

@@ -237,3 +237,24 @@ def test_a_model_fitted_in_one_step_shows_no_one_dot_curve(tiny_pair):
     assert not at.exception
     assert not [c for c in at.get("plotly_chart")]
     assert any("fitted in one step" in c.value for c in at.caption)
+
+
+def test_a_machine_with_several_gpus_offers_each_one(monkeypatch):
+    """On a lab server with two GPUs the Train page's device box offers ``cuda:0`` and ``cuda:1``
+    besides ``cuda`` (the current one); a GPU it lacks is one clear error (no GPU needed here)."""
+    import torch
+
+    from cellannot_core.errors import ConfigError
+    from cellannot_core.training import resolve_device
+    from ui.train import device_choices
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    devices, labels, note = device_choices()
+    assert devices == ["auto", "cpu", "cuda", "cuda:0", "cuda:1"]
+    assert labels["cuda:1"] == "cuda:1 (GPU 1)" and "cuda:1" in note
+    assert resolve_device("CUDA:1") == torch.device("cuda:1")
+    with pytest.raises(ConfigError, match="has 2 CUDA GPU"):
+        resolve_device("cuda:2")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert device_choices()[0] == ["auto", "cpu", "cuda"]  # one GPU: no numbered entries
