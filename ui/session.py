@@ -6,7 +6,13 @@ written: runs record it, and a visitor lists and opens only runs with their owne
 command line's runs, which have none, while the app listens on 127.0.0.1 only). The session's
 datasets are remembered in ``<runs root>/.sessions/<owner id>/`` (the uploaded bytes, the path
 or the demo, and the column choices), so a reload or a restart brings them back. The link with
-``?s=`` is the session's private link: whoever has it sees its data and runs.
+``?s=`` is the session's private link.
+
+A link is not adopted silently by another browser (session fixation: a visitor could send a
+colleague a link to a session of their own and see what the colleague then loads into it). The
+server keeps a hash of each browser that used a session (Streamlit's per-browser XSRF cookie,
+unmasked); a link opened in a browser the session has not seen shows what it is and asks
+(:func:`pending_link`), and a link to a session the server does not hold starts a new one.
 """
 from __future__ import annotations
 
@@ -25,6 +31,9 @@ SAVED_CHOICES_KEY = "session_saved_choices"
 TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{22,64}$")
 LOCAL_ADDRESSES = ("127.0.0.1", "localhost", "::1")
 SESSIONS_DIR = ".sessions"  # under the runs root; not a run id (RUN_ID_RE needs a letter or digit first)
+PENDING_KEY = "session_pending_link"  # a link's token (and run) waiting for this browser's answer
+BROWSERS_FILE = "browsers.json"  # hashes of the browsers that used a session
+BROWSER_COOKIE = "_streamlit_xsrf"  # Streamlit's XSRF cookie: one random token per browser
 
 
 def server_is_local() -> bool:
@@ -33,16 +42,134 @@ def server_is_local() -> bool:
 
 
 def token() -> str:
-    """This browser session's token: from the session, else from the URL, else a new one; always
-    mirrored in the URL so that a reload keeps it."""
+    """This browser session's token: from the session, else from the URL when that session is on
+    the server and this browser has used it (or none can be told apart), else a new one; always
+    mirrored in the URL so that a reload keeps it. A link to a session this browser has not used
+    waits in :data:`PENDING_KEY` for :func:`open_pending`."""
     tok = st.session_state.get(TOKEN_KEY)
     if tok is None:
         from_url = st.query_params.get(SESSION_PARAM)
-        tok = from_url if isinstance(from_url, str) and TOKEN_RE.match(from_url) else secrets.token_urlsafe(24)
+        if isinstance(from_url, str) and TOKEN_RE.match(from_url) and _on_server(from_url):
+            if _seen_here(from_url):
+                tok = from_url
+                note_browser(_session_dir_of(tok))
+            else:
+                from ui.state import RUN_PARAM
+
+                run = st.query_params.get(RUN_PARAM)
+                st.session_state[PENDING_KEY] = {"token": from_url, "run": run if isinstance(run, str) else None}
+        tok = tok or secrets.token_urlsafe(24)
         st.session_state[TOKEN_KEY] = tok
     if st.query_params.get(SESSION_PARAM) != tok:
         st.query_params[SESSION_PARAM] = tok
     return tok
+
+
+def browser_id() -> str | None:
+    """A hash of this browser's XSRF token (the cookie's token unmasked: Streamlit re-masks it on
+    every page load), or None when there is none (XSRF protection off, tests without a browser)."""
+    try:
+        raw = st.context.cookies.get(BROWSER_COOKIE)
+    except Exception:  # noqa: BLE001 - no script context
+        return None
+    return browser_hash(raw) if isinstance(raw, str) else None  # (AppTest's client is a mock)
+
+
+def browser_hash(cookie: str) -> str | None:
+    """What :func:`browser_id` keeps of an XSRF cookie's value (``2|mask|masked token|time``, or
+    a version-1 token): a hash of the token, the same whatever mask the value carries."""
+    raw = cookie.strip("\"'")
+    if not raw:
+        return None
+    parts = raw.split("|")
+    try:
+        if len(parts) == 4 and parts[0] == "2":
+            mask, masked = bytes.fromhex(parts[1]), bytes.fromhex(parts[2])
+            secret = bytes(b ^ mask[i % len(mask)] for i, b in enumerate(masked)) if mask else masked
+        else:
+            secret = raw.encode()
+    except ValueError:
+        return None
+    return hashlib.sha256(b"cellannot-browser|" + secret).hexdigest()[:32]
+
+
+def _session_dir_of(tok: str) -> Path:
+    from cellannot_core.runs import default_root
+
+    return default_root() / SESSIONS_DIR / owner_id(tok)
+
+
+def _on_server(tok: str) -> bool:
+    """Whether the server holds ``tok``'s session: its datasets or a run of its own."""
+    from cellannot_core.runs import RUN_ID_RE, RunFiles, default_root, read_json
+
+    if _session_dir_of(tok).is_dir():
+        return True
+    oid, root = owner_id(tok), default_root()
+    return root.is_dir() and any(
+        RUN_ID_RE.match(p.name) and (read_json(p / RunFiles.STATUS, {}) or {}).get("owner") == oid
+        for p in root.iterdir() if p.is_dir())
+
+
+def _seen_here(tok: str) -> bool:
+    """Whether this browser may take ``tok``'s session without asking: it used it before, the
+    session has no browser on record (made before browsers were recorded) or this browser cannot
+    be told apart from another."""
+    from cellannot_core.runs import read_json
+
+    me = browser_id()
+    seen = read_json(_session_dir_of(tok) / BROWSERS_FILE, [])
+    return me is None or not isinstance(seen, list) or not seen or me in seen
+
+
+def note_browser(d: Path) -> None:
+    """Record this browser among those that used the session kept in ``d``."""
+    from cellannot_core.runs import read_json
+
+    me = browser_id()
+    if me is None:
+        return
+    d.mkdir(parents=True, exist_ok=True)  # a session known by its runs alone
+    seen = read_json(d / BROWSERS_FILE, [])
+    seen = seen if isinstance(seen, list) else []
+    if me not in seen:
+        _write(d / BROWSERS_FILE, json.dumps((seen + [me])[-50:]).encode())
+
+
+def pending_link() -> dict[str, Any] | None:
+    """A link to another browser's session waiting for this browser's answer: what it holds
+    (dataset names, runs), for the page to show before anything of it is opened."""
+    from cellannot_core.runs import list_runs, read_json
+
+    pend = st.session_state.get(PENDING_KEY)
+    if not pend:
+        return None
+    d = _session_dir_of(pend["token"])
+    names = [str(m.get("name")) for m in (read_json(d / f"{r}.json") for r in ("reference", "query"))
+             if isinstance(m, dict)]
+    runs = list_runs(d.parent.parent, owner=owner_id(pend["token"]), include_unowned=False)
+    return {"datasets": names, "runs": len(runs)}
+
+
+def open_pending(accept: bool) -> None:
+    """Answer the pending link: open its session in this browser (and its run), or drop it and
+    keep this browser's own new session."""
+    pend = st.session_state.pop(PENDING_KEY, None)
+    if not pend or not accept:
+        return
+    from ui.state import DATA_KEY, INFO_KEY, put, set_run
+
+    tok = pend["token"]
+    st.session_state[TOKEN_KEY] = tok
+    st.query_params[SESSION_PARAM] = tok
+    note_browser(_session_dir_of(tok))
+    for role in DATA_KEY:  # the session of the link replaces whatever this browser had begun
+        put(DATA_KEY[role], None)
+        put(INFO_KEY[role], None)
+    set_run(None)
+    restore()
+    if pend.get("run") and can_open(pend["run"]):
+        set_run(pend["run"])
 
 
 def owner_id(tok: str | None = None) -> str:
@@ -66,8 +193,9 @@ def session_dir(create: bool = False) -> Path:
     from cellannot_core.runs import default_root
 
     d = default_root() / SESSIONS_DIR / owner_id()
-    if create:
+    if create and not d.is_dir():
         d.mkdir(parents=True, exist_ok=True)
+        note_browser(d)
     return d
 
 
@@ -140,3 +268,26 @@ def restore() -> list[str]:
                 put(key, choices[key])
         st.session_state[SAVED_CHOICES_KEY] = dict(choices)
     return restored
+
+
+def link_notice() -> None:
+    """Ask, above every page, about a link to a session this browser has not used: nothing of it
+    is shown or opened until the visitor says it is theirs."""
+    from ui.state import WidgetKeys
+
+    info = pending_link()
+    if info is None:
+        return
+    what = ", ".join(info["datasets"]) or "no datasets"
+    runs = f"{info['runs']} run" + ("" if info["runs"] == 1 else "s")
+    with st.container(border=True):
+        st.warning(
+            f"**This link opens a session that another browser used** ({what}; {runs}). Open it only if it "
+            "is yours: you used this link in another browser, or your browser was restarted. If someone "
+            "sent you the link, start your own session: what you load into theirs, they would see.",
+            icon=":material/link:")
+        left, right = st.columns(2)
+        left.button("Start my own session", key=WidgetKeys.LINK_NEW, type="primary", on_click=open_pending,
+                    args=(False,), width="stretch")
+        right.button("Open that session", key=WidgetKeys.LINK_OPEN, on_click=open_pending, args=(True,),
+                     width="stretch")

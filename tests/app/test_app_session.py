@@ -23,14 +23,14 @@ def _runs(tmp_path, monkeypatch):
     monkeypatch.setenv("CELLANNOT_RUNS", str(tmp_path / "runs"))
 
 
-def _visit(token: str | None = None, run: str | None = None, page: str = "pages/train.py") -> AppTest:
+def _visit(token: str | None = None, run: str | None = None, page: str | None = "pages/train.py") -> AppTest:
     at = AppTest.from_file(APP, default_timeout=60)
     if token:
         at.query_params[SESSION_PARAM] = token
     if run:
         at.query_params[RUN_PARAM] = run
     at.run()
-    return at.switch_page(page).run()
+    return at.switch_page(page).run() if page else at
 
 
 def _tiny_run(token: str) -> str:
@@ -118,3 +118,56 @@ def test_an_interrupted_run_is_shown_as_such_and_can_be_deleted():
     at.button(key=WidgetKeys.DELETE_RUN).click().run()
     assert not at.exception
     assert not rd.path.exists() and at.session_state[StateKeys.RUN_ID] is None
+
+
+def test_a_link_another_browser_used_asks_before_opening_its_session(monkeypatch):
+    """Session fixation: a visitor sent a colleague a link to a session of their own and saw what
+    the colleague loaded into it. A browser the session has not seen is asked first; a link to a
+    session the server does not hold starts a new one."""
+    from ui import session
+    from ui.session import PENDING_KEY
+
+    me = {"id": "browser-a"}
+    monkeypatch.setattr(session, "browser_id", lambda: me["id"])
+    alice = AppTest.from_file(APP, default_timeout=60).run()
+    alice.button(key=WidgetKeys.DEMO_BUTTON).click().run()
+    tok = alice.session_state[TOKEN_KEY]
+    run = _tiny_run(tok)
+    again = _visit(tok, run=run)  # her own reload: no question
+    assert again.session_state[TOKEN_KEY] == tok and PENDING_KEY not in again.session_state
+    assert again.session_state[StateKeys.REFERENCE] is not None and again.session_state[StateKeys.RUN_ID] == run
+
+    me["id"] = "browser-b"  # her link in another browser: nothing of hers until asked
+    bob = _visit(tok, run=run, page=None)
+    assert bob.session_state[TOKEN_KEY] != tok and bob.query_params[SESSION_PARAM] != tok
+    assert bob.session_state[StateKeys.REFERENCE] is None and bob.session_state[StateKeys.RUN_ID] is None
+    notice = [w.value for w in bob.warning if "another browser used" in w.value]
+    assert notice and "1 run" in notice[0] and "kang" in notice[0]
+    bob.button(key=WidgetKeys.LINK_NEW).click().run()  # his own session
+    assert PENDING_KEY not in bob.session_state and bob.session_state[TOKEN_KEY] != tok
+    assert not [w for w in bob.warning if "another browser used" in w.value]
+    assert bob.session_state[StateKeys.REFERENCE] is None
+
+    carol = _visit(tok, run=run, page=None)  # the same browser again, this time it is hers: open it
+    carol.button(key=WidgetKeys.LINK_OPEN).click().run()
+    assert not carol.exception
+    assert carol.session_state[TOKEN_KEY] == tok and carol.query_params[SESSION_PARAM] == tok
+    assert carol.session_state[StateKeys.REFERENCE] is not None and carol.session_state[StateKeys.RUN_ID] == run
+    later = _visit(tok)  # that browser is now one of the session's
+    assert later.session_state[TOKEN_KEY] == tok and PENDING_KEY not in later.session_state
+
+    stranger = _visit("x" * 30)  # a made-up link is no session: a new one
+    assert stranger.session_state[TOKEN_KEY] != "x" * 30
+
+
+def test_a_browser_is_told_by_its_xsrf_token_whatever_the_mask():
+    from streamlit.web.server.starlette.starlette_app_utils import generate_xsrf_token_string
+
+    from ui.session import browser_hash
+
+    one, two = b"\x01" * 16, b"\x02" * 16
+    a1, a2 = generate_xsrf_token_string(one, 1), generate_xsrf_token_string(one, 1)
+    assert a1 != a2  # Streamlit masks the token anew on each page load
+    assert browser_hash(a1) == browser_hash(a2) == browser_hash(f'"{a1}"')
+    assert browser_hash(generate_xsrf_token_string(two, 1)) != browser_hash(a1)
+    assert browser_hash("") is None and browser_hash("2|zz|zz|1") is None
