@@ -823,6 +823,11 @@ def test_five_concurrent_sessions_load_train_and_download_without_cross_talk(ser
         page.set_default_timeout(60_000)
         for r in results:  # each visitor's private link lists its run and nobody else's
             _open_runs(page, f"{url}/runs?s={r['token']}")
+            page.get_by_text("another browser used").wait_for(timeout=PAGE_TIMEOUT_MS)  # asked first:
+            assert not (_listed_runs(page) & set(ids))  # this browser never used that session
+            page.get_by_role("button", name="Open that session").click()
+            page.get_by_text("another browser used").wait_for(state="detached", timeout=PAGE_TIMEOUT_MS)
+            wait_idle(page)
             listed = _listed_runs(page)
             assert r["run_id"] in listed and not (listed & (set(ids) - {r["run_id"]})), (r["run_id"], listed)
     finally:
