@@ -223,6 +223,40 @@ def remember_choices(choices: dict[str, Any]) -> None:
     _write(session_dir(create=True) / "choices.json", json.dumps(choices).encode())
 
 
+KEPT_AS = {"upload": "a copy of the uploaded file", "path": "its path on the server", "demo": "the bundled demo"}
+
+
+def kept_datasets() -> list[dict[str, Any]]:
+    """What the server keeps of this session's datasets so that a reload brings them back: one
+    row per role (how it is kept, its name, the megabytes held)."""
+    from cellannot_core.runs import read_json
+
+    d = session_dir()
+    rows = []
+    for role in ("reference", "query"):
+        meta = read_json(d / f"{role}.json")
+        if isinstance(meta, dict):
+            up = d / f"{role}.upload"
+            rows.append({"dataset": role, "kept as": KEPT_AS.get(str(meta.get("kind")), str(meta.get("kind"))),
+                         "name": str(meta.get("name")),
+                         "MB on the server": round(up.stat().st_size / 1e6, 1) if up.is_file() else 0.0})
+    return rows
+
+
+def forget_datasets() -> None:
+    """Delete what the server keeps of this session's datasets (uploaded copies, paths, column
+    choices) and drop them from the session; its runs stay until deleted on the Runs page."""
+    from ui.state import DATA_KEY, INFO_KEY, put
+
+    d = session_dir()
+    for name in ("reference.upload", "query.upload", "reference.json", "query.json", "choices.json"):
+        (d / name).unlink(missing_ok=True)
+    for role in DATA_KEY:
+        put(DATA_KEY[role], None)
+        put(INFO_KEY[role], None)
+    st.session_state.pop(SAVED_CHOICES_KEY, None)
+
+
 def restore() -> list[str]:
     """Bring back the session's datasets and choices after a reload or a restart; returns the
     roles restored (a dataset that can no longer be read is skipped, never raised)."""

@@ -32,6 +32,7 @@ class WidgetKeys:
     """Keys of widgets that tests (and callbacks) address; prefixed so they never clash."""
 
     DEMO_BUTTON = "w_demo"
+    FORGET_DATA = "w_forget_data"  # delete the session's kept datasets from the server
     LINK_OPEN = "w_link_open"  # open the session of a link another browser used
     LINK_NEW = "w_link_new"  # keep this browser's own new session instead
     UPLOAD = "w_upload_{role}"

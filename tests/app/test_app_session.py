@@ -171,3 +171,29 @@ def test_a_browser_is_told_by_its_xsrf_token_whatever_the_mask():
     assert browser_hash(a1) == browser_hash(a2) == browser_hash(f'"{a1}"')
     assert browser_hash(generate_xsrf_token_string(two, 1)) != browser_hash(a1)
     assert browser_hash("") is None and browser_hash("2|zz|zz|1") is None
+
+
+def test_a_visitor_can_delete_their_uploaded_data_from_the_server():
+    """A shared server kept every uploaded dataset for good, with no way for its owner to remove it."""
+    from ui import data as data_ui
+
+    small = (ROOT / "tests" / "data" / "pbmc3k_small.h5ad").read_bytes()
+    at = _visit(page="pages/data.py")
+    tok = at.session_state[TOKEN_KEY]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(data_ui.st, "session_state", at.session_state)
+        mp.setattr(data_ui.st, "query_params", {SESSION_PARAM: tok})
+        assert data_ui.handle_upload("query", small, "my cells.h5ad") is None
+    kept = Path(jobs.runs_root()) / ".sessions" / owner_id(tok)
+    assert (kept / "query.upload").read_bytes() == small
+    at = _visit(tok, page="pages/data.py")
+    assert at.session_state[StateKeys.QUERY] is not None
+    table = [d.value for d in at.dataframe if "kept as" in d.value.columns]
+    assert table and table[0]["name"].tolist() == ["my_cells.h5ad"] and table[0]["MB on the server"].iloc[0] > 0
+    at.button(key=WidgetKeys.FORGET_DATA).click().run()
+    assert not at.exception
+    assert at.session_state[StateKeys.QUERY] is None
+    assert not (kept / "query.upload").exists() and not (kept / "query.json").exists()
+    again = _visit(tok, page="pages/data.py")  # a reload brings nothing back
+    assert again.session_state[StateKeys.QUERY] is None
+    assert not [b for b in again.button if b.key == WidgetKeys.FORGET_DATA]
