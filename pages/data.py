@@ -64,16 +64,7 @@ for role, col in zip(ROLES, cols):
         if pick:
             label_counts_table(cands, pick)
 
-if kept := session.kept_datasets():
-    with st.expander("Your datasets on this server"):
-        st.caption("Kept so that a reload or a restart brings them back; only this session's private link "
-                   "opens them. Runs keep their own results and trained model (which holds the expression of up "
-                   "to 10,000 reference cells) until you delete them on the Runs page.")
-        st.dataframe(kept, hide_index=True)
-        st.button("Forget my datasets on this server", key=WidgetKeys.FORGET_DATA, icon=":material/delete:",
-                  on_click=session.forget_datasets,
-                  help="Deletes the uploaded copies, the paths and the column choices kept for this session, "
-                       "and unloads both datasets.")
+session.kept_datasets_panel()
 
 if not data_loaded():
     st.stop()

@@ -325,3 +325,21 @@ def link_notice() -> None:
                     args=(False,), width="stretch")
         right.button("Open that session", key=WidgetKeys.LINK_OPEN, on_click=open_pending, args=(True,),
                      width="stretch")
+
+
+def kept_datasets_panel() -> None:
+    """The Data page's "Your datasets on this server": what is kept, and a button that forgets it."""
+    from ui.state import WidgetKeys
+
+    kept = kept_datasets()
+    if not kept:
+        return
+    with st.expander("Your datasets on this server"):
+        st.caption("Kept so that a reload or a restart brings them back; only this session's private link "
+                   "opens them. Runs keep their own results and trained model (which holds the expression of up "
+                   "to 10,000 reference cells) until you delete them on the Runs page.")
+        st.dataframe(kept, hide_index=True)
+        st.button("Forget my datasets on this server", key=WidgetKeys.FORGET_DATA, icon=":material/delete:",
+                  on_click=forget_datasets,
+                  help="Deletes the uploaded copies, the paths and the column choices kept for this session, "
+                       "and unloads both datasets.")
