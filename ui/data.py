@@ -120,11 +120,36 @@ def allowed_path(path: Path) -> str | None:
             return None
         return ("reading files by their path on the server is off on a shared server; upload the file, or ask "
                 "the administrator to allow a data folder with CELLANNOT_DATA_ROOT")
+    outside = f"this server only reads files under {root}: give a path inside it"
     try:
         path.resolve().relative_to(Path(root).resolve())
     except (ValueError, OSError, RuntimeError):
-        return f"this server only reads files under {root}: give a path inside it"
-    return None
+        return outside
+    return outside if _links_out(path, Path(root).resolve()) else None
+
+
+LINKS_CHECKED = 10_000  # entries of a 10x folder looked at for links out of the data folder
+
+
+def _links_out(path: Path, root: Path) -> bool:
+    """Whether a 10x folder (or the folder of a ``.mtx`` file), whose files the reader opens by
+    name, holds a link that leads out of ``root`` (the folder itself was checked)."""
+    base = path if path.is_dir() else path.parent if ".mtx" in path.name.lower() else None
+    if base is None:
+        return False
+    seen = 0
+    for dirpath, dirnames, filenames in os.walk(base):  # links to folders are listed, not entered
+        for name in dirnames + filenames:
+            entry = Path(dirpath) / name
+            if entry.is_symlink():
+                try:
+                    entry.resolve().relative_to(root)
+                except (ValueError, OSError, RuntimeError):
+                    return True
+            seen += 1
+            if seen > LINKS_CHECKED:
+                return False
+    return False
 
 
 def handle_path(role: str, path_text: str) -> str | None:

@@ -122,6 +122,24 @@ def test_path_outside_data_root_is_refused(monkeypatch, tmp_path):
     assert data_ui.allowed_path(Path("/etc/passwd")) == data_ui.allowed_path(Path("/etc/no_such_file"))
 
 
+def test_a_10x_folder_in_the_data_root_may_not_link_out_of_it(monkeypatch, tmp_path):
+    """The folder's own path was checked, not the files the 10x reader opens inside it by name."""
+    root, outside = tmp_path / "data", tmp_path / "secret"
+    (root / "pbmc").mkdir(parents=True)
+    outside.mkdir()
+    (outside / "barcodes.tsv").write_text("private\n")
+    (root / "pbmc" / "matrix.mtx").write_text("%%MatrixMarket matrix coordinate integer general\n1 1 0\n")
+    (root / "pbmc" / "features.tsv").write_text("g1\tG1\n")
+    monkeypatch.setenv("CELLANNOT_DATA_ROOT", str(root))
+    assert data_ui.allowed_path(root / "pbmc") is None
+    (root / "pbmc" / "barcodes.tsv").symlink_to(outside / "barcodes.tsv")
+    for given in (root / "pbmc", root / "pbmc" / "matrix.mtx", root):
+        assert "only reads files under" in data_ui.allowed_path(given)
+    (root / "pbmc" / "barcodes.tsv").unlink()
+    (root / "pbmc" / "barcodes.tsv").symlink_to(root / "pbmc" / "features.tsv")  # a link inside is fine
+    assert data_ui.allowed_path(root / "pbmc") is None
+
+
 def test_server_paths_are_off_on_a_shared_server_without_a_data_root(monkeypatch):
     """Issue 14: with CELLANNOT_DATA_ROOT unset, 'Path on the server' read any file of the server."""
     monkeypatch.delenv("CELLANNOT_DATA_ROOT", raising=False)
