@@ -101,14 +101,10 @@ def _session_dir_of(tok: str) -> Path:
 
 def _on_server(tok: str) -> bool:
     """Whether the server holds ``tok``'s session: its datasets or a run of its own."""
-    from cellannot_core.runs import RUN_ID_RE, RunFiles, default_root, read_json
+    from cellannot_core.runs import default_root, list_runs
 
-    if _session_dir_of(tok).is_dir():
-        return True
-    oid, root = owner_id(tok), default_root()
-    return root.is_dir() and any(
-        RUN_ID_RE.match(p.name) and (read_json(p / RunFiles.STATUS, {}) or {}).get("owner") == oid
-        for p in root.iterdir() if p.is_dir())
+    return _session_dir_of(tok).is_dir() or bool(list_runs(default_root(), owner=owner_id(tok),
+                                                           include_unowned=False))
 
 
 def _seen_here(tok: str) -> bool:
@@ -139,7 +135,7 @@ def note_browser(d: Path) -> None:
 def pending_link() -> dict[str, Any] | None:
     """A link to another browser's session waiting for this browser's answer: what it holds
     (dataset names, runs), for the page to show before anything of it is opened."""
-    from cellannot_core.runs import list_runs, read_json
+    from cellannot_core.runs import default_root, list_runs, read_json
 
     pend = st.session_state.get(PENDING_KEY)
     if not pend:
@@ -147,7 +143,7 @@ def pending_link() -> dict[str, Any] | None:
     d = _session_dir_of(pend["token"])
     names = [str(m.get("name")) for m in (read_json(d / f"{r}.json") for r in ("reference", "query"))
              if isinstance(m, dict)]
-    runs = list_runs(d.parent.parent, owner=owner_id(pend["token"]), include_unowned=False)
+    runs = list_runs(default_root(), owner=owner_id(pend["token"]), include_unowned=False)
     return {"datasets": names, "runs": len(runs)}
 
 
@@ -249,11 +245,12 @@ def forget_datasets() -> None:
     from ui.state import DATA_KEY, INFO_KEY, put
 
     d = session_dir()
-    for name in ("reference.upload", "query.upload", "reference.json", "query.json", "choices.json"):
-        (d / name).unlink(missing_ok=True)
-    for role in DATA_KEY:
+    for role in DATA_KEY:  # the files remember_dataset wrote, and the dataset in the session
+        (d / f"{role}.upload").unlink(missing_ok=True)
+        (d / f"{role}.json").unlink(missing_ok=True)
         put(DATA_KEY[role], None)
         put(INFO_KEY[role], None)
+    (d / "choices.json").unlink(missing_ok=True)
     st.session_state.pop(SAVED_CHOICES_KEY, None)
 
 
