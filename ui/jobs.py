@@ -15,6 +15,9 @@ How it works
   session state, so two sessions training at once cannot see each other's jobs.
 * At most :data:`MAX_PARALLEL` trainings run at once (``$CELLANNOT_MAX_JOBS``, default 2);
   further jobs wait in state ``queued`` and can be cancelled while they wait.
+* One browser session holds at most :func:`session_job_limit` training runs waiting or running
+  (``$CELLANNOT_MAX_JOBS_PER_SESSION``, default 2): on a server shared by a lab, one visitor
+  starting run after run would otherwise fill the queue ahead of everyone else.
 
 Nothing here imports streamlit.
 """
@@ -45,6 +48,7 @@ class Job:
     run_id: str
     run_dir: RunDir
     token: Any  # CancelToken
+    owner: str | None = None  # the browser session's hashed id (None: not started from the app)
     thread: threading.Thread | None = None
     started: float = field(default_factory=time.time)
     finished: float | None = None
@@ -64,6 +68,7 @@ class Job:
 
 
 _LOCK = threading.Lock()
+_START_LOCK = threading.Lock()  # a session's count of active runs is checked and raised in one step
 _JOBS: dict[str, Any] = {}  # every background job of this process: training runs (Job) and comparisons
 _SLOTS = threading.BoundedSemaphore(MAX_PARALLEL)
 
@@ -78,6 +83,21 @@ def get_job(run_id: str | None) -> Job | None:
         return None
     with _LOCK:
         return _JOBS.get(run_id)
+
+
+def session_job_limit() -> int:
+    """Training runs one browser session may have waiting or running at once
+    (``$CELLANNOT_MAX_JOBS_PER_SESSION``, default 2; read on every call)."""
+    try:
+        return max(1, int(os.environ.get("CELLANNOT_MAX_JOBS_PER_SESSION", "2")))
+    except ValueError:
+        return 2
+
+
+def owner_active_runs(owner: str) -> list[str]:
+    """Run ids of the training runs ``owner`` started in this process that are waiting or running."""
+    with _LOCK:
+        return [rid for rid, j in _JOBS.items() if isinstance(j, Job) and j.owner == owner and j.alive]
 
 
 def active_jobs() -> list[str]:
@@ -208,12 +228,24 @@ def start_job(reference: Any, query: Any, opts: Any, *, root: str | Path | None 
         Role -> dataset id of the session's data; recorded with the options in the run's
         ``request.json`` so a failed or interrupted run can be started again (:func:`request`).
     """
+    from cellannot_core.errors import ConfigError
     from cellannot_core.training import CancelToken
 
-    rd = RunDir.create(root if root is not None else runs_root(), model=opts.model, owner=owner)
-    rd.set_status("queued", model=opts.model, message="starting")
-    write_request(rd, opts, datasets)
-    return launch(rd.id, Job(run_id=rd.id, run_dir=rd, token=CancelToken()), _worker, reference, query, opts)
+    with _START_LOCK:
+        if owner is not None:
+            active, limit = owner_active_runs(owner), session_job_limit()
+            if len(active) >= limit:
+                raise ConfigError(
+                    f"you already have {len(active)} training run{'s' if len(active) != 1 else ''} waiting or "
+                    f"running, the most one session may have at once on this server "
+                    f"(CELLANNOT_MAX_JOBS_PER_SESSION={limit}); wait for one to finish or cancel it (Train or "
+                    "Runs page). To train several models on the same data, the Compare page trains them one "
+                    "after another as one job.")
+        rd = RunDir.create(root if root is not None else runs_root(), model=opts.model, owner=owner)
+        rd.set_status("queued", model=opts.model, message="starting")
+        write_request(rd, opts, datasets)
+        return launch(rd.id, Job(run_id=rd.id, run_dir=rd, token=CancelToken(), owner=owner), _worker,
+                      reference, query, opts)
 
 
 def write_request(rd: RunDir, opts: Any, datasets: dict[str, str] | None) -> None:

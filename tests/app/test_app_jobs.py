@@ -86,3 +86,25 @@ def test_orphaned_active_run_is_flagged(tmp_path):
     s = jobs.run_status(rd.id)
     # its process (this one) is alive but no training thread of the app works on it: another process's run
     assert s["stale"] and not s["live"] and "another process" in s["stale_note"]
+
+
+def test_one_session_cannot_fill_the_queue(demo, monkeypatch):
+    """A session holds at most CELLANNOT_MAX_JOBS_PER_SESSION runs waiting or running; another
+    session (and the command line's runs, no owner) still start; a finished run frees its place."""
+    from cellannot_core.errors import ConfigError
+
+    monkeypatch.setenv("CELLANNOT_MAX_JOBS_PER_SESSION", "1")
+    ref, qry = _subset(demo[0], 300, 5), _subset(demo[1], 100, 5)
+    first = jobs.start_job(ref, qry, _opts("clams", 500), owner="visitor-a")
+    with pytest.raises(ConfigError, match="already have 1 training run waiting or running"):
+        jobs.start_job(ref, qry, _opts("clams", 500), owner="visitor-a")
+    assert [r["id"] for r in list_runs(jobs.runs_root())] == [first]  # the refused run left no folder
+    other = jobs.start_job(ref, qry, _opts("clams", 500), owner="visitor-b")
+    unowned = jobs.start_job(ref, qry, _opts("clams", 500))
+    for rid in (first, other, unowned):
+        assert jobs.cancel(rid)
+    for rid in (first, other, unowned):
+        assert jobs.wait(rid, 120)["state"] == "cancelled"
+    again = jobs.start_job(ref, qry, _opts("clams", 500), owner="visitor-a")
+    assert jobs.owner_active_runs("visitor-a") == [again]
+    assert jobs.cancel(again) and jobs.wait(again, 120)["state"] == "cancelled"
