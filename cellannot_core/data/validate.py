@@ -24,7 +24,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from cellannot_core._constants import UNKNOWN
-from cellannot_core.errors import DataError
+from cellannot_core.errors import DataError, did_you_mean
 
 from .values import detect_value_state, get_counts
 
@@ -126,7 +126,7 @@ def check_label_column(obs: pd.DataFrame, label_key: str, *, name: str = "refere
         more = f" (and {len(obs.columns) - 30} more)" if len(obs.columns) > 30 else ""
         raise DataError(
             f"the {name} has no label column '{label_key}'. "
-            f"Choose one of its obs columns: {cols}{more}."
+            f"Choose one of its obs columns: {cols}{more}." + did_you_mean(label_key, obs.columns)
         )
 
 

@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ..errors import ConfigError
+from ..errors import ConfigError, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -118,7 +118,8 @@ def get_spec(name: str) -> ModelSpec:
     try:
         return MODELS[name]
     except KeyError:
-        raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(model_names())}") from None
+        raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(model_names())}."
+                          + did_you_mean(name, model_names())) from None
 
 
 def model_names() -> list[str]:

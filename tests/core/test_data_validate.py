@@ -97,6 +97,7 @@ def test_missing_label_column_lists_columns():
         _prep(ref, label_key="celltype")
     msg = _one_line(e)
     assert "the reference has no label column 'celltype'" in msg and "cell_type, donor" in msg
+    assert msg.endswith("Did you mean 'cell_type'?")
     with pytest.raises(DataError, match="the query has no label column 'truth'"):
         _prep(make_synthetic(), query_label_key="truth")
 

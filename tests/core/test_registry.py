@@ -26,6 +26,12 @@ def test_unknown_model_lists_valid_names():
     assert "clamz" in msg
     for name in EXPECTED:
         assert name in msg
+    assert msg.endswith("Did you mean 'clams'?")
+    with pytest.raises(ConfigError, match="Did you mean 'scanvi_svm'"):
+        get_spec("scANVI-SVM")
+    with pytest.raises(ConfigError) as exc:
+        get_spec("zzzz")
+    assert "Did you mean" not in str(exc.value)
     with pytest.raises(ConfigError, match="resnet"):
         create_model("nope", 10, ["a", "b"], device="cpu")
     with pytest.raises(ConfigError):
