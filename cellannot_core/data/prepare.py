@@ -527,6 +527,10 @@ def prepare(
 
     # genes
     gm = match_genes(ref.var, qry.var, min_shared=min_shared_genes)
+    if gm.n_shared < min_shared_genes:  # accepted because one dataset is a small gene panel
+        warns.append(f"only {gm.n_shared} genes are shared by the reference and the query (a panel of "
+                     f"{min(gm.n_ref, gm.n_query)} genes); cell types that differ in other genes cannot be told "
+                     "apart, so check the labels against known markers")
     if gm.approximate:
         warns.append(f"genes were matched ignoring case ({gm.n_shared} genes): check both datasets are the same species")
     for d, cols in ((ref, gm.ref_idx), (qry, gm.query_idx)):

@@ -146,6 +146,10 @@ def test_query_with_fewer_genes_and_different_order(synthetic_pair):
     assert p.n_genes == 100
     cols = [q2.var_names.get_loc(g) for g in p.genes]
     np.testing.assert_array_equal(p.query.counts.toarray(), q2.X[:, cols].toarray())
+    assert not any("genes are shared" in w for w in p.report["warnings"])
+    panel = q[:, q.var_names[:20]].copy()  # a 20-gene panel: accepted (half of the smaller set), and said
+    w = prepare(ref, panel, label_key="cell_type").report["warnings"]
+    assert any(x.startswith("only 20 genes are shared") and "panel of 20 genes" in x for x in w), w
 
 
 def test_counts_in_raw_with_lognorm_x(synthetic_pair):
@@ -169,7 +173,7 @@ def test_report_is_json(prepared):
     assert rep["genes"]["message"] == "120 of 120 reference genes found in the query (exact symbols)"
     assert rep["genes"]["mode"] == "exact" and rep["genes"]["approximate"] is False
     assert rep["reference"]["dropped_classes"] == {}
-    assert rep["warnings"] == []
+    assert [w for w in rep["warnings"] if not w.startswith("only 120 genes are shared")] == []  # 120-gene fixture
     assert sum(rep["reference"]["class_counts"].values()) == rep["n_train"] + rep["n_val"]
 
 
