@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -28,6 +29,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
 STREAMLIT = Path(sys.executable).with_name("streamlit")
+_SHOTS_ASKED = bool(os.environ.get("CELLANNOT_SCREENSHOTS"))
 SHOTS = Path(os.environ.get("CELLANNOT_SCREENSHOTS") or tempfile.mkdtemp(prefix="cellannot_screenshots_"))
 VIEWPORT = {"width": 1400, "height": 1000}
 N_QUERY = 2638  # cells of the demo query (pbmc3k_seurat_2638)
@@ -145,6 +147,14 @@ def wait_plot(page, key: str, timeout_ms: int = PAGE_TIMEOUT_MS):
     chart = page.locator(f'{key if key.startswith("[") else _key(key)} [data-testid="stPlotlyChart"]')
     chart.locator(".main-svg").first.wait_for(state="visible", timeout=timeout_ms)
     return chart
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _temporary_screenshots_removed():
+    """Screenshots nobody asked for (no ``$CELLANNOT_SCREENSHOTS``) are removed with their folder."""
+    yield
+    if not _SHOTS_ASKED:
+        shutil.rmtree(SHOTS, ignore_errors=True)
 
 
 def screenshot(page, name: str) -> None:
