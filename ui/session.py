@@ -13,13 +13,20 @@ colleague a link to a session of their own and see what the colleague then loads
 server keeps a hash of each browser that used a session (Streamlit's per-browser XSRF cookie,
 unmasked); a link opened in a browser the session has not seen shows what it is and asks
 (:func:`pending_link`), and a link to a session the server does not hold starts a new one.
+
+With ``$CELLANNOT_SESSION_DAYS`` set, what the server keeps of a session's datasets is deleted
+once the session has not been opened for that many days (:func:`expire_sessions`); runs stay.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import secrets
+import shutil
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +41,10 @@ SESSIONS_DIR = ".sessions"  # under the runs root; not a run id (RUN_ID_RE needs
 PENDING_KEY = "session_pending_link"  # a link's token (and run) waiting for this browser's answer
 BROWSERS_FILE = "browsers.json"  # hashes of the browsers that used a session
 BROWSER_COOKIE = "_streamlit_xsrf"  # Streamlit's XSRF cookie: one random token per browser
+SESSION_DAYS_ENV = "CELLANNOT_SESSION_DAYS"  # unset: kept datasets stay until their visitor forgets them
+EXPIRY_EVERY_S = 3600.0  # the sessions folder is looked through at most this often per server process
+_EXPIRY = {"last": None}  # monotonic time of the last look
+_EXPIRY_LOCK = threading.Lock()
 
 
 def server_is_local() -> bool:
@@ -254,18 +265,66 @@ def forget_datasets() -> None:
     st.session_state.pop(SAVED_CHOICES_KEY, None)
 
 
+def session_days() -> float | None:
+    """Days a session's kept datasets outlive its last visit (``$CELLANNOT_SESSION_DAYS``), or
+    None to keep them until their visitor deletes them."""
+    try:
+        days = float(os.environ.get(SESSION_DAYS_ENV, ""))
+    except ValueError:
+        return None
+    return days if days > 0 else None
+
+
+def expire_sessions(days: float, *, now: float | None = None) -> list[str]:
+    """Delete the kept datasets (uploaded copies, paths, choices) of every session not opened for
+    ``days`` days: its folder under ``<runs root>/.sessions``, last opened at the folder's
+    modification time (:func:`restore` touches it). Runs are left alone. Returns the owner ids."""
+    from cellannot_core.runs import default_root
+
+    base = default_root() / SESSIONS_DIR
+    cutoff = (time.time() if now is None else now) - days * 86400.0
+    removed = []
+    for d in sorted(base.iterdir()) if base.is_dir() else []:
+        try:
+            if d.is_dir() and not d.is_symlink() and d.stat().st_mtime < cutoff:
+                shutil.rmtree(d)
+                removed.append(d.name)
+        except OSError:  # another server process removed it first, or it cannot be removed
+            continue
+    return removed
+
+
+def _expire_due() -> None:
+    """:func:`expire_sessions` when ``$CELLANNOT_SESSION_DAYS`` is set, at most once an hour."""
+    days = session_days()
+    if days is None:
+        return
+    with _EXPIRY_LOCK:
+        last = _EXPIRY["last"]
+        if last is not None and time.monotonic() - last < EXPIRY_EVERY_S:
+            return
+        _EXPIRY["last"] = time.monotonic()
+    expire_sessions(days)
+
+
 def restore() -> list[str]:
     """Bring back the session's datasets and choices after a reload or a restart; returns the
-    roles restored (a dataset that can no longer be read is skipped, never raised)."""
+    roles restored (a dataset that can no longer be read is skipped, never raised). Marks the
+    session as opened now, after deleting the kept datasets of sessions expired (:func:`_expire_due`)."""
     from cellannot_core.errors import CellannotError
     from cellannot_core.data.stream import stream_source
     from cellannot_core.runs import read_json
     from ui import data as data_ui
     from ui.state import CHOICE_KEYS, DATA_KEY, INFO_KEY, put
 
+    _expire_due()
     d = session_dir()
     if not d.is_dir():
         return []
+    try:
+        os.utime(d)  # opened now: what keeps it from expiring
+    except OSError:
+        pass
     restored = []
     for role in ("reference", "query"):
         if st.session_state.get(DATA_KEY[role]) is not None:
@@ -332,9 +391,12 @@ def kept_datasets_panel() -> None:
     if not kept:
         return
     with st.expander("Your datasets on this server"):
+        days = session_days()
         st.caption("Kept so that a reload or a restart brings them back; only this session's private link "
-                   "opens them. Runs keep their own results and trained model (which holds the expression of up "
-                   "to 10,000 reference cells) until you delete them on the Runs page.")
+                   "opens them" + (f", and this server deletes them when the session has not been opened for "
+                                   f"{days:g} days" if days else "") + ". Runs keep their own results and trained "
+                   "model (which holds the expression of up to 10,000 reference cells) until you delete them on "
+                   "the Runs page.")
         st.dataframe(kept, hide_index=True)
         st.button("Forget my datasets on this server", key=WidgetKeys.FORGET_DATA, icon=":material/delete:",
                   on_click=forget_datasets,

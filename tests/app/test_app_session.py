@@ -197,3 +197,38 @@ def test_a_visitor_can_delete_their_uploaded_data_from_the_server():
     again = _visit(tok, page="pages/data.py")  # a reload brings nothing back
     assert again.session_state[StateKeys.QUERY] is None
     assert not [b for b in again.button if b.key == WidgetKeys.FORGET_DATA]
+
+
+def test_kept_datasets_expire_after_the_days_the_server_is_set_to(monkeypatch):
+    """CELLANNOT_SESSION_DAYS: a session not opened for that long loses what the server kept of
+    its datasets (its runs stay); one opened since keeps it; unset, nothing expires."""
+    import os
+    import time
+
+    from ui import session
+
+    tok_old = _visit(page="pages/data.py").session_state[TOKEN_KEY]
+    tok_recent = _visit(page="pages/data.py").session_state[TOKEN_KEY]
+    sessions = Path(jobs.runs_root()) / ".sessions"
+    for tok in (tok_old, tok_recent):  # what a loaded dataset leaves on the server
+        d = sessions / owner_id(tok)
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "query.json").write_text('{"kind": "demo", "name": "demo", "dataset_id": "x", "path": null}')
+    run_old = _tiny_run(tok_old)
+    ten_days_ago = time.time() - 10 * 86400
+    for tok in (tok_old, tok_recent):
+        os.utime(sessions / owner_id(tok), (ten_days_ago, ten_days_ago))
+    _visit(tok_recent, page="pages/data.py")  # the recent session is opened again: its clock restarts
+    monkeypatch.setattr(session, "_EXPIRY", {"last": None})
+    monkeypatch.delenv(session.SESSION_DAYS_ENV, raising=False)
+    _visit()  # nothing set: nothing expires
+    assert (sessions / owner_id(tok_old)).is_dir()
+    monkeypatch.setenv(session.SESSION_DAYS_ENV, "7")
+    _visit()  # any visit looks through the sessions (at most once an hour)
+    assert not (sessions / owner_id(tok_old)).exists()
+    assert (sessions / owner_id(tok_recent) / "query.json").is_file()
+    assert jobs.run_status(run_old)["state"] == "done"  # runs are not the datasets' to expire
+    back = _visit(tok_old, run=run_old, page="pages/data.py")
+    assert back.session_state[StateKeys.QUERY] is None and back.session_state[StateKeys.RUN_ID] == run_old
+    assert session.expire_sessions(7, now=time.time()) == []  # the recent one was opened today
+    assert session.expire_sessions(7, now=time.time() + 8 * 86400) == [owner_id(tok_recent)]
