@@ -5,16 +5,21 @@ Jobs run through ``ui.jobs`` (:func:`ui.jobs.launch`: one thread per job in the 
 process-global job table, keyed by a job id that the session keeps); the worker never calls
 Streamlit, reports progress through callbacks into the job, holds one of the training slots
 (:func:`ui.jobs.training_slot`, at most ``CELLANNOT_MAX_JOBS`` trainings at once) and stops at
-the next mini-batch when cancelled. Results (a DataFrame) stay in memory for the server's lifetime.
-The panels at the bottom (the only Streamlit code here) poll a job while it runs.
+the next mini-batch when cancelled. A job started from the page is also written to the session's
+folder on the server (:func:`record_path`: its id and parameters when it starts, its final state
+and result table when it ends), so a reload finds it again, running or finished, and a server
+restart shows what finished and what was interrupted (:func:`session_job`). The panels at the
+bottom (the only Streamlit code here) poll a job while it runs.
 """
 from __future__ import annotations
 
+import io
 import secrets
 import threading
 import time
 import traceback
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,6 +33,7 @@ from ui import jobs
 KINDS = ("compare", "loco", "sweep")
 SWEEP_DB = "sweeps.db"  # Optuna's SQLite storage, beside the runs
 ACTIVE = ("queued", "running")
+INTERRUPTED = "interrupted"  # a job the record says was running, which no thread of this server runs
 BAR_METRICS = {"accuracy": "Accuracy", "balanced_accuracy": "Balanced accuracy", "median_f1": "Median F1",
                "novelty_auroc": "Novelty AUROC", "latent_asw": "Latent ASW (reference)"}
 
@@ -67,10 +73,25 @@ class CompareJob:
     error: str | None = None
     started: float = field(default_factory=time.time)
     finished: float | None = None
+    save_to: Path | None = None  # the session's record of this job (None: not kept)
 
     @property
     def alive(self) -> bool:
         return self.thread is not None and self.thread.is_alive()
+
+    def save(self) -> None:
+        """Write the job's record (never raises: a full disk must not fail the job)."""
+        if self.save_to is None:
+            return
+        from cellannot_core.runs import write_json_atomic
+
+        rec = {"id": self.id, "kind": self.kind, "params": self.params, "state": self.state, "message": self.message,
+               "error": self.error, "started": self.started, "finished": self.finished, "partial": self.partial,
+               "result": None if self.result is None else self.result.to_json(orient="split")}
+        try:
+            write_json_atomic(self.save_to, rec)
+        except (OSError, TypeError, ValueError):
+            pass
 
     def snapshot(self) -> dict[str, Any]:
         return {"id": self.id, "kind": self.kind, "state": self.state, "progress": self.progress,
@@ -90,6 +111,7 @@ class _Reporter:
 
     def on_model_end(self, name: str, row: dict[str, Any]) -> None:
         self.job.partial.append(dict(row))
+        self.job.save()  # what finished survives a restart
 
 
 def _worker(job: CompareJob, reference: Any, query: Any, opts: Any) -> None:
@@ -123,6 +145,7 @@ def _worker(job: CompareJob, reference: Any, query: Any, opts: Any) -> None:
         job.params["traceback"] = traceback.format_exc()
     finally:
         job.finished = time.time()
+        job.save()
 
 
 def _sweep(job: CompareJob, reference: Any, query: Any, opts: Any, cbs: list) -> pd.DataFrame:
@@ -137,6 +160,7 @@ def _sweep(job: CompareJob, reference: Any, query: Any, opts: Any, cbs: list) ->
 
     def on_trial(row: dict[str, Any]) -> None:
         job.partial.append(row)
+        job.save()
         job.progress = min(1.0, len(job.partial) / max(1, p["trials"]))
         job.message = f"{len(job.partial)} of {p['trials']} trials finished"
 
@@ -149,10 +173,11 @@ def _sweep(job: CompareJob, reference: Any, query: Any, opts: Any, cbs: list) ->
     return pd.DataFrame([r for r in trial_rows(study) if r["state"] == "COMPLETE"])
 
 
-def start(kind: str, reference: Any, query: Any, opts: Any, **params: Any) -> str:
-    """Start a comparison (``kind="compare"``, params ``models``, ``max_epochs``) or a
-    leave-one-class-out check (``kind="loco"``, params ``model``, ``classes``, ``max_epochs``)
-    in a background thread; returns the job id."""
+def start(kind: str, reference: Any, query: Any, opts: Any, *, save_to: Path | None = None, **params: Any) -> str:
+    """Start a comparison (``kind="compare"``, params ``models``, ``max_epochs``), a
+    leave-one-class-out check (``kind="loco"``, params ``model``, ``classes``, ``max_epochs``) or a
+    sweep in a background thread; returns the job id. ``save_to``: the session's record of the job
+    (:func:`record_path`), written now and when the job ends."""
     from cellannot_core.training import CancelToken
 
     if kind not in KINDS:
@@ -160,8 +185,43 @@ def start(kind: str, reference: Any, query: Any, opts: Any, **params: Any) -> st
     import cellannot_core.compare  # noqa: F401  (import in this thread, see jobs.warm_imports)
 
     job = CompareJob(id=f"{kind}-{time.strftime('%H%M%S')}-{secrets.token_hex(8)}", kind=kind, params=params,
-                     token=CancelToken())
+                     token=CancelToken(), save_to=save_to)
+    job.save()
     return jobs.launch(job.id, job, _worker, reference, query, opts)
+
+
+def record_path(kind: str, session_dir: Path) -> Path:
+    """Where a session keeps its last job of ``kind``."""
+    return Path(session_dir) / f"compare-{kind}.json"
+
+
+def session_job(kind: str, session_dir: Path) -> CompareJob | None:
+    """The session's last job of ``kind`` from its record: the live job when this server still runs
+    it, else the job as recorded (finished with its table, or :data:`INTERRUPTED` when the record
+    says it was running and no thread here runs it: the server was restarted)."""
+    from cellannot_core.runs import read_json
+
+    rec = read_json(record_path(kind, session_dir))
+    if not isinstance(rec, dict) or rec.get("kind") != kind or not isinstance(rec.get("id"), str):
+        return None
+    live = get(rec["id"])
+    if live is not None:
+        return live
+    state = str(rec.get("state"))
+    result = None
+    if isinstance(rec.get("result"), str):
+        try:
+            result = pd.read_json(io.StringIO(rec["result"]), orient="split")
+        except ValueError:
+            result = None
+    job = CompareJob(id=rec["id"], kind=kind, params=dict(rec.get("params") or {}), token=None,
+                     state=state, progress=1.0, message=str(rec.get("message") or ""), result=result,
+                     error=rec.get("error"), started=float(rec.get("started") or time.time()),
+                     finished=rec.get("finished"), partial=list(rec.get("partial") or []))
+    if state in ACTIVE:
+        job.state, job.finished = INTERRUPTED, job.started
+        job.message = "the server was restarted while it ran; start it again"
+    return job
 
 
 def get(job_id: str | None) -> CompareJob | None:
@@ -287,8 +347,11 @@ def loco_summary(df: pd.DataFrame) -> pd.DataFrame:
 
 def start_from_page(kind: str, reference: Any, query: Any, get_state: Any, **params: Any) -> None:
     """Start a job on the session's data, remember its id, rerun (errors shown in plain words)."""
+    from ui.session import session_dir
+
     try:
-        job_id = start(kind, reference, query, options_from_session(get_state), **params)
+        job_id = start(kind, reference, query, options_from_session(get_state),
+                       save_to=record_path(kind, session_dir(create=True)), **params)
     except (CellannotError, OSError) as err:
         st.error(str(err))
         return
@@ -296,8 +359,21 @@ def start_from_page(kind: str, reference: Any, query: Any, get_state: Any, **par
     st.rerun()
 
 
-def is_busy(kind: str) -> bool:
+def shown_job(kind: str) -> CompareJob | None:
+    """This session's job of ``kind``: the one it started, else (after a reload or a restart) the
+    one its record on the server names."""
+    from ui.session import session_dir
+
     job = get(st.session_state.get(CompareKeys.JOB[kind]))
+    if job is None:
+        job = session_job(kind, session_dir())
+        if job is not None and job.alive:
+            st.session_state[CompareKeys.JOB[kind]] = job.id
+    return job
+
+
+def is_busy(kind: str) -> bool:
+    job = shown_job(kind)
     return job is not None and job.state in ACTIVE
 
 
@@ -306,7 +382,7 @@ def job_panel(kind: str) -> None:
     polls every second while the job runs."""
     from ui.widgets import fmt_seconds
 
-    job = get(st.session_state.get(CompareKeys.JOB[kind]))
+    job = shown_job(kind)
     if job is None:
         return
     was_active = job.state in ACTIVE
@@ -330,6 +406,12 @@ def job_panel(kind: str) -> None:
             st.error(f"Failed: {s['error']}")
         elif s["state"] == "cancelled":
             st.warning(f"Cancelled ({s['message']}).")
+        elif s["state"] == INTERRUPTED:
+            st.warning(f"Interrupted: {s['message']}.")
+            if job.partial:
+                st.caption("Finished before it was interrupted:")
+                part = pd.DataFrame(job.partial)
+                st.dataframe(display_table(part) if kind == "compare" else part, hide_index=True)
         elif s["state"] == "done" and job.result is not None:
             {"compare": compare_results, "loco": loco_results, "sweep": sweep_results}[kind](job.result, job.id)
         if was_active and s["state"] not in ACTIVE:
@@ -372,8 +454,8 @@ def sweep_figures(df: pd.DataFrame, objective: str) -> list[go.Figure]:
 def sweep_results(df: pd.DataFrame, job_id: str) -> None:
     from ui.widgets import plot
 
-    job = get(job_id)
-    objective = job.params["objective"] if job is not None else "value"
+    job = get(job_id) or shown_job("sweep")
+    objective = job.params["objective"] if job is not None and job.id == job_id else "value"
     if df.empty:
         st.warning("No trial finished.")
         return

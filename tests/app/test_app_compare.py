@@ -158,3 +158,46 @@ def test_a_sweep_is_launched_followed_and_compared(pair, tmp_path, monkeypatch):
     runs = list_runs(tmp_path / "runs", include_unowned=True)
     assert {r["id"] for r in runs} == set(table["run_id"])  # every trial is a run
     assert all(r["state"] == "done" for r in runs)
+
+
+def test_a_comparison_outlives_a_reload_and_a_restart_says_it_was_interrupted(pair):
+    """The page kept its job's id in the Streamlit session only: a reload lost a running or finished
+    comparison (the job ran on, unreachable). The session's record brings it back."""
+    import json
+
+    from ui.session import SESSION_PARAM, TOKEN_KEY, owner_id
+
+    at = page(pair)
+    tok = at.session_state[TOKEN_KEY]
+    at.checkbox(key=cmp.CompareKeys.MODEL.format(name="logreg")).check().run()
+    at.button(key=cmp.CompareKeys.START).click().run()
+    job_id = at.session_state[cmp.CompareKeys.JOB["compare"]]
+    assert cmp.wait(job_id, timeout=120)["state"] == "done"
+
+    def reload() -> AppTest:  # a new Streamlit session with the same private link
+        again = AppTest.from_file(APP, default_timeout=120)
+        again.query_params[SESSION_PARAM] = tok
+        again.run()
+        for key, value in ((StateKeys.REFERENCE, pair[0]), (StateKeys.QUERY, pair[1]), (StateKeys.LABEL_KEY, LABEL),
+                           (StateKeys.QUERY_LABEL_KEY, LABEL)):
+            again.session_state[key] = value
+        for key, name in ((StateKeys.REFERENCE_INFO, "ref"), (StateKeys.QUERY_INFO, "query")):
+            again.session_state[key] = {"id": f"tiny-{name}", "name": name, "source": "test", "n_cells": 1, "n_genes": 1}
+        return again.switch_page("pages/compare.py").run()
+
+    again = reload()
+    assert not again.exception
+    assert any(job_id in m.value and "**done**" in m.value for m in again.markdown)
+    assert again.dataframe[0].value["Model"].tolist() == ["logreg"]
+    assert "Comparison table (.csv)" in {b.label for b in again.get("download_button")}
+
+    record = cmp.record_path("compare", Path(jobs.runs_root()) / ".sessions" / owner_id(tok))
+    rec = json.loads(record.read_text())  # the server restarted while a comparison of two models ran
+    rec.update(id="compare-000000-0123456789abcdef", state="running", result=None)
+    record.write_text(json.dumps(rec))
+    again = reload()
+    assert not again.exception
+    assert any("Interrupted: the server was restarted while it ran" in w.value for w in again.warning)
+    assert again.dataframe[0].value["Model"].tolist() == ["logreg"]  # the model that finished before
+    again.checkbox(key=cmp.CompareKeys.MODEL.format(name="logreg")).check().run()
+    assert not again.button(key=cmp.CompareKeys.START).disabled  # an interrupted job does not block a new one
