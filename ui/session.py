@@ -14,6 +14,7 @@ server keeps a hash of each browser that used a session (Streamlit's per-browser
 unmasked); a link opened in a browser the session has not seen shows what it is and asks
 (:func:`pending_link`), and a link to a session the server does not hold starts a new one.
 
+The Compare page keeps its last jobs' records in the same folder (:func:`ui.compare.record_path`).
 With ``$CELLANNOT_SESSION_DAYS`` set, what the server keeps of a session's datasets is deleted
 once the session has not been opened for that many days (:func:`expire_sessions`); runs stay.
 """
