@@ -38,6 +38,7 @@ if table is not None:
 for note in cal.shifted_class_notes(run) + cal.few_reference_notes(run):
     st.warning(note, icon=":material/help:")
 groups = cal.unknown_groups_table(run)
+kept = cal.decisions(run)  # the choices made here before (kept with the run)
 if groups is not None:
     st.markdown("**What sets each Unknown group apart**: the query cells called Unknown together, the type they look "
                 "most like, and the genes they express more and less than that type's accepted query cells (or its "
@@ -56,21 +57,24 @@ if groups is not None:
     st.dataframe(groups, hide_index=True, key="unknown_groups")
 accepted = st.multiselect("Accept these Unknown groups as the type they look most like (your call: e.g. a known type "
                           "in a state the reference lacks); the heatmap and the download below follow",
-                          cal.group_choices(run), default=cal.rule_accepted_groups(run),
+                          cal.group_choices(run), default=kept.get("accepted", cal.rule_accepted_groups(run)),
                           format_func=lambda j: cal.group_name(run, j),
                           key=WidgetKeys.ACCEPT_GROUPS.format(run=run.run_id)) if groups is not None else []
 shorts = cal.short_class_choices(run) if groups is not None else []
 as_short = st.multiselect("Accept these Unknown groups as the type their samples point to (its cells missing where "
                           "the group is; your call, after reading the group's genes)", shorts,
+                          default=kept.get("as_short", []),
                           format_func=lambda j: cal.short_group_name(run, j),
                           key=WidgetKeys.ACCEPT_SHORT.format(run=run.run_id)) if shorts else []
 methods = run.score_methods()
 card_method = run.rejection.get("method")
-method = st.selectbox("Novelty score", methods, index=methods.index(card_method) if card_method in methods else 0,
+first = kept.get("method", card_method)
+method = st.selectbox("Novelty score", methods, index=methods.index(first) if first in methods else 0,
                       key=WidgetKeys.SCORE_METHOD, format_func=lambda m: f"{m}" + (" (used by the model)" if m == card_method else ""))
 st.caption(score_help(method))
 lo, hi = cal.threshold_range(run, method)
-start = min(max(res.default_threshold(run, method), lo), hi)
+start = min(max(kept["threshold"] if kept.get("method") == method and "threshold" in kept
+                else res.default_threshold(run, method), lo), hi)
 thr = st.slider("Threshold (cells scoring above it are called Unknown)", lo, hi, start, (hi - lo) / 500,
                 format="%.4g", key=WidgetKeys.THRESHOLD.format(run=run.run_id, method=method))
 summ = cal.unknown_summary(run, method, thr)
@@ -83,11 +87,13 @@ plot(score_histogram({"reference validation": val, "query": q}, thr, title=None,
                      x_title=f"{method} novelty score (higher = more novel)"), key="novelty_hist")
 
 labels = cal.accept_groups(run, res.relabel(run, method, thr), accepted, as_short)
+cal.keep_decisions(run, method, thr, accepted, as_short)
 if accepted or as_short:
     picked = sorted(set(accepted) | set(as_short))
     n_acc = int(sum(run.card["unknown_groups"][j]["n_cells"] for j in picked))
     st.caption(f"{n_acc:,} cells of {len(picked)} accepted group(s) carry the type they look most like or, where "
-               f"chosen, the type their samples point to; {int((labels == UNKNOWN).sum()):,} cells stay Unknown.")
+               f"chosen, the type their samples point to; {int((labels == UNKNOWN).sum()):,} cells stay Unknown. "
+               "These choices and the threshold are kept with the run.")
 cols_labels, col_title = res.comparison_columns(run)
 plot(label_heatmap(labels, cols_labels, row_title="Predicted label", col_title=col_title,
                    row_order=run.classes + [UNKNOWN], title="Label transfer at this threshold"), key="cal_heatmap")

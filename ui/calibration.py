@@ -253,3 +253,52 @@ def accept_groups(run: Run, labels: np.ndarray, accepted: list[int], as_short: l
     for j in as_short:
         out = np.where(members == j, str(rows[j]["short_class"]), out)
     return out
+
+
+DECISIONS_FILE = "decisions.json"  # in the run's folder: the visitor's choices on this page
+
+
+def decisions(run: Run) -> dict[str, Any]:
+    """The choices a visitor made on this page for ``run`` (novelty score, threshold, Unknown groups
+    accepted as their type or as the type their samples point to), kept in the run's folder so that
+    a reload or another day opens the page as it was left; only valid entries are returned."""
+    from cellannot_core.runs import read_json
+
+    rec = read_json(run.rd.file(DECISIONS_FILE))
+    if not isinstance(rec, dict):
+        return {}
+    out: dict[str, Any] = {}
+    if rec.get("method") in run.score_methods():
+        out["method"] = rec["method"]
+        if isinstance(rec.get("threshold"), (int, float)) and np.isfinite(rec["threshold"]):
+            out["threshold"] = float(rec["threshold"])
+    for key, valid in (("accepted", group_choices(run)), ("as_short", short_class_choices(run))):
+        if isinstance(rec.get(key), list):
+            out[key] = [j for j in rec[key] if isinstance(j, int) and j in valid]
+    return out
+
+
+def keep_decisions(run: Run, method: str, threshold: float, accepted: list[int], as_short: list[int]) -> None:
+    """Write the page's choices for ``run`` when they differ from what is kept (or, with nothing
+    kept, from the run's own: its score, threshold and the groups the rule accepted)."""
+    from cellannot_core.runs import write_json_atomic
+    from ui.results import default_threshold
+
+    now = {"method": method, "threshold": float(threshold), "accepted": sorted(int(j) for j in accepted),
+           "as_short": sorted(int(j) for j in as_short)}
+    kept = decisions(run)
+    if kept:
+        before = {"method": kept.get("method"), "threshold": kept.get("threshold"),
+                  "accepted": sorted(kept.get("accepted", [])), "as_short": sorted(kept.get("as_short", []))}
+    else:
+        own = run.rejection.get("method")
+        if own not in run.score_methods():
+            own = (run.score_methods() or [None])[0]
+        lo, hi = threshold_range(run, own) if own else (None, None)
+        before = {"method": own, "threshold": min(max(default_threshold(run, own), lo), hi) if own else None,
+                  "accepted": sorted(rule_accepted_groups(run)), "as_short": []}
+    if now != before:
+        try:
+            write_json_atomic(run.rd.file(DECISIONS_FILE), now)
+        except OSError:  # a read-only runs folder: the choices last as long as the page
+            pass

@@ -299,3 +299,35 @@ def test_a_group_can_be_accepted_as_the_type_its_samples_point_to(tmp_path, monk
     members = run.arrays["query_unknown_group"]
     labels = cal.accept_groups(run, res.relabel(run, "knn_class", 0.0), [0], [0])  # both: the samples' type wins
     assert (labels[members == 0] == other).all() and (labels[members != 0] == "Unknown").all()
+
+
+def test_the_choices_made_on_the_page_are_kept_with_the_run(tmp_path, monkeypatch):
+    """The groups a biologist accepted and the threshold they set were widget state only: a reload
+    (or another day) opened the page at the run's own calls. They are kept in the run's folder."""
+    from ui import calibration as cal
+
+    rd = _all_unknown_run(tmp_path, monkeypatch)
+
+    def visit() -> AppTest:
+        at = AppTest.from_file(APP, default_timeout=120).run()
+        at.session_state[StateKeys.RUN_ID] = rd.id
+        return at.switch_page("pages/calibration.py").run()
+
+    at = visit()
+    assert not at.exception and not rd.file(cal.DECISIONS_FILE).exists()  # looking writes nothing
+    method = at.selectbox(key=WidgetKeys.SCORE_METHOD).value
+    at = at.multiselect(key=WidgetKeys.ACCEPT_GROUPS.format(run=rd.id)).select(0).run()
+    slider = at.slider(key=WidgetKeys.THRESHOLD.format(run=rd.id, method=method))
+    at = slider.set_value(slider.max).run()
+    assert not at.exception and rd.file(cal.DECISIONS_FILE).is_file()
+    again = visit()  # a reload: a new session
+    assert not again.exception
+    assert again.multiselect(key=WidgetKeys.ACCEPT_GROUPS.format(run=rd.id)).value == [0]
+    assert again.slider(key=WidgetKeys.THRESHOLD.format(run=rd.id, method=method)).value == pytest.approx(slider.max)
+    assert int(_metric(again, "Unknown query cells").replace(",", "")) == 0
+    again = again.multiselect(key=WidgetKeys.ACCEPT_GROUPS.format(run=rd.id)).unselect(0).run()
+    assert visit().multiselect(key=WidgetKeys.ACCEPT_GROUPS.format(run=rd.id)).value == []
+    rd.file(cal.DECISIONS_FILE).write_text('{"method": "no such score", "accepted": [99, "x"]}')
+    broken = visit()  # a record that names nothing valid: the run's own calls
+    assert not broken.exception and broken.selectbox(key=WidgetKeys.SCORE_METHOD).value == method
+    assert broken.multiselect(key=WidgetKeys.ACCEPT_GROUPS.format(run=rd.id)).value == []
