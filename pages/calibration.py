@@ -97,8 +97,13 @@ if accepted or as_short:
 cols_labels, col_title = res.comparison_columns(run)
 plot(label_heatmap(labels, cols_labels, row_title="Predicted label", col_title=col_title,
                    row_order=run.classes + [UNKNOWN], title="Label transfer at this threshold"), key="cal_heatmap")
-st.download_button("Predictions at this threshold (.csv)", lambda: res.relabelled_csv(run, method, thr, labels),
+d1, d2 = st.columns(2)
+d1.download_button("Predictions at this threshold (.csv)", lambda: res.relabelled_csv(run, method, thr, labels),
                    file_name=f"{run.run_id}_predictions_{method}.csv", mime="text/csv", key="dl_thr", on_click="ignore")
+choices = {"method": method, "threshold": thr, "accepted_groups": list(accepted), "as_samples_point": list(as_short)}
+res.prepared_download(d2, "Annotated query with these choices (.h5ad)", file_name=f"{run.run_id}_annotated_chosen.h5ad",
+                      make=lambda: res.annotated_with_choices(run.root, run.run_id, labels, choices),
+                      mime="application/octet-stream", key=f"dl_h5ad_chosen_{run.run_id}")
 
 c1, c2 = st.columns(2)
 with c1:

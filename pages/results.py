@@ -3,6 +3,7 @@ import streamlit as st
 
 from cellannot_core._constants import UNKNOWN, OutKeys, RunFiles
 from cellannot_core.plots import class_counts_bar, label_heatmap, score_histogram
+from ui import calibration as cal
 from ui import results as res
 from ui.state import WidgetKeys, init_state
 from ui.widgets import plot
@@ -25,6 +26,8 @@ if qm.get("acc_in") is not None:
 
 if card.get("unknown_by_sample"):
     st.info(card["unknown_by_sample"]["note"], icon=":material/lightbulb:")
+if note := cal.decisions_note(run):
+    st.info(note, icon=":material/tune:")
 
 st.subheader("Predicted label × query " + ("label" if run.query_labels is not None else "cluster"))
 cols_labels, col_title = res.comparison_columns(run)

@@ -278,11 +278,42 @@ def decisions(run: Run) -> dict[str, Any]:
     return out
 
 
+def _own_decisions(run: Run) -> dict[str, Any]:
+    """The run's own calls in the form :func:`decisions` keeps them: its score and threshold (as
+    the page's slider starts) and the groups the rule accepted."""
+    from ui.results import default_threshold
+
+    own = run.rejection.get("method")
+    if own not in run.score_methods():
+        own = (run.score_methods() or [None])[0]
+    lo, hi = threshold_range(run, own) if own else (None, None)
+    return {"method": own, "threshold": min(max(default_threshold(run, own), lo), hi) if own else None,
+            "accepted": sorted(rule_accepted_groups(run)), "as_short": []}
+
+
+def decisions_note(run: Run) -> str | None:
+    """For the Label transfer page: what the visitor changed on the Calibration page, which that
+    page's figures (the run's own calls) do not follow; None when nothing was changed."""
+    kept, own = decisions(run), _own_decisions(run)
+    if not kept:
+        return None
+    said = []
+    n = len(set(kept.get("accepted", own["accepted"])) ^ set(own["accepted"])) + len(kept.get("as_short", []))
+    if n:
+        said.append(f"changed which Unknown groups are accepted ({n} group{'s' if n != 1 else ''})")
+    if kept.get("method", own["method"]) != own["method"] or (
+            "threshold" in kept and not np.isclose(kept["threshold"], own["threshold"], rtol=1e-6, atol=0)):
+        said.append(f"set the {kept.get('method', own['method'])} threshold to {kept.get('threshold', own['threshold']):.4g}")
+    if not said:
+        return None
+    return ("On the Calibration page you " + " and ".join(said) + ". This page shows the run's own calls; the "
+            "Calibration page's heatmap and downloads (the predictions and the annotated query) follow your choices.")
+
+
 def keep_decisions(run: Run, method: str, threshold: float, accepted: list[int], as_short: list[int]) -> None:
     """Write the page's choices for ``run`` when they differ from what is kept (or, with nothing
     kept, from the run's own: its score, threshold and the groups the rule accepted)."""
     from cellannot_core.runs import write_json_atomic
-    from ui.results import default_threshold
 
     now = {"method": method, "threshold": float(threshold), "accepted": sorted(int(j) for j in accepted),
            "as_short": sorted(int(j) for j in as_short)}
@@ -291,12 +322,7 @@ def keep_decisions(run: Run, method: str, threshold: float, accepted: list[int],
         before = {"method": kept.get("method"), "threshold": kept.get("threshold"),
                   "accepted": sorted(kept.get("accepted", [])), "as_short": sorted(kept.get("as_short", []))}
     else:
-        own = run.rejection.get("method")
-        if own not in run.score_methods():
-            own = (run.score_methods() or [None])[0]
-        lo, hi = threshold_range(run, own) if own else (None, None)
-        before = {"method": own, "threshold": min(max(default_threshold(run, own), lo), hi) if own else None,
-                  "accepted": sorted(rule_accepted_groups(run)), "as_short": []}
+        before = _own_decisions(run)
     if now != before:
         try:
             write_json_atomic(run.rd.file(DECISIONS_FILE), now)

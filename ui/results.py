@@ -244,6 +244,29 @@ def relabelled_csv(run: Run, method: str, threshold: float, labels: np.ndarray |
     return df.to_csv(index=False).encode()
 
 
+@st.cache_data(show_spinner="Writing the annotated query...", max_entries=2)
+def annotated_with_choices(root: str, run_id: str, labels: np.ndarray, choices: dict[str, Any]) -> bytes:
+    """The run's annotated query (``.h5ad``) with the final ``labels`` a visitor chose on the
+    Calibration page (``cellannot_label`` and ``cellannot_is_unknown``; ``cellannot_label_raw``,
+    the confidences and the run's own novelty score unchanged) and the choices themselves in
+    ``uns["cellannot"]["decisions"]``."""
+    import tempfile
+
+    import anndata as ad
+
+    a = ad.read_h5ad(RunDir.open(root, run_id).file(RunFiles.ANNOTATED))
+    labels = np.asarray(labels).astype(str)
+    if len(labels) != a.n_obs:
+        raise CellannotError(f"{len(labels)} labels for {a.n_obs} cells: open the run again")
+    a.obs[OutKeys.LABEL] = pd.Categorical(labels)
+    a.obs[OutKeys.IS_UNKNOWN] = labels == UNKNOWN
+    a.uns.setdefault("cellannot", {})["decisions"] = json.loads(json.dumps(choices, default=float))
+    with tempfile.TemporaryDirectory(prefix="cellannot_dl_") as tmp:
+        out = Path(tmp) / "annotated.h5ad"
+        a.write_h5ad(out)
+        return out.read_bytes()
+
+
 def comparison_columns(run: Run) -> tuple[np.ndarray, str]:
     """Columns of the label-transfer heatmap: the query's own labels, else its Leiden clusters."""
     if run.query_labels is not None:

@@ -315,6 +315,8 @@ def test_the_choices_made_on_the_page_are_kept_with_the_run(tmp_path, monkeypatc
 
     at = visit()
     assert not at.exception and not rd.file(cal.DECISIONS_FILE).exists()  # looking writes nothing
+    assert not any("On the Calibration page" in i.value for i in at.switch_page("pages/results.py").run().info)
+    at = at.switch_page("pages/calibration.py").run()
     method = at.selectbox(key=WidgetKeys.SCORE_METHOD).value
     at = at.multiselect(key=WidgetKeys.ACCEPT_GROUPS.format(run=rd.id)).select(0).run()
     slider = at.slider(key=WidgetKeys.THRESHOLD.format(run=rd.id, method=method))
@@ -325,6 +327,34 @@ def test_the_choices_made_on_the_page_are_kept_with_the_run(tmp_path, monkeypatc
     assert again.multiselect(key=WidgetKeys.ACCEPT_GROUPS.format(run=rd.id)).value == [0]
     assert again.slider(key=WidgetKeys.THRESHOLD.format(run=rd.id, method=method)).value == pytest.approx(slider.max)
     assert int(_metric(again, "Unknown query cells").replace(",", "")) == 0
+    # the Label transfer page says its figures are the run's own calls, not these choices
+    lt = again.switch_page("pages/results.py").run()
+    assert not lt.exception
+    assert any("On the Calibration page you changed which Unknown groups are accepted (1 group) and set the "
+               f"{method} threshold to" in i.value for i in lt.info)
+    # ... and the Calibration page hands the choices over in an annotated query
+    again = again.switch_page("pages/calibration.py").run()
+    again.button(key=f"dl_h5ad_chosen_{rd.id}_prepare").click().run()
+    assert not again.exception
+    assert any(b.label == "Annotated query with these choices (.h5ad)" for b in again.get("download_button"))
+    import io
+
+    import anndata as ad
+    import h5py
+
+    from ui import results as res
+
+    run = res.load_run(str(tmp_path), rd.id)
+    members = run.arrays["query_unknown_group"]
+    labels = cal.accept_groups(run, res.relabel(run, method, slider.max), [0])
+    chosen = {"method": method, "threshold": slider.max, "accepted_groups": [0], "as_samples_point": []}
+    data = res.annotated_with_choices(str(tmp_path), rd.id, labels, chosen)
+    with h5py.File(io.BytesIO(data), "r") as fh:
+        a = ad.io.read_elem(fh["obs"]), ad.io.read_elem(fh["uns"])
+    obs, uns = a
+    assert (obs["cellannot_label"].astype(str).to_numpy() == labels).all() and not obs["cellannot_is_unknown"].any()
+    assert (obs["cellannot_label"].astype(str)[members == 0] == obs["cellannot_label_raw"].astype(str)[members == 0]).all()
+    assert uns["cellannot"]["decisions"]["accepted_groups"].tolist() == [0]
     again = again.multiselect(key=WidgetKeys.ACCEPT_GROUPS.format(run=rd.id)).unselect(0).run()
     assert visit().multiselect(key=WidgetKeys.ACCEPT_GROUPS.format(run=rd.id)).value == []
     rd.file(cal.DECISIONS_FILE).write_text('{"method": "no such score", "accepted": [99, "x"]}')
