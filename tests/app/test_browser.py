@@ -500,6 +500,13 @@ def test_a_sweep_of_eight_trials_is_launched_followed_and_compared(server, brows
                                " return b && !b.disabled; }", timeout=PAGE_TIMEOUT_MS)
         assert_no_errors(page, "Runs with the sweep")
         screenshot(page, "runs.png")
+        # a reload of the Compare page finds the finished sweep again (kept with the session)
+        goto_page(page, "Compare models")
+        wait_idle(page)
+        page.reload()
+        page.get_by_text(re.compile(r"Best: trial \d+, val_accuracy")).wait_for(timeout=PAGE_TIMEOUT_MS)
+        wait_idle(page)
+        assert_no_errors(page, "Compare after a reload")
     finally:
         ctx.close()
     print(f"\nsweep of {SWEEP_TRIALS} trials from the app: {time.time() - t0:.0f} s")
