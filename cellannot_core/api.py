@@ -65,6 +65,13 @@ def _default_log(line: str) -> None:
         _LOGGER.info(line)
 
 
+def _progress(show: bool) -> list[Any]:
+    """The training callbacks of ``progress_bar=``."""
+    from .training import ProgressBar
+
+    return [ProgressBar()] if show else []
+
+
 def _options(label_key: str, model: str | None, **kw: Any):
     from .pipeline import AnnotateOptions
 
@@ -90,6 +97,7 @@ def annotate(
     hvg_flavor: str = DEFAULT_HVG_FLAVOR,
     accept: float = 0.95,
     log: Callable[[str], None] | None = None,
+    progress_bar: bool = True,
 ):
     """Train ``model`` on a labelled reference and label every cell of the query.
 
@@ -134,6 +142,8 @@ def annotate(
     log
         Called with one line per step (e.g. ``print``); default: the ``"cellannot"`` logger, which
         shows the run's warnings and notes and keeps its steps at INFO.
+    progress_bar
+        Show the training's progress (a tqdm bar: a widget in a notebook, stderr elsewhere).
 
     Returns
     -------
@@ -144,7 +154,7 @@ def annotate(
     opts = _options(label_key, model, query_label_key=query_label_key, hparams=hparams, seed=seed, device=device,
                     max_epochs=max_epochs, n_top_genes=n_top_genes, accept=accept, batch_key=batch_key,
                     hvg_flavor=hvg_flavor)
-    res = run_annotate(adata_ref, adata_query, opts, log=log or _default_log)
+    res = run_annotate(adata_ref, adata_query, opts, log=log or _default_log, callbacks=_progress(progress_bar))
     return _write_result(res, adata_query, key_added=key_added, copy=copy)
 
 
@@ -265,12 +275,13 @@ def train(
     hvg_flavor: str = DEFAULT_HVG_FLAVOR,
     accept: float = 0.95,
     log: Callable[[str], None] | None = None,
+    progress_bar: bool = True,
 ) -> Annotator:
     """Train a model on a labelled reference; label queries later with :meth:`Annotator.predict`.
 
     Parameters
     ----------
-    adata_ref, label_key, model, batch_key, hparams, seed, device, max_epochs, n_top_genes, hvg_flavor, accept, log
+    adata_ref, label_key, model, batch_key, hparams, seed, device, max_epochs, n_top_genes, hvg_flavor, accept, log, progress_bar
         As in :func:`annotate`.
     adata_query
         Optional: genes are then restricted to those the query shares, and semi-supervised
@@ -292,7 +303,7 @@ def train(
     for w in prepared.report.get("warnings", []):
         say(f"warning: {w}")
     say(f"training {opts.model}")
-    fitted = train_model(prepared, opts)
+    fitted = train_model(prepared, opts, _progress(progress_bar))
     return Annotator(fitted, bundle_info(fitted, prepared, opts))
 
 

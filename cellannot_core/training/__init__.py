@@ -1,7 +1,7 @@
 """One training loop with callbacks (progress, early stopping, divergence guard, cancel)."""
-from .callbacks import Callback, CancelToken, PrintProgress, TimeBudget
+from .callbacks import Callback, CancelToken, PrintProgress, ProgressBar, TimeBudget
 from .device import available_devices, resolve_device, seed_everything
 from .loop import DIVERGENCE_BOUND, History, TrainConfig, fit
 
-__all__ = ["Callback", "CancelToken", "PrintProgress", "TimeBudget", "available_devices", "resolve_device",
+__all__ = ["Callback", "CancelToken", "PrintProgress", "ProgressBar", "TimeBudget", "available_devices", "resolve_device",
            "seed_everything", "DIVERGENCE_BOUND", "History", "TrainConfig", "fit"]

@@ -83,3 +83,44 @@ class PrintProgress:
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
         parts = [f"{k} {v:.4g}" for k, v in logs.items() if isinstance(v, (int, float))]
         self.printer(f"epoch {epoch + 1}/{self.max_epochs}  " + "  ".join(parts) + f"  ({time.time() - self.t0:.0f}s)")
+
+
+class ProgressBar:
+    """A progress bar over the training's mini-batches (``tqdm.auto``: a widget in a notebook, a
+    line on stderr elsewhere), the last epoch's losses beside it: the Python API's default, as
+    scvi-tools shows one. A model trained in one go (the classical baselines) shows one step."""
+
+    def __init__(self, **tqdm_kwargs: Any) -> None:
+        self.kwargs = tqdm_kwargs
+        self.bar: Any = None
+        self.max_epochs = 0
+
+    def on_train_begin(self, info: dict[str, Any]) -> None:
+        from tqdm.auto import tqdm
+
+        self.close()
+        self.max_epochs = int(info.get("max_epochs", 0))
+        total = max(1, int(info.get("steps_per_epoch", 1)) * max(1, self.max_epochs))
+        self.bar = tqdm(total=total, desc=f"training {info.get('model') or 'model'}", unit="step",
+                        **{"leave": True, "dynamic_ncols": True, **self.kwargs})
+
+    def on_step(self, step: int, total_steps: int, logs: dict[str, float]) -> None:
+        if self.bar is not None:
+            self.bar.update(max(0, min(step, self.bar.total) - self.bar.n))
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
+        if self.bar is None or "recovered_from_divergence" in logs:
+            return
+        shown = {k: v for k, v in logs.items() if k.endswith(("loss", "acc")) and isinstance(v, (int, float))}
+        self.bar.set_postfix_str(f"epoch {epoch + 1}/{self.max_epochs} "
+                                 + " ".join(f"{k} {v:.4g}" for k, v in list(shown.items())[:3]), refresh=False)
+
+    def on_train_end(self, logs: dict[str, Any]) -> None:
+        if self.bar is not None and self.max_epochs <= 1:
+            self.bar.update(self.bar.total - self.bar.n)  # trained in one go
+        self.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

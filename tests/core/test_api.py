@@ -231,3 +231,18 @@ def test_a_script_reads_the_unknown_groups_and_accepts_one(pair):
     label = q.obs["cellannot_label"].astype(str).to_numpy()
     label[g == 0] = raw[g == 0]  # accept group 0 as its type
     assert (label == "Unknown").sum() == unk.sum() - int(rows[0]["n_cells"])
+
+
+def test_training_shows_a_progress_bar_unless_asked_not_to(pair, capsys):
+    """As scvi-tools shows one: a minutes-long training in a notebook said nothing without logging
+    at INFO. The bar counts the mini-batches and names the epoch and its losses."""
+    ref, query = pair
+    ca.annotate(ref, query.copy(), label_key="cell_type", model="resnet", max_epochs=2, n_top_genes=100,
+                hparams={"hidden": "16", "blocks": "1"})
+    err = capsys.readouterr().err.replace("\r", "\n")
+    last = [line for line in err.splitlines() if line.startswith("training resnet")][-1]
+    assert "100%" in last and "epoch 2/2" in last and "val_loss" in last, err[-500:]
+    ca.train(ref, label_key="cell_type", model=FAST, n_top_genes=100)
+    assert "training logreg: 100%" in capsys.readouterr().err.replace("\r", "\n")
+    ca.annotate(ref, query.copy(), **_opts(), progress_bar=False)
+    assert "training" not in capsys.readouterr().err
