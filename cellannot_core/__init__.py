@@ -63,12 +63,12 @@ except PackageNotFoundError:  # a source checkout that was not installed
 
 from .api import Annotator, annotate, train  # noqa: E402
 
-__all__ = ["Annotator", "annotate", "models", "train", "__version__"]
+__all__ = ["Annotator", "annotate", "models", "pl", "train", "__version__"]
 
 
 def __getattr__(name: str):
-    if name == "models":  # the models subpackage, callable: ca.models() lists the registry
-        import importlib
+    if name in ("models", "pl"):  # models: the subpackage, callable (ca.models() lists the registry);
+        import importlib  # pl: plots of an annotated AnnData (plotly imported on first use)
 
-        return importlib.import_module(".models", __name__)
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

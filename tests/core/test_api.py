@@ -201,12 +201,16 @@ def _public_callables():
                     yield f"{name}.{meth_name}", getattr(obj, meth_name)
         else:
             yield name, obj
+    for name in ("label_heatmap", "novelty", "reliability"):
+        yield f"pl.{name}", getattr(ca.pl, name)
 
 
 @pytest.mark.parametrize("name, fn", list(_public_callables()))
 def test_public_functions_take_options_by_keyword_only(name, fn):
     params = list(inspect.signature(fn).parameters.values())
     for p in params:
+        if p.name in ("groupby", "truth_key") and p.default is p.empty:
+            continue  # what a plot is drawn against, as sc.pl.dotplot's groupby
         if p.name not in DATA_ARGS:  # data may come by position (or by keyword when optional), options never
             assert p.kind == p.KEYWORD_ONLY, f"{name}: option {p.name!r} must be keyword-only"
     assert fn.__doc__ and len(fn.__doc__.strip()) > 20, f"{name} has no docstring"
@@ -246,3 +250,35 @@ def test_training_shows_a_progress_bar_unless_asked_not_to(pair, capsys):
     assert "training logreg: 100%" in capsys.readouterr().err.replace("\r", "\n")
     ca.annotate(ref, query.copy(), **_opts(), progress_bar=False)
     assert "training" not in capsys.readouterr().err
+
+
+def test_the_annotated_query_is_plotted_scanpy_style(pair):
+    """``ca.pl``: the app's figures from the keys annotate wrote (plotly figures a notebook shows)."""
+    from cellannot_core.errors import DataError
+
+    ref, query = pair
+    q = query.copy()
+    ca.annotate(ref, q, **_opts(), progress_bar=False)
+    fig = ca.pl.label_heatmap(q, "cell_type")
+    heat = fig.data[0]
+    assert list(heat.x) == sorted(q.obs["cell_type"].astype(str).unique())  # the query's labels as columns
+    assert list(heat.y)[-1] == "Unknown" and set(heat.y[:-1]) <= {"type0", "type1", "type2"}
+    counts = q.obs.groupby(["cellannot_label", "cell_type"], observed=True).size()
+    col = list(heat.x).index("type3")  # the type the reference lacks: its cells' share per predicted row
+    n_unknown_type3 = int(counts.get(("Unknown", "type3"), 0))
+    assert n_unknown_type3 > 0 and f"{n_unknown_type3}" in str(heat.text[list(heat.y).index("Unknown")][col])
+    nov = ca.pl.novelty(q)
+    n_unk = int(q.obs["cellannot_is_unknown"].sum())
+    assert [t.name for t in nov.data][:2] == [f"labelled (n={q.n_obs - n_unk})", f"Unknown (n={n_unk})"]
+    by_type = ca.pl.novelty(q, groupby="cell_type")
+    assert {t.name.split(" (")[0] for t in by_type.data if t.name} >= {"type0", "type3"}
+    rel = ca.pl.reliability(q, "cell_type")
+    known = q.obs["cell_type"].isin(["type0", "type1", "type2"]).sum()
+    assert any(f"{known:,} cells of reference types" in (t.name or "") for t in rel.data)
+    with pytest.raises(DataError, match="no obs column 'celltype'.*Did you mean 'cell_type'"):
+        ca.pl.label_heatmap(q, "celltype")
+    with pytest.raises(DataError, match="holds no annotations under 'other'"):
+        ca.pl.novelty(q, key_added="other")
+    with pytest.raises(DataError, match="no cell's 'batch' label is one of the reference's types"):
+        q.obs["batch"] = "b1"
+        ca.pl.reliability(q, "batch")

@@ -1,0 +1,98 @@
+"""Plots of an annotated AnnData, in scanpy's manner (``ca.pl.label_heatmap(adata, "leiden")``).
+
+Each function reads the keys :func:`cellannot_core.annotate` wrote (``key_added``, default
+``"cellannot"``) and returns the app's plotly figure: Jupyter shows it when it is a cell's last
+value, ``fig.show()`` opens it elsewhere, ``fig.write_html("f.html")`` saves it. Cells that got no
+label (removed by the quality filters) are left out.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ._constants import UNKNOWN, OutKeys
+from .errors import DataError
+
+
+def _annotated(adata: Any, key_added: str) -> dict[str, str]:
+    """The annotation keys, after checking ``adata`` holds them."""
+    from .pipeline import annotation_keys
+
+    keys = annotation_keys(key_added)
+    missing = [k for k in (keys["LABEL"], keys["IS_UNKNOWN"], keys["OOD_SCORE"]) if k not in adata.obs]
+    if missing or keys["UNS"] not in adata.uns:
+        raise DataError(f"this AnnData holds no annotations under '{key_added}' (no obs column {missing[0]!r})"
+                        if missing else f"this AnnData has no uns['{key_added}']: run ca.annotate (or "
+                        f"Annotator.predict) on it first, with key_added='{key_added}' if you named it")
+    return keys
+
+
+def _labelled(adata: Any, keys: dict[str, str]) -> np.ndarray:
+    return adata.obs[keys["LABEL"]].notna().to_numpy()
+
+
+def _column(adata: Any, key: str) -> np.ndarray:
+    if key not in adata.obs:
+        cols = ", ".join(map(str, adata.obs.columns[:30]))
+        from .errors import did_you_mean
+
+        raise DataError(f"no obs column '{key}'; choose one of {cols}.{did_you_mean(key, adata.obs.columns)}")
+    return adata.obs[key].astype(str).to_numpy()
+
+
+def label_heatmap(adata: Any, groupby: str, *, key_added: str = OutKeys.UNS, normalize: str = "row",
+                  title: str | None = None):
+    """Predicted label (rows, Unknown last) against an obs column (``groupby``: the query's own
+    labels, or clusters such as ``"leiden"``), each box the cells and their percentage of the row
+    (``normalize="row"``), of the column (``"col"``) or of all cells (``"all"``)."""
+    from .plots import label_heatmap as heatmap
+
+    keys = _annotated(adata, key_added)
+    keep = _labelled(adata, keys)
+    classes = [str(c) for c in adata.uns[keys["UNS"]].get("classes", [])]
+    return heatmap(adata.obs[keys["LABEL"]].astype(str).to_numpy()[keep], _column(adata, groupby)[keep],
+                   normalize=normalize, row_title="Predicted label", col_title=groupby, title=title,
+                   row_order=classes + [UNKNOWN])
+
+
+def novelty(adata: Any, *, groupby: str | None = None, key_added: str = OutKeys.UNS, title: str | None = None):
+    """The novelty score's distribution (higher = more novel) with the run's threshold: the cells
+    labelled against those called Unknown, or one histogram per value of ``groupby``."""
+    from .plots import score_histogram
+
+    keys = _annotated(adata, key_added)
+    keep = _labelled(adata, keys)
+    score = adata.obs[keys["OOD_SCORE"]].to_numpy(dtype=float)[keep]
+    if groupby is None:
+        unknown = adata.obs[keys["IS_UNKNOWN"]].to_numpy(dtype=bool)[keep]
+        groups = {"labelled": score[~unknown], UNKNOWN: score[unknown]}
+    else:
+        values = _column(adata, groupby)[keep]
+        groups = {str(v): score[values == v] for v in dict.fromkeys(values)}
+    rejection = adata.uns[keys["UNS"]].get("rejection") or {}
+    method = rejection.get("method", "novelty")
+    return score_histogram(groups, rejection.get("threshold"), title=title,
+                           x_title=f"{method} score (higher = more novel)")
+
+
+def reliability(adata: Any, truth_key: str, *, key_added: str = OutKeys.UNS, title: str | None = None):
+    """Are the confidences honest? Accuracy against confidence (15 bins, with the ECE) on the cells
+    whose own label (``truth_key``) is a reference type, before any Unknown call."""
+    from .metrics import ece, reliability_curve
+    from .plots import reliability_diagram
+
+    keys = _annotated(adata, key_added)
+    if keys["PROBA"] not in adata.obsm:
+        raise DataError(f"this AnnData has no obsm['{keys['PROBA']}'] (the class probabilities ca.annotate writes)")
+    classes = np.array([str(c) for c in adata.uns[keys["UNS"]].get("classes", [])])
+    proba = np.asarray(adata.obsm[keys["PROBA"]], dtype=float)
+    truth = _column(adata, truth_key)
+    known = _labelled(adata, keys) & np.isin(truth, classes) & np.isfinite(proba).all(axis=1)
+    if not known.any():
+        raise DataError(f"no cell's '{truth_key}' label is one of the reference's types ({', '.join(classes[:10])}): "
+                        "the confidences cannot be checked against it")
+    conf = proba[known].max(axis=1)
+    correct = classes[proba[known].argmax(axis=1)] == truth[known]
+    name = f"{int(known.sum()):,} cells of reference types"
+    return reliability_diagram({name: reliability_curve(conf, correct)}, {name: ece(conf, correct)}, title=title)
