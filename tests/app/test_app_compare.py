@@ -188,6 +188,17 @@ def test_a_comparison_outlives_a_reload_and_a_restart_says_it_was_interrupted(pa
     again = reload()
     assert not again.exception
     assert any(job_id in m.value and "**done**" in m.value for m in again.markdown)
+    # a self-check still running when the page is reloaded comes back live, with its Cancel
+    from cellannot_core.pipeline import AnnotateOptions
+
+    session = Path(jobs.runs_root()) / ".sessions" / owner_id(tok)
+    slow = cmp.start("loco", pair[0], pair[1], AnnotateOptions(label_key=LABEL), model="clams", classes=["B"],
+                     max_epochs=500, save_to=cmp.record_path("loco", session))
+    live = reload()
+    assert any(slow in m.value and ("**running**" in m.value or "**queued**" in m.value) for m in live.markdown)
+    live.button(key=cmp.CompareKeys.CANCEL.format(kind="loco")).click().run()
+    assert cmp.wait(slow, timeout=120)["state"] == "cancelled"
+    assert any(f"Job `{slow}`: **cancelled**" in m.value for m in reload().markdown)  # recorded as it ended
     assert again.dataframe[0].value["Model"].tolist() == ["logreg"]
     assert "Comparison table (.csv)" in {b.label for b in again.get("download_button")}
 
