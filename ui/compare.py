@@ -352,8 +352,11 @@ def start_from_page(kind: str, reference: Any, query: Any, get_state: Any, **par
     try:
         job_id = start(kind, reference, query, options_from_session(get_state),
                        save_to=record_path(kind, session_dir(create=True)), **params)
-    except (CellannotError, OSError) as err:
+    except CellannotError as err:
         st.error(str(err))
+        return
+    except OSError as err:
+        st.error(jobs.write_problem(err, "keep the job's record"))
         return
     st.session_state[CompareKeys.JOB[kind]] = job_id
     st.rerun()

@@ -85,6 +85,14 @@ def get_job(run_id: str | None) -> Job | None:
         return _JOBS.get(run_id)
 
 
+def write_problem(err: OSError, what: str = "write to its runs folder") -> str:
+    """One line for a failed write on the server (a full disk, a read-only or foreign folder),
+    naming the cause but not the server's paths."""
+    cause = err.strerror or type(err).__name__
+    return (f"the server could not {what} ({cause.lower()}): free space there or ask whoever runs this server "
+            "to make the folder set by CELLANNOT_RUNS writable")
+
+
 def session_job_limit() -> int:
     """Training runs one browser session may have waiting or running at once
     (``$CELLANNOT_MAX_JOBS_PER_SESSION``, default 2; read on every call)."""

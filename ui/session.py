@@ -137,11 +137,17 @@ def note_browser(d: Path) -> None:
     me = browser_id()
     if me is None:
         return
-    d.mkdir(parents=True, exist_ok=True)  # a session known by its runs alone
+    try:
+        d.mkdir(parents=True, exist_ok=True)  # a session known by its runs alone
+    except OSError:
+        return
     seen = read_json(d / BROWSERS_FILE, [])
     seen = seen if isinstance(seen, list) else []
     if me not in seen:
-        _write(d / BROWSERS_FILE, json.dumps((seen + [me])[-50:]).encode())
+        try:
+            _write(d / BROWSERS_FILE, json.dumps((seen + [me])[-50:]).encode())
+        except OSError:  # a full disk: this browser is asked again next time, nothing is lost
+            pass
 
 
 def pending_link() -> dict[str, Any] | None:
@@ -215,12 +221,21 @@ def _write(path: Path, data: bytes) -> None:
 
 def remember_dataset(role: str, kind: str, *, name: str, dataset_id: str, data: bytes | None = None,
                      path: str | None = None) -> None:
-    """Keep what brings a loaded dataset back: the uploaded bytes, the server path or the demo."""
-    d = session_dir(create=True)
-    if kind == "upload" and data is not None:
-        _write(d / f"{role}.upload", data)
-    _write(d / f"{role}.json", json.dumps({"kind": kind, "name": name, "dataset_id": dataset_id,
-                                           "path": path}).encode())
+    """Keep what brings a loaded dataset back: the uploaded bytes, the server path or the demo.
+    When the server cannot write them (a full disk, a read-only folder), the dataset stays loaded
+    for this session and the page says that a reload will not bring it back."""
+    from ui.jobs import write_problem
+
+    try:
+        d = session_dir(create=True)
+        (d / f"{role}.json").unlink(missing_ok=True)  # never an old record beside a failed new copy
+        if kind == "upload" and data is not None:
+            _write(d / f"{role}.upload", data)
+        _write(d / f"{role}.json", json.dumps({"kind": kind, "name": name, "dataset_id": dataset_id,
+                                               "path": path}).encode())
+    except OSError as err:
+        st.warning(f"The {role} is loaded for this session, but {write_problem(err, 'keep a copy of it')}; until "
+                   "then a reload or a restart will not bring it back.", icon=":material/warning:")
 
 
 def remember_choices(choices: dict[str, Any]) -> None:
@@ -228,7 +243,10 @@ def remember_choices(choices: dict[str, Any]) -> None:
     if st.session_state.get(SAVED_CHOICES_KEY) == choices:
         return
     st.session_state[SAVED_CHOICES_KEY] = dict(choices)
-    _write(session_dir(create=True) / "choices.json", json.dumps(choices).encode())
+    try:
+        _write(session_dir(create=True) / "choices.json", json.dumps(choices).encode())
+    except OSError:  # the datasets' own warning says the server cannot keep this session's files
+        pass
 
 
 KEPT_AS = {"upload": "a copy of the uploaded file", "path": "its path on the server", "demo": "the bundled demo"}
@@ -285,7 +303,11 @@ def expire_sessions(days: float, *, now: float | None = None) -> list[str]:
     base = default_root() / SESSIONS_DIR
     cutoff = (time.time() if now is None else now) - days * 86400.0
     removed = []
-    for d in sorted(base.iterdir()) if base.is_dir() else []:
+    try:
+        folders = sorted(base.iterdir()) if base.is_dir() else []
+    except OSError:
+        return removed
+    for d in folders:
         try:
             if d.is_dir() and not d.is_symlink() and d.stat().st_mtime < cutoff:
                 shutil.rmtree(d)

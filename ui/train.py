@@ -60,8 +60,10 @@ def start(opts: Any) -> str | None:
 
         run_id = jobs.start_job(get(StateKeys.REFERENCE), get(StateKeys.QUERY), opts, owner=owner_id(),
                                 datasets=session_datasets())
-    except (CellannotError, OSError) as err:
+    except CellannotError as err:
         return str(err)
+    except OSError as err:
+        return jobs.write_problem(err, "create the run's folder")
     set_run(run_id)
     return None
 

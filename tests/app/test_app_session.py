@@ -232,3 +232,40 @@ def test_kept_datasets_expire_after_the_days_the_server_is_set_to(monkeypatch):
     assert back.session_state[StateKeys.QUERY] is None and back.session_state[StateKeys.RUN_ID] == run_old
     assert session.expire_sessions(7, now=time.time()) == []  # the recent one was opened today
     assert session.expire_sessions(7, now=time.time() + 8 * 86400) == [owner_id(tok_recent)]
+
+
+def test_a_full_disk_keeps_the_upload_loaded_and_says_a_reload_will_not_bring_it_back(monkeypatch):
+    """A server that cannot write its session files (disk full, read-only folder) raised an OSError
+    out of the upload handler (an exception box); the dataset now stays loaded, with one line."""
+    import errno
+
+    from ui import data as data_ui
+    from ui import session
+    from ui import train as train_ui
+
+    small = (ROOT / "tests" / "data" / "pbmc3k_small.h5ad").read_bytes()
+    at = _visit(page="pages/data.py")
+    tok = at.session_state[TOKEN_KEY]
+
+    def full(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    said: list[str] = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(session, "_write", full)
+        mp.setattr(session.st, "warning", lambda text, **kw: said.append(text))
+        mp.setattr(data_ui.st, "session_state", at.session_state)
+        mp.setattr(session.st, "session_state", at.session_state)
+        mp.setattr(data_ui.st, "query_params", {SESSION_PARAM: tok})
+        assert data_ui.handle_upload("query", small, "my cells.h5ad") is None
+        assert at.session_state[StateKeys.QUERY] is not None  # loaded for this session
+        assert len(said) == 1 and "could not keep a copy of it (no space left on device)" in said[0]
+        assert "reload" in said[0] and str(jobs.runs_root()) not in said[0]  # no server path echoed
+    kept = Path(jobs.runs_root()) / ".sessions" / owner_id(tok)
+    assert not (kept / "query.json").exists()  # a reload brings nothing back rather than something old
+    with pytest.MonkeyPatch.context() as mp:  # a run cannot get its folder: one line, no path
+        mp.setattr(jobs.RunDir, "create", classmethod(lambda cls, *a, **k: full("/runs/x", b"")))
+        mp.setattr(train_ui, "get", lambda key: None)
+        msg = train_ui.start(AnnotateOptions(label_key=LABEL, model="logreg"))
+    assert msg.startswith("the server could not create the run's folder (no space left on device)")
+    assert "/runs/x" not in msg
