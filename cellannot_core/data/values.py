@@ -252,6 +252,11 @@ def get_counts(adata: ad.AnnData, *, name: str = "dataset", allow_lognorm: bool 
                 "counts",
             )
     where = "X, layers['counts'] or .raw"
+    others = [str(k) for k in adata.layers.keys() if k not in COUNT_LAYERS
+              and detect_value_state(adata.layers[k]) == "counts"]
+    if others:  # not taken on trust (velocyto's 'spliced' holds counts, not all of them): named
+        where += (f". Its layers[{others[0]!r}] holds counts: if those are the raw counts, name that layer "
+                  f"'counts' (adata.layers['counts'] = adata.layers[{others[0]!r}])")
     if x_state == "lognorm":
         if allow_lognorm:
             return Counts(

@@ -91,6 +91,19 @@ def test_scaled_without_counts_raises(synthetic_adata):
         get_counts(a, name="reference", allow_lognorm=True)
 
 
+def test_counts_in_a_layer_of_another_name_are_named_not_taken(synthetic_adata):
+    """A layer of counts under a name the reader does not know (velocyto's 'spliced', a lab's 'umi')
+    is not taken on trust, but the message names it and says how to use it."""
+    a = _lognorm(synthetic_adata)
+    a.layers["umi"] = synthetic_adata.X.copy()
+    sc.pp.scale(a)
+    with pytest.raises(DataError, match=r"Its layers\['umi'\] holds counts: if those are the raw counts, name that "
+                                        r"layer 'counts' \(adata.layers\['counts'\] = adata.layers\['umi'\]\)"):
+        get_counts(a, name="reference")
+    a.layers["counts"] = a.layers["umi"]
+    assert get_counts(a, name="reference").source.startswith("raw counts from layers['counts']")
+
+
 def test_layer_that_is_not_counts_is_skipped(synthetic_adata):
     a = _lognorm(synthetic_adata)
     a.X = not_of_counts(a.X)
