@@ -197,7 +197,7 @@ class Annotator:
                 f"label_key={self.bundle.get('label_key')!r})")
 
     def predict(self, adata, *, key_added: str = OutKeys.UNS, copy: bool = False, threshold: float | None = None,
-                adapt: bool = False, log: Callable[[str], None] | None = None):
+                adapt: bool = False, log: Callable[[str], None] | None = None, progress_bar: bool = True):
         """Label the cells of ``adata`` (keys as :func:`annotate`).
 
         Parameters
@@ -217,6 +217,8 @@ class Annotator:
             labels then come from a model of this query, not the saved one.
         log
             Called with one line per step; default: silent.
+        progress_bar
+            With ``adapt``: show the training's progress (as :func:`annotate`).
 
         Returns
         -------
@@ -226,7 +228,8 @@ class Annotator:
 
         if adapt:
             res = annotate_adapted(self.model, self.bundle, adata, threshold=threshold,
-                                   device=self.model.device_name, log=log or _default_log)
+                                   device=self.model.device_name, log=log or _default_log,
+                                   callbacks=_progress(progress_bar))
             return _write_result(res, adata, key_added=key_added, copy=copy)
         preds, card = predict_query(self.model, self.bundle, adata, threshold=threshold, log=log or _default_log)
         target = _copy(adata) if copy else adata
@@ -234,16 +237,17 @@ class Annotator:
         return target if copy else None
 
     def predict_file(self, path: str | Path, *, out: str | Path, threshold: float | None = None,
-                     adapt: bool = False, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+                     adapt: bool = False, log: Callable[[str], None] | None = None,
+                     progress_bar: bool = True) -> dict[str, Any]:
         """Label the ``.h5ad`` file at ``path`` without loading it (a block of cells at a time;
         any size, see :mod:`cellannot_core.streaming`) and write the annotated copy to ``out``
-        (keys as :func:`annotate`). ``adapt``: as in :meth:`predict` (a large file trains on a
-        seeded sample of its cells, as ``annotate`` does). Returns ``{"n_obs", "unknown_fraction",
-        "streamed"}``."""
+        (keys as :func:`annotate`). ``adapt``, ``progress_bar``: as in :meth:`predict` (a large file
+        trains on a seeded sample of its cells, as ``annotate`` does). Returns ``{"n_obs",
+        "unknown_fraction", "streamed"}``."""
         from .streaming import label_file
 
         return label_file(self.model, self.bundle, path, out=out, threshold=threshold, adapt=adapt,
-                          log=log or _default_log)
+                          log=log or _default_log, callbacks=_progress(progress_bar))
 
     def save(self, path: str | Path) -> Path:
         """Write the model (safetensors + JSON, no pickle) and its genes to the directory ``path``;

@@ -1135,7 +1135,8 @@ def bundle_reference(model, bundle: dict[str, Any]):
 
 
 def annotate_adapted(model, bundle: dict[str, Any], query, *, threshold: float | None = None, device: str = "auto",
-                     out: str | Path | None = None, log: Callable[[str], None] = lambda s: None) -> AnnotateResult:
+                     out: str | Path | None = None, log: Callable[[str], None] = lambda s: None,
+                     callbacks: Sequence[Any] = ()) -> AnnotateResult:
     """``predict`` with ``adapt``: the saved model trained again, as :func:`annotate` trains it, on
     its kept reference cells (:func:`bundle_reference`) with ``query`` (an AnnData, or a path read
     as the app reads it, a large ``.h5ad`` as a sample of its cells, every cell labelled a chunk at a
@@ -1159,7 +1160,7 @@ def annotate_adapted(model, bundle: dict[str, Any], query, *, threshold: float |
                            min_shared_genes=int(bundle.get("min_shared_genes", AnnotateOptions.min_shared_genes)))
     reference = bundle_reference(model, bundle)
     log(f"adapt: training {model.name} again on the {reference.n_obs:,} reference cells the model kept, with the query")
-    return annotate(reference, query, opts, out=out, log=log)
+    return annotate(reference, query, opts, out=out, log=log, callbacks=callbacks)
 
 
 def predict_with_bundle(model_dir: str | Path, query, *, out: str | Path | None = None, device: str = "auto",

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -166,14 +166,15 @@ def predict_file(model_dir: str | Path, query: str | Path, *, out: str | Path, d
 
 def label_file(model, bundle: dict[str, Any], query: str | Path, *, out: str | Path, threshold: float | None = None,
                chunk_cells: int = CHUNK_CELLS, log: Callable[[str], None] = lambda s: None,
-               model_dir: str | Path | None = None, adapt: bool = False) -> dict[str, Any]:
-    """:func:`predict_file` with a model and bundle already in memory (``Annotator.predict_file``)."""
+               model_dir: str | Path | None = None, adapt: bool = False, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
+    """:func:`predict_file` with a model and bundle already in memory (``Annotator.predict_file``);
+    ``callbacks``: the training's, when ``adapt`` trains the model again."""
     from .pipeline import (annotate_adapted, bundle_samples, log_class_notes, log_unknown_groups, predict_query,
                            prediction_card, write_annotations, write_h5ad_atomic)
 
     if adapt:
         res = annotate_adapted(model, bundle, Path(query), threshold=threshold, device=model.device_name, out=out,
-                               log=log)
+                               log=log, callbacks=callbacks)
         return {"n_obs": len(res.predictions.label), "unknown_fraction": res.card["unknown_fraction"],
                 "streamed": "query_read_in_chunks" in res.card}
 

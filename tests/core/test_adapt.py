@@ -39,7 +39,7 @@ def test_a_saved_model_gives_back_its_reference_cells_counts(saved):
     np.testing.assert_array_equal(back.obs["cell_type"].astype(str), np.asarray(prep.classes)[prep.train.y])
 
 
-def test_predict_says_when_its_model_learns_from_the_query_and_adapt_trains_with_it(saved):
+def test_predict_says_when_its_model_learns_from_the_query_and_adapt_trains_with_it(saved, capsys):
     _, query, d = saved
     ann = ca.Annotator.load(d, device="cpu")
     plain = ann.predict(query, copy=True)
@@ -52,6 +52,7 @@ def test_predict_says_when_its_model_learns_from_the_query_and_adapt_trains_with
     assert card["model"] == "scanvi_svm" and card["seed"] == ann.model.seed and "unseen_query" not in card
     assert card["n_query"] == query.n_obs and card["n_train"] + card["n_val"] == len(ann.model.reference.y)
     assert any(s.startswith("adapt: training scanvi_svm again on the") for s in lines)
+    assert "training scanvi: 100%" in capsys.readouterr().err.replace("\r", "\n")  # its progress bar, as annotate's
     assert "training" in card and list(adapted.obs_names) == list(query.obs_names)
     # the latent space was learnt again (a model trained with these cells), not the saved one reused
     assert not np.allclose(adapted.obsm["X_cellannot"], plain.obsm["X_cellannot"])
@@ -114,7 +115,7 @@ def test_a_large_query_file_adapts_on_a_sample_and_labels_every_cell(saved, tmp_
     monkeypatch.setattr(stream, "SAMPLE_CELLS", 120)
     read = []
     monkeypatch.setattr(stream, "read_sample", lambda *a, **k: read.append(k) or _sample(*a, **k))
-    res = ca.Annotator.load(d, device="cpu").predict_file(qf, out=tmp_path / "o.h5ad", adapt=True)
+    res = ca.Annotator.load(d, device="cpu").predict_file(qf, out=tmp_path / "o.h5ad", adapt=True, progress_bar=False)
     assert read and res["streamed"] and res["n_obs"] == query.n_obs
     out = ad.read_h5ad(tmp_path / "o.h5ad")
     assert out.n_obs == query.n_obs and out.obs["cellannot_label"].notna().all()
