@@ -20,11 +20,11 @@ def _annotated(adata: Any, key_added: str) -> dict[str, str]:
     from .pipeline import annotation_keys
 
     keys = annotation_keys(key_added)
-    missing = [k for k in (keys["LABEL"], keys["IS_UNKNOWN"], keys["OOD_SCORE"]) if k not in adata.obs]
-    if missing or keys["UNS"] not in adata.uns:
-        raise DataError(f"this AnnData holds no annotations under '{key_added}' (no obs column {missing[0]!r})"
-                        if missing else f"this AnnData has no uns['{key_added}']: run ca.annotate (or "
-                        f"Annotator.predict) on it first, with key_added='{key_added}' if you named it")
+    missing = [f"obs['{k}']" for k in (keys["LABEL"], keys["IS_UNKNOWN"], keys["OOD_SCORE"]) if k not in adata.obs]
+    missing += [] if keys["UNS"] in adata.uns else [f"uns['{keys['UNS']}']"]
+    if missing:
+        raise DataError(f"this AnnData holds no annotations under '{key_added}' (no {missing[0]}): run ca.annotate "
+                        "(or Annotator.predict) on it first, with the same key_added if you gave one")
     return keys
 
 
@@ -33,11 +33,9 @@ def _labelled(adata: Any, keys: dict[str, str]) -> np.ndarray:
 
 
 def _column(adata: Any, key: str) -> np.ndarray:
-    if key not in adata.obs:
-        cols = ", ".join(map(str, adata.obs.columns[:30]))
-        from .errors import did_you_mean
+    from .data.validate import check_label_column
 
-        raise DataError(f"no obs column '{key}'; choose one of {cols}.{did_you_mean(key, adata.obs.columns)}")
+    check_label_column(adata.obs, key, name="annotated AnnData")
     return adata.obs[key].astype(str).to_numpy()
 
 

@@ -275,9 +275,9 @@ def test_the_annotated_query_is_plotted_scanpy_style(pair):
     rel = ca.pl.reliability(q, "cell_type")
     known = q.obs["cell_type"].isin(["type0", "type1", "type2"]).sum()
     assert any(f"{known:,} cells of reference types" in (t.name or "") for t in rel.data)
-    with pytest.raises(DataError, match="no obs column 'celltype'.*Did you mean 'cell_type'"):
+    with pytest.raises(DataError, match="has no label column 'celltype'.*Did you mean 'cell_type'"):
         ca.pl.label_heatmap(q, "celltype")
-    with pytest.raises(DataError, match="holds no annotations under 'other'"):
+    with pytest.raises(DataError, match=r"holds no annotations under 'other' \(no obs\['other_label'\]\): run ca"):
         ca.pl.novelty(q, key_added="other")
     with pytest.raises(DataError, match="no cell's 'batch' label is one of the reference's types"):
         q.obs["batch"] = "b1"
