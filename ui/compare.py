@@ -121,7 +121,8 @@ def _worker(job: CompareJob, reference: Any, query: Any, opts: Any) -> None:
     p = job.params
     try:
         with jobs.training_slot(job.token.should_stop,
-                                lambda: setattr(job, "message", "waiting for another training to finish")):
+                                lambda: setattr(job, "message", "waiting for another training to finish"),
+                                owner=p.get("owner")):
             job.state, job.message = "running", "preparing the data"
             prepared = prepare_data(reference, query, opts) if job.kind != "sweep" else None
             cbs = [_Reporter(job), job.token]
@@ -347,8 +348,9 @@ def loco_summary(df: pd.DataFrame) -> pd.DataFrame:
 
 def start_from_page(kind: str, reference: Any, query: Any, get_state: Any, **params: Any) -> None:
     """Start a job on the session's data, remember its id, rerun (errors shown in plain words)."""
-    from ui.session import session_dir
+    from ui.session import owner_id, session_dir
 
+    params.setdefault("owner", owner_id())  # its session: whose turn it is for a training slot
     try:
         job_id = start(kind, reference, query, options_from_session(get_state),
                        save_to=record_path(kind, session_dir(create=True)), **params)

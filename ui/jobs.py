@@ -70,7 +70,6 @@ class Job:
 _LOCK = threading.Lock()
 _START_LOCK = threading.Lock()  # a session's count of active runs is checked and raised in one step
 _JOBS: dict[str, Any] = {}  # every background job of this process: training runs (Job) and comparisons
-_SLOTS = threading.BoundedSemaphore(MAX_PARALLEL)
 
 
 def runs_root() -> Path:
@@ -114,24 +113,67 @@ def active_jobs() -> list[str]:
         return [rid for rid, j in _JOBS.items() if j.alive]
 
 
+class Slots:
+    """``n`` training slots and the queue for them: a free slot goes to the waiting job whose
+    session holds the fewest slots, then to the one that has waited longest (so a visitor whose
+    runs hold the server is served after the colleague who queued behind them, and otherwise first
+    come, first served)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = int(n)
+        self._cond = threading.Condition()
+        self._held: dict[Any, int] = {}  # owner -> slots held
+        self._waiting: list[tuple[int, Any]] = []  # (ticket, owner)
+        self._tickets = 0
+
+    def _next(self) -> tuple[int, Any]:
+        return min(self._waiting, key=lambda t: (self._held.get(t[1], 0), t[0]))
+
+    def acquire(self, owner: Any, should_stop: Callable[[], bool], on_wait: Callable[[], None]) -> None:
+        """Block until this job may train; ``on_wait`` once if it has to wait; :class:`Cancelled`
+        when ``should_stop()`` while waiting."""
+        said = False
+        with self._cond:
+            self._tickets += 1
+            me = (self._tickets, owner)
+            self._waiting.append(me)
+            try:
+                while sum(self._held.values()) >= self.n or self._next() != me:
+                    if should_stop():
+                        raise Cancelled("cancelled before training started")
+                    if not said:
+                        on_wait()
+                        said = True
+                    self._cond.wait(0.5)
+            finally:
+                self._waiting.remove(me)
+                self._cond.notify_all()  # the next in line may be another job now
+            self._held[owner] = self._held.get(owner, 0) + 1
+
+    def release(self, owner: Any) -> None:
+        with self._cond:
+            self._held[owner] -= 1
+            if not self._held[owner]:
+                del self._held[owner]
+            self._cond.notify_all()
+
+
+_SLOTS = Slots(MAX_PARALLEL)
+
+
 @contextmanager
-def training_slot(should_stop: Callable[[], bool], on_wait: Callable[[], None]) -> Iterator[None]:
+def training_slot(should_stop: Callable[[], bool], on_wait: Callable[[], None], owner: Any = None) -> Iterator[None]:
     """Hold one of the :data:`MAX_PARALLEL` training slots (shared by training runs and
-    comparisons) while the block runs; ``on_wait`` is called once if the job has to wait, and
-    :class:`~cellannot_core.errors.Cancelled` is raised when ``should_stop()`` while waiting."""
-    said = False
-    while not _SLOTS.acquire(timeout=0.5):
-        if should_stop():
-            raise Cancelled("cancelled before training started")
-        if not said:
-            on_wait()
-            said = True
+    comparisons; :class:`Slots` decides who is next) while the block runs; ``on_wait`` is called
+    once if the job has to wait, and :class:`~cellannot_core.errors.Cancelled` is raised when
+    ``should_stop()`` while waiting. ``owner``: the session the job belongs to."""
+    _SLOTS.acquire(owner, should_stop, on_wait)
     try:
         if should_stop():
             raise Cancelled("cancelled before training started")
         yield
     finally:
-        _SLOTS.release()
+        _SLOTS.release(owner)
 
 
 def launch(job_id: str, job: Any, target: Callable[..., None], *args: Any) -> str:
@@ -152,7 +194,8 @@ def _worker(job: Job, reference: Any, query: Any, opts: Any) -> None:
     rd = job.run_dir
     try:
         with training_slot(job.token.should_stop,
-                           lambda: rd.set_status("queued", message="waiting for another training to finish")):
+                           lambda: rd.set_status("queued", message="waiting for another training to finish"),
+                           owner=job.owner):
             job.log(f"starting {opts.model} (seed {opts.seed}, device {opts.device})")
             annotate(reference, query, opts, run_dir=rd, callbacks=[RunProgress(rd), job.token], log=job.log)
             job.log("finished")

@@ -9,6 +9,7 @@ import anndata as ad
 import numpy as np
 import pytest
 
+from cellannot_core.errors import Cancelled
 from cellannot_core.pipeline import AnnotateOptions
 from cellannot_core.runs import RunDir, list_runs
 from ui import jobs
@@ -108,3 +109,51 @@ def test_one_session_cannot_fill_the_queue(demo, monkeypatch):
     again = jobs.start_job(ref, qry, _opts("clams", 500), owner="visitor-a")
     assert jobs.owner_active_runs("visitor-a") == [again]
     assert jobs.cancel(again) and jobs.wait(again, 120)["state"] == "cancelled"
+
+
+def test_a_free_training_slot_goes_to_the_session_holding_fewest_then_to_the_longest_waiting():
+    """Two slots held by visitor A; A queues a third run, then B queues one: when A's first run
+    ends the slot goes to B (A already holds one), then to A's; with equal holdings, first come."""
+    import threading
+
+    slots = jobs.Slots(2)
+    order: list[str] = []
+    never = lambda: False  # noqa: E731
+    slots.acquire("a", never, lambda: None)
+    slots.acquire("a", never, lambda: None)
+
+    def wait_for(name: str, owner: str, waiting: threading.Event) -> threading.Thread:
+        def run() -> None:
+            slots.acquire(owner, never, waiting.set)
+            order.append(name)
+        t = threading.Thread(target=run, daemon=True)
+        t.start()
+        assert waiting.wait(5)  # queued, in this order
+        return t
+
+    a3 = wait_for("a3", "a", threading.Event())
+    b1 = wait_for("b1", "b", threading.Event())
+    slots.release("a")
+    b1.join(5)
+    assert order == ["b1"] and a3.is_alive()  # A holds one slot, B none: B first though it came later
+    slots.release("a")
+    a3.join(5)
+    assert order == ["b1", "a3"]
+    # equal holdings: first come, first served; a job cancelled while waiting leaves the queue
+    c1 = wait_for("c1", "c", threading.Event())
+    stop = threading.Event()
+    gone: list[str] = []
+
+    def cancelled() -> None:
+        try:
+            slots.acquire("d", stop.is_set, lambda: None)
+        except Cancelled:
+            gone.append("d")
+    d = threading.Thread(target=cancelled, daemon=True)
+    d.start()
+    stop.set()
+    d.join(5)
+    assert gone == ["d"]
+    slots.release("b")
+    c1.join(5)
+    assert order == ["b1", "a3", "c1"]
