@@ -294,9 +294,10 @@ def _own_decisions(run: Run) -> dict[str, Any]:
 def decisions_note(run: Run) -> str | None:
     """For the Label transfer page: what the visitor changed on the Calibration page, which that
     page's figures (the run's own calls) do not follow; None when nothing was changed."""
-    kept, own = decisions(run), _own_decisions(run)
-    if not kept:
+    kept = decisions(run)
+    if not kept:  # (the usual case: nothing else is computed on the page's reruns)
         return None
+    own = _own_decisions(run)
     said = []
     n = len(set(kept.get("accepted", own["accepted"])) ^ set(own["accepted"])) + len(kept.get("as_short", []))
     if n:
