@@ -715,3 +715,30 @@ def test_a_class_with_few_reference_cells_and_unknown_query_cells_gets_a_note():
     # with fewer than ten Unknown cells
     table = notes["unknown_by_class"]
     assert few_reference_classes([{**table[0], "n_unknown": 200}, {**table[2], "n_unknown": 9}]) == []
+
+
+def test_knn_class_calls_as_many_known_cells_unknown_in_a_query_ten_times_larger():
+    """A query much larger than the reference was smoothed over neighbourhoods much smaller than
+    the reference's own null, so the far tail of known types stayed higher than the null's: the
+    same cells, ten times as many, lost more of their known cells. The query is now smoothed and
+    clustered among a pool as large as the reference index (at least QUERY_POOL_MIN)."""
+    import cellannot_core.novelty as nv
+
+    rng = np.random.default_rng(11)
+    centres = _centres()
+    ref, ref_y = _blobs(rng, 1200, centres[:3])  # 3,600 reference cells: a pool of 3,600
+    lr = LatentReference(ref, ref_y, k=10)
+    assert lr.query_pool() == 3600
+
+    def unknown_share(n: int) -> float:
+        q, qy = _blobs(np.random.default_rng(n), n, centres[:3] + 0.3, scale=1.2)  # another study
+        return float(np.mean(lr.knn_class(q, qy) > 1))
+
+    small, large = unknown_share(1000), unknown_share(12000)  # 3,000 and 36,000 query cells
+    assert abs(large - small) < 0.03, (small, large)
+    before = lr.query_pool
+    try:  # without the pool (every query cell's neighbours among the whole query), as before
+        lr.query_pool = lambda: nv.QUERY_POOL_MAX
+        assert unknown_share(12000) > large + 0.02
+    finally:
+        lr.query_pool = before
