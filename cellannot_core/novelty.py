@@ -244,7 +244,8 @@ class LatentReference:
 
     def knn_graph(self, z: np.ndarray, *, k: int = GRAPH_K) -> np.ndarray:
         """:meth:`knn` averaged over each cell's ``k`` nearest neighbours among the rows of ``z``
-        (itself included): a property of the cells scored *together* (e.g. one query)."""
+        (itself included; a ``z`` of more than :meth:`query_pool` rows among a seeded pool of that
+        many): a property of the cells scored *together* (e.g. one query)."""
         return graph_smooth(z, self.knn(z), k=k, pool_max=self.query_pool())
 
     def knn_graph_reference(self, z_val: np.ndarray, *, k: int = GRAPH_K) -> np.ndarray:
