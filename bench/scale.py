@@ -3,6 +3,7 @@ default-model bundle over a series of query sizes, and the fitted growth exponen
 
     CELLANNOT_NUM_THREADS=2 .venv/bin/python bench/scale.py                       # 10k, 100k, 1M cells
     .venv/bin/python bench/scale.py --sizes 10000 100000                          # a shorter series
+    .venv/bin/python bench/scale.py --sizes --annotate-sizes 2638 10000 100000    # annotate, trained with each query
     .venv/bin/python bench/scale.py --sizes --train-sizes 10000 50000 100000      # training only
 
 The bundle is the default model (``scanvi_svm``) trained on kang_ctrl (8,684 cells) with pbmc3k
@@ -114,9 +115,22 @@ def open_accuracy(out: Path, classes: list[str]) -> float:
 
 def run_predict(model_dir: Path, query: Path, out: Path) -> tuple[float, float, str]:
     """Wall seconds, peak RSS (GB) and the last log line of one ``predict`` process."""
+    return run_cli(["predict", "--model", str(model_dir), "--query", str(query), "--out", str(out), "--device", "cpu"],
+                   query)
+
+
+def run_annotate(query: Path, out: Path) -> tuple[float, float, str]:
+    """The same for one ``annotate`` process: the default model trained on kang_ctrl with the whole
+    query (read whole below ``CELLANNOT_STREAM_QUERY_MB``), its own labels as the query's truth."""
+    return run_cli(["annotate", "--reference", str(DATA / "kang_pbmc_ctrl_8684.h5ad"), "--query", str(query),
+                    "--label-key", LABEL_KEY, "--query-label-key", LABEL_KEY, "--out", str(out), "--device", "cpu"],
+                   query)
+
+
+def run_cli(args: list[str], query: Path) -> tuple[float, float, str]:
+    """Wall seconds, peak RSS (GB) and the last log line of one ``cellannot`` process."""
     t0 = time.time()
-    p = subprocess.Popen([sys.executable, "-m", "cellannot_core", "predict", "--model", str(model_dir),
-                          "--query", str(query), "--out", str(out), "--device", "cpu"],
+    p = subprocess.Popen([sys.executable, "-m", "cellannot_core", *args],
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
     assert p.stdout is not None
@@ -127,7 +141,7 @@ def run_predict(model_dir: Path, query: Path, out: Path) -> tuple[float, float, 
     p.returncode = os.waitstatus_to_exitcode(status)
     if p.returncode != 0:
         print("\n".join(lines[-20:]))
-        raise SystemExit(f"predict failed on {query.name} (exit {p.returncode})")
+        raise SystemExit(f"{args[0]} failed on {query.name} (exit {p.returncode})")
     return secs, usage.ru_maxrss / 1024 ** 2, lines[-1] if lines else ""
 
 
@@ -178,9 +192,25 @@ def main() -> None:
     ap.add_argument("--train-sizes", type=int, nargs="*", default=[],
                     help="also train the default model on references of these sizes (kang_ctrl resampled), e.g. "
                          "10000 50000 100000: wall time, peak RSS, epochs (the cells budget) and seconds per epoch")
+    ap.add_argument("--annotate-sizes", type=int, nargs="*", default=[],
+                    help="also run `cellannot annotate` (the default model trained with the whole query, kang_ctrl "
+                         "as the reference) on queries of these sizes, e.g. 2638 10000 100000: wall time, peak RSS, "
+                         "acc_open and the known and novel cells called Unknown")
     args = ap.parse_args()
     if not DATA.is_dir():
         sys.exit(f"error: benchmark data not found in {DATA}; set CELLANNOT_SHARED_DATA")
+    if args.annotate_sizes:
+        import anndata as ad
+
+        print(f"{'query cells':>12s} {'wall s':>8s} {'peak RSS GB':>12s} {'acc_open':>9s} {'reject_in':>10s} "
+              f"{'reject_novel':>13s}", flush=True)
+        for n in args.annotate_sizes:
+            out = OUT / f"annotate_{n}.h5ad"
+            secs, rss, _ = run_annotate(make_query(n), out)
+            m = ad.read_h5ad(out, backed="r").uns["cellannot"]["query_metrics"]
+            out.unlink(missing_ok=True)
+            print(f"{n:12,d} {secs:8.1f} {rss:12.2f} {m['acc_open']:9.3f} {m['reject_in']:10.3f} "
+                  f"{m['reject_novel']:13.3f}", flush=True)
     if args.train_sizes:
         print(f"{'reference':>10s} {'wall s':>8s} {'peak RSS GB':>12s} {'epochs':>7s} {'s/epoch':>8s} "
               f"{'us/cell/epoch':>14s} {'val_acc':>8s}", flush=True)
