@@ -374,17 +374,32 @@ def batch_codes(ref_obs: pd.DataFrame, q_obs: pd.DataFrame, batch_key: str) -> t
 
 def _split(X: sp.csr_matrix, counts: sp.csr_matrix, rows, y, obs_names, labels, index,
            batch: np.ndarray | None = None) -> Split:
-    sub = X[rows]
-    big = sub.shape[0] * sub.shape[1] * 4 > DENSE_LIMIT_BYTES
+    """The split of ``rows`` (``None``: every row, in order, without copying the matrices)."""
+    pick = (lambda v: v) if rows is None else (lambda v: v[rows])  # noqa: E731
+    sub = pick(X)
     return Split(
-        X=sp.csr_matrix(sub, dtype=np.float32) if big else np.asarray(sub.toarray(), dtype=np.float32),
-        counts=sp.csr_matrix(counts[rows], dtype=np.float32),
-        y=None if y is None else np.asarray(y[rows], dtype=np.int64),
-        obs_names=np.asarray(obs_names[rows]).astype(str),
-        labels=None if labels is None else np.asarray(labels[rows], dtype=object),
-        index=np.asarray(index[rows], dtype=np.int64),
-        batch=None if batch is None else np.asarray(batch[rows], dtype=np.int64),
+        X=sp.csr_matrix(sub, dtype=np.float32) if _too_big(sub) else np.asarray(sub.toarray(), dtype=np.float32),
+        counts=sp.csr_matrix(pick(counts), dtype=np.float32),
+        y=None if y is None else np.asarray(pick(y), dtype=np.int64),
+        obs_names=np.asarray(pick(obs_names)).astype(str),
+        labels=None if labels is None else np.asarray(pick(labels), dtype=object),
+        index=np.asarray(pick(index), dtype=np.int64),
+        batch=None if batch is None else np.asarray(pick(batch), dtype=np.int64),
     )
+
+
+def _too_big(X) -> bool:
+    """Whether ``X`` held dense would pass :data:`DENSE_LIMIT_BYTES` (it then stays CSR)."""
+    return X.shape[0] * X.shape[1] * 4 > DENSE_LIMIT_BYTES
+
+
+def _in_model_order(M: sp.csr_matrix, cols: np.ndarray, n_cols: int) -> sp.csr_matrix:
+    """``M``'s columns put at positions ``cols`` of a CSR matrix ``n_cols`` wide (the model's gene
+    order; its other genes zero), without a dense copy."""
+    out = sp.csr_matrix((np.asarray(M.data, dtype=np.float32), np.asarray(cols, dtype=np.int64)[M.indices],
+                         M.indptr), shape=(M.shape[0], n_cols))
+    out.sort_indices()
+    return out
 
 
 def prepare(
@@ -546,22 +561,25 @@ def prepare(
             "two may be shifted"
         )
     shared_only = normalize_on == "shared"
-    ref_log = lognormalize(ref.X, gm.ref_idx, state=ref.state, total_cols=gm.ref_idx if shared_only else None)
+
+    def log_of(d: _Loaded, cols: np.ndarray, shared: np.ndarray) -> sp.csr_matrix:
+        """``d``'s log-normalised values on ``cols`` alone, each cell's library summed over the shared
+        genes (or all): a large dataset is never normalised on genes the model does not use."""
+        return lognormalize(d.X, cols, state=d.state, total_cols=shared if shared_only else None)
+
     on_query = hvg_from == "both" and query is not reference  # train() without a query passes the reference twice
     on_counts = hvg_flavor == "seurat_v3" and ref.state == "counts" and qry.state == "counts"
     if on_counts:
         chosen_on = [(ref.X, gm.ref_idx)] + ([(qry.X, gm.query_idx)] if on_query else [])
     else:  # normalised dispersion of the log values (as the models see them)
-        chosen_on = [(ref_log, np.arange(len(gm.ref_idx)))] + (
-            [(lognormalize(qry.X, gm.query_idx, state=qry.state, total_cols=gm.query_idx if shared_only else None),
-              np.arange(len(gm.query_idx)))] if on_query else [])
+        chosen_on = [(log_of(d, cols, cols), np.arange(len(cols)))
+                     for d, cols in [(ref, gm.ref_idx)] + ([(qry, gm.query_idx)] if on_query else [])]
     hvg, ranked_by = _select_hvg(chosen_on, n_top_genes, flavor="seurat_v3" if on_counts else "seurat")
     del chosen_on
     ref_cols, q_cols = gm.ref_idx[hvg], gm.query_idx[hvg]
     genes = [gm.names[i] for i in hvg]
-    ref_log = ref_log[:, hvg]
-    q_log = lognormalize(qry.X, gm.query_idx, state=qry.state,
-                         total_cols=gm.query_idx if shared_only else None)[:, hvg]
+    ref_log = log_of(ref, ref_cols, gm.ref_idx)
+    q_log = log_of(qry, q_cols, gm.query_idx)
     ref_counts = ref.X[:, ref_cols]
     q_counts = qry.X[:, q_cols]
     # cells with counts, but none on the genes the model uses: as empty to the model as cells without any
@@ -585,8 +603,7 @@ def prepare(
     ref_names = np.asarray(ref.obs_names)
     train = _split(ref_log, ref_counts, train_idx, ref_y, ref_names, ref_labels, ref.index, ref_b)
     val = _split(ref_log, ref_counts, val_idx, ref_y, ref_names, ref_labels, ref.index, ref_b)
-    all_q = np.arange(q_log.shape[0])
-    qsplit = _split(q_log, q_counts, all_q, q_y, np.asarray(qry.obs_names), q_labels, qry.index, q_b)
+    qsplit = _split(q_log, q_counts, None, q_y, np.asarray(qry.obs_names), q_labels, qry.index, q_b)
 
     report: dict[str, Any] = {
         "reference": ref.report,
@@ -772,12 +789,11 @@ def prepare_query(
         nm = match_genes(pd.DataFrame(index=pd.Index([str(g) for g in norm_genes])), qry.var,
                          min_shared=min_shared_genes)
         total_cols = nm.query_idx
-    logx = lognormalize(qry.X, gm.query_idx, state=qry.state, total_cols=total_cols)
-    X = np.zeros((qry.X.shape[0], len(genes)), dtype=np.float32)
-    X[:, gm.ref_idx] = logx.toarray()
-    counts = sp.lil_matrix((qry.X.shape[0], len(genes)), dtype=np.float32)
-    counts[:, gm.ref_idx] = qry.X[:, gm.query_idx]
-    split = Split(X=X, counts=sp.csr_matrix(counts), y=None, obs_names=np.asarray(qry.obs_names), labels=None)
+    X = _in_model_order(lognormalize(qry.X, gm.query_idx, state=qry.state, total_cols=total_cols), gm.ref_idx,
+                        len(genes))
+    counts = _in_model_order(sp.csr_matrix(qry.X[:, gm.query_idx], dtype=np.float32), gm.ref_idx, len(genes))
+    split = Split(X=X if _too_big(X) else X.toarray(), counts=counts, y=None, obs_names=np.asarray(qry.obs_names),
+                  labels=None)
     split.index = qry.index
     message = f"{gm.n_shared} of {len(genes)} model genes found in the query ({gm.mode})"
     if gm.n_shared < len(genes):

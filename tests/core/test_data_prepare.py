@@ -65,6 +65,27 @@ def test_values_are_lognorm_of_full_library(prepared, synthetic_pair):
         np.testing.assert_array_equal(split.counts.toarray(), ad_.X[rows][:, cols].toarray())
 
 
+def test_only_the_chosen_genes_are_normalised(synthetic_pair, monkeypatch):
+    """A million-cell query normalised on every shared gene held a second copy of most of its
+    matrix: each dataset's values are computed on the genes the model uses alone (with the same
+    library sizes, so the values are those above)."""
+    import importlib
+
+    prep = importlib.import_module("cellannot_core.data.prepare")  # the module, not its function
+    widths = []
+    real = prep.lognormalize
+
+    def spy(X, cols, **kw):
+        widths.append(len(cols))
+        return real(X, cols, **kw)
+
+    monkeypatch.setattr(prep, "lognormalize", spy)
+    ref, q = synthetic_pair
+    p = prepare(ref, q, label_key="cell_type", n_top_genes=60, seed=0)
+    assert p.n_genes == 60 < ref.n_vars
+    assert widths == [60, 60]  # the reference's and the query's, nothing wider
+
+
 def test_stratified_split_every_class_in_val(prepared, synthetic_pair):
     ref, _ = synthetic_pair
     p = prepared
@@ -303,3 +324,26 @@ def test_batch_candidates_rank_sample_columns_first(synthetic_pair):
     ref.obs["lane"] = "L1"  # one value in the reference, absent from the query: no choice
     got = batch_candidates(ref.obs, q.obs, exclude=("cell_type",))
     assert got[0] == "donor_id" and "qc_score" not in got and "lane" not in got and "cell_type" not in got
+
+
+def test_a_new_query_too_large_to_hold_dense_stays_sparse_with_the_same_values(synthetic_pair, monkeypatch):
+    """A saved model's query (``Annotator.predict``) was made dense, with a dense copy beside it and
+    its counts through a row-list matrix: a million-cell AnnData needed tens of GB. Past the dense
+    limit its values stay CSR, in the model's gene order, equal to the dense ones."""
+    import importlib
+
+    from cellannot_core.data.prepare import prepare_query
+
+    prep = importlib.import_module("cellannot_core.data.prepare")
+    ref, q = synthetic_pair
+    genes = [str(g) for g in ref.var_names[::-2]] + ["NOT_IN_THE_QUERY"]  # another order, one gene missing
+    dense_split, report = prepare_query(q, genes=genes)
+    assert isinstance(dense_split.X, np.ndarray) and "of 61 model genes" in report["message"]
+    monkeypatch.setattr(prep, "DENSE_LIMIT_BYTES", 1024)
+    sparse_split, _ = prepare_query(q, genes=genes)
+    assert sp.issparse(sparse_split.X) and sparse_split.X.has_sorted_indices
+    np.testing.assert_array_equal(sparse_split.X.toarray(), dense_split.X)
+    np.testing.assert_array_equal(sparse_split.counts.toarray(), dense_split.counts.toarray())
+    cols = [q.var_names.get_loc(g) for g in genes[:-1]]
+    np.testing.assert_array_equal(dense_split.counts.toarray()[:, :-1], q.X[:, cols].toarray())
+    assert not dense_split.X[:, -1].any()
