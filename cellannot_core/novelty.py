@@ -634,29 +634,52 @@ class LatentReference:
         return classes, np.asarray((sp.csr_matrix(w / w.sum(1, keepdims=True)) @ ref_e).todense())
 
 
+ROW_BLOCK = 10 * 2048
+"""Rows of a large query worked on at a time where its expression is transformed (the study shift
+measured and removed): the transient copies stay this small, and the models' inference batches (2,048
+rows) fall where they fall for the whole query, so the latent codes are the same."""
+
+
+def row_blocks(n: int, size: int = ROW_BLOCK):
+    """``(start, stop)`` of consecutive blocks of ``size`` rows covering ``n`` rows."""
+    return ((a, min(n, a + size)) for a in range(0, n, size))
+
+
 def class_expression_sums(X: Any, pred: np.ndarray, classes: Sequence[int]) -> np.ndarray:
     """Per class in ``classes``, the sum over the cells predicted as it of their normalised
-    expression (``expm1`` of the log1p ``X``, dense or sparse): a query read in chunks adds these up."""
+    expression (``expm1`` of the log1p ``X``, dense or sparse; a block of rows at a time): a query
+    read in chunks adds these up."""
     import scipy.sparse as sp
 
     pred = np.asarray(pred, dtype=np.int64)
     out = np.zeros((len(classes), X.shape[1]), dtype=np.float64)
-    for i, c in enumerate(classes):
-        sel = np.flatnonzero(pred == c)
-        if len(sel) == 0:
-            continue
-        if sp.issparse(X):
-            part = sp.csr_matrix(X)[sel].astype(np.float64)
-            part.data = np.expm1(part.data)
-            out[i] = np.asarray(part.sum(axis=0)).ravel()
-        else:
-            out[i] = np.expm1(np.asarray(X[sel], dtype=np.float64)).sum(axis=0)
+    X = sp.csr_matrix(X) if sp.issparse(X) else X
+    for a, b in row_blocks(X.shape[0]):
+        block, on = X[a:b], pred[a:b]
+        for i, c in enumerate(classes):
+            sel = np.flatnonzero(on == c)
+            if len(sel) == 0:
+                continue
+            if sp.issparse(block):
+                part = block[sel].astype(np.float64)
+                part.data = np.expm1(part.data)
+                out[i] += np.asarray(part.sum(axis=0)).ravel()
+            else:
+                out[i] += np.expm1(np.asarray(block[sel], dtype=np.float64)).sum(axis=0)
     return out
 
 
 def shift_from_means(query_mean: np.ndarray, ref_mean: np.ndarray) -> np.ndarray:
     """Per gene, the median over classes of ``log((query mean + eps) / (reference mean + eps))``."""
     return np.median(np.log((query_mean + STUDY_SHIFT_EPS) / (ref_mean + STUDY_SHIFT_EPS)), axis=0)
+
+
+def latent_without_shift(model, X: Any, shift: np.ndarray) -> np.ndarray:
+    """``model``'s latent codes of ``X`` with the study ``shift`` removed (:func:`remove_shift`), a
+    block of :data:`ROW_BLOCK` rows at a time (a million-cell query is never copied whole)."""
+    parts = [np.asarray(model.latent(remove_shift(X[a:b], shift)), dtype=np.float32)
+             for a, b in row_blocks(X.shape[0])]
+    return np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32)
 
 
 def remove_shift(X: Any, shift: np.ndarray) -> Any:
@@ -877,7 +900,7 @@ def _knn_class(inp: ScoreInputs) -> np.ndarray:
     z, graph = inp.latent, inp.scores.get("knn_graph")
     shift = ref.shared_shift(z, inp._X, pred)
     if shift is not None:
-        z, graph = np.asarray(inp.model.latent(remove_shift(inp._X, shift)), dtype=np.float32), None
+        z, graph = latent_without_shift(inp.model, inp._X, shift), None
     out = ref.knn_class(z, pred, graph=graph, threshold=thr, confidence=label_confidence(inp), samples=inp.samples)
     ref.last_decision["study_shift"] = shift
     return out

@@ -78,9 +78,9 @@ def stream_predictions(model, bundle: dict[str, Any], rows: H5adRows, *, thresho
     else:
         shift, scored = _shared_shift(model, method, query_logits, latent_all, chunks, log), latent_all
         if shift is not None:  # the query's shared study shift, removed as knn_class does for a whole query
-            from .novelty import remove_shift
+            from .novelty import latent_without_shift
 
-            scored = np.concatenate([np.asarray(model.latent(remove_shift(X, shift)), dtype=np.float32)
+            scored = np.concatenate([latent_without_shift(model, X, shift)
                                      for _, _, X in chunks()]) if len(latent_all) else latent_all
             log("encoded the query again without the study shift its types share")
         scores = model.ood_scores(None, [method], logits=query_logits, latent=scored,
