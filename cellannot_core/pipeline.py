@@ -17,7 +17,7 @@ import pandas as pd
 
 from . import __version__
 from ._constants import DEFAULT_HVG_FLAVOR, DEFAULT_HVG_FROM, DEFAULT_MODEL, DEFAULT_N_TOP_GENES, UNKNOWN, OutKeys, RunFiles
-from .data._types import Prepared
+from .data._types import Prepared, Split
 from .errors import CellannotError, ConfigError
 
 REF_LATENT_KEEP = 4000  # reference cells kept for the latent-space views
@@ -132,9 +132,36 @@ def train_model(prepared: Prepared, opts: AnnotateOptions, callbacks: Sequence[A
 
         callbacks = [*callbacks, TimeBudget(opts.max_train_seconds)]
     model.fit(prepared.train, prepared.val, callbacks,
-              **({"unlabelled": prepared.query} if spec.supports.semi_supervised else {}))
+              **({"unlabelled": training_query(prepared, opts.seed)} if spec.supports.semi_supervised else {}))
     model.calibrate(prepared.val, accept=opts.accept, shift_correction=opts.shift_correction)
     return model
+
+
+def sampled_query_of(hist: dict[str, Any], prepared: Prepared) -> dict[str, str]:
+    """``{"query_sample_note": ...}`` when the model trained with a sample of the query
+    (:func:`training_query`), else ``{}``."""
+    n_used, n_query = hist.get("n_unlabelled"), prepared.query.n_obs
+    if not hist.get("unlabelled_used") or n_used is None or n_used >= n_query:
+        return {}
+    return {"query_sample_note": f"the model trained with a seeded sample of {n_used:,} of the query's {n_query:,} "
+                                 "cells (as many as the reference's training cells), so a large query does not "
+                                 "outweigh the reference; every cell is labelled"}
+
+
+def training_query(prepared: Prepared, seed: int = 0) -> Split:
+    """The query cells a semi-supervised model trains with: every one, or for a query larger than
+    the reference a seeded sample of as many cells as the reference trains with (at least
+    :data:`~.novelty.QUERY_POOL_MIN`, at most :data:`~.novelty.QUERY_POOL_MAX`; the number the
+    novelty rule smooths a query among). Every query cell is labelled either way. The reference's
+    share of training then does not shrink as the query grows, and a query's calls do not depend on
+    how many cells of the same populations it holds (README, "A query larger than the reference")."""
+    from .novelty import QUERY_POOL_MAX, QUERY_POOL_MIN
+
+    q = prepared.query
+    n = int(min(QUERY_POOL_MAX, max(prepared.train.n_obs, QUERY_POOL_MIN)))
+    if q.n_obs <= n:
+        return q
+    return q.rows(np.sort(np.random.default_rng(seed).choice(q.n_obs, n, replace=False)))
 
 
 def densified(prepared: Prepared, model_name: str) -> Prepared:
@@ -158,19 +185,32 @@ def densified(prepared: Prepared, model_name: str) -> Prepared:
     return dataclasses.replace(prepared, **out)
 
 
-def predict(model, X: np.ndarray, *, threshold: float | None = None, samples: QuerySamples | None = None) -> Predictions:
-    """Label cells: calibrated probabilities, novelty scores (all methods) and rejection.
-    ``samples`` (:func:`query_samples`): each cell's query sample, for a rule that allows for each
-    sample's own shift (``knn_class``)."""
+ALL_SCORES_MAX_CELLS = 50_000
+"""Every novelty score (to compare them on the Calibration page) is computed for a query of at most
+this many cells; a larger one gets its model's own score alone, as a query read in chunks does (the
+others, the VAE family's ELBO over every class above all, cost more time than the model's score)."""
+
+
+def score_names(model, n_cells: int) -> Sequence[str]:
+    """The novelty scores :func:`predict` computes for ``n_cells`` query cells (see
+    :data:`ALL_SCORES_MAX_CELLS`)."""
     from .novelty import OOD_METHODS
 
+    return OOD_METHODS if n_cells <= ALL_SCORES_MAX_CELLS else [model.ood_method]
+
+
+def predict(model, X: np.ndarray, *, threshold: float | None = None, samples: QuerySamples | None = None) -> Predictions:
+    """Label cells: calibrated probabilities, novelty scores (every score up to
+    :data:`ALL_SCORES_MAX_CELLS` cells, else the model's own) and rejection.
+    ``samples`` (:func:`query_samples`): each cell's query sample, for a rule that allows for each
+    sample's own shift (``knn_class``)."""
     if hasattr(X, "toarray") and not model.spec.supports.sparse:
         from .data import dense
 
         X = dense(X)
     logits = model.logits(X)
     latent = model.latent(X)
-    scores = model.ood_scores(X, OOD_METHODS, logits=logits, latent=latent,
+    scores = model.ood_scores(X, score_names(model, X.shape[0]), logits=logits, latent=latent,
                               samples=None if samples is None else samples.codes)
     return decide(model, logits, latent, scores, threshold=threshold)
 
@@ -278,16 +318,28 @@ def run_card(model, prepared: Prepared, opts: AnnotateOptions, preds: Prediction
                               + (f", scaled by {preds.shift_factor:.3f} = median(query score) / median(validation "
                                  "score) to allow for the study/technology shift" if preds.shift_factor != 1.0 else "")
                               + ("; overridden by the user" if opts.threshold is not None else "") + "."),
-                      **study_shift_of(model, samples)},
+                      **study_shift_of(model, samples), **scores_note(model, preds)},
         "validation": model.calibration,
         **class_notes(model, preds),
         "training": {k: v for k, v in hist.items() if k != "epochs"} | {"n_epochs": len(hist.get("epochs", [])),
-                                                                       "seconds": round(train_seconds, 2)},
+                                                                       "seconds": round(train_seconds, 2)}
+                    | sampled_query_of(hist, prepared),
         "unknown_fraction": float(np.mean(preds.is_unknown)) if len(preds.is_unknown) else 0.0,
         "predicted_counts": pd.Series(preds.label).value_counts().to_dict(),
         "query_metrics": query_metrics or {},
         "latent_quality": latent_quality_of(model, prepared, preds),
     }
+
+
+def scores_note(model, preds: Predictions) -> dict[str, str]:
+    """``{"scores_note": ...}`` for the card's rejection entry when the query was scored by its model's
+    own novelty score alone (:data:`ALL_SCORES_MAX_CELLS`), else ``{}``."""
+    n = len(preds.is_unknown)
+    if n <= ALL_SCORES_MAX_CELLS or len(preds.scores) > 1:
+        return {}
+    return {"scores_note": f"only the model's own novelty score ({model.ood_method}) was computed for these {n:,} "
+                           f"query cells (the others are computed for queries of at most {ALL_SCORES_MAX_CELLS:,} "
+                           "cells, to compare them on the Calibration page)"}
 
 
 def study_shift_of(model, samples: QuerySamples | None = None) -> dict[str, Any]:
@@ -930,6 +982,8 @@ def annotate(reference, query, opts: AnnotateOptions, *, out: str | Path | None 
         model = train_model(prepared, opts, callbacks)
         train_seconds = time.time() - t0
         hist = model.history or {}
+        for note in sampled_query_of(hist, prepared).values():
+            log(f"note: {note}")
         if hist.get("diverged"):
             log(f"warning: {opts.model} diverged ({hist.get('divergence_message')}); results use the last good "
                 f"checkpoint")
@@ -950,6 +1004,8 @@ def annotate(reference, query, opts: AnnotateOptions, *, out: str | Path | None 
         qm = query_metrics(all_prep, preds, model.classes)
         card = run_card(model, all_prep, opts, preds, train_seconds=train_seconds, query_metrics=qm, samples=samples)
         card["unknown_groups"] = groups
+        if card["rejection"].get("scores_note"):
+            log(f"note: {card['rejection']['scores_note']}")
         log_unknown_groups(groups, log)
         log_class_notes(card, log)
         by_shift = card["rejection"].get("sample_shifts")
@@ -1034,7 +1090,6 @@ def _label_whole_file(model, prepared: Prepared, opts: AnnotateOptions, source: 
 
     import scipy.sparse as sp
 
-    from .data._types import Split
     from .data.stream import H5adRows
     from .streaming import stream_predictions
 

@@ -225,6 +225,22 @@ def test_predict_with_bundle_reproduces_annotate(run, tmp_path):
     np.testing.assert_array_equal(adata2.obs[OutKeys.LABEL].astype(str), out.obs[OutKeys.LABEL_RAW].astype(str))
 
 
+def test_a_large_query_gets_its_models_score_alone_with_the_same_calls(run, monkeypatch):
+    """Every novelty score on a million cells cost minutes (the VAE family's ELBO once per class):
+    above ALL_SCORES_MAX_CELLS only the model's own score is computed, and the calls are the same."""
+    import cellannot_core.pipeline as pl
+
+    model, X = run["res"].model, run["res"].prepared.query.X
+    full = pl.predict(model, X)
+    assert set(OOD_METHODS) <= set(full.scores) and pl.scores_note(model, full) == {}
+    monkeypatch.setattr(pl, "ALL_SCORES_MAX_CELLS", 100)  # the query has 300 cells
+    capped = pl.predict(model, X)
+    assert list(capped.scores) == [model.ood_method]
+    np.testing.assert_array_equal(capped.label, full.label)
+    np.testing.assert_allclose(capped.ood_score, full.ood_score, rtol=1e-5)
+    assert "only the model's own novelty score" in pl.scores_note(model, capped)["scores_note"]
+
+
 def test_predict_with_bundle_needs_a_bundle(tmp_path, run):
     with pytest.raises(DataError, match="bundle"):
         predict_with_bundle(tmp_path, run["q"], device="cpu")
@@ -248,6 +264,25 @@ def test_annotate_writes_h5ad_as_is(tmp_path):
     ref, q = make_synthetic(200, 60, 3, seed=1), make_synthetic(60, 60, 3, seed=2)
     annotate(ref, q, _syn_opts(), out=tmp_path / "o.h5ad")
     assert ad.read_h5ad(tmp_path / "o.h5ad").n_obs == 60
+
+
+def test_a_query_larger_than_the_reference_trains_with_a_sample_of_its_size(monkeypatch):
+    """A 100,000-cell query trained with every cell called 19% of its known cells Unknown, the same
+    cells 4% in a 2,638-cell query: the model trains with as many query cells as the reference's
+    training cells (a seeded sample; at least QUERY_POOL_MIN) and labels every cell."""
+    import cellannot_core.novelty as nov
+
+    monkeypatch.setattr(nov, "QUERY_POOL_MIN", 50)
+    ref, q = make_synthetic(200, 60, 3, seed=1), make_synthetic(500, 60, 3, seed=2)
+    opts = _syn_opts(model="scanvi", hparams={"n_hidden": 16, "n_latent": 4})
+    logs: list[str] = []
+    res = annotate(ref, q, opts, log=logs.append)
+    n_train = res.prepared.train.n_obs
+    assert res.model.history["n_unlabelled"] == n_train < 500 and len(res.predictions.label) == 500
+    assert f"{n_train:,} of the query's 500 cells" in res.card["training"]["query_sample_note"]
+    assert any("seeded sample" in line for line in logs)
+    small = annotate(ref, q[:120].copy(), opts)  # a query no larger than the reference: every cell
+    assert small.model.history["n_unlabelled"] == 120 and "query_sample_note" not in small.card["training"]
 
 
 def test_failure_is_recorded_in_run_dir(tmp_path):
