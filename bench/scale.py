@@ -4,6 +4,8 @@ default-model bundle over a series of query sizes, and the fitted growth exponen
     CELLANNOT_NUM_THREADS=2 .venv/bin/python bench/scale.py                       # 10k, 100k, 1M cells
     .venv/bin/python bench/scale.py --sizes 10000 100000                          # a shorter series
     .venv/bin/python bench/scale.py --sizes --annotate-sizes 2638 10000 100000    # annotate, trained with each query
+    .venv/bin/python bench/scale.py --sizes --api-sizes 100000 1000000            # ca.annotate on an in-memory query
+    .venv/bin/python bench/scale.py --sizes --api-predict-sizes 1000000           # Annotator.predict on one
     .venv/bin/python bench/scale.py --sizes --train-sizes 10000 50000 100000      # training only
 
 The bundle is the default model (``scanvi_svm``) trained on kang_ctrl (8,684 cells) with pbmc3k
@@ -127,10 +129,49 @@ def run_annotate(query: Path, out: Path) -> tuple[float, float, str]:
                    query)
 
 
-def run_cli(args: list[str], query: Path) -> tuple[float, float, str]:
-    """Wall seconds, peak RSS (GB) and the last log line of one ``cellannot`` process."""
+API_SCRIPT = """
+import json, sys
+import anndata as ad
+import cellannot_core as ca
+ref, q = ad.read_h5ad(sys.argv[1]), ad.read_h5ad(sys.argv[2])
+ca.annotate(ref, q, label_key=sys.argv[3], query_label_key=sys.argv[3], device="cpu", progress_bar=False, log=print)
+print(json.dumps(q.uns["cellannot"]["query_metrics"]))
+"""
+
+
+API_PREDICT_SCRIPT = """
+import json, sys
+import anndata as ad
+import numpy as np
+import cellannot_core as ca
+annotator, q = ca.Annotator.load(sys.argv[1], device="cpu"), ad.read_h5ad(sys.argv[2])
+annotator.predict(q, log=print)
+truth = q.obs[sys.argv[3]].astype(str).to_numpy()
+known = np.isin(truth, annotator.classes)
+label = q.obs["cellannot_label"].astype(str).to_numpy()
+print(json.dumps({"acc_open": float(np.mean(label == np.where(known, truth, "Unknown"))),
+                  "reject_in": float(np.mean(label[known] == "Unknown")),
+                  "reject_novel": float(np.mean(label[~known] == "Unknown"))}))
+"""
+
+
+def run_api(query: Path, *, model_dir: Path | None = None) -> tuple[float, float, dict]:
+    """Wall seconds, peak RSS (GB) and the query metrics of ``ca.annotate`` in its own process, the
+    query read into memory whole (as a scanpy user holds it) and kang_ctrl as the reference; with
+    ``model_dir``, of ``Annotator.load(model_dir).predict`` on it instead."""
+    import json
+
+    args = (["-c", API_SCRIPT, str(DATA / "kang_pbmc_ctrl_8684.h5ad")] if model_dir is None else
+            ["-c", API_PREDICT_SCRIPT, str(model_dir)])
+    secs, rss, last = run_cli([*args, str(query), LABEL_KEY], query, module=False)
+    return secs, rss, json.loads(last)
+
+
+def run_cli(args: list[str], query: Path, *, module: bool = True) -> tuple[float, float, str]:
+    """Wall seconds, peak RSS (GB) and the last log line of one ``cellannot`` process (``module=False``:
+    ``args`` are the interpreter's)."""
     t0 = time.time()
-    p = subprocess.Popen([sys.executable, "-m", "cellannot_core", *args],
+    p = subprocess.Popen([sys.executable, *(["-m", "cellannot_core"] if module else []), *args],
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
     assert p.stdout is not None
@@ -196,19 +237,31 @@ def main() -> None:
                     help="also run `cellannot annotate` (the default model trained with the whole query, kang_ctrl "
                          "as the reference) on queries of these sizes, e.g. 2638 10000 100000: wall time, peak RSS, "
                          "acc_open and the known and novel cells called Unknown")
+    ap.add_argument("--api-sizes", type=int, nargs="*", default=[],
+                    help="also run `ca.annotate` in one process per size with the query read into memory whole "
+                         "(the default model, kang_ctrl as the reference), e.g. 100000 1000000: the same columns")
+    ap.add_argument("--api-predict-sizes", type=int, nargs="*", default=[],
+                    help="also label in-memory queries of these sizes with the cached bundle "
+                         "(`Annotator.load(...).predict(adata)`, one process per size): the same columns")
     args = ap.parse_args()
     if not DATA.is_dir():
         sys.exit(f"error: benchmark data not found in {DATA}; set CELLANNOT_SHARED_DATA")
-    if args.annotate_sizes:
+    for how, sizes in (("annotate", args.annotate_sizes), ("ca.annotate", args.api_sizes),
+                       ("predict", args.api_predict_sizes)):
+        if not sizes:
+            continue
         import anndata as ad
 
-        print(f"{'query cells':>12s} {'wall s':>8s} {'peak RSS GB':>12s} {'acc_open':>9s} {'reject_in':>10s} "
-              f"{'reject_novel':>13s}", flush=True)
-        for n in args.annotate_sizes:
-            out = OUT / f"annotate_{n}.h5ad"
-            secs, rss, _ = run_annotate(make_query(n), out)
-            m = ad.read_h5ad(out, backed="r").uns["cellannot"]["query_metrics"]
-            out.unlink(missing_ok=True)
+        print(f"{how:>12s} {'wall s':>8s} {'peak RSS GB':>12s} {'acc_open':>9s} {'reject_in':>10s} "
+              f"{'reject_novel':>13s}  (query cells)", flush=True)
+        for n in sizes:
+            if how == "annotate":
+                out = OUT / f"annotate_{n}.h5ad"
+                secs, rss, _ = run_annotate(make_query(n), out)
+                m = ad.read_h5ad(out, backed="r").uns["cellannot"]["query_metrics"]
+                out.unlink(missing_ok=True)
+            else:
+                secs, rss, m = run_api(make_query(n), model_dir=bundle() if how == "predict" else None)
             print(f"{n:12,d} {secs:8.1f} {rss:12.2f} {m['acc_open']:9.3f} {m['reject_in']:10.3f} "
                   f"{m['reject_novel']:13.3f}", flush=True)
     if args.train_sizes:
