@@ -101,6 +101,12 @@ def annotate(
 ):
     """Train ``model`` on a labelled reference and label every cell of the query.
 
+    The models that learn from the query's cells too (the default, ``scanvi``, the VAE family) train
+    with all of them, or with a seeded sample as large as the reference's training cells when the
+    query is larger, so a million-cell query does not outweigh the reference (every cell is
+    labelled; the log and ``uns[key_added]["training"]`` say so). Every novelty score is stored for
+    queries of up to 50,000 cells, the model's own above.
+
     Parameters
     ----------
     adata_ref

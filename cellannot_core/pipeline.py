@@ -1018,8 +1018,10 @@ def annotate(reference, query, opts: AnnotateOptions, *, out: str | Path | None 
             log(f"note: {by_sample['note']}")
         if source is not None:
             card["query_read_in_chunks"] = {k: v for k, v in source.items() if k != "path"} | {
-                "note": f"the pair checks and the training used a seeded sample of {source['n_sample']:,} of the "
-                        f"query's {source['n_obs']:,} cells; every cell was labelled, {CHUNK_NOTE}"}
+                "note": f"the pair checks used a seeded sample of {source['n_sample']:,} of the query's "
+                        f"{source['n_obs']:,} cells"
+                        + (f", the training {hist['n_unlabelled']:,} of them" if hist.get("unlabelled_used") else "")
+                        + f"; every cell was labelled, {CHUNK_NOTE}"}
             import anndata as ad
 
             res = AnnotateResult(model, prepared, preds, card, qry,
@@ -1127,7 +1129,7 @@ def predict_query(model, bundle: dict[str, Any], query, *, threshold: float | No
 
     qry = query if not isinstance(query, (str, Path)) else read_dataset(query, name="query")
     split, report = prepare_query(qry, genes=bundle["genes"], norm_genes=bundle.get("norm_genes"),
-                                  min_shared_genes=int(bundle.get("min_shared_genes", 200)))
+                                  min_shared_genes=int(bundle.get("min_shared_genes", 200)), with_counts=False)
     log(report.get("message", ""))
     samples = bundle_samples(bundle, qry.obs)
     preds, groups = label_query(model, split.X, genes=bundle["genes"], threshold=threshold, samples=samples)

@@ -190,7 +190,8 @@ def stream_note(adata: Any) -> str | None:
     if src is None:
         return None
     return (f"This query has {src['n_obs']:,} cells, more than is read into memory: the checks, the summary and the "
-            f"semi-supervised training use a seeded sample of {src['n_sample']:,} cells, and training labels every "
+            f"semi-supervised training (at most as many as the reference's training cells) use a seeded sample of "
+            f"{src['n_sample']:,} cells, and training labels every "
             "cell of the file a chunk at a time. Result pages draw a documented subsample of cells where a view "
             "would be too large.")
 

@@ -80,7 +80,7 @@ def compute_explain(root: str, run_id: str) -> dict[str, Any]:
     qa = ad.read_h5ad(rd.file(RunFiles.ANNOTATED))
     split, _ = prepare_query(qa, genes=bundle["genes"], norm_genes=bundle.get("norm_genes"),
                              min_shared_genes=min(int(bundle.get("min_shared_genes", 200)), len(bundle["genes"])),
-                             allow_lognorm=True)
+                             allow_lognorm=True, with_counts=False)
     M = model.explain(split.X).astype(np.float32)
     Z = model.standardized(split.X)
     rows = np.asarray(split.index) if split.index is not None else np.arange(qa.n_obs)

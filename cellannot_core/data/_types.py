@@ -7,6 +7,8 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+DENSE_LIMIT_BYTES = 2 * 1024**3  # a split whose dense X would be larger keeps X sparse (CSR)
+
 MAX_BATCHES = 1000  # batch-key values (reference + query); more looks like a per-cell column, not batches
 
 
@@ -21,7 +23,8 @@ class Split:
         a large dataset (:data:`~cellannot_core.data.prepare.DENSE_LIMIT_BYTES`); models that
         declare ``Supports.sparse`` read it as it is, the others get it dense (:func:`dense`).
     counts
-        CSR float32 raw counts of the same cells and genes (for count models).
+        CSR float32 raw counts of the same cells and genes (for count models); None for a query
+        aligned only to be labelled (:func:`~cellannot_core.data.prepare.prepare_query`).
     y
         int64 class indices into ``Prepared.classes``; -1 where unknown/unlabelled; None if no labels.
     obs_names
@@ -37,7 +40,7 @@ class Split:
     """
 
     X: np.ndarray
-    counts: sp.csr_matrix
+    counts: sp.csr_matrix | None
     y: np.ndarray | None
     obs_names: np.ndarray
     labels: np.ndarray | None = None
@@ -53,10 +56,14 @@ class Split:
         return sp.issparse(self.X)
 
     def rows(self, idx: np.ndarray) -> "Split":
-        """The cells at positions ``idx`` (a new Split; X dense)."""
+        """The cells at positions ``idx`` (a new Split; X dense unless it would pass
+        :data:`DENSE_LIMIT_BYTES`)."""
         idx = np.asarray(idx, dtype=np.int64)
         pick = lambda v: None if v is None else v[idx]  # noqa: E731
-        return Split(X=dense(self.X[idx]), counts=sp.csr_matrix(self.counts[idx]), y=pick(self.y),
+        X = self.X[idx]
+        if not sp.issparse(X) or X.shape[0] * X.shape[1] * 4 <= DENSE_LIMIT_BYTES:
+            X = dense(X)
+        return Split(X=X, counts=None if self.counts is None else sp.csr_matrix(self.counts[idx]), y=pick(self.y),
                      obs_names=self.obs_names[idx], labels=pick(self.labels), index=pick(self.index),
                      batch=pick(self.batch))
 

@@ -30,7 +30,7 @@ import scipy.sparse as sp
 from cellannot_core._constants import DEFAULT_HVG_FLAVOR, DEFAULT_HVG_FROM, DEFAULT_N_TOP_GENES, HVG_FLAVORS, HVG_FROM
 from cellannot_core.errors import ConfigError, DataError
 
-from ._types import MAX_BATCHES, Prepared, Split
+from ._types import DENSE_LIMIT_BYTES, MAX_BATCHES, Prepared, Split
 from .genes import is_ensembl, match_genes
 from .validate import (
     missing_label_mask,
@@ -339,9 +339,6 @@ def _shared_fraction(X: sp.csr_matrix, cols: np.ndarray) -> float:
     return round(float(np.median(shared[ok] / total[ok])), 4) if ok.any() else 0.0
 
 
-DENSE_LIMIT_BYTES = 2 * 1024**3  # a split whose dense X would be larger keeps X sparse (CSR)
-
-
 def batch_codes(ref_obs: pd.DataFrame, q_obs: pd.DataFrame, batch_key: str) -> tuple[list[str], np.ndarray, np.ndarray]:
     """The batches of ``batch_key`` (an obs column of the reference, the query or both): their
     names (``"reference: v"`` / ``"query: v"``, reference first; a dataset without the column, or
@@ -395,9 +392,13 @@ def _too_big(X) -> bool:
 
 def _in_model_order(M: sp.csr_matrix, cols: np.ndarray, n_cols: int) -> sp.csr_matrix:
     """``M``'s columns put at positions ``cols`` of a CSR matrix ``n_cols`` wide (the model's gene
-    order; its other genes zero), without a dense copy."""
-    out = sp.csr_matrix((np.asarray(M.data, dtype=np.float32), np.asarray(cols, dtype=np.int64)[M.indices],
-                         M.indptr), shape=(M.shape[0], n_cols))
+    order; its other genes zero), without a dense copy; ``M``'s own arrays become the result's."""
+    M = sp.csr_matrix(M, dtype=np.float32)  # ``M`` is the caller's own fresh matrix: its arrays are reused
+    cols = np.asarray(cols, dtype=M.indices.dtype)
+    for a in range(0, len(M.indices), _BLOCK_ROWS * 100):  # in place, a block of entries at a time
+        M.indices[a:a + _BLOCK_ROWS * 100] = cols[M.indices[a:a + _BLOCK_ROWS * 100]]
+    out = sp.csr_matrix((M.data, M.indices, M.indptr), shape=(M.shape[0], n_cols), copy=False)
+    out.has_sorted_indices = False
     out.sort_indices()
     return out
 
@@ -767,12 +768,15 @@ def prepare_query(
     norm_genes: list[str] | None = None,
     min_shared_genes: int = 200,
     allow_lognorm: bool = False,
+    with_counts: bool = True,
 ) -> tuple[Split, dict[str, Any]]:
     """Align a new query to the genes of a trained model (for ``predict --model``).
 
     Genes of the model missing from the query are filled with zeros (reported). The library
     size is summed over ``norm_genes`` found in the query (the genes the reference was
-    normalised on) or over all query genes when ``norm_genes`` is None.
+    normalised on) or over all query genes when ``norm_genes`` is None. ``with_counts=False``:
+    ``Split.counts`` is None (labelling needs only ``X``; a million-cell query's counts on the
+    model's genes are gigabytes).
 
     Returns
     -------
@@ -791,7 +795,8 @@ def prepare_query(
         total_cols = nm.query_idx
     X = _in_model_order(lognormalize(qry.X, gm.query_idx, state=qry.state, total_cols=total_cols), gm.ref_idx,
                         len(genes))
-    counts = _in_model_order(sp.csr_matrix(qry.X[:, gm.query_idx], dtype=np.float32), gm.ref_idx, len(genes))
+    counts = _in_model_order(sp.csr_matrix(qry.X[:, gm.query_idx], dtype=np.float32), gm.ref_idx,
+                             len(genes)) if with_counts else None
     split = Split(X=X if _too_big(X) else X.toarray(), counts=counts, y=None, obs_names=np.asarray(qry.obs_names),
                   labels=None)
     split.index = qry.index
