@@ -240,7 +240,7 @@ class LatentReference:
         null's: with one model, kang_ctrl -> a 10,000-cell resampled pbmc3k called 14.3% of its
         known cells Unknown, 7.4% of the same cells labelled 2,638 at a time (README, "A query
         larger than the reference")."""
-        return int(min(QUERY_POOL_MAX, max(len(self.latent), QUERY_POOL_MIN)))
+        return query_pool_size(len(self.latent))
 
     def knn_graph(self, z: np.ndarray, *, k: int = GRAPH_K) -> np.ndarray:
         """:meth:`knn` averaged over each cell's ``k`` nearest neighbours among the rows of ``z``
@@ -640,8 +640,10 @@ measured and removed): the transient copies stay this small, and the models' inf
 rows) fall where they fall for the whole query, so the latent codes are the same."""
 
 
-def row_blocks(n: int, size: int = ROW_BLOCK):
-    """``(start, stop)`` of consecutive blocks of ``size`` rows covering ``n`` rows."""
+def row_blocks(n: int, size: int | None = None):
+    """``(start, stop)`` of consecutive blocks of ``size`` (default :data:`ROW_BLOCK`) rows covering
+    ``n`` rows."""
+    size = ROW_BLOCK if size is None else int(size)
     return ((a, min(n, a + size)) for a in range(0, n, size))
 
 
@@ -746,6 +748,13 @@ def graph_smooth(z: np.ndarray, scores: np.ndarray, *, k: int = GRAPH_K, pool: n
 
 QUERY_POOL_MAX = 50_000  # a larger query finds its cells' neighbours among a seeded subsample this large
 QUERY_POOL_MIN = 3_000  # the novelty rule's pool is never smaller (the stress suite's queries, up to 3,000 cells)
+
+
+def query_pool_size(n_reference: int) -> int:
+    """As many query cells as ``n_reference`` reference cells, but at least :data:`QUERY_POOL_MIN`
+    and at most :data:`QUERY_POOL_MAX`: how many a query is smoothed and clustered among
+    (:meth:`LatentReference.query_pool`) and trained with (``pipeline.training_query``)."""
+    return int(min(QUERY_POOL_MAX, max(int(n_reference), QUERY_POOL_MIN)))
 
 
 class QueryGraph:

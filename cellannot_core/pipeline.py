@@ -155,10 +155,10 @@ def training_query(prepared: Prepared, seed: int = 0) -> Split:
     novelty rule smooths a query among). Every query cell is labelled either way. The reference's
     share of training then does not shrink as the query grows, and a query's calls do not depend on
     how many cells of the same populations it holds (README, "A query larger than the reference")."""
-    from .novelty import QUERY_POOL_MAX, QUERY_POOL_MIN
+    from .novelty import query_pool_size
 
     q = prepared.query
-    n = int(min(QUERY_POOL_MAX, max(prepared.train.n_obs, QUERY_POOL_MIN)))
+    n = query_pool_size(prepared.train.n_obs)
     if q.n_obs <= n:
         return q
     return q.rows(np.sort(np.random.default_rng(seed).choice(q.n_obs, n, replace=False)))

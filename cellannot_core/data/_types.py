@@ -7,8 +7,6 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-DENSE_LIMIT_BYTES = 2 * 1024**3  # a split whose dense X would be larger keeps X sparse (CSR)
-
 MAX_BATCHES = 1000  # batch-key values (reference + query); more looks like a per-cell column, not batches
 
 
@@ -56,16 +54,12 @@ class Split:
         return sp.issparse(self.X)
 
     def rows(self, idx: np.ndarray) -> "Split":
-        """The cells at positions ``idx`` (a new Split; X dense unless it would pass
-        :data:`DENSE_LIMIT_BYTES`)."""
+        """The cells at positions ``idx`` (a new Split; X dense)."""
         idx = np.asarray(idx, dtype=np.int64)
         pick = lambda v: None if v is None else v[idx]  # noqa: E731
-        X = self.X[idx]
-        if not sp.issparse(X) or X.shape[0] * X.shape[1] * 4 <= DENSE_LIMIT_BYTES:
-            X = dense(X)
-        return Split(X=X, counts=None if self.counts is None else sp.csr_matrix(self.counts[idx]), y=pick(self.y),
-                     obs_names=self.obs_names[idx], labels=pick(self.labels), index=pick(self.index),
-                     batch=pick(self.batch))
+        counts = None if self.counts is None else sp.csr_matrix(self.counts[idx])
+        return Split(X=dense(self.X[idx]), counts=counts, y=pick(self.y), obs_names=self.obs_names[idx],
+                     labels=pick(self.labels), index=pick(self.index), batch=pick(self.batch))
 
 
 def dense(X: Any) -> np.ndarray:

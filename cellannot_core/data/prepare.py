@@ -30,7 +30,7 @@ import scipy.sparse as sp
 from cellannot_core._constants import DEFAULT_HVG_FLAVOR, DEFAULT_HVG_FROM, DEFAULT_N_TOP_GENES, HVG_FLAVORS, HVG_FROM
 from cellannot_core.errors import ConfigError, DataError
 
-from ._types import DENSE_LIMIT_BYTES, MAX_BATCHES, Prepared, Split
+from ._types import MAX_BATCHES, Prepared, Split
 from .genes import is_ensembl, match_genes
 from .validate import (
     missing_label_mask,
@@ -369,13 +369,22 @@ def batch_codes(ref_obs: pd.DataFrame, q_obs: pd.DataFrame, batch_key: str) -> t
     return names, codes[0], codes[1]
 
 
+DENSE_LIMIT_BYTES = 2 * 1024**3  # a split whose dense X would be larger keeps X sparse (CSR)
+
+
+def too_big_for_dense(X) -> bool:
+    """Whether ``X`` held dense (float32) would pass :data:`DENSE_LIMIT_BYTES` (it then stays CSR)."""
+    return X.shape[0] * X.shape[1] * 4 > DENSE_LIMIT_BYTES
+
+
 def _split(X: sp.csr_matrix, counts: sp.csr_matrix, rows, y, obs_names, labels, index,
            batch: np.ndarray | None = None) -> Split:
     """The split of ``rows`` (``None``: every row, in order, without copying the matrices)."""
     pick = (lambda v: v) if rows is None else (lambda v: v[rows])  # noqa: E731
     sub = pick(X)
     return Split(
-        X=sp.csr_matrix(sub, dtype=np.float32) if _too_big(sub) else np.asarray(sub.toarray(), dtype=np.float32),
+        X=(sp.csr_matrix(sub, dtype=np.float32) if too_big_for_dense(sub)
+           else np.asarray(sub.toarray(), dtype=np.float32)),
         counts=sp.csr_matrix(pick(counts), dtype=np.float32),
         y=None if y is None else np.asarray(pick(y), dtype=np.int64),
         obs_names=np.asarray(pick(obs_names)).astype(str),
@@ -385,18 +394,14 @@ def _split(X: sp.csr_matrix, counts: sp.csr_matrix, rows, y, obs_names, labels, 
     )
 
 
-def _too_big(X) -> bool:
-    """Whether ``X`` held dense would pass :data:`DENSE_LIMIT_BYTES` (it then stays CSR)."""
-    return X.shape[0] * X.shape[1] * 4 > DENSE_LIMIT_BYTES
-
-
 def _in_model_order(M: sp.csr_matrix, cols: np.ndarray, n_cols: int) -> sp.csr_matrix:
     """``M``'s columns put at positions ``cols`` of a CSR matrix ``n_cols`` wide (the model's gene
     order; its other genes zero), without a dense copy; ``M``'s own arrays become the result's."""
     M = sp.csr_matrix(M, dtype=np.float32)  # ``M`` is the caller's own fresh matrix: its arrays are reused
     cols = np.asarray(cols, dtype=M.indices.dtype)
-    for a in range(0, len(M.indices), _BLOCK_ROWS * 100):  # in place, a block of entries at a time
-        M.indices[a:a + _BLOCK_ROWS * 100] = cols[M.indices[a:a + _BLOCK_ROWS * 100]]
+    step = 5_000_000  # in place, this many stored values at a time
+    for a in range(0, len(M.indices), step):
+        M.indices[a:a + step] = cols[M.indices[a:a + step]]
     out = sp.csr_matrix((M.data, M.indices, M.indptr), shape=(M.shape[0], n_cols), copy=False)
     out.has_sorted_indices = False
     out.sort_indices()
@@ -797,8 +802,8 @@ def prepare_query(
                         len(genes))
     counts = _in_model_order(sp.csr_matrix(qry.X[:, gm.query_idx], dtype=np.float32), gm.ref_idx,
                              len(genes)) if with_counts else None
-    split = Split(X=X if _too_big(X) else X.toarray(), counts=counts, y=None, obs_names=np.asarray(qry.obs_names),
-                  labels=None)
+    split = Split(X=X if too_big_for_dense(X) else X.toarray(), counts=counts, y=None,
+                  obs_names=np.asarray(qry.obs_names), labels=None)
     split.index = qry.index
     message = f"{gm.n_shared} of {len(genes)} model genes found in the query ({gm.mode})"
     if gm.n_shared < len(genes):

@@ -742,3 +742,29 @@ def test_knn_class_calls_as_many_known_cells_unknown_in_a_query_ten_times_larger
         assert unknown_share(12000) > large + 0.02
     finally:
         lr.query_pool = before
+
+
+def test_the_study_shift_is_measured_and_removed_a_block_of_rows_at_a_time(monkeypatch):
+    """A million-cell query was copied whole in float64 to measure and remove the study shift;
+    it is worked on a block of rows at a time, with the same class sums and latent codes."""
+    import scipy.sparse as sp
+
+    import cellannot_core.novelty as nov
+
+    rng = np.random.default_rng(0)
+    X = sp.random(500, 30, density=0.3, format="csr", random_state=1, dtype=np.float32)
+    X.data = np.log1p(X.data * 20).astype(np.float32)
+    pred = rng.integers(0, 3, 500)
+    shift = rng.normal(0, 0.5, 30)
+
+    class Encoder:  # a per-row latent map, as a model's encoder is
+        latent = staticmethod(lambda Z: np.asarray(Z.toarray() if sp.issparse(Z) else Z) @ np.ones((30, 2)))
+
+    whole_sums = nov.class_expression_sums(X, pred, [0, 1, 2])
+    whole_latent = nov.latent_without_shift(Encoder, X, shift)
+    monkeypatch.setattr(nov, "ROW_BLOCK", 64)  # eight blocks, the last one short
+    assert len(list(nov.row_blocks(500))) == 8
+    np.testing.assert_allclose(nov.class_expression_sums(X, pred, [0, 1, 2]), whole_sums, rtol=1e-12)
+    np.testing.assert_allclose(nov.class_expression_sums(X.toarray(), pred, [0, 1, 2]), whole_sums, rtol=1e-6)
+    np.testing.assert_allclose(nov.latent_without_shift(Encoder, X, shift), whole_latent, rtol=1e-6)
+    np.testing.assert_allclose(whole_latent, Encoder.latent(nov.remove_shift(X, shift)), rtol=1e-6)
