@@ -1166,10 +1166,10 @@ def unseen_query_note(model) -> str | None:
 
     if not get_spec(model.name).supports.semi_supervised:
         return None
-    return (f"{model.name} learns its latent space from the query's cells too: a query it was not trained with gets "
-            "fewer Unknown calls for types the reference lacks than annotate, which trains with the query (README, "
-            "'A query the model was not trained with'); adapt=True (cellannot predict --adapt) trains it again on its "
-            "reference cells with this query")
+    return (f"{model.name} learns its latent space from the query's cells too: unless these are the cells it was "
+            "trained with (train(adata_query=...), annotate), it calls fewer cells of types the reference lacks Unknown "
+            "than annotate would (README, 'A query the model was not trained with'); adapt=True (cellannot predict "
+            "--adapt) trains it again on its reference cells with this query")
 
 
 def bundle_reference(model, bundle: dict[str, Any]):

@@ -44,7 +44,7 @@ def test_predict_says_when_its_model_learns_from_the_query_and_adapt_trains_with
     ann = ca.Annotator.load(d, device="cpu")
     plain = ann.predict(query, copy=True)
     note = plain.uns["cellannot"]["unseen_query"]
-    assert "a query it was not trained with" in note and "adapt" in note
+    assert "unless these are the cells it was trained with" in note and "adapt" in note
     lines: list[str] = []
     adapted = ann.predict(query, copy=True, adapt=True, log=lines.append)
     card = adapted.uns["cellannot"]
