@@ -222,7 +222,7 @@ def without_class(prepared: Prepared, cls: str) -> tuple[Prepared, np.ndarray]:
     tr = _subset(prepared.train, prepared.train.y != k, remap)
     va = _subset(prepared.val, prepared.val.y != k, remap)
     held = prepared.val.X[prepared.val.y == k]
-    return Prepared(tr, va, prepared.query, kept, list(prepared.genes), dict(prepared.report)), held
+    return replace(prepared, train=tr, val=va, classes=kept, genes=list(prepared.genes), report=dict(prepared.report)), held
 
 
 def leave_one_class_out(prepared: Prepared, model: str, classes: Sequence[str], *, seed: int = 0,

@@ -106,11 +106,27 @@ def prepare_data(reference, query, opts: AnnotateOptions) -> Prepared:
 
     ref = reference if not isinstance(reference, (str, Path)) else read_dataset(reference, name="reference")
     qry = query if not isinstance(query, (str, Path)) else read_dataset(query, name="query")
-    return prepare(ref, qry, label_key=opts.label_key, query_label_key=opts.query_label_key,
-                   n_top_genes=opts.n_top_genes, val_fraction=opts.val_fraction,
-                   min_cells_per_class=opts.min_cells_per_class, min_shared_genes=opts.min_shared_genes,
-                   seed=opts.seed, qc=opts.qc, batch_key=opts.batch_key, hvg_from=opts.hvg_from,
-                   hvg_flavor=opts.hvg_flavor)
+    prepared = prepare(ref, qry, label_key=opts.label_key, query_label_key=opts.query_label_key,
+                       n_top_genes=opts.n_top_genes, val_fraction=opts.val_fraction,
+                       min_cells_per_class=opts.min_cells_per_class, min_shared_genes=opts.min_shared_genes,
+                       seed=opts.seed, qc=opts.qc, batch_key=opts.batch_key, hvg_from=opts.hvg_from,
+                       hvg_flavor=opts.hvg_flavor)
+    return with_training_sample(prepared, opts.seed)
+
+
+def with_training_sample(prepared: Prepared, seed: int = 0) -> Prepared:
+    """``prepared`` with its training sample of the query (:func:`training_query`) set apart when the
+    query is larger, and the query's counts dropped: only that sample trains on counts, labelling
+    reads ``X`` alone (at a million cells the counts on the model's genes are about 2 GB)."""
+    import dataclasses
+
+    from .novelty import query_pool_size
+
+    q = prepared.query
+    if prepared.query_train is not None or q.counts is None or q.n_obs <= query_pool_size(prepared.train.n_obs):
+        return prepared
+    return dataclasses.replace(prepared, query_train=training_query(prepared, seed),
+                               query=dataclasses.replace(q, counts=None))
 
 
 def train_model(prepared: Prepared, opts: AnnotateOptions, callbacks: Sequence[Any] = ()):
@@ -155,6 +171,8 @@ def training_query(prepared: Prepared, seed: int = 0) -> Split:
     novelty rule smooths a query among). Every query cell is labelled either way. The reference's
     share of training then does not shrink as the query grows, and a query's calls do not depend on
     how many cells of the same populations it holds (README, "A query larger than the reference")."""
+    if prepared.query_train is not None:  # set apart by :func:`with_training_sample`
+        return prepared.query_train
     from .novelty import query_pool_size
 
     q = prepared.query

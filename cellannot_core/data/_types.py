@@ -72,7 +72,9 @@ def dense(X: Any) -> np.ndarray:
 class Prepared:
     """Reference (train/val) and query aligned to one gene list, plus a JSON-able report.
     ``batches``: the names of the batch key's values (``Split.batch`` codes index them), or
-    ``None`` without a batch key (then each dataset is one batch)."""
+    ``None`` without a batch key (then each dataset is one batch). ``query_train``: the query cells
+    a semi-supervised model trains with, with their counts, when the query is larger than that
+    sample (``pipeline.training_query``); ``query.counts`` is then None (labelling needs only X)."""
 
     train: Split
     val: Split
@@ -81,6 +83,7 @@ class Prepared:
     genes: list[str]
     report: dict[str, Any] = field(default_factory=dict)
     batches: list[str] | None = None
+    query_train: Split | None = None
 
     @property
     def n_genes(self) -> int:

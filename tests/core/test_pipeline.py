@@ -13,7 +13,7 @@ import pytest
 from cellannot_core._constants import DEFAULT_MODEL, UNKNOWN, OutKeys, RunFiles
 from cellannot_core.errors import Cancelled, DataError
 from cellannot_core.novelty import OOD_METHODS
-from cellannot_core.pipeline import AnnotateOptions, annotate, predict_with_bundle
+from cellannot_core.pipeline import AnnotateOptions, annotate, predict_with_bundle, prepare_data
 from cellannot_core.runs import RunDir, RunProgress
 from cellannot_core.training import CancelToken
 from conftest import make_synthetic
@@ -281,8 +281,18 @@ def test_a_query_larger_than_the_reference_trains_with_a_sample_of_its_size(monk
     assert res.model.history["n_unlabelled"] == n_train < 500 and len(res.predictions.label) == 500
     assert f"{n_train:,} of the query's 500 cells" in res.card["training"]["query_sample_note"]
     assert any("seeded sample" in line for line in logs)
+    # only the sample keeps its counts (labelling reads X alone): the sample drawn as before, its counts the query's
+    prep = res.prepared
+    assert prep.query.counts is None and prep.query_train.counts.shape == (n_train, prep.n_genes)
+    rows = np.sort(np.random.default_rng(opts.seed).choice(500, n_train, replace=False))
+    assert np.array_equal(prep.query_train.obs_names, prep.query.obs_names[rows])
+    monkeypatch.setattr(nov, "QUERY_POOL_MIN", 10_000)  # no sample: every query cell keeps its counts
+    whole = prepare_data(ref, q, opts)
+    assert whole.query_train is None and np.array_equal(prep.query_train.counts.toarray(),
+                                                        whole.query.counts[rows].toarray())
     small = annotate(ref, q[:120].copy(), opts)  # a query no larger than the reference: every cell
     assert small.model.history["n_unlabelled"] == 120 and "query_sample_note" not in small.card["training"]
+    assert small.prepared.query_train is None and small.prepared.query.counts is not None
 
 
 def test_failure_is_recorded_in_run_dir(tmp_path):
