@@ -205,7 +205,8 @@ def _subset(split: Split, keep: np.ndarray, remap: np.ndarray | None = None) -> 
     return replace(split, X=split.X[keep], counts=split.counts[keep] if split.counts is not None else None, y=y,
                    obs_names=np.asarray(split.obs_names)[keep],
                    labels=np.asarray(split.labels)[keep] if split.labels is not None else None,
-                   index=np.asarray(split.index)[keep] if split.index is not None else None)
+                   index=np.asarray(split.index)[keep] if split.index is not None else None,
+                   batch=np.asarray(split.batch)[keep] if split.batch is not None else None)
 
 
 def without_class(prepared: Prepared, cls: str) -> tuple[Prepared, np.ndarray]:

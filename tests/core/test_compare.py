@@ -90,6 +90,23 @@ def test_leave_one_class_out(prep):
     assert df["auroc_mahalanobis"].min() > 0.8
 
 
+def test_leave_one_class_out_with_a_batch_key_trains_a_batch_aware_model():
+    """The self-check crashed with a batch key: the held-out split kept every cell's batch code
+    (a size mismatch in the decoder) and the model lost the batch levels (codes out of range)."""
+    from cellannot_core.pipeline import AnnotateOptions, prepare_data
+
+    ref, q = make_synthetic(300, 80, 3, seed=1), make_synthetic(200, 80, 3, seed=2)
+    ref.obs["sample"] = np.where(np.arange(300) % 2, "a", "b")
+    q.obs["sample"] = "c"
+    prep = prepare_data(ref, q, AnnotateOptions(label_key="cell_type", n_top_genes=60, min_shared_genes=20,
+                                                device="cpu", batch_key="sample"))
+    sub, _ = without_class(prep, "type0")
+    assert sub.batches == prep.batches and len(sub.val.batch) == sub.val.n_obs == (prep.val.y != 0).sum()
+    df = leave_one_class_out(prep, "scanvi", ["type0"], device="cpu", hparams={"n_hidden": 16, "n_latent": 4},
+                             max_epochs=2)
+    assert df["held_out"].tolist() == ["type0"] and df["n_held_out"].iloc[0] > 0
+
+
 # ------------------------------------------------------------------------------ CLI
 
 
