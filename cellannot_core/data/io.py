@@ -267,7 +267,7 @@ def memory_limit_bytes() -> int:
 HDF5_MAX_OBJECTS = 20_000
 """Groups, datasets and links an HDF5 file may hold. An AnnData holds hundreds (a categorical obs
 column is three); a file of a hundred thousand empty groups (104 MB) took this check 67 s to walk and
-anndata 25 s to read, so an upload of the size allowed would hold a server's core for most of an
+anndata 25 s to read, so an upload of the size allowed would hold a server's core for about half an
 hour before any check on its data could run."""
 
 
