@@ -120,13 +120,12 @@ def with_training_sample(prepared: Prepared, seed: int = 0) -> Prepared:
     reads ``X`` alone (at a million cells the counts on the model's genes are about 2 GB)."""
     import dataclasses
 
-    from .novelty import query_pool_size
-
     q = prepared.query
-    if prepared.query_train is not None or q.counts is None or q.n_obs <= query_pool_size(prepared.train.n_obs):
+    if prepared.query_train is not None or q.counts is None:
         return prepared
-    return dataclasses.replace(prepared, query_train=training_query(prepared, seed),
-                               query=dataclasses.replace(q, counts=None))
+    sample = training_query(prepared, seed)
+    return prepared if sample is q else dataclasses.replace(prepared, query_train=sample,
+                                                            query=dataclasses.replace(q, counts=None))
 
 
 def train_model(prepared: Prepared, opts: AnnotateOptions, callbacks: Sequence[Any] = ()):
