@@ -5,6 +5,7 @@ default-model bundle over a series of query sizes, and the fitted growth exponen
     .venv/bin/python bench/scale.py --sizes 10000 100000                          # a shorter series
     .venv/bin/python bench/scale.py --sizes --annotate-sizes 2638 10000 100000    # annotate, trained with each query
     .venv/bin/python bench/scale.py --sizes --api-sizes 100000 1000000            # ca.annotate on an in-memory query
+    .venv/bin/python bench/scale.py --sizes --api-sizes 100000 1000000 --seed 1   # the same, another training draw
     .venv/bin/python bench/scale.py --sizes --api-predict-sizes 1000000           # Annotator.predict on one
     .venv/bin/python bench/scale.py --sizes --train-sizes 10000 50000 100000      # training only
 
@@ -134,7 +135,8 @@ import json, sys
 import anndata as ad
 import cellannot_core as ca
 ref, q = ad.read_h5ad(sys.argv[1]), ad.read_h5ad(sys.argv[2])
-ca.annotate(ref, q, label_key=sys.argv[3], query_label_key=sys.argv[3], device="cpu", progress_bar=False, log=print)
+ca.annotate(ref, q, label_key=sys.argv[3], query_label_key=sys.argv[3], device="cpu", progress_bar=False, log=print,
+            seed=int(sys.argv[4]))
 print(json.dumps(q.uns["cellannot"]["query_metrics"]))
 """
 
@@ -155,15 +157,17 @@ print(json.dumps({"acc_open": float(np.mean(label == np.where(known, truth, "Unk
 """
 
 
-def run_api(query: Path, *, model_dir: Path | None = None) -> tuple[float, float, dict]:
+def run_api(query: Path, *, model_dir: Path | None = None, seed: int = 0) -> tuple[float, float, dict]:
     """Wall seconds, peak RSS (GB) and the query metrics of ``ca.annotate`` in its own process, the
     query read into memory whole (as a scanpy user holds it) and kang_ctrl as the reference; with
-    ``model_dir``, of ``Annotator.load(model_dir).predict`` on it instead."""
+    ``model_dir``, of ``Annotator.load(model_dir).predict`` on it instead. ``seed``: annotate's (the
+    training, its sample of the query and the reference's split)."""
     import json
 
     args = (["-c", API_SCRIPT, str(DATA / "kang_pbmc_ctrl_8684.h5ad")] if model_dir is None else
             ["-c", API_PREDICT_SCRIPT, str(model_dir)])
-    secs, rss, last = run_cli([*args, str(query), LABEL_KEY], query, module=False)
+    secs, rss, last = run_cli([*args, str(query), LABEL_KEY, *([str(seed)] if model_dir is None else [])], query,
+                              module=False)
     return secs, rss, json.loads(last)
 
 
@@ -243,6 +247,9 @@ def main() -> None:
     ap.add_argument("--api-predict-sizes", type=int, nargs="*", default=[],
                     help="also label in-memory queries of these sizes with the cached bundle "
                          "(`Annotator.load(...).predict(adata)`, one process per size): the same columns")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="with --api-sizes: annotate's seed (the training, its sample of the query, the reference's "
+                         "split), to see how far one run's figures move")
     args = ap.parse_args()
     if not DATA.is_dir():
         sys.exit(f"error: benchmark data not found in {DATA}; set CELLANNOT_SHARED_DATA")
@@ -261,7 +268,8 @@ def main() -> None:
                 m = ad.read_h5ad(out, backed="r").uns["cellannot"]["query_metrics"]
                 out.unlink(missing_ok=True)
             else:
-                secs, rss, m = run_api(make_query(n), model_dir=bundle() if how == "predict" else None)
+                secs, rss, m = run_api(make_query(n), model_dir=bundle() if how == "predict" else None,
+                                       seed=args.seed)
             print(f"{n:12,d} {secs:8.1f} {rss:12.2f} {m['acc_open']:9.3f} {m['reject_in']:10.3f} "
                   f"{m['reject_novel']:13.3f}", flush=True)
     if args.train_sizes:
