@@ -277,6 +277,8 @@ def load_model(directory: str | os.PathLike, *, device: str = "auto") -> Model:
     try:
         model = spec.cls(cfg["n_features"], cfg["classes"], seed=cfg["seed"], device=device, hparams=cfg["hparams"])
         model._load_state_arrays({k[6:]: v for k, v in arrays.items() if k.startswith("state.")})
+    except ConfigError as err:  # hyper-parameters out of range, or a net too large for this server
+        raise DataError(f"the saved model in {d} is damaged or was made for a larger server: {err}") from None
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         raise DataError(f"the saved model in {d} does not match its config ({type(err).__name__}); it may be "
                         "damaged: train it again") from None

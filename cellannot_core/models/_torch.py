@@ -13,6 +13,8 @@ from ..training import TrainConfig, fit, resolve_device, seed_everything
 from ._base import Model
 from ._scaling import SCALE_CLIP, Scaler
 
+TRAIN_BYTES_PER_PARAMETER = 16  # float32 weights, gradients and Adam's two moments
+
 class Standardizer(nn.Module):
     """The z-score of :mod:`._scaling` as a torch module (its mean and std are buffers, saved
     with the weights)."""
@@ -42,6 +44,7 @@ class TorchModel(Model):
         self.device = resolve_device(self.device_name)
         self.generator = seed_everything(self.seed)
         self.scaler = Standardizer(self.n_features).to(self.device)
+        self._check_size()
         # weights are initialised from this model's seed, not from whatever the global RNG holds
         # (several jobs may build models concurrently in one server)
         with torch.random.fork_rng(devices=[]):
@@ -50,6 +53,25 @@ class TorchModel(Model):
 
     def build_net(self) -> nn.Module:
         raise NotImplementedError
+
+    def _check_size(self) -> None:
+        """Refuse hyper-parameters whose network would not fit this server's memory before a byte
+        of it is allocated: the net is built on PyTorch's ``meta`` device (shapes only) and its
+        training state (weights, gradients and Adam's two moments: 16 bytes a parameter) compared
+        with ``$CELLANNOT_MEMORY_LIMIT_GB``. Layer widths are free text in the app's form and in a
+        saved model's config: ``hidden`` 30000,30000 once took 3.9 GB in the server's own process
+        to check the form, and a longer list of such widths would have taken the server down."""
+        from ..data.io import memory_limit_bytes
+        from ..errors import ConfigError
+
+        with torch.device("meta"):
+            n = sum(p.numel() for p in self.build_net().parameters())
+        need, limit = n * TRAIN_BYTES_PER_PARAMETER, memory_limit_bytes()
+        if need > limit:
+            raise ConfigError(f"model {self.name} with these hyper-parameters has {n / 1e6:,.0f} million parameters "
+                              f"on {self.n_features:,} genes; training it needs about {need / 1024**3:.1f} GiB, above "
+                              f"this server's limit of {limit / 1024**3:.1f} GiB (CELLANNOT_MEMORY_LIMIT_GB): choose "
+                              "smaller hidden widths or fewer genes")
 
     # batched inference on the standardised input
     def _batched(self, X: np.ndarray, fn: Callable[[torch.Tensor], torch.Tensor], batch: int = 2048) -> np.ndarray:

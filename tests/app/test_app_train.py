@@ -80,6 +80,13 @@ def test_form_comes_from_the_registry(tiny_pair):
     assert not at.exception
     assert at.error and "hidden" in at.error[0].value
     assert at.session_state[StateKeys.RUN_ID] is None
+    # widths no server could hold are refused before the form's check builds the net (it once
+    # allocated 3.9 GB in the server's process for 30000,30000)
+    at.text_input(key=WidgetKeys.HPARAM.format(model="clams", name="hidden")).set_value("200000,200000")
+    at.button(key=WidgetKeys.START).click().run()
+    assert not at.exception
+    assert at.error and "CELLANNOT_MEMORY_LIMIT_GB" in at.error[0].value
+    assert at.session_state[StateKeys.RUN_ID] is None
 
 
 def test_training_job_then_result_pages(tiny_pair):

@@ -317,12 +317,16 @@ def test_a_failed_write_leaves_no_temporary_file(tmp_path, monkeypatch):
     ("n_features", 10**9, "n_features"),
     ("classes", ["only one"], "classes"),
     ("genes", None, "genes"),
+    ("hparams", {"hidden": "4000,4000", "blocks": "1,1"}, "CELLANNOT_MEMORY_LIMIT_GB"),
 ])
-def test_a_tampered_bundle_is_refused_in_one_line(capsys, files, tmp_path, field, value, words):
+def test_a_tampered_bundle_is_refused_in_one_line(capsys, files, tmp_path, monkeypatch, field, value, words):
     """Issue 14: temperature 0 gave exit 0 with every confidence NaN; n_features 1e9 cost 82 s and
-    8 GB; an unknown ood_method or genes null came out as 'internal error'."""
+    8 GB; an unknown ood_method or genes null came out as 'internal error'. Widths past the memory
+    limit (here 0.5 GiB; 1.4 GiB to train) are refused before the net is allocated."""
     import shutil
     import time as _time
+
+    monkeypatch.setenv("CELLANNOT_MEMORY_LIMIT_GB", "0.5")
 
     base = tmp_path.parent / "tamper_base"
     if not base.exists():

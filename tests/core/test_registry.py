@@ -176,3 +176,19 @@ def test_bad_hidden_widths_are_config_errors(hp, match):
 def test_resnet_blocks_must_match_widths():
     with pytest.raises(ConfigError, match="blocks"):
         create_model("resnet", 10, ["a", "b"], device="cpu", hparams={"hidden": "8,4", "blocks": "1"})
+
+
+@pytest.mark.parametrize("model, hparams", [("clams", {"hidden": "6000,6000"}), ("vera", {"gen_hidden": "6000,6000"}),
+                                            ("scanvi", {"n_hidden": 4096, "n_layers": 5})])
+def test_a_net_past_the_memory_limit_is_refused_before_it_is_built(monkeypatch, model, hparams):
+    """Widths are free text in the app's form (and a saved model's config): the form's check built
+    the net in the server's own process, 3.9 GB for hidden 30000,30000. Without the size check these
+    nets (36-200 million parameters) are built and no error is raised."""
+    import resource
+
+    monkeypatch.setenv("CELLANNOT_MEMORY_LIMIT_GB", "0.25")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(ConfigError, match="CELLANNOT_MEMORY_LIMIT_GB"):
+        create_model(model, 2000, ["a", "b"], device="cpu", hparams=hparams)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000  # KiB: nothing was allocated
+    create_model(model, 50, ["a", "b"], device="cpu", hparams=None)  # the defaults on few genes fit
