@@ -47,6 +47,15 @@ HEARTBEAT_SECONDS = 30
 SWEEP_FILE = "sweep.json"  # in a trial's run directory: its study, trial number, parameters and scores
 
 
+def sweepable(model: str) -> list[str]:
+    """The hyper-parameters of ``model`` a sweep can vary without being given values: those with
+    choices, a range or true / false (what the app's sweep offers)."""
+    from .models import get_spec
+
+    return [k for k, h in get_spec(model).hparams.items() if not h.internal and (
+        h.choices is not None or isinstance(h.default, bool) or (h.low is not None and h.high is not None))]
+
+
 def search_space(model: str, params: Sequence[str] = ()) -> dict[str, tuple[str, Any]]:
     """What a sweep of ``model`` varies: ``{name: (kind, spec)}`` with kind ``"choice"`` (spec =
     the values) or ``"int"`` / ``"float"`` (spec = ``(low, high, log)``).
@@ -58,8 +67,7 @@ def search_space(model: str, params: Sequence[str] = ()) -> dict[str, tuple[str,
     from .models import get_spec
 
     hps = get_spec(model).hparams
-    wanted = list(params) or [k for k, h in hps.items() if not h.advanced and not h.internal and k not in SKIP
-                              and (h.choices is not None or h.low is not None or isinstance(h.default, bool))]
+    wanted = list(params) or [k for k in sweepable(model) if not hps[k].advanced and k not in SKIP]
     out: dict[str, tuple[str, Any]] = {}
     for p in wanted:
         name, _, values = p.partition("=")
@@ -69,8 +77,9 @@ def search_space(model: str, params: Sequence[str] = ()) -> dict[str, tuple[str,
         h = hps[name]
         if h.internal:
             raise ConfigError(f"{name} of model {model} is set from the data ({h.help}); it cannot be swept")
-        if values:
-            out[name] = ("choice", [_value(h.default, v.strip()) for v in values.split(",") if v.strip()])
+        if values:  # a list-valued one (layer widths "1200,600,200") takes its values apart at "/"
+            sep = "/" if _is_list(h.default) else ","
+            out[name] = ("choice", [_value(h.default, v.strip()) for v in values.split(sep) if v.strip()])
         elif h.choices is not None:
             out[name] = ("choice", list(h.choices))
         elif isinstance(h.default, bool):
@@ -81,10 +90,15 @@ def search_space(model: str, params: Sequence[str] = ()) -> dict[str, tuple[str,
             kind = "int" if isinstance(h.default, int) else "float"
             out[name] = (kind, (int(low), int(high), log) if kind == "int" else (low, high, log))
         else:
-            raise ConfigError(f"hyper-parameter {name} has no range; give its values: --param {name}=v1,v2")
+            example = f"{h.default}/{h.default.rsplit(',', 1)[0]}" if _is_list(h.default) else "v1,v2"
+            raise ConfigError(f"hyper-parameter {name} has no range; give its values: --param {name}={example}")
     if not out:
         raise ConfigError(f"model {model} has nothing to sweep; name the hyper-parameters with --param")
     return out
+
+
+def _is_list(default: Any) -> bool:
+    return isinstance(default, str) and "," in default
 
 
 def _value(default: Any, text: str) -> Any:

@@ -74,7 +74,7 @@ st.caption("Optuna searches the chosen model's hyper-parameters (their ranges co
            "an objective on held-out reference cells, so no query labels are needed. Every trial is a run of "
            "yours; the sweep is kept in the runs folder's SQLite file, and starting the same sweep again resumes "
            "it. The command line does the same: `cellannot sweep`.")
-from cellannot_core.sweep import OBJECTIVES, search_space  # noqa: E402
+from cellannot_core.sweep import OBJECTIVES, search_space, sweepable  # noqa: E402
 
 c1, c2, c3 = st.columns([2, 1, 2])
 sweep_model = c1.selectbox("Model", available, key=cmp.CompareKeys.SWEEP_MODEL)
@@ -85,10 +85,9 @@ try:
     default_space = list(search_space(sweep_model))
 except Exception:  # noqa: BLE001 - a model without default search space: the user names the parameters
     default_space = []
-from cellannot_core.models import get_spec  # noqa: E402
-
-swept = st.multiselect("Hyper-parameters to vary", list(get_spec(sweep_model).hparams), default=default_space,
-                       key=cmp.CompareKeys.SWEEP_PARAMS)
+swept = st.multiselect("Hyper-parameters to vary", sweepable(sweep_model), default=default_space,
+                       key=cmp.CompareKeys.SWEEP_PARAMS, help="those with a range or choices; layer widths and other "
+                       "free values are swept from the command line (`cellannot sweep --param hidden=1200,600,200/800,200`)")
 if st.button("Start the sweep", key=cmp.CompareKeys.SWEEP_START, disabled=not swept or cmp.is_busy("sweep"),
              icon=":material/tune:"):
     from ui.session import owner_id

@@ -14,7 +14,7 @@ import pytest
 from cellannot_core.errors import ConfigError
 from cellannot_core.pipeline import AnnotateOptions
 from cellannot_core.runs import RunDir
-from cellannot_core.sweep import run_sweep, search_space, storage_url
+from cellannot_core.sweep import run_sweep, search_space, storage_url, sweepable
 from conftest import demo_subset
 
 LABEL = "cell_type_harmonized"
@@ -27,6 +27,17 @@ def test_search_space_comes_from_the_registry():
     assert search_space("scanvi")  # defaults: the main hyper-parameters
     with pytest.raises(ConfigError, match="no hyper-parameter"):
         search_space("svm_reject", ["nope"])
+
+
+def test_layer_widths_are_swept_as_whole_lists():
+    """`--param hidden=1200,600,200` was three one-layer nets (the values were taken apart at
+    commas); a list-valued hyper-parameter's values are now taken apart at "/", and the app offers
+    only what can be swept without values."""
+    assert search_space("clams", ["hidden=1200,600,200/800,200"])["hidden"] == ("choice", ["1200,600,200", "800,200"])
+    with pytest.raises(ConfigError, match="hidden=1200,600,200/"):
+        search_space("clams", ["hidden"])
+    assert "hidden" not in sweepable("clams") and "lr" in sweepable("clams")
+    assert "n_batches" not in sweepable("scanvi")  # set from the data
 
 
 def test_every_trial_is_a_run_with_its_card(tmp_path):
