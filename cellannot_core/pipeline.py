@@ -312,6 +312,7 @@ def run_card(model, prepared: Prepared, opts: AnnotateOptions, preds: Prediction
         "hparams": model.hparams,
         "seed": opts.seed,
         "device": str(getattr(model, "device", "cpu")),
+        "threads": torch.get_num_threads(),  # float sums follow it: the same seed and threads give the same labels
         "options": {k: v for k, v in asdict(opts).items() if k != "hparams"},
         "versions": {"python": platform.python_version(), "torch": str(torch.__version__), "scanpy": scanpy_v,
                      "numpy": np.__version__},

@@ -129,6 +129,7 @@ def test_output_run_card(run):
     assert float(val["val_accuracy"]) > 0.6
     assert float(val["temperature"]) == pytest.approx(t)
     assert {"python", "torch", "numpy", "scanpy"} <= set(card["versions"])
+    assert int(card["threads"]) == __import__("torch").get_num_threads()  # float sums follow it
     assert isinstance(card["preprocessing"], str) and "log1p" in card["preprocessing"]
     assert int(card["n_query"]) == 300 and int(card["n_train"]) + int(card["n_val"]) == 400
     assert int(card["training"]["n_epochs"]) <= 3
