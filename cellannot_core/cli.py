@@ -229,6 +229,11 @@ def cmd_sweep(args) -> int:
                       study_name=args.study or f"sweep-{opts.model}", n_trials=args.trials, objective=args.objective,
                       sampler=args.sampler, params=args.param, runs_dir=args.runs_dir, log=_log, on_trial=show)
     done = [r for r in trial_rows(study) if r["state"] == "COMPLETE"]
+    if not done:
+        from .errors import ConfigError
+
+        why = next((t.user_attrs["error"] for t in reversed(study.trials) if "error" in t.user_attrs), None)
+        raise ConfigError("no trial of the sweep finished" + (f"; the last one failed: {why}" if why else ""))
     best = study.best_trial if done else None
     if best is not None:
         _log(f"best of {len(done)} trials: trial {best.number}, {args.objective} {best.value:.4f}, "
@@ -380,6 +385,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as err:  # noqa: BLE001 - the user gets one line, --debug shows the traceback
         if args.debug:
             raise
+        from .errors import failure_message, is_out_of_memory
+
+        if is_out_of_memory(err):
+            print(f"error: {failure_message(err)}", file=sys.stderr)
+            return 2
         print(f"error: internal error ({type(err).__name__}: {err}); rerun with --debug and report it",
               file=sys.stderr)
         return 1

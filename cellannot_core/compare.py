@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from .data._types import Prepared, Split
-from .errors import Cancelled, CellannotError, ConfigError
+from .errors import Cancelled, CellannotError, ConfigError, failure_message
 from .novelty import OOD_METHODS
 
 #: Columns of :func:`compare_models`, in display order.
@@ -182,7 +182,7 @@ def compare_models(prepared: Prepared, models: Sequence[str], *, seed: int = 0, 
             row["status"] = str(err)
             row["train_seconds"] = time.time() - t0
         except Exception as err:  # noqa: BLE001 - one broken model must not lose the others' results
-            row["status"] = f"internal error: {type(err).__name__}: {err}"
+            row["status"] = failure_message(err)
             row["train_seconds"] = time.time() - t0
         rows.append(row)
         call(callbacks, "on_model_end", name, row)

@@ -39,3 +39,26 @@ def did_you_mean(name: object, choices: "Iterable[object]") -> str:
     key = str(name).lower().replace("-", "_").replace(" ", "_")
     hit = norm.get(key) or next(iter(difflib.get_close_matches(key, list(norm), n=1, cutoff=0.75)), None)
     return f" Did you mean '{norm.get(hit, hit)}'?" if hit else ""
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` says the machine ran out of memory (numpy's ``MemoryError``, PyTorch's CPU
+    allocator or a GPU's ``OutOfMemoryError``): a limit of the machine, not a fault of the code."""
+    if isinstance(err, MemoryError):
+        return True
+    text = str(err)
+    return isinstance(err, RuntimeError) and ("OutOfMemoryError" in type(err).__name__ or "can't allocate memory" in text
+                                              or "out of memory" in text.lower())
+
+
+def failure_message(err: BaseException) -> str:
+    """One line for the user about any exception: a :class:`CellannotError`'s own; running out of
+    memory said as such, with what to do; anything else an internal error (a fault to report)."""
+    if isinstance(err, CellannotError):
+        return str(err)
+    if is_out_of_memory(err):
+        detail = " ".join(str(err).split())[:160]
+        return (f"ran out of memory ({detail}): label fewer cells at once, keep fewer genes or choose a smaller "
+                "model, or use a machine with more memory (or set CELLANNOT_MEMORY_LIMIT_GB lower, so that large "
+                "inputs are refused before they are read)")
+    return f"internal error: {type(err).__name__}: {err}"

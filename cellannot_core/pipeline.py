@@ -18,7 +18,7 @@ import pandas as pd
 from . import __version__
 from ._constants import DEFAULT_HVG_FLAVOR, DEFAULT_HVG_FROM, DEFAULT_MODEL, DEFAULT_N_TOP_GENES, UNKNOWN, OutKeys, RunFiles
 from .data._types import Prepared, Split
-from .errors import CellannotError, ConfigError
+from .errors import CellannotError, ConfigError, failure_message
 
 REF_LATENT_KEEP = 4000  # reference cells kept for the latent-space views
 
@@ -1079,7 +1079,7 @@ def annotate(reference, query, opts: AnnotateOptions, *, out: str | Path | None 
         raise
     except Exception as err:
         if run_dir is not None:
-            run_dir.set_status("failed", message=f"internal error: {type(err).__name__}: {err}")
+            run_dir.set_status("failed", message=failure_message(err))
         raise
 
 

@@ -24,6 +24,7 @@ and trials left running by a killed process are marked failed after a heartbeat 
 """
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 from pathlib import Path
@@ -193,6 +194,14 @@ def run_sweep(reference, query, opts, *, storage: str | Path, study_name: str, n
         hp = _suggest(trial, space)
         o = dataclasses.replace(opts, hparams={**opts.hparams, **hp})
         log(f"trial {trial.number}: {', '.join(f'{k}={v}' for k, v in hp.items())}")
+        try:
+            return scored(trial, o, hp)
+        except ConfigError as err:  # these settings cannot run (optuna records the trial failed, goes on)
+            log(f"trial {trial.number} failed: {err}")
+            trial.set_user_attr("error", str(err))
+            raise
+
+    def scored(trial, o, hp) -> float:
         if runs_dir is not None:
             rd = RunDir.create(runs_dir, model=o.model, owner=owner)
             if on_run is not None:
@@ -229,8 +238,23 @@ def run_sweep(reference, query, opts, *, storage: str | Path, study_name: str, n
         return study
     log(f"sweep {study_name!r}: {remaining} of {n_trials} trials to run ({objective}, {sampler}; "
         f"{', '.join(space)})")
-    study.optimize(run_trial, n_trials=remaining, callbacks=[after], catch=(ConfigError,))
+    quiet = logging.getLogger("optuna.study._optimize")  # its failed-trial lines carry tracebacks
+    quiet.addFilter(_without_traceback)
+    try:
+        study.optimize(run_trial, n_trials=remaining, callbacks=[after], catch=(ConfigError,))
+    finally:
+        quiet.removeFilter(_without_traceback)
     return study
+
+
+def _without_traceback(record: logging.LogRecord) -> bool:
+    """Optuna's lines for a failed trial: none for settings that cannot run (the sweep has said
+    why in one line), and any other without its traceback (the command line says it in one line)."""
+    err = record.exc_info[1] if record.exc_info else None
+    if isinstance(err, ConfigError) or record.getMessage().endswith("failed with value None."):
+        return False
+    record.exc_info, record.exc_text = None, None
+    return True
 
 
 def _loo_auroc(prepared, opts, callbacks: Sequence[Any]) -> float:

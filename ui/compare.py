@@ -27,7 +27,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from cellannot_core.errors import Cancelled, CellannotError
+from cellannot_core.errors import Cancelled, CellannotError, failure_message
 from ui import jobs
 
 KINDS = ("compare", "loco", "sweep")
@@ -142,7 +142,7 @@ def _worker(job: CompareJob, reference: Any, query: Any, opts: Any) -> None:
         job.state, job.error, job.message = "failed", str(err), str(err)
     except BaseException as err:  # noqa: BLE001 - a worker must never die silently
         job.state = "failed"
-        job.error = job.message = f"internal error: {type(err).__name__}: {err}"
+        job.error = job.message = failure_message(err)
         job.params["traceback"] = traceback.format_exc()
     finally:
         job.finished = time.time()

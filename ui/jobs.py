@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from cellannot_core._constants import RunFiles
-from cellannot_core.errors import Cancelled, CellannotError
+from cellannot_core.errors import Cancelled, CellannotError, failure_message
 from cellannot_core.runs import RunDir, RunProgress, default_root, read_json, write_json_atomic
 
 MAX_PARALLEL = max(1, int(os.environ.get("CELLANNOT_MAX_JOBS", "2")))
@@ -205,7 +205,7 @@ def _worker(job: Job, reference: Any, query: Any, opts: Any) -> None:
         if rd.status().get("state") in ACTIVE_STATES:
             rd.set_status("cancelled" if isinstance(err, Cancelled) else "failed", message=str(err))
     except BaseException as err:  # noqa: BLE001 - a worker must never die silently
-        job.error = f"internal error: {type(err).__name__}: {err}"
+        job.error = failure_message(err)
         job.log(job.error)
         job.log(traceback.format_exc())
         if rd.status().get("state") in ACTIVE_STATES:

@@ -61,6 +61,9 @@ from ._torch import TorchModel
 from .registry import HParam, Supports, register
 
 BUFFER_KEEP = 1000  # replay-buffer chains saved with the model (float16) to seed sample()
+# the latent space (the last hidden width) is where every novelty score, neighbour search and map works;
+# hidden=400000 trained and then asked the Mahalanobis score for a 400,000-square covariance (1.2 TiB)
+MAX_LATENT = 1024
 
 
 def _ints(text: str, what: str) -> list[int]:
@@ -132,6 +135,11 @@ class EnergyClassifier(TorchModel):
     def build_net(self) -> nn.Module:
         h = self.hparams
         widths = _ints(h["hidden"], "hidden")
+        if widths[-1] > MAX_LATENT:
+            from ..errors import ConfigError
+
+            raise ConfigError(f"the last hidden width is the latent space ({widths[-1]:,}); it may be at most "
+                              f"{MAX_LATENT:,} (the novelty scores hold its dimensions squared): e.g. hidden 1200,600,200")
         if h.get("blocks"):
             blocks = _ints(h["blocks"], "blocks")
             if len(blocks) != len(widths):

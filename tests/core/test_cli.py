@@ -317,7 +317,7 @@ def test_a_failed_write_leaves_no_temporary_file(tmp_path, monkeypatch):
     ("n_features", 10**9, "n_features"),
     ("classes", ["only one"], "classes"),
     ("genes", None, "genes"),
-    ("hparams", {"hidden": "4000,4000", "blocks": "1,1"}, "CELLANNOT_MEMORY_LIMIT_GB"),
+    ("hparams", {"hidden": "4000,4000,64", "blocks": "1,1,1"}, "CELLANNOT_MEMORY_LIMIT_GB"),
 ])
 def test_a_tampered_bundle_is_refused_in_one_line(capsys, files, tmp_path, monkeypatch, field, value, words):
     """Issue 14: temperature 0 gave exit 0 with every confidence NaN; n_features 1e9 cost 82 s and
@@ -345,3 +345,34 @@ def test_a_tampered_bundle_is_refused_in_one_line(capsys, files, tmp_path, monke
     assert_one_error(code, err, words)
     assert "damaged" in err and _time.time() - t0 < 30
     assert not (tmp_path / "o.h5ad").exists()
+
+
+def test_a_sweep_whose_trials_cannot_run_says_why_in_one_line_each(capfd, files, tmp_path):
+    """Found 2026-12-06: a trial refused for its settings printed Optuna's traceback, a sweep whose
+    trials all failed ended with exit 0 and no word, and `hidden=400000` (a 400,000-dimensional
+    latent space) trained and then failed as 'internal error' asking for a 1.2 TiB covariance."""
+    code = main(["sweep", "--reference", str(files["ref"]), "--query", str(files["query"]), "--label-key", LABEL,
+                 "--model", "clams", "--param", "hidden=8,4000/400000", "--sampler", "grid", "--trials", "2",
+                 "--storage", str(tmp_path / "s.db"), "--runs-dir", str(tmp_path / "runs"), "--n-top-genes", "50",
+                 "--min-shared-genes", "20", "--device", "cpu"])
+    err = capfd.readouterr().err
+    assert_one_error(code, err, "no trial of the sweep finished")
+    for n in (0, 1):
+        assert f"trial {n} failed: the last hidden width is the latent space" in err
+
+
+def test_running_out_of_memory_is_one_line_saying_what_to_do(capsys, files, monkeypatch, tmp_path):
+    import cellannot_core.cli as cli
+    from cellannot_core.errors import DataError, failure_message
+
+    def oom(args):
+        raise MemoryError("Unable to allocate 1.16 TiB for an array with shape (400000, 400000) and data type float64")
+
+    monkeypatch.setitem(cli.COMMANDS, "annotate", oom)
+    code, _, err = run_main(capsys, *annotate_args(files, out=tmp_path / "o.h5ad"))
+    assert "1.16 TiB" in assert_one_error(code, err, "ran out of memory")
+    alloc = RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: you tried "
+                         "to allocate 40000000000 bytes. Error code 12 (Cannot allocate memory)")
+    assert failure_message(alloc).startswith("ran out of memory")
+    assert failure_message(DataError("the query has no cells")) == "the query has no cells"
+    assert failure_message(KeyError("x")).startswith("internal error: KeyError")

@@ -178,7 +178,7 @@ def test_resnet_blocks_must_match_widths():
         create_model("resnet", 10, ["a", "b"], device="cpu", hparams={"hidden": "8,4", "blocks": "1"})
 
 
-@pytest.mark.parametrize("model, hparams", [("clams", {"hidden": "6000,6000"}), ("vera", {"gen_hidden": "6000,6000"}),
+@pytest.mark.parametrize("model, hparams", [("clams", {"hidden": "6000,6000,64"}), ("vera", {"gen_hidden": "6000,6000"}),
                                             ("scanvi", {"n_hidden": 4096, "n_layers": 5})])
 def test_a_net_past_the_memory_limit_is_refused_before_it_is_built(monkeypatch, model, hparams):
     """Widths are free text in the app's form (and a saved model's config): the form's check built
@@ -192,3 +192,11 @@ def test_a_net_past_the_memory_limit_is_refused_before_it_is_built(monkeypatch, 
         create_model(model, 2000, ["a", "b"], device="cpu", hparams=hparams)
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000  # KiB: nothing was allocated
     create_model(model, 50, ["a", "b"], device="cpu", hparams=None)  # the defaults on few genes fit
+
+
+def test_the_latent_width_is_bounded():
+    """hidden=400000 fitted under the memory limit (one layer) and then asked the novelty score
+    for a 400,000-square covariance (1.2 TiB), an 'internal error'."""
+    with pytest.raises(ConfigError, match="latent space"):
+        create_model("clams", 50, ["a", "b"], device="cpu", hparams={"hidden": "64,400000"})
+    create_model("clams", 50, ["a", "b"], device="cpu", hparams={"hidden": "64,1024"})
