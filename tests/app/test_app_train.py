@@ -82,7 +82,7 @@ def test_form_comes_from_the_registry(tiny_pair):
     assert at.session_state[StateKeys.RUN_ID] is None
     # widths no server could hold are refused before the form's check builds the net (it once
     # allocated 3.9 GB in the server's process for 30000,30000)
-    at.text_input(key=WidgetKeys.HPARAM.format(model="clams", name="hidden")).set_value("200000,200000")
+    at.text_input(key=WidgetKeys.HPARAM.format(model="clams", name="hidden")).set_value("200000,200000,64")
     at.button(key=WidgetKeys.START).click().run()
     assert not at.exception
     assert at.error and "CELLANNOT_MEMORY_LIMIT_GB" in at.error[0].value
