@@ -188,3 +188,13 @@ def test_ingest_scanpy_backend_agrees_with_exact(prep, fitted):
     np.testing.assert_allclose(m.latent(prep.query.X), ex.latent(prep.query.X), atol=1e-4)
     agree = (m._proba(prep.query.X).argmax(1) == ex._proba(prep.query.X).argmax(1)).mean()
     assert agree > 0.97
+
+
+@pytest.mark.slow
+def test_ingest_scanpy_backend_votes_with_one_neighbour(prep):
+    """n_neighbors=1 is in the registry's range; scanpy's graph of the reference needs at least 2
+    (it counts the cell itself) and failed with 'Maximum allowed size exceeded' (2026-12-06)."""
+    m = create_model("ingest", prep.n_genes, prep.classes, device="cpu", hparams={"backend": "scanpy", "n_neighbors": 1})
+    m.fit(prep.train, prep.val)
+    p = m._proba(prep.query.X)
+    assert set(np.unique(p)) <= {0.0, 1.0} and (p.sum(1) == 1).all()  # one neighbour's vote

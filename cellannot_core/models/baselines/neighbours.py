@@ -85,7 +85,8 @@ class Ingest(_VoteModel):
 
         if self._index is None:
             ref = ad.AnnData(np.ascontiguousarray(self.ref_pcs, dtype=np.float32))
-            sc.pp.neighbors(ref, n_neighbors=k, use_rep="X", random_state=0)
+            # the reference's own graph counts each cell as its first neighbour: at least 2 (k=1 failed)
+            sc.pp.neighbors(ref, n_neighbors=max(k, 2), use_rep="X", random_state=0)
             self._index = sc.tl.Ingest(ref)
         ing = self._index
         ing.fit(ad.AnnData(np.ascontiguousarray(Z, dtype=np.float32)))
