@@ -6,6 +6,7 @@ annotate contract. Each step is a function the app calls on its own.
 from __future__ import annotations
 
 import io
+import math
 import platform
 import time
 from dataclasses import asdict, dataclass, field
@@ -19,6 +20,8 @@ from . import __version__
 from ._constants import DEFAULT_HVG_FLAVOR, DEFAULT_HVG_FROM, DEFAULT_MODEL, DEFAULT_N_TOP_GENES, UNKNOWN, OutKeys, RunFiles
 from .data._types import Prepared, Split
 from .errors import CellannotError, ConfigError, failure_message
+
+MAX_GENERATE = 10_000  # generated cells per class (the app's form offers up to 1,000)
 
 REF_LATENT_KEEP = 4000  # reference cells kept for the latent-space views
 
@@ -69,6 +72,14 @@ class AnnotateOptions:
         seconds = number(self.max_train_seconds) if self.max_train_seconds is not None else 1.0
         if seconds is None or not seconds > 0:
             raise ConfigError(f"max_train_seconds must be a positive number of seconds; not {self.max_train_seconds!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or not 0 <= self.seed < 2**32:
+            raise ConfigError(f"seed must be a whole number from 0 to 4294967295 (numpy's and torch's seeds); "
+                              f"not {self.seed!r}")
+        n_gen = number(self.n_generate)
+        if n_gen is None or not 0 <= n_gen <= MAX_GENERATE or n_gen != int(n_gen):
+            raise ConfigError(f"n_generate is the generated cells per class shown on the Latent page, a whole number "
+                              f"from 0 to {MAX_GENERATE:,}; not {self.n_generate!r}")
+        check_threshold(self.threshold)
         self.device = device_name(self.device)
 
     def model_hparams(self) -> dict[str, Any]:
@@ -274,6 +285,20 @@ def add_sample_evidence(preds: Predictions, groups: list[dict[str, Any]], sample
                                  preds.is_unknown, min_cells=SAMPLE_MIN_CELLS), sample_column=samples.column)
 
 
+def check_threshold(threshold: Any) -> None:
+    """A threshold given for the novelty score must be a number (infinity: nobody Unknown); NaN called
+    no cell Unknown without a word."""
+    if threshold is None:
+        return
+    try:
+        value = float(threshold)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if isinstance(threshold, bool) or math.isnan(value):
+        raise ConfigError(f"the threshold must be a number on the novelty score's scale (or none for the model's "
+                          f"own); not {threshold!r}")
+
+
 def decide(model, logits: np.ndarray, latent: np.ndarray, scores: dict[str, np.ndarray], *,
            threshold: float | None = None) -> Predictions:
     """Probabilities, labels and Unknown calls from a query's logits and novelty scores
@@ -284,6 +309,7 @@ def decide(model, logits: np.ndarray, latent: np.ndarray, scores: dict[str, np.n
     classes = np.asarray(model.classes, dtype=object)
     label_raw = classes[proba.argmax(1)].astype(str)
     ood = scores[model.ood_method]
+    check_threshold(threshold)
     if threshold is None:
         thr, factor = model.query_threshold(ood)
     else:

@@ -97,6 +97,8 @@ def test_predict_in_place_and_threshold_override(pair):
     annotator = ca.train(ref, **_opts())
     q = query.copy()
     assert annotator.predict(q, threshold=float("inf")) is None
+    with pytest.raises(ConfigError, match="threshold must be a number"):  # NaN called no cell Unknown, silently
+        annotator.predict(q, threshold=float("nan"))
     assert not q.obs["cellannot_is_unknown"].any()
 
 
@@ -132,6 +134,9 @@ def test_backed_and_float16_data_are_read_as_a_scanpy_user_opens_them(pair, tmp_
     ("accept", 1.5, "accept is the share"), ("accept", "most", "accept is the share"),
     ("max_epochs", 0, "max_epochs must be a whole number"), ("max_epochs", 2.5, "max_epochs must be a whole number"),
     ("device", "gpu", "unknown device 'gpu'"), ("device", "cuda:x", "unknown device"),
+    # found 2026-12-06: these were internal errors (numpy's and scikit-learn's seeds)
+    ("seed", -1, "seed must be a whole number"), ("seed", 2**40, "seed must be a whole number"),
+    ("seed", "x", "seed must be a whole number"),
 ])
 def test_options_a_run_cannot_use_are_one_clear_error(pair, option, value, words):
     ref, query = pair

@@ -140,6 +140,8 @@ def test_missing_label_column(capsys, files):
     (["--batch-key", "donor_typo"], "batch key 'donor_typo' is a column of neither"),
     (["--accept", "1.5"], "accept is the share"),
     (["--max-epochs", "0"], "max_epochs must be a whole number of at least 1"),
+    (["--seed", "-1"], "seed must be a whole number"),
+    (["--threshold", "nan"], "threshold must be a number"),
 ])
 def test_bad_options(capsys, files, extra, match):
     code, _, err = run_main(capsys, *annotate_args(files, extra=extra))

@@ -416,3 +416,14 @@ def test_query_samples_finds_the_sample_column_a_rule_can_use():
     assert query_samples(obs, batch_key="missing") is None  # a key the query lacks: no samples
     assert query_samples(obs[["cell_type", "leiden", "batch"]]) is None
     assert query_samples(obs.iloc[:0]) is None
+
+
+@pytest.mark.parametrize("kw, words", [({"n_generate": -1}, "n_generate"), ({"n_generate": 10**6}, "n_generate"),
+                                       ({"threshold": float("nan")}, "threshold must be a number"),
+                                       ({"seed": True}, "seed must be a whole number")])
+def test_options_out_of_range_are_refused_before_any_data_is_read(kw, words):
+    """n_generate 1,000,000 would have generated a million cells per class for the Latent page."""
+    from cellannot_core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=words):
+        AnnotateOptions(label_key="x", device="cpu", **kw)
