@@ -136,12 +136,18 @@ class RunDir:
         return self.path / RunFiles.MODEL_DIR
 
     def status(self) -> dict[str, Any]:
-        return read_json(self.file(RunFiles.STATUS), {"state": "failed", "message": "status unreadable"})
+        st = read_json(self.file(RunFiles.STATUS))
+        if not isinstance(st, dict):
+            return {"state": "failed", "message": "status unreadable"}
+        if not isinstance(st.get("created", 0), (int, float)):
+            st["created"] = 0  # (runs are sorted by it)
+        return st
 
     def set_status(self, state: str, **fields: Any) -> None:
         if state not in STATES:
             raise ValueError(state)
-        cur = read_json(self.file(RunFiles.STATUS), {}) or {}
+        cur = read_json(self.file(RunFiles.STATUS), {})
+        cur = cur if isinstance(cur, dict) else {}
         cur.update(fields)
         if state in ACTIVE:
             cur.update(_this_process())  # who works on it, so a killed process is detected (worker_alive)
@@ -178,7 +184,10 @@ class RunDir:
         shutil.rmtree(self.path)
 
     def card(self) -> dict[str, Any] | None:
-        return read_json(self.file(RunFiles.CARD))
+        """The run card, or None when it is missing or is not a card (a run's files may be damaged or
+        half deleted by hand: the pages and the listing must say so, not fail)."""
+        card = read_json(self.file(RunFiles.CARD))
+        return card if isinstance(card, dict) else None
 
     def history(self) -> list[dict[str, Any]]:
         return read_json(self.file(RunFiles.HISTORY), []) or []
@@ -190,8 +199,14 @@ class RunDir:
         os.replace(tmp, self.file(RunFiles.ARRAYS))
 
     def load_arrays(self) -> dict[str, np.ndarray]:
-        with np.load(self.file(RunFiles.ARRAYS), allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
+        import zipfile
+
+        try:
+            with np.load(self.file(RunFiles.ARRAYS), allow_pickle=False) as z:
+                return {k: z[k] for k in z.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+            raise DataError(f"run {self.id}: its arrays ({RunFiles.ARRAYS}) are missing or damaged "
+                            f"({type(err).__name__})") from None
 
 
 ANY_OWNER = object()
@@ -211,14 +226,14 @@ def list_runs(root: Path | str | None = None, *, owner: Any = ANY_OWNER,
     for p in root.iterdir():
         if not p.is_dir() or not RUN_ID_RE.match(p.name) or not (p / RunFiles.STATUS).is_file():
             continue
-        st = read_json(p / RunFiles.STATUS, {}) or {}
+        st = RunDir(p).status()
         if st.get("state") in ACTIVE:
             st = RunDir(p).check_interrupted()
         if owner is not ANY_OWNER:
             run_owner = st.get("owner")
             if not (run_owner == owner or (run_owner is None and include_unowned)):
                 continue
-        card = read_json(p / RunFiles.CARD, {}) or {}
+        card = RunDir(p).card() or {}
         out.append({"id": p.name, "state": st.get("state"), "model": st.get("model", card.get("model")),
                     "created": st.get("created", 0), "message": st.get("message", ""),
                     "n_query": card.get("n_query"), "unknown_fraction": card.get("unknown_fraction")})

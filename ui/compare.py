@@ -547,7 +547,10 @@ def load_runs(run_ids: list[str]) -> list[tuple[str, dict[str, Any], pd.DataFram
     for rid in run_ids:
         rd = RunDir.open(jobs.runs_root(), rid)
         path = rd.file(RunFiles.PREDICTIONS)
-        pred = pd.read_csv(path) if path.is_file() else None
+        try:
+            pred = pd.read_csv(path) if path.is_file() else None
+        except (OSError, ValueError):  # a damaged file: the run is compared on its card alone
+            pred = None
         out.append((rid, rd.card() or {}, pred))
     return out
 

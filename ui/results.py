@@ -18,7 +18,7 @@ import pandas as pd
 import streamlit as st
 
 from cellannot_core._constants import UNKNOWN, OutKeys, RunFiles
-from cellannot_core.errors import CellannotError
+from cellannot_core.errors import CellannotError, DataError
 from cellannot_core.runs import RunDir
 from ui.jobs import run_status, runs_root
 from ui.state import StateKeys, get
@@ -79,7 +79,10 @@ class Run:
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def load_card(root: str, run_id: str) -> dict[str, Any]:
-    return RunDir.open(root, run_id).card() or {}
+    card = RunDir.open(root, run_id).card()
+    if card is None:
+        raise DataError(f"run {run_id}: its run card ({RunFiles.CARD}) is missing or damaged")
+    return card
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
@@ -106,16 +109,23 @@ def load_run(root: str, run_id: str) -> Run:
 
 def current_run() -> Run | None:
     """The session's current run when it finished successfully, else ``None`` (no UI output)."""
+    return _current_run()[0]
+
+
+def _current_run() -> tuple[Run | None, str | None]:
+    """The current run as :func:`current_run`, and why a finished one could not be read."""
     run_id = get(StateKeys.RUN_ID)
     if not run_id:
-        return None
+        return None, None
     root = str(runs_root())
     try:
         if run_status(run_id, root).get("state") != "done":
-            return None
-        return load_run(root, run_id)
-    except (OSError, ValueError, KeyError, CellannotError):
-        return None
+            return None, None
+        return load_run(root, run_id), None
+    except CellannotError as err:
+        return None, str(err)
+    except (OSError, ValueError, KeyError) as err:  # (anndata's reader of a damaged annotated file)
+        return None, f"run {run_id}: its files cannot be read ({type(err).__name__})"
 
 
 def require_run() -> Run:
@@ -124,7 +134,11 @@ def require_run() -> Run:
     if not run_id:
         st.info("Train a model (or reopen a past run) on the **Train** page first.")
         st.stop()
-    run = current_run()
+    run, damaged = _current_run()
+    if damaged:
+        st.error(f"This run finished, but {damaged.split(': ', 1)[-1]}: its results cannot be shown. Delete it on "
+                 "the **Runs** page and train it again.", icon=":material/broken_image:")
+        st.stop()
     if run is None:
         try:
             state = run_status(run_id).get("state")

@@ -122,3 +122,30 @@ def test_the_page_says_when_unknown_calls_differ_by_sample(runs_root):
     assert any(note in i.value for i in at.info)
     at = page(rid)
     assert not at.exception and not any("differ between the query" in i.value for i in at.info)
+
+
+@pytest.mark.parametrize("damage", ["arrays", "card", "annotated"])
+def test_a_finished_run_with_damaged_files_says_so_on_every_page(runs_root, tmp_path, monkeypatch, damage):
+    """Found 2026-12-06: a run whose arrays were not a zip, or whose card was missing or not a card,
+    crashed the result pages ("This app has encountered an error"); a card that was a JSON list
+    crashed the Runs page for every visitor, since every run is listed."""
+    import shutil
+
+    root = tmp_path / "runs"
+    shutil.copytree(Path(runs_root[0]) / runs_root[1], root / runs_root[1])
+    d = root / runs_root[1]
+    if damage == "arrays":
+        (d / RunFiles.ARRAYS).write_bytes(b"PK\x03\x04 not a zip")
+    elif damage == "card":
+        (d / RunFiles.CARD).write_text("[1, 2, 3]")
+    else:
+        (d / RunFiles.ANNOTATED).unlink()
+    monkeypatch.setenv("CELLANNOT_RUNS", str(root))
+    for p in ("pages/results.py", "pages/latent.py", "pages/calibration.py", "pages/explain.py"):
+        at = AppTest.from_file(APP, default_timeout=120).run()
+        at.session_state[StateKeys.RUN_ID] = runs_root[1]
+        at = at.switch_page(p).run()
+        assert not at.exception, p
+        assert at.error and "This run finished, but" in at.error[0].value and "Delete it" in at.error[0].value, p
+    at = AppTest.from_file(APP, default_timeout=120).run().switch_page("pages/runs.py").run()
+    assert not at.exception and runs_root[1] in str(at.dataframe[0].value.to_dict())
