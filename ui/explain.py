@@ -73,8 +73,8 @@ def compute_explain(root: str, run_id: str) -> dict[str, Any]:
     from cellannot_core.runs import RunDir, read_json
 
     rd = RunDir.open(root, run_id)
-    bundle = read_json(rd.model_dir / "bundle.json") or {}
-    if "genes" not in bundle:
+    bundle = read_json(rd.model_dir / "bundle.json")
+    if not isinstance(bundle, dict) or "genes" not in bundle:
         raise DataError(f"run {run_id} has no model bundle; train it again to see explain matrices")
     model = load_run_model(root, run_id)
     qa = ad.read_h5ad(rd.file(RunFiles.ANNOTATED))

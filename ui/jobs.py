@@ -315,7 +315,7 @@ def request(run_id: str, root: str | Path | None = None) -> dict[str, Any] | Non
         return None
     try:
         opts = AnnotateOptions(**req["options"])
-    except TypeError:  # written by another version
+    except (TypeError, CellannotError):  # written by another version, or damaged
         return None
     return {"options": opts, "datasets": dict(req.get("datasets") or {})}
 

@@ -63,7 +63,8 @@ def runs_table() -> pd.DataFrame:
     for r in list_runs(jobs.runs_root(), owner=owner_id(), include_unowned=server_is_local()):
         rd = RunDir.open(jobs.runs_root(), r["id"])
         card = rd.card() or {}
-        sweep = read_json(rd.file(SWEEP_FILE), {}) or {}
+        sweep = read_json(rd.file(SWEEP_FILE), {})
+        sweep = sweep if isinstance(sweep, dict) else {}
         changed = _changed_hparams(r["model"], card.get("hparams") or {})
         if sweep.get("params"):
             changed = {**changed, **sweep["params"]}

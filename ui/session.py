@@ -375,7 +375,8 @@ def restore() -> list[str]:
                              "n_genes": int(adata.n_vars)})
         restored.append(role)
     if restored:
-        choices = read_json(d / "choices.json") or {}
+        choices = read_json(d / "choices.json")
+        choices = choices if isinstance(choices, dict) else {}
         for key in CHOICE_KEYS:
             if key in choices:
                 put(key, choices[key])
