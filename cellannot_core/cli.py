@@ -170,10 +170,13 @@ def cmd_annotate(args) -> int:
     if out.suffix != ".h5ad":
         from .errors import ConfigError
 
-        raise ConfigError(f"--out must end in .h5ad, got {out.name}")
+        raise ConfigError(f"--out must end in .h5ad, got {str(out)!r}")
     from .pipeline import check_writable
 
     check_writable(out, what="annotated query")  # before training, not after
+    for folder, what in ((args.runs_dir, "runs folder"), (args.save_model, "saved model")):
+        if folder:
+            check_writable(folder, what=what, folder=True)
     callbacks = [PrintProgress(_log)]
     rd = None
     if args.runs_dir:
@@ -197,6 +200,10 @@ def cmd_train(args) -> int:
     args.device = distributed.init_from_env(args.device)  # under torchrun: join the process group
     main_process = distributed.is_main()
     opts = _options(args)
+    if main_process:  # (rank 0 writes the bundle)
+        from .pipeline import check_writable
+
+        check_writable(args.save_model, what="saved model", folder=True)
     ref = read_dataset(args.reference, name="reference")
     qry = read_dataset(args.query, name="query") if args.query else ref
     prepared = prepare_data(ref, qry, opts)
@@ -218,6 +225,12 @@ def cmd_sweep(args) -> int:
         from .errors import ConfigError
 
         raise ConfigError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {args.objective!r}")
+    from .pipeline import check_writable
+
+    if "://" not in str(args.storage):  # a SQLite file (a database URL is Optuna's to reach)
+        check_writable(args.storage, what="sweep's study file")
+    if args.runs_dir:
+        check_writable(args.runs_dir, what="runs folder", folder=True)
 
     def show(row: dict) -> None:
         params = ", ".join(f"{k[6:]}={v:.4g}" if isinstance(v, float) else f"{k[6:]}={v}"
@@ -346,6 +359,9 @@ def cmd_app(args) -> int:
 
     env = dict(os.environ)
     if args.runs_dir:
+        from .pipeline import check_writable
+
+        check_writable(args.runs_dir, what="runs folder", folder=True)  # said here, not on the first page
         env["CELLANNOT_RUNS"] = str(Path(args.runs_dir).resolve())
     if args.address not in ("127.0.0.1", "localhost", "::1"):
         _log(f"warning: serving on {args.address}: everyone who can reach it can use the app; see the README's "

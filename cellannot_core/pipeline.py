@@ -845,24 +845,29 @@ def predictions_table(obs_names: Sequence[str], preds: Predictions, classes: Seq
     return df
 
 
-def check_writable(path: str | Path, *, what: str = "output") -> Path:
+def check_writable(path: str | Path, *, what: str = "output", folder: bool = False) -> Path:
     """Fail now, in one line, when ``path`` cannot be written (before hours of training): its
-    folder is created and a probe file written and removed there."""
+    folder is created and a probe file written and removed there. ``folder``: ``path`` is a folder
+    to write into (a run's or a saved model's), created here."""
     import errno
     import secrets
 
     from .errors import DataError
 
     path = Path(path)
-    if path.is_dir():
+    if path.is_dir() and not folder:
         raise DataError(f"the {what} path {path} is a folder: give a file name")
-    probe = path.parent / f".{path.name}.{secrets.token_hex(4)}.probe"
+    if folder and path.exists() and not path.is_dir():
+        raise DataError(f"the {what} path {path} is a file, not a folder: give a folder")
+    where = path if folder else path.parent
+    probe = where / f".{path.name}.{secrets.token_hex(4)}.probe"
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        where.mkdir(parents=True, exist_ok=True)
         probe.write_bytes(b"0")
         probe.unlink()
     except OSError as err:
-        reason = "the disk is full" if err.errno == errno.ENOSPC else (err.strerror or type(err).__name__).lower()
+        reason = ("the disk is full" if err.errno == errno.ENOSPC else "a folder on the way is a file"
+                  if err.errno in (errno.EEXIST, errno.ENOTDIR) else (err.strerror or type(err).__name__).lower())
         raise DataError(f"cannot write the {what} to {path}: {reason}. Choose another place.") from None
     return path
 

@@ -378,3 +378,29 @@ def test_running_out_of_memory_is_one_line_saying_what_to_do(capsys, files, monk
     assert failure_message(alloc).startswith("ran out of memory")
     assert failure_message(DataError("the query has no cells")) == "the query has no cells"
     assert failure_message(KeyError("x")).startswith("internal error: KeyError")
+
+
+@pytest.mark.parametrize("command, option", [("annotate", "--runs-dir"), ("annotate", "--save-model"),
+                                             ("train", "--save-model"), ("sweep", "--runs-dir"),
+                                             ("sweep", "--storage"), ("app", "--runs-dir")])
+def test_an_output_folder_that_cannot_be_written_is_one_line_before_training(capsys, files, tmp_path, monkeypatch,
+                                                                             command, option):
+    """Found 2026-12-06: --runs-dir or --save-model naming a file (or a place that cannot be made)
+    ended as 'internal error', --save-model only after the whole training."""
+    def no_server(*a):
+        raise AssertionError("the app was started")
+
+    monkeypatch.setattr(os, "execve", no_server)  # `app` must stop before it becomes the server
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    target = blocker / "inside.db" if option == "--storage" else blocker
+    common = ["--reference", files["ref"], "--label-key", LABEL, *FAST]
+    argv = {"annotate": ["annotate", *common, "--query", files["query"], "--out", tmp_path / "o.h5ad"],
+            "train": ["train", *common],
+            "sweep": ["sweep", *common, "--query", files["query"], "--trials", "1",
+                      *(["--storage", tmp_path / "s.db"] if option != "--storage" else [])],
+            "app": ["app", "--port", "8597"]}[command]
+    code, out, err = run_main(capsys, *argv, option, target)
+    line = assert_one_error(code, err, "a_file")
+    assert "is a file, not a folder" in line or "a folder on the way is a file" in line
+    assert "training" not in out.lower() and not (tmp_path / "o.h5ad").exists()
