@@ -13,13 +13,35 @@ UNKNOWN = "Unknown"
 NUM_THREADS_ENV = "CELLANNOT_NUM_THREADS"
 
 
+def env_number(name: str, default, *, low: float | None = None, integer: bool = False):
+    """A server setting from the environment: ``default`` when unset, and, with a warning of the
+    ``cellannot`` logger, when it is not a finite number (a typo must not stop the app at import, as
+    ``CELLANNOT_MAX_JOBS=two`` did); an integer setting below ``low`` is raised to it, a number
+    below it is not valid."""
+    import logging
+    import math
+
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        value = float(raw)
+        if not math.isfinite(value) or (integer and value != int(value)):
+            raise ValueError
+    except ValueError:
+        value = None
+    if value is not None and low is not None and value < low:
+        value = low if integer else None
+    if value is None:
+        logging.getLogger("cellannot").warning(f"{name}={raw!r} is not a valid setting here; using "
+                                               f"{'the default' if default is None else default}")
+        return default
+    return int(value) if integer else value
+
+
 def num_threads() -> int | None:
     """The thread count set by :data:`NUM_THREADS_ENV` (None when unset or not a number)."""
-    env = os.environ.get(NUM_THREADS_ENV)
-    try:
-        return max(1, int(env)) if env else None
-    except ValueError:
-        return None
+    return env_number(NUM_THREADS_ENV, None, low=1, integer=True)
 
 
 def nn_jobs() -> int:

@@ -23,7 +23,6 @@ Nothing here imports streamlit.
 """
 from __future__ import annotations
 
-import os
 import threading
 import time
 import traceback
@@ -32,11 +31,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from cellannot_core._constants import RunFiles
+from cellannot_core._constants import RunFiles, env_number
 from cellannot_core.errors import Cancelled, CellannotError, failure_message
 from cellannot_core.runs import RunDir, RunProgress, default_root, read_json, write_json_atomic
 
-MAX_PARALLEL = max(1, int(os.environ.get("CELLANNOT_MAX_JOBS", "2")))
+MAX_PARALLEL = env_number("CELLANNOT_MAX_JOBS", 2, low=1, integer=True)
 ACTIVE_STATES = ("queued", "running")
 FINAL_STATES = ("done", "failed", "cancelled")
 
@@ -95,10 +94,7 @@ def write_problem(err: OSError, what: str = "write to its runs folder") -> str:
 def session_job_limit() -> int:
     """Training runs one browser session may have waiting or running at once
     (``$CELLANNOT_MAX_JOBS_PER_SESSION``, default 2; read on every call)."""
-    try:
-        return max(1, int(os.environ.get("CELLANNOT_MAX_JOBS_PER_SESSION", "2")))
-    except ValueError:
-        return 2
+    return env_number("CELLANNOT_MAX_JOBS_PER_SESSION", 2, low=1, integer=True)
 
 
 def owner_active_runs(owner: str) -> list[str]:

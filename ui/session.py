@@ -287,11 +287,10 @@ def forget_datasets() -> None:
 def session_days() -> float | None:
     """Days a session's kept datasets outlive its last visit (``$CELLANNOT_SESSION_DAYS``), or
     None to keep them until their visitor deletes them."""
-    try:
-        days = float(os.environ.get(SESSION_DAYS_ENV, ""))
-    except ValueError:
-        return None
-    return days if days > 0 else None
+    from cellannot_core._constants import env_number
+
+    days = env_number(SESSION_DAYS_ENV, None)
+    return days if days is not None and days > 0 else None
 
 
 def expire_sessions(days: float, *, now: float | None = None) -> list[str]:

@@ -252,12 +252,11 @@ def memory_limit_bytes() -> int:
     default half of this machine's memory."""
     import os
 
-    env = os.environ.get("CELLANNOT_MEMORY_LIMIT_GB")
-    if env:
-        try:
-            return int(float(env) * 1024**3)
-        except ValueError:
-            pass
+    from .._constants import env_number
+
+    gb = env_number("CELLANNOT_MEMORY_LIMIT_GB", None, low=1e-9)
+    if gb is not None:
+        return int(gb * 1024**3)
     try:
         return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2)
     except (ValueError, OSError, AttributeError):

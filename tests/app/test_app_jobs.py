@@ -2,6 +2,7 @@
 status, history and results; cancel hits only its own job; orphaned runs are flagged."""
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -157,3 +158,21 @@ def test_a_free_training_slot_goes_to_the_session_holding_fewest_then_to_the_lon
     slots.release("b")
     c1.join(5)
     assert order == ["b1", "a3", "c1"]
+
+
+def test_a_typo_in_a_server_setting_falls_back_with_a_warning_not_a_crash():
+    """CELLANNOT_MAX_JOBS=two stopped every page at import (int('two')); CELLANNOT_MEMORY_LIMIT_GB=inf
+    overflowed; zero or negative limits refused every input."""
+    import subprocess
+    import sys
+
+    code = ("import ui.jobs as j; from cellannot_core.data.io import memory_limit_bytes as m; "
+            "from cellannot_core.data.stream import large_query_bytes as q; "
+            "print(j.MAX_PARALLEL, j.session_job_limit(), m() > 0, q() > 0)")
+    env = {**os.environ, "CELLANNOT_MAX_JOBS": "two", "CELLANNOT_MAX_JOBS_PER_SESSION": "2.5",
+           "CELLANNOT_MEMORY_LIMIT_GB": "inf", "CELLANNOT_STREAM_QUERY_MB": "-1"}
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["2", "2", "True", "True"]
+    for name in ("CELLANNOT_MAX_JOBS=", "CELLANNOT_MEMORY_LIMIT_GB=", "CELLANNOT_STREAM_QUERY_MB="):
+        assert name in r.stderr and "Traceback" not in r.stderr
