@@ -837,12 +837,10 @@ def annotated_query(query_adata, prepared: Prepared, preds: Predictions, card: d
 
 
 def predictions_table(obs_names: Sequence[str], preds: Predictions, classes: Sequence[str]) -> pd.DataFrame:
-    df = pd.DataFrame({"cell": np.asarray(obs_names), OutKeys.LABEL: preds.label, OutKeys.LABEL_RAW: preds.label_raw,
-                       OutKeys.CONFIDENCE: preds.confidence, OutKeys.OOD_SCORE: preds.ood_score,
-                       OutKeys.IS_UNKNOWN: preds.is_unknown})
-    for j, c in enumerate(classes):
-        df[f"p_{c}"] = preds.proba[:, j]
-    return df
+    cols = {"cell": np.asarray(obs_names), OutKeys.LABEL: preds.label, OutKeys.LABEL_RAW: preds.label_raw,
+            OutKeys.CONFIDENCE: preds.confidence, OutKeys.OOD_SCORE: preds.ood_score, OutKeys.IS_UNKNOWN: preds.is_unknown}
+    # built at once: a column at a time, over 100 classes made pandas warn of a fragmented frame
+    return pd.DataFrame(cols | {f"p_{c}": preds.proba[:, j] for j, c in enumerate(classes)})
 
 
 def check_writable(path: str | Path, *, what: str = "output", folder: bool = False) -> Path:

@@ -427,3 +427,21 @@ def test_options_out_of_range_are_refused_before_any_data_is_read(kw, words):
 
     with pytest.raises(ConfigError, match=words):
         AnnotateOptions(label_key="x", device="cpu", **kw)
+
+
+def test_the_predictions_table_of_many_classes_is_built_without_warnings():
+    """A reference of 200 types (an atlas' fine labels) made pandas warn of a fragmented frame on
+    every run (the per-class probability columns were added one at a time)."""
+    import warnings
+
+    from cellannot_core.pipeline import Predictions, predictions_table
+
+    n, k = 5, 200
+    proba = np.full((n, k), 1.0 / k)
+    z = np.zeros(n)
+    preds = Predictions(proba, proba, np.array(["c0"] * n), np.array(["c0"] * n), 1.0, 1.0, z, z, z.astype(bool),
+                        np.zeros((n, 2)), {})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        df = predictions_table([f"cell{i}" for i in range(n)], preds, [f"c{j}" for j in range(k)])
+    assert df.shape == (n, 6 + k) and list(df.columns[:2]) == ["cell", OutKeys.LABEL] and df.columns[-1] == "p_c199"
