@@ -290,3 +290,6 @@ class RunProgress:
     def on_train_end(self, logs: dict[str, Any]) -> None:
         self.run_dir.set_status("running", message="calibrating and labelling the query", progress=1.0,
                                 elapsed=time.time() - self.t0, eta=0.0)
+
+    def on_phase(self, message: str) -> None:
+        self.run_dir.set_status("running", message=message, elapsed=time.time() - self.t0, eta=None)

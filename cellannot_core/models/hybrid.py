@@ -46,6 +46,7 @@ from ..novelty import GRAPH_K, OOD_METHODS, graph_smooth
 from ._base import Model
 from .baselines import SvmReject
 from ..nn.generative import N_BATCH
+from ..training.callbacks import call
 from .registry import HParam, Supports, create_model, get_spec, register
 from .vae import ELBO, GenerativeModel, _is_counts
 
@@ -146,6 +147,8 @@ class ScanviSvm(Model):
             lm.fit(train, val, callbacks, unlabelled=unlabelled)
         else:  # clams reads dense data
             lm.fit(_dense_split(train), _dense_split(val), callbacks)
+        call(callbacks, "on_phase", f"fitting the labeller: a calibrated linear SVM over {self.n_classes} types "
+             f"({self.hparams['cv']} folds, one-vs-rest)")
         self.labeller.fit(_capped(train, LABELLER_MAX, self.seed), _capped(val, LABELLER_MAX // 4, self.seed))
         self.history = dict(lm.history)
         self.history["latent_model"] = self.hparams["latent_model"]

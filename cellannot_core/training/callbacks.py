@@ -13,6 +13,8 @@ class Callback(Protocol):
     def on_step(self, step: int, total_steps: int, logs: dict[str, float]) -> None: ...
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None: ...
     def on_train_end(self, logs: dict[str, Any]) -> None: ...
+    # a step of the model's training outside the loop that takes a while (scanvi_svm's labeller)
+    def on_phase(self, message: str) -> None: ...
     def should_stop(self) -> bool: ...
     def should_finish(self) -> bool: ...
 
@@ -84,6 +86,9 @@ class PrintProgress:
         parts = [f"{k} {v:.4g}" for k, v in logs.items() if isinstance(v, (int, float))]
         self.printer(f"epoch {epoch + 1}/{self.max_epochs}  " + "  ".join(parts) + f"  ({time.time() - self.t0:.0f}s)")
 
+    def on_phase(self, message: str) -> None:
+        self.printer(message)
+
 
 class ProgressBar:
     """A progress bar over the training's mini-batches (``tqdm.auto``: a widget in a notebook, a
@@ -119,6 +124,11 @@ class ProgressBar:
         if self.bar is not None and self.max_epochs <= 1:
             self.bar.update(self.bar.total - self.bar.n)  # trained in one go
         self.close()
+
+    def on_phase(self, message: str) -> None:
+        from tqdm.auto import tqdm
+
+        tqdm.write(message, file=self.kwargs.get("file"))
 
     def close(self) -> None:
         if self.bar is not None:

@@ -143,7 +143,10 @@ def test_latent_dimensions_reach_the_latent_model(prep, fitted, tmp_path):
     assert fitted.latent(prep.query.X).shape[1] == 10  # n_latent = 0: scANVI's own default
     m = create_model("scanvi_svm", prep.n_genes, prep.classes, seed=0, device="cpu",
                      hparams={"max_epochs": 1, "n_latent": 6})
-    m.fit(prep.train, prep.val, unlabelled=prep.query)
+    said = []  # the labeller's fit after the epochs is announced (200 types: minutes without a word)
+    m.fit(prep.train, prep.val, [type("Phase", (), {"on_phase": lambda self, msg: said.append(msg)})()],
+          unlabelled=prep.query)
+    assert len(said) == 1 and "labeller" in said[0] and f"{len(prep.classes)} types" in said[0]
     assert m.latent_model.hparams["n_latent"] == 6 and m.latent(prep.query.X).shape[1] == 6
     m.save(tmp_path / "m")
     assert load_model(tmp_path / "m", device="cpu").latent(prep.query.X).shape[1] == 6
