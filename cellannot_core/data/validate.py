@@ -209,6 +209,12 @@ def clean_labels(
         )
     small = counts[counts < min_cells_per_class]
     kept = counts[counts >= min_cells_per_class]
+    n_labelled = int((~missing).sum())
+    if len(counts) > max(50, n_labelled // 2):  # a count, a coordinate or a barcode chosen as the label
+        raise DataError(
+            f"the {name} label column '{label_key}' has {len(counts):,} different values in {n_labelled:,} cells: it "
+            "holds a measurement or the cells' names, not cell types. Choose the column that holds the cell types."
+        )
     if len(kept) < 2:
         raise DataError(
             f"only {len(kept)} class(es) in the {name} label column '{label_key}' have at least "
@@ -216,7 +222,8 @@ def clean_labels(
             "or use a larger reference."
         )
     if len(small):
-        desc = ", ".join(f"{k} ({v})" for k, v in small.items())
+        desc = ", ".join(f"{k} ({v})" for k, v in small.head(10).items()) + (
+            f" and {len(small) - 10} more" if len(small) > 10 else "")
         warns.append(
             f"{len(small)} {name} classes with fewer than {min_cells_per_class} cells were dropped: "
             f"{desc}; {int(small.sum())} cells"

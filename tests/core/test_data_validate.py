@@ -133,6 +133,25 @@ def test_too_few_classes_after_dropping():
     assert "only 1 class(es) in the reference label column 'cell_type' have at least 10 cells" in _one_line(e)
 
 
+@pytest.mark.parametrize("column", ["counts", "barcode"])
+def test_a_measurement_or_cell_names_chosen_as_labels_is_named_as_such(column):
+    """A count column or the barcodes picked as the label said 'lower min_cells_per_class or use a
+    larger reference', which is not what is wrong; and with many small classes beside real ones the
+    warning listed every one of them."""
+    ref = make_synthetic(300, 120, 3, seed=1)
+    ref.obs[column] = (np.asarray(ref.X.sum(1)).ravel() if column == "counts" else ref.obs_names.astype(str))
+    with pytest.raises(DataError) as e:
+        _prep(ref, label_key=column)
+    assert f"label column '{column}' has" in _one_line(e) and "not cell types" in str(e.value)
+    many = make_synthetic(300, 120, 3, seed=1)
+    labels = many.obs["cell_type"].astype(str).to_numpy()
+    labels[:40] = [f"tiny{i}" for i in range(40)]
+    many.obs["cell_type"] = labels
+    p = _prep(many, min_cells_per_class=10)
+    line = next(w for w in p.report["warnings"] if "classes with fewer than 10 cells" in w)
+    assert "and 30 more" in line and line.count("(1)") == 10
+
+
 def test_missing_labels_dropped():
     ref = make_synthetic(300, 120, 3, seed=1)
     lab = ref.obs["cell_type"].astype(object).to_numpy()
