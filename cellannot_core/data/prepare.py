@@ -360,6 +360,9 @@ def batch_codes(ref_obs: pd.DataFrame, q_obs: pd.DataFrame, batch_key: str) -> t
         else:
             vals = np.full(len(obs), None, dtype=object)
         levels, inv = np.unique(np.where(vals == None, "", vals).astype(str), return_inverse=True)  # noqa: E711
+        if len(levels) > max(50, len(obs) // 2):  # (a batch of one or two cells is no batch)
+            raise DataError(f"batch key {batch_key!r} has {len(levels):,} values in the {tag}'s {len(obs):,} cells: "
+                            "that looks like a per-cell column, not samples or batches; choose the sample column")
         codes.append(inv.astype(np.int64).ravel() + len(names))
         names.extend(f"{tag}: {v}" if v else tag for v in levels)
     if len(names) > MAX_BATCHES:

@@ -312,6 +312,9 @@ def test_batch_key_problems_are_one_clear_error(synthetic_pair):
     big.obs["barcode"] = big.obs_names.astype(str)
     with pytest.raises(DataError, match="per-cell column"):
         prepare(ref, big, label_key="cell_type", batch_key="barcode", n_top_genes=100, min_shared_genes=50)
+    # under a thousand cells a per-cell column passed (722 'batches' of one cell each, 2026-12-06)
+    with pytest.raises(DataError, match="per-cell column"):
+        prepare(ref, q, label_key="cell_type", batch_key="barcode", n_top_genes=100, min_shared_genes=50)
 
 
 def test_batch_candidates_rank_sample_columns_first(synthetic_pair):
