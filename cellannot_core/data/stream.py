@@ -36,7 +36,6 @@ def large_query_bytes() -> int:
     """Query ``.h5ad`` files larger than this are not read whole by the app: a sample of
     :data:`SAMPLE_CELLS` cells stands in for the checks and the training, and every cell is
     labelled in chunks (``CELLANNOT_STREAM_QUERY_MB``, default 1,024 MB)."""
-
     from .._constants import env_number
 
     return int(env_number("CELLANNOT_STREAM_QUERY_MB", 1024.0, low=0.0) * 1024**2)

@@ -15,6 +15,7 @@ from ._scaling import SCALE_CLIP, Scaler
 
 TRAIN_BYTES_PER_PARAMETER = 16  # float32 weights, gradients and Adam's two moments
 
+
 class Standardizer(nn.Module):
     """The z-score of :mod:`._scaling` as a torch module (its mean and std are buffers, saved
     with the weights)."""
