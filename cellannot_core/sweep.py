@@ -244,6 +244,9 @@ def run_sweep(reference, query, opts, *, storage: str | Path, study_name: str, n
         study.optimize(run_trial, n_trials=remaining, callbacks=[after], catch=(ConfigError,))
     finally:
         quiet.removeFilter(_without_traceback)
+    if not complete():  # (the command line and the app's job say it, not an empty table)
+        why = next((t.user_attrs["error"] for t in reversed(study.trials) if "error" in t.user_attrs), None)
+        raise ConfigError("no trial of the sweep finished" + (f"; the last one failed: {why}" if why else ""))
     return study
 
 

@@ -40,6 +40,17 @@ def test_layer_widths_are_swept_as_whole_lists():
     assert "n_batches" not in sweepable("scanvi")  # set from the data
 
 
+def test_a_sweep_in_which_no_trial_finishes_is_an_error_not_an_empty_table(tmp_path):
+    """The command line ended such a sweep with exit 0 and the app's job with an empty table."""
+    ref, q = demo_subset(200, 100, seed=2)
+    opts = AnnotateOptions(label_key=LABEL, model="clams", seed=0, device="cpu", n_top_genes=200)
+    lines = []
+    with pytest.raises(ConfigError, match="no trial of the sweep finished; the last one failed: the last hidden width"):
+        run_sweep(ref, q, opts, storage=tmp_path / "s.db", study_name="t", n_trials=2, sampler="grid",
+                  params=["hidden=8,2000/4000"], log=lines.append)
+    assert sum("failed: the last hidden width" in s for s in lines) == 2
+
+
 def test_every_trial_is_a_run_with_its_card(tmp_path):
     ref, q = demo_subset(300, 200, seed=2)
     opts = AnnotateOptions(label_key=LABEL, model="logreg", seed=0, device="cpu", n_top_genes=300)
