@@ -910,6 +910,7 @@ def save_bundle(directory: Path, model, info: dict[str, Any]) -> Path:
     """Model weights + config (safetensors + JSON, no pickle) and ``bundle.json`` (:func:`bundle_info`)."""
     from .runs import write_json_atomic
 
+    check_writable(directory, what="saved model", folder=True)  # one line, as the command line's
     d = model.save(directory)
     write_json_atomic(d / "bundle.json", info)
     return d

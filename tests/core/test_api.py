@@ -9,7 +9,7 @@ import pytest
 
 import cellannot_core as ca
 from cellannot_core import api
-from cellannot_core.errors import ConfigError
+from cellannot_core.errors import ConfigError, DataError
 from cellannot_core.pipeline import annotation_keys
 from conftest import make_synthetic
 
@@ -86,6 +86,9 @@ def test_train_then_predict_matches_genes_by_name(pair, tmp_path):
     # save -> load: the same calls, as the CLI's bundle
     path = annotator.save(tmp_path / "bundle")
     assert (path / "bundle.json").is_file()
+    (tmp_path / "a_file").write_text("x")  # a file as the folder: one line, as the command line says it
+    with pytest.raises(DataError, match="is a file, not a folder"):
+        annotator.save(tmp_path / "a_file")
     loaded = ca.Annotator.load(path, device="cpu")
     c = loaded.predict(query, copy=True)
     np.testing.assert_array_equal(a.obs["cellannot_label"].astype(str), c.obs["cellannot_label"].astype(str))
