@@ -72,6 +72,17 @@ def _progress(show: bool) -> list[Any]:
     return [ProgressBar()] if show else []
 
 
+def _check_key_added(key_added: Any) -> None:
+    """``key_added`` names obs columns, an obsm key and a group of the ``.h5ad`` (``uns[key_added]``):
+    refused before any work when it is not a plain name (empty, or with "/", which HDF5 reads as
+    a sub-group and anndata will refuse on writing)."""
+    from .errors import ConfigError
+
+    if not isinstance(key_added, str) or not key_added.strip() or "/" in key_added:
+        raise ConfigError(f"key_added must be a plain name such as 'cellannot' (not empty, no '/'); got "
+                          f"{str(key_added)[:40]!r}.")
+
+
 def _options(label_key: str, model: str | None, **kw: Any):
     from .pipeline import AnnotateOptions
 
@@ -157,6 +168,7 @@ def annotate(
     """
     from .pipeline import annotate as run_annotate
 
+    _check_key_added(key_added)
     opts = _options(label_key, model, query_label_key=query_label_key, hparams=hparams, seed=seed, device=device,
                     max_epochs=max_epochs, n_top_genes=n_top_genes, accept=accept, batch_key=batch_key,
                     hvg_flavor=hvg_flavor)
@@ -232,6 +244,7 @@ class Annotator:
         """
         from .pipeline import annotate_adapted, predict_query, write_annotations
 
+        _check_key_added(key_added)
         if adapt:
             res = annotate_adapted(self.model, self.bundle, adata, threshold=threshold,
                                    device=self.model.device_name, log=log or _default_log,

@@ -66,6 +66,19 @@ def test_copy_leaves_the_input_alone_and_key_added_renames_everything(pair):
     assert {"ct_proba", "X_ct"} <= set(out.obsm) and "ct" in out.uns
 
 
+@pytest.mark.parametrize("key", ["", "  ", "a/b", 3])
+def test_a_key_added_that_is_no_plain_name_is_refused_before_training(pair, key, monkeypatch):
+    ref, query = pair
+    import cellannot_core.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "annotate", lambda *a, **k: pytest.fail("trained before checking key_added"))
+    with pytest.raises(ConfigError, match="key_added must be a plain name"):
+        ca.annotate(ref, query.copy(), key_added=key, **_opts())
+    annotator = ca.train(ref, **_opts())
+    with pytest.raises(ConfigError, match="key_added must be a plain name"):
+        annotator.predict(query.copy(), key_added=key)
+
+
 def test_train_then_predict_matches_genes_by_name(pair, tmp_path):
     ref, query = pair
     annotator = ca.train(ref, **_opts())
