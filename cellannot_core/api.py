@@ -83,11 +83,27 @@ def _check_key_added(key_added: Any) -> None:
                           f"{str(key_added)[:40]!r}.")
 
 
+_FILE_HINT = " A file too large to read is labelled with Annotator.predict_file(path, out=...)."
+
+
+def _check_adata(adata: Any, what: str, *, hint: str = "") -> None:
+    """The API writes into AnnData objects: anything else (a path, a matrix) is one clear error
+    before any work."""
+    import anndata as ad
+
+    from .errors import DataError
+
+    if not isinstance(adata, ad.AnnData):
+        raise DataError(f"{what} must be an AnnData object, not {type(adata).__name__}: read it with "
+                        f"anndata.read_h5ad (or scanpy's readers) first.{hint}")
+
+
 def _options(label_key: str, model: str | None, **kw: Any):
     from .pipeline import AnnotateOptions
 
     hp = kw.pop("hparams", None)
-    return AnnotateOptions(label_key=label_key, model=model or DEFAULT_MODEL, hparams=dict(hp or {}), **kw)
+    hp = {} if hp is None else dict(hp) if isinstance(hp, dict) else hp  # anything else: AnnotateOptions says so
+    return AnnotateOptions(label_key=label_key, model=model or DEFAULT_MODEL, hparams=hp, **kw)
 
 
 def annotate(
@@ -169,6 +185,8 @@ def annotate(
     from .pipeline import annotate as run_annotate
 
     _check_key_added(key_added)
+    _check_adata(adata_ref, "adata_ref")
+    _check_adata(adata_query, "adata_query", hint=_FILE_HINT)
     opts = _options(label_key, model, query_label_key=query_label_key, hparams=hparams, seed=seed, device=device,
                     max_epochs=max_epochs, n_top_genes=n_top_genes, accept=accept, batch_key=batch_key,
                     hvg_flavor=hvg_flavor)
@@ -245,6 +263,7 @@ class Annotator:
         from .pipeline import annotate_adapted, predict_query, write_annotations
 
         _check_key_added(key_added)
+        _check_adata(adata, "adata", hint=_FILE_HINT)
         if adapt:
             res = annotate_adapted(self.model, self.bundle, adata, threshold=threshold,
                                    device=self.model.device_name, log=log or _default_log,
@@ -318,6 +337,9 @@ def train(
     """
     from .pipeline import bundle_info, prepare_data, train_model
 
+    _check_adata(adata_ref, "adata_ref")
+    if adata_query is not None:
+        _check_adata(adata_query, "adata_query")
     opts = _options(label_key, model, hparams=hparams, seed=seed, device=device, max_epochs=max_epochs,
                     n_top_genes=n_top_genes, accept=accept, batch_key=batch_key, hvg_flavor=hvg_flavor)
     say = log or _default_log

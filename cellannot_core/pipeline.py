@@ -61,6 +61,12 @@ class AnnotateOptions:
             except (TypeError, ValueError):
                 return None
 
+        if not isinstance(self.label_key, str) or not self.label_key:
+            raise ConfigError(f"label_key names the reference's obs column of cell types, e.g. 'cell_type'; not "
+                              f"{str(self.label_key)[:40]!r}")
+        if not isinstance(self.hparams, dict):
+            raise ConfigError(f"hparams is a dict of the model's hyper-parameters, e.g. {{'max_epochs': 50}}; not a "
+                              f"{type(self.hparams).__name__}")
         accept = number(self.accept)
         if accept is None or not 0 < accept <= 1:
             raise ConfigError(f"accept is the share of the reference's held-out cells the Unknown threshold keeps, in "

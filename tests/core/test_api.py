@@ -79,6 +79,28 @@ def test_a_key_added_that_is_no_plain_name_is_refused_before_training(pair, key,
         annotator.predict(query.copy(), key_added=key)
 
 
+def test_what_is_not_an_anndata_or_options_of_the_wrong_kind_are_one_clear_error(pair, tmp_path, monkeypatch):
+    ref, query = pair
+    import cellannot_core.pipeline as pipeline
+
+    path = tmp_path / "q.h5ad"
+    query.write_h5ad(path)
+    monkeypatch.setattr(pipeline, "annotate", lambda *a, **k: pytest.fail("trained before checking its inputs"))
+    with pytest.raises(DataError, match="adata_query must be an AnnData object, not PosixPath.*predict_file"):
+        ca.annotate(ref, path, **_opts())
+    with pytest.raises(DataError, match="adata_ref must be an AnnData object, not ndarray"):
+        ca.annotate(np.ones((3, 3)), query, **_opts())
+    with pytest.raises(DataError, match="adata_ref must be an AnnData object, not str"):
+        ca.train(str(path), **_opts())
+    with pytest.raises(ConfigError, match="hparams is a dict"):
+        ca.annotate(ref, query.copy(), **_opts(), hparams=[("C", 1.0)])
+    with pytest.raises(ConfigError, match="label_key names the reference's obs column"):
+        ca.annotate(ref, query.copy(), **(_opts() | {"label_key": None}))
+    annotator = ca.train(ref, **_opts())
+    with pytest.raises(DataError, match="adata must be an AnnData object, not str"):
+        annotator.predict(str(path))
+
+
 def test_train_then_predict_matches_genes_by_name(pair, tmp_path):
     ref, query = pair
     annotator = ca.train(ref, **_opts())
