@@ -36,7 +36,12 @@ def _column(adata: Any, key: str) -> np.ndarray:
     from .data.validate import check_label_column
 
     check_label_column(adata.obs, key, name="annotated AnnData")
-    return adata.obs[key].astype(str).to_numpy()
+    values = adata.obs[key].astype(str).to_numpy()
+    n_values = len(set(values))
+    if n_values > max(50, len(values) // 2):  # the rule of a label column (data.validate.check_labels)
+        raise DataError(f"'{key}' has {n_values:,} different values in {len(values):,} cells: it holds a measurement "
+                        "or the cells' names. Group by a column of labels or clusters (e.g. 'leiden').")
+    return values
 
 
 def label_heatmap(adata: Any, groupby: str, *, key_added: str = OutKeys.UNS, normalize: str = "row",

@@ -325,3 +325,7 @@ def test_the_annotated_query_is_plotted_scanpy_style(pair):
     with pytest.raises(DataError, match="no cell's 'batch' label is one of the reference's types"):
         q.obs["batch"] = "b1"
         ca.pl.reliability(q, "batch")
+    q.obs["n_counts"] = np.arange(q.n_obs) * 1.5  # a measurement: one box per cell would say nothing
+    for plot in (lambda: ca.pl.label_heatmap(q, "n_counts"), lambda: ca.pl.novelty(q, groupby="n_counts")):
+        with pytest.raises(DataError, match=f"'n_counts' has {q.n_obs} different values .* a measurement"):
+            plot()
