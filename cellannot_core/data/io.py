@@ -51,6 +51,29 @@ SUPPORTED_EXTENSIONS = (
 
 INPUT_UNS_KEY = "cellannot_input"
 
+# Formats a biologist is likely to bring that are not read (R objects would need R, a .loom needs
+# loompy, a .zarr store may name pickle codecs, which would run code): how to make an .h5ad of each.
+_SEURAT_HINT = ("A Seurat or SingleCellExperiment object: in R, write an .h5ad (SeuratDisk's SaveH5Seurat then "
+                "Convert(..., dest = 'h5ad'), or zellkonverter's writeH5AD) or the raw counts as a 10x folder "
+                "(DropletUtils' write10xCounts)")
+CONVERT_HINTS = {
+    ".rds": _SEURAT_HINT, ".rda": _SEURAT_HINT, ".rdata": _SEURAT_HINT, ".h5seurat": _SEURAT_HINT,
+    ".loom": "A .loom file: in Python, anndata.read_loom(path).write_h5ad('data.h5ad') (needs loompy)",
+    ".zarr": "An AnnData .zarr store: in Python, anndata.read_zarr(path).write_h5ad('data.h5ad')",
+    ".h5mu": "A MuData .h5mu file: in Python, mudata.read_h5mu(path)['rna'].write_h5ad('data.h5ad') (its RNA modality)",
+    ".xlsx": "A spreadsheet: save the sheet as .csv (cells or genes as rows, names in the first column)",
+    ".xls": "A spreadsheet: save the sheet as .csv (cells or genes as rows, names in the first column)",
+}
+
+
+def unsupported_message(label: str, filename: str) -> str:
+    """One line for a file of a type that is not read: how to convert it, where the type is a known
+    one, then what is read."""
+    low = filename.lower().rstrip("/")
+    hint = next((h for ext, h in CONVERT_HINTS.items() if low.endswith(ext)), None)
+    return f"{label} has an unsupported file type. " + (f"{hint}. " if hint else "") + \
+        f"Supported formats: {SUPPORTED_FORMATS}."
+
 Orientation = Literal["auto", "cells_x_genes", "genes_x_cells"]
 
 # A table's numbers parse into float64 (8 bytes) from as little as two characters ("0,"): a
@@ -103,14 +126,12 @@ def read_dataset(
     if not path.exists():
         raise DataError(f"{name} file '{path}' does not exist. Check the path.")
     label = f"{name} file '{path.name}'"
-    if path.is_dir():
+    if path.is_dir() and not any(path.name.lower().endswith(ext) for ext in CONVERT_HINTS):
         kind = "10x matrix folder"
     else:
         kind = _kind_of(path.name)
         if kind is None:
-            raise DataError(
-                f"{label} has an unsupported file type. Supported formats: {SUPPORTED_FORMATS}."
-            )
+            raise DataError(unsupported_message(label, path.name))
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*names are not unique.*")
@@ -151,10 +172,7 @@ def sanitize_filename(filename: str) -> str:
     base = re.sub(r"[^A-Za-z0-9._-]", "_", base)
     ext = next((e for e in SUPPORTED_EXTENSIONS if base.lower().endswith(e)), None)
     if ext is None:
-        raise DataError(
-            f"uploaded file '{base[:80]}' has an unsupported file type. "
-            f"Supported formats: {SUPPORTED_FORMATS}."
-        )
+        raise DataError(unsupported_message(f"uploaded file '{base[:80]}'", base))
     stem = base[: len(base) - len(ext)].lstrip(".")[:100].strip(".") or "upload"
     return stem + ext
 

@@ -280,12 +280,24 @@ def test_truncated_gz_table(tmp_path, small):
 
 
 def test_unknown_extension_and_missing_file(tmp_path):
-    p = tmp_path / "data.xlsx"
+    p = tmp_path / "data.docx"
     p.write_bytes(b"PK")
     with pytest.raises(DataError, match="unsupported file type. Supported formats: AnnData .h5ad"):
         read_dataset(p)
     with pytest.raises(DataError, match="does not exist"):
         read_dataset(tmp_path / "nope.h5ad")
+
+
+@pytest.mark.parametrize("name,hint", [("obj.rds", "SeuratDisk's SaveH5Seurat"), ("obj.h5Seurat", "zellkonverter"),
+                                       ("cells.loom", "anndata.read_loom"), ("store.zarr", "anndata.read_zarr"),
+                                       ("multi.h5mu", "mudata.read_h5mu"), ("sheet.xlsx", "save the sheet as .csv")])
+def test_a_format_we_do_not_read_says_how_to_convert_it(tmp_path, name, hint):
+    p = tmp_path / name
+    p.mkdir() if name.endswith(".zarr") else p.write_bytes(b"x")  # a .zarr store is a folder, not a 10x folder
+    with pytest.raises(DataError, match=f"unsupported file type. .*{hint}.*Supported formats: AnnData .h5ad"):
+        read_dataset(p)
+    with pytest.raises(DataError, match=f"uploaded file '{name}' has an unsupported file type. .*{hint}"):
+        sanitize_filename(name)
 
 
 def test_empty_csv(tmp_path):
