@@ -61,7 +61,7 @@ class AnnotateOptions:
             except (TypeError, ValueError):
                 return None
 
-        if not isinstance(self.label_key, str) or not self.label_key:
+        if not isinstance(self.label_key, str):  # "" where the data is prepared already (compare)
             raise ConfigError(f"label_key names the reference's obs column of cell types, e.g. 'cell_type'; not "
                               f"{str(self.label_key)[:40]!r}")
         if not isinstance(self.hparams, dict):
