@@ -126,9 +126,12 @@ class ProgressBar:
         self.close()
 
     def on_phase(self, message: str) -> None:
+        import sys
+
         from tqdm.auto import tqdm
 
-        tqdm.write(message, file=self.kwargs.get("file"))
+        # beside the bar (stderr unless given another file), not into the script's own output
+        tqdm.write(message, file=self.kwargs.get("file") or sys.stderr)
 
     def close(self) -> None:
         if self.bar is not None:

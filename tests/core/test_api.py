@@ -293,6 +293,11 @@ def test_training_shows_a_progress_bar_unless_asked_not_to(pair, capsys):
     assert "training logreg: 100%" in capsys.readouterr().err.replace("\r", "\n")
     ca.annotate(ref, query.copy(), **_opts(), progress_bar=False)
     assert "training" not in capsys.readouterr().err
+    from cellannot_core.training import ProgressBar
+
+    ProgressBar().on_phase("fitting the labeller")  # a phase line goes beside the bar, not into the script's stdout
+    out = capsys.readouterr()
+    assert "fitting the labeller" in out.err and not out.out
 
 
 def test_the_annotated_query_is_plotted_scanpy_style(pair):
