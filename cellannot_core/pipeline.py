@@ -924,11 +924,18 @@ def save_bundle(directory: Path, model, info: dict[str, Any]) -> Path:
 
 def load_bundle(model_dir: str | Path, *, device: str = "auto") -> tuple[Any, dict[str, Any]]:
     """The model and its ``bundle.json`` from a directory written by :func:`save_bundle`."""
+    from ._constants import RunFiles
     from .errors import DataError
     from .models import load_model
     from .runs import read_json
 
-    bundle = read_json(Path(model_dir) / "bundle.json")
+    model_dir = Path(model_dir)
+    if not model_dir.exists():
+        raise DataError(f"the model folder {model_dir} does not exist; pass a directory written by `train` or "
+                        "--save-model")
+    if not (model_dir / "bundle.json").exists() and (model_dir / RunFiles.MODEL_DIR / "bundle.json").is_file():
+        model_dir = model_dir / RunFiles.MODEL_DIR  # a run's folder (what annotate and the app write): its model is inside
+    bundle = read_json(model_dir / "bundle.json")
     if not isinstance(bundle, dict) or "genes" not in bundle:
         raise DataError(f"{model_dir} has no bundle.json; pass a directory written by `train` or --save-model")
     model = load_model(model_dir, device=device)

@@ -183,7 +183,7 @@ def test_predict_with_non_model_directory(capsys, files, tmp_path):
     assert_one_error(code, err, "bundle")
     code, _, err = run_main(capsys, "predict", "--model", tmp_path / "missing", "--query", files["query"],
                             "--out", tmp_path / "p.h5ad")
-    assert_one_error(code, err, "")
+    assert_one_error(code, err, "missing does not exist")
 
 
 def test_no_traceback_in_a_real_process(files):
@@ -235,6 +235,12 @@ def test_annotate_writes_output(capsys, files, tmp_path):
     assert (tmp_path / "model" / "bundle.json").is_file()
     runs = list((tmp_path / "runs").iterdir())
     assert len(runs) == 1 and json.loads((runs[0] / RunFiles.STATUS).read_text())["state"] == "done"
+    # the run's folder labels a new query as its saved model does (its model is in <run>/model)
+    code, _, err = run_main(capsys, "predict", "--model", runs[0], "--query", files["query"], "--out",
+                            tmp_path / "again.h5ad", "--device", "cpu")
+    assert code == 0, err
+    again = ad.read_h5ad(tmp_path / "again.h5ad")
+    assert list(again.obs[OutKeys.LABEL_RAW]) == list(a.obs[OutKeys.LABEL_RAW])
 
 
 def test_duplicate_cell_names_warn_not_fail(capsys, files, tmp_path):
