@@ -176,10 +176,48 @@ def _qc_mask(d: _Loaded, qc: dict[str, Any], name: str, warns: list[str]) -> np.
     return keep
 
 
+def _is_dask(x: Any) -> bool:
+    return type(x).__module__.split(".")[0] == "dask" and hasattr(x, "blocks")
+
+
+def _dask_computed(x: Any, *, what: str, name: str, budget: int) -> sp.csr_matrix:
+    """A dask array (scanpy's lazy matrices, dense or sparse chunks) computed a block of rows at a
+    time into CSR float32, within ``budget`` bytes."""
+    parts, used = [], 0  # budget: what is left of the memory budget
+    for i in range(x.numblocks[0]):
+        block = x.blocks[i].compute()
+        part = sp.csr_matrix(block, dtype=np.float32)
+        used += part.data.nbytes + part.indices.nbytes + part.indptr.nbytes
+        if used > budget:
+            raise DataError(f"the {name}'s {what} is a dask array larger than this machine's memory budget "
+                            f"(CELLANNOT_MEMORY_LIMIT_GB, {budget / 1024**3:.1f} GiB): write it to an .h5ad and label the "
+                            "file a chunk at a time with Annotator.predict_file(path, out=...) or `cellannot predict`.")
+        parts.append(part)
+    return sp.vstack(parts, format="csr") if parts else sp.csr_matrix(x.shape, dtype=np.float32)
+
+
 def in_memory(adata: ad.AnnData, *, name: str) -> ad.AnnData:
     """``adata`` itself, or, when it is backed (``read_h5ad(path, backed="r")``, a scanpy user's way
-    into a large file), its data read into memory within :func:`~.io.memory_limit_bytes`; above it
-    one message says how to label a file of any size."""
+    into a large file) or holds dask arrays (scanpy's lazy matrices), its data read into memory
+    within :func:`~.io.memory_limit_bytes`; above it one message says how to label a file of any
+    size. The user's object is not changed."""
+    lazy = {"X": adata.X, **{f"layers['{k}']": v for k, v in adata.layers.items()}}
+    if adata.raw is not None:
+        lazy["raw.X"] = adata.raw.X
+    lazy = {k: v for k, v in lazy.items() if _is_dask(v)}
+    if lazy:
+        from .io import memory_limit_bytes
+
+        budget, got = memory_limit_bytes(), {}
+        for k, v in lazy.items():  # the matrices share the budget
+            got[k] = _dask_computed(v, what=k, name=name, budget=budget)
+            budget -= sum(a.nbytes for a in (got[k].data, got[k].indices, got[k].indptr))
+        out = ad.AnnData(X=got.get("X", adata.X), obs=adata.obs, var=adata.var,
+                         layers={k: got.get(f"layers['{k}']", v) for k, v in adata.layers.items()},
+                         uns=adata.uns)
+        if adata.raw is not None:
+            out.raw = ad.AnnData(X=got.get("raw.X", adata.raw.X), var=adata.raw.var, obs=adata.obs[[]])
+        return out
     if not getattr(adata, "isbacked", False):
         return adata
     from pathlib import Path

@@ -168,6 +168,33 @@ def test_backed_and_float16_data_are_read_as_a_scanpy_user_opens_them(pair, tmp_
         ca.annotate(ref, ad.read_h5ad(tmp_path / "query.h5ad", backed="r"), copy=True, **_opts())
 
 
+def test_dask_arrays_are_labelled_as_the_same_data_in_memory(pair, monkeypatch):
+    """scanpy works on dask arrays (dense or sparse chunks) for large data; a sparse-chunked X was an
+    IndexError from inside the value checks (2026-12-06). Now computed a block of rows at a time, the
+    user's object unchanged, within the memory budget."""
+    import scipy.sparse as sp
+
+    da = pytest.importorskip("dask.array")  # in the test extra
+    from cellannot_core.errors import DataError
+
+    ref, query = pair
+    expected = ca.annotate(ref, query, copy=True, **_opts()).obs["cellannot_label"].to_numpy()
+    for chunks in ("dense", "sparse"):
+        q = query.copy()
+        X = sp.csr_matrix(q.X)
+        q.X = da.from_array(X.toarray() if chunks == "dense" else X, chunks=(64, -1), asarray=False)
+        r = ref.copy()
+        r.layers["counts"] = da.from_array(sp.csr_matrix(r.X), chunks=(100, -1), asarray=False)
+        r.X = da.from_array(sp.csr_matrix(r.X), chunks=(100, -1), asarray=False)
+        ca.annotate(r, q, **_opts())
+        assert (q.obs["cellannot_label"].to_numpy() == expected).all(), chunks
+        assert type(q.X).__module__.startswith("dask")  # still the user's lazy array
+        assert (ca.train(r, **_opts()).predict(q, copy=True).obs["cellannot_label"].notna()).all()
+    monkeypatch.setenv("CELLANNOT_MEMORY_LIMIT_GB", "0.00001")
+    with pytest.raises(DataError, match="query's X is a dask array larger than .*predict_file"):
+        ca.annotate(ref, q, copy=True, **_opts())
+
+
 @pytest.mark.parametrize("option, value, words", [
     ("accept", 1.5, "accept is the share"), ("accept", "most", "accept is the share"),
     ("max_epochs", 0, "max_epochs must be a whole number"), ("max_epochs", 2.5, "max_epochs must be a whole number"),
