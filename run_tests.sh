@@ -8,7 +8,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # The package as the README installs it (editable, with the test extra); again when pyproject.toml changed.
 if ! .venv/bin/python -c "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in
-    ('cellannot_core', 'streamlit', 'torch', 'scanpy', 'umap', 'plotly', 'safetensors', 'pytest', 'playwright', 'dask')))" \
+    ('cellannot_core', 'streamlit', 'torch', 'scanpy', 'umap', 'plotly', 'safetensors', 'pytest', 'playwright', 'dask', 'xarray')))" \
     2>/dev/null || [ ! -x .venv/bin/cellannot ] || [ pyproject.toml -nt .venv/bin/cellannot ]; then
   .venv/bin/pip install --disable-pip-version-check -q -e ".[test]" || exit 1
 fi

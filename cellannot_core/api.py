@@ -190,8 +190,26 @@ def annotate(
     opts = _options(label_key, model, query_label_key=query_label_key, hparams=hparams, seed=seed, device=device,
                     max_epochs=max_epochs, n_top_genes=n_top_genes, accept=accept, batch_key=batch_key,
                     hvg_flavor=hvg_flavor)
-    res = run_annotate(adata_ref, adata_query, opts, log=log or _default_log, callbacks=_progress(progress_bar))
-    return _write_result(res, adata_query, key_added=key_added, copy=copy)
+    ref, query = _readable(adata_ref, "reference"), _readable(adata_query, "query")
+    res = run_annotate(ref, query, opts, log=log or _default_log, callbacks=_progress(progress_bar))
+    return _write_result(res, adata_query, key_added=key_added, copy=copy, readable=query)
+
+
+def _readable(adata, name: str):
+    """``adata`` itself, or an in-memory AnnData of its data when it is backed, lazy
+    (``anndata.experimental.read_lazy``) or holds dask arrays (read within the memory budget;
+    :func:`cellannot_core.data.prepare.in_memory`). Results are still written into ``adata``."""
+    from .data.prepare import in_memory
+
+    return in_memory(adata, name=name)
+
+
+def _target(adata, copy: bool, readable=None):
+    """Where results go: ``adata`` itself, or with ``copy`` an in-memory copy (the one already read
+    when ``adata`` was backed or lazy)."""
+    if not copy:
+        return adata
+    return readable if readable is not None and readable is not adata else _copy(adata)
 
 
 def _copy(adata):
@@ -199,11 +217,11 @@ def _copy(adata):
     return adata.to_memory() if getattr(adata, "isbacked", False) else adata.copy()
 
 
-def _write_result(res, adata_query, *, key_added: str, copy: bool):
+def _write_result(res, adata_query, *, key_added: str, copy: bool, readable=None):
     """The annotate contract's keys of a finished run written into the query (or an annotated copy)."""
     from .pipeline import write_annotations
 
-    target = _copy(adata_query) if copy else adata_query
+    target = _target(adata_query, copy, readable)
     write_annotations(target, res.predictions, res.card, index=res.prepared.query.index, key_added=key_added)
     return target if copy else None
 
@@ -265,12 +283,14 @@ class Annotator:
         _check_key_added(key_added)
         _check_adata(adata, "adata", hint=_FILE_HINT)
         if adapt:
-            res = annotate_adapted(self.model, self.bundle, adata, threshold=threshold,
+            readable = _readable(adata, "query")
+            res = annotate_adapted(self.model, self.bundle, readable, threshold=threshold,
                                    device=self.model.device_name, log=log or _default_log,
                                    callbacks=_progress(progress_bar))
-            return _write_result(res, adata, key_added=key_added, copy=copy)
-        preds, card = predict_query(self.model, self.bundle, adata, threshold=threshold, log=log or _default_log)
-        target = _copy(adata) if copy else adata
+            return _write_result(res, adata, key_added=key_added, copy=copy, readable=readable)
+        readable = _readable(adata, "query")
+        preds, card = predict_query(self.model, self.bundle, readable, threshold=threshold, log=log or _default_log)
+        target = _target(adata, copy, readable)
         write_annotations(target, preds, card, key_added=key_added)
         return target if copy else None
 
@@ -344,7 +364,8 @@ def train(
                     n_top_genes=n_top_genes, accept=accept, batch_key=batch_key, hvg_flavor=hvg_flavor)
     say = log or _default_log
     say("preparing data")
-    prepared = prepare_data(adata_ref, adata_query if adata_query is not None else adata_ref, opts)
+    ref = _readable(adata_ref, "reference")
+    prepared = prepare_data(ref, _readable(adata_query, "query") if adata_query is not None else ref, opts)
     for w in prepared.report.get("warnings", []):
         say(f"warning: {w}")
     say(f"training {opts.model}")

@@ -176,6 +176,11 @@ def _qc_mask(d: _Loaded, qc: dict[str, Any], name: str, warns: list[str]) -> np.
     return keep
 
 
+def _frame(table: Any) -> pd.DataFrame:
+    """``table`` as a pandas DataFrame (a lazy AnnData's obs / var are xarray-backed)."""
+    return table if isinstance(table, pd.DataFrame) else table.to_memory()
+
+
 def _is_dask(x: Any) -> bool:
     return type(x).__module__.split(".")[0] == "dask" and hasattr(x, "blocks")
 
@@ -201,22 +206,23 @@ def in_memory(adata: ad.AnnData, *, name: str) -> ad.AnnData:
     into a large file) or holds dask arrays (scanpy's lazy matrices), its data read into memory
     within :func:`~.io.memory_limit_bytes`; above it one message says how to label a file of any
     size. The user's object is not changed."""
+    obs, var = _frame(adata.obs), _frame(adata.var)  # anndata.experimental.read_lazy: xarray-backed tables
     lazy = {"X": adata.X, **{f"layers['{k}']": v for k, v in adata.layers.items()}}
     if adata.raw is not None:
         lazy["raw.X"] = adata.raw.X
     lazy = {k: v for k, v in lazy.items() if _is_dask(v)}
-    if lazy:
+    if lazy or obs is not adata.obs or var is not adata.var:
         from .io import memory_limit_bytes
 
         budget, got = memory_limit_bytes(), {}
         for k, v in lazy.items():  # the matrices share the budget
             got[k] = _dask_computed(v, what=k, name=name, budget=budget)
             budget -= sum(a.nbytes for a in (got[k].data, got[k].indices, got[k].indptr))
-        out = ad.AnnData(X=got.get("X", adata.X), obs=adata.obs, var=adata.var,
+        out = ad.AnnData(X=got.get("X", adata.X), obs=obs, var=var,
                          layers={k: got.get(f"layers['{k}']", v) for k, v in adata.layers.items()},
-                         uns=adata.uns)
+                         uns=dict(adata.uns))
         if adata.raw is not None:
-            out.raw = ad.AnnData(X=got.get("raw.X", adata.raw.X), var=adata.raw.var, obs=adata.obs[[]])
+            out.raw = ad.AnnData(X=got.get("raw.X", adata.raw.X), var=_frame(adata.raw.var), obs=obs[[]])
         return out
     if not getattr(adata, "isbacked", False):
         return adata

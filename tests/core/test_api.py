@@ -195,6 +195,26 @@ def test_dask_arrays_are_labelled_as_the_same_data_in_memory(pair, monkeypatch):
         ca.annotate(ref, q, copy=True, **_opts())
 
 
+def test_a_lazy_anndata_is_labelled_in_place_or_into_a_copy(pair, tmp_path):
+    """``anndata.experimental.read_lazy`` (xarray-backed obs / var, dask matrices): the pipeline read
+    its obs as pandas and failed ('DataArray' object has no attribute 'nunique', 2026-12-06)."""
+    pytest.importorskip("xarray")  # in the test extra
+    import anndata as ad
+
+    ref, query = pair
+    expected = ca.annotate(ref, query, copy=True, **_opts()).obs["cellannot_label"].to_numpy()
+    query.write_h5ad(tmp_path / "q.h5ad")
+    ref.write_h5ad(tmp_path / "r.h5ad")
+    lazy = ad.experimental.read_lazy(tmp_path / "q.h5ad")
+    out = ca.annotate(ad.experimental.read_lazy(tmp_path / "r.h5ad"), lazy, copy=True, **_opts())
+    assert (out.obs["cellannot_label"].to_numpy() == expected).all() and "cellannot_label" not in lazy.obs
+    ca.annotate(ref, lazy, **_opts())
+    assert (np.asarray(lazy.obs["cellannot_label"]) == expected).all()
+    assert lazy.obsm["cellannot_proba"].shape == (query.n_obs, 3)
+    again = ca.train(ref, **_opts()).predict(ad.experimental.read_lazy(tmp_path / "q.h5ad"), copy=True)
+    assert again.obs["cellannot_label"].notna().all()
+
+
 @pytest.mark.parametrize("option, value, words", [
     ("accept", 1.5, "accept is the share"), ("accept", "most", "accept is the share"),
     ("max_epochs", 0, "max_epochs must be a whole number"), ("max_epochs", 2.5, "max_epochs must be a whole number"),
