@@ -15,28 +15,31 @@ from ._constants import UNKNOWN, OutKeys
 from .errors import DataError
 
 
-def _annotated(adata: Any, key_added: str) -> dict[str, str]:
-    """The annotation keys, after checking ``adata`` holds them."""
+def _annotated(adata: Any, key_added: str) -> tuple[dict[str, str], Any]:
+    """The annotation keys, after checking ``adata`` holds them, and its obs as a pandas DataFrame
+    (a lazy AnnData's is xarray-backed)."""
+    from .data.prepare import frame
     from .pipeline import annotation_keys
 
     keys = annotation_keys(key_added)
-    missing = [f"obs['{k}']" for k in (keys["LABEL"], keys["IS_UNKNOWN"], keys["OOD_SCORE"]) if k not in adata.obs]
+    obs = frame(adata.obs)
+    missing = [f"obs['{k}']" for k in (keys["LABEL"], keys["IS_UNKNOWN"], keys["OOD_SCORE"]) if k not in obs]
     missing += [] if keys["UNS"] in adata.uns else [f"uns['{keys['UNS']}']"]
     if missing:
         raise DataError(f"this AnnData holds no annotations under '{key_added}' (no {missing[0]}): run ca.annotate "
                         "(or Annotator.predict) on it first, with the same key_added if you gave one")
-    return keys
+    return keys, obs
 
 
-def _labelled(adata: Any, keys: dict[str, str]) -> np.ndarray:
-    return adata.obs[keys["LABEL"]].notna().to_numpy()
+def _labelled(obs: Any, keys: dict[str, str]) -> np.ndarray:
+    return obs[keys["LABEL"]].notna().to_numpy()
 
 
-def _column(adata: Any, key: str) -> np.ndarray:
+def _column(obs: Any, key: str) -> np.ndarray:
     from .data.validate import check_label_column
 
-    check_label_column(adata.obs, key, name="annotated AnnData")
-    values = adata.obs[key].astype(str).to_numpy()
+    check_label_column(obs, key, name="annotated AnnData")
+    values = obs[key].astype(str).to_numpy()
     n_values = len(set(values))
     if n_values > max(50, len(values) // 2):  # the rule of a label column (data.validate.check_labels)
         raise DataError(f"'{key}' has {n_values:,} different values in {len(values):,} cells: it holds a measurement "
@@ -51,10 +54,10 @@ def label_heatmap(adata: Any, groupby: str, *, key_added: str = OutKeys.UNS, nor
     (``normalize="row"``), of the column (``"col"``) or of all cells (``"all"``)."""
     from .plots import label_heatmap as heatmap
 
-    keys = _annotated(adata, key_added)
-    keep = _labelled(adata, keys)
+    keys, obs = _annotated(adata, key_added)
+    keep = _labelled(obs, keys)
     classes = [str(c) for c in adata.uns[keys["UNS"]].get("classes", [])]
-    return heatmap(adata.obs[keys["LABEL"]].astype(str).to_numpy()[keep], _column(adata, groupby)[keep],
+    return heatmap(obs[keys["LABEL"]].astype(str).to_numpy()[keep], _column(obs, groupby)[keep],
                    normalize=normalize, row_title="Predicted label", col_title=groupby, title=title,
                    row_order=classes + [UNKNOWN])
 
@@ -64,14 +67,14 @@ def novelty(adata: Any, *, groupby: str | None = None, key_added: str = OutKeys.
     labelled against those called Unknown, or one histogram per value of ``groupby``."""
     from .plots import score_histogram
 
-    keys = _annotated(adata, key_added)
-    keep = _labelled(adata, keys)
-    score = adata.obs[keys["OOD_SCORE"]].to_numpy(dtype=float)[keep]
+    keys, obs = _annotated(adata, key_added)
+    keep = _labelled(obs, keys)
+    score = obs[keys["OOD_SCORE"]].to_numpy(dtype=float)[keep]
     if groupby is None:
-        unknown = adata.obs[keys["IS_UNKNOWN"]].to_numpy(dtype=bool)[keep]
+        unknown = obs[keys["IS_UNKNOWN"]].to_numpy(dtype=bool)[keep]
         groups = {"labelled": score[~unknown], UNKNOWN: score[unknown]}
     else:
-        values = _column(adata, groupby)[keep]
+        values = _column(obs, groupby)[keep]
         groups = {str(v): score[values == v] for v in dict.fromkeys(values)}
     rejection = adata.uns[keys["UNS"]].get("rejection") or {}
     method = rejection.get("method", "novelty")
@@ -85,13 +88,13 @@ def reliability(adata: Any, truth_key: str, *, key_added: str = OutKeys.UNS, tit
     from .metrics import ece, reliability_curve
     from .plots import reliability_diagram
 
-    keys = _annotated(adata, key_added)
+    keys, obs = _annotated(adata, key_added)
     if keys["PROBA"] not in adata.obsm:
         raise DataError(f"this AnnData has no obsm['{keys['PROBA']}'] (the class probabilities ca.annotate writes)")
     classes = np.array([str(c) for c in adata.uns[keys["UNS"]].get("classes", [])])
     proba = np.asarray(adata.obsm[keys["PROBA"]], dtype=float)
-    truth = _column(adata, truth_key)
-    known = _labelled(adata, keys) & np.isin(truth, classes) & np.isfinite(proba).all(axis=1)
+    truth = _column(obs, truth_key)
+    known = _labelled(obs, keys) & np.isin(truth, classes) & np.isfinite(proba).all(axis=1)
     if not known.any():
         raise DataError(f"no cell's '{truth_key}' label is one of the reference's types ({', '.join(classes[:10])}): "
                         "the confidences cannot be checked against it")

@@ -176,7 +176,7 @@ def _qc_mask(d: _Loaded, qc: dict[str, Any], name: str, warns: list[str]) -> np.
     return keep
 
 
-def _frame(table: Any) -> pd.DataFrame:
+def frame(table: Any) -> pd.DataFrame:
     """``table`` as a pandas DataFrame (a lazy AnnData's obs / var are xarray-backed)."""
     return table if isinstance(table, pd.DataFrame) else table.to_memory()
 
@@ -206,7 +206,7 @@ def in_memory(adata: ad.AnnData, *, name: str) -> ad.AnnData:
     into a large file) or holds dask arrays (scanpy's lazy matrices), its data read into memory
     within :func:`~.io.memory_limit_bytes`; above it one message says how to label a file of any
     size. The user's object is not changed."""
-    obs, var = _frame(adata.obs), _frame(adata.var)  # anndata.experimental.read_lazy: xarray-backed tables
+    obs, var = frame(adata.obs), frame(adata.var)  # anndata.experimental.read_lazy: xarray-backed tables
     lazy = {"X": adata.X, **{f"layers['{k}']": v for k, v in adata.layers.items()}}
     if adata.raw is not None:
         lazy["raw.X"] = adata.raw.X
@@ -222,7 +222,7 @@ def in_memory(adata: ad.AnnData, *, name: str) -> ad.AnnData:
                          layers={k: got.get(f"layers['{k}']", v) for k, v in adata.layers.items()},
                          uns=dict(adata.uns))
         if adata.raw is not None:
-            out.raw = ad.AnnData(X=got.get("raw.X", adata.raw.X), var=_frame(adata.raw.var), obs=obs[[]])
+            out.raw = ad.AnnData(X=got.get("raw.X", adata.raw.X), var=frame(adata.raw.var), obs=obs[[]])
         return out
     if not getattr(adata, "isbacked", False):
         return adata

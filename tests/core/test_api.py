@@ -211,6 +211,8 @@ def test_a_lazy_anndata_is_labelled_in_place_or_into_a_copy(pair, tmp_path):
     ca.annotate(ref, lazy, **_opts())
     assert (np.asarray(lazy.obs["cellannot_label"]) == expected).all()
     assert lazy.obsm["cellannot_proba"].shape == (query.n_obs, 3)
+    for plot in (ca.pl.novelty(lazy), ca.pl.label_heatmap(lazy, "cell_type"), ca.pl.reliability(lazy, "cell_type")):
+        assert plot.data  # ca.pl reads the lazy obs too
     again = ca.train(ref, **_opts()).predict(ad.experimental.read_lazy(tmp_path / "q.h5ad"), copy=True)
     assert again.obs["cellannot_label"].notna().all()
 
