@@ -239,20 +239,35 @@ def _kind_of(filename: str) -> str | None:
     return None
 
 
+def check_sparse_formats(adata: ad.AnnData, label: str) -> None:
+    """Refuse a sparse matrix anywhere in ``adata`` (X, layers, raw.X, obsm, varm, obsp, varp) whose
+    indices are out of range or whose indptr is wrong: scipy's C code reads past its arrays on
+    them and crashes the process (the whole server). Found 2026-12-06: X was checked, a corrupt
+    ``layers['counts']`` or ``raw.X`` (where the counts are often kept) crashed ``annotate``."""
+    where = {"X": adata.X}
+    where.update({f"layers['{k}']": v for k, v in adata.layers.items()})
+    if adata.raw is not None:
+        where["raw.X"] = adata.raw.X
+    for attr in ("obsm", "varm", "obsp", "varp"):
+        where.update({f"{attr}['{k}']": v for k, v in getattr(adata, attr).items()})
+    for name, m in where.items():
+        if sp.issparse(m):
+            try:
+                m.check_format(full_check=True)
+            except (ValueError, TypeError) as exc:
+                raise DataError(f"{label} has a corrupt sparse matrix {name} ({_one_line(exc)}). Write the file "
+                                "again from the original data.") from None
+
+
 def _finalise(adata: ad.AnnData, label: str, kind: str) -> ad.AnnData:
     """CSR float32 X, string names, and a note of how it was read."""
     if adata.X is None:
         raise DataError(
             f"{label} has no expression matrix (X is empty). Save the counts in X and try again."
         )
+    check_sparse_formats(adata, label)
     X = adata.X
-    if sp.issparse(X):
-        try:  # indices out of range or a wrong indptr would crash scipy's C code (the whole server) below
-            X.check_format(full_check=True)
-        except (ValueError, TypeError) as exc:
-            raise DataError(f"{label} has a corrupt sparse matrix X ({_one_line(exc)}). Write the file again "
-                            "from the original data.") from None
-    else:
+    if not sp.issparse(X):
         X = sp.csr_matrix(np.asarray(X, dtype=np.float32))  # float16 and other dtypes scipy cannot hold
     X = sp.csr_matrix(X, dtype=np.float32)
     X.sort_indices()

@@ -174,11 +174,17 @@ class H5adRows:
         return sparse_dataset(elem)
 
     @staticmethod
-    def _read(m, start: int, stop: int) -> sp.csr_matrix:
-        block = m[start:stop]
+    def _csr(block) -> sp.csr_matrix:
+        """``block`` as CSR float32, its indices checked: out-of-range ones would crash scipy's C code
+        (the server) further on (raises ValueError)."""
         out = sp.csr_matrix(block, dtype=np.float32) if sp.issparse(block) else sp.csr_matrix(
             np.asarray(block, dtype=np.float32))
+        out.check_format(full_check=True)
         return out
+
+    @classmethod
+    def _read(cls, m, start: int, stop: int) -> sp.csr_matrix:
+        return cls._csr(m[start:stop])
 
     def _counts(self, block: sp.csr_matrix, where: str) -> sp.csr_matrix:
         """``block`` as counts: as read, or turned back from log-normalised values."""
@@ -197,7 +203,6 @@ class H5adRows:
             stop = min(self.n_obs, start + size)
             try:
                 block = self._read(self._matrix, start, stop)
-                block.check_format(full_check=True)
             except Exception as exc:
                 raise DataError(f"could not read cells {start}-{stop} of the {self.name}: {type(exc).__name__}. "
                                 "The file may be truncated or damaged.") from None
@@ -210,12 +215,11 @@ class H5adRows:
         for start in range(0, len(idx), CHUNK_CELLS):
             part = idx[start:start + CHUNK_CELLS]
             try:
-                block = self._matrix[part]
+                block = self._csr(self._matrix[part])
             except Exception as exc:
                 raise DataError(f"could not read the {self.name}'s cells: {type(exc).__name__}. The file may be "
                                 "truncated or damaged.") from None
-            parts.append(self._counts(sp.csr_matrix(block, dtype=np.float32) if sp.issparse(block)
-                                      else sp.csr_matrix(np.asarray(block, dtype=np.float32)), "sampled cells"))
+            parts.append(self._counts(block, "sampled cells"))
         return sp.vstack(parts, format="csr") if parts else sp.csr_matrix((0, len(self.var)), dtype=np.float32)
 
     def close(self) -> None:

@@ -169,6 +169,26 @@ def _structural_h5(tmp: Path, valid_h5ad: bytes, valid_h5: bytes) -> dict[str, t
     variant("h5ad X indices out of range", valid_h5ad, ".h5ad",
             lambda f: f["X/indices"].__setitem__(slice(0, 5), 10**6))
     variant("h5ad X of text", valid_h5ad, ".h5ad", replace("X", np.array([b"a", b"b"])))
+
+    def counts_beside(where: str) -> bytes:  # X log-normalised, the counts in layers['counts'] or raw.X
+        import anndata as ad
+
+        a = _base_adata()
+        counts = a.X.copy()
+        a.X = np.log1p(counts.toarray())
+        if where == "layers":
+            a.layers["counts"] = counts
+        else:
+            a.raw = ad.AnnData(X=counts, var=a.var)
+        p = tmp / f"beside_{where}.h5ad"
+        a.write_h5ad(p)
+        return p.read_bytes()
+
+    # found 2026-12-06: only X was checked, and these crashed the process (scipy reads past the arrays)
+    variant("h5ad layers/counts indices out of range", counts_beside("layers"), ".h5ad",
+            lambda f: f["layers/counts/indices"].__setitem__(slice(0, 5), 10**6))
+    variant("h5ad raw/X indices out of range", counts_beside("raw"), ".h5ad",
+            lambda f: f["raw/X/indices"].__setitem__(slice(0, 5), 10**6))
     variant("h5ad shape attribute lies", valid_h5ad, ".h5ad",
             lambda f: f["X"].attrs.__setitem__("shape", np.array([10**9, 10**9])))
     variant("10x h5 without features", valid_h5, ".h5", drop("matrix/features"))

@@ -189,6 +189,22 @@ def test_unreadable_query_files_get_one_line(bundle, tmp_path):
     assert not (tmp_path / "o.h5ad").exists()
 
 
+def test_a_sample_of_a_file_with_indices_out_of_range_is_refused(tmp_path):
+    """The app holds a sample of a large query (``read_sample``): rows past the first 1,000 read
+    with out-of-range gene indices were taken as they were (scipy's C code reads past its arrays on
+    such a matrix); found 2026-12-06."""
+    from cellannot_core.data.stream import read_sample
+
+    _, a = demo_subset(n_ref=100, n_query=1500)
+    p = tmp_path / "q.h5ad"
+    a.write_h5ad(p)
+    with h5py.File(p, "r+") as f:
+        start = int(f["X/indptr"][1200])
+        f["X/indices"][start:start + 3] = 10**7
+    with pytest.raises(DataError, match="could not read the query's cells: ValueError"):
+        read_sample(p, n=1400, seed=0)
+
+
 def test_query_graph_pool_for_large_queries():
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(4, 6)) * 6
