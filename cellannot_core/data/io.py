@@ -140,9 +140,11 @@ def read_dataset(
             elif kind == "h5ad":
                 guard_hdf5(path, label)
                 adata = ad.read_h5ad(path)
+                adata.uns.pop(INPUT_UNS_KEY, None)  # how *this* read went is ours to note, not the file's
             elif kind == "10x h5":
                 guard_hdf5(path, label)
                 adata = _read_10x_h5(path)
+                adata.uns.pop(INPUT_UNS_KEY, None)
             elif kind == "archive":
                 adata = _read_archive(path, label)
             else:  # table
@@ -274,7 +276,8 @@ def _finalise(adata: ad.AnnData, label: str, kind: str) -> ad.AnnData:
     adata.X = X
     adata.obs_names = adata.obs_names.astype(str)
     adata.var_names = adata.var_names.astype(str)
-    info = dict(adata.uns.get(INPUT_UNS_KEY, {}) or {})
+    prior = adata.uns.get(INPUT_UNS_KEY)
+    info = dict(prior) if isinstance(prior, dict) else {}
     info.setdefault("format", kind)
     adata.uns[INPUT_UNS_KEY] = info
     return adata

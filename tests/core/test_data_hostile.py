@@ -104,6 +104,19 @@ def test_a_plain_file_still_reads(plain):
     assert read_dataset(plain, name="reference").n_obs == 60
 
 
+@pytest.mark.parametrize("note", ["a string", np.arange(3), {"format": "table", "file": "../../x"}])
+def test_a_file_cannot_write_the_readers_own_note(plain, tmp_path, note):
+    """``uns['cellannot_input']`` says how the file was read; a file's own one (text, an array) was an
+    internal error (ValueError) on reading, found 2026-12-06. Now the reader writes it afresh."""
+    import anndata as ad
+
+    a = ad.read_h5ad(plain)
+    a.uns["cellannot_input"] = note
+    p = tmp_path / "noted.h5ad"
+    a.write_h5ad(p)
+    assert dict(read_dataset(p, name="reference").uns["cellannot_input"]) == {"format": "h5ad"}
+
+
 def test_the_cli_gives_one_line_for_a_hostile_file(plain, tmp_path):
     evil = _linked_copy(plain, tmp_path, ".h5ad")
     r = subprocess.run([sys.executable, "-m", "cellannot_core", "annotate", "--reference", str(evil), "--query",
