@@ -11,6 +11,8 @@ rows. A matrix stored by columns (CSC) cannot be read by rows without reading it
 """
 from __future__ import annotations
 
+import secrets
+import threading
 from pathlib import Path
 from typing import Iterator
 
@@ -26,8 +28,14 @@ __all__ = ["CHUNK_CELLS", "H5adRows", "NotStreamable", "STREAM_KEY", "large_quer
            "stream_source"]
 
 CHUNK_CELLS = 20_000
-#: A query held as a sample of its file (:func:`read_sample`) carries its source here, in ``uns``.
+#: A query held as a sample of its file (:func:`read_sample`) carries its source here, in ``uns``, with a
+#: token of this process: only a sample this process read may name a file (:func:`stream_source`).
 STREAM_KEY = "cellannot_stream"
+#: token -> source of each sample this process read. A file's own ``uns[STREAM_KEY]`` (an upload, a path,
+#: an AnnData written out and read back) names nothing: it made the app read and return any ``.h5ad`` on
+#: the server (found 2026-12-06).
+_SOURCES: dict[str, dict] = {}
+_SOURCES_LOCK = threading.Lock()
 #: Cells of that sample: what the pair checks and the semi-supervised training see of the query.
 SAMPLE_CELLS = 20_000
 
@@ -66,10 +74,14 @@ def read_query(path: str | Path, *, name: str = "query"):
 
 
 def stream_source(adata) -> dict | None:
-    """``{"path", "n_obs", "n_sample", "seed"}`` when ``adata`` is a sample of a larger file
-    (:func:`read_sample`), else ``None``."""
+    """``{"path", "n_obs", "n_sample", "seed", "source"}`` when ``adata`` is a sample of a larger file
+    that this process read (:func:`read_sample`), else ``None``: the source comes from the process's
+    own record, found by the token in ``uns``, never from ``uns`` itself."""
     src = getattr(adata, "uns", {}).get(STREAM_KEY) if adata is not None else None
-    return dict(src) if isinstance(src, dict) and "path" in src else None
+    token = src.get("token") if isinstance(src, dict) else None
+    with _SOURCES_LOCK:
+        known = _SOURCES.get(token) if isinstance(token, str) else None
+    return dict(known) if known is not None else None
 
 
 class NotStreamable(Exception):
@@ -251,6 +263,10 @@ def read_sample(path: str | Path, *, n: int = SAMPLE_CELLS, seed: int = 0, name:
         obs = rows.obs.iloc[idx].copy()
         obs.index = pd.Index(rows.obs_names[idx].astype(str))
         out = ad.AnnData(X=X, obs=obs, var=rows.var.copy())
-        out.uns[STREAM_KEY] = {"path": str(Path(path).resolve()), "n_obs": int(rows.n_obs), "n_sample": int(k),
-                               "seed": int(seed), "source": rows.source}
+        source = {"path": str(Path(path).resolve()), "n_obs": int(rows.n_obs), "n_sample": int(k),
+                  "seed": int(seed), "source": rows.source}
+    token = secrets.token_hex(16)
+    with _SOURCES_LOCK:
+        _SOURCES[token] = source
+    out.uns[STREAM_KEY] = {**source, "token": token}
     return out

@@ -205,6 +205,32 @@ def test_a_sample_of_a_file_with_indices_out_of_range_is_refused(tmp_path):
         read_sample(p, n=1400, seed=0)
 
 
+def test_a_file_cannot_name_another_file_as_the_query_it_samples(tmp_path):
+    """A sample of a large query carries its source in ``uns["cellannot_stream"]``; a file's own one
+    (an upload) made annotate label, and write out, whatever ``.h5ad`` on the server it named
+    (found 2026-12-06). Only a sample this process read names a file; a copy of one still does."""
+    from cellannot_core.data import read_uploaded
+    from cellannot_core.data.stream import STREAM_KEY, read_sample, stream_source
+    from cellannot_core.pipeline import annotate
+
+    ref, qry = demo_subset(300, 500, seed=5)
+    other = tmp_path / "someone_elses.h5ad"
+    qry.write_h5ad(other)
+    small = qry[:120].copy()
+    small.uns[STREAM_KEY] = {"path": str(other), "n_obs": 500, "n_sample": 120, "seed": 0, "source": "x",
+                             "token": "0" * 32}
+    small.write_h5ad(tmp_path / "upload.h5ad")
+    upload = read_uploaded((tmp_path / "upload.h5ad").read_bytes(), "upload.h5ad", name="query")
+    assert stream_source(upload) is None and stream_source(small) is None
+    opts = AnnotateOptions(label_key=LABEL, model="logreg", seed=0, device="cpu", n_top_genes=300)
+    res = annotate(ref, upload, opts, out=tmp_path / "out.h5ad")
+    assert len(res.predictions.label) == 120 and ad.read_h5ad(tmp_path / "out.h5ad").n_obs == 120
+    sample = read_sample(other, n=100, seed=0)
+    assert stream_source(sample)["path"] == str(other.resolve()) and stream_source(sample.copy())["n_obs"] == 500
+    sample.uns[STREAM_KEY]["path"] = "/etc/passwd"  # the source is the process's record, not what uns says
+    assert stream_source(sample)["path"] == str(other.resolve())
+
+
 def test_query_graph_pool_for_large_queries():
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(4, 6)) * 6
