@@ -112,6 +112,10 @@ class H5adRows:
             self._f = h5py.File(path, "r")
         except Exception as exc:
             raise DataError(f"could not read {label} as h5ad: {type(exc).__name__}. The file may be truncated.") from None
+        odd = [k for k in ("obsm", "uns") if k in self._f and not isinstance(self._f[k], h5py.Group)]
+        if odd:  # an old layout (anndata < 0.7) or a damaged file: the annotated copy could not be written into it
+            self.close()
+            raise NotStreamable(f"its {odd[0]} is not stored as anndata writes it today")
         try:
             f = self._f
             self.obs = read_elem(f["obs"])

@@ -186,6 +186,14 @@ def test_unreadable_query_files_get_one_line(bundle, tmp_path):
         f["uns"]["secret"] = h5py.ExternalLink("/etc/passwd", "/")
     with pytest.raises(DataError, match="external link"):
         predict_file(d, linked, out=tmp_path / "o.h5ad", device="cpu")
+    for group in ("obsm", "uns"):  # not groups: an "internal error" when the copy was annotated (2026-12-06)
+        odd = tmp_path / f"odd_{group}.h5ad"
+        qry.write_h5ad(odd)
+        with h5py.File(odd, "a") as f:
+            del f[group]
+            f[group] = np.arange(3)
+        with pytest.raises(DataError, match="could not read query file"):
+            predict_file(d, odd, out=tmp_path / "o.h5ad", device="cpu")
     assert not (tmp_path / "o.h5ad").exists()
 
 
