@@ -943,7 +943,28 @@ def load_bundle(model_dir: str | Path, *, device: str = "auto") -> tuple[Any, di
     if not isinstance(genes, list) or len(genes) != model.n_features or not all(isinstance(g, str) for g in genes):
         raise DataError(f"the saved model in {model_dir} is damaged (bundle.json's genes do not match the model's "
                         f"{model.n_features} inputs); train it again")
+    problem = _bundle_problem(bundle)
+    if problem:
+        raise DataError(f"the saved model in {model_dir} is damaged (bundle.json's {problem}); train it again")
     return model, bundle
+
+
+def _bundle_problem(bundle: dict[str, Any]) -> str | None:
+    """What is wrong with ``bundle.json``'s fields besides the genes (:func:`bundle_info`), or None."""
+    def names(v: Any) -> bool:
+        return isinstance(v, list) and len(v) > 0 and all(isinstance(g, str) for g in v)
+
+    if bundle.get("norm_genes") is not None and not names(bundle["norm_genes"]):
+        return "norm_genes is not a list of gene names"
+    n = bundle.get("min_shared_genes")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
+        return "min_shared_genes is not a whole number of at least 0"
+    for key in ("label_key", "batch_key", "model", "preprocessing"):
+        if bundle.get(key) is not None and not isinstance(bundle[key], str):
+            return f"{key} is not a name"
+    if bundle.get("classes") is not None and not names(bundle["classes"]):
+        return "classes is not a list of names"
+    return None
 
 
 def view_arrays(model, prepared: Prepared, preds: Predictions, opts: AnnotateOptions,

@@ -326,6 +326,10 @@ def test_a_failed_write_leaves_no_temporary_file(tmp_path, monkeypatch):
     ("classes", ["only one"], "classes"),
     ("genes", None, "genes"),
     ("hparams", {"hidden": "4000,4000,64", "blocks": "1,1,1"}, "CELLANNOT_MEMORY_LIMIT_GB"),
+    # bundle.json's own fields (found 2026-12-06: min_shared_genes "x" was an internal error)
+    ("bundle.json:min_shared_genes", "x", "min_shared_genes is not a whole number"),
+    ("bundle.json:norm_genes", "x", "norm_genes is not a list of gene names"),
+    ("bundle.json:batch_key", 5, "batch_key is not a name"),
 ])
 def test_a_tampered_bundle_is_refused_in_one_line(capsys, files, tmp_path, monkeypatch, field, value, words):
     """Issue 14: temperature 0 gave exit 0 with every confidence NaN; n_features 1e9 cost 82 s and
@@ -344,6 +348,7 @@ def test_a_tampered_bundle_is_refused_in_one_line(capsys, files, tmp_path, monke
     d = tmp_path / "bundle"
     shutil.copytree(base, d)
     name = "bundle.json" if field == "genes" else RunFiles.CONFIG
+    name, field = field.split(":") if ":" in field else (name, field)
     cfg = json.loads((d / name).read_text())
     cfg[field] = value
     (d / name).write_text(json.dumps(cfg))
