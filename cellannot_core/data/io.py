@@ -316,7 +316,9 @@ def guard_hdf5(path: Path, label: str, *, whole: tuple[str, ...] | None = None) 
     External links, datasets stored in external files and virtual datasets can point h5py at any
     file on the server (``/etc/passwd``, another user's data), which the annotated download
     would then hand to the visitor. Their decompressed size is summed from the datasets' shapes
-    (compressed zeros expand ~900x).
+    (compressed zeros expand ~900x), each time a name reaches them: a soft link to a dataset is read
+    again under its name, one to a group is refused (20 such links to X in a 6.5 MB file took 3.6 GB
+    against a 0.5 GB limit, 2026-12-06).
     """
     import h5py
 
@@ -332,9 +334,13 @@ def guard_hdf5(path: Path, label: str, *, whole: tuple[str, ...] | None = None) 
         if isinstance(link, h5py.ExternalLink):
             problem.append(f"an external link ('{name[:60]}') to another file")
             return True
-        if isinstance(link, h5py.SoftLink):
-            return None  # a path inside this file; its target is visited on its own
         obj = f.get(name)
+        if isinstance(link, h5py.SoftLink):  # a second name for an object of this file: read again under it
+            if isinstance(obj, h5py.Group):  # anndata never writes these; a whole group read again and again
+                problem.append(f"a link ('{name[:60]}') to a group of the same file")
+                return True
+            if not isinstance(obj, h5py.Dataset):  # dangling: the reader reports it
+                return None
         if isinstance(obj, h5py.Dataset):
             if obj.external:
                 problem.append(f"a dataset ('{name[:60]}') stored in external files")

@@ -100,6 +100,30 @@ def test_a_compressed_bomb_is_refused_by_its_decompressed_size(tmp_path, monkeyp
         read_dataset(p, name="query")
 
 
+def test_links_inside_the_file_count_each_time_they_are_read(tmp_path, monkeypatch):
+    """Found 2026-12-06: soft links were not counted, and anndata reads an object once per name: 20
+    layers linked to a dense X (145 MB) in a 6.5 MB file took 3.6 GB against a 0.5 GB limit."""
+    import anndata as ad
+
+    a = ad.AnnData(X=np.zeros((2000, 1000), dtype=np.float32))  # 8 MB dense, a few kB gzipped
+    p = tmp_path / "links.h5ad"
+    a.write_h5ad(p, compression="gzip")
+    monkeypatch.setenv("CELLANNOT_MEMORY_LIMIT_GB", str(20 / 1024))  # 20 MB: X alone passes
+    assert read_dataset(p, name="query").n_obs == 2000
+    with h5py.File(p, "a") as f:
+        layers = f.require_group("layers")
+        for i in range(5):
+            layers[f"copy{i}"] = h5py.SoftLink("/X")
+    with pytest.raises(DataError, match=r"expands to .* GiB in memory, above this server's limit"):
+        read_dataset(p, name="query")
+    sparse = make_synthetic(60, 30, 2)
+    q = tmp_path / "group_link.h5ad"
+    sparse.write_h5ad(q)
+    with h5py.File(q, "a") as f:
+        f.require_group("layers")["counts"] = h5py.SoftLink("/X")  # X is a group (CSR) here
+    _check_refused(q, "a link ('layers/counts') to a group of the same file")
+
+
 def test_a_plain_file_still_reads(plain):
     assert read_dataset(plain, name="reference").n_obs == 60
 
