@@ -317,14 +317,15 @@ def guard_hdf5(path: Path, label: str, *, whole: tuple[str, ...] | None = None) 
     file on the server (``/etc/passwd``, another user's data), which the annotated download
     would then hand to the visitor. Their decompressed size is summed from the datasets' shapes
     (compressed zeros expand ~900x), each time a name reaches them: a soft link to a dataset is read
-    again under its name, one to a group is refused (20 such links to X in a 6.5 MB file took 3.6 GB
-    against a 0.5 GB limit, 2026-12-06).
+    again under its name; a group reached by a second name (a soft or a hard link) is refused (20 such
+    links to X in a 6.5 MB file took 3.6 GB against a 0.5 GB limit, 2026-12-06).
     """
     import h5py
 
     limit = memory_limit_bytes()
     total = n_objects = 0
     problem: list[str] = []
+    groups: set[int] = set()  # the groups seen, by object
 
     def visit(name: str, link) -> bool | None:
         nonlocal total, n_objects
@@ -335,12 +336,14 @@ def guard_hdf5(path: Path, label: str, *, whole: tuple[str, ...] | None = None) 
             problem.append(f"an external link ('{name[:60]}') to another file")
             return True
         obj = f.get(name)
-        if isinstance(link, h5py.SoftLink):  # a second name for an object of this file: read again under it
-            if isinstance(obj, h5py.Group):  # anndata never writes these; a whole group read again and again
+        if isinstance(obj, h5py.Group):  # a group under a second name (soft or hard link) is read again whole
+            key = hash(obj.id)  # the object, whatever name reaches it (h5py hashes ids by object)
+            if isinstance(link, h5py.SoftLink) or key in groups:  # anndata never writes either
                 problem.append(f"a link ('{name[:60]}') to a group of the same file")
                 return True
-            if not isinstance(obj, h5py.Dataset):  # dangling: the reader reports it
-                return None
+            groups.add(key)
+        elif isinstance(link, h5py.SoftLink) and not isinstance(obj, h5py.Dataset):
+            return None  # dangling: the reader reports it
         if isinstance(obj, h5py.Dataset):
             if obj.external:
                 problem.append(f"a dataset ('{name[:60]}') stored in external files")
@@ -356,8 +359,8 @@ def guard_hdf5(path: Path, label: str, *, whole: tuple[str, ...] | None = None) 
         raise DataError(f"{label} is refused: it holds more than {HDF5_MAX_OBJECTS:,} HDF5 groups, datasets and links, "
                         "where an AnnData holds hundreds; remove the extra entries (e.g. of uns) and save it again.")
     if problem:
-        raise DataError(f"{label} is refused: it contains {problem[0]}. Files that point outside themselves are not "
-                        "read on this server; save the data into one self-contained file (e.g. anndata's "
+        raise DataError(f"{label} is refused: it contains {problem[0]}. Files that point outside themselves, or to one "
+                        "part of themselves under two names, are not read on this server; save the data into one self-contained file (e.g. anndata's "
                         "write_h5ad) and load that.")
     if total > limit:
         raise DataError(f"{label} expands to {total / 1024**3:.1f} GiB in memory, above this server's limit of "

@@ -122,6 +122,10 @@ def test_links_inside_the_file_count_each_time_they_are_read(tmp_path, monkeypat
     with h5py.File(q, "a") as f:
         f.require_group("layers")["counts"] = h5py.SoftLink("/X")  # X is a group (CSR) here
     _check_refused(q, "a link ('layers/counts') to a group of the same file")
+    sparse.write_h5ad(q)
+    with h5py.File(q, "a") as f:
+        f.require_group("layers")["counts"] = f["X"]  # a hard link: the group's members are walked once only
+    _check_refused(q, "a link ('layers/counts') to a group of the same file")
 
 
 def test_a_plain_file_still_reads(plain):
