@@ -125,15 +125,21 @@ def allowed_path(path: Path) -> str | None:
         path.resolve().relative_to(Path(root).resolve())
     except (ValueError, OSError, RuntimeError):
         return outside
-    return outside if _links_out(path, Path(root).resolve()) else None
+    links = _links_out(path, Path(root).resolve())
+    if links is None:
+        return (f"this folder holds more than {LINKS_CHECKED:,} files and folders, too many to check for links out of "
+                f"{root}: give the 10x folder itself (matrix.mtx, features.tsv, barcodes.tsv)")
+    return outside if links else None
 
 
 LINKS_CHECKED = 10_000  # entries of a 10x folder looked at for links out of the data folder
 
 
-def _links_out(path: Path, root: Path) -> bool:
+def _links_out(path: Path, root: Path) -> bool | None:
     """Whether a 10x folder (or the folder of a ``.mtx`` file), whose files the reader opens by
-    name, holds a link that leads out of ``root`` (the folder itself was checked)."""
+    name, holds a link that leads out of ``root`` (the folder itself was checked); None when it
+    holds more entries than :data:`LINKS_CHECKED` (not read: a link past them was let through until
+    2026-12-06)."""
     base = path if path.is_dir() else path.parent if ".mtx" in path.name.lower() else None
     if base is None:
         return False
@@ -148,7 +154,7 @@ def _links_out(path: Path, root: Path) -> bool:
                     return True
             seen += 1
             if seen > LINKS_CHECKED:
-                return False
+                return None
     return False
 
 

@@ -138,6 +138,9 @@ def test_a_10x_folder_in_the_data_root_may_not_link_out_of_it(monkeypatch, tmp_p
     (root / "pbmc" / "barcodes.tsv").unlink()
     (root / "pbmc" / "barcodes.tsv").symlink_to(root / "pbmc" / "features.tsv")  # a link inside is fine
     assert data_ui.allowed_path(root / "pbmc") is None
+    # a link past the entries looked at was let through (2026-12-06): too many entries are refused
+    monkeypatch.setattr(data_ui, "LINKS_CHECKED", 2)
+    assert "too many to check" in data_ui.allowed_path(root / "pbmc")
 
 
 def test_server_paths_are_off_on_a_shared_server_without_a_data_root(monkeypatch):
