@@ -263,10 +263,16 @@ def check_sparse_formats(adata: ad.AnnData, label: str) -> None:
 
 def _finalise(adata: ad.AnnData, label: str, kind: str) -> ad.AnnData:
     """CSR float32 X, string names, and a note of how it was read."""
-    if adata.X is None:
-        raise DataError(
-            f"{label} has no expression matrix (X is empty). Save the counts in X and try again."
-        )
+    if adata.X is None:  # zellkonverter and others may leave X empty beside a counts layer
+        from .values import COUNT_LAYERS
+
+        layer = next((k for k in COUNT_LAYERS if k in adata.layers), None)
+        if layer is None:
+            raise DataError(
+                f"{label} has no expression matrix (X is empty, and no layer named {', '.join(COUNT_LAYERS)}). "
+                "Save the counts in X and try again."
+            )
+        adata.X = adata.layers[layer]
     check_sparse_formats(adata, label)
     X = adata.X
     if not sp.issparse(X):

@@ -279,6 +279,25 @@ def test_truncated_gz_table(tmp_path, small):
         read_dataset(p)
 
 
+def test_an_empty_x_beside_a_counts_layer_is_read_from_the_layer(tmp_path):
+    """Found 2026-12-06: the API read such a file's counts from the layer, the reader (CLI, app)
+    refused it as having no expression matrix."""
+    import anndata as ad
+    import scipy.sparse as sp
+
+    counts = sp.csr_matrix(np.arange(12, dtype=np.float32).reshape(4, 3))
+    a = ad.AnnData(X=None, obs=pd.DataFrame(index=[f"c{i}" for i in range(4)]),
+                   var=pd.DataFrame(index=["g0", "g1", "g2"]), layers={"counts": counts})
+    a.write_h5ad(tmp_path / "empty_x.h5ad")
+    got = read_dataset(tmp_path / "empty_x.h5ad")
+    np.testing.assert_array_equal(got.X.toarray(), counts.toarray())
+    del a.layers["counts"]
+    a.layers["logcounts"] = counts
+    a.write_h5ad(tmp_path / "no_counts.h5ad")
+    with pytest.raises(DataError, match="no expression matrix"):
+        read_dataset(tmp_path / "no_counts.h5ad")
+
+
 def test_unknown_extension_and_missing_file(tmp_path):
     p = tmp_path / "data.docx"
     p.write_bytes(b"PK")
