@@ -36,12 +36,12 @@ def _labelled(obs: Any, keys: dict[str, str]) -> np.ndarray:
 
 
 def _column(obs: Any, key: str) -> np.ndarray:
-    from .data.validate import check_label_column
+    from .data.validate import check_label_column, per_cell_column
 
     check_label_column(obs, key, name="annotated AnnData")
     values = obs[key].astype(str).to_numpy()
     n_values = len(set(values))
-    if n_values > max(50, len(values) // 2):  # the rule of a label column (data.validate.check_labels)
+    if per_cell_column(n_values, len(values)):
         raise DataError(f"'{key}' has {n_values:,} different values in {len(values):,} cells: it holds a measurement "
                         "or the cells' names. Group by a column of labels or clusters (e.g. 'leiden').")
     return values

@@ -365,9 +365,9 @@ def guard_hdf5(path: Path, label: str, *, whole: tuple[str, ...] | None = None) 
         raise DataError(f"{label} is refused: it holds more than {HDF5_MAX_OBJECTS:,} HDF5 groups, datasets and links, "
                         "where an AnnData holds hundreds; remove the extra entries (e.g. of uns) and save it again.")
     if problem:
-        raise DataError(f"{label} is refused: it contains {problem[0]}. Files that point outside themselves, or to one "
-                        "part of themselves under two names, are not read on this server; save the data into one self-contained file (e.g. anndata's "
-                        "write_h5ad) and load that.")
+        raise DataError(f"{label} is refused: it contains {problem[0]}. Files that point outside themselves, or to "
+                        "one part of themselves under two names, are not read on this server; save the data into one "
+                        "self-contained file (e.g. anndata's write_h5ad) and load that.")
     if total > limit:
         raise DataError(f"{label} expands to {total / 1024**3:.1f} GiB in memory, above this server's limit of "
                         f"{limit / 1024**3:.1f} GiB (CELLANNOT_MEMORY_LIMIT_GB): subsample the cells or keep fewer "

@@ -40,6 +40,7 @@ from .validate import (
     check_values,
     clean_labels,
     make_unique,
+    per_cell_column,
     zero_total_cells,
 )
 from .values import detect_value_state, get_counts
@@ -187,8 +188,8 @@ def _is_dask(x: Any) -> bool:
 
 def _dask_computed(x: Any, *, what: str, name: str, budget: int) -> sp.csr_matrix:
     """A dask array (scanpy's lazy matrices, dense or sparse chunks) computed a block of rows at a
-    time into CSR float32, within ``budget`` bytes."""
-    parts, used = [], 0  # budget: what is left of the memory budget
+    time into CSR float32, within ``budget`` bytes (what is left of the memory budget)."""
+    parts, used = [], 0
     for i in range(x.numblocks[0]):
         block = x.blocks[i].compute()
         part = sp.csr_matrix(block, dtype=np.float32)
@@ -404,7 +405,7 @@ def batch_codes(ref_obs: pd.DataFrame, q_obs: pd.DataFrame, batch_key: str) -> t
         else:
             vals = np.full(len(obs), None, dtype=object)
         levels, inv = np.unique(np.where(vals == None, "", vals).astype(str), return_inverse=True)  # noqa: E711
-        if len(levels) > max(50, len(obs) // 2):  # (a batch of one or two cells is no batch)
+        if per_cell_column(len(levels), len(obs)):  # (a batch of one or two cells is no batch)
             raise DataError(f"batch key {batch_key!r} has {len(levels):,} values in the {tag}'s {len(obs):,} cells: "
                             "that looks like a per-cell column, not samples or batches; choose the sample column")
         codes.append(inv.astype(np.int64).ravel() + len(names))

@@ -34,6 +34,7 @@ __all__ = [
     "check_values",
     "make_unique",
     "check_label_column",
+    "per_cell_column",
     "missing_label_mask",
     "untyped_label_mask",
     "clean_labels",
@@ -90,6 +91,14 @@ def check_values(X, *, name: str = "dataset", state: str = "counts") -> None:
             f"the {name} has no usable counts: every value is zero. "
             "Check that the matrix holds the expression data (not an empty or placeholder layer)."
         )
+
+
+def per_cell_column(n_values: int, n_cells: int) -> bool:
+    """Whether a column of ``n_values`` distinct values over ``n_cells`` cells holds a measurement or
+    the cells' names (a count, a coordinate, a barcode) rather than groups: more values than half
+    the cells, and more than 50 (a small dataset may have many small types). The one rule for a
+    label column, a batch key and a plot's grouping."""
+    return n_values > max(50, n_cells // 2)
 
 
 def make_unique(names: pd.Index, *, what: str = "cell", name: str = "dataset") -> tuple[pd.Index, str | None]:
@@ -210,7 +219,7 @@ def clean_labels(
     small = counts[counts < min_cells_per_class]
     kept = counts[counts >= min_cells_per_class]
     n_labelled = int((~missing).sum())
-    if len(counts) > max(50, n_labelled // 2):  # a count, a coordinate or a barcode chosen as the label
+    if per_cell_column(len(counts), n_labelled):
         raise DataError(
             f"the {name} label column '{label_key}' has {len(counts):,} different values in {n_labelled:,} cells: it "
             "holds a measurement or the cells' names, not cell types. Choose the column that holds the cell types."
