@@ -145,6 +145,102 @@ def storage_url(storage: str | Path) -> str:
     return s if "://" in s else f"sqlite:///{Path(s).resolve()}"
 
 
+def _shown(storage: str | Path) -> str:
+    """The storage as a message may show it: a database URL without its password."""
+    s = str(storage)
+    if "://" not in s:
+        return s
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(s).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - not a URL sqlalchemy can parse: show its scheme only
+        return s.split("://", 1)[0] + "://..."
+
+
+def open_storage(storage: str | Path):
+    """Optuna's storage for ``storage`` (a SQLite file or a database URL), or one line saying why
+    it cannot be used and what to do: a file that is not a SQLite database, or one of another
+    program (its tables are not touched), a URL without its database driver, a server that does not
+    answer."""
+    import sqlite3
+
+    import optuna
+    import sqlalchemy.exc
+
+    where = _shown(storage)
+    if "://" not in str(storage) and Path(storage).is_file():
+        try:  # read-only, so that nothing is written into a file that is not a sweep's
+            with sqlite3.connect(f"file:{Path(storage).resolve()}?mode=ro", uri=True) as con:
+                tables = {r[0] for r in con.execute("select name from sqlite_master where type = 'table'")}
+        except sqlite3.DatabaseError:
+            raise ConfigError(f"the sweep's study file {where} is not a SQLite database: give a new file name "
+                              f"(--storage), or the file an earlier sweep wrote") from None
+        if tables and "studies" not in tables:
+            raise ConfigError(f"the sweep's study file {where} is a database of something else (no Optuna study "
+                              f"in it); it was left as it is: give a new file name (--storage)")
+    try:
+        with warnings.catch_warnings():  # the heartbeat is marked experimental; it is what makes resuming safe
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(storage_url(storage), heartbeat_interval=HEARTBEAT_SECONDS,
+                                              grace_period=3 * HEARTBEAT_SECONDS)
+    except (ImportError, sqlalchemy.exc.NoSuchModuleError):
+        scheme = str(storage).split("://", 1)[0]
+        raise ConfigError(f"no database driver for {scheme!r} is installed here, so the sweep cannot keep its "
+                          f"study at {where}: install the driver (e.g. psycopg2-binary for PostgreSQL, PyMySQL "
+                          f"for MySQL), or give a SQLite file name (--storage sweep.db)") from None
+    except sqlalchemy.exc.ArgumentError:
+        raise ConfigError(f"--storage {where} is not a database URL (dialect://user:password@host/database) "
+                          f"nor a file name") from None
+    except sqlalchemy.exc.DBAPIError as err:
+        reason = str(getattr(err, "orig", err)).splitlines()[0][:160] if getattr(err, "orig", None) else "no answer"
+        raise ConfigError(f"cannot open the sweep's study at {where} ({reason}): check that the database can be "
+                          f"reached and written, or give a SQLite file name (--storage sweep.db)") from None
+    except RuntimeError as err:  # e.g. a study file of an older Optuna, which names its upgrade command
+        raise ConfigError(f"cannot open the sweep's study at {where}: {str(err).splitlines()[0][:200]}") from None
+
+
+SETUP_FIELDS = ("label_key", "batch_key", "n_top_genes", "hvg_flavor", "hvg_from", "max_epochs", "val_fraction",
+                "min_cells_per_class", "min_shared_genes", "accept", "max_train_seconds", "qc")
+
+
+def sweep_setup(opts, objective: str, reference, query) -> dict[str, Any]:
+    """What a sweep's trials must share to be compared: the model, the objective, the options that
+    change the data or the training besides the swept values, the fixed hyper-parameters, and the
+    reference and query (cells and genes by name); ``digest`` sums them up."""
+    import hashlib
+    import json
+
+    def data(a) -> str:
+        h = hashlib.sha1(f"{a.n_obs}x{a.n_vars}".encode())
+        for names in (a.obs_names, a.var_names):
+            h.update("\0".join(map(str, names)).encode("utf-8", "surrogatepass"))
+        return f"{a.n_obs:,} cells x {a.n_vars:,} genes ({h.hexdigest()[:10]})"
+
+    setup = {"model": opts.model, "objective": objective, **{k: getattr(opts, k) for k in SETUP_FIELDS},
+             "hparams": json.dumps(opts.hparams, sort_keys=True, default=str),
+             "reference": data(reference), "query": data(query)}
+    setup["digest"] = hashlib.sha1(json.dumps(setup, sort_keys=True, default=str).encode()).hexdigest()
+    return setup
+
+
+def _same_setup(study, setup: dict[str, Any], name: str, storage: str | Path) -> None:
+    """Record ``setup`` on a new study; refuse to resume one started with another (an older study
+    without a record is checked on its model and objective only)."""
+    was = dict(study.user_attrs.get("setup") or {})
+    was.setdefault("model", study.user_attrs.get("model", setup["model"]))
+    was.setdefault("objective", study.user_attrs.get("objective", setup["objective"]))
+    differ = [k for k in setup if k != "digest" and k in was and was[k] != setup[k]]
+    if differ and study.get_trials(deepcopy=False):
+        said = "; ".join(f"{k} {was[k]!r}, now {setup[k]!r}" for k in differ[:4])
+        raise ConfigError(f"the sweep {name!r} in {_shown(storage)} was started with other settings or data ({said}), "
+                          f"so its trials would not compare with these: give this sweep another name (--study), or "
+                          f"resume that one as it was started")
+    study.set_user_attr("setup", setup)
+    study.set_user_attr("model", setup["model"])
+    study.set_user_attr("objective", setup["objective"])
+
+
 def _nll(model, val) -> float:
     from .calibration import softmax
 
@@ -156,10 +252,13 @@ def run_sweep(reference, query, opts, *, storage: str | Path, study_name: str, n
               objective: str = "val_accuracy", sampler: str = "tpe", params: Sequence[str] = (),
               runs_dir: str | Path | None = None, owner: str | None = None, callbacks: Sequence[Any] = (),
               log: Callable[[str], None] = lambda s: None, on_trial: Callable[[dict], None] | None = None,
-              on_run: Callable[[Any, Any], None] | None = None):
+              on_run: Callable[[Any, Any], None] | None = None, name_by_setup: bool = False):
     """Run (or resume) the sweep; returns the Optuna study. ``reference`` / ``query``: paths or
     AnnData, read once. ``on_trial`` gets each finished trial's row (see :func:`trial_rows`);
-    ``on_run(run_dir, options)`` each trial's new run directory (with ``runs_dir``) before it trains."""
+    ``on_run(run_dir, options)`` each trial's new run directory (with ``runs_dir``) before it trains.
+    A study resumes only with the model, objective, data and settings it was started with
+    (:func:`sweep_setup`; otherwise a :class:`ConfigError`); ``name_by_setup`` appends a digest of
+    them to ``study_name`` instead, so that other data or settings start a study of their own."""
     import dataclasses
 
     import optuna
@@ -173,19 +272,24 @@ def run_sweep(reference, query, opts, *, storage: str | Path, study_name: str, n
     if n_trials < 1:
         raise ConfigError("a sweep needs at least one trial (--trials)")
     space = search_space(opts.model, params)
+    _sampler(sampler, space, opts.seed)  # settings it cannot use are one line before the data is read
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    rdb = open_storage(storage)  # before the data is read: a storage that cannot be used is one line now
     ref = reference if not isinstance(reference, (str, Path)) else read_dataset(reference, name="reference")
     qry = query if not isinstance(query, (str, Path)) else read_dataset(query, name="query")
-    prepared = None if runs_dir is not None else prepare_data(ref, qry, opts)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    setup = sweep_setup(opts, objective, ref, qry)
+    if name_by_setup:  # the app: the same sweep on other data or settings is another study
+        study_name = f"{study_name}-{setup['digest'][:8]}"
     with warnings.catch_warnings():  # the heartbeat is marked experimental; it is what makes resuming safe
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        rdb = optuna.storages.RDBStorage(storage_url(storage), heartbeat_interval=HEARTBEAT_SECONDS,
-                                         grace_period=3 * HEARTBEAT_SECONDS)
         study = optuna.create_study(study_name=study_name, storage=rdb, load_if_exists=True,
                                     direction=OBJECTIVES[objective][0], sampler=_sampler(sampler, space, opts.seed))
         optuna.storages.fail_stale_trials(study)
-    study.set_user_attr("model", opts.model)
-    study.set_user_attr("objective", objective)
+    _same_setup(study, setup, study_name, storage)
+    if study.trials:  # resumed: a sampler seeded as at the start would draw the first trials' values again
+        resumed = int(np.random.SeedSequence([opts.seed, len(study.trials)]).generate_state(1)[0])
+        study.sampler = _sampler(sampler, space, resumed)
+    prepared = None if runs_dir is not None else prepare_data(ref, qry, opts)
 
     def complete() -> int:
         return sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.get_trials(deepcopy=False))

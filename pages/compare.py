@@ -72,8 +72,8 @@ cmp.job_panel("loco")
 st.subheader("Hyper-parameter sweep")
 st.caption("Optuna searches the chosen model's hyper-parameters (their ranges come from the model registry) for "
            "an objective on held-out reference cells, so no query labels are needed. Every trial is a run of "
-           "yours; the sweep is kept in the runs folder's SQLite file, and starting the same sweep again resumes "
-           "it. The command line does the same: `cellannot sweep`.")
+           "yours; the sweep is kept in the runs folder's SQLite file, and starting the same sweep again on the "
+           "same data and settings resumes it. The command line does the same: `cellannot sweep`.")
 from cellannot_core.sweep import OBJECTIVES, search_space, sweepable  # noqa: E402
 
 c1, c2, c3 = st.columns([2, 1, 2])

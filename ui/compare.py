@@ -170,7 +170,8 @@ def _sweep(job: CompareJob, reference: Any, query: Any, opts: Any, cbs: list) ->
                       params=p.get("params") or (), runs_dir=jobs.runs_root(), owner=p.get("owner"),
                       callbacks=[cb for cb in cbs if not isinstance(cb, _Reporter)], on_trial=on_trial,
                       log=lambda s: setattr(job, "message", s),
-                      on_run=lambda rd, trial_opts: jobs.write_request(rd, trial_opts, p.get("datasets")))
+                      on_run=lambda rd, trial_opts: jobs.write_request(rd, trial_opts, p.get("datasets")),
+                      name_by_setup=True)
     return pd.DataFrame([r for r in trial_rows(study) if r["state"] == "COMPLETE"])
 
 

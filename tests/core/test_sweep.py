@@ -125,3 +125,49 @@ def test_an_interrupted_sweep_resumes_from_its_storage(tmp_path):
     done = finished()
     assert len(done) == 4
     assert {t.number for t in first} <= {t.number for t in done}  # the earlier trials were kept
+
+
+def test_a_storage_that_cannot_keep_the_study_is_one_line_before_the_data_is_read(tmp_path):
+    """A file that was not a database, a URL without its driver and a server that does not answer
+    were 'internal error' (after reading the data); another program's SQLite file got Optuna's
+    tables written into it."""
+    import sqlite3
+
+    opts = AnnotateOptions(label_key=LABEL, model="logreg", seed=0, device="cpu")
+    never = tmp_path / "no-such-file.h5ad"  # reading it would be a different error: the storage is checked first
+    (tmp_path / "notes.db").write_text("my notes\n")
+    other = tmp_path / "other.db"
+    with sqlite3.connect(other) as con:
+        con.execute("create table samples (id integer)")
+    before = other.read_bytes()
+    cases = {str(tmp_path / "notes.db"): "is not a SQLite database", str(other): "a database of something else",
+             "postgresql+nodriver://ann:s3cret@db.example/lab": "no database driver", "::://": "not a database URL",
+             f"sqlite:///{tmp_path}/missing/folder/s.db": "cannot open the sweep's study"}
+    for storage, says in cases.items():
+        with pytest.raises(ConfigError, match=says) as err:
+            run_sweep(never, never, opts, storage=storage, study_name="t", n_trials=1)
+        assert "s3cret" not in str(err.value) and "my notes" not in str(err.value)
+    assert other.read_bytes() == before
+
+
+def test_a_study_resumes_only_with_its_own_settings_and_data_and_draws_new_values(tmp_path):
+    """A study resumed with another objective reported the old objective's values under the new
+    name, other data mixed its trials in, and a resumed sweep drew the values of its first trials
+    again (its sampler seeded as at the start)."""
+    ref, q = demo_subset(300, 200, seed=2)
+    db = tmp_path / "s.db"
+    opts = AnnotateOptions(label_key=LABEL, model="logreg", seed=0, device="cpu", n_top_genes=300)
+    run_sweep(ref, q, opts, storage=db, study_name="t", n_trials=1, params=["C"])
+    study = run_sweep(ref, q, opts, storage=db, study_name="t", n_trials=3, params=["C"])
+    values = [t.params["C"] for t in study.trials]
+    assert len(set(values)) == 3, values
+    with pytest.raises(ConfigError, match="objective 'val_accuracy', now 'val_ece'"):
+        run_sweep(ref, q, opts, storage=db, study_name="t", n_trials=4, params=["C"], objective="val_ece")
+    other_ref, _ = demo_subset(250, 200, seed=3)
+    with pytest.raises(ConfigError, match="reference '300 cells"):
+        run_sweep(other_ref, q, opts, storage=db, study_name="t", n_trials=4, params=["C"])
+    # the app names a study by its setup: other data is a study of its own, the same data resumes
+    a = run_sweep(other_ref, q, opts, storage=db, study_name="app", n_trials=1, params=["C"], name_by_setup=True)
+    b = run_sweep(ref, q, opts, storage=db, study_name="app", n_trials=1, params=["C"], name_by_setup=True)
+    again = run_sweep(ref, q, opts, storage=db, study_name="app", n_trials=1, params=["C"], name_by_setup=True)
+    assert a.study_name != b.study_name == again.study_name and len(again.trials) == 1
