@@ -280,8 +280,8 @@ def cmd_models(args) -> int:
 def cmd_benchmark(args) -> int:
     from .compare import compare_models
     from .errors import ConfigError
-    from .models import get_spec
-    from .pipeline import AnnotateOptions, prepare_data
+    from .models import get_spec, resolve_hparams
+    from .pipeline import AnnotateOptions, check_writable, prepare_data, write_atomic
     from .training import PrintProgress
 
     for name in args.models:  # fail fast: unknown or unavailable models, before reading data
@@ -294,8 +294,12 @@ def cmd_benchmark(args) -> int:
         if not name or model not in args.models:
             raise ConfigError(f"--hparam takes MODEL.NAME=VALUE with MODEL among --models, got {k}={v}")
         by_model.setdefault(model, {})[name] = v
+    for model, given in by_model.items():  # a name or value a model cannot take, before any training
+        resolve_hparams(model, given)
     if args.out and not args.out.endswith(".csv"):
         raise ConfigError(f"--out must end in .csv, got {args.out}")
+    if args.out:
+        check_writable(args.out, what="benchmark table")
     opts = AnnotateOptions(label_key=args.label_key, query_label_key=args.query_label_key, seed=args.seed,
                            n_top_genes=args.n_top_genes, min_cells_per_class=args.min_cells_per_class,
                            min_shared_genes=args.min_shared_genes, accept=args.accept, batch_key=args.batch_key)
@@ -310,8 +314,7 @@ def cmd_benchmark(args) -> int:
         print(table.to_string(index=False))
     if args.out:
         out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        table.to_csv(out, index=False)
+        write_atomic(out, lambda tmp: table.to_csv(tmp, index=False))
         _log(f"wrote {out}")
     return 0 if (table["status"] == "ok").any() or table["status"].str.startswith("diverged").any() else 2
 

@@ -415,3 +415,21 @@ def test_an_output_folder_that_cannot_be_written_is_one_line_before_training(cap
     line = assert_one_error(code, err, "a_file")
     assert "is a file, not a folder" in line or "a folder on the way is a file" in line
     assert "training" not in out.lower() and not (tmp_path / "o.h5ad").exists()
+
+
+def test_benchmark_refuses_a_bad_hyper_parameter_or_table_path_before_training(capsys, files, tmp_path, monkeypatch):
+    """An --out that could not be written was an internal error after every model had trained, and
+    a misspelt hyper-parameter a failed row of the table after the data was read."""
+    import cellannot_core.pipeline as pipeline
+
+    def never(*a, **k):
+        raise AssertionError("the data was read")
+
+    monkeypatch.setattr(pipeline, "prepare_data", never)
+    base = ["benchmark", "--reference", files["ref"], "--query", files["query"], "--label-key", LABEL,
+            "--models", "logreg", "knn"]
+    (tmp_path / "file").write_text("")
+    for extra, match in [(["--out", tmp_path / "file" / "t.csv"], "cannot write the benchmark table"),
+                         (["--hparam", "logreg.nope=1"], "has no hyper-parameter 'nope'"),
+                         (["--hparam", "knn.n_neighbors=-3"], "n_neighbors")]:
+        assert_one_error(*run_main(capsys, *base, *extra)[::2], match)
