@@ -352,6 +352,36 @@ def app_command(script: Path, *, address: str, port: int) -> list[str]:
     return [sys.executable, "-m", "streamlit", "run", str(script), *flags]
 
 
+def _check_listen(address: str, port: int) -> None:
+    """One line, before the server starts, for an address and port it cannot listen on (the
+    server's own traceback otherwise, or a line among its logs): out of range, an address this
+    machine does not have or cannot resolve, a port in use or reserved."""
+    import errno
+    import socket
+
+    from .errors import ConfigError
+
+    if not 0 < port < 65536:
+        raise ConfigError(f"--port must be from 1 to 65535, got {port}")
+    try:
+        family, kind, proto, _, where = socket.getaddrinfo(address, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError):
+        raise ConfigError(f"--address {address!r} is not an address of this machine nor a name it can resolve: "
+                          f"give 127.0.0.1 (this machine only) or one of its addresses") from None
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server sets it
+        try:
+            sock.bind(where)
+        except OSError as err:
+            why = {errno.EADDRINUSE: f"port {port} is in use on {address} (another app or server): give another "
+                                     f"--port, e.g. {port + 1 if port < 65535 else 8501}",
+                   errno.EACCES: f"port {port} is reserved for the system: give a port above 1023, e.g. 8501",
+                   errno.EADDRNOTAVAIL: f"{address} is not an address of this machine: give 127.0.0.1 or one of "
+                                        f"its addresses"}.get(err.errno, f"cannot listen on {address}:{port} "
+                                                                      f"({(err.strerror or '').lower()})")
+            raise ConfigError(why) from None
+
+
 def cmd_app(args) -> int:
     import os
 
@@ -361,6 +391,7 @@ def cmd_app(args) -> int:
 
         check_writable(args.runs_dir, what="runs folder", folder=True)  # said here, not on the first page
         env["CELLANNOT_RUNS"] = str(Path(args.runs_dir).resolve())
+    _check_listen(args.address, args.port)
     if args.address not in ("127.0.0.1", "localhost", "::1"):
         _log(f"warning: serving on {args.address}: everyone who can reach it can use the app; see the README's "
              "security section")

@@ -433,3 +433,19 @@ def test_benchmark_refuses_a_bad_hyper_parameter_or_table_path_before_training(c
                          (["--hparam", "logreg.nope=1"], "has no hyper-parameter 'nope'"),
                          (["--hparam", "knn.n_neighbors=-3"], "n_neighbors")]:
         assert_one_error(*run_main(capsys, *base, *extra)[::2], match)
+
+
+def test_an_address_or_port_the_app_cannot_listen_on_is_one_line(capsys, monkeypatch):
+    """A port out of range or an address that does not resolve were Streamlit's traceback, and a
+    port in use a line among its logs."""
+    import socket
+
+    monkeypatch.setattr(os, "execve", lambda *a: pytest.fail("the server was started"))
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        for argv, match in [(["--port", "70000"], "from 1 to 65535"),
+                            (["--address", "999.1.1.1"], "not an address of this machine"),
+                            (["--address", "127.0.0.1", "--port", str(port)], f"port {port} is in use")]:
+            assert_one_error(*run_main(capsys, "app", *argv)[::2], match)
