@@ -417,6 +417,19 @@ def batch_codes(ref_obs: pd.DataFrame, q_obs: pd.DataFrame, batch_key: str) -> t
     return names, codes[0], codes[1]
 
 
+def batches_hold_one_type(batch: np.ndarray, y: np.ndarray, share: float = 0.95) -> int:
+    """How many batches the reference's cells are in when the batches are confounded with the types
+    (at least two of each, and in every batch at least ``share`` of its labelled cells of one type),
+    else 0."""
+    keep = y >= 0
+    batch, y = batch[keep], y[keep]
+    levels = np.unique(batch)
+    if len(levels) < 2 or len(np.unique(y)) < 2:
+        return 0
+    top = [np.bincount(y[batch == b]).max() / (batch == b).sum() for b in levels]
+    return len(levels) if min(top) >= share else 0
+
+
 DENSE_LIMIT_BYTES = 2 * 1024**3  # a split whose dense X would be larger keeps X sparse (CSR)
 
 
@@ -548,6 +561,11 @@ def prepare(
         raise ConfigError(f"hvg_from must be one of {', '.join(HVG_FROM)}, not {hvg_from!r}")
     if hvg_flavor not in HVG_FLAVORS:
         raise ConfigError(f"hvg_flavor must be one of {', '.join(HVG_FLAVORS)}, not {hvg_flavor!r}")
+    for key, what in ((label_key, "the reference's label column"), (query_label_key, "the query's label column")):
+        if batch_key and batch_key == key:  # a covariate of the decoder would explain the cell types away
+            raise ConfigError(f"the batch key {batch_key!r} is {what}: a batch column names each cell's sample, "
+                              f"donor or run, and the models would take its cell types for batch effects. Choose "
+                              f"the sample column, or none")
     warns: list[str] = []
 
     ref = _load(reference, name="reference", allow_lognorm=allow_lognorm, qc=qc, warns=warns)
@@ -651,6 +669,11 @@ def prepare(
     batches = ref_b = q_b = None
     if batch_key:
         batches, ref_b, q_b = batch_codes(ref.obs, qry.obs, batch_key)
+        confounded = batches_hold_one_type(ref_b, ref_y)
+        if confounded:
+            warns.append(f"each of the reference's {confounded} samples of batch key {batch_key!r} holds one cell "
+                         f"type: the generative models may take the types for batch effects (check that the column "
+                         f"names samples, or train without a batch key)")
 
     # split
     train_idx, val_idx = stratified_split(ref_y, val_fraction, seed=seed)

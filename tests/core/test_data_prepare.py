@@ -317,6 +317,25 @@ def test_batch_key_problems_are_one_clear_error(synthetic_pair):
         prepare(ref, q, label_key="cell_type", batch_key="barcode", n_top_genes=100, min_shared_genes=50)
 
 
+
+def test_a_batch_key_that_is_the_label_column_or_holds_one_type_per_sample_is_said(synthetic_pair):
+    """The label column given as the batch key was taken: the decoder's covariate then names each
+    reference cell's type, and a model explains the types away as batch effects."""
+    ref, q = synthetic_pair
+    with pytest.raises(ConfigError, match="batch key 'cell_type' is the reference's label column"):
+        prepare(ref, q, label_key="cell_type", batch_key="cell_type", n_top_genes=100, min_shared_genes=50)
+    with pytest.raises(ConfigError, match="the query's label column"):
+        prepare(ref, q, label_key="cell_type", query_label_key="truth", batch_key="truth", n_top_genes=100,
+                min_shared_genes=50)
+    ref = ref.copy()
+    ref.obs["sample"] = "s-" + ref.obs["cell_type"].astype(str)  # one type per sample: confounded
+    p = prepare(ref, q, label_key="cell_type", batch_key="sample", n_top_genes=100, min_shared_genes=50)
+    assert any("holds one cell type" in w for w in p.report["warnings"])
+    ref.obs["sample"] = np.where(np.arange(ref.n_obs) % 2 == 0, "s1", "s2")  # samples of every type
+    p = prepare(ref, q, label_key="cell_type", batch_key="sample", n_top_genes=100, min_shared_genes=50)
+    assert not any("holds one cell type" in w for w in p.report["warnings"])
+
+
 def test_batch_candidates_rank_sample_columns_first(synthetic_pair):
     from cellannot_core.data import batch_candidates
 
