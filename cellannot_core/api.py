@@ -237,6 +237,7 @@ class Annotator:
     def __init__(self, model: Any, bundle: dict[str, Any]) -> None:
         self.model = model
         self.bundle = bundle
+        self._source: Path | None = None  # the folder it was loaded from (:meth:`load`)
 
     @property
     def classes(self) -> list[str]:
@@ -305,7 +306,7 @@ class Annotator:
         from .streaming import label_file
 
         return label_file(self.model, self.bundle, path, out=out, threshold=threshold, adapt=adapt,
-                          log=log or _default_log, callbacks=_progress(progress_bar))
+                          log=log or _default_log, callbacks=_progress(progress_bar), model_dir=self._source)
 
     def save(self, path: str | Path) -> Path:
         """Write the model (safetensors + JSON, no pickle) and its genes to the directory ``path``;
@@ -319,7 +320,9 @@ class Annotator:
         """A bundle written by :meth:`save`, ``cellannot train`` or an app run's ``model`` folder."""
         from .pipeline import load_bundle
 
-        return cls(*load_bundle(path, device=device))
+        annotator = cls(*load_bundle(path, device=device))
+        annotator._source = Path(path)
+        return annotator
 
 
 def train(

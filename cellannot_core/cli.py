@@ -171,11 +171,14 @@ def cmd_annotate(args) -> int:
         from .errors import ConfigError
 
         raise ConfigError(f"--out must end in .h5ad, got {str(out)!r}")
-    from .pipeline import check_writable
+    from .pipeline import check_not_an_input, check_writable
 
+    inputs = {"reference": args.reference, "query": args.query}
+    check_not_an_input(out, inputs, what="annotated query")
     check_writable(out, what="annotated query")  # before training, not after
     for folder, what in ((args.runs_dir, "runs folder"), (args.save_model, "saved model")):
         if folder:
+            check_not_an_input(folder, inputs, what=what)
             check_writable(folder, what=what, folder=True)
     callbacks = [PrintProgress(_log)]
     rd = None
@@ -253,7 +256,7 @@ def cmd_predict(args) -> int:
     from .pipeline import check_writable
     from .streaming import predict_file
 
-    check_writable(args.out, what="annotated query")
+    check_writable(args.out, what="annotated query")  # (its name and that it is no input: predict_file's)
     res = predict_file(args.model_dir, args.query, out=Path(args.out), device=args.device, threshold=args.threshold,
                        adapt=args.adapt, log=_log)
     _log(f"labelled {res['n_obs']} cells; Unknown: {res['unknown_fraction']:.1%}; wrote {args.out}")
@@ -281,7 +284,7 @@ def cmd_benchmark(args) -> int:
     from .compare import compare_models
     from .errors import ConfigError
     from .models import get_spec, resolve_hparams
-    from .pipeline import AnnotateOptions, check_writable, prepare_data, write_atomic
+    from .pipeline import AnnotateOptions, check_not_an_input, check_writable, prepare_data, write_atomic
     from .training import PrintProgress
 
     for name in args.models:  # fail fast: unknown or unavailable models, before reading data
@@ -299,6 +302,7 @@ def cmd_benchmark(args) -> int:
     if args.out and not args.out.endswith(".csv"):
         raise ConfigError(f"--out must end in .csv, got {args.out}")
     if args.out:
+        check_not_an_input(args.out, {"reference": args.reference, "query": args.query}, what="benchmark table")
         check_writable(args.out, what="benchmark table")
     opts = AnnotateOptions(label_key=args.label_key, query_label_key=args.query_label_key, seed=args.seed,
                            n_top_genes=args.n_top_genes, min_cells_per_class=args.min_cells_per_class,

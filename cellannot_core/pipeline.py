@@ -876,6 +876,32 @@ def check_writable(path: str | Path, *, what: str = "output", folder: bool = Fal
     return path
 
 
+def check_not_an_input(out: str | Path, inputs: dict[str, Any], *, what: str = "output") -> None:
+    """Refuse, in one line, an output that would overwrite an input: the same file by any name
+    (a link, a relative path), or a file inside an input folder (a saved model, a 10x folder).
+    ``inputs``: a description -> path (or anything else, e.g. an AnnData or ``None``, skipped)."""
+    import os
+
+    from .errors import DataError
+
+    out = Path(out)
+    where = out.resolve()
+    for name, given in inputs.items():
+        if not isinstance(given, (str, Path)):
+            continue
+        src = Path(given)
+        try:
+            same = os.path.samefile(out, src) if out.exists() and src.exists() else where == src.resolve()
+        except OSError:
+            same = False
+        if same:
+            raise DataError(f"the {what} {out} is the {name} itself: writing it would overwrite the {name}. "
+                            f"Give another name")
+        if src.is_dir() and where.is_relative_to(src.resolve()):
+            raise DataError(f"the {what} {out} is inside the {name}'s folder {src}: writing it there could overwrite "
+                            f"the {name}'s files. Give a path outside it")
+
+
 def write_h5ad_atomic(adata, path: Path) -> None:
     """Write to a temporary name and rename (:func:`write_atomic`)."""
     write_atomic(path, lambda tmp: adata.write_h5ad(tmp, compression="gzip"))

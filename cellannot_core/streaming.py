@@ -169,9 +169,14 @@ def label_file(model, bundle: dict[str, Any], query: str | Path, *, out: str | P
                model_dir: str | Path | None = None, adapt: bool = False, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """:func:`predict_file` with a model and bundle already in memory (``Annotator.predict_file``);
     ``callbacks``: the training's, when ``adapt`` trains the model again."""
-    from .pipeline import (annotate_adapted, bundle_samples, log_class_notes, log_unknown_groups, predict_query,
-                           prediction_card, write_annotations, write_h5ad_atomic)
+    from .pipeline import (annotate_adapted, bundle_samples, check_not_an_input, log_class_notes, log_unknown_groups,
+                           predict_query, prediction_card, write_annotations, write_h5ad_atomic)
 
+    if Path(out).suffix != ".h5ad":
+        from .errors import ConfigError
+
+        raise ConfigError(f"the annotated query is written as .h5ad: its path must end in .h5ad, not {str(out)!r}")
+    check_not_an_input(out, {"query": query, "saved model": model_dir}, what="annotated query")
     if adapt:
         res = annotate_adapted(model, bundle, Path(query), threshold=threshold, device=model.device_name, out=out,
                                log=log, callbacks=callbacks)

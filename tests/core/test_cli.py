@@ -449,3 +449,35 @@ def test_an_address_or_port_the_app_cannot_listen_on_is_one_line(capsys, monkeyp
                             (["--address", "999.1.1.1"], "not an address of this machine"),
                             (["--address", "127.0.0.1", "--port", str(port)], f"port {port} is in use")]:
             assert_one_error(*run_main(capsys, "app", *argv)[::2], match)
+
+
+def test_an_output_is_never_written_over_an_input(capsys, files, tmp_path):
+    """`predict --out` naming the query overwrote the user's query file, and `--out model/bundle.json`
+    the saved model; `annotate --out` naming the reference overwrote it after training."""
+    import cellannot_core as ca
+
+    query = tmp_path / "query.h5ad"
+    query.write_bytes(files["query"].read_bytes())
+    link = tmp_path / "link.h5ad"
+    link.symlink_to(query)
+    model = tmp_path / "model"
+    code, _, err = run_main(capsys, "train", "--reference", files["ref"], "--label-key", LABEL, "--save-model", model,
+                            *FAST)
+    assert code == 0, err
+    saved = {p.name: p.read_bytes() for p in model.iterdir()}
+    before = query.read_bytes()
+    for argv, match in [(["--out", query], "is the query itself"), (["--out", link], "is the query itself"),
+                        (["--out", model / "bundle.json"], "must end in .h5ad"),
+                        (["--out", model / "labelled.h5ad"], "inside the saved model's folder")]:
+        assert_one_error(*run_main(capsys, "predict", "--model", model, "--query", link, *argv)[::2], match)
+    reference = files["ref"].read_bytes()
+    assert_one_error(*run_main(capsys, *annotate_args(files, query=str(query), out=files["ref"]))[::2],
+                     "is the reference itself")
+    assert_one_error(*run_main(capsys, *annotate_args(files, query=str(query), out=tmp_path / "o.h5ad",
+                                                      extra=["--save-model", link]))[::2], "is the query itself")
+    assert files["ref"].read_bytes() == reference
+    with pytest.raises(ca.errors.DataError, match="is the query itself"):
+        ca.Annotator.load(model).predict_file(link, out=query)
+    with pytest.raises(ca.errors.DataError, match="inside the saved model's folder"):
+        ca.Annotator.load(model).predict_file(query, out=model / "x.h5ad")
+    assert query.read_bytes() == before and {p.name: p.read_bytes() for p in model.iterdir()} == saved
