@@ -43,7 +43,7 @@ from .validate import (
     per_cell_column,
     zero_total_cells,
 )
-from .values import detect_value_state, get_counts
+from .values import NOT_WHOLE, detect_value_state, get_counts
 
 __all__ = ["QC_KEYS", "TARGET_SUM", "prepare", "summarize_dataset", "stratified_split", "lognormalize"]
 
@@ -257,6 +257,8 @@ def _load(
         warns.append(f"the {name} has no raw counts: its log-normalised X is used as it is")
     elif counts.source.startswith("raw counts recovered"):
         warns.append(f"the {name} has no raw counts: {counts.source}")
+    elif counts.source.startswith(NOT_WHOLE):
+        warns.append(f"the {name} has no whole counts: {counts.source}")
     obs_names, msg = make_unique(adata.obs_names, what="cell", name=name)
     if msg:
         warns.append(msg)

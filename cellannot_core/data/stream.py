@@ -22,7 +22,8 @@ import scipy.sparse as sp
 
 from ..errors import DataError
 from .io import guard_hdf5
-from .values import COUNT_LAYERS, RECOVER_MIN_CELLS, detect_value_state, log_name, recover_counts, recover_rows
+from .values import (COUNT_LAYERS, RECOVER_MIN_CELLS, UNLOGGED, detect_value_state, log_name, recover_counts,
+                     recover_rows, whole_counts)
 
 __all__ = ["CHUNK_CELLS", "H5adRows", "NotStreamable", "STREAM_KEY", "large_query_bytes", "read_sample",
            "stream_source"]
@@ -145,6 +146,11 @@ class H5adRows:
                 state = detect_value_state(head)
                 if state == "counts":
                     self._matrix, self.var, self.source = m, v, f"raw counts from {where} ({len(v)} genes)"
+                    got = None if whole_counts(head) else recover_counts(head, bases=(UNLOGGED,))
+                    if got is not None:  # CPM and the like, as get_counts reads them
+                        self._recover_base = UNLOGGED
+                        self.source = (f"raw counts recovered from the {log_name(UNLOGGED)} values of {where} "
+                                       f"({len(v)} genes), a chunk at a time")
                     break
                 if state == "lognorm":
                     lognorm.append((where, m, v, head))

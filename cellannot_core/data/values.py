@@ -10,8 +10,11 @@ import scipy.sparse as sp
 
 from cellannot_core.errors import DataError
 
-__all__ = ["COUNT_LAYERS", "LOGNORM_MAX", "Counts", "detect_value_state", "get_counts", "log_name", "recover_counts",
-           "recover_rows"]
+__all__ = ["COUNT_LAYERS", "LOGNORM_MAX", "NOT_WHOLE", "UNLOGGED", "Counts", "detect_value_state", "get_counts",
+           "log_name", "recover_counts", "recover_rows", "whole_counts"]
+
+#: how a source of counts that are not whole numbers (and not a normalisation of them) begins
+NOT_WHOLE = "non-integer values"
 
 #: layers searched for raw counts, in order, after X
 COUNT_LAYERS = ("counts", "raw_counts", "raw", "umi_counts")
@@ -73,14 +76,29 @@ def detect_value_state(X, *, n_rows: int = 1000, seed: int = 0) -> str:
         return "scaled"
     if vals.dtype.kind in "iub":
         return "counts"
-    if np.mean(np.abs(vals - np.round(vals)) <= 1e-3) >= 0.999:  # tolerate float round-off
+    if _whole(vals):
         return "counts"
     return "lognorm" if float(vals.max()) < LOGNORM_MAX else "counts"
+
+
+def _whole(vals: np.ndarray) -> bool:
+    """Whether values are whole numbers (99.9% within 1e-3 of one: float round-off tolerated)."""
+    return vals.dtype.kind in "iub" or bool(np.mean(np.abs(vals - np.round(vals)) <= 1e-3) >= 0.999)
+
+
+def whole_counts(X, *, n_rows: int = 1000, seed: int = 0) -> bool:
+    """Whether the non-negative values of ``X`` are whole counts (not e.g. CPM, TPM or estimated
+    counts, which :func:`detect_value_state` also calls ``"counts"``)."""
+    vals = _sample_values(X, n_rows, seed)
+    return vals.size == 0 or _whole(vals)
 
 
 #: bases of the logarithm tried when turning log-normalised values back into counts (scanpy's and
 #: Seurat's natural log1p first, then log2(x + 1) and log10(x + 1))
 LOG_BASES = (np.e, 2.0, 10.0)
+#: the "base" of values that were normalised but not logged (CPM and the like: counts times a
+#: factor per cell), which :func:`recover_rows` takes as they are
+UNLOGGED = 1.0
 #: a recovered count is taken as an integer within this distance (float32 storage of log1p values
 #: of up to ~1e6-normalised data loses about 1e-3 of a count)
 RECOVER_TOL = 0.02
@@ -102,7 +120,7 @@ def recover_rows(X, base: float) -> tuple[sp.csr_matrix, np.ndarray]:
         np.asarray(X, dtype=np.float64))
     X.sum_duplicates()
     X.eliminate_zeros()
-    data = np.expm1(X.data) if base == np.e else np.power(base, X.data) - 1.0
+    data = X.data if base == UNLOGGED else np.expm1(X.data) if base == np.e else np.power(base, X.data) - 1.0
     lengths = np.diff(X.indptr)
     filled = lengths > 0
     whole = np.ones(X.shape[0], dtype=bool)
@@ -125,20 +143,21 @@ def recover_rows(X, base: float) -> tuple[sp.csr_matrix, np.ndarray]:
     return sp.csr_matrix(v, dtype=np.float32), whole
 
 
-def recover_counts(X, *, n_rows: int = 1000, seed: int = 0) -> tuple[sp.csr_matrix, float] | None:
+def recover_counts(X, *, n_rows: int = 1000, seed: int = 0,
+                   bases: tuple[float, ...] = LOG_BASES) -> tuple[sp.csr_matrix, float] | None:
     """Raw counts from log-normalised values (``log1p`` of library-size-normalised counts, as
     ``sc.pp.normalize_total`` + ``sc.pp.log1p`` or Seurat's ``NormalizeData`` leave them), or None
     when they are not that. The inversion is exact for such data: each cell's values are its counts
     times one factor, after the log (:func:`recover_rows`); it is taken only when, for one of
     :data:`LOG_BASES`, at least :data:`RECOVER_MIN_CELLS` of a seeded sample of cells and then of
     all cells come back as whole numbers, which values of any other kind do not. Returns the counts
-    and the logarithm's base."""
+    and the logarithm's base. ``bases=(UNLOGGED,)``: values normalised but not logged (CPM)."""
     vals = _sample_values(X, n_rows, seed)
     if vals.size == 0 or vals.min() < 0:
         return None
     n = X.shape[0]
     rows = np.sort(np.random.default_rng(seed).choice(n, n_rows, replace=False)) if n > n_rows else None
-    for base in LOG_BASES:
+    for base in bases:
         sample = X[rows] if rows is not None else X
         _, ok = recover_rows(sample, base)
         if ok.mean() < RECOVER_MIN_CELLS:
@@ -155,7 +174,8 @@ def recover_counts(X, *, n_rows: int = 1000, seed: int = 0) -> tuple[sp.csr_matr
 
 def log_name(base: float) -> str:
     """How the values were logged, for messages: ``log1p``, ``log2(x + 1)`` or ``log10(x + 1)``."""
-    return {2.0: "log2(x + 1)", 10.0: "log10(x + 1)"}.get(base, "log1p")
+    return {2.0: "log2(x + 1)", 10.0: "log10(x + 1)", UNLOGGED: "library-size-normalised (not logged)"}.get(
+        base, "log1p")
 
 
 class Counts(NamedTuple):
@@ -236,7 +256,15 @@ def get_counts(adata: ad.AnnData, *, name: str = "dataset", allow_lognorm: bool 
     """
     x_state = detect_value_state(adata.X) if adata.X is not None else None
     if x_state == "counts":
-        return Counts(_csr32(adata.X), adata.var.copy(), f"raw counts from X ({adata.n_vars} genes)", "counts")
+        if whole_counts(adata.X):
+            return Counts(_csr32(adata.X), adata.var.copy(), f"raw counts from X ({adata.n_vars} genes)", "counts")
+        got = recover_counts(adata.X, bases=(UNLOGGED,))
+        if got is not None:  # CPM and the like: each cell's counts times one factor
+            return Counts(got[0], adata.var.copy(), f"raw counts recovered from the {log_name(UNLOGGED)} values of "
+                          f"X ({adata.n_vars} genes): each cell's values were its counts times one factor", "counts")
+        return Counts(_csr32(adata.X), adata.var.copy(), f"{NOT_WHOLE} from X ({adata.n_vars} genes), taken as "
+                      "counts (estimated or ambient-corrected counts, or TPM); the count models' likelihood "
+                      "is for whole counts", "counts")
     for key in COUNT_LAYERS:
         if key in adata.layers and detect_value_state(adata.layers[key]) == "counts":
             return Counts(

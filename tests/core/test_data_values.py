@@ -203,3 +203,35 @@ def test_counts_get_one_index_dtype_and_the_callers_matrix_is_untouched():
     np.testing.assert_array_equal(c.X.toarray(), X.toarray())
     rows = np.sort(np.random.default_rng(0).choice(3000, 1000, replace=False))  # _sample_values' rows
     np.testing.assert_array_equal(_sample_values(X, 1000, 0), X[rows].data)
+
+
+def test_counts_recovered_from_normalised_values_that_were_not_logged(synthetic_adata, tmp_path):
+    """CPM and the like (library-size-normalised, not logged; a table from a paper's supplement)
+    were taken as counts as they were: the count models then saw every cell at a depth of a million.
+    They are each cell's counts times one factor: the counts come back exactly, in memory and read
+    a chunk at a time. Values of another kind (here TPM-like, divided by a length per gene) stay as
+    they are, with a warning."""
+    from cellannot_core.data import prepare
+    from cellannot_core.data.stream import H5adRows
+
+    a = synthetic_adata.copy()
+    sc.pp.normalize_total(a, target_sum=1e6)
+    a.X = sp.csr_matrix(a.X, dtype=np.float32)
+    assert detect_value_state(a.X) == "counts"
+    c = get_counts(a, name="query")
+    assert "recovered" in c.source and "not logged" in c.source
+    np.testing.assert_array_equal(c.X.toarray(), synthetic_adata.X.toarray())
+    a.write_h5ad(tmp_path / "cpm.h5ad")
+    with H5adRows(tmp_path / "cpm.h5ad", name="query") as rows:
+        assert "not logged" in rows.source
+        got = sp.vstack([block for _, block in rows.chunks(7)])
+    np.testing.assert_array_equal(got.toarray(), synthetic_adata.X.toarray())
+
+    tpm = synthetic_adata.copy()
+    lengths = np.random.default_rng(0).uniform(0.5, 5.0, tpm.n_vars)
+    tpm.X = sp.csr_matrix(tpm.X.multiply(1 / lengths[None, :]).tocsr(), dtype=np.float32)
+    sc.pp.normalize_total(tpm, target_sum=1e6)
+    c = get_counts(tpm, name="query")
+    assert c.source.startswith("non-integer values") and c.state == "counts"
+    p = prepare(synthetic_adata, tpm, label_key="cell_type", n_top_genes=100, min_shared_genes=10)
+    assert any("no whole counts" in w for w in p.report["warnings"])
