@@ -171,7 +171,7 @@ def cmd_annotate(args) -> int:
         from .errors import ConfigError
 
         raise ConfigError(f"--out must end in .h5ad, got {str(out)!r}")
-    from .pipeline import check_not_an_input, check_writable
+    from .pipeline import check_model_folder, check_not_an_input, check_writable
 
     inputs = {"reference": args.reference, "query": args.query}
     check_not_an_input(out, inputs, what="annotated query")
@@ -180,6 +180,8 @@ def cmd_annotate(args) -> int:
         if folder:
             check_not_an_input(folder, inputs, what=what)
             check_writable(folder, what=what, folder=True)
+    if args.save_model:
+        check_model_folder(args.save_model)
     callbacks = [PrintProgress(_log)]
     rd = None
     if args.runs_dir:
@@ -204,9 +206,9 @@ def cmd_train(args) -> int:
     main_process = distributed.is_main()
     opts = _options(args)
     if main_process:  # (rank 0 writes the bundle)
-        from .pipeline import check_writable
+        from .pipeline import check_model_folder
 
-        check_writable(args.save_model, what="saved model", folder=True)
+        check_model_folder(args.save_model)
     ref = read_dataset(args.reference, name="reference")
     qry = read_dataset(args.query, name="query") if args.query else ref
     prepared = prepare_data(ref, qry, opts)

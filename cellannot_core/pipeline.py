@@ -938,11 +938,29 @@ def bundle_info(model, prepared: Prepared, opts: AnnotateOptions) -> dict[str, A
             "norm_genes": prepared.report.get("norm_genes"), "preprocessing": prepared.report.get("preprocessing", "")}
 
 
+def check_model_folder(directory: str | Path) -> Path:
+    """A folder a model can be saved into, or one line why not: besides :func:`check_writable`, a
+    folder holding files of the names a saved model has (``config.json`` and the others) that are
+    not a saved model's is refused, not written over (another saved model is replaced)."""
+    from ._constants import RunFiles
+    from .errors import DataError
+    from .runs import read_json
+
+    directory = Path(directory)
+    if directory.is_dir():
+        ours = [n for n in (RunFiles.CONFIG, RunFiles.WEIGHTS, "bundle.json") if (directory / n).exists()]
+        bundle = read_json(directory / "bundle.json")  # (None when missing or not JSON)
+        if ours and not (isinstance(bundle, dict) and "genes" in bundle):
+            raise DataError(f"the saved model folder {directory} holds a {ours[0]} that is not a saved model's: "
+                            f"saving would replace it. Give a new or empty folder")
+    return check_writable(directory, what="saved model", folder=True)
+
+
 def save_bundle(directory: Path, model, info: dict[str, Any]) -> Path:
     """Model weights + config (safetensors + JSON, no pickle) and ``bundle.json`` (:func:`bundle_info`)."""
     from .runs import write_json_atomic
 
-    check_writable(directory, what="saved model", folder=True)  # one line, as the command line's
+    check_model_folder(directory)  # one line, as the command line's
     d = model.save(directory)
     write_json_atomic(d / "bundle.json", info)
     return d

@@ -481,3 +481,24 @@ def test_an_output_is_never_written_over_an_input(capsys, files, tmp_path):
     with pytest.raises(ca.errors.DataError, match="inside the saved model's folder"):
         ca.Annotator.load(model).predict_file(query, out=model / "x.h5ad")
     assert query.read_bytes() == before and {p.name: p.read_bytes() for p in model.iterdir()} == saved
+
+
+def test_a_model_is_not_saved_over_files_that_are_not_a_saved_models(capsys, files, tmp_path):
+    """`--save-model .` in a project folder replaced its config.json with the model's."""
+    import cellannot_core as ca
+
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "config.json").write_text('{"my": "settings"}')
+    (project / "notes.txt").write_text("mine")
+    train = ["train", "--reference", files["ref"], "--label-key", LABEL, *FAST]
+    assert_one_error(*run_main(capsys, *train, "--save-model", project)[::2], "not a saved model's")
+    assert (project / "config.json").read_text() == '{"my": "settings"}'
+    assert run_main(capsys, *train, "--save-model", tmp_path / "m")[0] == 0
+    annotator = ca.Annotator.load(tmp_path / "m")
+    with pytest.raises(ca.errors.DataError, match="not a saved model's"):
+        annotator.save(project)
+    assert run_main(capsys, *train, "--save-model", tmp_path / "m")[0] == 0  # a saved model is replaced
+    (tmp_path / "m" / "extra.txt").write_text("kept")
+    annotator.save(tmp_path / "m")
+    assert (tmp_path / "m" / "extra.txt").read_text() == "kept"
