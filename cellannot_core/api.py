@@ -358,7 +358,7 @@ def train(
     -------
     Annotator
     """
-    from .pipeline import bundle_info, prepare_data, train_model
+    from .pipeline import bundle_info, log_warnings, prepare_data, train_model
 
     _check_adata(adata_ref, "adata_ref")
     if adata_query is not None:
@@ -369,8 +369,7 @@ def train(
     say("preparing data")
     ref = _readable(adata_ref, "reference")
     prepared = prepare_data(ref, _readable(adata_query, "query") if adata_query is not None else ref, opts)
-    for w in prepared.report.get("warnings", []):
-        say(f"warning: {w}")
+    log_warnings(prepared.report, say)
     say(f"training {opts.model}")
     fitted = train_model(prepared, opts, _progress(progress_bar))
     return Annotator(fitted, bundle_info(fitted, prepared, opts))

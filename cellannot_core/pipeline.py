@@ -592,6 +592,12 @@ def shifted_classes_of(model, X: Any, preds: Predictions, ref_mean: np.ndarray |
     return rows
 
 
+def log_warnings(report: dict[str, Any], log: Callable[[str], None]) -> None:
+    """Say what reading the data did that the user should know (a report's ``warnings``)."""
+    for w in report.get("warnings", []):
+        log(f"warning: {w}")
+
+
 def log_class_notes(card: dict[str, Any], log: Callable[[str], None]) -> None:
     """One line per class the card has a note on: accepted against its own shift (:func:`shifted_classes_of`)
     or with few reference cells and Unknown query cells (:func:`few_reference_classes`); the
@@ -1100,8 +1106,7 @@ def annotate(reference, query, opts: AnnotateOptions, *, out: str | Path | None 
             _check_streamable(opts, source)
         checkpoint("preparing data")
         prepared = prepare_data(ref, qry, opts)
-        for w in prepared.report.get("warnings", []):
-            log(f"warning: {w}")
+        log_warnings(prepared.report, log)
         if run_dir is not None:
             run_dir.set_status("running", model=opts.model, message="training", progress=0.0)
         t0 = time.time()
@@ -1257,6 +1262,7 @@ def predict_query(model, bundle: dict[str, Any], query, *, threshold: float | No
     split, report = prepare_query(qry, genes=bundle["genes"], norm_genes=bundle.get("norm_genes"),
                                   min_shared_genes=int(bundle.get("min_shared_genes", 200)), with_counts=False)
     log(report.get("message", ""))
+    log_warnings(report, log)
     samples = bundle_samples(bundle, qry.obs)
     preds, groups = label_query(model, split.X, genes=bundle["genes"], threshold=threshold, samples=samples)
     card = prediction_card(model, preds, report, samples) | {"unknown_groups": groups}

@@ -38,6 +38,7 @@ def stream_predictions(model, bundle: dict[str, Any], rows: H5adRows, *, thresho
     import pandas as pd
 
     from .data import lognormalize, match_genes
+    from .data.prepare import check_model_genes
     from .data.validate import check_not_empty, check_values
     from .pipeline import decide, describe_unknown_groups
 
@@ -45,6 +46,7 @@ def stream_predictions(model, bundle: dict[str, Any], rows: H5adRows, *, thresho
     min_shared = int(bundle.get("min_shared_genes", 200))
     check_not_empty(rows.n_obs, len(rows.var), name="query")
     gm = match_genes(pd.DataFrame(index=pd.Index(genes)), rows.var, min_shared=min_shared)
+    warns = check_model_genes(gm.n_shared, len(genes))  # (refused here when most are missing)
     total_cols = None
     if bundle.get("norm_genes") is not None:
         nm = match_genes(pd.DataFrame(index=pd.Index([str(g) for g in bundle["norm_genes"]])), rows.var,
@@ -92,8 +94,6 @@ def stream_predictions(model, bundle: dict[str, Any], rows: H5adRows, *, thresho
                                     samples=samples)
     if groups:
         log("described the Unknown groups (one more pass over the chunks)")
-    warns = [] if gm.n_shared == len(genes) else [
-        f"{len(genes) - gm.n_shared} model genes are missing from the query and were set to zero"]
     report = {"message": f"{gm.n_shared} of {len(genes)} model genes found in the query ({gm.mode})",
               "n_shared": gm.n_shared, "n_model_genes": len(genes), "approximate": gm.approximate,
               "warnings": warns, "n_cells_input": rows.n_obs, "n_genes": len(rows.var), "counts_source": rows.source,
@@ -170,7 +170,7 @@ def label_file(model, bundle: dict[str, Any], query: str | Path, *, out: str | P
     """:func:`predict_file` with a model and bundle already in memory (``Annotator.predict_file``);
     ``callbacks``: the training's, when ``adapt`` trains the model again."""
     from .pipeline import (annotate_adapted, bundle_samples, check_not_an_input, log_class_notes, log_unknown_groups,
-                           predict_query, prediction_card, write_annotations, write_h5ad_atomic)
+                           log_warnings, predict_query, prediction_card, write_annotations, write_h5ad_atomic)
 
     if Path(out).suffix != ".h5ad":
         from .errors import ConfigError
@@ -206,6 +206,7 @@ def label_file(model, bundle: dict[str, Any], query: str | Path, *, out: str | P
         preds, report = stream_predictions(model, bundle, rows, threshold=threshold, chunk_cells=chunk_cells,
                                            log=log, samples=samples)
     log(report["message"])
+    log_warnings(report, log)
     groups = report.pop("unknown_groups", [])
     card = prediction_card(model, preds, report, samples) | {"unknown_groups": groups}
     log_unknown_groups(groups, log)

@@ -320,3 +320,41 @@ def test_annotate_a_query_held_as_a_sample_labels_every_cell_of_its_file(tmp_pat
                      (dict(qc={"min_genes": 10}), "quality filters need the whole query")):
         with pytest.raises(ConfigError, match=msg):
             annotate(ref, sample, AnnotateOptions(**{**opts.__dict__, **bad}))
+
+
+def test_a_query_missing_many_model_genes_is_told_what_it_costs_and_most_is_refused(bundle, tmp_path):
+    """The missing genes were said only in the run card, never in the log, and the same short way
+    for a query missing most of them, whose labels were then guesses with no cell Unknown (the
+    default model on the demo pair with 80% of its genes missing: accuracy 0.094)."""
+    import json
+    import shutil
+
+    import cellannot_core as ca
+    from cellannot_core.pipeline import load_bundle
+
+    _, q, qry = bundle
+    d = tmp_path / "model"  # a model whose genes are not all needed (of 400, 50 must be found)
+    shutil.copytree(bundle[0], d)
+    info = json.loads((d / "bundle.json").read_text())
+    (d / "bundle.json").write_text(json.dumps({**info, "min_shared_genes": 50}))
+    genes = load_bundle(d, device="cpu")[1]["genes"]
+
+    def without(n: int) -> ad.AnnData:
+        return qry[:, [g for g in qry.var_names if g not in set(genes[:n])]].copy()
+
+    most = without(len(genes) * 6 // 10)
+    most.write_h5ad(tmp_path / "most.h5ad")
+    with pytest.raises(DataError, match="only .* of the model's .* genes.*--adapt"):
+        predict_file(d, tmp_path / "most.h5ad", out=tmp_path / "o.h5ad", device="cpu", chunk_cells=70)
+    with pytest.raises(DataError, match="adapt=True"):
+        ca.Annotator.load(d, device="cpu").predict(most, copy=True, progress_bar=False)
+    for query, costs in ((without(len(genes) * 4 // 10), True), (without(1), False)):
+        p = tmp_path / "q.h5ad"
+        query.write_h5ad(p)
+        streamed: list[str] = []
+        predict_file(d, p, out=tmp_path / "o.h5ad", device="cpu", chunk_cells=70, log=streamed.append)
+        in_memory: list[str] = []
+        ca.Annotator.load(d, device="cpu").predict(query, copy=True, log=in_memory.append, progress_bar=False)
+        for logs in (streamed, in_memory):
+            said = [s for s in logs if s.startswith("warning:") and "missing from the query" in s]
+            assert len(said) == 1 and ("Unknown calls can vanish" in said[0]) == costs, logs
