@@ -651,16 +651,14 @@ def _read_table(path: Path, label: str, orientation: str) -> ad.AnnData:
     """A delimited table whose first column holds row names and first row column names."""
     _guard_text(path, label, _TABLE_BYTES_PER_CHAR)
     with _open_text(path) as fh:
-        first = fh.readline()
+        first, second = fh.readline(), fh.readline()
     if not first.strip():
         raise DataError(f"{label} is empty. Provide a table with a header row and row names.")
-    if "\t" in first:
-        sep: str = "\t"
-    elif "," in first:
-        sep = ","
-    else:
-        sep = r"\s+"
-    df = pd.read_csv(path, sep=sep, index_col=0, compression="gzip" if _is_gzip(path) else "infer")
+    counts = {c: first.count(c) for c in ("\t", ";", ",")}
+    sep = max(counts, key=counts.get) if max(counts.values()) else r"\s+"
+    # a spreadsheet saved as CSV where the decimal mark is a comma separates by ";" ("1,5;0;2")
+    decimal = "," if sep == ";" and "," in second else "."
+    df = pd.read_csv(path, sep=sep, decimal=decimal, index_col=0, compression="gzip" if _is_gzip(path) else "infer")
     if df.shape[0] == 0 or df.shape[1] == 0:
         raise DataError(
             f"{label} has no data rows or columns. Provide a table with a header row, "

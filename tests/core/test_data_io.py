@@ -213,6 +213,17 @@ def test_csv_cells_x_genes(tmp_path, small):
     assert got.uns["cellannot_input"]["orientation"] == "cells_x_genes"
 
 
+def test_a_csv_a_spreadsheet_saved_with_semicolons_and_decimal_commas_is_read(tmp_path, small):
+    """Spreadsheets in many locales save CSV with ';' between fields and ',' as the decimal mark:
+    such a table was 'no data rows or columns'."""
+    df = pd.DataFrame(_dense(small), index=small.obs_names, columns=small.var_names)
+    df.to_csv(tmp_path / "semi.csv", sep=";")
+    _assert_same(read_dataset(tmp_path / "semi.csv"), small)
+    (df / 4).to_csv(tmp_path / "decimal.csv", sep=";", decimal=",")
+    got = read_dataset(tmp_path / "decimal.csv")
+    np.testing.assert_allclose(_dense(got), _dense(small) / 4, rtol=1e-6)
+
+
 def test_csv_genes_x_cells_transposed(tmp_path, small):
     df = pd.DataFrame(_dense(small).T, index=small.var_names, columns=small.obs_names)
     p = tmp_path / "counts.csv"
