@@ -94,6 +94,8 @@ def dataset_summary(info: dict[str, Any], summ: dict[str, Any]) -> None:
                 f"(e.g. {', '.join(summ.get('example_genes', [])[:3])})")
     for p in summ.get("problems", []):
         st.error(p)
+    for n in summ.get("notes", []):  # e.g. a table of cell annotations joined beside a 10x matrix
+        st.info(n, icon=":material/table_chart:")
     if not summ.get("counts_source"):
         count_models = count_model_names()
         if count_models:

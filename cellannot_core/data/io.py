@@ -18,7 +18,7 @@ import warnings
 import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
-from typing import Literal
+from typing import Any, Literal
 
 import anndata as ad
 import numpy as np
@@ -410,8 +410,21 @@ def _first_existing(folder: Path, stems: tuple[str, ...]) -> Path | None:
     return None
 
 
+_MTX_RE = re.compile(r"^(.*?)matrix\.mtx(\.gz)?$")
+
+
+def _matrix_prefixes(folder: Path) -> list[str]:
+    """The prefixes of the matrix files in ``folder``: ``""`` for Cell Ranger's ``matrix.mtx``,
+    ``"GSM123_"`` for a GEO download's ``GSM123_matrix.mtx.gz``."""
+    try:
+        names = [p.name for p in folder.iterdir() if p.is_file()]
+    except OSError:
+        return []
+    return sorted({m.group(1) for n in names if (m := _MTX_RE.match(n))})
+
+
 def _is_matrix_dir(folder: Path) -> bool:
-    return _first_existing(folder, ("matrix.mtx",)) is not None
+    return bool(_matrix_prefixes(folder))
 
 
 def _find_matrix_dir(path: Path, label: str) -> Path:
@@ -422,7 +435,7 @@ def _find_matrix_dir(path: Path, label: str) -> Path:
     if _is_matrix_dir(path):
         return path
     found = sorted(
-        {p.parent for p in path.rglob("matrix.mtx*") if "__MACOSX" not in p.parts and _is_matrix_dir(p.parent)}
+        {p.parent for p in path.rglob("*matrix.mtx*") if "__MACOSX" not in p.parts and _is_matrix_dir(p.parent)}
     )
     if not found:
         raise DataError(
@@ -472,14 +485,20 @@ def _read_mtx_dir(folder: Path, label: str) -> ad.AnnData:
     """Read a Cell Ranger matrix folder (v3 features.tsv or v2 genes.tsv, gzipped or not)."""
     from scipy.io import mmread
 
-    mtx = _first_existing(folder, ("matrix.mtx",))
-    feats = _first_existing(folder, ("features.tsv", "genes.tsv"))
-    bcs = _first_existing(folder, ("barcodes.tsv",))
-    missing = [n for n, p in (("features.tsv/genes.tsv", feats), ("barcodes.tsv", bcs)) if p is None]
+    prefixes = _matrix_prefixes(folder)
+    if len(prefixes) > 1:
+        raise DataError(f"{label}: the matrix folder holds {len(prefixes)} matrices (files named like "
+                        "<sample>_matrix.mtx.gz, as GEO names them). Provide one dataset at a time: a folder per sample.")
+    pre = prefixes[0]
+    mtx = _first_existing(folder, (f"{pre}matrix.mtx",))
+    feats = _first_existing(folder, (f"{pre}features.tsv", f"{pre}genes.tsv"))
+    bcs = _first_existing(folder, (f"{pre}barcodes.tsv",))
+    missing = [n for n, p in ((f"{pre}features.tsv/{pre}genes.tsv", feats), (f"{pre}barcodes.tsv", bcs)) if p is None]
     if missing:
         raise DataError(
             f"{label}: the matrix folder lacks {' and '.join(missing)}. A 10x matrix folder needs "
-            "matrix.mtx[.gz], features.tsv[.gz] (or genes.tsv[.gz]) and barcodes.tsv[.gz]."
+            "matrix.mtx[.gz], features.tsv[.gz] (or genes.tsv[.gz]) and barcodes.tsv[.gz] (with the same prefix, "
+            "if any, as GEO names them: GSM123_matrix.mtx.gz)."
         )
     _guard_mtx_header(mtx, label)
     for listing in (feats, bcs):  # one Python string per line: ~10 bytes of memory per byte of text
@@ -512,7 +531,75 @@ def _read_mtx_dir(folder: Path, label: str) -> ad.AnnData:
             X = X[:, gex]
             var = var.iloc[gex]
     obs = pd.DataFrame(index=pd.Index(barcodes.iloc[:, 0].to_numpy(dtype=str), name=None))
-    return ad.AnnData(X=X, obs=obs, var=var)
+    obs, notes = _join_cell_tables(folder, {mtx, feats, bcs}, obs, label)
+    adata = ad.AnnData(X=X, obs=obs, var=var)
+    if notes:
+        adata.uns[INPUT_UNS_KEY] = {"cell_tables": notes}
+    return adata
+
+
+CELL_TABLE_SUFFIXES = (".csv", ".tsv", ".txt", ".csv.gz", ".tsv.gz", ".txt.gz")
+MAX_CELL_TABLES = 5  # tables of cell annotations read beside one matrix
+MAX_CELL_TABLE_COLUMNS = 200  # more is a matrix of counts, not annotations
+
+
+def _join_cell_tables(folder: Path, used: set, obs: pd.DataFrame, label: str) -> tuple[pd.DataFrame, list[str]]:
+    """Tables of cell annotations beside a 10x matrix (a GEO series' metadata: a row per cell,
+    one column its barcode, the others e.g. its cell type), joined to the cells by barcode, exactly
+    or without the ``-1`` suffix Cell Ranger adds. A table at least half of whose rows are not
+    cells of the matrix is left out. Returns the cells' obs and a note per table (no file contents
+    in them: counts only)."""
+    tables = sorted(p for p in folder.iterdir() if p.is_file() and p not in used and not p.name.startswith(".")
+                    and p.name.lower().endswith(CELL_TABLE_SUFFIXES))
+    notes = [f"{len(tables) - MAX_CELL_TABLES} more tables beside the matrix were not read (at most "
+             f"{MAX_CELL_TABLES})"] if len(tables) > MAX_CELL_TABLES else []
+    for i, path in enumerate(tables[:MAX_CELL_TABLES], 1):
+        _guard_text(path, label, _TABLE_BYTES_PER_CHAR)
+        try:
+            sep, decimal = _sniff_table(path)
+            df = pd.read_csv(path, sep=sep, decimal=decimal, index_col=None,
+                             compression="gzip" if _is_gzip(path) else "infer")
+        except Exception:  # noqa: BLE001 - not a table: said, never echoed
+            notes.append(f"table {i} beside the matrix could not be read as a table; it was left out")
+            continue
+        if df.shape[1] > MAX_CELL_TABLE_COLUMNS:
+            notes.append(f"table {i} beside the matrix was left out: its {df.shape[1]:,} columns are not a table of "
+                         f"cell annotations (at most {MAX_CELL_TABLE_COLUMNS}; a matrix of counts?)")
+            continue
+        found = _barcode_column(df, obs.index)
+        if found is None:
+            notes.append(f"table {i} beside the matrix was left out: fewer than half of its {len(df):,} rows name "
+                         f"cells of the matrix (by barcode)")
+            continue
+        key, keys, target = found
+        add = df.drop(columns=[key]).set_axis(keys, axis=0)
+        add = add[~add.index.duplicated()].reindex(target)
+        add.index = obs.index
+        add.columns = [str(c) for c in add.columns]
+        new = [c for c in add.columns if c not in obs.columns]
+        obs = pd.concat([obs, add[new]], axis=1)
+        notes.append(f"table {i} beside the matrix gave {len(new)} columns of cell annotations to "
+                     f"{int(np.asarray(target.isin(keys)).sum()):,} of the {len(obs):,} cells")
+    return obs, notes
+
+
+def _barcode_column(df: pd.DataFrame, barcodes: pd.Index) -> tuple[Any, pd.Index, pd.Index] | None:
+    """The column of ``df`` naming cells of ``barcodes`` (for at least half of its rows), with its
+    values and the barcodes to align them to: as they are, or both without a ``-N`` suffix (when
+    that leaves each barcode once); None when no column does."""
+    def strip(names: pd.Index) -> pd.Index:
+        return pd.Index(names.astype(str)).str.replace(r"-\d+$", "", regex=True)
+
+    text = [c for c in df.columns if df[c].dtype.kind in "OSU" or isinstance(df[c].dtype, pd.StringDtype)]
+    for how in (lambda names: pd.Index(names.astype(str)), strip):
+        target = how(barcodes)
+        if not target.is_unique:
+            continue
+        for col in text:
+            keys = how(pd.Index(df[col].astype(str)))
+            if len(keys) and keys.isin(target).mean() >= 0.5:
+                return col, keys, target
+    return None
 
 
 def _check_member(name: str, label: str) -> None:
@@ -647,9 +734,9 @@ def _guess_orientation(rows: pd.Index, cols: pd.Index) -> tuple[str, str]:
     return "cells_x_genes", "no clear signal; assumed cells in rows"
 
 
-def _read_table(path: Path, label: str, orientation: str) -> ad.AnnData:
-    """A delimited table whose first column holds row names and first row column names."""
-    _guard_text(path, label, _TABLE_BYTES_PER_CHAR)
+def _sniff_table(path: Path, label: str = "the table") -> tuple[str, str]:
+    """A delimited table's separator (the most frequent of tab, ';' and ',' in its header row, else
+    whitespace) and decimal mark."""
     with _open_text(path) as fh:
         first, second = fh.readline(), fh.readline()
     if not first.strip():
@@ -657,7 +744,13 @@ def _read_table(path: Path, label: str, orientation: str) -> ad.AnnData:
     counts = {c: first.count(c) for c in ("\t", ";", ",")}
     sep = max(counts, key=counts.get) if max(counts.values()) else r"\s+"
     # a spreadsheet saved as CSV where the decimal mark is a comma separates by ";" ("1,5;0;2")
-    decimal = "," if sep == ";" and "," in second else "."
+    return sep, ("," if sep == ";" and "," in second else ".")
+
+
+def _read_table(path: Path, label: str, orientation: str) -> ad.AnnData:
+    """A delimited table whose first column holds row names and first row column names."""
+    _guard_text(path, label, _TABLE_BYTES_PER_CHAR)
+    sep, decimal = _sniff_table(path, label)
     df = pd.read_csv(path, sep=sep, decimal=decimal, index_col=0, compression="gzip" if _is_gzip(path) else "infer")
     if df.shape[0] == 0 or df.shape[1] == 0:
         raise DataError(

@@ -809,8 +809,9 @@ def summarize_dataset(adata: ad.AnnData, *, name: str = "dataset") -> dict[str, 
         ``counts_source`` (None if no counts were found), ``gene_ids`` (``"Ensembl IDs"``
         or ``"symbols"``), ``example_genes``, ``obs_columns``, ``label_candidates`` (obs
         columns with 2-100 categories, most likely cell-type columns first, each with
-        ``key``, ``n_classes`` and ``counts``), ``suggested_label_key`` and ``problems``
-        (one-line messages of what would stop :func:`prepare`).
+        ``key``, ``n_classes`` and ``counts``), ``suggested_label_key``, ``problems``
+        (one-line messages of what would stop :func:`prepare`) and ``notes`` (what the reader did,
+        e.g. tables of cell annotations joined beside a 10x matrix).
     """
     problems: list[str] = []
     source = None
@@ -836,7 +837,16 @@ def summarize_dataset(adata: ad.AnnData, *, name: str = "dataset") -> dict[str, 
         "label_candidates": cands,
         "suggested_label_key": cands[0]["key"] if cands else None,
         "problems": problems,
+        "notes": [str(n) for n in _input_info(adata).get("cell_tables", [])],
     }
+
+
+def _input_info(adata: ad.AnnData) -> dict[str, Any]:
+    """The reader's note of how a dataset was read (``uns['cellannot_input']``), or {}."""
+    from .io import INPUT_UNS_KEY
+
+    info = adata.uns.get(INPUT_UNS_KEY)
+    return info if isinstance(info, dict) else {}
 
 
 #: a query missing more than this share of a saved model's genes is told what that costs ...

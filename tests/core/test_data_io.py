@@ -436,3 +436,35 @@ def test_float16_x_and_a_gzipped_table_named_csv_are_read(tmp_path, small):
     with gzip.open(q, "wt") as fh:
         df.to_csv(fh)
     _assert_same(read_dataset(q), small)
+
+
+def test_a_geo_download_with_a_table_of_cell_annotations_is_read_with_its_labels(tmp_path, small):
+    """GEO names a sample's files GSM123_matrix.mtx.gz and so on, and gives the cell types in a
+    table beside them: the folder was 'no matrix.mtx', and a 10x folder could carry no labels, so
+    it could not be a reference."""
+    from cellannot_core.data import summarize_dataset
+
+    a = small.copy()
+    a.obs_names = [f"{'ACGT'[i % 4] * 3}{i:05d}-1" for i in range(a.n_obs)]  # Cell Ranger's barcodes
+    folder = write_mtx_dir(a, tmp_path / "plain")
+    geo = tmp_path / "GSE1"
+    geo.mkdir()
+    for f in folder.iterdir():
+        f.rename(geo / f"GSM1_{f.name}")
+    meta = pd.DataFrame({"barcode": [b[:-2] for b in a.obs_names], "cell_type": a.obs["cell_type"].astype(str),
+                         "n_genes": np.arange(a.n_obs)}).iloc[:50]  # without the -1; ten cells not in it
+    meta.to_csv(geo / "GSE1_metadata.csv.gz", index=False)
+    pd.DataFrame({"x": [1, 2]}).to_csv(geo / "notes.csv")
+    pd.DataFrame(_dense(a), index=a.obs_names).reindex(columns=range(250), fill_value=0).to_csv(geo / "counts.csv")
+    for path in (geo, shutil.make_archive(str(tmp_path / "GSE1"), "zip", geo)):
+        got = read_dataset(path)
+        _assert_same(got, a)
+        assert list(got.obs["cell_type"].iloc[:50]) == list(a.obs["cell_type"].astype(str).iloc[:50])
+        assert got.obs["cell_type"].iloc[50:].isna().all() and got.obs["n_genes"].iloc[3] == 3
+        notes = summarize_dataset(got)["notes"]
+        assert any("2 columns of cell annotations to 50 of the 60 cells" in n for n in notes)
+        assert any("was left out: fewer than half" in n for n in notes)
+        assert any("251 columns are not a table of cell annotations" in n for n in notes)
+    (geo / "GSM2_matrix.mtx.gz").write_bytes((geo / "GSM1_matrix.mtx.gz").read_bytes())
+    with pytest.raises(DataError, match="holds 2 matrices"):
+        read_dataset(geo)
