@@ -278,6 +278,8 @@ def _load(
             "counts_source": counts.source,
         },
     )
+    if counts.state == "counts" and not (qc or {}).get("min_counts"):
+        warns.extend(_mostly_empty(counts.X, name))
     if qc:
         keep = _qc_mask(d, qc, name, warns)
         n_removed = int((~keep).sum())
@@ -292,6 +294,24 @@ def _load(
                 d.report["qc_removed_obs_names"] = [str(v) for v in d.obs_names[~keep]]
             d.take(keep)
     return d
+
+
+#: a dataset whose median cell has fewer counts than this is mostly empty droplets (a cell of a
+#: droplet assay holds hundreds to thousands of counts; Cell Ranger's unfiltered matrix holds every
+#: barcode, most of them with a handful)
+EMPTY_DROPLET_COUNTS = 100
+
+
+def _mostly_empty(X, name: str) -> list[str]:
+    """A warning when most of a dataset's cells are nearly empty (:data:`EMPTY_DROPLET_COUNTS`)."""
+    totals = np.asarray(X.sum(axis=1)).ravel()
+    if len(totals) < 100 or np.median(totals) >= EMPTY_DROPLET_COUNTS:
+        return []
+    low = int((totals < EMPTY_DROPLET_COUNTS).sum())
+    return [f"{low:,} of the {name}'s {len(totals):,} cells have fewer than {EMPTY_DROPLET_COUNTS} counts (the median "
+            f"cell {np.median(totals):g}): most of them look like empty droplets, as in an unfiltered matrix "
+            f"(Cell Ranger's raw_feature_bc_matrix). Load the filtered matrix, or set quality control's minimum "
+            f"counts per cell"]
 
 
 def _qc_text(qc: dict[str, Any]) -> str:

@@ -377,3 +377,20 @@ def test_rows_of_a_query_aligned_without_counts(prepared):
     """A saved model's query is aligned without its counts: a sample of its rows keeps none."""
     no_counts = Split(X=prepared.query.X, counts=None, y=None, obs_names=prepared.query.obs_names).rows([0, 1])
     assert no_counts.counts is None and no_counts.n_obs == 2 and isinstance(no_counts.X, np.ndarray)
+
+
+def test_a_matrix_of_mostly_empty_droplets_is_warned_of(synthetic_pair):
+    """Cell Ranger's unfiltered matrix (every barcode, most of them empty droplets) was labelled
+    without a word: its near-empty 'cells' came out as Unknown or as whatever type was nearest."""
+    import anndata as ad
+
+    ref, q = synthetic_pair
+    rng = np.random.default_rng(0)
+    empty = sp.csr_matrix(rng.poisson(0.05, size=(q.n_obs * 3, q.n_vars)).astype(np.float32))
+    raw = ad.concat([q, ad.AnnData(empty, var=q.var.copy())], index_unique="-")
+    raw.obs_names_make_unique()
+    warned = [w for w in prepare(ref, raw, label_key="cell_type", n_top_genes=100,
+                                 min_shared_genes=50).report["warnings"] if "empty droplets" in w]
+    assert len(warned) == 1 and "of the query's" in warned[0]
+    assert not any("empty droplets" in w for w in prepare(ref, q, label_key="cell_type", n_top_genes=100,
+                                                           min_shared_genes=50).report["warnings"])
