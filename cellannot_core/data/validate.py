@@ -133,9 +133,9 @@ def check_label_column(obs: pd.DataFrame, label_key: str, *, name: str = "refere
     if label_key not in obs.columns:
         cols = ", ".join(map(str, obs.columns[:30])) or "none"
         more = f" (and {len(obs.columns) - 30} more)" if len(obs.columns) > 30 else ""
-        hint = ("" if len(obs.columns) else " A file without cell annotations (a 10x matrix, a table of counts) "
-                "gets them from a table beside the matrix in its folder or archive: a row per cell, its barcode "
-                "in one column and e.g. its cell type in another; or save the data as .h5ad with them in obs.")
+        hint = ("" if len(obs.columns) else " It has no cell annotations: a 10x matrix folder (or its archive) "
+                "gets them from a table put beside the matrix, a row per cell with its barcode in one column and "
+                "e.g. its cell type in another; other files: save the data as .h5ad with them in obs.")
         raise DataError(
             f"the {name} has no label column '{label_key}'. "
             f"Choose one of its obs columns: {cols}{more}." + did_you_mean(label_key, obs.columns) + hint
