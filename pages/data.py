@@ -49,7 +49,7 @@ for role, col in zip(ROLES, cols):
         if role == "reference":
             cur = get(StateKeys.LABEL_KEY) or summ["suggested_label_key"]
             if not keys:
-                st.error("The reference has no obs column that looks like cell-type labels (2-100 classes).")
+                st.error(data_ui.NO_LABEL_COLUMN)
                 continue
             pick = st.selectbox("Label column (cell types)", keys, key=WidgetKeys.LABEL_PICKER,
                                 index=keys.index(cur) if cur in keys else 0)

@@ -109,6 +109,11 @@ def handle_upload(role: str, data: bytes, filename: str, *, upload_id: str | Non
     return None
 
 
+NO_LABEL_COLUMN = ("The reference has no obs column that looks like cell-type labels (2-100 classes). A 10x folder or "
+                   "archive gets them from a table beside the matrix: a row per cell, its barcode in one column and "
+                   "its type in another.")
+
+
 def allowed_path(path: Path) -> str | None:
     """"Path on the server" reads only under ``$CELLANNOT_DATA_ROOT`` when it is set; without it,
     only while the app listens on 127.0.0.1 (a server shared with a lab needs the root: otherwise
