@@ -307,7 +307,10 @@ def labels_missing_from_reference(ref: Any, query: Any, label_key: str | None, q
     """Query label -> cells, for query labels the reference does not have (expected Unknown)."""
     if not label_key or not query_label_key or label_key not in ref.obs or query_label_key not in query.obs:
         return {}
+    from cellannot_core.data.validate import match_query_labels
+
     ref_col, q_col = ref.obs[label_key], query.obs[query_label_key]
-    known = set(ref_col[~untyped_label_mask(ref_col)].astype(str).str.strip())
+    known = sorted(set(ref_col[~untyped_label_mask(ref_col)].astype(str).str.strip()))
     counts = q_col[~untyped_label_mask(q_col)].astype(str).str.strip().value_counts()
-    return {str(k): int(v) for k, v in counts.items() if k not in known}
+    found = match_query_labels(counts.index.to_numpy(dtype=object), known)[0] >= 0  # as training matches them
+    return {str(k): int(v) for (k, v), f in zip(counts.items(), found) if not f}

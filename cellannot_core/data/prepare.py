@@ -40,6 +40,7 @@ from .validate import (
     check_values,
     clean_labels,
     make_unique,
+    match_query_labels,
     per_cell_column,
     zero_total_cells,
 )
@@ -623,7 +624,12 @@ def prepare(
         missing = untyped_label_mask(col)
         q_labels = col.astype(str).str.strip().to_numpy(dtype=object)
         q_labels[missing] = ""
-        q_y = np.array([class_idx.get(v, -1) for v in q_labels], dtype=np.int64)
+        q_y, renamed = match_query_labels(q_labels, classes)
+        if renamed:  # the labels the metrics compare with the predictions: as the reference names them
+            q_labels = np.asarray([renamed.get(v, v) for v in q_labels], dtype=object)
+            shown = ", ".join(f"{k!r} as {v!r}" for k, v in list(renamed.items())[:5])
+            warns.append(f"query labels matched to reference types regardless of case or spacing: {shown}"
+                         + (f" and {len(renamed) - 5} more" if len(renamed) > 5 else ""))
         in_ref = q_y >= 0
         qry.report.update(
             label_key=query_label_key,

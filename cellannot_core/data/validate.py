@@ -38,6 +38,7 @@ __all__ = [
     "missing_label_mask",
     "untyped_label_mask",
     "clean_labels",
+    "match_query_labels",
     "zero_total_cells",
     "validate_dataset",
 ]
@@ -140,6 +141,29 @@ def check_label_column(obs: pd.DataFrame, label_key: str, *, name: str = "refere
             f"the {name} has no label column '{label_key}'. "
             f"Choose one of its obs columns: {cols}{more}." + did_you_mean(label_key, obs.columns) + hint
         )
+
+
+def _label_form(label: str) -> str:
+    return " ".join(str(label).split()).casefold()
+
+
+def match_query_labels(labels, classes) -> tuple[np.ndarray, dict[str, str]]:
+    """Each query label's reference class index (-1: a type the reference lacks), the label as it
+    is, or else regardless of case and of repeated spaces when that names one class ("b" for "B",
+    "CD4  T" for "CD4 T"); and the labels matched that way (query label -> class)."""
+    exact = {str(c): i for i, c in enumerate(classes)}
+    forms: dict[str, int] = {}
+    for c, i in exact.items():
+        forms[_label_form(c)] = -2 if _label_form(c) in forms else i  # -2: two classes of one form
+    idx, renamed = [], {}
+    for v in labels:
+        i = exact.get(v, -1)
+        if i < 0 and v:
+            i = max(forms.get(_label_form(v), -1), -1)
+            if i >= 0:
+                renamed[str(v)] = str(classes[i])
+        idx.append(i)
+    return np.asarray(idx, dtype=np.int64), renamed
 
 
 def missing_label_mask(labels: pd.Series) -> np.ndarray:

@@ -394,3 +394,23 @@ def test_a_matrix_of_mostly_empty_droplets_is_warned_of(synthetic_pair):
     assert len(warned) == 1 and "of the query's" in warned[0]
     assert not any("empty droplets" in w for w in prepare(ref, q, label_key="cell_type", n_top_genes=100,
                                                            min_shared_genes=50).report["warnings"])
+
+
+def test_query_labels_are_matched_to_the_reference_regardless_of_case_and_spacing(synthetic_pair):
+    """A query labelled 'b' against a reference's 'B' counted its cells as a type the reference
+    lacks: every metric of a correctly labelled query read as failed Unknown calls."""
+    ref, q = synthetic_pair
+    q = q.copy()
+    classes = sorted(ref.obs["cell_type"].astype(str).unique())
+    first = classes[0]
+    q.obs["truth"] = q.obs["cell_type"].astype(str).map(lambda v: f" {v.upper()}  " if v == first else v)
+    p = prepare(ref, q, label_key="cell_type", query_label_key="truth", n_top_genes=100, min_shared_genes=50)
+    shown = q.obs["cell_type"].astype(str).to_numpy()[p.query.index]
+    np.testing.assert_array_equal(p.query.labels, shown)  # named as the reference names them
+    assert (p.query.y[shown == first] == p.classes.index(first)).all()
+    assert any("regardless of case" in w for w in p.report["warnings"])
+    from cellannot_core.data.validate import match_query_labels
+
+    y, renamed = match_query_labels(np.array(["b", "B", "x", ""], dtype=object), ["B", "T"])
+    assert list(y) == [0, 0, -1, -1] and renamed == {"b": "B"}
+    assert list(match_query_labels(np.array(["t"], dtype=object), ["T", "t "])[0]) == [-1]  # two classes: no guess
