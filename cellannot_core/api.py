@@ -123,6 +123,7 @@ def annotate(
     n_top_genes: int = DEFAULT_N_TOP_GENES,
     hvg_flavor: str = DEFAULT_HVG_FLAVOR,
     accept: float = 0.95,
+    min_cells_per_class: int = 10,
     log: Callable[[str], None] | None = None,
     progress_bar: bool = True,
 ):
@@ -172,6 +173,8 @@ def annotate(
         e.g. pancreatic hormones) at one fixed place, so with few genes they may be left out.
     accept
         Share of reference validation cells the Unknown threshold accepts.
+    min_cells_per_class
+        Reference types with fewer cells are left out (reported); at least 2.
     log
         Called with one line per step (e.g. ``print``); default: the ``"cellannot"`` logger, which
         shows the run's warnings and notes and keeps its steps at INFO.
@@ -189,7 +192,7 @@ def annotate(
     _check_adata(adata_query, "adata_query", hint=_FILE_HINT)
     opts = _options(label_key, model, query_label_key=query_label_key, hparams=hparams, seed=seed, device=device,
                     max_epochs=max_epochs, n_top_genes=n_top_genes, accept=accept, batch_key=batch_key,
-                    hvg_flavor=hvg_flavor)
+                    hvg_flavor=hvg_flavor, min_cells_per_class=min_cells_per_class)
     ref, query = _readable(adata_ref, "reference"), _readable(adata_query, "query")
     res = run_annotate(ref, query, opts, log=log or _default_log, callbacks=_progress(progress_bar))
     return _write_result(res, adata_query, key_added=key_added, copy=copy, readable=query)
@@ -339,6 +342,7 @@ def train(
     n_top_genes: int = DEFAULT_N_TOP_GENES,
     hvg_flavor: str = DEFAULT_HVG_FLAVOR,
     accept: float = 0.95,
+    min_cells_per_class: int = 10,
     log: Callable[[str], None] | None = None,
     progress_bar: bool = True,
 ) -> Annotator:
@@ -346,7 +350,7 @@ def train(
 
     Parameters
     ----------
-    adata_ref, label_key, model, batch_key, hparams, seed, device, max_epochs, n_top_genes, hvg_flavor, accept, log, progress_bar
+    adata_ref, label_key, model, batch_key, hparams, seed, device, max_epochs, n_top_genes, hvg_flavor, accept, min_cells_per_class, log, progress_bar
         As in :func:`annotate`.
     adata_query
         Optional: genes are then restricted to those the query shares, and semi-supervised
@@ -364,7 +368,8 @@ def train(
     if adata_query is not None:
         _check_adata(adata_query, "adata_query")
     opts = _options(label_key, model, hparams=hparams, seed=seed, device=device, max_epochs=max_epochs,
-                    n_top_genes=n_top_genes, accept=accept, batch_key=batch_key, hvg_flavor=hvg_flavor)
+                    n_top_genes=n_top_genes, accept=accept, batch_key=batch_key, hvg_flavor=hvg_flavor,
+                    min_cells_per_class=min_cells_per_class)
     say = log or _default_log
     say("preparing data")
     ref = _readable(adata_ref, "reference")

@@ -383,3 +383,18 @@ def test_the_annotated_query_is_plotted_scanpy_style(pair):
     for plot in (lambda: ca.pl.label_heatmap(q, "n_counts"), lambda: ca.pl.novelty(q, groupby="n_counts")):
         with pytest.raises(DataError, match=f"'n_counts' has {q.n_obs} different values .* a measurement"):
             plot()
+
+
+def test_a_reference_of_few_cells_per_type_can_lower_the_minimum_the_error_names():
+    """The error for types under 10 cells said to lower min_cells_per_class, which the API did
+    not take."""
+    from conftest import make_synthetic
+
+    ref = make_synthetic(40, 60, 3, seed=4)  # about 13 cells per type
+    query = make_synthetic(30, 60, 3, seed=5)
+    with pytest.raises(ca.errors.DataError, match="Lower min_cells_per_class"):
+        ca.annotate(ref, query, label_key="cell_type", model="logreg", min_cells_per_class=20, progress_bar=False)
+    out = ca.annotate(ref, query, label_key="cell_type", model="logreg", min_cells_per_class=5, copy=True,
+                      progress_bar=False)
+    assert out.uns["cellannot"]["options"]["min_cells_per_class"] == 5
+    assert ca.train(ref, label_key="cell_type", model="logreg", min_cells_per_class=5, progress_bar=False).classes
