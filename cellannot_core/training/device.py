@@ -42,7 +42,7 @@ def resolve_device(device: str = "auto") -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ConfigError(f"device {device!r} was requested but no CUDA GPU is available; use --device cpu or auto")
+            raise ConfigError(f"device {device!r} was requested but no CUDA GPU is available; use device 'cpu' or 'auto' (--device on the command line)")
         index = name.partition(":")[2]
         if index and int(index) >= torch.cuda.device_count():
             n = torch.cuda.device_count()
