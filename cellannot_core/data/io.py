@@ -578,7 +578,7 @@ def _join_cell_tables(folder: Path, used: set, obs: pd.DataFrame, label: str) ->
         add.columns = [str(c) for c in add.columns]
         new = [c for c in add.columns if c not in obs.columns]
         obs = pd.concat([obs, add[new]], axis=1)
-        notes.append(f"table {i} beside the matrix gave {len(new)} columns of cell annotations to "
+        notes.append(f"table {i} beside the matrix gave {len(new)} column{'s' * (len(new) != 1)} of cell annotations to "
                      f"{int(np.asarray(target.isin(keys)).sum()):,} of the {len(obs):,} cells")
     return obs, notes
 

@@ -236,3 +236,41 @@ def test_batch_column_is_offered_checked_and_passed_to_training(tmp_path):
     from ui import jobs
 
     assert jobs.wait(requests[0].parent.name, timeout=120)["state"] == "done"
+
+
+def test_a_geo_archive_with_a_table_of_cell_types_is_a_reference_on_the_data_page(tmp_path):
+    """A 10x matrix zipped with GEO's file names and a table of cell types beside it: the page
+    offers the table's column as the label column and says what was joined (a 10x upload had no
+    cell annotations, so it could not be a reference)."""
+    import gzip
+    import io
+    import shutil
+
+    import anndata as ad
+    import numpy as np
+    import pandas as pd
+    import scipy.io
+    import scipy.sparse as sp
+
+    ref = ad.read_h5ad(ROOT / "assets" / "kang_pbmc_example_sce_1556.h5ad")
+    folder = tmp_path / "GSE1"
+    folder.mkdir()
+    bcs = [f"BC{i:06d}-1" for i in range(ref.n_obs)]
+    buf = io.BytesIO()
+    scipy.io.mmwrite(buf, sp.csr_matrix(ref.X).T.tocoo().astype(np.int64), field="integer")
+    files = {"GSM1_matrix.mtx.gz": buf.getvalue(),
+             "GSM1_features.tsv.gz": "".join(f"{g}\t{g}\tGene Expression\n" for g in ref.var_names).encode(),
+             "GSM1_barcodes.tsv.gz": "".join(b + "\n" for b in bcs).encode()}
+    for name, data in files.items():
+        with gzip.open(folder / name, "wb") as fh:
+            fh.write(data)
+    pd.DataFrame({"cell": [b[:-2] for b in bcs], "author_type": ref.obs["cell_type_harmonized"].astype(str)}).to_csv(
+        folder / "GSE1_metadata.tsv", sep="\t", index=False)
+    archive = Path(shutil.make_archive(str(tmp_path / "GSE1"), "zip", folder))
+    at = _data_page()
+    at.file_uploader(key=WidgetKeys.UPLOAD.format(role="reference")).set_value(
+        ("GSE1.zip", archive.read_bytes(), "application/zip"))
+    at.run()
+    assert not at.exception and not at.error, _errors(at)
+    assert "author_type" in at.selectbox(key=WidgetKeys.LABEL_PICKER).options
+    assert any("1 column of cell annotations to 1,556 of the 1,556 cells" in i.value for i in at.info)
