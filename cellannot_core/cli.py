@@ -179,9 +179,10 @@ def cmd_annotate(args) -> int:
     for folder, what in ((args.runs_dir, "runs folder"), (args.save_model, "saved model")):
         if folder:
             check_not_an_input(folder, inputs, what=what)
-            check_writable(folder, what=what, folder=True)
+    if args.runs_dir:
+        check_writable(args.runs_dir, what="runs folder", folder=True)
     if args.save_model:
-        check_model_folder(args.save_model)
+        check_model_folder(args.save_model)  # (writable, and not over files of another kind)
     callbacks = [PrintProgress(_log)]
     rd = None
     if args.runs_dir:
