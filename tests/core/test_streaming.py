@@ -324,8 +324,8 @@ def test_annotate_a_query_held_as_a_sample_labels_every_cell_of_its_file(tmp_pat
 
 def test_a_query_missing_many_model_genes_is_told_what_it_costs_and_most_is_refused(bundle, tmp_path):
     """The missing genes were said only in the run card, never in the log, and the same short way
-    for a query missing most of them, whose labels were then guesses with no cell Unknown (the
-    default model on the demo pair with 80% of its genes missing: accuracy 0.094)."""
+    for a query missing most of them, which then got no cell Unknown (bench/input_forms.py: the
+    default model on the demo pair with 60% or 80% of its genes missing, five draws of six)."""
     import json
     import shutil
 
