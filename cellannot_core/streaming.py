@@ -38,7 +38,7 @@ def stream_predictions(model, bundle: dict[str, Any], rows: H5adRows, *, thresho
     import pandas as pd
 
     from .data import lognormalize, match_genes
-    from .data.prepare import check_model_genes
+    from .data.prepare import check_model_genes, mostly_empty
     from .data.validate import check_not_empty, check_values
     from .pipeline import decide, describe_unknown_groups
 
@@ -63,14 +63,16 @@ def stream_predictions(model, bundle: dict[str, Any], rows: H5adRows, *, thresho
             X[:, gm.ref_idx] = logx.toarray()
             yield start, counts, X
 
-    logits, latent, chunk_scores = [], [], []
+    logits, latent, chunk_scores, totals = [], [], [], []
     for start, counts, X in chunks():
+        totals.append(np.asarray(counts.sum(axis=1)).ravel())
         cl, z = model.cell_logits(X), model.latent(X)
         logits.append(np.asarray(cl, dtype=np.float32))
         latent.append(np.asarray(z, dtype=np.float32))
         if method in own:  # a model's own score (e.g. elbo) is per cell and needs the expression
             chunk_scores.append(model.ood_scores(X, [method], logits=cl, latent=z)[method])
         log(f"read and encoded {start + counts.shape[0]:,} of {rows.n_obs:,} cells")
+    warns.extend(mostly_empty(np.concatenate(totals) if totals else np.zeros(0), "query"))  # as prepare_query
     logits_all = np.concatenate(logits) if logits else np.zeros((0, model.n_classes), dtype=np.float32)
     latent_all = np.concatenate(latent) if latent else np.zeros((0, 0), dtype=np.float32)
     del logits, latent

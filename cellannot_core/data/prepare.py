@@ -280,7 +280,7 @@ def _load(
         },
     )
     if counts.state == "counts" and not (qc or {}).get("min_counts"):
-        warns.extend(_mostly_empty(counts.X, name))
+        warns.extend(mostly_empty(np.asarray(counts.X.sum(axis=1)).ravel(), name))
     if qc:
         keep = _qc_mask(d, qc, name, warns)
         n_removed = int((~keep).sum())
@@ -303,9 +303,9 @@ def _load(
 EMPTY_DROPLET_COUNTS = 100
 
 
-def _mostly_empty(X, name: str) -> list[str]:
-    """A warning when most of a dataset's cells are nearly empty (:data:`EMPTY_DROPLET_COUNTS`)."""
-    totals = np.asarray(X.sum(axis=1)).ravel()
+def mostly_empty(totals: np.ndarray, name: str) -> list[str]:
+    """A warning when most of a dataset's cells (their total counts ``totals``) are nearly empty
+    (:data:`EMPTY_DROPLET_COUNTS`)."""
     if len(totals) < 100 or np.median(totals) >= EMPTY_DROPLET_COUNTS:
         return []
     low = int((totals < EMPTY_DROPLET_COUNTS).sum())

@@ -358,3 +358,19 @@ def test_a_query_missing_many_model_genes_is_told_what_it_costs_and_most_is_refu
         for logs in (streamed, in_memory):
             said = [s for s in logs if s.startswith("warning:") and "missing from the query" in s]
             assert len(said) == 1 and ("Unknown calls can vanish" in said[0]) == costs, logs
+
+
+def test_a_file_of_mostly_empty_droplets_is_warned_of_when_read_a_chunk_at_a_time(bundle, tmp_path):
+    """The warning for an unfiltered matrix was given when a query was read whole, not when a
+    file was labelled a chunk at a time (the way a large raw_feature_bc_matrix is read)."""
+    d, q, qry = bundle
+    rng = np.random.default_rng(0)
+    empty = ad.AnnData(sp.csr_matrix(rng.poisson(10 / qry.n_vars, size=(qry.n_obs * 3, qry.n_vars)).astype(np.float32)),
+                       var=qry.var.copy())
+    raw = ad.concat([qry, empty], index_unique="-")
+    raw.write_h5ad(tmp_path / "raw.h5ad")
+    for path, warned in ((tmp_path / "raw.h5ad", True), (q, False)):
+        logs: list[str] = []
+        res = predict_file(d, path, out=tmp_path / "o.h5ad", device="cpu", chunk_cells=150, log=logs.append)
+        assert res["streamed"]
+        assert any(s.startswith("warning:") and "empty droplets" in s for s in logs) == warned, logs
