@@ -255,7 +255,8 @@ class Annotator:
                 f"label_key={self.bundle.get('label_key')!r})")
 
     def predict(self, adata, *, key_added: str = OutKeys.UNS, copy: bool = False, threshold: float | None = None,
-                adapt: bool = False, log: Callable[[str], None] | None = None, progress_bar: bool = True):
+                adapt: bool = False, query_label_key: str | None = None, log: Callable[[str], None] | None = None,
+                progress_bar: bool = True):
         """Label the cells of ``adata`` (keys as :func:`annotate`).
 
         Parameters
@@ -273,6 +274,9 @@ class Annotator:
             (``scanvi_svm``, ``scanvi``, the VAE family): without it a type the reference lacks is
             called Unknown less often (README, "A query the model was not trained with"); the
             labels then come from a model of this query, not the saved one.
+        query_label_key
+            Optional ``adata.obs`` column with known labels: the labels are measured against them
+            (``uns[key_added]["query_metrics"]``, as :func:`annotate`'s; logged too).
         log
             Called with one line per step; default: silent.
         progress_bar
@@ -289,27 +293,30 @@ class Annotator:
         if adapt:
             readable = _readable(adata, "query")
             res = annotate_adapted(self.model, self.bundle, readable, threshold=threshold,
-                                   device=self.model.device_name, log=log or _default_log,
-                                   callbacks=_progress(progress_bar))
+                                   device=self.model.device_name, query_label_key=query_label_key,
+                                   log=log or _default_log, callbacks=_progress(progress_bar))
             return _write_result(res, adata, key_added=key_added, copy=copy, readable=readable)
         readable = _readable(adata, "query")
-        preds, card = predict_query(self.model, self.bundle, readable, threshold=threshold, log=log or _default_log)
+        preds, card = predict_query(self.model, self.bundle, readable, threshold=threshold,
+                                    query_label_key=query_label_key, log=log or _default_log)
         target = _target(adata, copy, readable)
         write_annotations(target, preds, card, key_added=key_added)
         return target if copy else None
 
     def predict_file(self, path: str | Path, *, out: str | Path, threshold: float | None = None,
-                     adapt: bool = False, log: Callable[[str], None] | None = None,
-                     progress_bar: bool = True) -> dict[str, Any]:
+                     adapt: bool = False, query_label_key: str | None = None,
+                     log: Callable[[str], None] | None = None, progress_bar: bool = True) -> dict[str, Any]:
         """Label the ``.h5ad`` file at ``path`` without loading it (a block of cells at a time;
         any size, see :mod:`cellannot_core.streaming`) and write the annotated copy to ``out``
-        (keys as :func:`annotate`). ``adapt``, ``progress_bar``: as in :meth:`predict` (a large file
-        trains on a seeded sample of its cells, as ``annotate`` does). Returns ``{"n_obs",
-        "unknown_fraction", "streamed"}``."""
+        (keys as :func:`annotate`). ``adapt``, ``query_label_key``, ``progress_bar``: as in
+        :meth:`predict` (a large file trains on a seeded sample of its cells, as ``annotate``
+        does). Returns ``{"n_obs", "unknown_fraction", "streamed"}``, and ``"query_metrics"``
+        with ``query_label_key``."""
         from .streaming import label_file
 
         return label_file(self.model, self.bundle, path, out=out, threshold=threshold, adapt=adapt,
-                          log=log or _default_log, callbacks=_progress(progress_bar), model_dir=self._source)
+                          query_label_key=query_label_key, log=log or _default_log,
+                          callbacks=_progress(progress_bar), model_dir=self._source)
 
     def save(self, path: str | Path) -> Path:
         """Write the model (safetensors + JSON, no pickle) and its genes to the directory ``path``;

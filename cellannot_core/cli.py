@@ -108,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="train the model again on the reference cells it kept, with this query unlabelled, before "
                          "labelling it (as annotate trains; minutes): a model that learns its latent space from the "
                          "query too finds the query's types the reference lacks more often")
+    pr.add_argument("--query-label-key", default=None,
+                    help="optional query obs column with known labels: the log and the output's run card get the "
+                         "metrics of the labels against them (as annotate's)")
     sub.add_parser("models", help="list the models and their hyper-parameters")
     ap_app = sub.add_parser("app", help="serve the web app (on 127.0.0.1 unless told otherwise)")
     ap_app.add_argument("--port", type=int, default=8501)
@@ -152,10 +155,6 @@ def _summary(res) -> None:
     _log(f"labelled {card['n_query']} query cells; Unknown: {card['unknown_fraction']:.1%}; "
          f"temperature {card['temperature']:.3f}; threshold {card['rejection']['threshold']:.4g} "
          f"({card['rejection']['method']})")
-    qm = card.get("query_metrics") or {}
-    if qm:
-        keys = ("acc_in", "f1_in", "ece_in", "auroc_ood", "acc_open", "reject_in", "reject_novel")
-        _log("query metrics: " + "  ".join(f"{k} {qm[k]:.3f}" for k in keys if k in qm))
 
 
 def cmd_annotate(args) -> int:
@@ -261,7 +260,7 @@ def cmd_predict(args) -> int:
 
     check_writable(args.out, what="annotated query")  # (its name and that it is no input: predict_file's)
     res = predict_file(args.model_dir, args.query, out=Path(args.out), device=args.device, threshold=args.threshold,
-                       adapt=args.adapt, log=_log)
+                       adapt=args.adapt, query_label_key=args.query_label_key, log=_log)
     _log(f"labelled {res['n_obs']} cells; Unknown: {res['unknown_fraction']:.1%}; wrote {args.out}")
     return 0
 

@@ -751,9 +751,14 @@ def latent_quality_of(model, prepared: Prepared, preds: Predictions) -> dict[str
 
 def query_metrics(prepared: Prepared, preds: Predictions, classes: Sequence[str]) -> dict[str, Any]:
     """DESIGN.md metrics when the query carries labels (else empty)."""
+    return metrics_of_labels(prepared.query.labels, preds, classes)
+
+
+def metrics_of_labels(labels, preds: Predictions, classes: Sequence[str]) -> dict[str, Any]:
+    """DESIGN.md metrics of the predictions against the query's own labels (``""``: a cell without
+    one, left out); empty without labels."""
     from .metrics import label_transfer_metrics, per_type_ood_auroc
 
-    labels = prepared.query.labels
     if labels is None:
         return {}
     known = np.asarray(labels) != ""  # missing query labels are neither known nor novel
@@ -1134,6 +1139,8 @@ def annotate(reference, query, opts: AnnotateOptions, *, out: str | Path | None 
             view_prep = prepared
         qm = query_metrics(all_prep, preds, model.classes)
         card = run_card(model, all_prep, opts, preds, train_seconds=train_seconds, query_metrics=qm, samples=samples)
+        if qm:
+            log(metrics_line(qm))
         card["unknown_groups"] = groups
         if card["rejection"].get("scores_note"):
             log(f"note: {card['rejection']['scores_note']}")
@@ -1238,13 +1245,10 @@ def _label_whole_file(model, prepared: Prepared, opts: AnnotateOptions, source: 
         preds, report = stream_predictions(model, bundle_info(model, prepared, opts), rows, threshold=opts.threshold,
                                            log=progress, samples=samples)
     labels = None
-    if opts.query_label_key:
-        if opts.query_label_key not in obs:
-            raise ConfigError(f"the query has no column {opts.query_label_key!r}")
-        from .data.validate import untyped_label_mask
+    if opts.query_label_key:  # (the sample's prepare warned of labels matched regardless of case)
+        from .data.validate import query_labels
 
-        col = obs[opts.query_label_key]
-        labels = np.where(untyped_label_mask(col), "", col.astype(str).str.strip()).astype(object)
+        labels = query_labels(obs, opts.query_label_key, model.classes)[0]
     n = len(obs)
     query = Split(X=sp.csr_matrix((n, prepared.n_genes), dtype=np.float32), counts=None, y=None,
                   obs_names=obs.index.to_numpy(dtype=object), labels=labels, index=np.arange(n, dtype=np.int64))
@@ -1252,13 +1256,16 @@ def _label_whole_file(model, prepared: Prepared, opts: AnnotateOptions, source: 
 
 
 def predict_query(model, bundle: dict[str, Any], query, *, threshold: float | None = None,
+                  query_label_key: str | None = None,
                   log: Callable[[str], None] = lambda s: None) -> tuple[Predictions, dict[str, Any]]:
     """Label a query with a trained model and its bundle info: genes matched by name and put in
     the model's order (missing genes are zero), the reference's normalisation. Returns the
-    predictions and a run card."""
+    predictions and a run card; ``query_label_key``: a query column of known labels, the card's
+    ``query_metrics`` measured against them (:func:`predicted_query_metrics`)."""
     from .data import prepare_query, read_dataset
 
     qry = query if not isinstance(query, (str, Path)) else read_dataset(query, name="query")
+    labels = own_labels(qry.obs, query_label_key, model, bundle, log)
     split, report = prepare_query(qry, genes=bundle["genes"], norm_genes=bundle.get("norm_genes"),
                                   min_shared_genes=int(bundle.get("min_shared_genes", 200)), with_counts=False)
     log(report.get("message", ""))
@@ -1268,7 +1275,41 @@ def predict_query(model, bundle: dict[str, Any], query, *, threshold: float | No
     card = prediction_card(model, preds, report, samples) | {"unknown_groups": groups}
     log_unknown_groups(groups, log)
     log_class_notes(card, log)
+    predicted_query_metrics(card, labels, preds, model, query_label_key, log)
     return preds, card
+
+
+def own_labels(obs: pd.DataFrame, key: str | None, model, bundle: dict[str, Any],
+               log: Callable[[str], None]) -> np.ndarray | None:
+    """A query's known labels for the metrics of a prediction (:func:`~.data.validate.query_labels`;
+    None without ``key``), read before any labelling so a wrong column costs nothing. The model's
+    own label column and batch key are not the query's labels unless named."""
+    if not key:
+        return None
+    from .data.validate import query_labels
+
+    if key == bundle.get("batch_key"):
+        raise ConfigError(f"{key!r} is the model's batch key, a column naming each cell's sample, not its cell type")
+    labels, _, _, warns = query_labels(obs, key, model.classes)
+    log_warnings({"warnings": warns}, log)
+    return labels
+
+
+def predicted_query_metrics(card: dict[str, Any], labels: np.ndarray | None, preds: Predictions, model,
+                            key: str | None, log: Callable[[str], None]) -> None:
+    """The DESIGN.md metrics of a query labelled with a saved model against its own labels, into
+    the card (``query_metrics``, and ``options.query_label_key`` as a run's card has it) and the log."""
+    if labels is None:
+        return
+    card["query_metrics"] = metrics_of_labels(labels, preds, model.classes)
+    card.setdefault("options", {})["query_label_key"] = key
+    log(metrics_line(card["query_metrics"]))
+
+
+def metrics_line(qm: dict[str, Any]) -> str:
+    """One line of a run's main query metrics, for the log."""
+    keys = ("acc_in", "f1_in", "ece_in", "auroc_ood", "acc_open", "reject_in", "reject_novel")
+    return "query metrics: " + "  ".join(f"{k} {qm[k]:.3f}" for k in keys if isinstance(qm.get(k), (int, float)))
 
 
 def bundle_samples(bundle: dict[str, Any], obs: pd.DataFrame) -> QuerySamples | None:
@@ -1324,15 +1365,16 @@ def bundle_reference(model, bundle: dict[str, Any]):
 
 
 def annotate_adapted(model, bundle: dict[str, Any], query, *, threshold: float | None = None, device: str = "auto",
-                     out: str | Path | None = None, log: Callable[[str], None] = lambda s: None,
-                     callbacks: Sequence[Any] = ()) -> AnnotateResult:
+                     out: str | Path | None = None, query_label_key: str | None = None,
+                     log: Callable[[str], None] = lambda s: None, callbacks: Sequence[Any] = ()) -> AnnotateResult:
     """``predict`` with ``adapt``: the saved model trained again, as :func:`annotate` trains it, on
     its kept reference cells (:func:`bundle_reference`) with ``query`` (an AnnData, or a path read
     as the app reads it, a large ``.h5ad`` as a sample of its cells, every cell labelled a chunk at a
     time): its model, hyper-parameters,
     seed and batch key, every one of its genes the query has. The query's own types then shape
     the latent space, which a model trained without them cannot give them. The model's batch key
-    counts where the query has that column (the kept reference cells carry no batches)."""
+    counts where the query has that column (the kept reference cells carry no batches).
+    ``query_label_key``: the query's own labels, for the metrics (as :func:`annotate`'s)."""
     from .data.stream import read_query
     from .models import get_spec
 
@@ -1345,7 +1387,7 @@ def annotate_adapted(model, bundle: dict[str, Any], query, *, threshold: float |
     hparams = {k: v for k, v in model.hparams.items() if k in spec.hparams and not spec.hparams[k].internal}
     opts = AnnotateOptions(label_key=bundle["label_key"], model=model.name, hparams=hparams,
                            seed=int(model.seed), device=device, n_top_genes=len(bundle["genes"]), threshold=threshold,
-                           batch_key=batch_key,
+                           batch_key=batch_key, query_label_key=query_label_key,
                            min_shared_genes=int(bundle.get("min_shared_genes", AnnotateOptions.min_shared_genes)))
     reference = bundle_reference(model, bundle)
     log(f"adapt: training {model.name} again on the {reference.n_obs:,} reference cells the model kept, with the query")

@@ -154,25 +154,29 @@ def write_annotations_file(src: Path, out: Path, preds, card: dict[str, Any]) ->
 
 def predict_file(model_dir: str | Path, query: str | Path, *, out: str | Path, device: str = "auto",
                  threshold: float | None = None, chunk_cells: int = CHUNK_CELLS, adapt: bool = False,
-                 log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+                 query_label_key: str | None = None, log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     """Label the query file ``query`` with the saved bundle in ``model_dir`` and write the
     annotated query to ``out``, in chunks when the model and the file allow (see the module
     docstring), else whole. ``adapt``: the model trained again with this query first
-    (:func:`~.pipeline.annotate_adapted`). Returns ``{"n_obs", "unknown_fraction", "streamed"}``."""
+    (:func:`~.pipeline.annotate_adapted`). ``query_label_key``: a query column of known labels to
+    measure the labels by. Returns ``{"n_obs", "unknown_fraction", "streamed"}``, and
+    ``"query_metrics"`` with ``query_label_key``."""
     from .pipeline import load_bundle
 
     model, bundle = load_bundle(model_dir, device=device)
     return label_file(model, bundle, query, out=out, threshold=threshold, chunk_cells=chunk_cells, log=log,
-                      model_dir=model_dir, adapt=adapt)
+                      model_dir=model_dir, adapt=adapt, query_label_key=query_label_key)
 
 
 def label_file(model, bundle: dict[str, Any], query: str | Path, *, out: str | Path, threshold: float | None = None,
                chunk_cells: int = CHUNK_CELLS, log: Callable[[str], None] = lambda s: None,
-               model_dir: str | Path | None = None, adapt: bool = False, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
+               model_dir: str | Path | None = None, adapt: bool = False, callbacks: Sequence[Any] = (),
+               query_label_key: str | None = None) -> dict[str, Any]:
     """:func:`predict_file` with a model and bundle already in memory (``Annotator.predict_file``);
     ``callbacks``: the training's, when ``adapt`` trains the model again."""
     from .pipeline import (annotate_adapted, bundle_samples, check_not_an_input, log_class_notes, log_unknown_groups,
-                           log_warnings, predict_query, prediction_card, write_annotations, write_h5ad_atomic)
+                           log_warnings, own_labels, predict_query, predicted_query_metrics, prediction_card,
+                           write_annotations, write_h5ad_atomic)
 
     if Path(out).suffix != ".h5ad":
         from .errors import ConfigError
@@ -181,9 +185,9 @@ def label_file(model, bundle: dict[str, Any], query: str | Path, *, out: str | P
     check_not_an_input(out, {"query": query, "saved model": model_dir}, what="annotated query")
     if adapt:
         res = annotate_adapted(model, bundle, Path(query), threshold=threshold, device=model.device_name, out=out,
-                               log=log, callbacks=callbacks)
+                               query_label_key=query_label_key, log=log, callbacks=callbacks)
         return {"n_obs": len(res.predictions.label), "unknown_fraction": res.card["unknown_fraction"],
-                "streamed": "query_read_in_chunks" in res.card}
+                "streamed": "query_read_in_chunks" in res.card, **_metrics_of(res.card)}
 
     reason = None if model.spec.supports.per_cell else f"{model.name} labels a query as a whole"
     rows = None
@@ -197,13 +201,15 @@ def label_file(model, bundle: dict[str, Any], query: str | Path, *, out: str | P
 
         log(f"reading the whole query into memory ({reason})")
         adata = read_dataset(query, name="query")
-        preds, card = predict_query(model, bundle, adata, threshold=threshold, log=log)
+        preds, card = predict_query(model, bundle, adata, threshold=threshold, query_label_key=query_label_key, log=log)
         if model_dir is not None:
             card["model_dir"] = str(model_dir)
         write_annotations(adata, preds, card)
         write_h5ad_atomic(adata, Path(out))
-        return {"n_obs": adata.n_obs, "unknown_fraction": card["unknown_fraction"], "streamed": False}
+        return {"n_obs": adata.n_obs, "unknown_fraction": card["unknown_fraction"], "streamed": False,
+                **_metrics_of(card)}
     with rows:
+        labels = own_labels(rows.obs, query_label_key, model, bundle, log)
         samples = bundle_samples(bundle, rows.obs)
         preds, report = stream_predictions(model, bundle, rows, threshold=threshold, chunk_cells=chunk_cells,
                                            log=log, samples=samples)
@@ -213,7 +219,13 @@ def label_file(model, bundle: dict[str, Any], query: str | Path, *, out: str | P
     card = prediction_card(model, preds, report, samples) | {"unknown_groups": groups}
     log_unknown_groups(groups, log)
     log_class_notes(card, log)
+    predicted_query_metrics(card, labels, preds, model, query_label_key, log)
     if model_dir is not None:
         card["model_dir"] = str(model_dir)
     write_annotations_file(Path(query), Path(out), preds, card)
-    return {"n_obs": len(preds.label), "unknown_fraction": card["unknown_fraction"], "streamed": True}
+    return {"n_obs": len(preds.label), "unknown_fraction": card["unknown_fraction"], "streamed": True,
+            **_metrics_of(card)}
+
+
+def _metrics_of(card: dict[str, Any]) -> dict[str, Any]:
+    return {"query_metrics": card["query_metrics"]} if card.get("query_metrics") else {}

@@ -40,8 +40,8 @@ from .validate import (
     check_values,
     clean_labels,
     make_unique,
-    match_query_labels,
     per_cell_column,
+    query_labels,
     zero_total_cells,
 )
 from .values import NOT_WHOLE, detect_value_state, get_counts
@@ -619,17 +619,8 @@ def prepare(
 
     q_labels = q_y = None
     if query_label_key is not None:
-        check_label_column(qry.obs, query_label_key, name="query")
-        col = qry.obs[query_label_key]
-        missing = untyped_label_mask(col)
-        q_labels = col.astype(str).str.strip().to_numpy(dtype=object)
-        q_labels[missing] = ""
-        q_y, renamed = match_query_labels(q_labels, classes)
-        if renamed:  # the labels the metrics compare with the predictions: as the reference names them
-            q_labels = np.asarray([renamed.get(v, v) for v in q_labels], dtype=object)
-            shown = ", ".join(f"{k!r} as {v!r}" for k, v in list(renamed.items())[:5])
-            warns.append(f"query labels matched to reference types regardless of case or spacing: {shown}"
-                         + (f" and {len(renamed) - 5} more" if len(renamed) > 5 else ""))
+        q_labels, q_y, missing, lw = query_labels(qry.obs, query_label_key, classes)
+        warns.extend(lw)
         in_ref = q_y >= 0
         qry.report.update(
             label_key=query_label_key,

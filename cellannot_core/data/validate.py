@@ -39,6 +39,7 @@ __all__ = [
     "untyped_label_mask",
     "clean_labels",
     "match_query_labels",
+    "query_labels",
     "zero_total_cells",
     "validate_dataset",
 ]
@@ -164,6 +165,26 @@ def match_query_labels(labels, classes) -> tuple[np.ndarray, dict[str, str]]:
                 renamed[str(v)] = str(classes[i])
         idx.append(i)
     return np.asarray(idx, dtype=np.int64), renamed
+
+
+def query_labels(obs: pd.DataFrame, key: str, classes) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """The query's own labels in ``obs[key]``, to measure the predictions by: each cell's label
+    ("" where it names no type, :func:`untyped_label_mask`), a label that differs from a reference
+    class only in case or spacing named as that class (:func:`match_query_labels`); its class index
+    (-1: a type the reference lacks); the mask of cells without a label; warnings."""
+    check_label_column(obs, key, name="query")
+    col = obs[key]
+    missing = untyped_label_mask(col)
+    labels = col.astype(str).str.strip().to_numpy(dtype=object)
+    labels[missing] = ""
+    idx, renamed = match_query_labels(labels, classes)
+    warns = []
+    if renamed:  # the labels the metrics compare with the predictions: as the reference names them
+        labels = np.asarray([renamed.get(v, v) for v in labels], dtype=object)
+        shown = ", ".join(f"{k!r} as {v!r}" for k, v in list(renamed.items())[:5])
+        warns.append(f"query labels matched to reference types regardless of case or spacing: {shown}"
+                     + (f" and {len(renamed) - 5} more" if len(renamed) > 5 else ""))
+    return labels, idx, missing, warns
 
 
 def missing_label_mask(labels: pd.Series) -> np.ndarray:

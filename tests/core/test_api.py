@@ -130,6 +130,50 @@ def test_train_then_predict_matches_genes_by_name(pair, tmp_path):
     np.testing.assert_allclose(a.obsm["cellannot_proba"], c.obsm["cellannot_proba"], rtol=1e-5, atol=1e-6)
 
 
+def test_a_saved_model_is_measured_against_a_querys_own_labels(pair, tmp_path):
+    """A saved model's labels measured against the query's own (``annotate`` alone did it): in
+    memory and a file a chunk at a time alike, labels in another case matched, unlabelled cells left
+    out, a column the query lacks one clear error before any labelling."""
+    import anndata as ad
+
+    ref, query = pair
+    annotator = ca.train(ref, **_opts())
+    q = query.copy()
+    q.obs["truth"] = q.obs["cell_type"].astype(str).str.upper()  # "TYPE0" for "type0"
+    q.obs.iloc[:5, q.obs.columns.get_loc("truth")] = "nan"
+    lines: list[str] = []
+    a = annotator.predict(q, copy=True, query_label_key="truth", log=lines.append)
+    qm = a.uns["cellannot"]["query_metrics"]
+    truth = query.obs["cell_type"].astype(str).to_numpy()
+    known = np.isin(truth, annotator.classes)
+    known[:5] = False
+    raw = a.obs["cellannot_label_raw"].astype(str).to_numpy()
+    assert qm["acc_in"] == pytest.approx((raw[known] == truth[known]).mean()) and qm["acc_in"] > 0.8
+    novel = ~np.isin(truth, annotator.classes)
+    novel[:5] = False
+    unknown = a.obs["cellannot_is_unknown"].to_numpy(bool)
+    assert qm["reject_novel"] == pytest.approx(unknown[novel].mean())
+    assert qm["n_unlabelled"] == 5 and 0.5 < qm["auroc_ood"] <= 1
+    assert a.uns["cellannot"]["options"]["query_label_key"] == "truth"
+    assert any(line.startswith("query metrics: acc_in") for line in lines)
+    assert any("regardless of case" in line for line in lines)
+    # the same file labelled a chunk at a time: the same figures, returned and in the file's card
+    q.write_h5ad(tmp_path / "q.h5ad")
+    res = annotator.predict_file(tmp_path / "q.h5ad", out=tmp_path / "o.h5ad", query_label_key="truth", log=print)
+    assert res["streamed"]
+    for k in ("acc_in", "auroc_ood", "acc_open", "reject_in", "reject_novel"):
+        assert res["query_metrics"][k] == pytest.approx(qm[k], abs=1e-6), k
+    assert ad.read_h5ad(tmp_path / "o.h5ad").uns["cellannot"]["query_metrics"]["acc_open"] == pytest.approx(qm["acc_open"])
+    assert "query_metrics" not in annotator.predict_file(tmp_path / "q.h5ad", out=tmp_path / "o2.h5ad")
+    # a misspelt column: one clear error, and nothing written into the query
+    before = list(q.obs.columns)
+    with pytest.raises(DataError, match="no label column 'truht'.*Did you mean"):
+        annotator.predict(q, query_label_key="truht")
+    with pytest.raises(DataError, match="no label column 'truht'"):
+        annotator.predict_file(tmp_path / "q.h5ad", out=tmp_path / "o3.h5ad", query_label_key="truht")
+    assert list(q.obs.columns) == before and not (tmp_path / "o3.h5ad").exists()
+
+
 def test_predict_in_place_and_threshold_override(pair):
     ref, query = pair
     annotator = ca.train(ref, **_opts())

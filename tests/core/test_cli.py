@@ -265,8 +265,14 @@ def test_train_then_predict(capsys, files, tmp_path):
     code, _, err = run_main(capsys, "predict", "--model", model_dir, "--query", files["query"], "--out", out,
                             "--device", "cpu")
     assert code == 0, err
-    assert "labelled 80 cells" in err
+    assert "labelled 80 cells" in err and "query metrics" not in err
+    code, _, err = run_main(capsys, "predict", "--model", model_dir, "--query", files["query"], "--out", out,
+                            "--device", "cpu", "--query-label-key", LABEL)  # measured against the query's labels
+    assert code == 0, err
+    assert "query metrics: acc_in" in err
     a = ad.read_h5ad(out)
+    acc = (a.obs[OutKeys.LABEL_RAW].astype(str) == a.obs[LABEL].astype(str)).mean()
+    assert a.uns[OutKeys.UNS]["query_metrics"]["acc_in"] == pytest.approx(acc)
     assert a.n_obs == 80 and a.obsm[OutKeys.PROBA].shape == (80, 3)
     assert set(a.obs[OutKeys.LABEL_RAW].astype(str)) <= {"type0", "type1", "type2"}
     # well above chance (1/3); the synthetic query has its own baseline expression, so not perfect

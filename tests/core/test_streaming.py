@@ -285,6 +285,7 @@ def test_annotate_a_query_held_as_a_sample_labels_every_cell_of_its_file(tmp_pat
 
     ref, qry = demo_subset(300, 500, seed=5)
     qry.X = sp.csr_matrix(qry.X)
+    qry.obs["truth"] = qry.obs[LABEL].astype(str).str.lower()  # matched to the reference's types regardless of case
     path = tmp_path / "big_query.h5ad"
     qry.write_h5ad(path)
     sample = read_sample(path, n=150, seed=0)
@@ -292,12 +293,13 @@ def test_annotate_a_query_held_as_a_sample_labels_every_cell_of_its_file(tmp_pat
     assert set(sample.obs_names) <= set(qry.obs_names)
     row = list(qry.obs_names).index(sample.obs_names[0])  # the sample's counts are the file's
     np.testing.assert_array_equal(sample.X[0].toarray(), qry.X[row].toarray())
-    opts = AnnotateOptions(label_key=LABEL, query_label_key=LABEL, model="logreg", seed=0, device="cpu",
+    opts = AnnotateOptions(label_key=LABEL, query_label_key="truth", model="logreg", seed=0, device="cpu",
                            n_top_genes=300)
     rd = RunDir.create(tmp_path / "runs", model="logreg")
     res = annotate(ref, sample, opts, run_dir=rd, out=tmp_path / "annotated.h5ad")
     assert len(res.predictions.label) == 500 and res.card["n_query"] == 500
     assert res.card["query_metrics"]["n_in"] + res.card["query_metrics"]["n_novel"] == 500
+    assert res.card["query_metrics"]["n_in"] == qry.obs[LABEL].astype(str).isin(res.model.classes).sum() > 0
     assert res.card["query_read_in_chunks"]["n_sample"] == 150
     assert res.prepared.query.n_obs == 150  # trained with the sample only
     # the Unknown groups are described from every cell of the file, not the sample (all Unknown here)
