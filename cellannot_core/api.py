@@ -35,7 +35,9 @@ Keys written (``key_added="cellannot"``; see :func:`cellannot_core.pipeline.anno
                                          type's accepted cells (a state or a new type?); with query
                                          samples, ``absent_from`` and, when a known type's cells are
                                          missing where the group is, ``short_class`` (a hint: accept
-                                         group j as it with ``label[g == j] = short_class``)
+                                         group j as it with ``label[g == j] = short_class``);
+                                         a "/" in a key (a type named "T/NK") is written "\u2215",
+                                         the division slash: an ``.h5ad`` key cannot hold "/"
 ======================================  ==============================================================
 """
 from __future__ import annotations

@@ -5,6 +5,7 @@ annotate contract. Each step is a function the app calls on its own.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import platform
@@ -770,10 +771,21 @@ def metrics_of_labels(labels, preds: Predictions, classes: Sequence[str]) -> dic
     return m
 
 
+#: an HDF5 name cannot hold "/" (h5py reads it as a path: the key "T/NK" came back as {"T": {"NK": ...}},
+#: and anndata will refuse it): it is written as the division slash, which reads the same
+H5_SLASH = "\u2215"
+
+
+def h5_name(name: Any) -> str:
+    """``name`` as a key of an ``.h5ad`` (``uns`` keys, ``obs`` / ``var`` columns): "/" as
+    :data:`H5_SLASH`."""
+    return str(name).replace("/", H5_SLASH)
+
+
 def _h5_safe(obj: Any) -> Any:
-    """Make a run card storable in .uns (no None, homogeneous lists as arrays)."""
+    """Make a run card storable in .uns (no None, homogeneous lists as arrays, keys by :func:`h5_name`)."""
     if isinstance(obj, dict):
-        return {str(k): _h5_safe(v) for k, v in obj.items()}
+        return {h5_name(k): _h5_safe(v) for k, v in obj.items()}
     if obj is None:
         return "None"
     if isinstance(obj, str):
@@ -914,8 +926,37 @@ def check_not_an_input(out: str | Path, inputs: dict[str, Any], *, what: str = "
 
 
 def write_h5ad_atomic(adata, path: Path) -> None:
-    """Write to a temporary name and rename (:func:`write_atomic`)."""
-    write_atomic(path, lambda tmp: adata.write_h5ad(tmp, compression="gzip"))
+    """Write to a temporary name and rename (:func:`write_atomic`); names an ``.h5ad`` cannot
+    hold are written by :func:`h5_name` (:func:`h5_names`)."""
+    with h5_names(adata):
+        write_atomic(path, lambda tmp: adata.write_h5ad(tmp, compression="gzip"))
+
+
+@contextlib.contextmanager
+def h5_names(adata):
+    """``adata``'s ``obs`` and ``var`` columns and ``uns`` keys (at any depth) by :func:`h5_name`
+    while the block runs (an ``.h5ad`` is written), as they were after it; nothing copied when no
+    name holds a "/"."""
+    def keys(d):
+        return {h5_name(k): keys(v) if isinstance(v, dict) else v for k, v in d.items()}
+
+    def slashed(d) -> bool:
+        return any("/" in str(k) or (isinstance(v, dict) and slashed(v)) for k, v in d.items())
+
+    frames = [f for f in (adata.obs, adata.var) if any("/" in str(c) for c in f.columns)]
+    columns = [f.columns for f in frames]
+    uns = dict(adata.uns) if slashed(adata.uns) else None
+    try:
+        for f in frames:
+            f.columns = [h5_name(c) for c in f.columns]
+        if uns is not None:
+            adata.uns = keys(uns)
+        yield adata
+    finally:
+        for f, cols in zip(frames, columns):
+            f.columns = cols
+        if uns is not None:
+            adata.uns = uns
 
 
 def write_atomic(path: Path, write: Callable[[Path], None]) -> None:

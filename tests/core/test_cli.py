@@ -508,3 +508,46 @@ def test_a_model_is_not_saved_over_files_that_are_not_a_saved_models(capsys, fil
     (tmp_path / "m" / "extra.txt").write_text("kept")
     annotator.save(tmp_path / "m")
     assert (tmp_path / "m" / "extra.txt").read_text() == "kept"
+
+
+def test_names_with_a_slash_are_written_flat_not_as_nested_groups(capsys, tmp_path):
+    """Cell types are often named with a "/" ("T/NK", "Endothelial/pericyte"). HDF5 reads a "/" in a
+    key as a path: the run card in the output's uns came back with {"T": {"NK": 181}} for
+    predicted_counts["T/NK"], and anndata warns it will refuse such keys, which would fail the
+    write after training. Keys and the user's own columns are written with the division slash."""
+    import warnings
+
+    ref = make_synthetic(240, 60, 3, seed=1)
+    q = make_synthetic(80, 60, 4, seed=2)  # type3: a type the reference lacks
+    for a in (ref, q):
+        a.obs[LABEL] = a.obs[LABEL].astype(str).replace({"type0": "T/NK", "type1": "B/plasma", "type3": "NK/ILC"})
+    q.obs["qc/flag"] = 1
+    refp, qp, out = _write(ref, tmp_path / "r.h5ad"), tmp_path / "q.h5ad", tmp_path / "o.h5ad"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q.write_h5ad(qp)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*[Ss]lash")
+        code, _, err = run_main(capsys, "annotate", "--reference", refp, "--query", qp, "--label-key", LABEL,
+                                "--query-label-key", LABEL, "--out", out, *FAST)
+        assert code == 0, err
+        a = ad.read_h5ad(out)
+    card = a.uns[OutKeys.UNS]
+    counts = card["predicted_counts"]
+    assert all(not isinstance(v, dict) for v in counts.values()), counts
+    assert {"T\u2215NK", "B\u2215plasma"} <= set(counts) and sum(counts.values()) == 80
+    assert set(card["classes"]) == {"T/NK", "B/plasma", "type2"}  # values are kept as they are
+    assert set(a.obs[OutKeys.LABEL_RAW].astype(str)) <= {"T/NK", "B/plasma", "type2"}
+    assert "qc\u2215flag" in a.obs and (a.obs["qc\u2215flag"] == 1).all()
+    # a file labelled a chunk at a time by a saved model: the same
+    model = tmp_path / "m"
+    assert run_main(capsys, "train", "--reference", refp, "--label-key", LABEL, "--save-model", model, *FAST)[0] == 0
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*[Ss]lash")
+        code, _, err = run_main(capsys, "predict", "--model", model, "--query", qp, "--out", tmp_path / "p.h5ad",
+                                "--device", "cpu", "--query-label-key", LABEL)
+        assert code == 0, err
+        p = ad.read_h5ad(tmp_path / "p.h5ad")
+    per_type = p.uns[OutKeys.UNS]["query_metrics"]["per_type_auroc"]
+    assert list(per_type) == ["NK\u2215ILC"] and not isinstance(per_type["NK\u2215ILC"], dict)
+    assert "qc\u2215flag" in p.obs
