@@ -178,7 +178,9 @@ def query_labels(obs: pd.DataFrame, key: str, classes) -> tuple[np.ndarray, np.n
     labels = col.astype(str).str.strip().to_numpy(dtype=object)
     labels[missing] = ""
     idx, renamed = match_query_labels(labels, classes)
-    warns = []
+    warns = [] if len(labels) == 0 or not missing.all() else [
+        f"the query's label column {key!r} names no cell type (every value is empty, NaN or Unknown): the labels "
+        "are not measured against it"]
     if renamed:  # the labels the metrics compare with the predictions: as the reference names them
         labels = np.asarray([renamed.get(v, v) for v in labels], dtype=object)
         shown = ", ".join(f"{k!r} as {v!r}" for k, v in list(renamed.items())[:5])

@@ -165,6 +165,10 @@ def test_a_saved_model_is_measured_against_a_querys_own_labels(pair, tmp_path):
         assert res["query_metrics"][k] == pytest.approx(qm[k], abs=1e-6), k
     assert ad.read_h5ad(tmp_path / "o.h5ad").uns["cellannot"]["query_metrics"]["acc_open"] == pytest.approx(qm["acc_open"])
     assert "query_metrics" not in annotator.predict_file(tmp_path / "q.h5ad", out=tmp_path / "o2.h5ad")
+    q.obs["none"] = np.nan  # a column without labels: said, not a line of NaNs alone
+    lines.clear()
+    annotator.predict(q, copy=True, query_label_key="none", log=lines.append)
+    assert any("names no cell type" in line for line in lines)
     # a misspelt column: one clear error, and nothing written into the query
     before = list(q.obs.columns)
     with pytest.raises(DataError, match="no label column 'truht'.*Did you mean"):
