@@ -329,7 +329,8 @@ class Annotator:
 
     @classmethod
     def load(cls, path: str | Path, *, device: str = "auto") -> "Annotator":
-        """A bundle written by :meth:`save`, ``cellannot train`` or an app run's ``model`` folder."""
+        """A bundle written by :meth:`save`, ``cellannot train`` or an app run's ``model`` folder, or
+        the app's "Model bundle (.zip)" download as it is (unpacked safely, read into memory)."""
         from .pipeline import load_bundle
 
         annotator = cls(*load_bundle(path, device=device))

@@ -1018,17 +1018,54 @@ def save_bundle(directory: Path, model, info: dict[str, Any]) -> Path:
     return d
 
 
+MODEL_ARCHIVES = (".zip", ".tar.gz", ".tgz", ".tar")
+
+
 def load_bundle(model_dir: str | Path, *, device: str = "auto") -> tuple[Any, dict[str, Any]]:
-    """The model and its ``bundle.json`` from a directory written by :func:`save_bundle`."""
-    from ._constants import RunFiles
+    """The model and its ``bundle.json`` from a directory written by :func:`save_bundle`, a run's
+    folder, or an archive of either (the app's "Model bundle (.zip)" download: unpacked as a
+    dataset's archive is, :func:`~.data.io.unpacked_archive`, and read into memory)."""
     from .errors import DataError
-    from .models import load_model
-    from .runs import read_json
 
     model_dir = Path(model_dir)
     if not model_dir.exists():
         raise DataError(f"the model folder {model_dir} does not exist; pass a directory written by `train` or "
                         "--save-model")
+    if model_dir.is_file() and model_dir.name.lower().endswith(MODEL_ARCHIVES):
+        return _load_bundle_archive(model_dir, device)
+    return _load_bundle_dir(model_dir, device)
+
+
+def _load_bundle_archive(path: Path, device: str) -> tuple[Any, dict[str, Any]]:
+    """:func:`load_bundle` of an archive holding one saved model, at its top or in one folder."""
+    import tarfile
+    import zipfile
+
+    from .data.io import unpacked_archive
+    from .errors import DataError
+
+    label = f"the saved model archive '{path.name}'"
+    try:
+        with unpacked_archive(path, label) as dest:
+            found = sorted(p.parent for p in dest.rglob("bundle.json"))
+            if len(found) != 1:
+                raise DataError(f"{label} holds {'no' if not found else len(found)} saved model"
+                                f"{'s' if len(found) > 1 else ''} (a folder with bundle.json): give the archive of one "
+                                "model, as the app's \"Model bundle (.zip)\" download is")
+            try:
+                return _load_bundle_dir(found[0], device)
+            except DataError as err:  # the archive by its own name, not the temporary folder's
+                raise DataError(str(err).replace(str(found[0]), str(path))) from None
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as err:
+        raise DataError(f"cannot unpack {label} ({type(err).__name__}); it may be damaged: download it again") from None
+
+
+def _load_bundle_dir(model_dir: Path, device: str) -> tuple[Any, dict[str, Any]]:
+    from ._constants import RunFiles
+    from .errors import DataError
+    from .models import load_model
+    from .runs import read_json
+
     if not (model_dir / "bundle.json").exists() and (model_dir / RunFiles.MODEL_DIR / "bundle.json").is_file():
         model_dir = model_dir / RunFiles.MODEL_DIR  # a run's folder (what annotate and the app write): its model is inside
     bundle = read_json(model_dir / "bundle.json")

@@ -9,6 +9,7 @@ A short note on how the file was read is stored in ``adata.uns["cellannot_input"
 """
 from __future__ import annotations
 
+import contextlib
 import gzip
 import re
 import shutil
@@ -18,7 +19,7 @@ import warnings
 import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
 import anndata as ad
 import numpy as np
@@ -612,7 +613,15 @@ def _check_member(name: str, label: str) -> None:
 
 
 def _read_archive(path: Path, label: str) -> ad.AnnData:
-    """Extract safely into a temporary folder, then read the matrix folder inside it.
+    """Extract safely into a temporary folder (:func:`unpacked_archive`), then read the matrix
+    folder inside it."""
+    with unpacked_archive(path, label) as dest:
+        return _read_mtx_dir(_find_matrix_dir(dest, label), label)
+
+
+@contextlib.contextmanager
+def unpacked_archive(path: Path, label: str) -> Iterator[Path]:
+    """The ``.zip`` or ``.tar[.gz]`` at ``path`` extracted into a temporary folder, removed after.
 
     Members are checked before anything is written: no absolute paths, no ``..``, no links or
     special files, and their total (declared, and enforced by zipfile and tarfile while
@@ -640,7 +649,7 @@ def _read_archive(path: Path, label: str) -> ad.AnnData:
                         )
                 _check_unpacked_size(sum(m.size for m in members), limit, label)
                 tf.extractall(dest, filter="data")
-        return _read_mtx_dir(_find_matrix_dir(dest, label), label)
+        yield dest
 
 
 def _check_unpacked_size(total: int, limit: int, label: str) -> None:

@@ -551,3 +551,50 @@ def test_names_with_a_slash_are_written_flat_not_as_nested_groups(capsys, tmp_pa
     per_type = p.uns[OutKeys.UNS]["query_metrics"]["per_type_auroc"]
     assert list(per_type) == ["NK\u2215ILC"] and not isinstance(per_type["NK\u2215ILC"], dict)
     assert "qc\u2215flag" in p.obs
+
+
+def test_the_apps_model_download_is_read_as_it_is(capsys, files, tmp_path):
+    """The app offers a run's model as "Model bundle (.zip)"; `predict --model` and
+    `Annotator.load` wanted the folder ("has no bundle.json"). The zip is now read as it is, unpacked
+    with the same guards as a dataset's archive, with the labels the folder gives."""
+    import zipfile
+
+    import cellannot_core as ca
+
+    model_dir = tmp_path / "bundle"
+    assert run_main(capsys, "train", "--reference", files["ref"], "--label-key", LABEL, "--save-model", model_dir,
+                    *FAST)[0] == 0
+    zipped = tmp_path / "run_model.zip"
+    with zipfile.ZipFile(zipped, "w") as zf:  # as ui.results.model_zip writes it
+        for p in sorted(model_dir.rglob("*")):
+            zf.write(p, Path("model") / p.relative_to(model_dir))
+    outs = {}
+    for name, model in (("folder", model_dir), ("zip", zipped)):
+        outs[name] = tmp_path / f"{name}.h5ad"
+        code, _, err = run_main(capsys, "predict", "--model", model, "--query", files["query"], "--out", outs[name],
+                                "--device", "cpu")
+        assert code == 0, err
+    a, b = (ad.read_h5ad(outs[k]) for k in ("folder", "zip"))
+    np.testing.assert_array_equal(a.obs[OutKeys.LABEL].astype(str), b.obs[OutKeys.LABEL].astype(str))
+    np.testing.assert_allclose(a.obsm[OutKeys.PROBA], b.obsm[OutKeys.PROBA], rtol=1e-6)
+    assert ca.Annotator.load(zipped, device="cpu").classes == ["type0", "type1", "type2"]
+    # an archive of no model, a damaged one, one whose member climbs out: one line each, naming the archive
+    empty = tmp_path / "nothing.zip"
+    with zipfile.ZipFile(empty, "w") as zf:
+        zf.writestr("readme.txt", "x")
+    broken = tmp_path / "broken.zip"
+    broken.write_bytes(zipped.read_bytes()[: zipped.stat().st_size // 2])
+    escape = tmp_path / "escape.zip"
+    with zipfile.ZipFile(escape, "w") as zf:
+        zf.writestr("../bundle.json", "{}")
+    damaged = tmp_path / "damaged.zip"
+    with zipfile.ZipFile(damaged, "w") as zf:
+        for p in sorted(model_dir.rglob("*")):
+            zf.writestr(f"model/{p.name}", b"not weights" if p.suffix == ".safetensors" else p.read_bytes())
+    for path, words in ((empty, "holds no saved model"), (broken, "cannot unpack"), (escape, "unsafe path"),
+                        (damaged, "damaged.zip")):
+        code, _, err = run_main(capsys, "predict", "--model", path, "--query", files["query"],
+                                "--out", tmp_path / "x.h5ad", "--device", "cpu")
+        line = assert_one_error(code, err, words)
+        assert "cellannot_archive_" not in line, line  # the archive by its name, never the temporary folder
+    assert not (tmp_path / "x.h5ad").exists() and not (tmp_path.parent / "bundle.json").exists()
