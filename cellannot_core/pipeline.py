@@ -932,31 +932,78 @@ def write_h5ad_atomic(adata, path: Path) -> None:
         write_atomic(path, lambda tmp: adata.write_h5ad(tmp, compression="gzip"))
 
 
+def _h5_columns(frame: pd.DataFrame) -> list[str]:
+    """``frame``'s column names as an ``.h5ad`` can hold them: by :func:`h5_name`, anndata's
+    reserved ``_index`` (SeuratDisk's conversions give ``raw.var`` such a column) as
+    ``_index_column``, a repeated name numbered as pandas numbers them (``name.1``)."""
+    out: list[str] = []
+    for c in frame.columns:
+        name = h5_name(c)
+        name = "_index_column" if name == "_index" else name
+        base, n = name, 0
+        while name in out:
+            n += 1
+            name = f"{base}.{n}"
+        out.append(name)
+    return out
+
+
 @contextlib.contextmanager
 def h5_names(adata):
-    """``adata``'s ``obs`` and ``var`` columns and ``uns`` keys (at any depth) by :func:`h5_name`
-    while the block runs (an ``.h5ad`` is written), as they were after it; nothing copied when no
-    name holds a "/"."""
+    """``adata``'s ``obs``, ``var`` and ``raw.var`` columns (:func:`_h5_columns`) and ``uns`` keys (at
+    any depth, :func:`h5_name`) as an ``.h5ad`` can hold them while the block runs (the file is
+    written), as they were after it; an index named like a column of other values loses its name
+    meanwhile. Nothing is copied."""
     def keys(d):
         return {h5_name(k): keys(v) if isinstance(v, dict) else v for k, v in d.items()}
 
     def slashed(d) -> bool:
         return any("/" in str(k) or (isinstance(v, dict) and slashed(v)) for k, v in d.items())
 
-    frames = [f for f in (adata.obs, adata.var) if any("/" in str(c) for c in f.columns)]
-    columns = [f.columns for f in frames]
+    frames = [adata.obs, adata.var] + ([adata.raw.var] if getattr(adata, "raw", None) is not None else [])
+    was = [(f.columns, f.index.name) for f in frames]
     uns = dict(adata.uns) if slashed(adata.uns) else None
     try:
         for f in frames:
-            f.columns = [h5_name(c) for c in f.columns]
+            cols = _h5_columns(f)
+            if cols != list(f.columns):
+                f.columns = cols
+            name = f.index.name
+            if name is not None and (name in f.columns or not isinstance(name, str)):
+                f.index.name = None  # (anndata refuses a column of that name with other values)
         if uns is not None:
             adata.uns = keys(uns)
         yield adata
     finally:
-        for f, cols in zip(frames, columns):
-            f.columns = cols
+        for f, (cols, name) in zip(frames, was):
+            if not f.columns.equals(cols):
+                f.columns = cols
+            f.index.name = name
         if uns is not None:
             adata.uns = uns
+
+
+def check_h5ad_writable(adata, what: str) -> None:
+    """Fail now, in one line, when the annotated ``adata`` could not be written to ``.h5ad`` after
+    training (as :func:`write_h5ad_atomic` writes it): its ``obs``, ``var``, ``raw.var`` and ``uns``
+    are written to a file in memory. Names an ``.h5ad`` cannot hold are renamed there
+    (:func:`h5_names`); what else anndata refuses is named by its part, not its contents."""
+    import h5py
+    from anndata.io import write_elem
+
+    from .errors import DataError
+
+    with h5_names(adata), h5py.File(io.BytesIO(), "w") as f:
+        parts = [("obs", adata.obs), ("var", adata.var), ("uns", dict(adata.uns))]
+        if getattr(adata, "raw", None) is not None:
+            parts.append(("raw.var", adata.raw.var))
+        for part, value in parts:
+            try:
+                write_elem(f, part.replace(".", "_"), value)
+            except Exception as err:  # noqa: BLE001 - whatever anndata cannot store, said before training
+                raise DataError(f"the {what}'s {part} cannot be written to an .h5ad file ({type(err).__name__}), so "
+                                f"its labels could not be saved: give the {what} without it, e.g. saved again "
+                                "from Python with only the columns you need") from None
 
 
 def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
@@ -1187,6 +1234,8 @@ def annotate(reference, query, opts: AnnotateOptions, *, out: str | Path | None 
         source = stream_source(qry)  # a sample of a query too large to hold: every cell is labelled in chunks
         if source is not None:
             _check_streamable(opts, source)
+        if out is not None or run_dir is not None:
+            check_h5ad_writable(qry, "query")  # before training, not after it
         checkpoint("preparing data")
         prepared = prepare_data(ref, qry, opts)
         log_warnings(prepared.report, log)

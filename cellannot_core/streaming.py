@@ -132,7 +132,7 @@ def write_annotations_file(src: Path, out: Path, preds, card: dict[str, Any]) ->
     import h5py
     from anndata.io import read_elem, write_elem
 
-    from .pipeline import h5_name, write_annotations, write_atomic
+    from .pipeline import h5_names, write_annotations, write_atomic
 
     def write(tmp: Path) -> None:
         shutil.copyfile(src, tmp)
@@ -140,8 +140,8 @@ def write_annotations_file(src: Path, out: Path, preds, card: dict[str, Any]) ->
             holder = ad.AnnData(obs=read_elem(f["obs"]))
             write_annotations(holder, preds, card)
             del f["obs"]
-            holder.obs.columns = [h5_name(c) for c in holder.obs.columns]
-            write_elem(f, "obs", holder.obs)
+            with h5_names(holder):
+                write_elem(f, "obs", holder.obs)
             for group, values in (("obsm", holder.obsm), ("uns", holder.uns)):
                 if group not in f:
                     write_elem(f, group, {})

@@ -598,3 +598,46 @@ def test_the_apps_model_download_is_read_as_it_is(capsys, files, tmp_path):
         line = assert_one_error(code, err, words)
         assert "cellannot_archive_" not in line, line  # the archive by its name, never the temporary folder
     assert not (tmp_path / "x.h5ad").exists() and not (tmp_path.parent / "bundle.json").exists()
+
+
+def _seuratdisk_like(adata: ad.AnnData, path: Path) -> Path:
+    """``adata`` written as SeuratDisk's Convert writes raw.var: its index under another name and a
+    column ``_index``, which anndata reads but refuses to write back."""
+    import h5py
+
+    a = adata.copy()
+    a.raw = a.copy()
+    a.write_h5ad(path)
+    with h5py.File(path, "r+") as f:
+        g = f["raw/var"]
+        g.copy(g[g.attrs["_index"]], "features")
+        g.attrs["_index"] = "features"
+        g.attrs["column-order"] = list(g.attrs["column-order"]) + ["_index"]
+    assert "_index" in ad.read_h5ad(path).raw.var
+    return path
+
+
+def test_a_query_converted_from_seurat_is_labelled_and_written(capsys, files, tmp_path):
+    """A query converted from a Seurat object with SeuratDisk has a raw.var column '_index', which
+    anndata reads and will not write: annotate trained, then failed with 'internal error' at
+    'writing results', the run marked failed (scverse/anndata#990, mojaveazure/seurat-disk#71). The
+    column is written as '_index_column'; what else anndata would refuse is one line before training."""
+    from cellannot_core.errors import DataError
+    from cellannot_core.pipeline import AnnotateOptions, annotate
+
+    query = _seuratdisk_like(make_synthetic(80, 60, 3, seed=2), tmp_path / "converted.h5ad")
+    out = tmp_path / "o.h5ad"
+    code, _, err = run_main(capsys, "annotate", "--reference", files["ref"], "--query", query, "--label-key", LABEL,
+                            "--out", out, "--runs-dir", tmp_path / "runs", *FAST)
+    assert code == 0, err
+    a = ad.read_h5ad(out)
+    assert a.raw.var.columns.tolist() == ["_index_column"] and a.n_obs == 80 and OutKeys.LABEL in a.obs
+    # something anndata cannot store: said before any training, naming the part, not its contents
+    q = make_synthetic(80, 60, 3, seed=2)
+    q.uns["notes"] = {"made_by": object()}
+    lines: list[str] = []
+    with pytest.raises(DataError, match="query's uns cannot be written to an .h5ad file") as e:
+        annotate(ad.read_h5ad(files["ref"]), q, AnnotateOptions(label_key=LABEL, model="logreg", n_top_genes=50,
+                                                                 min_shared_genes=20, device="cpu"),
+                 out=tmp_path / "o2.h5ad", log=lines.append)
+    assert "object at 0x" not in str(e.value) and not any("training" in line for line in lines), lines
