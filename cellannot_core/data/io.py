@@ -39,8 +39,8 @@ __all__ = [
 
 SUPPORTED_FORMATS = (
     "AnnData .h5ad; 10x Genomics HDF5 .h5; a 10x matrix folder "
-    "(matrix.mtx[.gz] + features.tsv[.gz] or genes.tsv[.gz] + barcodes.tsv[.gz]) "
-    "or a .zip / .tar.gz / .tgz of one; a table .csv / .tsv / .txt (optionally .gz), "
+    "(matrix.mtx[.gz] + features.tsv[.gz] or genes.tsv[.gz] + barcodes.tsv[.gz]), a kallisto | bustools one "
+    "(cells_x_genes.mtx + .genes.txt + .barcodes.txt) or a .zip / .tar.gz / .tgz of one; a table .csv / .tsv / .txt (optionally .gz), "
     "cells x genes or genes x cells"
 )
 
@@ -424,8 +424,23 @@ def _matrix_prefixes(folder: Path) -> list[str]:
     return sorted({m.group(1) for n in names if (m := _MTX_RE.match(n))})
 
 
+#: kallisto | bustools (``kb count``): cells x genes, the barcodes and genes listed beside it (gene IDs,
+#: and since kb-python 0.28 their names); ``total`` is the nascent + mature + ambiguous sum of ``--workflow nac``
+KB_STEM = "cells_x_genes"
+
+
+def _kb_files(folder: Path) -> tuple[Path, Path, Path | None, Path] | None:
+    """A ``kb count`` matrix in ``folder``: (matrix, gene IDs, gene names or None, barcodes), or None."""
+    mtx = _first_existing(folder, (f"{KB_STEM}.mtx", f"{KB_STEM}.total.mtx"))
+    ids = _first_existing(folder, (f"{KB_STEM}.genes.txt",))
+    bcs = _first_existing(folder, (f"{KB_STEM}.barcodes.txt",))
+    if mtx is None or ids is None or bcs is None:
+        return None
+    return mtx, ids, _first_existing(folder, (f"{KB_STEM}.genes.names.txt",)), bcs
+
+
 def _is_matrix_dir(folder: Path) -> bool:
-    return bool(_matrix_prefixes(folder))
+    return bool(_matrix_prefixes(folder)) or _kb_files(folder) is not None
 
 
 def _find_matrix_dir(path: Path, label: str) -> Path:
@@ -436,12 +451,13 @@ def _find_matrix_dir(path: Path, label: str) -> Path:
     if _is_matrix_dir(path):
         return path
     found = sorted(
-        {p.parent for p in path.rglob("*matrix.mtx*") if "__MACOSX" not in p.parts and _is_matrix_dir(p.parent)}
+        {p.parent for p in path.rglob("*.mtx*") if "__MACOSX" not in p.parts and _is_matrix_dir(p.parent)}
     )
     if not found:
         raise DataError(
             f"{label} contains no matrix.mtx or matrix.mtx.gz. A 10x matrix folder needs "
-            "matrix.mtx[.gz], features.tsv[.gz] (or genes.tsv[.gz]) and barcodes.tsv[.gz]."
+            "matrix.mtx[.gz], features.tsv[.gz] (or genes.tsv[.gz]) and barcodes.tsv[.gz]; a kallisto | bustools "
+            f"one {KB_STEM}.mtx, {KB_STEM}.genes.txt and {KB_STEM}.barcodes.txt."
         )
     if len(found) > 1:
         names = ", ".join(str(p.relative_to(path)) for p in found[:5])
@@ -487,13 +503,19 @@ def _read_mtx_dir(folder: Path, label: str) -> ad.AnnData:
     from scipy.io import mmread
 
     prefixes = _matrix_prefixes(folder)
+    kb = None if prefixes else _kb_files(folder)
     if len(prefixes) > 1:
         raise DataError(f"{label}: the matrix folder holds {len(prefixes)} matrices (files named like "
                         "<sample>_matrix.mtx.gz, as GEO names them). Provide one dataset at a time: a folder per sample.")
-    pre = prefixes[0]
-    mtx = _first_existing(folder, (f"{pre}matrix.mtx",))
-    feats = _first_existing(folder, (f"{pre}features.tsv", f"{pre}genes.tsv"))
-    bcs = _first_existing(folder, (f"{pre}barcodes.tsv",))
+    if kb is not None:
+        mtx, feats, names, bcs = kb
+        pre = ""
+    else:
+        pre = prefixes[0]
+        mtx = _first_existing(folder, (f"{pre}matrix.mtx",))
+        feats = _first_existing(folder, (f"{pre}features.tsv", f"{pre}genes.tsv"))
+        bcs = _first_existing(folder, (f"{pre}barcodes.tsv",))
+        names = None
     missing = [n for n, p in ((f"{pre}features.tsv/{pre}genes.tsv", feats), (f"{pre}barcodes.tsv", bcs)) if p is None]
     if missing:
         raise DataError(
@@ -502,8 +524,9 @@ def _read_mtx_dir(folder: Path, label: str) -> ad.AnnData:
             "if any, as GEO names them: GSM123_matrix.mtx.gz)."
         )
     _guard_mtx_header(mtx, label)
-    for listing in (feats, bcs):  # one Python string per line: ~10 bytes of memory per byte of text
-        _guard_text(listing, label, 10)
+    for listing in (feats, bcs, names):  # one Python string per line: ~10 bytes of memory per byte of text
+        if listing is not None:
+            _guard_text(listing, label, 10)
     if mtx.name.endswith(".gz"):
         with gzip.open(mtx, "rb") as fh:
             M = mmread(fh)
@@ -512,11 +535,15 @@ def _read_mtx_dir(folder: Path, label: str) -> ad.AnnData:
     M = sp.csr_matrix(M, dtype=np.float32)
     features = pd.read_csv(feats, sep="\t", header=None, dtype=str, quoting=3, keep_default_na=False)
     barcodes = pd.read_csv(bcs, sep="\t", header=None, dtype=str, quoting=3, keep_default_na=False)
+    if names is not None:  # kb's gene names, a line per gene ID
+        symbols = pd.read_csv(names, sep="\t", header=None, dtype=str, quoting=3, keep_default_na=False)
+        if len(symbols) == len(features):
+            features = pd.DataFrame({0: features.iloc[:, 0], 1: symbols.iloc[:, 0].to_numpy()})
     n_f, n_b = len(features), len(barcodes)
-    if M.shape == (n_f, n_b):
+    if M.shape == (n_b, n_f) and (kb is not None or n_b != n_f):
+        X = M  # kb's layout: cells x genes
+    elif M.shape == (n_f, n_b):
         X = M.T.tocsr()  # the 10x layout: genes x cells
-    elif M.shape == (n_b, n_f):
-        X = M
     else:
         raise DataError(
             f"{label}: matrix.mtx is {M.shape[0]} x {M.shape[1]} but there are {n_f} features and "
@@ -532,7 +559,7 @@ def _read_mtx_dir(folder: Path, label: str) -> ad.AnnData:
             X = X[:, gex]
             var = var.iloc[gex]
     obs = pd.DataFrame(index=pd.Index(barcodes.iloc[:, 0].to_numpy(dtype=str), name=None))
-    obs, notes = _join_cell_tables(folder, {mtx, feats, bcs}, obs, label)
+    obs, notes = _join_cell_tables(folder, {mtx, feats, bcs, names}, obs, label)
     adata = ad.AnnData(X=X, obs=obs, var=var)
     if notes:
         adata.uns[INPUT_UNS_KEY] = {"cell_tables": notes}

@@ -468,3 +468,32 @@ def test_a_geo_download_with_a_table_of_cell_annotations_is_read_with_its_labels
     (geo / "GSM2_matrix.mtx.gz").write_bytes((geo / "GSM1_matrix.mtx.gz").read_bytes())
     with pytest.raises(DataError, match="holds 2 matrices"):
         read_dataset(geo)
+
+
+def test_a_kallisto_bustools_folder_is_read(tmp_path, small):
+    """`kb count` writes cells_x_genes.mtx (cells x genes, not 10x's genes x cells) with its
+    barcodes and gene IDs listed beside it, and the gene names since kb-python 0.28; `--workflow nac`
+    a cells_x_genes.total.mtx among others. Such a folder was 'no matrix.mtx'."""
+    a = small.copy()
+    ids = a.var["gene_ids"].to_numpy()
+
+    def write(folder: Path, *, names: bool, stem: str = "cells_x_genes") -> Path:
+        folder.mkdir(parents=True)
+        scipy.io.mmwrite(str(folder / f"{stem}.mtx"), sp.coo_matrix(a.X.astype(np.int64)), field="integer")
+        (folder / "cells_x_genes.genes.txt").write_text("".join(f"{i}\n" for i in ids))
+        (folder / "cells_x_genes.barcodes.txt").write_text("".join(f"{b}\n" for b in a.obs_names))
+        if names:
+            (folder / "cells_x_genes.genes.names.txt").write_text("".join(f"{g}\n" for g in a.var_names))
+        return folder
+
+    kb = write(tmp_path / "out" / "counts_unfiltered", names=True)
+    for path in (kb, tmp_path / "out", shutil.make_archive(str(tmp_path / "kb"), "zip", tmp_path / "out")):
+        got = read_dataset(path)
+        _assert_same(got, a)
+        assert list(got.var["gene_ids"]) == list(ids)
+    nac = write(tmp_path / "nac", names=True, stem="cells_x_genes.total")
+    (nac / "cells_x_genes.mature.mtx").write_text("not read")
+    _assert_same(read_dataset(nac), a)
+    ids_only = read_dataset(write(tmp_path / "old_kb", names=False))  # kb-python before 0.28: IDs only
+    assert list(ids_only.var_names) == list(ids)
+    np.testing.assert_array_equal(_dense(ids_only), _dense(a))
