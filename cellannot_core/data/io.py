@@ -28,6 +28,8 @@ import scipy.sparse as sp
 
 from cellannot_core.errors import DataError
 
+from .genes import GENE_ID_COLUMNS
+
 __all__ = [
     "SUPPORTED_FORMATS",
     "SUPPORTED_EXTENSIONS",
@@ -793,25 +795,34 @@ def _read_table(path: Path, label: str, orientation: str) -> ad.AnnData:
             f"{label} has no data rows or columns. Provide a table with a header row, "
             "row names in the first column and one number per cell and gene."
         )
-    non_numeric = [i for i, t in enumerate(df.dtypes) if not pd.api.types.is_numeric_dtype(t)]
-    if non_numeric:
+    text = [not pd.api.types.is_numeric_dtype(t) for t in df.dtypes]
+    lead = next((i for i, t in enumerate(text) if not t), len(text))  # text columns right after the row names
+    non_numeric = [i for i, t in enumerate(text) if t and (i >= lead or lead > MAX_TABLE_ANNOTATIONS)]
+    if non_numeric or lead == len(text):
         # the column is named by its position, never by its text: an error must not echo file contents
+        first = non_numeric[0] if non_numeric else lead - 1
         raise DataError(
-            f"{label} has {len(non_numeric)} non-numeric columns (the first is column {non_numeric[0] + 2}). "
-            "A table must hold only numbers apart from the first column (row names) and the header."
+            f"{label} has {len(non_numeric) or lead} non-numeric columns (the first is column {first + 2}). "
+            f"A table must hold only numbers apart from the first column (row names), up to "
+            f"{MAX_TABLE_ANNOTATIONS} columns of text right after it (e.g. gene symbols, or cell types) and the header."
         )
+    notes, df = df.iloc[:, :lead], df.iloc[:, lead:]
     rows, cols = df.index.astype(str), df.columns.astype(str)
     if orientation == "auto":
         orientation, reason = _guess_orientation(rows, cols)
     else:
         reason = "set by the user"
     values = df.to_numpy(dtype=np.float32)
+    obs = pd.DataFrame(index=pd.Index(rows, name=None))
+    var = pd.DataFrame(index=pd.Index(cols, name=None))
     if orientation == "genes_x_cells":
-        values, rows, cols = values.T, cols, rows
-    adata = ad.AnnData(
-        X=sp.csr_matrix(values),
-        obs=pd.DataFrame(index=pd.Index(rows, name=None)),
-        var=pd.DataFrame(index=pd.Index(cols, name=None)),
-    )
+        values, obs, var = values.T, var, obs
+        notes = notes.rename(columns=lambda c: str(c).lower() if str(c).lower() in GENE_ID_COLUMNS else str(c))
+    for c in notes.columns:  # the rows' own annotations: gene symbols beside gene IDs, cell types beside cells
+        (var if orientation == "genes_x_cells" else obs)[str(c)] = notes[c].to_numpy(dtype=object)
+    adata = ad.AnnData(X=sp.csr_matrix(values), obs=obs, var=var)
     adata.uns[INPUT_UNS_KEY] = {"format": "table", "orientation": orientation, "orientation_reason": reason}
     return adata
+
+
+MAX_TABLE_ANNOTATIONS = 3  # columns of text a table's rows may carry after their names

@@ -497,3 +497,33 @@ def test_a_kallisto_bustools_folder_is_read(tmp_path, small):
     ids_only = read_dataset(write(tmp_path / "old_kb", names=False))  # kb-python before 0.28: IDs only
     assert list(ids_only.var_names) == list(ids)
     np.testing.assert_array_equal(_dense(ids_only), _dense(a))
+
+
+def test_a_tables_text_columns_beside_its_row_names_are_kept_as_annotations(tmp_path, small):
+    """GEO count tables often give each gene's ID and its symbol in two leading columns, and a
+    cells x genes table may give each cell's type beside its name: both were 'non-numeric columns'.
+    Up to three such columns are the rows' annotations (gene symbols matched as the reference's
+    names, a cell-type column a label column)."""
+    from cellannot_core.data.genes import match_genes
+
+    genes = pd.DataFrame(_dense(small).T, columns=small.obs_names)
+    genes.insert(0, "Symbol", small.var_names)
+    genes.insert(0, "GeneID", small.var["gene_ids"].to_numpy())
+    genes.to_csv(tmp_path / "geo.tsv.gz", sep="\t", index=False)
+    got = read_dataset(tmp_path / "geo.tsv.gz")
+    assert got.shape == small.shape and list(got.var_names) == list(small.var["gene_ids"])
+    assert list(got.var["symbol"]) == list(small.var_names)
+    np.testing.assert_array_equal(_dense(got), _dense(small))
+    m = match_genes(small.var, got.var)  # the reference's symbols found through the symbol column
+    assert m.n_shared == small.n_vars
+    cells = pd.DataFrame(_dense(small), index=small.obs_names, columns=small.var_names)
+    cells.insert(0, "cell_type", small.obs["cell_type"].astype(str).to_numpy())
+    cells.to_csv(tmp_path / "ref.csv")
+    ref = read_dataset(tmp_path / "ref.csv")
+    _assert_same(ref, small)
+    assert list(ref.obs["cell_type"]) == list(small.obs["cell_type"].astype(str))
+    for k in range(4):  # a fourth column of text, or one among the numbers, is still refused
+        cells.insert(1, f"note{k}", "x")
+    cells.to_csv(tmp_path / "four.csv")
+    with pytest.raises(DataError, match=r"5 non-numeric columns \(the first is column 2\).*up to 3 columns"):
+        read_dataset(tmp_path / "four.csv")
