@@ -42,7 +42,8 @@ __all__ = [
 SUPPORTED_FORMATS = (
     "AnnData .h5ad; 10x Genomics HDF5 .h5; a 10x matrix folder "
     "(matrix.mtx[.gz] + features.tsv[.gz] or genes.tsv[.gz] + barcodes.tsv[.gz]), a kallisto | bustools one "
-    "(cells_x_genes.mtx + .genes.txt + .barcodes.txt) or a .zip / .tar.gz / .tgz of one; a table .csv / .tsv / .txt (optionally .gz), "
+    "(cells_x_genes.mtx + .genes.txt + .barcodes.txt), a Parse Biosciences one (count_matrix.mtx + all_genes.csv + "
+    "cell_metadata.csv) or a .zip / .tar.gz / .tgz of one; a table .csv / .tsv / .txt (optionally .gz), "
     "cells x genes or genes x cells"
 )
 
@@ -441,8 +442,17 @@ def _kb_files(folder: Path) -> tuple[Path, Path, Path | None, Path] | None:
     return mtx, ids, _first_existing(folder, (f"{KB_STEM}.genes.names.txt",)), bcs
 
 
+def _parse_files(folder: Path) -> tuple[Path, Path, Path] | None:
+    """A Parse Biosciences (split-pipe) ``DGE_filtered`` folder: (the cells x genes matrix,
+    ``all_genes.csv``, ``cell_metadata.csv``), or None."""
+    mtx = _first_existing(folder, ("count_matrix.mtx", "DGE.mtx"))
+    genes = _first_existing(folder, ("all_genes.csv",))
+    cells = _first_existing(folder, ("cell_metadata.csv",))
+    return None if mtx is None or genes is None or cells is None else (mtx, genes, cells)
+
+
 def _is_matrix_dir(folder: Path) -> bool:
-    return bool(_matrix_prefixes(folder)) or _kb_files(folder) is not None
+    return bool(_matrix_prefixes(folder)) or _kb_files(folder) is not None or _parse_files(folder) is not None
 
 
 def _find_matrix_dir(path: Path, label: str) -> Path:
@@ -459,7 +469,8 @@ def _find_matrix_dir(path: Path, label: str) -> Path:
         raise DataError(
             f"{label} contains no matrix.mtx or matrix.mtx.gz. A 10x matrix folder needs "
             "matrix.mtx[.gz], features.tsv[.gz] (or genes.tsv[.gz]) and barcodes.tsv[.gz]; a kallisto | bustools "
-            f"one {KB_STEM}.mtx, {KB_STEM}.genes.txt and {KB_STEM}.barcodes.txt."
+            f"one {KB_STEM}.mtx, {KB_STEM}.genes.txt and {KB_STEM}.barcodes.txt; a Parse Biosciences one "
+            "count_matrix.mtx (or DGE.mtx), all_genes.csv and cell_metadata.csv."
         )
     if len(found) > 1:
         names = ", ".join(str(p.relative_to(path)) for p in found[:5])
@@ -504,14 +515,17 @@ def _read_mtx_dir(folder: Path, label: str) -> ad.AnnData:
     """Read a Cell Ranger matrix folder (v3 features.tsv or v2 genes.tsv, gzipped or not)."""
     from scipy.io import mmread
 
-    prefixes = _matrix_prefixes(folder)
-    kb = None if prefixes else _kb_files(folder)
+    parse = _parse_files(folder)  # (its count_matrix.mtx would pass for a GEO prefix, "count_")
+    prefixes = [] if parse else _matrix_prefixes(folder)
+    kb = None if prefixes or parse else _kb_files(folder)
     if len(prefixes) > 1:
         raise DataError(f"{label}: the matrix folder holds {len(prefixes)} matrices (files named like "
                         "<sample>_matrix.mtx.gz, as GEO names them). Provide one dataset at a time: a folder per sample.")
     if kb is not None:
         mtx, feats, names, bcs = kb
         pre = ""
+    elif parse is not None:
+        (mtx, feats, bcs), names, pre = parse, None, ""
     else:
         pre = prefixes[0]
         mtx = _first_existing(folder, (f"{pre}matrix.mtx",))
@@ -535,15 +549,19 @@ def _read_mtx_dir(folder: Path, label: str) -> ad.AnnData:
     else:
         M = mmread(str(mtx))
     M = sp.csr_matrix(M, dtype=np.float32)
-    features = pd.read_csv(feats, sep="\t", header=None, dtype=str, quoting=3, keep_default_na=False)
-    barcodes = pd.read_csv(bcs, sep="\t", header=None, dtype=str, quoting=3, keep_default_na=False)
+    if parse is not None:  # tables with a header: gene_id, gene_name, genome; bc_wells, sample, ...
+        features = pd.read_csv(feats, dtype=str, keep_default_na=False).iloc[:, :2]
+        barcodes = pd.read_csv(bcs, dtype=str, keep_default_na=False, usecols=[0])
+    else:
+        features = pd.read_csv(feats, sep="\t", header=None, dtype=str, quoting=3, keep_default_na=False)
+        barcodes = pd.read_csv(bcs, sep="\t", header=None, dtype=str, quoting=3, keep_default_na=False)
     if names is not None:  # kb's gene names, a line per gene ID
         symbols = pd.read_csv(names, sep="\t", header=None, dtype=str, quoting=3, keep_default_na=False)
         if len(symbols) == len(features):
             features = pd.DataFrame({0: features.iloc[:, 0], 1: symbols.iloc[:, 0].to_numpy()})
     n_f, n_b = len(features), len(barcodes)
-    if M.shape == (n_b, n_f) and (kb is not None or n_b != n_f):
-        X = M  # kb's layout: cells x genes
+    if M.shape == (n_b, n_f) and (kb is not None or parse is not None or n_b != n_f):
+        X = M  # kb's and Parse's layout: cells x genes
     elif M.shape == (n_f, n_b):
         X = M.T.tocsr()  # the 10x layout: genes x cells
     else:
@@ -561,7 +579,8 @@ def _read_mtx_dir(folder: Path, label: str) -> ad.AnnData:
             X = X[:, gex]
             var = var.iloc[gex]
     obs = pd.DataFrame(index=pd.Index(barcodes.iloc[:, 0].to_numpy(dtype=str), name=None))
-    obs, notes = _join_cell_tables(folder, {mtx, feats, bcs, names}, obs, label)
+    # (Parse's cell_metadata.csv is such a table: its columns, e.g. sample, join the cells)
+    obs, notes = _join_cell_tables(folder, {mtx, feats, names} | ({bcs} if parse is None else set()), obs, label)
     adata = ad.AnnData(X=X, obs=obs, var=var)
     if notes:
         adata.uns[INPUT_UNS_KEY] = {"cell_tables": notes}

@@ -527,3 +527,26 @@ def test_a_tables_text_columns_beside_its_row_names_are_kept_as_annotations(tmp_
     cells.to_csv(tmp_path / "four.csv")
     with pytest.raises(DataError, match=r"5 non-numeric columns \(the first is column 2\).*up to 3 columns"):
         read_dataset(tmp_path / "four.csv")
+
+
+def test_a_parse_biosciences_folder_is_read_with_its_cell_metadata(tmp_path, small):
+    """Parse Biosciences' split-pipe writes DGE_filtered/ with count_matrix.mtx (DGE.mtx before
+    v1.1; cells x genes), all_genes.csv (gene_id, gene_name, genome) and cell_metadata.csv (a row per
+    cell: bc_wells, sample, ...): 'no matrix.mtx' until 2026-12-06."""
+    a = small.copy()
+    a.obs_names = [f"{i:02d}_{(i * 7) % 96:02d}_{(i * 5) % 96:02d}" for i in range(a.n_obs)]  # bc_wells
+    run = tmp_path / "parse_run"
+    for name, mtx in (("DGE_filtered", "count_matrix.mtx"), ("DGE_old", "DGE.mtx")):
+        folder = run / name
+        folder.mkdir(parents=True)
+        scipy.io.mmwrite(str(folder / mtx), sp.coo_matrix(a.X.astype(np.int64)), field="integer")
+        pd.DataFrame({"gene_id": a.var["gene_ids"], "gene_name": a.var_names, "genome": "hg38"}).to_csv(
+            folder / "all_genes.csv", index=False)
+        pd.DataFrame({"bc_wells": a.obs_names, "sample": np.where(np.arange(a.n_obs) % 2, "s1", "s2"),
+                      "gene_count": np.arange(a.n_obs)}).to_csv(folder / "cell_metadata.csv", index=False)
+        got = read_dataset(folder)
+        _assert_same(got, a)
+        assert list(got.var["gene_ids"]) == list(a.var["gene_ids"]) and "feature_types" not in got.var
+        assert list(got.obs["sample"][:2]) == ["s2", "s1"] and got.obs["gene_count"].iloc[5] == 5
+    with pytest.raises(DataError, match="contains 2 matrix folders"):
+        read_dataset(run)
