@@ -795,6 +795,8 @@ def _sniff_table(path: Path, label: str = "the table") -> tuple[str, str]:
     """A delimited table's separator (the most frequent of tab, ';' and ',' in its header row, else
     whitespace) and decimal mark."""
     with _open_text(path) as fh:
+        for _ in range(_comment_lines(path)):
+            fh.readline()
         first, second = fh.readline(), fh.readline()
     if not first.strip():
         raise DataError(f"{label} is empty. Provide a table with a header row and row names.")
@@ -804,11 +806,27 @@ def _sniff_table(path: Path, label: str = "the table") -> tuple[str, str]:
     return sep, ("," if sep == ";" and "," in second else ".")
 
 
+def _comment_lines(path: Path, most: int = 100) -> int:
+    """How many lines starting with '#' open the text file (featureCounts' command line)."""
+    n = 0
+    with _open_text(path) as fh:
+        while n < most and fh.readline().startswith("#"):
+            n += 1
+    return n
+
+
+#: featureCounts' columns between a gene's ID and its counts (Smart-seq tables are often its output)
+FEATURECOUNTS_COLUMNS = ("Chr", "Start", "End", "Strand", "Length")
+
+
 def _read_table(path: Path, label: str, orientation: str) -> ad.AnnData:
-    """A delimited table whose first column holds row names and first row column names."""
+    """A delimited table whose first column holds row names and first row column names (after any
+    '#' lines), up to :data:`MAX_TABLE_ANNOTATIONS` columns of text after the row names the rows'
+    annotations (featureCounts' five columns too)."""
     _guard_text(path, label, _TABLE_BYTES_PER_CHAR)
     sep, decimal = _sniff_table(path, label)
-    df = pd.read_csv(path, sep=sep, decimal=decimal, index_col=0, compression="gzip" if _is_gzip(path) else "infer")
+    df = pd.read_csv(path, sep=sep, decimal=decimal, index_col=0, compression="gzip" if _is_gzip(path) else "infer",
+                     skiprows=_comment_lines(path))
     if df.shape[0] == 0 or df.shape[1] == 0:
         raise DataError(
             f"{label} has no data rows or columns. Provide a table with a header row, "
@@ -816,7 +834,10 @@ def _read_table(path: Path, label: str, orientation: str) -> ad.AnnData:
         )
     text = [not pd.api.types.is_numeric_dtype(t) for t in df.dtypes]
     lead = next((i for i, t in enumerate(text) if not t), len(text))  # text columns right after the row names
-    non_numeric = [i for i, t in enumerate(text) if t and (i >= lead or lead > MAX_TABLE_ANNOTATIONS)]
+    featurecounts = tuple(map(str, df.columns[:len(FEATURECOUNTS_COLUMNS)])) == FEATURECOUNTS_COLUMNS
+    if featurecounts:
+        lead = len(FEATURECOUNTS_COLUMNS)
+    non_numeric = [i for i, t in enumerate(text) if t and (i >= lead or (lead > MAX_TABLE_ANNOTATIONS and not featurecounts))]
     if non_numeric or lead == len(text):
         # the column is named by its position, never by its text: an error must not echo file contents
         first = non_numeric[0] if non_numeric else lead - 1
@@ -827,7 +848,9 @@ def _read_table(path: Path, label: str, orientation: str) -> ad.AnnData:
         )
     notes, df = df.iloc[:, :lead], df.iloc[:, lead:]
     rows, cols = df.index.astype(str), df.columns.astype(str)
-    if orientation == "auto":
+    if orientation == "auto" and featurecounts:  # genes x samples, whatever the names look like
+        orientation, reason = "genes_x_cells", "featureCounts' table: genes x samples"
+    elif orientation == "auto":
         orientation, reason = _guess_orientation(rows, cols)
     else:
         reason = "set by the user"

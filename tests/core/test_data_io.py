@@ -550,3 +550,23 @@ def test_a_parse_biosciences_folder_is_read_with_its_cell_metadata(tmp_path, sma
         assert list(got.obs["sample"][:2]) == ["s2", "s1"] and got.obs["gene_count"].iloc[5] == 5
     with pytest.raises(DataError, match="contains 2 matrix folders"):
         read_dataset(run)
+
+
+def test_a_featurecounts_table_is_read_genes_by_samples(tmp_path, small):
+    """Smart-seq counts often come as featureCounts' output: a '#' line with its command, then
+    Geneid, Chr, Start, End, Strand, Length and a column per BAM file. It was 'non-numeric
+    columns'; Length would have been taken for a cell."""
+    a = small.copy()
+    bams = [f"/data/run1/{c}.bam" for c in a.obs_names]
+    df = pd.DataFrame(_dense(a).T.astype(int), columns=bams)
+    for i, (k, v) in enumerate({"Geneid": a.var_names, "Chr": "chr1;chr1", "Start": "100;200", "End": "150;260",
+                                "Strand": "+;+", "Length": 111}.items()):
+        df.insert(i, k, v)
+    p = tmp_path / "counts.txt"
+    p.write_text('# Program:featureCounts v2.0.1; Command:"featureCounts" "-a" "genes.gtf"\n'
+                 + df.to_csv(sep="\t", index=False))
+    got = read_dataset(p)
+    assert list(got.obs_names) == bams and list(got.var_names) == list(a.var_names)
+    np.testing.assert_array_equal(_dense(got), _dense(a))
+    assert list(got.var.columns) == ["Chr", "Start", "End", "Strand", "Length"]
+    assert got.uns["cellannot_input"]["orientation_reason"] == "featureCounts' table: genes x samples"
