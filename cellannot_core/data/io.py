@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 SUPPORTED_FORMATS = (
-    "AnnData .h5ad; 10x Genomics HDF5 .h5; a 10x matrix folder "
+    "AnnData .h5ad; a MuData .h5mu (its RNA modality); 10x Genomics HDF5 .h5; a 10x matrix folder "
     "(matrix.mtx[.gz] + features.tsv[.gz] or genes.tsv[.gz] + barcodes.tsv[.gz]), a kallisto | bustools one "
     "(cells_x_genes.mtx + .genes.txt + .barcodes.txt), a Parse Biosciences one (count_matrix.mtx + all_genes.csv + "
     "cell_metadata.csv) or a .zip / .tar.gz / .tgz of one; a table .csv / .tsv / .txt (optionally .gz), "
@@ -50,7 +50,7 @@ SUPPORTED_FORMATS = (
 # Longest first, so ".tar.gz" wins over ".gz" style endings.
 SUPPORTED_EXTENSIONS = (
     ".csv.gz", ".tsv.gz", ".txt.gz", ".tar.gz",
-    ".h5ad", ".hdf5", ".tgz", ".zip", ".tar", ".csv", ".tsv", ".txt", ".h5",
+    ".h5ad", ".h5mu", ".hdf5", ".tgz", ".zip", ".tar", ".csv", ".tsv", ".txt", ".h5",
 )
 
 INPUT_UNS_KEY = "cellannot_input"
@@ -64,7 +64,6 @@ CONVERT_HINTS = {
     ".rds": _SEURAT_HINT, ".rda": _SEURAT_HINT, ".rdata": _SEURAT_HINT, ".h5seurat": _SEURAT_HINT,
     ".loom": "A .loom file: in Python, anndata.read_loom(path).write_h5ad('data.h5ad') (needs loompy)",
     ".zarr": "An AnnData .zarr store: in Python, anndata.read_zarr(path).write_h5ad('data.h5ad')",
-    ".h5mu": "A MuData .h5mu file: in Python, mudata.read_h5mu(path)['rna'].write_h5ad('data.h5ad') (its RNA modality)",
     ".xlsx": "A spreadsheet: save the sheet as .csv (cells or genes as rows, names in the first column)",
     ".xls": "A spreadsheet: save the sheet as .csv (cells or genes as rows, names in the first column)",
 }
@@ -145,6 +144,8 @@ def read_dataset(
                 guard_hdf5(path, label)
                 adata = ad.read_h5ad(path)
                 adata.uns.pop(INPUT_UNS_KEY, None)  # how *this* read went is ours to note, not the file's
+            elif kind == "h5mu":
+                adata = _read_h5mu(path, label)
             elif kind == "10x h5":
                 guard_hdf5(path, label)
                 adata = _read_10x_h5(path)
@@ -234,6 +235,8 @@ def _kind_of(filename: str) -> str | None:
     low = filename.lower()
     if low.endswith(".h5ad"):
         return "h5ad"
+    if low.endswith(".h5mu"):
+        return "h5mu"
     if low.endswith((".h5", ".hdf5")):
         return "10x h5"
     if low.endswith((".zip", ".tar.gz", ".tgz", ".tar")):
@@ -376,6 +379,43 @@ def guard_hdf5(path: Path, label: str, *, whole: tuple[str, ...] | None = None) 
         raise DataError(f"{label} expands to {total / 1024**3:.1f} GiB in memory, above this server's limit of "
                         f"{limit / 1024**3:.1f} GiB (CELLANNOT_MEMORY_LIMIT_GB): subsample the cells or keep fewer "
                         "genes, or run it on a machine with more memory.")
+
+
+#: the names MuData files give their RNA modality (muon, scvi-tools, CITE-seq and multiome pipelines)
+RNA_MODALITIES = ("rna", "gex", "gene expression", "rna-seq", "rnaseq")
+
+
+def _read_h5mu(path: Path, label: str) -> ad.AnnData:
+    """A MuData ``.h5mu``'s RNA modality (named like :data:`RNA_MODALITIES`, or the only one), read
+    with anndata (no mudata needed), with the file's own cell annotations (its top-level ``obs``,
+    e.g. the cell types of a joint analysis) joined to its cells. Guarded as an ``.h5ad`` is,
+    only the modality and the annotations counting against the memory limit."""
+    import h5py
+    from anndata.io import read_elem
+
+    with h5py.File(path, "r") as f:
+        mods = list(f["mod"].keys()) if isinstance(f.get("mod"), h5py.Group) else []
+    if not mods:
+        raise DataError(f"{label} holds no modalities (no /mod group): it is not a MuData file. Save it again "
+                        "with mudata, or give the RNA data as .h5ad")
+    rna = [m for m in mods if m.lower() in RNA_MODALITIES] or (mods if len(mods) == 1 else [])
+    if len(rna) != 1:
+        raise DataError(f"{label} holds {len(mods)} modalities and none is named rna or gex: save the RNA one as "
+                        "an .h5ad (mudata.read_h5mu(path)[name].write_h5ad('rna.h5ad')) and give that")
+    mod = rna[0]
+    guard_hdf5(path, label, whole=(f"mod/{mod}", "obs"))
+    with h5py.File(path, "r") as f:
+        adata = read_elem(f["mod"][mod])
+        shared = read_elem(f["obs"]) if isinstance(f.get("obs"), h5py.Group) else None
+    if shared is not None and len(shared.columns) and shared.index.is_unique:
+        own = [c for c in shared.columns if not str(c).startswith(f"{mod}:") and ":" not in str(c)
+               and c not in adata.obs.columns]  # "rna:x" is the modality's own x; "prot:x" another's
+        if own:
+            shared = shared[own].reindex(adata.obs_names.astype(str))
+            for c in own:
+                adata.obs[c] = shared[c].to_numpy()
+    adata.uns[INPUT_UNS_KEY] = {"format": "h5mu", "modality": mod}
+    return adata
 
 
 def _read_10x_h5(path: Path) -> ad.AnnData:

@@ -320,7 +320,7 @@ def test_unknown_extension_and_missing_file(tmp_path):
 
 @pytest.mark.parametrize("name,hint", [("obj.rds", "SeuratDisk's SaveH5Seurat"), ("obj.h5Seurat", "zellkonverter"),
                                        ("cells.loom", "anndata.read_loom"), ("store.zarr", "anndata.read_zarr"),
-                                       ("multi.h5mu", "mudata.read_h5mu"), ("sheet.xlsx", "save the sheet as .csv")])
+                                       ("sheet.xlsx", "save the sheet as .csv")])
 def test_a_format_we_do_not_read_says_how_to_convert_it(tmp_path, name, hint):
     p = tmp_path / name
     p.mkdir() if name.endswith(".zarr") else p.write_bytes(b"x")  # a .zarr store is a folder, not a 10x folder
@@ -570,3 +570,44 @@ def test_a_featurecounts_table_is_read_genes_by_samples(tmp_path, small):
     np.testing.assert_array_equal(_dense(got), _dense(a))
     assert list(got.var.columns) == ["Chr", "Start", "End", "Strand", "Length"]
     assert got.uns["cellannot_input"]["orientation_reason"] == "featureCounts' table: genes x samples"
+
+
+def _write_h5mu(path: Path, mods: dict, obs: pd.DataFrame | None = None) -> Path:
+    """An .h5mu as mudata writes one: each modality an AnnData under /mod, the joint obs at the top."""
+    from anndata.io import write_elem
+
+    with h5py.File(path, "w") as f:
+        for name, a in mods.items():
+            write_elem(f, f"mod/{name}", a)
+        if obs is not None:
+            write_elem(f, "obs", obs)
+    return path
+
+
+def test_a_mudata_file_is_read_as_its_rna_modality_with_the_joint_cell_types(tmp_path, small):
+    """CITE-seq and multiome data come as MuData .h5mu (muon, scvi-tools' totalVI / MultiVI), the
+    cell types often in the joint obs: it was refused with how to convert it."""
+    import anndata as ad
+
+    a = small.copy()
+    a.obs = a.obs.drop(columns=["cell_type"])
+    prot = ad.AnnData(X=sp.csr_matrix(np.ones((a.n_obs, 5), dtype=np.float32)), obs=pd.DataFrame(index=a.obs_names),
+                      var=pd.DataFrame(index=[f"CD{i}_TotalSeqB" for i in range(5)]))
+    joint = pd.DataFrame({"celltype": small.obs["cell_type"].astype(str).to_numpy(), "rna:n_genes": 1,
+                          "prot:n_proteins": 5}, index=a.obs_names)
+    path = _write_h5mu(tmp_path / "cite.h5mu", {"prot": prot, "rna": a}, joint)
+    got = read_dataset(path)
+    _assert_same(got, a)
+    assert list(got.obs["celltype"]) == list(small.obs["cell_type"].astype(str))
+    assert "prot:n_proteins" not in got.obs and got.uns["cellannot_input"] == {"format": "h5mu", "modality": "rna"}
+    other = _write_h5mu(tmp_path / "two.h5mu", {"atac": prot, "prot": prot})
+    with pytest.raises(DataError, match="2 modalities and none is named rna"):
+        read_dataset(other)
+    with h5py.File(tmp_path / "plain.h5mu", "w") as f:
+        f["x"] = np.zeros(3)
+    with pytest.raises(DataError, match="not a MuData file"):
+        read_dataset(tmp_path / "plain.h5mu")
+    with h5py.File(path, "r+") as f:  # guarded as an .h5ad is: nothing reaches outside the file
+        f["mod/rna/obsm_link"] = h5py.ExternalLink("/etc/passwd", "/")
+    with pytest.raises(DataError, match="external link"):
+        read_dataset(path)
