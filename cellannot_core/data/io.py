@@ -495,19 +495,45 @@ def _is_matrix_dir(folder: Path) -> bool:
     return bool(_matrix_prefixes(folder)) or _kb_files(folder) is not None or _parse_files(folder) is not None
 
 
+#: how deep below a given folder, and among how many entries, a matrix folder is looked for (Cell
+#: Ranger's outs/filtered_feature_bc_matrix, kb's counts_unfiltered, Parse's sample/DGE_filtered are
+#: within 3): a server path naming a data root of millions of files is not walked
+MATRIX_SEARCH_DEPTH = 4
+MATRIX_SEARCH_ENTRIES = 20_000
+
+
+def _matrix_dirs_below(path: Path, label: str) -> list[Path]:
+    """The matrix folders below ``path`` (:data:`MATRIX_SEARCH_DEPTH` levels, links not followed,
+    macOS metadata folders skipped), or one line when the search would pass
+    :data:`MATRIX_SEARCH_ENTRIES` entries."""
+    import os
+
+    found, seen = set(), 0
+    top = len(path.parts)
+    for root, dirs, files in os.walk(path, followlinks=False):
+        seen += len(dirs) + len(files)
+        if seen > MATRIX_SEARCH_ENTRIES:
+            raise DataError(f"{label} is a folder of more than {MATRIX_SEARCH_ENTRIES:,} files and folders: give the "
+                            "matrix folder itself (the one holding matrix.mtx)")
+        here = Path(root)
+        dirs[:] = [] if len(here.parts) - top >= MATRIX_SEARCH_DEPTH else sorted(d for d in dirs if d != "__MACOSX")
+        if any(re.search(r"\.mtx(\.gz)?$", f) for f in files) and _is_matrix_dir(here):
+            found.add(here)
+    return sorted(found)
+
+
 def _find_matrix_dir(path: Path, label: str) -> Path:
     """The folder holding matrix.mtx[.gz]: ``path`` itself, the folder of a .mtx file, or one
-    folder below ``path`` (searched recursively, ignoring macOS metadata folders)."""
+    folder below ``path`` (:func:`_matrix_dirs_below`)."""
     if path.is_file():
         return path.parent
     if _is_matrix_dir(path):
         return path
-    found = sorted(
-        {p.parent for p in path.rglob("*.mtx*") if "__MACOSX" not in p.parts and _is_matrix_dir(p.parent)}
-    )
+    found = _matrix_dirs_below(path, label)
     if not found:
         raise DataError(
-            f"{label} contains no matrix.mtx or matrix.mtx.gz. A 10x matrix folder needs "
+            f"{label} contains no matrix.mtx or matrix.mtx.gz (looked {MATRIX_SEARCH_DEPTH} folders deep). A 10x "
+            "matrix folder needs "
             "matrix.mtx[.gz], features.tsv[.gz] (or genes.tsv[.gz]) and barcodes.tsv[.gz]; a kallisto | bustools "
             f"one {KB_STEM}.mtx, {KB_STEM}.genes.txt and {KB_STEM}.barcodes.txt; a Parse Biosciences one "
             "count_matrix.mtx (or DGE.mtx), all_genes.csv and cell_metadata.csv."

@@ -611,3 +611,23 @@ def test_a_mudata_file_is_read_as_its_rna_modality_with_the_joint_cell_types(tmp
         f["mod/rna/obsm_link"] = h5py.ExternalLink("/etc/passwd", "/")
     with pytest.raises(DataError, match="external link"):
         read_dataset(path)
+
+
+def test_a_folder_is_searched_for_its_matrix_within_bounds(tmp_path, small, monkeypatch):
+    """A server path naming a data root was walked whole (every file of every folder below it) in
+    search of a matrix.mtx, links included: the search keeps to four levels and a bounded number of
+    entries, and does not follow links."""
+    from cellannot_core.data import io as dio
+
+    deep = write_mtx_dir(small, tmp_path / "root" / "a" / "b" / "c" / "d" / "e")
+    with pytest.raises(DataError, match="contains no matrix.mtx"):  # five levels down: not looked for
+        read_dataset(tmp_path / "root")
+    _assert_same(read_dataset(tmp_path / "root" / "a"), small)  # four: found
+    (tmp_path / "root" / "a" / "loop").symlink_to(tmp_path / "root")  # a link back up is not followed
+    _assert_same(read_dataset(tmp_path / "root" / "a"), small)
+    monkeypatch.setattr(dio, "MATRIX_SEARCH_ENTRIES", 20)
+    for i in range(25):
+        (tmp_path / "root" / f"f{i}.txt").write_text("x")
+    with pytest.raises(DataError, match="more than 20 files and folders: give the matrix folder itself"):
+        read_dataset(tmp_path / "root")
+    assert deep.is_dir()
