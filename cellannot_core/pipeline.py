@@ -778,8 +778,10 @@ H5_SLASH = "\u2215"
 
 def h5_name(name: Any) -> str:
     """``name`` as a key of an ``.h5ad`` (``uns`` keys, ``obs`` / ``var`` columns): "/" as
-    :data:`H5_SLASH`."""
-    return str(name).replace("/", H5_SLASH)
+    :data:`H5_SLASH`, NUL characters left out, and the two names HDF5 takes for the group itself,
+    "." and "", as "(.)" and "(empty)"."""
+    name = str(name).replace("/", H5_SLASH).replace("\0", "")
+    return {".": "(.)", "": "(empty)"}.get(name, name)
 
 
 def _h5_safe(obj: Any) -> Any:
@@ -957,12 +959,12 @@ def h5_names(adata):
     def keys(d):
         return {h5_name(k): keys(v) if isinstance(v, dict) else v for k, v in d.items()}
 
-    def slashed(d) -> bool:
-        return any("/" in str(k) or (isinstance(v, dict) and slashed(v)) for k, v in d.items())
+    def renamed(d) -> bool:
+        return any(h5_name(k) != k or (isinstance(v, dict) and renamed(v)) for k, v in d.items())
 
     frames = [adata.obs, adata.var] + ([adata.raw.var] if getattr(adata, "raw", None) is not None else [])
     was = [(f.columns, f.index.name) for f in frames]
-    uns = dict(adata.uns) if slashed(adata.uns) else None
+    uns = dict(adata.uns) if renamed(adata.uns) else None
     try:
         for f in frames:
             cols = _h5_columns(f)

@@ -539,6 +539,13 @@ def test_names_with_a_slash_are_written_flat_not_as_nested_groups(capsys, tmp_pa
     assert set(card["classes"]) == {"T/NK", "B/plasma", "type2"}  # values are kept as they are
     assert set(a.obs[OutKeys.LABEL_RAW].astype(str)) <= {"T/NK", "B/plasma", "type2"}
     assert "qc\u2215flag" in a.obs and (a.obs["qc\u2215flag"] == 1).all()
+    from cellannot_core.pipeline import h5_names  # the names HDF5 takes for the group itself
+    odd = ad.AnnData(np.ones((2, 2), dtype=np.float32))
+    odd.uns["c"] = {".": 1, "": 2, "a\0b": 3}
+    with h5_names(odd):
+        odd.write_h5ad(tmp_path / "odd.h5ad")
+    assert dict(ad.read_h5ad(tmp_path / "odd.h5ad").uns["c"]) == {"(.)": 1, "(empty)": 2, "ab": 3}
+    assert set(odd.uns["c"]) == {".", "", "a\0b"}  # the object itself as it was
     # a file labelled a chunk at a time by a saved model: the same
     model = tmp_path / "m"
     assert run_main(capsys, "train", "--reference", refp, "--label-key", LABEL, "--save-model", model, *FAST)[0] == 0
