@@ -99,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                            "(several machines can share one sweep)")
     sw.add_argument("--study", default=None, help="study name (default: sweep-<model>); the same name resumes it")
     pr = sub.add_parser("predict", help="label a query with a saved model bundle")
-    pr.add_argument("--model", required=True, dest="model_dir", help="model bundle directory (from train / --save-model), a run's folder, or the app's model "
+    pr.add_argument("--model", required=True, dest="model_dir",
+                    help="model bundle directory (from train / --save-model), a run's folder, or the app's model "
                          "download (.zip)")
     pr.add_argument("--query", required=True)
     pr.add_argument("--out", required=True)

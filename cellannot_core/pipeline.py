@@ -1411,8 +1411,8 @@ def predict_query(model, bundle: dict[str, Any], query, *, threshold: float | No
 def own_labels(obs: pd.DataFrame, key: str | None, model, bundle: dict[str, Any],
                log: Callable[[str], None]) -> np.ndarray | None:
     """A query's known labels for the metrics of a prediction (:func:`~.data.validate.query_labels`;
-    None without ``key``), read before any labelling so a wrong column costs nothing. The model's
-    own label column and batch key are not the query's labels unless named."""
+    None without ``key``), read before any labelling so a wrong column costs nothing; the model's
+    batch key names samples, not types, and is refused as such a column."""
     if not key:
         return None
     from .data.validate import query_labels

@@ -903,10 +903,11 @@ def _read_table(path: Path, label: str, orientation: str) -> ad.AnnData:
     featurecounts = tuple(map(str, df.columns[:len(FEATURECOUNTS_COLUMNS)])) == FEATURECOUNTS_COLUMNS
     if featurecounts:
         lead = len(FEATURECOUNTS_COLUMNS)
-    non_numeric = [i for i, t in enumerate(text) if t and (i >= lead or (lead > MAX_TABLE_ANNOTATIONS and not featurecounts))]
+    too_many = lead > MAX_TABLE_ANNOTATIONS and not featurecounts
+    non_numeric = [i for i, t in enumerate(text) if t and (i >= lead or too_many)]
     if non_numeric or lead == len(text):
         # the column is named by its position, never by its text: an error must not echo file contents
-        first = non_numeric[0] if non_numeric else lead - 1
+        first = non_numeric[0] if non_numeric else 0
         raise DataError(
             f"{label} has {len(non_numeric) or lead} non-numeric columns (the first is column {first + 2}). "
             f"A table must hold only numbers apart from the first column (row names), up to "
