@@ -1,7 +1,8 @@
 """Fuzz every reader with generated malformed files (issue 14).
 
 Valid files of every supported format (``.h5ad``, 10x ``.h5``, 10x matrix folders plain and
-gzipped, ``.zip`` / ``.tar.gz`` of a folder, ``.csv``, ``.tsv.gz``) are broken in seeded ways:
+gzipped, ``.zip`` / ``.tar.gz`` of a folder, ``.csv``, ``.tsv.gz``; since 2026-12-06 kallisto | bustools
+and Parse Biosciences folders, MuData ``.h5mu`` and featureCounts' ``.txt``) are broken in seeded ways:
 emptied, truncated, bytes flipped, replaced by noise of the same length, and a list of
 structural faults (missing HDF5 members, ragged tables, matrix headers that lie, indices out of
 range, listings of the wrong length). Each broken input goes through the three ways in:
@@ -70,6 +71,53 @@ def _mtx_files(a, gz: bool) -> dict[str, bytes]:
     return files
 
 
+def _kb_files(a) -> dict[str, bytes]:
+    """A kallisto | bustools folder: cells x genes, its listings beside it."""
+    import scipy.io
+    import scipy.sparse as sp
+
+    buf = io.BytesIO()
+    scipy.io.mmwrite(buf, sp.coo_matrix(a.X.astype(np.int64)), field="integer")
+    return {"cells_x_genes.mtx": buf.getvalue(),
+            "cells_x_genes.genes.txt": "".join(f"{i}\n" for i in a.var["gene_ids"]).encode(),
+            "cells_x_genes.genes.names.txt": "".join(f"{n}\n" for n in a.var_names).encode(),
+            "cells_x_genes.barcodes.txt": "".join(f"{b}\n" for b in a.obs_names).encode()}
+
+
+def _parse_files(a) -> dict[str, bytes]:
+    """A Parse Biosciences DGE folder, the cell types in its cell_metadata.csv."""
+    import pandas as pd
+
+    kb = _kb_files(a)
+    genes = pd.DataFrame({"gene_id": a.var["gene_ids"], "gene_name": a.var_names, "genome": "hg38"})
+    cells = pd.DataFrame({"bc_wells": a.obs_names, "sample": "s1", "cell_type": a.obs["cell_type"].astype(str)})
+    return {"count_matrix.mtx": kb["cells_x_genes.mtx"], "all_genes.csv": genes.to_csv(index=False).encode(),
+            "cell_metadata.csv": cells.to_csv(index=False).encode()}
+
+
+def _h5mu_bytes(a, path: Path) -> bytes:
+    """A MuData file: the RNA modality and a protein one, the cell types in the joint obs."""
+    import h5py
+    import pandas as pd
+    from anndata.io import write_elem
+
+    rna = a.copy()
+    joint = pd.DataFrame({"cell_type": rna.obs.pop("cell_type").astype(str)}, index=rna.obs_names)
+    with h5py.File(path, "w") as f:
+        write_elem(f, "mod/rna", rna)
+        write_elem(f, "mod/prot", rna[:, :3].copy())
+        write_elem(f, "obs", joint)
+    return path.read_bytes()
+
+
+def _featurecounts(a) -> bytes:
+    """featureCounts' table: a '#' line, Geneid, five columns of gene facts, a column per sample."""
+    df = a.to_df().T
+    for i, (k, v) in enumerate({"Chr": "chr1", "Start": "1;5", "End": "4;9", "Strand": "+;+", "Length": 8}.items()):
+        df.insert(i, k, v)
+    return b"# Program:featureCounts v2.0.1\n" + df.rename_axis("Geneid").to_csv(sep="\t").encode()
+
+
 def _write_10x_h5(a, path: Path) -> None:
     import h5py
     import scipy.sparse as sp
@@ -120,6 +168,10 @@ def _valid_files(tmp: Path) -> dict[str, bytes | dict[str, bytes]]:
         "tar.gz": _archive(_mtx_files(a, gz=False), "tar.gz"),
         "csv": csv,
         "tsv.gz": gzip.compress(df.to_csv(sep="\t").encode(), mtime=0),
+        "kb": _kb_files(a),
+        "parse": _parse_files(a),
+        "h5mu": _h5mu_bytes(a, tmp / "base.h5mu"),
+        "txt": _featurecounts(a),
     }
 
 
