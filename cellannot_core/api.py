@@ -100,6 +100,15 @@ def _check_adata(adata: Any, what: str, *, hint: str = "") -> None:
                         f"anndata.read_h5ad (or scanpy's readers) first.{hint}")
 
 
+def _note_view(adata: Any, copy: bool, log: Callable[[str], None]) -> None:
+    """Say, before any work, that labels written into a view (``full[mask]``) stay in it: anndata
+    makes the view its own copy, and the AnnData it was cut from gets none of them."""
+    if not copy and getattr(adata, "is_view", False):
+        log("warning: the query is a view of another AnnData (as adata[mask] gives): the labels go into the view, "
+            "which anndata makes its own copy, not into the AnnData it was cut from. Keep that object, or copy "
+            "the columns back: full.obs.loc[query.obs_names, 'cellannot_label'] = query.obs['cellannot_label']")
+
+
 def _options(label_key: str, model: str | None, **kw: Any):
     from .pipeline import AnnotateOptions
 
@@ -192,6 +201,7 @@ def annotate(
     _check_key_added(key_added)
     _check_adata(adata_ref, "adata_ref")
     _check_adata(adata_query, "adata_query", hint=_FILE_HINT)
+    _note_view(adata_query, copy, log or _default_log)
     opts = _options(label_key, model, query_label_key=query_label_key, hparams=hparams, seed=seed, device=device,
                     max_epochs=max_epochs, n_top_genes=n_top_genes, accept=accept, batch_key=batch_key,
                     hvg_flavor=hvg_flavor, min_cells_per_class=min_cells_per_class)
@@ -292,6 +302,7 @@ class Annotator:
 
         _check_key_added(key_added)
         _check_adata(adata, "adata", hint=_FILE_HINT)
+        _note_view(adata, copy, log or _default_log)
         if adapt:
             readable = _readable(adata, "query")
             res = annotate_adapted(self.model, self.bundle, readable, threshold=threshold,

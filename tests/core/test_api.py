@@ -446,3 +446,27 @@ def test_a_reference_of_few_cells_per_type_can_lower_the_minimum_the_error_names
                       progress_bar=False)
     assert out.uns["cellannot"]["options"]["min_cells_per_class"] == 5
     assert ca.train(ref, label_key="cell_type", model="logreg", min_cells_per_class=5, progress_bar=False).classes
+
+
+def test_a_query_cut_from_another_anndata_is_said_to_keep_the_labels(pair):
+    """ca.annotate(full[ref_mask], full[~ref_mask]) wrote the labels into the view, which anndata
+    turns into a copy of its own: the AnnData it was cut from got nothing, with only anndata's
+    ImplicitModificationWarning to say so. It is said before training, with how to copy them back."""
+    import anndata as ad
+    import warnings
+
+    ref, query = pair
+    full = ad.concat([ref, query], label="part", keys=["ref", "query"], index_unique="-")
+    view = full[full.obs["part"] == "query"]
+    lines: list[str] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ca.annotate(full[full.obs["part"] == "ref"], view, log=lines.append, **_opts())
+    said = [ln for ln in lines if "view of another AnnData" in ln]
+    assert said and lines.index(said[0]) < lines.index("reading data")
+    assert "cellannot_label" in view.obs and "cellannot_label" not in full.obs
+    full.obs.loc[view.obs_names, "cellannot_label"] = view.obs["cellannot_label"]  # the idiom the warning gives
+    assert full.obs["cellannot_label"].notna().sum() == view.n_obs
+    lines.clear()
+    ca.annotate(ref, full[full.obs["part"] == "query"], copy=True, log=lines.append, **_opts())
+    assert not [ln for ln in lines if "view of another" in ln]  # a copy asked for: nothing to say
