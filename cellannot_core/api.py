@@ -135,6 +135,7 @@ def annotate(
     hvg_flavor: str = DEFAULT_HVG_FLAVOR,
     accept: float = 0.95,
     min_cells_per_class: int = 10,
+    layer: str | None = None,
     log: Callable[[str], None] | None = None,
     progress_bar: bool = True,
 ):
@@ -186,6 +187,11 @@ def annotate(
         Share of reference validation cells the Unknown threshold accepts.
     min_cells_per_class
         Reference types with fewer cells are left out (reported); at least 2.
+    layer
+        The layer holding the raw counts, in the reference and the query alike (as scvi-tools'
+        ``setup_anndata(layer=...)``); default: found by itself in ``X``, ``layers["counts"]`` (or
+        ``"raw_counts"``, ``"raw"``, ``"umi_counts"``) or ``raw``, or recovered from log-normalised
+        values.
     log
         Called with one line per step (e.g. ``print``); default: the ``"cellannot"`` logger, which
         shows the run's warnings and notes and keeps its steps at INFO.
@@ -206,8 +212,28 @@ def annotate(
                     max_epochs=max_epochs, n_top_genes=n_top_genes, accept=accept, batch_key=batch_key,
                     hvg_flavor=hvg_flavor, min_cells_per_class=min_cells_per_class)
     ref, query = _readable(adata_ref, "reference"), _readable(adata_query, "query")
-    res = run_annotate(ref, query, opts, log=log or _default_log, callbacks=_progress(progress_bar))
+    res = run_annotate(_counts_in(ref, layer, "reference"), _counts_in(query, layer, "query"), opts,
+                       log=log or _default_log, callbacks=_progress(progress_bar))
     return _write_result(res, adata_query, key_added=key_added, copy=copy, readable=query)
+
+
+def _counts_in(adata, layer: Any, name: str):
+    """``adata`` as the pipeline reads it, with ``layer`` (the user's name for the layer of raw
+    counts, as scvi-tools' ``setup_anndata(layer=...)``) as its matrix, its other matrices left
+    out; ``adata`` itself without one. The user's object is not changed."""
+    if layer is None:
+        return adata
+    import anndata as ad
+
+    from .errors import ConfigError, DataError
+
+    if not isinstance(layer, str):
+        raise ConfigError(f"layer names the layer holding the raw counts, e.g. 'counts'; not {layer!r}")
+    if layer not in adata.layers:
+        have = ", ".join(repr(str(k)) for k in adata.layers.keys()) or "none"
+        raise DataError(f"the {name} has no layer {layer!r} (its layers: {have}); layer names the one holding the "
+                        f"raw counts, in the reference and the query alike")
+    return ad.AnnData(X=adata.layers[layer], obs=adata.obs, var=adata.var, uns=dict(adata.uns))
 
 
 def _readable(adata, name: str):
@@ -267,8 +293,8 @@ class Annotator:
                 f"label_key={self.bundle.get('label_key')!r})")
 
     def predict(self, adata, *, key_added: str = OutKeys.UNS, copy: bool = False, threshold: float | None = None,
-                adapt: bool = False, query_label_key: str | None = None, log: Callable[[str], None] | None = None,
-                progress_bar: bool = True):
+                adapt: bool = False, query_label_key: str | None = None, layer: str | None = None,
+                log: Callable[[str], None] | None = None, progress_bar: bool = True):
         """Label the cells of ``adata`` (keys as :func:`annotate`).
 
         Parameters
@@ -289,6 +315,8 @@ class Annotator:
         query_label_key
             Optional ``adata.obs`` column with known labels: the labels are measured against them
             (``uns[key_added]["query_metrics"]``, as :func:`annotate`'s; logged too).
+        layer
+            The layer of ``adata`` holding the raw counts (as in :func:`annotate`).
         log
             Called with one line per step; default: silent.
         progress_bar
@@ -305,12 +333,14 @@ class Annotator:
         _note_view(adata, copy, log or _default_log)
         if adapt:
             readable = _readable(adata, "query")
-            res = annotate_adapted(self.model, self.bundle, readable, threshold=threshold,
+            res = annotate_adapted(self.model, self.bundle, _counts_in(readable, layer, "query"),
+                                   threshold=threshold,
                                    device=self.model.device_name, query_label_key=query_label_key,
                                    log=log or _default_log, callbacks=_progress(progress_bar))
             return _write_result(res, adata, key_added=key_added, copy=copy, readable=readable)
         readable = _readable(adata, "query")
-        preds, card = predict_query(self.model, self.bundle, readable, threshold=threshold,
+        preds, card = predict_query(self.model, self.bundle, _counts_in(readable, layer, "query"),
+                                    threshold=threshold,
                                     query_label_key=query_label_key, log=log or _default_log)
         target = _target(adata, copy, readable)
         write_annotations(target, preds, card, key_added=key_added)
@@ -364,6 +394,7 @@ def train(
     hvg_flavor: str = DEFAULT_HVG_FLAVOR,
     accept: float = 0.95,
     min_cells_per_class: int = 10,
+    layer: str | None = None,
     log: Callable[[str], None] | None = None,
     progress_bar: bool = True,
 ) -> Annotator:
@@ -371,7 +402,7 @@ def train(
 
     Parameters
     ----------
-    adata_ref, label_key, model, batch_key, hparams, seed, device, max_epochs, n_top_genes, hvg_flavor, accept, min_cells_per_class, log, progress_bar
+    adata_ref, label_key, model, batch_key, hparams, seed, device, max_epochs, n_top_genes, hvg_flavor, accept, min_cells_per_class, layer, log, progress_bar
         As in :func:`annotate`.
     adata_query
         Optional: genes are then restricted to those the query shares, and semi-supervised
@@ -393,8 +424,9 @@ def train(
                     min_cells_per_class=min_cells_per_class)
     say = log or _default_log
     say("preparing data")
-    ref = _readable(adata_ref, "reference")
-    prepared = prepare_data(ref, _readable(adata_query, "query") if adata_query is not None else ref, opts)
+    ref = _counts_in(_readable(adata_ref, "reference"), layer, "reference")
+    query = _counts_in(_readable(adata_query, "query"), layer, "query") if adata_query is not None else ref
+    prepared = prepare_data(ref, query, opts)
     log_warnings(prepared.report, say)
     say(f"training {opts.model}")
     fitted = train_model(prepared, opts, _progress(progress_bar))

@@ -470,3 +470,35 @@ def test_a_query_cut_from_another_anndata_is_said_to_keep_the_labels(pair):
     lines.clear()
     ca.annotate(ref, full[full.obs["part"] == "query"], copy=True, log=lines.append, **_opts())
     assert not [ln for ln in lines if "view of another" in ln]  # a copy asked for: nothing to say
+
+
+def test_the_layer_of_counts_can_be_named_as_in_scvi_tools(pair):
+    """Counts in a layer of another name (layers['umis']) beside log-normalised, scaled X: the run
+    asked to rename the layer. ``layer=`` names it, as scvi-tools' setup_anndata(layer=...) does,
+    for annotate, train and predict; the labels are those of the same counts in X, and the user's
+    object keeps its own X and layers."""
+    import scanpy as sc
+
+    ref, query = pair
+
+    def processed(a):
+        out = a.copy()
+        out.layers["umis"] = out.X.copy()
+        sc.pp.normalize_total(out, target_sum=1e4)
+        sc.pp.log1p(out)
+        sc.pp.scale(out, max_value=10)
+        return out
+
+    r2, q2 = processed(ref), processed(query)
+    with pytest.raises(DataError, match=r"layers\['umis'\] holds counts"):
+        ca.annotate(r2, q2, copy=True, **_opts())
+    want = ca.annotate(ref, query, copy=True, **_opts()).obs["cellannot_label"].astype(str)
+    got = ca.annotate(r2, q2, copy=True, layer="umis", **_opts())
+    assert list(got.obs["cellannot_label"].astype(str)) == list(want)
+    assert "umis" in got.layers and float(np.asarray(got.X).min()) < 0  # the copy is the user's, annotated
+    assert "cellannot_label" not in q2.obs  # copy=True left the user's object alone
+    annotator = ca.train(r2, layer="umis", **_opts())
+    again = annotator.predict(q2, copy=True, layer="umis")
+    assert (again.obs["cellannot_label"].astype(str) == want).mean() > 0.95
+    with pytest.raises(DataError, match=r"the query has no layer 'UMIs' \(its layers: 'umis'\)"):
+        annotator.predict(q2, layer="UMIs")
