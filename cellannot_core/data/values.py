@@ -302,7 +302,8 @@ def get_counts(adata: ad.AnnData, *, name: str = "dataset", allow_lognorm: bool 
               and detect_value_state(adata.layers[k]) == "counts"]
     if others:  # not taken on trust (velocyto's 'spliced' holds counts, not all of them): named
         where += (f". Its layers[{others[0]!r}] holds counts: if those are the raw counts, name that layer "
-                  f"'counts' (adata.layers['counts'] = adata.layers[{others[0]!r}])")
+                  f"'counts' (adata.layers['counts'] = adata.layers[{others[0]!r}]), or give "
+                  f"layer={others[0]!r} to ca.annotate / ca.train / predict")
     if x_state == "lognorm":
         if allow_lognorm:
             return Counts(

@@ -490,7 +490,7 @@ def test_the_layer_of_counts_can_be_named_as_in_scvi_tools(pair):
         return out
 
     r2, q2 = processed(ref), processed(query)
-    with pytest.raises(DataError, match=r"layers\['umis'\] holds counts"):
+    with pytest.raises(DataError, match=r"layers\['umis'\] holds counts.*or give layer='umis' to ca.annotate"):
         ca.annotate(r2, q2, copy=True, **_opts())
     want = ca.annotate(ref, query, copy=True, **_opts()).obs["cellannot_label"].astype(str)
     got = ca.annotate(r2, q2, copy=True, layer="umis", **_opts())
