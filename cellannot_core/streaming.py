@@ -175,9 +175,9 @@ def label_file(model, bundle: dict[str, Any], query: str | Path, *, out: str | P
                query_label_key: str | None = None) -> dict[str, Any]:
     """:func:`predict_file` with a model and bundle already in memory (``Annotator.predict_file``);
     ``callbacks``: the training's, when ``adapt`` trains the model again."""
-    from .pipeline import (annotate_adapted, bundle_samples, check_not_an_input, log_class_notes, log_unknown_groups,
-                           log_warnings, own_labels, predict_query, predicted_query_metrics, prediction_card,
-                           write_annotations, write_h5ad_atomic)
+    from .pipeline import (annotate_adapted, bundle_samples, check_h5ad_writable, check_not_an_input,
+                           log_class_notes, log_unknown_groups, log_warnings, own_labels, predict_query,
+                           predicted_query_metrics, prediction_card, write_annotations, write_h5ad_atomic)
 
     if Path(out).suffix != ".h5ad":
         from .errors import ConfigError
@@ -202,6 +202,7 @@ def label_file(model, bundle: dict[str, Any], query: str | Path, *, out: str | P
 
         log(f"reading the whole query into memory ({reason})")
         adata = read_dataset(query, name="query")
+        check_h5ad_writable(adata, "query")  # before labelling, not after it
         preds, card = predict_query(model, bundle, adata, threshold=threshold, query_label_key=query_label_key, log=log)
         if model_dir is not None:
             card["model_dir"] = str(model_dir)

@@ -648,3 +648,26 @@ def test_a_query_converted_from_seurat_is_labelled_and_written(capsys, files, tm
                                                                  min_shared_genes=20, device="cpu"),
                  out=tmp_path / "o2.h5ad", log=lines.append)
     assert "object at 0x" not in str(e.value) and not any("training" in line for line in lines), lines
+
+
+def test_a_query_read_whole_that_could_not_be_written_is_refused_before_labelling(files, tmp_path, monkeypatch):
+    """predict_file reads a query that is not an .h5ad whole and writes it back annotated: what anndata
+    could not write is said before labelling (check_h5ad_writable), as annotate says it before training."""
+    import cellannot_core.data as cdata
+    import cellannot_core.pipeline as pl
+    from cellannot_core.errors import DataError
+    from cellannot_core.streaming import predict_file
+
+    model_dir = tmp_path / "m"
+    assert main(["train", "--reference", str(files["ref"]), "--label-key", LABEL, "--save-model", str(model_dir),
+                 *FAST]) == 0
+    q = make_synthetic(80, 60, 3, seed=2)
+    q.uns["made_by"] = {"tool": object()}
+    csv = tmp_path / "q.csv"
+    csv.write_text("cell,GENE0\nc1,1\n")
+    monkeypatch.setattr(cdata, "read_dataset", lambda *a, **k: q)
+    called = []
+    monkeypatch.setattr(pl, "predict_query", lambda *a, **k: called.append(1))
+    with pytest.raises(DataError, match="query's uns cannot be written to an .h5ad file"):
+        predict_file(model_dir, csv, out=tmp_path / "o.h5ad", device="cpu")
+    assert not called and not (tmp_path / "o.h5ad").exists()
