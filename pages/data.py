@@ -19,23 +19,10 @@ cols = st.columns(2)
 for role, col in zip(ROLES, cols):
     with col:
         st.subheader("Reference (labelled)" if role == "reference" else "Query (to label)")
-        up_tab, path_tab = st.tabs(["Upload", "Path on the server"])
-        with up_tab:
-            up = st.file_uploader(f"{role} file", key=WidgetKeys.UPLOAD.format(role=role),
-                                  max_upload_size=data_ui.upload_limit_mb())
-            if up is not None and data_ui.uploaded_is_new(role, up.file_id):
-                with st.spinner(f"Reading {up.name}..."):
-                    err = data_ui.handle_upload(role, up.getvalue(), up.name, upload_id=up.file_id)
-                if err:
-                    st.error(err)
-        with path_tab:
-            path = st.text_input("File or 10x folder", key=WidgetKeys.PATH.format(role=role),
-                                 placeholder="/data/pbmc.h5ad")
-            if st.button("Load", key=WidgetKeys.PATH_BUTTON.format(role=role)):
-                with st.spinner(f"Reading {path}..."):
-                    err = data_ui.handle_path(role, path)
-                if err:
-                    st.error(err)
+        tabs = ["Upload", "Path on the server"] + (["From a finished run"] if role == "reference" else [])
+        for tab, show in zip(st.tabs(tabs), (data_ui.upload_tab, data_ui.path_tab, data_ui.run_tab)):  # (query: 2)
+            with tab:
+                show(role)
         adata, info = get(DATA_KEY[role]), get(INFO_KEY[role])
         if adata is None:
             st.info(f"No {role} loaded yet.")

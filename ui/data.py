@@ -109,6 +109,93 @@ def handle_upload(role: str, data: bytes, filename: str, *, upload_id: str | Non
     return None
 
 
+def upload_tab(role: str) -> None:
+    """The Data page's upload widget for ``role``: a new file is read once, an error shown."""
+    from ui.state import WidgetKeys
+
+    up = st.file_uploader(f"{role} file", key=WidgetKeys.UPLOAD.format(role=role), max_upload_size=upload_limit_mb())
+    if up is not None and uploaded_is_new(role, up.file_id):
+        with st.spinner(f"Reading {up.name}..."):
+            err = handle_upload(role, up.getvalue(), up.name, upload_id=up.file_id)
+        if err:
+            st.error(err)
+
+
+def path_tab(role: str) -> None:
+    """The Data page's "Path on the server" field for ``role``."""
+    from ui.state import WidgetKeys
+
+    path = st.text_input("File or 10x folder", key=WidgetKeys.PATH.format(role=role), placeholder="/data/pbmc.h5ad")
+    if st.button("Load", key=WidgetKeys.PATH_BUTTON.format(role=role)):
+        with st.spinner(f"Reading {path}..."):
+            err = handle_path(role, path)
+        if err:
+            st.error(err)
+
+
+def run_references() -> list[str]:
+    """The visitor's finished runs (newest first) that saved a model: each keeps the reference
+    cells it trained on (at most 10,000), which can be the reference of a new run."""
+    from cellannot_core.runs import RunDir, list_runs
+    from ui import jobs
+    from ui.session import owner_id
+
+    root = jobs.runs_root()
+    return [r["id"] for r in list_runs(root, owner=owner_id(), include_unowned=server_is_local())
+            if r["state"] == "done" and (RunDir.open(root, r["id"]).model_dir / "bundle.json").is_file()]
+
+
+def read_run_reference(run_id: str) -> tuple[Any, str]:
+    """The reference cells a visitor's finished run kept, with their counts and labels
+    (:func:`~cellannot_core.pipeline.bundle_reference`), and its label column."""
+    from cellannot_core.errors import ConfigError
+    from cellannot_core.pipeline import bundle_reference, load_bundle
+    from cellannot_core.runs import RunDir
+    from ui import jobs
+
+    if run_id not in run_references():  # only the visitor's own runs, finished
+        raise DataError(f"run {run_id} is not one of your finished runs")
+    model, bundle = load_bundle(RunDir.open(jobs.runs_root(), run_id).model_dir, device="cpu")
+    try:
+        return bundle_reference(model, bundle), str(bundle["label_key"])
+    except ConfigError:
+        raise DataError(f"run {run_id}'s model ({model.name}) keeps no reference cells with their counts (only the "
+                        "models with a latent space of counts do, the recommended one among them): load the "
+                        "reference itself") from None
+
+
+def handle_run_reference(run_id: str) -> str | None:
+    """Make a finished run's kept reference cells the session's reference, its label column picked;
+    return an error message or ``None``."""
+    try:
+        adata, label_key = read_run_reference(run_id)
+    except CellannotError as err:
+        return str(err)
+    set_dataset("reference", adata, name=f"run {run_id}: the {adata.n_obs:,} reference cells its model kept",
+                source="run", dataset_id=f"run-{run_id}")
+    put(StateKeys.LABEL_KEY, label_key)
+    return None
+
+
+def run_tab(role: str = "reference") -> None:
+    """The Data page's "From a finished run" tab (the reference only: ``role`` is for the page's loop)."""
+    from ui.state import WidgetKeys
+
+    runs = run_references()
+    if not runs:
+        st.caption("No finished run yet. A run's model keeps the reference cells it trained on (up to 10,000), "
+                   "so a later run can use them as its reference without loading the file again.")
+        return
+    pick = st.selectbox("Finished run", runs, key=WidgetKeys.RUN_REFERENCE,
+                        help="Its model's training cells (up to 10,000) with their counts and labels; a new model "
+                             "is trained on them with the query you load.")
+    if st.button("Load its reference", key=WidgetKeys.RUN_REFERENCE_BUTTON):
+        with st.spinner(f"Reading run {pick}..."):
+            err = handle_run_reference(pick)
+        if err:
+            st.error(err)
+
+
 NO_LABEL_COLUMN = ("The reference has no obs column that looks like cell-type labels (2-100 classes). A 10x folder or "
                    "archive gets them from a table beside the matrix: a row per cell, its barcode in one column and "
                    "its type in another.")

@@ -249,7 +249,8 @@ def remember_choices(choices: dict[str, Any]) -> None:
         pass
 
 
-KEPT_AS = {"upload": "a copy of the uploaded file", "path": "its path on the server", "demo": "the bundled demo"}
+KEPT_AS = {"upload": "a copy of the uploaded file", "path": "its path on the server", "demo": "the bundled demo",
+           "run": "the run whose reference cells it is"}
 
 
 def kept_datasets() -> list[dict[str, Any]]:
@@ -363,6 +364,8 @@ def restore() -> list[str]:
                 adata = read_uploaded((d / f"{role}.upload").read_bytes(), str(meta.get("name")), name=role)
             elif meta.get("kind") == "path" and not data_ui.allowed_path(Path(str(meta.get("path")))):
                 adata = data_ui.read_path(role, Path(str(meta.get("path"))))
+            elif meta.get("kind") == "run" and role == "reference":  # (read_run_reference checks the owner)
+                adata = data_ui.read_run_reference(str(meta.get("dataset_id")).removeprefix("run-"))[0]
             else:
                 continue
         except (CellannotError, OSError):

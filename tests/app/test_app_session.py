@@ -269,3 +269,32 @@ def test_a_full_disk_keeps_the_upload_loaded_and_says_a_reload_will_not_bring_it
         msg = train_ui.start(AnnotateOptions(label_key=LABEL, model="logreg"))
     assert msg.startswith("the server could not create the run's folder (no space left on device)")
     assert "/runs/x" not in msg
+
+
+def test_a_finished_runs_reference_cells_can_be_the_next_runs_reference():
+    """A visitor who trained once had to load the reference file again for the next query. A run's
+    model keeps the reference cells it trained on with their counts and labels; the Data page offers
+    the visitor's own finished runs as a reference, and a reload brings it back."""
+    import numpy as np
+
+    at = _visit(page="pages/data.py")
+    tok = at.session_state[TOKEN_KEY]
+    assert any("No finished run yet" in c.value for c in at.caption)
+    ref, qry = demo_subset(200, 150)
+    run_id = jobs.start_job(ref, qry, AnnotateOptions(label_key=LABEL, model="scanvi_svm", max_epochs=1,
+                                                      n_top_genes=200), owner=owner_id(tok))
+    assert jobs.wait(run_id, timeout=300)["state"] == "done"
+    at = _visit(tok, page="pages/data.py")
+    at.selectbox(key=WidgetKeys.RUN_REFERENCE).set_value(run_id)
+    at.button(key=WidgetKeys.RUN_REFERENCE_BUTTON).click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    got = at.session_state[StateKeys.REFERENCE]
+    assert 100 < got.n_obs < 200 and at.session_state[StateKeys.LABEL_KEY] == LABEL
+    assert set(got.obs[LABEL].astype(str)) <= set(ref.obs[LABEL].astype(str))
+    x = got.X.data
+    assert len(x) and np.allclose(x, np.round(x))  # counts, as training needs them
+    assert run_id in at.session_state[StateKeys.REFERENCE_INFO]["name"]
+    again = _visit(tok, page="pages/data.py")  # a reload brings it back
+    assert again.session_state[StateKeys.REFERENCE].n_obs == got.n_obs
+    bob = _visit(page="pages/data.py")  # another visitor is not offered it
+    assert not [sb for sb in bob.selectbox if sb.key == WidgetKeys.RUN_REFERENCE]
