@@ -159,9 +159,8 @@ def read_run_reference(run_id: str) -> tuple[Any, str]:
     try:
         return bundle_reference(model, bundle), str(bundle["label_key"])
     except ConfigError:
-        raise DataError(f"run {run_id}'s model ({model.name}) keeps no reference cells with their counts (only the "
-                        "models with a latent space of counts do, the recommended one among them): load the "
-                        "reference itself") from None
+        raise DataError(f"run {run_id}'s model ({model.name}) keeps no reference cells with their counts (a model "
+                        "trained without raw counts, or saved before 2026-12-05): load the reference itself") from None
 
 
 def handle_run_reference(run_id: str) -> str | None:

@@ -271,7 +271,7 @@ def test_a_full_disk_keeps_the_upload_loaded_and_says_a_reload_will_not_bring_it
     assert "/runs/x" not in msg
 
 
-def test_a_finished_runs_reference_cells_can_be_the_next_runs_reference():
+def test_a_finished_runs_reference_cells_can_be_the_next_runs_reference(monkeypatch):
     """A visitor who trained once had to load the reference file again for the next query. A run's
     model keeps the reference cells it trained on with their counts and labels; the Data page offers
     the visitor's own finished runs as a reference, and a reload brings it back."""
@@ -298,3 +298,19 @@ def test_a_finished_runs_reference_cells_can_be_the_next_runs_reference():
     assert again.session_state[StateKeys.REFERENCE].n_obs == got.n_obs
     bob = _visit(page="pages/data.py")  # another visitor is not offered it
     assert not [sb for sb in bob.selectbox if sb.key == WidgetKeys.RUN_REFERENCE]
+    plain = _tiny_run(tok)  # a logreg run keeps its reference cells too (its input is its latent space)
+    again = _visit(tok, page="pages/data.py")
+    again.selectbox(key=WidgetKeys.RUN_REFERENCE).set_value(plain)
+    again.button(key=WidgetKeys.RUN_REFERENCE_BUTTON).click().run()
+    assert not again.exception and not again.error and again.session_state[StateKeys.REFERENCE].n_obs > 100
+    from cellannot_core import pipeline
+    from cellannot_core.errors import ConfigError
+
+    def no_counts(model, bundle):  # a model saved before bundles kept counts, or trained without them
+        raise ConfigError("this saved model keeps no reference counts")
+
+    monkeypatch.setattr(pipeline, "bundle_reference", no_counts)
+    again.selectbox(key=WidgetKeys.RUN_REFERENCE).set_value(run_id)
+    again.button(key=WidgetKeys.RUN_REFERENCE_BUTTON).click().run()
+    assert not again.exception and any("keeps no reference cells" in e.value for e in again.error)
+    assert run_id not in again.session_state[StateKeys.REFERENCE_INFO]["name"]  # the loaded one stays
