@@ -403,7 +403,13 @@ def _read_h5mu(path: Path, label: str) -> ad.AnnData:
         raise DataError(f"{label} holds {len(mods)} modalities and none is named rna or gex: save the RNA one as "
                         "an .h5ad (mudata.read_h5mu(path)[name].write_h5ad('rna.h5ad')) and give that")
     mod = rna[0]
-    guard_hdf5(path, label, whole=(f"mod/{mod}", "obs"))
+    try:
+        guard_hdf5(path, label, whole=(f"mod/{mod}", "obs"))
+    except DataError as err:
+        if "GiB in memory" not in str(err):
+            raise
+        raise DataError(f"{err} Or save its {mod} modality as an .h5ad (mudata.read_h5mu(path)[{mod!r}]"
+                        ".write_h5ad('rna.h5ad')): an .h5ad query is labelled a chunk at a time") from None
     with h5py.File(path, "r") as f:
         adata = read_elem(f["mod"][mod])
         shared = read_elem(f["obs"]) if isinstance(f.get("obs"), h5py.Group) else None

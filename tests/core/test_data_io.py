@@ -584,7 +584,7 @@ def _write_h5mu(path: Path, mods: dict, obs: pd.DataFrame | None = None) -> Path
     return path
 
 
-def test_a_mudata_file_is_read_as_its_rna_modality_with_the_joint_cell_types(tmp_path, small):
+def test_a_mudata_file_is_read_as_its_rna_modality_with_the_joint_cell_types(tmp_path, small, monkeypatch):
     """CITE-seq and multiome data come as MuData .h5mu (muon, scvi-tools' totalVI / MultiVI), the
     cell types often in the joint obs: it was refused with how to convert it."""
     import anndata as ad
@@ -607,6 +607,10 @@ def test_a_mudata_file_is_read_as_its_rna_modality_with_the_joint_cell_types(tmp
         f["x"] = np.zeros(3)
     with pytest.raises(DataError, match="not a MuData file"):
         read_dataset(tmp_path / "plain.h5mu")
+    monkeypatch.setenv("CELLANNOT_MEMORY_LIMIT_GB", "0.000001")  # too large to hold: how to stream it instead
+    with pytest.raises(DataError, match=r"GiB in memory.*save its rna modality as an \.h5ad.*a chunk at a time"):
+        read_dataset(path)
+    monkeypatch.delenv("CELLANNOT_MEMORY_LIMIT_GB")
     with h5py.File(path, "r+") as f:  # guarded as an .h5ad is: nothing reaches outside the file
         f["mod/rna/obsm_link"] = h5py.ExternalLink("/etc/passwd", "/")
     with pytest.raises(DataError, match="external link"):
