@@ -96,6 +96,10 @@ def _check_adata(adata: Any, what: str, *, hint: str = "") -> None:
     from .errors import DataError
 
     if not isinstance(adata, ad.AnnData):
+        if hasattr(adata, "mod") and isinstance(getattr(adata, "mod", None), dict):  # a MuData (muon, scvi-tools)
+            names = ", ".join(map(repr, adata.mod)) or "none"
+            raise DataError(f"{what} is a MuData object: pass its RNA modality, e.g. mdata['rna'] (its modalities: "
+                            f"{names})")
         raise DataError(f"{what} must be an AnnData object, not {type(adata).__name__}: read it with "
                         f"anndata.read_h5ad (or scanpy's readers) first.{hint}")
 

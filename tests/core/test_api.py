@@ -92,6 +92,13 @@ def test_what_is_not_an_anndata_or_options_of_the_wrong_kind_are_one_clear_error
         ca.annotate(np.ones((3, 3)), query, **_opts())
     with pytest.raises(DataError, match="adata_ref must be an AnnData object, not str"):
         ca.train(str(path), **_opts())
+
+    class MuData:  # mudata's container as a scanpy user holds it (mudata is not installed here)
+        mod = {"rna": query, "prot": query[:, :3]}
+
+    with pytest.raises(DataError, match=r"adata_query is a MuData object: pass its RNA modality, e\.g\. "
+                                        r"mdata\['rna'\] \(its modalities: 'rna', 'prot'\)"):
+        ca.annotate(ref, MuData(), **_opts())
     with pytest.raises(ConfigError, match="hparams is a dict"):
         ca.annotate(ref, query.copy(), **_opts(), hparams=[("C", 1.0)])
     with pytest.raises(ConfigError, match="label_key names the reference's obs column"):
