@@ -10,6 +10,7 @@ A short note on how the file was read is stored in ``adata.uns["cellannot_input"
 from __future__ import annotations
 
 import contextlib
+import functools
 import gzip
 import re
 import shutil
@@ -446,9 +447,46 @@ def _is_gzip(path: Path) -> bool:
 
 
 def _open_text(path: Path):
+    enc = _text_encoding(path)
     if path.name.lower().endswith(".gz") or _is_gzip(path):
-        return gzip.open(path, "rt", encoding="utf-8", errors="replace")
-    return open(path, encoding="utf-8", errors="replace")
+        return gzip.open(path, "rt", encoding=enc, errors="replace")
+    return open(path, encoding=enc, errors="replace")
+
+
+TEXT_SAMPLE = 4 << 20  # bytes of a text table its encoding is told from
+
+
+def _text_encoding(path: Path) -> str:
+    """A text table's encoding: by its byte-order mark (UTF-8, or UTF-16 as Excel's "Unicode text"
+    saves), else UTF-8 when its first :data:`TEXT_SAMPLE` bytes decode as such, else Windows-1252
+    (Excel on Windows saves a CSV so: "Müller glia" as one byte 0xFC), else latin-1 (any byte)."""
+    st = path.stat()
+    return _encoding_of(str(path), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _encoding_of(path: str, _mtime_ns: int, _size: int) -> str:
+    opener = gzip.open if path.lower().endswith(".gz") or _is_gzip(Path(path)) else open
+    try:
+        with opener(path, "rb") as fh:
+            head = fh.read(TEXT_SAMPLE)
+    except (OSError, EOFError, zlib.error):
+        return "utf-8"  # (the reader reports what is wrong with the file)
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "utf-16"
+    if head.startswith(b"\xef\xbb\xbf"):
+        return "utf-8-sig"
+    try:
+        head.decode("utf-8")
+        return "utf-8"
+    except UnicodeDecodeError as err:
+        if err.reason == "unexpected end of data" and len(head) == TEXT_SAMPLE:
+            return "utf-8"  # a character cut by the sample's end
+    try:
+        head.decode("cp1252")
+        return "cp1252"
+    except UnicodeDecodeError:
+        return "latin-1"
 
 
 def _first_existing(folder: Path, stems: tuple[str, ...]) -> Path | None:
@@ -678,7 +716,7 @@ def _join_cell_tables(folder: Path, used: set, obs: pd.DataFrame, label: str) ->
         _guard_text(path, label, _TABLE_BYTES_PER_CHAR)
         try:
             sep, decimal = _sniff_table(path)
-            df = pd.read_csv(path, sep=sep, decimal=decimal, index_col=None,
+            df = pd.read_csv(path, sep=sep, decimal=decimal, index_col=None, encoding=_text_encoding(path),
                              compression="gzip" if _is_gzip(path) else "infer")
         except Exception:  # noqa: BLE001 - not a table: said, never echoed
             notes.append(f"table {i} beside the matrix could not be read as a table; it was left out")
@@ -898,7 +936,7 @@ def _read_table(path: Path, label: str, orientation: str) -> ad.AnnData:
     _guard_text(path, label, _TABLE_BYTES_PER_CHAR)
     sep, decimal = _sniff_table(path, label)
     df = pd.read_csv(path, sep=sep, decimal=decimal, index_col=0, compression="gzip" if _is_gzip(path) else "infer",
-                     skiprows=_comment_lines(path))
+                     skiprows=_comment_lines(path), encoding=_text_encoding(path))
     if df.shape[0] == 0 or df.shape[1] == 0:
         raise DataError(
             f"{label} has no data rows or columns. Provide a table with a header row, "

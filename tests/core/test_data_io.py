@@ -635,3 +635,27 @@ def test_a_folder_is_searched_for_its_matrix_within_bounds(tmp_path, small, monk
     with pytest.raises(DataError, match="more than 20 files and folders: give the matrix folder itself"):
         read_dataset(tmp_path / "root")
     assert deep.is_dir()
+
+
+def test_tables_saved_by_excel_in_its_own_encodings_are_read(tmp_path, small):
+    """Excel on Windows saves a CSV in Windows-1252 ("Müller glia" as one byte 0xFC) and "Unicode
+    text" as tab-separated UTF-16: a cell-type table beside a 10x matrix in Windows-1252 was left out
+    ("could not be read as a table"), and a count table so saved was refused with a UTF-8 codec error."""
+    from cellannot_core.data import summarize_dataset
+
+    a = small.copy()
+    a.obs_names = [f"{'ACGT'[i % 4] * 3}{i:05d}-1" for i in range(a.n_obs)]
+    types = np.where(a.obs["cell_type"].astype(str) == "type0", "Müller glia", "Cellule épithéliale")
+    folder = write_mtx_dir(a, tmp_path / "tenx")
+    pd.DataFrame({"barcode": a.obs_names, "celltype": types}).to_csv(folder / "meta.csv", index=False,
+                                                                     encoding="cp1252")
+    got = read_dataset(folder)
+    assert list(got.obs["celltype"]) == list(types)
+    assert any("gave 1 column of cell annotations to 60 of the 60 cells" in n for n in summarize_dataset(got)["notes"])
+    table = pd.DataFrame(_dense(a), index=a.obs_names, columns=a.var_names)
+    table.insert(0, "cell_type", types)
+    for enc, sep, name in (("cp1252", ",", "excel.csv"), ("utf-16", "\t", "unicode.txt"), ("latin-1", ",", "l1.csv")):
+        table.to_csv(tmp_path / name, sep=sep, encoding=enc)
+        got = read_dataset(tmp_path / name)
+        _assert_same(got, a)
+        assert list(got.obs["cell_type"]) == list(types), enc
