@@ -1231,7 +1231,12 @@ def annotate(reference, query, opts: AnnotateOptions, *, out: str | Path | None 
         checkpoint("reading data")
         ref = reference if not isinstance(reference, (str, Path)) else read_dataset(reference, name="reference")
         qry = query if not isinstance(query, (str, Path)) else read_dataset(query, name="query")
+        from .data.prepare import read_notes
         from .data.stream import stream_source
+
+        for name, data in (("reference", ref), ("query", qry)):
+            for note in read_notes(data):
+                log(f"note: the {name}: {note}")
 
         source = stream_source(qry)  # a sample of a query too large to hold: every cell is labelled in chunks
         if source is not None:

@@ -854,8 +854,26 @@ def summarize_dataset(adata: ad.AnnData, *, name: str = "dataset") -> dict[str, 
         "label_candidates": cands,
         "suggested_label_key": cands[0]["key"] if cands else None,
         "problems": problems,
-        "notes": [str(n) for n in _input_info(adata).get("cell_tables", [])],
+        "notes": _read_notes(_input_info(adata)),
     }
+
+
+def read_notes(adata: ad.AnnData) -> list[str]:
+    """What the reader did that the user should see (:func:`_read_notes`), for the Data page and the log."""
+    return _read_notes(_input_info(adata))
+
+
+def _read_notes(info: dict[str, Any]) -> list[str]:
+    """What the reader did that the user should see: a table's orientation, guessed from its
+    names, a MuData's modality, the tables of cell annotations joined beside a matrix."""
+    notes = []
+    if info.get("format") == "table" and info.get("orientation") in ("cells_x_genes", "genes_x_cells"):
+        rows = "cells" if info["orientation"] == "cells_x_genes" else "genes"
+        notes.append(f"the table was read with {rows} as rows ({info.get('orientation_reason', 'guessed')}); if "
+                     f"its rows are {'genes' if rows == 'cells' else 'cells'}, save it transposed")
+    if info.get("format") == "h5mu":
+        notes.append(f"the MuData file was read as its {info.get('modality')!r} modality")
+    return notes + [str(n) for n in info.get("cell_tables", [])]
 
 
 def _input_info(adata: ad.AnnData) -> dict[str, Any]:

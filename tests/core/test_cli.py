@@ -671,3 +671,15 @@ def test_a_query_read_whole_that_could_not_be_written_is_refused_before_labellin
     with pytest.raises(DataError, match="query's uns cannot be written to an .h5ad file"):
         predict_file(model_dir, csv, out=tmp_path / "o.h5ad", device="cpu")
     assert not called and not (tmp_path / "o.h5ad").exists()
+
+
+def test_how_a_file_was_read_is_said_in_the_log(capsys, files, tmp_path):
+    """A table's orientation is guessed from its names and the Data page said so; the command line
+    did not, so a table read the wrong way round failed later for no visible reason."""
+    q = ad.read_h5ad(files["query"])
+    table = tmp_path / "query.csv"
+    q.to_df().to_csv(table)
+    code, _, err = run_main(capsys, "annotate", "--reference", files["ref"], "--query", table, "--label-key", LABEL,
+                            "--out", tmp_path / "o.h5ad", *FAST)
+    assert code == 0, err
+    assert "note: the query: the table was read with cells as rows (" in err and "save it transposed" in err

@@ -244,6 +244,9 @@ def test_tsv_gz_genes_x_cells_with_real_looking_names(tmp_path):
     assert got.shape == (30, len(genes))
     assert list(got.var_names) == genes
     np.testing.assert_array_equal(got.X.toarray(), X.T)
+    from cellannot_core.data import summarize_dataset  # the guess is said, with what to do if it is wrong
+
+    assert summarize_dataset(got)["notes"][0].startswith("the table was read with genes as rows (")
     # the override wins over the guess
     forced = read_dataset(p, orientation="cells_x_genes")
     assert forced.shape == (len(genes), 30)
