@@ -1161,33 +1161,45 @@ def view_arrays(model, prepared: Prepared, preds: Predictions, opts: AnnotateOpt
     keep = np.sort(rng.choice(n_ref, min(n_ref, REF_LATENT_KEEP), replace=False))
     arrays: dict[str, np.ndarray] = {
         "val_logits": val_logits.astype(np.float32), "val_y": prepared.val.y.astype(np.int64),
-        "query_logits": preds.logits.astype(np.float32), "query_latent": preds.latent.astype(np.float32),
         "ref_latent": model.latent(prepared.train.X[keep]).astype(np.float32),
         "ref_y": prepared.train.y[keep].astype(np.int64),
     }
-    if study_shift_of(model):  # the query as knn_class measured it (the study shift its types share removed)
-        measured = model.reference.measured_latent(len(preds.latent))
-        if measured is not None:
-            arrays["query_latent_measured"] = np.asarray(measured, dtype=np.float32)
     from .evidence import class_means
 
     K = len(model.classes)
     arrays["ref_class_mean"] = class_means(prepared.train.X, prepared.train.y, K)  # "why this label" (evidence.py)
-    raw = preds.label_raw
-    if len(raw) != prepared.query.n_obs:  # a query read in chunks: the class means of its sample
-        raw = np.asarray(model.classes, dtype=object)[model.logits(prepared.query.X).argmax(1)]
-    raw_idx = pd.Categorical(raw, categories=list(model.classes)).codes
-    arrays["query_raw_mean"] = class_means(prepared.query.X, raw_idx, K)
     for k, v in val_scores.items():
         arrays[f"val_score_{k}"] = v.astype(np.float32)
-    for k, v in preds.scores.items():
-        arrays[f"query_score_{k}"] = v.astype(np.float32)
+    arrays |= query_view_arrays(model, prepared.query.X, preds)
     if opts.n_generate > 0 and model.spec.supports.samples:
         log(f"generating {opts.n_generate} cells per class")
         xs, ys = model.sample(opts.n_generate)
         arrays["gen_latent"] = model.latent(xs).astype(np.float32)
         arrays["gen_y"] = ys.astype(np.int64)
         arrays["gen_X"] = xs.astype(np.float16)
+    return arrays
+
+
+def query_view_arrays(model, X: Any, preds: Predictions) -> dict[str, np.ndarray]:
+    """The query's arrays behind the app's views (:func:`view_arrays`): logits, latent codes, novelty
+    scores, Unknown groups and the class means of ``X`` (the model's input; for a query read in
+    chunks, its sample's) by raw label."""
+    from .evidence import class_means
+
+    arrays = {"query_logits": preds.logits.astype(np.float32), "query_latent": preds.latent.astype(np.float32)}
+    if study_shift_of(model):  # the query as knn_class measured it (the study shift its types share removed)
+        measured = model.reference.measured_latent(len(preds.latent))
+        if measured is not None:
+            arrays["query_latent_measured"] = np.asarray(measured, dtype=np.float32)
+    raw = preds.label_raw
+    if len(raw) != X.shape[0]:  # a query read in chunks: the class means of its sample
+        raw = np.asarray(model.classes, dtype=object)[model.logits(X).argmax(1)]
+    raw_idx = pd.Categorical(raw, categories=list(model.classes)).codes
+    arrays["query_raw_mean"] = class_means(X, raw_idx, len(model.classes))
+    for k, v in preds.scores.items():
+        arrays[f"query_score_{k}"] = v.astype(np.float32)
+    if preds.unknown_group is not None:
+        arrays["query_unknown_group"] = preds.unknown_group
     return arrays
 
 
@@ -1315,8 +1327,7 @@ def annotate(reference, query, opts: AnnotateOptions, *, out: str | Path | None 
             from .runs import write_json_atomic
 
             save_bundle(run_dir.model_dir, model, bundle_info(model, prepared, opts))
-            run_dir.save_arrays(view_arrays(model, view_prep, preds, opts, log)
-                                | {"query_unknown_group": preds.unknown_group})
+            run_dir.save_arrays(view_arrays(model, view_prep, preds, opts, log))
             write_h5ad_atomic(res.adata, run_dir.file(RunFiles.ANNOTATED))
             buf = io.StringIO()
             predictions_table(all_prep.query.obs_names, preds, model.classes).to_csv(buf, index=False)
@@ -1396,21 +1407,37 @@ def predict_query(model, bundle: dict[str, Any], query, *, threshold: float | No
     the model's order (missing genes are zero), the reference's normalisation. Returns the
     predictions and a run card; ``query_label_key``: a query column of known labels, the card's
     ``query_metrics`` measured against them (:func:`predicted_query_metrics`)."""
-    from .data import prepare_query, read_dataset
+    return predict_query_input(model, bundle, query, threshold=threshold, query_label_key=query_label_key, log=log)[:2]
+
+
+def predict_query_input(model, bundle: dict[str, Any], query, *, threshold: float | None = None,
+                        query_label_key: str | None = None,
+                        log: Callable[[str], None] = lambda s: None) -> tuple[Predictions, dict[str, Any], Any]:
+    """:func:`predict_query`, and the model input it labelled (the query's cells on the model's genes)."""
+    from .data import read_dataset
 
     qry = query if not isinstance(query, (str, Path)) else read_dataset(query, name="query")
     labels = own_labels(qry.obs, query_label_key, model, bundle, log)
-    split, report = prepare_query(qry, genes=bundle["genes"], norm_genes=bundle.get("norm_genes"),
-                                  min_shared_genes=int(bundle.get("min_shared_genes", 200)), with_counts=False)
-    log(report.get("message", ""))
-    log_warnings(report, log)
+    split, report = model_input(model, bundle, qry, log)
     samples = bundle_samples(bundle, qry.obs)
     preds, groups = label_query(model, split.X, genes=bundle["genes"], threshold=threshold, samples=samples)
     card = prediction_card(model, preds, report, samples) | {"unknown_groups": groups}
     log_unknown_groups(groups, log)
     log_class_notes(card, log)
     predicted_query_metrics(card, labels, preds, model, query_label_key, log)
-    return preds, card
+    return preds, card, split.X
+
+
+def model_input(model, bundle: dict[str, Any], qry, log: Callable[[str], None] = lambda s: None) -> tuple[Split, dict[str, Any]]:
+    """A new query (AnnData) as a saved model's input: its genes matched by name and put in the
+    model's order (missing genes are zero), the reference's normalisation; and the query report."""
+    from .data import prepare_query
+
+    split, report = prepare_query(qry, genes=bundle["genes"], norm_genes=bundle.get("norm_genes"),
+                                  min_shared_genes=int(bundle.get("min_shared_genes", 200)), with_counts=False)
+    log(report.get("message", ""))
+    log_warnings(report, log)
+    return split, report
 
 
 def own_labels(obs: pd.DataFrame, key: str | None, model, bundle: dict[str, Any],

@@ -175,9 +175,8 @@ def label_file(model, bundle: dict[str, Any], query: str | Path, *, out: str | P
                query_label_key: str | None = None) -> dict[str, Any]:
     """:func:`predict_file` with a model and bundle already in memory (``Annotator.predict_file``);
     ``callbacks``: the training's, when ``adapt`` trains the model again."""
-    from .pipeline import (annotate_adapted, bundle_samples, check_h5ad_writable, check_not_an_input,
-                           log_class_notes, log_unknown_groups, log_warnings, own_labels, predict_query,
-                           predicted_query_metrics, prediction_card, write_annotations, write_h5ad_atomic)
+    from .pipeline import (annotate_adapted, check_h5ad_writable, check_not_an_input, predict_query,
+                           write_annotations, write_h5ad_atomic)
 
     if Path(out).suffix != ".h5ad":
         from .errors import ConfigError
@@ -211,10 +210,28 @@ def label_file(model, bundle: dict[str, Any], query: str | Path, *, out: str | P
         return {"n_obs": adata.n_obs, "unknown_fraction": card["unknown_fraction"], "streamed": False,
                 **_metrics_of(card)}
     with rows:
-        labels = own_labels(rows.obs, query_label_key, model, bundle, log)
-        samples = bundle_samples(bundle, rows.obs)
-        preds, report = stream_predictions(model, bundle, rows, threshold=threshold, chunk_cells=chunk_cells,
-                                           log=log, samples=samples)
+        preds, card = stream_label(model, bundle, rows, threshold=threshold, chunk_cells=chunk_cells, log=log,
+                                   query_label_key=query_label_key)
+    if model_dir is not None:
+        card["model_dir"] = str(model_dir)
+    write_annotations_file(Path(query), Path(out), preds, card)
+    return {"n_obs": len(preds.label), "unknown_fraction": card["unknown_fraction"], "streamed": True,
+            **_metrics_of(card)}
+
+
+def stream_label(model, bundle: dict[str, Any], rows: H5adRows, *, threshold: float | None = None,
+                 chunk_cells: int = CHUNK_CELLS, query_label_key: str | None = None,
+                 log: Callable[[str], None] = lambda s: None):
+    """Every cell of ``rows`` labelled with a saved model, a chunk at a time
+    (:func:`stream_predictions`), as :func:`~.pipeline.predict_query` labels a query in memory:
+    returns the predictions and the run card (its metrics against ``query_label_key``)."""
+    from .pipeline import (bundle_samples, log_class_notes, log_unknown_groups, log_warnings, own_labels,
+                           predicted_query_metrics, prediction_card)
+
+    labels = own_labels(rows.obs, query_label_key, model, bundle, log)
+    samples = bundle_samples(bundle, rows.obs)
+    preds, report = stream_predictions(model, bundle, rows, threshold=threshold, chunk_cells=chunk_cells,
+                                       log=log, samples=samples)
     log(report["message"])
     log_warnings(report, log)
     groups = report.pop("unknown_groups", [])
@@ -222,11 +239,7 @@ def label_file(model, bundle: dict[str, Any], query: str | Path, *, out: str | P
     log_unknown_groups(groups, log)
     log_class_notes(card, log)
     predicted_query_metrics(card, labels, preds, model, query_label_key, log)
-    if model_dir is not None:
-        card["model_dir"] = str(model_dir)
-    write_annotations_file(Path(query), Path(out), preds, card)
-    return {"n_obs": len(preds.label), "unknown_fraction": card["unknown_fraction"], "streamed": True,
-            **_metrics_of(card)}
+    return preds, card
 
 
 def _metrics_of(card: dict[str, Any]) -> dict[str, Any]:

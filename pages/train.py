@@ -30,5 +30,16 @@ else:
         else:
             st.rerun()  # show the new run's live panel at the top
 
+if get(StateKeys.QUERY) is not None:
+    st.subheader("Label with a finished run's model")
+    with st.container(border=True):
+        req = train_ui.relabel_form()
+    if req is not None:
+        err = train_ui.start(req)
+        if err:
+            st.error(err)
+        else:
+            st.rerun()
+
 st.page_link("pages/runs.py", label="All your runs: parameters, metrics, sweeps; open, run again, export, delete",
              icon=":material/history:")

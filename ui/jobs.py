@@ -187,13 +187,35 @@ def _worker(job: Job, reference: Any, query: Any, opts: Any) -> None:
     """Thread body: run the annotate workflow into the run directory. No Streamlit here."""
     from cellannot_core.pipeline import annotate
 
+    def body() -> None:
+        job.log(f"starting {opts.model} (seed {opts.seed}, device {opts.device})")
+        annotate(reference, query, opts, run_dir=job.run_dir, callbacks=[RunProgress(job.run_dir), job.token],
+                 log=job.log)
+
+    _run(job, body)
+
+
+def _relabel_worker(job: Job, source: RunDir, query: Any, query_label_key: str | None) -> None:
+    """Thread body: label the query with the model of the finished run ``source``
+    (:func:`~cellannot_core.relabel.label_into_run`), no training."""
+    from cellannot_core.relabel import label_into_run
+
+    def body() -> None:
+        job.log(f"labelling the query with the model of run {source.id}, without training")
+        label_into_run(source, query, job.run_dir, query_label_key=query_label_key, device="auto",
+                       should_stop=job.token.should_stop, log=job.log)
+
+    _run(job, body)
+
+
+def _run(job: Job, body: Callable[[], None]) -> None:
+    """A job's work in a training slot; whatever ends it is written to its run directory."""
     rd = job.run_dir
     try:
         with training_slot(job.token.should_stop,
                            lambda: rd.set_status("queued", message="waiting for another training to finish"),
                            owner=job.owner):
-            job.log(f"starting {opts.model} (seed {opts.seed}, device {opts.device})")
-            annotate(reference, query, opts, run_dir=rd, callbacks=[RunProgress(rd), job.token], log=job.log)
+            body()
             job.log("finished")
     except CellannotError as err:  # annotate already wrote failed/cancelled + message (not if cancelled waiting)
         job.error = str(err)
@@ -275,19 +297,10 @@ def start_job(reference: Any, query: Any, opts: Any, *, root: str | Path | None 
         Role -> dataset id of the session's data; recorded with the options in the run's
         ``request.json`` so a failed or interrupted run can be started again (:func:`request`).
     """
-    from cellannot_core.errors import ConfigError
     from cellannot_core.training import CancelToken
 
     with _START_LOCK:
-        if owner is not None:
-            active, limit = owner_active_runs(owner), session_job_limit()
-            if len(active) >= limit:
-                raise ConfigError(
-                    f"you already have {len(active)} training run{'s' if len(active) != 1 else ''} waiting or "
-                    f"running, the most one session may have at once on this server "
-                    f"(CELLANNOT_MAX_JOBS_PER_SESSION={limit}); wait for one to finish or cancel it (Train or "
-                    "Runs page). To train several models on the same data, the Compare page trains them one "
-                    "after another as one job.")
+        _check_session_limit(owner)
         rd = RunDir.create(root if root is not None else runs_root(), model=opts.model, owner=owner)
         rd.set_status("queued", model=opts.model, message="starting")
         write_request(rd, opts, datasets)
@@ -295,18 +308,67 @@ def start_job(reference: Any, query: Any, opts: Any, *, root: str | Path | None 
                       reference, query, opts)
 
 
+def start_relabel_job(source_id: str, query: Any, *, query_label_key: str | None = None,
+                      root: str | Path | None = None, owner: str | None = None,
+                      datasets: dict[str, str] | None = None) -> str:
+    """Label ``query`` with the model of the finished run ``source_id`` in a background thread,
+    without training (:func:`~cellannot_core.relabel.label_into_run`); return the new run id.
+    The caller checks that ``owner`` may use that run. ``datasets``: as :func:`start_job`'s."""
+    from cellannot_core.training import CancelToken
+
+    root = root if root is not None else runs_root()
+    source = RunDir.open(root, source_id)
+    model = str(source.status().get("model") or "run")
+    with _START_LOCK:
+        _check_session_limit(owner)
+        rd = RunDir.create(root, model=model, owner=owner)
+        rd.set_status("queued", model=model, message="starting")
+        write_json_atomic(rd.file(RunFiles.REQUEST), {"labelled_with": source_id, "query_label_key": query_label_key,
+                                                      "datasets": dict(datasets or {})})
+        return launch(rd.id, Job(run_id=rd.id, run_dir=rd, token=CancelToken(), owner=owner), _relabel_worker,
+                      source, query, query_label_key)
+
+
+def _check_session_limit(owner: str | None) -> None:
+    """A session may have at most :func:`session_job_limit` runs waiting or running (call under _START_LOCK)."""
+    from cellannot_core.errors import ConfigError
+
+    if owner is None:
+        return
+    active, limit = owner_active_runs(owner), session_job_limit()
+    if len(active) >= limit:
+        raise ConfigError(
+            f"you already have {len(active)} training run{'s' if len(active) != 1 else ''} waiting or "
+            f"running, the most one session may have at once on this server "
+            f"(CELLANNOT_MAX_JOBS_PER_SESSION={limit}); wait for one to finish or cancel it (Train or "
+            "Runs page). To train several models on the same data, the Compare page trains them one "
+            "after another as one job.")
+
+
 def write_request(rd: RunDir, opts: Any, datasets: dict[str, str] | None) -> None:
     """Record what a run is started with (read back by :func:`request`, for *Run again*)."""
     write_json_atomic(rd.file(RunFiles.REQUEST), {"options": asdict(opts), "datasets": dict(datasets or {})})
 
 
+@dataclass(frozen=True)
+class RelabelRequest:
+    """What a run that labelled a query with a finished run's model was started with (:func:`request`)."""
+
+    source: str  # the run whose model labelled the query
+    query_label_key: str | None = None
+
+
 def request(run_id: str, root: str | Path | None = None) -> dict[str, Any] | None:
-    """What a run was started with: ``{"options": AnnotateOptions, "datasets": {role: id}}``, or
-    ``None`` for runs that did not record it (command-line runs, older runs)."""
+    """What a run was started with: ``{"options": AnnotateOptions or RelabelRequest, "datasets":
+    {role: id}}``, or ``None`` for runs that did not record it (command-line runs, older runs)."""
     from cellannot_core.pipeline import AnnotateOptions
 
     rd = RunDir.open(root if root is not None else runs_root(), run_id)
     req = read_json(rd.file(RunFiles.REQUEST))
+    if isinstance(req, dict) and isinstance(req.get("labelled_with"), str):
+        key = req.get("query_label_key")
+        return {"options": RelabelRequest(req["labelled_with"], key if isinstance(key, str) else None),
+                "datasets": dict(req.get("datasets") or {})}
     if not isinstance(req, dict) or not isinstance(req.get("options"), dict):
         return None
     try:

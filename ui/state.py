@@ -59,6 +59,8 @@ class WidgetKeys:
     ACCEPT = "w_accept"
     N_GENERATE = "w_n_generate"
     START = "w_start"
+    RELABEL_RUN = "w_relabel_run"  # a finished run whose model labels the query without training
+    RELABEL_START = "w_relabel_start"
     CANCEL = "w_cancel"
     RUN_PICKER = "w_run_pick"
     OPEN_RUN = "w_open_run"

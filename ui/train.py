@@ -54,12 +54,22 @@ def _rng_preserved() -> Iterator[None]:
 
 
 def start(opts: Any) -> str | None:
-    """Start a background job on the session's datasets; returns an error message or ``None``."""
+    """Start a background job on the session's datasets (training with ``AnnotateOptions``, or the
+    query labelled with a finished run's model with :class:`ui.jobs.RelabelRequest`); returns an
+    error message or ``None``."""
     try:
         from ui.session import owner_id
 
-        run_id = jobs.start_job(get(StateKeys.REFERENCE), get(StateKeys.QUERY), opts, owner=owner_id(),
-                                datasets=session_datasets())
+        if isinstance(opts, jobs.RelabelRequest):
+            from ui.data import run_references
+
+            if opts.source not in run_references():  # only the visitor's own finished runs
+                return f"run {opts.source} is not one of your finished runs with a saved model"
+            run_id = jobs.start_relabel_job(opts.source, get(StateKeys.QUERY), query_label_key=opts.query_label_key,
+                                            owner=owner_id(), datasets={"query": session_datasets().get("query")})
+        else:
+            run_id = jobs.start_job(get(StateKeys.REFERENCE), get(StateKeys.QUERY), opts, owner=owner_id(),
+                                    datasets=session_datasets())
     except CellannotError as err:
         return str(err)
     except OSError as err:
@@ -83,9 +93,16 @@ def rerun_problem(run_id: str) -> tuple[Any, str | None]:
         return None, str(err)
     if req is None:
         return None, "this run did not record its settings (started from the command line or by an older version)"
+    now = session_datasets()
+    if isinstance(req["options"], jobs.RelabelRequest):
+        if get(StateKeys.QUERY) is None:
+            return None, "no query is loaded in this session: load the query it labelled"
+        if req["datasets"] and any(now.get(role) != i for role, i in req["datasets"].items()):
+            return None, "the query loaded now is not the one this run labelled: load it on the Data page"
+        return req["options"], None
     if not data_loaded():
         return None, "no data is loaded in this session: load the reference and query it was trained on"
-    if req["datasets"] and req["datasets"] != session_datasets():
+    if req["datasets"] and req["datasets"] != now:
         return None, ("the data loaded now is not the data this run was trained on: load the same reference and "
                       "query on the Data page to run it again")
     return req["options"], None
@@ -196,6 +213,39 @@ def training_form() -> Any | None:
         return None
 
 
+def relabel_form() -> Any | None:
+    """Pick one of the visitor's finished runs whose model labels the session's query without
+    training; returns a :class:`ui.jobs.RelabelRequest` when *Label the query* was clicked."""
+    from ui.data import run_references
+
+    runs = run_references()
+    if not runs:
+        st.caption("None of your runs has finished with a saved model yet.")
+        return None
+    pick = st.selectbox("Run whose model labels the query", runs, key=WidgetKeys.RELABEL_RUN,
+                        format_func=_run_choice)
+    st.caption("Seconds, not minutes: the model is used as it was trained. A model that learns its latent space "
+               "from the query too (scanvi_svm and the other semi-supervised models) was trained with *its* "
+               "query, so it calls fewer cells of types its reference lacks Unknown in a new one; to train it "
+               "again with this query, pick *From a finished run* as the reference on the Data page and train.")
+    if not st.button("Label the query", key=WidgetKeys.RELABEL_START, icon=":material/label:"):
+        return None
+    return jobs.RelabelRequest(pick, get(StateKeys.QUERY_LABEL_KEY))
+
+
+def _run_choice(run_id: str) -> str:
+    """A finished run as the relabel picker shows it: id, model, its classes and label column."""
+    from cellannot_core.runs import RunDir
+
+    try:
+        card = RunDir.open(jobs.runs_root(), run_id).card() or {}
+    except CellannotError:
+        return run_id
+    key = (card.get("options") or {}).get("label_key")
+    return (f"{run_id} · {card.get('model', '?')} · {len(card.get('classes') or [])} types"
+            + (f" from `{key}`" if key else ""))
+
+
 # ------------------------------------------------------------------------------ live panel
 
 
@@ -221,6 +271,8 @@ def _done_summary(run_id: str) -> None:
     c[2].metric("Called Unknown", f"{card.get('unknown_fraction', 0):.1%}")
     if qm.get("acc_in") is not None:
         c[3].metric("Query accuracy (known types)", f"{qm['acc_in']:.1%}")
+    if card.get("labelled_with"):
+        st.caption(card["labelled_with"]["note"])
     tr = card.get("training") or {}
     if tr.get("diverged"):
         st.warning(f"Training diverged ({tr.get('divergence_message')}); the results use the last good "

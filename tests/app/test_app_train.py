@@ -265,3 +265,51 @@ def test_a_machine_with_several_gpus_offers_each_one(monkeypatch):
         resolve_device("cuda:2")
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     assert device_choices()[0] == ["auto", "cpu", "cuda"]  # one GPU: no numbered entries
+
+
+def test_a_finished_runs_model_labels_a_query_without_training(tiny_pair):
+    """A biologist who trained once labels the next query with that model in seconds, as Azimuth
+    labels a query against a fixed reference: the new run has every view a trained run has, its
+    labels are the model's (the same query gives the trained run's labels), and it can run again."""
+    import pandas as pd
+
+    from cellannot_core._constants import RunFiles
+    from cellannot_core.runs import RunDir
+
+    at = _train_page(tiny_pair)
+    assert not [sb for sb in at.selectbox if sb.key == WidgetKeys.RELABEL_RUN]  # no finished run yet
+    assert any("None of your runs has finished" in c.value for c in at.caption)
+    at.selectbox(key=WidgetKeys.MODEL).set_value("logreg").run()
+    at.number_input(key=WidgetKeys.N_TOP_GENES).set_value(200)
+    at.button(key=WidgetKeys.START).click().run()
+    trained = at.session_state[StateKeys.RUN_ID]
+    assert jobs.wait(trained, timeout=120)["state"] == "done"
+    at.run()
+    at.selectbox(key=WidgetKeys.RELABEL_RUN).set_value(trained)
+    at.button(key=WidgetKeys.RELABEL_START).click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    new = at.session_state[StateKeys.RUN_ID]
+    assert new != trained
+    status = jobs.wait(new, timeout=120)
+    assert status["state"] == "done", status
+    root = jobs.runs_root()
+    card = RunDir.open(root, new).card()
+    assert card["labelled_with"]["run"] == trained and card["training"]["n_epochs"] == 0
+    assert card["query_metrics"]["acc_in"] > 0.5  # measured against the Data page's query labels
+    before, after = (pd.read_csv(RunDir.open(root, r).file(RunFiles.PREDICTIONS)) for r in (trained, new))
+    assert before.columns[:3].tolist() == after.columns[:3].tolist() and before.equals(after)  # same model, same query
+    assert RunDir.open(root, new).load_arrays()["val_logits"].shape[0] > 0  # the reference side, copied
+    at.run()
+    assert not at.exception and "Called Unknown" in [m.label for m in at.metric]
+    at.session_state[WidgetKeys.EMBED_METHOD] = "pca"
+    for page in ("pages/results.py", "pages/latent.py", "pages/calibration.py", "pages/runs.py"):
+        at.switch_page(page).run()
+        assert not at.exception, (page, at.exception)
+        assert not at.error, (page, [e.value for e in at.error])
+    assert jobs.request(new)["options"] == jobs.RelabelRequest(trained, LABEL)
+    rerun = at.button(key=WidgetKeys.RUNS_RERUN)  # the Runs page, the new run picked: it can run again
+    assert not rerun.disabled
+    rerun.click().run()
+    assert not at.exception and not at.error
+    again = at.session_state[StateKeys.RUN_ID]
+    assert again not in (new, trained) and jobs.wait(again, timeout=120)["state"] == "done"
