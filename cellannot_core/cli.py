@@ -51,6 +51,8 @@ BATCH_KEY_HELP = ("optional obs column naming each cell's sample or batch (refer
 def _add_common(p: argparse.ArgumentParser, *, query_required: bool) -> None:
     p.add_argument("--reference", required=True, help="labelled reference (.h5ad, .h5, 10x folder/.zip/.tar.gz, .csv/.tsv)")
     p.add_argument("--query", required=query_required, help="query cells to label (same formats)")
+    for role in ("reference", "query"):
+        _add_orientation(p, role)
     p.add_argument("--label-key", required=True, help="obs column of the reference holding the cell types")
     p.add_argument("--query-label-key", default=None, help="optional query obs column with known labels (for metrics)")
     p.add_argument("--batch-key", default=None, help=BATCH_KEY_HELP)
@@ -69,6 +71,25 @@ def _add_common(p: argparse.ArgumentParser, *, query_required: bool) -> None:
                    help="share of reference validation cells accepted; sets the Unknown threshold")
     p.add_argument("--threshold", type=float, default=None, help="override the novelty-score threshold")
     p.add_argument("--runs-dir", default=None, help="also write a full run directory here (reopen it in the app)")
+
+
+ORIENTATIONS = ("auto", "cells_x_genes", "genes_x_cells")
+
+
+def _add_orientation(p: argparse.ArgumentParser, role: str) -> None:
+    p.add_argument(f"--{role}-orientation", default="auto", choices=ORIENTATIONS,
+                   help=f"a {role} table only: whether its rows are cells or genes (default: guessed from its names, "
+                        "and the log says how it was read)")
+
+
+def _dataset(path: Any, role: str, orientation: str) -> Any:
+    """The path, for the workflow to read as it reads any file; a table whose orientation the user set
+    is read here with it."""
+    if path is None or orientation == "auto":
+        return path
+    from .data import read_dataset
+
+    return read_dataset(path, name=role, orientation=orientation)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="model bundle directory (from train / --save-model), a run's folder, or the app's model "
                          "download (.zip)")
     pr.add_argument("--query", required=True)
+    _add_orientation(pr, "query")
     pr.add_argument("--out", required=True)
     pr.add_argument("--device", default="auto", type=_device, help="auto (CUDA when present), cpu, cuda or cuda:N")
     pr.add_argument("--threshold", type=float, default=None)
@@ -190,8 +212,9 @@ def cmd_annotate(args) -> int:
         rd = RunDir.create(args.runs_dir, model=opts.model)
         callbacks.append(RunProgress(rd))
         _log(f"run directory: {rd.path}")
-    res = annotate(args.reference, args.query, opts, out=out, run_dir=rd, save_model=args.save_model,
-                   callbacks=callbacks, log=_log)
+    res = annotate(_dataset(args.reference, "reference", args.reference_orientation),
+                   _dataset(args.query, "query", args.query_orientation), opts, out=out, run_dir=rd,
+                   save_model=args.save_model, callbacks=callbacks, log=_log)
     _summary(res)
     _log(f"wrote {out}")
     return 0
@@ -211,8 +234,8 @@ def cmd_train(args) -> int:
         from .pipeline import check_model_folder
 
         check_model_folder(args.save_model)
-    ref = read_dataset(args.reference, name="reference")
-    qry = read_dataset(args.query, name="query") if args.query else ref
+    ref = read_dataset(args.reference, name="reference", orientation=args.reference_orientation)
+    qry = read_dataset(args.query, name="query", orientation=args.query_orientation) if args.query else ref
     prepared = prepare_data(ref, qry, opts)
     model = train_model(prepared, opts, [PrintProgress(_log)] if main_process else [])
     if not main_process:  # rank 0 writes the bundle
@@ -245,7 +268,8 @@ def cmd_sweep(args) -> int:
         _log(f"trial {row['trial']}: {args.objective} {row['value']:.4f}  ({params})"
              + (f"  run {row['run_id']}" if row.get("run_id") else ""))
 
-    study = run_sweep(args.reference, args.query, opts, storage=args.storage,
+    study = run_sweep(_dataset(args.reference, "reference", args.reference_orientation),
+                      _dataset(args.query, "query", args.query_orientation), opts, storage=args.storage,
                       study_name=args.study or f"sweep-{opts.model}", n_trials=args.trials, objective=args.objective,
                       sampler=args.sampler, params=args.param, runs_dir=args.runs_dir, log=_log, on_trial=show)
     done = [r for r in trial_rows(study) if r["state"] == "COMPLETE"]
@@ -262,7 +286,8 @@ def cmd_predict(args) -> int:
 
     check_writable(args.out, what="annotated query")  # (its name and that it is no input: predict_file's)
     res = predict_file(args.model_dir, args.query, out=Path(args.out), device=args.device, threshold=args.threshold,
-                       adapt=args.adapt, query_label_key=args.query_label_key, log=_log)
+                       adapt=args.adapt, query_label_key=args.query_label_key, orientation=args.query_orientation,
+                       log=_log)
     _log(f"labelled {res['n_obs']} cells; Unknown: {res['unknown_fraction']:.1%}; wrote {args.out}")
     return 0
 

@@ -593,6 +593,15 @@ def shifted_classes_of(model, X: Any, preds: Predictions, ref_mean: np.ndarray |
     return rows
 
 
+def log_read_notes(name: str, adata, log: Callable[[str], None]) -> None:
+    """What the reader did with a file that the user should know (a table's orientation guessed from
+    its names, a MuData's modality, the annotation tables joined), one log line each."""
+    from .data.prepare import read_notes
+
+    for note in read_notes(adata):
+        log(f"note: the {name}: {note}")
+
+
 def log_warnings(report: dict[str, Any], log: Callable[[str], None]) -> None:
     """Say what reading the data did that the user should know (a report's ``warnings``)."""
     for w in report.get("warnings", []):
@@ -1243,12 +1252,10 @@ def annotate(reference, query, opts: AnnotateOptions, *, out: str | Path | None 
         checkpoint("reading data")
         ref = reference if not isinstance(reference, (str, Path)) else read_dataset(reference, name="reference")
         qry = query if not isinstance(query, (str, Path)) else read_dataset(query, name="query")
-        from .data.prepare import read_notes
         from .data.stream import stream_source
 
         for name, data in (("reference", ref), ("query", qry)):
-            for note in read_notes(data):
-                log(f"note: the {name}: {note}")
+            log_read_notes(name, data, log)
 
         source = stream_source(qry)  # a sample of a query too large to hold: every cell is labelled in chunks
         if source is not None:
@@ -1564,6 +1571,7 @@ def predict_with_bundle(model_dir: str | Path, query, *, out: str | Path | None 
 
     model, bundle = load_bundle(model_dir, device=device)
     qry = query if not isinstance(query, (str, Path)) else read_dataset(query, name="query")
+    log_read_notes("query", qry, log)
     if adapt:
         return annotate_adapted(model, bundle, qry, threshold=threshold, device=device, out=out, log=log).adata
     preds, card = predict_query(model, bundle, qry, threshold=threshold, log=log)

@@ -869,8 +869,10 @@ def _read_notes(info: dict[str, Any]) -> list[str]:
     notes = []
     if info.get("format") == "table" and info.get("orientation") in ("cells_x_genes", "genes_x_cells"):
         rows = "cells" if info["orientation"] == "cells_x_genes" else "genes"
-        notes.append(f"the table was read with {rows} as rows ({info.get('orientation_reason', 'guessed')}); if "
-                     f"its rows are {'genes' if rows == 'cells' else 'cells'}, save it transposed")
+        reason = info.get("orientation_reason", "guessed")
+        notes.append(f"the table was read with {rows} as rows ({reason})" + ("" if reason == "set by the user" else (
+            f"; if its rows are {'genes' if rows == 'cells' else 'cells'}, say so (the command line's "
+            "--reference-orientation / --query-orientation, read_dataset(orientation=...)) or save it transposed")))
     if info.get("format") == "h5mu":
         notes.append(f"the MuData file was read as its {info.get('modality')!r} modality")
     return notes + [str(n) for n in info.get("cell_tables", [])]

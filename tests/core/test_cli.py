@@ -680,6 +680,40 @@ def test_how_a_file_was_read_is_said_in_the_log(capsys, files, tmp_path):
     table = tmp_path / "query.csv"
     q.to_df().to_csv(table)
     code, _, err = run_main(capsys, "annotate", "--reference", files["ref"], "--query", table, "--label-key", LABEL,
-                            "--out", tmp_path / "o.h5ad", *FAST)
+                            "--out", tmp_path / "o.h5ad", "--save-model", tmp_path / "model", *FAST)
     assert code == 0, err
     assert "note: the query: the table was read with cells as rows (" in err and "save it transposed" in err
+    code, _, err = run_main(capsys, "predict", "--model", tmp_path / "model", "--query", table,
+                            "--out", tmp_path / "p.h5ad")  # and when a saved model labels it
+    assert code == 0, err
+    assert "note: the query: the table was read with cells as rows (" in err and "save it transposed" in err
+
+
+def test_a_tables_orientation_can_be_set_where_the_guess_is_wrong(capsys, files, tmp_path):
+    """Samples named after the markers they were sorted on ("CD4_1", "CD8_2") look like genes, so a
+    genes x samples table was read the wrong way round; the note said to save it transposed, and
+    nothing else helped. Now the command line takes the orientation."""
+    q = ad.read_h5ad(files["query"])
+    q.obs_names = [f"CD{i % 9}_{i}" for i in range(q.n_obs)]
+    table = tmp_path / "genes_x_samples.csv"
+    q.to_df().T.to_csv(table)
+    code, _, err = run_main(capsys, "annotate", "--reference", files["ref"], "--query", table, "--label-key", LABEL,
+                            "--out", tmp_path / "guessed.h5ad", *FAST)
+    assert code == 2 and "Traceback" not in err  # the samples were taken for genes: none shared
+    assert "the table was read with cells as rows (column names look like genes)" in err
+    code, _, err = run_main(capsys, "annotate", "--reference", files["ref"], "--query", table, "--label-key", LABEL,
+                            "--query-orientation", "genes_x_cells", "--out", tmp_path / "set.h5ad",
+                            "--save-model", tmp_path / "model", *FAST)
+    assert code == 0, err
+    assert "the table was read with genes as rows (set by the user)" in err and "transposed" not in err
+    out = ad.read_h5ad(tmp_path / "set.h5ad")
+    assert out.n_obs == q.n_obs and list(out.obs_names) == list(q.obs_names)
+    h5 = tmp_path / "query.h5ad"
+    q.write_h5ad(h5)
+    code, _, err = run_main(capsys, "predict", "--model", tmp_path / "model", "--query", table,
+                            "--query-orientation", "genes_x_cells", "--out", tmp_path / "p.h5ad")
+    assert code == 0, err
+    code, _, err = run_main(capsys, "predict", "--model", tmp_path / "model", "--query", h5, "--out", tmp_path / "h.h5ad")
+    assert code == 0, err
+    got, want = (ad.read_h5ad(tmp_path / n).obs[OutKeys.LABEL].astype(str).tolist() for n in ("p.h5ad", "h.h5ad"))
+    assert got == want
