@@ -29,6 +29,7 @@ for role, col in zip(ROLES, cols):
             continue
         summ = data_ui.summary(info["id"], role, adata)
         dataset_summary(info, summ)
+        data_ui.orientation_control(role, adata)
         if (note := data_ui.stream_note(adata)) is not None:
             st.info(note, icon=":material/dataset:")
         cands = summ["label_candidates"]

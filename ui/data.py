@@ -58,11 +58,12 @@ def demo_dataset(role: str) -> Any:
 
 
 def set_dataset(role: str, adata: Any, *, name: str, source: str, dataset_id: str, data: bytes | None = None,
-                path: str | None = None) -> None:
+                path: str | None = None, orientation: str = "auto") -> None:
     """Put a dataset into the session (and forget choices that depended on the old one); the
-    session remembers how to bring it back after a reload (:mod:`ui.session`)."""
+    session remembers how to bring it back after a reload (:mod:`ui.session`), a table with the
+    orientation the visitor set."""
     remember_dataset(role, "upload" if source == "upload" else "path" if path else source, name=name,
-                     dataset_id=dataset_id, data=data, path=path)
+                     dataset_id=dataset_id, data=data, path=path, orientation=orientation)
     put(DATA_KEY[role], adata)
     from cellannot_core.data.stream import stream_source
 
@@ -270,13 +271,77 @@ def handle_path(role: str, path_text: str) -> str | None:
     return None
 
 
-def read_path(role: str, path: Path) -> Any:
+def read_path(role: str, path: Path, orientation: str = "auto") -> Any:
     """A dataset on the server: a large query as a sample of its file
-    (:func:`cellannot_core.data.stream.read_query`), anything else read whole."""
+    (:func:`cellannot_core.data.stream.read_query`), anything else read whole; ``orientation``: a
+    table's, set by the visitor (:func:`orientation_control`)."""
     from cellannot_core.data import read_dataset
     from cellannot_core.data.stream import read_query
 
-    return read_query(path) if role == "query" else read_dataset(path, name=role)
+    if role == "query" and orientation == "auto":
+        return read_query(path)
+    return read_dataset(path, name=role, orientation=orientation)
+
+
+def table_orientation(adata: Any) -> str | None:
+    """How a table was read (``cells_x_genes`` or ``genes_x_cells``), None for any other file."""
+    from cellannot_core.data.io import INPUT_UNS_KEY
+
+    info = adata.uns.get(INPUT_UNS_KEY) if adata is not None else None
+    return info.get("orientation") if isinstance(info, dict) and info.get("format") == "table" else None
+
+
+def orientation_control(role: str, adata: Any) -> None:
+    """Under a table the visitor uploaded or named: a button to read it the other way round, when
+    the guess from its names was wrong (samples named "CD4_1" look like genes)."""
+    from ui.state import WidgetKeys
+
+    now = table_orientation(adata)
+    if now is None or (get(INFO_KEY[role]) or {}).get("source") == "demo":
+        return
+    other = "genes_x_cells" if now == "cells_x_genes" else "cells_x_genes"
+    rows = "genes" if other == "genes_x_cells" else "cells"
+    if st.button(f"Its rows are {rows}: read it again", key=WidgetKeys.FLIP_TABLE.format(role=role),
+                 icon=":material/swap_vert:", help="The table's orientation was guessed from its row and column names"):
+        err = handle_orientation(role, other)
+        if err:
+            st.error(err)
+        else:
+            st.rerun()
+
+
+def handle_orientation(role: str, orientation: str) -> str | None:
+    """Read the session's ``role`` table again with ``orientation`` (from the copy the session keeps
+    of an upload, or its server path); return an error message or ``None``."""
+    from cellannot_core.data import read_uploaded
+    from cellannot_core.runs import read_json
+    from ui.session import session_dir
+
+    d = session_dir()
+    meta = read_json(d / f"{role}.json") if d.is_dir() else None
+    if not isinstance(meta, dict) or meta.get("kind") not in ("upload", "path"):
+        return f"this server kept no copy of the {role} to read again: load it again"
+    base = str(meta.get("dataset_id")).split("~")[0]
+    try:
+        if meta["kind"] == "upload":
+            data = (d / f"{role}.upload").read_bytes()
+            adata = read_uploaded(data, str(meta.get("name")), name=role, orientation=orientation)
+        else:
+            path = Path(str(meta.get("path")))
+            problem = allowed_path(path)
+            if problem:
+                return problem
+            data, adata = None, read_path(role, path, orientation)
+    except CellannotError as err:
+        return str(err)
+    except OSError:
+        return f"this server kept no copy of the {role} to read again: load it again"
+    upload_id = (get(INFO_KEY[role]) or {}).get("upload_id")
+    set_dataset(role, adata, name=str(meta.get("name")), dataset_id=f"{base}~{orientation}", data=data,
+                source="upload" if data is not None else f"server path {meta.get('path')}", path=meta.get("path"),
+                orientation=orientation)
+    get(INFO_KEY[role])["upload_id"] = upload_id  # the uploader's file is this one: not read again as guessed
+    return None
 
 
 def stream_note(adata: Any) -> str | None:

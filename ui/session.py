@@ -220,7 +220,7 @@ def _write(path: Path, data: bytes) -> None:
 
 
 def remember_dataset(role: str, kind: str, *, name: str, dataset_id: str, data: bytes | None = None,
-                     path: str | None = None) -> None:
+                     path: str | None = None, orientation: str = "auto") -> None:
     """Keep what brings a loaded dataset back: the uploaded bytes, the server path or the demo.
     When the server cannot write them (a full disk, a read-only folder), the dataset stays loaded
     for this session and the page says that a reload will not bring it back."""
@@ -232,7 +232,7 @@ def remember_dataset(role: str, kind: str, *, name: str, dataset_id: str, data: 
         if kind == "upload" and data is not None:
             _write(d / f"{role}.upload", data)
         _write(d / f"{role}.json", json.dumps({"kind": kind, "name": name, "dataset_id": dataset_id,
-                                               "path": path}).encode())
+                                               "path": path, "orientation": orientation}).encode())
     except OSError as err:
         st.warning(f"The {role} is loaded for this session, but {write_problem(err, 'keep a copy of it')}; until "
                    "then a reload or a restart will not bring it back.", icon=":material/warning:")
@@ -355,15 +355,17 @@ def restore() -> list[str]:
         meta = read_json(d / f"{role}.json")
         if not isinstance(meta, dict):
             continue
+        orientation = str(meta.get("orientation") or "auto")  # (read_dataset refuses any other value)
         try:
             if meta.get("kind") == "demo":
                 adata = data_ui.demo_dataset(role)
             elif meta.get("kind") == "upload":
                 from cellannot_core.data import read_uploaded
 
-                adata = read_uploaded((d / f"{role}.upload").read_bytes(), str(meta.get("name")), name=role)
+                adata = read_uploaded((d / f"{role}.upload").read_bytes(), str(meta.get("name")), name=role,
+                                      orientation=orientation)
             elif meta.get("kind") == "path" and not data_ui.allowed_path(Path(str(meta.get("path")))):
-                adata = data_ui.read_path(role, Path(str(meta.get("path"))))
+                adata = data_ui.read_path(role, Path(str(meta.get("path"))), orientation)
             elif meta.get("kind") == "run" and role == "reference":  # (read_run_reference checks the owner)
                 adata = data_ui.read_run_reference(str(meta.get("dataset_id")).removeprefix("run-"))[0]
             else:

@@ -38,6 +38,7 @@ class WidgetKeys:
     UPLOAD = "w_upload_{role}"
     PATH = "w_path_{role}"
     PATH_BUTTON = "w_path_load_{role}"
+    FLIP_TABLE = "w_flip_table_{role}"  # read a table the other way round
     RUN_REFERENCE = "w_run_reference"  # a finished run whose kept reference cells become the reference
     RUN_REFERENCE_BUTTON = "w_run_reference_load"
     LABEL_PICKER = "w_label_key"

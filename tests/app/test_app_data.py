@@ -274,3 +274,33 @@ def test_a_geo_archive_with_a_table_of_cell_types_is_a_reference_on_the_data_pag
     assert not at.exception and not at.error, _errors(at)
     assert "author_type" in at.selectbox(key=WidgetKeys.LABEL_PICKER).options
     assert any("1 column of cell annotations to 1,556 of the 1,556 cells" in i.value for i in at.info)
+
+
+def test_a_table_read_the_wrong_way_round_is_read_again_and_stays_so(tmp_path, monkeypatch):
+    """Samples named after the markers they were sorted on ("CD4_1") look like genes, so a genes x
+    samples table was taken as samples x genes; the page said to save it transposed. A button reads
+    it the other way round, and a reload keeps it so."""
+    import anndata as ad
+
+    from cellannot_core.data.io import INPUT_UNS_KEY
+    from ui.session import SESSION_PARAM, TOKEN_KEY
+
+    q = ad.read_h5ad(SMALL)
+    q.obs_names = [f"CD{i % 9}_{i}" for i in range(q.n_obs)]
+    csv = q.to_df().T.to_csv().encode()
+    at = _data_page()
+    at.file_uploader(key=WidgetKeys.UPLOAD.format(role="query")).set_value(("sorted.csv", csv, "text/csv"))
+    at.run()
+    got = at.session_state[StateKeys.QUERY]
+    assert got.n_obs == q.n_vars and got.uns[INPUT_UNS_KEY]["orientation"] == "cells_x_genes"  # the wrong guess
+    at.button(key=WidgetKeys.FLIP_TABLE.format(role="query")).click().run()
+    assert not at.exception and not at.error, _errors(at)
+    got = at.session_state[StateKeys.QUERY]
+    assert (got.n_obs, got.n_vars) == (q.n_obs, q.n_vars) and list(got.obs_names) == list(q.obs_names)
+    at.run()  # the uploader still holds the file: it is not read again as guessed
+    assert at.session_state[StateKeys.QUERY].n_obs == q.n_obs
+    assert "Its rows are cells" in at.button(key=WidgetKeys.FLIP_TABLE.format(role="query")).label
+    again = AppTest.from_file(APP, default_timeout=60)  # a reload
+    again.query_params[SESSION_PARAM] = at.session_state[TOKEN_KEY]
+    again.run()
+    assert again.session_state[StateKeys.QUERY].n_obs == q.n_obs
