@@ -717,3 +717,17 @@ def test_a_tables_orientation_can_be_set_where_the_guess_is_wrong(capsys, files,
     assert code == 0, err
     got, want = (ad.read_h5ad(tmp_path / n).obs[OutKeys.LABEL].astype(str).tolist() for n in ("p.h5ad", "h.h5ad"))
     assert got == want
+
+
+def test_a_run_that_fails_leaves_no_empty_folders_behind(capsys, files, tmp_path):
+    """The output's folders were created when they were checked, before training, so a run that
+    failed (here: a label column the reference lacks) left empty folders where the results were to go."""
+    out, model = tmp_path / "new" / "out.h5ad", tmp_path / "models" / "m1"
+    code, _, err = run_main(capsys, "annotate", "--reference", files["ref"], "--query", files["query"],
+                            "--label-key", "no_such_column", "--out", out, "--save-model", model, *FAST)
+    assert code == 2 and "no_such_column" in err
+    assert not (tmp_path / "new").exists() and not (tmp_path / "models").exists()
+    code, _, err = run_main(capsys, "annotate", "--reference", files["ref"], "--query", files["query"],
+                            "--label-key", LABEL, "--out", out, "--save-model", model, *FAST)
+    assert code == 0, err
+    assert out.is_file() and (model / "bundle.json").is_file()  # the writers make the folders they need
