@@ -13,7 +13,9 @@ st.title("Label transfer")
 run = res.require_run()
 card, obs = run.card, run.obs
 st.caption(f"Run `{run.run_id}`: model {card.get('model')}, {card.get('n_query', len(obs)):,} query cells, "
-           f"{len(run.classes)} reference classes")
+           f"{len(run.classes)} reference classes"
+           + (f"; labelled with the model of run `{card['labelled_with']['run']}`, without training"
+              if card.get("labelled_with") else ""))
 
 qm = card.get("query_metrics") or {}
 m = st.columns(4)

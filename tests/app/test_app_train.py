@@ -306,6 +306,8 @@ def test_a_finished_runs_model_labels_a_query_without_training(tiny_pair):
         at.switch_page(page).run()
         assert not at.exception, (page, at.exception)
         assert not at.error, (page, [e.value for e in at.error])
+        if page == "pages/results.py":
+            assert any(f"labelled with the model of run `{trained}`" in c.value for c in at.caption)
     assert jobs.request(new)["options"] == jobs.RelabelRequest(trained, LABEL)
     rerun = at.button(key=WidgetKeys.RUNS_RERUN)  # the Runs page, the new run picked: it can run again
     assert not rerun.disabled
