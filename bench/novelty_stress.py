@@ -265,6 +265,34 @@ def train_or_load(exp: Experiment, model: str, prep, seed: int, retrain: bool, h
     return m, secs
 
 
+def cached_models(seed: int, *, closed: bool = True):
+    """``(experiment, prepared data, query, model)`` for every experiment of the eight pairs whose
+    default model is in the cache, for probes that must not train (the others are named and
+    skipped); ``closed=False`` leaves out the closed sets."""
+    import cellannot_core.pipeline as pl
+
+    def cached_only(*_a, **_k):
+        raise LookupError("no cached model")
+
+    for pair, files in PAIRS.items():
+        ref0, q0 = _load(DATA / files[0], MAX_REF, seed), _load(DATA / files[1], MAX_QUERY, seed)
+        for exp in experiments(pair, ref0, q0, min_drop=50, rare_n=25):
+            if exp.kind == "closed" and not closed:
+                continue
+            ref, qry = make_data(exp, ref0, q0, seed)
+            prep = pl.prepare_data(ref, qry, pl.AnnotateOptions(label_key=LABEL_KEY, query_label_key=LABEL_KEY,
+                                                                seed=seed))
+            trainer, pl.train_model = pl.train_model, cached_only  # train_or_load trains through this name
+            try:
+                m = train_or_load(exp, "scanvi_svm", prep, seed, False)[0]
+            except LookupError:
+                print(f"{exp.name:44s} skipped: no cached model", flush=True)
+                continue
+            finally:
+                pl.train_model = trainer
+            yield exp, prep, qry, m
+
+
 def inductive_data(ref, qry, opts):
     """The experiment as ``ca.train(ref)`` + ``Annotator.predict(qry)`` see it: the reference
     prepared on its own (its genes, its cells as the semi-supervised models' unlabelled cells too),

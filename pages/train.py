@@ -24,22 +24,14 @@ else:
     with st.container(border=True):
         opts = train_ui.training_form()
     if opts is not None:
-        err = train_ui.start(opts)
-        if err:
-            st.error(err)
-        else:
-            st.rerun()  # show the new run's live panel at the top
+        train_ui.start_and_show(opts)  # the new run's live panel shows at the top
 
 if get(StateKeys.QUERY) is not None:
     st.subheader("Label with a finished run's model")
     with st.container(border=True):
         req = train_ui.relabel_form()
     if req is not None:
-        err = train_ui.start(req)
-        if err:
-            st.error(err)
-        else:
-            st.rerun()
+        train_ui.start_and_show(req)
 
 st.page_link("pages/runs.py", label="All your runs: parameters, metrics, sweeps; open, run again, export, delete",
              icon=":material/history:")

@@ -84,6 +84,15 @@ def session_datasets() -> dict[str, str]:
                                                                 ("query", StateKeys.QUERY_INFO)) if get(key)}
 
 
+def start_and_show(opts: Any) -> None:
+    """:func:`start` from a page: its error shown, or the page run again to show the new run's panel."""
+    err = start(opts)
+    if err:
+        st.error(err)
+    else:
+        st.rerun()
+
+
 def rerun_problem(run_id: str) -> tuple[Any, str | None]:
     """The options to run ``run_id`` again, and why it cannot be (``None``: it can): the run must
     have recorded its request, and the session must hold the same reference and query."""
@@ -327,11 +336,7 @@ def _rerun_button(run_id: str) -> None:
     opts, problem = rerun_problem(run_id)
     if st.button("Run again with the same settings", key=WidgetKeys.RERUN, icon=":material/replay:",
                  disabled=problem is not None, help=problem):
-        err = start(opts)
-        if err:
-            st.error(err)
-        else:
-            st.rerun()
+        start_and_show(opts)
     if problem:
         st.caption(f"Cannot run again here: {problem}.")
 

@@ -34,42 +34,25 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seed", type=int, default=1)
     seed = ap.parse_args().seed
-
-    def cached_only(*_a, **_k):
-        raise LookupError("no cached model")
-
-    pl.train_model = cached_only  # train_or_load trains through this name: a cache miss is skipped
     rows = []
-    for pair, files in ns.PAIRS.items():
-        ref0, q0 = ns._load(ns.DATA / files[0], ns.MAX_REF, seed), ns._load(ns.DATA / files[1], ns.MAX_QUERY, seed)
-        for exp in ns.experiments(pair, ref0, q0, min_drop=50, rare_n=25):
-            if exp.kind == "closed":
-                continue
-            ref, qry = ns.make_data(exp, ref0, q0, seed)
-            prep = pl.prepare_data(ref, qry, pl.AnnotateOptions(label_key=ns.LABEL_KEY, query_label_key=ns.LABEL_KEY,
-                                                                seed=seed))
-            labels = np.asarray(prep.query.labels)
-            known = labels != ""
-            novel = ~np.isin(labels, prep.classes)
-            if not novel[known].any():
-                continue
-            try:
-                m, _ = ns.train_or_load(exp, "scanvi_svm", prep, seed, False)
-            except LookupError:
-                print(f"{exp.name:44s} skipped: no cached model", flush=True)
-                continue
-            p = pl.predict(m, prep.query.X, samples=ns.samples_of(qry, prep, None))
-            e_q, e_r = m.latent_model.elbo_score(prep.query.X), m.latent_model.elbo_score(prep.train.X)
-            unit = np.array([np.percentile(e_r[prep.train.y == c], 95) if (prep.train.y == c).sum() >= 5
-                             else np.percentile(e_r, 95) for c in range(len(m.classes))])
-            rel = e_q / unit[p.proba.argmax(1)]
-            y, a, c = novel[known], p.ood_score[known], rel[known]
-            r = {"exp": exp.name, "share": float(y.mean()), "a": roc_auc_score(y, a), "b": roc_auc_score(y, e_q[known]),
-                 "c": roc_auc_score(y, c), "d": roc_auc_score(y, rankdata(a) + rankdata(c)),
-                 "rho": spearmanr(a, c).correlation}
-            rows.append(r)
-            print(f"{r['exp']:44s} {r['share']:5.1%}  knn_class {r['a']:.3f}  elbo {r['b']:.3f}  "
-                  f"elbo/class {r['c']:.3f}  both {r['d']:.3f}  rho {r['rho']:.2f}", flush=True)
+    for exp, prep, qry, m in ns.cached_models(seed, closed=False):
+        labels = np.asarray(prep.query.labels)
+        known = labels != ""
+        novel = ~np.isin(labels, prep.classes)
+        if not novel[known].any():
+            continue
+        p = pl.predict(m, prep.query.X, samples=ns.samples_of(qry, prep, None))
+        e_q, e_r = m.latent_model.elbo_score(prep.query.X), m.latent_model.elbo_score(prep.train.X)
+        unit = np.array([np.percentile(e_r[prep.train.y == c], 95) if (prep.train.y == c).sum() >= 5
+                         else np.percentile(e_r, 95) for c in range(len(m.classes))])
+        rel = e_q / unit[p.proba.argmax(1)]
+        y, a, c = novel[known], p.ood_score[known], rel[known]
+        r = {"exp": exp.name, "share": float(y.mean()), "a": roc_auc_score(y, a), "b": roc_auc_score(y, e_q[known]),
+             "c": roc_auc_score(y, c), "d": roc_auc_score(y, rankdata(a) + rankdata(c)),
+             "rho": spearmanr(a, c).correlation}
+        rows.append(r)
+        print(f"{r['exp']:44s} {r['share']:5.1%}  knn_class {r['a']:.3f}  elbo {r['b']:.3f}  "
+              f"elbo/class {r['c']:.3f}  both {r['d']:.3f}  rho {r['rho']:.2f}", flush=True)
     for k, name in (("a", "knn_class (default)"), ("b", "neg ELBO"), ("c", "neg ELBO / class unit"),
                     ("d", "rank mean of a and c")):
         v = [r[k] for r in rows]
