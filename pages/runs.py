@@ -23,13 +23,15 @@ view = df[df["model"].isin(shown)]
 st.caption(f"{len(view)} of {len(df)} runs, newest first. Metrics named *reference* come from held-out reference "
            "cells; *query* metrics only exist when the query carried labels. *Changed* lists the hyper-parameters "
            "that differ from the model's defaults.")
-cols = ["id", "state", "model", "created", "changed", *runs_ui.METRICS, "sweep", "trial", "message"]
+cols = ["id", "state", "model", "model of run", "created", "changed", *runs_ui.METRICS, "sweep", "trial", "message"]
 config = {k: st.column_config.NumberColumn(label, format="%.4f") for k, (label, _) in runs_ui.METRICS.items()}
 config.update({"unknown_fraction": st.column_config.NumberColumn("Unknown", format="percent"),
                "train_seconds": st.column_config.NumberColumn("Training seconds", format="%.1f"),
                "epochs": st.column_config.NumberColumn("Epochs", format="%d"),
                "trial": st.column_config.NumberColumn("Trial", format="%d"),
-               "changed": st.column_config.TextColumn("Changed hyper-parameters")})
+               "changed": st.column_config.TextColumn("Changed hyper-parameters"),
+               "model of run": st.column_config.TextColumn("Model of run", help="Labelled with that run's model, "
+                                                                              "without training")})
 st.dataframe(view[[c for c in cols if c in view.columns]], hide_index=True, column_config=config)
 st.download_button("This table (.csv)", view.to_csv(index=False).encode(), file_name="cellannot_runs.csv",
                    mime="text/csv", key=WidgetKeys.RUNS_CSV, on_click="ignore")

@@ -71,6 +71,7 @@ def runs_table() -> pd.DataFrame:
         row = {"id": r["id"], "state": r["state"], "model": r["model"] or "(not recorded)",
                "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(r["created"])) if r["created"] else "",
                "seed": card.get("seed"), "message": r["message"] if r["state"] != "done" else "",
+               "model of run": (card.get("labelled_with") or {}).get("run", ""),  # labelled without training
                "sweep": sweep.get("study", ""), "trial": sweep.get("trial"), "objective": sweep.get("objective", ""),
                "value": sweep.get("value"),
                "changed": ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in changed.items())}

@@ -308,6 +308,9 @@ def test_a_finished_runs_model_labels_a_query_without_training(tiny_pair):
         assert not at.error, (page, [e.value for e in at.error])
         if page == "pages/results.py":
             assert any(f"labelled with the model of run `{trained}`" in c.value for c in at.caption)
+        if page == "pages/runs.py":
+            table = next(df.value for df in at.dataframe if "id" in df.value)
+            assert table.set_index("id").loc[new, "model of run"] == trained
     assert jobs.request(new)["options"] == jobs.RelabelRequest(trained, LABEL)
     rerun = at.button(key=WidgetKeys.RUNS_RERUN)  # the Runs page, the new run picked: it can run again
     assert not rerun.disabled
