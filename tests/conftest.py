@@ -156,3 +156,25 @@ def demo_subset(n_ref: int = 300, n_query: int = 300, seed: int = 0):
     ref = ref[np.sort(rng.choice(ref.n_obs, n_ref, replace=False))].copy()
     qry = qry[np.sort(rng.choice(qry.n_obs, n_query, replace=False))].copy()
     return ref, qry
+
+
+def write_loom(adata, path, *, layers: tuple[str, ...] = ()) -> None:
+    """``adata`` as loompy writes a .loom (no loompy here): /matrix genes x cells, dense and chunked,
+    gene names as fixed-length bytes in row_attrs/Gene, cell names as variable-length strings in
+    col_attrs/CellID, each obs column a column attribute, and ``layers`` (zeros) beside the matrix."""
+    import h5py
+    import scipy.sparse as sp
+
+    X = adata.X.toarray() if sp.issparse(adata.X) else np.asarray(adata.X)
+    with h5py.File(path, "w") as f:
+        f.create_dataset("matrix", data=X.T.astype(np.float32), chunks=(min(64, adata.n_vars), min(64, adata.n_obs)),
+                         compression="gzip")
+        f.create_group("row_attrs")["Gene"] = np.array(list(adata.var_names), dtype="S")
+        ca = f.create_group("col_attrs")
+        ca.create_dataset("CellID", data=np.array(list(adata.obs_names), dtype=object), dtype=h5py.string_dtype())
+        for c in adata.obs.columns:
+            ca[c] = np.array(adata.obs[c].astype(str).tolist(), dtype="S")
+        lay = f.create_group("layers")
+        for name in layers:
+            lay.create_dataset(name, shape=X.T.shape, dtype=np.float32)
+        f.attrs["LOOM_SPEC_VERSION"] = "3.0.0"

@@ -41,7 +41,7 @@ __all__ = [
 ]
 
 SUPPORTED_FORMATS = (
-    "AnnData .h5ad; a MuData .h5mu (its RNA modality); 10x Genomics HDF5 .h5; a 10x matrix folder "
+    "AnnData .h5ad; a MuData .h5mu (its RNA modality); a .loom (its main matrix); 10x Genomics HDF5 .h5; a 10x matrix folder "
     "(matrix.mtx[.gz] + features.tsv[.gz] or genes.tsv[.gz] + barcodes.tsv[.gz]), a kallisto | bustools one "
     "(cells_x_genes.mtx + .genes.txt + .barcodes.txt), a Parse Biosciences one (count_matrix.mtx + all_genes.csv + "
     "cell_metadata.csv) or a .zip / .tar.gz / .tgz of one; a table .csv / .tsv / .txt (optionally .gz), "
@@ -51,19 +51,18 @@ SUPPORTED_FORMATS = (
 # Longest first, so ".tar.gz" wins over ".gz" style endings.
 SUPPORTED_EXTENSIONS = (
     ".csv.gz", ".tsv.gz", ".txt.gz", ".tar.gz",
-    ".h5ad", ".h5mu", ".hdf5", ".tgz", ".zip", ".tar", ".csv", ".tsv", ".txt", ".h5",
+    ".h5ad", ".h5mu", ".loom", ".hdf5", ".tgz", ".zip", ".tar", ".csv", ".tsv", ".txt", ".h5",
 )
 
 INPUT_UNS_KEY = "cellannot_input"
 
-# Formats a biologist is likely to bring that are not read (R objects would need R, a .loom needs
-# loompy, a .zarr store may name pickle codecs, which would run code): how to make an .h5ad of each.
+# Formats a biologist is likely to bring that are not read (R objects would need R, a .zarr store
+# may name pickle codecs, which would run code): how to make an .h5ad of each.
 _SEURAT_HINT = ("A Seurat or SingleCellExperiment object: in R, write an .h5ad (SeuratDisk's SaveH5Seurat then "
                 "Convert(..., dest = 'h5ad'), or zellkonverter's writeH5AD) or the raw counts as a 10x folder "
                 "(DropletUtils' write10xCounts)")
 CONVERT_HINTS = {
     ".rds": _SEURAT_HINT, ".rda": _SEURAT_HINT, ".rdata": _SEURAT_HINT, ".h5seurat": _SEURAT_HINT,
-    ".loom": "A .loom file: in Python, anndata.read_loom(path).write_h5ad('data.h5ad') (needs loompy)",
     ".zarr": "An AnnData .zarr store: in Python, anndata.read_zarr(path).write_h5ad('data.h5ad')",
     ".xlsx": "A spreadsheet: save the sheet as .csv (cells or genes as rows, names in the first column)",
     ".xls": "A spreadsheet: save the sheet as .csv (cells or genes as rows, names in the first column)",
@@ -147,6 +146,8 @@ def read_dataset(
                 adata.uns.pop(INPUT_UNS_KEY, None)  # how *this* read went is ours to note, not the file's
             elif kind == "h5mu":
                 adata = _read_h5mu(path, label)
+            elif kind == "loom":
+                adata = _read_loom(path, label)
             elif kind == "10x h5":
                 guard_hdf5(path, label)
                 adata = _read_10x_h5(path)
@@ -238,6 +239,8 @@ def _kind_of(filename: str) -> str | None:
         return "h5ad"
     if low.endswith(".h5mu"):
         return "h5mu"
+    if low.endswith(".loom"):
+        return "loom"
     if low.endswith((".h5", ".hdf5")):
         return "10x h5"
     if low.endswith((".zip", ".tar.gz", ".tgz", ".tar")):
@@ -423,6 +426,78 @@ def _read_h5mu(path: Path, label: str) -> ad.AnnData:
                 adata.obs[c] = shared[c].to_numpy()
     adata.uns[INPUT_UNS_KEY] = {"format": "h5mu", "modality": mod}
     return adata
+
+
+#: where loom files name their cells and genes (loompy's defaults first, then HCA's, scanpy's, SCope's)
+LOOM_CELL_NAMES = ("CellID", "obs_names", "cell_names", "CellId", "cellid", "cell_id", "barcode", "Barcode")
+LOOM_GENE_NAMES = ("Gene", "var_names", "gene_names", "gene_name", "Gene_name", "Accession", "gene_ids", "gene")
+LOOM_BLOCK_VALUES = 1 << 25  # values of the main matrix read at once (128 MB of float32)
+LOOM_DENSE_FACTOR = 10  # a loom's dense matrix may be this many times the memory limit (10% non-zero fits it)
+
+
+def _read_loom(path: Path, label: str) -> ad.AnnData:
+    """A loom file (loompy's layout, as velocyto, the Linnarsson lab's atlases, SCope and the Human Cell
+    Atlas write it) read with h5py, no loompy needed: its main matrix (genes x cells, stored dense) a
+    block of cells at a time into a sparse cells x genes matrix, its cells' and genes' names and their
+    one-dimensional attributes (a cell's cluster, class or tissue) as ``obs`` and ``var``. Guarded as an
+    ``.h5ad`` is; the matrix counts against the memory limit by what it holds, not its dense size."""
+    import h5py
+
+    guard_hdf5(path, label, whole=("row_attrs", "col_attrs"))
+    limit = memory_limit_bytes()
+    with h5py.File(path, "r") as f:
+        m = f.get("matrix")
+        if not isinstance(m, h5py.Dataset) or m.ndim != 2:
+            raise DataError(f"{label} has no /matrix of two dimensions: it is not a loom file. Save it again with "
+                            "loompy, or give the data as .h5ad")
+        n_genes, n_cells = (int(v) for v in m.shape)
+        if not np.issubdtype(m.dtype, np.number):
+            raise DataError(f"{label}'s /matrix holds {m.dtype} values, not numbers: it is not a loom file's counts")
+        dense = float(n_genes) * n_cells * 4
+        if dense > LOOM_DENSE_FACTOR * limit:  # (reading its blocks would take hours, whatever they hold)
+            raise DataError(f"{label}'s matrix is {dense / 1024**3:,.0f} GiB as stored (dense), more than "
+                            f"{LOOM_DENSE_FACTOR} times this server's memory limit (CELLANNOT_MEMORY_LIMIT_GB): save "
+                            "it as an .h5ad, which keeps only its non-zero counts and is read a chunk at a time")
+        var, gene_key = _loom_attrs(f.get("row_attrs"), n_genes, LOOM_GENE_NAMES)
+        obs, cell_key = _loom_attrs(f.get("col_attrs"), n_cells, LOOM_CELL_NAMES)
+        if gene_key is None:
+            raise DataError(f"{label} names its genes in none of the row attributes a loom file uses for them "
+                            f"({', '.join(LOOM_GENE_NAMES[:4])}, ...): save it with the gene names as 'Gene'")
+        step = max(1, LOOM_BLOCK_VALUES // max(1, n_genes))
+        blocks, held = [], 0
+        for start in range(0, n_cells, step):
+            block = sp.csr_matrix(np.asarray(m[:, start:start + step], dtype=np.float32).T)
+            held += block.data.nbytes + block.indices.nbytes
+            if held > limit:
+                raise DataError(f"{label}'s matrix holds more than {limit / 1024**3:.1f} GiB of values, above this "
+                                "server's limit (CELLANNOT_MEMORY_LIMIT_GB): subsample the cells or keep fewer genes, "
+                                "or run it on a machine with more memory.")
+            blocks.append(block)
+        layers = sorted(f["layers"].keys()) if isinstance(f.get("layers"), h5py.Group) else []
+    X = sp.vstack(blocks, format="csr") if blocks else sp.csr_matrix((0, n_genes), dtype=np.float32)
+    adata = ad.AnnData(X=X, obs=obs, var=var)
+    adata.uns[INPUT_UNS_KEY] = {"format": "loom", "layers": [str(k) for k in layers][:20],
+                                "cell_names": cell_key or "(none: numbered)"}
+    return adata
+
+
+def _loom_attrs(group, n: int, name_keys: tuple[str, ...]) -> tuple[pd.DataFrame, str | None]:
+    """A loom's row or column attributes as a DataFrame of ``n`` rows, indexed by the first of
+    ``name_keys`` it holds (numbered when none), and that key; attributes of other shapes are left out."""
+    import h5py
+
+    cols: dict[str, np.ndarray] = {}
+    if isinstance(group, h5py.Group):
+        for key, ds in group.items():
+            if isinstance(ds, h5py.Dataset) and ds.shape == (n,):
+                values = ds[()]
+                if values.dtype.kind in "SO":  # fixed-length bytes (loompy) or variable-length strings
+                    values = np.array([v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+                                       for v in values], dtype=object)
+                cols[str(key)] = values
+    key = next((k for k in name_keys if k in cols), None)
+    index = pd.Index(cols.pop(key).astype(str) if key else [str(i) for i in range(n)])
+    return pd.DataFrame(cols, index=index), key
 
 
 def _read_10x_h5(path: Path) -> ad.AnnData:

@@ -875,6 +875,10 @@ def _read_notes(info: dict[str, Any]) -> list[str]:
             "--reference-orientation / --query-orientation, read_dataset(orientation=...)) or save it transposed")))
     if info.get("format") == "h5mu":
         notes.append(f"the MuData file was read as its {info.get('modality')!r} modality")
+    if info.get("format") == "loom" and info.get("layers"):
+        notes.append("the loom file was read as its main matrix, its layers left out (" + ", ".join(info["layers"])
+                     + "); velocyto's files keep the spliced counts there: to count the unspliced ones too, save "
+                     "spliced + unspliced as an .h5ad")
     return notes + [str(n) for n in info.get("cell_tables", [])]
 
 

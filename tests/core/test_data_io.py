@@ -322,7 +322,7 @@ def test_unknown_extension_and_missing_file(tmp_path):
 
 
 @pytest.mark.parametrize("name,hint", [("obj.rds", "SeuratDisk's SaveH5Seurat"), ("obj.h5Seurat", "zellkonverter"),
-                                       ("cells.loom", "anndata.read_loom"), ("store.zarr", "anndata.read_zarr"),
+                                       ("store.zarr", "anndata.read_zarr"),
                                        ("sheet.xlsx", "save the sheet as .csv")])
 def test_a_format_we_do_not_read_says_how_to_convert_it(tmp_path, name, hint):
     p = tmp_path / name
@@ -662,3 +662,37 @@ def test_tables_saved_by_excel_in_its_own_encodings_are_read(tmp_path, small):
         got = read_dataset(tmp_path / name)
         _assert_same(got, a)
         assert list(got.obs["cell_type"]) == list(types), enc
+
+
+def test_a_loom_file_is_read_without_loompy(tmp_path):
+    """Loom files (velocyto's output, the Linnarsson lab's mouse brain atlas, SCope, the Human Cell
+    Atlas's older matrices) were refused with a hint to install loompy and convert them. They are read
+    with h5py: the main matrix, the cells' and genes' names and the cells' attributes (a cluster
+    name a reference's labels can come from), guarded as an .h5ad is."""
+    import h5py
+
+    from cellannot_core.data.prepare import read_notes
+    from conftest import make_synthetic, write_loom
+
+    a = make_synthetic(120, 50, 3, seed=4)
+    path = tmp_path / "atlas.loom"
+    write_loom(a, path, layers=("spliced", "unspliced"))
+    got = read_dataset(path, name="reference")
+    assert (got.n_obs, got.n_vars) == (a.n_obs, a.n_vars)
+    assert list(got.obs_names) == list(a.obs_names) and list(got.var_names) == list(a.var_names)
+    np.testing.assert_array_equal(got.X.toarray(), np.asarray(a.X.toarray() if sp.issparse(a.X) else a.X))
+    assert (got.obs["cell_type"].astype(str).to_numpy() == a.obs["cell_type"].astype(str).to_numpy()).all()
+    assert any("main matrix, its layers left out (spliced, unspliced)" in n for n in read_notes(got))
+    with h5py.File(path, "a") as f:  # one that reaches outside itself is refused, as an .h5ad is
+        f["col_attrs"]["Secret"] = h5py.ExternalLink("/etc/passwd", "/")
+    with pytest.raises(DataError, match="external link"):
+        read_dataset(path)
+    with h5py.File(tmp_path / "huge.loom", "w") as f:  # compressed zeros: megabytes that read for hours
+        f.create_dataset("matrix", shape=(60_000, 2_000_000), dtype=np.float32, chunks=(1000, 1000), compression="gzip")
+        f.create_group("row_attrs")["Gene"] = np.array([f"g{i}" for i in range(60_000)], dtype="S")
+    with pytest.raises(DataError, match="as stored .dense., more than 10 times"):
+        read_dataset(tmp_path / "huge.loom")
+    with h5py.File(tmp_path / "plain.loom", "w") as f:
+        f["matrix"] = np.ones((5, 4), dtype=np.float32)  # no gene names: one line, not a numbered gene list
+    with pytest.raises(DataError, match="names its genes in none"):
+        read_dataset(tmp_path / "plain.loom")

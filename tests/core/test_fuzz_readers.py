@@ -2,7 +2,7 @@
 
 Valid files of every supported format (``.h5ad``, 10x ``.h5``, 10x matrix folders plain and
 gzipped, ``.zip`` / ``.tar.gz`` of a folder, ``.csv``, ``.tsv.gz``; since 2026-12-06 kallisto | bustools
-and Parse Biosciences folders, MuData ``.h5mu`` and featureCounts' ``.txt``) are broken in seeded ways:
+and Parse Biosciences folders, MuData ``.h5mu``, featureCounts' ``.txt`` and ``.loom``) are broken in seeded ways:
 emptied, truncated, bytes flipped, replaced by noise of the same length, and a list of
 structural faults (missing HDF5 members, ragged tables, matrix headers that lie, indices out of
 range, listings of the wrong length). Each broken input goes through the three ways in:
@@ -110,6 +110,13 @@ def _h5mu_bytes(a, path: Path) -> bytes:
     return path.read_bytes()
 
 
+def _loom_bytes(a, path: Path) -> bytes:
+    from conftest import write_loom
+
+    write_loom(a, path, layers=("spliced",))
+    return path.read_bytes()
+
+
 def _featurecounts(a) -> bytes:
     """featureCounts' table: a '#' line, Geneid, five columns of gene facts, a column per sample."""
     df = a.to_df().T
@@ -171,6 +178,7 @@ def _valid_files(tmp: Path) -> dict[str, bytes | dict[str, bytes]]:
         "kb": _kb_files(a),
         "parse": _parse_files(a),
         "h5mu": _h5mu_bytes(a, tmp / "base.h5mu"),
+        "loom": _loom_bytes(a, tmp / "base.loom"),
         "txt": _featurecounts(a),
     }
 
