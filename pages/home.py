@@ -12,7 +12,8 @@ st.markdown(
     "cellannot trains a model on the reference (on a GPU when there is one, else the CPU) and labels "
     "every query cell with a calibrated confidence, calling cells of types the reference lacks **Unknown**. "
     "Then explore the label transfer, the model's latent space and how well confidences and the "
-    "Unknown calls hold up."
+    "Unknown calls hold up. A model you trained labels the next query in seconds, without training "
+    "(*Label with a finished run's model* on the Train page)."
 )
 
 run_id = get(StateKeys.RUN_ID)
