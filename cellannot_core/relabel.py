@@ -110,8 +110,11 @@ def _complete_card(card: dict[str, Any], source, model, bundle: dict[str, Any], 
         "n_train": src.get("n_train"), "n_val": src.get("n_val"), "n_query": int(len(preds.label)),
         "validation": model.calibration, "predicted_counts": pd.Series(preds.label).value_counts().to_dict(),
         "labelled_with": {"run": source.id, "model": model.name, "note": (
-            f"labelled with the model of run {source.id} as it was trained, without training: "
-            + (card["unseen_query"] if card.get("unseen_query") else "the model did not see this query"))},
+            f"Labelled with the model of run {source.id} as it was trained, without training."
+            + (f" {model.name} learns its latent space from the query's cells too, so in a query it was not trained "
+               "with it calls fewer cells of types its reference lacks Unknown: to train it with this one, make run "
+               f"{source.id}'s reference cells the reference (Data page, From a finished run) and train"
+               if card.get("unseen_query") else ""))},
         "training": {"n_epochs": 0, "seconds": 0.0, "note": f"no training: the model of run {source.id}"},
     })
     card.setdefault("query_metrics", {})
