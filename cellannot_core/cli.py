@@ -49,7 +49,8 @@ BATCH_KEY_HELP = ("optional obs column naming each cell's sample or batch (refer
 
 
 def _add_common(p: argparse.ArgumentParser, *, query_required: bool) -> None:
-    p.add_argument("--reference", required=True, help="labelled reference (.h5ad, .h5, 10x folder/.zip/.tar.gz, .csv/.tsv)")
+    p.add_argument("--reference", required=True,
+                   help="labelled reference (.h5ad, .h5mu, .loom, .h5, 10x folder/.zip/.tar.gz, .csv/.tsv)")
     p.add_argument("--query", required=query_required, help="query cells to label (same formats)")
     for role in ("reference", "query"):
         _add_orientation(p, role)
