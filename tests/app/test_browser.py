@@ -4,7 +4,7 @@ A real ``streamlit run app.py`` server (runs in a temporary ``$CELLANNOT_RUNS``)
 Playwright: Home -> *Try the demo* -> Train (the default scanvi_svm, quick run: a 60 s training budget) -> Label transfer ->
 Latent space (PCA, generated cells) -> Calibration & novelty -> download of the annotated
 ``.h5ad``, which is opened with anndata -> reload (data and run still there) -> every result page
--> a second model -> Compare using both existing runs. Every page is checked for Streamlit exception and
+-> a second model -> Compare using both existing runs -> the query labelled with a finished run's model. Every page is checked for Streamlit exception and
 error boxes, and full-page screenshots are written to ``$CELLANNOT_SCREENSHOTS`` when set (the
 README's images: ``bash bench/screenshots.sh``), else to a temporary folder, so a test run never
 changes tracked files.
@@ -433,6 +433,26 @@ def _click_path(page, url: str, tmp_path: Path, ad, runs_dir: Path) -> None:
     assert_no_errors(page, "Compare with both runs")
     screenshot(page, "compare.png")
     step("second model (logreg) and Compare of both runs")
+
+    # 9. The query labelled with a finished run's model, without training (the newest run is offered first)
+    goto_page(page, "Train")
+    wait_idle(page)
+    page.get_by_role("heading", name="Label with a finished run's model").wait_for(timeout=PAGE_TIMEOUT_MS)
+    page.locator(f"{_key('w_relabel_start')} button").click()
+    page.wait_for_function("p => { const r = new URLSearchParams(location.search).get('run');"
+                           " return r && r !== p; }", arg=second_run, timeout=PAGE_TIMEOUT_MS)
+    third_run = _param(page.url, "run")
+    status = runs_dir / third_run / "status.json"
+    deadline = time.time() + TRAIN_TIMEOUT_S
+    while '"done"' not in (status.read_text() if status.is_file() else "") and time.time() < deadline:
+        time.sleep(1)
+    assert '"done"' in status.read_text(), status.read_text()
+    goto_page(page, "Label transfer")
+    page.get_by_text(f"labelled with the model of run {second_run}").first.wait_for(timeout=PAGE_TIMEOUT_MS)
+    wait_plot(page, "heatmap")
+    wait_idle(page)
+    assert_no_errors(page, "Label transfer of a query labelled with a finished run's model")
+    step("the query labelled with the second run's model, without training")
 
 
 # ------------------------------------------------------------------------------ a sweep from the app
