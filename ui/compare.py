@@ -520,7 +520,8 @@ def loco_results(df: pd.DataFrame, job_id: str) -> None:
 
 def finished_runs() -> list[dict[str, Any]]:
     """The session's finished runs (its own, and the command line's on a local server), newest
-    first, each with ``same_data``: trained on the datasets loaded now."""
+    first, each with ``same_data``: trained on the datasets loaded now (a run that labelled a query
+    with another run's model: on the query loaded now)."""
     from cellannot_core.runs import list_runs
 
     from ui.session import owner_id, server_is_local
@@ -535,7 +536,8 @@ def finished_runs() -> list[dict[str, Any]]:
             req = jobs.request(r["id"])
         except CellannotError:
             req = None
-        out.append({**r, "same_data": bool(req and req["datasets"] and req["datasets"] == now)})
+        same = bool(req and req["datasets"] and all(now.get(role) == i for role, i in req["datasets"].items()))
+        out.append({**r, "same_data": same})
     return out
 
 

@@ -311,6 +311,11 @@ def test_a_finished_runs_model_labels_a_query_without_training(tiny_pair):
         if page == "pages/runs.py":
             table = next(df.value for df in at.dataframe if "id" in df.value)
             assert table.set_index("id").loc[new, "model of run"] == trained
+    from ui.compare import CompareKeys
+
+    at.switch_page("pages/compare.py").run()  # labelled on the query loaded now: compared by default
+    assert not at.exception and {trained, new} <= set(at.multiselect(key=CompareKeys.RUNS).value)
+    at.switch_page("pages/runs.py").run()
     assert jobs.request(new)["options"] == jobs.RelabelRequest(trained, LABEL)
     rerun = at.button(key=WidgetKeys.RUNS_RERUN)  # the Runs page, the new run picked: it can run again
     assert not rerun.disabled
