@@ -243,11 +243,17 @@ def relabel_form() -> Any | None:
 
 
 def _run_choice(run_id: str) -> str:
-    """A finished run as the relabel picker shows it: id, model, its classes and label column."""
+    return _finished_run_label(str(jobs.runs_root()), run_id)
+
+
+@st.cache_data(show_spinner=False, max_entries=1000)
+def _finished_run_label(root: str, run_id: str) -> str:
+    """A finished run as the relabel picker shows it: id, model, its classes and label column (a
+    finished run never changes, so its card is read once, not on every rerun)."""
     from cellannot_core.runs import RunDir
 
     try:
-        card = RunDir.open(jobs.runs_root(), run_id).card() or {}
+        card = RunDir.open(root, run_id).card() or {}
     except CellannotError:
         return run_id
     key = (card.get("options") or {}).get("label_key")
