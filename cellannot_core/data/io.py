@@ -316,6 +316,15 @@ def memory_limit_bytes() -> int:
         return 8 * 1024**3
 
 
+HDF5_MAX_CHUNKS = 1_000_000
+HDF5_TINY_CHUNK = 256
+"""A dataset stored in more than :data:`HDF5_MAX_CHUNKS` chunks of fewer than :data:`HDF5_TINY_CHUNK`
+values each is refused: each chunk is read, decompressed and indexed on its own, so an .h5ad whose
+counts were written in 1-value chunks read 400 times slower than one written by anndata (400,000
+counts: 8.6 s against 0.02 s, 2026-12-06), and an upload of the size allowed would hold a server's
+core for the better part of an hour. anndata, scanpy, h5py's own guess and R's writers use chunks of
+thousands of values."""
+
 HDF5_MAX_OBJECTS = 20_000
 """Groups, datasets and links an HDF5 file may hold. An AnnData holds hundreds (a categorical obs
 column is three); a file of a hundred thousand empty groups (104 MB) took this check 67 s to walk and
@@ -342,6 +351,7 @@ def guard_hdf5(path: Path, label: str, *, whole: tuple[str, ...] | None = None) 
     limit = memory_limit_bytes()
     total = n_objects = 0
     problem: list[str] = []
+    tiny: list[tuple[str, int]] = []  # datasets stored in countless tiny chunks (name, values per chunk)
     groups: set[int] = set()  # the groups seen, by object
 
     def visit(name: str, link) -> bool | None:
@@ -366,6 +376,9 @@ def guard_hdf5(path: Path, label: str, *, whole: tuple[str, ...] | None = None) 
                 problem.append(f"a dataset ('{name[:60]}') stored in external files")
             elif obj.is_virtual:
                 problem.append(f"a virtual dataset ('{name[:60]}') that maps other files")
+            elif obj.chunks and int(np.prod(obj.chunks, dtype=np.float64)) < HDF5_TINY_CHUNK and obj.shape and \
+                    np.prod(obj.shape, dtype=np.float64) / np.prod(obj.chunks, dtype=np.float64) > HDF5_MAX_CHUNKS:
+                tiny.append((name[:60], int(np.prod(obj.chunks, dtype=np.float64))))
             elif whole is None or any(name == w or name.startswith(w + "/") for w in whole):
                 total += int(np.prod(obj.shape, dtype=np.float64)) * obj.dtype.itemsize if obj.shape else 0
         return True if problem else None
@@ -379,6 +392,10 @@ def guard_hdf5(path: Path, label: str, *, whole: tuple[str, ...] | None = None) 
         raise DataError(f"{label} is refused: it contains {problem[0]}. Files that point outside themselves, or to "
                         "one part of themselves under two names, are not read on this server; save the data into one "
                         "self-contained file (e.g. anndata's write_h5ad) and load that.")
+    if tiny:
+        raise DataError(f"{label} is refused: it stores '{tiny[0][0]}' in more than {HDF5_MAX_CHUNKS:,} chunks of "
+                        f"{tiny[0][1]} value{'s' if tiny[0][1] != 1 else ''} each, which would take hours to read; save "
+                        "it again with anndata (adata.write_h5ad) or scanpy, which store it in chunks of thousands.")
     if total > limit:
         raise DataError(f"{label} expands to {total / 1024**3:.1f} GiB in memory, above this server's limit of "
                         f"{limit / 1024**3:.1f} GiB (CELLANNOT_MEMORY_LIMIT_GB): subsample the cells or keep fewer "
