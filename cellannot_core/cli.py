@@ -133,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="train the model again on the reference cells it kept, with this query unlabelled, before "
                          "labelling it (as annotate trains; minutes): a model that learns its latent space from the "
                          "query too finds the query's types the reference lacks more often")
+    pr.add_argument("--runs-dir", default=None,
+                    help="also write a run directory here (reopen it in the app): --model must then be a finished "
+                         "run's folder, whose validation scores and reference cells the new run shows")
     pr.add_argument("--query-label-key", default=None,
                     help="optional query obs column with known labels: the log and the output's run card get the "
                          "metrics of the labels against them (as annotate's)")
@@ -286,10 +289,56 @@ def cmd_predict(args) -> int:
     from .streaming import predict_file
 
     check_writable(args.out, what="annotated query")  # (its name and that it is no input: predict_file's)
+    if args.runs_dir:
+        return _predict_into_run(args)
     res = predict_file(args.model_dir, args.query, out=Path(args.out), device=args.device, threshold=args.threshold,
                        adapt=args.adapt, query_label_key=args.query_label_key, orientation=args.query_orientation,
                        log=_log)
     _log(f"labelled {res['n_obs']} cells; Unknown: {res['unknown_fraction']:.1%}; wrote {args.out}")
+    return 0
+
+
+def _predict_into_run(args) -> int:
+    """``predict --runs-dir``: the query labelled with a finished run's model into a new run there (as
+    the app's *Label with a finished run's model*, :func:`~.relabel.label_into_run`), which the app
+    reopens, and the annotated query written to ``--out`` as ``predict`` writes it."""
+    import shutil
+
+    from ._constants import RunFiles
+    from .data.stream import read_query, stream_source
+    from .errors import ConfigError
+    from .pipeline import check_not_an_input, check_writable, write_atomic
+    from .relabel import label_into_run
+    from .runs import RunDir
+
+    model = Path(args.model_dir)
+    if not (model / RunFiles.STATUS).is_file() or not (model / RunFiles.MODEL_DIR / "bundle.json").is_file():
+        raise ConfigError("--runs-dir needs --model to be a run's folder (written by annotate --runs-dir or the app): "
+                          "the new run takes its model's validation scores and reference cells from it; without "
+                          "--runs-dir any saved model labels the query")
+    if args.adapt:
+        raise ConfigError("--adapt trains the model again, and --runs-dir keeps the model as it is: to train it with "
+                          "this query into a run, use annotate --runs-dir with the run's reference")
+    source = RunDir.open(model.resolve().parent, model.resolve().name)
+    if source.status().get("state") != "done":
+        raise ConfigError(f"run {source.id} has not finished (it is {source.status().get('state')}): label with a "
+                          "finished run's model")
+    check_not_an_input(args.out, {"query": args.query, "saved model": args.model_dir}, what="annotated query")
+    check_writable(args.runs_dir, what="runs folder", folder=True)
+    query = (read_query(args.query) if args.query_orientation == "auto" else
+             _dataset(args.query, "query", args.query_orientation))
+    rd = RunDir.create(args.runs_dir, model=str(source.status().get("model") or "run"))
+    _log(f"run directory: {rd.path}")
+    preds, card = label_into_run(source, query, rd, query_label_key=args.query_label_key, device=args.device,
+                                 threshold=args.threshold, log=_log)
+    src, out = stream_source(query), Path(args.out)
+    if src is None:  # the run's annotated query is the whole query
+        write_atomic(out, lambda tmp: shutil.copyfile(rd.file(RunFiles.ANNOTATED), tmp))
+    else:  # the run keeps the annotations; --out gets the whole file with them, its matrices copied
+        from .streaming import write_annotations_file
+
+        write_annotations_file(Path(src["path"]), out, preds, card)
+    _log(f"labelled {len(preds.label)} cells; Unknown: {card['unknown_fraction']:.1%}; wrote {out} and run {rd.id}")
     return 0
 
 

@@ -27,14 +27,15 @@ REFERENCE_ARRAYS = ("val_", "ref_", "gen_")
 
 
 def label_into_run(source, query, run_dir, *, query_label_key: str | None = None, device: str = "auto",
-                   should_stop: Callable[[], bool] = lambda: False,
-                   log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+                   threshold: float | None = None, should_stop: Callable[[], bool] = lambda: False,
+                   log: Callable[[str], None] = lambda s: None):
     """Label ``query`` (an AnnData, a sample of a large file as the app holds one, or a path) with the
-    model of the finished run ``source`` into the new run ``run_dir``; returns its card.
+    model of the finished run ``source`` into the new run ``run_dir``; returns the predictions and
+    the run's card.
 
-    ``query_label_key``: a query column of known labels to measure the labels by. The new run's
-    status says where it is and ends ``done``, ``failed`` or ``cancelled`` (``should_stop``
-    between steps), as a trained run's does.
+    ``query_label_key``: a query column of known labels to measure the labels by; ``threshold``: the
+    novelty threshold, overriding the model's. The new run's status says where it is and ends
+    ``done``, ``failed`` or ``cancelled`` (``should_stop`` between steps), as a trained run's does.
     """
     from .pipeline import load_bundle
 
@@ -50,12 +51,12 @@ def label_into_run(source, query, run_dir, *, query_label_key: str | None = None
         run_dir.set_status("running", model=model.name, message=f"loading the model of run {source.id}")
         ref_arrays = {k: v for k, v in source.load_arrays().items() if k.startswith(REFERENCE_ARRAYS)}
         step("labelling the query")
-        preds, card, adata, X = _label(model, bundle, query, query_label_key, log)
+        preds, card, adata, X = _label(model, bundle, query, query_label_key, threshold, log)
         step("writing results")
         _complete_card(card, source, model, bundle, preds, query_label_key, device)
         _write(run_dir, model, bundle, preds, card, adata, ref_arrays, X)
         run_dir.set_status("done", message="finished", progress=1.0)
-        return card
+        return preds, card
     except CellannotError as err:
         run_dir.set_status("cancelled" if isinstance(err, Cancelled) else "failed", message=str(err))
         raise
@@ -64,7 +65,8 @@ def label_into_run(source, query, run_dir, *, query_label_key: str | None = None
         raise
 
 
-def _label(model, bundle: dict[str, Any], query, query_label_key: str | None, log: Callable[[str], None]):
+def _label(model, bundle: dict[str, Any], query, query_label_key: str | None, threshold: float | None,
+           log: Callable[[str], None]):
     """(predictions, card, the AnnData the annotations go into, the model input the query's class
     means are taken from): a query in memory as ``predict`` labels it, a sample of a large file by
     labelling the whole file a chunk at a time (its annotations go into its obs alone)."""
@@ -82,14 +84,15 @@ def _label(model, bundle: dict[str, Any], query, query_label_key: str | None, lo
                         "chunk at a time: label it with a run of another model")
     if source is None:
         check_h5ad_writable(qry, "query")  # before labelling, not after it
-        preds, card, X = predict_query_input(model, bundle, qry, query_label_key=query_label_key, log=log)
+        preds, card, X = predict_query_input(model, bundle, qry, threshold=threshold, query_label_key=query_label_key,
+                                             log=log)
         return preds, card, qry.copy(), X
     from .streaming import stream_label
 
     with H5adRows(source["path"], name="query") as rows:
         obs = rows.obs.copy()
         obs.index = pd.Index(rows.obs_names.astype(str))
-        preds, card = stream_label(model, bundle, rows, query_label_key=query_label_key, log=log)
+        preds, card = stream_label(model, bundle, rows, threshold=threshold, query_label_key=query_label_key, log=log)
     card["query_read_in_chunks"] = {k: v for k, v in source.items() if k != "path"} | {
         "note": f"every one of the query's {source['n_obs']:,} cells was labelled, {CHUNK_NOTE}; its class means "
                 f"are those of a seeded sample of {source['n_sample']:,} cells"}

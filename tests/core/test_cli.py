@@ -731,3 +731,42 @@ def test_a_run_that_fails_leaves_no_empty_folders_behind(capsys, files, tmp_path
                             "--label-key", LABEL, "--out", out, "--save-model", model, *FAST)
     assert code == 0, err
     assert out.is_file() and (model / "bundle.json").is_file()  # the writers make the folders they need
+
+
+def test_predict_writes_a_run_the_app_reopens_when_given_a_runs_folder(capsys, files, tmp_path, monkeypatch):
+    """annotate --runs-dir wrote a run the app reopens; predict wrote only the annotated file, so a query
+    labelled later with that run's model could not be looked at in the app. With --runs-dir (and a
+    run's folder as --model) it is labelled into a new run there, the app's own relabel."""
+    from cellannot_core.runs import RunDir, list_runs
+
+    runs = tmp_path / "runs"
+    code, _, err = run_main(capsys, "annotate", "--reference", files["ref"], "--query", files["query"],
+                            "--label-key", LABEL, "--out", tmp_path / "a.h5ad", "--runs-dir", runs, *FAST)
+    assert code == 0, err
+    (trained,) = [r["id"] for r in list_runs(runs)]
+    code, _, err = run_main(capsys, "predict", "--model", runs / trained, "--query", files["query"],
+                            "--out", tmp_path / "p.h5ad", "--runs-dir", runs, "--query-label-key", LABEL)
+    assert code == 0, err
+    new = [r for r in list_runs(runs) if r["id"] != trained]
+    assert len(new) == 1 and new[0]["state"] == "done"
+    card = RunDir.open(runs, new[0]["id"]).card()
+    assert card["labelled_with"]["run"] == trained and card["query_metrics"]["acc_in"] > 0
+    code, _, err = run_main(capsys, "predict", "--model", runs / trained, "--query", files["query"],
+                            "--out", tmp_path / "plain.h5ad")
+    assert code == 0, err
+    got, want = (ad.read_h5ad(tmp_path / n).obs[OutKeys.LABEL].astype(str).tolist() for n in ("p.h5ad", "plain.h5ad"))
+    assert got == want  # the same labels as predict gives
+    code, _, err = run_main(capsys, "predict", "--model", tmp_path / "none", "--query", files["query"],
+                            "--out", tmp_path / "x.h5ad", "--runs-dir", runs)
+    assert_one_error(code, err, "needs --model to be a run's folder")
+    import cellannot_core.data.stream as stream
+
+    monkeypatch.setenv("CELLANNOT_STREAM_QUERY_MB", "0")  # a query too large to hold: a sample, every cell labelled
+    monkeypatch.setattr(stream, "SAMPLE_CELLS", 30)
+    code, _, err = run_main(capsys, "predict", "--model", runs / trained, "--query", files["query"],
+                            "--out", tmp_path / "s.h5ad", "--runs-dir", runs)
+    assert code == 0, err
+    streamed = ad.read_h5ad(tmp_path / "s.h5ad")  # the whole file, its matrices copied, with the annotations
+    assert streamed.n_obs == 80 and streamed.obs[OutKeys.LABEL].astype(str).tolist() == want
+    latest = RunDir.open(runs, list_runs(runs)[0]["id"]).card()
+    assert latest["query_read_in_chunks"]["n_sample"] == 30 and latest["n_query"] == 80

@@ -42,7 +42,7 @@ def test_a_sample_of_a_large_file_gets_every_cell_labelled_as_predict_labels_the
     qry.write_h5ad(path)
     sample = read_sample(path, n=120, seed=0)
     rd = RunDir.create(root, model="logreg")
-    card = label_into_run(source, sample, rd, query_label_key="truth")
+    card = label_into_run(source, sample, rd, query_label_key="truth")[1]
     assert rd.status()["state"] == "done" and card["n_query"] == 400
     assert card["query_read_in_chunks"]["n_sample"] == 120
     assert card["query_metrics"]["n_in"] + card["query_metrics"]["n_novel"] == 400
