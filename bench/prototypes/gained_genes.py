@@ -58,6 +58,18 @@ def detection(X, rows: np.ndarray) -> np.ndarray:
     return np.asarray((sub > 0).mean(axis=0)).ravel()
 
 
+def specific(gained: dict[int, tuple[int, np.ndarray]]) -> dict[int, tuple[int, int, list[int]]]:
+    """Per cluster, (its type, k, its gained genes) without the genes gained by at least half of the
+    clusters of other types (and two or more)."""
+    out = {}
+    for g, (c, mask) in gained.items():
+        others = [m for h, (d, m) in gained.items() if d != c]
+        shared = (np.sum(others, axis=0) >= max(2, len(others) / 2)) if len(others) >= 2 else np.zeros_like(mask)
+        spec = np.flatnonzero(mask & ~shared)
+        out[g] = (c, len(spec), spec.tolist())
+    return out
+
+
 def gained_counts(prep, p, clusters: np.ndarray) -> dict[int, tuple[int, int, list[int]]]:
     """Per cluster of >= MIN_CELLS cells: (its type, k, the indices of its specific gained genes)."""
     raw = p.proba.argmax(1)
@@ -74,13 +86,7 @@ def gained_counts(prep, p, clusters: np.ndarray) -> dict[int, tuple[int, int, li
         if ref_det[c] is None:
             continue
         gained[int(g)] = (c, (detection(prep.query.X, cells) >= ON) & (ref_det[c] <= OFF))
-    out = {}
-    for g, (c, mask) in gained.items():
-        others = [m for h, (d, m) in gained.items() if d != c]
-        shared = (np.sum(others, axis=0) >= max(2, len(others) / 2)) if len(others) >= 2 else np.zeros_like(mask)
-        spec = np.flatnonzero(mask & ~shared)
-        out[g] = (c, len(spec), spec.tolist())
-    return out
+    return specific(gained)
 
 
 def within_query(prep, p, clusters: np.ndarray) -> dict[int, tuple[int, int, list[int]]]:
@@ -103,13 +109,7 @@ def within_query(prep, p, clusters: np.ndarray) -> dict[int, tuple[int, int, lis
             continue
         mask = (detection(prep.query.X, np.flatnonzero(cells)) >= ON) & (detection(prep.query.X, other) <= OFF)
         gained[int(g)] = (c, mask & ~state)
-    out = {}
-    for g, (c, mask) in gained.items():
-        others = [m for h, (d, m) in gained.items() if d != c]
-        shared = (np.sum(others, axis=0) >= max(2, len(others) / 2)) if len(others) >= 2 else np.zeros_like(mask)
-        spec = np.flatnonzero(mask & ~shared)
-        out[g] = (c, len(spec), spec.tolist())
-    return out
+    return specific(gained)
 
 
 def decided(p, clusters: np.ndarray, info: dict, variant: str):
