@@ -7,7 +7,9 @@ How it works
   thread; :func:`training_slot` is the one limit on concurrent trainings.
 * :func:`start_job` creates a run directory (``RunDir.create``) and launches a :class:`Job`
   (thread + :class:`~cellannot_core.training.CancelToken`) under the run id, running
-  :func:`cellannot_core.pipeline.annotate` with ``callbacks=[RunProgress(run_dir), token]``.
+  :func:`cellannot_core.pipeline.annotate` with ``callbacks=[RunProgress(run_dir), token]``;
+  :func:`start_relabel_job` likewise runs :func:`cellannot_core.relabel.label_into_run` (a query
+  labelled with a finished run's model, no training).
 * The worker never touches Streamlit: progress, history, the final status and every result
   file go to the run directory (atomic writes), which the pages poll.
 * The table is a module-level dict guarded by a lock. It is shared by every browser session of
