@@ -262,7 +262,7 @@ def cmd_sweep(args) -> int:
     from .pipeline import check_writable
 
     if "://" not in str(args.storage):  # a SQLite file (a database URL is Optuna's to reach)
-        check_writable(args.storage, what="sweep's study file", create=True)  # (SQLite creates no folders)
+        check_writable(args.storage, what="sweep's study file")
     if args.runs_dir:
         check_writable(args.runs_dir, what="runs folder", folder=True)
 

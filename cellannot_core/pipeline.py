@@ -883,13 +883,12 @@ def predictions_table(obs_names: Sequence[str], preds: Predictions, classes: Seq
     return pd.DataFrame(cols | {f"p_{c}": preds.proba[:, j] for j, c in enumerate(classes)})
 
 
-def check_writable(path: str | Path, *, what: str = "output", folder: bool = False, create: bool = False) -> Path:
+def check_writable(path: str | Path, *, what: str = "output", folder: bool = False) -> Path:
     """Fail now, in one line, when ``path`` cannot be written (before hours of training): a probe
     file is written and removed in its folder, or, where that folder does not exist yet, in the
     nearest one on its way that does (the writers create the rest when they write, so a run that
     fails leaves no empty folders behind). ``folder``: ``path`` is a folder to write into (a run's
-    or a saved model's); ``create``: its folder is created now (for writers that do not create one,
-    such as SQLite's)."""
+    or a saved model's)."""
     import errno
     import secrets
 
@@ -902,8 +901,6 @@ def check_writable(path: str | Path, *, what: str = "output", folder: bool = Fal
         raise DataError(f"the {what} path {path} is a file, not a folder: give a folder")
     where = path if folder else path.parent
     try:
-        if create:
-            where.mkdir(parents=True, exist_ok=True)
         existing = where.absolute()
         while not existing.exists() and existing != existing.parent:
             existing = existing.parent

@@ -179,6 +179,12 @@ def open_storage(storage: str | Path):
         if tables and "studies" not in tables:
             raise ConfigError(f"the sweep's study file {where} is a database of something else (no Optuna study "
                               f"in it); it was left as it is: give a new file name (--storage)")
+    elif "://" not in str(storage):  # SQLite makes no folders: a new study file's are made here, when it is opened
+        try:
+            Path(storage).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ConfigError(f"cannot make the folder of the sweep's study file {where} "
+                              f"({(err.strerror or type(err).__name__).lower()}): give another place (--storage)") from None
     try:
         with warnings.catch_warnings():  # the heartbeat is marked experimental; it is what makes resuming safe
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

@@ -55,8 +55,8 @@ def test_every_trial_is_a_run_with_its_card(tmp_path):
     ref, q = demo_subset(300, 200, seed=2)
     opts = AnnotateOptions(label_key=LABEL, model="logreg", seed=0, device="cpu", n_top_genes=300)
     rows = []
-    study = run_sweep(ref, q, opts, storage=tmp_path / "s.db", study_name="t", n_trials=3, sampler="random",
-                      params=["C"], runs_dir=tmp_path / "runs", on_trial=rows.append)
+    study = run_sweep(ref, q, opts, storage=tmp_path / "new" / "s.db", study_name="t", n_trials=3, sampler="random",
+                      params=["C"], runs_dir=tmp_path / "runs", on_trial=rows.append)  # (SQLite makes no folder)
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(done) == 3 and len(rows) == 3
     for t in done:
@@ -64,7 +64,7 @@ def test_every_trial_is_a_run_with_its_card(tmp_path):
         assert rd.status()["state"] == "done"
         assert 0.0 <= t.user_attrs["val_ece"] <= 1.0 and t.value == t.user_attrs["val_accuracy"]
     # the same sweep again: already complete, nothing retrained
-    again = run_sweep(ref, q, opts, storage=tmp_path / "s.db", study_name="t", n_trials=3, sampler="random",
+    again = run_sweep(ref, q, opts, storage=tmp_path / "new" / "s.db", study_name="t", n_trials=3, sampler="random",
                       params=["C"], runs_dir=tmp_path / "runs")
     assert len(again.trials) == 3
 
