@@ -75,9 +75,10 @@ def _label(model, bundle: dict[str, Any], query, query_label_key: str | None, th
 
     from .data import read_dataset
     from .data.stream import H5adRows, stream_source
-    from .pipeline import CHUNK_NOTE, check_h5ad_writable, model_input, predict_query_input
+    from .pipeline import CHUNK_NOTE, check_h5ad_writable, log_read_notes, model_input, predict_query_input
 
     qry = query if not isinstance(query, (str, Path)) else read_dataset(query, name="query")
+    log_read_notes("query", qry, log)
     source = stream_source(qry)
     if source is not None and not model.spec.supports.per_cell:
         raise DataError(f"{model.name} labels a query as a whole, and this query ({source['n_obs']:,} cells) is read a "
@@ -123,8 +124,8 @@ def _complete_card(card: dict[str, Any], source, model, bundle: dict[str, Any], 
     card.setdefault("query_metrics", {})
 
 
-def _write(run_dir, model, bundle: dict[str, Any], preds, card: dict[str, Any], adata, ref_arrays: dict[str, np.ndarray],
-           X) -> None:
+def _write(run_dir, model, bundle: dict[str, Any], preds, card: dict[str, Any], adata,
+           ref_arrays: dict[str, np.ndarray], X) -> None:
     """Every file of a finished run, each written atomically, the card last."""
     from .pipeline import predictions_table, query_view_arrays, save_bundle, write_annotations, write_h5ad_atomic
     from .runs import write_bytes_atomic, write_json_atomic

@@ -161,8 +161,8 @@ def predict_file(model_dir: str | Path, query: str | Path, *, out: str | Path, d
     annotated query to ``out``, in chunks when the model and the file allow (see the module
     docstring), else whole. ``adapt``: the model trained again with this query first
     (:func:`~.pipeline.annotate_adapted`). ``query_label_key``: a query column of known labels to
-    measure the labels by; ``orientation``: a table query's, as :func:`~.data.read_dataset`'s. Returns ``{"n_obs", "unknown_fraction", "streamed"}``, and
-    ``"query_metrics"`` with ``query_label_key``."""
+    measure the labels by; ``orientation``: a table query's, as :func:`~.data.read_dataset`'s.
+    Returns ``{"n_obs", "unknown_fraction", "streamed"}``, and ``"query_metrics"`` with ``query_label_key``."""
     from .pipeline import load_bundle
 
     model, bundle = load_bundle(model_dir, device=device)
@@ -185,15 +185,14 @@ def label_file(model, bundle: dict[str, Any], query: str | Path, *, out: str | P
 
         raise ConfigError(f"the annotated query is written as .h5ad: its path must end in .h5ad, not {str(out)!r}")
     check_not_an_input(out, {"query": query, "saved model": model_dir}, what="annotated query")
-    if orientation != "auto":  # a table, read whole (tables are never read by rows)
-        from .data import read_dataset
+    from .data import read_dataset
 
-        query_data = read_dataset(query, name="query", orientation=orientation)
-    else:
-        query_data = None
+    # a table whose orientation was set is read whole here (tables are never read by rows)
+    query_data = None if orientation == "auto" else read_dataset(query, name="query", orientation=orientation)
     if adapt:
-        res = annotate_adapted(model, bundle, Path(query) if query_data is None else query_data, threshold=threshold, device=model.device_name, out=out,
-                               query_label_key=query_label_key, log=log, callbacks=callbacks)
+        res = annotate_adapted(model, bundle, Path(query) if query_data is None else query_data, threshold=threshold,
+                               device=model.device_name, out=out, query_label_key=query_label_key, log=log,
+                               callbacks=callbacks)
         return {"n_obs": len(res.predictions.label), "unknown_fraction": res.card["unknown_fraction"],
                 "streamed": "query_read_in_chunks" in res.card, **_metrics_of(res.card)}
 
@@ -207,8 +206,6 @@ def label_file(model, bundle: dict[str, Any], query: str | Path, *, out: str | P
         except NotStreamable as err:
             reason = str(err)
     if rows is None:
-        from .data import read_dataset
-
         log(f"reading the whole query into memory ({reason})")
         adata = read_dataset(query, name="query") if query_data is None else query_data
         log_read_notes("query", adata, log)
