@@ -33,6 +33,9 @@ against mostly known clusters, cells weighted), beside that of the rule's own cl
 median of the cells' scores).  Reads the stress suite's cached default models; never trains.
 
     CELLANNOT_NUM_THREADS=2 .venv/bin/python bench/prototypes/type_axes.py --seed 1
+
+Measured: all three fail (README, "The direction a cluster departs in"): R raises the novel rejection
+by 0.043 of the 0.05 asked, A accepts nearly every cluster; the cluster-level AUROC of ``f`` is 0.622.
 """
 from __future__ import annotations
 
