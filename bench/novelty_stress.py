@@ -293,6 +293,20 @@ def cached_models(seed: int, *, closed: bool = True):
             yield exp, prep, qry, m
 
 
+def print_variants(rows: list[dict], variants) -> None:
+    """The probes' last table: per decision variant (a key of each row, with ``acc_open``,
+    ``reject_in`` and ``reject_novel``), the median and worst acc_open, the median novel rejection
+    where novel >= 20% (a row's ``share``) and the closed sets' median reject_in."""
+    print("\nvariant   acc_open median / worst   novel rejection (>= 20%)   closed reject_in (median)")
+    for v in variants:
+        acc = [r[v]["acc_open"] for r in rows]
+        nov = [r[v]["reject_novel"] for r in rows if r["share"] >= 0.2]
+        clo = [r[v]["reject_in"] for r in rows if r["share"] == 0]  # nothing novel: the suite's closed sets
+        print(f"{v:8s}  {np.median(acc):.3f} / {np.min(acc):.3f}            {np.median(nov):.3f}"
+              f"                      {np.median(clo):.3f}   ({len(rows)} experiments, {len(nov)} with novel >= 20%, "
+              f"{len(clo)} with nothing novel)")
+
+
 def inductive_data(ref, qry, opts):
     """The experiment as ``ca.train(ref)`` + ``Annotator.predict(qry)`` see it: the reference
     prepared on its own (its genes, its cells as the semi-supervised models' unlabelled cells too),

@@ -161,14 +161,7 @@ def main() -> None:
     for c in sorted(wrong, key=lambda c: -c["n"])[:30]:
         print(f"  {c['exp']:40s} {c['type']:18s} n={c['n']:4d} novel {c['novel']:.2f} "
               f"accepted {c['accepted']:.2f} f={c['f']:.2f}")
-    print("\nvariant   acc_open median / worst   novel rejection (>= 20%)   closed reject_in (median)")
-    for v in variants:
-        acc = [r[v]["acc_open"] for r in rows]
-        nov = [r[v]["reject_novel"] for r in rows if r["share"] >= 0.2]
-        clo = [r[v]["reject_in"] for r in rows if r["share"] == 0]
-        print(f"{v:8s}  {np.median(acc):.3f} / {np.min(acc):.3f}            {np.median(nov):.3f}"
-              f"                      {np.median(clo):.3f}   ({len(rows)} experiments, {len(nov)} with novel >= 20%, "
-              f"{len(clo)} with nothing novel)")
+    ns.print_variants(rows, variants)
 
 
 if __name__ == "__main__":
