@@ -7,6 +7,8 @@ reference does not hold (an interferon response, activation, handling stress) mo
 genes the reference's types share, off those directions.  Every earlier signal was a distance (in a
 latent space, in which scANVI pulls the query's cells towards its classes), a loss of the type's
 markers or a count of genes gained (README, "Novelty stress suite"); none asked for the direction.
+(Found after the run: one had, in the latent space, README "(f) The direction a cluster moved", the
+fraction of the offset in the span of the class centres, cluster AUROC 0.604; this is its gene-space twin.)
 
 Written before it ran.  The type axes: the rows of the reference's class means (log-normalised,
 the model's genes) minus their unweighted mean, an orthonormal basis of their span (rank K - 1,
