@@ -43,6 +43,7 @@ Keys written (``key_added="cellannot"``; see :func:`cellannot_core.pipeline.anno
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -80,7 +81,9 @@ def _check_key_added(key_added: Any) -> None:
     a sub-group and anndata will refuse on writing)."""
     from .errors import ConfigError
 
-    if not isinstance(key_added, str) or not key_added.strip() or "/" in key_added:
+    if not isinstance(key_added, str):
+        raise ConfigError(f"key_added is a name (a string) such as 'cellannot'; got a {type(key_added).__name__}.")
+    if not key_added.strip() or "/" in key_added:
         raise ConfigError(f"key_added must be a plain name such as 'cellannot' (not empty, no '/'); got "
                           f"{str(key_added)[:40]!r}.")
 
@@ -359,8 +362,14 @@ class Annotator:
         :meth:`predict` (a large file trains on a seeded sample of its cells, as ``annotate``
         does). Returns ``{"n_obs", "unknown_fraction", "streamed"}``, and ``"query_metrics"``
         with ``query_label_key``."""
+        from .errors import ConfigError
         from .streaming import label_file
 
+        for what, v in (("path", path), ("out", out)):
+            if not isinstance(v, (str, os.PathLike)):
+                raise ConfigError(f"predict_file's {what} is the path of an .h5ad file, not a {type(v).__name__}"
+                                  + (": label an AnnData in memory with .predict(adata)" if what == "path" else ""))
+        path, out = Path(path).expanduser(), Path(out).expanduser()
         return label_file(self.model, self.bundle, path, out=out, threshold=threshold, adapt=adapt,
                           query_label_key=query_label_key, log=log or _default_log,
                           callbacks=_progress(progress_bar), model_dir=self._source)
@@ -379,7 +388,7 @@ class Annotator:
         from .pipeline import load_bundle
 
         annotator = cls(*load_bundle(path, device=device))
-        annotator._source = Path(path)
+        annotator._source = Path(path).expanduser()
         return annotator
 
 

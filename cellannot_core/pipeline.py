@@ -1076,6 +1076,7 @@ def save_bundle(directory: Path, model, info: dict[str, Any]) -> Path:
     """Model weights + config (safetensors + JSON, no pickle) and ``bundle.json`` (:func:`bundle_info`)."""
     from .runs import write_json_atomic
 
+    directory = Path(directory).expanduser()  # "~/models/pbmc", as a shell would read it
     check_model_folder(directory)  # one line, as the command line's
     d = model.save(directory)
     write_json_atomic(d / "bundle.json", info)
@@ -1091,10 +1092,13 @@ def load_bundle(model_dir: str | Path, *, device: str = "auto") -> tuple[Any, di
     dataset's archive is, :func:`~.data.io.unpacked_archive`, and read into memory)."""
     from .errors import DataError
 
-    model_dir = Path(model_dir)
+    model_dir = Path(model_dir).expanduser()
     if not model_dir.exists():
         raise DataError(f"the model folder {model_dir} does not exist; pass a directory written by `train` or "
                         "--save-model")
+    if model_dir.is_file() and not model_dir.name.lower().endswith(MODEL_ARCHIVES):
+        raise DataError(f"{model_dir} is a file, not a saved model: pass the folder written by `train`, "
+                        "--save-model or Annotator.save (or the app's \"Model bundle (.zip)\" download)")
     if model_dir.is_file() and model_dir.name.lower().endswith(MODEL_ARCHIVES):
         return _load_bundle_archive(model_dir, device)
     return _load_bundle_dir(model_dir, device)
@@ -1132,9 +1136,12 @@ def _load_bundle_dir(model_dir: Path, device: str) -> tuple[Any, dict[str, Any]]
 
     if not (model_dir / "bundle.json").exists() and (model_dir / RunFiles.MODEL_DIR / "bundle.json").is_file():
         model_dir = model_dir / RunFiles.MODEL_DIR  # a run's folder (what annotate and the app write): its model is inside
+    if not (model_dir / "bundle.json").is_file():
+        raise DataError(f"{model_dir} has no bundle.json; pass a directory written by `train` or --save-model")
     bundle = read_json(model_dir / "bundle.json")
     if not isinstance(bundle, dict) or "genes" not in bundle:
-        raise DataError(f"{model_dir} has no bundle.json; pass a directory written by `train` or --save-model")
+        raise DataError(f"the saved model in {model_dir} is damaged (its bundle.json is not one cellannot wrote); "
+                        "train it again")
     model = load_model(model_dir, device=device)
     genes = bundle["genes"]
     if not isinstance(genes, list) or len(genes) != model.n_features or not all(isinstance(g, str) for g in genes):

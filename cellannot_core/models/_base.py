@@ -217,7 +217,7 @@ class Model:
         tmp = d / (RunFiles.WEIGHTS + ".tmp")
         save_file(arrays, str(tmp))
         os.replace(tmp, d / RunFiles.WEIGHTS)
-        write_json_atomic(d / RunFiles.CONFIG, self.config())
+        write_json_atomic(d / RunFiles.CONFIG, {**self.config(), "weights_sha256": _sha256(d / RunFiles.WEIGHTS)})
         return d
 
 
@@ -254,13 +254,43 @@ def _validate_config(cfg: dict[str, Any], d: Path) -> None:
         raise bad(f"unknown novelty score {str(cfg.get('ood_method'))[:40]!r}")
 
 
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _check_outputs(model: Model, d: Path) -> None:
+    """A loaded model gives one logit per class of its config, and its reference cells name those
+    classes (a config edited or mixed with other weights would label cells with the wrong names)."""
+    from ..errors import DataError
+
+    try:
+        width = model.logits(np.zeros((1, model.n_features), dtype=np.float32)).shape[1]
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as err:
+        raise DataError(f"the saved model in {d} does not match its config ({type(err).__name__}); it may be "
+                        "damaged: train it again") from None
+    ref_y = getattr(model.reference, "y", None)
+    if width != len(model.classes) or (ref_y is not None and len(ref_y) and
+                                       (int(np.max(ref_y)) >= width or int(np.min(ref_y)) < 0)):
+        raise DataError(f"the saved model in {d} is damaged: its config names {len(model.classes)} classes and its "
+                        f"weights give {width}; train it again")
+
+
 def load_model(directory: str | os.PathLike, *, device: str = "auto") -> Model:
     """Load a saved model: JSON config + safetensors arrays (no pickle)."""
     from safetensors.numpy import load_file
 
     from ..errors import DataError
 
-    d = Path(directory)
+    from ..training.device import resolve_device
+
+    resolve_device(device)  # a GPU this machine lacks is said as such, not as a damaged model
+    d = Path(directory).expanduser()
     cfg_path, w_path = d / RunFiles.CONFIG, d / RunFiles.WEIGHTS
     if not cfg_path.is_file() or not w_path.is_file():
         raise DataError(f"{d} is not a saved model (needs {RunFiles.CONFIG} and {RunFiles.WEIGHTS}); "
@@ -272,6 +302,14 @@ def load_model(directory: str | os.PathLike, *, device: str = "auto") -> Model:
         raise DataError(f"cannot read the saved model in {d} ({type(err).__name__}); it may be damaged: train it again") from None
     if not isinstance(cfg, dict) or "model" not in cfg:
         raise DataError(f"{cfg_path} is not a cellannot model config; it may be damaged: train the model again")
+    version = cfg.get("format_version", 1)
+    if not isinstance(version, int) or isinstance(version, bool) or version > FORMAT_VERSION:
+        raise DataError(f"the saved model in {d} was written in a newer format ({str(version)[:20]}; this cellannot "
+                        f"reads up to {FORMAT_VERSION}): update cellannot, or train the model again with this one")
+    digest = cfg.get("weights_sha256")
+    if digest is not None and digest != _sha256(w_path):
+        raise DataError(f"the saved model in {d} is damaged: {RunFiles.WEIGHTS} is not the file saved with its "
+                        f"{RunFiles.CONFIG} (its checksum differs); copy the model again or train it again")
     _validate_config(cfg, d)
     spec = get_spec(cfg["model"])
     try:
@@ -293,6 +331,7 @@ def load_model(directory: str | os.PathLike, *, device: str = "auto") -> Model:
         except (KeyError, TypeError, ValueError) as err:
             raise DataError(f"the saved model in {d} has a damaged reference ({type(err).__name__}): train it "
                             "again") from None
+    _check_outputs(model, d)
     model.temperature = float(cfg["temperature"])
     model.threshold = float(cfg["threshold"])
     model.ood_method = cfg["ood_method"]

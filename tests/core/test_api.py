@@ -66,16 +66,18 @@ def test_copy_leaves_the_input_alone_and_key_added_renames_everything(pair):
     assert {"ct_proba", "X_ct"} <= set(out.obsm) and "ct" in out.uns
 
 
-@pytest.mark.parametrize("key", ["", "  ", "a/b", 3])
+@pytest.mark.parametrize("key", ["", "  ", "a/b", 3, None])
 def test_a_key_added_that_is_no_plain_name_is_refused_before_training(pair, key, monkeypatch):
     ref, query = pair
     import cellannot_core.pipeline as pipeline
 
+    # a number is said to be no string, not shown as a name it might be taken for ('3')
+    words = "key_added must be a plain name" if isinstance(key, str) else "key_added is a name \\(a string\\)"
     monkeypatch.setattr(pipeline, "annotate", lambda *a, **k: pytest.fail("trained before checking key_added"))
-    with pytest.raises(ConfigError, match="key_added must be a plain name"):
+    with pytest.raises(ConfigError, match=words):
         ca.annotate(ref, query.copy(), key_added=key, **_opts())
     annotator = ca.train(ref, **_opts())
-    with pytest.raises(ConfigError, match="key_added must be a plain name"):
+    with pytest.raises(ConfigError, match=words):
         annotator.predict(query.copy(), key_added=key)
 
 
@@ -135,6 +137,34 @@ def test_train_then_predict_matches_genes_by_name(pair, tmp_path):
     c = loaded.predict(query, copy=True)
     np.testing.assert_array_equal(a.obs["cellannot_label"].astype(str), c.obs["cellannot_label"].astype(str))
     np.testing.assert_allclose(a.obsm["cellannot_proba"], c.obsm["cellannot_proba"], rtol=1e-5, atol=1e-6)
+
+
+def test_a_saved_models_path_and_files_are_checked_as_a_user_gives_them(pair, tmp_path, monkeypatch):
+    import json
+
+    ref, query = pair
+    annotator = ca.train(ref, **_opts())
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    path = annotator.save("~/models/pbmc")  # "~" is the home folder, as in a shell, not a folder named "~"
+    assert path == tmp_path / "home" / "models" / "pbmc" and not (tmp_path / "~").exists()
+    assert ca.Annotator.load("~/models/pbmc").classes == annotator.classes
+    (tmp_path / "cells.h5ad").write_text("x")
+    with pytest.raises(DataError, match="is a file, not a saved model"):
+        ca.Annotator.load(tmp_path / "cells.h5ad")
+    with pytest.raises(ConfigError, match=r"label an AnnData in memory with \.predict"):
+        annotator.predict_file(query, out=tmp_path / "out.h5ad")
+    # classes edited in the config (a model saved before the weights' checksum): refused on loading,
+    # not an IndexError when the last class is predicted
+    cfg_path = path / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg.pop("weights_sha256")
+    cfg_path.write_text(json.dumps({**cfg, "classes": cfg["classes"][:-1]}))
+    with pytest.raises(DataError, match="names 2 classes and its weights give 3"):
+        ca.Annotator.load(path)
+    (path / "bundle.json").write_text("[1, 2, 3]")
+    with pytest.raises(DataError, match="damaged"):
+        ca.Annotator.load(path)
 
 
 def test_a_saved_model_is_measured_against_a_querys_own_labels(pair, tmp_path):

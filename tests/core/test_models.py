@@ -202,6 +202,39 @@ def test_damaged_weights_are_data_errors(saved, tmp_path, damage):
         load_model(d, device="cpu")
 
 
+def test_a_weights_file_changed_after_saving_is_refused_by_its_checksum(saved, tmp_path):
+    d = _copy(saved["clams"], tmp_path)
+    w = d / RunFiles.WEIGHTS
+    raw = bytearray(w.read_bytes())
+    raw[-100:] = bytes(100)  # the last array's values: safetensors still reads it, with other weights
+    w.write_bytes(bytes(raw))
+    with pytest.raises(DataError, match="checksum"):
+        load_model(d, device="cpu")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_config_naming_other_classes_than_its_weights_is_refused(saved, tmp_path, name):
+    d = _copy(saved[name], tmp_path)
+    cfg = json.loads((d / RunFiles.CONFIG).read_text())
+    cfg.pop("weights_sha256")  # as a model saved before the checksum: the classes are checked on their own
+    cfg["classes"] = cfg["classes"][:-1]  # without the check: an IndexError when the last class is predicted
+    (d / RunFiles.CONFIG).write_text(json.dumps(cfg))
+    with pytest.raises(DataError, match="names 2 classes and its weights give 3|does not match its config"):
+        load_model(d, device="cpu")
+
+
+def test_a_model_of_a_newer_format_or_for_a_missing_gpu_is_said_as_such(saved, tmp_path):
+    d = _copy(saved["clams"], tmp_path)
+    cfg = json.loads((d / RunFiles.CONFIG).read_text())
+    (d / RunFiles.CONFIG).write_text(json.dumps({**cfg, "format_version": 99}))
+    with pytest.raises(DataError, match="newer format"):
+        load_model(d, device="cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA GPU") as err:
+            load_model(saved["clams"], device="cuda")
+        assert "damaged" not in str(err.value)
+
+
 def test_pickled_weights_are_refused(saved, tmp_path):
     d = _copy(saved["resnet"], tmp_path)
     torch.save({"evil": torch.zeros(2)}, d / RunFiles.WEIGHTS)  # a pickle, not safetensors
