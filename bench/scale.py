@@ -8,6 +8,7 @@ default-model bundle over a series of query sizes, and the fitted growth exponen
     .venv/bin/python bench/scale.py --sizes --api-sizes 100000 1000000 --seed 1   # the same, another training draw
     .venv/bin/python bench/scale.py --sizes --api-predict-sizes 1000000           # Annotator.predict on one
     .venv/bin/python bench/scale.py --sizes --train-sizes 10000 50000 100000      # training only
+    .venv/bin/python bench/scale.py --sizes --relabel-sizes 2638 100000 1000000   # a finished run's model, into runs
 
 The bundle is the default model (``scanvi_svm``) trained on kang_ctrl (8,684 cells) with pbmc3k
 as its query (cached in ``bench/results/scale/bundle``). Query files are made by resampling
@@ -20,6 +21,12 @@ set (``wait4``), time is its wall time, both printed per size with the open-set 
 resampled cell carries its source cell's label; kang_ctrl lacks CD8 T, FCGR3A Mono, DC and
 platelets, so about 18% should be Unknown), then the exponent ``b`` of the
 least-squares fit ``time = a * n^b`` over the series.
+
+``--relabel-sizes`` times what the app's *Label with a finished run's model* does, through the command
+line that does the same (``predict --model <run folder> --runs-dir``): the query labelled with a
+finished run's model into a new run with every view. The source run is the default model trained by
+``annotate --runs-dir`` on kang_ctrl with pbmc3k as its query (cached in
+``bench/results/scale/source_runs``); each size is one process, its new run deleted after it is measured.
 """
 from __future__ import annotations
 
@@ -190,6 +197,45 @@ def run_cli(args: list[str], query: Path, *, module: bool = True) -> tuple[float
     return secs, usage.ru_maxrss / 1024 ** 2, lines[-1] if lines else ""
 
 
+def source_run() -> Path:
+    """A finished run of the default model (kang_ctrl, pbmc3k as its query), made once by ``annotate
+    --runs-dir`` and cached: the model the relabel series labels with."""
+    import json
+
+    from cellannot_core._constants import RunFiles
+
+    runs = OUT / "source_runs"
+    for d in sorted(runs.glob("*")) if runs.is_dir() else []:
+        if (d / RunFiles.STATUS).is_file() and json.loads((d / RunFiles.STATUS).read_text()).get("state") == "done":
+            return d
+    q = DATA / "pbmc3k_seurat_2638.h5ad"
+    secs, _, _ = run_cli(["annotate", "--reference", str(DATA / "kang_pbmc_ctrl_8684.h5ad"), "--query", str(q),
+                          "--label-key", LABEL_KEY, "--out", str(OUT / "source_annotated.h5ad"), "--device", "cpu",
+                          "--runs-dir", str(runs)], q)
+    (OUT / "source_annotated.h5ad").unlink(missing_ok=True)
+    print(f"trained the source run in {secs:.0f} s", flush=True)
+    return source_run()
+
+
+def run_relabel(query: Path) -> tuple[float, float, dict]:
+    """Wall seconds, peak RSS (GB) and the query metrics of one ``predict --runs-dir`` process
+    labelling ``query`` with :func:`source_run`'s model into a new run (deleted after)."""
+    import json
+    import shutil
+
+    from cellannot_core._constants import RunFiles
+
+    runs, out = OUT / "relabel_runs", OUT / f"relabelled_{query.stem}.h5ad"
+    shutil.rmtree(runs, ignore_errors=True)
+    secs, rss, _ = run_cli(["predict", "--model", str(source_run()), "--query", str(query), "--out", str(out),
+                            "--runs-dir", str(runs), "--query-label-key", LABEL_KEY, "--device", "cpu"], query)
+    (run,) = [d for d in runs.iterdir() if (d / RunFiles.CARD).is_file()]
+    metrics = json.loads((run / RunFiles.CARD).read_text())["query_metrics"]
+    shutil.rmtree(runs)
+    out.unlink(missing_ok=True)
+    return secs, rss, metrics
+
+
 def make_reference(n: int, seed: int = 0) -> Path:
     """``n`` labelled cells resampled from kang_ctrl with binomial thinning (cached .h5ad)."""
     import anndata as ad
@@ -247,6 +293,9 @@ def main() -> None:
     ap.add_argument("--api-predict-sizes", type=int, nargs="*", default=[],
                     help="also label in-memory queries of these sizes with the cached bundle "
                          "(`Annotator.load(...).predict(adata)`, one process per size): the same columns")
+    ap.add_argument("--relabel-sizes", type=int, nargs="*", default=[],
+                    help="also label queries of these sizes with a finished run's model into a new run "
+                         "(`predict --model <run> --runs-dir`, what the app's relabel does): the same columns")
     ap.add_argument("--seed", type=int, default=0,
                     help="with --api-sizes: annotate's seed (the training, its sample of the query, the reference's "
                          "split), to see how far one run's figures move")
@@ -254,7 +303,7 @@ def main() -> None:
     if not DATA.is_dir():
         sys.exit(f"error: benchmark data not found in {DATA}; set CELLANNOT_SHARED_DATA")
     for how, sizes in (("annotate", args.annotate_sizes), ("ca.annotate", args.api_sizes),
-                       ("predict", args.api_predict_sizes)):
+                       ("predict", args.api_predict_sizes), ("relabel", args.relabel_sizes)):
         if not sizes:
             continue
         import anndata as ad
@@ -267,6 +316,8 @@ def main() -> None:
                 secs, rss, _ = run_annotate(make_query(n), out)
                 m = ad.read_h5ad(out, backed="r").uns["cellannot"]["query_metrics"]
                 out.unlink(missing_ok=True)
+            elif how == "relabel":
+                secs, rss, m = run_relabel(make_query(n))
             else:
                 secs, rss, m = run_api(make_query(n), model_dir=bundle() if how == "predict" else None,
                                        seed=args.seed)

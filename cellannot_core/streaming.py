@@ -45,7 +45,7 @@ def stream_predictions(model, bundle: dict[str, Any], rows: H5adRows, *, thresho
     genes = [str(g) for g in bundle["genes"]]
     min_shared = int(bundle.get("min_shared_genes", 200))
     check_not_empty(rows.n_obs, len(rows.var), name="query")
-    gm = match_genes(pd.DataFrame(index=pd.Index(genes)), rows.var, min_shared=min_shared)
+    gm = match_genes(pd.DataFrame(index=pd.Index(genes)), rows.var, min_shared=min_shared, ref_name="model")
     warns = check_model_genes(gm.n_shared, len(genes))  # (refused here when most are missing)
     total_cols = None
     if bundle.get("norm_genes") is not None:

@@ -119,12 +119,26 @@ def _pair(ref_keys: np.ndarray, q_keys: np.ndarray, upper: bool) -> tuple[np.nda
     return np.array(r_keep, dtype=np.int64), q_idx
 
 
+def _why_few_shared(rvar: pd.DataFrame, qvar: pd.DataFrame, ref_name: str) -> str:
+    """The likeliest reason two gene lists share few names, as what to do."""
+    for name, var in ((ref_name, rvar), ("query", qvar)):
+        if len(var) and all(str(g).isdigit() for g in var.index[:100]):
+            return (f"the {name}'s gene names are numbers (0, 1, 2 ...), anndata's default: set its var_names to the "
+                    "gene symbols or Ensembl IDs")
+    hint = "check both use the same gene identifiers (symbols vs Ensembl IDs) and species"
+    if ref_name == "reference" and min(len(rvar), len(qvar)) <= 5000:
+        hint += ("; and if either was cut to its highly variable genes (sc.pp.highly_variable_genes(subset=True)), "
+                 "give all its genes (adata.raw.to_adata(), or the data before the cut)")
+    return hint + "."
+
+
 def match_genes(
     ref: ad.AnnData | pd.DataFrame,
     query: ad.AnnData | pd.DataFrame,
     *,
     min_shared: int = 200,
     min_fraction: float = 0.05,
+    ref_name: str = "reference",
 ) -> GeneMatch:
     """Find the genes the reference and the query share.
 
@@ -146,6 +160,8 @@ def match_genes(
         panels (and test data) that mostly match pass.
     min_fraction
         Fewest shared genes as a fraction of the smaller gene count.
+    ref_name
+        What ``ref`` is called in the error (``"model"`` where it is a saved model's genes).
 
     Returns
     -------
@@ -178,8 +194,8 @@ def match_genes(
     required = max(min(min_shared, math.ceil(0.5 * smaller)), math.ceil(min_fraction * smaller), 1)
     if n < required:
         raise DataError(
-            f"only {n} of {n_ref} reference genes found in the query (need at least {required}); "
-            "check both use the same gene identifiers (symbols vs Ensembl IDs) and species."
+            f"only {n} of {n_ref} {ref_name} genes found in the query (need at least {required}); "
+            + _why_few_shared(rvar, qvar, ref_name)
         )
     mode = "case-insensitive symbols" if upper else ("ensembl" if ens else "exact")
     what = {"exact": "exact symbols", "ensembl": "Ensembl IDs, versions ignored",

@@ -944,7 +944,7 @@ def prepare_query(
     warns: list[str] = []
     qry = _load(query, name="query", allow_lognorm=allow_lognorm, qc=None, warns=warns)
     model_var = pd.DataFrame(index=pd.Index([str(g) for g in genes]))
-    gm = match_genes(model_var, qry.var, min_shared=min_shared_genes)
+    gm = match_genes(model_var, qry.var, min_shared=min_shared_genes, ref_name="model")
     total_cols = None
     if norm_genes is not None:
         nm = match_genes(pd.DataFrame(index=pd.Index([str(g) for g in norm_genes])), qry.var,

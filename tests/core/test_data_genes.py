@@ -111,3 +111,18 @@ def test_accepts_anndata(synthetic_pair):
     ref, q = synthetic_pair
     m = match_genes(ref, q)
     assert m.n_shared == ref.n_vars
+
+
+def test_few_shared_genes_name_the_likeliest_reason():
+    # both cut to their own 1,000 highly variable genes: 103 shared, the cut named with what to do
+    ref = _var([f"G{j}" for j in range(1000)])
+    q = _var([f"G{j}" for j in range(897, 1897)])
+    with pytest.raises(DataError, match=r"highly variable genes .*adata\.raw\.to_adata\(\)"):
+        match_genes(ref, q)
+    # anndata's default names (0, 1, 2 ...) on one side: named, not taken for another species
+    with pytest.raises(DataError, match="the query's gene names are numbers") as e:
+        match_genes(_var([f"G{j}" for j in range(2000)]), _var([str(j) for j in range(2000)]))
+    assert "species" not in str(e.value)
+    # a saved model's genes are the model's, not a reference's
+    with pytest.raises(DataError, match="only 0 of 2000 model genes found in the query"):
+        match_genes(_var([f"G{j}" for j in range(2000)]), _var([f"X{j}" for j in range(2000)]), ref_name="model")
