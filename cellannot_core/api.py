@@ -195,8 +195,9 @@ def annotate(
     min_cells_per_class
         Reference types with fewer cells are left out (reported); at least 2.
     layer
-        The layer holding the raw counts, in the reference and the query alike (as scvi-tools'
-        ``setup_anndata(layer=...)``); default: found by itself in ``X``, ``layers["counts"]`` (or
+        The layer holding the raw counts (as scvi-tools' ``setup_anndata(layer=...)``), in the
+        reference and the query; one of the two without that layer has its counts found as by
+        default (said in the log). Default: found by itself in ``X``, ``layers["counts"]`` (or
         ``"raw_counts"``, ``"raw"``, ``"umi_counts"``) or ``raw``, or recovered from log-normalised
         values.
     log
@@ -219,8 +220,8 @@ def annotate(
                     max_epochs=max_epochs, n_top_genes=n_top_genes, accept=accept, batch_key=batch_key,
                     hvg_flavor=hvg_flavor, min_cells_per_class=min_cells_per_class)
     ref, query = _readable(adata_ref, "reference"), _readable(adata_query, "query")
-    res = run_annotate(_counts_in(ref, layer, "reference"), _counts_in(query, layer, "query"), opts,
-                       log=log or _default_log, callbacks=_progress(progress_bar))
+    ref, query_in = _counts_in_pair(ref, query, layer, log or _default_log)
+    res = run_annotate(ref, query_in, opts, log=log or _default_log, callbacks=_progress(progress_bar))
     return _write_result(res, adata_query, key_added=key_added, copy=copy, readable=query)
 
 
@@ -239,8 +240,20 @@ def _counts_in(adata, layer: Any, name: str):
     if layer not in adata.layers:
         have = ", ".join(repr(str(k)) for k in adata.layers.keys()) or "none"
         raise DataError(f"the {name} has no layer {layer!r} (its layers: {have}); layer names the one holding the "
-                        f"raw counts, in the reference and the query alike")
+                        f"raw counts")
     return ad.AnnData(X=adata.layers[layer], obs=adata.obs, var=adata.var, uns=dict(adata.uns))
+
+
+def _counts_in_pair(ref, query, layer: Any, log: Callable[[str], None]):
+    """:func:`_counts_in` of both datasets, the layer needed in one of them at least: a scanpy user's
+    reference may keep its counts in ``layers['umis']`` and the query in ``X``."""
+    if layer is None or not isinstance(layer, str) or (layer in ref.layers) == (layer in query.layers):
+        return _counts_in(ref, layer, "reference"), _counts_in(query, layer, "query")
+    without = "query" if layer in ref.layers else "reference"
+    log(f"note: the {without} has no layer {layer!r}; its counts are found as without layer= (X, a counts layer "
+        "or .raw)")
+    return (_counts_in(ref, layer if without == "query" else None, "reference"),
+            _counts_in(query, layer if without == "reference" else None, "query"))
 
 
 def _readable(adata, name: str):
@@ -437,8 +450,10 @@ def train(
                     min_cells_per_class=min_cells_per_class)
     say = log or _default_log
     say("preparing data")
-    ref = _counts_in(_readable(adata_ref, "reference"), layer, "reference")
-    query = _counts_in(_readable(adata_query, "query"), layer, "query") if adata_query is not None else ref
+    if adata_query is not None:
+        ref, query = _counts_in_pair(_readable(adata_ref, "reference"), _readable(adata_query, "query"), layer, say)
+    else:
+        ref = query = _counts_in(_readable(adata_ref, "reference"), layer, "reference")
     prepared = prepare_data(ref, query, opts)
     log_warnings(prepared.report, say)
     say(f"training {opts.model}")

@@ -592,7 +592,8 @@ def prepare(
     warns: list[str] = []
 
     ref = _load(reference, name="reference", allow_lognorm=allow_lognorm, qc=qc, warns=warns)
-    qry = _load(query, name="query", allow_lognorm=allow_lognorm, qc=qc, warns=warns)
+    # the reference standing in as its own query (``train`` without one): read again, said once
+    qry = _load(query, name="query", allow_lognorm=allow_lognorm, qc=qc, warns=[] if query is reference else warns)
 
     # reference labels: missing and small classes dropped; cells without counts dropped
     check_label_column(ref.obs, label_key, name="reference")
@@ -636,7 +637,9 @@ def prepare(
     if gm.n_shared < min_shared_genes:  # accepted because one dataset is a small gene panel
         warns.append(f"only {gm.n_shared} genes are shared by the reference and the query (a panel of "
                      f"{min(gm.n_ref, gm.n_query)} genes); cell types that differ in other genes cannot be told "
-                     "apart, so check the labels against known markers")
+                     "apart, so check the labels against known markers" if query is not reference else
+                     f"the reference has only {gm.n_shared} genes (a panel); cell types that differ in other genes "
+                     "cannot be told apart, so check the labels against known markers")
     if gm.approximate:
         warns.append(f"genes were matched ignoring case ({gm.n_shared} genes): check both datasets are the same species")
     for d, cols in ((ref, gm.ref_idx), (qry, gm.query_idx)):

@@ -539,3 +539,15 @@ def test_the_layer_of_counts_can_be_named_as_in_scvi_tools(pair):
     assert (again.obs["cellannot_label"].astype(str) == want).mean() > 0.95
     with pytest.raises(DataError, match=r"the query has no layer 'UMIs' \(its layers: 'umis'\)"):
         annotator.predict(q2, layer="UMIs")
+    # the reference's counts in layers['umis'], the query's in X (as a scanpy user may hold them): the
+    # layer named for the reference, the query's counts found as without it, and the log says so
+    lines: list[str] = []
+    mixed = ca.annotate(r2, query, copy=True, layer="umis", log=lines.append, **_opts())
+    assert list(mixed.obs["cellannot_label"].astype(str)) == list(want)
+    assert any("the query has no layer 'umis'" in line for line in lines)
+    with pytest.raises(DataError, match=r"the reference has no layer 'UMIs'"):  # in neither: refused
+        ca.annotate(r2, q2, copy=True, layer="UMIs", **_opts())
+    # a reference trained alone (it stands in as its own query): nothing is said of a query
+    lines.clear()
+    ca.train(r2, layer="umis", log=lines.append, **_opts()).predict(q2, copy=True, layer="umis")
+    assert not any("the query" in line for line in lines), lines
