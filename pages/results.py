@@ -26,6 +26,8 @@ if qm.get("acc_in") is not None:
     m[3].metric("Accuracy on known types", f"{qm['acc_in']:.1%}",
                 help="Against the query's own labels, cells of reference types only")
 
+if far := (card.get("rejection") or {}).get("far_query"):
+    st.warning(far[0].upper() + far[1:] + ".", icon=":material/warning:")
 if card.get("unknown_by_sample"):
     st.info(card["unknown_by_sample"]["note"], icon=":material/lightbulb:")
 if note := cal.decisions_note(run):

@@ -124,6 +124,34 @@ def test_the_page_says_when_unknown_calls_differ_by_sample(runs_root):
     assert not at.exception and not any("differ between the query" in i.value for i in at.info)
 
 
+def test_a_query_mostly_unlike_its_reference_is_warned_of_at_the_top(runs_root):
+    """A run whose threshold was widened by a shift of another tissue (``pipeline.far_query_note``:
+    the card's ``rejection.far_query``) warns above the results; a run without it does not."""
+    import json
+    import shutil
+    from types import SimpleNamespace
+
+    from cellannot_core.pipeline import FAR_QUERY_FACTOR, far_query_note, log_class_notes
+
+    assert far_query_note(SimpleNamespace(shift_factor=FAR_QUERY_FACTOR * 0.99)) == {}
+    note = far_query_note(SimpleNamespace(shift_factor=4.04))["far_query"]
+    assert "4.0 times as far" in note
+    lines: list[str] = []
+    log_class_notes({"rejection": {"far_query": note}}, lines.append)
+    assert lines == [f"warning: {note}"]
+    root, rid, _ = runs_root
+    copy = f"{rid}-far"
+    shutil.copytree(root / rid, root / copy)
+    card_path = root / copy / RunFiles.CARD
+    card = json.loads(card_path.read_text())
+    card["rejection"]["far_query"] = note
+    card_path.write_text(json.dumps(card))
+    at = page(copy)
+    assert not at.exception and any("times as far from the reference" in w.value for w in at.warning)
+    at = page(rid)
+    assert not at.exception and not any("times as far" in w.value for w in at.warning)
+
+
 @pytest.mark.parametrize("damage", ["arrays", "card", "annotated"])
 def test_a_finished_run_with_damaged_files_says_so_on_every_page(runs_root, tmp_path, monkeypatch, damage):
     """Found 2026-12-06: a run whose arrays were not a zip, or whose card was missing or not a card,
