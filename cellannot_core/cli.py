@@ -21,7 +21,8 @@ def _log(msg: str) -> None:
 
 
 def _device(text: str) -> str:
-    """``--device``'s value as torch spells it; whether this machine has it is checked when used."""
+    """``--device``'s value as torch spells it; whether this machine has it is checked by :func:`main`
+    before the command reads anything."""
     from .errors import ConfigError
     from .training.device import device_name
 
@@ -59,9 +60,11 @@ def _add_common(p: argparse.ArgumentParser, *, query_required: bool) -> None:
     p.add_argument("--batch-key", default=None, help=BATCH_KEY_HELP)
     p.add_argument("--model", default=DEFAULT_MODEL, help="model name (see `models`); default: %(default)s")
     p.add_argument("--hparam", action="append", default=[], metavar="NAME=VALUE", help="model hyper-parameter (repeatable)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seeds the training, the validation split and every sample drawn (default: %(default)s)")
     p.add_argument("--device", default="auto", type=_device, help="auto (CUDA when present), cpu, cuda or cuda:N")
-    p.add_argument("--max-epochs", type=int, default=None)
+    p.add_argument("--max-epochs", type=int, default=None,
+                   help="stop training after this many epochs (default: the model's own budget, with early stopping)")
     p.add_argument("--n-top-genes", type=int, default=DEFAULT_N_TOP_GENES, help="highly variable genes chosen on the reference")
     p.add_argument("--hvg-flavor", default=DEFAULT_HVG_FLAVOR, choices=HVG_FLAVORS,
                    help="how genes are ranked: scanpy's 'seurat_v3' (counts; the default) or 'seurat' (log values, "
@@ -124,11 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--model", required=True, dest="model_dir",
                     help="model bundle directory (from train / --save-model), a run's folder, or the app's model "
                          "download (.zip)")
-    pr.add_argument("--query", required=True)
+    pr.add_argument("--query", required=True, help="query cells to label (the formats annotate reads)")
     _add_orientation(pr, "query")
-    pr.add_argument("--out", required=True)
+    pr.add_argument("--out", required=True, help="annotated query .h5ad to write")
     pr.add_argument("--device", default="auto", type=_device, help="auto (CUDA when present), cpu, cuda or cuda:N")
-    pr.add_argument("--threshold", type=float, default=None)
+    pr.add_argument("--threshold", type=float, default=None,
+                    help="override the novelty-score threshold (default: the model's own, widened for the query's shift)")
     pr.add_argument("--adapt", action="store_true",
                     help="train the model again on the reference cells it kept, with this query unlabelled, before "
                          "labelling it (as annotate trains; minutes): a model that learns its latent space from the "
@@ -501,6 +505,10 @@ def main(argv: Sequence[str] | None = None) -> int:
               "saved model)", file=sys.stderr)
         return 2
     try:
+        if str(getattr(args, "device", "")).startswith("cuda"):  # a GPU this machine lacks: said before any reading
+            from .training.device import resolve_device
+
+            resolve_device(args.device)
         return COMMANDS[args.command](args)
     except CellannotError as err:
         if args.debug:

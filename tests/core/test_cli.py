@@ -153,6 +153,11 @@ def test_cuda_without_gpu(capsys, files):
         pytest.skip("a CUDA GPU is available")
     code, _, err = run_main(capsys, *annotate_args(files, extra=["--device", "cuda"]))
     assert_one_error(code, err, "cuda")
+    # said before any data is read (here a reference that is not there would be the error)
+    args = [str(a) for a in annotate_args(files, extra=["--device", "cuda"])]
+    args[args.index("--reference") + 1] = str(files["dir"] / "no_such_reference.h5ad")
+    code, _, err = run_main(capsys, *args)
+    assert_one_error(code, err, "no CUDA GPU")
 
 
 def test_devices_are_spelled_as_torch_spells_them(capsys, files):
