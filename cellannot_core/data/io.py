@@ -128,7 +128,7 @@ def read_dataset(
         )
     if not path.exists():
         raise DataError(f"{name} file '{path}' does not exist. Check the path.")
-    label = f"{name} file '{path.name}'"
+    label = f"{name} {'folder' if path.is_dir() else 'file'} '{path.name}'"
     if path.is_dir() and not any(path.name.lower().endswith(ext) for ext in CONVERT_HINTS):
         kind = "10x matrix folder"
     else:

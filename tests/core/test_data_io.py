@@ -627,7 +627,7 @@ def test_a_folder_is_searched_for_its_matrix_within_bounds(tmp_path, small, monk
     from cellannot_core.data import io as dio
 
     deep = write_mtx_dir(small, tmp_path / "root" / "a" / "b" / "c" / "d" / "e")
-    with pytest.raises(DataError, match="contains no matrix.mtx"):  # five levels down: not looked for
+    with pytest.raises(DataError, match="folder .root. contains no matrix.mtx"):  # five levels down: not looked for
         read_dataset(tmp_path / "root")
     _assert_same(read_dataset(tmp_path / "root" / "a"), small)  # four: found
     (tmp_path / "root" / "a" / "loop").symlink_to(tmp_path / "root")  # a link back up is not followed
