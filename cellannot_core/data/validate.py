@@ -285,7 +285,8 @@ def clean_labels(
             f" and {len(small) - 10} more" if len(small) > 10 else "")
         warns.append(
             f"{len(small)} {name} classes with fewer than {min_cells_per_class} cells were dropped: "
-            f"{desc}; {int(small.sum())} cells"
+            f"{desc}; {int(small.sum())} cells (min_cells_per_class, --min-cells-per-class on the command line, "
+            "lowers the minimum: such a class is learnt from very few cells)"
         )
     keep = ~missing & text.isin(kept.index).to_numpy()
     info = {
