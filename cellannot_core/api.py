@@ -50,6 +50,7 @@ from typing import Any, Callable
 import pandas as pd
 
 from ._constants import DEFAULT_HVG_FLAVOR, DEFAULT_MODEL, DEFAULT_N_TOP_GENES, OutKeys
+from .data.values import counts_layer, counts_layers
 
 __all__ = ["annotate", "train", "Annotator", "models"]
 
@@ -220,40 +221,9 @@ def annotate(
                     max_epochs=max_epochs, n_top_genes=n_top_genes, accept=accept, batch_key=batch_key,
                     hvg_flavor=hvg_flavor, min_cells_per_class=min_cells_per_class)
     ref, query = _readable(adata_ref, "reference"), _readable(adata_query, "query")
-    ref, query_in = _counts_in_pair(ref, query, layer, log or _default_log)
+    ref, query_in = counts_layers(ref, query, layer, log or _default_log)
     res = run_annotate(ref, query_in, opts, log=log or _default_log, callbacks=_progress(progress_bar))
     return _write_result(res, adata_query, key_added=key_added, copy=copy, readable=query)
-
-
-def _counts_in(adata, layer: Any, name: str):
-    """``adata`` as the pipeline reads it, with ``layer`` (the user's name for the layer of raw
-    counts, as scvi-tools' ``setup_anndata(layer=...)``) as its matrix, its other matrices left
-    out; ``adata`` itself without one. The user's object is not changed."""
-    if layer is None:
-        return adata
-    import anndata as ad
-
-    from .errors import ConfigError, DataError
-
-    if not isinstance(layer, str):
-        raise ConfigError(f"layer names the layer holding the raw counts, e.g. 'counts'; not {layer!r}")
-    if layer not in adata.layers:
-        have = ", ".join(repr(str(k)) for k in adata.layers.keys()) or "none"
-        raise DataError(f"the {name} has no layer {layer!r} (its layers: {have}); layer names the one holding the "
-                        f"raw counts")
-    return ad.AnnData(X=adata.layers[layer], obs=adata.obs, var=adata.var, uns=dict(adata.uns))
-
-
-def _counts_in_pair(ref, query, layer: Any, log: Callable[[str], None]):
-    """:func:`_counts_in` of both datasets, the layer needed in one of them at least: a scanpy user's
-    reference may keep its counts in ``layers['umis']`` and the query in ``X``."""
-    if layer is None or not isinstance(layer, str) or (layer in ref.layers) == (layer in query.layers):
-        return _counts_in(ref, layer, "reference"), _counts_in(query, layer, "query")
-    without = "query" if layer in ref.layers else "reference"
-    log(f"note: the {without} has no layer {layer!r}; its counts are found as without layer= (X, a counts layer "
-        "or .raw)")
-    return (_counts_in(ref, layer if without == "query" else None, "reference"),
-            _counts_in(query, layer if without == "reference" else None, "query"))
 
 
 def _readable(adata, name: str):
@@ -353,13 +323,13 @@ class Annotator:
         _note_view(adata, copy, log or _default_log)
         if adapt:
             readable = _readable(adata, "query")
-            res = annotate_adapted(self.model, self.bundle, _counts_in(readable, layer, "query"),
+            res = annotate_adapted(self.model, self.bundle, counts_layer(readable, layer, "query"),
                                    threshold=threshold,
                                    device=self.model.device_name, query_label_key=query_label_key,
                                    log=log or _default_log, callbacks=_progress(progress_bar))
             return _write_result(res, adata, key_added=key_added, copy=copy, readable=readable)
         readable = _readable(adata, "query")
-        preds, card = predict_query(self.model, self.bundle, _counts_in(readable, layer, "query"),
+        preds, card = predict_query(self.model, self.bundle, counts_layer(readable, layer, "query"),
                                     threshold=threshold,
                                     query_label_key=query_label_key, log=log or _default_log)
         target = _target(adata, copy, readable)
@@ -367,13 +337,13 @@ class Annotator:
         return target if copy else None
 
     def predict_file(self, path: str | Path, *, out: str | Path, threshold: float | None = None,
-                     adapt: bool = False, query_label_key: str | None = None,
+                     adapt: bool = False, query_label_key: str | None = None, layer: str | None = None,
                      log: Callable[[str], None] | None = None, progress_bar: bool = True) -> dict[str, Any]:
         """Label the ``.h5ad`` file at ``path`` without loading it (a block of cells at a time;
         any size, see :mod:`cellannot_core.streaming`) and write the annotated copy to ``out``
         (keys as :func:`annotate`). ``adapt``, ``query_label_key``, ``progress_bar``: as in
         :meth:`predict` (a large file trains on a seeded sample of its cells, as ``annotate``
-        does). Returns ``{"n_obs", "unknown_fraction", "streamed"}``, and ``"query_metrics"``
+        does); ``layer``: the layer of the file's raw counts (the file is then read whole). Returns ``{"n_obs", "unknown_fraction", "streamed"}``, and ``"query_metrics"``
         with ``query_label_key``."""
         from .errors import ConfigError
         from .streaming import label_file
@@ -384,7 +354,7 @@ class Annotator:
                                   + (": label an AnnData in memory with .predict(adata)" if what == "path" else ""))
         path, out = Path(path).expanduser(), Path(out).expanduser()
         return label_file(self.model, self.bundle, path, out=out, threshold=threshold, adapt=adapt,
-                          query_label_key=query_label_key, log=log or _default_log,
+                          query_label_key=query_label_key, layer=layer, log=log or _default_log,
                           callbacks=_progress(progress_bar), model_dir=self._source)
 
     def save(self, path: str | Path) -> Path:
@@ -451,9 +421,9 @@ def train(
     say = log or _default_log
     say("preparing data")
     if adata_query is not None:
-        ref, query = _counts_in_pair(_readable(adata_ref, "reference"), _readable(adata_query, "query"), layer, say)
+        ref, query = counts_layers(_readable(adata_ref, "reference"), _readable(adata_query, "query"), layer, say)
     else:
-        ref = query = _counts_in(_readable(adata_ref, "reference"), layer, "reference")
+        ref = query = counts_layer(_readable(adata_ref, "reference"), layer, "reference")
     prepared = prepare_data(ref, query, opts)
     log_warnings(prepared.report, say)
     say(f"training {opts.model}")

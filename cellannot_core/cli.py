@@ -75,8 +75,12 @@ def _add_common(p: argparse.ArgumentParser, *, query_required: bool) -> None:
                    help="share of reference validation cells accepted; sets the Unknown threshold")
     p.add_argument("--threshold", type=float, default=None, help="override the novelty-score threshold")
     p.add_argument("--runs-dir", default=None, help="also write a full run directory here (reopen it in the app)")
+    p.add_argument("--layer", default=None, help=LAYER_HELP)
 
 
+LAYER_HELP = ("the .h5ad layer holding the raw counts (as scvi-tools' layer=), e.g. umis, where X holds other values; "
+              "a dataset without it has its counts found as usual (X, layers['counts'] or .raw). The files are then "
+              "read whole")
 ORIENTATIONS = ("auto", "cells_x_genes", "genes_x_cells")
 
 
@@ -84,6 +88,23 @@ def _add_orientation(p: argparse.ArgumentParser, role: str) -> None:
     p.add_argument(f"--{role}-orientation", default="auto", choices=ORIENTATIONS,
                    help=f"a {role} table only: whether its rows are cells or genes (default: guessed from its names, "
                         "and the log says how it was read)")
+
+
+def _datasets(args) -> tuple[Any, Any]:
+    """The reference and the query (None without one) as the workflow reads them: paths, or with
+    ``--layer`` both read here with their counts taken from that layer (:func:`~.data.values.counts_layers`)."""
+    ref, qry = (_dataset(args.reference, "reference", args.reference_orientation),
+                _dataset(args.query, "query", args.query_orientation))
+    if args.layer is None:
+        return ref, qry
+    from .data import read_dataset
+    from .data.values import counts_layer, counts_layers
+
+    ref = ref if not isinstance(ref, (str, Path)) else read_dataset(ref, name="reference")
+    if qry is None:
+        return counts_layer(ref, args.layer, "reference"), None
+    qry = qry if not isinstance(qry, (str, Path)) else read_dataset(qry, name="query")
+    return counts_layers(ref, qry, args.layer, _log)
 
 
 def _dataset(path: Any, role: str, orientation: str) -> Any:
@@ -140,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--runs-dir", default=None,
                     help="also write a run directory here (reopen it in the app): --model must then be a finished "
                          "run's folder, whose validation scores and reference cells the new run shows")
+    pr.add_argument("--layer", default=None, help="the query .h5ad's layer holding the raw counts, e.g. umis, where X "
+                    "holds other values (the file is then read whole)")
     pr.add_argument("--query-label-key", default=None,
                     help="optional query obs column with known labels: the log and the output's run card get the "
                          "metrics of the labels against them (as annotate's)")
@@ -220,9 +243,8 @@ def cmd_annotate(args) -> int:
         rd = RunDir.create(args.runs_dir, model=opts.model)
         callbacks.append(RunProgress(rd))
         _log(f"run directory: {rd.path}")
-    res = annotate(_dataset(args.reference, "reference", args.reference_orientation),
-                   _dataset(args.query, "query", args.query_orientation), opts, out=out, run_dir=rd,
-                   save_model=args.save_model, callbacks=callbacks, log=_log)
+    ref, qry = _datasets(args)
+    res = annotate(ref, qry, opts, out=out, run_dir=rd, save_model=args.save_model, callbacks=callbacks, log=_log)
     _summary(res)
     _log(f"wrote {out}")
     return 0
@@ -242,8 +264,9 @@ def cmd_train(args) -> int:
         from .pipeline import check_model_folder
 
         check_model_folder(args.save_model)
-    ref = read_dataset(args.reference, name="reference", orientation=args.reference_orientation)
-    qry = read_dataset(args.query, name="query", orientation=args.query_orientation) if args.query else ref
+    ref, qry = _datasets(args)
+    ref = ref if not isinstance(ref, (str, Path)) else read_dataset(ref, name="reference")
+    qry = ref if qry is None else qry if not isinstance(qry, (str, Path)) else read_dataset(qry, name="query")
     prepared = prepare_data(ref, qry, opts)
     model = train_model(prepared, opts, [PrintProgress(_log)] if main_process else [])
     if not main_process:  # rank 0 writes the bundle
@@ -276,8 +299,7 @@ def cmd_sweep(args) -> int:
         _log(f"trial {row['trial']}: {args.objective} {row['value']:.4f}  ({params})"
              + (f"  run {row['run_id']}" if row.get("run_id") else ""))
 
-    study = run_sweep(_dataset(args.reference, "reference", args.reference_orientation),
-                      _dataset(args.query, "query", args.query_orientation), opts, storage=args.storage,
+    study = run_sweep(*_datasets(args), opts, storage=args.storage,
                       study_name=args.study or f"sweep-{opts.model}", n_trials=args.trials, objective=args.objective,
                       sampler=args.sampler, params=args.param, runs_dir=args.runs_dir, log=_log, on_trial=show)
     done = [r for r in trial_rows(study) if r["state"] == "COMPLETE"]
@@ -297,7 +319,7 @@ def cmd_predict(args) -> int:
         return _predict_into_run(args)
     res = predict_file(args.model_dir, args.query, out=Path(args.out), device=args.device, threshold=args.threshold,
                        adapt=args.adapt, query_label_key=args.query_label_key, orientation=args.query_orientation,
-                       log=_log)
+                       layer=args.layer, log=_log)
     _log(f"labelled {res['n_obs']} cells; Unknown: {res['unknown_fraction']:.1%}; wrote {args.out}")
     return 0
 
@@ -329,8 +351,15 @@ def _predict_into_run(args) -> int:
                           "finished run's model")
     check_not_an_input(args.out, {"query": args.query, "saved model": args.model_dir}, what="annotated query")
     check_writable(args.runs_dir, what="runs folder", folder=True)
-    query = (read_query(args.query) if args.query_orientation == "auto" else
-             _dataset(args.query, "query", args.query_orientation))
+    if args.layer is not None:  # read whole, its counts from that layer
+        from .data import read_dataset
+        from .data.values import counts_layer
+
+        query = counts_layer(read_dataset(args.query, name="query", orientation=args.query_orientation), args.layer,
+                             "query")
+    else:
+        query = (read_query(args.query) if args.query_orientation == "auto" else
+                 _dataset(args.query, "query", args.query_orientation))
     rd = RunDir.create(args.runs_dir, model=str(source.status().get("model") or "run"))
     _log(f"run directory: {rd.path}")
     preds, card = label_into_run(source, query, rd, query_label_key=args.query_label_key, device=args.device,

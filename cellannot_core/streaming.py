@@ -155,28 +155,32 @@ def write_annotations_file(src: Path, out: Path, preds, card: dict[str, Any]) ->
 
 def predict_file(model_dir: str | Path, query: str | Path, *, out: str | Path, device: str = "auto",
                  threshold: float | None = None, chunk_cells: int = CHUNK_CELLS, adapt: bool = False,
-                 query_label_key: str | None = None, orientation: str = "auto",
+                 query_label_key: str | None = None, orientation: str = "auto", layer: str | None = None,
                  log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     """Label the query file ``query`` with the saved bundle in ``model_dir`` and write the
     annotated query to ``out``, in chunks when the model and the file allow (see the module
     docstring), else whole. ``adapt``: the model trained again with this query first
     (:func:`~.pipeline.annotate_adapted`). ``query_label_key``: a query column of known labels to
-    measure the labels by; ``orientation``: a table query's, as :func:`~.data.read_dataset`'s.
+    measure the labels by; ``orientation``: a table query's, as :func:`~.data.read_dataset`'s;
+    ``layer``: the layer of its raw counts (the file is then read whole).
     Returns ``{"n_obs", "unknown_fraction", "streamed"}``, and ``"query_metrics"`` with ``query_label_key``."""
     from .pipeline import load_bundle
 
     model, bundle = load_bundle(model_dir, device=device)
     return label_file(model, bundle, query, out=out, threshold=threshold, chunk_cells=chunk_cells, log=log,
-                      model_dir=model_dir, adapt=adapt, query_label_key=query_label_key, orientation=orientation)
+                      model_dir=model_dir, adapt=adapt, query_label_key=query_label_key, orientation=orientation,
+                      layer=layer)
 
 
 def label_file(model, bundle: dict[str, Any], query: str | Path, *, out: str | Path, threshold: float | None = None,
                chunk_cells: int = CHUNK_CELLS, log: Callable[[str], None] = lambda s: None,
                model_dir: str | Path | None = None, adapt: bool = False, callbacks: Sequence[Any] = (),
-               query_label_key: str | None = None, orientation: str = "auto") -> dict[str, Any]:
+               query_label_key: str | None = None, orientation: str = "auto",
+               layer: str | None = None) -> dict[str, Any]:
     """:func:`predict_file` with a model and bundle already in memory (``Annotator.predict_file``);
     ``callbacks``: the training's, when ``adapt`` trains the model again; ``orientation`` set (not
-    ``"auto"``): the query is a table, read whole with it."""
+    ``"auto"``): the query is a table, read whole with it; ``layer`` (not None): the layer of its raw
+    counts, the file read whole (the annotated copy keeps its X and layers)."""
     from .pipeline import (annotate_adapted, check_h5ad_writable, check_not_an_input, log_read_notes, predict_query,
                            write_annotations, write_h5ad_atomic)
 
@@ -186,11 +190,14 @@ def label_file(model, bundle: dict[str, Any], query: str | Path, *, out: str | P
         raise ConfigError(f"the annotated query is written as .h5ad: its path must end in .h5ad, not {str(out)!r}")
     check_not_an_input(out, {"query": query, "saved model": model_dir}, what="annotated query")
     from .data import read_dataset
+    from .data.values import counts_layer
 
-    # a table whose orientation was set is read whole here (tables are never read by rows)
-    query_data = None if orientation == "auto" else read_dataset(query, name="query", orientation=orientation)
+    # a table whose orientation was set, or a file whose counts' layer was named, is read whole here
+    query_data = (None if orientation == "auto" and layer is None else
+                  read_dataset(query, name="query", orientation=orientation))
+    query_in = counts_layer(query_data, layer, "query") if query_data is not None else None
     if adapt:
-        res = annotate_adapted(model, bundle, Path(query) if query_data is None else query_data, threshold=threshold,
+        res = annotate_adapted(model, bundle, Path(query) if query_in is None else query_in, threshold=threshold,
                                device=model.device_name, out=out, query_label_key=query_label_key, log=log,
                                callbacks=callbacks)
         return {"n_obs": len(res.predictions.label), "unknown_fraction": res.card["unknown_fraction"],
@@ -198,7 +205,7 @@ def label_file(model, bundle: dict[str, Any], query: str | Path, *, out: str | P
 
     reason = None if model.spec.supports.per_cell else f"{model.name} labels a query as a whole"
     if query_data is not None:
-        reason = "a table with its orientation set"
+        reason = "its counts' layer named" if layer is not None else "a table with its orientation set"
     rows = None
     if reason is None:
         try:
@@ -210,7 +217,8 @@ def label_file(model, bundle: dict[str, Any], query: str | Path, *, out: str | P
         adata = read_dataset(query, name="query") if query_data is None else query_data
         log_read_notes("query", adata, log)
         check_h5ad_writable(adata, "query")  # before labelling, not after it
-        preds, card = predict_query(model, bundle, adata, threshold=threshold, query_label_key=query_label_key, log=log)
+        preds, card = predict_query(model, bundle, adata if query_in is None else query_in, threshold=threshold,
+                                    query_label_key=query_label_key, log=log)
         if model_dir is not None:
             card["model_dir"] = str(model_dir)
         write_annotations(adata, preds, card)

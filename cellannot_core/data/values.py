@@ -1,7 +1,7 @@
 """What kind of values a matrix holds, and where a dataset keeps its raw counts."""
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import anndata as ad
 import numpy as np
@@ -10,7 +10,7 @@ import scipy.sparse as sp
 
 from cellannot_core.errors import DataError
 
-__all__ = ["COUNT_LAYERS", "LOGNORM_MAX", "NOT_WHOLE", "UNLOGGED", "Counts", "detect_value_state", "get_counts",
+__all__ = ["COUNT_LAYERS", "LOGNORM_MAX", "NOT_WHOLE", "UNLOGGED", "Counts", "counts_layer", "counts_layers", "detect_value_state", "get_counts",
            "log_name", "recover_counts", "recover_rows", "whole_counts"]
 
 #: how a source of counts that are not whole numbers (and not a normalisation of them) begins
@@ -303,7 +303,7 @@ def get_counts(adata: ad.AnnData, *, name: str = "dataset", allow_lognorm: bool 
     if others:  # not taken on trust (velocyto's 'spliced' holds counts, not all of them): named
         where += (f". Its layers[{others[0]!r}] holds counts: if those are the raw counts, name that layer "
                   f"'counts' (adata.layers['counts'] = adata.layers[{others[0]!r}]), or give "
-                  f"layer={others[0]!r} to ca.annotate / ca.train / predict")
+                  f"layer={others[0]!r} to ca.annotate / ca.train / predict (--layer {others[0]} on the command line)")
     if x_state == "lognorm":
         if allow_lognorm:
             return Counts(
@@ -329,3 +329,33 @@ def get_counts(adata: ad.AnnData, *, name: str = "dataset", allow_lognorm: bool 
             f"layers and .raw). Provide raw counts in {where}."
         )
     raise DataError(f"the {name} has no expression matrix. Provide raw counts in {where}.")
+
+
+def counts_layer(adata: ad.AnnData, layer: Any, name: str) -> ad.AnnData:
+    """``adata`` as the pipeline reads it, with ``layer`` (the user's name for the layer of raw
+    counts, as scvi-tools' ``setup_anndata(layer=...)``) as its matrix, its other matrices left
+    out; ``adata`` itself without one. The user's object is not changed."""
+    from cellannot_core.errors import ConfigError
+
+    if layer is None:
+        return adata
+    if not isinstance(layer, str):
+        raise ConfigError(f"layer names the layer holding the raw counts, e.g. 'counts'; not {layer!r}")
+    if layer not in adata.layers:
+        have = ", ".join(repr(str(k)) for k in adata.layers.keys()) or "none"
+        raise DataError(f"the {name} has no layer {layer!r} (its layers: {have}); layer names the one holding the "
+                        f"raw counts")
+    return ad.AnnData(X=adata.layers[layer], obs=adata.obs, var=adata.var, uns=dict(adata.uns))
+
+
+def counts_layers(ref: ad.AnnData, query: ad.AnnData, layer: Any,
+                  log: Callable[[str], None]) -> tuple[ad.AnnData, ad.AnnData]:
+    """:func:`counts_layer` of both datasets, the layer needed in one of them at least: a scanpy
+    user's reference may keep its counts in ``layers['umis']`` and the query in ``X``."""
+    if layer is None or not isinstance(layer, str) or (layer in ref.layers) == (layer in query.layers):
+        return counts_layer(ref, layer, "reference"), counts_layer(query, layer, "query")
+    without = "query" if layer in ref.layers else "reference"
+    log(f"note: the {without} has no layer {layer!r}; its counts are found as without a layer (X, a counts layer "
+        "or .raw)")
+    return (counts_layer(ref, layer if without == "query" else None, "reference"),
+            counts_layer(query, layer if without == "reference" else None, "query"))

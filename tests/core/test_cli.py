@@ -775,3 +775,38 @@ def test_predict_writes_a_run_the_app_reopens_when_given_a_runs_folder(capsys, f
     assert streamed.n_obs == 80 and streamed.obs[OutKeys.LABEL].astype(str).tolist() == want
     latest = RunDir.open(runs, list_runs(runs)[0]["id"]).card()
     assert latest["query_read_in_chunks"]["n_sample"] == 30 and latest["n_query"] == 80
+
+
+def test_counts_in_a_layer_of_another_name_are_named_with_layer(capsys, files, tmp_path):
+    """A reference whose X holds scaled values and whose counts are in layers['umis'] (as a scanpy user
+    saves one): refused with the layer named, then read with --layer umis, the query's counts (in X)
+    found as usual; predict takes --layer for its query too, and the annotated copy keeps its X."""
+    import anndata as ad
+
+    ref = ad.read_h5ad(files["ref"])
+    ref.layers["umis"] = ref.X.copy()
+    ref.X = sp.csr_matrix(np.where(ref.X.toarray() > 0, -0.5, 0.5).astype(np.float32))  # scaled: negatives
+    layered = _write(ref, tmp_path / "layered.h5ad")
+
+    def args(reference, out):
+        return ["annotate", "--reference", reference, "--query", files["query"], "--label-key", LABEL, "--out", out,
+                "--model", "logreg", "--n-top-genes", "50", "--min-shared-genes", "20", "--device", "cpu"]
+
+    code, _, err = run_main(capsys, *args(layered, tmp_path / "a.h5ad"))
+    assert_one_error(code, err, "layers['umis'] holds counts")
+    code, out, err = run_main(capsys, *args(layered, tmp_path / "a.h5ad"), "--layer", "umis", "--save-model", tmp_path / "m")
+    assert code == 0, err
+    assert "the query has no layer 'umis'" in out + err
+    assert run_main(capsys, *args(files["ref"], tmp_path / "b.h5ad"))[0] == 0
+    a, b = ad.read_h5ad(tmp_path / "a.h5ad"), ad.read_h5ad(tmp_path / "b.h5ad")
+    assert list(a.obs["cellannot_label"].astype(str)) == list(b.obs["cellannot_label"].astype(str))
+    q = ad.read_h5ad(files["query"])
+    q.layers["umis"] = q.X.copy()
+    q.X = sp.csr_matrix(-q.X.toarray().astype(np.float32))
+    lq = _write(q, tmp_path / "layered_query.h5ad")
+    code, out, err = run_main(capsys, "predict", "--model", tmp_path / "m", "--query", lq, "--out", tmp_path / "p.h5ad",
+                              "--layer", "umis", "--device", "cpu")
+    assert code == 0, err
+    p = ad.read_h5ad(tmp_path / "p.h5ad")
+    assert list(p.obs["cellannot_label"].astype(str)) == list(a.obs["cellannot_label"].astype(str))
+    assert "umis" in p.layers and p.X.min() < 0  # the user's file, annotated
