@@ -30,6 +30,7 @@ for role, col in zip(ROLES, cols):
         summ = data_ui.summary(info["id"], role, adata)
         dataset_summary(info, summ)
         data_ui.orientation_control(role, adata)
+        data_ui.counts_layer_control(role, adata)
         if (note := data_ui.stream_note(adata)) is not None:
             st.info(note, icon=":material/dataset:")
         cands = summ["label_candidates"]

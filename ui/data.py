@@ -58,12 +58,12 @@ def demo_dataset(role: str) -> Any:
 
 
 def set_dataset(role: str, adata: Any, *, name: str, source: str, dataset_id: str, data: bytes | None = None,
-                path: str | None = None, orientation: str = "auto") -> None:
+                path: str | None = None, orientation: str = "auto", layer: str | None = None) -> None:
     """Put a dataset into the session (and forget choices that depended on the old one); the
     session remembers how to bring it back after a reload (:mod:`ui.session`), a table with the
-    orientation the visitor set."""
+    orientation the visitor set, a file with the layer of counts the visitor named."""
     remember_dataset(role, "upload" if source == "upload" else "path" if path else source, name=name,
-                     dataset_id=dataset_id, data=data, path=path, orientation=orientation)
+                     dataset_id=dataset_id, data=data, path=path, orientation=orientation, layer=layer)
     put(DATA_KEY[role], adata)
     from cellannot_core.data.stream import stream_source
 
@@ -283,6 +283,20 @@ def read_path(role: str, path: Path, orientation: str = "auto") -> Any:
     return read_dataset(path, name=role, orientation=orientation)
 
 
+def with_layer(adata: Any, layer: Any, role: str) -> Any:
+    """``adata`` with its counts from ``layer`` (:func:`cellannot_core.data.values.counts_layer`), kept
+    as it is without one; a query held as a sample of a large file cannot take another layer."""
+    from cellannot_core.data.stream import stream_source
+    from cellannot_core.data.values import counts_layer
+
+    if not layer:
+        return adata
+    if stream_source(adata) is not None:
+        raise DataError(f"the {role} is read in chunks from its file, which take the counts from X, layers['counts'] "
+                        f"or .raw: save its layers['{layer}'] as layers['counts'] and load it again")
+    return counts_layer(adata, str(layer), role)
+
+
 def table_orientation(adata: Any) -> str | None:
     """How a table was read (``cells_x_genes`` or ``genes_x_cells``), None for any other file."""
     from cellannot_core.data.io import INPUT_UNS_KEY
@@ -303,16 +317,45 @@ def orientation_control(role: str, adata: Any) -> None:
     rows = "genes" if other == "genes_x_cells" else "cells"
     if st.button(f"Its rows are {rows}: read it again", key=WidgetKeys.FLIP_TABLE.format(role=role),
                  icon=":material/swap_vert:", help="The table's orientation was guessed from its row and column names"):
-        err = handle_orientation(role, other)
+        err = read_again(role, orientation=other)
         if err:
             st.error(err)
         else:
             st.rerun()
 
 
-def handle_orientation(role: str, orientation: str) -> str | None:
-    """Read the session's ``role`` table again with ``orientation`` (from the copy the session keeps
-    of an upload, or its server path); return an error message or ``None``."""
+def other_count_layers(adata: Any) -> list[str]:
+    """Layers of a dataset whose X holds no counts that hold counts under a name the reader does not
+    take on trust (velocyto's 'spliced' holds counts, not all of them): the visitor names one."""
+    from cellannot_core.data.stream import stream_source
+    from cellannot_core.data.values import COUNT_LAYERS, detect_value_state
+
+    if adata is None or stream_source(adata) is not None or detect_value_state(adata.X) == "counts":
+        return []  # (a large query's chunks are read from the file, which takes X, layers['counts'] or .raw)
+    return [str(k) for k in adata.layers.keys() if k not in COUNT_LAYERS
+            and detect_value_state(adata.layers[k]) == "counts"]
+
+
+def counts_layer_control(role: str, adata: Any) -> None:
+    """Under a dataset whose raw counts are in a layer of another name (``layers['umis']`` beside
+    scaled X, as a scanpy user saves one): a button to take them from it, as ``layer=`` does in Python."""
+    from ui.state import WidgetKeys
+
+    for layer in other_count_layers(adata)[:3]:
+        if st.button(f"Take the raw counts from layers['{layer}']", icon=":material/layers:",
+                     key=WidgetKeys.COUNTS_LAYER.format(role=role, layer=layer),
+                     help="X holds no raw counts; this layer does. In Python: layer=..., on the command line --layer"):
+            err = read_again(role, layer=layer)
+            if err:
+                st.error(err)
+            else:
+                st.rerun()
+
+
+def read_again(role: str, *, orientation: str | None = None, layer: str | None = None) -> str | None:
+    """Read the session's ``role`` dataset again (from the copy the session keeps of an upload, or its
+    server path) with ``orientation`` (a table's) or its counts from ``layer``, each else as it was
+    read; return an error message or ``None``."""
     from cellannot_core.data import read_uploaded
     from cellannot_core.runs import read_json
     from ui.session import session_dir
@@ -322,24 +365,27 @@ def handle_orientation(role: str, orientation: str) -> str | None:
     if not isinstance(meta, dict) or meta.get("kind") not in ("upload", "path"):
         return f"this server kept no copy of the {role} to read again: load it again"
     base = str(meta.get("dataset_id")).split("~")[0]
+    orientation = orientation or str(meta.get("orientation") or "auto")
+    layer = layer or meta.get("layer")
     try:
         if meta["kind"] == "upload":
             data = (d / f"{role}.upload").read_bytes()
-            adata = read_uploaded(data, str(meta.get("name")), name=role, orientation=orientation)
+            adata = with_layer(read_uploaded(data, str(meta.get("name")), name=role, orientation=orientation),
+                               layer, role)
         else:
             path = Path(str(meta.get("path")))
             problem = allowed_path(path)
             if problem:
                 return problem
-            data, adata = None, read_path(role, path, orientation)
+            data, adata = None, with_layer(read_path(role, path, orientation), layer, role)
     except CellannotError as err:
         return str(err)
     except OSError:
         return f"this server kept no copy of the {role} to read again: load it again"
     upload_id = (get(INFO_KEY[role]) or {}).get("upload_id")
-    set_dataset(role, adata, name=str(meta.get("name")), dataset_id=f"{base}~{orientation}", data=data,
+    set_dataset(role, adata, name=str(meta.get("name")), dataset_id=f"{base}~{orientation}~{layer or ''}", data=data,
                 source="upload" if data is not None else f"server path {meta.get('path')}", path=meta.get("path"),
-                orientation=orientation)
+                orientation=orientation, layer=layer)
     get(INFO_KEY[role])["upload_id"] = upload_id  # the uploader's file is this one: not read again as guessed
     return None
 

@@ -220,7 +220,7 @@ def _write(path: Path, data: bytes) -> None:
 
 
 def remember_dataset(role: str, kind: str, *, name: str, dataset_id: str, data: bytes | None = None,
-                     path: str | None = None, orientation: str = "auto") -> None:
+                     path: str | None = None, orientation: str = "auto", layer: str | None = None) -> None:
     """Keep what brings a loaded dataset back: the uploaded bytes, the server path or the demo.
     When the server cannot write them (a full disk, a read-only folder), the dataset stays loaded
     for this session and the page says that a reload will not bring it back."""
@@ -232,7 +232,7 @@ def remember_dataset(role: str, kind: str, *, name: str, dataset_id: str, data: 
         if kind == "upload" and data is not None:
             _write(d / f"{role}.upload", data)
         _write(d / f"{role}.json", json.dumps({"kind": kind, "name": name, "dataset_id": dataset_id,
-                                               "path": path, "orientation": orientation}).encode())
+                                               "path": path, "orientation": orientation, "layer": layer}).encode())
     except OSError as err:
         st.warning(f"The {role} is loaded for this session, but {write_problem(err, 'keep a copy of it')}; until "
                    "then a reload or a restart will not bring it back.", icon=":material/warning:")
@@ -362,10 +362,11 @@ def restore() -> list[str]:
             elif meta.get("kind") == "upload":
                 from cellannot_core.data import read_uploaded
 
-                adata = read_uploaded((d / f"{role}.upload").read_bytes(), str(meta.get("name")), name=role,
-                                      orientation=orientation)
+                adata = data_ui.with_layer(read_uploaded((d / f"{role}.upload").read_bytes(), str(meta.get("name")),
+                                                         name=role, orientation=orientation), meta.get("layer"), role)
             elif meta.get("kind") == "path" and not data_ui.allowed_path(Path(str(meta.get("path")))):
-                adata = data_ui.read_path(role, Path(str(meta.get("path"))), orientation)
+                adata = data_ui.with_layer(data_ui.read_path(role, Path(str(meta.get("path"))), orientation),
+                                           meta.get("layer"), role)
             elif meta.get("kind") == "run" and role == "reference":  # (read_run_reference checks the owner)
                 adata = data_ui.read_run_reference(str(meta.get("dataset_id")).removeprefix("run-"))[0]
             else:

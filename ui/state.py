@@ -39,6 +39,7 @@ class WidgetKeys:
     PATH = "w_path_{role}"
     PATH_BUTTON = "w_path_load_{role}"
     FLIP_TABLE = "w_flip_table_{role}"  # read a table the other way round
+    COUNTS_LAYER = "w_counts_layer_{role}_{layer}"  # take the raw counts from a layer of another name
     RUN_REFERENCE = "w_run_reference"  # a finished run whose kept reference cells become the reference
     RUN_REFERENCE_BUTTON = "w_run_reference_load"
     LABEL_PICKER = "w_label_key"

@@ -304,3 +304,34 @@ def test_a_table_read_the_wrong_way_round_is_read_again_and_stays_so(tmp_path, m
     again.query_params[SESSION_PARAM] = at.session_state[TOKEN_KEY]
     again.run()
     assert again.session_state[StateKeys.QUERY].n_obs == q.n_obs
+
+
+def test_counts_in_a_layer_of_another_name_are_taken_from_it_and_stay_so(tmp_path):
+    """An .h5ad saved after scanpy's scaling, its counts in layers['umis']: the page said to rename the
+    layer in Python. A button takes the counts from it (as layer= in Python), and a reload keeps it."""
+    import anndata as ad
+    import numpy as np
+    import scanpy as sc
+
+    from ui.session import SESSION_PARAM, TOKEN_KEY
+
+    q = ad.read_h5ad(SMALL)
+    q.layers["umis"] = q.X.copy()
+    sc.pp.normalize_total(q, target_sum=1e4)  # scanpy's steps, the counts kept in a layer of their own
+    sc.pp.log1p(q)
+    sc.pp.scale(q, max_value=10)
+    q.write_h5ad(tmp_path / "scaled.h5ad")
+    at = _data_page()
+    at.file_uploader(key=WidgetKeys.UPLOAD.format(role="query")).set_value(
+        ("scaled.h5ad", (tmp_path / "scaled.h5ad").read_bytes(), "application/octet-stream"))
+    at.run()
+    assert any("layers['umis'] holds counts" in e.value for e in at.error), _errors(at)
+    at.button(key=WidgetKeys.COUNTS_LAYER.format(role="query", layer="umis")).click().run()
+    assert not at.exception and not at.error, _errors(at)
+    got = at.session_state[StateKeys.QUERY]
+    np.testing.assert_array_equal(got.X.toarray(), q.layers["umis"].toarray())
+    assert all("layers['umis']" not in b.label for b in at.button)  # offered no more
+    again = AppTest.from_file(APP, default_timeout=60)  # a reload
+    again.query_params[SESSION_PARAM] = at.session_state[TOKEN_KEY]
+    again.run()
+    np.testing.assert_array_equal(again.session_state[StateKeys.QUERY].X.toarray(), q.layers["umis"].toarray())
