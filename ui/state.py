@@ -108,10 +108,23 @@ DATA_KEY = {"reference": StateKeys.REFERENCE, "query": StateKeys.QUERY}
 INFO_KEY = {"reference": StateKeys.REFERENCE_INFO, "query": StateKeys.QUERY_INFO}
 
 
+def run_through_app() -> None:
+    """Have ``app.py``'s navigation run this page. Until a script of the server process has called
+    ``st.navigation``, Streamlit runs a page of ``pages/`` by itself (its first multipage scheme,
+    kept for apps with that folder): the first request after a server start that names a page (a
+    reload of an open tab) got a menu of file names and no ``app.py``. The rerun goes through it."""
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
 def init_state() -> None:
     """Set every missing key to its default (idempotent; call at the top of every page)."""
     from ui import session
 
+    run_through_app()
     fresh = StateKeys.RUN_ID not in st.session_state
     for key, value in DEFAULTS.items():
         if key not in st.session_state:

@@ -263,6 +263,24 @@ def goto_page(page, title: str) -> None:
 # ------------------------------------------------------------------------------ the click path
 
 
+def test_a_page_named_first_on_a_fresh_server_gets_the_apps_menu(server, browser):
+    """The first request after a server start that names a page (a reload of an open tab) ran that
+    page by itself, under Streamlit's menu of file names ("app", "latent", ...), until someone loaded
+    the home page. It must run through app.py: the app's own menu. (First in this module, so that
+    the module's fresh server has seen no request before.)"""
+    ctx = browser.new_context(viewport=VIEWPORT)
+    page = ctx.new_page()
+    try:
+        page.goto(f"{server['url']}/latent", timeout=60_000)
+        nav = page.locator('[data-testid="stSidebarNav"]')
+        nav.get_by_text("Label transfer").wait_for(timeout=60_000)
+        text = nav.inner_text()
+        assert "Latent space" in text and "Calibration" in text, text
+        assert "app" not in text.split() and "latent" not in text.split(), text
+    finally:
+        ctx.close()
+
+
 def test_new_user_click_path(server, browser, tmp_path):
     import anndata as ad
 
