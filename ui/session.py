@@ -8,6 +8,11 @@ datasets are remembered in ``<runs root>/.sessions/<owner id>/`` (the uploaded b
 or the demo, and the column choices), so a reload or a restart brings them back. The link with
 ``?s=`` is the session's private link.
 
+The same browser opening the app without the link (a bookmark of the bare address, a sidebar page
+opened in a new tab) comes back to the last session it used: the server keeps, per browser, that
+session's token encrypted with the browser's own XSRF secret, in a file named by another hash of it
+(``<runs root>/.browsers/``), so the folder alone opens nothing (:func:`remember_browser_session`).
+
 A link is not adopted silently by another browser (session fixation: a visitor could send a
 colleague a link to a session of their own and see what the colleague then loads into it). The
 server keeps a hash of each browser that used a session (Streamlit's per-browser XSRF cookie,
@@ -61,10 +66,12 @@ def token() -> str:
     tok = st.session_state.get(TOKEN_KEY)
     if tok is None:
         from_url = st.query_params.get(SESSION_PARAM)
+        if from_url is None:  # the bare address: this browser's last session, if it has one here
+            from_url = browser_session()
         if isinstance(from_url, str) and TOKEN_RE.match(from_url) and _on_server(from_url):
             if _seen_here(from_url):
                 tok = from_url
-                note_browser(_session_dir_of(tok))
+                note_browser(tok)
             else:
                 from ui.state import RUN_PARAM
 
@@ -87,9 +94,9 @@ def browser_id() -> str | None:
     return browser_hash(raw) if isinstance(raw, str) else None  # (AppTest's client is a mock)
 
 
-def browser_hash(cookie: str) -> str | None:
-    """What :func:`browser_id` keeps of an XSRF cookie's value (``2|mask|masked token|time``, or
-    a version-1 token): a hash of the token, the same whatever mask the value carries."""
+def browser_secret(cookie: str) -> bytes | None:
+    """The token of an XSRF cookie's value (``2|mask|masked token|time``, or a version-1 token),
+    the same whatever mask the value carries."""
     raw = cookie.strip("\"'")
     if not raw:
         return None
@@ -97,12 +104,68 @@ def browser_hash(cookie: str) -> str | None:
     try:
         if len(parts) == 4 and parts[0] == "2":
             mask, masked = bytes.fromhex(parts[1]), bytes.fromhex(parts[2])
-            secret = bytes(b ^ mask[i % len(mask)] for i, b in enumerate(masked)) if mask else masked
-        else:
-            secret = raw.encode()
+            return bytes(b ^ mask[i % len(mask)] for i, b in enumerate(masked)) if mask else masked
+        return raw.encode()
     except ValueError:
         return None
-    return hashlib.sha256(b"cellannot-browser|" + secret).hexdigest()[:32]
+
+
+def browser_hash(cookie: str) -> str | None:
+    """What :func:`browser_id` keeps of an XSRF cookie's value: a hash of its token."""
+    secret = browser_secret(cookie)
+    return None if secret is None else hashlib.sha256(b"cellannot-browser|" + secret).hexdigest()[:32]
+
+
+BROWSERS_DIR = ".browsers"  # under the runs root: each browser's last session, encrypted (remember_browser_session)
+
+
+def _browser_file() -> tuple[Path, bytes] | None:
+    """This browser's file of its last session and the key it is encrypted with, both from the
+    browser's XSRF secret (the file's name a hash of it, the key another); None without a cookie."""
+    from cellannot_core.runs import default_root
+
+    try:
+        raw = st.context.cookies.get(BROWSER_COOKIE)
+    except Exception:  # noqa: BLE001 - no script context
+        return None
+    secret = browser_secret(raw) if isinstance(raw, str) else None
+    if not secret:
+        return None
+    name = hashlib.sha256(b"cellannot-resume-file|" + secret).hexdigest()[:32]
+    key = hashlib.sha256(b"cellannot-resume-key|" + secret).digest()
+    return default_root() / BROWSERS_DIR / name, key
+
+
+def remember_browser_session(tok: str) -> None:
+    """Keep ``tok`` as this browser's last session, encrypted with the browser's own secret."""
+    found = _browser_file()
+    if found is None or len(tok) > 64:
+        return
+    path, key = found
+    sealed = bytes(b ^ key[i] for i, b in enumerate(tok.encode())).hex()
+    try:
+        if path.is_file() and path.read_text().strip() == sealed:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write(path, sealed.encode())
+    except OSError:  # a full disk: the link still brings the session back
+        pass
+
+
+def browser_session() -> str | None:
+    """The last session this browser used on this server (:func:`remember_browser_session`), or None."""
+    found = _browser_file()
+    if found is None:
+        return None
+    path, key = found
+    try:
+        sealed = bytes.fromhex(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    if len(sealed) > len(key):
+        return None
+    tok = bytes(b ^ key[i] for i, b in enumerate(sealed)).decode("ascii", errors="replace")
+    return tok if TOKEN_RE.match(tok) else None
 
 
 def _session_dir_of(tok: str) -> Path:
@@ -130,10 +193,13 @@ def _seen_here(tok: str) -> bool:
     return me is None or not isinstance(seen, list) or not seen or me in seen
 
 
-def note_browser(d: Path) -> None:
-    """Record this browser among those that used the session kept in ``d``."""
+def note_browser(tok: str) -> None:
+    """Record this browser among those that used ``tok``'s session, and that session as this
+    browser's last (:func:`remember_browser_session`)."""
     from cellannot_core.runs import read_json
 
+    remember_browser_session(tok)
+    d = _session_dir_of(tok)
     me = browser_id()
     if me is None:
         return
@@ -176,7 +242,7 @@ def open_pending(accept: bool) -> None:
     tok = pend["token"]
     st.session_state[TOKEN_KEY] = tok
     st.query_params[SESSION_PARAM] = tok
-    note_browser(_session_dir_of(tok))
+    note_browser(tok)
     for role in DATA_KEY:  # the session of the link replaces whatever this browser had begun
         put(DATA_KEY[role], None)
         put(INFO_KEY[role], None)
@@ -209,7 +275,7 @@ def session_dir(create: bool = False) -> Path:
     d = default_root() / SESSIONS_DIR / owner_id()
     if create and not d.is_dir():
         d.mkdir(parents=True, exist_ok=True)
-        note_browser(d)
+        note_browser(token())
     return d
 
 

@@ -117,7 +117,12 @@ def run_through_app() -> None:
 
     if PagesManager.uses_pages_directory:
         PagesManager.uses_pages_directory = False
-        st.rerun()
+        if not _THROUGH_APP["rerun"]:  # once per process, on a page load: a later rerun could drop a click
+            _THROUGH_APP["rerun"] = True  # (Streamlit's AppTest sets the flag again before each of its runs)
+            st.rerun()
+
+
+_THROUGH_APP = {"rerun": False}
 
 
 def init_state() -> None:

@@ -745,6 +745,38 @@ def test_two_sessions_never_see_each_other_and_a_reload_keeps_data_and_run(serve
 
 
 
+def test_the_bare_address_brings_a_browser_back_to_its_own_session(server, browser):
+    """A sidebar page opened in a new tab, or a bookmark of the bare address, has no ``?s=``: it
+    began an empty session, and the visitor's data and runs seemed lost. The same browser comes back
+    to its last session; another browser at the bare address gets a new, empty one."""
+    url = server["url"]
+    a_ctx = browser.new_context(viewport=VIEWPORT)
+    b_ctx = browser.new_context(viewport=VIEWPORT)
+    try:
+        a = a_ctx.new_page()
+        a.set_default_timeout(60_000)
+        a.goto(url)
+        a.locator(f"{_key('w_demo')} button").click()
+        a.get_by_text("Demo data loaded").wait_for(timeout=PAGE_TIMEOUT_MS)
+        wait_idle(a)
+        token = _param(a.url, "s")
+        assert token
+        again = a_ctx.new_page()  # a new tab of the same browser, at the bare address of a page
+        again.goto(f"{url}/data")
+        cells = again.locator('[data-testid="stMetric"]', has_text="Cells").locator('[data-testid="stMetricValue"]')
+        cells.nth(1).wait_for(timeout=PAGE_TIMEOUT_MS)
+        assert _param(again.url, "s") == token and again.get_by_text("another browser used").count() == 0
+        assert_no_errors(again, "Data at the bare address")
+        b = b_ctx.new_page()
+        b.goto(f"{url}/data")
+        b.get_by_text("No reference loaded yet").wait_for(timeout=PAGE_TIMEOUT_MS)
+        wait_idle(b)
+        assert _param(b.url, "s") not in (None, token)
+    finally:
+        a_ctx.close()
+        b_ctx.close()
+
+
 def _server_errors(log: str) -> tuple[list[str], int]:
     """The exceptions in a server log, less those of Streamlit's own websocket endpoint when a
     browser's connection drops (starlette ``WebSocketDisconnected`` raised inside
