@@ -118,8 +118,7 @@ def upload_tab(role: str) -> None:
     if up is not None and uploaded_is_new(role, up.file_id):
         with st.spinner(f"Reading {up.name}..."):
             err = handle_upload(role, up.getvalue(), up.name, upload_id=up.file_id)
-        if err:
-            st.error(err)
+        show_load_error(role, err)
 
 
 def path_tab(role: str) -> None:
@@ -130,8 +129,16 @@ def path_tab(role: str) -> None:
     if st.button("Load", key=WidgetKeys.PATH_BUTTON.format(role=role)):
         with st.spinner(f"Reading {path}..."):
             err = handle_path(role, path)
-        if err:
-            st.error(err)
+        show_load_error(role, err)
+
+
+def show_load_error(role: str, err: str | None) -> None:
+    """A dataset that could not be read, and which one stays loaded in its place (if any)."""
+    if not err:
+        return
+    before = get(INFO_KEY[role]) if get(DATA_KEY[role]) is not None else None
+    st.error(err + ("" if err.endswith(".") else ".")
+             + (f" The {role} loaded before, {before.get('name')}, is kept." if before else ""))
 
 
 def run_references() -> list[str]:

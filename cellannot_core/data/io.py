@@ -159,10 +159,7 @@ def read_dataset(
     except DataError:
         raise
     except Exception as exc:  # anything a reader throws on a corrupt/truncated file
-        raise DataError(
-            f"could not read {label} as {kind}: {_one_line(exc)}. The file may be truncated or "
-            f"not what its name says; supported formats: {SUPPORTED_FORMATS}."
-        ) from None
+        raise DataError(f"could not read {label} as {kind}: {_read_failure(exc)}") from None
     return _finalise(adata, label, kind)
 
 
@@ -226,6 +223,18 @@ def read_uploaded(
 # --------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------
+
+
+def _read_failure(exc: BaseException) -> str:
+    """What a reader's exception on a damaged file means, in a few words, and what to do (the
+    reader's own words are HDF5's internals: offsets and superblock addresses)."""
+    text = " ".join(str(exc).split()).lower()
+    if "truncated" in text or "eof" in text:
+        return "the file is cut short (an upload, download or copy that did not finish); copy it again"
+    if "signature" in text or "not an hdf5" in text or "file format" in text:
+        return "the file is not HDF5 inside, whatever its name says; check it is the file you meant"
+    return (f"{type(exc).__name__}: {_one_line(exc)[:120]}. The file may be damaged or not what its name says; "
+            "copy it again, or save it again from the tool that made it")
 
 
 def _one_line(exc: BaseException) -> str:

@@ -55,7 +55,17 @@ def test_garbage_upload_through_the_widget_shows_error_not_traceback():
     at.run()
     assert not at.exception
     assert "could not read reference file 'x.h5ad'" in _errors(at)
+    assert "is not HDF5 inside" in _errors(at) and len(_errors(at)) < 300  # one line, not the format list
     assert at.session_state[StateKeys.REFERENCE] is None
+    # a good file, then a damaged one: the page says which stays loaded
+    at.file_uploader(key=WidgetKeys.UPLOAD.format(role="reference")).set_value(
+        ("good.h5ad", SMALL.read_bytes(), "application/octet-stream"))
+    at.run()
+    assert at.session_state[StateKeys.REFERENCE] is not None and not at.error
+    at.file_uploader(key=WidgetKeys.UPLOAD.format(role="reference")).set_value(
+        ("y.h5ad", SMALL.read_bytes()[:5000], "application/octet-stream"))
+    at.run()
+    assert "cut short" in _errors(at) and "The reference loaded before, good.h5ad, is kept." in _errors(at)
 
 
 def test_unsupported_extension_and_bad_path():
