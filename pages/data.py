@@ -37,11 +37,12 @@ for role, col in zip(ROLES, cols):
         keys = [c["key"] for c in cands] or summ["obs_columns"]
         if role == "reference":
             cur = get(StateKeys.LABEL_KEY) or summ["suggested_label_key"]
-            if not keys:
-                st.error(data_ui.NO_LABEL_COLUMN)
-                continue
-            pick = st.selectbox("Label column (cell types)", keys, key=WidgetKeys.LABEL_PICKER,
-                                index=keys.index(cur) if cur in keys else 0)
+            if not keys or not cands:  # (no column looks like labels: none is picked for the visitor)
+                st.error(data_ui.NO_LABEL_COLUMN + (" Pick one below if a column holds them." if keys else ""))
+                if not keys:
+                    continue
+            pick = st.selectbox("Label column (cell types)", keys, key=WidgetKeys.LABEL_PICKER, placeholder="Choose",
+                                index=keys.index(cur) if cur in keys else 0 if cands else None)
             put(StateKeys.LABEL_KEY, pick)
         else:
             options = ["(none: the query is unlabelled)"] + keys

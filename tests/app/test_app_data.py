@@ -345,3 +345,23 @@ def test_counts_in_a_layer_of_another_name_are_taken_from_it_and_stay_so(tmp_pat
     again.query_params[SESSION_PARAM] = at.session_state[TOKEN_KEY]
     again.run()
     np.testing.assert_array_equal(again.session_state[StateKeys.QUERY].X.toarray(), q.layers["umis"].toarray())
+
+
+def test_a_reference_without_a_label_column_gets_none_picked_for_it(tmp_path):
+    """An .h5ad reference whose obs holds only numbers (n_genes, n_counts): the page picked n_genes as
+    the cell types, and only the training said it had hundreds of values. Now nothing is picked, the
+    page says why, and a column can still be chosen by hand."""
+    import anndata as ad
+    import numpy as np
+
+    r = ad.read_h5ad(SMALL)
+    r.obs = r.obs[[]].assign(n_genes=np.asarray((r.X > 0).sum(1)).ravel(), n_counts=np.asarray(r.X.sum(1)).ravel())
+    r.write_h5ad(tmp_path / "numbers.h5ad")
+    at = _data_page()
+    at.file_uploader(key=WidgetKeys.UPLOAD.format(role="reference")).set_value(
+        ("numbers.h5ad", (tmp_path / "numbers.h5ad").read_bytes(), "application/octet-stream"))
+    at.run()
+    assert not at.exception
+    assert "no obs column that looks like cell-type labels" in _errors(at)
+    assert at.session_state[StateKeys.LABEL_KEY] is None
+    assert at.selectbox(key=WidgetKeys.LABEL_PICKER).value is None
