@@ -27,10 +27,10 @@ for role, col in zip(ROLES, cols):
         if adata is None:
             st.info(f"No {role} loaded yet.")
             continue
-        summ = data_ui.summary(info["id"], role, adata)
-        dataset_summary(info, summ)
+        summ, count_layers = data_ui.summary(info["id"], role, adata), data_ui.other_count_layers(adata)
+        dataset_summary(info, summ, count_layers)
         data_ui.orientation_control(role, adata)
-        data_ui.counts_layer_control(role, adata)
+        data_ui.counts_layer_control(role, count_layers)
         if (note := data_ui.stream_note(adata)) is not None:
             st.info(note, icon=":material/dataset:")
         cands = summ["label_candidates"]

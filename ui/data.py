@@ -68,7 +68,7 @@ def set_dataset(role: str, adata: Any, *, name: str, source: str, dataset_id: st
     from cellannot_core.data.stream import stream_source
 
     src = stream_source(adata)
-    put(INFO_KEY[role], {"id": dataset_id, "name": name, "source": source,
+    put(INFO_KEY[role], {"id": dataset_id, "name": name, "source": source, "layer": layer,
                          "n_cells": int(src["n_obs"] if src else adata.n_obs), "n_genes": int(adata.n_vars)})
     if role == "reference":
         put(StateKeys.LABEL_KEY, None)
@@ -343,12 +343,13 @@ def other_count_layers(adata: Any) -> list[str]:
             and detect_value_state(adata.layers[k]) == "counts"]
 
 
-def counts_layer_control(role: str, adata: Any) -> None:
+def counts_layer_control(role: str, layers: list[str]) -> None:
     """Under a dataset whose raw counts are in a layer of another name (``layers['umis']`` beside
-    scaled X, as a scanpy user saves one): a button to take them from it, as ``layer=`` does in Python."""
+    scaled X, as a scanpy user saves one; :func:`other_count_layers`): a button to take them from it,
+    as ``layer=`` does in Python."""
     from ui.state import WidgetKeys
 
-    for layer in other_count_layers(adata)[:3]:
+    for layer in layers[:3]:
         if st.button(f"Take the raw counts from layers['{layer}']", icon=":material/layers:",
                      key=WidgetKeys.COUNTS_LAYER.format(role=role, layer=layer),
                      help="X holds no raw counts; this layer does. In Python: layer=..., on the command line --layer"):

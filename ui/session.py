@@ -441,7 +441,7 @@ def restore() -> list[str]:
             continue
         put(DATA_KEY[role], adata)
         put(INFO_KEY[role], {"id": str(meta.get("dataset_id")), "name": str(meta.get("name")),
-                             "source": f"{meta.get('kind')} (restored)",
+                             "source": f"{meta.get('kind')} (restored)", "layer": meta.get("layer"),
                              "n_cells": int((stream_source(adata) or {}).get("n_obs", adata.n_obs)),
                              "n_genes": int(adata.n_vars)})
         restored.append(role)

@@ -82,21 +82,28 @@ def hparam_form(spec: Any, *, skip: tuple[str, ...] = ()) -> dict[str, Any]:
 # ------------------------------------------------------------------------------ data page
 
 
-def dataset_summary(info: dict[str, Any], summ: dict[str, Any]) -> None:
-    """Cells, genes, value state and what will be used, plus problems in plain words."""
+def dataset_summary(info: dict[str, Any], summ: dict[str, Any], count_layers: list[str] = ()) -> None:
+    """Cells, genes, value state and what will be used, plus problems in plain words;
+    ``count_layers``: layers of another name holding the counts X lacks (a button below takes one)."""
     st.caption(f"`{info['name']}` ({info['source']})")
     c1, c2, c3 = st.columns(3)
     c1.metric("Cells", f"{summ['n_cells']:,}")
     c2.metric("Genes", f"{summ['n_genes']:,}")
     c3.metric("Values in X", str(summ["value_state"]))
     used = summ.get("counts_source") or "no raw counts found"
+    if info.get("layer"):
+        used = f"raw counts from layers['{info['layer']}'] (taken on this page)"
     st.markdown(f"**Will use:** {used}; gene identifiers: {summ.get('gene_ids')} "
                 f"(e.g. {', '.join(summ.get('example_genes', [])[:3])})")
+    if count_layers:  # one line and the button, not the reader's advice for Python and the command line
+        st.warning(f"X holds {summ['value_state']} values, not raw counts; layers['{count_layers[0]}'] holds counts: "
+                   "take them with the button below.", icon=":material/layers:")
     for p in summ.get("problems", []):
-        st.error(p)
+        if not (count_layers and "holds counts" in p):
+            st.error(p)
     for n in summ.get("notes", []):  # e.g. a table of cell annotations joined beside a 10x matrix
         st.info(n, icon=":material/table_chart:")
-    if not summ.get("counts_source"):
+    if not summ.get("counts_source") and not count_layers:
         count_models = count_model_names()
         if count_models:
             st.warning(f"No raw counts in this dataset (X holds {summ['value_state']} values, there is no "
