@@ -60,7 +60,9 @@ if ids:
     c3.download_button("Export its card (.json)", runs_ui.card_bytes(pick), file_name=f"{pick}_card.json",
                        mime="application/json", key=WidgetKeys.RUNS_CARD, on_click="ignore",
                        icon=":material/download:")
-    if c4.button("Delete this run", key=WidgetKeys.DELETE_RUN, icon=":material/delete:"):
+    gone = c4.popover("Delete this run", icon=":material/delete:")  # asked once more: a run cannot come back
+    gone.caption(f"Run `{pick}`: its results, model and log are deleted for good.")
+    if gone.button("Delete it for good", key=WidgetKeys.DELETE_RUN, type="primary"):
         from cellannot_core.runs import RunDir
 
         try:

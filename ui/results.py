@@ -134,6 +134,9 @@ def require_run() -> Run:
     if not run_id:
         st.info("Train a model (or reopen a past run) on the **Train** page first.")
         st.stop()
+    if not (runs_root() / run_id).is_dir():  # deleted (on the Runs page, maybe in another tab)
+        st.info(f"Run `{run_id}` no longer exists: it was deleted. Open another on the **Runs** page.")
+        st.stop()
     run, damaged = _current_run()
     if damaged:
         st.error(f"This run finished, but {damaged.split(': ', 1)[-1]}: its results cannot be shown. Delete it on "

@@ -71,7 +71,14 @@ def test_runs_page_lists_parameters_metrics_and_a_sweep_and_acts_on_one_run(tmp_
     assert at.session_state[StateKeys.RUN_ID] == plain
     # run again needs the data it was trained on in the session: this session has none loaded
     assert at.button(key=WidgetKeys.RUNS_RERUN).disabled
+    # asked once more before deleting (in a popover), and another tab still on the run is told it is gone
+    assert any("deleted for good" in c.value for c in at.caption)
+    other_tab = at.session_state[StateKeys.RUN_ID]
     at.button(key=WidgetKeys.DELETE_RUN).click().run()
     assert not at.exception
     assert not (Path(jobs.runs_root()) / plain).exists() and at.session_state[StateKeys.RUN_ID] is None
     assert len(at.dataframe[0].value) == 3
+    at.session_state[StateKeys.RUN_ID] = other_tab
+    at.switch_page("pages/results.py").run()
+    assert not at.exception and not at.error
+    assert any("no longer exists: it was deleted" in i.value for i in at.info)
