@@ -258,7 +258,7 @@ def _finished_run_label(root: str, run_id: str) -> str:
         return run_id
     key = (card.get("options") or {}).get("label_key")
     return (f"{run_id} · {card.get('model', '?')} · {len(card.get('classes') or [])} types"
-            + (f" from `{key}`" if key else ""))
+            + (f" from '{key}'" if key else ""))  # (a select box shows its options as plain text)
 
 
 # ------------------------------------------------------------------------------ live panel
@@ -314,7 +314,8 @@ def _panel_body(run_id: str, was_active: bool) -> None:
     if state == "failed":
         st.error(f"Training failed: {s.get('message')}")
     elif state == "cancelled":
-        st.warning(f"Training was cancelled ({s.get('message')}).")
+        msg = str(s.get("message") or "")
+        st.warning("Training was cancelled" + (f" ({msg})." if msg and "cancelled" not in msg.lower() else "."))
     elif state == "interrupted":
         st.warning(f"Training was interrupted: {s.get('message')}.")
     if state in ("failed", "cancelled", "interrupted"):

@@ -284,7 +284,8 @@ def clean_labels(
         desc = ", ".join(f"{k} ({v})" for k, v in small.head(10).items()) + (
             f" and {len(small) - 10} more" if len(small) > 10 else "")
         warns.append(
-            f"{len(small)} {name} classes with fewer than {min_cells_per_class} cells were dropped: "
+            f"{len(small)} {name} {'class' if len(small) == 1 else 'classes'} with fewer than {min_cells_per_class} "
+            f"cells {'was' if len(small) == 1 else 'were'} dropped: "
             f"{desc}; {int(small.sum())} cells (min_cells_per_class, --min-cells-per-class on the command line, "
             "lowers the minimum: such a class is learnt from very few cells)"
         )

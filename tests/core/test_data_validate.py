@@ -117,7 +117,7 @@ def test_small_classes_dropped_and_reported():
     p = _prep(ref, min_cells_per_class=10)
     assert "rare" not in p.classes and p.classes == ["type0", "type1", "type2"]
     assert p.report["reference"]["dropped_classes"] == {"rare": 4}
-    assert any("classes with fewer than 10 cells were dropped: rare (4); 4 cells (min_cells_per_class" in w for w in p.report["warnings"])
+    assert any("1 reference class with fewer than 10 cells was dropped: rare (4); 4 cells (min_cells_per_class" in w for w in p.report["warnings"])
     assert p.train.n_obs + p.val.n_obs == 296
     assert "cell0" not in set(p.train.obs_names) | set(p.val.obs_names)
 
