@@ -251,7 +251,8 @@ def roc_curve_figure(
         fig, title=title, height=460,
         xaxis=dict(title=dict(text="False positive rate"), range=[0, 1], constrain="domain"),
         yaxis=dict(title=dict(text="True positive rate"), range=[0, 1.02], scaleanchor="x", scaleratio=1),
-        legend=dict(x=0.98, y=0.05, xanchor="right", yanchor="bottom", bgcolor="rgba(255,255,255,0.7)"),
+        # below the axes: inside, it covered the curves on a narrow window
+        legend=dict(orientation="h", x=0, y=-0.2, xanchor="left", yanchor="top"),
     )
     return fig
 
@@ -321,5 +322,6 @@ def accuracy_coverage_figure(
         fig, title=title, height=420,
         xaxis=dict(title=dict(text="Coverage (fraction of cells kept)"), range=[0, 1.01], tickformat=".0%"),
         yaxis=dict(title=dict(text="Accuracy of kept cells"), tickformat=".0%"),
+        legend=dict(orientation="h", x=0, y=-0.2, xanchor="left", yanchor="top"),  # (at the right it squeezed the axes)
     )
     return fig
