@@ -23,7 +23,8 @@ view = df[df["model"].isin(shown)]
 st.caption(f"{len(view)} of {len(df)} runs, newest first. Metrics named *reference* come from held-out reference "
            "cells; *query* metrics only exist when the query carried labels. *Changed* lists the hyper-parameters "
            "that differ from the model's defaults.")
-cols = ["id", "state", "model", "model of run", "created", "changed", *runs_ui.METRICS, "sweep", "trial", "message"]
+cols = ["id", "state", "model", "model of run", "reference", "query", "created", "changed", *runs_ui.METRICS,
+        "sweep", "trial", "message"]
 config = {k: st.column_config.NumberColumn(label, format="%.4f") for k, (label, _) in runs_ui.METRICS.items()}
 config.update({"unknown_fraction": st.column_config.NumberColumn("Unknown", format="percent"),
                "train_seconds": st.column_config.NumberColumn("Training seconds", format="%.1f"),

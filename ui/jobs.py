@@ -280,7 +280,8 @@ def warm_imports() -> None:
 
 
 def start_job(reference: Any, query: Any, opts: Any, *, root: str | Path | None = None,
-              owner: str | None = None, datasets: dict[str, str] | None = None) -> str:
+              owner: str | None = None, datasets: dict[str, str] | None = None,
+              names: dict[str, str] | None = None) -> str:
     """Start training in a background thread; return the new run id.
 
     Parameters
@@ -298,6 +299,8 @@ def start_job(reference: Any, query: Any, opts: Any, *, root: str | Path | None 
     datasets
         Role -> dataset id of the session's data; recorded with the options in the run's
         ``request.json`` so a failed or interrupted run can be started again (:func:`request`).
+    names
+        Role -> the datasets' names, recorded beside them for the Runs page.
     """
     from cellannot_core.training import CancelToken
 
@@ -305,14 +308,14 @@ def start_job(reference: Any, query: Any, opts: Any, *, root: str | Path | None 
         _check_session_limit(owner)
         rd = RunDir.create(root if root is not None else runs_root(), model=opts.model, owner=owner)
         rd.set_status("queued", model=opts.model, message="starting")
-        write_request(rd, opts, datasets)
+        write_request(rd, opts, datasets, names)
         return launch(rd.id, Job(run_id=rd.id, run_dir=rd, token=CancelToken(), owner=owner), _worker,
                       reference, query, opts)
 
 
 def start_relabel_job(source_id: str, query: Any, *, query_label_key: str | None = None,
                       root: str | Path | None = None, owner: str | None = None,
-                      datasets: dict[str, str] | None = None) -> str:
+                      datasets: dict[str, str] | None = None, names: dict[str, str] | None = None) -> str:
     """Label ``query`` with the model of the finished run ``source_id`` in a background thread,
     without training (:func:`~cellannot_core.relabel.label_into_run`); return the new run id.
     The caller checks that ``owner`` may use that run. ``datasets``: as :func:`start_job`'s."""
@@ -326,7 +329,7 @@ def start_relabel_job(source_id: str, query: Any, *, query_label_key: str | None
         rd = RunDir.create(root, model=model, owner=owner)
         rd.set_status("queued", model=model, message="starting")
         write_json_atomic(rd.file(RunFiles.REQUEST), {"labelled_with": source_id, "query_label_key": query_label_key,
-                                                      "datasets": dict(datasets or {})})
+                                                      "datasets": dict(datasets or {}), "names": dict(names or {})})
         return launch(rd.id, Job(run_id=rd.id, run_dir=rd, token=CancelToken(), owner=owner), _relabel_worker,
                       source, query, query_label_key)
 
@@ -347,9 +350,11 @@ def _check_session_limit(owner: str | None) -> None:
             "after another as one job.")
 
 
-def write_request(rd: RunDir, opts: Any, datasets: dict[str, str] | None) -> None:
-    """Record what a run is started with (read back by :func:`request`, for *Run again*)."""
-    write_json_atomic(rd.file(RunFiles.REQUEST), {"options": asdict(opts), "datasets": dict(datasets or {})})
+def write_request(rd: RunDir, opts: Any, datasets: dict[str, str] | None, names: dict[str, str] | None = None) -> None:
+    """Record what a run is started with (read back by :func:`request`, for *Run again*), and the
+    names of its datasets (the Runs page's reference and query columns)."""
+    write_json_atomic(rd.file(RunFiles.REQUEST), {"options": asdict(opts), "datasets": dict(datasets or {}),
+                                                  "names": dict(names or {})})
 
 
 @dataclass(frozen=True)

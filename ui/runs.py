@@ -13,6 +13,7 @@ from typing import Any
 
 import pandas as pd
 
+from cellannot_core._constants import RunFiles
 from cellannot_core.errors import CellannotError
 from ui import jobs
 
@@ -65,11 +66,14 @@ def runs_table() -> pd.DataFrame:
         card = rd.card() or {}
         sweep = read_json(rd.file(SWEEP_FILE), {})
         sweep = sweep if isinstance(sweep, dict) else {}
+        names = read_json(rd.file(RunFiles.REQUEST), {})
+        names = names.get("names") if isinstance(names, dict) and isinstance(names.get("names"), dict) else {}
         changed = _changed_hparams(r["model"], card.get("hparams") or {})
         if sweep.get("params"):
             changed = {**changed, **sweep["params"]}
         row = {"id": r["id"], "state": r["state"], "model": r["model"] or "(not recorded)",
                "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(r["created"])) if r["created"] else "",
+               "reference": str(names.get("reference") or ""), "query": str(names.get("query") or ""),
                "seed": card.get("seed"), "message": r["message"] if r["state"] != "done" else "",
                "model of run": (card.get("labelled_with") or {}).get("run", ""),  # labelled without training
                "sweep": sweep.get("study", ""), "trial": sweep.get("trial"), "objective": sweep.get("objective", ""),

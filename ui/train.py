@@ -66,10 +66,11 @@ def start(opts: Any) -> str | None:
             if opts.source not in run_references():  # only the visitor's own finished runs
                 return f"run {opts.source} is not one of your finished runs with a saved model"
             run_id = jobs.start_relabel_job(opts.source, get(StateKeys.QUERY), query_label_key=opts.query_label_key,
-                                            owner=owner_id(), datasets={"query": session_datasets().get("query")})
+                                            owner=owner_id(), datasets={"query": session_datasets().get("query")},
+                                            names={"query": session_datasets("name").get("query")})
         else:
             run_id = jobs.start_job(get(StateKeys.REFERENCE), get(StateKeys.QUERY), opts, owner=owner_id(),
-                                    datasets=session_datasets())
+                                    datasets=session_datasets(), names=session_datasets("name"))
     except CellannotError as err:
         return str(err)
     except OSError as err:
@@ -78,10 +79,10 @@ def start(opts: Any) -> str | None:
     return None
 
 
-def session_datasets() -> dict[str, str]:
-    """Role -> id of the datasets loaded in this session."""
-    return {role: (get(key) or {}).get("id") for role, key in (("reference", StateKeys.REFERENCE_INFO),
-                                                                ("query", StateKeys.QUERY_INFO)) if get(key)}
+def session_datasets(field: str = "id") -> dict[str, str]:
+    """Role -> id (or another field of their info, e.g. ``"name"``) of the datasets loaded in this session."""
+    return {role: (get(key) or {}).get(field) for role, key in (("reference", StateKeys.REFERENCE_INFO),
+                                                                 ("query", StateKeys.QUERY_INFO)) if get(key)}
 
 
 def start_and_show(opts: Any) -> None:

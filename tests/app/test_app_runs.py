@@ -42,7 +42,7 @@ def test_runs_page_lists_parameters_metrics_and_a_sweep_and_acts_on_one_run(tmp_
     tok = at.session_state[TOKEN_KEY]
     ref, qry = demo_subset(200, 150)
     opts = AnnotateOptions(label_key=LABEL, query_label_key=LABEL, model="logreg", n_top_genes=200)
-    plain = jobs.start_job(ref, qry, opts, owner=owner_id(tok))
+    plain = jobs.start_job(ref, qry, opts, owner=owner_id(tok), names={"reference": "lung_atlas.h5ad", "query": "p1.h5ad"})
     assert jobs.wait(plain, timeout=120)["state"] == "done"
     run_sweep(ref, qry, opts, storage=Path(jobs.runs_root()) / "sweeps.db", study_name="my-sweep", n_trials=3,
               sampler="random", params=["C"], runs_dir=jobs.runs_root(), owner=owner_id(tok))
@@ -57,6 +57,8 @@ def test_runs_page_lists_parameters_metrics_and_a_sweep_and_acts_on_one_run(tmp_
     trials = table[table["sweep"] == "my-sweep"]
     assert len(trials) == 3 and trials["changed"].str.startswith("C=").all()
     assert table.loc[table["id"] == plain, "changed"].iloc[0] == ""
+    # which data each run used, by the names the Data page showed
+    assert table.loc[table["id"] == plain, ["reference", "query"]].iloc[0].tolist() == ["lung_atlas.h5ad", "p1.h5ad"]
     # the sweep's trials side by side: objective against C, and parallel coordinates
     assert at.selectbox(key=WidgetKeys.RUNS_SWEEP).value == "my-sweep"
     shown = at.dataframe[1].value
