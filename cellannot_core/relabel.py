@@ -39,11 +39,13 @@ def label_into_run(source, query, run_dir, *, query_label_key: str | None = None
     """
     from .pipeline import load_bundle
 
+    t0 = time.time()
+
     def step(message: str) -> None:
         if should_stop():
             raise Cancelled(f"cancelled before {message}")
         log(message)
-        run_dir.set_status("running", message=message)
+        run_dir.set_status("running", message=message, elapsed=time.time() - t0)
 
     try:
         step(f"loading the model of run {source.id}")
@@ -55,7 +57,7 @@ def label_into_run(source, query, run_dir, *, query_label_key: str | None = None
         step("writing results")
         _complete_card(card, source, model, bundle, preds, query_label_key, device)
         _write(run_dir, model, bundle, preds, card, adata, ref_arrays, X)
-        run_dir.set_status("done", message="finished", progress=1.0)
+        run_dir.set_status("done", message="finished", progress=1.0, elapsed=time.time() - t0)
         return preds, card
     except CellannotError as err:
         run_dir.set_status("cancelled" if isinstance(err, Cancelled) else "failed", message=str(err))

@@ -600,7 +600,8 @@ def runs_section(runs: list[dict[str, Any]]) -> None:
                                    text=np.round(agree.to_numpy(), 3), texttemplate="%{text}",
                                    hovertemplate="%{y} vs %{x}: %{z:.1%} of shared cells get the same label"
                                                  "<extra></extra>"))
-        fig.update_layout(title="Agreement: share of cells labelled the same (Unknown included)", height=380)
+        fig.update_layout(title="Agreement: share of cells labelled the same (Unknown included)", height=380,
+                          yaxis=dict(autorange="reversed"))  # rows in the columns' order, the diagonal from top left
         plot(fig, key="cmp_runs_agreement")
     if not res["unknown_by_label"].empty:
         # one column per run, named by its model and the end of its id (runs of one model must stay apart)

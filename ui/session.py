@@ -297,6 +297,8 @@ def remember_dataset(role: str, kind: str, *, name: str, dataset_id: str, data: 
         (d / f"{role}.json").unlink(missing_ok=True)  # never an old record beside a failed new copy
         if kind == "upload" and data is not None:
             _write(d / f"{role}.upload", data)
+        elif kind != "upload":  # a copy of an earlier upload is no longer what brings the role back
+            (d / f"{role}.upload").unlink(missing_ok=True)
         _write(d / f"{role}.json", json.dumps({"kind": kind, "name": name, "dataset_id": dataset_id,
                                                "path": path, "orientation": orientation, "layer": layer}).encode())
     except OSError as err:

@@ -186,6 +186,12 @@ def test_a_visitor_can_delete_their_uploaded_data_from_the_server():
         assert data_ui.handle_upload("query", small, "my cells.h5ad") is None
     kept = Path(jobs.runs_root()) / ".sessions" / owner_id(tok)
     assert (kept / "query.upload").read_bytes() == small
+    with pytest.MonkeyPatch.context() as mp:  # the query replaced by the demo's: the upload's copy goes
+        mp.setattr(data_ui.st, "session_state", at.session_state)
+        mp.setattr(data_ui.st, "query_params", {SESSION_PARAM: tok})
+        data_ui.set_dataset("query", data_ui.demo_dataset("query"), name="demo", source="demo", dataset_id="demo-query")
+        assert not (kept / "query.upload").exists()
+        assert data_ui.handle_upload("query", small, "my cells.h5ad") is None
     at = _visit(tok, page="pages/data.py")
     assert at.session_state[StateKeys.QUERY] is not None
     table = [d.value for d in at.dataframe if "kept as" in d.value.columns]

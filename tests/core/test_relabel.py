@@ -44,6 +44,7 @@ def test_a_sample_of_a_large_file_gets_every_cell_labelled_as_predict_labels_the
     rd = RunDir.create(root, model="logreg")
     card = label_into_run(source, sample, rd, query_label_key="truth")[1]
     assert rd.status()["state"] == "done" and card["n_query"] == 400
+    assert rd.status()["elapsed"] > 0  # the Train panel said "elapsed -"
     assert card["query_read_in_chunks"]["n_sample"] == 120
     assert card["query_metrics"]["n_in"] + card["query_metrics"]["n_novel"] == 400
     obs = ad.read_h5ad(rd.file(RunFiles.ANNOTATED), backed="r").obs
