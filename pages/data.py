@@ -27,7 +27,7 @@ for role, col in zip(ROLES, cols):
         if adata is None:
             st.info(f"No {role} loaded yet.")
             continue
-        summ, count_layers = data_ui.summary(info["id"], role, adata), data_ui.other_count_layers(adata)
+        summ, count_layers = data_ui.summary(info["id"], role, adata), data_ui.other_count_layers(info["id"], adata)
         dataset_summary(info, summ, count_layers)
         data_ui.orientation_control(role, adata)
         data_ui.counts_layer_control(role, count_layers)

@@ -331,12 +331,15 @@ def orientation_control(role: str, adata: Any) -> None:
             st.rerun()
 
 
-def other_count_layers(adata: Any) -> list[str]:
+@st.cache_data(show_spinner=False, max_entries=32)
+def other_count_layers(dataset_id: str, _adata: Any) -> list[str]:
     """Layers of a dataset whose X holds no counts that hold counts under a name the reader does not
-    take on trust (velocyto's 'spliced' holds counts, not all of them): the visitor names one."""
+    take on trust (velocyto's 'spliced' holds counts, not all of them): the visitor names one.
+    Cached per dataset id, as :func:`summary` (the Data page asks on every rerun)."""
     from cellannot_core.data.stream import stream_source
     from cellannot_core.data.values import COUNT_LAYERS, detect_value_state
 
+    adata = _adata
     if adata is None or stream_source(adata) is not None or detect_value_state(adata.X) == "counts":
         return []  # (a large query's chunks are read from the file, which takes X, layers['counts'] or .raw)
     return [str(k) for k in adata.layers.keys() if k not in COUNT_LAYERS
