@@ -34,6 +34,14 @@ def _series(history: Sequence[Mapping[str, Any]], key: str) -> np.ndarray:
     return out
 
 
+#: What a history key means, as the figure names it (other keys are shown as they are).
+CURVE_NAMES = {
+    "loss": "training loss", "val_loss": "validation loss", "loss_ce": "classification loss (cross-entropy)",
+    "loss_px": "generative loss (log p(x))", "loss_contrast": "contrastive loss", "val_acc": "validation accuracy",
+    "train_acc": "training accuracy", "acc": "training accuracy", "val_neg_elbo": "validation -ELBO",
+}
+
+
 def training_curves(
     history: Sequence[Mapping[str, Any]],
     *,
@@ -75,18 +83,18 @@ def training_curves(
     color_i = 0
     for k in loss_keys:
         fig.add_trace(
-            go.Scatter(x=epochs, y=_series(history, k), mode="lines+markers", name=k,
+            go.Scatter(x=epochs, y=_series(history, k), mode="lines+markers", name=CURVE_NAMES.get(k, k),
                        line=dict(color=PALETTE[color_i % len(PALETTE)], width=2), marker=dict(size=5),
-                       hovertemplate="epoch %{x}<br>" + k + " %{y:.4g}<extra></extra>"),
+                       hovertemplate="epoch %{x}<br>" + CURVE_NAMES.get(k, k) + " %{y:.4g}<extra></extra>"),
             row=1, col=1,
         )
         color_i += 1
     for k in metric_keys:
         y = _series(history, k)
         fig.add_trace(
-            go.Scatter(x=epochs, y=y, mode="lines+markers", name=k,
+            go.Scatter(x=epochs, y=y, mode="lines+markers", name=CURVE_NAMES.get(k, k),
                        line=dict(color=PALETTE[color_i % len(PALETTE)], width=2), marker=dict(size=5),
-                       hovertemplate="epoch %{x}<br>" + k + " %{y:.4g}<extra></extra>"),
+                       hovertemplate="epoch %{x}<br>" + CURVE_NAMES.get(k, k) + " %{y:.4g}<extra></extra>"),
             row=2, col=1,
         )
         color_i += 1

@@ -248,7 +248,11 @@ def test_training_curves():
             {"loss": 0.6, "val_loss": 0.9, "val_acc": 0.7, "lr": 1e-3},
             {"loss": 0.4, "val_loss": 0.8, "val_acc": 0.8, "lr": 1e-3}]
     fig = training_curves(hist)
-    assert [t.name for t in fig.data] == ["loss", "val_loss", "val_acc"]
+    assert [t.name for t in fig.data] == ["training loss", "validation loss", "validation accuracy"]
+    # the energy models' parts in words, not their log keys (loss_ce, loss_px); unknown keys as they are
+    parts = training_curves([{"loss_ce": 1.0, "loss_px": 2.0, "loss_other": 3.0}])
+    assert [t.name for t in parts.data] == ["classification loss (cross-entropy)", "generative loss (log p(x))",
+                                            "loss_other"]
     assert list(fig.data[0].x) == [1, 2, 3] and list(fig.data[2].y) == [0.5, 0.7, 0.8]
     assert fig.data[2].yaxis == "y2" and fig.layout.xaxis2.title.text == "Epoch"
     only_loss = training_curves([{"loss": 1.0}, {"loss": float("nan")}])
