@@ -31,7 +31,10 @@ for title, ok, page, detail in steps:
 
 st.subheader("Try the demo")
 st.markdown(data_ui.DEMO["note"])
-st.button("Try the demo", type="primary", key=WidgetKeys.DEMO_BUTTON, icon=":material/science:", on_click=data_ui.load_demo)
+own = [str((get(k) or {}).get("name")) for k in (StateKeys.REFERENCE_INFO, StateKeys.QUERY_INFO)
+       if get(k) and (get(k) or {}).get("source") != "demo"]  # the visitor's own datasets, which the demo replaces
+st.button("Try the demo" + (" (replaces " + " and ".join(own) + ")" if own else ""), type="primary",
+          key=WidgetKeys.DEMO_BUTTON, icon=":material/science:", on_click=data_ui.load_demo)
 if get(StateKeys.DEMO):
     st.success("Demo data loaded (label column `cell_type_harmonized`). Next: the **Train** page.")
     st.page_link("pages/train.py", label="Go to training", icon=":material/arrow_forward:")

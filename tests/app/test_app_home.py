@@ -38,6 +38,14 @@ def test_try_the_demo_loads_the_pair():
     text = " ".join(m.value for m in at.markdown)
     assert "licence" in text.lower() or "CC BY 4.0" in text  # provenance + licence shown
     assert ":material/check_circle:] reference and query loaded" in text
+    assert at.button(key=WidgetKeys.DEMO_BUTTON).label == "Try the demo"  # nothing of the visitor's to replace
+
+
+def test_the_demo_button_says_which_of_the_visitors_datasets_it_replaces():
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    at.session_state[StateKeys.REFERENCE_INFO] = {"id": "x", "name": "my_atlas.h5ad", "source": "upload"}
+    at.run()
+    assert at.button(key=WidgetKeys.DEMO_BUTTON).label == "Try the demo (replaces my_atlas.h5ad)"
 
 
 def test_unknown_run_in_url_is_ignored():
