@@ -194,6 +194,8 @@ def figure(df: pd.DataFrame, color_by: str, method: str, classes: list[str]) -> 
 
     cont = color_by in CONTINUOUS
     cats = classes if color_by in ("true", "predicted") else None
+    if color_by == "dataset":  # the reference drawn first, underneath: the query is what the view is for
+        cats = ["reference", "query", "generated"]
     hover = df[["dataset", "true", "predicted"]].rename(columns={"true": "true label", "predicted": "predicted"})
     name = METHODS[method].split(" ")[0]
     return latent_scatter(df[["x", "y"]].to_numpy(), df[color_by].to_numpy(), symbol=df["marker"].to_numpy(),

@@ -59,6 +59,9 @@ def test_point_table_has_generated_cells_as_markers(run):
     assert df.loc[df["dataset"] == "reference", "confidence"].isna().all()
     fig = lat.figure(df, "predicted", "pca", r.classes)
     assert all(t.type == "scattergl" for t in fig.data)
+    # coloured by dataset, the reference is drawn first (underneath), the query over it
+    names = [t.name for t in lat.figure(df, "dataset", "pca", r.classes).data]
+    assert names.index("reference") < names.index("query"), names
 
 
 def _latent_page(run_id: str) -> AppTest:
