@@ -171,7 +171,11 @@ def training_form() -> Any | None:
 
     names = model_names()
     unavailable = {n for n in names if get_spec(n).unavailable_reason()}
-    model = st.selectbox("Model", names, key=WidgetKeys.MODEL,
+    try:  # after a reload the picker starts at the shown run's model, not the default
+        shown = jobs.run_status(get(StateKeys.RUN_ID)).get("model") if get(StateKeys.RUN_ID) else None
+    except CellannotError:
+        shown = None
+    model = st.selectbox("Model", names, key=WidgetKeys.MODEL, index=names.index(shown) if shown in names else 0,
                          format_func=lambda n: n + ("  (recommended)" if n == names[0] else "")
                          + ("  (unavailable here)" if n in unavailable else ""))
     spec = get_spec(model)

@@ -27,7 +27,7 @@ def _runs(tmp_path, monkeypatch):
     monkeypatch.setenv("CELLANNOT_RUNS", str(tmp_path / "runs"))
 
 
-def _train_page(pair, label_key: str = LABEL) -> AppTest:
+def _train_page(pair, label_key: str = LABEL, run_id: str | None = None) -> AppTest:
     ref, qry = pair
     at = AppTest.from_file(APP, default_timeout=60).run()
     at.session_state[StateKeys.REFERENCE] = ref
@@ -37,6 +37,8 @@ def _train_page(pair, label_key: str = LABEL) -> AppTest:
                                  "n_cells": a.n_obs, "n_genes": a.n_vars}
     at.session_state[StateKeys.LABEL_KEY] = label_key
     at.session_state[StateKeys.QUERY_LABEL_KEY] = LABEL
+    if run_id is not None:
+        at.session_state[StateKeys.RUN_ID] = run_id
     return at.switch_page("pages/train.py").run()
 
 
@@ -106,6 +108,8 @@ def test_training_job_then_result_pages(tiny_pair):
     assert not at.exception
     labels = [m.label for m in at.metric]
     assert "Validation accuracy" in labels and "Called Unknown" in labels
+    again = _train_page(tiny_pair, run_id=run_id)  # a reload (no widget state) showing this run: its model picked
+    assert again.selectbox(key=WidgetKeys.MODEL).value == "resnet"
     at.switch_page("pages/runs.py").run()  # the list of past runs
     assert not at.exception
     assert any(run_id in df.value["id"].tolist() for df in at.dataframe)
