@@ -21,7 +21,8 @@ unmasked); a link opened in a browser the session has not seen shows what it is 
 
 The Compare page keeps its last jobs' records in the same folder (:func:`ui.compare.record_path`).
 With ``$CELLANNOT_SESSION_DAYS`` set, what the server keeps of a session's datasets is deleted
-once the session has not been opened for that many days (:func:`expire_sessions`); runs stay.
+once the session has not been opened for that many days (:func:`expire_sessions`), and so is a
+browser's record of its last session; runs stay.
 """
 from __future__ import annotations
 
@@ -145,6 +146,7 @@ def remember_browser_session(tok: str) -> None:
     sealed = bytes(b ^ key[i] for i, b in enumerate(tok.encode())).hex()
     try:
         if path.is_file() and path.read_text().strip() == sealed:
+            os.utime(path)  # used now: what keeps it from expiring (expire_sessions)
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         _write(path, sealed.encode())
@@ -160,6 +162,7 @@ def browser_session() -> str | None:
     path, key = found
     try:
         sealed = bytes.fromhex(path.read_text().strip())
+        os.utime(path)  # used now: what keeps it from expiring (expire_sessions)
     except (OSError, ValueError):
         return None
     if len(sealed) > len(key):
@@ -382,6 +385,13 @@ def expire_sessions(days: float, *, now: float | None = None) -> list[str]:
                 removed.append(d.name)
         except OSError:  # another server process removed it first, or it cannot be removed
             continue
+    browsers = default_root() / BROWSERS_DIR  # each browser's last session, by the same clock
+    try:
+        for f in list(browsers.iterdir()) if browsers.is_dir() else []:
+            if f.is_file() and not f.is_symlink() and f.stat().st_mtime < cutoff:
+                f.unlink(missing_ok=True)
+    except OSError:
+        pass
     return removed
 
 

@@ -237,7 +237,11 @@ def test_kept_datasets_expire_after_the_days_the_server_is_set_to(monkeypatch):
     back = _visit(tok_old, run=run_old, page="pages/data.py")
     assert back.session_state[StateKeys.QUERY] is None and back.session_state[StateKeys.RUN_ID] == run_old
     assert session.expire_sessions(7, now=time.time()) == []  # the recent one was opened today
+    browsers = Path(jobs.runs_root()) / session.BROWSERS_DIR  # a browser's record of its last session
+    browsers.mkdir(parents=True, exist_ok=True)
+    (browsers / ("a" * 32)).write_text("00")
     assert session.expire_sessions(7, now=time.time() + 8 * 86400) == [owner_id(tok_recent)]
+    assert not list(browsers.iterdir())  # expired by the same clock
 
 
 def test_a_full_disk_keeps_the_upload_loaded_and_says_a_reload_will_not_bring_it_back(monkeypatch):
