@@ -1119,10 +1119,10 @@ def load_bundle(model_dir: str | Path, *, device: str = "auto") -> tuple[Any, di
     if not model_dir.exists():
         raise DataError(f"the model folder {model_dir} does not exist; pass a directory written by `train` or "
                         "--save-model")
-    if model_dir.is_file() and not model_dir.name.lower().endswith(MODEL_ARCHIVES):
-        raise DataError(f"{model_dir} is a file, not a saved model: pass the folder written by `train`, "
-                        "--save-model or Annotator.save (or the app's \"Model bundle (.zip)\" download)")
-    if model_dir.is_file() and model_dir.name.lower().endswith(MODEL_ARCHIVES):
+    if model_dir.is_file():
+        if not model_dir.name.lower().endswith(MODEL_ARCHIVES):
+            raise DataError(f"{model_dir} is a file, not a saved model: pass the folder written by `train`, "
+                            "--save-model or Annotator.save (or the app's \"Model bundle (.zip)\" download)")
         return _load_bundle_archive(model_dir, device)
     return _load_bundle_dir(model_dir, device)
 

@@ -286,7 +286,6 @@ def load_model(directory: str | os.PathLike, *, device: str = "auto") -> Model:
     from safetensors.numpy import load_file
 
     from ..errors import DataError
-
     from ..training.device import resolve_device
 
     resolve_device(device)  # a GPU this machine lacks is said as such, not as a damaged model
