@@ -369,7 +369,8 @@ def run_card(model, prepared: Prepared, opts: AnnotateOptions, preds: Prediction
                               + (f", scaled by {preds.shift_factor:.3f} = median(query score) / median(validation "
                                  "score) to allow for the study/technology shift" if preds.shift_factor != 1.0 else "")
                               + ("; overridden by the user" if opts.threshold is not None else "") + "."),
-                      **study_shift_of(model, samples), **scores_note(model, preds), **far_query_note(preds)},
+                      **study_shift_of(model, samples), **scores_note(model, preds), **far_query_note(preds),
+                      **threshold_note(model, opts.threshold, preds)},
         "validation": model.calibration,
         **class_notes(model, preds),
         "training": {k: v for k, v in hist.items() if k != "epochs"} | {"n_epochs": len(hist.get("epochs", [])),
@@ -401,6 +402,19 @@ def far_query_note(preds: Predictions) -> dict[str, str]:
                          "of the reference's types, and a query of another tissue, or mostly of types the reference "
                          "lacks, then passes as known: check the reference covers the query's cell types before "
                          "trusting the labels or the share called Unknown"}
+
+
+def threshold_note(model, threshold: float | None, preds: Predictions) -> dict[str, str]:
+    """``{"threshold_note": ...}`` when a threshold given by hand lies below every query cell's novelty
+    score, so that every cell is Unknown: nobody wants that, and a negative or mistyped threshold
+    would otherwise do it without a word (infinity, calling nobody Unknown, is a choice)."""
+    scores = np.asarray(preds.ood_score)
+    if threshold is None or not len(scores) or not bool((scores > float(threshold)).all()):
+        return {}
+    return {"threshold_note": f"the threshold given ({float(threshold):.4g}) is below every query cell's "
+                              f"{model.ood_method} novelty score (lowest {float(scores.min()):.4g}), so every cell is "
+                              f"Unknown; the model's own threshold is {float(model.threshold):.4g} on the reference's "
+                              "held-out cells: give a larger one, or none for the model's own"}
 
 
 def scores_note(model, preds: Predictions) -> dict[str, str]:
@@ -640,8 +654,9 @@ def log_class_notes(card: dict[str, Any], log: Callable[[str], None]) -> None:
         log(f"note: {card['unseen_query']}")
     if (card.get("rejection") or {}).get("query_shift_not_estimated"):
         log(f"note: {card['rejection']['query_shift_not_estimated']}")
-    if (card.get("rejection") or {}).get("far_query"):
-        log(f"warning: {card['rejection']['far_query']}")
+    for key in ("far_query", "threshold_note"):
+        if (card.get("rejection") or {}).get(key):
+            log(f"warning: {card['rejection'][key]}")
 
 
 def log_shifted_classes(rows: list[dict[str, Any]], log: Callable[[str], None]) -> None:
@@ -1464,7 +1479,7 @@ def predict_query_input(model, bundle: dict[str, Any], query, *, threshold: floa
     split, report = model_input(model, bundle, qry, log)
     samples = bundle_samples(bundle, qry.obs)
     preds, groups = label_query(model, split.X, genes=bundle["genes"], threshold=threshold, samples=samples)
-    card = prediction_card(model, preds, report, samples) | {"unknown_groups": groups}
+    card = prediction_card(model, preds, report, samples, threshold) | {"unknown_groups": groups}
     log_unknown_groups(groups, log)
     log_class_notes(card, log)
     predicted_query_metrics(card, labels, preds, model, query_label_key, log)
@@ -1522,13 +1537,15 @@ def bundle_samples(bundle: dict[str, Any], obs: pd.DataFrame) -> QuerySamples | 
 
 
 def prediction_card(model, preds: Predictions, report: dict[str, Any],
-                    samples: QuerySamples | None = None) -> dict[str, Any]:
-    """The run card of a query labelled with a saved model."""
+                    samples: QuerySamples | None = None, threshold: float | None = None) -> dict[str, Any]:
+    """The run card of a query labelled with a saved model (``threshold``: the one given by hand)."""
     return {"model": model.name, "hparams": model.hparams, "classes": list(model.classes),
             "temperature": model.temperature, "rejection": {"method": model.ood_method, "threshold": preds.threshold,
                                                              "validation_threshold": model.threshold,
                                                              "shift_factor": preds.shift_factor,
-                                                             **study_shift_of(model, samples)},
+                                                             "threshold_overridden": threshold is not None,
+                                                             **study_shift_of(model, samples), **far_query_note(preds),
+                                                             **threshold_note(model, threshold, preds)},
             "query_report": report, "cellannot_version": __version__,
             **({"unseen_query": note} if (note := unseen_query_note(model)) else {}),
             **class_notes(model, preds),

@@ -251,7 +251,7 @@ def stream_label(model, bundle: dict[str, Any], rows: H5adRows, *, threshold: fl
     log(report["message"])
     log_warnings(report, log)
     groups = report.pop("unknown_groups", [])
-    card = prediction_card(model, preds, report, samples) | {"unknown_groups": groups}
+    card = prediction_card(model, preds, report, samples, threshold) | {"unknown_groups": groups}
     log_unknown_groups(groups, log)
     log_class_notes(card, log)
     predicted_query_metrics(card, labels, preds, model, query_label_key, log)

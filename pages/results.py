@@ -26,8 +26,9 @@ if qm.get("acc_in") is not None:
     m[3].metric("Accuracy on known types", f"{qm['acc_in']:.1%}",
                 help="Against the query's own labels, cells of reference types only")
 
-if far := (card.get("rejection") or {}).get("far_query"):
-    st.warning(far[0].upper() + far[1:] + ".", icon=":material/warning:")
+for key in ("far_query", "threshold_note"):
+    if warn := (card.get("rejection") or {}).get(key):
+        st.warning(warn[0].upper() + warn[1:] + ".", icon=":material/warning:")
 if card.get("unknown_by_sample"):
     st.info(card["unknown_by_sample"]["note"], icon=":material/lightbulb:")
 if note := cal.decisions_note(run):

@@ -215,11 +215,18 @@ def test_a_saved_model_is_measured_against_a_querys_own_labels(pair, tmp_path):
     assert list(q.obs.columns) == before and not (tmp_path / "o3.h5ad").exists()
 
 
-def test_predict_in_place_and_threshold_override(pair):
+def test_predict_in_place_and_threshold_override(pair, monkeypatch):
+    from cellannot_core import pipeline
+
     ref, query = pair
     annotator = ca.train(ref, **_opts())
     q = query.copy()
     assert annotator.predict(q, threshold=float("inf")) is None
+    rejection = q.uns["cellannot"]["rejection"]
+    assert "threshold_note" not in rejection and "far_query" not in rejection  # neither applies here
+    # a saved model's labels carry the far-query warning too (found 2026-12-07: only annotate's card had it)
+    monkeypatch.setattr(pipeline, "FAR_QUERY_FACTOR", 0.0)
+    assert "far_query" in annotator.predict(q, copy=True).uns["cellannot"]["rejection"]
     with pytest.raises(ConfigError, match="threshold must be a number"):  # NaN called no cell Unknown, silently
         annotator.predict(q, threshold=float("nan"))
     assert not q.obs["cellannot_is_unknown"].any()

@@ -290,6 +290,9 @@ def test_train_then_predict(capsys, files, tmp_path):
     groups = ad.read_h5ad(out).uns[OutKeys.UNS]["unknown_groups"]
     assert sum(int(g["n_cells"]) for g in groups.values()) == 80  # grouped by predicted class (not knn_class)
     assert "Unknown group of" in err and "against the reference's" in err
+    # ... and says so once, with the model's own threshold (found 2026-12-07: -1 did it silently)
+    note = ad.read_h5ad(out).uns[OutKeys.UNS]["rejection"]["threshold_note"]
+    assert "is below every query cell's" in note and err.count("warning: the threshold given (-1e+09)") == 1
     # predicting on a query with other gene names fails cleanly
     code, _, err = run_main(capsys, "predict", "--model", model_dir, "--query", files["other_genes"],
                             "--out", tmp_path / "x.h5ad", "--device", "cpu")
