@@ -252,7 +252,7 @@ def cmd_annotate(args) -> int:
 
 def cmd_train(args) -> int:
     from .data import read_dataset
-    from .pipeline import bundle_info, prepare_data, save_bundle, train_model
+    from .pipeline import bundle_info, log_warnings, prepare_data, save_bundle, train_model
     from .training import PrintProgress
 
     from .training import distributed
@@ -268,6 +268,8 @@ def cmd_train(args) -> int:
     ref = ref if not isinstance(ref, (str, Path)) else read_dataset(ref, name="reference")
     qry = ref if qry is None else qry if not isinstance(qry, (str, Path)) else read_dataset(qry, name="query")
     prepared = prepare_data(ref, qry, opts)
+    if main_process:
+        log_warnings(prepared.report, _log)
     model = train_model(prepared, opts, [PrintProgress(_log)] if main_process else [])
     if not main_process:  # rank 0 writes the bundle
         return 0
@@ -396,7 +398,7 @@ def cmd_benchmark(args) -> int:
     from .compare import compare_models
     from .errors import ConfigError
     from .models import get_spec, resolve_hparams
-    from .pipeline import AnnotateOptions, check_not_an_input, check_writable, prepare_data, write_atomic
+    from .pipeline import AnnotateOptions, check_not_an_input, check_writable, log_warnings, prepare_data, write_atomic
     from .training import PrintProgress
 
     for name in args.models:  # fail fast: unknown or unavailable models, before reading data
@@ -420,6 +422,7 @@ def cmd_benchmark(args) -> int:
                            n_top_genes=args.n_top_genes, min_cells_per_class=args.min_cells_per_class,
                            min_shared_genes=args.min_shared_genes, accept=args.accept, batch_key=args.batch_key)
     prepared = prepare_data(args.reference, args.query, opts)
+    log_warnings(prepared.report, _log)
     table = compare_models(prepared, args.models, seed=args.seed, device=args.device, hparams_by_model=by_model,
                            max_epochs=args.max_epochs, accept=args.accept, callbacks=[PrintProgress(_log)], log=_log)
     where = table["evaluated_on"].dropna().unique()

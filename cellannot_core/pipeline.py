@@ -121,6 +121,7 @@ class Predictions:
 def prepare_data(reference, query, opts: AnnotateOptions) -> Prepared:
     """Validate and align a reference / query pair (paths or AnnData)."""
     from .data import prepare, read_dataset
+    from .models import get_spec
 
     ref = reference if not isinstance(reference, (str, Path)) else read_dataset(reference, name="reference")
     qry = query if not isinstance(query, (str, Path)) else read_dataset(query, name="query")
@@ -129,6 +130,11 @@ def prepare_data(reference, query, opts: AnnotateOptions) -> Prepared:
                        min_cells_per_class=opts.min_cells_per_class, min_shared_genes=opts.min_shared_genes,
                        seed=opts.seed, qc=opts.qc, batch_key=opts.batch_key, hvg_from=opts.hvg_from,
                        hvg_flavor=opts.hvg_flavor)
+    if opts.batch_key and opts.model and "n_batches" not in get_spec(opts.model).hparams:
+        prepared.report.setdefault("warnings", []).append(
+            f"{opts.model} takes no batch covariate: the batch key {opts.batch_key!r} only names the query's samples "
+            "(the Unknown rule's per-sample shifts and notes); the generative models, such as scanvi_svm, also "
+            "train with it")
     return with_training_sample(prepared, opts.seed)
 
 

@@ -270,7 +270,7 @@ def run_sweep(reference, query, opts, *, storage: str | Path, study_name: str, n
     import optuna
 
     from .data import read_dataset
-    from .pipeline import annotate, prepare_data, train_model
+    from .pipeline import annotate, log_warnings, prepare_data, train_model
     from .runs import RunDir, read_json, write_json_atomic
 
     if objective not in OBJECTIVES:
@@ -296,6 +296,8 @@ def run_sweep(reference, query, opts, *, storage: str | Path, study_name: str, n
         resumed = int(np.random.SeedSequence([opts.seed, len(study.trials)]).generate_state(1)[0])
         study.sampler = _sampler(sampler, space, resumed)
     prepared = None if runs_dir is not None else prepare_data(ref, qry, opts)
+    if prepared is not None:
+        log_warnings(prepared.report, log)
 
     def complete() -> int:
         return sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.get_trials(deepcopy=False))

@@ -299,6 +299,26 @@ def test_train_then_predict(capsys, files, tmp_path):
     assert_one_error(code, err, "genes")
 
 
+def test_train_says_what_reading_the_reference_did(capsys, tmp_path):
+    """Found 2026-12-07: ``train`` (and ``benchmark``) dropped a class of too few cells without a word,
+    where ``annotate`` says so; and a batch key given to a model with no batch covariate is named for
+    what it does there."""
+    ref = make_synthetic(240, 60, 3, seed=1)
+    ref.obs[LABEL] = ref.obs[LABEL].cat.add_categories(["rare"])
+    ref.obs.iloc[:4, 0] = "rare"
+    ref.obs["sample"] = np.where(np.arange(ref.n_obs) % 2, "a", "b")
+    refp = _write(ref, tmp_path / "ref.h5ad")
+    code, _, err = run_main(capsys, "train", "--reference", refp, "--label-key", LABEL, "--save-model",
+                            tmp_path / "m", "--batch-key", "sample", *FAST)
+    assert code == 0, err
+    assert "warning: 1 reference class with fewer than 10 cells was dropped: rare (4)" in err
+    assert "warning: resnet takes no batch covariate: the batch key 'sample' only names" in err
+    code, _, err = run_main(capsys, "benchmark", "--reference", refp, "--query", refp, "--label-key", LABEL,
+                            "--models", "logreg", "--n-top-genes", "50", "--min-shared-genes", "20", "--device", "cpu")
+    assert code == 0, err
+    assert "dropped: rare (4)" in err
+
+
 def test_an_unwritable_output_fails_before_training_in_one_line(tmp_path):
     """Issue 14: writability was checked only after training; PermissionError / FileExistsError
     came out as 'internal error'."""
