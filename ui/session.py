@@ -85,14 +85,24 @@ def token() -> str:
     return tok
 
 
+#: :func:`browser_id` of a browser that sends no XSRF cookie (it refuses cookies, or the server's
+#: XSRF protection is off): it cannot be told from another such browser, so it is never taken for
+#: one a session has seen (found 2026-12-07: a link made in a browser without the cookie recorded no
+#: browser, and was then taken silently by the colleague it was sent to, and back by its maker)
+NO_COOKIE = "no-cookie"
+
+
 def browser_id() -> str | None:
     """A hash of this browser's XSRF token (the cookie's token unmasked: Streamlit re-masks it on
-    every page load), or None when there is none (XSRF protection off, tests without a browser)."""
+    every page load); :data:`NO_COOKIE` for a browser that sends none; None without a browser
+    (no script context, Streamlit's AppTest, whose client is a mock)."""
     try:
         raw = st.context.cookies.get(BROWSER_COOKIE)
     except Exception:  # noqa: BLE001 - no script context
         return None
-    return browser_hash(raw) if isinstance(raw, str) else None  # (AppTest's client is a mock)
+    if raw is None:
+        return NO_COOKIE
+    return (browser_hash(raw) or NO_COOKIE) if isinstance(raw, str) else None
 
 
 def browser_secret(cookie: str) -> bytes | None:
@@ -186,14 +196,16 @@ def _on_server(tok: str) -> bool:
 
 
 def _seen_here(tok: str) -> bool:
-    """Whether this browser may take ``tok``'s session without asking: it used it before, the
-    session has no browser on record (made before browsers were recorded) or this browser cannot
-    be told apart from another."""
+    """Whether this browser may take ``tok``'s session without asking: it is on the session's record
+    of browsers, or there is no browser (AppTest). A browser without a cookie (:data:`NO_COOKIE`) is
+    always asked, and so is every browser at a session with no browser on record."""
     from cellannot_core.runs import read_json
 
     me = browser_id()
+    if me is None:
+        return True
     seen = read_json(_session_dir_of(tok) / BROWSERS_FILE, [])
-    return me is None or not isinstance(seen, list) or not seen or me in seen
+    return me != NO_COOKIE and isinstance(seen, list) and me in seen
 
 
 def note_browser(tok: str) -> None:
@@ -481,7 +493,9 @@ def link_notice() -> None:
         st.warning(
             f"**This link opens a session that another browser used** ({what}; {runs}). Open it only if it "
             "is yours: you used this link in another browser, or your browser was restarted. If someone "
-            "sent you the link, start your own session: what you load into theirs, they would see.",
+            "sent you the link, start your own session: what you load into theirs, they would see."
+            + (" Your browser sends this server no cookie, so it cannot be told from another browser and is "
+               "asked each time." if browser_id() == NO_COOKIE else ""),
             icon=":material/link:")
         left, right = st.columns(2)
         left.button("Start my own session", key=WidgetKeys.LINK_NEW, type="primary", on_click=open_pending,

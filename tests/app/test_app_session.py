@@ -160,6 +160,40 @@ def test_a_link_another_browser_used_asks_before_opening_its_session(monkeypatch
     assert stranger.session_state[TOKEN_KEY] != "x" * 30
 
 
+def test_a_browser_without_a_cookie_neither_hands_on_nor_takes_a_session_silently(monkeypatch):
+    """Found 2026-12-07 (a probe of the app served to a lab): a session begun in a browser that sent no
+    XSRF cookie had no browser on record, so the colleague its link was sent to took it without a
+    question, uploaded into it, and the link's maker, reopening it, saw the upload. Such a browser is
+    now recorded as one without a cookie and asked at every link, and so is any browser at a session
+    with no browser on record."""
+    from ui import session
+    from ui.session import BROWSERS_FILE, NO_COOKIE, PENDING_KEY
+
+    me = {"id": NO_COOKIE}
+    monkeypatch.setattr(session, "browser_id", lambda: me["id"])
+    maker = AppTest.from_file(APP, default_timeout=60).run()
+    maker.button(key=WidgetKeys.DEMO_BUTTON).click().run()
+    tok = maker.session_state[TOKEN_KEY]
+    me["id"] = "browser-v"  # the colleague's browser, sent the link
+    victim = _visit(tok, page=None)
+    assert victim.session_state[TOKEN_KEY] != tok and PENDING_KEY in victim.session_state
+    assert any("another browser used" in w.value for w in victim.warning)
+    me["id"] = NO_COOKIE  # the maker, at their own link again: asked too, told why
+    again = _visit(tok, page=None)
+    assert again.session_state[TOKEN_KEY] != tok and again.session_state[StateKeys.REFERENCE] is None
+    assert any("sends this server no cookie" in w.value for w in again.warning)
+    (Path(jobs.runs_root()) / ".sessions" / owner_id(tok) / BROWSERS_FILE).unlink()  # no browser on record
+    me["id"] = "browser-v"
+    assert _visit(tok, page=None).session_state[TOKEN_KEY] != tok
+    monkeypatch.undo()  # what a browser sending no cookie is taken for (a real server's cookies are a mapping)
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(session, "st", SimpleNamespace(context=SimpleNamespace(cookies={})))
+    assert session.browser_id() == NO_COOKIE
+    monkeypatch.setattr(session, "st", SimpleNamespace(context=SimpleNamespace(cookies={"_streamlit_xsrf": "abc"})))
+    assert session.browser_id() == session.browser_hash("abc") not in (None, NO_COOKIE)
+
+
 def test_a_browser_is_told_by_its_xsrf_token_whatever_the_mask():
     from streamlit.web.server.starlette.starlette_app_utils import generate_xsrf_token_string
 
