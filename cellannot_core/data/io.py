@@ -358,13 +358,17 @@ def guard_hdf5(path: Path, label: str, *, whole: tuple[str, ...] | None = None) 
     import h5py
 
     limit = memory_limit_bytes()
-    total = n_objects = 0
+    total = n_objects = n_text = 0  # n_text: variable-length elements (strings), whose size only reading tells
     problem: list[str] = []
     tiny: list[tuple[str, int]] = []  # datasets stored in countless tiny chunks (name, values per chunk)
     groups: set[int] = set()  # the groups seen, by object
 
+    def text_in_attrs(obj) -> int:
+        return sum(int(np.prod(a.shape, dtype=np.float64)) if a.shape else 1
+                   for a in (obj.attrs.get_id(k) for k in obj.attrs) if a.dtype.hasobject)
+
     def visit(name: str, link) -> bool | None:
-        nonlocal total, n_objects
+        nonlocal total, n_objects, n_text
         n_objects += 1
         if n_objects > HDF5_MAX_OBJECTS:
             return True  # h5py stops walking
@@ -390,9 +394,13 @@ def guard_hdf5(path: Path, label: str, *, whole: tuple[str, ...] | None = None) 
                 tiny.append((name[:60], int(np.prod(obj.chunks, dtype=np.float64))))
             elif whole is None or any(name == w or name.startswith(w + "/") for w in whole):
                 total += int(np.prod(obj.shape, dtype=np.float64)) * obj.dtype.itemsize if obj.shape else 0
+                n_text += int(np.prod(obj.shape, dtype=np.float64)) if obj.dtype.hasobject else 0
+        if obj is not None:
+            n_text += text_in_attrs(obj)
         return True if problem else None
 
     with h5py.File(path, "r") as f:  # a file h5py cannot open fails here, as read_dataset reports it
+        n_text += text_in_attrs(f)
         f.visititems_links(visit)
     if n_objects > HDF5_MAX_OBJECTS:
         raise DataError(f"{label} is refused: it holds more than {HDF5_MAX_OBJECTS:,} HDF5 groups, datasets and links, "
@@ -409,6 +417,39 @@ def guard_hdf5(path: Path, label: str, *, whole: tuple[str, ...] | None = None) 
         raise DataError(f"{label} expands to {total / 1024**3:.1f} GiB in memory, above this server's limit of "
                         f"{limit / 1024**3:.1f} GiB (CELLANNOT_MEMORY_LIMIT_GB): subsample the cells or keep fewer "
                         "genes, or run it on a machine with more memory.")
+    # each string may point at any stored one, so at most the file's size each: measured when that could pass
+    if n_text * float(path.stat().st_size) > limit - total:
+        _guard_hdf5_text(path, label, limit - total, whole)
+
+
+#: seconds the child measuring a file's strings may take (a million cells' names take about a second)
+HDF5_TEXT_SECONDS = 300.0
+
+
+def _guard_hdf5_text(path: Path, label: str, budget: int, whole: tuple[str, ...] | None) -> None:
+    """Refuse a file whose variable-length strings and attributes expand past ``budget`` bytes, measured
+    by reading them in a child process held to that much memory (:mod:`.h5text`)."""
+    import os
+    import subprocess
+    import sys
+
+    from . import h5text
+
+    cmd = [sys.executable, "-I", h5text.__file__, str(path), str(max(int(budget), 0)), ",".join(whole or ())]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=HDF5_TEXT_SECONDS,
+                              env=dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1"))
+    except subprocess.TimeoutExpired:
+        raise DataError(f"{label} is refused: reading its names and other text took more than "
+                        f"{HDF5_TEXT_SECONDS:.0f} s, where a million cells' take about a second; save it again with "
+                        "anndata (adata.write_h5ad) and load that.") from None
+    except OSError:  # no child process on this system: the reader goes on as before
+        return
+    if done.returncode == h5text.OVER or done.returncode < 0:  # (< 0: killed, e.g. out of memory)
+        raise DataError(f"{label} is refused: its names and other text expand past this server's memory limit of "
+                        f"{memory_limit_bytes() / 1024**3:.1f} GiB (CELLANNOT_MEMORY_LIMIT_GB) once read: many of its "
+                        "strings share one long stored string, or it holds far more text than an AnnData does; save "
+                        "the data again with anndata (adata.write_h5ad) and load that.")
 
 
 #: the names MuData files give their RNA modality (muon, scvi-tools, CITE-seq and multiome pipelines)

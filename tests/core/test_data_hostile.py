@@ -248,3 +248,48 @@ def test_a_file_stored_in_countless_tiny_chunks_is_refused_before_it_is_read(pla
     msg = _check_refused(evil, "chunks of 1 value each")
     assert "write_h5ad" in msg
     assert read_dataset(plain, name="reference").n_obs == 60  # anndata's own chunks are far from it
+
+
+def _names_sharing_one_string(plain: Path, path: Path, length: int) -> Path:
+    """``plain`` with its obs names all pointing at one stored string of ``length`` characters: an
+    HDF5 variable-length element is a pointer into the file's heap, and any number may share one."""
+    import shutil
+
+    shutil.copy(plain, path)
+    with h5py.File(path, "r+") as f:
+        attrs = dict(f["obs/_index"].attrs)
+        n = f["obs/_index"].shape[0]
+        del f["obs/_index"]
+        values = np.array(["Q" * length] + [f"c{i}" for i in range(1, n)], dtype=object)
+        d = f["obs"].create_dataset("_index", data=values, dtype=h5py.string_dtype("utf-8"))
+        d.attrs.update(attrs)
+        offset = d.id.get_offset()
+    with open(path, "r+b") as fh:  # every element's pointer made the first one's
+        fh.seek(offset)
+        first = fh.read(16)
+        fh.seek(offset)
+        fh.write(first * n)
+    with h5py.File(path, "r") as f:
+        assert len(f["obs/_index"][n - 1]) == length  # the file is what the test means
+    return path
+
+
+def test_strings_sharing_one_stored_string_are_counted_as_read(plain, tmp_path, monkeypatch):
+    """Found 2026-12-07 (a probe of the app served to a lab): strings were counted at 8 bytes each,
+    the pointer's size, so a 1.5 MB .h5ad whose 3,000 obs names all pointed at one 1 MB string read
+    as 3 GB against a 1 GB limit. They are now read, in a child process held to the limit."""
+    from cellannot_core.data import h5text
+
+    plain = tmp_path / "cells.h5ad"
+    make_synthetic(400, 30, 2).write_h5ad(plain)
+    path = _names_sharing_one_string(plain, tmp_path / "shared.h5ad", 200_000)
+    assert path.stat().st_size < 2_000_000  # and 400 x 200,000 characters once read
+    monkeypatch.setenv("CELLANNOT_MEMORY_LIMIT_GB", str(20 / 1024))  # 20 MB: the file's numbers pass
+    with pytest.raises(DataError, match="names and other text expand past this server's memory limit"):
+        read_dataset(path)
+    assert read_dataset(plain).n_obs == 400  # the same file as written passes the same limit
+    # attributes too (anndata reads e.g. a data frame's column-order): measured by the same reading
+    with h5py.File(tmp_path / "attr.h5", "w") as f:
+        f.attrs["column-order"] = np.array(["x" * 1000] * 100, dtype=object)
+    assert h5text.measure(str(tmp_path / "attr.h5"), 50_000, ())[1] == "/ attribute column-order"
+    assert h5text.measure(str(tmp_path / "attr.h5"), 500_000, ())[1] is None
