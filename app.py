@@ -1,10 +1,12 @@
 """cellannot web app: page config, navigation, session state. Nothing else (pages live in pages/)."""
 import streamlit as st
 
+from ui.data import guard_uploads
 from ui.session import link_notice
 from ui.state import init_state
 
 st.set_page_config(page_title="cellannot", page_icon=":material/biotech:", layout="wide")
+guard_uploads()
 init_state()
 link_notice()
 nav = st.navigation({

@@ -467,6 +467,10 @@ def app_command(script: Path, *, address: str, port: int) -> list[str]:
             for section, table in tomllib.load(fh).items():
                 options.update({f"{section}.{key}": value for key, value in table.items()})
     options.update({"server.address": address, "server.port": port})
+    if "server.maxUploadSize" in options:  # the uploaders' own limit, so a larger body is refused as it arrives
+        from .data.io import upload_limit_mb
+
+        options["server.maxUploadSize"] = upload_limit_mb(options["server.maxUploadSize"])
     flags = [f"--{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in options.items()]
     return [sys.executable, "-m", "streamlit", "run", str(script), *flags]
 

@@ -89,3 +89,14 @@ def test_server_config_does_not_collect_all_garbage_after_every_script_run():
     cfg = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())["runner"]
     assert cfg["postScriptGC"] is False
     assert "--runner.postScriptGC=false" in app_command(ROOT / "app.py", address="127.0.0.1", port=8501)
+
+
+def test_the_servers_upload_size_is_the_uploaders_own_limit(monkeypatch):
+    """Streamlit receives a request's whole body up to server.maxUploadSize before the app's guard
+    sees it: `cellannot app` lowers it to the uploaders' limit (a third of the memory budget)."""
+    from cellannot_core.cli import app_command
+
+    monkeypatch.setenv("CELLANNOT_MEMORY_LIMIT_GB", "1.5")
+    assert "--server.maxUploadSize=512" in app_command(ROOT / "app.py", address="127.0.0.1", port=8501)
+    monkeypatch.setenv("CELLANNOT_MEMORY_LIMIT_GB", "30")
+    assert "--server.maxUploadSize=2000" in app_command(ROOT / "app.py", address="127.0.0.1", port=8501)

@@ -503,12 +503,50 @@ def qc_options(enabled: bool, min_genes: float, min_counts: float, max_pct_mito:
 
 
 def upload_limit_mb() -> int:
-    """Largest upload this server accepts, in MB: ``server.maxUploadSize``, lowered to a third of
-    the memory budget (:func:`cellannot_core.data.io.memory_limit_bytes`), since an upload is held
-    in memory by Streamlit, copied to a temporary file and then parsed (a 2 GB upload cost ~4 GB)."""
+    """Largest upload this server accepts, in MB (:func:`cellannot_core.data.io.upload_limit_mb`)."""
+    from cellannot_core.data.io import upload_limit_mb as limit
+
+    return limit(st.get_option("server.maxUploadSize"))
+
+
+#: files of :func:`upload_limit_mb` one session may have Streamlit hold at once: a reference and a query
+UPLOADS_PER_SESSION = 2
+
+
+def guard_uploads() -> None:
+    """Hold Streamlit's upload endpoint to what the Data page's uploaders allow; once per server process.
+
+    The uploader's ``max_upload_size`` is told to the browser only: Streamlit's server takes any
+    number of files of up to ``server.maxUploadSize`` each from whoever calls its upload address
+    with the session's id and XSRF token, and holds them in memory until the session ends (found
+    2026-12-07: three 1 GB files sent to one session held 3 GB after the browser had gone). A file is
+    now refused (HTTP 413) when it is larger than :func:`upload_limit_mb`, when the session would
+    hold more than :data:`UPLOADS_PER_SESSION` such files' worth, or when all sessions together
+    would hold more than the memory budget."""
+    from starlette.exceptions import HTTPException
+    from streamlit.runtime import Runtime
+
     from cellannot_core.data.io import memory_limit_bytes
 
-    return max(1, min(int(st.get_option("server.maxUploadSize")), memory_limit_bytes() // (3 * 1024**2)))
+    if not Runtime.exists():
+        return
+    mgr = Runtime.instance().uploaded_file_mgr
+    if getattr(mgr, "_cellannot_guarded", False) or not hasattr(mgr, "file_storage"):
+        return
+    add_file = mgr.add_file
+
+    def guarded_add_file(session_id: str, file: Any) -> None:
+        size, cap = len(file.data), upload_limit_mb() * 1024**2
+        with mgr._lock:
+            held = {s: sum(len(f.data) for k, f in files.items() if (s, k) != (session_id, file.file_id))
+                    for s, files in mgr.file_storage.items()}
+        if size > cap or held.get(session_id, 0) + size > UPLOADS_PER_SESSION * cap \
+                or sum(held.values()) + size > memory_limit_bytes():
+            raise HTTPException(status_code=413, detail="File too large for this server")
+        add_file(session_id, file)
+
+    mgr.add_file = guarded_add_file
+    mgr._cellannot_guarded = True
 
 
 def labels_missing_from_reference(ref: Any, query: Any, label_key: str | None, query_label_key: str | None) -> dict:

@@ -309,6 +309,13 @@ def _finalise(adata: ad.AnnData, label: str, kind: str) -> ad.AnnData:
     return adata
 
 
+def upload_limit_mb(configured_mb: float) -> int:
+    """Largest upload the app accepts, in MB: Streamlit's ``server.maxUploadSize`` (``configured_mb``),
+    lowered to a third of :func:`memory_limit_bytes`, since an upload is held in memory by Streamlit,
+    copied to a temporary file and then parsed (a 2 GB upload cost ~4 GB)."""
+    return max(1, min(int(configured_mb), memory_limit_bytes() // (3 * 1024**2)))
+
+
 def memory_limit_bytes() -> int:
     """The most a dataset may expand to in memory: ``$CELLANNOT_MEMORY_LIMIT_GB`` (GiB), by
     default half of this machine's memory."""

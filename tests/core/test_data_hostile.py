@@ -209,6 +209,45 @@ def test_uploads_are_limited_to_a_third_of_the_memory_budget(monkeypatch):
     assert "above this server's upload limit of 1 MB" in err and "path on the server" in err
 
 
+def test_streamlits_upload_endpoint_is_held_to_the_uploaders_limits(monkeypatch):
+    """Found 2026-12-07: Streamlit's upload address took any number of files of up to its own
+    maxUploadSize for a session, whatever the uploader's limit, and held them in memory: three 1 GB
+    files sent by a script held 3 GB. The app's guard refuses past the uploader's limit, past two
+    such files per session and past the memory budget for all sessions together."""
+    from types import SimpleNamespace
+
+    from starlette.exceptions import HTTPException
+    from streamlit.runtime import Runtime
+    from streamlit.runtime.memory_uploaded_file_manager import MemoryUploadedFileManager
+    from streamlit.runtime.uploaded_file_manager import UploadedFileRec
+
+    from ui import data as data_ui
+
+    mgr = MemoryUploadedFileManager("/_stcore/upload_file")
+    monkeypatch.setattr(Runtime, "exists", staticmethod(lambda: True))
+    monkeypatch.setattr(Runtime, "instance", staticmethod(lambda: SimpleNamespace(uploaded_file_mgr=mgr)))
+    monkeypatch.setenv("CELLANNOT_MEMORY_LIMIT_GB", str(12 / 1024))  # 12 MB: uploads of at most 4 MB
+    data_ui.guard_uploads()
+    data_ui.guard_uploads()  # once: not wrapped twice
+
+    def send(session: str, file_id: str, mb: float) -> None:
+        mgr.add_file(session, UploadedFileRec(file_id, f"{file_id}.h5ad", "application/octet-stream",
+                                              b"x" * int(mb * 1024**2)))
+
+    with pytest.raises(HTTPException) as err:
+        send("a", "big", 4.5)  # past the uploader's limit
+    assert err.value.status_code == 413
+    send("a", "ref", 3.9)
+    send("a", "query", 3.9)  # a reference and a query
+    send("a", "query", 3.9)  # the same file sent again replaces itself
+    with pytest.raises(HTTPException):
+        send("a", "third", 1)  # a third file's worth in one session
+    send("b", "ref", 3.9)  # another session: up to the memory budget for all together
+    with pytest.raises(HTTPException):
+        send("c", "ref", 1)
+    assert set(mgr.file_storage) == {"a", "b"} and set(mgr.file_storage["a"]) == {"ref", "query"}
+
+
 def test_a_file_of_countless_groups_is_refused_before_it_is_read(plain, tmp_path, monkeypatch):
     """100,000 empty groups in uns (104 MB) took the check 67 s to walk and anndata 25 s to read; the
     walk stops at the cap and the file is refused without being read."""
