@@ -54,9 +54,32 @@ _EXPIRY = {"last": None}  # monotonic time of the last look
 _EXPIRY_LOCK = threading.Lock()
 
 
+SHARED_ENV = "CELLANNOT_SHARED"  # "1": served to a lab through a proxy or tunnel, though it listens on 127.0.0.1
+FORWARDED_HEADERS = ("X-Forwarded-For", "Forwarded", "X-Real-Ip", "X-Forwarded-Host")
+
+
 def server_is_local() -> bool:
-    """Whether the app listens on this machine only (then its visitor is the machine's user)."""
-    return str(st.get_option("server.address") or "") in LOCAL_ADDRESSES
+    """Whether this visitor is the machine's own user, who may open the command line's runs and read
+    files by any path: the app listens on this machine only, the visitor's connection comes from this
+    machine with no proxy's forwarding header, and the server was not declared shared
+    (``CELLANNOT_SHARED=1``). Found 2026-12-07: a lab reaches an app that listens on 127.0.0.1 only
+    through a reverse proxy or a tunnel, and every visitor then counted as local."""
+    import ipaddress
+
+    if os.environ.get(SHARED_ENV, "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    if str(st.get_option("server.address") or "") not in LOCAL_ADDRESSES:
+        return False
+    try:
+        headers, ip = st.context.headers, st.context.ip_address
+    except Exception:  # noqa: BLE001 - no script context: not a visitor
+        return True
+    if any(h in headers for h in FORWARDED_HEADERS):
+        return False
+    try:  # (a str on a server; AppTest's client is a mock)
+        return not isinstance(ip, str) or ipaddress.ip_address(ip.split("%")[0]).is_loopback
+    except ValueError:
+        return False
 
 
 def token() -> str:

@@ -164,6 +164,31 @@ def test_server_paths_are_off_on_a_shared_server_without_a_data_root(monkeypatch
     assert data_ui.handle_path("reference", "/etc/passwd") == msg
 
 
+def test_a_visitor_through_a_proxy_or_a_shared_server_is_not_the_machines_user(monkeypatch):
+    """Found 2026-12-07 (a probe of the app served to a lab): an app listening on 127.0.0.1 is reached
+    by a lab through a reverse proxy or a tunnel, and every visitor counted as local: any of them
+    could open and delete the command line's runs and read any file by its path."""
+    from types import SimpleNamespace
+
+    from ui import session
+
+    def visitor(headers: dict, ip: str | None, address: str = "127.0.0.1") -> bool:
+        fake = SimpleNamespace(context=SimpleNamespace(headers=headers, ip_address=ip),
+                               get_option=lambda key: address)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(session, "st", fake)
+            return session.server_is_local()
+
+    monkeypatch.delenv("CELLANNOT_SHARED", raising=False)
+    assert visitor({}, "127.0.0.1") and visitor({}, "::1")  # the machine's user, in a browser on it
+    assert not visitor({"X-Forwarded-For": "10.0.0.7"}, "127.0.0.1")  # a reverse proxy on the machine
+    assert not visitor({"Forwarded": "for=10.0.0.7"}, "127.0.0.1")
+    assert not visitor({}, "10.0.0.7")  # (an app listening elsewhere than 127.0.0.1 is not local either)
+    assert not visitor({}, "127.0.0.1", address="0.0.0.0")
+    monkeypatch.setenv("CELLANNOT_SHARED", "1")  # a tunnel looks local: the server is declared shared
+    assert not visitor({}, "127.0.0.1")
+
+
 def test_demo_pair_reports_types_missing_from_reference():
     at = AppTest.from_file(APP, default_timeout=60).run()
     at.button(key=WidgetKeys.DEMO_BUTTON).click().run()
