@@ -1393,11 +1393,10 @@ def annotate(reference, query, opts: AnnotateOptions, *, out: str | Path | None 
             save_bundle(run_dir.model_dir, model, bundle_info(model, prepared, opts))
             run_dir.save_arrays(view_arrays(model, view_prep, preds, opts, log))
             write_h5ad_atomic(res.adata, run_dir.file(RunFiles.ANNOTATED))
-            buf = io.StringIO()
-            predictions_table(all_prep.query.obs_names, preds, model.classes).to_csv(buf, index=False)
-            from .runs import write_bytes_atomic
+            from .runs import csv_bytes, write_bytes_atomic
 
-            write_bytes_atomic(run_dir.file(RunFiles.PREDICTIONS), buf.getvalue().encode())
+            write_bytes_atomic(run_dir.file(RunFiles.PREDICTIONS),
+                               csv_bytes(predictions_table(all_prep.query.obs_names, preds, model.classes), index=False))
             write_json_atomic(run_dir.file(RunFiles.HISTORY), hist.get("epochs", []))
             write_json_atomic(run_dir.file(RunFiles.CARD), card)
             run_dir.set_status("done", message="finished", progress=1.0)

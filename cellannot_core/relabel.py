@@ -10,7 +10,6 @@ run the model comes from, its query side computed here (:func:`~.pipeline.query_
 """
 from __future__ import annotations
 
-import io
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -130,14 +129,13 @@ def _write(run_dir, model, bundle: dict[str, Any], preds, card: dict[str, Any], 
            ref_arrays: dict[str, np.ndarray], X) -> None:
     """Every file of a finished run, each written atomically, the card last."""
     from .pipeline import predictions_table, query_view_arrays, save_bundle, write_annotations, write_h5ad_atomic
-    from .runs import write_bytes_atomic, write_json_atomic
+    from .runs import csv_bytes, write_bytes_atomic, write_json_atomic
 
     save_bundle(run_dir.model_dir, model, bundle)  # the run's model can be downloaded and used again
     run_dir.save_arrays(ref_arrays | query_view_arrays(model, X, preds))
     write_annotations(adata, preds, card)
     write_h5ad_atomic(adata, run_dir.file(RunFiles.ANNOTATED))
-    buf = io.StringIO()
-    predictions_table(adata.obs_names, preds, model.classes).to_csv(buf, index=False)
-    write_bytes_atomic(run_dir.file(RunFiles.PREDICTIONS), buf.getvalue().encode())
+    write_bytes_atomic(run_dir.file(RunFiles.PREDICTIONS), csv_bytes(predictions_table(adata.obs_names, preds,
+                                                                                      model.classes), index=False))
     write_json_atomic(run_dir.file(RunFiles.HISTORY), [])
     write_json_atomic(run_dir.file(RunFiles.CARD), card)

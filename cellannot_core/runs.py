@@ -58,6 +58,38 @@ def new_run_id(model: str) -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{safe}-{secrets.token_hex(8)}"  # 64 random bits: not guessable
 
 
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _spreadsheet_safe(value: Any) -> Any:
+    """A text cell a spreadsheet would run as a formula (``=HYPERLINK(...)``, ``@SUM(...)``, ``+cmd``)
+    with a ``'`` in front, so that it is shown as text; numbers and other text as they are."""
+    if not isinstance(value, str) or not value.startswith(_FORMULA_START):
+        return value
+    try:
+        float(value)
+        return value  # "-1.5" is a number, not a formula
+    except ValueError:
+        return "'" + value
+
+
+def csv_bytes(df, **to_csv: Any) -> bytes:
+    """``df.to_csv(**to_csv)`` as UTF-8 bytes, with its text cells, column names and index made safe
+    to open in a spreadsheet (:func:`_spreadsheet_safe`). Found 2026-12-07: a cell type named
+    ``=HYPERLINK("http://...","click")`` went into predictions.csv, the app's downloads and their
+    column names (``p_<type>``) as a live formula. Every CSV the app and a run write goes through here."""
+    import pandas as pd
+
+    out = df.to_frame() if isinstance(df, pd.Series) else df.copy()
+    for col in out.columns:
+        if out[col].dtype == object or isinstance(out[col].dtype, (pd.CategoricalDtype, pd.StringDtype)):
+            out[col] = out[col].astype(object).map(_spreadsheet_safe)
+    out.columns = [_spreadsheet_safe(str(c)) for c in out.columns]
+    if to_csv.get("index", True):
+        out.index = pd.Index([_spreadsheet_safe(v) for v in out.index], name=_spreadsheet_safe(out.index.name))
+    return out.to_csv(**to_csv).encode()
+
+
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     tmp.write_bytes(data)

@@ -7,7 +7,7 @@ from cellannot_core.plots import (accuracy_coverage_figure, label_heatmap, relia
                                   roc_curve_figure, score_histogram)
 from ui import calibration as cal
 from ui import results as res
-from ui.state import WidgetKeys, init_state
+from ui.state import WidgetKeys, init_state, md
 from ui.widgets import plot
 
 init_state()
@@ -36,7 +36,7 @@ if table is not None:
                  column_config={"Share Unknown": st.column_config.ProgressColumn(format="percent", min_value=0,
                                                                                  max_value=1)})
 for note in cal.shifted_class_notes(run) + cal.few_reference_notes(run):
-    st.warning(note, icon=":material/help:")
+    st.warning(md(note), icon=":material/help:")
 groups = cal.unknown_groups_table(run)
 kept = cal.decisions(run)  # the choices made here before (kept with the run)
 if groups is not None:

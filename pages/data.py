@@ -6,7 +6,7 @@ import streamlit as st
 from cellannot_core.data import SUPPORTED_FORMATS
 from ui import data as data_ui
 from ui import session
-from ui.state import DATA_KEY, INFO_KEY, ROLES, StateKeys, WidgetKeys, data_loaded, get, init_state, put
+from ui.state import DATA_KEY, INFO_KEY, ROLES, StateKeys, WidgetKeys, code, data_loaded, get, init_state, md, put
 from ui.widgets import dataset_summary, gene_overlap_report, label_counts_table
 
 init_state()
@@ -64,7 +64,7 @@ st.divider()
 gene_overlap_report(data_ui.gene_overlap(ref_id, q_id, 200, ref, qry))
 novel = data_ui.labels_missing_from_reference(ref, qry, get(StateKeys.LABEL_KEY), get(StateKeys.QUERY_LABEL_KEY))
 if novel:
-    st.info(f"Query types the reference lacks: {', '.join(f'{k} ({v:,})' for k, v in novel.items())}: "
+    st.info(f"Query types the reference lacks: {', '.join(f'{md(k)} ({v:,})' for k, v in novel.items())}: "
             f"{sum(novel.values()):,} cells a good model calls *Unknown*.")
 
 choices = data_ui.batch_choices(ref_id, q_id, get(StateKeys.LABEL_KEY), get(StateKeys.QUERY_LABEL_KEY), ref, qry)
@@ -97,12 +97,12 @@ if get(StateKeys.LABEL_KEY):
     rep = data_ui.check_pair(ref_id, q_id, get(StateKeys.LABEL_KEY), get(StateKeys.QUERY_LABEL_KEY),
                              json.dumps(get(StateKeys.QC) or {}), ref, qry, get(StateKeys.BATCH_KEY))
     if not rep["ok"]:
-        st.error(rep["error"])
+        st.error(md(rep["error"]))
     else:
         st.success(f"Ready: {rep['n_train']:,} training + {rep['n_val']:,} validation reference cells, "
                    f"{len(rep['classes'])} classes, {rep['n_query']:,} query cells; {rep['hvg']}"
-                   + (f"; {len(rep['batches'])} batches of `{get(StateKeys.BATCH_KEY)}`" if rep.get("batches") else "")
+                   + (f"; {len(rep['batches'])} batches of {code(get(StateKeys.BATCH_KEY))}" if rep.get("batches") else "")
                    + ".")
         for w in rep["warnings"]:
-            st.warning(w)
+            st.warning(md(w))
         st.page_link("pages/train.py", label="Go to training", icon=":material/arrow_forward:")

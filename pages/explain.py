@@ -2,10 +2,11 @@
 import streamlit as st
 
 from cellannot_core.errors import CellannotError
+from cellannot_core.runs import csv_bytes
 from cellannot_core.models.tabnet import DEFAULT_RANKING, RANKINGS
 from ui import explain as ex
 from ui import results as res
-from ui.state import init_state
+from ui.state import init_state, md
 from ui.widgets import plot
 
 init_state()
@@ -59,11 +60,11 @@ top = summ["top"]
 wide = top.pivot(index="rank", columns="class", values="gene")[[c for c in order if c in set(top["class"])]]
 st.dataframe(wide, height=min(600, 38 + 35 * len(wide)))
 d1, d2 = st.columns(2)
-d1.download_button("Top genes per class (.csv)", top.to_csv(index=False).encode(),
+d1.download_button("Top genes per class (.csv)", csv_bytes(top, index=False),
                    file_name=f"{run.run_id}_explain_top_genes_{ranking}.csv", mime="text/csv", key="dl_explain_top",
                    on_click="ignore")
 d2.download_button("Per-class importance, all genes (.csv)",
-                   lambda: summ["normalized"].T.rename_axis("gene").to_csv().encode(),
+                   lambda: csv_bytes(summ["normalized"].T.rename_axis("gene")),
                    file_name=f"{run.run_id}_explain_per_class_{ranking}.csv", mime="text/csv", key="dl_explain_class",
                    on_click="ignore")
 
@@ -75,7 +76,7 @@ if len(rows) < len(labels):
                f"each class's top {ex.GENES_PER_CLASS} genes.")
 plot(ex.cells_heatmap(mat, labels[rows], order, ranking), key="explain_cells")
 d1, d2 = st.columns(2)
-d1.download_button("Shown cells x genes (.csv)", mat.rename_axis("cell").to_csv().encode(),
+d1.download_button("Shown cells x genes (.csv)", csv_bytes(mat.rename_axis("cell")),
                    file_name=f"{run.run_id}_explain_shown_{ranking}.csv", mime="text/csv", key="dl_explain_shown",
                    on_click="ignore")
 d2.download_button("All cells x all genes (.csv)", lambda: ex.full_matrix_csv(data, ranking),
@@ -84,7 +85,7 @@ d2.download_button("All cells x all genes (.csv)", lambda: ex.full_matrix_csv(da
 
 st.subheader("Overall importance")
 plot(ex.global_bar(summ["global"], ranking), key="explain_global")
-st.download_button("Global importance (.csv)", summ["global"].rename_axis("gene").to_csv().encode(),
+st.download_button("Global importance (.csv)", csv_bytes(summ["global"].rename_axis("gene")),
                    file_name=f"{run.run_id}_explain_global_{ranking}.csv", mime="text/csv", key="dl_explain_global",
                    on_click="ignore")
 
@@ -95,9 +96,9 @@ cells = data["cells"][labels == cls]
 cell = c2.selectbox("Cell", cells.tolist(), key=ex.ExplainKeys.CELL)
 if cell is not None:
     i = int((data["cells"] == cell).argmax())
-    st.caption(f"Predicted **{data['predicted'][i]}** with confidence {data['confidence'][i]:.2f}.")
+    st.caption(f"Predicted **{md(data['predicted'][i])}** with confidence {data['confidence'][i]:.2f}.")
     mask = ex.cell_mask(data, cell, ranking)
     plot(ex.cell_bar(mask, cell, ranking), key="explain_cell")
-    st.download_button("This cell's mask (.csv)", mask.to_csv(index=False).encode(),
+    st.download_button("This cell's mask (.csv)", csv_bytes(mask, index=False),
                        file_name=f"{run.run_id}_explain_{cell}_{ranking}.csv", mime="text/csv", key="dl_explain_cell",
                        on_click="ignore")

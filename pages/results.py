@@ -5,7 +5,7 @@ from cellannot_core._constants import UNKNOWN, OutKeys, RunFiles
 from cellannot_core.plots import class_counts_bar, label_heatmap, score_histogram
 from ui import calibration as cal
 from ui import results as res
-from ui.state import WidgetKeys, init_state
+from ui.state import WidgetKeys, init_state, md
 from ui.widgets import plot
 
 init_state()
@@ -30,7 +30,7 @@ for key in ("far_query", "threshold_note"):
     if warn := (card.get("rejection") or {}).get(key):
         st.warning(warn[0].upper() + warn[1:] + ".", icon=":material/warning:")
 if card.get("unknown_by_sample"):
-    st.info(card["unknown_by_sample"]["note"], icon=":material/lightbulb:")
+    st.info(md(card["unknown_by_sample"]["note"]), icon=":material/lightbulb:")
 if note := cal.decisions_note(run):
     st.info(note, icon=":material/tune:")
 

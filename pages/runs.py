@@ -3,11 +3,12 @@ the actions on one run (open, run again, export its card, delete)."""
 import streamlit as st
 
 from cellannot_core.errors import CellannotError
+from cellannot_core.runs import csv_bytes
 from ui import compare as cmp
 from ui import jobs
 from ui import runs as runs_ui
 from ui import train as train_ui
-from ui.state import StateKeys, WidgetKeys, get, init_state, set_run
+from ui.state import StateKeys, WidgetKeys, get, init_state, md, set_run
 from ui.widgets import plot
 
 init_state()
@@ -34,7 +35,7 @@ config.update({"unknown_fraction": st.column_config.NumberColumn("Unknown", form
                "model of run": st.column_config.TextColumn("Model of run", help="Labelled with that run's model, "
                                                                               "without training")})
 st.dataframe(view[[c for c in cols if c in view.columns]], hide_index=True, column_config=config)
-st.download_button("This table (.csv)", view.to_csv(index=False).encode(), file_name="cellannot_runs.csv",
+st.download_button("This table (.csv)", csv_bytes(view, index=False), file_name="cellannot_runs.csv",
                    mime="text/csv", key=WidgetKeys.RUNS_CSV, on_click="ignore")
 
 # ------------------------------------------------------------------------------ one run
@@ -55,7 +56,7 @@ if ids:
                  help=problem or "Train the same model with the same settings on the data loaded now"):
         err = train_ui.start(opts)
         if err:
-            st.error(err)
+            st.error(md(err))
         else:
             st.switch_page("pages/train.py")
     c3.download_button("Export its card (.json)", runs_ui.card_bytes(pick), file_name=f"{pick}_card.json",
@@ -69,7 +70,7 @@ if ids:
         try:
             RunDir.open(jobs.runs_root(), pick).delete()
         except CellannotError as err:
-            st.error(str(err))
+            st.error(md(err))
         else:
             if get(StateKeys.RUN_ID) == pick:
                 set_run(None)

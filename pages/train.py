@@ -2,7 +2,7 @@
 import streamlit as st
 
 from ui import train as train_ui
-from ui.state import StateKeys, data_loaded, get, init_state
+from ui.state import StateKeys, code, data_loaded, get, init_state
 
 init_state()
 st.title("Train")
@@ -18,9 +18,9 @@ if not data_loaded() or not get(StateKeys.LABEL_KEY):
             "reference label column.")
 else:
     ref_info, q_info = get(StateKeys.REFERENCE_INFO), get(StateKeys.QUERY_INFO)
-    st.caption(f"Reference `{ref_info['name']}` ({ref_info['n_cells']:,} cells, labels "
-               f"`{get(StateKeys.LABEL_KEY)}`) → query `{q_info['name']}` ({q_info['n_cells']:,} cells)"
-               + (f"; batches: `{get(StateKeys.BATCH_KEY)}`" if get(StateKeys.BATCH_KEY) else ""))
+    st.caption(f"Reference {code(ref_info['name'])} ({ref_info['n_cells']:,} cells, labels "
+               f"{code(get(StateKeys.LABEL_KEY))}) → query {code(q_info['name'])} ({q_info['n_cells']:,} cells)"
+               + (f"; batches: {code(get(StateKeys.BATCH_KEY))}" if get(StateKeys.BATCH_KEY) else ""))
     with st.container(border=True):
         opts = train_ui.training_form()
     if opts is not None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -62,6 +63,12 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+def shown(text: str) -> str:
+    """A page element's Markdown source as the visitor reads it: the app escapes Markdown characters
+    in labels, names and messages (``ui.state.md``)."""
+    return re.sub(r"\\(.)", r"\1", text)
 
 
 def make_synthetic(

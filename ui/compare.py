@@ -28,7 +28,9 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from cellannot_core.errors import Cancelled, CellannotError, failure_message
+from cellannot_core.runs import csv_bytes
 from ui import jobs
+from ui.state import md
 
 KINDS = ("compare", "loco", "sweep")
 SWEEP_DB = "sweeps.db"  # Optuna's SQLite storage, beside the runs
@@ -143,7 +145,7 @@ def _worker(job: CompareJob, reference: Any, query: Any, opts: Any) -> None:
     except BaseException as err:  # noqa: BLE001 - a worker must never die silently
         job.state = "failed"
         job.error = job.message = failure_message(err)
-        job.params["traceback"] = traceback.format_exc()
+        jobs.SERVER_LOG.error("job %s failed unexpectedly\n%s", job.id, traceback.format_exc())
     finally:
         job.finished = time.time()
         job.save()
@@ -356,7 +358,7 @@ def start_from_page(kind: str, reference: Any, query: Any, get_state: Any, **par
         job_id = start(kind, reference, query, options_from_session(get_state),
                        save_to=record_path(kind, session_dir(create=True)), **params)
     except CellannotError as err:
-        st.error(str(err))
+        st.error(md(err))
         return
     except OSError as err:
         st.error(jobs.write_problem(err, "keep the job's record"))
@@ -409,11 +411,11 @@ def job_panel(kind: str) -> None:
                 for i, fig in enumerate(sweep_figures(pd.DataFrame(job.partial), job.params["objective"])[:-1]):
                     st.plotly_chart(fig, key=f"sweep_live_{job.id}_{i}_{len(job.partial)}")
         elif s["state"] == "failed":
-            st.error(f"Failed: {s['error']}")
+            st.error(f"Failed: {md(s['error'])}")
         elif s["state"] == "cancelled":
-            st.warning(f"Cancelled ({s['message']}).")
+            st.warning(f"Cancelled ({md(s['message'])}).")
         elif s["state"] == INTERRUPTED:
-            st.warning(f"Interrupted: {s['message']}.")
+            st.warning(f"Interrupted: {md(s['message'])}.")
             if job.partial:
                 st.caption("Finished before it was interrupted:")
                 part = pd.DataFrame(job.partial)
@@ -476,7 +478,7 @@ def sweep_results(df: pd.DataFrame, job_id: str) -> None:
     st.dataframe(df.drop(columns=["state"], errors="ignore"), hide_index=True)
     for i, fig in enumerate(sweep_figures(df, objective)):
         plot(fig, key=f"sweep_fig_{job_id}_{i}")
-    st.download_button("Sweep trials (.csv)", df.to_csv(index=False).encode(), file_name=f"{job_id}.csv",
+    st.download_button("Sweep trials (.csv)", csv_bytes(df, index=False), file_name=f"{job_id}.csv",
                        mime="text/csv", key=f"dl_{job_id}", on_click="ignore")
 
 
@@ -495,10 +497,10 @@ def compare_results(df: pd.DataFrame, job_id: str) -> None:
         "Train s": st.column_config.NumberColumn(format="%.1f")})
     status = df["status"].astype(str)
     for _, r in df[~((status == "ok") | status.str.startswith("diverged"))].iterrows():
-        st.warning(f"{r['model']}: {r['status']}")
+        st.warning(f"{r['model']}: {md(r['status'])}")
     plot(metrics_figure(df), key=f"cmp_metrics_{job_id}")
     plot(seconds_figure(df), key=f"cmp_seconds_{job_id}")
-    st.download_button("Comparison table (.csv)", df.to_csv(index=False).encode(), file_name=f"{job_id}.csv",
+    st.download_button("Comparison table (.csv)", csv_bytes(df, index=False), file_name=f"{job_id}.csv",
                        mime="text/csv", key=f"dl_{job_id}", on_click="ignore")
 
 
@@ -511,7 +513,7 @@ def loco_results(df: pd.DataFrame, job_id: str) -> None:
         plot(loco_figure(df), key=f"loco_fig_{job_id}")
     with c2:
         st.dataframe(loco_summary(df), hide_index=True)
-    st.download_button("Self-check table (.csv)", df.to_csv(index=False).encode(), file_name=f"{job_id}.csv",
+    st.download_button("Self-check table (.csv)", csv_bytes(df, index=False), file_name=f"{job_id}.csv",
                        mime="text/csv", key=f"dl_{job_id}", on_click="ignore")
 
 

@@ -18,7 +18,7 @@ import streamlit as st
 from cellannot_core.data.validate import untyped_label_mask
 from cellannot_core.errors import CellannotError, DataError
 from ui.session import remember_dataset, server_is_local
-from ui.state import DATA_KEY, INFO_KEY, StateKeys, get, put
+from ui.state import DATA_KEY, INFO_KEY, StateKeys, get, md, put
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT / "assets"
@@ -137,8 +137,8 @@ def show_load_error(role: str, err: str | None) -> None:
     if not err:
         return
     before = get(INFO_KEY[role]) if get(DATA_KEY[role]) is not None else None
-    st.error(err + ("" if err.endswith(".") else ".")
-             + (f" The {role} loaded before, {before.get('name')}, is kept." if before else ""))
+    st.error(md(err + ("" if err.endswith(".") else "."))
+             + (f" The {role} loaded before, {md(before.get('name'))}, is kept." if before else ""))
 
 
 def run_references() -> list[str]:
@@ -200,7 +200,7 @@ def run_tab(role: str = "reference") -> None:
         with st.spinner(f"Reading run {pick}..."):
             err = handle_run_reference(pick)
         if err:
-            st.error(err)
+            st.error(md(err))
 
 
 NO_LABEL_COLUMN = ("The reference has no obs column that looks like cell-type labels (2-100 classes). A 10x folder or "
@@ -326,7 +326,7 @@ def orientation_control(role: str, adata: Any) -> None:
                  icon=":material/swap_vert:", help="The table's orientation was guessed from its row and column names"):
         err = read_again(role, orientation=other)
         if err:
-            st.error(err)
+            st.error(md(err))
         else:
             st.rerun()
 
@@ -358,7 +358,7 @@ def counts_layer_control(role: str, layers: list[str]) -> None:
                      help="X holds no raw counts; this layer does. In Python: layer=..., on the command line --layer"):
             err = read_again(role, layer=layer)
             if err:
-                st.error(err)
+                st.error(md(err))
             else:
                 st.rerun()
 

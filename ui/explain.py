@@ -19,7 +19,9 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from cellannot_core._constants import OutKeys
+from cellannot_core.runs import csv_bytes
 from ui.results import Run
+from ui.state import md
 
 RANKING_LABELS = {"positive": "positive evidence", "attention": "attention (SIMS)"}  # radio labels
 WEIGHT_UNITS = {"positive": "mask share x max(z, 0)", "attention": "share of the cell's mask"}  # axis titles
@@ -164,7 +166,7 @@ def full_matrix_csv(data: dict[str, Any], ranking: str) -> bytes:
     """Every query cell x gene (gene weights under ``ranking``) as CSV (built on click)."""
     df = pd.DataFrame(weights(data, ranking).astype(np.float32), index=data["cells"], columns=data["genes"])
     df.index.name = "cell"
-    return df.to_csv(float_format="%.5g").encode()
+    return csv_bytes(df, float_format="%.5g")
 
 
 # ------------------------------------------------------------------------------ figures
@@ -263,8 +265,8 @@ def why_text(run: Run, cell: str) -> str:
                "query cluster: the cluster's typical cell is beyond the threshold, or the cell itself is beyond the "
                "reference's 99th percentile." if method == "knn_class" else "")
         return (f"**Unknown**: its {method} novelty score is {score:.3g}, above the threshold {thr:.3g}{ratio}.{how} "
-                f"Had it been labelled, it would be **{raw}** (probability {conf:.0%}).")
-    return (f"**{raw}** with probability {conf:.0%}; its {method} novelty score {score:.3g} is within the "
+                f"Had it been labelled, it would be **{md(raw)}** (probability {conf:.0%}).")
+    return (f"**{md(raw)}** with probability {conf:.0%}; its {method} novelty score {score:.3g} is within the "
             f"threshold {thr:.3g}{ratio}.")
 
 
@@ -331,10 +333,10 @@ def why_section(run: Run) -> None:
         if markers is None:
             st.caption("This run predates the marker evidence: train it again to see it.")
         elif markers.empty:
-            st.caption(f"No gene marks {raw} out from every other reference type among the model's genes.")
+            st.caption(f"No gene marks {md(raw)} out from every other reference type among the model's genes.")
         else:
             n_sup = int(markers["supports"].sum())
-            st.markdown(f"**{raw}'s reference markers** in the query cells given that type: {n_sup} of {len(markers)} "
+            st.markdown(f"**{md(raw)}'s reference markers** in the query cells given that type: {n_sup} of {len(markers)} "
                         "expressed (at least half the reference level)" + ("" if n_sup >= len(markers) / 2 else
                                                                          ": weak evidence for this label"))
             st.dataframe(markers.rename(columns={"gene": "Gene", "reference_class_mean": f"{raw} (reference)",

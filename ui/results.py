@@ -19,7 +19,7 @@ import streamlit as st
 
 from cellannot_core._constants import UNKNOWN, OutKeys, RunFiles
 from cellannot_core.errors import CellannotError, DataError
-from cellannot_core.runs import RunDir
+from cellannot_core.runs import RunDir, csv_bytes
 from ui.jobs import run_status, runs_root
 from ui.state import StateKeys, get
 
@@ -258,7 +258,7 @@ def relabelled_csv(run: Run, method: str, threshold: float, labels: np.ndarray |
                        OutKeys.LABEL_RAW: run.obs[OutKeys.LABEL_RAW].astype(str).to_numpy(),
                        OutKeys.CONFIDENCE: run.obs[OutKeys.CONFIDENCE].to_numpy(),
                        f"ood_score_{method}": q, OutKeys.IS_UNKNOWN: labels == UNKNOWN})
-    return df.to_csv(index=False).encode()
+    return csv_bytes(df, index=False)
 
 
 @st.cache_data(show_spinner="Writing the annotated query...", max_entries=2)

@@ -8,6 +8,7 @@ browser refresh.
 from __future__ import annotations
 
 import copy
+import re
 from typing import Any
 
 import streamlit as st
@@ -156,6 +157,22 @@ def sync_run_param() -> None:
         st.session_state[StateKeys.RUN_ID] = from_url
     elif run_id and from_url != run_id:
         st.query_params[RUN_PARAM] = run_id
+
+
+_MARKDOWN = re.compile(r"([\\`*_{}\[\]<>()#+\-.!|~$:])")
+
+
+def md(text: Any) -> str:
+    """``text`` (a cell type, a gene, a column, a file's name, a message quoting them) shown as it
+    is where Streamlit renders Markdown: every Markdown character escaped. Found 2026-12-07: a label
+    ``![t](http://host/x.png)`` made each visitor's browser fetch that address from the Explain
+    page, and a label can as well be a link anywhere a page writes it into Markdown."""
+    return _MARKDOWN.sub(r"\\\1", str(text))
+
+
+def code(text: Any) -> str:
+    """``text`` as Markdown code (shown as it is; its own backticks made quotes)."""
+    return "`" + str(text).replace("`", "'") + "`"
 
 
 def get(key: str) -> Any:

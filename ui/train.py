@@ -10,7 +10,7 @@ import streamlit as st
 from cellannot_core._constants import DEFAULT_HVG_FLAVOR, DEFAULT_N_TOP_GENES, HVG_FLAVORS
 from cellannot_core.errors import CellannotError
 from ui import jobs
-from ui.state import StateKeys, WidgetKeys, data_loaded, get, set_run
+from ui.state import StateKeys, WidgetKeys, data_loaded, get, md, set_run
 from ui.widgets import fmt_seconds, hparam_form, plot, status_text
 
 QUICK_SECONDS = 60  # a quick run's training time budget (the demo's recommended model trains fully in ~20 s)
@@ -89,7 +89,7 @@ def start_and_show(opts: Any) -> None:
     """:func:`start` from a page: its error shown, or the page run again to show the new run's panel."""
     err = start(opts)
     if err:
-        st.error(err)
+        st.error(md(err))
     else:
         st.rerun()
 
@@ -223,7 +223,7 @@ def training_form() -> Any | None:
                              n_generate=n_gen if sup.samples else 0,
                              max_train_seconds=float(quick_seconds) if quick else None)
     except CellannotError as err:
-        st.error(str(err))
+        st.error(md(err))
         return None
 
 
@@ -292,7 +292,7 @@ def _done_summary(run_id: str) -> None:
     if qm.get("acc_in") is not None:
         c[3].metric("Query accuracy (known types)", f"{qm['acc_in']:.1%}")
     if card.get("labelled_with"):
-        st.caption(card["labelled_with"]["note"])
+        st.caption(md(card["labelled_with"]["note"]))
     tr = card.get("training") or {}
     if tr.get("diverged"):
         st.warning(f"Training diverged ({tr.get('divergence_message')}); the results use the last good "
@@ -304,7 +304,7 @@ def _panel_body(run_id: str, was_active: bool) -> None:
     try:
         s = jobs.run_status(run_id)
     except CellannotError as err:
-        st.error(str(err))
+        st.error(md(err))
         return
     state = s.get("state")
     st.markdown(f"Run `{run_id}` ({s.get('model', '')})")
@@ -317,12 +317,12 @@ def _panel_body(run_id: str, was_active: bool) -> None:
             jobs.cancel(run_id)
             st.toast("Cancelling: training stops after the current mini-batch.")
     if state == "failed":
-        st.error(f"Training failed: {s.get('message')}")
+        st.error(f"Training failed: {md(s.get('message'))}")
     elif state == "cancelled":
         msg = str(s.get("message") or "")
-        st.warning("Training was cancelled" + (f" ({msg})." if msg and "cancelled" not in msg.lower() else "."))
+        st.warning("Training was cancelled" + (f" ({md(msg)})." if msg and "cancelled" not in msg.lower() else "."))
     elif state == "interrupted":
-        st.warning(f"Training was interrupted: {s.get('message')}.")
+        st.warning(f"Training was interrupted: {md(s.get('message'))}.")
     if state in ("failed", "cancelled", "interrupted"):
         _rerun_button(run_id)
     from cellannot_core.plots import training_curves
@@ -358,7 +358,7 @@ def run_panel(run_id: str) -> None:
     try:
         active = jobs.run_status(run_id).get("state") in jobs.ACTIVE_STATES
     except CellannotError as err:
-        st.error(str(err))
+        st.error(md(err))
         return
 
     @st.fragment(run_every=1.0 if active else None)

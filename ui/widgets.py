@@ -7,7 +7,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from ui.state import WidgetKeys
+from ui.state import WidgetKeys, code, md
 
 LIGHT = {"green": ":green[●] Good overlap", "yellow": ":orange[●] Partial overlap",
          "red": ":red[●] Too little overlap"}
@@ -85,24 +85,24 @@ def hparam_form(spec: Any, *, skip: tuple[str, ...] = ()) -> dict[str, Any]:
 def dataset_summary(info: dict[str, Any], summ: dict[str, Any], count_layers: list[str] = ()) -> None:
     """Cells, genes, value state and what will be used, plus problems in plain words;
     ``count_layers``: layers of another name holding the counts X lacks (a button below takes one)."""
-    st.caption(f"`{info['name']}` ({info['source']})")
+    st.caption(f"{code(info['name'])} ({md(info['source'])})")
     c1, c2, c3 = st.columns(3)
     c1.metric("Cells", f"{summ['n_cells']:,}")
     c2.metric("Genes", f"{summ['n_genes']:,}")
     c3.metric("Values in X", str(summ["value_state"]))
     used = summ.get("counts_source") or "no raw counts found"
     if info.get("layer"):
-        used = f"raw counts from layers['{info['layer']}'] (taken on this page)"
-    st.markdown(f"**Will use:** {used}; gene identifiers: {summ.get('gene_ids')} "
-                f"(e.g. {', '.join(summ.get('example_genes', [])[:3])})")
+        used = f"raw counts from layers[{md(repr(str(info['layer'])))}] (taken on this page)"
+    st.markdown(f"**Will use:** {md(used) if not info.get('layer') else used}; gene identifiers: "
+                f"{md(summ.get('gene_ids'))} (e.g. {md(', '.join(summ.get('example_genes', [])[:3]))})")
     if count_layers:  # one line and the button, not the reader's advice for Python and the command line
-        st.warning(f"X holds {summ['value_state']} values, not raw counts; layers['{count_layers[0]}'] holds counts: "
+        st.warning(f"X holds {summ['value_state']} values, not raw counts; layers[{md(repr(str(count_layers[0])))}] holds counts: "
                    "take them with the button below.", icon=":material/layers:")
     for p in summ.get("problems", []):
         if not (count_layers and "holds counts" in p):
-            st.error(p)
+            st.error(md(p))
     for n in summ.get("notes", []):  # e.g. a table of cell annotations joined beside a 10x matrix
-        st.info(n, icon=":material/table_chart:")
+        st.info(md(n), icon=":material/table_chart:")
     if not summ.get("counts_source") and not count_layers:
         count_models = count_model_names()
         if count_models:
@@ -134,13 +134,13 @@ def gene_overlap_report(rep: dict[str, Any]) -> None:
         st.progress(min(1.0, rep["fraction"]),
                     text=f"{rep['n_shared']:,} of {rep['n_ref']:,} reference genes found in the query "
                          f"({rep['fraction']:.0%}); the query has {rep['n_query']:,} genes")
-        st.caption(rep["message"])
+        st.caption(md(rep["message"]))
         if rep.get("approximate"):
             st.warning("Genes matched only when ignoring upper/lower case: check both datasets are the same species.")
         if rep["light"] == "red":
             st.warning("Few genes are shared: predictions may be poor. Check gene identifiers (symbols vs Ensembl).")
     else:
-        st.error(rep["message"])
+        st.error(md(rep["message"]))
 
 
 # ------------------------------------------------------------------------------ train page

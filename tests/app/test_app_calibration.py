@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from conftest import shown
 from test_app_results import make_run  # noqa: E402  (tests/app is on sys.path under pytest)
 from ui.state import StateKeys, WidgetKeys
 
@@ -137,14 +138,14 @@ def test_unknown_calls_by_class_say_how_each_threshold_was_made(tmp_path, monkey
     # the classes accepted against their own shift (knn_class's step 3) get a warning each, with their genes
     # (this run has one, CD8 T)
     shifted = card["accepted_on_class_shift"]
-    assert [w.value for w in at.warning if "own shift" in w.value] == [r["note"] for r in shifted]
+    assert [shown(w.value) for w in at.warning if "own shift" in w.value] == [r["note"] for r in shifted]
     # the classes with too few reference cells to bound their threshold, with Unknown query cells, get one too
     # (this run has one, CD4 T: 55 of the 255 reference cells its index keeps)
     from cellannot_core.pipeline import few_reference_classes
 
     few = card["few_reference_cells"]
     assert few == few_reference_classes(rows) and len(few) >= 1
-    assert [w.value for w in at.warning if "too few to tell" in w.value] == [r["note"] for r in few]
+    assert [shown(w.value) for w in at.warning if "too few to tell" in w.value] == [r["note"] for r in few]
 
 
 def _all_unknown_run(tmp_path, monkeypatch):

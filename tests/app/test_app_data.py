@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from conftest import shown
 from ui import data as data_ui
 from ui.state import StateKeys, WidgetKeys
 
@@ -27,7 +28,7 @@ def _data_page() -> AppTest:
 
 
 def _errors(at: AppTest) -> str:
-    return " | ".join(e.value for e in at.error)
+    return " | ".join(shown(e.value) for e in at.error)
 
 
 def test_empty_data_page_says_what_to_do():
@@ -392,3 +393,30 @@ def test_a_reference_without_a_label_column_gets_none_picked_for_it(tmp_path):
     assert "no obs column that looks like cell-type labels" in _errors(at)
     assert at.session_state[StateKeys.LABEL_KEY] is None
     assert at.selectbox(key=WidgetKeys.LABEL_PICKER).value is None
+
+
+def test_a_label_written_as_markdown_is_shown_as_it_is(tmp_path):
+    """Found 2026-12-07 (a probe of the app served to a lab): a cell type named
+    ``![t](http://host/x.png)`` made every visitor's browser fetch that address from the Explain page;
+    labels, names and messages quoting them are now shown as text wherever a page writes Markdown."""
+    from conftest import make_synthetic
+    from ui.state import code, md
+
+    trap = "![t](http://127.0.0.1:9/x.png) [click](http://127.0.0.1:9/) :red[**x**]"
+    assert shown(md(trap)) == trap and "](" not in md(trap) and "![" not in md(trap)
+    assert code("a`b") == "`a'b`"
+    ref = make_synthetic(300, 250, 3, seed=1)
+    ref.obs["cell_type"] = ref.obs["cell_type"].cat.add_categories([trap])
+    ref.obs.iloc[:5, 0] = trap  # too few cells: the page warns it is dropped, naming it
+    ref.obs["cell_type"] = ref.obs["cell_type"].astype(str)
+    qry = make_synthetic(200, 250, 3, seed=2)
+    at = _data_page()
+    for role, adata in (("reference", ref), ("query", qry)):
+        adata.write_h5ad(tmp_path / f"{role}.h5ad")
+        at.file_uploader(key=WidgetKeys.UPLOAD.format(role=role)).set_value(
+            (f"{role}.h5ad", (tmp_path / f"{role}.h5ad").read_bytes(), "application/octet-stream"))
+        at.run()
+    at.selectbox(key=WidgetKeys.LABEL_PICKER).set_value("cell_type").run()
+    assert not at.exception, at.exception
+    warned = [w.value for w in at.warning if "dropped" in shown(w.value)]
+    assert warned and trap in shown(warned[0]) and "![t](" not in warned[0] and "](http" not in warned[0]

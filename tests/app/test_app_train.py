@@ -8,7 +8,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from ui import jobs
-from conftest import demo_subset
+from conftest import demo_subset, shown
 from ui.state import StateKeys, WidgetKeys
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -87,7 +87,7 @@ def test_form_comes_from_the_registry(tiny_pair):
     at.text_input(key=WidgetKeys.HPARAM.format(model="clams", name="hidden")).set_value("200000,200000,64")
     at.button(key=WidgetKeys.START).click().run()
     assert not at.exception
-    assert at.error and "CELLANNOT_MEMORY_LIMIT_GB" in at.error[0].value
+    assert at.error and "CELLANNOT_MEMORY_LIMIT_GB" in shown(at.error[0].value)
     assert at.session_state[StateKeys.RUN_ID] is None
 
 
@@ -133,7 +133,7 @@ def test_failure_is_shown_in_plain_words(tiny_pair):
     at.session_state[StateKeys.RUN_ID] = run_id
     at.run()
     assert not at.exception
-    msg = " ".join(e.value for e in at.error)
+    msg = " ".join(shown(e.value) for e in at.error)
     assert msg.startswith("Training failed:") and "no_such_column" in msg and "Traceback" not in msg
 
 

@@ -292,3 +292,28 @@ def test_a_killed_training_process_leaves_its_run_marked_interrupted(tmp_path):
     assert RunDir.open(root, "r1").status()["state"] == "interrupted"  # written, not only reported
     rd.delete()
     assert not (root / "r1").exists()
+
+
+def test_csv_files_open_in_a_spreadsheet_without_running_a_label_as_a_formula():
+    """Found 2026-12-07 (a probe of the app served to a lab): a cell type named
+    ``=HYPERLINK("http://...","click")`` went into predictions.csv and the app's downloads, and into
+    their column names (``p_<type>``), as a formula a spreadsheet runs."""
+    import io
+
+    import pandas as pd
+
+    from cellannot_core.runs import csv_bytes
+
+    trap = '=HYPERLINK("http://127.0.0.1:9/","click")'
+    df = pd.DataFrame({"label": [trap, "@SUM(A1)", "+cmd", "-1.5", "CD4+ T", "B"],
+                       "cluster": pd.Categorical(["-2", "=1+1", "x", "y", "z", "w"]),
+                       f"p_{trap}": [0.1, 0.2, 0.3, 0.4, 0.5, -0.6]},
+                      index=pd.Index(["=c1", "c2", "c3", "c4", "c5", "c6"], name="cell"))
+    back = pd.read_csv(io.BytesIO(csv_bytes(df)), index_col=0, dtype={"label": str, "cluster": str})
+    assert list(back["label"]) == ["'" + trap, "'@SUM(A1)", "'+cmd", "-1.5", "CD4+ T", "B"]
+    assert list(back["cluster"]) == ["-2", "'=1+1", "x", "y", "z", "w"]
+    assert list(back.columns) == ["label", "cluster", f"p_{trap}"]  # "p_..." starts no formula
+    assert back.index[0] == "'=c1" and back.iloc[:, 2].tolist() == [0.1, 0.2, 0.3, 0.4, 0.5, -0.6]
+    assert csv_bytes(df.rename(columns={"label": "=x"}), index=False).startswith(b"'=x,")
+    series = pd.read_csv(io.BytesIO(csv_bytes(df["label"], index=False)), dtype=str)  # a Series too
+    assert series["label"].iloc[0] == "'" + trap
