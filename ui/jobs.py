@@ -25,6 +25,7 @@ Nothing here imports streamlit.
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import traceback
@@ -36,6 +37,9 @@ from typing import Any, Callable, Iterator
 from cellannot_core._constants import RunFiles, env_number
 from cellannot_core.errors import Cancelled, CellannotError, failure_message
 from cellannot_core.runs import RunDir, RunProgress, default_root, read_json, write_json_atomic
+
+#: the server's own log (its stderr): what a visitor must not read, e.g. a traceback with the server's paths
+SERVER_LOG = logging.getLogger("cellannot.app")
 
 MAX_PARALLEL = env_number("CELLANNOT_MAX_JOBS", 2, low=1, integer=True)
 ACTIVE_STATES = ("queued", "running")
@@ -226,8 +230,8 @@ def _run(job: Job, body: Callable[[], None]) -> None:
             rd.set_status("cancelled" if isinstance(err, Cancelled) else "failed", message=str(err))
     except BaseException as err:  # noqa: BLE001 - a worker must never die silently
         job.error = failure_message(err)
-        job.log(job.error)
-        job.log(traceback.format_exc())
+        job.log(job.error)  # the visitor's log: the traceback, with the server's paths, goes to the server's
+        SERVER_LOG.error("run %s failed unexpectedly\n%s", rd.id, traceback.format_exc())
         if rd.status().get("state") in ACTIVE_STATES:
             rd.set_status("failed", message=job.error)
     finally:

@@ -176,3 +176,24 @@ def test_a_typo_in_a_server_setting_falls_back_with_a_warning_not_a_crash():
     assert r.stdout.split() == ["2", "2", "True", "True"]
     for name in ("CELLANNOT_MAX_JOBS=", "CELLANNOT_MEMORY_LIMIT_GB=", "CELLANNOT_STREAM_QUERY_MB="):
         assert name in r.stderr and "Traceback" not in r.stderr
+
+
+def test_an_unexpected_failure_goes_to_the_servers_log_not_the_visitors(demo, monkeypatch, caplog):
+    """Found 2026-12-07 (a probe of the app served to a lab): an unexpected failure wrote its traceback,
+    with the server's paths, into the run's log, which the Train page shows the visitor."""
+    import logging
+
+    from cellannot_core._constants import RunFiles
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom in /srv/lab/secret_code.py")
+
+    monkeypatch.setattr("cellannot_core.pipeline.annotate", broken)
+    ref, qry = demo
+    with caplog.at_level(logging.ERROR, logger="cellannot.app"):
+        rid = jobs.start_job(_subset(ref, 100, 1), _subset(qry, 50, 1), _opts("logreg", 1))
+        status = jobs.wait(rid, 60)
+    assert status["state"] == "failed"
+    log = RunDir.open(jobs.runs_root(), rid).file(RunFiles.LOG).read_text()
+    assert "RuntimeError" in log and "Traceback" not in log and 'File "' not in log
+    assert any("Traceback" in r.getMessage() and rid in r.getMessage() for r in caplog.records)
