@@ -332,3 +332,30 @@ def test_strings_sharing_one_stored_string_are_counted_as_read(plain, tmp_path, 
         f.attrs["column-order"] = np.array(["x" * 1000] * 100, dtype=object)
     assert h5text.measure(str(tmp_path / "attr.h5"), 50_000, ())[1] == "/ attribute column-order"
     assert h5text.measure(str(tmp_path / "attr.h5"), 500_000, ())[1] is None
+
+
+def test_an_archive_of_countless_members_is_refused_before_any_is_written(tmp_path, monkeypatch):
+    """Found 2026-12-07: a 27 MB zip of 300,000 empty members was unpacked whole (22 s) before the
+    matrix search refused the folder. The members are counted first, a tar's a header at a time."""
+    import tarfile
+    import tempfile
+    import zipfile
+
+    from cellannot_core.data import io as data_io
+
+    monkeypatch.setattr(data_io, "MATRIX_SEARCH_ENTRIES", 50)
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    with zipfile.ZipFile(tmp_path / "many.zip", "w") as zf:
+        for i in range(51):
+            zf.writestr(f"m/f{i}", b"")
+    with tarfile.open(tmp_path / "many.tar.gz", "w:gz") as tf:
+        for i in range(51):
+            tf.addfile(tarfile.TarInfo(f"m/f{i}"))
+    written = []
+    monkeypatch.setattr(zipfile.ZipFile, "extractall", lambda *a, **k: written.append("zip"))
+    monkeypatch.setattr(tarfile.TarFile, "extractall", lambda *a, **k: written.append("tar"))
+    for name in ("many.zip", "many.tar.gz"):
+        with pytest.raises(DataError, match="holds more than 50 files and folders"):
+            read_dataset(tmp_path / name)
+    assert written == [] and not list((tmp_path / "tmp").iterdir())
