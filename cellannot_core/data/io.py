@@ -82,6 +82,9 @@ Orientation = Literal["auto", "cells_x_genes", "genes_x_cells"]
 # A table's numbers parse into float64 (8 bytes) from as little as two characters ("0,"): a
 # table may need up to this many bytes of memory per byte of (decompressed) text.
 _TABLE_BYTES_PER_CHAR = 4
+#: memory a table's reader takes per column beside its values: pandas keeps each column apart while it
+#: parses (2 rows x 4,000,000 columns took 2.87 GB, about 700 bytes a column; a probe, 2026-12-07)
+_TABLE_BYTES_PER_COLUMN = 1024
 
 
 # --------------------------------------------------------------------------------------------
@@ -1081,6 +1084,12 @@ def _sniff_table(path: Path, label: str = "the table") -> tuple[str, str]:
         raise DataError(f"{label} is empty. Provide a table with a header row and row names.")
     counts = {c: first.count(c) for c in ("\t", ";", ",")}
     sep = max(counts, key=counts.get) if max(counts.values()) else r"\s+"
+    n_cols = counts[sep] + 1 if sep in counts else len(first.split())
+    limit = memory_limit_bytes()
+    if n_cols * _TABLE_BYTES_PER_COLUMN > limit:
+        raise DataError(f"{label} has {n_cols:,} columns, which would need more memory than this server's limit of "
+                        f"{limit / 1024**3:.1f} GiB (CELLANNOT_MEMORY_LIMIT_GB) to read as a table: save it as .h5ad "
+                        "or a 10x matrix folder (sparse), or subsample the cells.")
     # a spreadsheet saved as CSV where the decimal mark is a comma separates by ";" ("1,5;0;2")
     return sep, ("," if sep == ";" and "," in second else ".")
 

@@ -359,3 +359,20 @@ def test_an_archive_of_countless_members_is_refused_before_any_is_written(tmp_pa
         with pytest.raises(DataError, match="holds more than 50 files and folders"):
             read_dataset(tmp_path / name)
     assert written == [] and not list((tmp_path / "tmp").iterdir())
+
+
+def test_a_table_too_wide_for_the_memory_limit_is_refused_before_it_is_parsed(tmp_path, monkeypatch):
+    """Found 2026-12-07: the table guard counted 4 bytes a character, but pandas keeps each column apart
+    while it parses (2 rows x 4,000,000 columns, 8.8 MB gzipped: 2.87 GB). Columns are counted from the
+    header first."""
+    import gzip
+
+    header = "cell," + ",".join(f"g{j}" for j in range(3000))
+    text = "\n".join([header] + [f"c{i}," + ",".join("1" for _ in range(3000)) for i in range(2)]) + "\n"
+    with gzip.open(tmp_path / "wide.csv.gz", "wt") as fh:
+        fh.write(text)
+    monkeypatch.setenv("CELLANNOT_MEMORY_LIMIT_GB", str(2 / 1024))  # 2 MB: its text passes, its columns not
+    with pytest.raises(DataError, match="has 3,001 columns, which would need more memory"):
+        read_dataset(tmp_path / "wide.csv.gz")
+    monkeypatch.setenv("CELLANNOT_MEMORY_LIMIT_GB", str(8 / 1024))
+    assert read_dataset(tmp_path / "wide.csv.gz").shape in ((2, 3000), (3000, 2))
