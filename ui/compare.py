@@ -388,7 +388,7 @@ def is_busy(kind: str) -> bool:
 def job_panel(kind: str) -> None:
     """Status, progress, Cancel and (when done) the results of this session's job of ``kind``;
     polls every second while the job runs."""
-    from ui.widgets import fmt_seconds
+    from ui.widgets import fmt_seconds, plot
 
     job = shown_job(kind)
     if job is None:
@@ -409,7 +409,7 @@ def job_panel(kind: str) -> None:
                 st.dataframe(display_table(part) if kind == "compare" else part, hide_index=True)
             if kind == "sweep" and len(job.partial) >= 2:  # follow the sweep while it runs
                 for i, fig in enumerate(sweep_figures(pd.DataFrame(job.partial), job.params["objective"])[:-1]):
-                    st.plotly_chart(fig, key=f"sweep_live_{job.id}_{i}_{len(job.partial)}")
+                    plot(fig, key=f"sweep_live_{job.id}_{i}_{len(job.partial)}")
         elif s["state"] == "failed":
             st.error(f"Failed: {md(s['error'])}")
         elif s["state"] == "cancelled":

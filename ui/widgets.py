@@ -13,9 +13,43 @@ LIGHT = {"green": ":green[●] Good overlap", "yellow": ":orange[●] Partial ov
          "red": ":red[●] Too little overlap"}
 
 
+#: a trace's parts that hold the data's own text (labels, genes, cells), which plotly would render as its
+#: HTML subset (``<a href>`` a link, ``<b>``); titles and hover templates are the app's own markup
+_DATA_TEXT = ("name", "x", "y", "text", "hovertext", "labels", "customdata", "ids", "legendgroup")
+
+
+def _text_only(value: Any) -> Any:
+    import numpy as np
+
+    if isinstance(value, str):
+        return value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;") if "<" in value or ">" in value \
+            or "&" in value else value
+    if isinstance(value, (list, tuple)):
+        return type(value)(_text_only(v) for v in value)
+    if isinstance(value, np.ndarray) and value.dtype.kind in "OUS":
+        return np.vectorize(_text_only, otypes=[object])(value) if value.size else value
+    return value
+
+
+def text_only(fig: Any) -> Any:
+    """``fig`` with the data's own text in its traces and axis labels escaped, so that a label such as
+    ``<a href="http://host">x</a>`` is shown as written, not as a link (found 2026-12-07)."""
+    for trace in fig.data:
+        for prop in _DATA_TEXT:
+            value = getattr(trace, prop, None) if prop in trace else None
+            if value is not None:
+                trace[prop] = _text_only(value)
+    for axis in [k for k in fig.layout if k.startswith(("xaxis", "yaxis"))]:
+        for prop in ("ticktext", "categoryarray"):
+            value = fig.layout[axis][prop]
+            if value is not None:
+                fig.layout[axis][prop] = _text_only(value)
+    return fig
+
+
 def plot(fig: Any, key: str | None = None) -> None:
-    """Show a plotly figure at full width."""
-    st.plotly_chart(fig, width="stretch", key=key)
+    """Show a plotly figure at full width, the data's own text as text (:func:`text_only`)."""
+    st.plotly_chart(text_only(fig), width="stretch", key=key)
 
 
 def fmt_seconds(s: float | None) -> str:

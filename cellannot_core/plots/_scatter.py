@@ -1,6 +1,7 @@
 """Latent-space scatter (UMAP / t-SNE / PCA coordinates), WebGL for large point clouds."""
 from __future__ import annotations
 
+from html import escape  # a label in a hover template is text, not plotly's HTML
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -226,7 +227,8 @@ def latent_scatter(
                         text=None if text_s is None else text_s[sel],
                         hovertemplate=(
                             ("%{text}<br>" if text_s is not None else "")
-                            + f"{color_title}: {cat}" + (f"<br>{sv}" if several_symbols else "")
+                            + f"{color_title}: {escape(str(cat), quote=False)}"
+                            + (f"<br>{escape(str(sv), quote=False)}" if several_symbols else "")
                             + "<extra></extra>"
                         ),
                     )
@@ -249,7 +251,7 @@ def latent_scatter(
                     hovertemplate=(
                         ("%{text}<br>" if text_s is not None else "")
                         + f"{color_title}: " + "%{marker.color:.3g}"
-                        + (f"<br>{sv}" if several_symbols else "") + "<extra></extra>"
+                        + (f"<br>{escape(str(sv), quote=False)}" if several_symbols else "") + "<extra></extra>"
                     ),
                 )
             )

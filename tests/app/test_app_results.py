@@ -177,3 +177,24 @@ def test_a_finished_run_with_damaged_files_says_so_on_every_page(runs_root, tmp_
         assert at.error and "This run finished, but" in at.error[0].value and "Delete it" in at.error[0].value, p
     at = AppTest.from_file(APP, default_timeout=120).run().switch_page("pages/runs.py").run()
     assert not at.exception and runs_root[1] in str(at.dataframe[0].value.to_dict())
+
+
+def test_a_label_written_as_html_is_shown_as_written_in_the_figures():
+    """Found 2026-12-07 (a probe of the app served to a lab): plotly renders its HTML subset in trace
+    names, tick labels and hover text, so a cell type named ``<a href="...">x</a>`` was a link in the
+    legend. Every figure the app shows goes through ``ui.widgets.text_only``."""
+    import json
+
+    import numpy as np
+
+    from cellannot_core.plots import label_heatmap, latent_scatter
+    from ui.widgets import text_only
+
+    trap = '<a href="http://127.0.0.1:9/">click</a>'
+    labels = np.array([trap, "B", trap, "CD4+ T"], dtype=object)
+    heat = text_only(label_heatmap(labels, labels))
+    scatter = text_only(latent_scatter(np.zeros((4, 2)), labels, hover={"label": labels}))
+    shown_text = json.loads(heat.to_json()) | {"_": json.loads(scatter.to_json())}
+    shown_text = json.dumps(shown_text, ensure_ascii=False)  # (plotly's JSON writes "<" as \\u003c)
+    assert "<a href" not in shown_text and "&lt;a href=" in shown_text and "CD4+ T" in shown_text
+    assert any(t.name == "&lt;a href=\"http://127.0.0.1:9/\"&gt;click&lt;/a&gt;" for t in scatter.data)
