@@ -46,9 +46,28 @@ def _size(value) -> int:
     return PER_ELEMENT
 
 
+class Over(Exception):
+    """The measured total passed the limit (its ``args[0]``: where)."""
+
+
+def _read(read):
+    """``read()``; HDF5's own allocation failing under the address-space limit ("memory allocation
+    failed for VL data") as a :class:`MemoryError`."""
+    try:
+        return read()
+    except OSError as err:
+        if "alloc" in str(err).lower():
+            raise MemoryError(str(err)) from None
+        raise
+
+
 def measure(path: str, limit: int, members: tuple[str, ...]) -> tuple[int, str | None]:
     """The bytes the file's variable-length datasets (under ``members``, or all) and attributes take
-    in memory once read, stopping at the first that passes ``limit``: ``(total, its name or None)``."""
+    in memory once read, stopping at the first that passes ``limit``: ``(total, its name or None)``.
+
+    A part that cannot be read is measured element by element, each element that fails left out: a
+    reader fails on those too, and stopping at the first would let a broken part no reader touches
+    (a dataset anndata never reads) hide the rest of the file (found 2026-12-07, a second probe)."""
     import h5py
 
     total = 0
@@ -56,31 +75,65 @@ def measure(path: str, limit: int, members: tuple[str, ...]) -> tuple[int, str |
     def counted(name: str) -> bool:
         return not members or any(name == m or name.startswith(m + "/") for m in members)
 
-    def add(name: str, obj) -> str | None:
+    def add(n_bytes: int, where: str) -> None:
         nonlocal total
-        for key in obj.attrs:
-            if obj.attrs.get_id(key).dtype.hasobject:
-                total += _size(obj.attrs[key])
-                if total > limit:
-                    return f"{name or '/'} attribute {key[:40]}"
-        if isinstance(obj, h5py.Dataset) and obj.dtype.hasobject and counted(name):
-            n = obj.shape[0] if obj.shape else 1
-            for start in range(0, n, BLOCK):  # a block at a time, so that reading stops at the limit
-                total += _size(obj[start:start + BLOCK] if obj.shape else obj[()])
-                if total > limit:
-                    return name
-        return None
+        total += n_bytes
+        if total > limit:
+            raise Over(where)
 
-    with h5py.File(path, "r") as f:
-        over = add("", f)
-        if over:
-            return total, over
-        names: list[str] = []
-        f.visititems_links(lambda name, link: names.append(name) if not isinstance(link, h5py.ExternalLink) else None)
-        for name in names:
-            obj = f.get(name)
-            if obj is not None and (over := add(name, obj)):
-                return total, over
+    def dataset(name: str, obj) -> None:
+        if not obj.shape:
+            try:
+                add(_size(_read(lambda: obj[()])), name)
+            except (MemoryError, Over):
+                raise
+            except Exception:  # noqa: BLE001 - unreadable: a reader fails on it too
+                pass
+            return
+        for start in range(0, obj.shape[0], BLOCK):  # a block at a time, so that reading stops at the limit
+            stop = min(start + BLOCK, obj.shape[0])
+            try:
+                add(_size(_read(lambda: obj[start:stop])), name)
+            except (MemoryError, Over):
+                raise
+            except Exception:  # noqa: BLE001 - a broken element: the others one at a time
+                for i in range(start, stop):
+                    try:
+                        add(_size(_read(lambda: obj[i])), name)
+                    except (MemoryError, Over):
+                        raise
+                    except Exception:  # noqa: BLE001
+                        pass
+
+    def visit(name: str, obj) -> None:
+        for key in list(obj.attrs):
+            try:
+                if obj.attrs.get_id(key).dtype.hasobject:
+                    add(_size(_read(lambda: obj.attrs[key])), f"{name or '/'} attribute {key[:40]}")
+            except (MemoryError, Over):
+                raise
+            except Exception:  # noqa: BLE001 - an attribute that cannot be read: a reader fails on it too
+                pass
+        if isinstance(obj, h5py.Dataset) and obj.dtype.hasobject and counted(name):
+            dataset(name, obj)
+
+    try:
+        with h5py.File(path, "r") as f:
+            visit("", f)
+            names: list[str] = []
+            f.visititems_links(lambda name, link: names.append(name)
+                               if not isinstance(link, h5py.ExternalLink) else None)
+            for name in names:
+                try:
+                    obj = f.get(name)
+                except (MemoryError, Over):
+                    raise
+                except Exception:  # noqa: BLE001 - a broken link or object: the reader reports it
+                    continue
+                if obj is not None:
+                    visit(name, obj)
+    except Over as over:
+        return total, str(over.args[0])
     return total, None
 
 
@@ -104,12 +157,7 @@ def main(argv: list[str]) -> int:
     except MemoryError:
         print("over memory")
         return OVER
-    except OSError as err:  # HDF5's own allocation under the limit: "memory allocation failed for VL data"
-        if "alloc" in str(err).lower():
-            print("over memory")
-            return OVER
-        return 1
-    except Exception:  # noqa: BLE001 - a damaged file: the reader says what is wrong with it
+    except Exception:  # noqa: BLE001 - a file h5py cannot open: the reader says what is wrong with it
         return 1
     if over:
         print(f"over {over}")

@@ -289,10 +289,13 @@ def test_a_file_stored_in_countless_tiny_chunks_is_refused_before_it_is_read(pla
     assert read_dataset(plain, name="reference").n_obs == 60  # anndata's own chunks are far from it
 
 
-def _names_sharing_one_string(plain: Path, path: Path, length: int) -> Path:
+def _names_sharing_one_string(plain: Path, path: Path, length: int, broken_beside: bool = False) -> Path:
     """``plain`` with its obs names all pointing at one stored string of ``length`` characters: an
-    HDF5 variable-length element is a pointer into the file's heap, and any number may share one."""
+    HDF5 variable-length element is a pointer into the file's heap, and any number may share one.
+    ``broken_beside``: and a string dataset no reader reads (``X/aaa``) pointing at a heap object that
+    does not exist, read first by the measuring child."""
     import shutil
+    import struct
 
     shutil.copy(plain, path)
     with h5py.File(path, "r+") as f:
@@ -303,11 +306,17 @@ def _names_sharing_one_string(plain: Path, path: Path, length: int) -> Path:
         d = f["obs"].create_dataset("_index", data=values, dtype=h5py.string_dtype("utf-8"))
         d.attrs.update(attrs)
         offset = d.id.get_offset()
+        if broken_beside:
+            bad = f["X"].create_dataset("aaa", data=np.array(["x1", "x2"], dtype=object),
+                                        dtype=h5py.string_dtype("utf-8")).id.get_offset()
     with open(path, "r+b") as fh:  # every element's pointer made the first one's
         fh.seek(offset)
         first = fh.read(16)
         fh.seek(offset)
         fh.write(first * n)
+        if broken_beside:
+            fh.seek(bad + 12)
+            fh.write(struct.pack("<I", 60000))  # a heap object index that does not exist
     with h5py.File(path, "r") as f:
         assert len(f["obs/_index"][n - 1]) == length  # the file is what the test means
     return path
@@ -327,6 +336,11 @@ def test_strings_sharing_one_stored_string_are_counted_as_read(plain, tmp_path, 
     with pytest.raises(DataError, match="names and other text expand past this server's memory limit"):
         read_dataset(path)
     assert read_dataset(plain).n_obs == 400  # the same file as written passes the same limit
+    # a broken string dataset that no reader reads, met first, let the child give up on the whole file
+    # (found 2026-12-07 by a second probe: 1.6 MB took a server to 8.3 GB)
+    broken = _names_sharing_one_string(plain, tmp_path / "broken.h5ad", 200_000, broken_beside=True)
+    with pytest.raises(DataError, match="names and other text expand past"):
+        read_dataset(broken)
     # attributes too (anndata reads e.g. a data frame's column-order): measured by the same reading
     with h5py.File(tmp_path / "attr.h5", "w") as f:
         f.attrs["column-order"] = np.array(["x" * 1000] * 100, dtype=object)
