@@ -68,7 +68,7 @@ def pytest_collection_modifyitems(config, items):
 def shown(text: str) -> str:
     """A page element's Markdown source as the visitor reads it: the app escapes Markdown characters
     in labels, names and messages (``ui.state.md``)."""
-    return re.sub(r"\\(.)", r"\1", text)
+    return re.sub(r"\\(.)", r"\1", text).replace("\u2060", "")
 
 
 def make_synthetic(

@@ -353,7 +353,7 @@ def counts_layer_control(role: str, layers: list[str]) -> None:
     from ui.state import WidgetKeys
 
     for layer in layers[:3]:
-        if st.button(f"Take the raw counts from layers['{layer}']", icon=":material/layers:",
+        if st.button(f"Take the raw counts from layers['{md(layer)}']", icon=":material/layers:",
                      key=WidgetKeys.COUNTS_LAYER.format(role=role, layer=layer),
                      help="X holds no raw counts; this layer does. In Python: layer=..., on the command line --layer"):
             err = read_again(role, layer=layer)

@@ -159,20 +159,27 @@ def sync_run_param() -> None:
         st.query_params[RUN_PARAM] = run_id
 
 
-_MARKDOWN = re.compile(r"([\\`*_{}\[\]<>()#+\-.!|~$:])")
+_MARKDOWN = re.compile(r"([\\`*_{}\[\]<>()#+\-.!|~$:=])")
+_LINE_BREAK = re.compile(r"[\r\n\t\v\f]+")
+# where GFM makes a link of bare text ("http://...", "www...", "name@host"): a word joiner (U+2060,
+# invisible) breaks it, since escaping does not (found 2026-12-07 by a second probe)
+_AUTOLINK = re.compile(r"(?<=:)(?=//)|(?<=www)(?=\.)|(?<=@)", re.IGNORECASE)
 
 
 def md(text: Any) -> str:
     """``text`` (a cell type, a gene, a column, a file's name, a message quoting them) shown as it
-    is where Streamlit renders Markdown: every Markdown character escaped. Found 2026-12-07: a label
+    is where Streamlit renders Markdown: every Markdown character escaped, line breaks made spaces
+    and bare addresses kept from becoming links. Found 2026-12-07: a label
     ``![t](http://host/x.png)`` made each visitor's browser fetch that address from the Explain
     page, and a label can as well be a link anywhere a page writes it into Markdown."""
-    return _MARKDOWN.sub(r"\\\1", str(text))
+    plain = _AUTOLINK.sub("\u2060", _LINE_BREAK.sub(" ", str(text)))
+    return _MARKDOWN.sub(r"\\\1", plain)
 
 
 def code(text: Any) -> str:
-    """``text`` as Markdown code (shown as it is; its own backticks made quotes)."""
-    return "`" + str(text).replace("`", "'") + "`"
+    """``text`` as Markdown code (shown as it is; its own backticks made quotes and its line breaks
+    spaces: a blank line ends a code span, and what followed it was Markdown again)."""
+    return "`" + _LINE_BREAK.sub(" ", str(text)).replace("`", "'") + "`"
 
 
 def get(key: str) -> Any:

@@ -126,11 +126,11 @@ def dataset_summary(info: dict[str, Any], summ: dict[str, Any], count_layers: li
     c3.metric("Values in X", str(summ["value_state"]))
     used = summ.get("counts_source") or "no raw counts found"
     if info.get("layer"):
-        used = f"raw counts from layers[{md(repr(str(info['layer'])))}] (taken on this page)"
+        used = f"raw counts from layers['{md(info['layer'])}'] (taken on this page)"
     st.markdown(f"**Will use:** {md(used) if not info.get('layer') else used}; gene identifiers: "
                 f"{md(summ.get('gene_ids'))} (e.g. {md(', '.join(summ.get('example_genes', [])[:3]))})")
     if count_layers:  # one line and the button, not the reader's advice for Python and the command line
-        st.warning(f"X holds {summ['value_state']} values, not raw counts; layers[{md(repr(str(count_layers[0])))}] holds counts: "
+        st.warning(f"X holds {summ['value_state']} values, not raw counts; layers['{md(count_layers[0])}'] holds counts: "
                    "take them with the button below.", icon=":material/layers:")
     for p in summ.get("problems", []):
         if not (count_layers and "holds counts" in p):

@@ -405,6 +405,11 @@ def test_a_label_written_as_markdown_is_shown_as_it_is(tmp_path):
     trap = "![t](http://127.0.0.1:9/x.png) [click](http://127.0.0.1:9/) :red[**x**]"
     assert shown(md(trap)) == trap and "](" not in md(trap) and "![" not in md(trap)
     assert code("a`b") == "`a'b`"
+    # a second probe: a blank line ended a code span (a column name), and bare addresses became links
+    assert "\n" not in code("lab\n\n![c](http://h/x.png)") and "\n" not in md("a\n\nb")
+    for bare in ("see http://127.0.0.1:9/x", "www.example.org", "me@example.org"):
+        escaped = md(bare)
+        assert "://" not in escaped and "www\\." not in escaped and "@e" not in escaped and shown(escaped) == bare
     ref = make_synthetic(300, 250, 3, seed=1)
     ref.obs["cell_type"] = ref.obs["cell_type"].cat.add_categories([trap])
     ref.obs.iloc[:5, 0] = trap  # too few cells: the page warns it is dropped, naming it
