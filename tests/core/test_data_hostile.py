@@ -390,3 +390,18 @@ def test_a_table_too_wide_for_the_memory_limit_is_refused_before_it_is_parsed(tm
         read_dataset(tmp_path / "wide.csv.gz")
     monkeypatch.setenv("CELLANNOT_MEMORY_LIMIT_GB", str(8 / 1024))
     assert read_dataset(tmp_path / "wide.csv.gz").shape in ((2, 3000), (3000, 2))
+
+
+def test_a_row_of_far_more_fields_than_its_header_is_refused_before_it_is_parsed(tmp_path, monkeypatch):
+    """Found 2026-12-07 by a second probe: the header counted, a 47 KB upload of two rows of 12,000,000
+    fields under a two-column header took a server from 3.7 to 10.1 GB before pandas said it was ragged."""
+    import gzip
+
+    rows = ["cell,G0", "c1," + ",".join("1" for _ in range(500)), "c2,1"]
+    with gzip.open(tmp_path / "ragged.csv.gz", "wt") as fh:
+        fh.write("\n".join(rows) + "\n")
+    with pytest.raises(DataError, match=r"has a row \(line 2\) of more than 50\d fields under a header of 2"):
+        read_dataset(tmp_path / "ragged.csv.gz")
+    # a row a few fields longer than its header (a quoted name holding the separator) is still read
+    (tmp_path / "ok.csv").write_text('cell,G0,G1\n"c,1",1,2\nc2,3,4\n')
+    assert read_dataset(tmp_path / "ok.csv", orientation="cells_x_genes").shape == (2, 2)
