@@ -55,16 +55,35 @@ _EXPIRY_LOCK = threading.Lock()
 
 
 SHARED_ENV = "CELLANNOT_SHARED"  # "1": served to a lab through a proxy or tunnel, though it listens on 127.0.0.1
-FORWARDED_HEADERS = ("X-Forwarded-For", "Forwarded", "X-Real-Ip", "X-Forwarded-Host")
+#: headers a proxy adds for the visitor behind it (a visitor with any of them is not the machine's user)
+FORWARDED_HEADERS = ("X-Forwarded-For", "Forwarded", "X-Real-Ip", "X-Forwarded-Host", "X-Forwarded-Proto",
+                     "X-Forwarded-Server", "Via", "X-Client-Ip", "Cf-Connecting-Ip", "True-Client-Ip",
+                     "X-Cluster-Client-Ip", "X-Original-Forwarded-For")
+
+
+def _is_loopback(host: str | None) -> bool:
+    import ipaddress
+
+    if not host:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:
+        return False
 
 
 def server_is_local() -> bool:
     """Whether this visitor is the machine's own user, who may open the command line's runs and read
-    files by any path: the app listens on this machine only, the visitor's connection comes from this
-    machine with no proxy's forwarding header, and the server was not declared shared
-    (``CELLANNOT_SHARED=1``). Found 2026-12-07: a lab reaches an app that listens on 127.0.0.1 only
-    through a reverse proxy or a tunnel, and every visitor then counted as local."""
-    import ipaddress
+    files by any path: the app listens on this machine only, the server was not declared shared
+    (``CELLANNOT_SHARED=1``), and the visitor's connection comes from this machine for a page of this
+    machine: a loopback client address, no proxy's forwarding header, and the page's address (the
+    browser's ``Origin``, the ``Host`` asked for) a loopback one. Found 2026-12-07: a lab reaches an app
+    that listens on 127.0.0.1 only through a reverse proxy or a tunnel, and every visitor then counted
+    as local; nginx's plain ``proxy_pass`` adds no forwarding header, but the browser's ``Origin`` is
+    the proxy's address. A tunnel (``ssh -L``) looks local in every way: declare the server shared."""
+    from urllib.parse import urlsplit
 
     if os.environ.get(SHARED_ENV, "").strip().lower() in ("1", "true", "yes", "on"):
         return False
@@ -76,10 +95,16 @@ def server_is_local() -> bool:
         return True
     if any(h in headers for h in FORWARDED_HEADERS):
         return False
-    try:  # (a str on a server; AppTest's client is a mock)
-        return not isinstance(ip, str) or ipaddress.ip_address(ip.split("%")[0]).is_loopback
-    except ValueError:
-        return False
+    for name, prefix in (("Origin", ""), ("Host", "//")):
+        value = headers.get(name)
+        if isinstance(value, str):  # (AppTest's client is a mock)
+            try:
+                host = urlsplit(prefix + value.strip()).hostname
+            except ValueError:
+                return False
+            if not _is_loopback(host):
+                return False
+    return not isinstance(ip, str) or _is_loopback(ip)
 
 
 def token() -> str:

@@ -186,6 +186,12 @@ def test_a_visitor_through_a_proxy_or_a_shared_server_is_not_the_machines_user(m
     assert not visitor({"Forwarded": "for=10.0.0.7"}, "127.0.0.1")
     assert not visitor({}, "10.0.0.7")  # (an app listening elsewhere than 127.0.0.1 is not local either)
     assert not visitor({}, "127.0.0.1", address="0.0.0.0")
+    # a second probe: proxies that add other headers, or none at all (nginx's plain proxy_pass)
+    assert not visitor({"Via": "1.1 proxy"}, "127.0.0.1") and not visitor({"Cf-Connecting-Ip": "1.2.3.4"}, None)
+    local_page = {"Origin": "http://127.0.0.1:8501", "Host": "127.0.0.1:8501"}
+    assert visitor(local_page, "127.0.0.1") and visitor({"Origin": "http://localhost:8501"}, None)
+    assert not visitor({"Origin": "https://lab.example.org", "Host": "127.0.0.1:8501"}, "127.0.0.1")
+    assert not visitor({"Origin": "http://127.0.0.1:8501", "Host": "lab.example.org"}, "127.0.0.1")
     monkeypatch.setenv("CELLANNOT_SHARED", "1")  # a tunnel looks local: the server is declared shared
     assert not visitor({}, "127.0.0.1")
 
