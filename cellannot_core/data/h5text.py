@@ -65,7 +65,7 @@ def measure(path: str, limit: int, members: tuple[str, ...]) -> tuple[int, str |
     """The bytes the file's variable-length datasets (under ``members``, or all) and attributes take
     in memory once read, stopping at the first that passes ``limit``: ``(total, its name or None)``.
 
-    A part that cannot be read is measured element by element, each element that fails left out: a
+    A part that cannot be read is measured in halves down to the element, each element that fails left out: a
     reader fails on those too, and stopping at the first would let a broken part no reader touches
     (a dataset anndata never reads) hide the rest of the file (found 2026-12-07, a second probe)."""
     import h5py
@@ -90,20 +90,19 @@ def measure(path: str, limit: int, members: tuple[str, ...]) -> tuple[int, str |
             except Exception:  # noqa: BLE001 - unreadable: a reader fails on it too
                 pass
             return
-        for start in range(0, obj.shape[0], BLOCK):  # a block at a time, so that reading stops at the limit
-            stop = min(start + BLOCK, obj.shape[0])
+        def part(start: int, stop: int) -> None:
             try:
                 add(_size(_read(lambda: obj[start:stop])), name)
             except (MemoryError, Over):
                 raise
-            except Exception:  # noqa: BLE001 - a broken element: the others one at a time
-                for i in range(start, stop):
-                    try:
-                        add(_size(_read(lambda: obj[i])), name)
-                    except (MemoryError, Over):
-                        raise
-                    except Exception:  # noqa: BLE001
-                        pass
+            except Exception:  # noqa: BLE001 - a broken element: each half apart, down to the element
+                if stop - start > 1:
+                    middle = (start + stop) // 2
+                    part(start, middle)
+                    part(middle, stop)
+
+        for start in range(0, obj.shape[0], BLOCK):  # a block at a time, so that reading stops at the limit
+            part(start, min(start + BLOCK, obj.shape[0]))
 
     def visit(name: str, obj) -> None:
         for key in list(obj.attrs):
