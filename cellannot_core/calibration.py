@@ -102,9 +102,18 @@ def shift_factor(val_scores_median: float, query_scores: np.ndarray) -> float:
 
 
 def query_threshold(threshold: float, method: str, correction: str, val_scores_median: float,
-                    query_scores: np.ndarray) -> tuple[float, float]:
-    """The threshold applied to a query's novelty scores, and the shift factor used."""
+                    query_scores: np.ndarray, pred: np.ndarray | None = None) -> tuple[float, float]:
+    """The threshold applied to a query's novelty scores, and the shift factor used.
+
+    ``pred``, each query cell's predicted class: a query predicted as too few types
+    (:func:`~cellannot_core.novelty.shift_estimable`) gets no shift factor, as ``knn_class``'s
+    does: its median is its own types' distance, which a population the reference lacks *is* (a
+    query of one novel type, or one cell, accepted itself however far it was: found 2026-12-07)."""
+    from .novelty import shift_estimable
+
     if correction != "median" or method not in SHIFTABLE_SCORES:
+        return float(threshold), 1.0
+    if pred is not None and not shift_estimable(pred):
         return float(threshold), 1.0
     f = shift_factor(val_scores_median, query_scores)
     return float(threshold) * f, f

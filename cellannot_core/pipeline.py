@@ -116,6 +116,9 @@ class Predictions:
     unknown_group: np.ndarray | None = None
     # the card's ``accepted_on_class_shift`` (:func:`shifted_classes_of`); set by describe_unknown_groups
     shifted_classes: list[dict[str, Any]] | None = None
+    # False: the rule allows for the query's shift, but the query had too few predicted types to estimate it
+    # from (:func:`query_shift_estimated`)
+    shift_estimated: bool = True
 
 
 def prepare_data(reference, query, opts: AnnotateOptions) -> Prepared:
@@ -323,13 +326,31 @@ def decide(model, logits: np.ndarray, latent: np.ndarray, scores: dict[str, np.n
     label_raw = classes[proba.argmax(1)].astype(str)
     ood = scores[model.ood_method]
     check_threshold(threshold)
+    pred = proba.argmax(1)
     if threshold is None:
-        thr, factor = model.query_threshold(ood)
+        thr, factor = model.query_threshold(ood, pred)
     else:
         thr, factor = float(threshold), 1.0
     unknown = ood > thr
     label = np.where(unknown, UNKNOWN, label_raw)
-    return Predictions(logits, proba, label_raw, label, thr, factor, proba.max(1), ood, unknown, latent, scores)
+    return Predictions(logits, proba, label_raw, label, thr, factor, proba.max(1), ood, unknown, latent, scores,
+                       shift_estimated=threshold is not None or query_shift_estimated(model, pred))
+
+
+def query_shift_estimated(model, pred: np.ndarray) -> bool:
+    """False when the model's rule allows for the query's shift from the reference (``knn_class``, or
+    a distance score with ``shift_correction="median"``) but the query, predicted as ``pred``, has too
+    few types to estimate it from (:func:`~.novelty.shift_estimable`): it was measured against the
+    reference as it is."""
+    from .calibration import SHIFTABLE_SCORES
+    from .novelty import shift_estimable
+
+    if model.ood_method == "knn_class":
+        last = getattr(getattr(model, "reference", None), "last_decision", None) or {}
+        return last.get("shift_estimated") is not False
+    if model.shift_correction == "median" and model.ood_method in SHIFTABLE_SCORES:
+        return shift_estimable(pred)
+    return True
 
 
 def run_card(model, prepared: Prepared, opts: AnnotateOptions, preds: Predictions, *,
@@ -375,7 +396,8 @@ def run_card(model, prepared: Prepared, opts: AnnotateOptions, preds: Prediction
                               + (f", scaled by {preds.shift_factor:.3f} = median(query score) / median(validation "
                                  "score) to allow for the study/technology shift" if preds.shift_factor != 1.0 else "")
                               + ("; overridden by the user" if opts.threshold is not None else "") + "."),
-                      **study_shift_of(model, samples), **scores_note(model, preds), **far_query_note(preds),
+                      **study_shift_of(model, samples), **shift_note(preds), **scores_note(model, preds),
+                      **far_query_note(preds),
                       **threshold_note(model, opts.threshold, preds)},
         "validation": model.calibration,
         **class_notes(model, preds),
@@ -434,23 +456,29 @@ def scores_note(model, preds: Predictions) -> dict[str, str]:
                            "cells, to compare them on the Calibration page)"}
 
 
+def shift_note(preds: Predictions) -> dict[str, str]:
+    """``{"query_shift_not_estimated": ...}`` when the query had too few predicted types for the rule to
+    estimate its shift from (:func:`query_shift_estimated`), else ``{}``."""
+    from . import novelty
+
+    if preds.shift_estimated:
+        return {}
+    return {"query_shift_not_estimated": (
+        f"the query's cells were predicted as fewer than {novelty.SHIFT_MIN_CLASSES} types with "
+        f"{novelty.STUDY_SHIFT_MIN_CELLS} cells each, so its shift from the reference was not estimated from them "
+        "(a few types' own distance is what a population the reference lacks would show): they were measured "
+        "against the reference as it is, and a type another study moved may be Unknown as a whole. Label such "
+        "a population together with cells of other types (a whole sample), or accept its Unknown group as the "
+        "type it looks like (Calibration page) when it is that type")}
+
+
 def study_shift_of(model, samples: QuerySamples | None = None) -> dict[str, Any]:
     """``{"study_shift": ..., "sample_shifts": ...}`` for the card's rejection entry when the rule
     is ``knn_class`` (``sample_shifts`` when the query's samples got shifts of their own)."""
-    from . import novelty
-
     if model.ood_method != "knn_class" or getattr(model, "reference", None) is None:
         return {}
     out: dict[str, Any] = {"study_shift": model.reference.study_shift_summary()}
     last = model.reference.last_decision or {}
-    if last.get("shift_estimated") is False:
-        out["query_shift_not_estimated"] = (
-            f"the query's cells were predicted as fewer than {novelty.SHIFT_MIN_CLASSES} types with "
-            f"{novelty.STUDY_SHIFT_MIN_CELLS} cells each, so its shift from the reference was not estimated from them "
-            "(one type's own distance is what a population the reference lacks would show): they were measured "
-            "against the reference as it is, and a type another study moved may be Unknown as a whole. Label such "
-            "a population together with cells of other types (a whole sample), or accept its Unknown group as the "
-            "type it looks like (Calibration page) when it is that type")
     per = last.get("sample_shifts") or {}
     if samples is not None and per and last.get("n") == len(samples.codes):
         out["sample_shifts"] = {
@@ -653,7 +681,7 @@ def log_class_notes(card: dict[str, Any], log: Callable[[str], None]) -> None:
     """One line per class the card has a note on: accepted against its own shift (:func:`shifted_classes_of`)
     or with few reference cells and Unknown query cells (:func:`few_reference_classes`); the
     note of a query labelled by a model not trained with it (:func:`unseen_query_note`), and of a
-    query of too few types to estimate its shift from (:func:`study_shift_of`)."""
+    query of too few types to estimate its shift from (:func:`shift_note`)."""
     log_shifted_classes(card.get("accepted_on_class_shift") or [], log)
     log_shifted_classes(card.get("few_reference_cells") or [], log)
     if card.get("unseen_query"):
@@ -1549,7 +1577,8 @@ def prediction_card(model, preds: Predictions, report: dict[str, Any],
                                                              "validation_threshold": model.threshold,
                                                              "shift_factor": preds.shift_factor,
                                                              "threshold_overridden": threshold is not None,
-                                                             **study_shift_of(model, samples), **far_query_note(preds),
+                                                             **study_shift_of(model, samples), **shift_note(preds),
+                                                             **far_query_note(preds),
                                                              **threshold_note(model, threshold, preds)},
             "query_report": report, "cellannot_version": __version__,
             **({"unseen_query": note} if (note := unseen_query_note(model)) else {}),

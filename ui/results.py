@@ -177,7 +177,9 @@ def default_threshold(run: Run, method: str) -> float:
     val, q = run.scores(method)
     thr = threshold_for_acceptance(val, float(rej.get("accept_fraction_on_validation", 0.95)))
     med = float(np.median(val[np.isfinite(val)])) if np.isfinite(val).any() else float("nan")
-    return query_threshold(thr, method, str(rej.get("shift_correction", "none")), med, q)[0]
+    logits = run.arrays.get("query_logits")
+    pred = None if logits is None or len(logits) != len(q) else np.asarray(logits).argmax(1)
+    return query_threshold(thr, method, str(rej.get("shift_correction", "none")), med, q, pred)[0]
 
 
 @st.cache_data(show_spinner="Clustering the query (Leiden)...", max_entries=8)

@@ -134,6 +134,11 @@ class H5adRows:
         self._matrix = None
         self._recover_base = None  # the log base when the counts are recovered from log-normalised values
         lognorm: list = []
+        # raw.X keeping more genes than X and its layers (cut to the highly variable ones) comes first, as
+        # values.get_counts takes it
+        raw_first = candidates[-1][0] == "raw.X" and len(candidates[-1][2]) > len(candidates[0][2])
+        if raw_first:
+            candidates.insert(0, candidates.pop())
         try:
             for where, elem, v, _ in candidates:
                 if elem is None:
@@ -154,6 +159,8 @@ class H5adRows:
                     break
                 if state == "lognorm":
                     lognorm.append((where, m, v, head))
+                    if raw_first and where == "raw.X" and recover_counts(head) is not None:
+                        break  # recovered below, before any other source
             # no counts: log-normalised values turned back into counts, raw.X (all genes) first
             lognorm = [] if self._matrix is not None else sorted(lognorm, key=lambda c: c[0] != "raw.X")
             for where, m, v, head in lognorm:

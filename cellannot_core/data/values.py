@@ -224,10 +224,26 @@ def same_index_dtype(X: sp.csr_matrix) -> sp.csr_matrix:
     return X
 
 
+def _raw_counts(raw, state: str, why: str) -> Counts | None:
+    """The counts of ``adata.raw`` (``state`` as :func:`detect_value_state` judged it): as they are, or
+    recovered from log-normalised values (None when they cannot be)."""
+    var = raw.var.copy()
+    var.index = pd.Index(raw.var_names.astype(str))
+    if state == "counts":
+        return Counts(_csr32(raw.X), var, f"raw counts from adata.raw.X ({raw.n_vars} genes){why}", "counts")
+    got = recover_counts(raw.X)
+    if got is None:
+        return None
+    return Counts(got[0], var, f"raw counts recovered from the {log_name(got[1])} values of adata.raw.X "
+                  f"({raw.n_vars} genes): each cell's values were its counts times one factor{why}", "counts")
+
+
 def get_counts(adata: ad.AnnData, *, name: str = "dataset", allow_lognorm: bool = False) -> Counts:
     """Find the raw counts of ``adata``.
 
-    Looks, in order, at ``X``, ``layers['counts']`` (then ``'raw_counts'``, ``'raw'``,
+    When ``adata.raw`` keeps more genes than ``adata`` (genes cut to the highly variable ones, layers
+    and all), its counts (or those recovered from its log-normalised values) come first. Otherwise
+    looks, in order, at ``X``, ``layers['counts']`` (then ``'raw_counts'``, ``'raw'``,
     ``'umi_counts'``) and ``adata.raw.X``; the first whose values are counts (see
     :func:`detect_value_state`) is used. Without counts, log-normalised values in ``adata.raw.X``
     (scanpy's usual place for them, with all genes) or ``X`` are turned back into counts when they
@@ -255,6 +271,15 @@ def get_counts(adata: ad.AnnData, *, name: str = "dataset", allow_lognorm: bool 
         No counts found (and ``X`` not usable as log-normalised data).
     """
     x_state = detect_value_state(adata.X) if adata.X is not None else None
+    raw = adata.raw
+    raw_state = detect_value_state(raw.X) if raw is not None and raw.X is not None else None
+    if raw_state in ("counts", "lognorm") and raw.n_vars > adata.n_vars:
+        # the object's genes were cut (scanpy's highly_variable_genes(subset=True), counts layer and all)
+        # while .raw keeps them all: the genes another dataset shares are there (found 2026-12-07: such an
+        # object, scanpy's usual one, was refused for "only 105 of 1267 reference genes")
+        got = _raw_counts(raw, raw_state, f"; X and its layers hold {adata.n_vars} of them, a subset")
+        if got is not None:
+            return got
     if x_state == "counts":
         if whole_counts(adata.X):
             return Counts(_csr32(adata.X), adata.var.copy(), f"raw counts from X ({adata.n_vars} genes)", "counts")
@@ -272,31 +297,13 @@ def get_counts(adata: ad.AnnData, *, name: str = "dataset", allow_lognorm: bool 
                 f"raw counts from layers['{key}'] ({adata.n_vars} genes); X holds {x_state} values",
                 "counts",
             )
-    raw = adata.raw
-    raw_state = detect_value_state(raw.X) if raw is not None and raw.X is not None else None
-    if raw_state == "counts":
-        var = raw.var.copy()
-        var.index = pd.Index(raw.var_names.astype(str))
-        return Counts(
-            _csr32(raw.X), var,
-            f"raw counts from adata.raw.X ({raw.n_vars} genes); X holds {x_state} values",
-            "counts",
-        )
-    candidates = ([("adata.raw.X", raw.X, raw.var, raw.var_names)] if raw_state == "lognorm" else [])
-    if x_state == "lognorm":
-        candidates.append(("X", adata.X, adata.var, adata.var_names))
-    for where_from, M, var, names in candidates:
-        got = recover_counts(M)
+    if raw_state in ("counts", "lognorm"):  # counts, or log-normalised values (scanpy's usual place, all genes)
+        got = _raw_counts(raw, raw_state, f"; X holds {x_state} values" if raw_state == "counts" else "")
         if got is not None:
-            counts, base = got
-            var = var.copy()
-            var.index = pd.Index(names.astype(str))
-            return Counts(
-                counts, var,
-                f"raw counts recovered from the {log_name(base)} values of {where_from} ({counts.shape[1]} genes): "
-                "each cell's values were its counts times one factor",
-                "counts",
-            )
+            return got
+    if x_state == "lognorm" and (got := recover_counts(adata.X)) is not None:
+        return Counts(got[0], adata.var.copy(), f"raw counts recovered from the {log_name(got[1])} values of X "
+                      f"({adata.n_vars} genes): each cell's values were its counts times one factor", "counts")
     where = "X, layers['counts'] or .raw"
     others = [str(k) for k in adata.layers.keys() if k not in COUNT_LAYERS
               and detect_value_state(adata.layers[k]) == "counts"]

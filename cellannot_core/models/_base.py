@@ -178,7 +178,7 @@ class Model:
         }
         return self.calibration
 
-    def query_threshold(self, query_scores: np.ndarray) -> tuple[float, float]:
+    def query_threshold(self, query_scores: np.ndarray, pred: np.ndarray | None = None) -> tuple[float, float]:
         """Threshold for a query's novelty scores, and the shift factor applied.
 
         Distances grow for every query cell when the query comes from another study or
@@ -187,10 +187,12 @@ class Model:
         ``median(query scores) / median(validation scores)`` (never below 1): the bulk of the
         query is assumed to be known cell types (true while novel cells are under half of the
         query). Only distance scores (kNN, Mahalanobis) are positive and scale this way; other
-        scores and ``"none"`` keep the validation threshold.
+        scores and ``"none"`` keep the validation threshold. With ``pred`` (each cell's predicted
+        class), a query predicted as too few types to tell its shift from its own types' distance
+        keeps it too (:func:`~cellannot_core.calibration.query_threshold`).
         """
         return query_threshold(self.threshold, self.ood_method, self.shift_correction, self.val_score_median,
-                               query_scores)
+                               query_scores, pred)
 
     def set_threshold(self, threshold: float) -> None:
         self.threshold = float(threshold)

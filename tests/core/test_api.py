@@ -232,6 +232,25 @@ def test_predict_in_place_and_threshold_override(pair, monkeypatch):
     assert not q.obs["cellannot_is_unknown"].any()
 
 
+def test_a_baselines_novel_type_labelled_on_its_own_does_not_accept_itself(pair):
+    """``logreg``'s threshold is widened by the query's median distance (shift_correction="median"). A
+    query of the novel type alone (or of one cell) widened it by its own distance and accepted itself
+    whole (found 2026-12-07 by a new user labelling one cluster at a time: DC cells Unknown within
+    pbmc3k, none alone). Predicted as too few types, it is measured against the reference as it is,
+    as the default rule measures such a query, and the card says so."""
+    ref, query = pair
+    annotator = ca.train(ref, **_opts())
+    novel = (query.obs["cell_type"] == "type3").to_numpy()
+    whole = annotator.predict(query, copy=True)
+    assert whole.obs["cellannot_is_unknown"].to_numpy()[novel].mean() > 0.1
+    assert "query_shift_not_estimated" not in whole.uns["cellannot"]["rejection"]
+    alone = annotator.predict(query[novel].copy(), copy=True)
+    assert alone.obs["cellannot_is_unknown"].mean() > 0.9
+    rejection = alone.uns["cellannot"]["rejection"]
+    assert rejection["shift_factor"] == 1.0 and "fewer than" in rejection["query_shift_not_estimated"]
+    assert annotator.predict(query[np.flatnonzero(novel)[:1]].copy(), copy=True).obs["cellannot_is_unknown"].all()
+
+
 def test_backed_and_float16_data_are_read_as_a_scanpy_user_opens_them(pair, tmp_path, monkeypatch):
     """``read_h5ad(path, backed="r")`` (scanpy's way into a large file) for reference and query, in
     place and with copy=True, and a dense float16 X (which scipy.sparse cannot hold): the same
@@ -514,6 +533,35 @@ def test_a_query_cut_from_another_anndata_is_said_to_keep_the_labels(pair):
     lines.clear()
     ca.annotate(ref, full[full.obs["part"] == "query"], copy=True, log=lines.append, **_opts())
     assert not [ln for ln in lines if "view of another" in ln]  # a copy asked for: nothing to say
+
+
+def test_scanpys_usual_object_cut_to_its_variable_genes_is_read_from_raw(pair, tmp_path):
+    """scanpy's usual object: counts kept in layers['counts'], log-normalised values of every gene in
+    .raw, then highly_variable_genes(subset=True) (the counts layer cut with X) and scale. Its counts
+    layer holds a few of the reference's genes, so it was refused ("only 105 of 1267 reference genes",
+    found 2026-12-07) while .raw held them all. The counts of .raw are taken; the labels are those of
+    the plain counts, in memory and read from its file a chunk at a time."""
+    import scanpy as sc
+
+    from cellannot_core.data.stream import H5adRows
+
+    ref, query = pair
+    q = query.copy()
+    q.layers["counts"] = q.X.copy()
+    sc.pp.normalize_total(q, target_sum=1e4)
+    sc.pp.log1p(q)
+    q.raw = q
+    q = q[:, q.var_names[::6]].copy()  # the "variable" genes: a sixth of them
+    sc.pp.scale(q, max_value=10)
+    annotator = ca.train(ref, **_opts())
+    want = annotator.predict(query, copy=True).obs["cellannot_label"].astype(str)
+    got = annotator.predict(q, copy=True)
+    assert list(got.obs["cellannot_label"].astype(str)) == list(want)
+    assert "adata.raw.X" in got.uns["cellannot"]["query_report"]["counts_source"]
+    q.write_h5ad(tmp_path / "hvg.h5ad")
+    with H5adRows(tmp_path / "hvg.h5ad") as rows:
+        assert "raw.X" in rows.source and len(rows.var) == query.n_vars
+    assert ca.annotate(ref, q, copy=True, **_opts()).n_vars == q.n_vars  # annotate reads it too
 
 
 def test_the_layer_of_counts_can_be_named_as_in_scvi_tools(pair):
