@@ -391,8 +391,10 @@ def run_card(model, prepared: Prepared, opts: AnnotateOptions, preds: Prediction
                       "accept_fraction_on_validation": opts.accept,
                       "shift_correction": model.shift_correction, "shift_factor": preds.shift_factor,
                       "threshold_overridden": opts.threshold is not None,
+                      **({"rule": rule} if (rule := (model.calibration or {}).get("rule")) else {}),
                       "how": (f"Cells whose {model.ood_method} novelty score exceeds the threshold are Unknown. "
-                              f"The threshold accepts {opts.accept:.0%} of reference validation cells"
+                              + (f"The model's own rule: {rule} (the accepted share does not apply)" if rule else
+                                 f"The threshold accepts {100 * opts.accept:.3g}% of reference validation cells")
                               + (f", scaled by {preds.shift_factor:.3f} = median(query score) / median(validation "
                                  "score) to allow for the study/technology shift" if preds.shift_factor != 1.0 else "")
                               + ("; overridden by the user" if opts.threshold is not None else "") + "."),

@@ -9,6 +9,7 @@ import pandas as pd
 
 from cellannot_core._constants import OutKeys
 from ui.results import Run
+from ui.state import md
 
 
 def reliability(run: Run) -> tuple[dict[str, Any], dict[str, float]]:
@@ -81,9 +82,10 @@ def threshold_parts(run: Run) -> tuple[str, str]:
     accept = float(rej.get("accept_fraction_on_validation", 0.95))
     val_thr = rej.get("validation_threshold", rej.get("threshold"))
     text = (f"The model calls a cell **Unknown** when its **{rej.get('method')}** novelty score is above "
-            f"**{float(rej.get('threshold', float('nan'))):.4g}**. On held-out reference validation cells, "
-            f"{float(val_thr):.4g} accepts {accept:.0%} of them (so about {1 - accept:.0%} of cells of *known* "
-            "types are expected to be called Unknown)")
+            f"**{float(rej.get('threshold', float('nan'))):.4g}**. "
+            + (f"That is the model's own rule: {md(str(rej['rule']))}" if rej.get("rule") else
+               f"On held-out reference validation cells, {float(val_thr):.4g} accepts {100 * accept:.3g}% of them "
+               f"(so about {100 * (1 - accept):.3g}% of cells of *known* types are expected to be called Unknown)"))
     factor = float(rej.get("shift_factor", 1.0) or 1.0)
     if factor != 1.0:
         text += (f"; it was then scaled by {factor:.3f} = median(query score) / median(validation score) to "

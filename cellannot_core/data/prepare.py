@@ -608,7 +608,8 @@ def prepare(
     warns.extend(lw)
     ref.take(keep)
     ref.report.update(label_info, label_key=label_key)
-    ref_labels = ref.obs[label_key].astype(str).str.strip().to_numpy(dtype=object)
+    merged = label_info["labels_merged"]
+    ref_labels = ref.obs[label_key].astype(str).str.strip().map(lambda v: merged.get(v, v)).to_numpy(dtype=object)
     classes = sorted(label_info["class_counts"])
     class_idx = {c: i for i, c in enumerate(classes)}
     ref_y = np.array([class_idx[c] for c in ref_labels], dtype=np.int64)
@@ -767,6 +768,7 @@ def batch_candidates(ref_obs: pd.DataFrame, q_obs: pd.DataFrame, *, exclude: tup
     (sample, donor, batch, ...); for the Data page's batch-key choice. ``named_only``: only the
     columns whose name says so."""
     out = []
+    exclude = (*exclude, *annotation_columns(ref_obs), *annotation_columns(q_obs))
     for col in dict.fromkeys([*map(str, ref_obs.columns), *map(str, q_obs.columns)]):
         if col in exclude:
             continue
@@ -784,6 +786,24 @@ def batch_candidates(ref_obs: pd.DataFrame, q_obs: pd.DataFrame, *, exclude: tup
             continue
         out.append((hint, -len(levels), col))
     return [c for *_, c in sorted(out)]
+
+
+def annotation_columns(obs: pd.DataFrame) -> list[str]:
+    """The columns of ``obs`` that a cellannot run wrote (every one of a prefix's ``_label``,
+    ``_label_raw``, ``_is_unknown``, ... present): not a sample or batch column of the data. A query
+    annotated once and labelled again had its ``cellannot_unknown_group`` taken for its samples (found
+    2026-12-07), whose groups are the last run's Unknown calls by construction."""
+    from cellannot_core._constants import OutKeys
+
+    suffixes = [v[len(OutKeys.UNS):] for v in (OutKeys.LABEL, OutKeys.LABEL_RAW, OutKeys.CONFIDENCE,
+                                               OutKeys.OOD_SCORE, OutKeys.IS_UNKNOWN, OutKeys.UNKNOWN_GROUP)]
+    cols, out = set(map(str, obs.columns)), []
+    for col in cols:
+        if col.endswith(suffixes[4]):
+            names = [col[: -len(suffixes[4])] + sfx for sfx in suffixes]
+            if sum(n in cols for n in names) >= 4:  # an annotation written before _unknown_group existed too
+                out += [n for n in names if n in cols]
+    return out
 
 
 def _label_candidates(obs: pd.DataFrame, n_cells: int, max_classes: int = 100) -> list[dict[str, Any]]:

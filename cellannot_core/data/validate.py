@@ -260,6 +260,13 @@ def clean_labels(
             f"left out: '{UNKNOWN}' is what cellannot calls a cell of a type the reference lacks"
         )
     text = s.astype(str).str.strip()
+    spelling = label_spellings(text[~missing])
+    if spelling:
+        text = text.map(lambda v: spelling.get(v, v))
+        shown = ", ".join(f"{k!r} as {v!r}" for k, v in list(spelling.items())[:5])
+        warns.append(f"{name} labels that differ only in case or spacing were taken as one type, named as most of "
+                     f"their cells name it: {shown}" + (f" and {len(spelling) - 5} more" if len(spelling) > 5 else "")
+                     + f"; if they are different types, give them names that differ by more in '{label_key}'")
     counts = text[~missing].value_counts()
     if len(counts) < 2:
         raise DataError(
@@ -294,8 +301,27 @@ def clean_labels(
         "n_missing_labels": int(missing.sum()),
         "dropped_classes": {str(k): int(v) for k, v in small.items()},
         "class_counts": {str(k): int(v) for k, v in kept.sort_index().items()},
+        "labels_merged": spelling,
     }
     return keep, info, warns
+
+
+def label_spellings(labels: pd.Series) -> dict[str, str]:
+    """Labels (stripped) that differ from another only in case or repeated spaces ("b" beside "B",
+    "CD4  T" beside "CD4 T"), each mapped to the spelling most of that form's cells carry (ties: the
+    first in sort order); ``{}`` when every form has one spelling. Two spellings of one type made two
+    classes, each learnt from part of its cells, without a word (found 2026-12-07); the query's labels
+    were already matched regardless of case (:func:`match_query_labels`)."""
+    counts = labels.astype(str).value_counts()
+    forms: dict[str, list[tuple[int, str]]] = {}
+    for label, n in counts.items():
+        forms.setdefault(_label_form(label), []).append((-int(n), str(label)))
+    out: dict[str, str] = {}
+    for spellings in forms.values():
+        if len(spellings) > 1:
+            best = min(spellings)[1]
+            out.update({label: best for _, label in spellings if label != best})
+    return out
 
 
 def zero_total_cells(X) -> np.ndarray:

@@ -112,6 +112,11 @@ def test_threshold_story_explains_the_score_and_its_null():
     one_type = threshold_story(SimpleNamespace(rejection={**rej, "method": "knn_class", "shift_factor": 1.0,
                                                           "query_shift_not_estimated": "too few types: as it is"}))
     assert "**Not estimated here:** too few types: as it is." in one_type and "Not estimated" not in cls
+    # a model with a rule of its own (svm_reject) was said to accept 95% of validation cells (found 2026-12-07)
+    own = threshold_story(SimpleNamespace(rejection={**rej, "method": "maxprob", "shift_factor": 1.0,
+                                                     "rule": "Unknown when max probability < 0.7"}))
+    assert "model's own rule: Unknown when max probability < 0.7" in shown(own) and "accepts" not in own
+    assert "99.9%" in threshold_story(SimpleNamespace(rejection={**rej, "accept_fraction_on_validation": 0.999}))
 
 
 def test_unknown_calls_by_class_say_how_each_threshold_was_made(tmp_path, monkeypatch):

@@ -535,6 +535,35 @@ def test_a_query_cut_from_another_anndata_is_said_to_keep_the_labels(pair):
     assert not [ln for ln in lines if "view of another" in ln]  # a copy asked for: nothing to say
 
 
+def test_a_model_with_a_rule_of_its_own_says_that_rule_not_an_accepted_share(pair):
+    """svm_reject calls a cell Unknown below 0.7 probability, whatever ``accept`` is; its card said "The
+    threshold accepts 50% of reference validation cells" (found 2026-12-07)."""
+    ref, query = pair
+    rejection = ca.annotate(ref, query, copy=True, **(_opts() | {"model": "svm_reject", "accept": 0.5})
+                            ).uns["cellannot"]["rejection"]
+    assert rejection["rule"].startswith("Unknown when max probability < 0.7")
+    assert "own rule" in rejection["how"] and "accepts" not in rejection["how"]
+    assert "accepts 99.9% of" in ca.annotate(ref, query, copy=True, accept=0.999, **_opts()
+                                             ).uns["cellannot"]["rejection"]["how"]
+
+
+def test_reference_labels_differing_only_in_case_are_one_type_and_said(pair):
+    """Half of each type written in lower case ("type0" and "TYPE0 "): two classes per type, each learnt
+    from half its cells, without a word (found 2026-12-07). They are one type, named as most cells name
+    it, and the run says so."""
+    ref, query = pair
+    r = ref.copy()
+    labels = r.obs["cell_type"].astype(str).to_numpy(dtype=object)
+    labels[::3] = [f"{v.upper()} " for v in labels[::3]]
+    r.obs["cell_type"] = labels
+    lines: list[str] = []
+    out = ca.annotate(r, query, copy=True, log=lines.append, **_opts())
+    assert list(out.uns["cellannot"]["classes"]) == ["type0", "type1", "type2"]
+    assert out.uns["cellannot"]["data_report"]["reference"]["labels_merged"]["TYPE0"] == "type0"
+    assert any("differ only in case or spacing were taken as one type" in ln and "'TYPE1' as 'type1'" in ln
+               for ln in lines)
+
+
 def test_scanpys_usual_object_cut_to_its_variable_genes_is_read_from_raw(pair, tmp_path):
     """scanpy's usual object: counts kept in layers['counts'], log-normalised values of every gene in
     .raw, then highly_variable_genes(subset=True) (the counts layer cut with X) and scale. Its counts

@@ -416,6 +416,14 @@ def test_query_samples_finds_the_sample_column_a_rule_can_use():
     assert query_samples(obs, batch_key="missing") is None  # a key the query lacks: no samples
     assert query_samples(obs[["cell_type", "leiden", "batch"]]) is None
     assert query_samples(obs.iloc[:0]) is None
+    # a query annotated before: its Unknown groups are the last run's calls, not samples (found 2026-12-07:
+    # taken for samples, they made the rule measure each "sample" against its own shift and the run advise
+    # training with them as the batch key); a column of that name alone is the user's
+    again = obs[["cell_type"]].assign(cellannot_unknown_group=np.repeat([0, -1], 100))
+    assert query_samples(again).column == "cellannot_unknown_group"
+    for sfx, v in (("label", "T"), ("label_raw", "T"), ("confidence", 0.9), ("ood_score", 1.0), ("is_unknown", False)):
+        again[f"cellannot_{sfx}"] = v
+    assert query_samples(again) is None
 
 
 @pytest.mark.parametrize("kw, words", [({"n_generate": -1}, "n_generate"), ({"n_generate": 10**6}, "n_generate"),
