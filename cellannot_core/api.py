@@ -142,7 +142,9 @@ def annotate(
     n_top_genes: int = DEFAULT_N_TOP_GENES,
     hvg_flavor: str = DEFAULT_HVG_FLAVOR,
     accept: float = 0.95,
+    threshold: float | None = None,
     min_cells_per_class: int = 10,
+    min_shared_genes: int = 200,
     layer: str | None = None,
     log: Callable[[str], None] | None = None,
     progress_bar: bool = True,
@@ -193,8 +195,13 @@ def annotate(
         e.g. pancreatic hormones) at one fixed place, so with few genes they may be left out.
     accept
         Share of reference validation cells the Unknown threshold accepts.
+    threshold
+        The Unknown threshold on the model's novelty score, given by hand (``--threshold``): it replaces
+        the one ``accept`` and the query's shift make; ``float("inf")`` calls no cell Unknown.
     min_cells_per_class
         Reference types with fewer cells are left out (reported); at least 2.
+    min_shared_genes
+        Fewest genes the reference and the query must share (``--min-shared-genes``).
     layer
         The layer holding the raw counts (as scvi-tools' ``setup_anndata(layer=...)``), in the
         reference and the query; one of the two without that layer has its counts found as by
@@ -219,7 +226,8 @@ def annotate(
     _note_view(adata_query, copy, log or _default_log)
     opts = _options(label_key, model, query_label_key=query_label_key, hparams=hparams, seed=seed, device=device,
                     max_epochs=max_epochs, n_top_genes=n_top_genes, accept=accept, batch_key=batch_key,
-                    hvg_flavor=hvg_flavor, min_cells_per_class=min_cells_per_class)
+                    hvg_flavor=hvg_flavor, min_cells_per_class=min_cells_per_class, threshold=threshold,
+                    min_shared_genes=min_shared_genes)
     ref, query = _readable(adata_ref, "reference"), _readable(adata_query, "query")
     ref, query_in = counts_layers(ref, query, layer, log or _default_log)
     res = run_annotate(ref, query_in, opts, log=log or _default_log, callbacks=_progress(progress_bar))
@@ -308,7 +316,7 @@ class Annotator:
         layer
             The layer of ``adata`` holding the raw counts (as in :func:`annotate`).
         log
-            Called with one line per step; default: silent.
+            Called with one line per step; default: the ``"cellannot"`` logger, as :func:`annotate`'s.
         progress_bar
             With ``adapt``: show the training's progress (as :func:`annotate`).
 
@@ -390,6 +398,7 @@ def train(
     hvg_flavor: str = DEFAULT_HVG_FLAVOR,
     accept: float = 0.95,
     min_cells_per_class: int = 10,
+    min_shared_genes: int = 200,
     layer: str | None = None,
     log: Callable[[str], None] | None = None,
     progress_bar: bool = True,
@@ -398,8 +407,8 @@ def train(
 
     Parameters
     ----------
-    adata_ref, label_key, model, batch_key, hparams, seed, device, max_epochs, n_top_genes, hvg_flavor, accept, min_cells_per_class, layer, log, progress_bar
-        As in :func:`annotate`.
+    adata_ref, label_key, model, batch_key, hparams, seed, device, max_epochs, n_top_genes, hvg_flavor, accept, min_cells_per_class, min_shared_genes, layer, log, progress_bar
+        As in :func:`annotate` (a threshold by hand is :meth:`Annotator.predict`'s).
     adata_query
         Optional: genes are then restricted to those the query shares, and semi-supervised
         models (``scanvi``, ``scanvi_svm``, ``m2flow``) also learn from its cells. Without it
@@ -417,7 +426,7 @@ def train(
         _check_adata(adata_query, "adata_query")
     opts = _options(label_key, model, hparams=hparams, seed=seed, device=device, max_epochs=max_epochs,
                     n_top_genes=n_top_genes, accept=accept, batch_key=batch_key, hvg_flavor=hvg_flavor,
-                    min_cells_per_class=min_cells_per_class)
+                    min_cells_per_class=min_cells_per_class, min_shared_genes=min_shared_genes)
     say = log or _default_log
     say("preparing data")
     if adata_query is not None:

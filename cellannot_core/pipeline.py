@@ -584,7 +584,8 @@ def few_reference_classes(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             continue
         c = r["class"]
         note = (f"{n_unk:,} of the {int(r['n_predicted']):,} query cells that look most like {c} were called Unknown, "
-                f"and the reference has only {int(n_ref)} {c} cells: too few to tell how far {c} cells may lie (the "
+                f"and the model measures them against only {int(n_ref)} reference {c} cells (those it trained on): "
+                f"too few to tell how far {c} cells may lie (the "
                 f"threshold is their 95th percentile, and with fewer than {FEW_REFERENCE_CELLS} cells even the farthest "
                 f"may fall short of it). A type rare in the reference looks like this, and so does a type the reference "
                 f"lacks that resembles {c}: the Unknown groups' genes tell which; accept the groups that keep {c}'s "
@@ -793,6 +794,7 @@ def unknown_by_sample(obs: pd.DataFrame, is_unknown: np.ndarray, opts: AnnotateO
     import shlex
 
     from .data import batch_candidates
+    from .models import get_spec
     from .novelty import SAMPLE_MIN_CELLS
 
     unk = np.asarray(is_unknown, dtype=bool)
@@ -810,12 +812,18 @@ def unknown_by_sample(obs: pd.DataFrame, is_unknown: np.ndarray, opts: AnnotateO
         hi, lo = kept[np.argmax(shares[kept])], kept[np.argmin(shares[kept])]
         if shares[hi] - shares[lo] < SAMPLE_SPREAD:
             continue
+        # only a model with a batch covariate sets the difference aside (found 2026-12-07: logreg was
+        # advised a batch key that changed none of its labels)
+        takes_batch = "n_batches" in get_spec(opts.model or DEFAULT_MODEL).hparams
+        how = (f"train again with {col!r} as the batch column" if takes_batch else
+               f"train again with a model that takes a batch covariate (such as {DEFAULT_MODEL}; "
+               f"{opts.model or DEFAULT_MODEL} takes none) and {col!r} as the batch column")
         return {"column": col,
                 "shares": {str(names[i]): round(float(shares[i]), 4) for i in kept},
                 "cells": {str(names[i]): int(counts[i]) for i in kept},
                 "note": f"Unknown calls differ between the query's {col!r} groups ({names[hi]}: {shares[hi]:.0%} "
                         f"Unknown, {names[lo]}: {shares[lo]:.0%}). If these samples differ in condition or "
-                        f"technology rather than in cell types, train again with {col!r} as the batch column "
+                        f"technology rather than in cell types, {how} "
                         f"(CLI --batch-key {shlex.quote(col)}; the Data page's \"Batch / sample column\"): the model "
                         "then sets that difference aside. If some samples hold cell types the others lack, the "
                         "difference is expected."}
@@ -918,7 +926,11 @@ def write_annotations(adata, preds: Predictions, card: dict[str, Any], *, index:
         out[rows] = values
         return out
 
-    adata.obs[k["LABEL"]] = pd.Categorical(full(preds.label, None, object))
+    label = full(preds.label, None, object)
+    # the types in their own order, Unknown last (sorted, it came first where the types are lower case)
+    present = set(pd.unique(label[pd.notna(label)]).astype(str)) if len(label) else set()
+    order = sorted(present - {UNKNOWN}) + ([UNKNOWN] if UNKNOWN in present else [])
+    adata.obs[k["LABEL"]] = pd.Categorical(label, categories=order)
     adata.obs[k["LABEL_RAW"]] = pd.Categorical(full(preds.label_raw, None, object))
     adata.obs[k["CONFIDENCE"]] = full(preds.confidence, np.nan, np.float32)
     adata.obs[k["OOD_SCORE"]] = full(preds.ood_score, np.nan, np.float32)

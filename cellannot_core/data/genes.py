@@ -125,6 +125,16 @@ def _why_few_shared(rvar: pd.DataFrame, qvar: pd.DataFrame, ref_name: str) -> st
         if len(var) and all(str(g).isdigit() for g in var.index[:100]):
             return (f"the {name}'s gene names are numbers (0, 1, 2 ...), anndata's default: set its var_names to the "
                     "gene symbols or Ensembl IDs")
+    for name, var, other, other_name in ((ref_name, rvar, qvar, "query"), ("query", qvar, rvar, ref_name)):
+        names = set(map(str, other.index))
+        for col in var.columns:  # a column of names the other dataset uses, under a name not known for it
+            if var[col].dtype.kind not in "OUS" and not isinstance(var[col].dtype, pd.CategoricalDtype):
+                continue
+            n = int(var[col].astype(str).isin(names).sum())
+            if n >= max(10, 0.5 * min(len(var), len(other))):
+                return (f"the {name}'s var column {str(col)[:80]!r} holds {n:,} of the {other_name}'s gene names: set "
+                        f"its var_names to them (adata.var_names = adata.var[{str(col)[:80]!r}], then "
+                        "adata.var_names_make_unique()).")
     hint = "check both use the same gene identifiers (symbols vs Ensembl IDs) and species"
     if ref_name == "reference" and min(len(rvar), len(qvar)) <= 5000:
         hint += ("; and if either was cut to its highly variable genes (sc.pp.highly_variable_genes(subset=True)), "

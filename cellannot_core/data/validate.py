@@ -119,13 +119,15 @@ def make_unique(names: pd.Index, *, what: str = "cell", name: str = "dataset") -
     examples = ", ".join(pd.unique(names[dup])[:3])
     if what == "gene":
         msg = (
-            f"the {name} has {int(dup.sum())} duplicate gene names (e.g. {examples}); they were made "
-            "unique (var_names_make_unique), so only the first of each is matched to the other dataset"
+            f"the {name} has {int(dup.sum())} duplicate gene names (e.g. {examples}); for this run they "
+            "were made unique as var_names_make_unique does (the object itself keeps them), so only the first of each "
+            "is matched to the other dataset"
         )
     else:
         msg = (
-            f"the {name} has {int(dup.sum())} duplicate cell names (e.g. {examples}); they were made "
-            "unique (obs_names_make_unique: later copies get -1, -2, ...)"
+            f"the {name} has {int(dup.sum())} duplicate cell names (e.g. {examples}); for this run they "
+            "were made unique as obs_names_make_unique does (later copies get -1, -2, ...; the object itself keeps "
+            "them)"
         )
     return new, msg
 

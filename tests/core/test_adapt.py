@@ -95,7 +95,7 @@ def test_a_query_of_one_type_is_measured_against_the_reference_as_it_is(saved):
     out = ann.predict(one, copy=True, log=lines.append)
     assert set(out.obs["cellannot_label_raw"].astype(str)) == {"type0"}
     why = out.uns["cellannot"]["rejection"]["query_shift_not_estimated"]
-    assert why.startswith("the query's cells were predicted as fewer than 2 types")
+    assert why.startswith("the query's cells were predicted as fewer than 3 types")
     assert f"note: {why}" in lines
     assert "query_shift_not_estimated" not in ann.predict(query, copy=True).uns["cellannot"]["rejection"]
 

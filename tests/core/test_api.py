@@ -230,6 +230,9 @@ def test_predict_in_place_and_threshold_override(pair, monkeypatch):
     with pytest.raises(ConfigError, match="threshold must be a number"):  # NaN called no cell Unknown, silently
         annotator.predict(q, threshold=float("nan"))
     assert not q.obs["cellannot_is_unknown"].any()
+    # annotate takes a threshold by hand too, as the command line's annotate does (found 2026-12-07: TypeError)
+    out = ca.annotate(ref, query, copy=True, threshold=float("inf"), min_shared_genes=50, **_opts())
+    assert not out.obs["cellannot_is_unknown"].any() and out.uns["cellannot"]["rejection"]["threshold_overridden"]
 
 
 def test_a_baselines_novel_type_labelled_on_its_own_does_not_accept_itself(pair):

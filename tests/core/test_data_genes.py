@@ -123,6 +123,13 @@ def test_few_shared_genes_name_the_likeliest_reason():
     with pytest.raises(DataError, match="the query's gene names are numbers") as e:
         match_genes(_var([f"G{j}" for j in range(2000)]), _var([str(j) for j in range(2000)]))
     assert "species" not in str(e.value)
+    # the symbols in a var column of a name not known for them: the column named, with what to do (found
+    # 2026-12-07: "only 0 of 2000 genes", nothing more)
+    q = _var([f"ENSG{j:011d}" for j in range(2000)])
+    q["my_syms"] = [f"G{j}" for j in range(2000)]
+    with pytest.raises(DataError, match=r"the query's var column 'my_syms' holds 2,000 of the reference's gene names: "
+                                        r"set its var_names to them \(adata\.var_names = adata\.var\['my_syms'\]"):
+        match_genes(_var([f"G{j}" for j in range(2000)]), q)
     # a saved model's genes are the model's, not a reference's
     with pytest.raises(DataError, match="only 0 of 2000 model genes found in the query"):
         match_genes(_var([f"G{j}" for j in range(2000)]), _var([f"X{j}" for j in range(2000)]), ref_name="model")

@@ -391,6 +391,10 @@ def test_unknown_by_sample_names_the_sample_whose_cells_are_called_unknown():
     assert hint["column"] == "sample_id" and set(hint["shares"]) == {"ctrl", "stim"}  # "tiny": 10 cells
     assert hint["shares"]["stim"] == pytest.approx(unk[100:200].mean()) and hint["cells"] == {"ctrl": 100, "stim": 100}
     assert "stim: " in hint["note"] and "--batch-key sample_id" in hint["note"]
+    assert "train again with 'sample_id' as the batch column" in hint["note"]
+    # a model without a batch covariate is not told to train with a batch key that changes none of its labels
+    logreg = unknown_by_sample(obs, unk, AnnotateOptions(label_key="cell_type", model="logreg"))["note"]
+    assert "a model that takes a batch covariate (such as scanvi_svm; logreg takes none)" in logreg
     assert unknown_by_sample(obs, unk, AnnotateOptions(label_key="cell_type", batch_key="sample_id")) is None
     even = np.r_[rng.random(100) < 0.3, rng.random(100) < 0.4, np.zeros(10, bool)]
     assert unknown_by_sample(obs, even, opts) is None
