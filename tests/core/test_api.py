@@ -41,6 +41,8 @@ def test_annotate_writes_the_documented_keys_in_place(pair):
     known = q.obs["cell_type"] != "type3"
     assert (labels[known] == q.obs["cell_type"][known].astype(str)).mean() > 0.9
     np.testing.assert_allclose(q.obsm["cellannot_proba"].sum(1), 1, atol=1e-4)
+    # the types in order, Unknown last (sorted with them it came first where types are lower case)
+    assert list(q.obs["cellannot_label"].cat.categories) == sorted(set(labels) - {"Unknown"}) + ["Unknown"]
 
 
 def test_the_gene_ranking_is_an_option_and_the_run_card_says_which(pair):
