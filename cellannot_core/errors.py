@@ -62,3 +62,14 @@ def failure_message(err: BaseException) -> str:
                 "model, or use a machine with more memory (or set CELLANNOT_MEMORY_LIMIT_GB lower, so that large "
                 "inputs are refused before they are read)")
     return f"internal error: {type(err).__name__}: {err}"
+
+
+def shown_name(text: object, limit: int = 60) -> str:
+    """A name taken from a file (a member, link, attribute or label), fit to quote in a message: control
+    characters (a terminal's escape sequences, line breaks) dropped and at most ``limit`` characters,
+    ``...`` marking a cut (found 2026-12-07: archive member and HDF5 link names reached the terminal with
+    their escape sequences, and a model file's name made a million-character error)."""
+    import unicodedata
+
+    s = "".join(c for c in str(text) if unicodedata.category(c)[0] != "C")
+    return s if len(s) <= limit else s[: max(limit - 3, 0)] + "..."

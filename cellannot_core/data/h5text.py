@@ -2,7 +2,7 @@
 in memory, measured in a child process held to the memory limit.
 
 Run by :func:`cellannot_core.data.io.guard_hdf5` as ``python -I h5text.py <file> <limit bytes>
-<members>`` (members comma-separated, empty for the whole file), with nothing of the package imported,
+<members>`` (members a JSON list, empty for the whole file), with nothing of the package imported,
 so that it starts in a fraction of a second. A variable-length element is a pointer into the file's
 heap, and any number of pointers may share one stored string: a 1.5 MB ``.h5ad`` whose 3,000 obs names
 all point at one 1 MB string expands to 3 GB (found 2026-12-07; the shape and item size that bound
@@ -10,7 +10,9 @@ every other dataset count 8 bytes each). Only reading tells the size, so it is r
 address-space limit, and the parent reads the file only when this child says it fits.
 
 Exit code 0 and ``fits <bytes>``: it fits; 3 and ``over <name>``: it does not (or the memory ran
-out reading it); anything else (a damaged file) is left to the reader, which reports it.
+out reading it); anything else (a file it could not measure) is refused by the parent: a dataset of a
+type h5py cannot read crashed this child into an exit the parent took for "fits" (found 2026-12-07).
+The members come as one JSON list (a MuData modality named ``x,y`` split a comma-joined list).
 """
 from __future__ import annotations
 
@@ -19,6 +21,13 @@ import sys
 OVER = 3
 PER_ELEMENT = 64  # a Python object's own bytes beside its text (anndata holds each name as one)
 BLOCK = 65536  # elements of a dataset read at once
+#: elements that cannot be read, each found by halving its block, before the file is taken as damaged: a
+#: file of nothing else held the child for its whole timeout (found 2026-12-07); anndata writes none
+MAX_BROKEN = 64
+
+
+class Damaged(Exception):
+    """More unreadable elements than :data:`MAX_BROKEN`."""
 
 
 def _vm_bytes() -> int | None:
@@ -70,7 +79,7 @@ def measure(path: str, limit: int, members: tuple[str, ...]) -> tuple[int, str |
     (a dataset anndata never reads) hide the rest of the file (found 2026-12-07, a second probe)."""
     import h5py
 
-    total = 0
+    total = broken = 0
 
     def counted(name: str) -> bool:
         return not members or any(name == m or name.startswith(m + "/") for m in members)
@@ -96,10 +105,15 @@ def measure(path: str, limit: int, members: tuple[str, ...]) -> tuple[int, str |
             except (MemoryError, Over):
                 raise
             except Exception:  # noqa: BLE001 - a broken element: each half apart, down to the element
+                nonlocal broken
                 if stop - start > 1:
                     middle = (start + stop) // 2
                     part(start, middle)
                     part(middle, stop)
+                else:
+                    broken += 1
+                    if broken > MAX_BROKEN:
+                        raise Damaged(name) from None
 
         for start in range(0, obj.shape[0], BLOCK):  # a block at a time, so that reading stops at the limit
             part(start, min(start + BLOCK, obj.shape[0]))
@@ -113,8 +127,13 @@ def measure(path: str, limit: int, members: tuple[str, ...]) -> tuple[int, str |
                 raise
             except Exception:  # noqa: BLE001 - an attribute that cannot be read: a reader fails on it too
                 pass
-        if isinstance(obj, h5py.Dataset) and obj.dtype.hasobject and counted(name):
-            dataset(name, obj)
+        if isinstance(obj, h5py.Dataset) and counted(name):
+            try:
+                text = obj.dtype.hasobject
+            except Exception:  # noqa: BLE001 - a type h5py cannot read (HDF5's TIME): nothing reads it either
+                text = False
+            if text:
+                dataset(name, obj)
 
     try:
         with h5py.File(path, "r") as f:
@@ -137,8 +156,10 @@ def measure(path: str, limit: int, members: tuple[str, ...]) -> tuple[int, str |
 
 
 def main(argv: list[str]) -> int:
+    import json
+
     path, limit = argv[0], int(argv[1])
-    members = tuple(m for m in (argv[2] if len(argv) > 2 else "").split(",") if m)
+    members = tuple(str(m) for m in json.loads(argv[2] if len(argv) > 2 else "[]") if m)
     vm = _vm_bytes()
     if vm is not None:
         try:
@@ -156,7 +177,10 @@ def main(argv: list[str]) -> int:
     except MemoryError:
         print("over memory")
         return OVER
-    except Exception:  # noqa: BLE001 - a file h5py cannot open: the reader says what is wrong with it
+    except Damaged:
+        print("damaged")
+        return 1
+    except Exception:  # noqa: BLE001 - a file it cannot measure: the parent refuses it
         return 1
     if over:
         print(f"over {over}")

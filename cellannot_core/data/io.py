@@ -28,6 +28,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from cellannot_core.errors import DataError
+from cellannot_core.errors import shown_name as shown
 
 from .genes import GENE_ID_COLUMNS
 
@@ -350,6 +351,18 @@ column is three); a file of a hundred thousand empty groups (104 MB) took this c
 anndata 25 s to read, so an upload of the size allowed would hold a server's core for about half an
 hour before any check on its data could run."""
 
+HDF5_MAX_DEPTH = 32
+"""Groups within groups an HDF5 file may nest. AnnData nests a handful (``uns`` a few more); a chain
+of 5,000 groups (5.6 MB) took the walk 537 s, each name resolved again from the root (found 2026-12-07)."""
+
+HDF5_MAX_ATTRIBUTES = 100_000
+"""Attributes an HDF5 file may hold in all: AnnData writes two to four per group or dataset; 200,000
+(11 MB) took 9 s to measure, growing with their number (found 2026-12-07)."""
+
+#: bytes of a Python object beside its text: each fixed-length string element becomes one str when read
+#: (a 27 KB .h5ad of 20 million two-byte obs names took 2.4 GB at a 0.25 GB limit, found 2026-12-07)
+STRING_OBJECT_BYTES = 64
+
 
 def guard_hdf5(path: Path, label: str, *, whole: tuple[str, ...] | None = None) -> None:
     """Refuse an HDF5 file (``.h5ad``, 10x ``.h5``) that reaches outside itself or expands past
@@ -368,22 +381,47 @@ def guard_hdf5(path: Path, label: str, *, whole: tuple[str, ...] | None = None) 
     import h5py
 
     limit = memory_limit_bytes()
-    total = n_objects = n_text = 0  # n_text: variable-length elements (strings), whose size only reading tells
+    total = n_objects = n_text = n_attrs = 0  # n_text: variable-length elements (strings), whose size only reading tells
     problem: list[str] = []
     tiny: list[tuple[str, int]] = []  # datasets stored in countless tiny chunks (name, values per chunk)
     groups: set[int] = set()  # the groups seen, by object
 
     def text_in_attrs(obj) -> int:
-        return sum(int(np.prod(a.shape, dtype=np.float64)) if a.shape else 1
-                   for a in (obj.attrs.get_id(k) for k in obj.attrs) if a.dtype.hasobject)
+        """The attributes' variable-length elements; their fixed-length strings and every attribute
+        counted on the way (an unreadable type or a table listing a column twice is a problem)."""
+        nonlocal total, n_attrs
+        n = 0
+        for k in obj.attrs:
+            n_attrs += 1
+            if n_attrs > HDF5_MAX_ATTRIBUTES:
+                break
+            a = obj.attrs.get_id(k)
+            try:
+                dtype, size = a.dtype, int(np.prod(a.shape, dtype=np.float64)) if a.shape else 1
+            except Exception:  # noqa: BLE001 - a type h5py cannot read
+                problem.append(f"an attribute ('{shown(k)}') of a kind anndata does not write")
+                continue
+            n += size if dtype.hasobject else 0
+            total += size * STRING_OBJECT_BYTES if dtype.kind in "SU" else 0
+        if "column-order" in obj.attrs:  # anndata reads each column listed, a column listed 4,000 times as many
+            try:
+                order = [str(c) for c in np.atleast_1d(obj.attrs["column-order"])]
+            except Exception:  # noqa: BLE001 - the reader reports it
+                order = []
+            if len(set(order)) != len(order):
+                problem.append(f"a table ('{shown(obj.name)}') that lists one column more than once")
+        return n
 
     def visit(name: str, link) -> bool | None:
         nonlocal total, n_objects, n_text
         n_objects += 1
-        if n_objects > HDF5_MAX_OBJECTS:
+        if n_objects > HDF5_MAX_OBJECTS or n_attrs > HDF5_MAX_ATTRIBUTES:
             return True  # h5py stops walking
         if isinstance(link, h5py.ExternalLink):
-            problem.append(f"an external link ('{name[:60]}') to another file")
+            problem.append(f"an external link ('{shown(name)}') to another file")
+            return True
+        if name.count("/") >= HDF5_MAX_DEPTH:
+            problem.append(f"groups nested more than {HDF5_MAX_DEPTH} deep ('{shown(name)}')")
             return True
         obj = f.get(name)
         if isinstance(obj, h5py.Group):  # a group under a second name (soft or hard link) is read again whole
@@ -395,16 +433,22 @@ def guard_hdf5(path: Path, label: str, *, whole: tuple[str, ...] | None = None) 
         elif isinstance(link, h5py.SoftLink) and not isinstance(obj, h5py.Dataset):
             return None  # dangling: the reader reports it
         if isinstance(obj, h5py.Dataset):
+            try:
+                dtype = obj.dtype
+            except Exception:  # noqa: BLE001 - HDF5's TIME and other types h5py cannot read: anndata writes none
+                problem.append(f"a dataset ('{shown(name)}') of a kind anndata does not write")
+                return True
             if obj.external:
-                problem.append(f"a dataset ('{name[:60]}') stored in external files")
+                problem.append(f"a dataset ('{shown(name)}') stored in external files")
             elif obj.is_virtual:
-                problem.append(f"a virtual dataset ('{name[:60]}') that maps other files")
+                problem.append(f"a virtual dataset ('{shown(name)}') that maps other files")
             elif obj.chunks and int(np.prod(obj.chunks, dtype=np.float64)) < HDF5_TINY_CHUNK and obj.shape and \
                     np.prod(obj.shape, dtype=np.float64) / np.prod(obj.chunks, dtype=np.float64) > HDF5_MAX_CHUNKS:
-                tiny.append((name[:60], int(np.prod(obj.chunks, dtype=np.float64))))
+                tiny.append((shown(name), int(np.prod(obj.chunks, dtype=np.float64))))
             elif whole is None or any(name == w or name.startswith(w + "/") for w in whole):
-                total += int(np.prod(obj.shape, dtype=np.float64)) * obj.dtype.itemsize if obj.shape else 0
-                n_text += int(np.prod(obj.shape, dtype=np.float64)) if obj.dtype.hasobject else 0
+                n = int(np.prod(obj.shape, dtype=np.float64)) if obj.shape else 0
+                total += n * (dtype.itemsize + (STRING_OBJECT_BYTES if dtype.kind in "SU" else 0))
+                n_text += n if dtype.hasobject else 0
         if obj is not None:
             n_text += text_in_attrs(obj)
         return True if problem else None
@@ -412,13 +456,15 @@ def guard_hdf5(path: Path, label: str, *, whole: tuple[str, ...] | None = None) 
     with h5py.File(path, "r") as f:  # a file h5py cannot open fails here, as read_dataset reports it
         n_text += text_in_attrs(f)
         f.visititems_links(visit)
-    if n_objects > HDF5_MAX_OBJECTS:
+    if n_objects > HDF5_MAX_OBJECTS or n_attrs > HDF5_MAX_ATTRIBUTES:
         raise DataError(f"{label} is refused: it holds more than {HDF5_MAX_OBJECTS:,} HDF5 groups, datasets and links, "
-                        "where an AnnData holds hundreds; remove the extra entries (e.g. of uns) and save it again.")
+                        f"or more than {HDF5_MAX_ATTRIBUTES:,} attributes, where an AnnData holds hundreds; remove the "
+                        "extra entries (e.g. of uns) and save it again.")
     if problem:
-        raise DataError(f"{label} is refused: it contains {problem[0]}. Files that point outside themselves, or to "
-                        "one part of themselves under two names, are not read on this server; save the data into one "
-                        "self-contained file (e.g. anndata's write_h5ad) and load that.")
+        raise DataError(f"{label} is refused: it contains {problem[0]}. Files that point outside themselves, to "
+                        "one part of themselves under two names, or are not laid out as anndata writes them are not "
+                        "read on this server; save the data into one self-contained file (e.g. anndata's write_h5ad) "
+                        "and load that.")
     if tiny:
         raise DataError(f"{label} is refused: it stores '{tiny[0][0]}' in more than {HDF5_MAX_CHUNKS:,} chunks of "
                         f"{tiny[0][1]} value{'s' if tiny[0][1] != 1 else ''} each, which would take hours to read; save "
@@ -439,13 +485,14 @@ HDF5_TEXT_SECONDS = 300.0
 def _guard_hdf5_text(path: Path, label: str, budget: int, whole: tuple[str, ...] | None) -> None:
     """Refuse a file whose variable-length strings and attributes expand past ``budget`` bytes, measured
     by reading them in a child process held to that much memory (:mod:`.h5text`)."""
+    import json
     import os
     import subprocess
     import sys
 
     from . import h5text
 
-    cmd = [sys.executable, "-I", h5text.__file__, str(path), str(max(int(budget), 0)), ",".join(whole or ())]
+    cmd = [sys.executable, "-I", h5text.__file__, str(path), str(max(int(budget), 0)), json.dumps(list(whole or ()))]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=HDF5_TEXT_SECONDS,
                               env=dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1"))
@@ -460,6 +507,10 @@ def _guard_hdf5_text(path: Path, label: str, budget: int, whole: tuple[str, ...]
                         f"{memory_limit_bytes() / 1024**3:.1f} GiB (CELLANNOT_MEMORY_LIMIT_GB) once read: many of its "
                         "strings share one long stored string, or it holds far more text than an AnnData does; save "
                         "the data again with anndata (adata.write_h5ad) and load that.")
+    if done.returncode != 0:  # not measured: refused, not read (a crash of the child read as "fits" let it through)
+        raise DataError(f"{label} is refused: its names and other text could not be read to measure them (parts of "
+                        "it are damaged or of a kind anndata does not write); save the data again with anndata "
+                        "(adata.write_h5ad) and load that.")
 
 
 #: the names MuData files give their RNA modality (muon, scvi-tools, CITE-seq and multiome pipelines)
@@ -474,7 +525,11 @@ def _read_h5mu(path: Path, label: str) -> ad.AnnData:
     import h5py
     from anndata.io import read_elem
 
-    with h5py.File(path, "r") as f:
+    with h5py.File(path, "r") as f:  # /mod itself only through a link inside this file (the guard walks below it)
+        own = isinstance(f.get("mod", getlink=True), h5py.HardLink)
+        if "mod" in f.keys() and not own:  # (keys() lists a link without following it)
+            raise DataError(f"{label} is refused: its /mod is a link, not the modalities themselves. Files that "
+                            "point outside themselves are not read on this server; save it again with mudata.")
         mods = list(f["mod"].keys()) if isinstance(f.get("mod"), h5py.Group) else []
     if not mods:
         raise DataError(f"{label} holds no modalities (no /mod group): it is not a MuData file. Save it again "

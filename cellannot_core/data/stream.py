@@ -29,6 +29,18 @@ __all__ = ["CHUNK_CELLS", "H5adRows", "NotStreamable", "STREAM_KEY", "large_quer
            "stream_source"]
 
 CHUNK_CELLS = 20_000
+#: bytes a stored value may take while a chunk is read: its value and index as stored (up to 8 + 8) and as
+#: float32 CSR (4 + 4); a dense matrix's values count as many
+BYTES_PER_VALUE = 24
+
+
+def chunk_bytes() -> int:
+    """The most one chunk's values may take as read: an eighth of :func:`~.io.memory_limit_bytes`, at least
+    64 MB (20,000 cells of a 2,000-gene sparse query take a few MB; a dense query of 30,000 genes read
+    20,000 cells at a time took 2.7 GB at a 0.5 GB limit, found 2026-12-07)."""
+    from .io import memory_limit_bytes
+
+    return max(64 << 20, memory_limit_bytes() // 8)
 #: A query held as a sample of its file (:func:`read_sample`) carries its source here, in ``uns``, with a
 #: token of this process: only a sample this process read may name a file (:func:`stream_source`).
 STREAM_KEY = "cellannot_stream"
@@ -132,6 +144,7 @@ class H5adRows:
                             "not an AnnData file.") from None
         self.n_obs = len(self.obs)
         self._matrix = None
+        self._indptr: np.ndarray | None = None  # a sparse matrix's row pointers, checked (:meth:`_row_pointers`)
         self._recover_base = None  # the log base when the counts are recovered from log-normalised values
         lognorm: list = []
         # raw.X keeping more genes than X and its layers (cut to the highly variable ones) comes first, as
@@ -144,10 +157,12 @@ class H5adRows:
                 if elem is None:
                     continue
                 m = self._open(elem, label)
+                self._indptr = self._row_pointers(elem, where, label, len(v))
                 if m.shape[0] != self.n_obs or m.shape[1] != len(v):
                     raise DataError(f"{label} is damaged: its {where} has shape {m.shape} for {self.n_obs} cells "
                                     f"and {len(v)} genes. Save it again with anndata.")
-                head = self._read(m, 0, min(self.n_obs, 1000))
+                first = next(self._spans(np.arange(min(self.n_obs, 1000)), len(v)), np.zeros(0, dtype=np.int64))
+                head = self._read(m, 0, len(first))  # (the first cells whose values fit a chunk)
                 state = detect_value_state(head)
                 if state == "counts":
                     self._matrix, self.var, self.source = m, v, f"raw counts from {where} ({len(v)} genes)"
@@ -158,15 +173,15 @@ class H5adRows:
                                        f"({len(v)} genes), a chunk at a time")
                     break
                 if state == "lognorm":
-                    lognorm.append((where, m, v, head))
+                    lognorm.append((where, m, v, head, self._indptr))
                     if raw_first and where == "raw.X" and recover_counts(head) is not None:
                         break  # recovered below, before any other source
             # no counts: log-normalised values turned back into counts, raw.X (all genes) first
             lognorm = [] if self._matrix is not None else sorted(lognorm, key=lambda c: c[0] != "raw.X")
-            for where, m, v, head in lognorm:
+            for where, m, v, head, indptr in lognorm:
                 got = recover_counts(head)
                 if got is not None:
-                    self._matrix, self.var, self._recover_base = m, v, got[1]
+                    self._matrix, self.var, self._recover_base, self._indptr = m, v, got[1], indptr
                     self.source = (f"raw counts recovered from the {log_name(got[1])} values of {where} "
                                    f"({len(v)} genes), a chunk at a time")
                     break
@@ -202,6 +217,47 @@ class H5adRows:
                             "Save it again with anndata.")
         return sparse_dataset(elem)
 
+    def _row_pointers(self, elem, where: str, label: str, n_vars: int) -> np.ndarray | None:
+        """A CSR matrix's row pointers, read and checked before any of its values: they must start at 0,
+        never fall, give no row more values than there are genes and end within the values stored (a
+        405 KB file whose pointers gave its first row 400 million values, never written, took a server
+        to 9.7 GB at a 0.5 GB limit, found 2026-12-07); None for a dense matrix."""
+        import h5py
+
+        if not isinstance(elem, h5py.Group):
+            return None
+        try:
+            ptr, data, idx = elem["indptr"], elem["data"], elem["indices"]
+            if ptr.ndim != 1 or ptr.shape[0] != self.n_obs + 1:
+                raise ValueError("row pointers of the wrong length")
+            indptr = np.asarray(ptr[...], dtype=np.int64)
+            steps = np.diff(indptr)
+            if indptr[0] != 0 or (steps < 0).any() or (steps > n_vars).any() or \
+                    indptr[-1] > min(data.shape[0], idx.shape[0]):
+                raise ValueError("row pointers that do not fit the values")
+        except Exception:
+            raise DataError(f"{label} is damaged: the row pointers of its {where} do not fit its values (a row of "
+                            "more values than genes, or more values than are stored). Save it again with "
+                            "anndata.") from None
+        return indptr
+
+    def _spans(self, rows: np.ndarray, n_vars: int | None = None) -> Iterator[np.ndarray]:
+        """``rows`` (sorted positions) in consecutive parts of at most :data:`CHUNK_CELLS` cells whose
+        values, as read, fit :func:`chunk_bytes`: fewer cells per part where cells hold many values (a
+        dense matrix of many genes, or a sparse one of dense rows), one cell at the least."""
+        budget = chunk_bytes()
+        if self._indptr is not None:
+            per_cell = (self._indptr[rows + 1] - self._indptr[rows]) * BYTES_PER_VALUE
+        else:
+            n_vars = len(self.var) if n_vars is None else n_vars
+            per_cell = np.full(len(rows), n_vars * BYTES_PER_VALUE, dtype=np.int64)
+        start = 0
+        while start < len(rows):
+            cum = np.cumsum(per_cell[start:start + CHUNK_CELLS])
+            stop = start + max(1, int(np.searchsorted(cum, budget, side="right")))
+            yield rows[start:stop]
+            start = stop
+
     @staticmethod
     def _csr(block) -> sp.csr_matrix:
         """``block`` as CSR float32, its indices checked: out-of-range ones would crash scipy's C code
@@ -226,23 +282,27 @@ class H5adRows:
         return counts
 
     def chunks(self, size: int = CHUNK_CELLS) -> Iterator[tuple[int, sp.csr_matrix]]:
-        """``(first row, CSR float32 counts)`` for consecutive blocks of ``size`` cells."""
+        """``(first row, CSR float32 counts)`` for consecutive blocks of at most ``size`` cells (fewer
+        where their values would not fit :func:`chunk_bytes`)."""
         size = max(1, int(size))
-        for start in range(0, self.n_obs, size):
-            stop = min(self.n_obs, start + size)
-            try:
-                block = self._read(self._matrix, start, stop)
-            except Exception as exc:
-                raise DataError(f"could not read cells {start}-{stop} of the {self.name}: {type(exc).__name__}. "
-                                "The file may be truncated or damaged.") from None
-            yield start, self._counts(block, f"cells {start}-{stop}")
+        for block_start in range(0, self.n_obs, size):
+            for span in self._spans(np.arange(block_start, min(self.n_obs, block_start + size))):
+                yield self._chunk(int(span[0]), int(span[-1]) + 1)
+
+    def _chunk(self, start: int, stop: int) -> tuple[int, sp.csr_matrix]:
+        """``(start, CSR float32 counts)`` of the cells ``start`` to ``stop``."""
+        try:
+            block = self._read(self._matrix, start, stop)
+        except Exception as exc:
+            raise DataError(f"could not read cells {start}-{stop} of the {self.name}: {type(exc).__name__}. "
+                            "The file may be truncated or damaged.") from None
+        return start, self._counts(block, f"cells {start}-{stop}")
 
     def rows_at(self, idx: np.ndarray) -> sp.csr_matrix:
         """CSR float32 counts of the cells at the sorted positions ``idx`` (read a chunk at a time)."""
         idx = np.asarray(idx, dtype=np.int64)
         parts = []
-        for start in range(0, len(idx), CHUNK_CELLS):
-            part = idx[start:start + CHUNK_CELLS]
+        for part in self._spans(idx):
             try:
                 block = self._csr(self._matrix[part])
             except Exception as exc:

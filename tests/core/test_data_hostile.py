@@ -405,3 +405,89 @@ def test_a_row_of_far_more_fields_than_its_header_is_refused_before_it_is_parsed
     # a row a few fields longer than its header (a quoted name holding the separator) is still read
     (tmp_path / "ok.csv").write_text('cell,G0,G1\n"c,1",1,2\nc2,3,4\n')
     assert read_dataset(tmp_path / "ok.csv", orientation="cells_x_genes").shape == (2, 2)
+
+
+def test_files_a_third_probe_got_through_are_refused(plain, tmp_path, monkeypatch):
+    """Found 2026-12-07 by a third probe, each a few KB to a few MB that took a server to 2-9 GB or held
+    it for minutes: a dataset of a type h5py cannot read crashed the text measure into "fits"; a table
+    listing one column thousands of times; fixed-length names counted at their stored bytes; groups
+    nested thousands deep; attributes by the hundred thousand; an .h5mu whose /mod is a link to any
+    file on the server (it told whether that file exists, and hung on a pipe)."""
+    from cellannot_core.data import io as data_io
+
+    def copy(name: str) -> Path:
+        p = tmp_path / name
+        p.write_bytes(plain.read_bytes())
+        return p
+
+    timed = copy("time.h5ad")
+    with h5py.File(timed, "a") as f:  # HDF5's TIME class (a 32-bit UNIX time), which h5py cannot map to numpy
+        h5py.h5d.create(f.id, b"aaa", h5py.h5t.UNIX_D32LE.copy(), h5py.h5s.create_simple((4,))).close()
+    _check_refused(timed, "a dataset ('aaa') of a kind anndata does not write")
+
+    twice = copy("twice.h5ad")
+    with h5py.File(twice, "a") as f:
+        f["obs"].attrs["column-order"] = np.array(["a", "a"], dtype=object)
+    _check_refused(twice, "a table ('/obs') that lists one column more than once")
+
+    deep = copy("deep.h5ad")
+    with h5py.File(deep, "a") as f:
+        f.create_group("uns/" + "/".join(["a"] * (data_io.HDF5_MAX_DEPTH + 1)))
+    _check_refused(deep, f"groups nested more than {data_io.HDF5_MAX_DEPTH} deep")
+
+    many = copy("attrs.h5ad")
+    monkeypatch.setattr(data_io, "HDF5_MAX_ATTRIBUTES", 200)
+    with h5py.File(many, "a") as f:
+        for i in range(201):
+            f["uns"].attrs[f"a{i}"] = i
+    with pytest.raises(DataError, match="more than 200 attributes"):
+        read_dataset(many)
+    monkeypatch.undo()
+
+    fixed = tmp_path / "fixed.h5ad"  # 200,000 obs names of 2 bytes: 400 KB stored, 13 MB as str objects
+    with h5py.File(fixed, "w") as f:
+        f["names"] = np.zeros(200_000, dtype="S2")
+    monkeypatch.setenv("CELLANNOT_MEMORY_LIMIT_GB", str(5 / 1024))
+    with pytest.raises(DataError, match="expands to"):
+        data_io.guard_hdf5(fixed, "file")
+    monkeypatch.delenv("CELLANNOT_MEMORY_LIMIT_GB")
+
+    linked = tmp_path / "linked.h5mu"
+    with h5py.File(linked, "w") as f:
+        f["mod"] = h5py.ExternalLink(str(plain), "/")
+    _check_refused(linked, "its /mod is a link")
+
+
+def test_the_text_measure_refuses_what_it_cannot_measure(plain, tmp_path, monkeypatch):
+    """The measuring child exiting on anything but "fits" let the file through (a crash read as fits);
+    a modality named with a comma split the members it measured; countless broken elements held it
+    for its whole timeout. Each now ends in a refusal."""
+    from cellannot_core.data import h5text
+    from cellannot_core.data import io as data_io
+
+    monkeypatch.setattr(data_io, "_guard_hdf5_text", data_io._guard_hdf5_text)
+    with h5py.File(tmp_path / "x.h5", "w") as f:
+        f["a"] = np.zeros(3)
+    calls = []
+
+    def crashed(cmd, **kw):
+        calls.append(cmd)
+        return subprocess.CompletedProcess(cmd, 1, "", "")
+
+    monkeypatch.setattr(subprocess, "run", crashed)
+    with pytest.raises(DataError, match="could not be read to measure them"):
+        data_io._guard_hdf5_text(tmp_path / "x.h5", "file", 1000, ("mod/x,y", "obs"))
+    monkeypatch.undo()
+    assert calls[0][-1] == '["mod/x,y", "obs"]'  # one JSON list, not a comma-joined one
+    assert h5text.main([str(tmp_path / "x.h5"), "1000", '["mod/x,y"]']) == 0
+
+    broken = tmp_path / "broken.h5"  # vlen strings whose heap pointers lead nowhere
+    with h5py.File(broken, "w") as f:
+        f["s"] = np.array([b"x"] * (h5text.MAX_BROKEN + 2), dtype=h5py.string_dtype())
+    raw = bytearray(broken.read_bytes())
+    with h5py.File(broken, "r") as f:
+        offset = f["s"].id.get_offset()
+    for i in range(h5text.MAX_BROKEN + 2):  # each element: length (4), heap address (8), index (4)
+        raw[offset + 16 * i + 12: offset + 16 * i + 16] = b"\xff\xff\xff\x7f"
+    broken.write_bytes(bytes(raw))
+    assert h5text.main([str(broken), "1000000", "[]"]) == 1
