@@ -376,3 +376,35 @@ def test_a_file_of_mostly_empty_droplets_is_warned_of_when_read_a_chunk_at_a_tim
         res = predict_file(d, path, out=tmp_path / "o.h5ad", device="cpu", chunk_cells=150, log=logs.append)
         assert res["streamed"]
         assert any(s.startswith("warning:") and "empty droplets" in s for s in logs) == warned, logs
+
+
+def test_a_streamed_querys_chunks_are_held_to_the_memory_limit(bundle, tmp_path, monkeypatch):
+    """A query read in chunks had no bound on its matrix (found 2026-12-07): row pointers giving one
+    row 400 million values never written (405 KB) took a server to 9.7 GB at a 0.5 GB limit, and a
+    dense matrix of 30,000 genes read 20,000 cells at a time 2.7 GB. Row pointers are checked before
+    any value is read, and a chunk holds as many cells as fit an eighth of the limit."""
+    import h5py
+
+    from cellannot_core.data import stream
+    from cellannot_core.errors import DataError
+
+    _, q, qry = bundle
+    dense = qry.copy()
+    dense.X = dense.X.toarray()
+    p = tmp_path / "dense.h5ad"
+    dense.write_h5ad(p)
+    per_cell = qry.n_vars * stream.BYTES_PER_VALUE
+    monkeypatch.setattr(stream, "chunk_bytes", lambda: 7 * per_cell)
+    with H5adRows(p) as rows:
+        parts = list(rows.chunks())
+        assert max(x.shape[0] for _, x in parts) == 7 and [s for s, _ in parts] == list(range(0, qry.n_obs, 7))
+        assert (sp.vstack([x for _, x in parts]) != sp.csr_matrix(qry.X, dtype=np.float32)).nnz == 0
+        assert rows.rows_at(np.arange(0, qry.n_obs, 2)).shape[0] == len(range(0, qry.n_obs, 2))
+    bomb = tmp_path / "bomb.h5ad"
+    bomb.write_bytes(open(q, "rb").read())
+    with h5py.File(bomb, "a") as f:
+        ptr = f["X/indptr"][...]
+        ptr[1:] += qry.n_vars + 1  # the first row claims more values than there are genes
+        f["X/indptr"][...] = ptr
+    with pytest.raises(DataError, match="row pointers of its X do not fit its values"):
+        H5adRows(bomb)
