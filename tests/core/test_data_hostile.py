@@ -495,3 +495,15 @@ def test_the_text_measure_refuses_what_it_cannot_measure(plain, tmp_path, monkey
         raw[offset + 16 * i + 12: offset + 16 * i + 16] = b"\xff\xff\xff\x7f"
     broken.write_bytes(bytes(raw))
     assert child(broken, "1000000", "[]") == 1
+
+
+def test_a_readers_error_does_not_quote_the_file(plain, tmp_path):
+    """anndata's errors quote what it read (an encoding type, a column order, a key name), so a message
+    built on them echoed the file's contents (found 2026-12-07); the message names the kind of error."""
+    odd = tmp_path / "odd.h5ad"
+    odd.write_bytes(plain.read_bytes())
+    with h5py.File(odd, "a") as f:
+        f["obs"].attrs["encoding-type"] = SECRET + "\x1b[31m"
+    with pytest.raises(DataError) as err:
+        read_dataset(odd)
+    assert "could not read" in str(err.value) and SECRET not in str(err.value) and "\x1b" not in str(err.value)
