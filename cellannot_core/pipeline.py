@@ -360,6 +360,8 @@ def run_card(model, prepared: Prepared, opts: AnnotateOptions, preds: Prediction
 
     from importlib.metadata import PackageNotFoundError, version
 
+    from ._constants import num_threads
+
     try:
         scanpy_v = version("scanpy")
     except PackageNotFoundError:
@@ -372,7 +374,9 @@ def run_card(model, prepared: Prepared, opts: AnnotateOptions, preds: Prediction
         "hparams": model.hparams,
         "seed": opts.seed,
         "device": str(getattr(model, "device", "cpu")),
-        "threads": torch.get_num_threads(),  # float sums follow it: the same seed and threads give the same labels
+        # float sums follow it: the same seed and threads give the same labels (the setting where one is made:
+        # torch's own count is set only by the models that train with torch, found 2026-12-07)
+        "threads": num_threads() or torch.get_num_threads(),
         "options": {k: v for k, v in asdict(opts).items() if k != "hparams"},
         "versions": {"python": platform.python_version(), "torch": str(torch.__version__), "scanpy": scanpy_v,
                      "numpy": np.__version__},

@@ -640,3 +640,11 @@ def test_the_layer_of_counts_can_be_named_as_in_scvi_tools(pair):
     lines.clear()
     ca.train(r2, layer="umis", log=lines.append, **_opts()).predict(q2, copy=True, layer="umis")
     assert not any("the query" in line for line in lines), lines
+
+
+def test_the_run_card_records_the_thread_setting_for_every_model(pair, monkeypatch):
+    """The card's ``threads`` (the same seed and threads give the same labels) was torch's own count,
+    which only the torch models set: logreg's card said 2 under CELLANNOT_NUM_THREADS=1 (found 2026-12-07)."""
+    ref, query = pair
+    monkeypatch.setenv("CELLANNOT_NUM_THREADS", "3")
+    assert ca.annotate(ref, query, copy=True, **_opts()).uns["cellannot"]["threads"] == 3
