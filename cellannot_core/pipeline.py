@@ -880,9 +880,11 @@ def h5_name(name: Any) -> str:
 
 
 def _h5_safe(obj: Any) -> Any:
-    """Make a run card storable in .uns (no None, homogeneous lists as arrays, keys by :func:`h5_name`)."""
+    """Make a run card storable in .uns (no None, homogeneous lists as arrays, keys by :func:`h5_name`).
+    A key whose value is None is left out, so that ``card.get(key) is None`` holds as in the run card's
+    JSON (it was the string "None", found 2026-12-07); None inside a list becomes "None"."""
     if isinstance(obj, dict):
-        return {h5_name(k): _h5_safe(v) for k, v in obj.items()}
+        return {h5_name(k): _h5_safe(v) for k, v in obj.items() if v is not None}
     if obj is None:
         return "None"
     if isinstance(obj, str):

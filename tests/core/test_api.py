@@ -647,4 +647,7 @@ def test_the_run_card_records_the_thread_setting_for_every_model(pair, monkeypat
     which only the torch models set: logreg's card said 2 under CELLANNOT_NUM_THREADS=1 (found 2026-12-07)."""
     ref, query = pair
     monkeypatch.setenv("CELLANNOT_NUM_THREADS", "3")
-    assert ca.annotate(ref, query, copy=True, **_opts()).uns["cellannot"]["threads"] == 3
+    card = ca.annotate(ref, query, copy=True, **_opts()).uns["cellannot"]
+    assert card["threads"] == 3
+    # an option not given is absent, as None is in the run card's JSON (it was the string "None")
+    assert "threshold" not in card["options"] and card["options"].get("batch_key") is None
