@@ -1579,9 +1579,12 @@ def predicted_query_metrics(card: dict[str, Any], labels: np.ndarray | None, pre
 
 
 def metrics_line(qm: dict[str, Any]) -> str:
-    """One line of a run's main query metrics, for the log."""
+    """One line of a run's main query metrics, for the log, with what the first three measure (the label
+    before the Unknown call, DESIGN.md's definition; a reader took acc_in for the labels as called)."""
     keys = ("acc_in", "f1_in", "ece_in", "auroc_ood", "acc_open", "reject_in", "reject_novel")
-    return "query metrics: " + "  ".join(f"{k} {qm[k]:.3f}" for k in keys if isinstance(qm.get(k), (int, float)))
+    return ("query metrics: " + "  ".join(f"{k} {qm[k]:.3f}" for k in keys if isinstance(qm.get(k), (int, float)))
+            + " (acc_in, f1_in, ece_in: the known types' labels before the Unknown call; acc_open and reject_in "
+              "with it)")
 
 
 def bundle_samples(bundle: dict[str, Any], obs: pd.DataFrame) -> QuerySamples | None:
