@@ -742,40 +742,9 @@ def _find_matrix_dir(path: Path, label: str) -> Path:
     return found[0]
 
 
-def _guard_mtx_header(mtx: Path, label: str) -> None:
-    """Refuse a Matrix Market file whose header asks for more memory than this server allows
-    (a header declaring a 40,000 x 40,000 dense array asks for 12 GiB), before reading it."""
-    opener = gzip.open if mtx.name.endswith(".gz") or _is_gzip(mtx) else open
-    try:
-        with opener(mtx, "rt", encoding="ascii", errors="replace") as fh:
-            banner = fh.readline().lower()
-            line = fh.readline()
-            while line.startswith("%"):
-                line = fh.readline()
-    except (OSError, EOFError):
-        return  # mmread reports the unreadable file
-    parts = line.split()
-    try:
-        dims = [int(x) for x in parts[:3]]
-    except ValueError:
-        return
-    if "array" in banner and len(dims) >= 2:
-        need = dims[0] * dims[1] * 8
-    elif len(dims) == 3:
-        need = dims[2] * 24 + (dims[0] + dims[1]) * 8  # coordinates + values, then CSR
-    else:
-        return
-    limit = memory_limit_bytes()
-    if need > limit:
-        raise DataError(f"{label}: matrix.mtx declares {dims[0]:,} x {dims[1]:,}"
-                        + (f" with {dims[2]:,} entries" if len(dims) == 3 and "array" not in banner else "")
-                        + f", about {need / 1024**3:.1f} GiB in memory, above this server's limit of "
-                        f"{limit / 1024**3:.1f} GiB (CELLANNOT_MEMORY_LIMIT_GB): subsample it or use a bigger machine.")
-
-
 def _read_mtx_dir(folder: Path, label: str) -> ad.AnnData:
     """Read a Cell Ranger matrix folder (v3 features.tsv or v2 genes.tsv, gzipped or not)."""
-    from scipy.io import mmread
+    from .mtx import check_mtx_memory, read_mtx, read_mtx_header
 
     parse = _parse_files(folder)  # (its count_matrix.mtx would pass for a GEO prefix, "count_")
     prefixes = [] if parse else _matrix_prefixes(folder)
@@ -801,16 +770,12 @@ def _read_mtx_dir(folder: Path, label: str) -> ad.AnnData:
             "matrix.mtx[.gz], features.tsv[.gz] (or genes.tsv[.gz]) and barcodes.tsv[.gz] (with the same prefix, "
             "if any, as GEO names them: GSM123_matrix.mtx.gz)."
         )
-    _guard_mtx_header(mtx, label)
+    what = f"{label}: {mtx.name}"
+    check_mtx_memory(read_mtx_header(mtx, what), what, memory_limit_bytes())  # before the listings are measured
     for listing in (feats, bcs, names):  # one Python string per line: ~10 bytes of memory per byte of text
         if listing is not None:
             _guard_text(listing, label, 10)
-    if mtx.name.endswith(".gz"):
-        with gzip.open(mtx, "rb") as fh:
-            M = mmread(fh)
-    else:
-        M = mmread(str(mtx))
-    M = sp.csr_matrix(M, dtype=np.float32)
+    M = read_mtx(mtx, what, memory_limit_bytes())  # (in this thread: scipy's mmread could abort the process)
     if parse is not None:  # tables with a header: gene_id, gene_name, genome; bc_wells, sample, ...
         features = pd.read_csv(feats, dtype=str, keep_default_na=False).iloc[:, :2]
         barcodes = pd.read_csv(bcs, dtype=str, keep_default_na=False, usecols=[0])
@@ -823,7 +788,7 @@ def _read_mtx_dir(folder: Path, label: str) -> ad.AnnData:
             features = pd.DataFrame({0: features.iloc[:, 0], 1: symbols.iloc[:, 0].to_numpy()})
     n_f, n_b = len(features), len(barcodes)
     if M.shape == (n_b, n_f) and (kb is not None or parse is not None or n_b != n_f):
-        X = M  # kb's and Parse's layout: cells x genes
+        X = M.tocsr()  # kb's and Parse's layout: cells x genes
     elif M.shape == (n_f, n_b):
         X = M.T.tocsr()  # the 10x layout: genes x cells
     else:
@@ -831,6 +796,7 @@ def _read_mtx_dir(folder: Path, label: str) -> ad.AnnData:
             f"{label}: matrix.mtx is {M.shape[0]} x {M.shape[1]} but there are {n_f} features and "
             f"{n_b} barcodes. Check that the three files belong to the same dataset."
         )
+    del M
     ids = features.iloc[:, 0].to_numpy(dtype=str)
     symbols = features.iloc[:, 1].to_numpy(dtype=str) if features.shape[1] > 1 else ids
     var = pd.DataFrame({"gene_ids": ids}, index=pd.Index(symbols, name=None))

@@ -405,3 +405,42 @@ def test_a_row_of_far_more_fields_than_its_header_is_refused_before_it_is_parsed
     # a row a few fields longer than its header (a quoted name holding the separator) is still read
     (tmp_path / "ok.csv").write_text('cell,G0,G1\n"c,1",1,2\nc2,3,4\n')
     assert read_dataset(tmp_path / "ok.csv", orientation="cells_x_genes").shape == (2, 2)
+
+
+def test_an_mtx_of_more_lines_than_declared_is_one_line_and_never_aborts_the_process(tmp_path):
+    """Found 2026-12-07 by a third probe: a 574-byte .tar.gz whose matrix.mtx.gz declared 2 entries and held
+    32 MB more lines made scipy's mmread raise "file too long" while its reader thread still read; the
+    gzip stream closed under it and the process died (std::terminate, SIGABRT: the whole app server).
+    The matrix is read in this thread now; run in a child so an abort fails this test, not the run."""
+    import gzip
+    import io
+    import os
+    import tarfile
+
+    hdr = b"%%MatrixMarket matrix coordinate integer general\n3 2 2\n1 1 5\n2 2 3\n"
+    mtx = gzip.compress(hdr + b"1 1 1\n" * ((32 << 20) // 6), compresslevel=1)
+    files = {"m/matrix.mtx.gz": mtx, "m/features.tsv": b"E1\tG1\nE2\tG2\nE3\tG3\n", "m/barcodes.tsv": b"A-1\nC-1\n"}
+    with tarfile.open(tmp_path / "abort.tar.gz", "w:gz") as tf:
+        for n, b in files.items():
+            info = tarfile.TarInfo(n)
+            info.size = len(b)
+            tf.addfile(info, io.BytesIO(b))
+    code = ("import sys, gc\nfrom cellannot_core.data import read_uploaded\nfrom cellannot_core.errors import DataError\n"
+            "try:\n    read_uploaded(open(sys.argv[1], 'rb').read(), 'abort.tar.gz', name='query')\n"
+            "except DataError as e:\n    print(e)\ngc.collect()\nimport time; time.sleep(0.5)\nprint('alive')\n")
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "abort.tar.gz")], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0, r.stderr[-500:]
+    msg, alive = r.stdout.strip().splitlines()
+    assert alive == "alive" and "matrix.mtx.gz is damaged: it holds more entries than the 2 its header declares" in msg
+    # a plain matrix.mtx that holds fewer entries than declared, or one more, is one line too
+    d = tmp_path / "tenx"
+    d.mkdir()
+    (d / "features.tsv").write_text("E1\tG1\nE2\tG2\nE3\tG3\n")
+    (d / "barcodes.tsv").write_text("A-1\nC-1\n")
+    for body, said in ((b"3 2 3\n1 1 5\n2 2 3\n", "holds 2 entries where its header declares 3"),
+                       (b"3 2 1\n1 1 5\n2 2 3\n", "more entries than the 1 its header declares"),
+                       (b"3 2 2\n1 1 5\n2 9 3\n", "entry 2 lies outside its declared 3 x 2")):
+        (d / "matrix.mtx").write_bytes(hdr.split(b"\n")[0] + b"\n" + body)
+        with pytest.raises(DataError, match=said):
+            read_dataset(d, name="query")
