@@ -1066,35 +1066,89 @@ def _check_row_fields(path: Path, sep: str, n_header: int, label: str) -> None:
     """Refuse a table with a row of far more fields than its header (more than twice as many, and 100
     more): pandas tokenises such a row whole before it says the table is ragged, at about 150 bytes a
     field (found 2026-12-07 by a second probe: a 47 KB upload of two rows of 12,000,000 fields under a
-    two-column header took the server from 3.7 to 10.1 GB). The text is read once more, a block at a time."""
+    two-column header took the server from 3.7 to 10.1 GB). The text is read once more, a block at a time,
+    its rows as pandas' tokenizer ends them (:func:`_row_text`: decoded, quoted fields left out)."""
     most = 2 * n_header + 100  # separators a row may hold (quoted text may hold a few more than the header)
     mark, newline = ord(sep), ord("\n")
-    opener = gzip.open if _is_gzip(path) else open
     carry, line = 0, 0  # separators on the line not yet ended; lines ended
     try:
-        with opener(path, "rb") as fh:
-            while block := fh.read(1 << 22):
-                a = np.frombuffer(block, dtype=np.uint8)
-                seps = np.cumsum(a == mark, dtype=np.int64)
-                ends = np.flatnonzero(a == newline)
-                if len(ends):
-                    per_line = np.diff(seps[ends], prepend=0)
-                    per_line[0] += carry
-                    worst = int(per_line.argmax())
-                    if per_line[worst] > most:
-                        carry, line = int(per_line[worst]), line + worst
-                        break
-                    carry, line = int(seps[-1] - seps[ends[-1]]), line + len(ends)
-                else:
-                    carry += int(seps[-1])
-                if carry > most:
+        for block in _row_text(path, sep):
+            if not block:
+                continue
+            a = np.frombuffer(block, dtype=np.uint8)
+            seps = np.cumsum(a == mark, dtype=np.int64)
+            ends = np.flatnonzero(a == newline)
+            if len(ends):
+                per_line = np.diff(seps[ends], prepend=0)
+                per_line[0] += carry
+                worst = int(per_line.argmax())
+                if per_line[worst] > most:
+                    carry, line = int(per_line[worst]), line + worst
                     break
-    except (OSError, EOFError, zlib.error):
+                carry, line = int(seps[-1] - seps[ends[-1]]), line + len(ends)
+            else:
+                carry += int(seps[-1])
+            if carry > most:
+                break
+    except (OSError, EOFError, zlib.error, LookupError):
         return  # the reader reports the damaged file in its own words
     if carry > most:
         raise DataError(f"{label} has a row (line {line + 1:,}) of more than {carry + 1:,} fields under a header of "
                         f"{n_header:,}: each row must hold a name and the header's columns. Check the separator and "
                         "the file, or save it as .h5ad.")
+
+
+def _row_text(path: Path, sep: str, block_size: int = 1 << 22) -> Iterator[bytes]:
+    """A delimited table's text as pandas' C tokenizer splits it into rows and fields, a block at a time:
+    decoded from UTF-16 into UTF-8 (U+0A0A is the bytes ``0A 0A`` in UTF-16: counted as bytes, each was two
+    line ends; found 2026-12-07, 81 KB took 3.9 GB), ``\\r\\n`` and ``\\r`` as ``\\n``, and each quoted field
+    (a ``"`` at a field's start to its closing ``"``, ``""`` inside it) left out: a quoted line end does
+    not end a row (a 47 KB upload quoting a line end every 100 fields took 4 GB). ASCII-compatible
+    encodings (UTF-8, Windows-1252, latin-1) keep these characters' bytes, so are read as bytes."""
+    import codecs
+
+    enc = _text_encoding(path)
+    decoder = codecs.getincrementaldecoder(enc)(errors="replace") if enc.startswith("utf-16") else None
+    s = re.escape(sep.encode())
+    closed = re.compile(rb'"(?<=[' + s + rb'\n]")[^"]*(?:""[^"]*)*"(?!")')  # a whole quoted field
+    opening = re.compile(rb'"(?<=[' + s + rb'\n]")')  # a quote that starts a field
+    rest = re.compile(rb'[^"]*(?:""[^"]*)*"(?!")')  # the rest of a quoted field, to its closing quote
+    runs = re.compile(rb'"{3,}')
+    inq, start, held, first = False, True, b"", True  # in a quoted field; at a field's start; bytes held back
+    opener = gzip.open if _is_gzip(path) else open
+    with opener(path, "rb") as fh:
+        while True:
+            raw = fh.read(block_size)
+            last = not raw
+            text = (decoder.decode(raw, final=last).encode("utf-8") if decoder is not None else raw)
+            if first and text.startswith(b"\xef\xbb\xbf"):
+                text = text[3:]  # the byte-order mark pandas skips
+            first = False
+            t, held = held + text, b""
+            if not last and t.endswith(b"\r"):  # a line end "\r\n" cut between two blocks
+                t, held = t[:-1], b"\r"
+            elif not last and t.endswith(b'"'):  # what a run of quotes means depends on what follows it
+                cut = len(t) - len(t.rstrip(b'"'))
+                t, held = t[:-cut], runs.sub(lambda m: b'"' * (2 - len(m.group()) % 2), t[-cut:])
+            t = t.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+            if inq:
+                m = rest.match(t)
+                if m is None:  # still inside the quoted field
+                    t = b""
+                else:
+                    t, inq, start = t[m.end():], False, False
+            if b'"' in t:
+                ctx = b"\n" if start else b"x"  # (what precedes: a field's start or not)
+                t = closed.sub(b"", ctx + t)
+                m = opening.search(t)
+                if m is not None:  # a quoted field that goes on into the next block
+                    t, inq = t[:m.start()], True
+                t = t[1:]
+            if t and not inq:
+                start = t[-1:] in (b"\n", sep.encode())
+            yield t
+            if last:
+                return
 
 
 def _comment_lines(path: Path, most: int = 100) -> int:

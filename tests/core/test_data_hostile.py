@@ -444,3 +444,35 @@ def test_an_mtx_of_more_lines_than_declared_is_one_line_and_never_aborts_the_pro
         (d / "matrix.mtx").write_bytes(hdr.split(b"\n")[0] + b"\n" + body)
         with pytest.raises(DataError, match=said):
             read_dataset(d, name="query")
+
+
+def test_a_long_row_hidden_from_the_field_count_by_utf16_or_quoted_line_ends_is_refused(tmp_path):
+    """Found 2026-12-07 by a third probe: the ragged-row guard counted newline bytes, but U+0A0A is the
+    bytes 0A 0A in UTF-16 (81 KB took 3.9 GB), and a quoted line end does not end pandas' row (47 KB: 4 GB).
+    Rows are counted on the decoded text, quoted fields left out, as pandas' tokenizer splits them."""
+    import gzip
+
+    from cellannot_core.data import io as data_io
+
+    fields = "1," * 49
+    utf16 = "cell,G0\nc1," + (fields + "\u0a0a,") * 10 + "1\nc2,1\n"
+    (tmp_path / "utf16.csv").write_bytes(b"\xff\xfe" + utf16.encode("utf-16-le"))
+    quoted = "cell,G0\nc1," + (fields + '"\n",') * 10 + "1\nc2,1\n"
+    with gzip.open(tmp_path / "quoted.csv.gz", "wt") as fh:
+        fh.write(quoted)
+    # a quote inside a field is a letter (pandas'): it must not shift which quotes open a field
+    literal = "cell,G0\nc1,a\"b," + (fields + '"\n",') * 10 + "1\nc2,1\n"
+    (tmp_path / "literal.csv").write_text(literal)
+    for name in ("utf16.csv", "quoted.csv.gz", "literal.csv"):
+        with pytest.raises(DataError, match=r"has a row \(line 2\) of more than 50\d fields under a header of 2"):
+            read_dataset(tmp_path / name)
+    # quoted names holding separators and line ends, Windows line ends and UTF-16 still read; the rows
+    # are the same whatever the block size the text is read in
+    ok = 'cell,"G,0",G1\r\n"c\r\n1",1,2\r\n"c""2",3,4\r\n'
+    (tmp_path / "ok.csv").write_text(ok, newline="")
+    (tmp_path / "ok16.csv").write_bytes(ok.encode("utf-16"))
+    for name in ("ok.csv", "ok16.csv"):
+        a = read_dataset(tmp_path / name, orientation="cells_x_genes")
+        assert a.shape == (2, 2) and list(a.obs_names) == ["c\r\n1", 'c"2']
+        texts = {b"".join(data_io._row_text(tmp_path / name, ",", block_size=bs)) for bs in (1, 2, 3, 1 << 20)}
+        assert texts == {b"cell,,G1\n,1,2\n,3,4\n"}
