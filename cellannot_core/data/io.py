@@ -82,6 +82,11 @@ Orientation = Literal["auto", "cells_x_genes", "genes_x_cells"]
 # A table's numbers parse into float64 (8 bytes) from as little as two characters ("0,"): a
 # table may need up to this many bytes of memory per byte of (decompressed) text.
 _TABLE_BYTES_PER_CHAR = 4
+#: memory a table's reader takes per field beside its characters: pandas parses a column a chunk of rows at a
+#: time into int64 or float64 and joins the chunks (two copies), then the values are made float32 and sparse:
+#: 24 bytes a value at the peak (30,000 x 2,511 counts: 1.8 GB; 40 million empty fields, one character each,
+#: 2.2 GB at a 1 GB limit before the sparse matrix was made a block at a time; 2026-12-07)
+_TABLE_BYTES_PER_FIELD = 24
 #: memory a table's reader takes per column beside its values: pandas keeps each column apart while it
 #: parses (2 rows x 4,000,000 columns took 2.87 GB, about 700 bytes a column; a probe, 2026-12-07)
 _TABLE_BYTES_PER_COLUMN = 1024
@@ -771,11 +776,14 @@ def _read_mtx_dir(folder: Path, label: str) -> ad.AnnData:
             "if any, as GEO names them: GSM123_matrix.mtx.gz)."
         )
     what = f"{label}: {mtx.name}"
-    check_mtx_memory(read_mtx_header(mtx, what), what, memory_limit_bytes())  # before the listings are measured
-    for listing in (feats, bcs, names):  # one Python string per line: ~10 bytes of memory per byte of text
+    limit = memory_limit_bytes()
+    header = read_mtx_header(mtx, what)
+    check_mtx_memory(header, what, limit)  # before the listings are measured
+    used = header.memory  # the matrix, its listings and the tables beside them share the limit
+    for listing in (feats, bcs, names):  # a Python str per name
         if listing is not None:
-            _guard_text(listing, label, 10)
-    M = read_mtx(mtx, what, memory_limit_bytes())  # (in this thread: scipy's mmread could abort the process)
+            used += _guard_text(listing, f"{label}: {listing.name}", per_field=TEXT_FIELD_BYTES, budget=limit - used)
+    M = read_mtx(mtx, what, limit)  # (in this thread: scipy's mmread could abort the process)
     if parse is not None:  # tables with a header: gene_id, gene_name, genome; bc_wells, sample, ...
         features = pd.read_csv(feats, dtype=str, keep_default_na=False).iloc[:, :2]
         barcodes = pd.read_csv(bcs, dtype=str, keep_default_na=False, usecols=[0])
@@ -797,18 +805,22 @@ def _read_mtx_dir(folder: Path, label: str) -> ad.AnnData:
             f"{n_b} barcodes. Check that the three files belong to the same dataset."
         )
     del M
-    ids = features.iloc[:, 0].to_numpy(dtype=str)
-    symbols = features.iloc[:, 1].to_numpy(dtype=str) if features.shape[1] > 1 else ids
-    var = pd.DataFrame({"gene_ids": ids}, index=pd.Index(symbols, name=None))
+    # the names as the str objects read (a numpy str array is as wide as the longest name, times each name,
+    # and made str objects again: a million names took twice the memory so)
+    ids = features.iloc[:, 0].to_numpy(dtype=object)
+    symbols = features.iloc[:, 1].to_numpy(dtype=object) if features.shape[1] > 1 else ids
+    var = pd.DataFrame({"gene_ids": ids}, index=pd.Index(symbols, name=None, dtype=object))
     if features.shape[1] > 2:
-        var["feature_types"] = features.iloc[:, 2].to_numpy(dtype=str)
+        var["feature_types"] = features.iloc[:, 2].to_numpy(dtype=object)
         gex = var["feature_types"].to_numpy() == "Gene Expression"
         if gex.any() and not gex.all():  # as scanpy's read_10x_h5: keep gene expression only
             X = X[:, gex]
             var = var.iloc[gex]
-    obs = pd.DataFrame(index=pd.Index(barcodes.iloc[:, 0].to_numpy(dtype=str), name=None))
+    obs = pd.DataFrame(index=pd.Index(barcodes.iloc[:, 0].to_numpy(dtype=object), name=None, dtype=object))
+    del features, barcodes
     # (Parse's cell_metadata.csv is such a table: its columns, e.g. sample, join the cells)
-    obs, notes = _join_cell_tables(folder, {mtx, feats, names} | ({bcs} if parse is None else set()), obs, label)
+    obs, notes = _join_cell_tables(folder, {mtx, feats, names} | ({bcs} if parse is None else set()), obs, label,
+                                   limit - used)
     adata = ad.AnnData(X=X, obs=obs, var=var)
     if notes:
         adata.uns[INPUT_UNS_KEY] = {"cell_tables": notes}
@@ -820,7 +832,8 @@ MAX_CELL_TABLES = 5  # tables of cell annotations read beside one matrix
 MAX_CELL_TABLE_COLUMNS = 200  # more is a matrix of counts, not annotations
 
 
-def _join_cell_tables(folder: Path, used: set, obs: pd.DataFrame, label: str) -> tuple[pd.DataFrame, list[str]]:
+def _join_cell_tables(folder: Path, used: set, obs: pd.DataFrame, label: str,
+                      budget: int | None = None) -> tuple[pd.DataFrame, list[str]]:
     """Tables of cell annotations beside a 10x matrix (a GEO series' metadata: a row per cell,
     one column its barcode, the others e.g. its cell type), joined to the cells by barcode, exactly
     or without the ``-1`` suffix Cell Ranger adds. A table at least half of whose rows are not
@@ -831,7 +844,9 @@ def _join_cell_tables(folder: Path, used: set, obs: pd.DataFrame, label: str) ->
     notes = [f"{len(tables) - MAX_CELL_TABLES} more tables beside the matrix were not read (at most "
              f"{MAX_CELL_TABLES})"] if len(tables) > MAX_CELL_TABLES else []
     for i, path in enumerate(tables[:MAX_CELL_TABLES], 1):
-        _guard_text(path, label, _TABLE_BYTES_PER_CHAR)
+        need = _guard_text(path, f"{label}: the table beside the matrix ({i})", per_field=TEXT_FIELD_BYTES,
+                           budget=budget)
+        budget = None if budget is None else budget - need
         try:
             sep, decimal = _sniff_table(path)
             df = pd.read_csv(path, sep=sep, decimal=decimal, index_col=None, encoding=_text_encoding(path),
@@ -955,28 +970,51 @@ def _check_unpacked_size(total: int, limit: int, label: str, dest: Path | None =
                         "or ask the administrator for space.")
 
 
-def _guard_text(path: Path, label: str, bytes_per_char: float) -> None:
-    """Refuse a text file (a table, a 10x features/barcodes list) whose decompressed text would
-    need more memory than :func:`memory_limit_bytes` once parsed. A gzipped file is measured by
-    streaming it (a few kB can hold gigabytes of zeros), stopping as soon as it is too big."""
+#: memory one short text field (a gene's or a cell's name, an annotation) takes once read: a Python str (49
+#: bytes beside its characters), its pointer in pandas' column, and the parser's copy of it and table of the
+#: strings it has seen (10x listings of a million short unique names each took 100-112 bytes a name at
+#: their peak, 2026-12-07, after the names were kept as str objects, not copied to numpy and back)
+TEXT_FIELD_BYTES = 128
+#: memory per byte of text at most: a str holding one character beyond the BMP keeps each in 4 bytes
+TEXT_BYTES_PER_CHAR = 4
+
+
+def _guard_text(path: Path, label: str, *, per_line: float = 0, per_field: float = 0,
+                per_char: float = TEXT_BYTES_PER_CHAR, budget: int | None = None) -> int:
+    """Refuse a text file (a table, a 10x features/barcodes list) whose text would need more than
+    ``budget`` bytes (default :func:`memory_limit_bytes`) once parsed: ``per_char`` bytes a byte of
+    (decompressed) text, ``per_line`` a line and ``per_field`` a field (a line and each tab, comma,
+    semicolon or space: the separator is not known yet, so all count). Found 2026-12-07: counted by its
+    characters alone (10 bytes each), 24 MB of short names took 1.9 GB against a 0.25 GB limit, a Python
+    str costing ~60 bytes however short. A gzipped file is measured by streaming it (a few kB can hold
+    gigabytes of zeros), stopping as soon as it is too big. Returns the memory it needs."""
     limit = memory_limit_bytes()
-    max_chars = int(limit / bytes_per_char)
-    if _is_gzip(path):
-        n = 0
-        try:
-            with gzip.open(path, "rb") as fh:
-                while chunk := fh.read(1 << 22):
-                    n += len(chunk)
-                    if n > max_chars:
-                        break
-        except (OSError, EOFError, zlib.error):
-            return  # the reader reports the corrupt stream in its own words
-    else:
-        n = path.stat().st_size
-    if n > max_chars:
-        raise DataError(f"{label} holds more than {n / 1024**3:.1f} GiB of text, which would need more memory than "
-                        f"this server's limit of {limit / 1024**3:.1f} GiB (CELLANNOT_MEMORY_LIMIT_GB): save it as "
-                        ".h5ad or a 10x matrix folder (sparse), or subsample the cells.")
+    budget = limit if budget is None else budget
+    chars = lines = seps = 0
+    need = 0.0
+    opener = gzip.open if _is_gzip(path) else open
+    try:
+        with opener(path, "rb") as fh:
+            while block := fh.read(1 << 22):
+                chars += len(block)
+                if per_line or per_field:
+                    a = np.frombuffer(block, dtype=np.uint8)
+                    lines += int(np.count_nonzero(a == 10))
+                    if per_field:
+                        seps += int(np.count_nonzero((a == 9) | (a == 32) | (a == 44) | (a == 59)))
+                need = per_char * chars + per_line * (lines + 1) + per_field * (lines + 1 + seps)
+                if need > budget:
+                    break
+    except (OSError, EOFError, zlib.error):
+        return int(need)  # the reader reports the corrupt stream in its own words
+    if need > budget:
+        held = f"{lines + 1:,} lines ({chars / 1024**2:,.1f} MB) of" if per_line or per_field else \
+            f"{chars / 1024**3:.1f} GiB of"
+        raise DataError(f"{label} holds {'more than ' if block else ''}{held} text, which would need more memory than "
+                        f"{'is left of ' if budget < limit else ''}this server's limit of {limit / 1024**3:.1f} GiB "
+                        "(CELLANNOT_MEMORY_LIMIT_GB) once read: save it as .h5ad or a 10x matrix folder (sparse), or "
+                        "subsample the cells.")
+    return int(need)
 
 
 _ENSEMBL_RE = re.compile(r"^ENS[A-Z]*G\d{6,}(\.\d+)?$")
@@ -1168,7 +1206,9 @@ def _read_table(path: Path, label: str, orientation: str) -> ad.AnnData:
     """A delimited table whose first column holds row names and first row column names (after any
     '#' lines), up to :data:`MAX_TABLE_ANNOTATIONS` columns of text after the row names the rows'
     annotations (featureCounts' five columns too)."""
-    _guard_text(path, label, _TABLE_BYTES_PER_CHAR)
+    # a row's name and annotations are str objects
+    _guard_text(path, label, per_char=_TABLE_BYTES_PER_CHAR, per_field=_TABLE_BYTES_PER_FIELD,
+                per_line=(1 + MAX_TABLE_ANNOTATIONS) * TEXT_FIELD_BYTES)
     sep, decimal = _sniff_table(path, label)
     df = pd.read_csv(path, sep=sep, decimal=decimal, index_col=0, compression="gzip" if _is_gzip(path) else "infer",
                      skiprows=_comment_lines(path), encoding=_text_encoding(path))
@@ -1201,6 +1241,7 @@ def _read_table(path: Path, label: str, orientation: str) -> ad.AnnData:
     else:
         reason = "set by the user"
     values = df.to_numpy(dtype=np.float32)
+    del df  # (the frame's float64 or int64 columns: twice the float32 values)
     obs = pd.DataFrame(index=pd.Index(rows, name=None))
     var = pd.DataFrame(index=pd.Index(cols, name=None))
     if orientation == "genes_x_cells":
@@ -1208,9 +1249,28 @@ def _read_table(path: Path, label: str, orientation: str) -> ad.AnnData:
         notes = notes.rename(columns=lambda c: str(c).lower() if str(c).lower() in GENE_ID_COLUMNS else str(c))
     for c in notes.columns:  # the rows' own annotations: gene symbols beside gene IDs, cell types beside cells
         (var if orientation == "genes_x_cells" else obs)[str(c)] = notes[c].to_numpy(dtype=object)
-    adata = ad.AnnData(X=sp.csr_matrix(values), obs=obs, var=var)
+    adata = ad.AnnData(X=_dense_to_csr(values), obs=obs, var=var)
     adata.uns[INPUT_UNS_KEY] = {"format": "table", "orientation": orientation, "orientation_reason": reason}
     return adata
+
+
+def _dense_to_csr(values: np.ndarray, block: int = 1 << 22) -> sp.csr_matrix:
+    """``values`` as a CSR matrix, made a block of rows at a time: scipy's own conversion holds two int64
+    indices per non-zero value while it works (a table of 40 million empty, NaN, fields took 0.8 GB more)."""
+    n, m = values.shape
+    step = max(1, block // max(1, m))
+    per_row = np.concatenate([np.count_nonzero(values[i:i + step], axis=1) for i in range(0, n, step)] or
+                             [np.zeros(0, dtype=np.int64)])
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(per_row, out=indptr[1:])
+    kind = np.int32 if max(int(indptr[-1]), m) < np.iinfo(np.int32).max else np.int64
+    indices, data = np.empty(int(indptr[-1]), dtype=kind), np.empty(int(indptr[-1]), dtype=np.float32)
+    for i in range(0, n, step):
+        part = values[i:i + step]
+        r, c = np.nonzero(part)
+        lo, hi = indptr[i], indptr[min(i + step, n)]
+        indices[lo:hi], data[lo:hi] = c, part[r, c]
+    return sp.csr_matrix((data, indices, indptr.astype(kind)), shape=(n, m))
 
 
 MAX_TABLE_ANNOTATIONS = 3  # columns of text a table's rows may carry after their names

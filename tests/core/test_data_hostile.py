@@ -425,8 +425,8 @@ def test_an_mtx_of_more_lines_than_declared_is_one_line_and_never_aborts_the_pro
             info = tarfile.TarInfo(n)
             info.size = len(b)
             tf.addfile(info, io.BytesIO(b))
-    code = ("import sys, gc\nfrom cellannot_core.data import read_uploaded\nfrom cellannot_core.errors import DataError\n"
-            "try:\n    read_uploaded(open(sys.argv[1], 'rb').read(), 'abort.tar.gz', name='query')\n"
+    code = ("import sys, gc\nfrom cellannot_core.data import read_uploaded\n"
+            "from cellannot_core.errors import DataError\ntry:\n    read_uploaded(open(sys.argv[1], 'rb').read(), 'abort.tar.gz', name='query')\n"
             "except DataError as e:\n    print(e)\ngc.collect()\nimport time; time.sleep(0.5)\nprint('alive')\n")
     r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "abort.tar.gz")], cwd=ROOT, capture_output=True,
                        text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -476,3 +476,31 @@ def test_a_long_row_hidden_from_the_field_count_by_utf16_or_quoted_line_ends_is_
         assert a.shape == (2, 2) and list(a.obs_names) == ["c\r\n1", 'c"2']
         texts = {b"".join(data_io._row_text(tmp_path / name, ",", block_size=bs)) for bs in (1, 2, 3, 1 << 20)}
         assert texts == {b"cell,,G1\n,1,2\n,3,4\n"}
+
+
+def test_text_is_budgeted_by_its_names_and_fields_not_only_its_characters(tmp_path, monkeypatch):
+    """Found 2026-12-07 by a third probe: text was counted at 10 (listings) or 4 (tables) bytes a character,
+    but a Python str costs ~60 bytes however short, and a table's empty field (one character) a float64 in
+    two copies: listings of 24 MB of short names took 1.9 GB at a 0.25 GB limit, a table of 62 MB with three
+    text columns 1.1 GB, 95 KB of gzipped commas 1.8 GB at 1 GB. Each name, row and field counts now."""
+    import gzip
+
+    n = 20_000
+    d = tmp_path / "listing"
+    d.mkdir()
+    (d / "features.tsv").write_text("".join(f"{i:x}\n" for i in range(n)))
+    (d / "barcodes.tsv").write_text("".join(f"{i:x}\n" for i in range(n)))
+    (d / "matrix.mtx").write_text(f"%%MatrixMarket matrix coordinate integer general\n{n} {n} 1\n1 1 1\n")
+    text = tmp_path / "text.csv"
+    text.write_text("cell,a,b,c,G1\n" + "".join(f"{i:x},a{i:x},b{i:x},c{i:x},1\n" for i in range(n)))
+    with gzip.open(tmp_path / "commas.csv.gz", "wt") as fh:
+        fh.write("cell," + ",".join(f"G{j}" for j in range(2000)) + "\n" + "".join(f"c{i}" + "," * 2000 + "\n"
+                                                                                 for i in range(200)))
+    for path, small, enough in ((d, 3, 8), (text, 5, 16), (tmp_path / "commas.csv.gz", 4, 16)):
+        monkeypatch.setenv("CELLANNOT_MEMORY_LIMIT_GB", str(small / 1024))
+        with pytest.raises(DataError, match=r"of text, which would need more memory than .*this server's limit"):
+            read_dataset(path, name="query")
+        monkeypatch.setenv("CELLANNOT_MEMORY_LIMIT_GB", str(enough / 1024))
+        a = read_dataset(path, name="query")
+        assert a.n_obs * a.n_vars in (n * n, n, 200 * 2000)
+    assert a.X.nnz == 200 * 2000 and np.isnan(a.X.data).all()  # (empty fields are NaN, made sparse a block at a time)
