@@ -164,11 +164,11 @@ def read_dataset(
                 adata = _read_archive(path, label)
             else:  # table
                 adata = _read_table(path, label, orientation)
+            return _finalise(adata, label, kind)  # (in here: what it meets in X is said as the rest is)
     except DataError:
         raise
     except Exception as exc:  # anything a reader throws on a corrupt/truncated file
         raise DataError(f"could not read {label} as {kind}: {_read_failure(exc)}") from None
-    return _finalise(adata, label, kind)
 
 
 def sanitize_filename(filename: str) -> str:
@@ -289,6 +289,24 @@ def check_sparse_formats(adata: ad.AnnData, label: str) -> None:
                                 "again from the original data.") from None
 
 
+#: what X holds, by numpy's kind of its values, when it is not numbers
+_NOT_NUMBERS = {"S": "text", "U": "text", "O": "object (text or variable-length array)",
+                "V": "record (compound or opaque)", "c": "complex", "M": "date", "m": "time-span"}
+
+
+def _check_numbers(X: Any, label: str) -> None:
+    """Refuse an X whose values are not numbers (text, records, variable-length arrays, references, complex
+    numbers), by its dtype, before they are converted: numpy's words for a failed conversion quote the
+    file (found 2026-12-07: "could not convert string to float: np.bytes_(b'SECRET-GENE-\\x1b[31m...')",
+    and a raw TypeError or ValueError, outside the reader's one line, for records and arrays)."""
+    dtype = getattr(X, "dtype", None)
+    if isinstance(dtype, np.dtype) and dtype.kind in "biuf":
+        return
+    kind = _NOT_NUMBERS.get(dtype.kind, str(dtype.kind)) if isinstance(dtype, np.dtype) else "no array of"
+    raise DataError(f"{label}: X holds {kind} values, not numbers. Save the counts (or normalised values) as "
+                    "integers or floats in X, and try again.")
+
+
 def _finalise(adata: ad.AnnData, label: str, kind: str) -> ad.AnnData:
     """CSR float32 X, string names, and a note of how it was read."""
     if adata.X is None:  # zellkonverter and others may leave X empty beside a counts layer
@@ -301,6 +319,7 @@ def _finalise(adata: ad.AnnData, label: str, kind: str) -> ad.AnnData:
                 "Save the counts in X and try again."
             )
         adata.X = adata.layers[layer]
+    _check_numbers(adata.X, label)
     check_sparse_formats(adata, label)
     X = adata.X
     if not sp.issparse(X):

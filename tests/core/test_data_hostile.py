@@ -504,3 +504,47 @@ def test_text_is_budgeted_by_its_names_and_fields_not_only_its_characters(tmp_pa
         a = read_dataset(path, name="query")
         assert a.n_obs * a.n_vars in (n * n, n, 200 * 2000)
     assert a.X.nnz == 200 * 2000 and np.isnan(a.X.data).all()  # (empty fields are NaN, made sparse a block at a time)
+
+
+@pytest.mark.parametrize("kind", ["text", "record", "opaque", "vlen"])
+def test_an_x_of_values_that_are_not_numbers_is_one_line_that_quotes_nothing(plain, tmp_path, kind):
+    """Found 2026-12-07 by a third probe: X was made float32 after the reader's one line, so text in X escaped
+    as "could not convert string to float: np.bytes_(b'SECRET-GENE-\\x1b[31m...')" and records, opaque
+    values and variable-length arrays as raw TypeError / ValueError, which the app's upload did not catch."""
+    import shutil
+
+    p = tmp_path / f"{kind}.h5ad"
+    shutil.copy(plain, p)
+    with h5py.File(p, "r+") as f:
+        n, g = f["X"].attrs["shape"] if "shape" in f["X"].attrs else f["X"].shape
+        del f["X"]
+        if kind == "text":
+            x = f.create_dataset("X", data=np.full((n, g), (SECRET + "\x1b[31m\x07").encode(), dtype="S40"))
+        elif kind == "record":
+            x = f.create_dataset("X", data=np.zeros((n, g), dtype=[("a", "f4"), ("b", "i4")]))
+        elif kind == "opaque":
+            x = f.create_dataset("X", data=np.zeros((n, g), dtype="V4"))
+        else:
+            x = f.create_dataset("X", shape=(n, g), dtype=h5py.vlen_dtype(np.float64))
+            x[0, 0] = np.arange(3.0)
+        x.attrs["encoding-type"], x.attrs["encoding-version"] = "array", "0.2.0"
+    with pytest.raises(DataError, match=r"X holds \w+ .*values, not numbers") as err:
+        read_dataset(p, name="query")
+    assert SECRET not in str(err.value) and "\x1b" not in str(err.value)
+    from ui.data import handle_upload
+
+    msg = handle_upload("query", p.read_bytes(), p.name)
+    assert msg == str(err.value)  # (the upload handler returns the reader's line)
+
+
+def test_the_app_says_a_readers_fault_in_one_line_that_quotes_nothing(monkeypatch):
+    """Anything a reader raises besides CellannotError reached Streamlit as a traceback, its words and all."""
+    import cellannot_core.data as data
+    from ui.data import handle_upload
+
+    def boom(*a, **k):
+        raise RuntimeError(SECRET + " /tmp/cellannot_upload_x/secret.h5ad")
+
+    monkeypatch.setattr(data, "read_uploaded", boom)
+    msg = handle_upload("query", b"x", "q.h5ad")
+    assert "internal error (RuntimeError)" in msg and SECRET not in msg and "/tmp" not in msg
