@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from cellannot_core.errors import DataError
+from cellannot_core.errors import DataError, shown_name
 
 from .genes import GENE_ID_COLUMNS
 
@@ -136,7 +136,7 @@ def read_dataset(
         )
     if not path.exists():
         raise DataError(f"{name} file '{path}' does not exist. Check the path.")
-    label = f"{name} {'folder' if path.is_dir() else 'file'} '{path.name}'"
+    label = f"{name} {'folder' if path.is_dir() else 'file'} '{shown_name(path.name, 100)}'"
     if path.is_dir() and not any(path.name.lower().endswith(ext) for ext in CONVERT_HINTS):
         kind = "10x matrix folder"
     else:
@@ -245,9 +245,14 @@ def _read_failure(exc: BaseException) -> str:
             "copy it again, or save it again from the tool that made it")
 
 
+#: a path into the readers' temporary folders (an upload's, an archive's), which a message never shows
+_TEMP_PATH = re.compile(r"[^\s'\"]*cellannot_(?:upload|archive)_[^/\s'\"]*/?")
+
+
 def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text[:300].rstrip(".")
+    """An exception's words as one line a message may quote: no temporary folder of this server, no control
+    characters (they may be a file's, e.g. an archive member's name), at most 300 characters."""
+    return shown_name(_TEMP_PATH.sub("", str(exc)) or type(exc).__name__, 300).rstrip(".")
 
 
 def _kind_of(filename: str) -> str | None:
@@ -759,7 +764,7 @@ def _find_matrix_dir(path: Path, label: str) -> Path:
             "count_matrix.mtx (or DGE.mtx), all_genes.csv and cell_metadata.csv."
         )
     if len(found) > 1:
-        names = ", ".join(str(p.relative_to(path)) for p in found[:5])
+        names = ", ".join(shown_name(p.relative_to(path), 40) for p in found[:5])
         raise DataError(
             f"{label} contains {len(found)} matrix folders ({names}). Provide one dataset at a time."
         )
@@ -787,21 +792,24 @@ def _read_mtx_dir(folder: Path, label: str) -> ad.AnnData:
         feats = _first_existing(folder, (f"{pre}features.tsv", f"{pre}genes.tsv"))
         bcs = _first_existing(folder, (f"{pre}barcodes.tsv",))
         names = None
-    missing = [n for n, p in ((f"{pre}features.tsv/{pre}genes.tsv", feats), (f"{pre}barcodes.tsv", bcs)) if p is None]
+    shown = shown_name(pre, 40)  # (a GEO prefix: a file's name)
+    missing = [n for n, p in ((f"{shown}features.tsv/{shown}genes.tsv", feats), (f"{shown}barcodes.tsv", bcs))
+               if p is None]
     if missing:
         raise DataError(
             f"{label}: the matrix folder lacks {' and '.join(missing)}. A 10x matrix folder needs "
             "matrix.mtx[.gz], features.tsv[.gz] (or genes.tsv[.gz]) and barcodes.tsv[.gz] (with the same prefix, "
             "if any, as GEO names them: GSM123_matrix.mtx.gz)."
         )
-    what = f"{label}: {mtx.name}"
+    what = f"{label}: {shown_name(mtx.name)}"
     limit = memory_limit_bytes()
     header = read_mtx_header(mtx, what)
     check_mtx_memory(header, what, limit)  # before the listings are measured
     used = header.memory  # the matrix, its listings and the tables beside them share the limit
     for listing in (feats, bcs, names):  # a Python str per name
         if listing is not None:
-            used += _guard_text(listing, f"{label}: {listing.name}", per_field=TEXT_FIELD_BYTES, budget=limit - used)
+            used += _guard_text(listing, f"{label}: {shown_name(listing.name)}", per_field=TEXT_FIELD_BYTES,
+                                budget=limit - used)
     M = read_mtx(mtx, what, limit)  # (in this thread: scipy's mmread could abort the process)
     if parse is not None:  # tables with a header: gene_id, gene_name, genome; bc_wells, sample, ...
         features = pd.read_csv(feats, dtype=str, keep_default_na=False).iloc[:, :2]
@@ -917,7 +925,7 @@ def _check_member(name: str, label: str) -> None:
     parts = PurePosixPath(name.replace("\\", "/")).parts
     if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name) or ".." in parts:
         raise DataError(
-            f"{label} contains an unsafe path '{name[:100]}' (absolute or with '..'). "
+            f"{label} contains an unsafe path '{shown_name(name)}' (absolute or with '..'). "
             "Re-create the archive from the matrix folder itself."
         )
 
@@ -947,7 +955,8 @@ def unpacked_archive(path: Path, label: str) -> Iterator[Path]:
                 for info in infos:
                     _check_member(info.filename, label)
                 _check_unpacked_size(sum(i.file_size for i in infos), limit, label, dest)
-                zf.extractall(dest)
+                with _unpacking(label, dest):
+                    zf.extractall(dest)
         else:
             with tarfile.open(path, "r:*") as tf:
                 members = []
@@ -957,12 +966,39 @@ def unpacked_archive(path: Path, label: str) -> Iterator[Path]:
                     _check_member(m.name, label)
                     if not (m.isfile() or m.isdir()):
                         raise DataError(
-                            f"{label} contains a link or special file '{m.name[:100]}'. "
+                            f"{label} contains a link or special file '{shown_name(m.name)}'. "
                             "Re-create the archive with regular files only."
                         )
                 _check_unpacked_size(sum(m.size for m in members), limit, label, dest)
-                tf.extractall(dest, members=members, filter="data")
+                with _unpacking(label, dest):
+                    tf.extractall(dest, members=members, filter="data")
         yield dest
+
+
+@contextlib.contextmanager
+def _unpacking(label: str, dest: Path) -> Iterator[None]:
+    """One line for what stops an archive's members being written, naming the member by its path in the
+    archive, never this server's temporary folder (found 2026-12-07: a member's name too long for the file
+    system was said with '/tmp/cellannot_archive_.../' before it)."""
+    import errno
+
+    try:
+        yield
+    except (OSError, ValueError, EOFError, zlib.error, tarfile.TarError, zipfile.BadZipFile) as err:
+        member = getattr(err, "filename", None)
+        try:
+            member = Path(member).relative_to(dest) if member else None
+        except (TypeError, ValueError):
+            member = None
+        if isinstance(err, OSError) and err.errno == errno.ENAMETOOLONG:
+            why = "a member's name is too long for this server's file system"
+        elif isinstance(err, OSError) and err.strerror:
+            why = err.strerror
+        else:
+            why = f"{type(err).__name__}: {_one_line(err)[:120]}"
+        at = f" ('{shown_name(member)}')" if member else ""
+        raise DataError(f"{label} could not be unpacked: {why}{at}. Re-create the archive from the matrix folder "
+                        "itself (short names, regular files).") from None
 
 
 def _check_member_count(n: int, label: str) -> None:

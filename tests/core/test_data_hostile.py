@@ -548,3 +548,45 @@ def test_the_app_says_a_readers_fault_in_one_line_that_quotes_nothing(monkeypatc
     monkeypatch.setattr(data, "read_uploaded", boom)
     msg = handle_upload("query", b"x", "q.h5ad")
     assert "internal error (RuntimeError)" in msg and SECRET not in msg and "/tmp" not in msg
+
+
+def test_archive_member_names_are_quoted_clean_and_short_and_never_with_the_servers_temporary_folder(tmp_path):
+    """Found 2026-12-07 by a third probe: members named with ESC, BEL and a newline were quoted as they were
+    (an escape sequence rewrites the terminal or log showing the message; a newline fakes a second line),
+    and a member whose name was too long for the file system was said with '/tmp/cellannot_archive_.../'."""
+    import io
+    import tarfile
+    import zipfile
+
+    evil = "\x1b]0;pwned\x07\x1b[2J\x1b[31mFAKE: upload accepted\x1b[0m\nsecond line"
+
+    def tar(name: str, members: list) -> Path:
+        with tarfile.open(tmp_path / name, "w:gz") as tf:
+            for info, data in members:
+                tf.addfile(info, io.BytesIO(data) if data is not None else None)
+        return tmp_path / name
+
+    def member(name: str, data: bytes | None = b"x", kind=tarfile.REGTYPE) -> tuple:
+        info = tarfile.TarInfo(name)
+        info.type = kind
+        if data is not None:
+            info.size = len(data)
+        else:
+            info.linkname = "/etc/passwd"
+        return info, data
+
+    archives = [tar("abs.tar.gz", [member("/" + evil)]),
+                tar("link.tar.gz", [member("m/" + evil, None, tarfile.SYMTYPE)]),
+                tar("long.tar.gz", [member("m/" + "d" * 300 + "/matrix.mtx")])]
+    with zipfile.ZipFile(tmp_path / "esc.zip", "w") as zf:
+        zf.writestr("/" + evil, b"x")
+    archives.append(tmp_path / "esc.zip")
+    said = {}
+    for p in archives:
+        with pytest.raises(DataError) as err:
+            read_dataset(p, name="query")
+        said[p.name] = msg = str(err.value)
+        assert not any(c in msg for c in "\x1b\x07\n") and len(msg) < 400, msg
+        assert "cellannot_archive_" not in msg and "/tmp" not in msg, msg
+    assert "FAKE: upload accepted" in said["abs.tar.gz"] and "a link or special file" in said["link.tar.gz"]
+    assert "could not be unpacked: a member's name is too long" in said["long.tar.gz"]
