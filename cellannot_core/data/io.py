@@ -290,8 +290,8 @@ def check_sparse_formats(adata: ad.AnnData, label: str) -> None:
             try:
                 m.check_format(full_check=True)
             except (ValueError, TypeError) as exc:
-                raise DataError(f"{label} has a corrupt sparse matrix {shown_name(name)} ({_one_line(exc)}). Write the file "
-                                "again from the original data.") from None
+                raise DataError(f"{label} has a corrupt sparse matrix {shown_name(name)} ({_one_line(exc)}). Write the "
+                                "file again from the original data.") from None
 
 
 #: what X holds, by numpy's kind of its values, when it is not numbers

@@ -323,9 +323,9 @@ def load_model(directory: str | os.PathLike, *, device: str = "auto") -> Model:
         raise DataError(f"{cfg_path} is not a cellannot model config; it may be damaged: train the model again")
     version = cfg.get("format_version", 1)
     if not isinstance(version, int) or isinstance(version, bool) or version > FORMAT_VERSION:
-        raise DataError(f"the saved model in {d} was written in a newer format ({shown_name(version, 20)}; this "
-                        f"cellannot reads up to {FORMAT_VERSION}): update cellannot, or train the model again with this "
-                        "one")
+        raise DataError(f"the saved model in {d} was written in a newer format ({shown_name(version, 20)}; "
+                        f"this cellannot reads up to {FORMAT_VERSION}): update cellannot, or train the model again "
+                        "with this one")
     digest = cfg.get("weights_sha256")
     if digest is not None and digest != _sha256(w_path):
         raise DataError(f"the saved model in {d} is damaged: {RunFiles.WEIGHTS} is not the file saved with its "

@@ -133,7 +133,8 @@ def resolve_hparams(name: str, overrides: dict[str, Any] | None = None) -> dict[
     out = spec.defaults
     for k, v in (overrides or {}).items():
         if k not in spec.hparams:
-            raise ConfigError(f"model {name} has no hyper-parameter '{shown_name(k)}'; valid: {', '.join(spec.hparams)}")
+            raise ConfigError(f"model {name} has no hyper-parameter '{shown_name(k)}'; "
+                              f"valid: {', '.join(spec.hparams)}")
         out[k] = spec.hparams[k].validate(k, v)
     return out
 

@@ -426,7 +426,8 @@ def test_an_mtx_of_more_lines_than_declared_is_one_line_and_never_aborts_the_pro
             info.size = len(b)
             tf.addfile(info, io.BytesIO(b))
     code = ("import sys, gc\nfrom cellannot_core.data import read_uploaded\n"
-            "from cellannot_core.errors import DataError\ntry:\n    read_uploaded(open(sys.argv[1], 'rb').read(), 'abort.tar.gz', name='query')\n"
+            "from cellannot_core.errors import DataError\ntry:\n"
+            "    read_uploaded(open(sys.argv[1], 'rb').read(), 'abort.tar.gz', name='query')\n"
             "except DataError as e:\n    print(e)\ngc.collect()\nimport time; time.sleep(0.5)\nprint('alive')\n")
     r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "abort.tar.gz")], cwd=ROOT, capture_output=True,
                        text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
