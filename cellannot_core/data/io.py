@@ -1149,8 +1149,7 @@ def _sniff_table(path: Path, label: str = "the table") -> tuple[str, str]:
         raise DataError(f"{label} has {n_cols:,} columns, which would need more memory than this server's limit of "
                         f"{limit / 1024**3:.1f} GiB (CELLANNOT_MEMORY_LIMIT_GB) to read as a table: save it as .h5ad "
                         "or a 10x matrix folder (sparse), or subsample the cells.")
-    if sep in counts:
-        _check_row_fields(path, sep, n_cols, label)
+    _check_row_fields(path, sep, n_cols, label)
     # a spreadsheet saved as CSV where the decimal mark is a comma separates by ";" ("1,5;0;2")
     return sep, ("," if sep == ";" and "," in second else ".")
 
@@ -1160,16 +1159,27 @@ def _check_row_fields(path: Path, sep: str, n_header: int, label: str) -> None:
     more): pandas tokenises such a row whole before it says the table is ragged, at about 150 bytes a
     field (found 2026-12-07 by a second probe: a 47 KB upload of two rows of 12,000,000 fields under a
     two-column header took the server from 3.7 to 10.1 GB). The text is read once more, a block at a time,
-    its rows as pandas' tokenizer ends them (:func:`_row_text`: decoded, quoted fields left out)."""
+    its rows as pandas' tokenizer ends them (:func:`_row_text`: decoded, quoted fields one letter). A table
+    separated by spaces (``sep`` ``\\s+``) counts its runs of letters (found 2026-12-07: it was not checked,
+    12 KB of "1 1 1 ..." took 4 GB)."""
     most = 2 * n_header + 100  # separators a row may hold (quoted text may hold a few more than the header)
-    mark, newline = ord(sep), ord("\n")
-    carry, line = 0, 0  # separators on the line not yet ended; lines ended
+    blanks = sep not in ("\t", ";", ",")  # fields apart by runs of spaces and tabs
+    newline = ord("\n")
+    carry, line, after_blank = 0, 0, True  # separators (or fields) on the line not yet ended; lines ended
     try:
-        for block in _row_text(path, sep):
+        for block in _row_text(path, " \t" if blanks else sep):
             if not block:
                 continue
             a = np.frombuffer(block, dtype=np.uint8)
-            seps = np.cumsum(a == mark, dtype=np.int64)
+            if blanks:  # a field starts at a letter after a space, a tab or a line end
+                blank = (a == 32) | (a == 9) | (a == newline)
+                marks = ~blank
+                marks[0] &= after_blank
+                marks[1:] &= blank[:-1]
+                after_blank = bool(blank[-1])
+            else:
+                marks = a == ord(sep)
+            seps = np.cumsum(marks, dtype=np.int64)
             ends = np.flatnonzero(a == newline)
             if len(ends):
                 per_line = np.diff(seps[ends], prepend=0)
@@ -1186,23 +1196,25 @@ def _check_row_fields(path: Path, sep: str, n_header: int, label: str) -> None:
     except (OSError, EOFError, zlib.error, LookupError):
         return  # the reader reports the damaged file in its own words
     if carry > most:
-        raise DataError(f"{label} has a row (line {line + 1:,}) of more than {carry + 1:,} fields under a header of "
-                        f"{n_header:,}: each row must hold a name and the header's columns. Check the separator and "
-                        "the file, or save it as .h5ad.")
+        raise DataError(f"{label} has a row (line {line + 1:,}) of more than {carry + (not blanks):,} fields under a "
+                        f"header of {n_header:,}: each row must hold a name and the header's columns. Check the "
+                        "separator and the file, or save it as .h5ad.")
 
 
-def _row_text(path: Path, sep: str, block_size: int = 1 << 22) -> Iterator[bytes]:
+def _row_text(path: Path, seps: str, block_size: int = 1 << 22) -> Iterator[bytes]:
     """A delimited table's text as pandas' C tokenizer splits it into rows and fields, a block at a time:
     decoded from UTF-16 into UTF-8 (U+0A0A is the bytes ``0A 0A`` in UTF-16: counted as bytes, each was two
     line ends; found 2026-12-07, 81 KB took 3.9 GB), ``\\r\\n`` and ``\\r`` as ``\\n``, and each quoted field
-    (a ``"`` at a field's start to its closing ``"``, ``""`` inside it) left out: a quoted line end does
-    not end a row (a 47 KB upload quoting a line end every 100 fields took 4 GB). ASCII-compatible
-    encodings (UTF-8, Windows-1252, latin-1) keep these characters' bytes, so are read as bytes."""
+    (a ``"`` at a field's start, after one of ``seps`` or a line end, to its closing ``"``, ``""`` inside it)
+    made the one letter ``Q``: a quoted line end does not end a row (a 47 KB upload quoting a line end every
+    100 fields took 4 GB). ASCII-compatible encodings (UTF-8, Windows-1252, latin-1) keep these characters'
+    bytes, so are read as bytes."""
     import codecs
 
     enc = _text_encoding(path)
     decoder = codecs.getincrementaldecoder(enc)(errors="replace") if enc.startswith("utf-16") else None
-    s = re.escape(sep.encode())
+    s = b"".join(re.escape(bytes([c])) for c in seps.encode())
+    ends = {bytes([c]) for c in seps.encode()} | {b"\n"}  # what a field starts after
     closed = re.compile(rb'"(?<=[' + s + rb'\n]")[^"]*(?:""[^"]*)*"(?!")')  # a whole quoted field
     opening = re.compile(rb'"(?<=[' + s + rb'\n]")')  # a quote that starts a field
     rest = re.compile(rb'[^"]*(?:""[^"]*)*"(?!")')  # the rest of a quoted field, to its closing quote
@@ -1232,13 +1244,13 @@ def _row_text(path: Path, sep: str, block_size: int = 1 << 22) -> Iterator[bytes
                     t, inq, start = t[m.end():], False, False
             if b'"' in t:
                 ctx = b"\n" if start else b"x"  # (what precedes: a field's start or not)
-                t = closed.sub(b"", ctx + t)
+                t = closed.sub(b"Q", ctx + t)
                 m = opening.search(t)
                 if m is not None:  # a quoted field that goes on into the next block
-                    t, inq = t[:m.start()], True
+                    t, inq = t[:m.start()] + b"Q", True
                 t = t[1:]
             if t and not inq:
-                start = t[-1:] in (b"\n", sep.encode())
+                start = t[-1:] in ends
             yield t
             if last:
                 return

@@ -449,7 +449,8 @@ def test_an_mtx_of_more_lines_than_declared_is_one_line_and_never_aborts_the_pro
 
 def test_a_long_row_hidden_from_the_field_count_by_utf16_or_quoted_line_ends_is_refused(tmp_path):
     """Found 2026-12-07 by a third probe: the ragged-row guard counted newline bytes, but U+0A0A is the
-    bytes 0A 0A in UTF-16 (81 KB took 3.9 GB), and a quoted line end does not end pandas' row (47 KB: 4 GB).
+    bytes 0A 0A in UTF-16 (81 KB took 3.9 GB), a quoted line end does not end pandas' row (47 KB: 4 GB) and a
+    table apart by spaces was not checked (12 KB: 4 GB).
     Rows are counted on the decoded text, quoted fields left out, as pandas' tokenizer splits them."""
     import gzip
 
@@ -464,7 +465,9 @@ def test_a_long_row_hidden_from_the_field_count_by_utf16_or_quoted_line_ends_is_
     # a quote inside a field is a letter (pandas'): it must not shift which quotes open a field
     literal = "cell,G0\nc1,a\"b," + (fields + '"\n",') * 10 + "1\nc2,1\n"
     (tmp_path / "literal.csv").write_text(literal)
-    for name in ("utf16.csv", "quoted.csv.gz", "literal.csv"):
+    # a table apart by spaces was not checked at all (12 KB: 4 GB)
+    (tmp_path / "spaces.txt").write_text("cell G0\nc1 " + "1 " * 500 + "1\nc2 1\n")
+    for name in ("utf16.csv", "quoted.csv.gz", "literal.csv", "spaces.txt"):
         with pytest.raises(DataError, match=r"has a row \(line 2\) of more than 50\d fields under a header of 2"):
             read_dataset(tmp_path / name)
     # quoted names holding separators and line ends, Windows line ends and UTF-16 still read; the rows
@@ -472,11 +475,13 @@ def test_a_long_row_hidden_from_the_field_count_by_utf16_or_quoted_line_ends_is_
     ok = 'cell,"G,0",G1\r\n"c\r\n1",1,2\r\n"c""2",3,4\r\n'
     (tmp_path / "ok.csv").write_text(ok, newline="")
     (tmp_path / "ok16.csv").write_bytes(ok.encode("utf-16"))
+    (tmp_path / "ok.txt").write_text('cell  "G 0"  G1\n  "c 1" 1 2\nc2\t3 4\n')
+    assert read_dataset(tmp_path / "ok.txt", orientation="cells_x_genes").shape == (2, 2)
     for name in ("ok.csv", "ok16.csv"):
         a = read_dataset(tmp_path / name, orientation="cells_x_genes")
         assert a.shape == (2, 2) and list(a.obs_names) == ["c\r\n1", 'c"2']
         texts = {b"".join(data_io._row_text(tmp_path / name, ",", block_size=bs)) for bs in (1, 2, 3, 1 << 20)}
-        assert texts == {b"cell,,G1\n,1,2\n,3,4\n"}
+        assert texts == {b"cell,Q,G1\nQ,1,2\nQ,3,4\n"}  # (a quoted field is one letter)
 
 
 def test_text_is_budgeted_by_its_names_and_fields_not_only_its_characters(tmp_path, monkeypatch):
