@@ -29,12 +29,37 @@ class Cancelled(CellannotError):
     """Training was cancelled by the user."""
 
 
+def shown_name(text: object, limit: int = 60) -> str:
+    """``text`` (a name read from a file: an archive member's, a gene's, a model's) as a message may quote it:
+    control and format characters dropped (an escape sequence could rewrite the terminal or the log that
+    shows the message, a newline fake a second line, a bidi mark reorder it), runs of spaces made one and at
+    most ``limit`` characters kept, the cut marked with "...". Found 2026-12-07: archive member names were
+    quoted with their ESC, BEL and newline, and a model config's name a million characters long."""
+    import unicodedata
+
+    raw = str(text)
+    head = raw[:4 * limit + 16]  # (a long name is not read whole)
+    out = []
+    for c in head:
+        kind = unicodedata.category(c)[0]
+        if kind == "C":  # control, format (bidi marks), surrogate, private, unassigned
+            out.append(" " if c in "\t\n\r" else "")
+        else:
+            out.append(" " if kind == "Z" else c)  # (line and paragraph separators too)
+    kept = " ".join("".join(out).split())
+    if len(kept) > limit or len(raw) > len(head):
+        kept = kept[:max(limit - 3, 1)] + "..."
+    return kept
+
+
 def did_you_mean(name: object, choices: "Iterable[object]") -> str:
     """`` Did you mean 'x'?`` for the choice closest to a mistyped ``name`` (case, ``-`` for ``_``
     and small typos forgiven), or ``""`` when none is close; appended to "unknown ..." errors."""
     import difflib
 
     options = [str(c) for c in choices]
+    if len(str(name)) > 100:  # (no choice is so long; difflib takes long on a long name)
+        return ""
     norm = {o.lower().replace("-", "_").replace(" ", "_"): o for o in options}
     key = str(name).lower().replace("-", "_").replace(" ", "_")
     hit = norm.get(key) or next(iter(difflib.get_close_matches(key, list(norm), n=1, cutoff=0.75)), None)
@@ -63,13 +88,3 @@ def failure_message(err: BaseException) -> str:
                 "inputs are refused before they are read)")
     return f"internal error: {type(err).__name__}: {err}"
 
-
-def shown_name(text: object, limit: int = 60) -> str:
-    """A name taken from a file (a member, link, attribute or label), fit to quote in a message: control
-    characters (a terminal's escape sequences, line breaks) dropped and at most ``limit`` characters,
-    ``...`` marking a cut (found 2026-12-07: archive member and HDF5 link names reached the terminal with
-    their escape sequences, and a model file's name made a million-character error)."""
-    import unicodedata
-
-    s = "".join(c for c in str(text) if unicodedata.category(c)[0] != "C")
-    return s if len(s) <= limit else s[: max(limit - 3, 0)] + "..."

@@ -1224,12 +1224,14 @@ def _load_bundle_dir(model_dir: Path, device: str) -> tuple[Any, dict[str, Any]]
     from ._constants import RunFiles
     from .errors import DataError
     from .models import load_model
+    from .models._base import refuse_links_out
     from .runs import read_json
 
     if not (model_dir / "bundle.json").exists() and (model_dir / RunFiles.MODEL_DIR / "bundle.json").is_file():
         model_dir = model_dir / RunFiles.MODEL_DIR  # a run's folder (what annotate and the app write): its model is inside
     if not (model_dir / "bundle.json").is_file():
         raise DataError(f"{model_dir} has no bundle.json; pass a directory written by `train` or --save-model")
+    refuse_links_out(model_dir, [model_dir / "bundle.json"])
     bundle = read_json(model_dir / "bundle.json")
     if not isinstance(bundle, dict) or "genes" not in bundle:
         raise DataError(f"the saved model in {model_dir} is damaged (its bundle.json is not one cellannot wrote); "

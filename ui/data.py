@@ -16,7 +16,7 @@ from typing import Any
 import streamlit as st
 
 from cellannot_core.data.validate import untyped_label_mask
-from cellannot_core.errors import CellannotError, DataError
+from cellannot_core.errors import CellannotError, DataError, failure_message, is_out_of_memory
 from ui.session import remember_dataset, server_is_local
 from ui.state import DATA_KEY, INFO_KEY, StateKeys, get, md, put
 
@@ -103,11 +103,22 @@ def handle_upload(role: str, data: bytes, filename: str, *, upload_id: str | Non
         name = sanitize_filename(filename)
     except CellannotError as err:
         return str(err)
+    except Exception as err:  # noqa: BLE001 - never a traceback (nor an exception's words: they may quote the file)
+        return unreadable(role, err)
     digest = hashlib.sha1(data).hexdigest()[:16]
     set_dataset(role, adata, name=name, source="upload", dataset_id=f"{role}-upload-{digest}", data=data)
     info = get(INFO_KEY[role])
     info["upload_id"] = upload_id
     return None
+
+
+def unreadable(role: str, err: BaseException) -> str:
+    """One line for a reader's exception that is not a :class:`CellannotError` (a fault of the reader, not
+    of the file): running out of memory said as such, anything else by its type only."""
+    if is_out_of_memory(err):
+        return failure_message(err)
+    return (f"could not read the {role} file: internal error ({type(err).__name__}) in the reader. Convert the "
+            "file to .h5ad and try again, and please report this")
 
 
 def upload_tab(role: str) -> None:
@@ -271,6 +282,8 @@ def handle_path(role: str, path_text: str) -> str | None:
         adata = read_path(role, path)
     except CellannotError as err:
         return str(err)
+    except Exception as err:  # noqa: BLE001 - never a traceback (nor an exception's words: they may quote the file)
+        return unreadable(role, err)
     st_ = path.stat()
     key = hashlib.sha1(f"{path.resolve()}|{st_.st_mtime_ns}|{st_.st_size}".encode()).hexdigest()[:16]
     set_dataset(role, adata, name=path.name, source=f"server path {path}", dataset_id=f"{role}-path-{key}",

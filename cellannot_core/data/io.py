@@ -27,8 +27,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from cellannot_core.errors import DataError
-from cellannot_core.errors import shown_name as shown
+from cellannot_core.errors import DataError, shown_name
 
 from .genes import GENE_ID_COLUMNS
 
@@ -83,6 +82,11 @@ Orientation = Literal["auto", "cells_x_genes", "genes_x_cells"]
 # A table's numbers parse into float64 (8 bytes) from as little as two characters ("0,"): a
 # table may need up to this many bytes of memory per byte of (decompressed) text.
 _TABLE_BYTES_PER_CHAR = 4
+#: memory a table's reader takes per field beside its characters: pandas parses a column a chunk of rows at a
+#: time into int64 or float64 and joins the chunks (two copies), then the values are made float32 and sparse:
+#: 24 bytes a value at the peak (30,000 x 2,511 counts: 1.8 GB; 40 million empty fields, one character each,
+#: 2.2 GB at a 1 GB limit before the sparse matrix was made a block at a time; 2026-12-07)
+_TABLE_BYTES_PER_FIELD = 24
 #: memory a table's reader takes per column beside its values: pandas keeps each column apart while it
 #: parses (2 rows x 4,000,000 columns took 2.87 GB, about 700 bytes a column; a probe, 2026-12-07)
 _TABLE_BYTES_PER_COLUMN = 1024
@@ -132,7 +136,7 @@ def read_dataset(
         )
     if not path.exists():
         raise DataError(f"{name} file '{path}' does not exist. Check the path.")
-    label = f"{name} {'folder' if path.is_dir() else 'file'} '{path.name}'"
+    label = f"{name} {'folder' if path.is_dir() else 'file'} '{shown_name(path.name, 100)}'"
     if path.is_dir() and not any(path.name.lower().endswith(ext) for ext in CONVERT_HINTS):
         kind = "10x matrix folder"
     else:
@@ -160,11 +164,11 @@ def read_dataset(
                 adata = _read_archive(path, label)
             else:  # table
                 adata = _read_table(path, label, orientation)
+            return _finalise(adata, label, kind)  # (in here: what it meets in X is said as the rest is)
     except DataError:
         raise
     except Exception as exc:  # anything a reader throws on a corrupt/truncated file
         raise DataError(f"could not read {label} as {kind}: {_read_failure(exc)}") from None
-    return _finalise(adata, label, kind)
 
 
 def sanitize_filename(filename: str) -> str:
@@ -243,9 +247,14 @@ def _read_failure(exc: BaseException) -> str:
             "anndata writes it; copy it again, or save it again from the tool that made it")
 
 
+#: a path into the readers' temporary folders (an upload's, an archive's), which a message never shows
+_TEMP_PATH = re.compile(r"[^\s'\"]*cellannot_(?:upload|archive)_[^/\s'\"]*/?")
+
+
 def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text[:300].rstrip(".")
+    """An exception's words as one line a message may quote: no temporary folder of this server, no control
+    characters (they may be a file's, e.g. an archive member's name), at most 300 characters."""
+    return shown_name(_TEMP_PATH.sub("", str(exc)) or type(exc).__name__, 300).rstrip(".")
 
 
 def _kind_of(filename: str) -> str | None:
@@ -283,8 +292,26 @@ def check_sparse_formats(adata: ad.AnnData, label: str) -> None:
             try:
                 m.check_format(full_check=True)
             except (ValueError, TypeError) as exc:
-                raise DataError(f"{label} has a corrupt sparse matrix {name} ({_one_line(exc)}). Write the file "
-                                "again from the original data.") from None
+                raise DataError(f"{label} has a corrupt sparse matrix {shown_name(name)} ({_one_line(exc)}). Write the "
+                                "file again from the original data.") from None
+
+
+#: what X holds, by numpy's kind of its values, when it is not numbers
+_NOT_NUMBERS = {"S": "text", "U": "text", "O": "object (text or variable-length array)",
+                "V": "record (compound or opaque)", "c": "complex", "M": "date", "m": "time-span"}
+
+
+def _check_numbers(X: Any, label: str) -> None:
+    """Refuse an X whose values are not numbers (text, records, variable-length arrays, references, complex
+    numbers), by its dtype, before they are converted: numpy's words for a failed conversion quote the
+    file (found 2026-12-07: "could not convert string to float: np.bytes_(b'SECRET-GENE-\\x1b[31m...')",
+    and a raw TypeError or ValueError, outside the reader's one line, for records and arrays)."""
+    dtype = getattr(X, "dtype", None)
+    if isinstance(dtype, np.dtype) and dtype.kind in "biuf":
+        return
+    kind = _NOT_NUMBERS.get(dtype.kind, str(dtype.kind)) if isinstance(dtype, np.dtype) else "no array of"
+    raise DataError(f"{label}: X holds {kind} values, not numbers. Save the counts (or normalised values) as "
+                    "integers or floats in X, and try again.")
 
 
 def _finalise(adata: ad.AnnData, label: str, kind: str) -> ad.AnnData:
@@ -299,6 +326,7 @@ def _finalise(adata: ad.AnnData, label: str, kind: str) -> ad.AnnData:
                 "Save the counts in X and try again."
             )
         adata.X = adata.layers[layer]
+    _check_numbers(adata.X, label)
     check_sparse_formats(adata, label)
     X = adata.X
     if not sp.issparse(X):
@@ -401,7 +429,7 @@ def guard_hdf5(path: Path, label: str, *, whole: tuple[str, ...] | None = None) 
             try:
                 dtype, size = a.dtype, int(np.prod(a.shape, dtype=np.float64)) if a.shape else 1
             except Exception:  # noqa: BLE001 - a type h5py cannot read
-                problem.append(f"an attribute ('{shown(k)}') of a kind anndata does not write")
+                problem.append(f"an attribute ('{shown_name(k)}') of a kind anndata does not write")
                 continue
             n += size if dtype.hasobject else 0
             total += size * STRING_OBJECT_BYTES if dtype.kind in "SU" else 0
@@ -411,7 +439,7 @@ def guard_hdf5(path: Path, label: str, *, whole: tuple[str, ...] | None = None) 
             except Exception:  # noqa: BLE001 - the reader reports it
                 order = []
             if len(set(order)) != len(order):
-                problem.append(f"a table ('{shown(obj.name)}') that lists one column more than once")
+                problem.append(f"a table ('{shown_name(obj.name)}') that lists one column more than once")
         return n
 
     def visit(name: str, link) -> bool | None:
@@ -420,10 +448,10 @@ def guard_hdf5(path: Path, label: str, *, whole: tuple[str, ...] | None = None) 
         if n_objects > HDF5_MAX_OBJECTS or n_attrs > HDF5_MAX_ATTRIBUTES:
             return True  # h5py stops walking
         if isinstance(link, h5py.ExternalLink):
-            problem.append(f"an external link ('{shown(name)}') to another file")
+            problem.append(f"an external link ('{shown_name(name)}') to another file")
             return True
         if name.count("/") >= HDF5_MAX_DEPTH:
-            problem.append(f"groups nested more than {HDF5_MAX_DEPTH} deep ('{shown(name)}')")
+            problem.append(f"groups nested more than {HDF5_MAX_DEPTH} deep ('{shown_name(name)}')")
             return True
         obj = f.get(name)
         if isinstance(obj, h5py.Group):  # a group under a second name (soft or hard link) is read again whole
@@ -438,15 +466,15 @@ def guard_hdf5(path: Path, label: str, *, whole: tuple[str, ...] | None = None) 
             try:
                 dtype = obj.dtype
             except Exception:  # noqa: BLE001 - HDF5's TIME and other types h5py cannot read: anndata writes none
-                problem.append(f"a dataset ('{shown(name)}') of a kind anndata does not write")
+                problem.append(f"a dataset ('{shown_name(name)}') of a kind anndata does not write")
                 return True
             if obj.external:
-                problem.append(f"a dataset ('{shown(name)}') stored in external files")
+                problem.append(f"a dataset ('{shown_name(name)}') stored in external files")
             elif obj.is_virtual:
-                problem.append(f"a virtual dataset ('{shown(name)}') that maps other files")
+                problem.append(f"a virtual dataset ('{shown_name(name)}') that maps other files")
             elif obj.chunks and int(np.prod(obj.chunks, dtype=np.float64)) < HDF5_TINY_CHUNK and obj.shape and \
                     np.prod(obj.shape, dtype=np.float64) / np.prod(obj.chunks, dtype=np.float64) > HDF5_MAX_CHUNKS:
-                tiny.append((shown(name), int(np.prod(obj.chunks, dtype=np.float64))))
+                tiny.append((shown_name(name), int(np.prod(obj.chunks, dtype=np.float64))))
             elif whole is None or any(name == w or name.startswith(w + "/") for w in whole):
                 n = int(np.prod(obj.shape, dtype=np.float64)) if obj.shape else 0
                 total += n * (dtype.itemsize + (STRING_OBJECT_BYTES if dtype.kind in "SU" else 0))
@@ -792,47 +820,16 @@ def _find_matrix_dir(path: Path, label: str) -> Path:
             "count_matrix.mtx (or DGE.mtx), all_genes.csv and cell_metadata.csv."
         )
     if len(found) > 1:
-        names = ", ".join(str(p.relative_to(path)) for p in found[:5])
+        names = ", ".join(shown_name(p.relative_to(path), 40) for p in found[:5])
         raise DataError(
             f"{label} contains {len(found)} matrix folders ({names}). Provide one dataset at a time."
         )
     return found[0]
 
 
-def _guard_mtx_header(mtx: Path, label: str) -> None:
-    """Refuse a Matrix Market file whose header asks for more memory than this server allows
-    (a header declaring a 40,000 x 40,000 dense array asks for 12 GiB), before reading it."""
-    opener = gzip.open if mtx.name.endswith(".gz") or _is_gzip(mtx) else open
-    try:
-        with opener(mtx, "rt", encoding="ascii", errors="replace") as fh:
-            banner = fh.readline().lower()
-            line = fh.readline()
-            while line.startswith("%"):
-                line = fh.readline()
-    except (OSError, EOFError):
-        return  # mmread reports the unreadable file
-    parts = line.split()
-    try:
-        dims = [int(x) for x in parts[:3]]
-    except ValueError:
-        return
-    if "array" in banner and len(dims) >= 2:
-        need = dims[0] * dims[1] * 8
-    elif len(dims) == 3:
-        need = dims[2] * 24 + (dims[0] + dims[1]) * 8  # coordinates + values, then CSR
-    else:
-        return
-    limit = memory_limit_bytes()
-    if need > limit:
-        raise DataError(f"{label}: matrix.mtx declares {dims[0]:,} x {dims[1]:,}"
-                        + (f" with {dims[2]:,} entries" if len(dims) == 3 and "array" not in banner else "")
-                        + f", about {need / 1024**3:.1f} GiB in memory, above this server's limit of "
-                        f"{limit / 1024**3:.1f} GiB (CELLANNOT_MEMORY_LIMIT_GB): subsample it or use a bigger machine.")
-
-
 def _read_mtx_dir(folder: Path, label: str) -> ad.AnnData:
     """Read a Cell Ranger matrix folder (v3 features.tsv or v2 genes.tsv, gzipped or not)."""
-    from scipy.io import mmread
+    from .mtx import check_mtx_memory, read_mtx, read_mtx_header
 
     parse = _parse_files(folder)  # (its count_matrix.mtx would pass for a GEO prefix, "count_")
     prefixes = [] if parse else _matrix_prefixes(folder)
@@ -851,23 +848,25 @@ def _read_mtx_dir(folder: Path, label: str) -> ad.AnnData:
         feats = _first_existing(folder, (f"{pre}features.tsv", f"{pre}genes.tsv"))
         bcs = _first_existing(folder, (f"{pre}barcodes.tsv",))
         names = None
-    missing = [n for n, p in ((f"{pre}features.tsv/{pre}genes.tsv", feats), (f"{pre}barcodes.tsv", bcs)) if p is None]
+    shown = shown_name(pre, 40)  # (a GEO prefix: a file's name)
+    missing = [n for n, p in ((f"{shown}features.tsv/{shown}genes.tsv", feats), (f"{shown}barcodes.tsv", bcs))
+               if p is None]
     if missing:
         raise DataError(
             f"{label}: the matrix folder lacks {' and '.join(missing)}. A 10x matrix folder needs "
             "matrix.mtx[.gz], features.tsv[.gz] (or genes.tsv[.gz]) and barcodes.tsv[.gz] (with the same prefix, "
             "if any, as GEO names them: GSM123_matrix.mtx.gz)."
         )
-    _guard_mtx_header(mtx, label)
-    for listing in (feats, bcs, names):  # one Python string per line: ~10 bytes of memory per byte of text
+    what = f"{label}: {shown_name(mtx.name)}"
+    limit = memory_limit_bytes()
+    header = read_mtx_header(mtx, what)
+    check_mtx_memory(header, what, limit)  # before the listings are measured
+    used = header.memory  # the matrix, its listings and the tables beside them share the limit
+    for listing in (feats, bcs, names):  # a Python str per name
         if listing is not None:
-            _guard_text(listing, label, 10)
-    if mtx.name.endswith(".gz"):
-        with gzip.open(mtx, "rb") as fh:
-            M = mmread(fh)
-    else:
-        M = mmread(str(mtx))
-    M = sp.csr_matrix(M, dtype=np.float32)
+            used += _guard_text(listing, f"{label}: {shown_name(listing.name)}", per_field=TEXT_FIELD_BYTES,
+                                budget=limit - used)
+    M = read_mtx(mtx, what, limit)  # (in this thread: scipy's mmread could abort the process)
     if parse is not None:  # tables with a header: gene_id, gene_name, genome; bc_wells, sample, ...
         features = pd.read_csv(feats, dtype=str, keep_default_na=False).iloc[:, :2]
         barcodes = pd.read_csv(bcs, dtype=str, keep_default_na=False, usecols=[0])
@@ -880,7 +879,7 @@ def _read_mtx_dir(folder: Path, label: str) -> ad.AnnData:
             features = pd.DataFrame({0: features.iloc[:, 0], 1: symbols.iloc[:, 0].to_numpy()})
     n_f, n_b = len(features), len(barcodes)
     if M.shape == (n_b, n_f) and (kb is not None or parse is not None or n_b != n_f):
-        X = M  # kb's and Parse's layout: cells x genes
+        X = M.tocsr()  # kb's and Parse's layout: cells x genes
     elif M.shape == (n_f, n_b):
         X = M.T.tocsr()  # the 10x layout: genes x cells
     else:
@@ -888,18 +887,23 @@ def _read_mtx_dir(folder: Path, label: str) -> ad.AnnData:
             f"{label}: matrix.mtx is {M.shape[0]} x {M.shape[1]} but there are {n_f} features and "
             f"{n_b} barcodes. Check that the three files belong to the same dataset."
         )
-    ids = features.iloc[:, 0].to_numpy(dtype=str)
-    symbols = features.iloc[:, 1].to_numpy(dtype=str) if features.shape[1] > 1 else ids
-    var = pd.DataFrame({"gene_ids": ids}, index=pd.Index(symbols, name=None))
+    del M
+    # the names as the str objects read (a numpy str array is as wide as the longest name, times each name,
+    # and made str objects again: a million names took twice the memory so)
+    ids = features.iloc[:, 0].to_numpy(dtype=object)
+    symbols = features.iloc[:, 1].to_numpy(dtype=object) if features.shape[1] > 1 else ids
+    var = pd.DataFrame({"gene_ids": ids}, index=pd.Index(symbols, name=None, dtype=object))
     if features.shape[1] > 2:
-        var["feature_types"] = features.iloc[:, 2].to_numpy(dtype=str)
+        var["feature_types"] = features.iloc[:, 2].to_numpy(dtype=object)
         gex = var["feature_types"].to_numpy() == "Gene Expression"
         if gex.any() and not gex.all():  # as scanpy's read_10x_h5: keep gene expression only
             X = X[:, gex]
             var = var.iloc[gex]
-    obs = pd.DataFrame(index=pd.Index(barcodes.iloc[:, 0].to_numpy(dtype=str), name=None))
+    obs = pd.DataFrame(index=pd.Index(barcodes.iloc[:, 0].to_numpy(dtype=object), name=None, dtype=object))
+    del features, barcodes
     # (Parse's cell_metadata.csv is such a table: its columns, e.g. sample, join the cells)
-    obs, notes = _join_cell_tables(folder, {mtx, feats, names} | ({bcs} if parse is None else set()), obs, label)
+    obs, notes = _join_cell_tables(folder, {mtx, feats, names} | ({bcs} if parse is None else set()), obs, label,
+                                   limit - used)
     adata = ad.AnnData(X=X, obs=obs, var=var)
     if notes:
         adata.uns[INPUT_UNS_KEY] = {"cell_tables": notes}
@@ -911,7 +915,8 @@ MAX_CELL_TABLES = 5  # tables of cell annotations read beside one matrix
 MAX_CELL_TABLE_COLUMNS = 200  # more is a matrix of counts, not annotations
 
 
-def _join_cell_tables(folder: Path, used: set, obs: pd.DataFrame, label: str) -> tuple[pd.DataFrame, list[str]]:
+def _join_cell_tables(folder: Path, used: set, obs: pd.DataFrame, label: str,
+                      budget: int | None = None) -> tuple[pd.DataFrame, list[str]]:
     """Tables of cell annotations beside a 10x matrix (a GEO series' metadata: a row per cell,
     one column its barcode, the others e.g. its cell type), joined to the cells by barcode, exactly
     or without the ``-1`` suffix Cell Ranger adds. A table at least half of whose rows are not
@@ -922,7 +927,9 @@ def _join_cell_tables(folder: Path, used: set, obs: pd.DataFrame, label: str) ->
     notes = [f"{len(tables) - MAX_CELL_TABLES} more tables beside the matrix were not read (at most "
              f"{MAX_CELL_TABLES})"] if len(tables) > MAX_CELL_TABLES else []
     for i, path in enumerate(tables[:MAX_CELL_TABLES], 1):
-        _guard_text(path, label, _TABLE_BYTES_PER_CHAR)
+        need = _guard_text(path, f"{label}: the table beside the matrix ({i})", per_field=TEXT_FIELD_BYTES,
+                           budget=budget)
+        budget = None if budget is None else budget - need
         try:
             sep, decimal = _sniff_table(path)
             df = pd.read_csv(path, sep=sep, decimal=decimal, index_col=None, encoding=_text_encoding(path),
@@ -974,7 +981,7 @@ def _check_member(name: str, label: str) -> None:
     parts = PurePosixPath(name.replace("\\", "/")).parts
     if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name) or ".." in parts:
         raise DataError(
-            f"{label} contains an unsafe path '{name[:100]}' (absolute or with '..'). "
+            f"{label} contains an unsafe path '{shown_name(name)}' (absolute or with '..'). "
             "Re-create the archive from the matrix folder itself."
         )
 
@@ -1004,7 +1011,8 @@ def unpacked_archive(path: Path, label: str) -> Iterator[Path]:
                 for info in infos:
                     _check_member(info.filename, label)
                 _check_unpacked_size(sum(i.file_size for i in infos), limit, label, dest)
-                zf.extractall(dest)
+                with _unpacking(label, dest):
+                    zf.extractall(dest)
         else:
             with tarfile.open(path, "r:*") as tf:
                 members = []
@@ -1014,12 +1022,39 @@ def unpacked_archive(path: Path, label: str) -> Iterator[Path]:
                     _check_member(m.name, label)
                     if not (m.isfile() or m.isdir()):
                         raise DataError(
-                            f"{label} contains a link or special file '{m.name[:100]}'. "
+                            f"{label} contains a link or special file '{shown_name(m.name)}'. "
                             "Re-create the archive with regular files only."
                         )
                 _check_unpacked_size(sum(m.size for m in members), limit, label, dest)
-                tf.extractall(dest, members=members, filter="data")
+                with _unpacking(label, dest):
+                    tf.extractall(dest, members=members, filter="data")
         yield dest
+
+
+@contextlib.contextmanager
+def _unpacking(label: str, dest: Path) -> Iterator[None]:
+    """One line for what stops an archive's members being written, naming the member by its path in the
+    archive, never this server's temporary folder (found 2026-12-07: a member's name too long for the file
+    system was said with '/tmp/cellannot_archive_.../' before it)."""
+    import errno
+
+    try:
+        yield
+    except (OSError, ValueError, EOFError, zlib.error, tarfile.TarError, zipfile.BadZipFile) as err:
+        member = getattr(err, "filename", None)
+        try:
+            member = Path(member).relative_to(dest) if member else None
+        except (TypeError, ValueError):
+            member = None
+        if isinstance(err, OSError) and err.errno == errno.ENAMETOOLONG:
+            why = "a member's name is too long for this server's file system"
+        elif isinstance(err, OSError) and err.strerror:
+            why = err.strerror
+        else:
+            why = f"{type(err).__name__}: {_one_line(err)[:120]}"
+        at = f" ('{shown_name(member)}')" if member else ""
+        raise DataError(f"{label} could not be unpacked: {why}{at}. Re-create the archive from the matrix folder "
+                        "itself (short names, regular files).") from None
 
 
 def _check_member_count(n: int, label: str) -> None:
@@ -1046,28 +1081,51 @@ def _check_unpacked_size(total: int, limit: int, label: str, dest: Path | None =
                         "or ask the administrator for space.")
 
 
-def _guard_text(path: Path, label: str, bytes_per_char: float) -> None:
-    """Refuse a text file (a table, a 10x features/barcodes list) whose decompressed text would
-    need more memory than :func:`memory_limit_bytes` once parsed. A gzipped file is measured by
-    streaming it (a few kB can hold gigabytes of zeros), stopping as soon as it is too big."""
+#: memory one short text field (a gene's or a cell's name, an annotation) takes once read: a Python str (49
+#: bytes beside its characters), its pointer in pandas' column, and the parser's copy of it and table of the
+#: strings it has seen (10x listings of a million short unique names each took 100-112 bytes a name at
+#: their peak, 2026-12-07, after the names were kept as str objects, not copied to numpy and back)
+TEXT_FIELD_BYTES = 128
+#: memory per byte of text at most: a str holding one character beyond the BMP keeps each in 4 bytes
+TEXT_BYTES_PER_CHAR = 4
+
+
+def _guard_text(path: Path, label: str, *, per_line: float = 0, per_field: float = 0,
+                per_char: float = TEXT_BYTES_PER_CHAR, budget: int | None = None) -> int:
+    """Refuse a text file (a table, a 10x features/barcodes list) whose text would need more than
+    ``budget`` bytes (default :func:`memory_limit_bytes`) once parsed: ``per_char`` bytes a byte of
+    (decompressed) text, ``per_line`` a line and ``per_field`` a field (a line and each tab, comma,
+    semicolon or space: the separator is not known yet, so all count). Found 2026-12-07: counted by its
+    characters alone (10 bytes each), 24 MB of short names took 1.9 GB against a 0.25 GB limit, a Python
+    str costing ~60 bytes however short. A gzipped file is measured by streaming it (a few kB can hold
+    gigabytes of zeros), stopping as soon as it is too big. Returns the memory it needs."""
     limit = memory_limit_bytes()
-    max_chars = int(limit / bytes_per_char)
-    if _is_gzip(path):
-        n = 0
-        try:
-            with gzip.open(path, "rb") as fh:
-                while chunk := fh.read(1 << 22):
-                    n += len(chunk)
-                    if n > max_chars:
-                        break
-        except (OSError, EOFError, zlib.error):
-            return  # the reader reports the corrupt stream in its own words
-    else:
-        n = path.stat().st_size
-    if n > max_chars:
-        raise DataError(f"{label} holds more than {n / 1024**3:.1f} GiB of text, which would need more memory than "
-                        f"this server's limit of {limit / 1024**3:.1f} GiB (CELLANNOT_MEMORY_LIMIT_GB): save it as "
-                        ".h5ad or a 10x matrix folder (sparse), or subsample the cells.")
+    budget = limit if budget is None else budget
+    chars = lines = seps = 0
+    need = 0.0
+    opener = gzip.open if _is_gzip(path) else open
+    try:
+        with opener(path, "rb") as fh:
+            while block := fh.read(1 << 22):
+                chars += len(block)
+                if per_line or per_field:
+                    a = np.frombuffer(block, dtype=np.uint8)
+                    lines += int(np.count_nonzero(a == 10))
+                    if per_field:
+                        seps += int(np.count_nonzero((a == 9) | (a == 32) | (a == 44) | (a == 59)))
+                need = per_char * chars + per_line * (lines + 1) + per_field * (lines + 1 + seps)
+                if need > budget:
+                    break
+    except (OSError, EOFError, zlib.error):
+        return int(need)  # the reader reports the corrupt stream in its own words
+    if need > budget:
+        held = f"{lines + 1:,} lines ({chars / 1024**2:,.1f} MB) of" if per_line or per_field else \
+            f"{chars / 1024**3:.1f} GiB of"
+        raise DataError(f"{label} holds {'more than ' if block else ''}{held} text, which would need more memory than "
+                        f"{'is left of ' if budget < limit else ''}this server's limit of {limit / 1024**3:.1f} GiB "
+                        "(CELLANNOT_MEMORY_LIMIT_GB) once read: save it as .h5ad or a 10x matrix folder (sparse), or "
+                        "subsample the cells.")
+    return int(need)
 
 
 _ENSEMBL_RE = re.compile(r"^ENS[A-Z]*G\d{6,}(\.\d+)?$")
@@ -1147,8 +1205,7 @@ def _sniff_table(path: Path, label: str = "the table") -> tuple[str, str]:
         raise DataError(f"{label} has {n_cols:,} columns, which would need more memory than this server's limit of "
                         f"{limit / 1024**3:.1f} GiB (CELLANNOT_MEMORY_LIMIT_GB) to read as a table: save it as .h5ad "
                         "or a 10x matrix folder (sparse), or subsample the cells.")
-    if sep in counts:
-        _check_row_fields(path, sep, n_cols, label)
+    _check_row_fields(path, sep, n_cols, label)
     # a spreadsheet saved as CSV where the decimal mark is a comma separates by ";" ("1,5;0;2")
     return sep, ("," if sep == ";" and "," in second else ".")
 
@@ -1157,35 +1214,102 @@ def _check_row_fields(path: Path, sep: str, n_header: int, label: str) -> None:
     """Refuse a table with a row of far more fields than its header (more than twice as many, and 100
     more): pandas tokenises such a row whole before it says the table is ragged, at about 150 bytes a
     field (found 2026-12-07 by a second probe: a 47 KB upload of two rows of 12,000,000 fields under a
-    two-column header took the server from 3.7 to 10.1 GB). The text is read once more, a block at a time."""
+    two-column header took the server from 3.7 to 10.1 GB). The text is read once more, a block at a time,
+    its rows as pandas' tokenizer ends them (:func:`_row_text`: decoded, quoted fields one letter). A table
+    separated by spaces (``sep`` ``\\s+``) counts its runs of letters (found 2026-12-07: it was not checked,
+    12 KB of "1 1 1 ..." took 4 GB)."""
     most = 2 * n_header + 100  # separators a row may hold (quoted text may hold a few more than the header)
-    mark, newline = ord(sep), ord("\n")
-    opener = gzip.open if _is_gzip(path) else open
-    carry, line = 0, 0  # separators on the line not yet ended; lines ended
+    blanks = sep not in ("\t", ";", ",")  # fields apart by runs of spaces and tabs
+    newline = ord("\n")
+    carry, line, after_blank = 0, 0, True  # separators (or fields) on the line not yet ended; lines ended
     try:
-        with opener(path, "rb") as fh:
-            while block := fh.read(1 << 22):
-                a = np.frombuffer(block, dtype=np.uint8)
-                seps = np.cumsum(a == mark, dtype=np.int64)
-                ends = np.flatnonzero(a == newline)
-                if len(ends):
-                    per_line = np.diff(seps[ends], prepend=0)
-                    per_line[0] += carry
-                    worst = int(per_line.argmax())
-                    if per_line[worst] > most:
-                        carry, line = int(per_line[worst]), line + worst
-                        break
-                    carry, line = int(seps[-1] - seps[ends[-1]]), line + len(ends)
-                else:
-                    carry += int(seps[-1])
-                if carry > most:
+        for block in _row_text(path, " \t" if blanks else sep):
+            if not block:
+                continue
+            a = np.frombuffer(block, dtype=np.uint8)
+            if blanks:  # a field starts at a letter after a space, a tab or a line end
+                blank = (a == 32) | (a == 9) | (a == newline)
+                marks = ~blank
+                marks[0] &= after_blank
+                marks[1:] &= blank[:-1]
+                after_blank = bool(blank[-1])
+            else:
+                marks = a == ord(sep)
+            seps = np.cumsum(marks, dtype=np.int64)
+            ends = np.flatnonzero(a == newline)
+            if len(ends):
+                per_line = np.diff(seps[ends], prepend=0)
+                per_line[0] += carry
+                worst = int(per_line.argmax())
+                if per_line[worst] > most:
+                    carry, line = int(per_line[worst]), line + worst
                     break
-    except (OSError, EOFError, zlib.error):
+                carry, line = int(seps[-1] - seps[ends[-1]]), line + len(ends)
+            else:
+                carry += int(seps[-1])
+            if carry > most:
+                break
+    except (OSError, EOFError, zlib.error, LookupError):
         return  # the reader reports the damaged file in its own words
     if carry > most:
-        raise DataError(f"{label} has a row (line {line + 1:,}) of more than {carry + 1:,} fields under a header of "
-                        f"{n_header:,}: each row must hold a name and the header's columns. Check the separator and "
-                        "the file, or save it as .h5ad.")
+        raise DataError(f"{label} has a row (line {line + 1:,}) of more than {carry + (not blanks):,} fields under a "
+                        f"header of {n_header:,}: each row must hold a name and the header's columns. Check the "
+                        "separator and the file, or save it as .h5ad.")
+
+
+def _row_text(path: Path, seps: str, block_size: int = 1 << 22) -> Iterator[bytes]:
+    """A delimited table's text as pandas' C tokenizer splits it into rows and fields, a block at a time:
+    decoded from UTF-16 into UTF-8 (U+0A0A is the bytes ``0A 0A`` in UTF-16: counted as bytes, each was two
+    line ends; found 2026-12-07, 81 KB took 3.9 GB), ``\\r\\n`` and ``\\r`` as ``\\n``, and each quoted field
+    (a ``"`` at a field's start, after one of ``seps`` or a line end, to its closing ``"``, ``""`` inside it)
+    made the one letter ``Q``: a quoted line end does not end a row (a 47 KB upload quoting a line end every
+    100 fields took 4 GB). ASCII-compatible encodings (UTF-8, Windows-1252, latin-1) keep these characters'
+    bytes, so are read as bytes."""
+    import codecs
+
+    enc = _text_encoding(path)
+    decoder = codecs.getincrementaldecoder(enc)(errors="replace") if enc.startswith("utf-16") else None
+    s = b"".join(re.escape(bytes([c])) for c in seps.encode())
+    ends = {bytes([c]) for c in seps.encode()} | {b"\n"}  # what a field starts after
+    closed = re.compile(rb'"(?<=[' + s + rb'\n]")[^"]*(?:""[^"]*)*"(?!")')  # a whole quoted field
+    opening = re.compile(rb'"(?<=[' + s + rb'\n]")')  # a quote that starts a field
+    rest = re.compile(rb'[^"]*(?:""[^"]*)*"(?!")')  # the rest of a quoted field, to its closing quote
+    runs = re.compile(rb'"{3,}')
+    inq, start, held, first = False, True, b"", True  # in a quoted field; at a field's start; bytes held back
+    opener = gzip.open if _is_gzip(path) else open
+    with opener(path, "rb") as fh:
+        while True:
+            raw = fh.read(block_size)
+            last = not raw
+            text = (decoder.decode(raw, final=last).encode("utf-8") if decoder is not None else raw)
+            if first and text.startswith(b"\xef\xbb\xbf"):
+                text = text[3:]  # the byte-order mark pandas skips
+            first = False
+            t, held = held + text, b""
+            if not last and t.endswith(b"\r"):  # a line end "\r\n" cut between two blocks
+                t, held = t[:-1], b"\r"
+            elif not last and t.endswith(b'"'):  # what a run of quotes means depends on what follows it
+                cut = len(t) - len(t.rstrip(b'"'))
+                t, held = t[:-cut], runs.sub(lambda m: b'"' * (2 - len(m.group()) % 2), t[-cut:])
+            t = t.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+            if inq:
+                m = rest.match(t)
+                if m is None:  # still inside the quoted field
+                    t = b""
+                else:
+                    t, inq, start = t[m.end():], False, False
+            if b'"' in t:
+                ctx = b"\n" if start else b"x"  # (what precedes: a field's start or not)
+                t = closed.sub(b"Q", ctx + t)
+                m = opening.search(t)
+                if m is not None:  # a quoted field that goes on into the next block
+                    t, inq = t[:m.start()] + b"Q", True
+                t = t[1:]
+            if t and not inq:
+                start = t[-1:] in ends
+            yield t
+            if last:
+                return
 
 
 def _comment_lines(path: Path, most: int = 100) -> int:
@@ -1205,7 +1329,9 @@ def _read_table(path: Path, label: str, orientation: str) -> ad.AnnData:
     """A delimited table whose first column holds row names and first row column names (after any
     '#' lines), up to :data:`MAX_TABLE_ANNOTATIONS` columns of text after the row names the rows'
     annotations (featureCounts' five columns too)."""
-    _guard_text(path, label, _TABLE_BYTES_PER_CHAR)
+    # a row's name and annotations are str objects
+    _guard_text(path, label, per_char=_TABLE_BYTES_PER_CHAR, per_field=_TABLE_BYTES_PER_FIELD,
+                per_line=(1 + MAX_TABLE_ANNOTATIONS) * TEXT_FIELD_BYTES)
     sep, decimal = _sniff_table(path, label)
     df = pd.read_csv(path, sep=sep, decimal=decimal, index_col=0, compression="gzip" if _is_gzip(path) else "infer",
                      skiprows=_comment_lines(path), encoding=_text_encoding(path))
@@ -1238,6 +1364,7 @@ def _read_table(path: Path, label: str, orientation: str) -> ad.AnnData:
     else:
         reason = "set by the user"
     values = df.to_numpy(dtype=np.float32)
+    del df  # (the frame's float64 or int64 columns: twice the float32 values)
     obs = pd.DataFrame(index=pd.Index(rows, name=None))
     var = pd.DataFrame(index=pd.Index(cols, name=None))
     if orientation == "genes_x_cells":
@@ -1245,9 +1372,28 @@ def _read_table(path: Path, label: str, orientation: str) -> ad.AnnData:
         notes = notes.rename(columns=lambda c: str(c).lower() if str(c).lower() in GENE_ID_COLUMNS else str(c))
     for c in notes.columns:  # the rows' own annotations: gene symbols beside gene IDs, cell types beside cells
         (var if orientation == "genes_x_cells" else obs)[str(c)] = notes[c].to_numpy(dtype=object)
-    adata = ad.AnnData(X=sp.csr_matrix(values), obs=obs, var=var)
+    adata = ad.AnnData(X=_dense_to_csr(values), obs=obs, var=var)
     adata.uns[INPUT_UNS_KEY] = {"format": "table", "orientation": orientation, "orientation_reason": reason}
     return adata
+
+
+def _dense_to_csr(values: np.ndarray, block: int = 1 << 22) -> sp.csr_matrix:
+    """``values`` as a CSR matrix, made a block of rows at a time: scipy's own conversion holds two int64
+    indices per non-zero value while it works (a table of 40 million empty, NaN, fields took 0.8 GB more)."""
+    n, m = values.shape
+    step = max(1, block // max(1, m))
+    per_row = np.concatenate([np.count_nonzero(values[i:i + step], axis=1) for i in range(0, n, step)] or
+                             [np.zeros(0, dtype=np.int64)])
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(per_row, out=indptr[1:])
+    kind = np.int32 if max(int(indptr[-1]), m) < np.iinfo(np.int32).max else np.int64
+    indices, data = np.empty(int(indptr[-1]), dtype=kind), np.empty(int(indptr[-1]), dtype=np.float32)
+    for i in range(0, n, step):
+        part = values[i:i + step]
+        r, c = np.nonzero(part)
+        lo, hi = indptr[i], indptr[min(i + step, n)]
+        indices[lo:hi], data[lo:hi] = c, part[r, c]
+    return sp.csr_matrix((data, indices, indptr.astype(kind)), shape=(n, m))
 
 
 MAX_TABLE_ANNOTATIONS = 3  # columns of text a table's rows may carry after their names

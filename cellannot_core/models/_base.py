@@ -18,7 +18,7 @@ import numpy as np
 from .._constants import RunFiles
 from ..calibration import fit_temperature, query_threshold, softmax, threshold_for_acceptance
 from ..data._types import Split
-from ..errors import ConfigError
+from ..errors import ConfigError, shown_name
 from ..runs import write_json_atomic
 from ..novelty import (NOVELTY_SCORES, OOD_METHODS, LatentReference, ScoreInputs, ScoreUnavailable,
                        asks_every_score)
@@ -238,7 +238,9 @@ def _validate_config(cfg: dict[str, Any], d: Path) -> None:
     def bad(what: str) -> DataError:
         return DataError(f"the saved model in {d} is damaged or not a cellannot model ({what}); train it again")
 
-    n = cfg.get("n_features")  # (an unknown model name is get_spec's, which lists the models)
+    if not isinstance(cfg.get("model"), str):  # (an unknown model name is get_spec's, which lists the models)
+        raise bad("model must be a model's name")
+    n = cfg.get("n_features")
     if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_FEATURES:
         raise bad("n_features must be a whole number of genes between 1 and 200,000")
     classes = cfg.get("classes")
@@ -253,7 +255,7 @@ def _validate_config(cfg: dict[str, Any], d: Path) -> None:
     if not isinstance(thr, (int, float)) or isinstance(thr, bool) or math.isnan(thr):
         raise bad("the threshold must be a number")
     if cfg.get("ood_method") not in tuple(OOD_METHODS) + ("elbo",):
-        raise bad(f"unknown novelty score {str(cfg.get('ood_method'))[:40]!r}")
+        raise bad(f"unknown novelty score '{shown_name(cfg.get('ood_method'), 40)}'")
 
 
 def _sha256(path: Path) -> str:
@@ -283,6 +285,21 @@ def _check_outputs(model: Model, d: Path) -> None:
                         f"weights give {width}; train it again")
 
 
+def refuse_links_out(d: Path, files: Sequence[Path]) -> None:
+    """Refuse a saved model whose files are links leading out of its folder (found 2026-12-07: ``predict
+    --model DIR`` read a weights.safetensors linked to a file elsewhere on the server)."""
+    from ..errors import DataError
+
+    try:
+        home = d.resolve(strict=True)
+        out = [f for f in files if f.is_symlink() and not f.resolve(strict=True).is_relative_to(home)]
+    except (OSError, RuntimeError):  # a broken or looping link
+        out = [f for f in files if f.is_symlink()]
+    if out:
+        raise DataError(f"the saved model in {d} is refused: its {out[0].name} is a link to a file outside the "
+                        "model's folder; copy the model's own files into one folder and load that")
+
+
 def load_model(directory: str | os.PathLike, *, device: str = "auto") -> Model:
     """Load a saved model: JSON config + safetensors arrays (no pickle)."""
     from safetensors.numpy import load_file
@@ -296,6 +313,7 @@ def load_model(directory: str | os.PathLike, *, device: str = "auto") -> Model:
     if not cfg_path.is_file() or not w_path.is_file():
         raise DataError(f"{d} is not a saved model (needs {RunFiles.CONFIG} and {RunFiles.WEIGHTS}); "
                         "pass the directory written by --save-model or `train`")
+    refuse_links_out(d, (cfg_path, w_path))
     try:
         cfg = json.loads(cfg_path.read_text())
         arrays = load_file(str(w_path))
@@ -305,8 +323,9 @@ def load_model(directory: str | os.PathLike, *, device: str = "auto") -> Model:
         raise DataError(f"{cfg_path} is not a cellannot model config; it may be damaged: train the model again")
     version = cfg.get("format_version", 1)
     if not isinstance(version, int) or isinstance(version, bool) or version > FORMAT_VERSION:
-        raise DataError(f"the saved model in {d} was written in a newer format ({str(version)[:20]}; this cellannot "
-                        f"reads up to {FORMAT_VERSION}): update cellannot, or train the model again with this one")
+        raise DataError(f"the saved model in {d} was written in a newer format ({shown_name(version, 20)}; "
+                        f"this cellannot reads up to {FORMAT_VERSION}): update cellannot, or train the model again "
+                        "with this one")
     digest = cfg.get("weights_sha256")
     if digest is not None and digest != _sha256(w_path):
         raise DataError(f"the saved model in {d} is damaged: {RunFiles.WEIGHTS} is not the file saved with its "

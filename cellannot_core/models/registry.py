@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ..errors import ConfigError, did_you_mean
+from ..errors import ConfigError, did_you_mean, shown_name
 
 
 @dataclass(frozen=True)
@@ -49,13 +49,14 @@ class HParam:
                 value = str(value)
         except (TypeError, ValueError):
             kind = {bool: "true or false", int: "a whole number", float: "a number"}.get(t, "text")
-            raise ConfigError(f"hyper-parameter {name} must be {kind}, got {value!r}") from None
+            raise ConfigError(f"hyper-parameter {name} must be {kind}, got {shown_name(repr(value))}") from None
         if self.choices is not None and value not in self.choices:
-            raise ConfigError(f"hyper-parameter {name} must be one of {', '.join(map(str, self.choices))}, got {value!r}")
+            raise ConfigError(f"hyper-parameter {name} must be one of {', '.join(map(str, self.choices))}, "
+                              f"got {shown_name(repr(value))}")
         if self.low is not None and value < self.low:
-            raise ConfigError(f"hyper-parameter {name} must be >= {self.low}, got {value}")
+            raise ConfigError(f"hyper-parameter {name} must be >= {self.low}, got {shown_name(value)}")
         if self.high is not None and value > self.high:
-            raise ConfigError(f"hyper-parameter {name} must be <= {self.high}, got {value}")
+            raise ConfigError(f"hyper-parameter {name} must be <= {self.high}, got {shown_name(value)}")
         return value
 
 
@@ -118,7 +119,7 @@ def get_spec(name: str) -> ModelSpec:
     try:
         return MODELS[name]
     except KeyError:
-        raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(model_names())}."
+        raise ConfigError(f"unknown model '{shown_name(name)}'; choose one of {', '.join(model_names())}."
                           + did_you_mean(name, model_names())) from None
 
 
@@ -132,7 +133,8 @@ def resolve_hparams(name: str, overrides: dict[str, Any] | None = None) -> dict[
     out = spec.defaults
     for k, v in (overrides or {}).items():
         if k not in spec.hparams:
-            raise ConfigError(f"model {name} has no hyper-parameter {k!r}; valid: {', '.join(spec.hparams)}")
+            raise ConfigError(f"model {name} has no hyper-parameter '{shown_name(k)}'; "
+                              f"valid: {', '.join(spec.hparams)}")
         out[k] = spec.hparams[k].validate(k, v)
     return out
 

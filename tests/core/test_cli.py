@@ -833,3 +833,41 @@ def test_counts_in_a_layer_of_another_name_are_named_with_layer(capsys, files, t
     p = ad.read_h5ad(tmp_path / "p.h5ad")
     assert list(p.obs["cellannot_label"].astype(str)) == list(a.obs["cellannot_label"].astype(str))
     assert "umis" in p.layers and p.X.min() < 0  # the user's file, annotated
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("model", "GENE_" * 200_000, "unknown model"),
+    ("format_version", "SECRET\x1b[31mX\x07\n" * 5, "newer format"),
+    ("ood_method", "SECRET\x1b]0;x\x07" * 20, "novelty score"),
+    ("weights link", None, "is a link to a file outside the model's folder"),
+    ("config link", None, "is a link to a file outside the model's folder"),
+])
+def test_a_bundle_quoting_escapes_or_a_long_name_or_linking_out_is_refused_in_one_clean_line(
+        capsys, files, tmp_path, monkeypatch, field, value, words):
+    """Found 2026-12-07 by a third probe: a config's model name was quoted whole (a 1,000,178-byte error
+    line), its format_version with its escape sequences, and weights.safetensors linked to a file outside
+    the bundle folder was read. Names from a file are quoted cleaned and short; links out are refused."""
+    import os
+    import shutil
+
+    monkeypatch.setenv("CELLANNOT_MEMORY_LIMIT_GB", "0.5")
+    base = tmp_path.parent / "tamper_base"
+    if not base.exists():
+        code, _, err = run_main(capsys, "train", "--reference", files["ref"], "--label-key", LABEL,
+                                "--save-model", base, *FAST, "--max-epochs", "1")
+        assert code == 0, err
+    d = tmp_path / "bundle"
+    shutil.copytree(base, d)
+    if value is None:
+        name = RunFiles.WEIGHTS if field == "weights link" else RunFiles.CONFIG
+        (d / name).rename(tmp_path / f"outside_{name}")
+        os.symlink(tmp_path / f"outside_{name}", d / name)
+    else:
+        cfg = json.loads((d / RunFiles.CONFIG).read_text())
+        cfg[field] = value
+        (d / RunFiles.CONFIG).write_text(json.dumps(cfg))
+    code, _, err = run_main(capsys, "predict", "--model", d, "--query", files["query"], "--out", tmp_path / "o.h5ad",
+                            "--device", "cpu")
+    assert_one_error(code, err, words)
+    assert len(err) < 1000 and "\x1b" not in err and "\x07" not in err
+    assert not (tmp_path / "o.h5ad").exists()

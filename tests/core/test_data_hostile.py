@@ -507,3 +507,194 @@ def test_a_readers_error_does_not_quote_the_file(plain, tmp_path):
     with pytest.raises(DataError) as err:
         read_dataset(odd)
     assert "could not read" in str(err.value) and SECRET not in str(err.value) and "\x1b" not in str(err.value)
+
+
+def test_an_mtx_of_more_lines_than_declared_is_one_line_and_never_aborts_the_process(tmp_path):
+    """Found 2026-12-07 by a third probe: a 574-byte .tar.gz whose matrix.mtx.gz declared 2 entries and held
+    32 MB more lines made scipy's mmread raise "file too long" while its reader thread still read; the
+    gzip stream closed under it and the process died (std::terminate, SIGABRT: the whole app server).
+    The matrix is read in this thread now; run in a child so an abort fails this test, not the run."""
+    import gzip
+    import io
+    import os
+    import tarfile
+
+    hdr = b"%%MatrixMarket matrix coordinate integer general\n3 2 2\n1 1 5\n2 2 3\n"
+    mtx = gzip.compress(hdr + b"1 1 1\n" * ((32 << 20) // 6), compresslevel=1)
+    files = {"m/matrix.mtx.gz": mtx, "m/features.tsv": b"E1\tG1\nE2\tG2\nE3\tG3\n", "m/barcodes.tsv": b"A-1\nC-1\n"}
+    with tarfile.open(tmp_path / "abort.tar.gz", "w:gz") as tf:
+        for n, b in files.items():
+            info = tarfile.TarInfo(n)
+            info.size = len(b)
+            tf.addfile(info, io.BytesIO(b))
+    code = ("import sys, gc\nfrom cellannot_core.data import read_uploaded\n"
+            "from cellannot_core.errors import DataError\ntry:\n"
+            "    read_uploaded(open(sys.argv[1], 'rb').read(), 'abort.tar.gz', name='query')\n"
+            "except DataError as e:\n    print(e)\ngc.collect()\nimport time; time.sleep(0.5)\nprint('alive')\n")
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "abort.tar.gz")], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0, r.stderr[-500:]
+    msg, alive = r.stdout.strip().splitlines()
+    assert alive == "alive" and "matrix.mtx.gz is damaged: it holds more entries than the 2 its header declares" in msg
+    # a plain matrix.mtx that holds fewer entries than declared, or one more, is one line too
+    d = tmp_path / "tenx"
+    d.mkdir()
+    (d / "features.tsv").write_text("E1\tG1\nE2\tG2\nE3\tG3\n")
+    (d / "barcodes.tsv").write_text("A-1\nC-1\n")
+    for body, said in ((b"3 2 3\n1 1 5\n2 2 3\n", "holds 2 entries where its header declares 3"),
+                       (b"3 2 1\n1 1 5\n2 2 3\n", "more entries than the 1 its header declares"),
+                       (b"3 2 2\n1 1 5\n2 9 3\n", "entry 2 lies outside its declared 3 x 2")):
+        (d / "matrix.mtx").write_bytes(hdr.split(b"\n")[0] + b"\n" + body)
+        with pytest.raises(DataError, match=said):
+            read_dataset(d, name="query")
+
+
+def test_a_long_row_hidden_from_the_field_count_by_utf16_or_quoted_line_ends_is_refused(tmp_path):
+    """Found 2026-12-07 by a third probe: the ragged-row guard counted newline bytes, but U+0A0A is the
+    bytes 0A 0A in UTF-16 (81 KB took 3.9 GB), a quoted line end does not end pandas' row (47 KB: 4 GB) and a
+    table apart by spaces was not checked (12 KB: 4 GB).
+    Rows are counted on the decoded text, quoted fields left out, as pandas' tokenizer splits them."""
+    import gzip
+
+    from cellannot_core.data import io as data_io
+
+    fields = "1," * 49
+    utf16 = "cell,G0\nc1," + (fields + "\u0a0a,") * 10 + "1\nc2,1\n"
+    (tmp_path / "utf16.csv").write_bytes(b"\xff\xfe" + utf16.encode("utf-16-le"))
+    quoted = "cell,G0\nc1," + (fields + '"\n",') * 10 + "1\nc2,1\n"
+    with gzip.open(tmp_path / "quoted.csv.gz", "wt") as fh:
+        fh.write(quoted)
+    # a quote inside a field is a letter (pandas'): it must not shift which quotes open a field
+    literal = "cell,G0\nc1,a\"b," + (fields + '"\n",') * 10 + "1\nc2,1\n"
+    (tmp_path / "literal.csv").write_text(literal)
+    # a table apart by spaces was not checked at all (12 KB: 4 GB)
+    (tmp_path / "spaces.txt").write_text("cell G0\nc1 " + "1 " * 500 + "1\nc2 1\n")
+    for name in ("utf16.csv", "quoted.csv.gz", "literal.csv", "spaces.txt"):
+        with pytest.raises(DataError, match=r"has a row \(line 2\) of more than 50\d fields under a header of 2"):
+            read_dataset(tmp_path / name)
+    # quoted names holding separators and line ends, Windows line ends and UTF-16 still read; the rows
+    # are the same whatever the block size the text is read in
+    ok = 'cell,"G,0",G1\r\n"c\r\n1",1,2\r\n"c""2",3,4\r\n'
+    (tmp_path / "ok.csv").write_text(ok, newline="")
+    (tmp_path / "ok16.csv").write_bytes(ok.encode("utf-16"))
+    (tmp_path / "ok.txt").write_text('cell  "G 0"  G1\n  "c 1" 1 2\nc2\t3 4\n')
+    assert read_dataset(tmp_path / "ok.txt", orientation="cells_x_genes").shape == (2, 2)
+    for name in ("ok.csv", "ok16.csv"):
+        a = read_dataset(tmp_path / name, orientation="cells_x_genes")
+        assert a.shape == (2, 2) and list(a.obs_names) == ["c\r\n1", 'c"2']
+        texts = {b"".join(data_io._row_text(tmp_path / name, ",", block_size=bs)) for bs in (1, 2, 3, 1 << 20)}
+        assert texts == {b"cell,Q,G1\nQ,1,2\nQ,3,4\n"}  # (a quoted field is one letter)
+
+
+def test_text_is_budgeted_by_its_names_and_fields_not_only_its_characters(tmp_path, monkeypatch):
+    """Found 2026-12-07 by a third probe: text was counted at 10 (listings) or 4 (tables) bytes a character,
+    but a Python str costs ~60 bytes however short, and a table's empty field (one character) a float64 in
+    two copies: listings of 24 MB of short names took 1.9 GB at a 0.25 GB limit, a table of 62 MB with three
+    text columns 1.1 GB, 95 KB of gzipped commas 1.8 GB at 1 GB. Each name, row and field counts now."""
+    import gzip
+
+    n = 20_000
+    d = tmp_path / "listing"
+    d.mkdir()
+    (d / "features.tsv").write_text("".join(f"{i:x}\n" for i in range(n)))
+    (d / "barcodes.tsv").write_text("".join(f"{i:x}\n" for i in range(n)))
+    (d / "matrix.mtx").write_text(f"%%MatrixMarket matrix coordinate integer general\n{n} {n} 1\n1 1 1\n")
+    text = tmp_path / "text.csv"
+    text.write_text("cell,a,b,c,G1\n" + "".join(f"{i:x},a{i:x},b{i:x},c{i:x},1\n" for i in range(n)))
+    with gzip.open(tmp_path / "commas.csv.gz", "wt") as fh:
+        fh.write("cell," + ",".join(f"G{j}" for j in range(2000)) + "\n" + "".join(f"c{i}" + "," * 2000 + "\n"
+                                                                                 for i in range(200)))
+    for path, small, enough in ((d, 3, 8), (text, 5, 16), (tmp_path / "commas.csv.gz", 4, 16)):
+        monkeypatch.setenv("CELLANNOT_MEMORY_LIMIT_GB", str(small / 1024))
+        with pytest.raises(DataError, match=r"of text, which would need more memory than .*this server's limit"):
+            read_dataset(path, name="query")
+        monkeypatch.setenv("CELLANNOT_MEMORY_LIMIT_GB", str(enough / 1024))
+        a = read_dataset(path, name="query")
+        assert a.n_obs * a.n_vars in (n * n, n, 200 * 2000)
+    assert a.X.nnz == 200 * 2000 and np.isnan(a.X.data).all()  # (empty fields are NaN, made sparse a block at a time)
+
+
+@pytest.mark.parametrize("kind", ["text", "record", "opaque", "vlen"])
+def test_an_x_of_values_that_are_not_numbers_is_one_line_that_quotes_nothing(plain, tmp_path, kind):
+    """Found 2026-12-07 by a third probe: X was made float32 after the reader's one line, so text in X escaped
+    as "could not convert string to float: np.bytes_(b'SECRET-GENE-\\x1b[31m...')" and records, opaque
+    values and variable-length arrays as raw TypeError / ValueError, which the app's upload did not catch."""
+    import shutil
+
+    p = tmp_path / f"{kind}.h5ad"
+    shutil.copy(plain, p)
+    with h5py.File(p, "r+") as f:
+        n, g = f["X"].attrs["shape"] if "shape" in f["X"].attrs else f["X"].shape
+        del f["X"]
+        if kind == "text":
+            x = f.create_dataset("X", data=np.full((n, g), (SECRET + "\x1b[31m\x07").encode(), dtype="S40"))
+        elif kind == "record":
+            x = f.create_dataset("X", data=np.zeros((n, g), dtype=[("a", "f4"), ("b", "i4")]))
+        elif kind == "opaque":
+            x = f.create_dataset("X", data=np.zeros((n, g), dtype="V4"))
+        else:
+            x = f.create_dataset("X", shape=(n, g), dtype=h5py.vlen_dtype(np.float64))
+            x[0, 0] = np.arange(3.0)
+        x.attrs["encoding-type"], x.attrs["encoding-version"] = "array", "0.2.0"
+    with pytest.raises(DataError, match=r"X holds \w+ .*values, not numbers") as err:
+        read_dataset(p, name="query")
+    assert SECRET not in str(err.value) and "\x1b" not in str(err.value)
+    from ui.data import handle_upload
+
+    msg = handle_upload("query", p.read_bytes(), p.name)
+    assert msg == str(err.value)  # (the upload handler returns the reader's line)
+
+
+def test_the_app_says_a_readers_fault_in_one_line_that_quotes_nothing(monkeypatch):
+    """Anything a reader raises besides CellannotError reached Streamlit as a traceback, its words and all."""
+    import cellannot_core.data as data
+    from ui.data import handle_upload
+
+    def boom(*a, **k):
+        raise RuntimeError(SECRET + " /tmp/cellannot_upload_x/secret.h5ad")
+
+    monkeypatch.setattr(data, "read_uploaded", boom)
+    msg = handle_upload("query", b"x", "q.h5ad")
+    assert "internal error (RuntimeError)" in msg and SECRET not in msg and "/tmp" not in msg
+
+
+def test_archive_member_names_are_quoted_clean_and_short_and_never_with_the_servers_temporary_folder(tmp_path):
+    """Found 2026-12-07 by a third probe: members named with ESC, BEL and a newline were quoted as they were
+    (an escape sequence rewrites the terminal or log showing the message; a newline fakes a second line),
+    and a member whose name was too long for the file system was said with '/tmp/cellannot_archive_.../'."""
+    import io
+    import tarfile
+    import zipfile
+
+    evil = "\x1b]0;pwned\x07\x1b[2J\x1b[31mFAKE: upload accepted\x1b[0m\nsecond line"
+
+    def tar(name: str, members: list) -> Path:
+        with tarfile.open(tmp_path / name, "w:gz") as tf:
+            for info, data in members:
+                tf.addfile(info, io.BytesIO(data) if data is not None else None)
+        return tmp_path / name
+
+    def member(name: str, data: bytes | None = b"x", kind=tarfile.REGTYPE) -> tuple:
+        info = tarfile.TarInfo(name)
+        info.type = kind
+        if data is not None:
+            info.size = len(data)
+        else:
+            info.linkname = "/etc/passwd"
+        return info, data
+
+    archives = [tar("abs.tar.gz", [member("/" + evil)]),
+                tar("link.tar.gz", [member("m/" + evil, None, tarfile.SYMTYPE)]),
+                tar("long.tar.gz", [member("m/" + "d" * 300 + "/matrix.mtx")])]
+    with zipfile.ZipFile(tmp_path / "esc.zip", "w") as zf:
+        zf.writestr("/" + evil, b"x")
+    archives.append(tmp_path / "esc.zip")
+    said = {}
+    for p in archives:
+        with pytest.raises(DataError) as err:
+            read_dataset(p, name="query")
+        said[p.name] = msg = str(err.value)
+        assert not any(c in msg for c in "\x1b\x07\n") and len(msg) < 400, msg
+        assert "cellannot_archive_" not in msg and "/tmp" not in msg, msg
+    assert "FAKE: upload accepted" in said["abs.tar.gz"] and "a link or special file" in said["link.tar.gz"]
+    assert "could not be unpacked: a member's name is too long" in said["long.tar.gz"]
