@@ -80,18 +80,12 @@ class _Counted(io.RawIOBase):
         return len(data)
 
 
-def _is_gzip(path: Path) -> bool:
-    try:
-        with open(path, "rb") as fh:
-            return fh.read(2) == b"\x1f\x8b"
-    except OSError:
-        return False
-
-
 @contextlib.contextmanager
 def _opened(path: Path, budget: int) -> Iterator[_Counted]:
     with contextlib.ExitStack() as stack:
         raw = stack.enter_context(open(path, "rb"))
+        from .io import _is_gzip
+
         if path.name.lower().endswith(".gz") or _is_gzip(path):
             raw = stack.enter_context(gzip.GzipFile(fileobj=raw, mode="rb"))
         yield _Counted(raw, budget)

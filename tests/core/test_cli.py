@@ -352,6 +352,21 @@ def test_a_failed_write_leaves_no_temporary_file(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def _bundle_to_tamper(capsys, files, tmp_path, monkeypatch) -> Path:
+    """A copy of one saved bundle (trained once per test session's folder) at a 0.5 GiB memory limit."""
+    import shutil
+
+    monkeypatch.setenv("CELLANNOT_MEMORY_LIMIT_GB", "0.5")
+    base = tmp_path.parent / "tamper_base"
+    if not base.exists():
+        code, _, err = run_main(capsys, "train", "--reference", files["ref"], "--label-key", LABEL,
+                                "--save-model", base, *FAST, "--max-epochs", "1")
+        assert code == 0, err
+    d = tmp_path / "bundle"
+    shutil.copytree(base, d)
+    return d
+
+
 @pytest.mark.parametrize("field, value, words", [
     ("temperature", 0, "temperature"),
     ("temperature", "hot", "temperature"),
@@ -369,18 +384,9 @@ def test_a_tampered_bundle_is_refused_in_one_line(capsys, files, tmp_path, monke
     """Issue 14: temperature 0 gave exit 0 with every confidence NaN; n_features 1e9 cost 82 s and
     8 GB; an unknown ood_method or genes null came out as 'internal error'. Widths past the memory
     limit (here 0.5 GiB; 1.4 GiB to train) are refused before the net is allocated."""
-    import shutil
     import time as _time
 
-    monkeypatch.setenv("CELLANNOT_MEMORY_LIMIT_GB", "0.5")
-
-    base = tmp_path.parent / "tamper_base"
-    if not base.exists():
-        code, _, err = run_main(capsys, "train", "--reference", files["ref"], "--label-key", LABEL,
-                                "--save-model", base, *FAST, "--max-epochs", "1")
-        assert code == 0, err
-    d = tmp_path / "bundle"
-    shutil.copytree(base, d)
+    d = _bundle_to_tamper(capsys, files, tmp_path, monkeypatch)
     name = "bundle.json" if field == "genes" else RunFiles.CONFIG
     name, field = field.split(":") if ":" in field else (name, field)
     cfg = json.loads((d / name).read_text())
@@ -848,16 +854,8 @@ def test_a_bundle_quoting_escapes_or_a_long_name_or_linking_out_is_refused_in_on
     line), its format_version with its escape sequences, and weights.safetensors linked to a file outside
     the bundle folder was read. Names from a file are quoted cleaned and short; links out are refused."""
     import os
-    import shutil
 
-    monkeypatch.setenv("CELLANNOT_MEMORY_LIMIT_GB", "0.5")
-    base = tmp_path.parent / "tamper_base"
-    if not base.exists():
-        code, _, err = run_main(capsys, "train", "--reference", files["ref"], "--label-key", LABEL,
-                                "--save-model", base, *FAST, "--max-epochs", "1")
-        assert code == 0, err
-    d = tmp_path / "bundle"
-    shutil.copytree(base, d)
+    d = _bundle_to_tamper(capsys, files, tmp_path, monkeypatch)
     if value is None:
         name = RunFiles.WEIGHTS if field == "weights link" else RunFiles.CONFIG
         (d / name).rename(tmp_path / f"outside_{name}")
