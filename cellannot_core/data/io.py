@@ -394,6 +394,18 @@ HDF5_MAX_ATTRIBUTES = 100_000
 STRING_OBJECT_BYTES = 64
 
 
+def fixed_string_bytes(dtype) -> int:
+    """Bytes beyond its stored size that one element of ``dtype`` takes once read: a fixed-length string
+    becomes a Python str (:data:`STRING_OBJECT_BYTES`) and anndata widens bytes to 4-byte characters; a
+    record counts each of its fields (200,000 records of a 1,000-byte field, 412 KB stored, took 1.3 GB at a
+    0.25 GB limit, found 2026-12-07)."""
+    if dtype.names:
+        return sum(fixed_string_bytes(dtype.fields[k][0]) for k in dtype.names)
+    if dtype.kind == "S":
+        return STRING_OBJECT_BYTES + 3 * dtype.itemsize
+    return STRING_OBJECT_BYTES if dtype.kind == "U" else 0
+
+
 def guard_hdf5(path: Path, label: str, *, whole: tuple[str, ...] | None = None) -> None:
     """Refuse an HDF5 file (``.h5ad``, 10x ``.h5``) that reaches outside itself or expands past
     :func:`memory_limit_bytes`, before anndata or scanpy read a byte of its data.
@@ -432,14 +444,7 @@ def guard_hdf5(path: Path, label: str, *, whole: tuple[str, ...] | None = None) 
                 problem.append(f"an attribute ('{shown_name(k)}') of a kind anndata does not write")
                 continue
             n += size if dtype.hasobject else 0
-            total += size * STRING_OBJECT_BYTES if dtype.kind in "SU" else 0
-        if "column-order" in obj.attrs:  # anndata reads each column listed, a column listed 4,000 times as many
-            try:
-                order = [str(c) for c in np.atleast_1d(obj.attrs["column-order"])]
-            except Exception:  # noqa: BLE001 - the reader reports it
-                order = []
-            if len(set(order)) != len(order):
-                problem.append(f"a table ('{shown_name(obj.name)}') that lists one column more than once")
+            total += size * fixed_string_bytes(dtype)
         return n
 
     def visit(name: str, link) -> bool | None:
@@ -477,7 +482,7 @@ def guard_hdf5(path: Path, label: str, *, whole: tuple[str, ...] | None = None) 
                 tiny.append((shown_name(name), int(np.prod(obj.chunks, dtype=np.float64))))
             elif whole is None or any(name == w or name.startswith(w + "/") for w in whole):
                 n = int(np.prod(obj.shape, dtype=np.float64)) if obj.shape else 0
-                total += n * (dtype.itemsize + (STRING_OBJECT_BYTES if dtype.kind in "SU" else 0))
+                total += n * (dtype.itemsize + fixed_string_bytes(dtype))
                 n_text += n if dtype.hasobject else 0
         if obj is not None:
             n_text += text_in_attrs(obj)
@@ -504,8 +509,18 @@ def guard_hdf5(path: Path, label: str, *, whole: tuple[str, ...] | None = None) 
                         f"{limit / 1024**3:.1f} GiB (CELLANNOT_MEMORY_LIMIT_GB): subsample the cells or keep fewer "
                         "genes, or run it on a machine with more memory.")
     # each string may point at any stored one, so at most the file's size each: measured when that could pass
+    # (the child checks the tables' layout too, since reading their names could pass the limit); else every
+    # string fits, and the tables are checked here
     if n_text * float(path.stat().st_size) > limit - total:
         _guard_hdf5_text(path, label, limit - total, whole)
+        return
+    from .h5text import table_problems
+
+    with h5py.File(path, "r") as f:
+        found = table_problems(f)
+    if found:
+        raise DataError(f"{label} is refused: it contains {shown_name(found, 120)}, which anndata never writes; save "
+                        "the data again with anndata (adata.write_h5ad) and load that.")
 
 
 #: seconds the child measuring a file's strings may take (a million cells' names take about a second)
@@ -537,6 +552,9 @@ def _guard_hdf5_text(path: Path, label: str, budget: int, whole: tuple[str, ...]
                         f"{memory_limit_bytes() / 1024**3:.1f} GiB (CELLANNOT_MEMORY_LIMIT_GB) once read: many of its "
                         "strings share one long stored string, or it holds far more text than an AnnData does; save "
                         "the data again with anndata (adata.write_h5ad) and load that.")
+    if done.returncode == h5text.LAYOUT:
+        raise DataError(f"{label} is refused: it contains {shown_name(done.stdout.strip(), 120)}, which anndata never "
+                        "writes; save the data again with anndata (adata.write_h5ad) and load that.")
     if done.returncode != 0:  # not measured: refused, not read (a crash of the child read as "fits" let it through)
         raise DataError(f"{label} is refused: its names and other text could not be read to measure them (parts of "
                         "it are damaged or of a kind anndata does not write); save the data again with anndata "

@@ -698,3 +698,52 @@ def test_archive_member_names_are_quoted_clean_and_short_and_never_with_the_serv
         assert "cellannot_archive_" not in msg and "/tmp" not in msg, msg
     assert "FAKE: upload accepted" in said["abs.tar.gz"] and "a link or special file" in said["link.tar.gz"]
     assert "could not be unpacked: a member's name is too long" in said["long.tar.gz"]
+
+
+def test_tables_that_name_columns_by_paths_or_index_by_a_group_or_hold_wide_records_are_refused(
+        plain, tmp_path, monkeypatch):
+    """Found 2026-12-07 by a fourth probe, around the third's fixes: anndata reads each name a table's
+    column-order or _index gives with group[name], so "./a" read column a again under another name (1,000
+    spellings: 3.4 GB at a 0.25 GB limit) and "/uns/big" read what no guard counted for the table; an index
+    stored as a categorical of one long category expanded to a copy per cell (4.2 GB from 311 KB); a record
+    of a 1,000-byte field counted at its stored size (1.3 GB from 412 KB)."""
+    def copy(name: str) -> Path:
+        p = tmp_path / name
+        p.write_bytes(plain.read_bytes())
+        return p
+
+    with h5py.File(copy("path.h5ad"), "a") as f:
+        f["obs"].attrs["column-order"] = np.array(["cell_type", "./cell_type"], dtype=object)
+    _check_refused(tmp_path / "path.h5ad", "a table ('/obs') that names a column by a path")
+    with h5py.File(copy("index.h5ad"), "a") as f:
+        f["obs"].attrs["_index"] = "cell_type"  # a categorical group
+    _check_refused(tmp_path / "index.h5ad", "a table ('/obs') whose index is not a list of names")
+    with h5py.File(copy("records.h5ad"), "a") as f:
+        f["uns"].create_dataset("rec", data=np.zeros(20_000, dtype=[("s", "S1000")]))
+    monkeypatch.setenv("CELLANNOT_MEMORY_LIMIT_GB", str(40 / 1024))  # 20,000 x 1,000 bytes: 20 MB stored
+    with pytest.raises(DataError, match="expands to"):
+        read_dataset(tmp_path / "records.h5ad")
+
+
+def test_the_text_measure_holds_under_a_servers_own_memory_limit(plain, tmp_path):
+    """The measuring child raised its hard address-space limit to infinity, which fails under a limit the
+    server runs with (ulimit -v, prlimit): it then ran with no limit at all (8 GB at a 0.25 GB limit, found
+    2026-12-07). It keeps the hard limit and lowers the soft one."""
+    import resource
+
+    from cellannot_core.data import h5text
+
+    import os
+
+    cells = tmp_path / "cells.h5ad"
+    make_synthetic(400, 30, 2).write_h5ad(cells)
+    path = _names_sharing_one_string(cells, tmp_path / "shared.h5ad", 1_000_000)  # 400 x 1 MB read at once
+
+    def under_a_hard_limit():
+        resource.setrlimit(resource.RLIMIT_AS, (16 << 30, 16 << 30))
+
+    child = subprocess.Popen([sys.executable, "-I", h5text.__file__, str(path), str(5 << 20), "[]"],
+                             preexec_fn=under_a_hard_limit, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    assert child.returncode == h5text.OVER and usage.ru_maxrss < 300 * 1024, (child.returncode, usage.ru_maxrss)
