@@ -63,7 +63,7 @@ def did_you_mean(name: object, choices: "Iterable[object]") -> str:
     norm = {o.lower().replace("-", "_").replace(" ", "_"): o for o in options}
     key = str(name).lower().replace("-", "_").replace(" ", "_")
     hit = norm.get(key) or next(iter(difflib.get_close_matches(key, list(norm), n=1, cutoff=0.75)), None)
-    return f" Did you mean '{norm.get(hit, hit)}'?" if hit else ""
+    return f" Did you mean '{shown_name(norm.get(hit, hit))}'?" if hit else ""
 
 
 def is_out_of_memory(err: BaseException) -> bool:

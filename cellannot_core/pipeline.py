@@ -752,16 +752,21 @@ def accept_handling_states(model, preds: Predictions, groups: list[dict[str, Any
 
 
 def log_unknown_groups(groups: list[dict[str, Any]], log: Callable[[str], None], *, n: int = 3) -> None:
-    """The largest Unknown groups and their top genes, one line each (CLI / run log)."""
+    """The largest Unknown groups and their top genes, one line each (CLI / run log). Type and gene names
+    come from the data: quoted without control characters, at most 80 characters each (found 2026-12-07: a
+    model's class name of 200,000 characters with escape sequences reached the terminal)."""
+    from .errors import shown_name
+
     for g in groups[:n]:
-        up = ", ".join(g["genes_up"][:5]) or "none"
+        up = ", ".join(shown_name(v, 80) for v in g["genes_up"][:5]) or "none"
         programs = f"{' and '.join(g['state_programs'])} genes; " if g.get("state_programs") else ""
-        accepted = (f"; accepted as {g['predicted_as']}, a handling state keeping {g['markers_kept']} of its "
+        like = shown_name(g["predicted_as"], 80)
+        accepted = (f"; accepted as {like}, a handling state keeping {g['markers_kept']} of its "
                     f"{g['n_markers']} markers" if g.get("accepted") else "")
         empty = g.get("n_without_counts", 0)
         empty = f"; {empty:,} of its cells have no counts on the model's genes" if empty else ""
-        log(f"Unknown group of {g['n_cells']:,} cells looking most like {g['predicted_as']}: up {up} "
-            f"({programs}against {g['compared_with']}){empty}{accepted}{samples_note(g)}")
+        log(f"Unknown group of {g['n_cells']:,} cells looking most like {like}: up {up} "
+            f"({programs}against {shown_name(g['compared_with'], 120)}){empty}{accepted}{samples_note(g)}")
 
 
 def samples_note(group: dict[str, Any]) -> str:

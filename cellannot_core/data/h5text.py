@@ -48,8 +48,11 @@ def table_problem(group) -> str | None:
             continue
         values = [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
                   for v in np.atleast_1d(group.attrs[key]).ravel()]
-        if any("/" in v or v in (".", "..") for v in values):
+        # a column named with a "/" is a path below the table (anndata wrote "qc/flag" so, with a warning);
+        # one from the root, or through "." or "..", reaches another part of the file or one already read
+        if any(v.startswith("/") or {".", ".."} & set(v.split("/")) for v in values):
             return f"a table ('{group.name[:60]}') that names a column by a path"
+        values = ["/".join(p for p in v.split("/") if p) for v in values]  # "a//b" is "a/b"
         if key == "column-order" and len(set(values)) != len(values):
             return f"a table ('{group.name[:60]}') that lists one column more than once"
         if key == "_index" and values and not isinstance(group.get(values[0]), h5py.Dataset):
@@ -200,27 +203,34 @@ def measure(path: str, limit: int, members: tuple[str, ...]) -> tuple[int, str |
     return total, None
 
 
+def limit_memory(limit: int) -> None:
+    """Hold this process's address space to what it holds now plus ``limit`` bytes (and 256 MB for
+    HDF5's own needs), h5py and numpy loaded first so that the limit is on the data alone. The hard limit is
+    kept as it is: raising it fails under a server's own limit (ulimit -v, prlimit), which left this child
+    with no limit at all (8 GB at a 0.25 GB limit, found 2026-12-07)."""
+    vm = _vm_bytes()
+    if vm is None:
+        return
+    try:
+        import resource
+
+        import h5py  # noqa: F401
+        import numpy  # noqa: F401
+
+        vm = _vm_bytes() or vm
+        hard = resource.getrlimit(resource.RLIMIT_AS)[1]
+        soft = vm + limit + (256 << 20)
+        resource.setrlimit(resource.RLIMIT_AS, (soft if hard == resource.RLIM_INFINITY else min(soft, hard), hard))
+    except (ImportError, ValueError, OSError):
+        pass
+
+
 def main(argv: list[str]) -> int:
     import json
 
     path, limit = argv[0], int(argv[1])
     members = tuple(str(m) for m in json.loads(argv[2] if len(argv) > 2 else "[]") if m)
-    vm = _vm_bytes()
-    if vm is not None:
-        try:
-            import resource
-
-            import h5py  # noqa: F401 - loaded before the limit is set, so the limit is on the data alone
-            import numpy  # noqa: F401
-
-            vm = _vm_bytes() or vm
-            # the hard limit kept as it is: raising it fails under a server's own limit (ulimit -v, prlimit),
-            # which left this child with no limit at all (8 GB at a 0.25 GB limit, found 2026-12-07)
-            hard = resource.getrlimit(resource.RLIMIT_AS)[1]
-            soft = vm + limit + (256 << 20)
-            resource.setrlimit(resource.RLIMIT_AS, (soft if hard == resource.RLIM_INFINITY else min(soft, hard), hard))
-        except (ImportError, ValueError, OSError):
-            pass
+    limit_memory(limit)
     try:
         total, over = measure(path, limit, members)
     except MemoryError:

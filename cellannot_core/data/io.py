@@ -592,7 +592,7 @@ def _read_h5mu(path: Path, label: str) -> ad.AnnData:
     except DataError as err:
         if "GiB in memory" not in str(err):
             raise
-        raise DataError(f"{err} Or save its {mod} modality as an .h5ad (mudata.read_h5mu(path)[{mod!r}]"
+        raise DataError(f"{err} Or save its {shown_name(mod)} modality as an .h5ad (mudata.read_h5mu(path)[{shown_name(mod)!r}]"
                         ".write_h5ad('rna.h5ad')): an .h5ad query is labelled a chunk at a time") from None
     with h5py.File(path, "r") as f:
         adata = read_elem(f["mod"][mod])
@@ -1128,7 +1128,10 @@ def _guard_text(path: Path, label: str, *, per_line: float = 0, per_field: float
                 chars += len(block)
                 if per_line or per_field:
                     a = np.frombuffer(block, dtype=np.uint8)
-                    lines += int(np.count_nonzero(a == 10))
+                    # a lone \r ends a row for pandas too (found 2026-12-07: 4.2 million rows ended so passed as one
+                    # line and took 0.9 GB at a 0.25 GB limit); \r\n counts once
+                    lines += int(np.count_nonzero(a == 10) + np.count_nonzero(a == 13)
+                                 - np.count_nonzero((a[:-1] == 13) & (a[1:] == 10)))
                     if per_field:
                         seps += int(np.count_nonzero((a == 9) | (a == 32) | (a == 44) | (a == 59)))
                 need = per_char * chars + per_line * (lines + 1) + per_field * (lines + 1 + seps)

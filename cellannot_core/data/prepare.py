@@ -28,7 +28,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from cellannot_core._constants import DEFAULT_HVG_FLAVOR, DEFAULT_HVG_FROM, DEFAULT_N_TOP_GENES, HVG_FLAVORS, HVG_FROM
-from cellannot_core.errors import ConfigError, DataError
+from cellannot_core.errors import ConfigError, DataError, shown_name
 
 from ._types import MAX_BATCHES, Prepared, Split
 from .genes import is_ensembl, match_genes
@@ -414,7 +414,7 @@ def batch_codes(ref_obs: pd.DataFrame, q_obs: pd.DataFrame, batch_key: str) -> t
     cell's code. The same value in both datasets is two batches: the datasets differ anyway."""
     if batch_key not in ref_obs.columns and batch_key not in q_obs.columns:
         cols = sorted(set(map(str, ref_obs.columns)) | set(map(str, q_obs.columns)))
-        shown = ", ".join(cols[:20]) + (" ..." if len(cols) > 20 else "")
+        shown = ", ".join(shown_name(c) for c in cols[:20]) + (" ..." if len(cols) > 20 else "")
         raise DataError(f"batch key {batch_key!r} is a column of neither the reference's nor the query's cell "
                         f"table; columns: {shown or 'none'}. Choose the column naming each cell's sample or "
                         "batch, or none")

@@ -24,7 +24,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from cellannot_core._constants import UNKNOWN
-from cellannot_core.errors import DataError, did_you_mean
+from cellannot_core.errors import DataError, did_you_mean, shown_name
 
 from .values import detect_value_state, get_counts
 
@@ -116,7 +116,7 @@ def make_unique(names: pd.Index, *, what: str = "cell", name: str = "dataset") -
     if not dup.any():
         return names, None
     new = pd.Index(ad.utils.make_index_unique(names.copy()))
-    examples = ", ".join(pd.unique(names[dup])[:3])
+    examples = ", ".join(shown_name(v) for v in pd.unique(names[dup])[:3])
     if what == "gene":
         msg = (
             f"the {name} has {int(dup.sum())} duplicate gene names (e.g. {examples}); for this run they "
@@ -135,7 +135,7 @@ def make_unique(names: pd.Index, *, what: str = "cell", name: str = "dataset") -
 def check_label_column(obs: pd.DataFrame, label_key: str, *, name: str = "reference") -> None:
     """Raise if ``label_key`` is not a column of ``obs``, listing the columns there are."""
     if label_key not in obs.columns:
-        cols = ", ".join(map(str, obs.columns[:30])) or "none"
+        cols = ", ".join(shown_name(c) for c in obs.columns[:30]) or "none"
         more = f" (and {len(obs.columns) - 30} more)" if len(obs.columns) > 30 else ""
         hint = ("" if len(obs.columns) else " It has no cell annotations: a 10x matrix folder (or its archive) "
                 "gets them from a table put beside the matrix, a row per cell with its barcode in one column and "

@@ -156,15 +156,22 @@ def test_the_cli_gives_one_line_for_a_hostile_file(plain, tmp_path):
 
 
 def test_an_mtx_header_asking_for_too_much_memory_is_refused(tmp_path, monkeypatch):
-    """Issue 14: a header declaring 40000 x 40000 asked for 11.9 GiB."""
+    """Issue 14: a header declaring 40000 x 40000 asked for 11.9 GiB as stored; as read (every value may be
+    non-zero: a position and a value, then COO and CSR) 71.5 GiB, which it counts since 2026-12-07 (a 340
+    KB array of 30 million ones took 1.6 GB at a 0.25 GB limit, counted at 8 bytes a value)."""
     d = tmp_path / "tenx"
     d.mkdir()
     (d / "matrix.mtx").write_text("%%MatrixMarket matrix array real general\n40000 40000\n1\n")
     (d / "features.tsv").write_text("".join(f"g{i}\tG{i}\n" for i in range(3)))
     (d / "barcodes.tsv").write_text("".join(f"c{i}\n" for i in range(3)))
     monkeypatch.setenv("CELLANNOT_MEMORY_LIMIT_GB", "4")
-    with pytest.raises(DataError, match=r"declares 40,000 x 40,000, about 11.9 GiB in memory"):
+    with pytest.raises(DataError, match=r"declares 40,000 x 40,000, about 71.5 GiB in memory"):
         read_dataset(d, name="query")
+    # a table whose rows end in a lone carriage return: pandas ends a row there, the line count did not
+    (tmp_path / "cr.csv").write_bytes(b"cell,G0\r" + b"".join(b"c%d,1\r" % i for i in range(20_000)))
+    monkeypatch.setenv("CELLANNOT_MEMORY_LIMIT_GB", str(5 / 1024))
+    with pytest.raises(DataError, match="lines .* of text"):
+        read_dataset(tmp_path / "cr.csv", name="query")
 
 
 def test_an_archive_bigger_than_the_memory_budget_is_refused_before_unpacking(tmp_path, monkeypatch):
@@ -725,25 +732,35 @@ def test_tables_that_name_columns_by_paths_or_index_by_a_group_or_hold_wide_reco
         read_dataset(tmp_path / "records.h5ad")
 
 
-def test_the_text_measure_holds_under_a_servers_own_memory_limit(plain, tmp_path):
+def test_the_text_measure_holds_under_a_servers_own_memory_limit():
     """The measuring child raised its hard address-space limit to infinity, which fails under a limit the
     server runs with (ulimit -v, prlimit): it then ran with no limit at all (8 GB at a 0.25 GB limit, found
     2026-12-07). It keeps the hard limit and lowers the soft one."""
-    import resource
-
     from cellannot_core.data import h5text
 
-    import os
+    code = ("import resource, sys; sys.path.insert(0, sys.argv[1]); import h5text; "
+            "resource.setrlimit(resource.RLIMIT_AS, (16 << 30, 16 << 30)); h5text.limit_memory(5 << 20); "
+            "print(*resource.getrlimit(resource.RLIMIT_AS))")
+    done = subprocess.run([sys.executable, "-I", "-c", code, str(Path(h5text.__file__).parent)],
+                          capture_output=True, text=True, check=True)
+    soft, hard = map(int, done.stdout.split())
+    assert hard == 16 << 30 and soft < 4 << 30, (soft, hard)
 
-    cells = tmp_path / "cells.h5ad"
-    make_synthetic(400, 30, 2).write_h5ad(cells)
-    path = _names_sharing_one_string(cells, tmp_path / "shared.h5ad", 1_000_000)  # 400 x 1 MB read at once
 
-    def under_a_hard_limit():
-        resource.setrlimit(resource.RLIMIT_AS, (16 << 30, 16 << 30))
+def test_column_and_cell_names_from_a_file_are_quoted_clean_and_short():
+    """Found 2026-12-07 by a fourth probe: obs column names (in "no label column" and "batch key" errors),
+    duplicate cell names (in the "made unique" warning) reached the terminal whole, escape sequences and all
+    (200 KB error lines)."""
+    import pandas as pd
 
-    child = subprocess.Popen([sys.executable, "-I", h5text.__file__, str(path), str(5 << 20), "[]"],
-                             preexec_fn=under_a_hard_limit, stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(child.pid, 0)
-    child.returncode = os.waitstatus_to_exitcode(status)
-    assert child.returncode == h5text.OVER and usage.ru_maxrss < 300 * 1024, (child.returncode, usage.ru_maxrss)
+    from cellannot_core.data.prepare import batch_codes
+    from cellannot_core.data.validate import check_label_column, make_unique
+
+    evil = "\x1b]0;pwned\x07\nerror: fake" + "A" * 200_000
+    obs = pd.DataFrame({evil: [1, 2], "celltype": ["a", "b"]})
+    for call in (lambda: check_label_column(obs, "cell_type"), lambda: batch_codes(obs, obs, "nope")):
+        with pytest.raises(DataError) as err:
+            call()
+        assert not any(c in str(err.value) for c in "\x1b\x07\n") and len(str(err.value)) < 2_000
+    _, msg = make_unique(pd.Index([evil, evil]), what="cell", name="query")
+    assert not any(c in msg for c in "\x1b\x07\n") and len(msg) < 1_000
