@@ -60,17 +60,19 @@ def table_problem(group) -> str | None:
     return None
 
 
-def table_problems(f) -> str | None:
-    """:func:`table_problem` of every group of the open file ``f`` with a ``column-order`` or an ``_index``."""
+def table_problems(f, names: list[str] | None = None) -> str | None:
+    """:func:`table_problem` of the groups ``names`` of the open file ``f`` (None: every group with a
+    ``column-order`` or an ``_index``, found by walking the file)."""
     import h5py
 
-    found: list[str] = []
+    found: list[str] = [] if names is None else names
 
     def visit(name: str, obj) -> None:
         if isinstance(obj, h5py.Group) and ("column-order" in obj.attrs or "_index" in obj.attrs):
             found.append(name)
 
-    f.visititems(visit)
+    if names is None:
+        f.visititems(visit)
     for name in found:
         problem = table_problem(f[name])
         if problem:

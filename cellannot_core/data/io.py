@@ -427,12 +427,15 @@ def guard_hdf5(path: Path, label: str, *, whole: tuple[str, ...] | None = None) 
     problem: list[str] = []
     tiny: list[tuple[str, int]] = []  # datasets stored in countless tiny chunks (name, values per chunk)
     groups: set[int] = set()  # the groups seen, by object
+    tables: list[str] = []  # the groups with a column-order or an _index (data frames)
 
     def text_in_attrs(obj) -> int:
         """The attributes' variable-length elements; their fixed-length strings and every attribute
         counted on the way (an unreadable type or a table listing a column twice is a problem)."""
         nonlocal total, n_attrs
         n = 0
+        if isinstance(obj, h5py.Group) and ("column-order" in obj.attrs or "_index" in obj.attrs):
+            tables.append(obj.name)  # (their names are read after the walk, once their size is known)
         for k in obj.attrs:
             n_attrs += 1
             if n_attrs > HDF5_MAX_ATTRIBUTES:
@@ -517,7 +520,7 @@ def guard_hdf5(path: Path, label: str, *, whole: tuple[str, ...] | None = None) 
     from .h5text import table_problems
 
     with h5py.File(path, "r") as f:
-        found = table_problems(f)
+        found = table_problems(f, tables)
     if found:
         raise DataError(f"{label} is refused: it contains {shown_name(found, 120)}, which anndata never writes; save "
                         "the data again with anndata (adata.write_h5ad) and load that.")
