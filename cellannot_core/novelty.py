@@ -806,9 +806,9 @@ class QueryGraph:
         return self._clusters[key]
 
     def _leiden(self, resolution: float, seed: int) -> np.ndarray:
-        import random
-
         import igraph as ig
+
+        from .training.device import global_rng
 
         m = self.n_pool
         if m < 3:
@@ -826,13 +826,9 @@ class QueryGraph:
         pairs = np.unique(np.minimum(a, b) * m + np.maximum(a, b))
         pairs = pairs[pairs // m != pairs % m]
         graph = ig.Graph(n=m, edges=np.column_stack([pairs // m, pairs % m]).tolist())
-        state = random.getstate()
-        random.seed(seed)  # igraph draws from Python's random module
-        try:
+        with global_rng(seed):  # igraph draws from Python's random module, which every thread shares
             member = graph.community_leiden(objective_function="modularity", resolution=resolution,
                                             n_iterations=2).membership
-        finally:
-            random.setstate(state)
         member = np.unique(np.asarray(member), return_inverse=True)[1].astype(np.int64)
         return member if self.pool is None else member[self.idx[:, 0]]
 

@@ -10,6 +10,7 @@ from torch import nn
 
 from ..data._types import Split, dense
 from ..training import TrainConfig, fit, resolve_device, seed_everything
+from ..training.device import global_rng
 from ._base import Model
 from ._scaling import SCALE_CLIP, Scaler
 
@@ -48,8 +49,7 @@ class TorchModel(Model):
         self._check_size()
         # weights are initialised from this model's seed, not from whatever the global RNG holds
         # (several jobs may build models concurrently in one server)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
+        with global_rng(self.seed):
             self.net = self.build_net().to(self.device)
 
     def build_net(self) -> nn.Module:

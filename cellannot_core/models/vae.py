@@ -56,6 +56,7 @@ from ..distributions import LIKELIHOOD_HELP, likelihood_names
 from ..nn.generative import N_BATCH, QUERY, REFERENCE, GenerativeNet, Rows, SparseRows, VAENet
 from ..novelty import OOD_METHODS
 from ..training import TrainConfig
+from ..training.device import global_rng
 from ._torch import TorchModel
 from .registry import HParam, Supports, register
 
@@ -222,10 +223,7 @@ class GenerativeModel(TorchModel):
         info = {"model": self.name, "n_train": int(train.n_obs), "n_unlabelled": int(len(rows) - train.n_obs),
                 "n_genes": self.n_features, "n_classes": self.n_classes, "device": str(self.device)}
         idx = torch.arange(len(rows), device=self.device)
-        # dropout draws from the global RNG: seed it for this fit only, then restore it
-        with torch.random.fork_rng(devices=[] if self.device.type == "cpu" else [self.device]):
-            torch.manual_seed(self.seed)
-            hist = train_loop(self, idx, rows.y, cfg, callbacks=callbacks, generator=self.generator, info=info)
+        hist = train_loop(self, idx, rows.y, cfg, callbacks=callbacks, generator=self.generator, info=info)
         self.history = hist.to_dict()
         self.history["unlabelled_used"] = use_u
         self.history["n_unlabelled"] = int(len(rows) - train.n_obs)
@@ -282,9 +280,8 @@ class GenerativeModel(TorchModel):
         noise = bool(self.hparams["sample_noise"])
         self.net.eval()
         outs = []
-        # likelihood draws use the global RNG: seeded here, restored afterwards
-        with torch.no_grad(), torch.random.fork_rng(devices=[] if self.device.type == "cpu" else [self.device]):
-            torch.manual_seed(self.seed)
+        # likelihood draws use the global RNG: seeded here, restored afterwards, no other thread's meanwhile
+        with torch.no_grad(), global_rng(self.seed, [] if self.device.type == "cpu" else [self.device]):
             for i in range(0, len(y), 2048):
                 yb = y[i:i + 2048].to(self.device)
                 outs.append(self.net.generate(yb, gen, noise).cpu())

@@ -16,6 +16,23 @@ def activation(name: str) -> nn.Module:
         raise ValueError(f"unknown activation {name!r}; choose one of {', '.join(ACTIVATIONS)}") from None
 
 
+class SeededDropout(nn.Dropout):
+    """:class:`torch.nn.Dropout` drawing its masks from ``generator`` when one is set
+    (:func:`~cellannot_core.training.device.seed_dropout`), so that two runs trained at once in
+    one process do not draw each other's masks; without one, torch's own dropout."""
+
+    generator: torch.Generator | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0 or self.generator is None:
+            return super().forward(x)
+        keep = 1.0 - self.p
+        if keep == 0:
+            return x * 0.0
+        noise = torch.empty_like(x).bernoulli_(keep, generator=self.generator)
+        return x * noise.div_(keep)
+
+
 def mlp(in_dim: int, hidden: Sequence[int], *, act: str = "elu", dropout: float = 0.0,
         batch_norm: bool = False) -> nn.Sequential:
     """``Linear -> [BatchNorm] -> act -> [Dropout]`` per hidden width (CLAMS' MLP)."""
@@ -27,7 +44,7 @@ def mlp(in_dim: int, hidden: Sequence[int], *, act: str = "elu", dropout: float 
             layers.append(nn.BatchNorm1d(h))
         layers.append(activation(act))
         if dropout > 0:
-            layers.append(nn.Dropout(dropout))
+            layers.append(SeededDropout(dropout))
         d = h
     return nn.Sequential(*layers)
 
@@ -42,12 +59,12 @@ class ResBlock(nn.Module):
             side.append(nn.BatchNorm1d(dim))
         side.append(activation(act))
         if dropout > 0:
-            side.append(nn.Dropout(dropout))
+            side.append(SeededDropout(dropout))
         side.append(nn.Linear(dim, dim))
         if batch_norm:
             side.append(nn.BatchNorm1d(dim))
         if dropout > 0:
-            side.append(nn.Dropout(dropout))
+            side.append(SeededDropout(dropout))
         self.side = nn.Sequential(*side)
         self.act = activation(act)
 

@@ -21,6 +21,7 @@ from torch import nn
 from torch.distributions import Distribution
 
 from ..distributions import LikelihoodHead
+from .blocks import SeededDropout
 
 VAR_EPS = 1e-4
 PLANAR_MARGIN = 1e-4
@@ -57,7 +58,7 @@ class FCLayers(nn.Module):
                 block.append(nn.BatchNorm1d(d_out, momentum=0.01, eps=1e-3))
             block.append(nn.ReLU())
             if dropout > 0:
-                block.append(nn.Dropout(dropout))
+                block.append(SeededDropout(dropout))
             self.layers.append(nn.Sequential(*block))
 
     def forward(self, x: torch.Tensor, *cats: torch.Tensor | None) -> torch.Tensor:

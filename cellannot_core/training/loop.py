@@ -24,6 +24,7 @@ import torch
 
 from ..errors import Cancelled, TrainingDiverged
 from .callbacks import any_finish, any_stop, call
+from .device import seed_dropout
 from .distributed import any_rank, average_gradients, broadcast_buffers, local_batch, shard, world
 from .distributed import steps_per_epoch as distributed_steps
 
@@ -138,6 +139,8 @@ def fit(module: Trainable, X: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, *
     """
     t0 = time.time()
     hist = History()
+    if isinstance(getattr(module, "net", None), torch.nn.Module):  # its dropout masks from its own seed
+        seed_dropout(module.net, int(getattr(module, "seed", 0)), X.device)
     opts = _optimizers(module, cfg)
     n_proc = world()[1]
     n = X.shape[0]
