@@ -4,6 +4,7 @@ import json
 import streamlit as st
 
 from cellannot_core.data import SUPPORTED_FORMATS
+from cellannot_core.data.prepare import label_name_note
 from ui import data as data_ui
 from ui import session
 from ui.state import DATA_KEY, INFO_KEY, ROLES, StateKeys, WidgetKeys, code, data_loaded, get, init_state, md, put
@@ -37,13 +38,17 @@ for role, col in zip(ROLES, cols):
         keys = [c["key"] for c in cands] or summ["obs_columns"]
         if role == "reference":
             cur = get(StateKeys.LABEL_KEY) or summ["suggested_label_key"]
-            if not keys or not cands:  # (no column looks like labels: none is picked for the visitor)
+            for note in summ.get("label_notes", []):
+                st.warning(note)
+            if not keys or not summ["suggested_label_key"]:  # (no safe guess: none is picked for the visitor)
                 st.error(data_ui.NO_LABEL_COLUMN + (" Pick one below if a column holds them." if keys else ""))
                 if not keys:
                     continue
             pick = st.selectbox("Label column (cell types)", keys, key=WidgetKeys.LABEL_PICKER, placeholder="Choose",
-                                index=keys.index(cur) if cur in keys else 0 if cands else None)
+                                index=keys.index(cur) if cur in keys else None)
             put(StateKeys.LABEL_KEY, pick)
+            if pick and (note := label_name_note(pick)):
+                st.warning(note)
         else:
             options = ["(none: the query is unlabelled)"] + keys
             cur = get(StateKeys.QUERY_LABEL_KEY)

@@ -214,7 +214,7 @@ def run_tab(role: str = "reference") -> None:
             st.error(md(err))
 
 
-NO_LABEL_COLUMN = ("The reference has no obs column that looks like cell-type labels (2-100 classes). A 10x folder or "
+NO_LABEL_COLUMN = ("The reference has no obs column that looks like cell-type labels (2-500 classes). A 10x folder or "
                    "archive gets them from a table beside the matrix: a row per cell, its barcode in one column and "
                    "its type in another.")
 

@@ -806,30 +806,67 @@ def annotation_columns(obs: pd.DataFrame) -> list[str]:
     return out
 
 
-def _label_candidates(obs: pd.DataFrame, n_cells: int, max_classes: int = 100) -> list[dict[str, Any]]:
-    out = []
+def _hint(col: Any, hints: tuple[str, ...]) -> int:
+    """The position of the first of ``hints`` in the column's name (lower case), ``len(hints)`` for none."""
+    low = str(col).lower()
+    return next((i for i, h in enumerate(hints) if h in low), len(hints))
+
+
+def label_name_note(key: str) -> str | None:
+    """A warning when a label column's name says it holds samples or batches, not cell types: a model
+    trained on it learns to tell samples apart (a reference of one type offered its ``library`` column,
+    found 2026-12-07)."""
+    if _hint(key, _LABEL_HINTS) < len(_LABEL_HINTS) or _hint(key, _BATCH_HINTS) == len(_BATCH_HINTS):
+        return None
+    return (f"{shown_name(key)} looks like a sample or batch column, not cell types: a model trained on it "
+            "learns to tell samples apart. Pick the column of cell types.")
+
+
+def _label_candidates(obs: pd.DataFrame, n_cells: int, max_classes: int = 500) -> tuple[list[dict[str, Any]], list[str]]:
+    """Columns that could hold cell types, likeliest first (named as labels, then not named as samples
+    or batches, then by kind and number of classes), and a note for each column named as labels that
+    cannot be one (one type only, or too many)."""
+    out, notes, single = [], [], {}
     for col in obs.columns:
         s = obs[col]
         kind = s.dtype.kind if not isinstance(s.dtype, pd.CategoricalDtype) else "O"
         if kind == "f":  # QC metrics, coordinates
             continue
+        hint = _hint(col, _LABEL_HINTS)
         if kind in "iu" and s.nunique() > 50:
             continue
         vc = s[~untyped_label_mask(s)].astype(str).value_counts()
         if not 2 <= len(vc) <= max_classes or len(vc) > 0.5 * n_cells:
+            if hint < len(_LABEL_HINTS) and len(vc) == 1:
+                single.setdefault(str(vc.index[0]), []).append(shown_name(col))
+            elif hint < len(_LABEL_HINTS) and len(vc) > 1:
+                notes.append(f"{shown_name(col)} holds {len(vc):,} different values, too many to be cell types "
+                             f"(at most {max_classes}, and under half the cells).")
             continue
-        low = str(col).lower()
-        hint = next((i for i, h in enumerate(_LABEL_HINTS) if h in low), len(_LABEL_HINTS))
         out.append({
             "key": str(col),
             "n_classes": int(len(vc)),
             "counts": {str(k): int(v) for k, v in vc.head(50).items()},
-            "_rank": (hint, kind in "iub", -len(vc)),
+            "_rank": (hint, label_name_note(str(col)) is not None, kind in "iub", -len(vc)),
         })
+    for value, cols in single.items():
+        notes.insert(0, f"{', '.join(cols)} {'holds' if len(cols) == 1 else 'hold'} one type only "
+                        f"({shown_name(value)}): a reference needs at least two cell types to tell apart.")
     out.sort(key=lambda d: d["_rank"])
     for d in out:
         del d["_rank"]
-    return out
+    return out, notes
+
+
+def _suggested_label_key(cands: list[dict[str, Any]], notes: list[str]) -> str | None:
+    """The first candidate, unless its name says samples or batches, or a column named as labels was
+    refused and this one is not named so: then none is picked for the user."""
+    if not cands:
+        return None
+    key = cands[0]["key"]
+    if label_name_note(key) is not None or (notes and _hint(key, _LABEL_HINTS) == len(_LABEL_HINTS)):
+        return None
+    return key
 
 
 def summarize_dataset(adata: ad.AnnData, *, name: str = "dataset") -> dict[str, Any]:
@@ -848,8 +885,9 @@ def summarize_dataset(adata: ad.AnnData, *, name: str = "dataset") -> dict[str, 
         JSON-serialisable: ``name``, ``n_cells``, ``n_genes``, ``value_state`` (of X),
         ``counts_source`` (None if no counts were found), ``gene_ids`` (``"Ensembl IDs"``
         or ``"symbols"``), ``example_genes``, ``obs_columns``, ``label_candidates`` (obs
-        columns with 2-100 categories, most likely cell-type columns first, each with
-        ``key``, ``n_classes`` and ``counts``), ``suggested_label_key``, ``problems``
+        columns with 2-500 categories, most likely cell-type columns first, each with
+        ``key``, ``n_classes`` and ``counts``), ``suggested_label_key`` (None when no column is a
+        safe guess), ``label_notes`` (why a column named as labels is not offered), ``problems``
         (one-line messages of what would stop :func:`prepare`) and ``notes`` (what the reader did,
         e.g. tables of cell annotations joined beside a 10x matrix).
     """
@@ -864,7 +902,7 @@ def summarize_dataset(adata: ad.AnnData, *, name: str = "dataset") -> dict[str, 
         problems.append(str(exc))
     if adata.n_obs == 0 or adata.n_vars == 0:
         problems.insert(0, f"the {name} is empty ({adata.n_obs} cells x {adata.n_vars} genes).")
-    cands = _label_candidates(adata.obs, adata.n_obs)
+    cands, label_notes = _label_candidates(adata.obs, adata.n_obs)
     return {
         "name": name,
         "n_cells": int(adata.n_obs),
@@ -875,7 +913,8 @@ def summarize_dataset(adata: ad.AnnData, *, name: str = "dataset") -> dict[str, 
         "example_genes": [str(v) for v in adata.var_names[:5]],
         "obs_columns": [str(c) for c in adata.obs.columns],
         "label_candidates": cands,
-        "suggested_label_key": cands[0]["key"] if cands else None,
+        "suggested_label_key": _suggested_label_key(cands, label_notes),
+        "label_notes": label_notes,
         "problems": problems,
         "notes": _read_notes(_input_info(adata)),
     }

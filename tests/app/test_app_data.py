@@ -401,6 +401,29 @@ def test_a_reference_without_a_label_column_gets_none_picked_for_it(tmp_path):
     assert at.selectbox(key=WidgetKeys.LABEL_PICKER).value is None
 
 
+def test_a_reference_of_one_type_is_told_so_not_given_its_library_column(tmp_path):
+    """Found 2026-12-07 (a new user's probe): a reference of beta cells only had its `library` column
+    picked as the cell types, "Ready: ... 3 classes", and would have labelled every query cell by
+    library. Now nothing is picked, the page says the label columns hold one type, and a column
+    named as samples is warned of when picked by hand."""
+    import anndata as ad
+
+    r = ad.read_h5ad(SMALL)
+    r.obs = r.obs[[]].assign(cell_type="beta", library=(["lib1", "lib2", "lib3"] * r.n_obs)[: r.n_obs])
+    r.write_h5ad(tmp_path / "one.h5ad")
+    at = _data_page()
+    at.file_uploader(key=WidgetKeys.UPLOAD.format(role="reference")).set_value(
+        ("one.h5ad", (tmp_path / "one.h5ad").read_bytes(), "application/octet-stream"))
+    at.run()
+    assert not at.exception
+    warned = " | ".join(shown(w.value) for w in at.warning)
+    assert "cell_type holds one type only (beta)" in warned
+    assert at.selectbox(key=WidgetKeys.LABEL_PICKER).value is None
+    assert at.session_state[StateKeys.LABEL_KEY] is None
+    at.selectbox(key=WidgetKeys.LABEL_PICKER).set_value("library").run()
+    assert "library looks like a sample or batch column" in " | ".join(shown(w.value) for w in at.warning)
+
+
 def test_a_label_written_as_markdown_is_shown_as_it_is(tmp_path):
     """Found 2026-12-07 (a probe of the app served to a lab): a cell type named
     ``![t](http://host/x.png)`` made every visitor's browser fetch that address from the Explain page;

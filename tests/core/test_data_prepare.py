@@ -243,6 +243,13 @@ def test_summarize_dataset(synthetic_adata):
     assert [c["key"] for c in s["label_candidates"]] == ["cell_type", "donor"]
     assert s["suggested_label_key"] == "cell_type"
     assert s["label_candidates"][0]["counts"] == a.obs["cell_type"].value_counts().to_dict()
+    assert s["label_notes"] == []
+    one = a[a.obs["cell_type"] == a.obs["cell_type"].iloc[0]].copy()  # one type: its donor column is no guess
+    s1 = summarize_dataset(one, name="reference")
+    assert [c["key"] for c in s1["label_candidates"]] == ["donor"] and s1["suggested_label_key"] is None
+    assert "cell_type holds one type only" in s1["label_notes"][0]
+    a.obs["subtype"] = [f"t{i % 150}" for i in range(a.n_obs)]  # an atlas's fine types: over 100 is offered
+    assert "subtype" in [c["key"] for c in summarize_dataset(a, name="reference")["label_candidates"]]
     assert s["problems"] == [] and s["gene_ids"] == "symbols"
     b = a.copy()
     sc.pp.normalize_total(b)
