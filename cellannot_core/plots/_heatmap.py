@@ -83,10 +83,12 @@ def contingency_table(
     return counts, percent
 
 
-def _cell_text(count: int, pct: float) -> str:
-    if count == 0:
-        return ""
-    return f"{count:,}<br>{pct:.0f}%" if pct >= 9.95 else f"{count:,}<br>{pct:.1f}%"
+def _cell_text(count: int) -> str:
+    """A cell's first line, its count (empty for no cells); its second, the percentage, is the cell's
+    ``z``, formatted by the template. Not one string holding ``<br>``: the app shows a trace's text as
+    text (a label written as HTML stays as written), which showed "342<br>100%" in every cell (found
+    2026-12-07)."""
+    return f"{count:,}" if count else ""
 
 
 def label_heatmap(
@@ -127,7 +129,8 @@ def label_heatmap(
     Returns
     -------
     plotly.graph_objects.Figure
-        One ``go.Heatmap`` trace; ``z`` holds the percentages, ``customdata`` the counts.
+        One ``go.Heatmap`` trace; ``z`` holds the shares (0-1; a gap where no cell is),
+        ``customdata`` the counts, ``text`` the counts as written.
     """
     counts, percent = contingency_table(
         row_labels, col_labels, normalize=normalize, row_order=row_order, col_order=col_order
@@ -135,28 +138,27 @@ def label_heatmap(
     n_rows, n_cols = counts.shape
     if annotate is None:
         annotate = n_rows * n_cols <= 1000
-    text = [
-        [_cell_text(int(counts.iat[i, j]), float(percent.iat[i, j])) for j in range(n_cols)]
-        for i in range(n_rows)
-    ]
+    text = [[_cell_text(int(counts.iat[i, j])) for j in range(n_cols)] for i in range(n_rows)]
+    z = percent.to_numpy(dtype=float) / 100.0  # shares: the template writes them as percentages
+    z[counts.to_numpy() == 0] = np.nan  # an empty cell is a gap: nothing written in it
     norm_word = {"row": "% of row", "col": "% of column", "all": "% of cells"}[normalize]
     heat = go.Heatmap(
-        z=percent.to_numpy(),
+        z=z,
         x=[str(c) for c in counts.columns],
         y=[str(r) for r in counts.index],
         customdata=counts.to_numpy(),
         text=text,
-        texttemplate="%{text}" if annotate else None,
+        texttemplate="%{text}<br>%{z:.1~%}" if annotate else None,
         textfont=dict(size=11),
         zmin=0.0,
-        zmax=100.0,
+        zmax=1.0,
         colorscale="Blues",
-        colorbar=dict(title=dict(text=norm_word), ticksuffix="%"),
+        colorbar=dict(title=dict(text=norm_word), tickformat=".0%"),
         xgap=1,
         ygap=1,
         hovertemplate=(
             f"{row_title}: %{{y}}<br>{col_title}: %{{x}}<br>"
-            f"cells: %{{customdata:,}}<br>{norm_word}: %{{z:.1f}}%<extra></extra>"
+            f"cells: %{{customdata:,}}<br>{norm_word}: %{{z:.1%}}<extra></extra>"
         ),
     )
     fig = go.Figure(heat)

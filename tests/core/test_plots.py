@@ -95,11 +95,17 @@ def test_label_heatmap_values(pred_query):
         n_r = np.sum(pred == r)
         for j, c in enumerate(cols):
             expected[i, j] = 100.0 * np.sum((pred == r) & (query == c)) / n_r
-    assert np.allclose(np.asarray(h.z, dtype=float), expected)
-    # text annotations carry the counts and percents
+    z = np.asarray(h.z, dtype=float)
+    assert np.allclose(np.nan_to_num(z), expected / 100) and np.isnan(z[expected == 0]).all()  # shares; empty: a gap
+    # each cell writes its count and its share
     n00 = int(np.sum((pred == rows[0]) & (query == cols[0])))
-    assert h.text[0][0].startswith(f"{n00:,}<br>") and h.text[0][0].endswith("%")
-    assert h.texttemplate == "%{text}"
+    assert h.text[0][0] == f"{n00:,}" and h.customdata[0][0] == n00
+    assert h.texttemplate == "%{text}<br>%{z:.1~%}"
+    from ui.widgets import text_only  # as the app shows it: the data's own text escaped, the line break kept
+
+    shown = text_only(go.Figure(fig)).data[0]
+    written = "".join(map(str, np.ravel(shown.text))) + "".join(map(str, np.ravel(shown.customdata)))
+    assert "<" not in written and "&lt;" not in written and shown.texttemplate == h.texttemplate
     assert fig.layout.yaxis.title.text == "Reference label (predicted)"
     assert fig.layout.xaxis.title.text == "Query label"
     assert fig.layout.yaxis.autorange == "reversed"
