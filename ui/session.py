@@ -476,7 +476,7 @@ def restore() -> list[str]:
     from cellannot_core.data.stream import stream_source
     from cellannot_core.runs import read_json
     from ui import data as data_ui
-    from ui.state import CHOICE_KEYS, DATA_KEY, INFO_KEY, put
+    from ui.state import CHOICE_KEYS, DATA_KEY, INFO_KEY, RUN_PARAM, StateKeys, put
 
     _expire_due()
     d = session_dir()
@@ -521,7 +521,11 @@ def restore() -> list[str]:
         choices = read_json(d / "choices.json")
         choices = choices if isinstance(choices, dict) else {}
         for key in CHOICE_KEYS:
-            if key in choices:
+            if key == StateKeys.RUN_ID:  # the run last shown, unless the link names one (or it is gone)
+                run_id = choices.get(key)
+                if isinstance(run_id, str) and not st.query_params.get(RUN_PARAM) and can_open(run_id):
+                    put(key, run_id)
+            elif key in choices:
                 put(key, choices[key])
         st.session_state[SAVED_CHOICES_KEY] = dict(choices)
     return restored

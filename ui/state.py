@@ -104,7 +104,10 @@ DEFAULTS: dict[str, Any] = {
 
 RUN_PARAM = "run"  # URL query parameter holding the current run id
 ROLES = ("reference", "query")
-CHOICE_KEYS = (StateKeys.LABEL_KEY, StateKeys.QUERY_LABEL_KEY, StateKeys.BATCH_KEY, StateKeys.QC, StateKeys.DEMO)  # kept across reloads
+# kept across reloads; the run shown too, so the session's link alone (no "&run=") reopens it (found 2026-12-07:
+# the link brought the datasets back and every results page said to train a model first)
+CHOICE_KEYS = (StateKeys.LABEL_KEY, StateKeys.QUERY_LABEL_KEY, StateKeys.BATCH_KEY, StateKeys.QC, StateKeys.DEMO,
+               StateKeys.RUN_ID)
 DATA_KEY = {"reference": StateKeys.REFERENCE, "query": StateKeys.QUERY}
 INFO_KEY = {"reference": StateKeys.REFERENCE_INFO, "query": StateKeys.QUERY_INFO}
 

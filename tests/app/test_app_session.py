@@ -2,6 +2,7 @@
 (a new Streamlit session with the same private link) brings back the datasets and the run."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -80,6 +81,23 @@ def test_a_reload_keeps_the_datasets_and_the_run():
     assert not again.button(key=WidgetKeys.START).disabled  # ready to train the next model
     other = _visit()  # another visitor gets none of it
     assert other.session_state[StateKeys.REFERENCE] is None
+
+
+def test_the_sessions_link_alone_reopens_the_run_last_shown():
+    """Found 2026-12-07 (a new user's probe): the session's link without "&run=" (a bookmark, a second
+    tab) brought the datasets back, but every results page said to train a model first. The run
+    last shown now comes back with them; a link naming a run still opens that one."""
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    at.button(key=WidgetKeys.DEMO_BUTTON).click().run()
+    tok = at.session_state[TOKEN_KEY]
+    first, second = _tiny_run(tok), _tiny_run(tok)
+    _visit(tok, run=second)  # the run shown last
+    again = _visit(tok, page="pages/results.py")
+    assert again.session_state[StateKeys.RUN_ID] == second and again.query_params[RUN_PARAM] == second
+    assert not any("Train a model" in i.value for i in again.info)
+    assert _visit(tok, run=first).session_state[StateKeys.RUN_ID] == first
+    shutil.rmtree(Path(jobs.runs_root()) / first)
+    assert _visit(tok).session_state[StateKeys.RUN_ID] is None  # the run last shown was deleted
 
 
 def test_an_uploaded_dataset_comes_back_after_a_reload():
