@@ -61,7 +61,8 @@ def test_with_query_labels(runs_root):
     at = page(runs_root[1])
     assert not at.exception
     assert any("Predicted label × query label" in h.value for h in at.subheader)
-    assert "Accuracy on known types" in [m.label for m in at.metric]
+    acc = next(m for m in at.metric if m.label == "Accuracy, Unknown included")  # the final labels', not acc_in
+    assert acc.value == f"{RunDir.open(runs_root[0], runs_root[1]).card()['query_metrics']['acc_open']:.1%}"
     n_all = len(at.dataframe[0].value)
     assert n_all == 250
     # filters: unknown only, then a confidence floor
@@ -87,7 +88,7 @@ def test_without_query_labels_uses_leiden_clusters(runs_root):
     at = page(runs_root[2])
     assert not at.exception
     assert any("Predicted label × query cluster" in h.value for h in at.subheader)
-    assert "Accuracy on known types" not in [m.label for m in at.metric]
+    assert "Accuracy, Unknown included" not in [m.label for m in at.metric]
 
 
 def test_model_zip_and_clusters(runs_root):
