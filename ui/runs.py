@@ -38,8 +38,11 @@ def _dig(d: Any, path: tuple[str, ...]) -> Any:
     return d
 
 
-def _changed_hparams(model: str | None, hparams: dict[str, Any]) -> dict[str, Any]:
-    """The hyper-parameters that differ from the model's registry defaults."""
+def _changed_hparams(model: str | None, hparams: dict[str, Any], asked: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The hyper-parameters that differ from the model's registry defaults. A default of "auto" is one the
+    model resolves itself (``scanvi_svm``'s latent model): the card records what it chose, so what was
+    ``asked`` for (the run's request) is compared instead (the table listed ``latent_model=scanvi`` for
+    runs left at their defaults, found 2026-12-07)."""
     from cellannot_core.models import get_spec
 
     try:
@@ -48,7 +51,10 @@ def _changed_hparams(model: str | None, hparams: dict[str, Any]) -> dict[str, An
         spec = None
     if spec is None:
         return dict(hparams)
-    return {k: v for k, v in hparams.items() if k not in spec.hparams or spec.hparams[k].default != v}
+    asked = asked or {}
+    return {k: v for k, v in hparams.items()
+            if k not in spec.hparams or spec.hparams[k].default != (asked.get(k, "auto")
+                                                                  if spec.hparams[k].default == "auto" else v)}
 
 
 def runs_table() -> pd.DataFrame:
@@ -66,9 +72,11 @@ def runs_table() -> pd.DataFrame:
         card = rd.card() or {}
         sweep = read_json(rd.file(SWEEP_FILE), {})
         sweep = sweep if isinstance(sweep, dict) else {}
-        names = read_json(rd.file(RunFiles.REQUEST), {})
-        names = names.get("names") if isinstance(names, dict) and isinstance(names.get("names"), dict) else {}
-        changed = _changed_hparams(r["model"], card.get("hparams") or {})
+        req = read_json(rd.file(RunFiles.REQUEST), {})
+        req = req if isinstance(req, dict) else {}
+        names = req.get("names") if isinstance(req.get("names"), dict) else {}
+        asked = (req.get("options") or {}).get("hparams") if isinstance(req.get("options"), dict) else None
+        changed = _changed_hparams(r["model"], card.get("hparams") or {}, asked if isinstance(asked, dict) else None)
         if sweep.get("params"):
             changed = {**changed, **sweep["params"]}
         row = {"id": r["id"], "state": r["state"], "model": r["model"] or "(not recorded)",

@@ -84,3 +84,16 @@ def test_runs_page_lists_parameters_metrics_and_a_sweep_and_acts_on_one_run(tmp_
     at.switch_page("pages/results.py").run()
     assert not at.exception and not at.error
     assert any("no longer exists: it was deleted" in i.value for i in at.info)
+
+
+def test_a_hyper_parameter_the_model_resolves_itself_is_not_listed_as_changed():
+    """Found 2026-12-07: runs of the default model left at its defaults listed ``latent_model=scanvi``,
+    the value ``auto`` resolved to; one asked for by name is still listed."""
+    from ui.runs import _changed_hparams
+
+    card = {"latent_model": "scanvi", "C": 1.0}
+    assert _changed_hparams("scanvi_svm", card, {"latent_model": "auto"}) == {}
+    assert _changed_hparams("scanvi_svm", card) == {}  # a run of the command line: no request kept
+    assert _changed_hparams("scanvi_svm", {**card, "latent_model": "clams"}, {"latent_model": "clams"}) == {
+        "latent_model": "clams"}
+    assert _changed_hparams("scanvi_svm", {**card, "C": 2.0}, {"latent_model": "auto"}) == {"C": 2.0}
