@@ -21,6 +21,8 @@ else:
     st.caption(f"Reference {code(ref_info['name'])} ({ref_info['n_cells']:,} cells, labels "
                f"{code(get(StateKeys.LABEL_KEY))}) → query {code(q_info['name'])} ({q_info['n_cells']:,} cells)"
                + (f"; batches: {code(get(StateKeys.BATCH_KEY))}" if get(StateKeys.BATCH_KEY) else ""))
+    if note := train_ui.active_runs_note():
+        st.info(note, icon=":material/hourglass_top:")
     with st.container(border=True):
         opts = train_ui.training_form()
     if opts is not None:

@@ -10,7 +10,7 @@ import streamlit as st
 from cellannot_core._constants import DEFAULT_HVG_FLAVOR, DEFAULT_N_TOP_GENES, HVG_FLAVORS
 from cellannot_core.errors import CellannotError
 from ui import jobs
-from ui.state import StateKeys, WidgetKeys, data_loaded, get, md, set_run
+from ui.state import StateKeys, WidgetKeys, code, data_loaded, get, md, set_run
 from ui.widgets import fmt_seconds, hparam_form, plot, status_text
 
 QUICK_SECONDS = 60  # a quick run's training time budget (the demo's recommended model trains fully in ~20 s)
@@ -83,6 +83,20 @@ def session_datasets(field: str = "id") -> dict[str, str]:
     """Role -> id (or another field of their info, e.g. ``"name"``) of the datasets loaded in this session."""
     return {role: (get(key) or {}).get(field) for role, key in (("reference", StateKeys.REFERENCE_INFO),
                                                                  ("query", StateKeys.QUERY_INFO)) if get(key)}
+
+
+def active_runs_note() -> str | None:
+    """What starting another run does while this session's runs train (found 2026-12-07: a second
+    *Start training* swapped the page to the new run and the first was only on the Runs page)."""
+    from ui.session import owner_id
+
+    active = jobs.owner_active_runs(owner_id())
+    if not active:
+        return None
+    who, them = (f"Run {code(active[0])} is", "it") if len(active) == 1 else (f"{len(active)} of your runs are", "them")
+    return (f"{who} still training. A new run trains beside {them} (at most {jobs.session_job_limit()} of yours at "
+            "once; each waits for a free place on the server) and this page then follows the new one; the Runs page "
+            "lists them all.")
 
 
 def start_and_show(opts: Any) -> None:

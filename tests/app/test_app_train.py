@@ -178,11 +178,14 @@ def test_cancel_button_stops_the_job_and_past_runs_reopen(tiny_pair):
     at.button(key=WidgetKeys.START).click().run()
     run_id = at.session_state[StateKeys.RUN_ID]
     at.run()
+    # a second Start while it trains is told what it does (found 2026-12-07: it swapped runs silently)
+    assert any(f"Run `{run_id}` is still training. A new run trains beside it" in i.value for i in at.info)
     at.button(key=WidgetKeys.CANCEL).click().run()
     assert jobs.wait(run_id, timeout=120)["state"] == "cancelled"
     at.run()
     assert not at.exception
     assert any("cancelled" in w.value for w in at.warning)
+    assert not any("still training" in i.value for i in at.info)
     # a stopped run can be started again with the same settings (issue 14), on the same data only
     again = at.button(key=WidgetKeys.RERUN)
     assert not again.disabled
