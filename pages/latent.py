@@ -64,6 +64,8 @@ if method != "pca" and (n_ref if layout == "reference" else n_ref + n_q) > lat.M
 if n_total > lat.MAX_POINTS:
     notes.append(f"showing a random subsample of {lat.MAX_POINTS:,} of {n_total:,} points")
 st.caption("; ".join(notes) + ".")
+if note := lat.unknown_note(run, layout):
+    st.info(note, icon=":material/scatter_plot:")
 level, text = lat.mixing_note(lat.mixing(run.root, run.run_id, measured), layout)
 if text:
     (st.warning if level == "warning" else st.caption)(text)

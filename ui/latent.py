@@ -149,6 +149,20 @@ def mixing_note(value: float, layout: str) -> tuple[str, str]:
                        "its nearest reference cells (switch to Joint to see the separation).")
 
 
+def unknown_note(run: Run, layout: str) -> str | None:
+    """On the Reference map, where the run's Unknown cells are drawn: each is placed beside the reference
+    cells it resembles most, so a type the reference lacks shows as a streak at a known type's edge, not
+    as a group (found 2026-12-07: 182 alpha cells, all Unknown, lay along the beta cells)."""
+    from cellannot_core._constants import OutKeys
+
+    n = int(run.obs[OutKeys.IS_UNKNOWN].sum()) if OutKeys.IS_UNKNOWN in run.obs else 0
+    if layout != "reference" or n == 0:
+        return None
+    return (f"{n:,} query cells are called Unknown. This map places each beside the reference cells it resembles "
+            "most, so a type the reference lacks does not show here as a group of its own: colour by *Novelty "
+            "score* or *Unknown group*, or switch the layout to **Joint** to see whether they form one.")
+
+
 def point_table(run: Run, coords: np.ndarray, with_generated: bool) -> pd.DataFrame:
     """One row per drawn cell: x, y, dataset, labels, confidence, novelty, Unknown, marker."""
     a = run.arrays

@@ -40,8 +40,15 @@ def test_latent_page_pca_all_colourings(run):
     at.toggle(key=WidgetKeys.SHOW_GENERATED).set_value(False).run()
     assert not at.exception
     assert at.radio(key=WidgetKeys.EMBED_LAYOUT).value == "reference"  # the default: the reference map
+    # its Unknown cells are said to sit beside the reference cells they resemble (found 2026-12-07)
+    from cellannot_core._constants import OutKeys
+    from ui.results import load_run
+
+    n_unknown = int(load_run(str(root), run_id).obs[OutKeys.IS_UNKNOWN].sum())
+    assert n_unknown > 0 and any(f"{n_unknown:,} query cells are called Unknown" in i.value for i in at.info)
     at.radio(key=WidgetKeys.EMBED_LAYOUT).set_value("joint").run()
     assert not at.exception
+    assert not any("are called Unknown" in i.value for i in at.info)
     caches = {p.name for p in (root / run_id / "embeddings").glob("*.npy")}
     assert caches == {f"{lat.cache_path_key('pca', g, lay)}.npy" for g, lay in
                       ((True, "reference"), (False, "reference"), (False, "joint"))}
