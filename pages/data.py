@@ -66,7 +66,7 @@ if not data_loaded():
 ref, qry = get(StateKeys.REFERENCE), get(StateKeys.QUERY)
 ref_id, q_id = get(StateKeys.REFERENCE_INFO)["id"], get(StateKeys.QUERY_INFO)["id"]
 st.divider()
-gene_overlap_report(data_ui.gene_overlap(ref_id, q_id, 200, ref, qry))
+gene_overlap_report(overlap := data_ui.gene_overlap(ref_id, q_id, 200, ref, qry))
 novel = data_ui.labels_missing_from_reference(ref, qry, get(StateKeys.LABEL_KEY), get(StateKeys.QUERY_LABEL_KEY))
 if novel:
     st.info(f"Query types the reference lacks: {', '.join(f'{md(k)} ({v:,})' for k, v in novel.items())}: "
@@ -101,8 +101,9 @@ st.caption("The same validation, gene matching and split as training, run as soo
 if get(StateKeys.LABEL_KEY):
     rep = data_ui.check_pair(ref_id, q_id, get(StateKeys.LABEL_KEY), get(StateKeys.QUERY_LABEL_KEY),
                              json.dumps(get(StateKeys.QC) or {}), ref, qry, get(StateKeys.BATCH_KEY))
-    if not rep["ok"]:
-        st.error(md(rep["error"]))
+    if not rep["ok"]:  # (the gene overlap's own error is not said twice)
+        st.error(md(rep["error"])) if overlap["ok"] or rep["error"] != overlap["message"] else \
+            st.caption("Training cannot start: see the gene overlap above.")
     else:
         st.success(f"Ready: {rep['n_train']:,} training + {rep['n_val']:,} validation reference cells, "
                    f"{len(rep['classes'])} classes, {rep['n_query']:,} query cells; {rep['hvg']}"

@@ -454,3 +454,24 @@ def test_a_label_written_as_markdown_is_shown_as_it_is(tmp_path):
     assert not at.exception, at.exception
     warned = [w.value for w in at.warning if "dropped" in shown(w.value)]
     assert warned and trap in shown(warned[0]) and "![t](" not in warned[0] and "](http" not in warned[0]
+
+
+def test_a_pair_sharing_no_gene_is_told_once(tmp_path):
+    """Found 2026-12-07 (a new user's probe): a query sharing no gene with the reference had the same
+    error under the gene overlap and again under the check before training."""
+    import anndata as ad
+
+    r = ad.read_h5ad(SMALL)
+    q = r.copy()
+    q.var_names = [f"ENSG{i:011d}" for i in range(q.n_vars)]
+    r.write_h5ad(tmp_path / "ref.h5ad")
+    q.write_h5ad(tmp_path / "q.h5ad")
+    at = _data_page()
+    for role, name in (("reference", "ref.h5ad"), ("query", "q.h5ad")):
+        at.file_uploader(key=WidgetKeys.UPLOAD.format(role=role)).set_value(
+            (name, (tmp_path / name).read_bytes(), "application/octet-stream"))
+        at.run()
+    assert not at.exception
+    errors = [shown(e.value) for e in at.error]
+    assert len(errors) == 1 and "reference genes" in errors[0], errors
+    assert any("Training cannot start: see the gene overlap above" in c.value for c in at.caption)
