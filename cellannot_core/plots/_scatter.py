@@ -265,7 +265,9 @@ def latent_scatter(
                 )
             )
         fig.update_layout(
-            coloraxis=dict(colorscale=SEQUENTIAL, colorbar=dict(title=dict(text=color_title)))
+            # the colour bar below the legend's entries ("real", "no value"), not over them
+            coloraxis=dict(colorscale=SEQUENTIAL, colorbar=dict(title=dict(text=color_title), len=0.75, y=0,
+                                                                yanchor="bottom"))
         )
         legend_title = None
 

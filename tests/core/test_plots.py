@@ -243,6 +243,8 @@ def test_latent_scatter_continuous():
     assert np.allclose(fig.data[0].marker.color, val[1:])
     assert fig.data[0].marker.coloraxis == "coloraxis"
     assert fig.layout.coloraxis.colorbar.title.text == "confidence"
+    bar = fig.layout.coloraxis.colorbar  # below the legend's entries, not over them (found 2026-12-07)
+    assert bar.yanchor == "bottom" and bar.y + bar.len <= 0.8
     assert fig.data[1].marker.color == UNKNOWN_COLOR and len(fig.data[1].x) == 1
     with pytest.raises(ValueError):
         latent_scatter(xy[:, :1], val)
