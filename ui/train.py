@@ -44,13 +44,16 @@ def _rng_preserved() -> Iterator[None]:
     import numpy as np
     import torch
 
-    py, npy, pt = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
-    try:
-        yield
-    finally:
-        random.setstate(py)
-        np.random.set_state(npy)
-        torch.random.set_rng_state(pt)
+    from cellannot_core.training.device import GLOBAL_RNG
+
+    with GLOBAL_RNG:  # no other thread's seeded draws in between (a run's Leiden, a model being made)
+        py, npy, pt = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
+        try:
+            yield
+        finally:
+            random.setstate(py)
+            np.random.set_state(npy)
+            torch.random.set_rng_state(pt)
 
 
 def start(opts: Any) -> str | None:
