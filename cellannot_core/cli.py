@@ -439,15 +439,17 @@ def cmd_benchmark(args) -> int:
 
 
 def app_script() -> Path:
-    """The app's entry ``app.py``: in the installed ``cellannot_app`` package, else beside this
-    package in a source checkout."""
+    """The app's entry ``app.py``: beside this package in a source checkout, else in the installed
+    ``cellannot_app`` package. The checkout's first, so that the app served is the one of the core
+    running (a second checkout run with ``PYTHONPATH`` served the first's app, found 2026-12-07)."""
     import importlib.util
 
     from .errors import ConfigError
 
+    root = Path(__file__).resolve().parents[1]  # (an installed copy's is site-packages: not ours without ui/)
+    candidates = [root / "app.py"] if (root / "ui" / "jobs.py").is_file() else []
     spec = importlib.util.find_spec("cellannot_app")
-    candidates = [Path(p) / "app.py" for p in (spec.submodule_search_locations or [])] if spec else []
-    candidates.append(Path(__file__).resolve().parents[1] / "app.py")
+    candidates += [Path(p) / "app.py" for p in (spec.submodule_search_locations or [])] if spec else []
     for cand in candidates:
         if cand.is_file():
             return cand

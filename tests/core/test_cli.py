@@ -869,3 +869,18 @@ def test_a_bundle_quoting_escapes_or_a_long_name_or_linking_out_is_refused_in_on
     assert_one_error(code, err, words)
     assert len(err) < 1000 and "\x1b" not in err and "\x07" not in err
     assert not (tmp_path / "o.h5ad").exists()
+
+
+def test_the_app_served_is_the_one_beside_the_core_running(tmp_path, monkeypatch):
+    """Found 2026-12-07: a second checkout run with PYTHONPATH served the installed checkout's app."""
+    import importlib.machinery
+    import importlib.util
+
+    from cellannot_core.cli import app_script
+
+    (tmp_path / "app.py").write_text("# another copy's app\n")
+    other = importlib.machinery.ModuleSpec("cellannot_app", None, is_package=True)
+    other.submodule_search_locations = [str(tmp_path)]
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: other if name == "cellannot_app" else real(name, *a))
+    assert app_script() == Path(__file__).resolve().parents[2] / "app.py"
