@@ -465,7 +465,7 @@ def guard_hdf5(path: Path, label: str, *, whole: tuple[str, ...] | None = None) 
         if isinstance(obj, h5py.Group):  # a group under a second name (soft or hard link) is read again whole
             key = hash(obj.id)  # the object, whatever name reaches it (h5py hashes ids by object)
             if isinstance(link, h5py.SoftLink) or key in groups:  # anndata never writes either
-                problem.append(f"a link ('{name[:60]}') to a group of the same file")
+                problem.append(f"a link ('{shown_name(name)}') to a group of the same file")
                 return True
             groups.add(key)
         elif isinstance(link, h5py.SoftLink) and not isinstance(obj, h5py.Dataset):

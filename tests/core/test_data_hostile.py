@@ -764,3 +764,22 @@ def test_column_and_cell_names_from_a_file_are_quoted_clean_and_short():
         assert not any(c in str(err.value) for c in "\x1b\x07\n") and len(str(err.value)) < 2_000
     _, msg = make_unique(pd.Index([evil, evil]), what="cell", name="query")
     assert not any(c in msg for c in "\x1b\x07\n") and len(msg) < 1_000
+
+
+def test_a_column_named_with_a_nul_and_a_link_named_with_escapes_are_refused_clean(plain, tmp_path):
+    """Found 2026-12-08 by a fifth probe: HDF5 ends a name at its first NUL, so a column-order of 'a',
+    'a\\x001', 'a\\x002', ... read obs/a once per entry (2.9 MB -> 3.4 GB) while the check saw distinct names;
+    a soft link to a group was quoted raw (escape sequences, newlines) in the refusal."""
+    nul = tmp_path / "nul.h5ad"
+    nul.write_bytes(plain.read_bytes())
+    with h5py.File(nul, "a") as f:
+        f["obs"].attrs["column-order"] = np.array([b"cell_type"] + [b"cell_type\x00%d" % i for i in range(1, 50)])
+        assert b"\x00" in f["obs"].attrs["column-order"][1]  # (kept inside a fixed-length string)
+    _check_refused(nul, "a table ('/obs') that names a column with a NUL character")
+
+    link = tmp_path / "link.h5ad"
+    link.write_bytes(plain.read_bytes())
+    with h5py.File(link, "a") as f:
+        f["uns"]["\x1b[2J\x1b[1;31mX\nerror: fake\x07"] = h5py.SoftLink("/obs")
+    msg = _check_refused(link, "to a group of the same file")
+    assert not any(c in msg for c in "\x1b\x07\n"), msg
