@@ -30,6 +30,7 @@ import scipy.sparse as sp
 from cellannot_core.errors import DataError, shown_name
 
 from .genes import GENE_ID_COLUMNS
+from .._constants import str_array
 
 __all__ = [
     "SUPPORTED_FORMATS",
@@ -679,7 +680,7 @@ def _loom_attrs(group, n: int, name_keys: tuple[str, ...]) -> tuple[pd.DataFrame
                                        for v in values], dtype=object)
                 cols[str(key)] = values
     key = next((k for k in name_keys if k in cols), None)
-    index = pd.Index(cols.pop(key).astype(str) if key else [str(i) for i in range(n)])
+    index = pd.Index(str_array(cols.pop(key)) if key else [str(i) for i in range(n)], dtype=object)  # (not <U, as wide as the longest)
     return pd.DataFrame(cols, index=index), key
 
 

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from .._constants import str_array
 from ..errors import DataError
 from .io import guard_hdf5
 from .values import (COUNT_LAYERS, RECOVER_MIN_CELLS, UNLOGGED, detect_value_state, log_name, recover_counts,
@@ -338,7 +339,7 @@ def read_sample(path: str | Path, *, n: int = SAMPLE_CELLS, seed: int = 0, name:
         idx = np.sort(np.random.default_rng(seed).choice(rows.n_obs, size=k, replace=False))
         X = rows.rows_at(idx)
         obs = rows.obs.iloc[idx].copy()
-        obs.index = pd.Index(rows.obs_names[idx].astype(str))
+        obs.index = pd.Index(str_array(rows.obs_names[idx]), dtype=object)
         out = ad.AnnData(X=X, obs=obs, var=rows.var.copy())
         source = {"path": str(Path(path).resolve()), "n_obs": int(rows.n_obs), "n_sample": int(k),
                   "seed": int(seed), "source": rows.source}

@@ -15,7 +15,7 @@ from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 
-from .._constants import RunFiles
+from .._constants import MAX_LABEL_CHARS, RunFiles
 from ..calibration import fit_temperature, query_threshold, softmax, threshold_for_acceptance
 from ..data._types import Split
 from ..errors import ConfigError, shown_name
@@ -246,6 +246,8 @@ def _validate_config(cfg: dict[str, Any], d: Path) -> None:
     classes = cfg.get("classes")
     if not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(c, str) for c in classes):
         raise bad("classes must be a list of at least two names")
+    if any(len(c) > MAX_LABEL_CHARS for c in classes):
+        raise bad(f"a class's name is longer than {MAX_LABEL_CHARS} characters")
     if not isinstance(cfg.get("hparams"), dict) or not isinstance(cfg.get("seed"), int):
         raise bad("hparams / seed")
     t = cfg.get("temperature")

@@ -783,3 +783,47 @@ def test_a_column_named_with_a_nul_and_a_link_named_with_escapes_are_refused_cle
         f["uns"]["\x1b[2J\x1b[1;31mX\nerror: fake\x07"] = h5py.SoftLink("/obs")
     msg = _check_refused(link, "to a group of the same file")
     assert not any(c in msg for c in "\x1b\x07\n"), msg
+
+
+def test_a_long_label_or_cell_name_is_never_widened_to_every_cell(tmp_path, monkeypatch):
+    """Found 2026-12-08 by a fifth probe: numpy's astype(str) makes every element as wide as the longest, so one
+    200,000-character label (a query's label column, 0.45 MB) or loom cell name (0.43 MB) among a few thousand
+    cells took 3.4-5 GB. Labels and names become object arrays of str (``str_array``), a label column or a saved
+    model naming a label longer than MAX_LABEL_CHARS is refused, and a loom's cell names are kept as read."""
+    import tracemalloc
+
+    import pandas as pd
+
+    from cellannot_core._constants import MAX_LABEL_CHARS, str_array
+    from cellannot_core.data.validate import check_label_column
+    from cellannot_core.metrics import balanced_accuracy, median_f1
+    from cellannot_core.plots import contingency_table
+    from cellannot_core.plots._style import category_order
+
+    n, long = 200, "Q" * 100_000  # widened: 200 x 100,000 x 4 bytes = 80 MB a copy
+    labels = np.array(["A", "B"] * (n // 2), dtype=object)
+    labels[0] = long
+    loom = tmp_path / "long.loom"
+    with h5py.File(loom, "w") as f:
+        f["matrix"] = np.ones((5, n), dtype=np.float32)
+        f["row_attrs/Gene"] = np.array([f"g{i}" for i in range(5)], dtype=object)
+        f.create_dataset("col_attrs/CellID", data=np.array([long] + [f"c{i}" for i in range(1, n)], dtype=object),
+                         dtype=h5py.string_dtype())
+    calls = [lambda: read_dataset(loom), lambda: balanced_accuracy(labels, labels[::-1]),
+             lambda: median_f1(labels, labels), lambda: contingency_table(labels, labels),
+             lambda: category_order(labels), lambda: str_array(labels)]
+    for call in calls:
+        tracemalloc.start()
+        try:
+            call()
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 20e6, (calls.index(call), peak)
+    assert str_array(labels).dtype == object and str_array([1, "a"]).tolist() == ["1", "a"]
+
+    obs = pd.DataFrame({"truth": pd.Categorical(labels)})
+    with pytest.raises(DataError, match=f"a label of 100,000 characters, where a cell type's name has at most "
+                                        f"{MAX_LABEL_CHARS}"):
+        check_label_column(obs, "truth", name="query")
+    check_label_column(obs.assign(truth=["A"] * n), "truth", name="query")

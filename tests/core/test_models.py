@@ -258,7 +258,7 @@ def test_config_errors_on_load(saved, tmp_path):
         load_model(tmp_path / "does_not_exist", device="cpu")
 
 
-@pytest.mark.parametrize("edit", ["drop_model_key", "not_a_dict", "wrong_n_features"])
+@pytest.mark.parametrize("edit", ["drop_model_key", "not_a_dict", "wrong_n_features", "class_name_too_long"])
 def test_foreign_config_is_data_error(saved, tmp_path, edit):
     d = _copy(saved["clams"], tmp_path)
     cfg = json.loads((d / RunFiles.CONFIG).read_text())
@@ -266,10 +266,12 @@ def test_foreign_config_is_data_error(saved, tmp_path, edit):
         del cfg["model"]
     elif edit == "not_a_dict":
         cfg = [1, 2, 3]
+    elif edit == "class_name_too_long":  # widened to its length for every cell labelled (found 2026-12-08)
+        cfg["classes"] = ["A" * 5000] + cfg["classes"][1:]
     else:
         cfg["n_features"] = 7
     (d / RunFiles.CONFIG).write_text(json.dumps(cfg))
-    with pytest.raises(DataError):
+    with pytest.raises(DataError, match="longer than 256" if edit == "class_name_too_long" else ""):
         load_model(d, device="cpu")
 
 
