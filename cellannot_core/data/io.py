@@ -1015,6 +1015,34 @@ def _read_archive(path: Path, label: str) -> ad.AnnData:
         return _read_mtx_dir(_find_matrix_dir(dest, label), label)
 
 
+#: the most bytes a tar's extended header (a GNU long name or link, a pax record) may hold: a name of a few
+#: hundred bytes is what they carry
+TAR_EXTENDED_HEADER_BYTES = 64 << 10
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """A tar header whose extended headers (GNU ``L``/``K``, pax ``x``/``g``) are refused past
+    :data:`TAR_EXTENDED_HEADER_BYTES` before tarfile reads them: it reads each whole into memory while it walks
+    the members, before any check here can look at them (a 0.97 MB .tar.gz declaring a 1 GB long name took
+    5.1 GB, found 2026-12-08)."""
+
+    label = "the archive"
+
+    def _refuse_long(self) -> None:
+        if self.size > TAR_EXTENDED_HEADER_BYTES:
+            raise DataError(f"{self.label} holds an extended tar header of {self.size:,} bytes, where a long member "
+                            f"name takes a few hundred (at most {TAR_EXTENDED_HEADER_BYTES >> 10} KB are read): "
+                            "re-create the archive from the matrix folder itself.")
+
+    def _proc_gnulong(self, tarfile):
+        self._refuse_long()
+        return super()._proc_gnulong(tarfile)
+
+    def _proc_pax(self, tarfile):
+        self._refuse_long()
+        return super()._proc_pax(tarfile)
+
+
 @contextlib.contextmanager
 def unpacked_archive(path: Path, label: str) -> Iterator[Path]:
     """The ``.zip`` or ``.tar[.gz]`` at ``path`` extracted into a temporary folder, removed after.
@@ -1036,7 +1064,8 @@ def unpacked_archive(path: Path, label: str) -> Iterator[Path]:
                 with _unpacking(label, dest):
                     zf.extractall(dest)
         else:
-            with tarfile.open(path, "r:*") as tf:
+            bounded = type("_Bounded", (_BoundedTarInfo,), {"label": label})  # (the label said in its refusal)
+            with tarfile.open(path, "r:*", tarinfo=bounded) as tf:
                 members = []
                 for m in tf:  # read a header at a time: an archive of countless members stops at the count
                     members.append(m)
@@ -1062,13 +1091,16 @@ def _unpacking(label: str, dest: Path) -> Iterator[None]:
 
     try:
         yield
-    except (OSError, ValueError, EOFError, zlib.error, tarfile.TarError, zipfile.BadZipFile) as err:
+    except (OSError, ValueError, EOFError, zlib.error, tarfile.TarError, zipfile.BadZipFile, NotImplementedError,
+            RuntimeError) as err:
         member = getattr(err, "filename", None)
         try:
             member = Path(member).relative_to(dest) if member else None
         except (TypeError, ValueError):
             member = None
-        if isinstance(err, OSError) and err.errno == errno.ENAMETOOLONG:
+        if isinstance(err, (NotImplementedError, RuntimeError)):  # zipfile's words quote the member's name raw
+            why, member = "a member is encrypted or compressed in a way this server does not unpack", None
+        elif isinstance(err, OSError) and err.errno == errno.ENAMETOOLONG:
             why = "a member's name is too long for this server's file system"
         elif isinstance(err, OSError) and err.strerror:
             why = err.strerror
