@@ -402,9 +402,39 @@ def fixed_string_bytes(dtype) -> int:
     0.25 GB limit, found 2026-12-07)."""
     if dtype.names:
         return sum(fixed_string_bytes(dtype.fields[k][0]) for k in dtype.names)
+    if dtype.subdtype is not None:  # an array type: each of its elements (an array of 1,000 S1000 strings
+        base, shape = dtype.subdtype  # counted at its stored 1 MB took 2.5 GB at a 0.5 GB limit, found 2026-12-08)
+        return int(np.prod(shape, dtype=np.float64)) * fixed_string_bytes(base)
     if dtype.kind == "S":
         return STRING_OBJECT_BYTES + 3 * dtype.itemsize
     return STRING_OBJECT_BYTES if dtype.kind == "U" else 0
+
+
+def variable_length_slots(dtype) -> int:
+    """Variable-length elements (strings) one element of ``dtype`` holds: a record's fields and an array type's
+    elements each count (a record of 1,000 strings counted as one: 1.1 MB took 5.1 GB, found 2026-12-08)."""
+    if dtype.names:
+        return sum(variable_length_slots(dtype.fields[k][0]) for k in dtype.names)
+    if dtype.subdtype is not None:
+        base, shape = dtype.subdtype
+        return int(np.prod(shape, dtype=np.float64)) * variable_length_slots(base)
+    return 1 if dtype.hasobject else 0
+
+
+#: bytes of one stored chunk beyond twice its dataset's: HDF5 decompresses a whole chunk to read any value of it,
+#: and a chunk may be declared far larger than its dataset when the dataset may grow (maxshape None): an X of
+#: 100 x 50 values in one 2 GB gzipped chunk (2 MB) took 2.3 GB to read, and a string dataset in one 1 GB chunk
+#: held the measuring child for its 300 s (found 2026-12-08). h5py's own chunks are at most 1 MB; anndata,
+#: scanpy, 10x and loompy write those or smaller.
+HDF5_CHUNK_SLACK = 4 << 20
+
+
+def chunk_too_big(chunks: tuple, shape: tuple, itemsize: int, limit: int) -> bool:
+    """Whether a dataset's chunk passes twice the dataset (and :data:`HDF5_CHUNK_SLACK`), or an eighth of the
+    memory limit (at least the slack): a reader holds a whole chunk to read any value of it."""
+    chunk = np.prod(chunks, dtype=np.float64) * itemsize
+    return bool(chunk > max(limit / 8, HDF5_CHUNK_SLACK)
+                or chunk > 2 * np.prod(shape, dtype=np.float64) * itemsize + HDF5_CHUNK_SLACK)
 
 
 def guard_hdf5(path: Path, label: str, *, whole: tuple[str, ...] | None = None) -> None:
@@ -447,7 +477,7 @@ def guard_hdf5(path: Path, label: str, *, whole: tuple[str, ...] | None = None) 
             except Exception:  # noqa: BLE001 - a type h5py cannot read
                 problem.append(f"an attribute ('{shown_name(k)}') of a kind anndata does not write")
                 continue
-            n += size if dtype.hasobject else 0
+            n += size * variable_length_slots(dtype)
             total += size * fixed_string_bytes(dtype)
         return n
 
@@ -481,13 +511,17 @@ def guard_hdf5(path: Path, label: str, *, whole: tuple[str, ...] | None = None) 
                 problem.append(f"a dataset ('{shown_name(name)}') stored in external files")
             elif obj.is_virtual:
                 problem.append(f"a virtual dataset ('{shown_name(name)}') that maps other files")
+            elif obj.chunks and chunk_too_big(obj.chunks, obj.shape, dtype.itemsize, limit):
+                problem.append(f"a dataset ('{shown_name(name)}') stored in chunks of "
+                               f"{np.prod(obj.chunks, dtype=np.float64) * dtype.itemsize / 2**20:,.1f} MB, far larger "
+                               "than the dataset or than a reader takes at once")
             elif obj.chunks and int(np.prod(obj.chunks, dtype=np.float64)) < HDF5_TINY_CHUNK and obj.shape and \
                     np.prod(obj.shape, dtype=np.float64) / np.prod(obj.chunks, dtype=np.float64) > HDF5_MAX_CHUNKS:
                 tiny.append((shown_name(name), int(np.prod(obj.chunks, dtype=np.float64))))
             elif whole is None or any(name == w or name.startswith(w + "/") for w in whole):
                 n = int(np.prod(obj.shape, dtype=np.float64)) if obj.shape else 0
                 total += n * (dtype.itemsize + fixed_string_bytes(dtype))
-                n_text += n if dtype.hasobject else 0
+                n_text += n * variable_length_slots(dtype)
         if obj is not None:
             n_text += text_in_attrs(obj)
         return True if problem else None

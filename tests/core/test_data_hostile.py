@@ -907,3 +907,52 @@ def test_a_zip_member_zipfile_cannot_unpack_is_one_line(tmp_path, kind):
     with pytest.raises(DataError, match="encrypted or compressed in a way this server does not unpack") as err:
         read_dataset(z, name="query")
     assert "\x1b" not in str(err.value)
+
+
+def test_chunks_larger_than_their_dataset_and_strings_in_array_types_are_counted_or_refused(plain, tmp_path,
+                                                                                            monkeypatch):
+    """Found 2026-12-08 by a fifth probe: an X of 100 x 50 values stored in one 2 GB gzipped chunk (a dataset that
+    may grow may declare any chunk) took 2.3 GB to read from 2 MB, and held the measuring child for its 300 s as a
+    string dataset; variable-length strings in a record's array field counted as one per record (1.1 MB -> 5.1 GB);
+    an array of fixed-length strings counted at its stored size (0.5 MB -> 2.5 GB)."""
+    def copy(name: str) -> Path:
+        p = tmp_path / name
+        p.write_bytes(plain.read_bytes())
+        return p
+
+    chunk = copy("chunk.h5ad")
+    with h5py.File(chunk, "a") as f:
+        f["uns"].create_dataset("big", data=np.ones((100, 50), np.float32), maxshape=(None, None),
+                                chunks=(1000, 5000), compression="gzip")  # one 19 MB chunk for 20 KB of values
+    _check_refused(chunk, "a dataset ('uns/big') stored in chunks of 19.1 MB, far larger than the dataset")
+
+    # 60 MB: 4 records of 1,000 strings, every one pointing at one 30,000-character string (120 MB once read); counted
+    # as 4 strings, the file was not sent to the measuring child
+    monkeypatch.setenv("CELLANNOT_MEMORY_LIMIT_GB", str(60 / 1024))
+    shared = copy("vlen_in_array.h5ad")
+    n, k = 4, 1000
+    dt = np.dtype([("a", h5py.string_dtype("utf-8"), (k,)), ("b", "i4")])
+    vals = np.zeros(n, dtype=dt)
+    for i in range(n):
+        vals["a"][i] = ["s"] * k
+    vals["a"][0][0] = "Q" * 30_000
+    with h5py.File(shared, "a") as f:
+        d = f["uns"].create_dataset("rec", data=vals, dtype=dt)
+        offset, size = d.id.get_offset(), d.id.get_storage_size() // n
+    with open(shared, "r+b") as fh:
+        fh.seek(offset)
+        first = fh.read(16)
+        for i in range(n):
+            fh.seek(offset + i * size)
+            fh.write(first * k)
+    with h5py.File(shared, "r") as f:
+        assert len(f["uns/rec"][n - 1]["a"][k - 1]) == 30_000
+    _check_refused(shared, "names and other text expand past")
+
+    monkeypatch.setenv("CELLANNOT_MEMORY_LIMIT_GB", str(20 / 1024))  # 20 MB: the file's numbers pass
+    fixed = copy("fixed_in_array.h5ad")  # 1,000 records of 100 strings of 100 bytes: 10 MB stored, 36 MB as str
+    with h5py.File(fixed, "a") as f:
+        f["uns"].create_dataset("rec", data=np.zeros(1000, dtype=[("a", "S100", (100,)), ("b", "i4")]),
+                                chunks=(10,), compression="gzip")
+    with pytest.raises(DataError, match="expands to"):
+        read_dataset(fixed)
