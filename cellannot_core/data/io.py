@@ -302,16 +302,18 @@ _NOT_NUMBERS = {"S": "text", "U": "text", "O": "object (text or variable-length 
                 "V": "record (compound or opaque)", "c": "complex", "M": "date", "m": "time-span"}
 
 
-def _check_numbers(X: Any, label: str) -> None:
+def _check_numbers(X: Any, label: str, what: str = "X") -> None:
     """Refuse an X whose values are not numbers (text, records, variable-length arrays, references, complex
     numbers), by its dtype, before they are converted: numpy's words for a failed conversion quote the
     file (found 2026-12-07: "could not convert string to float: np.bytes_(b'SECRET-GENE-\\x1b[31m...')",
     and a raw TypeError or ValueError, outside the reader's one line, for records and arrays)."""
     dtype = getattr(X, "dtype", None)
-    if isinstance(dtype, np.dtype) and dtype.kind in "biuf":
+    if isinstance(dtype, np.dtype) and dtype.kind in "biuf" and dtype.subdtype is None:
         return
     kind = _NOT_NUMBERS.get(dtype.kind, str(dtype.kind)) if isinstance(dtype, np.dtype) else "no array of"
-    raise DataError(f"{label}: X holds {kind} values, not numbers. Save the counts (or normalised values) as "
+    if isinstance(dtype, np.dtype) and dtype.subdtype is not None:  # an HDF5 array type: an array in each value
+        kind = "array"
+    raise DataError(f"{label}: {what} holds {kind} values, not numbers. Save the counts (or normalised values) as "
                     "integers or floats in X, and try again.")
 
 
