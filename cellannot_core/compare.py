@@ -20,6 +20,7 @@ import pandas as pd
 from .data._types import Prepared, Split
 from .errors import Cancelled, CellannotError, ConfigError, failure_message
 from .novelty import OOD_METHODS
+from ._constants import str_array
 
 #: Columns of :func:`compare_models`, in display order.
 COMPARE_COLUMNS = ("model", "status", "evaluated_on", "n_cells", "accuracy", "balanced_accuracy", "median_f1",
@@ -52,9 +53,9 @@ def evaluate(model, prepared: Prepared) -> dict[str, Any]:
 
     classes = np.asarray(model.classes, dtype=object)
     labels = prepared.query.labels
-    if labels is not None and np.isin(np.asarray(labels).astype(str), model.classes).any():
+    if labels is not None and np.isin(str_array(labels), model.classes).any():
         preds = predict(model, prepared.query.X)
-        truth = np.asarray(labels).astype(str)
+        truth = str_array(labels)
         labelled = truth != ""
         known = labelled & np.isin(truth, model.classes)
         novel = labelled & ~known
@@ -64,9 +65,9 @@ def evaluate(model, prepared: Prepared) -> dict[str, Any]:
     else:
         X = prepared.val.X
         proba = model.predict_proba(X)
-        raw = classes[proba.argmax(1)].astype(str)
+        raw = str_array(classes[proba.argmax(1)])
         conf = proba.max(1)
-        truth = classes[np.asarray(prepared.val.y)].astype(str)
+        truth = str_array(classes[np.asarray(prepared.val.y)])
         known = np.ones(len(truth), dtype=bool)
         novel = ~known
         ood = model.ood_score(X)

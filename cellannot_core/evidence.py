@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .data.validate import zero_total_cells
+from ._constants import str_array
 
 SUPPORT_FRACTION = 0.5  # a marker supports the label when the group's mean reaches this share of the class's
 
@@ -293,8 +294,9 @@ def unknown_group_members(groups: np.ndarray, is_unknown: np.ndarray, rows: list
     groups = np.asarray(groups)
     unk = np.asarray(is_unknown, dtype=bool)
     out = np.full(len(unk), -1, dtype=np.int32)
+    names = str_array(groups)
     for j, r in enumerate(rows):
-        out[(groups.astype(str) == str(r["group"])) & unk] = j
+        out[(names == str(r["group"])) & unk] = j
     return out
 
 
@@ -342,7 +344,7 @@ def sample_evidence(member: np.ndarray, codes: np.ndarray, names: Sequence[str],
         return out
     in_a, in_b = has & present[np.maximum(codes, 0)], has & absent[np.maximum(codes, 0)]
     acc = ~unk
-    classes, lab = np.unique(np.asarray(labels)[acc].astype(str), return_inverse=True)
+    classes, lab = np.unique(str_array(np.asarray(labels, dtype=object)[acc]), return_inverse=True)
     if not len(classes):
         return out
     n_a = np.bincount(lab[in_a[acc]], minlength=len(classes))

@@ -190,6 +190,9 @@ class LatentReference:
         latent = np.asarray(latent, dtype=np.float32)
         y = np.asarray(y)
         logits = None if logits is None else np.asarray(logits, dtype=np.float32)
+        if latent.ndim != 2 or y.ndim != 1 or len(y) != len(latent) or (
+                logits is not None and (logits.ndim != 2 or len(logits) != len(latent))):  # (a saved model's, edited)
+            raise ValueError("reference latent codes, labels and logits of shapes that do not fit one another")
         expr = expression
         scale = None if count_scale is None or expr is None else np.asarray(count_scale, dtype=np.float64).ravel()
         if counts is not None and (expr is None or counts.shape != expr.shape):

@@ -21,6 +21,7 @@ from . import __version__
 from ._constants import DEFAULT_HVG_FLAVOR, DEFAULT_HVG_FROM, DEFAULT_MODEL, DEFAULT_N_TOP_GENES, UNKNOWN, OutKeys, RunFiles
 from .data._types import Prepared, Split
 from .errors import CellannotError, ConfigError, failure_message
+from ._constants import str_array
 
 MAX_GENERATE = 10_000  # generated cells per class (the app's form offers up to 1,000)
 
@@ -323,7 +324,7 @@ def decide(model, logits: np.ndarray, latent: np.ndarray, scores: dict[str, np.n
 
     proba = softmax(logits, model.temperature)
     classes = np.asarray(model.classes, dtype=object)
-    label_raw = classes[proba.argmax(1)].astype(str)
+    label_raw = str_array(classes[proba.argmax(1)])
     ood = scores[model.ood_method]
     check_threshold(threshold)
     pred = proba.argmax(1)
@@ -1503,7 +1504,7 @@ def _label_whole_file(model, prepared: Prepared, opts: AnnotateOptions, source: 
 
     with H5adRows(source["path"], name="query") as rows:
         obs = rows.obs.copy()
-        obs.index = pd.Index(rows.obs_names.astype(str))
+        obs.index = pd.Index(str_array(rows.obs_names), dtype=object)
         samples = query_samples(obs, batch_key=opts.batch_key, exclude=(opts.label_key, opts.query_label_key))
         preds, report = stream_predictions(model, bundle_info(model, prepared, opts), rows, threshold=opts.threshold,
                                            log=progress, samples=samples)

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ._constants import RunFiles
+from ._constants import RunFiles, str_array
 from .errors import Cancelled, CellannotError, DataError, failure_message
 
 __all__ = ["label_into_run", "REFERENCE_ARRAYS"]
@@ -93,7 +93,7 @@ def _label(model, bundle: dict[str, Any], query, query_label_key: str | None, th
 
     with H5adRows(source["path"], name="query") as rows:
         obs = rows.obs.copy()
-        obs.index = pd.Index(rows.obs_names.astype(str))
+        obs.index = pd.Index(str_array(rows.obs_names), dtype=object)
         preds, card = stream_label(model, bundle, rows, threshold=threshold, query_label_key=query_label_key, log=log)
     card["query_read_in_chunks"] = {k: v for k, v in source.items() if k != "path"} | {
         "note": f"every one of the query's {source['n_obs']:,} cells was labelled, {CHUNK_NOTE}; its class means "

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from cellannot_core._constants import UNKNOWN, OutKeys, RunFiles
+from cellannot_core._constants import UNKNOWN, OutKeys, RunFiles, str_array
 from cellannot_core.errors import CellannotError, DataError
 from cellannot_core.runs import RunDir, csv_bytes
 from ui.jobs import run_status, runs_root
@@ -274,7 +274,7 @@ def annotated_with_choices(root: str, run_id: str, labels: np.ndarray, choices: 
     import anndata as ad
 
     a = ad.read_h5ad(RunDir.open(root, run_id).file(RunFiles.ANNOTATED))
-    labels = np.asarray(labels).astype(str)
+    labels = str_array(labels)
     if len(labels) != a.n_obs:
         raise CellannotError(f"{len(labels)} labels for {a.n_obs} cells: open the run again")
     a.obs[OutKeys.LABEL] = pd.Categorical(labels)

@@ -30,6 +30,7 @@ import scipy.sparse as sp
 from cellannot_core.errors import DataError, shown_name
 
 from .genes import GENE_ID_COLUMNS
+from .._constants import str_array
 
 __all__ = [
     "SUPPORTED_FORMATS",
@@ -301,16 +302,18 @@ _NOT_NUMBERS = {"S": "text", "U": "text", "O": "object (text or variable-length 
                 "V": "record (compound or opaque)", "c": "complex", "M": "date", "m": "time-span"}
 
 
-def _check_numbers(X: Any, label: str) -> None:
+def _check_numbers(X: Any, label: str, what: str = "X") -> None:
     """Refuse an X whose values are not numbers (text, records, variable-length arrays, references, complex
     numbers), by its dtype, before they are converted: numpy's words for a failed conversion quote the
     file (found 2026-12-07: "could not convert string to float: np.bytes_(b'SECRET-GENE-\\x1b[31m...')",
     and a raw TypeError or ValueError, outside the reader's one line, for records and arrays)."""
     dtype = getattr(X, "dtype", None)
-    if isinstance(dtype, np.dtype) and dtype.kind in "biuf":
+    if isinstance(dtype, np.dtype) and dtype.kind in "biuf" and dtype.subdtype is None:
         return
     kind = _NOT_NUMBERS.get(dtype.kind, str(dtype.kind)) if isinstance(dtype, np.dtype) else "no array of"
-    raise DataError(f"{label}: X holds {kind} values, not numbers. Save the counts (or normalised values) as "
+    if isinstance(dtype, np.dtype) and dtype.subdtype is not None:  # an HDF5 array type: an array in each value
+        kind = "array"
+    raise DataError(f"{label}: {what} holds {kind} values, not numbers. Save the counts (or normalised values) as "
                     "integers or floats in X, and try again.")
 
 
@@ -401,9 +404,39 @@ def fixed_string_bytes(dtype) -> int:
     0.25 GB limit, found 2026-12-07)."""
     if dtype.names:
         return sum(fixed_string_bytes(dtype.fields[k][0]) for k in dtype.names)
+    if dtype.subdtype is not None:  # an array type: each of its elements (an array of 1,000 S1000 strings
+        base, shape = dtype.subdtype  # counted at its stored 1 MB took 2.5 GB at a 0.5 GB limit, found 2026-12-08)
+        return int(np.prod(shape, dtype=np.float64)) * fixed_string_bytes(base)
     if dtype.kind == "S":
         return STRING_OBJECT_BYTES + 3 * dtype.itemsize
     return STRING_OBJECT_BYTES if dtype.kind == "U" else 0
+
+
+def variable_length_slots(dtype) -> int:
+    """Variable-length elements (strings) one element of ``dtype`` holds: a record's fields and an array type's
+    elements each count (a record of 1,000 strings counted as one: 1.1 MB took 5.1 GB, found 2026-12-08)."""
+    if dtype.names:
+        return sum(variable_length_slots(dtype.fields[k][0]) for k in dtype.names)
+    if dtype.subdtype is not None:
+        base, shape = dtype.subdtype
+        return int(np.prod(shape, dtype=np.float64)) * variable_length_slots(base)
+    return 1 if dtype.hasobject else 0
+
+
+#: bytes of one stored chunk beyond twice its dataset's: HDF5 decompresses a whole chunk to read any value of it,
+#: and a chunk may be declared far larger than its dataset when the dataset may grow (maxshape None): an X of
+#: 100 x 50 values in one 2 GB gzipped chunk (2 MB) took 2.3 GB to read, and a string dataset in one 1 GB chunk
+#: held the measuring child for its 300 s (found 2026-12-08). h5py's own chunks are at most 1 MB; anndata,
+#: scanpy, 10x and loompy write those or smaller.
+HDF5_CHUNK_SLACK = 4 << 20
+
+
+def chunk_too_big(chunks: tuple, shape: tuple, itemsize: int, limit: int) -> bool:
+    """Whether a dataset's chunk passes twice the dataset (and :data:`HDF5_CHUNK_SLACK`), or an eighth of the
+    memory limit (at least the slack): a reader holds a whole chunk to read any value of it."""
+    chunk = np.prod(chunks, dtype=np.float64) * itemsize
+    return bool(chunk > max(limit / 8, HDF5_CHUNK_SLACK)
+                or chunk > 2 * np.prod(shape, dtype=np.float64) * itemsize + HDF5_CHUNK_SLACK)
 
 
 def guard_hdf5(path: Path, label: str, *, whole: tuple[str, ...] | None = None) -> None:
@@ -446,7 +479,7 @@ def guard_hdf5(path: Path, label: str, *, whole: tuple[str, ...] | None = None) 
             except Exception:  # noqa: BLE001 - a type h5py cannot read
                 problem.append(f"an attribute ('{shown_name(k)}') of a kind anndata does not write")
                 continue
-            n += size if dtype.hasobject else 0
+            n += size * variable_length_slots(dtype)
             total += size * fixed_string_bytes(dtype)
         return n
 
@@ -465,7 +498,7 @@ def guard_hdf5(path: Path, label: str, *, whole: tuple[str, ...] | None = None) 
         if isinstance(obj, h5py.Group):  # a group under a second name (soft or hard link) is read again whole
             key = hash(obj.id)  # the object, whatever name reaches it (h5py hashes ids by object)
             if isinstance(link, h5py.SoftLink) or key in groups:  # anndata never writes either
-                problem.append(f"a link ('{name[:60]}') to a group of the same file")
+                problem.append(f"a link ('{shown_name(name)}') to a group of the same file")
                 return True
             groups.add(key)
         elif isinstance(link, h5py.SoftLink) and not isinstance(obj, h5py.Dataset):
@@ -480,13 +513,17 @@ def guard_hdf5(path: Path, label: str, *, whole: tuple[str, ...] | None = None) 
                 problem.append(f"a dataset ('{shown_name(name)}') stored in external files")
             elif obj.is_virtual:
                 problem.append(f"a virtual dataset ('{shown_name(name)}') that maps other files")
+            elif obj.chunks and chunk_too_big(obj.chunks, obj.shape, dtype.itemsize, limit):
+                problem.append(f"a dataset ('{shown_name(name)}') stored in chunks of "
+                               f"{np.prod(obj.chunks, dtype=np.float64) * dtype.itemsize / 2**20:,.1f} MB, far larger "
+                               "than the dataset or than a reader takes at once")
             elif obj.chunks and int(np.prod(obj.chunks, dtype=np.float64)) < HDF5_TINY_CHUNK and obj.shape and \
                     np.prod(obj.shape, dtype=np.float64) / np.prod(obj.chunks, dtype=np.float64) > HDF5_MAX_CHUNKS:
                 tiny.append((shown_name(name), int(np.prod(obj.chunks, dtype=np.float64))))
             elif whole is None or any(name == w or name.startswith(w + "/") for w in whole):
                 n = int(np.prod(obj.shape, dtype=np.float64)) if obj.shape else 0
                 total += n * (dtype.itemsize + fixed_string_bytes(dtype))
-                n_text += n if dtype.hasobject else 0
+                n_text += n * variable_length_slots(dtype)
         if obj is not None:
             n_text += text_in_attrs(obj)
         return True if problem else None
@@ -679,7 +716,7 @@ def _loom_attrs(group, n: int, name_keys: tuple[str, ...]) -> tuple[pd.DataFrame
                                        for v in values], dtype=object)
                 cols[str(key)] = values
     key = next((k for k in name_keys if k in cols), None)
-    index = pd.Index(cols.pop(key).astype(str) if key else [str(i) for i in range(n)])
+    index = pd.Index(str_array(cols.pop(key)) if key else [str(i) for i in range(n)], dtype=object)  # (not <U, as wide as the longest)
     return pd.DataFrame(cols, index=index), key
 
 
@@ -1014,6 +1051,34 @@ def _read_archive(path: Path, label: str) -> ad.AnnData:
         return _read_mtx_dir(_find_matrix_dir(dest, label), label)
 
 
+#: the most bytes a tar's extended header (a GNU long name or link, a pax record) may hold: a name of a few
+#: hundred bytes is what they carry
+TAR_EXTENDED_HEADER_BYTES = 64 << 10
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """A tar header whose extended headers (GNU ``L``/``K``, pax ``x``/``g``) are refused past
+    :data:`TAR_EXTENDED_HEADER_BYTES` before tarfile reads them: it reads each whole into memory while it walks
+    the members, before any check here can look at them (a 0.97 MB .tar.gz declaring a 1 GB long name took
+    5.1 GB, found 2026-12-08)."""
+
+    label = "the archive"
+
+    def _refuse_long(self) -> None:
+        if self.size > TAR_EXTENDED_HEADER_BYTES:
+            raise DataError(f"{self.label} holds an extended tar header of {self.size:,} bytes, where a long member "
+                            f"name takes a few hundred (at most {TAR_EXTENDED_HEADER_BYTES >> 10} KB are read): "
+                            "re-create the archive from the matrix folder itself.")
+
+    def _proc_gnulong(self, tarfile):
+        self._refuse_long()
+        return super()._proc_gnulong(tarfile)
+
+    def _proc_pax(self, tarfile):
+        self._refuse_long()
+        return super()._proc_pax(tarfile)
+
+
 @contextlib.contextmanager
 def unpacked_archive(path: Path, label: str) -> Iterator[Path]:
     """The ``.zip`` or ``.tar[.gz]`` at ``path`` extracted into a temporary folder, removed after.
@@ -1035,7 +1100,8 @@ def unpacked_archive(path: Path, label: str) -> Iterator[Path]:
                 with _unpacking(label, dest):
                     zf.extractall(dest)
         else:
-            with tarfile.open(path, "r:*") as tf:
+            bounded = type("_Bounded", (_BoundedTarInfo,), {"label": label})  # (the label said in its refusal)
+            with tarfile.open(path, "r:*", tarinfo=bounded) as tf:
                 members = []
                 for m in tf:  # read a header at a time: an archive of countless members stops at the count
                     members.append(m)
@@ -1061,13 +1127,16 @@ def _unpacking(label: str, dest: Path) -> Iterator[None]:
 
     try:
         yield
-    except (OSError, ValueError, EOFError, zlib.error, tarfile.TarError, zipfile.BadZipFile) as err:
+    except (OSError, ValueError, EOFError, zlib.error, tarfile.TarError, zipfile.BadZipFile, NotImplementedError,
+            RuntimeError) as err:
         member = getattr(err, "filename", None)
         try:
             member = Path(member).relative_to(dest) if member else None
         except (TypeError, ValueError):
             member = None
-        if isinstance(err, OSError) and err.errno == errno.ENAMETOOLONG:
+        if isinstance(err, (NotImplementedError, RuntimeError)):  # zipfile's words quote the member's name raw
+            why, member = "a member is encrypted or compressed in a way this server does not unpack", None
+        elif isinstance(err, OSError) and err.errno == errno.ENAMETOOLONG:
             why = "a member's name is too long for this server's file system"
         elif isinstance(err, OSError) and err.strerror:
             why = err.strerror

@@ -45,6 +45,7 @@ from .validate import (
     zero_total_cells,
 )
 from .values import NOT_WHOLE, detect_value_state, get_counts
+from .._constants import str_array
 
 __all__ = ["QC_KEYS", "TARGET_SUM", "prepare", "summarize_dataset", "stratified_split", "lognormalize"]
 
@@ -427,7 +428,7 @@ def batch_codes(ref_obs: pd.DataFrame, q_obs: pd.DataFrame, batch_key: str) -> t
             vals[missing_label_mask(col)] = None  # the dataset's own batch, named by its tag
         else:
             vals = np.full(len(obs), None, dtype=object)
-        levels, inv = np.unique(np.where(vals == None, "", vals).astype(str), return_inverse=True)  # noqa: E711
+        levels, inv = np.unique(str_array(np.where(vals == None, "", vals)), return_inverse=True)  # noqa: E711
         if per_cell_column(len(levels), len(obs)):  # (a batch of one or two cells is no batch)
             raise DataError(f"batch key {batch_key!r} has {len(levels):,} values in the {tag}'s {len(obs):,} cells: "
                             "that looks like a per-cell column, not samples or batches; choose the sample column")
@@ -471,7 +472,7 @@ def _split(X: sp.csr_matrix, counts: sp.csr_matrix, rows, y, obs_names, labels, 
            else np.asarray(sub.toarray(), dtype=np.float32)),
         counts=sp.csr_matrix(pick(counts), dtype=np.float32),
         y=None if y is None else np.asarray(pick(y), dtype=np.int64),
-        obs_names=np.asarray(pick(obs_names)).astype(str),
+        obs_names=str_array(pick(obs_names)),
         labels=None if labels is None else np.asarray(pick(labels), dtype=object),
         index=np.asarray(pick(index), dtype=np.int64),
         batch=None if batch is None else np.asarray(pick(batch), dtype=np.int64),

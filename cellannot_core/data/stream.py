@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from .._constants import str_array
 from ..errors import DataError
 from .io import guard_hdf5
 from .values import (COUNT_LAYERS, RECOVER_MIN_CELLS, UNLOGGED, detect_value_state, log_name, recover_counts,
@@ -30,7 +31,9 @@ __all__ = ["CHUNK_CELLS", "H5adRows", "NotStreamable", "STREAM_KEY", "large_quer
 
 CHUNK_CELLS = 20_000
 #: bytes a stored value may take while a chunk is read: its value and index as stored (up to 8 + 8) and as
-#: float32 CSR (4 + 4); a dense matrix's values count as many
+#: float32 CSR (4 + 4); a dense matrix's values count as many. A matrix's values are counted by their own item
+#: size (:meth:`H5adRows._open`), which must be a plain number's: an X of 1 MB strings or of arrays counted at 24
+#: bytes a value took 5.2 GB from 0.07 MB (found 2026-12-08)
 BYTES_PER_VALUE = 24
 
 
@@ -146,6 +149,7 @@ class H5adRows:
         self._matrix = None
         self._indptr: np.ndarray | None = None  # a sparse matrix's row pointers, checked (:meth:`_row_pointers`)
         self._recover_base = None  # the log base when the counts are recovered from log-normalised values
+        self._per_value = BYTES_PER_VALUE  # bytes a stored value takes while read (the matrix's own, :meth:`_open`)
         lognorm: list = []
         # raw.X keeping more genes than X and its layers (cut to the highly variable ones) comes first, as
         # values.get_counts takes it
@@ -156,7 +160,7 @@ class H5adRows:
             for where, elem, v, _ in candidates:
                 if elem is None:
                     continue
-                m = self._open(elem, label)
+                m = self._open(elem, label, where)
                 self._indptr = self._row_pointers(elem, where, label, len(v))
                 if m.shape[0] != self.n_obs or m.shape[1] != len(v):
                     raise DataError(f"{label} is damaged: its {where} has shape {m.shape} for {self.n_obs} cells "
@@ -200,10 +204,29 @@ class H5adRows:
         self.var.index = pd.Index([str(g) for g in self.var.index])
         self.obs_names = np.asarray([str(c) for c in self.obs.index], dtype=object)
 
-    def _open(self, elem, label: str):
+    def _open(self, elem, label: str, where: str = "X"):
+        """The matrix ``elem`` to read rows of, refused (before a value is read) when its values are not plain
+        numbers (text, records, arrays, complex: one line, where numpy's warning named a server path) or are
+        float16 in a sparse matrix (scipy holds none); the bytes a value takes while read set from its item size."""
         import h5py
         from anndata.io import sparse_dataset
 
+        from .io import _check_numbers
+
+        values = elem if isinstance(elem, h5py.Dataset) else elem.get("data")
+        if isinstance(values, h5py.Dataset):
+            try:
+                dtype = values.dtype
+            except Exception:  # noqa: BLE001 - a type h5py cannot read
+                dtype = None
+            _check_numbers(values if dtype is not None else None, label, where)
+            if not isinstance(elem, h5py.Dataset) and dtype.kind == "f" and dtype.itemsize < 4:
+                # scipy holds no sparse float16 (a ValueError, as in a whole read): one line that says so
+                raise DataError(f"{label}: {where} holds float16 values in a sparse matrix, which scipy cannot hold; "
+                                "save them as float32 (adata.X = adata.X.astype('float32')) and try again.")
+            index = elem.get("indices") if not isinstance(elem, h5py.Dataset) else None
+            self._per_value = max(BYTES_PER_VALUE, dtype.itemsize + 8 + (
+                index.dtype.itemsize if isinstance(index, h5py.Dataset) and index.dtype.kind in "iu" else 8))
         if isinstance(elem, h5py.Dataset):
             if elem.ndim != 2:
                 raise DataError(f"{label} is damaged: its matrix is not two-dimensional. Save it again with anndata.")
@@ -247,10 +270,10 @@ class H5adRows:
         dense matrix of many genes, or a sparse one of dense rows), one cell at the least."""
         budget = chunk_bytes()
         if self._indptr is not None:
-            per_cell = (self._indptr[rows + 1] - self._indptr[rows]) * BYTES_PER_VALUE
+            per_cell = (self._indptr[rows + 1] - self._indptr[rows]) * self._per_value
         else:
             n_vars = len(self.var) if n_vars is None else n_vars
-            per_cell = np.full(len(rows), n_vars * BYTES_PER_VALUE, dtype=np.int64)
+            per_cell = np.full(len(rows), n_vars * self._per_value, dtype=np.int64)
         start = 0
         while start < len(rows):
             cum = np.cumsum(per_cell[start:start + CHUNK_CELLS])
@@ -338,7 +361,7 @@ def read_sample(path: str | Path, *, n: int = SAMPLE_CELLS, seed: int = 0, name:
         idx = np.sort(np.random.default_rng(seed).choice(rows.n_obs, size=k, replace=False))
         X = rows.rows_at(idx)
         obs = rows.obs.iloc[idx].copy()
-        obs.index = pd.Index(rows.obs_names[idx].astype(str))
+        obs.index = pd.Index(str_array(rows.obs_names[idx]), dtype=object)
         out = ad.AnnData(X=X, obs=obs, var=rows.var.copy())
         source = {"path": str(Path(path).resolve()), "n_obs": int(rows.n_obs), "n_sample": int(k),
                   "seed": int(seed), "source": rows.source}

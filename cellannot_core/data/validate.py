@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from cellannot_core._constants import UNKNOWN
+from cellannot_core._constants import MAX_LABEL_CHARS, UNKNOWN
 from cellannot_core.errors import DataError, did_you_mean, shown_name
 
 from .values import detect_value_state, get_counts
@@ -144,6 +144,13 @@ def check_label_column(obs: pd.DataFrame, label_key: str, *, name: str = "refere
             f"the {name} has no label column '{label_key}'. "
             f"Choose one of its obs columns: {cols}{more}." + did_you_mean(label_key, obs.columns) + hint
         )
+    col = obs[label_key]
+    values = col.cat.categories if isinstance(col.dtype, pd.CategoricalDtype) else pd.unique(col.to_numpy(dtype=object))
+    longest = max((len(str(v)) for v in values), default=0)
+    if longest > MAX_LABEL_CHARS:  # (widened to its length in every cell, 0.45 MB took 5 GB: found 2026-12-08)
+        raise DataError(f"the {name}'s label column '{shown_name(label_key)}' holds a label of {longest:,} characters, "
+                        f"where a cell type's name has at most {MAX_LABEL_CHARS}: choose the column naming each cell's "
+                        "type, or shorten its values.")
 
 
 def _label_form(label: str) -> str:

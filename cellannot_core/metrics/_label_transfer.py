@@ -6,7 +6,7 @@ from typing import Any, Sequence
 import numpy as np
 from numpy.typing import ArrayLike
 
-from cellannot_core._constants import UNKNOWN
+from cellannot_core._constants import UNKNOWN, str_array
 from cellannot_core.metrics._calibration import ece
 from cellannot_core.metrics._classification import (
     accuracy,
@@ -35,7 +35,7 @@ LABEL_TRANSFER_KEYS = (
 
 
 def _str_labels(x: ArrayLike) -> np.ndarray:
-    return np.asarray(x, dtype=object).reshape(-1).astype(str)
+    return str_array(x)
 
 
 def _fraction(mask: np.ndarray) -> float:

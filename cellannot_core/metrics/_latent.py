@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike
 from sklearn.metrics import silhouette_score
+from cellannot_core._constants import str_array
 
 __all__ = ["active_dims", "asw", "generated_placement", "latent_quality"]
 
@@ -44,7 +45,7 @@ def asw(
     Z = np.asarray(latent, dtype=float)
     if Z.ndim == 1:
         Z = Z[:, None]
-    y = np.asarray(labels, dtype=object).reshape(-1).astype(str)
+    y = str_array(labels)
     if Z.shape[0] != y.size:
         raise ValueError(f"latent has {Z.shape[0]} rows but labels has {y.size}")
     if Z.shape[0] > max_cells:
@@ -87,7 +88,7 @@ def latent_quality(ref_latent: ArrayLike, ref_labels: ArrayLike, query_latent: A
         Q = np.asarray(query_latent, dtype=float)
         both = np.vstack([R, Q]) if Q.size else R
         if query_labels is not None:
-            ql = np.asarray(query_labels, dtype=object).astype(str)
+            ql = str_array(query_labels)
             keep = ql != ""
             if keep.sum() >= 3:
                 out["asw_query"] = asw(Q[keep], ql[keep], seed=seed)

@@ -15,7 +15,7 @@ from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 
-from .._constants import RunFiles
+from .._constants import MAX_LABEL_CHARS, RunFiles
 from ..calibration import fit_temperature, query_threshold, softmax, threshold_for_acceptance
 from ..data._types import Split
 from ..errors import ConfigError, shown_name
@@ -246,6 +246,8 @@ def _validate_config(cfg: dict[str, Any], d: Path) -> None:
     classes = cfg.get("classes")
     if not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(c, str) for c in classes):
         raise bad("classes must be a list of at least two names")
+    if any(len(c) > MAX_LABEL_CHARS for c in classes):
+        raise bad(f"a class's name is longer than {MAX_LABEL_CHARS} characters")
     if not isinstance(cfg.get("hparams"), dict) or not isinstance(cfg.get("seed"), int):
         raise bad("hparams / seed")
     t = cfg.get("temperature")
@@ -254,6 +256,13 @@ def _validate_config(cfg: dict[str, Any], d: Path) -> None:
     thr = cfg.get("threshold")
     if not isinstance(thr, (int, float)) or isinstance(thr, bool) or math.isnan(thr):
         raise bad("the threshold must be a number")
+    median = cfg.get("val_score_median", 0.0)  # (quoted by a float() error before, 2026-12-08)
+    if not isinstance(median, (int, float)) or isinstance(median, bool):
+        raise bad("val_score_median must be a number")
+    if cfg.get("shift_correction", "none") not in SHIFT_CORRECTIONS:
+        raise bad(f"shift_correction must be one of {', '.join(SHIFT_CORRECTIONS)}")
+    if not isinstance(cfg.get("calibration", {}), dict):
+        raise bad("calibration must be a mapping")
     if cfg.get("ood_method") not in tuple(OOD_METHODS) + ("elbo",):
         raise bad(f"unknown novelty score '{shown_name(cfg.get('ood_method'), 40)}'")
 
@@ -273,12 +282,19 @@ def _check_outputs(model: Model, d: Path) -> None:
     classes (a config edited or mixed with other weights would label cells with the wrong names)."""
     from ..errors import DataError
 
+    ref = model.reference
     try:
-        width = model.logits(np.zeros((1, model.n_features), dtype=np.float32)).shape[1]
+        zero = np.zeros((1, model.n_features), dtype=np.float32)
+        width = model.logits(zero).shape[1]
+        # the reference's codes are the model's own (found 2026-12-08: codes of another width, or logits of
+        # another number of classes, were an "internal error" at the first query)
+        if ref is not None and ((np.shape(model.latent(zero))[1:] != ref.latent.shape[1:]) or (
+                ref.logits is not None and ref.logits.shape[1] != width)):
+            raise ValueError("reference codes of another width")
     except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as err:
         raise DataError(f"the saved model in {d} does not match its config ({type(err).__name__}); it may be "
                         "damaged: train it again") from None
-    ref_y = getattr(model.reference, "y", None)
+    ref_y = getattr(ref, "y", None)
     if width != len(model.classes) or (ref_y is not None and len(ref_y) and
                                        (int(np.max(ref_y)) >= width or int(np.min(ref_y)) < 0)):
         raise DataError(f"the saved model in {d} is damaged: its config names {len(model.classes)} classes and its "

@@ -53,6 +53,7 @@ from ..novelty import OOD_METHODS
 from ..training import TrainConfig
 from ._torch import TorchModel
 from .registry import HParam, Supports, register
+from .._constants import str_array
 
 
 def balanced_class_weights(y: np.ndarray, n_classes: int) -> np.ndarray:
@@ -249,7 +250,7 @@ def class_mean(W: np.ndarray, labels: Sequence[str], genes: Sequence[str], *,
                classes: Sequence[str] | None = None) -> pd.DataFrame:
     """Mean row of ``W`` per class (classes x genes; NaN rows for classes without cells)."""
     W = np.asarray(W, dtype=np.float64)
-    labels = np.asarray(labels).astype(str)
+    labels = str_array(labels)
     order = [str(c) for c in (classes if classes is not None else sorted(set(labels.tolist())))]
     rows = [W[labels == c].mean(axis=0) if (labels == c).any() else np.full(W.shape[1], np.nan) for c in order]
     return pd.DataFrame(np.vstack(rows) if rows else np.zeros((0, W.shape[1])), index=order, columns=list(genes))

@@ -9,6 +9,7 @@ import plotly.graph_objects as go
 from numpy.typing import ArrayLike
 
 from cellannot_core.plots._style import base_layout, category_order
+from cellannot_core._constants import str_array
 
 __all__ = ["contingency_table", "label_heatmap"]
 
@@ -46,8 +47,8 @@ def contingency_table(
     percent : pandas.DataFrame
         Same shape, percentages according to ``normalize``.
     """
-    r = np.asarray(row_labels, dtype=object).reshape(-1).astype(str)
-    c = np.asarray(col_labels, dtype=object).reshape(-1).astype(str)
+    r = str_array(row_labels)
+    c = str_array(col_labels)
     if r.size != c.size:
         raise ValueError(f"row_labels has {r.size} entries but col_labels has {c.size}")
     if normalize not in ("row", "col", "all"):

@@ -9,7 +9,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from numpy.typing import ArrayLike
 
-from cellannot_core._constants import UNKNOWN
+from cellannot_core._constants import UNKNOWN, str_array
 from cellannot_core.plots._style import (
     SEQUENTIAL,
     UNKNOWN_COLOR,
@@ -79,7 +79,7 @@ def _hover_text(hover: Any, n: int) -> np.ndarray | None:
         for p in parts[1:]:
             out = out + "<br>" + p
         return np.asarray(out, dtype=object)
-    arr = np.asarray(hover, dtype=object).reshape(-1).astype(str)
+    arr = str_array(hover)
     if arr.size != n:
         raise ValueError(f"hover has {arr.size} entries but coords has {n}")
     return arr
@@ -158,7 +158,7 @@ def latent_scatter(
     col_raw = np.asarray(color, dtype=object).reshape(-1)
     if col_raw.size != n:
         raise ValueError(f"color has {col_raw.size} entries but coords has {n}")
-    sym = None if symbol is None else np.asarray(symbol, dtype=object).reshape(-1).astype(str)
+    sym = None if symbol is None else str_array(symbol)
     if sym is not None and sym.size != n:
         raise ValueError(f"symbol has {sym.size} entries but coords has {n}")
     text = _hover_text(hover, n)
@@ -198,7 +198,7 @@ def latent_scatter(
 
     fig = go.Figure()
     if not continuous:
-        labels = col_raw.astype(str)
+        labels = str_array(col_raw)
         order = list(categories) if categories is not None else category_order(
             color if (hasattr(color, "categories") or hasattr(color, "cat")) else labels
         )

@@ -4,10 +4,9 @@ from __future__ import annotations
 import re
 from typing import Any, Iterable, Mapping
 
-import numpy as np
 import plotly.graph_objects as go
 
-from cellannot_core._constants import UNKNOWN
+from cellannot_core._constants import UNKNOWN, str_array
 
 __all__ = [
     "TEMPLATE",
@@ -54,14 +53,14 @@ def category_order(values: Iterable[Any]) -> list[str]:
     cats = getattr(values, "cat", None)
     if cats is not None:  # pandas Series of dtype category
         order = [str(c) for c in values.cat.categories]
-        present = set(np.asarray(values, dtype=object).astype(str).tolist())
+        present = set(str_array(values).tolist())
         order = [c for c in order if c in present]
     elif hasattr(values, "categories"):  # pandas Categorical
-        present = set(np.asarray(values, dtype=object).astype(str).tolist())
+        present = set(str_array(values).tolist())
         order = [str(c) for c in values.categories if str(c) in present]
     else:
         order = sorted(
-            set(np.asarray(values, dtype=object).reshape(-1).astype(str).tolist()), key=natural_key
+            set(str_array(values).tolist()), key=natural_key
         )
     return [c for c in order if c != UNKNOWN] + ([UNKNOWN] if UNKNOWN in order else [])
 

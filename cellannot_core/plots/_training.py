@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 from numpy.typing import ArrayLike
 from plotly.subplots import make_subplots
 
-from cellannot_core._constants import UNKNOWN
+from cellannot_core._constants import UNKNOWN, str_array
 from cellannot_core.plots._style import PALETTE, base_layout, category_colors, category_order
 
 __all__ = ["training_curves", "class_counts_bar"]
@@ -143,10 +143,10 @@ def class_counts_bar(
         A single ``go.Bar`` coloured per label; or one ``go.Bar`` per dataset, grouped.
     """
     if isinstance(labels, Mapping):
-        groups = {str(k): pd.Series(np.asarray(v, dtype=object).reshape(-1).astype(str))
+        groups = {str(k): pd.Series(str_array(v))
                   for k, v in labels.items()}
     else:
-        groups = {"cells": pd.Series(np.asarray(labels, dtype=object).reshape(-1).astype(str))}
+        groups = {"cells": pd.Series(str_array(labels))}
     counts = {k: v.value_counts() for k, v in groups.items()}
     total = pd.concat(list(counts.values()), axis=1).fillna(0).sum(axis=1) if counts else pd.Series(dtype=float)
     if order is None:

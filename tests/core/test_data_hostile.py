@@ -764,3 +764,195 @@ def test_column_and_cell_names_from_a_file_are_quoted_clean_and_short():
         assert not any(c in str(err.value) for c in "\x1b\x07\n") and len(str(err.value)) < 2_000
     _, msg = make_unique(pd.Index([evil, evil]), what="cell", name="query")
     assert not any(c in msg for c in "\x1b\x07\n") and len(msg) < 1_000
+
+
+def test_a_column_named_with_a_nul_and_a_link_named_with_escapes_are_refused_clean(plain, tmp_path):
+    """Found 2026-12-08 by a fifth probe: HDF5 ends a name at its first NUL, so a column-order of 'a',
+    'a\\x001', 'a\\x002', ... read obs/a once per entry (2.9 MB -> 3.4 GB) while the check saw distinct names;
+    a soft link to a group was quoted raw (escape sequences, newlines) in the refusal."""
+    nul = tmp_path / "nul.h5ad"
+    nul.write_bytes(plain.read_bytes())
+    with h5py.File(nul, "a") as f:
+        f["obs"].attrs["column-order"] = np.array([b"cell_type"] + [b"cell_type\x00%d" % i for i in range(1, 50)])
+        assert b"\x00" in f["obs"].attrs["column-order"][1]  # (kept inside a fixed-length string)
+    _check_refused(nul, "a table ('/obs') that names a column with a NUL character")
+
+    link = tmp_path / "link.h5ad"
+    link.write_bytes(plain.read_bytes())
+    with h5py.File(link, "a") as f:
+        f["uns"]["\x1b[2J\x1b[1;31mX\nerror: fake\x07"] = h5py.SoftLink("/obs")
+    msg = _check_refused(link, "to a group of the same file")
+    assert not any(c in msg for c in "\x1b\x07\n"), msg
+
+
+def test_a_long_label_or_cell_name_is_never_widened_to_every_cell(tmp_path, monkeypatch):
+    """Found 2026-12-08 by a fifth probe: numpy's astype(str) makes every element as wide as the longest, so one
+    200,000-character label (a query's label column, 0.45 MB) or loom cell name (0.43 MB) among a few thousand
+    cells took 3.4-5 GB. Labels and names become object arrays of str (``str_array``), a label column or a saved
+    model naming a label longer than MAX_LABEL_CHARS is refused, and a loom's cell names are kept as read."""
+    import tracemalloc
+
+    import pandas as pd
+
+    from cellannot_core._constants import MAX_LABEL_CHARS, str_array
+    from cellannot_core.data.validate import check_label_column
+    from cellannot_core.metrics import balanced_accuracy, median_f1
+    from cellannot_core.plots import contingency_table
+    from cellannot_core.plots._style import category_order
+
+    n, long = 200, "Q" * 100_000  # widened: 200 x 100,000 x 4 bytes = 80 MB a copy
+    labels = np.array(["A", "B"] * (n // 2), dtype=object)
+    labels[0] = long
+    loom = tmp_path / "long.loom"
+    with h5py.File(loom, "w") as f:
+        f["matrix"] = np.ones((5, n), dtype=np.float32)
+        f["row_attrs/Gene"] = np.array([f"g{i}" for i in range(5)], dtype=object)
+        f.create_dataset("col_attrs/CellID", data=np.array([long] + [f"c{i}" for i in range(1, n)], dtype=object),
+                         dtype=h5py.string_dtype())
+    calls = [lambda: read_dataset(loom), lambda: balanced_accuracy(labels, labels[::-1]),
+             lambda: median_f1(labels, labels), lambda: contingency_table(labels, labels),
+             lambda: category_order(labels), lambda: str_array(labels)]
+    for call in calls:
+        tracemalloc.start()
+        try:
+            call()
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 20e6, (calls.index(call), peak)
+    assert str_array(labels).dtype == object and str_array([1, "a"]).tolist() == ["1", "a"]
+
+    obs = pd.DataFrame({"truth": pd.Categorical(labels)})
+    with pytest.raises(DataError, match=f"a label of 100,000 characters, where a cell type's name has at most "
+                                        f"{MAX_LABEL_CHARS}"):
+        check_label_column(obs, "truth", name="query")
+    check_label_column(obs.assign(truth=["A"] * n), "truth", name="query")
+
+
+@pytest.mark.parametrize("where", ["first", "second", "token"])
+def test_an_mtx_line_longer_than_an_entry_is_refused_before_pandas_holds_its_fields(tmp_path, where):
+    """Found 2026-12-08 by a fifth probe: pandas' tokenizer holds every field of a line before it finds the line
+    too long, so one line of 100 million one-letter fields (or one 100-million-digit value) in a 2 KB .tar.gz took
+    4.9 GB. A line of entries longer than MTX_BYTES_PER_ENTRY is refused as it is read; comments may be long."""
+    import gzip
+
+    from cellannot_core.data.mtx import MTX_BYTES_PER_ENTRY
+
+    d = tmp_path / "tenx"
+    d.mkdir()
+    (d / "features.tsv").write_text("E1\tG1\nE2\tG2\nE3\tG3\n")
+    (d / "barcodes.tsv").write_text("A-1\nC-1\n")
+    long = {"first": b"1 " * 200_000 + b"\n1 1 5\n", "second": b"1 1 5\n" + b"1 " * 200_000 + b"\n",
+            "token": b"1 1 5\n1 1 " + b"0" * 400_000 + b"1\n"}[where]
+    with gzip.open(d / "matrix.mtx.gz", "wb") as fh:
+        fh.write(b"%%MatrixMarket matrix coordinate integer general\n%" + b"c" * 1000 + b"\n3 2 4000\n" + long)
+    with pytest.raises(DataError, match=f"a line of it is longer than {MTX_BYTES_PER_ENTRY} bytes"):
+        read_dataset(d, name="query")
+    with gzip.open(d / "matrix.mtx.gz", "wb") as fh:  # a long comment, in the header or among the entries, is read
+        fh.write(b"%%MatrixMarket matrix coordinate integer general\n%" + b"c" * 1000 + b"\n3 2 2\n1 1 5\n%"
+                 + b"c" * 5000 + b"\n2 2 3\n")
+    assert read_dataset(d, name="query").X.sum() == 8
+
+
+def _tar_with_extended_header(path: Path, kind: str, size: int) -> Path:
+    """A .tar.gz whose first header is a GNU long name ("gnulong") or a pax record ("pax") of ``size`` bytes."""
+    import gzip
+    import tarfile
+
+    head = tarfile.TarInfo("././@LongLink" if kind == "gnulong" else "././@PaxHeader")
+    head.type = tarfile.GNUTYPE_LONGNAME if kind == "gnulong" else tarfile.XHDTYPE
+    head.size = size
+    name = (b"m/" + b"x/" * size)[:size - len("matrix.mtx") - 1] + b"matrix.mtx"
+    body = name + b"\0" if kind == "gnulong" else (f"{size} comment=".encode() + b"a" * size)[:size - 1] + b"\n"
+    member = tarfile.TarInfo("m/matrix.mtx")
+    with gzip.open(path, "wb") as fh:
+        fh.write(head.tobuf(format=tarfile.GNU_FORMAT if kind == "gnulong" else tarfile.PAX_FORMAT))
+        fh.write(body + b"\0" * (-size % 512) + member.tobuf(format=tarfile.GNU_FORMAT) + b"\0" * 1024)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["gnulong", "pax"])
+def test_a_tar_extended_header_of_a_gigabyte_is_refused_before_tarfile_reads_it(tmp_path, kind):
+    """Found 2026-12-08 by a fifth probe: tarfile reads a GNU long name or a pax header whole into memory as it
+    walks the members, before any check of them (a 0.97 MB .tar.gz declaring 1 GB took 5.1 GB). Such headers
+    past 64 KB are refused as they are met, for data and model archives alike."""
+    from cellannot_core.data.io import TAR_EXTENDED_HEADER_BYTES, unpacked_archive
+
+    big = _tar_with_extended_header(tmp_path / "big.tar.gz", kind, TAR_EXTENDED_HEADER_BYTES + 512)
+    with pytest.raises(DataError, match=r"holds an extended tar header of 66,048 bytes"):
+        read_dataset(big, name="query")
+    small = _tar_with_extended_header(tmp_path / "small.tar.gz", kind, 600)  # a long name (path) as tar writes one
+    with unpacked_archive(small, "archive") as dest:
+        assert sum(1 for _ in dest.rglob("*")) >= 1
+
+
+@pytest.mark.parametrize("kind", ["encrypted", "method"])
+def test_a_zip_member_zipfile_cannot_unpack_is_one_line(tmp_path, kind):
+    """Found 2026-12-08 by a fifth probe: a member flagged encrypted, or compressed by a method zipfile lacks
+    (99, WinZip's AES), raised RuntimeError / NotImplementedError, an "internal error" that quoted its name."""
+    import struct
+    import zipfile
+
+    z = tmp_path / "m.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        zf.writestr("m/\x1b[31mmatrix.mtx", b"%%MatrixMarket matrix coordinate integer general\n1 1 0\n")
+    b = bytearray(z.read_bytes())  # the flags (encrypted) or the method, in the local header and the central directory
+    for sig, off in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+        at = b.find(sig) + off
+        if kind == "encrypted":
+            struct.pack_into("<H", b, at, struct.unpack_from("<H", b, at)[0] | 1)
+        else:
+            struct.pack_into("<H", b, at + 2, 99)
+    z.write_bytes(bytes(b))
+    with pytest.raises(DataError, match="encrypted or compressed in a way this server does not unpack") as err:
+        read_dataset(z, name="query")
+    assert "\x1b" not in str(err.value)
+
+
+def test_chunks_larger_than_their_dataset_and_strings_in_array_types_are_counted_or_refused(plain, tmp_path,
+                                                                                            monkeypatch):
+    """Found 2026-12-08 by a fifth probe: an X of 100 x 50 values stored in one 2 GB gzipped chunk (a dataset that
+    may grow may declare any chunk) took 2.3 GB to read from 2 MB, and held the measuring child for its 300 s as a
+    string dataset; variable-length strings in a record's array field counted as one per record (1.1 MB -> 5.1 GB);
+    an array of fixed-length strings counted at its stored size (0.5 MB -> 2.5 GB)."""
+    def copy(name: str) -> Path:
+        p = tmp_path / name
+        p.write_bytes(plain.read_bytes())
+        return p
+
+    chunk = copy("chunk.h5ad")
+    with h5py.File(chunk, "a") as f:
+        f["uns"].create_dataset("big", data=np.ones((100, 50), np.float32), maxshape=(None, None),
+                                chunks=(1000, 5000), compression="gzip")  # one 19 MB chunk for 20 KB of values
+    _check_refused(chunk, "a dataset ('uns/big') stored in chunks of 19.1 MB, far larger than the dataset")
+
+    # 60 MB: 4 records of 1,000 strings, every one pointing at one 30,000-character string (120 MB once read); counted
+    # as 4 strings, the file was not sent to the measuring child
+    monkeypatch.setenv("CELLANNOT_MEMORY_LIMIT_GB", str(60 / 1024))
+    shared = copy("vlen_in_array.h5ad")
+    n, k = 4, 1000
+    dt = np.dtype([("a", h5py.string_dtype("utf-8"), (k,)), ("b", "i4")])
+    vals = np.zeros(n, dtype=dt)
+    for i in range(n):
+        vals["a"][i] = ["s"] * k
+    vals["a"][0][0] = "Q" * 30_000
+    with h5py.File(shared, "a") as f:
+        d = f["uns"].create_dataset("rec", data=vals, dtype=dt)
+        offset, size = d.id.get_offset(), d.id.get_storage_size() // n
+    with open(shared, "r+b") as fh:
+        fh.seek(offset)
+        first = fh.read(16)
+        for i in range(n):
+            fh.seek(offset + i * size)
+            fh.write(first * k)
+    with h5py.File(shared, "r") as f:
+        assert len(f["uns/rec"][n - 1]["a"][k - 1]) == 30_000
+    _check_refused(shared, "names and other text expand past")
+
+    monkeypatch.setenv("CELLANNOT_MEMORY_LIMIT_GB", str(20 / 1024))  # 20 MB: the file's numbers pass
+    fixed = copy("fixed_in_array.h5ad")  # 1,000 records of 100 strings of 100 bytes: 10 MB stored, 36 MB as str
+    with h5py.File(fixed, "a") as f:
+        f["uns"].create_dataset("rec", data=np.zeros(1000, dtype=[("a", "S100", (100,)), ("b", "i4")]),
+                                chunks=(10,), compression="gzip")
+    with pytest.raises(DataError, match="expands to"):
+        read_dataset(fixed)

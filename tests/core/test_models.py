@@ -258,7 +258,7 @@ def test_config_errors_on_load(saved, tmp_path):
         load_model(tmp_path / "does_not_exist", device="cpu")
 
 
-@pytest.mark.parametrize("edit", ["drop_model_key", "not_a_dict", "wrong_n_features"])
+@pytest.mark.parametrize("edit", ["drop_model_key", "not_a_dict", "wrong_n_features", "class_name_too_long"])
 def test_foreign_config_is_data_error(saved, tmp_path, edit):
     d = _copy(saved["clams"], tmp_path)
     cfg = json.loads((d / RunFiles.CONFIG).read_text())
@@ -266,10 +266,12 @@ def test_foreign_config_is_data_error(saved, tmp_path, edit):
         del cfg["model"]
     elif edit == "not_a_dict":
         cfg = [1, 2, 3]
+    elif edit == "class_name_too_long":  # widened to its length for every cell labelled (found 2026-12-08)
+        cfg["classes"] = ["A" * 5000] + cfg["classes"][1:]
     else:
         cfg["n_features"] = 7
     (d / RunFiles.CONFIG).write_text(json.dumps(cfg))
-    with pytest.raises(DataError):
+    with pytest.raises(DataError, match="longer than 256" if edit == "class_name_too_long" else ""):
         load_model(d, device="cpu")
 
 
@@ -350,3 +352,43 @@ def test_clams_recovers_where_jem_gives_up(prep):
     _, hist_clams = _fit("clams", prep, **harsher)
     assert hist_jem["diverged"] and hist_jem["recoveries"] == 0
     assert hist_clams["recoveries"] >= 1
+
+
+@pytest.mark.parametrize("edit", ["latent_rows_without_labels", "latent_wrong_width", "latent_3d", "y_2d",
+                                  "logits_wrong_width", "val_median_text", "shift_correction_dict",
+                                  "calibration_list"])
+def test_a_bundle_with_reference_arrays_or_settings_of_the_wrong_shape_is_one_line(saved, tmp_path, edit):
+    """Found 2026-12-08 by a fifth probe: a saved model's reference arrays were taken whatever their shapes, and
+    its val_score_median, shift_correction and calibration whatever their types: an "internal error" at the first
+    query (one quoting the config's value), or a model that ran with a dict as its shift correction."""
+    from safetensors.numpy import load_file, save_file
+
+    d = _copy(saved["clams"], tmp_path)
+    cfg = json.loads((d / RunFiles.CONFIG).read_text())
+    arrays = load_file(str(d / RunFiles.WEIGHTS))
+    assert "reference.ref_latent" in arrays
+    n, width = arrays["reference.ref_latent"].shape
+    if edit == "latent_rows_without_labels":
+        arrays = {k: v for k, v in arrays.items() if not k.startswith("reference.")}
+        arrays.update({"reference.ref_latent": np.zeros((n + 5, width), np.float32),
+                       "reference.ref_y": np.zeros(5, np.int64)})
+    elif edit == "latent_wrong_width":
+        arrays["reference.ref_latent"] = np.zeros((n, width + 3), np.float32)
+    elif edit == "latent_3d":
+        arrays["reference.ref_latent"] = np.zeros((n, width, 2), np.float32)
+    elif edit == "y_2d":
+        arrays["reference.ref_y"] = np.zeros((n, 2), np.int64)
+    elif edit == "logits_wrong_width":
+        arrays["reference.ref_logits"] = np.zeros((n, 9), np.float32)
+    elif edit == "val_median_text":
+        cfg["val_score_median"] = "SECRET"
+    elif edit == "shift_correction_dict":
+        cfg["shift_correction"] = {"a": 1}
+    else:
+        cfg["calibration"] = [1, 2]
+    save_file(arrays, str(d / RunFiles.WEIGHTS))
+    cfg.pop("weights_sha256", None)
+    (d / RunFiles.CONFIG).write_text(json.dumps(cfg))
+    with pytest.raises(DataError, match="damaged") as err:
+        load_model(d, device="cpu")
+    assert "SECRET" not in str(err.value)

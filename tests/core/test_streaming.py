@@ -408,3 +408,45 @@ def test_a_streamed_querys_chunks_are_held_to_the_memory_limit(bundle, tmp_path,
         f["X/indptr"][...] = ptr
     with pytest.raises(DataError, match="row pointers of its X do not fit its values"):
         H5adRows(bomb)
+
+
+@pytest.mark.parametrize("kind", ["fixed", "array", "vlen", "complex", "float16"])
+def test_a_streamed_x_of_values_that_are_not_plain_numbers_is_one_line_before_it_is_read(tmp_path, kind):
+    """Found 2026-12-08 by a fifth probe: the streamed query read an X of 1 MB fixed-length strings or of an HDF5
+    array type (250,000 floats a value), budgeted at 24 bytes a value (0.07 MB -> 5.2 GB), and labelled one of
+    variable-length strings "successfully"; complex values printed numpy's warning with a server path, and sparse
+    float16 values failed with a bare ValueError. Values that are not plain numbers, and sparse float16, are one
+    line before any is read."""
+    from cellannot_core.data.io import read_dataset
+    from conftest import make_synthetic
+
+    a = make_synthetic(40, 20, 2)
+    a.X = sp.csr_matrix(a.X)
+    p = tmp_path / "q.h5ad"
+    a.write_h5ad(p)
+    with h5py.File(p, "a") as f:
+        if kind == "float16":
+            data = f["X/data"][...]
+            del f["X/data"]
+            f["X/data"] = data.astype(np.float16)
+        else:
+            del f["X"]
+            shape = (40, 20)
+            if kind == "fixed":
+                f.create_dataset("X", data=np.full(shape, b"1", dtype="S1000"), chunks=(1, 1))
+            elif kind == "array":
+                f.create_dataset("X", shape=shape, dtype=np.dtype((np.float32, (1000,))), chunks=(1, 1))
+            elif kind == "vlen":
+                f.create_dataset("X", data=np.full(shape, "1", dtype=object), dtype=h5py.string_dtype())
+            else:
+                f["X"] = np.ones(shape, dtype=np.complex64)
+    if kind == "float16":
+        with pytest.raises(DataError, match="X holds float16 values in a sparse matrix, which scipy cannot hold"):
+            H5adRows(p)
+        with pytest.raises(DataError):  # (read whole: a line too)
+            read_dataset(p)
+        return
+    with pytest.raises(DataError, match=r"X holds (text|array|object \(text or variable-length array\)|complex) "
+                                        r"values, not numbers") as err:
+        H5adRows(p)
+    assert "\n" not in str(err.value)
