@@ -31,6 +31,14 @@ def _errors(at: AppTest) -> str:
     return " | ".join(shown(e.value) for e in at.error)
 
 
+def _upload(at: AppTest, role: str, adata, path: Path) -> AppTest:
+    """``adata`` written to ``path`` and uploaded as the ``role`` through the Data page's widget."""
+    adata.write_h5ad(path)
+    at.file_uploader(key=WidgetKeys.UPLOAD.format(role=role)).set_value(
+        (path.name, path.read_bytes(), "application/octet-stream"))
+    return at.run()
+
+
 def test_empty_data_page_says_what_to_do():
     at = _data_page()
     assert not at.exception
@@ -221,11 +229,7 @@ def _log_normalised_reference_uploaded(tmp_path, *, of_counts: bool):
         a.X = not_of_counts(a.X)
     a.raw = None
     a.layers.clear()
-    a.write_h5ad(tmp_path / "lognorm.h5ad")
-    at = _data_page()
-    at.file_uploader(key=WidgetKeys.UPLOAD.format(role="reference")).set_value(
-        ("lognorm.h5ad", (tmp_path / "lognorm.h5ad").read_bytes(), "application/octet-stream"))
-    at.run()
+    at = _upload(_data_page(), "reference", a, tmp_path / "lognorm.h5ad")
     assert not at.exception, at.exception
     return at
 
@@ -362,11 +366,7 @@ def test_counts_in_a_layer_of_another_name_are_taken_from_it_and_stay_so(tmp_pat
     sc.pp.normalize_total(q, target_sum=1e4)  # scanpy's steps, the counts kept in a layer of their own
     sc.pp.log1p(q)
     sc.pp.scale(q, max_value=10)
-    q.write_h5ad(tmp_path / "scaled.h5ad")
-    at = _data_page()
-    at.file_uploader(key=WidgetKeys.UPLOAD.format(role="query")).set_value(
-        ("scaled.h5ad", (tmp_path / "scaled.h5ad").read_bytes(), "application/octet-stream"))
-    at.run()
+    at = _upload(_data_page(), "query", q, tmp_path / "scaled.h5ad")
     # one line and the button: not the reader's advice for Python, nor "pick another model"
     assert not at.error and any("layers['umis'] holds counts: take them" in w.value for w in at.warning), _errors(at)
     at.button(key=WidgetKeys.COUNTS_LAYER.format(role="query", layer="umis")).click().run()
@@ -390,11 +390,7 @@ def test_a_reference_without_a_label_column_gets_none_picked_for_it(tmp_path):
 
     r = ad.read_h5ad(SMALL)
     r.obs = r.obs[[]].assign(n_genes=np.asarray((r.X > 0).sum(1)).ravel(), n_counts=np.asarray(r.X.sum(1)).ravel())
-    r.write_h5ad(tmp_path / "numbers.h5ad")
-    at = _data_page()
-    at.file_uploader(key=WidgetKeys.UPLOAD.format(role="reference")).set_value(
-        ("numbers.h5ad", (tmp_path / "numbers.h5ad").read_bytes(), "application/octet-stream"))
-    at.run()
+    at = _upload(_data_page(), "reference", r, tmp_path / "numbers.h5ad")
     assert not at.exception
     assert "no obs column that looks like cell-type labels" in _errors(at)
     assert at.session_state[StateKeys.LABEL_KEY] is None
@@ -410,11 +406,7 @@ def test_a_reference_of_one_type_is_told_so_not_given_its_library_column(tmp_pat
 
     r = ad.read_h5ad(SMALL)
     r.obs = r.obs[[]].assign(cell_type="beta", library=(["lib1", "lib2", "lib3"] * r.n_obs)[: r.n_obs])
-    r.write_h5ad(tmp_path / "one.h5ad")
-    at = _data_page()
-    at.file_uploader(key=WidgetKeys.UPLOAD.format(role="reference")).set_value(
-        ("one.h5ad", (tmp_path / "one.h5ad").read_bytes(), "application/octet-stream"))
-    at.run()
+    at = _upload(_data_page(), "reference", r, tmp_path / "one.h5ad")
     assert not at.exception
     warned = " | ".join(shown(w.value) for w in at.warning)
     assert "cell_type holds one type only (beta)" in warned
@@ -464,13 +456,7 @@ def test_a_pair_sharing_no_gene_is_told_once(tmp_path):
     r = ad.read_h5ad(SMALL)
     q = r.copy()
     q.var_names = [f"ENSG{i:011d}" for i in range(q.n_vars)]
-    r.write_h5ad(tmp_path / "ref.h5ad")
-    q.write_h5ad(tmp_path / "q.h5ad")
-    at = _data_page()
-    for role, name in (("reference", "ref.h5ad"), ("query", "q.h5ad")):
-        at.file_uploader(key=WidgetKeys.UPLOAD.format(role=role)).set_value(
-            (name, (tmp_path / name).read_bytes(), "application/octet-stream"))
-        at.run()
+    at = _upload(_upload(_data_page(), "reference", r, tmp_path / "ref.h5ad"), "query", q, tmp_path / "q.h5ad")
     assert not at.exception
     errors = [shown(e.value) for e in at.error]
     assert len(errors) == 1 and "reference genes" in errors[0], errors
