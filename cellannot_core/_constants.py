@@ -17,7 +17,7 @@ MAX_LABEL_CHARS = 256
 def str_array(values):
     """``values`` (labels, names) as a flat object array of ``str``: what numpy's ``astype(str)`` gives, without
     its fixed width, which makes every element as wide as the longest (one 200,000-character label among 3,000
-    cells: a 0.45 MB query took 5 GB, found 2026-12-08). Use it wherever labels or names become an array."""
+    cells: a 0.45 MB query took 5 GB, found 2026-12-07). Use it wherever labels or names become an array."""
     import numpy as np
 
     flat = np.asarray(values, dtype=object).reshape(-1)

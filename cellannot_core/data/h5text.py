@@ -49,7 +49,7 @@ def table_problem(group) -> str | None:
         values = [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
                   for v in np.atleast_1d(group.attrs[key]).ravel()]
         # HDF5 ends a name at its first NUL: "a", "a\x001", "a\x002" are three names here and one column to
-        # anndata, read once for each (4,000 of them: 3.4 GB from a 2.9 MB file, found 2026-12-08)
+        # anndata, read once for each (4,000 of them: 3.4 GB from a 2.9 MB file, found 2026-12-07)
         if any("\0" in v for v in values):
             return f"a table ('{group.name[:60]}') that names a column with a NUL character"
         # a column named with a "/" is a path below the table (anndata wrote "qc/flag" so, with a warning);
@@ -170,7 +170,7 @@ def measure(path: str, limit: int, members: tuple[str, ...]) -> tuple[int, str |
                         raise Damaged(name) from None
 
         # a block at a time, so that reading stops at the limit; a chunk longer than a block read once, not once a
-        # block (HDF5 decompresses a whole chunk for each read: 1 GB each time held this child for 300 s, 2026-12-08)
+        # block (HDF5 decompresses a whole chunk for each read: 1 GB each time held this child for 300 s, 2026-12-07)
         step = max(BLOCK, int(obj.chunks[0])) if obj.chunks else BLOCK
         for start in range(0, obj.shape[0], step):
             part(start, min(start + step, obj.shape[0]))

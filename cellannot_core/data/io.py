@@ -405,7 +405,7 @@ def fixed_string_bytes(dtype) -> int:
     if dtype.names:
         return sum(fixed_string_bytes(dtype.fields[k][0]) for k in dtype.names)
     if dtype.subdtype is not None:  # an array type: each of its elements (an array of 1,000 S1000 strings
-        base, shape = dtype.subdtype  # counted at its stored 1 MB took 2.5 GB at a 0.5 GB limit, found 2026-12-08)
+        base, shape = dtype.subdtype  # counted at its stored 1 MB took 2.5 GB at a 0.5 GB limit, found 2026-12-07)
         return int(np.prod(shape, dtype=np.float64)) * fixed_string_bytes(base)
     if dtype.kind == "S":
         return STRING_OBJECT_BYTES + 3 * dtype.itemsize
@@ -414,7 +414,7 @@ def fixed_string_bytes(dtype) -> int:
 
 def variable_length_slots(dtype) -> int:
     """Variable-length elements (strings) one element of ``dtype`` holds: a record's fields and an array type's
-    elements each count (a record of 1,000 strings counted as one: 1.1 MB took 5.1 GB, found 2026-12-08)."""
+    elements each count (a record of 1,000 strings counted as one: 1.1 MB took 5.1 GB, found 2026-12-07)."""
     if dtype.names:
         return sum(variable_length_slots(dtype.fields[k][0]) for k in dtype.names)
     if dtype.subdtype is not None:
@@ -426,7 +426,7 @@ def variable_length_slots(dtype) -> int:
 #: bytes of one stored chunk beyond twice its dataset's: HDF5 decompresses a whole chunk to read any value of it,
 #: and a chunk may be declared far larger than its dataset when the dataset may grow (maxshape None): an X of
 #: 100 x 50 values in one 2 GB gzipped chunk (2 MB) took 2.3 GB to read, and a string dataset in one 1 GB chunk
-#: held the measuring child for its 300 s (found 2026-12-08). h5py's own chunks are at most 1 MB; anndata,
+#: held the measuring child for its 300 s (found 2026-12-07). h5py's own chunks are at most 1 MB; anndata,
 #: scanpy, 10x and loompy write those or smaller.
 HDF5_CHUNK_SLACK = 4 << 20
 
@@ -1060,7 +1060,7 @@ class _BoundedTarInfo(tarfile.TarInfo):
     """A tar header whose extended headers (GNU ``L``/``K``, pax ``x``/``g``) are refused past
     :data:`TAR_EXTENDED_HEADER_BYTES` before tarfile reads them: it reads each whole into memory while it walks
     the members, before any check here can look at them (a 0.97 MB .tar.gz declaring a 1 GB long name took
-    5.1 GB, found 2026-12-08)."""
+    5.1 GB, found 2026-12-07)."""
 
     label = "the archive"
 

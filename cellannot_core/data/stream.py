@@ -33,7 +33,7 @@ CHUNK_CELLS = 20_000
 #: bytes a stored value may take while a chunk is read: its value and index as stored (up to 8 + 8) and as
 #: float32 CSR (4 + 4); a dense matrix's values count as many. A matrix's values are counted by their own item
 #: size (:meth:`H5adRows._open`), which must be a plain number's: an X of 1 MB strings or of arrays counted at 24
-#: bytes a value took 5.2 GB from 0.07 MB (found 2026-12-08)
+#: bytes a value took 5.2 GB from 0.07 MB (found 2026-12-07)
 BYTES_PER_VALUE = 24
 
 

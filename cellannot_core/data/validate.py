@@ -147,7 +147,7 @@ def check_label_column(obs: pd.DataFrame, label_key: str, *, name: str = "refere
     col = obs[label_key]
     values = col.cat.categories if isinstance(col.dtype, pd.CategoricalDtype) else pd.unique(col.to_numpy(dtype=object))
     longest = max((len(str(v)) for v in values), default=0)
-    if longest > MAX_LABEL_CHARS:  # (widened to its length in every cell, 0.45 MB took 5 GB: found 2026-12-08)
+    if longest > MAX_LABEL_CHARS:  # (widened to its length in every cell, 0.45 MB took 5 GB: found 2026-12-07)
         raise DataError(f"the {name}'s label column '{shown_name(label_key)}' holds a label of {longest:,} characters, "
                         f"where a cell type's name has at most {MAX_LABEL_CHARS}: choose the column naming each cell's "
                         "type, or shorten its values.")

@@ -256,7 +256,7 @@ def _validate_config(cfg: dict[str, Any], d: Path) -> None:
     thr = cfg.get("threshold")
     if not isinstance(thr, (int, float)) or isinstance(thr, bool) or math.isnan(thr):
         raise bad("the threshold must be a number")
-    median = cfg.get("val_score_median", 0.0)  # (quoted by a float() error before, 2026-12-08)
+    median = cfg.get("val_score_median", 0.0)  # (quoted by a float() error before, 2026-12-07)
     if not isinstance(median, (int, float)) or isinstance(median, bool):
         raise bad("val_score_median must be a number")
     if cfg.get("shift_correction", "none") not in SHIFT_CORRECTIONS:
@@ -286,7 +286,7 @@ def _check_outputs(model: Model, d: Path) -> None:
     try:
         zero = np.zeros((1, model.n_features), dtype=np.float32)
         width = model.logits(zero).shape[1]
-        # the reference's codes are the model's own (found 2026-12-08: codes of another width, or logits of
+        # the reference's codes are the model's own (found 2026-12-07: codes of another width, or logits of
         # another number of classes, were an "internal error" at the first query)
         if ref is not None and ((np.shape(model.latent(zero))[1:] != ref.latent.shape[1:]) or (
                 ref.logits is not None and ref.logits.shape[1] != width)):

@@ -767,7 +767,7 @@ def test_column_and_cell_names_from_a_file_are_quoted_clean_and_short():
 
 
 def test_a_column_named_with_a_nul_and_a_link_named_with_escapes_are_refused_clean(plain, tmp_path):
-    """Found 2026-12-08 by a fifth probe: HDF5 ends a name at its first NUL, so a column-order of 'a',
+    """Found 2026-12-07 by a fifth probe: HDF5 ends a name at its first NUL, so a column-order of 'a',
     'a\\x001', 'a\\x002', ... read obs/a once per entry (2.9 MB -> 3.4 GB) while the check saw distinct names;
     a soft link to a group was quoted raw (escape sequences, newlines) in the refusal."""
     nul = tmp_path / "nul.h5ad"
@@ -786,7 +786,7 @@ def test_a_column_named_with_a_nul_and_a_link_named_with_escapes_are_refused_cle
 
 
 def test_a_long_label_or_cell_name_is_never_widened_to_every_cell(tmp_path, monkeypatch):
-    """Found 2026-12-08 by a fifth probe: numpy's astype(str) makes every element as wide as the longest, so one
+    """Found 2026-12-07 by a fifth probe: numpy's astype(str) makes every element as wide as the longest, so one
     200,000-character label (a query's label column, 0.45 MB) or loom cell name (0.43 MB) among a few thousand
     cells took 3.4-5 GB. Labels and names become object arrays of str (``str_array``), a label column or a saved
     model naming a label longer than MAX_LABEL_CHARS is refused, and a loom's cell names are kept as read."""
@@ -831,7 +831,7 @@ def test_a_long_label_or_cell_name_is_never_widened_to_every_cell(tmp_path, monk
 
 @pytest.mark.parametrize("where", ["first", "second", "token"])
 def test_an_mtx_line_longer_than_an_entry_is_refused_before_pandas_holds_its_fields(tmp_path, where):
-    """Found 2026-12-08 by a fifth probe: pandas' tokenizer holds every field of a line before it finds the line
+    """Found 2026-12-07 by a fifth probe: pandas' tokenizer holds every field of a line before it finds the line
     too long, so one line of 100 million one-letter fields (or one 100-million-digit value) in a 2 KB .tar.gz took
     4.9 GB. A line of entries longer than MTX_BYTES_PER_ENTRY is refused as it is read; comments may be long."""
     import gzip
@@ -873,7 +873,7 @@ def _tar_with_extended_header(path: Path, kind: str, size: int) -> Path:
 
 @pytest.mark.parametrize("kind", ["gnulong", "pax"])
 def test_a_tar_extended_header_of_a_gigabyte_is_refused_before_tarfile_reads_it(tmp_path, kind):
-    """Found 2026-12-08 by a fifth probe: tarfile reads a GNU long name or a pax header whole into memory as it
+    """Found 2026-12-07 by a fifth probe: tarfile reads a GNU long name or a pax header whole into memory as it
     walks the members, before any check of them (a 0.97 MB .tar.gz declaring 1 GB took 5.1 GB). Such headers
     past 64 KB are refused as they are met, for data and model archives alike."""
     from cellannot_core.data.io import TAR_EXTENDED_HEADER_BYTES, unpacked_archive
@@ -888,7 +888,7 @@ def test_a_tar_extended_header_of_a_gigabyte_is_refused_before_tarfile_reads_it(
 
 @pytest.mark.parametrize("kind", ["encrypted", "method"])
 def test_a_zip_member_zipfile_cannot_unpack_is_one_line(tmp_path, kind):
-    """Found 2026-12-08 by a fifth probe: a member flagged encrypted, or compressed by a method zipfile lacks
+    """Found 2026-12-07 by a fifth probe: a member flagged encrypted, or compressed by a method zipfile lacks
     (99, WinZip's AES), raised RuntimeError / NotImplementedError, an "internal error" that quoted its name."""
     import struct
     import zipfile
@@ -911,7 +911,7 @@ def test_a_zip_member_zipfile_cannot_unpack_is_one_line(tmp_path, kind):
 
 def test_chunks_larger_than_their_dataset_and_strings_in_array_types_are_counted_or_refused(plain, tmp_path,
                                                                                             monkeypatch):
-    """Found 2026-12-08 by a fifth probe: an X of 100 x 50 values stored in one 2 GB gzipped chunk (a dataset that
+    """Found 2026-12-07 by a fifth probe: an X of 100 x 50 values stored in one 2 GB gzipped chunk (a dataset that
     may grow may declare any chunk) took 2.3 GB to read from 2 MB, and held the measuring child for its 300 s as a
     string dataset; variable-length strings in a record's array field counted as one per record (1.1 MB -> 5.1 GB);
     an array of fixed-length strings counted at its stored size (0.5 MB -> 2.5 GB)."""

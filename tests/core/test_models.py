@@ -266,7 +266,7 @@ def test_foreign_config_is_data_error(saved, tmp_path, edit):
         del cfg["model"]
     elif edit == "not_a_dict":
         cfg = [1, 2, 3]
-    elif edit == "class_name_too_long":  # widened to its length for every cell labelled (found 2026-12-08)
+    elif edit == "class_name_too_long":  # widened to its length for every cell labelled (found 2026-12-07)
         cfg["classes"] = ["A" * 5000] + cfg["classes"][1:]
     else:
         cfg["n_features"] = 7
@@ -358,7 +358,7 @@ def test_clams_recovers_where_jem_gives_up(prep):
                                   "logits_wrong_width", "val_median_text", "shift_correction_dict",
                                   "calibration_list"])
 def test_a_bundle_with_reference_arrays_or_settings_of_the_wrong_shape_is_one_line(saved, tmp_path, edit):
-    """Found 2026-12-08 by a fifth probe: a saved model's reference arrays were taken whatever their shapes, and
+    """Found 2026-12-07 by a fifth probe: a saved model's reference arrays were taken whatever their shapes, and
     its val_score_median, shift_correction and calibration whatever their types: an "internal error" at the first
     query (one quoting the config's value), or a model that ran with a dict as its shift correction."""
     from safetensors.numpy import load_file, save_file

@@ -412,7 +412,7 @@ def test_a_streamed_querys_chunks_are_held_to_the_memory_limit(bundle, tmp_path,
 
 @pytest.mark.parametrize("kind", ["fixed", "array", "vlen", "complex", "float16"])
 def test_a_streamed_x_of_values_that_are_not_plain_numbers_is_one_line_before_it_is_read(tmp_path, kind):
-    """Found 2026-12-08 by a fifth probe: the streamed query read an X of 1 MB fixed-length strings or of an HDF5
+    """Found 2026-12-07 by a fifth probe: the streamed query read an X of 1 MB fixed-length strings or of an HDF5
     array type (250,000 floats a value), budgeted at 24 bytes a value (0.07 MB -> 5.2 GB), and labelled one of
     variable-length strings "successfully"; complex values printed numpy's warning with a server path, and sparse
     float16 values failed with a bare ValueError. Values that are not plain numbers, and sparse float16, are one
