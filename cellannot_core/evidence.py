@@ -195,6 +195,8 @@ def unknown_groups(X: Any, groups: np.ndarray, is_unknown: np.ndarray, pred: np.
     a group's genes: the means leave them out, ``n_without_counts`` counts them, and a group with
     fewer than :data:`GROUP_MIN_CELLS` other cells lists no genes.
 
+    ``cluster``: the group's value in ``groups`` (not its position among the rows, which is what
+    ``obs["cellannot_unknown_group"]`` holds: named ``group`` until 2026-12-07, and read as that code).
     ``markers_kept`` of ``n_markers``: the class's top reference markers (:func:`class_markers`)
     on which the group reaches :data:`SUPPORT_FRACTION` of the compared cells' mean.
     ``handling_state``: compared with accepted query cells, a :data:`HANDLING_PROGRAMS` program
@@ -231,7 +233,7 @@ def unknown_groups(X: Any, groups: np.ndarray, is_unknown: np.ndarray, pred: np.
         if k < GROUP_MIN_CELLS:  # mostly cells without counts on these genes: the rest are too few to describe
             d = {**d, "genes_up": [], "up_by": [], "genes_down": [], "down_by": [], "state_programs": [],
                  "markers_kept": 0}
-        rows.append({"group": int(g) if np.issubdtype(groups.dtype, np.integer) else str(g), "n_cells": int(u.sum()),
+        rows.append({"cluster": int(g) if np.issubdtype(groups.dtype, np.integer) else str(g), "n_cells": int(u.sum()),
                      "n_without_counts": int(u.sum()) - k,
                      "predicted_as": str(classes[c]), "compared_with": against, **d,
                      "handling_state": bool(c in base_of and k >= GROUP_MIN_CELLS and d["n_markers"]
@@ -296,7 +298,7 @@ def unknown_group_members(groups: np.ndarray, is_unknown: np.ndarray, rows: list
     out = np.full(len(unk), -1, dtype=np.int32)
     names = str_array(groups)
     for j, r in enumerate(rows):
-        out[(names == str(r["group"])) & unk] = j
+        out[(names == str(r["cluster"])) & unk] = j
     return out
 
 

@@ -436,6 +436,7 @@ def test_a_script_reads_the_unknown_groups_and_accepts_one(pair):
     assert isinstance(groups, dict) and groups  # stored in .uns as {"0": ..., "1": ...}
     rows = [groups[str(j)] for j in range(len(groups))]
     assert [int((g == j).sum()) for j in range(len(rows))] == [int(r["n_cells"]) for r in rows]
+    assert all("group" not in r and "cluster" in r for r in rows)  # the rule's cluster is not the obs code
     unk = q.obs["cellannot_is_unknown"].to_numpy()
     assert unk[g >= 0].all() and g.min() >= -1
     raw = q.obs["cellannot_label_raw"].astype(str).to_numpy()

@@ -378,14 +378,14 @@ def test_unknown_groups_name_the_genes_that_set_each_group_apart():
     pred = np.zeros(len(X), dtype=int)
     ref_mean = np.vstack([a, np.full(10, 0.0)])
     rows = unknown_groups(sp.csr_matrix(X), groups, unk, pred, ["A", "B"], genes, ref_mean, n_genes=2)
-    assert [r["group"] for r in rows] == [2, 1]  # largest first; group 3 (8 cells) too small, group 0 accepted
+    assert [r["cluster"] for r in rows] == [2, 1]  # largest first; group 3 (8 cells) too small, group 0 accepted
     nov, st = rows
     assert nov["genes_up"] == ["g9", "g8"] and nov["up_by"][0] == pytest.approx(6, abs=0.2)
     assert nov["genes_down"][0] == "g0" and nov["down_by"][0] == pytest.approx(-5, abs=0.2)
     assert st["genes_up"] == ["g6", "g7"] and st["up_by"] == pytest.approx([3, 2], abs=0.2)
     assert st["predicted_as"] == "A" and "60 accepted A cells" in st["compared_with"]
     few = unknown_groups(X, groups, groups != 3, pred, ["A", "B"], genes, ref_mean, n_genes=2)  # 8 accepted only
-    st_ref = next(r for r in few if r["group"] == 1)
+    st_ref = next(r for r in few if r["cluster"] == 1)
     assert "reference's A cells" in st_ref["compared_with"]
     assert st_ref["genes_up"] == ["g6", "g7"] and st_ref["up_by"][0] == pytest.approx(4, abs=0.2)  # + the shift
 
@@ -477,7 +477,7 @@ def test_cells_without_counts_do_not_describe_an_unknown_group():
             yield start, Xs[start:start + 25]
 
     for data in (Xs, chunks):
-        rows = {r["group"]: r for r in unknown_groups(data, groups, unk, pred, ["A", "B"], genes, ref_mean, n_genes=2)}
+        rows = {r["cluster"]: r for r in unknown_groups(data, groups, unk, pred, ["A", "B"], genes, ref_mean, n_genes=2)}
         assert rows[1]["n_cells"] == 54 and rows[1]["n_without_counts"] == 50
         assert rows[1]["genes_up"] == [] and rows[1]["genes_down"] == []  # 4 cells with counts: too few
         assert rows[2]["n_without_counts"] == 10 and sorted(rows[2]["genes_up"]) == ["g4", "g5"]
@@ -528,7 +528,7 @@ def test_a_known_type_after_rougher_dissociation_is_a_handling_state_a_new_type_
     pred = np.where(groups == 4, 1, 0)
     unk = np.isin(groups, [1, 2, 3])
     rows = unknown_groups(X, groups, unk, pred, ["A", "B"], genes, np.vstack([a, b]), n_genes=4)
-    by = {r["group"]: r for r in rows}
+    by = {r["cluster"]: r for r in rows}
     assert by[1]["handling_state"] and by[1]["markers_kept"] == 10 and by[1]["n_markers"] == 10
     assert "heat shock / stress" in by[2]["state_programs"] and not by[2]["handling_state"]
     assert by[2]["markers_kept"] == 5
@@ -544,13 +544,13 @@ def test_a_known_type_after_rougher_dissociation_is_a_handling_state_a_new_type_
     assert accept_handling_states(model, preds, rows) == 40
     assert not preds.is_unknown[groups == 1].any() and (preds.label[groups == 1] == "A").all()
     assert preds.is_unknown[np.isin(groups, [2, 3])].all() and (preds.label[groups == 2] == "Unknown").all()
-    assert [r["accepted"] for r in rows] == [r["group"] == 1 for r in rows]
+    assert [r["accepted"] for r in rows] == [r["cluster"] == 1 for r in rows]
     assert (preds.unknown_group[groups == 1] >= 0).all()  # the accepted cells keep their group
     from cellannot_core.pipeline import log_unknown_groups
 
     lines: list[str] = []
     log_unknown_groups(rows, lines.append)
     assert [("accepted as A, a handling state keeping 10 of its 10 markers" in line) for line in lines] == \
-        [r["group"] == 1 for r in rows[:3]]
+        [r["cluster"] == 1 for r in rows[:3]]
     other = types.SimpleNamespace(ood_method="maxprob", reference=None)
     assert accept_handling_states(other, preds, rows) == 0
