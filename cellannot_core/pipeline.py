@@ -89,6 +89,8 @@ class AnnotateOptions:
                               f"from 0 to {MAX_GENERATE:,}; not {self.n_generate!r}")
         check_threshold(self.threshold)
         self.device = device_name(self.device)
+        from .models.registry import resolve_hparams  # a misspelt or ill-typed hyper-parameter, before the data
+        resolve_hparams(self.model, self.hparams)   # (it was said after reading and preparing them: found 2026-12-07)
 
     def model_hparams(self) -> dict[str, Any]:
         """The hyper-parameter overrides; ``max_epochs`` caps only models that train in epochs."""

@@ -146,6 +146,10 @@ def test_missing_label_column(capsys, files):
 def test_bad_options(capsys, files, extra, match):
     code, _, err = run_main(capsys, *annotate_args(files, extra=extra))
     assert_one_error(code, err, match)
+    if extra[0] == "--hparam" and "=" in extra[1] and "hidden" not in extra[1]:  # before any data is read
+        args = [str(a) for a in annotate_args(files, extra=extra)]  # (a reference not there: its error came first)
+        args[args.index("--reference") + 1] = str(files["dir"] / "no_such_reference.h5ad")
+        assert_one_error(*run_main(capsys, *args)[::2], match)
 
 
 def test_cuda_without_gpu(capsys, files):
