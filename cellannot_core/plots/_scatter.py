@@ -66,23 +66,28 @@ def subsample_indices(
     return np.sort(np.concatenate([pri, fill])).astype(np.int64)
 
 
-def _hover_text(hover: Any, n: int) -> np.ndarray | None:
-    """Per-point hover strings from an array of strings or a dict/DataFrame of columns."""
+def _hover_text(hover: Any, n: int) -> tuple[np.ndarray, str] | None:
+    """Per-point hover values (an ``(n, k)`` object array of str, a trace's ``customdata``) and the
+    template that writes them, from an array of strings or a dict/DataFrame of columns. The values
+    are data (the app escapes them, :func:`ui.widgets.text_only`), the template is markup: one string
+    per point joining its columns with ``<br>`` was escaped whole and showed "cell: c1<br>conf: 0.1"
+    in every tooltip (found 2026-12-07)."""
     if hover is None:
         return None
     if isinstance(hover, (pd.DataFrame, Mapping)):
         frame = pd.DataFrame(hover)
         if len(frame) != n:
             raise ValueError(f"hover has {len(frame)} rows but coords has {n}")
-        parts = [f"{col}: " + frame[col].astype(str).to_numpy(dtype=object) for col in frame.columns]
-        out = parts[0]
-        for p in parts[1:]:
-            out = out + "<br>" + p
-        return np.asarray(out, dtype=object)
+        values = np.empty((n, frame.shape[1]), dtype=object)
+        for j, col in enumerate(frame.columns):
+            values[:, j] = str_array(frame[col].astype(str).to_numpy(dtype=object))
+        template = "".join(f"{escape(str(col), quote=False)}: %{{customdata[{j}]}}<br>"
+                           for j, col in enumerate(frame.columns))
+        return values, template
     arr = str_array(hover)
     if arr.size != n:
         raise ValueError(f"hover has {arr.size} entries but coords has {n}")
-    return arr
+    return arr.reshape(n, 1), "%{customdata[0]}<br>"
 
 
 def _auto_size(n: int) -> float:
@@ -162,6 +167,7 @@ def latent_scatter(
     if sym is not None and sym.size != n:
         raise ValueError(f"symbol has {sym.size} entries but coords has {n}")
     text = _hover_text(hover, n)
+    text_template = "" if text is None else text[1]
 
     # symbol values: primary first
     if sym is not None:
@@ -178,7 +184,7 @@ def latent_scatter(
     idx = subsample_indices(n, max_points, seed=seed, priority=priority)
     n_shown = idx.size
     xy_s = xy[idx]
-    text_s = None if text is None else text[idx]
+    text_s = None if text is None else text[0][idx]
     sym_s = np.full(n_shown, "", dtype=object) if sym is None else sym[idx]
 
     size = marker_size if marker_size is not None else _auto_size(n_shown)
@@ -224,9 +230,9 @@ def latent_scatter(
                         name=cat if not (several_symbols and not first_for_cat) else f"{cat} ({sv})",
                         legendgroup=cat, showlegend=bool(first_for_cat), legendrank=rank[cat],
                         marker=_marker(sym_style[sv], color=colors[cat]),
-                        text=None if text_s is None else text_s[sel],
+                        customdata=None if text_s is None else text_s[sel],
                         hovertemplate=(
-                            ("%{text}<br>" if text_s is not None else "")
+                            text_template
                             + f"{color_title}: {escape(str(cat), quote=False)}"
                             + (f"<br>{escape(str(sv), quote=False)}" if several_symbols else "")
                             + "<extra></extra>"
@@ -247,9 +253,9 @@ def latent_scatter(
                     name=sv if several_symbols else color_title,
                     showlegend=several_symbols,
                     marker=_marker(sym_style[sv], color=vals[sel], coloraxis="coloraxis"),
-                    text=None if text_s is None else text_s[sel],
+                    customdata=None if text_s is None else text_s[sel],
                     hovertemplate=(
-                        ("%{text}<br>" if text_s is not None else "")
+                        text_template
                         + f"{color_title}: " + "%{marker.color:.3g}"
                         + (f"<br>{escape(str(sv), quote=False)}" if several_symbols else "") + "<extra></extra>"
                     ),

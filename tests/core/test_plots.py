@@ -199,7 +199,14 @@ def test_latent_scatter_categorical():
     assert len(by_name["B cell"].x) == np.sum(lab == "B cell")
     sel = lab == "B cell"
     assert np.allclose(np.sort(by_name["B cell"].x), np.sort(xy[sel, 0]))
-    assert by_name["B cell"].text[0].startswith("cell: ")
+    b = by_name["B cell"]  # each column a value of the point's customdata, written by the template
+    assert b.hovertemplate.startswith("cell: %{customdata[0]}<br>") and len(b.customdata) == len(b.x)
+    from ui.widgets import text_only  # as the app shows it: values escaped, the template's line breaks kept
+
+    shown = text_only(latent_scatter(xy[:3], lab[:3], hover={"cell": ["<b>c1</b>", "c2", "c3"], "p": [1, 2, 3]}))
+    values = [v for t in shown.data for v in np.ravel(t.customdata)]
+    assert "&lt;b&gt;c1&lt;/b&gt;" in values and not any("<" in str(v) for v in values)
+    assert all(t.hovertemplate.startswith("cell: %{customdata[0]}<br>p: %{customdata[1]}<br>") for t in shown.data)
     assert "showing" not in fig.layout.title.text
     assert fig.layout.meta == {"n_total": 500, "n_shown": 500}
     # Unknown last in the legend
