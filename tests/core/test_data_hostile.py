@@ -854,6 +854,22 @@ def test_an_mtx_line_longer_than_an_entry_is_refused_before_pandas_holds_its_fie
     assert read_dataset(d, name="query").X.sum() == 8
 
 
+def test_an_mtx_entry_holding_a_quote_is_damaged_not_a_field_running_on(tmp_path):
+    """Found 2026-12-07 by a sixth probe: pandas reads a '"' as opening a quoted field, which it holds across
+    every line up to the closing quote, each line short enough to pass the per-line check (a 9 KB .tar.gz took
+    4.2 GB at a 0.5 GB limit). Matrix Market quotes nothing: a quote is not a number."""
+    import gzip
+
+    d = tmp_path / "tenx"
+    d.mkdir()
+    (d / "features.tsv").write_text("E1\tG1\nE2\tG2\nE3\tG3\n")
+    (d / "barcodes.tsv").write_text("A-1\nC-1\n")
+    with gzip.open(d / "matrix.mtx.gz", "wb") as fh:
+        fh.write(b'%%MatrixMarket matrix coordinate integer general\n3 2 2\n1 1 "5"\n2 2 3\n')
+    with pytest.raises(DataError, match="not every entry is 3 numbers"):
+        read_dataset(d, name="query")
+
+
 def _tar_with_extended_header(path: Path, kind: str, size: int) -> Path:
     """A .tar.gz whose first header is a GNU long name ("gnulong") or a pax record ("pax") of ``size`` bytes."""
     import gzip
