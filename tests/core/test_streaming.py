@@ -450,3 +450,23 @@ def test_a_streamed_x_of_values_that_are_not_plain_numbers_is_one_line_before_it
                                         r"values, not numbers") as err:
         H5adRows(p)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("key", ["indptr", "indices"])
+def test_a_streamed_x_whose_positions_are_not_whole_numbers_is_one_line_before_they_are_read(tmp_path, key):
+    """Found 2026-12-07 by a sixth probe: only X's values were checked, so row pointers or column indices
+    stored as text sharing one long string were read whole (2 MB -> 4.5 GB at a 0.5 GB limit; the indices
+    variant labelled its cells). Positions are whole numbers, checked before any is read."""
+    from conftest import make_synthetic
+
+    a = make_synthetic(40, 20, 2)
+    a.X = sp.csr_matrix(a.X)
+    p = tmp_path / "q.h5ad"
+    a.write_h5ad(p)
+    with h5py.File(p, "a") as f:
+        pos = f[f"X/{key}"][...]
+        del f[f"X/{key}"]
+        f.create_dataset(f"X/{key}", data=pos.astype(str).astype(object), dtype=h5py.string_dtype())
+    what = "row pointers" if key == "indptr" else "column indices"
+    with pytest.raises(DataError, match=f"the {what} of its X are not whole numbers"):
+        H5adRows(p)
