@@ -1054,29 +1054,87 @@ def _read_archive(path: Path, label: str) -> ad.AnnData:
 #: the most bytes a tar's extended header (a GNU long name or link, a pax record) may hold: a name of a few
 #: hundred bytes is what they carry
 TAR_EXTENDED_HEADER_BYTES = 64 << 10
+#: the most bytes all of an archive's extended headers may hold together, and the most pax keys: tarfile keeps each
+#: member's (a 10x folder's three members need a few hundred bytes; 20,000 members of 64 KB names held 1.3 GB)
+TAR_EXTENDED_TOTAL_BYTES = 16 << 20
+TAR_PAX_KEYS = 200_000
+#: the most keys a pax global header may give: tarfile copies them into every member after it (``git archive``
+#: writes one, its commit; one of 5,919 keys before 20,000 empty members took 4.3 GB from 58 KB, 2026-12-07)
+TAR_GLOBAL_PAX_KEYS = 16
+#: the most extended headers before one member (a long name, a long link, a pax and a global header): tarfile
+#: reads each by calling itself for the next, so a chain of 2,000 ended in RecursionError
+TAR_HEADER_CHAIN = 8
 
 
 class _BoundedTarInfo(tarfile.TarInfo):
     """A tar header whose extended headers (GNU ``L``/``K``, pax ``x``/``g``) are refused past
     :data:`TAR_EXTENDED_HEADER_BYTES` before tarfile reads them: it reads each whole into memory while it walks
     the members, before any check here can look at them (a 0.97 MB .tar.gz declaring a 1 GB long name took
-    5.1 GB, found 2026-12-07)."""
+    5.1 GB, found 2026-12-07). So are all of them past :data:`TAR_EXTENDED_TOTAL_BYTES` or :data:`TAR_PAX_KEYS`,
+    a global header past :data:`TAR_GLOBAL_PAX_KEYS` keys, chains past :data:`TAR_HEADER_CHAIN`, and sparse
+    members, old GNU (``S``) or pax ``GNU.sparse.*``: tarfile reads their maps into lists while it reads the
+    header (149 KB -> 3.4 GB; 23 KB -> 4.3 GB, 2026-12-07), and no matrix folder holds a sparse file."""
 
     label = "the archive"
 
-    def _refuse_long(self) -> None:
+    def _refuse(self, what: str) -> DataError:
+        return DataError(f"{self.label} holds {what}: re-create the archive from the matrix folder itself "
+                         "(tar -czf or zip of its regular files).")
+
+    def _refuse_long(self, tarfile) -> None:
         if self.size > TAR_EXTENDED_HEADER_BYTES:
             raise DataError(f"{self.label} holds an extended tar header of {self.size:,} bytes, where a long member "
                             f"name takes a few hundred (at most {TAR_EXTENDED_HEADER_BYTES >> 10} KB are read): "
                             "re-create the archive from the matrix folder itself.")
+        held = getattr(tarfile, "_cellannot_extended", 0) + self.size
+        tarfile._cellannot_extended = held
+        if held > TAR_EXTENDED_TOTAL_BYTES:
+            raise self._refuse(f"more than {TAR_EXTENDED_TOTAL_BYTES >> 20} MB of extended tar headers (long names "
+                               "or pax records), where a matrix folder's take a few hundred bytes")
+
+    def _chained(self, tarfile, proc):
+        depth = getattr(tarfile, "_cellannot_chain", 0)
+        if depth >= TAR_HEADER_CHAIN:
+            raise self._refuse(f"more than {TAR_HEADER_CHAIN} extended tar headers before one member")
+        tarfile._cellannot_chain = depth + 1
+        try:
+            return proc(tarfile)
+        finally:
+            tarfile._cellannot_chain = depth
 
     def _proc_gnulong(self, tarfile):
-        self._refuse_long()
-        return super()._proc_gnulong(tarfile)
+        self._refuse_long(tarfile)
+        return self._chained(tarfile, super()._proc_gnulong)
 
     def _proc_pax(self, tarfile):
-        self._refuse_long()
-        return super()._proc_pax(tarfile)
+        self._refuse_long(tarfile)
+        nxt = self._chained(tarfile, super()._proc_pax)
+        keys = getattr(tarfile, "_cellannot_pax_keys", 0) + len(nxt.pax_headers)
+        tarfile._cellannot_pax_keys = keys
+        if len(tarfile.pax_headers) > TAR_GLOBAL_PAX_KEYS:
+            raise self._refuse(f"a pax global header of {len(tarfile.pax_headers):,} keys, which tar copies into "
+                               f"every member (at most {TAR_GLOBAL_PAX_KEYS} are taken)")
+        if keys > TAR_PAX_KEYS:
+            raise self._refuse(f"more than {TAR_PAX_KEYS:,} pax header keys")
+        return nxt
+
+    def _refuse_sparse(self, *_args):
+        raise self._refuse("a sparse member (GNU tar's --sparse), which no matrix folder needs")
+
+    _proc_sparse = _proc_gnusparse_00 = _proc_gnusparse_01 = _proc_gnusparse_10 = _refuse_sparse
+
+
+def _tar_mode(path: Path, label: str) -> str:
+    """tarfile's mode for the tar at ``path``: gzip or none, by its first bytes (``r:*`` would unpack xz and bzip2
+    too, whatever the name says: an xz stream of identical headers shrinks them ~10,000 times)."""
+    with open(path, "rb") as fh:
+        head = fh.read(6)
+    if head[:2] == b"\x1f\x8b":
+        return "r:gz"
+    if head.startswith((b"\xfd7zXZ\x00", b"BZh", b"\x28\xb5\x2f\xfd", b"\x5d\x00\x00")):
+        raise DataError(f"{label} is compressed with xz, bzip2, zstd or lzma, not gzip: pack the matrix folder as "
+                        ".tar.gz (tar -czf) or .zip")
+    return "r:"
 
 
 @contextlib.contextmanager
@@ -1101,7 +1159,7 @@ def unpacked_archive(path: Path, label: str) -> Iterator[Path]:
                     zf.extractall(dest)
         else:
             bounded = type("_Bounded", (_BoundedTarInfo,), {"label": label})  # (the label said in its refusal)
-            with tarfile.open(path, "r:*", tarinfo=bounded) as tf:
+            with tarfile.open(path, _tar_mode(path, label), tarinfo=bounded) as tf:
                 members = []
                 for m in tf:  # read a header at a time: an archive of countless members stops at the count
                     members.append(m)

@@ -909,6 +909,96 @@ def test_a_zip_member_zipfile_cannot_unpack_is_one_line(tmp_path, kind):
     assert "\x1b" not in str(err.value)
 
 
+def _tenx_tar(path: Path, *, pax_headers: dict | None = None, extra: bytes = b"", open_with=None) -> Path:
+    """A .tar.gz of a small 10x folder (``m/``), written by tarfile in pax format with ``pax_headers`` as its global
+    header, with ``extra`` (raw tar blocks) before the folder's members."""
+    import gzip
+    import io
+    import tarfile
+
+    files = {"m/features.tsv": b"E1\tG1\nE2\tG2\n", "m/barcodes.tsv": b"A-1\nC-1\n",
+             "m/matrix.mtx": b"%%MatrixMarket matrix coordinate integer general\n2 2 2\n1 1 5\n2 2 3\n"}
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT, pax_headers=pax_headers or {}) as tf:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    raw = buf.getvalue()
+    if extra:  # after the global header (its two blocks, when there is one), before the members
+        at = 1024 * (len(raw) > 0 and raw[156:157] == b"g")
+        raw = raw[:at] + extra + raw[at:]
+    with (open_with or gzip.open)(path, "wb") as fh:
+        fh.write(raw)
+    return path
+
+
+def test_a_tar_whose_headers_multiply_as_tarfile_reads_them_is_refused(tmp_path, monkeypatch):
+    """Found 2026-12-07 by a sixth probe: tarfile copies a pax global header's keys into every member after it (one
+    of 5,919 keys before 20,000 empty members: 58 KB -> 4.3 GB), reads each extended header by calling itself for
+    the next (2,000 GNU long names in a row: RecursionError), and keeps every member's pax records. A global header
+    of a few keys (git archive's commit) is still read."""
+    import tarfile
+
+    from cellannot_core.data import io as data_io
+
+    monkeypatch.setenv("CELLANNOT_MEMORY_LIMIT_GB", "0.05")
+    keys = {f"k{i}": "" for i in range(1000)}
+    with pytest.raises(DataError, match="a pax global header of 1,00[0-9] keys, which tar copies into every member"):
+        read_dataset(_tenx_tar(tmp_path / "global.tar.gz", pax_headers=keys), name="query")
+    git = _tenx_tar(tmp_path / "git.tar.gz", pax_headers={"comment": "0" * 40})
+    assert read_dataset(git, name="query").X.sum() == 8
+
+    head = tarfile.TarInfo("././@LongLink")  # 50 long names in a row, each naming the next header
+    head.type, head.size = tarfile.GNUTYPE_LONGNAME, 6
+    chain = (head.tobuf(format=tarfile.GNU_FORMAT) + b"x/y.j\0".ljust(512, b"\0")) * 50
+    with pytest.raises(DataError, match="more than 8 extended tar headers before one member"):
+        read_dataset(_tenx_tar(tmp_path / "chain.tar.gz", extra=chain), name="query")
+
+    monkeypatch.setattr(data_io, "TAR_PAX_KEYS", 500)  # every member's own pax records count
+    many = tarfile.TarInfo("m/x")
+    many.pax_headers = {f"k{i}": "" for i in range(300)}
+    with pytest.raises(DataError, match="more than 500 pax header keys"):
+        read_dataset(_tenx_tar(tmp_path / "keys.tar.gz", extra=many.tobuf(format=tarfile.PAX_FORMAT) * 2),
+                     name="query")
+
+
+@pytest.mark.parametrize("kind", ["gnu", "pax00", "pax01", "pax10", "xz"])
+def test_a_sparse_tar_member_or_a_tar_gz_holding_xz_is_refused_before_tarfile_reads_its_map(tmp_path, kind,
+                                                                                            monkeypatch):
+    """Found 2026-12-07 by a sixth probe: tarfile reads a sparse member's map into lists while it reads its header,
+    an old GNU one (type S) from a chain of extension blocks (149 KB -> 3.4 GB, 51 s), a pax GNU.sparse 1.0 one
+    from the member's data (23 KB -> 4.3 GB, 48 s), and ``r:*`` unpacked the xz that shrank them 10,000 times,
+    whatever the name said. Sparse members are refused as they are met; a tar is gzip or none."""
+    import lzma
+    import tarfile
+
+    monkeypatch.setenv("CELLANNOT_MEMORY_LIMIT_GB", "0.05")
+    if kind == "xz":
+        path = _tenx_tar(tmp_path / "x.tar.gz", open_with=lzma.open)
+        with pytest.raises(DataError, match="compressed with xz, bzip2, zstd or lzma, not gzip"):
+            read_dataset(path, name="query")
+        return
+    info = tarfile.TarInfo("m/sparse.bin")
+    if kind == "gnu":
+        info.type = tarfile.GNUTYPE_SPARSE
+        head = bytearray(info.tobuf(format=tarfile.GNU_FORMAT))
+        head[482] = 1  # extended: extension blocks of (offset, size) pairs follow, each saying "extended" again
+        head[148:156] = b"        "
+        head[148:156] = b"%06o\0 " % sum(head)
+        block = bytearray(b"%011o\0" % 1 * 42 + b"\0" * 8)
+        block[504] = 1
+        extra = bytes(head) + bytes(block) * 2000  # (1 MB of header; the probe's 1 GB took 3.4 GB)
+    else:
+        info.pax_headers = {"pax00": {"GNU.sparse.size": "0", "GNU.sparse.numblocks": "0"},
+                            "pax01": {"GNU.sparse.map": "0,0", "GNU.sparse.size": "0"},
+                            "pax10": {"GNU.sparse.major": "1", "GNU.sparse.minor": "0",
+                                      "GNU.sparse.realsize": "0"}}[kind]
+        extra = info.tobuf(format=tarfile.PAX_FORMAT) + b"%d\n" % 100_000 + b"1\n" * 100_000
+    with pytest.raises(DataError, match=r"a sparse member \(GNU tar's --sparse\), which no matrix folder needs"):
+        read_dataset(_tenx_tar(tmp_path / f"{kind}.tar.gz", extra=extra), name="query")
+
+
 def test_chunks_larger_than_their_dataset_and_strings_in_array_types_are_counted_or_refused(plain, tmp_path,
                                                                                             monkeypatch):
     """Found 2026-12-07 by a fifth probe: an X of 100 x 50 values stored in one 2 GB gzipped chunk (a dataset that
