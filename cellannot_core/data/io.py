@@ -248,14 +248,17 @@ def _read_failure(exc: BaseException) -> str:
             "anndata writes it; copy it again, or save it again from the tool that made it")
 
 
-#: a path into the readers' temporary folders (an upload's, an archive's), which a message never shows
-_TEMP_PATH = re.compile(r"[^\s'\"]*cellannot_(?:upload|archive)_[^/\s'\"]*/?")
+#: a path into the readers' temporary folders (an upload's, an archive's), which a message never shows: matched
+#: only from the start of a word (unanchored, it was tried from every character of a run without spaces or quotes,
+#: quadratic: a zip's 96,000-character member name held a core for 66 s, found 2026-12-07)
+_TEMP_PATH = re.compile(r"(?<![^\s'\"])[^\s'\"]*cellannot_(?:upload|archive)_[^/\s'\"]*/?")
 
 
 def _one_line(exc: BaseException) -> str:
     """An exception's words as one line a message may quote: no temporary folder of this server, no control
-    characters (they may be a file's, e.g. an archive member's name), at most 300 characters."""
-    return shown_name(_TEMP_PATH.sub("", str(exc)) or type(exc).__name__, 300).rstrip(".")
+    characters (they may be a file's, e.g. an archive member's name), at most 300 characters (the first 1,000
+    are looked at)."""
+    return shown_name(_TEMP_PATH.sub("", str(exc)[:1000]) or type(exc).__name__, 300).rstrip(".")
 
 
 def _kind_of(filename: str) -> str | None:
@@ -1194,6 +1197,8 @@ def _unpacking(label: str, dest: Path) -> Iterator[None]:
             member = None
         if isinstance(err, (NotImplementedError, RuntimeError)):  # zipfile's words quote the member's name raw
             why, member = "a member is encrypted or compressed in a way this server does not unpack", None
+        elif isinstance(err, zipfile.BadZipFile):  # so do these ("File name in directory ... and header ... differ")
+            why, member = "BadZipFile (a member's header is damaged or does not match the archive's directory)", None
         elif isinstance(err, OSError) and err.errno == errno.ENAMETOOLONG:
             why = "a member's name is too long for this server's file system"
         elif isinstance(err, OSError) and err.strerror:
