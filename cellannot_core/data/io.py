@@ -30,7 +30,7 @@ import scipy.sparse as sp
 from cellannot_core.errors import DataError, shown_name
 
 from .genes import GENE_ID_COLUMNS
-from .._constants import str_array
+from .._constants import MAX_NAME_CHARS, str_array
 
 __all__ = [
     "SUPPORTED_FORMATS",
@@ -159,7 +159,7 @@ def read_dataset(
                 adata = _read_loom(path, label)
             elif kind == "10x h5":
                 guard_hdf5(path, label)
-                adata = _read_10x_h5(path)
+                adata = _read_10x_h5(path, label)
                 adata.uns.pop(INPUT_UNS_KEY, None)
             elif kind == "archive":
                 adata = _read_archive(path, label)
@@ -723,13 +723,34 @@ def _loom_attrs(group, n: int, name_keys: tuple[str, ...]) -> tuple[pd.DataFrame
     return pd.DataFrame(cols, index=index), key
 
 
-def _read_10x_h5(path: Path) -> ad.AnnData:
-    """A Cell Ranger HDF5 file (v3, or v2 with one genome); an AnnData saved as .h5 also works."""
+def _read_10x_h5(path: Path, label: str = "the file") -> ad.AnnData:
+    """A Cell Ranger HDF5 file (v3, or v2 with one genome); an AnnData saved as .h5 also works. scanpy makes
+    each of its text datasets (barcodes, gene names and ids, feature types) a fixed-width array, every element
+    as wide as the longest: names past :data:`MAX_NAME_CHARS`, or arrays that would take more than a quarter of
+    the memory limit so, are refused first (guard_hdf5 has bounded the text as stored)."""
     import h5py
     import scanpy as sc
 
     with h5py.File(path, "r") as f:
         keys = set(f.keys())
+        texts: list[str] = []
+        if "matrix" in keys or not {"X", "obs", "var"} <= keys:
+            f.visititems(lambda name, obj: texts.append(name) if isinstance(obj, h5py.Dataset) and (
+                obj.dtype.kind == "S" or h5py.check_string_dtype(obj.dtype) is not None) else None)
+        wide = 0
+        for name in texts:
+            ds = f[name]
+            longest = (ds.dtype.itemsize if ds.dtype.kind == "S" else
+                       max(map(len, np.atleast_1d(ds[()]).reshape(-1)), default=0))
+            if longest > MAX_NAME_CHARS:
+                raise DataError(f"{label} holds a name of {longest:,} characters in '{shown_name(name, 60)}', where a "
+                                f"barcode or a gene's name or id has at most {MAX_NAME_CHARS:,}: it is not a Cell Ranger "
+                                "file as written; export the matrix again")
+            wide += 4 * longest * ds.size
+        if wide > memory_limit_bytes() // 4:
+            raise DataError(f"{label}'s names would take {wide / 1024**3:.1f} GiB as the reader holds them (each as "
+                            "wide as the longest), above a quarter of this server's memory limit "
+                            "(CELLANNOT_MEMORY_LIMIT_GB): subsample the cells, or save the data as .h5ad")
     if "matrix" not in keys and {"X", "obs", "var"} <= keys:
         return ad.read_h5ad(path)
     return sc.read_10x_h5(path)

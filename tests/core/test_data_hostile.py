@@ -909,6 +909,47 @@ def test_a_zip_member_zipfile_cannot_unpack_is_one_line(tmp_path, kind):
     assert "\x1b" not in str(err.value)
 
 
+@pytest.mark.parametrize("where", ["barcodes", "features/name", "features/id"])
+def test_a_10x_h5_name_scanpy_would_widen_to_every_cell_is_refused(tmp_path, where, monkeypatch):
+    """Found 2026-12-07 by a sixth probe: scanpy's 10x reader makes barcodes, gene names and ids fixed-width arrays
+    (``astype(str)``), every element as wide as the longest: one 330,000-character barcode among 3,000 took 4.3 GB
+    from 0.7 MB. A name past MAX_NAME_CHARS, stored fixed or variable-length, is refused before scanpy reads it,
+    and so are names that would take a quarter of the memory limit so widened."""
+    import scipy.sparse as sp
+
+    from cellannot_core._constants import MAX_NAME_CHARS
+
+    monkeypatch.setenv("CELLANNOT_MEMORY_LIMIT_GB", "0.05")
+    n_cells, n_genes = 200, 20
+
+    def write(path: Path, long: str | None, length: int, *, fixed: bool = False, n: int = n_cells) -> Path:
+        X = sp.random(n_genes, n, density=0.2, format="csc", random_state=0, dtype=np.float32)
+        X.data[:] = 1
+        names = {"barcodes": [f"AAAC{i:08d}-1" for i in range(n)], "features/name": [f"G{i}" for i in range(n_genes)],
+                 "features/id": [f"ENSG{i:011d}" for i in range(n_genes)]}
+        if long:
+            names[long][0] = "A" * length
+        with h5py.File(path, "w") as f:
+            m = f.create_group("matrix")
+            m["data"], m["indices"], m["indptr"] = X.data.astype(np.int32), X.indices, X.indptr
+            m["shape"] = np.array([n_genes, n], dtype=np.int32)
+            for key, values in names.items():
+                m.create_dataset(key, data=np.array(values, dtype="S" if fixed else object),
+                                 dtype=None if fixed else h5py.string_dtype())
+            m["features/feature_type"] = np.array([b"Gene Expression"] * n_genes)
+            m["features/genome"] = np.array([b"GRCh38"] * n_genes)
+            m["features/_all_tag_keys"] = np.array([b"genome"])
+        return path
+
+    for fixed in (False, True):
+        with pytest.raises(DataError, match=f"holds a name of 5,000 characters in 'matrix/{where}', where a barcode "
+                                            f"or a gene's name or id has at most {MAX_NAME_CHARS:,}"):
+            read_dataset(write(tmp_path / f"long{fixed}.h5", where, 5000, fixed=fixed), name="query")
+    assert read_dataset(write(tmp_path / "plain.h5", where, MAX_NAME_CHARS), name="query").shape == (n_cells, n_genes)
+    with pytest.raises(DataError, match="names would take .* GiB as the reader holds them"):
+        read_dataset(write(tmp_path / "many.h5", "barcodes", MAX_NAME_CHARS, n=20_000), name="query")
+
+
 def test_a_zip_whose_member_names_differ_is_one_line_quickly_and_unquoted(tmp_path):
     """Found 2026-12-07 by a sixth probe: zipfile's "File name in directory ... and header ... differ" quotes both
     names, and the pattern that strips this server's temporary folders from a message was tried from every
