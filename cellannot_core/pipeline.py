@@ -1224,7 +1224,8 @@ def _load_bundle_archive(path: Path, device: str) -> tuple[Any, dict[str, Any]]:
                 return _load_bundle_dir(found[0], device)
             except DataError as err:  # the archive by its own name, not the temporary folder's
                 raise DataError(str(err).replace(str(found[0]), str(path))) from None
-    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as err:
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError, RecursionError) as err:
+        # (RecursionError: tarfile reads a chain of extended headers by calling itself; 2,000 were an internal error)
         raise DataError(f"cannot unpack {label} ({type(err).__name__}); it may be damaged: download it again") from None
 
 

@@ -392,3 +392,22 @@ def test_a_bundle_with_reference_arrays_or_settings_of_the_wrong_shape_is_one_li
     with pytest.raises(DataError, match="damaged") as err:
         load_model(d, device="cpu")
     assert "SECRET" not in str(err.value)
+
+
+def test_a_model_archive_of_chained_tar_headers_is_one_line(tmp_path):
+    """Found 2026-12-07 by a sixth probe: tarfile reads an extended header by calling itself for the next, so a
+    model archive of 2,000 GNU long names in a row was an "internal error (RecursionError ...)"."""
+    import gzip
+    import tarfile
+
+    from cellannot_core.pipeline import load_bundle
+
+    path = tmp_path / "model.tar.gz"
+    with gzip.open(path, "wb") as fh:
+        head = tarfile.TarInfo("././@LongLink")
+        head.type, head.size = tarfile.GNUTYPE_LONGNAME, 6
+        fh.write((head.tobuf(format=tarfile.GNU_FORMAT) + b"x/y.j\0".ljust(512, b"\0")) * 2000)
+        fh.write(tarfile.TarInfo("bundle.json").tobuf(format=tarfile.GNU_FORMAT) + b"\0" * 1024)
+    with pytest.raises(DataError, match="more than 8 extended tar headers before one member") as err:
+        load_bundle(path, device="cpu")
+    assert "\n" not in str(err.value)
