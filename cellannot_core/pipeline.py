@@ -306,14 +306,14 @@ def add_sample_evidence(preds: Predictions, groups: list[dict[str, Any]], sample
 
 def check_threshold(threshold: Any) -> None:
     """A threshold given for the novelty score must be a number (infinity: nobody Unknown); NaN called
-    no cell Unknown without a word."""
+    no cell Unknown without a word, and minus infinity calls every cell Unknown whatever its score."""
     if threshold is None:
         return
     try:
         value = float(threshold)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         value = float("nan")
-    if isinstance(threshold, bool) or math.isnan(value):
+    if isinstance(threshold, bool) or math.isnan(value) or value == -math.inf:
         raise ConfigError(f"the threshold must be a number on the novelty score's scale (or none for the model's "
                           f"own); not {threshold!r}")
 
