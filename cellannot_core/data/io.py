@@ -1080,7 +1080,7 @@ def _read_archive(path: Path, label: str) -> ad.AnnData:
 #: hundred bytes is what they carry
 TAR_EXTENDED_HEADER_BYTES = 64 << 10
 #: the most bytes all of an archive's extended headers may hold together, and the most pax keys: tarfile keeps each
-#: member's (a 10x folder's three members need a few hundred bytes; 20,000 members of 64 KB names held 1.3 GB)
+#: member's (a 10x folder's three members need a few hundred bytes; 20,000 members of 64 KB names would hold 1.3 GB)
 TAR_EXTENDED_TOTAL_BYTES = 16 << 20
 TAR_PAX_KEYS = 200_000
 #: the most keys a pax global header may give: tarfile copies them into every member after it (``git archive``
