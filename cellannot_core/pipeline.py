@@ -306,14 +306,14 @@ def add_sample_evidence(preds: Predictions, groups: list[dict[str, Any]], sample
 
 def check_threshold(threshold: Any) -> None:
     """A threshold given for the novelty score must be a number (infinity: nobody Unknown); NaN called
-    no cell Unknown without a word."""
+    no cell Unknown without a word, and minus infinity calls every cell Unknown whatever its score."""
     if threshold is None:
         return
     try:
         value = float(threshold)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         value = float("nan")
-    if isinstance(threshold, bool) or math.isnan(value):
+    if isinstance(threshold, bool) or math.isnan(value) or value == -math.inf:
         raise ConfigError(f"the threshold must be a number on the novelty score's scale (or none for the model's "
                           f"own); not {threshold!r}")
 
@@ -1224,7 +1224,8 @@ def _load_bundle_archive(path: Path, device: str) -> tuple[Any, dict[str, Any]]:
                 return _load_bundle_dir(found[0], device)
             except DataError as err:  # the archive by its own name, not the temporary folder's
                 raise DataError(str(err).replace(str(found[0]), str(path))) from None
-    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as err:
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError, RecursionError) as err:
+        # (RecursionError: tarfile reads a chain of extended headers by calling itself; 2,000 were an internal error)
         raise DataError(f"cannot unpack {label} ({type(err).__name__}); it may be damaged: download it again") from None
 
 

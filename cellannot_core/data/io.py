@@ -30,7 +30,7 @@ import scipy.sparse as sp
 from cellannot_core.errors import DataError, shown_name
 
 from .genes import GENE_ID_COLUMNS
-from .._constants import str_array
+from .._constants import MAX_NAME_CHARS, str_array
 
 __all__ = [
     "SUPPORTED_FORMATS",
@@ -159,7 +159,7 @@ def read_dataset(
                 adata = _read_loom(path, label)
             elif kind == "10x h5":
                 guard_hdf5(path, label)
-                adata = _read_10x_h5(path)
+                adata = _read_10x_h5(path, label)
                 adata.uns.pop(INPUT_UNS_KEY, None)
             elif kind == "archive":
                 adata = _read_archive(path, label)
@@ -248,14 +248,17 @@ def _read_failure(exc: BaseException) -> str:
             "anndata writes it; copy it again, or save it again from the tool that made it")
 
 
-#: a path into the readers' temporary folders (an upload's, an archive's), which a message never shows
-_TEMP_PATH = re.compile(r"[^\s'\"]*cellannot_(?:upload|archive)_[^/\s'\"]*/?")
+#: a path into the readers' temporary folders (an upload's, an archive's), which a message never shows: matched
+#: only from the start of a word (unanchored, it was tried from every character of a run without spaces or quotes,
+#: quadratic: a zip's 96,000-character member name held a core for 66 s, found 2026-12-07)
+_TEMP_PATH = re.compile(r"(?<![^\s'\"])[^\s'\"]*cellannot_(?:upload|archive)_[^/\s'\"]*/?")
 
 
 def _one_line(exc: BaseException) -> str:
     """An exception's words as one line a message may quote: no temporary folder of this server, no control
-    characters (they may be a file's, e.g. an archive member's name), at most 300 characters."""
-    return shown_name(_TEMP_PATH.sub("", str(exc)) or type(exc).__name__, 300).rstrip(".")
+    characters (they may be a file's, e.g. an archive member's name), at most 300 characters (the first 1,000
+    are looked at)."""
+    return shown_name(_TEMP_PATH.sub("", str(exc)[:1000]) or type(exc).__name__, 300).rstrip(".")
 
 
 def _kind_of(filename: str) -> str | None:
@@ -720,15 +723,37 @@ def _loom_attrs(group, n: int, name_keys: tuple[str, ...]) -> tuple[pd.DataFrame
     return pd.DataFrame(cols, index=index), key
 
 
-def _read_10x_h5(path: Path) -> ad.AnnData:
-    """A Cell Ranger HDF5 file (v3, or v2 with one genome); an AnnData saved as .h5 also works."""
+def _read_10x_h5(path: Path, label: str = "the file") -> ad.AnnData:
+    """A Cell Ranger HDF5 file (v3, or v2 with one genome); an AnnData saved as .h5 also works. scanpy makes
+    each of its text datasets (barcodes, gene names and ids, feature types) a fixed-width array, every element
+    as wide as the longest: names past :data:`MAX_NAME_CHARS`, or arrays that would take more than a quarter of
+    the memory limit so, are refused first (guard_hdf5 has bounded the text as stored)."""
     import h5py
-    import scanpy as sc
 
     with h5py.File(path, "r") as f:
         keys = set(f.keys())
+        texts: list[str] = []
+        if "matrix" in keys or not {"X", "obs", "var"} <= keys:
+            f.visititems(lambda name, obj: texts.append(name) if isinstance(obj, h5py.Dataset) and (
+                obj.dtype.kind == "S" or h5py.check_string_dtype(obj.dtype) is not None) else None)
+        wide = 0
+        for name in texts:
+            ds = f[name]
+            longest = (ds.dtype.itemsize if ds.dtype.kind == "S" else
+                       max(map(len, np.atleast_1d(ds[()]).reshape(-1)), default=0))
+            if longest > MAX_NAME_CHARS:
+                raise DataError(f"{label} holds a name of {longest:,} characters in '{shown_name(name, 60)}', where a "
+                                f"barcode or a gene's name or id has at most {MAX_NAME_CHARS:,}: it is not a Cell Ranger "
+                                "file as written; export the matrix again")
+            wide += 4 * longest * ds.size
+        if wide > memory_limit_bytes() // 4:
+            raise DataError(f"{label}'s names would take {wide / 1024**3:.1f} GiB as the reader holds them (each as "
+                            "wide as the longest), above a quarter of this server's memory limit "
+                            "(CELLANNOT_MEMORY_LIMIT_GB): subsample the cells, or save the data as .h5ad")
     if "matrix" not in keys and {"X", "obs", "var"} <= keys:
         return ad.read_h5ad(path)
+    import scanpy as sc  # (after the checks: importing it takes 0.14 GB)
+
     return sc.read_10x_h5(path)
 
 
@@ -1054,29 +1079,87 @@ def _read_archive(path: Path, label: str) -> ad.AnnData:
 #: the most bytes a tar's extended header (a GNU long name or link, a pax record) may hold: a name of a few
 #: hundred bytes is what they carry
 TAR_EXTENDED_HEADER_BYTES = 64 << 10
+#: the most bytes all of an archive's extended headers may hold together, and the most pax keys: tarfile keeps each
+#: member's (a 10x folder's three members need a few hundred bytes; 20,000 members of 64 KB names would hold 1.3 GB)
+TAR_EXTENDED_TOTAL_BYTES = 16 << 20
+TAR_PAX_KEYS = 200_000
+#: the most keys a pax global header may give: tarfile copies them into every member after it (``git archive``
+#: writes one, its commit; one of 5,919 keys before 20,000 empty members took 4.3 GB from 58 KB, 2026-12-07)
+TAR_GLOBAL_PAX_KEYS = 16
+#: the most extended headers before one member (a long name, a long link, a pax and a global header): tarfile
+#: reads each by calling itself for the next, so a chain of 2,000 ended in RecursionError
+TAR_HEADER_CHAIN = 8
 
 
 class _BoundedTarInfo(tarfile.TarInfo):
     """A tar header whose extended headers (GNU ``L``/``K``, pax ``x``/``g``) are refused past
     :data:`TAR_EXTENDED_HEADER_BYTES` before tarfile reads them: it reads each whole into memory while it walks
     the members, before any check here can look at them (a 0.97 MB .tar.gz declaring a 1 GB long name took
-    5.1 GB, found 2026-12-07)."""
+    5.1 GB, found 2026-12-07). So are all of them past :data:`TAR_EXTENDED_TOTAL_BYTES` or :data:`TAR_PAX_KEYS`,
+    a global header past :data:`TAR_GLOBAL_PAX_KEYS` keys, chains past :data:`TAR_HEADER_CHAIN`, and sparse
+    members, old GNU (``S``) or pax ``GNU.sparse.*``: tarfile reads their maps into lists while it reads the
+    header (149 KB -> 3.4 GB; 23 KB -> 4.3 GB, 2026-12-07), and no matrix folder holds a sparse file."""
 
     label = "the archive"
 
-    def _refuse_long(self) -> None:
+    def _refuse(self, what: str) -> DataError:
+        return DataError(f"{self.label} holds {what}: re-create the archive from the matrix folder itself "
+                         "(tar -czf or zip of its regular files).")
+
+    def _refuse_long(self, tarfile) -> None:
         if self.size > TAR_EXTENDED_HEADER_BYTES:
             raise DataError(f"{self.label} holds an extended tar header of {self.size:,} bytes, where a long member "
                             f"name takes a few hundred (at most {TAR_EXTENDED_HEADER_BYTES >> 10} KB are read): "
                             "re-create the archive from the matrix folder itself.")
+        held = getattr(tarfile, "_cellannot_extended", 0) + self.size
+        tarfile._cellannot_extended = held
+        if held > TAR_EXTENDED_TOTAL_BYTES:
+            raise self._refuse(f"more than {TAR_EXTENDED_TOTAL_BYTES >> 20} MB of extended tar headers (long names "
+                               "or pax records), where a matrix folder's take a few hundred bytes")
+
+    def _chained(self, tarfile, proc):
+        depth = getattr(tarfile, "_cellannot_chain", 0)
+        if depth >= TAR_HEADER_CHAIN:
+            raise self._refuse(f"more than {TAR_HEADER_CHAIN} extended tar headers before one member")
+        tarfile._cellannot_chain = depth + 1
+        try:
+            return proc(tarfile)
+        finally:
+            tarfile._cellannot_chain = depth
 
     def _proc_gnulong(self, tarfile):
-        self._refuse_long()
-        return super()._proc_gnulong(tarfile)
+        self._refuse_long(tarfile)
+        return self._chained(tarfile, super()._proc_gnulong)
 
     def _proc_pax(self, tarfile):
-        self._refuse_long()
-        return super()._proc_pax(tarfile)
+        self._refuse_long(tarfile)
+        nxt = self._chained(tarfile, super()._proc_pax)
+        keys = getattr(tarfile, "_cellannot_pax_keys", 0) + len(nxt.pax_headers)
+        tarfile._cellannot_pax_keys = keys
+        if len(tarfile.pax_headers) > TAR_GLOBAL_PAX_KEYS:
+            raise self._refuse(f"a pax global header of {len(tarfile.pax_headers):,} keys, which tar copies into "
+                               f"every member (at most {TAR_GLOBAL_PAX_KEYS} are taken)")
+        if keys > TAR_PAX_KEYS:
+            raise self._refuse(f"more than {TAR_PAX_KEYS:,} pax header keys")
+        return nxt
+
+    def _refuse_sparse(self, *_args):
+        raise self._refuse("a sparse member (GNU tar's --sparse), which no matrix folder needs")
+
+    _proc_sparse = _proc_gnusparse_00 = _proc_gnusparse_01 = _proc_gnusparse_10 = _refuse_sparse
+
+
+def _tar_mode(path: Path, label: str) -> str:
+    """tarfile's mode for the tar at ``path``: gzip or none, by its first bytes (``r:*`` would unpack xz and bzip2
+    too, whatever the name says: an xz stream of identical headers shrinks them ~10,000 times)."""
+    with open(path, "rb") as fh:
+        head = fh.read(6)
+    if head[:2] == b"\x1f\x8b":
+        return "r:gz"
+    if head.startswith((b"\xfd7zXZ\x00", b"BZh", b"\x28\xb5\x2f\xfd", b"\x5d\x00\x00")):
+        raise DataError(f"{label} is compressed with xz, bzip2, zstd or lzma, not gzip: pack the matrix folder as "
+                        ".tar.gz (tar -czf) or .zip")
+    return "r:"
 
 
 @contextlib.contextmanager
@@ -1101,7 +1184,7 @@ def unpacked_archive(path: Path, label: str) -> Iterator[Path]:
                     zf.extractall(dest)
         else:
             bounded = type("_Bounded", (_BoundedTarInfo,), {"label": label})  # (the label said in its refusal)
-            with tarfile.open(path, "r:*", tarinfo=bounded) as tf:
+            with tarfile.open(path, _tar_mode(path, label), tarinfo=bounded) as tf:
                 members = []
                 for m in tf:  # read a header at a time: an archive of countless members stops at the count
                     members.append(m)
@@ -1136,6 +1219,8 @@ def _unpacking(label: str, dest: Path) -> Iterator[None]:
             member = None
         if isinstance(err, (NotImplementedError, RuntimeError)):  # zipfile's words quote the member's name raw
             why, member = "a member is encrypted or compressed in a way this server does not unpack", None
+        elif isinstance(err, zipfile.BadZipFile):  # so do these ("File name in directory ... and header ... differ")
+            why, member = "BadZipFile (a member's header is damaged or does not match the archive's directory)", None
         elif isinstance(err, OSError) and err.errno == errno.ENAMETOOLONG:
             why = "a member's name is too long for this server's file system"
         elif isinstance(err, OSError) and err.strerror:

@@ -16,7 +16,8 @@ from typing import Any, Callable, ClassVar, Sequence
 import numpy as np
 
 from .._constants import MAX_LABEL_CHARS, RunFiles
-from ..calibration import fit_temperature, query_threshold, softmax, threshold_for_acceptance
+from ..calibration import (SHIFTABLE_SCORES, T_MAX, T_MIN, fit_temperature, query_threshold, softmax,
+                           threshold_for_acceptance)
 from ..data._types import Split
 from ..errors import ConfigError, shown_name
 from ..runs import write_json_atomic
@@ -234,6 +235,7 @@ def _validate_config(cfg: dict[str, Any], d: Path) -> None:
     import math
 
     from ..errors import DataError
+    from ..pipeline import check_threshold
 
     def bad(what: str) -> DataError:
         return DataError(f"the saved model in {d} is damaged or not a cellannot model ({what}); train it again")
@@ -250,17 +252,25 @@ def _validate_config(cfg: dict[str, Any], d: Path) -> None:
         raise bad(f"a class's name is longer than {MAX_LABEL_CHARS} characters")
     if not isinstance(cfg.get("hparams"), dict) or not isinstance(cfg.get("seed"), int):
         raise bad("hparams / seed")
-    t = cfg.get("temperature")
-    if not isinstance(t, (int, float)) or isinstance(t, bool) or not math.isfinite(t) or t <= 0:
-        raise bad("the temperature must be a positive number")
+    t = cfg.get("temperature")  # (calibration fits it between T_MIN and T_MAX: 1e-300 passed before, 2026-12-07)
+    if (not isinstance(t, (int, float)) or isinstance(t, bool) or not math.isfinite(t)
+            or not T_MIN * (1 - 1e-9) <= t <= T_MAX * (1 + 1e-9)):
+        raise bad(f"the temperature must be a number between {T_MIN} and {T_MAX:g}")
     thr = cfg.get("threshold")
-    if not isinstance(thr, (int, float)) or isinstance(thr, bool) or math.isnan(thr):
-        raise bad("the threshold must be a number")
+    try:  # (a threshold of -inf, every cell Unknown whatever its score, passed before, 2026-12-07)
+        check_threshold(thr)
+    except ConfigError:
+        thr = None
+    if not isinstance(thr, (int, float)) or isinstance(thr, bool):
+        raise bad("the threshold must be a number, not NaN or minus infinity")
     median = cfg.get("val_score_median", 0.0)  # (quoted by a float() error before, 2026-12-07)
-    if not isinstance(median, (int, float)) or isinstance(median, bool):
-        raise bad("val_score_median must be a number")
+    if not isinstance(median, (int, float)) or isinstance(median, bool) or math.isinf(median):
+        raise bad("val_score_median must be a finite number")
     if cfg.get("shift_correction", "none") not in SHIFT_CORRECTIONS:
         raise bad(f"shift_correction must be one of {', '.join(SHIFT_CORRECTIONS)}")
+    if (math.isnan(median) and cfg.get("shift_correction") == "median"
+            and cfg.get("ood_method") in SHIFTABLE_SCORES):  # (NaN turned the shift correction off unsaid)
+        raise bad("val_score_median must be a number: the threshold's shift correction divides by it")
     if not isinstance(cfg.get("calibration", {}), dict):
         raise bad("calibration must be a mapping")
     if cfg.get("ood_method") not in tuple(OOD_METHODS) + ("elbo",):
@@ -347,6 +357,12 @@ def load_model(directory: str | os.PathLike, *, device: str = "auto") -> Model:
         raise DataError(f"the saved model in {d} is damaged: {RunFiles.WEIGHTS} is not the file saved with its "
                         f"{RunFiles.CONFIG} (its checksum differs); copy the model again or train it again")
     _validate_config(cfg, d)
+    for key, values in arrays.items():  # (NaN weights gave NaN confidences and no cell Unknown, found 2026-12-07)
+        flat = values.reshape(-1)
+        if values.dtype.kind in "fc" and not all(np.isfinite(flat[i:i + (1 << 22)]).all()
+                                                 for i in range(0, flat.size, 1 << 22)):
+            raise DataError(f"the saved model in {d} is damaged: its {shown_name(key, 60)} holds values that are not "
+                            "finite numbers (NaN or infinite); train it again")
     spec = get_spec(cfg["model"])
     try:
         model = spec.cls(cfg["n_features"], cfg["classes"], seed=cfg["seed"], device=device, hparams=cfg["hparams"])

@@ -925,6 +925,163 @@ def test_a_zip_member_zipfile_cannot_unpack_is_one_line(tmp_path, kind):
     assert "\x1b" not in str(err.value)
 
 
+@pytest.mark.parametrize("where", ["barcodes", "features/name", "features/id"])
+def test_a_10x_h5_name_scanpy_would_widen_to_every_cell_is_refused(tmp_path, where, monkeypatch):
+    """Found 2026-12-07 by a sixth probe: scanpy's 10x reader makes barcodes, gene names and ids fixed-width arrays
+    (``astype(str)``), every element as wide as the longest: one 330,000-character barcode among 3,000 took 4.3 GB
+    from 0.7 MB. A name past MAX_NAME_CHARS, stored fixed or variable-length, is refused before scanpy reads it,
+    and so are names that would take a quarter of the memory limit so widened."""
+    import scipy.sparse as sp
+
+    from cellannot_core._constants import MAX_NAME_CHARS
+
+    monkeypatch.setenv("CELLANNOT_MEMORY_LIMIT_GB", "0.05")
+    n_cells, n_genes = 200, 20
+
+    def write(path: Path, long: str | None, length: int, *, fixed: bool = False, n: int = n_cells) -> Path:
+        X = sp.random(n_genes, n, density=0.2, format="csc", random_state=0, dtype=np.float32)
+        X.data[:] = 1
+        names = {"barcodes": [f"AAAC{i:08d}-1" for i in range(n)], "features/name": [f"G{i}" for i in range(n_genes)],
+                 "features/id": [f"ENSG{i:011d}" for i in range(n_genes)]}
+        if long:
+            names[long][0] = "A" * length
+        with h5py.File(path, "w") as f:
+            m = f.create_group("matrix")
+            m["data"], m["indices"], m["indptr"] = X.data.astype(np.int32), X.indices, X.indptr
+            m["shape"] = np.array([n_genes, n], dtype=np.int32)
+            for key, values in names.items():
+                m.create_dataset(key, data=np.array(values, dtype="S" if fixed else object),
+                                 dtype=None if fixed else h5py.string_dtype())
+            m["features/feature_type"] = np.array([b"Gene Expression"] * n_genes)
+            m["features/genome"] = np.array([b"GRCh38"] * n_genes)
+            m["features/_all_tag_keys"] = np.array([b"genome"])
+        return path
+
+    for fixed in (False, True):
+        with pytest.raises(DataError, match=f"holds a name of 5,000 characters in 'matrix/{where}', where a barcode "
+                                            f"or a gene's name or id has at most {MAX_NAME_CHARS:,}"):
+            read_dataset(write(tmp_path / f"long{fixed}.h5", where, 5000, fixed=fixed), name="query")
+    assert read_dataset(write(tmp_path / "plain.h5", where, MAX_NAME_CHARS), name="query").shape == (n_cells, n_genes)
+    with pytest.raises(DataError, match="names would take .* GiB as the reader holds them"):
+        read_dataset(write(tmp_path / "many.h5", "barcodes", MAX_NAME_CHARS, n=20_000), name="query")
+
+
+def test_a_zip_whose_member_names_differ_is_one_line_quickly_and_unquoted(tmp_path):
+    """Found 2026-12-07 by a sixth probe: zipfile's "File name in directory ... and header ... differ" quotes both
+    names, and the pattern that strips this server's temporary folders from a message was tried from every
+    character of a run without spaces (a 47 KB zip: 66 s of CPU). The error is named by its kind; the pattern
+    starts at a word and sees at most 1,000 characters."""
+    import struct
+    import time
+    import zlib
+
+    from cellannot_core.data.io import _one_line
+
+    name_c, name_l = b"\x01" * 3000, b"\x02" * 3000
+    local = struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, 0, 0, 0, zlib.crc32(b""), 0, 0, len(name_l), 0) + name_l
+    cd = struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 0, 0, 0, 0, zlib.crc32(b""), 0, 0, len(name_c), 0, 0,
+                     0, 0, 0o100644 << 16, 0) + name_c
+    z = tmp_path / "names.zip"
+    z.write_bytes(local + cd + struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, 1, 1, len(cd), len(local), 0))
+    with pytest.raises(DataError, match=r"could not be unpacked: BadZipFile \(a member's header is damaged") as err:
+        read_dataset(z, name="query")
+    assert "File name in directory" not in str(err.value) and "x01" not in str(err.value)
+    t = time.process_time()
+    assert _one_line(ValueError("\\x01" * 5_000)).startswith("\\x01")  # (a 20,000-character run)
+    assert time.process_time() - t < 0.5  # (1.4 s before)
+    assert _one_line(ValueError("at '/tmp/cellannot_upload_x1/a.h5ad': no")) == "at 'a.h5ad': no"
+
+
+def _tenx_tar(path: Path, *, pax_headers: dict | None = None, extra: bytes = b"", open_with=None) -> Path:
+    """A .tar.gz of a small 10x folder (``m/``), written by tarfile in pax format with ``pax_headers`` as its global
+    header, with ``extra`` (raw tar blocks) before the folder's members."""
+    import gzip
+    import io
+    import tarfile
+
+    files = {"m/features.tsv": b"E1\tG1\nE2\tG2\n", "m/barcodes.tsv": b"A-1\nC-1\n",
+             "m/matrix.mtx": b"%%MatrixMarket matrix coordinate integer general\n2 2 2\n1 1 5\n2 2 3\n"}
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT, pax_headers=pax_headers or {}) as tf:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    raw = buf.getvalue()
+    if extra:  # after the global header (its two blocks, when there is one), before the members
+        at = 1024 * (len(raw) > 0 and raw[156:157] == b"g")
+        raw = raw[:at] + extra + raw[at:]
+    with (open_with or gzip.open)(path, "wb") as fh:
+        fh.write(raw)
+    return path
+
+
+def test_a_tar_whose_headers_multiply_as_tarfile_reads_them_is_refused(tmp_path, monkeypatch):
+    """Found 2026-12-07 by a sixth probe: tarfile copies a pax global header's keys into every member after it (one
+    of 5,919 keys before 20,000 empty members: 58 KB -> 4.3 GB), reads each extended header by calling itself for
+    the next (2,000 GNU long names in a row: RecursionError), and keeps every member's pax records. A global header
+    of a few keys (git archive's commit) is still read."""
+    import tarfile
+
+    from cellannot_core.data import io as data_io
+
+    monkeypatch.setenv("CELLANNOT_MEMORY_LIMIT_GB", "0.05")
+    keys = {f"k{i}": "" for i in range(1000)}
+    with pytest.raises(DataError, match="a pax global header of 1,00[0-9] keys, which tar copies into every member"):
+        read_dataset(_tenx_tar(tmp_path / "global.tar.gz", pax_headers=keys), name="query")
+    git = _tenx_tar(tmp_path / "git.tar.gz", pax_headers={"comment": "0" * 40})
+    assert read_dataset(git, name="query").X.sum() == 8
+
+    head = tarfile.TarInfo("././@LongLink")  # 50 long names in a row, each naming the next header
+    head.type, head.size = tarfile.GNUTYPE_LONGNAME, 6
+    chain = (head.tobuf(format=tarfile.GNU_FORMAT) + b"x/y.j\0".ljust(512, b"\0")) * 50
+    with pytest.raises(DataError, match="more than 8 extended tar headers before one member"):
+        read_dataset(_tenx_tar(tmp_path / "chain.tar.gz", extra=chain), name="query")
+
+    monkeypatch.setattr(data_io, "TAR_PAX_KEYS", 500)  # every member's own pax records count
+    many = tarfile.TarInfo("m/x")
+    many.pax_headers = {f"k{i}": "" for i in range(300)}
+    with pytest.raises(DataError, match="more than 500 pax header keys"):
+        read_dataset(_tenx_tar(tmp_path / "keys.tar.gz", extra=many.tobuf(format=tarfile.PAX_FORMAT) * 2),
+                     name="query")
+
+
+@pytest.mark.parametrize("kind", ["gnu", "pax00", "pax01", "pax10", "xz"])
+def test_a_sparse_tar_member_or_a_tar_gz_holding_xz_is_refused_before_tarfile_reads_its_map(tmp_path, kind,
+                                                                                            monkeypatch):
+    """Found 2026-12-07 by a sixth probe: tarfile reads a sparse member's map into lists while it reads its header,
+    an old GNU one (type S) from a chain of extension blocks (149 KB -> 3.4 GB, 51 s), a pax GNU.sparse 1.0 one
+    from the member's data (23 KB -> 4.3 GB, 48 s), and ``r:*`` unpacked the xz that shrank them 10,000 times,
+    whatever the name said. Sparse members are refused as they are met; a tar is gzip or none."""
+    import lzma
+    import tarfile
+
+    monkeypatch.setenv("CELLANNOT_MEMORY_LIMIT_GB", "0.05")
+    if kind == "xz":
+        path = _tenx_tar(tmp_path / "x.tar.gz", open_with=lzma.open)
+        with pytest.raises(DataError, match="compressed with xz, bzip2, zstd or lzma, not gzip"):
+            read_dataset(path, name="query")
+        return
+    info = tarfile.TarInfo("m/sparse.bin")
+    if kind == "gnu":
+        info.type = tarfile.GNUTYPE_SPARSE
+        head = bytearray(info.tobuf(format=tarfile.GNU_FORMAT))
+        head[482] = 1  # extended: extension blocks of (offset, size) pairs follow, each saying "extended" again
+        head[148:156] = b"        "
+        head[148:156] = b"%06o\0 " % sum(head)
+        block = bytearray(b"%011o\0" % 1 * 42 + b"\0" * 8)
+        block[504] = 1
+        extra = bytes(head) + bytes(block) * 2000  # (1 MB of header; the probe's 1 GB took 3.4 GB)
+    else:
+        info.pax_headers = {"pax00": {"GNU.sparse.size": "0", "GNU.sparse.numblocks": "0"},
+                            "pax01": {"GNU.sparse.map": "0,0", "GNU.sparse.size": "0"},
+                            "pax10": {"GNU.sparse.major": "1", "GNU.sparse.minor": "0",
+                                      "GNU.sparse.realsize": "0"}}[kind]
+        extra = info.tobuf(format=tarfile.PAX_FORMAT) + b"%d\n" % 100_000 + b"1\n" * 100_000
+    with pytest.raises(DataError, match=r"a sparse member \(GNU tar's --sparse\), which no matrix folder needs"):
+        read_dataset(_tenx_tar(tmp_path / f"{kind}.tar.gz", extra=extra), name="query")
+
+
 def test_chunks_larger_than_their_dataset_and_strings_in_array_types_are_counted_or_refused(plain, tmp_path,
                                                                                             monkeypatch):
     """Found 2026-12-07 by a fifth probe: an X of 100 x 50 values stored in one 2 GB gzipped chunk (a dataset that

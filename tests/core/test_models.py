@@ -392,3 +392,54 @@ def test_a_bundle_with_reference_arrays_or_settings_of_the_wrong_shape_is_one_li
     with pytest.raises(DataError, match="damaged") as err:
         load_model(d, device="cpu")
     assert "SECRET" not in str(err.value)
+
+
+@pytest.mark.parametrize("edit", ["state_nan", "ref_latent_nan", "temp_tiny", "median_inf", "median_nan",
+                                  "threshold_minus_inf"])
+def test_a_bundle_with_values_that_are_not_finite_or_a_setting_out_of_range_is_damaged(saved, tmp_path, edit):
+    """Found 2026-12-07 by a sixth probe: a saved model with a NaN weight (NaN confidences, no cell Unknown), a NaN
+    in its reference's codes (novelty detection off), a temperature of 1e-300, an infinite or NaN val_score_median
+    (the shift correction off) or a threshold of minus infinity (every cell Unknown) was taken without a word."""
+    from safetensors.numpy import load_file, save_file
+
+    d = _copy(saved["clams"], tmp_path)
+    cfg = json.loads((d / RunFiles.CONFIG).read_text())
+    arrays = load_file(str(d / RunFiles.WEIGHTS))
+    if edit in ("state_nan", "ref_latent_nan"):
+        key = (next(k for k in arrays if k.startswith("state.") and arrays[k].dtype.kind == "f")
+               if edit == "state_nan" else "reference.ref_latent")
+        arrays[key] = arrays[key].copy()
+        arrays[key].flat[0] = np.nan
+        match = "holds values that are not finite numbers"
+    elif edit == "temp_tiny":
+        cfg["temperature"], match = 1e-300, "the temperature must be a number between"
+    elif edit == "threshold_minus_inf":
+        cfg["threshold"], match = float("-inf"), "the threshold must be a number, not NaN or minus infinity"
+    else:
+        cfg.update(val_score_median=float("inf" if edit == "median_inf" else "nan"), shift_correction="median",
+                   ood_method="knn")
+        match = "val_score_median must be a"
+    save_file(arrays, str(d / RunFiles.WEIGHTS))
+    cfg.pop("weights_sha256", None)
+    (d / RunFiles.CONFIG).write_text(json.dumps(cfg))
+    with pytest.raises(DataError, match=f"damaged.*{match}.*train it again"):
+        load_model(d, device="cpu")
+
+
+def test_a_model_archive_of_chained_tar_headers_is_one_line(tmp_path):
+    """Found 2026-12-07 by a sixth probe: tarfile reads an extended header by calling itself for the next, so a
+    model archive of 2,000 GNU long names in a row was an "internal error (RecursionError ...)"."""
+    import gzip
+    import tarfile
+
+    from cellannot_core.pipeline import load_bundle
+
+    path = tmp_path / "model.tar.gz"
+    with gzip.open(path, "wb") as fh:
+        head = tarfile.TarInfo("././@LongLink")
+        head.type, head.size = tarfile.GNUTYPE_LONGNAME, 6
+        fh.write((head.tobuf(format=tarfile.GNU_FORMAT) + b"x/y.j\0".ljust(512, b"\0")) * 2000)
+        fh.write(tarfile.TarInfo("bundle.json").tobuf(format=tarfile.GNU_FORMAT) + b"\0" * 1024)
+    with pytest.raises(DataError, match="more than 8 extended tar headers before one member") as err:
+        load_bundle(path, device="cpu")
+    assert "\n" not in str(err.value)
