@@ -31,7 +31,10 @@ def _subset(adata, n, seed):
 
 
 def _opts(model, epochs, **kw):
+    from cellannot_core.models import get_spec
+
     hp = {"hidden": "32,16", **({"blocks": "1,1"} if model == "resnet" else {})}
+    hp = {k: v for k, v in hp.items() if k in get_spec(model).hparams}  # (options are checked as they are made)
     return AnnotateOptions(label_key=LABEL, model=model, hparams=hp, max_epochs=epochs, n_top_genes=200,
                            n_generate=0, **kw)
 
