@@ -61,9 +61,9 @@ try:
 except PackageNotFoundError:  # a source checkout that was not installed
     __version__ = "0+unknown"
 
-from .api import Annotator, annotate, train  # noqa: E402
+from .api import Annotator, accept_groups, annotate, train  # noqa: E402
 
-__all__ = ["Annotator", "annotate", "models", "pl", "train", "__version__"]
+__all__ = ["Annotator", "accept_groups", "annotate", "models", "pl", "train", "__version__"]
 
 
 def __getattr__(name: str):

@@ -18,8 +18,8 @@ Keys written (``key_added="cellannot"``; see :func:`cellannot_core.pipeline.anno
 ``obs["{key}_is_unknown"]``              the score is above the threshold
 ``obs["{key}_unknown_group"]``           the cell's Unknown group (its position in
                                          ``uns[key]["unknown_groups"]``), -1 for the others: e.g.
-                                         accept group 0 as its type with ``label[g == 0] =
-                                         label_raw[g == 0]``
+                                         accept groups 0 and 2 as their types with
+                                         ``ca.accept_groups(query, [0, 2])``
 ``obsm["{key}_proba"]``                  calibrated probabilities, one column per reference type
                                          (order: ``uns[key]["classes"]``)
 ``obsm["X_{key}"]``                      the model's latent space (or its input, for models without one)
@@ -35,7 +35,7 @@ Keys written (``key_added="cellannot"``; see :func:`cellannot_core.pipeline.anno
                                          type's accepted cells (a state or a new type?); with query
                                          samples, ``absent_from`` and, when a known type's cells are
                                          missing where the group is, ``short_class`` (a hint: accept
-                                         group j as it with ``label[g == j] = short_class``);
+                                         group j as it with ``ca.accept_groups(query, [], as_short=[j])``);
                                          a "/" in a key (a type named "T/NK") is written "\u2215",
                                          the division slash: an ``.h5ad`` key cannot hold "/"
 ======================================  ==============================================================
@@ -52,7 +52,7 @@ import pandas as pd
 from ._constants import DEFAULT_HVG_FLAVOR, DEFAULT_MODEL, DEFAULT_N_TOP_GENES, OutKeys
 from .data.values import counts_layer, counts_layers
 
-__all__ = ["annotate", "train", "Annotator", "models"]
+__all__ = ["annotate", "train", "accept_groups", "Annotator", "models"]
 
 
 _LOGGER = logging.getLogger("cellannot")
@@ -438,6 +438,68 @@ def train(
     say(f"training {opts.model}")
     fitted = train_model(prepared, opts, _progress(progress_bar))
     return Annotator(fitted, bundle_info(fitted, prepared, opts))
+
+
+def accept_groups(adata, groups, *, as_short=(), key_added: str = "cellannot") -> None:
+    """Accept Unknown groups of an annotated query as the known type each looks most like, in place.
+
+    The run describes each group of Unknown cells in ``uns[key_added]["unknown_groups"]`` (its genes
+    against the type it looks like, whether they are a known state program) and marks its cells in
+    ``obs[f"{key_added}_unknown_group"]`` (the group's code, -1 for none). Where a group is a state
+    of a known type (the biologist's call), its cells get their raw label back:
+
+    >>> ca.accept_groups(query, [0, 2])  # doctest: +SKIP
+
+    Parameters
+    ----------
+    adata
+        A query annotated by :func:`annotate` or :meth:`Annotator.predict`.
+    groups
+        Codes of the groups whose cells take the type they look most like (``_label_raw``).
+    as_short
+        Codes of groups whose cells take instead the type their samples point to (the entry's
+        ``short_class``: a known type missing where the group is).
+    key_added
+        The annotation's key.
+
+    ``obs[f"{key_added}_label"]`` (categories kept) and ``_is_unknown`` change for those cells only;
+    ``uns[key_added]["decisions"]`` records the codes accepted.
+    """
+    import numpy as np
+
+    from .errors import ConfigError
+    from .evidence import accepted_labels
+    from .pipeline import annotation_keys
+
+    _check_adata(adata, "adata")
+    keys = annotation_keys(key_added)
+    missing = [keys[k] for k in ("LABEL", "LABEL_RAW", "IS_UNKNOWN", "UNKNOWN_GROUP") if keys[k] not in adata.obs]
+    card = adata.uns.get(keys["UNS"])
+    if missing or not isinstance(card, dict):
+        raise ConfigError(f"adata holds no annotation under {key_added!r} (missing: "
+                          f"{', '.join(missing) or 'uns[' + repr(key_added) + ']'}); run ca.annotate first")
+    rows = card.get("unknown_groups") or {}
+    codes = [int(j) for j in groups] + [int(j) for j in as_short]
+    bad = [j for j in codes if str(j) not in rows]
+    if bad:
+        raise ConfigError(f"no Unknown group {bad[0]} in uns[{key_added!r}]['unknown_groups'] (codes: "
+                          f"{', '.join(sorted(rows, key=int)) or 'none'})")
+    short = {int(j): rows[str(j)].get("short_class") for j in as_short}
+    if any(v is None for v in short.values()):
+        raise ConfigError("as_short names a group whose samples point to no known type (no 'short_class')")
+    obs = adata.obs
+    members = obs[keys["UNKNOWN_GROUP"]].to_numpy()
+    label = obs[keys["LABEL"]]
+    new = accepted_labels(label.astype(str).to_numpy(), obs[keys["LABEL_RAW"]].astype(str).to_numpy(), members,
+                          [int(j) for j in groups], short)
+    cats = list(label.cat.categories) if isinstance(label.dtype, pd.CategoricalDtype) else sorted(set(new))
+    obs[keys["LABEL"]] = pd.Categorical(new, categories=cats + [c for c in dict.fromkeys(new) if c not in cats])
+    changed = np.isin(members, codes)
+    obs[keys["IS_UNKNOWN"]] = obs[keys["IS_UNKNOWN"]].to_numpy() & ~changed
+    kept = dict(card.get("decisions") or {})
+    kept["accepted"] = sorted(set(map(int, kept.get("accepted", []))) | {int(j) for j in groups})
+    kept["as_short"] = sorted(set(map(int, kept.get("as_short", []))) | {int(j) for j in as_short})
+    card["decisions"] = kept
 
 
 def models() -> pd.DataFrame:

@@ -302,6 +302,20 @@ def unknown_group_members(groups: np.ndarray, is_unknown: np.ndarray, rows: list
     return out
 
 
+def accepted_labels(labels: np.ndarray, raw: np.ndarray, members: np.ndarray, accepted: Sequence[int],
+                    short_classes: dict[int, str] | None = None) -> np.ndarray:
+    """``labels`` with the cells of the ``accepted`` Unknown groups (codes in ``members``, the
+    ``obs[..._unknown_group]`` column) given the type each looks most like (``raw``, their raw label),
+    and those of the groups in ``short_classes`` the type given there (it wins where a group is in
+    both): the biologist's call that a group is a state of a known type (the Calibration page's, and
+    :func:`cellannot_core.api.accept_groups`)."""
+    members = np.asarray(members)
+    out = np.where(np.isin(members, list(accepted)), str_array(raw), str_array(labels))
+    for j, cls in (short_classes or {}).items():
+        out = np.where(members == j, str(cls), out)
+    return out
+
+
 #: a query sample holding at most this share of the cells its size would give an Unknown group lacks the
 #: group (:func:`sample_evidence`)
 ABSENT_SHARE = 0.1

@@ -246,15 +246,13 @@ def accept_groups(run: Run, labels: np.ndarray, accepted: list[int], as_short: l
     like (their raw label), and those of the ``as_short`` groups the type their samples point to
     (:func:`short_class_choices`; it wins where a group is in both): the biologist's call that a
     group is a state of a known type."""
+    from cellannot_core.evidence import accepted_labels
+
     if not accepted and not as_short:
         return labels
-    members = run.arrays["query_unknown_group"]
-    raw = run.obs[OutKeys.LABEL_RAW].astype(str).to_numpy()
-    out = np.where(np.isin(members, accepted), raw, labels)
     rows = run.card["unknown_groups"]
-    for j in as_short:
-        out = np.where(members == j, str(rows[j]["short_class"]), out)
-    return out
+    return accepted_labels(labels, run.obs[OutKeys.LABEL_RAW].astype(str).to_numpy(), run.arrays["query_unknown_group"],
+                           accepted, {j: rows[j]["short_class"] for j in as_short})
 
 
 DECISIONS_FILE = "decisions.json"  # in the run's folder: the visitor's choices on this page

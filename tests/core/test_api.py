@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import cellannot_core as ca
@@ -417,8 +418,8 @@ def _public_callables():
 def test_public_functions_take_options_by_keyword_only(name, fn):
     params = list(inspect.signature(fn).parameters.values())
     for p in params:
-        if p.name in ("groupby", "truth_key") and p.default is p.empty:
-            continue  # what a plot is drawn against, as sc.pl.dotplot's groupby
+        if p.name in ("groupby", "truth_key", "groups") and p.default is p.empty:
+            continue  # what a plot is drawn against, as sc.pl.dotplot's groupby; the groups accept_groups accepts
         if p.name not in DATA_ARGS:  # data may come by position (or by keyword when optional), options never
             assert p.kind == p.KEYWORD_ONLY, f"{name}: option {p.name!r} must be keyword-only"
     assert fn.__doc__ and len(fn.__doc__.strip()) > 20, f"{name} has no docstring"
@@ -441,9 +442,17 @@ def test_a_script_reads_the_unknown_groups_and_accepts_one(pair):
     assert unk[g >= 0].all() and g.min() >= -1
     raw = q.obs["cellannot_label_raw"].astype(str).to_numpy()
     assert (raw[g == 0] == str(rows[0]["predicted_as"])).all()  # the Unknown cells of one predicted type
-    label = q.obs["cellannot_label"].astype(str).to_numpy()
-    label[g == 0] = raw[g == 0]  # accept group 0 as its type
+    before = q.obs["cellannot_label"].astype(str).to_numpy()
+    ca.accept_groups(q, [0])  # accept group 0 as its type (the README's recipe failed on the categoricals)
+    label = q.obs["cellannot_label"]
+    assert isinstance(label.dtype, pd.CategoricalDtype) and list(label.cat.categories)[-1] == "Unknown"
+    label = label.astype(str).to_numpy()
     assert (label == "Unknown").sum() == unk.sum() - int(rows[0]["n_cells"])
+    assert (label[g == 0] == raw[g == 0]).all() and (label[g != 0] == before[g != 0]).all()
+    assert not q.obs["cellannot_is_unknown"].to_numpy()[g == 0].any()
+    assert q.uns["cellannot"]["decisions"]["accepted"] == [0]
+    with pytest.raises(ConfigError, match="no Unknown group 99"):
+        ca.accept_groups(q, [99])
 
 
 def test_training_shows_a_progress_bar_unless_asked_not_to(pair, capsys):
