@@ -78,15 +78,16 @@ start = min(max(kept["threshold"] if kept.get("method") == method and "threshold
 thr = st.slider("Threshold (cells scoring above it are called Unknown)", lo, hi, start, (hi - lo) / 500,
                 format="%.4g", key=WidgetKeys.THRESHOLD.format(run=run.run_id, method=method))
 summ = cal.unknown_summary(run, method, thr)
-m = st.columns(3)
-m[0].metric("Unknown query cells", f"{summ['n_unknown']:,}")
-m[1].metric("Share of the query", f"{summ['share_unknown']:.1%}")
+labels = cal.accept_groups(run, res.relabel(run, method, thr), accepted, as_short)  # (the counts: after your calls)
+n_unk, m = int((labels == UNKNOWN).sum()), st.columns(3)
+m[0].metric("Unknown query cells", f"{n_unk:,}", help=f"{summ['n_unknown']:,} score above the threshold, before the "
+            "groups accepted below")
+m[1].metric("Share of the query", f"{n_unk / max(1, len(labels)):.1%}")
 m[2].metric("Reference validation accepted", f"{summ['val_accepted']:.1%}")
 val, q = run.scores(method)
 plot(score_histogram({"reference validation": val, "query": q}, thr, title=None,
                      x_title=f"{method} novelty score (higher = more novel)"), key="novelty_hist")
 
-labels = cal.accept_groups(run, res.relabel(run, method, thr), accepted, as_short)
 cal.keep_decisions(run, method, thr, accepted, as_short)
 if accepted or as_short:
     picked = sorted(set(accepted) | set(as_short))
