@@ -40,6 +40,13 @@ def test_compare_models_on_a_labelled_query(prep):
     for c in ("accuracy", "balanced_accuracy", "median_f1", "ece"):
         assert df[c].between(0, 1).all(), c
     assert df.loc[df["model"] == "logreg", "accuracy"].item() > 0.9
+    # the final labels' figures beside "accuracy" (before the Unknown call), which alone ranked a model that
+    # rejected 8% of the novel cells first (found 2026-12-07): a known cell counts only right and not Unknown
+    for c in ("acc_open", "reject_in", "reject_novel"):
+        assert df[c].between(0, 1).all(), c
+    bound = (df["n_cells"] * np.minimum(df["accuracy"], 1 - df["reject_in"]) + df["n_novel"] * df["reject_novel"]) \
+        / (df["n_cells"] + df["n_novel"])
+    assert (df["acc_open"] <= bound + 1e-9).all() and (df["acc_open"] > 0).all()
     assert df.loc[df["model"] == "tabnet", "n_epochs"].item() <= 3  # max_epochs reaches models with epochs only
     assert (df["train_seconds"] > 0).all()
     assert events[-1] == 1.0 and "knn" in events
@@ -52,6 +59,7 @@ def test_compare_without_query_labels_uses_validation_and_reports_failures(prep)
     by = df.set_index("model")
     assert by.loc["knn", "status"] == "ok" and by.loc["knn", "evaluated_on"] == EVAL_VAL
     assert by.loc["knn", "n_cells"] == prep.val.n_obs and np.isnan(by.loc["knn", "novelty_auroc"])
+    assert np.isnan(by.loc["knn", "acc_open"]) and by.loc["knn", "reject_in"] == by.loc["knn", "unknown_fraction"]
     if by.loc["seurat", "status"] != "ok":
         assert "unavailable" in by.loc["seurat", "status"] and np.isnan(by.loc["seurat", "accuracy"])
     assert "C" in by.loc["logreg", "status"] and np.isnan(by.loc["logreg", "accuracy"])
