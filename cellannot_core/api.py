@@ -168,7 +168,7 @@ def annotate(
     model
         A name from :func:`models`; ``None``: the recommended model (``scanvi_svm``).
     key_added
-        Prefix of the keys written (table in the module docstring).
+        Prefix of the keys written (their table: ``help(cellannot_core.api)``).
     copy
         Return an annotated copy instead of writing into ``adata_query``.
     query_label_key

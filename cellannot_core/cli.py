@@ -209,7 +209,8 @@ def _summary(res) -> None:
     card = res.card
     _log(f"labelled {card['n_query']} query cells; Unknown: {card['unknown_fraction']:.1%}; "
          f"temperature {card['temperature']:.3f}; threshold {card['rejection']['threshold']:.4g} "
-         f"({card['rejection']['method']})")
+         f"({card['rejection']['method']}" + (", in units of each class's own distances)"
+                                              if card['rejection']['method'] == "knn_class" else ")"))
 
 
 def cmd_annotate(args) -> int:

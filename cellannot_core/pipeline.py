@@ -1593,7 +1593,13 @@ def metrics_line(qm: dict[str, Any]) -> str:
     """One line of a run's main query metrics, for the log, with what the first three measure (the label
     before the Unknown call, DESIGN.md's definition; a reader took acc_in for the labels as called)."""
     keys = ("acc_in", "f1_in", "ece_in", "auroc_ood", "acc_open", "reject_in", "reject_novel")
-    return ("query metrics: " + "  ".join(f"{k} {qm[k]:.3f}" for k in keys if isinstance(qm.get(k), (int, float)))
+    import math
+
+    def shown(v: float) -> str:  # (a query without novel cells has no AUROC: "n/a", not "nan")
+        return "n/a" if math.isnan(v) else f"{v:.3f}"
+
+    return ("query metrics: " + "  ".join(f"{k} {shown(float(qm[k]))}" for k in keys
+                                          if isinstance(qm.get(k), (int, float)))
             + " (acc_in, f1_in, ece_in: the known types' labels before the Unknown call; acc_open and reject_in "
               "with it)")
 

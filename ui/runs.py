@@ -102,6 +102,16 @@ def sweep_table(df: pd.DataFrame, study: str) -> pd.DataFrame:
 
 
 def card_bytes(run_id: str) -> bytes:
-    from cellannot_core.runs import RunDir
+    """The run card as exported, with the Calibration page's decisions kept for the run (a threshold, the
+    Unknown groups accepted), as the annotated query's download carries them (the export left them out,
+    found 2026-12-07)."""
+    from cellannot_core.runs import RunDir, read_json
 
-    return json.dumps(RunDir.open(jobs.runs_root(), run_id).card() or {}, indent=2, default=str).encode()
+    from ui.calibration import DECISIONS_FILE
+
+    rd = RunDir.open(jobs.runs_root(), run_id)
+    card = dict(rd.card() or {})
+    kept = read_json(rd.file(DECISIONS_FILE), None)
+    if isinstance(kept, dict) and kept:
+        card["decisions"] = kept
+    return json.dumps(card, indent=2, default=str).encode()

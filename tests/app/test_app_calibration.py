@@ -335,6 +335,12 @@ def test_the_choices_made_on_the_page_are_kept_with_the_run(tmp_path, monkeypatc
     assert again.multiselect(key=WidgetKeys.ACCEPT_GROUPS.format(run=rd.id)).value == [0]
     assert again.slider(key=WidgetKeys.THRESHOLD.format(run=rd.id, method=method)).value == pytest.approx(slider.max)
     assert int(_metric(again, "Unknown query cells").replace(",", "")) == 0
+    import json
+
+    from ui.runs import card_bytes  # the Runs page's export carries them too (it left them out, found 2026-12-07)
+
+    exported = json.loads(card_bytes(rd.id))["decisions"]
+    assert exported["accepted"] == [0] and exported["threshold"] == pytest.approx(slider.max)
     # the Label transfer page says its figures are the run's own calls, not these choices
     lt = again.switch_page("pages/results.py").run()
     assert not lt.exception

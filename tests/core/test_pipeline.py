@@ -457,3 +457,11 @@ def test_the_predictions_table_of_many_classes_is_built_without_warnings():
         warnings.simplefilter("error")
         df = predictions_table([f"cell{i}" for i in range(n)], preds, [f"c{j}" for j in range(k)])
     assert df.shape == (n, 6 + k) and list(df.columns[:2]) == ["cell", OutKeys.LABEL] and df.columns[-1] == "p_c199"
+
+
+def test_the_metrics_line_says_n_a_where_a_figure_does_not_exist():
+    """Found 2026-12-07 (a new user's probe): a query without novel cells logged "auroc_ood nan"."""
+    from cellannot_core.pipeline import metrics_line
+
+    line = metrics_line({"acc_in": 0.91, "auroc_ood": float("nan"), "reject_novel": float("nan"), "acc_open": 0.9})
+    assert "acc_in 0.910" in line and "auroc_ood n/a" in line and "reject_novel n/a" in line and "nan" not in line
