@@ -183,13 +183,17 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--models", nargs="+", required=True, metavar="MODEL", help="models to compare (see `models`)")
     b.add_argument("--hparam", action="append", default=[], metavar="MODEL.NAME=VALUE",
                    help="hyper-parameter of one model, e.g. tabnet.n_steps=4 (repeatable)")
-    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--seed", type=int, default=0, help="random seed of every model's training (default 0)")
     b.add_argument("--device", default="auto", type=_device, help="auto (CUDA when present), cpu, cuda or cuda:N")
     b.add_argument("--max-epochs", type=int, default=None, help="cap the epochs of models that have epochs")
-    b.add_argument("--n-top-genes", type=int, default=DEFAULT_N_TOP_GENES)
-    b.add_argument("--min-cells-per-class", type=int, default=10)
-    b.add_argument("--min-shared-genes", type=int, default=200)
-    b.add_argument("--accept", type=float, default=0.95)
+    b.add_argument("--n-top-genes", type=int, default=DEFAULT_N_TOP_GENES,
+                   help=f"highly variable genes the models use (default {DEFAULT_N_TOP_GENES})")
+    b.add_argument("--min-cells-per-class", type=int, default=10,
+                   help="reference types with fewer cells are left out, with a warning (default 10)")
+    b.add_argument("--min-shared-genes", type=int, default=200,
+                   help="refuse a pair sharing fewer genes (default 200)")
+    b.add_argument("--accept", type=float, default=0.95,
+                   help="share of the reference's held-out cells each model's Unknown threshold keeps (default 0.95)")
     b.add_argument("--out", default=None, help="write the table to this .csv")
     return ap
 
