@@ -940,12 +940,17 @@ def write_annotations(adata, preds: Predictions, card: dict[str, Any], *, index:
         out[rows] = values
         return out
 
-    label = full(preds.label, None, object)
+    def plain(values: np.ndarray) -> np.ndarray:  # Python str, not numpy's np.str_ (shown as np.str_('beta') by
+        given = pd.notna(values)                 # value_counts().to_dict(), found 2026-12-07)
+        values[given] = str_array(values[given])
+        return values
+
+    label = plain(full(preds.label, None, object))
     # the types in their own order, Unknown last (sorted, it came first where the types are lower case)
-    present = set(pd.unique(label[pd.notna(label)]).astype(str)) if len(label) else set()
+    present = set(pd.unique(label[pd.notna(label)])) if len(label) else set()
     order = sorted(present - {UNKNOWN}) + ([UNKNOWN] if UNKNOWN in present else [])
     adata.obs[k["LABEL"]] = pd.Categorical(label, categories=order)
-    adata.obs[k["LABEL_RAW"]] = pd.Categorical(full(preds.label_raw, None, object))
+    adata.obs[k["LABEL_RAW"]] = pd.Categorical(plain(full(preds.label_raw, None, object)))
     adata.obs[k["CONFIDENCE"]] = full(preds.confidence, np.nan, np.float32)
     adata.obs[k["OOD_SCORE"]] = full(preds.ood_score, np.nan, np.float32)
     adata.obs[k["IS_UNKNOWN"]] = full(preds.is_unknown, False, bool)

@@ -118,6 +118,8 @@ def test_train_then_predict_matches_genes_by_name(pair, tmp_path):
     annotator = ca.train(ref, **_opts())
     assert annotator.classes == ["type0", "type1", "type2"] and "logreg" in repr(annotator)
     a = annotator.predict(query, copy=True)
+    for col in ("cellannot_label", "cellannot_label_raw"):  # Python str, not np.str_ (found 2026-12-07)
+        assert {type(c) for c in a.obs[col].cat.categories} == {str}
     # the same cells with genes in another order and a few model genes missing: matched by name
     rng = np.random.default_rng(0)
     order = rng.permutation(query.n_vars)
