@@ -257,8 +257,8 @@ def _load(
     check_values(counts.X, name=name, state=counts.state)
     if counts.state == "lognorm":
         warns.append(f"the {name} has no raw counts: its log-normalised X is used as it is")
-    elif counts.source.startswith("raw counts recovered"):
-        warns.append(f"the {name} has no raw counts: {counts.source}")
+    elif counts.source.startswith("raw counts recovered"):  # (from .raw's log values: all of them, or more genes)
+        warns.append(f"the {name} has no raw counts of all its genes: {counts.source}")
     elif counts.source.startswith(NOT_WHOLE):
         warns.append(f"the {name} has no whole counts: {counts.source}")
     obs_names, msg = make_unique(adata.obs_names, what="cell", name=name)
