@@ -78,11 +78,15 @@ def evaluate(model, prepared: Prepared) -> dict[str, Any]:
         unknown = ood > thr
         where = EVAL_VAL
         auc = float("nan")
-    final = np.where(unknown, UNKNOWN, raw)
-    opened = {"acc_open": float(np.mean(np.where(novel, final == UNKNOWN, final == truth)[labelled])),
-              "reject_in": float(np.mean(unknown[known])) if known.any() else np.nan,
-              "reject_novel": float(np.mean(unknown[novel])) if novel.any() else np.nan} \
-        if where == EVAL_QUERY else {"acc_open": np.nan, "reject_in": float(np.mean(unknown)), "reject_novel": np.nan}
+    if where == EVAL_QUERY:  # the final labels' figures, as annotate's card gives them
+        from .metrics import label_transfer_metrics
+
+        final = np.where(unknown, UNKNOWN, raw)
+        qm = label_transfer_metrics(truth[labelled], raw[labelled], final[labelled], conf[labelled], ood[labelled],
+                                    model.classes)
+        opened = {k: qm[k] for k in ("acc_open", "reject_in", "reject_novel")}
+    else:
+        opened = {"acc_open": np.nan, "reject_in": float(np.mean(unknown)), "reject_novel": np.nan}
     t, r = truth[known], raw[known]
     lq = latent_quality(model.latent(prepared.val.X), classes[np.asarray(prepared.val.y)]) \
         if model.spec.supports.latent and prepared.val.n_obs else {}
