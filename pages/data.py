@@ -101,9 +101,10 @@ st.caption("The same validation, gene matching and split as training, run as soo
 if get(StateKeys.LABEL_KEY):
     rep = data_ui.check_pair(ref_id, q_id, get(StateKeys.LABEL_KEY), get(StateKeys.QUERY_LABEL_KEY),
                              json.dumps(get(StateKeys.QC) or {}), ref, qry, get(StateKeys.BATCH_KEY))
-    if not rep["ok"]:  # (the gene overlap's own error is not said twice)
-        st.error(md(rep["error"])) if overlap["ok"] or rep["error"] != overlap["message"] else \
-            st.caption("Training cannot start: see the gene overlap above.")
+    if not rep["ok"] and not overlap["ok"] and rep["error"] == overlap["message"]:  # (not said twice)
+        st.caption("Training cannot start: see the gene overlap above.")
+    elif not rep["ok"]:
+        st.error(md(rep["error"]))
     else:
         st.success(f"Ready: {rep['n_train']:,} training + {rep['n_val']:,} validation reference cells, "
                    f"{len(rep['classes'])} classes, {rep['n_query']:,} query cells; {rep['hvg']}"
