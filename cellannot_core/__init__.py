@@ -6,7 +6,7 @@ Never imports streamlit. Heavy libraries (torch, scanpy, umap) are imported by t
 need them.
 """
 import os as _os
-from importlib.metadata import PackageNotFoundError, version as _version
+from importlib.metadata import PackageNotFoundError as _PackageNotFoundError, version as _version
 
 # Two OpenMP runtimes share the process: torch's own (torch/lib/libgomp.so.1) and the system's
 # libgomp.so.1, which numba loads for its parallel code (scanpy's highly variable genes, umap). Each
@@ -58,12 +58,16 @@ if _foreign_openmp():
 
 try:
     __version__ = _version("cellannot")
-except PackageNotFoundError:  # a source checkout that was not installed
+except _PackageNotFoundError:  # a source checkout that was not installed
     __version__ = "0+unknown"
 
 from .api import Annotator, accept_groups, annotate, train  # noqa: E402
 
 __all__ = ["Annotator", "accept_groups", "annotate", "models", "pl", "train", "__version__"]
+
+
+def __dir__() -> list[str]:  # tab completion lists the API, not the subpackages it is built from
+    return sorted(__all__)
 
 
 def __getattr__(name: str):

@@ -14,6 +14,12 @@ import numpy as np
 from ._constants import UNKNOWN, OutKeys
 from .errors import DataError
 
+__all__ = ["label_heatmap", "novelty", "reliability"]
+
+
+def __dir__() -> list[str]:  # tab completion lists the plots, not this module's imports
+    return sorted(__all__)
+
 
 def _annotated(adata: Any, key_added: str) -> tuple[dict[str, str], Any]:
     """The annotation keys, after checking ``adata`` holds them, and its obs as a pandas DataFrame

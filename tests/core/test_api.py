@@ -381,6 +381,12 @@ def test_a_runs_warnings_reach_a_script_without_a_log_function(pair, caplog):
     assert any("unassigned" in ln for ln in lines) and not [x for x in caplog.records if x.name == "cellannot"]
 
 
+def test_tab_completion_lists_the_api_not_its_imports():
+    assert dir(ca) == sorted(ca.__all__) and "PackageNotFoundError" not in dir(ca)
+    assert dir(ca.pl) == ["label_heatmap", "novelty", "reliability"]
+    assert all(hasattr(ca, n) for n in dir(ca))
+
+
 def test_models_lists_the_registry():
     table = ca.models()
     from cellannot_core.models import MODELS
