@@ -2,6 +2,7 @@
 the live run panel and small formatting helpers."""
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pandas as pd
@@ -66,12 +67,19 @@ def fmt_seconds(s: float | None) -> str:
 # ------------------------------------------------------------------------------ hyper-parameters
 
 
+#: the registry's help texts say what a 0 stands for as "(0 = its own default: ...)" or "(0 = off)"
+_ZERO_MEANS = re.compile(r"\(0 = ([^:,;)]+)")
+
+
 def hparam_widget(model: str, name: str, hp: Any) -> Any:
     """One widget for a registry ``HParam``: selectbox for choices, checkbox for bools,
     number_input for numbers (bounded by low/high), text_input for strings."""
     key = WidgetKeys.HPARAM.format(model=model, name=name)
     label, helptext = name.replace("_", " "), hp.help
     t = type(hp.default)
+    zero = _ZERO_MEANS.search(helptext) if t in (int, float) and hp.default == 0 else None
+    if zero:  # a box showing "0" by default says what 0 means, or "max epochs: 0" reads as a fault
+        label = f"{label} (0 = {zero.group(1).strip()})"
     if hp.choices is not None:
         choices = list(hp.choices)
         return st.selectbox(label, choices, index=choices.index(hp.default) if hp.default in choices else 0,

@@ -74,6 +74,9 @@ def test_form_comes_from_the_registry(tiny_pair):
                 at.get_by_key(key)
             continue
         assert at.get_by_key(key).value == hp.default, name
+    # a box showing 0 by default says what 0 stands for (the default model's epochs and width)
+    assert at.get_by_key(WidgetKeys.HPARAM.format(model="scanvi_svm", name="max_epochs")).label == \
+        "max epochs (0 = its own default)"
     assert "cpu" in at.selectbox(key=WidgetKeys.DEVICE).options
     # an invalid value is refused with the registry's message, no job is started
     at.selectbox(key=WidgetKeys.MODEL).set_value("clams").run()
