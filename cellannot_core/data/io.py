@@ -415,14 +415,28 @@ def fixed_string_bytes(dtype) -> int:
     return STRING_OBJECT_BYTES if dtype.kind == "U" else 0
 
 
+#: variable-length elements a variable-length sequence of variable-length elements (strings, or records holding
+#: them) counts as: its stored pointers (16 bytes each) may all share one stored string, so one such element expands
+#: to the file's size times a sixteenth of it, past any bound by the file's size: so many that it is always measured
+#: (a 1.3 MB .h5ad holding one sequence of 30,000 strings sharing one of 100,000 characters, in uns or as an
+#: attribute anndata reads, took 3.1 GB at a 0.5 GB limit, found 2026-12-07 by a seventh probe)
+NESTED_SLOTS = 1 << 40
+
+
 def variable_length_slots(dtype) -> int:
     """Variable-length elements (strings) one element of ``dtype`` holds: a record's fields and an array type's
-    elements each count (a record of 1,000 strings counted as one: 1.1 MB took 5.1 GB, found 2026-12-07)."""
+    elements each count (a record of 1,000 strings counted as one: 1.1 MB took 5.1 GB, found 2026-12-07); a
+    sequence of variable-length elements counts :data:`NESTED_SLOTS`."""
+    import h5py
+
     if dtype.names:
         return sum(variable_length_slots(dtype.fields[k][0]) for k in dtype.names)
     if dtype.subdtype is not None:
         base, shape = dtype.subdtype
         return int(np.prod(shape, dtype=np.float64)) * variable_length_slots(base)
+    inner = h5py.check_vlen_dtype(dtype)
+    if isinstance(inner, np.dtype) and inner.hasobject:  # (a string's is the type str)
+        return NESTED_SLOTS
     return 1 if dtype.hasobject else 0
 
 

@@ -1129,3 +1129,43 @@ def test_chunks_larger_than_their_dataset_and_strings_in_array_types_are_counted
                                 chunks=(10,), compression="gzip")
     with pytest.raises(DataError, match="expands to"):
         read_dataset(fixed)
+
+
+def _sequence_of_shared_strings(plain: Path, path: Path, n: int, length: int, attr: str | None = None) -> Path:
+    """``plain`` with one variable-length sequence of ``n`` strings, every one pointing at one stored string of
+    ``length`` characters: as ``uns/vv`` or, with ``attr`` (``"X/encoding-type"``), as that attribute."""
+    import struct
+
+    path.write_bytes(plain.read_bytes())
+    values = np.empty(1, dtype=object)
+    values[0] = np.array(["Q" * length] + [f"c{i:07d}" for i in range(1, n)], dtype=object)
+    dt = h5py.vlen_dtype(h5py.string_dtype())
+    with h5py.File(path, "r+") as f:
+        if attr is None:
+            f["uns"].create_dataset("vv", data=values, dtype=dt)
+        else:
+            obj, key = attr.rsplit("/", 1)
+            f[obj].attrs.create(key, data=values, dtype=dt)
+    raw = bytearray(path.read_bytes())
+    at = next(i for i in range(len(raw)) if raw[i:i + 4] == struct.pack("<I", length)
+              and raw[i + 16:i + 20] == raw[i + 32:i + 36] == struct.pack("<I", 8))  # the sequence's pointers
+    raw[at:at + 16 * n] = bytes(raw[at:at + 16]) * n
+    path.write_bytes(bytes(raw))
+    with h5py.File(path, "r") as f:
+        got = f["uns/vv"][0] if attr is None else f[obj].attrs[key][0]
+        assert len(got) == n and len(got[-1]) == length  # the file is what the test means
+    return path
+
+
+@pytest.mark.parametrize("attr", [None, "X/encoding-type", "obs/column-order"])
+def test_a_sequence_of_strings_sharing_one_stored_string_is_measured(plain, tmp_path, monkeypatch, attr):
+    """Found 2026-12-07 by a seventh probe: a variable-length sequence of strings counted as one string, at most the
+    file's size, but each of its pointers may share one stored string: a 1.3 MB .h5ad holding one sequence of 30,000
+    strings pointing at one of 100,000 characters (in uns, or as an attribute anndata reads) took 3.1 GB at a 0.5 GB
+    limit. Such a sequence is now always measured by the child held to the limit."""
+    monkeypatch.setenv("CELLANNOT_MEMORY_LIMIT_GB", str(30 / 1024))  # 30 MB: the file's numbers and names pass
+    path = _sequence_of_shared_strings(plain, tmp_path / "seq.h5ad", 3000, 30_000, attr)  # 90 MB once read
+    assert path.stat().st_size < 250_000
+    _check_refused(path, "names and other text expand past")
+    few = _sequence_of_shared_strings(plain, tmp_path / "few.h5ad", 100, 100)  # a small one is read
+    assert read_dataset(few).uns["vv"].shape == (1,)
