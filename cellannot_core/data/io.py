@@ -415,14 +415,28 @@ def fixed_string_bytes(dtype) -> int:
     return STRING_OBJECT_BYTES if dtype.kind == "U" else 0
 
 
+#: variable-length elements a variable-length sequence of variable-length elements (strings, or records holding
+#: them) counts as: its stored pointers (16 bytes each) may all share one stored string, so one such element expands
+#: to the file's size times a sixteenth of it, past any bound by the file's size: so many that it is always measured
+#: (a 1.3 MB .h5ad holding one sequence of 30,000 strings sharing one of 100,000 characters, in uns or as an
+#: attribute anndata reads, took 3.1 GB at a 0.5 GB limit, found 2026-12-07 by a seventh probe)
+NESTED_SLOTS = 1 << 40
+
+
 def variable_length_slots(dtype) -> int:
     """Variable-length elements (strings) one element of ``dtype`` holds: a record's fields and an array type's
-    elements each count (a record of 1,000 strings counted as one: 1.1 MB took 5.1 GB, found 2026-12-07)."""
+    elements each count (a record of 1,000 strings counted as one: 1.1 MB took 5.1 GB, found 2026-12-07); a
+    sequence of variable-length elements counts :data:`NESTED_SLOTS`."""
+    import h5py
+
     if dtype.names:
         return sum(variable_length_slots(dtype.fields[k][0]) for k in dtype.names)
     if dtype.subdtype is not None:
         base, shape = dtype.subdtype
         return int(np.prod(shape, dtype=np.float64)) * variable_length_slots(base)
+    inner = h5py.check_vlen_dtype(dtype)
+    if isinstance(inner, np.dtype) and inner.hasobject:  # (a string's is the type str)
+        return NESTED_SLOTS
     return 1 if dtype.hasobject else 0
 
 
@@ -440,6 +454,101 @@ def chunk_too_big(chunks: tuple, shape: tuple, itemsize: int, limit: int) -> boo
     chunk = np.prod(chunks, dtype=np.float64) * itemsize
     return bool(chunk > max(limit / 8, HDF5_CHUNK_SLACK)
                 or chunk > 2 * np.prod(shape, dtype=np.float64) * itemsize + HDF5_CHUNK_SLACK)
+
+
+#: HDF5's filters that unpack a chunk into as much as its stored stream says (deflate: gzip; szip; h5py's lzf), the
+#: checksum that may follow one, and the filters that unpack a chunk into as many values as their parameters say
+HDF5_DEFLATE, HDF5_SZIP, HDF5_LZF, HDF5_FLETCHER32 = 1, 4, 32000, 3
+HDF5_NBIT, HDF5_SCALEOFFSET = 5, 6
+
+
+def chunk_inflation(ds) -> str | None:
+    """What is wrong with how the chunks of the HDF5 dataset ``ds`` are compressed, or None. HDF5's deflate
+    (gzip) unpacks a chunk's stored stream whole, however far past the chunk's own size it runs, h5py's lzf
+    grows its buffer until the stream ends and szip takes the size its stream's first four bytes give, so a
+    chunk's decompressed size is not its shape's: a 2 MB .h5ad whose one 2 MB chunk held a gzip stream of 2 GB of
+    zeros took 2.2 GB at a 0.5 GB limit, and an lzf stream of 2.4 MB unpacked to 211 MB in 21 s; the nbit and
+    scale-offset filters unpack as many values as their parameters in the file say, and a scale-offset chunk said
+    to hold 500 million values crashed the process (found 2026-12-07 by a seventh probe). Those parameters must be
+    the chunk's, and each chunk's stored stream is unpacked here to its chunk's size and one byte more (lzf's
+    measured by its lengths alone, szip's by the size it gives): more is refused, as is a filter after the
+    compression but the checksum (no writer puts one there; this could not read past it)."""
+    plist = ds.id.get_create_plist()
+    filters = [plist.get_filter(i) for i in range(plist.get_nfilters())]
+    codes = [f[0] for f in filters]
+    n_values = int(np.prod(ds.chunks, dtype=np.float64))
+    if any(code in (HDF5_NBIT, HDF5_SCALEOFFSET) and (len(values) < 5 or values[2] != n_values
+                                                       or values[4] != ds.dtype.itemsize)
+           for code, _, values, *_ in filters):
+        return "whose filter's parameters do not fit its chunks"
+    packed = [i for i, code in enumerate(codes) if code in (HDF5_DEFLATE, HDF5_SZIP, HDF5_LZF)]
+    if not packed:
+        return None
+    if len(packed) > 1 or any(code != HDF5_FLETCHER32 for code in codes[packed[0] + 1:]):
+        return "compressed twice, or with a filter after its compression"
+    at, code = packed[0], codes[packed[0]]
+    # (a variable-length element is a 16-byte pointer as stored, 8 or 16 in memory)
+    cap = n_values * ds.dtype.itemsize * (2 if ds.dtype.hasobject else 1)
+    over: list[bool] = []
+
+    def chunk(info) -> None:
+        if over or info.filter_mask >> at & 1:  # (a chunk stored as it is: its filter was skipped)
+            return
+        stored = ds.id.read_direct_chunk(info.chunk_offset)[1]
+        if code == HDF5_SZIP:
+            over.append(int.from_bytes(stored[:4], "little") > cap)
+        elif code == HDF5_LZF:
+            over.append(_lzf_walk()(np.frombuffer(stored, dtype=np.uint8), cap))
+        else:
+            over.append(_deflate_past(stored, cap))
+        if not over[-1]:
+            over.pop()
+
+    ds.id.chunk_iter(chunk)
+    return "whose compressed chunks unpack past their own size" if over else None
+
+
+def _deflate_past(stored: bytes, cap: int) -> bool:
+    """Whether the zlib stream ``stored`` unpacks to more than ``cap`` bytes (read to ``cap`` + 1 at most)."""
+    unpack = zlib.decompressobj()
+    try:
+        if len(unpack.decompress(stored, cap)) < cap:
+            return False
+        return bool(unpack.decompress(unpack.unconsumed_tail, 1))
+    except zlib.error:
+        return False  # a damaged stream: the reader reports it
+
+
+def _lzf_past(stored: np.ndarray, cap: int) -> bool:
+    """Whether the lzf stream ``stored`` (uint8) unpacks to more than ``cap`` bytes, by its runs' lengths alone
+    (compiled by numba where it is installed, as scanpy has it: 40 MB in 0.03 s, not 2 s)."""
+    i, out, n = 0, 0, len(stored)
+    while i < n:
+        ctrl = int(stored[i])
+        if ctrl < 32:  # a run of ctrl + 1 bytes as they are
+            out += ctrl + 1
+            i += ctrl + 2
+        else:  # a copy of (ctrl >> 5) + 2 bytes, 7 meaning more in the next byte
+            length = ctrl >> 5
+            if length == 7:
+                length += int(stored[i + 1]) if i + 1 < n else 0
+                i += 1
+            out += length + 2
+            i += 2
+        if out > cap:
+            return True
+    return False
+
+
+@functools.lru_cache(maxsize=1)
+def _lzf_walk():
+    """:func:`_lzf_past`, compiled when first needed (no OpenMP: a plain numba function)."""
+    try:
+        import numba
+
+        return numba.njit(nogil=True)(_lzf_past)
+    except ImportError:  # pragma: no cover - numba comes with scanpy
+        return _lzf_past
 
 
 def guard_hdf5(path: Path, label: str, *, whole: tuple[str, ...] | None = None) -> None:
@@ -523,6 +632,8 @@ def guard_hdf5(path: Path, label: str, *, whole: tuple[str, ...] | None = None) 
             elif obj.chunks and int(np.prod(obj.chunks, dtype=np.float64)) < HDF5_TINY_CHUNK and obj.shape and \
                     np.prod(obj.shape, dtype=np.float64) / np.prod(obj.chunks, dtype=np.float64) > HDF5_MAX_CHUNKS:
                 tiny.append((shown_name(name), int(np.prod(obj.chunks, dtype=np.float64))))
+            elif obj.chunks and (why := chunk_inflation(obj)) is not None:
+                problem.append(f"a dataset ('{shown_name(name)}') {why}")
             elif whole is None or any(name == w or name.startswith(w + "/") for w in whole):
                 n = int(np.prod(obj.shape, dtype=np.float64)) if obj.shape else 0
                 total += n * (dtype.itemsize + fixed_string_bytes(dtype))

@@ -1129,3 +1129,99 @@ def test_chunks_larger_than_their_dataset_and_strings_in_array_types_are_counted
                                 chunks=(10,), compression="gzip")
     with pytest.raises(DataError, match="expands to"):
         read_dataset(fixed)
+
+
+def _sequence_of_shared_strings(plain: Path, path: Path, n: int, length: int, attr: str | None = None) -> Path:
+    """``plain`` with one variable-length sequence of ``n`` strings, every one pointing at one stored string of
+    ``length`` characters: as ``uns/vv`` or, with ``attr`` (``"X/encoding-type"``), as that attribute."""
+    import struct
+
+    path.write_bytes(plain.read_bytes())
+    values = np.empty(1, dtype=object)
+    values[0] = np.array(["Q" * length] + [f"c{i:07d}" for i in range(1, n)], dtype=object)
+    dt = h5py.vlen_dtype(h5py.string_dtype())
+    with h5py.File(path, "r+") as f:
+        if attr is None:
+            f["uns"].create_dataset("vv", data=values, dtype=dt)
+        else:
+            obj, key = attr.rsplit("/", 1)
+            f[obj].attrs.create(key, data=values, dtype=dt)
+    raw = bytearray(path.read_bytes())
+    at = next(i for i in range(len(raw)) if raw[i:i + 4] == struct.pack("<I", length)
+              and raw[i + 16:i + 20] == raw[i + 32:i + 36] == struct.pack("<I", 8))  # the sequence's pointers
+    raw[at:at + 16 * n] = bytes(raw[at:at + 16]) * n
+    path.write_bytes(bytes(raw))
+    with h5py.File(path, "r") as f:
+        got = f["uns/vv"][0] if attr is None else f[obj].attrs[key][0]
+        assert len(got) == n and len(got[-1]) == length  # the file is what the test means
+    return path
+
+
+@pytest.mark.parametrize("attr", [None, "X/encoding-type", "obs/column-order"])
+def test_a_sequence_of_strings_sharing_one_stored_string_is_measured(plain, tmp_path, monkeypatch, attr):
+    """Found 2026-12-07 by a seventh probe: a variable-length sequence of strings counted as one string, at most the
+    file's size, but each of its pointers may share one stored string: a 1.3 MB .h5ad holding one sequence of 30,000
+    strings pointing at one of 100,000 characters (in uns, or as an attribute anndata reads) took 3.1 GB at a 0.5 GB
+    limit. Such a sequence is now always measured by the child held to the limit."""
+    monkeypatch.setenv("CELLANNOT_MEMORY_LIMIT_GB", str(30 / 1024))  # 30 MB: the file's numbers and names pass
+    path = _sequence_of_shared_strings(plain, tmp_path / "seq.h5ad", 3000, 30_000, attr)  # 90 MB once read
+    assert path.stat().st_size < 250_000
+    _check_refused(path, "names and other text expand past")
+    few = _sequence_of_shared_strings(plain, tmp_path / "few.h5ad", 100, 100)  # a small one is read
+    assert read_dataset(few).uns["vv"].shape == (1,)
+
+
+def _patched_chunk(plain: Path, path: Path, stream: bytes | None = None, **kwargs) -> Path:
+    """``plain`` with ``uns/bomb``, one chunk stored with ``kwargs``' filters, then its stored bytes made ``stream``
+    (padded with the bytes stored, which the filters read past or not at all)."""
+    path.write_bytes(plain.read_bytes())
+    rng = np.random.default_rng(0)
+    n = max(len(stream or b""), 1000) * 4  # random bytes of 0-3 stored in more than a quarter of their size
+    with h5py.File(path, "r+") as f:
+        d = f["uns"].create_dataset("bomb", data=rng.integers(0, 4, n, dtype=np.uint8), chunks=(n,), **kwargs)
+        info = d.id.get_chunk_info(0)
+    assert info.filter_mask == 0 and (stream is None or info.size >= len(stream))
+    if stream is not None:
+        raw = bytearray(path.read_bytes())
+        raw[info.byte_offset:info.byte_offset + len(stream)] = stream
+        path.write_bytes(bytes(raw))
+    return path
+
+
+def test_compressed_chunks_unpacking_past_their_size_or_filters_sizing_other_chunks_are_refused(plain, tmp_path):
+    """Found 2026-12-07 by a seventh probe: HDF5 unpacks a gzip chunk's stored stream whole, however far past the
+    chunk's size (a 2 MB .h5ad of one 2 MB chunk holding 2 GB of zeros took 2.2 GB at a 0.5 GB limit); h5py's lzf
+    grows its buffer to the stream's end (2.4 MB -> 211 MB, 21 s); a scale-offset filter unpacks as many values as
+    its parameters in the file say (500 million for a chunk of 4,999 crashed the process). The streams are unpacked
+    to the chunk's size, the parameters checked, before anything reads them."""
+    import struct
+    import zlib
+
+    gz = _patched_chunk(plain, tmp_path / "gz.h5ad", zlib.compress(b"\0" * (50 << 20), 9), compression="gzip")
+    _check_refused(gz, "a dataset ('uns/bomb') whose compressed chunks unpack past their own size")
+    lzf = b"\x00\x00" + b"\xe0\xff\x00" * 20_000  # a byte, then copies of 264 bytes: 5.3 MB from 60 KB
+    lzf = _patched_chunk(plain, tmp_path / "lzf.h5ad", lzf + b"\x00\x00" * 10_000, compression="lzf")
+    _check_refused(lzf, "whose compressed chunks unpack past their own size")
+    so = tmp_path / "so.h5ad"
+    so.write_bytes(plain.read_bytes())
+    with h5py.File(so, "r+") as f:
+        f["uns"].create_dataset("so", data=np.full(4999, 7, dtype="i4"), chunks=(4999,), scaleoffset=0)
+    raw = so.read_bytes()  # the filter's count of values (4,999, then the type's class, size and sign) made 100
+    at = raw.index(struct.pack("<IIII", 4999, 0, 4, 1))
+    so.write_bytes(raw[:at] + struct.pack("<I", 100) + raw[at + 4:])
+    _check_refused(so, "a dataset ('uns/so') whose filter's parameters do not fit its chunks")
+
+    fine = tmp_path / "fine.h5ad"  # what h5py and anndata write with these filters is read
+    fine.write_bytes(plain.read_bytes())
+    with h5py.File(fine, "r+") as f:
+        f["uns"].create_dataset("gz", data=np.arange(10_000.0), chunks=(999,), compression="gzip", shuffle=True,
+                                fletcher32=True)
+        f["uns"].create_dataset("lzf", data=np.array([f"n{i}" for i in range(3000)], dtype=object),
+                                dtype=h5py.string_dtype(), chunks=(500,), compression="lzf")
+        f["uns"].create_dataset("sz", data=np.arange(10_000), chunks=(999,), compression="szip")
+        f["uns"].create_dataset("so", data=np.arange(10_000.0), chunks=(999,), scaleoffset=2, compression="gzip")
+    got = read_dataset(fine)
+    assert got.uns["gz"][-1] == 9999 and got.uns["lzf"][-1] == "n2999" and got.uns["sz"][-1] == 9999
+    for compression in ("gzip", "lzf"):
+        make_synthetic(60, 30, 2).write_h5ad(tmp_path / f"{compression}.h5ad", compression=compression)
+        assert read_dataset(tmp_path / f"{compression}.h5ad").n_obs == 60
