@@ -119,9 +119,9 @@ class H5adRows:
         path = Path(path)
         label = f"{name} file '{path.name}'"
         self.name = name
-        if not path.is_file():
-            raise DataError(f"{name} file '{path}' does not exist. Check the path.")
-        if not path.name.lower().endswith(".h5ad"):
+        if not path.name.lower().endswith(".h5ad") or not path.is_file() or not h5py.is_hdf5(path):
+            # a folder, a missing path or a file that is no HDF5 goes to the whole read, whose message names it
+            # (found 2026-12-07: predict said an empty .h5ad was an "internal error", and a folder did not exist)
             raise NotStreamable("only .h5ad files are read in chunks")
         guard_hdf5(path, label, whole=("obs", "var", "raw/var"))
         try:

@@ -194,6 +194,13 @@ def test_unreadable_query_files_get_one_line(bundle, tmp_path):
             f[group] = np.arange(3)
         with pytest.raises(DataError, match="could not read query file"):
             predict_file(d, odd, out=tmp_path / "o.h5ad", device="cpu")
+    # as annotate says it (found 2026-12-07: an empty file was an "internal error", a folder did not exist)
+    (tmp_path / "empty.h5ad").write_bytes(b"")
+    with pytest.raises(DataError, match="not HDF5 inside"):
+        predict_file(d, tmp_path / "empty.h5ad", out=tmp_path / "o.h5ad", device="cpu")
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(DataError, match="contains no matrix.mtx"):
+        predict_file(d, tmp_path / "folder", out=tmp_path / "o.h5ad", device="cpu")
     assert not (tmp_path / "o.h5ad").exists()
 
 
