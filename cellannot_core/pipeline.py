@@ -1685,11 +1685,15 @@ def annotate_adapted(model, bundle: dict[str, Any], query, *, threshold: float |
         batch_key = None
     spec = get_spec(model.name)
     hparams = {k: v for k, v in model.hparams.items() if k in spec.hparams and not spec.hparams[k].internal}
+    reference = bundle_reference(model, bundle)
+    # every class the model has stays: the run that trained it kept only classes of enough cells, of which the
+    # model keeps its training cells (found 2026-12-07: a class of 10 reference cells, 8 kept, was dropped)
+    smallest = int(reference.obs[bundle["label_key"]].value_counts().min())
     opts = AnnotateOptions(label_key=bundle["label_key"], model=model.name, hparams=hparams,
                            seed=int(model.seed), device=device, n_top_genes=len(bundle["genes"]), threshold=threshold,
                            batch_key=batch_key, query_label_key=query_label_key,
-                           min_shared_genes=int(bundle.get("min_shared_genes", AnnotateOptions.min_shared_genes)))
-    reference = bundle_reference(model, bundle)
+                           min_shared_genes=int(bundle.get("min_shared_genes", AnnotateOptions.min_shared_genes)),
+                           min_cells_per_class=max(2, min(AnnotateOptions.min_cells_per_class, smallest)))
     log(f"adapt: training {model.name} again on the {reference.n_obs:,} reference cells the model kept, with the query")
     return annotate(reference, query, opts, out=out, log=log, callbacks=callbacks)
 

@@ -121,3 +121,17 @@ def test_a_large_query_file_adapts_on_a_sample_and_labels_every_cell(saved, tmp_
     assert out.n_obs == query.n_obs and out.obs["cellannot_label"].notna().all()
     assert out.uns["cellannot"]["query_read_in_chunks"]["n_sample"] == 120
 
+
+
+def test_adapt_keeps_every_class_of_the_saved_model(saved, tmp_path):
+    """A class of 10 reference cells (the minimum) keeps only its training cells in the bundle: adapt trained
+    on those with the minimum of 10 and dropped the class (found 2026-12-07)."""
+    ref, query, _ = saved
+    y = ref.obs["cell_type"].astype(str).to_numpy()
+    keep = np.flatnonzero(y != "type2").tolist() + np.flatnonzero(y == "type2")[:10].tolist()
+    ann = ca.train(ref[keep].copy(), **FAST)
+    assert (np.asarray(ann.model.classes)[ann.model.reference.y] == "type2").sum() < 10
+    lines: list[str] = []
+    adapted = ann.predict(query, copy=True, adapt=True, log=lines.append)
+    assert list(adapted.uns["cellannot"]["classes"]) == list(ann.model.classes)
+    assert not any("dropped" in s for s in lines)
