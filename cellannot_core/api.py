@@ -455,7 +455,7 @@ def accept_groups(adata, groups, *, as_short=(), key_added: str = "cellannot") -
     adata
         A query annotated by :func:`annotate` or :meth:`Annotator.predict`.
     groups
-        Codes of the groups whose cells take the type they look most like (``_label_raw``).
+        Codes of the groups whose cells take the type they look most like (``_label_raw``): a list, or one code.
     as_short
         Codes of groups whose cells take instead the type their samples point to (the entry's
         ``short_class``: a known type missing where the group is).
@@ -479,7 +479,12 @@ def accept_groups(adata, groups, *, as_short=(), key_added: str = "cellannot") -
         raise ConfigError(f"adata holds no annotation under {key_added!r} (missing: "
                           f"{', '.join(missing) or 'uns[' + repr(key_added) + ']'}); run ca.annotate first")
     rows = card.get("unknown_groups") or {}
-    codes = [int(j) for j in groups] + [int(j) for j in as_short]
+    groups, as_short = ([g] if isinstance(g, (str, int)) else list(g) for g in (groups, as_short))
+    odd = [j for j in groups + as_short if isinstance(j, bool) or not str(j).strip().lstrip("-").isdigit()]
+    if odd:
+        raise ConfigError(f"Unknown groups are named by their code in obs[{keys['UNKNOWN_GROUP']!r}] (a whole number), "
+                          f"not {str(odd[0])[:80]!r}: the codes are the keys of uns[{key_added!r}]['unknown_groups']")
+    codes = [int(j) for j in groups + as_short]
     bad = [j for j in codes if str(j) not in rows]
     if bad:
         raise ConfigError(f"no Unknown group {bad[0]} in uns[{key_added!r}]['unknown_groups'] (codes: "
