@@ -13,7 +13,7 @@ Keys written (``key_added="cellannot"``; see :func:`cellannot_core.pipeline.anno
 ``obs["{key}_label"]``                   the label, or ``"Unknown"`` for cells of types the reference
                                          lacks
 ``obs["{key}_label_raw"]``               the most probable reference type, before rejection
-``obs["{key}_confidence"]``              calibrated probability of the raw label
+``obs["{key}_confidence"]``              calibrated probability of the raw label (Unknown cells too)
 ``obs["{key}_ood_score"]``               novelty score (higher: further from the reference)
 ``obs["{key}_is_unknown"]``              the score is above the threshold
 ``obs["{key}_unknown_group"]``           the cell's Unknown group (its position in
