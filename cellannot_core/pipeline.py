@@ -682,7 +682,17 @@ def log_read_notes(name: str, adata, log: Callable[[str], None]) -> None:
 
 
 def log_warnings(report: dict[str, Any], log: Callable[[str], None]) -> None:
-    """Say what reading the data did that the user should know (a report's ``warnings``)."""
+    """Say what reading the data did that the user should know (a report's ``warnings``), after where each
+    dataset's counts and the shared genes' names were found (a counts layer, ``var['gene_symbols']``: the log
+    said nothing of them until 2026-12-07)."""
+    from .errors import shown_name
+
+    sources = [f"{name} {shown_name(str(report[name]['counts_source']), 160)}" for name in ("reference", "query")
+               if isinstance(report.get(name), dict) and report[name].get("counts_source")]
+    if sources:
+        log("counts: " + "; ".join(sources))
+    if isinstance(report.get("genes"), dict) and report["genes"].get("message"):
+        log(f"genes: {shown_name(str(report['genes']['message']), 300)}")
     for w in report.get("warnings", []):
         log(f"warning: {w}")
 
@@ -770,6 +780,12 @@ def log_unknown_groups(groups: list[dict[str, Any]], log: Callable[[str], None],
         empty = f"; {empty:,} of its cells have no counts on the model's genes" if empty else ""
         log(f"Unknown group of {g['n_cells']:,} cells looking most like {like}: up {up} "
             f"({programs}against {shown_name(g['compared_with'], 120)}){empty}{accepted}{samples_note(g)}")
+    if len(groups) > n:  # (found 2026-12-07: a whole known type rejected as a fifth group went unmentioned)
+        rest = groups[n:]
+        log(f"and {len(rest)} more Unknown group{'s' if len(rest) > 1 else ''} of "
+            f"{sum(int(g['n_cells']) for g in rest):,} cells (looking most like "
+            f"{', '.join(dict.fromkeys(shown_name(g['predicted_as'], 40) for g in rest))}): the annotated file's "
+            "uns['cellannot']['unknown_groups'] and the app's Calibration page describe every group")
 
 
 def samples_note(group: dict[str, Any]) -> str:

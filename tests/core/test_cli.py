@@ -232,6 +232,8 @@ def test_annotate_writes_output(capsys, files, tmp_path):
         "--save-model", tmp_path / "model", "--runs-dir", tmp_path / "runs", "--seed", "3", "--hvg-flavor", "seurat"]))  # not the default
     assert code == 0, err
     assert "error:" not in err and f"wrote {out}" in err and "labelled 80 query cells" in err
+    # where the counts and the genes' names were found is said (nothing until 2026-12-07)
+    assert "\ncounts: reference " in err and "; query " in err and "\ngenes: " in err
     a = ad.read_h5ad(out)
     assert a.n_obs == 80 and list(a.obs_names) == [f"cell{i}" for i in range(80)]
     for k in (OutKeys.LABEL, OutKeys.LABEL_RAW, OutKeys.CONFIDENCE, OutKeys.OOD_SCORE, OutKeys.IS_UNKNOWN):

@@ -554,3 +554,13 @@ def test_a_known_type_after_rougher_dissociation_is_a_handling_state_a_new_type_
         [r["cluster"] == 1 for r in rows[:3]]
     other = types.SimpleNamespace(ood_method="maxprob", reference=None)
     assert accept_handling_states(other, preds, rows) == 0
+
+
+def test_the_log_names_the_unknown_groups_past_the_three_largest():
+    from cellannot_core.pipeline import log_unknown_groups
+
+    rows = [{"n_cells": n, "genes_up": ["G"], "predicted_as": t, "compared_with": t}
+            for n, t in ((300, "A"), (200, "B"), (100, "A"), (50, "B"), (20, "C"))]
+    lines: list[str] = []
+    log_unknown_groups(rows, lines.append)
+    assert len(lines) == 4 and lines[3].startswith("and 2 more Unknown groups of 70 cells (looking most like B, C)")
