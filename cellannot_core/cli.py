@@ -176,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("benchmark", help="train several models on one reference/query pair and compare them")
     b.add_argument("--reference", required=True, help="labelled reference (same formats as annotate)")
     b.add_argument("--query", required=True, help="query cells (with --query-label-key the metrics use its labels)")
+    for role in ("reference", "query"):
+        _add_orientation(b, role)
+    b.add_argument("--layer", default=None, help=LAYER_HELP)
     b.add_argument("--label-key", required=True, help="obs column of the reference holding the cell types")
     b.add_argument("--query-label-key", default=None,
                    help="query obs column with known labels; without it models are scored on reference validation")
@@ -188,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--max-epochs", type=int, default=None, help="cap the epochs of models that have epochs")
     b.add_argument("--n-top-genes", type=int, default=DEFAULT_N_TOP_GENES,
                    help=f"highly variable genes the models use (default {DEFAULT_N_TOP_GENES})")
+    b.add_argument("--hvg-flavor", default=DEFAULT_HVG_FLAVOR, choices=HVG_FLAVORS, help="as annotate's")
     b.add_argument("--min-cells-per-class", type=int, default=10,
                    help="reference types with fewer cells are left out, with a warning (default 10)")
     b.add_argument("--min-shared-genes", type=int, default=200,
@@ -425,8 +429,9 @@ def cmd_benchmark(args) -> int:
         check_writable(args.out, what="benchmark table")
     opts = AnnotateOptions(label_key=args.label_key, query_label_key=args.query_label_key, seed=args.seed,
                            n_top_genes=args.n_top_genes, min_cells_per_class=args.min_cells_per_class,
-                           min_shared_genes=args.min_shared_genes, accept=args.accept, batch_key=args.batch_key)
-    prepared = prepare_data(args.reference, args.query, opts)
+                           min_shared_genes=args.min_shared_genes, accept=args.accept, batch_key=args.batch_key,
+                           hvg_flavor=args.hvg_flavor)
+    prepared = prepare_data(*_datasets(args), opts)
     log_warnings(prepared.report, _log)
     table = compare_models(prepared, args.models, seed=args.seed, device=args.device, hparams_by_model=by_model,
                            max_epochs=args.max_epochs, accept=args.accept, callbacks=[PrintProgress(_log)], log=_log)

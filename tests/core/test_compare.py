@@ -144,6 +144,28 @@ def test_cli_benchmark_writes_the_table(files, capsys):
     assert "logreg" in cap.out and "metrics on: query" in cap.err
 
 
+def test_cli_benchmark_reads_the_data_as_annotate_does(files, capsys, monkeypatch):
+    """--layer, --hvg-flavor and the orientations, as annotate has them (benchmark lacked them until 2026-12-07)."""
+    import cellannot_core.pipeline as pipeline
+    from cellannot_core.cli import main
+
+    seen = {}
+    real = pipeline.prepare_data
+
+    def spy(ref, qry, opts):
+        seen["flavor"] = opts.hvg_flavor
+        return real(ref, qry, opts)
+
+    monkeypatch.setattr(pipeline, "prepare_data", spy)
+    base = ["benchmark", "--reference", str(files / "ref.h5ad"), "--query", str(files / "query.h5ad"),
+            "--label-key", "cell_type", "--models", "logreg", "--n-top-genes", "50", "--min-shared-genes", "20",
+            "--device", "cpu"]
+    assert main([*base, "--hvg-flavor", "seurat", "--layer", "counts"]) == 2  # no such layer: one line, no table
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "counts" in err and "\n" not in err
+    assert main([*base, "--hvg-flavor", "seurat"]) == 0 and seen["flavor"] == "seurat"
+
+
 @pytest.mark.parametrize("extra, msg", [
     (["--models", "knn", "--hparam", "n_neighbors=5"], "MODEL.NAME=VALUE"),
     (["--models", "knn", "--out", "table.txt"], ".csv"),
