@@ -16,6 +16,10 @@ MAX_LABEL_CHARS = 256
 #: of characters; readers that make a fixed-width array of them (scanpy's of a 10x .h5) widen every name to the
 #: longest (one 330,000-character barcode among 3,000 took 4.3 GB from 0.7 MB, found 2026-12-07)
 MAX_NAME_CHARS = 1_000
+#: the most classes a model may have: a reference's cell types number tens to a few thousand, and each cell's
+#: logits and probabilities take 8-16 bytes a class (a 70 MB saved model of 300,000 classes took 15.6 GB labelling
+#: 2,638 cells at a 0.5 GB limit, found 2026-12-07)
+MAX_CLASSES = 10_000
 
 
 def str_array(values):

@@ -17,7 +17,15 @@ if TYPE_CHECKING:
 
 
 def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    """One line on stderr, without control or format characters: the log names classes and genes from the files
+    (a saved model's class "B\\x1b[31m..." coloured the terminal and one holding a newline faked a second line,
+    found 2026-12-07); a tab or line break is a space."""
+    import unicodedata
+
+    text = str(msg)
+    if not text.isprintable():
+        text = "".join((" " if c in "\t\n\r" else "") if unicodedata.category(c)[0] == "C" else c for c in text)
+    print(text, file=sys.stderr, flush=True)
 
 
 def _device(text: str) -> str:

@@ -1254,15 +1254,14 @@ def _load_bundle_dir(model_dir: Path, device: str) -> tuple[Any, dict[str, Any]]
     from ._constants import RunFiles
     from .errors import DataError
     from .models import load_model
-    from .models._base import refuse_links_out
-    from .runs import read_json
+    from .models._base import read_model_json, refuse_links_out
 
     if not (model_dir / "bundle.json").exists() and (model_dir / RunFiles.MODEL_DIR / "bundle.json").is_file():
         model_dir = model_dir / RunFiles.MODEL_DIR  # a run's folder (what annotate and the app write): its model is inside
     if not (model_dir / "bundle.json").is_file():
         raise DataError(f"{model_dir} has no bundle.json; pass a directory written by `train` or --save-model")
     refuse_links_out(model_dir, [model_dir / "bundle.json"])
-    bundle = read_json(model_dir / "bundle.json")
+    bundle = read_model_json(model_dir / "bundle.json", model_dir)
     if not isinstance(bundle, dict) or "genes" not in bundle:
         raise DataError(f"the saved model in {model_dir} is damaged (its bundle.json is not one cellannot wrote); "
                         "train it again")
@@ -1279,8 +1278,10 @@ def _load_bundle_dir(model_dir: Path, device: str) -> tuple[Any, dict[str, Any]]
 
 def _bundle_problem(bundle: dict[str, Any]) -> str | None:
     """What is wrong with ``bundle.json``'s fields besides the genes (:func:`bundle_info`), or None."""
-    def names(v: Any) -> bool:
-        return isinstance(v, list) and len(v) > 0 and all(isinstance(g, str) for g in v)
+    from .models._base import MAX_FEATURES
+
+    def names(v: Any) -> bool:  # (30 million norm_genes, 114 MB, took 2 GB and 25 s: found 2026-12-07)
+        return isinstance(v, list) and 0 < len(v) <= MAX_FEATURES and all(isinstance(g, str) for g in v)
 
     if bundle.get("norm_genes") is not None and not names(bundle["norm_genes"]):
         return "norm_genes is not a list of gene names"

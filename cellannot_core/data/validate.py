@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from cellannot_core._constants import MAX_LABEL_CHARS, UNKNOWN
+from cellannot_core._constants import MAX_CLASSES, MAX_LABEL_CHARS, UNKNOWN
 from cellannot_core.errors import DataError, did_you_mean, shown_name
 
 from .values import detect_value_state, get_counts
@@ -290,6 +290,10 @@ def clean_labels(
             f"the {name} label column '{label_key}' has {len(counts):,} different values in {n_labelled:,} cells: it "
             "holds a measurement or the cells' names, not cell types. Choose the column that holds the cell types."
         )
+    if len(kept) > MAX_CLASSES:  # (what a saved model may have: each cell's probabilities take 8 bytes a class)
+        raise DataError(
+            f"the {name} label column '{label_key}' has {len(kept):,} classes of at least {min_cells_per_class} cells, "
+            f"where cellannot takes at most {MAX_CLASSES:,} cell types: choose a coarser label column, or merge types.")
     if len(kept) < 2:
         raise DataError(
             f"only {len(kept)} class(es) in the {name} label column '{label_key}' have at least "

@@ -15,7 +15,7 @@ from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 
-from .._constants import MAX_LABEL_CHARS, RunFiles
+from .._constants import MAX_CLASSES, MAX_LABEL_CHARS, RunFiles
 from ..calibration import (SHIFTABLE_SCORES, T_MAX, T_MIN, fit_temperature, query_threshold, softmax,
                            threshold_for_acceptance)
 from ..data._types import Split
@@ -227,6 +227,53 @@ class Model:
 
 
 MAX_FEATURES = 200_000  # more genes than any transcriptome: a config asking for more is damaged or hostile
+#: the most bytes a saved model's safetensors header (its JSON list of arrays) may take: a model's names a few dozen
+#: arrays in a few KB; safetensors itself reads up to 100 MB, and 91 MB naming 1.1 million empty arrays took 0.9 GB
+#: (found 2026-12-07)
+WEIGHTS_HEADER_BYTES = 1 << 20
+#: a JSON file's most memory per byte as Python reads it (``[[[]],[[]],...]`` takes 32 times its size; a 100 MB
+#: config.json took 0.77 GB, found 2026-12-07): a model's JSON is read only when its size times this fits the limit
+JSON_BYTES_FACTOR = 40
+
+
+def read_model_json(path: Path, d: Path) -> Any:
+    """A saved model's JSON file (``config.json``, ``bundle.json``), read only when it fits the memory limit as
+    read (:data:`JSON_BYTES_FACTOR`); one line when it does not, or is not JSON (nested past Python's recursion
+    limit included: an "internal error" before, found 2026-12-07)."""
+    from ..data.io import memory_limit_bytes
+    from ..errors import DataError
+
+    limit = memory_limit_bytes()
+    size = path.stat().st_size
+    if size * JSON_BYTES_FACTOR > limit:
+        raise DataError(f"the saved model in {d} is refused: its {path.name} of {size / 1024**2:,.1f} MB would take "
+                        f"more than this server's limit of {limit / 1024**3:.1f} GiB (CELLANNOT_MEMORY_LIMIT_GB) "
+                        "to read, where a model's takes a few MB; train it again here, or raise the limit")
+    try:
+        return json.loads(path.read_bytes())
+    except (ValueError, RecursionError) as err:
+        raise DataError(f"cannot read the saved model in {d} (its {path.name}: {type(err).__name__}); it may be "
+                        "damaged: train it again") from None
+
+
+def _check_weights_file(w_path: Path, d: Path) -> None:
+    """The safetensors file's header no larger than :data:`WEIGHTS_HEADER_BYTES` and the file within the memory
+    limit, before a byte of it is read: the arrays are read whole, and the file is mapped as they are (a 6 MB
+    folder holding a sparse 3 GB weights file took 6.5 GB at a 0.5 GB limit, found 2026-12-07)."""
+    from ..data.io import memory_limit_bytes
+    from ..errors import DataError
+
+    with open(w_path, "rb") as fh:
+        head = fh.read(8)
+    n = int.from_bytes(head, "little") if len(head) == 8 else 0
+    if not 2 <= n <= WEIGHTS_HEADER_BYTES:
+        raise DataError(f"the saved model in {d} is damaged or not a cellannot model (its {RunFiles.WEIGHTS} "
+                        f"declares a header of {n:,} bytes, where a model's takes a few KB); train it again")
+    size, limit = w_path.stat().st_size, memory_limit_bytes()
+    if 2 * size > limit:
+        raise DataError(f"the saved model in {d} is refused: its {RunFiles.WEIGHTS} of {size / 1024**3:.2f} GiB "
+                        f"takes twice that to load, more than this server's limit of {limit / 1024**3:.1f} GiB "
+                        "(CELLANNOT_MEMORY_LIMIT_GB): load it on a larger server, or train a smaller model")
 
 
 def _validate_config(cfg: dict[str, Any], d: Path) -> None:
@@ -248,6 +295,8 @@ def _validate_config(cfg: dict[str, Any], d: Path) -> None:
     classes = cfg.get("classes")
     if not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(c, str) for c in classes):
         raise bad("classes must be a list of at least two names")
+    if len(classes) > MAX_CLASSES:
+        raise bad(f"{len(classes):,} classes, where a model has at most {MAX_CLASSES:,}")
     if any(len(c) > MAX_LABEL_CHARS for c in classes):
         raise bad(f"a class's name is longer than {MAX_LABEL_CHARS} characters")
     if not isinstance(cfg.get("hparams"), dict) or not isinstance(cfg.get("seed"), int):
@@ -340,13 +389,10 @@ def load_model(directory: str | os.PathLike, *, device: str = "auto") -> Model:
         raise DataError(f"{d} is not a saved model (needs {RunFiles.CONFIG} and {RunFiles.WEIGHTS}); "
                         "pass the directory written by --save-model or `train`")
     refuse_links_out(d, (cfg_path, w_path))
-    try:
-        cfg = json.loads(cfg_path.read_text())
-        arrays = load_file(str(w_path))
-    except Exception as err:  # noqa: BLE001 - any corruption is a user-facing data problem
-        raise DataError(f"cannot read the saved model in {d} ({type(err).__name__}); it may be damaged: train it again") from None
+    cfg = read_model_json(cfg_path, d)
     if not isinstance(cfg, dict) or "model" not in cfg:
         raise DataError(f"{cfg_path} is not a cellannot model config; it may be damaged: train the model again")
+    _check_weights_file(w_path, d)
     version = cfg.get("format_version", 1)
     if not isinstance(version, int) or isinstance(version, bool) or version > FORMAT_VERSION:
         raise DataError(f"the saved model in {d} was written in a newer format ({shown_name(version, 20)}; "
@@ -357,6 +403,12 @@ def load_model(directory: str | os.PathLike, *, device: str = "auto") -> Model:
         raise DataError(f"the saved model in {d} is damaged: {RunFiles.WEIGHTS} is not the file saved with its "
                         f"{RunFiles.CONFIG} (its checksum differs); copy the model again or train it again")
     _validate_config(cfg, d)
+    try:
+        arrays = load_file(str(w_path))
+    except BaseException as err:  # noqa: BLE001 - any corruption is a user-facing data problem
+        if not isinstance(err, Exception) and type(err).__name__ != "PanicException":
+            raise  # (safetensors' PanicException, e.g. after a MemoryError, is a BaseException: a traceback before)
+        raise DataError(f"cannot read the saved model in {d} ({type(err).__name__}); it may be damaged: train it again") from None
     for key, values in arrays.items():  # (NaN weights gave NaN confidences and no cell Unknown, found 2026-12-07)
         flat = values.reshape(-1)
         if values.dtype.kind in "fc" and not all(np.isfinite(flat[i:i + (1 << 22)]).all()

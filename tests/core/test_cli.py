@@ -890,3 +890,13 @@ def test_the_app_served_is_the_one_beside_the_core_running(tmp_path, monkeypatch
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: other if name == "cellannot_app" else real(name, *a))
     assert app_script() == Path(__file__).resolve().parents[2] / "app.py"
+
+
+def test_the_log_writes_class_names_without_control_characters(capsys):
+    """Found 2026-12-07 by an eighth probe: a saved model's class "B\\x1b[31m..." went to the terminal as it was in
+    `predict`'s log ("Unknown group of 20 cells looking most like B..."), colouring it, and a newline in one faked
+    a line of its own. The command line's log drops control and format characters (a line break is a space)."""
+    from cellannot_core.cli import _log
+
+    _log("Unknown group of 20 cells looking most like B\x1b[31m<script>\nerror: fake\x07 \u202eline\tend")
+    assert capsys.readouterr().err == "Unknown group of 20 cells looking most like B[31m<script> error: fake line end\n"

@@ -1225,3 +1225,36 @@ def test_compressed_chunks_unpacking_past_their_size_or_filters_sizing_other_chu
     for compression in ("gzip", "lzf"):
         make_synthetic(60, 30, 2).write_h5ad(tmp_path / f"{compression}.h5ad", compression=compression)
         assert read_dataset(tmp_path / f"{compression}.h5ad").n_obs == 60
+
+
+def test_a_zip_listing_countless_members_or_a_tar_header_python_cannot_number_is_one_line(tmp_path):
+    """Found 2026-12-07 by an eighth probe: zipfile reads a zip's whole central directory into an object a member
+    before they can be counted (a 159 MB zip listing 3 million empty members: 1.7 GB and 18 s, then "more than
+    20,000 files"), and a pax record whose length has 5,000 digits is a ValueError, not a TarError, to tarfile
+    (`predict --model x.tar`: "internal error"). The directory's size is read from the zip's end record first."""
+    import struct
+    import tarfile
+
+    from cellannot_core.pipeline import load_bundle
+
+    n, directory = 200_000, bytearray()  # central directory entries only, 53 bytes each: 10 MB
+    for i in range(n):
+        name = b"%07d" % i
+        directory += struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 0, 0, 0, 0, 0, 0, 0, len(name), 0, 0, 0, 0,
+                                 0, 0) + name
+    z64 = struct.pack("<IQHHIIQQQQ", 0x06064B50, 44, 45, 45, 0, 0, n, n, len(directory), 0)
+    locator = struct.pack("<IIQI", 0x07064B50, 0, len(directory), 1)
+    end = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, 0xFFFF, 0xFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 0)
+    z = tmp_path / "many.zip"
+    z.write_bytes(bytes(directory) + z64 + locator + end)
+    with pytest.raises(DataError, match="lists 10 MB of members, where a 10x matrix folder's zip lists three files"):
+        read_dataset(z, name="query")
+
+    record = b"9" * 5000 + b" path=x\n"
+    head = tarfile.TarInfo("PaxHeader")
+    head.type, head.size = tarfile.XHDTYPE, len(record)
+    t = tmp_path / "model.tar"
+    t.write_bytes(head.tobuf(format=tarfile.USTAR_FORMAT) + record.ljust(512 * 10, b"\0") + b"\0" * 1024)
+    for read in (lambda: read_dataset(t, name="query"), lambda: load_bundle(t, device="cpu")):
+        with pytest.raises(DataError, match="is damaged: a tar header cannot be read|as archive: ValueError"):
+            read()

@@ -273,3 +273,14 @@ def test_genes_do_not_match():
     with pytest.raises(DataError) as e:
         _prep(make_synthetic(), q)
     assert _one_line(e).startswith("only 0 of 120 reference genes found in the query")
+
+
+def test_a_reference_of_more_cell_types_than_a_model_may_have_is_refused():
+    """Found 2026-12-07 by an eighth probe: a saved model of 300,000 classes took 15.6 GB labelling 2,638 cells (each
+    cell's logits and probabilities take 8-16 bytes a class); a model now has at most MAX_CLASSES, so a reference
+    of more types of enough cells is refused before training, not only its model at load."""
+    from cellannot_core._constants import MAX_CLASSES
+
+    labels = np.repeat([f"type {i}" for i in range(MAX_CLASSES + 1)], 2)
+    with pytest.raises(DataError, match="10,001 classes of at least 2 cells, where cellannot takes at most 10,000"):
+        clean_labels(labels, label_key="cell_type", min_cells_per_class=2)

@@ -443,3 +443,57 @@ def test_a_model_archive_of_chained_tar_headers_is_one_line(tmp_path):
     with pytest.raises(DataError, match="more than 8 extended tar headers before one member") as err:
         load_bundle(path, device="cpu")
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("edit", ["weights_header_huge", "weights_sparse_huge", "config_huge", "bundle_nested",
+                                  "classes_too_many", "hidden_too_many"])
+def test_a_bundle_too_large_to_read_or_build_is_refused_before_it_is_read(saved, tmp_path, monkeypatch, edit):
+    """Found 2026-12-07 by an eighth probe (peak RSS at a 0.5 GB limit): a safetensors header naming 1.1 million
+    empty arrays (91 MB: 1.4 GB), a sparse weights file of 3 GB in a 6 MB folder (6.5 GB, or a PanicException's
+    traceback under a ulimit), a 100 MB config.json (1.2 GB), a bundle.json nested 200,000 deep (an "internal
+    error"), 300,000 classes (70 MB: 15.6 GB) and a `hidden` of 200,000 widths (50 s and 1.6 GB, the error quoting
+    the whole text) were read, built or quoted; each is one line before it is."""
+    import struct
+
+    from safetensors.numpy import load_file, save_file
+
+    from cellannot_core.pipeline import load_bundle
+
+    monkeypatch.setenv("CELLANNOT_MEMORY_LIMIT_GB", "0.05")  # 51 MB: small files stand for large ones
+    d = _copy(saved["clams"], tmp_path)
+    cfg = json.loads((d / RunFiles.CONFIG).read_text())
+    cfg.pop("weights_sha256")
+    w = d / RunFiles.WEIGHTS
+    if edit == "weights_header_huge":
+        save_file(load_file(str(w)), str(w), metadata={f"k{i}": "x" * 10 for i in range(70_000)})  # 1.5 MB header
+        match = "declares a header of 1,[0-9,]* bytes, where a model's takes a few KB"
+    elif edit == "weights_sparse_huge":
+        raw = w.read_bytes()
+        n = struct.unpack("<Q", raw[:8])[0]
+        head, data = json.loads(raw[8:8 + n]), raw[8 + n:]
+        head["extra"] = {"dtype": "U8", "shape": [64 << 20], "data_offsets": [len(data), len(data) + (64 << 20)]}
+        hb = json.dumps(head).encode()
+        w.write_bytes(struct.pack("<Q", len(hb)) + hb + data)
+        with open(w, "r+b") as fh:
+            fh.truncate(8 + len(hb) + len(data) + (64 << 20))  # 64 MB of zeros, stored sparse
+        match = "takes twice that to load, more than this server's limit"
+    elif edit == "config_huge":
+        cfg["history"] = {"loss": [0.0] * 700_000}  # 2.8 MB of JSON
+        match = "config.json of [0-9.]+ MB would take more than this server.s limit"
+    elif edit == "bundle_nested":
+        (d / "bundle.json").write_text('{"genes": ' + "[" * 100_000 + "]" * 100_000 + "}")
+        match = "bundle.json: RecursionError"
+    elif edit == "classes_too_many":
+        cfg["classes"] = [f"type {i}" for i in range(10_001)]
+        match = "10,001 classes, where a model has at most 10,000"
+    else:
+        cfg["hparams"]["hidden"] = "1," * 100 + "1\x1b[2J" + "x" * 10_000
+        match = "hidden may give at most 16 layer widths, e.g. 1200,600,200; got '1,1,1"
+    (d / RunFiles.CONFIG).write_text(json.dumps(cfg))
+    if edit == "bundle_nested":
+        with pytest.raises(DataError, match=match) as err:
+            load_bundle(d, device="cpu")
+    else:
+        with pytest.raises(DataError, match=match) as err:
+            load_model(d, device="cpu")
+    assert len(str(err.value)) < 400 and "\x1b" not in str(err.value)
