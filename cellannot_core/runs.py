@@ -114,9 +114,11 @@ def _json_default(o: Any) -> Any:
 
 
 def read_json(path: Path, default: Any = None) -> Any:
+    """The JSON file at ``path``, or ``default`` when it is missing or not JSON (nested past Python's recursion
+    limit included: a RecursionError, an "internal error" until 2026-12-07)."""
     try:
         return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return default
 
 

@@ -127,6 +127,8 @@ def test_unreadable_status(tmp_path):
     rd.file(RunFiles.STATUS).write_text("{half a file")
     assert rd.status() == {"state": "failed", "message": "status unreadable"}
     assert read_json(tmp_path / "missing.json", {"d": 1}) == {"d": 1}
+    (tmp_path / "deep.json").write_text("[" * 200_000 + "]" * 200_000)  # past Python's recursion limit
+    assert read_json(tmp_path / "deep.json", {"d": 2}) == {"d": 2}
 
 
 def test_write_json_atomic_numpy_values(tmp_path):
