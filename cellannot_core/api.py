@@ -434,7 +434,7 @@ def train(
     else:
         ref = query = counts_layer(_readable(adata_ref, "reference"), layer, "reference")
     prepared = prepare_data(ref, query, opts)
-    log_warnings(prepared.report, say)
+    log_warnings(prepared.report, say, query=adata_query is not None)
     say(f"training {opts.model}")
     fitted = train_model(prepared, opts, _progress(progress_bar))
     return Annotator(fitted, bundle_info(fitted, prepared, opts))

@@ -283,10 +283,11 @@ def cmd_train(args) -> int:
         check_model_folder(args.save_model)
     ref, qry = _datasets(args)
     ref = ref if not isinstance(ref, (str, Path)) else read_dataset(ref, name="reference")
+    alone = qry is None
     qry = ref if qry is None else qry if not isinstance(qry, (str, Path)) else read_dataset(qry, name="query")
     prepared = prepare_data(ref, qry, opts)
     if main_process:
-        log_warnings(prepared.report, _log)
+        log_warnings(prepared.report, _log, query=not alone)
     model = train_model(prepared, opts, [PrintProgress(_log)] if main_process else [])
     if not main_process:  # rank 0 writes the bundle
         return 0

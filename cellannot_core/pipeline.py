@@ -681,17 +681,18 @@ def log_read_notes(name: str, adata, log: Callable[[str], None]) -> None:
         log(f"note: the {name}: {note}")
 
 
-def log_warnings(report: dict[str, Any], log: Callable[[str], None]) -> None:
+def log_warnings(report: dict[str, Any], log: Callable[[str], None], *, query: bool = True) -> None:
     """Say what reading the data did that the user should know (a report's ``warnings``), after where each
     dataset's counts and the shared genes' names were found (a counts layer, ``var['gene_symbols']``: the log
-    said nothing of them until 2026-12-07)."""
+    said nothing of them until 2026-12-07). ``query=False``: a reference trained alone (its own query)."""
     from .errors import shown_name
 
-    sources = [f"{name} {shown_name(str(report[name]['counts_source']), 160)}" for name in ("reference", "query")
+    sources = [f"{name} {shown_name(str(report[name]['counts_source']), 160)}"
+               for name in ("reference", "query")[:2 if query else 1]
                if isinstance(report.get(name), dict) and report[name].get("counts_source")]
     if sources:
         log("counts: " + "; ".join(sources))
-    if isinstance(report.get("genes"), dict) and report["genes"].get("message"):
+    if query and isinstance(report.get("genes"), dict) and report["genes"].get("message"):
         log(f"genes: {shown_name(str(report['genes']['message']), 300)}")
     for w in report.get("warnings", []):
         log(f"warning: {w}")
