@@ -404,6 +404,13 @@ def evaluate(m, prep, *, threshold: float | None = None, rules: bool = False, al
     out["placed"] = [(bool(g.get("absent_from")), g.get("short_class"), int(cells.sum()),
                       int((labels[cells] == g.get("short_class")).sum()), int(novel[cells].sum()))
                      for j, g in enumerate(groups) if "absent_from" in g for cells in [p.unknown_group == j]]
+    # knn_class: the query's shift F and the largest shift step 3 gave a class shifted as a whole (how far the
+    # query's cells were allowed to lie beyond the reference's own)
+    last = getattr(getattr(m, "reference", None), "last_decision", None) or {}
+    if last.get("n") == len(labels):
+        whole = np.asarray(last["whole"], dtype=bool)
+        out["query_shift"] = float(last["query_shift"])
+        out["class_shift_max"] = float(np.max(np.asarray(last["shifts"])[whole])) if whole.any() else out["query_shift"]
     if rules:
         out["rules"] = rule_metrics(m, prep, p, all_rules)
     return out
@@ -611,7 +618,9 @@ def main() -> None:
                            "train_seconds": secs, **r}
                     rows.append(row)
                     print(f"{name:42s} {share:6.1%} {label:12s} " + " ".join(f"{r[k]:12.3f}" for k in METRICS)
-                          + f"  {secs:7.1f}" + (f"  mixing {r['mixing']:.2f}" if "mixing" in r else ""), flush=True)
+                          + f"  {secs:7.1f}" + (f"  mixing {r['mixing']:.2f}" if "mixing" in r else "")
+                          + (f"  shift {r['query_shift']:.2f} / {r['class_shift_max']:.2f}" if "query_shift" in r else ""),
+                          flush=True)
                     if args.single_type and model == models[0] and t is None:
                         row["single_type"] = single_type_rows(m, scored, samples)
                         for q in row["single_type"]:

@@ -86,6 +86,17 @@ def threshold_for_acceptance(val_scores: np.ndarray, accept: float = 0.95) -> fl
 SHIFTABLE_SCORES = ("knn", "knn_graph", "mahalanobis", "knn_logit")  # positive distances: a study/technology shift scales them
 
 
+#: The largest shift of a whole query that a rule allows for (a baseline's median shift factor, ``knn_class``'s
+#: query and sample shifts), and where a run warns that the query is mostly unlike its reference. Shifts between
+#: studies, donors, an interferon stimulation and a technology of one tissue measured 1.0-1.97 (``logreg``) and
+#: 1.05-2.32 (``knn_class``'s query shift; one experiment at 3.14 whose 39% novel T cells raised it), pancreas
+#: against blood 2.56-6.4: a shift beyond this is not a study's but a query of other cells, which the shift
+#: correction's assumption (most of the query is of the reference's types) does not cover. Until 2026-12-07 it
+#: warned only, and a mouse pancreas query of a human PBMC reference was labelled whole: 0% Unknown (README,
+#: "How far to trust an Unknown call").
+FAR_QUERY_FACTOR = 2.5
+
+
 def shift_factor(val_scores_median: float, query_scores: np.ndarray) -> float:
     """``max(1, median(query scores) / median(validation scores))``; 1 when undefined.
 
@@ -108,12 +119,13 @@ def query_threshold(threshold: float, method: str, correction: str, val_scores_m
     ``pred``, each query cell's predicted class: a query predicted as too few types
     (:func:`~cellannot_core.novelty.shift_estimable`) gets no shift factor, as ``knn_class``'s
     does: its median is its own types' distance, which a population the reference lacks *is* (a
-    query of one novel type, or one cell, accepted itself however far it was: found 2026-12-07)."""
+    query of one novel type, or one cell, accepted itself however far it was: found 2026-12-07). The factor is
+    at most :data:`FAR_QUERY_FACTOR`."""
     from .novelty import shift_estimable
 
     if correction != "median" or method not in SHIFTABLE_SCORES:
         return float(threshold), 1.0
     if pred is not None and not shift_estimable(pred):
         return float(threshold), 1.0
-    f = shift_factor(val_scores_median, query_scores)
+    f = min(shift_factor(val_scores_median, query_scores), FAR_QUERY_FACTOR)
     return float(threshold) * f, f

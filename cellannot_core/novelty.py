@@ -296,7 +296,7 @@ class LatentReference:
             self._null = (unit, med)
         return self._null
 
-    def query_shift(self, graph: np.ndarray, pred: np.ndarray) -> float:
+    def query_shift(self, graph: np.ndarray, pred: np.ndarray, *, bounded: bool = True) -> float:
         """How much farther from the reference the query's known cells are than reference cells:
         ``max(1, Q(graph / median_c(pred)) / Q(null / median_c(y)))`` with ``Q`` the
         :data:`SHIFT_QUANTILE` quantile over *all* query cells (each scaled by its predicted
@@ -309,8 +309,13 @@ class LatentReference:
         which a large novel population predicted as one class *is*: it raised that class's
         threshold until the novel cells were accepted (bench/novelty_stress.py). Likewise a query
         of fewer than :data:`SHIFT_MIN_CLASSES` predicted types (:func:`shift_estimable`) gets 1:
-        its quartile would be those types' own distance.
+        its quartile would be those types' own distance. A query that is mostly novel (over three quarters)
+        moves it as far as it lies: ``bounded``, it is at most :data:`~cellannot_core.calibration.FAR_QUERY_FACTOR`,
+        beyond the shifts between studies of one tissue (a mouse pancreas query of a human PBMC reference
+        lay 6.4 times as far and was accepted whole: found 2026-12-07).
         """
+        from .calibration import FAR_QUERY_FACTOR
+
         _, med = self._class_null()
         g = np.asarray(graph, dtype=np.float64)
         pred = np.asarray(pred, dtype=np.int64)
@@ -320,7 +325,8 @@ class LatentReference:
         if not null > 0:  # a quarter of the reference at distance 0 (cells alike in very few genes)
             return 1.0
         ratio = float(np.quantile(g / med[pred], SHIFT_QUANTILE)) / null
-        return max(1.0, ratio) if np.isfinite(ratio) else 1.0
+        f = max(1.0, ratio) if np.isfinite(ratio) else 1.0
+        return min(f, FAR_QUERY_FACTOR) if bounded else f
 
     def class_shifts(self, graph: np.ndarray, pred: np.ndarray, *, whole: np.ndarray | None = None) -> np.ndarray:
         """Per class, the shift its threshold is scaled by: the query's :meth:`query_shift`, or for
@@ -350,6 +356,8 @@ class LatentReference:
         cells has too few classes and keeps ``F``). A column that groups cell types rather than
         samples changes nothing: a class wholly inside one group has the ratio 1. Other cells
         keep ``F``."""
+        from .calibration import FAR_QUERY_FACTOR
+
         g = np.asarray(graph, dtype=np.float64)
         pred = np.asarray(pred, dtype=np.int64)
         F = self.query_shift(g, pred)
@@ -368,7 +376,7 @@ class LatentReference:
                       for c in np.unique(pred[sel]) if (sel & (pred == c)).sum() >= STUDY_SHIFT_MIN_CELLS
                       and whole_q[int(c)] > 0]
             if len(ratios) >= STUDY_SHIFT_MIN_CLASSES:
-                out[sel] = per[int(s)] = max(1.0, F * float(np.median(ratios)))
+                out[sel] = per[int(s)] = min(FAR_QUERY_FACTOR, max(1.0, F * float(np.median(ratios))))
         return out, per
 
     def knn_class(self, z: np.ndarray, pred: np.ndarray, *, graph: np.ndarray | None = None,
@@ -391,7 +399,9 @@ class LatentReference:
         3. A predicted class that leads no accepted cluster is shifted as a whole (the query has
            no group of its cells near the reference, e.g. monocytes between studies): its cells
            are measured against the median shift of that class instead of the query's (or their
-           sample's, when that is larger).
+           sample's, when that is larger). Only when some class leads an accepted cluster and the
+           query's own shift is within :data:`~cellannot_core.calibration.FAR_QUERY_FACTOR`: a query
+           with no group near the reference, or as far as another tissue, is not a study's shift.
 
         Steps 1 and 3 estimate the query's shift from its own cells, which needs
         :data:`SHIFT_MIN_CLASSES` predicted types (:func:`shift_estimable`); a query of fewer types
@@ -399,6 +409,8 @@ class LatentReference:
 
         ``graph`` reuses already computed :meth:`knn_graph` scores of ``z``.
         """
+        from .calibration import FAR_QUERY_FACTOR
+
         g_raw = self.knn_graph(z) if graph is None else np.asarray(graph, dtype=np.float64)
         g = g_raw * doubt_factor(confidence, len(g_raw))
         pred = np.asarray(pred, dtype=np.int64)
@@ -408,7 +420,7 @@ class LatentReference:
         s = g / (unit[pred] * fc)
         z = np.asarray(z, dtype=np.float32)
         each = {"query_shift": float(f[0]) if len(f) else 1.0, "cell_shifts": fc, "sample_shifts": per_sample,
-                "shift_estimated": shift_estimable(pred)}
+                "shift_estimated": shift_estimable(pred), "query_far": self.query_shift(g, pred, bounded=False)}
         self.last_decision = {"n": len(g), "shifts": f, "whole": np.zeros(len(unit), dtype=bool), "graph": g_raw,
                               "latent": z, **each}
         if len(s) < 2 * GRAPH_K:
@@ -425,7 +437,9 @@ class LatentReference:
         led = {int(np.bincount(pred[cl == k]).argmax()) for k in range(cl.max() + 1)
                if np.median(out[cl == k]) <= threshold}
         whole = np.array([(pred == c).any() and c not in led for c in range(len(unit))])
-        whole &= WHOLE_CLASS and each["shift_estimated"]
+        # a class is shifted as a whole against the rest of the query, near the reference: not when no class is
+        # near, nor when the query as a whole lies beyond the bound (a query of other cells, not a study's shift)
+        whole &= WHOLE_CLASS and each["shift_estimated"] and bool(led) and each["query_far"] <= FAR_QUERY_FACTOR
         if whole.any():
             f = self.class_shifts(g, pred, whole=whole)
             fc = np.where(whole[pred], np.maximum(f[pred], fc), fc)

@@ -20,6 +20,7 @@ import pandas as pd
 from . import __version__
 from ._constants import DEFAULT_HVG_FLAVOR, DEFAULT_HVG_FROM, DEFAULT_MODEL, DEFAULT_N_TOP_GENES, UNKNOWN, OutKeys, RunFiles
 from .data._types import Prepared, Split
+from .calibration import FAR_QUERY_FACTOR
 from .errors import CellannotError, ConfigError, failure_message
 from ._constants import str_array
 
@@ -406,7 +407,7 @@ def run_card(model, prepared: Prepared, opts: AnnotateOptions, preds: Prediction
                                  "score) to allow for the study/technology shift" if preds.shift_factor != 1.0 else "")
                               + ("; overridden by the user" if opts.threshold is not None else "") + "."),
                       **study_shift_of(model, samples), **shift_note(preds), **scores_note(model, preds),
-                      **far_query_note(preds),
+                      "query_far_factor": round(query_far_factor(model, preds), 4), **far_query_note(model, preds),
                       **threshold_note(model, opts.threshold, preds)},
         "validation": model.calibration,
         **class_notes(model, preds),
@@ -420,25 +421,34 @@ def run_card(model, prepared: Prepared, opts: AnnotateOptions, preds: Prediction
     }
 
 
-#: A query whose median cell lies this many times as far from the reference as the reference's own held-out
-#: cells is mostly unlike it: measured on the public pairs with ``logreg``, same-tissue pairs across studies,
-#: donors, an interferon stimulation and a technology gave 1.0-1.97, pancreas against blood 2.56-4.04
-#: (README, "How far to trust an Unknown call"). A warning, not a decision.
-FAR_QUERY_FACTOR = 2.5
+def query_far_factor(model, preds: Predictions) -> float:
+    """How many times as far from the reference as the reference's own held-out cells the query lies, before
+    the rule's bound (:data:`~cellannot_core.calibration.FAR_QUERY_FACTOR`): ``knn_class``'s query shift (its
+    lower quartile), a baseline's median shift factor."""
+    from .calibration import shift_factor
 
-
-def far_query_note(preds: Predictions) -> dict[str, str]:
-    """``{"far_query": ...}`` when the threshold was scaled for a shift so large that the query is
-    mostly unlike the reference: the scaling assumes most query cells are of the reference's types,
-    and a query of another tissue then passes as known."""
+    last = getattr(getattr(model, "reference", None), "last_decision", None) or {}
+    if model.ood_method == "knn_class":
+        return float(last.get("query_far", 1.0)) if last.get("n") == len(preds.ood_score) else 1.0
     f = float(preds.shift_factor)
+    return shift_factor(model.val_score_median, preds.ood_score) if f >= FAR_QUERY_FACTOR else f
+
+
+def far_query_note(model, preds: Predictions) -> dict[str, str]:
+    """``{"far_query": ...}`` when the query lies so far from the reference that it is mostly unlike it
+    (:func:`query_far_factor` at least :data:`FAR_QUERY_FACTOR`): the rule allows for a shift up to that bound
+    only, so most of such a query is Unknown; a query of the reference's tissue shifted that far (another
+    technology, a strong treatment) loses known cells with it."""
+    f = query_far_factor(model, preds)
     if not f >= FAR_QUERY_FACTOR:
         return {}
-    return {"far_query": f"the query's median cell lies {f:.1f} times as far from the reference as the reference's "
-                         "own held-out cells, so the threshold was widened as much; that assumes most of the query is "
-                         "of the reference's types, and a query of another tissue, or mostly of types the reference "
-                         "lacks, then passes as known: check the reference covers the query's cell types before "
-                         "trusting the labels or the share called Unknown"}
+    return {"far_query": f"the query lies {f:.1f} times as far from the reference as the reference's own held-out "
+                         f"cells, beyond the {FAR_QUERY_FACTOR:g}-fold shifts between studies of one tissue: the "
+                         f"threshold allowed for a {FAR_QUERY_FACTOR:g}-fold shift only, so cells of types the "
+                         "reference lacks (another tissue or species) are Unknown. If the query is of the "
+                         "reference's tissue and types (another technology, a strong treatment), its known cells are "
+                         "Unknown too: check its Unknown groups on the Calibration page and accept those that keep "
+                         "their type's markers, or give a threshold"}
 
 
 def threshold_note(model, threshold: float | None, preds: Predictions) -> dict[str, str]:
@@ -1641,7 +1651,7 @@ def prediction_card(model, preds: Predictions, report: dict[str, Any],
                                                              "shift_factor": preds.shift_factor,
                                                              "threshold_overridden": threshold is not None,
                                                              **study_shift_of(model, samples), **shift_note(preds),
-                                                             **far_query_note(preds),
+                                                             "query_far_factor": round(query_far_factor(model, preds), 4), **far_query_note(model, preds),
                                                              **threshold_note(model, threshold, preds)},
             "query_report": report, "cellannot_version": __version__,
             **({"unseen_query": note} if (note := unseen_query_note(model)) else {}),

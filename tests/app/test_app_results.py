@@ -134,9 +134,14 @@ def test_a_query_mostly_unlike_its_reference_is_warned_of_at_the_top(runs_root):
 
     from cellannot_core.pipeline import FAR_QUERY_FACTOR, far_query_note, log_class_notes
 
-    assert far_query_note(SimpleNamespace(shift_factor=FAR_QUERY_FACTOR * 0.99)) == {}
-    note = far_query_note(SimpleNamespace(shift_factor=4.04))["far_query"]
-    assert "4.0 times as far" in note
+    import numpy as np
+
+    model = SimpleNamespace(ood_method="mahalanobis", val_score_median=1.0)  # a baseline's median shift factor
+    near = np.full(10, FAR_QUERY_FACTOR * 0.99)
+    assert far_query_note(model, SimpleNamespace(shift_factor=FAR_QUERY_FACTOR * 0.99, ood_score=near)) == {}
+    # the factor applied stops at the bound; the note says how far the query lies
+    note = far_query_note(model, SimpleNamespace(shift_factor=FAR_QUERY_FACTOR, ood_score=np.full(10, 4.04)))["far_query"]
+    assert "4.0 times as far" in note and f"{FAR_QUERY_FACTOR:g}-fold shift only" in note
     lines: list[str] = []
     log_class_notes({"rejection": {"far_query": note}}, lines.append)
     assert lines == [f"warning: {note}"]

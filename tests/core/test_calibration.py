@@ -333,6 +333,28 @@ def test_knn_class_shift_breaks_down_only_past_three_quarters_novel():
     assert all(r["shift"] == pytest.approx(f) and r["n_reference"] == 300 for r in table)
 
 
+def test_knn_class_a_query_of_other_cells_is_unknown_not_allowed_for_as_a_shift(monkeypatch):
+    """A query of none of the reference's types (another tissue or species), spread over three predicted
+    classes so that its shift is estimated: its lower quartile is its own distance, six times the reference's,
+    which the rule allowed for as a study's shift and accepted whole (a mouse pancreas query of a human PBMC
+    reference, 0% Unknown: found 2026-12-07). The shift allowed is bounded, and no class of such a query is
+    shifted as a whole."""
+    import cellannot_core.calibration as cal
+
+    rng = np.random.default_rng(17)
+    centres = _centres()
+    ref, ref_y = _blobs(rng, 300, centres[:3])
+    lr = LatentReference(ref, ref_y, k=10)
+    offset = np.zeros(8)
+    offset[5] = 15.0
+    other, pred = _blobs(rng, 200, centres[:3] + offset)  # other cells, each nearest one reference class
+    s = lr.knn_class(other, pred)
+    assert lr.last_decision["query_far"] > 4 and lr.last_decision["query_shift"] == cal.FAR_QUERY_FACTOR
+    assert np.mean(s > 1) > 0.95 and not lr.last_decision["whole"].any()
+    monkeypatch.setattr(cal, "FAR_QUERY_FACTOR", np.inf)  # the rule before: it talked its way out
+    assert np.mean(lr.knn_class(other, pred) > 1) < 0.1
+
+
 def test_knn_class_a_query_of_one_novel_type_does_not_accept_itself(monkeypatch):
     """A query of one type the reference lacks (a sorted population), predicted as one class: its
     lower quartile is its own distance, so the query shift estimated from it accepted it whole (the
@@ -340,6 +362,7 @@ def test_knn_class_a_query_of_one_novel_type_does_not_accept_itself(monkeypatch)
     estimated: it is Unknown, and the decision says so. Nor with two (a novel type alone is often
     predicted as two known ones; the rule from 2026-12-05 to 2026-12-07); a query of three keeps its
     estimate."""
+    import cellannot_core.calibration as cal
     import cellannot_core.novelty as nov
 
     rng = np.random.default_rng(13)
@@ -351,12 +374,14 @@ def test_knn_class_a_query_of_one_novel_type_does_not_accept_itself(monkeypatch)
     assert np.mean(lr.knn_class(novel, pred) > 1) > 0.95
     assert lr.last_decision["shift_estimated"] is False and lr.query_shift(lr.knn_graph(novel), pred) == 1.0
     monkeypatch.setattr(nov, "SHIFT_MIN_CLASSES", 1)
+    monkeypatch.setattr(cal, "FAR_QUERY_FACTOR", np.inf)  # (the bound on the shift came later still)
     assert np.mean(lr.knn_class(novel, pred) > 1) < 0.3  # the rule before: it talked its way out
     # the novel type predicted as two known types: not estimated with today's rule, accepted with the one before
     pred2 = np.r_[np.zeros(150, dtype=int), np.ones(150, dtype=int)]
     monkeypatch.undo()
     assert np.mean(lr.knn_class(novel, pred2) > 1) > 0.95 and lr.last_decision["shift_estimated"] is False
     monkeypatch.setattr(nov, "SHIFT_MIN_CLASSES", 2)
+    monkeypatch.setattr(cal, "FAR_QUERY_FACTOR", np.inf)
     assert lr.last_decision is not None and np.mean(lr.knn_class(novel, pred2) > 1) < 0.3
     # a query of three predicted types is decided as with any number up to three
     known, _ = _blobs(rng, 150, centres[1:3], scale=1.3)

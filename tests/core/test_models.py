@@ -102,9 +102,13 @@ def test_query_threshold_shift_correction(prep, fitted):
     m, _ = fitted["clams"]  # knn score, default "median" shift correction
     val = m.ood_score(prep.val.X)
     assert m.val_score_median == pytest.approx(float(np.median(val)), rel=1e-6)
-    thr, factor = m.query_threshold(3.0 * val)  # a query whose distances are all 3x larger
-    assert factor == pytest.approx(3.0, rel=1e-6) and thr == pytest.approx(3.0 * m.threshold, rel=1e-6)
+    thr, factor = m.query_threshold(2.0 * val)  # a query whose distances are all 2x larger
+    assert factor == pytest.approx(2.0, rel=1e-6) and thr == pytest.approx(2.0 * m.threshold, rel=1e-6)
     assert m.query_threshold(0.5 * val) == (m.threshold, 1.0)  # never below the validation threshold
+    # a query as far as another tissue is allowed the bound's shift only (its other cells are Unknown)
+    from cellannot_core.calibration import FAR_QUERY_FACTOR
+
+    assert m.query_threshold(6.0 * val) == pytest.approx((FAR_QUERY_FACTOR * m.threshold, FAR_QUERY_FACTOR))
 
 
 def test_ood_scores_unknown_method(fitted, prep):
