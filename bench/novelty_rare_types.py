@@ -78,7 +78,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     first_six = [p for p in ns.PAIRS if p not in ns.LATER_PAIRS]
     ap.add_argument("--pairs", nargs="+", default=first_six, choices=list(ns.PAIRS),
-                    help="default: the six pairs its README figures were measured on")
+                    help="default: the six pairs its BENCHMARKS.md figures were measured on")
     args = ap.parse_args()
     rows = []
     print(f"{'experiment':40s} {'variant':10s} {'auroc_ood':>9s} {'acc_open':>9s} {'reject_in':>9s} {'rej_novel':>9s}")

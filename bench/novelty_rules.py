@@ -227,7 +227,7 @@ def _make_link_rule(min_ratio: float | None):
     return rule
 
 
-RULES = {  # the full list of candidates measured (README) is kept in CANDIDATES; the suite prints RULES
+RULES = {  # the full list of candidates measured (BENCHMARKS.md) is kept in CANDIDATES; the suite prints RULES
     "class_median": _make_rule("class_median"),
     "global_q25": _make_rule("global_q25"),
 }

@@ -143,7 +143,7 @@ def main() -> None:
                     help="decide at the model's own (validation) threshold, as the app does, instead of 1")
     first_six = [p for p in ns.PAIRS if p not in ns.LATER_PAIRS]
     ap.add_argument("--pairs", nargs="+", default=first_six, choices=list(ns.PAIRS),
-                    help="default: the six pairs its README figures were measured on")
+                    help="default: the six pairs its BENCHMARKS.md figures were measured on")
     ap.add_argument("--full-pbmc", action="store_true",
                     help="instead of the suite: kang_ctrl / kang_sce -> pbmc3k at full size, trained here")
     ap.add_argument("--seeds", type=int, default=5, help="seeds of --full-pbmc")

@@ -110,4 +110,4 @@ DEFAULT_N_TOP_GENES = 2000  # highly variable genes kept (prepare, annotate, the
 HVG_FROM = ("reference", "both")  # where the variable genes are chosen (prepare's ``hvg_from``)
 DEFAULT_HVG_FROM = "reference"
 HVG_FLAVORS = ("seurat", "seurat_v3")  # how genes are ranked (prepare's ``hvg_flavor``)
-DEFAULT_HVG_FLAVOR = "seurat_v3"  # counts, no mean bins (README "A gene-poor suite": the rule and its draws)
+DEFAULT_HVG_FLAVOR = "seurat_v3"  # counts, no mean bins (BENCHMARKS.md, "A gene-poor suite": the rule and its draws)

@@ -308,7 +308,7 @@ class Annotator:
             unlabelled, as :func:`annotate` trains it, before labelling them (minutes, like
             ``annotate``). For the models that learn their latent space from the query too
             (``scanvi_svm``, ``scanvi``, the VAE family): without it a type the reference lacks is
-            called Unknown less often (README, "A query the model was not trained with"); the
+            called Unknown less often (BENCHMARKS.md, "A query the model was not trained with"); the
             labels then come from a model of this query, not the saved one.
         query_label_key
             Optional ``adata.obs`` column with known labels: the labels are measured against them

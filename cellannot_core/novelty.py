@@ -34,7 +34,7 @@ SAMPLE_MIN_CELLS = 50  # a query sample with this many cells gets its own shift 
 #: whole-class shifts) is estimated only when this many predicted classes have STUDY_SHIFT_MIN_CELLS cells: the
 #: lower quartile of a query predicted as one type is that type's own distance, which a population the reference
 #: lacks *is* (a query of one novel type accepted itself whole, however far it was); a novel type alone is often
-#: predicted as two known ones, so two did not suffice (README, "A query of one type": 53 of 126 novel queries
+#: predicted as two known ones, so two did not suffice (BENCHMARKS.md, "A query of one type": 53 of 126 novel queries
 #: under half Unknown with 2, 22 with 3, seed 1); as many as the study shift's median needs. 1: always (the rule
 #: before 2026-12-05); 2: until 2026-12-07
 SHIFT_MIN_CLASSES = STUDY_SHIFT_MIN_CLASSES
@@ -243,7 +243,7 @@ class LatentReference:
         most :data:`QUERY_POOL_MAX`. A 15-cell neighbourhood in a query many times denser than the
         reference is smaller, averages less and leaves the far tail of known types higher than the
         null's: with one model, kang_ctrl -> a 10,000-cell resampled pbmc3k called 14.3% of its
-        known cells Unknown, 7.4% of the same cells labelled 2,638 at a time (README, "A query
+        known cells Unknown, 7.4% of the same cells labelled 2,638 at a time (BENCHMARKS.md, "A query
         larger than the reference")."""
         return query_pool_size(len(self.latent))
 
@@ -721,7 +721,7 @@ def doubt_factor(confidence: np.ndarray | None, n: int) -> np.ndarray | float:
     """``2 - p`` for a labeller's calibrated probability ``p`` of its label (clipped to [0, 1]):
     1 for a cell it is sure of, up to 2 for one it cannot place; 1 when no ``confidence`` is given.
 
-    Measured on the stress suite (``bench/novelty_stress.py``, 50 experiments, README): scaling a
+    Measured on the stress suite (``bench/novelty_stress.py``, 50 experiments, BENCHMARKS.md): scaling a
     query cell's kNN distance by it raised the worst novelty AUROC from 0.44 to 0.50 (pbmc3k as the
     reference, where novel T and NK cells sit as close to the reference as the query's shifted known
     cells, but the labeller hesitates over them); ``1 / p`` and ``1 + 2 (1 - p)`` measured alike.
@@ -739,7 +739,7 @@ def doubt_factor(confidence: np.ndarray | None, n: int) -> np.ndarray | float:
 def unit_rows(x: np.ndarray) -> np.ndarray:
     """Rows scaled to unit Euclidean length, as Sun et al. (2022) normalise features, not
     centred (for an energy model the common level of the logits is log p(x), part of the
-    evidence; centring measured worse on kang_ctrl, see the README); all-zero rows stay zero."""
+    evidence; centring measured worse on kang_ctrl, see BENCHMARKS.md); all-zero rows stay zero."""
     x = np.asarray(x, dtype=np.float32)
     n = np.linalg.norm(x, axis=1, keepdims=True)
     return np.divide(x, n, out=np.zeros_like(x), where=n > 0)

@@ -200,7 +200,7 @@ def training_query(prepared: Prepared, seed: int = 0) -> Split:
     :data:`~.novelty.QUERY_POOL_MIN`, at most :data:`~.novelty.QUERY_POOL_MAX`; the number the
     novelty rule smooths a query among). Every query cell is labelled either way. The reference's
     share of training then does not shrink as the query grows, and a query's calls do not depend on
-    how many cells of the same populations it holds (README, "A query larger than the reference")."""
+    how many cells of the same populations it holds (BENCHMARKS.md, "A query larger than the reference")."""
     if prepared.query_train is not None:  # set apart by :func:`with_training_sample`
         return prepared.query_train
     from .novelty import query_pool_size
@@ -1669,7 +1669,7 @@ def unseen_query_note(model) -> str | None:
         return None
     return (f"{model.name} learns its latent space from the query's cells too: unless these are the cells it was "
             "trained with (train(adata_query=...), annotate), it calls fewer cells of types the reference lacks Unknown "
-            "than annotate would (README, 'A query the model was not trained with'); adapt=True (cellannot predict "
+            "than annotate would (BENCHMARKS.md, 'A query the model was not trained with'); adapt=True (cellannot predict "
             "--adapt) trains it again on its reference cells with this query")
 
 

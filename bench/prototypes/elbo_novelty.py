@@ -9,7 +9,7 @@ of the stress suite, the AUROC (novel vs known query cells) of
 
 a rule from it is pursued only if (c) or (d) has a median AUROC at least (a)'s and a worst AUROC
 above (a)'s.  It reads the stress suite's cached default models and never trains (an experiment
-without one is skipped).  Measured in README ("The decoder's likelihood").
+without one is skipped).  Measured in BENCHMARKS.md ("The decoder's likelihood").
 
     CELLANNOT_NUM_THREADS=2 .venv/bin/python bench/prototypes/elbo_novelty.py --seed 1
 """

@@ -5,7 +5,7 @@ own, off in the sibling type it is called; a known type in another state (stimul
 another study or technology) mostly changes the level of genes its type already expresses, and
 what it turns on (interferon genes, a technology's capture) it turns on in the query's other types
 too.  Every earlier signal was a distance in a latent space or a loss of the type's markers
-(README, "Novelty stress suite"); none counted genes gained.
+(BENCHMARKS.md, "Novelty stress suite"); none counted genes gained.
 
 Written before it ran.  Per query cluster of the rule (``pipeline.rule_groups``, >= 20 cells),
 its type is its cells' majority raw label; a gene is *gained* when it is detected (count > 0) in
@@ -24,7 +24,7 @@ reject_in falls by >= 0.03, (ii) neither of those two moves the wrong way by mor
 (iii) the median acc_open is at least the default's and the worst acc_open at least the default's
 worst - 0.02.  It reads the stress suite's cached default models and never trains.
 
-Measured: all three fail (README, "Genes a cluster gains").  Written after that, before its run, a
+Measured: all three fail (BENCHMARKS.md, "Genes a cluster gains").  Written after that, before its run, a
 fourth variant, Q, that compares within the query, so that what a study or a technology does to a
 type's genes cancels: a rule cluster of >= 20 cells, at least half of them accepted, whose type (the
 majority raw label of its accepted cells) has >= 20 accepted cells in the query outside it; a gene

@@ -6,8 +6,8 @@ sibling it is called along directions the reference's types already differ by; a
 reference does not hold (an interferon response, activation, handling stress) moves a type along
 genes the reference's types share, off those directions.  Every earlier signal was a distance (in a
 latent space, in which scANVI pulls the query's cells towards its classes), a loss of the type's
-markers or a count of genes gained (README, "Novelty stress suite"); none asked for the direction.
-(Found after the run: one had, in the latent space, README "(f) The direction a cluster moved", the
+markers or a count of genes gained (BENCHMARKS.md, "Novelty stress suite"); none asked for the direction.
+(Found after the run: one had, in the latent space, BENCHMARKS.md "(f) The direction a cluster moved", the
 fraction of the offset in the span of the class centres, cluster AUROC 0.604; this is its gene-space twin.)
 
 Written before it ran.  The type axes: the rows of the reference's class means (log-normalised,
@@ -36,7 +36,7 @@ median of the cells' scores).  Reads the stress suite's cached default models; n
 
     CELLANNOT_NUM_THREADS=2 .venv/bin/python bench/prototypes/type_axes.py --seed 1
 
-Measured: all three fail (README, "The direction a cluster departs in"): R raises the novel rejection
+Measured: all three fail (BENCHMARKS.md, "The direction a cluster departs in"): R raises the novel rejection
 by 0.043 of the 0.05 asked, A accepts nearly every cluster; the cluster-level AUROC of ``f`` is 0.622.
 """
 from __future__ import annotations

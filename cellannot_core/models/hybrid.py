@@ -96,7 +96,7 @@ def _has_counts(split: Split) -> bool:
                                    "clams 30)", low=0, high=10000),
               "n_latent": HParam(0, "latent dimensions of scANVI (0 = its own default, 10; clams' latent "
                                  "space keeps its width). 30 had the better worst case on the novelty stress "
-                                 "suite with 2,000 genes and the worse one with 300 (README)", low=0, high=256,
+                                 "suite with 2,000 genes and the worse one with 300 (BENCHMARKS.md)", low=0, high=256,
                                  advanced=True),
               "smooth_k": HParam(GRAPH_K, "class probabilities of a cell = the mean SVM probabilities of its k "
                                  "nearest neighbours (itself included) in the latent space, among the cells "

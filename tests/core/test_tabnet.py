@@ -199,7 +199,7 @@ def test_marker_genes_on_the_demo_reference():
     """Per-class top 20 genes under the default (positive-evidence) ranking on the real demo
     reference (Kang et al. PBMC, 1,556 cells, 5 classes) hold each class's canonical markers at
     two of seeds 0-2 (in a fresh install of 2026-12-02, seed 0's B top 20 held CD74 / CD37 instead
-    of CD79A / MS4A1, as the README reports for the kang_sce bench), and at every seed no class other than B has a B-cell marker, no lymphocyte class a monocyte marker. Under
+    of CD79A / MS4A1, as BENCHMARKS.md reports for the kang_sce bench), and at every seed no class other than B has a B-cell marker, no lymphocyte class a monocyte marker. Under
     the SIMS attention ranking the second check fails (CD14 monocytes attend to CD79A and MS4A1,
     absent in them)."""
     import anndata as ad
@@ -208,7 +208,7 @@ def test_marker_genes_on_the_demo_reference():
     prep = prepare(ref, ref, label_key="cell_type_harmonized", n_top_genes=2000, seed=0)
     assert {g for ms in DEMO_MARKERS.values() for g in ms} <= set(prep.genes)
     hits = {cls: 0 for cls in DEMO_MARKERS}
-    for seed in (0, 1, 2):  # on this 1,245-cell reference one seed in three may pick another B module (README)
+    for seed in (0, 1, 2):  # on this 1,245-cell reference one seed in three may pick another B module (BENCHMARKS.md)
         m = create_model("tabnet", prep.n_genes, prep.classes, seed=seed, device="cpu",
                          hparams={"max_epochs": 10, "batch_size": 32})
         m.fit(prep.train, prep.val)
