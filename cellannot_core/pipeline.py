@@ -404,7 +404,8 @@ def run_card(model, prepared: Prepared, opts: AnnotateOptions, preds: Prediction
                               + (f"The model's own rule: {rule} (the accepted share does not apply)" if rule else
                                  f"The threshold accepts {100 * opts.accept:.3g}% of reference validation cells")
                               + (f", scaled by {preds.shift_factor:.3f} = median(query score) / median(validation "
-                                 "score) to allow for the study/technology shift" if preds.shift_factor != 1.0 else "")
+                                 f"score), at most {FAR_QUERY_FACTOR:g}, to allow for the study/technology shift"
+                                 if preds.shift_factor != 1.0 else "")
                               + ("; overridden by the user" if opts.threshold is not None else "") + "."),
                       **study_shift_of(model, samples), **shift_note(preds), **scores_note(model, preds),
                       "query_far_factor": round(query_far_factor(model, preds), 4), **far_query_note(model, preds),

@@ -13,6 +13,7 @@ from ui.widgets import plot
 init_state()
 st.title("Calibration & novelty")
 run = res.require_run()
+res.rejection_warnings(run, "calibration")
 
 st.subheader("Are the confidences honest?")
 curves, eces = cal.reliability(run)

@@ -9,6 +9,7 @@ from ui.widgets import plot
 init_state()
 st.title("Latent space")
 run = res.require_run()
+res.rejection_warnings(run, "latent")
 has_gen = "gen_latent" in run.arrays and len(run.arrays["gen_latent"]) > 0
 
 can_measure = lat.has_measured(run.arrays)
@@ -66,7 +67,7 @@ if n_total > lat.MAX_POINTS:
 st.caption("; ".join(notes) + ".")
 if note := lat.unknown_note(run, layout):
     st.info(note, icon=":material/scatter_plot:")
-level, text = lat.mixing_note(lat.mixing(run.root, run.run_id, measured), layout)
+level, text = lat.mixing_note(lat.mixing(run.root, run.run_id, measured), layout, far="far_query" in run.rejection)
 if text:
     (st.warning if level == "warning" else st.caption)(text)
 if show_gen:

@@ -22,16 +22,9 @@ m = st.columns(4)
 m[0].metric("Query cells", f"{len(obs):,}")
 m[1].metric("Called Unknown", f"{obs[OutKeys.IS_UNKNOWN].mean():.1%}")
 m[2].metric("Median confidence", f"{obs[OutKeys.CONFIDENCE].median():.2f}")
-if qm.get("acc_open") is not None:  # the final labels' accuracy; acc_in alone read as it (found 2026-12-07)
-    m[3].metric("Accuracy, Unknown included", f"{qm['acc_open']:.1%}",
-                help="Against the query's own labels: a cell of a reference type is right when its label is right "
-                     "and it is not called Unknown, a cell of a type the reference lacks when it is called Unknown. "
-                     f"Cells of reference types labelled right before the Unknown call: {qm['acc_in']:.1%}; "
-                     f"of them called Unknown: {qm.get('reject_in') or 0:.1%}.")
+res.accuracy_metric(m[3], qm)  # the final labels' accuracy; acc_in alone read as it (found 2026-12-07)
 
-for key in ("far_query", "threshold_note"):
-    if warn := (card.get("rejection") or {}).get(key):
-        st.warning(warn[0].upper() + warn[1:] + ".", icon=":material/warning:")
+res.rejection_warnings(run)
 if card.get("unknown_by_sample"):
     st.info(md(card["unknown_by_sample"]["note"]), icon=":material/lightbulb:")
 if note := cal.decisions_note(run):

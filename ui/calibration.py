@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from cellannot_core._constants import OutKeys
+from cellannot_core.calibration import FAR_QUERY_FACTOR
 from ui.results import Run
 from ui.state import md
 
@@ -90,6 +91,9 @@ def threshold_parts(run: Run) -> tuple[str, str]:
     if factor != 1.0:
         text += (f"; it was then scaled by {factor:.3f} = median(query score) / median(validation score) to "
                  "allow for the shift between the studies")
+        if float(rej.get("query_far_factor") or factor) > factor:
+            text += (f" (at most {FAR_QUERY_FACTOR:g}-fold, the shifts between studies of one tissue: that ratio is "
+                     f"{float(rej['query_far_factor']):.2f} here)")
     text += "."
     if rej.get("query_shift_not_estimated"):
         text += f" **Not estimated here:** {rej['query_shift_not_estimated']}."
@@ -118,9 +122,13 @@ def threshold_parts(run: Run) -> tuple[str, str]:
                      "same way, a novel type differs from its predicted type in its own genes.")
         elif study:
             text += f" The shift the query's types share was {study.get('how', 'not removed')}."
+        far = float(rej.get("query_far_factor") or 1.0)
         text += (" The score also allows for the shift between the studies (one factor for the whole query, "
-                 "from its lower quartile, so a large novel population cannot raise it), so the threshold is not "
-                 "scaled again. Cells are judged in groups: a cluster of query cells whose typical cell is beyond "
+                 "from its lower quartile, so a large novel population cannot raise it, and at most "
+                 f"{FAR_QUERY_FACTOR:g}-fold, the shifts between studies of one tissue"
+                 + (f": this query lies {far:.1f}-fold as far, so its shift factor below is that bound, not what was "
+                    "measured" if far > FAR_QUERY_FACTOR else "")
+                 + "), so the threshold is not scaled again. Cells are judged in groups: a cluster of query cells whose typical cell is beyond "
                  "the threshold is Unknown as a whole, while a single cell in an accepted cluster is Unknown only "
                  "beyond the reference's 99th percentile. A class none of whose query cells is near the reference "
                  "(the other study moved it as a whole) is measured against its own shift instead. The table below "

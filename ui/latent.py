@@ -130,8 +130,10 @@ def mixing(root: str, run_id: str, measured: bool = False) -> float:
     return dataset_mixing(a["ref_latent"], query_latent(a, measured)[~unknown])
 
 
-def mixing_note(value: float, layout: str) -> tuple[str, str]:
-    """``(level, text)`` for the page: how far the latent space integrates reference and query."""
+def mixing_note(value: float, layout: str, far: bool = False) -> tuple[str, str]:
+    """``(level, text)`` for the page: how far the latent space integrates reference and query; ``far``: the run
+    found the query far from the reference as a whole (its ``far_query`` warning), so the two lie apart because
+    the query's cells are unlike the reference's, which the text must not call a study effect."""
     from cellannot_core.metrics import MIXED_ENOUGH
 
     if not np.isfinite(value):
@@ -140,6 +142,9 @@ def mixing_note(value: float, layout: str) -> tuple[str, str]:
             "as many reference neighbours as if the two datasets were one, 0 = none).")
     if value >= MIXED_ENOUGH:
         return "caption", text
+    if far:
+        return "caption", (text + " The query lies far from the reference as a whole (the warning above), so "
+                           "the two keep apart here as cells of different types would.")
     if layout == "joint":
         return "warning", (text + " This latent space keeps the two datasets apart (the studies differ more than "
                            "the model removed), so in the joint map the query forms its own islands even where its "

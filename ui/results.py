@@ -155,6 +155,43 @@ def require_run() -> Run:
 # ------------------------------------------------------------------------------ derived data
 
 
+#: what a page adds to the far-query warning, where what it shows could be read against it (found 2026-12-07: the
+#: Calibration page's state programs and rare-type notes offered a pancreas query's groups as stressed T cells)
+FAR_QUERY_READING = {
+    "calibration": " Read the Unknown groups below with that in mind: their 'looks most like' types, state "
+                   "programs and rare-type notes compare them with the reference's types, which a query of other "
+                   "cells is not; accept a group only where it keeps its type's own marker genes.",
+    "latent": " On these maps the query lies apart from the reference because its cells are unlike the "
+              "reference's, not because of a batch effect the model left.",
+}
+
+
+def rejection_warnings(run: Run, page: str = "results") -> None:
+    """The run's warnings on its Unknown calls as a whole (the query lies far from the reference; a threshold
+    given by hand calls every cell Unknown) at the top of each page that shows those calls: until 2026-12-07
+    only the Label transfer page showed them, and the Calibration and Latent pages gave other reasons."""
+    for key in ("far_query", "threshold_note"):
+        if warn := run.rejection.get(key):
+            extra = FAR_QUERY_READING.get(page, "") if key == "far_query" else ""
+            st.warning(warn[0].upper() + warn[1:] + "." + extra, icon=":material/warning:")
+
+
+def accuracy_metric(col: Any, query_metrics: dict[str, Any]) -> None:
+    """The run's accuracy against the query's own labels, Unknown calls included (``acc_open``), as the Train and
+    Label transfer pages show it: the Train page showed the accuracy before the Unknown calls as "Query accuracy
+    (known types)", 96.5% where the next page said 86.2%, and "nan%" for a query of no reference types (found
+    2026-12-07)."""
+    acc_open, acc_in = query_metrics.get("acc_open"), query_metrics.get("acc_in")
+    if acc_open is None or not np.isfinite(float(acc_open)):
+        return
+    known = (f"Cells of reference types labelled right before the Unknown call: {float(acc_in):.1%}; of them "
+             f"called Unknown: {float(query_metrics.get('reject_in') or 0):.1%}." if acc_in is not None
+             and np.isfinite(float(acc_in)) else "The query has no cells of the reference's types.")
+    col.metric("Accuracy, Unknown included", f"{float(acc_open):.1%}",
+               help="Against the query's own labels: a cell of a reference type is right when its label is right and "
+                    "it is not called Unknown, a cell of a type the reference lacks when it is called Unknown. " + known)
+
+
 def relabel(run: Run, method: str, threshold: float) -> np.ndarray:
     """Final labels of the query for a novelty score and threshold (score > threshold: Unknown)."""
     raw = run.obs[OutKeys.LABEL_RAW].astype(str).to_numpy()

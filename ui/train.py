@@ -298,6 +298,7 @@ def _progress_line(s: dict[str, Any]) -> str:
 
 def _done_summary(run_id: str) -> None:
     from cellannot_core.runs import RunDir
+    from ui.results import accuracy_metric
 
     card = RunDir.open(jobs.runs_root(), run_id).card() or {}
     val = card.get("validation") or {}
@@ -306,8 +307,7 @@ def _done_summary(run_id: str) -> None:
     c[0].metric("Validation accuracy", f"{val.get('val_accuracy', float('nan')):.1%}")
     c[1].metric("Query cells", f"{card.get('n_query', 0):,}")
     c[2].metric("Called Unknown", f"{card.get('unknown_fraction', 0):.1%}")
-    if qm.get("acc_in") is not None:
-        c[3].metric("Query accuracy (known types)", f"{qm['acc_in']:.1%}")
+    accuracy_metric(c[3], qm)  # as the Label transfer page shows it
     if card.get("labelled_with"):
         st.caption(md(card["labelled_with"]["note"]))
     tr = card.get("training") or {}

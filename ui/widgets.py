@@ -68,7 +68,7 @@ def fmt_seconds(s: float | None) -> str:
 
 
 #: the registry's help texts say what a 0 stands for as "(0 = its own default: ...)" or "(0 = off)"
-_ZERO_MEANS = re.compile(r"\(0 = ([^:,;)]+)")
+_ZERO_MEANS = re.compile(r"\(0 = ([^;)]+)")
 
 
 def hparam_widget(model: str, name: str, hp: Any) -> Any:

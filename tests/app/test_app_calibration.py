@@ -117,6 +117,12 @@ def test_threshold_story_explains_the_score_and_its_null():
                                                      "rule": "Unknown when max probability < 0.7"}))
     assert "model's own rule: Unknown when max probability < 0.7" in shown(own) and "accepts" not in own
     assert "99.9%" in threshold_story(SimpleNamespace(rejection={**rej, "accept_fraction_on_validation": 0.999}))
+    # a query beyond the bound on its shift: the factor shown is the bound, and the text says what was measured
+    far = threshold_story(SimpleNamespace(rejection={**rej, "method": "knn_class", "shift_factor": 1.0,
+                                                     "query_far_factor": 6.4}))
+    assert "this query lies 6.4-fold as far" in far and "lies 6.4" not in cls
+    capped = threshold_story(SimpleNamespace(rejection={**rej, "shift_factor": 2.5, "query_far_factor": 4.04}))
+    assert "that ratio is 4.04 here" in capped and "ratio is" not in text
 
 
 def test_unknown_calls_by_class_say_how_each_threshold_was_made(tmp_path, monkeypatch):

@@ -215,3 +215,15 @@ def test_the_query_is_drawn_where_the_unknown_rule_measured_it(tmp_path, monkeyp
     assert not at.exception
     toggle = at.toggle(key=WidgetKeys.SHOW_MEASURED)
     assert toggle.value is False and toggle.disabled
+
+
+def test_a_far_query_kept_apart_is_not_called_a_study_effect():
+    """A query the run found far from the reference (its far-query warning) lies apart in the latent space because
+    its cells are unlike the reference's: the joint map's note blamed the studies (found 2026-12-07)."""
+    from ui.latent import mixing_note
+
+    level, text = mixing_note(0.05, "joint")
+    assert level == "warning" and "studies differ" in text
+    level, text = mixing_note(0.05, "joint", far=True)
+    assert level == "caption" and "studies differ" not in text and "far from the reference" in text
+    assert mixing_note(0.9, "joint", far=True) == mixing_note(0.9, "joint")  # mixed: nothing to explain

@@ -45,10 +45,10 @@ def _env(runs_root, monkeypatch):
     monkeypatch.setenv("CELLANNOT_RUNS", str(runs_root[0]))
 
 
-def page(run_id: str | None) -> AppTest:
+def page(run_id: str | None, path: str = "pages/results.py") -> AppTest:
     at = AppTest.from_file(APP, default_timeout=120).run()
     at.session_state[StateKeys.RUN_ID] = run_id
-    return at.switch_page("pages/results.py").run()
+    return at.switch_page(path).run()
 
 
 def test_needs_a_run():
@@ -156,6 +156,11 @@ def test_a_query_mostly_unlike_its_reference_is_warned_of_at_the_top(runs_root):
     assert not at.exception and any("times as far from the reference" in w.value for w in at.warning)
     at = page(rid)
     assert not at.exception and not any("times as far" in w.value for w in at.warning)
+    # the other pages that show the calls say it too, with what it means for what they show (found 2026-12-07:
+    # the Calibration page offered a pancreas query's Unknown groups as stressed T cells, and said nothing of it)
+    for path, words in (("pages/calibration.py", "Read the Unknown groups below"), ("pages/latent.py", "batch effect")):
+        at = page(copy, path)
+        assert not at.exception and any("times as far" in w.value and words in w.value for w in at.warning), path
 
 
 @pytest.mark.parametrize("damage", ["arrays", "card", "annotated"])
@@ -204,3 +209,17 @@ def test_a_label_written_as_html_is_shown_as_written_in_the_figures():
     shown_text = json.dumps(shown_text, ensure_ascii=False)  # (plotly's JSON writes "<" as \\u003c)
     assert "<a href" not in shown_text and "&lt;a href=" in shown_text and "CD4+ T" in shown_text
     assert any(t.name == "&lt;a href=\"http://127.0.0.1:9/\"&gt;click&lt;/a&gt;" for t in scatter.data)
+
+
+def test_the_accuracy_of_a_query_of_no_reference_types_is_not_nan():
+    """A query of none of the reference's types has no accuracy before the Unknown calls: the Train page showed
+    "nan%" (found 2026-12-07); its accuracy with them is the share called Unknown."""
+    from ui.results import accuracy_metric
+
+    shown_metrics: list[tuple] = []
+    col = type("Col", (), {"metric": lambda self, *a, **k: shown_metrics.append((a, k))})()
+    accuracy_metric(col, {"acc_open": 0.973, "acc_in": float("nan"), "reject_in": float("nan")})
+    (label, value), kw = shown_metrics[0]
+    assert value == "97.3%" and "nan" not in kw["help"] and "no cells of the reference's types" in kw["help"]
+    accuracy_metric(col, {"acc_in": 0.9})  # no open-set figure: nothing shown
+    assert len(shown_metrics) == 1
