@@ -23,6 +23,8 @@ COLOR_BY = {
     "group": "Unknown group",
 }
 CONTINUOUS = ("confidence", "novelty")
+CALLED_UNKNOWN = "called Unknown"  # the "Unknown or not" colouring's name for the Unknown cells
+UNKNOWN_COLOURS = {"reference": "#d9d9d9", "generated": "#9e9e9e", "known type": "#4c78a8", CALLED_UNKNOWN: "#e45756"}
 LAYOUTS = {
     "reference": "Reference map",
     "joint": "Joint",
@@ -212,14 +214,17 @@ def figure(df: pd.DataFrame, color_by: str, method: str, classes: list[str]) -> 
     from cellannot_core.plots import latent_scatter
 
     cont = color_by in CONTINUOUS
-    cats = classes if color_by in ("true", "predicted") else None
+    cats, colours, values = classes if color_by in ("true", "predicted") else None, None, df[color_by].to_numpy()
     if color_by == "dataset":  # the reference drawn first, underneath: the query is what the view is for
         cats = ["reference", "query", "generated"]
+    if color_by == "unknown":  # the Unknown cells on top in a colour of their own, not the grey of "no value" drawn
+        values = np.where(values == UNKNOWN, CALLED_UNKNOWN, values)  # under the reference (found 2026-12-07)
+        cats, colours = ["reference", "generated", "known type", CALLED_UNKNOWN], UNKNOWN_COLOURS
     hover = df[["dataset", "true", "predicted"]].rename(columns={"true": "true label", "predicted": "predicted"})
     name = METHODS[method].split(" ")[0]
-    return latent_scatter(df[["x", "y"]].to_numpy(), df[color_by].to_numpy(), symbol=df["marker"].to_numpy(),
+    return latent_scatter(df[["x", "y"]].to_numpy(), values, symbol=df["marker"].to_numpy(),
                           hover=hover, continuous=cont, max_points=MAX_POINTS, color_title=COLOR_BY[color_by],
-                          categories=cats, title=f"Latent space ({name})", x_title=f"{name} 1",
+                          categories=cats, color_map=colours, title=f"Latent space ({name})", x_title=f"{name} 1",
                           y_title=f"{name} 2")
 
 

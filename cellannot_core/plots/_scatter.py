@@ -243,6 +243,15 @@ def latent_scatter(
     else:
         vals = np.asarray(col_raw, dtype=float)[idx]
         finite = np.isfinite(vals)
+        if not finite.all():  # drawn first, underneath the cells the colour is about (it covered them until 2026-12-07)
+            sel = ~finite
+            fig.add_trace(
+                go.Scattergl(
+                    x=xy_s[sel, 0], y=xy_s[sel, 1], mode="markers", name="no value",
+                    marker=dict(color=UNKNOWN_COLOR, size=size, opacity=base_opacity),
+                    hovertemplate="no value<extra></extra>",
+                )
+            )
         for sv in sym_values:
             sel = (sym_s == sv) & finite
             if not sel.any():
@@ -259,15 +268,6 @@ def latent_scatter(
                         + f"{color_title}: " + "%{marker.color:.3g}"
                         + (f"<br>{escape(str(sv), quote=False)}" if several_symbols else "") + "<extra></extra>"
                     ),
-                )
-            )
-        if not finite.all():
-            sel = ~finite
-            fig.add_trace(
-                go.Scattergl(
-                    x=xy_s[sel, 0], y=xy_s[sel, 1], mode="markers", name="no value",
-                    marker=dict(color=UNKNOWN_COLOR, size=size, opacity=base_opacity),
-                    hovertemplate="no value<extra></extra>",
                 )
             )
         fig.update_layout(

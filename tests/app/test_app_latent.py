@@ -227,3 +227,20 @@ def test_a_far_query_kept_apart_is_not_called_a_study_effect():
     level, text = mixing_note(0.05, "joint", far=True)
     assert level == "caption" and "studies differ" not in text and "far from the reference" in text
     assert mixing_note(0.9, "joint", far=True) == mixing_note(0.9, "joint")  # mixed: nothing to explain
+
+
+def test_the_unknown_colouring_draws_the_unknown_cells_on_top_in_a_colour_of_their_own(run):
+    """Found 2026-12-07: under "Unknown or not" the Unknown cells were grey, read as "no value", and drawn under the
+    reference cells."""
+    import numpy as np
+
+    from ui.results import load_run
+
+    root, run_id = run
+    r = load_run(str(root), run_id)
+    n = len(r.arrays["ref_y"]) + len(lat.query_view(len(r.arrays["query_latent"])))
+    df = lat.point_table(r, np.zeros((n, 2)), False)
+    fig = lat.figure(df, "unknown", "pca", r.classes)
+    names = [t.name for t in fig.data if t.x is not None and len(t.x)]
+    assert names[0] == "reference" and names[-1] == lat.CALLED_UNKNOWN
+    assert fig.data[len(names) - 1].marker.color == lat.UNKNOWN_COLOURS[lat.CALLED_UNKNOWN]

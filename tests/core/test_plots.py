@@ -246,13 +246,15 @@ def test_latent_scatter_continuous():
     val = rng.random(200)
     val[0] = np.nan
     fig = latent_scatter(xy, val, continuous=True, color_title="confidence")
-    assert len(fig.data) == 2  # values + "no value"
-    assert np.allclose(fig.data[0].marker.color, val[1:])
-    assert fig.data[0].marker.coloraxis == "coloraxis"
+    assert len(fig.data) == 2  # "no value" + values
+    # the cells without a value (the reference's, on the Latent page) are drawn first, underneath the others
+    assert fig.data[0].name == "no value" and len(fig.data[0].x) == 1
+    assert np.allclose(fig.data[1].marker.color, val[1:])
+    assert fig.data[1].marker.coloraxis == "coloraxis"
     assert fig.layout.coloraxis.colorbar.title.text == "confidence"
     bar = fig.layout.coloraxis.colorbar  # below the legend's entries, not over them (found 2026-12-07)
     assert bar.yanchor == "bottom" and bar.y + bar.len <= 0.8
-    assert fig.data[1].marker.color == UNKNOWN_COLOR and len(fig.data[1].x) == 1
+    assert fig.data[0].marker.color == UNKNOWN_COLOR and len(fig.data[0].x) == 1
     with pytest.raises(ValueError):
         latent_scatter(xy[:, :1], val)
 
