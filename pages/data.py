@@ -110,6 +110,6 @@ if get(StateKeys.LABEL_KEY):
                    f"{len(rep['classes'])} classes, {rep['n_query']:,} query cells; {rep['hvg']}"
                    + (f"; {len(rep['batches'])} batches of {code(get(StateKeys.BATCH_KEY))}" if rep.get("batches") else "")
                    + ".")
-        for w in rep["warnings"]:
+        for w in data_ui.unsaid(rep["warnings"], overlap):
             st.warning(md(w))
         st.page_link("pages/train.py", label="Go to training", icon=":material/arrow_forward:")

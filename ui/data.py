@@ -472,6 +472,12 @@ def gene_overlap(ref_id: str, query_id: str, min_shared: int, _ref: Any, _query:
 
 
 @st.cache_data(show_spinner="Checking the pair (validation, gene matching, split)...", max_entries=8)
+def unsaid(warnings: list[str], overlap: dict[str, Any]) -> list[str]:
+    """The check's warnings less what the gene-overlap report above it already says (the same species warning
+    was shown twice, found 2026-12-07)."""
+    return [w for w in warnings if not (overlap.get("approximate") and w.startswith("genes were matched ignoring case"))]
+
+
 def check_pair(ref_id: str, query_id: str, label_key: str, query_label_key: str | None, qc_json: str,
                _ref: Any, _query: Any, batch_key: str | None = None) -> dict[str, Any]:
     """Dry run of the preparation step: every validation message the training would hit."""

@@ -461,3 +461,18 @@ def test_a_pair_sharing_no_gene_is_told_once(tmp_path):
     errors = [shown(e.value) for e in at.error]
     assert len(errors) == 1 and "reference genes" in errors[0], errors
     assert any("Training cannot start: see the gene overlap above" in c.value for c in at.caption)
+
+
+def test_genes_matched_ignoring_case_are_warned_of_once(tmp_path):
+    """Found 2026-12-07 (a new user's browser probe): a human reference and a mouse query had the species
+    warning under the gene overlap and again under the check before training."""
+    import anndata as ad
+
+    r = ad.read_h5ad(SMALL)
+    q = r.copy()
+    q.var_names = [g.capitalize() for g in r.var_names]  # mouse-style symbols
+    at = _upload(_upload(_data_page(), "reference", r, tmp_path / "ref.h5ad"), "query", q, tmp_path / "q.h5ad")
+    assert not at.exception
+    assert any(s.value.startswith("Ready") for s in at.success)
+    said = [w.value for w in at.warning if "same species" in w.value]
+    assert len(said) == 1, said
