@@ -52,7 +52,9 @@ if method != "pca" and not lat.is_cached(run, method, show_gen, layout, measured
 else:
     coords = lat.coordinates(run.root, run.run_id, method, show_gen, layout, measured)
 
-notes = [f"{n_ref:,} reference cells (a random subset of the training cells is stored with the run), "
+every = n_ref >= int(run.card.get("n_train") or 0)  # ("a random subset" read wrong where all were kept, 2026-12-07)
+notes = [f"{n_ref:,} reference cells ({'the training cells, all' if every else 'a random subset of the training cells'} "
+         "stored with the run), "
          f"{n_q:,} query cells" + (f" (a seeded random subsample of the query's {n_q_all:,}; every cell is labelled, "
                                    "this view draws a sample)" if n_q < n_q_all else "")
          + (f", {n_total - n_ref - n_q:,} generated cells" if show_gen else "")]

@@ -44,7 +44,11 @@ def test_latent_page_pca_all_colourings(run):
     from cellannot_core._constants import OutKeys
     from ui.results import load_run
 
-    n_unknown = int(load_run(str(root), run_id).obs[OutKeys.IS_UNKNOWN].sum())
+    r = load_run(str(root), run_id)
+    n_unknown = int(r.obs[OutKeys.IS_UNKNOWN].sum())
+    every = len(r.arrays["ref_latent"]) >= int(r.card.get("n_train") or 0)  # what the caption says of the reference
+    assert any(("the training cells, all stored" if every else "a random subset of the training cells") in c.value
+               for c in at.caption)
     assert n_unknown > 0 and any(f"{n_unknown:,} query cells are called Unknown" in i.value for i in at.info)
     at.radio(key=WidgetKeys.EMBED_LAYOUT).set_value("joint").run()
     assert not at.exception
