@@ -101,8 +101,10 @@ def _has_counts(split: Split) -> bool:
               "smooth_k": HParam(GRAPH_K, "class probabilities of a cell = the mean SVM probabilities of its k "
                                  "nearest neighbours (itself included) in the latent space, among the cells "
                                  "labelled together (0 = the cell's own)", low=0, high=200),
-              "C": HParam(1.0, "LinearSVC regularisation C of the labeller", low=1e-6, high=1e6),
-              "cv": HParam(5, "folds of CalibratedClassifierCV", low=2, high=20, advanced=True),
+              "C": HParam(1.0, "the labeller's regularisation (a linear SVM's C: larger fits the reference more closely, "
+                                 "smaller generalises more)", low=1e-6, high=1e6),
+              "cv": HParam(5, "cross-validation folds that calibrate the labeller's probabilities "
+                                 "(scikit-learn's CalibratedClassifierCV)", low=2, high=20, advanced=True),
               "ood_score": HParam("knn_class", "novelty score used for rejection (bench: the kNN distance in "
                                   "scANVI's latent space beat Mahalanobis, max p(y|x) and their combinations on "
                                   "both PBMC tasks; averaged over the query's 15-NN graph and measured against "
