@@ -513,7 +513,10 @@ def restore() -> list[str]:
             continue
         put(DATA_KEY[role], adata)
         put(INFO_KEY[role], {"id": str(meta.get("dataset_id")), "name": str(meta.get("name")),
-                             "source": f"{meta.get('kind')} (restored)", "layer": meta.get("layer"),
+                             # as it was set (the home page told a restored demo from the visitor's own data by
+                             # it: "demo (restored)" read as their own, found 2026-12-07)
+                             "source": (f"server path {meta.get('path')}" if meta.get("kind") == "path"
+                                        else str(meta.get("kind"))), "layer": meta.get("layer"),
                              "n_cells": int((stream_source(adata) or {}).get("n_obs", adata.n_obs)),
                              "n_genes": int(adata.n_vars)})
         restored.append(role)

@@ -78,6 +78,11 @@ def test_a_reload_keeps_the_datasets_and_the_run():
     assert again.session_state[StateKeys.REFERENCE].n_obs == n_ref and again.session_state[StateKeys.QUERY].n_obs == n_q
     assert again.session_state[StateKeys.LABEL_KEY] == LABEL
     assert again.session_state[StateKeys.RUN_ID] == run
+    # the demo comes back as the demo: "demo (restored)" read as the visitor's own data, and the home page's
+    # button offered to replace it with the demo (found 2026-12-07)
+    assert again.session_state[StateKeys.REFERENCE_INFO]["source"] == "demo"
+    home = _visit(tok, page=None)
+    assert "replaces" not in home.button(key=WidgetKeys.DEMO_BUTTON).label
     assert not again.button(key=WidgetKeys.START).disabled  # ready to train the next model
     other = _visit()  # another visitor gets none of it
     assert other.session_state[StateKeys.REFERENCE] is None
