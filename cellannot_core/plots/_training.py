@@ -102,7 +102,8 @@ def training_curves(
     fig.update_yaxes(title_text="Loss", row=1, col=1)
     last_row = 2 if two else 1
     fig.update_xaxes(title_text="Epoch", row=last_row, col=1)
-    fig.update_xaxes(tick0=1, dtick=max(1, int(np.ceil(len(history) / 10))))  # whole epochs (not 1.2, 1.4, ...)
+    # whole epochs (not 1.2, 1.4, ...), and none past the last (the padding showed 41 of 40, found 2026-12-07)
+    fig.update_xaxes(tick0=1, dtick=max(1, int(np.ceil(len(history) / 10))), range=[0.5, len(history) + 0.5])
     if two:
         vals = np.concatenate([_series(history, k) for k in metric_keys])
         vals = vals[np.isfinite(vals)]

@@ -273,7 +273,8 @@ def test_training_curves():
     assert list(fig.data[0].x) == [1, 2, 3] and list(fig.data[2].y) == [0.5, 0.7, 0.8]
     assert fig.data[2].yaxis == "y2" and fig.layout.xaxis2.title.text == "Epoch"
     assert fig.layout.xaxis.dtick == fig.layout.xaxis2.dtick == 1  # whole epochs (it ticked 1.2, 1.4, ...)
-    assert training_curves([{"loss": 1.0}] * 40).layout.xaxis.dtick == 4
+    forty = training_curves([{"loss": 1.0}] * 40).layout
+    assert forty.xaxis.dtick == 4 and tuple(forty.xaxis.range) == (0.5, 40.5)  # no axis past the last epoch
     only_loss = training_curves([{"loss": 1.0}, {"loss": float("nan")}])
     assert len(only_loss.data) == 1 and np.isnan(only_loss.data[0].y[1])
 
