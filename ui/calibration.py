@@ -204,7 +204,12 @@ def unknown_groups_table(run: Run) -> pd.DataFrame | None:
         if any(r.get("n_without_counts") for r in rows) else {}
     where = {"Samples": [samples_note(r).removeprefix("; ") for r in rows]} \
         if any(r.get("absent_from") for r in rows) else {}
+    # the type's top reference markers the group keeps: what tells a state of that type from another type (the
+    # far-query warning points to it; the table did not show it, found 2026-12-07)
+    kept = {"Its markers kept": [f"{int(r['markers_kept'])} of {int(r['n_markers'])}" if r.get("n_markers") else ""
+                                 for r in rows]} if any(r.get("n_markers") for r in rows) else {}
     return pd.DataFrame({"Cells": [r["n_cells"] for r in rows], **empty, "Looks most like": [r["predicted_as"] for r in rows],
+                         **kept,
                          "Genes up (log-expression difference)": [genes(r["genes_up"], r["up_by"]) for r in rows],
                          "State programs among the genes up": [", ".join(r.get("state_programs", [])) for r in rows],
                          "Genes down": [genes(r["genes_down"], r["down_by"]) for r in rows],

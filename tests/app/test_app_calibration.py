@@ -192,6 +192,7 @@ def test_unknown_groups_show_what_sets_each_group_apart(tmp_path, monkeypatch):
     table = next(d.value for d in at.dataframe if "Looks most like" in d.value.columns)
     assert list(table["Cells"]) == [g["n_cells"] for g in groups]
     assert table["Genes up (log-expression difference)"].iloc[0].startswith(f"{groups[0]['genes_up'][0]} +")
+    assert list(table["Its markers kept"]) == [f"{g['markers_kept']} of {g['n_markers']}" for g in groups]
     assert "What sets each Unknown group apart" in " ".join(m.value for m in at.markdown)
     # the biologist accepts the largest group as the type it looks like: its cells take their raw label
     from ui import calibration as cal
