@@ -222,7 +222,9 @@ def training_form() -> Any | None:
             help="'seurat_v3' (the default) ranks genes by the variance of their counts; 'seurat' ranks the most "
                  "expressed genes of a tissue (e.g. pancreatic hormones) at one fixed place, so with few genes they "
                  "can be left out. Data without counts is ranked with 'seurat'.")
-        cap = o1.number_input("Cap the epochs (0 = the model's own budget)", 0, 10_000, 0, key=WidgetKeys.MAX_EPOCHS)
+        cap = o1.number_input("Cap the epochs (0 = the model's own budget)", 0, 10_000, 0, key=WidgetKeys.MAX_EPOCHS,
+                              help="When set, it replaces the model's own *max epochs* hyper-parameter above (the "
+                                   "recommended model's: its latent model's epochs).")
         accept = o2.slider("Accept share of reference validation cells", 0.5, 1.0, 0.95, 0.01, key=WidgetKeys.ACCEPT,
                            help="Sets the Unknown threshold on the novelty score.")
         n_gen = o3.number_input("Generated cells per class", 0, 1000, 100 if sup.samples else 0,
