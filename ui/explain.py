@@ -336,13 +336,14 @@ def why_section(run: Run) -> None:
             st.caption(f"No gene marks {md(raw)} out from every other reference type among the model's genes.")
         else:
             n_sup = int(markers["supports"].sum())
-            st.markdown(f"**{md(raw)}'s reference markers** in the query cells given that type: {n_sup} of {len(markers)} "
+            st.markdown(f"**{md(raw)}'s reference markers** in the query cells whose raw label it is (Unknown ones "
+                        f"included): {n_sup} of {len(markers)} "
                         "expressed (at least half the reference level)" + ("" if n_sup >= len(markers) / 2 else
                                                                          ": weak evidence for this label"))
             st.dataframe(markers.rename(columns={"gene": "Gene", "reference_class_mean": f"{raw} (reference)",
                                                  "other_classes_max": "Highest other type",
-                                                 "query_group_mean": "Query cells given this type",
+                                                 "query_group_mean": "Query cells of this raw label",
                                                  "supports": "Supports"}),
                          hide_index=True, height=260, column_config={
                              c: st.column_config.NumberColumn(format="%.2f") for c in
-                             (f"{raw} (reference)", "Highest other type", "Query cells given this type")})
+                             (f"{raw} (reference)", "Highest other type", "Query cells of this raw label")})
