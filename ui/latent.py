@@ -210,7 +210,9 @@ def group_names(run: Run, view: np.ndarray, unknown: np.ndarray) -> list[str]:
             for g, u in zip(m, unknown)]
 
 
-def figure(df: pd.DataFrame, color_by: str, method: str, classes: list[str]) -> Any:
+def figure(df: pd.DataFrame, color_by: str, method: str, classes: list[str], threshold: float | None = None) -> Any:
+    """The page's scatter; ``threshold``: the run's Unknown threshold, the middle of the novelty colouring's
+    diverging scale (red: beyond it; the colour bar marked nothing, found 2026-12-07)."""
     from cellannot_core.plots import latent_scatter
 
     cont = color_by in CONTINUOUS
@@ -222,8 +224,10 @@ def figure(df: pd.DataFrame, color_by: str, method: str, classes: list[str]) -> 
         cats, colours = ["reference", "generated", "known type", CALLED_UNKNOWN], UNKNOWN_COLOURS
     hover = df[["dataset", "true", "predicted"]].rename(columns={"true": "true label", "predicted": "predicted"})
     name = METHODS[method].split(" ")[0]
+    mid = float(threshold) if color_by == "novelty" and threshold is not None and np.isfinite(threshold) else None
+    title = COLOR_BY[color_by] + ("" if mid is None else f" (Unknown above {mid:.3g})")
     return latent_scatter(df[["x", "y"]].to_numpy(), values, symbol=df["marker"].to_numpy(),
-                          hover=hover, continuous=cont, max_points=MAX_POINTS, color_title=COLOR_BY[color_by],
+                          hover=hover, continuous=cont, max_points=MAX_POINTS, color_title=title, color_mid=mid,
                           categories=cats, color_map=colours, title=f"Latent space ({name})", x_title=f"{name} 1",
                           y_title=f"{name} 2")
 

@@ -11,6 +11,7 @@ from numpy.typing import ArrayLike
 
 from cellannot_core._constants import UNKNOWN, str_array
 from cellannot_core.plots._style import (
+    DIVERGING,
     SEQUENTIAL,
     UNKNOWN_COLOR,
     base_layout,
@@ -110,6 +111,7 @@ def latent_scatter(
     marker_size: float | None = None,
     x_title: str = "Dim 1",
     y_title: str = "Dim 2",
+    color_mid: float | None = None,
 ) -> go.Figure:
     """2-D scatter of cells coloured by label (legend) or by a value (colour bar).
 
@@ -147,6 +149,9 @@ def latent_scatter(
         Marker size; default depends on the number of points drawn.
     x_title, y_title
         Axis titles (e.g. ``"UMAP 1"``).
+    color_mid
+        ``continuous``: a value with a meaning (e.g. the Unknown threshold of a novelty score) at the middle of a
+        diverging colour scale, blue below and red above it.
 
     Returns
     -------
@@ -272,8 +277,9 @@ def latent_scatter(
             )
         fig.update_layout(
             # the colour bar below the legend's entries ("real", "no value"), not over them
-            coloraxis=dict(colorscale=SEQUENTIAL, colorbar=dict(title=dict(text=color_title), len=0.75, y=0,
-                                                                yanchor="bottom"))
+            coloraxis=dict(colorscale=SEQUENTIAL if color_mid is None else DIVERGING,
+                           **({} if color_mid is None else {"cmid": float(color_mid)}),
+                           colorbar=dict(title=dict(text=color_title), len=0.75, y=0, yanchor="bottom"))
         )
         legend_title = None
 

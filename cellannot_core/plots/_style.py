@@ -38,6 +38,7 @@ UNKNOWN_COLOR = "#9E9E9E"
 
 #: Sequential colour scale for heatmaps and continuous values (perceptually uniform, CVD-safe).
 SEQUENTIAL = "Viridis"
+DIVERGING = "RdBu_r"  # a value with a meaningful middle (a threshold): blue below, red above
 
 
 def natural_key(s: str) -> tuple:

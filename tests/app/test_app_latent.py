@@ -248,3 +248,21 @@ def test_the_unknown_colouring_draws_the_unknown_cells_on_top_in_a_colour_of_the
     names = [t.name for t in fig.data if t.x is not None and len(t.x)]
     assert names[0] == "reference" and names[-1] == lat.CALLED_UNKNOWN
     assert fig.data[len(names) - 1].marker.color == lat.UNKNOWN_COLOURS[lat.CALLED_UNKNOWN]
+
+
+def test_the_novelty_colouring_is_centred_on_the_unknown_threshold(run):
+    """Found 2026-12-07: the novelty colour bar marked no threshold, so which cells were beyond it could not be
+    read off the map. The scale is diverging around the run's threshold, and its title says the value."""
+    import numpy as np
+
+    from ui.results import load_run
+
+    root, run_id = run
+    r = load_run(str(root), run_id)
+    n = len(r.arrays["ref_y"]) + len(lat.query_view(len(r.arrays["query_latent"])))
+    df = lat.point_table(r, np.zeros((n, 2)), False)
+    thr = float(r.rejection["threshold"])
+    fig = lat.figure(df, "novelty", "pca", r.classes, thr)
+    assert fig.layout.coloraxis.cmid == thr and f"Unknown above {thr:.3g}" in fig.layout.coloraxis.colorbar.title.text
+    plain = lat.figure(df, "confidence", "pca", r.classes, thr)
+    assert plain.layout.coloraxis.cmid is None  # no threshold on the confidence
