@@ -516,7 +516,7 @@ def restore() -> list[str]:
                              # as it was set (the home page told a restored demo from the visitor's own data by
                              # it: "demo (restored)" read as their own, found 2026-12-07)
                              "source": (f"server path {meta.get('path')}" if meta.get("kind") == "path"
-                                        else str(meta.get("kind"))), "layer": meta.get("layer"),
+                                        else str(meta.get("kind"))), "restored": True, "layer": meta.get("layer"),
                              "n_cells": int((stream_source(adata) or {}).get("n_obs", adata.n_obs)),
                              "n_genes": int(adata.n_vars)})
         restored.append(role)

@@ -127,7 +127,8 @@ def hparam_form(spec: Any, *, skip: tuple[str, ...] = ()) -> dict[str, Any]:
 def dataset_summary(info: dict[str, Any], summ: dict[str, Any], count_layers: list[str] = ()) -> None:
     """Cells, genes, value state and what will be used, plus problems in plain words;
     ``count_layers``: layers of another name holding the counts X lacks (a button below takes one)."""
-    st.caption(f"{code(info['name'])} ({md(info['source'])})")
+    st.caption(f"{code(info['name'])} ({md(info['source'])}" + ("; restored after a reload" if info.get("restored") else "")
+               + ")")
     c1, c2, c3 = st.columns(3)
     c1.metric("Cells", f"{summ['n_cells']:,}")
     c2.metric("Genes", f"{summ['n_genes']:,}")

@@ -724,7 +724,7 @@ def test_two_sessions_never_see_each_other_and_a_reload_keeps_data_and_run(serve
         cells = a.locator('[data-testid="stMetric"]', has_text="Cells").locator('[data-testid="stMetricValue"]')
         cells.nth(1).wait_for(timeout=PAGE_TIMEOUT_MS)
         assert cells.all_inner_texts() == ["1,556", f"{N_QUERY:,}"]
-        assert a.get_by_text("(restored)").count() == 2
+        assert a.get_by_text("(demo; restored after a reload)").count() == 2
         assert a.get_by_text("another browser used").count() == 0
         assert_no_errors(a, "Data after reload")
         # A's private link in B's browser (session fixation): nothing of A's until B says it is B's
