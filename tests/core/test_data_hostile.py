@@ -1277,6 +1277,33 @@ def test_chunks_stored_at_one_place_or_past_the_limit_are_refused_before_they_ar
     assert checked and "/uns/z" not in checked
 
 
+@pytest.mark.parametrize("filters, stored, mask", [
+    ({}, b"\1" * 7, 0),  # no filter: 7 bytes for a chunk of 8 MB
+    ({"shuffle": True}, b"\1" * 7, 0),
+    ({"compression": "gzip"}, b"\1", 1),  # the compression skipped by the chunk's filter mask
+    ({"compression": "gzip"}, "short", 0),  # a stream unpacking to 7 bytes
+    ({"compression": "gzip", "shuffle": True}, "short", 0),
+])
+def test_a_chunk_stored_or_unpacking_short_of_its_size_is_refused_not_a_crash(plain, tmp_path, filters, stored, mask):
+    """Found 2026-12-07 by a ninth probe: HDF5 read a chunk stored at 1-7 bytes (its size in the chunk index), or a
+    gzip stream unpacking to 7, as a chunk of 8 MB: reading the 20 KB .h5ad ended the process by SIGSEGV, in about
+    half the runs. A chunk no filter resizes must be stored at its size, and a stream must unpack to it; in a child
+    process, so that a crash fails the test."""
+    import zlib
+
+    path = tmp_path / "short.h5ad"
+    path.write_bytes(plain.read_bytes())
+    with h5py.File(path, "r+") as f:
+        d = f["uns"].create_dataset("z", shape=(1 << 20,), dtype="f8", chunks=(1 << 20,), **filters)
+        d.id.write_direct_chunk((0,), zlib.compress(b"\1" * 7) if stored == "short" else stored, filter_mask=mask)
+    code = ("import sys; from cellannot_core.data import read_dataset\n"
+            "try:\n    read_dataset(sys.argv[1]); print('read')\nexcept Exception as e:\n    print(e)")
+    for _ in range(3):  # (the crash came in about half the runs)
+        done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-500:]
+        assert "a dataset ('uns/z') whose chunks are stored at another size than their own" in done.stdout
+
+
 def test_a_zip_listing_countless_members_or_a_tar_header_python_cannot_number_is_one_line(tmp_path):
     """Found 2026-12-07 by an eighth probe: zipfile reads a zip's whole central directory into an object a member
     before they can be counted (a 159 MB zip listing 3 million empty members: 1.7 GB and 18 s, then "more than
