@@ -1304,6 +1304,27 @@ def test_a_chunk_stored_or_unpacking_short_of_its_size_is_refused_not_a_crash(pl
         assert "a dataset ('uns/z') whose chunks are stored at another size than their own" in done.stdout
 
 
+def test_a_tar_gz_is_refused_at_the_member_that_passes_the_limit_not_after_unpacking_all(tmp_path, monkeypatch):
+    """Found 2026-12-07 by a ninth probe: tarfile unpacks a .tar.gz member's data to reach the next header, and the
+    members' sizes were summed after the walk over them all (a 10 MB .tar.gz of 25 members of 400 MB of zeros: 23 s
+    before "unpacks to 9.8 GiB"). The sum is held to the limit member by member (1.0 s)."""
+    import gzip
+    import tarfile
+
+    monkeypatch.setenv("CELLANNOT_MEMORY_LIMIT_GB", "0.25")
+    path, block = tmp_path / "zeros.tar.gz", bytes(1 << 20)
+    with gzip.open(path, "wb", compresslevel=1) as gz:
+        for i in range(6):  # 100 MB each: the third passes the limit
+            info = tarfile.TarInfo(f"m{i}.bin")
+            info.size = 100 << 20
+            gz.write(info.tobuf(format=tarfile.USTAR_FORMAT))
+            for _ in range(100):
+                gz.write(block)
+        gz.write(bytes(1024))
+    with pytest.raises(DataError, match=r"zeros.tar.gz. unpacks to 0\.3 GiB, above this server's limit of 0\.2 GiB"):
+        read_dataset(path, name="query")
+
+
 def test_a_zip_listing_countless_members_or_a_tar_header_python_cannot_number_is_one_line(tmp_path):
     """Found 2026-12-07 by an eighth probe: zipfile reads a zip's whole central directory into an object a member
     before they can be counted (a 159 MB zip listing 3 million empty members: 1.7 GB and 18 s, then "more than
