@@ -460,10 +460,10 @@ def chunk_too_big(chunks: tuple, shape: tuple, itemsize: int, limit: int) -> boo
 #: HDF5's filters that unpack a chunk into as much as its stored stream says (deflate: gzip; szip; h5py's lzf), the
 #: checksum that may follow one, and the filters that unpack a chunk into as many values as their parameters say
 HDF5_DEFLATE, HDF5_SZIP, HDF5_LZF, HDF5_FLETCHER32 = 1, 4, 32000, 3
-HDF5_NBIT, HDF5_SCALEOFFSET = 5, 6
+HDF5_NBIT, HDF5_SCALEOFFSET, HDF5_SHUFFLE = 5, 6, 2
 
 
-def chunk_inflation(ds) -> str | None:
+def chunk_inflation(ds, room: list[int]) -> str | None:
     """What is wrong with how the chunks of the HDF5 dataset ``ds`` are compressed, or None. HDF5's deflate
     (gzip) unpacks a chunk's stored stream whole, however far past the chunk's own size it runs, h5py's lzf
     grows its buffer until the stream ends and szip takes the size its stream's first four bytes give, so a
@@ -473,7 +473,15 @@ def chunk_inflation(ds) -> str | None:
     to hold 500 million values crashed the process (found 2026-12-07 by a seventh probe). Those parameters must be
     the chunk's, and each chunk's stored stream is unpacked here to its chunk's size and one byte more (lzf's
     measured by its lengths alone, szip's by the size it gives): more is refused, as is a filter after the
-    compression but the checksum (no writer puts one there; this could not read past it)."""
+    compression but the checksum (no writer puts one there; this could not read past it).
+
+    ``room[0]``: the file's bytes no chunk checked so far has taken; a chunk takes its stored size from it, and
+    chunks taking more than the file holds are refused. A chunk's index gives its place and size, and chunks at one
+    place are unpacked each: a 0.8 MB .h5ad whose 20,000 chunks all pointed at one 8 KB gzip stream of 8 MB of
+    zeros held this check for minutes (found 2026-12-07 by a ninth probe); no writer shares a chunk's bytes.
+    A chunk that no filter resizes (none, the shuffle, the checksum, or the compression skipped by the chunk's filter
+    mask) must be stored at its own size: HDF5 read a 1-byte one as a chunk of 8 MB and the process ended by SIGSEGV
+    (a 20 KB .h5ad; the same probe)."""
     plist = ds.id.get_create_plist()
     filters = [plist.get_filter(i) for i in range(plist.get_nfilters())]
     codes = [f[0] for f in filters]
@@ -483,46 +491,62 @@ def chunk_inflation(ds) -> str | None:
            for code, _, values, *_ in filters):
         return "whose filter's parameters do not fit its chunks"
     packed = [i for i, code in enumerate(codes) if code in (HDF5_DEFLATE, HDF5_SZIP, HDF5_LZF)]
-    if not packed:
-        return None
-    if len(packed) > 1 or any(code != HDF5_FLETCHER32 for code in codes[packed[0] + 1:]):
+    if len(packed) > 1 or packed and any(code != HDF5_FLETCHER32 for code in codes[packed[0] + 1:]):
         return "compressed twice, or with a filter after its compression"
-    at, code = packed[0], codes[packed[0]]
-    # (a variable-length element is a 16-byte pointer as stored, 8 or 16 in memory)
+    at, code = (packed[0], codes[packed[0]]) if packed else (-1, None)
+    import h5py
+
+    # (a variable-length element is a 16-byte pointer as stored, 8 or 16 in memory: exact unless in a record)
     cap = n_values * ds.dtype.itemsize * (2 if ds.dtype.hasobject else 1)
-    over: list[bool] = []
+    exact = not ds.dtype.hasobject or h5py.check_vlen_dtype(ds.dtype) is not None
+    resizing = [i for i, c in enumerate(codes) if c not in (HDF5_SHUFFLE, HDF5_FLETCHER32)]
+    sums = [i for i, c in enumerate(codes) if c == HDF5_FLETCHER32]
+    over: list[str] = []
 
     def chunk(info) -> None:
-        if over or info.filter_mask >> at & 1:  # (a chunk stored as it is: its filter was skipped)
+        if over:
+            return
+        room[0] -= info.size
+        if room[0] < 0:
+            over.append("whose chunks take more bytes than the file holds (chunks stored at one place)")
+            return
+        skipped = info.filter_mask
+        if all(skipped >> i & 1 for i in resizing):  # stored as it is read (but for a checksum of 4 bytes)
+            if exact and info.size != cap + 4 * sum(not skipped >> i & 1 for i in sums):
+                over.append("whose chunks are stored at another size than their own")
+            return
+        if code is None or skipped >> at & 1:  # (nbit or scale-offset alone: their parameters are checked)
             return
         stored = ds.id.read_direct_chunk(info.chunk_offset)[1]
         if code == HDF5_SZIP:
-            over.append(int.from_bytes(stored[:4], "little") > cap)
+            size = int.from_bytes(stored[:4], "little")
         elif code == HDF5_LZF:
-            over.append(_lzf_walk()(np.frombuffer(stored, dtype=np.uint8), cap))
+            size = _lzf_walk()(np.frombuffer(stored, dtype=np.uint8), cap)
         else:
-            over.append(_deflate_past(stored, cap))
-        if not over[-1]:
-            over.pop()
+            size = _deflate_size(stored, cap)
+        if size > cap:
+            over.append("whose compressed chunks unpack past their own size")
+        elif exact and 0 <= size < cap and all(skipped >> i & 1 for i in resizing if i != at):  # (short: SIGSEGV, as above)
+            over.append("whose chunks are stored at another size than their own")
 
     ds.id.chunk_iter(chunk)
-    return "whose compressed chunks unpack past their own size" if over else None
+    return over[0] if over else None
 
 
-def _deflate_past(stored: bytes, cap: int) -> bool:
-    """Whether the zlib stream ``stored`` unpacks to more than ``cap`` bytes (read to ``cap`` + 1 at most)."""
+def _deflate_size(stored: bytes, cap: int) -> int:
+    """The bytes the zlib stream ``stored`` unpacks to, ``cap`` + 1 for more (read that far at most); -1 for a
+    damaged stream (the reader reports it)."""
     unpack = zlib.decompressobj()
     try:
-        if len(unpack.decompress(stored, cap)) < cap:
-            return False
-        return bool(unpack.decompress(unpack.unconsumed_tail, 1))
+        n = len(unpack.decompress(stored, cap))
+        return n + len(unpack.decompress(unpack.unconsumed_tail, 1)) if n == cap else n
     except zlib.error:
-        return False  # a damaged stream: the reader reports it
+        return -1
 
 
-def _lzf_past(stored: np.ndarray, cap: int) -> bool:
-    """Whether the lzf stream ``stored`` (uint8) unpacks to more than ``cap`` bytes, by its runs' lengths alone
-    (compiled by numba where it is installed, as scanpy has it: 40 MB in 0.03 s, not 2 s)."""
+def _lzf_past(stored: np.ndarray, cap: int) -> int:
+    """The bytes the lzf stream ``stored`` (uint8) unpacks to (stopped once past ``cap``), by its runs' lengths
+    alone (compiled by numba where it is installed, as scanpy has it: 40 MB in 0.03 s, not 2 s)."""
     i, out, n = 0, 0, len(stored)
     while i < n:
         ctrl = int(stored[i])
@@ -537,8 +561,8 @@ def _lzf_past(stored: np.ndarray, cap: int) -> bool:
             out += length + 2
             i += 2
         if out > cap:
-            return True
-    return False
+            return out
+    return out
 
 
 @functools.lru_cache(maxsize=1)
@@ -574,6 +598,7 @@ def guard_hdf5(path: Path, label: str, *, whole: tuple[str, ...] | None = None) 
     tiny: list[tuple[str, int]] = []  # datasets stored in countless tiny chunks (name, values per chunk)
     groups: set[int] = set()  # the groups seen, by object
     tables: list[str] = []  # the groups with a column-order or an _index (data frames)
+    room = [path.stat().st_size]  # the file's bytes its checked chunks may take (chunk_inflation)
 
     def text_in_attrs(obj) -> int:
         """The attributes' variable-length elements; their fixed-length strings and every attribute
@@ -633,12 +658,15 @@ def guard_hdf5(path: Path, label: str, *, whole: tuple[str, ...] | None = None) 
             elif obj.chunks and int(np.prod(obj.chunks, dtype=np.float64)) < HDF5_TINY_CHUNK and obj.shape and \
                     np.prod(obj.shape, dtype=np.float64) / np.prod(obj.chunks, dtype=np.float64) > HDF5_MAX_CHUNKS:
                 tiny.append((shown_name(name), int(np.prod(obj.chunks, dtype=np.float64))))
-            elif obj.chunks and (why := chunk_inflation(obj)) is not None:
-                problem.append(f"a dataset ('{shown_name(name)}') {why}")
-            elif whole is None or any(name == w or name.startswith(w + "/") for w in whole):
-                n = int(np.prod(obj.shape, dtype=np.float64)) if obj.shape else 0
-                total += n * (dtype.itemsize + fixed_string_bytes(dtype))
-                n_text += n * variable_length_slots(dtype)
+            else:
+                if whole is None or any(name == w or name.startswith(w + "/") for w in whole):
+                    n = int(np.prod(obj.shape, dtype=np.float64)) if obj.shape else 0
+                    total += n * (dtype.itemsize + fixed_string_bytes(dtype))
+                    n_text += n * variable_length_slots(dtype)
+                if total > limit:  # refused below by its size, before its chunks are unpacked (a 16 MB file of
+                    return True    # 2,000 distinct gzipped chunks held the check 35 s first, 2026-12-07)
+                if obj.chunks and (why := chunk_inflation(obj, room)) is not None:
+                    problem.append(f"a dataset ('{shown_name(name)}') {why}")
         if obj is not None:
             n_text += text_in_attrs(obj)
         return True if problem else None
@@ -1328,17 +1356,18 @@ def unpacked_archive(path: Path, label: str) -> Iterator[Path]:
         else:
             bounded = type("_Bounded", (_BoundedTarInfo,), {"label": label})  # (the label said in its refusal)
             with _tar_headers(label), tarfile.open(path, _tar_mode(path, label), tarinfo=bounded) as tf:
-                members = []
-                for m in tf:  # read a header at a time: an archive of countless members stops at the count
-                    members.append(m)
-                    _check_member_count(len(members), label)
+                members, total = [], 0
+                for m in tf:  # read a header at a time: an archive of countless members stops at the count, and
+                    members.append(m)  # one past the limit at the size (tarfile unpacks a .tar.gz member's data to
+                    total += m.size    # reach the next header: 25 members of 400 MB of zeros, 10 MB, took 23 s
+                    _check_member_count(len(members), label)  # before their sum was refused, found 2026-12-07)
                     _check_member(m.name, label)
                     if not (m.isfile() or m.isdir()):
                         raise DataError(
                             f"{label} contains a link or special file '{shown_name(m.name)}'. "
                             "Re-create the archive with regular files only."
                         )
-                _check_unpacked_size(sum(m.size for m in members), limit, label, dest)
+                    _check_unpacked_size(total, limit, label, dest)
                 with _unpacking(label, dest):
                     tf.extractall(dest, members=members, filter="data")
         yield dest

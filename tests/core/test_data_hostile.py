@@ -1227,6 +1227,104 @@ def test_compressed_chunks_unpacking_past_their_size_or_filters_sizing_other_chu
         assert read_dataset(tmp_path / f"{compression}.h5ad").n_obs == 60
 
 
+def _chunks_of_zeros(plain: Path, path: Path, n: int, *, shared: bool) -> Path:
+    """``plain`` with ``uns/z``: ``n`` chunks of 1 MB of zeros, each an 1 KB gzip stream, stored apart or (``shared``)
+    all pointing at the first one's bytes (the chunk index patched: its keys' sizes and addresses)."""
+    import struct
+    import zlib
+
+    per, path = 1 << 17, Path(path)
+    blob = zlib.compress(bytes(per * 8), 9)
+    path.write_bytes(plain.read_bytes())
+    with h5py.File(path, "r+") as f:
+        d = f["uns"].create_dataset("z", shape=(n * per,), dtype="f8", chunks=(per,), compression="gzip")
+        for i in range(n):
+            d.id.write_direct_chunk((i * per,), blob if i == 0 or not shared else b"\0")
+        where = [d.id.get_chunk_info(i).byte_offset for i in range(n)]
+    if shared:
+        raw = bytearray(path.read_bytes())
+        for i in range(1, n):  # a v1 B-tree key (size, filter mask, offsets) then the chunk's address
+            key = struct.pack("<IIQQQ", 1, 0, i * per, 0, where[i])
+            at = raw.index(key)
+            raw[at:at + len(key)] = struct.pack("<IIQQQ", len(blob), 0, i * per, 0, where[0])
+        path.write_bytes(bytes(raw))
+    return path
+
+
+def test_chunks_stored_at_one_place_or_past_the_limit_are_refused_before_they_are_unpacked(plain, tmp_path,
+                                                                                           monkeypatch):
+    """Found 2026-12-07 by a ninth probe: each chunk of a gzip dataset was unpacked to check it, before the dataset's
+    declared size was compared with the limit, and a chunk's index may point many chunks at one stored stream: a 0.8
+    MB .h5ad of 20,000 chunks pointing at one 8 KB stream of 8 MB of zeros held the check for minutes (2,000 such
+    chunks in 103 KB: 35 s), a 16 MB one of 2,000 chunks stored apart 35 s. Chunks taking more bytes than the file
+    holds are refused, and a dataset past the limit is refused by its size before any chunk of it is unpacked."""
+    from cellannot_core.data import io as data_io
+
+    shared = _chunks_of_zeros(plain, tmp_path / "shared.h5ad", 300, shared=True)
+    with h5py.File(shared, "r") as f:  # (HDF5 reads them: each chunk is the one stream)
+        assert f["uns/z"].id.get_chunk_info(299).byte_offset == f["uns/z"].id.get_chunk_info(0).byte_offset
+    with pytest.raises(DataError, match=r"'uns/z'\) whose chunks take more bytes than the file holds"):
+        data_io.guard_hdf5(shared, "the file", whole=("obs", "var"))  # (uns/z not counted: as a streamed X is)
+    _check_refused(shared, "whose chunks take more bytes than the file holds")
+
+    apart = _chunks_of_zeros(plain, tmp_path / "apart.h5ad", 300, shared=False)
+    assert data_io.guard_hdf5(apart, "the file", whole=("obs", "var")) is None  # chunks stored apart are read
+    monkeypatch.setenv("CELLANNOT_MEMORY_LIMIT_GB", "0.25")  # 300 MB declared: refused by its size, none unpacked
+    checked, check = [], data_io.chunk_inflation
+    monkeypatch.setattr(data_io, "chunk_inflation", lambda ds, room: checked.append(ds.name) or check(ds, room))
+    with pytest.raises(DataError, match="expands to 0.3 GiB in memory, above this server's limit of 0.2 GiB"):
+        read_dataset(apart)
+    assert checked and "/uns/z" not in checked
+
+
+@pytest.mark.parametrize("filters, stored, mask", [
+    ({}, b"\1" * 7, 0),  # no filter: 7 bytes for a chunk of 8 MB
+    ({"shuffle": True}, b"\1" * 7, 0),
+    ({"compression": "gzip"}, b"\1", 1),  # the compression skipped by the chunk's filter mask
+    ({"compression": "gzip"}, "short", 0),  # a stream unpacking to 7 bytes
+    ({"compression": "gzip", "shuffle": True}, "short", 0),
+])
+def test_a_chunk_stored_or_unpacking_short_of_its_size_is_refused_not_a_crash(plain, tmp_path, filters, stored, mask):
+    """Found 2026-12-07 by a ninth probe: HDF5 read a chunk stored at 1-7 bytes (its size in the chunk index), or a
+    gzip stream unpacking to 7, as a chunk of 8 MB: reading the 20 KB .h5ad ended the process by SIGSEGV, in about
+    half the runs. A chunk no filter resizes must be stored at its size, and a stream must unpack to it; in a child
+    process, so that a crash fails the test."""
+    import zlib
+
+    path = tmp_path / "short.h5ad"
+    path.write_bytes(plain.read_bytes())
+    with h5py.File(path, "r+") as f:
+        d = f["uns"].create_dataset("z", shape=(1 << 20,), dtype="f8", chunks=(1 << 20,), **filters)
+        d.id.write_direct_chunk((0,), zlib.compress(b"\1" * 7) if stored == "short" else stored, filter_mask=mask)
+    code = ("import sys; from cellannot_core.data import read_dataset\n"
+            "try:\n    read_dataset(sys.argv[1]); print('read')\nexcept Exception as e:\n    print(e)")
+    for _ in range(3):  # (the crash came in about half the runs)
+        done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-500:]
+        assert "a dataset ('uns/z') whose chunks are stored at another size than their own" in done.stdout
+
+
+def test_a_tar_gz_is_refused_at_the_member_that_passes_the_limit_not_after_unpacking_all(tmp_path, monkeypatch):
+    """Found 2026-12-07 by a ninth probe: tarfile unpacks a .tar.gz member's data to reach the next header, and the
+    members' sizes were summed after the walk over them all (a 10 MB .tar.gz of 25 members of 400 MB of zeros: 23 s
+    before "unpacks to 9.8 GiB"). The sum is held to the limit member by member (1.0 s)."""
+    import gzip
+    import tarfile
+
+    monkeypatch.setenv("CELLANNOT_MEMORY_LIMIT_GB", "0.25")
+    path, block = tmp_path / "zeros.tar.gz", bytes(1 << 20)
+    with gzip.open(path, "wb", compresslevel=1) as gz:
+        for i in range(6):  # 100 MB each: the third passes the limit
+            info = tarfile.TarInfo(f"m{i}.bin")
+            info.size = 100 << 20
+            gz.write(info.tobuf(format=tarfile.USTAR_FORMAT))
+            for _ in range(100):
+                gz.write(block)
+        gz.write(bytes(1024))
+    with pytest.raises(DataError, match=r"zeros.tar.gz. unpacks to 0\.3 GiB, above this server's limit of 0\.2 GiB"):
+        read_dataset(path, name="query")
+
+
 def test_a_zip_listing_countless_members_or_a_tar_header_python_cannot_number_is_one_line(tmp_path):
     """Found 2026-12-07 by an eighth probe: zipfile reads a zip's whole central directory into an object a member
     before they can be counted (a 159 MB zip listing 3 million empty members: 1.7 GB and 18 s, then "more than
