@@ -475,7 +475,9 @@ def gene_overlap(ref_id: str, query_id: str, min_shared: int, _ref: Any, _query:
 def unsaid(warnings: list[str], overlap: dict[str, Any]) -> list[str]:
     """The check's warnings less what the gene-overlap report above it already says (the same species warning
     was shown twice, found 2026-12-07)."""
-    return [w for w in warnings if not (overlap.get("approximate") and w.startswith("genes were matched ignoring case"))]
+    from cellannot_core.data.prepare import CASE_MATCH_WARNING
+
+    return [w for w in warnings if not (overlap.get("approximate") and w.startswith(CASE_MATCH_WARNING))]
 
 
 def check_pair(ref_id: str, query_id: str, label_key: str, query_label_key: str | None, qc_json: str,

@@ -76,6 +76,11 @@ class _Loaded:
         self.obs = self.obs.iloc[keep]
 
 
+#: the start of the warning that genes were matched only ignoring case (the app's gene-overlap report says it
+#: too, and leaves this one out: ``ui.data.unsaid``)
+CASE_MATCH_WARNING = "genes were matched ignoring case"
+
+
 def lognormalize(X: sp.csr_matrix, cols: np.ndarray, *, state: str = "counts",
                  total_cols: np.ndarray | None = None) -> sp.csr_matrix:
     """Library-size normalise to :data:`TARGET_SUM`, log1p, keep ``cols``.
@@ -643,7 +648,7 @@ def prepare(
                      f"the reference has only {gm.n_shared} genes (a panel); cell types that differ in other genes "
                      "cannot be told apart, so check the labels against known markers")
     if gm.approximate:
-        warns.append(f"genes were matched ignoring case ({gm.n_shared} genes): check both datasets are the same species")
+        warns.append(f"{CASE_MATCH_WARNING} ({gm.n_shared} genes): check both datasets are the same species")
     for d, cols in ((ref, gm.ref_idx), (qry, gm.query_idx)):
         d.report["median_fraction_counts_on_shared_genes"] = _shared_fraction(d.X, cols)
     f_ref = ref.report["median_fraction_counts_on_shared_genes"]
