@@ -544,7 +544,7 @@ def _deflate_size(stored: bytes, cap: int) -> int:
         return -1
 
 
-def _lzf_past(stored: np.ndarray, cap: int) -> int:
+def _lzf_size(stored: np.ndarray, cap: int) -> int:
     """The bytes the lzf stream ``stored`` (uint8) unpacks to (stopped once past ``cap``), by its runs' lengths
     alone (compiled by numba where it is installed, as scanpy has it: 40 MB in 0.03 s, not 2 s)."""
     i, out, n = 0, 0, len(stored)
@@ -567,13 +567,13 @@ def _lzf_past(stored: np.ndarray, cap: int) -> int:
 
 @functools.lru_cache(maxsize=1)
 def _lzf_walk():
-    """:func:`_lzf_past`, compiled when first needed (no OpenMP: a plain numba function)."""
+    """:func:`_lzf_size`, compiled when first needed (no OpenMP: a plain numba function)."""
     try:
         import numba
 
-        return numba.njit(nogil=True)(_lzf_past)
+        return numba.njit(nogil=True)(_lzf_size)
     except ImportError:  # pragma: no cover - numba comes with scanpy
-        return _lzf_past
+        return _lzf_size
 
 
 def guard_hdf5(path: Path, label: str, *, whole: tuple[str, ...] | None = None) -> None:
