@@ -508,6 +508,14 @@ def study_shift_of(model, samples: QuerySamples | None = None) -> dict[str, Any]
             "how": f"the query's {samples.column!r} samples were each measured against their own shift (the median "
                    "over the predicted classes of how much farther the sample's cells are than the whole query's), "
                    "so a sample in another condition or of another depth is not rejected as a group"}
+        capped = [samples.names[c] for c, f in sorted(per.items()) if f >= FAR_QUERY_FACTOR]
+        if capped:
+            out["sample_shifts"]["at_bound"] = capped
+            out["sample_shifts"]["at_bound_note"] = (
+                f"{len(capped)} sample(s) ({', '.join(map(str, capped[:5]))}{', ...' if len(capped) > 5 else ''}) lay "
+                f"{FAR_QUERY_FACTOR:g}-fold or more as far as the whole query and were allowed for up to that bound only "
+                "(the shifts between studies of one tissue): their known cells may be Unknown as a group; check "
+                "whether such a sample is another tissue or failed")
     return out
 
 
@@ -1453,6 +1461,8 @@ def annotate(reference, query, opts: AnnotateOptions, *, out: str | Path | None 
         if by_shift:
             log(f"each query {by_shift['column']!r} sample measured against its own shift (the whole query's "
                 f"{by_shift['query_shift']:.2f}): " + ", ".join(f"{k} {v:.2f}" for k, v in by_shift["factors"].items()))
+            if by_shift.get("at_bound_note"):
+                log(f"warning: {by_shift['at_bound_note']}")
         by_sample = unknown_by_sample(q_obs, preds.is_unknown, opts)
         if by_sample is not None:
             card["unknown_by_sample"] = by_sample

@@ -141,6 +141,8 @@ def threshold_parts(run: Run) -> tuple[str, str]:
                         "in another condition or of another depth are farther from the reference as a whole, and one "
                         "factor would call their known cells Unknown as a group. A sample's factor is the median over "
                         "its predicted types, so a novel population that lands on one type cannot raise it.")
+            if by_sample.get("at_bound_note"):
+                summary += f" **At the bound:** {md(str(by_sample['at_bound_note']))}."
     return summary, text.strip()
 
 

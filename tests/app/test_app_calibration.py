@@ -107,6 +107,12 @@ def test_threshold_story_explains_the_score_and_its_null():
                                                                              "factors": {"ctrl": 1.1, "stim": 2.4}}}))
     assert "**sample_id** samples was measured against its own shift" in by_sample
     assert "the whole query's: 1.30; ctrl 1.10, stim 2.40" in by_sample
+    assert "At the bound" not in by_sample
+    at_bound = threshold_story(SimpleNamespace(rejection={**rej, "method": "knn_class", "shift_factor": 1.0,
+                                                          "sample_shifts": {"column": "sample_id", "query_shift": 1.3,
+                                                                            "factors": {"ctrl": 1.1, "lane 3": 2.5},
+                                                                            "at_bound_note": "1 sample(s) (lane 3) lay"}}))
+    assert "**At the bound:** 1 sample(s) (lane 3) lay" in shown(at_bound)
     other = threshold_story(SimpleNamespace(rejection={**rej, "method": "maxprob", "shift_factor": 1.0}))
     assert "calibrated maximum class probability" in other and "leave-one-out" not in other
     one_type = threshold_story(SimpleNamespace(rejection={**rej, "method": "knn_class", "shift_factor": 1.0,

@@ -688,6 +688,32 @@ def test_knn_class_a_sample_in_another_condition_is_measured_against_its_own_shi
         lr.knn_class(q, pred, samples=samples[:10])
 
 
+def test_a_sample_allowed_for_only_up_to_the_bound_is_named_in_the_card():
+    """A sample far beyond a study's shift (another tissue mixed into the query, a failed lane)
+    gets at most FAR_QUERY_FACTOR; that cap was silent, so its known cells went Unknown as a group
+    with no word why. The card names the sample (the run log and the Calibration page say it)."""
+    from types import SimpleNamespace
+
+    from cellannot_core.calibration import FAR_QUERY_FACTOR
+    from cellannot_core.pipeline import QuerySamples, study_shift_of
+
+    rng = np.random.default_rng(13)
+    centres = _centres()
+    ref, ref_y = _blobs(rng, 300, centres[:3])
+    lr = LatentReference(ref, ref_y, k=10)
+    calm, calm_y = _blobs(rng, 150, centres[:3], scale=1.05)
+    for far, capped in ((2.0, False), (4.0, True)):
+        moved, moved_y = _blobs(rng, 150, centres[:3] + far, scale=1.1)
+        s = lr.knn_class(np.vstack([calm, moved]), np.r_[calm_y, moved_y], samples=np.repeat([0, 1], 450))
+        assert (np.mean(s[450:] > 1) > 0.9) == capped  # the far sample's known cells are Unknown as a group
+        model = SimpleNamespace(ood_method="knn_class", reference=lr)
+        out = study_shift_of(model, QuerySamples("sample_id", np.repeat([0, 1], 450), ["calm", "far"]))["sample_shifts"]
+        assert (out["factors"]["far"] >= FAR_QUERY_FACTOR) == capped, out
+        assert out.get("at_bound") == (["far"] if capped else None), out
+        if capped:
+            assert "far" in out["at_bound_note"] and f"{FAR_QUERY_FACTOR:g}-fold" in out["at_bound_note"]
+
+
 def test_knn_class_a_novel_population_cannot_give_its_sample_a_shift_of_its_own():
     """A sample's own shift is a median over its predicted classes: a novel group that makes up
     most of one sample, predicted as one class, cannot raise it (nor can a sample of almost
