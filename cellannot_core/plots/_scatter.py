@@ -23,7 +23,8 @@ from cellannot_core.plots._style import (
 __all__ = ["latent_scatter", "subsample_indices"]
 
 #: Marker symbols handed out to the values of ``symbol`` (the primary value gets circles).
-SYMBOLS = ("circle", "diamond", "x", "square", "triangle-up", "cross", "star")
+# after the first, hollow: generated cells are drawn on top and, filled, covered the real cells under them (2026-12-07)
+SYMBOLS = ("circle", "diamond-open", "square-open", "triangle-up-open", "cross-open", "star-open", "x-open")
 #: A ``symbol`` value with this name is the primary one (drawn first, as plain circles).
 PRIMARY_SYMBOL = "real"
 
@@ -125,7 +126,8 @@ def latent_scatter(
     symbol
         Optional second grouping drawn with different markers, e.g. ``"real"`` /
         ``"generated"``.  ``"real"`` (else the first value) gets plain circles and is drawn
-        first; other values get larger outlined markers (diamond, x, ...) on top.
+        first; other values get larger hollow markers (diamond, square, ...) on top, in their colour,
+        so the real cells under them stay visible.
     hover
         Extra hover text: an array of strings, or a dict/DataFrame of columns (one line each).
     title
@@ -203,8 +205,8 @@ def latent_scatter(
 
     def _marker(style: dict[str, Any], **extra: Any) -> dict[str, Any]:
         m = dict(symbol=style["symbol"], size=style["size"], opacity=style["opacity"], **extra)
-        if style["symbol"] != SYMBOLS[0]:
-            m["line"] = dict(color="#222222", width=1)
+        if style["symbol"] != SYMBOLS[0]:  # a hollow marker's outline takes the marker's colour
+            m["line"] = dict(width=1.5)
         return m
 
     fig = go.Figure()

@@ -231,11 +231,14 @@ def test_latent_scatter_generated_symbols():
     sym = np.where(np.arange(600) < 40, "generated", "real")
     fig = latent_scatter(xy, lab, symbol=sym, max_points=300)
     real = [t for t in fig.data if t.x is not None and t.marker.symbol == "circle" and t.x[0] is not None]
-    gen = [t for t in fig.data if t.x is not None and t.marker.symbol == "diamond" and t.x[0] is not None]
+    gen = [t for t in fig.data if t.x is not None and t.marker.symbol == "diamond-open" and t.x[0] is not None]
     assert sum(len(t.x) for t in gen) == 40  # generated cells kept when subsampling
     assert sum(len(t.x) for t in real) == 260
     assert _n_points(fig) == 300
     assert all(t.marker.opacity > real[0].marker.opacity for t in gen)
+    # drawn on top but hollow, outlined in their class's colour: the real cells under them stay visible
+    assert all(t.marker.line.color is None and t.marker.line.width > 0 for t in gen)
+    assert [t.marker.color for t in gen] == [t.marker.color for t in real]
     keys = [t.name for t in fig.data if t.legendgroup == "__symbols__"]
     assert keys == ["real", "generated"]
 
