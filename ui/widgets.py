@@ -70,14 +70,29 @@ def fmt_seconds(s: float | None) -> str:
 #: the registry's help texts say what a 0 stands for as "(0 = its own default: ...)" or "(0 = off)"
 _ZERO_MEANS = re.compile(r"\(0 = ([^;)]+)")
 
+#: plain words for the hyper-parameters a biologist meets first ("knn k", "ood score" read as code);
+#: the help gives the name the CLI's ``--hparam`` and the API take. Others read as their name.
+PLAIN_LABELS = {
+    "ood_score": "novelty score (the Unknown rule)", "knn_k": "neighbours for the novelty distance",
+    "smooth_k": "neighbours averaging the labels", "C": "SVM C (how closely it fits the reference)",
+    "cv": "calibration folds", "n_latent": "latent dimensions", "latent_model": "latent model",
+    "lr": "learning rate", "n_pcs": "principal components", "reject_below": "Unknown below probability",
+    "use_query": "train with the query cells", "patience": "early-stop patience (epochs)",
+}
+
+
+def hparam_label(name: str) -> str:
+    """A hyper-parameter's widget label: plain words where :data:`PLAIN_LABELS` has them."""
+    return PLAIN_LABELS.get(name, name.replace("_", " "))
+
 
 def hparam_widget(model: str, name: str, hp: Any) -> Any:
     """One widget for a registry ``HParam``: selectbox for choices, checkbox for bools,
     number_input for numbers (bounded by low/high), text_input for strings."""
     key = WidgetKeys.HPARAM.format(model=model, name=name)
-    label, helptext = name.replace("_", " "), hp.help
+    label, helptext = hparam_label(name), f"{hp.help}\n\nIn the CLI and the Python API: `{name}`"
     t = type(hp.default)
-    zero = _ZERO_MEANS.search(helptext) if t in (int, float) and hp.default == 0 else None
+    zero = _ZERO_MEANS.search(hp.help) if t in (int, float) and hp.default == 0 else None
     if zero:  # a box showing "0" by default says what 0 means, or "max epochs: 0" reads as a fault
         label = f"{label} (0 = {zero.group(1).strip()})"
     if hp.choices is not None:

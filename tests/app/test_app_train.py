@@ -77,6 +77,9 @@ def test_form_comes_from_the_registry(tiny_pair):
     # a box showing 0 by default says what 0 stands for (the default model's epochs and width)
     assert at.get_by_key(WidgetKeys.HPARAM.format(model="scanvi_svm", name="max_epochs")).label == \
         "max epochs (0 = its own default: scanvi 40, clams 30)"
+    # plain words where the name reads as code, and the name the CLI and the API take in the help
+    novelty = at.get_by_key(WidgetKeys.HPARAM.format(model="scanvi_svm", name="ood_score"))
+    assert novelty.label == "novelty score (the Unknown rule)" and "`ood_score`" in novelty.help
     assert "cpu" in at.selectbox(key=WidgetKeys.DEVICE).options
     # an invalid value is refused with the registry's message, no job is started
     at.selectbox(key=WidgetKeys.MODEL).set_value("clams").run()
