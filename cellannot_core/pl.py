@@ -63,8 +63,10 @@ def label_heatmap(adata: Any, groupby: str, *, key_added: str = OutKeys.UNS, nor
     keys, obs = _annotated(adata, key_added)
     keep = _labelled(obs, keys)
     classes = [str(c) for c in adata.uns[keys["UNS"]].get("classes", [])]
+    share = {"row": "of each predicted label", "col": f"of each {groupby}", "all": "of all cells"}.get(normalize, "")
     return heatmap(obs[keys["LABEL"]].astype(str).to_numpy()[keep], _column(obs, groupby)[keep],
-                   normalize=normalize, row_title="Predicted label", col_title=groupby, title=title,
+                   normalize=normalize, row_title="Predicted label", col_title=groupby,
+                   title=f"Predicted label by {groupby} (cells, % {share})" if title is None else title,
                    row_order=classes + [UNKNOWN])
 
 
@@ -84,7 +86,10 @@ def novelty(adata: Any, *, groupby: str | None = None, key_added: str = OutKeys.
         groups = {str(v): score[values == v] for v in dict.fromkeys(values)}
     rejection = adata.uns[keys["UNS"]].get("rejection") or {}
     method = rejection.get("method", "novelty")
-    return score_histogram(groups, rejection.get("threshold"), title=title,
+    thr = rejection.get("threshold")
+    if title is None:
+        title = f"Novelty score ({method})" + (f": Unknown above {float(thr):.3g}" if thr is not None else "")
+    return score_histogram(groups, thr, title=title,
                            x_title=f"{method} score (higher = more novel)")
 
 
@@ -107,4 +112,6 @@ def reliability(adata: Any, truth_key: str, *, key_added: str = OutKeys.UNS, tit
     conf = proba[known].max(axis=1)
     correct = classes[proba[known].argmax(axis=1)] == truth[known]
     name = f"{int(known.sum()):,} cells of reference types"
+    if title is None:
+        title = f"Confidence against accuracy on '{truth_key}' (before the Unknown calls)"
     return reliability_diagram({name: reliability_curve(conf, correct)}, {name: ece(conf, correct)}, title=title)

@@ -508,6 +508,13 @@ def test_the_annotated_query_is_plotted_scanpy_style(pair):
     rel = ca.pl.reliability(q, "cell_type")
     known = q.obs["cell_type"].isin(["type0", "type1", "type2"]).sum()
     assert any(f"{known:,} cells of reference types" in (t.name or "") for t in rel.data)
+    # each figure says what it shows, as scanpy's do (they had no title until 2026-12-07)
+    thr = q.uns["cellannot"]["rejection"]["threshold"]
+    assert fig.layout.title.text.startswith("Predicted label by cell_type (cells, % of each predicted label)")
+    method = q.uns["cellannot"]["rejection"]["method"]
+    assert nov.layout.title.text.startswith(f"Novelty score ({method}): Unknown above {thr:.3g}")
+    assert rel.layout.title.text.startswith("Confidence against accuracy on 'cell_type'")
+    assert ca.pl.novelty(q, title="mine").layout.title.text.startswith("mine")
     with pytest.raises(DataError, match="has no label column 'celltype'.*Did you mean 'cell_type'"):
         ca.pl.label_heatmap(q, "celltype")
     with pytest.raises(DataError, match=r"holds no annotations under 'other' \(no obs\['other_label'\]\): run ca"):
