@@ -179,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap_app.add_argument("--port", type=int, default=8501)
     ap_app.add_argument("--address", default="127.0.0.1",
                         help="listen address; anything but 127.0.0.1 serves a lab: read the README's security "
-                             "section first (set CELLANNOT_DATA_ROOT to allow reading files by server path)")
+                             "section (and SECURITY.md) first (set CELLANNOT_DATA_ROOT to allow reading files by server path)")
     ap_app.add_argument("--runs-dir", default=None, help="where runs are kept (default: $CELLANNOT_RUNS or ./runs)")
     b = sub.add_parser("benchmark", help="train several models on one reference/query pair and compare them")
     b.add_argument("--reference", required=True, help="labelled reference (same formats as annotate)")
