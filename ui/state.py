@@ -27,6 +27,7 @@ class StateKeys:
     QC = "qc"  # dict(min_genes=, min_counts=, max_pct_mito=) or None
     DEMO = "demo_loaded"  # bool
     RUN_ID = "current_run_id"  # id of the run the result pages show
+    RELABEL_SEEN = "relabel_runs_seen"  # the finished runs the relabel picker offered last time
 
 
 class WidgetKeys:

@@ -255,6 +255,10 @@ def relabel_form() -> Any | None:
     if not runs:
         st.caption("None of your runs has finished with a saved model yet.")
         return None
+    seen = st.session_state.get(StateKeys.RELABEL_SEEN)
+    if seen is not None and runs[0] not in seen:  # a run finished since: offer it, not the earlier pick, which a
+        st.session_state[WidgetKeys.RELABEL_RUN] = runs[0]  # keyed widget keeps (found 2026-12-07)
+    st.session_state[StateKeys.RELABEL_SEEN] = list(runs)
     pick = st.selectbox("Run whose model labels the query", runs, key=WidgetKeys.RELABEL_RUN,
                         format_func=_run_choice)
     st.caption("Seconds, not minutes: the model is used as it was trained. A model that learns its latent space "

@@ -280,6 +280,24 @@ def test_a_machine_with_several_gpus_offers_each_one(monkeypatch):
     assert device_choices()[0] == ["auto", "cpu", "cuda"]  # one GPU: no numbered entries
 
 
+def test_the_relabel_picker_offers_a_run_finished_since_not_the_earlier_pick(tiny_pair):
+    """Streamlit keeps a keyed selectbox's value: after a second training the picker still offered
+    the first run, and *Label the query* used the older model unasked (found by a browser probe)."""
+    at = _train_page(tiny_pair)
+    at.selectbox(key=WidgetKeys.MODEL).set_value("logreg").run()
+    at.number_input(key=WidgetKeys.N_TOP_GENES).set_value(200)
+    runs = []
+    for _ in range(2):
+        at.button(key=WidgetKeys.START).click().run()
+        runs.append(at.session_state[StateKeys.RUN_ID])
+        assert jobs.wait(runs[-1], timeout=120)["state"] == "done"
+        at.run()
+        assert at.selectbox(key=WidgetKeys.RELABEL_RUN).value == runs[-1]
+        at.selectbox(key=WidgetKeys.RELABEL_RUN).set_value(runs[0]).run()  # the visitor's own pick stays ...
+        assert at.selectbox(key=WidgetKeys.RELABEL_RUN).value == runs[0]
+    # ... until another run finishes
+
+
 def test_a_finished_runs_model_labels_a_query_without_training(tiny_pair):
     """A biologist who trained once labels the next query with that model in seconds, as Azimuth
     labels a query against a fixed reference: the new run has every view a trained run has, its
