@@ -4,7 +4,8 @@ share called Unknown, for the public pairs of one tissue and for pairs of two ti
 pancreas, human and mouse), with ``logreg`` (seconds a pair) or another model. Shifts up to
 ``calibration.FAR_QUERY_FACTOR`` are allowed for; beyond it a run warns that the query is mostly unlike
 its reference, and (since 2026-12-07) the threshold is widened no further, so a query of another
-tissue is Unknown rather than labelled whole.
+tissue is Unknown rather than labelled whole. ``markers``: the share of each predicted type's reference markers
+highest in the query cells given that type (``rejection.marker_agreement``; below 0.5 a run warns).
 
     CELLANNOT_NUM_THREADS=2 .venv/bin/python bench/far_query.py
     CELLANNOT_NUM_THREADS=2 .venv/bin/python bench/far_query.py --model scanvi_svm
@@ -39,14 +40,17 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     data = {k: ad.read_h5ad(DATA / f"{v}.h5ad") for k, v in FILES.items()}
-    print(f"{'reference -> query':28s} {'tissues':8s} {'factor':>7s} {'Unknown':>8s}  warned (factor >= {FAR_QUERY_FACTOR})")
+    print(f"{'reference -> query':28s} {'tissues':8s} {'factor':>7s} {'Unknown':>8s} {'markers':>8s}  warned (factor >= "
+          f"{FAR_QUERY_FACTOR}; markers: the labels' markers highest where the labels put them)")
     for kind, pairs in (("same", SAME), ("two", OTHER)):
         for r, q in pairs:
             out = ca.annotate(data[r], data[q], label_key="cell_type_harmonized", model=args.model, seed=args.seed, copy=True,
                               progress_bar=False, log=lambda s: None)
             rej = out.uns["cellannot"]["rejection"]
+            markers = (rej.get("marker_agreement") or {}).get("share", float("nan"))
             print(f"{r + ' -> ' + q:28s} {kind:8s} {rej['query_far_factor']:7.2f} {out.obs['cellannot_is_unknown'].mean():8.1%}"
-                  f"  {'yes' if rej.get('far_query') else 'no'}", flush=True)
+                  f" {markers:8.2f}  {'yes' if rej.get('far_query') else 'no'}"
+                  f"{', markers' if rej.get('markers_note') else ''}", flush=True)
 
 
 if __name__ == "__main__":

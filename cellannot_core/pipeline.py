@@ -123,6 +123,8 @@ class Predictions:
     # False: the rule allows for the query's shift, but the query had too few predicted types to estimate it
     # from (:func:`query_shift_estimated`)
     shift_estimated: bool = True
+    # the card's ``rejection.marker_agreement`` (:func:`marker_agreement_of`); set by describe_unknown_groups
+    marker_agreement: dict[str, Any] | None = None
 
 
 def prepare_data(reference, query, opts: AnnotateOptions) -> Prepared:
@@ -285,7 +287,53 @@ def describe_unknown_groups(model, X: Any, preds: Predictions, ref_mean: np.ndar
     accept_handling_states(model, preds, groups)
     add_sample_evidence(preds, groups, samples)
     preds.shifted_classes = shifted_classes_of(model, X, preds, ref_mean, genes)
+    preds.marker_agreement = marker_agreement_of(model, X, preds, ref_mean, genes)
     return groups
+
+
+def marker_agreement_of(model, X: Any, preds: Predictions, ref_mean: np.ndarray | None = None,
+                        genes: Sequence[str] | None = None) -> dict[str, Any] | None:
+    """:func:`~.evidence.marker_agreement` of the query's labels before the Unknown call (``X`` as
+    :func:`unknown_groups_of` takes it; the reference's class means given, or from the cells the model kept),
+    for every model: a check on the labels that no novelty score makes. None when it cannot be measured."""
+    from .evidence import _means_of_rows, marker_agreement
+
+    n_genes = _n_genes(X, preds, genes)
+    if n_genes is None:
+        return None
+    ref_mean, _ = _reference_means(model, ref_mean, genes, n_genes)
+    if not np.isfinite(ref_mean).any():
+        return None
+    raw = pd.Categorical(preds.label_raw, categories=list(model.classes)).codes
+    means, counts = _means_of_rows(X, [raw == c for c in range(len(model.classes))])
+    if not means:
+        return None
+    return marker_agreement(ref_mean, np.vstack(means), counts, list(model.classes))
+
+
+def marker_note(preds: Predictions) -> dict[str, Any]:
+    """The card's rejection entries from :attr:`Predictions.marker_agreement`: the measure, and ``markers_note``
+    when the predicted types, weighted by their cells, have fewer than
+    :data:`~.evidence.MARKER_AGREEMENT_MIN` of their reference markers highest in the cells given them."""
+    from .errors import shown_name
+    from .evidence import MARKER_AGREEMENT_MIN, MARKER_GENES
+
+    m = preds.marker_agreement
+    if not m:
+        return {}
+    out: dict[str, Any] = {"marker_agreement": m}
+    if m["share"] < MARKER_AGREEMENT_MIN:
+        worst = sorted(m["by_class"].items(), key=lambda kv: kv[1])[:3]
+        out["markers_note"] = (
+            f"the query's cells do not express their labels' reference markers: of each predicted type's top "
+            f"{MARKER_GENES} markers, {m['share']:.0%} are highest in the query cells given that type (weighted by "
+            f"cells, over {m['n_classes']} types; fewest: "
+            + ", ".join(f"{shown_name(k, 40)} {v:.0%}" for k, v in worst)
+            + "). Queries of the reference's types measured 64-99% (mouse -> human pancreas included), queries of "
+            "another tissue 37-57%: much of this "
+            "query may be of types the reference lacks, labelled as the nearest type. Check the labels' marker "
+            "evidence (Explain page) before using them")
+    return out
 
 
 def add_sample_evidence(preds: Predictions, groups: list[dict[str, Any]], samples: QuerySamples | None) -> None:
@@ -409,7 +457,7 @@ def run_card(model, prepared: Prepared, opts: AnnotateOptions, preds: Prediction
                               + ("; overridden by the user" if opts.threshold is not None else "") + "."),
                       **study_shift_of(model, samples), **shift_note(preds), **scores_note(model, preds),
                       "query_far_factor": round(query_far_factor(model, preds), 4), **far_query_note(model, preds),
-                      **threshold_note(model, opts.threshold, preds)},
+                      **threshold_note(model, opts.threshold, preds), **marker_note(preds)},
         "validation": model.calibration,
         **class_notes(model, preds),
         "training": {k: v for k, v in hist.items() if k != "epochs"} | {"n_epochs": len(hist.get("epochs", [])),
@@ -435,6 +483,10 @@ def query_far_factor(model, preds: Predictions) -> float:
     return shift_factor(model.val_score_median, preds.ood_score) if f >= FAR_QUERY_FACTOR else f
 
 
+#: the card's rejection entries that are warnings on the Unknown calls as a whole (log, and the top of the pages)
+WARNING_KEYS = ("far_query", "threshold_note", "markers_note")
+
+
 def far_query_note(model, preds: Predictions) -> dict[str, str]:
     """``{"far_query": ...}`` when the query lies so far from the reference that it is mostly unlike it
     (:func:`query_far_factor` at least :data:`FAR_QUERY_FACTOR`): the rule allows for a shift up to that bound
@@ -449,7 +501,21 @@ def far_query_note(model, preds: Predictions) -> dict[str, str]:
                          "reference lacks (another tissue or species) are Unknown. If the query is of the "
                          "reference's tissue and types (another technology, a strong treatment), its known cells are "
                          "Unknown too: check its Unknown groups on the Calibration page and accept those that keep "
-                         "their type's markers, or give a threshold"}
+                         "their type's markers, or give a threshold" + _far_markers(preds)}
+
+
+def _far_markers(preds: Predictions) -> str:
+    """What the labels' markers say of a far query (:func:`marker_note`): of the reference's types or not."""
+    from .evidence import MARKER_AGREEMENT_MIN
+
+    m = getattr(preds, "marker_agreement", None)
+    if not m:
+        return ""
+    if m["share"] >= MARKER_AGREEMENT_MIN:
+        return (f". Its labels' reference markers are mostly highest where the labels put them ({m['share']:.0%}; "
+                "queries of another tissue measured 37-57%), so it may well be of the reference's types, farther "
+                "away (another species or technology)")
+    return f". Its labels' reference markers are not where the labels put them ({m['share']:.0%}), as in a query of other cells"
 
 
 def threshold_note(model, threshold: float | None, preds: Predictions) -> dict[str, str]:
@@ -728,7 +794,7 @@ def log_class_notes(card: dict[str, Any], log: Callable[[str], None]) -> None:
         log(f"note: {card['unseen_query']}")
     if (card.get("rejection") or {}).get("query_shift_not_estimated"):
         log(f"note: {card['rejection']['query_shift_not_estimated']}")
-    for key in ("far_query", "threshold_note"):
+    for key in WARNING_KEYS:
         if (card.get("rejection") or {}).get(key):
             log(f"warning: {card['rejection'][key]}")
 
@@ -1663,7 +1729,8 @@ def prediction_card(model, preds: Predictions, report: dict[str, Any],
                                                              "threshold_overridden": threshold is not None,
                                                              **study_shift_of(model, samples), **shift_note(preds),
                                                              "query_far_factor": round(query_far_factor(model, preds), 4), **far_query_note(model, preds),
-                                                             **threshold_note(model, threshold, preds)},
+                                                             **threshold_note(model, threshold, preds),
+                                                             **marker_note(preds)},
             "query_report": report, "cellannot_version": __version__,
             **({"unseen_query": note} if (note := unseen_query_note(model)) else {}),
             **class_notes(model, preds),

@@ -170,7 +170,9 @@ def rejection_warnings(run: Run, page: str = "results") -> None:
     """The run's warnings on its Unknown calls as a whole (the query lies far from the reference; a threshold
     given by hand calls every cell Unknown) at the top of each page that shows those calls: until 2026-12-07
     only the Label transfer page showed them, and the Calibration and Latent pages gave other reasons."""
-    for key in ("far_query", "threshold_note"):
+    from cellannot_core.pipeline import WARNING_KEYS
+
+    for key in WARNING_KEYS:
         if warn := run.rejection.get(key):
             extra = FAR_QUERY_READING.get(page, "") if key == "far_query" else ""
             st.warning(warn[0].upper() + warn[1:] + "." + extra, icon=":material/warning:")

@@ -145,6 +145,11 @@ def test_a_query_mostly_unlike_its_reference_is_warned_of_at_the_top(runs_root):
     lines: list[str] = []
     log_class_notes({"rejection": {"far_query": note}}, lines.append)
     assert lines == [f"warning: {note}"]
+    # the labels' markers tell a query of other cells from one of the reference's types farther away
+    for share, words in ((0.8, "may well be of the reference's types"), (0.4, "as in a query of other cells")):
+        far = SimpleNamespace(shift_factor=FAR_QUERY_FACTOR, ood_score=np.full(10, 4.04),
+                              marker_agreement={"share": share, "n_classes": 3, "by_class": {}})
+        assert words in far_query_note(model, far)["far_query"]
     root, rid, _ = runs_root
     copy = f"{rid}-far"
     shutil.copytree(root / rid, root / copy)
@@ -156,6 +161,12 @@ def test_a_query_mostly_unlike_its_reference_is_warned_of_at_the_top(runs_root):
     assert not at.exception and any("times as far from the reference" in w.value for w in at.warning)
     at = page(rid)
     assert not at.exception and not any("times as far" in w.value for w in at.warning)
+    shutil.copytree(root / rid, root / f"{rid}-markers")
+    card = json.loads((root / f"{rid}-markers" / RunFiles.CARD).read_text())
+    card["rejection"]["markers_note"] = "the query's cells do not express their labels' reference markers: ..."
+    (root / f"{rid}-markers" / RunFiles.CARD).write_text(json.dumps(card))
+    at = page(f"{rid}-markers")
+    assert not at.exception and any(w.value.startswith("The query's cells do not express") for w in at.warning)
     # the other pages that show the calls say it too, with what it means for what they show (found 2026-12-07:
     # the Calibration page offered a pancreas query's Unknown groups as stressed T cells, and said nothing of it)
     for path, words in (("pages/calibration.py", "Read the Unknown groups below"), ("pages/latent.py", "batch effect")):

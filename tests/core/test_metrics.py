@@ -564,3 +564,53 @@ def test_the_log_names_the_unknown_groups_past_the_three_largest():
     lines: list[str] = []
     log_unknown_groups(rows, lines.append)
     assert len(lines) == 4 and lines[3].startswith("and 2 more Unknown groups of 70 cells (looking most like B, C)")
+
+
+def test_marker_agreement_tells_labels_given_for_want_of_a_better_type_and_ignores_a_shared_shift():
+    """A query of the reference's types has each type's markers highest in the cells given it, even when every
+    query gene's capture is moved (a species or a technology: it compares query cells with query cells); a query
+    of other cells labelled as the nearest types does not."""
+    from cellannot_core.evidence import MARKER_AGREEMENT_MIN, marker_agreement
+
+    rng = np.random.default_rng(0)
+    n_genes, classes = 60, ["A", "B", "C"]
+    ref_mean = np.full((3, n_genes), 1.0)
+    for k in range(3):
+        ref_mean[k, k * 10:(k + 1) * 10] = 4.0  # each type's 10 markers
+    counts = [50, 40, 30]
+    shift = np.exp(rng.normal(0, 1, n_genes))  # a gene-wise capture factor every query cell shares
+    same = ref_mean * shift + rng.normal(0, 0.1, ref_mean.shape)
+    ok = marker_agreement(ref_mean, same, counts, classes)
+    assert ok["share"] == 1.0 and ok["n_classes"] == 3 and set(ok["by_class"]) == set(classes)
+    other = np.full((3, n_genes), 1.0)
+    for k in range(3):
+        other[k, 30 + k * 10:40 + k * 10] = 4.0  # markers of types the reference lacks
+    other = other * shift + rng.normal(0, 0.1, other.shape)
+    bad = marker_agreement(ref_mean, other, counts, classes)
+    assert bad["share"] < MARKER_AGREEMENT_MIN
+    # one class with enough cells compares with nothing; a class of too few cells is left out
+    assert marker_agreement(ref_mean, same, [50, 5, 5], classes) is None
+    assert set(marker_agreement(ref_mean, same, [50, 40, 5], classes)["by_class"]) == {"A", "B"}
+
+
+def test_a_query_of_other_cells_is_warned_of_by_its_labels_markers(tmp_path):
+    """`logreg` labelled queries of another tissue whole (0% Unknown at shifts 1.96-1.99, under the far-query
+    bound) with no word; the labels' own markers now say so, in the card and the log, and a query of the
+    reference's types is not warned."""
+    import cellannot_core as ca
+    from conftest import make_synthetic
+
+    ref = make_synthetic(300, 120, 3, seed=0)
+    same = make_synthetic(200, 120, 3, seed=1)
+    wide = make_synthetic(600, 120, 8, seed=2)  # types 4-7: marker genes no reference type has
+    other = wide[wide.obs["cell_type"].isin(["type4", "type5", "type6", "type7"])].copy()
+    other.X[:, :24] = 0  # cells of another tissue do not express the reference types' markers (genes 0-23)
+    other.X.eliminate_zeros()
+    for query, warned in ((same, False), (other, True)):
+        lines: list[str] = []
+        out = ca.annotate(ref, query, label_key="cell_type", model="logreg", copy=True, progress_bar=False,
+                          log=lines.append)
+        rej = out.uns["cellannot"]["rejection"]
+        assert ("markers_note" in rej) == warned, rej.get("marker_agreement")
+        assert any(line.startswith("warning: the query's cells do not express") for line in lines) == warned
+        assert (rej["marker_agreement"]["share"] < 0.5) == warned
