@@ -411,6 +411,8 @@ def evaluate(m, prep, *, threshold: float | None = None, rules: bool = False, al
         whole = np.asarray(last["whole"], dtype=bool)
         out["query_shift"] = float(last["query_shift"])
         out["class_shift_max"] = float(np.max(np.asarray(last["shifts"])[whole])) if whole.any() else out["query_shift"]
+    if p.marker_agreement:  # the labels' own markers (evidence.marker_agreement; a run warns below 0.5)
+        out["markers"] = float(p.marker_agreement["share"])
     if rules:
         out["rules"] = rule_metrics(m, prep, p, all_rules)
     return out
@@ -619,7 +621,8 @@ def main() -> None:
                     rows.append(row)
                     print(f"{name:42s} {share:6.1%} {label:12s} " + " ".join(f"{r[k]:12.3f}" for k in METRICS)
                           + f"  {secs:7.1f}" + (f"  mixing {r['mixing']:.2f}" if "mixing" in r else "")
-                          + (f"  shift {r['query_shift']:.2f} / {r['class_shift_max']:.2f}" if "query_shift" in r else ""),
+                          + (f"  shift {r['query_shift']:.2f} / {r['class_shift_max']:.2f}" if "query_shift" in r else "")
+                          + (f"  markers {r['markers']:.2f}" if "markers" in r else ""),
                           flush=True)
                     if args.single_type and model == models[0] and t is None:
                         row["single_type"] = single_type_rows(m, scored, samples)

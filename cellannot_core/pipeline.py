@@ -287,28 +287,26 @@ def describe_unknown_groups(model, X: Any, preds: Predictions, ref_mean: np.ndar
     accept_handling_states(model, preds, groups)
     add_sample_evidence(preds, groups, samples)
     preds.shifted_classes = shifted_classes_of(model, X, preds, ref_mean, genes)
-    preds.marker_agreement = marker_agreement_of(model, X, preds, ref_mean, genes)
+    if not callable(X):  # a query read in chunks measures a sample of its cells instead (streaming.py)
+        preds.marker_agreement = marker_agreement_of(model, X, preds.label_raw, ref_mean)
     return groups
 
 
-def marker_agreement_of(model, X: Any, preds: Predictions, ref_mean: np.ndarray | None = None,
-                        genes: Sequence[str] | None = None) -> dict[str, Any] | None:
-    """:func:`~.evidence.marker_agreement` of the query's labels before the Unknown call (``X`` as
-    :func:`unknown_groups_of` takes it; the reference's class means given, or from the cells the model kept),
-    for every model: a check on the labels that no novelty score makes. None when it cannot be measured."""
-    from .evidence import _means_of_rows, marker_agreement
+def marker_agreement_of(model, X: Any, label_raw: np.ndarray,
+                        ref_mean: np.ndarray | None = None) -> dict[str, Any] | None:
+    """:func:`~.evidence.marker_agreement` of the labels before the Unknown call (``label_raw``) of the query
+    cells ``X`` (the model's input; the reference's class means given, or from the cells the model kept), for
+    every model: a check on the labels that no novelty score makes. None when it cannot be measured."""
+    from .evidence import class_means, marker_agreement
 
-    n_genes = _n_genes(X, preds, genes)
-    if n_genes is None:
+    if X is None or callable(X) or X.shape[0] != len(label_raw) or not len(label_raw):
         return None
-    ref_mean, _ = _reference_means(model, ref_mean, genes, n_genes)
+    ref_mean, _ = _reference_means(model, ref_mean, None, X.shape[1])
     if not np.isfinite(ref_mean).any():
         return None
-    raw = pd.Categorical(preds.label_raw, categories=list(model.classes)).codes
-    means, counts = _means_of_rows(X, [raw == c for c in range(len(model.classes))])
-    if not means:
-        return None
-    return marker_agreement(ref_mean, np.vstack(means), counts, list(model.classes))
+    raw = pd.Categorical(label_raw, categories=list(model.classes)).codes
+    return marker_agreement(ref_mean, class_means(X, raw, len(model.classes)),
+                            np.bincount(raw[raw >= 0], minlength=len(model.classes)), list(model.classes))
 
 
 def marker_note(preds: Predictions) -> dict[str, Any]:

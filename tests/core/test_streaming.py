@@ -115,6 +115,9 @@ def test_streamed_predict_measures_each_query_sample_against_its_own_shift(bundl
     assert shifts["column"] == "donor" and shifts["factors"]["shallow"] > shifts["factors"]["deep"], shifts
     assert _labels(out) == _labels(whole)
     np.testing.assert_allclose(out.obs[OutKeys.OOD_SCORE], whole.obs[OutKeys.OOD_SCORE], rtol=1e-4, atol=1e-5)
+    # the labels' markers: read in chunks, measured on a sample (here every cell), as the whole query's
+    markers = out.uns[OutKeys.UNS]["rejection"]["marker_agreement"]
+    assert markers == whole.uns[OutKeys.UNS]["rejection"]["marker_agreement"] and markers["share"] > 0.5
 
 
 def test_counts_found_in_a_layer_beside_lognormalised_X(bundle, tmp_path):
