@@ -18,6 +18,7 @@ import json
 import os
 import re
 import secrets
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,25 @@ def _process_start(pid: int) -> str | None:
 def _this_process() -> dict[str, Any]:
     pid = os.getpid()
     return {"pid": pid, "pid_start": _process_start(pid)}
+
+
+#: run id -> the token of the thread of this process that works on it (:func:`claim_run`); the process alone
+#: does not tell: the app's runs train in threads of the server, which outlives a thread that ended without
+#: writing its run's last state (its folder full or read-only), and such a run stayed "running" for good
+_CLAIMED: dict[str, str] = {}
+_CLAIMED_LOCK = threading.Lock()
+
+
+def claim_run(rd: "RunDir") -> None:
+    """Say that a thread of this process works on ``rd`` until :func:`release_run`: its status records
+    the claim, and once released a queued/running run is interrupted, with the process still alive."""
+    with _CLAIMED_LOCK:
+        _CLAIMED[rd.id] = secrets.token_hex(8)
+
+
+def release_run(rd: "RunDir") -> None:
+    with _CLAIMED_LOCK:
+        _CLAIMED.pop(rd.id, None)
 
 
 def default_root() -> Path:
@@ -92,8 +112,12 @@ def csv_bytes(df, **to_csv: Any) -> bytes:
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except BaseException:  # (a full disk: the part written would hold its space)
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
@@ -185,6 +209,12 @@ class RunDir:
         cur.update(fields)
         if state in ACTIVE:
             cur.update(_this_process())  # who works on it, so a killed process is detected (worker_alive)
+            with _CLAIMED_LOCK:
+                claim = _CLAIMED.get(self.id)
+            if claim is None:
+                cur.pop("claim", None)
+            else:
+                cur["claim"] = claim
         cur["state"] = state
         cur["updated"] = time.time()
         cur.setdefault("created", cur["updated"])
@@ -197,15 +227,27 @@ class RunDir:
         if not isinstance(pid, int):
             return False
         start = _process_start(pid)
-        return start is not None and (st.get("pid_start") is None or start == st.get("pid_start"))
+        alive = start is not None and (st.get("pid_start") is None or start == st.get("pid_start"))
+        if alive and pid == os.getpid() and st.get("claim"):  # a thread of this process: is it still at work?
+            with _CLAIMED_LOCK:
+                return _CLAIMED.get(self.id) == st["claim"]
+        return alive
 
     def check_interrupted(self) -> dict[str, Any]:
-        """The status, with a queued/running run whose process is gone marked ``interrupted``
-        (written, so it stays marked): detected from the process, not guessed from a timeout."""
+        """The status, with a queued/running run whose process (or thread, :func:`claim_run`) is gone marked
+        ``interrupted`` (written when the folder can be, so it stays marked): detected from the process, not
+        guessed from a timeout."""
         st = self.status()
         if st.get("state") in ACTIVE and not self.worker_alive():
-            self.set_status("interrupted", message="the process training it stopped (killed, or the server "
-                            "restarted) before it finished: delete it or train again")
+            here = st.get("pid") == os.getpid()
+            message = ("its training stopped before it finished and could not record why (its folder could not be "
+                       "written: a full disk or a read-only folder?): delete it or train again" if here else
+                       "the process training it stopped (killed, or the server restarted) before it finished: "
+                       "delete it or train again")
+            try:
+                self.set_status("interrupted", message=message)
+            except OSError:  # a full disk or a read-only folder: said, not written (the listing must not fail)
+                return {**st, "state": "interrupted", "message": message}
             st = self.status()
         return st
 
@@ -215,7 +257,11 @@ class RunDir:
 
         if self.status().get("state") in ACTIVE and self.worker_alive():
             raise DataError(f"run {self.id} is still training: cancel it first")
-        shutil.rmtree(self.path)
+        try:
+            shutil.rmtree(self.path)
+        except OSError as err:  # a read-only folder, files of another user: one line, not a traceback
+            raise DataError(f"run {self.id} could not be deleted ({(err.strerror or type(err).__name__).lower()}): "
+                            "ask whoever runs this server to make the runs folder writable") from None
 
     def card(self) -> dict[str, Any] | None:
         """The run card, or None when it is missing or is not a card (a run's files may be damaged or
@@ -228,9 +274,13 @@ class RunDir:
 
     def save_arrays(self, arrays: dict[str, np.ndarray]) -> None:
         tmp = self.path / f".arrays.{secrets.token_hex(4)}.npz"
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, **arrays)
-        os.replace(tmp, self.file(RunFiles.ARRAYS))
+        try:
+            with open(tmp, "wb") as fh:
+                np.savez_compressed(fh, **arrays)
+            os.replace(tmp, self.file(RunFiles.ARRAYS))
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
     def load_arrays(self) -> dict[str, np.ndarray]:
         import zipfile
