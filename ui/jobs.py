@@ -25,6 +25,7 @@ Nothing here imports streamlit.
 """
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
 import time
@@ -189,6 +190,29 @@ def training_slot(should_stop: Callable[[], bool], on_wait: Callable[[], None], 
         _SLOTS.release(owner)
 
 
+_STOPPING = threading.Event()  # the server is stopping: a job cancelled now is interrupted, not cancelled
+STOP_WAIT_S = 20.0  # how long a stopping server waits for its jobs to write their state
+
+
+@atexit.register
+def _stop_jobs() -> None:
+    """At the server's exit (SIGTERM, Ctrl+C), before the interpreter ends: cancel every live job and wait
+    (at most :data:`STOP_WAIT_S`) for it to write its state, *interrupted*. Found 2026-12-07: a server stopped
+    with SIGTERM while a run trained ended by SIGABRT ("terminate called without an active exception", exit
+    code -6), its training thread inside torch as the interpreter shut down, and the run was left "running"
+    until a listing found its process gone."""
+    with _LOCK:
+        live = [j for j in _JOBS.values() if j.alive and getattr(j, "token", None) is not None]
+    if not live:
+        return
+    _STOPPING.set()
+    for j in live:
+        j.token.cancel()
+    deadline = time.monotonic() + STOP_WAIT_S
+    for j in live:
+        j.thread.join(max(0.0, deadline - time.monotonic()))
+
+
 def launch(job_id: str, job: Any, target: Callable[..., None], *args: Any) -> str:
     """The one way to run a background job: register ``job`` (anything with a ``thread``
     attribute) under ``job_id`` and run ``target(job, *args)`` in a daemon thread."""
@@ -238,7 +262,10 @@ def _run(job: Job, body: Callable[[], None]) -> None:
         except CellannotError as err:  # annotate already wrote failed/cancelled + message (not if cancelled waiting)
             job.error = visitor_message(err, rd)
             job.log(f"stopped: {job.error}")
-            if rd.status().get("state") in ACTIVE_STATES or job.error != str(err):
+            if isinstance(err, Cancelled) and _STOPPING.is_set():
+                job.error = "the server was stopped before it finished: train again"
+                rd.set_status("interrupted", message=job.error)
+            elif rd.status().get("state") in ACTIVE_STATES or job.error != str(err):
                 rd.set_status("cancelled" if isinstance(err, Cancelled) else "failed", message=job.error)
         except BaseException as err:  # noqa: BLE001 - a worker must never die silently
             job.error = visitor_message(err, rd)

@@ -256,3 +256,42 @@ def test_a_damaged_model_named_by_a_relabel_run_is_said_without_the_servers_path
     status = jobs.wait(rid, 120)
     assert status["state"] == "failed" and f"{source.id}/model" in status["message"], status
     assert str(jobs.runs_root()) not in status["message"]
+
+
+def test_a_server_stopped_while_a_run_trains_exits_cleanly_and_marks_it_interrupted(tmp_path):
+    """Found 2026-12-07: `kill -TERM` of the server while a run trained ended it by SIGABRT ("terminate called
+    without an active exception", exit code -6: the training thread was inside torch as the interpreter shut
+    down), and the run stayed "running" on disk. A stopping server now cancels its jobs and waits for them."""
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    code = f"""
+import signal, sys, time
+signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))  # as Streamlit stops: the main thread returns
+import anndata as ad, numpy as np
+from cellannot_core.pipeline import AnnotateOptions
+from ui import jobs
+ref = ad.read_h5ad({str(ROOT / "assets" / "kang_pbmc_example_sce_1556.h5ad")!r})[:300].copy()
+qry = ad.read_h5ad({str(ROOT / "assets" / "pbmc3k_seurat_2638.h5ad")!r})[:100].copy()
+opts = AnnotateOptions(label_key={LABEL!r}, model="clams", hparams={{"hidden": "32,16"}}, max_epochs=1000,
+                       n_top_genes=200, n_generate=0)
+rid = jobs.start_job(ref, qry, opts, root={str(tmp_path / "runs")!r})
+while not str(jobs.run_status(rid, {str(tmp_path / "runs")!r}).get("message")).startswith("epoch "):
+    assert jobs.get_job(rid).alive
+    time.sleep(0.1)
+print(rid, flush=True)
+time.sleep(600)
+"""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), CELLANNOT_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    try:
+        rid = proc.stdout.readline().strip()
+        assert rid, "the run did not start"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        proc.kill()
+    status = json.loads((tmp_path / "runs" / rid / "status.json").read_text())
+    assert status["state"] == "interrupted" and "server was stopped" in status["message"], (status["message"], proc.returncode)
