@@ -35,6 +35,20 @@ ACTIVE = ("queued", "running")
 ETA_MIN_FRACTION, ETA_MIN_SECONDS = 0.05, 5.0  # RunProgress: when a time-left estimate is shown
 
 
+_STATUS_NUMBERS = ("progress", "elapsed", "eta", "epoch", "max_epochs", "updated")
+#: the run card's parts the pages read, by their type (:meth:`RunDir.card`)
+_CARD_PARTS = {dict: ("hparams", "options", "versions", "data_report", "rejection", "validation", "training",
+                      "predicted_counts", "query_metrics", "latent_quality", "labelled_with", "unknown_by_sample"),
+               list: ("classes", "genes", "unknown_by_class", "accepted_on_class_shift", "few_reference_cells",
+                      "unknown_groups"),
+               str: ("model", "preprocessing")}
+_CARD_NUMBERS = ("n_query", "n_train", "n_val", "n_genes", "unknown_fraction", "temperature", "seed")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _process_start(pid: int) -> str | None:
     """The start time of process ``pid`` (clock ticks since boot, from /proc), None when it is gone:
     with the pid it tells the same process from a later one that reused the number."""
@@ -194,11 +208,20 @@ class RunDir:
         return self.path / RunFiles.MODEL_DIR
 
     def status(self) -> dict[str, Any]:
+        """The run's status; one damaged or edited by hand reads as a failed run ("status unreadable"), and its
+        fields of another type than this module writes are left out (the pages compute with them)."""
         st = read_json(self.file(RunFiles.STATUS))
-        if not isinstance(st, dict):
-            return {"state": "failed", "message": "status unreadable"}
-        if not isinstance(st.get("created", 0), (int, float)):
+        if not isinstance(st, dict) or st.get("state") not in STATES:
+            owner = st.get("owner") if isinstance(st, dict) and isinstance(st.get("owner"), str) else None
+            return {"state": "failed", "message": "status unreadable", **({"owner": owner} if owner else {})}
+        if not _number(st.get("created", 0)):
             st["created"] = 0  # (runs are sorted by it)
+        for key in _STATUS_NUMBERS:
+            if st.get(key) is not None and not _number(st[key]):
+                del st[key]
+        for key in ("message", "model"):
+            if key in st and not isinstance(st[key], str):
+                del st[key]
         return st
 
     def set_status(self, state: str, **fields: Any) -> None:
@@ -265,12 +288,23 @@ class RunDir:
 
     def card(self) -> dict[str, Any] | None:
         """The run card, or None when it is missing or is not a card (a run's files may be damaged or
-        half deleted by hand: the pages and the listing must say so, not fail)."""
+        half deleted by hand: the pages and the listing must say so, not fail); a card whose parts the pages
+        read are of other types (:data:`_CARD_PARTS`, an edit by hand) is not a card either (found 2026-12-07:
+        ``"validation": "x"`` failed the Train, Label transfer and Runs pages with AttributeError)."""
         card = read_json(self.file(RunFiles.CARD))
-        return card if isinstance(card, dict) else None
+        if not isinstance(card, dict):
+            return None
+        for kind, keys in _CARD_PARTS.items():
+            if any(card.get(k) is not None and not isinstance(card[k], kind) for k in keys):
+                return None
+        if any(card.get(k) is not None and not _number(card[k]) for k in _CARD_NUMBERS):
+            return None
+        return card
 
     def history(self) -> list[dict[str, Any]]:
-        return read_json(self.file(RunFiles.HISTORY), []) or []
+        """Per-epoch logs (the epochs that are not a record left out: a list of anything else is damaged)."""
+        hist = read_json(self.file(RunFiles.HISTORY), [])
+        return [e for e in hist if isinstance(e, dict)] if isinstance(hist, list) else []
 
     def save_arrays(self, arrays: dict[str, np.ndarray]) -> None:
         tmp = self.path / f".arrays.{secrets.token_hex(4)}.npz"
