@@ -194,6 +194,11 @@ _STOPPING = threading.Event()  # the server is stopping: a job cancelled now is 
 STOP_WAIT_S = 20.0  # how long a stopping server waits for its jobs to write their state
 
 
+def server_stopping() -> bool:
+    """Whether this server is stopping (a job cancelled now was interrupted, not cancelled by its visitor)."""
+    return _STOPPING.is_set()
+
+
 @atexit.register
 def _stop_jobs() -> None:
     """At the server's exit (SIGTERM, Ctrl+C), before the interpreter ends: cancel every live job and wait
@@ -262,7 +267,7 @@ def _run(job: Job, body: Callable[[], None]) -> None:
         except CellannotError as err:  # annotate already wrote failed/cancelled + message (not if cancelled waiting)
             job.error = visitor_message(err, rd)
             job.log(f"stopped: {job.error}")
-            if isinstance(err, Cancelled) and _STOPPING.is_set():
+            if isinstance(err, Cancelled) and server_stopping():
                 job.error = "the server was stopped before it finished: train again"
                 rd.set_status("interrupted", message=job.error)
             elif rd.status().get("state") in ACTIVE_STATES or job.error != str(err):

@@ -261,7 +261,8 @@ def test_a_damaged_model_named_by_a_relabel_run_is_said_without_the_servers_path
 def test_a_server_stopped_while_a_run_trains_exits_cleanly_and_marks_it_interrupted(tmp_path):
     """Found 2026-12-07: `kill -TERM` of the server while a run trained ended it by SIGABRT ("terminate called
     without an active exception", exit code -6: the training thread was inside torch as the interpreter shut
-    down), and the run stayed "running" on disk. A stopping server now cancels its jobs and waits for them."""
+    down), and the run stayed "running" on disk. A stopping server now cancels its jobs (a comparison's too) and
+    waits for them: each is interrupted, as a restart finds it."""
     import json
     import signal
     import subprocess
@@ -277,6 +278,8 @@ ref = ad.read_h5ad({str(ROOT / "assets" / "kang_pbmc_example_sce_1556.h5ad")!r})
 qry = ad.read_h5ad({str(ROOT / "assets" / "pbmc3k_seurat_2638.h5ad")!r})[:100].copy()
 opts = AnnotateOptions(label_key={LABEL!r}, model="clams", hparams={{"hidden": "32,16"}}, max_epochs=1000,
                        n_top_genes=200, n_generate=0)
+from ui import compare
+compare.start("compare", ref, qry, opts, save_to={str(tmp_path / "compare.json")!r}, models=["clams"], max_epochs=1000)
 rid = jobs.start_job(ref, qry, opts, root={str(tmp_path / "runs")!r})
 while not str(jobs.run_status(rid, {str(tmp_path / "runs")!r}).get("message")).startswith("epoch "):
     assert jobs.get_job(rid).alive
@@ -295,3 +298,5 @@ time.sleep(600)
         proc.kill()
     status = json.loads((tmp_path / "runs" / rid / "status.json").read_text())
     assert status["state"] == "interrupted" and "server was stopped" in status["message"], (status["message"], proc.returncode)
+    record = json.loads((tmp_path / "compare.json").read_text())  # a comparison: interrupted, as after a restart
+    assert record["state"] == "interrupted" and "server was stopped" in record["message"], record
