@@ -578,9 +578,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as err:  # noqa: BLE001 - the user gets one line, --debug shows the traceback
         if args.debug:
             raise
-        from .errors import failure_message, is_out_of_memory
+        from .errors import failure_message, is_out_of_memory, write_failure
 
-        if is_out_of_memory(err):
+        if is_out_of_memory(err) or write_failure(err) is not None:  # a full disk too: one line, not a fault
             print(f"error: {failure_message(err)}", file=sys.stderr)
             return 2
         print(f"error: internal error ({type(err).__name__}: {err}); rerun with --debug and report it",

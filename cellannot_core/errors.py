@@ -76,11 +76,30 @@ def is_out_of_memory(err: BaseException) -> bool:
                                               or "out of memory" in text.lower())
 
 
+def write_failure(err: BaseException | None) -> OSError | None:
+    """The ``OSError`` of a write the disk or its folder refused (full, over quota, read-only, a file-size
+    limit) that ``err`` is or was raised from (its ``__cause__`` / ``__context__`` chain), else None: a
+    limit of the machine, not a fault of the code. Found 2026-12-07: a full disk while a run wrote its model
+    or arrays was "internal error (OSError: [Errno 28] ...)" and left the app's run "running" for good."""
+    import errno
+
+    seen = 0
+    while err is not None and seen < 16:
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG):
+            return err
+        err, seen = err.__cause__ or err.__context__, seen + 1
+    return None
+
+
 def failure_message(err: BaseException) -> str:
     """One line for the user about any exception: a :class:`CellannotError`'s own; running out of
-    memory said as such, with what to do; anything else an internal error (a fault to report)."""
+    memory or disk said as such, with what to do; anything else an internal error (a fault to report)."""
     if isinstance(err, CellannotError):
         return str(err)
+    full = write_failure(err)
+    if full is not None:
+        return (f"cannot write {full.filename or 'the results'}: {(full.strerror or 'write refused').lower()}. Free "
+                "some space or choose another place.")
     if is_out_of_memory(err):
         detail = " ".join(str(err).split())[:160]
         return (f"ran out of memory ({detail}): label fewer cells at once, keep fewer genes or choose a smaller "

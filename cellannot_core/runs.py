@@ -18,6 +18,7 @@ import json
 import os
 import re
 import secrets
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,20 @@ ACTIVE = ("queued", "running")
 ETA_MIN_FRACTION, ETA_MIN_SECONDS = 0.05, 5.0  # RunProgress: when a time-left estimate is shown
 
 
+_STATUS_NUMBERS = ("progress", "elapsed", "eta", "epoch", "max_epochs", "updated")
+#: the run card's parts the pages read, by their type (:meth:`RunDir.card`)
+_CARD_PARTS = {dict: ("hparams", "options", "versions", "data_report", "rejection", "validation", "training",
+                      "predicted_counts", "query_metrics", "latent_quality", "labelled_with", "unknown_by_sample"),
+               list: ("classes", "genes", "unknown_by_class", "accepted_on_class_shift", "few_reference_cells",
+                      "unknown_groups"),
+               str: ("model", "preprocessing")}
+_CARD_NUMBERS = ("n_query", "n_train", "n_val", "n_genes", "unknown_fraction", "temperature", "seed")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _process_start(pid: int) -> str | None:
     """The start time of process ``pid`` (clock ticks since boot, from /proc), None when it is gone:
     with the pid it tells the same process from a later one that reused the number."""
@@ -46,6 +61,25 @@ def _process_start(pid: int) -> str | None:
 def _this_process() -> dict[str, Any]:
     pid = os.getpid()
     return {"pid": pid, "pid_start": _process_start(pid)}
+
+
+#: run id -> the token of the thread of this process that works on it (:func:`claim_run`); the process alone
+#: does not tell: the app's runs train in threads of the server, which outlives a thread that ended without
+#: writing its run's last state (its folder full or read-only), and such a run stayed "running" for good
+_CLAIMED: dict[str, str] = {}
+_CLAIMED_LOCK = threading.Lock()
+
+
+def claim_run(rd: "RunDir") -> None:
+    """Say that a thread of this process works on ``rd`` until :func:`release_run`: its status records
+    the claim, and once released a queued/running run is interrupted, with the process still alive."""
+    with _CLAIMED_LOCK:
+        _CLAIMED[rd.id] = secrets.token_hex(8)
+
+
+def release_run(rd: "RunDir") -> None:
+    with _CLAIMED_LOCK:
+        _CLAIMED.pop(rd.id, None)
 
 
 def default_root() -> Path:
@@ -92,8 +126,12 @@ def csv_bytes(df, **to_csv: Any) -> bytes:
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except BaseException:  # (a full disk: the part written would hold its space)
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
@@ -170,11 +208,20 @@ class RunDir:
         return self.path / RunFiles.MODEL_DIR
 
     def status(self) -> dict[str, Any]:
+        """The run's status; one damaged or edited by hand reads as a failed run ("status unreadable"), and its
+        fields of another type than this module writes are left out (the pages compute with them)."""
         st = read_json(self.file(RunFiles.STATUS))
-        if not isinstance(st, dict):
-            return {"state": "failed", "message": "status unreadable"}
-        if not isinstance(st.get("created", 0), (int, float)):
+        if not isinstance(st, dict) or st.get("state") not in STATES:
+            owner = st.get("owner") if isinstance(st, dict) and isinstance(st.get("owner"), str) else None
+            return {"state": "failed", "message": "status unreadable", **({"owner": owner} if owner else {})}
+        if not _number(st.get("created", 0)):
             st["created"] = 0  # (runs are sorted by it)
+        for key in _STATUS_NUMBERS:
+            if st.get(key) is not None and not _number(st[key]):
+                del st[key]
+        for key in ("message", "model"):
+            if key in st and not isinstance(st[key], str):
+                del st[key]
         return st
 
     def set_status(self, state: str, **fields: Any) -> None:
@@ -185,6 +232,12 @@ class RunDir:
         cur.update(fields)
         if state in ACTIVE:
             cur.update(_this_process())  # who works on it, so a killed process is detected (worker_alive)
+            with _CLAIMED_LOCK:
+                claim = _CLAIMED.get(self.id)
+            if claim is None:
+                cur.pop("claim", None)
+            else:
+                cur["claim"] = claim
         cur["state"] = state
         cur["updated"] = time.time()
         cur.setdefault("created", cur["updated"])
@@ -197,15 +250,27 @@ class RunDir:
         if not isinstance(pid, int):
             return False
         start = _process_start(pid)
-        return start is not None and (st.get("pid_start") is None or start == st.get("pid_start"))
+        alive = start is not None and (st.get("pid_start") is None or start == st.get("pid_start"))
+        if alive and pid == os.getpid() and st.get("claim"):  # a thread of this process: is it still at work?
+            with _CLAIMED_LOCK:
+                return _CLAIMED.get(self.id) == st["claim"]
+        return alive
 
     def check_interrupted(self) -> dict[str, Any]:
-        """The status, with a queued/running run whose process is gone marked ``interrupted``
-        (written, so it stays marked): detected from the process, not guessed from a timeout."""
+        """The status, with a queued/running run whose process (or thread, :func:`claim_run`) is gone marked
+        ``interrupted`` (written when the folder can be, so it stays marked): detected from the process, not
+        guessed from a timeout."""
         st = self.status()
         if st.get("state") in ACTIVE and not self.worker_alive():
-            self.set_status("interrupted", message="the process training it stopped (killed, or the server "
-                            "restarted) before it finished: delete it or train again")
+            here = st.get("pid") == os.getpid()
+            message = ("its training stopped before it finished and could not record why (its folder could not be "
+                       "written: a full disk or a read-only folder?): delete it or train again" if here else
+                       "the process training it stopped (killed, or the server restarted) before it finished: "
+                       "delete it or train again")
+            try:
+                self.set_status("interrupted", message=message)
+            except OSError:  # a full disk or a read-only folder: said, not written (the listing must not fail)
+                return {**st, "state": "interrupted", "message": message}
             st = self.status()
         return st
 
@@ -215,22 +280,41 @@ class RunDir:
 
         if self.status().get("state") in ACTIVE and self.worker_alive():
             raise DataError(f"run {self.id} is still training: cancel it first")
-        shutil.rmtree(self.path)
+        try:
+            shutil.rmtree(self.path)
+        except OSError as err:  # a read-only folder, files of another user: one line, not a traceback
+            raise DataError(f"run {self.id} could not be deleted ({(err.strerror or type(err).__name__).lower()}): "
+                            "ask whoever runs this server to make the runs folder writable") from None
 
     def card(self) -> dict[str, Any] | None:
         """The run card, or None when it is missing or is not a card (a run's files may be damaged or
-        half deleted by hand: the pages and the listing must say so, not fail)."""
+        half deleted by hand: the pages and the listing must say so, not fail); a card whose parts the pages
+        read are of other types (:data:`_CARD_PARTS`, an edit by hand) is not a card either (found 2026-12-07:
+        ``"validation": "x"`` failed the Train, Label transfer and Runs pages with AttributeError)."""
         card = read_json(self.file(RunFiles.CARD))
-        return card if isinstance(card, dict) else None
+        if not isinstance(card, dict):
+            return None
+        for kind, keys in _CARD_PARTS.items():
+            if any(card.get(k) is not None and not isinstance(card[k], kind) for k in keys):
+                return None
+        if any(card.get(k) is not None and not _number(card[k]) for k in _CARD_NUMBERS):
+            return None
+        return card
 
     def history(self) -> list[dict[str, Any]]:
-        return read_json(self.file(RunFiles.HISTORY), []) or []
+        """Per-epoch logs (the epochs that are not a record left out: a list of anything else is damaged)."""
+        hist = read_json(self.file(RunFiles.HISTORY), [])
+        return [e for e in hist if isinstance(e, dict)] if isinstance(hist, list) else []
 
     def save_arrays(self, arrays: dict[str, np.ndarray]) -> None:
         tmp = self.path / f".arrays.{secrets.token_hex(4)}.npz"
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, **arrays)
-        os.replace(tmp, self.file(RunFiles.ARRAYS))
+        try:
+            with open(tmp, "wb") as fh:
+                np.savez_compressed(fh, **arrays)
+            os.replace(tmp, self.file(RunFiles.ARRAYS))
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
     def load_arrays(self) -> dict[str, np.ndarray]:
         import zipfile

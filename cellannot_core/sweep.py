@@ -271,7 +271,7 @@ def run_sweep(reference, query, opts, *, storage: str | Path, study_name: str, n
 
     from .data import read_dataset
     from .pipeline import annotate, log_warnings, prepare_data, train_model
-    from .runs import RunDir, read_json, write_json_atomic
+    from .runs import RunDir, claim_run, read_json, release_run, write_json_atomic
 
     if objective not in OBJECTIVES:
         raise ConfigError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
@@ -320,7 +320,11 @@ def run_sweep(reference, query, opts, *, storage: str | Path, study_name: str, n
                 on_run(rd, o)
             write_json_atomic(rd.file(SWEEP_FILE), {"study": study_name, "storage": storage_url(storage), "trial": trial.number,
                                          "objective": objective, "params": hp})
-            res = annotate(ref, qry, o, run_dir=rd, callbacks=callbacks)
+            claim_run(rd)  # a thread of this process works on it (the app's sweeps run in the server's threads)
+            try:
+                res = annotate(ref, qry, o, run_dir=rd, callbacks=callbacks)
+            finally:
+                release_run(rd)  # (a trial that could not write its last state is then interrupted, not running)
             model, val = res.model, res.prepared.val
             trial.set_user_attr("run_id", rd.id)
         else:

@@ -140,6 +140,8 @@ def _worker(job: CompareJob, reference: Any, query: Any, opts: Any) -> None:
         job.state, job.progress, job.message = "done", 1.0, "finished"
     except Cancelled as err:
         job.state, job.message = "cancelled", str(err)
+        if jobs.server_stopping():  # (as a restart finds a job that was running, session_job)
+            job.state, job.message = INTERRUPTED, "the server was stopped while it ran; start it again"
     except CellannotError as err:
         job.state, job.error, job.message = "failed", str(err), str(err)
     except BaseException as err:  # noqa: BLE001 - a worker must never die silently

@@ -25,6 +25,7 @@ Nothing here imports streamlit.
 """
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
 import time
@@ -35,8 +36,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from cellannot_core._constants import RunFiles, env_number
-from cellannot_core.errors import Cancelled, CellannotError, failure_message
-from cellannot_core.runs import RunDir, RunProgress, default_root, read_json, write_json_atomic
+from cellannot_core.errors import Cancelled, CellannotError, failure_message, write_failure
+from cellannot_core.runs import (RunDir, RunProgress, claim_run, default_root, read_json, release_run,
+                                 write_json_atomic)
 
 #: the server's own log (its stderr): what a visitor must not read, e.g. a traceback with the server's paths
 SERVER_LOG = logging.getLogger("cellannot.app")
@@ -95,6 +97,16 @@ def write_problem(err: OSError, what: str = "write to its runs folder") -> str:
     cause = err.strerror or type(err).__name__
     return (f"the server could not {what} ({cause.lower()}): free space there or ask whoever runs this server "
             "to make the folder set by CELLANNOT_RUNS writable")
+
+
+def visitor_message(err: BaseException, rd: RunDir) -> str:
+    """What a run's visitor reads of the error that ended it: a write the server's disk or folder refused as
+    :func:`write_problem` says it, anything else as :func:`failure_message` says it, with the runs folder's
+    path left out (a damaged model was "the saved model in /srv/.../<run id>/model"; found 2026-12-07)."""
+    full = write_failure(err)
+    if full is not None:
+        return write_problem(full, "write this run's results")
+    return failure_message(err).replace(f"{rd.path.parent}/", "")
 
 
 def session_job_limit() -> int:
@@ -178,6 +190,34 @@ def training_slot(should_stop: Callable[[], bool], on_wait: Callable[[], None], 
         _SLOTS.release(owner)
 
 
+_STOPPING = threading.Event()  # the server is stopping: a job cancelled now is interrupted, not cancelled
+STOP_WAIT_S = 20.0  # how long a stopping server waits for its jobs to write their state
+
+
+def server_stopping() -> bool:
+    """Whether this server is stopping (a job cancelled now was interrupted, not cancelled by its visitor)."""
+    return _STOPPING.is_set()
+
+
+@atexit.register
+def _stop_jobs() -> None:
+    """At the server's exit (SIGTERM, Ctrl+C), before the interpreter ends: cancel every live job and wait
+    (at most :data:`STOP_WAIT_S`) for it to write its state, *interrupted*. Found 2026-12-07: a server stopped
+    with SIGTERM while a run trained ended by SIGABRT ("terminate called without an active exception", exit
+    code -6), its training thread inside torch as the interpreter shut down, and the run was left "running"
+    until a listing found its process gone."""
+    with _LOCK:
+        live = [j for j in _JOBS.values() if j.alive and getattr(j, "token", None) is not None]
+    if not live:
+        return
+    _STOPPING.set()
+    for j in live:
+        j.token.cancel()
+    deadline = time.monotonic() + STOP_WAIT_S
+    for j in live:
+        j.thread.join(max(0.0, deadline - time.monotonic()))
+
+
 def launch(job_id: str, job: Any, target: Callable[..., None], *args: Any) -> str:
     """The one way to run a background job: register ``job`` (anything with a ``thread``
     attribute) under ``job_id`` and run ``target(job, *args)`` in a daemon thread."""
@@ -218,26 +258,33 @@ def _run(job: Job, body: Callable[[], None]) -> None:
     """A job's work in a training slot; whatever ends it is written to its run directory."""
     rd = job.run_dir
     try:
-        with training_slot(job.token.should_stop,
-                           lambda: rd.set_status("queued", message="waiting for another training to finish"),
-                           owner=job.owner):
-            body()
-            job.log("finished")
-    except CellannotError as err:  # annotate already wrote failed/cancelled + message (not if cancelled waiting)
-        job.error = str(err)
-        job.log(f"stopped: {err}")
-        if rd.status().get("state") in ACTIVE_STATES:
-            rd.set_status("cancelled" if isinstance(err, Cancelled) else "failed", message=str(err))
-    except BaseException as err:  # noqa: BLE001 - a worker must never die silently
-        job.error = failure_message(err)
-        job.log(job.error)  # the visitor's log: the traceback, with the server's paths, goes to the server's
-        SERVER_LOG.error("run %s failed unexpectedly\n%s", rd.id, traceback.format_exc())
-        if rd.status().get("state") in ACTIVE_STATES:
+        try:
+            with training_slot(job.token.should_stop,
+                               lambda: rd.set_status("queued", message="waiting for another training to finish"),
+                               owner=job.owner):
+                body()
+                job.log("finished")
+        except CellannotError as err:  # annotate already wrote failed/cancelled + message (not if cancelled waiting)
+            job.error = visitor_message(err, rd)
+            job.log(f"stopped: {job.error}")
+            if isinstance(err, Cancelled) and server_stopping():
+                job.error = "the server was stopped before it finished: train again"
+                rd.set_status("interrupted", message=job.error)
+            elif rd.status().get("state") in ACTIVE_STATES or job.error != str(err):
+                rd.set_status("cancelled" if isinstance(err, Cancelled) else "failed", message=job.error)
+        except BaseException as err:  # noqa: BLE001 - a worker must never die silently
+            job.error = visitor_message(err, rd)
+            job.log(job.error)  # the visitor's log: the traceback, with the server's paths, goes to the server's
+            SERVER_LOG.error("run %s failed unexpectedly\n%s", rd.id, traceback.format_exc())
             rd.set_status("failed", message=job.error)
+        finally:
+            job.finished = time.time()
+            if rd.status().get("state") in ACTIVE_STATES:  # e.g. an unexpected early return
+                rd.set_status("failed", message=job.error or "the training thread ended unexpectedly")
+    except OSError as err:  # its last state could not be written: released below, the run is listed as interrupted
+        SERVER_LOG.error("run %s: its last state could not be written (%s)", rd.id, err)
     finally:
-        job.finished = time.time()
-        if rd.status().get("state") in ACTIVE_STATES:  # e.g. an unexpected early return
-            rd.set_status("failed", message=job.error or "the training thread ended unexpectedly")
+        release_run(rd)
 
 
 _BLAS_LIMITED = False
@@ -311,10 +358,23 @@ def start_job(reference: Any, query: Any, opts: Any, *, root: str | Path | None 
     with _START_LOCK:
         _check_session_limit(owner)
         rd = RunDir.create(root if root is not None else runs_root(), model=opts.model, owner=owner)
-        rd.set_status("queued", model=opts.model, message="starting")
-        write_request(rd, opts, datasets, names)
-        return launch(rd.id, Job(run_id=rd.id, run_dir=rd, token=CancelToken(), owner=owner), _worker,
-                      reference, query, opts)
+        with _claimed(rd):
+            rd.set_status("queued", model=opts.model, message="starting")
+            write_request(rd, opts, datasets, names)
+            return launch(rd.id, Job(run_id=rd.id, run_dir=rd, token=CancelToken(), owner=owner), _worker,
+                          reference, query, opts)
+
+
+@contextmanager
+def _claimed(rd: RunDir) -> Iterator[None]:
+    """Claim ``rd`` for the job about to start (:func:`~cellannot_core.runs.claim_run`; its thread releases
+    it as it ends, :func:`_run`); released here when the job cannot start."""
+    claim_run(rd)
+    try:
+        yield
+    except BaseException:
+        release_run(rd)
+        raise
 
 
 def start_relabel_job(source_id: str, query: Any, *, query_label_key: str | None = None,
@@ -331,11 +391,12 @@ def start_relabel_job(source_id: str, query: Any, *, query_label_key: str | None
     with _START_LOCK:
         _check_session_limit(owner)
         rd = RunDir.create(root, model=model, owner=owner)
-        rd.set_status("queued", model=model, message="starting")
-        write_json_atomic(rd.file(RunFiles.REQUEST), {"labelled_with": source_id, "query_label_key": query_label_key,
-                                                      "datasets": dict(datasets or {}), "names": dict(names or {})})
-        return launch(rd.id, Job(run_id=rd.id, run_dir=rd, token=CancelToken(), owner=owner), _relabel_worker,
-                      source, query, query_label_key)
+        with _claimed(rd):
+            rd.set_status("queued", model=model, message="starting")
+            write_json_atomic(rd.file(RunFiles.REQUEST), {"labelled_with": source_id, "query_label_key": query_label_key,
+                                                          "datasets": dict(datasets or {}), "names": dict(names or {})})
+            return launch(rd.id, Job(run_id=rd.id, run_dir=rd, token=CancelToken(), owner=owner), _relabel_worker,
+                          source, query, query_label_key)
 
 
 def _check_session_limit(owner: str | None) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Sequence
 
@@ -218,8 +219,15 @@ class Model:
         if self.reference is not None:
             arrays.update({f"reference.{k}": np.ascontiguousarray(v) for k, v in self.reference.arrays().items()})
         tmp = d / (RunFiles.WEIGHTS + ".tmp")
-        save_file(arrays, str(tmp))
-        os.replace(tmp, d / RunFiles.WEIGHTS)
+        try:
+            save_file(arrays, str(tmp))
+            os.replace(tmp, d / RunFiles.WEIGHTS)
+        except BaseException as err:
+            tmp.unlink(missing_ok=True)
+            code = re.search(r"\(os error (\d+)\)", str(err))  # safetensors' own error: an OSError, as any write's
+            if code and not isinstance(err, OSError):
+                raise OSError(int(code[1]), os.strerror(int(code[1])), str(d / RunFiles.WEIGHTS)) from None
+            raise
         write_json_atomic(d / RunFiles.CONFIG, {**self.config(), "weights_sha256": _sha256(d / RunFiles.WEIGHTS)})
         return d
 

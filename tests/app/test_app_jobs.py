@@ -200,3 +200,103 @@ def test_an_unexpected_failure_goes_to_the_servers_log_not_the_visitors(demo, mo
     log = RunDir.open(jobs.runs_root(), rid).file(RunFiles.LOG).read_text()
     assert "RuntimeError" in log and "Traceback" not in log and 'File "' not in log
     assert any("Traceback" in r.getMessage() and rid in r.getMessage() for r in caplog.records)
+
+
+def test_a_full_disk_mid_run_is_one_line_without_paths_and_never_running_for_good(demo, monkeypatch):
+    """Found 2026-12-07 (a probe with the runs folder on a small tmpfs): a full disk while a run wrote its results
+    was "internal error: OSError: [Errno 28] ..." or "cannot write /srv/.../annotated.h5ad: ... choose another
+    place" on the Train page; and when its status could not be written either, the run stayed "running" for
+    good, the thread gone and the server alive ("another process works on this run"), and could not be deleted."""
+    import errno
+
+    import cellannot_core.runs as runs
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    ref, qry = _subset(demo[0], 100, 1), _subset(demo[1], 50, 1)
+    monkeypatch.setattr(RunDir, "save_arrays", full)
+    rid = jobs.start_job(ref, qry, _opts("logreg", 1))
+    status = jobs.wait(rid, 120)
+    root = str(jobs.runs_root())
+    assert status["state"] == "failed" and "no space left on device" in status["message"], status
+    assert root not in status["message"] and "internal error" not in status["message"]
+    assert root not in "".join(jobs.read_log(rid))
+
+    disk = {"full": False}
+    real_write = runs.write_bytes_atomic
+
+    def write(path, data):
+        if disk["full"]:
+            full()
+        real_write(path, data)
+
+    def fill(*args, **kwargs):  # the disk fills as the results are written: no state can be written after
+        disk["full"] = True
+        full()
+
+    monkeypatch.setattr(runs, "write_bytes_atomic", write)
+    monkeypatch.setattr(RunDir, "save_arrays", fill)
+    rid = jobs.start_job(ref, qry, _opts("logreg", 1))
+    jobs.wait(rid, 120)
+    assert not jobs.get_job(rid).alive
+    status = jobs.run_status(rid)  # said even while the disk stays full
+    assert status["state"] == "interrupted" and not status["stale"], status
+    disk["full"] = False
+    assert RunDir.open(jobs.runs_root(), rid).check_interrupted()["state"] == "interrupted"
+    RunDir.open(jobs.runs_root(), rid).delete()  # not "still training: cancel it first"
+
+
+def test_a_damaged_model_named_by_a_relabel_run_is_said_without_the_servers_path(demo):
+    """Found 2026-12-07: labelling a query with a finished run whose model was damaged said "the model folder
+    /srv/.../<run id>/model does not exist" to the visitor."""
+    source = RunDir.create(jobs.runs_root(), model="logreg")
+    source.set_status("done", model="logreg")
+    rid = jobs.start_relabel_job(source.id, _subset(demo[1], 50, 1))
+    status = jobs.wait(rid, 120)
+    assert status["state"] == "failed" and f"{source.id}/model" in status["message"], status
+    assert str(jobs.runs_root()) not in status["message"]
+
+
+def test_a_server_stopped_while_a_run_trains_exits_cleanly_and_marks_it_interrupted(tmp_path):
+    """Found 2026-12-07: `kill -TERM` of the server while a run trained ended it by SIGABRT ("terminate called
+    without an active exception", exit code -6: the training thread was inside torch as the interpreter shut
+    down), and the run stayed "running" on disk. A stopping server now cancels its jobs (a comparison's too) and
+    waits for them: each is interrupted, as a restart finds it."""
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    code = f"""
+import signal, sys, time
+signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))  # as Streamlit stops: the main thread returns
+import anndata as ad, numpy as np
+from cellannot_core.pipeline import AnnotateOptions
+from ui import jobs
+ref = ad.read_h5ad({str(ROOT / "assets" / "kang_pbmc_example_sce_1556.h5ad")!r})[:300].copy()
+qry = ad.read_h5ad({str(ROOT / "assets" / "pbmc3k_seurat_2638.h5ad")!r})[:100].copy()
+opts = AnnotateOptions(label_key={LABEL!r}, model="clams", hparams={{"hidden": "32,16"}}, max_epochs=1000,
+                       n_top_genes=200, n_generate=0)
+from ui import compare
+compare.start("compare", ref, qry, opts, save_to={str(tmp_path / "compare.json")!r}, models=["clams"], max_epochs=1000)
+rid = jobs.start_job(ref, qry, opts, root={str(tmp_path / "runs")!r})
+while not str(jobs.run_status(rid, {str(tmp_path / "runs")!r}).get("message")).startswith("epoch "):
+    assert jobs.get_job(rid).alive
+    time.sleep(0.1)
+print(rid, flush=True)
+time.sleep(600)
+"""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), CELLANNOT_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    try:
+        rid = proc.stdout.readline().strip()
+        assert rid, "the run did not start"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        proc.kill()
+    status = json.loads((tmp_path / "runs" / rid / "status.json").read_text())
+    assert status["state"] == "interrupted" and "server was stopped" in status["message"], (status["message"], proc.returncode)
+    record = json.loads((tmp_path / "compare.json").read_text())  # a comparison: interrupted, as after a restart
+    assert record["state"] == "interrupted" and "server was stopped" in record["message"], record

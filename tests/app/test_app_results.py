@@ -201,6 +201,34 @@ def test_a_finished_run_with_damaged_files_says_so_on_every_page(runs_root, tmp_
     assert not at.exception and runs_root[1] in str(at.dataframe[0].value.to_dict())
 
 
+def test_a_run_whose_json_files_were_edited_into_other_types_is_one_line_not_a_crash(runs_root, tmp_path, monkeypatch):
+    """Found 2026-12-07 (a probe of hand-damaged run folders): valid JSON of other types than a run writes (a card's
+    ``"validation": "x"``, a status's ``"progress": "x"`` or ``"model": 7``, a history that is an object) failed the
+    Train, Label transfer and Runs pages with AttributeError / TypeError, the Runs page for every run listed."""
+    import json
+    import shutil
+
+    root = tmp_path / "runs"
+    edits = {"card": (RunFiles.CARD, lambda c: {**c, "validation": "x", "hparams": [], "classes": "abc"}),
+             "status": (RunFiles.STATUS, lambda st: {**st, "progress": "x", "elapsed": [], "model": 7, "message": {}}),
+             "state": (RunFiles.STATUS, lambda st: {**st, "state": "bogus"}),
+             "history": (RunFiles.HISTORY, lambda h: {"a": 1, "b": 2})}
+    for name, (file, edit) in edits.items():
+        d = root / f"{runs_root[1]}-{name}"
+        shutil.copytree(Path(runs_root[0]) / runs_root[1], d)
+        (d / file).write_text(json.dumps(edit(json.loads((d / file).read_text()))))
+    monkeypatch.setenv("CELLANNOT_RUNS", str(root))
+    for name in edits:
+        for p in ("pages/train.py", "pages/results.py"):
+            at = AppTest.from_file(APP, default_timeout=120).run()
+            at.session_state[StateKeys.RUN_ID] = f"{runs_root[1]}-{name}"
+            at = at.switch_page(p).run()
+            assert not at.exception, (name, p, at.exception)
+    at = AppTest.from_file(APP, default_timeout=120).run().switch_page("pages/runs.py").run()
+    assert not at.exception and len(at.dataframe[0].value) == len(edits)
+    assert RunDir.open(root, f"{runs_root[1]}-card").card() is None  # said as a damaged card on the result pages
+
+
 def test_a_label_written_as_html_is_shown_as_written_in_the_figures():
     """Found 2026-12-07 (a probe of the app served to a lab): plotly renders its HTML subset in trace
     names, tick labels and hover text, so a cell type named ``<a href="...">x</a>`` was a link in the

@@ -358,6 +358,35 @@ def test_a_failed_write_leaves_no_temporary_file(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_full_disk_while_a_run_writes_its_model_or_arrays_is_one_line(capsys, files, tmp_path, monkeypatch):
+    """Found 2026-12-07 (`annotate --runs-dir` on a small tmpfs): a full disk while the run's model or arrays were
+    written was "internal error (SafetensorError: ... os error 28)" or "(OSError: [Errno 28] ...)", exit 1, and
+    the arrays' temporary file was left, holding the space."""
+    import errno
+
+    import safetensors.numpy
+
+    def full(arrays, filename, *a, **k):
+        Path(filename).write_bytes(b"partial")
+        raise safetensors.SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    def full_arrays(fh, **arrays):
+        fh.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    for i, (target, name, fake) in enumerate(((safetensors.numpy, "save_file", full), (np, "savez_compressed", full_arrays))):
+        monkeypatch.setattr(target, name, fake)
+        runs_dir = tmp_path / f"runs{i}"
+        code, _, err = run_main(capsys, "annotate", "--reference", files["ref"], "--query", files["query"],
+                                "--label-key", LABEL, "--out", tmp_path / f"out{i}.h5ad", "--runs-dir", runs_dir, *FAST)
+        monkeypatch.undo()
+        assert code == 2 and "no space left on device" in err and "internal error" not in err, err
+        assert [ln for ln in err.splitlines() if ln.startswith("error")] == [err.strip().splitlines()[-1]], err
+        assert "Traceback" not in err
+        left = [p.name for p in runs_dir.rglob("*") if p.name.startswith(".") or p.name.endswith(".tmp")]
+        assert not left, left
+
+
 def _bundle_to_tamper(capsys, files, tmp_path, monkeypatch) -> Path:
     """A copy of one saved bundle (trained once per test session's folder) at a 0.5 GiB memory limit."""
     import shutil

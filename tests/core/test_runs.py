@@ -296,6 +296,52 @@ def test_a_killed_training_process_leaves_its_run_marked_interrupted(tmp_path):
     assert not (root / "r1").exists()
 
 
+def test_a_run_whose_thread_ended_unrecorded_is_interrupted_and_a_full_or_read_only_folder_is_one_line(tmp_path,
+                                                                                                         monkeypatch):
+    """Found 2026-12-07 (a probe of the app with its runs folder filled or made read-only mid-run): the app's runs
+    train in threads of the server, so a thread that could not write its run's last state left it "running" for
+    good (the process alive), undeletable ("still training: cancel it first", with nothing to cancel); a listing
+    or a delete on a read-only folder raised OSError (every visitor's Runs page); a write the disk refused left
+    its temporary file, holding the space."""
+    import errno
+
+    rd = RunDir.create(tmp_path, model="clams", run_id="r1")
+    runs.claim_run(rd)
+    rd.set_status("running", message="training")
+    assert rd.worker_alive() and rd.check_interrupted()["state"] == "running"
+    with pytest.raises(DataError, match="still training"):
+        rd.delete()
+    runs.release_run(rd)  # the thread ended without writing the run's last state
+    assert not rd.worker_alive()
+
+    def refused(self, *a, **k):
+        raise OSError(errno.EROFS, "Read-only file system", str(self))
+
+    monkeypatch.setattr(runs.Path, "write_bytes", refused)
+    listed = list_runs(tmp_path)  # the folder cannot be written: interrupted said, not written, no OSError
+    assert [(r["id"], r["state"]) for r in listed] == [("r1", "interrupted")]
+    assert "could not record why" in listed[0]["message"]
+    monkeypatch.setattr(runs.os, "replace", lambda *a: refused("x"))
+    with pytest.raises(OSError):
+        rd.save_arrays({"a": np.zeros(3)})
+    monkeypatch.undo()
+    assert _tmp_files(tmp_path) == []  # no temporary file left by the refused writes
+    assert rd.check_interrupted()["state"] == "interrupted" and rd.status()["state"] == "interrupted"
+
+    import shutil
+
+    def cannot(path, *a, **k):
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(shutil, "rmtree", cannot)
+    with pytest.raises(DataError, match="could not be deleted \\(permission denied\\)") as err:
+        rd.delete()
+    assert str(tmp_path) not in str(err.value)
+    monkeypatch.undo()
+    rd.delete()
+    assert not (tmp_path / "r1").exists()
+
+
 def test_csv_files_open_in_a_spreadsheet_without_running_a_label_as_a_formula():
     """Found 2026-12-07 (a probe of the app served to a lab): a cell type named
     ``=HYPERLINK("http://...","click")`` went into predictions.csv and the app's downloads, and into

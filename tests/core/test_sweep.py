@@ -69,6 +69,36 @@ def test_every_trial_is_a_run_with_its_card(tmp_path):
     assert len(again.trials) == 3
 
 
+def test_a_trial_that_could_not_write_its_last_state_is_interrupted_not_running(tmp_path, monkeypatch):
+    """Found 2026-12-07 (a probe of the app with a full disk): a run whose last state could not be written stayed
+    "running" for good, the server that trained it in a thread alive; a sweep's trials are such runs in the app."""
+    import errno
+
+    import cellannot_core.runs as runs
+    from cellannot_core.runs import list_runs
+
+    disk = {"full": False}
+    real_write = runs.write_bytes_atomic
+
+    def write(path, data):
+        if disk["full"]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(path, data)
+
+    def fill(self, arrays):
+        disk["full"] = True
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(runs, "write_bytes_atomic", write)
+    monkeypatch.setattr(RunDir, "save_arrays", fill)
+    ref, q = demo_subset(200, 100, seed=2)
+    opts = AnnotateOptions(label_key=LABEL, model="logreg", seed=0, device="cpu", n_top_genes=200)
+    with pytest.raises(OSError):
+        run_sweep(ref, q, opts, storage=tmp_path / "s.db", study_name="t", n_trials=1, sampler="random",
+                  params=["C"], runs_dir=tmp_path / "runs")
+    assert [r["state"] for r in list_runs(tmp_path / "runs")] == ["interrupted"]
+
+
 def test_the_leave_one_type_out_objective_scores_novelty_without_query_labels(tmp_path):
     """Issue 17: a sweep objective that judges the Unknown calls with no query labels: each of the
     reference's largest types is left out in turn and must be found novel among held-out cells."""
