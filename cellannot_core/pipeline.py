@@ -1273,7 +1273,8 @@ def check_model_folder(directory: str | Path) -> Path:
         bundle = read_json(directory / "bundle.json")  # (None when missing or not JSON)
         if ours and not (isinstance(bundle, dict) and "genes" in bundle):
             raise DataError(f"the saved model folder {directory} holds a {ours[0]} that is not a saved model's: "
-                            f"saving would replace it. Give a new or empty folder")
+                            f"saving would replace it. Give a new or empty folder (a save that was stopped part way "
+                            "leaves such a folder: delete it if so)")
     return check_writable(directory, what="saved model", folder=True)
 
 

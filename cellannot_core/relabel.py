@@ -48,7 +48,11 @@ def label_into_run(source, query, run_dir, *, query_label_key: str | None = None
 
     try:
         step(f"loading the model of run {source.id}")
-        model, bundle = load_bundle(source.model_dir, device=device)
+        try:
+            model, bundle = load_bundle(source.model_dir, device=device)
+        except DataError as err:  # said of the run, not as the command line's "pass a directory written by train"
+            raise DataError(f"the saved model of run {source.id} cannot be read ({str(err).split(';')[0]}): its files "
+                            "are missing or damaged. Delete that run and train again") from None
         run_dir.set_status("running", model=model.name, message=f"loading the model of run {source.id}")
         ref_arrays = {k: v for k, v in source.load_arrays().items() if k.startswith(REFERENCE_ARRAYS)}
         step("labelling the query")

@@ -256,6 +256,9 @@ def test_a_damaged_model_named_by_a_relabel_run_is_said_without_the_servers_path
     status = jobs.wait(rid, 120)
     assert status["state"] == "failed" and f"{source.id}/model" in status["message"], status
     assert str(jobs.runs_root()) not in status["message"]
+    # said of the run, with what to do in the app (not the command line's "pass a directory written by `train`")
+    assert f"the saved model of run {source.id} cannot be read" in status["message"]
+    assert "Delete that run and train again" in status["message"] and "`train`" not in status["message"]
 
 
 def test_a_server_stopped_while_a_run_trains_exits_cleanly_and_marks_it_interrupted(tmp_path):

@@ -577,6 +577,10 @@ def test_a_model_is_not_saved_over_files_that_are_not_a_saved_models(capsys, fil
     (tmp_path / "m" / "extra.txt").write_text("kept")
     annotator.save(tmp_path / "m")
     assert (tmp_path / "m" / "extra.txt").read_text() == "kept"
+    # a save stopped part way (killed after the weights, before bundle.json) is named as the likely cause
+    (tmp_path / "m" / "bundle.json").unlink()
+    with pytest.raises(ca.errors.DataError, match="a save that was stopped part way leaves such a folder"):
+        annotator.save(tmp_path / "m")
 
 
 def test_names_with_a_slash_are_written_flat_not_as_nested_groups(capsys, tmp_path):
