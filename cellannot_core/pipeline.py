@@ -1238,11 +1238,12 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     from .errors import DataError
 
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp{path.suffix}")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp{path.suffix}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         write(tmp)
         os.replace(tmp, path)
+        _remove_stale_temporaries(path)
     except OSError as err:
         tmp.unlink(missing_ok=True)
         reason = "the disk is full" if err.errno == errno.ENOSPC else (err.strerror or type(err).__name__).lower()
@@ -1250,6 +1251,24 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """The temporary files :func:`write_atomic` left beside ``path`` when its process was killed (a hidden
+    partial copy of the output, gigabytes for an atlas; found 2026-12-07): those whose process is gone."""
+    import glob
+    import os
+
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp{glob.escape(path.suffix)}"):
+        pid = stale.name[len(path.name) + 2:].split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            stale.unlink(missing_ok=True)
+        except OSError:  # (another user's live process: left alone)
+            pass
 
 
 def bundle_info(model, prepared: Prepared, opts: AnnotateOptions) -> dict[str, Any]:

@@ -465,3 +465,26 @@ def test_the_metrics_line_says_n_a_where_a_figure_does_not_exist():
 
     line = metrics_line({"acc_in": 0.91, "auroc_ood": float("nan"), "reject_novel": float("nan"), "acc_open": 0.9})
     assert "acc_in 0.910" in line and "auroc_ood n/a" in line and "reject_novel n/a" in line and "nan" not in line
+
+
+def test_an_output_written_again_removes_what_a_killed_writer_left_beside_it(tmp_path):
+    """`annotate` killed while it wrote its output left a hidden partial copy beside `--out` for good (found
+    2026-12-07; gigabytes for an atlas). Writing that output again removes the copies of processes that are
+    gone, and leaves those of live ones and other files."""
+    import os
+    import subprocess
+    import sys
+
+    from cellannot_core.pipeline import write_atomic
+
+    out = tmp_path / "out.h5ad"
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = tmp_path / f".out.h5ad.{int(gone.stdout)}-abcd1234.tmp.h5ad"
+    live = tmp_path / f".out.h5ad.{os.getppid()}-abcd1234.tmp.h5ad"
+    other = tmp_path / ".other.h5ad.1-abcd1234.tmp.h5ad"
+    for f in (dead, live, other):
+        f.write_bytes(b"partial")
+    write_atomic(out, lambda p: p.write_bytes(b"done"))
+    assert out.read_bytes() == b"done"
+    assert not dead.exists() and live.exists() and other.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([out.name, live.name, other.name])
