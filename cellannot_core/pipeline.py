@@ -569,17 +569,20 @@ def study_shift_of(model, samples: QuerySamples | None = None) -> dict[str, Any]
             "column": samples.column,
             "query_shift": round(float(last["query_shift"]), 4),
             "factors": {samples.names[c]: round(float(f), 4) for c, f in sorted(per.items())},
-            "how": f"the query's {samples.column!r} samples were each measured against their own shift (the median "
-                   "over the predicted classes of how much farther the sample's cells are than the whole query's), "
-                   "so a sample in another condition or of another depth is not rejected as a group"}
+            "how": f"the query's {samples.column!r} samples were each measured against their own shift (the whole "
+                   "query's times the median over the predicted classes of how much farther the sample's cells are "
+                   "than the whole query's), so a sample in another condition or of another depth is not rejected "
+                   "as a group"}
         capped = [samples.names[c] for c, f in sorted(per.items()) if f >= FAR_QUERY_FACTOR]
         if capped:
             out["sample_shifts"]["at_bound"] = capped
             out["sample_shifts"]["at_bound_note"] = (
                 f"{len(capped)} sample(s) ({', '.join(map(str, capped[:5]))}{', ...' if len(capped) > 5 else ''}) lay "
-                f"{FAR_QUERY_FACTOR:g}-fold or more as far as the whole query and were allowed for up to that bound only "
+                f"{FAR_QUERY_FACTOR:g}-fold or more as far from the reference as the reference's own held-out cells "
+                f"(the whole query: {float(last['query_shift']):.2f}-fold) and were allowed for up to that bound only "
                 "(the shifts between studies of one tissue): their known cells may be Unknown as a group; check "
-                "whether such a sample is another tissue or failed")
+                "whether such a sample is another tissue or failed, or, when the whole query lies near the bound "
+                "too, whether the query is of another species or technology")
     return out
 
 

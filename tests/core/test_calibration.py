@@ -712,6 +712,11 @@ def test_a_sample_allowed_for_only_up_to_the_bound_is_named_in_the_card():
         assert out.get("at_bound") == (["far"] if capped else None), out
         if capped:
             assert "far" in out["at_bound_note"] and f"{FAR_QUERY_FACTOR:g}-fold" in out["at_bound_note"]
+            # the factors are shifts from the reference, the whole query's among them: the note said "as far as the
+            # whole query", untrue of a cross-species query whose samples all lay 2.37-2.5-fold away (query 2.42)
+            assert "as far as the whole query" not in out["at_bound_note"]
+            assert "from the reference" in out["at_bound_note"]
+            assert f"(the whole query: {out['query_shift']:.2f}-fold)" in out["at_bound_note"]
 
 
 def test_knn_class_a_novel_population_cannot_give_its_sample_a_shift_of_its_own():
