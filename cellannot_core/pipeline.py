@@ -493,7 +493,8 @@ def far_query_note(model, preds: Predictions) -> dict[str, str]:
     f = query_far_factor(model, preds)
     if not f >= FAR_QUERY_FACTOR:
         return {}
-    return {"far_query": f"the query lies {f:.1f} times as far from the reference as the reference's own held-out "
+    shown = f"{f:.1f}" if round(f, 1) > FAR_QUERY_FACTOR else f"{f:.2f}"  # not "2.5 times ..., beyond the 2.5-fold"
+    return {"far_query": f"the query lies {shown} times as far from the reference as the reference's own held-out "
                          f"cells, beyond the {FAR_QUERY_FACTOR:g}-fold shifts between studies of one tissue: the "
                          f"threshold allowed for a {FAR_QUERY_FACTOR:g}-fold shift only, so cells of types the "
                          "reference lacks (another tissue or species) are Unknown. If the query is of the "

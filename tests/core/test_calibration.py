@@ -719,6 +719,21 @@ def test_a_sample_allowed_for_only_up_to_the_bound_is_named_in_the_card():
             assert f"(the whole query: {out['query_shift']:.2f}-fold)" in out["at_bound_note"]
 
 
+def test_a_query_just_beyond_the_bound_is_said_how_far_it_lies():
+    """A query 2.55 times as far as the reference's held-out cells (mouse -> human pancreas with the mouse's alpha
+    cells left out) was said to lie "2.5 times as far ..., beyond the 2.5-fold shifts": the figure rounded onto the
+    bound it is said to pass. Within a tenth of the bound it is given to two decimals."""
+    from types import SimpleNamespace
+
+    from cellannot_core.calibration import FAR_QUERY_FACTOR
+    from cellannot_core.pipeline import far_query_note
+
+    model = SimpleNamespace(ood_method="mahalanobis", val_score_median=1.0)
+    for far, shown in ((2.5478, "2.55"), (FAR_QUERY_FACTOR, f"{FAR_QUERY_FACTOR:.2f}"), (4.04, "4.0")):
+        note = far_query_note(model, SimpleNamespace(shift_factor=FAR_QUERY_FACTOR, ood_score=np.full(10, far)))
+        assert f"the query lies {shown} times as far" in note["far_query"], (far, note)
+
+
 def test_knn_class_a_novel_population_cannot_give_its_sample_a_shift_of_its_own():
     """A sample's own shift is a median over its predicted classes: a novel group that makes up
     most of one sample, predicted as one class, cannot raise it (nor can a sample of almost
