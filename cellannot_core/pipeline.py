@@ -574,6 +574,16 @@ def study_shift_of(model, samples: QuerySamples | None = None) -> dict[str, Any]
                    "query's times the median over the predicted classes of how much farther the sample's cells are "
                    "than the whole query's), so a sample in another condition or of another depth is not rejected "
                    "as a group"}
+        present = np.unique(np.asarray(samples.codes)[np.asarray(samples.codes) >= 0])
+        kept = [samples.names[int(c)] for c in present if int(c) not in per]
+        if kept:  # too small, or too few predicted types of enough cells: the whole query's shift (novelty.sample_shifts)
+            from .novelty import SAMPLE_MIN_CELLS, STUDY_SHIFT_MIN_CELLS, STUDY_SHIFT_MIN_CLASSES
+
+            out["sample_shifts"]["kept_query_shift"] = kept
+            out["sample_shifts"]["kept_note"] = (
+                f"{', '.join(map(str, kept[:5]))}{', ...' if len(kept) > 5 else ''} kept the whole query's (under "
+                f"{SAMPLE_MIN_CELLS} cells, or fewer than {STUDY_SHIFT_MIN_CLASSES} predicted types with "
+                f"{STUDY_SHIFT_MIN_CELLS} of its cells)")
         capped = [samples.names[c] for c, f in sorted(per.items()) if f >= FAR_QUERY_FACTOR]
         if capped:
             out["sample_shifts"]["at_bound"] = capped
@@ -1529,7 +1539,8 @@ def annotate(reference, query, opts: AnnotateOptions, *, out: str | Path | None 
         by_shift = card["rejection"].get("sample_shifts")
         if by_shift:
             log(f"each query {by_shift['column']!r} sample measured against its own shift (the whole query's "
-                f"{by_shift['query_shift']:.2f}): " + ", ".join(f"{k} {v:.2f}" for k, v in by_shift["factors"].items()))
+                f"{by_shift['query_shift']:.2f}): " + ", ".join(f"{k} {v:.2f}" for k, v in by_shift["factors"].items())
+                + (f"; {by_shift['kept_note']}" if by_shift.get("kept_note") else ""))
             if by_shift.get("at_bound_note"):
                 log(f"warning: {by_shift['at_bound_note']}")
         by_sample = unknown_by_sample(q_obs, preds.is_unknown, opts)

@@ -719,6 +719,27 @@ def test_a_sample_allowed_for_only_up_to_the_bound_is_named_in_the_card():
             assert f"(the whole query: {out['query_shift']:.2f}-fold)" in out["at_bound_note"]
 
 
+def test_a_sample_that_keeps_the_whole_querys_shift_is_named():
+    """A sample with too few cells of enough predicted types keeps the whole query's shift; the card, the log and
+    the Calibration page listed only the others as if every sample had its own (mouse -> human pancreas without
+    the mouse's alpha cells: donor human4, 306 cells, mostly Unknown, left out of the list unsaid)."""
+    from types import SimpleNamespace
+
+    from cellannot_core.pipeline import QuerySamples, study_shift_of
+
+    rng = np.random.default_rng(3)
+    centres = _centres()
+    lr = LatentReference(*_blobs(rng, 300, centres[:3]), k=10)
+    q, qy = _blobs(rng, 150, centres[:3], scale=1.05)
+    lone, lone_y = _blobs(rng, 80, centres[:1], scale=1.05)  # 80 cells of one type: no shift of its own
+    codes = np.r_[np.tile([0, 1], 225), np.full(80, 2)]  # a and b hold every type, c one
+    lr.knn_class(np.vstack([q, lone]), np.r_[qy, lone_y], samples=codes)
+    model = SimpleNamespace(ood_method="knn_class", reference=lr)
+    out = study_shift_of(model, QuerySamples("donor", codes, ["a", "b", "c"]))["sample_shifts"]
+    assert set(out["factors"]) == {"a", "b"}, out
+    assert out["kept_query_shift"] == ["c"] and out["kept_note"].startswith("c kept the whole query's"), out
+
+
 def test_a_query_just_beyond_the_bound_is_said_how_far_it_lies():
     """A query 2.55 times as far as the reference's held-out cells (mouse -> human pancreas with the mouse's alpha
     cells left out) was said to lie "2.5 times as far ..., beyond the 2.5-fold shifts": the figure rounded onto the
