@@ -140,10 +140,14 @@ def prepare_data(reference, query, opts: AnnotateOptions) -> Prepared:
                        seed=opts.seed, qc=opts.qc, batch_key=opts.batch_key, hvg_from=opts.hvg_from,
                        hvg_flavor=opts.hvg_flavor)
     if opts.batch_key and opts.model and "n_batches" not in get_spec(opts.model).hparams:
+        spec = get_spec(opts.model).hparams
+        default = getattr(spec.get("ood_score"), "default", spec.get("ood_score"))
+        rule = (opts.hparams or {}).get("ood_score", default) or "maxprob"
+        uses = ("the Unknown rule's per-sample shifts and notes" if rule == "knn_class" else
+                f"the Unknown groups' notes; its Unknown rule, {rule}, has no per-sample shift, which knn_class has")
         prepared.report.setdefault("warnings", []).append(
             f"{opts.model} takes no batch covariate: the batch key {opts.batch_key!r} only names the query's samples "
-            "(the Unknown rule's per-sample shifts and notes); the generative models, such as scanvi_svm, also "
-            "train with it")
+            f"({uses}); the generative models, such as scanvi_svm, also train with it")
     return with_training_sample(prepared, opts.seed)
 
 
