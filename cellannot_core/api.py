@@ -45,7 +45,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import pandas as pd
 
@@ -478,7 +478,8 @@ def accept_groups(adata, groups, *, as_short=(), key_added: str = "cellannot") -
     if missing or not isinstance(card, dict):
         raise ConfigError(f"adata holds no annotation under {key_added!r} (missing: "
                           f"{', '.join(missing) or 'uns[' + repr(key_added) + ']'}); run ca.annotate first")
-    rows = card.get("unknown_groups") or {}
+    rows = card.get("unknown_groups")
+    rows = rows if isinstance(rows, Mapping) else {}  # none: [] in memory, an empty array read back from an .h5ad
     groups, as_short = ([g] if isinstance(g, (str, int)) else list(g) for g in (groups, as_short))
     odd = [j for j in groups + as_short if isinstance(j, bool) or not str(j).strip().lstrip("-").isdigit()]
     if odd:

@@ -140,10 +140,14 @@ def prepare_data(reference, query, opts: AnnotateOptions) -> Prepared:
                        seed=opts.seed, qc=opts.qc, batch_key=opts.batch_key, hvg_from=opts.hvg_from,
                        hvg_flavor=opts.hvg_flavor)
     if opts.batch_key and opts.model and "n_batches" not in get_spec(opts.model).hparams:
+        spec = get_spec(opts.model).hparams
+        default = getattr(spec.get("ood_score"), "default", spec.get("ood_score"))
+        rule = (opts.hparams or {}).get("ood_score", default) or "maxprob"
+        uses = ("the Unknown rule's per-sample shifts and notes" if rule == "knn_class" else
+                f"the Unknown groups' notes; its Unknown rule, {rule}, has no per-sample shift, which knn_class has")
         prepared.report.setdefault("warnings", []).append(
             f"{opts.model} takes no batch covariate: the batch key {opts.batch_key!r} only names the query's samples "
-            "(the Unknown rule's per-sample shifts and notes); the generative models, such as scanvi_svm, also "
-            "train with it")
+            f"({uses}); the generative models, such as scanvi_svm, also train with it")
     return with_training_sample(prepared, opts.seed)
 
 
@@ -493,7 +497,8 @@ def far_query_note(model, preds: Predictions) -> dict[str, str]:
     f = query_far_factor(model, preds)
     if not f >= FAR_QUERY_FACTOR:
         return {}
-    return {"far_query": f"the query lies {f:.1f} times as far from the reference as the reference's own held-out "
+    shown = f"{f:.1f}" if round(f, 1) > FAR_QUERY_FACTOR else f"{f:.2f}"  # not "2.5 times ..., beyond the 2.5-fold"
+    return {"far_query": f"the query lies {shown} times as far from the reference as the reference's own held-out "
                          f"cells, beyond the {FAR_QUERY_FACTOR:g}-fold shifts between studies of one tissue: the "
                          f"threshold allowed for a {FAR_QUERY_FACTOR:g}-fold shift only, so cells of types the "
                          "reference lacks (another tissue or species) are Unknown. If the query is of the "
@@ -569,17 +574,30 @@ def study_shift_of(model, samples: QuerySamples | None = None) -> dict[str, Any]
             "column": samples.column,
             "query_shift": round(float(last["query_shift"]), 4),
             "factors": {samples.names[c]: round(float(f), 4) for c, f in sorted(per.items())},
-            "how": f"the query's {samples.column!r} samples were each measured against their own shift (the median "
-                   "over the predicted classes of how much farther the sample's cells are than the whole query's), "
-                   "so a sample in another condition or of another depth is not rejected as a group"}
+            "how": f"the query's {samples.column!r} samples were each measured against their own shift (the whole "
+                   "query's times the median over the predicted classes of how much farther the sample's cells are "
+                   "than the whole query's), so a sample in another condition or of another depth is not rejected "
+                   "as a group"}
+        present = np.unique(np.asarray(samples.codes)[np.asarray(samples.codes) >= 0])
+        kept = [samples.names[int(c)] for c in present if int(c) not in per]
+        if kept:  # too small, or too few predicted types of enough cells: the whole query's shift (novelty.sample_shifts)
+            from .novelty import SAMPLE_MIN_CELLS, STUDY_SHIFT_MIN_CELLS, STUDY_SHIFT_MIN_CLASSES
+
+            out["sample_shifts"]["kept_query_shift"] = kept
+            out["sample_shifts"]["kept_note"] = (
+                f"{', '.join(map(str, kept[:5]))}{', ...' if len(kept) > 5 else ''} kept the whole query's (under "
+                f"{SAMPLE_MIN_CELLS} cells, or fewer than {STUDY_SHIFT_MIN_CLASSES} predicted types with "
+                f"{STUDY_SHIFT_MIN_CELLS} of its cells)")
         capped = [samples.names[c] for c, f in sorted(per.items()) if f >= FAR_QUERY_FACTOR]
         if capped:
             out["sample_shifts"]["at_bound"] = capped
             out["sample_shifts"]["at_bound_note"] = (
                 f"{len(capped)} sample(s) ({', '.join(map(str, capped[:5]))}{', ...' if len(capped) > 5 else ''}) lay "
-                f"{FAR_QUERY_FACTOR:g}-fold or more as far as the whole query and were allowed for up to that bound only "
+                f"{FAR_QUERY_FACTOR:g}-fold or more as far from the reference as the reference's own held-out cells "
+                f"(the whole query: {float(last['query_shift']):.2f}-fold) and were allowed for up to that bound only "
                 "(the shifts between studies of one tissue): their known cells may be Unknown as a group; check "
-                "whether such a sample is another tissue or failed")
+                "whether such a sample is another tissue or failed, or, when the whole query lies near the bound "
+                "too, whether the query is of another species or technology")
     return out
 
 
@@ -1544,7 +1562,8 @@ def annotate(reference, query, opts: AnnotateOptions, *, out: str | Path | None 
         by_shift = card["rejection"].get("sample_shifts")
         if by_shift:
             log(f"each query {by_shift['column']!r} sample measured against its own shift (the whole query's "
-                f"{by_shift['query_shift']:.2f}): " + ", ".join(f"{k} {v:.2f}" for k, v in by_shift["factors"].items()))
+                f"{by_shift['query_shift']:.2f}): " + ", ".join(f"{k} {v:.2f}" for k, v in by_shift["factors"].items())
+                + (f"; {by_shift['kept_note']}" if by_shift.get("kept_note") else ""))
             if by_shift.get("at_bound_note"):
                 log(f"warning: {by_shift['at_bound_note']}")
         by_sample = unknown_by_sample(q_obs, preds.is_unknown, opts)

@@ -136,7 +136,11 @@ def threshold_parts(run: Run) -> tuple[str, str]:
         by_sample = rej.get("sample_shifts") or {}
         if by_sample.get("factors"):
             each = ", ".join(f"{name} {float(f):.2f}" for name, f in by_sample["factors"].items())
-            summary += (f" Each of the query's **{by_sample.get('column')}** samples was measured against its own "
+            if by_sample.get("kept_note"):
+                each += f"; {md(str(by_sample['kept_note']))}"
+            some = "samples with enough cells were measured against their own" if by_sample.get("kept_note") else \
+                "samples was measured against its own"
+            summary += (f" Each of the query's **{by_sample.get('column')}** {some} "
                         f"shift (the whole query's: {float(by_sample.get('query_shift', 1.0)):.2f}; {each}): samples "
                         "in another condition or of another depth are farther from the reference as a whole, and one "
                         "factor would call their known cells Unknown as a group. A sample's factor is the median over "

@@ -42,7 +42,8 @@ def _changed_hparams(model: str | None, hparams: dict[str, Any], asked: dict[str
     """The hyper-parameters that differ from the model's registry defaults. A default of "auto" is one the
     model resolves itself (``scanvi_svm``'s latent model): the card records what it chose, so what was
     ``asked`` for (the run's request) is compared instead (the table listed ``latent_model=scanvi`` for
-    runs left at their defaults, found 2026-12-07)."""
+    runs left at their defaults, found 2026-12-07). The pipeline's own (``internal``: ``n_batches``, set from
+    the batch key) are left out: a run with a batch key of 6 samples was listed as ``n_batches=6``."""
     from cellannot_core.models import get_spec
 
     try:
@@ -52,9 +53,9 @@ def _changed_hparams(model: str | None, hparams: dict[str, Any], asked: dict[str
     if spec is None:
         return dict(hparams)
     asked = asked or {}
-    return {k: v for k, v in hparams.items()
-            if k not in spec.hparams or spec.hparams[k].default != (asked.get(k, "auto")
-                                                                  if spec.hparams[k].default == "auto" else v)}
+    return {k: v for k, v in hparams.items()  # the pipeline's own (n_batches, from the batch key) are no one's change
+            if k not in spec.hparams or not spec.hparams[k].internal and spec.hparams[k].default != (
+                asked.get(k, "auto") if spec.hparams[k].default == "auto" else v)}
 
 
 def runs_table() -> pd.DataFrame:

@@ -108,6 +108,14 @@ def test_threshold_story_explains_the_score_and_its_null():
     assert "**sample_id** samples was measured against its own shift" in by_sample
     assert "the whole query's: 1.30; ctrl 1.10, stim 2.40" in by_sample
     assert "At the bound" not in by_sample
+    # a sample of too few cells or types keeps the whole query's shift, and the page says which (mouse -> human
+    # pancreas without alpha cells: human4, 306 cells, was left out of the list of an "each" without a word)
+    kept = threshold_story(SimpleNamespace(rejection={**rej, "method": "knn_class", "shift_factor": 1.0,
+                                                      "sample_shifts": {"column": "donor", "query_shift": 2.5,
+                                                                        "factors": {"human1": 2.49},
+                                                                        "kept_note": "human4 kept the whole query's"}}))
+    assert "samples with enough cells were measured against their own shift" in kept
+    assert "human1 2.49; human4 kept the whole query's" in kept and "samples was measured" not in kept
     at_bound = threshold_story(SimpleNamespace(rejection={**rej, "method": "knn_class", "shift_factor": 1.0,
                                                           "sample_shifts": {"column": "sample_id", "query_shift": 1.3,
                                                                             "factors": {"ctrl": 1.1, "lane 3": 2.5},

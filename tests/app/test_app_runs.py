@@ -97,3 +97,7 @@ def test_a_hyper_parameter_the_model_resolves_itself_is_not_listed_as_changed():
     assert _changed_hparams("scanvi_svm", {**card, "latent_model": "clams"}, {"latent_model": "clams"}) == {
         "latent_model": "clams"}
     assert _changed_hparams("scanvi_svm", {**card, "C": 2.0}, {"latent_model": "auto"}) == {"C": 2.0}
+    # the batch key's number of samples is set by the pipeline, not changed by anyone (mouse -> human pancreas with
+    # --batch-key donor, 2 + 4 donors: listed as n_batches=6)
+    assert _changed_hparams("scanvi_svm", {**card, "n_batches": 6}) == {}
+    assert _changed_hparams("scanvi_svm", {**card, "n_batches": 6, "C": 2.0}, {}) == {"C": 2.0}

@@ -465,6 +465,23 @@ def test_a_script_reads_the_unknown_groups_and_accepts_one(pair):
         ca.accept_groups(q, [99])
 
 
+def test_a_query_read_back_without_unknown_groups_is_told_it_has_none(pair, tmp_path):
+    """A run with no Unknown group stores none; anndata reads the empty entry back from the .h5ad as an empty
+    array, on which ``accept_groups`` failed with numpy's "truth value of an empty array is ambiguous" (found
+    2026-12-07: human -> mouse pancreas, default model, 62 cells Unknown, no group)."""
+    import anndata as ad
+
+    ref, query = pair
+    q = ca.annotate(ref, query, copy=True, threshold=float("inf"), **_opts())  # nobody Unknown: no group
+    q.write_h5ad(tmp_path / "q.h5ad")
+    back = ad.read_h5ad(tmp_path / "q.h5ad")
+    assert not isinstance(back.uns["cellannot"]["unknown_groups"], dict)  # what anndata gives back
+    with pytest.raises(ConfigError, match="no Unknown group 0 .*codes: none"):
+        ca.accept_groups(back, [0])
+    ca.accept_groups(back, [])  # nothing to accept: the labels stay
+    assert not back.obs["cellannot_is_unknown"].any()
+
+
 def test_training_shows_a_progress_bar_unless_asked_not_to(pair, capsys):
     """As scvi-tools shows one: a minutes-long training in a notebook said nothing without logging
     at INFO. The bar counts the mini-batches and names the epoch and its losses."""

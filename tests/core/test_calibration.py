@@ -712,6 +712,47 @@ def test_a_sample_allowed_for_only_up_to_the_bound_is_named_in_the_card():
         assert out.get("at_bound") == (["far"] if capped else None), out
         if capped:
             assert "far" in out["at_bound_note"] and f"{FAR_QUERY_FACTOR:g}-fold" in out["at_bound_note"]
+            # the factors are shifts from the reference, the whole query's among them: the note said "as far as the
+            # whole query", untrue of a cross-species query whose samples all lay 2.37-2.5-fold away (query 2.42)
+            assert "as far as the whole query" not in out["at_bound_note"]
+            assert "from the reference" in out["at_bound_note"]
+            assert f"(the whole query: {out['query_shift']:.2f}-fold)" in out["at_bound_note"]
+
+
+def test_a_sample_that_keeps_the_whole_querys_shift_is_named():
+    """A sample with too few cells of enough predicted types keeps the whole query's shift; the card, the log and
+    the Calibration page listed only the others as if every sample had its own (mouse -> human pancreas without
+    the mouse's alpha cells: donor human4, 306 cells, mostly Unknown, left out of the list unsaid)."""
+    from types import SimpleNamespace
+
+    from cellannot_core.pipeline import QuerySamples, study_shift_of
+
+    rng = np.random.default_rng(3)
+    centres = _centres()
+    lr = LatentReference(*_blobs(rng, 300, centres[:3]), k=10)
+    q, qy = _blobs(rng, 150, centres[:3], scale=1.05)
+    lone, lone_y = _blobs(rng, 80, centres[:1], scale=1.05)  # 80 cells of one type: no shift of its own
+    codes = np.r_[np.tile([0, 1], 225), np.full(80, 2)]  # a and b hold every type, c one
+    lr.knn_class(np.vstack([q, lone]), np.r_[qy, lone_y], samples=codes)
+    model = SimpleNamespace(ood_method="knn_class", reference=lr)
+    out = study_shift_of(model, QuerySamples("donor", codes, ["a", "b", "c"]))["sample_shifts"]
+    assert set(out["factors"]) == {"a", "b"}, out
+    assert out["kept_query_shift"] == ["c"] and out["kept_note"].startswith("c kept the whole query's"), out
+
+
+def test_a_query_just_beyond_the_bound_is_said_how_far_it_lies():
+    """A query 2.55 times as far as the reference's held-out cells (mouse -> human pancreas with the mouse's alpha
+    cells left out) was said to lie "2.5 times as far ..., beyond the 2.5-fold shifts": the figure rounded onto the
+    bound it is said to pass. Within a tenth of the bound it is given to two decimals."""
+    from types import SimpleNamespace
+
+    from cellannot_core.calibration import FAR_QUERY_FACTOR
+    from cellannot_core.pipeline import far_query_note
+
+    model = SimpleNamespace(ood_method="mahalanobis", val_score_median=1.0)
+    for far, shown in ((2.5478, "2.55"), (FAR_QUERY_FACTOR, f"{FAR_QUERY_FACTOR:.2f}"), (4.04, "4.0")):
+        note = far_query_note(model, SimpleNamespace(shift_factor=FAR_QUERY_FACTOR, ood_score=np.full(10, far)))
+        assert f"the query lies {shown} times as far" in note["far_query"], (far, note)
 
 
 def test_knn_class_a_novel_population_cannot_give_its_sample_a_shift_of_its_own():

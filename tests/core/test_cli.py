@@ -319,6 +319,8 @@ def test_train_says_what_reading_the_reference_did(capsys, tmp_path):
     assert code == 0, err
     assert "warning: 1 reference class with fewer than 10 cells was dropped: rare (4)" in err
     assert "warning: resnet takes no batch covariate: the batch key 'sample' only names" in err
+    # resnet's rule (knn_logit) has no per-sample shift: the warning said it named the samples for one
+    assert "its Unknown rule, knn_logit, has no per-sample shift" in err and "per-sample shifts and notes" not in err
     code, _, err = run_main(capsys, "benchmark", "--reference", refp, "--query", refp, "--label-key", LABEL,
                             "--models", "logreg", "--n-top-genes", "50", "--min-shared-genes", "20", "--device", "cpu")
     assert code == 0, err
