@@ -78,9 +78,9 @@ def marker_agreement(ref_mean: np.ndarray, query_mean: np.ndarray, counts: Seque
     reference markers (:func:`class_markers`) on which those cells' mean (``query_mean``, class x gene) is higher
     than that of the cells given each other such class; ``share`` is the mean over the classes weighted by their
     cells. It compares query cells with query cells, so a shift every cell of the query shares (a technology,
-    a species' gene-wise expression) does not move it. Measured (2026-12-07, `logreg`'s labels on the model's
-    input, `bench/far_query.py`): pairs of one tissue 0.69-0.99 (mouse -> human pancreas 0.64-0.67, a script
-    outside the repository), pairs of two tissues 0.37-0.57, where labels are given for want of a better type.
+    a species' gene-wise expression) does not move it. Measured (2026-12-07, `bench/far_query.py`, the labels of
+    `logreg` and of the default): pairs of one tissue 0.69-0.99 (mouse -> human pancreas 0.61-0.67, scripts
+    outside the repository), pairs of two tissues 0.23-0.65, where labels are given for want of a better type.
     None when fewer than two classes have enough cells or none has markers."""
     counts = np.asarray(counts, dtype=np.int64)
     big = [c for c in range(len(classes)) if counts[c] >= min_cells and np.isfinite(query_mean[c]).all()]

@@ -331,8 +331,8 @@ def marker_note(preds: Predictions) -> dict[str, Any]:
             f"{MARKER_GENES} markers, {m['share']:.0%} are highest in the query cells given that type (weighted by "
             f"cells, over {m['n_classes']} types; fewest: "
             + ", ".join(f"{shown_name(k, 40)} {v:.0%}" for k, v in worst)
-            + "). Queries of the reference's types measured 64-99% (mouse -> human pancreas included), queries of "
-            "another tissue 37-57%: much of this "
+            + "). Queries of the reference's types measured 61-99% (mouse -> human pancreas included), queries of "
+            "another tissue 23-65%: much of this "
             "query may be of types the reference lacks, labelled as the nearest type. Check the labels' marker "
             "evidence (Explain page) before using them")
     return out
@@ -516,7 +516,7 @@ def _far_markers(preds: Predictions) -> str:
         return ""
     if m["share"] >= MARKER_AGREEMENT_MIN:
         return (f". Its labels' reference markers are mostly highest where the labels put them ({m['share']:.0%}; "
-                "queries of another tissue measured 37-57%), so it may well be of the reference's types, farther "
+                "queries of another tissue measured 23-65%, of the reference's types 61-99%), so it may well be of the reference's types, farther "
                 "away (another species or technology)")
     return f". Its labels' reference markers are not where the labels put them ({m['share']:.0%}), as in a query of other cells"
 
