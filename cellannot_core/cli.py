@@ -258,6 +258,7 @@ def cmd_annotate(args) -> int:
     rd = None
     if args.runs_dir:
         rd = RunDir.create(args.runs_dir, model=opts.model)
+        _record_names(rd, reference=args.reference, query=args.query)
         callbacks.append(RunProgress(rd))
         _log(f"run directory: {rd.path}")
     ref, qry = _datasets(args)
@@ -265,6 +266,16 @@ def cmd_annotate(args) -> int:
     _summary(res)
     _log(f"wrote {out}")
     return 0
+
+
+def _record_names(rd, **paths: Any) -> None:
+    """The file names of a run's datasets (no folders: the app may list the run), for the app's Runs table,
+    which listed a command-line run with empty reference and query columns (found 2026-12-07). Only names:
+    a request without options is not one the app can run again."""
+    from ._constants import RunFiles
+    from .runs import write_json_atomic
+
+    write_json_atomic(rd.file(RunFiles.REQUEST), {"names": {k: Path(str(v)).name for k, v in paths.items() if v}})
 
 
 def cmd_train(args) -> int:
@@ -381,6 +392,7 @@ def _predict_into_run(args) -> int:
         query = (read_query(args.query) if args.query_orientation == "auto" else
                  _dataset(args.query, "query", args.query_orientation))
     rd = RunDir.create(args.runs_dir, model=str(source.status().get("model") or "run"))
+    _record_names(rd, query=args.query)
     _log(f"run directory: {rd.path}")
     preds, card = label_into_run(source, query, rd, query_label_key=args.query_label_key, device=args.device,
                                  threshold=args.threshold, log=_log)

@@ -826,6 +826,12 @@ def test_predict_writes_a_run_the_app_reopens_when_given_a_runs_folder(capsys, f
     assert len(new) == 1 and new[0]["state"] == "done"
     card = RunDir.open(runs, new[0]["id"]).card()
     assert card["labelled_with"]["run"] == trained and card["query_metrics"]["acc_in"] > 0
+    from cellannot_core._constants import RunFiles
+    from cellannot_core.runs import read_json
+
+    names = {r: read_json(RunDir.open(runs, r).file(RunFiles.REQUEST))["names"] for r in (trained, new[0]["id"])}
+    assert names == {trained: {"reference": Path(files["ref"]).name, "query": Path(files["query"]).name},  # the Runs
+                     new[0]["id"]: {"query": Path(files["query"]).name}}  # table's columns; file names, no folders
     code, _, err = run_main(capsys, "predict", "--model", runs / trained, "--query", files["query"],
                             "--out", tmp_path / "plain.h5ad")
     assert code == 0, err
