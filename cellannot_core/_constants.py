@@ -106,6 +106,7 @@ class RunFiles:
 
 
 DEFAULT_MODEL = "scanvi_svm"
+DEFAULT_MIN_SHARED_GENES = 200  # genes the reference and the query must share; the default alone is eased for small panels
 DEFAULT_N_TOP_GENES = 2000  # highly variable genes kept (prepare, annotate, the CLI, the Train page)
 HVG_FROM = ("reference", "both")  # where the variable genes are chosen (prepare's ``hvg_from``)
 DEFAULT_HVG_FROM = "reference"

@@ -49,7 +49,7 @@ from typing import Any, Callable, Mapping
 
 import pandas as pd
 
-from ._constants import DEFAULT_HVG_FLAVOR, DEFAULT_MODEL, DEFAULT_N_TOP_GENES, OutKeys
+from ._constants import DEFAULT_HVG_FLAVOR, DEFAULT_MIN_SHARED_GENES, DEFAULT_MODEL, DEFAULT_N_TOP_GENES, UNKNOWN, OutKeys
 from .data.values import counts_layer, counts_layers
 
 __all__ = ["annotate", "train", "accept_groups", "Annotator", "models"]
@@ -144,7 +144,7 @@ def annotate(
     accept: float = 0.95,
     threshold: float | None = None,
     min_cells_per_class: int = 10,
-    min_shared_genes: int = 200,
+    min_shared_genes: int = DEFAULT_MIN_SHARED_GENES,
     layer: str | None = None,
     log: Callable[[str], None] | None = None,
     progress_bar: bool = True,
@@ -201,7 +201,9 @@ def annotate(
     min_cells_per_class
         Reference types with fewer cells are left out (reported); at least 2.
     min_shared_genes
-        Fewest genes the reference and the query must share (``--min-shared-genes``).
+        Fewest genes the reference and the query must share (``--min-shared-genes``). The default,
+        200, is eased to half the smaller gene count for a small gene panel; another value is required
+        as given.
     layer
         The layer holding the raw counts (as scvi-tools' ``setup_anndata(layer=...)``), in the
         reference and the query; one of the two without that layer has its counts found as by
@@ -398,7 +400,7 @@ def train(
     hvg_flavor: str = DEFAULT_HVG_FLAVOR,
     accept: float = 0.95,
     min_cells_per_class: int = 10,
-    min_shared_genes: int = 200,
+    min_shared_genes: int = DEFAULT_MIN_SHARED_GENES,
     layer: str | None = None,
     log: Callable[[str], None] | None = None,
     progress_bar: bool = True,
@@ -463,7 +465,9 @@ def accept_groups(adata, groups, *, as_short=(), key_added: str = "cellannot") -
         The annotation's key.
 
     ``obs[f"{key_added}_label"]`` (categories kept) and ``_is_unknown`` change for those cells only;
-    ``uns[key_added]["decisions"]`` records the codes accepted.
+    ``uns[key_added]["decisions"]`` records the codes accepted, and the card's ``unknown_fraction``,
+    ``predicted_counts`` and ``unknown_by_class`` count those cells as accepted. A group with more cells
+    here than its run described (queries of two runs joined with ``ad.concat``) is refused.
     """
     import numpy as np
 
@@ -480,7 +484,7 @@ def accept_groups(adata, groups, *, as_short=(), key_added: str = "cellannot") -
                           f"{', '.join(missing) or 'uns[' + repr(key_added) + ']'}); run ca.annotate first")
     rows = card.get("unknown_groups")
     rows = rows if isinstance(rows, Mapping) else {}  # none: [] in memory, an empty array read back from an .h5ad
-    groups, as_short = ([g] if isinstance(g, (str, int)) else list(g) for g in (groups, as_short))
+    groups, as_short = ([g] if isinstance(g, (str, int, np.integer)) else list(g) for g in (groups, as_short))
     odd = [j for j in groups + as_short if isinstance(j, bool) or not str(j).strip().lstrip("-").isdigit()]
     if odd:
         raise ConfigError(f"Unknown groups are named by their code in obs[{keys['UNKNOWN_GROUP']!r}] (a whole number), "
@@ -495,17 +499,52 @@ def accept_groups(adata, groups, *, as_short=(), key_added: str = "cellannot") -
         raise ConfigError("as_short names a group whose samples point to no known type (no 'short_class')")
     obs = adata.obs
     members = obs[keys["UNKNOWN_GROUP"]].to_numpy()
+    for j in codes:  # (ad.concat of queries labelled by two runs merges their groups 0, 1, ... under one code)
+        n_run, n_here = rows[str(j)].get("n_cells"), int((members == j).sum())
+        if isinstance(n_run, (int, np.integer)) and n_here > n_run:
+            raise ConfigError(f"Unknown group {j} holds {n_here} cells here and {int(n_run)} in the run that described "
+                              "it: these cells come from more than one run (each run numbers its groups from 0), so "
+                              "accept groups in each run's query before joining them")
     label = obs[keys["LABEL"]]
-    new = accepted_labels(label.astype(str).to_numpy(), obs[keys["LABEL_RAW"]].astype(str).to_numpy(), members,
-                          [int(j) for j in groups], short)
+    before, was_unknown = label.astype(str).to_numpy(), obs[keys["IS_UNKNOWN"]].to_numpy().astype(bool)
+    raw = obs[keys["LABEL_RAW"]].astype(str).to_numpy()
+    new = accepted_labels(before, raw, members, [int(j) for j in groups], short)
     cats = list(label.cat.categories) if isinstance(label.dtype, pd.CategoricalDtype) else sorted(set(new))
     obs[keys["LABEL"]] = pd.Categorical(new, categories=cats + [c for c in dict.fromkeys(new) if c not in cats])
     changed = np.isin(members, codes)
-    obs[keys["IS_UNKNOWN"]] = obs[keys["IS_UNKNOWN"]].to_numpy() & ~changed
+    obs[keys["IS_UNKNOWN"]] = was_unknown & ~changed
+    _count_accepted(card, was_unknown & changed, before, new, raw)
     kept = dict(card.get("decisions") or {})
     kept["accepted"] = sorted(set(map(int, kept.get("accepted", []))) | {int(j) for j in groups})
     kept["as_short"] = sorted(set(map(int, kept.get("as_short", []))) | {int(j) for j in as_short})
     card["decisions"] = kept
+
+
+def _count_accepted(card: dict, now: Any, before: Any, new: Any, raw: Any) -> None:
+    """The run card's counts after :func:`accept_groups` took the cells ``now`` out of Unknown: the Unknown
+    share, the labels' counts and each class's Unknown cells move by those cells (until 2026-12-07 they kept
+    the run's figures, so a card read after accepting, or saved with the query, still gave them; moved rather
+    than counted again, so a query cut to some of its cells keeps the run's figures for the rest)."""
+    import numpy as np
+
+    n = int(np.sum(now))
+    counts = card.get("predicted_counts")
+    if not n or not isinstance(counts, Mapping):
+        return
+    total = sum(int(v) for v in counts.values())
+    counts = {str(k): int(v) for k, v in counts.items()}
+    for old, to in pd.Series(list(zip(before[now], new[now]))).value_counts().items():
+        counts[old[0]] = counts.get(old[0], 0) - int(to)
+        counts[old[1]] = counts.get(old[1], 0) + int(to)
+    card["predicted_counts"] = {k: v for k, v in counts.items() if v > 0}
+    if total:
+        card["unknown_fraction"] = counts.get(UNKNOWN, 0) / total
+    by_class = card.get("unknown_by_class")
+    rows = by_class.values() if isinstance(by_class, Mapping) else by_class if isinstance(by_class, list) else []
+    gone = pd.Series(raw[now]).value_counts()
+    for r in rows:
+        if isinstance(r, dict) and r.get("class") in gone.index and isinstance(r.get("n_unknown"), (int, np.integer)):
+            r["n_unknown"] = max(int(r["n_unknown"]) - int(gone[r["class"]]), 0)
 
 
 def models() -> pd.DataFrame:

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from ._constants import DEFAULT_HVG_FLAVOR, DEFAULT_MODEL, DEFAULT_N_TOP_GENES, HVG_FLAVORS
+from ._constants import DEFAULT_HVG_FLAVOR, DEFAULT_MIN_SHARED_GENES, DEFAULT_MODEL, DEFAULT_N_TOP_GENES, HVG_FLAVORS
 
 if TYPE_CHECKING:
     from .pipeline import AnnotateOptions
@@ -78,7 +78,9 @@ def _add_common(p: argparse.ArgumentParser, *, query_required: bool) -> None:
                    help="how genes are ranked: scanpy's 'seurat_v3' (counts; the default) or 'seurat' (log values, "
                         "mean bins: ranks the most expressed markers, e.g. hormones, at one fixed place)")
     p.add_argument("--min-cells-per-class", type=int, default=10, help="smaller reference classes are dropped")
-    p.add_argument("--min-shared-genes", type=int, default=200, help="refuse when fewer genes are shared")
+    p.add_argument("--min-shared-genes", type=int, default=DEFAULT_MIN_SHARED_GENES,
+                   help=f"refuse when fewer genes are shared (default {DEFAULT_MIN_SHARED_GENES}, eased to half the "
+                        "smaller gene count for a small panel; another value is required as given)")
     p.add_argument("--accept", type=float, default=0.95,
                    help="share of reference validation cells accepted; sets the Unknown threshold")
     p.add_argument("--threshold", type=float, default=None, help="override the novelty-score threshold")
@@ -202,8 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--hvg-flavor", default=DEFAULT_HVG_FLAVOR, choices=HVG_FLAVORS, help="as annotate's")
     b.add_argument("--min-cells-per-class", type=int, default=10,
                    help="reference types with fewer cells are left out, with a warning (default 10)")
-    b.add_argument("--min-shared-genes", type=int, default=200,
-                   help="refuse a pair sharing fewer genes (default 200)")
+    b.add_argument("--min-shared-genes", type=int, default=DEFAULT_MIN_SHARED_GENES,
+                   help="refuse a pair sharing fewer genes (as annotate's)")
     b.add_argument("--accept", type=float, default=0.95,
                    help="share of the reference's held-out cells each model's Unknown threshold keeps (default 0.95)")
     b.add_argument("--out", default=None, help="write the table to this .csv")

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from . import __version__
-from ._constants import DEFAULT_HVG_FLAVOR, DEFAULT_HVG_FROM, DEFAULT_MODEL, DEFAULT_N_TOP_GENES, UNKNOWN, OutKeys, RunFiles
+from ._constants import DEFAULT_HVG_FLAVOR, DEFAULT_HVG_FROM, DEFAULT_MIN_SHARED_GENES, DEFAULT_MODEL, DEFAULT_N_TOP_GENES, UNKNOWN, OutKeys, RunFiles
 from .data._types import Prepared, Split
 from .calibration import FAR_QUERY_FACTOR
 from .errors import CellannotError, ConfigError, failure_message
@@ -43,7 +43,7 @@ class AnnotateOptions:
     n_top_genes: int = DEFAULT_N_TOP_GENES
     val_fraction: float = 0.15
     min_cells_per_class: int = 10
-    min_shared_genes: int = 200
+    min_shared_genes: int = DEFAULT_MIN_SHARED_GENES
     accept: float = 0.95
     shift_correction: str = "median"
     threshold: float | None = None
@@ -1703,7 +1703,7 @@ def model_input(model, bundle: dict[str, Any], qry, log: Callable[[str], None] =
     from .data import prepare_query
 
     split, report = prepare_query(qry, genes=bundle["genes"], norm_genes=bundle.get("norm_genes"),
-                                  min_shared_genes=int(bundle.get("min_shared_genes", 200)), with_counts=False)
+                                  min_shared_genes=int(bundle.get("min_shared_genes", DEFAULT_MIN_SHARED_GENES)), with_counts=False)
     log(report.get("message", ""))
     log_warnings(report, log)
     return split, report

@@ -24,6 +24,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ._constants import DEFAULT_MIN_SHARED_GENES
 from .data.stream import CHUNK_CELLS, H5adRows, NotStreamable
 
 __all__ = ["label_file", "predict_file", "stream_predictions", "write_annotations_file"]
@@ -46,7 +47,7 @@ def stream_predictions(model, bundle: dict[str, Any], rows: H5adRows, *, thresho
     from .pipeline import decide, describe_unknown_groups, marker_agreement_of
 
     genes = [str(g) for g in bundle["genes"]]
-    min_shared = int(bundle.get("min_shared_genes", 200))
+    min_shared = int(bundle.get("min_shared_genes", DEFAULT_MIN_SHARED_GENES))
     check_not_empty(rows.n_obs, len(rows.var), name="query")
     gm = match_genes(pd.DataFrame(index=pd.Index(genes)), rows.var, min_shared=min_shared, ref_name="model")
     warns = check_model_genes(gm.n_shared, len(genes))  # (refused here when most are missing)

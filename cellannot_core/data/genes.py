@@ -9,6 +9,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
+from cellannot_core._constants import DEFAULT_MIN_SHARED_GENES
 from cellannot_core.errors import DataError
 
 __all__ = ["GENE_ID_COLUMNS", "GeneMatch", "match_genes", "strip_ensembl_version", "is_ensembl"]
@@ -146,7 +147,7 @@ def match_genes(
     ref: ad.AnnData | pd.DataFrame,
     query: ad.AnnData | pd.DataFrame,
     *,
-    min_shared: int = 200,
+    min_shared: int = DEFAULT_MIN_SHARED_GENES,
     min_fraction: float = 0.05,
     ref_name: str = "reference",
 ) -> GeneMatch:
@@ -166,8 +167,10 @@ def match_genes(
     ref, query
         AnnData objects or their var tables.
     min_shared
-        Fewest shared genes accepted; capped at half the smaller gene count, so small gene
-        panels (and test data) that mostly match pass.
+        Fewest shared genes accepted. The default (:data:`DEFAULT_MIN_SHARED_GENES`) is eased to half
+        the smaller gene count, so small gene panels (and test data) that mostly match pass; any other
+        value is required as given (until 2026-12-07 every value was eased, so an ask of 1,000 passed
+        689 shared genes without a word).
     min_fraction
         Fewest shared genes as a fraction of the smaller gene count.
     ref_name
@@ -201,7 +204,8 @@ def match_genes(
                     best = (n, r_where, q_where, r_ens and q_ens, r_idx, q_idx, upper)
     n, r_where, q_where, ens, r_idx, q_idx, upper = best
     smaller = min(n_ref, n_query)
-    required = max(min(min_shared, math.ceil(0.5 * smaller)), math.ceil(min_fraction * smaller), 1)
+    asked = min(min_shared, math.ceil(0.5 * smaller)) if min_shared == DEFAULT_MIN_SHARED_GENES else min_shared
+    required = max(asked, math.ceil(min_fraction * smaller), 1)
     if n < required:
         raise DataError(
             f"only {n} of {n_ref} {ref_name} genes found in the query (need at least {required}); "

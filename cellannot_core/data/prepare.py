@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from cellannot_core._constants import DEFAULT_HVG_FLAVOR, DEFAULT_HVG_FROM, DEFAULT_N_TOP_GENES, HVG_FLAVORS, HVG_FROM
+from cellannot_core._constants import DEFAULT_HVG_FLAVOR, DEFAULT_HVG_FROM, DEFAULT_MIN_SHARED_GENES, DEFAULT_N_TOP_GENES, HVG_FLAVORS, HVG_FROM
 from cellannot_core.errors import ConfigError, DataError, shown_name
 
 from ._types import MAX_BATCHES, Prepared, Split
@@ -507,7 +507,7 @@ def prepare(
     n_top_genes: int = DEFAULT_N_TOP_GENES,
     val_fraction: float = 0.15,
     min_cells_per_class: int = 10,
-    min_shared_genes: int = 200,
+    min_shared_genes: int = DEFAULT_MIN_SHARED_GENES,
     seed: int = 0,
     qc: dict[str, Any] | None = None,
     allow_lognorm: bool = False,
@@ -991,7 +991,7 @@ def prepare_query(
     *,
     genes: list[str],
     norm_genes: list[str] | None = None,
-    min_shared_genes: int = 200,
+    min_shared_genes: int = DEFAULT_MIN_SHARED_GENES,
     allow_lognorm: bool = False,
     with_counts: bool = True,
 ) -> tuple[Split, dict[str, Any]]:

@@ -451,7 +451,11 @@ def test_a_script_reads_the_unknown_groups_and_accepts_one(pair):
     raw = q.obs["cellannot_label_raw"].astype(str).to_numpy()
     assert (raw[g == 0] == str(rows[0]["predicted_as"])).all()  # the Unknown cells of one predicted type
     before = q.obs["cellannot_label"].astype(str).to_numpy()
-    ca.accept_groups(q, [0])  # accept group 0 as its type (the README's recipe failed on the categoricals)
+    card = q.uns["cellannot"]
+    was = (card["unknown_fraction"], dict(card["predicted_counts"]),
+           {r["class"]: int(r["n_unknown"]) for r in card["unknown_by_class"].values()})
+    ca.accept_groups(q, np.int64(0))  # accept group 0 as its type (the README's recipe failed on the categoricals;
+    # a numpy integer, as obs gives it, was a raw TypeError until 2026-12-07)
     label = q.obs["cellannot_label"]
     assert isinstance(label.dtype, pd.CategoricalDtype) and list(label.cat.categories)[-1] == "Unknown"
     label = label.astype(str).to_numpy()
@@ -459,10 +463,28 @@ def test_a_script_reads_the_unknown_groups_and_accepts_one(pair):
     assert (label[g == 0] == raw[g == 0]).all() and (label[g != 0] == before[g != 0]).all()
     assert not q.obs["cellannot_is_unknown"].to_numpy()[g == 0].any()
     assert q.uns["cellannot"]["decisions"]["accepted"] == [0]
+    # the card counts them as accepted (it kept the run's figures until 2026-12-07, a scanpy user's probe)
+    n, typ = int(rows[0]["n_cells"]), str(rows[0]["predicted_as"])
+    assert card["unknown_fraction"] == pytest.approx((label == "Unknown").mean()) and card["unknown_fraction"] < was[0]
+    assert card["predicted_counts"] == pd.Series(label).value_counts().to_dict()
+    assert card["predicted_counts"][typ] == was[1][typ] + n
+    assert {r["class"]: int(r["n_unknown"]) for r in card["unknown_by_class"].values()} == {
+        c: k - (n if c == typ else 0) for c, k in was[2].items()}
+    ca.accept_groups(q, [0])  # again: nothing moves twice
+    assert card["predicted_counts"][typ] == was[1][typ] + n
     with pytest.raises(ConfigError, match="named by their code"):  # a raw ValueError of int() until 2026-12-07
         ca.accept_groups(q, ["x"])
     with pytest.raises(ConfigError, match="no Unknown group 99"):
         ca.accept_groups(q, [99])
+    import anndata as ad
+
+    other = ca.annotate(ref, query, copy=True, accept=0.5, **_opts())  # a second run, its groups numbered from 0
+    other.obs_names = [f"b{i}" for i in range(other.n_obs)]
+    joined = ad.concat([other, other[other.obs["cellannot_unknown_group"].to_numpy() == 0].copy()], uns_merge="first")
+    joined.obs_names_make_unique()
+    with pytest.raises(ConfigError, match=r"Unknown group 0 holds \d+ cells here and \d+ in the run .* more than one run"):
+        ca.accept_groups(joined, [0])
+    ca.accept_groups(other[other.obs["cellannot_unknown_group"].to_numpy() <= 0].copy(), [0])  # a cut: fewer is fine
 
 
 def test_a_query_read_back_without_unknown_groups_is_told_it_has_none(pair, tmp_path):
@@ -695,3 +717,20 @@ def test_the_run_card_records_the_thread_setting_for_every_model(pair, monkeypat
     assert card["threads"] == 3
     # an option not given is absent, as None is in the run card's JSON (it was the string "None")
     assert "threshold" not in card["options"] and card["options"].get("batch_key") is None
+
+
+def test_a_type_of_two_cells_that_the_svm_cannot_learn_from_is_named_with_the_remedy(pair):
+    """Found 2026-12-07 (a scanpy user's probe): ``min_cells_per_class=2`` kept a type of two reference cells,
+    one of which went to validation, and the default model stopped with "svm_reject needs at least 2 training
+    cells per class", a model the user had not chosen, for a type that has two cells."""
+    from cellannot_core.errors import DataError
+
+    ref, query = pair
+    ref = ref.copy()
+    ref.obs["cell_type"] = ref.obs["cell_type"].astype(str)
+    ref.obs.iloc[:2, ref.obs.columns.get_loc("cell_type")] = "rare"
+    with pytest.raises(DataError, match=r"needs at least 2 training cells of each type, and 'rare' has 1 once its "
+                                        r"validation cells are held out: set min_cells_per_class to 3"):
+        ca.annotate(ref, query, copy=True, **(_opts() | {"model": "svm_reject", "min_cells_per_class": 2}))
+    out = ca.annotate(ref, query, copy=True, **(_opts() | {"model": "svm_reject", "min_cells_per_class": 3}))
+    assert "rare" not in set(out.obs["cellannot_label"].astype(str))  # left out, with a warning

@@ -103,8 +103,18 @@ def test_too_few_shared_genes():
 
 
 def test_small_panels_that_match_fully_pass():
-    m = match_genes(_var(SYMBOLS[:120]), _var(SYMBOLS[:120]), min_shared=200)
+    m = match_genes(_var(SYMBOLS[:120]), _var(SYMBOLS[:120]))  # the default is eased for a small panel
     assert m.n_shared == 120
+
+
+def test_a_number_of_shared_genes_asked_for_is_required_as_given():
+    """Found 2026-12-07 (a scanpy user's probe): min_shared_genes=1000 passed a pair sharing 689 genes with
+    a warning only, every value being eased to half the smaller gene count as the default is."""
+    ref, q = _var(SYMBOLS), _var(SYMBOLS[:150] + [f"X{j}" for j in range(150)])
+    assert match_genes(ref, q).n_shared == 150  # the default, eased: half of 300
+    assert match_genes(ref, q, min_shared=100).n_shared == 150
+    with pytest.raises(DataError, match=r"^only 150 of 300 reference genes found in the query \(need at least 160\)"):
+        match_genes(ref, q, min_shared=160)
 
 
 def test_accepts_anndata(synthetic_pair):

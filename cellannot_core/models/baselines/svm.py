@@ -38,9 +38,14 @@ class SvmReject(SklearnModel):
 
         h = self.hparams
         y = np.asarray(train.y)
-        folds = int(min(h["cv"], np.bincount(y).min()))
-        if folds < 2:
-            raise DataError("svm_reject needs at least 2 training cells per class")
+        counts = np.bincount(y, minlength=self.n_classes)
+        folds = int(min(h["cv"], counts.min()))
+        if folds < 2:  # (a class of 2 cells keeps 1 after validation; the message named svm_reject to a user of
+            k = int(np.argmin(counts))  # the default model, which labels with it: found 2026-12-07)
+            raise DataError(f"the calibrated linear SVM (the labeller of this model) needs at least 2 training cells "
+                            f"of each type, and {self.classes[k]!r} has {int(counts[k])} once its validation cells are "
+                            "held out: set min_cells_per_class to 3 or more (the default is 10), or give that type "
+                            "more reference cells")
         clf = CalibratedClassifierCV(LinearSVC(C=h["C"], max_iter=h["max_iter"], random_state=self.seed), cv=folds,
                                      method="sigmoid", n_jobs=nn_jobs())
         # the folds in threads (liblinear releases the GIL; no copy of the data per process): the same
