@@ -1492,10 +1492,13 @@ class AnnotateResult:
 
 def annotate(reference, query, opts: AnnotateOptions, *, out: str | Path | None = None, run_dir=None,
              save_model: str | Path | None = None, callbacks: Sequence[Any] = (),
-             log: Callable[[str], None] = lambda s: None) -> AnnotateResult:
+             log: Callable[[str], None] = lambda s: None, annotate_into: Any = None) -> AnnotateResult:
     """Read, prepare, train, calibrate, predict and write (the whole annotate contract).
 
     ``run_dir`` (a :class:`~cellannot_core.runs.RunDir`) receives every artifact and live status.
+    ``annotate_into``: the query as the user gave it, where ``query`` is it with its counts taken from a
+    layer (:func:`~.data.values.counts_layer`): the annotated copy is of it, its ``X`` and layers as they were
+    (``annotate --layer`` wrote the layer as ``X`` and dropped the other layers until 2026-12-07).
     """
     from .data import read_dataset
     from .errors import Cancelled
@@ -1582,7 +1585,7 @@ def annotate(reference, query, opts: AnnotateOptions, *, out: str | Path | None 
                                  _adata=ad.AnnData(obs=q_obs, var=pd.DataFrame(index=pd.Index(prepared.genes))))
             write_annotations(res._adata, preds, card)
         else:
-            res = AnnotateResult(model, prepared, preds, card, qry)
+            res = AnnotateResult(model, prepared, preds, card, qry if annotate_into is None else annotate_into)
         checkpoint("writing results")
         if out is not None:
             if source is not None:  # the whole file with the annotations, its matrices copied, never read

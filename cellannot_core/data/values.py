@@ -1,6 +1,7 @@
 """What kind of values a matrix holds, and where a dataset keeps its raw counts."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Callable, NamedTuple
 
 import anndata as ad
@@ -281,13 +282,15 @@ def get_counts(adata: ad.AnnData, *, name: str = "dataset", allow_lognorm: bool 
         if got is not None:
             return got
     if x_state == "counts":
+        layer = adata.uns.get(COUNTS_LAYER_UNS) if isinstance(adata.uns, Mapping) else None
+        x = f"layers[{layer!r}]" if isinstance(layer, str) else "X"  # (counts_layer's: "X" until 2026-12-07)
         if whole_counts(adata.X):
-            return Counts(_csr32(adata.X), adata.var.copy(), f"raw counts from X ({adata.n_vars} genes)", "counts")
+            return Counts(_csr32(adata.X), adata.var.copy(), f"raw counts from {x} ({adata.n_vars} genes)", "counts")
         got = recover_counts(adata.X, bases=(UNLOGGED,))
         if got is not None:  # CPM and the like: each cell's counts times one factor
             return Counts(got[0], adata.var.copy(), f"raw counts recovered from the {log_name(UNLOGGED)} values of "
-                          f"X ({adata.n_vars} genes): each cell's values were its counts times one factor", "counts")
-        return Counts(_csr32(adata.X), adata.var.copy(), f"{NOT_WHOLE} from X ({adata.n_vars} genes), taken as "
+                          f"{x} ({adata.n_vars} genes): each cell's values were its counts times one factor", "counts")
+        return Counts(_csr32(adata.X), adata.var.copy(), f"{NOT_WHOLE} from {x} ({adata.n_vars} genes), taken as "
                       "counts (estimated or ambient-corrected counts, or TPM); the count models' likelihood "
                       "is for whole counts", "counts")
     for key in COUNT_LAYERS:
@@ -297,17 +300,22 @@ def get_counts(adata: ad.AnnData, *, name: str = "dataset", allow_lognorm: bool 
                 f"raw counts from layers['{key}'] ({adata.n_vars} genes); X holds {x_state} values",
                 "counts",
             )
+    others = [str(k) for k in adata.layers.keys() if k not in COUNT_LAYERS
+              and detect_value_state(adata.layers[k]) == "counts"]
+    # a layer of counts under another name is not taken on trust (velocyto's 'spliced' holds counts, not all of
+    # them) but named, where the counts are recovered from log values too (found 2026-12-07: X log-normalised,
+    # the counts in layers['umis'], and the warning said only that they were recovered)
+    also = (f"; layers[{others[0]!r}] holds counts: if those are the raw counts, give layer={others[0]!r} "
+            f"(--layer {others[0]} on the command line)") if others else ""
     if raw_state in ("counts", "lognorm"):  # counts, or log-normalised values (scanpy's usual place, all genes)
-        got = _raw_counts(raw, raw_state, f"; X holds {x_state} values" if raw_state == "counts" else "")
+        got = _raw_counts(raw, raw_state, (f"; X holds {x_state} values" if raw_state == "counts" else "") + also)
         if got is not None:
             return got
     if x_state == "lognorm" and (got := recover_counts(adata.X)) is not None:
         return Counts(got[0], adata.var.copy(), f"raw counts recovered from the {log_name(got[1])} values of X "
-                      f"({adata.n_vars} genes): each cell's values were its counts times one factor", "counts")
+                      f"({adata.n_vars} genes): each cell's values were its counts times one factor{also}", "counts")
     where = "X, layers['counts'] or .raw"
-    others = [str(k) for k in adata.layers.keys() if k not in COUNT_LAYERS
-              and detect_value_state(adata.layers[k]) == "counts"]
-    if others:  # not taken on trust (velocyto's 'spliced' holds counts, not all of them): named
+    if others:
         where += (f". Its layers[{others[0]!r}] holds counts: if those are the raw counts, name that layer "
                   f"'counts' (adata.layers['counts'] = adata.layers[{others[0]!r}]), or give "
                   f"layer={others[0]!r} to ca.annotate / ca.train / predict (--layer {others[0]} on the command line)")
@@ -338,6 +346,10 @@ def get_counts(adata: ad.AnnData, *, name: str = "dataset", allow_lognorm: bool 
     raise DataError(f"the {name} has no expression matrix. Provide raw counts in {where}.")
 
 
+#: where :func:`counts_layer` names the layer its matrix came from, for :func:`get_counts`' account of the counts
+COUNTS_LAYER_UNS = "cellannot_counts_layer"
+
+
 def counts_layer(adata: ad.AnnData, layer: Any, name: str) -> ad.AnnData:
     """``adata`` as the pipeline reads it, with ``layer`` (the user's name for the layer of raw
     counts, as scvi-tools' ``setup_anndata(layer=...)``) as its matrix, its other matrices left
@@ -352,7 +364,7 @@ def counts_layer(adata: ad.AnnData, layer: Any, name: str) -> ad.AnnData:
         have = ", ".join(repr(str(k)) for k in adata.layers.keys()) or "none"
         raise DataError(f"the {name} has no layer {layer!r} (its layers: {have}); layer names the one holding the "
                         f"raw counts")
-    return ad.AnnData(X=adata.layers[layer], obs=adata.obs, var=adata.var, uns=dict(adata.uns))
+    return ad.AnnData(X=adata.layers[layer], obs=adata.obs, var=adata.var, uns=dict(adata.uns) | {COUNTS_LAYER_UNS: layer})
 
 
 def counts_layers(ref: ad.AnnData, query: ad.AnnData, layer: Any,

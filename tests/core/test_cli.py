@@ -886,6 +886,15 @@ def test_counts_in_a_layer_of_another_name_are_named_with_layer(capsys, files, t
     p = ad.read_h5ad(tmp_path / "p.h5ad")
     assert list(p.obs["cellannot_label"].astype(str)) == list(a.obs["cellannot_label"].astype(str))
     assert "umis" in p.layers and p.X.min() < 0  # the user's file, annotated
+    # annotate --layer too (until 2026-12-07 it wrote the layer as X and dropped the query's layers), and the card
+    # names the layer the counts came from (it said "X")
+    code, out, err = run_main(capsys, *args(layered, tmp_path / "c.h5ad")[:4], lq, *args(layered, tmp_path / "c.h5ad")[5:],
+                              "--layer", "umis")
+    assert code == 0, err
+    c = ad.read_h5ad(tmp_path / "c.h5ad")
+    assert "umis" in c.layers and c.X.min() < 0 and c.n_obs == q.n_obs
+    assert list(c.obs["cellannot_label"].astype(str)) == list(b.obs["cellannot_label"].astype(str))
+    assert c.uns["cellannot"]["data_report"]["query"]["counts_source"].startswith("raw counts from layers['umis']")
 
 
 @pytest.mark.parametrize("field, value, words", [

@@ -102,6 +102,14 @@ def test_counts_in_a_layer_of_another_name_are_named_not_taken(synthetic_adata):
         get_counts(a, name="reference")
     a.layers["counts"] = a.layers["umi"]
     assert get_counts(a, name="reference").source.startswith("raw counts from layers['counts']")
+    b = _lognorm(synthetic_adata)  # X log-normalised: recovered from it, and the layer still named (found
+    b.layers["umi"] = synthetic_adata.X.copy()  # 2026-12-07: the warning said only "recovered from the log1p values")
+    got = get_counts(b, name="query").source
+    assert got.startswith("raw counts recovered from the log1p values of X") and "layers['umi'] holds counts: if " \
+        "those are the raw counts, give layer='umi'" in got
+    from cellannot_core.data.values import counts_layer
+
+    assert get_counts(counts_layer(b, "umi", "query"), name="query").source.startswith("raw counts from layers['umi']")
 
 
 def test_layer_that_is_not_counts_is_skipped(synthetic_adata):
