@@ -56,6 +56,33 @@ __all__ = ["annotate", "train", "accept_groups", "Annotator", "models"]
 
 
 _LOGGER = logging.getLogger("cellannot")
+#: scvi-tools' and scanpy's names for this API's keywords (``setup_anndata(labels_key=...)``, ``ingest(obs=...)``)
+_ALIASES = {"labels_key": "label_key", "cell_type_key": "label_key", "celltype_key": "label_key",
+            "batch": "batch_key", "layer_key": "layer", "n_epochs": "max_epochs", "random_state": "seed",
+            "use_gpu": "device", "accelerator": "device"}
+
+
+def _keywords(f):
+    """``f`` saying which keyword was meant when given one it does not take (an scvi-tools user types
+    ``labels_key``; Python 3.11 said only "unexpected keyword argument"): still a TypeError."""
+    import difflib
+    import functools
+    import inspect
+
+    sig = inspect.signature(f)
+
+    @functools.wraps(f)
+    def wrapper(*args, **kw):
+        odd = [k for k in kw if k not in sig.parameters]
+        if odd and not any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+            names = [p for p in sig.parameters if p not in ("self", "cls")]
+            meant = _ALIASES.get(odd[0]) or next(iter(difflib.get_close_matches(odd[0], names, n=1)), None)
+            raise TypeError(f"{f.__qualname__}() got an unexpected keyword argument {odd[0]!r}"
+                            + (f": did you mean {meant!r}?" if meant in names else
+                               f"; it takes {', '.join(names)}"))
+        return f(*args, **kw)
+
+    return wrapper
 
 
 def _default_log(line: str) -> None:
@@ -125,6 +152,7 @@ def _options(label_key: str, model: str | None, **kw: Any):
     return AnnotateOptions(label_key=label_key, model=model or DEFAULT_MODEL, hparams=hp, **kw)
 
 
+@_keywords
 def annotate(
     adata_ref,
     adata_query,
@@ -292,6 +320,7 @@ class Annotator:
         return (f"Annotator(model={self.model.name!r}, {len(self.classes)} classes, {len(self.genes)} genes, "
                 f"label_key={self.bundle.get('label_key')!r})")
 
+    @_keywords
     def predict(self, adata, *, key_added: str = OutKeys.UNS, copy: bool = False, threshold: float | None = None,
                 adapt: bool = False, query_label_key: str | None = None, layer: str | None = None,
                 log: Callable[[str], None] | None = None, progress_bar: bool = True):
@@ -346,6 +375,7 @@ class Annotator:
         write_annotations(target, preds, card, key_added=key_added)
         return target if copy else None
 
+    @_keywords
     def predict_file(self, path: str | Path, *, out: str | Path, threshold: float | None = None,
                      adapt: bool = False, query_label_key: str | None = None, layer: str | None = None,
                      log: Callable[[str], None] | None = None, progress_bar: bool = True) -> dict[str, Any]:
@@ -385,6 +415,7 @@ class Annotator:
         return annotator
 
 
+@_keywords
 def train(
     adata_ref,
     *,
@@ -442,6 +473,7 @@ def train(
     return Annotator(fitted, bundle_info(fitted, prepared, opts))
 
 
+@_keywords
 def accept_groups(adata, groups, *, as_short=(), key_added: str = "cellannot") -> None:
     """Accept Unknown groups of an annotated query as the known type each looks most like, in place.
 

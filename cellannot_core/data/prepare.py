@@ -765,6 +765,10 @@ def prepare(
 
 _BATCH_HINTS = ("sample", "donor", "batch", "orig.ident", "individual", "patient", "subject", "library", "run",
                 "replicate", "condition", "group")
+#: words naming a grouping of cells by what they are: a column named so ("lineage_group", "celltype_group") is no
+#: sample unless a hint before "replicate" says it is ("sample_type"); found 2026-12-07, a query's
+#: lymphoid / myeloid column taken for its samples, and the run advised training with it as the batch key
+_TYPE_WORDS = ("type", "lineage", "cluster", "leiden", "louvain", "annot", "label", "class", "compartment")
 
 
 def batch_candidates(ref_obs: pd.DataFrame, q_obs: pd.DataFrame, *, exclude: tuple[str, ...] = (),
@@ -788,6 +792,8 @@ def batch_candidates(ref_obs: pd.DataFrame, q_obs: pd.DataFrame, *, exclude: tup
             continue
         low = col.lower()
         hint = next((i for i, h in enumerate(_BATCH_HINTS) if h in low), len(_BATCH_HINTS))
+        if hint >= _BATCH_HINTS.index("replicate") and any(w in low for w in _TYPE_WORDS):
+            hint = len(_BATCH_HINTS)
         if named_only and hint == len(_BATCH_HINTS):
             continue
         out.append((hint, -len(levels), col))

@@ -734,3 +734,19 @@ def test_a_type_of_two_cells_that_the_svm_cannot_learn_from_is_named_with_the_re
         ca.annotate(ref, query, copy=True, **(_opts() | {"model": "svm_reject", "min_cells_per_class": 2}))
     out = ca.annotate(ref, query, copy=True, **(_opts() | {"model": "svm_reject", "min_cells_per_class": 3}))
     assert "rare" not in set(out.obs["cellannot_label"].astype(str))  # left out, with a warning
+
+
+def test_a_keyword_of_scvi_tools_or_mistyped_says_which_was_meant(pair):
+    """An scvi-tools user types ``labels_key`` (``setup_anndata``'s name); Python 3.11 said only "unexpected
+    keyword argument" (found 2026-12-07). Still a TypeError, as Python's own."""
+    ref, query = pair
+    with pytest.raises(TypeError, match=r"^annotate\(\) got an unexpected keyword argument 'labels_key': did you "
+                                        r"mean 'label_key'\?$"):
+        ca.annotate(ref, query, labels_key="cell_type", model=FAST)
+    with pytest.raises(TypeError, match="'n_epochs': did you mean 'max_epochs'"):
+        ca.train(ref, label_key="cell_type", n_epochs=3)
+    annotator = ca.train(ref, **_opts())
+    with pytest.raises(TypeError, match=r"^Annotator.predict\(\) got .* 'adpt': did you mean 'adapt'"):
+        annotator.predict(query, adpt=True)
+    with pytest.raises(TypeError, match="'zzz'; it takes adata, groups, as_short, key_added"):
+        ca.accept_groups(query, [0], zzz=1)

@@ -353,6 +353,18 @@ def test_batch_candidates_rank_sample_columns_first(synthetic_pair):
     ref.obs["lane"] = "L1"  # one value in the reference, absent from the query: no choice
     got = batch_candidates(ref.obs, q.obs, exclude=("cell_type",))
     assert got[0] == "donor_id" and "qc_score" not in got and "lane" not in got and "cell_type" not in got
+    # a grouping of cells by what they are is no sample, though "group" is a hint (found 2026-12-07: a query's
+    # lymphoid / myeloid column was taken for its samples); a word of the strong hints keeps a column
+    q.obs["lineage_group"] = np.where(np.arange(q.n_obs) < q.n_obs // 2, "lymphoid", "myeloid")
+    q.obs["sample_type"] = np.where(np.arange(q.n_obs) % 3 == 0, "tumour", "normal")
+    q.obs["stim_group"] = np.where(np.arange(q.n_obs) % 3 == 0, "ctrl", "stim")
+    named = batch_candidates(ref.obs, q.obs, exclude=("cell_type",), named_only=True)
+    assert "lineage_group" not in named and {"sample_type", "stim_group", "donor_id"} <= set(named)
+    assert batch_candidates(ref.obs, q.obs, exclude=("cell_type",))[-1] == "lineage_group"  # offered last
+    from cellannot_core.pipeline import query_samples
+
+    q.obs = q.obs[["lineage_group", "cell_type"]]
+    assert query_samples(q.obs, exclude=("cell_type",)) is None
 
 
 def test_a_new_query_too_large_to_hold_dense_stays_sparse_with_the_same_values(synthetic_pair, monkeypatch):
