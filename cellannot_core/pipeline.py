@@ -1021,9 +1021,7 @@ def _h5_safe(obj: Any) -> Any:
         if all(isinstance(v, (int, float, np.number, bool)) for v in obj):
             return np.asarray(obj)
         return {str(i): _h5_safe(v) for i, v in enumerate(obj)}
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return str(obj)
-    return obj
+    return obj  # (a NaN or an infinity stays a number: it was the string "nan", so `> 0.5` on it failed, 2026-12-07)
 
 
 def annotation_keys(key_added: str = OutKeys.UNS) -> dict[str, str]:

@@ -768,7 +768,7 @@ _BATCH_HINTS = ("sample", "donor", "batch", "orig.ident", "individual", "patient
 #: words naming a grouping of cells by what they are: a column named so ("lineage_group", "celltype_group") is no
 #: sample unless a hint before "replicate" says it is ("sample_type"); found 2026-12-07, a query's
 #: lymphoid / myeloid column taken for its samples, and the run advised training with it as the batch key
-_TYPE_WORDS = ("type", "lineage", "cluster", "leiden", "louvain", "annot", "label", "class", "compartment")
+_TYPE_WORDS = ("type", "lineage", "cluster", "leiden", "louvain", "annotation", "label", "class", "compartment")
 
 
 def batch_candidates(ref_obs: pd.DataFrame, q_obs: pd.DataFrame, *, exclude: tuple[str, ...] = (),

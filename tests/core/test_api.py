@@ -44,6 +44,11 @@ def test_annotate_writes_the_documented_keys_in_place(pair):
     np.testing.assert_allclose(q.obsm["cellannot_proba"].sum(1), 1, atol=1e-4)
     # the types in order, Unknown last (sorted with them it came first where types are lower case)
     assert list(q.obs["cellannot_label"].cat.categories) == sorted(set(labels) - {"Unknown"}) + ["Unknown"]
+    from cellannot_core.pipeline import _h5_safe
+
+    card = _h5_safe({"latent_quality": {"asw_query": float("nan"), "ratio": float("inf")}})["latent_quality"]
+    assert np.isnan(card["asw_query"]) and card["ratio"] == np.inf  # numbers (a scanpy user's probe, 2026-12-07:
+    # they were the strings "nan" and "inf", so card["latent_quality"]["asw_query"] > 0.5 raised)
 
 
 def test_the_gene_ranking_is_an_option_and_the_run_card_says_which(pair):
