@@ -319,8 +319,8 @@ class LatentReference:
         _, med = self._class_null()
         g = np.asarray(graph, dtype=np.float64)
         pred = np.asarray(pred, dtype=np.int64)
-        if len(g) == 0 or not shift_estimable(pred):
-            return 1.0
+        if len(g) == 0 or bounded and not shift_estimable(pred):  # (how far it lies is measured all the same: a
+            return 1.0  # human PBMC query of a mouse pancreas model, labelled as two types, was not warned of, 2026-12-07)
         null = float(np.quantile(self._null_scores / med[self.y], SHIFT_QUANTILE))
         if not null > 0:  # a quarter of the reference at distance 0 (cells alike in very few genes)
             return 1.0

@@ -486,7 +486,7 @@ def query_far_factor(model, preds: Predictions) -> float:
 
 
 #: the card's rejection entries that are warnings on the Unknown calls as a whole (log, and the top of the pages)
-WARNING_KEYS = ("far_query", "threshold_note", "markers_note")
+WARNING_KEYS = ("far_query", "genes_note", "threshold_note", "markers_note")
 
 
 def far_query_note(model, preds: Predictions) -> dict[str, str]:
@@ -811,7 +811,7 @@ def log_class_notes(card: dict[str, Any], log: Callable[[str], None]) -> None:
     if (card.get("rejection") or {}).get("query_shift_not_estimated"):
         log(f"note: {card['rejection']['query_shift_not_estimated']}")
     for key in WARNING_KEYS:
-        if (card.get("rejection") or {}).get(key):
+        if key != "genes_note" and (card.get("rejection") or {}).get(key):  # (said as the query was read)
             log(f"warning: {card['rejection'][key]}")
 
 
@@ -1768,7 +1768,9 @@ def prediction_card(model, preds: Predictions, report: dict[str, Any],
                                                              **study_shift_of(model, samples), **shift_note(preds),
                                                              "query_far_factor": round(query_far_factor(model, preds), 4), **far_query_note(model, preds),
                                                              **threshold_note(model, threshold, preds),
-                                                             **marker_note(preds)},
+                                                             **marker_note(preds),
+                                                             **({"genes_note": report["genes_note"]}
+                                                                if report.get("genes_note") else {})},
             "query_report": report, "cellannot_version": __version__,
             **({"unseen_query": note} if (note := unseen_query_note(model)) else {}),
             **class_notes(model, preds),

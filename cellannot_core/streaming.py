@@ -42,7 +42,7 @@ def stream_predictions(model, bundle: dict[str, Any], rows: H5adRows, *, thresho
     import pandas as pd
 
     from .data import lognormalize, match_genes
-    from .data.prepare import check_model_genes, mostly_empty
+    from .data.prepare import check_model_genes, genes_note, mostly_empty
     from .data.validate import check_not_empty, check_values
     from .pipeline import decide, describe_unknown_groups, marker_agreement_of
 
@@ -50,7 +50,8 @@ def stream_predictions(model, bundle: dict[str, Any], rows: H5adRows, *, thresho
     min_shared = int(bundle.get("min_shared_genes", DEFAULT_MIN_SHARED_GENES))
     check_not_empty(rows.n_obs, len(rows.var), name="query")
     gm = match_genes(pd.DataFrame(index=pd.Index(genes)), rows.var, min_shared=min_shared, ref_name="model")
-    warns = check_model_genes(gm.n_shared, len(genes))  # (refused here when most are missing)
+    missing = check_model_genes(gm.n_shared, len(genes))  # (refused here when most are missing)
+    warns = list(missing)
     total_cols = None
     if bundle.get("norm_genes") is not None:
         nm = match_genes(pd.DataFrame(index=pd.Index([str(g) for g in bundle["norm_genes"]])), rows.var,
@@ -109,7 +110,8 @@ def stream_predictions(model, bundle: dict[str, Any], rows: H5adRows, *, thresho
     report = {"message": f"{gm.n_shared} of {len(genes)} model genes found in the query ({gm.mode})",
               "n_shared": gm.n_shared, "n_model_genes": len(genes), "approximate": gm.approximate,
               "warnings": warns, "n_cells_input": rows.n_obs, "n_genes": len(rows.var), "counts_source": rows.source,
-              "read_in_chunks_of": int(chunk_cells), "unknown_groups": groups}
+              "read_in_chunks_of": int(chunk_cells), "unknown_groups": groups,
+              **genes_note(missing, gm.n_shared, len(genes))}
     return preds, report
 
 

@@ -127,7 +127,7 @@ def threshold_parts(run: Run) -> tuple[str, str]:
                  "from its lower quartile, so a large novel population cannot raise it, and at most "
                  f"{FAR_QUERY_FACTOR:g}-fold, the shifts between studies of one tissue"
                  + (f": this query lies {far:.1f}-fold as far, so its shift factor below is that bound, not what was "
-                    "measured" if far > FAR_QUERY_FACTOR else "")
+                    "measured" if far > FAR_QUERY_FACTOR and not rej.get("query_shift_not_estimated") else "")
                  + "), so the threshold is not scaled again. Cells are judged in groups: a cluster of query cells whose typical cell is beyond "
                  "the threshold is Unknown as a whole, while a single cell in an accepted cluster is Unknown only "
                  "beyond the reference's 99th percentile. A class none of whose query cells is near the reference "

@@ -186,12 +186,16 @@ def accuracy_metric(col: Any, query_metrics: dict[str, Any]) -> None:
     acc_open, acc_in = query_metrics.get("acc_open"), query_metrics.get("acc_in")
     if acc_open is None or not np.isfinite(float(acc_open)):
         return
-    known = (f"Cells of reference types labelled right before the Unknown call: {float(acc_in):.1%}; of them "
-             f"called Unknown: {float(query_metrics.get('reject_in') or 0):.1%}." if acc_in is not None
-             and np.isfinite(float(acc_in)) else "The query has no cells of the reference's types.")
+    if acc_in is None or not np.isfinite(float(acc_in)):  # (a perfect "accuracy" of a query of other cells all
+        col.metric("Cells of types the reference lacks called Unknown", f"{float(acc_open):.1%}",  # Unknown: 2026-12-07)
+                   help="The query's own labels name none of the reference's types, so no label can be checked: this "
+                        "is the share of its cells called Unknown, as they should be.")
+        return
     col.metric("Accuracy, Unknown included", f"{float(acc_open):.1%}",
                help="Against the query's own labels: a cell of a reference type is right when its label is right and "
-                    "it is not called Unknown, a cell of a type the reference lacks when it is called Unknown. " + known)
+                    "it is not called Unknown, a cell of a type the reference lacks when it is called Unknown. "
+                    f"Cells of reference types labelled right before the Unknown call: {float(acc_in):.1%}; of them "
+                    f"called Unknown: {float(query_metrics.get('reject_in') or 0):.1%}.")
 
 
 def relabel(run: Run, method: str, threshold: float) -> np.ndarray:

@@ -252,13 +252,17 @@ def test_a_label_written_as_html_is_shown_as_written_in_the_figures():
 
 def test_the_accuracy_of_a_query_of_no_reference_types_is_not_nan():
     """A query of none of the reference's types has no accuracy before the Unknown calls: the Train page showed
-    "nan%" (found 2026-12-07); its accuracy with them is the share called Unknown."""
+    "nan%" (found 2026-12-07); its accuracy with them is the share called Unknown, which is said as such (a
+    human PBMC query of a mouse pancreas model, all Unknown, showed "Accuracy, Unknown included 100.0%")."""
     from ui.results import accuracy_metric
 
     shown_metrics: list[tuple] = []
     col = type("Col", (), {"metric": lambda self, *a, **k: shown_metrics.append((a, k))})()
     accuracy_metric(col, {"acc_open": 0.973, "acc_in": float("nan"), "reject_in": float("nan")})
     (label, value), kw = shown_metrics[0]
-    assert value == "97.3%" and "nan" not in kw["help"] and "no cells of the reference's types" in kw["help"]
+    assert value == "97.3%" and "nan" not in kw["help"] and "name none of the reference's types" in kw["help"]
+    assert label == "Cells of types the reference lacks called Unknown"
+    accuracy_metric(col, {"acc_open": 0.9, "acc_in": 0.95, "reject_in": 0.02})
+    assert shown_metrics[1][0] == ("Accuracy, Unknown included", "90.0%") and shown_metrics.pop()
     accuracy_metric(col, {"acc_in": 0.9})  # no open-set figure: nothing shown
     assert len(shown_metrics) == 1

@@ -373,6 +373,9 @@ def test_knn_class_a_query_of_one_novel_type_does_not_accept_itself(monkeypatch)
     pred = np.zeros(300, dtype=int)
     assert np.mean(lr.knn_class(novel, pred) > 1) > 0.95
     assert lr.last_decision["shift_estimated"] is False and lr.query_shift(lr.knn_graph(novel), pred) == 1.0
+    # how far it lies is measured all the same, for the far-query warning (a human PBMC query of a mouse pancreas
+    # model, labelled as two types, was not warned of until 2026-12-07)
+    assert lr.last_decision["query_far"] == lr.query_shift(lr.knn_graph(novel), pred, bounded=False) > 2
     monkeypatch.setattr(nov, "SHIFT_MIN_CLASSES", 1)
     monkeypatch.setattr(cal, "FAR_QUERY_FACTOR", np.inf)  # (the bound on the shift came later still)
     assert np.mean(lr.knn_class(novel, pred) > 1) < 0.3  # the rule before: it talked its way out

@@ -366,10 +366,13 @@ def test_a_query_missing_many_model_genes_is_told_what_it_costs_and_most_is_refu
         streamed: list[str] = []
         predict_file(d, p, out=tmp_path / "o.h5ad", device="cpu", chunk_cells=70, log=streamed.append)
         in_memory: list[str] = []
-        ca.Annotator.load(d, device="cpu").predict(query, copy=True, log=in_memory.append, progress_bar=False)
+        out = ca.Annotator.load(d, device="cpu").predict(query, copy=True, log=in_memory.append, progress_bar=False)
         for logs in (streamed, in_memory):
             said = [s for s in logs if s.startswith("warning:") and "missing from the query" in s]
             assert len(said) == 1 and ("Unknown calls can vanish" in said[0]) == costs, logs
+        # and a warning on the labels, which the app's pages show (the log alone said it until 2026-12-07)
+        for card in (out.uns["cellannot"], ad.read_h5ad(tmp_path / "o.h5ad").uns["cellannot"]):
+            assert ("Unknown calls can vanish" in card["rejection"].get("genes_note", "")) == costs
 
 
 def test_a_file_of_mostly_empty_droplets_is_warned_of_when_read_a_chunk_at_a_time(bundle, tmp_path):
