@@ -77,4 +77,4 @@ if show_gen:
     (st.warning if level == "warning" else st.caption)(text)
 
 df = lat.point_table(run, coords, show_gen)
-plot(lat.figure(df, color_by, method, run.classes, run.rejection.get("threshold")), key="latent")
+plot(lat.figure(df, color_by, method, run.classes, run.rejection.get("threshold"), run.colours), key="latent")

@@ -40,7 +40,8 @@ plot(label_heatmap(pred, cols_labels, normalize=norm, row_title="Predicted label
 
 c1, c2 = st.columns(2)
 with c1:
-    plot(class_counts_bar(pred, title="Cells per predicted label", x_title="Predicted label"), key="counts")
+    plot(class_counts_bar(pred, title="Cells per predicted label", x_title="Predicted label", color_map=run.colours),
+         key="counts")
 with c2:
     conf = obs[OutKeys.CONFIDENCE].to_numpy(float)
     unk = obs[OutKeys.IS_UNKNOWN].to_numpy(bool)

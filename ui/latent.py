@@ -24,6 +24,7 @@ COLOR_BY = {
 }
 CONTINUOUS = ("confidence", "novelty")
 CALLED_UNKNOWN = "called Unknown"  # the "Unknown or not" colouring's name for the Unknown cells
+OTHER_CELLS = {"(reference)": "#d9d9d9", "(generated)": "#9e9e9e"}  # the predicted-label colouring's cells of no query
 UNKNOWN_COLOURS = {"reference": "#d9d9d9", "generated": "#9e9e9e", "known type": "#4c78a8", CALLED_UNKNOWN: "#e45756"}
 LAYOUTS = {
     "reference": "Reference map",
@@ -210,13 +211,20 @@ def group_names(run: Run, view: np.ndarray, unknown: np.ndarray) -> list[str]:
             for g, u in zip(m, unknown)]
 
 
-def figure(df: pd.DataFrame, color_by: str, method: str, classes: list[str], threshold: float | None = None) -> Any:
+def figure(df: pd.DataFrame, color_by: str, method: str, classes: list[str], threshold: float | None = None,
+           type_colours: dict[str, str] | None = None) -> Any:
     """The page's scatter; ``threshold``: the run's Unknown threshold, the middle of the novelty colouring's
-    diverging scale (red: beyond it; the colour bar marked nothing, found 2026-12-07)."""
+    diverging scale (red: beyond it; the colour bar marked nothing, found 2026-12-07); ``type_colours``: the run's
+    colour of each type (:attr:`ui.results.Run.colours`), as its other pages draw them."""
     from cellannot_core.plots import latent_scatter
 
     cont = color_by in CONTINUOUS
     cats, colours, values = classes if color_by in ("true", "predicted") else None, None, df[color_by].to_numpy()
+    if color_by in ("true", "predicted"):
+        colours = dict(type_colours or {})
+    if color_by == "predicted":  # the reference (and generated cells) in greys underneath: they have no prediction,
+        cats = [*OTHER_CELLS, *classes]  # and were drawn in a type's colour over the query's cells (2026-12-07)
+        colours |= OTHER_CELLS
     if color_by == "dataset":  # the reference drawn first, underneath: the query is what the view is for
         cats = ["reference", "query", "generated"]
     if color_by == "unknown":  # the Unknown cells on top in a colour of their own, not the grey of "no value" drawn

@@ -59,6 +59,17 @@ class Run:
         return self.card.get("rejection") or {}
 
     @property
+    def colours(self) -> dict[str, str]:
+        """One colour per name for every figure of the run: the reference's types first, then the query's own
+        labels the reference lacks (each figure resolved its own clashes of the palette, so endothelial cells
+        were green in one figure and orange in the next where a query-only type took its colour, 2026-12-07)."""
+        from cellannot_core.plots import category_colors
+
+        ref = category_colors(self.classes)
+        own = [] if self.query_labels is None else sorted(set(self.query_labels) - set(ref))
+        return category_colors([*self.classes, *own], ref)
+
+    @property
     def temperature(self) -> float:
         return float(self.card.get("temperature", 1.0))
 

@@ -89,7 +89,9 @@ def category_colors(
     categories
         Category names.
     color_map
-        Explicit colours that take precedence (except for ``Unknown``).
+        Explicit colours that take precedence (except for ``Unknown``); the other names do not take them.
+        One figure after another keeps a name's colour when each is given the same map (as
+        ``category_colors(every_name)``): the app's pages colour each run's types alike that way.
 
     Returns
     -------
@@ -98,7 +100,9 @@ def category_colors(
     """
     names = list(dict.fromkeys(str(c) for c in categories))
     out: dict[str, str] = {}
-    taken: set[int] = set()
+    # a colour given for one name is taken for the others (a type of the query alone took a reference type's
+    # colour where that one was given, found 2026-12-07)
+    taken: set[int] = {PALETTE.index(v) for c, v in (color_map or {}).items() if c in names and v in PALETTE}
     for c in sorted(names, key=natural_key):
         if c == UNKNOWN:
             out[c] = UNKNOWN_COLOR

@@ -250,6 +250,28 @@ def test_the_unknown_colouring_draws_the_unknown_cells_on_top_in_a_colour_of_the
     assert fig.data[len(names) - 1].marker.color == lat.UNKNOWN_COLOURS[lat.CALLED_UNKNOWN]
 
 
+def test_a_type_has_the_colour_of_the_runs_other_figures_and_the_reference_stays_underneath(run):
+    """Found 2026-12-07 (a probe of the results pages): each figure resolved its own clashes of the palette, so a
+    type was green on the Label transfer page's bars and orange here where a type of the query alone took its
+    colour; under *Predicted label* the reference cells, "(reference)", were drawn in a type's colour over the
+    query's cells."""
+    import numpy as np
+
+    from ui.results import load_run
+
+    root, run_id = run
+    r = load_run(str(root), run_id)
+    n = len(r.arrays["ref_y"]) + len(lat.query_view(len(r.arrays["query_latent"])))
+    df = lat.point_table(r, np.zeros((n, 2)), False)
+    for by in ("true", "predicted"):
+        fig = lat.figure(df, by, "pca", r.classes, type_colours=r.colours)
+        drawn = {t.name: t.marker.color for t in fig.data if t.x is not None and len(t.x)}
+        assert all(drawn[c] == r.colours[c] for c in drawn if c in r.colours), by
+    names = [t.name for t in fig.data if t.x is not None and len(t.x)]
+    assert names.index("(reference)") == names.index("Unknown") + 1 == 1  # under every type (the grey Unknown lowest)
+    assert drawn["(reference)"] == lat.OTHER_CELLS["(reference)"]
+
+
 def test_the_novelty_colouring_is_centred_on_the_unknown_threshold(run):
     """Found 2026-12-07: the novelty colour bar marked no threshold, so which cells were beyond it could not be
     read off the map. The scale is diverging around the run's threshold, and its title says the value."""

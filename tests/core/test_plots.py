@@ -58,6 +58,13 @@ def test_a_category_keeps_its_colour_across_runs():
     assert all(a[c] == b[c] for c in a)
     many = [f"type {i}" for i in range(24)]
     assert len(set(category_colors(many).values())) == 24  # collisions take the next free colour
+    # a map given keeps its colours for its names and from the others, so each figure of a run colours alike
+    # (found 2026-12-07: a query-only type took a reference type's colour in one figure, not in the next)
+    first = category_colors(many[:12])
+    both = category_colors(many[:20], first)
+    assert all(both[c] == first[c] for c in first) and len(set(both.values())) == 20
+    clash = next(c for c in many[12:] if category_colors([c])[c] in set(first.values()))  # hashes onto one taken
+    assert category_colors([clash, *many[:12]], first)[clash] not in set(first.values())
 
 
 # --------------------------------------------------------------------------- heatmap
