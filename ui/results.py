@@ -158,7 +158,11 @@ def require_run() -> Run:
             state = run_status(run_id).get("state")
         except CellannotError:
             state = "missing"
-        st.info(f"Run `{run_id}` is {state}; results appear here once it is done (see the **Train** page).")
+        if state in ("failed", "cancelled", "interrupted", "missing"):  # ("results appear once it is done" was said
+            st.info(f"Run `{run_id}` is {state}: it has no results. Its message is on the **Train** page; "  # of these
+                    "**Run again** on the **Runs** page trains it again.")  # too, found 2026-12-07)
+        else:
+            st.info(f"Run `{run_id}` is {state}; results appear here once it is done (see the **Train** page).")
         st.stop()
     return run
 

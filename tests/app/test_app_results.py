@@ -57,6 +57,21 @@ def test_needs_a_run():
     assert "Train a model" in at.info[0].value
 
 
+@pytest.mark.parametrize("state, said", [("cancelled", "is cancelled: it has no results"),
+                                         ("interrupted", "is interrupted: it has no results"),
+                                         ("running", "is running; results appear here once it is done")])
+def test_a_run_that_will_not_finish_is_not_said_to_be_coming(runs_root, state, said):
+    """Found 2026-12-07 (a probe of the results pages): a cancelled or interrupted run said "results appear here
+    once it is done", as a running one does."""
+    rd = RunDir.create(runs_root[0], model="logreg")
+    rd.set_status(state, model="logreg", message="stopped" if state != "running" else "training")
+    at = page(rd.id)
+    assert not at.exception and said in at.info[0].value
+    assert ("Run again" in at.info[0].value) == (state != "running")
+    rd.set_status("cancelled", model="logreg", message="stopped")  # (a running run is not deleted)
+    rd.delete()
+
+
 def test_with_query_labels(runs_root):
     at = page(runs_root[1])
     assert not at.exception
