@@ -49,7 +49,7 @@ from typing import Any, Callable, Mapping
 
 import pandas as pd
 
-from ._constants import DEFAULT_HVG_FLAVOR, DEFAULT_MIN_SHARED_GENES, DEFAULT_MODEL, DEFAULT_N_TOP_GENES, UNKNOWN, OutKeys
+from ._constants import DEFAULT_HVG_FLAVOR, DEFAULT_MIN_SHARED_GENES, DEFAULT_MODEL, DEFAULT_N_TOP_GENES, OutKeys
 from .data.values import counts_layer, counts_layers
 
 __all__ = ["annotate", "train", "accept_groups", "Annotator", "models"]
@@ -505,7 +505,7 @@ def accept_groups(adata, groups, *, as_short=(), key_added: str = "cellannot") -
 
     from .errors import ConfigError
     from .evidence import accepted_labels
-    from .pipeline import annotation_keys
+    from .pipeline import annotation_keys, move_counts
 
     _check_adata(adata, "adata")
     keys = annotation_keys(key_added)
@@ -545,38 +545,12 @@ def accept_groups(adata, groups, *, as_short=(), key_added: str = "cellannot") -
     obs[keys["LABEL"]] = pd.Categorical(new, categories=cats + [c for c in dict.fromkeys(new) if c not in cats])
     changed = np.isin(members, codes)
     obs[keys["IS_UNKNOWN"]] = was_unknown & ~changed
-    _count_accepted(card, was_unknown & changed, before, new, raw)
+    move_counts(card, before, new, raw)
     kept = dict(card.get("decisions") or {})
     kept["accepted"] = sorted(set(map(int, kept.get("accepted", []))) | {int(j) for j in groups})
     kept["as_short"] = sorted(set(map(int, kept.get("as_short", []))) | {int(j) for j in as_short})
     card["decisions"] = kept
 
-
-def _count_accepted(card: dict, now: Any, before: Any, new: Any, raw: Any) -> None:
-    """The run card's counts after :func:`accept_groups` took the cells ``now`` out of Unknown: the Unknown
-    share, the labels' counts and each class's Unknown cells move by those cells (until 2026-12-07 they kept
-    the run's figures, so a card read after accepting, or saved with the query, still gave them; moved rather
-    than counted again, so a query cut to some of its cells keeps the run's figures for the rest)."""
-    import numpy as np
-
-    n = int(np.sum(now))
-    counts = card.get("predicted_counts")
-    if not n or not isinstance(counts, Mapping):
-        return
-    total = sum(int(v) for v in counts.values())
-    counts = {str(k): int(v) for k, v in counts.items()}
-    for old, to in pd.Series(list(zip(before[now], new[now]))).value_counts().items():
-        counts[old[0]] = counts.get(old[0], 0) - int(to)
-        counts[old[1]] = counts.get(old[1], 0) + int(to)
-    card["predicted_counts"] = {k: v for k, v in counts.items() if v > 0}
-    if total:
-        card["unknown_fraction"] = counts.get(UNKNOWN, 0) / total
-    by_class = card.get("unknown_by_class")
-    rows = by_class.values() if isinstance(by_class, Mapping) else by_class if isinstance(by_class, list) else []
-    gone = pd.Series(raw[now]).value_counts()
-    for r in rows:
-        if isinstance(r, dict) and r.get("class") in gone.index and isinstance(r.get("n_unknown"), (int, np.integer)):
-            r["n_unknown"] = max(int(r["n_unknown"]) - int(gone[r["class"]]), 0)
 
 
 def models() -> pd.DataFrame:

@@ -10,6 +10,7 @@ import io
 import math
 import platform
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -974,6 +975,34 @@ def latent_quality_of(model, prepared: Prepared, preds: Predictions) -> dict[str
 def query_metrics(prepared: Prepared, preds: Predictions, classes: Sequence[str]) -> dict[str, Any]:
     """DESIGN.md metrics when the query carries labels (else empty)."""
     return metrics_of_labels(prepared.query.labels, preds, classes)
+
+
+def move_counts(card: dict[str, Any], before: np.ndarray, after: np.ndarray, raw: np.ndarray) -> None:
+    """The run card's counts after the labels of its query changed from ``before`` to ``after`` (cell by cell,
+    ``raw`` their ``label_raw``): the Unknown share, the labels' counts and each class's Unknown cells move by
+    the cells that changed (until 2026-12-07 ``accept_groups`` and the Calibration page's download kept the
+    run's figures; moved rather than counted again, so a query cut to some of its cells keeps the run's
+    figures for the rest). A card as stored in ``.uns`` (lists as dicts) or as written."""
+    before, after, raw = (np.asarray(v).astype(str) for v in (before, after, raw))
+    changed = before != after
+    counts = card.get("predicted_counts")
+    if not changed.any() or not isinstance(counts, Mapping):
+        return
+    counts = {str(k): int(v) for k, v in counts.items()}
+    total = sum(counts.values())
+    for (was, now), k in pd.Series(list(zip(before[changed], after[changed]))).value_counts().items():
+        counts[was] = counts.get(was, 0) - int(k)
+        counts[now] = counts.get(now, 0) + int(k)
+    card["predicted_counts"] = {k: v for k, v in counts.items() if v > 0}
+    if total:
+        card["unknown_fraction"] = counts.get(UNKNOWN, 0) / total
+    by_class = card.get("unknown_by_class")
+    rows = by_class.values() if isinstance(by_class, Mapping) else by_class if isinstance(by_class, list) else []
+    moved = (pd.Series(raw[changed & (after == UNKNOWN)]).value_counts()
+             .sub(pd.Series(raw[changed & (before == UNKNOWN)]).value_counts(), fill_value=0))
+    for r in rows:
+        if isinstance(r, dict) and r.get("class") in moved.index and isinstance(r.get("n_unknown"), (int, np.integer)):
+            r["n_unknown"] = max(int(r["n_unknown"]) + int(moved[r["class"]]), 0)
 
 
 def metrics_of_labels(labels, preds: Predictions, classes: Sequence[str]) -> dict[str, Any]:

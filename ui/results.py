@@ -331,13 +331,27 @@ def annotated_with_choices(root: str, run_id: str, labels: np.ndarray, choices: 
 
     import anndata as ad
 
+    from types import SimpleNamespace
+
+    from cellannot_core.pipeline import metrics_of_labels, move_counts
+
     a = ad.read_h5ad(RunDir.open(root, run_id).file(RunFiles.ANNOTATED))
     labels = str_array(labels)
     if len(labels) != a.n_obs:
         raise CellannotError(f"{len(labels)} labels for {a.n_obs} cells: open the run again")
+    card = a.uns.setdefault("cellannot", {})
+    raw = a.obs[OutKeys.LABEL_RAW].astype(str).to_numpy()
+    # the card's counts and metrics are of these labels (they were the run's, found 2026-12-07)
+    move_counts(card, a.obs[OutKeys.LABEL].astype(str).to_numpy(), labels, raw)
     a.obs[OutKeys.LABEL] = pd.Categorical(labels)
     a.obs[OutKeys.IS_UNKNOWN] = labels == UNKNOWN
-    a.uns.setdefault("cellannot", {})["decisions"] = json.loads(json.dumps(choices, default=float))
+    key = (card.get("options") or {}).get("query_label_key") if isinstance(card.get("options"), dict) else None
+    if isinstance(card.get("query_metrics"), dict) and card["query_metrics"] and key in a.obs:
+        own = a.obs[key].astype(str).where(a.obs[key].notna(), "").to_numpy()
+        preds = SimpleNamespace(label_raw=raw, label=labels, confidence=a.obs[OutKeys.CONFIDENCE].to_numpy(float),
+                                ood_score=a.obs[OutKeys.OOD_SCORE].to_numpy(float))
+        card["query_metrics"] = metrics_of_labels(own, preds, [str(c) for c in card.get(OutKeys.CLASSES, [])])
+    card["decisions"] = json.loads(json.dumps(choices, default=float))
     with tempfile.TemporaryDirectory(prefix="cellannot_dl_") as tmp:
         out = Path(tmp) / "annotated.h5ad"
         a.write_h5ad(out)
