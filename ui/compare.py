@@ -590,9 +590,17 @@ def runs_section(runs: list[dict[str, Any]]) -> None:
                    "for accuracy and ECE; novel cells for the novelty columns).")
         cols = [c for c in RUN_COLUMNS if c in table.columns]
     else:
-        st.info("The query has no labels, so nothing here can say which model labels it best. What there is: how "
-                "often the models agree (below) and how many cells each calls Unknown. Reference validation accuracy "
-                "only says how well each model knows the reference.", icon=":material/info:")
+        without = table.loc[~table["query_labelled"].astype(bool), "run"].astype(str).tolist() if len(table) else []
+        if len(without) < len(table):  # (it said "the query has no labels" of runs that had them, 2026-12-07)
+            st.info(f"Not every run picked was measured against the query's own labels ({len(without)} of "
+                    f"{len(table)} were not: {', '.join(without[:3])}{'...' if len(without) > 3 else ''}), so only what "
+                    "every run has is compared: how often the models agree (below) and how many cells each calls "
+                    "Unknown. Pick runs that all had the query's labels to compare their accuracy.",
+                    icon=":material/info:")
+        else:
+            st.info("The query has no labels, so nothing here can say which model labels it best. What there is: how "
+                    "often the models agree (below) and how many cells each calls Unknown. Reference validation "
+                    "accuracy only says how well each model knows the reference.", icon=":material/info:")
         cols = ["model", "run", "query_cells", "unknown_fraction", "val_accuracy_reference"]
     st.dataframe(table[cols].rename(columns=RUN_COLUMNS), hide_index=True, column_config={
         c: st.column_config.NumberColumn(format="percent") for c in ("Unknown", "Known called Unknown",

@@ -132,6 +132,15 @@ def test_compare_uses_existing_runs_without_training(pair, tmp_path, monkeypatch
     table = at.dataframe[0].value
     assert "Open-set accuracy" not in table.columns and "Accuracy (known types)" not in table.columns
     assert "Reference validation accuracy" in table.columns and "Unknown" in table.columns
+    # runs with and without the query's labels picked together: said so, not "the query has no labels" (found
+    # 2026-12-07, a probe of the results pages)
+    monkeypatch.setenv("CELLANNOT_RUNS", str(tmp_path / "mixed"))
+    ids = _two_runs(pair, LABEL)[:1] + _two_runs(pair, None)[:1]
+    at = page(pair)
+    at = at.multiselect(key=cmp.CompareKeys.RUNS).set_value(ids).run()
+    assert not at.exception and not any("The query has no labels" in i.value for i in at.info)
+    assert any(f"Not every run picked was measured against the query's own labels (1 of 2 were not: {ids[1]})" in i.value
+               for i in at.info)
 
 
 def test_a_sweep_is_launched_followed_and_compared(pair, tmp_path, monkeypatch):
