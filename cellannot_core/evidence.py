@@ -68,6 +68,9 @@ def marker_evidence(ref_mean: np.ndarray, group_mean: np.ndarray, genes: Sequenc
 #: cells given them than this share is warned of: most of each type's markers are not where its label says
 MARKER_AGREEMENT_MIN = 0.5
 MARKER_GENES = 10  # a reference class's markers that marker_agreement checks
+#: the agreement measured (bench/far_query.py, BENCHMARKS.md "One tissue across species"): queries of the
+#: reference's types (mouse -> human pancreas included), and of another tissue; the ranges overlap
+MARKER_AGREEMENT_OWN_TYPES, MARKER_AGREEMENT_OTHER_TISSUE = (0.61, 0.99), (0.23, 0.65)
 
 
 def marker_agreement(ref_mean: np.ndarray, query_mean: np.ndarray, counts: Sequence[int], classes: Sequence[str], *,

@@ -319,7 +319,7 @@ def marker_note(preds: Predictions) -> dict[str, Any]:
     when the predicted types, weighted by their cells, have fewer than
     :data:`~.evidence.MARKER_AGREEMENT_MIN` of their reference markers highest in the cells given them."""
     from .errors import shown_name
-    from .evidence import MARKER_AGREEMENT_MIN, MARKER_GENES
+    from .evidence import MARKER_AGREEMENT_MIN, MARKER_AGREEMENT_OTHER_TISSUE, MARKER_AGREEMENT_OWN_TYPES, MARKER_GENES
 
     m = preds.marker_agreement
     if not m:
@@ -332,8 +332,8 @@ def marker_note(preds: Predictions) -> dict[str, Any]:
             f"{MARKER_GENES} markers, {m['share']:.0%} are highest in the query cells given that type (weighted by "
             f"cells, over {m['n_classes']} types; fewest: "
             + ", ".join(f"{shown_name(k, 40)} {v:.0%}" for k, v in worst)
-            + "). Queries of the reference's types measured 61-99% (mouse -> human pancreas included), queries of "
-            "another tissue 23-65%: much of this "
+            + f"). Queries of the reference's types measured {_range(MARKER_AGREEMENT_OWN_TYPES)} (mouse -> human "
+            f"pancreas included), queries of another tissue {_range(MARKER_AGREEMENT_OTHER_TISSUE)}: much of this "
             "query may be of types the reference lacks, labelled as the nearest type. Check the labels' marker "
             "evidence (Explain page) before using them")
     return out
@@ -510,16 +510,25 @@ def far_query_note(model, preds: Predictions) -> dict[str, str]:
 
 def _far_markers(preds: Predictions) -> str:
     """What the labels' markers say of a far query (:func:`marker_note`): of the reference's types or not."""
-    from .evidence import MARKER_AGREEMENT_MIN
+    from .evidence import MARKER_AGREEMENT_MIN, MARKER_AGREEMENT_OTHER_TISSUE, MARKER_AGREEMENT_OWN_TYPES
 
     m = getattr(preds, "marker_agreement", None)
     if not m:
         return ""
-    if m["share"] >= MARKER_AGREEMENT_MIN:
+    measured = (f"queries of another tissue measured {_range(MARKER_AGREEMENT_OTHER_TISSUE)}, of the reference's "
+                f"types {_range(MARKER_AGREEMENT_OWN_TYPES)}")
+    if m["share"] > MARKER_AGREEMENT_OTHER_TISSUE[1]:
         return (f". Its labels' reference markers are mostly highest where the labels put them ({m['share']:.0%}; "
-                "queries of another tissue measured 23-65%, of the reference's types 61-99%), so it may well be of the reference's types, farther "
-                "away (another species or technology)")
-    return f". Its labels' reference markers are not where the labels put them ({m['share']:.0%}), as in a query of other cells"
+                f"{measured}), so it may well be of the reference's types, farther away (another species or technology)")
+    if m["share"] >= MARKER_AGREEMENT_MIN:  # (a human PBMC query of a mouse pancreas model, 63%, was told it "may
+        return (f". Its labels' reference markers are highest where the labels put them for {m['share']:.0%} of "  # well
+                f"them, where both kinds of query were measured ({measured}): they do not tell")  # be" pancreas)
+    return (f". Its labels' reference markers are not where the labels put them ({m['share']:.0%}), as in a query of "
+            "other cells")
+
+
+def _range(r: tuple[float, float]) -> str:
+    return f"{r[0]:.0%}".rstrip("%") + f"-{r[1]:.0%}"
 
 
 def threshold_note(model, threshold: float | None, preds: Predictions) -> dict[str, str]:

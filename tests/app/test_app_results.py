@@ -161,7 +161,9 @@ def test_a_query_mostly_unlike_its_reference_is_warned_of_at_the_top(runs_root):
     log_class_notes({"rejection": {"far_query": note}}, lines.append)
     assert lines == [f"warning: {note}"]
     # the labels' markers tell a query of other cells from one of the reference's types farther away
-    for share, words in ((0.8, "may well be of the reference's types"), (0.4, "as in a query of other cells")):
+    for share, words in ((0.8, "may well be of the reference's types"), (0.4, "as in a query of other cells"),
+                         (0.63, "where both kinds of query were measured (queries of another tissue measured 23-65%, "
+                                "of the reference's types 61-99%): they do not tell")):  # (it said "may well be")
         far = SimpleNamespace(shift_factor=FAR_QUERY_FACTOR, ood_score=np.full(10, 4.04),
                               marker_agreement={"share": share, "n_classes": 3, "by_class": {}})
         assert words in far_query_note(model, far)["far_query"]
