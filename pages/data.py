@@ -67,10 +67,8 @@ ref, qry = get(StateKeys.REFERENCE), get(StateKeys.QUERY)
 ref_id, q_id = get(StateKeys.REFERENCE_INFO)["id"], get(StateKeys.QUERY_INFO)["id"]
 st.divider()
 gene_overlap_report(overlap := data_ui.gene_overlap(ref_id, q_id, 200, ref, qry))
-novel = data_ui.labels_missing_from_reference(ref, qry, get(StateKeys.LABEL_KEY), get(StateKeys.QUERY_LABEL_KEY))
-if novel:
-    st.info(f"Query types the reference lacks: {', '.join(f'{md(k)} ({v:,})' for k, v in novel.items())}: "
-            f"{sum(novel.values()):,} cells a good model calls *Unknown*.")
+if novel := data_ui.novel_types_note(ref, qry, get(StateKeys.LABEL_KEY), get(StateKeys.QUERY_LABEL_KEY)):
+    st.info(novel)
 
 choices = data_ui.batch_choices(ref_id, q_id, get(StateKeys.LABEL_KEY), get(StateKeys.QUERY_LABEL_KEY), ref, qry)
 cur = get(StateKeys.BATCH_KEY)
