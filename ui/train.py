@@ -351,9 +351,16 @@ def _panel_body(run_id: str, was_active: bool) -> None:
     from cellannot_core.plots import training_curves
     from cellannot_core.runs import RunDir
 
-    hist = RunDir.open(jobs.runs_root(), run_id).history()
+    rd = RunDir.open(jobs.runs_root(), run_id)
+    hist = rd.history()
     if len(hist) >= 2:
-        plot(training_curves(hist, title="Loss and validation accuracy"), key=f"curves_{run_id}")
+        latent = ((rd.card() or {}).get("hparams") or {}).get("latent_model") if state == "done" else None
+        hybrid = isinstance(latent, str) and latent != "auto"  # (two validation accuracies, unexplained: 2026-12-07)
+        plot(training_curves(hist, title=f"Training of {latent}, the latent model" if hybrid else
+                             "Loss and validation accuracy"), key=f"curves_{run_id}")
+        if hybrid:
+            st.caption(f"The curve's validation accuracy is {latent}'s own classifier's; the labels come from the "
+                       "calibrated SVM, whose validation accuracy is the figure below.")
     elif hist and state == "done":  # one fit, no epochs (e.g. logreg): a curve would be one dot
         st.caption("This model is fitted in one step, so there are no training curves; its validation "
                    "accuracy is below.")

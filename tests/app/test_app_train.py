@@ -259,6 +259,32 @@ def test_a_model_fitted_in_one_step_shows_no_one_dot_curve(tiny_pair):
     assert any("fitted in one step" in c.value for c in at.caption)
 
 
+def test_the_curves_of_a_latent_model_are_told_apart_from_the_labellers_accuracy(tiny_pair):
+    """Found 2026-12-07 (a probe of the results pages): the default model's curve showed scANVI's own validation
+    accuracy (99-100%) above the metric "Validation accuracy 90.6%", the SVM's that labels, with no word of which
+    is which. A run of it is stood in for by a logreg run given its card's latent model and two epochs."""
+    import json
+
+    from cellannot_core._constants import RunFiles
+    from cellannot_core.pipeline import AnnotateOptions
+    from cellannot_core.runs import RunDir
+
+    ref, qry = tiny_pair
+    run_id = jobs.start_job(ref, qry, AnnotateOptions(label_key=LABEL, model="logreg", n_top_genes=200))
+    assert jobs.wait(run_id, timeout=120)["state"] == "done"
+    rd = RunDir.open(jobs.runs_root(), run_id)
+    card = json.loads(rd.file(RunFiles.CARD).read_text())
+    rd.file(RunFiles.CARD).write_text(json.dumps(card | {"hparams": {**card["hparams"], "latent_model": "scanvi"}}))
+    rd.file(RunFiles.HISTORY).write_text(json.dumps([{"epoch": i, "loss": 1.0 / i, "val_acc": 0.99} for i in (1, 2)]))
+    at = _train_page(tiny_pair)
+    at.session_state[StateKeys.RUN_ID] = run_id
+    at.run()
+    assert not at.exception
+    assert any("Training of scanvi, the latent model" in str(c.proto) for c in at.get("plotly_chart"))
+    assert any("the labels come from the calibrated SVM, whose validation accuracy is the figure below" in c.value
+               for c in at.caption)
+
+
 def test_a_machine_with_several_gpus_offers_each_one(monkeypatch):
     """On a lab server with two GPUs the Train page's device box offers ``cuda:0`` and ``cuda:1``
     besides ``cuda`` (the current one); a GPU it lacks is one clear error (no GPU needed here)."""
