@@ -903,7 +903,8 @@ def _knn_graph(inp: ScoreInputs) -> np.ndarray:
     return inp.reference.knn_graph(inp.latent)
 
 
-@register_score("knn_class", help="knn_graph times (2 - the label's calibrated probability: a cell the labeller "
+@register_score("knn_class", help="the distance to the nearest reference cells (as knn_graph) times (2 - the "
+                                  "label's calibrated probability: a cell the labeller "
                                   "cannot place counts up to twice as far), relative to the cell's predicted "
                                   "class: 1 = the 95th percentile of "
                                   "that class's reference cells (scored leave-one-out, smoothed the same way; at "
@@ -911,7 +912,8 @@ def _knn_graph(inp: ScoreInputs) -> np.ndarray:
                                   "(its lower quartile against the reference's: novel cells cannot move it unless "
                                   "they are over three quarters of the query), or each query sample's own (the "
                                   "median over its predicted classes); decided by group: a query cluster "
-                                  "(Leiden) whose median cell is above 1 is Unknown as a group, a cell of another "
+                                  "(Leiden) whose median cell is above the threshold (about 1, set on held-out "
+                                  "reference cells) is Unknown as a group, a cell of another "
                                   "cluster only beyond the reference's 99th percentile",
                 validation=lambda inp: inp.reference.knn_class_reference(inp.latent, inp.logits.argmax(1)))
 def _knn_class(inp: ScoreInputs) -> np.ndarray:

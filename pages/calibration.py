@@ -29,10 +29,7 @@ if details:
         st.markdown(details)
 table = cal.class_table(run)
 if table is not None:
-    st.markdown("**Why cells were called Unknown, by predicted class**: a cell is measured against the "
-                "reference cells of the class it looks most like; its distance counts (2 - confidence) times, so "
-                "a cell the labeller cannot place counts up to twice as far; the threshold is that class's 95th "
-                "percentile in the reference, times the query's shift factor.")
+    st.markdown(cal.class_table_text(run))
     st.dataframe(table, hide_index=True, key="unknown_by_class",
                  column_config={"Share Unknown": st.column_config.ProgressColumn(format="percent", min_value=0,
                                                                                  max_value=1)})

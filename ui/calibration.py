@@ -163,6 +163,18 @@ CLASS_TABLE_COLUMNS = {
 }
 
 
+def class_table_text(run: Run) -> str:
+    """What the per-class table says, with the run's threshold: the table's thresholds are the class's 95th
+    percentile times the shift factor times it (a reader multiplying the first two got 2.08 for 2.19 shown,
+    the threshold of 1.054 left unsaid: found 2026-12-07)."""
+    t = float(run.rejection.get("threshold", float("nan")))
+    return ("**Why cells were called Unknown, by predicted class**: a cell is measured against the reference cells "
+            "of the class it looks most like; its distance counts (2 - confidence) times, so a cell the labeller "
+            "cannot place counts up to twice as far; the threshold is that class's 95th percentile in the reference, "
+            "times the query's shift factor, times the score's threshold"
+            + (f" ({t:.4g}, set on held-out reference cells)" if np.isfinite(t) else "") + ".")
+
+
 def class_table(run: Run) -> pd.DataFrame | None:
     """The run card's Unknown calls per predicted class, with how each class's threshold was made
     (``knn_class``), as a display table; None for runs made before the card kept it."""

@@ -158,6 +158,10 @@ def test_unknown_calls_by_class_say_how_each_threshold_was_made(tmp_path, monkey
     assert list(table["Called Unknown"]) == [r["n_unknown"] for r in rows]
     md = " ".join(m.value for m in at.markdown)
     assert "cannot raise it" in md
+    # the table's thresholds are 95th percentile x shift x the run's threshold, and the text says all three (the
+    # threshold was left unsaid, so the product of the first two did not give the table's figure: 2026-12-07)
+    assert (f"times the query's shift factor, times the score's threshold ({card['rejection']['threshold']:.4g}, "
+            "set on held-out reference cells)") in md
     study = card["rejection"]["study_shift"]  # the card says whether the shared study shift was removed
     assert ("divided out of the query" in md) == study["removed"] and ("was not removed" in md) != study["removed"]
     # the classes accepted against their own shift (knn_class's step 3) get a warning each, with their genes
