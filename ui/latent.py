@@ -24,6 +24,8 @@ COLOR_BY = {
 }
 CONTINUOUS = ("confidence", "novelty")
 CALLED_UNKNOWN = "called Unknown"  # the "Unknown or not" colouring's name for the Unknown cells
+#: the Dataset colouring's (the palette gave the query and the generated cells two olive greens, 2026-12-07)
+DATASET_COLOURS = {"reference": "#bab0ac", "query": "#4c78a8", "generated": "#f58518"}
 OTHER_CELLS = {"(reference)": "#d9d9d9", "(generated)": "#9e9e9e"}  # the predicted-label colouring's cells of no query
 UNKNOWN_COLOURS = {"reference": "#d9d9d9", "generated": "#9e9e9e", "known type": "#4c78a8", CALLED_UNKNOWN: "#e45756"}
 LAYOUTS = {
@@ -226,7 +228,7 @@ def figure(df: pd.DataFrame, color_by: str, method: str, classes: list[str], thr
         cats = [*OTHER_CELLS, *classes]  # and were drawn in a type's colour over the query's cells (2026-12-07)
         colours |= OTHER_CELLS
     if color_by == "dataset":  # the reference drawn first, underneath: the query is what the view is for
-        cats = ["reference", "query", "generated"]
+        cats, colours = ["reference", "query", "generated"], DATASET_COLOURS
     if color_by == "unknown":  # the Unknown cells on top in a colour of their own, not the grey of "no value" drawn
         values = np.where(values == UNKNOWN, CALLED_UNKNOWN, values)  # under the reference (found 2026-12-07)
         cats, colours = ["reference", "generated", "known type", CALLED_UNKNOWN], UNKNOWN_COLOURS

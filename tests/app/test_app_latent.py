@@ -270,6 +270,9 @@ def test_a_type_has_the_colour_of_the_runs_other_figures_and_the_reference_stays
     names = [t.name for t in fig.data if t.x is not None and len(t.x)]
     assert names.index("(reference)") == names.index("Unknown") + 1 == 1  # under every type (the grey Unknown lowest)
     assert drawn["(reference)"] == lat.OTHER_CELLS["(reference)"]
+    fig = lat.figure(df, "dataset", "pca", r.classes)  # colours of their own, far apart (two olive greens before)
+    assert {t.name: t.marker.color for t in fig.data if t.x is not None and len(t.x)} == {
+        k: v for k, v in lat.DATASET_COLOURS.items() if k != "generated"}
 
 
 def test_the_novelty_colouring_is_centred_on_the_unknown_threshold(run):
