@@ -191,7 +191,14 @@ def get(key: str) -> Any:
 
 
 def put(key: str, value: Any) -> None:
+    """Set a session value; a column choice or QC option is kept with the session's datasets at once (it was kept at
+    the next page run, so a reload just after a pick lost it: found 2026-12-07)."""
     st.session_state[key] = value
+    if key in CHOICE_KEYS and (st.session_state.get(StateKeys.REFERENCE) is not None
+                               or st.session_state.get(StateKeys.QUERY) is not None):
+        from ui import session
+
+        session.remember_choices({k: st.session_state.get(k) for k in CHOICE_KEYS})
 
 
 def data_loaded() -> bool:

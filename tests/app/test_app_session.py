@@ -88,6 +88,19 @@ def test_a_reload_keeps_the_datasets_and_the_run():
     assert other.session_state[StateKeys.REFERENCE] is None
 
 
+def test_a_column_picked_just_before_a_reload_comes_back():
+    """Found 2026-12-07 (a probe of the results pages): the choices were kept at the top of the next page run, so
+    a pick followed at once by a reload came back as it was before it (a run was then trained without the query's
+    labels)."""
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    at.button(key=WidgetKeys.DEMO_BUTTON).click().run()
+    tok = at.session_state[TOKEN_KEY]
+    at.switch_page("pages/data.py").run()
+    assert at.selectbox(key=WidgetKeys.QUERY_LABEL_PICKER).value == "cell_type_harmonized"
+    at.selectbox(key=WidgetKeys.QUERY_LABEL_PICKER).set_value("(none: the query is unlabelled)").run()  # then a reload
+    assert _visit(tok).session_state[StateKeys.QUERY_LABEL_KEY] is None
+
+
 def test_the_sessions_link_alone_reopens_the_run_last_shown():
     """Found 2026-12-07 (a new user's probe): the session's link without "&run=" (a bookmark, a second
     tab) brought the datasets back, but every results page said to train a model first. The run
