@@ -55,7 +55,9 @@ min_conf = f2.slider("Min confidence", 0.0, 1.0, 0.0, 0.01, key=WidgetKeys.FILTE
 unknown_only = f3.checkbox("Unknown only", key=WidgetKeys.FILTER_UNKNOWN)
 table = res.cell_table(run, labels=labels, min_conf=min_conf, unknown_only=unknown_only)
 st.caption(f"{len(table):,} of {len(obs):,} cells" + (" (first 5,000 shown)" if len(table) > 5000 else ""))
-st.dataframe(table.head(5000), hide_index=True, height=320)
+st.dataframe(table.head(5000), hide_index=True, height=320,
+             column_config={k: st.column_config.Column(v, help=f"{k} in the downloads")
+                            for k, v in res.CELL_TABLE_LABELS.items()})
 
 st.subheader("Downloads")
 d = st.columns(4)

@@ -326,7 +326,7 @@ def why_section(run: Run) -> None:
                                                                              "Distance / usual"]].head(5),
                          hide_index=True, column_config={
                              "Of 10 nearest": st.column_config.NumberColumn(format="percent"),
-                             "Distance / usual": st.column_config.NumberColumn(format="%.2f")})
+                             "Distance / usual": st.column_config.NumberColumn(format="%.2f", width="medium")})
     raw = str(run.obs.loc[cell, OutKeys.LABEL_RAW])
     markers = why_markers(run, raw)
     with c2:

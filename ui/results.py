@@ -293,6 +293,11 @@ def card_json(run: Run) -> str:
     return json.dumps(run.card, indent=1, default=str)
 
 
+#: the Cells table's headers (the annotated file's column names were shown, found 2026-12-07); the downloads keep them
+CELL_TABLE_LABELS = {OutKeys.LABEL: "Label", OutKeys.LABEL_RAW: "Type it looks most like",
+                     OutKeys.CONFIDENCE: "Confidence", OutKeys.OOD_SCORE: "Novelty score", OutKeys.IS_UNKNOWN: "Unknown"}
+
+
 def cell_table(run: Run, *, labels: list[str] | None, min_conf: float, unknown_only: bool) -> pd.DataFrame:
     """The per-cell table filtered as on the Label transfer page."""
     obs = run.obs
