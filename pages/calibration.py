@@ -81,8 +81,10 @@ n_unk, m = int((labels == UNKNOWN).sum()), st.columns(3)
 m[0].metric("Unknown query cells", f"{n_unk:,}", help=f"{summ['n_unknown']:,} score above the threshold, before the "
             "groups accepted below")
 m[1].metric("Share of the query", f"{n_unk / max(1, len(labels)):.1%}")
-m[2].metric("Reference validation accepted", f"{summ['val_accepted']:.1%}")
 val, q = run.scores(method)
+m[2].metric("Reference validation accepted", f"{summ['val_accepted']:.1%}", help="Of the held-out reference cells, "
+            "the share at or below this threshold. The run's own is their quantile, which falls between two cells, so "
+            f"at it the share can be a cell short of the one named above (one cell: {1 / max(1, len(val)):.1%})")
 plot(score_histogram({"reference validation": val, "query": q}, thr, title=None,
                      x_title=f"{method} novelty score (higher = more novel)"), key="novelty_hist")
 
