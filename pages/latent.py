@@ -1,6 +1,7 @@
 """Latent space: UMAP / t-SNE / PCA of the model's latent space, reference + query (+ generated)."""
 import streamlit as st
 
+from ui import calibration as cal
 from ui import latent as lat
 from ui import results as res
 from ui.state import WidgetKeys, init_state
@@ -10,6 +11,8 @@ init_state()
 st.title("Latent space")
 run = res.require_run()
 res.rejection_warnings(run, "latent")
+if note := cal.decisions_note(run):  # (said on Label transfer only, found 2026-12-07)
+    st.info(note, icon=":material/tune:")
 has_gen = "gen_latent" in run.arrays and len(run.arrays["gen_latent"]) > 0
 
 can_measure = lat.has_measured(run.arrays)

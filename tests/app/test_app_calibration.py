@@ -371,6 +371,9 @@ def test_the_choices_made_on_the_page_are_kept_with_the_run(tmp_path, monkeypatc
     assert not lt.exception
     assert any("On the Calibration page you changed which Unknown groups are accepted (1 group) and set the "
                f"{method} threshold to" in i.value for i in lt.info)
+    again.session_state[WidgetKeys.EMBED_METHOD] = "pca"  # (the fast embedding: UMAP compiles with numba)
+    latent = again.switch_page("pages/latent.py").run()  # and the Latent page, which said it on no line (2026-12-07)
+    assert not latent.exception and any("On the Calibration page you changed" in i.value for i in latent.info)
     # ... and the Calibration page hands the choices over in an annotated query
     again = again.switch_page("pages/calibration.py").run()
     again.button(key=f"dl_h5ad_chosen_{rd.id}_prepare").click().run()
