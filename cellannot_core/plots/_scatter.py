@@ -250,13 +250,15 @@ def latent_scatter(
     else:
         vals = np.asarray(col_raw, dtype=float)[idx]
         finite = np.isfinite(vals)
-        if not finite.all():  # drawn first, underneath the cells the colour is about (it covered them until 2026-12-07)
-            sel = ~finite
+        for sv in sym_values:  # drawn first, underneath the cells the colour is about (it covered them until
+            sel = (sym_s == sv) & ~finite  # 2026-12-07), in each marker style (generated cells hollow: they were
+            if not sel.any():  # grey circles like the reference's, found 2026-12-07)
+                continue
+            name = f"no value ({sv})" if several_symbols else "no value"
             fig.add_trace(
                 go.Scattergl(
-                    x=xy_s[sel, 0], y=xy_s[sel, 1], mode="markers", name="no value",
-                    marker=dict(color=UNKNOWN_COLOR, size=size, opacity=base_opacity),
-                    hovertemplate="no value<extra></extra>",
+                    x=xy_s[sel, 0], y=xy_s[sel, 1], mode="markers", name=name,
+                    marker=_marker(sym_style[sv], color=UNKNOWN_COLOR), hovertemplate=f"{name}<extra></extra>",
                 )
             )
         for sv in sym_values:

@@ -265,6 +265,13 @@ def test_latent_scatter_continuous():
     bar = fig.layout.coloraxis.colorbar  # below the legend's entries, not over them (found 2026-12-07)
     assert bar.yanchor == "bottom" and bar.y + bar.len <= 0.8
     assert fig.data[0].marker.color == UNKNOWN_COLOR and len(fig.data[0].x) == 1
+    # generated cells without a value keep their hollow marker, apart from the reference's (found 2026-12-07)
+    sym = np.where(np.arange(200) < 100, "real", "generated")
+    val[150] = np.nan
+    fig = latent_scatter(xy, val, continuous=True, symbol=sym, color_title="confidence")
+    empty = {t.name: t.marker.symbol for t in fig.data if t.name.startswith("no value")}
+    assert set(empty) == {"no value (real)", "no value (generated)"} and empty["no value (real)"] != \
+        empty["no value (generated)"]
     with pytest.raises(ValueError):
         latent_scatter(xy[:, :1], val)
 
