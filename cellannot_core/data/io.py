@@ -671,7 +671,11 @@ def guard_hdf5(path: Path, label: str, *, whole: tuple[str, ...] | None = None) 
             n_text += text_in_attrs(obj)
         return True if problem else None
 
-    with h5py.File(path, "r") as f:  # a file h5py cannot open fails here, as read_dataset reports it
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:  # said as read_dataset says it (predict's reader in chunks, which opens the file here
+        raise DataError(f"could not read {label}: {_read_failure(exc)}") from None  # first, said "internal error")
+    with f:
         n_text += text_in_attrs(f)
         f.visititems_links(visit)
     if n_objects > HDF5_MAX_OBJECTS or n_attrs > HDF5_MAX_ATTRIBUTES:

@@ -252,6 +252,11 @@ def test_annotate_writes_output(capsys, files, tmp_path):
     assert code == 0, err
     again = ad.read_h5ad(tmp_path / "again.h5ad")
     assert list(again.obs[OutKeys.LABEL_RAW]) == list(a.obs[OutKeys.LABEL_RAW])
+    # a query cut short is one line, as annotate says it (predict's reader in chunks said "internal error" until
+    # 2026-12-07, a command-line user's probe)
+    code, _, err = run_main(capsys, "predict", "--model", tmp_path / "model", "--query", files["truncated"], "--out",
+                            tmp_path / "cut.h5ad", "--device", "cpu")
+    assert_one_error(code, err, "could not read query file 'truncated.h5ad': the file is cut short")
 
 
 def test_duplicate_cell_names_warn_not_fail(capsys, files, tmp_path):
