@@ -57,14 +57,18 @@ BATCH_KEY_HELP = ("optional obs column naming each cell's sample or batch (refer
                   "not look novel")
 
 
-def _add_common(p: argparse.ArgumentParser, *, query_required: bool) -> None:
+def _add_common(p: argparse.ArgumentParser, *, query_required: bool, labels: bool = True) -> None:
+    """The options of the commands that train; ``labels`` False (``train``): none of those that only a labelled
+    run uses (--query-label-key, --threshold, --runs-dir: train accepted them and did nothing with them, or
+    checked the reference for the query's label column, until 2026-12-07)."""
     p.add_argument("--reference", required=True,
                    help="labelled reference (.h5ad, .h5mu, .loom, .h5, 10x folder/.zip/.tar.gz, .csv/.tsv)")
     p.add_argument("--query", required=query_required, help="query cells to label (same formats)")
     for role in ("reference", "query"):
         _add_orientation(p, role)
     p.add_argument("--label-key", required=True, help="obs column of the reference holding the cell types")
-    p.add_argument("--query-label-key", default=None, help="optional query obs column with known labels (for metrics)")
+    if labels:
+        p.add_argument("--query-label-key", default=None, help="optional query obs column with known labels (for metrics)")
     p.add_argument("--batch-key", default=None, help=BATCH_KEY_HELP)
     p.add_argument("--model", default=DEFAULT_MODEL, help="model name (see `models`); default: %(default)s")
     p.add_argument("--hparam", action="append", default=[], metavar="NAME=VALUE", help="model hyper-parameter (repeatable)")
@@ -83,8 +87,9 @@ def _add_common(p: argparse.ArgumentParser, *, query_required: bool) -> None:
                         "smaller gene count for a small panel; another value is required as given)")
     p.add_argument("--accept", type=float, default=0.95,
                    help="share of reference validation cells accepted; sets the Unknown threshold")
-    p.add_argument("--threshold", type=float, default=None, help="override the novelty-score threshold")
-    p.add_argument("--runs-dir", default=None, help="also write a full run directory here (reopen it in the app)")
+    if labels:
+        p.add_argument("--threshold", type=float, default=None, help="override the novelty-score threshold")
+        p.add_argument("--runs-dir", default=None, help="also write a full run directory here (reopen it in the app)")
     p.add_argument("--layer", default=None, help=LAYER_HELP)
 
 
@@ -143,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--out", required=True, help="annotated query .h5ad to write")
     a.add_argument("--save-model", default=None, help="also save the trained model bundle to this directory")
     t = sub.add_parser("train", help="train on the reference and save a model bundle (query optional)")
-    _add_common(t, query_required=False)
+    _add_common(t, query_required=False, labels=False)
     t.add_argument("--save-model", required=True, help="directory for the model bundle")
     sw = sub.add_parser("sweep", help="search a model's hyper-parameters with Optuna (resumable)")
     _add_common(sw, query_required=True)
@@ -218,11 +223,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _options(args) -> "AnnotateOptions":
     from .pipeline import AnnotateOptions
 
-    return AnnotateOptions(label_key=args.label_key, query_label_key=args.query_label_key, model=args.model,
+    return AnnotateOptions(label_key=args.label_key, query_label_key=getattr(args, "query_label_key", None),
+                           model=args.model,
                            hparams=_hparams(args.hparam), seed=args.seed, device=args.device,
                            max_epochs=args.max_epochs, n_top_genes=args.n_top_genes,
                            min_cells_per_class=args.min_cells_per_class, min_shared_genes=args.min_shared_genes,
-                           accept=args.accept, threshold=args.threshold, batch_key=args.batch_key,
+                           accept=args.accept, threshold=getattr(args, "threshold", None), batch_key=args.batch_key,
                            hvg_flavor=args.hvg_flavor)
 
 
@@ -296,8 +302,10 @@ def cmd_train(args) -> int:
     main_process = distributed.is_main()
     opts = _options(args)
     if main_process:  # (rank 0 writes the bundle)
-        from .pipeline import check_model_folder
+        from .pipeline import check_model_folder, check_not_an_input
 
+        check_not_an_input(args.save_model, {"reference": args.reference, "query": args.query},  # (it wrote into a
+                           what="saved model")  # 10x query folder until 2026-12-07, as annotate never did)
         check_model_folder(args.save_model)
     ref, qry = _datasets(args)
     ref = ref if not isinstance(ref, (str, Path)) else read_dataset(ref, name="reference")

@@ -310,6 +310,25 @@ def test_train_then_predict(capsys, files, tmp_path):
     assert_one_error(code, err, "genes")
 
 
+@pytest.mark.parametrize("extra", [["--runs-dir", "runs"], ["--query-label-key", "bogus"], ["--threshold", "2"]])
+def test_train_refuses_options_it_would_not_use_and_writing_into_its_inputs(capsys, files, tmp_path, extra):
+    """Found 2026-12-07 (a command-line user's probe): train took --runs-dir, --query-label-key and --threshold and
+    did nothing with them (or looked for the query's label column in the reference), and wrote its model into a
+    10x query folder, which annotate refuses."""
+    with pytest.raises(SystemExit) as e:
+        run_main(capsys, "train", "--reference", files["ref"], "--label-key", LABEL, "--save-model", tmp_path / "m",
+                 *FAST, *extra)
+    assert e.value.code == 2 and "unrecognized arguments" in capsys.readouterr().err
+    tenx = tmp_path / "tenx"
+    tenx.mkdir()
+    code, _, err = run_main(capsys, "train", "--reference", files["ref"], "--query", files["query"], "--label-key",
+                            LABEL, "--save-model", files["ref"], *FAST)
+    assert_one_error(code, err, "is the reference itself")
+    code, _, err = run_main(capsys, "train", "--reference", tenx, "--label-key", LABEL, "--save-model", tenx / "model",
+                            *FAST)
+    assert_one_error(code, err, "is inside the reference's folder")
+
+
 def test_train_says_what_reading_the_reference_did(capsys, tmp_path):
     """Found 2026-12-07: ``train`` (and ``benchmark``) dropped a class of too few cells without a word,
     where ``annotate`` says so; and a batch key given to a model with no batch covariate is named for
