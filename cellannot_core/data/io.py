@@ -68,6 +68,10 @@ CONVERT_HINTS = {
     ".zarr": "An AnnData .zarr store: in Python, anndata.read_zarr(path).write_h5ad('data.h5ad')",
     ".xlsx": "A spreadsheet: save the sheet as .csv (cells or genes as rows, names in the first column)",
     ".xls": "A spreadsheet: save the sheet as .csv (cells or genes as rows, names in the first column)",
+    # (an .h5ad compresses inside itself: one gzipped whole is a download's, found 2026-12-07)
+    ".h5ad.gz": "A gzipped .h5ad: unpack it first (gunzip), then load the .h5ad",
+    ".h5.gz": "A gzipped HDF5 file: unpack it first (gunzip), then load the .h5",
+    ".loom.gz": "A gzipped .loom: unpack it first (gunzip), then load the .loom",
 }
 
 

@@ -190,6 +190,11 @@ def query_labels(obs: pd.DataFrame, key: str, classes) -> tuple[np.ndarray, np.n
     warns = [] if len(labels) == 0 or not missing.all() else [
         f"the query's label column {key!r} names no cell type (every value is empty, NaN or Unknown): the labels "
         "are not measured against it"]
+    if len(labels) and not missing.all() and not (idx >= 0).any():  # (cluster numbers, a count column: the
+        shown = ", ".join(repr(str(v))[:40] for v in pd.unique(labels[~missing])[:3])  # metrics were printed as
+        warns.append(f"none of the query's labels in {key!r} names a reference type ({shown}...): every labelled "  # if
+                     "cell counts as a type the reference lacks, so the accuracy figures only say how many were "  # all
+                     "called Unknown; check it is the column of cell types")  # novel, found 2026-12-07)
     if renamed:  # the labels the metrics compare with the predictions: as the reference names them
         labels = np.asarray([renamed.get(v, v) for v in labels], dtype=object)
         shown = ", ".join(f"{k!r} as {v!r}" for k, v in list(renamed.items())[:5])

@@ -259,6 +259,13 @@ def test_annotate_writes_output(capsys, files, tmp_path):
     assert_one_error(code, err, "could not read query file 'truncated.h5ad': the file is cut short")
 
 
+def test_the_same_file_as_reference_and_query_is_said(capsys, files, tmp_path):
+    """Found 2026-12-07 (a command-line user's probe): annotate with one file as both ran without a word."""
+    code, _, err = run_main(capsys, *annotate_args(files, query="ref", out=tmp_path / "same.h5ad"))
+    assert code == 0, err
+    assert "warning: the reference and the query are the same file" in err and "(5%)" in err
+
+
 def test_duplicate_cell_names_warn_not_fail(capsys, files, tmp_path):
     out = tmp_path / "dup.h5ad"
     code, _, err = run_main(capsys, *annotate_args(files, query="dup_query", out=out))

@@ -324,7 +324,8 @@ def test_unknown_extension_and_missing_file(tmp_path):
 
 @pytest.mark.parametrize("name,hint", [("obj.rds", "SeuratDisk's SaveH5Seurat"), ("obj.h5Seurat", "zellkonverter"),
                                        ("store.zarr", "anndata.read_zarr"),
-                                       ("sheet.xlsx", "save the sheet as .csv")])
+                                       ("sheet.xlsx", "save the sheet as .csv"),
+                                       ("q.h5ad.gz", r"unpack it first \(gunzip\)")])  # (found 2026-12-07)
 def test_a_format_we_do_not_read_says_how_to_convert_it(tmp_path, name, hint):
     p = tmp_path / name
     p.mkdir() if name.endswith(".zarr") else p.write_bytes(b"x")  # a .zarr store is a folder, not a 10x folder

@@ -284,3 +284,15 @@ def test_a_reference_of_more_cell_types_than_a_model_may_have_is_refused():
     labels = np.repeat([f"type {i}" for i in range(MAX_CLASSES + 1)], 2)
     with pytest.raises(DataError, match="10,001 classes of at least 2 cells, where cellannot takes at most 10,000"):
         clean_labels(labels, label_key="cell_type", min_cells_per_class=2)
+
+
+def test_query_labels_that_name_no_reference_type_are_warned_of():
+    """Found 2026-12-07 (a command-line user's probe): --query-label-key seurat_clusters (cluster numbers) printed
+    acc_open 0.024 and said nothing: every labelled cell counted as a type the reference lacks."""
+    from cellannot_core.data.validate import query_labels
+
+    obs = pd.DataFrame({"clusters": ["0", "1", "2", "1"], "types": ["B", "T", "B", "NK"]})
+    *_, warns = query_labels(obs, "clusters", ["B", "T"])
+    assert len(warns) == 1 and warns[0].startswith("none of the query's labels in 'clusters' names a reference type")
+    *_, warns = query_labels(obs, "types", ["B", "T"])  # some do (NK is novel): nothing to say
+    assert warns == []
