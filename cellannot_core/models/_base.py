@@ -220,7 +220,10 @@ class Model:
             arrays.update({f"reference.{k}": np.ascontiguousarray(v) for k, v in self.reference.arrays().items()})
         tmp = d / (RunFiles.WEIGHTS + ".tmp")
         try:
-            save_file(arrays, str(tmp))
+            open(tmp, "wb").close()  # a file made as any is (by the umask; os.umask would race the app's threads):
+            mode = os.stat(tmp).st_mode & 0o777  # safetensors writes 0600, and a lab's colleagues could read a saved
+            save_file(arrays, str(tmp))  # model's config, not its weights (found 2026-12-07)
+            os.chmod(tmp, mode)
             os.replace(tmp, d / RunFiles.WEIGHTS)
         except BaseException as err:
             tmp.unlink(missing_ok=True)

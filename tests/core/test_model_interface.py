@@ -56,6 +56,10 @@ def test_every_registered_model_keeps_the_interface(name, prep, tmp_path):
     assert val[m.ood_method].shape == (prep.val.n_obs,)
 
     d = m.save(tmp_path / name)
+    import os  # the weights readable as the config is (safetensors wrote them 0600, found 2026-12-07)
+
+    from cellannot_core._constants import RunFiles
+    assert os.stat(d / RunFiles.WEIGHTS).st_mode & 0o777 == os.stat(d / RunFiles.CONFIG).st_mode & 0o777
     loaded = load_model(d, device="cpu")
     np.testing.assert_allclose(loaded.logits(Xq), logits, rtol=1e-4, atol=1e-5)
     assert loaded.threshold == pytest.approx(m.threshold) and loaded.temperature == pytest.approx(m.temperature)
