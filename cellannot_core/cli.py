@@ -77,16 +77,16 @@ def _add_common(p: argparse.ArgumentParser, *, query_required: bool, labels: boo
     p.add_argument("--device", default="auto", type=_device, help="auto (CUDA when present), cpu, cuda or cuda:N")
     p.add_argument("--max-epochs", type=int, default=None,
                    help="stop training after this many epochs (default: the model's own budget, with early stopping)")
-    p.add_argument("--n-top-genes", type=int, default=DEFAULT_N_TOP_GENES, help="highly variable genes chosen on the reference")
+    p.add_argument("--n-top-genes", type=int, default=DEFAULT_N_TOP_GENES, help="highly variable genes chosen on the reference (default %(default)s)")
     p.add_argument("--hvg-flavor", default=DEFAULT_HVG_FLAVOR, choices=HVG_FLAVORS,
                    help="how genes are ranked: scanpy's 'seurat_v3' (counts; the default) or 'seurat' (log values, "
                         "mean bins: ranks the most expressed markers, e.g. hormones, at one fixed place)")
-    p.add_argument("--min-cells-per-class", type=int, default=10, help="smaller reference classes are dropped")
+    p.add_argument("--min-cells-per-class", type=int, default=10, help="smaller reference classes are dropped (default %(default)s)")
     p.add_argument("--min-shared-genes", type=int, default=DEFAULT_MIN_SHARED_GENES,
                    help=f"refuse when fewer genes are shared (default {DEFAULT_MIN_SHARED_GENES}, eased to half the "
                         "smaller gene count for a small panel; another value is required as given)")
     p.add_argument("--accept", type=float, default=0.95,
-                   help="share of reference validation cells accepted; sets the Unknown threshold")
+                   help="share of reference validation cells accepted; sets the Unknown threshold (default %(default)s)")
     if labels:
         p.add_argument("--threshold", type=float, default=None, help="override the novelty-score threshold")
         p.add_argument("--runs-dir", default=None, help="also write a full run directory here (reopen it in the app)")
@@ -152,15 +152,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--save-model", required=True, help="directory for the model bundle")
     sw = sub.add_parser("sweep", help="search a model's hyper-parameters with Optuna (resumable)")
     _add_common(sw, query_required=True)
-    sw.add_argument("--trials", type=int, default=20, help="finished trials the sweep should have")
+    sw.add_argument("--trials", type=int, default=20, help="finished trials the sweep should have (default %(default)s)")
     sw.add_argument("--objective", default="val_accuracy", help="val_accuracy, val_ece, val_nll or loo_auroc (none needs query labels; loo_auroc "
-                    "trains 3 more models per trial: the novelty AUROC with a reference type left out)")
-    sw.add_argument("--sampler", default="tpe", choices=("tpe", "random", "grid"))
+                    "trains 3 more models per trial: the novelty AUROC with a reference type left out; default %(default)s)")
+    sw.add_argument("--sampler", default="tpe", choices=("tpe", "random", "grid"),
+                    help="how trials pick values: Optuna's TPE, at random, or every combination of given values (default %(default)s)")
     sw.add_argument("--param", action="append", default=[], metavar="NAME[=v1,v2]",
                     help="a hyper-parameter to vary: its registry range, or these values (repeatable; default: "
                          "the model's main ones)")
     sw.add_argument("--storage", default="sweep.db", help="SQLite file or any database URL Optuna supports "
-                                                           "(several machines can share one sweep)")
+                                                           "(several machines can share one sweep; default %(default)s in the current folder)")
     sw.add_argument("--study", default=None, help="study name (default: sweep-<model>); the same name resumes it")
     pr = sub.add_parser("predict", help="label a query with a saved model bundle")
     pr.add_argument("--model", required=True, dest="model_dir",
@@ -186,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "metrics of the labels against them (as annotate's)")
     sub.add_parser("models", help="list the models and their hyper-parameters")
     ap_app = sub.add_parser("app", help="serve the web app (on 127.0.0.1 unless told otherwise)")
-    ap_app.add_argument("--port", type=int, default=8501)
+    ap_app.add_argument("--port", type=int, default=8501, help="port to serve on (default %(default)s)")
     ap_app.add_argument("--address", default="127.0.0.1",
                         help="listen address; anything but 127.0.0.1 serves a lab: read the README's security "
                              "section (and SECURITY.md) first (set CELLANNOT_DATA_ROOT to allow reading files by server path)")
