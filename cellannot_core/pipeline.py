@@ -1138,6 +1138,9 @@ def annotated_query(query_adata, prepared: Prepared, preds: Predictions, card: d
 def predictions_table(obs_names: Sequence[str], preds: Predictions, classes: Sequence[str]) -> pd.DataFrame:
     cols = {"cell": np.asarray(obs_names), OutKeys.LABEL: preds.label, OutKeys.LABEL_RAW: preds.label_raw,
             OutKeys.CONFIDENCE: preds.confidence, OutKeys.OOD_SCORE: preds.ood_score, OutKeys.IS_UNKNOWN: preds.is_unknown}
+    group = getattr(preds, "unknown_group", None)  # (the .h5ad's column, which the CSV lacked until 2026-12-07)
+    if group is not None and len(group) == len(preds.label):
+        cols[OutKeys.UNKNOWN_GROUP] = np.asarray(group)
     # built at once: a column at a time, over 100 classes made pandas warn of a fragmented frame
     return pd.DataFrame(cols | {f"p_{c}": preds.proba[:, j] for j, c in enumerate(classes)})
 

@@ -179,6 +179,8 @@ def test_run_dir_predictions_csv(run):
     np.testing.assert_array_equal(df[OutKeys.LABEL].astype(str), out.obs[OutKeys.LABEL].astype(str))
     np.testing.assert_array_equal(df[OutKeys.IS_UNKNOWN].astype(bool), out.obs[OutKeys.IS_UNKNOWN].to_numpy())
     np.testing.assert_allclose(df[OutKeys.CONFIDENCE], out.obs[OutKeys.CONFIDENCE], atol=1e-5)
+    # each cell's Unknown group too, as the .h5ad has it (the CSV lacked it until 2026-12-07)
+    np.testing.assert_array_equal(df[OutKeys.UNKNOWN_GROUP], out.obs[OutKeys.UNKNOWN_GROUP])
 
 
 def test_run_dir_arrays(run):
