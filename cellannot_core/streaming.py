@@ -35,7 +35,7 @@ MARKER_SAMPLE = 10_000
 
 def stream_predictions(model, bundle: dict[str, Any], rows: H5adRows, *, threshold: float | None = None,
                        chunk_cells: int = CHUNK_CELLS, log: Callable[[str], None] = lambda s: None,
-                       samples=None):
+                       samples=None, on_genes: Callable[[str, list[str]], None] | None = None):
     """Predictions (:class:`~.pipeline.Predictions`, with only the model's own novelty score) and
     the query report for the cells of ``rows``, read ``chunk_cells`` at a time; ``samples``
     (:func:`~.pipeline.query_samples` of ``rows.obs``) as for :func:`~.pipeline.predict`."""
@@ -52,6 +52,9 @@ def stream_predictions(model, bundle: dict[str, Any], rows: H5adRows, *, thresho
     gm = match_genes(pd.DataFrame(index=pd.Index(genes)), rows.var, min_shared=min_shared, ref_name="model")
     missing = check_model_genes(gm.n_shared, len(genes))  # (refused here when most are missing)
     warns = list(missing)
+    message = f"{gm.n_shared} of {len(genes)} model genes found in the query ({gm.mode})"
+    if on_genes is not None:  # said now, before the passes over the chunks (after them until 2026-12-07: minutes
+        on_genes(message, missing)  # late on a large query)
     total_cols = None
     if bundle.get("norm_genes") is not None:
         nm = match_genes(pd.DataFrame(index=pd.Index([str(g) for g in bundle["norm_genes"]])), rows.var,
@@ -107,7 +110,7 @@ def stream_predictions(model, bundle: dict[str, Any], rows: H5adRows, *, thresho
     if rows.n_obs:  # the labels' markers on a seeded sample: one more pass over the chunks cost a third of the time
         idx = np.sort(np.random.default_rng(0).choice(rows.n_obs, min(rows.n_obs, MARKER_SAMPLE), replace=False))
         preds.marker_agreement = marker_agreement_of(model, model_input(rows.rows_at(idx)), preds.label_raw[idx])
-    report = {"message": f"{gm.n_shared} of {len(genes)} model genes found in the query ({gm.mode})",
+    report = {"message": message,
               "n_shared": gm.n_shared, "n_model_genes": len(genes), "approximate": gm.approximate,
               "warnings": warns, "n_cells_input": rows.n_obs, "n_genes": len(rows.var), "counts_source": rows.source,
               "read_in_chunks_of": int(chunk_cells), "unknown_groups": groups,
@@ -258,10 +261,17 @@ def stream_label(model, bundle: dict[str, Any], rows: H5adRows, *, threshold: fl
 
     labels = own_labels(rows.obs, query_label_key, model, bundle, log)
     samples = bundle_samples(bundle, rows.obs)
+    said: list[str] = []
+
+    def on_genes(message: str, warns: list[str]) -> None:
+        log(message)
+        for w in warns:
+            log(f"warning: {w}")
+        said.extend(warns)
+
     preds, report = stream_predictions(model, bundle, rows, threshold=threshold, chunk_cells=chunk_cells,
-                                       log=log, samples=samples)
-    log(report["message"])
-    log_warnings(report, log)
+                                       log=log, samples=samples, on_genes=on_genes)
+    log_warnings({**report, "warnings": [w for w in report["warnings"] if w not in said]}, log)
     groups = report.pop("unknown_groups", [])
     card = prediction_card(model, preds, report, samples, threshold) | {"unknown_groups": groups}
     log_unknown_groups(groups, log)

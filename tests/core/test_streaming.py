@@ -370,6 +370,7 @@ def test_a_query_missing_many_model_genes_is_told_what_it_costs_and_most_is_refu
         for logs in (streamed, in_memory):
             said = [s for s in logs if s.startswith("warning:") and "missing from the query" in s]
             assert len(said) == 1 and ("Unknown calls can vanish" in said[0]) == costs, logs
+        assert streamed.index(said[0]) <= 1, streamed  # before the passes over the chunks (after them until 2026-12-07)
         # and a warning on the labels, which the app's pages show (the log alone said it until 2026-12-07)
         for card in (out.uns["cellannot"], ad.read_h5ad(tmp_path / "o.h5ad").uns["cellannot"]):
             assert ("Unknown calls can vanish" in card["rejection"].get("genes_note", "")) == costs
