@@ -228,7 +228,8 @@ def label_file(model, bundle: dict[str, Any], query: str | Path, *, out: str | P
         except NotStreamable as err:
             reason = str(err)
     if rows is None:
-        log(f"reading the whole query into memory ({reason})")
+        if query_data is not None or Path(query).exists():  # (a missing path was said to be read whole, then said
+            log(f"reading the whole query into memory ({reason})")  # not to exist: found 2026-12-07)
         adata = read_dataset(query, name="query") if query_data is None else query_data
         log_read_notes("query", adata, log)
         check_h5ad_writable(adata, "query")  # before labelling, not after it

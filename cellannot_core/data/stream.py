@@ -122,7 +122,8 @@ class H5adRows:
         if not path.name.lower().endswith(".h5ad") or not path.is_file() or not h5py.is_hdf5(path):
             # a folder, a missing path or a file that is no HDF5 goes to the whole read, whose message names it
             # (found 2026-12-07: predict said an empty .h5ad was an "internal error", and a folder did not exist)
-            raise NotStreamable("only .h5ad files are read in chunks")
+            raise NotStreamable("only .h5ad files are read in chunks" if not path.name.lower().endswith(".h5ad") else
+                                "it is not a file" if not path.is_file() else "it is not HDF5 inside")
         guard_hdf5(path, label, whole=("obs", "var", "raw/var"))
         try:
             self._f = h5py.File(path, "r")
