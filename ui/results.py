@@ -65,8 +65,8 @@ class Run:
         were green in one figure and orange in the next where a query-only type took its colour, 2026-12-07)."""
         from cellannot_core.plots import category_colors
 
-        ref = category_colors(self.classes)
-        own = [] if self.query_labels is None else sorted(set(self.query_labels) - set(ref))
+        ref, key = category_colors(self.classes), self.query_label_key
+        own = [] if key is None else sorted(set(map(str, pd.unique(self.obs[key].astype(str)))) - set(ref))
         return category_colors([*self.classes, *own], ref)
 
     @property
