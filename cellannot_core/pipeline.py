@@ -1129,8 +1129,12 @@ def _kept_obs(query_adata, prepared: Prepared) -> pd.DataFrame:
 def annotated_query(query_adata, prepared: Prepared, preds: Predictions, card: dict[str, Any]):
     """A copy of the query AnnData (cells in input order; cells removed by QC left out) with the
     annotate contract's fields."""
+    import warnings
+
     rows = _kept_rows(query_adata, prepared)
-    qa = query_adata.copy() if rows is None else query_adata[rows].copy()
+    with warnings.catch_warnings():  # (said by the run in its own words; anndata's repeated them with its paths
+        warnings.filterwarnings("ignore", message=".*names are not unique.*")  # as the results were written)
+        qa = query_adata.copy() if rows is None else query_adata[rows].copy()
     write_annotations(qa, preds, card)
     return qa
 
