@@ -1417,13 +1417,24 @@ def _load_bundle_archive(path: Path, device: str) -> tuple[Any, dict[str, Any]]:
 
 def _load_bundle_dir(model_dir: Path, device: str) -> tuple[Any, dict[str, Any]]:
     from ._constants import RunFiles
-    from .errors import DataError
+    from .errors import DataError, shown_name
     from .models import load_model
     from .models._base import read_model_json, refuse_links_out
 
     if not (model_dir / "bundle.json").exists() and (model_dir / RunFiles.MODEL_DIR / "bundle.json").is_file():
         model_dir = model_dir / RunFiles.MODEL_DIR  # a run's folder (what annotate and the app write): its model is inside
     if not (model_dir / "bundle.json").is_file():
+        from .runs import read_json
+
+        status = read_json(model_dir / RunFiles.STATUS, None)  # a run's folder without a model, or the runs folder
+        if isinstance(status, dict) and isinstance(status.get("state"), str):  # (both said "no bundle.json", 2026-12-07)
+            raise DataError(f"{model_dir} is a run that is {shown_name(status['state'], 20)}, with no saved model: pass "
+                            "a finished run's folder")
+        from itertools import islice
+
+        if model_dir.is_dir() and any((d / RunFiles.STATUS).is_file() for d in islice(model_dir.iterdir(), 1000)
+                                      if d.is_dir()):
+            raise DataError(f"{model_dir} is a folder of runs: pass one finished run's folder in it")
         raise DataError(f"{model_dir} has no bundle.json; pass a directory written by `train` or --save-model")
     refuse_links_out(model_dir, [model_dir / "bundle.json"])
     bundle = read_model_json(model_dir / "bundle.json", model_dir)

@@ -193,6 +193,17 @@ def test_predict_with_non_model_directory(capsys, files, tmp_path):
     code, _, err = run_main(capsys, "predict", "--model", tmp_path / "missing", "--query", files["query"],
                             "--out", tmp_path / "p.h5ad")
     assert_one_error(code, err, "missing does not exist")
+    # a failed run's folder, and the runs folder itself, are said to be so (both "had no bundle.json" until
+    # 2026-12-07, a command-line user's probe)
+    from cellannot_core.runs import RunDir
+
+    rd = RunDir.create(tmp_path / "runs", model="logreg")
+    rd.set_status("failed", model="logreg", message="out of memory")
+    code, _, err = run_main(capsys, "predict", "--model", rd.path, "--query", files["query"], "--out", tmp_path / "p.h5ad")
+    assert_one_error(code, err, "is a run that is failed, with no saved model: pass a finished run's folder")
+    code, _, err = run_main(capsys, "predict", "--model", tmp_path / "runs", "--query", files["query"],
+                            "--out", tmp_path / "p.h5ad")
+    assert_one_error(code, err, "is a folder of runs: pass one finished run's folder in it")
 
 
 def test_no_traceback_in_a_real_process(files):
