@@ -63,11 +63,7 @@ class Run:
         """One colour per name for every figure of the run: the reference's types first, then the query's own
         labels the reference lacks (each figure resolved its own clashes of the palette, so endothelial cells
         were green in one figure and orange in the next where a query-only type took its colour, 2026-12-07)."""
-        from cellannot_core.plots import category_colors
-
-        ref, key = category_colors(self.classes), self.query_label_key
-        own = [] if key is None else sorted(set(map(str, pd.unique(self.obs[key].astype(str)))) - set(ref))
-        return category_colors([*self.classes, *own], ref)
+        return _type_colours(self.root, self.run_id, tuple(self.classes), self.query_label_key)
 
     @property
     def temperature(self) -> float:
@@ -99,6 +95,17 @@ def load_card(root: str, run_id: str) -> dict[str, Any]:
 @st.cache_data(show_spinner=False, max_entries=8)
 def load_arrays(root: str, run_id: str) -> dict[str, np.ndarray]:
     return RunDir.open(root, run_id).load_arrays()
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _type_colours(root: str, run_id: str, classes: tuple[str, ...], key: str | None) -> dict[str, str]:
+    """:attr:`Run.colours`, once per run (not on each rerun: the query's labels are read through whole)."""
+    from cellannot_core.plots import category_colors
+
+    ref = category_colors(classes)
+    obs = load_obs(root, run_id)
+    own = [] if key is None else sorted(set(map(str, pd.unique(obs[key].astype(str)))) - set(ref))
+    return category_colors([*classes, *own], ref)
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
