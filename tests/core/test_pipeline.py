@@ -490,3 +490,38 @@ def test_an_output_written_again_removes_what_a_killed_writer_left_beside_it(tmp
     assert out.read_bytes() == b"done"
     assert not dead.exists() and live.exists() and other.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([out.name, live.name, other.name])
+
+
+def test_ctrl_c_while_a_file_is_written_is_not_lost(tmp_path, monkeypatch):
+    """Found 2026-12-07: h5py drops its objects in weak-reference callbacks, where Python prints an
+    interrupt and drops it, so Ctrl-C while an annotated query was written let the write finish and the
+    command end with exit code 0. Here the write drops the interrupt as such a callback would; the
+    interrupt must still stop the write (no output, no temporary file), and a run says it was cancelled."""
+    import signal
+
+    from cellannot_core import pipeline
+    from cellannot_core.pipeline import write_atomic
+
+    def write_dropping_the_interrupt(p):
+        p.write_bytes(b"part")
+        try:
+            signal.raise_signal(signal.SIGINT)
+        except KeyboardInterrupt:
+            pass  # what the weak-reference callback does with it
+        p.write_bytes(b"whole")
+
+    out = tmp_path / "out.h5ad"
+    with pytest.raises(KeyboardInterrupt):
+        write_atomic(out, write_dropping_the_interrupt)
+    assert list(tmp_path.iterdir()) == []
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+    def interrupted(adata, path):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "write_h5ad_atomic", interrupted)
+    ref, q = make_synthetic(200, 60, 3, seed=1), make_synthetic(60, 60, 3, seed=2)
+    rd = RunDir.create(tmp_path / "runs")
+    with pytest.raises(KeyboardInterrupt):
+        annotate(ref, q, _syn_opts(), run_dir=rd)
+    assert rd.status()["state"] == "cancelled" and "Ctrl-C" in rd.status()["message"]
