@@ -105,10 +105,9 @@ def _add_orientation(p: argparse.ArgumentParser, role: str) -> None:
                         "and the log says how it was read)")
 
 
-def _datasets(args, *, given: list | None = None) -> tuple[Any, Any]:
+def _datasets(args) -> tuple[Any, Any]:
     """The reference and the query (None without one) as the workflow reads them: paths, or with
-    ``--layer`` both read here with their counts taken from that layer (:func:`~.data.values.counts_layers`);
-    ``given`` then receives the query as read, its ``X`` and layers as they are (annotate's output)."""
+    ``--layer`` both read here with their counts taken from that layer (:func:`~.data.values.counts_layers`)."""
     ref, qry = (_dataset(args.reference, "reference", args.reference_orientation),
                 _dataset(args.query, "query", args.query_orientation))
     if args.layer is None:
@@ -120,8 +119,6 @@ def _datasets(args, *, given: list | None = None) -> tuple[Any, Any]:
     if qry is None:
         return counts_layer(ref, args.layer, "reference"), None
     qry = qry if not isinstance(qry, (str, Path)) else read_dataset(qry, name="query")
-    if given is not None:
-        given.append(qry)
     return counts_layers(ref, qry, args.layer, _log)
 
 
@@ -281,10 +278,8 @@ def cmd_annotate(args) -> int:
         _record_names(rd, reference=args.reference, query=args.query)
         callbacks.append(RunProgress(rd))
         _log(f"run directory: {rd.path}")
-    given: list = []
-    ref, qry = _datasets(args, given=given)
-    res = annotate(ref, qry, opts, out=out, run_dir=rd, save_model=args.save_model, callbacks=callbacks, log=_log,
-                   annotate_into=given[0] if given else None)
+    ref, qry = _datasets(args)
+    res = annotate(ref, qry, opts, out=out, run_dir=rd, save_model=args.save_model, callbacks=callbacks, log=_log)
     _summary(res)
     _log(f"wrote {out}")
     return 0

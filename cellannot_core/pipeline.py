@@ -1583,15 +1583,16 @@ class AnnotateResult:
 
 def annotate(reference, query, opts: AnnotateOptions, *, out: str | Path | None = None, run_dir=None,
              save_model: str | Path | None = None, callbacks: Sequence[Any] = (),
-             log: Callable[[str], None] = lambda s: None, annotate_into: Any = None) -> AnnotateResult:
+             log: Callable[[str], None] = lambda s: None) -> AnnotateResult:
     """Read, prepare, train, calibrate, predict and write (the whole annotate contract).
 
     ``run_dir`` (a :class:`~cellannot_core.runs.RunDir`) receives every artifact and live status.
-    ``annotate_into``: the query as the user gave it, where ``query`` is it with its counts taken from a
-    layer (:func:`~.data.values.counts_layer`): the annotated copy is of it, its ``X`` and layers as they were
-    (``annotate --layer`` wrote the layer as ``X`` and dropped the other layers until 2026-12-07).
+    A query with its counts taken from a layer (:func:`~.data.values.counts_layer`) is annotated as the user
+    gave it (:func:`~.data.values.as_given`), its ``X``, layers and embeddings as they were (``annotate --layer``
+    wrote the layer as ``X`` and dropped the others until 2026-12-07).
     """
     from .data import read_dataset
+    from .data.values import as_given
     from .errors import Cancelled
     from .training.callbacks import any_stop
 
@@ -1615,7 +1616,7 @@ def annotate(reference, query, opts: AnnotateOptions, *, out: str | Path | None 
         if source is not None:
             _check_streamable(opts, source)
         if out is not None or run_dir is not None:
-            check_h5ad_writable(qry, "query")  # before training, not after it
+            check_h5ad_writable(as_given(qry), "query")  # before training, not after it
         checkpoint("preparing data")
         prepared = prepare_data(ref, qry, opts)
         log_warnings(prepared.report, log)
@@ -1676,7 +1677,7 @@ def annotate(reference, query, opts: AnnotateOptions, *, out: str | Path | None 
                                  _adata=ad.AnnData(obs=q_obs, var=pd.DataFrame(index=pd.Index(prepared.genes))))
             write_annotations(res._adata, preds, card)
         else:
-            res = AnnotateResult(model, prepared, preds, card, qry if annotate_into is None else annotate_into)
+            res = AnnotateResult(model, prepared, preds, card, as_given(qry))
         checkpoint("writing results")
         if out is not None:
             if source is not None:  # the whole file with the annotations, its matrices copied, never read

@@ -80,6 +80,7 @@ def _label(model, bundle: dict[str, Any], query, query_label_key: str | None, th
 
     from .data import read_dataset
     from .data.stream import H5adRows, stream_source
+    from .data.values import as_given
     from .pipeline import CHUNK_NOTE, check_h5ad_writable, log_read_notes, model_input, predict_query_input
 
     qry = query if not isinstance(query, (str, Path)) else read_dataset(query, name="query")
@@ -89,10 +90,10 @@ def _label(model, bundle: dict[str, Any], query, query_label_key: str | None, th
         raise DataError(f"{model.name} labels a query as a whole, and this query ({source['n_obs']:,} cells) is read a "
                         "chunk at a time: label it with a run of another model")
     if source is None:
-        check_h5ad_writable(qry, "query")  # before labelling, not after it
+        check_h5ad_writable(as_given(qry), "query")  # before labelling, not after it
         preds, card, X = predict_query_input(model, bundle, qry, threshold=threshold, query_label_key=query_label_key,
                                              log=log)
-        return preds, card, qry.copy(), X
+        return preds, card, as_given(qry).copy(), X
     from .streaming import stream_label
 
     with H5adRows(source["path"], name="query") as rows:

@@ -1,6 +1,7 @@
 """What kind of values a matrix holds, and where a dataset keeps its raw counts."""
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping
 from typing import Any, Callable, NamedTuple
 
@@ -11,7 +12,7 @@ import scipy.sparse as sp
 
 from cellannot_core.errors import DataError
 
-__all__ = ["COUNT_LAYERS", "LOGNORM_MAX", "NOT_WHOLE", "UNLOGGED", "Counts", "counts_layer", "counts_layers", "detect_value_state", "get_counts",
+__all__ = ["COUNT_LAYERS", "LOGNORM_MAX", "NOT_WHOLE", "UNLOGGED", "Counts", "as_given", "counts_layer", "counts_layers", "detect_value_state", "get_counts",
            "log_name", "recover_counts", "recover_rows", "whole_counts"]
 
 #: how a source of counts that are not whole numbers (and not a normalisation of them) begins
@@ -364,7 +365,22 @@ def counts_layer(adata: ad.AnnData, layer: Any, name: str) -> ad.AnnData:
         have = ", ".join(repr(str(k)) for k in adata.layers.keys()) or "none"
         raise DataError(f"the {name} has no layer {layer!r} (its layers: {have}); layer names the one holding the "
                         f"raw counts")
-    return ad.AnnData(X=adata.layers[layer], obs=adata.obs, var=adata.var, uns=dict(adata.uns) | {COUNTS_LAYER_UNS: layer})
+    out = ad.AnnData(X=adata.layers[layer], obs=adata.obs, var=adata.var, uns=dict(adata.uns) | {COUNTS_LAYER_UNS: layer})
+    _GIVEN[id(out)] = adata
+    weakref.finalize(out, _GIVEN.pop, id(out), None)
+    return out
+
+
+#: id of an AnnData made by :func:`counts_layer` -> the AnnData it was made from, while it lives
+_GIVEN: dict[int, ad.AnnData] = {}
+
+
+def as_given(adata: Any) -> Any:
+    """The AnnData ``adata`` was made from by :func:`counts_layer` (its ``X``, layers, ``obsm`` and ``raw`` as the
+    user gave them), else ``adata``: what the annotations are written into. Until 2026-12-07 a query whose counts
+    were taken from a layer in the app, or by ``predict --runs-dir --layer``, came back with the layer as ``X`` and
+    without its other layers and embeddings (its UMAP among them)."""
+    return _GIVEN.get(id(adata), adata)
 
 
 def counts_layers(ref: ad.AnnData, query: ad.AnnData, layer: Any,

@@ -525,3 +525,30 @@ def test_ctrl_c_while_a_file_is_written_is_not_lost(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         annotate(ref, q, _syn_opts(), run_dir=rd)
     assert rd.status()["state"] == "cancelled" and "Ctrl-C" in rd.status()["message"]
+
+
+def test_a_query_whose_counts_come_from_a_layer_is_annotated_as_given(tmp_path):
+    """Found 2026-12-07: a query whose counts the app took from a layer ("Take the raw counts from layers"),
+    or that ``predict --runs-dir --layer`` read, came back in the run's annotated file with the layer as X
+    and without its other layers and its UMAP. The run writes the user's object: X, layers and obsm kept."""
+    import scipy.sparse as sp
+
+    from cellannot_core.data.values import as_given, counts_layer
+    from cellannot_core.relabel import label_into_run
+
+    ref, q = make_synthetic(200, 60, 3, seed=1), make_synthetic(60, 60, 3, seed=2)
+    q.layers["umis"] = q.X.copy()
+    q.X = sp.csr_matrix(-q.X.toarray().astype(np.float32))  # scaled values: not counts
+    q.obsm["X_umap"] = np.arange(q.n_obs * 2, dtype=np.float32).reshape(-1, 2)
+    layered = counts_layer(q, "umis", "query")
+    assert as_given(layered) is q and as_given(q) is q and "X_umap" not in layered.obsm
+    runs = tmp_path / "runs"
+    first = RunDir.create(runs)
+    annotate(ref, layered, _syn_opts(), run_dir=first)
+    again = RunDir.create(runs)
+    label_into_run(first, counts_layer(q, "umis", "query"), again, device="cpu")
+    for rd in (first, again):
+        out = ad.read_h5ad(rd.file(RunFiles.ANNOTATED))
+        assert out.X.max() <= 0 and "umis" in out.layers, rd.id
+        np.testing.assert_array_equal(out.obsm["X_umap"], q.obsm["X_umap"])
+        assert out.obs[OutKeys.LABEL].notna().all()
