@@ -6,6 +6,7 @@ unless ``--debug``.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -558,8 +559,6 @@ def _check_listen(address: str, port: int) -> None:
 
 
 def cmd_app(args) -> int:
-    import os
-
     env = dict(os.environ)
     if args.runs_dir:
         from .pipeline import check_writable
@@ -606,6 +605,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `cellannot models | head`: the reader stopped; nothing is wrong (was "internal error")
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # (Python's flush of stdout at exit would fail the same way)
+        return 141  # as a command killed by SIGPIPE
     except Exception as err:  # noqa: BLE001 - the user gets one line, --debug shows the traceback
         if args.debug:
             raise

@@ -999,3 +999,18 @@ def test_the_log_writes_class_names_without_control_characters(capsys):
 
     _log("Unknown group of 20 cells looking most like B\x1b[31m<script>\nerror: fake\x07 \u202eline\tend")
     assert capsys.readouterr().err == "Unknown group of 20 cells looking most like B[31m<script> error: fake line end\n"
+
+
+def test_output_piped_into_a_reader_that_stops_is_not_an_error():
+    """Found 2026-12-07 (a README walkthrough): `cellannot models | head -1` printed "internal error
+    (BrokenPipeError...)" and exited 1. The reader stopping is no fault: nothing on stderr, SIGPIPE's code."""
+    import os
+    import subprocess
+    import sys
+
+    read, write = os.pipe()
+    os.close(read)  # the reader gone before the first line (head stops after it: the same, without the race)
+    proc = subprocess.run([sys.executable, "-m", "cellannot_core", "models"], stdout=write, stderr=subprocess.PIPE,
+                          timeout=120)
+    os.close(write)
+    assert proc.returncode == 141 and proc.stderr.decode() == "", proc.stderr.decode()
