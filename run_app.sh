@@ -1,10 +1,8 @@
 #!/usr/bin/env bash
 # Set up (first time) and serve the cellannot app on http://127.0.0.1:8501 .
-# Usage: bash run_app.sh [--port N]
+# Usage: bash run_app.sh [--port N] [--address A] [--runs-dir DIR]  (any option of `cellannot app`)
 set -euo pipefail
 cd "$(dirname "$0")"
-PORT=8501
-if [ "${1:-}" = "--port" ]; then PORT="$2"; fi
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
@@ -15,4 +13,5 @@ if ! .venv/bin/python -c "import importlib.util as u, sys; sys.exit(any(u.find_s
   echo "installing cellannot and its dependencies into .venv (first run only) ..."
   .venv/bin/pip install --disable-pip-version-check -q -e .
 fi
-exec .venv/bin/cellannot app --address 127.0.0.1 --port "$PORT"
+# options given here come after the defaults, and argparse keeps the last (--port=N works as --port N)
+exec .venv/bin/cellannot app --address 127.0.0.1 --port 8501 "$@"

@@ -80,7 +80,7 @@ def _load_path(page, role: str, path: Path, nth: int) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--reference", default=str(DATA / "kang_pbmc_ctrl_8684.h5ad"))
     ap.add_argument("--query", default=str(ROOT / "bench" / "results" / "scale" / "query_1000000.h5ad"))
     ap.add_argument("--label", default="cell_type_harmonized")

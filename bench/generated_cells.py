@@ -25,7 +25,7 @@ def main() -> None:
     from cellannot_core.pipeline import AnnotateOptions, annotate, view_arrays
 
     sampling = [n for n in model_names() if MODELS[n].supports.samples and MODELS[n].unavailable_reason() is None]
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", nargs="+", default=sampling, choices=sampling)
     ap.add_argument("--n-per-class", type=int, default=100)
     ap.add_argument("--max-epochs", type=int, default=None)

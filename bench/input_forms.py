@@ -44,7 +44,7 @@ def row(name: str, out: ad.AnnData, truth: np.ndarray, classes: list[str]) -> No
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--draws", type=int, default=3, help="random sets of missing genes per share")
     args = ap.parse_args()

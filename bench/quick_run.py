@@ -84,7 +84,7 @@ def map_placement(res, truth: np.ndarray) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="scanvi_svm")
     ap.add_argument("--budget", type=float, default=60.0, help="the quick run's training time budget, seconds")
     ap.add_argument("--quick-epochs", type=int, default=None, help="cap the epochs instead of a time budget")

@@ -437,7 +437,8 @@ def cmd_models(args) -> int:
         print(f"{name}{' (default)' if name == DEFAULT_MODEL else ''}: {s.description}")
         for k, h in s.hparams.items():
             choices = f" (one of: {', '.join(map(str, h.choices))})" if h.choices is not None else ""
-            print(f"    {k} = {h.default!r}  {h.help}{choices}{' (set from the data)' if h.internal else ''}")
+            value = "set from the data, not by --hparam" if h.internal else f"= {h.default!r}"  # (read as a default
+            print(f"    {k} {value}  {h.help}{choices}")  # one could set until 2026-12-07)
     print("\nnovelty scores (the ood_score hyper-parameter; every run computes them all):")
     for m in OOD_METHODS:
         print(f"    {m}: {score_help(m)}")
