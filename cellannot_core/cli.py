@@ -582,10 +582,42 @@ COMMANDS = {"annotate": cmd_annotate, "train": cmd_train, "predict": cmd_predict
             "benchmark": cmd_benchmark, "app": cmd_app}
 
 
+def _misspelt(parser: argparse.ArgumentParser, argv: Sequence[str]) -> str | None:
+    """argparse's message for a misspelt command or option, with the nearest right one: it names a misspelt
+    option only after the required ones it then lacks ("the following arguments are required: --reference"
+    for ``--refrence``; found 2026-12-07), and never suggests."""
+    import difflib
+
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    words = [w for w in argv if not w.startswith("-")]
+    if not words or words[0] not in sub.choices:
+        if words and not any(w in ("-h", "--help", "--version") for w in argv):
+            near = difflib.get_close_matches(words[0], list(sub.choices), n=1)
+            return f"no command {words[0]!r}" + (f": did you mean {near[0]!r}?" if near else "")
+        return None
+    known = [o for a in sub.choices[words[0]]._actions for o in a.option_strings if o.startswith("--")]
+    for w in argv[argv.index(words[0]) + 1:]:  # (the options before the command are the top level's)
+        name = w.split("=", 1)[0]
+        if not name.startswith("--") or name in known or sum(o.startswith(name) for o in known) == 1:
+            continue
+        elsewhere = [c for c, p in sub.choices.items() if any(name == o for a in p._actions for o in a.option_strings)]
+        near = difflib.get_close_matches(name, known, n=1)
+        hint = (f" (it is an option of {', '.join(elsewhere)})" if elsewhere else
+                f": did you mean {near[0]}?" if near else "")
+        return f"{words[0]} has no option {name[:60]!r}{hint}; cellannot {words[0]} --help lists them"
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from .errors import CellannotError
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    problem = _misspelt(parser, [str(a) for a in argv])
+    if problem:
+        print(f"cellannot: error: {problem}", file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
     from .training.distributed import launched
 
     if launched() and args.command != "train":

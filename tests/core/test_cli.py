@@ -340,10 +340,9 @@ def test_train_refuses_options_it_would_not_use_and_writing_into_its_inputs(caps
     """Found 2026-12-07 (a command-line user's probe): train took --runs-dir, --query-label-key and --threshold and
     did nothing with them (or looked for the query's label column in the reference), and wrote its model into a
     10x query folder, which annotate refuses."""
-    with pytest.raises(SystemExit) as e:
-        run_main(capsys, "train", "--reference", files["ref"], "--label-key", LABEL, "--save-model", tmp_path / "m",
-                 *FAST, *extra)
-    assert e.value.code == 2 and "unrecognized arguments" in capsys.readouterr().err
+    code, _, err = run_main(capsys, "train", "--reference", files["ref"], "--label-key", LABEL, "--save-model",
+                            tmp_path / "m", *FAST, *extra)
+    assert code == 2 and f"train has no option '{extra[0]}' (it is an option of annotate" in err, err
     tenx = tmp_path / "tenx"
     tenx.mkdir()
     code, _, err = run_main(capsys, "train", "--reference", files["ref"], "--query", files["query"], "--label-key",
@@ -1014,3 +1013,27 @@ def test_output_piped_into_a_reader_that_stops_is_not_an_error():
                           timeout=120)
     os.close(write)
     assert proc.returncode == 141 and proc.stderr.decode() == "", proc.stderr.decode()
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["anotate", "--reference", "r.h5ad"], "no command 'anotate': did you mean 'annotate'?"),
+    (["annotate", "--refrence", "r.h5ad", "--query", "q.h5ad"], "annotate has no option '--refrence': did you mean --reference?"),
+    (["train", "--out", "o.h5ad"], "train has no option '--out' (it is an option of annotate, predict"),
+    (["annotate", "--label_key", "cell_type"], "did you mean --label-key?"),  # scanpy's spelling
+    (["predict", "--model", "m", "--theshold=1"], "predict has no option '--theshold': did you mean --threshold?"),
+])
+def test_a_misspelt_command_or_option_is_named_with_the_nearest_right_one(capsys, argv, said):
+    """Found 2026-12-07: `annotate --refrence x` said only that --reference, --query, --label-key and --out were
+    required (argparse checks those first), and a misspelt command listed the commands without a suggestion."""
+    code, _, err = run_main(capsys, *argv)
+    assert code == 2 and said in err and "required" not in err, err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_options_spelt_right_or_shortened_are_not_taken_for_misspellings(capsys, files, tmp_path):
+    from cellannot_core.cli import _misspelt, build_parser
+
+    parser = build_parser()
+    for argv in (["annotate", "--reference=r", "--query", "q", "--label-key", "x", "--out", "o", "--thresh", "1"],
+                 ["--debug", "models"], ["--help"], [], ["train", "--hparam", "lr=0.1", "--max-epochs", "2"]):
+        assert _misspelt(parser, argv) is None, argv
