@@ -25,13 +25,16 @@ st.caption(f"{len(view)} of {len(df)} runs, newest first. Metrics named *referen
            "cells; *query* metrics only exist when the query carried labels. *Changed* lists the hyper-parameters "
            "that differ from the model's defaults.")
 cols = ["id", "state", "model", "model of run", "reference", "query", "created", "changed", *runs_ui.METRICS,
-        "sweep", "trial", "message"]
+        "choices", "sweep", "trial", "message"]
 config = {k: st.column_config.NumberColumn(label, format="%.4f") for k, (label, _) in runs_ui.METRICS.items()}
 config.update({"unknown_fraction": st.column_config.NumberColumn("Unknown", format="percent"),
                "train_seconds": st.column_config.NumberColumn("Training seconds", format="%.1f"),
                "epochs": st.column_config.NumberColumn("Epochs", format="%d"),
                "trial": st.column_config.NumberColumn("Trial", format="%d"),
                "changed": st.column_config.TextColumn("Changed hyper-parameters"),
+               "choices": st.column_config.TextColumn("Unknown calls", help="Changed on the Calibration page (a "
+                                                      "threshold or groups accepted): the figures here are the run's "
+                                                      "own calls, its downloads follow the choices"),
                "model of run": st.column_config.TextColumn("Model of run", help="Labelled with that run's model, "
                                                                               "without training")})
 st.dataframe(view[[c for c in cols if c in view.columns]], hide_index=True, column_config=config)

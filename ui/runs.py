@@ -61,10 +61,13 @@ def _changed_hparams(model: str | None, hparams: dict[str, Any], asked: dict[str
 def runs_table() -> pd.DataFrame:
     """One row per run of this session: id, state, model, created, seed, its metrics (columns of
     :data:`METRICS`), the hyper-parameters changed from the model's defaults (``param <name>``
-    columns and a short ``changed`` text), and for a sweep's trial its study, trial and score."""
+    columns and a short ``changed`` text), for a sweep's trial its study, trial and score, and ``choices``:
+    whether the Unknown calls were changed on the Calibration page (the metrics are the run's own calls;
+    the table did not say so until 2026-12-07)."""
     from cellannot_core.runs import RunDir, list_runs, read_json
     from cellannot_core.sweep import SWEEP_FILE
 
+    from ui.calibration import DECISIONS_FILE
     from ui.session import owner_id, server_is_local
 
     rows = []
@@ -80,13 +83,14 @@ def runs_table() -> pd.DataFrame:
         changed = _changed_hparams(r["model"], card.get("hparams") or {}, asked if isinstance(asked, dict) else None)
         if sweep.get("params"):
             changed = {**changed, **sweep["params"]}
+        kept = read_json(rd.file(DECISIONS_FILE), None)  # (written only when they differ from the run's own)
         row = {"id": r["id"], "state": r["state"], "model": r["model"] or "(not recorded)",
                "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(r["created"])) if r["created"] else "",
                "reference": str(names.get("reference") or ""), "query": str(names.get("query") or ""),
                "seed": card.get("seed"), "message": r["message"] if r["state"] != "done" else "",
                "model of run": (card.get("labelled_with") or {}).get("run", ""),  # labelled without training
                "sweep": sweep.get("study", ""), "trial": sweep.get("trial"), "objective": sweep.get("objective", ""),
-               "value": sweep.get("value"),
+               "value": sweep.get("value"), "choices": "changed" if isinstance(kept, dict) and kept else "",
                "changed": ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in changed.items())}
         row.update({k: _dig(card, path) for k, (_, path) in METRICS.items()})
         row.update({PARAM + k: v for k, v in changed.items()})

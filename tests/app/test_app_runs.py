@@ -57,6 +57,15 @@ def test_runs_page_lists_parameters_metrics_and_a_sweep_and_acts_on_one_run(tmp_
     trials = table[table["sweep"] == "my-sweep"]
     assert len(trials) == 3 and trials["changed"].str.startswith("C=").all()
     assert table.loc[table["id"] == plain, "changed"].iloc[0] == ""
+    assert (table["choices"] == "").all()
+    # choices made on the Calibration page are marked: the table's figures are the run's own calls
+    from ui.calibration import DECISIONS_FILE
+
+    (Path(jobs.runs_root()) / plain / DECISIONS_FILE).write_text(json.dumps({"method": "mahalanobis", "threshold": 1.0,
+                                                                            "accepted": [], "as_short": []}))
+    at = _visit(tok)
+    table = at.dataframe[0].value
+    assert table.set_index("id")["choices"].to_dict() == {i: "changed" if i == plain else "" for i in table["id"]}
     # which data each run used, by the names the Data page showed
     assert table.loc[table["id"] == plain, ["reference", "query"]].iloc[0].tolist() == ["lung_atlas.h5ad", "p1.h5ad"]
     # the sweep's trials side by side: objective against C, and parallel coordinates
