@@ -562,6 +562,14 @@ def load_runs(run_ids: list[str]) -> list[tuple[str, dict[str, Any], pd.DataFram
     return out
 
 
+def changed_calls(run_ids: list[str]) -> list[str]:
+    """The runs among ``run_ids`` whose Unknown calls were changed on the Calibration page."""
+    from cellannot_core.runs import RunDir, read_json
+    from ui.calibration import DECISIONS_FILE
+
+    return [r for r in run_ids if read_json(RunDir.open(jobs.runs_root(), r).file(DECISIONS_FILE), None)]
+
+
 RUN_COLUMNS = {"model": "Model", "run": "Run", "query_cells": "Query cells", "unknown_fraction": "Unknown",
                "acc_in": "Accuracy (known types)", "acc_open": "Open-set accuracy", "auroc_ood": "Novelty AUROC",
                "ece_in": "ECE", "reject_in": "Known called Unknown", "reject_novel": "Novel called Unknown",
@@ -605,6 +613,11 @@ def runs_section(runs: list[dict[str, Any]]) -> None:
     st.dataframe(table[cols].rename(columns=RUN_COLUMNS), hide_index=True, column_config={
         c: st.column_config.NumberColumn(format="percent") for c in ("Unknown", "Known called Unknown",
                                                                      "Novel called Unknown")})
+    changed = changed_calls(picked)
+    if changed:  # (not said until 2026-12-07)
+        st.caption(f"Run{'s' if len(changed) > 1 else ''} {', '.join(changed)} had {'their' if len(changed) > 1 else 'its'} "
+                   "Unknown calls changed on the Calibration page: the figures here are the runs' own calls; the "
+                   "Calibration page and the downloads follow the choices.")
     agree = res["agreement"]
     if len(picked) > 1 and agree.notna().any().any():
         names = [f"{m} ({rid[-6:]})" for m, rid in zip(table["model"], table["run"])]

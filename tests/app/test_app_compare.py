@@ -123,6 +123,12 @@ def test_compare_uses_existing_runs_without_training(pair, tmp_path, monkeypatch
     assert {"Open-set accuracy", "Novelty AUROC", "Unknown"} <= set(table.columns) and len(table) == 2
     assert any("same label" in str(c.proto) for c in at.get("plotly_chart"))  # the agreement heatmap
     assert "can be compared above without training them again" in " ".join(c.value for c in at.caption)
+    assert "changed on the Calibration page" not in " ".join(c.value for c in at.caption)
+    from ui.calibration import DECISIONS_FILE  # a run whose calls were changed there is named (2026-12-07)
+
+    (tmp_path / "labelled" / ids[0] / DECISIONS_FILE).write_text('{"method": "mahalanobis", "threshold": 1.0}')
+    at = page(pair)
+    assert f"Run {ids[0]} had its Unknown calls changed on the Calibration page" in " ".join(c.value for c in at.caption)
 
     monkeypatch.setenv("CELLANNOT_RUNS", str(tmp_path / "unlabelled"))
     _two_runs(pair, None)
