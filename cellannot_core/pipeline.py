@@ -270,6 +270,15 @@ def predict(model, X: np.ndarray, *, threshold: float | None = None, samples: Qu
     return decide(model, logits, latent, scores, threshold=threshold)
 
 
+def gene_labels(of: Any) -> list[str]:
+    """The model genes as the evidence names them (a group's genes up, markers, state programs): their symbols
+    where the genes are Ensembl IDs and the data named them (``gene_symbols`` of a :class:`Prepared`, a bundle or a
+    run card), else the genes themselves."""
+    if isinstance(of, dict):
+        return [str(g) for g in (of.get("gene_symbols") or of.get("genes") or [])]
+    return list(of.gene_symbols or of.genes)
+
+
 def label_query(model, X: Any, *, genes: Sequence[str] | None = None, ref_mean: np.ndarray | None = None,
                 threshold: float | None = None,
                 samples: QuerySamples | None = None) -> tuple[Predictions, list[dict[str, Any]]]:
@@ -437,6 +446,7 @@ def run_card(model, prepared: Prepared, opts: AnnotateOptions, preds: Prediction
                      "numpy": np.__version__},
         OutKeys.CLASSES: list(model.classes),
         "genes": list(prepared.genes),
+        **({"gene_symbols": list(prepared.gene_symbols)} if prepared.gene_symbols else {}),
         "n_genes": prepared.n_genes,
         "preprocessing": prepared.report.get("preprocessing", "") + "; "
                          + prepared.report.get("genes", {}).get("hvg", "highly variable genes of the reference")
@@ -1371,7 +1381,8 @@ def _remove_stale_temporaries(path: Path) -> None:
 
 def bundle_info(model, prepared: Prepared, opts: AnnotateOptions) -> dict[str, Any]:
     """What a new query needs besides the weights: the genes and their preprocessing."""
-    return {"genes": list(prepared.genes), "label_key": opts.label_key, "classes": list(model.classes),
+    return {"genes": list(prepared.genes), **({"gene_symbols": list(prepared.gene_symbols)} if prepared.gene_symbols
+                                              else {}), "label_key": opts.label_key, "classes": list(model.classes),
             "model": model.name, "batch_key": opts.batch_key, "min_shared_genes": opts.min_shared_genes,
             "norm_genes": prepared.report.get("norm_genes"), "preprocessing": prepared.report.get("preprocessing", "")}
 
@@ -1498,6 +1509,9 @@ def _bundle_problem(bundle: dict[str, Any]) -> str | None:
 
     if bundle.get("norm_genes") is not None and not names(bundle["norm_genes"]):
         return "norm_genes is not a list of gene names"
+    if bundle.get("gene_symbols") is not None and not (names(bundle["gene_symbols"]) and
+                                                      len(bundle["gene_symbols"]) == len(bundle.get("genes") or ())):
+        return "gene_symbols is not a list of one name per gene"
     n = bundle.get("min_shared_genes")
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
         return "min_shared_genes is not a whole number of at least 0"
@@ -1637,7 +1651,7 @@ def annotate(reference, query, opts: AnnotateOptions, *, out: str | Path | None 
             samples = query_samples(q_obs, batch_key=opts.batch_key, exclude=(opts.label_key, opts.query_label_key))
             from .evidence import class_means
 
-            preds, groups = label_query(model, prepared.query.X, genes=prepared.genes, threshold=opts.threshold,
+            preds, groups = label_query(model, prepared.query.X, genes=gene_labels(prepared), threshold=opts.threshold,
                                         ref_mean=class_means(prepared.train.X, prepared.train.y,
                                                              len(model.classes)), samples=samples)
             view_prep, all_prep = prepared, prepared
@@ -1788,7 +1802,7 @@ def predict_query_input(model, bundle: dict[str, Any], query, *, threshold: floa
     labels = own_labels(qry.obs, query_label_key, model, bundle, log)
     split, report = model_input(model, bundle, qry, log)
     samples = bundle_samples(bundle, qry.obs)
-    preds, groups = label_query(model, split.X, genes=bundle["genes"], threshold=threshold, samples=samples)
+    preds, groups = label_query(model, split.X, genes=gene_labels(bundle), threshold=threshold, samples=samples)
     card = prediction_card(model, preds, report, samples, threshold) | {"unknown_groups": groups}
     log_unknown_groups(groups, log)
     log_class_notes(card, log)

@@ -117,6 +117,7 @@ def _complete_card(card: dict[str, Any], source, model, bundle: dict[str, Any], 
         "created": time.strftime("%Y-%m-%d %H:%M:%S"), "seed": int(model.seed), "device": str(model.device_name),
         "options": {**(src.get("options") or {}), "query_label_key": query_label_key, "device": device},
         "genes": [str(g) for g in bundle["genes"]], "n_genes": len(bundle["genes"]),
+        **({"gene_symbols": list(bundle["gene_symbols"])} if bundle.get("gene_symbols") else {}),
         "n_train": src.get("n_train"), "n_val": src.get("n_val"), "n_query": int(len(preds.label)),
         "validation": model.calibration, "predicted_counts": pd.Series(preds.label).value_counts().to_dict(),
         "labelled_with": {"run": source.id, "model": model.name, "note": (

@@ -44,7 +44,7 @@ def stream_predictions(model, bundle: dict[str, Any], rows: H5adRows, *, thresho
     from .data import lognormalize, match_genes
     from .data.prepare import check_model_genes, genes_note, mostly_empty
     from .data.validate import check_not_empty, check_values
-    from .pipeline import decide, describe_unknown_groups, marker_agreement_of
+    from .pipeline import decide, describe_unknown_groups, gene_labels, marker_agreement_of
 
     genes = [str(g) for g in bundle["genes"]]
     min_shared = int(bundle.get("min_shared_genes", DEFAULT_MIN_SHARED_GENES))
@@ -103,7 +103,7 @@ def stream_predictions(model, bundle: dict[str, Any], rows: H5adRows, *, thresho
         if shift is not None:
             model.reference.last_decision["study_shift"] = shift
     preds = decide(model, query_logits, latent_all, scores, threshold=threshold)
-    groups = describe_unknown_groups(model, lambda: ((start, X) for start, _, X in chunks()), preds, genes=genes,
+    groups = describe_unknown_groups(model, lambda: ((start, X) for start, _, X in chunks()), preds, genes=gene_labels(bundle),
                                     samples=samples)
     if groups:
         log("described the Unknown groups (one more pass over the chunks)")

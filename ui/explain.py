@@ -72,6 +72,7 @@ def compute_explain(root: str, run_id: str) -> dict[str, Any]:
     from cellannot_core._constants import RunFiles
     from cellannot_core.data import prepare_query
     from cellannot_core.errors import DataError
+    from cellannot_core.pipeline import gene_labels
     from cellannot_core.runs import RunDir, read_json
 
     rd = RunDir.open(root, run_id)
@@ -87,7 +88,7 @@ def compute_explain(root: str, run_id: str) -> dict[str, Any]:
     Z = model.standardized(split.X)
     rows = np.asarray(split.index) if split.index is not None else np.arange(qa.n_obs)
     obs = qa.obs.iloc[rows]
-    return {"M": M, "Z": Z, "genes": list(bundle["genes"]), "cells": obs.index.astype(str).to_numpy(), "rows": rows,
+    return {"M": M, "Z": Z, "genes": gene_labels(bundle), "cells": obs.index.astype(str).to_numpy(), "rows": rows,
             "predicted": obs[OutKeys.LABEL_RAW].astype(str).to_numpy(),
             "confidence": obs[OutKeys.CONFIDENCE].to_numpy(dtype=float)}
 
@@ -274,12 +275,13 @@ def why_markers(run: Run, label: str, n: int = 10) -> pd.DataFrame | None:
     """The reference markers of ``label`` and whether the query cells given that type express
     them (:func:`cellannot_core.evidence.marker_evidence`); None for runs that predate it."""
     from cellannot_core.evidence import marker_evidence
+    from cellannot_core.pipeline import gene_labels
 
     a = run.arrays
     if "ref_class_mean" not in a or "query_raw_mean" not in a or label not in run.classes:
         return None
     c = run.classes.index(label)
-    return marker_evidence(a["ref_class_mean"], a["query_raw_mean"][c], run.card.get("genes", []), run.classes, label,
+    return marker_evidence(a["ref_class_mean"], a["query_raw_mean"][c], gene_labels(run.card), run.classes, label,
                            n=n)
 
 

@@ -84,6 +84,9 @@ class Prepared:
     report: dict[str, Any] = field(default_factory=dict)
     batches: list[str] | None = None
     query_train: Split | None = None
+    # the genes as a biologist reads them where ``genes`` are Ensembl IDs and either dataset names their
+    # symbols (``prepare.gene_symbols``); None where ``genes`` are symbols already
+    gene_symbols: list[str] | None = None
 
     @property
     def n_genes(self) -> int:

@@ -159,6 +159,21 @@ def _symbols(var: pd.DataFrame) -> np.ndarray:
     return np.asarray(names)
 
 
+def gene_symbols(ref_var: pd.DataFrame, ref_cols: np.ndarray, q_var: pd.DataFrame, q_cols: np.ndarray) -> list[str] | None:
+    """The model genes' symbols where their names (the reference's) are Ensembl IDs: from the reference's symbol
+    column, else the query's names or symbol column; None where the names are symbols already or neither dataset
+    has symbols. Found 2026-12-07 (files in CELLxGENE's form, Ensembl IDs with symbols in ``feature_name``): the
+    Unknown groups listed ``ENSG...`` IDs, and a heat-shock group, named by its symbols, went unrecognised, so it
+    stayed Unknown where the same data with symbols had it accepted as its type."""
+    if not is_ensembl(ref_var.index.astype(str)[ref_cols]):
+        return None
+    for var, cols in ((ref_var, ref_cols), (q_var, q_cols)):
+        names = _symbols(var)[cols] if is_ensembl(var.index.astype(str)) else var.index.astype(str).to_numpy()[cols]
+        if not is_ensembl(names):
+            return [str(v) for v in names]
+    return None
+
+
 def _qc_mask(d: _Loaded, qc: dict[str, Any], name: str, warns: list[str]) -> np.ndarray:
     X = d.X
     keep = np.ones(X.shape[0], dtype=bool)
@@ -679,6 +694,7 @@ def prepare(
     del chosen_on
     ref_cols, q_cols = gm.ref_idx[hvg], gm.query_idx[hvg]
     genes = [gm.names[i] for i in hvg]
+    symbols = gene_symbols(ref.var, ref_cols, qry.var, q_cols)
     ref_log = log_of(ref, ref_cols, gm.ref_idx)
     q_log = log_of(qry, q_cols, gm.query_idx)
     ref_counts = ref.X[:, ref_cols]
@@ -760,7 +776,7 @@ def prepare(
         n = np.bincount(np.r_[ref_b, q_b], minlength=len(batches))
         report["batches"] = {"key": batch_key, "cells": {b: int(k) for b, k in zip(batches, n)}}
     return Prepared(train=train, val=val, query=qsplit, classes=classes, genes=genes, report=report,
-                    batches=batches)
+                    batches=batches, gene_symbols=symbols)
 
 
 _BATCH_HINTS = ("sample", "donor", "batch", "orig.ident", "individual", "patient", "subject", "library", "run",

@@ -552,3 +552,32 @@ def test_a_query_whose_counts_come_from_a_layer_is_annotated_as_given(tmp_path):
         assert out.X.max() <= 0 and "umis" in out.layers, rd.id
         np.testing.assert_array_equal(out.obsm["X_umap"], q.obsm["X_umap"])
         assert out.obs[OutKeys.LABEL].notna().all()
+
+
+def test_genes_named_by_ensembl_ids_are_told_by_their_symbols(tmp_path):
+    """Found 2026-12-07 (files in CELLxGENE's form: Ensembl IDs, symbols in var['feature_name']): the Unknown
+    groups listed ENSG IDs and a heat-shock group went unrecognised (its programme is named by symbols), so the
+    same data with symbols and with IDs got other calls. The model keeps the IDs (a query is matched by them) and
+    tells the genes by their symbols: in the groups, the card, the saved model and a query labelled with it."""
+    from cellannot_core.data.prepare import gene_symbols
+
+    ref, q = make_synthetic(300, 60, 3, seed=1), make_synthetic(200, 60, 4, seed=2)  # type3: novel
+    symbols = list(ref.var_names)
+    for d in (ref, q):
+        d.var["feature_name"] = list(d.var_names)
+        d.var_names = [f"ENSG{100000000 + i:011d}" for i in range(d.n_vars)]
+    res = annotate(ref, q, _syn_opts(), save_model=tmp_path / "m")
+    card = res.card
+    assert card["genes"][0].startswith("ENSG") and len(card["gene_symbols"]) == len(card["genes"])
+    assert all(symbols[int(g[4:]) - 100000000] == s for g, s in zip(card["genes"], card["gene_symbols"]))
+    listed = [g for grp in card["unknown_groups"] for g in grp["genes_up"] + grp["genes_down"]]
+    assert listed and not any(g.startswith("ENSG") for g in listed), listed
+    again = predict_with_bundle(tmp_path / "m", q)
+    groups = again.uns["cellannot"]["unknown_groups"]  # (as an .h5ad holds a list of records: keyed by position)
+    listed = [str(g) for grp in (groups.values() if isinstance(groups, dict) else groups) for g in grp["genes_up"]]
+    assert listed and not any(g.startswith("ENSG") for g in listed), listed
+    # where the names are symbols, or neither dataset has any, there is nothing to tell them by
+    cols = np.arange(5)
+    assert gene_symbols(q.var.set_index("feature_name"), cols, q.var, cols) is None
+    assert gene_symbols(q.var[[]], cols, q.var[[]], cols) is None
+    assert gene_symbols(q.var[[]], cols, q.var.set_index("feature_name"), cols) == symbols[:5]  # the query's names
