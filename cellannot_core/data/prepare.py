@@ -18,6 +18,7 @@ Preprocessing (recorded in ``Prepared.report['preprocessing']``):
 """
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -794,9 +795,15 @@ def batch_candidates(ref_obs: pd.DataFrame, q_obs: pd.DataFrame, *, exclude: tup
     (sample, donor, batch, ...); for the Data page's batch-key choice. ``named_only``: only the
     columns whose name says so."""
     out = []
+    labels = tuple(exclude)
     exclude = (*exclude, *annotation_columns(ref_obs), *annotation_columns(q_obs))
     for col in dict.fromkeys([*map(str, ref_obs.columns), *map(str, q_obs.columns)]):
         if col in exclude:
+            continue
+        # the labels again in other words (CELLxGENE's cell_type_ontology_term_id beside cell_type): no sample
+        # column, though offered as one until 2026-12-07
+        if any(_same_partition(obs[col], obs[k]) for k in labels for obs in (ref_obs, q_obs)
+               if col in obs.columns and k in obs.columns):
             continue
         levels = []
         for obs in (ref_obs, q_obs):
@@ -814,6 +821,25 @@ def batch_candidates(ref_obs: pd.DataFrame, q_obs: pd.DataFrame, *, exclude: tup
             continue
         out.append((hint, -len(levels), col))
     return [c for *_, c in sorted(out)]
+
+
+def _same_partition(a: pd.Series, b: pd.Series) -> bool:
+    """Whether ``a`` and ``b`` (one column each of one obs) group the cells the same way, under other names."""
+    pairs = pd.DataFrame({"a": a.astype(str).to_numpy(), "b": b.astype(str).to_numpy()}).drop_duplicates()
+    return bool(pairs["a"].is_unique and pairs["b"].is_unique)
+
+
+_ID_VALUE = re.compile(r"^[A-Za-z]+[:_]\d{4,}$")  # an ontology term (CL:0000624, UBERON_0002048)
+
+
+def _id_column(col: Any, s: pd.Series) -> bool:
+    """A column of identifiers of what another column names (``cell_type_ontology_term_id`` beside CELLxGENE's
+    ``cell_type``): its name says so, or its values are ontology terms."""
+    low = str(col).lower()
+    if "ontology" in low or low.endswith(("_id", "_ids", "term")):
+        return True
+    vals = s.dropna().astype(str).unique()[:50]
+    return len(vals) > 0 and sum(bool(_ID_VALUE.match(v)) for v in vals) > 0.8 * len(vals)
 
 
 def annotation_columns(obs: pd.DataFrame) -> list[str]:
@@ -866,7 +892,7 @@ def _label_candidates(obs: pd.DataFrame, n_cells: int, max_classes: int = 500) -
         vc = s[~untyped_label_mask(s)].astype(str).value_counts()
         if not 2 <= len(vc) <= max_classes or len(vc) > 0.5 * n_cells:
             if hint < len(_LABEL_HINTS) and len(vc) == 1:
-                single.setdefault(str(vc.index[0]), []).append(shown_name(col))
+                single.setdefault(str(vc.index[0]), []).append((shown_name(col), hint))
             elif hint < len(_LABEL_HINTS) and len(vc) > 1:
                 notes.append(f"{shown_name(col)} holds {len(vc):,} different values, too many to be cell types "
                              f"(at most {max_classes}, and under half the cells).")
@@ -875,11 +901,15 @@ def _label_candidates(obs: pd.DataFrame, n_cells: int, max_classes: int = 500) -
             "key": str(col),
             "n_classes": int(len(vc)),
             "counts": {str(k): int(v) for k, v in vc.head(50).items()},
-            "_rank": (hint, label_name_note(str(col)) is not None, kind in "iub", -len(vc)),
+            # (CELLxGENE's cell_type_ontology_term_id, before its cell_type, was picked: found 2026-12-07)
+            "_rank": (hint, label_name_note(str(col)) is not None, _id_column(col, s), kind in "iub", -len(vc)),
         })
-    for value, cols in single.items():
-        notes.insert(0, f"{', '.join(cols)} {'holds' if len(cols) == 1 else 'hold'} one type only "
-                        f"({shown_name(value)}): a reference needs at least two cell types to tell apart.")
+    best = min((d["_rank"][0] for d in out), default=len(_LABEL_HINTS))
+    for value, cols in single.items():  # said where such a column would be the one expected: CELLxGENE's
+        cols = [c for c, h in cols if h < best]  # tissue_type and suspension_type beside cell_type were noise
+        if cols:
+            notes.insert(0, f"{', '.join(cols)} {'holds' if len(cols) == 1 else 'hold'} one type only "
+                            f"({shown_name(value)}): a reference needs at least two cell types to tell apart.")
     out.sort(key=lambda d: d["_rank"])
     for d in out:
         del d["_rank"]

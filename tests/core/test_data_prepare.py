@@ -433,3 +433,28 @@ def test_query_labels_are_matched_to_the_reference_regardless_of_case_and_spacin
     y, renamed = match_query_labels(np.array(["b", "B", "x", ""], dtype=object), ["B", "T"])
     assert list(y) == [0, 0, -1, -1] and renamed == {"b": "B"}
     assert list(match_query_labels(np.array(["t"], dtype=object), ["T", "t "])[0]) == [-1]  # two classes: no guess
+
+
+def test_a_cellxgene_obs_offers_its_cell_types_not_their_ontology_ids(synthetic_pair):
+    """Found 2026-12-07 (a file in CELLxGENE's form): the label picker chose cell_type_ontology_term_id (classes
+    'CL:0000624', ...), before cell_type; every upload warned that tissue_type and suspension_type hold one type
+    only; and the batch picker offered the ontology IDs, a copy of the labels in other words."""
+    import pandas as pd
+
+    from cellannot_core.data import batch_candidates
+
+    ref = synthetic_pair[0].copy()
+    names = ref.obs["cell_type"].astype(str)
+    ids = {n: f"CL:{1000000 + i:07d}" for i, n in enumerate(sorted(names.unique()))}
+    ref.obs = pd.DataFrame({"donor_id": np.where(np.arange(ref.n_obs) % 2, "d1", "d2"),
+                            "cell_type_ontology_term_id": pd.Categorical(names.map(ids)),
+                            "tissue_type": "tissue", "suspension_type": "cell",
+                            "cell_type": pd.Categorical(names), "assay": "10x 3' v3"}, index=ref.obs_names)
+    summ = summarize_dataset(ref)
+    assert summ["suggested_label_key"] == "cell_type"
+    assert not any("one type only" in n for n in summ["label_notes"]), summ["label_notes"]
+    assert batch_candidates(ref.obs, ref.obs[[]], exclude=("cell_type",)) == ["donor_id"]
+    # a column named as labels holding one type is still said where no better-named column is there
+    alone = ref.obs[["donor_id", "tissue_type"]].assign(cell_type="T cell")
+    ref.obs = alone
+    assert any("cell_type holds one type only" in n for n in summarize_dataset(ref)["label_notes"])
