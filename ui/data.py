@@ -458,10 +458,12 @@ def traffic_light(fraction: float, *, approximate: bool = False, ok: bool = True
 def gene_overlap(ref_id: str, query_id: str, min_shared: int, _ref: Any, _query: Any) -> dict[str, Any]:
     """Shared genes of the pair with a traffic light (never raises on data problems)."""
     from cellannot_core.data import match_genes
+    from cellannot_core.data.values import counts_genes
 
-    n_ref, n_query = int(_ref.n_vars), int(_query.n_vars)
+    ref_var, query_var = counts_genes(_ref), counts_genes(_query)  # (the genes the training uses)
+    n_ref, n_query = len(ref_var), len(query_var)
     try:
-        gm = match_genes(_ref, _query, min_shared=min_shared)
+        gm = match_genes(ref_var, query_var, min_shared=min_shared)
     except DataError as err:
         return {"ok": False, "message": str(err), "n_shared": 0, "n_ref": n_ref, "n_query": n_query,
                 "fraction": 0.0, "light": "red", "approximate": False}

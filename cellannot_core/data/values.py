@@ -12,7 +12,7 @@ import scipy.sparse as sp
 
 from cellannot_core.errors import DataError
 
-__all__ = ["COUNT_LAYERS", "LOGNORM_MAX", "NOT_WHOLE", "UNLOGGED", "Counts", "as_given", "counts_layer", "counts_layers", "detect_value_state", "get_counts",
+__all__ = ["COUNT_LAYERS", "LOGNORM_MAX", "NOT_WHOLE", "UNLOGGED", "Counts", "as_given", "counts_genes", "counts_layer", "counts_layers", "detect_value_state", "get_counts",
            "log_name", "recover_counts", "recover_rows", "whole_counts"]
 
 #: how a source of counts that are not whole numbers (and not a normalisation of them) begins
@@ -238,6 +238,17 @@ def _raw_counts(raw, state: str, why: str) -> Counts | None:
         return None
     return Counts(got[0], var, f"raw counts recovered from the {log_name(got[1])} values of adata.raw.X "
                   f"({raw.n_vars} genes): each cell's values were its counts times one factor{why}", "counts")
+
+
+def counts_genes(adata: ad.AnnData) -> pd.DataFrame:
+    """The genes :func:`get_counts` takes the counts of (``adata.raw.var`` where ``.raw`` keeps more genes than
+    ``adata``, else ``adata.var``), without reading the counts: what a pair's shared genes are counted on (the Data
+    page counted ``X``'s genes, refusing a pair the training took, found 2026-12-07)."""
+    raw = adata.raw
+    if raw is not None and raw.X is not None and raw.n_vars > adata.n_vars and \
+            detect_value_state(raw.X) in ("counts", "lognorm"):
+        return raw.var
+    return adata.var
 
 
 def get_counts(adata: ad.AnnData, *, name: str = "dataset", allow_lognorm: bool = False) -> Counts:

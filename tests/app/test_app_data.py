@@ -493,3 +493,26 @@ def test_genes_matched_ignoring_case_are_warned_of_once(tmp_path):
     assert any(s.value.startswith("Ready") for s in at.success)
     said = [w.value for w in at.warning if "same species" in w.value]
     assert len(said) == 1, said
+
+
+def test_the_gene_overlap_counts_the_genes_the_training_takes_from_raw(tmp_path):
+    """Found 2026-12-07 (a SeuratDisk export: X the scaled values of the variable genes, .raw the counts of every
+    gene): the page counted X's genes, "only 50 of 300 reference genes found in the query" in red, while the
+    training took .raw's and used all 300."""
+    import anndata as ad
+    import numpy as np
+    import scanpy as sc
+
+    ref = ad.read_h5ad(SMALL)
+    q = ref.copy()
+    q.raw = q
+    few = q[:, : q.n_vars // 5].copy()
+    sc.pp.log1p(few)
+    few.X = few.X.toarray() if hasattr(few.X, "toarray") else few.X
+    few.X = (few.X - few.X.mean(0)) / (few.X.std(0) + 1e-6)  # scale.data: negatives, the variable genes only
+    at = _upload(_data_page(), "reference", ref, tmp_path / "ref.h5ad")
+    at = _upload(at, "query", few, tmp_path / "seurat.h5ad")
+    assert not at.exception and not at.error, _errors(at)
+    said = " ".join(str(p.proto.text) for p in at.get("progress"))
+    assert f"{ref.n_vars:,} of {ref.n_vars:,} reference genes found in the query" in said, said
+    assert np.isfinite(few.X).all()
