@@ -902,7 +902,7 @@ def _read_10x_h5(path: Path, label: str = "the file") -> ad.AnnData:
         return ad.read_h5ad(path)
     import scanpy as sc  # (after the checks: importing it takes 0.14 GB)
 
-    return sc.read_10x_h5(path)
+    return sc.read_10x_h5(path, gex_only=False)  # (as the mtx reader: get_counts keeps the genes and says so)
 
 
 def _is_gzip(path: Path) -> bool:
@@ -1125,11 +1125,8 @@ def _read_mtx_dir(folder: Path, label: str) -> ad.AnnData:
     symbols = features.iloc[:, 1].to_numpy(dtype=object) if features.shape[1] > 1 else ids
     var = pd.DataFrame({"gene_ids": ids}, index=pd.Index(symbols, name=None, dtype=object))
     if features.shape[1] > 2:
-        var["feature_types"] = features.iloc[:, 2].to_numpy(dtype=object)
-        gex = var["feature_types"].to_numpy() == "Gene Expression"
-        if gex.any() and not gex.all():  # as scanpy's read_10x_h5: keep gene expression only
-            X = X[:, gex]
-            var = var.iloc[gex]
+        var["feature_types"] = features.iloc[:, 2].to_numpy(dtype=object)  # (the counts are of genes only:
+        # values.get_counts leaves the other kinds out and says so; the annotated file keeps them)
     obs = pd.DataFrame(index=pd.Index(barcodes.iloc[:, 0].to_numpy(dtype=object), name=None, dtype=object))
     del features, barcodes
     # (Parse's cell_metadata.csv is such a table: its columns, e.g. sample, join the cells)

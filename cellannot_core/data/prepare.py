@@ -45,7 +45,7 @@ from .validate import (
     query_labels,
     zero_total_cells,
 )
-from .values import NOT_WHOLE, detect_value_state, get_counts
+from .values import FEATURES_LEFT_OUT, NOT_WHOLE, detect_value_state, get_counts
 from .._constants import str_array
 
 __all__ = ["QC_KEYS", "TARGET_SUM", "prepare", "summarize_dataset", "stratified_split", "lognormalize"]
@@ -282,6 +282,8 @@ def _load(
         warns.append(f"the {name} has no raw counts of all its genes: {counts.source}")
     elif counts.source.startswith(NOT_WHOLE):
         warns.append(f"the {name} has no whole counts: {counts.source}")
+    if FEATURES_LEFT_OUT in counts.source:  # (CITE-seq's antibodies, multiome's peaks)
+        warns.append(f"the {name} holds features that are no genes: {counts.source.split('; ', 1)[-1]}")
     obs_names, msg = make_unique(adata.obs_names, what="cell", name=name)
     if msg:
         warns.append(msg)

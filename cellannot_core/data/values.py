@@ -251,7 +251,32 @@ def counts_genes(adata: ad.AnnData) -> pd.DataFrame:
     return adata.var
 
 
+GENE_EXPRESSION = "Gene Expression"  # Cell Ranger's feature type of genes
+FEATURE_TYPE_COLUMNS = ("feature_types", "feature_type")
+FEATURES_LEFT_OUT = "features left out"
+
+
 def get_counts(adata: ad.AnnData, *, name: str = "dataset", allow_lognorm: bool = False) -> Counts:
+    """:func:`find_counts`, its gene expression only where ``var`` holds Cell Ranger's feature types of
+    several kinds (CITE-seq's antibodies, multiome's peaks): those are no genes, and an antibody named as
+    its gene (CD4) took the gene's place. Said in ``source``: until 2026-12-07 the readers left them out
+    without a word, and an AnnData read with ``gex_only=False`` had its 20,000 peaks taken for genes."""
+    got = find_counts(adata, name=name, allow_lognorm=allow_lognorm)
+    col = next((c for c in got.var.columns if str(c).lower() in FEATURE_TYPE_COLUMNS), None)
+    if col is None:
+        return got
+    kinds = got.var[col].astype(str).to_numpy()
+    gex = kinds == GENE_EXPRESSION
+    if not gex.any() or gex.all():
+        return got
+    other = pd.Series(kinds[~gex]).value_counts()
+    left = ", ".join(f"{int(n):,} {k}" for k, n in other.items())
+    return Counts(got.X[:, np.flatnonzero(gex)], got.var.iloc[np.flatnonzero(gex)], f"{got.source}; its "
+                  f"{int(gex.sum()):,} {GENE_EXPRESSION} features only ({left} {FEATURES_LEFT_OUT}: they are no "
+                  "genes)", got.state)
+
+
+def find_counts(adata: ad.AnnData, *, name: str = "dataset", allow_lognorm: bool = False) -> Counts:
     """Find the raw counts of ``adata``.
 
     When ``adata.raw`` keeps more genes than ``adata`` (genes cut to the highly variable ones, layers

@@ -118,9 +118,20 @@ def test_h5ad_dense_x_becomes_csr_float32(tmp_path, small):
 
 
 def test_10x_h5(tmp_path, small):
+    """The file is read as it is, its antibody feature too (the annotated copy keeps it); the counts are of the genes
+    alone, and say so (until 2026-12-07 the reader left the antibodies out without a word, and an AnnData read with
+    scanpy's gex_only=False had multiome's peaks taken for genes)."""
+    import anndata as ad
+
+    from cellannot_core.data.values import get_counts
+
     got = read_dataset(write_10x_h5(small, tmp_path / "filtered_feature_bc_matrix.h5"))
-    _assert_same(got, small)  # antibody feature dropped
-    assert list(got.var["gene_ids"]) == list(small.var["gene_ids"])
+    assert got.n_vars == small.n_vars + 1 and list(got.var["feature_types"])[-1] == "Antibody Capture"
+    c = get_counts(got, name="query")
+    _assert_same(ad.AnnData(X=c.X, obs=got.obs, var=c.var), small)
+    assert list(c.var["gene_ids"]) == list(small.var["gene_ids"])
+    assert c.source.endswith(f"its {small.n_vars:,} Gene Expression features only (1 Antibody Capture features left "
+                             "out: they are no genes)"), c.source
 
 
 @pytest.mark.parametrize("v3,gz", [(True, True), (False, False), (True, False)])
