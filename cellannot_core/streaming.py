@@ -83,7 +83,7 @@ def stream_predictions(model, bundle: dict[str, Any], rows: H5adRows, *, thresho
         if method in own:  # a model's own score (e.g. elbo) is per cell and needs the expression
             chunk_scores.append(model.ood_scores(X, [method], logits=cl, latent=z)[method])
         log(f"read and encoded {start + counts.shape[0]:,} of {rows.n_obs:,} cells")
-    warns.extend(mostly_empty(np.concatenate(totals) if totals else np.zeros(0), "query"))  # as prepare_query
+    warns.extend(mostly_empty(np.concatenate(totals) if totals else np.zeros(0), "query", len(rows.var)))  # as prepare_query
     logits_all = np.concatenate(logits) if logits else np.zeros((0, model.n_classes), dtype=np.float32)
     latent_all = np.concatenate(latent) if latent else np.zeros((0, 0), dtype=np.float32)
     del logits, latent

@@ -304,7 +304,7 @@ def _load(
         },
     )
     if counts.state == "counts" and not (qc or {}).get("min_counts"):
-        warns.extend(mostly_empty(np.asarray(counts.X.sum(axis=1)).ravel(), name))
+        warns.extend(mostly_empty(np.asarray(counts.X.sum(axis=1)).ravel(), name, counts.X.shape[1]))
     if qc:
         keep = _qc_mask(d, qc, name, warns)
         n_removed = int((~keep).sum())
@@ -327,13 +327,19 @@ def _load(
 EMPTY_DROPLET_COUNTS = 100
 
 
-def mostly_empty(totals: np.ndarray, name: str) -> list[str]:
-    """A warning when most of a dataset's cells (their total counts ``totals``) are nearly empty
-    (:data:`EMPTY_DROPLET_COUNTS`)."""
-    if len(totals) < 100 or np.median(totals) >= EMPTY_DROPLET_COUNTS:
+PANEL_GENES = 1_000  # fewer genes than this: a targeted panel, whose cells hold fewer counts by design
+
+
+def mostly_empty(totals: np.ndarray, name: str, n_genes: int | None = None) -> list[str]:
+    """A warning when most of a dataset's cells (their total counts ``totals``) are nearly empty:
+    :data:`EMPTY_DROPLET_COUNTS`, in proportion for a panel of fewer than :data:`PANEL_GENES` genes (a cell's
+    counts grow with the genes measured: a panel of 300 genes, median 43 counts a cell, was told its cells
+    looked like empty droplets, found 2026-12-07)."""
+    least = EMPTY_DROPLET_COUNTS * (1.0 if n_genes is None else min(1.0, n_genes / PANEL_GENES))
+    if len(totals) < 100 or np.median(totals) >= least:
         return []
-    low = int((totals < EMPTY_DROPLET_COUNTS).sum())
-    return [f"{low:,} of the {name}'s {len(totals):,} cells have fewer than {EMPTY_DROPLET_COUNTS} counts (the median "
+    low = int((totals < least).sum())
+    return [f"{low:,} of the {name}'s {len(totals):,} cells have fewer than {least:g} counts (the median "
             f"cell {np.median(totals):g}): most of them look like empty droplets, as in an unfiltered matrix "
             f"(Cell Ranger's raw_feature_bc_matrix). Load the filtered matrix, or set quality control's minimum "
             f"counts per cell"]

@@ -458,3 +458,15 @@ def test_a_cellxgene_obs_offers_its_cell_types_not_their_ontology_ids(synthetic_
     alone = ref.obs[["donor_id", "tissue_type"]].assign(cell_type="T cell")
     ref.obs = alone
     assert any("cell_type holds one type only" in n for n in summarize_dataset(ref)["label_notes"])
+
+
+def test_a_targeted_panels_cells_are_not_taken_for_empty_droplets():
+    """Found 2026-12-07: a reference of a 300-gene panel (median 43 counts a cell) was told its cells looked like
+    empty droplets; a cell's counts grow with the genes measured, so the bound is in proportion for a panel."""
+    from cellannot_core.data.prepare import mostly_empty
+
+    rng = np.random.default_rng(0)
+    panel = rng.poisson(43, size=2000).astype(float)
+    assert mostly_empty(panel, "reference", n_genes=300) == []
+    assert mostly_empty(panel, "reference", n_genes=20_000)  # so few counts across a whole transcriptome: empty
+    assert mostly_empty(rng.poisson(5, size=2000).astype(float), "reference", n_genes=300)
