@@ -120,6 +120,9 @@ def _pair(ref_keys: np.ndarray, q_keys: np.ndarray, upper: bool) -> tuple[np.nda
     return np.array(r_keep, dtype=np.int64), q_idx
 
 
+_GENOME_PREFIX = re.compile(r"^((?:GRCh|GRCm|hg|mm)\d+)_+")  # GRCh38_CD3E, mm10___Cd3e
+
+
 def _why_few_shared(rvar: pd.DataFrame, qvar: pd.DataFrame, ref_name: str) -> str:
     """The likeliest reason two gene lists share few names, as what to do."""
     for name, var in ((ref_name, rvar), ("query", qvar)):
@@ -136,6 +139,21 @@ def _why_few_shared(rvar: pd.DataFrame, qvar: pd.DataFrame, ref_name: str) -> st
                 return (f"the {name}'s var column {str(col)[:80]!r} holds {n:,} of the {other_name}'s gene names: set "
                         f"its var_names to them (adata.var_names = adata.var[{str(col)[:80]!r}], then "
                         "adata.var_names_make_unique()).")
+    for name, var in ((ref_name, rvar), ("query", qvar)):  # Cell Ranger's reference of several genomes
+        prefixes = pd.Series([m.group(1) for g in var.index[:2000] if (m := _GENOME_PREFIX.match(str(g)))])
+        if len(prefixes) > 0.3 * min(len(var), 2000):
+            shown = ", ".join(prefixes.value_counts().index[:3])
+            return (f"the {name}'s gene names begin with a genome's name ({shown}): it was counted against a reference "
+                    "of several genomes (a mixed-species or xenograft sample). Keep one genome's genes and take the prefix "
+                    "off (adata = adata[:, adata.var_names.str.startswith('GRCh38_')].copy(); adata.var_names = "
+                    "adata.var_names.str.replace('GRCh38_', '', regex=False)), then load it again.")
+    kinds = {name: is_ensembl(var.index) for name, var in ((ref_name, rvar), ("query", qvar))}
+    if len(set(kinds.values())) == 2:  # (neither holds the other kind in a column: match_genes tried them all)
+        ids = next(n for n, e in kinds.items() if e)
+        other = next(n for n, e in kinds.items() if not e)
+        return (f"the {ids} names its genes by Ensembl IDs and the {other} by symbols, and neither holds the other "
+                "kind in a var column: add one (e.g. the IDs as var['gene_ids'], as Cell Ranger's files carry them), "
+                "then load it again.")
     hint = "check both use the same gene identifiers (symbols vs Ensembl IDs) and species"
     if ref_name == "reference" and min(len(rvar), len(qvar)) <= 5000:
         hint += ("; and if either was cut to its highly variable genes (sc.pp.highly_variable_genes(subset=True)), "

@@ -143,3 +143,17 @@ def test_few_shared_genes_name_the_likeliest_reason():
     # a saved model's genes are the model's, not a reference's
     with pytest.raises(DataError, match="only 0 of 2000 model genes found in the query"):
         match_genes(_var([f"G{j}" for j in range(2000)]), _var([f"X{j}" for j in range(2000)]), ref_name="model")
+
+
+def test_a_mixed_genome_file_and_ids_against_symbols_are_named_as_such():
+    """Found 2026-12-07 (a barnyard / xenograft sample counted against GRCh38 + mm10, and a query of Ensembl IDs
+    against a reference of symbols): both got "check both use the same gene identifiers ... highly variable genes"."""
+    ref = _var([f"G{j}" for j in range(2000)])
+    barnyard = _var([f"GRCh38_G{j}" for j in range(1000)] + [f"mm10___g{j}" for j in range(1000)])
+    with pytest.raises(DataError, match=r"the query's gene names begin with a genome's name \((GRCh38|mm10), "
+                                        r"(GRCh38|mm10)\).*Keep one genome's genes") as e:
+        match_genes(ref, barnyard)
+    assert "highly variable" not in str(e.value)
+    with pytest.raises(DataError, match="the query names its genes by Ensembl IDs and the reference by symbols, and "
+                                        "neither holds the other kind in a var column"):
+        match_genes(ref, _var([f"ENSG{j:011d}" for j in range(2000)]))
