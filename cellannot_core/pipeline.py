@@ -808,7 +808,7 @@ def log_warnings(report: dict[str, Any], log: Callable[[str], None], *, query: b
     said nothing of them until 2026-12-07). ``query=False``: a reference trained alone (its own query)."""
     from .errors import shown_name
 
-    sources = [f"{name} {shown_name(str(report[name]['counts_source']), 160)}"
+    sources = [f"{name} {shown_name(str(report[name]['counts_source']), 400)}"  # (160 cut our own sentences)
                for name in ("reference", "query")[:2 if query else 1]
                if isinstance(report.get(name), dict) and report[name].get("counts_source")]
     if sources:
