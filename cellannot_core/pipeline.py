@@ -1919,7 +1919,10 @@ def bundle_reference(model, bundle: dict[str, Any]):
     classes = list(model.classes)
     obs = pd.DataFrame({bundle["label_key"]: pd.Categorical([classes[i] for i in ref.y], categories=classes)},
                        index=[f"reference_cell_{i}" for i in range(len(ref.y))])
-    return ad.AnnData(X=sp.csr_matrix(counts), obs=obs, var=pd.DataFrame(index=pd.Index(bundle["genes"], dtype=str)))
+    var = pd.DataFrame(index=pd.Index(bundle["genes"], dtype=str))
+    if bundle.get("gene_symbols"):  # (Ensembl IDs: a run trained again tells its genes by their symbols too)
+        var["gene_symbols"] = [str(g) for g in bundle["gene_symbols"]]
+    return ad.AnnData(X=sp.csr_matrix(counts), obs=obs, var=var)
 
 
 def annotate_adapted(model, bundle: dict[str, Any], query, *, threshold: float | None = None, device: str = "auto",

@@ -572,10 +572,11 @@ def test_genes_named_by_ensembl_ids_are_told_by_their_symbols(tmp_path):
     assert all(symbols[int(g[4:]) - 100000000] == s for g, s in zip(card["genes"], card["gene_symbols"]))
     listed = [g for grp in card["unknown_groups"] for g in grp["genes_up"] + grp["genes_down"]]
     assert listed and not any(g.startswith("ENSG") for g in listed), listed
-    again = predict_with_bundle(tmp_path / "m", q)
-    groups = again.uns["cellannot"]["unknown_groups"]  # (as an .h5ad holds a list of records: keyed by position)
-    listed = [str(g) for grp in (groups.values() if isinstance(groups, dict) else groups) for g in grp["genes_up"]]
-    assert listed and not any(g.startswith("ENSG") for g in listed), listed
+    for adapt in (False, True):  # a query labelled with the saved model, and the model trained again with it
+        again = predict_with_bundle(tmp_path / "m", q, adapt=adapt, device="cpu")
+        groups = again.uns["cellannot"]["unknown_groups"]  # (as an .h5ad holds a list of records: keyed by position)
+        listed = [str(g) for grp in (groups.values() if isinstance(groups, dict) else groups) for g in grp["genes_up"]]
+        assert listed and not any(g.startswith("ENSG") for g in listed), (adapt, listed)
     # where the names are symbols, or neither dataset has any, there is nothing to tell them by
     cols = np.arange(5)
     assert gene_symbols(q.var.set_index("feature_name"), cols, q.var, cols) is None
