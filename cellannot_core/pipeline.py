@@ -1384,7 +1384,9 @@ def bundle_info(model, prepared: Prepared, opts: AnnotateOptions) -> dict[str, A
     return {"genes": list(prepared.genes), **({"gene_symbols": list(prepared.gene_symbols)} if prepared.gene_symbols
                                               else {}), "label_key": opts.label_key, "classes": list(model.classes),
             "model": model.name, "batch_key": opts.batch_key, "min_shared_genes": opts.min_shared_genes,
-            "norm_genes": prepared.report.get("norm_genes"), "preprocessing": prepared.report.get("preprocessing", "")}
+            "norm_genes": prepared.report.get("norm_genes"), "preprocessing": prepared.report.get("preprocessing", ""),
+            **({"norm_gene_symbols": prepared.report["norm_gene_symbols"]} if prepared.report.get("norm_gene_symbols")
+               else {})}
 
 
 def check_model_folder(directory: str | Path) -> Path:
@@ -1509,9 +1511,9 @@ def _bundle_problem(bundle: dict[str, Any]) -> str | None:
 
     if bundle.get("norm_genes") is not None and not names(bundle["norm_genes"]):
         return "norm_genes is not a list of gene names"
-    if bundle.get("gene_symbols") is not None and not (names(bundle["gene_symbols"]) and
-                                                      len(bundle["gene_symbols"]) == len(bundle.get("genes") or ())):
-        return "gene_symbols is not a list of one name per gene"
+    for key, of in (("gene_symbols", "genes"), ("norm_gene_symbols", "norm_genes")):
+        if bundle.get(key) is not None and not (names(bundle[key]) and len(bundle[key]) == len(bundle.get(of) or ())):
+            return f"{key} is not a list of one name per gene of {of}"
     n = bundle.get("min_shared_genes")
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
         return "min_shared_genes is not a whole number of at least 0"
@@ -1815,7 +1817,7 @@ def model_input(model, bundle: dict[str, Any], qry, log: Callable[[str], None] =
     model's order (missing genes are zero), the reference's normalisation; and the query report."""
     from .data import prepare_query
 
-    split, report = prepare_query(qry, genes=bundle["genes"], norm_genes=bundle.get("norm_genes"),
+    split, report = prepare_query(qry, genes=bundle["genes"], norm_genes=bundle.get("norm_genes"), symbols=bundle,
                                   min_shared_genes=int(bundle.get("min_shared_genes", DEFAULT_MIN_SHARED_GENES)), with_counts=False)
     log(report.get("message", ""))
     log_warnings(report, log)

@@ -39,17 +39,15 @@ def stream_predictions(model, bundle: dict[str, Any], rows: H5adRows, *, thresho
     """Predictions (:class:`~.pipeline.Predictions`, with only the model's own novelty score) and
     the query report for the cells of ``rows``, read ``chunk_cells`` at a time; ``samples``
     (:func:`~.pipeline.query_samples` of ``rows.obs``) as for :func:`~.pipeline.predict`."""
-    import pandas as pd
-
     from .data import lognormalize, match_genes
-    from .data.prepare import check_model_genes, genes_note, mostly_empty
+    from .data.prepare import check_model_genes, genes_note, model_genes, mostly_empty
     from .data.validate import check_not_empty, check_values
     from .pipeline import decide, describe_unknown_groups, gene_labels, marker_agreement_of
 
     genes = [str(g) for g in bundle["genes"]]
     min_shared = int(bundle.get("min_shared_genes", DEFAULT_MIN_SHARED_GENES))
     check_not_empty(rows.n_obs, len(rows.var), name="query")
-    gm = match_genes(pd.DataFrame(index=pd.Index(genes)), rows.var, min_shared=min_shared, ref_name="model")
+    gm = match_genes(model_genes(genes, bundle.get("gene_symbols")), rows.var, min_shared=min_shared, ref_name="model")
     missing = check_model_genes(gm.n_shared, len(genes))  # (refused here when most are missing)
     warns = list(missing)
     message = f"{gm.n_shared} of {len(genes)} model genes found in the query ({gm.mode})"
@@ -57,7 +55,7 @@ def stream_predictions(model, bundle: dict[str, Any], rows: H5adRows, *, thresho
         on_genes(message, missing)  # late on a large query)
     total_cols = None
     if bundle.get("norm_genes") is not None:
-        nm = match_genes(pd.DataFrame(index=pd.Index([str(g) for g in bundle["norm_genes"]])), rows.var,
+        nm = match_genes(model_genes(bundle["norm_genes"], bundle.get("norm_gene_symbols")), rows.var,
                          min_shared=min_shared)
         total_cols = nm.query_idx
     own = model.model_scores()

@@ -81,7 +81,7 @@ def compute_explain(root: str, run_id: str) -> dict[str, Any]:
         raise DataError(f"run {run_id} has no model bundle; train it again to see explain matrices")
     model = load_run_model(root, run_id)
     qa = ad.read_h5ad(rd.file(RunFiles.ANNOTATED))
-    split, _ = prepare_query(qa, genes=bundle["genes"], norm_genes=bundle.get("norm_genes"),
+    split, _ = prepare_query(qa, genes=bundle["genes"], norm_genes=bundle.get("norm_genes"), symbols=bundle,
                              min_shared_genes=min(int(bundle.get("min_shared_genes", 200)), len(bundle["genes"])),
                              allow_lognorm=True, with_counts=False)
     M = model.explain(split.X).astype(np.float32)

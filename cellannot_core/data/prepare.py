@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 import anndata as ad
@@ -173,6 +174,17 @@ def gene_symbols(ref_var: pd.DataFrame, ref_cols: np.ndarray, q_var: pd.DataFram
         if not is_ensembl(names):
             return [str(v) for v in names]
     return None
+
+
+def model_genes(genes: Sequence[str], symbols: Sequence[str] | None = None) -> pd.DataFrame:
+    """A saved model's genes as a var table to match a query against: their names, and their symbols
+    (:func:`gene_symbols`) as a ``gene_symbols`` column where the names are Ensembl IDs, so a query named by
+    symbols is matched too (found 2026-12-07: a model trained on CELLxGENE's files found "0 of 2000 model genes"
+    in a query of symbols, though it kept them)."""
+    var = pd.DataFrame(index=pd.Index([str(g) for g in genes], dtype=object))
+    if symbols is not None and len(symbols) == len(var):
+        var["gene_symbols"] = [str(g) for g in symbols]
+    return var
 
 
 def _qc_mask(d: _Loaded, qc: dict[str, Any], name: str, warns: list[str]) -> np.ndarray:
@@ -770,6 +782,7 @@ def prepare(
         ),
         "normalize_on": normalize_on,
         "norm_genes": [str(g) for g in gm.names] if shared_only else None,
+        "norm_gene_symbols": gene_symbols(ref.var, gm.ref_idx, qry.var, gm.query_idx) if shared_only else None,
         "counts_available": ref.state == "counts" and qry.state == "counts",
         "options": {
             "label_key": label_key, "query_label_key": query_label_key, "n_top_genes": int(n_top_genes),
@@ -1062,6 +1075,7 @@ def prepare_query(
     min_shared_genes: int = DEFAULT_MIN_SHARED_GENES,
     allow_lognorm: bool = False,
     with_counts: bool = True,
+    symbols: dict[str, list[str] | None] | None = None,
 ) -> tuple[Split, dict[str, Any]]:
     """Align a new query to the genes of a trained model (for ``predict --model``).
 
@@ -1079,11 +1093,12 @@ def prepare_query(
     """
     warns: list[str] = []
     qry = _load(query, name="query", allow_lognorm=allow_lognorm, qc=None, warns=warns)
-    model_var = pd.DataFrame(index=pd.Index([str(g) for g in genes]))
-    gm = match_genes(model_var, qry.var, min_shared=min_shared_genes, ref_name="model")
+    symbols = symbols or {}  # ``gene_symbols`` / ``norm_gene_symbols`` of the model's bundle (model_genes)
+    gm = match_genes(model_genes(genes, symbols.get("gene_symbols")), qry.var, min_shared=min_shared_genes,
+                     ref_name="model")
     total_cols = None
     if norm_genes is not None:
-        nm = match_genes(pd.DataFrame(index=pd.Index([str(g) for g in norm_genes])), qry.var,
+        nm = match_genes(model_genes(norm_genes, symbols.get("norm_gene_symbols")), qry.var,
                          min_shared=min_shared_genes)
         total_cols = nm.query_idx
     X = _in_model_order(lognormalize(qry.X, gm.query_idx, state=qry.state, total_cols=total_cols), gm.ref_idx,

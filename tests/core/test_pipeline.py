@@ -579,6 +579,19 @@ def test_genes_named_by_ensembl_ids_are_told_by_their_symbols(tmp_path):
         groups = again.uns["cellannot"]["unknown_groups"]  # (as an .h5ad holds a list of records: keyed by position)
         listed = [str(g) for grp in (groups.values() if isinstance(groups, dict) else groups) for g in grp["genes_up"]]
         assert listed and not any(g.startswith("ENSG") for g in listed), (adapt, listed)
+    # a query named by symbols alone is matched through the model's symbols (its genes and those it was normalised
+    # on): "0 of 2000 model genes found" until 2026-12-07, held whole or read a chunk at a time
+    from cellannot_core.streaming import predict_file
+
+    by_symbol = q.copy()
+    by_symbol.var_names = list(by_symbol.var["feature_name"])
+    del by_symbol.var["feature_name"]
+    whole = predict_with_bundle(tmp_path / "m", by_symbol, device="cpu")
+    labels = list(predict_with_bundle(tmp_path / "m", q, device="cpu").obs[OutKeys.LABEL].astype(str))
+    assert list(whole.obs[OutKeys.LABEL].astype(str)) == labels
+    by_symbol.write_h5ad(tmp_path / "symbols.h5ad")
+    assert predict_file(tmp_path / "m", tmp_path / "symbols.h5ad", out=tmp_path / "o.h5ad", device="cpu")["streamed"]
+    assert list(ad.read_h5ad(tmp_path / "o.h5ad").obs[OutKeys.LABEL].astype(str)) == labels
     # where the names are symbols, or neither dataset has any, there is nothing to tell them by
     cols = np.arange(5)
     assert gene_symbols(q.var.set_index("feature_name"), cols, q.var, cols) is None
