@@ -1478,8 +1478,10 @@ def _load_bundle_dir(model_dir: Path, device: str) -> tuple[Any, dict[str, Any]]
 
         status = read_json(model_dir / RunFiles.STATUS, None)  # a run's folder without a model, or the runs folder
         if isinstance(status, dict) and isinstance(status.get("state"), str):  # (both said "no bundle.json", 2026-12-07)
-            raise DataError(f"{model_dir} is a run that is {shown_name(status['state'], 20)}, with no saved model: pass "
-                            "a finished run's folder")
+            state = shown_name(status["state"], 20)
+            was = {"failed": "failed", "cancelled": "was cancelled", "interrupted": "was interrupted"}.get(state,
+                                                                                                  f"is {state}")
+            raise DataError(f"{model_dir} is a run that {was}, with no saved model: pass a finished run's folder")
         from itertools import islice
 
         if model_dir.is_dir() and any((d / RunFiles.STATUS).is_file() for d in islice(model_dir.iterdir(), 1000)

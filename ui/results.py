@@ -150,7 +150,7 @@ def require_run() -> Run:
     """Stop the page with a pointer to the Train page unless a finished run is selected."""
     run_id = get(StateKeys.RUN_ID)
     if not run_id:
-        st.info("Train a model (or reopen a past run) on the **Train** page first.")
+        st.info("Train a model on the **Train** page first, or open a past run on the **Runs** page.")
         st.stop()
     if not (runs_root() / run_id).is_dir():  # deleted (on the Runs page, maybe in another tab)
         st.info(f"Run `{run_id}` no longer exists: it was deleted. Open another on the **Runs** page.")
@@ -166,10 +166,10 @@ def require_run() -> Run:
         except CellannotError:
             state = "missing"
         if state in ("failed", "cancelled", "interrupted", "missing"):  # ("results appear once it is done" was said
-            st.info(f"Run `{run_id}` is {state}: it has no results. Its message is on the **Train** page; "  # of these
+            st.info(f"Run `{run_id}` {'was ' + state if state != 'missing' else 'is missing'}: it has no results. Its message is on the **Train** page; "  # of these
                     "**Run again** on the **Runs** page trains it again.")  # too, found 2026-12-07)
         else:
-            st.info(f"Run `{run_id}` is {state}; results appear here once it is done (see the **Train** page).")
+            st.info(f"Run `{run_id}` is {state}; results appear here once it is done (see the **Train** page).")  # (queued, running)
         st.stop()
     return run
 

@@ -74,7 +74,7 @@ _ZERO_MEANS = re.compile(r"\(0 = ([^;)]+)")
 #: the help gives the name the CLI's ``--hparam`` and the API take. Others read as their name.
 PLAIN_LABELS = {
     "ood_score": "novelty score (the Unknown rule)", "knn_k": "neighbours for the novelty distance",
-    "smooth_k": "neighbours averaging the labels", "C": "SVM C (how closely it fits the reference)",
+    "smooth_k": "neighbours averaging the labels", "C": "C (how closely it fits the reference)",
     "cv": "calibration folds", "n_latent": "latent dimensions", "latent_model": "latent model",
     "lr": "learning rate", "n_pcs": "principal components", "reject_below": "Unknown below probability",
     "use_query": "train with the query cells", "patience": "early-stop patience (epochs)",

@@ -57,8 +57,8 @@ def test_needs_a_run():
     assert "Train a model" in at.info[0].value
 
 
-@pytest.mark.parametrize("state, said", [("cancelled", "is cancelled: it has no results"),
-                                         ("interrupted", "is interrupted: it has no results"),
+@pytest.mark.parametrize("state, said", [("cancelled", "was cancelled: it has no results"),
+                                         ("interrupted", "was interrupted: it has no results"),
                                          ("running", "is running; results appear here once it is done")])
 def test_a_run_that_will_not_finish_is_not_said_to_be_coming(runs_root, state, said):
     """Found 2026-12-07 (a probe of the results pages): a cancelled or interrupted run said "results appear here

@@ -200,7 +200,7 @@ def test_predict_with_non_model_directory(capsys, files, tmp_path):
     rd = RunDir.create(tmp_path / "runs", model="logreg")
     rd.set_status("failed", model="logreg", message="out of memory")
     code, _, err = run_main(capsys, "predict", "--model", rd.path, "--query", files["query"], "--out", tmp_path / "p.h5ad")
-    assert_one_error(code, err, "is a run that is failed, with no saved model: pass a finished run's folder")
+    assert_one_error(code, err, "is a run that failed, with no saved model: pass a finished run's folder")
     code, _, err = run_main(capsys, "predict", "--model", tmp_path / "runs", "--query", files["query"],
                             "--out", tmp_path / "p.h5ad")
     assert_one_error(code, err, "is a folder of runs: pass one finished run's folder in it")
