@@ -2,6 +2,7 @@
 the live run panel and small formatting helpers."""
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -191,8 +192,9 @@ def gene_overlap_report(rep: dict[str, Any]) -> None:
     if rep["ok"]:
         st.progress(min(1.0, rep["fraction"]),
                     text=f"{rep['n_shared']:,} of {rep['n_ref']:,} reference genes found in the query "
-                         f"({rep['fraction']:.0%}); the query has {rep['n_query']:,} genes")
-        st.caption(md(rep["message"]))
+                         f"({math.floor(rep['fraction'] * 1000) / 10:g}%); the query has {rep['n_query']:,} genes")
+        how = rep["message"].split(" (", 1)[-1].removesuffix(")") if " (" in rep["message"] else rep["message"]
+        st.caption(md(f"Matched by {how}"))  # (the count is in the bar above: it was said twice, 2026-12-07)
         if rep.get("approximate"):
             st.warning("Genes matched only when ignoring upper/lower case: check both datasets are the same species.")
         if rep["light"] == "red":

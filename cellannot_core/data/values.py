@@ -245,10 +245,14 @@ def counts_genes(adata: ad.AnnData) -> pd.DataFrame:
     ``adata``, else ``adata.var``), without reading the counts: what a pair's shared genes are counted on (the Data
     page counted ``X``'s genes, refusing a pair the training took, found 2026-12-07)."""
     raw = adata.raw
-    if raw is not None and raw.X is not None and raw.n_vars > adata.n_vars and \
-            detect_value_state(raw.X) in ("counts", "lognorm"):
-        return raw.var
-    return adata.var
+    var = raw.var if raw is not None and raw.X is not None and raw.n_vars > adata.n_vars and \
+        detect_value_state(raw.X) in ("counts", "lognorm") else adata.var
+    col = next((c for c in var.columns if str(c).lower() in FEATURE_TYPE_COLUMNS), None)
+    if col is not None:  # (as get_counts: a 10x file's antibodies and peaks are no genes)
+        gex = var[col].astype(str).to_numpy() == GENE_EXPRESSION
+        if gex.any():
+            return var.iloc[np.flatnonzero(gex)]
+    return var
 
 
 GENE_EXPRESSION = "Gene Expression"  # Cell Ranger's feature type of genes

@@ -106,7 +106,10 @@ def test_upload_and_path_load_then_picker_overlap_and_check():
     assert at.session_state[StateKeys.QUERY] is not None
     md = " ".join(m.value for m in at.markdown)
     assert "Gene overlap" in md and "Good overlap" in md
-    assert any("reference genes found in the query" in c.value for c in at.caption)
+    said = " ".join(str(p.proto.text) for p in at.get("progress"))
+    assert "1,039 of 1,267 reference genes found in the query (82%)" in said, said  # (rounded down: 2,500 of 2,511
+    # were "100%", found 2026-12-07)
+    assert any(c.value.startswith("Matched by exact symbols") for c in at.caption)
     # QC options flow into the state used for training
     at.checkbox(key=WidgetKeys.QC_ON).check().run()
     assert at.session_state[StateKeys.QC] == {"min_genes": 200, "min_counts": None, "max_pct_mito": 20.0}
