@@ -562,6 +562,22 @@ def load_runs(run_ids: list[str]) -> list[tuple[str, dict[str, Any], pd.DataFram
     return out
 
 
+def other_names(loaded: list[tuple[str, dict[str, Any], Any]]) -> str | None:
+    """A warning when two of the runs picked name their types otherwise (at most half the names of the one with
+    fewer in common: references of other label sets): their agreement counts the same names only."""
+    from cellannot_core._constants import OutKeys
+
+    names = [(rid, {str(c) for c in card.get(OutKeys.CLASSES) or []}) for rid, card, _ in loaded]
+    for i, (a, ca) in enumerate(names):
+        for b, cb in names[i + 1:]:
+            if ca and cb and len(ca & cb) <= 0.5 * min(len(ca), len(cb)):
+                only = sorted(ca - cb)[:2] + sorted(cb - ca)[:2]
+                return (f"Runs {a} and {b} name their cell types otherwise ({len(ca & cb)} names in common; e.g. "
+                        f"{', '.join(md(n[:40]) for n in only)}): the agreement below counts the same names only, so it "
+                        "says little of them. Compare runs whose references share their labels.")
+    return None
+
+
 def changed_calls(run_ids: list[str]) -> list[str]:
     """The runs among ``run_ids`` whose Unknown calls were changed on the Calibration page."""
     from cellannot_core.runs import RunDir, read_json
@@ -591,8 +607,12 @@ def runs_section(runs: list[dict[str, Any]]) -> None:
                             key=CompareKeys.RUNS)
     if not picked:
         return
-    res = compare_runs(load_runs(picked))
+    loaded = load_runs(picked)
+    res = compare_runs(loaded)
     table = res["table"]
+    apart = other_names(loaded)
+    if apart:  # (found 2026-12-07: 2.8% agreement between runs of one query on references naming types otherwise)
+        st.warning(apart, icon=":material/warning:")
     if res["labelled"]:
         st.caption("Every run's query carried labels: these are the query's own figures (cells of reference types "
                    "for accuracy and ECE; novel cells for the novelty columns).")
