@@ -491,7 +491,11 @@ def check_pair(ref_id: str, query_id: str, label_key: str, query_label_key: str 
         prep = prepare(_ref, _query, label_key=label_key, query_label_key=query_label_key,
                        qc=json.loads(qc_json) or None, batch_key=batch_key)
     except CellannotError as err:
-        return {"ok": False, "error": str(err), "warnings": []}
+        said = str(err)
+        if "holds counts: if those are the raw counts, name that layer" in said:  # the advice for Python and the
+            said = (said.split(". Its layers[", 1)[0] + ". Its raw counts are in a layer of another name: take them with "
+                    "the button under the dataset above.")  # command line, in the app (found 2026-12-07)
+        return {"ok": False, "error": said, "warnings": []}
     rep = prep.report
     return {"ok": True, "error": None, "warnings": list(rep.get("warnings", [])),
             "n_train": rep["n_train"], "n_val": rep["n_val"], "n_query": rep["n_query"],

@@ -519,3 +519,23 @@ def test_the_gene_overlap_counts_the_genes_the_training_takes_from_raw(tmp_path)
     said = " ".join(str(p.proto.text) for p in at.get("progress"))
     assert f"{ref.n_vars:,} of {ref.n_vars:,} reference genes found in the query" in said, said
     assert np.isfinite(few.X).all()
+
+
+def test_the_check_before_training_points_to_the_layer_button_not_to_python(tmp_path):
+    """Found 2026-12-07 (a browser probe): with a query's counts in layers['umis'], the yellow box named the button
+    while the check's red box below said to rename the layer in Python or give layer= to ca.annotate."""
+    import anndata as ad
+    import scanpy as sc
+
+    ref = ad.read_h5ad(SMALL)
+    q = ref.copy()
+    q.layers["umis"] = q.X.copy()
+    sc.pp.normalize_total(q, target_sum=1e4)
+    sc.pp.log1p(q)
+    sc.pp.scale(q, max_value=10)
+    at = _upload(_data_page(), "reference", ref, tmp_path / "ref.h5ad")
+    at = _upload(at, "query", q, tmp_path / "scaled.h5ad")
+    assert not at.exception
+    errors = _errors(at)
+    assert "take them with the button under the dataset above" in errors, errors
+    assert "ca.annotate" not in errors and "--layer" not in errors, errors
