@@ -601,6 +601,13 @@ def novel_types_note(ref: Any, query: Any, label_key: str | None, query_label_ke
     if not novel:
         return None
     few = set(map(str, ref.obs[label_key].astype(str).str.strip())) & set(novel)
+    q_col = query.obs[query_label_key]
+    if not few and sum(novel.values()) == int((~untyped_label_mask(q_col)).sum()):  # no query label is a reference type
+        ref_names = ref.obs[label_key].astype(str).str.strip().value_counts().index[:2]
+        return (f"None of the query's labels in {md(query_label_key)} names a reference type (e.g. "
+                f"{', '.join(md(k) for k in list(novel)[:2])} against the reference's {', '.join(md(k) for k in ref_names)}): "
+                "they name the types otherwise, or the query holds none of the reference's types. Its labels measure "
+                "nothing then: pick the query's column that names types as the reference does, or none.")
     return (f"Query types the reference lacks: {', '.join(f'{md(k)} ({v:,})' for k, v in novel.items())}: "
             f"{sum(novel.values()):,} cells a good model calls *Unknown*"
             + (f" (with {', '.join(md(k) for k in sorted(few))}, which the reference has fewer than "

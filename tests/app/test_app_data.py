@@ -231,6 +231,12 @@ def test_a_type_the_reference_has_too_few_cells_of_counts_as_missing():
     note = data_ui.novel_types_note(*both, "t", "t")
     assert "rare (25), new (5): 30 cells a good model calls *Unknown* (with rare, which the reference has fewer than " \
            "10 cells of: a run leaves such a type out)." in note
+    # a query whose labels name no reference type is told so, not that all its cells are of novel types (found
+    # 2026-12-07: "Query types the reference lacks: Naive CD4 T (697), ... 2,638 cells", names of the same types)
+    other = type("A", (), {"obs": pd.DataFrame({"t": ["A cell"] * 10 + ["B cell"] * 5})})()
+    note = data_ui.novel_types_note(both[0], other, "t", "t")
+    assert note.startswith("None of the query's labels in t names a reference type (e.g. A cell, B cell against the "
+                           "reference's a, b)"), note
 
 
 def _log_normalised_reference_uploaded(tmp_path, *, of_counts: bool):
