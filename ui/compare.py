@@ -636,8 +636,8 @@ def runs_section(runs: list[dict[str, Any]]) -> None:
     changed = changed_calls(picked)
     if changed:  # (not said until 2026-12-07)
         st.caption(f"Run{'s' if len(changed) > 1 else ''} {', '.join(changed)} had {'their' if len(changed) > 1 else 'its'} "
-                   "Unknown calls changed on the Calibration page: the figures here are the runs' own calls; the "
-                   "Calibration page and the downloads follow the choices.")
+                   f"Unknown calls changed on the Calibration page: the figures here are the {'runs' if len(picked) > 1 else 'run'}'"
+                   f"{'' if len(picked) > 1 else 's'} own calls; the Calibration page and the downloads follow the choices.")
     agree = res["agreement"]
     if len(picked) > 1 and agree.notna().any().any():
         names = [f"{m} ({rid[-6:]})" for m, rid in zip(table["model"], table["run"])]

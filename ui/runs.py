@@ -95,7 +95,11 @@ def runs_table() -> pd.DataFrame:
         row.update({k: _dig(card, path) for k, (_, path) in METRICS.items()})
         row.update({PARAM + k: v for k, v in changed.items()})
         rows.append(row)
-    return pd.DataFrame(rows)
+    out = pd.DataFrame(rows)
+    for col in ("trial", "value"):  # (None of the runs outside a sweep showed as "None", 2026-12-07)
+        if col in out:
+            out[col] = pd.to_numeric(out[col], errors="coerce")
+    return out
 
 
 def sweep_table(df: pd.DataFrame, study: str) -> pd.DataFrame:

@@ -8,7 +8,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from numpy.typing import ArrayLike
 
-from cellannot_core.plots._style import base_layout, category_order
+from cellannot_core.plots._style import base_layout, category_order, tilt
 from cellannot_core._constants import str_array
 
 __all__ = ["contingency_table", "label_heatmap"]
@@ -167,7 +167,7 @@ def label_heatmap(
         fig,
         title=title,
         height=max(320, 120 + 32 * n_rows),
-        xaxis=dict(title=dict(text=col_title), type="category", tickangle=-45 if n_cols > 8 else 0,
+        xaxis=dict(title=dict(text=col_title), type="category", tickangle=tilt(counts.columns),
                    side="bottom", showgrid=False),
         yaxis=dict(title=dict(text=row_title), type="category", autorange="reversed", showgrid=False),
     )

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import plotly.graph_objects as go
 
@@ -116,6 +116,13 @@ def category_colors(
             taken.add(i)
             out[c] = PALETTE[i]
     return {c: out[c] for c in names}
+
+
+def tilt(labels: Sequence[Any]) -> int:
+    """The angle of a category axis's labels: tilted when they are many or long (CELLxGENE's "CD4-positive,
+    alpha-beta T cell" ran into its neighbours on level labels, found 2026-12-07)."""
+    names = [str(v) for v in labels]
+    return -45 if len(names) > 8 or max(map(len, names), default=0) > 12 else 0
 
 
 def base_layout(fig: go.Figure, *, title: str | None = None, **kwargs: Any) -> go.Figure:

@@ -11,7 +11,7 @@ from numpy.typing import ArrayLike
 from plotly.subplots import make_subplots
 
 from cellannot_core._constants import UNKNOWN, str_array
-from cellannot_core.plots._style import PALETTE, base_layout, category_colors, category_order
+from cellannot_core.plots._style import PALETTE, base_layout, category_colors, category_order, tilt
 
 __all__ = ["training_curves", "class_counts_bar"]
 
@@ -171,6 +171,6 @@ def class_counts_bar(
                 hovertemplate="%{x}: %{y:,} cells<extra>" + name + "</extra>",
             ))
     base_layout(fig, title=title, height=420, barmode="group",
-                xaxis=dict(title=dict(text=x_title), type="category", tickangle=-45 if len(ranked) > 8 else 0),
+                xaxis=dict(title=dict(text=x_title), type="category", tickangle=tilt(ranked)),
                 yaxis=dict(title=dict(text="Cells")))
     return fig

@@ -313,3 +313,15 @@ def test_all_figures_serialise(pred_query):
     pred, query = pred_query
     for fig in (label_heatmap(pred, query), class_counts_bar(pred)):
         assert isinstance(pio.to_json(fig), str)
+
+
+def test_long_or_many_category_names_are_tilted_not_run_into_each_other():
+    """Found 2026-12-07 (a browser probe with CELLxGENE's names): "CD4-positive, alpha-beta T cell" and its
+    neighbours ran into each other under a heatmap of four columns, labels kept level below nine."""
+    from cellannot_core.plots._heatmap import label_heatmap
+
+    long = ["CD4-positive, alpha-beta T cell", "natural killer cell", "B cell", "CD14-positive monocyte"]
+    short = ["B", "NK", "CD4 T", "CD14 Mono"]
+    for names, angle in ((long, -45), (short, 0)):
+        fig = label_heatmap(names * 3, names * 3)
+        assert fig.layout.xaxis.tickangle == angle, names
