@@ -340,12 +340,12 @@ def _panel_body(run_id: str, was_active: bool) -> None:
             jobs.cancel(run_id)
             st.toast("Cancelling: training stops after the current mini-batch.")
     if state == "failed":
-        st.error(f"Training failed: {md(s.get('message'))}")
+        st.error(f"The run failed: {md(s.get('message'))}")  # (a run labelling with a finished run's model trains nothing)
     elif state == "cancelled":
         msg = str(s.get("message") or "")
-        st.warning("Training was cancelled" + (f" ({md(msg)})." if msg and "cancelled" not in msg.lower() else "."))
+        st.warning("The run was cancelled" + (f" ({md(msg)})." if msg and "cancelled" not in msg.lower() else "."))
     elif state == "interrupted":
-        st.warning(f"Training was interrupted: {md(s.get('message'))}.")
+        st.warning(f"The run was interrupted: {md(s.get('message'))}.")
     if state in ("failed", "cancelled", "interrupted"):
         _rerun_button(run_id)
     from cellannot_core.plots import training_curves

@@ -140,7 +140,7 @@ def test_failure_is_shown_in_plain_words(tiny_pair):
     at.run()
     assert not at.exception
     msg = " ".join(shown(e.value) for e in at.error)
-    assert msg.startswith("Training failed:") and "no_such_column" in msg and "Traceback" not in msg
+    assert msg.startswith("The run failed:") and "no_such_column" in msg and "Traceback" not in msg
 
 
 def _start_blocked(at: AppTest, *words: str) -> None:

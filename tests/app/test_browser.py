@@ -217,7 +217,7 @@ def start_and_wait(page, previous: str | None = None, runs_dir: Path | None = No
             time.sleep(1)
     page.get_by_role("heading", name="Current run").wait_for()  # the page's default timeout (longer under load)
     done = page.get_by_text("See the label transfer")
-    failed = page.get_by_text("Training failed").or_(page.get_by_text("Training was cancelled"))
+    failed = page.get_by_text("The run failed").or_(page.get_by_text("The run was cancelled"))
     if runs_root is None:
         done.or_(failed).first.wait_for(timeout=TRAIN_TIMEOUT_S * 1000)
     else:
