@@ -244,15 +244,27 @@ def counts_genes(adata: ad.AnnData) -> pd.DataFrame:
     """The genes :func:`get_counts` takes the counts of (``adata.raw.var`` where ``.raw`` keeps more genes than
     ``adata``, else ``adata.var``), without reading the counts: what a pair's shared genes are counted on (the Data
     page counted ``X``'s genes, refusing a pair the training took, found 2026-12-07)."""
+    var = adata.raw.var if _raw_holds_more(adata) else adata.var
+    gex = _gene_expression(var)
+    return var if gex is None else var.iloc[np.flatnonzero(gex)]
+
+
+def _raw_holds_more(adata: ad.AnnData, raw_state: str | None = None) -> bool:
+    """Whether ``.raw`` holds counts or log-normalised values (``raw_state``, when known) of more genes than
+    ``adata`` (its genes cut to the highly variable ones): :func:`find_counts` takes them from there first."""
     raw = adata.raw
-    var = raw.var if raw is not None and raw.X is not None and raw.n_vars > adata.n_vars and \
-        detect_value_state(raw.X) in ("counts", "lognorm") else adata.var
+    return raw is not None and raw.X is not None and raw.n_vars > adata.n_vars and \
+        (raw_state or detect_value_state(raw.X)) in ("counts", "lognorm")
+
+
+def _gene_expression(var: pd.DataFrame) -> np.ndarray | None:
+    """Which of ``var``'s features are genes, where it names Cell Ranger's feature types of several kinds (CITE-seq's
+    antibodies, multiome's peaks are no genes); None where it names none or one kind."""
     col = next((c for c in var.columns if str(c).lower() in FEATURE_TYPE_COLUMNS), None)
-    if col is not None:  # (as get_counts: a 10x file's antibodies and peaks are no genes)
-        gex = var[col].astype(str).to_numpy() == GENE_EXPRESSION
-        if gex.any():
-            return var.iloc[np.flatnonzero(gex)]
-    return var
+    if col is None:
+        return None
+    gex = var[col].astype(str).to_numpy() == GENE_EXPRESSION
+    return gex if gex.any() and not gex.all() else None
 
 
 GENE_EXPRESSION = "Gene Expression"  # Cell Ranger's feature type of genes
@@ -266,14 +278,11 @@ def get_counts(adata: ad.AnnData, *, name: str = "dataset", allow_lognorm: bool 
     its gene (CD4) took the gene's place. Said in ``source``: until 2026-12-07 the readers left them out
     without a word, and an AnnData read with ``gex_only=False`` had its 20,000 peaks taken for genes."""
     got = find_counts(adata, name=name, allow_lognorm=allow_lognorm)
-    col = next((c for c in got.var.columns if str(c).lower() in FEATURE_TYPE_COLUMNS), None)
-    if col is None:
+    gex = _gene_expression(got.var)
+    if gex is None:
         return got
-    kinds = got.var[col].astype(str).to_numpy()
-    gex = kinds == GENE_EXPRESSION
-    if not gex.any() or gex.all():
-        return got
-    other = pd.Series(kinds[~gex]).value_counts()
+    col = next(c for c in got.var.columns if str(c).lower() in FEATURE_TYPE_COLUMNS)
+    other = got.var[col].astype(str)[~gex].value_counts()
     left = ", ".join(f"{int(n):,} {k}" for k, n in other.items())
     return Counts(got.X[:, np.flatnonzero(gex)], got.var.iloc[np.flatnonzero(gex)], f"{got.source}; its "
                   f"{int(gex.sum()):,} {GENE_EXPRESSION} features only ({left} {FEATURES_LEFT_OUT}: they are no "
@@ -315,7 +324,7 @@ def find_counts(adata: ad.AnnData, *, name: str = "dataset", allow_lognorm: bool
     x_state = detect_value_state(adata.X) if adata.X is not None else None
     raw = adata.raw
     raw_state = detect_value_state(raw.X) if raw is not None and raw.X is not None else None
-    if raw_state in ("counts", "lognorm") and raw.n_vars > adata.n_vars:
+    if _raw_holds_more(adata, raw_state):
         # the object's genes were cut (scanpy's highly_variable_genes(subset=True), counts layer and all)
         # while .raw keeps them all: the genes another dataset shares are there (found 2026-12-07: such an
         # object, scanpy's usual one, was refused for "only 105 of 1267 reference genes")
