@@ -245,8 +245,8 @@ def counts_genes(adata: ad.AnnData) -> pd.DataFrame:
     ``adata``, else ``adata.var``), without reading the counts: what a pair's shared genes are counted on (the Data
     page counted ``X``'s genes, refusing a pair the training took, found 2026-12-07)."""
     var = adata.raw.var if _raw_holds_more(adata) else adata.var
-    gex = _gene_expression(var)
-    return var if gex is None else var.iloc[np.flatnonzero(gex)]
+    kinds = _feature_kinds(var)
+    return var if kinds is None else var.iloc[np.flatnonzero(kinds == GENE_EXPRESSION)]
 
 
 def _raw_holds_more(adata: ad.AnnData, raw_state: str | None = None) -> bool:
@@ -257,14 +257,15 @@ def _raw_holds_more(adata: ad.AnnData, raw_state: str | None = None) -> bool:
         (raw_state or detect_value_state(raw.X)) in ("counts", "lognorm")
 
 
-def _gene_expression(var: pd.DataFrame) -> np.ndarray | None:
-    """Which of ``var``'s features are genes, where it names Cell Ranger's feature types of several kinds (CITE-seq's
-    antibodies, multiome's peaks are no genes); None where it names none or one kind."""
+def _feature_kinds(var: pd.DataFrame) -> np.ndarray | None:
+    """Each of ``var``'s features' Cell Ranger feature type, where it names genes beside features of other kinds
+    (CITE-seq's antibodies, multiome's peaks are no genes); None where it names none or one kind."""
     col = next((c for c in var.columns if str(c).lower() in FEATURE_TYPE_COLUMNS), None)
     if col is None:
         return None
-    gex = var[col].astype(str).to_numpy() == GENE_EXPRESSION
-    return gex if gex.any() and not gex.all() else None
+    kinds = var[col].astype(str).to_numpy()
+    gex = kinds == GENE_EXPRESSION
+    return kinds if gex.any() and not gex.all() else None
 
 
 GENE_EXPRESSION = "Gene Expression"  # Cell Ranger's feature type of genes
@@ -278,11 +279,11 @@ def get_counts(adata: ad.AnnData, *, name: str = "dataset", allow_lognorm: bool 
     its gene (CD4) took the gene's place. Said in ``source``: until 2026-12-07 the readers left them out
     without a word, and an AnnData read with ``gex_only=False`` had its 20,000 peaks taken for genes."""
     got = find_counts(adata, name=name, allow_lognorm=allow_lognorm)
-    gex = _gene_expression(got.var)
-    if gex is None:
+    kinds = _feature_kinds(got.var)
+    if kinds is None:
         return got
-    col = next(c for c in got.var.columns if str(c).lower() in FEATURE_TYPE_COLUMNS)
-    other = got.var[col].astype(str)[~gex].value_counts()
+    gex = kinds == GENE_EXPRESSION
+    other = pd.Series(kinds[~gex]).value_counts()
     left = ", ".join(f"{int(n):,} {k}" for k, n in other.items())
     return Counts(got.X[:, np.flatnonzero(gex)], got.var.iloc[np.flatnonzero(gex)], f"{got.source}; its "
                   f"{int(gex.sum()):,} {GENE_EXPRESSION} features only ({left} {FEATURES_LEFT_OUT}: they are no "
