@@ -148,7 +148,8 @@ def dataset_summary(info: dict[str, Any], summ: dict[str, Any], count_layers: li
     c1, c2, c3 = st.columns(3)
     c1.metric("Cells", f"{summ['n_cells']:,}")
     c2.metric("Genes", f"{summ['n_genes']:,}")
-    c3.metric("Values in X", str(summ["value_state"]))
+    # after the layer button the summary is of the layer taken (X itself is kept as given, and written back)
+    c3.metric(f"Values in layers['{info['layer']}']" if info.get("layer") else "Values in X", str(summ["value_state"]))
     used = summ.get("counts_source") or "no raw counts found"
     if info.get("layer"):
         used = f"raw counts from layers['{md(info['layer'])}'] (taken on this page)"

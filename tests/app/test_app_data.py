@@ -398,6 +398,8 @@ def test_counts_in_a_layer_of_another_name_are_taken_from_it_and_stay_so(tmp_pat
     at.button(key=WidgetKeys.COUNTS_LAYER.format(role="query", layer="umis")).click().run()
     assert not at.exception and not at.error and not at.warning, _errors(at)
     assert any("raw counts from layers['umis']" in m.value for m in at.markdown)
+    # the values described are the layer's, not said to be X's (X is kept as given)
+    assert "Values in layers['umis']" in [m.label for m in at.metric], [m.label for m in at.metric]
     got = at.session_state[StateKeys.QUERY]
     np.testing.assert_array_equal(got.X.toarray(), q.layers["umis"].toarray())
     assert all("layers['umis']" not in b.label for b in at.button)  # offered no more
