@@ -345,7 +345,7 @@ def annotated_with_choices(root: str, run_id: str, labels: np.ndarray, choices: 
 
     from types import SimpleNamespace
 
-    from cellannot_core.pipeline import metrics_of_labels, move_counts
+    from cellannot_core.pipeline import metrics_of_labels, move_counts, write_h5ad_atomic
 
     a = ad.read_h5ad(RunDir.open(root, run_id).file(RunFiles.ANNOTATED))
     labels = str_array(labels)
@@ -366,7 +366,7 @@ def annotated_with_choices(root: str, run_id: str, labels: np.ndarray, choices: 
     card["decisions"] = json.loads(json.dumps(choices, default=float))
     with tempfile.TemporaryDirectory(prefix="cellannot_dl_") as tmp:
         out = Path(tmp) / "annotated.h5ad"
-        a.write_h5ad(out)
+        write_h5ad_atomic(a, out)  # as the run's own file is written: compressed, any name an .h5ad cannot hold kept
         return out.read_bytes()
 
 
