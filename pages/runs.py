@@ -2,7 +2,6 @@
 the actions on one run (open, run again, export its card, delete)."""
 import streamlit as st
 
-from cellannot_core.errors import CellannotError
 from cellannot_core.runs import csv_bytes
 from ui import compare as cmp
 from ui import jobs
@@ -65,19 +64,13 @@ if ids:
     c3.download_button("Export its card (.json)", runs_ui.card_bytes(pick), file_name=f"{pick}_card.json",
                        mime="application/json", key=WidgetKeys.RUNS_CARD, on_click="ignore",
                        icon=":material/download:")
-    gone = c4.popover("Delete this run", icon=":material/delete:")  # asked once more: a run cannot come back
+    gone = c4.popover("Delete this run", icon=":material/delete:", key=WidgetKeys.DELETE_POPOVER,
+                      on_change="rerun")  # asked once more: a run cannot come back
     gone.caption(f"Run `{pick}`: its results, model and log are deleted for good.")
-    if gone.button("Delete it for good", key=WidgetKeys.DELETE_RUN, type="primary"):
-        from cellannot_core.runs import RunDir
-
-        try:
-            RunDir.open(jobs.runs_root(), pick).delete()
-        except CellannotError as err:
-            st.error(md(err))
-        else:
-            if get(StateKeys.RUN_ID) == pick:
-                set_run(None)
-            st.rerun()
+    gone.button("Delete it for good", key=WidgetKeys.DELETE_RUN, type="primary", on_click=runs_ui.delete_run,
+                args=(pick,))
+    if err := st.session_state.pop(StateKeys.DELETE_ERROR, None):
+        st.error(md(err))
     if problem:
         st.caption(f"Run again is not possible here: {problem}.")
     if get(StateKeys.RUN_ID):

@@ -124,3 +124,22 @@ def card_bytes(run_id: str) -> bytes:
     if isinstance(kept, dict) and kept:
         card["decisions"] = kept
     return json.dumps(card, indent=2, default=str).encode()
+
+
+def delete_run(run_id: str) -> None:
+    """The delete button's callback: the run deleted for good and the popover that asked closed (it stayed
+    open over the next run picked, found 2026-12-07); why a run could not be deleted is shown once."""
+    import streamlit as st
+
+    from cellannot_core.runs import RunDir
+
+    from ui.state import StateKeys, WidgetKeys, get, set_run
+
+    try:
+        RunDir.open(jobs.runs_root(), run_id).delete()
+    except CellannotError as err:
+        st.session_state[StateKeys.DELETE_ERROR] = str(err)
+        return
+    if get(StateKeys.RUN_ID) == run_id:
+        set_run(None)
+    st.session_state[WidgetKeys.DELETE_POPOVER] = False

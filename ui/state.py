@@ -28,6 +28,7 @@ class StateKeys:
     DEMO = "demo_loaded"  # bool
     RUN_ID = "current_run_id"  # id of the run the result pages show
     RELABEL_SEEN = "relabel_runs_seen"  # the finished runs the relabel picker offered last time
+    DELETE_ERROR = "delete_run_error"  # why the run could not be deleted, shown once
 
 
 class WidgetKeys:
@@ -69,6 +70,7 @@ class WidgetKeys:
     RUN_PICKER = "w_run_pick"
     OPEN_RUN = "w_open_run"
     DELETE_RUN = "w_delete_run"
+    DELETE_POPOVER = "w_delete_popover"  # the popover that asks once more (closed once the run is gone)
     RERUN = "w_rerun"
     RUNS_MODELS = "w_runs_models"
     RUNS_CSV = "w_runs_csv"

@@ -85,8 +85,11 @@ def test_runs_page_lists_parameters_metrics_and_a_sweep_and_acts_on_one_run(tmp_
     # asked once more before deleting (in a popover), and another tab still on the run is told it is gone
     assert any("deleted for good" in c.value for c in at.caption)
     other_tab = at.session_state[StateKeys.RUN_ID]
+    at.session_state[WidgetKeys.DELETE_POPOVER] = True  # opened ...
+    at.run()
     at.button(key=WidgetKeys.DELETE_RUN).click().run()
     assert not at.exception
+    assert at.session_state[WidgetKeys.DELETE_POPOVER] is False  # ... and closed once the run is gone (2026-12-07)
     assert not (Path(jobs.runs_root()) / plain).exists() and at.session_state[StateKeys.RUN_ID] is None
     assert len(at.dataframe[0].value) == 3
     at.session_state[StateKeys.RUN_ID] = other_tab
