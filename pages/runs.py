@@ -4,7 +4,6 @@ import streamlit as st
 
 from cellannot_core.runs import csv_bytes
 from ui import compare as cmp
-from ui import jobs
 from ui import runs as runs_ui
 from ui import train as train_ui
 from ui.state import StateKeys, WidgetKeys, get, init_state, md, set_run
