@@ -24,7 +24,7 @@ from .._constants import str_array
 from ..errors import DataError
 from .io import guard_hdf5
 from .values import (COUNT_LAYERS, RECOVER_MIN_CELLS, UNLOGGED, detect_value_state, log_name, recover_counts,
-                     recover_rows, whole_counts)
+                     recover_rows, summed, whole_counts)
 
 __all__ = ["CHUNK_CELLS", "H5adRows", "NotStreamable", "STREAM_KEY", "large_query_bytes", "read_sample",
            "stream_source"]
@@ -299,7 +299,7 @@ class H5adRows:
         out = sp.csr_matrix(block, dtype=np.float32) if sp.issparse(block) else sp.csr_matrix(
             np.asarray(block, dtype=np.float32))
         out.check_format(full_check=True)
-        return out
+        return summed(out, own=True)  # (a block is a slice, read or cut afresh)
 
     @classmethod
     def _read(cls, m, start: int, stop: int) -> sp.csr_matrix:

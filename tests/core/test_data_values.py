@@ -243,3 +243,39 @@ def test_counts_recovered_from_normalised_values_that_were_not_logged(synthetic_
     assert c.source.startswith("non-integer values") and c.state == "counts"
     p = prepare(synthetic_adata, tpm, label_key="cell_type", n_top_genes=100, min_shared_genes=10)
     assert any("no whole counts" in w for w in p.report["warnings"])
+
+
+def test_a_matrix_storing_one_count_in_two_entries_is_read_as_their_sum(synthetic_adata, tmp_path):
+    """Found 2026-12-07 (a scanpy user's probe): a valid CSR matrix holding each count split in two entries
+    of the same cell and gene (scipy and anndata read them as their sum) got 11% other labels and no
+    Unknown: log1p acted on each stored entry. Now the counts are the sums, in memory and read a chunk at a
+    time, and the user's matrix is not changed."""
+    from cellannot_core.data import prepare
+    from cellannot_core.data.stream import H5adRows
+
+    a = synthetic_adata.copy()
+    c = sp.csr_matrix(a.X).tocoo()
+    two = (c.data >= 2) & (np.random.default_rng(0).random(c.nnz) < 0.3)  # (a row of more entries than genes is
+    half = np.floor(c.data[two] / 2)                                       # refused read a chunk at a time)
+    rows, cols = np.r_[c.row, c.row[two]], np.r_[c.col, c.col[two]]
+    vals = c.data.copy()
+    vals[two] -= half
+    vals = np.r_[vals, half].astype(np.float32)
+    order = np.lexsort((cols, rows))  # (the constructor would sum them: built by hand)
+    split = sp.csr_matrix((vals[order], cols[order], np.r_[0, np.cumsum(np.bincount(rows, minlength=a.n_obs))]),
+                          shape=a.shape)
+    assert not split.has_canonical_format and split.nnz > c.nnz
+    kept = split.copy()
+    b = a.copy()
+    b.X = split
+    np.testing.assert_array_equal(get_counts(b, name="query").X.toarray(), synthetic_adata.X.toarray())
+    assert b.X.nnz == kept.nnz and np.array_equal(b.X.data, kept.data)  # the user's matrix as it was
+    same = prepare(synthetic_adata, a, label_key="cell_type", n_top_genes=100, min_shared_genes=10)
+    got = prepare(synthetic_adata, b, label_key="cell_type", n_top_genes=100, min_shared_genes=10)
+    dense = lambda m: m.toarray() if sp.issparse(m) else np.asarray(m)  # noqa: E731
+    np.testing.assert_allclose(dense(got.query.X), dense(same.query.X), rtol=1e-6)
+    b.write_h5ad(tmp_path / "split.h5ad")
+    with H5adRows(tmp_path / "split.h5ad", name="query") as r:
+        blocks = [block for _, block in r.chunks(7)]
+    assert all(b.has_canonical_format for b in blocks)  # (toarray would sum them anyway)
+    np.testing.assert_array_equal(sp.vstack(blocks).toarray(), synthetic_adata.X.toarray())
