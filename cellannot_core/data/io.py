@@ -731,7 +731,10 @@ def _guard_hdf5_text(path: Path, label: str, budget: int, whole: tuple[str, ...]
     cmd = [sys.executable, "-I", h5text.__file__, str(path), str(max(int(budget), 0)), json.dumps(list(whole or ()))]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=HDF5_TEXT_SECONDS,
-                              env=dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1"))
+                              # without HDF5's lock: a file this process holds open for writing (a notebook's
+                              # ad.read_h5ad(path, backed="r+")) was refused as damaged, found 2026-12-07
+                              env=dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
+                                       HDF5_USE_FILE_LOCKING="FALSE"))
     except subprocess.TimeoutExpired:
         raise DataError(f"{label} is refused: reading its names and other text took more than "
                         f"{HDF5_TEXT_SECONDS:.0f} s, where a million cells' take about a second; save it again with "

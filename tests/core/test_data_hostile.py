@@ -132,6 +132,20 @@ def test_a_plain_file_still_reads(plain):
     assert read_dataset(plain, name="reference").n_obs == 60
 
 
+def test_a_file_this_process_holds_open_for_writing_has_its_text_measured(plain):
+    """Found 2026-12-07 (a scanpy user's probe): a query opened with ``ad.read_h5ad(path, backed="r+")``
+    was refused as damaged: HDF5's lock kept out the child process that measures a file's text."""
+    import anndata as ad
+
+    from cellannot_core.data import io as data_io
+
+    held = ad.read_h5ad(plain, backed="r+")
+    try:
+        data_io._guard_hdf5_text(plain, "query", 10**9, None)  # (raises when the child cannot read it)
+    finally:
+        held.file.close()
+
+
 @pytest.mark.parametrize("note", ["a string", np.arange(3), {"format": "table", "file": "../../x"}])
 def test_a_file_cannot_write_the_readers_own_note(plain, tmp_path, note):
     """``uns['cellannot_input']`` says how the file was read; a file's own one (text, an array) was an
