@@ -126,6 +126,9 @@ class Predictions:
     shift_estimated: bool = True
     # the card's ``rejection.marker_agreement`` (:func:`marker_agreement_of`); set by describe_unknown_groups
     marker_agreement: dict[str, Any] | None = None
+    # the query's shift factor the threshold was not widened by, its labels' markers saying the query is mostly
+    # not of the reference's types (:func:`decide`); None when it was (or the rule has none)
+    shift_refused: float | None = None
 
 
 def prepare_data(reference, query, opts: AnnotateOptions) -> Prepared:
@@ -267,7 +270,8 @@ def predict(model, X: np.ndarray, *, threshold: float | None = None, samples: Qu
     latent = model.latent(X)
     scores = model.ood_scores(X, score_names(model, X.shape[0]), logits=logits, latent=latent,
                               samples=None if samples is None else samples.codes)
-    return decide(model, logits, latent, scores, threshold=threshold)
+    return decide(model, logits, latent, scores, threshold=threshold,
+                  markers=lambda label_raw: marker_agreement_of(model, X, label_raw))
 
 
 def gene_labels(of: Any) -> list[str]:
@@ -344,7 +348,10 @@ def marker_note(preds: Predictions) -> dict[str, Any]:
             + f"). Queries of the reference's types measured {_range(MARKER_AGREEMENT_OWN_TYPES)} (mouse -> human "
             f"pancreas included), queries of another tissue {_range(MARKER_AGREEMENT_OTHER_TISSUE)}: much of this "
             "query may be of types the reference lacks, labelled as the nearest type. Check the labels' marker "
-            "evidence (Explain page) before using them")
+            "evidence (Explain page) before using them"
+            + (f". So the threshold was not widened for the query's shift from the reference ({preds.shift_refused:.2f} "
+               "times as far as its own cells), which assumes most of the query is of the reference's types: its cells "
+               "were measured against the reference as it is" if preds.shift_refused else ""))
     return out
 
 
@@ -380,9 +387,20 @@ def check_threshold(threshold: Any) -> None:
 
 
 def decide(model, logits: np.ndarray, latent: np.ndarray, scores: dict[str, np.ndarray], *,
-           threshold: float | None = None) -> Predictions:
+           threshold: float | None = None,
+           markers: Callable[[np.ndarray], dict[str, Any] | None] | None = None) -> Predictions:
     """Probabilities, labels and Unknown calls from a query's logits and novelty scores
-    (``scores[model.ood_method]`` is compared with the query's threshold)."""
+    (``scores[model.ood_method]`` is compared with the query's threshold).
+
+    ``markers``: the :func:`marker_agreement_of` of labels before the Unknown call. A threshold widened by
+    the query's median shift (the baselines' rule, :func:`~.calibration.query_threshold`) assumes most of the
+    query is of the reference's types; where the labels' own markers say otherwise (share under
+    :data:`~.evidence.MARKER_AGREEMENT_MIN`) it is not widened. Found 2026-12-07 (a scanpy user's probe):
+    ``logreg`` labelled a mouse pancreas query of a human PBMC reference whole (0% Unknown): the query lay 1.96
+    times as far as the reference's own cells, a study's shift by distance alone, but only 46% of its labels'
+    markers were where the labels put them. ``knn_class`` needs no such check: its quartile shift put every
+    two-tissue pair measured beyond the bound (2.56-6.4), and the stress suite's labels, one tissue, never
+    fall under the share (lowest 0.50, BENCHMARKS.md)."""
     from .calibration import softmax
 
     proba = softmax(logits, model.temperature)
@@ -395,10 +413,19 @@ def decide(model, logits: np.ndarray, latent: np.ndarray, scores: dict[str, np.n
         thr, factor = model.query_threshold(ood, pred)
     else:
         thr, factor = float(threshold), 1.0
+    far_by_markers = None
+    if factor > 1 and model.ood_method != "knn_class" and markers is not None:
+        from .evidence import MARKER_AGREEMENT_MIN
+
+        agreement = markers(label_raw)
+        if agreement and agreement["share"] < MARKER_AGREEMENT_MIN:
+            far_by_markers = factor
+            thr, factor = float(model.threshold), 1.0
     unknown = ood > thr
     label = np.where(unknown, UNKNOWN, label_raw)
     return Predictions(logits, proba, label_raw, label, thr, factor, proba.max(1), ood, unknown, latent, scores,
-                       shift_estimated=threshold is not None or query_shift_estimated(model, pred))
+                       shift_estimated=threshold is not None or query_shift_estimated(model, pred),
+                       shift_refused=far_by_markers)
 
 
 def query_shift_estimated(model, pred: np.ndarray) -> bool:
@@ -492,7 +519,7 @@ def query_far_factor(model, preds: Predictions) -> float:
     last = getattr(getattr(model, "reference", None), "last_decision", None) or {}
     if model.ood_method == "knn_class":
         return float(last.get("query_far", 1.0)) if last.get("n") == len(preds.ood_score) else 1.0
-    f = float(preds.shift_factor)
+    f = float(preds.shift_refused or preds.shift_factor)
     return shift_factor(model.val_score_median, preds.ood_score) if f >= FAR_QUERY_FACTOR else f
 
 

@@ -100,14 +100,21 @@ def stream_predictions(model, bundle: dict[str, Any], rows: H5adRows, *, thresho
                                   samples=None if samples is None else samples.codes)
         if shift is not None:
             model.reference.last_decision["study_shift"] = shift
-    preds = decide(model, query_logits, latent_all, scores, threshold=threshold)
+    sample = np.sort(np.random.default_rng(0).choice(rows.n_obs, min(rows.n_obs, MARKER_SAMPLE), replace=False))
+    sampled: dict[str, Any] = {}  # the labels' markers on a seeded sample (one more pass cost a third of the time)
+
+    def markers(label_raw: np.ndarray) -> dict[str, Any] | None:
+        if "X" not in sampled:
+            sampled["X"] = model_input(rows.rows_at(sample))
+        return marker_agreement_of(model, sampled["X"], label_raw[sample])
+
+    preds = decide(model, query_logits, latent_all, scores, threshold=threshold, markers=markers)
     groups = describe_unknown_groups(model, lambda: ((start, X) for start, _, X in chunks()), preds, genes=gene_labels(bundle),
                                     samples=samples)
     if groups:
         log("described the Unknown groups (one more pass over the chunks)")
-    if rows.n_obs:  # the labels' markers on a seeded sample: one more pass over the chunks cost a third of the time
-        idx = np.sort(np.random.default_rng(0).choice(rows.n_obs, min(rows.n_obs, MARKER_SAMPLE), replace=False))
-        preds.marker_agreement = marker_agreement_of(model, model_input(rows.rows_at(idx)), preds.label_raw[idx])
+    if rows.n_obs:
+        preds.marker_agreement = markers(preds.label_raw)
     report = {"message": message,
               "n_shared": gm.n_shared, "n_model_genes": len(genes), "approximate": gm.approximate,
               "warnings": warns, "n_cells_input": rows.n_obs, "n_genes": len(rows.var), "counts_source": rows.source,

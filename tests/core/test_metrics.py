@@ -614,3 +614,33 @@ def test_a_query_of_other_cells_is_warned_of_by_its_labels_markers(tmp_path):
         assert ("markers_note" in rej) == warned, rej.get("marker_agreement")
         assert any(line.startswith("warning: the query's cells do not express") for line in lines) == warned
         assert (rej["marker_agreement"]["share"] < 0.5) == warned
+
+
+def test_a_query_its_labels_markers_call_other_cells_is_not_allowed_a_studys_shift(monkeypatch):
+    """Found 2026-12-07 (a scanpy user's probe): `logreg` called none of a mouse pancreas query of a human PBMC
+    reference Unknown: its median shift (1.96, under the far-query bound) widened the threshold, which assumes
+    most of the query is of the reference's types, while its labels' markers (46%) said it was not. Where they
+    say so, the threshold is not widened (the shift is still measured and reported); where they do not, it is."""
+    import cellannot_core as ca
+    from cellannot_core import pipeline
+    from conftest import make_synthetic
+
+    ref = make_synthetic(300, 120, 3, seed=0)
+    query = make_synthetic(200, 120, 3, seed=1)  # the reference's types, another draw: a shift of 1.3
+    kw = dict(label_key="cell_type", model="logreg", copy=True, progress_bar=False, log=lambda s: None, seed=0)
+    widened = ca.annotate(ref, query, **kw)
+    rej = widened.uns["cellannot"]["rejection"]
+    assert rej["shift_factor"] > 1.2 and "markers_note" not in rej
+    real = pipeline.marker_agreement_of
+
+    def other_cells(*a, **k):  # the same labels, their markers said to be elsewhere
+        m = real(*a, **k)
+        return m and {**m, "share": 0.3}
+
+    monkeypatch.setattr(pipeline, "marker_agreement_of", other_cells)
+    kept = ca.annotate(ref, query, **kw)
+    rej2 = kept.uns["cellannot"]["rejection"]
+    assert rej2["shift_factor"] == 1.0 and rej2["query_far_factor"] == pytest.approx(rej["query_far_factor"])
+    assert rej2["threshold"] < rej["threshold"]
+    assert kept.obs["cellannot_is_unknown"].sum() > widened.obs["cellannot_is_unknown"].sum()
+    assert "the threshold was not widened for the query's shift" in rej2["markers_note"]
