@@ -96,6 +96,22 @@ def _default_log(line: str) -> None:
         _LOGGER.info(line)
 
 
+def _log_fn(log: Any) -> Callable[[str], None]:
+    """What ``log=`` was given as a function of one line: None, the ``"cellannot"`` logger (:func:`_default_log`);
+    a :class:`logging.Logger`, that logger as the default uses its own; any callable (``print``) as it is. Anything
+    else is refused before any work (a Logger given was a TypeError from inside the run, found 2026-12-07)."""
+    from .errors import ConfigError
+
+    if log is None:
+        return _default_log
+    if isinstance(log, logging.Logger):
+        return lambda line: (log.warning if line.startswith(("warning:", "note:")) else log.info)(line)
+    if not callable(log):
+        raise ConfigError(f"log must be a function called with each line (e.g. print) or a logging.Logger, "
+                          f"not {type(log).__name__}")
+    return log
+
+
 def _progress(show: bool) -> list[Any]:
     """The training callbacks of ``progress_bar=``."""
     from .training import ProgressBar
@@ -174,7 +190,7 @@ def annotate(
     min_cells_per_class: int = 10,
     min_shared_genes: int = DEFAULT_MIN_SHARED_GENES,
     layer: str | None = None,
-    log: Callable[[str], None] | None = None,
+    log: Callable[[str], None] | logging.Logger | None = None,
     progress_bar: bool = True,
 ):
     """Train ``model`` on a labelled reference and label every cell of the query.
@@ -239,8 +255,9 @@ def annotate(
         ``"raw_counts"``, ``"raw"``, ``"umi_counts"``) or ``raw``, or recovered from log-normalised
         values.
     log
-        Called with one line per step (e.g. ``print``); default: the ``"cellannot"`` logger, which
-        shows the run's warnings and notes and keeps its steps at INFO.
+        Called with one line per step (e.g. ``print``), or a :class:`logging.Logger` to log them to as the
+        default does; default: the ``"cellannot"`` logger, which shows the run's warnings and notes and keeps
+        its steps at INFO.
     progress_bar
         Show the training's progress (a tqdm bar: a widget in a notebook, stderr elsewhere).
 
@@ -253,14 +270,14 @@ def annotate(
     _check_key_added(key_added)
     _check_adata(adata_ref, "adata_ref")
     _check_adata(adata_query, "adata_query", hint=_FILE_HINT)
-    _note_view(adata_query, copy, log or _default_log)
+    _note_view(adata_query, copy, _log_fn(log))
     opts = _options(label_key, model, query_label_key=query_label_key, hparams=hparams, seed=seed, device=device,
                     max_epochs=max_epochs, n_top_genes=n_top_genes, accept=accept, batch_key=batch_key,
                     hvg_flavor=hvg_flavor, min_cells_per_class=min_cells_per_class, threshold=threshold,
                     min_shared_genes=min_shared_genes)
     ref, query = _readable(adata_ref, "reference"), _readable(adata_query, "query")
-    ref, query_in = counts_layers(ref, query, layer, log or _default_log)
-    res = run_annotate(ref, query_in, opts, log=log or _default_log, callbacks=_progress(progress_bar))
+    ref, query_in = counts_layers(ref, query, layer, _log_fn(log))
+    res = run_annotate(ref, query_in, opts, log=_log_fn(log), callbacks=_progress(progress_bar))
     return _write_result(res, adata_query, key_added=key_added, copy=copy, readable=query)
 
 
@@ -323,7 +340,7 @@ class Annotator:
     @_keywords
     def predict(self, adata, *, key_added: str = OutKeys.UNS, copy: bool = False, threshold: float | None = None,
                 adapt: bool = False, query_label_key: str | None = None, layer: str | None = None,
-                log: Callable[[str], None] | None = None, progress_bar: bool = True):
+                log: Callable[[str], None] | logging.Logger | None = None, progress_bar: bool = True):
         """Label the cells of ``adata`` (keys as :func:`annotate`).
 
         Parameters
@@ -359,18 +376,18 @@ class Annotator:
 
         _check_key_added(key_added)
         _check_adata(adata, "adata", hint=_FILE_HINT)
-        _note_view(adata, copy, log or _default_log)
+        _note_view(adata, copy, _log_fn(log))
         if adapt:
             readable = _readable(adata, "query")
             res = annotate_adapted(self.model, self.bundle, counts_layer(readable, layer, "query"),
                                    threshold=threshold,
                                    device=self.model.device_name, query_label_key=query_label_key,
-                                   log=log or _default_log, callbacks=_progress(progress_bar))
+                                   log=_log_fn(log), callbacks=_progress(progress_bar))
             return _write_result(res, adata, key_added=key_added, copy=copy, readable=readable)
         readable = _readable(adata, "query")
         preds, card = predict_query(self.model, self.bundle, counts_layer(readable, layer, "query"),
                                     threshold=threshold,
-                                    query_label_key=query_label_key, log=log or _default_log)
+                                    query_label_key=query_label_key, log=_log_fn(log))
         target = _target(adata, copy, readable)
         write_annotations(target, preds, card, key_added=key_added)
         return target if copy else None
@@ -378,7 +395,7 @@ class Annotator:
     @_keywords
     def predict_file(self, path: str | Path, *, out: str | Path, threshold: float | None = None,
                      adapt: bool = False, query_label_key: str | None = None, layer: str | None = None,
-                     log: Callable[[str], None] | None = None, progress_bar: bool = True) -> dict[str, Any]:
+                     log: Callable[[str], None] | logging.Logger | None = None, progress_bar: bool = True) -> dict[str, Any]:
         """Label the ``.h5ad`` file at ``path`` without loading it (a block of cells at a time;
         any size, see :mod:`cellannot_core.streaming`) and write the annotated copy to ``out``
         (keys as :func:`annotate`). ``adapt``, ``query_label_key``, ``progress_bar``: as in
@@ -394,7 +411,7 @@ class Annotator:
                                   + (": label an AnnData in memory with .predict(adata)" if what == "path" else ""))
         path, out = Path(path).expanduser(), Path(out).expanduser()
         return label_file(self.model, self.bundle, path, out=out, threshold=threshold, adapt=adapt,
-                          query_label_key=query_label_key, layer=layer, log=log or _default_log,
+                          query_label_key=query_label_key, layer=layer, log=_log_fn(log),
                           callbacks=_progress(progress_bar), model_dir=self._source)
 
     def save(self, path: str | Path) -> Path:
@@ -433,7 +450,7 @@ def train(
     min_cells_per_class: int = 10,
     min_shared_genes: int = DEFAULT_MIN_SHARED_GENES,
     layer: str | None = None,
-    log: Callable[[str], None] | None = None,
+    log: Callable[[str], None] | logging.Logger | None = None,
     progress_bar: bool = True,
 ) -> Annotator:
     """Train a model on a labelled reference; label queries later with :meth:`Annotator.predict`.
@@ -460,7 +477,7 @@ def train(
     opts = _options(label_key, model, hparams=hparams, seed=seed, device=device, max_epochs=max_epochs,
                     n_top_genes=n_top_genes, accept=accept, batch_key=batch_key, hvg_flavor=hvg_flavor,
                     min_cells_per_class=min_cells_per_class, min_shared_genes=min_shared_genes)
-    say = log or _default_log
+    say = _log_fn(log)
     say("preparing data")
     if adata_query is not None:
         ref, query = counts_layers(_readable(adata_ref, "reference"), _readable(adata_query, "query"), layer, say)

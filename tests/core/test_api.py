@@ -755,3 +755,24 @@ def test_a_keyword_of_scvi_tools_or_mistyped_says_which_was_meant(pair):
         annotator.predict(query, adpt=True)
     with pytest.raises(TypeError, match="'zzz'; it takes adata, groups, as_short, key_added"):
         ca.accept_groups(query, [0], zzz=1)
+
+
+def test_a_logger_given_as_log_gets_the_lines_and_anything_else_is_refused_first(pair, caplog):
+    """Found 2026-12-07 (a scanpy user's probe): ``log=logging.getLogger("mynb")`` was a TypeError from inside
+    the run ("'Logger' object is not callable"), ``log=True`` the same. A Logger now gets the lines as the
+    default logger does (warnings and notes as WARNING, steps as INFO); a value that is neither a function nor
+    a Logger is one ConfigError before any work."""
+    import logging
+
+    ref, query = pair
+    with caplog.at_level(logging.INFO, logger="mynb"):
+        ca.annotate(ref, query, copy=True, log=logging.getLogger("mynb"), progress_bar=False, **_opts())
+        annotator = ca.train(ref, log=logging.getLogger("mynb"), progress_bar=False, **_opts())
+    mine = [r for r in caplog.records if r.name == "mynb"]
+    assert any(r.levelno == logging.INFO and r.getMessage() == "preparing data" for r in mine)
+    assert any(r.levelno == logging.WARNING and r.getMessage().startswith(("warning:", "note:")) for r in mine)
+    for bad in (True, "print"):
+        with pytest.raises(ConfigError, match="log must be a function .* or a logging.Logger"):
+            ca.annotate(ref, query, copy=True, log=bad, **_opts())
+        with pytest.raises(ConfigError, match="log must be"):
+            annotator.predict(query, copy=True, log=bad)
