@@ -525,6 +525,7 @@ def accept_groups(adata, groups, *, as_short=(), key_added: str = "cellannot") -
     from .pipeline import annotation_keys, move_counts
 
     _check_adata(adata, "adata")
+    _note_view(adata, False, _default_log)  # (the AnnData it was cut from kept its Unknown calls, found 2026-12-07)
     keys = annotation_keys(key_added)
     missing = [keys[k] for k in ("LABEL", "LABEL_RAW", "IS_UNKNOWN", "UNKNOWN_GROUP") if keys[k] not in adata.obs]
     card = adata.uns.get(keys["UNS"])

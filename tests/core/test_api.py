@@ -438,7 +438,7 @@ def test_public_functions_take_options_by_keyword_only(name, fn):
     assert fn.__doc__ and len(fn.__doc__.strip()) > 20, f"{name} has no docstring"
 
 
-def test_a_script_reads_the_unknown_groups_and_accepts_one(pair):
+def test_a_script_reads_the_unknown_groups_and_accepts_one(pair, caplog):
     """The documented recipe: each Unknown group's cells are marked in obs (its position in
     ``uns["cellannot"]["unknown_groups"]``), so a script accepts a group as the type it looks like.
     Accepting half the validation cells makes enough Unknown cells for groups (logreg decides cell by
@@ -490,6 +490,11 @@ def test_a_script_reads_the_unknown_groups_and_accepts_one(pair):
     with pytest.raises(ConfigError, match=r"Unknown group 0 holds \d+ cells here and \d+ in the run .* more than one run"):
         ca.accept_groups(joined, [0])
     ca.accept_groups(other[other.obs["cellannot_unknown_group"].to_numpy() <= 0].copy(), [0])  # a cut: fewer is fine
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="cellannot"):  # a view: said, as annotate says it (2026-12-07)
+        ca.accept_groups(other[other.obs["cellannot_unknown_group"].to_numpy() <= 0], [0])
+    assert any("the query is a view of another AnnData" in r.getMessage() for r in caplog.records)
 
 
 def test_a_query_read_back_without_unknown_groups_is_told_it_has_none(pair, tmp_path):
