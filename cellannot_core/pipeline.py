@@ -348,7 +348,7 @@ def marker_note(preds: Predictions) -> dict[str, Any]:
             + f"). Queries of the reference's types measured {_range(MARKER_AGREEMENT_OWN_TYPES)} (mouse -> human "
             f"pancreas included), queries of another tissue {_range(MARKER_AGREEMENT_OTHER_TISSUE)}: much of this "
             "query may be of types the reference lacks, labelled as the nearest type. Check the labels' marker "
-            "evidence (Explain page) before using them"
+            "evidence (the app's Explain page; the log's Unknown groups) before using them"
             + (f". So the threshold was not widened for the query's shift from the reference ({preds.shift_refused:.2f} "
                "times as far as its own cells), which assumes most of the query is of the reference's types: its cells "
                "were measured against the reference as it is" if preds.shift_refused else ""))
@@ -541,8 +541,9 @@ def far_query_note(model, preds: Predictions) -> dict[str, str]:
                          f"threshold allowed for a {FAR_QUERY_FACTOR:g}-fold shift only, so cells of types the "
                          "reference lacks (another tissue or species) are Unknown. If the query is of the "
                          "reference's tissue and types (another technology, a strong treatment), its known cells are "
-                         "Unknown too: check its Unknown groups on the Calibration page and accept those that keep "
-                         "their type's markers, or give a threshold" + _far_markers(preds)}
+                         "Unknown too: check its Unknown groups and accept those that keep "
+                         "their type's markers (the app's Calibration page, or ca.accept_groups), or give a threshold"
+                         + _far_markers(preds)}
 
 
 def _far_markers(preds: Predictions) -> str:
@@ -605,7 +606,7 @@ def shift_note(preds: Predictions) -> dict[str, str]:
         "(a few types' own distance is what a population the reference lacks would show): they were measured "
         "against the reference as it is, and a type another study moved may be Unknown as a whole. Label such "
         "a population together with cells of other types (a whole sample), or accept its Unknown group as the "
-        "type it looks like (Calibration page) when it is that type")}
+        "type it looks like (the app's Calibration page, or ca.accept_groups) when it is that type")}
 
 
 def study_shift_of(model, samples: QuerySamples | None = None) -> dict[str, Any]:
@@ -1001,7 +1002,8 @@ def unknown_by_sample(obs: pd.DataFrame, is_unknown: np.ndarray, opts: AnnotateO
                 "note": f"Unknown calls differ between the query's {col!r} groups ({names[hi]}: {shares[hi]:.0%} "
                         f"Unknown, {names[lo]}: {shares[lo]:.0%}). If these samples differ in condition or "
                         f"technology rather than in cell types, {how} "
-                        f"(CLI --batch-key {shlex.quote(col)}; the Data page's \"Batch / sample column\"): the model "
+                        f"(batch_key={col!r} in Python, --batch-key {shlex.quote(col)} on the command line, the app's "
+                        "Data page's \"Batch / sample column\"): the model "
                         "then sets that difference aside. If some samples hold cell types the others lack, the "
                         "difference is expected."}
     return None
