@@ -470,3 +470,25 @@ def test_a_targeted_panels_cells_are_not_taken_for_empty_droplets():
     assert mostly_empty(panel, "reference", n_genes=300) == []
     assert mostly_empty(panel, "reference", n_genes=20_000)  # so few counts across a whole transcriptome: empty
     assert mostly_empty(rng.poisson(5, size=2000).astype(float), "reference", n_genes=300)
+
+
+def test_a_dataset_cut_to_its_highly_variable_genes_is_warned_of(synthetic_pair):
+    """Found 2026-12-07 (a scanpy user's probe): a query cut to its own 2,000 highly variable genes
+    (``subset=True``, no ``.raw``) shared 364 of the reference's 1,267 genes and was labelled with no word (10%
+    of the labels differed from the run on all its genes). Now the cut is named, for either dataset, with what
+    to do; a cut that kept nearly all the other's genes, or a dataset not cut, is not warned of."""
+    ref, q = synthetic_pair
+    cut = q.copy()
+    sc.pp.normalize_total(cut)
+    sc.pp.log1p(cut)
+    sc.pp.highly_variable_genes(cut, n_top_genes=40, subset=True)
+    p = prepare(ref, cut, label_key="cell_type", n_top_genes=30, min_shared_genes=10, seed=0)
+    said = [w for w in p.report["warnings"] if "highly variable genes" in w]
+    assert len(said) == 1 and said[0].startswith("the query holds only its 40 highly variable genes")
+    assert f"shares 40 genes of the reference's {ref.n_vars}" in said[0] and "adata.raw.to_adata()" in said[0]
+    p = prepare(ref, q, label_key="cell_type", n_top_genes=30, seed=0)
+    assert not any("highly variable genes (var" in w for w in p.report["warnings"])
+    whole = q.copy()
+    whole.var["highly_variable"] = True  # marked, and holding every gene the reference has: nothing lost
+    p = prepare(ref, whole, label_key="cell_type", n_top_genes=30, seed=0)
+    assert not any("highly variable genes (var" in w for w in p.report["warnings"])
