@@ -40,7 +40,7 @@ def stream_predictions(model, bundle: dict[str, Any], rows: H5adRows, *, thresho
     the query report for the cells of ``rows``, read ``chunk_cells`` at a time; ``samples``
     (:func:`~.pipeline.query_samples` of ``rows.obs``) as for :func:`~.pipeline.predict`."""
     from .data import lognormalize, match_genes
-    from .data.prepare import check_model_genes, genes_note, model_genes, mostly_empty
+    from .data.prepare import check_model_genes, genes_note, model_genes, model_genes_found, mostly_empty
     from .data.validate import check_not_empty, check_values
     from .pipeline import decide, describe_unknown_groups, gene_labels, marker_agreement_of
 
@@ -50,7 +50,7 @@ def stream_predictions(model, bundle: dict[str, Any], rows: H5adRows, *, thresho
     gm = match_genes(model_genes(genes, bundle.get("gene_symbols")), rows.var, min_shared=min_shared, ref_name="model")
     missing = check_model_genes(gm.n_shared, len(genes))  # (refused here when most are missing)
     warns = list(missing)
-    message = f"{gm.n_shared} of {len(genes)} model genes found in the query ({gm.mode})"
+    message = model_genes_found(gm, len(genes))
     if on_genes is not None:  # said now, before the passes over the chunks (after them until 2026-12-07: minutes
         on_genes(message, missing)  # late on a large query)
     total_cols = None

@@ -1071,13 +1071,18 @@ def check_model_genes(n_shared: int, n_model: int) -> list[str]:
         raise DataError(f"the query has only {n_shared} of the model's {n_model} genes: with most of its genes set "
                         f"to zero the model would label from what is left and call almost no cell Unknown. Check "
                         f"that the gene names are of the same kind (symbols or IDs, species), or {_ADAPT}")
-    if missing <= 0:
-        return []
-    text = f"{missing} of the model's {n_model} genes are missing from the query and were set to zero"
-    if missing / n_model > MISSING_GENES_WARN:
-        text += (f" ({missing / n_model:.0%}): labels are less reliable and Unknown calls can vanish (the model "
-                 f"takes the loss for a shift of the whole query); {_ADAPT}")
-    return [text]
+    if missing / max(n_model, 1) <= MISSING_GENES_WARN:  # (said in the step's line: a warning for 16 of 1,267
+        return []                                        # genes missing cried wolf, found 2026-12-07)
+    return [f"{missing} of the model's {n_model} genes are missing from the query and were set to zero "
+            f"({missing / n_model:.0%}): labels are less reliable and Unknown calls can vanish (the model takes the "
+            f"loss for a shift of the whole query); {_ADAPT}"]
+
+
+def model_genes_found(gm, n_model: int) -> str:
+    """The step's line of a saved model's genes matched in a query, naming those set to zero."""
+    missing = n_model - gm.n_shared
+    return (f"{gm.n_shared} of {n_model} model genes found in the query ({gm.mode})"
+            + (f"; the other {missing} are set to zero" if missing > 0 else ""))
 
 
 def genes_note(missing: list[str], n_shared: int, n_model: int) -> dict[str, str]:
@@ -1129,7 +1134,7 @@ def prepare_query(
     split = Split(X=X if too_big_for_dense(X) else X.toarray(), counts=counts, y=None,
                   obs_names=np.asarray(qry.obs_names), labels=None)
     split.index = qry.index
-    message = f"{gm.n_shared} of {len(genes)} model genes found in the query ({gm.mode})"
+    message = model_genes_found(gm, len(genes))
     missing = check_model_genes(gm.n_shared, len(genes))
     warns.extend(missing)
     return split, {"message": message, "n_shared": gm.n_shared, "n_model_genes": len(genes),
