@@ -341,7 +341,14 @@ class Annotator:
     def predict(self, adata, *, key_added: str = OutKeys.UNS, copy: bool = False, threshold: float | None = None,
                 adapt: bool = False, query_label_key: str | None = None, layer: str | None = None,
                 log: Callable[[str], None] | logging.Logger | None = None, progress_bar: bool = True):
-        """Label the cells of ``adata`` (keys as :func:`annotate`).
+        """Label the cells of ``adata`` (the obs and obsm keys as :func:`annotate`; ``uns[key_added]`` holds the
+        prediction's card: no ``data_report``, ``options`` or ``training``, which were the training run's and
+        are in the bundle, but its ``query_report`` of the query's genes and values).
+
+        A query labelled alone is measured against its own shift from the reference only when it holds
+        three or more predicted types with 20 cells each: a few cells, or one sorted population, are measured
+        against the reference as it is, and more of them may be Unknown than when they are labelled within a
+        whole sample (the card's ``rejection.query_shift_not_estimated`` says so).
 
         Parameters
         ----------
