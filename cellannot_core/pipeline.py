@@ -338,6 +338,7 @@ def marker_note(preds: Predictions) -> dict[str, Any]:
     if not m:
         return {}
     out: dict[str, Any] = {"marker_agreement": m}
+    refused = getattr(preds, "shift_refused", None)
     if m["share"] < MARKER_AGREEMENT_MIN:
         worst = sorted(m["by_class"].items(), key=lambda kv: kv[1])[:3]
         out["markers_note"] = (
@@ -349,9 +350,9 @@ def marker_note(preds: Predictions) -> dict[str, Any]:
             f"pancreas included), queries of another tissue {_range(MARKER_AGREEMENT_OTHER_TISSUE)}: much of this "
             "query may be of types the reference lacks, labelled as the nearest type. Check the labels' marker "
             "evidence (the app's Explain page; the log's Unknown groups) before using them"
-            + (f". So the threshold was not widened for the query's shift from the reference ({preds.shift_refused:.2f} "
+            + (f". So the threshold was not widened for the query's shift from the reference ({refused:.2f} "
                "times as far as its own cells), which assumes most of the query is of the reference's types: its cells "
-               "were measured against the reference as it is" if preds.shift_refused else ""))
+               "were measured against the reference as it is" if refused else ""))
     return out
 
 
@@ -519,7 +520,7 @@ def query_far_factor(model, preds: Predictions) -> float:
     last = getattr(getattr(model, "reference", None), "last_decision", None) or {}
     if model.ood_method == "knn_class":
         return float(last.get("query_far", 1.0)) if last.get("n") == len(preds.ood_score) else 1.0
-    f = float(preds.shift_refused or preds.shift_factor)
+    f = float(getattr(preds, "shift_refused", None) or preds.shift_factor)  # (a relabel passes its own record)
     return shift_factor(model.val_score_median, preds.ood_score) if f >= FAR_QUERY_FACTOR else f
 
 
