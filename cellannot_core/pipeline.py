@@ -573,8 +573,21 @@ def _range(r: tuple[float, float]) -> str:
 def threshold_note(model, threshold: float | None, preds: Predictions) -> dict[str, str]:
     """``{"threshold_note": ...}`` when a threshold given by hand lies below every query cell's novelty
     score, so that every cell is Unknown: nobody wants that, and a negative or mistyped threshold
-    would otherwise do it without a word (infinity, calling nobody Unknown, is a choice)."""
+    would otherwise do it without a word (infinity, calling nobody Unknown, is a choice); or when the model's
+    own threshold, widened for the query's shift, lies above every cell's score while some lie above it
+    unwidened (a bounded score, such as ``knn_logit``'s distance between unit vectors, can sit under any
+    widened threshold)."""
     scores = np.asarray(preds.ood_score)
+    if threshold is None and len(scores) and preds.shift_factor > 1 and bool((scores <= preds.threshold).all()):
+        above = int((scores > float(model.threshold)).sum())  # (hdge on mouse pancreas 1 -> 2: its knn_logit, at
+        if above:  # most 2, held 210 novel cells under a threshold of 2.008 and said nothing, found 2026-12-07)
+            return {"threshold_note": f"the model's threshold ({float(model.threshold):.4g} on the reference's held-out "
+                                      f"cells), widened {preds.shift_factor:.2f}-fold for the query's shift from the "
+                                      f"reference, is {float(preds.threshold):.4g}: above every query cell's "
+                                      f"{model.ood_method} novelty score (highest {float(scores.max()):.4g}), so no cell "
+                                      "is Unknown, whatever the query holds. "
+                                      f"{above:,} cells lie above the threshold before it was widened: look at them on "
+                                      "the Calibration page, or give a threshold (threshold=, --threshold)"}
     if threshold is None or not len(scores) or not bool((scores > float(threshold)).all()):
         return {}
     return {"threshold_note": f"the threshold given ({float(threshold):.4g}) is below every query cell's "

@@ -37,8 +37,16 @@ def reliability(run: Run) -> tuple[dict[str, Any], dict[str, float]]:
 
 
 def threshold_range(run: Run, method: str) -> tuple[float, float]:
+    """The slider's range: every score, and the run's own threshold where it lies beyond them (a threshold widened
+    for the query's shift above every cell's score was shown at the highest score, under a text naming it, found
+    2026-12-07)."""
+    from ui.results import default_threshold
+
     val, q = run.scores(method)
     pooled = np.concatenate([val[np.isfinite(val)], q[np.isfinite(q)]])
+    own = default_threshold(run, method)
+    if np.isfinite(own):
+        pooled = np.append(pooled, own)
     lo, hi = float(pooled.min()), float(pooled.max())
     return (lo, hi) if hi > lo else (lo, lo + 1.0)
 
@@ -168,6 +176,10 @@ def class_table_text(run: Run) -> str:
     percentile times the shift factor times it (a reader multiplying the first two got 2.08 for 2.19 shown,
     the threshold of 1.054 left unsaid: found 2026-12-07)."""
     t = float(run.rejection.get("threshold", float("nan")))
+    if run.rejection.get("method") != "knn_class":  # one threshold for every class (found 2026-12-07: the knn_class
+        return ("**Unknown calls by predicted class**: every class has the one threshold above "  # text for all)
+                + (f"({t:.4g}) " if np.isfinite(t) else "") + "on the model's novelty score; the table counts the "
+                "cells given each class (before the Unknown call) that scored above it.")
     return ("**Why cells were called Unknown, by predicted class**: a cell is measured against the reference cells "
             "of the class it looks most like; its distance counts (2 - confidence) times, so a cell the labeller "
             "cannot place counts up to twice as far; the threshold is that class's 95th percentile in the reference, "

@@ -419,3 +419,33 @@ def test_the_choices_made_on_the_page_are_kept_with_the_run(tmp_path, monkeypatc
     broken = visit()  # a record that names nothing valid: the run's own calls
     assert not broken.exception and broken.selectbox(key=WidgetKeys.SCORE_METHOD).value == method
     assert broken.multiselect(key=WidgetKeys.ACCEPT_GROUPS.format(run=rd.id)).value == []
+
+
+def test_a_run_of_one_threshold_for_every_class_is_told_so_and_its_slider_reaches_it(tmp_path, monkeypatch):
+    """Found 2026-12-07 (a browser probe): every run's per-class text told knn_class's rule ("(2 - confidence)
+    times ... that class's 95th percentile"), under a summary of one threshold for all classes; and a threshold
+    widened above every cell's score (hdge on mouse pancreas: 2.008, its scores at most 1.41) was named in the
+    text while the slider sat at 1.41."""
+    from ui import calibration as cal
+    from ui.results import load_run
+
+    monkeypatch.setenv("CELLANNOT_RUNS", str(tmp_path))
+    run_id = make_run(tmp_path, query_labels=True, hparams={"ood_score": "knn"})
+    card_path = tmp_path / run_id / "run_card.json"
+    card = json.loads(card_path.read_text())
+    _, q = load_run(str(tmp_path), run_id).scores("knn")
+    card["rejection"]["threshold"] = beyond = float(q.max()) * 1.5
+    card_path.write_text(json.dumps(card))
+    from ui.results import load_card
+
+    load_card.clear()  # (the card was read, and cached, above)
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    at.session_state[StateKeys.RUN_ID] = run_id
+    at.switch_page("pages/calibration.py").run()
+    assert not at.exception
+    md = " ".join(m.value for m in at.markdown)
+    assert f"every class has the one threshold above ({beyond:.4g})" in md and "(2 - confidence)" not in md
+    slider = at.slider(key=WidgetKeys.THRESHOLD.format(run=run_id, method="knn"))
+    assert slider.value == pytest.approx(beyond) and slider.max == pytest.approx(beyond)
+    assert int(_metric(at, "Unknown query cells").replace(",", "")) == 0
+    assert cal.threshold_range(load_run(str(tmp_path), run_id), "knn")[1] == pytest.approx(beyond)

@@ -644,3 +644,25 @@ def test_a_query_its_labels_markers_call_other_cells_is_not_allowed_a_studys_shi
     assert rej2["threshold"] < rej["threshold"]
     assert kept.obs["cellannot_is_unknown"].sum() > widened.obs["cellannot_is_unknown"].sum()
     assert "the threshold was not widened for the query's shift" in rej2["markers_note"]
+
+
+def test_a_threshold_widened_above_every_score_is_warned_of():
+    """Found 2026-12-07 (a browser probe): hdge on mouse pancreas 1 -> 2 called no cell Unknown, its 210 novel
+    cells included, with no word: its knn_logit score (a distance between unit vectors, at most 2; here at most
+    1.41) lay under a threshold of 1.251 widened 1.60-fold to 2.008. Now the card warns, naming the cells above
+    the threshold before it was widened; a widened threshold some cells pass, or none widened, is not warned of."""
+    from types import SimpleNamespace
+
+    from cellannot_core.pipeline import WARNING_KEYS, threshold_note
+
+    model = SimpleNamespace(threshold=1.251, ood_method="knn_logit")
+    scores = np.array([0.9, 1.2, 1.3, 1.41])
+
+    def preds(factor, thr):
+        return SimpleNamespace(shift_factor=factor, threshold=thr, ood_score=scores)
+
+    note = threshold_note(model, None, preds(1.605, 2.008))["threshold_note"]
+    assert "widened 1.60-fold" in note and "is 2.008: above every query cell's knn_logit novelty score (highest 1.41)" in note
+    assert "2 cells lie above the threshold before it was widened" in note and "threshold_note" in WARNING_KEYS
+    assert threshold_note(model, None, preds(1.05, 1.313)) == {}  # one cell passes it
+    assert threshold_note(model, None, preds(1.0, 1.5)) == {}  # not widened: the rule's own call
