@@ -227,8 +227,11 @@ def training_form() -> Any | None:
                                    "recommended model's: its latent model's epochs).")
         accept = o2.slider("Accept share of reference validation cells", 0.5, 1.0, 0.95, 0.01, key=WidgetKeys.ACCEPT,
                            help="Sets the Unknown threshold on the novelty score.")
+        # a model that cannot generate gets a field of its own: one shared kept its 0 for the next model that can,
+        # which then trained with no generated cells (found 2026-12-07)
         n_gen = o3.number_input("Generated cells per class", 0, 1000, 100 if sup.samples else 0,
-                                key=WidgetKeys.N_GENERATE, disabled=not sup.samples,
+                                key=WidgetKeys.N_GENERATE if sup.samples else f"{WidgetKeys.N_GENERATE}_none",
+                                disabled=not sup.samples,
                                 help="Sampled from the model after training, shown in the latent space")
     blocked = preflight(model)
     if blocked:

@@ -27,9 +27,9 @@ def _runs(tmp_path, monkeypatch):
     monkeypatch.setenv("CELLANNOT_RUNS", str(tmp_path / "runs"))
 
 
-def _train_page(pair, label_key: str = LABEL, run_id: str | None = None) -> AppTest:
+def _train_page(pair, label_key: str = LABEL, run_id: str | None = None, at: AppTest | None = None) -> AppTest:
     ref, qry = pair
-    at = AppTest.from_file(APP, default_timeout=60).run()
+    at = at or AppTest.from_file(APP, default_timeout=60).run()
     at.session_state[StateKeys.REFERENCE] = ref
     at.session_state[StateKeys.QUERY] = qry
     for key, a, name in ((StateKeys.REFERENCE_INFO, ref, "ref"), (StateKeys.QUERY_INFO, qry, "query")):
@@ -81,6 +81,14 @@ def test_form_comes_from_the_registry(tiny_pair):
     novelty = at.get_by_key(WidgetKeys.HPARAM.format(model="scanvi_svm", name="ood_score"))
     assert novelty.label == "novelty score (the Unknown rule)" and "`ood_score`" in novelty.help
     assert "cpu" in at.selectbox(key=WidgetKeys.DEVICE).options
+    # a model that cannot generate shows 0 generated cells; the next that can starts at 100 again (found 2026-12-07:
+    # the 0 stayed, and a gmvae after an hdge trained with no generated cells)
+    first = AppTest.from_file(APP, default_timeout=60)
+    first.session_state[WidgetKeys.MODEL] = "logreg"  # (the page opens on the last run's model)
+    first = _train_page(tiny_pair, at=first.run())
+    assert first.get_by_key(f"{WidgetKeys.N_GENERATE}_none").value == 0
+    first.selectbox(key=WidgetKeys.MODEL).set_value("gmvae").run()
+    assert first.get_by_key(WidgetKeys.N_GENERATE).value == 100 and not first.get_by_key(WidgetKeys.N_GENERATE).disabled
     # an invalid value is refused with the registry's message, no job is started
     at.selectbox(key=WidgetKeys.MODEL).set_value("clams").run()
     at.text_input(key=WidgetKeys.HPARAM.format(model="clams", name="hidden")).set_value("abc")
