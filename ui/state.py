@@ -132,6 +132,11 @@ def run_through_app() -> None:
 _THROUGH_APP = {"rerun": False}
 
 
+#: the results pages' view choices, kept over a visit to another page (the Latent page's layout, embedding and
+#: colouring and the Label transfer page's percentages went back to their defaults, found 2026-12-07)
+VIEW_KEYS = (WidgetKeys.EMBED_LAYOUT, WidgetKeys.EMBED_METHOD, WidgetKeys.COLOR_BY, WidgetKeys.NORMALIZE)
+
+
 def init_state() -> None:
     """Set every missing key to its default (idempotent; call at the top of every page)."""
     from ui import session
@@ -141,6 +146,9 @@ def init_state() -> None:
     for key, value in DEFAULTS.items():
         if key not in st.session_state:
             st.session_state[key] = copy.deepcopy(value)
+    for key in VIEW_KEYS:  # kept while another page shows (Streamlit drops a widget's value when it is not drawn)
+        if key in st.session_state:
+            st.session_state[key] = st.session_state[key]
     session.token()
     if fresh:  # a new browser session (first visit, reload, restart): bring back its datasets
         session.restore()

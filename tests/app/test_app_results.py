@@ -89,6 +89,9 @@ def test_with_query_labels(runs_root):
     assert (at.dataframe[0].value[OutKeys.CONFIDENCE] >= 0.9).all()
     at.radio(key=WidgetKeys.NORMALIZE).set_value("col").run()
     assert not at.exception
+    at.switch_page("pages/runs.py").run()  # a visit to another page keeps the view chosen (it went back, 2026-12-07)
+    at.switch_page("pages/results.py").run()
+    assert at.radio(key=WidgetKeys.NORMALIZE).value == "col"
     labels = {b.label for b in at.get("download_button")}
     assert "Run card (.json)" in labels  # small: offered at once
     prepare = {b.label: b for b in at.button}
