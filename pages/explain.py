@@ -4,6 +4,7 @@ import streamlit as st
 from cellannot_core.errors import CellannotError
 from cellannot_core.runs import csv_bytes
 from cellannot_core.models.tabnet import DEFAULT_RANKING, RANKINGS
+from ui import calibration as cal
 from ui import explain as ex
 from ui import results as res
 from ui.state import init_state, md
@@ -12,6 +13,8 @@ from ui.widgets import plot
 init_state()
 st.title("Explain")
 run = res.require_run()
+if note := cal.decisions_note(run):  # (its "why" named the run's threshold without a word, found 2026-12-07)
+    st.info(note, icon=":material/tune:")
 model = run.card.get("model")
 st.subheader("Why a cell got its label")
 st.caption("For every model: the cell's class probabilities, its novelty score against the Unknown threshold, and the "

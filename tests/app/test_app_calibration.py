@@ -374,6 +374,8 @@ def test_the_choices_made_on_the_page_are_kept_with_the_run(tmp_path, monkeypatc
     again.session_state[WidgetKeys.EMBED_METHOD] = "pca"  # (the fast embedding: UMAP compiles with numba)
     latent = again.switch_page("pages/latent.py").run()  # and the Latent page, which said it on no line (2026-12-07)
     assert not latent.exception and any("On the Calibration page you changed" in i.value for i in latent.info)
+    explain = again.switch_page("pages/explain.py").run()  # and Explain, whose "why" names the run's threshold
+    assert not explain.exception and any("On the Calibration page you changed" in i.value for i in explain.info)
     # ... and the Calibration page hands the choices over in an annotated query
     again = again.switch_page("pages/calibration.py").run()
     again.button(key=f"dl_h5ad_chosen_{rd.id}_prepare").click().run()
