@@ -76,7 +76,7 @@ level, text = lat.mixing_note(lat.mixing(run.root, run.run_id, measured), layout
 if text:
     (st.warning if level == "warning" else st.caption)(text)
 if show_gen:
-    level, text = lat.placement_note(lat.placement(run.root, run.run_id), len(run.classes))
+    level, text = lat.placement_note(lat.placement(run.root, run.run_id), len(run.classes), run.classes)
     (st.warning if level == "warning" else st.caption)(text)
 
 df = lat.point_table(run, coords, show_gen)

@@ -11,6 +11,7 @@ import streamlit as st
 from cellannot_core._constants import UNKNOWN, OutKeys
 from cellannot_core.runs import RunDir
 from ui.results import Run, load_arrays, load_obs
+from ui.state import md
 
 METHODS = {"umap": "UMAP", "tsne": "t-SNE", "pca": "PCA (fast)"}
 COLOR_BY = {
@@ -260,8 +261,9 @@ def placement(root: str, run_id: str) -> dict[str, Any]:
     return generated_placement(a["gen_latent"], a["gen_y"], a["ref_latent"], a["ref_y"])
 
 
-def placement_note(p: dict[str, Any], n_classes: int) -> tuple[str, str]:
-    """``(level, text)`` for the page: "warning" when the samples are poor, else "caption"."""
+def placement_note(p: dict[str, Any], n_classes: int, classes: list[str] | None = None) -> tuple[str, str]:
+    """``(level, text)`` for the page: "warning" when the samples are poor, over all or of some classes (named
+    from ``classes`` where the labels are their codes), else "caption"."""
     agree, ratio = p.get("class_agreement", float("nan")), p.get("distance_ratio", float("nan"))
     text = (f"Generated cells: {agree:.0%} land among real reference cells of their own class (chance: about "
             f"{1 / max(n_classes, 1):.0%}); their distance to the nearest real cell is {ratio:.1f}x the real cells' "
@@ -272,4 +274,13 @@ def placement_note(p: dict[str, Any], n_classes: int) -> tuple[str, str]:
     if agree < 0.5:
         return "warning", ("Most of this model's generated cells land among real cells of other classes: its samples "
                            "are poor. " + text)
+    poor = sorted((v, k) for k, v in (p.get("by_class") or {}).items() if v < 0.5)
+    if poor:
+        def name(k: str) -> str:
+            return str(classes[int(k)]) if classes is not None and k.lstrip("-").isdigit() and 0 <= int(k) < len(
+                classes) else k
+
+        return "warning", (text + " But most generated cells of " + ", ".join(f"{md(name(k))} ({v:.0%})" for v, k in poor[:5])
+                           + (f" and {len(poor) - 5} more" if len(poor) > 5 else "")
+                           + " land among real cells of other classes: those classes' samples are poor.")
     return "caption", text

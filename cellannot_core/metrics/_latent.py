@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 from numpy.typing import ArrayLike
 from sklearn.metrics import silhouette_score
 from cellannot_core._constants import str_array
@@ -146,14 +147,17 @@ def generated_placement(gen_latent: ArrayLike, gen_labels: ArrayLike, ref_latent
         1/classes = samples placed anywhere). ``distance_ratio``: median distance of a generated
         cell to its nearest real cell over the median nearest-neighbour distance among real
         cells (about 1: among the real cells; above :data:`APART_RATIO`: apart from all of them).
-        ``apart``: ``distance_ratio > APART_RATIO``. ``n``: generated cells scored.
+        ``apart``: ``distance_ratio > APART_RATIO``. ``n``: generated cells scored. ``by_class``: the
+        agreement of each class's generated cells (keyed by the label as given), which the share over all
+        can hide (a mouse pancreas gmvae: 93% over all, 62% for its 14-cell macrophages, found 2026-12-07).
     """
     from sklearn.neighbors import NearestNeighbors
 
     g, r = np.asarray(gen_latent, dtype=np.float64), np.asarray(ref_latent, dtype=np.float64)
     gy, ry = np.asarray(gen_labels), np.asarray(ref_labels)
     if len(g) == 0 or len(r) < 2:
-        return {"class_agreement": float("nan"), "distance_ratio": float("nan"), "apart": False, "n": int(len(g))}
+        return {"class_agreement": float("nan"), "distance_ratio": float("nan"), "apart": False, "n": int(len(g)),
+                "by_class": {}}
     k = int(min(k, len(r) - 1))
     nn = NearestNeighbors(n_neighbors=k + 1).fit(r)
     d_ref, _ = nn.kneighbors(r, n_neighbors=2)  # itself, then its nearest other real cell
@@ -162,5 +166,6 @@ def generated_placement(gen_latent: ArrayLike, gen_labels: ArrayLike, ref_latent
     agree = np.array([np.mean(v == y) > 0.5 for v, y in zip(votes, gy)])
     base = float(np.median(d_ref[:, 1]))
     ratio = float(np.median(d_gen[:, 0]) / base) if base > 0 else float("inf")
+    by_class = {str(c): float(agree[gy == c].mean()) for c in pd.unique(gy)}
     return {"class_agreement": float(agree.mean()), "distance_ratio": ratio, "apart": bool(ratio > APART_RATIO),
-            "n": int(len(g))}
+            "n": int(len(g)), "by_class": by_class}

@@ -291,3 +291,22 @@ def test_the_novelty_colouring_is_centred_on_the_unknown_threshold(run):
     assert fig.layout.coloraxis.cmid == thr and f"Unknown above {thr:.3g}" in fig.layout.coloraxis.colorbar.title.text
     plain = lat.figure(df, "confidence", "pca", r.classes, thr)
     assert plain.layout.coloraxis.cmid is None  # no threshold on the confidence
+
+
+def test_a_class_whose_generated_cells_land_elsewhere_is_named():
+    """Found 2026-12-07 (a browser probe): a gmvae's generated cells, 93% among their own class over all, 62% for
+    its 14-cell macrophages, got a grey caption. A class whose samples mostly land elsewhere is now named."""
+    import numpy as np
+
+    from cellannot_core.metrics import generated_placement
+    from ui.latent import placement_note
+
+    rng = np.random.default_rng(0)
+    centres = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    ref_y, gen_y = np.repeat(np.arange(3), 200), np.repeat(np.arange(3), 20)
+    ref = centres[ref_y] + rng.normal(size=(600, 2))
+    one = generated_placement(centres[np.where(gen_y == 2, 0, gen_y)] + rng.normal(size=(60, 2)), gen_y, ref, ref_y)
+    level, text = placement_note(one, 3, ["a", "b", "c"])
+    assert level == "warning" and "most generated cells of c (0%) land among real cells of other classes" in text
+    good = generated_placement(centres[gen_y] + rng.normal(size=(60, 2)), gen_y, ref, ref_y)
+    assert placement_note(good, 3, ["a", "b", "c"])[0] == "caption"

@@ -316,6 +316,10 @@ def test_generated_placement_tells_good_samples_from_poor_ones():
     assert wrong["class_agreement"] < 0.05 and not wrong["apart"]
     blob = generated_placement(np.full((60, 2), 50.0) + rng.normal(size=(60, 2)), gen_y, ref, ref_y)
     assert blob["apart"] and blob["distance_ratio"] > 10
+    # one class's samples among another class, the rest right: 67% over all, and the class named (the share over
+    # all hid it, found 2026-12-07)
+    one = generated_placement(centres[np.where(gen_y == 2, 0, gen_y)] + rng.normal(size=(60, 2)), gen_y, ref, ref_y)
+    assert one["class_agreement"] == pytest.approx(2 / 3, abs=0.05) and one["by_class"]["2"] < 0.05
 
 
 def test_dataset_mixing_is_one_when_mixed_and_zero_when_apart():
