@@ -326,9 +326,9 @@ def why_section(run: Run) -> None:
             st.dataframe(near.rename(columns={"type": "Type", "share_of_neighbours": "Of 10 nearest",
                                               "ratio": "Distance / usual"})[["Type", "Of 10 nearest",
                                                                              "Distance / usual"]].head(5),
-                         hide_index=True, column_config={
-                             "Of 10 nearest": st.column_config.NumberColumn(format="percent"),
-                             "Distance / usual": st.column_config.NumberColumn(format="%.2f", width="medium")})
+                         hide_index=True, column_config={  # (narrow: in a third of the page the ratio was cut off)
+                             "Of 10 nearest": st.column_config.NumberColumn(format="percent", width="small"),
+                             "Distance / usual": st.column_config.NumberColumn(format="%.2f", width="small")})
     raw = str(run.obs.loc[cell, OutKeys.LABEL_RAW])
     markers = why_markers(run, raw)
     with c2:
