@@ -110,7 +110,8 @@ def reliability_diagram(
     for bar in bars:
         fig.add_trace(bar, row=2, col=1)
     base_layout(fig, title=title, height=560, barmode="overlay",
-                legend=dict(x=0.02, y=0.98, xanchor="left", yanchor="top", bgcolor="rgba(255,255,255,0.7)"))
+                # below the plot, not over the curves (found 2026-12-07: it hid the low-confidence bins)
+                legend=dict(orientation="h", x=0, y=-0.14, xanchor="left", yanchor="top"))
     fig.update_xaxes(range=[0, 1], row=1, col=1)
     fig.update_xaxes(range=[0, 1], title_text="Confidence", row=2, col=1)
     fig.update_yaxes(range=[0, 1.02], title_text="Accuracy", row=1, col=1)
