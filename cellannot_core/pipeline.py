@@ -257,7 +257,8 @@ def score_names(model, n_cells: int) -> Sequence[str]:
     return OOD_METHODS if n_cells <= ALL_SCORES_MAX_CELLS else [model.ood_method]
 
 
-def predict(model, X: np.ndarray, *, threshold: float | None = None, samples: QuerySamples | None = None) -> Predictions:
+def predict(model, X: np.ndarray, *, threshold: float | None = None, samples: QuerySamples | None = None,
+            ref_mean: np.ndarray | None = None) -> Predictions:
     """Label cells: calibrated probabilities, novelty scores (every score up to
     :data:`ALL_SCORES_MAX_CELLS` cells, else the model's own) and rejection.
     ``samples`` (:func:`query_samples`): each cell's query sample, for a rule that allows for each
@@ -271,7 +272,7 @@ def predict(model, X: np.ndarray, *, threshold: float | None = None, samples: Qu
     scores = model.ood_scores(X, score_names(model, X.shape[0]), logits=logits, latent=latent,
                               samples=None if samples is None else samples.codes)
     return decide(model, logits, latent, scores, threshold=threshold,
-                  markers=lambda label_raw: marker_agreement_of(model, X, label_raw))
+                  markers=lambda label_raw: marker_agreement_of(model, X, label_raw, ref_mean))
 
 
 def gene_labels(of: Any) -> list[str]:
@@ -289,7 +290,7 @@ def label_query(model, X: Any, *, genes: Sequence[str] | None = None, ref_mean: 
     """Label a query held in memory as ``annotate`` does: :func:`predict`, the Unknown groups
     described (:func:`unknown_groups_of`, :func:`attach_unknown_groups`) and the handling states
     among them accepted (:func:`accept_handling_states`). Returns the predictions and the groups."""
-    preds = predict(model, X, threshold=threshold, samples=samples)
+    preds = predict(model, X, threshold=threshold, samples=samples, ref_mean=ref_mean)
     return preds, describe_unknown_groups(model, X, preds, ref_mean, genes, samples=samples)
 
 
@@ -305,8 +306,9 @@ def describe_unknown_groups(model, X: Any, preds: Predictions, ref_mean: np.ndar
     accept_handling_states(model, preds, groups)
     add_sample_evidence(preds, groups, samples)
     preds.shifted_classes = shifted_classes_of(model, X, preds, ref_mean, genes)
-    if not callable(X):  # a query read in chunks measures a sample of its cells instead (streaming.py)
-        preds.marker_agreement = marker_agreement_of(model, X, preds.label_raw, ref_mean)
+    if not callable(X) and preds.marker_agreement is None:  # (measured already where it decided the threshold; a
+        preds.marker_agreement = marker_agreement_of(model, X, preds.label_raw, ref_mean)  # query read in chunks
+        # measures a sample of its cells instead, streaming.py)
     return groups
 
 
@@ -414,7 +416,7 @@ def decide(model, logits: np.ndarray, latent: np.ndarray, scores: dict[str, np.n
         thr, factor = model.query_threshold(ood, pred)
     else:
         thr, factor = float(threshold), 1.0
-    far_by_markers = None
+    far_by_markers = agreement = None
     if factor > 1 and model.ood_method != "knn_class" and markers is not None:
         from .evidence import MARKER_AGREEMENT_MIN
 
@@ -426,7 +428,7 @@ def decide(model, logits: np.ndarray, latent: np.ndarray, scores: dict[str, np.n
     label = np.where(unknown, UNKNOWN, label_raw)
     return Predictions(logits, proba, label_raw, label, thr, factor, proba.max(1), ood, unknown, latent, scores,
                        shift_estimated=threshold is not None or query_shift_estimated(model, pred),
-                       shift_refused=far_by_markers)
+                       marker_agreement=agreement, shift_refused=far_by_markers)  # (the card's share: the one decided on)
 
 
 def query_shift_estimated(model, pred: np.ndarray) -> bool:

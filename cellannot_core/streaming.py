@@ -113,7 +113,7 @@ def stream_predictions(model, bundle: dict[str, Any], rows: H5adRows, *, thresho
                                     samples=samples)
     if groups:
         log("described the Unknown groups (one more pass over the chunks)")
-    if rows.n_obs:
+    if rows.n_obs and preds.marker_agreement is None:  # (else measured where the threshold was decided)
         preds.marker_agreement = markers(preds.label_raw)
     report = {"message": message,
               "n_shared": gm.n_shared, "n_model_genes": len(genes), "approximate": gm.approximate,
