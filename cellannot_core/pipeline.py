@@ -588,8 +588,9 @@ def threshold_note(model, threshold: float | None, preds: Predictions) -> dict[s
                                       f"reference, is {float(preds.threshold):.4g}: above every query cell's "
                                       f"{model.ood_method} novelty score (highest {float(scores.max()):.4g}), so no cell "
                                       "is Unknown, whatever the query holds. "
-                                      f"{above:,} cells lie above the threshold before it was widened: look at them on "
-                                      "the Calibration page, or give a threshold (threshold=, --threshold)"}
+                                      f"{above:,} cells lie above the threshold before it was widened: move the "
+                                      "threshold on the Calibration page, or give one (threshold= in Python, "
+                                      "--threshold on the command line)"}
     if threshold is None or not len(scores) or not bool((scores > float(threshold)).all()):
         return {}
     return {"threshold_note": f"the threshold given ({float(threshold):.4g}) is below every query cell's "

@@ -324,11 +324,11 @@ def why_section(run: Run) -> None:
             st.markdown("**Nearest reference types** (latent space; distance over the type's usual, 1 = as close as "
                         "its own cells)")
             st.dataframe(near.rename(columns={"type": "Type", "share_of_neighbours": "Of 10 nearest",
-                                              "ratio": "Distance / usual"})[["Type", "Of 10 nearest",
-                                                                             "Distance / usual"]].head(5),
+                                              "ratio": "Ratio"})[["Type", "Of 10 nearest", "Ratio"]].head(5),
                          hide_index=True, column_config={  # (narrow: in a third of the page the ratio was cut off)
                              "Of 10 nearest": st.column_config.NumberColumn(format="percent", width="small"),
-                             "Distance / usual": st.column_config.NumberColumn(format="%.2f", width="small")})
+                             "Ratio": st.column_config.NumberColumn(format="%.2f", width="small",
+                                                                    help="the distance over the type's usual one")})
     raw = str(run.obs.loc[cell, OutKeys.LABEL_RAW])
     markers = why_markers(run, raw)
     with c2:

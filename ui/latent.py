@@ -270,7 +270,8 @@ def placement_note(p: dict[str, Any], n_classes: int, classes: list[str] | None 
             "own spacing.")
     if p.get("apart"):
         return "warning", ("This model's generated cells sit apart from every real cluster, so they show little about "
-                           "the classes. " + text)
+                           "the classes. " + text + " The Reference map draws each on its nearest reference cells, "
+                           "where they pile up; the Joint layout shows them apart.")
     if agree < 0.5:
         return "warning", ("Most of this model's generated cells land among real cells of other classes: its samples "
                            "are poor. " + text)
@@ -280,7 +281,9 @@ def placement_note(p: dict[str, Any], n_classes: int, classes: list[str] | None 
             return str(classes[int(k)]) if classes is not None and k.lstrip("-").isdigit() and 0 <= int(k) < len(
                 classes) else k
 
-        return "warning", (text + " But most generated cells of " + ", ".join(f"{md(name(k))} ({v:.0%})" for v, k in poor[:5])
+        return "warning", (text + " But most generated cells of " + ", ".join(f"{md(name(k))} ({v:.0%} among its own)"
+                                                                             for v, k in poor[:5])
                            + (f" and {len(poor) - 5} more" if len(poor) > 5 else "")
-                           + " land among real cells of other classes: those classes' samples are poor.")
+                           + " land among real cells of other classes: "
+                           + ("that class's samples are poor." if len(poor) == 1 else "those classes' samples are poor."))
     return "caption", text

@@ -364,6 +364,13 @@ def annotated_with_choices(root: str, run_id: str, labels: np.ndarray, choices: 
                                 ood_score=a.obs[OutKeys.OOD_SCORE].to_numpy(float))
         card["query_metrics"] = metrics_of_labels(own, preds, [str(c) for c in card.get(OutKeys.CLASSES, [])])
     card["decisions"] = json.loads(json.dumps(choices, default=float))
+    rej = card.get("rejection")
+    if isinstance(rej, dict) and choices.get("threshold") is not None:  # the threshold these calls were made at
+        thr, method = float(choices["threshold"]), str(choices.get("method") or rej.get("method"))
+        if method != rej.get("method") or not np.isclose(thr, float(rej.get("threshold", np.nan)), rtol=1e-6, atol=0):
+            rej.update(threshold=thr, method=method, threshold_overridden=True,  # (the run's own stayed, 2026-12-07)
+                       how=f"set on the Calibration page: Unknown when the {method} novelty score is above {thr:.4g} "
+                           f"(the run's own rule: {rej.get('how', '')})")
     with tempfile.TemporaryDirectory(prefix="cellannot_dl_") as tmp:
         out = Path(tmp) / "annotated.h5ad"
         write_h5ad_atomic(a, out)  # as the run's own file is written: compressed, any name an .h5ad cannot hold kept

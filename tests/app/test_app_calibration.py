@@ -408,6 +408,9 @@ def test_the_choices_made_on_the_page_are_kept_with_the_run(tmp_path, monkeypatc
 
     card, mine = uns["cellannot"], pd.Series(labels)
     assert card["unknown_fraction"] == pytest.approx((mine == "Unknown").mean())
+    # ... and its rejection entry names the threshold they were made at (it kept the run's, found 2026-12-07)
+    assert card["rejection"]["threshold"] == pytest.approx(slider.max) and card["rejection"]["threshold_overridden"]
+    assert card["rejection"]["how"].startswith(f"set on the Calibration page: Unknown when the {method} novelty score")
     assert {k: int(v) for k, v in card["predicted_counts"].items()} == mine.value_counts().to_dict()
     raw = obs["cellannot_label_raw"].astype(str).to_numpy()
     assert {r["class"]: int(r["n_unknown"]) for r in card["unknown_by_class"].values()} == {

@@ -307,6 +307,6 @@ def test_a_class_whose_generated_cells_land_elsewhere_is_named():
     ref = centres[ref_y] + rng.normal(size=(600, 2))
     one = generated_placement(centres[np.where(gen_y == 2, 0, gen_y)] + rng.normal(size=(60, 2)), gen_y, ref, ref_y)
     level, text = placement_note(one, 3, ["a", "b", "c"])
-    assert level == "warning" and "most generated cells of c (0%) land among real cells of other classes" in text
+    assert level == "warning" and "most generated cells of c (0% among its own) land among real cells of other classes: that class's" in text
     good = generated_placement(centres[gen_y] + rng.normal(size=(60, 2)), gen_y, ref, ref_y)
     assert placement_note(good, 3, ["a", "b", "c"])[0] == "caption"
