@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -26,7 +27,23 @@ def _log(msg: str) -> None:
     text = str(msg)
     if not text.isprintable():
         text = "".join((" " if c in "\t\n\r" else "") if unicodedata.category(c)[0] == "C" else c for c in text)
-    print(text, file=sys.stderr, flush=True)
+    try:
+        print(text, file=sys.stderr, flush=True)
+    except BrokenPipeError:  # the log's reader stopped (`2>&1 | grep -m1 'run directory'`): the work goes on,
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())  # unlogged (it failed the run, 2026-12-07)
+
+
+#: options naming a file or folder: a leading ~ is the home folder for each (a shell expands it only where it
+#: stands alone; `--out=~/o.h5ad` wrote into a folder named "~", found 2026-12-07)
+PATH_OPTIONS = ("reference", "query", "out", "runs_dir", "save_model", "model_dir", "storage")
+
+
+def _terminated(signum, frame) -> None:
+    """SIGTERM (``timeout``, SLURM's ``scancel``, ``docker stop``), taken as Ctrl-C is: the run marked, no file
+    half-written (it left a run "running" and a hidden temporary file, found 2026-12-07)."""
+    from .errors import Terminated
+
+    raise Terminated()
 
 
 def _device(text: str) -> str:
@@ -610,6 +627,7 @@ def _misspelt(parser: argparse.ArgumentParser, argv: Sequence[str]) -> str | Non
 
 def main(argv: Sequence[str] | None = None) -> int:
     from .errors import CellannotError
+    from .errors import Terminated as _Terminated
 
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -618,6 +636,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"cellannot: error: {problem}", file=sys.stderr)
         return 2
     args = parser.parse_args(argv)
+    for name in PATH_OPTIONS:
+        value = getattr(args, name, None)
+        if isinstance(value, str) and value.startswith("~"):
+            setattr(args, name, os.path.expanduser(value))
+    import signal
+
+    if args.command != "app" and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminated)
     from .training.distributed import launched
 
     if launched() and args.command != "train":
@@ -635,6 +661,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except _Terminated:
+        print("error: terminated (SIGTERM)", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

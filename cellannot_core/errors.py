@@ -107,3 +107,9 @@ def failure_message(err: BaseException) -> str:
                 "inputs are refused before they are read)")
     return f"internal error: {type(err).__name__}: {err}"
 
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM on the command line (``timeout``, SLURM's ``scancel``, ``docker stop``), handled as Ctrl-C is: the
+    run marked cancelled, no output half-written (found 2026-12-07: a run left "running" and a hidden temporary
+    file beside ``--out``)."""

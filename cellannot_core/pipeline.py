@@ -22,7 +22,7 @@ from . import __version__
 from ._constants import DEFAULT_HVG_FLAVOR, DEFAULT_HVG_FROM, DEFAULT_MIN_SHARED_GENES, DEFAULT_MODEL, DEFAULT_N_TOP_GENES, UNKNOWN, OutKeys, RunFiles
 from .data._types import Prepared, Split
 from .calibration import FAR_QUERY_FACTOR
-from .errors import CellannotError, ConfigError, failure_message
+from .errors import CellannotError, ConfigError, Terminated, failure_message
 from ._constants import str_array
 
 MAX_GENERATE = 10_000  # generated cells per class (the app's form offers up to 1,000)
@@ -1387,24 +1387,29 @@ def _interrupt_kept():
         yield
         return
     came: list[int] = []
+    handlers = {signal.SIGINT: signal.default_int_handler}  # (SIGTERM too where the command line raises on it)
+    if callable(signal.getsignal(signal.SIGTERM)):
+        handlers[signal.SIGTERM] = signal.getsignal(signal.SIGTERM)
 
     def note(signum, frame):
         came.append(signum)
-        raise KeyboardInterrupt
+        handlers[signum](signum, frame)  # raises KeyboardInterrupt (or errors.Terminated)
 
     def unraisable(info, before=sys.unraisablehook):  # the one it dropped is noted: not printed as a fault
         if not (came and isinstance(info.exc_value, KeyboardInterrupt)):
             before(info)
 
-    signal.signal(signal.SIGINT, note)
+    for signum in handlers:
+        signal.signal(signum, note)
     sys.unraisablehook = unraisable
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
         sys.unraisablehook = unraisable.__defaults__[0]
     if came:
-        raise KeyboardInterrupt
+        handlers[came[0]](came[0], None)
 
 
 def _remove_stale_temporaries(path: Path) -> None:
@@ -1770,9 +1775,10 @@ def annotate(reference, query, opts: AnnotateOptions, *, out: str | Path | None 
         if run_dir is not None:
             run_dir.set_status("cancelled" if isinstance(err, Cancelled) else "failed", message=str(err))
         raise
-    except KeyboardInterrupt:  # Ctrl-C on the command line: marked now, not found later by its process gone
-        if run_dir is not None:
-            run_dir.set_status("cancelled", message="interrupted (Ctrl-C)")
+    except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM on the command line: marked now, not found later
+        if run_dir is not None:  # by its process gone
+            run_dir.set_status("cancelled", message="terminated (SIGTERM)" if isinstance(stop, Terminated)
+                               else "interrupted (Ctrl-C)")
         raise
     except Exception as err:
         if run_dir is not None:

@@ -1015,6 +1015,37 @@ def test_output_piped_into_a_reader_that_stops_is_not_an_error():
     assert proc.returncode == 141 and proc.stderr.decode() == "", proc.stderr.decode()
 
 
+def test_a_log_reader_that_stops_does_not_stop_the_run_and_sigterm_is_a_cancel(files, tmp_path, monkeypatch, capsys):
+    """Found 2026-12-07 (a pipeline author's probe): `annotate ... 2>&1 | grep -m1 'run directory'` failed the
+    run ("internal error: BrokenPipeError") and wrote nothing; `--out=~/o.h5ad` wrote into a folder named "~"
+    (bash expands ~ only where it stands alone); SIGTERM exited 143 without a word. Now the run goes on unlogged
+    and writes its output, every path option takes ~ as the home folder, and SIGTERM is one line and 143."""
+    read, write = os.pipe()
+    os.close(read)  # the log's reader gone
+    out = tmp_path / "out.h5ad"
+    proc = subprocess.run([sys.executable, "-m", "cellannot_core", "annotate", "--reference", str(files["ref"]),
+                           "--query", str(files["query"]), "--out", str(out), "--label-key", LABEL, *FAST],
+                          stdout=subprocess.PIPE, stderr=write, timeout=300)
+    os.close(write)
+    assert proc.returncode == 0 and ad.read_h5ad(out).obs[OutKeys.LABEL].notna().all()
+    from cellannot_core import cli
+    from cellannot_core.errors import Terminated
+
+    seen = {}
+
+    def fake(args):
+        seen.update(vars(args))
+        raise Terminated
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setitem(cli.COMMANDS, "annotate", fake)
+    code, _, err = run_main(capsys, "annotate", "--reference=~/r.h5ad", "--query", "~/q.h5ad", "--out=~/o.h5ad",
+                            "--label-key", LABEL)
+    assert seen["reference"] == str(tmp_path / "r.h5ad") and seen["out"] == str(tmp_path / "o.h5ad")
+    assert seen["query"] == str(tmp_path / "q.h5ad")
+    assert code == 143 and err.strip() == "error: terminated (SIGTERM)"
+
+
 @pytest.mark.parametrize("argv, said", [
     (["anotate", "--reference", "r.h5ad"], "no command 'anotate': did you mean 'annotate'?"),
     (["annotate", "--refrence", "r.h5ad", "--query", "q.h5ad"], "annotate has no option '--refrence': did you mean --reference?"),

@@ -527,6 +527,43 @@ def test_ctrl_c_while_a_file_is_written_is_not_lost(tmp_path, monkeypatch):
     assert rd.status()["state"] == "cancelled" and "Ctrl-C" in rd.status()["message"]
 
 
+def test_sigterm_on_the_command_line_is_handled_as_ctrl_c_is(tmp_path, monkeypatch):
+    """Found 2026-12-07 (a pipeline author's probe): SIGTERM, which ``timeout``, SLURM and ``docker stop`` send,
+    left the run "running" and a hidden temporary file beside ``--out``. With the command line's handler it
+    stops a write as Ctrl-C does (no output, no temporary file) and the run is marked cancelled, saying so."""
+    import signal
+
+    from cellannot_core import cli, pipeline
+    from cellannot_core.errors import Terminated
+    from cellannot_core.pipeline import write_atomic
+
+    before = signal.signal(signal.SIGTERM, cli._terminated)
+    try:
+        def write_dropping_it(p):
+            p.write_bytes(b"part")
+            try:
+                signal.raise_signal(signal.SIGTERM)
+            except KeyboardInterrupt:
+                pass  # what h5py's weak-reference callbacks do with it
+            p.write_bytes(b"whole")
+
+        with pytest.raises(Terminated):
+            write_atomic(tmp_path / "out.h5ad", write_dropping_it)
+        assert list(tmp_path.iterdir()) == [] and signal.getsignal(signal.SIGTERM) is cli._terminated
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+    def terminated(adata, path):
+        raise Terminated
+
+    monkeypatch.setattr(pipeline, "write_h5ad_atomic", terminated)
+    ref, q = make_synthetic(200, 60, 3, seed=1), make_synthetic(60, 60, 3, seed=2)
+    rd = RunDir.create(tmp_path / "runs")
+    with pytest.raises(Terminated):
+        annotate(ref, q, _syn_opts(), run_dir=rd)
+    assert rd.status() == {**rd.status(), "state": "cancelled", "message": "terminated (SIGTERM)"}
+
+
 def test_a_query_whose_counts_come_from_a_layer_is_annotated_as_given(tmp_path):
     """Found 2026-12-07: a query whose counts the app took from a layer ("Take the raw counts from layers"),
     or that ``predict --runs-dir --layer`` read, came back in the run's annotated file with the layer as X
