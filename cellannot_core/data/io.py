@@ -247,6 +247,9 @@ def _read_failure(exc: BaseException) -> str:
         return "the file is cut short (an upload, download or copy that did not finish); copy it again"
     if "signature" in text or "not an hdf5" in text or "file format" in text:
         return "the file is not HDF5 inside, whatever its name says; check it is the file you meant"
+    if isinstance(exc, BlockingIOError) or "unable to lock file" in text:  # (taken for damage, found 2026-12-07)
+        return ("another program holds the file open for writing (HDF5 locks it): close it there, or wait until it "
+                "is written, then read it again")
     # the reader's words quote the file (its attributes, key and layer names): its kind of error only
     # (found 2026-12-07: an encoding-type, a column-order and a top-level key name came back in the message)
     return (f"{type(exc).__name__}. The file may be damaged, not what its name says, or laid out other than "

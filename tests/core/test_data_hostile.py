@@ -146,6 +146,24 @@ def test_a_file_this_process_holds_open_for_writing_has_its_text_measured(plain)
         held.file.close()
 
 
+def test_a_file_another_program_holds_open_for_writing_is_told_as_such(plain):
+    """Found 2026-12-07 (a pipeline author's probe): a query another process held open for writing was "damaged
+    ... copy it again" (HDF5's lock: BlockingIOError). It is now told as what it is."""
+    import time
+
+    holder = subprocess.Popen([sys.executable, "-c", f"import h5py, time; f = h5py.File({str(plain)!r}, 'a'); "
+                               "print('open', flush=True); time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        with pytest.raises(DataError, match="another program holds the file open for writing"):
+            read_dataset(plain, name="query")
+    finally:
+        holder.kill()
+        holder.wait()
+    time.sleep(0.1)
+    assert read_dataset(plain, name="query").n_obs == 60  # released: read as before
+
+
 @pytest.mark.parametrize("note", ["a string", np.arange(3), {"format": "table", "file": "../../x"}])
 def test_a_file_cannot_write_the_readers_own_note(plain, tmp_path, note):
     """``uns['cellannot_input']`` says how the file was read; a file's own one (text, an array) was an
