@@ -201,3 +201,35 @@ def test_a_study_resumes_only_with_its_own_settings_and_data_and_draws_new_value
     b = run_sweep(ref, q, opts, storage=db, study_name="app", n_trials=1, params=["C"], name_by_setup=True)
     again = run_sweep(ref, q, opts, storage=db, study_name="app", n_trials=1, params=["C"], name_by_setup=True)
     assert a.study_name != b.study_name == again.study_name and len(again.trials) == 1
+
+
+def test_workers_sharing_a_study_draw_other_settings_and_stop_at_its_trial_count(tmp_path):
+    """Found 2026-12-07 (a pipeline author's probe): two workers started alike on one study drew the same
+    settings trial for trial (their samplers seeded alike) and each ran its own --trials (12 of 6 asked, 7
+    settings). Each trial is now drawn from its number, which the storage gives out across workers, and the
+    study stops at the trials asked, whoever ran them."""
+    import threading
+
+    ref, q = demo_subset(300, 200, seed=4)
+    db = tmp_path / "shared.db"
+    run_sweep(ref, q, AnnotateOptions(label_key=LABEL, model="logreg", seed=0), storage=db, study_name="s",
+              n_trials=1, params=["C"])  # the study exists before the workers start (as after a first one)
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            run_sweep(ref, q, AnnotateOptions(label_key=LABEL, model="logreg", seed=0), storage=db, study_name="s",
+                      n_trials=6, params=["C"])
+        except BaseException as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=600)
+    assert not errors, errors
+    done = [t for t in optuna.load_study(study_name="s", storage=storage_url(db)).get_trials(deepcopy=False)
+            if t.state == optuna.trial.TrialState.COMPLETE]
+    assert 6 <= len(done) <= 7  # (a trial each worker had begun when the other reached six may finish too)
+    assert len({round(t.params["C"], 12) for t in done}) == len(done)  # no setting drawn twice
