@@ -80,7 +80,9 @@ def search_space(model: str, params: Sequence[str] = ()) -> dict[str, tuple[str,
             raise ConfigError(f"{name} of model {model} is set from the data ({h.help}); it cannot be swept")
         if values:  # a list-valued one (layer widths "1200,600,200") takes its values apart at "/"
             sep = "/" if _is_list(h.default) else ","
-            out[name] = ("choice", [_value(h.default, v.strip()) for v in values.split(sep) if v.strip()])
+            # each value checked as --hparam's is, before the data is read (found 2026-12-07: C=abc was an
+            # "internal error", C=-1 a sweep of failed trials with no reason, n_pcs=10.5 quietly 10)
+            out[name] = ("choice", [h.validate(name, v.strip()) for v in values.split(sep) if v.strip()])
         elif h.choices is not None:
             out[name] = ("choice", list(h.choices))
         elif isinstance(h.default, bool):
@@ -100,16 +102,6 @@ def search_space(model: str, params: Sequence[str] = ()) -> dict[str, tuple[str,
 
 def _is_list(default: Any) -> bool:
     return isinstance(default, str) and "," in default
-
-
-def _value(default: Any, text: str) -> Any:
-    if isinstance(default, bool):
-        return text.lower() in ("1", "true", "yes")
-    if isinstance(default, int):
-        return int(float(text))
-    if isinstance(default, float):
-        return float(text)
-    return text
 
 
 def _suggest(trial, space: dict[str, tuple[str, Any]]) -> dict[str, Any]:

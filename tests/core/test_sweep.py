@@ -27,6 +27,13 @@ def test_search_space_comes_from_the_registry():
     assert search_space("scanvi")  # defaults: the main hyper-parameters
     with pytest.raises(ConfigError, match="no hyper-parameter"):
         search_space("svm_reject", ["nope"])
+    # values are checked as --hparam's are (found 2026-12-07: C=abc an internal error, C=-1 trials failing
+    # without a reason, n_pcs=10.5 quietly 10)
+    for bad, said in (("C=abc", "must be a number"), ("C=-1,1", "must be >="), ("n_pcs=10.5", "a whole number"),
+                      ("C=1e400", "must be <=")):
+        with pytest.raises(ConfigError, match=said):
+            search_space("logreg", [bad])
+    assert search_space("logreg", ["n_pcs=10,20"])["n_pcs"] == ("choice", [10, 20])
 
 
 def test_layer_widths_are_swept_as_whole_lists():
