@@ -222,10 +222,11 @@ SETUP_FIELDS = ("label_key", "batch_key", "n_top_genes", "hvg_flavor", "hvg_from
                 "min_cells_per_class", "min_shared_genes", "accept", "max_train_seconds", "qc")
 
 
-def sweep_setup(opts, objective: str, reference, query) -> dict[str, Any]:
+def sweep_setup(opts, objective: str, reference, query, space: dict[str, tuple[str, Any]] | None = None) -> dict[str, Any]:
     """What a sweep's trials must share to be compared: the model, the objective, the options that
-    change the data or the training besides the swept values, the fixed hyper-parameters, and the
-    reference and query (cells and genes by name); ``digest`` sums them up."""
+    change the data or the training besides the swept values, the fixed hyper-parameters, the reference
+    and query (cells and genes by name) and what is swept (``space``: a study resumed with other ``--param``
+    added trials of another search to it, found 2026-12-07); ``digest`` sums them up."""
     import hashlib
     import json
 
@@ -237,7 +238,8 @@ def sweep_setup(opts, objective: str, reference, query) -> dict[str, Any]:
 
     setup = {"model": opts.model, "objective": objective, **{k: getattr(opts, k) for k in SETUP_FIELDS},
              "hparams": json.dumps(opts.hparams, sort_keys=True, default=str),
-             "reference": data(reference), "query": data(query)}
+             "reference": data(reference), "query": data(query),
+             **({"swept": json.dumps(space, sort_keys=True, default=str)} if space is not None else {})}
     setup["digest"] = hashlib.sha1(json.dumps(setup, sort_keys=True, default=str).encode()).hexdigest()
     return setup
 
@@ -295,7 +297,7 @@ def run_sweep(reference, query, opts, *, storage: str | Path, study_name: str, n
     rdb = open_storage(storage)  # before the data is read: a storage that cannot be used is one line now
     ref = reference if not isinstance(reference, (str, Path)) else read_dataset(reference, name="reference")
     qry = query if not isinstance(query, (str, Path)) else read_dataset(query, name="query")
-    setup = sweep_setup(opts, objective, ref, qry)
+    setup = sweep_setup(opts, objective, ref, qry, space)
     if name_by_setup:  # the app: the same sweep on other data or settings is another study
         study_name = f"{study_name}-{setup['digest'][:8]}"
     with warnings.catch_warnings():  # the heartbeat is marked experimental; it is what makes resuming safe

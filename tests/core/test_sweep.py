@@ -200,6 +200,8 @@ def test_a_study_resumes_only_with_its_own_settings_and_data_and_draws_new_value
     assert len(set(values)) == 3, values
     with pytest.raises(ConfigError, match="objective 'val_accuracy', now 'val_ece'"):
         run_sweep(ref, q, opts, storage=db, study_name="t", n_trials=4, params=["C"], objective="val_ece")
+    with pytest.raises(ConfigError, match="swept "):  # another search (found 2026-12-07: added to it silently)
+        run_sweep(ref, q, opts, storage=db, study_name="t", n_trials=4, params=["n_pcs=10,20"])
     other_ref, _ = demo_subset(250, 200, seed=3)
     with pytest.raises(ConfigError, match="reference '300 cells"):
         run_sweep(other_ref, q, opts, storage=db, study_name="t", n_trials=4, params=["C"])
