@@ -373,8 +373,11 @@ def cmd_sweep(args) -> int:
     done = [r for r in trial_rows(study) if r["state"] == "COMPLETE"]
     best = study.best_trial if done else None
     if best is not None:
+        run = best.user_attrs.get("run_id")  # where its model is, or how to train it (found 2026-12-07: not said)
         _log(f"best of {len(done)} trials: trial {best.number}, {args.objective} {best.value:.4f}, "
-             + ", ".join(f"{k}={v}" for k, v in best.params.items()))
+             + ", ".join(f"{k}={v}" for k, v in best.params.items())
+             + (f"; its run and model: {Path(args.runs_dir) / run}" if run and args.runs_dir else
+                "; train it: cellannot train ... " + " ".join(f"--hparam {k}={v}" for k, v in best.params.items())))
     return 0
 
 

@@ -499,6 +499,20 @@ def test_a_sweep_whose_trials_cannot_run_says_why_in_one_line_each(capfd, files,
         assert f"trial {n} failed: the last hidden width is the latent space" in err
 
 
+def test_a_sweeps_last_line_says_where_its_best_model_is(capfd, files, tmp_path):
+    """Found 2026-12-07 (a pipeline author's probe): "best of N trials: trial 2, ..." named no run folder (it was
+    in the trial's own line) and, without --runs-dir, no way to train it."""
+    common = ["sweep", "--reference", str(files["ref"]), "--query", str(files["query"]), "--label-key", LABEL,
+              "--model", "logreg", "--param", "C=0.5", "--trials", "1", "--n-top-genes", "50",
+              "--min-shared-genes", "20", "--device", "cpu"]
+    assert main([*common, "--storage", str(tmp_path / "a.db"), "--runs-dir", str(tmp_path / "runs")]) == 0
+    last = capfd.readouterr().err.strip().splitlines()[-1]
+    run = next((tmp_path / "runs").iterdir())
+    assert last.startswith("best of 1 trials: trial 0") and last.endswith(f"its run and model: {run}")
+    assert main([*common, "--storage", str(tmp_path / "b.db")]) == 0
+    assert capfd.readouterr().err.strip().splitlines()[-1].endswith("train it: cellannot train ... --hparam C=0.5")
+
+
 def test_running_out_of_memory_is_one_line_saying_what_to_do(capsys, files, monkeypatch, tmp_path):
     import cellannot_core.cli as cli
     from cellannot_core.errors import DataError, failure_message
