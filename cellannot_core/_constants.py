@@ -57,10 +57,16 @@ def env_number(name: str, default, *, low: float | None = None, integer: bool = 
     if value is not None and low is not None and value < low:
         value = low if integer else None
     if value is None:
+        if (name, raw) in _WARNED:  # once per setting, not at every read (six times a run, found 2026-12-07)
+            return default
+        _WARNED.add((name, raw))
         logging.getLogger("cellannot").warning(f"{name}={raw!r} is not a valid setting here; using "
                                                f"{'the default' if default is None else default}")
         return default
     return int(value) if integer else value
+
+
+_WARNED: set[tuple[str, str]] = set()
 
 
 def num_threads() -> int | None:

@@ -781,3 +781,15 @@ def test_a_logger_given_as_log_gets_the_lines_and_anything_else_is_refused_first
             ca.annotate(ref, query, copy=True, log=bad, **_opts())
         with pytest.raises(ConfigError, match="log must be"):
             annotator.predict(query, copy=True, log=bad)
+
+
+def test_a_thread_setting_that_is_no_number_is_warned_of_once(monkeypatch, caplog):
+    """Found 2026-12-07 (a pipeline author's probe): CELLANNOT_NUM_THREADS=abc was warned of six times a run."""
+    import logging
+
+    from cellannot_core._constants import num_threads
+
+    monkeypatch.setenv("CELLANNOT_NUM_THREADS", "abc-once")
+    with caplog.at_level(logging.WARNING, logger="cellannot"):
+        assert [num_threads() for _ in range(3)] == [None] * 3
+    assert sum("CELLANNOT_NUM_THREADS='abc-once'" in r.getMessage() for r in caplog.records) == 1
