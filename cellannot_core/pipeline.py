@@ -1748,13 +1748,6 @@ def annotate(reference, query, opts: AnnotateOptions, *, out: str | Path | None 
         else:
             res = AnnotateResult(model, prepared, preds, card, as_given(qry))
         checkpoint("writing results")
-        if out is not None:
-            if source is not None:  # the whole file with the annotations, its matrices copied, never read
-                from .streaming import write_annotations_file
-
-                write_annotations_file(Path(source["path"]), Path(out), preds, card)
-            else:
-                write_h5ad_atomic(res.adata, Path(out))
         if save_model is not None:
             save_bundle(Path(save_model), model, bundle_info(model, prepared, opts))
         if run_dir is not None:
@@ -1769,6 +1762,14 @@ def annotate(reference, query, opts: AnnotateOptions, *, out: str | Path | None 
                                csv_bytes(predictions_table(all_prep.query.obs_names, preds, model.classes), index=False))
             write_json_atomic(run_dir.file(RunFiles.HISTORY), hist.get("epochs", []))
             write_json_atomic(run_dir.file(RunFiles.CARD), card)
+        if out is not None:  # last: a pipeline that skips a job whose output exists took a failed one for done when
+            if source is not None:  # the model could not be saved after it (found 2026-12-07); the whole file with
+                from .streaming import write_annotations_file  # the annotations, its matrices copied, never read
+
+                write_annotations_file(Path(source["path"]), Path(out), preds, card)
+            else:
+                write_h5ad_atomic(res.adata, Path(out))
+        if run_dir is not None:
             run_dir.set_status("done", message="finished", progress=1.0)
         return res
     except CellannotError as err:

@@ -435,6 +435,8 @@ def test_a_full_disk_while_a_run_writes_its_model_or_arrays_is_one_line(capsys, 
         assert "Traceback" not in err
         left = [p.name for p in runs_dir.rglob("*") if p.name.startswith(".") or p.name.endswith(".tmp")]
         assert not left, left
+        # nor is --out written: a pipeline skipping a job whose output exists took this failure for done (2026-12-07)
+        assert not (tmp_path / f"out{i}.h5ad").exists()
 
 
 def _bundle_to_tamper(capsys, files, tmp_path, monkeypatch) -> Path:
