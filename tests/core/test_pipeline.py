@@ -511,10 +511,14 @@ def test_ctrl_c_while_a_file_is_written_is_not_lost(tmp_path, monkeypatch):
         p.write_bytes(b"whole")
 
     out = tmp_path / "out.h5ad"
-    with pytest.raises(KeyboardInterrupt):
-        write_atomic(out, write_dropping_the_interrupt)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # the command line's (a test may leave another)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            write_atomic(out, write_dropping_the_interrupt)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, before)
     assert list(tmp_path.iterdir()) == []
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
     def interrupted(adata, path):
         raise KeyboardInterrupt
@@ -538,6 +542,7 @@ def test_sigterm_on_the_command_line_is_handled_as_ctrl_c_is(tmp_path, monkeypat
     from cellannot_core.pipeline import write_atomic
 
     before = signal.signal(signal.SIGTERM, cli._terminated)
+    before_int = signal.signal(signal.SIGINT, signal.default_int_handler)  # the command line's
     try:
         def write_dropping_it(p):
             p.write_bytes(b"part")
@@ -552,6 +557,7 @@ def test_sigterm_on_the_command_line_is_handled_as_ctrl_c_is(tmp_path, monkeypat
         assert list(tmp_path.iterdir()) == [] and signal.getsignal(signal.SIGTERM) is cli._terminated
     finally:
         signal.signal(signal.SIGTERM, before)
+        signal.signal(signal.SIGINT, before_int)
 
     def terminated(adata, path):
         raise Terminated
