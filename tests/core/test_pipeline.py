@@ -492,82 +492,52 @@ def test_an_output_written_again_removes_what_a_killed_writer_left_beside_it(tmp
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([out.name, live.name, other.name])
 
 
-def test_ctrl_c_while_a_file_is_written_is_not_lost(tmp_path, monkeypatch):
+@pytest.mark.parametrize("name, said", [("SIGINT", "interrupted (Ctrl-C)"), ("SIGTERM", "terminated (SIGTERM)")])
+def test_ctrl_c_or_sigterm_while_a_file_is_written_is_not_lost(tmp_path, monkeypatch, name, said):
     """Found 2026-12-07: h5py drops its objects in weak-reference callbacks, where Python prints an
     interrupt and drops it, so Ctrl-C while an annotated query was written let the write finish and the
     command end with exit code 0. Here the write drops the interrupt as such a callback would; the
-    interrupt must still stop the write (no output, no temporary file), and a run says it was cancelled."""
-    import signal
-
-    from cellannot_core import pipeline
-    from cellannot_core.pipeline import write_atomic
-
-    def write_dropping_the_interrupt(p):
-        p.write_bytes(b"part")
-        try:
-            signal.raise_signal(signal.SIGINT)
-        except KeyboardInterrupt:
-            pass  # what the weak-reference callback does with it
-        p.write_bytes(b"whole")
-
-    out = tmp_path / "out.h5ad"
-    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # the command line's (a test may leave another)
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            write_atomic(out, write_dropping_the_interrupt)
-        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    finally:
-        signal.signal(signal.SIGINT, before)
-    assert list(tmp_path.iterdir()) == []
-
-    def interrupted(adata, path):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(pipeline, "write_h5ad_atomic", interrupted)
-    ref, q = make_synthetic(200, 60, 3, seed=1), make_synthetic(60, 60, 3, seed=2)
-    rd = RunDir.create(tmp_path / "runs")
-    with pytest.raises(KeyboardInterrupt):
-        annotate(ref, q, _syn_opts(), run_dir=rd)
-    assert rd.status()["state"] == "cancelled" and "Ctrl-C" in rd.status()["message"]
-
-
-def test_sigterm_on_the_command_line_is_handled_as_ctrl_c_is(tmp_path, monkeypatch):
-    """Found 2026-12-07 (a pipeline author's probe): SIGTERM, which ``timeout``, SLURM and ``docker stop`` send,
-    left the run "running" and a hidden temporary file beside ``--out``. With the command line's handler it
-    stops a write as Ctrl-C does (no output, no temporary file) and the run is marked cancelled, saying so."""
+    interrupt must still stop the write (no output, no temporary file), and a run says it was cancelled.
+    SIGTERM (``timeout``, SLURM, ``docker stop``) left the run "running" and a hidden temporary file beside
+    ``--out`` (a pipeline author's probe): with the command line's handler it is stopped the same way."""
     import signal
 
     from cellannot_core import cli, pipeline
     from cellannot_core.errors import Terminated
     from cellannot_core.pipeline import write_atomic
 
-    before = signal.signal(signal.SIGTERM, cli._terminated)
-    before_int = signal.signal(signal.SIGINT, signal.default_int_handler)  # the command line's
+    signum, stop = getattr(signal, name), KeyboardInterrupt if name == "SIGINT" else Terminated
+
+    def write_dropping_it(p):
+        p.write_bytes(b"part")
+        try:
+            signal.raise_signal(signum)
+        except KeyboardInterrupt:
+            pass  # what the weak-reference callback does with it
+        p.write_bytes(b"whole")
+
+    # the command line's handlers (an earlier test in the suite may leave others)
+    before = {s: signal.signal(s, h) for s, h in ((signal.SIGINT, signal.default_int_handler),
+                                                  (signal.SIGTERM, cli._terminated))}
     try:
-        def write_dropping_it(p):
-            p.write_bytes(b"part")
-            try:
-                signal.raise_signal(signal.SIGTERM)
-            except KeyboardInterrupt:
-                pass  # what h5py's weak-reference callbacks do with it
-            p.write_bytes(b"whole")
-
-        with pytest.raises(Terminated):
+        with pytest.raises(stop) as got:
             write_atomic(tmp_path / "out.h5ad", write_dropping_it)
-        assert list(tmp_path.iterdir()) == [] and signal.getsignal(signal.SIGTERM) is cli._terminated
+        assert type(got.value) is stop and signal.getsignal(signal.SIGTERM) is cli._terminated
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     finally:
-        signal.signal(signal.SIGTERM, before)
-        signal.signal(signal.SIGINT, before_int)
+        for s, h in before.items():
+            signal.signal(s, h)
+    assert list(tmp_path.iterdir()) == []
 
-    def terminated(adata, path):
-        raise Terminated
+    def stopped(adata, path):
+        raise stop
 
-    monkeypatch.setattr(pipeline, "write_h5ad_atomic", terminated)
+    monkeypatch.setattr(pipeline, "write_h5ad_atomic", stopped)
     ref, q = make_synthetic(200, 60, 3, seed=1), make_synthetic(60, 60, 3, seed=2)
     rd = RunDir.create(tmp_path / "runs")
-    with pytest.raises(Terminated):
+    with pytest.raises(stop):
         annotate(ref, q, _syn_opts(), run_dir=rd)
-    assert rd.status() == {**rd.status(), "state": "cancelled", "message": "terminated (SIGTERM)"}
+    assert rd.status()["state"] == "cancelled" and rd.status()["message"] == said
 
 
 def test_a_query_whose_counts_come_from_a_layer_is_annotated_as_given(tmp_path):
