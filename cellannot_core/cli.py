@@ -38,14 +38,6 @@ def _log(msg: str) -> None:
 PATH_OPTIONS = ("reference", "query", "out", "runs_dir", "save_model", "model_dir", "storage")
 
 
-def _terminated(signum, frame) -> None:
-    """SIGTERM (``timeout``, SLURM's ``scancel``, ``docker stop``), taken as Ctrl-C is: the run marked, no file
-    half-written (it left a run "running" and a hidden temporary file, found 2026-12-07)."""
-    from .errors import Terminated
-
-    raise Terminated()
-
-
 def _device(text: str) -> str:
     """``--device``'s value as torch spells it; whether this machine has it is checked by :func:`main`
     before the command reads anything."""
@@ -646,7 +638,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     import signal
 
     if args.command != "app" and threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _terminated)
+        from .errors import raise_terminated  # SIGTERM (timeout, SLURM's scancel, docker stop) as Ctrl-C is
+
+        signal.signal(signal.SIGTERM, raise_terminated)
     from .training.distributed import launched
 
     if launched() and args.command != "train":

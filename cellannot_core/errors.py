@@ -113,3 +113,9 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM on the command line (``timeout``, SLURM's ``scancel``, ``docker stop``), handled as Ctrl-C is: the
     run marked cancelled, no output half-written (found 2026-12-07: a run left "running" and a hidden temporary
     file beside ``--out``)."""
+
+
+def raise_terminated(signum, frame) -> None:
+    """The command line's SIGTERM handler: raises :class:`Terminated` (the write guard,
+    :func:`~.pipeline.write_atomic`, keeps it as it keeps Ctrl-C only where this is the handler)."""
+    raise Terminated()

@@ -22,7 +22,7 @@ from . import __version__
 from ._constants import DEFAULT_HVG_FLAVOR, DEFAULT_HVG_FROM, DEFAULT_MIN_SHARED_GENES, DEFAULT_MODEL, DEFAULT_N_TOP_GENES, UNKNOWN, OutKeys, RunFiles
 from .data._types import Prepared, Split
 from .calibration import FAR_QUERY_FACTOR
-from .errors import CellannotError, ConfigError, Terminated, failure_message
+from .errors import CellannotError, ConfigError, Terminated, failure_message, raise_terminated
 from ._constants import str_array
 
 MAX_GENERATE = 10_000  # generated cells per class (the app's form offers up to 1,000)
@@ -1387,9 +1387,9 @@ def _interrupt_kept():
         yield
         return
     came: list[int] = []
-    handlers = {signal.SIGINT: signal.default_int_handler}  # (SIGTERM too where the command line raises on it)
-    if callable(signal.getsignal(signal.SIGTERM)):
-        handlers[signal.SIGTERM] = signal.getsignal(signal.SIGTERM)
+    handlers = {signal.SIGINT: signal.default_int_handler}
+    if signal.getsignal(signal.SIGTERM) is raise_terminated:  # (SIGTERM too where the command line raises on it)
+        handlers[signal.SIGTERM] = raise_terminated
 
     def note(signum, frame):
         came.append(signum)

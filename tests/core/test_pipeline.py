@@ -502,8 +502,8 @@ def test_ctrl_c_or_sigterm_while_a_file_is_written_is_not_lost(tmp_path, monkeyp
     ``--out`` (a pipeline author's probe): with the command line's handler it is stopped the same way."""
     import signal
 
-    from cellannot_core import cli, pipeline
-    from cellannot_core.errors import Terminated
+    from cellannot_core import pipeline
+    from cellannot_core.errors import Terminated, raise_terminated
     from cellannot_core.pipeline import write_atomic
 
     signum, stop = getattr(signal, name), KeyboardInterrupt if name == "SIGINT" else Terminated
@@ -518,11 +518,11 @@ def test_ctrl_c_or_sigterm_while_a_file_is_written_is_not_lost(tmp_path, monkeyp
 
     # the command line's handlers (an earlier test in the suite may leave others)
     before = {s: signal.signal(s, h) for s, h in ((signal.SIGINT, signal.default_int_handler),
-                                                  (signal.SIGTERM, cli._terminated))}
+                                                  (signal.SIGTERM, raise_terminated))}
     try:
         with pytest.raises(stop) as got:
             write_atomic(tmp_path / "out.h5ad", write_dropping_it)
-        assert type(got.value) is stop and signal.getsignal(signal.SIGTERM) is cli._terminated
+        assert type(got.value) is stop and signal.getsignal(signal.SIGTERM) is raise_terminated
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     finally:
         for s, h in before.items():
