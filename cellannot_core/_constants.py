@@ -70,8 +70,11 @@ _WARNED: set[tuple[str, str]] = set()
 
 
 def num_threads() -> int | None:
-    """The thread count set by :data:`NUM_THREADS_ENV` (None when unset or not a number)."""
-    return env_number(NUM_THREADS_ENV, None, low=1, integer=True)
+    """The thread count set by :data:`NUM_THREADS_ENV` (None when unset or not a number): 0 or a
+    negative count means every core, as ``n_jobs=-1`` does in scikit-learn and joblib (until
+    2026-12-07 ``-1`` was raised to one thread, silently)."""
+    n = env_number(NUM_THREADS_ENV, None, integer=True)
+    return n if n is None or n >= 1 else None
 
 
 def nn_jobs() -> int:

@@ -793,3 +793,14 @@ def test_a_thread_setting_that_is_no_number_is_warned_of_once(monkeypatch, caplo
     with caplog.at_level(logging.WARNING, logger="cellannot"):
         assert [num_threads() for _ in range(3)] == [None] * 3
     assert sum("CELLANNOT_NUM_THREADS='abc-once'" in r.getMessage() for r in caplog.records) == 1
+
+
+@pytest.mark.parametrize("raw", ["-1", "0"])
+def test_a_thread_count_of_minus_one_or_zero_means_every_core(monkeypatch, raw):
+    """Found 2026-12-07: CELLANNOT_NUM_THREADS=-1 (scikit-learn's n_jobs for every core) ran on one thread."""
+    from cellannot_core._constants import nn_jobs, num_threads
+
+    monkeypatch.setenv("CELLANNOT_NUM_THREADS", raw)
+    assert num_threads() is None and nn_jobs() == -1
+    monkeypatch.setenv("CELLANNOT_NUM_THREADS", "2")
+    assert num_threads() == 2
