@@ -447,9 +447,10 @@ def query_shift_estimated(model, pred: np.ndarray) -> bool:
     return True
 
 
-def run_card(model, prepared: Prepared, opts: AnnotateOptions, preds: Predictions, *,
-             train_seconds: float, query_metrics: dict[str, Any] | None = None,
-             samples: QuerySamples | None = None) -> dict[str, Any]:
+def provenance(model) -> dict[str, Any]:
+    """What a card says of where and how its labels were made: the version, the time, the device,
+    the threads and the library versions (float sums follow the threads: the same seed and threads
+    give the same labels). ``predict``'s card carries it too (until 2026-12-07 only ``annotate``'s)."""
     import torch
 
     from importlib.metadata import PackageNotFoundError, version
@@ -460,20 +461,24 @@ def run_card(model, prepared: Prepared, opts: AnnotateOptions, preds: Prediction
         scanpy_v = version("scanpy")
     except PackageNotFoundError:
         scanpy_v = "unknown"
+    return {"cellannot_version": __version__, "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "device": str(getattr(model, "device", "cpu")),
+            # the setting where one is made: torch's own count is set only by the models that train with torch
+            "threads": num_threads() or torch.get_num_threads(),
+            "versions": {"python": platform.python_version(), "torch": str(torch.__version__), "scanpy": scanpy_v,
+                         "numpy": np.__version__}}
+
+
+def run_card(model, prepared: Prepared, opts: AnnotateOptions, preds: Predictions, *,
+             train_seconds: float, query_metrics: dict[str, Any] | None = None,
+             samples: QuerySamples | None = None) -> dict[str, Any]:
     hist = model.history or {}
     return {
-        "cellannot_version": __version__,
-        "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+        **provenance(model),
         "model": model.name,
         "hparams": model.hparams,
         "seed": opts.seed,
-        "device": str(getattr(model, "device", "cpu")),
-        # float sums follow it: the same seed and threads give the same labels (the setting where one is made:
-        # torch's own count is set only by the models that train with torch, found 2026-12-07)
-        "threads": num_threads() or torch.get_num_threads(),
         "options": {k: v for k, v in asdict(opts).items() if k != "hparams"},
-        "versions": {"python": platform.python_version(), "torch": str(torch.__version__), "scanpy": scanpy_v,
-                     "numpy": np.__version__},
         OutKeys.CLASSES: list(model.classes),
         "genes": list(prepared.genes),
         **({"gene_symbols": list(prepared.gene_symbols)} if prepared.gene_symbols else {}),
@@ -1940,7 +1945,7 @@ def prediction_card(model, preds: Predictions, report: dict[str, Any],
                                                              **marker_note(preds),
                                                              **({"genes_note": report["genes_note"]}
                                                                 if report.get("genes_note") else {})},
-            "query_report": report, "cellannot_version": __version__,
+            "query_report": report, **provenance(model),
             **({"unseen_query": note} if (note := unseen_query_note(model)) else {}),
             **class_notes(model, preds),
             "unknown_fraction": float(np.mean(preds.is_unknown)) if len(preds.is_unknown) else 0.0}

@@ -222,6 +222,12 @@ def test_predict_with_bundle_reproduces_annotate(run, tmp_path):
     np.testing.assert_allclose(adata.obsm[OutKeys.LATENT], out.obsm[OutKeys.LATENT], atol=1e-5)
     written = ad.read_h5ad(tmp_path / "pred.h5ad")
     assert list(written.obs[OutKeys.LABEL].astype(str)) == list(out.obs[OutKeys.LABEL].astype(str))
+    # where and how the labels were made, as annotate's card says it (predict's lacked it until 2026-12-07)
+    card, first = written.uns[OutKeys.UNS], out.uns[OutKeys.UNS]
+    assert card["created"]
+    for key in ("cellannot_version", "device", "threads"):
+        assert str(card[key]) == str(first[key]), key
+    assert set(card["versions"]) == set(first["versions"]) >= {"python", "torch", "scanpy", "numpy"}
     # a threshold override changes only the rejection
     adata2 = predict_with_bundle(run["tmp"] / "model", run["q"], device="cpu", threshold=float("inf"))
     assert not adata2.obs[OutKeys.IS_UNKNOWN].any()
