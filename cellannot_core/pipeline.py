@@ -169,13 +169,27 @@ def with_training_sample(prepared: Prepared, seed: int = 0) -> Prepared:
                                                             query=dataclasses.replace(q, counts=None))
 
 
+def counts_refusal(model: str, report: dict[str, Any]) -> str | None:
+    """Why a model of counts cannot train on a prepared pair (None when it can): the counts it
+    needs are those :func:`~cellannot_core.data.prepare` found, in ``X``, a layer or ``.raw``, or
+    recovered from log values (``report['counts_available']``). Until 2026-12-07 this looked at ``X``
+    alone and refused scanvi, gmvae, vae and m2flow for scanpy's usual layout (log values in ``X``,
+    counts in ``layers['counts']``), which the pipeline itself reads."""
+    from .models import get_spec
+
+    if not get_spec(model).supports.needs_counts or report.get("counts_available", True):
+        return None
+    return (f"model {model} needs raw counts but the data holds only log-normalised values; give the raw counts "
+            "(in X, a layer or .raw) or pick another model")
+
+
 def train_model(prepared: Prepared, opts: AnnotateOptions, callbacks: Sequence[Any] = ()):
     """Build the model from the registry, fit it, then calibrate on reference validation."""
     from .models import create_model, get_spec
 
     spec = get_spec(opts.model)
-    if spec.supports.needs_counts and prepared.report.get("reference", {}).get("value_state") != "counts":
-        raise ConfigError(f"model {opts.model} needs raw counts but the reference has none; pick another model")
+    if msg := counts_refusal(opts.model, prepared.report):
+        raise ConfigError(msg)
     hparams = opts.model_hparams()
     if prepared.batches is not None and "n_batches" in spec.hparams:  # the decoder's batch covariate levels
         hparams["n_batches"] = len(prepared.batches)

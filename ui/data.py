@@ -501,7 +501,6 @@ def check_pair(ref_id: str, query_id: str, label_key: str, query_label_key: str 
             "n_train": rep["n_train"], "n_val": rep["n_val"], "n_query": rep["n_query"],
             "classes": list(prep.classes), "genes": rep["genes"]["message"], "hvg": rep["genes"]["hvg"],
             "counts_available": rep.get("counts_available"),
-            "reference_counts": rep.get("reference", {}).get("value_state") == "counts",
             "batches": (rep.get("batches") or {}).get("cells")}
 
 

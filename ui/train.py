@@ -173,8 +173,10 @@ def preflight(model: str) -> str | None:
                              json.dumps(get(StateKeys.QC) or {}), ref, qry, get(StateKeys.BATCH_KEY))
     if not rep["ok"]:
         return rep["error"]
-    if spec.supports.needs_counts and not rep.get("reference_counts"):
-        return f"{model} needs raw counts but the reference has none: pick another model"
+    from cellannot_core.pipeline import counts_refusal
+
+    if msg := counts_refusal(model, {"counts_available": rep.get("counts_available")}):
+        return msg
     return None
 
 

@@ -275,6 +275,24 @@ def test_annotate_writes_h5ad_as_is(tmp_path):
     assert ad.read_h5ad(tmp_path / "o.h5ad").n_obs == 60
 
 
+def test_a_count_model_trains_on_counts_kept_in_a_layer(tmp_path):
+    """Found 2026-12-07 (a methods review): scanpy's usual layout (log values in X, the counts in
+    layers['counts']) refused scanvi, gmvae, vae and m2flow as if there were no counts, though the
+    pipeline reads them from the layer."""
+    import scanpy as sc
+
+    ref, q = make_synthetic(200, 60, 3, seed=1), make_synthetic(60, 60, 3, seed=2)
+    for a in (ref, q):
+        a.layers["counts"] = a.X.copy()
+        sc.pp.normalize_total(a, target_sum=1e4)
+        sc.pp.log1p(a)
+    res = annotate(ref, q, _syn_opts(model="vae", hparams={"n_latent": 4, "n_hidden": 16}))
+    assert res.model.name == "vae" and "layers['counts']" in res.prepared.report["reference"]["counts_source"]
+    from cellannot_core.pipeline import counts_refusal
+
+    assert counts_refusal("vae", {"counts_available": False}) and counts_refusal("logreg", {"counts_available": False}) is None
+
+
 def test_a_query_larger_than_the_reference_trains_with_a_sample_of_its_size(monkeypatch):
     """A 100,000-cell query trained with every cell called 19% of its known cells Unknown, the same
     cells 4% in a 2,638-cell query: the model trains with as many query cells as the reference's
