@@ -73,9 +73,10 @@ def evaluate(model, prepared: Prepared) -> dict[str, Any]:
         truth = str_array(classes[np.asarray(prepared.val.y)])
         known = np.ones(len(truth), dtype=bool)
         novel = ~known
-        ood = model.ood_score(X)
-        thr, _ = model.query_threshold(ood)
-        unknown = ood > thr
+        # the scores in their validation form and the threshold taken on them (the query's form of the
+        # graph scores smoothed these cells over each other: knn_graph called none Unknown, found 2026-12-07)
+        ood = model.validation_scores(X, [model.ood_method])[model.ood_method]
+        unknown = ood > model.threshold
         where = EVAL_VAL
         auc = float("nan")
     if where == EVAL_QUERY:  # the final labels' figures, as annotate's card gives them

@@ -67,6 +67,21 @@ def test_compare_without_query_labels_uses_validation_and_reports_failures(prep)
         compare_models(prep, ["knn", "nope"])
 
 
+@pytest.mark.parametrize("score", ["knn_graph", "knn_class"])
+def test_validation_cells_are_judged_by_the_threshold_taken_on_them(prep, score):
+    """Found 2026-12-07 (a methods review): without query labels the validation cells were scored in the
+    query's graph form, which smooths them over each other: knn_graph called none Unknown, where the
+    threshold taken on their own validation scores calls 1 - accept of them."""
+    from cellannot_core.compare import _train, evaluate
+
+    unlabelled = replace(prep, query=replace(prep.query, labels=None))
+    model = _train(unlabelled, "logreg", hparams={"ood_score": score}, seed=0, device="cpu", max_epochs=None,
+                   callbacks=(), accept=0.9)
+    row = evaluate(model, unlabelled)
+    assert row["evaluated_on"] == EVAL_VAL
+    assert row["reject_in"] == pytest.approx(0.1, abs=1.5 / prep.val.n_obs + 0.02)
+
+
 def test_compare_can_be_cancelled(prep):
     from cellannot_core.training import CancelToken
 
