@@ -34,6 +34,9 @@ class Model:
     """Base class; subclasses implement ``fit``, ``logits`` and ``latent`` (and optionally more)."""
 
     name: ClassVar[str] = ""
+    #: whether :meth:`calibrate` fits a temperature (False: the model's probabilities are its method's
+    #: calibrated ones, which its published rule is stated on, e.g. svm_reject's 0.7)
+    temperature_scaling: ClassVar[bool] = True
 
     def __init__(self, n_features: int, classes: Sequence[str], *, seed: int = 0,
                  device: str = "auto", hparams: dict[str, Any] | None = None) -> None:
@@ -160,7 +163,7 @@ class Model:
         from ..metrics import ece
 
         logits = self.logits(val.X)
-        self.temperature = fit_temperature(logits, val.y)
+        self.temperature = fit_temperature(logits, val.y) if self.temperature_scaling else 1.0
         p0, p1 = softmax(logits, 1.0), softmax(logits, self.temperature)
         correct = p1.argmax(1) == val.y
         scores = self.validation_scores(val.X, [self.ood_method], logits=logits)[self.ood_method]

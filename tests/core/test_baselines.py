@@ -71,6 +71,9 @@ def test_svm_reject_matches_sklearn_and_rejects_below_0_7(prep, fitted):
 
     pr = predict(m, X)
     np.testing.assert_array_equal(pr.is_unknown, pr.confidence < 0.7)
+    # the rule on the method's own calibrated probabilities, no temperature over them (found 2026-12-07)
+    assert m.temperature == 1.0
+    np.testing.assert_allclose(pr.confidence, m._sk.predict_proba(X).max(1), atol=1e-3)  # (logits floored at 1e-4)
     assert pr.threshold == pytest.approx(0.3) and pr.shift_factor == 1.0
 
 

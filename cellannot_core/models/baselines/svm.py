@@ -27,7 +27,12 @@ from ._common import _KNN_K, _N_PCS, _OOD, SklearnModel, _dense
           })
 class SvmReject(SklearnModel):
     """Per fold f of CalibratedClassifierCV: ``dec = X W_f^T + b_f``, ``p = expit(-(a dec + c))``
-    per class, normalised; the folds' probabilities are averaged (sklearn's ensemble)."""
+    per class, normalised; the folds' probabilities are averaged (sklearn's ensemble). They are the
+    method's calibrated probabilities, so no temperature is fitted over them: SVM_rejection's 0.7 is
+    stated on them (until 2026-12-07 it cut a temperature-scaled probability, T about 0.5 on the demo,
+    which called half as many cells Unknown as the published rule)."""
+
+    temperature_scaling = False
 
     def _fit(self, train: Split, val: Split) -> None:
         import joblib
@@ -82,8 +87,8 @@ class SvmReject(SklearnModel):
         return out / self.coef.shape[0]
 
     def calibrate(self, val: Split, *, accept: float = 0.95, shift_correction: str = "median") -> dict[str, Any]:
-        """Shared temperature scaling, then SVM_rejection's fixed rule: Unknown when the
-        (calibrated) max probability < ``reject_below`` (threshold on the maxprob score =
+        """SVM_rejection's fixed rule: Unknown when the max probability of CalibratedClassifierCV
+        (no temperature over it) < ``reject_below`` (threshold on the maxprob score =
         1 - reject_below, no query-shift correction; ``accept`` is not used)."""
         self.ood_method = "maxprob"
         cal = super().calibrate(val, accept=accept, shift_correction="none")
