@@ -174,7 +174,9 @@ def main() -> None:
                 v = np.array([r[k] if r[k] is not None else np.nan for r in rs], dtype=float)
                 cells.append(f"{k} {np.nanmedian(v):.3f} [{np.nanmin(v):.3f}, {np.nanmax(v):.3f}]")
             div = sum(r["diverged"] for r in rs)
-            print(f"{task} {model} (n={len(rs)}, diverged {div}/{len(rs)}): " + "; ".join(cells))
+            rec = sum(r.get("recoveries", 0) > 0 for r in rs)  # diverged, then went on from the last good state
+            print(f"{task} {model} (n={len(rs)}, diverged {div}/{len(rs)}, recovered from divergence {rec}/{len(rs)}): "
+                  + "; ".join(cells))
         by_model = {m: [r["annotate_seconds"] for r in runs if r["task"] == task and r["model"] == m
                         and "annotate_seconds" in r] for m in args.models}
         if "seurat" in by_model and by_model["seurat"]:
