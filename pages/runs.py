@@ -42,11 +42,14 @@ st.download_button("This table (.csv)", csv_bytes(view, index=False), file_name=
 # ------------------------------------------------------------------------------ one run
 st.subheader("One run")
 ids = view["id"].tolist()
+if (gone := runs_ui.picked_run_gone(ids, df["id"].tolist())) is not None:
+    st.warning(md(gone))  # no other run in its place: Delete would act on it (found 2026-12-07)
 if ids:
     cur = get(StateKeys.RUN_ID)
     label = {r["id"]: f"{r['model']} · {r['id']} · {r['state']}" for _, r in view.iterrows()}
-    pick = st.selectbox("Run", ids, index=ids.index(cur) if cur in ids else 0, format_func=label.get,
-                        key=WidgetKeys.RUN_PICKER)
+    pick = st.selectbox("Run", ids, index=None if gone is not None else ids.index(cur) if cur in ids else 0,
+                        format_func=label.get, key=WidgetKeys.RUN_PICKER, placeholder="Pick a run")
+if ids and pick is not None:
     c1, c2, c3, c4 = st.columns(4, vertical_alignment="bottom")
     if c1.button("Open this run", key=WidgetKeys.OPEN_RUN, icon=":material/open_in_new:",
                  help="Make it the run the result pages show"):

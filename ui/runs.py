@@ -126,6 +126,24 @@ def card_bytes(run_id: str) -> bytes:
     return json.dumps(card, indent=2, default=str).encode()
 
 
+def picked_run_gone(shown: list[str], listed: list[str]) -> str | None:
+    """What to tell when the run picked on the Runs page is no longer among those shown (deleted in
+    another tab or on the server, or hidden by the model filter), with the pick cleared; None when it
+    is there. Streamlit's picker would fall back to the newest run, which the next Delete then
+    deleted in its place (found 2026-12-07 by a lab admin's probe, two tabs open on one run)."""
+    import streamlit as st
+
+    from ui.state import WidgetKeys
+
+    prev = st.session_state.get(WidgetKeys.RUN_PICKER)
+    if prev is None or prev in shown:
+        return None
+    del st.session_state[WidgetKeys.RUN_PICKER]
+    if prev in listed:
+        return f"Run `{prev}` is hidden by the model filter: pick a run."
+    return f"Run `{prev}` no longer exists (deleted in another tab or on the server): pick a run."
+
+
 def delete_run(run_id: str) -> None:
     """The delete button's callback: the run deleted for good and the popover that asked closed (it stayed
     open over the next run picked, found 2026-12-07); why a run could not be deleted is shown once."""

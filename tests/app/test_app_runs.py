@@ -113,3 +113,30 @@ def test_a_hyper_parameter_the_model_resolves_itself_is_not_listed_as_changed():
     # --batch-key donor, 2 + 4 donors: listed as n_batches=6)
     assert _changed_hparams("scanvi_svm", {**card, "n_batches": 6}) == {}
     assert _changed_hparams("scanvi_svm", {**card, "n_batches": 6, "C": 2.0}, {}) == {"C": 2.0}
+
+
+def test_a_run_deleted_in_another_tab_is_never_replaced_by_another_under_delete():
+    """Found 2026-12-07 (a lab admin's probe): with the Runs page open in two tabs on run X, X deleted in
+    the first, the second's picker fell back to the newest run, and its next Delete deleted that one."""
+    from cellannot_core.runs import RunDir
+
+    at = _visit()
+    tok = at.session_state[TOKEN_KEY]
+    ref, qry = demo_subset(200, 150)
+    opts = AnnotateOptions(label_key=LABEL, query_label_key=LABEL, model="logreg", n_top_genes=200)
+    older, newer = (jobs.start_job(ref, qry, opts, owner=owner_id(tok)) for _ in range(2))
+    assert all(jobs.wait(r, timeout=120)["state"] == "done" for r in (older, newer))
+    at = _visit(tok)
+    at.selectbox(key=WidgetKeys.RUN_PICKER).set_value(older).run()
+    assert at.selectbox(key=WidgetKeys.RUN_PICKER).value == older
+    RunDir.open(jobs.runs_root(), older).delete()  # ... in the other tab
+    at.run()
+    assert not at.exception
+    assert any("no longer exists" in w.value and older.split("-")[-1] in w.value for w in at.warning)
+    assert at.selectbox(key=WidgetKeys.RUN_PICKER).value is None
+    assert not [b for b in at.button if b.key == WidgetKeys.DELETE_RUN]  # nothing to delete until a run is picked
+    at.run()
+    assert at.selectbox(key=WidgetKeys.RUN_PICKER).value is None and not at.warning  # said once, still no pick
+    assert (Path(jobs.runs_root()) / newer).is_dir()
+    at.selectbox(key=WidgetKeys.RUN_PICKER).set_value(newer).run()
+    assert [b for b in at.button if b.key == WidgetKeys.DELETE_RUN]
