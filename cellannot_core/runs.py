@@ -189,7 +189,7 @@ class RunDir:
             raise DataError(f"invalid run id {run_id!r}")
         path = Path(root) / run_id
         if not (path / RunFiles.STATUS).is_file():
-            raise DataError(f"no run {run_id!r} in {root}")
+            raise DataError(f"no run {run_id!r} in the runs folder")  # (the app's messages never name server paths)
         return cls(path)
 
     @property

@@ -391,6 +391,9 @@ def _rerun_button(run_id: str) -> None:
 
 def run_panel(run_id: str) -> None:
     """Status, progress, curves and Cancel of a run; polls every second while it is active."""
+    if not (jobs.runs_root() / run_id).is_dir():  # said as the result pages say it (the error named the server's
+        st.info(f"Run `{run_id}` no longer exists: it was deleted. Open another on the **Runs** page.")  # folder)
+        return
     try:
         active = jobs.run_status(run_id).get("state") in jobs.ACTIVE_STATES
     except CellannotError as err:

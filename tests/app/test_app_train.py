@@ -51,6 +51,22 @@ def _tiny_settings(at: AppTest, model: str = "resnet", epochs: int = 2) -> None:
     at.number_input(key=WidgetKeys.N_TOP_GENES).set_value(200)
 
 
+def test_a_run_deleted_on_the_server_is_told_without_the_servers_folder(tiny_pair, tmp_path):
+    """Found 2026-12-07 (a lab admin's probe): the Train page said "no run '<id>' in /srv/.../runs"."""
+    import shutil
+
+    at = _train_page(tiny_pair)
+    _tiny_settings(at)
+    at.button(key=WidgetKeys.START).click().run()
+    run_id = at.session_state[StateKeys.RUN_ID]
+    assert jobs.wait(run_id, timeout=300)["state"] == "done"
+    shutil.rmtree(tmp_path / "runs" / run_id)  # by hand, on the server
+    at.run()
+    assert not at.exception and not at.error
+    assert any("no longer exists: it was deleted" in i.value for i in at.info)
+    assert not any(str(tmp_path) in (getattr(e, "value", "") or "") for e in [*at.info, *at.markdown, *at.caption])
+
+
 def test_train_page_needs_data():
     at = AppTest.from_file(APP, default_timeout=60).run()
     at.switch_page("pages/train.py").run()
