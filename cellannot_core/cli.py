@@ -401,7 +401,7 @@ def _predict_into_run(args) -> int:
     from .runs import RunDir
 
     model = Path(args.model_dir)
-    if not (model / RunFiles.STATUS).is_file() or not (model / RunFiles.MODEL_DIR / "bundle.json").is_file():
+    if not (model / RunFiles.STATUS).is_file():
         raise ConfigError("--runs-dir needs --model to be a run's folder (written by annotate --runs-dir or the app): "
                           "the new run takes its model's validation scores and reference cells from it; without "
                           "--runs-dir any saved model labels the query")
@@ -412,6 +412,9 @@ def _predict_into_run(args) -> int:
     if source.status().get("state") != "done":
         raise ConfigError(f"run {source.id} has not finished (it is {source.status().get('state')}): label with a "
                           "finished run's model")
+    if not (model / RunFiles.MODEL_DIR / "bundle.json").is_file():  # (told it was no run's folder, found 2026-12-07)
+        raise ConfigError(f"run {source.id} finished, but its saved model ({RunFiles.MODEL_DIR}/bundle.json) is missing: "
+                          "label with another finished run's model, or train again")
     check_not_an_input(args.out, {"query": args.query, "saved model": args.model_dir}, what="annotated query")
     check_writable(args.runs_dir, what="runs folder", folder=True)
     if args.layer is not None:  # read whole, its counts from that layer

@@ -904,6 +904,13 @@ def test_predict_writes_a_run_the_app_reopens_when_given_a_runs_folder(capsys, f
     code, _, err = run_main(capsys, "predict", "--model", tmp_path / "none", "--query", files["query"],
                             "--out", tmp_path / "x.h5ad", "--runs-dir", runs)
     assert_one_error(code, err, "needs --model to be a run's folder")
+    import shutil
+
+    shutil.copytree(runs / trained, tmp_path / "modelless" / trained)  # a run whose model was deleted by hand:
+    shutil.rmtree(tmp_path / "modelless" / trained / RunFiles.MODEL_DIR)  # told so, not "no run's folder" (2026-12-07)
+    code, _, err = run_main(capsys, "predict", "--model", tmp_path / "modelless" / trained, "--query", files["query"],
+                            "--out", tmp_path / "x.h5ad", "--runs-dir", runs)
+    assert_one_error(code, err, "finished, but its saved model")
     import cellannot_core.data.stream as stream
 
     monkeypatch.setenv("CELLANNOT_STREAM_QUERY_MB", "0")  # a query too large to hold: a sample, every cell labelled
