@@ -280,6 +280,9 @@ class RunDir:
 
         if self.status().get("state") in ACTIVE and self.worker_alive():
             raise DataError(f"run {self.id} is still training: cancel it first")
+        if self.path.is_symlink():  # moved to another disk and linked back: not followed (it was told as a folder
+            raise DataError(f"run {self.id} could not be deleted: its folder is a link to another place, set up on "  # that
+                            "the server; ask whoever runs this server to delete it there")  # cannot be written, 2026-12-07)
         try:
             shutil.rmtree(self.path)
         except OSError as err:  # a read-only folder, files of another user: one line, not a traceback

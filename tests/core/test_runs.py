@@ -365,3 +365,16 @@ def test_csv_files_open_in_a_spreadsheet_without_running_a_label_as_a_formula():
     assert csv_bytes(df.rename(columns={"label": "=x"}), index=False).startswith(b"'=x,")
     series = pd.read_csv(io.BytesIO(csv_bytes(df["label"], index=False)), dtype=str)  # a Series too
     assert series["label"].iloc[0] == "'" + trap
+
+
+def test_a_run_linked_in_from_another_disk_is_told_as_such_on_delete(tmp_path):
+    """Found 2026-12-07 (a lab admin's probe): a run moved to another disk and linked back listed and opened,
+    but Delete asked for the runs folder to be made writable (rmtree refuses a link); the link is not followed."""
+    elsewhere = tmp_path / "other_disk"
+    RunDir.create(elsewhere, model="logreg", run_id="r1").set_status("done")
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "r1").symlink_to(elsewhere / "r1")
+    rd = RunDir.open(tmp_path / "runs", "r1")
+    with pytest.raises(DataError, match="its folder is a link to another place") as err:
+        rd.delete()
+    assert str(tmp_path) not in str(err.value) and (elsewhere / "r1" / RunFiles.STATUS).is_file()
