@@ -193,6 +193,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="optional query obs column with known labels: the log and the output's run card get the "
                          "metrics of the labels against them (as annotate's)")
     sub.add_parser("models", help="list the models and their hyper-parameters")
+    ru = sub.add_parser("runs", help="list the runs of a runs folder (the app's and the command line's) with their "
+                                     "size on disk, and delete old ones")
+    ru.add_argument("--runs-dir", default=None, help="the runs folder (default: $CELLANNOT_RUNS or ./runs)")
+    ru.add_argument("--older-than", type=float, default=None, metavar="DAYS",
+                    help="only the runs created more than DAYS days ago")
+    ru.add_argument("--state", action="append", default=[], choices=RUN_STATES,
+                    help="only the runs in this state (repeatable)")
+    ru.add_argument("--delete", action="store_true",
+                    help="delete the runs listed (needs --older-than or --state; a run still training is kept)")
     ap_app = sub.add_parser("app", help="serve the web app (on 127.0.0.1 unless told otherwise)")
     ap_app.add_argument("--port", type=int, default=8501, help="port to serve on (default %(default)s)")
     ap_app.add_argument("--address", default="127.0.0.1",
@@ -593,8 +602,55 @@ def cmd_app(args) -> int:
     return 0  # not reached
 
 
+RUN_STATES = ("queued", "running", "done", "failed", "cancelled", "interrupted")
+
+
+def cmd_runs(args) -> int:
+    """``cellannot runs``: what a runs folder holds, run by run (state, model, age, size, whose), and
+    the total; with ``--delete`` the runs listed are deleted. A server's admin finds and frees old runs
+    (the app keeps every run until its visitor deletes it; found 2026-12-07 by a lab admin's probe)."""
+    import time
+
+    from .errors import ConfigError, DataError
+    from .runs import RunDir, default_root, folder_bytes, list_runs
+
+    root = Path(args.runs_dir) if args.runs_dir else default_root()
+    if args.runs_dir and not root.is_dir():
+        raise ConfigError(f"--runs-dir {args.runs_dir!r} is not a folder")
+    if args.delete and args.older_than is None and not args.state:
+        raise ConfigError("--delete needs --older-than DAYS or --state STATE, so that it never deletes every run by "
+                          "accident")
+    if args.older_than is not None and not args.older_than >= 0:
+        raise ConfigError("--older-than must be a number of days, 0 or more")
+    now = time.time()
+    rows = [r for r in list_runs(root)
+            if (not args.state or r["state"] in args.state)
+            and (args.older_than is None or now - float(r["created"] or now) > 86400 * args.older_than)]
+    total = deleted = 0
+    print(f"{'run':44s} {'state':11s} {'model':12s} {'age (days)':>10s} {'MB':>9s}  owner")
+    for r in rows:
+        size = folder_bytes(root / r["id"])
+        total += size
+        owner = "command line" if not r.get("owner") else f"visitor {str(r['owner'])[:8]}"
+        age = (now - float(r["created"])) / 86400 if r["created"] else float("nan")
+        line = f"{r['id']:44s} {str(r['state']):11s} {str(r['model'])[:12]:12s} {age:10.1f} {size / 1e6:9.1f}  {owner}"
+        if args.delete:
+            try:
+                RunDir.open(root, r["id"]).delete()
+                deleted += size
+                line += "  deleted"
+            except DataError as err:
+                line += f"  kept: {err}"
+        print(line)
+    what = "deleted" if args.delete else "listed"
+    print(f"{len(rows)} runs {what}, {(deleted if args.delete else total) / 1e6:.1f} MB"
+          + (" freed" if args.delete else "") + f" (runs folder: {sum(1 for _ in list_runs(root))} runs, "
+          f"{folder_bytes(root) / 1e6:.1f} MB with the sessions' kept uploads)")
+    return 0
+
+
 COMMANDS = {"annotate": cmd_annotate, "train": cmd_train, "predict": cmd_predict, "sweep": cmd_sweep, "models": cmd_models,
-            "benchmark": cmd_benchmark, "app": cmd_app}
+            "benchmark": cmd_benchmark, "app": cmd_app, "runs": cmd_runs}
 
 
 def _misspelt(parser: argparse.ArgumentParser, argv: Sequence[str]) -> str | None:

@@ -356,9 +356,22 @@ def list_runs(root: Path | str | None = None, *, owner: Any = ANY_OWNER,
                 continue
         card = RunDir(p).card() or {}
         out.append({"id": p.name, "state": st.get("state"), "model": st.get("model", card.get("model")),
-                    "created": st.get("created", 0), "message": st.get("message", ""),
+                    "created": st.get("created", 0), "message": st.get("message", ""), "owner": st.get("owner"),
                     "n_query": card.get("n_query"), "unknown_fraction": card.get("unknown_fraction")})
     return sorted(out, key=lambda r: r["created"] or 0, reverse=True)
+
+
+def folder_bytes(path: Path) -> int:
+    """The bytes of the files under ``path`` (links not followed: a run linked in from another disk
+    counts as its link)."""
+    total = 0
+    for base, _dirs, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.lstat(os.path.join(base, f)).st_size
+            except OSError:  # (removed while walked)
+                pass
+    return total
 
 
 class RunProgress:

@@ -1091,3 +1091,39 @@ def test_options_spelt_right_or_shortened_are_not_taken_for_misspellings(capsys,
     for argv in (["annotate", "--reference=r", "--query", "q", "--label-key", "x", "--out", "o", "--thresh", "1"],
                  ["--debug", "models"], ["--help"], [], ["train", "--hparam", "lr=0.1", "--max-epochs", "2"]):
         assert _misspelt(parser, argv) is None, argv
+
+
+def test_runs_lists_a_runs_folder_with_sizes_and_deletes_the_old_ones(capsys, tmp_path):
+    """Found 2026-12-07 (a lab admin's probe): the app keeps every run (15 MB a demo run, 77 MB for 26,000
+    cells) and nothing told an admin which runs, whose, how large, or freed the old ones."""
+    import time
+
+    from cellannot_core import runs as runs_mod
+    from cellannot_core.runs import RunDir
+
+    root = tmp_path / "runs"
+    old = RunDir.create(root, model="logreg", run_id="old-run", owner="a" * 64)
+    old.set_status("done", created=time.time() - 40 * 86400)
+    (old.path / "annotated.h5ad").write_bytes(b"\0" * 3_000_000)
+    new = RunDir.create(root, model="clams", run_id="new-run")
+    new.set_status("failed")
+    busy = RunDir.create(root, model="scanvi", run_id="busy-run")
+    busy.set_status("running", created=time.time() - 50 * 86400)
+    runs_mod.claim_run(busy)  # trained by this process: kept
+    try:
+        code, out, err = run_main(capsys, "runs", "--runs-dir", root)
+        assert code == 0, err
+        lines = out.strip().splitlines()
+        assert [ln.split()[0] for ln in lines[1:4]] == ["new-run", "old-run", "busy-run"]  # newest first
+        assert "visitor aaaaaaaa" in lines[2] and "command line" in lines[1] and " 3.0 " in lines[2]
+        assert lines[-1].startswith("3 runs listed, 3.0 MB")
+        code, out, err = run_main(capsys, "runs", "--runs-dir", root, "--delete")
+        assert_one_error(code, err, "--delete needs --older-than")
+        code, out, err = run_main(capsys, "runs", "--runs-dir", root, "--older-than", "30", "--delete")
+        assert code == 0, err
+        assert "old-run" in out and "deleted" in out and "still training" in out and "new-run" not in out
+        assert not old.path.exists() and busy.path.is_dir() and new.path.is_dir()
+        code, out, err = run_main(capsys, "runs", "--runs-dir", root, "--state", "failed", "--delete")
+        assert code == 0 and not new.path.exists() and busy.path.is_dir()
+    finally:
+        runs_mod.release_run(busy)
