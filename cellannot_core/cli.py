@@ -626,7 +626,7 @@ def cmd_runs(args) -> int:
     rows = [r for r in list_runs(root)
             if (not args.state or r["state"] in args.state)
             and (args.older_than is None or now - float(r["created"] or now) > 86400 * args.older_than)]
-    total = deleted = 0
+    total = deleted = n_deleted = 0
     print(f"{'run':44s} {'state':11s} {'model':12s} {'age (days)':>10s} {'MB':>9s}  owner")
     for r in rows:
         size = folder_bytes(root / r["id"])
@@ -638,14 +638,15 @@ def cmd_runs(args) -> int:
             try:
                 RunDir.open(root, r["id"]).delete()
                 deleted += size
+                n_deleted += 1
                 line += "  deleted"
             except DataError as err:
                 line += f"  kept: {err}"
         print(line)
-    what = "deleted" if args.delete else "listed"
-    print(f"{len(rows)} runs {what}, {(deleted if args.delete else total) / 1e6:.1f} MB"
-          + (" freed" if args.delete else "") + f" (runs folder: {sum(1 for _ in list_runs(root))} runs, "
-          f"{folder_bytes(root) / 1e6:.1f} MB with the sessions' kept uploads)")
+    done = (f"{n_deleted} of {len(rows)} runs deleted, {deleted / 1e6:.1f} MB freed" if args.delete else
+            f"{len(rows)} runs listed, {total / 1e6:.1f} MB")
+    print(f"{done} (runs folder {root}: {len(list_runs(root))} runs, {folder_bytes(root) / 1e6:.1f} MB with the "
+          "sessions' kept uploads; a run linked in from another disk counts 0 MB here)")
     return 0
 
 

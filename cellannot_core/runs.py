@@ -282,7 +282,7 @@ class RunDir:
             raise DataError(f"run {self.id} is still training: cancel it first")
         if self.path.is_symlink():  # moved to another disk and linked back: not followed (it was told as a folder
             raise DataError(f"run {self.id} could not be deleted: its folder is a link to another place, set up on "  # that
-                            "the server; ask whoever runs this server to delete it there")  # cannot be written, 2026-12-07)
+                            "the server; it is deleted there, by hand")  # cannot be written, 2026-12-07)
         try:
             shutil.rmtree(self.path)
         except OSError as err:  # a read-only folder, files of another user: one line, not a traceback
@@ -364,6 +364,8 @@ def list_runs(root: Path | str | None = None, *, owner: Any = ANY_OWNER,
 def folder_bytes(path: Path) -> int:
     """The bytes of the files under ``path`` (links not followed: a run linked in from another disk
     counts as its link)."""
+    if os.path.islink(path):
+        return 0
     total = 0
     for base, _dirs, files in os.walk(path):
         for f in files:

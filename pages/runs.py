@@ -4,6 +4,7 @@ import streamlit as st
 
 from cellannot_core.runs import csv_bytes
 from ui import compare as cmp
+from ui import jobs
 from ui import runs as runs_ui
 from ui import train as train_ui
 from ui.state import StateKeys, WidgetKeys, get, init_state, md, set_run
@@ -43,13 +44,14 @@ st.download_button("This table (.csv)", csv_bytes(view, index=False), file_name=
 st.subheader("One run")
 ids = view["id"].tolist()
 if (gone := runs_ui.picked_run_gone(ids, df["id"].tolist())) is not None:
-    st.warning(md(gone))  # no other run in its place: Delete would act on it (found 2026-12-07)
+    st.warning(gone)  # no other run in its place: Delete would act on it (found 2026-12-07)
+pick, key = None, runs_ui.picker_key()
 if ids:
     cur = get(StateKeys.RUN_ID)
     label = {r["id"]: f"{r['model']} · {r['id']} · {r['state']}" for _, r in view.iterrows()}
-    pick = st.selectbox("Run", ids, index=None if gone is not None else ids.index(cur) if cur in ids else 0,
-                        format_func=label.get, key=WidgetKeys.RUN_PICKER, placeholder="Pick a run")
-if ids and pick is not None:
+    pick = st.selectbox("Run", ids, index=None if key != WidgetKeys.RUN_PICKER else ids.index(cur) if cur in ids else 0,
+                        format_func=label.get, key=key, placeholder="Pick a run")
+if pick is not None:
     c1, c2, c3, c4 = st.columns(4, vertical_alignment="bottom")
     if c1.button("Open this run", key=WidgetKeys.OPEN_RUN, icon=":material/open_in_new:",
                  help="Make it the run the result pages show"):
@@ -75,7 +77,7 @@ if ids and pick is not None:
         st.error(md(err))
     if problem:
         st.caption(f"Run again is not possible here: {problem}.")
-    if get(StateKeys.RUN_ID):
+    if get(StateKeys.RUN_ID) and (jobs.runs_root() / get(StateKeys.RUN_ID)).is_dir():
         st.caption(f"The result pages show run `{get(StateKeys.RUN_ID)}`.")
 
 # ------------------------------------------------------------------------------ sweeps

@@ -126,6 +126,28 @@ def card_bytes(run_id: str) -> bytes:
     return json.dumps(card, indent=2, default=str).encode()
 
 
+PICKER_NONCE = "runs_picker_nonce"  # bumped to give the Runs page's run picker a new, empty widget
+
+
+def picker_key() -> str:
+    """The session key of the Runs page's run picker (:data:`WidgetKeys.RUN_PICKER`, then a new one each
+    time the pick is cleared: a browser sends its widget's old value back, so clearing it in place left the
+    vanished run shown, found 2026-12-07)."""
+    import streamlit as st
+
+    from ui.state import WidgetKeys
+
+    n = st.session_state.get(PICKER_NONCE, 0)
+    return WidgetKeys.RUN_PICKER if not n else f"{WidgetKeys.RUN_PICKER}_{n}"
+
+
+def clear_pick() -> None:
+    """An empty run picker from the next rerun on (:func:`picker_key`)."""
+    import streamlit as st
+
+    st.session_state[PICKER_NONCE] = st.session_state.get(PICKER_NONCE, 0) + 1
+
+
 def picked_run_gone(shown: list[str], listed: list[str]) -> str | None:
     """What to tell when the run picked on the Runs page is no longer among those shown (deleted in
     another tab or on the server, or hidden by the model filter), with the pick cleared; None when it
@@ -133,15 +155,15 @@ def picked_run_gone(shown: list[str], listed: list[str]) -> str | None:
     deleted in its place (found 2026-12-07 by a lab admin's probe, two tabs open on one run)."""
     import streamlit as st
 
-    from ui.state import WidgetKeys
+    from ui.state import code
 
-    prev = st.session_state.get(WidgetKeys.RUN_PICKER)
+    prev = st.session_state.get(picker_key())
     if prev is None or prev in shown:
         return None
-    del st.session_state[WidgetKeys.RUN_PICKER]
+    clear_pick()
     if prev in listed:
-        return f"Run `{prev}` is hidden by the model filter: pick a run."
-    return f"Run `{prev}` no longer exists (deleted in another tab or on the server): pick a run."
+        return f"Run {code(prev)} is hidden by the model filter: pick a run."
+    return f"Run {code(prev)} no longer exists (deleted in another tab or on the server): pick a run."
 
 
 def delete_run(run_id: str) -> None:
@@ -160,4 +182,5 @@ def delete_run(run_id: str) -> None:
         return
     if get(StateKeys.RUN_ID) == run_id:
         set_run(None)
+    clear_pick()  # (this tab deleted it: no "deleted in another tab", no other run picked in its place)
     st.session_state[WidgetKeys.DELETE_POPOVER] = False

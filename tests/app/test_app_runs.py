@@ -124,19 +124,29 @@ def test_a_run_deleted_in_another_tab_is_never_replaced_by_another_under_delete(
     tok = at.session_state[TOKEN_KEY]
     ref, qry = demo_subset(200, 150)
     opts = AnnotateOptions(label_key=LABEL, query_label_key=LABEL, model="logreg", n_top_genes=200)
-    older, newer = (jobs.start_job(ref, qry, opts, owner=owner_id(tok)) for _ in range(2))
-    assert all(jobs.wait(r, timeout=120)["state"] == "done" for r in (older, newer))
+    made = []
+    for _ in range(3):  # one at a time (a session may have two at once)
+        made.append(jobs.start_job(ref, qry, opts, owner=owner_id(tok)))
+        assert jobs.wait(made[-1], timeout=120)["state"] == "done"
+    older, newer, kept = made
     at = _visit(tok)
     at.selectbox(key=WidgetKeys.RUN_PICKER).set_value(older).run()
     assert at.selectbox(key=WidgetKeys.RUN_PICKER).value == older
     RunDir.open(jobs.runs_root(), older).delete()  # ... in the other tab
     at.run()
     assert not at.exception
-    assert any("no longer exists" in w.value and older.split("-")[-1] in w.value for w in at.warning)
-    assert at.selectbox(key=WidgetKeys.RUN_PICKER).value is None
+    assert any("no longer exists" in w.value and older in w.value for w in at.warning)
+    picker = f"{WidgetKeys.RUN_PICKER}_1"  # a new, empty picker (a browser sent the old one's value back)
+    assert at.selectbox(key=picker).value is None
     assert not [b for b in at.button if b.key == WidgetKeys.DELETE_RUN]  # nothing to delete until a run is picked
     at.run()
-    assert at.selectbox(key=WidgetKeys.RUN_PICKER).value is None and not at.warning  # said once, still no pick
+    assert at.selectbox(key=picker).value is None and not at.warning  # said once, still no pick
     assert (Path(jobs.runs_root()) / newer).is_dir()
-    at.selectbox(key=WidgetKeys.RUN_PICKER).set_value(newer).run()
+    at.selectbox(key=picker).set_value(newer).run()
     assert [b for b in at.button if b.key == WidgetKeys.DELETE_RUN]
+    at.session_state[WidgetKeys.DELETE_POPOVER] = True
+    at.run()
+    at.button(key=WidgetKeys.DELETE_RUN).click().run()  # this tab deletes it: no "another tab", no other run picked
+    assert not (Path(jobs.runs_root()) / newer).exists() and not at.warning
+    assert at.selectbox(key=f"{WidgetKeys.RUN_PICKER}_2").value is None  # the run left is not picked in its place
+    assert (Path(jobs.runs_root()) / kept).is_dir()

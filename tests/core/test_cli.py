@@ -1116,12 +1116,13 @@ def test_runs_lists_a_runs_folder_with_sizes_and_deletes_the_old_ones(capsys, tm
         lines = out.strip().splitlines()
         assert [ln.split()[0] for ln in lines[1:4]] == ["new-run", "old-run", "busy-run"]  # newest first
         assert "visitor aaaaaaaa" in lines[2] and "command line" in lines[1] and " 3.0 " in lines[2]
-        assert lines[-1].startswith("3 runs listed, 3.0 MB")
+        assert lines[-1].startswith("3 runs listed, 3.0 MB (runs folder ")
         code, out, err = run_main(capsys, "runs", "--runs-dir", root, "--delete")
         assert_one_error(code, err, "--delete needs --older-than")
         code, out, err = run_main(capsys, "runs", "--runs-dir", root, "--older-than", "30", "--delete")
         assert code == 0, err
         assert "old-run" in out and "deleted" in out and "still training" in out and "new-run" not in out
+        assert out.strip().splitlines()[-1].startswith("1 of 2 runs deleted, 3.0 MB freed")
         assert not old.path.exists() and busy.path.is_dir() and new.path.is_dir()
         code, out, err = run_main(capsys, "runs", "--runs-dir", root, "--state", "failed", "--delete")
         assert code == 0 and not new.path.exists() and busy.path.is_dir()

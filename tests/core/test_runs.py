@@ -378,3 +378,6 @@ def test_a_run_linked_in_from_another_disk_is_told_as_such_on_delete(tmp_path):
     with pytest.raises(DataError, match="its folder is a link to another place") as err:
         rd.delete()
     assert str(tmp_path) not in str(err.value) and (elsewhere / "r1" / RunFiles.STATUS).is_file()
+    from cellannot_core.runs import folder_bytes
+
+    assert folder_bytes(rd.path) == 0 < folder_bytes(elsewhere / "r1")  # `cellannot runs` counts the link, not the disk
