@@ -41,6 +41,7 @@ from .validate import (
     check_not_empty,
     check_values,
     clean_labels,
+    label_text,
     make_unique,
     per_cell_column,
     query_labels,
@@ -670,7 +671,7 @@ def prepare(
     ref.take(keep)
     ref.report.update(label_info, label_key=label_key)
     merged = label_info["labels_merged"]
-    ref_labels = ref.obs[label_key].astype(str).str.strip().map(lambda v: merged.get(v, v)).to_numpy(dtype=object)
+    ref_labels = label_text(ref.obs[label_key]).map(lambda v: merged.get(v, v)).to_numpy(dtype=object)
     classes = sorted(label_info["class_counts"])
     class_idx = {c: i for i, c in enumerate(classes)}
     ref_y = np.array([class_idx[c] for c in ref_labels], dtype=np.int64)

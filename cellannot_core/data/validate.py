@@ -153,6 +153,21 @@ def check_label_column(obs: pd.DataFrame, label_key: str, *, name: str = "refere
                         "type, or shorten its values.")
 
 
+_INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff"))  # zero-width characters
+
+
+def label_text(values) -> pd.Series:
+    """Labels as cellannot names types: as text, in Unicode's composed form (NFC: "ï" typed as one
+    character or as "i" and a combining diaeresis are one name), without zero-width characters, and
+    stripped of spaces around them. Two writings of one name made two classes of one look, each
+    learnt from part of its cells, and a name with a trailing space was merged with its bare
+    twin without a word (found 2026-12-07 by a probe with an atlas reference)."""
+    import unicodedata
+
+    return pd.Series(np.asarray(values, dtype=object)).astype(str).map(
+        lambda v: unicodedata.normalize("NFC", v.translate(_INVISIBLE)).strip())
+
+
 def _label_form(label: str) -> str:
     return " ".join(str(label).split()).casefold()
 
@@ -184,7 +199,7 @@ def query_labels(obs: pd.DataFrame, key: str, classes) -> tuple[np.ndarray, np.n
     check_label_column(obs, key, name="query")
     col = obs[key]
     missing = untyped_label_mask(col)
-    labels = col.astype(str).str.strip().to_numpy(dtype=object)
+    labels = label_text(col).to_numpy(dtype=object)
     labels[missing] = ""
     idx, renamed = match_query_labels(labels, classes)
     warns = [] if len(labels) == 0 or not missing.all() else [
@@ -273,7 +288,17 @@ def clean_labels(
             f"{int(untyped.sum())} {name} cells labelled {names} in '{label_key}' name no cell type and were "
             f"left out: '{UNKNOWN}' is what cellannot calls a cell of a type the reference lacks"
         )
-    text = s.astype(str).str.strip()
+    text = label_text(s)
+    writings: dict[str, set[str]] = {}  # a name's writings: spaces around it, Unicode forms, invisible characters
+    for raw, canon in set(zip(s.astype(str)[~missing], text[~missing])):
+        writings.setdefault(canon, set()).add(raw)
+    written = {raw: canon for canon, raws in writings.items() if len(raws) > 1 for raw in sorted(raws) if raw != canon}
+    if written:
+        shown = ", ".join(f"{k!r} as {v!r}" for k, v in list(written.items())[:5])
+        warns.append(f"{name} labels written otherwise (spaces around them, another Unicode form of the same letters, "
+                     f"invisible characters) were taken as one type: {shown}"
+                     + (f" and {len(written) - 5} more" if len(written) > 5 else "")
+                     + f"; if they are different types, give them names that differ by more in '{label_key}'")
     spelling = label_spellings(text[~missing])
     if spelling:
         text = text.map(lambda v: spelling.get(v, v))
@@ -319,7 +344,7 @@ def clean_labels(
         "n_missing_labels": int(missing.sum()),
         "dropped_classes": {str(k): int(v) for k, v in small.items()},
         "class_counts": {str(k): int(v) for k, v in kept.sort_index().items()},
-        "labels_merged": spelling,
+        "labels_merged": {**{k: spelling.get(v, v) for k, v in written.items()}, **spelling},
     }
     return keep, info, warns
 

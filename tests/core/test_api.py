@@ -645,6 +645,27 @@ def test_reference_labels_differing_only_in_case_are_one_type_and_said(pair):
                for ln in lines)
 
 
+def test_reference_labels_written_otherwise_are_one_type_and_said(pair):
+    """Found 2026-12-07 (a probe with an atlas reference): "MAIT " and "MAIT" were merged without a word, and
+    "naïve" typed with a composed and a decomposed "ï" (or with a zero-width space) made two classes of one look."""
+    import unicodedata
+
+    ref, query = pair
+    r = ref.copy()
+    labels = r.obs["cell_type"].astype(str).to_numpy(dtype=object)
+    names = {"type0": "B naïve", "type1": "MAIT", "type2": "NK"}
+    labels = np.array([names[v] for v in labels], dtype=object)
+    labels[::3] = [unicodedata.normalize("NFD", v) if v == "B naïve" else f"{v} " if v == "MAIT" else "NK\u200b"
+                   for v in labels[::3]]
+    r.obs["cell_type"] = labels
+    lines: list[str] = []
+    out = ca.annotate(r, query, copy=True, log=lines.append, **_opts())
+    assert list(out.uns["cellannot"]["classes"]) == ["B naïve", "MAIT", "NK"]
+    said = [ln for ln in lines if "written otherwise" in ln]
+    assert len(said) == 1 and "'MAIT ' as 'MAIT'" in said[0] and "'NK\\u200b' as 'NK'" in said[0], said
+    assert out.uns["cellannot"]["data_report"]["reference"]["labels_merged"]["MAIT "] == "MAIT"
+
+
 def test_scanpys_usual_object_cut_to_its_variable_genes_is_read_from_raw(pair, tmp_path):
     """scanpy's usual object: counts kept in layers['counts'], log-normalised values of every gene in
     .raw, then highly_variable_genes(subset=True) (the counts layer cut with X) and scale. Its counts
