@@ -850,8 +850,10 @@ def shifted_classes_of(model, X: Any, preds: Predictions, ref_mean: np.ndarray |
     for r in rows:
         c, up, down = r["class"], ", ".join(r["genes_up"][:5]) or "none", ", ".join(r["genes_down"][:5]) or "none"
         r["note"] = (f"{r['n_cells']:,} cells were accepted as {c} against {c}'s own shift (no group of the query's "
-                     f"{r['n_predicted']:,} {c} cells lies near the reference). They keep {r['markers_kept']} of "
-                     f"{c}'s {r['n_markers']} reference markers; against its reference cells, up {up}; down {down}. "
+                     f"{r['n_predicted']:,} {c} cells lies near the reference). "
+                     + (f"They keep {r['markers_kept']} of {c}'s {r['n_markers']} reference markers; " if r["n_markers"]
+                        else f"{c} has no reference marker to check (no gene sets it apart from every other type); ")
+                     + f"against its reference cells, up {up}; down {down}. "
                      f"A type another study moved as a whole looks like this, and so does a type the reference "
                      f"lacks if the query has no {c} cells: these genes tell which.")
     return rows
