@@ -42,7 +42,7 @@ def text_only(fig: Any) -> Any:
             if value is not None:
                 trace[prop] = _text_only(value)
     for axis in [k for k in fig.layout if k.startswith(("xaxis", "yaxis"))]:
-        for prop in ("ticktext", "categoryarray"):
+        for prop in ("ticktext", "tickvals", "categoryarray"):  # (tickvals name the x and y escaped above)
             value = fig.layout[axis][prop]
             if value is not None:
                 fig.layout[axis][prop] = _text_only(value)

@@ -11,7 +11,7 @@ from numpy.typing import ArrayLike
 from plotly.subplots import make_subplots
 
 from cellannot_core._constants import UNKNOWN, str_array
-from cellannot_core.plots._style import PALETTE, base_layout, category_colors, category_order, tilt
+from cellannot_core.plots._style import PALETTE, base_layout, category_colors, category_order, every_tick, tilt
 
 __all__ = ["training_curves", "class_counts_bar"]
 
@@ -160,7 +160,8 @@ def class_counts_bar(
         colors = category_colors(ranked, color_map)
         fig.add_trace(go.Bar(
             x=ranked, y=cnt.to_numpy(), marker=dict(color=[colors[c] for c in ranked]),
-            text=[f"{v:,}" for v in cnt.to_numpy()], textposition="outside", name="cells",
+            text=[f"{v:,}" for v in cnt.to_numpy()] if len(ranked) <= 40 else None,  # (80 counts ran together)
+            textposition="outside", name="cells",
             showlegend=False, hovertemplate="%{x}: %{y:,} cells<extra></extra>",
         ))
     else:
@@ -171,6 +172,6 @@ def class_counts_bar(
                 hovertemplate="%{x}: %{y:,} cells<extra>" + name + "</extra>",
             ))
     base_layout(fig, title=title, height=420, barmode="group",
-                xaxis=dict(title=dict(text=x_title), type="category", tickangle=tilt(ranked)),
+                xaxis=dict(title=dict(text=x_title), type="category", tickangle=tilt(ranked), **every_tick(ranked)),
                 yaxis=dict(title=dict(text="Cells")))
     return fig

@@ -268,6 +268,7 @@ def test_a_label_written_as_html_is_shown_as_written_in_the_figures():
     shown_text = json.dumps(shown_text, ensure_ascii=False)  # (plotly's JSON writes "<" as \\u003c)
     assert "<a href" not in shown_text and "&lt;a href=" in shown_text and "CD4+ T" in shown_text
     assert any(t.name == "&lt;a href=\"http://127.0.0.1:9/\"&gt;click&lt;/a&gt;" for t in scatter.data)
+    assert list(heat.layout.xaxis.tickvals) == list(heat.data[0].x)  # each tick still names its column, escaped alike
 
 
 def test_the_accuracy_of_a_query_of_no_reference_types_is_not_nan():

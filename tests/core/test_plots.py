@@ -296,6 +296,23 @@ def test_training_curves():
     assert len(only_loss.data) == 1 and np.isnan(only_loss.data[0].y[1])
 
 
+def test_a_table_of_many_types_names_every_one_and_reads_along_a_diagonal():
+    """Found 2026-12-07 (an atlas reference of 111 types): plotly named 21 of 104 columns, an 84-character name
+    took half the width, and alphabetical columns beside ordered rows showed no diagonal."""
+    rng = np.random.default_rng(0)
+    names = [f"type {i:03d} " + ("with a very long atlas-style name, cluster " if i % 7 == 0 else "") + str(i)
+             for i in range(60)]
+    truth = rng.choice(names, 3000)
+    pred = np.where(rng.random(3000) < 0.9, truth, rng.choice(names, 3000))
+    fig = label_heatmap(pred, truth, row_order=sorted(names, reverse=True))  # rows in an order of their own
+    h, x = fig.data[0], fig.layout.xaxis
+    assert list(x.tickvals) == list(h.x) and len(h.x) == 60  # every column named ...
+    assert max(map(len, x.ticktext)) <= 32 and any(t.endswith("…") for t in x.ticktext)  # ... short on the axis
+    assert list(h.x) == list(h.y)  # the columns follow the rows where the labels agree: a diagonal
+    bar = class_counts_bar(pred)
+    assert len(bar.layout.xaxis.tickvals) == 60 and bar.data[0].text is None  # (60 counts ran together)
+
+
 def test_class_counts_bar():
     lab = ["b"] * 5 + ["a"] * 7 + [UNKNOWN] * 9 + ["c"]
     fig = class_counts_bar(lab)
