@@ -96,6 +96,10 @@ def _auto_size(n: int) -> float:
     return 6.0 if n <= 2_000 else 4.0 if n <= 20_000 else 3.0
 
 
+#: legend entries beyond which a scatter's legend goes below the map, four to a row
+MANY_LEGEND = 30
+
+
 def latent_scatter(
     coords: ArrayLike,
     color: ArrayLike,
@@ -210,6 +214,7 @@ def latent_scatter(
         return m
 
     fig = go.Figure()
+    n_legend = 0  # the types a legend names
     if not continuous:
         labels = str_array(col_raw)
         order = list(categories) if categories is not None else category_order(
@@ -247,6 +252,7 @@ def latent_scatter(
                     )
                 )
         legend_title = color_title
+        n_legend = len(present)
     else:
         vals = np.asarray(col_raw, dtype=float)[idx]
         finite = np.isfinite(vals)
@@ -306,13 +312,15 @@ def latent_scatter(
     if n_shown < n:
         note = f"showing {n_shown:,} of {n:,} cells (random subsample)"
         full_title = f"{full_title}<br><sup>{note}</sup>" if full_title else note
+    many = n_legend > MANY_LEGEND  # (a legend of 114 types took half the map's width: below it)
     base_layout(
         fig,
         title=full_title or None,
-        height=600,
+        height=600 + (22 * -(-n_legend // 4) if many else 0),
         meta=dict(n_total=int(n), n_shown=int(n_shown)),
         legend=dict(title=dict(text=legend_title) if legend_title else None, itemsizing="constant",
-                    tracegroupgap=2),
+                    tracegroupgap=2, **(dict(orientation="h", yanchor="top", y=-0.02, x=0, entrywidth=240,
+                                             font=dict(size=10)) if many else {})),
         xaxis=dict(title=dict(text=x_title), showticklabels=False, zeroline=False, showgrid=False),
         yaxis=dict(title=dict(text=y_title), showticklabels=False, zeroline=False, showgrid=False,
                    scaleanchor="x", scaleratio=1),

@@ -33,6 +33,22 @@ PALETTE: tuple[str, ...] = (
     "#77AADD", "#EE8866", "#EEDD88", "#FFAABB", "#99DDFF", "#44BB99", "#BBCC33", "#AAAA00",
 )
 
+#: colours taken, in order, by a figure's categories beyond the palette's 24 (plotly's Alphabet, Dark24
+#: and Light24 sets, without the palette's own and the Unknown grey): 114 types had 24 colours (found
+#: 2026-12-07); a figure of at most 24 keeps the palette's colours by name, as before
+EXTRA_PALETTE: tuple[str, ...] = tuple(dict.fromkeys(
+    c.upper() for c in (
+        "#AA0DFE", "#3283FE", "#85660D", "#782AB6", "#1C8356", "#16FF32", "#F7E1A0",
+        "#1CBE4F", "#C4451C", "#DEA0FD", "#FE00FA", "#325A9B", "#FEAF16", "#F8A19F", "#90AD1C", "#F6222E",
+        "#1CFFCE", "#2ED9FF", "#B10DA1", "#C075A6", "#FC1CBF", "#B00068", "#FBE426", "#FA0087",
+        "#2E91E5", "#E15F99", "#1CA71C", "#FB0D0D", "#DA16FF", "#B68100", "#750D86", "#EB663B",
+        "#511CFB", "#00A08B", "#FB00D1", "#FC0080", "#B2828D", "#6C7C32", "#778AAE", "#862A16", "#A777F1",
+        "#620042", "#1616A7", "#DA60CA", "#6C4516", "#0D2A63", "#AF0038",
+        "#FD3216", "#00FE35", "#6A76FC", "#FED4C4", "#FE00CE", "#0DF9FF", "#F6F926", "#FF9616", "#479B55",
+        "#EEA6FB", "#DC587D", "#D626FF", "#6E899C", "#00B5F7", "#B68E00", "#C9FBE5", "#FF0092", "#22FFA7",
+        "#E3EE9E", "#86CE00", "#BC7196", "#7E7DCD", "#FC6955", "#E48F72",
+    ) if c.upper() not in PALETTE and c.upper() != "#9E9E9E"))
+
 #: Unknown (rejected) cells are always this grey, in every figure.
 UNKNOWN_COLOR = "#9E9E9E"
 
@@ -82,7 +98,8 @@ def category_colors(
     A category gets the palette colour its name hashes to, so "CD14 Mono" has the same colour in
     every figure of every run (issue 13: colours followed the order of the classes and changed
     between runs). When two categories of one figure hash to the same colour, the one later in
-    natural order takes the next free colour; beyond 24 categories colours repeat.
+    natural order takes the next free colour; beyond 24 categories the next ones take
+    :data:`EXTRA_PALETTE`'s colours in order (98 in all), and beyond those colours repeat.
 
     Parameters
     ----------
@@ -110,9 +127,12 @@ def category_colors(
             out[c] = color_map[c]
         else:
             i = _slot(c)
-            if len(taken) < len(PALETTE):
-                while i in taken:
-                    i = (i + 1) % len(PALETTE)
+            if len(taken) >= len(PALETTE):  # the palette is used up: the next colour not yet in the figure
+                used = set(out.values()) | set((color_map or {}).values())
+                out[c] = next((x for x in EXTRA_PALETTE if x not in used), PALETTE[i])
+                continue
+            while i in taken:
+                i = (i + 1) % len(PALETTE)
             taken.add(i)
             out[c] = PALETTE[i]
     return {c: out[c] for c in names}

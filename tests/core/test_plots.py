@@ -313,6 +313,21 @@ def test_a_table_of_many_types_names_every_one_and_reads_along_a_diagonal():
     assert len(bar.layout.xaxis.tickvals) == 60 and bar.data[0].text is None  # (60 counts ran together)
 
 
+def test_a_hundred_types_get_a_hundred_colours_and_a_legend_below_the_map():
+    """Found 2026-12-07 (an atlas reference): 114 types shared 24 colours, and their legend took half the map's width."""
+    from cellannot_core.plots._style import PALETTE, UNKNOWN_COLOR, category_colors
+
+    names = [f"type {i}" for i in range(100)] + [UNKNOWN]
+    colours = category_colors(names)
+    assert len(set(colours.values())) == 96 and colours[UNKNOWN] == UNKNOWN_COLOR  # 24 + 71 more, and Unknown's grey
+    few = [f"type {i}" for i in range(20)]
+    assert set(category_colors(few).values()) <= set(PALETTE)  # a figure of few types keeps the palette by name
+    labels = np.array(names * 3, dtype=object)
+    fig = latent_scatter(np.random.default_rng(0).normal(size=(len(labels), 2)), labels)
+    assert fig.layout.legend.orientation == "h" and fig.layout.height > 600
+    assert latent_scatter(np.zeros((20, 2)), np.array(few, dtype=object)).layout.legend.orientation is None
+
+
 def test_class_counts_bar():
     lab = ["b"] * 5 + ["a"] * 7 + [UNKNOWN] * 9 + ["c"]
     fig = class_counts_bar(lab)
