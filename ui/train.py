@@ -149,6 +149,40 @@ def device_choices() -> tuple[list[str], dict[str, str], str]:
     return ["auto", "cpu", "cuda", *gpus], labels, note
 
 
+def _pair_report() -> dict | None:
+    """The Data page's check of the loaded pair (:func:`ui.data.check_pair`, cached), or None before a
+    reference, a query and the label column are there."""
+    import json
+
+    from ui import data as data_ui
+
+    ref, qry = get(StateKeys.REFERENCE), get(StateKeys.QUERY)
+    if ref is None or qry is None or not get(StateKeys.LABEL_KEY):
+        return None
+    return data_ui.check_pair(get(StateKeys.REFERENCE_INFO)["id"], get(StateKeys.QUERY_INFO)["id"],
+                              get(StateKeys.LABEL_KEY), get(StateKeys.QUERY_LABEL_KEY),
+                              json.dumps(get(StateKeys.QC) or {}), ref, qry, get(StateKeys.BATCH_KEY))
+
+
+#: models whose labeller is a calibrated linear SVM, fitted per type and fold after training
+SVM_LABELLED = ("scanvi_svm", "svm_reject")
+MANY_TYPES = 50  # reference types beyond which the SVM's time is said on the Train page
+
+
+def labeller_note(model: str) -> str | None:
+    """What the Train page says of the SVM labeller's time with many reference types: it grows with
+    them, after training, and the quick run's budget does not bound it (an atlas reference of 111
+    types: 199 s of the SVM against 10 s for 9 types of the same 7,333 cells, one thread; found
+    2026-12-07)."""
+    rep = _pair_report() if model in SVM_LABELLED else None
+    n = len(rep.get("classes") or []) if rep and rep.get("ok") else 0
+    if n <= MANY_TYPES:
+        return None
+    return (f"{n} reference types: after training, {model}'s labeller fits a linear SVM per type and fold, which "
+            "takes minutes more with this many (and is not bounded by the quick run's budget). logreg labels many "
+            "types faster.")
+
+
 def preflight(model: str) -> str | None:
     """Why *Start training* is disabled for ``model`` on the loaded pair (None: it can start).
 
@@ -156,21 +190,15 @@ def preflight(model: str) -> str | None:
     seurat), the pair passes preparation (shared genes, at least two reference classes big
     enough, ...), and count models get raw counts.
     """
-    import json
-
     from cellannot_core.models import get_spec
-    from ui import data as data_ui
 
     spec = get_spec(model)
     reason = spec.unavailable_reason()
     if reason:
         return f"{model} cannot run on this server: {reason}"
-    ref, qry = get(StateKeys.REFERENCE), get(StateKeys.QUERY)
-    if ref is None or qry is None or not get(StateKeys.LABEL_KEY):
+    rep = _pair_report()
+    if rep is None:
         return "load a reference and a query and pick the reference label column on the Data page"
-    rep = data_ui.check_pair(get(StateKeys.REFERENCE_INFO)["id"], get(StateKeys.QUERY_INFO)["id"],
-                             get(StateKeys.LABEL_KEY), get(StateKeys.QUERY_LABEL_KEY),
-                             json.dumps(get(StateKeys.QC) or {}), ref, qry, get(StateKeys.BATCH_KEY))
     if not rep["ok"]:
         return rep["error"]
     from cellannot_core.pipeline import counts_refusal
@@ -214,6 +242,8 @@ def training_form() -> Any | None:
                            "(as early stopping does): a model that trains fully within the budget gives its full result.")
     quick_seconds = c3.number_input("Training time budget (s)", 5, 3600, QUICK_SECONDS, step=5,
                                     key=WidgetKeys.QUICK_SECONDS, disabled=not quick)
+    if note := labeller_note(model):
+        st.caption(note)
     with st.expander("Run options"):
         o1, o2, o3 = st.columns(3)
         n_top = o1.number_input("Highly variable genes", 50, 20_000, DEFAULT_N_TOP_GENES, step=100, key=WidgetKeys.N_TOP_GENES)
