@@ -623,7 +623,8 @@ def cmd_runs(args) -> int:
     if args.older_than is not None and not args.older_than >= 0:
         raise ConfigError("--older-than must be a number of days, 0 or more")
     now = time.time()
-    rows = [r for r in list_runs(root)
+    every = list_runs(root)
+    rows = [r for r in every
             if (not args.state or r["state"] in args.state)
             and (args.older_than is None or now - float(r["created"] or now) > 86400 * args.older_than)]
     total = deleted = n_deleted = 0
@@ -645,7 +646,7 @@ def cmd_runs(args) -> int:
         print(line)
     done = (f"{n_deleted} of {len(rows)} runs deleted, {deleted / 1e6:.1f} MB freed" if args.delete else
             f"{len(rows)} runs listed, {total / 1e6:.1f} MB")
-    print(f"{done} (runs folder {root}: {len(list_runs(root))} runs, {folder_bytes(root) / 1e6:.1f} MB with the "
+    print(f"{done} (runs folder {root}: {len(every) - n_deleted} runs, {folder_bytes(root) / 1e6:.1f} MB with the "
           "sessions' kept uploads; a run linked in from another disk counts 0 MB here)")
     return 0
 
