@@ -180,6 +180,8 @@ def label_heatmap(
 
 #: columns beyond which the table's columns follow its rows (:func:`_diagonal`)
 MANY_TYPES = 20
+
+
 def _diagonal(counts: pd.DataFrame) -> pd.DataFrame:
     """The columns ordered by the row that holds most of each column's cells, then by that share: the
     query's groups along the predicted labels' order, a diagonal where they agree. Alphabetical columns
