@@ -126,18 +126,15 @@ def card_bytes(run_id: str) -> bytes:
     return json.dumps(card, indent=2, default=str).encode()
 
 
-PICKER_NONCE = "runs_picker_nonce"  # bumped to give the Runs page's run picker a new, empty widget
-
-
 def picker_key() -> str:
     """The session key of the Runs page's run picker (:data:`WidgetKeys.RUN_PICKER`, then a new one each
     time the pick is cleared: a browser sends its widget's old value back, so clearing it in place left the
     vanished run shown, found 2026-12-07)."""
     import streamlit as st
 
-    from ui.state import WidgetKeys
+    from ui.state import StateKeys, WidgetKeys
 
-    n = st.session_state.get(PICKER_NONCE, 0)
+    n = st.session_state.get(StateKeys.RUN_PICKER_NONCE, 0)
     return WidgetKeys.RUN_PICKER if not n else f"{WidgetKeys.RUN_PICKER}_{n}"
 
 
@@ -145,7 +142,9 @@ def clear_pick() -> None:
     """An empty run picker from the next rerun on (:func:`picker_key`)."""
     import streamlit as st
 
-    st.session_state[PICKER_NONCE] = st.session_state.get(PICKER_NONCE, 0) + 1
+    from ui.state import StateKeys
+
+    st.session_state[StateKeys.RUN_PICKER_NONCE] = st.session_state.get(StateKeys.RUN_PICKER_NONCE, 0) + 1
 
 
 def picked_run_gone(shown: list[str], listed: list[str]) -> str | None:

@@ -29,6 +29,7 @@ class StateKeys:
     RUN_ID = "current_run_id"  # id of the run the result pages show
     RELABEL_SEEN = "relabel_runs_seen"  # the finished runs the relabel picker offered last time
     DELETE_ERROR = "delete_run_error"  # why the run could not be deleted, shown once
+    RUN_PICKER_NONCE = "runs_picker_nonce"  # bumped to give the Runs page's run picker a new, empty widget
 
 
 class WidgetKeys:
