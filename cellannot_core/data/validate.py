@@ -294,7 +294,8 @@ def clean_labels(
         writings.setdefault(canon, set()).add(raw)
     written = {raw: canon for canon, raws in writings.items() if len(raws) > 1 for raw in sorted(raws) if raw != canon}
     if written:
-        shown = ", ".join(f"{k!r} as {v!r}" for k, v in list(written.items())[:5])
+        shown = ", ".join(f"{k!r} as {v!r}" if k.strip() != k else f"{k!a} as {v!a}"  # (two Unicode forms look alike:
+                          for k, v in list(written.items())[:5])  # their code points tell them apart)
         warns.append(f"{name} labels written otherwise (spaces around them, another Unicode form of the same letters, "
                      f"invisible characters) were taken as one type: {shown}"
                      + (f" and {len(written) - 5} more" if len(written) > 5 else "")

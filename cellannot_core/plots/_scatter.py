@@ -18,6 +18,7 @@ from cellannot_core.plots._style import (
     category_colors,
     category_order,
     natural_key,
+    short_names,
 )
 
 __all__ = ["latent_scatter", "subsample_indices"]
@@ -228,6 +229,7 @@ def latent_scatter(
         labels_s = labels[idx]
         # draw Unknown first (underneath), legend keeps it last via legendrank
         draw_order = ([UNKNOWN] if UNKNOWN in order else []) + [c for c in order if c != UNKNOWN]
+        shown = dict(zip(order, short_names(order) if len(order) > MANY_LEGEND else order))
         for sv in sym_values:
             for cat in draw_order:
                 if cat not in present:
@@ -239,7 +241,8 @@ def latent_scatter(
                 fig.add_trace(
                     go.Scattergl(
                         x=xy_s[sel, 0], y=xy_s[sel, 1], mode="markers",
-                        name=cat if not (several_symbols and not first_for_cat) else f"{cat} ({sv})",
+                        name=shown[cat]  # (long names ran into the next column of a legend below the map)
+                        + ("" if not (several_symbols and not first_for_cat) else f" ({sv})"),
                         legendgroup=cat, showlegend=bool(first_for_cat), legendrank=rank[cat],
                         marker=_marker(sym_style[sv], color=colors[cat]),
                         customdata=None if text_s is None else text_s[sel],

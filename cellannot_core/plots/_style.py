@@ -142,6 +142,8 @@ def tilt(labels: Sequence[Any]) -> int:
     """The angle of a category axis's labels: tilted when they are many or long (CELLxGENE's "CD4-positive,
     alpha-beta T cell" ran into its neighbours on level labels, found 2026-12-07)."""
     names = [str(v) for v in labels]
+    if len(names) > 30:  # upright: tilted names of 100 columns lay over each other (found 2026-12-07)
+        return -90
     return -45 if len(names) > 8 or max(map(len, names), default=0) > 12 else 0
 
 
@@ -154,9 +156,28 @@ def every_tick(names: Sequence[object]) -> dict:
     heatmap's 104 columns were named, found 2026-12-07), in a smaller font when they are many, each
     name cut to :data:`TICK_CHARS` characters on the axis (the hover gives it whole)."""
     names = [str(n) for n in names]
-    short = [n if len(n) <= TICK_CHARS else n[:TICK_CHARS - 1] + "…" for n in names]
-    size = 12 if len(names) <= 30 else max(7, int(12 * 30 / len(names)))
-    return dict(tickmode="array", tickvals=names, ticktext=short, tickfont=dict(size=size))
+    size = 12 if len(names) <= 30 else max(6, int(12 * 30 / len(names)))
+    return dict(tickmode="array", tickvals=names, ticktext=short_names(names), tickfont=dict(size=size))
+
+
+def short_names(names: Sequence[object]) -> list[str]:
+    """:func:`short_name` of each name, but a name whose cut form another name shares is kept whole (two
+    types must not read alike)."""
+    from collections import Counter
+
+    cut = [short_name(n) for n in names]
+    seen = Counter(cut)
+    return [c if seen[c] == 1 else str(n) for c, n in zip(cut, names)]
+
+
+def short_name(name: object) -> str:
+    """A name cut to :data:`TICK_CHARS` characters in its middle, "…" marking the cut, so that names that
+    differ at their end (a number, a state) stay apart (axes and legends of many types)."""
+    name = str(name)
+    if len(name) <= TICK_CHARS:
+        return name
+    tail = TICK_CHARS // 3
+    return name[:TICK_CHARS - 1 - tail] + "…" + name[-tail:]
 
 
 def base_layout(fig: go.Figure, *, title: str | None = None, **kwargs: Any) -> go.Figure:

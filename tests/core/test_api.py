@@ -663,6 +663,7 @@ def test_reference_labels_written_otherwise_are_one_type_and_said(pair):
     assert list(out.uns["cellannot"]["classes"]) == ["B naïve", "MAIT", "NK"]
     said = [ln for ln in lines if "written otherwise" in ln]
     assert len(said) == 1 and "'MAIT ' as 'MAIT'" in said[0] and "'NK\\u200b' as 'NK'" in said[0], said
+    assert "'B nai\\u0308ve' as 'B na\\xefve'" in said[0]  # two forms that look alike, told by their code points
     assert out.uns["cellannot"]["data_report"]["reference"]["labels_merged"]["MAIT "] == "MAIT"
 
 
