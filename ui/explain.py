@@ -314,7 +314,7 @@ def why_section(run: Run) -> None:
     probs = cell_probabilities(run, cell)
     fig = go.Figure(go.Bar(x=probs["probability"], y=probs["type"], orientation="h", marker_color="#0072B2",
                            hovertemplate="%{y}: %{x:.1%}<extra></extra>"))
-    from cellannot_core.plots._style import every_tick
+    from cellannot_core.plots import every_tick
 
     fig.update_layout(xaxis=dict(range=[0, 1], title="probability"),  # (a long name cut the axis's title, 2026-12-07)
                       yaxis=dict(autorange="reversed", automargin=True, **every_tick(probs["type"])),

@@ -19,6 +19,7 @@ from cellannot_core.plots._style import (
     UNKNOWN_COLOR,
     category_colors,
     category_order,
+    every_tick,
 )
 from cellannot_core.plots._training import class_counts_bar, training_curves
 
@@ -31,6 +32,7 @@ __all__ = [
     "category_order",
     "class_counts_bar",
     "contingency_table",
+    "every_tick",
     "label_heatmap",
     "latent_scatter",
     "reliability_diagram",
